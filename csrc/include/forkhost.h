@@ -1,0 +1,27 @@
+/*
+ * forkhost.h - the public C API of libforkhost.
+ *
+ * Native secondaries (a .so or PIE entry started with forkhost-run) include
+ * this and link with `forkhost config --cflags --libs`.  The library is
+ * already loaded in every secondary (the primary loaded it before forking
+ * the template), so the entry's DT_NEEDED on libforkhost.so resolves to
+ * that same copy, with the same arena.
+ */
+#ifndef FORKHOST_H
+#define FORKHOST_H
+
+#include "forkhost/version.h"
+#include "forkhost/arena.h"
+#include "forkhost/proto.h"
+#include "forkhost/spawn.h"
+#include "forkhost/entry.h"
+#include "forkhost/memzone.h"
+#include "forkhost/demo.h"
+
+FH_API const char *fh_version(void);
+
+/* Process helpers used by the primary and the template. */
+FH_API int fh_set_pdeathsig(int sig);  /* prctl(PR_SET_PDEATHSIG) */
+FH_API int fh_flush_stdio(void);       /* fflush(NULL) before a fork */
+
+#endif /* FORKHOST_H */

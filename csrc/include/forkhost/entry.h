@@ -1,0 +1,41 @@
+/*
+ * forkhost/entry.h - load a native entry (a shared object or a PIE
+ * executable) in a secondary and find the function to run.
+ *
+ * Entry forms: "path/lib.so[:symbol]" and "path/to/pie-executable[:symbol]",
+ * symbol defaulting to "main", called as int symbol(argc, argv, envp).
+ * glibc >= 2.30 refuses to dlopen an object whose DT_FLAGS_1 has DF_1_PIE
+ * ("cannot dlopen() a PIE object"); fh_entry_load() handles that case itself.
+ */
+#ifndef FORKHOST_ENTRY_H
+#define FORKHOST_ENTRY_H
+
+#include <stddef.h>
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+typedef int (*fh_main_fn)(int argc, char **argv, char **envp);
+
+/* What a path names, judged from its first bytes (no dlopen). */
+enum fh_elf_kind {
+    FH_ELF_NOT_ELF = 0,   /* readable, not ELF (a Python script, say) */
+    FH_ELF_SHARED  = 1,   /* ET_DYN without DF_1_PIE: a shared object */
+    FH_ELF_PIE     = 2,   /* ET_DYN with DF_1_PIE (or PT_INTERP): a PIE */
+    FH_ELF_OTHER   = 3,   /* ET_EXEC (non-PIE), ET_REL, wrong class/machine */
+};
+
+/* -1 with errno when the file cannot be opened or read. */
+FH_API int fh_elf_kind(const char *path);
+
+/*
+ * Load path and return its symbol.  On failure returns NULL, sets
+ * *exit_code to 127 (file or symbol not found) or 126 (found but cannot be
+ * loaded: not ELF for this machine, non-PIE executable, dlopen error) and
+ * writes one line, without a trailing newline, into err.
+ */
+FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
+                                char *err, size_t errlen, int *exit_code);
+
+#endif /* FORKHOST_ENTRY_H */

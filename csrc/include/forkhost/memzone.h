@@ -1,0 +1,71 @@
+/*
+ * forkhost/memzone.h - named, aligned allocations in the arena, found by
+ * name from any process of the prefix (DPDK's rte_memzone).
+ */
+#ifndef FORKHOST_MEMZONE_H
+#define FORKHOST_MEMZONE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+/* A name, NUL included: like RTE_MEMZONE_NAMESIZE, long enough for
+ * "<app>.<object>.<n>" names and small enough to scan a directory fast. */
+#define FH_MEMZONE_NAMESIZE 64
+
+struct fh_memzone {
+    char     name[FH_MEMZONE_NAMESIZE];
+    void    *addr;       /* valid in every process of the prefix */
+    uint64_t len;
+    uint64_t align;
+    uint32_t flags;
+};
+
+/* Reserve len bytes aligned to align (a power of two, 0 = cache line),
+ * zero-filled.  NULL with errno: EEXIST name taken, ENOSPC arena or
+ * directory full, EINVAL bad name/align, ENODEV no arena in this process. */
+FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
+                                                   size_t len, size_t align,
+                                                   unsigned flags);
+/* NULL with errno ENOENT when no memzone has that name. */
+FH_API const struct fh_memzone *fh_memzone_lookup(const char *name);
+
+/* Call fn for each memzone, in creation order; stops early when fn
+ * returns non-zero and returns that value. */
+FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),
+                           void *arg);
+/* Bytes the allocator can still hand out, and memzones in use. */
+FH_API size_t fh_memzone_free_bytes(void);
+FH_API unsigned fh_memzone_count(void);
+
+/* Directory slots: like RTE_MAX_MEMZONE, enough for a few hundred named
+ * objects (each ring, mempool and hash table takes one) while the whole
+ * directory (128 bytes a slot) stays at 128 KiB, inside FH_ARENA_MIN_SIZE. */
+#define FH_MEMZONE_MAX 1024
+
+/* Internal: lay out the directory in a fresh arena (called by
+ * fh_arena_create).  Sets hdr->mz_dir_offset and hdr->data_offset. */
+struct fh_arena_hdr;
+int fh__memzone_format(struct fh_arena_hdr *hdr);
+
+/*
+ * Test hooks, exported so the C and Python tests can kill a process while it
+ * holds the directory lock; not for applications.
+ *
+ * fh__memzone_lock() takes the directory's robust mutex, repairing the
+ * directory first when its previous owner died holding it (then it returns
+ * 1, else 0; -1 with errno on failure).  fh__memzone_unlock() releases it.
+ * fh__memzone_crash_at(step) makes this process's next fh_memzone_reserve()
+ * _exit(99) at that step while holding the lock: 1 after the slot is
+ * written but before the bump pointer moves, 2 after the bump pointer moved
+ * but before the slot is published, 3 after publishing but before the count
+ * moves; 0 disables.
+ */
+FH_API int fh__memzone_lock(void);
+FH_API void fh__memzone_unlock(void);
+FH_API void fh__memzone_crash_at(int step);
+
+#endif /* FORKHOST_MEMZONE_H */

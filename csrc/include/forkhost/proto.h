@@ -1,0 +1,108 @@
+/*
+ * forkhost/proto.h - the launch protocol between a client and the template.
+ *
+ * One SOCK_SEQPACKET connection per launch, on <runtime>/<prefix>/template.sock.
+ * SEQPACKET keeps record boundaries, so every message is exactly one record:
+ * a fixed header, a type-specific body, and the file descriptors named by
+ * hdr.nfds travelling as SCM_RIGHTS on that same record.  Both ends live on
+ * the same host, so integers are in native byte order.
+ *
+ *   client                                template
+ *     LAUNCH (+ cwd, stdio, extra fds) --->
+ *                                    <--- STARTED (+ the secondary's pidfd)
+ *                                         ... or ERROR, then close
+ *     (waits; forwards signals through the pidfd)
+ *                                    <--- EXITED (code or signal), then close
+ *
+ * A client that closes its end before EXITED makes the template end the
+ * secondary: SIGTERM, then SIGKILL after the grace period.
+ *
+ * Python mirrors these layouts in forkhost/protocol.py; docs/protocol.md is
+ * the prose version.  Change all three together and bump FH_PROTO_VERSION.
+ */
+#ifndef FORKHOST_PROTO_H
+#define FORKHOST_PROTO_H
+
+#include <stdint.h>
+
+#define FH_PROTO_MAGIC   0x4b484631u /* bytes "1FHK" in memory on little-endian */
+#define FH_PROTO_VERSION 1
+
+/* One record must fit the sender's socket buffer: net.core.wmem_default is
+ * 208 KiB, and an unprivileged process cannot raise SO_SNDBUF past
+ * net.core.wmem_max.  192 KiB leaves room for the kernel's own accounting. */
+#define FH_PROTO_MAX_MSG        (192u * 1024u)
+/* Extra fds (--fd) land at 3, 4, ...; 32 is far above what LISTEN_FDS users
+ * pass and keeps the SCM_RIGHTS control buffer small (kernel cap: 253). */
+#define FH_PROTO_MAX_EXTRA_FDS  32u
+/* cwd + stdin/stdout/stderr + extras. */
+#define FH_PROTO_MAX_FDS        (4u + FH_PROTO_MAX_EXTRA_FDS)
+/* An ERROR message's text, without the header. */
+#define FH_PROTO_MAX_ERROR      1024u
+
+enum fh_msg_type {
+    FH_MSG_LAUNCH  = 0x01, /* client -> template */
+    FH_MSG_INFO    = 0x02, /* client -> template: ask for FH_MSG_INFO_REPLY */
+    FH_MSG_STARTED = 0x81, /* template -> client, carries 1 fd: the pidfd */
+    FH_MSG_EXITED  = 0x82, /* template -> client */
+    FH_MSG_ERROR   = 0x83, /* template -> client, then the template closes */
+    FH_MSG_INFO_REPLY = 0x84, /* template -> client: JSON text body */
+};
+
+struct fh_msg_hdr {          /* 24 bytes */
+    uint32_t magic;          /* FH_PROTO_MAGIC */
+    uint16_t version;        /* FH_PROTO_VERSION */
+    uint16_t type;           /* enum fh_msg_type */
+    uint32_t len;            /* whole record in bytes, header included */
+    uint32_t nfds;           /* fds carried by this record */
+    uint64_t reserved;       /* zero */
+};
+
+/* LAUNCH flags */
+#define FH_LAUNCH_MODULE 0x1u /* entry is a module name, run as `python -m` */
+
+/*
+ * LAUNCH body.  fds, in order: the client's cwd (an O_PATH directory fd,
+ * always present), then each stdio fd whose bit is set in stdio_mask (bit 0
+ * stdin, bit 1 stdout, bit 2 stderr; an unset bit means the client had that
+ * fd closed, and the secondary gets it closed too), then nextra extra fds.
+ * So hdr.nfds == 1 + popcount(stdio_mask) + nextra.
+ *
+ * strings: 1 + argc + envc NUL-terminated strings packed back to back, no
+ * padding: entry, argv[0..argc-1], env[0..envc-1] ("NAME=value").  Bytes
+ * are passed through untouched (not necessarily UTF-8).
+ */
+struct fh_launch {           /* 56 bytes + strings */
+    struct fh_msg_hdr hdr;
+    uint32_t flags;          /* FH_LAUNCH_* */
+    uint32_t umask;          /* the client's umask, applied in the secondary */
+    uint32_t stdio_mask;     /* bits 0..2 */
+    uint32_t nextra;         /* <= FH_PROTO_MAX_EXTRA_FDS */
+    uint32_t argc;           /* >= 1 */
+    uint32_t envc;
+    uint32_t strings_len;    /* == hdr.len - sizeof(struct fh_launch) */
+    uint32_t reserved;       /* zero */
+    /* char strings[strings_len]; */
+};
+
+struct fh_started {          /* 32 bytes; carries the pidfd */
+    struct fh_msg_hdr hdr;
+    int64_t pid;
+};
+
+struct fh_exited {           /* 32 bytes */
+    struct fh_msg_hdr hdr;
+    int32_t code;            /* exit status when signal == 0 */
+    int32_t signal;          /* terminating signal, or 0 */
+};
+
+struct fh_error {            /* 32 bytes + text */
+    struct fh_msg_hdr hdr;
+    int32_t exit_code;       /* what the client exits with: 125, 126 or 127 */
+    uint32_t text_len;       /* <= FH_PROTO_MAX_ERROR, no NUL, no newline */
+    /* char text[text_len]; */
+};
+
+/* INFO_REPLY body: hdr.len - sizeof(struct fh_msg_hdr) bytes of UTF-8 JSON. */
+
+#endif /* FORKHOST_PROTO_H */

@@ -1,0 +1,1048 @@
+/*
+ * entry.c - load a native entry in a secondary: a shared object, or a PIE
+ * executable, and find the function to call.
+ *
+ * Why this exists: the RFC's whole idea is "compile the application as a
+ * PIE, fork, dlopen it, call main".  glibc >= 2.30 refuses that dlopen
+ * ("cannot dlopen() a PIE object") because an executable's code may assume
+ * it is the main program.  We load a copy whose DF_1_PIE bit is cleared, and
+ * we check, before anything runs, the two ways that assumption really bites
+ * (both verified on glibc 2.36 / gcc 12, x86-64):
+ *
+ *  - Thread-local storage.  The linker relaxes every TLS access in an
+ *    executable to the local-exec model: a fixed offset from the thread
+ *    pointer, with no relocation left for the loader.  That slot belongs to
+ *    the real main program's TLS block, so a dlopened PIE reading its
+ *    `static __thread int x` reads the host's TLS (we saw it return another
+ *    module's variable) and writing it corrupts the host.  Refused (126).
+ *
+ *  - Copy relocations.  gcc's -fPIE code reaches a library's variables
+ *    directly (optarg, optind, std::cout, __libc_single_threaded...), so the
+ *    linker gives the executable its own copy and the library is meant to
+ *    bind to that copy.  A library that was already loaded and relocated
+ *    before the PIE (libc always is) keeps using its own variable, and the
+ *    PIE reads a snapshot: getopt() then leaves optarg NULL in the PIE.
+ *    Refused (126) unless the variable is one whose snapshot stays right
+ *    (stdin/stdout/stderr, environ, the program names); -fPIC -pie code goes
+ *    through the GOT and has no copy relocations at all.
+ *
+ * Everything is read with pread(): a file being replaced under us yields a
+ * short read and a clean error, never a SIGBUS (this code also runs in the
+ * template through fh_elf_kind()).
+ */
+#include "forkhost/entry.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <link.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * RTLD_NOW: resolve every symbol at load time, so an unresolved reference is
+ * a clean 126 here instead of ld.so's "symbol lookup error" killing the
+ * program halfway through its run.
+ *
+ * RTLD_GLOBAL: the entry plays the main program's part, and a main program's
+ * exported symbols are in the global scope: plugins it dlopens later may call
+ * back into it, as they would if it had been exec'd.  Neither flag decides
+ * whether the entry shares libforkhost.so with the primary: a DT_NEEDED
+ * "libforkhost.so" is matched by soname against the copy the primary already
+ * loaded (whatever scope that was loaded in), so the entry always gets that
+ * same instance, at the same address, with its state in the arena.
+ *
+ * Not RTLD_DEEPBIND: it would hide the interposers the process already has
+ * (a sanitizer's or profiler's malloc) from the entry.
+ */
+#define FH_ENTRY_DLFLAGS (RTLD_NOW | RTLD_GLOBAL)
+
+/* Program headers beyond this are not a real file: ld -z separate-code
+ * makes about 13, and PN_XNUM programs do not exist in practice. */
+#define FH_MAX_PHNUM 4096u
+/* Dynamic sections are a few dozen entries; this caps a corrupt p_filesz. */
+#define FH_MAX_DYN_BYTES (1u << 20)
+/* How many copy-relocated symbol names an error message lists. */
+#define FH_MAX_COPY_NAMES 4
+
+/* The relocation type a copy relocation has on this machine.  On machines not
+ * listed the copy-relocation check is skipped (the PIE still loads). */
+#if defined(__x86_64__)
+#define FH_R_COPY R_X86_64_COPY
+#elif defined(__i386__)
+#define FH_R_COPY R_386_COPY
+#elif defined(__aarch64__)
+#define FH_R_COPY R_AARCH64_COPY
+#elif defined(__arm__)
+#define FH_R_COPY R_ARM_COPY
+#elif defined(__riscv)
+#define FH_R_COPY R_RISCV_COPY
+#elif defined(__powerpc64__)
+#define FH_R_COPY R_PPC64_COPY
+#elif defined(__powerpc__)
+#define FH_R_COPY R_PPC_COPY
+#elif defined(__s390__)
+#define FH_R_COPY R_390_COPY
+#endif
+
+/* <link.h> gives ElfW(type) for this process's ELF class; these are the
+ * matching macros it keeps to itself. */
+#if __ELF_NATIVE_CLASS == 64
+#define FH_ELFCLASS ELFCLASS64
+#define FH_R_TYPE ELF64_R_TYPE
+#define FH_R_SYM ELF64_R_SYM
+#define FH_ST_BIND ELF64_ST_BIND
+#define FH_ST_TYPE ELF64_ST_TYPE
+#else
+#define FH_ELFCLASS ELFCLASS32
+#define FH_R_TYPE ELF32_R_TYPE
+#define FH_R_SYM ELF32_R_SYM
+#define FH_ST_BIND ELF32_ST_BIND
+#define FH_ST_TYPE ELF32_ST_TYPE
+#endif
+
+/* What inspecting one file found: enough to pick the loading route and to
+ * say exactly why a file cannot be an entry. */
+struct elf_info {
+    int kind;                   /* enum fh_elf_kind */
+    char why[160];              /* FH_ELF_OTHER: "a non-PIE executable; ..." */
+    off_t size;                 /* file size */
+    ElfW(Ehdr) eh;
+    ElfW(Phdr) *ph;             /* malloc'd, phnum entries */
+    unsigned phnum;
+    ElfW(Dyn) *dyn;             /* malloc'd PT_DYNAMIC contents, or NULL */
+    size_t ndyn;
+    off_t dyn_off;              /* file offset of dyn[0] */
+    int has_interp;             /* PT_INTERP: made to be run, not loaded */
+    int has_tls;                /* PT_TLS */
+    int has_soname;             /* DT_SONAME */
+    uint64_t flags;             /* DT_FLAGS */
+    uint64_t flags_1;           /* DT_FLAGS_1 */
+    long flags_1_idx;           /* index of DT_FLAGS_1 in dyn, or -1 */
+};
+
+static void elf_info_free(struct elf_info *ei)
+{
+    free(ei->ph);
+    free(ei->dyn);
+    ei->ph = NULL;
+    ei->dyn = NULL;
+}
+
+/* 0 when [off, off+len) lies inside a file of the given size. */
+static int out_of_range(off_t size, uint64_t off, uint64_t len)
+{
+    return off > (uint64_t)size || len > (uint64_t)size - off;
+}
+
+/* Read exactly len bytes at off: 0; 1 on a short read (file shorter than
+ * its headers say, or changed under us); -1 with errno on an I/O error. */
+static int read_at(int fd, void *buf, size_t len, off_t off)
+{
+    char *p = buf;
+
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            return 1;
+        p += n;
+        off += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Read [off, off+len) into a new buffer with a NUL after it, checking the
+ * range first.  NULL with errno (EINVAL: out of range or short read). */
+static void *read_alloc(int fd, off_t size, uint64_t off, uint64_t len)
+{
+    char *buf;
+    int rc;
+
+    if (out_of_range(size, off, len) || len > SIZE_MAX - 1) {
+        errno = EINVAL;
+        return NULL;
+    }
+    buf = malloc((size_t)len + 1);
+    if (buf == NULL)
+        return NULL;
+    rc = read_at(fd, buf, (size_t)len, (off_t)off);
+    if (rc != 0) {
+        free(buf);
+        if (rc > 0)
+            errno = EINVAL;
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* The ELF identity of the code running now, taken from libforkhost's own
+ * mapped ELF header, so no per-architecture table is needed (and x32 or
+ * big-endian builds are judged right).  0, or -1 when it cannot be found; the
+ * machine check is then left to dlopen(). */
+static int host_machine(unsigned *machine)
+{
+    Dl_info di;
+    const ElfW(Ehdr) *self;
+
+    if (dladdr((void *)&fh_elf_kind, &di) == 0 || di.dli_fbase == NULL)
+        return -1;
+    self = di.dli_fbase;
+    if (memcmp(self->e_ident, ELFMAG, SELFMAG) != 0)
+        return -1;
+    *machine = self->e_machine;
+    return 0;
+}
+
+static int other(struct elf_info *ei, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int other(struct elf_info *ei, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(ei->why, sizeof ei->why, fmt, ap);
+    va_end(ap);
+    ei->kind = FH_ELF_OTHER;
+    return 0;
+}
+
+/*
+ * Classify the open file fd.  0 with ei->kind set (and ei->why for
+ * FH_ELF_OTHER, malformed files included), or -1 with errno when the file
+ * cannot be read at all.  The caller frees with elf_info_free().
+ */
+static int inspect(int fd, struct elf_info *ei)
+{
+    unsigned char ident[EI_NIDENT];
+    struct stat st;
+    unsigned machine;
+    ssize_t n;
+    size_t i;
+    int rc;
+
+    memset(ei, 0, sizeof *ei);
+    ei->flags_1_idx = -1;
+    if (fstat(fd, &st) < 0)
+        return -1;
+    if (S_ISDIR(st.st_mode)) {
+        errno = EISDIR;
+        return -1;
+    }
+    ei->size = st.st_size;
+
+    do
+        n = pread(fd, ident, sizeof ident, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < SELFMAG || memcmp(ident, ELFMAG, SELFMAG) != 0) {
+        ei->kind = FH_ELF_NOT_ELF;
+        return 0;
+    }
+    if ((size_t)n < sizeof ident)
+        return other(ei, "a truncated ELF file");
+    if (ident[EI_CLASS] != FH_ELFCLASS)
+        return other(ei, "a %s ELF object; this process is %d-bit",
+                     ident[EI_CLASS] == ELFCLASS32 ? "32-bit"
+                     : ident[EI_CLASS] == ELFCLASS64 ? "64-bit" : "bad-class",
+                     __ELF_NATIVE_CLASS);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (ident[EI_DATA] != ELFDATA2LSB)
+#else
+    if (ident[EI_DATA] != ELFDATA2MSB)
+#endif
+        return other(ei, "an ELF object of the other byte order");
+
+    rc = read_at(fd, &ei->eh, sizeof ei->eh, 0);
+    if (rc < 0)
+        return -1;
+    if (rc > 0)
+        return other(ei, "a truncated ELF file (no complete ELF header)");
+    if (host_machine(&machine) == 0 && ei->eh.e_machine != machine)
+        return other(ei, "built for another machine (e_machine %u; this "
+                     "process is %u)", ei->eh.e_machine, machine);
+    switch (ei->eh.e_type) {
+    case ET_DYN:
+        break;
+    case ET_EXEC:
+        return other(ei, "a non-PIE executable; build with -fPIE -pie "
+                     "(better -fPIC -pie: no copy relocations)");
+    case ET_REL:
+        return other(ei, "a relocatable object (.o); link it with -shared "
+                     "or -pie");
+    case ET_CORE:
+        return other(ei, "a core dump");
+    default:
+        return other(ei, "an ELF file of unknown type %u", ei->eh.e_type);
+    }
+
+    /* Program headers: PT_INTERP, PT_TLS, PT_DYNAMIC. */
+    ei->phnum = ei->eh.e_phnum;
+    if (ei->eh.e_phentsize != sizeof(ElfW(Phdr)) || ei->phnum == 0
+        || ei->phnum > FH_MAX_PHNUM)
+        return other(ei, "a malformed ELF file (program header table)");
+    ei->ph = read_alloc(fd, ei->size, ei->eh.e_phoff,
+                        (uint64_t)ei->phnum * sizeof(ElfW(Phdr)));
+    if (ei->ph == NULL)
+        return errno == EINVAL
+            ? other(ei, "a malformed ELF file (program headers out of range)")
+            : -1;
+    for (i = 0; i < ei->phnum; i++) {
+        const ElfW(Phdr) *ph = &ei->ph[i];
+
+        if (ph->p_type == PT_INTERP)
+            ei->has_interp = 1;
+        else if (ph->p_type == PT_TLS)
+            ei->has_tls = 1;
+        else if (ph->p_type == PT_DYNAMIC && ei->dyn == NULL) {
+            if (ph->p_filesz > FH_MAX_DYN_BYTES)
+                return other(ei, "a malformed ELF file (dynamic section)");
+            ei->dyn = read_alloc(fd, ei->size, ph->p_offset, ph->p_filesz);
+            if (ei->dyn == NULL)
+                return errno == EINVAL
+                    ? other(ei, "a malformed ELF file (dynamic section out "
+                            "of range)")
+                    : -1;
+            ei->ndyn = ph->p_filesz / sizeof(ElfW(Dyn));
+            ei->dyn_off = (off_t)ph->p_offset;
+        }
+    }
+    for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++) {
+        switch (ei->dyn[i].d_tag) {
+        case DT_FLAGS:
+            ei->flags = ei->dyn[i].d_un.d_val;
+            break;
+        case DT_FLAGS_1:
+            ei->flags_1 = ei->dyn[i].d_un.d_val;
+            ei->flags_1_idx = (long)i;
+            break;
+        case DT_SONAME:
+            ei->has_soname = 1;
+            break;
+        }
+    }
+    ei->kind = (ei->flags_1 & DF_1_PIE) || ei->has_interp
+        ? FH_ELF_PIE : FH_ELF_SHARED;
+    return 0;
+}
+
+FH_API int fh_elf_kind(const char *path)
+{
+    struct elf_info ei;
+    int fd, rc, saved;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    rc = inspect(fd, &ei);
+    saved = errno;
+    elf_info_free(&ei);
+    close(fd);
+    errno = saved;
+    return rc < 0 ? -1 : ei.kind;
+}
+
+/* ------------------------------------------------------------------------
+ * Reading the dynamic section's tables (strings, symbols, relocations).
+ */
+
+/* The dynamic tag's value, or dflt. */
+static uint64_t dyn_val(const struct elf_info *ei, ElfW(Sxword) tag,
+                        uint64_t dflt)
+{
+    size_t i;
+
+    for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++)
+        if (ei->dyn[i].d_tag == tag)
+            return ei->dyn[i].d_un.d_val;
+    return dflt;
+}
+
+/* The file offset of [vaddr, vaddr+len) when a PT_LOAD maps it from the
+ * file, or -1. */
+static off_t vaddr_to_off(const struct elf_info *ei, uint64_t vaddr,
+                          uint64_t len)
+{
+    unsigned i;
+
+    for (i = 0; i < ei->phnum; i++) {
+        const ElfW(Phdr) *ph = &ei->ph[i];
+
+        if (ph->p_type == PT_LOAD && vaddr >= ph->p_vaddr
+            && vaddr - ph->p_vaddr <= ph->p_filesz
+            && len <= ph->p_filesz - (vaddr - ph->p_vaddr))
+            return (off_t)(ph->p_offset + (vaddr - ph->p_vaddr));
+    }
+    return -1;
+}
+
+/* Read a table the dynamic section points to by address (DT_STRTAB, DT_RELA
+ * ...), NUL-terminated; NULL when absent or out of range. */
+static void *read_dyn_table(int fd, const struct elf_info *ei, uint64_t vaddr,
+                            uint64_t len)
+{
+    off_t off = vaddr_to_off(ei, vaddr, len);
+
+    return off < 0 ? NULL : read_alloc(fd, ei->size, (uint64_t)off, len);
+}
+
+/* The dynamic string table (NUL-terminated past its end), or NULL. */
+static char *read_dynstr(int fd, const struct elf_info *ei, size_t *len)
+{
+    uint64_t addr = dyn_val(ei, DT_STRTAB, 0);
+    uint64_t sz = dyn_val(ei, DT_STRSZ, 0);
+
+    *len = (size_t)sz;
+    return addr && sz ? read_dyn_table(fd, ei, addr, sz) : NULL;
+}
+
+static const char *str_at(const char *tab, size_t len, uint64_t off)
+{
+    return tab != NULL && off < len ? tab + off : NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * Copy relocations (see the top of the file).
+ */
+
+/* Variables whose copy in the PIE stays right even though libc keeps its
+ * own: libc never reassigns the std streams, and environ and the program
+ * names are set by fh_spawn_native before the entry is loaded, so the copy
+ * taken at load time is the value the program expects. */
+static int copy_is_harmless(const char *name)
+{
+    static const char *const ok[] = {
+        "stdin", "stdout", "stderr", "environ", "__environ",
+        "program_invocation_name", "program_invocation_short_name",
+        "__progname", "__progname_full",
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (strcmp(name, ok[i]) == 0)
+            return 1;
+    return 0;
+}
+
+struct name_list {
+    char **v;
+    size_t n, cap;
+};
+
+static int collect_object_name(struct dl_phdr_info *info, size_t size,
+                               void *data)
+{
+    struct name_list *l = data;
+    char *dup;
+
+    if (info->dlpi_name == NULL || info->dlpi_name[0] == '\0')
+        return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        char **v = realloc(l->v, cap * sizeof *v);
+        if (v == NULL)
+            return 1;
+        l->v = v;
+        l->cap = cap;
+    }
+    dup = strdup(info->dlpi_name);
+    if (dup == NULL)
+        return 1;
+    l->v[l->n++] = dup;
+    return 0;
+}
+
+/*
+ * Does an object already loaded in this process define name?  Those objects
+ * are relocated already and keep using their own definition, so a copy of it
+ * in the PIE would go stale.  An object the PIE brings in with it is not
+ * loaded yet and will bind to the PIE's copy, as in a normal exec (we saw
+ * std::cout work when libstdc++ came in with the PIE).  Objects loaded
+ * RTLD_LOCAL (Python extension modules and their libraries) are not in the
+ * global scope, so each loaded object is asked in turn.
+ */
+static int defined_by_loaded_object(const char *name)
+{
+    struct name_list l = {NULL, 0, 0};
+    int found = 0;
+    size_t i;
+
+    if (dlsym(RTLD_DEFAULT, name) != NULL)
+        return 1;
+    /* dl_iterate_phdr holds the loader's lock: collect, then dlopen. */
+    dl_iterate_phdr(collect_object_name, &l);
+    for (i = 0; i < l.n; i++) {
+        if (!found) {
+            void *h = dlopen(l.v[i], RTLD_LAZY | RTLD_NOLOAD);
+            if (h != NULL) {
+                found = dlsym(h, name) != NULL;
+                dlclose(h);
+            }
+        }
+        free(l.v[i]);
+    }
+    free(l.v);
+    dlerror();
+    return found;
+}
+
+#ifdef FH_R_COPY
+/* Append to out (a comma-separated list) the copy-relocated symbols of the
+ * relocation table at DT_<tag> that would go stale.  Returns the count. */
+static int stale_copies_in(int fd, const struct elf_info *ei,
+                           ElfW(Sxword) tab_tag, ElfW(Sxword) sz_tag,
+                           size_t entsize, int is_rela,
+                           const char *strtab, size_t strsz,
+                           char *out, size_t outlen, int count)
+{
+    uint64_t addr = dyn_val(ei, tab_tag, 0), sz = dyn_val(ei, sz_tag, 0);
+    uint64_t symtab = dyn_val(ei, DT_SYMTAB, 0);
+    uint64_t syment = dyn_val(ei, DT_SYMENT, sizeof(ElfW(Sym)));
+    unsigned char *rel;
+    size_t i;
+
+    if (addr == 0 || sz == 0 || symtab == 0 || syment < sizeof(ElfW(Sym)))
+        return count;
+    rel = read_dyn_table(fd, ei, addr, sz);
+    if (rel == NULL)
+        return count;
+    for (i = 0; i + entsize <= sz; i += entsize) {
+        ElfW(Addr) info;
+        ElfW(Sym) sym;
+        const char *name;
+        off_t off;
+
+        if (is_rela) {
+            ElfW(Rela) r;
+            memcpy(&r, rel + i, sizeof r);
+            info = r.r_info;
+        } else {
+            ElfW(Rel) r;
+            memcpy(&r, rel + i, sizeof r);
+            info = r.r_info;
+        }
+        if (FH_R_TYPE(info) != FH_R_COPY)
+            continue;
+        off = vaddr_to_off(ei, symtab + (uint64_t)FH_R_SYM(info) * syment,
+                           sizeof sym);
+        if (off < 0 || read_at(fd, &sym, sizeof sym, off) != 0)
+            continue;
+        name = str_at(strtab, strsz, sym.st_name);
+        if (name == NULL || copy_is_harmless(name)
+            || !defined_by_loaded_object(name))
+            continue;
+        if (count < FH_MAX_COPY_NAMES) {
+            size_t used = strlen(out);
+            snprintf(out + used, outlen - used, "%s%s", count ? ", " : "",
+                     name);
+        } else if (count == FH_MAX_COPY_NAMES) {
+            size_t used = strlen(out);
+            snprintf(out + used, outlen - used, ", ...");
+        }
+        count++;
+    }
+    free(rel);
+    return count;
+}
+#endif
+
+/* The copy-relocated variables of a PIE that a loaded library already owns,
+ * as "optarg, optind" in out; 0 when there are none. */
+static int stale_copies(int fd, const struct elf_info *ei, char *out,
+                        size_t outlen)
+{
+    int count = 0;
+#ifdef FH_R_COPY
+    size_t strsz;
+    char *strtab = read_dynstr(fd, ei, &strsz);
+
+    out[0] = '\0';
+    count = stale_copies_in(fd, ei, DT_RELA, DT_RELASZ,
+                            dyn_val(ei, DT_RELAENT, sizeof(ElfW(Rela))), 1,
+                            strtab, strsz, out, outlen, count);
+    count = stale_copies_in(fd, ei, DT_REL, DT_RELSZ,
+                            dyn_val(ei, DT_RELENT, sizeof(ElfW(Rel))), 0,
+                            strtab, strsz, out, outlen, count);
+    free(strtab);
+#else
+    out[0] = '\0';
+    (void)fd;
+    (void)ei;
+    (void)outlen;
+#endif
+    return count;
+}
+
+/* ------------------------------------------------------------------------
+ * $ORIGIN for a PIE loaded from a memfd.
+ *
+ * glibc takes $ORIGIN from the name the object was opened by, which for our
+ * copy is "/proc/self/fd": a PIE built with -Wl,-rpath,'$ORIGIN/../lib' (meson
+ * does that for every program in a build tree) would not find its libraries.
+ * So, before loading the copy, each DT_NEEDED library that is not loaded yet
+ * is looked for in the RUNPATH (or RPATH) entries that use $ORIGIN, with the
+ * real directory put in, and loaded from there; the copy's DT_NEEDED then
+ * matches it by soname.  Entries with other tokens ($LIB, $PLATFORM) and
+ * libraries not found this way are left to glibc's own search.  Unlike ld.so
+ * this tries these directories before LD_LIBRARY_PATH even for RUNPATH.
+ */
+
+static int origin_token(const char *s, size_t *toklen)
+{
+    if (strncmp(s, "$ORIGIN", 7) == 0) {
+        *toklen = 7;
+        return 1;
+    }
+    if (strncmp(s, "${ORIGIN}", 9) == 0) {
+        *toklen = 9;
+        return 1;
+    }
+    return 0;
+}
+
+/* elem (not NUL-terminated, elen bytes) with $ORIGIN replaced by origin, into
+ * out; 0 on success, -1 when it has no $ORIGIN, another $ token, or does not
+ * fit. */
+static int expand_origin(const char *elem, size_t elen, const char *origin,
+                         char *out, size_t outlen)
+{
+    size_t i = 0, o = 0, tok;
+    int had_origin = 0;
+
+    while (i < elen) {
+        if (elem[i] == '$') {
+            if (elen - i < 7 || !origin_token(elem + i, &tok) || tok > elen - i)
+                return -1;
+            if (o + strlen(origin) >= outlen)
+                return -1;
+            memcpy(out + o, origin, strlen(origin));
+            o += strlen(origin);
+            i += tok;
+            had_origin = 1;
+            continue;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = elem[i++];
+    }
+    out[o] = '\0';
+    return had_origin ? 0 : -1;
+}
+
+static void preload_origin_deps(int fd, const struct elf_info *ei,
+                                const char *real)
+{
+    size_t strsz, i;
+    char *strtab, *origin, *slash;
+    const char *path;
+
+    strtab = read_dynstr(fd, ei, &strsz);
+    if (strtab == NULL)
+        return;
+    path = str_at(strtab, strsz, dyn_val(ei, DT_RUNPATH, UINT64_MAX));
+    if (path == NULL)
+        path = str_at(strtab, strsz, dyn_val(ei, DT_RPATH, UINT64_MAX));
+    if (path == NULL || strstr(path, "ORIGIN") == NULL
+        || (origin = strdup(real)) == NULL) {
+        free(strtab);
+        return;
+    }
+    slash = strrchr(origin, '/');
+    if (slash != NULL)
+        slash[slash == origin ? 1 : 0] = '\0';
+
+    for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++) {
+        const char *needed, *p;
+        void *h;
+
+        if (ei->dyn[i].d_tag != DT_NEEDED)
+            continue;
+        needed = str_at(strtab, strsz, ei->dyn[i].d_un.d_val);
+        if (needed == NULL || strchr(needed, '/') != NULL)
+            continue;
+        h = dlopen(needed, RTLD_LAZY | RTLD_NOLOAD);
+        if (h != NULL) {          /* already here: glibc will match it */
+            dlclose(h);
+            continue;
+        }
+        for (p = path; *p != '\0';) {
+            size_t elen = strcspn(p, ":");
+            char dir[PATH_MAX], cand[PATH_MAX];
+
+            if (expand_origin(p, elen, origin, dir, sizeof dir) == 0
+                && (size_t)snprintf(cand, sizeof cand, "%s/%s", dir, needed)
+                   < sizeof cand
+                && access(cand, F_OK) == 0
+                && dlopen(cand, FH_ENTRY_DLFLAGS) != NULL)
+                break;            /* kept loaded; the PIE's DT_NEEDED matches it */
+            p += elen;
+            if (*p == ':')
+                p++;
+        }
+    }
+    dlerror();
+    free(origin);
+    free(strtab);
+}
+
+/* ------------------------------------------------------------------------
+ * Symbols.
+ */
+
+/* Look name up in the file's .symtab (where a PIE's main lives unless it was
+ * linked with -rdynamic).  Its st_value, or 0 when absent; *has_symtab tells
+ * whether there was a .symtab at all (none: stripped). */
+static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
+                              const char *name, int *has_symtab)
+{
+    const ElfW(Ehdr) *eh = &ei->eh;
+    ElfW(Shdr) *sh = NULL, first;
+    uint64_t shnum = eh->e_shnum, value = 0;
+    size_t i;
+
+    *has_symtab = 0;
+    if (eh->e_shoff == 0 || eh->e_shentsize != sizeof(ElfW(Shdr)))
+        return 0;
+    if (shnum == 0) {             /* >= SHN_LORESERVE sections: real count */
+        if (out_of_range(ei->size, eh->e_shoff, sizeof first)
+            || read_at(fd, &first, sizeof first, (off_t)eh->e_shoff) != 0)
+            return 0;
+        shnum = first.sh_size;
+    }
+    if (shnum == 0 || shnum > (uint64_t)ei->size / sizeof(ElfW(Shdr)))
+        return 0;
+    sh = read_alloc(fd, ei->size, eh->e_shoff, shnum * sizeof(ElfW(Shdr)));
+    if (sh == NULL)
+        return 0;
+    for (i = 0; i < shnum && value == 0; i++) {
+        ElfW(Sym) *syms;
+        char *str;
+        size_t nsym, j, strsz;
+
+        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= shnum
+            || sh[i].sh_entsize != sizeof(ElfW(Sym)))
+            continue;
+        *has_symtab = 1;
+        strsz = (size_t)sh[sh[i].sh_link].sh_size;
+        syms = read_alloc(fd, ei->size, sh[i].sh_offset, sh[i].sh_size);
+        str = read_alloc(fd, ei->size, sh[sh[i].sh_link].sh_offset, strsz);
+        nsym = (size_t)(sh[i].sh_size / sizeof(ElfW(Sym)));
+        for (j = 0; syms != NULL && str != NULL && j < nsym; j++) {
+            const ElfW(Sym) *s = &syms[j];
+            int bind = FH_ST_BIND(s->st_info);
+            int type = FH_ST_TYPE(s->st_info);
+
+            if (s->st_name < strsz && s->st_shndx != SHN_UNDEF
+                && s->st_shndx != SHN_ABS && s->st_value != 0
+                && (bind == STB_GLOBAL || bind == STB_WEAK)
+                && (type == STT_FUNC || type == STT_NOTYPE)
+                && strcmp(str + s->st_name, name) == 0)
+                value = s->st_value;
+        }
+        free(syms);
+        free(str);
+    }
+    free(sh);
+    return value;
+}
+
+/* The object that contains addr, by its link map. */
+static struct link_map *object_of(void *addr)
+{
+    struct link_map *lm = NULL;
+    Dl_info di;
+
+    if (dladdr1(addr, &di, (void **)&lm, RTLD_DL_LINKMAP) == 0)
+        return NULL;
+    return lm;
+}
+
+/* ------------------------------------------------------------------------
+ * Errors.
+ */
+
+static fh_main_fn fail(char *err, size_t errlen, int *exit_code, int code,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* Store one line (control characters from paths or dlerror become spaces)
+ * and the exit code; always NULL. */
+static fh_main_fn fail(char *err, size_t errlen, int *exit_code, int code,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    char *p;
+
+    if (exit_code != NULL)
+        *exit_code = code;
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+        for (p = err; *p != '\0'; p++)
+            if ((unsigned char)*p < 0x20)
+                *p = ' ';
+    }
+    return NULL;
+}
+
+/* dlerror() without the "<name we passed>: " prefix it usually starts with:
+ * our message names the file already, and for a memfd copy that name would
+ * be a meaningless /proc/self/fd/N. */
+static const char *dl_reason(const char *dlpath)
+{
+    const char *e = dlerror();
+    size_t n = strlen(dlpath);
+
+    if (e == NULL)
+        return "unknown dlopen error";
+    if (strncmp(e, dlpath, n) == 0 && e[n] == ':' && e[n + 1] == ' ')
+        return e + n + 2;
+    return e;
+}
+
+/* ------------------------------------------------------------------------
+ * Loading.
+ */
+
+/* Copy fd into a sealed memfd whose DT_FLAGS_1 lacks DF_1_PIE.  The memfd,
+ * or -1 with errno. */
+static int pie_copy(int fd, const struct elf_info *ei)
+{
+    ElfW(Dyn) d;
+    off_t off = 0;
+    int mfd;
+
+    mfd = memfd_create("forkhost-entry", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0)
+        return -1;
+    while (off < ei->size) {
+        ssize_t n = sendfile(mfd, fd, &off, (size_t)(ei->size - off));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EINVAL || errno == ENOSYS)) {
+            char buf[16384];      /* no sendfile into this fs: copy by hand */
+            ssize_t r = pread(fd, buf, sizeof buf, off);
+            if (r > 0 && write(mfd, buf, (size_t)r) == r) {
+                off += r;
+                continue;
+            }
+            n = r == 0 ? 0 : -1;
+        }
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;      /* the file shrank under us */
+            goto fail;
+        }
+    }
+    d = ei->dyn[ei->flags_1_idx];
+    d.d_un.d_val &= ~(ElfW(Xword))DF_1_PIE;
+    if (pwrite(mfd, &d, sizeof d,
+               ei->dyn_off + ei->flags_1_idx * (off_t)sizeof d)
+        != (ssize_t)sizeof d)
+        goto fail;
+    /* Best effort: nobody can change the copy while the loader maps it. */
+    fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+          | F_SEAL_SEAL);
+    return mfd;
+fail:
+    {
+        int saved = errno;
+        close(mfd);
+        errno = saved;
+    }
+    return -1;
+}
+
+/*
+ * What is left of the loaded copy's name.  glibc matches dlopen() names
+ * against every name an object was loaded by, so a second PIE copied to the
+ * same fd number later in this process would be taken for the first one: each
+ * load gets a distinct spelling of its /proc path.
+ */
+static void memfd_path(char *buf, size_t len, int mfd)
+{
+    static unsigned loads;      /* PIE copies loaded by this process */
+    size_t used = (size_t)snprintf(buf, len, "/proc/self/fd/");
+    unsigned i;
+
+    for (i = 0; i < loads && used + 2 < len - 16; i++) {
+        memcpy(buf + used, "./", 2);
+        used += 2;
+    }
+    snprintf(buf + used, len - used, "%d", mfd);
+    loads++;
+}
+
+FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
+                                char *err, size_t errlen, int *exit_code)
+{
+    struct elf_info ei;
+    struct link_map *lm = NULL, *owner;
+    fh_main_fn fn = NULL;
+    char dlpath[PATH_MAX + 16], copies[256];
+    int fd, mfd = -1, is_exec, has_symtab;
+    void *h, *addr;
+    uint64_t value;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (symbol == NULL || symbol[0] == '\0')
+        symbol = "main";
+    if (path == NULL || path[0] == '\0')
+        return fail(err, errlen, exit_code, 127, "no such file: (empty path)");
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return fail(err, errlen, exit_code, 127, "no such file: %s", path);
+        return fail(err, errlen, exit_code, 126, "cannot open %s: %s", path,
+                    strerror(errno));
+    }
+    if (inspect(fd, &ei) < 0) {
+        int e = errno;
+        elf_info_free(&ei);
+        close(fd);
+        if (e == EISDIR)
+            return fail(err, errlen, exit_code, 126, "%s is a directory, not "
+                        "a shared object or PIE executable", path);
+        return fail(err, errlen, exit_code, 126, "cannot read %s: %s", path,
+                    strerror(e));
+    }
+    switch (ei.kind) {
+    case FH_ELF_NOT_ELF:
+        fail(err, errlen, exit_code, 126, "%s is not an ELF file (expected a "
+             "shared object or a PIE executable)", path);
+        goto out;
+    case FH_ELF_OTHER:
+        fail(err, errlen, exit_code, 126, "%s is %s", path, ei.why);
+        goto out;
+    }
+
+    /* An executable, as opposed to a library that also has PT_INTERP (libc.so.6
+     * does): DF_1_PIE, or, from linkers older than binutils 2.26 that did not
+     * set it, a program interpreter and no soname. */
+    is_exec = (ei.flags_1 & DF_1_PIE) || (ei.has_interp && !ei.has_soname);
+    if (is_exec && !ei.has_interp) {
+        fail(err, errlen, exit_code, 126, "%s is a static PIE: it carries its "
+             "own C library, which cannot run inside this process; build it "
+             "dynamically with -fPIC -pie", path);
+        goto out;
+    }
+    if (is_exec && ei.has_tls) {
+        fail(err, errlen, exit_code, 126, "%s is a PIE with thread-local "
+             "variables (PT_TLS): an executable reaches them at fixed offsets "
+             "from the thread pointer that belong to the main program here; "
+             "build the entry as a shared object (-fPIC -shared) instead",
+             path);
+        goto out;
+    }
+
+    if (ei.flags_1 & DF_1_PIE) {
+        char *real = realpath(path, NULL);
+
+        if (real != NULL) {
+            preload_origin_deps(fd, &ei, real);
+            free(real);
+        }
+    }
+    if (is_exec && stale_copies(fd, &ei, copies, sizeof copies) > 0) {
+        fail(err, errlen, exit_code, 126, "%s is a PIE with copy relocations "
+             "of variables that libraries already loaded here own (%s): it "
+             "would only see stale copies of them; rebuild it with -fPIC -pie",
+             path, copies);
+        goto out;
+    }
+
+    dlerror();
+    if (ei.flags_1 & DF_1_PIE) {
+        mfd = pie_copy(fd, &ei);
+        if (mfd < 0) {
+            fail(err, errlen, exit_code, 126, "cannot copy %s into memory to "
+                 "load it: %s", path, strerror(errno));
+            goto out;
+        }
+        memfd_path(dlpath, sizeof dlpath, mfd);
+    } else {
+        /* A bare name would send dlopen() through the library search path;
+         * "lib.so" means the file in the client's cwd, as for open(). */
+        snprintf(dlpath, sizeof dlpath, "%s%s",
+                 strchr(path, '/') != NULL ? "" : "./", path);
+    }
+    h = dlopen(dlpath, FH_ENTRY_DLFLAGS);
+    if (h == NULL) {
+        fail(err, errlen, exit_code, 126, "cannot load %s: %s", path,
+             dl_reason(dlpath));
+        goto out;
+    }
+    if (dlinfo(h, RTLD_DI_LINKMAP, &lm) != 0)
+        lm = NULL;
+    if (mfd >= 0 && lm != NULL) {
+        /* Name the copy after its file, so dladdr(), backtraces and a
+         * debugger attaching later find the real program (same bytes but
+         * one flag).  glibc frees l_name with free() only on dlclose, and
+         * l_name is malloc'd by the same malloc we use; the old name is
+         * kept reachable, never freed, in case that ever differs. */
+        static char *replaced_name;
+        char *real = realpath(path, NULL);
+
+        if (real != NULL) {
+            replaced_name = lm->l_name;
+            lm->l_name = real;
+        }
+        (void)replaced_name;
+    }
+
+    /* dlsym() searches the handle's dependencies too: a symbol that only
+     * libc defines (say "printf") is not the entry's own. */
+    addr = dlsym(h, symbol);
+    owner = addr != NULL ? object_of(addr) : NULL;
+    if (addr != NULL && (lm == NULL || owner == lm)) {
+        fn = (fh_main_fn)addr;
+        goto out;
+    }
+    if (ei.kind == FH_ELF_PIE && lm != NULL) {
+        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, symbol, &has_symtab);
+        if (value != 0) {
+            fn = (fh_main_fn)(lm->l_addr + value);
+            goto out;
+        }
+        if (!has_symtab && is_exec) {
+            fail(err, errlen, exit_code, 127, "no symbol '%s' in %s: it is not "
+                 "exported and the file has no symbol table (stripped); "
+                 "rebuild it with -rdynamic or -Wl,--export-dynamic-symbol=%s",
+                 symbol, path, symbol);
+            goto out;
+        }
+    }
+    if (addr != NULL && owner != NULL && owner->l_name != NULL
+        && owner->l_name[0] != '\0')
+        fail(err, errlen, exit_code, 127, "no symbol '%s' in %s (only %s "
+             "defines it)", symbol, path, owner->l_name);
+    else
+        fail(err, errlen, exit_code, 127, "no symbol '%s' in %s", symbol,
+             path);
+out:
+    if (mfd >= 0)
+        close(mfd);
+    elf_info_free(&ei);
+    close(fd);
+    return fn;
+}

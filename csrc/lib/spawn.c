@@ -1,0 +1,475 @@
+/*
+ * spawn.c - what the template does at each fork: turn a copy of itself into
+ * the client's process, and for native entries do the whole fork in C.
+ *
+ * A secondary must look like the program the client asked for, started
+ * fresh: the client's fds at 0/1/2 and 3.., nothing else open, the client's
+ * cwd and umask, default signal dispositions and an empty mask, its own
+ * process group, and a title `ps` shows as the client's argv.  Everything
+ * else is deliberately inherited from the primary: every mapping, at the
+ * same address, is the point of forkhost.
+ *
+ * fh_child_setup() runs between fork() and the entry, in a child of the
+ * single-threaded template, for Python and native entries alike; it calls
+ * only async-signal-safe functions and never allocates, so it stays correct
+ * even if someone calls it after forking a threaded process.
+ */
+#include "forkhost/spawn.h"
+#include "forkhost/entry.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <locale.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdio_ext.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* SCM_RIGHTS carries at most 253 fds per message (the kernel's SCM_MAX_FD),
+ * so no launch can hand over more; it also sizes a stack array. */
+#define FH_SPAWN_MAX_FDS 253u
+/* The kernel's comm is 16 bytes with its NUL (TASK_COMM_LEN). */
+#define FH_COMM_LEN 16
+/* The fixed exit codes of DESIGN.md. */
+#define FH_EXIT_SETUP 125         /* forkhost itself failed */
+/* One line from fh_entry_load(). */
+#define FH_ERR_LEN 1024
+
+extern char **environ;
+
+/* Store the failing step and return -errno (errno as the step left it). */
+static int step_failed(const char **error, const char *step)
+{
+    int e = errno ? errno : EINVAL;
+
+    if (error != NULL)
+        *error = step;
+    return -e;
+}
+
+static int parse_fd_name(const char *s)
+{
+    int v = 0;
+
+    if (*s == '\0')
+        return -1;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || v > (INT32_MAX - 9) / 10)
+            return -1;
+        v = v * 10 + (*s - '0');
+    }
+    return v;
+}
+
+/*
+ * Close every fd >= lowfd.  close_range(2) (Linux 5.9) does it in one call;
+ * before that, list /proc/self/fd with getdents64 into a stack buffer
+ * (opendir() would allocate), and without /proc close up to the fd limit.
+ */
+static int close_from(int lowfd)
+{
+    char buf[4096];
+    struct rlimit rl;
+    int dfd, fd;
+    long n;
+
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lowfd, ~0U, 0) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -1;
+#endif
+    dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        while ((n = syscall(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
+            long off = 0;
+
+            while (off < n) {
+                struct dirent64 *d = (struct dirent64 *)(buf + off);
+
+                fd = parse_fd_name(d->d_name);
+                if (fd >= lowfd && fd != dfd)
+                    close(fd);
+                off += d->d_reclen;
+            }
+        }
+        close(dfd);
+        return n < 0 ? -1 : 0;
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur > INT32_MAX)
+        rl.rlim_cur = 65536;
+    for (fd = lowfd; fd < (int)rl.rlim_cur; fd++)
+        close(fd);
+    return 0;
+}
+
+/* The fd list must be what the header says: cwd, the stdio fds of
+ * stdio_mask, nextra extras.  Checked before anything is changed. */
+static int spec_valid(const struct fh_child_spec *spec)
+{
+    unsigned nstd = 0, std;
+
+    if (spec == NULL)
+        return 0;
+    for (std = 0; std < 3; std++)
+        nstd += (spec->stdio_mask >> std) & 1u;
+    return (spec->stdio_mask & ~7u) == 0 && spec->fds != NULL
+        && spec->nfds <= FH_SPAWN_MAX_FDS && spec->nextra <= FH_SPAWN_MAX_FDS
+        && spec->nfds == 1 + nstd + spec->nextra;
+}
+
+/*
+ * Put the client's fds in place.  Received fds sit at arbitrary numbers,
+ * possibly at 0..N-1 where others must land, so all of them are first
+ * duplicated to N and above; after that no dup2() can overwrite a source
+ * still needed.  The cwd fd is moved too, so that a failing fchdir() is
+ * reported on the client's stderr, which is in place by then.
+ */
+static int setup_fds(const struct fh_child_spec *spec, const char **error)
+{
+    int moved[FH_SPAWN_MAX_FDS];
+    unsigned mask = spec->stdio_mask, i, k, N;
+    int std;
+
+    N = 3 + spec->nextra;
+
+    for (i = 0; i < spec->nfds; i++) {
+        moved[i] = fcntl(spec->fds[i], F_DUPFD_CLOEXEC, (int)N);
+        if (moved[i] < 0)
+            return step_failed(error, "moving the client's fds out of the "
+                               "way (fcntl F_DUPFD_CLOEXEC)");
+    }
+    /* dup2() leaves FD_CLOEXEC clear on the target: these stay open across
+     * an exec the entry may do, like any inherited stdio. */
+    k = 1;
+    for (std = 0; std < 3; std++) {
+        if (!((mask >> std) & 1u))
+            continue;
+        if (dup2(moved[k++], std) < 0)
+            return step_failed(error, "placing the client's stdio (dup2)");
+    }
+    for (i = 0; i < spec->nextra; i++)
+        if (dup2(moved[k++], (int)(3 + i)) < 0)
+            return step_failed(error, "placing the client's extra fds "
+                               "(dup2)");
+    /* The client had these closed: so does its program. */
+    for (std = 0; std < 3; std++)
+        if (!((mask >> std) & 1u) && close(std) < 0 && errno != EBADF)
+            return step_failed(error, "closing the std fds the client did "
+                               "not have");
+    if (fchdir(moved[0]) < 0)
+        return step_failed(error, "changing to the client's cwd (fchdir)");
+    /* Everything >= N: the template's own fds (its listening socket, the
+     * client connection, Python's), the received originals, the moved
+     * copies. */
+    if (close_from((int)N) < 0)
+        return step_failed(error, "closing the template's fds (close_range)");
+    return 0;
+}
+
+/* argv[0]'s last path component, at most 15 bytes, as the kernel's comm. */
+static void set_comm(const char *argv0)
+{
+    char comm[FH_COMM_LEN];
+    const char *base = argv0, *p;
+    size_t len;
+
+    for (p = argv0; *p != '\0'; p++)
+        if (p[0] == '/' && p[1] != '\0' && p[1] != '/')
+            base = p + 1;
+    len = strcspn(base, "/");
+    if (len == 0)
+        return;
+    if (len > sizeof comm - 1)
+        len = sizeof comm - 1;
+    memcpy(comm, base, len);
+    comm[len] = '\0';
+    prctl(PR_SET_NAME, (unsigned long)comm, 0UL, 0UL, 0UL);
+}
+
+/*
+ * What /proc/PID/cmdline (and so ps) shows: the memory that held the
+ * primary's own argv strings.  As setproctitle(3) does, write the title and
+ * zero the rest: the kernel then shows the bytes up to the first NUL.
+ */
+static void set_title(char *area, size_t len, char *const *argv)
+{
+    size_t o = 0, i;
+
+    if (area == NULL || len == 0)
+        return;
+    for (i = 0; argv[i] != NULL && o + 1 < len; i++) {
+        size_t n = strlen(argv[i]);
+
+        if (i > 0)
+            area[o++] = ' ';
+        if (n > len - 1 - o)
+            n = len - 1 - o;
+        memcpy(area + o, argv[i], n);
+        o += n;
+    }
+    memset(area + o, 0, len - o);
+}
+
+FH_API int fh_child_setup(const struct fh_child_spec *spec, const char **error)
+{
+    struct sigaction dfl;
+    sigset_t set;
+    int sig, rc;
+
+    if (error != NULL)
+        *error = NULL;
+    if (!spec_valid(spec)) {
+        errno = EINVAL;
+        return step_failed(error, "checking the fd list (the count does not "
+                           "match stdio_mask and nextra)");
+    }
+    /* Block everything first.  Until the dispositions below are back to
+     * SIG_DFL, a signal would run a template handler in the secondary (one
+     * that writes to the template's wakeup fd, whose number may already be a
+     * client fd).  fh_spawn_native forks with everything blocked already; a
+     * Python caller cannot, so its window is the few instructions between
+     * os.fork() and here. */
+    sigfillset(&set);
+    if (sigprocmask(SIG_SETMASK, &set, NULL) < 0)
+        return step_failed(error, "blocking signals (sigprocmask)");
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        /* glibc keeps 32 and 33 for itself (thread cancellation, setxid)
+         * and answers EINVAL: they must keep glibc's handlers. */
+        if (sigaction(sig, &dfl, NULL) < 0 && errno != EINVAL)
+            return step_failed(error, "resetting signal dispositions "
+                               "(sigaction)");
+    }
+
+    /* Its own group: a signal to the template's group (a Ctrl-C in the
+     * primary's terminal, a kill -TERM -PGID) does not reach the client's
+     * program, which gets the client's signals through the template. */
+    if (setpgid(0, 0) < 0)
+        return step_failed(error, "leaving the template's process group "
+                           "(setpgid)");
+
+    rc = setup_fds(spec, error);
+    if (rc < 0)
+        return rc;
+
+    umask((mode_t)(spec->umask & 07777));
+
+    if (spec->argv != NULL && spec->argv[0] != NULL) {
+        set_comm(spec->argv[0]);
+        set_title(spec->title_area, spec->title_len, spec->argv);
+    }
+
+    sigemptyset(&set);
+    if (sigprocmask(SIG_SETMASK, &set, NULL) < 0)
+        return step_failed(error, "clearing the signal mask (sigprocmask)");
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Native secondaries.
+ */
+
+static void write_all(int fd, const char *s, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static __attribute__((noreturn)) void die(int code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* One line on the secondary's stderr (the client's, once setup got that
+ * far), then _exit. */
+static void die(int code, const char *fmt, ...)
+{
+    char line[FH_ERR_LEN + 64];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof line)
+        n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    write_all(2, line, (size_t)n);
+    _exit(code);
+}
+
+static int is_listen_var(const char *s)
+{
+    return strncmp(s, "LISTEN_PID=", 11) == 0
+        || strncmp(s, "LISTEN_FDS=", 11) == 0
+        || strncmp(s, "LISTEN_FDNAMES=", 15) == 0;
+}
+
+/*
+ * The client's environment, with systemd's socket-activation variables set
+ * for this process when it was handed extra fds (sd_listen_fds(3) checks
+ * LISTEN_PID against getpid()), and dropped otherwise: values the client
+ * inherited describe fds the secondary does not have.
+ */
+static char **build_env(const struct fh_child_spec *spec)
+{
+    static char pidvar[32], fdsvar[32];
+    size_t n = 0, o = 0, i;
+    char **env;
+
+    while (spec->envp != NULL && spec->envp[n] != NULL)
+        n++;
+    env = calloc(n + 3, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    for (i = 0; i < n; i++)
+        if (!is_listen_var(spec->envp[i]))
+            env[o++] = spec->envp[i];
+    if (spec->nextra > 0) {
+        snprintf(pidvar, sizeof pidvar, "LISTEN_PID=%ld", (long)getpid());
+        snprintf(fdsvar, sizeof fdsvar, "LISTEN_FDS=%u", spec->nextra);
+        env[o++] = pidvar;
+        env[o++] = fdsvar;
+    }
+    env[o] = NULL;
+    return env;
+}
+
+/*
+ * C library state a fresh program would start with, where the template's
+ * differs: stdio is bound to new files, so whatever the primary had
+ * buffered (unflushed output, read-ahead, a sticky EOF) is dropped, not
+ * replayed into the client's files; buffering follows the new fds as at
+ * startup.  The primary (Python) set LC_CTYPE from its environment; a C
+ * program starts in the "C" locale.  err(3)/error(3) print the program name.
+ */
+static void reset_libc(char *const *argv)
+{
+    FILE *streams[3] = {stdin, stdout, stderr};
+    const char *base;
+    int i;
+
+    for (i = 0; i < 3; i++) {
+        __fpurge(streams[i]);
+        clearerr(streams[i]);
+    }
+    setvbuf(stdout, NULL, isatty(1) ? _IOLBF : _IOFBF, BUFSIZ);
+    setvbuf(stderr, NULL, _IONBF, 0);
+    setlocale(LC_ALL, "C");
+    optind = 1;
+    opterr = 1;
+    if (argv[0] != NULL) {
+        program_invocation_name = argv[0];
+        base = strrchr(argv[0], '/');
+        program_invocation_short_name = base != NULL ? (char *)base + 1
+                                                     : argv[0];
+    }
+}
+
+static __attribute__((noreturn)) void run_native(
+    const struct fh_child_spec *spec, const char *path, const char *symbol)
+{
+    static char *const no_args[] = {NULL};
+    char *const *args = spec->argv != NULL ? spec->argv : no_args;
+    char err[FH_ERR_LEN];
+    const char *step = NULL;
+    char **argv, **env;
+    fh_main_fn fn;
+    int rc, code = 126;
+    size_t argc = 0;
+
+    rc = fh_child_setup(spec, &step);
+    if (rc < 0)
+        die(FH_EXIT_SETUP, "forkhost: cannot set up the secondary: %s: %s",
+            step != NULL ? step : "?", strerror(-rc));
+
+    /* After setup: allocation is fine from here on (the template is
+     * single-threaded, and dlopen() allocates anyway). */
+    env = build_env(spec);
+    while (args[argc] != NULL)
+        argc++;
+    /* The entry may permute argv (GNU getopt does): give it its own array. */
+    argv = calloc(argc + 1, sizeof *argv);
+    if (env == NULL || argv == NULL)
+        die(FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
+            "allocating argv and environment: %s", strerror(ENOMEM));
+    memcpy(argv, args, argc * sizeof *argv);
+    /* Before loading: a PIE takes its copies of these at load time. */
+    environ = env;
+    reset_libc(argv);
+
+    fn = fh_entry_load(path, symbol, err, sizeof err, &code);
+    if (fn == NULL)
+        die(code, "forkhost: %s", err);
+    errno = 0;
+    rc = fn((int)argc, argv, environ);
+    /*
+     * _exit, not exit: exit() would run every atexit handler and ELF
+     * destructor in the process, and most of them belong to the primary's
+     * libraries (Python's, the sanitizer's, libforkhost's users'), which must
+     * not run once per secondary against state they share with the primary.
+     * Only stdio is flushed, as a returning main() would.  An entry that
+     * wants its own atexit handlers run calls exit() itself.
+     */
+    fflush(NULL);
+    _exit(rc);
+}
+
+FH_API pid_t fh_spawn_native(const struct fh_child_spec *spec,
+                             const char *path, const char *symbol)
+{
+    sigset_t all, old;
+    pid_t pid;
+    int saved;
+
+    /* Validate before forking: a bad spec is the caller's error, not a
+     * secondary that exits 125. */
+    if (!spec_valid(spec) || path == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* Fork with every signal blocked, so no template handler ever runs in
+     * the child; the parent restores its mask right after. */
+    sigfillset(&all);
+    if (pthread_sigmask(SIG_SETMASK, &all, &old) != 0)
+        return -1;
+    /*
+     * The child gets: every mapping of the template (so of the primary, at
+     * the same addresses), all its fds until fh_child_setup() closes every
+     * one but the client's, the blocked mask.  It closes: the template's
+     * sockets, the received originals, everything >= 3 + nextra.  It must
+     * never: return into the caller (its code is the template's loop), run
+     * the template's atexit handlers (it leaves only by _exit), or touch the
+     * template's connection state.
+     */
+    pid = fork();
+    if (pid == 0)
+        run_native(spec, path, symbol);
+    saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return pid;
+}

@@ -1,0 +1,10 @@
+/* cffi view of forkhost/demo.h */
+struct fh_demo_zone;
+typedef uint64_t (*fh_demo_fn)(struct fh_demo_zone *zone, int64_t caller);
+struct fh_demo_zone {
+    fh_demo_fn fn;
+    uint64_t   calls;
+    int64_t    last_caller;
+    char       greeting[64];
+};
+struct fh_demo_zone *fh_demo_setup(const char *greeting);

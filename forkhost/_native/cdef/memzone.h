@@ -1,0 +1,24 @@
+/* cffi view of forkhost/memzone.h: named, aligned allocations in the arena. */
+#define FH_MEMZONE_NAMESIZE ...
+#define FH_MEMZONE_MAX ...
+
+struct fh_memzone {
+    char     name[...];
+    void    *addr;
+    uint64_t len;
+    uint64_t align;
+    uint32_t flags;
+    ...;
+};
+
+const struct fh_memzone *fh_memzone_reserve(const char *name, size_t len,
+                                            size_t align, unsigned flags);
+const struct fh_memzone *fh_memzone_lookup(const char *name);
+int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *), void *arg);
+size_t fh_memzone_free_bytes(void);
+unsigned fh_memzone_count(void);
+
+/* test hooks: die holding the directory lock */
+int fh__memzone_lock(void);
+void fh__memzone_unlock(void);
+void fh__memzone_crash_at(int step);

@@ -1,0 +1,364 @@
+"""The ``forkhost`` command (also ``python -m forkhost``).
+
+Subcommands: primary, run, ps, stop, doctor, demo, config.  Options have
+the same names everywhere (--prefix, --runtime-dir, --arena-size,
+--preload).  Exit codes: 0 success; 1 the command failed (message on
+stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
+instead: the secondary's own status, or 125/126/127 (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+from . import __version__, client, runtime
+from .errors import EXIT_FORKHOST, ForkhostError, RefusedError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix", help="group of processes (default: $FORKHOST_PREFIX "
+                   "or 'forkhost')")
+    p.add_argument("--runtime-dir", help="runtime directory (default: "
+                   "$FORKHOST_RUNTIME_DIR, $XDG_RUNTIME_DIR/forkhost, ...)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="forkhost", description="Pre-fork secondary-process host.")
+    ap.add_argument("--version", action="version", version=f"forkhost {__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("primary", help="start a primary (and its template)")
+    _common(p)
+    p.add_argument("--arena-size", default="64M", help="shared arena size (default 64M)")
+    p.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                   help="import MODULE before forking the template (repeatable)")
+    p.add_argument("--max-secondaries", type=int, default=1024,
+                   help="concurrent secondaries before launches are refused")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds between SIGTERM and SIGKILL when ending a secondary")
+    p.add_argument("--huge-pages", choices=("auto", "never", "always"), default="auto")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background; print the ready line and return")
+
+    p = sub.add_parser("run", help="run an entry in a secondary (like forkhost-run)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("ps", help="list a prefix's primary, template and secondaries")
+    _common(p)
+    p.add_argument("--all", action="store_true", help="every prefix in the runtime dir")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("stop", help="stop a primary")
+    _common(p)
+    p.add_argument("--timeout", type=float, default=30.0)
+
+    p = sub.add_parser("doctor", help="check this machine and a prefix")
+    _common(p)
+
+    p = sub.add_parser("demo", help="the main job on an embedded default")
+    _common(p)
+
+    p = sub.add_parser("config", help="compiler flags for C programs")
+    p.add_argument("--cflags", action="store_true")
+    p.add_argument("--libs", action="store_true")
+    p.add_argument("--pc", action="store_true", help="print a pkg-config .pc file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except ForkhostError as err:
+        print(f"forkhost {args.cmd}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- primary -------------------------------------------------------------
+
+def _make_primary(a):
+    from .primary import Primary
+    return Primary(a.prefix, runtime_dir=a.runtime_dir, arena_size=a.arena_size,
+                   preload=a.preload, max_secondaries=a.max_secondaries,
+                   grace=a.grace, huge_pages=a.huge_pages)
+
+
+def _serve(p) -> int:
+    """Wait for SIGINT/SIGTERM/SIGHUP (stop cleanly, 0) or for the template
+    to die on its own (1)."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
+    code = 0
+    while True:
+        try:
+            r, _, _ = select.select([wake_r, p.template_pidfd], [], [])
+        except InterruptedError:
+            continue
+        if p.template_pidfd in r:
+            status = p.wait_template(0)
+            how = f"killed by signal {-status}" if status < 0 else f"status {status}"
+            print(f"forkhost primary: the template exited unexpectedly ({how}); "
+                  f"stopping", file=sys.stderr, flush=True)
+            code = 1
+            break
+        if wake_r in r and os.read(wake_r, 64):
+            break
+    p.stop()
+    print(f"forkhost primary: stopped (prefix {p.prefix!r})", flush=True)
+    return code
+
+
+def cmd_primary(a) -> int:
+    if a.detach:
+        return _detach(a)
+    p = _make_primary(a)
+    p.start()
+    if p.recovered_pid is not None:
+        who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
+        print(f"forkhost primary: recovered the runtime directory left by {who}",
+              file=sys.stderr)
+    print(p.ready_line(), flush=True)
+    return _serve(p)
+
+
+def _detach(a) -> int:
+    """Fork a daemon that becomes the primary; print its ready line (or its
+    error) and return.  Its output goes to <runtime>/<prefix>.log."""
+    p = _make_primary(a)       # validates options before forking
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            p.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            log = os.open(p.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                          | os.O_CLOEXEC, 0o600)
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(null)
+            os.close(log)
+            try:
+                p.start()
+            except ForkhostError as err:
+                os.write(w, f"error {err}".encode())
+                raise
+            print(p.ready_line(), flush=True)
+            os.write(w, f"ok {p.ready_line()}".encode())
+            os.close(w)
+            code = _serve(p)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    status, _, text = data.decode(errors="replace").partition(" ")
+    if status == "ok":
+        print(text, flush=True)
+        return 0
+    print(f"forkhost primary: {text or 'the detached primary failed to start; see ' + str(p.paths.log)}",
+          file=sys.stderr)
+    return 1
+
+
+# -- run -----------------------------------------------------------------
+
+RUN_USAGE = """\
+usage: forkhost run [--prefix P] [--runtime-dir D] [--fd N]... [--connect-timeout S]
+                    (ENTRY | -m MODULE) [ARGS...]
+Run ENTRY in a secondary and exit like it (see forkhost-run --help)."""
+
+
+def _run_usage_error(msg: str) -> int:
+    print(f"forkhost run: {msg}\nTry 'forkhost run --help'.", file=sys.stderr)
+    return EXIT_FORKHOST
+
+
+def cmd_run(a) -> int:
+    rest = list(a.rest)
+    opts = {"prefix": None, "runtime_dir": None, "connect_timeout":
+            float(os.environ.get("FORKHOST_CONNECT_TIMEOUT") or 5.0)}
+    fds: list[int] = []
+    module = False
+    while rest:
+        arg = rest[0]
+        if arg in ("-h", "--help"):
+            print(RUN_USAGE)
+            return 0
+        if arg == "--":
+            rest.pop(0)
+            break
+        if arg == "-m":
+            module = True
+            rest.pop(0)
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=")
+        rest.pop(0)
+        if name not in ("--prefix", "--runtime-dir", "--fd", "--connect-timeout"):
+            return _run_usage_error(f"unknown option {name!r}")
+        if not eq:
+            if not rest:
+                return _run_usage_error(f"option {name} needs a value")
+            value = rest.pop(0)
+        try:
+            if name == "--fd":
+                fd = int(value)
+                if fd < 3:
+                    return _run_usage_error("--fd takes an fd of 3 or more "
+                                            "(0, 1, 2 are passed anyway)")
+                os.fstat(fd)
+                fds.append(fd)
+            elif name == "--connect-timeout":
+                opts["connect_timeout"] = float(value)
+            else:
+                opts[name[2:].replace("-", "_")] = value
+        except ValueError:
+            return _run_usage_error(f"invalid value {value!r} for {name}")
+        except OSError:
+            return _run_usage_error(f"--fd {value}: not an open file descriptor")
+    if not rest:
+        return _run_usage_error("missing MODULE after -m" if module else "missing ENTRY")
+    entry, args = rest[0], rest[1:]
+    try:
+        code = client.run(entry, args, module=module, pass_fds=fds, **opts)
+    except RefusedError as err:
+        print(f"forkhost run: {err}", file=sys.stderr)
+        return err.exit_code
+    except ForkhostError as err:
+        print(f"forkhost run: {err}", file=sys.stderr)
+        return EXIT_FORKHOST
+    client.die_like(code)
+    return code  # not reached
+
+
+# -- ps / stop -----------------------------------------------------------
+
+def _prefixes(a) -> list[runtime.PrefixPaths]:
+    if not getattr(a, "all", False):
+        return [runtime.paths(a.prefix, a.runtime_dir)]
+    root = runtime.runtime_dir(a.runtime_dir)
+    try:
+        names = sorted(d.name for d in root.iterdir() if (d / "lock").exists())
+    except FileNotFoundError:
+        names = []
+    return [runtime.paths(n, root) for n in names]
+
+
+def _proc_line(pid: int) -> tuple[str, float]:
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        return " ".join(proc.cmdline()) or proc.name(), time.time() - proc.create_time()
+    except psutil.Error:
+        return "?", 0.0
+
+
+def cmd_ps(a) -> int:
+    rows = []
+    for p in _prefixes(a):
+        cfg = runtime.read_config(p)
+        if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
+            if not a.all:
+                raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
+                                    f"(looked for {p.config})")
+            continue
+        for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
+            cmd, up = _proc_line(pid)
+            rows.append({"prefix": p.prefix, "role": role, "pid": pid,
+                         "client_pid": None, "uptime": round(up, 1), "command": cmd})
+        try:
+            inf = client.info(p.prefix, p.root)
+        except ForkhostError:
+            continue
+        for s in inf["secondaries"]:
+            cmd, _ = _proc_line(s["pid"])
+            rows.append({"prefix": p.prefix, "role": "secondary", "pid": s["pid"],
+                         "client_pid": s["client_pid"], "uptime": s["uptime"],
+                         "command": cmd})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'PREFIX':<16} {'ROLE':<10} {'PID':>8} {'CLIENT':>8} {'UPTIME':>9}  COMMAND")
+    for r in rows:
+        client_pid = r["client_pid"] or "-"
+        print(f"{r['prefix']:<16} {r['role']:<10} {r['pid']:>8} {client_pid:>8} "
+              f"{r['uptime']:>8.1f}s  {r['command']}")
+    return 0
+
+
+def cmd_stop(a) -> int:
+    p = runtime.paths(a.prefix, a.runtime_dir)
+    cfg = runtime.read_config(p)
+    pid = cfg.get("pid", 0) if cfg else 0
+    if not pid or not runtime.pid_alive(pid):
+        raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
+                            f"(looked for {p.config})")
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
+        return 0
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        r, _, _ = select.select([pidfd], [], [], a.timeout)
+    finally:
+        os.close(pidfd)
+    if not r:
+        raise ForkhostError(f"the primary (pid {pid}) did not stop within "
+                            f"{a.timeout:g}s")
+    print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
+    return 0
+
+
+# -- doctor / demo / config ----------------------------------------------
+
+def cmd_doctor(a) -> int:
+    from .doctor import doctor
+    return doctor(a.prefix, a.runtime_dir)
+
+
+def cmd_demo(a) -> int:
+    from .demo import demo
+    return demo(a.prefix, a.runtime_dir)
+
+
+def cmd_config(a) -> int:
+    from ._native import INCLUDE, LIBRARY
+    libdir = LIBRARY.parent
+    cflags = f"-I{INCLUDE}"
+    libs = f"-L{libdir} -lforkhost -Wl,-rpath,{libdir}"
+    if a.pc:
+        print(f"prefix={libdir}\nincludedir={INCLUDE}\nlibdir={libdir}\n\n"
+              f"Name: forkhost\nDescription: forkhost native library\n"
+              f"Version: {__version__}\nCflags: -I${{includedir}}\n"
+              f"Libs: -L${{libdir}} -lforkhost -Wl,-rpath,${{libdir}}")
+        return 0
+    out = ([cflags] if a.cflags or not a.libs else []) + ([libs] if a.libs or not a.cflags else [])
+    print(" ".join(out))
+    return 0
+
+
+COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
+            "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config}

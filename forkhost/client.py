@@ -1,0 +1,283 @@
+"""The Python client: ``forkhost.launch()`` and ``forkhost run``.
+
+Speaks the same protocol as forkhost-run (C): one connection per launch,
+LAUNCH with the cwd, stdio and extra fds, STARTED with the secondary's pid
+and a pidfd, EXITED with its status.  Signals are delivered through the
+pidfd, so a recycled pid can never be hit.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+
+from . import protocol, runtime
+from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
+
+DEVNULL = -3          # same value as subprocess.DEVNULL
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+# What `forkhost run` (and forkhost-run) pass on to the secondary.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+
+
+def connect(prefix: str | None = None, runtime_dir=None,
+            timeout: float = DEFAULT_CONNECT_TIMEOUT) -> socket.socket:
+    """Connect to a prefix's template; NoPrimaryError when none serves it."""
+    p = runtime.paths(prefix, runtime_dir)
+    path = str(p.socket)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise NoPrimaryError(
+            f"no forkhost primary for prefix {p.prefix!r} (looked for {path})") from None
+    except TimeoutError:
+        sock.close()
+        raise ForkhostError(f"timed out after {timeout:g}s connecting to {path}") from None
+    except OSError as err:
+        sock.close()
+        raise ForkhostError(f"cannot connect to {path}: {err.strerror}") from err
+    return sock
+
+
+def _recv(sock: socket.socket, timeout: float | None) -> protocol.Message | None:
+    sock.settimeout(timeout)
+    try:
+        return protocol.recv(sock)
+    except TimeoutError:
+        raise
+    except ConnectionResetError:
+        return None
+
+
+def info(prefix: str | None = None, runtime_dir=None,
+         timeout: float = DEFAULT_CONNECT_TIMEOUT) -> dict:
+    """The template's own account of itself and its running secondaries."""
+    import json
+    with connect(prefix, runtime_dir, timeout) as sock:
+        protocol.send(sock, protocol.INFO)
+        msg = _recv(sock, timeout)
+        if msg is None or msg.type != protocol.INFO_REPLY:
+            raise ProtocolError("the template did not answer INFO")
+        return json.loads(msg.body)
+
+
+def _stdio_fd(spec, default_fd: int, opened: list[int]) -> int | None:
+    if spec is None:
+        try:
+            os.fstat(default_fd)
+            return default_fd
+        except OSError:
+            return None      # closed in the caller: closed in the secondary
+    if spec == DEVNULL:
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        opened.append(fd)
+        return fd
+    if isinstance(spec, int):
+        return spec
+    return spec.fileno()
+
+
+def _env_list(env) -> list[bytes]:
+    items = os.environb.items() if env is None else env.items()
+    return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in items]
+
+
+class Secondary:
+    """A running secondary, as its client sees it.  Like subprocess.Popen:
+    ``returncode`` is N for exit status N and -S for death by signal S."""
+
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes]):
+        self._sock = sock
+        self.pid = pid
+        self.pidfd = pidfd
+        self.args = argv
+        self.returncode: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def fileno(self) -> int:
+        """Readable when the EXITED report has arrived (for select/poll)."""
+        return self._sock.fileno()
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            r, _, _ = select.select([self._sock], [], [], 0)
+            if r:
+                self._read_exit(None)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the secondary to end; TimeoutError if it has not."""
+        if self.returncode is None:
+            self._read_exit(timeout)
+        return self.returncode
+
+    def _read_exit(self, timeout: float | None) -> None:
+        msg = _recv(self._sock, timeout)
+        if msg is None:
+            # The template is gone: nobody will report this secondary's
+            # status; end it rather than leave it running unowned.
+            self.kill()
+            self.close()
+            raise ForkhostError(
+                f"lost the template while secondary {self.pid} was running; killed it")
+        msg.close_fds()
+        if msg.type != protocol.EXITED:
+            raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
+        code, sig = protocol.decode_struct(protocol.EXITED_BODY, msg.body, "EXITED")
+        self.returncode = -sig if sig else code
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection (the template then ends a running secondary)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self._sock.close()
+
+    def __enter__(self) -> "Secondary":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.returncode is None and self.pidfd >= 0:
+            self.wait()
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<forkhost.Secondary pid={self.pid} returncode={self.returncode}>"
+
+
+def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = None,
+           runtime_dir=None, env=None, cwd=None, stdin=None, stdout=None,
+           stderr=None, pass_fds=(), umask: int | None = None,
+           connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Secondary:
+    """Start a secondary running ``entry`` with ``args``; returns its handle.
+
+    stdin/stdout/stderr: None (this process's fd 0/1/2), DEVNULL, an fd or a
+    file object.  pass_fds land at 3, 4, ... with LISTEN_FDS/LISTEN_PID set.
+    Raises NoPrimaryError, RefusedError (exit_code 125/126/127) or
+    ForkhostError.
+    """
+    argv = [os.fsencode(entry)] + [os.fsencode(a) for a in args]
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    opened: list[int] = []
+    try:
+        cwd_fd = os.open(cwd if cwd is not None else ".",
+                         os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        opened.append(cwd_fd)
+        fds, mask = [cwd_fd], 0
+        for i, spec in enumerate((stdin, stdout, stderr)):
+            fd = _stdio_fd(spec, i, opened)
+            if fd is not None:
+                fds.append(fd)
+                mask |= 1 << i
+        extra = [f if isinstance(f, int) else f.fileno() for f in pass_fds]
+        if len(extra) > protocol.MAX_EXTRA_FDS:
+            raise ForkhostError(f"too many pass_fds ({len(extra)}; the limit is "
+                                f"{protocol.MAX_EXTRA_FDS})")
+        req = protocol.Launch(os.fsencode(entry), argv, _env_list(env),
+                              protocol.LAUNCH_MODULE if module else 0,
+                              umask, mask, len(extra))
+        body = req.encode()
+        sock = connect(prefix, runtime_dir, connect_timeout)
+        try:
+            protocol.send(sock, protocol.LAUNCH, body, fds + extra)
+            msg = _recv(sock, connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+    finally:
+        for fd in opened:
+            os.close(fd)
+    if msg is None:
+        sock.close()
+        raise ForkhostError("the template closed the connection")
+    if msg.type == protocol.ERROR:
+        msg.close_fds()
+        sock.close()
+        code, text = protocol.decode_error(msg.body)
+        raise RefusedError(text, code)
+    if msg.type != protocol.STARTED or len(msg.fds) != 1:
+        msg.close_fds()
+        sock.close()
+        raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
+    (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
+    return Secondary(sock, pid, msg.fds[0], argv)
+
+
+def die_like(returncode: int) -> None:
+    """Exit the way the secondary did: status N, or death by the same
+    signal (no core dump of our own)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if returncode >= 0:
+        os._exit(returncode)
+    sig = -returncode
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)
+
+
+def run(entry: str, args, *, module: bool = False, prefix=None, runtime_dir=None,
+        pass_fds=(), connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> int:
+    """``forkhost run``: launch with this process's stdio, forward signals
+    like forkhost-run, and return the secondary's returncode."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wake = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    handled = FORWARDED_SIGNALS + (signal.SIGTSTP, signal.SIGCONT)
+    old = {s: signal.signal(s, lambda *_: None) for s in handled}
+    try:
+        sec = launch(entry, args, module=module, prefix=prefix, runtime_dir=runtime_dir,
+                     pass_fds=pass_fds, connect_timeout=connect_timeout)
+        with sec:
+            while sec.returncode is None:
+                r, _, _ = select.select([wake_r, sec], [], [])
+                if wake_r in r:
+                    for sig in os.read(wake_r, 256):
+                        _forward(sec, sig)
+                if sec in r:
+                    sec.wait()
+            return sec.returncode
+    finally:
+        signal.set_wakeup_fd(old_wake)
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _forward(sec: Secondary, sig: int) -> None:
+    if sig == signal.SIGTSTP:
+        # A shell's foreground job: the secondary stops, then so do we.
+        sec.send_signal(signal.SIGTSTP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    else:
+        sec.send_signal(sig)
+
+
+__all__ = ["launch", "run", "info", "connect", "Secondary", "DEVNULL", "die_like",
+           "FORWARDED_SIGNALS"]

@@ -1,0 +1,340 @@
+"""The primary: own a prefix, map the arena, load the native library and
+preloaded modules, then fork the template while still single-threaded.
+
+Usable from the command line (``forkhost primary``) or inside a user's own
+program::
+
+    with forkhost.Primary(prefix="app", preload=["numpy"]) as p:
+        print(p.ready_line())
+        ...   # threads may start now; secondaries are forked by the template
+
+Order matters: everything a secondary should share must exist before the
+template is forked, and no thread may exist at that moment (fork() copies
+only the calling thread; locks other threads hold stay held forever in the
+copy).  The check uses the kernel's thread count, not only Python's.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+from . import runtime
+from ._native import LIBRARY, ffi, lib
+from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
+                     PreloadError)
+
+DEFAULT_ARENA_SIZE = 64 << 20
+DEFAULT_MAX_SECONDARIES = 1024
+DEFAULT_GRACE = 5.0
+# How long start() waits for the template to say it is ready.
+TEMPLATE_START_TIMEOUT = 30.0
+
+
+def parse_size(text: str | int) -> int:
+    """'64M', '8G', '1048576' -> bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
+    try:
+        return int(float(s[:-1] if mult > 1 else s) * mult)
+    except ValueError:
+        raise ForkhostError(f"invalid size {text!r}: use bytes or a K/M/G suffix") from None
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def thread_names() -> list[str]:
+    names = []
+    for tid in sorted(os.listdir("/proc/self/task"), key=int):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f"{f.read().strip()} (tid {tid})")
+        except OSError:
+            pass
+    return names
+
+
+def check_single_threaded() -> None:
+    """Raise NotSingleThreadedError unless the kernel counts one thread."""
+    kernel = len(os.listdir("/proc/self/task"))
+    if kernel == 1 and threading.active_count() == 1:
+        return
+    names = ", ".join(thread_names())
+    msg = (f"the primary has {kernel} threads ({names}) but the template must "
+           f"be forked from a single-threaded process: fork() copies only the "
+           f"calling thread, and locks held by the others would stay held in "
+           f"every secondary. Start threads after the primary is ready")
+    if threading.active_count() > 1:
+        py = ", ".join(t.name for t in threading.enumerate()
+                       if t is not threading.main_thread())
+        msg += f"; Python threads: {py}"
+    if "numpy" in sys.modules:
+        msg += ("; numpy starts an OpenBLAS thread pool when imported: set "
+                "OPENBLAS_NUM_THREADS=1 (or OMP_NUM_THREADS=1) in the "
+                "primary's environment to avoid it")
+    raise NotSingleThreadedError(msg)
+
+
+def _library_base() -> int:
+    """Where libforkhost.so is mapped (file offset 0), from /proc/self/maps."""
+    path = os.path.realpath(LIBRARY)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == path and int(parts[2], 16) == 0:
+                return int(parts[0].split("-")[0], 16)
+    return 0
+
+
+class Primary:
+    def __init__(self, prefix: str | None = None, *,
+                 runtime_dir: str | os.PathLike | None = None,
+                 arena_size: int | str = DEFAULT_ARENA_SIZE,
+                 preload: list[str] | tuple[str, ...] = (),
+                 max_secondaries: int = DEFAULT_MAX_SECONDARIES,
+                 grace: float = DEFAULT_GRACE,
+                 huge_pages: str = "auto"):
+        self.paths = runtime.paths(prefix, runtime_dir)
+        self.arena_size = parse_size(arena_size)
+        self.preload = list(preload)
+        if max_secondaries < 1:
+            raise ForkhostError("--max-secondaries must be at least 1")
+        self.max_secondaries = max_secondaries
+        self.grace = float(grace)
+        if huge_pages not in ("auto", "never", "always"):
+            raise ForkhostError("huge_pages must be auto, never or always")
+        self.huge_pages = huge_pages
+        self.pid = os.getpid()
+        self.template_pid = 0
+        self.template_pidfd = -1
+        self._lock = runtime.PrefixLock(self.paths)
+        self.recovered_pid: int | None = None
+        self.config: dict = {}
+
+    # -- properties -----------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        return self.paths.prefix
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.paths.socket)
+
+    @property
+    def arena_base(self) -> int:
+        return int(ffi.cast("uintptr_t", lib.fh_arena_base()))
+
+    @property
+    def huge(self) -> bool:
+        hdr = lib.fh_arena_hdr()
+        return bool(hdr != ffi.NULL and hdr.flags & lib.FH_ARENA_F_HUGE)
+
+    @property
+    def page_size(self) -> int:
+        hdr = lib.fh_arena_hdr()
+        return hdr.page_size if hdr != ffi.NULL else 0
+
+    # -- start ----------------------------------------------------------
+
+    def start(self) -> "Primary":
+        if lib.fh_arena_base() != ffi.NULL:
+            raise ForkhostError("this process already ran a forkhost primary; "
+                                "one primary per process")
+        self._lock.acquire()
+        self.recovered_pid = self._lock.stale_pid
+        try:
+            self._create_arena()
+            self._preload()
+            listener, ino = self._bind()
+            try:
+                self.config = self._config_record()
+                runtime.write_config(self.paths, self.config)
+                self._fork_template(listener, ino)
+            finally:
+                listener.close()
+            self.config["template_pid"] = self.template_pid
+            runtime.write_config(self.paths, self.config)
+        except BaseException:
+            self._stop_template()
+            self._lock.release()
+            raise
+        return self
+
+    def _create_arena(self) -> None:
+        flags = {"auto": lib.FH_ARENA_HUGE_AUTO, "always": lib.FH_ARENA_HUGE_ONLY,
+                 "never": 0}[self.huge_pages]
+        name = f"forkhost-arena:{self.prefix}".encode()
+        if lib.fh_arena_create(self.arena_size, flags, name) < 0:
+            err = ffi.errno
+            raise ArenaError(f"cannot create a {human_size(self.arena_size)} arena: "
+                             f"{os.strerror(err)}"
+                             + (" (the minimum is 4 MiB)" if err == 22 else ""))
+
+    def _preload(self) -> None:
+        for name in self.preload:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:
+                tb = "".join(traceback.format_exception(exc))
+                raise PreloadError(f"--preload {name} failed:\n{tb.rstrip()}") from exc
+
+    def _bind(self) -> tuple[socket.socket, int]:
+        path = self.socket_path
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            old = os.umask(0o177)      # the socket file is created 0600
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+            sock.listen(socket.SOMAXCONN)
+            return sock, os.stat(path).st_ino
+        except OSError as err:
+            sock.close()
+            raise ForkhostError(f"cannot listen on {path}: {err.strerror}") from err
+
+    def _config_record(self) -> dict:
+        from . import __version__
+        return {
+            "forkhost_version": __version__,
+            "prefix": self.prefix,
+            "pid": self.pid,
+            "template_pid": 0,
+            "socket": self.socket_path,
+            "arena": {"base": self.arena_base, "size": int(lib.fh_arena_size()),
+                      "page_size": self.page_size, "huge_pages": self.huge,
+                      "fd": lib.fh_arena_fd()},
+            "library": {"path": os.path.realpath(LIBRARY),
+                        "version": ffi.string(lib.fh_version()).decode(),
+                        "base": _library_base()},
+            "python": {"executable": sys.executable,
+                       "version": sys.version.split()[0]},
+            "preload": self.preload,
+            "max_secondaries": self.max_secondaries,
+            "grace": self.grace,
+            "started": time.time(),
+        }
+
+    def _fork_template(self, listener: socket.socket, ino: int) -> None:
+        check_single_threaded()
+        # Anything buffered now would be written again by every process
+        # that inherits the buffer.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        lib.fh_flush_stdio()
+        gc.collect()   # no garbage whose finalizers could run in the template
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            # The template.  It keeps the listening socket, the arena's fd
+            # (for classic attach) and its ready pipe; it never returns here.
+            code = 1
+            try:
+                os.close(ready_r)
+                os.close(self._lock.fd)   # the lock is the primary's alone
+                from .template import template_main
+                code = template_main(
+                    listener, ready_w, keep_fds=[lib.fh_arena_fd()],
+                    prefix=self.prefix, socket_path=self.socket_path,
+                    socket_ino=ino, primary_pid=self.pid,
+                    max_secondaries=self.max_secondaries, grace=self.grace)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        self.template_pid = pid
+        self.template_pidfd = os.pidfd_open(pid)
+        try:
+            answer = _read_with_timeout(ready_r, TEMPLATE_START_TIMEOUT)
+        finally:
+            os.close(ready_r)
+        if answer != b"ok":
+            raise ForkhostError(answer.decode(errors="replace")
+                                or "the template exited while starting")
+
+    # -- running --------------------------------------------------------
+
+    def template_alive(self) -> bool:
+        if self.template_pidfd < 0:
+            return False
+        r, _, _ = select.select([self.template_pidfd], [], [], 0)
+        return not r
+
+    def wait_template(self, timeout: float | None = None) -> int | None:
+        """Wait for the template to exit; its wait status decoded like
+        os.waitstatus_to_exitcode, or None on timeout."""
+        if self.template_pidfd < 0:
+            return None
+        r, _, _ = select.select([self.template_pidfd], [], [], timeout)
+        if not r:
+            return None
+        _, status = os.waitpid(self.template_pid, 0)
+        os.close(self.template_pidfd)
+        self.template_pidfd = -1
+        return os.waitstatus_to_exitcode(status)
+
+    def ready_line(self) -> str:
+        pages = (f"{human_size(self.page_size)} huge pages" if self.huge else
+                 f"{human_size(self.page_size)} pages"
+                 + ("" if self.huge_pages == "never" else " (no huge pages reserved)"))
+        return (f"forkhost primary ready: prefix {self.prefix!r}, pid {self.pid}, "
+                f"template {self.template_pid}, socket {self.socket_path}, arena "
+                f"{human_size(int(lib.fh_arena_size()))} at 0x{self.arena_base:x}, "
+                f"{pages}")
+
+    # -- stop -----------------------------------------------------------
+
+    def _stop_template(self) -> None:
+        if self.template_pidfd < 0:
+            return
+        try:
+            signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        # The template gives its secondaries the grace period, then SIGKILL.
+        if self.wait_template(self.grace + 5.0) is None:
+            signal.pidfd_send_signal(self.template_pidfd, signal.SIGKILL)
+            self.wait_template()
+
+    def stop(self) -> None:
+        """End the template (and with it every secondary), remove the
+        prefix's runtime files and release the prefix."""
+        self._stop_template()
+        self._lock.release()
+
+    def __enter__(self) -> "Primary":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _read_with_timeout(fd: int, timeout: float) -> bytes:
+    r, _, _ = select.select([fd], [], [], timeout)
+    if not r:
+        return b"the template did not report ready in time"
+    chunks = []
+    while True:
+        data = os.read(fd, 4096)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)

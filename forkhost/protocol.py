@@ -1,0 +1,202 @@
+"""The launch protocol: framing, fd passing and limits (Python side).
+
+Mirrors csrc/include/forkhost/proto.h byte for byte (docs/protocol.md is
+the prose).  One SOCK_SEQPACKET record per message: a 24-byte header, a
+type-specific body, and hdr.nfds descriptors as SCM_RIGHTS on the same
+record.  Parsing never trusts a count it did not check against what
+actually arrived.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from .errors import ProtocolError
+
+MAGIC = 0x4B484631
+VERSION = 1
+MAX_MSG = 192 * 1024
+MAX_EXTRA_FDS = 32
+MAX_FDS = 4 + MAX_EXTRA_FDS
+MAX_ERROR = 1024
+
+LAUNCH, INFO = 0x01, 0x02
+STARTED, EXITED, ERROR, INFO_REPLY = 0x81, 0x82, 0x83, 0x84
+
+LAUNCH_MODULE = 0x1
+
+HDR = struct.Struct("=IHHIIQ")           # magic version type len nfds reserved
+LAUNCH_BODY = struct.Struct("=IIIIIIII")  # flags umask stdio_mask nextra argc envc strings_len reserved
+STARTED_BODY = struct.Struct("=q")        # large enough for pid_t
+EXITED_BODY = struct.Struct("=ii")        # code signal
+ERROR_BODY = struct.Struct("=iI")         # exit_code text_len
+assert HDR.size == 24 and LAUNCH_BODY.size == 32
+
+_FD_SIZE = array.array("i").itemsize
+
+
+def header(mtype: int, length: int, nfds: int = 0) -> bytes:
+    return HDR.pack(MAGIC, VERSION, mtype, length, nfds, 0)
+
+
+def send(sock: socket.socket, mtype: int, body: bytes = b"", fds=()) -> None:
+    """Send one record; raises OSError like sendmsg."""
+    data = header(mtype, HDR.size + len(body), len(fds)) + body
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], anc)
+
+
+@dataclass
+class Message:
+    type: int
+    body: bytes
+    fds: list[int] = field(default_factory=list)
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def recv(sock: socket.socket, flags: int = 0) -> Message | None:
+    """Receive one record.  None on orderly EOF.
+
+    Raises ProtocolError for a truncated, oversized or malformed record or a
+    wrong version; any fds that came with a bad record are closed first.
+    """
+    data, anc, mflags, _ = sock.recvmsg(
+        MAX_MSG + 1, socket.CMSG_SPACE(MAX_FDS * _FD_SIZE),
+        flags | socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, ctype, cdata in anc:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
+            fds.extend(a)
+    msg = Message(0, b"", fds)
+    try:
+        if not data and not fds:
+            return None
+        if mflags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"too many file descriptors (the limit is {MAX_FDS})")
+        if mflags & socket.MSG_TRUNC or len(data) > MAX_MSG:
+            raise ProtocolError(f"message too large (the limit is {MAX_MSG} bytes)")
+        if len(data) < HDR.size:
+            raise ProtocolError(f"truncated message ({len(data)} bytes, header is {HDR.size})")
+        magic, version, mtype, length, nfds, _ = HDR.unpack_from(data)
+        if magic != MAGIC:
+            raise ProtocolError(f"bad magic 0x{magic:08x}: not a forkhost client")
+        if version != VERSION:
+            raise ProtocolError(
+                f"protocol version mismatch: the client speaks {version}, "
+                f"the template speaks {VERSION}")
+        if length != len(data):
+            raise ProtocolError(
+                f"truncated message: header says {length} bytes, {len(data)} arrived")
+        if nfds != len(fds):
+            raise ProtocolError(
+                f"header says {nfds} file descriptors, {len(fds)} arrived")
+        msg.type, msg.body = mtype, data[HDR.size:]
+        return msg
+    except ProtocolError:
+        msg.close_fds()
+        raise
+
+
+# -- LAUNCH ---------------------------------------------------------------
+
+@dataclass
+class Launch:
+    """A parsed LAUNCH request (no I/O): what the client asked for."""
+
+    entry: bytes
+    argv: list[bytes]
+    env: list[bytes]
+    flags: int = 0
+    umask: int = 0o022
+    stdio_mask: int = 0b111
+    nextra: int = 0
+
+    @property
+    def module(self) -> bool:
+        return bool(self.flags & LAUNCH_MODULE)
+
+    def nfds(self) -> int:
+        return 1 + bin(self.stdio_mask & 7).count("1") + self.nextra
+
+    def encode(self) -> bytes:
+        strings = b"".join(s + b"\0" for s in [self.entry, *self.argv, *self.env])
+        body = LAUNCH_BODY.pack(self.flags, self.umask, self.stdio_mask,
+                                self.nextra, len(self.argv), len(self.env),
+                                len(strings), 0) + strings
+        if HDR.size + len(body) > MAX_MSG:
+            raise ProtocolError(
+                f"argument list and environment too long ({HDR.size + len(body)} "
+                f"bytes; the limit is {MAX_MSG})")
+        return body
+
+    @classmethod
+    def decode(cls, body: bytes, nfds: int) -> "Launch":
+        if len(body) < LAUNCH_BODY.size:
+            raise ProtocolError("truncated LAUNCH request")
+        flags, umask, mask, nextra, argc, envc, slen, _ = LAUNCH_BODY.unpack_from(body)
+        strings = body[LAUNCH_BODY.size:]
+        if slen != len(strings):
+            raise ProtocolError(
+                f"truncated LAUNCH request: {slen} bytes of strings announced, "
+                f"{len(strings)} present")
+        if flags & ~LAUNCH_MODULE or mask & ~7 or umask & ~0o777:
+            raise ProtocolError("LAUNCH request has unknown flags or bits set")
+        if nextra > MAX_EXTRA_FDS:
+            raise ProtocolError(f"too many extra fds ({nextra}; the limit is {MAX_EXTRA_FDS})")
+        if argc < 1:
+            raise ProtocolError("LAUNCH request has an empty argv")
+        parts = strings.split(b"\0")
+        # n strings, each NUL-terminated, split into n+1 pieces, the last empty.
+        if len(parts) != 1 + argc + envc + 1 or parts[-1] != b"":
+            raise ProtocolError(
+                f"malformed LAUNCH request: expected {1 + argc + envc} "
+                f"NUL-terminated strings, found {len(parts) - 1}")
+        entry, argv, env = parts[0], parts[1:1 + argc], parts[1 + argc:-1]
+        if not entry:
+            raise ProtocolError("LAUNCH request has an empty entry")
+        for var in env:
+            if b"=" not in var[1:]:
+                raise ProtocolError(f"malformed environment entry {var[:40]!r}")
+        req = cls(entry, argv, env, flags, umask, mask, nextra)
+        if req.nfds() != nfds:
+            raise ProtocolError(
+                f"LAUNCH request announces {req.nfds()} file descriptors, "
+                f"{nfds} arrived")
+        return req
+
+
+def encode_started(pid: int) -> bytes:
+    return STARTED_BODY.pack(pid)
+
+
+def encode_exited(code: int, sig: int) -> bytes:
+    return EXITED_BODY.pack(code, sig)
+
+
+def encode_error(exit_code: int, text: str) -> bytes:
+    raw = " ".join(text.split("\n")).encode("utf-8", "replace")[:MAX_ERROR]
+    return ERROR_BODY.pack(exit_code, len(raw)) + raw
+
+
+def decode_error(body: bytes) -> tuple[int, str]:
+    if len(body) < ERROR_BODY.size:
+        raise ProtocolError("truncated ERROR message")
+    code, n = ERROR_BODY.unpack_from(body)
+    text = body[ERROR_BODY.size:ERROR_BODY.size + n]
+    return code, text.decode("utf-8", "replace")
+
+
+def decode_struct(st: struct.Struct, body: bytes, what: str) -> tuple:
+    if len(body) != st.size:
+        raise ProtocolError(f"malformed {what} message ({len(body)} bytes)")
+    return st.unpack(body)

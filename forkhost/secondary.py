@@ -1,0 +1,239 @@
+"""The secondary, after the template's os.fork(): become the client's
+process and run a Python entry.
+
+The child gets: the template's whole address space (the arena, the native
+library, every preloaded module) and the client's fds, cwd, env, umask and
+argv.  It closes every other fd (fh_child_setup), drops the template's
+Python-level state (signal wake-up fd, atexit handlers, stdio objects,
+__main__), and never returns into the template: ``run()`` returns an exit
+status that the caller hands straight to ``os._exit``.
+
+Native entries never come here: fh_spawn_native forks in C and the child
+does not run Python at all.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import signal
+import sys
+import threading
+
+from . import entries
+from ._native import ffi, lib
+from .errors import EXIT_FORKHOST
+from .protocol import Launch
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def _python_signal_defaults() -> None:
+    """What a freshly started ``python`` has: SIGINT raises KeyboardInterrupt,
+    SIGPIPE and SIGXFSZ are ignored (so writes fail with an exception), the
+    rest is SIG_DFL.  fh_child_setup already reset the kernel's view; this
+    brings the signal module's own table in line with it."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        handler = signal.getsignal(sig)
+        if handler not in (signal.SIG_DFL, None):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _set_environ(req: Launch) -> dict[bytes, bytes]:
+    env = os.environb
+    env.clear()
+    for var in req.env:
+        key, _, value = var.partition(b"=")
+        try:
+            env[key] = value
+        except ValueError:   # a name putenv refuses; a real exec would keep it
+            pass
+    for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if req.nextra:
+        # systemd's socket-activation convention for the fds at 3, 4, ...
+        env[b"LISTEN_PID"] = str(os.getpid()).encode()
+        env[b"LISTEN_FDS"] = str(req.nextra).encode()
+    return env
+
+
+def _reopen_stdio(present: int, env) -> None:
+    """New sys.stdin/stdout/stderr over the client's fds.
+
+    The template's objects were set up for the primary's fds (a terminal is
+    line-buffered, a file is not); a secondary must buffer for its own.
+    Mirrors CPython's create_stdio: stderr is always line-buffered and uses
+    backslashreplace; PYTHONUNBUFFERED and PYTHONIOENCODING are honoured.
+    """
+    unbuffered = bool(env.get(b"PYTHONUNBUFFERED"))
+    enc_spec = env.get(b"PYTHONIOENCODING", b"").decode("ascii", "ignore")
+    enc, _, errs = enc_spec.partition(":")
+    base_enc = enc or (sys.__stdout__.encoding if sys.__stdout__ else "utf-8")
+    base_errs = errs or (sys.__stdout__.errors if sys.__stdout__ else "strict")
+    streams = []
+    for fd, mode in ((0, "rb"), (1, "wb"), (2, "wb")):
+        if not present & (1 << fd):
+            streams.append(None)
+            continue
+        raw = io.FileIO(fd, mode, closefd=False)
+        if mode == "rb":
+            buf = io.BufferedReader(raw)
+        elif unbuffered:
+            buf = raw
+        else:
+            buf = io.BufferedWriter(raw)
+        tty = raw.isatty()
+        text = io.TextIOWrapper(
+            buf, encoding=base_enc,
+            errors="backslashreplace" if fd == 2 else base_errs,
+            line_buffering=(fd == 2 or (fd == 1 and tty)) and not unbuffered,
+            write_through=unbuffered and mode == "wb")
+        text.mode = mode[0]
+        streams.append(text)
+    sys.stdin = sys.__stdin__ = streams[0]
+    sys.stdout = sys.__stdout__ = streams[1]
+    sys.stderr = sys.__stderr__ = streams[2]
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _set_path(req: Launch, target: entries.Target, env) -> None:
+    """sys.path the way ``python`` would build it for the client, then the
+    primary's: so the client's modules win unless already preloaded."""
+    first = os.getcwd()
+    if target.kind == entries.SCRIPT:
+        first = os.path.dirname(os.path.abspath(target.path))
+    front = [first]
+    for part in os.fsdecode(env.get(b"PYTHONPATH", b"")).split(os.pathsep):
+        if part:
+            front.append(os.path.abspath(part))
+    rest = [p for p in sys.path if p not in front]
+    sys.path[:] = front + rest
+    import importlib
+    importlib.invalidate_caches()
+
+
+def _exit_code_of(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    _write_stderr(f"{code}\n")
+    return 1
+
+
+def _print_exception(exc: BaseException) -> None:
+    """Print like the interpreter would, minus forkhost's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, entries.__file__):
+        tb = tb.tb_next
+    exc.__traceback__ = tb    # the interpreter prints the exception's own
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:
+        import traceback
+        traceback.print_exception(type(exc), exc, tb)
+
+
+def _die_by_sigint() -> None:
+    """Python exits by SIGINT on an unhandled KeyboardInterrupt, so the
+    shell sees the signal; do the same."""
+    _flush_stdio()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _run_entry(req: Launch, target: entries.Target, argv: list[str]) -> int:
+    if target.kind == entries.FUNCTION:
+        fn = entries.import_function(target)
+        result = fn(argv)
+        if result is None:
+            return 0
+        if isinstance(result, int):
+            return result & 0xFF
+        raise SystemExit(result)
+    if target.kind == entries.SCRIPT:
+        code, main = entries.load_script(target.path)
+    else:
+        code, main = entries.load_module(target.name)
+        argv[0] = main.__file__ or argv[0]
+    sys.argv = argv
+    exec(code, main.__dict__)
+    return 0
+
+
+def _finalize() -> None:
+    """The parts of interpreter shutdown a program can observe: non-daemon
+    threads are joined, atexit handlers run, stdio is flushed."""
+    try:
+        threading._shutdown()
+    except BaseException as exc:
+        _print_exception(exc)
+    atexit._run_exitfuncs()
+    _flush_stdio()
+
+
+def run(req: Launch, target: entries.Target, spec) -> int:
+    """Become the secondary and run the entry; returns the exit status."""
+    signal.set_wakeup_fd(-1)           # the template's pipe is not ours
+    err = ffi.new("const char **")
+    rc = lib.fh_child_setup(spec, err)
+    if rc < 0:
+        step = ffi.string(err[0]).decode() if err[0] else "setup"
+        _write_stderr(f"forkhost: cannot set up the secondary: {step}: "
+                      f"{os.strerror(-rc)}\n")
+        return EXIT_FORKHOST
+    _python_signal_defaults()
+    env = _set_environ(req)
+    _reopen_stdio(req.stdio_mask, env)
+    atexit._clear()                    # the primary's handlers are not ours
+    argv = [os.fsdecode(a) for a in req.argv]
+    sys.argv = list(argv)
+    try:
+        _set_path(req, target, env)
+        code = _run_entry(req, target, argv)
+    except entries.EntryError as exc:
+        if exc.__cause__ is not None:
+            _print_exception(exc.__cause__)
+        _flush_stdio()
+        _write_stderr(f"forkhost: {exc}\n")
+        return exc.exit_code
+    except SystemExit as exc:
+        code = _exit_code_of(exc)
+    except KeyboardInterrupt as exc:
+        _print_exception(exc)
+        _finalize()
+        _die_by_sigint()
+        return 130
+    except BaseException as exc:
+        _print_exception(exc)
+        code = 1
+    try:
+        _finalize()
+    except SystemExit as exc:
+        code = _exit_code_of(exc)
+    except BaseException as exc:
+        _print_exception(exc)
+    return code

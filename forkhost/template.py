@@ -1,0 +1,366 @@
+"""The template: the clean-slate copy of the primary that forks secondaries.
+
+It is forked from the primary while the primary is single-threaded and it
+stays single-threaded: one epoll loop over the listening socket, client
+connections and the pidfds of running secondaries.  Child exits are noticed
+through pidfds, signals through ``signal.set_wakeup_fd``; Python-level
+handlers do nothing, the loop reads the signal numbers from the pipe.
+
+It never runs user code itself.  It ends when the primary asks (SIGTERM)
+or dies (PR_SET_PDEATHSIG delivers SIGTERM; a getppid() check covers the
+race where the primary died before the prctl), and then ends its
+secondaries (SIGTERM, SIGKILL after the grace period), reports their status
+to their clients and removes its socket.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+
+from ._native import lib
+from .connection import PENDING, RUNNING, Connection
+
+# A client has this long between connect() and its request.
+REQUEST_TIMEOUT = 10.0
+# Connections accepted but not yet sent a request; more are refused at once,
+# so a flood of idle connections cannot exhaust the template's fds.
+MAX_PENDING = 256
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def title_area() -> tuple[int, int]:
+    """The memory /proc/PID/cmdline shows: (address, length).
+
+    After setproctitle() moved the environment away, the whole argv+environ
+    block is free for a title, as setproctitle(3) itself assumes; if some
+    environ string still lives in it, only the argv part is ours.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # fields[0] is field 3 (state); arg_start..env_end are fields 48..51.
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    import ctypes
+    environ = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+    i = 0
+    while environ[i]:
+        if env_start <= environ[i] < env_end:
+            return arg_start, arg_end - arg_start
+        i += 1
+    return arg_start, env_end - arg_start
+
+
+class Template:
+    def __init__(self, listener: socket.socket, *, prefix: str, socket_path: str,
+                 socket_ino: int, primary_pid: int, max_secondaries: int,
+                 grace: float, request_timeout: float = REQUEST_TIMEOUT):
+        self.listener = listener
+        self.prefix = prefix
+        self.socket_path = socket_path
+        self.socket_ino = socket_ino
+        self.primary_pid = primary_pid
+        self.max_secondaries = max_secondaries
+        self.grace = grace
+        self.request_timeout = request_timeout
+        self.uid = os.getuid()
+        self.conns: dict[int, Connection] = {}     # socket fd -> connection
+        self.running: dict[int, Connection] = {}   # pidfd -> connection
+        self.stopping = False
+        self.stop_deadline: float | None = None
+        self.launched = 0
+        self.refused = 0
+        self.title_area = (0, 0)
+        self.ep = select.epoll()
+        self.wake_r = self.wake_w = -1
+
+    # -- setup ----------------------------------------------------------
+
+    def install_signals(self) -> None:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
+        # The template must see its children's exits through waitpid:
+        # SIGCHLD must not be SIG_IGN (which would auto-reap them).
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.ep.register(self.wake_r, select.EPOLLIN)
+
+    def forget_in_child(self) -> None:
+        """In a freshly forked secondary: detach every socket object so that
+        no later garbage collection closes an fd number the entry reuses."""
+        for conn in self.conns.values():
+            conn.sock.detach()
+        self.listener.detach()
+
+    # -- the loop -------------------------------------------------------
+
+    def serve(self) -> int:
+        self.listener.setblocking(False)
+        self.ep.register(self.listener.fileno(), select.EPOLLIN)
+        while True:
+            if self.stopping and not self.running:
+                break
+            timeout = self._timeout()
+            try:
+                events = self.ep.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd == self.wake_r:
+                    self._read_signals()
+                elif fd == self.listener.fileno() and not self.stopping:
+                    self._accept()
+                elif fd in self.running:
+                    self._reap(self.running[fd])
+                elif fd in self.conns:
+                    self._readable(self.conns[fd])
+            self._expire()
+        self._close_listener()
+        return 0
+
+    def _timeout(self) -> float:
+        deadlines = [c.deadline for c in self.conns.values() if c.state == PENDING]
+        deadlines += [c.kill_at for c in self.running.values() if c.kill_at]
+        if self.stop_deadline:
+            deadlines.append(self.stop_deadline)
+        if os.getppid() != self.primary_pid and not self.stopping:
+            self.stop()   # the primary died before PR_SET_PDEATHSIG was armed
+        if not deadlines:
+            return -1
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _read_signals(self) -> None:
+        try:
+            data = os.read(self.wake_r, 512)
+        except BlockingIOError:
+            return
+        if any(s in data for s in _STOP_SIGNALS) and not self.stopping:
+            self.stop()
+
+    def _accept(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                # EMFILE and friends: say so and keep serving the rest.
+                print(f"forkhost template: accept: {err}", file=sys.stderr)
+                return
+            conn = Connection(self, sock, now)
+            why = conn.check_peer()
+            if why is None and len(self.conns) - len(self.running) >= MAX_PENDING:
+                why = "the template is busy: too many connections waiting"
+            if why is not None:
+                conn.refuse(why)
+                sock.close()
+                continue
+            # The request usually arrives with the connection: try it now
+            # and save a round through epoll.
+            if self._handle(conn):
+                self._settle(conn, registered=False)
+            else:
+                self.conns[sock.fileno()] = conn
+                self.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+
+    def _readable(self, conn: Connection) -> None:
+        if conn.state == PENDING:
+            if self._handle(conn):
+                self._settle(conn, registered=True)
+            return
+        # RUNNING: the client sends nothing more; data is ignored, EOF or
+        # an error means the client is gone.
+        try:
+            data = conn.sock.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.ep.unregister(conn.fileno())
+            conn.client_gone()
+
+    def _handle(self, conn: Connection) -> bool:
+        """conn.handle_request(), except that a bug of ours met by one
+        request is that request's error, never the template's end."""
+        try:
+            return conn.handle_request()
+        except Exception as exc:
+            traceback.print_exc()
+            if conn.state != RUNNING:
+                conn.refuse(f"internal error in the template: {exc!r}")
+            return True
+
+    def _settle(self, conn: Connection, registered: bool) -> None:
+        """After a request: keep a RUNNING connection, close the rest."""
+        fd = conn.fileno()
+        if conn.state == RUNNING:
+            if not registered:
+                self.conns[fd] = conn
+                self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+            return
+        if registered:
+            self.ep.unregister(fd)
+            del self.conns[fd]
+        conn.sock.close()
+
+    def started_secondary(self, conn: Connection) -> None:
+        self.launched += 1
+        self.running[conn.pidfd] = conn
+        self.ep.register(conn.pidfd, select.EPOLLIN)
+
+    def _reap(self, conn: Connection) -> None:
+        try:
+            pid, status = os.waitpid(conn.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = conn.pid, 0
+        if pid == 0:
+            return
+        conn.report_exit(status)
+        self.ep.unregister(conn.pidfd)
+        del self.running[conn.pidfd]
+        os.close(conn.pidfd)
+        fd = conn.fileno()
+        if fd in self.conns:
+            del self.conns[fd]
+            try:
+                self.ep.unregister(fd)
+            except (FileNotFoundError, OSError):
+                pass   # already unregistered when the client went away
+        conn.sock.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for fd, conn in list(self.conns.items()):
+            if conn.state == PENDING and conn.deadline <= now:
+                conn.refuse(f"no request within {self.request_timeout:g}s")
+                self.ep.unregister(fd)
+                del self.conns[fd]
+                conn.sock.close()
+        for conn in self.running.values():
+            if conn.kill_at is not None and conn.kill_at <= now:
+                self.signal_secondary(conn, signal.SIGKILL)
+                conn.kill_at = None
+        if self.stop_deadline is not None and self.stop_deadline <= now:
+            for conn in self.running.values():
+                self.signal_secondary(conn, signal.SIGKILL)
+            self.stop_deadline = None
+
+    def signal_secondary(self, conn: Connection, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(conn.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- stopping -------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop accepting, end the secondaries (SIGTERM, SIGKILL after the
+        grace period); serve() returns once all are reaped and reported."""
+        self.stopping = True
+        self._close_listener()
+        for conn in self.running.values():
+            self.signal_secondary(conn, signal.SIGTERM)
+        self.stop_deadline = time.monotonic() + self.grace
+        for fd, conn in list(self.conns.items()):
+            if conn.state == PENDING:
+                conn.refuse(f"the primary of prefix {self.prefix!r} is stopping")
+                self.ep.unregister(fd)
+                del self.conns[fd]
+                conn.sock.close()
+
+    def _close_listener(self) -> None:
+        if self.listener.fileno() < 0:
+            return
+        try:
+            self.ep.unregister(self.listener.fileno())
+        except OSError:
+            pass
+        self.listener.close()
+        # Remove the socket only if it is still ours: a new primary may
+        # already have bound a fresh one at the same path.
+        try:
+            if os.stat(self.socket_path).st_ino == self.socket_ino:
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+    # -- introspection --------------------------------------------------
+
+    def info_json(self) -> bytes:
+        now = time.monotonic()
+        info = {
+            "prefix": self.prefix,
+            "template_pid": os.getpid(),
+            "primary_pid": self.primary_pid,
+            "max_secondaries": self.max_secondaries,
+            "launched": self.launched,
+            "refused": self.refused,
+            "stopping": self.stopping,
+            "threads": len(os.listdir("/proc/self/task")),
+            "secondaries": [
+                {"pid": c.pid, "client_pid": c.client_pid, "argv0": c.argv0,
+                 "uptime": round(now - c.started, 3),
+                 "client_connected": c.kill_at is None}
+                for c in self.running.values()],
+        }
+        return json.dumps(info).encode()
+
+
+def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
+                  **kwargs) -> int:
+    """Entry point of the template, called in the child of the primary's
+    fork.  Reports readiness on ready_w (b"ok", or an error text)."""
+    try:
+        os.setsid()   # no controlling terminal: terminal signals are the
+        # clients' business, and secondaries may read a client's tty freely
+        lib.fh_set_pdeathsig(signal.SIGTERM)
+        from setproctitle import setproctitle
+        setproctitle(f"forkhost template [{kwargs['prefix']}]")
+        t = Template(listener, **kwargs)
+        t.title_area = title_area()
+        t.install_signals()
+        if os.getppid() != t.primary_pid:
+            raise RuntimeError("the primary died while the template started")
+        # Everything else the primary had open stays there.
+        keep = {0, 1, 2, listener.fileno(), ready_w, t.wake_r, t.wake_w, t.ep.fileno(),
+                *keep_fds}
+        _close_other_fds(keep)
+        _null_stdin_stdout()
+        gc.freeze()   # what the primary built stays shared with secondaries
+        threads = len(os.listdir("/proc/self/task"))
+        if threads != 1:
+            raise RuntimeError(f"the template has {threads} threads")
+    except BaseException as exc:
+        os.write(ready_w, f"template failed to start: {exc}".encode())
+        os.close(ready_w)
+        return 1
+    os.write(ready_w, b"ok")
+    os.close(ready_w)
+    return t.serve()
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _null_stdin_stdout() -> None:
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)

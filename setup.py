@@ -1,0 +1,54 @@
+"""Build hooks: the native parts are built inside `pip install`.
+
+build_ext first compiles csrc/lib into libforkhost.so next to the cffi
+module (which links it with rpath $ORIGIN) and copies the public headers
+there, so `forkhost config --cflags --libs` can point C programs at them;
+build_scripts compiles the forkhost-run client into the scripts directory,
+from which pip installs it on PATH.  How the C is compiled lives in
+build_native.py, shared with the C test run.
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup  # noqa: I001  (imports distutils first)
+from setuptools.command.build_ext import build_ext
+# setuptools has no build_scripts of its own; its bundled distutils does.
+from distutils.command.build_scripts import build_scripts  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_native  # noqa: E402
+
+
+class BuildExt(build_ext):
+    def run(self):
+        pkgdirs = [Path(self.build_lib) / "forkhost" / "_native"]
+        if self.inplace:
+            pkgdirs.append(build_native.ROOT / "forkhost" / "_native")
+        lib = build_native.build_library(Path(self.build_temp) / "native")
+        demo = build_native.build_demo(lib.parent)
+        for d in pkgdirs:
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib, d / lib.name)
+            shutil.copy2(demo, d / demo.name)
+            inc = d / "include"
+            if inc.exists():
+                shutil.rmtree(inc)
+            shutil.copytree(build_native.INCLUDE, inc)
+        for ext in self.extensions:
+            ext.library_dirs.append(str(lib.parent))
+        super().run()
+
+
+class BuildScripts(build_scripts):
+    def run(self):
+        # The only "script" is the C client: compile it instead of copying.
+        build_native.build_client(self.build_dir)
+
+
+setup(
+    cffi_modules=["forkhost/_native/build_ffi.py:ffi"],
+    scripts=["csrc/client/forkhost-run.c"],
+    cmdclass={"build_ext": BuildExt, "build_scripts": BuildScripts},
+)

@@ -1,0 +1,98 @@
+"""Shared fixtures: real primaries on private runtime directories, and the
+leak guard every test runs under.
+
+Every test must leave the test process as it found it: the same open fds,
+no child processes (zombies included) and no stray forkhost processes of
+its runtime directory.  The guard fails the test otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import forkhost
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhtest import ROOT, RUNNER, PrimaryProc  # noqa: E402
+
+
+def pytest_configure(config):
+    src = ROOT / "forkhost"
+    if Path(forkhost.__file__).resolve().parent == src.resolve() and \
+            not (src / "_native" / "libforkhost.so").exists():
+        pytest.exit("the tests need an installed forkhost: run `pip install '.[test]'`",
+                    returncode=4)
+    if RUNNER is None:
+        pytest.exit("forkhost-run is not on PATH: run `pip install '.[test]'`",
+                    returncode=4)
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _forkhost_procs(runtime_dir: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.info["environ"] or {}
+            if runtime_dir in cmd or env.get("FORKHOST_RUNTIME_DIR") == runtime_dir:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture
+def runtime_dir():
+    """A short private runtime dir (unix socket paths are limited to 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
+    yield d
+    strays = _forkhost_procs(d)
+    for p in strays:
+        p.kill()
+    shutil.rmtree(d, ignore_errors=True)
+    assert not strays, f"stray forkhost processes left: {[p.pid for p in strays]}"
+
+
+@pytest.fixture(autouse=True)
+def leak_guard():
+    before = _fds()
+    yield
+    me = psutil.Process()
+    deadline = time.monotonic() + 5
+    while me.children(recursive=True) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kids = me.children(recursive=True)
+    for k in kids:
+        try:
+            k.kill()
+            k.wait(5)
+        except psutil.Error:
+            pass
+    after = _fds()
+    assert not kids, f"child processes left behind: {[(k.pid, k.name()) for k in kids]}"
+    assert after == before, f"fds leaked: {sorted(after - before)} (closed: {sorted(before - after)})"
+
+
+@pytest.fixture
+def primary(runtime_dir):
+    p = PrimaryProc(runtime_dir)
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+    assert not psutil.pid_exists(p.template_pid) or \
+        psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE

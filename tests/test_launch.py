@@ -1,0 +1,327 @@
+"""The launch path end to end: forkhost-run -> template -> secondary.
+
+Each test runs a real `forkhost primary` and real forkhost-run processes;
+the secondaries report what they saw, and the tests compare it with what a
+normal child process would have had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import tempfile
+
+import pytest
+
+from fhtest import FIXTURES, RUNNER
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory):
+    """The C fixture built as a shared object, a PIE and a non-PIE executable."""
+    d = tmp_path_factory.mktemp("native")
+    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    src = str(FIXTURES / "native_entry.c")
+    out = {"so": d / "entry.so", "pie": d / "entry_pie", "nopie": d / "entry_nopie",
+           "stripped": d / "entry_stripped"}
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", out["so"], src, *flags], check=True)
+    subprocess.run(["cc", "-fPIE", "-pie", "-rdynamic", "-o", out["pie"], src, *flags],
+                   check=True)
+    subprocess.run(["cc", "-no-pie", "-o", out["nopie"], src, *flags], check=True)
+    subprocess.run(["cc", "-fPIE", "-pie", "-s", "-o", out["stripped"], src, *flags],
+                   check=True)
+    return {k: str(v) for k, v in out.items()}
+
+
+def report(primary, *args, **kw):
+    r = primary.run("fhfix:report", *args, cwd=kw.pop("cwd", FIXTURES), **kw)
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+def test_argv_env_cwd_umask_round_trip(primary, tmp_path):
+    args = [b"plain", b"", b"with space", b"\xff\xfe not utf-8", b"-m", b"--prefix"]
+    env = dict(primary.env)
+    env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    env_b[b"FH_ODD"] = b"\xc3\x28 bytes"
+    env_b[b"PYTHONPATH"] = str(FIXTURES).encode()
+    old = os.umask(0o027)
+    try:
+        r = subprocess.run([RUNNER.encode(), b"fhfix:report", *args], env=env_b,
+                           cwd=tmp_path, capture_output=True, timeout=60)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr.decode()
+    got = json.loads(r.stdout)
+    assert [bytes.fromhex(a) for a in got["argv"]] == [b"fhfix:report", *args]
+    env_got = {bytes.fromhex(k): bytes.fromhex(v) for k, v in got["env"].items()}
+    assert env_got == env_b
+    assert got["cwd"] == str(tmp_path)
+    assert got["umask"] == 0o027
+    assert got["pid"] != primary.template_pid
+
+
+def test_secondary_has_only_its_fds_and_default_signals(primary):
+    got = report(primary)
+    # 0, 1, 2 and the descriptor os.listdir itself opened
+    assert set(got["fds"]) <= {0, 1, 2, 3} and len(got["fds"]) == 4
+    assert got["signals"]["SigBlk"] == 0
+    # What a fresh `python` has: SIGPIPE and SIGXFSZ ignored, nothing else.
+    assert got["signals"]["SigIgn"] == (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+    assert "default_int_handler" in got["sigint_handler"]
+    assert got["threads"] == 1
+    assert got["pgid"] == got["pid"]
+
+
+def test_title_and_comm_show_the_program(primary):
+    got = report(primary, "alpha", "beta")
+    assert got["comm"] == "fhfix:report"[:15]
+    assert bytes.fromhex(got["cmdline"]).replace(b"\0", b" ").strip().startswith(
+        b"fhfix:report alpha beta")
+
+
+def test_arena_is_at_the_primarys_address(primary):
+    r = primary.run("fhfix:arena", cwd=FIXTURES)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout, 16) == primary.config["arena"]["base"]
+
+
+def test_stdio_through_pipes(primary):
+    r = primary.run("fhfix:cat", cwd=FIXTURES, input=b"x" * 200000)
+    assert r.returncode == 0
+    assert r.stdout == b"x" * 200000
+
+
+def test_stdio_through_files(primary, tmp_path):
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        r = primary.run("fhfix:echo", "hello", "files", cwd=FIXTURES, stdout=o, stderr=e,
+                        capture_output=False)
+    assert r.returncode == 0
+    assert out.read_bytes() == b"hello files\n"
+    assert err.read_bytes() == b"to stderr\n"
+
+
+def test_stdio_closed_stdin_stays_closed(primary):
+    r = primary.run("fhfix:report", cwd=FIXTURES, stdin=None,
+                    pass_fds=(), close_fds=True,
+                    preexec_fn=lambda: os.close(0))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["std_open"] == [False, True, True]
+
+
+def test_stdio_through_a_pty(primary):
+    master, slave = pty.openpty()
+    try:
+        proc = primary.popen("fhfix:report", cwd=FIXTURES, stdin=slave, stdout=slave,
+                             stderr=subprocess.PIPE)
+        os.close(slave)
+        slave = -1
+        data = b""
+        while True:
+            r, _, _ = select.select([master], [], [], 30)
+            assert r, "no output from the secondary on the pty"
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break   # EIO: every writer closed the pty
+            if not chunk:
+                break
+            data += chunk
+            if data.rstrip().endswith(b"}"):
+                break
+        assert proc.wait(30) == 0, proc.stderr.read()
+        proc.stderr.close()
+        got = json.loads(data.replace(b"\r\n", b"\n"))
+        assert got["isatty"] == [True, True, False]
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+def test_extra_fds_land_at_3_and_up(primary):
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    try:
+        r = primary.run("--fd", w1, "--fd", w2, "fhfix:write_fds", cwd=FIXTURES,
+                        pass_fds=(w1, w2))
+        os.close(w1)
+        os.close(w2)
+        w1 = w2 = -1
+        assert r.returncode == 2, r.stderr
+        assert os.read(r1, 100) == b"fd 3\n"
+        assert os.read(r2, 100) == b"fd 4\n"
+    finally:
+        for fd in (r1, r2, w1, w2):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.parametrize("code", [0, 1, 255])
+def test_exit_codes_python(primary, code):
+    assert primary.run("fhfix:exit_with", code, cwd=FIXTURES).returncode == code
+    assert primary.run("script.py", code, cwd=FIXTURES).returncode == code
+
+
+@pytest.mark.parametrize("code", [0, 1, 255])
+def test_exit_codes_native(primary, native, code):
+    assert primary.run(native["so"], "exit", code).returncode == code
+    assert primary.run(native["pie"], "exit", code).returncode == code
+
+
+def test_sys_exit_and_exceptions(primary):
+    r = primary.run("fhfix:sys_exit", "9", cwd=FIXTURES)
+    assert r.returncode == 9
+    r = primary.run("fhfix:sys_exit", "a message", cwd=FIXTURES)
+    assert r.returncode == 1 and r.stderr == b"a message\n"
+    r = primary.run("fhfix:raise_error", cwd=FIXTURES)
+    assert r.returncode == 1
+    assert b"Traceback" in r.stderr and b"ValueError: boom from the entry" in r.stderr
+    assert b"forkhost/" not in r.stderr      # forkhost's own frames are hidden
+
+
+def test_keyboard_interrupt_dies_by_sigint(primary):
+    r = primary.run("fhfix:keyboard_interrupt", cwd=FIXTURES)
+    assert r.returncode == -signal.SIGINT
+    assert b"KeyboardInterrupt" in r.stderr
+
+
+def test_entry_forms(primary, native, tmp_path):
+    r = primary.run("script.py", "a", cwd=FIXTURES)
+    got = json.loads(r.stdout)
+    assert got["name"] == "__main__" and got["path0"] == str(FIXTURES)
+    assert [bytes.fromhex(a) for a in got["argv"]] == [b"script.py", b"a"]
+    r = primary.run("-m", "pkgfix.mod", "x", "seven", cwd=FIXTURES)
+    assert r.returncode == 7 and r.stdout == b"pkgfix.mod ['x', 'seven'] __main__\n"
+    r = primary.run("-m", "pkgfix", "y", cwd=FIXTURES)
+    assert r.returncode == 0 and r.stdout == b"pkgfix main ['y'] __main__\n"
+    r = primary.run(native["so"], "one", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert b"argv[0]=" + native["so"].encode() in r.stdout
+    assert f"cwd={tmp_path}".encode() in r.stdout
+    assert f"arena=0x{primary.config['arena']['base']:x}".encode() in r.stdout
+    r = primary.run(native["so"] + ":other")
+    assert r.returncode == 42 and r.stdout == b"other\n"
+    r = primary.run(native["pie"], "two")
+    assert r.returncode == 0, r.stderr
+    assert b"argv[1]=two" in r.stdout
+    # a relative path to a shared object, from the client's cwd
+    r = primary.run("./entry.so:other", cwd=os.path.dirname(native["so"]))
+    assert r.returncode == 42, r.stderr
+
+
+def test_module_from_client_pythonpath(primary, tmp_path):
+    (tmp_path / "only_here.py").write_text("def main(argv):\n    print('from pp')\n")
+    r = primary.run("only_here:main", extra_env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"from pp\n"
+
+
+NOT_FOUND = [
+    (["missing_script.py"], b"not found"),
+    (["no_such_module_xyz:main"], b"no_such_module_xyz"),
+    (["fhfix:no_such_function"], b"no_such_function"),
+    (["-m", "no_such_module_xyz"], b"no_such_module_xyz"),
+    (["/nonexistent/lib.so"], b"/nonexistent/lib.so"),
+    (["plainword"], b"plainword"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", NOT_FOUND)
+def test_entry_not_found_127(primary, argv, needle):
+    r = primary.run(*argv, cwd=FIXTURES)
+    assert r.returncode == 127, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) >= 1 and needle in lines[-1], r.stderr
+
+
+def test_native_symbol_not_found_127(primary, native):
+    r = primary.run(native["so"] + ":no_such_symbol")
+    assert r.returncode == 127 and b"no_such_symbol" in r.stderr
+    r = primary.run(native["stripped"])
+    assert r.returncode == 127 and b"-rdynamic" in r.stderr
+
+
+CANNOT_RUN = [
+    (["broken_import:main"], b"broken_import"),
+    (["syntax_error.py"], b"syntax_error.py"),
+    (["-m", "syntax_error"], b"syntax_error"),
+    (["fhfix:not_callable"], b"not callable"),
+    (["-m", "broken_import"], None),   # found and compiled; raising is exit 1
+]
+
+
+@pytest.mark.parametrize("argv,needle", CANNOT_RUN)
+def test_entry_cannot_run_126(primary, argv, needle):
+    r = primary.run(*argv, cwd=FIXTURES)
+    if needle is None:
+        assert r.returncode == 1 and b"RuntimeError" in r.stderr
+        return
+    assert r.returncode == 126, r.stderr
+    assert needle in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_native_cannot_load_126(primary, native, tmp_path):
+    r = primary.run(native["nopie"])
+    assert r.returncode == 126 and b"PIE" in r.stderr
+    bogus = tmp_path / "bogus.so"
+    bogus.write_bytes(b"\x7fELF" + b"\0" * 60)
+    r = primary.run(str(bogus))
+    assert r.returncode == 126, r.stderr
+
+
+def test_native_crash_dies_by_sigsegv(primary, native):
+    r = primary.run(native["so"] + ":crash")
+    assert r.returncode == -signal.SIGSEGV
+
+
+def test_no_primary_125(runtime_dir):
+    env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, FORKHOST_PREFIX="nobody-here")
+    r = subprocess.run([RUNNER, "fhfix:report"], env=env, capture_output=True, timeout=30)
+    assert r.returncode == 125
+    sock = os.path.join(runtime_dir, "nobody-here", "template.sock")
+    assert r.stderr.decode() == (f"forkhost-run: no forkhost primary for prefix "
+                                 f"'nobody-here' (looked for {sock})\n")
+
+
+def test_python_cli_run_matches_contract(primary):
+    env = primary.env
+    base = [os.environ.get("PYTHON", "python3"), "-m", "forkhost", "run"]
+    r = subprocess.run(base + ["fhfix:exit_with", "5"], env=env, cwd=FIXTURES,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 5, r.stderr
+    r = subprocess.run(base + ["fhfix:die_by", "SIGTERM"], env=env, cwd=FIXTURES,
+                       capture_output=True, timeout=60)
+    assert r.returncode == -signal.SIGTERM
+    r = subprocess.run(base + ["nope.py"], env=env, cwd=FIXTURES, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 127 and b"nope.py" in r.stderr
+
+
+def test_launch_api(primary):
+    import forkhost
+    with tempfile.TemporaryFile() as out:
+        sec = forkhost.launch("fhfix:echo", ["api"], prefix=primary.prefix,
+                              runtime_dir=primary.runtime_dir, cwd=FIXTURES,
+                              stdout=out, stderr=forkhost.DEVNULL)
+        with sec:
+            assert sec.pid > 0
+            assert sec.wait(30) == 0
+        out.seek(0)
+        assert out.read() == b"api\n"
+    sec = forkhost.launch("fhfix:sleeper", prefix=primary.prefix,
+                          runtime_dir=primary.runtime_dir, cwd=FIXTURES,
+                          stdout=forkhost.DEVNULL)
+    with sec:
+        sec.send_signal(signal.SIGUSR1)
+        assert sec.wait(30) == -signal.SIGUSR1
+    with pytest.raises(forkhost.RefusedError) as info:
+        forkhost.launch("missing.py", prefix=primary.prefix,
+                        runtime_dir=primary.runtime_dir, cwd=FIXTURES)
+    assert info.value.exit_code == 127
