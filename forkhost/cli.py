@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="concurrent secondaries before launches are refused")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds between SIGTERM and SIGKILL when ending a secondary")
+    p.add_argument("--pool", type=int, default=2,
+                   help="pre-forked secondaries kept ready (0: fork on demand)")
     p.add_argument("--huge-pages", choices=("auto", "never", "always"), default="auto")
     p.add_argument("--detach", action="store_true",
                    help="run in the background; print the ready line and return")
@@ -90,7 +92,7 @@ def _make_primary(a):
     from .primary import Primary
     return Primary(a.prefix, runtime_dir=a.runtime_dir, arena_size=a.arena_size,
                    preload=a.preload, max_secondaries=a.max_secondaries,
-                   grace=a.grace, huge_pages=a.huge_pages)
+                   grace=a.grace, pool=a.pool, huge_pages=a.huge_pages)
 
 
 def _serve(p) -> int:

@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import time
+import traceback
 
 from . import entries, protocol, secondary
 from ._native import ffi, lib
@@ -32,6 +33,8 @@ class Connection:
         self.kill_at: float | None = None     # SIGKILL due (client gone)
         self.pid = 0
         self.pidfd = -1
+        self.report: socket.socket | None = None   # the secondary's exit report
+        self.reported = False                      # EXITED already sent
         self.client_pid = 0
         self.client_uid = -1
         self.argv0 = ""
@@ -118,57 +121,66 @@ class Connection:
             self.refuse(str(err), err.exit_code)
             return
         try:
-            pid = self.spawn(req, target, msg.fds)
+            self.pid, self.pidfd, self.report = self.start_secondary(
+                req, target, msg.body, msg.fds)
         except OSError as err:
             self.refuse(f"cannot fork the secondary: {err.strerror}")
             return
-        self.pid = pid
-        self.pidfd = os.pidfd_open(pid)
         self.argv0 = os.fsdecode(req.argv[0])
         self.started = time.monotonic()
         self.state = RUNNING
         t.started_secondary(self)
-        if not self.send(protocol.STARTED, protocol.encode_started(pid),
+        if not self.send(protocol.STARTED, protocol.encode_started(self.pid),
                          [self.pidfd]):
             self.client_gone()
 
-    def spawn(self, req: Launch, target: entries.Target, fds: list[int]) -> int:
-        """Fork the secondary; returns its pid in the template."""
-        keep = []                       # cffi buffers must outlive the call
+    def start_secondary(self, req: Launch, target: entries.Target, body: bytes,
+                        fds: list[int]) -> tuple[int, int, socket.socket]:
+        """Hand the launch to an idle pool member, or fork one now.
 
-        def cstrings(items):
-            bufs = [ffi.new("char[]", s) for s in items]
-            keep.extend(bufs)
-            arr = ffi.new("char *[]", bufs + [ffi.NULL])
-            keep.append(arr)
-            return arr
+        Returns (pid, pidfd, report socket): the secondary writes its exit
+        status on the report socket just before it _exits.
+        """
+        member = self.template.take_member()
+        if member is not None:
+            if member.assign(target, body, fds):
+                return member.pid, member.pidfd, member.sock
+            self.template.discard_member(member)
+        mine, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            pid = self.fork_secondary(req, target, fds, theirs)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return pid, os.pidfd_open(pid), mine
 
-        c_fds = ffi.new("int[]", fds)
-        spec = ffi.new("struct fh_child_spec *")
-        spec.fds, spec.nfds = c_fds, len(fds)
-        spec.stdio_mask, spec.nextra = req.stdio_mask, req.nextra
-        spec.argv, spec.envp = cstrings(req.argv), cstrings(req.env)
-        spec.umask = req.umask
-        area, length = self.template.title_area
-        spec.title_area, spec.title_len = ffi.cast("char *", area), length
-
+    def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
+                       report: socket.socket) -> int:
+        """No idle member: fork the secondary now; returns its pid."""
+        area = self.template.title_area
         if target.kind == entries.NATIVE:
-            path = ffi.new("char[]", os.fsencode(target.path))
-            sym = ffi.new("char[]", target.symbol.encode()) if target.symbol else ffi.NULL
+            # The whole fork in C: the child never runs Python.
+            spec, keep = secondary.build_spec(req, fds, area, report.fileno())
+            path, sym = secondary.native_args(target)
             pid = lib.fh_spawn_native(spec, path, sym)
+            del keep
             if pid < 0:
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             return pid
-
         pid = os.fork()
         if pid == 0:
             # The child: the template's sockets must not be closed (or
             # flushed) by Python objects later; fh_child_setup closes the fds
-            # themselves.  Whatever happens, it ends in os._exit.
+            # themselves.  Whatever happens, it ends in _exit.
             code = EXIT_FORKHOST
             try:
                 self.template.forget_in_child()
-                code = secondary.run(req, target, spec)
+                secondary.become(req, target, fds, area, report.detach())
+            except BaseException:
+                traceback.print_exc()   # a bug of ours: say so, exit 125
             finally:
                 os._exit(code)
         return pid
@@ -178,15 +190,36 @@ class Connection:
     def client_gone(self) -> None:
         """The client closed its end while its secondary runs: SIGTERM now,
         SIGKILL after the grace period."""
-        if self.state != RUNNING or self.kill_at is not None:
+        if self.state != RUNNING or self.kill_at is not None or self.reported:
             return
         self.template.signal_secondary(self, 15)
         self.kill_at = time.monotonic() + self.template.grace
 
     def report_exit(self, status: int) -> None:
+        """From waitpid: the secondary ended without reporting (a signal,
+        or it called exit/_exit itself)."""
+        if self.reported:
+            return
         code = os.waitstatus_to_exitcode(status)
         sig = -code if code < 0 else 0
+        self.reported = True
         self.send(protocol.EXITED, protocol.encode_exited(0 if sig else code, sig))
+
+    def read_report(self) -> bool:
+        """The secondary's own report, sent just before its _exit: answer
+        the client now instead of after the kernel's teardown of its
+        address space.  True when the report channel is finished."""
+        try:
+            data = self.report.recv(16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if len(data) == 4 and not self.reported:
+            (code,) = struct.unpack("=i", data)
+            self.reported = True
+            self.send(protocol.EXITED, protocol.encode_exited(code & 0xFF, 0))
+        return True
 
 
 def _fd_path(fd: int) -> str:

@@ -35,6 +35,9 @@ from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
 DEFAULT_ARENA_SIZE = 64 << 20
 DEFAULT_MAX_SECONDARIES = 1024
 DEFAULT_GRACE = 5.0
+# Pre-forked members the template keeps ready (forkhost/pool.py): each one
+# takes a fork and CPython's after-fork work off a launch's critical path.
+DEFAULT_POOL = 2
 # How long start() waits for the template to say it is ready.
 TEMPLATE_START_TIMEOUT = 30.0
 
@@ -108,6 +111,7 @@ class Primary:
                  preload: list[str] | tuple[str, ...] = (),
                  max_secondaries: int = DEFAULT_MAX_SECONDARIES,
                  grace: float = DEFAULT_GRACE,
+                 pool: int = DEFAULT_POOL,
                  huge_pages: str = "auto"):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.arena_size = parse_size(arena_size)
@@ -116,6 +120,9 @@ class Primary:
             raise ForkhostError("--max-secondaries must be at least 1")
         self.max_secondaries = max_secondaries
         self.grace = float(grace)
+        if pool < 0:
+            raise ForkhostError("--pool must be 0 or more")
+        self.pool = pool
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
         self.huge_pages = huge_pages
@@ -228,6 +235,7 @@ class Primary:
                        "version": sys.version.split()[0]},
             "preload": self.preload,
             "max_secondaries": self.max_secondaries,
+            "pool": self.pool,
             "grace": self.grace,
             "started": time.time(),
         }
@@ -255,7 +263,8 @@ class Primary:
                     listener, ready_w, keep_fds=[lib.fh_arena_fd()],
                     prefix=self.prefix, socket_path=self.socket_path,
                     socket_ino=ino, primary_pid=self.pid,
-                    max_secondaries=self.max_secondaries, grace=self.grace)
+                    max_secondaries=self.max_secondaries, grace=self.grace,
+                    pool_size=self.pool)
             except BaseException:
                 traceback.print_exc()
             finally:

@@ -195,6 +195,52 @@ def _finalize() -> None:
     _flush_stdio()
 
 
+def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
+               report_fd: int):
+    """The C view of a launch; returns (spec, keep): keep holds the cffi
+    buffers the spec points into and must outlive it."""
+    keep = []
+
+    def cstrings(items):
+        bufs = [ffi.new("char[]", s) for s in items]
+        arr = ffi.new("char *[]", bufs + [ffi.NULL])
+        keep.extend(bufs)
+        keep.append(arr)
+        return arr
+
+    spec = ffi.new("struct fh_child_spec *")
+    c_fds = ffi.new("int[]", fds)
+    keep.append(c_fds)
+    spec.fds, spec.nfds = c_fds, len(fds)
+    spec.stdio_mask, spec.nextra = req.stdio_mask, req.nextra
+    spec.argv, spec.envp = cstrings(req.argv), cstrings(req.env)
+    spec.umask = req.umask
+    spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
+    spec.report_fd = report_fd
+    return spec, keep
+
+
+def native_args(target: entries.Target):
+    """(path, symbol) as C strings for fh_spawn_native / fh_run_native."""
+    path = ffi.new("char[]", os.fsencode(target.path))
+    sym = ffi.new("char[]", target.symbol.encode()) if target.symbol else ffi.NULL
+    return path, sym
+
+
+def become(req: Launch, target: entries.Target, fds: list[int],
+           title_area: tuple[int, int], report_fd: int):
+    """In a fresh child of the template (a pool member, or a direct fork):
+    become the secondary and exit, reporting the status on report_fd.
+    Never returns."""
+    spec, keep = build_spec(req, fds, title_area, report_fd)
+    if target.kind == entries.NATIVE:
+        path, sym = native_args(target)
+        lib.fh_run_native(spec, path, sym)          # C from here on; exits
+    code = run(req, target, spec)
+    lib.fh_exit_report(spec.report_fd, code)        # exits
+    del keep
+
+
 def run(req: Launch, target: entries.Target, spec) -> int:
     """Become the secondary and run the entry; returns the exit status."""
     signal.set_wakeup_fd(-1)           # the template's pipe is not ours

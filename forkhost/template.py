@@ -25,6 +25,7 @@ import sys
 import time
 import traceback
 
+from . import pool
 from ._native import lib
 from .connection import PENDING, RUNNING, Connection
 
@@ -61,7 +62,8 @@ def title_area() -> tuple[int, int]:
 class Template:
     def __init__(self, listener: socket.socket, *, prefix: str, socket_path: str,
                  socket_ino: int, primary_pid: int, max_secondaries: int,
-                 grace: float, request_timeout: float = REQUEST_TIMEOUT):
+                 grace: float, pool_size: int = 0,
+                 request_timeout: float = REQUEST_TIMEOUT):
         self.listener = listener
         self.prefix = prefix
         self.socket_path = socket_path
@@ -69,10 +71,14 @@ class Template:
         self.primary_pid = primary_pid
         self.max_secondaries = max_secondaries
         self.grace = grace
+        self.pool_size = pool_size
         self.request_timeout = request_timeout
+        self.pid = os.getpid()
         self.uid = os.getuid()
         self.conns: dict[int, Connection] = {}     # socket fd -> connection
         self.running: dict[int, Connection] = {}   # pidfd -> connection
+        self.reports: dict[int, Connection] = {}   # report socket fd -> connection
+        self.idle: dict[int, pool.Member] = {}     # pidfd -> idle pool member
         self.stopping = False
         self.stop_deadline: float | None = None
         self.launched = 0
@@ -94,11 +100,61 @@ class Template:
         self.ep.register(self.wake_r, select.EPOLLIN)
 
     def forget_in_child(self) -> None:
-        """In a freshly forked secondary: detach every socket object so that
-        no later garbage collection closes an fd number the entry reuses."""
+        """In a freshly forked child: detach every socket object so that no
+        later garbage collection closes an fd number the entry reuses."""
         for conn in self.conns.values():
             conn.sock.detach()
+        for conn in self.running.values():
+            if conn.report is not None and conn.report.fileno() >= 0:
+                conn.report.detach()
+        for member in self.idle.values():
+            member.sock.detach()
         self.listener.detach()
+
+    # -- the pool -------------------------------------------------------
+
+    def take_member(self) -> pool.Member | None:
+        if not self.idle:
+            return None
+        pidfd, member = self.idle.popitem()
+        return member   # its pidfd stays registered: it now means this launch
+
+    def discard_member(self, member: pool.Member) -> None:
+        """A member that could not take its assignment (it died): reap it."""
+        self.ep.unregister(member.pidfd)
+        try:
+            signal.pidfd_send_signal(member.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(member.pid, 0)
+        os.close(member.pidfd)
+        member.sock.close()
+
+    def _add_member(self) -> None:
+        try:
+            member = pool.fork_member(self)
+        except OSError as err:
+            print(f"forkhost template: cannot fork a pool member: {err}",
+                  file=sys.stderr)
+            return
+        self.idle[member.pidfd] = member
+        self.ep.register(member.pidfd, select.EPOLLIN)
+
+    def _replenish(self) -> None:
+        """Fork one member when the pool is short and nothing is waiting:
+        a fork blocks the loop, so it must not delay a launch."""
+        if self.stopping or len(self.idle) >= self.pool_size:
+            return
+        if self.ep.poll(0, 1):
+            return
+        self._add_member()
+
+    def _member_died(self, member: pool.Member) -> None:
+        del self.idle[member.pidfd]
+        self.ep.unregister(member.pidfd)
+        os.waitpid(member.pid, 0)
+        os.close(member.pidfd)
+        member.sock.close()
 
     # -- the loop -------------------------------------------------------
 
@@ -106,7 +162,7 @@ class Template:
         self.listener.setblocking(False)
         self.ep.register(self.listener.fileno(), select.EPOLLIN)
         while True:
-            if self.stopping and not self.running:
+            if self.stopping and not self.running and not self.idle:
                 break
             timeout = self._timeout()
             try:
@@ -120,9 +176,14 @@ class Template:
                     self._accept()
                 elif fd in self.running:
                     self._reap(self.running[fd])
+                elif fd in self.reports:
+                    self._report(self.reports[fd])
+                elif fd in self.idle:
+                    self._member_died(self.idle[fd])
                 elif fd in self.conns:
                     self._readable(self.conns[fd])
             self._expire()
+            self._replenish()
         self._close_listener()
         return 0
 
@@ -216,7 +277,33 @@ class Template:
     def started_secondary(self, conn: Connection) -> None:
         self.launched += 1
         self.running[conn.pidfd] = conn
-        self.ep.register(conn.pidfd, select.EPOLLIN)
+        try:
+            self.ep.register(conn.pidfd, select.EPOLLIN)
+        except FileExistsError:
+            pass   # a pool member's pidfd, registered since it was forked
+        self.reports[conn.report.fileno()] = conn
+        self.ep.register(conn.report.fileno(), select.EPOLLIN)
+
+    def _report(self, conn: Connection) -> None:
+        if not conn.read_report():
+            return
+        fd = conn.report.fileno()
+        del self.reports[fd]
+        self.ep.unregister(fd)
+        conn.report.close()
+        if conn.reported:
+            self._close_client(conn)   # the client has its status
+
+    def _close_client(self, conn: Connection) -> None:
+        fd = conn.fileno()
+        if fd < 0:
+            return
+        if self.conns.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (FileNotFoundError, OSError):
+                pass   # already unregistered when the client went away
+        conn.sock.close()
 
     def _reap(self, conn: Connection) -> None:
         try:
@@ -229,14 +316,11 @@ class Template:
         self.ep.unregister(conn.pidfd)
         del self.running[conn.pidfd]
         os.close(conn.pidfd)
-        fd = conn.fileno()
-        if fd in self.conns:
-            del self.conns[fd]
-            try:
-                self.ep.unregister(fd)
-            except (FileNotFoundError, OSError):
-                pass   # already unregistered when the client went away
-        conn.sock.close()
+        if conn.report.fileno() >= 0:
+            del self.reports[conn.report.fileno()]
+            self.ep.unregister(conn.report.fileno())
+            conn.report.close()
+        self._close_client(conn)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -270,6 +354,8 @@ class Template:
         self._close_listener()
         for conn in self.running.values():
             self.signal_secondary(conn, signal.SIGTERM)
+        for member in self.idle.values():
+            signal.pidfd_send_signal(member.pidfd, signal.SIGKILL)
         self.stop_deadline = time.monotonic() + self.grace
         for fd, conn in list(self.conns.items()):
             if conn.state == PENDING:
@@ -304,6 +390,8 @@ class Template:
             "primary_pid": self.primary_pid,
             "max_secondaries": self.max_secondaries,
             "launched": self.launched,
+            "pool": len(self.idle),
+            "pool_size": self.pool_size,
             "refused": self.refused,
             "stopping": self.stopping,
             "threads": len(os.listdir("/proc/self/task")),
@@ -337,6 +425,8 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
         _close_other_fds(keep)
         _null_stdin_stdout()
         gc.freeze()   # what the primary built stays shared with secondaries
+        for _ in range(t.pool_size):
+            t._add_member()
         threads = len(os.listdir("/proc/self/task"))
         if threads != 1:
             raise RuntimeError(f"the template has {threads} threads")

@@ -42,6 +42,10 @@
 #define FH_COMM_LEN 16
 /* The fixed exit codes of DESIGN.md. */
 #define FH_EXIT_SETUP 125         /* forkhost itself failed */
+/* Where the exit-report fd is parked in a secondary: the lowest free fd at
+ * or above this (the default soft RLIMIT_NOFILE is 1024), so it does not
+ * take the numbers a program's first open()s expect. */
+#define FH_REPORT_FD_MIN 1023
 /* One line from fh_entry_load(). */
 #define FH_ERR_LEN 1024
 
@@ -114,6 +118,20 @@ static int close_from(int lowfd)
     return 0;
 }
 
+/* close_range(2) for [lo, hi]; a loop where the kernel lacks it. */
+static int close_range_(unsigned lo, unsigned hi)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, lo, hi, 0) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -1;
+#endif
+    for (; lo <= hi; lo++)
+        close((int)lo);
+    return 0;
+}
+
 /* The fd list must be what the header says: cwd, the stdio fds of
  * stdio_mask, nextra extras.  Checked before anything is changed. */
 static int spec_valid(const struct fh_child_spec *spec)
@@ -136,14 +154,27 @@ static int spec_valid(const struct fh_child_spec *spec)
  * still needed.  The cwd fd is moved too, so that a failing fchdir() is
  * reported on the client's stderr, which is in place by then.
  */
-static int setup_fds(const struct fh_child_spec *spec, const char **error)
+static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
     unsigned mask = spec->stdio_mask, i, k, N;
-    int std;
+    int std, keep = -1;
 
     N = 3 + spec->nextra;
 
+    /* The report fd, if any, is parked high (and close-on-exec: an exec'd
+     * program has nothing to report through it), so that the entry's own
+     * first open() still gets 3 + nextra, as in a normal child.  Parked
+     * first, like the others: its number may be one a dup2() below
+     * overwrites or a std fd the client did not have. */
+    if (spec->report_fd > 0) {
+        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, FH_REPORT_FD_MIN);
+        if (keep < 0)
+            keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, (int)N);
+        if (keep < 0)
+            return step_failed(error, "keeping the report fd (fcntl)");
+        spec->report_fd = keep;
+    }
     for (i = 0; i < spec->nfds; i++) {
         moved[i] = fcntl(spec->fds[i], F_DUPFD_CLOEXEC, (int)N);
         if (moved[i] < 0)
@@ -170,10 +201,16 @@ static int setup_fds(const struct fh_child_spec *spec, const char **error)
                                "not have");
     if (fchdir(moved[0]) < 0)
         return step_failed(error, "changing to the client's cwd (fchdir)");
-    /* Everything >= N: the template's own fds (its listening socket, the
-     * client connection, Python's), the received originals, the moved
+    /* Everything else >= N: the template's own fds (its listening socket,
+     * the client connection, Python's), the received originals, the moved
      * copies. */
-    if (close_from((int)N) < 0)
+    if (keep >= 0) {
+        if ((keep > (int)N
+             && close_range_((unsigned)N, (unsigned)keep - 1) < 0)
+            || close_from(keep + 1) < 0)
+            return step_failed(error, "closing the template's fds "
+                               "(close_range)");
+    } else if (close_from((int)N) < 0)
         return step_failed(error, "closing the template's fds (close_range)");
     return 0;
 }
@@ -222,7 +259,15 @@ static void set_title(char *area, size_t len, char *const *argv)
     memset(area + o, 0, len - o);
 }
 
-FH_API int fh_child_setup(const struct fh_child_spec *spec, const char **error)
+FH_API void fh_set_title(char *area, size_t len, char *const *argv)
+{
+    if (argv == NULL || argv[0] == NULL)
+        return;
+    set_comm(argv[0]);
+    set_title(area, len, argv);
+}
+
+FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     struct sigaction dfl;
     sigset_t set;
@@ -270,10 +315,7 @@ FH_API int fh_child_setup(const struct fh_child_spec *spec, const char **error)
 
     umask((mode_t)(spec->umask & 07777));
 
-    if (spec->argv != NULL && spec->argv[0] != NULL) {
-        set_comm(spec->argv[0]);
-        set_title(spec->title_area, spec->title_len, spec->argv);
-    }
+    fh_set_title(spec->title_area, spec->title_len, spec->argv);
 
     sigemptyset(&set);
     if (sigprocmask(SIG_SETMASK, &set, NULL) < 0)
@@ -298,12 +340,13 @@ static void write_all(int fd, const char *s, size_t n)
     }
 }
 
-static __attribute__((noreturn)) void die(int code, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static __attribute__((noreturn)) void die(int report_fd, int code,
+                                          const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* One line on the secondary's stderr (the client's, once setup got that
- * far), then _exit. */
-static void die(int code, const char *fmt, ...)
+ * far), then exit with code, reported on report_fd when there is one. */
+static void die(int report_fd, int code, const char *fmt, ...)
 {
     char line[FH_ERR_LEN + 64];
     va_list ap;
@@ -318,7 +361,9 @@ static void die(int code, const char *fmt, ...)
         n = (int)sizeof line - 2;
     line[n++] = '\n';
     write_all(2, line, (size_t)n);
-    _exit(code);
+    if (report_fd < 0)
+        _exit(code);            /* setup failed: flush nothing of ours */
+    fh_exit_report(report_fd, code);
 }
 
 static int is_listen_var(const char *s)
@@ -389,8 +434,28 @@ static void reset_libc(char *const *argv)
     }
 }
 
-static __attribute__((noreturn)) void run_native(
-    const struct fh_child_spec *spec, const char *path, const char *symbol)
+FH_API void fh_exit_report(int report_fd, int code)
+{
+    int32_t status = code;
+    sigset_t all;
+
+    fflush(NULL);
+    if (report_fd > 0) {
+        /* No signal may end us between the report and _exit: the status
+         * the template forwards must be the one we exit with. */
+        sigfillset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        /* Close the client's fds first, so that whoever reads its pipes
+         * sees EOF no later than the client sees the status. */
+        close_range_(0U, (unsigned)report_fd - 1);
+        close_from(report_fd + 1);
+        write_all(report_fd, (const char *)&status, sizeof status);
+    }
+    _exit(code);
+}
+
+FH_API void fh_run_native(struct fh_child_spec *spec, const char *path,
+                          const char *symbol)
 {
     static char *const no_args[] = {NULL};
     char *const *args = spec->argv != NULL ? spec->argv : no_args;
@@ -401,10 +466,17 @@ static __attribute__((noreturn)) void run_native(
     int rc, code = 126;
     size_t argc = 0;
 
+    /* Copied first: the title written by fh_child_setup() overwrites
+     * title_area, and a caller's strings may live there. */
+    path = strdup(path);
+    symbol = symbol != NULL ? strdup(symbol) : NULL;
+    if (path == NULL)
+        die(-1, FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
+            "copying the entry path: %s", strerror(ENOMEM));
     rc = fh_child_setup(spec, &step);
     if (rc < 0)
-        die(FH_EXIT_SETUP, "forkhost: cannot set up the secondary: %s: %s",
-            step != NULL ? step : "?", strerror(-rc));
+        die(-1, FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
+            "%s: %s", step != NULL ? step : "?", strerror(-rc));
 
     /* After setup: allocation is fine from here on (the template is
      * single-threaded, and dlopen() allocates anyway). */
@@ -414,8 +486,9 @@ static __attribute__((noreturn)) void run_native(
     /* The entry may permute argv (GNU getopt does): give it its own array. */
     argv = calloc(argc + 1, sizeof *argv);
     if (env == NULL || argv == NULL)
-        die(FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
-            "allocating argv and environment: %s", strerror(ENOMEM));
+        die(spec->report_fd, FH_EXIT_SETUP, "forkhost: cannot set up the "
+            "secondary: allocating argv and environment: %s",
+            strerror(ENOMEM));
     memcpy(argv, args, argc * sizeof *argv);
     /* Before loading: a PIE takes its copies of these at load time. */
     environ = env;
@@ -423,7 +496,7 @@ static __attribute__((noreturn)) void run_native(
 
     fn = fh_entry_load(path, symbol, err, sizeof err, &code);
     if (fn == NULL)
-        die(code, "forkhost: %s", err);
+        die(spec->report_fd, code, "forkhost: %s", err);
     errno = 0;
     rc = fn((int)argc, argv, environ);
     /*
@@ -434,11 +507,10 @@ static __attribute__((noreturn)) void run_native(
      * Only stdio is flushed, as a returning main() would.  An entry that
      * wants its own atexit handlers run calls exit() itself.
      */
-    fflush(NULL);
-    _exit(rc);
+    fh_exit_report(spec->report_fd, rc);
 }
 
-FH_API pid_t fh_spawn_native(const struct fh_child_spec *spec,
+FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
                              const char *path, const char *symbol)
 {
     sigset_t all, old;
@@ -467,7 +539,7 @@ FH_API pid_t fh_spawn_native(const struct fh_child_spec *spec,
      */
     pid = fork();
     if (pid == 0)
-        run_native(spec, path, symbol);
+        fh_run_native(spec, path, symbol);
     saved = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     errno = saved;

@@ -28,17 +28,23 @@ struct fh_child_spec {
     char        *title_area;  /* memory /proc/PID/cmdline shows, or NULL */
     size_t       title_len;
     unsigned     umask;       /* applied with umask(2) */
+    int          report_fd;   /* kept open for fh_exit_report; <= 0: none
+                                 (the template's fd 0 is /dev/null, never a
+                                 report fd, so a zeroed spec has none);
+                                 fh_child_setup parks it at the lowest
+                                 free fd >= 1023 and stores that here */
 };
 
 /*
  * In the child only: move the client's fds to 0/1/2 and 3.. (closing the
  * std fds the client did not have), close every other fd, fchdir to the
  * client's cwd, put every signal disposition back to SIG_DFL and clear the
- * mask, set the process title and comm from argv.  0, or -errno (the child
+ * mask, set the process title and comm from argv; keep report_fd (parked
+ * at a high number, close-on-exec).  0, or -errno (the child
  * then reports and exits 125).  When error is non-NULL a short description
  * of the failing step is stored there.
  */
-FH_API int fh_child_setup(const struct fh_child_spec *spec, const char **error);
+FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error);
 
 /*
  * Fork a secondary for a native entry.  The child runs fh_child_setup(),
@@ -47,7 +53,29 @@ FH_API int fh_child_setup(const struct fh_child_spec *spec, const char **error);
  * return value; it never returns into the caller.  The parent gets the pid
  * or -1 with errno.
  */
-FH_API pid_t fh_spawn_native(const struct fh_child_spec *spec,
+FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
                              const char *path, const char *symbol);
+
+/*
+ * Become the secondary for a native entry in this process (a pre-forked
+ * pool member of the template): fh_child_setup(), then as the child of
+ * fh_spawn_native().  Never returns.
+ */
+FH_API __attribute__((noreturn)) void fh_run_native(struct fh_child_spec *spec,
+                                                   const char *path,
+                                                   const char *symbol);
+
+/*
+ * The end of a secondary whose entry returned `code`: flush stdio, close
+ * every fd but report_fd (so the client's pipes see EOF now), block all
+ * signals, write the status to report_fd as one int32, and _exit(code).
+ * The template can then answer the client without waiting for the kernel
+ * to tear the address space down.  report_fd <= 0: flush and _exit only.
+ */
+FH_API __attribute__((noreturn)) void fh_exit_report(int report_fd, int code);
+
+/* Process title (what /proc/PID/cmdline shows, in the area the template
+ * measured) and comm, from argv, as fh_child_setup sets them. */
+FH_API void fh_set_title(char *area, size_t len, char *const *argv);
 
 #endif /* FORKHOST_SPAWN_H */

@@ -1,5 +1,10 @@
-/* cffi view of forkhost/spawn.h */
+/* cffi cdef for csrc/include/forkhost/spawn.h (API mode: checked against
+ * the real header when the extension is compiled). */
+
+/* cffi has no built-in pid_t; "int..." lets the compiler fill in its size
+ * and signedness.  Declared once for all cdef files: do not repeat it. */
 typedef int... pid_t;
+
 struct fh_child_spec {
     const int   *fds;
     unsigned     nfds;
@@ -10,7 +15,17 @@ struct fh_child_spec {
     char        *title_area;
     size_t       title_len;
     unsigned     umask;
+    int          report_fd;
 };
-int fh_child_setup(const struct fh_child_spec *spec, const char **error);
-pid_t fh_spawn_native(const struct fh_child_spec *spec, const char *path,
-                      const char *symbol);
+
+int fh_child_setup(struct fh_child_spec *spec, const char **error);
+
+pid_t fh_spawn_native(struct fh_child_spec *spec,
+                      const char *path, const char *symbol);
+
+void fh_run_native(struct fh_child_spec *spec, const char *path,
+                   const char *symbol);
+
+void fh_exit_report(int report_fd, int code);
+
+void fh_set_title(char *area, size_t len, char *const *argv);
