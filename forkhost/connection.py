@@ -115,8 +115,7 @@ class Connection:
         cwd_fd = msg.fds[0]
         entry = os.fsdecode(req.entry)
         try:
-            target = entries.classify(entry, req.module, cwd_fd,
-                                      _fd_path(cwd_fd))
+            target = entries.classify(entry, req.module, cwd_fd)
         except entries.EntryError as err:
             self.refuse(str(err), err.exit_code)
             return
@@ -221,9 +220,3 @@ class Connection:
             self.send(protocol.EXITED, protocol.encode_exited(code & 0xFF, 0))
         return True
 
-
-def _fd_path(fd: int) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return "the client's cwd"

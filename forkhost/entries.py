@@ -68,11 +68,17 @@ def _is_elf(path: str, cwd_fd: int) -> bool:
         os.close(fd)
 
 
-def classify(entry: str, module_flag: bool, cwd_fd: int, cwd_name: str) -> Target:
+def _cwd_name(cwd_fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{cwd_fd}")
+    except OSError:
+        return "the client's cwd"
+
+
+def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
     """What ``entry`` names for a client whose cwd is ``cwd_fd``.
 
-    Raises EntryError(127) when it names nothing.  ``cwd_name`` is only for
-    messages.
+    Raises EntryError(127) when it names nothing.
     """
     if module_flag:
         if not _DOTTED.match(entry):
@@ -86,7 +92,7 @@ def classify(entry: str, module_flag: bool, cwd_fd: int, cwd_name: str) -> Targe
         elif sep and head and tail and _DOTTED.match(head) and _DOTTED.match(tail):
             return Target(FUNCTION, name=head, symbol=tail)
         else:
-            where = "" if os.path.isabs(path) else f" (relative to {cwd_name})"
+            where = "" if os.path.isabs(path) else f" (relative to {_cwd_name(cwd_fd)})"
             looks_like_path = "/" in entry or entry.endswith((".py", ".so")) or \
                 re.search(r"\.so[.:]", entry)
             hint = "" if looks_like_path or sep else \

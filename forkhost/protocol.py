@@ -13,6 +13,7 @@ import array
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from .errors import ProtocolError
@@ -62,15 +63,30 @@ class Message:
         self.fds = []
 
 
+# One receive buffer per thread, reused: a fresh 192 KiB bytes object per
+# message would be an mmap/munmap pair (glibc's threshold is 128 KiB) and
+# page faults on every launch.  Per thread, because a client program may
+# launch from several threads at once.
+_local = threading.local()
+_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+
+
+def _buffer() -> bytearray:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(MAX_MSG + 1)
+    return buf
+
+
 def recv(sock: socket.socket, flags: int = 0) -> Message | None:
     """Receive one record.  None on orderly EOF.
 
     Raises ProtocolError for a truncated, oversized or malformed record or a
     wrong version; any fds that came with a bad record are closed first.
     """
-    data, anc, mflags, _ = sock.recvmsg(
-        MAX_MSG + 1, socket.CMSG_SPACE(MAX_FDS * _FD_SIZE),
-        flags | socket.MSG_CMSG_CLOEXEC)
+    _buf = _buffer()
+    n, anc, mflags, _ = sock.recvmsg_into([_buf], _CMSG_SPACE,
+                                          flags | socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, ctype, cdata in anc:
         if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
@@ -79,28 +95,28 @@ def recv(sock: socket.socket, flags: int = 0) -> Message | None:
             fds.extend(a)
     msg = Message(0, b"", fds)
     try:
-        if not data and not fds:
+        if n == 0 and not fds:
             return None
         if mflags & socket.MSG_CTRUNC:
             raise ProtocolError(f"too many file descriptors (the limit is {MAX_FDS})")
-        if mflags & socket.MSG_TRUNC or len(data) > MAX_MSG:
+        if mflags & socket.MSG_TRUNC or n > MAX_MSG:
             raise ProtocolError(f"message too large (the limit is {MAX_MSG} bytes)")
-        if len(data) < HDR.size:
-            raise ProtocolError(f"truncated message ({len(data)} bytes, header is {HDR.size})")
-        magic, version, mtype, length, nfds, _ = HDR.unpack_from(data)
+        if n < HDR.size:
+            raise ProtocolError(f"truncated message ({n} bytes, header is {HDR.size})")
+        magic, version, mtype, length, nfds, _ = HDR.unpack_from(_buf)
         if magic != MAGIC:
             raise ProtocolError(f"bad magic 0x{magic:08x}: not a forkhost client")
         if version != VERSION:
             raise ProtocolError(
                 f"protocol version mismatch: the client speaks {version}, "
                 f"the template speaks {VERSION}")
-        if length != len(data):
+        if length != n:
             raise ProtocolError(
-                f"truncated message: header says {length} bytes, {len(data)} arrived")
+                f"truncated message: header says {length} bytes, {n} arrived")
         if nfds != len(fds):
             raise ProtocolError(
                 f"header says {nfds} file descriptors, {len(fds)} arrived")
-        msg.type, msg.body = mtype, data[HDR.size:]
+        msg.type, msg.body = mtype, bytes(_buf[HDR.size:n])
         return msg
     except ProtocolError:
         msg.close_fds()
