@@ -116,6 +116,7 @@ struct elf_info {
     int kind;                   /* enum fh_elf_kind */
     char why[160];              /* FH_ELF_OTHER: "a non-PIE executable; ..." */
     off_t size;                 /* file size */
+    int special;                /* not a regular file (FH_ELF_NOT_ELF) */
     ElfW(Ehdr) eh;
     ElfW(Phdr) *ph;             /* malloc'd, phnum entries */
     unsigned phnum;
@@ -245,6 +246,11 @@ static int inspect(int fd, struct elf_info *ei)
         errno = EISDIR;
         return -1;
     }
+    if (!S_ISREG(st.st_mode)) {   /* a FIFO or a tty: reading could block */
+        ei->kind = FH_ELF_NOT_ELF;
+        ei->special = 1;
+        return 0;
+    }
     ei->size = st.st_size;
 
     do
@@ -348,7 +354,8 @@ FH_API int fh_elf_kind(const char *path)
     struct elf_info ei;
     int fd, rc, saved;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO without a writer must not hang us. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return -1;
     rc = inspect(fd, &ei);
@@ -628,7 +635,8 @@ static int expand_origin(const char *elem, size_t elen, const char *origin,
 
     while (i < elen) {
         if (elem[i] == '$') {
-            if (elen - i < 7 || !origin_token(elem + i, &tok) || tok > elen - i)
+            if (elen - i < 7 || !origin_token(elem + i, &tok)
+                || tok > elen - i)
                 return -1;
             if (o + strlen(origin) >= outlen)
                 return -1;
@@ -691,7 +699,7 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
                    < sizeof cand
                 && access(cand, F_OK) == 0
                 && dlopen(cand, FH_ENTRY_DLFLAGS) != NULL)
-                break;            /* kept loaded; the PIE's DT_NEEDED matches it */
+                break;  /* kept loaded: the PIE's DT_NEEDED matches it */
             p += elen;
             if (*p == ':')
                 p++;
@@ -909,7 +917,7 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     if (path == NULL || path[0] == '\0')
         return fail(err, errlen, exit_code, 127, "no such file: (empty path)");
 
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             return fail(err, errlen, exit_code, 127, "no such file: %s", path);
@@ -928,16 +936,17 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     }
     switch (ei.kind) {
     case FH_ELF_NOT_ELF:
-        fail(err, errlen, exit_code, 126, "%s is not an ELF file (expected a "
-             "shared object or a PIE executable)", path);
+        fail(err, errlen, exit_code, 126, "%s is not %s (expected a shared "
+             "object or a PIE executable)", path,
+             ei.special ? "a regular file" : "an ELF file");
         goto out;
     case FH_ELF_OTHER:
         fail(err, errlen, exit_code, 126, "%s is %s", path, ei.why);
         goto out;
     }
 
-    /* An executable, as opposed to a library that also has PT_INTERP (libc.so.6
-     * does): DF_1_PIE, or, from linkers older than binutils 2.26 that did not
+    /* An executable, as opposed to a library that also has PT_INTERP
+     * (libc.so.6 does): DF_1_PIE, or, from linkers older than binutils 2.26 that did not
      * set it, a program interpreter and no soname. */
     is_exec = (ei.flags_1 & DF_1_PIE) || (ei.has_interp && !ei.has_soname);
     if (is_exec && !ei.has_interp) {
@@ -1025,8 +1034,8 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
             goto out;
         }
         if (!has_symtab && is_exec) {
-            fail(err, errlen, exit_code, 127, "no symbol '%s' in %s: it is not "
-                 "exported and the file has no symbol table (stripped); "
+            fail(err, errlen, exit_code, 127, "no symbol '%s' in %s: it is "
+                 "not exported and the file has no symbol table (stripped); "
                  "rebuild it with -rdynamic or -Wl,--export-dynamic-symbol=%s",
                  symbol, path, symbol);
             goto out;

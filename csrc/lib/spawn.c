@@ -238,7 +238,9 @@ static void set_comm(const char *argv0)
 /*
  * What /proc/PID/cmdline (and so ps) shows: the memory that held the
  * primary's own argv strings.  As setproctitle(3) does, write the title and
- * zero the rest: the kernel then shows the bytes up to the first NUL.
+ * zero the rest: the kernel then shows the bytes up to the first NUL.  The
+ * argv strings must not live inside area (the template's come from the
+ * launch message).
  */
 static void set_title(char *area, size_t len, char *const *argv)
 {
@@ -515,7 +517,7 @@ FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
 {
     sigset_t all, old;
     pid_t pid;
-    int saved;
+    int saved, e;
 
     /* Validate before forking: a bad spec is the caller's error, not a
      * secondary that exits 125. */
@@ -526,13 +528,17 @@ FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
     /* Fork with every signal blocked, so no template handler ever runs in
      * the child; the parent restores its mask right after. */
     sigfillset(&all);
-    if (pthread_sigmask(SIG_SETMASK, &all, &old) != 0)
+    e = pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (e != 0) {
+        errno = e;
         return -1;
+    }
     /*
      * The child gets: every mapping of the template (so of the primary, at
      * the same addresses), all its fds until fh_child_setup() closes every
-     * one but the client's, the blocked mask.  It closes: the template's
-     * sockets, the received originals, everything >= 3 + nextra.  It must
+     * one but the client's and the report fd (parked at 1023 or above), the
+     * blocked mask.  It closes: the template's sockets, the received
+     * originals, everything else >= 3 + nextra.  It must
      * never: return into the caller (its code is the template's loop), run
      * the template's atexit handlers (it leaves only by _exit), or touch the
      * template's connection state.

@@ -1,0 +1,795 @@
+/*
+ * test_spawn.c - fh_spawn_native() and fh_child_setup() with real processes:
+ * pipes as the client's stdio and extra fds, an O_PATH cwd, an environment
+ * with stale LISTEN_* variables, a umask, and a parent that ignores,
+ * catches and blocks signals.  A fixture entry (built here with $CC) reports
+ * what its process looks like from the inside; this test checks the report.
+ *
+ * Every child is reaped, and the test fails if it leaves a child or an fd.
+ */
+#include "forkhost/spawn.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int failures;
+static char dir[PATH_MAX / 2];    /* fixture paths must fit PATH_MAX */
+static char entry_so[PATH_MAX], entry_pie[PATH_MAX];
+static char *title_area;          /* this process's argv strings */
+static size_t title_len;
+
+#define CHECK(cond, ...)                                                    \
+    do {                                                                    \
+        if (!(cond)) {                                                      \
+            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                   \
+            fputc('\n', stderr);                                            \
+            failures++;                                                     \
+        }                                                                   \
+    } while (0)
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1;               /* the DIR's own fd */
+}
+
+/* The fixture entry: one report line per property, on stdout (a pipe, so
+ * fully buffered: it only arrives if the secondary flushes stdio at the
+ * end). */
+static const char ENTRY_C[] =
+    "#define _GNU_SOURCE\n"
+    "#include <dirent.h>\n"
+    "#include <errno.h>\n"
+    "#include <fcntl.h>\n"
+    "#include <locale.h>\n"
+    "#include <signal.h>\n"
+    "#include <stdio.h>\n"
+    "#include <stdlib.h>\n"
+    "#include <string.h>\n"
+    "#include <sys/stat.h>\n"
+    "#include <unistd.h>\n"
+    "extern char **environ;\n"
+    "static void print_fds(void) {\n"
+    "    DIR *d = opendir(\"/proc/self/fd\");\n"
+    "    struct dirent *e; int fds[64], n = 0, i, j;\n"
+    "    while (d && (e = readdir(d)) != NULL)\n"
+    "        if (e->d_name[0] != '.' && atoi(e->d_name) != dirfd(d) && n < 64)\n"
+    "            fds[n++] = atoi(e->d_name);\n"
+    "    if (d) closedir(d);\n"
+    "    for (i = 0; i < n; i++) for (j = i + 1; j < n; j++)\n"
+    "        if (fds[j] < fds[i]) { int t = fds[i]; fds[i] = fds[j]; fds[j] = t; }\n"
+    "    printf(\"fds=\");\n"
+    "    for (i = 0; i < n; i++) printf(\"%s%d\", i ? \",\" : \"\", fds[i]);\n"
+    "    printf(\"\\n\");\n"
+    "}\n"
+    "static void print_file(const char *name, const char *path) {\n"
+    "    char buf[4096] = \"\"; int fd = open(path, O_RDONLY); ssize_t n = 0;\n"
+    "    if (fd >= 0) { n = read(fd, buf, sizeof buf - 1); close(fd); }\n"
+    "    if (n < 0) n = 0;\n"
+    "    buf[n] = 0; buf[strcspn(buf, \"\\n\")] = 0;\n"
+    "    printf(\"%s=%s\\n\", name, buf);\n"
+    "}\n"
+    "static void print_read(const char *name, int fd) {\n"
+    "    char buf[256] = \"\"; ssize_t n = read(fd, buf, sizeof buf - 1);\n"
+    "    if (n < 0) n = 0;\n"
+    "    buf[n] = 0; buf[strcspn(buf, \"\\n\")] = 0;\n"
+    "    printf(\"%s=%s\\n\", name, buf);\n"
+    "}\n"
+    "int main(int argc, char **argv, char **envp) {\n"
+    "    char buf[4096]; int i, sig; mode_t m; sigset_t set;\n"
+    "    const char *lp = getenv(\"LISTEN_PID\");\n"
+    "    printf(\"argc=%d\\n\", argc);\n"
+    "    for (i = 0; i < argc; i++) printf(\"argv[%d]=%s\\n\", i, argv[i]);\n"
+    "    printf(\"envp_is_environ=%d\\n\", envp == environ);\n"
+    "    for (i = 0; envp[i]; i++) printf(\"env=%s\\n\", envp[i]);\n"
+    "    printf(\"listen_pid_ok=%d\\n\", lp != NULL && atol(lp) == getpid());\n"
+    "    printf(\"pgid_ok=%d\\n\", getpgid(0) == getpid());\n"
+    "    printf(\"cwd=%s\\n\", getcwd(buf, sizeof buf) ? buf : strerror(errno));\n"
+    "    m = umask(0); umask(m); printf(\"umask=%03o\\n\", (unsigned)m);\n"
+    "    printf(\"nondefault=[\");\n"
+    "    for (sig = 1; sig < NSIG; sig++) {\n"
+    "        struct sigaction sa;\n"
+    "        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL)\n"
+    "            printf(\"%d \", sig);\n"
+    "    }\n"
+    "    printf(\"]\\nblocked=[\");\n"
+    "    sigprocmask(SIG_BLOCK, NULL, &set);\n"
+    "    for (sig = 1; sig < NSIG; sig++)\n"
+    "        if (sigismember(&set, sig) == 1) printf(\"%d \", sig);\n"
+    "    printf(\"]\\n\");\n"
+    "    print_fds();\n"
+    "    print_file(\"comm\", \"/proc/self/comm\");\n"
+    "    print_file(\"cmdline\", \"/proc/self/cmdline\");\n"
+    "    printf(\"locale=%s\\n\", setlocale(LC_ALL, NULL));\n"
+    "    printf(\"progname=%s\\n\", program_invocation_short_name);\n"
+    "    if (fcntl(3, F_GETFD) >= 0) {\n"
+    "        printf(\"extra_cloexec=%d\\n\", fcntl(3, F_GETFD) & FD_CLOEXEC);\n"
+    "        print_read(\"extra\", 3);\n"
+    "    }\n"
+    "    if (fcntl(0, F_GETFD) >= 0) print_read(\"stdin\", 0);\n"
+    "    fprintf(stderr, \"to stderr\\n\");\n"
+    "    return 42;\n"
+    "}\n"
+    "int die_by_signal(int argc, char **argv, char **envp) {\n"
+    "    raise(SIGUSR1);\n"
+    "    return 1;\n"
+    "}\n"
+    "int exit_code(int argc, char **argv, char **envp) {\n"
+    "    return argc > 1 ? atoi(argv[1]) : 0;\n"
+    "}\n"
+    "int read_extras(int argc, char **argv, char **envp) {\n"
+    "    print_fds();\n"
+    "    print_read(\"fd3\", 3);\n"
+    "    print_read(\"fd4\", 4);\n"
+    "    return 0;\n"
+    "}\n";
+
+static const char PIE_C[] =
+    "#include <stdio.h>\n"
+    "#include <stdlib.h>\n"
+    "int main(int argc, char **argv, char **envp) {\n"
+    "    printf(\"pie secondary argv1=%s FOO=%s\\n\", argc > 1 ? argv[1] : \"-\",\n"
+    "           getenv(\"FOO\"));\n"
+    "    return 0;\n"
+    "}\n";
+
+static void build_fixtures(void)
+{
+    const char *cc = getenv("CC");
+    char cmd[4 * PATH_MAX];
+    FILE *f;
+
+    f = fopen("spawn_entry.c", "w");
+    if (f == NULL || fputs(ENTRY_C, f) < 0 || fclose(f) != 0) {
+        perror("spawn_entry.c");
+        exit(2);
+    }
+    f = fopen("spawn_pie.c", "w");
+    if (f == NULL || fputs(PIE_C, f) < 0 || fclose(f) != 0) {
+        perror("spawn_pie.c");
+        exit(2);
+    }
+    snprintf(entry_so, sizeof entry_so, "%s/libspawnentry.so", dir);
+    snprintf(entry_pie, sizeof entry_pie, "%s/spawn-pie", dir);
+    snprintf(cmd, sizeof cmd, "%s -fPIC -shared -o '%s' spawn_entry.c && "
+             "%s -fPIC -pie -o '%s' spawn_pie.c",
+             cc != NULL && *cc != '\0' ? cc : "cc", entry_so,
+             cc != NULL && *cc != '\0' ? cc : "cc", entry_pie);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "cannot build the fixtures: %s\n", cmd);
+        exit(2);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+struct run {
+    int status;                 /* raw wait status */
+    char out[16384];
+    char err[4096];
+};
+
+static void read_all(int fd, char *buf, size_t len)
+{
+    size_t o = 0;
+    ssize_t n;
+
+    while (o + 1 < len && (n = read(fd, buf + o, len - 1 - o)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        o += (size_t)n;
+    }
+    buf[o] = '\0';
+}
+
+static int reap(pid_t pid)
+{
+    int st = -1;
+
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return st;
+}
+
+static void xpipe(int p[2])
+{
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        perror("pipe2");
+        exit(2);
+    }
+}
+
+/*
+ * Launch path:symbol the way the template does, with this process as the
+ * template: cwd = cwd_fd (or the fixture dir), stdio = pipes for the bits
+ * of stdio_mask, one extra fd when with_extra, the stdin and extra pipes
+ * pre-filled, then collect stdout/stderr and reap.
+ */
+static void launch(struct run *r, const char *path, const char *symbol,
+                   char *const *argv, char *const *envp, unsigned stdio_mask,
+                   int with_extra, int cwd_fd, char *area, size_t area_len,
+                   int *report)
+{
+    struct fh_child_spec spec;
+    int in[2], out[2], err[2], extra[2], rep[2] = {-1, -1}, fds[5], nfds = 0;
+    int own_cwd = cwd_fd < 0;
+    pid_t pid;
+
+    memset(r, 0, sizeof *r);
+    xpipe(in);
+    xpipe(out);
+    xpipe(err);
+    xpipe(extra);
+    if (own_cwd)
+        cwd_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fds[nfds++] = cwd_fd;
+    if (stdio_mask & 1)
+        fds[nfds++] = in[0];
+    if (stdio_mask & 2)
+        fds[nfds++] = out[1];
+    if (stdio_mask & 4)
+        fds[nfds++] = err[1];
+    if (with_extra)
+        fds[nfds++] = extra[0];
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = (unsigned)nfds;
+    spec.stdio_mask = stdio_mask;
+    spec.nextra = with_extra ? 1 : 0;
+    spec.argv = argv;
+    spec.envp = envp;
+    spec.title_area = area;
+    spec.title_len = area_len;
+    spec.umask = 027;
+    if (report != NULL) {
+        xpipe(rep);
+        spec.report_fd = rep[1];
+    }
+
+    if (write(in[1], "stdin-data\n", 11) != 11
+        || write(extra[1], "extra-data\n", 11) != 11) {
+        perror("write");
+        exit(2);
+    }
+    fflush(NULL);
+    pid = fh_spawn_native(&spec, path, symbol);
+    CHECK(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    /* The parent keeps none of the secondary's ends: EOF on out and err
+     * then means the secondary (and anything it forked) is gone. */
+    close(in[0]);
+    close(in[1]);
+    close(out[1]);
+    close(err[1]);
+    close(extra[0]);
+    close(extra[1]);
+    if (own_cwd)
+        close(cwd_fd);
+    if (report != NULL)
+        close(rep[1]);
+    read_all(out[0], r->out, sizeof r->out);
+    read_all(err[0], r->err, sizeof r->err);
+    close(out[0]);
+    close(err[0]);
+    if (report != NULL) {
+        int32_t v;
+        *report = read(rep[0], &v, sizeof v) == (ssize_t)sizeof v ? v : -1;
+        close(rep[0]);
+    }
+    r->status = pid > 0 ? reap(pid) : -1;
+}
+
+static int has_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+    const char *p = text;
+
+    while ((p = strstr(p, line)) != NULL) {
+        if ((p == text || p[-1] == '\n') && (p[n] == '\n' || p[n] == '\0'))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+#define EXPECT_LINE(r, line)                                               \
+    CHECK(has_line((r)->out, line), "no line [%s] in:\n%s", line, (r)->out)
+
+static void test_full(void)
+{
+    static char *const argv[] = {"/opt/fixture/spawn-fixture-prog-long",
+                                 "a b", "", "c", NULL};
+    static char *const envp[] = {"FOO=bar", "LISTEN_PID=1", "LISTEN_FDS=7",
+                                 "LISTEN_FDNAMES=stale", "EMPTY=", NULL};
+    char real[PATH_MAX], line[PATH_MAX + 16], title[4096];
+    struct run r;
+    size_t tl;
+
+    launch(&r, entry_so, NULL, argv, envp, 7, 1, -1, title_area, title_len,
+           NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
+          "status %#x, stderr %s", r.status, r.err);
+    EXPECT_LINE(&r, "argc=4");
+    EXPECT_LINE(&r, "argv[0]=/opt/fixture/spawn-fixture-prog-long");
+    EXPECT_LINE(&r, "argv[1]=a b");
+    EXPECT_LINE(&r, "argv[2]=");
+    EXPECT_LINE(&r, "argv[3]=c");
+    EXPECT_LINE(&r, "envp_is_environ=1");
+    EXPECT_LINE(&r, "env=FOO=bar");
+    EXPECT_LINE(&r, "env=EMPTY=");
+    EXPECT_LINE(&r, "env=LISTEN_FDS=1");
+    EXPECT_LINE(&r, "listen_pid_ok=1");
+    CHECK(strstr(r.out, "LISTEN_FDNAMES") == NULL
+          && strstr(r.out, "LISTEN_PID=1\n") == NULL
+          && strstr(r.out, "LISTEN_FDS=7") == NULL, "stale LISTEN_*: %s",
+          r.out);
+    CHECK(strstr(r.out, "env=PATH=") == NULL, "template env leaked");
+    EXPECT_LINE(&r, "pgid_ok=1");
+    CHECK(realpath(dir, real) != NULL, "realpath");
+    snprintf(line, sizeof line, "cwd=%s", real);
+    EXPECT_LINE(&r, line);
+    EXPECT_LINE(&r, "umask=027");
+    EXPECT_LINE(&r, "nondefault=[]");
+    EXPECT_LINE(&r, "blocked=[]");
+    EXPECT_LINE(&r, "fds=0,1,2,3");
+    EXPECT_LINE(&r, "extra_cloexec=0");
+    EXPECT_LINE(&r, "extra=extra-data");
+    EXPECT_LINE(&r, "stdin=stdin-data");
+    EXPECT_LINE(&r, "comm=spawn-fixture-p");      /* 15 bytes */
+    EXPECT_LINE(&r, "locale=C");
+    EXPECT_LINE(&r, "progname=spawn-fixture-prog-long");
+    CHECK(strcmp(r.err, "to stderr\n") == 0, "stderr [%s]", r.err);
+
+    /* The title went into the argv area (our own argv strings, as the
+     * template's would be), truncated to it; the kernel shows up to the
+     * first NUL. */
+    tl = title_len - 1;
+    snprintf(title, sizeof title, "%s",
+             "/opt/fixture/spawn-fixture-prog-long a b  c");
+    if (strlen(title) > tl)
+        title[tl] = '\0';
+    snprintf(line, sizeof line, "cmdline=%s", title);
+    EXPECT_LINE(&r, line);
+}
+
+static void test_no_stderr_no_extra(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    static char *const envp[] = {"LISTEN_FDS=2", NULL};
+    struct run r;
+
+    launch(&r, entry_so, "main", argv, envp, 3, 0, -1, NULL, 0, NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
+          "status %#x", r.status);
+    EXPECT_LINE(&r, "fds=0,1");
+    EXPECT_LINE(&r, "listen_pid_ok=0");
+    CHECK(strstr(r.out, "LISTEN") == NULL, "LISTEN_* without extra fds");
+    EXPECT_LINE(&r, "comm=prog");
+    CHECK(r.err[0] == '\0', "stderr [%s] though fd 2 was closed", r.err);
+}
+
+static void test_title_area(void)
+{
+    static char *const argv[] = {"prog", "7", NULL};
+    char *area, expect[64];
+    struct run r;
+
+    /* MAP_SHARED: the secondary's writes are visible here. */
+    area = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                -1, 0);
+    CHECK(area != MAP_FAILED, "mmap");
+    if (area == MAP_FAILED)
+        return;
+    memset(area, 'X', 64);
+    launch(&r, entry_so, "exit_code", argv, NULL, 7, 0, -1, area, 64, NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 7, "status %#x",
+          r.status);
+    memset(expect, 0, sizeof expect);
+    memcpy(expect, "prog 7", 6);
+    CHECK(memcmp(area, expect, 64) == 0, "title [%.64s]", area);
+
+    /* Truncated to title_len - 1 bytes, then a NUL; nothing written past. */
+    memset(area, 'X', 64);
+    launch(&r, entry_so, "exit_code", argv, NULL, 7, 0, -1, area, 4, NULL);
+    CHECK(memcmp(area, "pro\0XXXX", 8) == 0, "truncated title [%.8s]", area);
+    munmap(area, 64);
+}
+
+static void test_exit_paths(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    char missing[PATH_MAX];
+    struct run r;
+    int p[2];
+
+    /* Default dispositions: this process ignores SIGUSR1. */
+    launch(&r, entry_so, "die_by_signal", argv, NULL, 7, 0, -1, NULL, 0, NULL);
+    CHECK(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGUSR1,
+          "status %#x", r.status);
+
+    /* Entry not found: 127, one line on the client's stderr. */
+    snprintf(missing, sizeof missing, "%s/no-such-entry.so", dir);
+    launch(&r, missing, NULL, argv, NULL, 7, 0, -1, NULL, 0, NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
+          "status %#x", r.status);
+    CHECK(strncmp(r.err, "forkhost: no such file: ", 24) == 0
+          && strstr(r.err, missing) != NULL && strchr(r.err, '\n')
+          == r.err + strlen(r.err) - 1, "stderr [%s]", r.err);
+    launch(&r, entry_so, "no_such_symbol", argv, NULL, 7, 0, -1, NULL, 0,
+           NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
+          "status %#x", r.status);
+    CHECK(strstr(r.err, "'no_such_symbol'") != NULL, "stderr [%s]", r.err);
+
+    /* Setup failure: the "cwd" is a pipe.  125, reported on the client's
+     * stderr, which is in place before the fchdir. */
+    xpipe(p);
+    launch(&r, entry_so, NULL, argv, NULL, 7, 0, p[0], NULL, 0, NULL);
+    close(p[0]);
+    close(p[1]);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 125,
+          "status %#x", r.status);
+    CHECK(strstr(r.err, "forkhost: cannot set up the secondary: ") == r.err
+          && strstr(r.err, "fchdir") != NULL
+          && strstr(r.err, strerror(ENOTDIR)) != NULL, "stderr [%s]", r.err);
+}
+
+static void test_pie(void)
+{
+    static char *const argv[] = {"spawn-pie", "x", NULL};
+    static char *const envp[] = {"FOO=pie-env", NULL};
+    struct run r;
+
+    launch(&r, entry_pie, NULL, argv, envp, 7, 0, -1, NULL, 0, NULL);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
+          "status %#x, stderr %s", r.status, r.err);
+    EXPECT_LINE(&r, "pie secondary argv1=x FOO=pie-env");
+}
+
+/*
+ * Received fds sitting exactly where others must land: run as a template
+ * process of its own, with the cwd at fd 0, extras at 4 then 3 (swapped),
+ * stdout far away, stdin and stderr absent, and the report fd at 2, which
+ * the secondary must close as its stderr yet keep as its report fd.  A
+ * naive dup2 sequence would give fd 3 and fd 4 the same file.
+ */
+static void test_fd_shuffle(void)
+{
+    static char *const argv[] = {"shuffle", NULL};
+    char out[4096];
+    int rep[2], st;
+    pid_t tpl;
+
+    xpipe(rep);
+    fflush(NULL);
+    /* Child: a stand-in template.  It gets our fds; it rearranges its own
+     * freely, reports through rep[1] (moved to fd 20) and its exit status,
+     * and leaves only by _exit. */
+    tpl = fork();
+    if (tpl == 0) {
+        struct fh_child_spec spec;
+        int a[2], b[2], r[2], fds[4];
+        int32_t v = -1;
+        pid_t pid;
+
+        if (dup2(rep[1], 20) < 0 || pipe(a) < 0 || pipe(b) < 0
+            || pipe(r) < 0 || dup2(a[0], 40) < 0 || dup2(b[0], 41) < 0
+            || dup2(r[0], 42) < 0 || dup2(r[1], 2) < 0
+            || write(a[1], "A", 1) != 1 || write(b[1], "B", 1) != 1)
+            _exit(90);
+        close(r[1]);
+        close(0);
+        close(3);
+        close(4);
+        if (open(dir, O_PATH | O_DIRECTORY) != 0   /* lowest free: 0 */
+            || dup2(40, 4) != 4 || dup2(41, 3) != 3)
+            _exit(91);
+        fds[0] = 0;             /* cwd */
+        fds[1] = 20;            /* stdout */
+        fds[2] = 4;             /* extra #0: "A", must land at 3 */
+        fds[3] = 3;             /* extra #1: "B", must land at 4 */
+        memset(&spec, 0, sizeof spec);
+        spec.fds = fds;
+        spec.nfds = 4;
+        spec.stdio_mask = 2;
+        spec.nextra = 2;
+        spec.argv = argv;
+        spec.umask = 022;
+        spec.report_fd = 2;     /* where the secondary's stderr is closed */
+        pid = fh_spawn_native(&spec, entry_so, "read_extras");
+        if (pid < 0)
+            _exit(92);
+        close(2);
+        st = reap(pid);
+        if (read(42, &v, sizeof v) != (ssize_t)sizeof v || v != 0)
+            _exit(94);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 93);
+    }
+    close(rep[1]);
+    read_all(rep[0], out, sizeof out);
+    close(rep[0]);
+    st = reap(tpl);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+    CHECK(has_line(out, "fds=1,3,4,1023"), "fds: %s", out);
+    CHECK(has_line(out, "fd3=A") && has_line(out, "fd4=B"), "extras: %s",
+          out);
+}
+
+/* fh_child_setup refuses an fd list that does not match its mask before it
+ * changes anything; fh_spawn_native refuses it before forking. */
+static void test_bad_spec(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    struct fh_child_spec spec;
+    int fds[2] = {0, 1}, rep[2], st, rc;
+    const char *step = NULL;
+    char buf[256] = "";
+    pid_t pid;
+
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = 2;
+    spec.stdio_mask = 7;        /* says 4 fds */
+    spec.argv = argv;
+    errno = 0;
+    CHECK(fh_spawn_native(&spec, entry_so, NULL) == -1 && errno == EINVAL,
+          "bad spec forked");
+    xpipe(rep);
+    fflush(NULL);
+    /* Child: only calls fh_child_setup on a bad spec and reports. */
+    pid = fork();
+    if (pid == 0) {
+        rc = fh_child_setup(&spec, &step);
+        dprintf(rep[1], "%d %s", rc, step ? step : "(null)");
+        _exit(0);
+    }
+    close(rep[1]);
+    read_all(rep[0], buf, sizeof buf);
+    close(rep[0]);
+    st = reap(pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+    CHECK(atoi(buf) == -EINVAL && strstr(buf, "fd list") != NULL, "[%s]",
+          buf);
+}
+
+/* report_fd: parked at the lowest free fd >= 1023 (the entry sees it there,
+ * close-on-exec), and the entry's return value arrives on it as an int32. */
+static void test_report_fd(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    static char *const argv9[] = {"prog", "9", NULL};
+    struct run r;
+    int report = -2;
+
+    launch(&r, entry_so, NULL, argv, NULL, 7, 1, -1, NULL, 0, &report);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42, "status %#x",
+          r.status);
+    CHECK(report == 42, "report %d", report);
+    EXPECT_LINE(&r, "fds=0,1,2,3,1023");
+    report = -2;
+    launch(&r, entry_so, "exit_code", argv9, NULL, 7, 0, -1, NULL, 0,
+           &report);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 9, "status %#x",
+          r.status);
+    CHECK(report == 9, "report %d", report);
+    /* A load failure is reported too, with its exit code. */
+    report = -2;
+    launch(&r, entry_so, "no_such_symbol", argv, NULL, 7, 0, -1, NULL, 0,
+           &report);
+    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127, "status %#x",
+          r.status);
+    CHECK(report == 127, "report %d", report);
+}
+
+/* fh_run_native in a process of our own (a pre-forked pool member), and
+ * fh_exit_report and fh_set_title called directly.  Each runs in a child:
+ * they never return, or they rename the caller. */
+static void test_direct_calls(void)
+{
+    static char *const argv[] = {"/a/b/titled-program", "x", NULL};
+    static char *const argv9[] = {"prog", "9", NULL};
+    char out[256] = "", *area;
+    int o[2], rep[2], st, cwd;
+    int32_t v = -1;
+    pid_t pid;
+
+    /* fh_run_native: stdout only, exits with the entry's value. */
+    xpipe(o);
+    xpipe(rep);
+    cwd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fflush(NULL);
+    /* Child: becomes the secondary; gets our fds, keeps o[1] and rep[1]. */
+    pid = fork();
+    if (pid == 0) {
+        struct fh_child_spec spec;
+        int fds[2];
+
+        fds[0] = cwd;
+        fds[1] = o[1];
+        memset(&spec, 0, sizeof spec);
+        spec.fds = fds;
+        spec.nfds = 2;
+        spec.stdio_mask = 2;
+        spec.argv = argv9;
+        spec.report_fd = rep[1];
+        fh_run_native(&spec, entry_so, "exit_code");
+    }
+    close(cwd);
+    close(o[1]);
+    close(rep[1]);
+    read_all(o[0], out, sizeof out);
+    CHECK(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 9,
+          "run_native report %d", (int)v);
+    close(o[0]);
+    close(rep[0]);
+    st = reap(pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 9, "run_native status %#x", st);
+
+    /* fh_exit_report: flushes stdio, reports the int32, exits with it. */
+    xpipe(o);
+    xpipe(rep);
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        if (dup2(o[1], 1) < 0)
+            _exit(90);
+        setvbuf(stdout, NULL, _IOFBF, BUFSIZ);
+        printf("buffered\n");
+        fh_exit_report(rep[1], 300);
+    }
+    close(o[1]);
+    close(rep[1]);
+    read_all(o[0], out, sizeof out);
+    v = -1;
+    CHECK(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 300,
+          "exit_report %d", (int)v);
+    close(o[0]);
+    close(rep[0]);
+    st = reap(pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff), "status %#x",
+          st);
+    CHECK(strcmp(out, "buffered\n") == 0, "not flushed: [%s]", out);
+
+    /* fh_set_title: comm from argv[0]'s basename, the area as in
+     * setproctitle(3). */
+    area = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                -1, 0);
+    CHECK(area != MAP_FAILED, "mmap");
+    if (area == MAP_FAILED)
+        return;
+    memset(area, 'X', 64);
+    xpipe(o);
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        char comm[64] = "";
+        int fd;
+        ssize_t n = 0;
+
+        fh_set_title(area, 32, argv);
+        fd = open("/proc/self/comm", O_RDONLY);
+        if (fd >= 0)
+            n = read(fd, comm, sizeof comm - 1);
+        if (n > 0 && write(o[1], comm, (size_t)n) != n)
+            _exit(91);
+        _exit(0);
+    }
+    close(o[1]);
+    read_all(o[0], out, sizeof out);
+    close(o[0]);
+    st = reap(pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "set_title status %#x", st);
+    CHECK(strcmp(out, "titled-program\n") == 0, "comm [%s]", out);
+    CHECK(memcmp(area, "/a/b/titled-program x\0\0\0\0\0\0\0\0\0\0\0XXXX", 36)
+          == 0, "title [%.36s]", area);
+    munmap(area, 64);
+}
+
+static void on_term(int sig)
+{
+    (void)sig;
+}
+
+int main(int argc, char **argv)
+{
+    struct sigaction sa, old_term;
+    sigset_t block, before, after;
+    const char *base = getenv("FORKHOST_CTEST_DIR");
+    int created = 0, fds, st;
+
+    /* Our own argv strings are the title area, as the primary's are. */
+    title_area = argv[0];
+    title_len = (size_t)(argv[argc - 1] + strlen(argv[argc - 1]) + 1
+                         - argv[0]);
+
+    if (base != NULL && *base != '\0') {
+        snprintf(dir, sizeof dir, "%s/spawn-fixtures", base);
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            perror(dir);
+            return 2;
+        }
+    } else {
+        snprintf(dir, sizeof dir, "/tmp/forkhost-test-spawn-XXXXXX");
+        if (mkdtemp(dir) == NULL) {
+            perror("mkdtemp");
+            return 2;
+        }
+        created = 1;
+    }
+    if (chdir(dir) < 0) {
+        perror(dir);
+        return 2;
+    }
+    build_fixtures();
+
+    /* A template with opinions the secondary must not inherit: SIGUSR1 and
+     * SIGPIPE ignored, a SIGTERM handler, SIGUSR2 blocked, umask 077. */
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, &old_term);
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &block, NULL);
+    sigprocmask(SIG_BLOCK, NULL, &before);
+    umask(077);
+
+    fds = count_fds();
+    test_full();
+    test_no_stderr_no_extra();
+    test_title_area();
+    test_exit_paths();
+    test_pie();
+    test_fd_shuffle();
+    test_bad_spec();
+    test_report_fd();
+    test_direct_calls();
+
+    sigprocmask(SIG_BLOCK, NULL, &after);
+    CHECK(sigismember(&after, SIGUSR2) == 1
+          && memcmp(&before, &after, sizeof before) == 0,
+          "fh_spawn_native changed the parent's signal mask");
+    CHECK(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
+    errno = 0;
+    CHECK(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD,
+          "a child was left behind");
+
+    sigprocmask(SIG_UNBLOCK, &block, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    signal(SIGUSR1, SIG_DFL);
+    signal(SIGPIPE, SIG_DFL);
+    if (chdir("/") == 0 && created) {
+        char cmd[PATH_MAX + 16];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cannot remove %s\n", dir);
+    }
+    fprintf(stderr, "test_spawn: %s (%d failures)\n",
+            failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
