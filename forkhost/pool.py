@@ -85,9 +85,10 @@ def fork_member(template) -> Member:
 
 
 def _wait_and_become(template, sock: socket.socket) -> int:
-    signal.set_wakeup_fd(-1)            # the template's pipe is not ours
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+    # What does not depend on the launch is done now, while waiting: the
+    # template's signal handlers go (an idle member killed by a stray
+    # signal is simply replaced), dispositions are a fresh program's.
+    secondary.prepare_signals()
     lib.fh_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != template.pid:
         return 0                        # the template died while we forked

@@ -34,6 +34,23 @@ def _write_stderr(text: str) -> None:
         pass
 
 
+# True once this process reset its signals ahead of a launch (a pool member
+# does while it waits): setup then skips the step.
+signals_ready = False
+
+
+def prepare_signals() -> None:
+    """Signals as a fresh program has them, done before the launch is
+    known: the kernel's dispositions (C), then the signal module's table."""
+    global signals_ready
+    signal.set_wakeup_fd(-1)           # the template's pipe is not ours
+    rc = lib.fh_reset_signals()
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    _python_signal_defaults()
+    signals_ready = True
+
+
 def _python_signal_defaults() -> None:
     """What a freshly started ``python`` has: SIGINT raises KeyboardInterrupt,
     SIGPIPE and SIGXFSZ are ignored (so writes fail with an exception), the
@@ -217,6 +234,7 @@ def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
     spec.umask = req.umask
     spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
     spec.report_fd = report_fd
+    spec.signals_ready = signals_ready
     return spec, keep
 
 
@@ -251,7 +269,8 @@ def run(req: Launch, target: entries.Target, spec) -> int:
         _write_stderr(f"forkhost: cannot set up the secondary: {step}: "
                       f"{os.strerror(-rc)}\n")
         return EXIT_FORKHOST
-    _python_signal_defaults()
+    if not signals_ready:
+        _python_signal_defaults()
     env = _set_environ(req)
     _reopen_stdio(req.stdio_mask, env)
     atexit._clear()                    # the primary's handlers are not ours

@@ -31,6 +31,10 @@ from .connection import PENDING, RUNNING, Connection
 
 # A client has this long between connect() and its request.
 REQUEST_TIMEOUT = 10.0
+# The pool is refilled only after the loop has been quiet this long: a fork
+# blocks the loop and takes a CPU, and right after a launch both are wanted
+# by the secondary just started and its report.
+REPLENISH_QUIET = 0.002
 # Connections accepted but not yet sent a request; more are refused at once,
 # so a flood of idle connections cannot exhaust the template's fds.
 MAX_PENDING = 256
@@ -82,6 +86,7 @@ class Template:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.launched = 0
+        self.last_activity = 0.0   # monotonic time of the last launch or exit
         self.refused = 0
         self.title_area = (0, 0)
         self.ep = select.epoll()
@@ -140,10 +145,16 @@ class Template:
         self.idle[member.pidfd] = member
         self.ep.register(member.pidfd, select.EPOLLIN)
 
+    def _pool_short(self) -> bool:
+        return not self.stopping and len(self.idle) < self.pool_size
+
     def _replenish(self) -> None:
-        """Fork one member when the pool is short and nothing is waiting:
-        a fork blocks the loop, so it must not delay a launch."""
-        if self.stopping or len(self.idle) >= self.pool_size:
+        """Fork one member when the pool is short and the loop has been
+        quiet for REPLENISH_QUIET with nothing waiting: a fork blocks the
+        loop, so it must not delay a launch or an exit report."""
+        if not self._pool_short():
+            return
+        if time.monotonic() - self.last_activity < REPLENISH_QUIET:
             return
         if self.ep.poll(0, 1):
             return
@@ -192,6 +203,8 @@ class Template:
         deadlines += [c.kill_at for c in self.running.values() if c.kill_at]
         if self.stop_deadline:
             deadlines.append(self.stop_deadline)
+        if self._pool_short():
+            deadlines.append(self.last_activity + REPLENISH_QUIET)
         if os.getppid() != self.primary_pid and not self.stopping:
             self.stop()   # the primary died before PR_SET_PDEATHSIG was armed
         if not deadlines:
@@ -276,6 +289,7 @@ class Template:
 
     def started_secondary(self, conn: Connection) -> None:
         self.launched += 1
+        self.last_activity = time.monotonic()
         self.running[conn.pidfd] = conn
         try:
             self.ep.register(conn.pidfd, select.EPOLLIN)
@@ -285,6 +299,7 @@ class Template:
         self.ep.register(conn.report.fileno(), select.EPOLLIN)
 
     def _report(self, conn: Connection) -> None:
+        self.last_activity = time.monotonic()
         if not conn.read_report():
             return
         fd = conn.report.fileno()

@@ -261,6 +261,37 @@ static void set_title(char *area, size_t len, char *const *argv)
     memset(area + o, 0, len - o);
 }
 
+/* SIG_DFL for every signal that can have a handler. */
+static int reset_dispositions(void)
+{
+    struct sigaction dfl;
+    int sig;
+
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        /* glibc keeps 32 and 33 for itself (thread cancellation, setxid)
+         * and answers EINVAL: they must keep glibc's handlers. */
+        if (sigaction(sig, &dfl, NULL) < 0 && errno != EINVAL)
+            return -1;
+    }
+    return 0;
+}
+
+FH_API int fh_reset_signals(void)
+{
+    sigset_t set;
+
+    sigfillset(&set);
+    if (sigprocmask(SIG_SETMASK, &set, NULL) < 0 || reset_dispositions() < 0)
+        return -errno;
+    sigemptyset(&set);
+    return sigprocmask(SIG_SETMASK, &set, NULL) < 0 ? -errno : 0;
+}
+
 FH_API void fh_set_title(char *area, size_t len, char *const *argv)
 {
     if (argv == NULL || argv[0] == NULL)
@@ -271,9 +302,8 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
 
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
-    struct sigaction dfl;
     sigset_t set;
-    int sig, rc;
+    int rc;
 
     if (error != NULL)
         *error = NULL;
@@ -282,27 +312,19 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "checking the fd list (the count does not "
                            "match stdio_mask and nextra)");
     }
-    /* Block everything first.  Until the dispositions below are back to
-     * SIG_DFL, a signal would run a template handler in the secondary (one
-     * that writes to the template's wakeup fd, whose number may already be a
+    /* Block everything first.  Until the dispositions are back to SIG_DFL,
+     * a signal would run a template handler in the secondary (one that
+     * writes to the template's wakeup fd, whose number may already be a
      * client fd).  fh_spawn_native forks with everything blocked already; a
      * Python caller cannot, so its window is the few instructions between
-     * os.fork() and here. */
+     * os.fork() and here.  A pool member reset its signals while it waited
+     * (signals_ready): no template handler is left to run. */
     sigfillset(&set);
     if (sigprocmask(SIG_SETMASK, &set, NULL) < 0)
         return step_failed(error, "blocking signals (sigprocmask)");
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    for (sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGKILL || sig == SIGSTOP)
-            continue;
-        /* glibc keeps 32 and 33 for itself (thread cancellation, setxid)
-         * and answers EINVAL: they must keep glibc's handlers. */
-        if (sigaction(sig, &dfl, NULL) < 0 && errno != EINVAL)
-            return step_failed(error, "resetting signal dispositions "
-                               "(sigaction)");
-    }
+    if (!spec->signals_ready && reset_dispositions() < 0)
+        return step_failed(error, "resetting signal dispositions "
+                           "(sigaction)");
 
     /* Its own group: a signal to the template's group (a Ctrl-C in the
      * primary's terminal, a kill -TERM -PGID) does not reach the client's

@@ -33,6 +33,9 @@ struct fh_child_spec {
                                  report fd, so a zeroed spec has none);
                                  fh_child_setup parks it at the lowest
                                  free fd >= 1023 and stores that here */
+    int          signals_ready; /* non-zero: fh_reset_signals() already ran
+                                   in this process (a pool member does it
+                                   while idle); setup skips that step */
 };
 
 /*
@@ -73,6 +76,14 @@ FH_API __attribute__((noreturn)) void fh_run_native(struct fh_child_spec *spec,
  * to tear the address space down.  report_fd <= 0: flush and _exit only.
  */
 FH_API __attribute__((noreturn)) void fh_exit_report(int report_fd, int code);
+
+/*
+ * Every signal disposition back to SIG_DFL (glibc's reserved 32/33 keep
+ * glibc's handlers) and an empty mask: what a fresh program starts with.
+ * fh_child_setup() does it unless spec->signals_ready; a pool member does
+ * it ahead of time, while it waits.  0, or -errno.
+ */
+FH_API int fh_reset_signals(void);
 
 /* Process title (what /proc/PID/cmdline shows, in the area the template
  * measured) and comm, from argv, as fh_child_setup sets them. */

@@ -16,6 +16,7 @@ struct fh_child_spec {
     size_t       title_len;
     unsigned     umask;
     int          report_fd;
+    int          signals_ready;
 };
 
 int fh_child_setup(struct fh_child_spec *spec, const char **error);
@@ -29,3 +30,4 @@ void fh_run_native(struct fh_child_spec *spec, const char *path,
 void fh_exit_report(int report_fd, int code);
 
 void fh_set_title(char *area, size_t len, char *const *argv);
+int fh_reset_signals(void);
