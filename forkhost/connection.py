@@ -9,6 +9,7 @@ its connection closed, and never takes the template down.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import time
@@ -165,11 +166,24 @@ class Connection:
             spec, keep = secondary.build_spec(req, fds, area, report.fileno())
             path, sym = secondary.native_args(target)
             pid = lib.fh_spawn_native(spec, path, sym)
+            lib.fh_spec_release(spec)
             del keep
             if pid < 0:
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             return pid
-        pid = os.fork()
+        # Fork with every signal blocked (as fh_spawn_native does).  The
+        # client has the pid as soon as STARTED goes out and may forward a
+        # signal at once: until fh_child_setup resets the dispositions it
+        # would run the template's handler in the child, which writes to
+        # the template's wake-up pipe (a forwarded SIGTERM then stops the
+        # template) or swallows it.  Blocked, it waits; fh_child_setup
+        # clears the mask once the dispositions are the defaults.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid == 0:
             # The child: the template's sockets must not be closed (or
             # flushed) by Python objects later; fh_child_setup closes the fds
@@ -182,6 +196,7 @@ class Connection:
                 traceback.print_exc()   # a bug of ours: say so, exit 125
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
 
     # -- after the launch -----------------------------------------------

@@ -138,6 +138,16 @@ class Launch:
     nextra: int = 0
 
     @property
+    def strings(self) -> bytes:
+        """argv and env as the wire packs them (NUL-terminated, back to
+        back), for C to index without copying."""
+        if self._strings is None:
+            self._strings = b"".join(s + b"\0" for s in [*self.argv, *self.env])
+        return self._strings
+
+    _strings = None
+
+    @property
     def module(self) -> bool:
         return bool(self.flags & LAUNCH_MODULE)
 
@@ -184,6 +194,7 @@ class Launch:
             if b"=" not in var[1:]:
                 raise ProtocolError(f"malformed environment entry {var[:40]!r}")
         req = cls(entry, argv, env, flags, umask, mask, nextra)
+        req._strings = strings[len(entry) + 1:]
         if req.nfds() != nfds:
             raise ProtocolError(
                 f"LAUNCH request announces {req.nfds()} file descriptors, "

@@ -70,32 +70,31 @@ def _python_signal_defaults() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def _set_environ(req: Launch) -> dict[bytes, bytes]:
-    env = os.environb
-    env.clear()
+def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
+    """The client's environment, in C (`environ`, set in one step by
+    fh_install_environ, with systemd's LISTEN_PID/LISTEN_FDS for the fds
+    at 3, 4, ...) and in os.environ, whose mapping is rebuilt to match
+    without a putenv/unsetenv per variable."""
+    rc = lib.fh_install_environ(spec)
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    data = {}
     for var in req.env:
         key, _, value = var.partition(b"=")
-        try:
-            env[key] = value
-        except ValueError:   # a name putenv refuses; a real exec would keep it
-            pass
+        data.setdefault(key, value)      # getenv(3) finds the first
     for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
-        env.pop(name, None)
+        data.pop(name, None)
     if req.nextra:
-        # systemd's socket-activation convention for the fds at 3, 4, ...
-        env[b"LISTEN_PID"] = str(os.getpid()).encode()
-        env[b"LISTEN_FDS"] = str(req.nextra).encode()
-    return env
+        data[b"LISTEN_PID"] = str(os.getpid()).encode()
+        data[b"LISTEN_FDS"] = str(req.nextra).encode()
+    # os.environ and os.environb share this bytes -> bytes mapping.
+    os.environ._data.clear()
+    os.environ._data.update(data)
+    return os.environb
 
 
-def _reopen_stdio(present: int, env) -> None:
-    """New sys.stdin/stdout/stderr over the client's fds.
-
-    The template's objects were set up for the primary's fds (a terminal is
-    line-buffered, a file is not); a secondary must buffer for its own.
-    Mirrors CPython's create_stdio: stderr is always line-buffered and uses
-    backslashreplace; PYTHONUNBUFFERED and PYTHONIOENCODING are honoured.
-    """
+def _make_stdio(present: int, env) -> list:
+    """Text streams over fds 0, 1, 2 (None where absent), not installed."""
     unbuffered = bool(env.get(b"PYTHONUNBUFFERED"))
     enc_spec = env.get(b"PYTHONIOENCODING", b"").decode("ascii", "ignore")
     enc, _, errs = enc_spec.partition(":")
@@ -121,9 +120,53 @@ def _reopen_stdio(present: int, env) -> None:
             write_through=unbuffered and mode == "wb")
         text.mode = mode[0]
         streams.append(text)
+    return streams
+
+
+def _reopen_stdio(present: int, env) -> None:
+    """New sys.stdin/stdout/stderr over the client's fds.
+
+    The template's objects were set up for the primary's fds (a terminal is
+    line-buffered, a file is not); a secondary must buffer for its own.
+    Mirrors CPython's create_stdio: stderr is always line-buffered and uses
+    backslashreplace; PYTHONUNBUFFERED and PYTHONIOENCODING are honoured.
+    """
+    streams = _make_stdio(present, env)
     sys.stdin = sys.__stdin__ = streams[0]
     sys.stdout = sys.__stdout__ = streams[1]
     sys.stderr = sys.__stderr__ = streams[2]
+
+
+_REHEARSAL_SOURCE = b"def main(argv):\n    return len(argv) - 1\n"
+
+
+def rehearse(template_cwd: str = "/") -> None:
+    """Walk the launch path once on a dummy request, touching nothing a
+    real launch depends on.  A pool member does this while it waits: the
+    pages the path writes (allocator arenas, type and module objects, the
+    compiler, cffi, the import system) are copied from the template now,
+    by copy-on-write faults off the critical path, instead of during a
+    launch.  The cost is those pages, private to the member."""
+    cwd_fd = os.open(template_cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        entries.classify("forkhost_rehearsal:main", False, cwd_fd)
+        env = [k + b"=" + v for k, v in os.environb.items()]
+        req = Launch(b"forkhost_rehearsal:main", [b"forkhost_rehearsal:main", b"x"],
+                     env, 0, 0o022, 0b111, 0)
+        req = Launch.decode(req.encode(), 4)
+        spec, keep = build_spec(req, [cwd_fd] * 4, (0, 0), 0)
+        lib.fh_spec_release(spec)
+        del keep
+        _make_stdio(0b111, {})
+        code = compile(_REHEARSAL_SOURCE, "<forkhost rehearsal>", "exec",
+                       dont_inherit=True)
+        namespace: dict = {}
+        exec(code, namespace)
+        namespace["main"](["rehearsal"])
+        import importlib.util
+        importlib.util.find_spec("forkhost_rehearsal_missing")
+    finally:
+        os.close(cwd_fd)
 
 
 def _flush_stdio() -> None:
@@ -215,22 +258,18 @@ def _finalize() -> None:
 def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
                report_fd: int):
     """The C view of a launch; returns (spec, keep): keep holds the cffi
-    buffers the spec points into and must outlive it."""
-    keep = []
-
-    def cstrings(items):
-        bufs = [ffi.new("char[]", s) for s in items]
-        arr = ffi.new("char *[]", bufs + [ffi.NULL])
-        keep.extend(bufs)
-        keep.append(arr)
-        return arr
-
+    buffers the spec points into and must outlive it.  argv and envp point
+    into the request's own packed strings (fh_spec_strings); a caller that
+    outlives the spec (the template) frees the arrays with
+    fh_spec_release."""
     spec = ffi.new("struct fh_child_spec *")
+    blob = ffi.from_buffer(req.strings)
     c_fds = ffi.new("int[]", fds)
-    keep.append(c_fds)
+    keep = [blob, c_fds, req]
+    if lib.fh_spec_strings(spec, blob, len(blob), len(req.argv), len(req.env)) < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
     spec.fds, spec.nfds = c_fds, len(fds)
     spec.stdio_mask, spec.nextra = req.stdio_mask, req.nextra
-    spec.argv, spec.envp = cstrings(req.argv), cstrings(req.env)
     spec.umask = req.umask
     spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
     spec.report_fd = report_fd
@@ -271,7 +310,7 @@ def run(req: Launch, target: entries.Target, spec) -> int:
         return EXIT_FORKHOST
     if not signals_ready:
         _python_signal_defaults()
-    env = _set_environ(req)
+    env = _set_environ(req, spec)
     _reopen_stdio(req.stdio_mask, env)
     atexit._clear()                    # the primary's handlers are not ours
     argv = [os.fsdecode(a) for a in req.argv]

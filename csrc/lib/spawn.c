@@ -458,6 +458,49 @@ static void reset_libc(char *const *argv)
     }
 }
 
+FH_API int fh_install_environ(const struct fh_child_spec *spec)
+{
+    char **env = build_env(spec);
+
+    if (env == NULL)
+        return -ENOMEM;
+    environ = env;
+    return 0;
+}
+
+FH_API int fh_spec_strings(struct fh_child_spec *spec, const char *blob,
+                           size_t len, unsigned argc, unsigned envc)
+{
+    char **arr = calloc((size_t)argc + envc + 2, sizeof *arr);
+    size_t off = 0;
+    unsigned i;
+
+    if (arr == NULL)
+        return -1;
+    for (i = 0; i < argc + envc; i++) {
+        const char *nul = off < len ? memchr(blob + off, '\0', len - off) : NULL;
+
+        if (nul == NULL) {
+            free(arr);
+            errno = EINVAL;
+            return -1;
+        }
+        /* argv in arr[0..argc-1], NULL, then envp, NULL */
+        arr[i < argc ? i : i + 1] = (char *)blob + off;
+        off = (size_t)(nul - blob) + 1;
+    }
+    spec->argv = arr;
+    spec->envp = arr + argc + 1;
+    return 0;
+}
+
+FH_API void fh_spec_release(struct fh_child_spec *spec)
+{
+    free((void *)spec->argv);
+    spec->argv = NULL;
+    spec->envp = NULL;
+}
+
 FH_API void fh_exit_report(int report_fd, int code)
 {
     int32_t status = code;

@@ -85,6 +85,23 @@ FH_API __attribute__((noreturn)) void fh_exit_report(int report_fd, int code);
  */
 FH_API int fh_reset_signals(void);
 
+/*
+ * Point spec->argv and spec->envp into blob: argc + envc NUL-terminated
+ * strings packed back to back, as a LAUNCH body carries them.  The arrays
+ * are allocated here (blob must outlive them); fh_spec_release frees them.
+ * 0, or -1 with errno (EINVAL: blob does not hold that many strings).
+ */
+FH_API int fh_spec_strings(struct fh_child_spec *spec, const char *blob,
+                           size_t len, unsigned argc, unsigned envc);
+FH_API void fh_spec_release(struct fh_child_spec *spec);
+
+/*
+ * In the secondary: make spec->envp the process's environment (`environ`),
+ * with LISTEN_PID/LISTEN_FDS set when extra fds were passed and dropped
+ * otherwise (systemd's socket-activation convention).  0, or -ENOMEM.
+ */
+FH_API int fh_install_environ(const struct fh_child_spec *spec);
+
 /* Process title (what /proc/PID/cmdline shows, in the area the template
  * measured) and comm, from argv, as fh_child_setup sets them. */
 FH_API void fh_set_title(char *area, size_t len, char *const *argv);

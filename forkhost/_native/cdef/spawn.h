@@ -31,3 +31,7 @@ void fh_exit_report(int report_fd, int code);
 
 void fh_set_title(char *area, size_t len, char *const *argv);
 int fh_reset_signals(void);
+int fh_spec_strings(struct fh_child_spec *spec, const char *blob, size_t len,
+                    unsigned argc, unsigned envc);
+void fh_spec_release(struct fh_child_spec *spec);
+int fh_install_environ(const struct fh_child_spec *spec);
