@@ -120,42 +120,43 @@ class Connection:
         except entries.EntryError as err:
             self.refuse(str(err), err.exit_code)
             return
-        try:
-            self.pid, self.pidfd, self.report = self.start_secondary(
-                req, target, msg.body, msg.fds)
-        except OSError as err:
-            self.refuse(f"cannot fork the secondary: {err.strerror}")
-            return
         self.argv0 = os.fsdecode(req.argv[0])
         self.started = time.monotonic()
+        member = t.take_member()
+        if member is not None and not member.alive():
+            t.discard_member(member)
+            member = None
+        if member is not None:
+            # STARTED goes out before the member has the launch, so it
+            # always precedes the EXITED the secondary sends the client.
+            self.pid, self.pidfd, self.report = member.pid, member.pidfd, member.sock
+            self.state = RUNNING
+            t.started_secondary(self)
+            if not self.send(protocol.STARTED, protocol.encode_started(self.pid),
+                             [self.pidfd]):
+                self.client_gone()
+            if not member.assign(target, msg.body, msg.fds, self.fileno()):
+                # It died since alive(): its pidfd reports how, as EXITED.
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            return
+        # No idle member: fork now.  The secondary reports to the template
+        # only, which sends EXITED, after STARTED, itself.
+        mine, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            pid = self.fork_secondary(req, target, msg.fds, theirs)
+        except OSError as err:
+            mine.close()
+            self.refuse(f"cannot fork the secondary: {err.strerror}")
+            return
+        finally:
+            theirs.close()
+        self.pid, self.pidfd, self.report = pid, os.pidfd_open(pid), mine
         self.state = RUNNING
         t.started_secondary(self)
         if not self.send(protocol.STARTED, protocol.encode_started(self.pid),
                          [self.pidfd]):
             self.client_gone()
-
-    def start_secondary(self, req: Launch, target: entries.Target, body: bytes,
-                        fds: list[int]) -> tuple[int, int, socket.socket]:
-        """Hand the launch to an idle pool member, or fork one now.
-
-        Returns (pid, pidfd, report socket): the secondary writes its exit
-        status on the report socket just before it _exits.
-        """
-        member = self.template.take_member()
-        if member is not None:
-            if member.assign(target, body, fds):
-                return member.pid, member.pidfd, member.sock
-            self.template.discard_member(member)
-        mine, theirs = socket.socketpair(socket.AF_UNIX,
-                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            pid = self.fork_secondary(req, target, fds, theirs)
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        return pid, os.pidfd_open(pid), mine
 
     def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
                        report: socket.socket) -> int:
@@ -192,6 +193,11 @@ class Connection:
             try:
                 self.template.forget_in_child()
                 secondary.become(req, target, fds, area, report.detach())
+            except KeyboardInterrupt:
+                # A SIGINT before the entry took over (Python's handler is
+                # back by then): die by it, as an interrupted program does,
+                # not with 125 and a traceback of ours.
+                secondary._die_by_sigint()
             except BaseException:
                 traceback.print_exc()   # a bug of ours: say so, exit 125
             finally:
@@ -229,9 +235,10 @@ class Connection:
             return False
         except OSError:
             data = b""
-        if len(data) == 4 and not self.reported:
-            (code,) = struct.unpack("=i", data)
+        if len(data) == 8 and not self.reported:
+            code, client_told = struct.unpack("=ii", data)
             self.reported = True
-            self.send(protocol.EXITED, protocol.encode_exited(code & 0xFF, 0))
+            if not client_told:
+                self.send(protocol.EXITED, protocol.encode_exited(code & 0xFF, 0))
         return True
 

@@ -15,6 +15,7 @@ dies with the template (PR_SET_PDEATHSIG, and EOF on the socketpair).
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -55,19 +56,39 @@ class Member:
         self.pidfd = pidfd
         self.sock = sock      # the template's end; becomes the report channel
 
-    def assign(self, target: entries.Target, launch_body: bytes, fds) -> bool:
+    def alive(self) -> bool:
+        r, _, _ = select.select([self.pidfd], [], [], 0)
+        return not r
+
+    def assign(self, target: entries.Target, launch_body: bytes, fds,
+               client_fd: int) -> bool:
+        """Hand over the launch and, last of the fds, the client's
+        connection, on which the secondary sends EXITED itself."""
         try:
-            protocol.send(self.sock, ASSIGN, encode_assign(target, launch_body), fds)
+            protocol.send(self.sock, ASSIGN, encode_assign(target, launch_body),
+                          [*fds, client_fd])
             return True
         except OSError:
-            return False      # it died while idle; the caller falls back
+            return False      # it died since the caller checked
 
 
 def fork_member(template) -> Member:
     """Fork one member; returns the template's handle on it."""
     mine, theirs = socket.socketpair(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    pid = os.fork()
+    # Fork with every signal blocked: a member may be handed a launch (and
+    # a client its pid, which forwards signals at once) before it ran a
+    # line.  Until prepare_signals() dropped the template's handlers, a
+    # signal would run them here and write to the template's wake-up pipe
+    # (a client's SIGTERM would stop the template).  Unblocked after.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        mine.close()
+        theirs.close()
+        raise
     if pid == 0:
         # The member: it keeps `theirs` and 0, 1, 2 (the template's
         # /dev/null and stderr); it never returns into the template's loop.
@@ -75,20 +96,27 @@ def fork_member(template) -> Member:
         try:
             mine.close()
             template.forget_in_child()
-            code = _wait_and_become(template, theirs)
+            code = _wait_and_become(template, theirs, mask)
+        except KeyboardInterrupt:
+            # A SIGINT before the entry took over (Python's handler is
+            # back by then): die by it, as an interrupted program does,
+            # not with 125 and a traceback of ours.
+            secondary._die_by_sigint()
         except BaseException:
             traceback.print_exc()   # a bug of ours: say so, exit 125
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     theirs.close()
     return Member(pid, os.pidfd_open(pid), mine)
 
 
-def _wait_and_become(template, sock: socket.socket) -> int:
+def _wait_and_become(template, sock: socket.socket, mask) -> int:
     # What does not depend on the launch is done now, while waiting: the
     # template's signal handlers go (an idle member killed by a stray
     # signal is simply replaced), dispositions are a fresh program's.
     secondary.prepare_signals()
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # they act as defaults now
     lib.fh_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != template.pid:
         return 0                        # the template died while we forked
@@ -104,6 +132,7 @@ def _wait_and_become(template, sock: socket.socket) -> int:
     if msg is None or msg.type != ASSIGN:
         return 0
     target, body = decode_assign(msg.body)
-    req = protocol.Launch.decode(body, len(msg.fds))
-    secondary.become(req, target, msg.fds, template.title_area, sock.detach())
+    fds, client_fd = msg.fds[:-1], msg.fds[-1]
+    req = protocol.Launch.decode(body, len(fds))
+    secondary.become(req, target, fds, template.title_area, sock.detach(), client_fd)
     return EXIT_FORKHOST   # not reached: become() always exits

@@ -222,6 +222,7 @@ def _die_by_sigint() -> None:
     shell sees the signal; do the same."""
     _flush_stdio()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -256,7 +257,7 @@ def _finalize() -> None:
 
 
 def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
-               report_fd: int):
+               report_fd: int, client_fd: int = 0):
     """The C view of a launch; returns (spec, keep): keep holds the cffi
     buffers the spec points into and must outlive it.  argv and envp point
     into the request's own packed strings (fh_spec_strings); a caller that
@@ -273,6 +274,7 @@ def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
     spec.umask = req.umask
     spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
     spec.report_fd = report_fd
+    spec.client_fd = client_fd
     spec.signals_ready = signals_ready
     return spec, keep
 
@@ -285,13 +287,21 @@ def native_args(target: entries.Target):
 
 
 def become(req: Launch, target: entries.Target, fds: list[int],
-           title_area: tuple[int, int], report_fd: int):
+           title_area: tuple[int, int], report_fd: int, client_fd: int = 0):
     """In a fresh child of the template (a pool member, or a direct fork):
-    become the secondary and exit, reporting the status on report_fd.
-    Never returns."""
-    spec, keep = build_spec(req, fds, title_area, report_fd)
+    become the secondary and exit, reporting the status on report_fd (and
+    to the client itself on client_fd, when given).  Never returns."""
+    spec, keep = build_spec(req, fds, title_area, report_fd, client_fd)
     if target.kind == entries.NATIVE:
         path, sym = native_args(target)
+        # A C program starts with every disposition SIG_DFL; a pool member
+        # prepared Python's (SIGINT caught, SIGPIPE and SIGXFSZ ignored),
+        # which would swallow a Ctrl-C for good once C runs.  Block all
+        # first (a SIGINT Python already caught raises KeyboardInterrupt
+        # right here), then fh_child_setup resets every disposition and
+        # unblocks: what arrived meanwhile acts with its default action.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        spec.signals_ready = False
         lib.fh_run_native(spec, path, sym)          # C from here on; exits
     code = run(req, target, spec)
     lib.fh_exit_report(spec.report_fd, code)        # exits

@@ -330,3 +330,43 @@ def test_launch_api(primary):
         forkhost.launch("missing.py", prefix=primary.prefix,
                         runtime_dir=primary.runtime_dir, cwd=FIXTURES)
     assert info.value.exit_code == 127
+
+
+def test_fork_on_demand_path(runtime_dir, native):
+    """--pool 0: every launch forks on demand (in C for native entries) and
+    the template, not the secondary, sends EXITED."""
+    from fhtest import PrimaryProc
+    p = PrimaryProc(runtime_dir, prefix="nopool", args=("--pool", "0"))
+    try:
+        assert json.loads(p.run("fhfix:report", cwd=FIXTURES).stdout)["std_open"] == \
+            [True, True, True]
+        for code in (0, 3, 255):
+            assert p.run("fhfix:exit_with", code, cwd=FIXTURES).returncode == code
+            assert p.run(native["so"], "exit", code).returncode == code
+        assert p.run(native["so"] + ":crash").returncode == -signal.SIGSEGV
+        assert p.run("fhfix:die_by", "SIGTERM", cwd=FIXTURES).returncode == -signal.SIGTERM
+        assert p.run("missing.py", cwd=FIXTURES).returncode == 127
+        info = forkhost_info(p)
+        assert info["pool"] == 0 and info["pool_size"] == 0
+    finally:
+        code, _, err = p.stop()
+    assert code == 0, err
+
+
+def test_pool_members_are_ready_and_replaced(primary):
+    import time
+    deadline = time.monotonic() + 10
+    while forkhost_info(primary)["pool"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert forkhost_info(primary)["pool"] == 2
+    for _ in range(5):
+        assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0
+    deadline = time.monotonic() + 10
+    while forkhost_info(primary)["pool"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert forkhost_info(primary)["pool"] == 2
+
+
+def forkhost_info(p):
+    import forkhost
+    return forkhost.info(p.prefix, p.runtime_dir)

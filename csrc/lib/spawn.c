@@ -16,6 +16,7 @@
  */
 #include "forkhost/spawn.h"
 #include "forkhost/entry.h"
+#include "forkhost/proto.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -31,6 +32,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -154,11 +156,15 @@ static int spec_valid(const struct fh_child_spec *spec)
  * still needed.  The cwd fd is moved too, so that a failing fchdir() is
  * reported on the client's stderr, which is in place by then.
  */
+/* The client's connection in this secondary (fh_exit_report sends EXITED
+ * on it), or -1.  Set once by setup_fds in the single-threaded child. */
+static int g_client_fd = -1;
+
 static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
     unsigned mask = spec->stdio_mask, i, k, N;
-    int std, keep = -1;
+    int std, keep = -1, ckeep = -1;
 
     N = 3 + spec->nextra;
 
@@ -174,6 +180,14 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
         if (keep < 0)
             return step_failed(error, "keeping the report fd (fcntl)");
         spec->report_fd = keep;
+        if (spec->client_fd > 0) {
+            ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
+            if (ckeep < 0)
+                return step_failed(error, "keeping the client's connection "
+                                   "(fcntl)");
+            spec->client_fd = ckeep;
+            g_client_fd = ckeep;
+        }
     }
     for (i = 0; i < spec->nfds; i++) {
         moved[i] = fcntl(spec->fds[i], F_DUPFD_CLOEXEC, (int)N);
@@ -503,20 +517,35 @@ FH_API void fh_spec_release(struct fh_child_spec *spec)
 
 FH_API void fh_exit_report(int report_fd, int code)
 {
-    int32_t status = code;
+    int32_t report[2] = { code, 0 };   /* status, client told */
     sigset_t all;
 
     fflush(NULL);
     if (report_fd > 0) {
-        /* No signal may end us between the report and _exit: the status
-         * the template forwards must be the one we exit with. */
+        int cfd = g_client_fd > report_fd ? g_client_fd : -1;
+
+        /* No signal may end us between the reports and _exit: the status
+         * the client and the template get must be the one we exit with. */
         sigfillset(&all);
         sigprocmask(SIG_SETMASK, &all, NULL);
         /* Close the client's fds first, so that whoever reads its pipes
          * sees EOF no later than the client sees the status. */
         close_range_(0U, (unsigned)report_fd - 1);
-        close_from(report_fd + 1);
-        write_all(report_fd, (const char *)&status, sizeof status);
+        if (cfd > report_fd + 1)
+            close_range_((unsigned)report_fd + 1, (unsigned)cfd - 1);
+        close_from((cfd >= 0 ? cfd : report_fd) + 1);
+        if (cfd >= 0) {
+            struct fh_exited ex;
+
+            memset(&ex, 0, sizeof ex);
+            ex.hdr.magic = FH_PROTO_MAGIC;
+            ex.hdr.version = FH_PROTO_VERSION;
+            ex.hdr.type = FH_MSG_EXITED;
+            ex.hdr.len = sizeof ex;
+            ex.code = code & 0xff;
+            report[1] = send(cfd, &ex, sizeof ex, MSG_NOSIGNAL) == (ssize_t)sizeof ex;
+        }
+        write_all(report_fd, (const char *)report, sizeof report);
     }
     _exit(code);
 }

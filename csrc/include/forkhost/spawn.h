@@ -33,6 +33,10 @@ struct fh_child_spec {
                                  report fd, so a zeroed spec has none);
                                  fh_child_setup parks it at the lowest
                                  free fd >= 1023 and stores that here */
+    int          client_fd;   /* the client's connection, or <= 0: the
+                                 secondary sends EXITED on it itself
+                                 (fh_exit_report); parked beside report_fd.
+                                 Only with report_fd */
     int          signals_ready; /* non-zero: fh_reset_signals() already ran
                                    in this process (a pool member does it
                                    while idle); setup skips that step */
@@ -70,10 +74,12 @@ FH_API __attribute__((noreturn)) void fh_run_native(struct fh_child_spec *spec,
 
 /*
  * The end of a secondary whose entry returned `code`: flush stdio, close
- * every fd but report_fd (so the client's pipes see EOF now), block all
- * signals, write the status to report_fd as one int32, and _exit(code).
- * The template can then answer the client without waiting for the kernel
- * to tear the address space down.  report_fd <= 0: flush and _exit only.
+ * every fd but report_fd and the client's connection (so the client's pipes
+ * see EOF now), block all signals, send the client EXITED when setup was
+ * given its connection, write {int32 code, int32 client_told} to report_fd,
+ * and _exit(code).  The client is answered without waiting for the kernel
+ * to tear the address space down, and without a hop through the template.
+ * report_fd <= 0: flush and _exit only.
  */
 FH_API __attribute__((noreturn)) void fh_exit_report(int report_fd, int code);
 

@@ -16,6 +16,7 @@ struct fh_child_spec {
     size_t       title_len;
     unsigned     umask;
     int          report_fd;
+    int          client_fd;
     int          signals_ready;
 };
 
