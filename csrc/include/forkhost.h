@@ -16,6 +16,9 @@
 #include "forkhost/spawn.h"
 #include "forkhost/entry.h"
 #include "forkhost/memzone.h"
+#include "forkhost/ring.h"
+#include "forkhost/mempool.h"
+#include "forkhost/hash.h"
 #include "forkhost/demo.h"
 
 FH_API const char *fh_version(void);

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +35,21 @@ static int count_fds(void)
         n += e->d_name[0] != '.';
     closedir(d);
     return n - 1; /* the DIR's own fd */
+}
+
+/* fork() for tests: the child dies with the parent, so a failing CHECK in
+ * the parent never leaves a spinning producer or consumer behind. */
+static pid_t fork_child(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(111);
+    }
+    return pid;
 }
 
 /* Wait for pid; return its exit code, or 128+signal. */
@@ -114,8 +131,7 @@ static void test_secondaries_create(void)
     int won = 0;
 
     for (int k = 0; k < KIDS; k++) {
-        pids[k] = fork();
-        CHECK(pids[k] >= 0, "fork");
+        pids[k] = fork_child();
         if (pids[k] == 0) {
             char name[32];
             int rc = 0;
@@ -154,8 +170,7 @@ static void test_secondaries_create(void)
 /* A child takes the lock and dies; the parent must not hang. */
 static void test_dead_lock_holder(void)
 {
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork");
+    pid_t pid = fork_child();
     if (pid == 0) {
         if (fh__memzone_lock() != 0)
             _exit(2);
@@ -180,8 +195,7 @@ static void test_crash_steps(void)
         pid_t pid;
 
         snprintf(name, sizeof name, "crash.%d", step);
-        pid = fork();
-        CHECK(pid >= 0, "fork");
+        pid = fork_child();
         if (pid == 0) {
             fh__memzone_crash_at(step);
             fh_memzone_reserve(name, 4096, 0, 0);

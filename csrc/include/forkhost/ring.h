@@ -1,0 +1,459 @@
+/*
+ * forkhost/ring.h - lock-free fixed-size rings in the arena (DPDK's
+ * rte_ring), of 64-bit values (pointers, handles, offsets) or of any
+ * fixed-size element whose size is a multiple of 4 bytes.
+ *
+ * A ring is created in a memzone by name and found by name from any process
+ * of the prefix.  The single/multi producer and consumer mode is chosen at
+ * creation; the mode is also in the name of every call that assumes it
+ * (fh_ring_mp_enqueue_bulk, fh_ring_sc_dequeue_burst, ...), and the calls
+ * without a mode (fh_ring_enqueue_bulk, ...) dispatch on the creation flags.
+ *
+ * bulk: all n elements or none; burst: as many as fit (or are there), maybe
+ * none.  Both return how many were moved, and report through *free_space /
+ * *available what is left after the call (pass NULL to skip).  objs points
+ * at n elements of fh_ring_elem_size() bytes each, packed: for a ring of
+ * 64-bit values, a uint64_t[] or void *[] (or a Python buffer of them).
+ *
+ * The hot paths are static inline here, as in DPDK; libforkhost also exports
+ * every one of them out of line (ring.c compiles this header with
+ * FH_RING_BUILD), so cffi, ctypes and dlsym callers find real symbols.
+ *
+ * Algorithm (DPDK's, with C11 atomics): each side has a head (slots claimed)
+ * and a tail (slots finished).  A producer claims [head, head+n) by moving
+ * prod.head (a CAS when multi-producer), copies its elements in, waits for
+ * earlier producers to finish (prod.tail == its old head), then publishes by
+ * storing prod.tail with release.  Consumers mirror this on cons.  Indices
+ * are free-running 32-bit counters masked on use, so all `size` slots are
+ * usable (no sentinel slot) and wrap-around is plain unsigned arithmetic.
+ *
+ * Caveat shared with rte_ring: a multi-producer (consumer) that dies or is
+ * stopped between claiming and publishing blocks every later producer
+ * (consumer) of that ring.  SP/SC rings have no such window for others.
+ */
+#ifndef FORKHOST_RING_H
+#define FORKHOST_RING_H
+
+#include <errno.h>
+#include <sched.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "forkhost/memzone.h"
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+/* Memzone names are "RG_<ring name>", as in DPDK, so a ring name has three
+ * bytes less than a memzone name. */
+#define FH_RING_MZ_PREFIX "RG_"
+#define FH_RING_NAMESIZE (FH_MEMZONE_NAMESIZE - 3)
+
+/* Creation flags.  Multi-producer and multi-consumer are the defaults. */
+#define FH_RING_F_SP_ENQ 0x1u /* one producer at a time: no CAS on enqueue */
+#define FH_RING_F_SC_DEQ 0x2u /* one consumer at a time: no CAS on dequeue */
+#define FH_RING_F_MASK   0x3u
+
+/* Largest slot count: free-running 32-bit indices tell a full ring from an
+ * empty one only while size <= 2^31. */
+#define FH_RING_SZ_MAX (1u << 31)
+/* Largest element: 64 KiB keeps a burst's copy within reason and the
+ * size * elem_size product far from overflow. */
+#define FH_RING_ELEM_MAX 65536u
+
+#define FH_RING_MAGIC 0x474e4952484b46ull /* "FKHRING" */
+
+/* One side's indices.  head and tail are written only by this side's
+ * processes (producers for prod, consumers for cons); the other side reads
+ * tail only. */
+struct fh_ring_headtail {
+    _Atomic uint32_t head;   /* slots claimed by this side */
+    _Atomic uint32_t tail;   /* slots this side has finished with */
+    uint32_t single;         /* 1: SP (or SC); read-only after creation */
+};
+
+/*
+ * Byte layout (the ring's own memzone, 128-aligned):
+ *   0    magic (published last, release)   8 name[61]
+ *   72   size  76 mask  80 capacity  84 elem_size  88 flags
+ *        all written once by the creator, read-only afterwards
+ *   128  prod {head, tail, single}   written by producers
+ *   256  cons {head, tail, single}   written by consumers
+ *   384  size * elem_size bytes of slots
+ * prod and cons are 128 bytes apart rather than 64: Intel's adjacent-line
+ * prefetcher pulls cache lines in pairs, and a pair shared by the two sides
+ * would bounce between their cores anyway.
+ */
+struct fh_ring {
+    _Atomic uint64_t magic;
+    char     name[FH_RING_NAMESIZE];
+    uint32_t size;       /* slots, a power of two */
+    uint32_t mask;       /* size - 1 */
+    uint32_t capacity;   /* usable slots: size */
+    uint32_t elem_size;  /* bytes per slot, a multiple of 4 */
+    uint32_t flags;      /* FH_RING_F_* given at creation */
+    alignas(128) struct fh_ring_headtail prod;
+    alignas(128) struct fh_ring_headtail cons;
+    alignas(128) unsigned char slots[];
+};
+
+/* Creation and lookup (ring.c). */
+
+/* Bytes a ring of count elements of elem_size needs (header included), or
+ * -EINVAL (count not a power of two in 1..FH_RING_SZ_MAX, elem_size not a
+ * multiple of 4 in 4..FH_RING_ELEM_MAX). */
+FH_API ssize_t fh_ring_get_memsize(unsigned count, unsigned elem_size);
+/* Lay out a ring in memory the caller owns (fh_ring_get_memsize bytes,
+ * 128-aligned, in the arena if other processes must use it): how a mempool
+ * embeds its free-object ring.  0 or a negative errno. */
+FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
+                        unsigned elem_size, unsigned flags);
+/* Reserve memzone "RG_<name>" and lay a ring out in it.  NULL with errno:
+ * EINVAL (name, count, elem_size, flags), EEXIST, ENOSPC, ENODEV. */
+FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
+                                      unsigned elem_size, unsigned flags);
+/* NULL with errno ENOENT: no such ring, or its creator has not finished. */
+FH_API struct fh_ring *fh_ring_lookup(const char *name);
+
+/* Everything below is inline unless FH_RING_BUILD is defined (ring.c). */
+#ifdef FH_RING_BUILD
+#define FH_RING_FN FH_API
+#else
+#define FH_RING_FN static inline
+#endif
+
+enum { FH__RING_FIXED = 0, FH__RING_VARIABLE = 1 };
+
+/* Spin politely; a spinner that has waited long yields its CPU, because the
+ * process it waits for may be descheduled on an oversubscribed machine. */
+static inline void fh__ring_pause(unsigned *spins)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+    if (++*spins >= 1024) {
+        *spins = 0;
+        sched_yield();
+    }
+}
+
+static inline uint32_t fh__ring_move_prod_head(struct fh_ring *r, int is_sp,
+                                               uint32_t n, int behavior,
+                                               uint32_t *old_head,
+                                               uint32_t *new_head,
+                                               uint32_t *free_entries)
+{
+    const uint32_t max = n;
+    int success;
+
+    /* Relaxed: only a starting guess.  MP: the CAS below checks it; SP: we
+     * are the only writer of prod.head. */
+    *old_head = atomic_load_explicit(&r->prod.head, memory_order_relaxed);
+    do {
+        uint32_t cons_tail;
+
+        n = max;
+        /* Order the prod.head load before the cons.tail load, as DPDK's
+         * C11 ring does ("ensure the head is read before tail"): a weakly
+         * ordered CPU could otherwise pair a tail with an older head. */
+        atomic_thread_fence(memory_order_acquire);
+        /* Acquire pairs with the consumers' release store of cons.tail in
+         * fh__ring_update_tail: their reads of the slots we are about to
+         * overwrite are complete. */
+        cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_acquire);
+        /* Unsigned wrap-around makes this right across index overflow; it
+         * is only ever too large when old_head is stale, and then the CAS
+         * fails. */
+        *free_entries = r->capacity + cons_tail - *old_head;
+        if (n > *free_entries)
+            n = behavior == FH__RING_FIXED ? 0 : *free_entries;
+        if (n == 0)
+            return 0;
+        *new_head = *old_head + n;
+        if (is_sp) {
+            /* Relaxed: the single producer is the only writer and reader of
+             * prod.head. */
+            atomic_store_explicit(&r->prod.head, *new_head, memory_order_relaxed);
+            success = 1;
+        } else {
+            /* Relaxed CAS: it only reserves slots; publication happens
+             * through prod.tail (release) in fh__ring_update_tail. */
+            success = atomic_compare_exchange_weak_explicit(
+                &r->prod.head, old_head, *new_head,
+                memory_order_relaxed, memory_order_relaxed);
+        }
+    } while (!success);
+    return n;
+}
+
+static inline uint32_t fh__ring_move_cons_head(struct fh_ring *r, int is_sc,
+                                               uint32_t n, int behavior,
+                                               uint32_t *old_head,
+                                               uint32_t *new_head,
+                                               uint32_t *entries)
+{
+    const uint32_t max = n;
+    int success;
+
+    /* Relaxed: a starting guess, as in fh__ring_move_prod_head. */
+    *old_head = atomic_load_explicit(&r->cons.head, memory_order_relaxed);
+    do {
+        uint32_t prod_tail;
+
+        n = max;
+        /* Order the cons.head load before the prod.tail load (see above). */
+        atomic_thread_fence(memory_order_acquire);
+        /* Acquire pairs with the producers' release store of prod.tail in
+         * fh__ring_update_tail: their writes of the slots we read are
+         * visible. */
+        prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
+        *entries = prod_tail - *old_head;
+        if (n > *entries)
+            n = behavior == FH__RING_FIXED ? 0 : *entries;
+        if (n == 0)
+            return 0;
+        *new_head = *old_head + n;
+        if (is_sc) {
+            /* Relaxed: the single consumer is the only writer and reader of
+             * cons.head. */
+            atomic_store_explicit(&r->cons.head, *new_head, memory_order_relaxed);
+            success = 1;
+        } else {
+            /* Relaxed CAS: it only reserves slots; release happens through
+             * cons.tail. */
+            success = atomic_compare_exchange_weak_explicit(
+                &r->cons.head, old_head, *new_head,
+                memory_order_relaxed, memory_order_relaxed);
+        }
+    } while (!success);
+    return n;
+}
+
+/* Publish [old_val, new_val) of one side. */
+static inline void fh__ring_update_tail(struct fh_ring_headtail *ht,
+                                        uint32_t old_val, uint32_t new_val,
+                                        int single)
+{
+    if (!single) {
+        unsigned spins = 0;
+        /* Those that claimed slots before us publish first.  Acquire pairs
+         * with their release store below: their slot accesses then
+         * happen-before our release, so the other side, acquiring our tail,
+         * is ordered after theirs too (a plain store of ours would otherwise
+         * end their release sequence). */
+        while (atomic_load_explicit(&ht->tail, memory_order_acquire) != old_val)
+            fh__ring_pause(&spins);
+    }
+    /* Release pairs with the other side's acquire load of this tail in
+     * fh__ring_move_{cons,prod}_head: our slot writes (enqueue) or slot
+     * reads (dequeue) are complete before it can see the new tail. */
+    atomic_store_explicit(&ht->tail, new_val, memory_order_release);
+}
+
+static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
+                                    const void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    unsigned char *dst = r->slots;
+    const unsigned char *src = (const unsigned char *)objs;
+
+    if (esize == 8 && idx + n <= r->size) {
+        /* The common case, inlined: memcpy of 8 compiles to one move and
+         * stays correct for a caller's unaligned buffer. */
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
+    } else if (idx + n <= r->size) {
+        memcpy(dst + (size_t)idx * esize, src, (size_t)n * esize);
+    } else {
+        const uint32_t first = r->size - idx;
+        memcpy(dst + (size_t)idx * esize, src, (size_t)first * esize);
+        memcpy(dst, src + (size_t)first * esize, (size_t)(n - first) * esize);
+    }
+}
+
+static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
+                                     void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    const unsigned char *src = r->slots;
+    unsigned char *dst = (unsigned char *)objs;
+
+    if (esize == 8 && idx + n <= r->size) {
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
+    } else if (idx + n <= r->size) {
+        memcpy(dst, src + (size_t)idx * esize, (size_t)n * esize);
+    } else {
+        const uint32_t first = r->size - idx;
+        memcpy(dst, src + (size_t)idx * esize, (size_t)first * esize);
+        memcpy(dst + (size_t)first * esize, src, (size_t)(n - first) * esize);
+    }
+}
+
+static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
+                                           unsigned n, int behavior, int is_sp,
+                                           unsigned *free_space)
+{
+    uint32_t head, next, free_entries;
+
+    n = fh__ring_move_prod_head(r, is_sp, n, behavior, &head, &next,
+                                &free_entries);
+    if (n) {
+        fh__ring_copy_in(r, head, objs, n);
+        fh__ring_update_tail(&r->prod, head, next, is_sp);
+    }
+    if (free_space)
+        *free_space = free_entries - n;
+    return n;
+}
+
+static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
+                                           unsigned n, int behavior, int is_sc,
+                                           unsigned *available)
+{
+    uint32_t head, next, entries;
+
+    n = fh__ring_move_cons_head(r, is_sc, n, behavior, &head, &next,
+                                &entries);
+    if (n) {
+        fh__ring_copy_out(r, head, objs, n);
+        fh__ring_update_tail(&r->cons, head, next, is_sc);
+    }
+    if (available)
+        *available = entries - n;
+    return n;
+}
+
+/* Enqueue n elements: all (bulk) or as many as fit (burst).  Returns the
+ * number enqueued; *free_space (if not NULL) gets the free slots left. */
+FH_RING_FN unsigned fh_ring_mp_enqueue_bulk(struct fh_ring *r, const void *objs,
+                                            unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_FIXED, 0, free_space); }
+
+FH_RING_FN unsigned fh_ring_sp_enqueue_bulk(struct fh_ring *r, const void *objs,
+                                            unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_FIXED, 1, free_space); }
+
+FH_RING_FN unsigned fh_ring_enqueue_bulk(struct fh_ring *r, const void *objs,
+                                         unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_FIXED, (int)r->prod.single,
+                             free_space); }
+
+FH_RING_FN unsigned fh_ring_mp_enqueue_burst(struct fh_ring *r, const void *objs,
+                                             unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_VARIABLE, 0, free_space); }
+
+FH_RING_FN unsigned fh_ring_sp_enqueue_burst(struct fh_ring *r, const void *objs,
+                                             unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_VARIABLE, 1, free_space); }
+
+FH_RING_FN unsigned fh_ring_enqueue_burst(struct fh_ring *r, const void *objs,
+                                          unsigned n, unsigned *free_space)
+{ return fh__ring_do_enqueue(r, objs, n, FH__RING_VARIABLE,
+                             (int)r->prod.single, free_space); }
+
+/* Dequeue up to n elements into objs: all (bulk) or as many as there are
+ * (burst).  Returns the number dequeued; *available (if not NULL) gets the
+ * elements left. */
+FH_RING_FN unsigned fh_ring_mc_dequeue_bulk(struct fh_ring *r, void *objs,
+                                            unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_FIXED, 0, available); }
+
+FH_RING_FN unsigned fh_ring_sc_dequeue_bulk(struct fh_ring *r, void *objs,
+                                            unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_FIXED, 1, available); }
+
+FH_RING_FN unsigned fh_ring_dequeue_bulk(struct fh_ring *r, void *objs,
+                                         unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_FIXED, (int)r->cons.single,
+                             available); }
+
+FH_RING_FN unsigned fh_ring_mc_dequeue_burst(struct fh_ring *r, void *objs,
+                                             unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_VARIABLE, 0, available); }
+
+FH_RING_FN unsigned fh_ring_sc_dequeue_burst(struct fh_ring *r, void *objs,
+                                             unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_VARIABLE, 1, available); }
+
+FH_RING_FN unsigned fh_ring_dequeue_burst(struct fh_ring *r, void *objs,
+                                          unsigned n, unsigned *available)
+{ return fh__ring_do_dequeue(r, objs, n, FH__RING_VARIABLE,
+                             (int)r->cons.single, available); }
+
+/* One element: 0, or -ENOBUFS (full) / -ENOENT (empty). */
+FH_RING_FN int fh_ring_mp_enqueue(struct fh_ring *r, const void *obj)
+{ return fh_ring_mp_enqueue_bulk(r, obj, 1, NULL) ? 0 : -ENOBUFS; }
+
+FH_RING_FN int fh_ring_sp_enqueue(struct fh_ring *r, const void *obj)
+{ return fh_ring_sp_enqueue_bulk(r, obj, 1, NULL) ? 0 : -ENOBUFS; }
+
+FH_RING_FN int fh_ring_enqueue(struct fh_ring *r, const void *obj)
+{ return fh_ring_enqueue_bulk(r, obj, 1, NULL) ? 0 : -ENOBUFS; }
+
+FH_RING_FN int fh_ring_mc_dequeue(struct fh_ring *r, void *obj)
+{ return fh_ring_mc_dequeue_bulk(r, obj, 1, NULL) ? 0 : -ENOENT; }
+
+FH_RING_FN int fh_ring_sc_dequeue(struct fh_ring *r, void *obj)
+{ return fh_ring_sc_dequeue_bulk(r, obj, 1, NULL) ? 0 : -ENOENT; }
+
+FH_RING_FN int fh_ring_dequeue(struct fh_ring *r, void *obj)
+{ return fh_ring_dequeue_bulk(r, obj, 1, NULL) ? 0 : -ENOENT; }
+
+/* A 64-bit value by value, for callers (Python) that would otherwise box
+ * it; the ring's elements must be 8 bytes (-EINVAL otherwise). */
+FH_RING_FN int fh_ring_enqueue_u64(struct fh_ring *r, uint64_t v)
+{
+    if (r->elem_size != 8)
+        return -EINVAL;
+    return fh_ring_enqueue_bulk(r, &v, 1, NULL) ? 0 : -ENOBUFS;
+}
+
+FH_RING_FN int fh_ring_dequeue_u64(struct fh_ring *r, uint64_t *v)
+{
+    if (r->elem_size != 8)
+        return -EINVAL;
+    return fh_ring_dequeue_bulk(r, v, 1, NULL) ? 0 : -ENOENT;
+}
+
+/* Queries.  Under concurrent use they are snapshots, as in DPDK. */
+FH_RING_FN unsigned fh_ring_count(const struct fh_ring *r)
+{
+    /* Relaxed: a statistic.  prod.tail's writers are the producers,
+     * cons.tail's the consumers; reading cons.tail first keeps the
+     * difference from going negative, and the clamp covers the rest. */
+    uint32_t cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_relaxed);
+    uint32_t prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_relaxed);
+    uint32_t count = prod_tail - cons_tail;
+    return count > r->capacity ? r->capacity : count;
+}
+
+FH_RING_FN unsigned fh_ring_free_count(const struct fh_ring *r)
+{ return r->capacity - fh_ring_count(r); }
+
+FH_RING_FN int fh_ring_full(const struct fh_ring *r)
+{ return fh_ring_free_count(r) == 0; }
+
+FH_RING_FN int fh_ring_empty(const struct fh_ring *r)
+{ return fh_ring_count(r) == 0; }
+
+FH_RING_FN unsigned fh_ring_capacity(const struct fh_ring *r)
+{ return r->capacity; }
+
+FH_RING_FN unsigned fh_ring_elem_size(const struct fh_ring *r)
+{ return r->elem_size; }
+
+FH_RING_FN unsigned fh_ring_flags(const struct fh_ring *r)
+{ return r->flags; }
+
+FH_RING_FN const char *fh_ring_name(const struct fh_ring *r)
+{ return r->name; }
+
+#endif /* FORKHOST_RING_H */

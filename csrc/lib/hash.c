@@ -1,0 +1,1174 @@
+/*
+ * hash.c - shared hash tables (see forkhost/hash.h for the contract).
+ *
+ * Why this layout.  DPDK's rte_hash is a cuckoo table: a key lives in one of
+ * two buckets and inserts may move keys, which forces readers to watch a
+ * table-wide change counter.  Here keys never move: a key goes in the first
+ * bucket from its home with a free slot, and every bucket it passed counts
+ * it in `overflow`.  Lookups read one bucket (and one key) almost always,
+ * stop at the first bucket with overflow == 0, and deletes just clear the
+ * slot and decrement the counts on the way.  Capacity is guaranteed: the
+ * buckets have at least 25% more slots than the table has keys.
+ *
+ * Reader/writer protocol (per bucket, a seqlock):
+ *   writer: seq = s+1 (odd, relaxed); fence(release); change slots;
+ *           seq = s+2 (release)
+ *   reader: s1 = seq (acquire); if odd retry; read slots, keys, data;
+ *           fence(acquire); s2 = seq (relaxed); retry if s1 != s2
+ * Key bytes and data live outside the bucket but are only rewritten after
+ * their slot is cleared under the bucket's seqlock, so a reader holding a
+ * stale key index fails its s1 == s2 check and retries.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <link.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdalign.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include "forkhost.h"
+#include "forkhost/hash.h"
+
+#define HT_MAGIC 0x4853414854484b46ull /* "FKHTHASH" */
+#define HT_FN_BUILTIN 0u   /* fh_hash_crc32c, resolved in each process */
+#define HT_FN_USER    1u   /* a pointer checked against its module */
+/* Fill limit: keys <= 80% of slots keeps overflow chains short (one bucket
+ * in the overwhelming majority of lookups). */
+#define HT_FILL_NUM 4u
+#define HT_FILL_DEN 5u
+/* Reader spins on an odd seq before it checks whether the writer died. */
+#define HT_SPINS_BEFORE_RECOVERY (1u << 20)
+/* Validated (function, base, module) triples remembered per process. */
+#define HT_OK_CACHE 32
+#define HT_ERRLEN 512
+
+/*
+ * A bucket, one cache line:
+ *   0 seq   4 overflow   8 sig[8]   24 key_idx[8]   56 pad
+ * All fields are written only by the table's writer (the lock holder);
+ * readers read them without a lock, validated by seq.
+ */
+struct ht_bucket {
+    _Atomic uint32_t seq;        /* odd while the writer changes this bucket */
+    _Atomic uint32_t overflow;   /* keys homed at or before here, stored after */
+    uint16_t sig[FH_HASH_BUCKET_ENTRIES]; /* hash >> 16; plain so one SSE
+                                   load compares all eight; written with
+                                   __atomic_store_n */
+    _Atomic uint32_t key_idx[FH_HASH_BUCKET_ENTRIES]; /* 0: empty slot */
+    uint64_t pad;
+};
+_Static_assert(sizeof(struct ht_bucket) == 64, "a bucket is a cache line");
+
+/*
+ * A key entry, key_stride bytes: key (key_len, padded to 8), hash (4),
+ * pad (4), data (8).  Index 0 is never used, so key_idx 0 means empty.
+ * Written by the writer only while no bucket slot refers to the entry
+ * (data: also while referenced, inside the bucket's seqlock).
+ */
+struct ht_key_tail {
+    uint32_t hash;
+    uint32_t pad;
+    _Atomic uint64_t data;
+};
+
+/*
+ * The table header, at the start of memzone "HT_<name>":
+ *   0 magic (published last)  8 name[61]  72 entries  76 key_len
+ *   80 key_stride  84 num_buckets  88 bucket_mask  92 init_val  96 flags
+ *   100 fn_kind  104 fn_addr  112 fn_base  120 fn_module_hash
+ *   128 buckets_off  136 keys_off  144 free_off  152 fn_module[256]
+ *   448 wlock  512 count  516 free_top
+ * Everything up to fn_module is written once by the creator.  wlock, count
+ * and free_top and the free stack belong to the writer.
+ */
+struct fh_hash {
+    _Atomic uint64_t magic;
+    char     name[FH_HASH_NAMESIZE];
+    uint32_t entries;
+    uint32_t key_len;
+    uint32_t key_stride;
+    uint32_t num_buckets;
+    uint32_t bucket_mask;
+    uint32_t init_val;
+    uint32_t flags;
+    uint32_t fn_kind;
+    uint64_t fn_addr;         /* the function, valid where the module matches */
+    uint64_t fn_base;         /* dli_fbase of its module in the creator */
+    uint64_t fn_module_hash;  /* FNV-1a of fn_module: part of the check key */
+    uint64_t buckets_off;     /* offsets from the table's base */
+    uint64_t keys_off;
+    uint64_t free_off;
+    char     fn_module[FH_HASH_MODULE_PATH_MAX];
+    alignas(64) pthread_mutex_t wlock;
+    alignas(64) _Atomic uint32_t count;  /* keys; only writer: the writer */
+    uint32_t free_top;                   /* free stack depth; writer only */
+};
+_Static_assert(offsetof(struct fh_hash, fn_module) == 152, "hash layout");
+
+static __thread char t_err[HT_ERRLEN];
+
+/* Process-local record of checked functions.  Inherited across fork, and
+ * rightly: the child has exactly the parent's mappings. */
+static struct {
+    _Atomic uint64_t fn, base, mod;
+} g_ok[HT_OK_CACHE];
+static _Atomic unsigned g_ok_n;
+static pthread_mutex_t g_ok_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Process-local test hook: where a writer should _exit (see hash.h). */
+static int g_crash_at;
+
+static int g_has_sse42;
+static uint32_t g_crc_table[256];
+
+__attribute__((format(printf, 1, 2)))
+static void set_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_err, sizeof t_err, fmt, ap);
+    va_end(ap);
+}
+
+FH_API const char *fh_hash_error(void) { return t_err; }
+
+/* ---- CRC32C ------------------------------------------------------------ */
+
+__attribute__((constructor)) static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
+        g_crc_table[i] = c;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    {
+        unsigned a, b, c, d;
+        if (__get_cpuid(1, &a, &b, &c, &d))
+            g_has_sse42 = !!(c & bit_SSE4_2);
+    }
+#endif
+}
+
+FH_API uint32_t fh__hash_crc32c_sw(const void *key, uint32_t len, uint32_t crc)
+{
+    const unsigned char *p = key;
+    while (len--)
+        crc = g_crc_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+/* Same convention as DPDK's rte_hash_crc: init_val is the starting CRC, no
+ * final inversion; 8 bytes per instruction, then 4, then single bytes. */
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(const void *key, uint32_t len, uint32_t crc)
+{
+    const unsigned char *p = key;
+    uint64_t c = crc;
+    while (len >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = _mm_crc32_u64(c, v);
+        p += 8;
+        len -= 8;
+    }
+    crc = (uint32_t)c;
+    if (len >= 4) {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        crc = _mm_crc32_u32(crc, v);
+        p += 4;
+        len -= 4;
+    }
+    while (len--)
+        crc = _mm_crc32_u8(crc, *p++);
+    return crc;
+}
+#endif
+
+static inline uint32_t crc32c(const void *key, uint32_t len, uint32_t init)
+{
+#if defined(__x86_64__)
+    if (g_has_sse42)
+        return crc32c_hw(key, len, init);
+#endif
+    return fh__hash_crc32c_sw(key, len, init);
+}
+
+FH_API uint32_t fh_hash_crc32c(const void *key, uint32_t len, uint32_t init)
+{
+    return crc32c(key, len, init);
+}
+
+/* ---- module identity of the hash function ------------------------------ */
+
+static uint64_t fnv64(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    while (*s)
+        h = (h ^ (uint8_t)*s++) * 1099511628211ull;
+    return h;
+}
+
+/* Copy at most outlen-1 bytes: paths longer than the record are cut the
+ * same way at creation and at check time, so they still compare. */
+static void copy_path(char *out, size_t outlen, const char *src)
+{
+    size_t n = strnlen(src, outlen - 1);
+    memcpy(out, src, n);
+    out[n] = '\0';
+}
+
+/* Canonical path of a loaded module: the main program's l_name is "", and
+ * others may be relative to the cwd at dlopen time. */
+static void module_path(const struct link_map *lm, char *out, size_t outlen)
+{
+    char buf[PATH_MAX];
+    const char *name = (lm && lm->l_name && lm->l_name[0]) ? lm->l_name
+                                                           : "/proc/self/exe";
+    copy_path(out, outlen, realpath(name, buf) ? buf : name);
+}
+
+struct find_mod { const char *path; uint64_t base; int found; };
+
+static int find_mod_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct find_mod *f = arg;
+    char path[FH_HASH_MODULE_PATH_MAX], buf[PATH_MAX];
+    const char *name = info->dlpi_name && info->dlpi_name[0] ? info->dlpi_name
+                                                             : "/proc/self/exe";
+    uint64_t lo = UINT64_MAX;
+
+    if (strncmp(name, "linux-vdso", 10) == 0)
+        return 0;
+    copy_path(path, sizeof path, realpath(name, buf) ? buf : name);
+    if (strcmp(path, f->path) != 0)
+        return 0;
+    /* dli_fbase is where the first PT_LOAD segment was mapped. */
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD &&
+            info->dlpi_phdr[i].p_vaddr < lo)
+            lo = info->dlpi_phdr[i].p_vaddr;
+    if (lo == UINT64_MAX)
+        lo = 0;
+    f->base = (info->dlpi_addr + lo) & ~(uint64_t)(sysconf(_SC_PAGESIZE) - 1);
+    f->found = 1;
+    return 1;
+}
+
+static int ok_cached(const struct fh_hash *h)
+{
+    /* Acquire pairs with the release increment in remember_ok: entries
+     * below n are complete. */
+    unsigned n = atomic_load_explicit(&g_ok_n, memory_order_acquire);
+    for (unsigned i = 0; i < n; i++)
+        /* Relaxed: written once, before n covered them. */
+        if (atomic_load_explicit(&g_ok[i].fn, memory_order_relaxed) == h->fn_addr &&
+            atomic_load_explicit(&g_ok[i].base, memory_order_relaxed) == h->fn_base &&
+            atomic_load_explicit(&g_ok[i].mod, memory_order_relaxed) == h->fn_module_hash)
+            return 1;
+    return 0;
+}
+
+static void remember_ok(const struct fh_hash *h)
+{
+    pthread_mutex_lock(&g_ok_lock);
+    unsigned n = atomic_load_explicit(&g_ok_n, memory_order_relaxed);
+    if (!ok_cached(h) && n < HT_OK_CACHE) {
+        atomic_store_explicit(&g_ok[n].fn, h->fn_addr, memory_order_relaxed);
+        atomic_store_explicit(&g_ok[n].base, h->fn_base, memory_order_relaxed);
+        atomic_store_explicit(&g_ok[n].mod, h->fn_module_hash, memory_order_relaxed);
+        /* Release pairs with the acquire load in ok_cached. */
+        atomic_store_explicit(&g_ok_n, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_ok_lock);
+}
+
+/* The slow check: is the recorded module mapped at the recorded base here,
+ * and does the function address lie in it? */
+static int check_module(const struct fh_hash *h)
+{
+    Dl_info di;
+    struct link_map *lm = NULL;
+    char here[FH_HASH_MODULE_PATH_MAX] = "", where[96], inside[FH_HASH_MODULE_PATH_MAX + 64] = "";
+    const void *fn = (const void *)(uintptr_t)h->fn_addr;
+    struct find_mod f = { h->fn_module, 0, 0 };
+
+    if (dladdr1(fn, &di, (void **)&lm, RTLD_DL_LINKMAP) && lm) {
+        module_path(lm, here, sizeof here);
+        if (strcmp(here, h->fn_module) == 0 &&
+            (uint64_t)(uintptr_t)di.dli_fbase == h->fn_base)
+            return 0;
+    }
+    dl_iterate_phdr(find_mod_cb, &f);
+    if (f.found)
+        snprintf(where, sizeof where, "is loaded at 0x%lx in this process",
+                 (unsigned long)f.base);
+    else
+        snprintf(where, sizeof where, "is not loaded in this process");
+    if (here[0] && strcmp(here, h->fn_module) != 0)
+        snprintf(inside, sizeof inside, "; here 0x%lx is inside %s",
+                 (unsigned long)h->fn_addr, here);
+    else if (!here[0])
+        snprintf(inside, sizeof inside, "; here 0x%lx is in no module",
+                 (unsigned long)h->fn_addr);
+    set_error("hash table '%s': hash function 0x%lx is in %s, loaded at 0x%lx "
+              "in the process that created the table, but %s %s%s; not calling "
+              "it (load the module before the template fork, or hash the key "
+              "yourself and use the *_with_hash calls)",
+              h->name, (unsigned long)h->fn_addr, h->fn_module,
+              (unsigned long)h->fn_base, h->fn_module, where, inside);
+    return -EFAULT;
+}
+
+FH_API int fh_hash_check(const struct fh_hash *h)
+{
+    int rc;
+
+    if (h->fn_kind == HT_FN_BUILTIN || ok_cached(h))
+        return 0;
+    rc = check_module(h);
+    if (rc == 0)
+        remember_ok(h);
+    return rc;
+}
+
+/* Hash key with the table's function; the caller has checked it. */
+static inline uint32_t do_hash(const struct fh_hash *h, const void *key)
+{
+    if (h->fn_kind == HT_FN_BUILTIN)
+        return crc32c(key, h->key_len, h->init_val);
+    return ((fh_hash_fn)(uintptr_t)h->fn_addr)(key, h->key_len, h->init_val);
+}
+
+FH_API int fh_hash_hash(const struct fh_hash *h, const void *key, uint32_t *sig)
+{
+    int rc = fh_hash_check(h);
+    if (rc == 0)
+        *sig = do_hash(h, key);
+    return rc;
+}
+
+/* ---- layout helpers ---------------------------------------------------- */
+
+static inline struct ht_bucket *buckets(const struct fh_hash *h)
+{
+    return (struct ht_bucket *)((char *)h + h->buckets_off);
+}
+
+static inline unsigned char *key_at(const struct fh_hash *h, uint32_t idx)
+{
+    return (unsigned char *)h + h->keys_off + (uint64_t)idx * h->key_stride;
+}
+
+static inline struct ht_key_tail *tail_of(const struct fh_hash *h,
+                                          unsigned char *k)
+{
+    return (struct ht_key_tail *)(k + h->key_stride - sizeof(struct ht_key_tail));
+}
+
+static inline uint32_t *free_stack(const struct fh_hash *h)
+{
+    return (uint32_t *)((char *)h + h->free_off);
+}
+
+static inline int key_eq(const void *a, const void *b, uint32_t len)
+{
+    uint64_t a0, a1, b0, b1;
+    uint32_t x, y;
+
+    switch (len) {
+    case 4:
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return x == y;
+    case 8:
+        memcpy(&a0, a, 8);
+        memcpy(&b0, b, 8);
+        return a0 == b0;
+    case 16:
+        memcpy(&a0, a, 8);
+        memcpy(&a1, (const char *)a + 8, 8);
+        memcpy(&b0, b, 8);
+        memcpy(&b1, (const char *)b + 8, 8);
+        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+    default:
+        return memcmp(a, b, len) == 0;
+    }
+}
+
+/* Bit i set when slot i's signature is sig (empty slots included). */
+static inline uint32_t sig_match(const struct ht_bucket *b, uint16_t sig)
+{
+#if defined(__SSE2__)
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)b->sig);
+    __m128i m = _mm_cmpeq_epi16(v, _mm_set1_epi16((short)sig));
+    return (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(m, _mm_setzero_si128()));
+#else
+    uint32_t bits = 0;
+    for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
+        bits |= (uint32_t)(__atomic_load_n(&b->sig[i], __ATOMIC_RELAXED) == sig) << i;
+    return bits;
+#endif
+}
+
+static inline void cpu_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* ---- writer lock and repair -------------------------------------------- */
+
+/*
+ * The writer died inside add/del/reset; we hold the lock.  What it can have
+ * left: an odd seq (readers would spin), a key entry popped from the free
+ * stack but never published or a cleared slot never pushed (leaks), count
+ * off by one, overflow counts too high (never too low: adds count before
+ * publishing, deletes clear before uncounting).  Rebuild all of it from the
+ * slots, which are always consistent (a slot is published by one store).
+ */
+static void repair(struct fh_hash *h)
+{
+    struct ht_bucket *bk = buckets(h);
+    uint32_t nb = h->num_buckets, count = 0, top = 0;
+    unsigned char *used = calloc(h->entries + 1u, 1);
+    uint32_t *ofl = calloc(nb, sizeof *ofl);
+
+    for (uint32_t b = 0; b < nb; b++) {
+        /* Only writer of seq: the lock holder, us. */
+        uint32_t s = atomic_load_explicit(&bk[b].seq, memory_order_relaxed);
+        if (s & 1)
+            /* Release pairs with readers' acquire load of seq. */
+            atomic_store_explicit(&bk[b].seq, s + 1, memory_order_release);
+    }
+    if (!used || !ofl)
+        goto out; /* the leaks stay; the table is usable */
+    for (uint32_t b = 0; b < nb; b++)
+        for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++) {
+            uint32_t idx = atomic_load_explicit(&bk[b].key_idx[i], memory_order_relaxed);
+            if (!idx)
+                continue;
+            used[idx] = 1;
+            count++;
+            for (uint32_t x = tail_of(h, key_at(h, idx))->hash & h->bucket_mask;
+                 x != b; x = (x + 1) & h->bucket_mask)
+                ofl[x]++;
+        }
+    for (uint32_t b = 0; b < nb; b++)
+        /* Relaxed: a count we only lower towards the truth, and never below
+         * it, so a concurrent reader still probes far enough. */
+        atomic_store_explicit(&bk[b].overflow, ofl[b], memory_order_relaxed);
+    for (uint32_t idx = h->entries; idx >= 1; idx--)
+        if (!used[idx])
+            free_stack(h)[top++] = idx;
+    h->free_top = top;
+    atomic_store_explicit(&h->count, count, memory_order_relaxed);
+out:
+    free(used);
+    free(ofl);
+}
+
+static int wlock(struct fh_hash *h)
+{
+    int rc;
+
+    if (h->flags & FH_HASH_F_SINGLE_WRITER)
+        return 0;
+    rc = pthread_mutex_lock(&h->wlock);
+    if (rc == EOWNERDEAD) {
+        repair(h);
+        pthread_mutex_consistent(&h->wlock);
+        return 0;
+    }
+    return -rc;
+}
+
+static void wunlock(struct fh_hash *h)
+{
+    if (!(h->flags & FH_HASH_F_SINGLE_WRITER))
+        pthread_mutex_unlock(&h->wlock);
+}
+
+/* A reader has seen an odd seq for very long: if the writer is dead, the
+ * robust mutex says so, and the reader repairs instead of spinning on. */
+static void reader_recover(const struct fh_hash *ch)
+{
+    struct fh_hash *h = (struct fh_hash *)ch;
+    int rc;
+
+    if (h->flags & FH_HASH_F_SINGLE_WRITER)
+        return;
+    rc = pthread_mutex_trylock(&h->wlock);
+    if (rc == EOWNERDEAD) {
+        repair(h);
+        pthread_mutex_consistent(&h->wlock);
+    }
+    if (rc == 0 || rc == EOWNERDEAD)
+        pthread_mutex_unlock(&h->wlock);
+}
+
+static inline void reader_wait(const struct fh_hash *h, unsigned *spins)
+{
+    cpu_pause();
+    if ((++*spins & 4095) == 0) {
+        sched_yield();
+        if (*spins % HT_SPINS_BEFORE_RECOVERY == 0)
+            reader_recover(h);
+    }
+}
+
+static inline void seq_begin(struct ht_bucket *b)
+{
+    /* Relaxed: the writer is seq's only writer. */
+    uint32_t s = atomic_load_explicit(&b->seq, memory_order_relaxed);
+    atomic_store_explicit(&b->seq, s + 1, memory_order_relaxed);
+    /* Release fence: the odd seq is ordered before the slot stores that
+     * follow; pairs with the reader's acquire fence before its second seq
+     * load, so a reader that saw any of our slot stores sees seq moved. */
+    atomic_thread_fence(memory_order_release);
+}
+
+static inline void seq_end(struct ht_bucket *b)
+{
+    uint32_t s = atomic_load_explicit(&b->seq, memory_order_relaxed);
+    /* Release pairs with the reader's acquire load of seq (its s1): a
+     * reader that starts after this sees the finished slot, key and data. */
+    atomic_store_explicit(&b->seq, s + 1, memory_order_release);
+}
+
+/* ---- lookup ------------------------------------------------------------ */
+
+/*
+ * Search one bucket under its seqlock.  Returns the key index (0: not in
+ * this bucket) and sets *ofl to the bucket's overflow count.
+ */
+static inline uint32_t search_bucket(const struct fh_hash *h,
+                                     const struct ht_bucket *b, uint16_t sig,
+                                     const void *key, uint64_t *data,
+                                     uint32_t *ofl)
+{
+    unsigned spins = 0;
+
+    for (;;) {
+        /* Acquire pairs with seq_end's release store. */
+        uint32_t s1 = atomic_load_explicit(&b->seq, memory_order_acquire);
+        uint32_t found = 0, m;
+        uint64_t d = 0;
+
+        if (s1 & 1) {
+            reader_wait(h, &spins);
+            continue;
+        }
+        m = sig_match(b, sig);
+        while (m) {
+            int i = __builtin_ctz(m);
+            /* Relaxed: validated by the seq check below. */
+            uint32_t idx = atomic_load_explicit(&b->key_idx[i], memory_order_relaxed);
+            m &= m - 1;
+            if (idx && idx <= h->entries) {
+                unsigned char *k = key_at(h, idx);
+                if (key_eq(k, key, h->key_len)) {
+                    found = idx;
+                    d = atomic_load_explicit(&tail_of(h, k)->data,
+                                             memory_order_relaxed);
+                    break;
+                }
+            }
+        }
+        /* Relaxed: a hint that is never too low (see file comment). */
+        *ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
+        /* Acquire fence: the reads above complete before seq is re-read;
+         * pairs with seq_begin's release fence. */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&b->seq, memory_order_relaxed) == s1) {
+            if (found && data)
+                *data = d;
+            return found;
+        }
+    }
+}
+
+static int32_t lookup_hashed(const struct fh_hash *h, const void *key,
+                             uint32_t hash, uint64_t *data)
+{
+    const struct ht_bucket *bk = buckets(h);
+    uint32_t b = hash & h->bucket_mask, ofl;
+    uint16_t sig = (uint16_t)(hash >> 16);
+
+    for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
+        uint32_t idx = search_bucket(h, &bk[b], sig, key, data, &ofl);
+        if (idx)
+            return (int32_t)(idx - 1);
+        if (ofl == 0)
+            break;
+        b = (b + 1) & h->bucket_mask;
+    }
+    return -ENOENT;
+}
+
+FH_API int32_t fh_hash_lookup_with_hash_data(const struct fh_hash *h,
+                                             const void *key, uint32_t sig,
+                                             uint64_t *data)
+{
+    if (!h || !key)
+        return -EINVAL;
+    return lookup_hashed(h, key, sig, data);
+}
+
+FH_API int32_t fh_hash_lookup_with_hash(const struct fh_hash *h,
+                                        const void *key, uint32_t sig)
+{
+    return fh_hash_lookup_with_hash_data(h, key, sig, NULL);
+}
+
+FH_API int32_t fh_hash_lookup_data(const struct fh_hash *h, const void *key,
+                                   uint64_t *data)
+{
+    int rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = fh_hash_check(h)) < 0)
+        return rc;
+    return lookup_hashed(h, key, do_hash(h, key), data);
+}
+
+FH_API int32_t fh_hash_lookup(const struct fh_hash *h, const void *key)
+{
+    return fh_hash_lookup_data(h, key, NULL);
+}
+
+/*
+ * Bulk: hash everything and prefetch the home buckets, then match
+ * signatures and prefetch the first candidate key of each, then compare.
+ * Anything unusual (a writer in the bucket, a miss in a bucket that has
+ * overflowed) falls back to the one-key path.
+ */
+static int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
+                       const uint32_t *sigs, uint32_t n, int32_t *pos,
+                       uint64_t *data)
+{
+    const struct ht_bucket *bk = buckets(h);
+    const uint32_t klen = h->key_len;
+    uint32_t hashes[FH_HASH_LOOKUP_BULK_MAX], seqs[FH_HASH_LOOKUP_BULK_MAX];
+    uint32_t masks[FH_HASH_LOOKUP_BULK_MAX];
+    int hits = 0;
+
+    for (uint32_t base = 0; base < n; base += FH_HASH_LOOKUP_BULK_MAX) {
+        uint32_t cnt = n - base < FH_HASH_LOOKUP_BULK_MAX ? n - base
+                                                          : FH_HASH_LOOKUP_BULK_MAX;
+        const unsigned char *kb = keys + (size_t)base * klen;
+
+        for (uint32_t i = 0; i < cnt; i++) {
+            hashes[i] = sigs ? sigs[base + i] : do_hash(h, kb + (size_t)i * klen);
+            __builtin_prefetch(&bk[hashes[i] & h->bucket_mask], 0, 3);
+        }
+        for (uint32_t i = 0; i < cnt; i++) {
+            const struct ht_bucket *b = &bk[hashes[i] & h->bucket_mask];
+            /* Acquire pairs with seq_end's release store. */
+            seqs[i] = atomic_load_explicit(&b->seq, memory_order_acquire);
+            masks[i] = sig_match(b, (uint16_t)(hashes[i] >> 16));
+            if (masks[i]) {
+                /* Relaxed: validated by the seq check in the next pass. */
+                uint32_t idx = atomic_load_explicit(
+                    &b->key_idx[__builtin_ctz(masks[i])], memory_order_relaxed);
+                if (idx && idx <= h->entries)
+                    __builtin_prefetch(key_at(h, idx), 0, 3);
+            }
+        }
+        for (uint32_t i = 0; i < cnt; i++) {
+            const struct ht_bucket *b = &bk[hashes[i] & h->bucket_mask];
+            const unsigned char *key = kb + (size_t)i * klen;
+            uint32_t m = masks[i], found = 0, ofl;
+            uint64_t d = 0;
+            int32_t p;
+
+            while (m && !(seqs[i] & 1)) {
+                int s = __builtin_ctz(m);
+                uint32_t idx = atomic_load_explicit(&b->key_idx[s],
+                                                    memory_order_relaxed);
+                m &= m - 1;
+                if (idx && idx <= h->entries &&
+                    key_eq(key_at(h, idx), key, klen)) {
+                    found = idx;
+                    d = atomic_load_explicit(&tail_of(h, key_at(h, idx))->data,
+                                             memory_order_relaxed);
+                    break;
+                }
+            }
+            ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
+            /* Acquire fence: pairs with seq_begin's release fence. */
+            atomic_thread_fence(memory_order_acquire);
+            if (!(seqs[i] & 1) &&
+                atomic_load_explicit(&b->seq, memory_order_relaxed) == seqs[i] &&
+                (found || ofl == 0)) {
+                p = found ? (int32_t)(found - 1) : -ENOENT;
+            } else {
+                d = 0;
+                p = lookup_hashed(h, key, hashes[i], &d);
+            }
+            pos[base + i] = p;
+            if (data)
+                data[base + i] = p >= 0 ? d : 0;
+            hits += p >= 0;
+        }
+    }
+    return hits;
+}
+
+FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,
+                                         const void *keys,
+                                         const uint32_t *sigs, uint32_t n,
+                                         int32_t *positions, uint64_t *data)
+{
+    int rc;
+    if (!h || (n && (!keys || !positions)))
+        return -EINVAL;
+    if (!sigs && (rc = fh_hash_check(h)) < 0)
+        return rc;
+    return lookup_bulk(h, keys, sigs, n, positions, data);
+}
+
+FH_API int fh_hash_lookup_bulk_data(const struct fh_hash *h, const void *keys,
+                                    uint32_t n, int32_t *positions,
+                                    uint64_t *data)
+{
+    return fh_hash_lookup_bulk_with_hash(h, keys, NULL, n, positions, data);
+}
+
+FH_API int fh_hash_lookup_bulk(const struct fh_hash *h, const void *keys,
+                               uint32_t n, int32_t *positions)
+{
+    return fh_hash_lookup_bulk_with_hash(h, keys, NULL, n, positions, NULL);
+}
+
+/* ---- add / delete ------------------------------------------------------ */
+
+/* Writer side: find key's slot (no seqlock needed, we are the writer). */
+static int find_slot(const struct fh_hash *h, const void *key, uint32_t hash,
+                     uint32_t *bucket, int *slot)
+{
+    struct ht_bucket *bk = buckets(h);
+    uint32_t b = hash & h->bucket_mask;
+    uint16_t sig = (uint16_t)(hash >> 16);
+
+    for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
+        uint32_t m = sig_match(&bk[b], sig);
+        while (m) {
+            int i = __builtin_ctz(m);
+            /* Relaxed: we are the only writer of key_idx. */
+            uint32_t idx = atomic_load_explicit(&bk[b].key_idx[i], memory_order_relaxed);
+            m &= m - 1;
+            if (idx && key_eq(key_at(h, idx), key, h->key_len)) {
+                *bucket = b;
+                *slot = i;
+                return (int)idx;
+            }
+        }
+        if (atomic_load_explicit(&bk[b].overflow, memory_order_relaxed) == 0)
+            break;
+        b = (b + 1) & h->bucket_mask;
+    }
+    return 0;
+}
+
+static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
+                          uint64_t data)
+{
+    struct ht_bucket *bk = buckets(h);
+    uint32_t b, home = hash & h->bucket_mask, idx;
+    int slot;
+    unsigned char *k;
+
+    idx = (uint32_t)find_slot(h, key, hash, &b, &slot);
+    if (idx) {
+        /* Update in place, inside the seqlock of the key's bucket. */
+        seq_begin(&bk[b]);
+        atomic_store_explicit(&tail_of(h, key_at(h, idx))->data, data,
+                              memory_order_relaxed);
+        seq_end(&bk[b]);
+        return (int32_t)(idx - 1);
+    }
+    if (h->free_top == 0)
+        return -ENOSPC;
+    /* The first bucket from home with a free slot: there always is one,
+     * since keys never exceed 80% of the slots. */
+    for (b = home, slot = -1;; b = (b + 1) & h->bucket_mask) {
+        for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
+            if (!atomic_load_explicit(&bk[b].key_idx[i], memory_order_relaxed)) {
+                slot = i;
+                break;
+            }
+        if (slot >= 0)
+            break;
+    }
+    idx = free_stack(h)[--h->free_top];
+    k = key_at(h, idx);
+    /* No slot refers to entry idx: plain writes, published below. */
+    memcpy(k, key, h->key_len);
+    tail_of(h, k)->hash = hash;
+    atomic_store_explicit(&tail_of(h, k)->data, data, memory_order_relaxed);
+    /* Count the key in every bucket it passes before it becomes visible,
+     * so that overflow is never too low for a reader. */
+    for (uint32_t x = home; x != b; x = (x + 1) & h->bucket_mask)
+        atomic_fetch_add_explicit(&bk[x].overflow, 1, memory_order_relaxed);
+    seq_begin(&bk[b]);
+    __atomic_store_n(&bk[b].sig[slot], (uint16_t)(hash >> 16), __ATOMIC_RELAXED);
+    /* The store that publishes the key (ordered by seq_end's release). */
+    atomic_store_explicit(&bk[b].key_idx[slot], idx, memory_order_relaxed);
+    if (g_crash_at == 1)
+        _exit(99);
+    seq_end(&bk[b]);
+    /* Relaxed: a statistic whose only writer is the writer. */
+    atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
+                          memory_order_relaxed) + 1, memory_order_relaxed);
+    return (int32_t)(idx - 1);
+}
+
+static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
+{
+    struct ht_bucket *bk = buckets(h);
+    uint32_t b, idx;
+    int slot;
+
+    idx = (uint32_t)find_slot(h, key, hash, &b, &slot);
+    if (!idx)
+        return -ENOENT;
+    seq_begin(&bk[b]);
+    atomic_store_explicit(&bk[b].key_idx[slot], 0, memory_order_relaxed);
+    seq_end(&bk[b]);
+    if (g_crash_at == 2)
+        _exit(99);
+    /* Uncount only after the key is gone (never too low for a reader). */
+    for (uint32_t x = hash & h->bucket_mask; x != b; x = (x + 1) & h->bucket_mask)
+        atomic_fetch_sub_explicit(&bk[x].overflow, 1, memory_order_relaxed);
+    free_stack(h)[h->free_top++] = idx;
+    atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
+                          memory_order_relaxed) - 1, memory_order_relaxed);
+    return (int32_t)(idx - 1);
+}
+
+FH_API int32_t fh_hash_add_key_with_hash_data(struct fh_hash *h,
+                                              const void *key, uint32_t sig,
+                                              uint64_t data)
+{
+    int32_t rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = wlock(h)) < 0)
+        return rc;
+    rc = add_locked(h, key, sig, data);
+    wunlock(h);
+    return rc;
+}
+
+FH_API int32_t fh_hash_add_key_with_hash(struct fh_hash *h, const void *key,
+                                         uint32_t sig)
+{
+    return fh_hash_add_key_with_hash_data(h, key, sig, 0);
+}
+
+FH_API int32_t fh_hash_add_key_data(struct fh_hash *h, const void *key,
+                                    uint64_t data)
+{
+    int rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = fh_hash_check(h)) < 0)
+        return rc;
+    return fh_hash_add_key_with_hash_data(h, key, do_hash(h, key), data);
+}
+
+FH_API int32_t fh_hash_add_key(struct fh_hash *h, const void *key)
+{
+    return fh_hash_add_key_data(h, key, 0);
+}
+
+FH_API int32_t fh_hash_del_key_with_hash(struct fh_hash *h, const void *key,
+                                         uint32_t sig)
+{
+    int32_t rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = wlock(h)) < 0)
+        return rc;
+    rc = del_locked(h, key, sig);
+    wunlock(h);
+    return rc;
+}
+
+FH_API int32_t fh_hash_del_key(struct fh_hash *h, const void *key)
+{
+    int rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = fh_hash_check(h)) < 0)
+        return rc;
+    return fh_hash_del_key_with_hash(h, key, do_hash(h, key));
+}
+
+static void fill_free_stack(struct fh_hash *h)
+{
+    uint32_t *st = free_stack(h);
+    /* Pops hand out 1, 2, 3, ...: position order follows insertion order
+     * in a fresh table. */
+    for (uint32_t i = 0; i < h->entries; i++)
+        st[i] = h->entries - i;
+    h->free_top = h->entries;
+}
+
+FH_API int fh_hash_reset(struct fh_hash *h)
+{
+    struct ht_bucket *bk = buckets(h);
+    int rc;
+
+    if ((rc = wlock(h)) < 0)
+        return rc;
+    for (uint32_t b = 0; b < h->num_buckets; b++) {
+        seq_begin(&bk[b]);
+        for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
+            atomic_store_explicit(&bk[b].key_idx[i], 0, memory_order_relaxed);
+        seq_end(&bk[b]);
+    }
+    /* Zero the counts only once no key is left anywhere. */
+    for (uint32_t b = 0; b < h->num_buckets; b++)
+        atomic_store_explicit(&bk[b].overflow, 0, memory_order_relaxed);
+    fill_free_stack(h);
+    atomic_store_explicit(&h->count, 0, memory_order_relaxed);
+    wunlock(h);
+    return 0;
+}
+
+/* ---- iteration and queries -------------------------------------------- */
+
+FH_API int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
+                               uint64_t *data, uint32_t *next)
+{
+    const struct ht_bucket *bk = buckets(h);
+    const uint64_t total = (uint64_t)h->num_buckets * FH_HASH_BUCKET_ENTRIES;
+
+    if (!next)
+        return -EINVAL;
+    for (uint64_t pos = *next; pos < total; pos++) {
+        const struct ht_bucket *b = &bk[pos / FH_HASH_BUCKET_ENTRIES];
+        int i = (int)(pos % FH_HASH_BUCKET_ENTRIES);
+        unsigned spins = 0;
+        uint32_t idx;
+        uint64_t d;
+
+        for (;;) {
+            /* Acquire pairs with seq_end's release store. */
+            uint32_t s1 = atomic_load_explicit(&b->seq, memory_order_acquire);
+            if (s1 & 1) {
+                reader_wait(h, &spins);
+                continue;
+            }
+            idx = atomic_load_explicit(&b->key_idx[i], memory_order_relaxed);
+            d = idx && idx <= h->entries
+                ? atomic_load_explicit(&tail_of(h, key_at(h, idx))->data,
+                                       memory_order_relaxed)
+                : 0;
+            /* Acquire fence: pairs with seq_begin's release fence. */
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&b->seq, memory_order_relaxed) == s1)
+                break;
+        }
+        if (!idx || idx > h->entries)
+            continue;
+        *next = (uint32_t)(pos + 1);
+        if (key)
+            *key = key_at(h, idx);
+        if (data)
+            *data = d;
+        return (int32_t)(idx - 1);
+    }
+    *next = (uint32_t)total;
+    return -ENOENT;
+}
+
+FH_API int fh_hash_get_key_with_position(const struct fh_hash *h,
+                                         int32_t position, const void **key)
+{
+    if (!h || !key || position < 0 || (uint32_t)position >= h->entries)
+        return -EINVAL;
+    /* A free entry has no slot pointing at it; finding whether one does
+     * would cost a scan, so ask the key itself: look it up. */
+    const unsigned char *k = key_at(h, (uint32_t)position + 1);
+    if (lookup_hashed(h, k, tail_of(h, (unsigned char *)k)->hash, NULL) != position)
+        return -ENOENT;
+    *key = k;
+    return 0;
+}
+
+FH_API int32_t fh_hash_count(const struct fh_hash *h)
+{
+    /* Relaxed: a statistic; its only writer is the table's writer. */
+    return (int32_t)atomic_load_explicit(&h->count, memory_order_relaxed);
+}
+
+FH_API uint32_t fh_hash_max_entries(const struct fh_hash *h) { return h->entries; }
+FH_API uint32_t fh_hash_key_len(const struct fh_hash *h) { return h->key_len; }
+FH_API const char *fh_hash_name(const struct fh_hash *h) { return h->name; }
+FH_API const char *fh_hash_fn_module(const struct fh_hash *h) { return h->fn_module; }
+FH_API uint64_t fh_hash_fn_base(const struct fh_hash *h) { return h->fn_base; }
+
+FH_API void fh__hash_crash_at(int step) { g_crash_at = step; }
+
+FH_API void fh__hash_tamper(struct fh_hash *h, uint64_t fn_addr,
+                            uint64_t fn_base, const char *module)
+{
+    if (fn_addr)
+        h->fn_addr = fn_addr;
+    if (fn_base)
+        h->fn_base = fn_base;
+    if (module) {
+        copy_path(h->fn_module, sizeof h->fn_module, module);
+        h->fn_module_hash = fnv64(h->fn_module);
+    }
+    h->fn_kind = HT_FN_USER;
+}
+
+/* ---- create / find ----------------------------------------------------- */
+
+static int mz_name(char *buf, const char *name)
+{
+    if (!name || !name[0] || strlen(name) >= FH_HASH_NAMESIZE)
+        return -1;
+    snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", FH_HASH_MZ_PREFIX, name);
+    return 0;
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
+                                      uint32_t key_len, fh_hash_fn fn,
+                                      uint32_t init_val, unsigned flags)
+{
+    char mzname[FH_MEMZONE_NAMESIZE];
+    char module[FH_HASH_MODULE_PATH_MAX] = "";
+    const struct fh_memzone *mz;
+    struct fh_hash *h;
+    uint64_t nb = 1, stride, buckets_off, keys_off, free_off, total;
+    uint64_t fbase = 0;
+    unsigned kind = HT_FN_BUILTIN;
+    pthread_mutexattr_t attr;
+    int rc;
+
+    t_err[0] = '\0';
+    if (mz_name(mzname, name) < 0 || entries == 0 ||
+        entries > FH_HASH_ENTRIES_MAX || key_len == 0 ||
+        key_len > FH_HASH_KEY_LEN_MAX || (flags & ~FH_HASH_F_SINGLE_WRITER)) {
+        set_error("fh_hash_create: bad name, entries, key_len or flags");
+        errno = EINVAL;
+        return NULL;
+    }
+    if (fn && fn != fh_hash_crc32c) {
+        Dl_info di;
+        struct link_map *lm = NULL;
+        if (!dladdr1((const void *)(uintptr_t)fn, &di, (void **)&lm,
+                     RTLD_DL_LINKMAP) || !lm) {
+            set_error("fh_hash_create('%s'): hash function %p lies in no "
+                      "loaded module", name, (void *)(uintptr_t)fn);
+            errno = EINVAL;
+            return NULL;
+        }
+        module_path(lm, module, sizeof module);
+        fbase = (uint64_t)(uintptr_t)di.dli_fbase;
+        kind = HT_FN_USER;
+    }
+    /* Slots >= entries * 5/4, rounded up to a power of two of buckets. */
+    while (nb * FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM < (uint64_t)entries * HT_FILL_DEN)
+        nb <<= 1;
+    stride = align_up(key_len, 8) + sizeof(struct ht_key_tail);
+    buckets_off = align_up(sizeof(struct fh_hash), 64);
+    keys_off = align_up(buckets_off + nb * sizeof(struct ht_bucket), 64);
+    free_off = align_up(keys_off + (entries + 1ull) * stride, 64);
+    total = free_off + (uint64_t)entries * sizeof(uint32_t);
+
+    mz = fh_memzone_reserve(mzname, (size_t)total, 64, 0);
+    if (!mz) {
+        set_error("fh_hash_create('%s'): memzone: %s", name, strerror(errno));
+        return NULL;
+    }
+    h = mz->addr;
+    /* Nobody uses the table before the magic is published below. */
+    snprintf(h->name, sizeof h->name, "%s", name);
+    h->entries = entries;
+    h->key_len = key_len;
+    h->key_stride = (uint32_t)stride;
+    h->num_buckets = (uint32_t)nb;
+    h->bucket_mask = (uint32_t)nb - 1;
+    h->init_val = init_val;
+    h->flags = flags;
+    h->fn_kind = kind;
+    h->fn_addr = kind == HT_FN_USER ? (uint64_t)(uintptr_t)fn : 0;
+    h->fn_base = fbase;
+    copy_path(h->fn_module, sizeof h->fn_module, module);
+    h->fn_module_hash = fnv64(h->fn_module);
+    h->buckets_off = buckets_off;
+    h->keys_off = keys_off;
+    h->free_off = free_off;
+    fill_free_stack(h);
+
+    rc = pthread_mutexattr_init(&attr);
+    if (!rc)
+        rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!rc)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (!rc)
+        rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    if (!rc)
+        rc = pthread_mutex_init(&h->wlock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc) {
+        set_error("fh_hash_create('%s'): mutex: %s", name, strerror(rc));
+        errno = rc;
+        return NULL;
+    }
+    /* The creator can call its own function: remember that. */
+    if (kind == HT_FN_USER)
+        remember_ok(h);
+    /* Release pairs with the acquire load of magic in fh_hash_find_existing:
+     * a process that sees the magic sees the initialised table. */
+    atomic_store_explicit(&h->magic, HT_MAGIC, memory_order_release);
+    return h;
+}
+
+FH_API struct fh_hash *fh_hash_find_existing(const char *name)
+{
+    char mzname[FH_MEMZONE_NAMESIZE];
+    const struct fh_memzone *mz;
+    struct fh_hash *h;
+
+    if (mz_name(mzname, name) < 0) {
+        errno = ENOENT;
+        return NULL;
+    }
+    mz = fh_memzone_lookup(mzname);
+    if (!mz)
+        return NULL;
+    h = mz->addr;
+    /* Acquire pairs with the release store of magic in fh_hash_create. */
+    if (atomic_load_explicit(&h->magic, memory_order_acquire) != HT_MAGIC) {
+        errno = ENOENT;
+        return NULL;
+    }
+    return h;
+}

@@ -1,0 +1,399 @@
+/*
+ * test_ring.c - rings: creation and lookup, bulk vs burst at full and empty,
+ * wrap-around with several element sizes, SP/SC between two processes, and
+ * an MP/MC stress with forked producers and consumers in which every item
+ * must arrive exactly once.
+ */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "forkhost.h"
+
+#define CHECK(cond, ...) do {                                              \
+    if (!(cond)) {                                                         \
+        fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__,   \
+                #cond);                                                    \
+        fprintf(stderr, __VA_ARGS__);                                      \
+        fprintf(stderr, " (errno %d %s)\n", errno, strerror(errno));       \
+        exit(1);                                                           \
+    }                                                                      \
+} while (0)
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;
+}
+
+/* fork() for tests: the child dies with the parent, so a failing CHECK in
+ * the parent never leaves a spinning producer or consumer behind. */
+static pid_t fork_child(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(111);
+    }
+    return pid;
+}
+
+static int reap(pid_t pid)
+{
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid, "waitpid %d", (int)pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void test_create_lookup(void)
+{
+    struct fh_ring *r;
+    char name[FH_RING_NAMESIZE + 1];
+
+    errno = 0;
+    CHECK(!fh_ring_create("bad", 100, 8, 0) && errno == EINVAL, "not pow2");
+    errno = 0;
+    CHECK(!fh_ring_create("bad", 0, 8, 0) && errno == EINVAL, "count 0");
+    errno = 0;
+    CHECK(!fh_ring_create("bad", 64, 6, 0) && errno == EINVAL, "elem 6");
+    errno = 0;
+    CHECK(!fh_ring_create("bad", 64, 8, 0x80) && errno == EINVAL, "flags");
+    memset(name, 'r', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    errno = 0;
+    CHECK(!fh_ring_create(name, 64, 8, 0) && errno == EINVAL, "long name");
+    name[FH_RING_NAMESIZE - 1] = '\0';
+    CHECK(fh_ring_create(name, 64, 8, 0), "longest name");
+
+    r = fh_ring_create("r.one", 64, 8, FH_RING_F_SP_ENQ);
+    CHECK(r, "create");
+    errno = 0;
+    CHECK(!fh_ring_create("r.one", 64, 8, 0) && errno == EEXIST, "EEXIST");
+    CHECK(fh_ring_lookup("r.one") == r, "lookup");
+    errno = 0;
+    CHECK(!fh_ring_lookup("r.none") && errno == ENOENT, "ENOENT");
+    CHECK(fh_memzone_lookup("RG_r.one"), "memzone name");
+    CHECK(fh_ring_capacity(r) == 64 && fh_ring_elem_size(r) == 8 &&
+          fh_ring_flags(r) == FH_RING_F_SP_ENQ &&
+          strcmp(fh_ring_name(r), "r.one") == 0, "queries");
+    CHECK(fh_ring_empty(r) && !fh_ring_full(r) && fh_ring_count(r) == 0 &&
+          fh_ring_free_count(r) == 64, "empty at start");
+    CHECK(((uintptr_t)r & 127) == 0, "aligned");
+    CHECK(fh_ring_get_memsize(64, 8) == 384 + 512, "memsize");
+    CHECK(fh_ring_get_memsize(63, 8) == -EINVAL, "memsize EINVAL");
+
+    /* A secondary finds the same ring. */
+    pid_t pid = fork_child();
+    if (pid == 0) {
+        struct fh_ring *c = fh_ring_lookup("r.one");
+        uint64_t v = 77;
+        _exit(c == r && fh_ring_enqueue_u64(c, v) == 0 ? 0 : 1);
+    }
+    CHECK(reap(pid) == 0, "child lookup");
+    uint64_t got = 0;
+    CHECK(fh_ring_dequeue_u64(r, &got) == 0 && got == 77, "value from child");
+}
+
+/* Every exported symbol exists for cffi/ctypes/dlsym users. */
+static void test_exported(void)
+{
+    static const char *syms[] = {
+        "fh_ring_mp_enqueue_bulk", "fh_ring_sp_enqueue_bulk",
+        "fh_ring_enqueue_bulk", "fh_ring_mp_enqueue_burst",
+        "fh_ring_sp_enqueue_burst", "fh_ring_enqueue_burst",
+        "fh_ring_mc_dequeue_bulk", "fh_ring_sc_dequeue_bulk",
+        "fh_ring_dequeue_bulk", "fh_ring_mc_dequeue_burst",
+        "fh_ring_sc_dequeue_burst", "fh_ring_dequeue_burst",
+        "fh_ring_mp_enqueue", "fh_ring_sp_enqueue", "fh_ring_enqueue",
+        "fh_ring_mc_dequeue", "fh_ring_sc_dequeue", "fh_ring_dequeue",
+        "fh_ring_enqueue_u64", "fh_ring_dequeue_u64", "fh_ring_count",
+        "fh_ring_free_count", "fh_ring_full", "fh_ring_empty",
+        "fh_ring_capacity", "fh_ring_elem_size", "fh_ring_flags",
+        "fh_ring_name", "fh_ring_create", "fh_ring_lookup", "fh_ring_init",
+        "fh_ring_get_memsize",
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        CHECK(dlsym(RTLD_DEFAULT, syms[i]), "exported: %s", syms[i]);
+
+    /* The out-of-line copies work like the inline ones. */
+    unsigned (*enq)(struct fh_ring *, const void *, unsigned, unsigned *) =
+        (unsigned (*)(struct fh_ring *, const void *, unsigned, unsigned *))
+        dlsym(RTLD_DEFAULT, "fh_ring_enqueue_burst");
+    struct fh_ring *r = fh_ring_create("r.sym", 8, 8, 0);
+    uint64_t v[10] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 }, out[10];
+    unsigned fs = 99;
+    CHECK(enq(r, v, 10, &fs) == 8 && fs == 0, "exported burst");
+    CHECK(fh_ring_dequeue_burst(r, out, 10, NULL) == 8 && out[7] == 8, "out");
+}
+
+static void test_bulk_burst(unsigned flags)
+{
+    char name[32];
+    struct fh_ring *r;
+    uint64_t in[40], out[40];
+    unsigned fs, av;
+
+    snprintf(name, sizeof name, "r.bb.%u", flags);
+    r = fh_ring_create(name, 16, 8, flags);
+    CHECK(r, "create %s", name);
+    for (int i = 0; i < 40; i++)
+        in[i] = 1000 + (uint64_t)i;
+
+    /* empty */
+    av = 99;
+    CHECK(fh_ring_dequeue_bulk(r, out, 1, &av) == 0 && av == 0, "bulk on empty");
+    CHECK(fh_ring_dequeue_burst(r, out, 5, &av) == 0 && av == 0, "burst on empty");
+    CHECK(fh_ring_dequeue(r, out) == -ENOENT, "single on empty");
+
+    CHECK(fh_ring_enqueue_bulk(r, in, 10, &fs) == 10 && fs == 6, "bulk 10");
+    fs = 99;
+    CHECK(fh_ring_enqueue_bulk(r, in + 10, 10, &fs) == 0 && fs == 6,
+          "bulk 10 into 6 free: all or nothing");
+    CHECK(fh_ring_count(r) == 10, "nothing added");
+    CHECK(fh_ring_enqueue_burst(r, in + 10, 10, &fs) == 6 && fs == 0,
+          "burst 10 into 6 free");
+    CHECK(fh_ring_full(r) && fh_ring_count(r) == 16 && fh_ring_free_count(r) == 0,
+          "full");
+    /* full */
+    CHECK(fh_ring_enqueue_bulk(r, in, 1, &fs) == 0 && fs == 0, "bulk on full");
+    CHECK(fh_ring_enqueue_burst(r, in, 3, &fs) == 0 && fs == 0, "burst on full");
+    CHECK(fh_ring_enqueue(r, in) == -ENOBUFS, "single on full");
+    CHECK(fh_ring_enqueue_u64(r, 5) == -ENOBUFS, "u64 on full");
+
+    CHECK(fh_ring_dequeue_bulk(r, out, 20, &av) == 0 && av == 16,
+          "bulk 20 of 16: all or nothing");
+    CHECK(fh_ring_dequeue_bulk(r, out, 4, &av) == 4 && av == 12, "bulk 4");
+    CHECK(fh_ring_dequeue_burst(r, out + 4, 20, &av) == 12 && av == 0, "burst 20");
+    for (int i = 0; i < 16; i++)
+        CHECK(out[i] == 1000 + (uint64_t)i, "FIFO at %d: %lu", i,
+              (unsigned long)out[i]);
+    CHECK(fh_ring_empty(r), "empty again");
+
+    /* Mode-named calls on a ring whose mode allows them. */
+    if (flags & FH_RING_F_SP_ENQ)
+        CHECK(fh_ring_sp_enqueue_bulk(r, in, 3, NULL) == 3, "sp");
+    else
+        CHECK(fh_ring_mp_enqueue_bulk(r, in, 3, NULL) == 3, "mp");
+    if (flags & FH_RING_F_SC_DEQ)
+        CHECK(fh_ring_sc_dequeue_burst(r, out, 8, NULL) == 3, "sc");
+    else
+        CHECK(fh_ring_mc_dequeue_burst(r, out, 8, NULL) == 3, "mc");
+}
+
+/* Element sizes other than 8, across many wrap-arounds. */
+static void test_elem_sizes(void)
+{
+    static const unsigned sizes[] = { 4, 8, 12, 16, 40 };
+    unsigned char in[64 * 40], out[64 * 40];
+
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        unsigned es = sizes[s];
+        char name[32];
+        struct fh_ring *r;
+        uint32_t next_in = 0, next_out = 0;
+
+        snprintf(name, sizeof name, "r.es.%u", es);
+        r = fh_ring_create(name, 32, es, FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+        CHECK(r, "create es %u", es);
+        srand(es);
+        for (int iter = 0; iter < 2000; iter++) {
+            unsigned n = (unsigned)rand() % 40, got;
+            for (unsigned i = 0; i < n; i++)
+                for (unsigned b = 0; b < es; b++)
+                    in[i * es + b] = (unsigned char)((next_in + i) * 7 + b);
+            got = (iter & 1) ? fh_ring_enqueue_burst(r, in, n, NULL)
+                             : fh_ring_enqueue_bulk(r, in, n, NULL);
+            next_in += got;
+            n = (unsigned)rand() % 40;
+            got = (iter & 2) ? fh_ring_dequeue_burst(r, out, n, NULL)
+                             : fh_ring_dequeue_bulk(r, out, n, NULL);
+            for (unsigned i = 0; i < got; i++)
+                for (unsigned b = 0; b < es; b++)
+                    CHECK(out[i * es + b] ==
+                          (unsigned char)((next_out + i) * 7 + b),
+                          "es %u item %u byte %u", es, next_out + i, b);
+            next_out += got;
+            CHECK(fh_ring_count(r) == next_in - next_out, "count es %u", es);
+        }
+        CHECK(next_out > 1000, "es %u moved %u", es, next_out);
+    }
+    struct fh_ring *r4 = fh_ring_lookup("r.es.4");
+    uint64_t v;
+    CHECK(fh_ring_enqueue_u64(r4, 1) == -EINVAL &&
+          fh_ring_dequeue_u64(r4, &v) == -EINVAL, "u64 on a 4-byte ring");
+}
+
+/* One producer process, one consumer process, strict FIFO. */
+static void test_spsc_processes(void)
+{
+    enum { N = 2000000 };
+    struct fh_ring *r = fh_ring_create("r.spsc", 1024, 8,
+                                       FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+    pid_t pid;
+    uint64_t expect = 0, buf[64];
+
+    CHECK(r, "create");
+    pid = fork_child();
+    if (pid == 0) {
+        uint64_t next = 0, b[64];
+        unsigned burst = 1;
+        while (next < N) {
+            unsigned n = burst;
+            if (n > N - next)
+                n = (unsigned)(N - next);
+            for (unsigned i = 0; i < n; i++)
+                b[i] = next + i;
+            next += fh_ring_sp_enqueue_burst(r, b, n, NULL);
+            burst = burst % 61 + 1;
+        }
+        _exit(0);
+    }
+    alarm(60);
+    while (expect < N) {
+        unsigned n = fh_ring_sc_dequeue_burst(r, buf, 64, NULL);
+        for (unsigned i = 0; i < n; i++)
+            CHECK(buf[i] == expect + i, "got %lu want %lu",
+                  (unsigned long)buf[i], (unsigned long)(expect + i));
+        expect += n;
+        if (!n)
+            sched_yield();
+    }
+    alarm(0);
+    CHECK(reap(pid) == 0, "producer");
+    CHECK(fh_ring_empty(r), "drained");
+}
+
+/* Shared state of the MP/MC stress, in its own memzone. */
+struct stress {
+    _Atomic uint64_t consumed;
+    _Atomic uint8_t seen[];      /* one counter per item */
+};
+
+static void stress(const char *name, unsigned elem_size, int producers,
+                   int consumers, uint32_t per_producer)
+{
+    const uint64_t total = (uint64_t)producers * per_producer;
+    struct fh_ring *r = fh_ring_create(name, 256, elem_size, 0);
+    char mzname[64];
+    const struct fh_memzone *mz;
+    struct stress *st;
+    pid_t pids[8];
+    int np = 0;
+
+    CHECK(r, "create %s", name);
+    snprintf(mzname, sizeof mzname, "%s.state", name);
+    mz = fh_memzone_reserve(mzname, sizeof *st + total, 0, 0);
+    CHECK(mz, "state");
+    st = mz->addr;
+
+    for (int p = 0; p < producers; p++) {
+        pid_t pid = fork_child();
+        if (pid == 0) {
+            /* Item = producer << 32 | seq, padded to elem_size. */
+            unsigned char b[32 * 16];
+            uint32_t seq = 0;
+            unsigned burst = 1 + (unsigned)p;
+            while (seq < per_producer) {
+                unsigned n = burst, done;
+                if (n > per_producer - seq)
+                    n = per_producer - seq;
+                for (unsigned i = 0; i < n; i++) {
+                    uint64_t item = (uint64_t)p << 32 | (seq + i);
+                    memset(b + i * elem_size, 0xab, elem_size);
+                    memcpy(b + i * elem_size, &item, 8);
+                }
+                done = (seq & 1) ? fh_ring_mp_enqueue_bulk(r, b, n, NULL)
+                                 : fh_ring_enqueue_burst(r, b, n, NULL);
+                seq += done;
+                if (!done)
+                    sched_yield();
+                burst = burst % 32 + 1;
+            }
+            _exit(0);
+        }
+        pids[np++] = pid;
+    }
+    for (int c = 0; c < consumers; c++) {
+        pid_t pid = fork_child();
+        if (pid == 0) {
+            unsigned char b[32 * 16];
+            uint32_t last[8];
+            unsigned burst = 3 + (unsigned)c;
+            memset(last, 0xff, sizeof last);
+            while (atomic_load(&st->consumed) < total) {
+                unsigned n = (burst & 1) ? fh_ring_mc_dequeue_burst(r, b, burst, NULL)
+                                         : fh_ring_dequeue_bulk(r, b, burst, NULL);
+                for (unsigned i = 0; i < n; i++) {
+                    uint64_t item;
+                    memcpy(&item, b + i * elem_size, 8);
+                    uint32_t p = (uint32_t)(item >> 32), seq = (uint32_t)item;
+                    if (p >= (uint32_t)producers || seq >= per_producer)
+                        _exit(3);
+                    for (unsigned k = 8; k < elem_size; k++)
+                        if (b[i * elem_size + k] != 0xab)
+                            _exit(4);
+                    /* Each producer's items reach one consumer in order. */
+                    if (last[p] != UINT32_MAX && seq <= last[p])
+                        _exit(5);
+                    last[p] = seq;
+                    atomic_fetch_add(&st->seen[(uint64_t)p * per_producer + seq], 1);
+                }
+                atomic_fetch_add(&st->consumed, n);
+                if (!n)
+                    sched_yield();
+                burst = burst % 32 + 1;
+            }
+            _exit(0);
+        }
+        pids[np++] = pid;
+    }
+    alarm(120);
+    for (int i = 0; i < np; i++)
+        CHECK(reap(pids[i]) == 0, "%s: process %d failed", name, i);
+    alarm(0);
+    CHECK(atomic_load(&st->consumed) == total, "%s: consumed %lu of %lu", name,
+          (unsigned long)atomic_load(&st->consumed), (unsigned long)total);
+    for (uint64_t i = 0; i < total; i++)
+        CHECK(atomic_load(&st->seen[i]) == 1, "%s: item %lu seen %u times",
+              name, (unsigned long)i, (unsigned)atomic_load(&st->seen[i]));
+    CHECK(fh_ring_empty(r), "%s: drained", name);
+}
+
+int main(void)
+{
+    int fds;
+
+    CHECK(fh_arena_create(64u << 20, 0, "test") == 0, "arena");
+    fds = count_fds();
+    test_create_lookup();
+    test_exported();
+    test_bulk_burst(0);
+    test_bulk_burst(FH_RING_F_SP_ENQ);
+    test_bulk_burst(FH_RING_F_SC_DEQ);
+    test_bulk_burst(FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+    test_elem_sizes();
+    test_spsc_processes();
+    stress("r.mpmc", 8, 3, 2, 400000);
+    stress("r.mpmc16", 16, 2, 2, 200000);
+    CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
+    CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD, "children left");
+    printf("test_ring: ok\n");
+    return 0;
+}
