@@ -108,7 +108,7 @@ class Connection:
         if t.stopping:
             self.refuse(f"the primary of prefix {t.prefix!r} is stopping")
             return
-        if len(t.running) >= t.max_secondaries:
+        if t.running_count() >= t.max_secondaries:
             self.refuse(f"too many secondaries: the template of prefix "
                         f"{t.prefix!r} runs its limit of {t.max_secondaries} "
                         f"(--max-secondaries)")

@@ -163,6 +163,7 @@ class Primary:
         if lib.fh_arena_base() != ffi.NULL:
             raise ForkhostError("this process already ran a forkhost primary; "
                                 "one primary per process")
+        self.pid = os.getpid()   # the object may have been made before a fork
         self._lock.acquire()
         self.recovered_pid = self._lock.stale_pid
         try:

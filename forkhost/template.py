@@ -287,6 +287,16 @@ class Template:
             del self.conns[fd]
         conn.sock.close()
 
+    def running_count(self) -> int:
+        """Secondaries whose exit has not been reported.  A secondary
+        reports to the template before its client hears of its exit, but
+        the report may still be queued when the client's successor asks:
+        queued reports are read before counting, so a client that has its
+        status never finds its next launch refused for capacity."""
+        for conn in list(self.reports.values()):
+            self._report(conn)
+        return sum(1 for c in self.running.values() if not c.reported)
+
     def started_secondary(self, conn: Connection) -> None:
         self.launched += 1
         self.last_activity = time.monotonic()

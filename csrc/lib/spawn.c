@@ -217,11 +217,15 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "changing to the client's cwd (fchdir)");
     /* Everything else >= N: the template's own fds (its listening socket,
      * the client connection, Python's), the received originals, the moved
-     * copies. */
+     * copies.  The parked report fd and client connection stay: ckeep is
+     * the lowest free fd above keep, so anything between them is the
+     * template's. */
     if (keep >= 0) {
         if ((keep > (int)N
              && close_range_((unsigned)N, (unsigned)keep - 1) < 0)
-            || close_from(keep + 1) < 0)
+            || (ckeep > keep + 1
+                && close_range_((unsigned)keep + 1, (unsigned)ckeep - 1) < 0)
+            || close_from((ckeep >= 0 ? ckeep : keep) + 1) < 0)
             return step_failed(error, "closing the template's fds "
                                "(close_range)");
     } else if (close_from((int)N) < 0)
@@ -517,7 +521,7 @@ FH_API void fh_spec_release(struct fh_child_spec *spec)
 
 FH_API void fh_exit_report(int report_fd, int code)
 {
-    int32_t report[2] = { code, 0 };   /* status, client told */
+    int32_t report[2] = { code, 0 };   /* status, client will be told */
     sigset_t all;
 
     fflush(NULL);
@@ -534,6 +538,12 @@ FH_API void fh_exit_report(int report_fd, int code)
         if (cfd > report_fd + 1)
             close_range_((unsigned)report_fd + 1, (unsigned)cfd - 1);
         close_from((cfd >= 0 ? cfd : report_fd) + 1);
+        /* The template hears first, then the client: once a client has its
+         * status, its secondary no longer counts against --max-secondaries
+         * (the client's next launch must not be refused).  The template may
+         * close its copy of the connection meanwhile; ours keeps it open. */
+        report[1] = cfd >= 0;
+        write_all(report_fd, (const char *)report, sizeof report);
         if (cfd >= 0) {
             struct fh_exited ex;
 
@@ -543,9 +553,8 @@ FH_API void fh_exit_report(int report_fd, int code)
             ex.hdr.type = FH_MSG_EXITED;
             ex.hdr.len = sizeof ex;
             ex.code = code & 0xff;
-            report[1] = send(cfd, &ex, sizeof ex, MSG_NOSIGNAL) == (ssize_t)sizeof ex;
+            send(cfd, &ex, sizeof ex, MSG_NOSIGNAL);
         }
-        write_all(report_fd, (const char *)report, sizeof report);
     }
     _exit(code);
 }

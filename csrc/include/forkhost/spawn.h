@@ -75,9 +75,9 @@ FH_API __attribute__((noreturn)) void fh_run_native(struct fh_child_spec *spec,
 /*
  * The end of a secondary whose entry returned `code`: flush stdio, close
  * every fd but report_fd and the client's connection (so the client's pipes
- * see EOF now), block all signals, send the client EXITED when setup was
- * given its connection, write {int32 code, int32 client_told} to report_fd,
- * and _exit(code).  The client is answered without waiting for the kernel
+ * see EOF now), block all signals, write {int32 code, int32 client_told} to
+ * report_fd, send the client EXITED when setup was given its connection
+ * (client_told says so), and _exit(code).  The client is answered without waiting for the kernel
  * to tear the address space down, and without a hop through the template.
  * report_fd <= 0: flush and _exit only.
  */
