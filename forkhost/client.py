@@ -54,6 +54,13 @@ def _recv(sock: socket.socket, timeout: float | None) -> protocol.Message | None
     except TimeoutError:
         raise
     except ConnectionResetError:
+        pass
+    # The template closed with our request unread (it refused the
+    # connection on accept): the kernel reports that before the records it
+    # queued for us, so the ERROR saying why may still be there.
+    try:
+        return protocol.recv(sock)
+    except ConnectionResetError:
         return None
 
 
@@ -202,7 +209,10 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         body = req.encode()
         sock = connect(prefix, runtime_dir, connect_timeout)
         try:
-            protocol.send(sock, protocol.LAUNCH, body, fds + extra)
+            try:
+                protocol.send(sock, protocol.LAUNCH, body, fds + extra)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # refused on accept: the ERROR saying why is queued
             msg = _recv(sock, connect_timeout)
         except BaseException:
             sock.close()

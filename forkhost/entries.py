@@ -128,7 +128,7 @@ def import_function(target: Target):
                              EXIT_NOT_FOUND) from err
         raise EntryError(f"module {target.name!r} cannot be imported",
                          EXIT_CANNOT_RUN) from err
-    except BaseException as err:
+    except Exception as err:   # KeyboardInterrupt, SystemExit: as python
         raise EntryError(f"module {target.name!r} cannot be imported",
                          EXIT_CANNOT_RUN) from err
     obj = mod
@@ -185,7 +185,7 @@ def load_module(name: str):
         else:
             raise EntryError(f"module {name!r} cannot be imported",
                              EXIT_CANNOT_RUN) from err
-    except BaseException as err:
+    except Exception as err:   # KeyboardInterrupt, SystemExit: as python
         raise EntryError(f"module {name!r} cannot be imported",
                          EXIT_CANNOT_RUN) from err
     if spec is None:
@@ -195,7 +195,7 @@ def load_module(name: str):
         pkg_main = name + ".__main__"
         try:
             spec = importlib.util.find_spec(pkg_main)
-        except BaseException as err:
+        except Exception as err:   # KeyboardInterrupt, SystemExit: as python
             raise EntryError(f"module {pkg_main!r} cannot be imported",
                              EXIT_CANNOT_RUN) from err
         if spec is None:
@@ -203,7 +203,7 @@ def load_module(name: str):
                              f"executed (it has no __main__)", EXIT_CANNOT_RUN)
     try:
         code = spec.loader.get_code(spec.name)
-    except BaseException as err:
+    except Exception as err:   # KeyboardInterrupt, SystemExit: as python
         raise EntryError(f"cannot load module {spec.name!r}", EXIT_CANNOT_RUN) from err
     if code is None:
         raise EntryError(f"module {spec.name!r} has no code to run", EXIT_CANNOT_RUN)

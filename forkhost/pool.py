@@ -128,7 +128,7 @@ def _wait_and_become(template, sock: socket.socket, mask) -> int:
     keep = [ffi.new("char[]", s) for s in title]
     lib.fh_set_title(ffi.cast("char *", area), length, keep + [ffi.NULL])
     secondary.rehearse()
-    msg = protocol.recv(sock)           # blocks until a launch (or EOF)
+    msg = protocol.recv(sock, internal=True)   # blocks until a launch (or EOF)
     if msg is None or msg.type != ASSIGN:
         return 0
     target, body = decode_assign(msg.body)

@@ -70,23 +70,34 @@ class Message:
 _local = threading.local()
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 
+# Between the template and a pool member only (pool.py): an ASSIGN wraps a
+# whole LAUNCH of up to MAX_MSG bytes and MAX_FDS fds, plus the encoded
+# entry (two paths of at most PATH_MAX and a symbol) and the client's
+# connection as one more fd.
+INTERNAL_MAX_MSG = MAX_MSG + 3 * 4096
+INTERNAL_MAX_FDS = MAX_FDS + 1
+_INTERNAL_CMSG_SPACE = socket.CMSG_SPACE(INTERNAL_MAX_FDS * _FD_SIZE)
+
 
 def _buffer() -> bytearray:
     buf = getattr(_local, "buf", None)
     if buf is None:
-        buf = _local.buf = bytearray(MAX_MSG + 1)
+        buf = _local.buf = bytearray(INTERNAL_MAX_MSG + 1)
     return buf
 
 
-def recv(sock: socket.socket, flags: int = 0) -> Message | None:
-    """Receive one record.  None on orderly EOF.
+def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Message | None:
+    """Receive one record.  None on orderly EOF.  ``internal``: a record
+    from the template to a pool member, with the larger internal limits.
 
     Raises ProtocolError for a truncated, oversized or malformed record or a
     wrong version; any fds that came with a bad record are closed first.
     """
-    _buf = _buffer()
-    n, anc, mflags, _ = sock.recvmsg_into([_buf], _CMSG_SPACE,
-                                          flags | socket.MSG_CMSG_CLOEXEC)
+    max_msg, max_fds = (INTERNAL_MAX_MSG, INTERNAL_MAX_FDS) if internal else (MAX_MSG, MAX_FDS)
+    _buf = memoryview(_buffer())[:max_msg + 1]
+    n, anc, mflags, _ = sock.recvmsg_into(
+        [_buf], _INTERNAL_CMSG_SPACE if internal else _CMSG_SPACE,
+        flags | socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, ctype, cdata in anc:
         if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
@@ -98,9 +109,9 @@ def recv(sock: socket.socket, flags: int = 0) -> Message | None:
         if n == 0 and not fds:
             return None
         if mflags & socket.MSG_CTRUNC:
-            raise ProtocolError(f"too many file descriptors (the limit is {MAX_FDS})")
-        if mflags & socket.MSG_TRUNC or n > MAX_MSG:
-            raise ProtocolError(f"message too large (the limit is {MAX_MSG} bytes)")
+            raise ProtocolError(f"too many file descriptors (the limit is {max_fds})")
+        if mflags & socket.MSG_TRUNC or n > max_msg:
+            raise ProtocolError(f"message too large (the limit is {max_msg} bytes)")
         if n < HDR.size:
             raise ProtocolError(f"truncated message ({n} bytes, header is {HDR.size})")
         magic, version, mtype, length, nfds, _ = HDR.unpack_from(_buf)

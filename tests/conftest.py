@@ -23,7 +23,7 @@ import pytest
 import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhtest import ROOT, RUNNER, PrimaryProc  # noqa: E402
+from fhtest import ROOT, RUNNER, PrimaryProc, build_native_so  # noqa: E402
 
 
 def pytest_configure(config):
@@ -96,3 +96,10 @@ def primary(runtime_dir):
     assert code == 0, f"primary exited {code}: {err}"
     assert not psutil.pid_exists(p.template_pid) or \
         psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture(scope="session")
+def native_so(tmp_path_factory):
+    """tests/fixtures/native_entry.c built as a shared object: the native
+    twins of fhfix's entries (signals, die_by, sleeper, ignore_term)."""
+    return build_native_so(tmp_path_factory.mktemp("native_so"))

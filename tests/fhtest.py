@@ -8,10 +8,12 @@ sys.path.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import forkhost
@@ -64,3 +66,124 @@ class PrimaryProc:
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode, out.decode(), err.decode()
+
+
+# -- waiting and looking at processes --------------------------------------
+
+def wait_until(pred, timeout: float = 30.0, what: str = "the condition",
+               interval: float = 0.01):
+    """Poll pred() until it is truthy and return its value; fail after
+    timeout seconds (a generous bound, never a performance threshold)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def proc_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, T, Z, ...); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def ended(pid: int) -> bool:
+    """The process has exited.  A zombie counts: PID 1 of a container may
+    never reap orphans (a killed primary's template is one)."""
+    return proc_state(pid) in (None, "Z", "X")
+
+
+def describe(pid: int) -> str:
+    """A process's state and signal masks, for a failure message."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            keep = [line.strip().replace("\t", " ") for line in f
+                    if line.startswith(("Name", "State", "SigPnd", "ShdPnd", "SigBlk",
+                                        "SigIgn", "SigCgt", "Threads"))]
+        with open(f"/proc/{pid}/wchan") as f:
+            keep.append(f"wchan {f.read()}")
+        return f"pid {pid}: " + ", ".join(keep)
+    except OSError:
+        return f"pid {pid}: gone"
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def secondary_pids(prefix: str, runtime_dir: str) -> list[int]:
+    """The running secondaries, as the template reports them (INFO)."""
+    return [s["pid"] for s in forkhost.info(prefix, runtime_dir)["secondaries"]]
+
+
+class LineReader:
+    """Read lines from a pipe with a timeout, without a buffered reader
+    hiding data from select()."""
+
+    def __init__(self, fileobj):
+        self.fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self.buf = b""
+
+    def readline(self, timeout: float = 30.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            r, _, _ = select.select([self.fd], [], [], max(0.0, left))
+            if not r:
+                raise AssertionError(f"no line within {timeout:g}s (have {self.buf!r})")
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                line, self.buf = self.buf, b""
+                return line        # EOF: whatever was left, maybe b""
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    def rest(self, timeout: float = 30.0) -> bytes:
+        """Everything until EOF."""
+        out = []
+        while True:
+            line = self.readline(timeout)
+            if not line:
+                return b"".join(out)
+            out.append(line)
+
+
+def reap(*procs: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Kill (if still running), wait for and close the pipes of procs."""
+    for p in procs:
+        if p is None:
+            continue
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout)
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# -- the native fixture ---------------------------------------------------
+
+def build_native_so(outdir: Path) -> str:
+    """tests/fixtures/native_entry.c as a shared object linked to libforkhost."""
+    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    out = Path(outdir) / "entry.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(out),
+                    str(FIXTURES / "native_entry.c"), *flags], check=True)
+    return str(out)
+
+
+# Entries that do the same thing in Python and in C, by name.
+def entry(kind: str, name: str, native_so: str) -> str:
+    return f"fhfix:{name}" if kind == "python" else f"{native_so}:{name}"

@@ -755,15 +755,20 @@ static enum recv_result recv_reply(const struct session *s, struct reply *r)
     size_t nfds = 0, want_fds = 0;
     const struct fh_msg_hdr *h = &r->u.hdr;
     ssize_t n;
+    int resets = 0;
 
     memset(&mh, 0, sizeof(mh));
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
     mh.msg_control = ctl.buf;
     mh.msg_controllen = sizeof(ctl.buf);
+    /* ECONNRESET means the template closed while our LAUNCH sat unread in
+     * its queue (it refused the connection on accept).  The kernel reports
+     * that before the records it had queued for us, so read on once: the
+     * ERROR saying why comes next, then EOF. */
     do
         n = recvmsg(s->sock, &mh, MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    while (n < 0 && (errno == EINTR || (errno == ECONNRESET && resets++ == 0)));
     if (n < 0) {
         if (errno == EAGAIN)
             return RECV_AGAIN;

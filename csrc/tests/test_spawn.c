@@ -4,9 +4,12 @@
  * with stale LISTEN_* variables, a umask, and a parent that ignores,
  * catches and blocks signals.  A fixture entry (built here with $CC) reports
  * what its process looks like from the inside; this test checks the report.
+ * The client's connection (client_fd) is a SOCK_SEQPACKET socketpair whose
+ * other end this test reads as the client would.
  *
  * Every child is reaped, and the test fails if it leaves a child or an fd.
  */
+#include "forkhost/proto.h"
 #include "forkhost/spawn.h"
 
 #include <dirent.h>
@@ -20,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -68,6 +72,7 @@ static const char ENTRY_C[] =
     "#include <stdio.h>\n"
     "#include <stdlib.h>\n"
     "#include <string.h>\n"
+    "#include <sys/socket.h>\n"
     "#include <sys/stat.h>\n"
     "#include <unistd.h>\n"
     "extern char **environ;\n"
@@ -137,6 +142,20 @@ static const char ENTRY_C[] =
     "    return 1;\n"
     "}\n"
     "int exit_code(int argc, char **argv, char **envp) {\n"
+    "    return argc > 1 ? atoi(argv[1]) : 0;\n"
+    "}\n"
+    "int show_parked(int argc, char **argv, char **envp) {\n"
+    "    int fd, t; socklen_t tl; struct stat st; const char *kind;\n"
+    "    for (fd = 1023; fd < 1100; fd++) {\n"
+    "        if (fstat(fd, &st) < 0) continue;\n"
+    "        tl = sizeof t; t = 0;\n"
+    "        kind = S_ISFIFO(st.st_mode) ? \"fifo\" : !S_ISSOCK(st.st_mode) ? \"other\"\n"
+    "            : getsockopt(fd, SOL_SOCKET, SO_TYPE, &t, &tl) == 0\n"
+    "              && t == SOCK_SEQPACKET ? \"seqpacket\" : \"socket\";\n"
+    "        printf(\"parked=%d,%s,%s\\n\", fd,\n"
+    "               fcntl(fd, F_GETFD) & FD_CLOEXEC ? \"cloexec\" : \"inherited\", kind);\n"
+    "    }\n"
+    "    print_fds();\n"
     "    return argc > 1 ? atoi(argv[1]) : 0;\n"
     "}\n"
     "int read_extras(int argc, char **argv, char **envp) {\n"
@@ -709,6 +728,228 @@ static void test_direct_calls(void)
     munmap(area, 64);
 }
 
+/*
+ * One secondary with the client's connection: entry symbol with argv, the
+ * client's stdout a pipe, report_fd a pipe, and client as client_fd (one
+ * end of a SOCK_SEQPACKET pair, or 0: none).  report gets the report's two
+ * int32s ({-1, -1} when short), out the secondary's stdout; returns the
+ * wait status.  The secondary is reaped by then, so once the caller closes
+ * its own copy of that end, a read past the records on the other sees EOF.
+ */
+static int launch_client(const char *symbol, char *const *argv, int client,
+                         int32_t report[2], char *out, size_t outlen)
+{
+    struct fh_child_spec spec;
+    int o[2], rep[2], fds[2];
+    pid_t pid;
+
+    xpipe(o);
+    xpipe(rep);
+    fds[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fds[1] = o[1];
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = 2;
+    spec.stdio_mask = 2;
+    spec.argv = argv;
+    spec.umask = 022;
+    spec.report_fd = rep[1];
+    spec.client_fd = client;
+    fflush(NULL);
+    pid = fh_spawn_native(&spec, entry_so, symbol);
+    CHECK(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    close(fds[0]);
+    close(o[1]);
+    close(rep[1]);
+    read_all(o[0], out, outlen);
+    close(o[0]);
+    report[0] = report[1] = -1;
+    if (read(rep[0], report, 2 * sizeof *report)
+        != (ssize_t)(2 * sizeof *report))
+        report[0] = report[1] = -1;
+    close(rep[0]);
+    return pid > 0 ? reap(pid) : -1;
+}
+
+static void xsocketpair(int sv[2])
+{
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        perror("socketpair");
+        exit(2);
+    }
+}
+
+/* The next record on the client's end, without blocking: its length (0 at
+ * EOF, -1 with errno). */
+static ssize_t client_recv(int fd, struct fh_exited *ex)
+{
+    char buf[256];
+    ssize_t n;
+
+    memset(ex, 0, sizeof *ex);
+    n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0)
+        memcpy(ex, buf, (size_t)n < sizeof *ex ? (size_t)n : sizeof *ex);
+    return n;
+}
+
+#define EXPECT_EXITED(ex, n, want)                                          \
+    CHECK((n) == (ssize_t)sizeof(struct fh_exited)                          \
+          && (ex).hdr.magic == FH_PROTO_MAGIC                               \
+          && (ex).hdr.version == FH_PROTO_VERSION                           \
+          && (ex).hdr.type == FH_MSG_EXITED                                 \
+          && (ex).hdr.len == sizeof(struct fh_exited)                       \
+          && (ex).hdr.nfds == 0 && (ex).hdr.reserved == 0                   \
+          && (ex).code == (want) && (ex).signal == 0,                       \
+          "EXITED record: %zd bytes, type %#x, len %u, code %d, signal %d", \
+          (ssize_t)(n), (unsigned)(ex).hdr.type, (unsigned)(ex).hdr.len,    \
+          (int)(ex).code, (int)(ex).signal)
+
+/*
+ * client_fd: the secondary itself tells the client how it ended.  With a
+ * report fd and a client connection, both are parked at 1023 and above and
+ * close-on-exec while the entry runs; at the end exactly one EXITED record
+ * arrives on the connection and the report says {code, client_told = 1}.
+ * Without a connection (client_fd <= 0, or no report fd to go with it)
+ * nothing is sent and client_told is 0.  client_told says the secondary
+ * has the connection (the report goes out first, so the template counts
+ * the secondary finished before its client knows): a client that already
+ * hung up still makes it 1, and the failed send costs no SIGPIPE.
+ */
+static void test_client_fd(void)
+{
+    static char *const argv7[] = {"prog", "7", NULL};
+    char out[4096];
+    struct fh_exited ex;
+    int32_t report[2];
+    int sv[2], st;
+    ssize_t n;
+
+    /* With the connection. */
+    xsocketpair(sv);
+    st = launch_client("show_parked", argv7, sv[1], report, out, sizeof out);
+    close(sv[1]);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    CHECK(report[0] == 7 && report[1] == 1, "report {%d, %d}",
+          (int)report[0], (int)report[1]);
+    CHECK(has_line(out, "parked=1023,cloexec,fifo")
+          && has_line(out, "parked=1024,cloexec,seqpacket")
+          && has_line(out, "fds=1,1023,1024"), "parked fds:\n%s", out);
+    n = client_recv(sv[0], &ex);
+    EXPECT_EXITED(ex, n, 7);
+    n = client_recv(sv[0], &ex);
+    CHECK(n == 0, "a second record (%zd bytes) instead of EOF", n);
+    close(sv[0]);
+
+    /* client_fd 0, as in a zeroed spec: no connection. */
+    xsocketpair(sv);
+    st = launch_client("show_parked", argv7, 0, report, out, sizeof out);
+    close(sv[1]);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    CHECK(report[0] == 7 && report[1] == 0, "report {%d, %d}",
+          (int)report[0], (int)report[1]);
+    CHECK(has_line(out, "parked=1023,cloexec,fifo")
+          && has_line(out, "fds=1,1023"), "parked fds:\n%s", out);
+    n = client_recv(sv[0], &ex);
+    CHECK(n == 0, "%zd bytes sent without a client_fd", n);
+    close(sv[0]);
+
+    /* A client that hung up before the end: the send fails without a
+     * SIGPIPE (the secondary runs with default dispositions, and a SIGPIPE
+     * would change the status), and the status is still the entry's. */
+    xsocketpair(sv);
+    close(sv[0]);
+    st = launch_client("exit_code", argv7, sv[1], report, out, sizeof out);
+    close(sv[1]);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    CHECK(report[0] == 7 && report[1] == 1, "report {%d, %d}",
+          (int)report[0], (int)report[1]);
+}
+
+/* The same through fh_child_setup and fh_exit_report called directly, in a
+ * child of our own: setup stores the parked numbers in the spec, and the
+ * record carries the status the client will see (code & 0xff) while the
+ * report keeps the entry's int.  A client_fd without a report fd is not
+ * kept. */
+static void test_client_fd_direct(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    char out[256] = "";
+    struct fh_exited ex;
+    int32_t report[2] = {-1, -1};
+    int o[2], rep[2], sv[2], cwd, st, with_report;
+    ssize_t n;
+    pid_t pid;
+
+    for (with_report = 1; with_report >= 0; with_report--) {
+        xpipe(o);
+        xpipe(rep);
+        xsocketpair(sv);
+        cwd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        fflush(NULL);
+        /* Child: becomes the secondary with our fds; reports on its stdout
+         * (o[1]) what setup did, then ends through fh_exit_report. */
+        pid = fork();
+        if (pid == 0) {
+            struct fh_child_spec spec;
+            const char *step = NULL;
+            int fds[2], rc;
+
+            fds[0] = cwd;
+            fds[1] = o[1];
+            memset(&spec, 0, sizeof spec);
+            spec.fds = fds;
+            spec.nfds = 2;
+            spec.stdio_mask = 2;
+            spec.argv = argv;
+            spec.report_fd = with_report ? rep[1] : 0;
+            spec.client_fd = sv[1];
+            rc = fh_child_setup(&spec, &step);
+            if (rc < 0)
+                _exit(90);
+            /* fd flags: FD_CLOEXEC (1) when parked, -1 when closed. */
+            printf("report_fd=%d client_fd=%d flags=%d,%d\n",
+                   spec.report_fd, spec.client_fd,
+                   fcntl(spec.report_fd, F_GETFD),
+                   fcntl(spec.client_fd, F_GETFD));
+            fh_exit_report(spec.report_fd, 300);
+        }
+        close(cwd);
+        close(o[1]);
+        close(rep[1]);
+        read_all(o[0], out, sizeof out);
+        close(o[0]);
+        report[0] = report[1] = -1;
+        if (read(rep[0], report, sizeof report) != (ssize_t)sizeof report)
+            report[0] = report[1] = -1;
+        close(rep[0]);
+        st = reap(pid);
+        close(sv[1]);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff),
+              "status %#x", st);
+        n = client_recv(sv[0], &ex);
+        if (with_report) {
+            CHECK(strcmp(out, "report_fd=1023 client_fd=1024 flags=1,1\n")
+                  == 0, "setup: [%s]", out);
+            CHECK(report[0] == 300 && report[1] == 1, "report {%d, %d}",
+                  (int)report[0], (int)report[1]);
+            EXPECT_EXITED(ex, n, 300 & 0xff);
+            n = client_recv(sv[0], &ex);
+            CHECK(n == 0, "a second record (%zd bytes)", n);
+        } else {
+            /* Setup leaves both fields alone and closes the client's fd
+             * with the template's other fds (fd 0 too: no stdin). */
+            char expect[64];
+            snprintf(expect, sizeof expect,
+                     "report_fd=0 client_fd=%d flags=-1,-1\n", sv[1]);
+            CHECK(strcmp(out, expect) == 0, "setup: [%s]", out);
+            CHECK(report[0] == -1, "a report without a report fd");
+            CHECK(n == 0, "%zd bytes sent without a report fd", n);
+        }
+        close(sv[0]);
+    }
+}
+
 static void on_term(int sig)
 {
     (void)sig;
@@ -769,6 +1010,8 @@ int main(int argc, char **argv)
     test_bad_spec();
     test_report_fd();
     test_direct_calls();
+    test_client_fd();
+    test_client_fd_direct();
 
     sigprocmask(SIG_BLOCK, NULL, &after);
     CHECK(sigismember(&after, SIGUSR2) == 1
