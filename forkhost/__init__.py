@@ -10,12 +10,20 @@ __version__ = "0.1.0"
 from .client import DEVNULL, Secondary, info, launch
 from .errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
                      ForkhostError, NoPrimaryError, NotSingleThreadedError,
-                     PrefixInUseError, PreloadError, ProtocolError, RefusedError)
+                     IPCError, PrefixInUseError, PreloadError, ProtocolError,
+                     RefusedError)
 from .primary import Primary
+from . import shm
+from .shm import (AttachError, HashTable, Memzone, Mempool, ModuleMismatchError,
+                  NameExistsError, NoArenaError, NoSpaceError, NotFoundError, Ring,
+                  ShmError)
 
 __all__ = [
     "__version__", "Primary", "launch", "info", "Secondary", "DEVNULL",
     "ForkhostError", "NoPrimaryError", "PrefixInUseError", "NotSingleThreadedError",
-    "PreloadError", "ProtocolError", "RefusedError", "ArenaError",
+    "PreloadError", "ProtocolError", "RefusedError", "ArenaError", "IPCError",
     "EXIT_FORKHOST", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND",
+    "shm", "Memzone", "Ring", "Mempool", "HashTable",
+    "ShmError", "NoArenaError", "NameExistsError", "NotFoundError", "NoSpaceError",
+    "ModuleMismatchError", "AttachError",
 ]

@@ -51,3 +51,55 @@ class RefusedError(ForkhostError):
 
 class ArenaError(ForkhostError):
     """The arena could not be created or attached."""
+
+
+class IPCError(ForkhostError):
+    """An IPC call that cannot be made as asked: bad name, oversized
+    parameter, too many fds, a sync request on the IPC thread, no primary
+    to talk to (see docs/ipc.md)."""
+
+
+# -- shared memory (forkhost.shm) -------------------------------------------
+#
+# The C library reports failures as -1/NULL with errno or as a negative
+# errno; forkhost/shm/_util.py turns each errno into one of these, chained
+# to the OSError it came from (`raise NameExistsError(...) from err`).
+
+
+class ShmError(ForkhostError):
+    """A shared-memory call failed.  ``errno`` is the C library's error
+    number when there is one (else None)."""
+
+    def __init__(self, message, errno=None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class NoArenaError(ShmError):
+    """This process has no arena: it is neither a primary nor a secondary,
+    and has not attached (ENODEV)."""
+
+
+class NameExistsError(ShmError):
+    """An object of that name exists already (EEXIST)."""
+
+
+class NotFoundError(ShmError):
+    """No object of that name (ENOENT), or its creator has not finished."""
+
+
+class NoSpaceError(ShmError):
+    """The arena, the memzone directory, a hash table or a mempool is full
+    (ENOSPC, ENOBUFS)."""
+
+
+class ModuleMismatchError(ShmError):
+    """A hash table's function lies in a module that this process does not
+    have at the address the table recorded (EFAULT); the message names the
+    module and both addresses."""
+
+
+class AttachError(ShmError, ArenaError):
+    """Classic attach failed: no primary, its arena cannot be opened, or the
+    address range is taken in this process (the message then names the
+    mapping found in /proc/self/maps)."""

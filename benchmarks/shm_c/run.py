@@ -1,0 +1,400 @@
+"""C shared-memory benchmark: libforkhost's ring and hash table against DPDK's
+rte_ring and rte_hash, measured in the same run on the same cores.
+
+Run by hand (not part of the tests; no thresholds anywhere):
+
+    python3 benchmarks/shm_c/run.py [--rounds N] [--no-dpdk]
+
+What it does:
+  1. builds libforkhost (build_native.py, -O2) and bench.c into a temp dir;
+  2. when dpdk-test is installed and we are root: reserves 512 x 2 MiB huge
+     pages and mounts hugetlbfs at /dev/hugepages (if not mounted), so both
+     sides run on huge pages (forkhost's arena takes them as the primary's
+     default --huge-pages auto does);
+  3. N rounds (default 5), each: our ring table, then DPDK's
+     ring_perf_autotest; the best of the N rounds of each figure is kept on
+     both sides, so a round disturbed by other load counts on neither;
+  4. our hash figures, then DPDK's hash_perf_autotest once (about 3 minutes:
+     it measures ten key sizes in five table configurations);
+  5. gives the huge pages back (nr_hugepages restored, our mount removed,
+     DPDK's leftover page files deleted) and prints one table with the
+     ratios forkhost / DPDK.
+
+The reservation is machine-wide for the ~5 minutes of the run: anything
+else that maps huge pages meanwhile gets them, forkhost primaries included
+(--huge-pages auto), and keeps them until it exits.  The figures are only as
+good as the machine is quiet: the header prints the load average.  On a VM
+the two-core ring figures also move with where the host runs the two vCPUs
+(seen here: 2-3x between rounds, for DPDK and forkhost alike), which is why
+the rounds alternate and the best of each side is kept.
+
+Units are TSC cycles (rdtsc), as DPDK's tests print them; lower is better,
+and a ratio below 1 means forkhost is faster.  What is compared:
+  ring  DPDK's "two physical cores" test: one producer and one consumer on
+        CPUs 0 and 1, cycles per object of the producer plus the consumer.
+        Ours runs them as two processes (forked from the primary after the
+        arena exists), DPDK as two threads.  DPDK 22.11 measures only bulk
+        calls of 8 and 32 there; our burst calls are set against its bulk
+        figure of the same size, and n=1 has no DPDK figure.
+  hash  hash_perf_autotest's table for 16-byte keys, "without locks" (DPDK's
+        default: no writer lock, readers not safe against a writer; ours is
+        the single-writer table, whose readers are), keys in the primary or
+        secondary bucket, no data.  "add (writer lock)" is set against
+        DPDK's "with locks" table.  Ours adds in the primary and looks up
+        from a forked secondary.  See bench.c for the other differences
+        (random keys, CRC32C, packed keys).
+
+This script installs nothing.  Without dpdk-test it says how to get it and
+prints our figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+import build_native  # noqa: E402
+
+DPDK_PREFIX = "fhbench"          # --file-prefix: names DPDK's page files
+HUGE_PAGES = 512                 # x 2 MiB: the reservation the issue uses
+HUGE_NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+HUGE_SURPLUS = "/sys/kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages"
+HUGE_MNT = "/dev/hugepages"
+DPDK_RUN_DIR = "/var/run/dpdk"   # as root; <prefix>/ holds its sockets
+DPDK_EAL = ["--no-pci", "-l", "0-1", f"--file-prefix={DPDK_PREFIX}"]
+# Targets from the issue, as ratios of cycles (forkhost / DPDK).
+RING_TARGET = 1.0                # at least as fast: SP/SC burst 32
+HASH_TARGET = 1 / 0.9            # 0.9x rte_hash's speed or better
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------- building
+
+def build(work: Path) -> Path:
+    build_native.build_library(work, opt="-O2")
+    exe = work / "bench"
+    build_native.run(build_native.cc() + [
+        "-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g", "-pthread",
+        "-I", str(build_native.INCLUDE)] + build_native.WARNINGS
+        + ["-o", str(exe), str(HERE / "bench.c"), "-L", str(work),
+           "-lforkhost", f"-Wl,-rpath,{work}"])
+    return exe
+
+
+# ------------------------------------------------------------ our figures
+
+def run_bench(exe: Path, *args: str) -> tuple[str, dict]:
+    """Run bench; returns its header line and {key tuple: value}."""
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True,
+                       timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit(f"bench {' '.join(args)} failed ({r.returncode}):\n"
+                         f"{r.stdout}{r.stderr}")
+    if r.stderr:
+        log(r.stderr.rstrip())
+    header, figures = "", {}
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if f and f[0] == "ring":       # ring sp/sc bulk 8 prod cons sum
+            figures[("ring", f[1], f[2], int(f[3]))] = float(f[6])
+        elif f and f[0] == "hash":     # hash lookup 123.4
+            figures[("hash", f[1])] = float(f[2])
+        elif line.startswith("forkhost C benchmark"):
+            header = line
+    return header, figures
+
+
+# ----------------------------------------------------------- DPDK figures
+
+def dpdk_version() -> str:
+    try:
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dpdk-dev"],
+                           capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else "?"
+    except OSError:
+        return "?"
+
+
+def run_dpdk(test: str, timeout: int) -> str:
+    """dpdk-test's output for one test, or "" when it failed (said why)."""
+    # dpdk-test 22.11 runs the command in $DPDK_TEST and, with stdin not a
+    # terminal, exits after it; the return code is the test's.
+    env = dict(os.environ, DPDK_TEST=test)
+    try:
+        r = subprocess.run(["dpdk-test", *DPDK_EAL], env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"dpdk-test {test}: no result within {timeout} s")
+        return ""
+    if r.returncode != 0 or "Test OK" not in r.stdout:
+        log(f"dpdk-test {test} failed ({r.returncode}):\n"
+            f"{r.stdout[-3000:]}{r.stderr[-2000:]}")
+        return ""
+    return r.stdout
+
+
+RING_LINE = re.compile(r"^legacy APIs: (SP/SC|MP/MC): bulk \(size: (\d+)\): ([\d.]+)")
+
+
+def parse_ring(out: str) -> dict:
+    """The legacy (pointer) API's two-core section: {(mode, n): cycles}."""
+    figures, section = {}, ""
+    for line in out.splitlines():
+        if line.startswith("###"):
+            section = line
+            continue
+        m = RING_LINE.match(line)
+        if m and "two physical cores" in section:
+            figures.setdefault((m[1].lower(), int(m[2])), float(m[3]))
+    return figures
+
+
+def parse_hash(out: str, key_len: int = 16) -> dict:
+    """{(locks, placement, data, precomputed): (add, lookup, bulk, delete)}
+    for key_len, from hash_perf_autotest's result tables."""
+    figures = {}
+    locks = placement = data = pre = None
+    for line in out.splitlines():
+        s = line.strip()
+        if s == "Without locks in the code":
+            locks = False
+        elif s == "With locks in the code":
+            locks = True
+        elif s == "EXTENDABLE BUCKETS PERFORMANCE":
+            locks = "ext"
+        elif s == "ALL ELEMENTS IN PRIMARY LOCATION":
+            placement = "primary"
+        elif s == "ELEMENTS IN PRIMARY OR SECONDARY LOCATION":
+            placement = "either"
+        elif s == "Operations without data":
+            data = False
+        elif s == "Operations with 8-byte data":
+            data = True
+        elif s == "Without pre-computed hash values":
+            pre = False
+        elif s == "With pre-computed hash values":
+            pre = True
+        else:
+            f = s.split()
+            if len(f) == 5 and f[0] == str(key_len) and locks is not None:
+                figures[(locks, placement, data, pre)] = tuple(float(x) for x in f[1:])
+    return figures
+
+
+# ------------------------------------------------------------- huge pages
+
+def read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
+
+
+def mounted_hugetlbfs(path: str) -> bool:
+    with open("/proc/mounts") as f:
+        return any(ln.split()[1] == path and ln.split()[2] == "hugetlbfs"
+                   for ln in f if len(ln.split()) > 2)
+
+
+class HugePages:
+    """Reserve HUGE_PAGES 2 MiB pages and mount hugetlbfs for the run; undo
+    exactly what was done, in reverse, on exit."""
+
+    def __init__(self) -> None:
+        self.old_nr: int | None = None
+        self.old_surplus = 0
+        self.mounted = False
+        self.made_dir = False
+        # dpdk-test creates its runtime dir's parent too.
+        self.had_run_dir = os.path.isdir(DPDK_RUN_DIR)
+
+    def __enter__(self) -> "HugePages":
+        try:
+            self.old_surplus = read_int(HUGE_SURPLUS)
+            self.old_nr = read_int(HUGE_NR)
+            if self.old_nr < HUGE_PAGES:
+                with open(HUGE_NR, "w") as f:
+                    f.write(str(HUGE_PAGES))
+            got = read_int(HUGE_NR)
+            if got < HUGE_PAGES:
+                log(f"note: the kernel gave {got} of {HUGE_PAGES} huge pages")
+            if not mounted_hugetlbfs(HUGE_MNT):
+                if not os.path.isdir(HUGE_MNT):
+                    os.makedirs(HUGE_MNT)
+                    self.made_dir = True
+                subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M",
+                                "nodev", HUGE_MNT], check=True)
+                self.mounted = True
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # DPDK leaves its page files (<prefix>map_N) behind; while they
+        # exist the pages cannot go back to the kernel.
+        for p in glob.glob(f"{HUGE_MNT}/{DPDK_PREFIX}map_*"):
+            os.unlink(p)
+        shutil.rmtree(f"{DPDK_RUN_DIR}/{DPDK_PREFIX}", ignore_errors=True)
+        if not self.had_run_dir:
+            try:
+                os.rmdir(DPDK_RUN_DIR)
+            except OSError:
+                pass
+        if self.mounted:
+            subprocess.run(["umount", HUGE_MNT], check=False)
+            self.mounted = False
+        if self.made_dir:
+            try:
+                os.rmdir(HUGE_MNT)
+            except OSError:
+                pass
+            self.made_dir = False
+        if self.old_nr is not None:
+            with open(HUGE_NR, "w") as f:
+                f.write(str(self.old_nr))
+            left = read_int(HUGE_SURPLUS) - self.old_surplus
+            if left > 0:
+                # Any process that created a huge-page mapping meanwhile (a
+                # forkhost primary with --huge-pages auto, its default)
+                # keeps its pages; the kernel frees them as surplus when it
+                # exits.
+                log(f"note: {left} huge pages are still in use by other "
+                    f"processes; they go back to the kernel when those exit")
+            self.old_nr = None
+
+
+# ------------------------------------------------------------------ table
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}" if ours is not None and theirs else "-"
+
+
+def fmt(v: float | None) -> str:
+    return f"{v:.1f}" if v is not None else "-"
+
+
+def print_table(ours: dict, ring_d: dict, hash_d: dict, ghz: float | None) -> None:
+    log(f"\n{'':34}{'forkhost':>10}{'DPDK':>10}{'fh/DPDK':>10}")
+    log("ring, two processes (DPDK: two threads) on CPUs 0 and 1, "
+        "cycles per object, enqueue + dequeue")
+    for mode in ("sp/sc", "mp/mc"):
+        for kind in ("bulk", "burst"):
+            for n in (1, 8, 32):
+                o = ours.get(("ring", mode, kind, n))
+                d = ring_d.get((mode, n))
+                note = ""
+                if (mode, kind, n) == ("sp/sc", "burst", 32):
+                    note = f"   (target <= {RING_TARGET:.2f})"
+                if kind == "burst" and d is not None:
+                    note += "   vs DPDK bulk"
+                log(f"  {mode.upper()} {kind:<5} n={n:<3}{'':15}{fmt(o):>10}"
+                    f"{fmt(d):>10}{ratio(o, d):>10}{note}")
+
+    def d_at(locks, col, pre=False):
+        row = hash_d.get((locks, "either", False, pre))
+        return row[col] if row else None
+
+    log("hash, 2^19 entries, 16-byte keys, 75% full, cycles per operation")
+    rows = [
+        ("lookup", ours.get(("hash", "lookup")), d_at(False, 1), True),
+        ("lookup, hash precomputed", ours.get(("hash", "lookup_with_hash")),
+         d_at(False, 1, pre=True), True),
+        ("lookup, bulk of 16", ours.get(("hash", "lookup_bulk")), d_at(False, 2), True),
+        ("add, single writer", ours.get(("hash", "add")), d_at(False, 0), False),
+        ("add, writer lock", ours.get(("hash", "add_locked")), d_at(True, 0), False),
+    ]
+    for name, o, d, target in rows:
+        note = f"   (target <= {HASH_TARGET:.2f})" if target else ""
+        log(f"  {name:<32}{fmt(o):>10}{fmt(d):>10}{ratio(o, d):>10}{note}")
+    if ghz:
+        lk = ours.get(("hash", "lookup"))
+        bk = ours.get(("hash", "lookup_bulk"))
+        if lk and bk:
+            log(f"  forkhost: {ghz * 1e3 / lk:.1f} M lookups/s single, "
+                f"{ghz * 1e3 / bk:.1f} M lookups/s bulk, on one core")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of the ring tables, best kept (1..16)")
+    ap.add_argument("--no-dpdk", action="store_true",
+                    help="our figures only, even when dpdk-test is installed")
+    a = ap.parse_args()
+    if not 1 <= a.rounds <= 16:
+        ap.error("--rounds must be 1..16")
+
+    dpdk = None if a.no_dpdk else shutil.which("dpdk-test")
+    if not a.no_dpdk and dpdk is None:
+        log("dpdk-test is not installed: our figures only.  DPDK 22.11 is in "
+            "Debian 12's packages; dpdk-test is in dpdk-dev (the dpdk package "
+            "holds only the libraries):\n"
+            "    apt-get update && apt-get install -y dpdk-dev")
+    elif dpdk is not None and os.geteuid() != 0:
+        log("dpdk-test needs huge pages, which only root can reserve: "
+            "our figures only (run as root for DPDK's)")
+        dpdk = None
+    if os.cpu_count() is None or os.cpu_count() < 2:
+        raise SystemExit("needs two CPUs (0 and 1)")
+
+    work = Path(tempfile.mkdtemp(prefix="fhb-shmc-"))
+    ours: dict = {}
+    ring_d: dict = {}
+    hash_d: dict = {}
+    header = ""
+    load_before = os.getloadavg()
+    try:
+        exe = build(work)
+        with HugePages() if dpdk else contextlib.nullcontext():
+            log(f"\nload average before: {load_before[0]:.2f} {load_before[1]:.2f} "
+                f"{load_before[2]:.2f} ({os.cpu_count()} CPUs)")
+            if dpdk:
+                log(f"DPDK: {dpdk} (dpdk-dev {dpdk_version()}), EAL "
+                    f"{' '.join(DPDK_EAL)}")
+            for i in range(a.rounds):
+                log(f"round {i + 1}/{a.rounds}: forkhost ring"
+                    + (", DPDK ring_perf_autotest" if dpdk else ""))
+                header, figs = run_bench(exe, "ring")
+                for k, v in figs.items():
+                    ours[k] = min(v, ours.get(k, v))
+                if dpdk:
+                    out = run_dpdk("ring_perf_autotest", 600)
+                    for k, v in parse_ring(out).items():
+                        ring_d[k] = min(v, ring_d.get(k, v))
+            log("forkhost hash")
+            _, figs = run_bench(exe, "hash")
+            ours.update(figs)
+            if dpdk:
+                log("DPDK hash_perf_autotest (about 3 minutes)")
+                hash_d = parse_hash(run_dpdk("hash_perf_autotest", 1800))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    load_after = os.getloadavg()
+    log(f"\n{header}")
+    log(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+        f"ring figures: best of {a.rounds} round(s)"
+        + (" on each side" if dpdk else ""))
+    m = re.search(r"tsc ([\d.]+) GHz", header)
+    print_table(ours, ring_d, hash_d, float(m[1]) if m else None)
+    if dpdk and (not ring_d or not hash_d):
+        log("note: some DPDK figures could not be parsed from dpdk-test's output")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

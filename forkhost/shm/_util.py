@@ -1,0 +1,88 @@
+"""Shared helpers of forkhost.shm: names, errno -> exception, buffers.
+
+The C library returns -1/NULL with errno, or a negative errno on hot paths
+(STYLE.md); every wrapper funnels that through :func:`raise_errno`, so the
+mapping from errno to forkhost's exceptions lives in one place and each
+exception is chained to the OSError it came from.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+from array import array
+
+from .._native import ffi
+from ..errors import (ModuleMismatchError, NameExistsError, NoArenaError,
+                      NoSpaceError, NotFoundError, ShmError)
+
+_EXC = {
+    E.EEXIST: NameExistsError,
+    E.ENOENT: NotFoundError,
+    E.ENOSPC: NoSpaceError,
+    E.ENOBUFS: NoSpaceError,
+    E.ENODEV: NoArenaError,
+    E.EFAULT: ModuleMismatchError,
+}
+
+# What an errno means for a shm call, where strerror would mislead.
+_DETAIL = {
+    E.EEXIST: "the name is in use",
+    E.ENOSPC: "no space left in the arena (or the memzone directory is full)",
+}
+
+NO_ARENA = ("this process has no forkhost arena: run it as a secondary "
+            "(forkhost-run, forkhost.launch) or call forkhost.shm.attach() first")
+
+# array('Q') is the 64-bit unsigned array type everywhere forkhost.shm moves
+# ring items, object addresses or hash data in bulk.
+if array("Q").itemsize != 8:      # pragma: no cover  (every LP64 platform)
+    raise ImportError("forkhost.shm needs array('Q') to be 64 bits")
+
+
+def raise_errno(err: int, what: str, detail: str | None = None):
+    """Raise the forkhost exception for errno ``err`` (positive or negative)
+    about ``what``; ``detail`` replaces strerror in the message."""
+    err = abs(err)
+    oserr = OSError(err, os.strerror(err))
+    cls = _EXC.get(err, ShmError)
+    if detail is None:
+        detail = NO_ARENA if err == E.ENODEV else _DETAIL.get(err)
+    raise cls(f"{what}: {detail or os.strerror(err)}", err) from oserr
+
+
+def raise_message(err: int, message: str):
+    """Raise the exception for errno ``err`` with ``message`` as it is (the
+    C side's own message, which already names the object)."""
+    err = abs(err)
+    raise _EXC.get(err, ShmError)(message, err) from OSError(err, os.strerror(err))
+
+
+def cname(name: str | bytes, size: int, what: str) -> bytes:
+    """A name for the C side: str or bytes, 1..size-1 bytes, no NUL."""
+    b = name.encode() if isinstance(name, str) else bytes(name)
+    if not b or len(b) >= size or b"\0" in b:
+        raise ValueError(f"invalid {what} name {name!r}: 1 to {size - 1} bytes, "
+                         f"no NUL")
+    return b
+
+
+def in_buffer(items, elem_size: int):
+    """(cdata char[], count) for a run of packed elements: an array, bytes,
+    bytearray, memoryview or any contiguous buffer of count * elem_size
+    bytes, or (for 8-byte elements) a list/tuple of ints."""
+    if isinstance(items, (list, tuple)):
+        if elem_size != 8:
+            items = b"".join(items)
+        else:
+            items = array("Q", items)
+    p = ffi.from_buffer(items)
+    nbytes = len(p)
+    if nbytes % elem_size:
+        raise ValueError(f"a buffer of {nbytes} bytes is not a whole number of "
+                         f"{elem_size}-byte elements")
+    return p, nbytes // elem_size
+
+
+def address(cdata) -> int:
+    return int(ffi.cast("uintptr_t", cdata))

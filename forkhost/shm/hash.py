@@ -1,0 +1,391 @@
+"""Hash tables in the arena whose hash function is a stored pointer
+(fh_hash_*, DPDK's rte_hash minus its multi-process catch).
+
+Keys are bytes of the table's fixed ``key_len``; each key has a 64-bit data
+value and a position (0 .. max_entries-1, stable while the key is in the
+table).  The hash function is the built-in CRC32C or one from native code:
+a cffi/ctypes function pointer, an address, or a ``(library path, symbol)``
+pair.  Every secondary maps that library at the primary's address, so any
+process of the prefix may call through the stored pointer; a process whose
+mapping differs (a classically attached one, or a library loaded after the
+template fork) gets ModuleMismatchError naming the module and both
+addresses, never a crash.  The ``*_with_hash`` methods never call the
+function and work anywhere.
+
+Readers take no lock; writers serialise on a robust mutex in the table (or
+not at all with ``single_writer=True``: then the caller guarantees it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from array import array
+
+from .._native import ffi, lib
+from ._util import address, cname, in_buffer, raise_errno, raise_message
+
+NAMESIZE = lib.FH_HASH_NAMESIZE
+KEY_LEN_MAX = lib.FH_HASH_KEY_LEN_MAX
+ENTRIES_MAX = lib.FH_HASH_ENTRIES_MAX
+F_SINGLE_WRITER = lib.FH_HASH_F_SINGLE_WRITER
+
+_NULL = ffi.NULL
+_ENOENT = -errno.ENOENT
+
+# Libraries loaded through load_native() or a (path, symbol) hash function:
+# kept referenced so they are never unloaded while a table may point in.
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def load_native(path: str | os.PathLike) -> ctypes.CDLL:
+    """Load a shared library into this process and keep it loaded.
+
+    Call it in the primary *before* the template fork (before
+    ``Primary.start()``) for every library whose functions go into shared
+    memory: every secondary then maps it at the same address.  Loading the
+    same path again returns the same library.
+    """
+    real = os.path.realpath(path)
+    dll = _loaded.get(real)
+    if dll is None:
+        try:
+            dll = ctypes.CDLL(real)
+        except OSError as err:
+            raise_errno(errno.ENOENT, f"cannot load {path}", str(err))
+        _loaded[real] = dll
+    return dll
+
+
+def native_function(path: str | os.PathLike, symbol: str) -> int:
+    """The address of ``symbol`` in the shared library at ``path`` (loaded,
+    and kept loaded, if it was not)."""
+    dll = load_native(path)
+    try:
+        fn = getattr(dll, symbol)
+    except AttributeError:
+        raise_errno(errno.ENOENT, f"symbol {symbol!r}", f"not found in {path}")
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+# cffi's address of the built-in function is a wrapper in the cffi module,
+# not fh_hash_crc32c itself: recognise it, so the table records the
+# built-in function (resolved in each process, attached ones included).
+_BUILTIN = int(ffi.cast("uintptr_t", ffi.addressof(lib, "fh_hash_crc32c")))
+
+
+def _fn_pointer(hash_fn):
+    """NULL (built-in CRC32C) or an fh_hash_fn for what the user gave."""
+    if hash_fn is None:
+        return _NULL
+    if isinstance(hash_fn, tuple):
+        path, symbol = hash_fn
+        addr = native_function(path, symbol)
+    elif isinstance(hash_fn, int):
+        addr = hash_fn
+    elif isinstance(hash_fn, ffi.CData):            # any cffi instance's pointer
+        addr = int(ffi.cast("uintptr_t", hash_fn))
+    elif isinstance(hash_fn, ctypes._CFuncPtr):
+        addr = ctypes.cast(hash_fn, ctypes.c_void_p).value
+    elif hash_fn is lib.fh_hash_crc32c:
+        return _NULL
+    else:
+        raise TypeError("hash_fn must be None, a (library path, symbol) pair, a "
+                        "cffi or ctypes function pointer, or an address")
+    return _NULL if addr == _BUILTIN else ffi.cast("fh_hash_fn", addr)
+
+
+def _error_text() -> str:
+    return ffi.string(lib.fh_hash_error()).decode(errors="replace")
+
+
+class HashTable:
+    """A hash table found by name from any process of the prefix."""
+
+    __slots__ = ("_h", "name", "key_len", "max_entries")
+
+    def __init__(self, h):
+        self._h = h                                     # struct fh_hash *
+        self.name = ffi.string(lib.fh_hash_name(h)).decode(errors="replace")
+        self.key_len = lib.fh_hash_key_len(h)
+        self.max_entries = lib.fh_hash_max_entries(h)
+
+    # -- create / lookup -----------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str | bytes, entries: int, key_len: int, *,
+               hash_fn=None, init_val: int = 0,
+               single_writer: bool = False) -> "HashTable":
+        """A table for up to ``entries`` keys of ``key_len`` bytes.
+        ``hash_fn``: None (CRC32C), ``(library path, symbol)``, a cffi or
+        ctypes function pointer ``uint32_t (*)(const void *key, uint32_t
+        key_len, uint32_t init_val)``, or its address.  The function must
+        lie in a loaded shared library (not a Python callback).
+        NameExistsError, NoSpaceError, ShmError (bad argument)."""
+        b = cname(name, NAMESIZE, "hash table")
+        if not 1 <= entries <= ENTRIES_MAX or not 1 <= key_len <= KEY_LEN_MAX:
+            raise ValueError(f"hash table {name!r}: need 1 <= entries <= "
+                             f"{ENTRIES_MAX} and 1 <= key_len <= {KEY_LEN_MAX}")
+        fn = _fn_pointer(hash_fn)
+        h = lib.fh_hash_create(b, entries, key_len, fn, init_val & 0xFFFFFFFF,
+                               F_SINGLE_WRITER if single_writer else 0)
+        if h == _NULL:
+            err = ffi.errno
+            if err == errno.EINVAL and _error_text():
+                raise_message(err, _error_text())
+            raise_errno(err, f"cannot create hash table {name!r}")
+        return cls(h)
+
+    @classmethod
+    def lookup(cls, name: str | bytes) -> "HashTable":
+        """The table called ``name``; NotFoundError if there is none."""
+        b = cname(name, NAMESIZE, "hash table")
+        h = lib.fh_hash_find_existing(b)
+        if h == _NULL:
+            err = ffi.errno
+            raise_errno(err, f"hash table {name!r}",
+                        "not found" if err == errno.ENOENT else None)
+        return cls(h)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _key(self, key) -> bytes:
+        if len(key) != self.key_len:
+            raise ValueError(f"hash table {self.name!r}: keys are {self.key_len} "
+                             f"bytes, got {len(key)}")
+        return key if isinstance(key, bytes) else bytes(key)
+
+    def _keys(self, keys):
+        """Packed keys (cdata, n) from a list of keys or one buffer of
+        n * key_len bytes."""
+        if isinstance(keys, (list, tuple)):
+            kl = self.key_len
+            for k in keys:
+                if len(k) != kl:
+                    raise ValueError(f"hash table {self.name!r}: keys are {kl} "
+                                     f"bytes, got {len(k)}")
+            keys = b"".join(keys)
+        return in_buffer(keys, self.key_len)
+
+    def _fail(self, rc: int, what: str, key=None):
+        """Raise for a negative return of a write or lookup call."""
+        if rc == _ENOENT:
+            raise KeyError(key)
+        if rc == -errno.ENOSPC:
+            raise_errno(rc, f"hash table {self.name!r}",
+                        f"full ({self.max_entries} keys)")
+        if rc in (-errno.EFAULT, -errno.EINVAL):
+            raise_message(rc, _error_text() or f"hash table {self.name!r}: {what}: "
+                          f"{os.strerror(-rc)}")
+        raise_errno(rc, f"hash table {self.name!r}: {what}")
+
+    # -- the table's function ------------------------------------------------
+
+    def check(self) -> None:
+        """ModuleMismatchError unless this process may call the table's hash
+        function (the built-in one always passes)."""
+        rc = lib.fh_hash_check(self._h)
+        if rc < 0:
+            self._fail(rc, "check")
+
+    @property
+    def usable(self) -> bool:
+        """True when this process may call the table's hash function."""
+        return lib.fh_hash_check(self._h) == 0
+
+    def hash(self, key) -> int:
+        """The table's hash of ``key`` (the signature *_with_hash takes)."""
+        k = self._key(key)
+        sig = ffi.new("uint32_t *")
+        rc = lib.fh_hash_hash(self._h, k, sig)
+        if rc < 0:
+            self._fail(rc, "hash", key)
+        return sig[0]
+
+    # -- add / lookup / delete ------------------------------------------------
+
+    def add(self, key, data: int = 0) -> int:
+        """Add ``key`` with ``data`` (or update its data): its position.
+        NoSpaceError when full, ModuleMismatchError."""
+        rc = lib.fh_hash_add_key_data(self._h, self._key(key), data)
+        if rc < 0:
+            self._fail(rc, "add", key)
+        return rc
+
+    def __getitem__(self, key) -> int:
+        """The data of ``key``; KeyError if absent."""
+        d = ffi.new("uint64_t *")
+        rc = lib.fh_hash_lookup_data(self._h, self._key(key), d)
+        if rc < 0:
+            self._fail(rc, "lookup", key)
+        return d[0]
+
+    def position(self, key) -> int:
+        """The position of ``key``; KeyError if absent."""
+        rc = lib.fh_hash_lookup(self._h, self._key(key))
+        if rc < 0:
+            self._fail(rc, "lookup", key)
+        return rc
+
+    def get(self, key, default=None):
+        """The data of ``key``, or ``default``."""
+        d = ffi.new("uint64_t *")
+        rc = lib.fh_hash_lookup_data(self._h, self._key(key), d)
+        if rc < 0:
+            if rc == _ENOENT:
+                return default
+            self._fail(rc, "lookup", key)
+        return d[0]
+
+    def delete(self, key) -> int:
+        """Remove ``key``: the position it had; KeyError if absent."""
+        rc = lib.fh_hash_del_key(self._h, self._key(key))
+        if rc < 0:
+            self._fail(rc, "delete", key)
+        return rc
+
+    def __setitem__(self, key, data: int) -> None:
+        self.add(key, data)
+
+    def __delitem__(self, key) -> None:
+        self.delete(key)
+
+    def __contains__(self, key) -> bool:
+        rc = lib.fh_hash_lookup(self._h, self._key(key))
+        if rc < 0 and rc != _ENOENT:
+            self._fail(rc, "lookup", key)
+        return rc >= 0
+
+    # -- with a precomputed hash (no call through the stored pointer) ----------
+
+    def add_with_hash(self, key, sig: int, data: int = 0) -> int:
+        rc = lib.fh_hash_add_key_with_hash_data(self._h, self._key(key), sig, data)
+        if rc < 0:
+            self._fail(rc, "add", key)
+        return rc
+
+    def lookup_with_hash(self, key, sig: int) -> int:
+        d = ffi.new("uint64_t *")
+        rc = lib.fh_hash_lookup_with_hash_data(self._h, self._key(key), sig, d)
+        if rc < 0:
+            self._fail(rc, "lookup", key)
+        return d[0]
+
+    def delete_with_hash(self, key, sig: int) -> int:
+        rc = lib.fh_hash_del_key_with_hash(self._h, self._key(key), sig)
+        if rc < 0:
+            self._fail(rc, "delete", key)
+        return rc
+
+    # -- bulk lookups ---------------------------------------------------------
+
+    def lookup_bulk(self, keys, sigs=None) -> tuple[array, array]:
+        """Look up many keys in one call: a list of keys or one buffer of
+        n * key_len bytes; ``sigs`` (optional) their precomputed hashes.
+        Returns (positions array('i'), data array('Q')): a missing key has
+        a negative position and data 0."""
+        p, n = self._keys(keys)
+        positions = array("i", bytes(n << 2))
+        data = array("Q", bytes(n << 3))
+        self.lookup_bulk_into(p, positions, data, sigs)
+        return positions, data
+
+    def lookup_bulk_into(self, keys, positions, data=None, sigs=None) -> int:
+        """Like lookup_bulk into caller-owned writable buffers (int32 and
+        uint64, at least as many as keys); returns the number found."""
+        if isinstance(keys, ffi.CData):
+            p, n = keys, len(keys) // self.key_len
+        else:
+            p, n = self._keys(keys)
+        pos = ffi.from_buffer("int32_t[]", positions, require_writable=True)
+        dat = _NULL if data is None else ffi.from_buffer("uint64_t[]", data,
+                                                         require_writable=True)
+        if len(pos) < n or (data is not None and len(dat) < n):
+            raise ValueError(f"output buffers hold fewer than {n} results")
+        if sigs is None:
+            rc = lib.fh_hash_lookup_bulk_data(self._h, p, n, pos, dat)
+        else:
+            s = ffi.from_buffer("uint32_t[]", sigs if not isinstance(sigs, list)
+                                else array("I", sigs))
+            if len(s) < n:
+                raise ValueError(f"{len(s)} signatures for {n} keys")
+            rc = lib.fh_hash_lookup_bulk_with_hash(self._h, p, s, n, pos, dat)
+        if rc < 0:
+            self._fail(rc, "bulk lookup")
+        return rc
+
+    def get_bulk(self, keys, default=None) -> list:
+        """The data of each key, ``default`` for missing ones."""
+        positions, data = self.lookup_bulk(keys)
+        return [d if pos >= 0 else default for pos, d in zip(positions, data)]
+
+    # -- walking ----------------------------------------------------------------
+
+    def iterate(self):
+        """Yield (position, key, data) for every key (a snapshot per bucket
+        while writers run)."""
+        keyp = ffi.new("void **")
+        d = ffi.new("uint64_t *")
+        nxt = ffi.new("uint32_t *")
+        kl = self.key_len
+        while True:
+            pos = lib.fh_hash_iterate(self._h, ffi.cast("const void **", keyp), d, nxt)
+            if pos < 0:
+                if pos == _ENOENT:
+                    return
+                self._fail(pos, "iterate")
+            yield pos, ffi.buffer(keyp[0], kl)[:], d[0]
+
+    def __iter__(self):
+        return (k for _, k, _ in self.iterate())
+
+    def keys(self) -> list[bytes]:
+        return [k for _, k, _ in self.iterate()]
+
+    def items(self) -> list[tuple[bytes, int]]:
+        return [(k, d) for _, k, d in self.iterate()]
+
+    def key_at(self, position: int) -> bytes:
+        """The key stored at ``position``; KeyError if none."""
+        keyp = ffi.new("void **")
+        rc = lib.fh_hash_get_key_with_position(self._h, position,
+                                               ffi.cast("const void **", keyp))
+        if rc < 0:
+            self._fail(rc, "key_at", position)
+        return ffi.buffer(keyp[0], self.key_len)[:]
+
+    def reset(self) -> None:
+        """Remove every key."""
+        rc = lib.fh_hash_reset(self._h)
+        if rc < 0:
+            self._fail(rc, "reset")
+
+    def __len__(self) -> int:
+        return lib.fh_hash_count(self._h)
+
+    # -- identity -----------------------------------------------------------------
+
+    @property
+    def fn_module(self) -> str:
+        """Path of the module holding the hash function ("" = built in)."""
+        return ffi.string(lib.fh_hash_fn_module(self._h)).decode(errors="replace")
+
+    @property
+    def fn_base(self) -> int:
+        """That module's load address in the process that created the table."""
+        return int(lib.fh_hash_fn_base(self._h))
+
+    @property
+    def addr(self) -> int:
+        return address(self._h)
+
+    @property
+    def cdata(self):
+        """The raw ``struct fh_hash *``."""
+        return self._h
+
+    def __repr__(self):
+        fn = self.fn_module or "crc32c (built in)"
+        return (f"<HashTable {self.name!r} {len(self)}/{self.max_entries} keys of "
+                f"{self.key_len} bytes, hash in {fn}>")

@@ -1,0 +1,164 @@
+"""Mempools: fixed-size objects in the arena (fh_mempool_*, DPDK's rte_mempool).
+
+Objects are handed out as their addresses (ints), valid in every process
+of the prefix, so they travel through rings as plain uint64 items; view()
+gives a zero-copy memoryview of one.  Each thread keeps a small cache (the C
+side keeps it correct across fork and gives back the caches of dead
+threads); objects in a cache count as available, not in use.
+"""
+
+from __future__ import annotations
+
+import errno
+from array import array
+
+from .._native import ffi, lib
+from ._util import address, cname, in_buffer, raise_errno
+
+NAMESIZE = lib.FH_MEMPOOL_NAMESIZE
+CACHE_MAX = lib.FH_MEMPOOL_CACHE_MAX
+COUNT_MAX = lib.FH_MEMPOOL_COUNT_MAX
+F_NO_CACHE_ALIGN = lib.FH_MEMPOOL_F_NO_CACHE_ALIGN
+
+_NULL = ffi.NULL
+
+
+class Mempool:
+    """A pool found by name from any process of the prefix."""
+
+    __slots__ = ("_mp", "name", "count", "obj_size", "elt_size", "cache_size")
+
+    def __init__(self, mp):
+        self._mp = mp                                 # struct fh_mempool *
+        self.name = ffi.string(lib.fh_mempool_name(mp)).decode(errors="replace")
+        self.count = lib.fh_mempool_count(mp)
+        self.obj_size = lib.fh_mempool_obj_size(mp)
+        self.elt_size = lib.fh_mempool_elt_size(mp)
+        self.cache_size = lib.fh_mempool_cache_size(mp)
+
+    @classmethod
+    def create(cls, name: str | bytes, n: int, obj_size: int, *,
+               cache_size: int = 0, flags: int = 0) -> "Mempool":
+        """``n`` objects of ``obj_size`` bytes (64-byte aligned; 8 with
+        F_NO_CACHE_ALIGN), zero-filled, with per-thread caches of
+        ``cache_size`` objects (0: none).  NameExistsError, NoSpaceError."""
+        b = cname(name, NAMESIZE, "mempool")
+        if not 1 <= n <= COUNT_MAX or obj_size < 1 or not 0 <= cache_size <= CACHE_MAX:
+            raise ValueError(f"mempool {name!r}: need 1 <= n <= {COUNT_MAX}, "
+                             f"obj_size >= 1, 0 <= cache_size <= {CACHE_MAX}")
+        mp = lib.fh_mempool_create(b, n, obj_size, cache_size, flags)
+        if mp == _NULL:
+            raise_errno(ffi.errno, f"cannot create mempool {name!r}")
+        return cls(mp)
+
+    @classmethod
+    def lookup(cls, name: str | bytes) -> "Mempool":
+        b = cname(name, NAMESIZE, "mempool")
+        mp = lib.fh_mempool_lookup(b)
+        if mp == _NULL:
+            err = ffi.errno
+            raise_errno(err, f"mempool {name!r}", "not found" if err == errno.ENOENT else None)
+        return cls(mp)
+
+    # -- get / put -----------------------------------------------------------
+
+    def _empty(self, n):
+        raise_errno(errno.ENOSPC, f"mempool {self.name!r}",
+                    ("no free object " if n == 1 else f"not {n} free objects ") +
+                    f"({self.in_use} of {self.count} in use)")
+
+    def get(self) -> int:
+        """One object's address; NoSpaceError when the pool is exhausted."""
+        p = ffi.new("void **")
+        if lib.fh_mempool_get(self._mp, p) < 0:
+            self._empty(1)
+        return address(p[0])
+
+    def get_bulk(self, n: int) -> array:
+        """n addresses as array('Q'), all or nothing (NoSpaceError)."""
+        out = array("Q", bytes(n << 3))
+        with ffi.from_buffer(out) as buf:
+            rc = lib.fh_mempool_get_bulk(self._mp, ffi.cast("void **", buf), n)
+        if rc < 0:
+            self._empty(n)
+        return out
+
+    def put(self, addr: int) -> None:
+        """Give one object back (ValueError if it is not one of ours)."""
+        p = ffi.cast("void *", addr)
+        # obj_index also refuses an address inside an object but not at its
+        # start, which fh_mempool_put's range check lets through.
+        if lib.fh_mempool_obj_index(self._mp, p) < 0 or lib.fh_mempool_put(self._mp, p) < 0:
+            raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
+
+    def put_bulk(self, addrs) -> None:
+        """Give objects back: array('Q'), list of ints or a buffer of uint64
+        addresses.  None is taken back if one of them lies outside the
+        pool's objects (addresses are not checked further, as in DPDK)."""
+        p, n = in_buffer(addrs, 8)
+        if lib.fh_mempool_put_bulk(self._mp, ffi.cast("void *const *", p), n) < 0:
+            raise ValueError(f"an address given is not an object of mempool "
+                             f"{self.name!r}; none was put back")
+
+    # -- objects -------------------------------------------------------------
+
+    def view(self, addr: int) -> memoryview:
+        """A writable memoryview of the object at ``addr`` (obj_size bytes)."""
+        if lib.fh_mempool_obj_index(self._mp, ffi.cast("void *", addr)) < 0:
+            raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
+        return memoryview(ffi.buffer(ffi.cast("char *", addr), self.obj_size))
+
+    def index(self, addr: int) -> int:
+        """The object's index in 0..count-1 (a handle that fits 32 bits)."""
+        i = lib.fh_mempool_obj_index(self._mp, ffi.cast("void *", addr))
+        if i < 0:
+            raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
+        return i
+
+    def at(self, index: int) -> int:
+        """The address of object ``index``."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"mempool {self.name!r} has {self.count} objects")
+        return address(lib.fh_mempool_obj_at(self._mp, index))
+
+    # -- counts (exact when quiescent, snapshots otherwise) ------------------
+
+    @property
+    def in_use(self) -> int:
+        """Objects handed out by get and not yet put back."""
+        return lib.fh_mempool_in_use_count(self._mp)
+
+    @property
+    def avail(self) -> int:
+        """Free objects, in the shared ring and in every thread's cache."""
+        return lib.fh_mempool_avail_count(self._mp)
+
+    @property
+    def full(self) -> bool:
+        return bool(lib.fh_mempool_full(self._mp))
+
+    @property
+    def empty(self) -> bool:
+        return bool(lib.fh_mempool_empty(self._mp))
+
+    def cache_flush(self) -> None:
+        """Return this thread's cached objects to the shared ring."""
+        lib.fh_mempool_cache_flush(self._mp)
+
+    def reclaim(self) -> int:
+        """Give back the caches of threads that no longer exist; returns how
+        many objects went back."""
+        return lib.fh_mempool_reclaim(self._mp)
+
+    @property
+    def addr(self) -> int:
+        return address(self._mp)
+
+    @property
+    def cdata(self):
+        """The raw ``struct fh_mempool *``."""
+        return self._mp
+
+    def __repr__(self):
+        return (f"<Mempool {self.name!r} {self.in_use}/{self.count} in use, "
+                f"{self.obj_size}-byte objects at 0x{self.addr:x}>")

@@ -1,0 +1,72 @@
+"""Helpers of the shared-memory tests: the native fixtures and a primary
+that preloaded the tests' hash-function module.
+
+Every check runs in secondaries (the test process itself never maps an
+arena: it would keep an fd and a mapping past the test).  Python entries
+are tests/fixtures/shmfix.py, native ones tests/fixtures/shm_entry.c
+(same names, same arguments), so one test body checks both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from fhtest import FIXTURES, PrimaryProc
+
+KINDS = ("python", "native")
+
+
+@dataclass(frozen=True)
+class ShmNative:
+    entry: str       # shm_entry.c: the twins of shmfix.py
+    lookup: str      # shm_lookup.c: a second, separate native program
+    hashfn: str      # shm_hashfn.c: preloaded by the primary
+    late: str        # the same code at another path, never preloaded
+
+
+def _flags() -> list[str]:
+    return subprocess.run(["forkhost", "config", "--cflags", "--libs"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def build_shm_native(outdir: Path) -> ShmNative:
+    flags = _flags()
+    out = {}
+    for name, src, link in (("entry", "shm_entry.c", True),
+                            ("lookup", "shm_lookup.c", True),
+                            ("hashfn", "shm_hashfn.c", False)):
+        so = Path(outdir) / f"{src[:-2]}.so"
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(so),
+                        str(FIXTURES / src), *(flags if link else [])], check=True)
+        out[name] = str(so)
+    late = Path(outdir) / "shm_hashfn_late.so"
+    shutil.copy2(out["hashfn"], late)
+    return ShmNative(out["entry"], out["lookup"], out["hashfn"], str(late))
+
+
+def shm_primary(runtime_dir: str, native: ShmNative, *args) -> PrimaryProc:
+    """A primary that loaded native.hashfn before forking its template."""
+    env = dict(os.environ, PYTHONPATH=str(FIXTURES), FH_TEST_HASHFN=native.hashfn)
+    return PrimaryProc(runtime_dir, args=("--preload", "shm_preload", *args), env=env)
+
+
+def entry(kind: str, name: str, native: ShmNative) -> str:
+    return f"shmfix:{name}" if kind == "python" else f"{native.entry}:{name}"
+
+
+def run(primary: PrimaryProc, kind: str, name: str, native: ShmNative, *args,
+        expect: int = 0, **kw) -> subprocess.CompletedProcess:
+    """Run entry ``name`` (Python or native) in a secondary; check its exit."""
+    r = primary.run(entry(kind, name, native), *args, cwd=FIXTURES, **kw)
+    assert r.returncode == expect, (
+        f"{kind} {name} {args} exited {r.returncode}, expected {expect}:\n"
+        f"{r.stdout.decode(errors='replace')}{r.stderr.decode(errors='replace')}")
+    return r
+
+
+def py(primary: PrimaryProc, name: str, *args, expect: int = 0, **kw):
+    return run(primary, "python", name, None, *args, expect=expect, **kw)
