@@ -121,7 +121,10 @@ def main() -> int:
     # single-threaded when it forks the template.
     np_env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     try:
-        prim.start("b64", "--arena-size", "64M")
+        # One primary per variant: each gets one launch per round, so each
+        # finds its template's pool refilled, as a launch on demand would.
+        for prefix in ("bpy", "bnat", "bapi", "b64"):
+            prim.start(prefix, "--arena-size", "64M")
         prim.start("b8g", "--arena-size", "8G")
         if have_numpy:
             prim.start("bnp", "--preload", "numpy", env=np_env)
@@ -133,7 +136,7 @@ def main() -> int:
 
         def in_process():
             t0 = time.perf_counter()
-            sec = forkhost.launch("fhbench_triv:main", prefix="b64", runtime_dir=work,
+            sec = forkhost.launch("fhbench_triv:main", prefix="bapi", runtime_dir=work,
                                   stdout=forkhost.DEVNULL)
             with sec:
                 code = sec.wait()
@@ -142,8 +145,8 @@ def main() -> int:
 
         variants = {
             "true": lambda: spawn_wait(["/bin/true"], env),
-            "fh-run python": fh("b64", "fhbench_triv:main"),
-            "fh-run native": fh("b64", f"{work}/triv.so"),
+            "fh-run python": fh("bpy", "fhbench_triv:main"),
+            "fh-run native": fh("bnat", f"{work}/triv.so"),
             "launch() python": in_process,
             "python -c pass": lambda: spawn_wait([clean_python, "-c", "pass"], env),
             "fh-run 64 MiB": fh("b64", "fhbench_triv:main"),

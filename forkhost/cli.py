@@ -1,6 +1,6 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stop, doctor, demo, config.  Options have
+Subcommands: primary, run, ps, stop, doctor, demo, config, attach.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
@@ -68,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on an embedded default")
     _common(p)
 
+    p = sub.add_parser("attach", help="attach to a prefix's arena the classic way "
+                       "(not as a secondary) and list its memzones")
+    _common(p)
+
     p = sub.add_parser("config", help="compiler flags for C programs")
     p.add_argument("--cflags", action="store_true")
     p.add_argument("--libs", action="store_true")
@@ -92,7 +96,8 @@ def _make_primary(a):
     from .primary import Primary
     return Primary(a.prefix, runtime_dir=a.runtime_dir, arena_size=a.arena_size,
                    preload=a.preload, max_secondaries=a.max_secondaries,
-                   grace=a.grace, pool=a.pool, huge_pages=a.huge_pages)
+                   grace=a.grace, pool=a.pool, huge_pages=a.huge_pages,
+                   ipc=True)   # secondaries get IPC and exit notices
 
 
 def _serve(p) -> int:
@@ -362,5 +367,33 @@ def cmd_config(a) -> int:
     return 0
 
 
+def cmd_attach(a) -> int:
+    """Map the arena like a separate program would (MAP_FIXED_NOREPLACE at
+    the primary's address) and list the memzones; exit 1 naming the mapping
+    in the way when ASLR put one there."""
+    from .primary import human_size
+    from .shm import attach, free_bytes, memzones
+    att = attach(a.prefix, a.runtime_dir)
+    print(f"forkhost attach: prefix {att.prefix!r}: arena {human_size(att.size)} at "
+          f"0x{att.base:x} mapped here (primary pid {att.primary_pid})")
+    if att.library_same_address:
+        print(f"libforkhost.so: at 0x{att.library_base_here:x} here too, the same "
+              f"address as in the primary")
+    else:
+        print(f"libforkhost.so: at 0x{att.library_base_here:x} here, "
+              f"0x{att.library_base_primary:x} in the primary: function pointers "
+              f"stored by the prefix's processes are not valid in this one")
+    zones = memzones()
+    print(f"{len(zones)} memzone{'s' if len(zones) != 1 else ''}, "
+          f"{free_bytes() / (1 << 20):.1f} MiB free")
+    if zones:
+        w = max(len(z.name) for z in zones)
+        print(f"  {'NAME':<{w}}  {'ADDRESS':>18}  {'SIZE':>12}  ALIGN")
+        for z in zones:
+            print(f"  {z.name:<{w}}  0x{z.addr:016x}  {z.size:>12}  {z.align}")
+    return 0
+
+
 COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
-            "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config}
+            "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config,
+            "attach": cmd_attach}

@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 
+from . import ipc as _ipc
 from . import runtime
 from ._native import LIBRARY, ffi, lib
 from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
@@ -112,7 +113,8 @@ class Primary:
                  max_secondaries: int = DEFAULT_MAX_SECONDARIES,
                  grace: float = DEFAULT_GRACE,
                  pool: int = DEFAULT_POOL,
-                 huge_pages: str = "auto"):
+                 huge_pages: str = "auto",
+                 ipc: bool = False):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.arena_size = parse_size(arena_size)
         self.preload = list(preload)
@@ -132,6 +134,8 @@ class Primary:
         self._lock = runtime.PrefixLock(self.paths)
         self.recovered_pid: int | None = None
         self.config: dict = {}
+        self._ipc_at_start = ipc     # start IPC at the end of start()
+        self._ipc_exit_fd = -1       # the template's end of its exit channel
 
     # -- properties -----------------------------------------------------
 
@@ -173,12 +177,18 @@ class Primary:
             try:
                 self.config = self._config_record()
                 runtime.write_config(self.paths, self.config)
+                # IPC: where it will be, inherited by every secondary.
+                self._ipc_exit_fd = _ipc.prepare(self)
                 self._fork_template(listener, ino)
             finally:
                 listener.close()
+                _ipc.after_template_fork()
             self.config["template_pid"] = self.template_pid
             runtime.write_config(self.paths, self.config)
+            if self._ipc_at_start:
+                self.ipc()
         except BaseException:
+            _ipc.shutdown_primary(0)
             self._stop_template()
             self._lock.release()
             raise
@@ -261,7 +271,9 @@ class Primary:
                 os.close(self._lock.fd)   # the lock is the primary's alone
                 from .template import template_main
                 code = template_main(
-                    listener, ready_w, keep_fds=[lib.fh_arena_fd()],
+                    listener, ready_w,
+                    keep_fds=[lib.fh_arena_fd(), self._ipc_exit_fd],
+                    exit_notice_fd=self._ipc_exit_fd,
                     prefix=self.prefix, socket_path=self.socket_path,
                     socket_ino=ino, primary_pid=self.pid,
                     max_secondaries=self.max_secondaries, grace=self.grace,
@@ -282,6 +294,17 @@ class Primary:
                                 or "the template exited while starting")
 
     # -- running --------------------------------------------------------
+
+    def ipc(self):
+        """Start IPC in this primary (docs/ipc.md) and return its endpoint,
+        whose methods are forkhost.ipc's functions.  Only after start(): the
+        IPC thread is a second thread, and the template must be forked from
+        a single-threaded primary."""
+        ep = _ipc.start_primary(self)
+        if self.config.get("ipc_socket") != ep.path:
+            self.config["ipc_socket"] = ep.path
+            runtime.write_config(self.paths, self.config)
+        return ep
 
     def template_alive(self) -> bool:
         if self.template_pidfd < 0:
@@ -327,7 +350,10 @@ class Primary:
 
     def stop(self) -> None:
         """End the template (and with it every secondary), remove the
-        prefix's runtime files and release the prefix."""
+        prefix's runtime files and release the prefix.  IPC members are
+        told first (forkhost.shutdown) and those that answer get up to the
+        grace period to leave."""
+        _ipc.shutdown_primary(self.grace)
         self._stop_template()
         self._lock.release()
 

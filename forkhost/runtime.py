@@ -70,6 +70,11 @@ class PrefixPaths:
         return self.dir / "template.sock"
 
     @property
+    def ipc_socket(self) -> Path:
+        """The primary's IPC listener (forkhost/ipc.py, docs/ipc.md)."""
+        return self.dir / "ipc.sock"
+
+    @property
     def log(self) -> Path:
         """Where a --detach primary writes: beside the prefix directory,
         so it survives the directory's cleanup at stop."""
@@ -142,7 +147,7 @@ class PrefixLock:
 
     def _clean_leftovers(self) -> None:
         p = self.paths
-        for leftover in (p.socket, p.config):
+        for leftover in (p.socket, p.config, p.ipc_socket):
             try:
                 os.unlink(leftover)
                 if self.stale_pid is None:
@@ -154,7 +159,8 @@ class PrefixLock:
         if self.fd < 0:
             return
         if remove:
-            for f in (self.paths.socket, self.paths.config, self.paths.lock):
+            for f in (self.paths.socket, self.paths.config, self.paths.ipc_socket,
+                      self.paths.lock):
                 try:
                     os.unlink(f)
                 except FileNotFoundError:

@@ -28,6 +28,7 @@ import traceback
 from . import pool
 from ._native import lib
 from .connection import PENDING, RUNNING, Connection
+from .ipc import notify_exit
 
 # A client has this long between connect() and its request.
 REQUEST_TIMEOUT = 10.0
@@ -67,7 +68,8 @@ class Template:
     def __init__(self, listener: socket.socket, *, prefix: str, socket_path: str,
                  socket_ino: int, primary_pid: int, max_secondaries: int,
                  grace: float, pool_size: int = 0,
-                 request_timeout: float = REQUEST_TIMEOUT):
+                 request_timeout: float = REQUEST_TIMEOUT,
+                 exit_notice_fd: int = -1):
         self.listener = listener
         self.prefix = prefix
         self.socket_path = socket_path
@@ -77,6 +79,7 @@ class Template:
         self.grace = grace
         self.pool_size = pool_size
         self.request_timeout = request_timeout
+        self.exit_notice_fd = exit_notice_fd   # IPC: exits -> the primary
         self.pid = os.getpid()
         self.uid = os.getuid()
         self.conns: dict[int, Connection] = {}     # socket fd -> connection
@@ -338,6 +341,8 @@ class Template:
         if pid == 0:
             return
         conn.report_exit(status)
+        # IPC: the primary broadcasts every exit (forkhost.exit, docs/ipc.md).
+        notify_exit(self.exit_notice_fd, conn.pid, status)
         self.ep.unregister(conn.pidfd)
         del self.running[conn.pidfd]
         os.close(conn.pidfd)

@@ -20,6 +20,7 @@
 #include "forkhost/mempool.h"
 #include "forkhost/hash.h"
 #include "forkhost/demo.h"
+#include "forkhost/ipc.h"
 
 FH_API const char *fh_version(void);
 

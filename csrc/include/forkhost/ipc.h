@@ -1,0 +1,217 @@
+/*
+ * forkhost/ipc.h - IPC between the primary and its secondaries (DPDK's
+ * rte_mp): named actions, best-effort messages, synchronous and
+ * asynchronous requests that count their replies, up to 8 fds per message.
+ *
+ * This is the native secondary's side.  The primary is the Python process
+ * (forkhost/ipc.py); both speak the wire format defined here and described
+ * in docs/ipc.md.  Change the three together and bump FH_IPC_VERSION.
+ *
+ * Transport: one AF_UNIX SOCK_SEQPACKET connection from each secondary to
+ * <runtime>/<prefix>/ipc.sock.  A record is a struct fh_ipc_hdr, param_len
+ * bytes of parameter, and nfds descriptors as SCM_RIGHTS on the same
+ * record.  The kernel closes a dead process's connection, so membership,
+ * peer death and the primary's death need no polling.
+ *
+ * Threads: the first call that needs the primary (register, send, request,
+ * start) connects, says HELLO, waits for WELCOME and starts one receive
+ * thread (pthreads).  Actions and asynchronous callbacks run on that
+ * thread; a synchronous request from there fails with EDEADLK instead of
+ * waiting for a reply only that thread could receive.  After fork() the
+ * child has no IPC: its copy of the connection is closed, its actions are
+ * forgotten, and its first IPC call joins as a new member.
+ *
+ * Errors: -1 with errno.  EINVAL (bad name, argument or reserved name),
+ * ENAMETOOLONG (name of 64 bytes or more), EMSGSIZE (param too long or too
+ * many fds), EBADF (an fd that is not open), ENOTCONN (no primary to talk
+ * to: not a secondary, IPC not started in the primary, or the primary is
+ * gone), EDEADLK (sync request on the IPC thread), EEXIST / ENOENT
+ * (register / unregister), ECONNREFUSED (the primary refused the HELLO).
+ */
+#ifndef FORKHOST_IPC_H
+#define FORKHOST_IPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+#define FH_IPC_MAGIC   0x4b484950u /* bytes "PIHK" in memory on little-endian */
+#define FH_IPC_VERSION 1
+
+/* A name is an identifier: DPDK's RTE_MP_MAX_NAME_LEN, NUL included. */
+#define FH_IPC_NAME_MAX  64
+/* DPDK's 256 bytes cannot hold a path (PATH_MAX is 4096) or a short JSON
+ * object.  4 KiB can, and a whole record still fits a fixed buffer and
+ * ~40 of them a default socket send buffer (208 KiB).  Bulk data belongs
+ * in the arena or a passed memfd. */
+#define FH_IPC_PARAM_MAX 4096
+/* DPDK's RTE_MP_MAX_FD_NUM: keeps the control buffer fixed and small. */
+#define FH_IPC_FDS_MAX   8
+
+enum fh_ipc_type {
+    FH_IPC_MSG     = 0x01, /* either way, no reply */
+    FH_IPC_REQUEST = 0x02, /* either way, answered by one REPLY */
+    FH_IPC_REPLY   = 0x03, /* same id as its REQUEST, same connection */
+    FH_IPC_HELLO   = 0x10, /* secondary -> primary, first record */
+    FH_IPC_WELCOME = 0x11, /* primary -> secondary: a member now */
+    FH_IPC_REFUSE  = 0x12, /* primary -> secondary: UTF-8 reason, then close */
+    FH_IPC_BYE     = 0x13, /* secondary -> primary: leaving, not exiting */
+};
+
+/* REPLY status (fh_ipc_msg.status) */
+enum fh_ipc_status {
+    FH_IPC_OK            = 0, /* the action's answer */
+    FH_IPC_NO_ACTION     = 1, /* the peer has no action under that name */
+    FH_IPC_ACTION_FAILED = 2, /* the action failed (C: returned < 0) unanswered */
+};
+
+/*
+ * The header of every record, 96 bytes:
+ *   0 magic  4 version  6 type  8 len  12 nfds  16 id  24 param_len
+ *   28 status  32 name[64]  96 param...
+ * len is the whole record (96 + param_len).  id: a REQUEST's id, unique
+ * in its requesting process and never 0, repeated in its REPLY; 0 for the
+ * other types.  name: 1..63 bytes, NUL-padded, for MSG/REQUEST/REPLY;
+ * all NUL otherwise.
+ */
+struct fh_ipc_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t type;
+    uint32_t len;
+    uint32_t nfds;
+    uint64_t id;
+    uint32_t param_len;
+    int32_t  status;
+    char     name[FH_IPC_NAME_MAX];
+};
+
+#define FH_IPC_HDR_SIZE   96u
+#define FH_IPC_RECORD_MAX (FH_IPC_HDR_SIZE + FH_IPC_PARAM_MAX)
+
+/* HELLO and WELCOME params, 16 bytes each. */
+struct fh_ipc_hello {
+    int32_t  pid;
+    int32_t  ppid;        /* the template, for a secondary */
+    uint32_t flags;       /* 0 */
+    uint32_t reserved;
+};
+
+struct fh_ipc_welcome {
+    int32_t  primary_pid;
+    int32_t  template_pid;
+    uint32_t name_max;    /* FH_IPC_NAME_MAX */
+    uint32_t param_max;   /* FH_IPC_PARAM_MAX */
+};
+
+/*
+ * Notices: names in the reserved "forkhost." namespace, sent only by the
+ * primary's IPC layer.  Register an action under one to receive it.
+ *
+ * FH_IPC_EXIT_NOTICE (a MSG): a secondary exited; param is struct
+ * fh_ipc_exit_notice.  FH_IPC_SHUTDOWN_NOTICE (a REQUEST): the primary is
+ * stopping; param is struct fh_ipc_shutdown_notice.  Reply to it if this
+ * process will exit: the primary then waits for it (up to grace_ms) before
+ * the template sends SIGTERM.
+ */
+#define FH_IPC_RESERVED_PREFIX "forkhost."
+#define FH_IPC_EXIT_NOTICE     "forkhost.exit"
+#define FH_IPC_SHUTDOWN_NOTICE "forkhost.shutdown"
+
+#define FH_IPC_EXIT_STATUS_KNOWN 0x1u /* code/signal are valid */
+
+struct fh_ipc_exit_notice {
+    int32_t  pid;
+    int32_t  code;        /* exit status when it exited, else 0 */
+    int32_t  signal;      /* the signal that killed it, else 0 */
+    uint32_t flags;       /* FH_IPC_EXIT_* */
+};
+
+struct fh_ipc_shutdown_notice {
+    int32_t  primary_pid;
+    uint32_t grace_ms;
+};
+
+/* A message as the API sees it (DPDK's struct rte_mp_msg, plus who sent it
+ * and, for replies, its status). */
+struct fh_ipc_msg {
+    char    name[FH_IPC_NAME_MAX];
+    int     len_param;
+    int     num_fds;
+    uint8_t param[FH_IPC_PARAM_MAX];
+    int     fds[FH_IPC_FDS_MAX];
+    pid_t   pid;          /* received: the sender */
+    int     status;       /* received replies: enum fh_ipc_status */
+};
+
+/* Replies to a request.  nb_sent: peers the request reached (0 or 1 from a
+ * secondary); nb_received: answers, errors included; msgs: nb_received
+ * answers, malloc'd.  After a sync request the caller closes the fds it
+ * does not keep and free()s msgs; after an async one the library frees
+ * msgs once the callback returns (the fds are the callback's). */
+struct fh_ipc_reply {
+    int nb_sent;
+    int nb_received;
+    struct fh_ipc_msg *msgs;
+};
+
+/* An action: runs on the IPC thread with a received MSG or REQUEST.  The
+ * fds in msg are the action's to close.  For a request, answer with
+ * fh_ipc_reply(reply, peer) during the action; returning < 0 without
+ * having answered sends FH_IPC_ACTION_FAILED. */
+typedef int (*fh_ipc_action_t)(const struct fh_ipc_msg *msg, const void *peer);
+
+/* An async request's callback, on the IPC thread, once the reply is in, the
+ * primary is gone, or the timeout passed. */
+typedef void (*fh_ipc_async_t)(const struct fh_ipc_msg *request,
+                               const struct fh_ipc_reply *reply, void *arg);
+
+FH_API int fh_ipc_register(const char *name, fh_ipc_action_t action);
+FH_API int fh_ipc_unregister(const char *name);
+
+/* Join now (connect, HELLO, WELCOME, start the thread).  Idempotent. */
+FH_API int fh_ipc_start(void);
+/* Leave: BYE, close, join the thread.  Not from an action. */
+FH_API int fh_ipc_stop(void);
+
+/* A message to the primary.  0, or -1 with errno (ENOTCONN: not joined or
+ * the primary is gone; EAGAIN: its buffer stayed full for 1 s). */
+FH_API int fh_ipc_send(const struct fh_ipc_msg *msg);
+
+/* Request, wait up to *ts (relative; NULL: 5 s) for the reply.  0 even
+ * when it timed out (nb_received < nb_sent), -1 with errno on bad input
+ * or EDEADLK on the IPC thread. */
+FH_API int fh_ipc_request(const struct fh_ipc_msg *req,
+                          struct fh_ipc_reply *reply,
+                          const struct timespec *ts);
+FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
+                                const struct timespec *ts,
+                                fh_ipc_async_t callback, void *arg);
+
+/* Answer the request an action received; peer is the action's argument.
+ * -1 with EALREADY when already answered, EINVAL outside the action. */
+FH_API int fh_ipc_reply(const struct fh_ipc_msg *reply, const void *peer);
+
+struct fh_ipc_stats {
+    uint64_t sent, received, dropped, notices_ignored, no_action, malformed,
+             action_errors, timeouts, peer_died, late_replies, send_failed;
+};
+FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
+
+/*
+ * Set by the primary before it forks the template, so that every secondary
+ * (Python or native) inherits where the primary's IPC socket is.  path is
+ * copied (at most 107 bytes: sun_path).  -1 with ENAMETOOLONG otherwise.
+ */
+FH_API int fh_ipc_set_primary(const char *path, pid_t primary_pid);
+/* What fh_ipc_set_primary() stored: "" and 0 in a process that is not
+ * part of a prefix. */
+FH_API const char *fh_ipc_socket_path(void);
+FH_API pid_t fh_ipc_primary_pid(void);
+
+#endif /* FORKHOST_IPC_H */

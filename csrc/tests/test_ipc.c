@@ -1,0 +1,509 @@
+/*
+ * test_ipc.c - the native secondary's IPC (forkhost/ipc.h) against a fake
+ * primary: a forked child that speaks the wire format with raw sockets,
+ * one scripted step at a time, so the library is checked against the
+ * format itself and not only against forkhost/ipc.py (tests/test_ipc.py
+ * covers that pairing).
+ *
+ * Covered: argument checks at the sender, registration rules, HELLO and
+ * WELCOME, a message each way with an fd that is usable on the other side,
+ * sync and async requests answered, unanswered (timeout) and cut short by
+ * the primary's death, replies from actions (OK, NO_ACTION, ACTION_FAILED),
+ * a sync request from an action refused with EDEADLK, malformed records
+ * counted and survived, and what a forked child of a member inherits.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "forkhost.h"
+
+#define CHECK(cond, ...) do {                                              \
+    if (!(cond)) {                                                         \
+        fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__,   \
+                #cond);                                                    \
+        fprintf(stderr, __VA_ARGS__);                                      \
+        fprintf(stderr, " (errno %d %s)\n", errno, strerror(errno));       \
+        exit(1);                                                           \
+    }                                                                      \
+} while (0)
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1;
+}
+
+static void set_name(struct fh_ipc_msg *m, const char *name)
+{
+    snprintf(m->name, sizeof m->name, "%s", name);
+}
+
+static void set_param(struct fh_ipc_msg *m, const char *text)
+{
+    m->len_param = (int)strlen(text);
+    memcpy(m->param, text, m->len_param);
+}
+
+/* -- the fake primary (runs in a forked child) ---------------------------- */
+
+struct rec {
+    struct fh_ipc_hdr h;
+    unsigned char     param[FH_IPC_PARAM_MAX];
+    int               fds[FH_IPC_FDS_MAX];
+    int               nfds;
+};
+
+static void fp_send(int fd, uint16_t type, uint64_t id, int32_t status,
+                    const char *name, const void *param, uint32_t plen,
+                    const int *fds, int nfds)
+{
+    unsigned char buf[FH_IPC_RECORD_MAX];
+    struct fh_ipc_hdr h;
+    union { struct cmsghdr c; unsigned char b[CMSG_SPACE(8 * sizeof(int))]; } ctl;
+    struct iovec iov = { buf, FH_IPC_HDR_SIZE + plen };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+    memset(&h, 0, sizeof h);
+    h.magic = FH_IPC_MAGIC;
+    h.version = FH_IPC_VERSION;
+    h.type = type;
+    h.len = FH_IPC_HDR_SIZE + plen;
+    h.nfds = (uint32_t)nfds;
+    h.id = id;
+    h.param_len = plen;
+    h.status = status;
+    if (name)
+        snprintf(h.name, sizeof h.name, "%s", name);
+    memcpy(buf, &h, sizeof h);
+    if (plen)
+        memcpy(buf + FH_IPC_HDR_SIZE, param, plen);
+    if (nfds) {
+        memset(&ctl, 0, sizeof ctl);
+        mh.msg_control = ctl.b;
+        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        ctl.c.cmsg_level = SOL_SOCKET;
+        ctl.c.cmsg_type = SCM_RIGHTS;
+        ctl.c.cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(&ctl.c), fds, nfds * sizeof(int));
+    }
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0)
+        _exit(20);
+}
+
+/* The next record from the secondary, within 10 s; exits the fake on
+ * anything else, so a broken library fails the test instead of hanging. */
+static void fp_recv(int fd, struct rec *r, uint16_t want_type, const char *want_name)
+{
+    unsigned char buf[FH_IPC_RECORD_MAX];
+    union { struct cmsghdr c; unsigned char b[CMSG_SPACE(8 * sizeof(int))]; } ctl;
+    struct iovec iov = { buf, sizeof buf };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
+    struct pollfd p = { fd, POLLIN, 0 };
+    ssize_t n;
+
+    if (poll(&p, 1, 10000) != 1)
+        _exit(21);
+    n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    if (n < (ssize_t)FH_IPC_HDR_SIZE)
+        _exit(22);
+    memcpy(&r->h, buf, sizeof r->h);
+    if (r->h.magic != FH_IPC_MAGIC || r->h.version != FH_IPC_VERSION
+        || r->h.len != (uint32_t)n || r->h.type != want_type
+        || (want_name && strcmp(r->h.name, want_name) != 0))
+        _exit(23);
+    memcpy(r->param, buf + FH_IPC_HDR_SIZE, r->h.param_len);
+    r->nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_type == SCM_RIGHTS) {
+            r->nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            memcpy(r->fds, CMSG_DATA(c), r->nfds * sizeof(int));
+        }
+    if ((uint32_t)r->nfds != r->h.nfds)
+        _exit(24);
+}
+
+static void fake_primary(int listener, pid_t member)
+{
+    struct rec r;
+    struct fh_ipc_hello hello;
+    struct fh_ipc_welcome w = { (int32_t)getpid(), 1, FH_IPC_NAME_MAX,
+                                FH_IPC_PARAM_MAX };
+    int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    unsigned char junk[FH_IPC_HDR_SIZE];
+
+    if (c < 0)
+        _exit(30);
+    fp_recv(c, &r, FH_IPC_HELLO, NULL);
+    memcpy(&hello, r.param, sizeof hello);
+    if (r.h.param_len != sizeof hello || hello.pid != member || r.h.name[0])
+        _exit(31);
+    fp_send(c, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0);
+
+    /* 1. a message with an fd: write into it */
+    fp_recv(c, &r, FH_IPC_MSG, "note");
+    if (r.h.param_len != 5 || memcmp(r.param, "hello", 5) || r.nfds != 1)
+        _exit(32);
+    if (write(r.fds[0], "fake primary", 12) != 12)
+        _exit(33);
+    close(r.fds[0]);
+
+    /* 2. a sync request, answered with the param and an fd back */
+    fp_recv(c, &r, FH_IPC_REQUEST, "echo");
+    {
+        unsigned char out[64] = "re:";
+        int pfd[2];
+
+        memcpy(out + 3, r.param, r.h.param_len);
+        if (pipe(pfd) < 0 || write(pfd[1], "via reply", 9) != 9)
+            _exit(34);
+        close(pfd[1]);
+        fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "echo", out, 3 + r.h.param_len,
+                &pfd[0], 1);
+        close(pfd[0]);
+    }
+
+    /* 3. a request left unanswered: the secondary times out and says so;
+     * then a late reply to it: counted and dropped */
+    fp_recv(c, &r, FH_IPC_REQUEST, "silent");
+    uint64_t silent_id = r.h.id;
+    fp_recv(c, &r, FH_IPC_MSG, "timed_out");
+    fp_send(c, FH_IPC_REPLY, silent_id, FH_IPC_OK, "silent", "late", 4, NULL, 0);
+
+    /* 4. primary -> secondary: a message, then requests of every kind */
+    fp_send(c, FH_IPC_MSG, 0, 0, "note", "from primary", 12, NULL, 0);
+    fp_send(c, FH_IPC_REQUEST, 77, 0, "echo2", "q", 1, NULL, 0);
+    fp_recv(c, &r, FH_IPC_REPLY, "echo2");
+    if (r.h.id != 77 || r.h.status != FH_IPC_OK || r.h.param_len != 2
+        || memcmp(r.param, "aq", 2))
+        _exit(35);
+    fp_send(c, FH_IPC_REQUEST, 78, 0, "missing", NULL, 0, NULL, 0);
+    fp_recv(c, &r, FH_IPC_REPLY, "missing");
+    if (r.h.id != 78 || r.h.status != FH_IPC_NO_ACTION)
+        _exit(36);
+    fp_send(c, FH_IPC_REQUEST, 79, 0, "fails", NULL, 0, NULL, 0);
+    fp_recv(c, &r, FH_IPC_REPLY, "fails");
+    if (r.h.id != 79 || r.h.status != FH_IPC_ACTION_FAILED)
+        _exit(37);
+    fp_send(c, FH_IPC_REQUEST, 80, 0, "recurse", NULL, 0, NULL, 0);
+    fp_recv(c, &r, FH_IPC_REPLY, "recurse");
+    if (r.h.id != 80 || r.h.param_len != 7 || memcmp(r.param, "EDEADLK", 7))
+        _exit(38);
+
+    /* 5. malformed records: counted, the connection survives */
+    memset(junk, 0xab, sizeof junk);
+    if (send(c, junk, sizeof junk, 0) < 0 || send(c, "tiny", 4, 0) < 0)
+        _exit(39);
+    fp_send(c, FH_IPC_MSG, 0, 0, "note", "still here", 10, NULL, 0);
+
+    /* 6. an async request, answered */
+    fp_recv(c, &r, FH_IPC_REQUEST, "async");
+    fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "async", "done", 4, NULL, 0);
+
+    /* 7. a request, then we die: the secondary must not wait 10 s */
+    fp_recv(c, &r, FH_IPC_REQUEST, "dies");
+    _exit(0);
+}
+
+/* -- the secondary's side ---------------------------------------------- */
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int notes;
+static char last_note[64];
+static int async_done, async_received;
+static char async_param[16];
+
+static void wait_for(int *what, int n)
+{
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&lock);
+    while (*what < n)
+        CHECK(pthread_cond_timedwait(&cond, &lock, &until) == 0, "waiting");
+    pthread_mutex_unlock(&lock);
+}
+
+static int on_note(const struct fh_ipc_msg *msg, const void *peer)
+{
+    (void)peer;
+    pthread_mutex_lock(&lock);
+    snprintf(last_note, sizeof last_note, "%.*s", msg->len_param, (char *)msg->param);
+    notes++;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+static int on_echo2(const struct fh_ipc_msg *msg, const void *peer)
+{
+    struct fh_ipc_msg *r = calloc(1, sizeof *r);
+
+    set_name(r, msg->name);
+    r->param[0] = 'a';
+    memcpy(r->param + 1, msg->param, msg->len_param);
+    r->len_param = msg->len_param + 1;
+    CHECK(fh_ipc_reply(r, peer) == 0, "reply");
+    errno = 0;
+    CHECK(fh_ipc_reply(r, peer) < 0 && errno == EALREADY, "second reply");
+    free(r);
+    return 0;
+}
+
+static int on_fails(const struct fh_ipc_msg *msg, const void *peer)
+{
+    (void)msg;
+    (void)peer;
+    return -1;
+}
+
+static int on_recurse(const struct fh_ipc_msg *msg, const void *peer)
+{
+    struct fh_ipc_msg *req = calloc(1, sizeof *req), *r = calloc(1, sizeof *r);
+    struct fh_ipc_reply rep;
+
+    set_name(req, "echo");
+    errno = 0;
+    CHECK(fh_ipc_request(req, &rep, NULL) < 0 && errno == EDEADLK, "EDEADLK");
+    CHECK(fh_ipc_stop() < 0 && errno == EDEADLK, "stop from an action");
+    set_name(r, msg->name);
+    set_param(r, "EDEADLK");
+    CHECK(fh_ipc_reply(r, peer) == 0, "reply");
+    free(req);
+    free(r);
+    return 0;
+}
+
+static void on_async(const struct fh_ipc_msg *req, const struct fh_ipc_reply *reply,
+                     void *arg)
+{
+    CHECK(arg == (void *)&async_done && strcmp(req->name, "async") == 0, "cb args");
+    pthread_mutex_lock(&lock);
+    async_received = reply->nb_sent * 10 + reply->nb_received;
+    if (reply->nb_received)
+        snprintf(async_param, sizeof async_param, "%.*s", reply->msgs[0].len_param,
+                 (char *)reply->msgs[0].param);
+    async_done = 1;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+}
+
+static void test_checks(void)
+{
+    struct fh_ipc_msg *m = calloc(1, sizeof *m);
+    char name[FH_IPC_NAME_MAX + 1];
+
+    /* not a secondary yet: registering only records */
+    CHECK(fh_ipc_primary_pid() == 0 && fh_ipc_socket_path()[0] == '\0', "unset");
+    CHECK(fh_ipc_register("a", on_note) == 0, "register");
+    errno = 0;
+    CHECK(fh_ipc_register("a", on_note) < 0 && errno == EEXIST, "EEXIST");
+    CHECK(fh_ipc_unregister("a") == 0, "unregister");
+    errno = 0;
+    CHECK(fh_ipc_unregister("a") < 0 && errno == ENOENT, "ENOENT");
+    errno = 0;
+    CHECK(fh_ipc_register("", on_note) < 0 && errno == EINVAL, "empty name");
+    memset(name, 'n', sizeof name);
+    name[FH_IPC_NAME_MAX] = '\0';
+    errno = 0;
+    CHECK(fh_ipc_register(name, on_note) < 0 && errno == ENAMETOOLONG, "long name");
+    name[FH_IPC_NAME_MAX - 1] = '\0';
+    CHECK(fh_ipc_register(name, on_note) == 0 && fh_ipc_unregister(name) == 0,
+          "63 bytes");
+    errno = 0;
+    CHECK(fh_ipc_register("forkhost.mine", on_note) < 0 && errno == EINVAL,
+          "reserved");
+    CHECK(fh_ipc_register(FH_IPC_EXIT_NOTICE, on_note) == 0 &&
+          fh_ipc_unregister(FH_IPC_EXIT_NOTICE) == 0, "notice names");
+
+    set_name(m, "x");
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == ENOTCONN, "no primary");
+    m->len_param = FH_IPC_PARAM_MAX + 1;
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == EMSGSIZE, "param too long");
+    m->len_param = -1;
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == EINVAL, "negative length");
+    m->len_param = 0;
+    m->num_fds = FH_IPC_FDS_MAX + 1;
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == EMSGSIZE, "too many fds");
+    m->num_fds = 1;
+    m->fds[0] = 9999;
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == EBADF, "bad fd");
+    m->num_fds = 0;
+    set_name(m, "forkhost.exit");
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == EINVAL, "reserved send");
+    errno = 0;
+    CHECK(fh_ipc_set_primary(name, 1) == 0 && fh_ipc_set_primary("", 0) == 0,
+          "set/unset");
+    CHECK(fh_ipc_stop() == 0, "stop when never started");
+    free(m);
+}
+
+static void test_with_fake_primary(void)
+{
+    char dir[] = "/tmp/fh-ipc-XXXXXX", path[64];
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct fh_ipc_msg *m = calloc(1, sizeof *m);
+    struct fh_ipc_reply rep;
+    struct fh_ipc_stats s;
+    struct timespec ts, t0, t1;
+    int listener, pfd[2], fds_before = count_fds(), status;
+    pid_t me = getpid(), fake;
+    char buf[32];
+
+    CHECK(mkdtemp(dir), "mkdtemp");
+    snprintf(path, sizeof path, "%s/ipc.sock", dir);
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+          listen(listener, 4) == 0, "listen");
+    fake = fork();
+    CHECK(fake >= 0, "fork");
+    if (fake == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fake_primary(listener, me);
+    }
+    close(listener);
+    CHECK(fh_ipc_set_primary(path, fake) == 0, "set_primary");
+    CHECK(fh_ipc_primary_pid() == fake && strcmp(fh_ipc_socket_path(), path) == 0,
+          "stored");
+
+    /* registering joins */
+    CHECK(fh_ipc_register("note", on_note) == 0, "register note");
+    CHECK(fh_ipc_register("echo2", on_echo2) == 0 &&
+          fh_ipc_register("fails", on_fails) == 0 &&
+          fh_ipc_register("recurse", on_recurse) == 0, "register");
+
+    /* 1. message with an fd */
+    CHECK(pipe(pfd) == 0, "pipe");
+    set_name(m, "note");
+    set_param(m, "hello");
+    m->num_fds = 1;
+    m->fds[0] = pfd[1];
+    CHECK(fh_ipc_send(m) == 0, "send");
+    close(pfd[1]);
+    CHECK(read(pfd[0], buf, sizeof buf) == 12 && memcmp(buf, "fake primary", 12) == 0,
+          "the fd works on the other side");
+    close(pfd[0]);
+
+    /* 2. sync request, with an fd in the answer */
+    memset(m, 0, sizeof *m);
+    set_name(m, "echo");
+    set_param(m, "abc");
+    CHECK(fh_ipc_request(m, &rep, NULL) == 0, "request");
+    CHECK(rep.nb_sent == 1 && rep.nb_received == 1 && rep.msgs[0].status == FH_IPC_OK
+          && rep.msgs[0].len_param == 6 && memcmp(rep.msgs[0].param, "re:abc", 6) == 0
+          && rep.msgs[0].pid == fake && rep.msgs[0].num_fds == 1, "reply");
+    CHECK(read(rep.msgs[0].fds[0], buf, sizeof buf) == 9, "fd from the reply");
+    close(rep.msgs[0].fds[0]);
+    free(rep.msgs);
+
+    /* 3. unanswered: nb_received 0 after the timeout */
+    set_name(m, "silent");
+    ts.tv_sec = 0;
+    ts.tv_nsec = 200 * 1000000L;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(fh_ipc_request(m, &rep, &ts) == 0, "request");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK(rep.nb_sent == 1 && rep.nb_received == 0 && rep.msgs == NULL, "timed out");
+    CHECK((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 190,
+          "waited for the timeout");
+    set_name(m, "timed_out");
+    CHECK(fh_ipc_send(m) == 0, "send");
+
+    /* 4. the primary's message and requests: checked by the fake; wait for
+     * the last of them (the note after the malformed records) */
+    wait_for(&notes, 2);
+    CHECK(strcmp(last_note, "still here") == 0, "notes: %s", last_note);
+    fh_ipc_stats(&s);
+    CHECK(s.malformed == 2 && s.no_action == 1 && s.action_errors == 1 &&
+          s.late_replies == 1 && s.timeouts == 1, "stats %llu %llu %llu %llu %llu",
+          (unsigned long long)s.malformed, (unsigned long long)s.no_action,
+          (unsigned long long)s.action_errors, (unsigned long long)s.late_replies,
+          (unsigned long long)s.timeouts);
+
+    /* a forked child of a member: no thread, no connection, no actions */
+    pid_t child = fork();
+    CHECK(child >= 0, "fork");
+    if (child == 0) {
+        int ok = count_fds() == fds_before
+                 && fh_ipc_unregister("note") < 0 && errno == ENOENT
+                 && fh_ipc_stop() == 0;
+        _exit(ok ? 0 : 1);
+    }
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0, "forked child");
+
+    /* 5. async request */
+    set_name(m, "async");
+    CHECK(fh_ipc_request_async(m, NULL, on_async, &async_done) == 0, "async");
+    wait_for(&async_done, 1);
+    CHECK(async_received == 11 && strcmp(async_param, "done") == 0, "async reply");
+
+    /* 6. the primary dies mid-request: answered (unanswered) at once */
+    set_name(m, "dies");
+    ts.tv_sec = 10;
+    ts.tv_nsec = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(fh_ipc_request(m, &rep, &ts) == 0, "request");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK(rep.nb_sent == 1 && rep.nb_received == 0, "unanswered");
+    CHECK(t1.tv_sec - t0.tv_sec < 5, "not the whole timeout");
+    CHECK(waitpid(fake, &status, 0) == fake && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0, "the fake primary: status %d", status);
+    set_name(m, "note");
+    errno = 0;
+    CHECK(fh_ipc_send(m) < 0 && errno == ENOTCONN, "primary gone");
+    errno = 0;
+    CHECK(fh_ipc_request_async(m, NULL, on_async, &async_done) < 0 && errno == ENOTCONN,
+          "async to a gone primary");
+
+    CHECK(fh_ipc_stop() == 0, "stop");
+    CHECK(count_fds() == fds_before, "fds: %d -> %d", fds_before, count_fds());
+    for (const char *n = "note"; n; n = NULL)
+        CHECK(fh_ipc_unregister(n) == 0, "unregister %s", n);
+    fh_ipc_unregister("echo2");
+    fh_ipc_unregister("fails");
+    fh_ipc_unregister("recurse");
+    fh_ipc_set_primary("", 0);
+    unlink(path);
+    rmdir(dir);
+    free(m);
+}
+
+int main(void)
+{
+    int fds = count_fds();
+
+    test_checks();
+    test_with_fake_primary();
+    CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
+    CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD, "children left");
+    printf("test_ipc: ok\n");
+    return 0;
+}
