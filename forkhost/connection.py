@@ -13,7 +13,6 @@ import signal
 import socket
 import struct
 import time
-import traceback
 
 from . import entries, protocol, secondary
 from ._native import ffi, lib
@@ -172,38 +171,11 @@ class Connection:
             if pid < 0:
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             return pid
-        # Fork with every signal blocked (as fh_spawn_native does).  The
-        # client has the pid as soon as STARTED goes out and may forward a
-        # signal at once: until fh_child_setup resets the dispositions it
-        # would run the template's handler in the child, which writes to
-        # the template's wake-up pipe (a forwarded SIGTERM then stops the
-        # template) or swallows it.  Blocked, it waits; fh_child_setup
-        # clears the mask once the dispositions are the defaults.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            pid = os.fork()
-        except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            raise
-        if pid == 0:
-            # The child: the template's sockets must not be closed (or
-            # flushed) by Python objects later; fh_child_setup closes the fds
-            # themselves.  Whatever happens, it ends in _exit.
-            code = EXIT_FORKHOST
-            try:
-                self.template.forget_in_child()
-                secondary.become(req, target, fds, area, report.detach())
-            except KeyboardInterrupt:
-                # A SIGINT before the entry took over (Python's handler is
-                # back by then): die by it, as an interrupted program does,
-                # not with 125 and a traceback of ours.
-                secondary._die_by_sigint()
-            except BaseException:
-                traceback.print_exc()   # a bug of ours: say so, exit 125
-            finally:
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return pid
+        # The child's setup clears the blocked mask once its dispositions
+        # are the defaults (fh_child_setup).
+        return secondary.fork_child(
+            self.template,
+            lambda mask: secondary.become(req, target, fds, area, report.detach()))
 
     # -- after the launch -----------------------------------------------
 

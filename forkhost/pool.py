@@ -19,7 +19,6 @@ import select
 import signal
 import socket
 import struct
-import traceback
 
 from . import entries, protocol, secondary
 from ._native import ffi, lib
@@ -76,37 +75,21 @@ def fork_member(template) -> Member:
     """Fork one member; returns the template's handle on it."""
     mine, theirs = socket.socketpair(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    # Fork with every signal blocked: a member may be handed a launch (and
-    # a client its pid, which forwards signals at once) before it ran a
-    # line.  Until prepare_signals() dropped the template's handlers, a
-    # signal would run them here and write to the template's wake-up pipe
-    # (a client's SIGTERM would stop the template).  Unblocked after.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    # A member may be handed a launch (and a client its pid) before it ran
+    # a line: fork_child keeps signals blocked until prepare_signals() has
+    # dropped the template's handlers (_wait_and_become restores the mask).
+
+    def member(mask):
+        # Keeps `theirs` and 0, 1, 2 (the template's /dev/null and stderr).
+        mine.close()
+        return _wait_and_become(template, theirs, mask)
+
     try:
-        pid = os.fork()
+        pid = secondary.fork_child(template, member)
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         mine.close()
         theirs.close()
         raise
-    if pid == 0:
-        # The member: it keeps `theirs` and 0, 1, 2 (the template's
-        # /dev/null and stderr); it never returns into the template's loop.
-        code = EXIT_FORKHOST
-        try:
-            mine.close()
-            template.forget_in_child()
-            code = _wait_and_become(template, theirs, mask)
-        except KeyboardInterrupt:
-            # A SIGINT before the entry took over (Python's handler is
-            # back by then): die by it, as an interrupted program does,
-            # not with 125 and a traceback of ours.
-            secondary._die_by_sigint()
-        except BaseException:
-            traceback.print_exc()   # a bug of ours: say so, exit 125
-        finally:
-            os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     theirs.close()
     return Member(pid, os.pidfd_open(pid), mine)
 

@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 from . import entries
 from ._native import ffi, lib
@@ -284,6 +285,44 @@ def native_args(target: entries.Target):
     path = ffi.new("char[]", os.fsencode(target.path))
     sym = ffi.new("char[]", target.symbol.encode()) if target.symbol else ffi.NULL
     return path, sym
+
+
+def fork_child(template, child) -> int:
+    """os.fork() for the template, which does it for pool members and for
+    secondaries forked on demand; returns the child's pid.
+
+    Every signal stays blocked across the fork, as fh_spawn_native does: a
+    client may forward a signal the moment it has the pid, and until the
+    child has reset its dispositions a template handler would run there and
+    write to the template's wake-up pipe (a forwarded SIGTERM would stop the
+    template).  The child gets the mask to restore when it is ready.
+
+    In the child: the template's socket objects are forgotten, then
+    child(mask) runs.  It never returns into the template: it ends in
+    os._exit with child's result, by SIGINT if it was interrupted before the
+    entry took over (as an interrupted program would), or with 125 and a
+    traceback for a bug of ours.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    if pid == 0:
+        code = EXIT_FORKHOST
+        try:
+            template.forget_in_child()
+            result = child(mask)
+            code = EXIT_FORKHOST if result is None else result
+        except KeyboardInterrupt:
+            _die_by_sigint()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return pid
 
 
 def become(req: Launch, target: entries.Target, fds: list[int],
