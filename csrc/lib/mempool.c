@@ -324,11 +324,11 @@ FH_API int fh_mempool_put_bulk(struct fh_mempool *mp, void *const *objs,
     struct mp_cache *c;
     unsigned len;
 
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t off = (uint64_t)((uintptr_t)objs[i] - (uintptr_t)mp);
-        if (off < mp->objs_off || off >= mp->objs_end)
+    /* Every pointer must be an object's start: an address inside one
+     * (obj + 1) would later be handed out as an object and overlap two. */
+    for (unsigned i = 0; i < n; i++)
+        if (fh_mempool_obj_index(mp, objs[i]) < 0)
             return -EINVAL;
-    }
     if (n == 0)
         return 0;
     c = my_cache(mp);

@@ -158,6 +158,13 @@ static void exhaust(const char *name, unsigned n, unsigned cache)
     void *bad[2] = { objs[0], (char *)mp + 8 };
     CHECK(fh_mempool_put_bulk(mp, bad, 2) == -EINVAL, "%s: foreign pointer", name);
     CHECK(fh_mempool_in_use_count(mp) == n, "%s: nothing put back", name);
+    /* Inside the pool but not an object's start: refused too. */
+    void *inside[2] = { objs[0], (char *)objs[1] + 1 };
+    CHECK(fh_mempool_put_bulk(mp, inside, 2) == -EINVAL, "%s: misaligned pointer",
+          name);
+    CHECK(fh_mempool_put(mp, (char *)objs[0] + 1) == -EINVAL, "%s: misaligned put",
+          name);
+    CHECK(fh_mempool_in_use_count(mp) == n, "%s: still nothing put back", name);
     CHECK(fh_mempool_put_bulk(mp, objs, n) == 0, "%s: put all again", name);
     CHECK(fh_mempool_full(mp), "%s: full again", name);
     free(objs);

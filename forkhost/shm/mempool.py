@@ -86,15 +86,13 @@ class Mempool:
     def put(self, addr: int) -> None:
         """Give one object back (ValueError if it is not one of ours)."""
         p = ffi.cast("void *", addr)
-        # obj_index also refuses an address inside an object but not at its
-        # start, which fh_mempool_put's range check lets through.
-        if lib.fh_mempool_obj_index(self._mp, p) < 0 or lib.fh_mempool_put(self._mp, p) < 0:
+        if lib.fh_mempool_put(self._mp, p) < 0:
             raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
 
     def put_bulk(self, addrs) -> None:
         """Give objects back: array('Q'), list of ints or a buffer of uint64
-        addresses.  None is taken back if one of them lies outside the
-        pool's objects (addresses are not checked further, as in DPDK)."""
+        addresses.  None is taken back if one of them is not the start of
+        one of the pool's objects."""
         p, n = in_buffer(addrs, 8)
         if lib.fh_mempool_put_bulk(self._mp, ffi.cast("void *const *", p), n) < 0:
             raise ValueError(f"an address given is not an object of mempool "
