@@ -21,47 +21,17 @@
 
 #include "forkhost.h"
 
-#define CHECK(cond, ...) do {                                              \
-    if (!(cond)) {                                                         \
-        fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__,   \
-                #cond);                                                    \
-        fprintf(stderr, __VA_ARGS__);                                      \
-        fprintf(stderr, " (errno %d %s; fh_hash_error: %s)\n", errno,     \
-                strerror(errno), fh_hash_error());                         \
-        exit(1);                                                           \
-    }                                                                      \
-} while (0)
+/* A failed CHECK also shows the hash library's last message. */
+static const char *hash_detail(void);
+#define FHT_DETAIL hash_detail()
+#include "fhtest.h"
 
-static int count_fds(void)
+static const char *hash_detail(void)
 {
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n - 1;
-}
+    static char buf[1100];
 
-/* fork() for tests: the child dies with the parent. */
-static pid_t fork_child(void)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork");
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(111);
-    }
-    return pid;
-}
-
-static int reap(pid_t pid)
-{
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid, "waitpid %d", (int)pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    snprintf(buf, sizeof buf, "; fh_hash_error: %s", fh_hash_error());
+    return buf;
 }
 
 /* A user hash function living in this executable: FNV-1a. */

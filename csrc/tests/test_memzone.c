@@ -16,49 +16,7 @@
 
 #include "forkhost.h"
 
-#define CHECK(cond, ...) do {                                              \
-    if (!(cond)) {                                                         \
-        fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__,   \
-                #cond);                                                    \
-        fprintf(stderr, __VA_ARGS__);                                      \
-        fprintf(stderr, " (errno %d %s)\n", errno, strerror(errno));       \
-        exit(1);                                                           \
-    }                                                                      \
-} while (0)
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n - 1; /* the DIR's own fd */
-}
-
-/* fork() for tests: the child dies with the parent, so a failing CHECK in
- * the parent never leaves a spinning producer or consumer behind. */
-static pid_t fork_child(void)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    CHECK(pid >= 0, "fork");
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(111);
-    }
-    return pid;
-}
-
-/* Wait for pid; return its exit code, or 128+signal. */
-static int reap(pid_t pid)
-{
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid, "waitpid %d", (int)pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+#include "fhtest.h"
 
 static void test_basic(void)
 {
