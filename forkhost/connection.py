@@ -19,7 +19,6 @@ from ._native import ffi, lib
 from .errors import EXIT_FORKHOST, ProtocolError
 from .protocol import Launch
 
-_UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 
 PENDING, RUNNING = "pending", "running"
 
@@ -47,8 +46,7 @@ class Connection:
 
     def check_peer(self) -> str | None:
         """SO_PEERCRED: the primary's uid and root are served."""
-        pid, uid, _gid = _UCRED.unpack(self.sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        pid, uid, _gid = protocol.peer_cred(self.sock)
         self.client_pid, self.client_uid = pid, uid
         if uid not in (0, self.template.uid):
             return (f"permission denied: uid {uid} may not use the template of "

@@ -47,7 +47,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import runtime
+from . import protocol, runtime
 from ._native import ffi, lib
 from .errors import ForkhostError, IPCError
 
@@ -335,12 +335,7 @@ def _recv_record(sock: socket.socket):
     """One record -> (header tuple, param, fds); None on EOF; raises
     BlockingIOError when nothing is there, _Malformed (fds closed)."""
     data, anc, mflags, _ = sock.recvmsg(RECORD_MAX, _CMSG_SPACE, _RECV_FLAGS)
-    fds: list[int] = []
-    for level, ctype, cdata in anc:
-        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-            a = array.array("i")
-            a.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
-            fds.extend(a)
+    fds = protocol.fds_received(anc)
     if not data and not fds:
         return None
     try:
@@ -1276,8 +1271,7 @@ class _PrimaryEndpoint(_Endpoint):
             except OSError as err:
                 print(f"forkhost ipc: accept: {err}", file=sys.stderr)
                 return
-            pid, uid, _ = struct.unpack("3i", sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            pid, uid, _ = protocol.peer_cred(sock)
             conn = _Conn(sock, pid)
             why = None
             if uid not in (0, self.uid):

@@ -51,6 +51,27 @@ def send(sock: socket.socket, mtype: int, body: bytes = b"", fds=()) -> None:
     sock.sendmsg([data], anc)
 
 
+def fds_received(ancdata) -> list[int]:
+    """The fds of SCM_RIGHTS ancillary data from recvmsg (a partial int at
+    the end of a truncated control message is dropped, not misread)."""
+    fds: list[int] = []
+    for level, ctype, cdata in ancdata:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
+            fds.extend(a)
+    return fds
+
+
+_UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
+
+
+def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a connected Unix socket's peer (SO_PEERCRED)."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                         _UCRED.size))
+
+
 @dataclass
 class Message:
     type: int
@@ -98,12 +119,7 @@ def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Mess
     n, anc, mflags, _ = sock.recvmsg_into(
         [_buf], _INTERNAL_CMSG_SPACE if internal else _CMSG_SPACE,
         flags | socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, ctype, cdata in anc:
-        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-            a = array.array("i")
-            a.frombytes(cdata[: len(cdata) - len(cdata) % _FD_SIZE])
-            fds.extend(a)
+    fds = fds_received(anc)
     msg = Message(0, b"", fds)
     try:
         if n == 0 and not fds:
