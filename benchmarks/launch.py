@@ -190,7 +190,9 @@ def main() -> int:
 
     def ratio(a_: str, b_: str, target: str) -> None:
         if a_ in med and b_ in med:
-            print(f"  {a_} / {b_}: {med[a_] / med[b_]:.2f}   ({target})")
+            r = med[a_] / med[b_]
+            # Three significant digits: 0.021 must not print as 0.02.
+            print(f"  {a_} / {b_}: {r:.3g}   ({target})")
 
     print("\nratios of medians (target in parentheses)")
     ratio("fh-run python", "true", "<= 2.5")

@@ -34,10 +34,27 @@ class Connection:
         self.pidfd = -1
         self.report: socket.socket | None = None   # the secondary's exit report
         self.reported = False                      # EXITED already sent
+        self.report_polled = False                 # report socket in the epoll
         self.client_pid = 0
         self.client_uid = -1
         self.argv0 = ""
         self.started = 0.0
+
+    @classmethod
+    def took(cls, template, member, msg: protocol.Message) -> "Connection":
+        """A pool member took this client's launch (TOOK: argv[0], and a
+        copy of the connection)."""
+        now = time.monotonic()
+        conn = cls(template, socket.socket(fileno=msg.fds[0]), now)
+        try:
+            conn.check_peer()          # for ps; the member checked the uid
+        except OSError:
+            pass
+        conn.pid, conn.pidfd, conn.report = member.pid, member.pidfd, member.sock
+        conn.state = RUNNING
+        conn.argv0 = os.fsdecode(msg.body)
+        conn.started = now
+        return conn
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -82,6 +99,10 @@ class Connection:
             return True
         except OSError:
             return True
+        return self.handle_message(msg)
+
+    def handle_message(self, msg: protocol.Message | None) -> bool:
+        """Act on a received (or handed-over) request; True as above."""
         if msg is None:
             return True
         try:
@@ -105,7 +126,8 @@ class Connection:
         if t.stopping:
             self.refuse(f"the primary of prefix {t.prefix!r} is stopping")
             return
-        if t.running_count() >= t.max_secondaries:
+        # Members count: each may take a launch without asking.
+        if t.running_count() + len(t.members) >= t.max_secondaries:
             self.refuse(f"too many secondaries: the template of prefix "
                         f"{t.prefix!r} runs its limit of {t.max_secondaries} "
                         f"(--max-secondaries)")
@@ -119,25 +141,9 @@ class Connection:
             return
         self.argv0 = os.fsdecode(req.argv[0])
         self.started = time.monotonic()
-        member = t.take_member()
-        if member is not None and not member.alive():
-            t.discard_member(member)
-            member = None
-        if member is not None:
-            # STARTED goes out before the member has the launch, so it
-            # always precedes the EXITED the secondary sends the client.
-            self.pid, self.pidfd, self.report = member.pid, member.pidfd, member.sock
-            self.state = RUNNING
-            t.started_secondary(self)
-            if not self.send(protocol.STARTED, protocol.encode_started(self.pid),
-                             [self.pidfd]):
-                self.client_gone()
-            if not member.assign(target, msg.body, msg.fds, self.fileno()):
-                # It died since alive(): its pidfd reports how, as EXITED.
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            return
-        # No idle member: fork now.  The secondary reports to the template
-        # only, which sends EXITED, after STARTED, itself.
+        # Fork now (no member was idle when this client connected).  The
+        # secondary reports to the template only, which sends EXITED, after
+        # STARTED, itself.
         mine, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:

@@ -1,88 +1,70 @@
 """Pre-forked pool members: unspecialized children of the template that
-wait for a launch (Android's zygote keeps a pool of "USAPs" for the same
-reason).
+take launches straight from template.sock (Android's zygote keeps a pool of
+"USAPs" for the same reason).
 
 Forking the template costs time proportional to its mappings and pages,
 and CPython's after-fork work in the child adds more; on small virtual
 machines that is a millisecond or two.  A member pays both before any
-client asks, so a launch only hands it the request: one sendmsg.  The
-template forks replacements when its loop is idle.
+client asks.  Idle members wait on the template's listening socket
+themselves (one is woken per connection), so a launch does not pass
+through the template at all: the member accepts, checks and receives the
+request in C (csrc/lib/member.c), and a native entry runs without a line
+of Python.  A Python entry comes back here to be classified, then runs.
 
-A member holds nothing of the template's but its end of a socketpair; it
-dies with the template (PR_SET_PDEATHSIG, and EOF on the socketpair).
+The template hears of it on the member's socketpair, off the client's path
+(TOOK, BUSY or HANDOFF; see member.h), and forks replacements when its
+loop is idle.  While it has idle members, the template does not accept on
+the socket itself; when it has none, it accepts and forks on demand.
+
+A member holds nothing of the template's but the listening socket and its
+end of the socketpair; it dies with the template (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import select
 import signal
 import socket
 import struct
+import sys
+import time
 
 from . import entries, protocol, secondary
 from ._native import ffi, lib
-from .errors import EXIT_FORKHOST
+from .errors import EXIT_FORKHOST, ProtocolError
 
-# Template -> member, on the member's private socketpair only (never on
-# template.sock): a Target, then the client's LAUNCH body, with its fds.
-ASSIGN = 0x10
-_ASSIGN_HDR = struct.Struct("=I")   # length of the encoded target
+TOOK, BUSY, HANDOFF = lib.FH_CTL_TOOK, lib.FH_CTL_BUSY, lib.FH_CTL_HANDOFF
+HANDOFF_HDR = struct.Struct("=IIII")   # struct fh_handoff
+(HANDOFF_MESSAGE, HANDOFF_PENDING, HANDOFF_EXPIRED,
+ HANDOFF_PEER) = (lib.FH_HANDOFF_MESSAGE, lib.FH_HANDOFF_PENDING,
+                  lib.FH_HANDOFF_EXPIRED, lib.FH_HANDOFF_PEER)
 
-_KINDS = (entries.NATIVE, entries.SCRIPT, entries.MODULE, entries.FUNCTION)
-
-
-def encode_assign(target: entries.Target, launch_body: bytes) -> bytes:
-    t = b"\0".join([str(_KINDS.index(target.kind)).encode(), os.fsencode(target.path),
-                    target.name.encode(), (target.symbol or "").encode(),
-                    b"1" if target.symbol is not None else b"0"])
-    return _ASSIGN_HDR.pack(len(t)) + t + launch_body
-
-
-def decode_assign(body: bytes) -> tuple[entries.Target, bytes]:
-    (n,) = _ASSIGN_HDR.unpack_from(body)
-    kind, path, name, symbol, has_symbol = body[4:4 + n].split(b"\0")
-    target = entries.Target(_KINDS[int(kind)], os.fsdecode(path), name.decode(),
-                            symbol.decode() if has_symbol == b"1" else None)
-    return target, body[4 + n:]
+IDLE, BUSY_STATE = "idle", "busy"
 
 
 class Member:
-    """The template's handle on one pool member."""
+    """The template's handle on one member that has not taken a launch."""
 
     def __init__(self, pid: int, pidfd: int, sock: socket.socket):
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock      # the template's end; becomes the report channel
-
-    def alive(self) -> bool:
-        r, _, _ = select.select([self.pidfd], [], [], 0)
-        return not r
-
-    def assign(self, target: entries.Target, launch_body: bytes, fds,
-               client_fd: int) -> bool:
-        """Hand over the launch and, last of the fds, the client's
-        connection, on which the secondary sends EXITED itself."""
-        try:
-            protocol.send(self.sock, ASSIGN, encode_assign(target, launch_body),
-                          [*fds, client_fd])
-            return True
-        except OSError:
-            return False      # it died since the caller checked
+        self.state = IDLE
 
 
 def fork_member(template) -> Member:
     """Fork one member; returns the template's handle on it."""
     mine, theirs = socket.socketpair(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    # A member may be handed a launch (and a client its pid) before it ran
-    # a line: fork_child keeps signals blocked until prepare_signals() has
-    # dropped the template's handlers (_wait_and_become restores the mask).
+    # fork_child keeps signals blocked until prepare_signals() has dropped
+    # the template's handlers (_serve restores the mask).
 
     def member(mask):
-        # Keeps `theirs` and 0, 1, 2 (the template's /dev/null and stderr).
+        # Keeps `theirs`, the listening socket and 0, 1, 2 (the template's
+        # /dev/null and stderr).
         mine.close()
-        return _wait_and_become(template, theirs, mask)
+        return _serve(template, theirs, mask)
 
     try:
         pid = secondary.fork_child(template, member)
@@ -94,7 +76,7 @@ def fork_member(template) -> Member:
     return Member(pid, os.pidfd_open(pid), mine)
 
 
-def _wait_and_become(template, sock: socket.socket, mask) -> int:
+def _serve(template, sock: socket.socket, mask) -> int:
     # What does not depend on the launch is done now, while waiting: the
     # template's signal handlers go (an idle member killed by a stray
     # signal is simply replaced), dispositions are a fresh program's.
@@ -103,19 +85,76 @@ def _wait_and_become(template, sock: socket.socket, mask) -> int:
     lib.fh_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != template.pid:
         return 0                        # the template died while we forked
-    fd = sock.fileno()
-    os.closerange(3, fd)
-    os.closerange(fd + 1, 1 << 20)
+    ctl = sock.detach()
+    listen_fd = template.listener_fd
+    for lo, hi in _ranges_without(sorted({ctl, listen_fd, template.news}), 3):
+        os.closerange(lo, hi)
     area, length = template.title_area
     title = [f"forkhost pool [{template.prefix}]".encode()]
     keep = [ffi.new("char[]", s) for s in title]
     lib.fh_set_title(ffi.cast("char *", area), length, keep + [ffi.NULL])
+    m = ffi.new("struct fh_member *")
+    buf = ffi.new("char[]", protocol.MAX_MSG + 1)
+    m.listen_fd, m.ctl_fd, m.news_fd = listen_fd, ctl, template.news
+    m.uid = template.uid
+    m.timeout_ms = int(template.request_timeout * 1000)
+    m.title_area, m.title_len = ffi.cast("char *", area), length
+    m.buf = buf
+    m.hot = template.hot
+    rc = lib.fh_member_init(m)
+    if rc < 0:
+        raise OSError(-rc, f"pool member: {os.strerror(-rc)}")
     secondary.rehearse()
-    msg = protocol.recv(sock, internal=True)   # blocks until a launch (or EOF)
-    if msg is None or msg.type != ASSIGN:
-        return 0
-    target, body = decode_assign(msg.body)
-    fds, client_fd = msg.fds[:-1], msg.fds[-1]
-    req = protocol.Launch.decode(body, len(fds))
-    secondary.become(req, target, fds, template.title_area, sock.detach(), client_fd)
-    return EXIT_FORKHOST   # not reached: become() always exits
+    lib.fh_member_prefault()      # what recent launches made private (member.h)
+    while True:
+        rc = lib.fh_member_next(m)     # a native launch never comes back
+        if rc == lib.FH_MEMBER_LAUNCH:
+            _python_launch(template, m)
+        elif rc == lib.FH_MEMBER_HANDOFF:
+            lib.fh_member_handoff(m)
+        elif rc != -errno.EINTR:
+            # accept failed (EMFILE and friends): say so, let it pass.
+            print(f"forkhost pool member: accept: {os.strerror(-rc)}",
+                  file=sys.stderr)
+            time.sleep(0.01)
+
+
+def _ranges_without(keep: list[int], start: int):
+    """[lo, hi) ranges from start to the fd limit that skip the fds in keep."""
+    lo = start
+    for fd in keep:
+        if fd >= lo:
+            yield lo, fd
+            lo = fd + 1
+    yield lo, 1 << 20
+
+
+def _python_launch(template, m) -> None:
+    """A valid LAUNCH whose entry is not native (C decided): classify it
+    like the template would; become the secondary, or hand it over."""
+    fds = list(m.fds[0:m.nfds])
+    body = bytes(ffi.buffer(m.buf, m.n))[protocol.HDR.size:]
+    try:
+        req = protocol.Launch.decode(body, len(fds))
+        target = entries.classify(os.fsdecode(req.entry), req.module, fds[0])
+    except (ProtocolError, entries.EntryError):
+        lib.fh_member_handoff(m)       # the template gives the error
+        return
+    # From here on this is the secondary.  TOOK before STARTED: the
+    # template must know the client before it could report our death.
+    lib.fh_member_took(m, req.argv[0])
+    rc = lib.fh_member_started(m)
+    if rc < 0 and rc != -errno.EPIPE:
+        lib.fh_exit_report(m.ctl_fd, EXIT_FORKHOST)
+    secondary.become(req, target, fds, template.title_area, m.ctl_fd, m.conn)
+
+
+def read_ctl(member: Member) -> protocol.Message | None | bool:
+    """One record from a member that has not taken a launch: a Message,
+    None at EOF, False when nothing is there."""
+    try:
+        return protocol.recv(member.sock, socket.MSG_DONTWAIT, internal=True)
+    except BlockingIOError:
+        return False
+    except (ProtocolError, OSError):
+        return None

@@ -91,10 +91,10 @@ class Message:
 _local = threading.local()
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 
-# Between the template and a pool member only (pool.py): an ASSIGN wraps a
-# whole LAUNCH of up to MAX_MSG bytes and MAX_FDS fds, plus the encoded
-# entry (two paths of at most PATH_MAX and a symbol) and the client's
-# connection as one more fd.
+# Between a pool member and the template only (pool.py, member.h): a
+# HANDOFF carries what the member received from a client (up to MAX_MSG + 1
+# bytes and MAX_FDS fds) after a 16-byte struct fh_handoff, plus the
+# client's connection as one more fd.
 INTERNAL_MAX_MSG = MAX_MSG + 3 * 4096
 INTERNAL_MAX_FDS = MAX_FDS + 1
 _INTERNAL_CMSG_SPACE = socket.CMSG_SPACE(INTERNAL_MAX_FDS * _FD_SIZE)
@@ -109,17 +109,25 @@ def _buffer() -> bytearray:
 
 def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Message | None:
     """Receive one record.  None on orderly EOF.  ``internal``: a record
-    from the template to a pool member, with the larger internal limits.
+    between the template and a pool member, with the larger internal limits.
 
     Raises ProtocolError for a truncated, oversized or malformed record or a
     wrong version; any fds that came with a bad record are closed first.
     """
-    max_msg, max_fds = (INTERNAL_MAX_MSG, INTERNAL_MAX_FDS) if internal else (MAX_MSG, MAX_FDS)
+    max_msg = INTERNAL_MAX_MSG if internal else MAX_MSG
     _buf = memoryview(_buffer())[:max_msg + 1]
     n, anc, mflags, _ = sock.recvmsg_into(
         [_buf], _INTERNAL_CMSG_SPACE if internal else _CMSG_SPACE,
         flags | socket.MSG_CMSG_CLOEXEC)
-    fds = fds_received(anc)
+    return parse(_buf, n, fds_received(anc), mflags, internal=internal)
+
+
+def parse(buf, n: int, fds: list[int], mflags: int, *,
+          internal: bool = False) -> Message | None:
+    """Check one record as recvmsg left it: ``n`` bytes (at most
+    max + 1 of them in ``buf``), its fds and msg_flags.  The same checks
+    whether the template received it or a pool member handed it over."""
+    max_msg, max_fds = (INTERNAL_MAX_MSG, INTERNAL_MAX_FDS) if internal else (MAX_MSG, MAX_FDS)
     msg = Message(0, b"", fds)
     try:
         if n == 0 and not fds:
@@ -130,7 +138,7 @@ def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Mess
             raise ProtocolError(f"message too large (the limit is {max_msg} bytes)")
         if n < HDR.size:
             raise ProtocolError(f"truncated message ({n} bytes, header is {HDR.size})")
-        magic, version, mtype, length, nfds, _ = HDR.unpack_from(_buf)
+        magic, version, mtype, length, nfds, _ = HDR.unpack_from(buf)
         if magic != MAGIC:
             raise ProtocolError(f"bad magic 0x{magic:08x}: not a forkhost client")
         if version != VERSION:
@@ -143,7 +151,7 @@ def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Mess
         if nfds != len(fds):
             raise ProtocolError(
                 f"header says {nfds} file descriptors, {len(fds)} arrived")
-        msg.type, msg.body = mtype, bytes(_buf[HDR.size:n])
+        msg.type, msg.body = mtype, bytes(buf[HDR.size:n])
         return msg
     except ProtocolError:
         msg.close_fds()

@@ -191,8 +191,14 @@ def _set_path(req: Launch, target: entries.Target, env) -> None:
             front.append(os.path.abspath(part))
     rest = [p for p in sys.path if p not in front]
     sys.path[:] = front + rest
-    import importlib
-    importlib.invalidate_caches()
+    # The client's directories may have changed since the template listed
+    # them: forget those listings (importlib.invalidate_caches() would
+    # forget every directory's, and the import would list them all again).
+    cache = sys.path_importer_cache
+    for path in front:
+        finder = cache.get(path)
+        if finder is not None and hasattr(finder, "invalidate_caches"):
+            finder.invalidate_caches()
 
 
 def _exit_code_of(exc: SystemExit) -> int:

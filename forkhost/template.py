@@ -25,9 +25,10 @@ import sys
 import time
 import traceback
 
-from . import pool
-from ._native import lib
+from . import pool, protocol
+from ._native import ffi, lib
 from .connection import PENDING, RUNNING, Connection
+from .errors import ProtocolError
 from .ipc import notify_exit
 
 # A client has this long between connect() and its request.
@@ -36,6 +37,10 @@ REQUEST_TIMEOUT = 10.0
 # blocks the loop and takes a CPU, and right after a launch both are wanted
 # by the secondary just started and its report.
 REPLENISH_QUIET = 0.002
+# The first LEARN_FIRST launches by pool members record the pages they made
+# private, and one in every RELEARN after them (member.h: the hot set).
+LEARN_FIRST = 2
+RELEARN = 64
 # Connections accepted but not yet sent a request; more are refused at once,
 # so a flood of idle connections cannot exhaust the template's fds.
 MAX_PENDING = 256
@@ -71,6 +76,8 @@ class Template:
                  request_timeout: float = REQUEST_TIMEOUT,
                  exit_notice_fd: int = -1):
         self.listener = listener
+        self.listener_fd = listener.fileno()   # pool members accept on it
+        self.listening = False                 # registered in our epoll
         self.prefix = prefix
         self.socket_path = socket_path
         self.socket_ino = socket_ino
@@ -85,7 +92,15 @@ class Template:
         self.conns: dict[int, Connection] = {}     # socket fd -> connection
         self.running: dict[int, Connection] = {}   # pidfd -> connection
         self.reports: dict[int, Connection] = {}   # report socket fd -> connection
-        self.idle: dict[int, pool.Member] = {}     # pidfd -> idle pool member
+        # Pool members that have not taken a launch (idle or busy), by
+        # pidfd; they write `news` after each notice on their socketpair.
+        self.members: dict[int, pool.Member] = {}
+        self.news = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        # What launches copy-on-write, learned by a few and copied ahead of
+        # time by idle members (member.h); relearned every RELEARN launches.
+        self.hot = lib.fh_hotset_create()
+        if self.hot != ffi.NULL:
+            lib.fh_hotset_arm(self.hot, LEARN_FIRST)
         self.stopping = False
         self.stop_deadline: float | None = None
         self.launched = 0
@@ -115,28 +130,28 @@ class Template:
         for conn in self.running.values():
             if conn.report is not None and conn.report.fileno() >= 0:
                 conn.report.detach()
-        for member in self.idle.values():
+        for member in self.members.values():
             member.sock.detach()
         self.listener.detach()
 
     # -- the pool -------------------------------------------------------
 
-    def take_member(self) -> pool.Member | None:
-        if not self.idle:
-            return None
-        pidfd, member = self.idle.popitem()
-        return member   # its pidfd stays registered: it now means this launch
+    def idle_count(self) -> int:
+        return sum(1 for m in self.members.values() if m.state == pool.IDLE)
 
-    def discard_member(self, member: pool.Member) -> None:
-        """A member that could not take its assignment (it died): reap it."""
-        self.ep.unregister(member.pidfd)
-        try:
-            signal.pidfd_send_signal(member.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(member.pid, 0)
-        os.close(member.pidfd)
-        member.sock.close()
+    def _update_listening(self) -> None:
+        """Accept on template.sock ourselves only while no member is idle:
+        otherwise the idle members take every connection."""
+        want = (not self.stopping and self.listener.fileno() >= 0
+                and self.idle_count() == 0)
+        if want and not self.listening:
+            self.ep.register(self.listener_fd, select.EPOLLIN)
+        elif not want and self.listening:
+            try:
+                self.ep.unregister(self.listener_fd)
+            except (OSError, ValueError):
+                pass
+        self.listening = want
 
     def _add_member(self) -> None:
         try:
@@ -145,11 +160,19 @@ class Template:
             print(f"forkhost template: cannot fork a pool member: {err}",
                   file=sys.stderr)
             return
-        self.idle[member.pidfd] = member
+        self.members[member.pidfd] = member
         self.ep.register(member.pidfd, select.EPOLLIN)
+        self._update_listening()
 
     def _pool_short(self) -> bool:
-        return not self.stopping and len(self.idle) < self.pool_size
+        """Fewer idle members than --pool, and room under
+        --max-secondaries for one more (a member is a secondary in waiting)."""
+        # Busy members count: one waiting for a slow client's request
+        # becomes idle again if the request never comes.
+        if self.stopping or len(self.members) >= self.pool_size:
+            return False
+        running = sum(1 for c in self.running.values() if not c.reported)
+        return running + len(self.members) < self.max_secondaries
 
     def _replenish(self) -> None:
         """Fork one member when the pool is short and the loop has been
@@ -163,20 +186,114 @@ class Template:
             return
         self._add_member()
 
-    def _member_died(self, member: pool.Member) -> None:
-        del self.idle[member.pidfd]
-        self.ep.unregister(member.pidfd)
-        os.waitpid(member.pid, 0)
-        os.close(member.pidfd)
-        member.sock.close()
+    def _read_news(self) -> None:
+        """Members wrote notices: read them all."""
+        try:
+            os.eventfd_read(self.news)
+        except BlockingIOError:
+            pass
+        for member in list(self.members.values()):
+            while member.pidfd in self.members and self._member_msg(member):
+                pass
+
+    def _member_msg(self, member: pool.Member) -> bool:
+        """One notice from a member that had not taken a launch; False
+        when there was none."""
+        msg = pool.read_ctl(member)
+        if not msg:
+            return False     # nothing, or EOF: it is exiting, its pidfd says when
+        self.last_activity = time.monotonic()
+        if msg.type == pool.TOOK and len(msg.fds) == 1:
+            if self.hot != ffi.NULL and (self.launched + 1) % RELEARN == 0:
+                lib.fh_hotset_arm(self.hot, 1)
+            # Its pidfd stays registered and now means this launch; its
+            # socket carries the exit report, read when the pidfd fires.
+            del self.members[member.pidfd]
+            conn = Connection.took(self, member, msg)
+            self.conns[conn.fileno()] = conn
+            self.ep.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            self.started_secondary(conn, member=True)
+        elif msg.type == pool.BUSY:
+            member.state = pool.BUSY_STATE
+        elif msg.type == pool.HANDOFF and msg.fds:
+            member.state = pool.IDLE
+            self._handoff(msg)
+        else:
+            msg.close_fds()
+            print(f"forkhost template: unexpected record 0x{msg.type:02x} from "
+                  f"pool member {member.pid}", file=sys.stderr)
+        self._update_listening()
+        return True
+
+    def _member_exited(self, member: pool.Member) -> None:
+        """A member's pidfd fired: read what it said before it died (it may
+        have taken a launch, and even finished it), then reap it."""
+        while member.pidfd in self.members and self._member_msg(member):
+            pass
+        if member.pidfd in self.running:
+            self._reap(self.running[member.pidfd])
+        elif member.pidfd in self.members:
+            del self.members[member.pidfd]
+            self.ep.unregister(member.pidfd)
+            os.waitpid(member.pid, 0)
+            os.close(member.pidfd)
+            member.sock.close()
+            self._update_listening()
+
+    def _handoff(self, msg) -> None:
+        """A connection a member handed over, with what it received."""
+        mflags, received, state, _ = pool.HANDOFF_HDR.unpack_from(msg.body)
+        data = memoryview(msg.body)[pool.HANDOFF_HDR.size:]
+        conn_fd, fds = msg.fds[0], msg.fds[1:]
+        try:
+            sock = socket.socket(fileno=conn_fd)
+        except OSError:
+            os.close(conn_fd)
+            for fd in fds:
+                os.close(fd)
+            return
+        conn = Connection(self, sock, time.monotonic())
+        try:
+            why = conn.check_peer()
+        except OSError as err:
+            why = f"cannot identify the client: {err.strerror}"
+        if why is None and state == pool.HANDOFF_EXPIRED:
+            why = f"no request within {self.request_timeout:g}s"
+        if why is None and state == pool.HANDOFF_PENDING and \
+                len(self.conns) - len(self.running) >= MAX_PENDING:
+            why = "the template is busy: too many connections waiting"
+        if why is not None:
+            for fd in fds:
+                os.close(fd)
+            conn.refuse(why)
+            sock.close()
+            return
+        if state == pool.HANDOFF_PENDING:
+            self.conns[sock.fileno()] = conn
+            self.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+            return
+        try:
+            parsed = protocol.parse(data, received, fds, mflags)
+        except ProtocolError as err:
+            conn.refuse(str(err))
+            sock.close()
+            return
+        try:
+            conn.handle_message(parsed)
+        except Exception as exc:
+            traceback.print_exc()
+            if conn.state != RUNNING:
+                conn.refuse(f"internal error in the template: {exc!r}")
+        self._settle(conn, registered=False)
 
     # -- the loop -------------------------------------------------------
 
     def serve(self) -> int:
         self.listener.setblocking(False)
-        self.ep.register(self.listener.fileno(), select.EPOLLIN)
+        self.ep.register(self.news, select.EPOLLIN)
+        self._update_listening()
         while True:
-            if self.stopping and not self.running and not self.idle:
+            if self.stopping and not self.running and not self.members:
                 break
             timeout = self._timeout()
             try:
@@ -186,14 +303,16 @@ class Template:
             for fd, ev in events:
                 if fd == self.wake_r:
                     self._read_signals()
-                elif fd == self.listener.fileno() and not self.stopping:
+                elif fd == self.listener_fd and self.listening:
                     self._accept()
                 elif fd in self.running:
                     self._reap(self.running[fd])
                 elif fd in self.reports:
                     self._report(self.reports[fd])
-                elif fd in self.idle:
-                    self._member_died(self.idle[fd])
+                elif fd == self.news:
+                    self._read_news()
+                elif fd in self.members:
+                    self._member_exited(self.members[fd])
                 elif fd in self.conns:
                     self._readable(self.conns[fd])
             self._expire()
@@ -264,6 +383,11 @@ class Template:
             data = b""
         if not data:
             self.ep.unregister(conn.fileno())
+            # A pool member's secondary tells its client itself: a client
+            # that closed after its EXITED is not gone early.  Its report
+            # (not polled) says whether that happened.
+            if conn.report is not None and conn.report.fileno() in self.reports:
+                self._report(conn)
             conn.client_gone()
 
     def _handle(self, conn: Connection) -> bool:
@@ -300,16 +424,21 @@ class Template:
             self._report(conn)
         return sum(1 for c in self.running.values() if not c.reported)
 
-    def started_secondary(self, conn: Connection) -> None:
+    def started_secondary(self, conn: Connection, member: bool = False) -> None:
+        """conn's secondary runs.  One we forked: its pidfd and its report
+        go into our epoll (we send EXITED when it reports).  A pool
+        member's: its pidfd is there since it was forked, and its report
+        is read when the pidfd fires or capacity is counted; it sends
+        EXITED itself, and the wake-up of a polled report would preempt it
+        on its CPU before it does."""
         self.launched += 1
         self.last_activity = time.monotonic()
         self.running[conn.pidfd] = conn
-        try:
-            self.ep.register(conn.pidfd, select.EPOLLIN)
-        except FileExistsError:
-            pass   # a pool member's pidfd, registered since it was forked
         self.reports[conn.report.fileno()] = conn
-        self.ep.register(conn.report.fileno(), select.EPOLLIN)
+        if not member:
+            self.ep.register(conn.pidfd, select.EPOLLIN)
+            self.ep.register(conn.report.fileno(), select.EPOLLIN)
+            conn.report_polled = True
 
     def _report(self, conn: Connection) -> None:
         self.last_activity = time.monotonic()
@@ -317,7 +446,8 @@ class Template:
             return
         fd = conn.report.fileno()
         del self.reports[fd]
-        self.ep.unregister(fd)
+        if conn.report_polled:
+            self.ep.unregister(fd)
         conn.report.close()
         if conn.reported:
             self._close_client(conn)   # the client has its status
@@ -340,6 +470,8 @@ class Template:
             pid, status = conn.pid, 0
         if pid == 0:
             return
+        if conn.report.fileno() >= 0:
+            self._report(conn)     # written before it exited, if at all
         conn.report_exit(status)
         # IPC: the primary broadcasts every exit (forkhost.exit, docs/ipc.md).
         notify_exit(self.exit_notice_fd, conn.pid, status)
@@ -348,7 +480,8 @@ class Template:
         os.close(conn.pidfd)
         if conn.report.fileno() >= 0:
             del self.reports[conn.report.fileno()]
-            self.ep.unregister(conn.report.fileno())
+            if conn.report_polled:
+                self.ep.unregister(conn.report.fileno())
             conn.report.close()
         self._close_client(conn)
 
@@ -384,7 +517,7 @@ class Template:
         self._close_listener()
         for conn in self.running.values():
             self.signal_secondary(conn, signal.SIGTERM)
-        for member in self.idle.values():
+        for member in self.members.values():
             signal.pidfd_send_signal(member.pidfd, signal.SIGKILL)
         self.stop_deadline = time.monotonic() + self.grace
         for fd, conn in list(self.conns.items()):
@@ -397,10 +530,9 @@ class Template:
     def _close_listener(self) -> None:
         if self.listener.fileno() < 0:
             return
-        try:
-            self.ep.unregister(self.listener.fileno())
-        except OSError:
-            pass
+        if self.listening:
+            self.ep.unregister(self.listener_fd)
+            self.listening = False
         self.listener.close()
         # Remove the socket only if it is still ours: a new primary may
         # already have bound a fresh one at the same path.
@@ -420,9 +552,10 @@ class Template:
             "primary_pid": self.primary_pid,
             "max_secondaries": self.max_secondaries,
             "launched": self.launched,
-            "pool": len(self.idle),
+            "pool": self.idle_count(),
             "pool_size": self.pool_size,
             "refused": self.refused,
+            "hot_pages": lib.fh_hotset_pages(self.hot) if self.hot != ffi.NULL else 0,
             "stopping": self.stopping,
             "threads": len(os.listdir("/proc/self/task")),
             "secondaries": [
@@ -451,7 +584,7 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
             raise RuntimeError("the primary died while the template started")
         # Everything else the primary had open stays there.
         keep = {0, 1, 2, listener.fileno(), ready_w, t.wake_r, t.wake_w, t.ep.fileno(),
-                *keep_fds}
+                t.news, *keep_fds}
         _close_other_fds(keep)
         _null_stdin_stdout()
         gc.freeze()   # what the primary built stays shared with secondaries

@@ -21,6 +21,7 @@
 #include "forkhost/hash.h"
 #include "forkhost/demo.h"
 #include "forkhost/ipc.h"
+#include "forkhost/member.h"
 
 FH_API const char *fh_version(void);
 

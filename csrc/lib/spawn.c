@@ -16,6 +16,7 @@
  */
 #include "forkhost/spawn.h"
 #include "forkhost/entry.h"
+#include "forkhost/member.h"
 #include "forkhost/proto.h"
 
 #include <dirent.h>
@@ -31,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -554,7 +556,13 @@ FH_API void fh_exit_report(int report_fd, int code)
             ex.hdr.len = sizeof ex;
             ex.code = code & 0xff;
             send(cfd, &ex, sizeof ex, MSG_NOSIGNAL);
+            /* The send woke the client with a "sync" wake-up, which
+             * queues it on this CPU on the promise that we sleep now;
+             * instead _exit tears down an address space as large as the
+             * primary's.  Let the client run first: it has its status. */
+            sched_yield();
         }
+        fh_member_learn();   /* the client has its status: time is ours */
     }
     _exit(code);
 }

@@ -1,0 +1,166 @@
+/*
+ * forkhost/member.h - a pre-forked pool member of the template takes a
+ * launch straight from template.sock.
+ *
+ * Idle members wait on the template's listening socket themselves
+ * (EPOLLEXCLUSIVE: one is woken per connection), so a launch costs no hop
+ * through the template.  A member accepts, checks the peer, receives and
+ * validates the LAUNCH in C, and for a native entry becomes the secondary
+ * without running a line of Python.  It tells the template what it did on
+ * its private socketpair, off the client's path:
+ *
+ *   TOOK     it runs a launch; carries a copy of the client's connection
+ *            (the template watches it and reports a death by signal);
+ *   BUSY     the request has not arrived yet and the member waits for it
+ *            (the template stops counting it as idle);
+ *   HANDOFF  anything else: the connection, what was received and its fds
+ *            go to the template, which answers as it always has (errors,
+ *            INFO, a request that never came); the member waits again.
+ *
+ * Records on the socketpair use the protocol's header (proto.h) with the
+ * internal types below; they never appear on template.sock.
+ */
+#ifndef FORKHOST_MEMBER_H
+#define FORKHOST_MEMBER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "forkhost/proto.h"
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+enum fh_ctl_type {
+    FH_CTL_TOOK    = 0x11,  /* body: argv[0]; fds: the client's connection */
+    FH_CTL_BUSY    = 0x12,  /* no body, no fds */
+    FH_CTL_HANDOFF = 0x13,  /* body: struct fh_handoff + the bytes received;
+                               fds: the connection, then those received */
+};
+
+struct fh_handoff {          /* 16 bytes, after the header */
+    uint32_t mflags;         /* recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) */
+    uint32_t received;       /* bytes recvmsg returned (data may be fewer:
+                                at most FH_PROTO_MAX_MSG + 1 are kept) */
+    uint32_t state;          /* enum fh_handoff_state */
+    uint32_t reserved;
+};
+
+enum fh_handoff_state {
+    FH_HANDOFF_MESSAGE = 0,  /* a record (or EOF: received 0) arrived */
+    FH_HANDOFF_PENDING = 1,  /* nothing to read yet */
+    FH_HANDOFF_EXPIRED = 2,  /* nothing arrived within the request timeout */
+    FH_HANDOFF_PEER    = 3,  /* the peer's uid is not served; not read */
+};
+
+/* What fh_member_next() returns (or a negative errno). */
+enum fh_member_result {
+    FH_MEMBER_HANDOFF = 1,   /* call fh_member_handoff() */
+    FH_MEMBER_LAUNCH  = 2,   /* a valid LAUNCH that is not a native entry:
+                                the caller classifies it, then calls
+                                fh_member_took() and fh_member_started(),
+                                or fh_member_handoff() */
+};
+
+struct fh_member {
+    /* in */
+    int       listen_fd;     /* template.sock (non-blocking, shared) */
+    int       ctl_fd;        /* this member's end of its socketpair */
+    int       news_fd;       /* eventfd the template polls: written after
+                                each notice (the socketpair itself is not
+                                polled: a socket send wakes its reader
+                                "synchronously", onto this CPU, where the
+                                template would preempt the launch) */
+    unsigned  uid;           /* served: this uid and root */
+    int       timeout_ms;    /* for a request that is not there at once */
+    char     *title_area;    /* as in struct fh_child_spec */
+    size_t    title_len;
+    char     *buf;           /* FH_PROTO_MAX_MSG + 1 bytes */
+    struct fh_hotset *hot;   /* the template's, or NULL */
+    /* set by fh_member_init */
+    int       epoll_fd;
+    /* out: the connection being handled */
+    int       conn;
+    size_t    n;             /* bytes received */
+    int       mflags;
+    unsigned  state;         /* enum fh_handoff_state */
+    int       fds[FH_PROTO_MAX_FDS];
+    unsigned  nfds;
+};
+
+/* A parsed, checked LAUNCH: views into the record. */
+struct fh_launch_view {
+    struct fh_launch launch; /* a copy of the fixed part */
+    const char *entry;
+    const char *strings;     /* argv then env, NUL-terminated, packed */
+    size_t      strings_len;
+};
+
+/*
+ * Check a whole LAUNCH record of n bytes that came with nfds fds, exactly
+ * as the template's Python parser does (header, counts, flags, strings,
+ * environment entries, fd count).  0 and *v filled, or -EPROTO.
+ */
+FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
+                           struct fh_launch_view *v);
+
+/* The member's epoll set (close-on-exec).  0, or -errno. */
+FH_API int fh_member_init(struct fh_member *m);
+
+/*
+ * Wait for a client and take it.  A native entry on a valid LAUNCH never
+ * returns: the member sends TOOK and STARTED and becomes the secondary
+ * (fh_run_native).  Otherwise FH_MEMBER_HANDOFF or FH_MEMBER_LAUNCH with
+ * m->conn and what was received in m; -EINTR when a signal interrupted the
+ * wait (nothing taken); another -errno when accept failed.
+ */
+FH_API int fh_member_next(struct fh_member *m);
+
+/* Hand m->conn and what was received to the template; closes ours. 0 or
+ * -errno (the connection is closed either way). */
+FH_API int fh_member_handoff(struct fh_member *m);
+
+/* Tell the template this member runs m->conn's launch.  0 or -errno. */
+FH_API int fh_member_took(struct fh_member *m, const char *argv0);
+
+/* Send the client STARTED with this process's pid and a pidfd of it.
+ * 0 or -errno. */
+FH_API int fh_member_started(struct fh_member *m);
+
+/*
+ * Copy-on-write ahead of time.  A launch in a fresh fork writes to pages it
+ * shares with the template, and each first write is a copy-on-write fault
+ * (microseconds each on a virtual machine, hundreds per Python launch).
+ * The template keeps a hot set in shared memory: the pages a recent
+ * secondary had made private by its exit (learned by the first launches,
+ * and again now and then).  An idle member copies those pages ahead of
+ * time (MADV_POPULATE_WRITE), so the next launch finds them its own.
+ */
+#define FH_HOTSET_RANGES 2048u
+
+struct fh_hotset {
+    _Atomic uint32_t seq;        /* odd while a secondary writes the set */
+    _Atomic uint32_t learn;      /* launches still to learn from */
+    _Atomic uint32_t nranges;
+    uint32_t reserved;
+    struct {
+        _Atomic uint64_t start;
+        _Atomic uint32_t pages;
+        uint32_t reserved;
+    } r[FH_HOTSET_RANGES];
+};
+
+/* In the template: a zeroed hot set in MAP_SHARED memory, or NULL. */
+FH_API struct fh_hotset *fh_hotset_create(void);
+/* Let the next `launches` member secondaries learn the set at their exit. */
+FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
+/* Pages in the current set (a consistent read). */
+FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
+/* In an idle member: copy the hot set's pages now.  Pages copied. */
+FH_API long fh_member_prefault(void);
+/* At a member secondary's exit (fh_exit_report): learn, if armed. */
+void fh_member_learn(void);
+
+#endif /* FORKHOST_MEMBER_H */

@@ -1,0 +1,629 @@
+/*
+ * member.c - a pool member takes a launch straight from template.sock
+ * (forkhost/member.h has the protocol between member and template).
+ *
+ * The path a launch of a native entry takes here is the whole of forkhost's
+ * launch latency on the server side: epoll_wait, accept4, SO_PEERCRED,
+ * recvmsg, a parse, a stat and a 4-byte read of the entry, two sendmsg
+ * (TOOK to the template, STARTED to the client), then fh_run_native().  No
+ * Python runs and the template is not waited for.
+ *
+ * Everything a client sends is checked here exactly as the template's
+ * Python parser checks it; anything that is not a valid LAUNCH is handed
+ * to the template unread or as received, and the template answers it, so
+ * the error texts have one source.
+ */
+#include "forkhost/member.h"
+#include "forkhost/spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- parsing ---------------------------------------------------------- */
+
+FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
+                           struct fh_launch_view *v)
+{
+    struct fh_launch l;
+    const char *s, *p, *end;
+    uint64_t want, found = 0, i;
+    size_t slen, elen;
+
+    /* Copies: the record may sit at any alignment. */
+    if (n < sizeof l.hdr || n > FH_PROTO_MAX_MSG)
+        return -EPROTO;
+    memcpy(&l.hdr, rec, sizeof l.hdr);
+    if (l.hdr.magic != FH_PROTO_MAGIC || l.hdr.version != FH_PROTO_VERSION ||
+        l.hdr.type != FH_MSG_LAUNCH || l.hdr.len != n || l.hdr.nfds != nfds)
+        return -EPROTO;
+    if (n < sizeof l)
+        return -EPROTO;
+    memcpy(&l, rec, sizeof l);
+    slen = n - sizeof l;
+    if (l.strings_len != slen)
+        return -EPROTO;
+    if ((l.flags & ~FH_LAUNCH_MODULE) || (l.stdio_mask & ~7u) ||
+        (l.umask & ~0777u) || l.nextra > FH_PROTO_MAX_EXTRA_FDS || l.argc < 1)
+        return -EPROTO;
+    /* Exactly 1 + argc + envc NUL-terminated strings, filling the rest. */
+    want = 1 + (uint64_t)l.argc + l.envc;
+    s = (const char *)rec + sizeof l;
+    end = s + slen;
+    if (slen == 0 || end[-1] != '\0')
+        return -EPROTO;
+    for (p = s; p < end; p++) {
+        p = memchr(p, '\0', (size_t)(end - p));
+        if (++found > want)
+            return -EPROTO;
+    }
+    if (found != want || s[0] == '\0')
+        return -EPROTO;
+    /* Every environment entry has a '=' after its first byte. */
+    elen = strlen(s) + 1;
+    p = s + elen;
+    for (i = 0; i < l.argc; i++)
+        p += strlen(p) + 1;
+    for (i = 0; i < l.envc; i++) {
+        size_t len = strlen(p);
+
+        if (len < 2 || memchr(p + 1, '=', len - 1) == NULL)
+            return -EPROTO;
+        p += len + 1;
+    }
+    if (1u + (unsigned)__builtin_popcount(l.stdio_mask) + l.nextra != nfds)
+        return -EPROTO;
+    v->launch = l;
+    v->entry = s;
+    v->strings = s + elen;
+    v->strings_len = slen - elen;
+    return 0;
+}
+
+/* ---- records on the sockets ------------------------------------------ */
+
+static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
+                    const void *b, size_t blen, const int *fds, unsigned nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (FH_PROTO_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } u;
+    struct fh_msg_hdr h;
+    struct iovec iov[3];
+    struct msghdr msg;
+    ssize_t r;
+
+    if (nfds > FH_PROTO_MAX_FDS + 1)
+        return -EINVAL;
+    memset(&h, 0, sizeof h);
+    h.magic = FH_PROTO_MAGIC;
+    h.version = FH_PROTO_VERSION;
+    h.type = type;
+    h.len = (uint32_t)(sizeof h + alen + blen);
+    h.nfds = nfds;
+    iov[0].iov_base = &h;
+    iov[0].iov_len = sizeof h;
+    iov[1].iov_base = (void *)a;
+    iov[1].iov_len = alen;
+    iov[2].iov_base = (void *)b;
+    iov[2].iov_len = blen;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 3;
+    if (nfds > 0) {
+        struct cmsghdr *c;
+
+        memset(&u, 0, sizeof u);
+        msg.msg_control = u.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    do
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+/* A notice went to the template: wake it (see news_fd in member.h). */
+static void notify(const struct fh_member *m)
+{
+    uint64_t one = 1;
+
+    if (m->news_fd >= 0 && write(m->news_fd, &one, sizeof one) < 0) {
+        /* EAGAIN only at a counter of 2^64 - 2: the template is awake. */
+    }
+}
+
+/* One record from the client into m->buf and m->fds.  0 (m->n == 0 on
+ * EOF), or -errno (-EAGAIN: nothing there yet). */
+static int receive(struct fh_member *m)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FH_PROTO_MAX_FDS)];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *c;
+    ssize_t r;
+
+    iov.iov_base = m->buf;
+    iov.iov_len = FH_PROTO_MAX_MSG + 1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    do
+        r = recvmsg(m->conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -errno;
+    m->n = (size_t)r;
+    m->mflags = msg.msg_flags;
+    for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        size_t k, count;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (k = 0; k < count && m->nfds < FH_PROTO_MAX_FDS; k++)
+            memcpy(&m->fds[m->nfds++], CMSG_DATA(c) + k * sizeof(int),
+                   sizeof(int));
+    }
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The request was not there with the connection: say BUSY and wait for it
+ * up to the timeout.  0 when something can be read, -ETIMEDOUT. */
+static int wait_request(struct fh_member *m)
+{
+    int64_t deadline = now_ms() + m->timeout_ms;
+    struct pollfd p;
+    int r;
+
+    send_rec(m->ctl_fd, FH_CTL_BUSY, NULL, 0, NULL, 0, NULL, 0);
+    notify(m);
+    for (;;) {
+        int64_t left = deadline - now_ms();
+
+        if (left <= 0)
+            return -ETIMEDOUT;
+        p.fd = m->conn;
+        p.events = POLLIN;
+        p.revents = 0;
+        r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -errno;
+    }
+}
+
+/* ---- classification of native entries -------------------------------- */
+
+static int is_regular(int dirfd, const char *path)
+{
+    struct stat st;
+
+    return fstatat(dirfd, path, &st, 0) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_elf(int dirfd, const char *path)
+{
+    char magic[4];
+    ssize_t r;
+    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return 0;
+    r = pread(fd, magic, sizeof magic, 0);
+    close(fd);
+    return r == (ssize_t)sizeof magic && memcmp(magic, "\177ELF", 4) == 0;
+}
+
+/*
+ * entries.classify() for the native forms only: the entry itself is a
+ * regular ELF file, or "PATH:SYMBOL" (SYMBOL may be empty: main) where
+ * PATH is one.  1 with *path (into head, or the entry) and *symbol (NULL
+ * for main); 0 for anything else, which Python decides.
+ */
+static int classify_native(const char *entry, int cwd_fd, char *head,
+                           size_t head_len, const char **path,
+                           const char **symbol)
+{
+    const char *colon;
+    size_t hl;
+
+    if (is_regular(cwd_fd, entry)) {
+        *path = entry;
+        *symbol = NULL;
+    } else {
+        colon = strrchr(entry, ':');
+        if (colon == NULL || colon == entry)
+            return 0;
+        hl = (size_t)(colon - entry);
+        if (hl >= head_len)
+            return 0;
+        memcpy(head, entry, hl);
+        head[hl] = '\0';
+        if (!is_regular(cwd_fd, head))
+            return 0;
+        *path = head;
+        *symbol = colon[1] != '\0' ? colon + 1 : NULL;
+    }
+    return is_elf(cwd_fd, *path);
+}
+
+/* ---- the member ------------------------------------------------------ */
+
+/* Set in members (fh_member_init); a secondary that was a member learns
+ * into it at exit (fh_member_learn). */
+static struct fh_hotset *g_hot;
+
+FH_API int fh_member_init(struct fh_member *m)
+{
+    struct epoll_event ev;
+
+    m->conn = -1;
+    m->nfds = 0;
+    g_hot = m->hot;
+    m->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (m->epoll_fd < 0)
+        return -errno;
+    memset(&ev, 0, sizeof ev);
+    /* Exclusive: one waiting member is woken per connection, not all. */
+    ev.events = EPOLLIN | EPOLLEXCLUSIVE;
+    ev.data.fd = m->listen_fd;
+    if (epoll_ctl(m->epoll_fd, EPOLL_CTL_ADD, m->listen_fd, &ev) < 0) {
+        int e = errno;
+
+        close(m->epoll_fd);
+        m->epoll_fd = -1;
+        return -e;
+    }
+    return 0;
+}
+
+static void close_received(struct fh_member *m)
+{
+    unsigned i;
+
+    for (i = 0; i < m->nfds; i++)
+        close(m->fds[i]);
+    m->nfds = 0;
+}
+
+FH_API int fh_member_took(struct fh_member *m, const char *argv0)
+{
+    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, argv0, strlen(argv0), NULL, 0,
+                      &m->conn, 1);
+
+    notify(m);
+    return rc;
+}
+
+FH_API int fh_member_started(struct fh_member *m)
+{
+    struct fh_started st;
+    int pidfd, rc;
+
+    pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0)
+        return -errno;
+    memset(&st, 0, sizeof st);
+    st.pid = getpid();
+    /* The header is rebuilt by send_rec; only the body goes as payload. */
+    rc = send_rec(m->conn, FH_MSG_STARTED, &st.pid, sizeof st.pid, NULL, 0,
+                  &pidfd, 1);
+    close(pidfd);
+    return rc;
+}
+
+FH_API int fh_member_handoff(struct fh_member *m)
+{
+    int fds[FH_PROTO_MAX_FDS + 1];
+    struct fh_handoff h;
+    size_t data;
+    int rc;
+
+    memset(&h, 0, sizeof h);
+    h.mflags = (uint32_t)m->mflags;
+    h.received = (uint32_t)m->n;
+    h.state = m->state;
+    data = m->state == FH_HANDOFF_MESSAGE ? m->n : 0;
+    if (data > FH_PROTO_MAX_MSG + 1)
+        data = FH_PROTO_MAX_MSG + 1;
+    fds[0] = m->conn;
+    memcpy(fds + 1, m->fds, m->nfds * sizeof(int));
+    rc = send_rec(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf, data,
+                  fds, m->nfds + 1);
+    notify(m);
+    close_received(m);
+    close(m->conn);
+    m->conn = -1;
+    return rc;
+}
+
+static __attribute__((noreturn)) void run_native(struct fh_member *m,
+                                                 const struct fh_launch_view *v,
+                                                 const char *path,
+                                                 const char *symbol)
+{
+    const struct fh_launch *l = &v->launch;
+    struct fh_child_spec spec;
+    sigset_t all;
+
+    /* From here on this process is the secondary: no handler of the
+     * member's may run (fh_child_setup resets them all and unblocks). */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    /* TOOK first: the template must know the connection before it could
+     * ever report this process's death to the client. */
+    fh_member_took(m, v->strings);
+    fh_member_started(m);
+    memset(&spec, 0, sizeof spec);
+    if (fh_spec_strings(&spec, v->strings, v->strings_len, l->argc,
+                        l->envc) < 0)
+        fh_exit_report(m->ctl_fd, 125);
+    spec.fds = m->fds;
+    spec.nfds = m->nfds;
+    spec.stdio_mask = l->stdio_mask;
+    spec.nextra = l->nextra;
+    spec.umask = l->umask;
+    spec.title_area = m->title_area;
+    spec.title_len = m->title_len;
+    spec.report_fd = m->ctl_fd;
+    spec.client_fd = m->conn;
+    spec.signals_ready = 0;
+    fh_run_native(&spec, path, symbol);
+}
+
+/* A connection accepted: see what it is. */
+static int take(struct fh_member *m)
+{
+    struct fh_launch_view v;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    char head[PATH_MAX];
+    const char *path, *symbol;
+    int rc;
+
+    m->n = 0;
+    m->mflags = 0;
+    m->nfds = 0;
+    m->state = FH_HANDOFF_PEER;
+    if (getsockopt(m->conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+        (cred.uid != 0 && cred.uid != m->uid))
+        return FH_MEMBER_HANDOFF;
+    m->state = FH_HANDOFF_MESSAGE;
+    rc = receive(m);
+    if (rc == -EAGAIN || rc == -EWOULDBLOCK) {
+        rc = wait_request(m);
+        if (rc == -ETIMEDOUT) {
+            m->state = FH_HANDOFF_EXPIRED;
+            return FH_MEMBER_HANDOFF;
+        }
+        rc = rc < 0 ? rc : receive(m);
+    }
+    if (rc < 0) {
+        m->state = FH_HANDOFF_PENDING;   /* the template reads the error */
+        return FH_MEMBER_HANDOFF;
+    }
+    if (m->mflags & (MSG_TRUNC | MSG_CTRUNC) ||
+        fh_launch_parse(m->buf, m->n, m->nfds, &v) < 0)
+        return FH_MEMBER_HANDOFF;
+    if (!(v.launch.flags & FH_LAUNCH_MODULE) &&
+        classify_native(v.entry, m->fds[0], head, sizeof head, &path, &symbol))
+        run_native(m, &v, path, symbol);
+    return FH_MEMBER_LAUNCH;
+}
+
+FH_API int fh_member_next(struct fh_member *m)
+{
+    struct epoll_event ev;
+    int r;
+
+    for (;;) {
+        r = epoll_wait(m->epoll_fd, &ev, 1, -1);
+        if (r < 0)
+            return -errno;   /* -EINTR: the caller runs its handlers */
+        m->conn = accept4(m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (m->conn >= 0)
+            return take(m);
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED &&
+            errno != EINTR)
+            return -errno;
+        /* Another member (or the template) took it first. */
+    }
+}
+
+/* ---- copy-on-write ahead of time -------------------------------------- */
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#define PM_PRESENT   (1ull << 63)
+#define PM_EXCLUSIVE (1ull << 56)
+#define HOT_MAX_PAGES 4096u       /* 16 MiB of private copies per member */
+
+
+FH_API struct fh_hotset *fh_hotset_create(void)
+{
+    void *p = mmap(NULL, sizeof(struct fh_hotset), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    return p == MAP_FAILED ? NULL : p;
+}
+
+FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches)
+{
+    /* relaxed: a ticket count, ordered with nothing else. */
+    atomic_store_explicit(&h->learn, launches, memory_order_relaxed);
+}
+
+FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
+{
+    uint32_t seq, pages = 0, i, n;
+
+    do {
+        /* acquire: pairs with the writer's release of the even seq below,
+         * so the ranges read after it are the ones published with it. */
+        seq = atomic_load_explicit(&h->seq, memory_order_acquire);
+        n = atomic_load_explicit(&h->nranges, memory_order_relaxed);
+        pages = 0;
+        for (i = 0; i < n && i < FH_HOTSET_RANGES; i++)
+            pages += atomic_load_explicit(&h->r[i].pages,
+                                          memory_order_relaxed);
+        /* acquire fence: the loads above happen before the re-check. */
+        atomic_thread_fence(memory_order_acquire);
+    } while ((seq & 1) ||
+             seq != atomic_load_explicit(&h->seq, memory_order_relaxed));
+    return pages;
+}
+
+/* Record this process's private, present pages of private writable
+ * mappings: what a launch made it copy.  At most one writer at a time (the
+ * odd seq is the lock); a concurrent one gives up. */
+static void learn(struct fh_hotset *h)
+{
+    char line[512];
+    FILE *maps;
+    int pm;
+    uint32_t seq, n = 0, total = 0;
+    long page = sysconf(_SC_PAGESIZE);
+
+    seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
+    /* acquire on success: our writes to the ranges stay after the lock;
+     * relaxed on failure: we only give up. */
+    if ((seq & 1) || !atomic_compare_exchange_strong_explicit(
+            &h->seq, &seq, seq + 1, memory_order_acquire,
+            memory_order_relaxed))
+        return;
+    maps = fopen("/proc/self/maps", "re");
+    pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    while (maps != NULL && pm >= 0 && fgets(line, sizeof line, maps) != NULL &&
+           n < FH_HOTSET_RANGES && total < HOT_MAX_PAGES) {
+        unsigned long lo, hi, a;
+        char perms[5];
+
+        if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3 ||
+            perms[1] != 'w' || perms[3] != 'p')
+            continue;
+        for (a = lo; a < hi && n < FH_HOTSET_RANGES && total < HOT_MAX_PAGES;) {
+            uint64_t ent[512];
+            size_t k, cnt = (hi - a) / (unsigned long)page;
+            uint32_t run = 0;
+            ssize_t r;
+
+            if (cnt > 512)
+                cnt = 512;
+            r = pread(pm, ent, cnt * sizeof ent[0],
+                      (off_t)(a / (unsigned long)page * sizeof ent[0]));
+            if (r <= 0)
+                break;
+            cnt = (size_t)r / sizeof ent[0];
+            for (k = 0; k <= cnt; k++) {
+                if (k < cnt && (ent[k] & PM_PRESENT) && (ent[k] & PM_EXCLUSIVE) &&
+                    total + run < HOT_MAX_PAGES) {
+                    run++;
+                    continue;
+                }
+                if (run > 0 && n < FH_HOTSET_RANGES) {
+                    /* relaxed: published by the release store of seq. */
+                    atomic_store_explicit(&h->r[n].start,
+                        a + (k - run) * (unsigned long)page, memory_order_relaxed);
+                    atomic_store_explicit(&h->r[n].pages, run,
+                                          memory_order_relaxed);
+                    n++;
+                    total += run;
+                }
+                run = 0;
+            }
+            a += cnt * (unsigned long)page;
+        }
+    }
+    if (maps != NULL)
+        fclose(maps);
+    if (pm >= 0)
+        close(pm);
+    atomic_store_explicit(&h->nranges, n, memory_order_relaxed);
+    /* release: readers that see the even seq see every range above. */
+    atomic_store_explicit(&h->seq, seq + 2, memory_order_release);
+}
+
+void fh_member_learn(void)
+{
+    unsigned left;
+
+    if (g_hot == NULL)
+        return;
+    left = atomic_load_explicit(&g_hot->learn, memory_order_relaxed);
+    /* relaxed: the ticket orders nothing; learn() locks with seq. */
+    while (left > 0 && !atomic_compare_exchange_weak_explicit(
+               &g_hot->learn, &left, left - 1, memory_order_relaxed,
+               memory_order_relaxed))
+        ;
+    if (left > 0)
+        learn(g_hot);
+}
+
+FH_API long fh_member_prefault(void)
+{
+    struct { uint64_t start; uint32_t pages; } copy[FH_HOTSET_RANGES];
+    uint32_t seq, n, i;
+    long page = sysconf(_SC_PAGESIZE), total = 0;
+
+    if (g_hot == NULL)
+        return 0;
+    do {
+        /* acquire: as in fh_hotset_pages. */
+        seq = atomic_load_explicit(&g_hot->seq, memory_order_acquire);
+        n = atomic_load_explicit(&g_hot->nranges, memory_order_relaxed);
+        if (n > FH_HOTSET_RANGES)
+            n = FH_HOTSET_RANGES;
+        for (i = 0; i < n; i++) {
+            copy[i].start = atomic_load_explicit(&g_hot->r[i].start,
+                                                 memory_order_relaxed);
+            copy[i].pages = atomic_load_explicit(&g_hot->r[i].pages,
+                                                 memory_order_relaxed);
+        }
+        atomic_thread_fence(memory_order_acquire);
+    } while ((seq & 1) ||
+             seq != atomic_load_explicit(&g_hot->seq, memory_order_relaxed));
+    /* The ranges were learned in a process forked from the same template:
+     * an address is in the same mapping here, or unmapped (the call fails
+     * for that range, harmlessly).  Populating never changes contents. */
+    for (i = 0; i < n; i++)
+        if (madvise((void *)(uintptr_t)copy[i].start,
+                    (size_t)copy[i].pages * (size_t)page,
+                    MADV_POPULATE_WRITE) == 0)
+            total += copy[i].pages;
+    return total;
+}

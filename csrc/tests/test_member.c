@@ -1,0 +1,254 @@
+/*
+ * test_member.c - a pool member's side of template.sock, under ASan and
+ * UBSan: the LAUNCH parser on valid, broken and fuzzed records, and
+ * fh_member_next/fh_member_handoff on real sockets (a request that is not
+ * a launch is handed over with its bytes and fds; a slow one says BUSY
+ * first).
+ */
+#include "forkhost.h"
+#include "fhtest.h"
+
+#include <poll.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+static char rec[4096];
+
+/* A valid LAUNCH: entry "e", argv {"a", ""}, env {"K=v"}, stdio 0b101,
+ * one extra fd: 1 + 2 + 1 = 4 fds. */
+static size_t good(void)
+{
+    static const char strings[] = "e\0a\0\0K=v";   /* + the final NUL */
+    struct fh_launch l;
+
+    memset(&l, 0, sizeof l);
+    l.hdr.magic = FH_PROTO_MAGIC;
+    l.hdr.version = FH_PROTO_VERSION;
+    l.hdr.type = FH_MSG_LAUNCH;
+    l.hdr.len = (uint32_t)(sizeof l + sizeof strings);
+    l.hdr.nfds = 4;
+    l.umask = 022;
+    l.stdio_mask = 5;
+    l.nextra = 1;
+    l.argc = 2;
+    l.envc = 1;
+    l.strings_len = sizeof strings;
+    memcpy(rec, &l, sizeof l);
+    memcpy(rec + sizeof l, strings, sizeof strings);
+    return sizeof l + sizeof strings;
+}
+
+static int parses(size_t n, unsigned nfds)
+{
+    struct fh_launch_view v;
+
+    return fh_launch_parse(rec, n, nfds, &v) == 0;
+}
+
+#define FIELD(member) (*(uint32_t *)(rec + offsetof(struct fh_launch, member)))
+
+static void test_parse(void)
+{
+    struct fh_launch_view v;
+    size_t n = good(), i;
+
+    CHECK(fh_launch_parse(rec, n, 4, &v) == 0, "a valid launch");
+    CHECK(strcmp(v.entry, "e") == 0 && v.launch.argc == 2, "the view");
+    CHECK(v.strings == v.entry + 2 && v.strings_len == n - sizeof(struct fh_launch) - 2,
+          "strings after the entry");
+    CHECK(!parses(n, 3) && !parses(n, 5), "fds received must match");
+    good(); FIELD(hdr.magic) ^= 1;      CHECK(!parses(n, 4), "magic");
+    good(); rec[4] = 2;                 CHECK(!parses(n, 4), "version");
+    good(); rec[6] = FH_MSG_INFO;       CHECK(!parses(n, 4), "type");
+    good(); FIELD(hdr.len) += 1;        CHECK(!parses(n, 4), "length");
+    good(); FIELD(hdr.nfds) = 3;        CHECK(!parses(n, 4), "header nfds");
+    good(); FIELD(strings_len) -= 1;    CHECK(!parses(n, 4), "strings_len");
+    good(); FIELD(flags) = 2;           CHECK(!parses(n, 4), "flags");
+    good(); FIELD(flags) = FH_LAUNCH_MODULE; CHECK(parses(n, 4), "module flag");
+    good(); FIELD(stdio_mask) = 8;      CHECK(!parses(n, 4), "stdio mask");
+    good(); FIELD(umask) = 01000;       CHECK(!parses(n, 4), "umask");
+    good(); FIELD(nextra) = 33;         CHECK(!parses(n, 4), "nextra");
+    good(); FIELD(argc) = 0; FIELD(envc) = 2; CHECK(!parses(n, 4), "argc 0");
+    good(); FIELD(argc) = 3;            CHECK(!parses(n, 4), "one string short");
+    good(); FIELD(envc) = 0;            CHECK(!parses(n, 4), "one string over");
+    good(); rec[n - 1] = 'x';           CHECK(!parses(n, 4), "no final NUL");
+    good(); rec[sizeof(struct fh_launch)] = '\0';
+    FIELD(argc) = 3; FIELD(envc) = 0;   CHECK(!parses(n, 4), "empty entry");
+    good(); rec[n - 3] = 'x';           CHECK(!parses(n, 4), "env without '='");
+    good(); rec[n - 4] = '='; rec[n - 3] = 'x';
+    CHECK(!parses(n, 4), "env '=' first only");
+    CHECK(!parses(10, 4) && !parses(sizeof(struct fh_msg_hdr), 4), "short");
+    /* Every truncation, and every single-byte change: no read outside the
+     * record (ASan watches), and only a few survive. */
+    for (i = 0; i <= good(); i++) {
+        good();
+        FIELD(hdr.len) = (uint32_t)i;
+        (void)parses(i, 4);
+    }
+    for (i = 0; i < good(); i++) {
+        unsigned bit;
+
+        for (bit = 0; bit < 8; bit++) {
+            good();
+            rec[i] ^= (char)(1u << bit);
+            (void)parses(n, 4);
+        }
+    }
+}
+
+/* A record from the member's socketpair: type, body, fds. */
+static int read_ctl(int fd, char *body, size_t cap, int *fds, unsigned *nfds,
+                    size_t *blen)
+{
+    union { char b[CMSG_SPACE(sizeof(int) * 40)]; struct cmsghdr a; } u;
+    struct fh_msg_hdr h;
+    struct iovec iov[2] = {{&h, sizeof h}, {body, cap}};
+    struct msghdr msg;
+    struct cmsghdr *c;
+    ssize_t r;
+
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    msg.msg_control = u.b;
+    msg.msg_controllen = sizeof u.b;
+    r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    CHECK(r >= (ssize_t)sizeof h, "ctl record");
+    CHECK(h.magic == FH_PROTO_MAGIC && h.len == (uint32_t)r, "ctl header");
+    *blen = (size_t)r - sizeof h;
+    *nfds = 0;
+    for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        unsigned k = (unsigned)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+        memcpy(fds + *nfds, CMSG_DATA(c), k * sizeof(int));
+        *nfds += k;
+    }
+    CHECK(*nfds == h.nfds, "ctl fds");
+    return h.type;
+}
+
+static void test_member_sockets(void)
+{
+    struct sockaddr_un addr;
+    int lst, ctl[2], news, fds_before = count_fds();
+    pid_t member;
+    char body[FH_PROTO_MAX_MSG + 64];
+    int fds[40];
+    unsigned nfds, i;
+    size_t blen;
+    uint64_t count;
+    struct fh_handoff h;
+
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    snprintf(addr.sun_path + 1, sizeof addr.sun_path - 1, "fh-test-member-%d",
+             (int)getpid());
+    lst = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    CHECK(lst >= 0 && bind(lst, (struct sockaddr *)&addr, sizeof addr) == 0 &&
+          listen(lst, 8) == 0, "listen");
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) == 0, "pair");
+    news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    CHECK(news >= 0, "eventfd");
+
+    member = fork_child();
+    if (member == 0) {
+        static char buf[FH_PROTO_MAX_MSG + 1];
+        struct fh_member m;
+        int k;
+
+        memset(&m, 0, sizeof m);
+        m.listen_fd = lst;
+        m.ctl_fd = ctl[1];
+        m.news_fd = news;
+        m.uid = (unsigned)getuid();
+        m.timeout_ms = 5000;
+        m.buf = buf;
+        CHECK(fh_member_init(&m) == 0, "init");
+        for (k = 0; k < 2; k++) {
+            int rc = fh_member_next(&m);
+
+            CHECK(rc == FH_MEMBER_HANDOFF, "handoff, got %d", rc);
+            CHECK(fh_member_handoff(&m) == 0, "send the handoff");
+        }
+        _exit(0);
+    }
+
+    /* 1: an INFO request, with two fds: handed over as received. */
+    {
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        struct fh_msg_hdr q;
+        int two[2] = {0, 1};
+        union { char b[CMSG_SPACE(sizeof two)]; struct cmsghdr a; } u;
+        struct iovec iov = {&q, sizeof q};
+        struct msghdr msg;
+        struct cmsghdr *cm;
+
+        CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0, "connect");
+        memset(&q, 0, sizeof q);
+        q.magic = FH_PROTO_MAGIC;
+        q.version = FH_PROTO_VERSION;
+        q.type = FH_MSG_INFO;
+        q.len = sizeof q;
+        q.nfds = 2;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = u.b;
+        msg.msg_controllen = sizeof u.b;
+        cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof two);
+        memcpy(CMSG_DATA(cm), two, sizeof two);
+        CHECK(sendmsg(c, &msg, 0) == (ssize_t)sizeof q, "send INFO");
+        CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
+              FH_CTL_HANDOFF, "HANDOFF");
+        CHECK(blen == sizeof h + sizeof q && nfds == 3, "handoff %zu %u", blen, nfds);
+        memcpy(&h, body, sizeof h);
+        CHECK(h.state == FH_HANDOFF_MESSAGE && h.received == sizeof q, "state");
+        CHECK(memcmp(body + sizeof h, &q, sizeof q) == 0, "bytes as received");
+        {
+            struct pollfd p = {news, POLLIN, 0};
+
+            /* The eventfd is written just after the record. */
+            CHECK(poll(&p, 1, 5000) == 1, "the template was woken");
+            CHECK(read(news, &count, sizeof count) == sizeof count && count >= 1,
+                  "the count");
+        }
+        for (i = 0; i < nfds; i++)
+            close(fds[i]);
+        close(c);
+    }
+
+    /* 2: a client that says nothing at first: BUSY, then its (bad) record. */
+    {
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+
+        CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0, "connect");
+        CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
+              FH_CTL_BUSY && nfds == 0, "BUSY before the request");
+        CHECK(send(c, "junk", 4, 0) == 4, "send junk");
+        CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
+              FH_CTL_HANDOFF && nfds == 1, "HANDOFF of the junk");
+        memcpy(&h, body, sizeof h);
+        CHECK(h.received == 4 && memcmp(body + sizeof h, "junk", 4) == 0, "junk");
+        close(fds[0]);
+        close(c);
+    }
+    CHECK(reap(member) == 0, "member");
+    close(lst);
+    close(ctl[0]);
+    close(ctl[1]);
+    close(news);
+    CHECK(count_fds() == fds_before, "fds leaked");
+}
+
+int main(void)
+{
+    test_parse();
+    test_member_sockets();
+    printf("test_member: ok\n");
+    return 0;
+}

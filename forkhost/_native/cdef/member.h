@@ -1,0 +1,47 @@
+/* cffi cdef for csrc/include/forkhost/member.h: a pool member takes a
+ * launch straight from template.sock (pool.py). */
+
+#define FH_CTL_TOOK ...
+#define FH_CTL_BUSY ...
+#define FH_CTL_HANDOFF ...
+#define FH_HANDOFF_MESSAGE ...
+#define FH_HANDOFF_PENDING ...
+#define FH_HANDOFF_EXPIRED ...
+#define FH_HANDOFF_PEER ...
+#define FH_MEMBER_HANDOFF ...
+#define FH_MEMBER_LAUNCH ...
+
+struct fh_member {
+    int       listen_fd;
+    int       ctl_fd;
+    int       news_fd;
+    unsigned  uid;
+    int       timeout_ms;
+    char     *title_area;
+    size_t    title_len;
+    char     *buf;
+    struct fh_hotset *hot;
+    int       epoll_fd;
+    int       conn;
+    size_t    n;
+    int       mflags;
+    unsigned  state;
+    int       fds[...];
+    unsigned  nfds;
+};
+
+int fh_member_init(struct fh_member *m);
+int fh_member_next(struct fh_member *m);
+int fh_member_handoff(struct fh_member *m);
+int fh_member_took(struct fh_member *m, const char *argv0);
+int fh_member_started(struct fh_member *m);
+
+struct fh_launch_view { ...; };
+int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
+                    struct fh_launch_view *v);
+
+struct fh_hotset { ...; };
+struct fh_hotset *fh_hotset_create(void);
+void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
+unsigned fh_hotset_pages(struct fh_hotset *h);
+long fh_member_prefault(void);

@@ -1,0 +1,262 @@
+"""Pool members take launches straight from template.sock (pool.py,
+csrc/lib/member.c): the C parser agrees with the template's, a slow client
+is served, the pool keeps its size, and members copy the learned hot set
+ahead of time."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import struct
+import time
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import forkhost
+from forkhost import protocol
+from forkhost._native import ffi, lib
+from forkhost.errors import ProtocolError
+from fhtest import FIXTURES, children_of, wait_until
+
+HDR, BODY = protocol.HDR, protocol.LAUNCH_BODY
+
+
+# -- the C parser against the Python one --------------------------------------
+
+def c_accepts(rec: bytes, nfds: int) -> bool:
+    view = ffi.new("struct fh_launch_view *")
+    return lib.fh_launch_parse(rec, len(rec), nfds, view) == 0
+
+
+def py_accepts(rec: bytes, nfds: int) -> bool:
+    base = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    fds = [base] + [os.dup(base) for _ in range(nfds - 1)] if nfds else []
+    if not nfds:
+        os.close(base)
+    try:
+        msg = protocol.parse(memoryview(rec), len(rec), fds, 0)
+    except ProtocolError:
+        return False          # parse closed the fds
+    if msg is None:
+        return False
+    try:
+        if msg.type != protocol.LAUNCH:
+            return False
+        protocol.Launch.decode(msg.body, nfds)
+        return True
+    except ProtocolError:
+        return False
+    finally:
+        msg.close_fds()
+
+
+_text = st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"x"))
+_env_var = st.one_of(
+    st.tuples(_text, _text).map(lambda kv: b"K" + kv[0] + b"=" + kv[1]),
+    _text)                                    # often without '=': invalid
+
+
+@st.composite
+def launch_records(draw):
+    entry = draw(st.one_of(st.just(b"mod:fn"), _text))
+    argv = draw(st.lists(_text, min_size=0, max_size=4))
+    env = draw(st.lists(_env_var, max_size=4))
+    flags = draw(st.sampled_from([0, 1, 2, 0x80000000]))
+    mask = draw(st.sampled_from([0, 1, 5, 7, 8]))
+    umask = draw(st.sampled_from([0o022, 0o777, 0o1000]))
+    nextra = draw(st.sampled_from([0, 1, 32, 33]))
+    strings = b"".join(s + b"\0" for s in [entry, *argv, *env])
+    argc = draw(st.one_of(st.just(len(argv)), st.integers(0, 6)))
+    envc = draw(st.one_of(st.just(len(env)), st.integers(0, 6)))
+    slen = draw(st.one_of(st.just(len(strings)), st.integers(0, 80)))
+    body = BODY.pack(flags, umask, mask, nextra, argc, envc, slen, 0) + strings
+    wire_nfds = 1 + bin(mask & 7).count("1") + min(nextra, 32)
+    nfds = draw(st.one_of(st.just(wire_nfds), st.integers(0, 36)))
+    hdr_nfds = draw(st.one_of(st.just(nfds), st.integers(0, 40)))
+    mtype = draw(st.sampled_from([protocol.LAUNCH, protocol.LAUNCH,
+                                  protocol.INFO, protocol.EXITED]))
+    rec = bytearray(HDR.pack(protocol.MAGIC, protocol.VERSION, mtype,
+                             HDR.size + len(body), hdr_nfds, 0) + body)
+    if draw(st.booleans()):                   # flip one byte
+        i = draw(st.integers(0, len(rec) - 1))
+        rec[i] ^= draw(st.integers(1, 255))
+    if draw(st.booleans()):                   # cut it short
+        rec = rec[:draw(st.integers(0, len(rec)))]
+    return bytes(rec), nfds
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(launch_records())
+def test_member_parser_agrees_with_the_template(case):
+    """What a pool member runs without asking, the template would have
+    accepted, and the other way round (or the member hands it over)."""
+    rec, nfds = case
+    assert c_accepts(rec, nfds) == py_accepts(rec, nfds), (rec, nfds)
+
+
+def test_member_parser_accepts_a_real_launch():
+    req = protocol.Launch(b"fhfix:exit_with", [b"fhfix:exit_with", b"3"],
+                          [b"A=1", b"B=x=y"], 0, 0o022, 0b101, 2)
+    body = req.encode()
+    rec = HDR.pack(protocol.MAGIC, protocol.VERSION, protocol.LAUNCH,
+                   HDR.size + len(body), 5, 0) + body
+    assert c_accepts(rec, 5) and py_accepts(rec, 5)
+    assert not c_accepts(rec, 4) and not py_accepts(rec, 4)
+
+
+# -- end to end ----------------------------------------------------------------
+
+def raw_launch(sock: socket.socket, entry: bytes, *args: bytes) -> None:
+    cwd = os.open(FIXTURES, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        body = protocol.Launch(entry, [entry, *args], [b"A=1"], 0, 0o022,
+                               0b111, 0).encode()
+        protocol.send(sock, protocol.LAUNCH, body, [cwd, null, null, null])
+    finally:
+        os.close(cwd)
+        os.close(null)
+
+
+def started_and_exited(sock: socket.socket) -> tuple[int, int]:
+    msg = protocol.recv(sock)
+    assert msg is not None and msg.type == protocol.STARTED, msg
+    (pid,) = protocol.STARTED_BODY.unpack(msg.body)
+    msg.close_fds()
+    msg = protocol.recv(sock)
+    assert msg is not None and msg.type == protocol.EXITED, msg
+    code, sig = protocol.EXITED_BODY.unpack(msg.body)
+    assert sig == 0
+    return pid, code
+
+
+def test_a_launch_runs_in_a_member_forked_before_it(primary):
+    """The secondary is one of the template's pre-forked members: nothing
+    was forked for it."""
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
+               what="two idle members")
+    before = set(children_of(primary.template_pid))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(30)
+        sock.connect(primary.socket)
+        raw_launch(sock, b"fhfix:exit_with", b"5")
+        pid, code = started_and_exited(sock)
+    assert code == 5
+    assert pid in before
+
+
+def test_slow_client_is_served_by_the_member_that_took_it(primary):
+    """A request that comes well after connect(): the member that accepted
+    waits for it (BUSY), runs it, and the pool is back to its size, not
+    over it."""
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
+               what="two idle members")
+    before = set(children_of(primary.template_pid))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(30)
+        sock.connect(primary.socket)
+        time.sleep(0.5)
+        # Meanwhile others are served.
+        assert primary.run("fhfix:exit_with", 3, cwd=FIXTURES).returncode == 3
+        raw_launch(sock, b"fhfix:exit_with", b"9")
+        pid, code = started_and_exited(sock)
+    assert code == 9 and pid in before
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
+               what="the pool back to two")
+    time.sleep(0.1)
+    assert forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2
+
+
+def test_members_learn_the_hot_set(primary):
+    for _ in range(3):
+        assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["hot_pages"] > 0,
+               what="a learned hot set")
+    assert forkhost.info(primary.prefix, primary.runtime_dir)["hot_pages"] <= 4096
+
+
+# -- the hot set, in C, between two forks of this process -------------------------
+
+_PAGES = 64
+
+
+def _child(fn) -> int:
+    """Run fn() in a fork; return what it wrote (an int) on a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.write(w, struct.pack("=q", fn()))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        data = os.read(r, 8)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return struct.unpack("=q", data)[0]
+
+
+def test_prefault_copies_what_a_secondary_learned():
+    page = resource.getpagesize()
+    buf = ffi.new("char[]", _PAGES * page)      # private, present, ours
+    ffi.memmove(buf, b"\1" * (_PAGES * page), _PAGES * page)
+    hot = lib.fh_hotset_create()
+    assert hot != ffi.NULL
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0forkhost-test-hot-%d" % os.getpid())
+    listener.listen()
+    report_r, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def member():
+        m = ffi.new("struct fh_member *")
+        m.listen_fd, m.ctl_fd, m.news_fd = listener.fileno(), -1, -1
+        m.hot = hot
+        assert lib.fh_member_init(m) == 0
+        return m
+
+    def write_pages() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for i in range(_PAGES):
+            buf[i * page] = b"\2"
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    def learner():
+        member()
+        lib.fh_hotset_arm(hot, 1)
+        write_pages()
+        lib.fh_exit_report(report_w.fileno(), 0)   # learns, then _exits
+
+    def cold():
+        member()
+        return write_pages()
+
+    def warm():
+        member()
+        lib.fh_member_prefault()
+        return write_pages()
+
+    try:
+        assert lib.fh_hotset_pages(hot) == 0
+        assert _child(cold) >= _PAGES              # copy-on-write, page by page
+        pid = os.fork()
+        if pid == 0:
+            try:
+                learner()
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lib.fh_hotset_pages(hot) >= _PAGES
+        assert _child(warm) < _PAGES // 4          # copied ahead of time
+    finally:
+        listener.close()
+        report_r.close()
+        report_w.close()
