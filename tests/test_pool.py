@@ -132,15 +132,25 @@ def started_and_exited(sock: socket.socket) -> tuple[int, int]:
     return pid, code
 
 
+def idle_members(primary) -> set[int]:
+    """Once the pool is full: the template's children (its members)."""
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
+               what="two idle members")
+    return set(children_of(primary.template_pid))
+
+
+def connect(primary) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(30)
+    sock.connect(primary.socket)
+    return sock
+
+
 def test_a_launch_runs_in_a_member_forked_before_it(primary):
     """The secondary is one of the template's pre-forked members: nothing
     was forked for it."""
-    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
-               what="two idle members")
-    before = set(children_of(primary.template_pid))
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-        sock.settimeout(30)
-        sock.connect(primary.socket)
+    before = idle_members(primary)
+    with connect(primary) as sock:
         raw_launch(sock, b"fhfix:exit_with", b"5")
         pid, code = started_and_exited(sock)
     assert code == 5
@@ -151,12 +161,8 @@ def test_slow_client_is_served_by_the_member_that_took_it(primary):
     """A request that comes well after connect(): the member that accepted
     waits for it (BUSY), runs it, and the pool is back to its size, not
     over it."""
-    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
-               what="two idle members")
-    before = set(children_of(primary.template_pid))
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-        sock.settimeout(30)
-        sock.connect(primary.socket)
+    before = idle_members(primary)
+    with connect(primary) as sock:
         time.sleep(0.5)
         # Meanwhile others are served.
         assert primary.run("fhfix:exit_with", 3, cwd=FIXTURES).returncode == 3
