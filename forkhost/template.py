@@ -102,6 +102,7 @@ class Template:
         if self.hot != ffi.NULL:
             lib.fh_hotset_arm(self.hot, LEARN_FIRST)
         self.stopping = False
+        self.draining = False      # running_count() is reading members' notices
         self.stop_deadline: float | None = None
         self.launched = 0
         self.last_activity = 0.0   # monotonic time of the last launch or exit
@@ -171,7 +172,9 @@ class Template:
         # becomes idle again if the request never comes.
         if self.stopping or len(self.members) >= self.pool_size:
             return False
-        running = sum(1 for c in self.running.values() if not c.reported)
+        # A connection we accepted and still wait on may launch too.
+        running = (sum(1 for c in self.running.values() if not c.reported)
+                   + sum(1 for c in self.conns.values() if c.state == PENDING))
         return running + len(self.members) < self.max_secondaries
 
     def _replenish(self) -> None:
@@ -342,7 +345,7 @@ class Template:
             self.stop()
 
     def _accept(self) -> None:
-        now = time.monotonic()
+        now = self.last_activity = time.monotonic()
         while True:
             try:
                 sock, _ = self.listener.accept()
@@ -419,7 +422,18 @@ class Template:
         reports to the template before its client hears of its exit, but
         the report may still be queued when the client's successor asks:
         queued reports are read before counting, so a client that has its
-        status never finds its next launch refused for capacity."""
+        status never finds its next launch refused for capacity.  Members'
+        notices are read first for the same reason: a member that took the
+        previous launch still counts as a member until its TOOK is read,
+        and its report is read only after that."""
+        if not self.draining:
+            self.draining = True      # a HANDOFF read here may launch again
+            try:
+                for member in list(self.members.values()):
+                    while member.pidfd in self.members and self._member_msg(member):
+                        pass
+            finally:
+                self.draining = False
         for conn in list(self.reports.values()):
             self._report(conn)
         return sum(1 for c in self.running.values() if not c.reported)
