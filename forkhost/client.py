@@ -25,6 +25,26 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 
+def _closed_early(prefix, runtime_dir):
+    """The connection closed before any reply: the template died as we
+    connected (its pool members hold the listening socket until the kernel
+    has torn them down), or a live one dropped us.  Probe as forkhost-run
+    does: reset at once means a dying socket (probe again), refused means
+    no primary, a probe that stays open is a live template."""
+    for _ in range(20):
+        try:
+            probe = connect(prefix, runtime_dir, 1.0)
+        except NoPrimaryError:
+            raise
+        except ForkhostError:
+            break
+        with probe:
+            ready, _, _ = select.select([probe], [], [], 0.05)
+        if not ready:
+            break
+    raise ForkhostError("the template closed the connection")
+
+
 def connect(prefix: str | None = None, runtime_dir=None,
             timeout: float = DEFAULT_CONNECT_TIMEOUT) -> socket.socket:
     """Connect to a prefix's template; NoPrimaryError when none serves it."""
@@ -222,7 +242,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
             os.close(fd)
     if msg is None:
         sock.close()
-        raise ForkhostError("the template closed the connection")
+        _closed_early(prefix, runtime_dir)
     if msg.type == protocol.ERROR:
         msg.close_fds()
         sock.close()

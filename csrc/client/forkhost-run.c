@@ -732,6 +732,50 @@ static void fail(const struct session *s, const char *fmt, ...)
     die("%s", msg);
 }
 
+/*
+ * The connection closed before any reply.  Either the template died as we
+ * connected (its pool members hold the listening socket until the kernel
+ * has torn them down, a millisecond or so after it), or a live one dropped
+ * us.  Probe: a connection that is reset at once means a dying socket, so
+ * probe again; refused means no primary, as if we had come a moment later;
+ * a probe that stays open is a live template.
+ */
+__attribute__((noreturn))
+static void closed_early(const struct session *s)
+{
+    struct options o = *s->o;
+    struct sockaddr_un addr;
+    socklen_t alen = socket_address(&o, &addr);
+    int i;
+
+    for (i = 0; i < 20; i++) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        struct pollfd p;
+        int r, ready;
+
+        if (fd < 0)
+            break;
+        r = connect(fd, (const struct sockaddr *)&addr, alen);
+        if (r < 0 && (errno == ENOENT || errno == ECONNREFUSED)) {
+            close(fd);
+            die("no forkhost primary for prefix '%s' (looked for %s)",
+                o.prefix, addr.sun_path);
+        }
+        if (r < 0) {
+            close(fd);
+            break;
+        }
+        p.fd = fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        ready = poll(&p, 1, 50);
+        close(fd);
+        if (ready <= 0)
+            break;          /* someone is waiting for a request: alive */
+    }
+    fail(s, "the template for prefix '%s' closed the connection", s->o->prefix);
+}
+
 static void close_fds(const int *fds, size_t n)
 {
     for (size_t k = 0; k < n; k++)
@@ -906,8 +950,7 @@ static void send_launch(struct session *s, size_t len, const int *fds,
             struct reply r;
             if (recv_reply(s, &r) == RECV_OK && r.u.hdr.type == FH_MSG_ERROR)
                 exit_error(s, &r);
-            fail(s, "the template for prefix '%s' closed the connection",
-                 s->o->prefix);
+            closed_early(s);
         }
         case EMSGSIZE:
             fail(s, "argument list and environment too long for the socket "
@@ -995,8 +1038,7 @@ int main(int argc, char **argv)
         case RECV_AGAIN:
             continue;
         case RECV_EOF:
-            fail(&s, "the template for prefix '%s' closed the connection",
-                 o.prefix);
+            closed_early(&s);
         case RECV_OK:
             break;
         }
