@@ -32,8 +32,9 @@ process's end, so membership and peer death need no polling.
 from __future__ import annotations
 
 import _thread
-import array
+import atexit
 import collections
+import errno
 import functools
 import os
 import resource
@@ -78,12 +79,17 @@ SHUTDOWN_BODY = struct.Struct("=iI")    # primary_pid grace_ms
 # template -> primary, one datagram per reaped secondary: pid, wait status
 TEMPLATE_EXIT = struct.Struct("=ii")
 assert HDR.size == 96 and EXIT_BODY.size == 16
+_HDR_SIZE = HDR.size
+_unpack_hdr = HDR.unpack_from
+# nfds, status and name of a header: what a requester reads of a reply
+_unpack_reply_view = struct.Struct("=12xI12xi64s").unpack_from
 
 RESERVED_PREFIX = "forkhost."
 EXIT_NOTICE = "forkhost.exit"
 SHUTDOWN_NOTICE = "forkhost.shutdown"
 EXIT_STATUS_KNOWN = 0x1
 _NOTICES = {EXIT_NOTICE.encode(), SHUTDOWN_NOTICE.encode()}
+_RESERVED_B = RESERVED_PREFIX.encode()
 
 # An accepted connection that says nothing is closed after this, so idle
 # connections cannot hold the primary's fds.
@@ -99,15 +105,13 @@ CONNECT_TIMEOUT = 5.0
 # starve the others.
 _BATCH = 64
 
-_FD_SIZE = array.array("i").itemsize
-_CMSG_SPACE = socket.CMSG_SPACE(FDS_MAX * _FD_SIZE)
+_CMSG_SPACE = socket.CMSG_SPACE(FDS_MAX * 4)   # (int fds)
 # Plain ints: the socket module's flags are IntFlag members, and enum
 # arithmetic costs microseconds on every record.
 _SEND_FLAGS = int(socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
-_EPOLL_IN = int(select.EPOLLIN | select.EPOLLRDHUP)
 _EPOLL_GONE = int(select.EPOLLHUP | select.EPOLLERR)
 _STATS = ("sent", "received", "dropped", "notices_ignored", "no_action",
           "malformed", "action_errors", "timeouts", "peer_died", "late_replies",
@@ -116,7 +120,7 @@ _STATS = ("sent", "received", "dropped", "notices_ignored", "no_action",
 
 # -- what the API hands out -----------------------------------------------
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Message:
     """A received message, request or reply.  ``fds`` belong to whoever got
     the message: close them (``close()``) or keep them."""
@@ -157,7 +161,7 @@ class Message:
         self.close()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reply:
     """What a request got (DPDK's rte_mp_reply): nb_sent peers reached,
     nb_received answered (error answers included), their answers."""
@@ -191,13 +195,15 @@ class Peer:
     """The other end of a received message; ``reply(peer, ...)`` answers a
     request through it, once, from any thread."""
 
-    __slots__ = ("pid", "name", "_endpoint", "_conn", "_id", "_replied", "_lock")
+    __slots__ = ("pid", "name", "_endpoint", "_conn", "_id", "_token")
 
     def __init__(self, endpoint, conn, rid: int, name: str, pid: int):
         self.pid, self.name = pid, name
         self._endpoint, self._conn, self._id = endpoint, conn, rid
-        self._replied = False
-        self._lock = _thread.allocate_lock() if rid else None   # requests only
+        # The right to answer, taken once: list.pop() is atomic, so two
+        # threads replying at once cannot both get it (and it costs less
+        # than a lock per request).
+        self._token = [True] if rid else []
 
     @property
     def is_request(self) -> bool:
@@ -205,19 +211,18 @@ class Peer:
 
     @property
     def replied(self) -> bool:
-        return self._replied
+        return self._id != 0 and not self._token
 
     def _answer(self, name_b: bytes, status: int, param: bytes, fds) -> bool:
-        if not self._id:
-            raise IPCError(f"{self.name!r} from pid {self.pid} is a message, "
-                           f"not a request: there is nothing to reply to")
-        with self._lock:
-            if self._replied:
-                raise IPCError(f"the request {self.name!r} from pid {self.pid} "
-                               f"was already answered")
-            self._replied = True
-        data = _encode(REPLY, name_b, param, len(fds), self._id, status)
-        return self._endpoint._send_to(self._conn, data, fds)
+        try:
+            self._token.pop()
+        except IndexError:
+            if not self._id:
+                raise IPCError(f"{self.name!r} from pid {self.pid} is a message, "
+                               f"not a request: there is nothing to reply to") from None
+            raise IPCError(f"the request {self.name!r} from pid {self.pid} "
+                           f"was already answered") from None
+        return self._endpoint._send_reply(self, name_b, status, param, fds)
 
     def __repr__(self) -> str:
         kind = "request" if self._id else "message"
@@ -245,7 +250,10 @@ def _name_bytes(name, *, internal: bool = False) -> bytes:
     if b is not None:
         return b
     b = _check_name(name, internal)
-    if not internal and len(_good_names) < 1024 and isinstance(name, (str, bytes)):
+    # Only names anyone may send: a reserved one passes for internal use
+    # (replies, notices) and must still be refused to everyone else.
+    if (len(_good_names) < 1024 and isinstance(name, (str, bytes))
+            and not b.startswith(_RESERVED_B)):
         _good_names[name] = b
     return b
 
@@ -370,12 +378,12 @@ def _recv_record(sock: socket.socket):
         raise
 
 
-# -- connections --------------------------------------------------------------
+# -- connections (the primary's) -----------------------------------------------
 
 class _Conn:
-    """One connection: in the primary, one per member; in a secondary, the
-    one to the primary.  Closing is deferred while a sender uses it, so a
-    recycled fd number can never receive another connection's records."""
+    """One member connection of the primary.  Closing is deferred while a
+    sender uses it, so a recycled fd number can never receive another
+    connection's records."""
 
     __slots__ = ("sock", "fd", "pid", "ppid", "joined", "left", "deadline",
                  "users", "closing")
@@ -396,7 +404,7 @@ class _Pending:
     __slots__ = ("id", "name", "param", "waiting", "replies", "nb_sent",
                  "deadline", "event", "callback", "done", "issuing")
 
-    def __init__(self, rid, name, param, deadline, callback, waiter=True):
+    def __init__(self, rid, name, param, deadline, callback):
         self.id = rid
         self.name = name
         self.param = param
@@ -406,7 +414,7 @@ class _Pending:
         self.deadline = deadline
         # sync: a lock born acquired, released once when the request is
         # complete (cheaper than an Event on every request)
-        self.event = None if callback or not waiter else _thread.allocate_lock()
+        self.event = None if callback else _thread.allocate_lock()
         if self.event is not None:
             self.event.acquire()
         self.callback = callback
@@ -418,9 +426,13 @@ class _Pending:
 
 # -- actions (per process, kept across start/stop) ---------------------------
 
+_get_ident = threading.get_ident
 _lock = threading.RLock()
 _actions: dict[bytes, Callable] = {}
-_endpoint: "_Endpoint | None" = None
+# This process's pid, kept by the fork hook: os.getpid() is a system call,
+# too dear for every request.
+_pid = os.getpid()
+_endpoint: "_PrimaryEndpoint | _SecondaryEndpoint | None" = None
 _primary = None                 # this process's Primary, once prepare()d
 _exit_pair: tuple[socket.socket, socket.socket] | None = None
 
@@ -439,13 +451,18 @@ def register(name: str, callback: Callable) -> None:
         if b in _actions:
             raise IPCError(f"an action is already registered for {name!r}")
         _actions[b] = callback
-    if _role() == "secondary":
-        try:
-            _get()
-        except BaseException:
+    # Mirrored in libforkhost, whose receive thread runs a secondary's
+    # actions (in the primary the C list is simply unused).  In a secondary
+    # this joins, after the action is in place: nothing the primary sends
+    # once we are a member can miss it.
+    if lib.fh_ipc_register(b, lib._fh_ipc_action) < 0:
+        err = ffi.errno
+        if err != errno.EEXIST:
             with _lock:
                 _actions.pop(b, None)
-            raise
+            raise _join_error(err, ffi.string(lib.fh_ipc_socket_path()).decode())
+    if _role() == "secondary":
+        _get()
 
 
 def unregister(name: str) -> None:
@@ -453,12 +470,16 @@ def unregister(name: str) -> None:
     with _lock:
         if _actions.pop(b, None) is None:
             raise IPCError(f"no action is registered for {name!r}")
+    lib.fh_ipc_unregister(b)
 
 
 def send(name: str, param=b"", fds=(), to: int | None = None) -> int:
     """A message: secondary -> primary; primary -> every member, or to the
     member with pid ``to``.  Returns how many peers it reached."""
-    return _get().send(name, param, fds, to)
+    ep = _endpoint
+    if ep is None or ep.owner != _pid:
+        ep = _get()
+    return ep.send(name, param, fds, to)
 
 
 def request(name: str, param=b"", fds=(), timeout: float = DEFAULT_TIMEOUT,
@@ -466,7 +487,10 @@ def request(name: str, param=b"", fds=(), timeout: float = DEFAULT_TIMEOUT,
     """Send a request and wait for every reached peer's answer, its death,
     or the timeout.  Refused (IPCError) on the IPC thread: the thread that
     would have to receive the reply is the one waiting."""
-    return _get().request(name, param, fds, timeout, to)
+    ep = _endpoint
+    if ep is None or ep.owner != _pid:
+        ep = _get()
+    return ep.request(name, param, fds, timeout, to)
 
 
 def request_async(name: str, param=b"", fds=(), timeout: float = DEFAULT_TIMEOUT,
@@ -481,10 +505,20 @@ def request_async(name: str, param=b"", fds=(), timeout: float = DEFAULT_TIMEOUT
 def reply(peer: Peer, name: str, param=b"", fds=()) -> bool:
     """Answer the request ``peer`` came with.  False when the requester is
     gone; IPCError when it was already answered."""
-    if not isinstance(peer, Peer):
+    if type(peer) is not Peer:
         raise IPCError("reply() needs the peer an action was called with")
-    b = _name_bytes(name, internal=True)
-    return peer._answer(b, OK, _param_bytes(param), _fd_list(fds))
+    b = _good_names.get(name) if type(name) is str else None
+    if b is None:
+        b = _name_bytes(name, internal=True)
+    if type(param) is not bytes or len(param) > PARAM_MAX:
+        param = _param_bytes(param)
+    if fds:
+        return peer._answer(b, OK, param, _fd_list(fds))
+    try:
+        peer._token.pop()           # (Peer._answer, inlined: the hot path)
+    except IndexError:
+        return peer._answer(b, OK, param, ())     # says what is wrong
+    return peer._endpoint._send_reply(peer, b, OK, param, ())
 
 
 def members() -> list[Member]:
@@ -502,7 +536,7 @@ def stats() -> dict[str, int]:
     return ep.stats()
 
 
-def start(prefix: str | None = None, runtime_dir=None) -> "_Endpoint":
+def start(prefix: str | None = None, runtime_dir=None):
     """Start this process's IPC now: in a secondary, join; in the primary,
     the same as ``Primary.ipc()``; in any other process of the same user,
     attach to the primary of ``prefix``."""
@@ -537,7 +571,7 @@ def _role() -> str:
     return "other"
 
 
-def _get(path: str | None = None) -> "_Endpoint":
+def _get(path: str | None = None):
     global _endpoint
     ep = _endpoint
     if ep is not None and ep.owner == os.getpid():
@@ -550,72 +584,380 @@ def _get(path: str | None = None) -> "_Endpoint":
         if role == "primary":
             raise IPCError("IPC is not started in this primary: call "
                            "Primary.ipc() (after Primary.start())")
+        attach = path is not None
         if path is None:
             if role != "secondary":
                 raise IPCError("this process is not a forkhost secondary; "
                                "forkhost.ipc.start(prefix=...) attaches to a "
                                "primary from elsewhere")
             path = ffi.string(lib.fh_ipc_socket_path()).decode()
-        ep = _SecondaryEndpoint(path)
+        ep = _SecondaryEndpoint(path, attach)
         _endpoint = ep
         return ep
 
 
-# -- the endpoint ---------------------------------------------------------------
+def _join_error(err: int, path: str) -> IPCError:
+    if err == errno.ENOTCONN:
+        return IPCError(f"no IPC at {path}: the primary has not started it "
+                        f"(Primary.ipc()) or is gone")
+    if err == errno.ECONNREFUSED:
+        why = ffi.string(lib.fh_ipc_refusal()).decode(errors="replace")
+        return IPCError(f"the primary refused: {why}")
+    if err == errno.ETIMEDOUT:
+        return IPCError(f"the primary did not answer HELLO within {CONNECT_TIMEOUT:g}s")
+    if err == errno.EPROTO:
+        return IPCError("the primary answered HELLO with something else than WELCOME")
+    if err == errno.EISCONN:
+        return IPCError(f"cannot join {path}: this process takes part in another "
+                        f"primary's IPC (ipc.stop() first)")
+    return IPCError(f"joining IPC at {path} failed: {os.strerror(err)}")
 
-class _Endpoint:
-    """What both roles share: the thread, the epoll loop, pending requests,
-    dispatch to actions, the deferred close of connections."""
 
-    def __init__(self):
+def _run_action(cb, msg: Message, peer: Peer) -> bool:
+    """cb(msg, peer); False when it raised (see _action_failed)."""
+    try:
+        cb(msg, peer)
+        return True
+    except BaseException as exc:
+        _action_failed(msg.name, exc, peer)
+        return False
+
+
+def _action_failed(name: str, exc: BaseException, peer: Peer) -> None:
+    """An action raised: say so, and answer a request it left unanswered
+    with ACTION_FAILED and the exception's text."""
+    print(f"forkhost ipc: the action {name!r} raised:", file=sys.stderr)
+    traceback.print_exception(exc)
+    if peer.is_request and not peer.replied:
+        text = f"{type(exc).__name__}: {exc}".encode(errors="replace")
+        try:
+            peer._answer(name.encode(errors="replace"), ACTION_FAILED,
+                         text[:PARAM_MAX], [])
+        except IPCError:
+            pass
+
+
+def _c_fds(fds):
+    return ffi.new("int[]", fds) if fds else ffi.NULL
+
+
+# -- a secondary: libforkhost's side of the wire, under Python actions -----------
+
+class _SecondaryEndpoint:
+    """A secondary's (or an attached process's) side, which is libforkhost's
+    (csrc/lib/ipc.c), the same code a native secondary runs: it connects,
+    says HELLO, runs the receive thread (a pthread), frames, checks and
+    counts; a sync request reads its own reply with the GIL released (the
+    leading requester, docs/ipc.md).  Python registers one C action for all
+    its names (_fh_ipc_action) and gets async completions through
+    _fh_ipc_async; both run on that thread."""
+
+    def __init__(self, path: str, attach: bool):
+        self.owner = os.getpid()
+        self.path = path
+        self.running = False
+        self.attached = attach
+        self.asyncs: set = set()        # handles C holds for us
+        self.extra = dict.fromkeys(_STATS, 0)   # what Python counts itself
+        rc = lib.fh_ipc_attach(os.fsencode(path)) if attach else lib.fh_ipc_start()
+        if rc < 0:
+            raise _join_error(ffi.errno, path)
+        self.primary_pid = lib.fh_ipc_peer_pid()
+        self.running = True
+        if attach:
+            # A process that attached ends like any other: its interpreter
+            # must not be torn down under the receive thread, which calls
+            # into Python.  Leaving without BYE: it exits, it does not leave.
+            atexit.register(self._at_exit)
+        self.tls = threading.local()
+
+    def on_ipc_thread(self) -> bool:
+        return bool(lib.fh_ipc_on_ipc_thread())
+
+    def _check_to(self, to) -> None:
+        if to is not None and to != self.primary_pid:
+            raise IPCError(f"a secondary talks to its primary (pid {self.primary_pid}) "
+                           f"only, not to pid {to}")
+
+    def send(self, name, param=b"", fds=(), to=None, *, internal=False) -> int:
+        b = _name_bytes(name, internal=internal)
+        data = _param_bytes(param)
+        fd_list = _fd_list(fds)
+        self._check_to(to)
+        if lib.fh_ipc_send_raw(b, data, len(data), _c_fds(fd_list), len(fd_list)) == 0:
+            return 1
+        err = ffi.errno
+        if err in (errno.ENOTCONN, errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
+            return 0            # gone, or its buffer stayed full: not reached
+        raise IPCError(f"sending {name!r} failed: {os.strerror(err)}")
+
+    def _bufs(self):
+        try:
+            return self.tls.bufs
+        except AttributeError:
+            record = ffi.new("char[]", RECORD_MAX)
+            self.tls.bufs = (record, ffi.buffer(record), ffi.new("int[]", FDS_MAX),
+                             ffi.new("int *"))
+            return self.tls.bufs
+
+    def request(self, name, param=b"", fds=(), timeout=DEFAULT_TIMEOUT, to=None,
+                *, internal=False) -> Reply:
+        b = _good_names.get(name) if type(name) is str else None
+        if b is None:
+            b = _name_bytes(name, internal=internal)
+        if type(param) is not bytes or len(param) > PARAM_MAX:
+            param = _param_bytes(param)
+        if fds:
+            fds = _fd_list(fds)
+            c_fds = ffi.new("int[]", fds)
+        else:
+            c_fds = ffi.NULL
+        if timeout is None or timeout < 0:
+            raise IPCError("a request needs a timeout of 0 or more seconds")
+        if to is not None:
+            self._check_to(to)
+        record, view, reply_fds, nb_sent = self._bufs()
+        n = lib.fh_ipc_request_raw(b, param, len(param), c_fds, len(fds), timeout,
+                                   record, reply_fds, nb_sent)
+        if n > 0:       # (answered: it reached the primary, nb_sent is 1)
+            nfds, status, rname = _unpack_reply_view(view)
+            return Reply(1, 1, [Message(
+                rname[:rname.find(0)].decode(errors="replace"), view[_HDR_SIZE:n],
+                ffi.unpack(reply_fds, nfds) if nfds else [], self.primary_pid,
+                REPLY, status)])
+        if n == 0:
+            return Reply(nb_sent[0], 0, [])
+        err = ffi.errno
+        if err == errno.EDEADLK:
+            raise _recursion_error(name)
+        if err == errno.ENOTCONN:
+            return Reply(0, 0, [])      # the primary is gone
+        raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
+
+    def request_async(self, name, param, fds, timeout, callback, to=None) -> None:
+        b = _name_bytes(name)
+        data = _param_bytes(param)
+        fd_list = _fd_list(fds)
+        if timeout is None or timeout < 0:
+            raise IPCError("a request needs a timeout of 0 or more seconds")
+        self._check_to(to)
+        handle = ffi.new_handle((self, callback))
+        self.asyncs.add(handle)
+        if lib.fh_ipc_request_async_raw(b, data, len(data), _c_fds(fd_list),
+                                        len(fd_list), timeout, lib._fh_ipc_async,
+                                        handle) == 0:
+            return
+        err = ffi.errno
+        self.asyncs.discard(handle)
+        if err != errno.ENOTCONN:
+            raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
+        # The primary is gone: complete at once, as with nobody to ask.
+        self._call_async(callback, Message(b.decode(errors="replace"), data, [],
+                                           os.getpid(), REQUEST), Reply(0, 0, []))
+
+    def _call_async(self, callback, req: Message, rep: Reply) -> None:
+        try:
+            callback(req, rep)
+        except BaseException:
+            self.extra["action_errors"] += 1
+            traceback.print_exc()
+
+    def _send_reply(self, peer: Peer, name_b: bytes, status: int, param: bytes,
+                    fds) -> bool:
+        if lib.fh_ipc_reply_raw(peer._id, status, name_b, param, len(param),
+                                _c_fds(fds), len(fds)) == 0:
+            return True
+        err = ffi.errno
+        if err in (errno.ENOTCONN, errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
+            return False
+        if err == errno.EALREADY:
+            raise IPCError(f"the request {peer.name!r} from pid {peer.pid} "
+                           f"was already answered")
+        raise IPCError(f"replying to {peer.name!r} failed: {os.strerror(err)}")
+
+    def stats(self) -> dict[str, int]:
+        c = ffi.new("struct fh_ipc_stats *")
+        lib.fh_ipc_stats(c)
+        return {k: getattr(c, k) + self.extra[k] for k in _STATS}
+
+    def close(self) -> None:
+        """Leave: BYE, stop and join the receive thread, close."""
+        self._leave(True)
+
+    def _leave(self, bye: bool) -> None:
+        if not self.running or self.owner != os.getpid():
+            return
+        if lib.fh_ipc_leave(1 if bye else 0) < 0:
+            raise IPCError("IPC cannot be stopped from inside an action or an "
+                           "async callback: the IPC thread would wait for itself")
+        self.running = False
+        if self.attached:
+            atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        global _endpoint
+        try:
+            self._leave(False)
+        except IPCError:
+            pass
+        if _endpoint is self:
+            _endpoint = None
+
+    def _forget_in_child(self) -> None:
+        """libforkhost's fork handler closed the child's copy; the handles
+        of the parent's async requests mean nothing here."""
+        self.asyncs = set()
+
+
+def _message(m, mtype: int) -> Message:
+    """A received struct fh_ipc_msg as a Message (its fds become the
+    Message's)."""
+    n = m.num_fds
+    return Message(ffi.string(m.name).decode(errors="replace"),
+                   ffi.buffer(m.param, m.len_param)[:],
+                   ffi.unpack(m.fds, n) if n else [], m.pid, mtype, m.status)
+
+
+def _name_ipc_thread() -> None:
+    """libforkhost's receive thread appears in Python as a dummy thread:
+    give it the IPC thread's name, as the primary's has."""
+    t = threading.current_thread()
+    if not t.name.startswith("forkhost-ipc"):
+        t.name = f"forkhost-ipc[{os.getpid()}]"
+
+
+@ffi.def_extern()
+def _fh_ipc_action(msg, peer):
+    """Every Python action of a secondary, called by libforkhost's receive
+    thread (with the GIL taken by cffi)."""
+    name_b = ffi.string(msg.name)
+    rid = lib.fh_ipc_peer_id(peer)
+    ep = _endpoint
+    cb = _actions.get(name_b)
+    if cb is None or not isinstance(ep, _SecondaryEndpoint):
+        n = msg.num_fds
+        _close_fds(ffi.unpack(msg.fds, n) if n else [])
+        if rid:     # unregistered just now: answer as the C side would
+            lib.fh_ipc_reply_raw(rid, NO_ACTION, name_b, ffi.NULL, 0, ffi.NULL, 0)
+        return 0
+    _name_ipc_thread()
+    m = _message(msg, REQUEST if rid else MSG)
+    m.status = OK
+    ok = _run_action(cb, m, Peer(ep, None, rid, m.name, m.pid))
+    return 0 if ok else -1          # -1: libforkhost counts action_errors
+
+
+@ffi.def_extern()
+def _fh_ipc_async(req, rep, arg):
+    """A secondary's async request is complete (libforkhost's receive
+    thread, or the thread that stopped IPC)."""
+    handle = ffi.cast("void *", arg)
+    ep, callback = ffi.from_handle(handle)
+    ep.asyncs.discard(handle)
+    if lib.fh_ipc_on_ipc_thread():
+        _name_ipc_thread()
+    msgs = [_message(rep.msgs + i, REPLY) for i in range(rep.nb_received)]
+    request_msg = Message(ffi.string(req.name).decode(errors="replace"),
+                          ffi.buffer(req.param, req.len_param)[:], [], os.getpid(),
+                          REQUEST)
+    ep._call_async(callback, request_msg, Reply(rep.nb_sent, rep.nb_received, msgs))
+
+
+# -- the primary ----------------------------------------------------------------
+
+class _PrimaryEndpoint:
+    """The primary's side: the listener, one connection per member, the
+    template's exit records, pending requests.
+
+    Its IPC thread runs libforkhost's receive loop (fh_ipc_loop_run, with
+    the GIL released): epoll, recvmsg and the record checks for every
+    member are C; Python is called (_fh_ipc_upcall) with a valid record,
+    a member's EOF, an event on one of the other fds (the listener, the
+    exit channel, connections that have not said HELLO), or a tick
+    (deferred work, deadlines).  Records go out through fh_ipc_send_fd."""
+
+    def __init__(self, primary, exit_sock: socket.socket | None):
         self.owner = os.getpid()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)   # membership changes
         self.pending: dict[int, _Pending] = {}
         self.next_id = 1
         self.counts = dict.fromkeys(_STATS, 0)
-        self.ep = select.epoll()
-        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.ep.register(self.wake, select.EPOLLIN)
+        loop = lib.fh_ipc_loop_new()
+        if loop == ffi.NULL:
+            raise IPCError(f"cannot create the IPC loop: {os.strerror(ffi.errno)}")
+        self.loop = ffi.gc(loop, lib.fh_ipc_loop_free)
+        # Where the loop receives: a record handed up is read in place.
+        self.rxbuf = ffi.buffer(lib.fh_ipc_loop_buffer(loop), RECORD_MAX)
+        self.rxfds = lib.fh_ipc_loop_fds(loop)
         self.stopping = False
         self.running = False
         self.thread: threading.Thread | None = None
         self.thread_ident = 0
-        # Work for the IPC thread handed over by other threads: records a
-        # leading requester read that are not its reply, async callbacks.
+        # Work for the IPC thread handed over by other threads: async
+        # callbacks completed elsewhere.
         self.deferred: collections.deque = collections.deque()
+        self.primary = primary
+        self.pid = os.getpid()
+        self.template_pid = primary.template_pid
+        self.uid = os.getuid()
+        self.path = str(primary.paths.ipc_socket)
+        self.conns: dict[int, _Conn] = {}       # every accepted connection
+        self.joined: dict[int, _Conn] = {}      # members, in join order
+        self.hello_due: dict[int, _Conn] = {}   # accepted, no HELLO yet
+        self.exit_sock = exit_sock
+        self.reaped: set[int] | None = None     # during shutdown(): exits seen
+        try:
+            self.listener = self._bind()
+        except BaseException:
+            lib.fh_ipc_loop_close(self.loop)
+            raise
+        self.listen_fd = self.listener.fileno()
+        self._watch(self.listen_fd, lib.FH_IPC_WATCH_EVENTS)
+        self.exit_fd = -1
+        if exit_sock is not None:
+            exit_sock.setblocking(False)
+            self.exit_fd = exit_sock.fileno()
+            self._watch(self.exit_fd, lib.FH_IPC_WATCH_EVENTS)
+        self.handle = ffi.new_handle(self)
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="forkhost-ipc",
+                                       daemon=True)
+        self.thread.start()
 
     # -- thread ---------------------------------------------------------
 
-    def _start_thread(self, name: str) -> None:
-        self.running = True
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
     def _run(self) -> None:
+        global _looping
         self.thread_ident = threading.get_ident()
+        _looping = self
         try:
-            while not self.stopping:
-                try:
-                    events = self.ep.poll(self._timeout())
-                except InterruptedError:
-                    continue
-                for fd, ev in events:
-                    if fd == self.wake:
-                        try:
-                            os.eventfd_read(self.wake)
-                        except BlockingIOError:
-                            pass
-                    else:
-                        self._guarded(self._event, fd, ev)
-                while self.deferred:
-                    self._guarded(self.deferred.popleft())
-                self._expire()
+            if lib.fh_ipc_loop_run(self.loop, lib._fh_ipc_upcall, self.handle) < 0:
+                print(f"forkhost ipc: the receive loop failed: "
+                      f"{os.strerror(ffi.errno)}", file=sys.stderr)
         except BaseException:
             traceback.print_exc()
         finally:
             self.running = False
+            if _looping is self:
+                _looping = None
             self._teardown()
+
+    def _watch(self, fd: int, how: int) -> None:
+        if lib.fh_ipc_loop_watch(self.loop, fd, how) < 0:
+            raise OSError(ffi.errno, os.strerror(ffi.errno))
+
+    def _unwatch(self, fd: int) -> None:
+        lib.fh_ipc_loop_unwatch(self.loop, fd)
+
+    def _tick(self) -> int:
+        """The loop's turn for Python's own work: handed-over callbacks,
+        expired deadlines.  The next timeout in ms, -1 for none."""
+        while self.deferred:
+            self._guarded(self.deferred.popleft())
+        self._expire()
+        t = self._timeout()
+        return -1 if t < 0 else int(t * 1000) + 1
 
     def _guarded(self, fn, *args) -> None:
         """A bug of ours met by one record is that record's problem, never
@@ -640,10 +982,7 @@ class _Endpoint:
             self._defer(functools.partial(self._call_async, p))
 
     def _wakeup(self) -> None:
-        try:
-            os.eventfd_write(self.wake, 1)
-        except OSError:
-            pass
+        lib.fh_ipc_loop_wake(self.loop)
 
     def on_ipc_thread(self) -> bool:
         return threading.get_ident() == self.thread_ident
@@ -651,92 +990,70 @@ class _Endpoint:
     def close(self) -> None:
         """Stop the thread; it closes everything on its way out."""
         self.stopping = True
-        self._wakeup()
+        lib.fh_ipc_loop_stop(self.loop)
         if self.thread is not None and not self.on_ipc_thread():
             self.thread.join(10.0)
             if self.thread.is_alive():
                 print("forkhost ipc: the IPC thread is still busy in an "
                       "action; its sockets stay open", file=sys.stderr)
 
-    def _teardown(self) -> None:
-        raise NotImplementedError
-
     def _count(self, key: str, n: int = 1) -> None:
         with self.lock:
             self.counts[key] += n
 
     def stats(self) -> dict[str, int]:
+        c = ffi.new("struct fh_ipc_stats *")
+        lib.fh_ipc_loop_stats(self.loop, c)
         with self.lock:
-            return dict(self.counts)
+            return {k: v + getattr(c, k) for k, v in self.counts.items()}
 
     # -- sending --------------------------------------------------------
 
-    def _send_to(self, conn: _Conn, data: bytes, fds=()) -> bool:
-        """One record to one peer; False (counted) when it cannot take it."""
+    def _send_rec(self, conn: _Conn, mtype: int, rid: int, status: int,
+                  name_b: bytes, param: bytes, fds=()) -> bool:
+        """One record to one peer, framed by libforkhost; False (counted)
+        when it cannot take it.  Only the IPC thread closes connections, so
+        it needs no use count, and it never waits for room."""
         if self.on_ipc_thread():
-            return self._send_here(conn, data, fds)
+            if conn.closing:
+                self._count("send_failed")
+                return False
+            return lib.fh_ipc_send_fd(self.loop, conn.fd, mtype, rid, status, name_b,
+                                      param, len(param), _c_fds(fds), len(fds),
+                                      0) == 0
         with self.lock:
             if conn.closing:
                 return False
             conn.users += 1
         try:
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] \
-                if fds else []
-            ok = True
-            try:
-                conn.sock.sendmsg([data], anc, _SEND_FLAGS)
-            except BlockingIOError:
-                # Full: wait a little for room (the IPC thread never gets
-                # here, see _send_here).
-                ok = False
-                p = select.poll()
-                p.register(conn.fd, select.POLLOUT)
-                if p.poll(SEND_TIMEOUT * 1000):
-                    try:
-                        conn.sock.sendmsg([data], anc, _SEND_FLAGS)
-                        ok = True
-                    except OSError:
-                        pass
-            except OSError:
-                ok = False      # EPIPE, ECONNRESET: it is closing or gone
+            return lib.fh_ipc_send_fd(self.loop, conn.fd, mtype, rid, status, name_b,
+                                      param, len(param), _c_fds(fds), len(fds),
+                                      int(SEND_TIMEOUT * 1000)) == 0
         finally:
             with self.lock:
                 conn.users -= 1
-                self.counts["sent" if ok else "send_failed"] += 1
                 if conn.closing and conn.users == 0:
                     conn.sock.close()
-        return ok
 
-    def _send_here(self, conn: _Conn, data: bytes, fds) -> bool:
-        """_send_to on the IPC thread: it is the only thread that closes
-        connections, so it needs no use count, and it never waits."""
-        ok = False
-        if not conn.closing:
-            try:
-                conn.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            array.array("i", fds))] if fds else [],
-                                  _SEND_FLAGS)
-                ok = True
-            except OSError:
-                pass        # full (we never wait here), or closing or gone
-        with self.lock:
-            self.counts["sent" if ok else "send_failed"] += 1
-        return ok
-
-    def _targets(self, to: int | None) -> list[_Conn]:
-        raise NotImplementedError
+    def _send_reply(self, peer: Peer, name_b: bytes, status: int, param: bytes,
+                    fds) -> bool:
+        conn = peer._conn
+        if not fds and not conn.closing and _get_ident() == self.thread_ident:
+            # The common case, an action answering on the IPC thread.
+            return lib.fh_ipc_send_reply(self.loop, conn.fd, peer._id, status,
+                                         name_b, param, len(param)) == 0
+        return self._send_rec(conn, REPLY, peer._id, status, name_b, param, fds)
 
     def send(self, name, param=b"", fds=(), to=None, *, internal=False) -> int:
         b = _name_bytes(name, internal=internal)
-        data_param = _param_bytes(param)
+        data = _param_bytes(param)
         fd_list = _fd_list(fds)
-        data = _encode(MSG, b, data_param, len(fd_list))
-        return sum(self._send_to(c, data, fd_list) for c in self._targets(to))
+        return sum(self._send_rec(c, MSG, 0, 0, b, data, fd_list)
+                   for c in self._targets(to))
 
-    def _issue(self, name, param, fds, timeout, to, callback, internal,
-               waiter=True) -> _Pending:
+    def _issue(self, name, param, fds, timeout, to, callback, internal) -> _Pending:
         b = _name_bytes(name, internal=internal)
-        data_param = _param_bytes(param)
+        data = _param_bytes(param)
         fd_list = _fd_list(fds)
         if timeout is None or timeout < 0:
             raise IPCError("a request needs a timeout of 0 or more seconds")
@@ -744,14 +1061,14 @@ class _Endpoint:
         with self.lock:
             rid = self.next_id
             self.next_id += 1
-            p = _Pending(rid, b.decode(errors="replace"), data_param,
-                         time.monotonic() + timeout, callback, waiter)
+            p = _Pending(rid, b.decode(errors="replace"), data,
+                         time.monotonic() + timeout, callback)
             # Waited for before sending: a reply can come back before the
             # send returns.
             p.waiting.update(targets)
             self.pending[rid] = p
-        data = _encode(REQUEST, b, data_param, len(fd_list), rid)
-        failed = [c for c in targets if not self._send_to(c, data, fd_list)]
+        failed = [c for c in targets
+                  if not self._send_rec(c, REQUEST, rid, 0, b, data, fd_list)]
         with self.lock:
             p.nb_sent = len(targets) - len(failed)
             p.waiting.difference_update(failed)
@@ -769,9 +1086,6 @@ class _Endpoint:
             raise _recursion_error(name)
         p = self._issue(name, param, fds, timeout, to, None, internal)
         p.event.acquire(True, max(0.0, p.deadline - time.monotonic()))
-        return self._collect(p)
-
-    def _collect(self, p: _Pending) -> Reply:
         with self.lock:
             if not p.done:
                 self.counts["timeouts"] += len(p.waiting)
@@ -801,7 +1115,7 @@ class _Endpoint:
             traceback.print_exc()
 
     def _timeout(self) -> float:
-        deadlines = self._other_deadlines()
+        deadlines = [c.deadline for c in self.hello_due.values()]
         if self.pending:          # (a dict's truth value needs no lock)
             with self.lock:
                 deadlines += [p.deadline for p in self.pending.values() if p.callback]
@@ -809,29 +1123,81 @@ class _Endpoint:
             return -1
         return max(0.0, min(deadlines) - time.monotonic())
 
-    def _other_deadlines(self) -> list[float]:
-        return []
-
     def _expire(self) -> None:
-        if not self.pending:
-            return
-        now = time.monotonic()
-        due = []
-        with self.lock:
-            for p in list(self.pending.values()):
-                if p.callback and p.deadline <= now and not p.issuing:
-                    self.counts["timeouts"] += len(p.waiting)
-                    self._finish_locked(p)
-                    due.append(p)
-        for p in due:
-            self._call_async(p)
+        if self.pending:
+            now = time.monotonic()
+            due = []
+            with self.lock:
+                for p in list(self.pending.values()):
+                    if p.callback and p.deadline <= now and not p.issuing:
+                        self.counts["timeouts"] += len(p.waiting)
+                        self._finish_locked(p)
+                        due.append(p)
+            for p in due:
+                self._call_async(p)
+        if self.hello_due:
+            now = time.monotonic()
+            for c in [c for c in self.hello_due.values() if c.deadline <= now]:
+                self._drop(c)
 
     # -- receiving --------------------------------------------------------
 
+    def _up_record(self, fd: int, n: int) -> int:
+        """A record of n bytes from member fd, checked by libforkhost, in
+        its receive buffer.  1 tells the loop to stop reading fd (dropped
+        or closing)."""
+        data = self.rxbuf
+        _, _, mtype, _, nfds, rid, _, status, name = _unpack_hdr(data)
+        fds = ffi.unpack(self.rxfds, nfds) if nfds else []
+        conn = self.conns.get(fd)
+        if conn is None:
+            _close_fds(fds)
+            return 1
+        name = name[:name.find(0)]
+        if mtype == REQUEST or mtype == MSG:
+            cb = _actions.get(name)
+            if cb is None:
+                self._dispatch(conn, mtype, rid, name, data[_HDR_SIZE:n], fds)
+            else:
+                # _dispatch, inlined: the hot path of every request.
+                text = name.decode(errors="replace")
+                peer = Peer(self, conn, rid, text, conn.pid)
+                try:
+                    cb(Message(text, data[_HDR_SIZE:n], fds, conn.pid, mtype), peer)
+                except BaseException as exc:
+                    _action_failed(text, exc, peer)
+                    self._count("action_errors")
+            return 1 if conn.closing else 0
+        if mtype == REPLY:
+            self._reply_in(conn, rid, status, name, data[_HDR_SIZE:n], fds)
+        else:
+            self._control(conn, mtype, data[_HDR_SIZE:n], fds)
+            if conn.left:
+                self._drop(conn)
+                return 1
+        return 1 if conn.closing else 0
+
     def _read(self, conn: _Conn) -> bool:
-        """Read what conn has, up to _BATCH records (so one busy peer cannot
-        starve the others; epoll is level-triggered and comes back for the
-        rest); False when conn reached EOF."""
+        """A connection that has not said HELLO yet: read it here, up to
+        _BATCH records (the loop reads members); False at EOF."""
+        # A HELLO of another version: answer it in words before the
+        # generic check would only count it.
+        try:
+            peek = conn.sock.recv(HDR.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if len(peek) >= 8:
+            magic, version, mtype = struct.unpack_from("=IHH", peek)
+            if magic == MAGIC and version != VERSION and mtype == HELLO:
+                self._count("malformed")
+                self._unwatch(conn.fd)
+                del self.conns[conn.fd]
+                self.hello_due.pop(conn.fd, None)
+                self._refuse(conn, f"IPC version mismatch: the secondary speaks "
+                                   f"{version}, the primary speaks {VERSION}")
+                return True
         for _ in range(_BATCH):
             try:
                 got = _recv_record(conn.sock)
@@ -845,29 +1211,38 @@ class _Endpoint:
             if got is None:
                 return False
             self._count("received")
-            hdr, param, fds = got
-            self._record(conn, hdr, param, fds)
-            if conn.closing or conn.left:
-                return True
+            (mtype, rid, status, name), param, fds = got
+            if mtype != HELLO:
+                _close_fds(fds)       # nothing but HELLO before HELLO
+                self._count("malformed")
+                continue
+            self._control(conn, mtype, param, fds)
+            if conn.joined or conn.closing:
+                return True           # a member: the loop reads it from now on
         return True
 
-    def _record(self, conn: _Conn, hdr, param: bytes, fds: list[int]) -> None:
-        mtype, rid, status, name = hdr
-        if mtype in (MSG, REQUEST):
-            self._dispatch(conn, mtype, rid, name, param, fds)
-        elif mtype == REPLY:
-            self._reply_in(conn, rid, status, name, param, fds)
-        else:
-            self._control(conn, mtype, param, fds)
-
-    def _control(self, conn, mtype, param, fds) -> None:
+    def _control(self, conn, mtype, param, fds):
         _close_fds(fds)
-        self._count("malformed")
+        if mtype == HELLO and not conn.joined and len(param) == HELLO_BODY.size:
+            _, ppid, _, _ = HELLO_BODY.unpack(param)
+            self.hello_due.pop(conn.fd, None)
+            self._watch(conn.fd, lib.FH_IPC_WATCH_RECORDS)
+            with self.lock:
+                conn.ppid = ppid
+                conn.joined = True
+                self.joined[conn.fd] = conn
+                self.cond.notify_all()
+            body = WELCOME_BODY.pack(self.pid, self.template_pid, NAME_MAX, PARAM_MAX)
+            self._send_rec(conn, WELCOME, 0, 0, b"", body)
+        elif mtype == BYE and conn.joined:
+            conn.left = True
+        else:
+            self._count("malformed")
 
     def _dispatch(self, conn, mtype, rid, name_b, param, fds) -> None:
         cb = _actions.get(name_b)
         name = name_b.decode(errors="replace")
-        peer = Peer(self, conn, rid if mtype == REQUEST else 0, name, conn.pid)
+        peer = Peer(self, conn, rid, name, conn.pid)
         if cb is None:
             _close_fds(fds)
             if mtype == REQUEST:
@@ -876,22 +1251,8 @@ class _Endpoint:
             else:
                 self._count("notices_ignored" if name_b in _NOTICES else "dropped")
             return
-        self._call_action(cb, Message(name, param, fds, conn.pid, mtype), peer)
-
-    def _call_action(self, cb, msg: Message, peer: Peer) -> None:
-        try:
-            cb(msg, peer)
-        except BaseException as exc:
+        if not _run_action(cb, Message(name, param, fds, conn.pid, mtype), peer):
             self._count("action_errors")
-            print(f"forkhost ipc: the action {msg.name!r} raised:", file=sys.stderr)
-            traceback.print_exc()
-            if peer.is_request and not peer.replied:
-                text = f"{type(exc).__name__}: {exc}".encode(errors="replace")
-                try:
-                    peer._answer(msg.name.encode(errors="replace"), ACTION_FAILED,
-                                 text[:PARAM_MAX], [])
-                except IPCError:
-                    pass
 
     def _reply_in(self, conn, rid, status, name_b, param, fds) -> None:
         msg = Message(name_b.decode(errors="replace"), param, fds, conn.pid, REPLY,
@@ -932,13 +1293,6 @@ class _Endpoint:
         for p in due:
             self._call_async(p)
 
-    def _close_conn_now(self, conn: _Conn) -> None:
-        try:
-            self.ep.unregister(conn.fd)
-        except (OSError, ValueError):
-            pass
-        self._lost(conn)
-
     def _fail_all_pending(self) -> list[_Pending]:
         due = []
         with self.lock:
@@ -951,253 +1305,6 @@ class _Endpoint:
                 if p.callback:
                     due.append(p)
         return due
-
-    def _event(self, fd: int, ev: int) -> None:
-        raise NotImplementedError
-
-    def _forget_in_child(self) -> None:
-        """After fork, in the child: this endpoint's thread does not exist
-        there; close the child's copies of its fds without a word."""
-        raise NotImplementedError
-
-
-class _SecondaryEndpoint(_Endpoint):
-    """A secondary's (or an attached process's) side: one connection.
-
-    A sync request normally waits while the IPC thread receives its reply
-    and wakes it, a thread handoff that costs more than the round trip
-    itself.  So the requesting thread *leads* when it can: it takes the
-    receive lock, takes the connection out of the IPC thread's epoll,
-    reads until its reply is in, and gives the connection back.  Records
-    it reads that are not replies are handed to the IPC thread, which runs
-    every action and callback as always.  When another thread is already
-    receiving, the request waits the ordinary way.
-    """
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-        self.primary_pid = 0
-        self.template_pid = 0
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            self._join(sock)
-        except BaseException:
-            sock.close()
-            self.ep.close()
-            os.close(self.wake)
-            raise
-        self.conn = _Conn(sock, self.primary_pid)
-        self.conn.joined = True
-        sock.setblocking(False)
-        self.rx_lock = threading.Lock()    # whoever reads the connection
-        self.poller = select.poll()        # the leader's (under rx_lock)
-        self.poller.register(self.conn.fd, select.POLLIN)
-        self.ep.register(self.conn.fd, _EPOLL_IN)
-        self._start_thread(f"forkhost-ipc[{os.getpid()}]")
-
-    def _join(self, sock: socket.socket) -> None:
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(self.path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise IPCError(f"no IPC at {self.path}: the primary has not started "
-                           f"it (Primary.ipc()) or is gone") from None
-        except OSError as err:
-            raise IPCError(f"cannot connect to {self.path}: {err.strerror or err}") from err
-        hello = HELLO_BODY.pack(os.getpid(), os.getppid(), 0, 0)
-        try:
-            sock.sendmsg([_encode(HELLO, b"", hello)], [], socket.MSG_NOSIGNAL)
-        except (BrokenPipeError, ConnectionResetError):
-            pass          # refused at once: its REFUSE says why
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while True:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                got = _recv_record(_Blocking(sock))
-            except _Malformed as err:
-                raise IPCError(f"the primary answered HELLO with a bad record: {err}") from None
-            except TimeoutError:
-                raise IPCError(f"the primary did not answer HELLO within "
-                               f"{CONNECT_TIMEOUT:g}s") from None
-            except OSError as err:
-                raise IPCError(f"joining IPC failed: {err}") from err
-            if got is None:
-                raise IPCError("the primary closed the IPC connection during HELLO")
-            (mtype, _, _, _), param, fds = got
-            _close_fds(fds)
-            if mtype == REFUSE:
-                raise IPCError(f"the primary refused: {param.decode(errors='replace')}")
-            if mtype == WELCOME and len(param) == WELCOME_BODY.size:
-                self.primary_pid, self.template_pid, _, _ = WELCOME_BODY.unpack(param)
-                return
-            raise IPCError(f"unexpected record 0x{mtype:02x} instead of WELCOME")
-
-    def _targets(self, to):
-        if to is not None and to != self.primary_pid:
-            raise IPCError(f"a secondary talks to its primary (pid {self.primary_pid}) "
-                           f"only, not to pid {to}")
-        return [] if self.conn.closing else [self.conn]   # (written under
-        # self.lock; reading one attribute needs no lock)
-
-    def _event(self, fd, ev):
-        if fd != self.conn.fd:
-            return
-        if not self.rx_lock.acquire(False):
-            return        # a leading requester reads; it gives the socket back
-        try:
-            alive = self._read(self.conn)
-        finally:
-            self.rx_lock.release()
-        if not alive or (ev & _EPOLL_GONE and not ev & select.EPOLLIN):
-            # The primary is gone (or stopped IPC): nothing will answer.
-            self._close_conn_now(self.conn)
-            for p in self._fail_all_pending():
-                self._call_async(p)
-
-    # -- the leading requester --------------------------------------------
-
-    def request(self, name, param=b"", fds=(), timeout=DEFAULT_TIMEOUT, to=None,
-                *, internal=False) -> Reply:
-        if self.on_ipc_thread():
-            raise _recursion_error(name)
-        if self.rx_lock.acquire(False):
-            try:
-                p = self._lead_request(name, param, fds, timeout, to, internal)
-            finally:
-                self.rx_lock.release()
-            if p is not None:
-                return self._collect(p)
-        # Someone else receives (or we are stopping): wait to be woken.
-        return super().request(name, param, fds, timeout, to, internal=internal)
-
-    def _lead_request(self, name, param, fds, timeout, to, internal):
-        """With rx_lock held: send, then receive until the reply is in.
-        None when the connection cannot be led (closing, stopped)."""
-        conn = self.conn
-        with self.lock:
-            if conn.closing or not self.running:
-                return None
-            conn.users += 1              # not closed under our feet
-        try:
-            self._arm(False)
-            p = self._issue(name, param, fds, timeout, to, None, internal,
-                            waiter=False)   # we read the reply ourselves
-            self._lead(p)
-            return p
-        finally:
-            self._arm(True)
-            with self.lock:
-                conn.users -= 1
-                if conn.closing and conn.users == 0:
-                    conn.sock.close()
-
-    def _arm(self, on: bool) -> None:
-        """Give the connection to the IPC thread's epoll, or take it away.
-        Removed rather than masked: epoll reports a hang-up even for an
-        empty mask, and the IPC thread would spin on it."""
-        try:
-            if on:
-                self.ep.register(self.conn.fd, _EPOLL_IN)
-            else:
-                self.ep.unregister(self.conn.fd)
-        except (OSError, ValueError):
-            pass          # stopping: the epoll or the socket is closed
-
-    def _lead(self, p: _Pending) -> None:
-        conn = self.conn
-        while not p.done:
-            left = p.deadline - time.monotonic()
-            if left <= 0:
-                return
-            if not self.poller.poll(left * 1000 + 1):
-                continue
-            for _ in range(_BATCH):
-                try:
-                    got = _recv_record(conn.sock)
-                except BlockingIOError:
-                    break
-                except _Malformed:
-                    self._count("malformed")
-                    continue
-                except OSError:
-                    got = None
-                if got is None:
-                    # EOF: the primary is gone.  We stop waiting now; the IPC
-                    # thread closes up once it has the socket back.
-                    with self.lock:
-                        if conn in p.waiting:
-                            p.waiting.discard(conn)
-                            self.counts["peer_died"] += 1
-                            if not p.waiting and not p.issuing:
-                                self._finish_locked(p)
-                    return
-                self._count("received")
-                hdr, param, fds = got
-                if hdr[0] == REPLY:
-                    self._reply_in(conn, hdr[1], hdr[2], hdr[3], param, fds)
-                else:
-                    self._defer(functools.partial(self._record, conn, hdr, param, fds))
-                if p.done:
-                    return        # the rest is the IPC thread's
-
-    def close(self) -> None:
-        if self.running:
-            with self.lock:
-                closing = self.conn.closing
-            if not closing and not self.stopping:
-                self._send_to(self.conn, _encode(BYE, b"", b""))
-        super().close()
-
-    def _teardown(self):
-        with self.lock:
-            if not self.conn.closing:
-                self.conn.closing = True
-                if self.conn.users == 0:
-                    self.conn.sock.close()
-        for p in self._fail_all_pending():
-            self._call_async(p)
-        self.ep.close()
-        os.close(self.wake)
-
-    def _forget_in_child(self):
-        self.conn.sock.close()
-        self.ep.close()
-        os.close(self.wake)
-
-
-class _Blocking:
-    """recvmsg without MSG_DONTWAIT, for the handshake on the caller's thread."""
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def recvmsg(self, n, anc, flags):
-        return self.sock.recvmsg(n, anc, flags & ~socket.MSG_DONTWAIT)
-
-
-class _PrimaryEndpoint(_Endpoint):
-    """The primary's side: the listener, one connection per member, and
-    the template's exit records."""
-
-    def __init__(self, primary, exit_sock: socket.socket | None):
-        super().__init__()
-        self.primary = primary
-        self.pid = os.getpid()
-        self.template_pid = primary.template_pid
-        self.uid = os.getuid()
-        self.path = str(primary.paths.ipc_socket)
-        self.conns: dict[int, _Conn] = {}       # every accepted connection
-        self.joined: dict[int, _Conn] = {}      # members, in join order
-        self.hello_due: dict[int, _Conn] = {}   # accepted, no HELLO yet
-        self.exit_sock = exit_sock
-        self.listener = self._bind()
-        self.listen_fd = self.listener.fileno()
-        self.ep.register(self.listen_fd, select.EPOLLIN)
-        if exit_sock is not None:
-            exit_sock.setblocking(False)
-            self.ep.register(exit_sock.fileno(), select.EPOLLIN)
-        self._start_thread("forkhost-ipc")
 
     def _bind(self) -> socket.socket:
         try:
@@ -1251,7 +1358,7 @@ class _PrimaryEndpoint(_Endpoint):
     def _event(self, fd, ev):
         if fd == self.listen_fd:
             self._accept()
-        elif self.exit_sock is not None and fd == self.exit_sock.fileno():
+        elif fd == self.exit_fd:
             self._template_exits()
         else:
             conn = self.conns.get(fd)
@@ -1259,7 +1366,8 @@ class _PrimaryEndpoint(_Endpoint):
                 return
             if not self._read(conn) or conn.left:
                 self._drop(conn)
-            elif ev & (select.EPOLLHUP | select.EPOLLERR) and not ev & select.EPOLLIN:
+            elif (ev & _EPOLL_GONE and not ev & select.EPOLLIN
+                  and not conn.joined and fd in self.conns):
                 self._drop(conn)
 
     def _accept(self) -> None:
@@ -1284,9 +1392,14 @@ class _PrimaryEndpoint(_Endpoint):
                 continue
             sock.setblocking(False)
             conn.deadline = time.monotonic() + HELLO_TIMEOUT
+            try:
+                self._watch(conn.fd, lib.FH_IPC_WATCH_EVENTS)
+            except OSError as err:
+                print(f"forkhost ipc: epoll: {err}", file=sys.stderr)
+                sock.close()
+                continue
             self.conns[conn.fd] = conn
             self.hello_due[conn.fd] = conn
-            self.ep.register(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     def _refuse(self, conn: _Conn, why: str) -> None:
         """REFUSE, then close so that the peer reads it: closing a unix
@@ -1312,73 +1425,18 @@ class _PrimaryEndpoint(_Endpoint):
             pass
         conn.sock.close()
 
-    def _control(self, conn, mtype, param, fds):
-        _close_fds(fds)
-        if mtype == HELLO and not conn.joined and len(param) == HELLO_BODY.size:
-            _, ppid, _, _ = HELLO_BODY.unpack(param)
-            self.hello_due.pop(conn.fd, None)
-            with self.lock:
-                conn.ppid = ppid
-                conn.joined = True
-                self.joined[conn.fd] = conn
-                self.cond.notify_all()
-            body = WELCOME_BODY.pack(self.pid, self.template_pid, NAME_MAX, PARAM_MAX)
-            self._send_to(conn, _encode(WELCOME, b"", body))
-        elif mtype == BYE and conn.joined:
-            conn.left = True
-        else:
-            self._count("malformed")
-
-    def _record(self, conn, hdr, param, fds):
-        if not conn.joined and hdr[0] != HELLO:
-            _close_fds(fds)       # nothing but HELLO before HELLO
-            self._count("malformed")
-            return
-        super()._record(conn, hdr, param, fds)
-
-    def _read(self, conn):
-        if not conn.joined:
-            # A HELLO of another version: answer it in words before the
-            # generic check would only count it.
-            try:
-                peek = conn.sock.recv(HDR.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if len(peek) >= 8:
-                magic, version, mtype = struct.unpack_from("=IHH", peek)
-                if magic == MAGIC and version != VERSION and mtype == HELLO:
-                    self._count("malformed")
-                    self.ep.unregister(conn.fd)
-                    del self.conns[conn.fd]
-                    self.hello_due.pop(conn.fd, None)
-                    self._refuse(conn, f"IPC version mismatch: the secondary speaks "
-                                       f"{version}, the primary speaks {VERSION}")
-                    return True
-        return super()._read(conn)
-
     def _drop(self, conn: _Conn) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
         self.hello_due.pop(conn.fd, None)
         with self.lock:
             was_member = self.joined.pop(conn.fd, None) is not None
-        self._close_conn_now(conn)
+        self._unwatch(conn.fd)
+        self._lost(conn)
         # A template child's exit is reported with its status by the
         # template; anyone else's only we can report, without a status.
         if was_member and not conn.left and conn.ppid != self.template_pid:
             self._exit_notice(conn.pid, 0, 0, 0)
-
-    def _other_deadlines(self):
-        return [c.deadline for c in self.hello_due.values()]
-
-    def _expire(self):
-        super()._expire()
-        if self.hello_due:
-            now = time.monotonic()
-            for c in [c for c in self.hello_due.values() if c.deadline <= now]:
-                self._drop(c)
 
     # -- notices ----------------------------------------------------------
 
@@ -1393,6 +1451,10 @@ class _PrimaryEndpoint(_Endpoint):
             if len(data) != TEMPLATE_EXIT.size:
                 continue        # (a datagram socket has no EOF to read)
             pid, status = TEMPLATE_EXIT.unpack(data)
+            if self.reaped is not None:
+                with self.lock:
+                    self.reaped.add(pid)        # shutdown() waits for these
+                    self.cond.notify_all()
             try:
                 code = os.waitstatus_to_exitcode(status)
             except ValueError:
@@ -1402,14 +1464,15 @@ class _PrimaryEndpoint(_Endpoint):
 
     def _exit_notice(self, pid: int, code: int, sig: int, flags: int) -> None:
         body = EXIT_BODY.pack(pid, code, sig, flags)
-        data = _encode(MSG, EXIT_NOTICE.encode(), body)
+        name_b = EXIT_NOTICE.encode()
         for c in self._targets(None):
             if c.pid != pid:
-                self._send_to(c, data)
-        cb = _actions.get(EXIT_NOTICE.encode())
+                self._send_rec(c, MSG, 0, 0, name_b, body)
+        cb = _actions.get(name_b)
         if cb is not None:
-            self._call_action(cb, Message(EXIT_NOTICE, body, [], self.pid, MSG),
-                              Peer(self, None, 0, EXIT_NOTICE, self.pid))
+            if not _run_action(cb, Message(EXIT_NOTICE, body, [], self.pid, MSG),
+                               Peer(self, None, 0, EXIT_NOTICE, self.pid)):
+                self._count("action_errors")
 
     def shutdown(self, grace: float) -> None:
         """Primary.stop(): ask the members whether they will wind down
@@ -1417,15 +1480,25 @@ class _PrimaryEndpoint(_Endpoint):
         the grace period to leave; then stop.  Members without an action
         answer NO_ACTION at once and are not waited for."""
         try:
-            if self.running and not self.on_ipc_thread() and self.members():
+            members = self.members()
+            if self.running and not self.on_ipc_thread() and members:
                 deadline = time.monotonic() + grace
+                with self.lock:
+                    self.reaped = set()
                 body = SHUTDOWN_BODY.pack(self.pid, int(grace * 1000))
                 with self.request(SHUTDOWN_NOTICE, body, timeout=grace,
                                   internal=True) as r:
                     leaving = {m.pid for m in r.msgs if m.ok}
+                # A secondary closes its connection a little before it
+                # exits (fh_exit_report closes every fd first): wait for the
+                # template to report its exit too, or the template's
+                # SIGTERM, which follows, could still catch it.  Of an
+                # attached process the closed connection is all we know.
+                children = {m.pid for m in members if m.secondary and m.pid in leaving}
                 if leaving:
                     self.wait_members(
-                        lambda ms: not any(m.pid in leaving for m in ms),
+                        lambda ms: (not any(m.pid in leaving for m in ms)
+                                    and children <= self.reaped),
                         max(0.0, deadline - time.monotonic()))
         finally:
             self.close()
@@ -1438,19 +1511,24 @@ class _PrimaryEndpoint(_Endpoint):
             self.hello_due.clear()
             self.cond.notify_all()
         for c in conns:
+            self._unwatch(c.fd)
             with self.lock:
                 c.closing = True
                 if c.users == 0:
                     c.sock.close()
         for p in self._fail_all_pending():
             self._call_async(p)
+        while self.deferred:
+            self._guarded(self.deferred.popleft())
         try:
             if os.stat(self.path).st_ino == self.ino:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._unwatch(self.listen_fd)
         self.listener.close()
         if self.exit_sock is not None:
+            self._unwatch(self.exit_fd)
             # Kept for a later Primary.ipc() (ipc.stop() then start again);
             # shutdown_primary() closes it for good.
             global _exit_pair
@@ -1459,17 +1537,54 @@ class _PrimaryEndpoint(_Endpoint):
                     _exit_pair = (self.exit_sock, None)
                 else:
                     self.exit_sock.close()
-        self.ep.close()
-        os.close(self.wake)
+        lib.fh_ipc_loop_close(self.loop)
 
     def _forget_in_child(self):
+        """After fork, in the child: this endpoint's thread does not exist
+        there; close the child's copies of its fds without a word."""
         for c in self.conns.values():
             c.sock.close()
         self.listener.close()
         if self.exit_sock is not None:
             self.exit_sock.close()
-        self.ep.close()
-        os.close(self.wake)
+        lib.fh_ipc_loop_forget(self.loop)
+
+
+_UP_RECORD = lib.FH_IPC_UP_RECORD
+_UP_GONE = lib.FH_IPC_UP_GONE
+_UP_EVENT = lib.FH_IPC_UP_EVENT
+_UP_TICK = lib.FH_IPC_UP_TICK
+
+
+# The endpoint whose loop runs (one per process): cheaper to find than
+# through the loop's handle on every record.
+_looping: "_PrimaryEndpoint | None" = None
+
+
+@ffi.def_extern()
+def _fh_ipc_upcall(arg, kind, fd, events, n):
+    """The primary's receive loop calls Python (cffi takes the GIL)."""
+    ep = _looping
+    if ep is None or ep.handle != arg:
+        ep = ffi.from_handle(arg)
+    try:
+        if kind == _UP_RECORD:
+            return ep._up_record(fd, n)
+        if kind == _UP_TICK:
+            return ep._tick()
+        if kind == _UP_EVENT:
+            ep._event(fd, events)
+        elif kind == _UP_GONE:
+            conn = ep.conns.get(fd)
+            if conn is not None:
+                ep._drop(conn)
+    except Exception:
+        print("forkhost ipc: internal error (the IPC thread goes on):",
+              file=sys.stderr)
+        traceback.print_exc()
+        if kind == _UP_TICK:
+            return 100
+    return 0
 
 
 # -- the primary's side of the template fork -------------------------------
@@ -1562,9 +1677,11 @@ def shutdown_primary(grace: float) -> None:
 def _after_fork_in_child() -> None:
     """A forked child has none of our threads: forget the parent's
     endpoint (closing the child's copies of its fds, so that the parent's
-    membership ends with the parent), its actions and its primary."""
-    global _lock, _actions, _endpoint, _primary, _exit_pair
+    membership ends with the parent), its actions and its primary.
+    libforkhost's own fork handler does the same for the C side."""
+    global _lock, _actions, _endpoint, _primary, _exit_pair, _pid
     ep, pair = _endpoint, _exit_pair
+    _pid = os.getpid()
     _lock = threading.RLock()
     _actions = {}
     _endpoint = _primary = _exit_pair = None

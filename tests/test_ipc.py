@@ -340,6 +340,20 @@ def test_actions_run_while_a_sync_request_waits(prim, entry):
     assert s.expect("reply")[1:5] == ["1", "1", "0", b"later".hex()]
 
 
+def test_message_right_after_a_request_is_not_held(prim, entry):
+    """A requester leaves its connection masked for its next request and
+    the IPC thread takes it back within milliseconds (docs/ipc.md,
+    "Threads, and fork"): what the primary sends just after still arrives
+    at once, not at the next request."""
+    s = prim.launch(entry)
+    for i in range(5):
+        s.cmd("request echo - 5000", "reply")
+        t0 = time.monotonic()
+        assert prim.cmd("send", name="note", param=f"{i:02x}", to=s.pid) == {"n": 1}
+        assert s.expect("note", 10)[2] == f"{i:02x}"
+        assert time.monotonic() - t0 < 1.0
+
+
 # -- fds ---------------------------------------------------------------------------
 
 def test_fds_passed_and_usable_both_ways(prim, entry, kind):

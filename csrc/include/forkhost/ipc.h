@@ -3,9 +3,12 @@
  * rte_mp): named actions, best-effort messages, synchronous and
  * asynchronous requests that count their replies, up to 8 fds per message.
  *
- * This is the native secondary's side.  The primary is the Python process
- * (forkhost/ipc.py); both speak the wire format defined here and described
- * in docs/ipc.md.  Change the three together and bump FH_IPC_VERSION.
+ * This is the native secondary's side, which a Python secondary uses too
+ * (through the flat calls at the end), and the primary's receive loop.
+ * The primary is a Python process (forkhost/ipc.py) that runs that loop
+ * and its actions; everything speaks the wire format defined here and
+ * described in docs/ipc.md.  Change the three together and bump
+ * FH_IPC_VERSION.
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET connection from each secondary to
  * <runtime>/<prefix>/ipc.sock.  A record is a struct fh_ipc_hdr, param_len
@@ -202,6 +205,127 @@ struct fh_ipc_stats {
              action_errors, timeouts, peer_died, late_replies, send_failed;
 };
 FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
+
+/*
+ * Join the primary listening at path, from a process that is not one of
+ * its secondaries (a tool, a debugger helper): the same as fh_ipc_start()
+ * otherwise.  EISCONN when already joined elsewhere.
+ */
+FH_API int fh_ipc_attach(const char *path);
+/* The primary this process joined (its WELCOME), 0 when not joined. */
+FH_API pid_t fh_ipc_peer_pid(void);
+/* Why the primary refused the last join (its REFUSE), "" otherwise. */
+FH_API const char *fh_ipc_refusal(void);
+
+/* -------------------------------------------------------------------------
+ * For forkhost/ipc.py (the Python binding); not needed by native
+ * secondaries, and free to change with the binding.
+ *
+ * The same calls with flat arguments, so Python fills no 4 KiB struct, and
+ * replies by request id, so a Python action may answer later from any
+ * thread.  timeout is in seconds.
+ */
+FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
+                           const int *fds, int num_fds);
+/* A sync request.  The answer, if one came, is copied to record
+ * (FH_IPC_RECORD_MAX bytes) as a REPLY record in the wire layout (header,
+ * then param) and its fds to reply_fds (FH_IPC_FDS_MAX); returns its
+ * length, 0 when none came, or -1 with errno.  *nb_sent: 0 or 1. */
+FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param,
+                              const int *fds, int num_fds, double timeout,
+                              void *record, int *reply_fds, int *nb_sent);
+FH_API int fh_ipc_request_async_raw(const char *name, const void *param,
+                                    int len_param, const int *fds, int num_fds,
+                                    double timeout, fh_ipc_async_t callback,
+                                    void *arg);
+/* Answer request id with status (enum fh_ipc_status).  When called from
+ * the action that received it, that action counts as having replied. */
+FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
+                            const void *param, int len_param,
+                            const int *fds, int num_fds);
+/* The request id of an action's peer (during the action), 0 for a MSG. */
+FH_API uint64_t fh_ipc_peer_id(const void *peer);
+/* Is the calling thread this process's IPC (receive) thread? */
+FH_API int fh_ipc_on_ipc_thread(void);
+/* fh_ipc_stop() with bye = 1; bye = 0 leaves as an exiting process does
+ * (the primary reports it in forkhost.exit). */
+FH_API int fh_ipc_leave(int bye);
+
+/*
+ * The primary's receive loop.  forkhost/ipc.py's IPC thread runs it with
+ * the GIL released: epoll over the primary's fds, and for every member
+ * connection (FH_IPC_WATCH_RECORDS) recvmsg, the checks of docs/ipc.md
+ * ("Checks") and counting here, in C.  Python is called (upcall) for what
+ * only it can do: a valid record (to run an action or complete a request),
+ * a member's EOF, events on the other fds (the listener, the template's
+ * exit channel, connections that have not said HELLO yet), and a tick
+ * (deferred work and deadlines), whose return value is the next timeout in
+ * ms (-1: none).  Replies and every other record are framed and sent by
+ * fh_ipc_send_fd().
+ *
+ * watch/unwatch are called by the thread that runs the loop (from an
+ * upcall), or by any one thread while no loop runs.  wake and stop from
+ * any thread.
+ */
+struct fh_ipc_loop;
+
+enum fh_ipc_watch {
+    FH_IPC_WATCH_EVENTS  = 1, /* readiness goes to an FH_IPC_UP_EVENT upcall */
+    FH_IPC_WATCH_RECORDS = 2, /* records are read and checked here */
+};
+
+enum fh_ipc_upcall_kind {
+    FH_IPC_UP_RECORD = 1, /* a valid record from fd; return 1 to stop reading fd */
+    FH_IPC_UP_GONE   = 2, /* fd (RECORDS) reached EOF or failed */
+    FH_IPC_UP_EVENT  = 3, /* fd (EVENTS) is ready: events */
+    FH_IPC_UP_TICK   = 4, /* return the next timeout in ms, -1 for none */
+};
+
+/* kind RECORD: a checked record of len bytes in the wire layout (header,
+ * then param) is in fh_ipc_loop_buffer() and its hdr.nfds descriptors in
+ * fh_ipc_loop_fds(), valid during the upcall (the fds become the
+ * upcall's).  Passed there rather than as arguments: every pointer
+ * argument costs cffi an object on every record.  Other kinds: len 0. */
+typedef long (*fh_ipc_upcall_t)(void *arg, int kind, int fd, uint32_t events,
+                                int len);
+
+FH_API struct fh_ipc_loop *fh_ipc_loop_new(void);
+FH_API int  fh_ipc_loop_watch(struct fh_ipc_loop *loop, int fd, int how);
+FH_API int  fh_ipc_loop_unwatch(struct fh_ipc_loop *loop, int fd);
+/* Until fh_ipc_loop_stop(): 0, or -1 with errno when epoll fails. */
+FH_API int  fh_ipc_loop_run(struct fh_ipc_loop *loop, fh_ipc_upcall_t upcall,
+                            void *arg);
+FH_API void fh_ipc_loop_wake(struct fh_ipc_loop *loop);
+FH_API void fh_ipc_loop_stop(struct fh_ipc_loop *loop);
+/* Close the epoll and wake-up fds (after run returned).  forget: the same
+ * in a forked child, where another thread may have held the loop's lock. */
+FH_API void fh_ipc_loop_close(struct fh_ipc_loop *loop);
+FH_API void fh_ipc_loop_forget(struct fh_ipc_loop *loop);
+FH_API void fh_ipc_loop_free(struct fh_ipc_loop *loop);
+/* Where the record of an FH_IPC_UP_RECORD upcall is (FH_IPC_RECORD_MAX
+ * bytes) and its fds (FH_IPC_FDS_MAX): Python reads them in place. */
+FH_API void *fh_ipc_loop_buffer(struct fh_ipc_loop *loop);
+FH_API int  *fh_ipc_loop_fds(struct fh_ipc_loop *loop);
+/* What the loop and fh_ipc_send_fd() counted for this loop. */
+FH_API void fh_ipc_loop_stats(struct fh_ipc_loop *loop, struct fh_ipc_stats *out);
+/* One record to connection fd, counted as sent or send_failed in loop.
+ * wait_ms: how long to wait for room in a full buffer (0 on the loop's
+ * thread, which must never wait).  0, or -1 with errno. */
+FH_API int  fh_ipc_send_fd(struct fh_ipc_loop *loop, int fd, int type, uint64_t id,
+                           int status, const char *name, const void *param,
+                           int len_param, const int *fds, int num_fds, int wait_ms);
+/* A REPLY without fds: the hot path of an action's answer.  Made during an
+ * upcall (on the loop's thread), it is queued and sent when the upcall
+ * returns, just before the loop sleeps again, as a bare echo server sends
+ * and then waits: the kernel's wake-up of the requester expects the sender
+ * to sleep next, and a sender that goes on running (back through Python)
+ * invites the scheduler to move the requester to the other CPU, a
+ * cross-CPU wake-up on every round trip.  Anything else the loop's thread sends, or an unwatch,
+ * sends the queue first, so records still leave in the order they were
+ * made.  0 when queued or sent; -1 with errno. */
+FH_API int  fh_ipc_send_reply(struct fh_ipc_loop *loop, int fd, uint64_t id,
+                              int status, const char *name, const void *param,
+                              int len_param);
 
 /*
  * Set by the primary before it forks the template, so that every secondary

@@ -1,9 +1,108 @@
-/* cffi view of forkhost/ipc.h: only what the Python side uses.  The
- * primary stores where its IPC socket is before forking the template, and
- * a Python secondary reads it back (it inherited it); the wire format
- * itself is spoken in Python (forkhost/ipc.py).  pid_t is declared as int
- * here: spawn.h's cdef defines pid_t, but after this file, and the
+/* cffi view of forkhost/ipc.h: what forkhost/ipc.py uses.  The primary
+ * stores where its IPC socket is before forking the template and runs the
+ * receive loop (fh_ipc_loop_*) on its IPC thread; a Python secondary uses
+ * the C secondary's side through the flat *_raw calls.  pid_t is declared
+ * as int here: spawn.h's cdef defines pid_t, but after this file, and the
  * compiler converts between the two (pid_t is int on Linux). */
 int fh_ipc_set_primary(const char *path, int primary_pid);
 const char *fh_ipc_socket_path(void);
 int fh_ipc_primary_pid(void);
+
+#define FH_IPC_NAME_MAX 64
+#define FH_IPC_PARAM_MAX 4096
+#define FH_IPC_FDS_MAX 8
+
+struct fh_ipc_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t type;
+    uint32_t len;
+    uint32_t nfds;
+    uint64_t id;
+    uint32_t param_len;
+    int32_t  status;
+    char     name[64];
+};
+
+struct fh_ipc_msg {
+    char    name[64];
+    int     len_param;
+    int     num_fds;
+    uint8_t param[4096];
+    int     fds[8];
+    int     pid;
+    int     status;
+};
+
+struct fh_ipc_reply {
+    int nb_sent;
+    int nb_received;
+    struct fh_ipc_msg *msgs;
+};
+
+struct fh_ipc_stats {
+    uint64_t sent, received, dropped, notices_ignored, no_action, malformed,
+             action_errors, timeouts, peer_died, late_replies, send_failed;
+};
+
+typedef int (*fh_ipc_action_t)(const struct fh_ipc_msg *msg, const void *peer);
+typedef void (*fh_ipc_async_t)(const struct fh_ipc_msg *request,
+                               const struct fh_ipc_reply *reply, void *arg);
+
+/* a secondary (or an attached process) */
+int fh_ipc_register(const char *name, fh_ipc_action_t action);
+int fh_ipc_unregister(const char *name);
+int fh_ipc_start(void);
+int fh_ipc_attach(const char *path);
+int fh_ipc_leave(int bye);
+int fh_ipc_peer_pid(void);
+const char *fh_ipc_refusal(void);
+void fh_ipc_stats(struct fh_ipc_stats *out);
+int fh_ipc_send_raw(const char *name, const void *param, int len_param,
+                    const int *fds, int num_fds);
+int fh_ipc_request_raw(const char *name, const void *param, int len_param,
+                       const int *fds, int num_fds, double timeout,
+                       void *record, int *reply_fds, int *nb_sent);
+int fh_ipc_request_async_raw(const char *name, const void *param, int len_param,
+                             const int *fds, int num_fds, double timeout,
+                             fh_ipc_async_t callback, void *arg);
+int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
+                     const void *param, int len_param, const int *fds, int num_fds);
+uint64_t fh_ipc_peer_id(const void *peer);
+int fh_ipc_on_ipc_thread(void);
+
+extern "Python" int _fh_ipc_action(const struct fh_ipc_msg *, const void *);
+extern "Python" void _fh_ipc_async(const struct fh_ipc_msg *,
+                                   const struct fh_ipc_reply *, void *);
+
+/* the primary's receive loop */
+struct fh_ipc_loop;
+#define FH_IPC_WATCH_EVENTS 1
+#define FH_IPC_WATCH_RECORDS 2
+#define FH_IPC_UP_RECORD 1
+#define FH_IPC_UP_GONE 2
+#define FH_IPC_UP_EVENT 3
+#define FH_IPC_UP_TICK 4
+
+typedef long (*fh_ipc_upcall_t)(void *arg, int kind, int fd, uint32_t events,
+                                int len);
+
+struct fh_ipc_loop *fh_ipc_loop_new(void);
+int  fh_ipc_loop_watch(struct fh_ipc_loop *loop, int fd, int how);
+int  fh_ipc_loop_unwatch(struct fh_ipc_loop *loop, int fd);
+int  fh_ipc_loop_run(struct fh_ipc_loop *loop, fh_ipc_upcall_t upcall, void *arg);
+void fh_ipc_loop_wake(struct fh_ipc_loop *loop);
+void fh_ipc_loop_stop(struct fh_ipc_loop *loop);
+void fh_ipc_loop_close(struct fh_ipc_loop *loop);
+void fh_ipc_loop_forget(struct fh_ipc_loop *loop);
+void fh_ipc_loop_free(struct fh_ipc_loop *loop);
+void fh_ipc_loop_stats(struct fh_ipc_loop *loop, struct fh_ipc_stats *out);
+void *fh_ipc_loop_buffer(struct fh_ipc_loop *loop);
+int *fh_ipc_loop_fds(struct fh_ipc_loop *loop);
+int  fh_ipc_send_fd(struct fh_ipc_loop *loop, int fd, int type, uint64_t id,
+                    int status, const char *name, const void *param,
+                    int len_param, const int *fds, int num_fds, int wait_ms);
+int  fh_ipc_send_reply(struct fh_ipc_loop *loop, int fd, uint64_t id, int status,
+                       const char *name, const void *param, int len_param);
+
+extern "Python" long _fh_ipc_upcall(void *, int, int, uint32_t, int);
