@@ -45,7 +45,10 @@
 #define HT_FN_BUILTIN 0u   /* fh_hash_crc32c, resolved in each process */
 #define HT_FN_USER    1u   /* a pointer checked against its module */
 /* Fill limit: keys <= 80% of slots keeps overflow chains short (one bucket
- * in the overwhelming majority of lookups). */
+ * in the overwhelming majority of lookups).  The bucket count is exactly
+ * what that takes, not rounded up to a power of two: for 2^19 entries that
+ * is 81920 buckets (5 MiB) instead of 131072 (8 MiB), which is fewer cache
+ * and TLB misses per lookup once the table outgrows the caches. */
 #define HT_FILL_NUM 4u
 #define HT_FILL_DEN 5u
 /* Reader spins on an odd seq before it checks whether the writer died. */
@@ -86,7 +89,7 @@ struct ht_key_tail {
 /*
  * The table header, at the start of memzone "HT_<name>":
  *   0 magic (published last)  8 name[61]  72 entries  76 key_len
- *   80 key_stride  84 num_buckets  88 bucket_mask  92 init_val  96 flags
+ *   80 key_stride  84 num_buckets  88 reserved  92 init_val  96 flags
  *   100 fn_kind  104 fn_addr  112 fn_base  120 fn_module_hash
  *   128 buckets_off  136 keys_off  144 free_off  152 fn_module[256]
  *   448 wlock  512 count  516 free_top
@@ -99,8 +102,8 @@ struct fh_hash {
     uint32_t entries;
     uint32_t key_len;
     uint32_t key_stride;
-    uint32_t num_buckets;
-    uint32_t bucket_mask;
+    uint32_t num_buckets;     /* any count >= 1; see home_bucket() */
+    uint32_t reserved;
     uint32_t init_val;
     uint32_t flags;
     uint32_t fn_kind;
@@ -270,7 +273,7 @@ static int find_mod_cb(struct dl_phdr_info *info, size_t size, void *arg)
     return 1;
 }
 
-static int ok_cached(const struct fh_hash *h)
+static inline int ok_cached(const struct fh_hash *h)
 {
     /* Acquire pairs with the release increment in remember_ok: entries
      * below n are complete. */
@@ -335,16 +338,29 @@ static int check_module(const struct fh_hash *h)
     return -EFAULT;
 }
 
-FH_API int fh_hash_check(const struct fh_hash *h)
+/* The user function's first check in this process: the module walk. */
+__attribute__((noinline))
+static int check_user_fn(const struct fh_hash *h)
 {
-    int rc;
-
-    if (h->fn_kind == HT_FN_BUILTIN || ok_cached(h))
-        return 0;
-    rc = check_module(h);
+    int rc = check_module(h);
     if (rc == 0)
         remember_ok(h);
     return rc;
+}
+
+/* What every call that hashes does first, inlined into the hot paths (the
+ * exported fh_hash_check would cost a PLT call from inside the library):
+ * the built-in function, or a user function this process has checked. */
+static inline int fn_ready(const struct fh_hash *h)
+{
+    if (h->fn_kind == HT_FN_BUILTIN || ok_cached(h))
+        return 0;
+    return check_user_fn(h);
+}
+
+FH_API int fh_hash_check(const struct fh_hash *h)
+{
+    return fn_ready(h);
 }
 
 /* Hash key with the table's function; the caller has checked it. */
@@ -357,7 +373,7 @@ static inline uint32_t do_hash(const struct fh_hash *h, const void *key)
 
 FH_API int fh_hash_hash(const struct fh_hash *h, const void *key, uint32_t *sig)
 {
-    int rc = fh_hash_check(h);
+    int rc = fn_ready(h);
     if (rc == 0)
         *sig = do_hash(h, key);
     return rc;
@@ -384,6 +400,24 @@ static inline struct ht_key_tail *tail_of(const struct fh_hash *h,
 static inline uint32_t *free_stack(const struct fh_hash *h)
 {
     return (uint32_t *)((char *)h + h->free_off);
+}
+
+/*
+ * A hash's home bucket: the hash scrambled by an odd multiplier (so a weak
+ * user function whose high bits barely vary still spreads), then mapped
+ * onto [0, num_buckets) by a multiply-shift (Lemire's "fastrange"), which
+ * needs no power-of-two count.  The signature is hash >> 16, and keys
+ * sharing a bucket share the high bits of the product, not of the hash, so
+ * their signatures stay as varied as chance makes them.
+ */
+static inline uint32_t home_bucket(const struct fh_hash *h, uint32_t hash)
+{
+    return (uint32_t)(((uint64_t)(hash * 0x9e3779b1u) * h->num_buckets) >> 32);
+}
+
+static inline uint32_t next_bucket(const struct fh_hash *h, uint32_t b)
+{
+    return b + 1 == h->num_buckets ? 0 : b + 1;
 }
 
 static inline int key_eq(const void *a, const void *b, uint32_t len)
@@ -468,8 +502,8 @@ static void repair(struct fh_hash *h)
                 continue;
             used[idx] = 1;
             count++;
-            for (uint32_t x = tail_of(h, key_at(h, idx))->hash & h->bucket_mask;
-                 x != b; x = (x + 1) & h->bucket_mask)
+            for (uint32_t x = home_bucket(h, tail_of(h, key_at(h, idx))->hash);
+                 x != b; x = next_bucket(h, x))
                 ofl[x]++;
         }
     for (uint32_t b = 0; b < nb; b++)
@@ -557,13 +591,14 @@ static inline void seq_end(struct ht_bucket *b)
 /* ---- lookup ------------------------------------------------------------ */
 
 /*
- * Search one bucket under its seqlock.  Returns the key index (0: not in
- * this bucket) and sets *ofl to the bucket's overflow count.
+ * Search one bucket under its seqlock, retrying while a writer changes it.
+ * Returns the key index (0: not in this bucket) and sets *ofl to the
+ * bucket's overflow count.  The slow path: the fast one (lookup_core) only
+ * comes here when it met a writer.
  */
-static inline uint32_t search_bucket(const struct fh_hash *h,
-                                     const struct ht_bucket *b, uint16_t sig,
-                                     const void *key, uint64_t *data,
-                                     uint32_t *ofl)
+static uint32_t search_bucket(const struct fh_hash *h,
+                              const struct ht_bucket *b, uint16_t sig,
+                              const void *key, uint64_t *data, uint32_t *ofl)
 {
     unsigned spins = 0;
 
@@ -606,11 +641,12 @@ static inline uint32_t search_bucket(const struct fh_hash *h,
     }
 }
 
-static int32_t lookup_hashed(const struct fh_hash *h, const void *key,
-                             uint32_t hash, uint64_t *data)
+__attribute__((noinline))
+static int32_t lookup_slow(const struct fh_hash *h, const void *key,
+                           uint32_t hash, uint64_t *data)
 {
     const struct ht_bucket *bk = buckets(h);
-    uint32_t b = hash & h->bucket_mask, ofl;
+    uint32_t b = home_bucket(h, hash), ofl;
     uint16_t sig = (uint16_t)(hash >> 16);
 
     for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
@@ -619,9 +655,74 @@ static int32_t lookup_hashed(const struct fh_hash *h, const void *key,
             return (int32_t)(idx - 1);
         if (ofl == 0)
             break;
-        b = (b + 1) & h->bucket_mask;
+        b = next_bucket(h, b);
     }
     return -ENOENT;
+}
+
+/*
+ * The lookup itself, inlined into each entry point.  One pass of the
+ * seqlock protocol per bucket, straight-line for the common case (no
+ * writer in the bucket, the key in its home bucket): a short instruction
+ * stream lets the CPU run ahead into the caller's next lookup and overlap
+ * its cache misses with this one's.  A writer seen (odd or moved seq)
+ * sends the whole lookup to the retrying slow path.
+ */
+static inline __attribute__((always_inline))
+int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
+                    uint64_t *data)
+{
+    const struct ht_bucket *bk = buckets(h);
+    const uint16_t sig = (uint16_t)(hash >> 16);
+    uint32_t b = home_bucket(h, hash);
+
+    for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
+        const struct ht_bucket *bp = &bk[b];
+        /* Acquire pairs with seq_end's release store. */
+        uint32_t s1 = atomic_load_explicit(&bp->seq, memory_order_acquire);
+        uint32_t m = sig_match(bp, sig), found = 0, ofl;
+        uint64_t d = 0;
+
+        while (m) {
+            /* Relaxed: validated by the seq check below. */
+            uint32_t idx = atomic_load_explicit(&bp->key_idx[__builtin_ctz(m)],
+                                                memory_order_relaxed);
+            m &= m - 1;
+            if (idx && idx <= h->entries) {
+                const unsigned char *k = key_at(h, idx);
+                if (key_eq(k, key, h->key_len)) {
+                    found = idx;
+                    /* Relaxed: validated by the seq check below. */
+                    d = atomic_load_explicit(&tail_of(h, (unsigned char *)k)->data,
+                                             memory_order_relaxed);
+                    break;
+                }
+            }
+        }
+        /* Relaxed: a hint that is never too low (see file comment). */
+        ofl = atomic_load_explicit(&bp->overflow, memory_order_relaxed);
+        /* Acquire fence: the reads above complete before seq is re-read;
+         * pairs with seq_begin's release fence. */
+        atomic_thread_fence(memory_order_acquire);
+        if (__builtin_expect((s1 & 1) ||
+                             atomic_load_explicit(&bp->seq, memory_order_relaxed) != s1, 0))
+            return lookup_slow(h, key, hash, data);
+        if (found) {
+            if (data)
+                *data = d;
+            return (int32_t)(found - 1);
+        }
+        if (ofl == 0)
+            break;
+        b = next_bucket(h, b);
+    }
+    return -ENOENT;
+}
+
+static int32_t lookup_hashed(const struct fh_hash *h, const void *key,
+                             uint32_t hash, uint64_t *data)
+{
+    return lookup_core(h, key, hash, data);
 }
 
 FH_API int32_t fh_hash_lookup_with_hash_data(const struct fh_hash *h,
@@ -630,13 +731,15 @@ FH_API int32_t fh_hash_lookup_with_hash_data(const struct fh_hash *h,
 {
     if (!h || !key)
         return -EINVAL;
-    return lookup_hashed(h, key, sig, data);
+    return lookup_core(h, key, sig, data);
 }
 
 FH_API int32_t fh_hash_lookup_with_hash(const struct fh_hash *h,
                                         const void *key, uint32_t sig)
 {
-    return fh_hash_lookup_with_hash_data(h, key, sig, NULL);
+    if (!h || !key)
+        return -EINVAL;
+    return lookup_core(h, key, sig, NULL);
 }
 
 FH_API int32_t fh_hash_lookup_data(const struct fh_hash *h, const void *key,
@@ -645,90 +748,126 @@ FH_API int32_t fh_hash_lookup_data(const struct fh_hash *h, const void *key,
     int rc;
     if (!h || !key)
         return -EINVAL;
-    if ((rc = fh_hash_check(h)) < 0)
+    if ((rc = fn_ready(h)) < 0)
         return rc;
-    return lookup_hashed(h, key, do_hash(h, key), data);
+    return lookup_core(h, key, do_hash(h, key), data);
 }
 
 FH_API int32_t fh_hash_lookup(const struct fh_hash *h, const void *key)
 {
-    return fh_hash_lookup_data(h, key, NULL);
+    int rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = fn_ready(h)) < 0)
+        return rc;
+    return lookup_core(h, key, do_hash(h, key), NULL);
 }
 
 /*
  * Bulk: hash everything and prefetch the home buckets, then match
- * signatures and prefetch the first candidate key of each, then compare.
+ * signatures and prefetch the first candidate key of each, then compare
+ * keys, then check every bucket's seq once, behind a single fence.
  * Anything unusual (a writer in the bucket, a miss in a bucket that has
  * overflowed) falls back to the one-key path.
  */
-static int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
-                       const uint32_t *sigs, uint32_t n, int32_t *pos,
-                       uint64_t *data)
+/* Keys a bulk lookup over key pointers prefetches ahead of hashing them
+ * (DPDK's PREFETCH_OFFSET). */
+#define HT_KEY_PREFETCH 4
+
+static inline __attribute__((always_inline))
+int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
+                const void *const *ptrs, const uint32_t *sigs, uint32_t n,
+                int32_t *pos, uint64_t *data)
 {
     const struct ht_bucket *bk = buckets(h);
-    const uint32_t klen = h->key_len;
+    const uint32_t klen = h->key_len, entries = h->entries;
     uint32_t hashes[FH_HASH_LOOKUP_BULK_MAX], seqs[FH_HASH_LOOKUP_BULK_MAX];
-    uint32_t masks[FH_HASH_LOOKUP_BULK_MAX];
+    uint32_t homes[FH_HASH_LOOKUP_BULK_MAX], found[FH_HASH_LOOKUP_BULK_MAX];
+    uint32_t ofls[FH_HASH_LOOKUP_BULK_MAX], cand[FH_HASH_LOOKUP_BULK_MAX];
+    uint64_t vals[FH_HASH_LOOKUP_BULK_MAX];
     int hits = 0;
 
     for (uint32_t base = 0; base < n; base += FH_HASH_LOOKUP_BULK_MAX) {
         uint32_t cnt = n - base < FH_HASH_LOOKUP_BULK_MAX ? n - base
                                                           : FH_HASH_LOOKUP_BULK_MAX;
-        const unsigned char *kb = keys + (size_t)base * klen;
+        const unsigned char *kb = keys ? keys + (size_t)base * klen : NULL;
+        /* Key i of this round: packed, or through the caller's pointers. */
+#define BULK_KEY(i) (ptrs ? (const unsigned char *)ptrs[base + (i)]      \
+                          : kb + (size_t)(i) * klen)
 
+        if (ptrs)
+            for (uint32_t i = 0; i < cnt && i < HT_KEY_PREFETCH; i++)
+                __builtin_prefetch(ptrs[base + i], 0, 3);
         for (uint32_t i = 0; i < cnt; i++) {
-            hashes[i] = sigs ? sigs[base + i] : do_hash(h, kb + (size_t)i * klen);
-            __builtin_prefetch(&bk[hashes[i] & h->bucket_mask], 0, 3);
+            if (ptrs && i + HT_KEY_PREFETCH < cnt)
+                __builtin_prefetch(ptrs[base + i + HT_KEY_PREFETCH], 0, 3);
+            hashes[i] = sigs ? sigs[base + i] : do_hash(h, BULK_KEY(i));
+            homes[i] = home_bucket(h, hashes[i]);
+            __builtin_prefetch(&bk[homes[i]], 0, 3);
         }
         for (uint32_t i = 0; i < cnt; i++) {
-            const struct ht_bucket *b = &bk[hashes[i] & h->bucket_mask];
+            const struct ht_bucket *b = &bk[homes[i]];
+            uint32_t m;
             /* Acquire pairs with seq_end's release store. */
             seqs[i] = atomic_load_explicit(&b->seq, memory_order_acquire);
-            masks[i] = sig_match(b, (uint16_t)(hashes[i] >> 16));
-            if (masks[i]) {
-                /* Relaxed: validated by the seq check in the next pass. */
-                uint32_t idx = atomic_load_explicit(
-                    &b->key_idx[__builtin_ctz(masks[i])], memory_order_relaxed);
-                if (idx && idx <= h->entries)
+            m = sig_match(b, (uint16_t)(hashes[i] >> 16));
+            cand[i] = m;
+            if (m) {
+                /* Relaxed: validated by the seq check below. */
+                uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
+                                                    memory_order_relaxed);
+                if (idx && idx <= entries)
                     __builtin_prefetch(key_at(h, idx), 0, 3);
             }
         }
         for (uint32_t i = 0; i < cnt; i++) {
-            const struct ht_bucket *b = &bk[hashes[i] & h->bucket_mask];
-            const unsigned char *key = kb + (size_t)i * klen;
-            uint32_t m = masks[i], found = 0, ofl;
+            const struct ht_bucket *b = &bk[homes[i]];
+            const unsigned char *key = BULK_KEY(i);
+            uint32_t m = cand[i], f = 0;
             uint64_t d = 0;
-            int32_t p;
 
-            while (m && !(seqs[i] & 1)) {
-                int s = __builtin_ctz(m);
-                uint32_t idx = atomic_load_explicit(&b->key_idx[s],
+            while (m) {
+                /* Relaxed: validated by the seq check below. */
+                uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
                                                     memory_order_relaxed);
                 m &= m - 1;
-                if (idx && idx <= h->entries &&
-                    key_eq(key_at(h, idx), key, klen)) {
-                    found = idx;
-                    d = atomic_load_explicit(&tail_of(h, key_at(h, idx))->data,
-                                             memory_order_relaxed);
-                    break;
+                if (idx && idx <= entries) {
+                    const unsigned char *k = key_at(h, idx);
+                    if (key_eq(k, key, klen)) {
+                        f = idx;
+                        /* Relaxed: validated by the seq check below. */
+                        d = atomic_load_explicit(&tail_of(h, (unsigned char *)k)->data,
+                                                 memory_order_relaxed);
+                        break;
+                    }
                 }
             }
-            ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
-            /* Acquire fence: pairs with seq_begin's release fence. */
-            atomic_thread_fence(memory_order_acquire);
+            found[i] = f;
+            vals[i] = d;
+            /* Relaxed: a hint that is never too low (see file comment). */
+            ofls[i] = atomic_load_explicit(&b->overflow, memory_order_relaxed);
+        }
+        /* Acquire fence: every read above completes before the seqs are
+         * re-read; pairs with seq_begin's release fence. */
+        atomic_thread_fence(memory_order_acquire);
+        for (uint32_t i = 0; i < cnt; i++) {
+            int32_t p;
+            uint64_t d = vals[i];
+
             if (!(seqs[i] & 1) &&
-                atomic_load_explicit(&b->seq, memory_order_relaxed) == seqs[i] &&
-                (found || ofl == 0)) {
-                p = found ? (int32_t)(found - 1) : -ENOENT;
+                atomic_load_explicit(&bk[homes[i]].seq, memory_order_relaxed) == seqs[i] &&
+                (found[i] || ofls[i] == 0)) {
+                p = found[i] ? (int32_t)(found[i] - 1) : -ENOENT;
             } else {
                 d = 0;
-                p = lookup_hashed(h, key, hashes[i], &d);
+                p = lookup_slow(h, BULK_KEY(i), hashes[i], &d);
             }
             pos[base + i] = p;
             if (data)
                 data[base + i] = p >= 0 ? d : 0;
             hits += p >= 0;
         }
+#undef BULK_KEY
     }
     return hits;
 }
@@ -741,34 +880,100 @@ FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,
     int rc;
     if (!h || (n && (!keys || !positions)))
         return -EINVAL;
-    if (!sigs && (rc = fh_hash_check(h)) < 0)
+    if (!sigs && (rc = fn_ready(h)) < 0)
         return rc;
-    return lookup_bulk(h, keys, sigs, n, positions, data);
+    return lookup_bulk(h, keys, NULL, sigs, n, positions, data);
+}
+
+FH_API int fh_hash_lookup_bulk_ptrs(const struct fh_hash *h,
+                                    const void *const *keys,
+                                    const uint32_t *sigs, uint32_t n,
+                                    int32_t *positions, uint64_t *data)
+{
+    int rc;
+    if (!h || (n && (!keys || !positions)))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++)
+        if (!keys[i])
+            return -EINVAL;
+    if (!sigs && (rc = fn_ready(h)) < 0)
+        return rc;
+    return lookup_bulk(h, NULL, keys, sigs, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk_data(const struct fh_hash *h, const void *keys,
                                     uint32_t n, int32_t *positions,
                                     uint64_t *data)
 {
-    return fh_hash_lookup_bulk_with_hash(h, keys, NULL, n, positions, data);
+    int rc;
+    if (!h || (n && (!keys || !positions)))
+        return -EINVAL;
+    if ((rc = fn_ready(h)) < 0)
+        return rc;
+    return lookup_bulk(h, keys, NULL, NULL, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk(const struct fh_hash *h, const void *keys,
                                uint32_t n, int32_t *positions)
 {
-    return fh_hash_lookup_bulk_with_hash(h, keys, NULL, n, positions, NULL);
+    int rc;
+    if (!h || (n && (!keys || !positions)))
+        return -EINVAL;
+    if ((rc = fn_ready(h)) < 0)
+        return rc;
+    return lookup_bulk(h, keys, NULL, NULL, n, positions, NULL);
 }
 
 /* ---- add / delete ------------------------------------------------------ */
 
-/* Writer side: find key's slot (no seqlock needed, we are the writer). */
-static int find_slot(const struct fh_hash *h, const void *key, uint32_t hash,
-                     uint32_t *bucket, int *slot)
+/* Bit i set when slot i is empty.  Writer side only: the writer is the
+ * only thread that stores key_idx, so its own plain (vector) reads of it
+ * race with nothing. */
+static inline uint32_t empty_slots(const struct ht_bucket *b)
+{
+#if defined(__SSE2__)
+    const __m128i *p = (const __m128i *)(const void *)b->key_idx;
+    __m128i z = _mm_setzero_si128();
+    __m128i lo = _mm_cmpeq_epi32(_mm_loadu_si128(p), z);
+    __m128i hi = _mm_cmpeq_epi32(_mm_loadu_si128(p + 1), z);
+    return (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(lo)) |
+           (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(hi)) << 4;
+#else
+    uint32_t bits = 0;
+    for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
+        bits |= (uint32_t)(atomic_load_explicit(&b->key_idx[i],
+                                                memory_order_relaxed) == 0) << i;
+    return bits;
+#endif
+}
+
+/* Copy a key into its entry; the common lengths without a libc call. */
+static inline void key_copy(void *dst, const void *src, uint32_t len)
+{
+    switch (len) {
+    case 4: memcpy(dst, src, 4); break;
+    case 8: memcpy(dst, src, 8); break;
+    case 16: memcpy(dst, src, 16); break;
+    default: memcpy(dst, src, len);
+    }
+}
+
+/*
+ * Writer side (no seqlock needed, we are the writer): find key's slot, and
+ * on the way (free_b not NULL) the first bucket from home with a free slot
+ * (*free_b, or UINT32_MAX when none was met before the chain ended).
+ * Returns the key index, 0 when absent.
+ */
+static inline uint32_t find_slot(const struct fh_hash *h, const void *key,
+                                 uint32_t hash, uint32_t *bucket, int *slot,
+                                 uint32_t *free_b)
 {
     struct ht_bucket *bk = buckets(h);
-    uint32_t b = hash & h->bucket_mask;
+    uint32_t b = home_bucket(h, hash);
     uint16_t sig = (uint16_t)(hash >> 16);
 
+    if (free_b)
+        *free_b = UINT32_MAX;
     for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
         uint32_t m = sig_match(&bk[b], sig);
         while (m) {
@@ -779,12 +984,15 @@ static int find_slot(const struct fh_hash *h, const void *key, uint32_t hash,
             if (idx && key_eq(key_at(h, idx), key, h->key_len)) {
                 *bucket = b;
                 *slot = i;
-                return (int)idx;
+                return idx;
             }
         }
+        if (free_b && *free_b == UINT32_MAX && empty_slots(&bk[b]))
+            *free_b = b;
+        /* Relaxed: only the writer changes overflow. */
         if (atomic_load_explicit(&bk[b].overflow, memory_order_relaxed) == 0)
             break;
-        b = (b + 1) & h->bucket_mask;
+        b = next_bucket(h, b);
     }
     return 0;
 }
@@ -793,11 +1001,11 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
                           uint64_t data)
 {
     struct ht_bucket *bk = buckets(h);
-    uint32_t b, home = hash & h->bucket_mask, idx;
+    uint32_t b, home = home_bucket(h, hash), idx, free_b;
     int slot;
     unsigned char *k;
 
-    idx = (uint32_t)find_slot(h, key, hash, &b, &slot);
+    idx = find_slot(h, key, hash, &b, &slot, &free_b);
     if (idx) {
         /* Update in place, inside the seqlock of the key's bucket. */
         seq_begin(&bk[b]);
@@ -808,26 +1016,28 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     }
     if (h->free_top == 0)
         return -ENOSPC;
-    /* The first bucket from home with a free slot: there always is one,
+    /* The first bucket from home with a free slot: usually found by
+     * find_slot; otherwise past the chain's end.  There always is one,
      * since keys never exceed 80% of the slots. */
-    for (b = home, slot = -1;; b = (b + 1) & h->bucket_mask) {
-        for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
-            if (!atomic_load_explicit(&bk[b].key_idx[i], memory_order_relaxed)) {
-                slot = i;
-                break;
-            }
-        if (slot >= 0)
-            break;
-    }
+    b = free_b;
+    if (b == UINT32_MAX)
+        for (b = home; !empty_slots(&bk[b]); b = next_bucket(h, b))
+            ;
+    slot = __builtin_ctz(empty_slots(&bk[b]));
     idx = free_stack(h)[--h->free_top];
+    /* The entry the next add will take: start fetching it for writing now,
+     * so that add's key copy does not wait for the line (in a table filled
+     * from empty, entries come off the stack in order: the next line). */
+    if (h->free_top)
+        __builtin_prefetch(key_at(h, free_stack(h)[h->free_top - 1]), 1, 3);
     k = key_at(h, idx);
     /* No slot refers to entry idx: plain writes, published below. */
-    memcpy(k, key, h->key_len);
+    key_copy(k, key, h->key_len);
     tail_of(h, k)->hash = hash;
     atomic_store_explicit(&tail_of(h, k)->data, data, memory_order_relaxed);
     /* Count the key in every bucket it passes before it becomes visible,
      * so that overflow is never too low for a reader. */
-    for (uint32_t x = home; x != b; x = (x + 1) & h->bucket_mask)
+    for (uint32_t x = home; x != b; x = next_bucket(h, x))
         atomic_fetch_add_explicit(&bk[x].overflow, 1, memory_order_relaxed);
     seq_begin(&bk[b]);
     __atomic_store_n(&bk[b].sig[slot], (uint16_t)(hash >> 16), __ATOMIC_RELAXED);
@@ -848,7 +1058,7 @@ static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
     uint32_t b, idx;
     int slot;
 
-    idx = (uint32_t)find_slot(h, key, hash, &b, &slot);
+    idx = find_slot(h, key, hash, &b, &slot, NULL);
     if (!idx)
         return -ENOENT;
     seq_begin(&bk[b]);
@@ -857,7 +1067,7 @@ static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
     if (g_crash_at == 2)
         _exit(99);
     /* Uncount only after the key is gone (never too low for a reader). */
-    for (uint32_t x = hash & h->bucket_mask; x != b; x = (x + 1) & h->bucket_mask)
+    for (uint32_t x = home_bucket(h, hash); x != b; x = next_bucket(h, x))
         atomic_fetch_sub_explicit(&bk[x].overflow, 1, memory_order_relaxed);
     free_stack(h)[h->free_top++] = idx;
     atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
@@ -865,13 +1075,10 @@ static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
     return (int32_t)(idx - 1);
 }
 
-FH_API int32_t fh_hash_add_key_with_hash_data(struct fh_hash *h,
-                                              const void *key, uint32_t sig,
-                                              uint64_t data)
+static inline int32_t add_hashed(struct fh_hash *h, const void *key,
+                                 uint32_t sig, uint64_t data)
 {
     int32_t rc;
-    if (!h || !key)
-        return -EINVAL;
     if ((rc = wlock(h)) < 0)
         return rc;
     rc = add_locked(h, key, sig, data);
@@ -879,10 +1086,32 @@ FH_API int32_t fh_hash_add_key_with_hash_data(struct fh_hash *h,
     return rc;
 }
 
+static inline int32_t del_hashed(struct fh_hash *h, const void *key,
+                                 uint32_t sig)
+{
+    int32_t rc;
+    if ((rc = wlock(h)) < 0)
+        return rc;
+    rc = del_locked(h, key, sig);
+    wunlock(h);
+    return rc;
+}
+
+FH_API int32_t fh_hash_add_key_with_hash_data(struct fh_hash *h,
+                                              const void *key, uint32_t sig,
+                                              uint64_t data)
+{
+    if (!h || !key)
+        return -EINVAL;
+    return add_hashed(h, key, sig, data);
+}
+
 FH_API int32_t fh_hash_add_key_with_hash(struct fh_hash *h, const void *key,
                                          uint32_t sig)
 {
-    return fh_hash_add_key_with_hash_data(h, key, sig, 0);
+    if (!h || !key)
+        return -EINVAL;
+    return add_hashed(h, key, sig, 0);
 }
 
 FH_API int32_t fh_hash_add_key_data(struct fh_hash *h, const void *key,
@@ -891,27 +1120,27 @@ FH_API int32_t fh_hash_add_key_data(struct fh_hash *h, const void *key,
     int rc;
     if (!h || !key)
         return -EINVAL;
-    if ((rc = fh_hash_check(h)) < 0)
+    if ((rc = fn_ready(h)) < 0)
         return rc;
-    return fh_hash_add_key_with_hash_data(h, key, do_hash(h, key), data);
+    return add_hashed(h, key, do_hash(h, key), data);
 }
 
 FH_API int32_t fh_hash_add_key(struct fh_hash *h, const void *key)
 {
-    return fh_hash_add_key_data(h, key, 0);
+    int rc;
+    if (!h || !key)
+        return -EINVAL;
+    if ((rc = fn_ready(h)) < 0)
+        return rc;
+    return add_hashed(h, key, do_hash(h, key), 0);
 }
 
 FH_API int32_t fh_hash_del_key_with_hash(struct fh_hash *h, const void *key,
                                          uint32_t sig)
 {
-    int32_t rc;
     if (!h || !key)
         return -EINVAL;
-    if ((rc = wlock(h)) < 0)
-        return rc;
-    rc = del_locked(h, key, sig);
-    wunlock(h);
-    return rc;
+    return del_hashed(h, key, sig);
 }
 
 FH_API int32_t fh_hash_del_key(struct fh_hash *h, const void *key)
@@ -919,9 +1148,9 @@ FH_API int32_t fh_hash_del_key(struct fh_hash *h, const void *key)
     int rc;
     if (!h || !key)
         return -EINVAL;
-    if ((rc = fh_hash_check(h)) < 0)
+    if ((rc = fn_ready(h)) < 0)
         return rc;
-    return fh_hash_del_key_with_hash(h, key, do_hash(h, key));
+    return del_hashed(h, key, do_hash(h, key));
 }
 
 static void fill_free_stack(struct fh_hash *h)
@@ -1065,7 +1294,7 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     char module[FH_HASH_MODULE_PATH_MAX] = "";
     const struct fh_memzone *mz;
     struct fh_hash *h;
-    uint64_t nb = 1, stride, buckets_off, keys_off, free_off, total;
+    uint64_t nb, stride, buckets_off, keys_off, free_off, total;
     uint64_t fbase = 0;
     unsigned kind = HT_FN_BUILTIN;
     pthread_mutexattr_t attr;
@@ -1093,9 +1322,9 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
         fbase = (uint64_t)(uintptr_t)di.dli_fbase;
         kind = HT_FN_USER;
     }
-    /* Slots >= entries * 5/4, rounded up to a power of two of buckets. */
-    while (nb * FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM < (uint64_t)entries * HT_FILL_DEN)
-        nb <<= 1;
+    /* Slots >= entries * 5/4: the fewest buckets that hold them. */
+    nb = ((uint64_t)entries * HT_FILL_DEN + FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM - 1)
+         / (FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM);
     stride = align_up(key_len, 8) + sizeof(struct ht_key_tail);
     buckets_off = align_up(sizeof(struct fh_hash), 64);
     keys_off = align_up(buckets_off + nb * sizeof(struct ht_bucket), 64);
@@ -1114,7 +1343,6 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     h->key_len = key_len;
     h->key_stride = (uint32_t)stride;
     h->num_buckets = (uint32_t)nb;
-    h->bucket_mask = (uint32_t)nb - 1;
     h->init_val = init_val;
     h->flags = flags;
     h->fn_kind = kind;

@@ -115,6 +115,14 @@ static void test_create(void)
           fh_hash_fn_module(h)[0] == '\0' && fh_hash_fn_base(h) == 0,
           "queries (built-in function)");
     CHECK(fh_hash_check(h) == 0, "built-in always callable");
+    {
+        const void *ptrs[2] = { "0123456789abcdef", NULL };
+        int32_t pos[2];
+        CHECK(fh_hash_lookup_bulk_ptrs(h, ptrs, NULL, 2, pos, NULL) == -EINVAL,
+              "bulk over pointers refuses a NULL key");
+        CHECK(fh_hash_lookup_bulk_ptrs(h, ptrs, NULL, 1, pos, NULL) == 0 &&
+              pos[0] == -ENOENT, "bulk over pointers, a miss");
+    }
     struct fh_hash *c = fh_hash_create("h.crc", 10, 8, fh_hash_crc32c, 0, 0);
     CHECK(c && fh_hash_fn_module(c)[0] == '\0', "fh_hash_crc32c is the built-in");
 }
@@ -176,11 +184,13 @@ static void random_ops(const char *name, uint32_t entries, uint32_t klen,
     struct model m = { nkeys, calloc(nkeys, 1), calloc(nkeys, 8),
                        calloc(nkeys, 4), 0 };
     unsigned char key[64], *keys = malloc((size_t)200 * klen);
+    unsigned char *rkeys = malloc((size_t)200 * klen);
+    const void *kptrs[200];
     int32_t positions[200];
     uint64_t datas[200];
     uint32_t sigs[200];
 
-    CHECK(h && m.present && keys, "create %s", name);
+    CHECK(h && m.present && keys && rkeys, "create %s", name);
     for (int op = 0; op < ops; op++) {
         uint32_t k = rnd() % nkeys, r = rnd() % 100;
         uint32_t sig;
@@ -235,8 +245,18 @@ static void random_ops(const char *name, uint32_t entries, uint32_t klen,
                 hits += m.present[kk];
                 CHECK(fh_hash_hash(h, keys + (size_t)i * klen, &sigs[i]) == 0, "hash");
             }
-            got = (r & 1) ? fh_hash_lookup_bulk_data(h, keys, n, positions, datas)
-                          : fh_hash_lookup_bulk_with_hash(h, keys, sigs, n, positions, datas);
+            /* The key-pointer calls get the keys in reverse memory order,
+             * so a pointer mix-up cannot pass for the packed layout. */
+            for (uint32_t i = 0; i < n; i++) {
+                memcpy(rkeys + (size_t)(n - 1 - i) * klen, keys + (size_t)i * klen, klen);
+                kptrs[i] = rkeys + (size_t)(n - 1 - i) * klen;
+            }
+            switch (r % 4) {
+            case 0: got = fh_hash_lookup_bulk_data(h, keys, n, positions, datas); break;
+            case 1: got = fh_hash_lookup_bulk_with_hash(h, keys, sigs, n, positions, datas); break;
+            case 2: got = fh_hash_lookup_bulk_ptrs(h, kptrs, NULL, n, positions, datas); break;
+            default: got = fh_hash_lookup_bulk_ptrs(h, kptrs, sigs, n, positions, datas);
+            }
             CHECK(got == hits, "%s: bulk hits %d want %d", name, got, hits);
             for (uint32_t i = 0; i < n; i++) {
                 uint32_t kk;
@@ -282,6 +302,7 @@ static void random_ops(const char *name, uint32_t entries, uint32_t klen,
     free(m.data);
     free(m.pos);
     free(keys);
+    free(rkeys);
 }
 
 /* A forked secondary uses the table, and so its stored function pointer. */
@@ -542,6 +563,84 @@ static void test_single_writer(void)
     CHECK(fh_hash_del_key(h, &k) == 500 && fh_hash_lookup(h, &k) == -ENOENT, "del");
 }
 
+/*
+ * Overflow chains that run off the end of the bucket array and wrap to
+ * bucket 0.  A 30-entry table has 5 buckets (40 slots; not a power of two);
+ * 30 keys sharing one hash fill their home bucket and overflow into the
+ * next three, so for homes 2..4 the chain wraps.  Each of 64 hashes (which
+ * between them have every bucket as home) gets the full treatment: fill to
+ * capacity, ENOSPC, every key found (one by one and in bulk), the home
+ * bucket's keys deleted and the rest still found past the hole, the deleted
+ * keys added back, iterate seeing each key once.
+ */
+static void test_wrapping_chains(void)
+{
+    enum { N = 30 };
+    struct fh_hash *h = fh_hash_create("h.wrap", N, 8, NULL, 0, 0);
+    unsigned char key[8], keys[N * 8];
+    int32_t pos[N], bpos[N];
+    uint64_t bdata[N];
+    uint32_t sigs[N];
+
+    CHECK(h, "create h.wrap");
+    for (uint32_t t = 0; t < 64; t++) {
+        uint32_t sig = t * 0x04000001u + 7;
+        char seen[N] = {0};
+        const void *kp;
+        uint64_t d;
+        uint32_t next = 0;
+        int32_t p;
+        int n = 0;
+
+        CHECK(fh_hash_reset(h) == 0, "reset");
+        for (uint32_t k = 0; k < N; k++) {
+            make_key(key, 8, k);
+            pos[k] = fh_hash_add_key_with_hash_data(h, key, sig, 1000 + k);
+            CHECK(pos[k] >= 0 && pos[k] < N, "hash %#x: add %u -> %d", sig, k, pos[k]);
+            CHECK(!seen[pos[k]], "hash %#x: position %d twice", sig, pos[k]);
+            seen[pos[k]] = 1;
+        }
+        make_key(key, 8, N);
+        CHECK(fh_hash_add_key_with_hash(h, key, sig) == -ENOSPC, "hash %#x: full", sig);
+        for (uint32_t k = 0; k < N; k++) {
+            make_key(key, 8, k);
+            CHECK(fh_hash_lookup_with_hash_data(h, key, sig, &d) == pos[k] &&
+                  d == 1000 + k, "hash %#x: lookup %u", sig, k);
+            memcpy(keys + k * 8, key, 8);
+            sigs[k] = sig;
+        }
+        CHECK(fh_hash_lookup_bulk_with_hash(h, keys, sigs, N, bpos, bdata) == N,
+              "hash %#x: bulk", sig);
+        for (uint32_t k = 0; k < N; k++)
+            CHECK(bpos[k] == pos[k] && bdata[k] == 1000 + k, "hash %#x: bulk %u", sig, k);
+        /* The first 8 went into the home bucket: empty it. */
+        for (uint32_t k = 0; k < 8; k++) {
+            make_key(key, 8, k);
+            CHECK(fh_hash_del_key_with_hash(h, key, sig) == pos[k], "hash %#x: del %u", sig, k);
+        }
+        for (uint32_t k = 0; k < N; k++) {
+            make_key(key, 8, k);
+            p = fh_hash_lookup_with_hash(h, key, sig);
+            CHECK(k < 8 ? p == -ENOENT : p == pos[k],
+                  "hash %#x: after deletes, lookup %u -> %d", sig, k, p);
+        }
+        CHECK(fh_hash_count(h) == N - 8, "count after deletes");
+        for (uint32_t k = 0; k < 8; k++) {
+            make_key(key, 8, k);
+            CHECK(fh_hash_add_key_with_hash_data(h, key, sig, 1000 + k) >= 0,
+                  "hash %#x: re-add %u", sig, k);
+        }
+        while ((p = fh_hash_iterate(h, &kp, &d, &next)) >= 0) {
+            uint32_t k;
+            memcpy(&k, kp, 4);
+            CHECK(k < N && d == 1000 + k && fh_hash_lookup_with_hash(h, kp, sig) == p,
+                  "hash %#x: iterate gave key %u", sig, k);
+            n++;
+        }
+        CHECK(n == N && fh_hash_count(h) == N, "hash %#x: iterate saw %d", sig, n);
+    }
+}
+
 int main(void)
 {
     int fds;
@@ -556,6 +655,7 @@ int main(void)
     random_ops("h.r40", 200, 40, NULL, 600, 10000);
     random_ops("h.const", 60, 8, const_hash, 150, 10000);
     random_ops("h.tiny", 1, 8, NULL, 3, 2000);
+    test_wrapping_chains();
     test_single_writer();
     test_fork_lookup();
     test_module_mismatch();

@@ -37,10 +37,13 @@
  *
  * Structure: 64-byte buckets of 8 slots (16-bit signature + key index
  * each), the keys and data in a separate array.  Collisions overflow into
- * the next bucket (linear probing by bucket) and each bucket counts how many
- * keys probed past it, so a lookup stops at the first bucket whose count is
- * zero, deletes need no tombstones and keys never move.  At most 80% of the
- * slots are ever used; `entries` keys always fit.
+ * the next bucket (linear probing by bucket, wrapping at the end) and each
+ * bucket counts how many keys probed past it, so a lookup stops at the
+ * first bucket whose count is zero, deletes need no tombstones and keys
+ * never move.  At most 80% of the slots are ever used; `entries` keys
+ * always fit.  The bucket count is exactly what that takes (no rounding to
+ * a power of two); the signature is hash >> 16, the home bucket a
+ * multiply-shift of the scrambled hash.
  */
 #ifndef FORKHOST_HASH_H
 #define FORKHOST_HASH_H
@@ -140,6 +143,18 @@ FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,
                                          const void *keys,
                                          const uint32_t *sigs, uint32_t n,
                                          int32_t *positions, uint64_t *data);
+
+/*
+ * The same over n keys anywhere in memory (DPDK's rte_hash_lookup_bulk
+ * shape): keys[i] points at key i (key_len bytes, not NULL), so a caller
+ * whose keys are scattered (packet headers, records) looks them up without
+ * gathering them first; the keys are prefetched ahead of hashing.  sigs
+ * NULL: hashed here (-EFAULT if this process may not call the function).
+ */
+FH_API int fh_hash_lookup_bulk_ptrs(const struct fh_hash *h,
+                                    const void *const *keys,
+                                    const uint32_t *sigs, uint32_t n,
+                                    int32_t *positions, uint64_t *data);
 
 /* Walk the keys: start with *next = 0; returns a position and sets *key
  * (pointer into the table, key_len bytes) and *data (either may be NULL),

@@ -27,6 +27,18 @@
  * are free-running 32-bit counters masked on use, so all `size` slots are
  * usable (no sentinel slot) and wrap-around is plain unsigned arithmetic.
  *
+ * Beyond rte_ring: on a ring created single-producer (FH_RING_F_SP_ENQ), the
+ * producer keeps the last consumer tail it read (prod.other_tail) and only
+ * reads the consumers' cache line again when that stale figure shows too
+ * little room (or when the caller asks for *free_space, which is then
+ * exact); a single consumer does the same with the producer tail.  On
+ * a two-core ring that is one cross-core cache-line transfer less per call
+ * for whichever side is ahead.  Creating the ring SP (SC) promises one
+ * producer (consumer) at a time, which is what makes the cached figure
+ * safe: it is only ever written by that one side, from a value of the
+ * other side's tail it read, and tails only grow.  (The mp/mc calls stay
+ * safe on such a ring and keep the figure up to date.)
+ *
  * Caveat shared with rte_ring: a multi-producer (consumer) that dies or is
  * stopped between claiming and publishing blocks every later producer
  * (consumer) of that ring.  SP/SC rings have no such window for others.
@@ -68,13 +80,18 @@
 
 #define FH_RING_MAGIC 0x474e4952484b46ull /* "FKHRING" */
 
-/* One side's indices.  head and tail are written only by this side's
- * processes (producers for prod, consumers for cons); the other side reads
- * tail only. */
+/* One side's indices.  head, tail and other_tail are written only by this
+ * side's processes (producers for prod, consumers for cons); the other side
+ * reads tail only. */
 struct fh_ring_headtail {
     _Atomic uint32_t head;   /* slots claimed by this side */
     _Atomic uint32_t tail;   /* slots this side has finished with */
     uint32_t single;         /* 1: SP (or SC); read-only after creation */
+    /* Rings created SP (SC) only: the other side's tail as this side last
+     * read it.  It only lags the real one, so the room (or the elements) it
+     * shows are there; a call reads the other side's cache line only when
+     * this lagging figure is not enough for it. */
+    _Atomic uint32_t other_tail;
 };
 
 /*
@@ -146,16 +163,49 @@ static inline void fh__ring_pause(unsigned *spins)
 
 static inline uint32_t fh__ring_move_prod_head(struct fh_ring *r, int is_sp,
                                                uint32_t n, int behavior,
+                                               int exact,
                                                uint32_t *old_head,
                                                uint32_t *new_head,
                                                uint32_t *free_entries)
 {
     const uint32_t max = n;
+    const uint32_t cached = r->prod.single; /* ring created SP */
     int success;
 
     /* Relaxed: only a starting guess.  MP: the CAS below checks it; SP: we
      * are the only writer of prod.head. */
     *old_head = atomic_load_explicit(&r->prod.head, memory_order_relaxed);
+    if (is_sp && cached) {
+        /* Relaxed: the single producer is the only writer of other_tail.
+         * The consumers' reads of the slots up to it were ordered before
+         * our writes by the acquire load that first read the value (in
+         * this producer's or an earlier one's call). */
+        uint32_t cons_tail = atomic_load_explicit(&r->prod.other_tail,
+                                                  memory_order_relaxed);
+        *free_entries = r->capacity + cons_tail - *old_head;
+        /* Read the real tail when the cached one shows too little room,
+         * is impossible, or the caller wants the exact room left. */
+        if (exact || *free_entries < n || *free_entries > r->capacity) {
+            /* Order the prod.head load before the cons.tail load (below). */
+            atomic_thread_fence(memory_order_acquire);
+            /* Acquire pairs with the consumers' release store of cons.tail
+             * in fh__ring_update_tail, as in the loop below. */
+            cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_acquire);
+            /* Relaxed: read back only by this side's one producer. */
+            atomic_store_explicit(&r->prod.other_tail, cons_tail,
+                                  memory_order_relaxed);
+            *free_entries = r->capacity + cons_tail - *old_head;
+        }
+        if (n > *free_entries)
+            n = behavior == FH__RING_FIXED ? 0 : *free_entries;
+        if (n == 0)
+            return 0;
+        *new_head = *old_head + n;
+        /* Relaxed: the single producer is the only writer and reader of
+         * prod.head. */
+        atomic_store_explicit(&r->prod.head, *new_head, memory_order_relaxed);
+        return n;
+    }
     do {
         uint32_t cons_tail;
 
@@ -168,6 +218,11 @@ static inline uint32_t fh__ring_move_prod_head(struct fh_ring *r, int is_sp,
          * fh__ring_update_tail: their reads of the slots we are about to
          * overwrite are complete. */
         cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_acquire);
+        if (cached)
+            /* Relaxed: keeps the SP fast path's figure current (only one
+             * producer at a time on this ring). */
+            atomic_store_explicit(&r->prod.other_tail, cons_tail,
+                                  memory_order_relaxed);
         /* Unsigned wrap-around makes this right across index overflow; it
          * is only ever too large when old_head is stale, and then the CAS
          * fails. */
@@ -195,15 +250,45 @@ static inline uint32_t fh__ring_move_prod_head(struct fh_ring *r, int is_sp,
 
 static inline uint32_t fh__ring_move_cons_head(struct fh_ring *r, int is_sc,
                                                uint32_t n, int behavior,
+                                               int exact,
                                                uint32_t *old_head,
                                                uint32_t *new_head,
                                                uint32_t *entries)
 {
     const uint32_t max = n;
+    const uint32_t cached = r->cons.single; /* ring created SC */
     int success;
 
     /* Relaxed: a starting guess, as in fh__ring_move_prod_head. */
     *old_head = atomic_load_explicit(&r->cons.head, memory_order_relaxed);
+    if (is_sc && cached) {
+        /* Relaxed: the single consumer is the only writer of other_tail.
+         * The producers' slot writes up to it were ordered before our reads
+         * by the acquire load that first read the value. */
+        uint32_t prod_tail = atomic_load_explicit(&r->cons.other_tail,
+                                                  memory_order_relaxed);
+        *entries = prod_tail - *old_head;
+        if (exact || *entries < n || *entries > r->capacity) {
+            /* Order the cons.head load before the prod.tail load. */
+            atomic_thread_fence(memory_order_acquire);
+            /* Acquire pairs with the producers' release store of prod.tail
+             * in fh__ring_update_tail, as in the loop below. */
+            prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
+            /* Relaxed: read back only by this side's one consumer. */
+            atomic_store_explicit(&r->cons.other_tail, prod_tail,
+                                  memory_order_relaxed);
+            *entries = prod_tail - *old_head;
+        }
+        if (n > *entries)
+            n = behavior == FH__RING_FIXED ? 0 : *entries;
+        if (n == 0)
+            return 0;
+        *new_head = *old_head + n;
+        /* Relaxed: the single consumer is the only writer and reader of
+         * cons.head. */
+        atomic_store_explicit(&r->cons.head, *new_head, memory_order_relaxed);
+        return n;
+    }
     do {
         uint32_t prod_tail;
 
@@ -214,6 +299,10 @@ static inline uint32_t fh__ring_move_cons_head(struct fh_ring *r, int is_sc,
          * fh__ring_update_tail: their writes of the slots we read are
          * visible. */
         prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
+        if (cached)
+            /* Relaxed: keeps the SC fast path's figure current. */
+            atomic_store_explicit(&r->cons.other_tail, prod_tail,
+                                  memory_order_relaxed);
         *entries = prod_tail - *old_head;
         if (n > *entries)
             n = behavior == FH__RING_FIXED ? 0 : *entries;
@@ -303,8 +392,8 @@ static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
 {
     uint32_t head, next, free_entries;
 
-    n = fh__ring_move_prod_head(r, is_sp, n, behavior, &head, &next,
-                                &free_entries);
+    n = fh__ring_move_prod_head(r, is_sp, n, behavior, free_space != NULL,
+                                &head, &next, &free_entries);
     if (n) {
         fh__ring_copy_in(r, head, objs, n);
         fh__ring_update_tail(&r->prod, head, next, is_sp);
@@ -320,8 +409,8 @@ static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
 {
     uint32_t head, next, entries;
 
-    n = fh__ring_move_cons_head(r, is_sc, n, behavior, &head, &next,
-                                &entries);
+    n = fh__ring_move_cons_head(r, is_sc, n, behavior, available != NULL,
+                                &head, &next, &entries);
     if (n) {
         fh__ring_copy_out(r, head, objs, n);
         fh__ring_update_tail(&r->cons, head, next, is_sc);

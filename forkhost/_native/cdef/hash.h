@@ -41,6 +41,9 @@ int fh_hash_lookup_bulk_data(const struct fh_hash *h, const void *keys,
 int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h, const void *keys,
                                   const uint32_t *sigs, uint32_t n,
                                   int32_t *positions, uint64_t *data);
+int fh_hash_lookup_bulk_ptrs(const struct fh_hash *h, const void *const *keys,
+                             const uint32_t *sigs, uint32_t n,
+                             int32_t *positions, uint64_t *data);
 int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
                         uint64_t *data, uint32_t *next);
 int fh_hash_get_key_with_position(const struct fh_hash *h, int32_t position,
