@@ -6,6 +6,10 @@ Run by hand (not part of the tests; no thresholds anywhere):
 
 Every variant is measured once per round, round after round, so all of them
 see the same machine state; each line gives the median and p90 over rounds.
+The order within a round is shuffled (seeded, so runs repeat it): a launch
+that follows a heavy variant (a cold interpreter, `import numpy`) starts
+with caches and TLBs the other one emptied, and a fixed order would charge
+that to whichever variant happens to come next.
 Whole-process variants are started with os.posix_spawn and reaped with
 waitpid, as a shell would.
 
@@ -29,6 +33,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import py_compile
+import random
 import shutil
 import statistics
 import subprocess
@@ -106,6 +112,10 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="fhb-", dir="/tmp")
     Path(work, "fhbench_triv.py").write_text(TRIV_PY)
+    # Byte-compiled now, as Python's first import would do anyway unless
+    # PYTHONDONTWRITEBYTECODE is set (as on some CI machines): otherwise
+    # every launch compiles the module again and the figure depends on it.
+    py_compile.compile(f"{work}/fhbench_triv.py", doraise=True)
     Path(work, "triv.c").write_text(TRIV_C)
     subprocess.run(["cc", "-shared", "-fPIC", "-o", f"{work}/triv.so",
                     f"{work}/triv.c"], check=True)
@@ -113,7 +123,7 @@ def main() -> int:
                    check=True)
     clean_python = f"{work}/venv/bin/python"
 
-    print(f"forkhost launch benchmark: {a.rounds} interleaved rounds, "
+    print(f"forkhost launch benchmark: {a.rounds} interleaved rounds (shuffled), "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     prim = Primaries(work)
     os.chdir(work)     # the client's cwd: where fhbench_triv.py is
@@ -174,9 +184,12 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in variants}
         for fn in variants.values():      # warm-up: caches, pools, page cache
             fn()
+        order = list(variants)
+        rng = random.Random(2017)
         for _ in range(a.rounds):
-            for name, fn in variants.items():
-                times[name].append(fn())
+            rng.shuffle(order)
+            for name in order:
+                times[name].append(variants[name]())
     finally:
         prim.stop()
         os.chdir("/")

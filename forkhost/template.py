@@ -35,8 +35,12 @@ from .ipc import notify_exit
 REQUEST_TIMEOUT = 10.0
 # The pool is refilled only after the loop has been quiet this long: a fork
 # blocks the loop and takes a CPU, and right after a launch both are wanted
-# by the secondary just started and its report.
+# by the secondary just started and its report.  (Refilling an empty pool
+# at once was measured: no faster for launches back to back on two CPUs,
+# where the fork competes with them for the CPU either way.)
 REPLENISH_QUIET = 0.002
+# After a failed fork (EAGAIN, ENOMEM) the pool waits this long to retry.
+REPLENISH_RETRY = 0.1
 # The first LEARN_FIRST launches by pool members record the pages they made
 # private, and one in every RELEARN after them (member.h: the hot set).
 LEARN_FIRST = 2
@@ -106,6 +110,7 @@ class Template:
         self.stop_deadline: float | None = None
         self.launched = 0
         self.last_activity = 0.0   # monotonic time of the last launch or exit
+        self.fork_failed = 0.0     # monotonic time of the last failed member fork
         self.refused = 0
         self.title_area = (0, 0)
         self.ep = select.epoll()
@@ -158,9 +163,15 @@ class Template:
         try:
             member = pool.fork_member(self)
         except OSError as err:
-            print(f"forkhost template: cannot fork a pool member: {err}",
-                  file=sys.stderr)
+            # Said once per run of failures, not at every retry.
+            if not self.fork_failed:
+                print(f"forkhost template: cannot fork a pool member: {err} "
+                      f"(retrying every {REPLENISH_RETRY:g} s)", file=sys.stderr)
+            self.fork_failed = time.monotonic()
             return
+        if self.fork_failed:
+            print("forkhost template: pool members fork again", file=sys.stderr)
+            self.fork_failed = 0.0
         self.members[member.pidfd] = member
         self.ep.register(member.pidfd, select.EPOLLIN)
         self._update_listening()
@@ -177,13 +188,22 @@ class Template:
                    + sum(1 for c in self.conns.values() if c.state == PENDING))
         return running + len(self.members) < self.max_secondaries
 
-    def _replenish(self) -> None:
-        """Fork one member when the pool is short and the loop has been
-        quiet for REPLENISH_QUIET with nothing waiting: a fork blocks the
-        loop, so it must not delay a launch or an exit report."""
+    def _replenish_at(self) -> float | None:
+        """When the next member may be forked (monotonic), or None: the
+        pool is full.  After REPLENISH_QUIET of quiet, and REPLENISH_RETRY
+        after a fork failed (EAGAIN under RLIMIT_NPROC, ENOMEM), so that a
+        failing fork is not retried in a busy loop."""
         if not self._pool_short():
-            return
-        if time.monotonic() - self.last_activity < REPLENISH_QUIET:
+            return None
+        return max(self.last_activity + REPLENISH_QUIET,
+                   self.fork_failed + REPLENISH_RETRY)
+
+    def _replenish(self) -> None:
+        """Fork one member when _replenish_at says so and nothing waits: a
+        fork blocks the loop, so it must not delay a launch or an exit
+        report."""
+        at = self._replenish_at()
+        if at is None or time.monotonic() < at:
             return
         if self.ep.poll(0, 1):
             return
@@ -328,8 +348,9 @@ class Template:
         deadlines += [c.kill_at for c in self.running.values() if c.kill_at]
         if self.stop_deadline:
             deadlines.append(self.stop_deadline)
-        if self._pool_short():
-            deadlines.append(self.last_activity + REPLENISH_QUIET)
+        replenish_at = self._replenish_at()
+        if replenish_at is not None:
+            deadlines.append(replenish_at)
         if os.getppid() != self.primary_pid and not self.stopping:
             self.stop()   # the primary died before PR_SET_PDEATHSIG was armed
         if not deadlines:

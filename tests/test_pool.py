@@ -9,6 +9,7 @@ import os
 import resource
 import socket
 import struct
+import subprocess
 import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -17,7 +18,7 @@ import forkhost
 from forkhost import protocol
 from forkhost._native import ffi, lib
 from forkhost.errors import ProtocolError
-from fhtest import FIXTURES, children_of, wait_until
+from fhtest import FIXTURES, PrimaryProc, children_of, wait_until
 
 HDR, BODY = protocol.HDR, protocol.LAUNCH_BODY
 
@@ -266,3 +267,51 @@ def test_prefault_copies_what_a_secondary_learned():
         listener.close()
         report_r.close()
         report_w.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
+    """Refilling the pool fails (here: the template is out of fds, so the
+    member's socketpair cannot be made; EAGAIN from fork under
+    RLIMIT_NPROC takes the same path).  The template says so once, retries
+    now and then instead of in a busy loop, keeps serving, and refills the
+    pool once it can."""
+    p = PrimaryProc(runtime_dir)
+    sleeper = None
+    try:
+        idle_members(p)
+        tpl = p.template_pid
+        nfds = len(os.listdir(f"/proc/{tpl}/fd"))
+        soft, hard = resource.prlimit(tpl, resource.RLIMIT_NOFILE)
+        # Room for the fd the next launch hands over (its client's
+        # connection, with the member's TOOK) and for one more (a
+        # connection handed over for INFO), not for a socketpair.
+        resource.prlimit(tpl, resource.RLIMIT_NOFILE, (nfds + 2, hard))
+        sleeper = p.popen("fhfix:sleeper", cwd=FIXTURES, stdout=subprocess.PIPE)
+        assert sleeper.stdout.readline() == b"ready\n"
+        cpu0 = _cpu_seconds(tpl)
+        time.sleep(1.5)
+        # A busy loop would have used most of a CPU; retries every 0.1 s
+        # use next to none.  (CPU time, not wall time: load cannot inflate it.)
+        assert _cpu_seconds(tpl) - cpu0 < 0.5
+        # The sleeper's member and the idle one; no third.  (Not asked
+        # by INFO: its connection would be one fd too many for the template.)
+        assert len(children_of(tpl)) == 2
+        resource.prlimit(tpl, resource.RLIMIT_NOFILE, (soft, hard))
+        wait_until(lambda: forkhost.info(p.prefix, p.runtime_dir)["pool"] == 2,
+                   what="the pool refilled")
+        assert p.run("fhfix:exit_with", 6, cwd=FIXTURES).returncode == 6
+    finally:
+        if sleeper is not None:
+            sleeper.terminate()
+            sleeper.wait(timeout=30)
+            sleeper.stdout.close()
+        code, _, err = p.stop()
+    assert code == 0, err
+    assert err.count("cannot fork a pool member") == 1, err
+    assert "Too many open files" in err and "pool members fork again" in err, err
