@@ -62,6 +62,35 @@ def human_size(n: int) -> str:
     return f"{n} bytes"
 
 
+def huge_page_pool() -> dict[str, int]:
+    """The default huge page size and the pool's counts, from /proc/meminfo:
+    size (bytes), total, free and rsvd (free pages other mappings have
+    reserved: not ours to take)."""
+    keys = {"Hugepagesize:": "size", "HugePages_Total:": "total",
+            "HugePages_Free:": "free", "HugePages_Rsvd:": "rsvd"}
+    pool = {"size": 0, "total": 0, "free": 0, "rsvd": 0}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in keys:
+                    pool[keys[parts[0]]] = int(parts[1]) * (1024 if parts[0] == "Hugepagesize:" else 1)
+    except OSError:
+        pass
+    return pool
+
+
+def _huge_shortfall(size: int) -> str:
+    """Why an arena of size bytes got no huge pages (for auto and always)."""
+    pool = huge_page_pool()
+    if not pool["size"] or not pool["total"]:
+        return "no huge pages reserved"
+    need = -(-size // pool["size"])
+    have = max(0, pool["free"] - pool["rsvd"])
+    return (f"{need} free {human_size(pool['size'])} huge pages needed, "
+            f"{have} of {pool['total']} free")
+
+
 def thread_names() -> list[str]:
     names = []
     for tid in sorted(os.listdir("/proc/self/task"), key=int):
@@ -128,6 +157,7 @@ class Primary:
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
         self.huge_pages = huge_pages
+        self.no_huge_why = ""     # auto mode without huge pages: why
         self.pid = os.getpid()
         self.template_pid = 0
         self.template_pidfd = -1
@@ -200,9 +230,14 @@ class Primary:
         name = f"forkhost-arena:{self.prefix}".encode()
         if lib.fh_arena_create(self.arena_size, flags, name) < 0:
             err = ffi.errno
-            raise ArenaError(f"cannot create a {human_size(self.arena_size)} arena: "
-                             f"{os.strerror(err)}"
-                             + (" (the minimum is 4 MiB)" if err == 22 else ""))
+            why = os.strerror(err)
+            if err == 22:
+                why += " (the minimum is 4 MiB)"
+            elif self.huge_pages == "always" and err == 12:
+                why = f"--huge-pages always: {_huge_shortfall(self.arena_size)}"
+            raise ArenaError(f"cannot create a {human_size(self.arena_size)} arena: {why}")
+        if self.huge_pages == "auto" and not self.huge:
+            self.no_huge_why = _huge_shortfall(self.arena_size)
 
     def _preload(self) -> None:
         for name in self.preload:
@@ -328,7 +363,7 @@ class Primary:
     def ready_line(self) -> str:
         pages = (f"{human_size(self.page_size)} huge pages" if self.huge else
                  f"{human_size(self.page_size)} pages"
-                 + ("" if self.huge_pages == "never" else " (no huge pages reserved)"))
+                 + (f" ({self.no_huge_why})" if self.no_huge_why else ""))
         return (f"forkhost primary ready: prefix {self.prefix!r}, pid {self.pid}, "
                 f"template {self.template_pid}, socket {self.socket_path}, arena "
                 f"{human_size(int(lib.fh_arena_size()))} at 0x{self.arena_base:x}, "

@@ -49,23 +49,60 @@ FH_API int fh_arena_contains(const void *p, size_t len)
     return a - b <= g_arena.size && len <= g_arena.size - (a - b);
 }
 
-/* Free huge pages of the default size, from /proc/meminfo; 0 when none. */
+/*
+ * Huge pages of the default size that a new mapping can still reserve, from
+ * /proc/meminfo; 0 when none.  HugePages_Free counts pages no one has
+ * faulted in yet, including those other mappings have reserved
+ * (HugePages_Rsvd): only the difference is ours to take.
+ */
 static size_t free_huge_bytes(size_t *hpsize)
 {
     FILE *f = fopen("/proc/meminfo", "re");
     char line[128];
-    unsigned long long free_pages = 0, kb = 0;
+    unsigned long long free_pages = 0, rsvd = 0, kb = 0;
 
     *hpsize = 0;
     if (!f)
         return 0;
     while (fgets(line, sizeof line, f)) {
         sscanf(line, "HugePages_Free: %llu", &free_pages);
+        sscanf(line, "HugePages_Rsvd: %llu", &rsvd);
         sscanf(line, "Hugepagesize: %llu kB", &kb);
     }
     fclose(f);
     *hpsize = (size_t)kb * 1024;
-    return (size_t)(free_pages * kb * 1024);
+    if (rsvd >= free_pages)
+        return 0;
+    return (size_t)((free_pages - rsvd) * kb * 1024);
+}
+
+/*
+ * A memfd of size bytes mapped MAP_SHARED; huge: from the hugetlb pool (the
+ * mmap reserves every page, and fails with ENOMEM when the pool cannot
+ * cover them: someone took them since we looked).  Returns the mapping
+ * (*fd set) or MAP_FAILED with errno set and nothing left open.
+ */
+static void *map_memfd(const char *name, size_t size, int huge, int *fd)
+{
+    void *base;
+    int e;
+
+    *fd = memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+    if (*fd < 0)
+        return MAP_FAILED;
+    /* ftruncate only sets the size: pages are allocated on first touch, so
+     * an 8 GiB arena costs nothing until used, and fork() does not copy the
+     * page tables of a MAP_SHARED mapping (the child faults them in). */
+    if (ftruncate(*fd, (off_t)size) == 0) {
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+        if (base != MAP_FAILED)
+            return base;
+    }
+    e = errno;
+    close(*fd);
+    *fd = -1;
+    errno = e;
+    return MAP_FAILED;
 }
 
 FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
@@ -86,33 +123,25 @@ FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
     if (flags & (FH_ARENA_HUGE_AUTO | FH_ARENA_HUGE_ONLY)) {
         size_t avail = free_huge_bytes(&hpsize);
         size_t want = hpsize ? (size + hpsize - 1) / hpsize * hpsize : 0;
-        if (hpsize && want <= avail) {
-            fd = memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB);
-            if (fd >= 0) {
-                size = want;
-                page = hpsize;
-                hdr_flags |= FH_ARENA_F_HUGE;
-            }
-        }
-        if (fd < 0 && (flags & FH_ARENA_HUGE_ONLY)) {
+        base = MAP_FAILED;
+        if (hpsize && want <= avail)
+            base = map_memfd(name, want, 1, &fd);
+        if (base != MAP_FAILED) {
+            size = want;
+            page = hpsize;
+            hdr_flags |= FH_ARENA_F_HUGE;
+        } else if (flags & FH_ARENA_HUGE_ONLY) {
             errno = ENOMEM;
             return -1;
         }
+        /* auto: normal pages, below. */
     }
-    if (fd < 0) {
+    if (!(hdr_flags & FH_ARENA_F_HUGE)) {
         size = (size + page - 1) / page * page;
-        fd = memfd_create(name, MFD_CLOEXEC);
-        if (fd < 0)
+        base = map_memfd(name, size, 0, &fd);
+        if (base == MAP_FAILED)
             return -1;
     }
-    /* ftruncate only sets the size: pages are allocated on first touch, so
-     * an 8 GiB arena costs nothing until used, and fork() does not copy the
-     * page tables of a MAP_SHARED mapping (the child faults them in). */
-    if (ftruncate(fd, (off_t)size) < 0)
-        goto fail;
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED)
-        goto fail;
 
     struct fh_arena_hdr *hdr = base;
     hdr->magic = FH_ARENA_MAGIC;
@@ -136,11 +165,6 @@ FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
         return -1;
     }
     return 0;
-fail:;
-    int e = errno;
-    close(fd);
-    errno = e;
-    return -1;
 }
 
 /* Copy the /proc/self/maps line that overlaps [lo, hi) into err. */
