@@ -3,6 +3,7 @@ Python and C secondaries, against bare Unix-socket ping-pongs measured in
 the same run, and broadcast requests to 1, 4 and 16 secondaries.
 
     python benchmarks/ipc.py [--n 20000] [--batches 10] [--fanout 1,4,16]
+                             [--placements same,split]
 
 This process is the primary (forkhost.Primary + Primary.ipc()); its
 actions are Python, so a C secondary's requests are answered in Python too
@@ -36,6 +37,14 @@ def build_c(outdir: Path) -> str:
     subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-pthread", "-o", str(out),
                     str(HERE / "ipc_bench.c"), *flags], check=True)
     return str(out)
+
+
+def pin_process(cpus: set[int] | None) -> None:
+    """Every thread of this process (the primary's IPC thread too) to cpus;
+    None: every CPU again.  Processes started afterwards inherit it."""
+    cpus = cpus or set(range(os.cpu_count() or 1))
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), cpus)
 
 
 class Bench:
@@ -94,8 +103,21 @@ class Bench:
 
     # -- the measurements -------------------------------------------------
 
-    def round_trips(self) -> None:
+    def round_trips(self, placement: str) -> None:
+        """placement: 'same' runs every process of a round trip on CPU 0
+        (each hop a context switch); 'split' puts the requester on CPU 0
+        and whoever answers (the primary with its IPC thread, the echo
+        servers) on CPU 1 (each hop a cross-CPU wake-up); 'free' leaves it
+        to the scheduler, whose choice can differ between the IPC and the
+        bare ping-pong and so skews their ratio either way."""
         n, b = self.args.n, self.args.batches
+        here, there = {"same": (0, 0), "split": (0, 1), "free": (None, None)}[placement]
+        pin_process(None if there is None else {there})
+        for var, cpu in (("FHB_CPU", here), ("FHB_PEER_CPU", there)):
+            if cpu is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = str(cpu)
         server, path = self.echo_server()
         try:
             # Each secondary alternates batches of IPC requests with batches
@@ -108,9 +130,14 @@ class Bench:
             server.kill()
             server.wait()
             server.stdout.close()
+            pin_process(None)
+            os.environ.pop("FHB_CPU", None)
+            os.environ.pop("FHB_PEER_CPU", None)
         ipc_py, bare_py = py["rtt_us"], py["bare_us"]
         ipc_c, bare_cpy = c["rtt_us"], c["bare_us"]
-        print("\nrequest round trip (64-byte param), best batch mean "
+        where = {"same": "all on CPU 0", "split": "requester on CPU 0, answerer on CPU 1",
+                 "free": "placed by the scheduler"}[placement]
+        print(f"\nrequest round trip (64-byte param), {where}, best batch mean "
               "(target: within 2x the bare ping-pong)")
         print(f"  {'':34} {'us':>8} {'ratio':>8}")
         print(f"  {'bare ping-pong Python <-> Python':34} {bare_py:8.1f}")
@@ -195,12 +222,20 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--fanout", default="1,4,16",
                     type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--placements", default="same,split",
+                    type=lambda s: s.split(","),
+                    help="round-trip placements, of same, split and free "
+                         "(see Bench.round_trips)")
     args = ap.parse_args()
+    if not set(args.placements) <= {"same", "split", "free"} or \
+            (os.cpu_count() or 1) < 2 and "split" in args.placements:
+        ap.error("--placements: same, split (needs 2 CPUs) or free")
     b = Bench(args)
     try:
         print(f"forkhost {forkhost.__version__}, Python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-        b.round_trips()
+        for placement in args.placements:
+            b.round_trips(placement)
         b.message_rates()
         b.broadcasts()
     finally:

@@ -10,9 +10,12 @@
  *   bare-cc N BATCHES        C client and C echo server over a socketpair
  *   bare-client PATH N B     C client of the Python echo server at PATH
  *
- * Each prints one JSON line; times are the best batch's mean.
+ * Each prints one JSON line; times are the best batch's mean.  FHB_CPU
+ * (and FHB_PEER_CPU for bare-cc's echo child) pin them to a CPU.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,10 +116,27 @@ static int echo(const struct fh_ipc_msg *msg, const void *peer)
     return fh_ipc_reply(msg, peer);   /* same name, same param */
 }
 
+/* Pin the calling thread (and the threads it starts later, the IPC
+ * thread among them) to the CPU named by the environment variable var, if
+ * set (benchmarks/ipc.py's placements). */
+static void pin_from_env(const char *var)
+{
+    const char *v = getenv(var);
+    cpu_set_t set;
+
+    if (v == NULL || *v == '\0')
+        return;
+    CPU_ZERO(&set);
+    CPU_SET(atoi(v), &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0)
+        perror("sched_setaffinity");
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
 
+    pin_from_env("FHB_CPU");
     memset(req.param, 'x', PAYLOAD);
     req.len_param = PAYLOAD;
     if (strcmp(mode, "rtt") == 0 && argc == 5) {
@@ -172,6 +192,7 @@ int main(int argc, char **argv)
             char buf[8192];
             ssize_t k;
 
+            pin_from_env("FHB_PEER_CPU");
             close(sv[0]);
             while ((k = recv(sv[1], buf, sizeof buf, 0)) > 0)
                 if (send(sv[1], buf, (size_t)k, 0) < 0)

@@ -26,6 +26,14 @@ PAYLOAD = b"x" * 64
 BARE_RECORD = b"E" + b"x" * (96 + 64 - 1)
 
 
+def _pin() -> None:
+    """To the CPU benchmarks/ipc.py's placement names (FHB_CPU), before any
+    thread starts: the IPC thread inherits it."""
+    cpu = os.environ.get("FHB_CPU")
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+
+
 def best_mean(fn, n: int, batches: int) -> float:
     return best_means([fn], n, batches)[0]
 
@@ -57,6 +65,7 @@ def _bare_pingpong(path: str):
 
 def main(argv):
     from forkhost import ipc
+    _pin()
     mode = argv[1]
     if mode == "rtt":
         path, n, batches = argv[2], int(argv[3]), int(argv[4])
