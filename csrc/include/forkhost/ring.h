@@ -161,164 +161,99 @@ static inline void fh__ring_pause(unsigned *spins)
     }
 }
 
-static inline uint32_t fh__ring_move_prod_head(struct fh_ring *r, int is_sp,
-                                               uint32_t n, int behavior,
-                                               int exact,
-                                               uint32_t *old_head,
-                                               uint32_t *new_head,
-                                               uint32_t *free_entries)
+/*
+ * Claim up to n slots for one side: `self` is that side's head/tail (prod
+ * for producers, cons for consumers), `other` the other side's.  What the
+ * side may take is base + other->tail - self->head: the free slots for a
+ * producer (base = capacity), the filled ones for a consumer (base = 0).
+ * Sets *old_head, *new_head and *avail (what was there to take); returns
+ * how many were claimed (0 or n for FH__RING_FIXED).  `single`: this call
+ * is the side's only one at a time (sp/sc); `exact`: the caller wants
+ * *avail exact (it asked for free_space/available).
+ */
+static inline uint32_t fh__ring_move_head(struct fh_ring *r,
+                                          struct fh_ring_headtail *self,
+                                          struct fh_ring_headtail *other,
+                                          uint32_t base, int single,
+                                          uint32_t n, int behavior, int exact,
+                                          uint32_t *old_head,
+                                          uint32_t *new_head,
+                                          uint32_t *avail)
 {
     const uint32_t max = n;
-    const uint32_t cached = r->prod.single; /* ring created SP */
+    const uint32_t cached = self->single;   /* ring created SP (SC) */
     int success;
 
-    /* Relaxed: only a starting guess.  MP: the CAS below checks it; SP: we
-     * are the only writer of prod.head. */
-    *old_head = atomic_load_explicit(&r->prod.head, memory_order_relaxed);
-    if (is_sp && cached) {
-        /* Relaxed: the single producer is the only writer of other_tail.
-         * The consumers' reads of the slots up to it were ordered before
-         * our writes by the acquire load that first read the value (in
-         * this producer's or an earlier one's call). */
-        uint32_t cons_tail = atomic_load_explicit(&r->prod.other_tail,
-                                                  memory_order_relaxed);
-        *free_entries = r->capacity + cons_tail - *old_head;
-        /* Read the real tail when the cached one shows too little room,
-         * is impossible, or the caller wants the exact room left. */
-        if (exact || *free_entries < n || *free_entries > r->capacity) {
-            /* Order the prod.head load before the cons.tail load (below). */
+    /* Relaxed: only a starting guess.  Multi: the CAS below checks it;
+     * single: we are the only writer of self->head. */
+    *old_head = atomic_load_explicit(&self->head, memory_order_relaxed);
+    if (single && cached) {
+        /* Relaxed: this side's one process is the only writer of
+         * other_tail.  The other side's accesses to the slots up to it
+         * were ordered before ours by the acquire load that first read
+         * the value (in this call or an earlier one of this side). */
+        uint32_t tail = atomic_load_explicit(&self->other_tail,
+                                             memory_order_relaxed);
+        *avail = base + tail - *old_head;
+        /* Read the real tail when the cached one shows too little, is
+         * impossible, or the caller wants the exact figure. */
+        if (exact || *avail < n || *avail > r->capacity) {
+            /* Order the head load before the tail load (below). */
             atomic_thread_fence(memory_order_acquire);
-            /* Acquire pairs with the consumers' release store of cons.tail
-             * in fh__ring_update_tail, as in the loop below. */
-            cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_acquire);
-            /* Relaxed: read back only by this side's one producer. */
-            atomic_store_explicit(&r->prod.other_tail, cons_tail,
-                                  memory_order_relaxed);
-            *free_entries = r->capacity + cons_tail - *old_head;
+            /* Acquire pairs with the other side's release store of its
+             * tail in fh__ring_update_tail, as in the loop below. */
+            tail = atomic_load_explicit(&other->tail, memory_order_acquire);
+            /* Relaxed: read back only by this side's one process. */
+            atomic_store_explicit(&self->other_tail, tail, memory_order_relaxed);
+            *avail = base + tail - *old_head;
         }
-        if (n > *free_entries)
-            n = behavior == FH__RING_FIXED ? 0 : *free_entries;
+        if (n > *avail)
+            n = behavior == FH__RING_FIXED ? 0 : *avail;
         if (n == 0)
             return 0;
         *new_head = *old_head + n;
-        /* Relaxed: the single producer is the only writer and reader of
-         * prod.head. */
-        atomic_store_explicit(&r->prod.head, *new_head, memory_order_relaxed);
+        /* Relaxed: the single process of this side is the only writer and
+         * reader of self->head. */
+        atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
         return n;
     }
     do {
-        uint32_t cons_tail;
+        uint32_t tail;
 
         n = max;
-        /* Order the prod.head load before the cons.tail load, as DPDK's
-         * C11 ring does ("ensure the head is read before tail"): a weakly
-         * ordered CPU could otherwise pair a tail with an older head. */
+        /* Order the head load before the other side's tail load, as
+         * DPDK's C11 ring does ("ensure the head is read before tail"): a
+         * weakly ordered CPU could otherwise pair a tail with an older
+         * head. */
         atomic_thread_fence(memory_order_acquire);
-        /* Acquire pairs with the consumers' release store of cons.tail in
-         * fh__ring_update_tail: their reads of the slots we are about to
-         * overwrite are complete. */
-        cons_tail = atomic_load_explicit(&r->cons.tail, memory_order_acquire);
+        /* Acquire pairs with the other side's release store of its tail in
+         * fh__ring_update_tail: a producer sees the consumers' reads of
+         * the slots it is about to overwrite complete, a consumer sees the
+         * producers' writes of the slots it reads. */
+        tail = atomic_load_explicit(&other->tail, memory_order_acquire);
         if (cached)
-            /* Relaxed: keeps the SP fast path's figure current (only one
-             * producer at a time on this ring). */
-            atomic_store_explicit(&r->prod.other_tail, cons_tail,
-                                  memory_order_relaxed);
+            /* Relaxed: keeps the single fast path's figure current (one
+             * process of this side at a time on this ring). */
+            atomic_store_explicit(&self->other_tail, tail, memory_order_relaxed);
         /* Unsigned wrap-around makes this right across index overflow; it
          * is only ever too large when old_head is stale, and then the CAS
          * fails. */
-        *free_entries = r->capacity + cons_tail - *old_head;
-        if (n > *free_entries)
-            n = behavior == FH__RING_FIXED ? 0 : *free_entries;
+        *avail = base + tail - *old_head;
+        if (n > *avail)
+            n = behavior == FH__RING_FIXED ? 0 : *avail;
         if (n == 0)
             return 0;
         *new_head = *old_head + n;
-        if (is_sp) {
-            /* Relaxed: the single producer is the only writer and reader of
-             * prod.head. */
-            atomic_store_explicit(&r->prod.head, *new_head, memory_order_relaxed);
+        if (single) {
+            /* Relaxed: the single process of this side is the only writer
+             * and reader of self->head. */
+            atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
             success = 1;
         } else {
             /* Relaxed CAS: it only reserves slots; publication happens
-             * through prod.tail (release) in fh__ring_update_tail. */
+             * through self->tail (release) in fh__ring_update_tail. */
             success = atomic_compare_exchange_weak_explicit(
-                &r->prod.head, old_head, *new_head,
-                memory_order_relaxed, memory_order_relaxed);
-        }
-    } while (!success);
-    return n;
-}
-
-static inline uint32_t fh__ring_move_cons_head(struct fh_ring *r, int is_sc,
-                                               uint32_t n, int behavior,
-                                               int exact,
-                                               uint32_t *old_head,
-                                               uint32_t *new_head,
-                                               uint32_t *entries)
-{
-    const uint32_t max = n;
-    const uint32_t cached = r->cons.single; /* ring created SC */
-    int success;
-
-    /* Relaxed: a starting guess, as in fh__ring_move_prod_head. */
-    *old_head = atomic_load_explicit(&r->cons.head, memory_order_relaxed);
-    if (is_sc && cached) {
-        /* Relaxed: the single consumer is the only writer of other_tail.
-         * The producers' slot writes up to it were ordered before our reads
-         * by the acquire load that first read the value. */
-        uint32_t prod_tail = atomic_load_explicit(&r->cons.other_tail,
-                                                  memory_order_relaxed);
-        *entries = prod_tail - *old_head;
-        if (exact || *entries < n || *entries > r->capacity) {
-            /* Order the cons.head load before the prod.tail load. */
-            atomic_thread_fence(memory_order_acquire);
-            /* Acquire pairs with the producers' release store of prod.tail
-             * in fh__ring_update_tail, as in the loop below. */
-            prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
-            /* Relaxed: read back only by this side's one consumer. */
-            atomic_store_explicit(&r->cons.other_tail, prod_tail,
-                                  memory_order_relaxed);
-            *entries = prod_tail - *old_head;
-        }
-        if (n > *entries)
-            n = behavior == FH__RING_FIXED ? 0 : *entries;
-        if (n == 0)
-            return 0;
-        *new_head = *old_head + n;
-        /* Relaxed: the single consumer is the only writer and reader of
-         * cons.head. */
-        atomic_store_explicit(&r->cons.head, *new_head, memory_order_relaxed);
-        return n;
-    }
-    do {
-        uint32_t prod_tail;
-
-        n = max;
-        /* Order the cons.head load before the prod.tail load (see above). */
-        atomic_thread_fence(memory_order_acquire);
-        /* Acquire pairs with the producers' release store of prod.tail in
-         * fh__ring_update_tail: their writes of the slots we read are
-         * visible. */
-        prod_tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
-        if (cached)
-            /* Relaxed: keeps the SC fast path's figure current. */
-            atomic_store_explicit(&r->cons.other_tail, prod_tail,
-                                  memory_order_relaxed);
-        *entries = prod_tail - *old_head;
-        if (n > *entries)
-            n = behavior == FH__RING_FIXED ? 0 : *entries;
-        if (n == 0)
-            return 0;
-        *new_head = *old_head + n;
-        if (is_sc) {
-            /* Relaxed: the single consumer is the only writer and reader of
-             * cons.head. */
-            atomic_store_explicit(&r->cons.head, *new_head, memory_order_relaxed);
-            success = 1;
-        } else {
-            /* Relaxed CAS: it only reserves slots; release happens through
-             * cons.tail. */
-            success = atomic_compare_exchange_weak_explicit(
-                &r->cons.head, old_head, *new_head,
+                &self->head, old_head, *new_head,
                 memory_order_relaxed, memory_order_relaxed);
         }
     } while (!success);
@@ -392,8 +327,9 @@ static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
 {
     uint32_t head, next, free_entries;
 
-    n = fh__ring_move_prod_head(r, is_sp, n, behavior, free_space != NULL,
-                                &head, &next, &free_entries);
+    n = fh__ring_move_head(r, &r->prod, &r->cons, r->capacity, is_sp, n,
+                           behavior, free_space != NULL, &head, &next,
+                           &free_entries);
     if (n) {
         fh__ring_copy_in(r, head, objs, n);
         fh__ring_update_tail(&r->prod, head, next, is_sp);
@@ -409,8 +345,8 @@ static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
 {
     uint32_t head, next, entries;
 
-    n = fh__ring_move_cons_head(r, is_sc, n, behavior, available != NULL,
-                                &head, &next, &entries);
+    n = fh__ring_move_head(r, &r->cons, &r->prod, 0, is_sc, n, behavior,
+                           available != NULL, &head, &next, &entries);
     if (n) {
         fh__ring_copy_out(r, head, objs, n);
         fh__ring_update_tail(&r->cons, head, next, is_sc);
