@@ -50,21 +50,32 @@ def _launch(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, proc
 
 
-def _measure(name: str, cmd: list[str]) -> float:
-    dt, first = _launch(cmd)
-    if first.returncode != 0:
-        sys.stdout.write(first.stdout.decode(errors="replace"))
+def _check(name: str, proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout.decode(errors="replace"))
         raise SystemExit(f"forkhost demo: the {name} secondary failed (exit "
-                         f"{first.returncode}):\n{first.stderr.decode(errors='replace')}")
-    sys.stdout.write("  " + first.stdout.decode(errors="replace"))
-    times = [dt]
+                         f"{proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
+
+
+def _measure(commands: dict[str, list[str]]) -> dict[str, float]:
+    """Median launch time of each command over ROUNDS interleaved rounds
+    (so all see the same machine), after one launch each that prints what
+    it did.  Rounds are 10 ms apart, as launches on demand would be: the
+    pool refills between them (launches back to back on a small machine
+    also pay for the refills they cause)."""
+    for name, cmd in commands.items():
+        _, proc = _launch(cmd)
+        _check(name, proc)
+        if proc.stdout:
+            sys.stdout.write("  " + proc.stdout.decode(errors="replace"))
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(ROUNDS - 1):
-        dt, proc = _launch(cmd + ["--quiet"])
-        if proc.returncode != 0:
-            raise SystemExit(f"forkhost demo: the {name} secondary failed: "
-                             f"{proc.stderr.decode(errors='replace')}")
-        times.append(dt)
-    return statistics.median(times)
+        time.sleep(0.01)
+        for name, cmd in commands.items():
+            dt, proc = _launch(cmd + ["--quiet"] if name != "true" else cmd)
+            _check(name, proc)
+            times[name].append(dt)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def demo(prefix: str | None = None, runtime_dir=None) -> int:
@@ -89,13 +100,14 @@ def demo(prefix: str | None = None, runtime_dir=None) -> int:
               f"at 0x{int(ffi.cast('uintptr_t', zone)):x}")
         base = [runner, "--prefix", prefix] + (
             ["--runtime-dir", str(runtime_dir)] if runtime_dir else [])
-        py = _measure("Python", base + ["forkhost.demo:python_secondary"])
-        c = _measure("C", base + [native])
-        true = statistics.median(_launch(["/bin/true"])[0] for _ in range(ROUNDS))
+        med = _measure({"Python": base + ["forkhost.demo:python_secondary"],
+                        "C": base + [native], "true": ["/bin/true"]})
+        py, c, true = med["Python"], med["C"], med["true"]
         calls = zone.calls
         print(f"  the primary reads the arena: fn was called {calls} times, last by "
               f"pid {zone.last_caller}")
-        print(f"  launch latency, median of {ROUNDS} whole-process runs: Python "
+        print(f"  launch latency, median of {ROUNDS - 1} interleaved rounds of "
+              f"whole-process runs: Python "
               f"secondary {py * 1e3:.2f} ms, C secondary {c * 1e3:.2f} ms, "
               f"/bin/true {true * 1e3:.2f} ms")
     print(f"forkhost demo: primary stopped; {calls} calls through one function "

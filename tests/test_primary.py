@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 import forkhost
-from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, ended, entry, reap,
+from fhtest import (FIXTURES, HERE, RUNNER, LineReader, PrimaryProc, ended, entry, reap,
                     secondary_pids, wait_until)
 
 PY = sys.executable
@@ -398,3 +398,29 @@ def test_template_title_and_single_thread(primary):
     info = forkhost.info(primary.prefix, primary.runtime_dir)
     assert info["threads"] == 1 and info["template_pid"] == t
     assert info["primary_pid"] == primary.pid
+
+
+def test_demo_calls_the_stored_pointer_from_python_and_c_secondaries(runtime_dir):
+    """`forkhost demo`, the README's first command, end to end: both kinds
+    of secondary see the arena at the primary's address and call the
+    function pointer stored there, 40 calls in all, and the primary is
+    gone afterwards."""
+    r = subprocess.run([sys.executable, "-m", "forkhost", "demo", "--prefix", "dm",
+                        "--runtime-dir", runtime_dir],
+                       capture_output=True, text=True, timeout=120, cwd=str(HERE))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    ready = next(l for l in lines if "forkhost primary ready" in l)
+    base = ready.split(" at ")[1].split(",")[0]
+    stored = next(l for l in lines if "stored fn at" in l)
+    fn = stored.split("stored fn at ")[1].split()[0]
+    for kind in ("Python", "C"):
+        seen = next(l for l in lines if l.strip().startswith(f"{kind} secondary (pid"))
+        assert f"arena at {base}," in seen, seen
+        assert f"called fn at {fn} -> call #" in seen, seen
+        assert '"hello from the primary"' in seen, seen
+    assert "fn was called 40 times" in r.stdout
+    assert "launch latency" in r.stdout and "/bin/true" in r.stdout
+    assert r.stdout.rstrip().endswith("40 calls through one function pointer from 40 "
+                                      "secondaries")
+    assert not os.path.exists(os.path.join(runtime_dir, "dm")), os.listdir(runtime_dir)
