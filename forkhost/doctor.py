@@ -49,12 +49,16 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
                 f"(randomize_va_space={aslr or '?'}): forked secondaries share the "
                 f"primary's layout either way; classic attach depends on it")
 
-    meminfo = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines()
-                   if ":" in line)
-    free_hp = int(meminfo.get("HugePages_Free", "0").split()[0])
-    hp_size = meminfo.get("Hugepagesize", "?").strip()
+    from .primary import human_size, huge_page_pool
+    pool = huge_page_pool()
+    hp_size = human_size(pool["size"]) if pool["size"] else "?"
+    free_hp = max(0, pool["free"] - pool["rsvd"])
     if free_hp:
-        say("OK", f"{free_hp} free huge pages of {hp_size}: arenas use them")
+        say("OK", f"{free_hp} free huge pages of {hp_size} (of {pool['total']} "
+                  f"reserved): arenas that fit in them use them")
+    elif pool["total"]:
+        say("INFO", f"{pool['total']} huge pages of {hp_size} reserved, none free "
+                    f"(other mappings hold them): arenas use normal pages")
     else:
         say("INFO", f"no huge pages reserved ({hp_size} pages): arenas use normal "
                     f"pages; reserve some with /proc/sys/vm/nr_hugepages")

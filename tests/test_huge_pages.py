@@ -135,3 +135,20 @@ def test_huge_pages_always_refuses_clearly_without_them(runtime_dir, huge_pages_
     assert (f"cannot create a 64 MiB arena: --huge-pages always: {_shortfall()}"
             in r.stderr), r.stderr
     assert not os.path.exists(os.path.join(runtime_dir, "hp"))
+
+
+def _doctor_huge_line() -> str:
+    r = subprocess.run([sys.executable, "-m", "forkhost", "doctor"], capture_output=True,
+                       text=True, cwd=str(HERE), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return next(l for l in r.stdout.splitlines() if "huge pages" in l)
+
+
+def test_doctor_counts_free_huge_pages_as_the_arena_does(huge_pool):
+    line = _doctor_huge_line()
+    assert line.startswith("OK") and f"{_free_pages()} free huge pages" in line, line
+
+
+def test_doctor_says_when_the_huge_pages_are_all_held(huge_pages_taken):
+    line = _doctor_huge_line()
+    assert line.startswith("INFO") and "none free (other mappings hold them)" in line, line
