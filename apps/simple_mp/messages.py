@@ -9,6 +9,7 @@ crosses the ring: it is valid in every process of the prefix.
 
 from __future__ import annotations
 
+import sys
 import time
 
 from forkhost.shm import Mempool, NoSpaceError, Ring
@@ -18,6 +19,15 @@ import names
 TEXT, QUIT = 0, 1
 HEADER = 4
 MAX_TEXT = names.MSG_SIZE - HEADER
+
+
+def say(line: str) -> None:
+    """One line in one write: the primary and the secondary share stdout,
+    and print() writes the text and the newline separately when stdout is
+    unbuffered (PYTHONUNBUFFERED), so another process's line could land
+    between them."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 class Channel:
@@ -67,20 +77,21 @@ def prompt_loop(who: str, chan: Channel, stdin, interactive: bool) -> None:
     """Read commands until `quit` or end of input."""
     while True:
         if interactive:
-            print("simple_mp > ", end="", flush=True)
+            sys.stdout.write("simple_mp > ")
+            sys.stdout.flush()
         line = stdin.readline()
         if not line:
             return
         cmd, _, arg = line.strip().partition(" ")
         if cmd == "send":
             ok = chan.send(arg)
-            print(f"{who}: sent {arg!r}" if ok else f"{who}: could not send {arg!r} "
-                  f"(no buffer or the ring stayed full)", flush=True)
+            say(f"{who}: sent {arg!r}" if ok else f"{who}: could not send {arg!r} "
+                f"(no buffer or the ring stayed full)")
         elif cmd == "status":
-            print(f"{who}: {chan.status()}", flush=True)
+            say(f"{who}: {chan.status()}")
         elif cmd == "quit":
             return
         elif cmd in ("help", "?"):
-            print("commands: send <text>, status, quit", flush=True)
+            say("commands: send <text>, status, quit")
         elif cmd:
-            print(f"{who}: unknown command {cmd!r} (try help)", flush=True)
+            say(f"{who}: unknown command {cmd!r} (try help)")

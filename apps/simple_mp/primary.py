@@ -21,7 +21,7 @@ import forkhost
 from forkhost.shm import Mempool, Ring
 
 import names
-from messages import QUIT, Channel, prompt_loop
+from messages import QUIT, Channel, prompt_loop, say
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,7 +46,7 @@ def receiver(chan: Channel, stop: threading.Event) -> None:
         stopping = stop.is_set()
         got = chan.receive()
         for _, text in got:
-            print(f"primary: received {text!r}", flush=True)
+            say(f"primary: received {text!r}")
         if not got:
             if stopping:
                 return
@@ -62,15 +62,15 @@ def main(argv: list[str] | None = None, *, with_secondary: bool = False) -> int:
     with forkhost.Primary(a.prefix, runtime_dir=a.runtime_dir, arena_size="16M",
                           pool=0):
         create_objects()
-        print(f"primary: ready (pid {os.getpid()}, prefix {a.prefix!r}); rings "
-              f"{names.PRI_2_SEC}, {names.SEC_2_PRI}, pool {names.MSG_POOL}", flush=True)
+        say(f"primary: ready (pid {os.getpid()}, prefix {a.prefix!r}); rings "
+            f"{names.PRI_2_SEC}, {names.SEC_2_PRI}, pool {names.MSG_POOL}")
         chan = Channel(tx=names.PRI_2_SEC, rx=names.SEC_2_PRI)
         sec = None
         if with_secondary:
             sec = forkhost.launch(str(HERE / "secondary.py"), ["--echo"],
                                   prefix=a.prefix, runtime_dir=a.runtime_dir,
                                   stdin=forkhost.DEVNULL)
-            print(f"primary: launched the secondary (pid {sec.pid})", flush=True)
+            say(f"primary: launched the secondary (pid {sec.pid})")
         stop = threading.Event()
         thread = threading.Thread(target=receiver, args=(chan, stop), name="receiver")
         thread.start()
@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None, *, with_secondary: bool = False) -> int:
                 status = sec.wait(30)
                 sec.close()
                 if status != 0:
-                    print(f"primary: the secondary exited with {status}", flush=True)
+                    say(f"primary: the secondary exited with {status}")
                     code = 1
             stop.set()
             thread.join()
-        print(f"primary: {chan.status()}", flush=True)
-        print("primary: bye", flush=True)
+        say(f"primary: {chan.status()}")
+        say("primary: bye")
     return code
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 
 import names
-from messages import QUIT, Channel, prompt_loop
+from messages import QUIT, Channel, prompt_loop, say
 
 
 def echo(chan: Channel) -> int:
@@ -26,11 +26,11 @@ def echo(chan: Channel) -> int:
         got = chan.receive()
         for kind, text in got:
             if kind == QUIT:
-                print("secondary: quit", flush=True)
+                say("secondary: quit")
                 return 0
-            print(f"secondary: received {text!r}", flush=True)
+            say(f"secondary: received {text!r}")
             if not chan.send(f"echo: {text}"):
-                print(f"secondary: could not answer {text!r}", flush=True)
+                say(f"secondary: could not answer {text!r}")
         if not got:
             time.sleep(0.001)
 
@@ -41,7 +41,7 @@ def interactive(chan: Channel) -> int:
             for kind, text in chan.receive():
                 if kind == QUIT:
                     os._exit(0)
-                print(f"secondary: received {text!r}", flush=True)
+                say(f"secondary: received {text!r}")
             time.sleep(0.001)
 
     threading.Thread(target=receive, daemon=True, name="receiver").start()
@@ -51,8 +51,8 @@ def interactive(chan: Channel) -> int:
 
 def main(argv: list[str]) -> int:
     chan = Channel(tx=names.SEC_2_PRI, rx=names.PRI_2_SEC)
-    print(f"secondary: attached (pid {os.getpid()}); found {chan.tx.name}, "
-          f"{chan.rx.name}, {chan.pool.name}", flush=True)
+    say(f"secondary: attached (pid {os.getpid()}); found {chan.tx.name}, "
+        f"{chan.rx.name}, {chan.pool.name}")
     return echo(chan) if "--echo" in argv[1:] else interactive(chan)
 
 
