@@ -41,6 +41,9 @@ REQUEST_TIMEOUT = 10.0
 REPLENISH_QUIET = 0.002
 # After a failed fork (EAGAIN, ENOMEM) the pool waits this long to retry.
 REPLENISH_RETRY = 0.1
+# Members' notices (TOOK, BUSY, HANDOFF) are read this long after they
+# arrive (see Template._news_arrived).
+NEWS_DELAY = 0.003
 # The first LEARN_FIRST launches by pool members record the pages they made
 # private, and one in every RELEARN after them (member.h: the hot set).
 LEARN_FIRST = 2
@@ -111,6 +114,8 @@ class Template:
         self.launched = 0
         self.last_activity = 0.0   # monotonic time of the last launch or exit
         self.fork_failed = 0.0     # monotonic time of the last failed member fork
+        self.news_due: float | None = None   # members' notices to read then
+        self.news_pending = 0      # the news counter since they were read
         self.refused = 0
         self.title_area = (0, 0)
         self.ep = select.epoll()
@@ -209,8 +214,29 @@ class Template:
             return
         self._add_member()
 
+    def _news_arrived(self) -> None:
+        """Members wrote notices.  A TOOK or a BUSY comes while a launch is
+        under way, and on two CPUs the template's Python work would then
+        compete with that launch and its client, so they are read
+        NEWS_DELAY later (running_count() reads notices first when it
+        counts).  At once: a HANDOFF (member.h: FH_NEWS_URGENT; its
+        connection waits on us), or notices that may have taken the last
+        idle member (then we must listen ourselves)."""
+        try:
+            value = os.eventfd_read(self.news)
+        except BlockingIOError:
+            return
+        self.news_pending += value
+        if (self.news_pending >= lib.FH_NEWS_URGENT
+                or self.idle_count() <= self.news_pending):
+            self._read_news()
+        elif self.news_due is None:
+            self.news_due = time.monotonic() + NEWS_DELAY
+
     def _read_news(self) -> None:
         """Members wrote notices: read them all."""
+        self.news_due = None
+        self.news_pending = 0
         try:
             os.eventfd_read(self.news)
         except BlockingIOError:
@@ -333,11 +359,13 @@ class Template:
                 elif fd in self.reports:
                     self._report(self.reports[fd])
                 elif fd == self.news:
-                    self._read_news()
+                    self._news_arrived()
                 elif fd in self.members:
                     self._member_exited(self.members[fd])
                 elif fd in self.conns:
                     self._readable(self.conns[fd])
+            if self.news_due is not None and time.monotonic() >= self.news_due:
+                self._read_news()
             self._expire()
             self._replenish()
         self._close_listener()
@@ -348,6 +376,8 @@ class Template:
         deadlines += [c.kill_at for c in self.running.values() if c.kill_at]
         if self.stop_deadline:
             deadlines.append(self.stop_deadline)
+        if self.news_due is not None:
+            deadlines.append(self.news_due)
         replenish_at = self._replenish_at()
         if replenish_at is not None:
             deadlines.append(replenish_at)
@@ -548,6 +578,9 @@ class Template:
     def stop(self) -> None:
         """Stop accepting, end the secondaries (SIGTERM, SIGKILL after the
         grace period); serve() returns once all are reaped and reported."""
+        # A member that took a launch is a secondary (SIGTERM, grace), not
+        # an idle member (SIGKILL): read what members said first.
+        self.running_count()
         self.stopping = True
         self._close_listener()
         for conn in self.running.values():
@@ -580,6 +613,10 @@ class Template:
     # -- introspection --------------------------------------------------
 
     def info_json(self) -> bytes:
+        # Members' notices first (their reading may be deferred: see
+        # _news_arrived), so that a member that took a launch is not
+        # counted idle.
+        self.running_count()
         now = time.monotonic()
         info = {
             "prefix": self.prefix,

@@ -143,12 +143,13 @@ static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
 }
 
 /* A notice went to the template: wake it (see news_fd in member.h). */
-static void notify(const struct fh_member *m)
+/* Add to the template's news counter: 1 for a notice it may read a little
+ * later (TOOK, BUSY), FH_NEWS_URGENT for one it must act on now (HANDOFF:
+ * a connection waits on it). */
+static void notify(const struct fh_member *m, uint64_t what)
 {
-    uint64_t one = 1;
-
-    if (m->news_fd >= 0 && write(m->news_fd, &one, sizeof one) < 0) {
-        /* EAGAIN only at a counter of 2^64 - 2: the template is awake. */
+    if (m->news_fd >= 0 && write(m->news_fd, &what, sizeof what) < 0) {
+        /* EAGAIN only near a counter of 2^64 - 2: the template is awake. */
     }
 }
 
@@ -200,16 +201,24 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* The request was not there with the connection: say BUSY and wait for it
- * up to the timeout.  0 when something can be read, -ETIMEDOUT. */
+/* The request was not there with the connection (a client connects, then
+ * sends: we are often woken in between).  Wait FH_MEMBER_BUSY_AFTER_MS for
+ * it; then say BUSY (this member is not idle: the template must not count
+ * on it) and wait up to the timeout.  0 when something can be read,
+ * -ETIMEDOUT. */
 static int wait_request(struct fh_member *m)
 {
     int64_t deadline = now_ms() + m->timeout_ms;
     struct pollfd p;
     int r;
 
+    p.fd = m->conn;
+    p.events = POLLIN;
+    p.revents = 0;
+    if (poll(&p, 1, FH_MEMBER_BUSY_AFTER_MS) > 0)
+        return 0;
     send_rec(m->ctl_fd, FH_CTL_BUSY, NULL, 0, NULL, 0, NULL, 0);
-    notify(m);
+    notify(m, 1);
     for (;;) {
         int64_t left = deadline - now_ms();
 
@@ -325,7 +334,7 @@ FH_API int fh_member_took(struct fh_member *m, const char *argv0)
     int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, argv0, strlen(argv0), NULL, 0,
                       &m->conn, 1);
 
-    notify(m);
+    notify(m, 1);
     return rc;
 }
 
@@ -364,7 +373,7 @@ FH_API int fh_member_handoff(struct fh_member *m)
     memcpy(fds + 1, m->fds, m->nfds * sizeof(int));
     rc = send_rec(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf, data,
                   fds, m->nfds + 1);
-    notify(m);
+    notify(m, FH_NEWS_URGENT);
     close_received(m);
     close(m->conn);
     m->conn = -1;

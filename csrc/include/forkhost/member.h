@@ -40,6 +40,15 @@ enum fh_ctl_type {
                                fds: the connection, then those received */
 };
 
+/* What a member adds to the template's news eventfd after a notice: 1 for
+ * TOOK and BUSY, which the template may read a little later (while the
+ * launch runs), FH_NEWS_URGENT for HANDOFF, where a connection waits on it.
+ * The template tells them apart by the counter's value. */
+#define FH_NEWS_URGENT (1ull << 32)
+/* A member that accepted a connection waits this long for the request
+ * before it says BUSY (clients send it right after connect()). */
+#define FH_MEMBER_BUSY_AFTER_MS 2
+
 struct fh_handoff {          /* 16 bytes, after the header */
     uint32_t mflags;         /* recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) */
     uint32_t received;       /* bytes recvmsg returned (data may be fewer:
