@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -18,7 +19,7 @@ import forkhost
 from forkhost import protocol
 from forkhost._native import ffi, lib
 from forkhost.errors import ProtocolError
-from fhtest import FIXTURES, PrimaryProc, children_of, wait_until
+from fhtest import FIXTURES, PrimaryProc, children_of, entry, wait_until
 
 HDR, BODY = protocol.HDR, protocol.LAUNCH_BODY
 
@@ -315,3 +316,29 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
     assert code == 0, err
     assert err.count("cannot fork a pool member") == 1, err
     assert "Too many open files" in err and "pool members fork again" in err, err
+
+
+def test_stop_right_after_a_launch_treats_it_as_a_secondary(runtime_dir, native_so):
+    """The template reads a member's TOOK a few ms late (template.py:
+    _news_arrived).  A stop in between must still see that member as the
+    secondary it became (SIGTERM, so its client learns it died by
+    SIGTERM), not as an idle member to SIGKILL.  Stopping right after
+    STARTED, six times, Python and native in turn."""
+    for i in range(6):
+        kind = "native" if i % 2 else "python"
+        p = PrimaryProc(runtime_dir, prefix=f"st{i}")
+        try:
+            idle_members(p)
+            with connect(p) as sock:
+                raw_launch(sock, entry(kind, "sleeper", native_so).encode())
+                msg = protocol.recv(sock)
+                assert msg is not None and msg.type == protocol.STARTED, msg
+                msg.close_fds()
+                p.proc.send_signal(signal.SIGTERM)
+                msg = protocol.recv(sock)
+                assert msg is not None and msg.type == protocol.EXITED, msg
+                code, sig = protocol.EXITED_BODY.unpack(msg.body)
+                assert sig == signal.SIGTERM, (kind, code, sig)
+        finally:
+            rc, _, err = p.stop()
+        assert rc == 0, err
