@@ -276,7 +276,7 @@ static inline void fh__ring_update_tail(struct fh_ring_headtail *ht,
             fh__ring_pause(&spins);
     }
     /* Release pairs with the other side's acquire load of this tail in
-     * fh__ring_move_{cons,prod}_head: our slot writes (enqueue) or slot
+     * fh__ring_move_head: our slot writes (enqueue) or slot
      * reads (dequeue) are complete before it can see the new tail. */
     atomic_store_explicit(&ht->tail, new_val, memory_order_release);
 }
