@@ -74,7 +74,8 @@ def huge_page_pool() -> dict[str, int]:
             for line in f:
                 parts = line.split()
                 if parts and parts[0] in keys:
-                    pool[keys[parts[0]]] = int(parts[1]) * (1024 if parts[0] == "Hugepagesize:" else 1)
+                    scale = 1024 if parts[0] == "Hugepagesize:" else 1   # kB
+                    pool[keys[parts[0]]] = int(parts[1]) * scale
     except OSError:
         pass
     return pool

@@ -41,8 +41,8 @@ REQUEST_TIMEOUT = 10.0
 REPLENISH_QUIET = 0.002
 # After a failed fork (EAGAIN, ENOMEM) the pool waits this long to retry.
 REPLENISH_RETRY = 0.1
-# Members' notices (TOOK, BUSY, HANDOFF) are read this long after they
-# arrive (see Template._news_arrived).
+# Members' TOOK and BUSY notices are read this long after they arrive,
+# unless they may have taken the last idle member (Template._news_arrived).
 NEWS_DELAY = 0.003
 # The first LEARN_FIRST launches by pool members record the pages they made
 # private, and one in every RELEARN after them (member.h: the hot set).

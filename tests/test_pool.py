@@ -290,8 +290,8 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
         nfds = len(os.listdir(f"/proc/{tpl}/fd"))
         soft, hard = resource.prlimit(tpl, resource.RLIMIT_NOFILE)
         # Room for the fd the next launch hands over (its client's
-        # connection, with the member's TOOK) and for one more (a
-        # connection handed over for INFO), not for a socketpair.
+        # connection, with the member's TOOK) and one spare, not for the
+        # two of a member's socketpair.
         resource.prlimit(tpl, resource.RLIMIT_NOFILE, (nfds + 2, hard))
         sleeper = p.popen("fhfix:sleeper", cwd=FIXTURES, stdout=subprocess.PIPE)
         assert sleeper.stdout.readline() == b"ready\n"
@@ -300,8 +300,8 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
         # A busy loop would have used most of a CPU; retries every 0.1 s
         # use next to none.  (CPU time, not wall time: load cannot inflate it.)
         assert _cpu_seconds(tpl) - cpu0 < 0.5
-        # The sleeper's member and the idle one; no third.  (Not asked
-        # by INFO: its connection would be one fd too many for the template.)
+        # The sleeper's member and the idle one; no third.  (Not asked by
+        # INFO, whose connection could be one fd too many here.)
         assert len(children_of(tpl)) == 2
         resource.prlimit(tpl, resource.RLIMIT_NOFILE, (soft, hard))
         wait_until(lambda: forkhost.info(p.prefix, p.runtime_dir)["pool"] == 2,

@@ -142,10 +142,10 @@ static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
     return r < 0 ? -errno : 0;
 }
 
-/* A notice went to the template: wake it (see news_fd in member.h). */
-/* Add to the template's news counter: 1 for a notice it may read a little
- * later (TOOK, BUSY), FH_NEWS_URGENT for one it must act on now (HANDOFF:
- * a connection waits on it). */
+/* A notice went to the template: wake it (see news_fd in member.h) by
+ * adding to its news counter 1 for a notice it may read a little later
+ * (TOOK, BUSY), FH_NEWS_URGENT for one it must act on now (HANDOFF: a
+ * connection waits on it). */
 static void notify(const struct fh_member *m, uint64_t what)
 {
     if (m->news_fd >= 0 && write(m->news_fd, &what, sizeof what) < 0) {
