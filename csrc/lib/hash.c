@@ -719,48 +719,62 @@ int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
     return -ENOENT;
 }
 
-static int32_t lookup_hashed(const struct fh_hash *h, const void *key,
-                             uint32_t hash, uint64_t *data)
+/*
+ * What every single-key call starts with: the argument checks, then the
+ * hash: sig when the caller gives one (the *_with_hash calls), otherwise
+ * the table's function over key (-EFAULT if this process may not call it).
+ * 0 with *hash set, or -errno.  Inlined: the exported functions are
+ * thin, and calling one exported function from another would go through
+ * the PLT.
+ */
+static inline __attribute__((always_inline))
+int key_hash(const struct fh_hash *h, const void *key, const uint32_t *sig,
+             uint32_t *hash)
 {
-    return lookup_core(h, key, hash, data);
+    int rc;
+
+    if (!h || !key)
+        return -EINVAL;
+    if (sig) {
+        *hash = *sig;
+        return 0;
+    }
+    if ((rc = fn_ready(h)) < 0)
+        return rc;
+    *hash = do_hash(h, key);
+    return 0;
 }
 
 FH_API int32_t fh_hash_lookup_with_hash_data(const struct fh_hash *h,
                                              const void *key, uint32_t sig,
                                              uint64_t *data)
 {
-    if (!h || !key)
-        return -EINVAL;
-    return lookup_core(h, key, sig, data);
+    uint32_t hash;
+    int rc = key_hash(h, key, &sig, &hash);
+    return rc < 0 ? rc : lookup_core(h, key, hash, data);
 }
 
 FH_API int32_t fh_hash_lookup_with_hash(const struct fh_hash *h,
                                         const void *key, uint32_t sig)
 {
-    if (!h || !key)
-        return -EINVAL;
-    return lookup_core(h, key, sig, NULL);
+    uint32_t hash;
+    int rc = key_hash(h, key, &sig, &hash);
+    return rc < 0 ? rc : lookup_core(h, key, hash, NULL);
 }
 
 FH_API int32_t fh_hash_lookup_data(const struct fh_hash *h, const void *key,
                                    uint64_t *data)
 {
-    int rc;
-    if (!h || !key)
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_core(h, key, do_hash(h, key), data);
+    uint32_t hash;
+    int rc = key_hash(h, key, NULL, &hash);
+    return rc < 0 ? rc : lookup_core(h, key, hash, data);
 }
 
 FH_API int32_t fh_hash_lookup(const struct fh_hash *h, const void *key)
 {
-    int rc;
-    if (!h || !key)
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_core(h, key, do_hash(h, key), NULL);
+    uint32_t hash;
+    int rc = key_hash(h, key, NULL, &hash);
+    return rc < 0 ? rc : lookup_core(h, key, hash, NULL);
 }
 
 /*
@@ -872,17 +886,31 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
     return hits;
 }
 
+/* The bulk calls' argument checks, then the lookup: packed keys, or
+ * (ptrs) an array of key pointers, none NULL. */
+static inline __attribute__((always_inline))
+int bulk_checked(const struct fh_hash *h, const void *keys,
+                 const void *const *ptrs, const uint32_t *sigs, uint32_t n,
+                 int32_t *positions, uint64_t *data)
+{
+    int rc;
+
+    if (!h || (n && ((!keys && !ptrs) || !positions)))
+        return -EINVAL;
+    for (uint32_t i = 0; ptrs && i < n; i++)
+        if (!ptrs[i])
+            return -EINVAL;
+    if (!sigs && (rc = fn_ready(h)) < 0)
+        return rc;
+    return lookup_bulk(h, keys, ptrs, sigs, n, positions, data);
+}
+
 FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,
                                          const void *keys,
                                          const uint32_t *sigs, uint32_t n,
                                          int32_t *positions, uint64_t *data)
 {
-    int rc;
-    if (!h || (n && (!keys || !positions)))
-        return -EINVAL;
-    if (!sigs && (rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_bulk(h, keys, NULL, sigs, n, positions, data);
+    return bulk_checked(h, keys, NULL, sigs, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk_ptrs(const struct fh_hash *h,
@@ -890,38 +918,20 @@ FH_API int fh_hash_lookup_bulk_ptrs(const struct fh_hash *h,
                                     const uint32_t *sigs, uint32_t n,
                                     int32_t *positions, uint64_t *data)
 {
-    int rc;
-    if (!h || (n && (!keys || !positions)))
-        return -EINVAL;
-    for (uint32_t i = 0; i < n; i++)
-        if (!keys[i])
-            return -EINVAL;
-    if (!sigs && (rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_bulk(h, NULL, keys, sigs, n, positions, data);
+    return bulk_checked(h, NULL, keys, sigs, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk_data(const struct fh_hash *h, const void *keys,
                                     uint32_t n, int32_t *positions,
                                     uint64_t *data)
 {
-    int rc;
-    if (!h || (n && (!keys || !positions)))
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_bulk(h, keys, NULL, NULL, n, positions, data);
+    return bulk_checked(h, keys, NULL, NULL, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk(const struct fh_hash *h, const void *keys,
                                uint32_t n, int32_t *positions)
 {
-    int rc;
-    if (!h || (n && (!keys || !positions)))
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return lookup_bulk(h, keys, NULL, NULL, n, positions, NULL);
+    return bulk_checked(h, keys, NULL, NULL, n, positions, NULL);
 }
 
 /* ---- add / delete ------------------------------------------------------ */
@@ -1101,56 +1111,47 @@ FH_API int32_t fh_hash_add_key_with_hash_data(struct fh_hash *h,
                                               const void *key, uint32_t sig,
                                               uint64_t data)
 {
-    if (!h || !key)
-        return -EINVAL;
-    return add_hashed(h, key, sig, data);
+    uint32_t hash;
+    int rc = key_hash(h, key, &sig, &hash);
+    return rc < 0 ? rc : add_hashed(h, key, hash, data);
 }
 
 FH_API int32_t fh_hash_add_key_with_hash(struct fh_hash *h, const void *key,
                                          uint32_t sig)
 {
-    if (!h || !key)
-        return -EINVAL;
-    return add_hashed(h, key, sig, 0);
+    uint32_t hash;
+    int rc = key_hash(h, key, &sig, &hash);
+    return rc < 0 ? rc : add_hashed(h, key, hash, 0);
 }
 
 FH_API int32_t fh_hash_add_key_data(struct fh_hash *h, const void *key,
                                     uint64_t data)
 {
-    int rc;
-    if (!h || !key)
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return add_hashed(h, key, do_hash(h, key), data);
+    uint32_t hash;
+    int rc = key_hash(h, key, NULL, &hash);
+    return rc < 0 ? rc : add_hashed(h, key, hash, data);
 }
 
 FH_API int32_t fh_hash_add_key(struct fh_hash *h, const void *key)
 {
-    int rc;
-    if (!h || !key)
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return add_hashed(h, key, do_hash(h, key), 0);
+    uint32_t hash;
+    int rc = key_hash(h, key, NULL, &hash);
+    return rc < 0 ? rc : add_hashed(h, key, hash, 0);
 }
 
 FH_API int32_t fh_hash_del_key_with_hash(struct fh_hash *h, const void *key,
                                          uint32_t sig)
 {
-    if (!h || !key)
-        return -EINVAL;
-    return del_hashed(h, key, sig);
+    uint32_t hash;
+    int rc = key_hash(h, key, &sig, &hash);
+    return rc < 0 ? rc : del_hashed(h, key, hash);
 }
 
 FH_API int32_t fh_hash_del_key(struct fh_hash *h, const void *key)
 {
-    int rc;
-    if (!h || !key)
-        return -EINVAL;
-    if ((rc = fn_ready(h)) < 0)
-        return rc;
-    return del_hashed(h, key, do_hash(h, key));
+    uint32_t hash;
+    int rc = key_hash(h, key, NULL, &hash);
+    return rc < 0 ? rc : del_hashed(h, key, hash);
 }
 
 static void fill_free_stack(struct fh_hash *h)
@@ -1240,7 +1241,7 @@ FH_API int fh_hash_get_key_with_position(const struct fh_hash *h,
     /* A free entry has no slot pointing at it; finding whether one does
      * would cost a scan, so ask the key itself: look it up. */
     const unsigned char *k = key_at(h, (uint32_t)position + 1);
-    if (lookup_hashed(h, k, tail_of(h, (unsigned char *)k)->hash, NULL) != position)
+    if (lookup_core(h, k, tail_of(h, (unsigned char *)k)->hash, NULL) != position)
         return -ENOENT;
     *key = k;
     return 0;
