@@ -299,7 +299,15 @@ def fmt(v: float | None) -> str:
     return f"{v:.1f}" if v is not None else "-"
 
 
-def print_table(ours: dict, ring_d: dict, hash_d: dict, ghz: float | None) -> None:
+def keep(into: dict, figs: dict, pick) -> None:
+    """Merge one round's figures into into, keeping pick(old, new) (min for
+    the best of the rounds, max for the worst)."""
+    for k, v in figs.items():
+        into[k] = pick(into[k], v) if k in into else v
+
+
+def print_table(ours: dict, ring_d: dict, hash_d: dict, hash_w: dict,
+                hash_rounds: int, ghz: float | None) -> None:
     log(f"\n{'':34}{'forkhost':>10}{'DPDK':>10}{'fh/DPDK':>10}")
     log("ring, two processes (DPDK: two threads) on CPUs 0 and 1, "
         "cycles per object, enqueue + dequeue")
@@ -316,37 +324,33 @@ def print_table(ours: dict, ring_d: dict, hash_d: dict, ghz: float | None) -> No
                 log(f"  {mode.upper()} {kind:<5} n={n:<3}{'':15}{fmt(o):>10}"
                     f"{fmt(d):>10}{ratio(o, d):>10}{note}")
 
-    def d_at(locks, col, pre=False, table=hash_d):
+    def d_at(where, table):
+        """DPDK's figure at where = (locks, column, precomputed) in table."""
+        if where is None:
+            return None
+        locks, col, pre = where
         row = table.get((locks, "either", False, pre))
         return row[col] if row else None
 
-    hash_w = hash_d.get("worst", {})
     log(f"hash, 2^19 entries, 16-byte keys, 75% full, cycles per operation, "
-        f"best (worst) of {hash_d.get('rounds', 1)} round(s) on each side; "
+        f"best (worst) of {hash_rounds} round(s) on each side; "
         f"the ratio is of the bests")
+    # (name, our key, DPDK's figure as (locks, column, precomputed), target)
     rows = [
-        ("lookup", "lookup", d_at(False, 1), True),
-        ("lookup, hash precomputed", "lookup_with_hash",
-         d_at(False, 1, pre=True), True),
-        ("lookup, bulk of 16", "lookup_bulk", d_at(False, 2), True),
+        ("lookup", "lookup", (False, 1, False), True),
+        ("lookup, hash precomputed", "lookup_with_hash", (False, 1, True), True),
+        ("lookup, bulk of 16", "lookup_bulk", (False, 2, False), True),
         # Our packed-keys bulk call, keys gathered by the caller: against
         # the same DPDK figure, for scale.
-        ("  same, packed keys", "lookup_bulk_packed", d_at(False, 2), False),
-        ("add, single writer", "add", d_at(False, 0), False),
-        ("add, writer lock", "add_locked", d_at(True, 0), False),
+        ("  same, packed keys", "lookup_bulk_packed", (False, 2, False), False),
+        ("add, single writer", "add", (False, 0, False), False),
+        ("add, writer lock", "add_locked", (True, 0, False), False),
         # Not in DPDK's test: our default hash function (no ratio).
         ("lookup, built-in CRC32C", "lookup_crc32c", None, False),
     ]
-    for name, key, d, target in rows:
+    for name, key, where, target in rows:
         o, ow = ours.get(("hash", key)), ours.get(("hash_worst", key))
-        dw = None
-        if d is not None:
-            dw = {"lookup": d_at(False, 1, table=hash_w),
-                  "lookup_with_hash": d_at(False, 1, pre=True, table=hash_w),
-                  "lookup_bulk": d_at(False, 2, table=hash_w),
-                  "lookup_bulk_packed": d_at(False, 2, table=hash_w),
-                  "add": d_at(False, 0, table=hash_w),
-                  "add_locked": d_at(True, 0, table=hash_w)}.get(key)
+        d, dw = d_at(where, hash_d), d_at(where, hash_w)
         note = f"   (target <= {HASH_TARGET:.2f})" if target else ""
         mine = f"{fmt(o)} ({fmt(ow)})"
         theirs = f"{fmt(d)} ({fmt(dw)})" if d is not None else "-"
@@ -390,7 +394,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fhb-shmc-"))
     ours: dict = {}
     ring_d: dict = {}
-    hash_d: dict = {}
+    hash_d: dict = {}     # DPDK's best hash figures over the rounds
+    hash_w: dict = {}     # and its worst
     header = ""
     load_before = os.getloadavg()
     try:
@@ -405,34 +410,23 @@ def main() -> int:
                 log(f"round {i + 1}/{a.rounds}: forkhost ring"
                     + (", DPDK ring_perf_autotest" if dpdk else ""))
                 header, figs = run_bench(exe, "ring")
-                for k, v in figs.items():
-                    ours[k] = min(v, ours.get(k, v))
+                keep(ours, figs, min)
                 if dpdk:
-                    out = run_dpdk("ring_perf_autotest", 600)
-                    for k, v in parse_ring(out).items():
-                        ring_d[k] = min(v, ring_d.get(k, v))
+                    keep(ring_d, parse_ring(run_dpdk("ring_perf_autotest", 600)), min)
             # Hash: each round ours, then DPDK's (about 3 minutes), so both
             # sides see the machine's load drift alike; the best of the
             # rounds is kept on each side, as for the rings, and the worst
             # is printed next to it to show the spread.
-            worst: dict = {}
             for i in range(a.hash_rounds):
                 log(f"hash round {i + 1}/{a.hash_rounds}: forkhost"
                     + (", DPDK hash_perf_autotest (about 3 minutes)" if dpdk else ""))
                 _, figs = run_bench(exe, "hash")
-                for k, v in figs.items():
-                    ours[k] = min(v, ours.get(k, v))
-                    wk = ("hash_worst",) + k[1:]
-                    ours[wk] = max(v, ours.get(wk, v))
+                keep(ours, figs, min)
+                keep(ours, {("hash_worst",) + k[1:]: v for k, v in figs.items()}, max)
                 if dpdk:
-                    for k, row in parse_hash(run_dpdk("hash_perf_autotest", 1800)).items():
-                        old_best = hash_d.get(k, row)
-                        old_worst = worst.get(k, row)
-                        hash_d[k] = tuple(map(min, old_best, row))
-                        worst[k] = tuple(map(max, old_worst, row))
-            if hash_d:
-                hash_d["worst"] = worst
-                hash_d["rounds"] = a.hash_rounds
+                    rows = parse_hash(run_dpdk("hash_perf_autotest", 1800))
+                    keep(hash_d, rows, lambda a_, b_: tuple(map(min, a_, b_)))
+                    keep(hash_w, rows, lambda a_, b_: tuple(map(max, a_, b_)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -442,7 +436,8 @@ def main() -> int:
         f"ring figures: best of {a.rounds} round(s)"
         + (" on each side" if dpdk else ""))
     m = re.search(r"tsc ([\d.]+) GHz", header)
-    print_table(ours, ring_d, hash_d, float(m[1]) if m else None)
+    print_table(ours, ring_d, hash_d, hash_w, a.hash_rounds,
+                float(m[1]) if m else None)
     if dpdk and (not ring_d or not hash_d):
         log("note: some DPDK figures could not be parsed from dpdk-test's output")
     return 0
