@@ -39,6 +39,15 @@ def build_c(outdir: Path) -> str:
     return str(out)
 
 
+# Round-trip placements: the requester's CPU, the answerer's (the primary
+# with its IPC thread, the echo servers), and how the table says it.
+PLACEMENTS = {
+    "same": (0, 0, "all on CPU 0"),
+    "split": (0, 1, "requester on CPU 0, answerer on CPU 1"),
+    "free": (None, None, "placed by the scheduler"),
+}
+
+
 def pin_process(cpus: set[int] | None) -> None:
     """Every thread of this process (the primary's IPC thread too) to cpus;
     None: every CPU again.  Processes started afterwards inherit it."""
@@ -111,7 +120,7 @@ class Bench:
         to the scheduler, whose choice can differ between the IPC and the
         bare ping-pong and so skews their ratio either way."""
         n, b = self.args.n, self.args.batches
-        here, there = {"same": (0, 0), "split": (0, 1), "free": (None, None)}[placement]
+        here, there, where = PLACEMENTS[placement]
         pin_process(None if there is None else {there})
         for var, cpu in (("FHB_CPU", here), ("FHB_PEER_CPU", there)):
             if cpu is None:
@@ -135,8 +144,6 @@ class Bench:
             os.environ.pop("FHB_PEER_CPU", None)
         ipc_py, bare_py = py["rtt_us"], py["bare_us"]
         ipc_c, bare_cpy = c["rtt_us"], c["bare_us"]
-        where = {"same": "all on CPU 0", "split": "requester on CPU 0, answerer on CPU 1",
-                 "free": "placed by the scheduler"}[placement]
         print(f"\nrequest round trip (64-byte param), {where}, best batch mean "
               "(target: within 2x the bare ping-pong)")
         print(f"  {'':34} {'us':>8} {'ratio':>8}")
@@ -227,7 +234,7 @@ def main() -> int:
                     help="round-trip placements, of same, split and free "
                          "(see Bench.round_trips)")
     args = ap.parse_args()
-    if not set(args.placements) <= {"same", "split", "free"} or \
+    if not set(args.placements) <= set(PLACEMENTS) or \
             (os.cpu_count() or 1) < 2 and "split" in args.placements:
         ap.error("--placements: same, split (needs 2 CPUs) or free")
     b = Bench(args)
