@@ -57,22 +57,23 @@ def _check(name: str, proc: subprocess.CompletedProcess) -> None:
                          f"{proc.returncode}):\n{proc.stderr.decode(errors='replace')}")
 
 
-def _measure(commands: dict[str, list[str]]) -> dict[str, float]:
-    """Median launch time of each command over ROUNDS interleaved rounds
-    (so all see the same machine), after one launch each that prints what
-    it did.  Rounds are 10 ms apart, as launches on demand would be: the
-    pool refills between them (launches back to back on a small machine
-    also pay for the refills they cause)."""
-    for name, cmd in commands.items():
-        _, proc = _launch(cmd)
+def _measure(commands: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
+    """commands: name -> (first, then): one launch of `first`, which prints
+    what it did, then the median time of `then` over ROUNDS - 1
+    interleaved rounds (so all see the same machine).  Rounds are 10 ms
+    apart, as launches on demand would be: the pool refills between them
+    (launches back to back on a small machine also pay for the refills
+    they cause)."""
+    for name, (first, _) in commands.items():
+        _, proc = _launch(first)
         _check(name, proc)
         if proc.stdout:
             sys.stdout.write("  " + proc.stdout.decode(errors="replace"))
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(ROUNDS - 1):
         time.sleep(0.01)
-        for name, cmd in commands.items():
-            dt, proc = _launch(cmd + ["--quiet"] if name != "true" else cmd)
+        for name, (_, then) in commands.items():
+            dt, proc = _launch(then)
             _check(name, proc)
             times[name].append(dt)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -100,8 +101,10 @@ def demo(prefix: str | None = None, runtime_dir=None) -> int:
               f"at 0x{int(ffi.cast('uintptr_t', zone)):x}")
         base = [runner, "--prefix", prefix] + (
             ["--runtime-dir", str(runtime_dir)] if runtime_dir else [])
-        med = _measure({"Python": base + ["forkhost.demo:python_secondary"],
-                        "C": base + [native], "true": ["/bin/true"]})
+        py_cmd, c_cmd = base + ["forkhost.demo:python_secondary"], base + [native]
+        med = _measure({"Python": (py_cmd, py_cmd + ["--quiet"]),
+                        "C": (c_cmd, c_cmd + ["--quiet"]),
+                        "true": (["/bin/true"], ["/bin/true"])})
         py, c, true = med["Python"], med["C"], med["true"]
         calls = zone.calls
         print(f"  the primary reads the arena: fn was called {calls} times, last by "

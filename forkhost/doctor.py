@@ -52,9 +52,8 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
     from .primary import human_size, huge_page_pool
     pool = huge_page_pool()
     hp_size = human_size(pool["size"]) if pool["size"] else "?"
-    free_hp = max(0, pool["free"] - pool["rsvd"])
-    if free_hp:
-        say("OK", f"{free_hp} free huge pages of {hp_size} (of {pool['total']} "
+    if pool["available"]:
+        say("OK", f"{pool['available']} free huge pages of {hp_size} (of {pool['total']} "
                   f"reserved): arenas that fit in them use them")
     elif pool["total"]:
         say("INFO", f"{pool['total']} huge pages of {hp_size} reserved, none free "

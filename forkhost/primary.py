@@ -64,8 +64,9 @@ def human_size(n: int) -> str:
 
 def huge_page_pool() -> dict[str, int]:
     """The default huge page size and the pool's counts, from /proc/meminfo:
-    size (bytes), total, free and rsvd (free pages other mappings have
-    reserved: not ours to take)."""
+    size (bytes), total, free, rsvd (free pages other mappings have
+    reserved: not ours to take) and available (free less rsvd, what a new
+    arena can have; the same count as fh_arena_create's)."""
     keys = {"Hugepagesize:": "size", "HugePages_Total:": "total",
             "HugePages_Free:": "free", "HugePages_Rsvd:": "rsvd"}
     pool = {"size": 0, "total": 0, "free": 0, "rsvd": 0}
@@ -78,6 +79,7 @@ def huge_page_pool() -> dict[str, int]:
                     pool[keys[parts[0]]] = int(parts[1]) * scale
     except OSError:
         pass
+    pool["available"] = max(0, pool["free"] - pool["rsvd"])
     return pool
 
 
@@ -87,9 +89,8 @@ def _huge_shortfall(size: int) -> str:
     if not pool["size"] or not pool["total"]:
         return "no huge pages reserved"
     need = -(-size // pool["size"])
-    have = max(0, pool["free"] - pool["rsvd"])
     return (f"{need} free {human_size(pool['size'])} huge pages needed, "
-            f"{have} of {pool['total']} free")
+            f"{pool['available']} of {pool['total']} free")
 
 
 def thread_names() -> list[str]:

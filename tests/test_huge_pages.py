@@ -24,23 +24,22 @@ def _read_nr() -> int:
         return int(f.read())
 
 
-def _hugepage_size() -> int:
+def _meminfo(field: str) -> int:
+    """A /proc/meminfo figure (kB for sizes, a count for HugePages_*)."""
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("Hugepagesize:"):
-                return int(line.split()[1]) * 1024
-    pytest.fail("/proc/meminfo has no Hugepagesize")
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    pytest.fail(f"/proc/meminfo has no {field}")
+
+
+def _hugepage_size() -> int:
+    return _meminfo("Hugepagesize") * 1024
 
 
 def _free_pages() -> int:
-    free = rsvd = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("HugePages_Free:"):
-                free = int(line.split()[1])
-            elif line.startswith("HugePages_Rsvd:"):
-                rsvd = int(line.split()[1])
-    return free - rsvd
+    """Free huge pages no mapping has reserved."""
+    return _meminfo("HugePages_Free") - _meminfo("HugePages_Rsvd")
 
 
 @pytest.fixture
