@@ -7,9 +7,10 @@ and CPython's after-fork work in the child adds more; on small virtual
 machines that is a millisecond or two.  A member pays both before any
 client asks.  Idle members wait on the template's listening socket
 themselves (one is woken per connection), so a launch does not pass
-through the template at all: the member accepts, checks and receives the
-request in C (csrc/lib/member.c), and a native entry runs without a line
-of Python.  A Python entry comes back here to be classified, then runs.
+through the template at all: the member accepts, checks, receives and
+classifies the request in C (csrc/lib/member.c), tells the template and
+the client, and a native entry runs without a line of Python.  A Python
+entry comes back here with all that done, and runs.
 
 The template hears of it on the member's socketpair, off the client's path
 (TOOK, BUSY or HANDOFF; see member.h), and forks replacements when its
@@ -108,8 +109,10 @@ def _serve(template, sock: socket.socket, mask) -> int:
     lib.fh_member_prefault()      # what recent launches made private (member.h)
     while True:
         rc = lib.fh_member_next(m)     # a native launch never comes back
-        if rc == lib.FH_MEMBER_LAUNCH:
-            _python_launch(template, m)
+        if rc == lib.FH_MEMBER_PYTHON:
+            # This process is the secondary now (TOOK and STARTED are sent).
+            req, target = secondary.taken_launch(m.run)
+            secondary.finish(req, target, ffi.addressof(m.run, "spec"))
         elif rc == lib.FH_MEMBER_HANDOFF:
             lib.fh_member_handoff(m)
         elif rc != -errno.EINTR:
@@ -127,26 +130,6 @@ def _ranges_without(keep: list[int], start: int):
             yield lo, fd
             lo = fd + 1
     yield lo, 1 << 20
-
-
-def _python_launch(template, m) -> None:
-    """A valid LAUNCH whose entry is not native (C decided): classify it
-    like the template would; become the secondary, or hand it over."""
-    fds = list(m.fds[0:m.nfds])
-    body = bytes(ffi.buffer(m.buf, m.n))[protocol.HDR.size:]
-    try:
-        req = protocol.Launch.decode(body, len(fds))
-        target = entries.classify(os.fsdecode(req.entry), req.module, fds[0])
-    except (ProtocolError, entries.EntryError):
-        lib.fh_member_handoff(m)       # the template gives the error
-        return
-    # From here on this is the secondary.  TOOK before STARTED: the
-    # template must know the client before it could report our death.
-    lib.fh_member_took(m, req.argv[0])
-    rc = lib.fh_member_started(m)
-    if rc < 0 and rc != -errno.EPIPE:
-        lib.fh_exit_report(m.ctl_fd, EXIT_FORKHOST)
-    secondary.become(req, target, fds, template.title_area, m.ctl_fd, m.conn)
 
 
 def read_ctl(member: Member) -> protocol.Message | None | bool:

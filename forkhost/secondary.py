@@ -25,7 +25,7 @@ import traceback
 from . import entries
 from ._native import ffi, lib
 from .errors import EXIT_FORKHOST
-from .protocol import Launch
+from .protocol import HDR, LAUNCH, Launch, header
 
 
 def _write_stderr(text: str) -> None:
@@ -150,14 +150,15 @@ def rehearse(template_cwd: str = "/") -> None:
     launch.  The cost is those pages, private to the member."""
     cwd_fd = os.open(template_cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        entries.classify("forkhost_rehearsal:main", False, cwd_fd)
         env = [k + b"=" + v for k, v in os.environb.items()]
-        req = Launch(b"forkhost_rehearsal:main", [b"forkhost_rehearsal:main", b"x"],
-                     env, 0, 0o022, 0b111, 0)
-        req = Launch.decode(req.encode(), 4)
-        spec, keep = build_spec(req, [cwd_fd] * 4, (0, 0), 0)
-        lib.fh_spec_release(spec)
-        del keep
+        body = Launch(b"forkhost_rehearsal:main", [b"forkhost_rehearsal:main", b"x"],
+                      env, 0, 0o022, 0b111, 0).encode()
+        rec = header(LAUNCH, HDR.size + len(body), 4) + body
+        run = ffi.new("struct fh_python_run *")
+        if lib.fh_launch_parse(rec, len(rec), 4, ffi.addressof(run, "view")) == 0:
+            name, symbol = ffi.new("char[]", b"m"), ffi.new("char[]", b"f")
+            run.kind, run.name, run.symbol = lib.FH_ENTRY_FUNCTION, name, symbol
+            taken_launch(run)
         _make_stdio(0b111, {})
         code = compile(_REHEARSAL_SOURCE, "<forkhost rehearsal>", "exec",
                        dont_inherit=True)
@@ -331,6 +332,40 @@ def fork_child(template, child) -> int:
     return pid
 
 
+_KINDS = {lib.FH_ENTRY_FUNCTION: entries.FUNCTION,
+          lib.FH_ENTRY_SCRIPT: entries.SCRIPT,
+          lib.FH_ENTRY_MODULE: entries.MODULE}
+
+
+def taken_launch(run) -> tuple[Launch, entries.Target]:
+    """The request and the target of a Python launch a pool member took in
+    C (struct fh_python_run: parsed, checked and classified there)."""
+    view, launch = run.view, run.view.launch
+    strings = ffi.unpack(view.strings, view.strings_len)
+    parts = strings.split(b"\0")
+    argc = launch.argc
+    req = Launch(ffi.string(view.entry), parts[:argc],
+                 parts[argc:argc + launch.envc], launch.flags, launch.umask,
+                 launch.stdio_mask, launch.nextra)
+    req._strings = strings
+    kind = _KINDS[run.kind]
+    name = os.fsdecode(ffi.string(run.name))
+    if kind == entries.SCRIPT:
+        return req, entries.Target(kind, path=name)
+    if kind == entries.MODULE:
+        return req, entries.Target(kind, name=name)
+    return req, entries.Target(kind, name=name,
+                               symbol=ffi.string(run.symbol).decode())
+
+
+def finish(req: Launch, target: entries.Target, spec):
+    """Run a Python entry as the secondary and exit with its status,
+    reported on spec.report_fd (and to the client on spec.client_fd).
+    Never returns."""
+    code = run(req, target, spec)
+    lib.fh_exit_report(spec.report_fd, code)        # exits
+
+
 def become(req: Launch, target: entries.Target, fds: list[int],
            title_area: tuple[int, int], report_fd: int, client_fd: int = 0):
     """In a fresh child of the template (a pool member, or a direct fork):
@@ -348,8 +383,7 @@ def become(req: Launch, target: entries.Target, fds: list[int],
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         spec.signals_ready = False
         lib.fh_run_native(spec, path, sym)          # C from here on; exits
-    code = run(req, target, spec)
-    lib.fh_exit_report(spec.report_fd, code)        # exits
+    finish(req, target, spec)
     del keep
 
 

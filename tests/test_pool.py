@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import signal
 import socket
 import struct
@@ -14,10 +15,11 @@ import subprocess
 import time
 
 import psutil
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import forkhost
-from forkhost import protocol
+from forkhost import entries, protocol
 from forkhost._native import ffi, lib
 from forkhost.errors import ProtocolError
 from fhtest import FIXTURES, PrimaryProc, children_of, entry, wait_until
@@ -107,6 +109,83 @@ def test_member_parser_accepts_a_real_launch():
                    HDR.size + len(body), 5, 0) + body
     assert c_accepts(rec, 5) and py_accepts(rec, 5)
     assert not c_accepts(rec, 4) and not py_accepts(rec, 4)
+
+
+# -- the C classifier against entries.classify ----------------------------------
+
+KINDS = {lib.FH_ENTRY_NATIVE: entries.NATIVE, lib.FH_ENTRY_FUNCTION: entries.FUNCTION,
+         lib.FH_ENTRY_SCRIPT: entries.SCRIPT, lib.FH_ENTRY_MODULE: entries.MODULE}
+
+
+def c_classify(entry: bytes, module: bool, cwd_fd: int):
+    """What a member decides: an entries.Target, or None (the template's)."""
+    head = ffi.new("char[]", 4096)
+    name, symbol = ffi.new("const char **"), ffi.new("const char **")
+    kind = lib.fh_entry_classify(entry, module, cwd_fd, head, 4096, name, symbol)
+    if kind == lib.FH_ENTRY_DEFER:
+        return None
+    name = os.fsdecode(ffi.string(name[0]))
+    sym = ffi.string(symbol[0]).decode() if symbol[0] else None
+    if kind in (lib.FH_ENTRY_NATIVE, lib.FH_ENTRY_SCRIPT):
+        return entries.Target(KINDS[kind], path=name, symbol=sym)
+    return entries.Target(KINDS[kind], name=name, symbol=sym)
+
+
+@pytest.fixture(scope="module")
+def entry_dir(tmp_path_factory):
+    """Files every form can name: Python source, an ELF file, a directory,
+    names with ':' in them, a symlink."""
+    d = tmp_path_factory.mktemp("entries")
+    (d / "s.py").write_text("pass\n")
+    (d / "a:b").write_text("pass\n")
+    (d / "pkg").mkdir()
+    (d / "pkg:x").mkdir()
+    shutil.copy("/bin/true", d / "prog")
+    (d / "link").symlink_to("prog")
+    (d / "dangling").symlink_to("missing")
+    fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    yield d, fd
+    os.close(fd)
+
+
+_NAMES = ["s.py", "a", "a:b", "b", "pkg", "pkg:x", "prog", "link", "dangling",
+          "missing", "mod", "mod.sub", "fn", "f.g", "1x", "_", "x-y", "a..b",
+          "a.", ".a", "é", "mod\n", "", "./s.py", "/bin/true"]
+
+
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_NAMES), min_size=1, max_size=3), st.booleans())
+def test_member_classifier_agrees_with_the_template(entry_dir, parts, module):
+    """Whatever form a member decides in C is the one the template's
+    classifier gives; anything else (errors included) goes to the template."""
+    d, fd = entry_dir
+    entry = ":".join(parts)
+    if not entry:
+        return                                  # the parser refuses it
+    raw = entry.encode()
+    mine = c_classify(raw, module, fd)
+    try:
+        theirs = entries.classify(entry, module, fd)
+    except entries.EntryError:
+        theirs = None
+    if mine is not None:
+        assert mine == theirs, (entry, module)
+
+
+@pytest.mark.parametrize("entry, module, kind", [
+    ("mod:fn", False, entries.FUNCTION), ("pkg.mod:obj.fn", False, entries.FUNCTION),
+    ("s.py", False, entries.SCRIPT), ("a:b", False, entries.SCRIPT),
+    ("pkg.mod", True, entries.MODULE), ("prog", False, entries.NATIVE),
+    ("prog:main", False, entries.NATIVE), ("link:", False, entries.NATIVE),
+])
+def test_member_classifier_decides_every_valid_form(entry_dir, entry, module, kind):
+    """The forms a launch names in practice run in a member, never by way of
+    the template."""
+    d, fd = entry_dir
+    target = c_classify(entry.encode(), module, fd)
+    assert target is not None and target.kind == kind
+    assert target == entries.classify(entry, module, fd)
 
 
 # -- end to end ----------------------------------------------------------------

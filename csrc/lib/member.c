@@ -6,7 +6,8 @@
  * launch latency on the server side: epoll_wait, accept4, SO_PEERCRED,
  * recvmsg, a parse, a stat and a 4-byte read of the entry, two sendmsg
  * (TOOK to the template, STARTED to the client), then fh_run_native().  No
- * Python runs and the template is not waited for.
+ * Python runs and the template is not waited for.  A Python entry takes the
+ * same path and returns to the interpreter only to run.
  *
  * Everything a client sends is checked here exactly as the template's
  * Python parser checks it; anything that is not a valid LAUNCH is handed
@@ -257,37 +258,56 @@ static int is_elf(int dirfd, const char *path)
     return r == (ssize_t)sizeof magic && memcmp(magic, "\177ELF", 4) == 0;
 }
 
-/*
- * entries.classify() for the native forms only: the entry itself is a
- * regular ELF file, or "PATH:SYMBOL" (SYMBOL may be empty: main) where
- * PATH is one.  1 with *path (into head, or the entry) and *symbol (NULL
- * for main); 0 for anything else, which Python decides.
- */
-static int classify_native(const char *entry, int cwd_fd, char *head,
-                           size_t head_len, const char **path,
-                           const char **symbol)
+/* entries._DOTTED: ASCII identifiers joined by single dots. */
+static int is_dotted(const char *s)
+{
+    int start = 1;
+
+    for (; *s != '\0'; s++) {
+        char c = *s;
+
+        if (c == '.') {
+            if (start)
+                return 0;
+            start = 1;
+        } else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                   c == '_' || (!start && c >= '0' && c <= '9')) {
+            start = 0;
+        } else {
+            return 0;
+        }
+    }
+    return !start;
+}
+
+FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
+                             char *head, size_t head_len, const char **name,
+                             const char **symbol)
 {
     const char *colon;
     size_t hl;
 
-    if (is_regular(cwd_fd, entry)) {
-        *path = entry;
-        *symbol = NULL;
-    } else {
-        colon = strrchr(entry, ':');
-        if (colon == NULL || colon == entry)
-            return 0;
-        hl = (size_t)(colon - entry);
-        if (hl >= head_len)
-            return 0;
-        memcpy(head, entry, hl);
-        head[hl] = '\0';
-        if (!is_regular(cwd_fd, head))
-            return 0;
-        *path = head;
-        *symbol = colon[1] != '\0' ? colon + 1 : NULL;
-    }
-    return is_elf(cwd_fd, *path);
+    *name = entry;
+    *symbol = NULL;
+    if (module_flag)
+        return is_dotted(entry) ? FH_ENTRY_MODULE : FH_ENTRY_DEFER;
+    if (is_regular(cwd_fd, entry))
+        return is_elf(cwd_fd, entry) ? FH_ENTRY_NATIVE : FH_ENTRY_SCRIPT;
+    colon = strrchr(entry, ':');
+    if (colon == NULL || colon == entry)
+        return FH_ENTRY_DEFER;
+    hl = (size_t)(colon - entry);
+    if (hl >= head_len)
+        return FH_ENTRY_DEFER;
+    memcpy(head, entry, hl);
+    head[hl] = '\0';
+    *name = head;
+    *symbol = colon[1] != '\0' ? colon + 1 : NULL;
+    if (is_regular(cwd_fd, head))   /* PATH:SYMBOL; on Python source, 126 */
+        return is_elf(cwd_fd, head) ? FH_ENTRY_NATIVE : FH_ENTRY_DEFER;
+    if (*symbol != NULL && is_dotted(head) && is_dotted(*symbol))
+        return FH_ENTRY_FUNCTION;
+    return FH_ENTRY_DEFER;              /* not found: 127 */
 }
 
 /* ---- the member ------------------------------------------------------ */
@@ -329,7 +349,8 @@ static void close_received(struct fh_member *m)
     m->nfds = 0;
 }
 
-FH_API int fh_member_took(struct fh_member *m, const char *argv0)
+/* Tell the template this member runs m->conn's launch. */
+static int took(struct fh_member *m, const char *argv0)
 {
     int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, argv0, strlen(argv0), NULL, 0,
                       &m->conn, 1);
@@ -338,7 +359,8 @@ FH_API int fh_member_took(struct fh_member *m, const char *argv0)
     return rc;
 }
 
-FH_API int fh_member_started(struct fh_member *m)
+/* Send the client STARTED with this process's pid and a pidfd of it. */
+static int started(struct fh_member *m)
 {
     struct fh_started st;
     int pidfd, rc;
@@ -380,48 +402,52 @@ FH_API int fh_member_handoff(struct fh_member *m)
     return rc;
 }
 
-static __attribute__((noreturn)) void run_native(struct fh_member *m,
-                                                 const struct fh_launch_view *v,
-                                                 const char *path,
-                                                 const char *symbol)
+/*
+ * The launch is this member's: from here on it is the secondary.  Every
+ * signal stays blocked (no handler of the member's may run; fh_child_setup
+ * resets them all and unblocks), the template hears TOOK and the client
+ * STARTED, and r->spec is prepared.  Exits 125 if that fails.
+ */
+static void become(struct fh_member *m, struct fh_python_run *r)
 {
-    const struct fh_launch *l = &v->launch;
-    struct fh_child_spec spec;
+    const struct fh_launch *l = &r->view.launch;
+    struct fh_child_spec *spec = &r->spec;
     sigset_t all;
+    int rc;
 
-    /* From here on this process is the secondary: no handler of the
-     * member's may run (fh_child_setup resets them all and unblocks). */
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    fh_member_took(m, v->strings);
-    fh_member_started(m);
-    memset(&spec, 0, sizeof spec);
-    if (fh_spec_strings(&spec, v->strings, v->strings_len, l->argc,
+    took(m, r->view.strings);
+    rc = started(m);
+    /* A client that is gone (EPIPE) is the template's to notice. */
+    if (rc < 0 && rc != -EPIPE)
+        fh_exit_report(m->ctl_fd, 125);
+    memset(spec, 0, sizeof *spec);
+    if (fh_spec_strings(spec, r->view.strings, r->view.strings_len, l->argc,
                         l->envc) < 0)
         fh_exit_report(m->ctl_fd, 125);
-    spec.fds = m->fds;
-    spec.nfds = m->nfds;
-    spec.stdio_mask = l->stdio_mask;
-    spec.nextra = l->nextra;
-    spec.umask = l->umask;
-    spec.title_area = m->title_area;
-    spec.title_len = m->title_len;
-    spec.report_fd = m->ctl_fd;
-    spec.client_fd = m->conn;
-    spec.signals_ready = 0;
-    fh_run_native(&spec, path, symbol);
+    spec->fds = m->fds;
+    spec->nfds = m->nfds;
+    spec->stdio_mask = l->stdio_mask;
+    spec->nextra = l->nextra;
+    spec->umask = l->umask;
+    spec->title_area = m->title_area;
+    spec->title_len = m->title_len;
+    spec->report_fd = m->ctl_fd;
+    spec->client_fd = m->conn;
+    /* A member set Python's dispositions while it waited (SIGINT caught,
+     * SIGPIPE ignored): right for a Python entry, not for C. */
+    spec->signals_ready = r->kind != FH_ENTRY_NATIVE;
 }
 
 /* A connection accepted: see what it is. */
 static int take(struct fh_member *m)
 {
-    struct fh_launch_view v;
+    struct fh_python_run *r = &m->run;
     struct ucred cred;
     socklen_t len = sizeof cred;
-    char head[PATH_MAX];
-    const char *path, *symbol;
     int rc;
 
     m->n = 0;
@@ -446,12 +472,17 @@ static int take(struct fh_member *m)
         return FH_MEMBER_HANDOFF;
     }
     if (m->mflags & (MSG_TRUNC | MSG_CTRUNC) ||
-        fh_launch_parse(m->buf, m->n, m->nfds, &v) < 0)
+        fh_launch_parse(m->buf, m->n, m->nfds, &r->view) < 0)
         return FH_MEMBER_HANDOFF;
-    if (!(v.launch.flags & FH_LAUNCH_MODULE) &&
-        classify_native(v.entry, m->fds[0], head, sizeof head, &path, &symbol))
-        run_native(m, &v, path, symbol);
-    return FH_MEMBER_LAUNCH;
+    r->kind = (unsigned)fh_entry_classify(
+        r->view.entry, (r->view.launch.flags & FH_LAUNCH_MODULE) != 0,
+        m->fds[0], r->head, sizeof r->head, &r->name, &r->symbol);
+    if (r->kind == FH_ENTRY_DEFER)
+        return FH_MEMBER_HANDOFF;
+    become(m, r);
+    if (r->kind == FH_ENTRY_NATIVE)
+        fh_run_native(&r->spec, r->name, r->symbol);    /* never returns */
+    return FH_MEMBER_PYTHON;
 }
 
 FH_API int fh_member_next(struct fh_member *m)

@@ -1,6 +1,7 @@
 /*
  * test_member.c - a pool member's side of template.sock, under ASan and
  * UBSan: the LAUNCH parser on valid, broken and fuzzed records, and
+ * fh_entry_classify on real files, and
  * fh_member_next/fh_member_handoff on real sockets (a request that is not
  * a launch is handed over with its bytes and fds; a slow one says BUSY
  * first).
@@ -8,8 +9,11 @@
 #include "forkhost.h"
 #include "fhtest.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -245,9 +249,55 @@ static void test_member_sockets(void)
     CHECK(count_fds() == fds_before, "fds leaked");
 }
 
+/* fh_entry_classify against a directory holding Python source, an ELF
+ * file and a subdirectory; the property test in test_pool.py holds it to
+ * entries.classify, this one runs it under the sanitizers. */
+static void test_classify(void)
+{
+    char dir[] = "/tmp/fhtest-classify-XXXXXX", path[64], head[8], big[64];
+    const char *name, *symbol;
+    int fd, dfd;
+
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/s.py", dir);
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    CHECK(fd >= 0 && write(fd, "pass\n", 5) == 5 && close(fd) == 0, "s.py");
+    snprintf(path, sizeof path, "%s/sub", dir);
+    CHECK(mkdir(path, 0700) == 0, "sub/");
+    dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    CHECK(dfd >= 0, "open the directory");
+
+#define KIND(entry, mod) fh_entry_classify(entry, mod, dfd, head, sizeof head, \
+                                           &name, &symbol)
+    CHECK(KIND("mod.sub:fn", 0) == FH_ENTRY_FUNCTION &&
+          strcmp(name, "mod.sub") == 0 && strcmp(symbol, "fn") == 0, "module:function");
+    CHECK(KIND("s.py", 0) == FH_ENTRY_SCRIPT && strcmp(name, "s.py") == 0 &&
+          symbol == NULL, "a script");
+    CHECK(KIND("pkg.mod", 1) == FH_ENTRY_MODULE && strcmp(name, "pkg.mod") == 0,
+          "-m module");
+    CHECK(KIND("/bin/true", 0) == FH_ENTRY_NATIVE && symbol == NULL, "ELF");
+    CHECK(KIND("/bin/true:", 0) == FH_ENTRY_DEFER, "head longer than its buffer");
+    CHECK(KIND("s.py:main", 0) == FH_ENTRY_DEFER, "a symbol on Python source");
+    CHECK(KIND("missing", 0) == FH_ENTRY_DEFER, "not found");
+    CHECK(KIND("sub", 0) == FH_ENTRY_DEFER, "a directory");
+    CHECK(KIND("mod:", 0) == FH_ENTRY_DEFER && KIND(":fn", 0) == FH_ENTRY_DEFER &&
+          KIND("1m:fn", 0) == FH_ENTRY_DEFER && KIND("m.:fn", 0) == FH_ENTRY_DEFER &&
+          KIND("m:f..g", 0) == FH_ENTRY_DEFER && KIND("a b", 1) == FH_ENTRY_DEFER,
+          "names that are not dotted identifiers");
+    memset(big, 'm', sizeof big - 4);
+    memcpy(big + sizeof big - 4, ":fn", 4);
+    CHECK(KIND(big, 0) == FH_ENTRY_DEFER, "a module name longer than head");
+#undef KIND
+    close(dfd);
+    unlink(strcat(strcpy(path, dir), "/s.py"));
+    rmdir(strcat(strcpy(path, dir), "/sub"));
+    CHECK(rmdir(dir) == 0, "clean up");
+}
+
 int main(void)
 {
     test_parse();
+    test_classify();
     test_member_sockets();
     printf("test_member: ok\n");
     return 0;

@@ -28,6 +28,7 @@
 #include <sys/types.h>
 
 #include "forkhost/proto.h"
+#include "forkhost/spawn.h"
 
 #ifndef FH_API
 #define FH_API __attribute__((visibility("default")))
@@ -67,10 +68,40 @@ enum fh_handoff_state {
 /* What fh_member_next() returns (or a negative errno). */
 enum fh_member_result {
     FH_MEMBER_HANDOFF = 1,   /* call fh_member_handoff() */
-    FH_MEMBER_LAUNCH  = 2,   /* a valid LAUNCH that is not a native entry:
-                                the caller classifies it, then calls
-                                fh_member_took() and fh_member_started(),
-                                or fh_member_handoff() */
+    FH_MEMBER_PYTHON  = 2,   /* a valid LAUNCH of a Python entry, taken:
+                                TOOK and STARTED are sent and this process
+                                is the secondary; m->run says what to run */
+};
+
+/* The entry forms of entries.py, as fh_entry_classify() decides them. */
+enum fh_entry_kind {
+    FH_ENTRY_DEFER    = 0,   /* not decided here: the template classifies
+                                it (and answers "not found" and the like) */
+    FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
+    FH_ENTRY_FUNCTION = 2,   /* module:function */
+    FH_ENTRY_SCRIPT   = 3,   /* a file of Python source */
+    FH_ENTRY_MODULE   = 4,   /* -m module */
+};
+
+/* A parsed, checked LAUNCH: views into the record. */
+struct fh_launch_view {
+    struct fh_launch launch; /* a copy of the fixed part */
+    const char *entry;
+    const char *strings;     /* argv then env, NUL-terminated, packed */
+    size_t      strings_len;
+};
+
+/* A Python launch a member took (FH_MEMBER_PYTHON): everything the
+ * interpreter needs, decided and prepared in C. */
+struct fh_python_run {
+    unsigned    kind;        /* FUNCTION, SCRIPT or MODULE */
+    const char *name;        /* SCRIPT: the file (as sent, relative to the
+                                client's cwd); FUNCTION, MODULE: the module */
+    const char *symbol;      /* FUNCTION: the attribute path; else NULL */
+    struct fh_launch_view view;
+    struct fh_child_spec spec;   /* for fh_child_setup(); argv and envp
+                                    point into the member's buffer */
+    char        head[4096];  /* FUNCTION: the module name, split off */
 };
 
 struct fh_member {
@@ -97,14 +128,7 @@ struct fh_member {
     unsigned  state;         /* enum fh_handoff_state */
     int       fds[FH_PROTO_MAX_FDS];
     unsigned  nfds;
-};
-
-/* A parsed, checked LAUNCH: views into the record. */
-struct fh_launch_view {
-    struct fh_launch launch; /* a copy of the fixed part */
-    const char *entry;
-    const char *strings;     /* argv then env, NUL-terminated, packed */
-    size_t      strings_len;
+    struct fh_python_run run;    /* FH_MEMBER_PYTHON */
 };
 
 /*
@@ -115,15 +139,30 @@ struct fh_launch_view {
 FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
                            struct fh_launch_view *v);
 
+/*
+ * What entry names, as entries.classify() decides it, for a client whose
+ * cwd is cwd_fd: the kind, with *name (the entry, or head holding the part
+ * before the last ':') and *symbol (after it, or NULL).  FH_ENTRY_DEFER for
+ * anything that is not plainly one of the forms (a missing file, a ':symbol'
+ * on a file that is not ELF, a name that is not a dotted ASCII identifier,
+ * a head longer than head_len - 1): the template's Python classifier is the
+ * authority there, and this one never decides a case differently.
+ */
+FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
+                             char *head, size_t head_len, const char **name,
+                             const char **symbol);
+
 /* The member's epoll set (close-on-exec).  0, or -errno. */
 FH_API int fh_member_init(struct fh_member *m);
 
 /*
- * Wait for a client and take it.  A native entry on a valid LAUNCH never
- * returns: the member sends TOOK and STARTED and becomes the secondary
- * (fh_run_native).  Otherwise FH_MEMBER_HANDOFF or FH_MEMBER_LAUNCH with
- * m->conn and what was received in m; -EINTR when a signal interrupted the
- * wait (nothing taken); another -errno when accept failed.
+ * Wait for a client and take it.  On a valid LAUNCH whose entry
+ * fh_entry_classify() decides, the member sends TOOK and STARTED and is the
+ * secondary from then on: a native entry never returns (fh_run_native), a
+ * Python one returns FH_MEMBER_PYTHON with m->run filled (every signal
+ * blocked: fh_child_setup unblocks).  Anything else is FH_MEMBER_HANDOFF
+ * with m->conn and what was received in m; -EINTR when a signal interrupted
+ * the wait (nothing taken); another -errno when accept failed.
  */
 FH_API int fh_member_next(struct fh_member *m);
 

@@ -9,8 +9,40 @@
 #define FH_HANDOFF_EXPIRED ...
 #define FH_HANDOFF_PEER ...
 #define FH_MEMBER_HANDOFF ...
-#define FH_MEMBER_LAUNCH ...
+#define FH_MEMBER_PYTHON ...
+#define FH_ENTRY_DEFER ...
+#define FH_ENTRY_NATIVE ...
+#define FH_ENTRY_FUNCTION ...
+#define FH_ENTRY_SCRIPT ...
+#define FH_ENTRY_MODULE ...
 #define FH_NEWS_URGENT ...
+
+struct fh_launch {
+    uint32_t flags;
+    uint32_t umask;
+    uint32_t stdio_mask;
+    uint32_t nextra;
+    uint32_t argc;
+    uint32_t envc;
+    uint32_t strings_len;
+    ...;
+};
+
+struct fh_launch_view {
+    struct fh_launch launch;
+    const char *entry;
+    const char *strings;
+    size_t      strings_len;
+};
+
+struct fh_python_run {
+    unsigned    kind;
+    const char *name;
+    const char *symbol;
+    struct fh_launch_view view;
+    struct fh_child_spec spec;
+    ...;
+};
 
 struct fh_member {
     int       listen_fd;
@@ -29,15 +61,16 @@ struct fh_member {
     unsigned  state;
     int       fds[...];
     unsigned  nfds;
+    struct fh_python_run run;
 };
 
 int fh_member_init(struct fh_member *m);
 int fh_member_next(struct fh_member *m);
 int fh_member_handoff(struct fh_member *m);
-int fh_member_took(struct fh_member *m, const char *argv0);
-int fh_member_started(struct fh_member *m);
+int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
+                      char *head, size_t head_len, const char **name,
+                      const char **symbol);
 
-struct fh_launch_view { ...; };
 int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
                     struct fh_launch_view *v);
 
