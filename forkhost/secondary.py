@@ -15,12 +15,14 @@ does not run Python at all.
 from __future__ import annotations
 
 import atexit
+import codecs
 import io
 import os
 import signal
 import sys
 import threading
 import traceback
+from itertools import repeat
 
 from . import entries
 from ._native import ffi, lib
@@ -79,10 +81,14 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    data = {}
-    for var in req.env:
-        key, _, value = var.partition(b"=")
-        data.setdefault(key, value)      # getenv(3) finds the first
+    # Built in C (no bytecode per variable: a launch's Python runs cold);
+    # a name given twice is rare, and then getenv(3) finds the first.
+    data = dict(map(bytes.split, req.env, repeat(b"="), repeat(1)))
+    if len(data) != len(req.env):
+        data = {}
+        for var in req.env:
+            key, _, value = var.partition(b"=")
+            data.setdefault(key, value)
     for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
         data.pop(name, None)
     if req.nextra:
@@ -94,32 +100,39 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     return os.environb
 
 
+_STDIO = ((0, "<stdin>"), (1, "<stdout>"), (2, "<stderr>"))
+
+
 def _make_stdio(present: int, env) -> list:
-    """Text streams over fds 0, 1, 2 (None where absent), not installed."""
-    unbuffered = bool(env.get(b"PYTHONUNBUFFERED"))
+    """Text streams over fds 0, 1, 2 (None where absent), not installed,
+    made as CPython's create_stdio makes them: io.open (buffer sized by the
+    fd's st_blksize), the raw file named "<stdin>" and so on, newline "\n"
+    (no translation), stderr line-buffered with backslashreplace, stdin
+    always buffered; PYTHONUNBUFFERED and PYTHONIOENCODING are honoured."""
+    buffered = not env.get(b"PYTHONUNBUFFERED")
     enc_spec = env.get(b"PYTHONIOENCODING", b"").decode("ascii", "ignore")
     enc, _, errs = enc_spec.partition(":")
-    base_enc = enc or (sys.__stdout__.encoding if sys.__stdout__ else "utf-8")
+    # As python: the codec's own name ("latin-1" is "iso8859-1"); an
+    # unknown one raises LookupError, which run() reports.
+    base_enc = codecs.lookup(enc).name if enc else \
+        (sys.__stdout__.encoding if sys.__stdout__ else "utf-8")
     base_errs = errs or (sys.__stdout__.errors if sys.__stdout__ else "strict")
     streams = []
-    for fd, mode in ((0, "rb"), (1, "wb"), (2, "wb")):
+    for fd, name in _STDIO:
         if not present & (1 << fd):
             streams.append(None)
             continue
-        raw = io.FileIO(fd, mode, closefd=False)
-        if mode == "rb":
-            buf = io.BufferedReader(raw)
-        elif unbuffered:
-            buf = raw
+        write = fd > 0
+        if write and not buffered:
+            buf = raw = io.open(fd, "wb", 0, closefd=False)
         else:
-            buf = io.BufferedWriter(raw)
-        tty = raw.isatty()
+            buf = io.open(fd, "wb" if write else "rb", -1, closefd=False)
+            raw = buf.raw
+        raw.name = name
         text = io.TextIOWrapper(
-            buf, encoding=base_enc,
-            errors="backslashreplace" if fd == 2 else base_errs,
-            line_buffering=(fd == 2 or (fd == 1 and tty)) and not unbuffered,
-            write_through=unbuffered and mode == "wb")
-        text.mode = mode[0]
+            buf, base_enc, "backslashreplace" if fd == 2 else base_errs, "\n",
+            buffered and (fd == 2 or raw.isatty()), not buffered)
+        text.mode = "w" if write else "r"
         streams.append(text)
     return streams
 
@@ -129,8 +142,6 @@ def _reopen_stdio(present: int, env) -> None:
 
     The template's objects were set up for the primary's fds (a terminal is
     line-buffered, a file is not); a secondary must buffer for its own.
-    Mirrors CPython's create_stdio: stderr is always line-buffered and uses
-    backslashreplace; PYTHONUNBUFFERED and PYTHONIOENCODING are honoured.
     """
     streams = _make_stdio(present, env)
     sys.stdin = sys.__stdin__ = streams[0]
@@ -400,7 +411,13 @@ def run(req: Launch, target: entries.Target, spec) -> int:
     if not signals_ready:
         _python_signal_defaults()
     env = _set_environ(req, spec)
-    _reopen_stdio(req.stdio_mask, env)
+    try:
+        _reopen_stdio(req.stdio_mask, env)
+    except LookupError as exc:         # python -c says the same and exits 1
+        _write_stderr(f"Fatal Python error: init_stdio_encoding: failed to get "
+                      f"the Python codec name of the stdio encoding\n"
+                      f"LookupError: {exc}\n")
+        return 1
     atexit._clear()                    # the primary's handlers are not ours
     argv = [os.fsdecode(a) for a in req.argv]
     sys.argv = list(argv)

@@ -13,6 +13,7 @@ import pty
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -111,6 +112,49 @@ def test_stdio_through_files(primary, tmp_path):
     assert r.returncode == 0
     assert out.read_bytes() == b"hello files\n"
     assert err.read_bytes() == b"to stderr\n"
+
+
+@pytest.mark.parametrize("setting", [
+    {}, {"PYTHONUNBUFFERED": "1"}, {"PYTHONUNBUFFERED": ""},
+    {"PYTHONIOENCODING": "latin-1:replace"}, {"PYTHONIOENCODING": ":replace"},
+])
+@pytest.mark.parametrize("where", ["pipes", "files"])
+def test_stdio_objects_are_the_ones_python_makes(primary, tmp_path, setting, where):
+    """sys.stdin/stdout/stderr of a secondary are what `python` itself
+    would have made over the same fds and environment: names, modes,
+    buffering, encodings, and no newline translation on stdin."""
+    env = {k: v for k, v in primary.env.items()
+           if k not in ("PYTHONUNBUFFERED", "PYTHONIOENCODING")}
+    env.update(setting)
+    data = b"one\r\ntwo\rthree\n\xe9"
+
+    def state(argv):
+        if where == "pipes":
+            r = subprocess.run(argv, input=data, capture_output=True, env=env,
+                               cwd=FIXTURES, timeout=60)
+            out = r.stdout
+        else:
+            src, dst = tmp_path / "in", tmp_path / "out"
+            src.write_bytes(data)
+            with open(src, "rb") as i, open(dst, "wb") as o:
+                r = subprocess.run(argv, stdin=i, stdout=o, stderr=subprocess.PIPE,
+                                   env=env, cwd=FIXTURES, timeout=60)
+            out = dst.read_bytes()
+        assert r.returncode == 0, r.stderr.decode()
+        return json.loads(out)
+
+    python = state([sys.executable, "-c", "import fhfix, sys; fhfix.stdio_state(sys.argv)"])
+    secondary = state([RUNNER, "fhfix:stdio_state"])
+    assert secondary == python
+    assert python["streams"][0]["name"] == "<stdin>"
+
+
+def test_unknown_stdio_encoding_fails_as_python_does(primary):
+    r = primary.run("fhfix:echo", "x", cwd=FIXTURES,
+                    extra_env={"PYTHONIOENCODING": "no-such-codec"})
+    assert r.returncode == 1
+    assert r.stdout == b""
+    assert b"LookupError: unknown encoding: no-such-codec" in r.stderr
 
 
 def test_stdio_closed_stdin_stays_closed(primary):

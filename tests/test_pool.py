@@ -5,6 +5,7 @@ ahead of time."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -190,13 +191,15 @@ def test_member_classifier_decides_every_valid_form(entry_dir, entry, module, ki
 
 # -- end to end ----------------------------------------------------------------
 
-def raw_launch(sock: socket.socket, entry: bytes, *args: bytes) -> None:
+def raw_launch(sock: socket.socket, entry: bytes, *args: bytes,
+               env: list[bytes] = [b"A=1"], stdout: int | None = None) -> None:
     cwd = os.open(FIXTURES, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    out = null if stdout is None else stdout
     try:
-        body = protocol.Launch(entry, [entry, *args], [b"A=1"], 0, 0o022,
+        body = protocol.Launch(entry, [entry, *args], env, 0, 0o022,
                                0b111, 0).encode()
-        protocol.send(sock, protocol.LAUNCH, body, [cwd, null, null, null])
+        protocol.send(sock, protocol.LAUNCH, body, [cwd, null, out, null])
     finally:
         os.close(cwd)
         os.close(null)
@@ -237,6 +240,27 @@ def test_a_launch_runs_in_a_member_forked_before_it(primary):
         pid, code = started_and_exited(sock)
     assert code == 5
     assert pid in before
+
+
+def test_a_name_given_twice_in_the_environment_has_its_first_value(primary):
+    """As getenv(3) and a fresh python read it, in C and in os.environ."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with connect(primary) as sock:
+            raw_launch(sock, b"fhfix:report", env=[b"DUP=first", b"A=1", b"DUP=second"],
+                       stdout=w)
+            os.close(w)
+            w = -1
+            _, code = started_and_exited(sock)
+        with open(r, "rb", closefd=False) as f:
+            got = json.loads(f.read())
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert code == 0
+    env = {bytes.fromhex(k): bytes.fromhex(v) for k, v in got["env"].items()}
+    assert env == {b"DUP": b"first", b"A": b"1"}
 
 
 def test_slow_client_is_served_by_the_member_that_took_it(primary):
