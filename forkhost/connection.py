@@ -9,7 +9,6 @@ its connection closed, and never takes the template down.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import time

@@ -31,9 +31,9 @@ import struct
 import sys
 import time
 
-from . import entries, protocol, secondary
+from . import protocol, secondary
 from ._native import ffi, lib
-from .errors import EXIT_FORKHOST, ProtocolError
+from .errors import ProtocolError
 
 TOOK, BUSY, HANDOFF = lib.FH_CTL_TOOK, lib.FH_CTL_BUSY, lib.FH_CTL_HANDOFF
 HANDOFF_HDR = struct.Struct("=IIII")   # struct fh_handoff

@@ -22,7 +22,6 @@ import signal
 import sys
 import threading
 import traceback
-from itertools import repeat
 
 from . import entries
 from ._native import ffi, lib
@@ -81,14 +80,10 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    # Built in C (no bytecode per variable: a launch's Python runs cold);
-    # a name given twice is rare, and then getenv(3) finds the first.
-    data = dict(map(bytes.split, req.env, repeat(b"="), repeat(1)))
-    if len(data) != len(req.env):
-        data = {}
-        for var in req.env:
-            key, _, value = var.partition(b"=")
-            data.setdefault(key, value)
+    data = {}
+    for var in req.env:
+        key, _, value = var.partition(b"=")
+        data.setdefault(key, value)      # getenv(3) finds the first
     for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
         data.pop(name, None)
     if req.nextra:
@@ -165,7 +160,7 @@ def rehearse(template_cwd: str = "/") -> None:
         body = Launch(b"forkhost_rehearsal:main", [b"forkhost_rehearsal:main", b"x"],
                       env, 0, 0o022, 0b111, 0).encode()
         rec = header(LAUNCH, HDR.size + len(body), 4) + body
-        run = ffi.new("struct fh_python_run *")
+        run = ffi.new("struct fh_taken_launch *")
         if lib.fh_launch_parse(rec, len(rec), 4, ffi.addressof(run, "view")) == 0:
             name, symbol = ffi.new("char[]", b"m"), ffi.new("char[]", b"f")
             run.kind, run.name, run.symbol = lib.FH_ENTRY_FUNCTION, name, symbol
@@ -350,7 +345,7 @@ _KINDS = {lib.FH_ENTRY_FUNCTION: entries.FUNCTION,
 
 def taken_launch(run) -> tuple[Launch, entries.Target]:
     """The request and the target of a Python launch a pool member took in
-    C (struct fh_python_run: parsed, checked and classified there)."""
+    C (struct fh_taken_launch: parsed, checked and classified there)."""
     view, launch = run.view, run.view.launch
     strings = ffi.unpack(view.strings, view.strings_len)
     parts = strings.split(b"\0")

@@ -408,7 +408,7 @@ FH_API int fh_member_handoff(struct fh_member *m)
  * resets them all and unblocks), the template hears TOOK and the client
  * STARTED, and r->spec is prepared.  Exits 125 if that fails.
  */
-static void become(struct fh_member *m, struct fh_python_run *r)
+static void become(struct fh_member *m, struct fh_taken_launch *r)
 {
     const struct fh_launch *l = &r->view.launch;
     struct fh_child_spec *spec = &r->spec;
@@ -445,7 +445,7 @@ static void become(struct fh_member *m, struct fh_python_run *r)
 /* A connection accepted: see what it is. */
 static int take(struct fh_member *m)
 {
-    struct fh_python_run *r = &m->run;
+    struct fh_taken_launch *r = &m->run;
     struct ucred cred;
     socklen_t len = sizeof cred;
     int rc;

@@ -91,17 +91,20 @@ struct fh_launch_view {
     size_t      strings_len;
 };
 
-/* A Python launch a member took (FH_MEMBER_PYTHON): everything the
- * interpreter needs, decided and prepared in C. */
-struct fh_python_run {
-    unsigned    kind;        /* FUNCTION, SCRIPT or MODULE */
-    const char *name;        /* SCRIPT: the file (as sent, relative to the
-                                client's cwd); FUNCTION, MODULE: the module */
-    const char *symbol;      /* FUNCTION: the attribute path; else NULL */
+/* A launch a member took: what it names and the child's setup, decided and
+ * prepared in C.  A Python entry's (FH_MEMBER_PYTHON) is everything the
+ * interpreter needs. */
+struct fh_taken_launch {
+    unsigned    kind;        /* enum fh_entry_kind, never DEFER */
+    const char *name;        /* NATIVE, SCRIPT: the file (as sent, relative
+                                to the client's cwd); FUNCTION, MODULE: the
+                                module */
+    const char *symbol;      /* FUNCTION: the attribute path; NATIVE: the
+                                symbol, NULL for main; else NULL */
     struct fh_launch_view view;
     struct fh_child_spec spec;   /* for fh_child_setup(); argv and envp
                                     point into the member's buffer */
-    char        head[4096];  /* FUNCTION: the module name, split off */
+    char        head[4096];  /* PATH_MAX: the part before the last ':' */
 };
 
 struct fh_member {
@@ -128,7 +131,7 @@ struct fh_member {
     unsigned  state;         /* enum fh_handoff_state */
     int       fds[FH_PROTO_MAX_FDS];
     unsigned  nfds;
-    struct fh_python_run run;    /* FH_MEMBER_PYTHON */
+    struct fh_taken_launch run;  /* FH_MEMBER_PYTHON */
 };
 
 /*

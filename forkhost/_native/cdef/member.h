@@ -35,7 +35,7 @@ struct fh_launch_view {
     size_t      strings_len;
 };
 
-struct fh_python_run {
+struct fh_taken_launch {
     unsigned    kind;
     const char *name;
     const char *symbol;
@@ -61,7 +61,7 @@ struct fh_member {
     unsigned  state;
     int       fds[...];
     unsigned  nfds;
-    struct fh_python_run run;
+    struct fh_taken_launch run;
 };
 
 int fh_member_init(struct fh_member *m);
