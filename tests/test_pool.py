@@ -379,6 +379,20 @@ def _cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
+def _settled_fd_count(pid: int) -> int:
+    """pid's fd count once it holds still: the INFO connection that
+    idle_members() made may close only after its reply was read, and
+    counting it would leave room for one fd more than meant."""
+    counts: list[int] = []
+
+    def still() -> bool:
+        counts.append(len(os.listdir(f"/proc/{pid}/fd")))
+        return len(counts) >= 10 and len(set(counts[-10:])) == 1
+
+    wait_until(still, what="the template's fd count to settle", interval=0.02)
+    return counts[-1]
+
+
 def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
     """Refilling the pool fails (here: the template is out of fds, so the
     member's socketpair cannot be made; EAGAIN from fork under
@@ -390,7 +404,7 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
     try:
         idle_members(p)
         tpl = p.template_pid
-        nfds = len(os.listdir(f"/proc/{tpl}/fd"))
+        nfds = _settled_fd_count(tpl)
         soft, hard = resource.prlimit(tpl, resource.RLIMIT_NOFILE)
         # Room for the fd the next launch hands over (its client's
         # connection, with the member's TOOK) and one spare, not for the
