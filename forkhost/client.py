@@ -13,6 +13,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 from . import protocol, runtime
 from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
@@ -121,12 +122,14 @@ class Secondary:
     """A running secondary, as its client sees it.  Like subprocess.Popen:
     ``returncode`` is N for exit status N and -S for death by signal S."""
 
-    def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes]):
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes],
+                 job_control: bool = False):
         self._sock = sock
         self.pid = pid
         self.pidfd = pidfd
         self.args = argv
         self.returncode: int | None = None
+        self._job_control = job_control
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -149,16 +152,20 @@ class Secondary:
         if self.returncode is None:
             r, _, _ = select.select([self._sock], [], [], 0)
             if r:
-                self._read_exit(None)
+                self._read_report(None)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the secondary to end; TimeoutError if it has not."""
-        if self.returncode is None:
-            self._read_exit(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            self._read_report(None if deadline is None else
+                              max(0.0, deadline - time.monotonic()))
         return self.returncode
 
-    def _read_exit(self, timeout: float | None) -> None:
+    def _read_report(self, timeout: float | None) -> None:
+        """One message from the template: EXITED, or (for `forkhost run`,
+        which asked with LAUNCH_JOBCTL) STOPPED."""
         msg = _recv(self._sock, timeout)
         if msg is None:
             # The template is gone: nobody will report this secondary's
@@ -168,6 +175,12 @@ class Secondary:
             raise ForkhostError(
                 f"lost the template while secondary {self.pid} was running; killed it")
         msg.close_fds()
+        if msg.type == protocol.STOPPED and self._job_control:
+            # As forkhost-run: a shell's job stops with its program, unless
+            # it runs again already (we passed on the SIGCONT after a ^Z).
+            if _stopped(self.pid):
+                os.kill(os.getpid(), signal.SIGSTOP)
+            return
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
         code, sig = protocol.decode_struct(protocol.EXITED_BODY, msg.body, "EXITED")
@@ -193,10 +206,21 @@ class Secondary:
         return f"<forkhost.Secondary pid={self.pid} returncode={self.returncode}>"
 
 
+def _stopped(pid: int) -> bool:
+    """Whether pid is stopped now (the state after comm in /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] in (b"T", b"t")
+
+
 def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = None,
            runtime_dir=None, env=None, cwd=None, stdin=None, stdout=None,
            stderr=None, pass_fds=(), umask: int | None = None,
-           connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Secondary:
+           connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+           _job_control: bool = False) -> Secondary:
     """Start a secondary running ``entry`` with ``args``; returns its handle.
 
     stdin/stdout/stderr: None (this process's fd 0/1/2), DEVNULL, an fd or a
@@ -224,7 +248,8 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
             raise ForkhostError(f"too many pass_fds ({len(extra)}; the limit is "
                                 f"{protocol.MAX_EXTRA_FDS})")
         req = protocol.Launch(os.fsencode(entry), argv, _env_list(env),
-                              protocol.LAUNCH_MODULE if module else 0,
+                              (protocol.LAUNCH_MODULE if module else 0)
+                              | (protocol.LAUNCH_JOBCTL if _job_control else 0),
                               umask, mask, len(extra))
         body = req.encode()
         sock = connect(prefix, runtime_dir, connect_timeout)
@@ -234,6 +259,11 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
             except (BrokenPipeError, ConnectionResetError):
                 pass   # refused on accept: the ERROR saying why is queued
             msg = _recv(sock, connect_timeout)
+            stopped_early = False
+            while msg is not None and msg.type == protocol.STOPPED and _job_control:
+                stopped_early = True        # before STARTED: see below
+                msg.close_fds()
+                msg = _recv(sock, connect_timeout)
         except BaseException:
             sock.close()
             raise
@@ -253,7 +283,9 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
     (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
-    return Secondary(sock, pid, msg.fds[0], argv)
+    if stopped_early and _stopped(pid):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return Secondary(sock, pid, msg.fds[0], argv, _job_control)
 
 
 def die_like(returncode: int) -> None:
@@ -283,15 +315,17 @@ def run(entry: str, args, *, module: bool = False, prefix=None, runtime_dir=None
     old = {s: signal.signal(s, lambda *_: None) for s in handled}
     try:
         sec = launch(entry, args, module=module, prefix=prefix, runtime_dir=runtime_dir,
-                     pass_fds=pass_fds, connect_timeout=connect_timeout)
+                     pass_fds=pass_fds, connect_timeout=connect_timeout,
+                     _job_control=True)
         with sec:
             while sec.returncode is None:
                 r, _, _ = select.select([wake_r, sec], [], [])
                 if wake_r in r:
                     for sig in os.read(wake_r, 256):
                         _forward(sec, sig)
+                    continue       # signals first, as forkhost-run
                 if sec in r:
-                    sec.wait()
+                    sec.poll()
             return sec.returncode
     finally:
         signal.set_wakeup_fd(old_wake)

@@ -38,11 +38,12 @@ class Connection:
         self.client_uid = -1
         self.argv0 = ""
         self.started = 0.0
+        self.job_control = False   # LAUNCH_JOBCTL: tell the client of stops
 
     @classmethod
     def took(cls, template, member, msg: protocol.Message) -> "Connection":
-        """A pool member took this client's launch (TOOK: argv[0], and a
-        copy of the connection)."""
+        """A pool member took this client's launch (TOOK: the LAUNCH flags,
+        argv[0], and a copy of the connection)."""
         now = time.monotonic()
         conn = cls(template, socket.socket(fileno=msg.fds[0]), now)
         try:
@@ -51,7 +52,9 @@ class Connection:
             pass
         conn.pid, conn.pidfd, conn.report = member.pid, member.pidfd, member.sock
         conn.state = RUNNING
-        conn.argv0 = os.fsdecode(msg.body)
+        (flags,) = struct.unpack_from("=I", msg.body)
+        conn.job_control = bool(flags & protocol.LAUNCH_JOBCTL)
+        conn.argv0 = os.fsdecode(msg.body[4:])
         conn.started = now
         return conn
 
@@ -139,6 +142,7 @@ class Connection:
             self.refuse(str(err), err.exit_code)
             return
         self.argv0 = os.fsdecode(req.argv[0])
+        self.job_control = bool(req.flags & protocol.LAUNCH_JOBCTL)
         self.started = time.monotonic()
         # Fork now (no member was idle when this client connected).  The
         # secondary reports to the template only, which sends EXITED, after
@@ -189,6 +193,12 @@ class Connection:
             return
         self.template.signal_secondary(self, 15)
         self.kill_at = time.monotonic() + self.template.grace
+
+    def report_stop(self, sig: int) -> None:
+        """From waitid: a signal stopped the secondary.  A client that is a
+        shell's job (LAUNCH_JOBCTL) stops itself in turn."""
+        if self.job_control and not self.reported:
+            self.send(protocol.STOPPED, protocol.STOPPED_BODY.pack(sig, 0))
 
     def report_exit(self, status: int) -> None:
         """From waitpid: the secondary ended without reporting (a signal,

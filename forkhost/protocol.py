@@ -26,14 +26,17 @@ MAX_FDS = 4 + MAX_EXTRA_FDS
 MAX_ERROR = 1024
 
 LAUNCH, INFO = 0x01, 0x02
-STARTED, EXITED, ERROR, INFO_REPLY = 0x81, 0x82, 0x83, 0x84
+STARTED, EXITED, ERROR, INFO_REPLY, STOPPED = 0x81, 0x82, 0x83, 0x84, 0x85
 
 LAUNCH_MODULE = 0x1
+LAUNCH_JOBCTL = 0x2      # the client is a shell's job: send it STOPPED
+LAUNCH_FLAGS = LAUNCH_MODULE | LAUNCH_JOBCTL
 
 HDR = struct.Struct("=IHHIIQ")           # magic version type len nfds reserved
 LAUNCH_BODY = struct.Struct("=IIIIIIII")  # flags umask stdio_mask nextra argc envc strings_len reserved
 STARTED_BODY = struct.Struct("=q")        # large enough for pid_t
 EXITED_BODY = struct.Struct("=ii")        # code signal
+STOPPED_BODY = struct.Struct("=ii")       # signal reserved
 ERROR_BODY = struct.Struct("=iI")         # exit_code text_len
 assert HDR.size == 24 and LAUNCH_BODY.size == 32
 
@@ -210,7 +213,7 @@ class Launch:
             raise ProtocolError(
                 f"truncated LAUNCH request: {slen} bytes of strings announced, "
                 f"{len(strings)} present")
-        if flags & ~LAUNCH_MODULE or mask & ~7 or umask & ~0o777:
+        if flags & ~LAUNCH_FLAGS or mask & ~7 or umask & ~0o777:
             raise ProtocolError("LAUNCH request has unknown flags or bits set")
         if nextra > MAX_EXTRA_FDS:
             raise ProtocolError(f"too many extra fds ({nextra}; the limit is {MAX_EXTRA_FDS})")

@@ -4,7 +4,8 @@ It is forked from the primary while the primary is single-threaded and it
 stays single-threaded: one epoll loop over the listening socket, client
 connections and the pidfds of running secondaries.  Child exits are noticed
 through pidfds, signals through ``signal.set_wakeup_fd``; Python-level
-handlers do nothing, the loop reads the signal numbers from the pipe.
+handlers do nothing, the loop reads the signal numbers from the pipe (a
+SIGCHLD there means: look for stopped secondaries).
 
 It never runs user code itself.  It ends when the primary asks (SIGTERM)
 or dies (PR_SET_PDEATHSIG delivers SIGTERM; a getppid() check covers the
@@ -129,8 +130,10 @@ class Template:
         for sig in _STOP_SIGNALS:
             signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
         # The template must see its children's exits through waitpid:
-        # SIGCHLD must not be SIG_IGN (which would auto-reap them).
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # SIGCHLD must not be SIG_IGN (which would auto-reap them).  Exits
+        # come through pidfds; SIGCHLD wakes the loop for stops, which
+        # nothing else reports (_children_stopped).
+        signal.signal(signal.SIGCHLD, lambda *_: None)
         self.ep.register(self.wake_r, select.EPOLLIN)
 
     def forget_in_child(self) -> None:
@@ -252,7 +255,7 @@ class Template:
         if not msg:
             return False     # nothing, or EOF: it is exiting, its pidfd says when
         self.last_activity = time.monotonic()
-        if msg.type == pool.TOOK and len(msg.fds) == 1:
+        if msg.type == pool.TOOK and len(msg.fds) == 1 and len(msg.body) >= 4:
             if self.hot != ffi.NULL and (self.launched + 1) % RELEARN == 0:
                 lib.fh_hotset_arm(self.hot, 1)
             # Its pidfd stays registered and now means this launch; its
@@ -392,8 +395,34 @@ class Template:
             data = os.read(self.wake_r, 512)
         except BlockingIOError:
             return
+        if signal.SIGCHLD in data:
+            self._children_stopped()
         if any(s in data for s in _STOP_SIGNALS) and not self.stopping:
             self.stop()
+
+    def _children_stopped(self) -> None:
+        """Tell the clients whose secondaries a signal stopped (a shell's
+        job stops with its program; docs/protocol.md, STOPPED).  Only stops
+        are asked for: exits stay for the pidfds to report and reap."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WSTOPPED | os.WNOHANG)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            conn = self._running_pid(info.si_pid)
+            if conn is None:
+                self._read_news()      # a member's TOOK not read yet?
+                conn = self._running_pid(info.si_pid)
+            if conn is not None:       # else an idle member: nobody to tell
+                conn.report_stop(info.si_status)
+
+    def _running_pid(self, pid: int) -> Connection | None:
+        for conn in self.running.values():
+            if conn.pid == pid:
+                return conn
+        return None
 
     def _accept(self) -> None:
         now = self.last_activity = time.monotonic()

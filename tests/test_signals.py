@@ -256,6 +256,57 @@ def test_sigtstp_stops_both_sigcont_resumes_both(primary, native_so, kind, clien
         reap(proc)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_secondary_stopped_by_anyone_stops_the_client(primary, native_so, kind, client):
+    """kill -STOP of the program itself: a shell's job stops with it (the
+    template tells the client, STOPPED), and the shell's SIGCONT to the job
+    resumes both."""
+    proc = client_popen(primary, client, [entry(kind, "signals", native_so)],
+                        stdout=subprocess.PIPE)
+    try:
+        out = LineReader(proc.stdout)
+        assert out.readline() == b"ready\n"
+        sec = only_secondary(primary)
+        os.kill(sec, signal.SIGSTOP)
+        wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
+        assert proc_state(sec) == "T"
+        proc.send_signal(signal.SIGCONT)
+        assert out.readline() == b"SIGCONT\n"
+        wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
+        wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
+        # A second stop is told as well, and the client keeps forwarding.
+        os.kill(sec, signal.SIGSTOP)
+        wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop again")
+        proc.send_signal(signal.SIGCONT)
+        assert out.readline() == b"SIGCONT\n"
+        proc.send_signal(signal.SIGUSR1)
+        assert out.readline() == b"SIGUSR1\n"
+        proc.send_signal(signal.SIGTERM)
+        assert out.readline() == b"SIGTERM\n"
+        assert proc.wait(30) == 3
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        reap(proc)
+
+
+def test_launch_api_is_not_told_of_stops(primary, native_so):
+    """forkhost.launch() did not ask (no LAUNCH_JOBCTL): a stopped
+    secondary does not stop the calling program, and its handle still
+    reports the exit."""
+    sec = forkhost.launch("fhfix:sleeper", ["0.5"], prefix=primary.prefix,
+                          runtime_dir=primary.runtime_dir, cwd=FIXTURES,
+                          stdout=forkhost.DEVNULL)
+    with sec:
+        os.kill(sec.pid, signal.SIGSTOP)
+        wait_until(lambda: proc_state(sec.pid) == "T", what="the secondary to stop")
+        time.sleep(0.2)
+        assert sec.poll() is None
+        sec.send_signal(signal.SIGCONT)
+        assert sec.wait(30) == 0
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_sigkilled_client_secondary_killed_after_grace(primary, native_so, kind):
     """The secondary ignores SIGTERM: only the SIGKILL the template sends

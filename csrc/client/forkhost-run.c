@@ -671,7 +671,7 @@ static size_t build_launch(const struct options *o, unsigned stdio_mask,
     m->hdr.len = (uint32_t)total;
     m->hdr.nfds = nfds;
     m->hdr.reserved = 0;
-    m->flags = o->flags;
+    m->flags = o->flags | FH_LAUNCH_JOBCTL;   /* we are the job a shell sees */
     m->umask = (uint32_t)mask;
     m->stdio_mask = stdio_mask;
     m->nextra = o->nextra;
@@ -698,6 +698,7 @@ struct reply {
         struct fh_msg_hdr hdr;
         struct fh_started started;
         struct fh_exited  exited;
+        struct fh_stopped stopped;
         struct fh_error   error;
         unsigned char     bytes[REPLY_MAX];
     } u;
@@ -863,6 +864,10 @@ static enum recv_result recv_reply(const struct session *s, struct reply *r)
         if (r->len != sizeof(struct fh_exited))
             goto bad_len;
         break;
+    case FH_MSG_STOPPED:
+        if (r->len != sizeof(struct fh_stopped))
+            goto bad_len;
+        break;
     case FH_MSG_ERROR:
         if (r->len < sizeof(struct fh_error) ||
             r->u.error.text_len > FH_PROTO_MAX_ERROR ||
@@ -964,6 +969,32 @@ static void send_launch(struct session *s, size_t len, const int *fds,
     }
 }
 
+/*
+ * STOPPED: a signal stopped the secondary (someone's kill -STOP, say), and a
+ * shell must see its job stopped, as it would a normal child: we stop too,
+ * and the shell's SIGCONT to us is passed on (forward_signals).  Only while
+ * the secondary is still stopped: after a ^Z the STOPPED for it is read once
+ * we were continued and passed SIGCONT on, and must not stop us again.
+ */
+static int secondary_stopped(pid_t pid)
+{
+    char path[64], buf[512], *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    p = strrchr(buf, ')');      /* comm may hold anything, even ") " */
+    return p != NULL && p[1] == ' ' && (p[2] == 'T' || p[2] == 't');
+}
+
 /* ------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
@@ -975,6 +1006,7 @@ int main(int argc, char **argv)
     int fds[FH_PROTO_MAX_FDS];
     unsigned nfds = 0, stdio_mask = 0;
     int pipe_r, cwd;    /* cwd is never closed: exit does it for free */
+    int stopped_early = 0;
     int64_t deadline;
     size_t len;
 
@@ -1044,6 +1076,10 @@ int main(int argc, char **argv)
         }
         if (r.u.hdr.type == FH_MSG_ERROR)
             exit_error(&s, &r);
+        if (r.u.hdr.type == FH_MSG_STOPPED) {
+            stopped_early = 1;   /* the template heard first; see below */
+            continue;
+        }
         if (r.u.hdr.type != FH_MSG_STARTED)
             fail(&s, "protocol error: %s sent EXITED before STARTED", s.path);
         if (r.u.started.pid <= 0 || r.u.started.pid > INT_MAX) {
@@ -1055,6 +1091,8 @@ int main(int argc, char **argv)
         s.pidfd = r.fd;
         break;
     }
+    if (stopped_early && secondary_stopped(s.pid))
+        raise(SIGSTOP);
 
     /* Running: forward signals until EXITED.  The pipe goes first, so
      * early signals reach the secondary before we act on an EXITED that
@@ -1088,6 +1126,11 @@ int main(int argc, char **argv)
         }
         if (r.u.hdr.type == FH_MSG_ERROR)
             exit_error(&s, &r);
+        if (r.u.hdr.type == FH_MSG_STOPPED) {
+            if (secondary_stopped(s.pid))
+                raise(SIGSTOP);
+            continue;
+        }
         if (r.u.hdr.type != FH_MSG_EXITED) {
             if (r.fd >= 0)
                 close(r.fd);

@@ -57,7 +57,7 @@ FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
     slen = n - sizeof l;
     if (l.strings_len != slen)
         return -EPROTO;
-    if ((l.flags & ~FH_LAUNCH_MODULE) || (l.stdio_mask & ~7u) ||
+    if ((l.flags & ~FH_LAUNCH_FLAGS) || (l.stdio_mask & ~7u) ||
         (l.umask & ~0777u) || l.nextra > FH_PROTO_MAX_EXTRA_FDS || l.argc < 1)
         return -EPROTO;
     /* Exactly 1 + argc + envc NUL-terminated strings, filling the rest. */
@@ -350,10 +350,10 @@ static void close_received(struct fh_member *m)
 }
 
 /* Tell the template this member runs m->conn's launch. */
-static int took(struct fh_member *m, const char *argv0)
+static int took(struct fh_member *m, uint32_t flags, const char *argv0)
 {
-    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, argv0, strlen(argv0), NULL, 0,
-                      &m->conn, 1);
+    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, &flags, sizeof flags, argv0,
+                      strlen(argv0), &m->conn, 1);
 
     notify(m, 1);
     return rc;
@@ -419,7 +419,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    took(m, r->view.strings);
+    took(m, l->flags, r->view.strings);
     rc = started(m);
     /* A client that is gone (EPIPE) is the template's to notice. */
     if (rc < 0 && rc != -EPIPE)

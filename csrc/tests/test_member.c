@@ -69,8 +69,9 @@ static void test_parse(void)
     good(); FIELD(hdr.len) += 1;        CHECK(!parses(n, 4), "length");
     good(); FIELD(hdr.nfds) = 3;        CHECK(!parses(n, 4), "header nfds");
     good(); FIELD(strings_len) -= 1;    CHECK(!parses(n, 4), "strings_len");
-    good(); FIELD(flags) = 2;           CHECK(!parses(n, 4), "flags");
+    good(); FIELD(flags) = 4;           CHECK(!parses(n, 4), "flags");
     good(); FIELD(flags) = FH_LAUNCH_MODULE; CHECK(parses(n, 4), "module flag");
+    good(); FIELD(flags) = FH_LAUNCH_FLAGS; CHECK(parses(n, 4), "every known flag");
     good(); FIELD(stdio_mask) = 8;      CHECK(!parses(n, 4), "stdio mask");
     good(); FIELD(umask) = 01000;       CHECK(!parses(n, 4), "umask");
     good(); FIELD(nextra) = 33;         CHECK(!parses(n, 4), "nextra");

@@ -35,7 +35,8 @@
 #endif
 
 enum fh_ctl_type {
-    FH_CTL_TOOK    = 0x11,  /* body: argv[0]; fds: the client's connection */
+    FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), argv[0];
+                               fds: the client's connection */
     FH_CTL_BUSY    = 0x12,  /* no body, no fds */
     FH_CTL_HANDOFF = 0x13,  /* body: struct fh_handoff + the bytes received;
                                fds: the connection, then those received */

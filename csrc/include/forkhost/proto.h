@@ -47,6 +47,8 @@ enum fh_msg_type {
     FH_MSG_EXITED  = 0x82, /* template -> client */
     FH_MSG_ERROR   = 0x83, /* template -> client, then the template closes */
     FH_MSG_INFO_REPLY = 0x84, /* template -> client: JSON text body */
+    FH_MSG_STOPPED = 0x85, /* template -> client, only with FH_LAUNCH_JOBCTL:
+                              a signal stopped the secondary */
 };
 
 struct fh_msg_hdr {          /* 24 bytes */
@@ -60,6 +62,9 @@ struct fh_msg_hdr {          /* 24 bytes */
 
 /* LAUNCH flags */
 #define FH_LAUNCH_MODULE 0x1u /* entry is a module name, run as `python -m` */
+#define FH_LAUNCH_JOBCTL 0x2u /* the client acts as the secondary's job: tell
+                                 it when the secondary stops (FH_MSG_STOPPED) */
+#define FH_LAUNCH_FLAGS  (FH_LAUNCH_MODULE | FH_LAUNCH_JOBCTL)
 
 /*
  * LAUNCH body.  fds, in order: the client's cwd (an O_PATH directory fd,
@@ -88,6 +93,12 @@ struct fh_launch {           /* 56 bytes + strings */
 struct fh_started {          /* 32 bytes; carries the pidfd */
     struct fh_msg_hdr hdr;
     int64_t pid;
+};
+
+struct fh_stopped {          /* 32 bytes */
+    struct fh_msg_hdr hdr;
+    int32_t signal;          /* the signal that stopped it */
+    int32_t reserved;        /* zero */
 };
 
 struct fh_exited {           /* 32 bytes */
