@@ -291,6 +291,36 @@ def test_entry_not_found_127(primary, argv, needle):
     assert len(lines) >= 1 and needle in lines[-1], r.stderr
 
 
+@pytest.mark.parametrize("form", ["pie", "so", "stripped-pie"])
+def test_native_entry_runs_its_exit_handlers(primary, tmp_path, form):
+    """After main returns, the entry's atexit handlers and destructors run,
+    as exit() runs them for a normal process (the PIE exec'd shows the
+    order); none of the primary's (the secondary still leaves by _exit)."""
+    src = str(FIXTURES / "atexit_entry.c")
+    pie = tmp_path / "atexit_pie"
+    subprocess.run(["cc", "-fPIE", "-pie", "-o", pie, src], check=True)
+    direct = subprocess.run([pie, "3"], capture_output=True, timeout=60)
+    assert direct.returncode == 3
+    assert direct.stdout == b"main\natexit second\natexit first\ndestructor\n"
+    if form == "pie":
+        target = pie
+    elif form == "so":
+        target = tmp_path / "atexit.so"
+        subprocess.run(["cc", "-fPIC", "-shared", "-o", target, src], check=True)
+    else:
+        target = tmp_path / "atexit_stripped"
+        subprocess.run(["cc", "-fPIE", "-pie", "-rdynamic", "-s", "-o", target, src],
+                       check=True)
+    r = primary.run(str(target), "3")
+    assert r.returncode == 3, r.stderr
+    if form == "stripped-pie":
+        # No symbol table to find the handle atexit() filed them under: the
+        # destructors run, the handlers with them, after (docs/cli.md).
+        assert r.stdout == b"main\ndestructor\natexit second\natexit first\n"
+    else:
+        assert r.stdout == direct.stdout
+
+
 def test_native_symbol_not_found_127(primary, native):
     r = primary.run(native["so"] + ":no_such_symbol")
     assert r.returncode == 127 and b"no_such_symbol" in r.stderr

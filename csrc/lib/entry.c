@@ -715,10 +715,12 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
  */
 
 /* Look name up in the file's .symtab (where a PIE's main lives unless it was
- * linked with -rdynamic).  Its st_value, or 0 when absent; *has_symtab tells
- * whether there was a .symtab at all (none: stripped). */
+ * linked with -rdynamic): a global or weak function, or with object, a
+ * variable of any binding (a hidden one is local in a shared object, global
+ * in a PIE).  Its st_value, or 0 when absent; *has_symtab tells whether
+ * there was a .symtab at all (none: stripped). */
 static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
-                              const char *name, int *has_symtab)
+                              const char *name, int object, int *has_symtab)
 {
     const ElfW(Ehdr) *eh = &ei->eh;
     ElfW(Shdr) *sh = NULL, first;
@@ -759,8 +761,9 @@ static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
 
             if (s->st_name < strsz && s->st_shndx != SHN_UNDEF
                 && s->st_shndx != SHN_ABS && s->st_value != 0
-                && (bind == STB_GLOBAL || bind == STB_WEAK)
-                && (type == STT_FUNC || type == STT_NOTYPE)
+                && (object ? type == STT_OBJECT
+                    : (bind == STB_GLOBAL || bind == STB_WEAK)
+                      && (type == STT_FUNC || type == STT_NOTYPE))
                 && strcmp(str + s->st_name, name) == 0)
                 value = s->st_value;
         }
@@ -899,6 +902,10 @@ static void memfd_path(char *buf, size_t len, int mfd)
     loads++;
 }
 
+/* The entry fh_entry_load() loaded last, for fh_entry_finish(). */
+static struct link_map *g_entry;
+static void *g_dso_handle;
+
 FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
                                 char *err, size_t errlen, int *exit_code)
 {
@@ -1028,7 +1035,8 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
         goto out;
     }
     if (ei.kind == FH_ELF_PIE && lm != NULL) {
-        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, symbol, &has_symtab);
+        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, symbol, 0,
+                              &has_symtab);
         if (value != 0) {
             fn = (fh_main_fn)(lm->l_addr + value);
             goto out;
@@ -1049,9 +1057,55 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
         fail(err, errlen, exit_code, 127, "no symbol '%s' in %s", symbol,
              path);
 out:
+    if (fn != NULL && lm != NULL) {
+        /* For fh_entry_finish(): the handle atexit() files the entry's
+         * handlers under (crtstuff's hidden __dso_handle, whose value is its
+         * own address), when the symbol table names it. */
+        g_entry = lm;
+        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, "__dso_handle", 1,
+                              &has_symtab);
+        g_dso_handle = value != 0 ? (void *)(lm->l_addr + value) : NULL;
+    }
     if (mfd >= 0)
         close(mfd);
     elf_info_free(&ei);
     close(fd);
     return fn;
+}
+
+/* glibc: run the exit handlers registered with dso handle d. */
+extern void __cxa_finalize(void *d);
+
+FH_API void fh_entry_finish(void)
+{
+    typedef void (*fini_fn)(void);
+    const ElfW(Dyn) *d;
+    ElfW(Addr) arr = 0, fini = 0;
+    size_t n = 0;
+
+    if (g_entry == NULL)
+        return;
+    /* What exit() runs for this object, in its order: first the handlers
+     * atexit() and C++ static objects registered (last first), then its
+     * destructors, as _dl_fini does (DT_FINI_ARRAY last first, then
+     * DT_FINI).  Without __dso_handle (a stripped file) the destructors
+     * still run, and crtstuff's among them runs the handlers, after the
+     * program's own destructors. */
+    if (g_dso_handle != NULL)
+        __cxa_finalize(g_dso_handle);
+    for (d = g_entry->l_ld; d != NULL && d->d_tag != DT_NULL; d++) {
+        if (d->d_tag == DT_FINI_ARRAY)
+            arr = d->d_un.d_ptr;
+        else if (d->d_tag == DT_FINI_ARRAYSZ)
+            n = (size_t)d->d_un.d_val / sizeof(ElfW(Addr));
+        else if (d->d_tag == DT_FINI)
+            fini = d->d_un.d_ptr;
+    }
+    /* As in glibc's _dl_call_fini: these d_ptr are not relocated. */
+    if (arr != 0)
+        while (n-- > 0)
+            ((fini_fn *)(g_entry->l_addr + arr))[n]();
+    if (fini != 0)
+        ((fini_fn)(g_entry->l_addr + fini))();
+    g_entry = NULL;
 }

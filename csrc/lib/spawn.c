@@ -613,13 +613,14 @@ FH_API void fh_run_native(struct fh_child_spec *spec, const char *path,
     errno = 0;
     rc = fn((int)argc, argv, environ);
     /*
-     * _exit, not exit: exit() would run every atexit handler and ELF
-     * destructor in the process, and most of them belong to the primary's
-     * libraries (Python's, the sanitizer's, libforkhost's users'), which must
-     * not run once per secondary against state they share with the primary.
-     * Only stdio is flushed, as a returning main() would.  An entry that
-     * wants its own atexit handlers run calls exit() itself.
+     * Not exit(): it would run every atexit handler and ELF destructor in
+     * the process, and most of them belong to the primary's libraries
+     * (Python's, the sanitizer's, libforkhost's users'), which must not run
+     * once per secondary against state they share with the primary.  The
+     * entry's own run, as after a returning main(), then stdio is flushed
+     * and fh_exit_report leaves by _exit.
      */
+    fh_entry_finish();
     fh_exit_report(spec->report_fd, rc);
 }
 

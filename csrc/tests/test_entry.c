@@ -160,6 +160,18 @@ static const char ORIGIN_C[] =
     "int main(void) { printf(\"dep=%d\\n\", fh_dep_value());\n"
     "                 return fh_dep_value() * 2; }\n";
 
+/* Work left for exit(): its order, exec'd, is main, second, first, dtor. */
+static const char ATEXIT_C[] =
+    "#include <stdio.h>\n"
+    "#include <stdlib.h>\n"
+    "static int ran;\n"
+    "static void first(void) { printf(\"first \"); }\n"
+    "static void second(void) { printf(\"second \"); }\n"
+    "__attribute__((destructor)) static void dtor(void)\n"
+    "{ if (ran) printf(\"dtor\\n\"); }\n"
+    "int main(void) { ran = 1; atexit(first); atexit(second);\n"
+    "                 printf(\"main \"); return 4; }\n";
+
 static void build_fixtures(int *have_static_pie, int *have_m32)
 {
     write_file("lib.c", LIB_C);
@@ -169,6 +181,7 @@ static void build_fixtures(int *have_static_pie, int *have_m32)
     write_file("tls.c", TLS_C);
     write_file("dep.c", DEP_C);
     write_file("origin.c", ORIGIN_C);
+    write_file("atexit.c", ATEXIT_C);
     write_file("script.py", "print('not ELF')\n");
     if (sh("$CC -fPIC -shared -o libentry.so lib.c"
            " && $CC -fPIC -shared -o libundef.so undef.c"
@@ -178,6 +191,9 @@ static void build_fixtures(int *have_static_pie, int *have_m32)
            " && $CC -fPIC -pie -s -o getopt-stripped getopt.c"
            " && $CC -fPIE -pie -o getopt-copyreloc getopt.c"
            " && $CC -fPIE -pie -o tls-pie tls.c"
+           " && $CC -fPIE -pie -o atexit-pie atexit.c"
+           " && $CC -fPIC -shared -o libatexit.so atexit.c"
+           " && $CC -fPIE -pie -rdynamic -s -o atexit-stripped atexit.c"
            " && $CC -fno-pie -no-pie -o hello-nopie hello.c"
            " && $CC -fPIC -c -o hello.o hello.c"
            " && mkdir -p sub subdir.d && rm -f fifo && mkfifo fifo"
@@ -290,7 +306,8 @@ static void run_case(struct result *r, const char *cwd, const char *path,
         dup2(out[1], 2);
         close(out[1]);
         code = fn(argc, argv, envp);
-        fflush(stdout);         /* what fh_spawn_native does after main */
+        fh_entry_finish();      /* what fh_run_native does after main */
+        fflush(stdout);
         _exit(code);
     }
     if (pid < 0) {
@@ -432,6 +449,16 @@ static void test_loads(int have_static_pie, int have_m32)
           "origin: %d %s status %d out %s", r.code, r.err, r.status, r.out);
     CHECK(realpath(fixture("origin-pie"), real) != NULL
           && strcmp(r.name, real) == 0, "origin: dladdr name %s", r.name);
+
+    /* After main: the entry's atexit handlers, then its destructors, as
+     * exit() runs them; stripped, crtstuff's destructor runs the handlers
+     * after the program's own. */
+    expect_run("pie exit handlers", NULL, fixture("atexit-pie"), NULL,
+               argv_plain, NULL, 4, "main second first dtor\n");
+    expect_run("so exit handlers", NULL, fixture("libatexit.so"), NULL,
+               argv_plain, NULL, 4, "main second first dtor\n");
+    expect_run("stripped exit handlers", NULL, fixture("atexit-stripped"),
+               NULL, argv_plain, NULL, 4, "main dtor\nsecond first ");
 
     /* Failures. */
     expect_fail("missing file", NULL, fixture("no-such-file"), NULL, 127,

@@ -38,4 +38,13 @@ FH_API int fh_elf_kind(const char *path);
 FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
                                 char *err, size_t errlen, int *exit_code);
 
+/*
+ * After the entry fh_entry_load() returned has returned: run what exit()
+ * would run for that object and no other (the primary's libraries must not
+ * run their exit handlers once per secondary): the handlers its code
+ * registered with atexit() and its C++ static destructors, then its ELF
+ * destructors.  Once; a no-op when nothing was loaded.
+ */
+FH_API void fh_entry_finish(void);
+
 #endif /* FORKHOST_ENTRY_H */
