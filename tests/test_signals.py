@@ -258,10 +258,12 @@ def test_sigtstp_stops_both_sigcont_resumes_both(primary, native_so, kind, clien
 
 @pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_secondary_stopped_by_anyone_stops_the_client(primary, native_so, kind, client):
+def test_secondary_stopped_by_anyone_stops_the_client(primary_pool, native_so, kind,
+                                                      client):
     """kill -STOP of the program itself: a shell's job stops with it (the
     template tells the client, STOPPED), and the shell's SIGCONT to the job
-    resumes both."""
+    resumes both; from a pool member and from a fork on demand."""
+    primary = primary_pool
     proc = client_popen(primary, client, [entry(kind, "signals", native_so)],
                         stdout=subprocess.PIPE)
     try:
