@@ -9,6 +9,7 @@ for both clients, forkhost-run (C) and `forkhost run` (Python).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -227,24 +228,17 @@ def test_shell_sees_128_plus_signal(primary, native_so, kind, sig, tmp_path):
     assert r.stdout == f"status {128 + sig}\n".encode(), r.stderr
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_sigtstp_stops_both_sigcont_resumes_both(primary, native_so, kind, client):
+@contextlib.contextmanager
+def job(primary, client, kind, native_so):
+    """fhfix:signals (or its C twin) as a shell's job: yields the client,
+    its output and the secondary's pid; on the way out checks that both run
+    and forward (SIGUSR1 goes through, SIGTERM ends it with 3)."""
     proc = client_popen(primary, client, [entry(kind, "signals", native_so)],
                         stdout=subprocess.PIPE)
     try:
         out = LineReader(proc.stdout)
         assert out.readline() == b"ready\n"
-        sec = only_secondary(primary)
-        proc.send_signal(signal.SIGTSTP)
-        wait_until(lambda: proc_state(sec) == "T", what="the secondary to stop")
-        wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
-        proc.send_signal(signal.SIGCONT)
-        # fhfix:signals prints SIGCONT: the client forwarded it once resumed.
-        assert out.readline() == b"SIGCONT\n"
-        wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
-        wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
-        # Both really run again: a forwarded signal still goes through.
+        yield proc, out, only_secondary(primary)
         proc.send_signal(signal.SIGUSR1)
         assert out.readline() == b"SIGUSR1\n"
         proc.send_signal(signal.SIGTERM)
@@ -254,6 +248,26 @@ def test_sigtstp_stops_both_sigcont_resumes_both(primary, native_so, kind, clien
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
         reap(proc)
+
+
+def stop_and_resume(proc, out, sec: int, stop) -> None:
+    """stop() stops the job: the secondary and the client end up stopped;
+    a SIGCONT to the client (the shell's fg) resumes both."""
+    stop()
+    wait_until(lambda: proc_state(sec) == "T", what="the secondary to stop")
+    wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
+    proc.send_signal(signal.SIGCONT)
+    # fhfix:signals prints SIGCONT: the client forwarded it once resumed.
+    assert out.readline() == b"SIGCONT\n"
+    wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
+    wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_sigtstp_stops_both_sigcont_resumes_both(primary, native_so, kind, client):
+    with job(primary, client, kind, native_so) as (proc, out, sec):
+        stop_and_resume(proc, out, sec, lambda: proc.send_signal(signal.SIGTSTP))
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -262,35 +276,10 @@ def test_secondary_stopped_by_anyone_stops_the_client(primary_pool, native_so, k
                                                       client):
     """kill -STOP of the program itself: a shell's job stops with it (the
     template tells the client, STOPPED), and the shell's SIGCONT to the job
-    resumes both; from a pool member and from a fork on demand."""
-    primary = primary_pool
-    proc = client_popen(primary, client, [entry(kind, "signals", native_so)],
-                        stdout=subprocess.PIPE)
-    try:
-        out = LineReader(proc.stdout)
-        assert out.readline() == b"ready\n"
-        sec = only_secondary(primary)
-        os.kill(sec, signal.SIGSTOP)
-        wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
-        assert proc_state(sec) == "T"
-        proc.send_signal(signal.SIGCONT)
-        assert out.readline() == b"SIGCONT\n"
-        wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
-        wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
-        # A second stop is told as well, and the client keeps forwarding.
-        os.kill(sec, signal.SIGSTOP)
-        wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop again")
-        proc.send_signal(signal.SIGCONT)
-        assert out.readline() == b"SIGCONT\n"
-        proc.send_signal(signal.SIGUSR1)
-        assert out.readline() == b"SIGUSR1\n"
-        proc.send_signal(signal.SIGTERM)
-        assert out.readline() == b"SIGTERM\n"
-        assert proc.wait(30) == 3
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-        reap(proc)
+    resumes both, each time; from a pool member and from a fork on demand."""
+    with job(primary_pool, client, kind, native_so) as (proc, out, sec):
+        for _ in range(2):
+            stop_and_resume(proc, out, sec, lambda: os.kill(sec, signal.SIGSTOP))
 
 
 def test_launch_api_is_not_told_of_stops(primary, native_so):
