@@ -9,6 +9,7 @@ its connection closed, and never takes the template down.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import time
@@ -191,7 +192,7 @@ class Connection:
         SIGKILL after the grace period."""
         if self.state != RUNNING or self.kill_at is not None or self.reported:
             return
-        self.template.signal_secondary(self, 15)
+        self.template.signal_secondary(self, signal.SIGTERM)
         self.kill_at = time.monotonic() + self.template.grace
 
     def report_stop(self, sig: int) -> None:
