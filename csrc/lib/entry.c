@@ -714,20 +714,43 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
  * Symbols.
  */
 
-/* Look name up in the file's .symtab (where a PIE's main lives unless it was
- * linked with -rdynamic): a global or weak function, or with object, a
- * variable of any binding (a hidden one is local in a shared object, global
- * in a PIE).  Its st_value, or 0 when absent; *has_symtab tells whether
+/* A name to look up in a .symtab: a global or weak function, or with
+ * object, a variable of any binding (a hidden one is local in a shared
+ * object, global in a PIE).  value: its st_value, or 0 when absent. */
+struct sym_query {
+    const char *name;
+    int object;
+    uint64_t value;
+};
+
+static int sym_matches(const ElfW(Sym) *s, const char *str, size_t strsz,
+                       const struct sym_query *q)
+{
+    int bind = FH_ST_BIND(s->st_info);
+    int type = FH_ST_TYPE(s->st_info);
+
+    return s->st_name < strsz && s->st_shndx != SHN_UNDEF
+        && s->st_shndx != SHN_ABS && s->st_value != 0
+        && (q->object ? type == STT_OBJECT
+            : (bind == STB_GLOBAL || bind == STB_WEAK)
+              && (type == STT_FUNC || type == STT_NOTYPE))
+        && strcmp(str + s->st_name, q->name) == 0;
+}
+
+/* Look the n queries up in the file's .symtab (where a PIE's main lives
+ * unless it was linked with -rdynamic), reading it once.  Returns whether
  * there was a .symtab at all (none: stripped). */
-static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
-                              const char *name, int object, int *has_symtab)
+static int symtab_lookup(int fd, const struct elf_info *ei,
+                         struct sym_query *q, size_t n)
 {
     const ElfW(Ehdr) *eh = &ei->eh;
     ElfW(Shdr) *sh = NULL, first;
-    uint64_t shnum = eh->e_shnum, value = 0;
-    size_t i;
+    uint64_t shnum = eh->e_shnum;
+    size_t i, k;
+    int has_symtab = 0;
 
-    *has_symtab = 0;
+    for (k = 0; k < n; k++)
+        q[k].value = 0;
     if (eh->e_shoff == 0 || eh->e_shentsize != sizeof(ElfW(Shdr)))
         return 0;
     if (shnum == 0) {             /* >= SHN_LORESERVE sections: real count */
@@ -741,7 +764,7 @@ static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
     sh = read_alloc(fd, ei->size, eh->e_shoff, shnum * sizeof(ElfW(Shdr)));
     if (sh == NULL)
         return 0;
-    for (i = 0; i < shnum && value == 0; i++) {
+    for (i = 0; i < shnum && !has_symtab; i++) {
         ElfW(Sym) *syms;
         char *str;
         size_t nsym, j, strsz;
@@ -749,29 +772,20 @@ static uint64_t symtab_lookup(int fd, const struct elf_info *ei,
         if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= shnum
             || sh[i].sh_entsize != sizeof(ElfW(Sym)))
             continue;
-        *has_symtab = 1;
+        has_symtab = 1;
         strsz = (size_t)sh[sh[i].sh_link].sh_size;
         syms = read_alloc(fd, ei->size, sh[i].sh_offset, sh[i].sh_size);
         str = read_alloc(fd, ei->size, sh[sh[i].sh_link].sh_offset, strsz);
         nsym = (size_t)(sh[i].sh_size / sizeof(ElfW(Sym)));
-        for (j = 0; syms != NULL && str != NULL && j < nsym; j++) {
-            const ElfW(Sym) *s = &syms[j];
-            int bind = FH_ST_BIND(s->st_info);
-            int type = FH_ST_TYPE(s->st_info);
-
-            if (s->st_name < strsz && s->st_shndx != SHN_UNDEF
-                && s->st_shndx != SHN_ABS && s->st_value != 0
-                && (object ? type == STT_OBJECT
-                    : (bind == STB_GLOBAL || bind == STB_WEAK)
-                      && (type == STT_FUNC || type == STT_NOTYPE))
-                && strcmp(str + s->st_name, name) == 0)
-                value = s->st_value;
-        }
+        for (j = 0; syms != NULL && str != NULL && j < nsym; j++)
+            for (k = 0; k < n; k++)
+                if (q[k].value == 0 && sym_matches(&syms[j], str, strsz, &q[k]))
+                    q[k].value = syms[j].st_value;
         free(syms);
         free(str);
     }
     free(sh);
-    return value;
+    return has_symtab;
 }
 
 /* The object that contains addr, by its link map. */
@@ -913,14 +927,15 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     struct link_map *lm = NULL, *owner;
     fh_main_fn fn = NULL;
     char dlpath[PATH_MAX + 16], copies[256];
-    int fd, mfd = -1, is_exec, has_symtab;
+    int fd, mfd = -1, is_exec, has_symtab, looked_up = 0;
     void *h, *addr;
-    uint64_t value;
+    struct sym_query q[2] = { { NULL, 0, 0 }, { "__dso_handle", 1, 0 } };
 
     if (err != NULL && errlen > 0)
         err[0] = '\0';
     if (symbol == NULL || symbol[0] == '\0')
         symbol = "main";
+    q[0].name = symbol;
     if (path == NULL || path[0] == '\0')
         return fail(err, errlen, exit_code, 127, "no such file: (empty path)");
 
@@ -1035,10 +1050,11 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
         goto out;
     }
     if (ei.kind == FH_ELF_PIE && lm != NULL) {
-        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, symbol, 0,
-                              &has_symtab);
-        if (value != 0) {
-            fn = (fh_main_fn)(lm->l_addr + value);
+        /* One read of .symtab for main and for __dso_handle. */
+        has_symtab = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, q, 2);
+        looked_up = 1;
+        if (q[0].value != 0) {
+            fn = (fh_main_fn)(lm->l_addr + q[0].value);
             goto out;
         }
         if (!has_symtab && is_exec) {
@@ -1061,10 +1077,11 @@ out:
         /* For fh_entry_finish(): the handle atexit() files the entry's
          * handlers under (crtstuff's hidden __dso_handle, whose value is its
          * own address), when the symbol table names it. */
+        if (!looked_up)
+            symtab_lookup(mfd >= 0 ? mfd : fd, &ei, &q[1], 1);
         g_entry = lm;
-        value = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, "__dso_handle", 1,
-                              &has_symtab);
-        g_dso_handle = value != 0 ? (void *)(lm->l_addr + value) : NULL;
+        g_dso_handle = q[1].value != 0 ? (void *)(lm->l_addr + q[1].value)
+                                       : NULL;
     }
     if (mfd >= 0)
         close(mfd);
