@@ -176,16 +176,25 @@ class Secondary:
                 f"lost the template while secondary {self.pid} was running; killed it")
         msg.close_fds()
         if msg.type == protocol.STOPPED and self._job_control:
-            # As forkhost-run: a shell's job stops with its program, unless
-            # it runs again already (we passed on the SIGCONT after a ^Z).
-            if _stopped(self.pid):
-                os.kill(os.getpid(), signal.SIGSTOP)
+            self._stopped()
             return
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
         code, sig = protocol.decode_struct(protocol.EXITED_BODY, msg.body, "EXITED")
         self.returncode = -sig if sig else code
         self.close()
+
+    def _stopped(self) -> None:
+        """STOPPED: as forkhost-run, a shell's job stops with its program,
+        unless the program runs again already (we passed on the SIGCONT
+        after a ^Z, and this is that ^Z's STOPPED, read late)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return
+        if stat[stat.rfind(b")") + 2:][:1] in (b"T", b"t"):
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def close(self) -> None:
         """Drop the connection (the template then ends a running secondary)."""
@@ -204,16 +213,6 @@ class Secondary:
 
     def __repr__(self) -> str:
         return f"<forkhost.Secondary pid={self.pid} returncode={self.returncode}>"
-
-
-def _stopped(pid: int) -> bool:
-    """Whether pid is stopped now (the state after comm in /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] in (b"T", b"t")
 
 
 def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = None,
@@ -283,9 +282,10 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
     (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
-    if stopped_early and _stopped(pid):
-        os.kill(os.getpid(), signal.SIGSTOP)
-    return Secondary(sock, pid, msg.fds[0], argv, _job_control)
+    sec = Secondary(sock, pid, msg.fds[0], argv, _job_control)
+    if stopped_early:
+        sec._stopped()
+    return sec
 
 
 def die_like(returncode: int) -> None:

@@ -353,7 +353,6 @@ def taken_launch(run) -> tuple[Launch, entries.Target]:
     req = Launch(ffi.string(view.entry), parts[:argc],
                  parts[argc:argc + launch.envc], launch.flags, launch.umask,
                  launch.stdio_mask, launch.nextra)
-    req._strings = strings
     kind = _KINDS[run.kind]
     name = os.fsdecode(ffi.string(run.name))
     if kind == entries.SCRIPT:
