@@ -164,6 +164,8 @@ class Connection:
         if not self.send(protocol.STARTED, protocol.encode_started(self.pid),
                          [self.pidfd]):
             self.client_gone()
+        if target.kind != entries.NATIVE:
+            t.learn_dir(cwd_fd)
 
     def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
                        report: socket.socket) -> int:

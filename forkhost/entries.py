@@ -108,6 +108,35 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
     return Target(SCRIPT, path=path)
 
 
+# -- in the template, after a launch ---------------------------------------
+
+def prepare_finder(path: str) -> bool:
+    """Put the import finder for directory ``path`` in
+    sys.path_importer_cache, as the import system would on its first search
+    there (each of sys.path_hooks in turn until one accepts the path).
+
+    A Python secondary's sys.path starts with the client's directory; a
+    directory the template never searched costs the secondary a finder of
+    its own on every launch (the zip importer refusing it with an
+    exception, then a FileFinder).  The template does this once, off the
+    clients' path, for the directories its clients use, and the members it
+    forks afterwards inherit the finder.  The finder's listing is not read
+    here: the secondary forgets it anyway (secondary._set_path), so what a
+    client changed in its directory is always seen.  Returns True when a
+    finder was added."""
+    cache = sys.path_importer_cache
+    if path in cache or not os.path.isabs(path):
+        return False
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(path)
+        except ImportError:
+            continue
+        cache[path] = finder
+        return True
+    return False
+
+
 # -- in the secondary ----------------------------------------------------
 
 def _not_found_name(err: ModuleNotFoundError, name: str) -> bool:

@@ -110,9 +110,10 @@ def _serve(template, sock: socket.socket, mask) -> int:
     while True:
         rc = lib.fh_member_next(m)     # a native launch never comes back
         if rc == lib.FH_MEMBER_PYTHON:
-            # This process is the secondary now (TOOK and STARTED are sent).
+            # This process is the secondary now (TOOK and STARTED are
+            # sent, fh_child_setup is done).
             req, target = secondary.taken_launch(m.run)
-            secondary.finish(req, target, ffi.addressof(m.run, "spec"))
+            secondary.finish(req, target, ffi.addressof(m.run, "spec"), set_up=True)
         elif rc == lib.FH_MEMBER_HANDOFF:
             lib.fh_member_handoff(m)
         elif rc != -errno.EINTR:

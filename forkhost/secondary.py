@@ -363,11 +363,12 @@ def taken_launch(run) -> tuple[Launch, entries.Target]:
                                symbol=ffi.string(run.symbol).decode())
 
 
-def finish(req: Launch, target: entries.Target, spec):
+def finish(req: Launch, target: entries.Target, spec, set_up: bool = False):
     """Run a Python entry as the secondary and exit with its status,
     reported on spec.report_fd (and to the client on spec.client_fd).
+    set_up: fh_child_setup(spec) is done (a pool member does it in C).
     Never returns."""
-    code = run(req, target, spec)
+    code = run(req, target, spec, set_up)
     lib.fh_exit_report(spec.report_fd, code)        # exits
 
 
@@ -392,16 +393,17 @@ def become(req: Launch, target: entries.Target, fds: list[int],
     del keep
 
 
-def run(req: Launch, target: entries.Target, spec) -> int:
+def run(req: Launch, target: entries.Target, spec, set_up: bool = False) -> int:
     """Become the secondary and run the entry; returns the exit status."""
-    signal.set_wakeup_fd(-1)           # the template's pipe is not ours
-    err = ffi.new("const char **")
-    rc = lib.fh_child_setup(spec, err)
-    if rc < 0:
-        step = ffi.string(err[0]).decode() if err[0] else "setup"
-        _write_stderr(f"forkhost: cannot set up the secondary: {step}: "
-                      f"{os.strerror(-rc)}\n")
-        return EXIT_FORKHOST
+    if not set_up:
+        signal.set_wakeup_fd(-1)           # the template's pipe is not ours
+        err = ffi.new("const char **")
+        rc = lib.fh_child_setup(spec, err)
+        if rc < 0:
+            step = ffi.string(err[0]).decode() if err[0] else "setup"
+            _write_stderr(f"forkhost: cannot set up the secondary: {step}: "
+                          f"{os.strerror(-rc)}\n")
+            return EXIT_FORKHOST
     if not signals_ready:
         _python_signal_defaults()
     env = _set_environ(req, spec)

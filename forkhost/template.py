@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 
-from . import pool, protocol
+from . import entries, pool, protocol
 from ._native import ffi, lib
 from .connection import PENDING, RUNNING, Connection
 from .errors import ProtocolError
@@ -49,6 +49,9 @@ NEWS_DELAY = 0.003
 # private, and one in every RELEARN after them (member.h: the hot set).
 LEARN_FIRST = 2
 RELEARN = 64
+# The client directories whose import finders the template keeps ready for
+# Python secondaries (entries.prepare_finder); the least recent goes first.
+FINDER_DIRS = 32
 # Connections accepted but not yet sent a request; more are refused at once,
 # so a flood of idle connections cannot exhaust the template's fds.
 MAX_PENDING = 256
@@ -118,6 +121,8 @@ class Template:
         self.news_due: float | None = None   # members' notices to read then
         self.news_pending = 0      # the news counter since they were read
         self.refused = 0
+        # Client directories whose finders we added, least recent first.
+        self.finder_dirs: dict[str, None] = {}
         self.title_area = (0, 0)
         self.ep = select.epoll()
         self.wake_r = self.wake_w = -1
@@ -255,9 +260,15 @@ class Template:
         if not msg:
             return False     # nothing, or EOF: it is exiting, its pidfd says when
         self.last_activity = time.monotonic()
-        if msg.type == pool.TOOK and len(msg.fds) == 1 and len(msg.body) >= 4:
+        if msg.type == pool.TOOK and len(msg.fds) in (1, 2) and len(msg.body) >= 4:
             if self.hot != ffi.NULL and (self.launched + 1) % RELEARN == 0:
                 lib.fh_hotset_arm(self.hot, 1)
+            if len(msg.fds) == 2:
+                cwd_fd = msg.fds.pop()
+                try:
+                    self.learn_dir(cwd_fd)
+                finally:
+                    os.close(cwd_fd)
             # Its pidfd stays registered and now means this launch; its
             # socket carries the exit report, read when the pidfd fires.
             del self.members[member.pidfd]
@@ -276,6 +287,26 @@ class Template:
                   f"pool member {member.pid}", file=sys.stderr)
         self._update_listening()
         return True
+
+    def learn_dir(self, cwd_fd: int) -> None:
+        """A Python launch runs in the directory cwd_fd: keep its import
+        finder ready for the members forked from now on."""
+        try:
+            path = os.readlink(f"/proc/self/fd/{cwd_fd}")
+        except OSError:
+            return
+        dirs = self.finder_dirs
+        if path in dirs:
+            dirs[path] = dirs.pop(path)      # the most recent now
+            return
+        if not entries.prepare_finder(path):
+            return
+        dirs[path] = None
+        if len(dirs) > FINDER_DIRS:
+            oldest = next(iter(dirs))
+            del dirs[oldest]
+            if oldest not in sys.path:
+                sys.path_importer_cache.pop(oldest, None)
 
     def _member_exited(self, member: pool.Member) -> None:
         """A member's pidfd fired: read what it said before it died (it may
@@ -657,6 +688,7 @@ class Template:
             "pool_size": self.pool_size,
             "refused": self.refused,
             "hot_pages": lib.fh_hotset_pages(self.hot) if self.hot != ffi.NULL else 0,
+            "import_dirs": list(self.finder_dirs),
             "stopping": self.stopping,
             "threads": len(os.listdir("/proc/self/task")),
             "secondaries": [

@@ -289,6 +289,58 @@ def test_members_learn_the_hot_set(primary):
     assert forkhost.info(primary.prefix, primary.runtime_dir)["hot_pages"] <= 4096
 
 
+def _import_dirs(primary) -> list[str]:
+    return forkhost.info(primary.prefix, primary.runtime_dir)["import_dirs"]
+
+
+def test_members_inherit_import_finders_for_client_dirs(primary, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    (d / "fhapp_a.py").write_text("def main(argv):\n    print('a1')\n")
+    r = primary.run("fhapp_a:main", cwd=d)
+    assert (r.returncode, r.stdout) == (0, b"a1\n")
+    wait_until(lambda: str(d) in _import_dirs(primary), what="the client's dir learned")
+    # Members forked from now on hold a finder for d; what changes in d
+    # after that is still seen: a new module, an edited one.
+    wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
+               what="the pool refilled")
+    (d / "fhapp_b.py").write_text("def main(argv):\n    print('b')\n")
+    (d / "fhapp_a.py").write_text("def main(argv):\n    print('a2, longer')\n")
+    for entry, out in (("fhapp_b:main", b"b\n"), ("fhapp_a:main", b"a2, longer\n"),
+                       ("-m fhapp_b", b"")):
+        r = primary.run(*entry.split(), cwd=d)
+        assert (r.returncode, r.stdout, r.stderr) == (0, out, b""), entry
+    # The directory replaced by another of the same name: its modules.
+    shutil.rmtree(d)
+    d.mkdir()
+    (d / "fhapp_c.py").write_text("def main(argv):\n    return 7\n")
+    assert primary.run("fhapp_c:main", cwd=d).returncode == 7
+    r = primary.run("fhapp_a:main", cwd=d)
+    assert r.returncode == 127 and b"'fhapp_a' not found" in r.stderr
+    assert _import_dirs(primary).count(str(d)) == 1
+
+
+def test_import_finders_are_kept_for_the_most_recent_dirs(primary, tmp_path, native_so):
+    from forkhost.template import FINDER_DIRS
+    dirs = []
+    for i in range(FINDER_DIRS + 2):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        (d / "fhapp_n.py").write_text(f"def main(argv):\n    return {i}\n")
+        assert primary.run("fhapp_n:main", cwd=d).returncode == i
+        dirs.append(str(d))
+        # Launches the template hears of in one batch are learned in any
+        # order: one at a time, the order is theirs.
+        wait_until(lambda: str(d) in _import_dirs(primary), what=f"{d} learned")
+    # A native launch says nothing about imports; a launch from a dir
+    # already known makes it the most recent.
+    assert primary.run(native_so, cwd=tmp_path).returncode == 0
+    assert primary.run("fhapp_n:main", cwd=dirs[-FINDER_DIRS]).returncode == 2
+    dirs.append(dirs.pop(-FINDER_DIRS))
+    wait_until(lambda: _import_dirs(primary)[-1] == dirs[-1], what="the dir moved last")
+    assert _import_dirs(primary) == dirs[-FINDER_DIRS:]
+
+
 # -- the hot set, in C, between two forks of this process -------------------------
 
 _PAGES = 64

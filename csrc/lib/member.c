@@ -350,10 +350,14 @@ static void close_received(struct fh_member *m)
 }
 
 /* Tell the template this member runs m->conn's launch. */
-static int took(struct fh_member *m, uint32_t flags, const char *argv0)
+static int took(struct fh_member *m, uint32_t flags, const char *argv0,
+                int python)
 {
+    /* The client's cwd (always the first fd it sends) goes along for a
+     * Python entry: sys.path[0] is usually that directory. */
+    int fds[2] = { m->conn, m->fds[0] };
     int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, &flags, sizeof flags, argv0,
-                      strlen(argv0), &m->conn, 1);
+                      strlen(argv0), fds, python && m->nfds > 0 ? 2 : 1);
 
     notify(m, 1);
     return rc;
@@ -419,7 +423,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    took(m, l->flags, r->view.strings);
+    took(m, l->flags, r->view.strings, r->kind != FH_ENTRY_NATIVE);
     rc = started(m);
     /* A client that is gone (EPIPE) is the template's to notice. */
     if (rc < 0 && rc != -EPIPE)
@@ -446,6 +450,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
 static int take(struct fh_member *m)
 {
     struct fh_taken_launch *r = &m->run;
+    const char *step = NULL;
     struct ucred cred;
     socklen_t len = sizeof cred;
     int rc;
@@ -482,6 +487,14 @@ static int take(struct fh_member *m)
     become(m, r);
     if (r->kind == FH_ENTRY_NATIVE)
         fh_run_native(&r->spec, r->name, r->symbol);    /* never returns */
+    /* A Python entry: the process's setup is done here too, as
+     * fh_run_native does it; Python is left only its own objects. */
+    rc = fh_child_setup(&r->spec, &step);
+    if (rc < 0) {
+        dprintf(2, "forkhost: cannot set up the secondary: %s: %s\n",
+                step != NULL ? step : "?", strerror(-rc));
+        fh_exit_report(m->ctl_fd, FH_EXIT_SETUP);
+    }
     return FH_MEMBER_PYTHON;
 }
 

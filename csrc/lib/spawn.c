@@ -44,8 +44,6 @@
 #define FH_SPAWN_MAX_FDS 253u
 /* The kernel's comm is 16 bytes with its NUL (TASK_COMM_LEN). */
 #define FH_COMM_LEN 16
-/* The fixed exit codes of DESIGN.md. */
-#define FH_EXIT_SETUP 125         /* forkhost itself failed */
 /* Where the exit-report fd is parked in a secondary: the lowest free fd at
  * or above this (the default soft RLIMIT_NOFILE is 1024), so it does not
  * take the numbers a program's first open()s expect. */

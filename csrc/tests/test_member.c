@@ -4,7 +4,7 @@
  * fh_entry_classify on real files, and
  * fh_member_next/fh_member_handoff on real sockets (a request that is not
  * a launch is handed over with its bytes and fds; a slow one says BUSY
- * first).
+ * first; a Python launch is taken and set up, its TOOK carrying the cwd).
  */
 #include "forkhost.h"
 #include "fhtest.h"
@@ -177,7 +177,18 @@ static void test_member_sockets(void)
             CHECK(rc == FH_MEMBER_HANDOFF, "handoff, got %d", rc);
             CHECK(fh_member_handoff(&m) == 0, "send the handoff");
         }
-        _exit(0);
+        /* 3: a Python launch, taken: this process is the secondary, set
+         * up; say where it runs on its stdout and exit with 7. */
+        {
+            char cwd[256];
+            int rc = fh_member_next(&m);
+
+            CHECK(rc == FH_MEMBER_PYTHON, "a Python launch, got %d", rc);
+            CHECK(m.run.kind == FH_ENTRY_FUNCTION, "kind");
+            CHECK(getcwd(cwd, sizeof cwd) != NULL &&
+                  write(1, cwd, strlen(cwd)) == (ssize_t)strlen(cwd), "cwd");
+            fh_exit_report(m.run.spec.report_fd, 7);
+        }
     }
 
     /* 1: an INFO request, with two fds: handed over as received. */
@@ -242,7 +253,90 @@ static void test_member_sockets(void)
         close(fds[0]);
         close(c);
     }
-    CHECK(reap(member) == 0, "member");
+    /* 3: a Python launch: TOOK carries the connection and the cwd; the
+     * member sets itself up in C (cwd, stdio) before Python would run. */
+    {
+        static const char strings[] = "m:f\0m:f";   /* entry, argv[0] */
+        char dir[] = "/tmp/fhtest-member-XXXXXX", out[256];
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), p[2];
+        int sent[3];
+        union { char b[CMSG_SPACE(sizeof sent)]; struct cmsghdr a; } u;
+        struct fh_launch l;
+        struct iovec iov[2] = {{&l, sizeof l}, {(void *)strings, sizeof strings}};
+        struct msghdr msg;
+        struct cmsghdr *cm;
+        struct stat a, b;
+        struct fh_exited ex;
+        int32_t report[2];
+        ssize_t n;
+
+        CHECK(mkdtemp(dir) != NULL && pipe2(p, O_CLOEXEC) == 0, "dir, pipe");
+        sent[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        sent[1] = sent[2] = p[1];
+        memset(&l, 0, sizeof l);
+        l.hdr.magic = FH_PROTO_MAGIC;
+        l.hdr.version = FH_PROTO_VERSION;
+        l.hdr.type = FH_MSG_LAUNCH;
+        l.hdr.len = (uint32_t)(sizeof l + sizeof strings);
+        l.hdr.nfds = 3;
+        l.umask = 022;
+        l.stdio_mask = 6;
+        l.argc = 1;
+        l.strings_len = sizeof strings;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        msg.msg_control = u.b;
+        msg.msg_controllen = sizeof u.b;
+        cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof sent);
+        memcpy(CMSG_DATA(cm), sent, sizeof sent);
+        CHECK(sent[0] >= 0 &&
+              connect(c, (struct sockaddr *)&addr, sizeof addr) == 0 &&
+              sendmsg(c, &msg, 0) == (ssize_t)l.hdr.len, "send LAUNCH");
+        close(p[1]);
+        CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
+              FH_CTL_TOOK && nfds == 2, "TOOK with two fds, got %u", nfds);
+        CHECK(fstat(fds[1], &a) == 0 && fstat(sent[0], &b) == 0 &&
+              a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TOOK's cwd");
+        CHECK(blen == 4 + 3 && memcmp(body + 4, "m:f", 3) == 0, "TOOK's argv0");
+        close(fds[0]);
+        close(fds[1]);
+        n = read(p[0], out, sizeof out - 1);
+        CHECK(n > 0, "the secondary's stdout");
+        out[n] = '\0';
+        CHECK(realpath(dir, body) != NULL && strcmp(out, body) == 0,
+              "its cwd: %s", out);
+        /* The client: STARTED (with a pidfd), then EXITED 7. */
+        {
+            char rbuf[64];
+            union { char b[CMSG_SPACE(sizeof(int))]; struct cmsghdr a; } ru;
+            struct iovec riov = {rbuf, sizeof rbuf};
+            struct msghdr rmsg;
+
+            memset(&rmsg, 0, sizeof rmsg);
+            rmsg.msg_iov = &riov;
+            rmsg.msg_iovlen = 1;
+            rmsg.msg_control = ru.b;
+            rmsg.msg_controllen = sizeof ru.b;
+            CHECK(recvmsg(c, &rmsg, MSG_CMSG_CLOEXEC) > 0 &&
+                  ((struct fh_msg_hdr *)rbuf)->type == FH_MSG_STARTED, "STARTED");
+            cm = CMSG_FIRSTHDR(&rmsg);
+            CHECK(cm != NULL, "STARTED's pidfd");
+            close(*(int *)CMSG_DATA(cm));
+        }
+        CHECK(recv(c, &ex, sizeof ex, 0) == (ssize_t)sizeof ex &&
+              ex.hdr.type == FH_MSG_EXITED && ex.code == 7, "EXITED 7");
+        CHECK(read(ctl[0], report, sizeof report) == (ssize_t)sizeof report &&
+              report[0] == 7, "the report");
+        close(p[0]);
+        close(sent[0]);
+        close(c);
+        CHECK(rmdir(dir) == 0, "clean up");
+    }
+    CHECK(reap(member) == 7, "member");
     close(lst);
     close(ctl[0]);
     close(ctl[1]);

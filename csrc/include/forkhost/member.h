@@ -10,7 +10,9 @@
  * its private socketpair, off the client's path:
  *
  *   TOOK     it runs a launch; carries a copy of the client's connection
- *            (the template watches it and reports a death by signal);
+ *            (the template watches it and reports a death by signal) and,
+ *            for a Python entry, the client's cwd (the template prepares
+ *            its import finder there for the members it forks next);
  *   BUSY     the request has not arrived yet and the member waits for it
  *            (the template stops counting it as idle);
  *   HANDOFF  anything else: the connection, what was received and its fds
@@ -36,7 +38,8 @@
 
 enum fh_ctl_type {
     FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), argv[0];
-                               fds: the client's connection */
+                               fds: the client's connection, then for a
+                               Python entry the client's cwd */
     FH_CTL_BUSY    = 0x12,  /* no body, no fds */
     FH_CTL_HANDOFF = 0x13,  /* body: struct fh_handoff + the bytes received;
                                fds: the connection, then those received */
@@ -70,8 +73,9 @@ enum fh_handoff_state {
 enum fh_member_result {
     FH_MEMBER_HANDOFF = 1,   /* call fh_member_handoff() */
     FH_MEMBER_PYTHON  = 2,   /* a valid LAUNCH of a Python entry, taken:
-                                TOOK and STARTED are sent and this process
-                                is the secondary; m->run says what to run */
+                                TOOK and STARTED are sent, this process is
+                                the secondary, set up by fh_child_setup();
+                                m->run says what to run */
 };
 
 /* The entry forms of entries.py, as fh_entry_classify() decides them. */
@@ -163,8 +167,10 @@ FH_API int fh_member_init(struct fh_member *m);
  * Wait for a client and take it.  On a valid LAUNCH whose entry
  * fh_entry_classify() decides, the member sends TOOK and STARTED and is the
  * secondary from then on: a native entry never returns (fh_run_native), a
- * Python one returns FH_MEMBER_PYTHON with m->run filled (every signal
- * blocked: fh_child_setup unblocks).  Anything else is FH_MEMBER_HANDOFF
+ * Python one returns FH_MEMBER_PYTHON with m->run filled and the process
+ * set up (fh_child_setup(&m->run.spec): fds, cwd, umask, title, signals;
+ * a failed setup says why on stderr and exits 125).  Anything else is
+ * FH_MEMBER_HANDOFF
  * with m->conn and what was received in m; -EINTR when a signal interrupted
  * the wait (nothing taken); another -errno when accept failed.
  */

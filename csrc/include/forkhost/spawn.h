@@ -13,6 +13,10 @@
 #define FH_API __attribute__((visibility("default")))
 #endif
 
+/* The exit status of a secondary whose setup failed (forkhost itself
+ * failed: DESIGN.md's 125). */
+#define FH_EXIT_SETUP 125
+
 /*
  * A launch as the template received it.  fds are in protocol order: the
  * client's cwd (O_PATH directory), the stdio fds whose bit is set in
