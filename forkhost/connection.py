@@ -44,7 +44,7 @@ class Connection:
     @classmethod
     def took(cls, template, member, msg: protocol.Message) -> "Connection":
         """A pool member took this client's launch (TOOK: the LAUNCH flags,
-        argv[0], and a copy of the connection)."""
+        the entry and argv[0], and a copy of the connection)."""
         now = time.monotonic()
         conn = cls(template, socket.socket(fileno=msg.fds[0]), now)
         try:
@@ -55,7 +55,7 @@ class Connection:
         conn.state = RUNNING
         (flags,) = struct.unpack_from("=I", msg.body)
         conn.job_control = bool(flags & protocol.LAUNCH_JOBCTL)
-        conn.argv0 = os.fsdecode(msg.body[4:])
+        conn.argv0 = os.fsdecode(msg.body[4:].partition(b"\0")[2])
         conn.started = now
         return conn
 
@@ -165,7 +165,7 @@ class Connection:
                          [self.pidfd]):
             self.client_gone()
         if target.kind != entries.NATIVE:
-            t.learn_dir(cwd_fd)
+            t.learn_launch(cwd_fd, target.name if target.kind != entries.SCRIPT else None)
 
     def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
                        report: socket.socket) -> int:

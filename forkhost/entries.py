@@ -17,11 +17,13 @@ fork path (no Python in the child) for ELF files.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import re
 import stat
 import sys
+import time
 import types
 from dataclasses import dataclass
 
@@ -137,7 +139,189 @@ def prepare_finder(path: str) -> bool:
     return False
 
 
+# What the template read ahead for the module entries its clients launch
+# (prefetch), by (directory, module name), least recent first; members
+# forked afterwards inherit it and import_function / load_module use it
+# when nothing it depends on has changed (_prefetched).
+PREFETCH_MAX = 32
+# A directory or file changed less than this long before the template read
+# it is not read ahead: file timestamps are coarse (a few ms), and a change
+# in the same tick would leave them equal.
+PREFETCH_SETTLED_NS = 100_000_000
+
+
+@dataclass(frozen=True)
+class _Prefetch:
+    spec: importlib.machinery.ModuleSpec
+    code: types.CodeType
+    stats: tuple        # _files_state() when it was read
+    meta_path: tuple    # sys.meta_path when it was read
+
+
+_prefetched: dict[tuple[str, str], _Prefetch] = {}
+# (directory, name) -> when to try again after a miss (time.monotonic()).
+_retry_at: dict[tuple[str, str], float] = {}
+PREFETCH_RETRY = 1.0
+
+
+def _stat_key(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _files_state(directory: str, spec) -> tuple:
+    """What a fresh import of spec's module depends on: the directory's
+    listing, the source and the .pyc (None while there is none)."""
+    return (_stat_key(directory), _stat_key(spec.origin), _stat_key(spec.cached))
+
+
+def _meta_path_passes(name: str) -> bool:
+    """True when every finder on sys.meta_path before PathFinder is one we
+    know, and none of them claims ``name`` (asking them has no effect)."""
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder:
+            return True
+        if finder in (importlib.machinery.BuiltinImporter,
+                      importlib.machinery.FrozenImporter):
+            if finder.find_spec(name) is not None:
+                return False
+        elif type(finder).__qualname__ == "DistutilsMetaFinder":
+            # setuptools' distutils shim answers only for the names it has
+            # a spec_for_ method for.
+            if hasattr(finder, f"spec_for_{name}"):
+                return False
+        else:
+            return False
+    return False
+
+
+def _reads_without_writing(spec) -> bool:
+    """True for a plain source module whose import reads files and writes
+    none: its .pyc is current, or bytecode is not written at all
+    (sys.dont_write_bytecode: SourceFileLoader.get_code compiles the
+    source then, as we do)."""
+    if (type(spec.loader) is not importlib.machinery.SourceFileLoader or
+            spec.submodule_search_locations is not None or not spec.cached):
+        return False
+    if sys.dont_write_bytecode:
+        return True
+    try:
+        with open(spec.cached, "rb") as f:
+            head = f.read(16)
+        st = os.stat(spec.origin)
+    except OSError:
+        return False
+    # A timestamp-based .pyc (PEP 552 flags 0) of this very source.
+    return (len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER and
+            int.from_bytes(head[4:8], "little") == 0 and
+            int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF and
+            int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF)
+
+
+def prefetch(directory: str, name: str) -> bool:
+    """In the template, after a launch of module ``name`` (``name:function``
+    or ``-m name``) from ``directory``: find the module and read its code
+    as the secondary's import would, so that the members forked from now on
+    have both.  Only the plain case is read ahead: a top-level source
+    module found in ``directory`` (the first entry of the secondary's
+    sys.path) past builtin and frozen modules, whose import writes nothing;
+    no user code runs.  Returns True when a current copy is held."""
+    key = (directory, name)
+    old = _prefetched.pop(key, None)
+    if old is not None and _current(old, directory):
+        _prefetched[key] = old           # the most recent now
+        return True
+    now = time.monotonic()
+    if _retry_at.get(key, 0.0) > now:
+        return False
+    _retry_at[key] = now + PREFETCH_RETRY
+    while len(_retry_at) > 4 * PREFETCH_MAX:
+        del _retry_at[next(iter(_retry_at))]
+    if not _DOTTED.match(name) or "." in name or name in sys.modules:
+        return False
+    finder = sys.path_importer_cache.get(directory)
+    if finder is None or not _meta_path_passes(name):
+        return False
+    try:
+        before = _stat_key(directory)
+        spec = finder.find_spec(name)
+        if (spec is None or os.path.dirname(spec.origin or "") != directory or
+                not _reads_without_writing(spec)):
+            return False
+        stats = _files_state(directory, spec)
+        # Changed too recently to be told from a change to come?
+        if time.time_ns() - max(st[4] for st in stats if st) < PREFETCH_SETTLED_NS:
+            return False
+        code = spec.loader.get_code(name)
+        if code is None or stats[0] != before or _files_state(directory, spec) != stats:
+            return False
+    except Exception:      # whatever the files hold, the template goes on
+        return False
+    _retry_at.pop(key, None)
+    _prefetched[key] = _Prefetch(spec, code, stats, tuple(sys.meta_path))
+    while len(_prefetched) > PREFETCH_MAX:
+        del _prefetched[next(iter(_prefetched))]
+    return True
+
+
+def _current(p: _Prefetch, directory: str) -> bool:
+    """Nothing a fresh import depends on changed since p was read."""
+    try:
+        return (tuple(sys.meta_path) == p.meta_path and
+                _files_state(directory, p.spec) == p.stats)
+    except OSError:
+        return False
+
+
+def module_of(entry: str, module_flag: bool) -> str | None:
+    """The module a Python entry imports by name (``-m name`` or
+    ``name:function``), None for a script; as classify() tells them."""
+    if module_flag:
+        return entry
+    head, sep, tail = entry.rpartition(":")
+    return head if sep and _DOTTED.match(head) and _DOTTED.match(tail) else None
+
+
+def prefetched() -> list[str]:
+    """What is read ahead, as "name (directory)", least recent first."""
+    return [f"{name} ({directory})" for directory, name in _prefetched]
+
+
 # -- in the secondary ----------------------------------------------------
+
+def _take_prefetched(name: str) -> _Prefetch | None:
+    """The template's copy of module ``name``, if a fresh import would find
+    and read exactly that: sys.path[0] (the client's directory, or the
+    script's) is where it was found, nothing imported it yet, and the
+    directory, the source and the .pyc are unchanged."""
+    if not _prefetched or not sys.path or name in sys.modules:
+        return None
+    p = _prefetched.get((sys.path[0], name))
+    return p if p is not None and _current(p, sys.path[0]) else None
+
+
+def _import_prefetched(p: _Prefetch) -> types.ModuleType:
+    """What importlib's _load_unlocked does with a spec whose loader's
+    get_code would return p.code."""
+    spec = p.spec
+    module = importlib.util.module_from_spec(spec)
+    spec._initializing = True
+    try:
+        sys.modules[spec.name] = module
+        try:
+            exec(p.code, module.__dict__)
+        except BaseException:
+            sys.modules.pop(spec.name, None)
+            raise
+        module = sys.modules.pop(spec.name)   # to the end, as importlib does
+        sys.modules[spec.name] = module
+    finally:
+        spec._initializing = False
+    return module
+
 
 def _not_found_name(err: ModuleNotFoundError, name: str) -> bool:
     """True when the module itself (or a parent package) is what is missing,
@@ -148,8 +332,9 @@ def _not_found_name(err: ModuleNotFoundError, name: str) -> bool:
 
 def import_function(target: Target):
     """Import target.name and return the callable target.symbol names."""
+    p = _take_prefetched(target.name)
     try:
-        mod = importlib.import_module(target.name)
+        mod = _import_prefetched(p) if p else importlib.import_module(target.name)
     except ModuleNotFoundError as err:
         if _not_found_name(err, target.name):
             raise EntryError(f"module {target.name!r} not found (searched the "
@@ -206,6 +391,9 @@ def load_script(path: str):
 
 def load_module(name: str):
     """Find ``name`` like ``python -m``; returns (code, __main__ module)."""
+    p = _take_prefetched(name)
+    if p is not None:
+        return p.code, _main_module(p.spec.origin, p.spec)
     try:
         spec = importlib.util.find_spec(name)
     except ModuleNotFoundError as err:

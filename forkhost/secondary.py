@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import importlib
 import io
 import os
 import signal
@@ -218,10 +219,19 @@ def _exit_code_of(exc: SystemExit) -> int:
     return 1
 
 
+# Frames a traceback starts with that are forkhost's or the import
+# system's, not the entry's: the interpreter leaves the import system's out
+# of an `import` statement's tracebacks too.
+_HIDDEN_FILES = (__file__, entries.__file__, importlib.__file__,
+                 "<frozen importlib._bootstrap>",
+                 "<frozen importlib._bootstrap_external>")
+
+
 def _print_exception(exc: BaseException) -> None:
-    """Print like the interpreter would, minus forkhost's own frames."""
+    """Print like the interpreter would, minus forkhost's own frames and
+    the import system's in front of the entry's."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, entries.__file__):
+    while tb is not None and tb.tb_frame.f_code.co_filename in _HIDDEN_FILES:
         tb = tb.tb_next
     exc.__traceback__ = tb    # the interpreter prints the exception's own
     try:

@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -265,8 +266,11 @@ class Template:
                 lib.fh_hotset_arm(self.hot, 1)
             if len(msg.fds) == 2:
                 cwd_fd = msg.fds.pop()
+                (flags,) = struct.unpack_from("=I", msg.body)
+                entry = os.fsdecode(msg.body[4:].partition(b"\0")[0])
                 try:
-                    self.learn_dir(cwd_fd)
+                    self.learn_launch(cwd_fd, entries.module_of(
+                        entry, bool(flags & protocol.LAUNCH_MODULE)))
                 finally:
                     os.close(cwd_fd)
             # Its pidfd stays registered and now means this launch; its
@@ -288,9 +292,10 @@ class Template:
         self._update_listening()
         return True
 
-    def learn_dir(self, cwd_fd: int) -> None:
-        """A Python launch runs in the directory cwd_fd: keep its import
-        finder ready for the members forked from now on."""
+    def learn_launch(self, cwd_fd: int, module: str | None) -> None:
+        """A Python launch runs in the directory cwd_fd (of ``module``, for
+        a module entry): keep the directory's import finder, and the
+        module read ahead, ready for the members forked from now on."""
         try:
             path = os.readlink(f"/proc/self/fd/{cwd_fd}")
         except OSError:
@@ -298,15 +303,17 @@ class Template:
         dirs = self.finder_dirs
         if path in dirs:
             dirs[path] = dirs.pop(path)      # the most recent now
+        elif entries.prepare_finder(path):
+            dirs[path] = None
+            if len(dirs) > FINDER_DIRS:
+                oldest = next(iter(dirs))
+                del dirs[oldest]
+                if oldest not in sys.path:
+                    sys.path_importer_cache.pop(oldest, None)
+        else:
             return
-        if not entries.prepare_finder(path):
-            return
-        dirs[path] = None
-        if len(dirs) > FINDER_DIRS:
-            oldest = next(iter(dirs))
-            del dirs[oldest]
-            if oldest not in sys.path:
-                sys.path_importer_cache.pop(oldest, None)
+        if module is not None:
+            entries.prefetch(path, module)
 
     def _member_exited(self, member: pool.Member) -> None:
         """A member's pidfd fired: read what it said before it died (it may
@@ -689,6 +696,7 @@ class Template:
             "refused": self.refused,
             "hot_pages": lib.fh_hotset_pages(self.hot) if self.hot != ffi.NULL else 0,
             "import_dirs": list(self.finder_dirs),
+            "prefetched": entries.prefetched(),
             "stopping": self.stopping,
             "threads": len(os.listdir("/proc/self/task")),
             "secondaries": [

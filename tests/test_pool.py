@@ -341,6 +341,129 @@ def test_import_finders_are_kept_for_the_most_recent_dirs(primary, tmp_path, nat
     assert _import_dirs(primary) == dirs[-FINDER_DIRS:]
 
 
+# -- modules read ahead by the template ---------------------------------------
+
+_SHOW_IMPORT = """\
+import sys
+print(__name__, __file__, __cached__, type(__loader__).__name__, __spec__.name,
+      __spec__.origin == __file__, __spec__.cached == __cached__, __spec__.parent,
+      __package__, __spec__.has_location, list(sys.modules)[-1], sys.argv)
+def main(argv):
+    print("{tag}", __name__ in sys.modules, sys.modules[__name__].__dict__ is globals())
+"""
+
+
+class Opens:
+    """inotify IN_OPEN on a directory and its __pycache__: how many files
+    (or the directory itself) were opened since the last count()."""
+
+    def __init__(self, *dirs):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0
+        for d in dirs:
+            assert self.libc.inotify_add_watch(self.fd, os.fsencode(d), 0x20) >= 0
+
+    def count(self) -> int:
+        n = 0
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return n
+            off = 0
+            while off < len(data):
+                _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
+                off += 16 + length
+                n += 1
+
+    def close(self):
+        os.close(self.fd)
+
+
+def _settled_module(d, name: str, text: str) -> None:
+    """Write d/name.py (and its .pyc) and wait until the template would
+    trust their timestamps (entries.PREFETCH_SETTLED_NS)."""
+    import py_compile
+    (d / f"{name}.py").write_text(text)
+    py_compile.compile(str(d / f"{name}.py"), doraise=True)
+    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+
+
+def _prefetched(primary) -> list[str]:
+    return forkhost.info(primary.prefix, primary.runtime_dir)["prefetched"]
+
+
+def test_a_module_read_ahead_imports_as_a_fresh_import_would(primary, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    _settled_module(d, "fhpre", _SHOW_IMPORT.format(tag="v1"))
+    _settled_module(d, "fhpre_other", "def main(argv):\n    pass\n")
+    first = primary.run("fhpre:main", "x", cwd=d)
+    first_m = primary.run("-m", "fhpre", "y", cwd=d)
+    assert first.returncode == first_m.returncode == 0, first.stderr + first_m.stderr
+    wait_until(lambda: f"fhpre ({d})" in _prefetched(primary), what="fhpre read ahead")
+    opens = Opens(d, d / "__pycache__")
+    try:
+        # Until a member forked after the read-ahead takes a launch; each
+        # launch's output is what the fresh import gave.
+        for _ in range(20):
+            opens.count()
+            r = primary.run("fhpre:main", "x", cwd=d)
+            assert (r.returncode, r.stdout, r.stderr) == (0, first.stdout, b"")
+            if opens.count() == 0:
+                break
+        else:
+            raise AssertionError("no launch used the module read ahead")
+        r = primary.run("-m", "fhpre", "y", cwd=d)
+        assert (r.returncode, r.stdout, r.stderr) == (0, first_m.stdout, b"")
+        # The watch sees a fresh import (a module not read ahead).
+        assert primary.run("fhpre_other:main", cwd=d).returncode == 0
+        assert opens.count() > 0
+    finally:
+        opens.close()
+
+    # What changes after the read-ahead is seen: an edit...
+    (d / "fhpre.py").write_text(_SHOW_IMPORT.format(tag="v2, longer"))
+    r = primary.run("fhpre:main", "x", cwd=d)
+    assert r.returncode == 0 and r.stdout.endswith(b"v2, longer True True\n")
+    # ... and a package of the same name, which a fresh import finds first.
+    (d / "fhpre").mkdir()
+    (d / "fhpre" / "__init__.py").write_text("def main(argv):\n    print('pkg')\n")
+    r = primary.run("fhpre:main", cwd=d)
+    assert (r.returncode, r.stdout) == (0, b"pkg\n")
+
+
+def test_a_module_read_ahead_fails_as_a_fresh_import_would(primary, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    _settled_module(d, "fhpre_bad", "import sys\nraise ValueError('at import')\n"
+                    "def main(argv):\n    pass\n")
+    first = primary.run("fhpre_bad:main", cwd=d)
+    assert first.returncode == 126 and b"ValueError: at import" in first.stderr
+    wait_until(lambda: f"fhpre_bad ({d})" in _prefetched(primary), what="read ahead")
+    for _ in range(4):
+        r = primary.run("fhpre_bad:main", cwd=d)
+        assert (r.returncode, r.stdout, r.stderr) == (126, b"", first.stderr)
+
+
+def test_only_plain_modules_are_read_ahead(primary, tmp_path):
+    d = tmp_path / "app"
+    (d / "fhpkg").mkdir(parents=True)
+    (d / "fhpkg" / "__init__.py").write_text("def main(argv):\n    pass\n")
+    (d / "fhpkg" / "mod.py").write_text("def main(argv):\n    pass\n")
+    _settled_module(d, "json", "def main(argv):\n    print('shadow')\n")
+    for entry in ("fhpkg:main", "fhpkg.mod:main", "json:main", "sys:exit"):
+        primary.run(entry, cwd=d)
+    # A module of the primary (json) stays the primary's, as in a fresh
+    # import from this directory it would not (sys.modules wins).
+    assert primary.run("json:main", cwd=d).stdout != b"shadow\n"
+    assert primary.run("fhpre_none:main", cwd=d).returncode == 127
+    time.sleep(0.1)
+    assert _prefetched(primary) == []
+
+
 # -- the hot set, in C, between two forks of this process -------------------------
 
 _PAGES = 64

@@ -350,14 +350,17 @@ static void close_received(struct fh_member *m)
 }
 
 /* Tell the template this member runs m->conn's launch. */
-static int took(struct fh_member *m, uint32_t flags, const char *argv0,
+static int took(struct fh_member *m, const struct fh_launch_view *v,
                 int python)
 {
     /* The client's cwd (always the first fd it sends) goes along for a
-     * Python entry: sys.path[0] is usually that directory. */
+     * Python entry: sys.path[0] is usually that directory.  The entry and
+     * argv[0] lie back to back in the record ("entry\0argv0"). */
     int fds[2] = { m->conn, m->fds[0] };
-    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, &flags, sizeof flags, argv0,
-                      strlen(argv0), fds, python && m->nfds > 0 ? 2 : 1);
+    size_t len = strlen(v->entry) + 1 + strlen(v->strings);
+    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, &v->launch.flags,
+                      sizeof v->launch.flags, v->entry, len, fds,
+                      python && m->nfds > 0 ? 2 : 1);
 
     notify(m, 1);
     return rc;
@@ -423,7 +426,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    took(m, l->flags, r->view.strings, r->kind != FH_ENTRY_NATIVE);
+    took(m, &r->view, r->kind != FH_ENTRY_NATIVE);
     rc = started(m);
     /* A client that is gone (EPIPE) is the template's to notice. */
     if (rc < 0 && rc != -EPIPE)

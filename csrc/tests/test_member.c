@@ -301,7 +301,8 @@ static void test_member_sockets(void)
               FH_CTL_TOOK && nfds == 2, "TOOK with two fds, got %u", nfds);
         CHECK(fstat(fds[1], &a) == 0 && fstat(sent[0], &b) == 0 &&
               a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TOOK's cwd");
-        CHECK(blen == 4 + 3 && memcmp(body + 4, "m:f", 3) == 0, "TOOK's argv0");
+        CHECK(blen == 4 + 7 && memcmp(body + 4, "m:f\0m:f", 7) == 0,
+              "TOOK's entry and argv0");
         close(fds[0]);
         close(fds[1]);
         n = read(p[0], out, sizeof out - 1);

@@ -37,7 +37,8 @@
 #endif
 
 enum fh_ctl_type {
-    FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), argv[0];
+    FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), the
+                               entry, a NUL, argv[0];
                                fds: the client's connection, then for a
                                Python entry the client's cwd */
     FH_CTL_BUSY    = 0x12,  /* no body, no fds */
