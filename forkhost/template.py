@@ -303,6 +303,8 @@ class Template:
         dirs = self.finder_dirs
         if path in dirs:
             dirs[path] = dirs.pop(path)      # the most recent now
+        elif path in sys.path_importer_cache:
+            pass                 # one of ours (the primary's cwd, say)
         elif entries.prepare_finder(path):
             dirs[path] = None
             if len(dirs) > FINDER_DIRS:

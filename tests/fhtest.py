@@ -28,7 +28,8 @@ RUNNER = shutil.which("forkhost-run")
 class PrimaryProc:
     """A `forkhost primary` subprocess on a private prefix."""
 
-    def __init__(self, runtime_dir: str, prefix: str = "t", args=(), env=None):
+    def __init__(self, runtime_dir: str, prefix: str = "t", args=(), env=None,
+                 cwd=HERE):
         self.runtime_dir = runtime_dir
         self.prefix = prefix
         self.env = dict(os.environ if env is None else env,
@@ -36,7 +37,7 @@ class PrimaryProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forkhost", "primary", "--grace", "2", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
-            cwd=str(HERE))
+            cwd=str(cwd))
         self.ready = self.proc.stdout.readline().decode()
         if "ready" not in self.ready:
             out, err = self.proc.communicate(timeout=30)

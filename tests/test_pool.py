@@ -435,6 +435,19 @@ def test_a_module_read_ahead_imports_as_a_fresh_import_would(primary, tmp_path):
     assert (r.returncode, r.stdout) == (0, b"pkg\n")
 
 
+def test_a_module_is_read_ahead_in_the_primarys_own_directory(runtime_dir, tmp_path):
+    # The primary's cwd is on its sys.path: its finder is the template's own.
+    _settled_module(tmp_path, "fhpre_here", "def main(argv):\n    return 3\n")
+    p = PrimaryProc(runtime_dir, "here", cwd=tmp_path)
+    try:
+        assert p.run("fhpre_here:main", cwd=tmp_path).returncode == 3
+        wait_until(lambda: f"fhpre_here ({tmp_path})" in _prefetched(p),
+                   what="read ahead")
+        assert p.run("fhpre_here:main", cwd=tmp_path).returncode == 3
+    finally:
+        p.stop()
+
+
 def test_a_module_read_ahead_fails_as_a_fresh_import_would(primary, tmp_path):
     d = tmp_path / "app"
     d.mkdir()
