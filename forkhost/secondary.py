@@ -18,6 +18,7 @@ import atexit
 import codecs
 import importlib
 import io
+import operator
 import os
 import signal
 import sys
@@ -73,6 +74,9 @@ def _python_signal_defaults() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+_SPLIT_VAR = operator.methodcaller("split", b"=", 1)
+
+
 def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     """The client's environment, in C (`environ`, set in one step by
     fh_install_environ, with systemd's LISTEN_PID/LISTEN_FDS for the fds
@@ -81,10 +85,10 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    data = {}
-    for var in req.env:
-        key, _, value = var.partition(b"=")
-        data.setdefault(key, value)      # getenv(3) finds the first
+    # Every variable has a "=" after its first byte (the parsers check).
+    # getenv(3) finds the first of a name given twice, so the dict is
+    # built from the end; map() keeps the loop in C.
+    data = dict(map(_SPLIT_VAR, reversed(req.env)))
     for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
         data.pop(name, None)
     if req.nextra:
