@@ -165,7 +165,7 @@ class Connection:
                          [self.pidfd]):
             self.client_gone()
         if target.kind != entries.NATIVE:
-            t.learn_launch(cwd_fd, target.name if target.kind != entries.SCRIPT else None)
+            t.learn_launch(cwd_fd, entry, req.module)
 
     def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
                        report: socket.socket) -> int:

@@ -276,6 +276,68 @@ def _current(p: _Prefetch, directory: str) -> bool:
         return False
 
 
+# Scripts compiled ahead, by (directory, path as the client gave it): the
+# code and the _stat_key of the file it was compiled from.
+_scripts: dict[tuple[str, str], tuple[types.CodeType, tuple]] = {}
+SCRIPT_MAX_BYTES = 1 << 20
+
+
+def prefetch_script(directory: str, path: str) -> bool:
+    """In the template, after a launch of script ``path`` (as the client
+    gave it) from ``directory``: compile it as the secondary would
+    (``python`` compiles a script on every run; so did every launch), for
+    the members forked from now on.  Returns True when a current copy is
+    held."""
+    key = (directory, path)
+    full = os.path.join(directory, path)
+    old = _scripts.pop(key, None)
+    try:
+        if old is not None and _stat_key(full) == old[1]:
+            _scripts[key] = old
+            return True
+    except OSError:
+        return False
+    now = time.monotonic()
+    if _retry_at.get(("script", *key), 0.0) > now:
+        return False
+    _retry_at[("script", *key)] = now + PREFETCH_RETRY
+    while len(_retry_at) > 4 * PREFETCH_MAX:
+        del _retry_at[next(iter(_retry_at))]
+    try:
+        # Non-blocking: whatever the path names now, the template must
+        # not wait on it (a FIFO put in the script's place).
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            key_st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if (not stat.S_ISREG(st.st_mode) or st.st_size > SCRIPT_MAX_BYTES or
+                    time.time_ns() - st.st_ctime_ns < PREFETCH_SETTLED_NS):
+                return False
+            with open(fd, "rb", closefd=False) as f:
+                source = f.read()
+        finally:
+            os.close(fd)
+        if _stat_key(full) != key_st:
+            return False
+        code = compile(source, path, "exec", dont_inherit=True)
+    except Exception:      # whatever the file holds, the template goes on
+        return False
+    _retry_at.pop(("script", *key), None)
+    _scripts[key] = (code, key_st)
+    while len(_scripts) > PREFETCH_MAX:
+        del _scripts[next(iter(_scripts))]
+    return True
+
+
+def prefetch_entry(directory: str, entry: str, module_flag: bool) -> bool:
+    """prefetch() or prefetch_script(), as the entry names a module or a
+    script (a native entry never comes here)."""
+    module = module_of(entry, module_flag)
+    if module is not None:
+        return prefetch(directory, module)
+    return prefetch_script(directory, entry)
+
+
 def module_of(entry: str, module_flag: bool) -> str | None:
     """The module a Python entry imports by name (``-m name`` or
     ``name:function``), None for a script; as classify() tells them."""
@@ -286,8 +348,10 @@ def module_of(entry: str, module_flag: bool) -> str | None:
 
 
 def prefetched() -> list[str]:
-    """What is read ahead, as "name (directory)", least recent first."""
-    return [f"{name} ({directory})" for directory, name in _prefetched]
+    """What is read ahead, as "module (directory)" then "script (directory)",
+    least recent first."""
+    return ([f"{name} ({directory})" for directory, name in _prefetched] +
+            [f"{path} ({directory})" for directory, path in _scripts])
 
 
 # -- in the secondary ----------------------------------------------------
@@ -371,8 +435,26 @@ def _main_module(file: str | None, spec=None) -> types.ModuleType:
     return main
 
 
+def _take_script(path: str) -> types.CodeType | None:
+    """The template's compiled copy of script ``path``, if the file the
+    secondary would read now is the one it was compiled from."""
+    if not _scripts:
+        return None
+    try:
+        cwd = os.getcwd()
+        hit = _scripts.get((cwd, path))
+        if hit is not None and _stat_key(os.path.join(cwd, path)) == hit[1]:
+            return hit[0]
+    except OSError:
+        pass
+    return None
+
+
 def load_script(path: str):
     """Compile the script; returns (code, __main__ module)."""
+    code = _take_script(path)
+    if code is not None:
+        return code, _main_module(os.path.abspath(path))
     try:
         with open(path, "rb") as f:
             source = f.read()

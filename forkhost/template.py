@@ -269,8 +269,7 @@ class Template:
                 (flags,) = struct.unpack_from("=I", msg.body)
                 entry = os.fsdecode(msg.body[4:].partition(b"\0")[0])
                 try:
-                    self.learn_launch(cwd_fd, entries.module_of(
-                        entry, bool(flags & protocol.LAUNCH_MODULE)))
+                    self.learn_launch(cwd_fd, entry, bool(flags & protocol.LAUNCH_MODULE))
                 finally:
                     os.close(cwd_fd)
             # Its pidfd stays registered and now means this launch; its
@@ -292,10 +291,10 @@ class Template:
         self._update_listening()
         return True
 
-    def learn_launch(self, cwd_fd: int, module: str | None) -> None:
-        """A Python launch runs in the directory cwd_fd (of ``module``, for
-        a module entry): keep the directory's import finder, and the
-        module read ahead, ready for the members forked from now on."""
+    def learn_launch(self, cwd_fd: int, entry: str, module_flag: bool) -> None:
+        """A launch of Python entry ``entry`` runs in the directory cwd_fd:
+        keep the directory's import finder, and the entry's module or
+        script read ahead, ready for the members forked from now on."""
         try:
             path = os.readlink(f"/proc/self/fd/{cwd_fd}")
         except OSError:
@@ -314,8 +313,7 @@ class Template:
                     sys.path_importer_cache.pop(oldest, None)
         else:
             return
-        if module is not None:
-            entries.prefetch(path, module)
+        entries.prefetch_entry(path, entry, module_flag)
 
     def _member_exited(self, member: pool.Member) -> None:
         """A member's pidfd fired: read what it said before it died (it may

@@ -354,8 +354,11 @@ def main(argv):
 
 
 class Opens:
-    """inotify IN_OPEN on a directory and its __pycache__: how many files
-    (or the directory itself) were opened since the last count()."""
+    """inotify IN_OPEN and IN_ACCESS on directories: how many opens and
+    reads of their files (or of themselves) happened since the last
+    count().  (inotify merges an event with the unread one before it when
+    they are the same: an open then a read of a file are two, two opens
+    in a row one.)"""
 
     def __init__(self, *dirs):
         import ctypes
@@ -363,7 +366,7 @@ class Opens:
         self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         assert self.fd >= 0
         for d in dirs:
-            assert self.libc.inotify_add_watch(self.fd, os.fsencode(d), 0x20) >= 0
+            assert self.libc.inotify_add_watch(self.fd, os.fsencode(d), 0x21) >= 0
 
     def count(self) -> int:
         n = 0
@@ -461,6 +464,55 @@ def test_a_module_read_ahead_fails_as_a_fresh_import_would(primary, tmp_path):
         assert (r.returncode, r.stdout, r.stderr) == (126, b"", first.stderr)
 
 
+_SHOW_SCRIPT = """\
+import sys
+print(__name__, __file__, __spec__, sys.argv, sys.path[0] == sys.argv[0].rpartition("/")[0], "{tag}")
+def f():
+    raise ValueError("from the script")
+if sys.argv[1:] == ["raise"]:
+    f()
+"""
+
+
+def test_a_script_compiled_ahead_runs_as_when_compiled_at_launch(primary, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    (d / "fhscript.py").write_text(_SHOW_SCRIPT.format(tag="v1"))
+    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    opens = Opens(d)
+    first = primary.run("fhscript.py", "a", cwd=d)
+    # The classification opens it (is it ELF?), and so does the compile.
+    opened_first = opens.count()
+    first_raise = primary.run("fhscript.py", "raise", cwd=d)
+    assert first.returncode == 0 and first.stdout.endswith(b" v1\n"), first.stderr
+    assert first_raise.returncode == 1
+    assert b'File "fhscript.py", line 4, in f' in first_raise.stderr
+    wait_until(lambda: f"fhscript.py ({d})" in _prefetched(primary), what="compiled ahead")
+    try:
+        for _ in range(20):
+            opens.count()
+            r = primary.run("fhscript.py", "a", cwd=d)
+            assert (r.returncode, r.stdout, r.stderr) == (0, first.stdout, b"")
+            if opens.count() < opened_first:
+                break
+        else:
+            raise AssertionError("no launch used the script compiled ahead")
+    finally:
+        opens.close()
+    r = primary.run("fhscript.py", "raise", cwd=d)
+    assert (r.returncode, r.stdout, r.stderr) == (1, first_raise.stdout, first_raise.stderr)
+    # Another path to the same file is another script (its __file__ and
+    # tracebacks differ).
+    r = primary.run("./fhscript.py", "raise", cwd=d)
+    assert r.returncode == 1 and b'File "./fhscript.py", line 4' in r.stderr
+    # An edit is seen; so is a file put in its place.
+    (d / "fhscript.py").write_text(_SHOW_SCRIPT.format(tag="v2, longer"))
+    assert primary.run("fhscript.py", cwd=d).stdout.endswith(b" v2, longer\n")
+    (d / "new.py").write_text(_SHOW_SCRIPT.format(tag="v3"))
+    os.rename(d / "new.py", d / "fhscript.py")
+    assert primary.run("fhscript.py", cwd=d).stdout.endswith(b" v3\n")
+
+
 def test_only_plain_modules_are_read_ahead(primary, tmp_path):
     d = tmp_path / "app"
     (d / "fhpkg").mkdir(parents=True)
@@ -473,8 +525,15 @@ def test_only_plain_modules_are_read_ahead(primary, tmp_path):
     # import from this directory it would not (sys.modules wins).
     assert primary.run("json:main", cwd=d).stdout != b"shadow\n"
     assert primary.run("fhpre_none:main", cwd=d).returncode == 127
+    # A FIFO where the script was: the template does not wait on it.
+    (d / "s.py").write_text("print('s')\n")
+    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    r = primary.run("s.py", cwd=d)
+    os.unlink(d / "s.py")
+    os.mkfifo(d / "s.py")
     time.sleep(0.1)
-    assert _prefetched(primary) == []
+    assert forkhost.info(primary.prefix, primary.runtime_dir)["prefetched"] == []
+    assert r.stdout == b"s\n"
 
 
 # -- the hot set, in C, between two forks of this process -------------------------
