@@ -144,6 +144,9 @@ def prepare_finder(path: str) -> bool:
 # forked afterwards inherit it and import_function / load_module use it
 # when nothing it depends on has changed (_prefetched).
 PREFETCH_MAX = 32
+# Files larger than this are not read ahead: the template's loop waits
+# while it compiles (5-10 KiB a millisecond measured) or unmarshals.
+PREFETCH_MAX_BYTES = 128 << 10
 # A directory or file changed less than this long before the template read
 # it is not read ahead: file timestamps are coarse (a few ms), and a change
 # in the same tick would leave them equal.
@@ -255,6 +258,8 @@ def prefetch(directory: str, name: str) -> bool:
         # Changed too recently to be told from a change to come?
         if time.time_ns() - max(st[4] for st in stats if st) < PREFETCH_SETTLED_NS:
             return False
+        if max(st[2] for st in stats[1:] if st) > PREFETCH_MAX_BYTES:
+            return False
         code = spec.loader.get_code(name)
         if code is None or stats[0] != before or _files_state(directory, spec) != stats:
             return False
@@ -279,7 +284,6 @@ def _current(p: _Prefetch, directory: str) -> bool:
 # Scripts compiled ahead, by (directory, path as the client gave it): the
 # code and the _stat_key of the file it was compiled from.
 _scripts: dict[tuple[str, str], tuple[types.CodeType, tuple]] = {}
-SCRIPT_MAX_BYTES = 1 << 20
 
 
 def prefetch_script(directory: str, path: str) -> bool:
@@ -310,7 +314,7 @@ def prefetch_script(directory: str, path: str) -> bool:
         try:
             st = os.fstat(fd)
             key_st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if (not stat.S_ISREG(st.st_mode) or st.st_size > SCRIPT_MAX_BYTES or
+            if (not stat.S_ISREG(st.st_mode) or st.st_size > PREFETCH_MAX_BYTES or
                     time.time_ns() - st.st_ctime_ns < PREFETCH_SETTLED_NS):
                 return False
             with open(fd, "rb", closefd=False) as f:

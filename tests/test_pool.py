@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import psutil
@@ -525,15 +526,26 @@ def test_only_plain_modules_are_read_ahead(primary, tmp_path):
     # import from this directory it would not (sys.modules wins).
     assert primary.run("json:main", cwd=d).stdout != b"shadow\n"
     assert primary.run("fhpre_none:main", cwd=d).returncode == 127
-    # A FIFO where the script was: the template does not wait on it.
-    (d / "s.py").write_text("print('s')\n")
+    # A script too big to compile in the template's loop.
+    (d / "big.py").write_text(("#" * 99 + "\n") * (entries.PREFETCH_MAX_BYTES // 100 + 1) +
+                              "print('big')\n")
     time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
-    r = primary.run("s.py", cwd=d)
-    os.unlink(d / "s.py")
-    os.mkfifo(d / "s.py")
+    for _ in range(2):
+        assert primary.run("big.py", cwd=d).stdout == b"big\n"
     time.sleep(0.1)
     assert forkhost.info(primary.prefix, primary.runtime_dir)["prefetched"] == []
-    assert r.stdout == b"s\n"
+
+
+def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
+    # What the template does when the script it would compile was replaced
+    # by a FIFO that no one writes (in a child, so that a wait fails the
+    # test instead of hanging it).
+    os.mkfifo(tmp_path / "s.py")
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; from forkhost import entries; "
+         "print(entries.prefetch_script(sys.argv[1], 's.py'))", str(tmp_path)],
+        capture_output=True, timeout=20)
+    assert (r.returncode, r.stdout) == (0, b"False\n"), r.stderr
 
 
 # -- the hot set, in C, between two forks of this process -------------------------
