@@ -20,25 +20,34 @@
 
 static char rec[4096];
 
-/* A valid LAUNCH: entry "e", argv {"a", ""}, env {"K=v"}, stdio 0b101,
- * one extra fd: 1 + 2 + 1 = 4 fds. */
-static size_t good(void)
+/* The fixed part of a LAUNCH whose strings take strings_len bytes. */
+static struct fh_launch launch_head(size_t strings_len, unsigned stdio_mask,
+                                    unsigned nextra, unsigned argc, unsigned envc)
 {
-    static const char strings[] = "e\0a\0\0K=v";   /* + the final NUL */
     struct fh_launch l;
 
     memset(&l, 0, sizeof l);
     l.hdr.magic = FH_PROTO_MAGIC;
     l.hdr.version = FH_PROTO_VERSION;
     l.hdr.type = FH_MSG_LAUNCH;
-    l.hdr.len = (uint32_t)(sizeof l + sizeof strings);
-    l.hdr.nfds = 4;
+    l.hdr.len = (uint32_t)(sizeof l + strings_len);
+    l.hdr.nfds = 1u + (unsigned)__builtin_popcount(stdio_mask) + nextra;
     l.umask = 022;
-    l.stdio_mask = 5;
-    l.nextra = 1;
-    l.argc = 2;
-    l.envc = 1;
-    l.strings_len = sizeof strings;
+    l.stdio_mask = stdio_mask;
+    l.nextra = nextra;
+    l.argc = argc;
+    l.envc = envc;
+    l.strings_len = (uint32_t)strings_len;
+    return l;
+}
+
+/* A valid LAUNCH: entry "e", argv {"a", ""}, env {"K=v"}, stdio 0b101,
+ * one extra fd: 1 + 2 + 1 = 4 fds. */
+static size_t good(void)
+{
+    static const char strings[] = "e\0a\0\0K=v";   /* + the final NUL */
+    struct fh_launch l = launch_head(sizeof strings, 5, 1, 2, 1);
+
     memcpy(rec, &l, sizeof l);
     memcpy(rec + sizeof l, strings, sizeof strings);
     return sizeof l + sizeof strings;
@@ -101,6 +110,28 @@ static void test_parse(void)
             (void)parses(n, 4);
         }
     }
+}
+
+/* sendmsg of iov with nfds fds (at most 4) attached. */
+static ssize_t send_fds(int sock, struct iovec *iov, size_t niov,
+                        const int *fds, unsigned nfds)
+{
+    union { char b[CMSG_SPACE(sizeof(int) * 4)]; struct cmsghdr a; } u;
+    struct msghdr msg;
+    struct cmsghdr *cm;
+
+    memset(&u, 0, sizeof u);
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = niov;
+    msg.msg_control = u.b;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * nfds);
+    return sendmsg(sock, &msg, 0);
 }
 
 /* A record from the member's socketpair: type, body, fds. */
@@ -196,10 +227,7 @@ static void test_member_sockets(void)
         int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         struct fh_msg_hdr q;
         int two[2] = {0, 1};
-        union { char b[CMSG_SPACE(sizeof two)]; struct cmsghdr a; } u;
         struct iovec iov = {&q, sizeof q};
-        struct msghdr msg;
-        struct cmsghdr *cm;
 
         CHECK(connect(c, (struct sockaddr *)&addr, sizeof addr) == 0, "connect");
         memset(&q, 0, sizeof q);
@@ -208,17 +236,7 @@ static void test_member_sockets(void)
         q.type = FH_MSG_INFO;
         q.len = sizeof q;
         q.nfds = 2;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = u.b;
-        msg.msg_controllen = sizeof u.b;
-        cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof two);
-        memcpy(CMSG_DATA(cm), two, sizeof two);
-        CHECK(sendmsg(c, &msg, 0) == (ssize_t)sizeof q, "send INFO");
+        CHECK(send_fds(c, &iov, 1, two, 2) == (ssize_t)sizeof q, "send INFO");
         CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
               FH_CTL_HANDOFF, "HANDOFF");
         CHECK(blen == sizeof h + sizeof q && nfds == 3, "handoff %zu %u", blen, nfds);
@@ -260,10 +278,8 @@ static void test_member_sockets(void)
         char dir[] = "/tmp/fhtest-member-XXXXXX", out[256];
         int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), p[2];
         int sent[3];
-        union { char b[CMSG_SPACE(sizeof sent)]; struct cmsghdr a; } u;
-        struct fh_launch l;
+        struct fh_launch l = launch_head(sizeof strings, 6, 0, 1, 0);
         struct iovec iov[2] = {{&l, sizeof l}, {(void *)strings, sizeof strings}};
-        struct msghdr msg;
         struct cmsghdr *cm;
         struct stat a, b;
         struct fh_exited ex;
@@ -273,29 +289,9 @@ static void test_member_sockets(void)
         CHECK(mkdtemp(dir) != NULL && pipe2(p, O_CLOEXEC) == 0, "dir, pipe");
         sent[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         sent[1] = sent[2] = p[1];
-        memset(&l, 0, sizeof l);
-        l.hdr.magic = FH_PROTO_MAGIC;
-        l.hdr.version = FH_PROTO_VERSION;
-        l.hdr.type = FH_MSG_LAUNCH;
-        l.hdr.len = (uint32_t)(sizeof l + sizeof strings);
-        l.hdr.nfds = 3;
-        l.umask = 022;
-        l.stdio_mask = 6;
-        l.argc = 1;
-        l.strings_len = sizeof strings;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_iov = iov;
-        msg.msg_iovlen = 2;
-        msg.msg_control = u.b;
-        msg.msg_controllen = sizeof u.b;
-        cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof sent);
-        memcpy(CMSG_DATA(cm), sent, sizeof sent);
         CHECK(sent[0] >= 0 &&
               connect(c, (struct sockaddr *)&addr, sizeof addr) == 0 &&
-              sendmsg(c, &msg, 0) == (ssize_t)l.hdr.len, "send LAUNCH");
+              send_fds(c, iov, 2, sent, 3) == (ssize_t)l.hdr.len, "send LAUNCH");
         close(p[1]);
         CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
               FH_CTL_TOOK && nfds == 2, "TOOK with two fds, got %u", nfds);
