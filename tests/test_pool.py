@@ -544,7 +544,7 @@ def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
     r = subprocess.run(
         [sys.executable, "-c", "import sys; from forkhost import entries; "
          "print(entries.prefetch_script(sys.argv[1], 's.py'))", str(tmp_path)],
-        capture_output=True, timeout=20)
+        capture_output=True, timeout=20, cwd=tmp_path)   # not the source tree
     assert (r.returncode, r.stdout) == (0, b"False\n"), r.stderr
 
 
