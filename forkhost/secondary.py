@@ -77,11 +77,19 @@ def _python_signal_defaults() -> None:
 _SPLIT_VAR = operator.methodcaller("split", b"=", 1)
 
 
+# What the template had and the secondary replaces (os.environ's mapping,
+# the stdio objects) is kept here, not freed: freeing it would cost the
+# launch its deallocations and the old streams' finalizers (flush, close;
+# they never close the fds, as CPython makes them with closefd=False), and
+# a secondary ends with _exit anyway.
+_left_behind: list = []
+
+
 def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     """The client's environment, in C (`environ`, set in one step by
     fh_install_environ, with systemd's LISTEN_PID/LISTEN_FDS for the fds
-    at 3, 4, ...) and in os.environ, whose mapping is rebuilt to match
-    without a putenv/unsetenv per variable."""
+    at 3, 4, ...) and in os.environ, whose mapping is replaced to match
+    without a putenv/unsetenv per variable.  Returns the mapping."""
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
@@ -94,10 +102,11 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     if req.nextra:
         data[b"LISTEN_PID"] = str(os.getpid()).encode()
         data[b"LISTEN_FDS"] = str(req.nextra).encode()
-    # os.environ and os.environb share this bytes -> bytes mapping.
-    os.environ._data.clear()
-    os.environ._data.update(data)
-    return os.environb
+    # os.environ and os.environb share one bytes -> bytes mapping: theirs
+    # is now this one, and the template's is left behind.
+    _left_behind.append(os.environ._data)
+    os.environ._data = os.environb._data = data
+    return data
 
 
 _STDIO = ((0, "<stdin>"), (1, "<stdout>"), (2, "<stderr>"))
@@ -144,6 +153,8 @@ def _reopen_stdio(present: int, env) -> None:
     line-buffered, a file is not); a secondary must buffer for its own.
     """
     streams = _make_stdio(present, env)
+    _left_behind.append((sys.stdin, sys.stdout, sys.stderr,
+                         sys.__stdin__, sys.__stdout__, sys.__stderr__))
     sys.stdin = sys.__stdin__ = streams[0]
     sys.stdout = sys.__stdout__ = streams[1]
     sys.stderr = sys.__stderr__ = streams[2]
