@@ -333,13 +333,51 @@ def prefetch_script(directory: str, path: str) -> bool:
     return True
 
 
-def prefetch_entry(directory: str, entry: str, module_flag: bool) -> bool:
+def prefetch_entry(directory: str, entry: str, module_flag: bool,
+                   mounts: list[tuple[str, str]]) -> bool:
     """prefetch() or prefetch_script(), as the entry names a module or a
-    script (a native entry never comes here)."""
+    script (a native entry never comes here), unless what it would read is
+    on a network or FUSE filesystem (``mounts``: parse_mounts()), where
+    the template could wait on a server: the secondary reads it then."""
     module = module_of(entry, module_flag)
     if module is not None:
-        return prefetch(directory, module)
-    return prefetch_script(directory, entry)
+        return not on_remote_fs(directory, mounts) and prefetch(directory, module)
+    full = os.path.normpath(os.path.join(directory, entry))
+    return not on_remote_fs(full, mounts) and prefetch_script(directory, entry)
+
+
+# Filesystem types whose calls may wait on a server (or a FUSE daemon,
+# "fuse" and "fuse.*").
+_REMOTE_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p",
+                        "afs", "coda", "ncpfs", "glusterfs", "lustre", "gfs2",
+                        "ocfs2", "davfs", "orangefs", "pvfs2", "virtiofs"})
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def parse_mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) from /proc/self/mountinfo text, the
+    longest mount points first, and of two on the same point the one
+    mounted last (the one seen there) first."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and tail:
+            point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+            mounts.append((point, tail[0]))
+    mounts.reverse()
+    mounts.sort(key=lambda m: len(m[0]), reverse=True)    # stable
+    return mounts
+
+
+def on_remote_fs(path: str, mounts: list[tuple[str, str]]) -> bool:
+    """True when absolute ``path`` lies on a network or FUSE filesystem as
+    ``mounts`` (parse_mounts()) has them; the path is matched as a string,
+    without looking at the filesystem."""
+    for point, fstype in mounts:
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            return fstype in _REMOTE_FS or fstype.startswith("fuse")
+    return False
 
 
 def module_of(entry: str, module_flag: bool) -> str | None:

@@ -53,6 +53,8 @@ RELEARN = 64
 # The client directories whose import finders the template keeps ready for
 # Python secondaries (entries.prepare_finder); the least recent goes first.
 FINDER_DIRS = 32
+# How long the template trusts its copy of the mount table.
+MOUNTS_TTL = 1.0
 # Connections accepted but not yet sent a request; more are refused at once,
 # so a flood of idle connections cannot exhaust the template's fds.
 MAX_PENDING = 256
@@ -124,6 +126,8 @@ class Template:
         self.refused = 0
         # Client directories whose finders we added, least recent first.
         self.finder_dirs: dict[str, None] = {}
+        self.mounts: list[tuple[str, str]] = []
+        self.mounts_until = 0.0
         self.title_area = (0, 0)
         self.ep = select.epoll()
         self.wake_r = self.wake_w = -1
@@ -299,6 +303,9 @@ class Template:
             path = os.readlink(f"/proc/self/fd/{cwd_fd}")
         except OSError:
             return
+        mounts = self._mounts()
+        if entries.on_remote_fs(path, mounts):
+            return     # a server could keep the template waiting
         dirs = self.finder_dirs
         if path in dirs:
             dirs[path] = dirs.pop(path)      # the most recent now
@@ -313,7 +320,20 @@ class Template:
                     sys.path_importer_cache.pop(oldest, None)
         else:
             return
-        entries.prefetch_entry(path, entry, module_flag)
+        entries.prefetch_entry(path, entry, module_flag, mounts)
+
+    def _mounts(self) -> list[tuple[str, str]]:
+        """The mount table (entries.parse_mounts), read again when a second
+        old.  Reading it never waits on a filesystem."""
+        now = time.monotonic()
+        if now >= self.mounts_until:
+            try:
+                with open("/proc/self/mountinfo") as f:
+                    self.mounts = entries.parse_mounts(f.read())
+            except OSError:
+                self.mounts = []
+            self.mounts_until = now + MOUNTS_TTL
+        return self.mounts
 
     def _member_exited(self, member: pool.Member) -> None:
         """A member's pidfd fired: read what it said before it died (it may

@@ -536,6 +536,35 @@ def test_only_plain_modules_are_read_ahead(primary, tmp_path):
     assert forkhost.info(primary.prefix, primary.runtime_dir)["prefetched"] == []
 
 
+_MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /mnt/nfs rw,relatime shared:2 - nfs4 srv:/export rw,vers=4.2
+31 30 0:41 / /mnt/nfs/scratch rw shared:3 - tmpfs tmpfs rw
+32 22 0:42 / /mnt/a\\040b rw shared:4 - fuse.sshfs me@host: rw
+33 22 0:43 / /data rw shared:5 - nfs srv:/data rw
+34 33 8:2 / /data rw shared:6 - xfs /dev/sdb1 rw
+35 22 0:44 / /mnt/nfsish rw shared:7 - ext4 /dev/sdc1 rw
+"""
+
+
+def test_the_template_reads_ahead_nothing_on_network_or_fuse_filesystems():
+    # The mount-table logic alone: no network filesystem is mounted here.
+    mounts = entries.parse_mounts(_MOUNTINFO)
+    remote = {path: entries.on_remote_fs(path, mounts) for path in (
+        "/home/me/app", "/mnt/nfs", "/mnt/nfs/app/x.py", "/mnt/nfs/scratch/x.py",
+        "/mnt/a b/x.py", "/mnt/a", "/data/x.py", "/mnt/nfsish/x.py")}
+    assert remote == {
+        "/home/me/app": False, "/mnt/nfs": True, "/mnt/nfs/app/x.py": True,
+        "/mnt/nfs/scratch/x.py": False,        # tmpfs mounted inside the NFS mount
+        "/mnt/a b/x.py": True, "/mnt/a": False,
+        "/data/x.py": False,                   # xfs mounted over the NFS mount
+        "/mnt/nfsish/x.py": False}
+    # A script named from a local directory but lying on NFS is not read.
+    assert not entries.prefetch_entry("/home/me", "/mnt/nfs/app/x.py", False, mounts)
+    with open("/proc/self/mountinfo") as f:
+        assert not entries.on_remote_fs(os.getcwd(), entries.parse_mounts(f.read()))
+
+
 def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
     # What the template does when the script it would compile was replaced
     # by a FIFO that no one writes (in a child, so that a wait fails the
