@@ -25,6 +25,7 @@ import stat
 import sys
 import time
 import types
+import zipimport
 from dataclasses import dataclass
 
 from .errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
@@ -112,6 +113,9 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
 
 # -- in the template, after a launch ---------------------------------------
 
+_FILEFINDER_HOOK = "FileFinder.path_hook.<locals>.path_hook_for_FileFinder"
+
+
 def prepare_finder(path: str) -> bool:
     """Put the import finder for directory ``path`` in
     sys.path_importer_cache, as the import system would on its first search
@@ -124,10 +128,15 @@ def prepare_finder(path: str) -> bool:
     clients' path, for the directories its clients use, and the members it
     forks afterwards inherit the finder.  The finder's listing is not read
     here: the secondary forgets it anyway (secondary._set_path), so what a
-    client changed in its directory is always seen.  Returns True when a
+    client changed in its directory is always seen.  Only the standard
+    hooks are called (the zip importer, FileFinder's): the template runs
+    no code a preloaded module may have installed.  Returns True when a
     finder was added."""
     cache = sys.path_importer_cache
-    if path in cache or not os.path.isabs(path):
+    if path in cache or not os.path.isabs(path) or not all(
+            hook is zipimport.zipimporter or
+            getattr(hook, "__qualname__", "") == _FILEFINDER_HOOK
+            for hook in sys.path_hooks):
         return False
     for hook in sys.path_hooks:
         try:
@@ -246,7 +255,7 @@ def prefetch(directory: str, name: str) -> bool:
     if not _DOTTED.match(name) or "." in name or name in sys.modules:
         return False
     finder = sys.path_importer_cache.get(directory)
-    if finder is None or not _meta_path_passes(name):
+    if type(finder) is not importlib.machinery.FileFinder or not _meta_path_passes(name):
         return False
     try:
         before = _stat_key(directory)

@@ -298,7 +298,15 @@ class Template:
     def learn_launch(self, cwd_fd: int, entry: str, module_flag: bool) -> None:
         """A launch of Python entry ``entry`` runs in the directory cwd_fd:
         keep the directory's import finder, and the entry's module or
-        script read ahead, ready for the members forked from now on."""
+        script read ahead, ready for the members forked from now on.  Only
+        ever an optimization: whatever goes wrong here, serving goes on."""
+        try:
+            self._learn_launch(cwd_fd, entry, module_flag)
+        except Exception as exc:       # a bug of ours; say it, do not stop
+            print(f"forkhost template: reading ahead for {entry!r}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _learn_launch(self, cwd_fd: int, entry: str, module_flag: bool) -> None:
         try:
             path = os.readlink(f"/proc/self/fd/{cwd_fd}")
         except OSError:

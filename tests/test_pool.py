@@ -565,6 +565,36 @@ def test_the_template_reads_ahead_nothing_on_network_or_fuse_filesystems():
         assert not entries.on_remote_fs(os.getcwd(), entries.parse_mounts(f.read()))
 
 
+def test_the_template_runs_no_import_hook_a_preload_installed(runtime_dir, tmp_path):
+    lib_dir, app = tmp_path / "lib", tmp_path / "app"
+    lib_dir.mkdir()
+    app.mkdir()
+    marker = tmp_path / "ran-in-the-template"
+    # Preloaded in the primary (the template is its child); it notes a
+    # call for the client's directory made in the template.
+    (lib_dir / "fhhook.py").write_text(
+        "import os, sys\n"
+        "PRIMARY = os.getpid()\n"
+        "def hook(path):\n"
+        f"    if os.getppid() == PRIMARY and path == {str(app)!r}:\n"
+        f"        open({str(marker)!r}, 'a').close()\n"
+        "    raise ImportError(path)\n"
+        "sys.path_hooks.insert(0, hook)\n"
+        "sys.path_importer_cache.clear()\n")
+    _settled_module(app, "fhpre_hooked", "def main(argv):\n    return 5\n")
+    env = dict(os.environ, PYTHONPATH=str(lib_dir))
+    p = PrimaryProc(runtime_dir, "hooked", args=("--preload", "fhhook"), env=env)
+    try:
+        for _ in range(3):
+            assert p.run("fhpre_hooked:main", cwd=app).returncode == 5
+        info = forkhost.info(p.prefix, p.runtime_dir)
+        assert (info["import_dirs"], info["prefetched"]) == ([], [])
+    finally:
+        code, _, err = p.stop()
+    assert code == 0, err
+    assert not marker.exists()
+
+
 def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
     # What the template does when the script it would compile was replaced
     # by a FIFO that no one writes (in a child, so that a wait fails the
