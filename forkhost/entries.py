@@ -171,17 +171,42 @@ class _Prefetch:
 
 
 _prefetched: dict[tuple[str, str], _Prefetch] = {}
-# (directory, name) -> when to try again after a miss (time.monotonic()).
-_retry_at: dict[tuple[str, str], float] = {}
+# (directory, name), ("script", directory, path) -> when to try again
+# after a miss (time.monotonic()).
+_retry_at: dict[tuple, float] = {}
 PREFETCH_RETRY = 1.0
+
+
+def _key_of(st: os.stat_result) -> tuple:
+    """What tells one version of a file from another (ctime last)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _stat_key(path: str) -> tuple | None:
     try:
-        st = os.stat(path)
+        return _key_of(os.stat(path))
     except FileNotFoundError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _may_try(key: tuple) -> bool:
+    """False while a miss on key is less than PREFETCH_RETRY old; a try
+    counts as a miss until _keep() says otherwise."""
+    now = time.monotonic()
+    if _retry_at.get(key, 0.0) > now:
+        return False
+    _retry_at[key] = now + PREFETCH_RETRY
+    while len(_retry_at) > 4 * PREFETCH_MAX:
+        del _retry_at[next(iter(_retry_at))]
+    return True
+
+
+def _keep(cache: dict, key: tuple, value, retry_key: tuple) -> None:
+    """value read ahead for key, the most recent; the least recent go."""
+    _retry_at.pop(retry_key, None)
+    cache[key] = value
+    while len(cache) > PREFETCH_MAX:
+        del cache[next(iter(cache))]
 
 
 def _files_state(directory: str, spec) -> tuple:
@@ -246,13 +271,8 @@ def prefetch(directory: str, name: str) -> bool:
     if old is not None and _current(old, directory):
         _prefetched[key] = old           # the most recent now
         return True
-    now = time.monotonic()
-    if _retry_at.get(key, 0.0) > now:
-        return False
-    _retry_at[key] = now + PREFETCH_RETRY
-    while len(_retry_at) > 4 * PREFETCH_MAX:
-        del _retry_at[next(iter(_retry_at))]
-    if not _DOTTED.match(name) or "." in name or name in sys.modules:
+    if not _may_try(key) or not _DOTTED.match(name) or "." in name or \
+            name in sys.modules:
         return False
     finder = sys.path_importer_cache.get(directory)
     if type(finder) is not importlib.machinery.FileFinder or not _meta_path_passes(name):
@@ -274,10 +294,7 @@ def prefetch(directory: str, name: str) -> bool:
             return False
     except Exception:      # whatever the files hold, the template goes on
         return False
-    _retry_at.pop(key, None)
-    _prefetched[key] = _Prefetch(spec, code, stats, tuple(sys.meta_path))
-    while len(_prefetched) > PREFETCH_MAX:
-        del _prefetched[next(iter(_prefetched))]
+    _keep(_prefetched, key, _Prefetch(spec, code, stats, tuple(sys.meta_path)), key)
     return True
 
 
@@ -310,19 +327,15 @@ def prefetch_script(directory: str, path: str) -> bool:
             return True
     except OSError:
         return False
-    now = time.monotonic()
-    if _retry_at.get(("script", *key), 0.0) > now:
+    if not _may_try(("script", *key)):
         return False
-    _retry_at[("script", *key)] = now + PREFETCH_RETRY
-    while len(_retry_at) > 4 * PREFETCH_MAX:
-        del _retry_at[next(iter(_retry_at))]
     try:
         # Non-blocking: whatever the path names now, the template must
         # not wait on it (a FIFO put in the script's place).
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            key_st = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            key_st = _key_of(st)
             if (not stat.S_ISREG(st.st_mode) or st.st_size > PREFETCH_MAX_BYTES or
                     time.time_ns() - st.st_ctime_ns < PREFETCH_SETTLED_NS):
                 return False
@@ -335,10 +348,7 @@ def prefetch_script(directory: str, path: str) -> bool:
         code = compile(source, path, "exec", dont_inherit=True)
     except Exception:      # whatever the file holds, the template goes on
         return False
-    _retry_at.pop(("script", *key), None)
-    _scripts[key] = (code, key_st)
-    while len(_scripts) > PREFETCH_MAX:
-        del _scripts[next(iter(_scripts))]
+    _keep(_scripts, key, (code, key_st), ("script", *key))
     return True
 
 
@@ -409,9 +419,9 @@ def prefetched() -> list[str]:
 
 def _take_prefetched(name: str) -> _Prefetch | None:
     """The template's copy of module ``name``, if a fresh import would find
-    and read exactly that: sys.path[0] (the client's directory, or the
-    script's) is where it was found, nothing imported it yet, and the
-    directory, the source and the .pyc are unchanged."""
+    and read exactly that: sys.path[0] (the client's directory) is where
+    it was found, nothing imported it yet, and the directory, the source
+    and the .pyc are unchanged."""
     if not _prefetched or not sys.path or name in sys.modules:
         return None
     p = _prefetched.get((sys.path[0], name))
