@@ -293,12 +293,19 @@ def cmd_ps(a) -> int:
             continue
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
             cmd, up = _proc_line(pid)
+            if role == "template":
+                cmd = cmd.rstrip()     # its title keeps the argv area's length
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd})
         try:
             inf = client.info(p.prefix, p.root)
         except ForkhostError:
             continue
+        for m in inf.get("members", []):
+            cmd, up = _proc_line(m["pid"])
+            rows.append({"prefix": p.prefix, "role": "pool", "pid": m["pid"],
+                         "client_pid": None, "uptime": round(up, 1),
+                         "command": cmd.rstrip(), "state": m["state"]})
         for s in inf["secondaries"]:
             cmd, _ = _proc_line(s["pid"])
             rows.append({"prefix": p.prefix, "role": "secondary", "pid": s["pid"],

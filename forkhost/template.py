@@ -721,6 +721,8 @@ class Template:
             "launched": self.launched,
             "pool": self.idle_count(),
             "pool_size": self.pool_size,
+            "members": [{"pid": m.pid, "state": m.state}
+                        for m in self.members.values()],
             "refused": self.refused,
             "hot_pages": lib.fh_hotset_pages(self.hot) if self.hot != ffi.NULL else 0,
             "import_dirs": list(self.finder_dirs),

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 import forkhost
@@ -156,7 +157,8 @@ def test_two_prefixes_side_by_side(runtime_dir):
             assert got["arena_size"] == size == p.config["arena"]["size"]
         r = forkhost_cmd(a.env, "ps", "--all", "--json")
         assert r.returncode == 0, r.stderr
-        rows = {(row["prefix"], row["role"]): row["pid"] for row in json.loads(r.stdout)}
+        rows = {(row["prefix"], row["role"]): row["pid"] for row in json.loads(r.stdout)
+                if row["role"] != "pool"}
         assert rows == {("alpha", "primary"): a.pid, ("alpha", "template"): a.template_pid,
                         ("beta", "primary"): b.pid, ("beta", "template"): b.template_pid}
     finally:
@@ -326,6 +328,12 @@ def test_detach_then_ps_doctor_and_stop(runtime_dir):
         secs = [row for row in rows if row["role"] == "secondary"]
         assert len(secs) == 1 and secs[0]["client_pid"] == client.pid
         assert "fhfix:sleeper" in secs[0]["command"]
+        # The pool (being refilled after the launch: one or two members).
+        pool = [row for row in rows if row["role"] == "pool"]
+        assert 1 <= len(pool) <= 2
+        for row in pool:
+            assert psutil.Process(row["pid"]).ppid() == tpid
+            assert row["command"] == "forkhost pool [d]" and row["state"] in ("idle", "busy")
         r = forkhost_cmd(env, "ps")
         assert r.returncode == 0 and "template" in r.stdout and str(tpid) in r.stdout
 
