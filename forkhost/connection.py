@@ -38,6 +38,8 @@ class Connection:
         self.client_pid = 0
         self.client_uid = -1
         self.argv0 = ""
+        self.entry = ""            # as the client gave it
+        self.module = False        # -m ENTRY (LAUNCH_MODULE)
         self.started = 0.0
         self.job_control = False   # LAUNCH_JOBCTL: tell the client of stops
 
@@ -54,8 +56,11 @@ class Connection:
         conn.pid, conn.pidfd, conn.report = member.pid, member.pidfd, member.sock
         conn.state = RUNNING
         (flags,) = struct.unpack_from("=I", msg.body)
+        entry, _, argv0 = msg.body[4:].partition(b"\0")
         conn.job_control = bool(flags & protocol.LAUNCH_JOBCTL)
-        conn.argv0 = os.fsdecode(msg.body[4:].partition(b"\0")[2])
+        conn.module = bool(flags & protocol.LAUNCH_MODULE)
+        conn.entry = os.fsdecode(entry)
+        conn.argv0 = os.fsdecode(argv0)
         conn.started = now
         return conn
 
@@ -143,6 +148,7 @@ class Connection:
             self.refuse(str(err), err.exit_code)
             return
         self.argv0 = os.fsdecode(req.argv[0])
+        self.entry, self.module = entry, req.module
         self.job_control = bool(req.flags & protocol.LAUNCH_JOBCTL)
         self.started = time.monotonic()
         # Fork now (no member was idle when this client connected).  The
@@ -165,7 +171,7 @@ class Connection:
                          [self.pidfd]):
             self.client_gone()
         if target.kind != entries.NATIVE:
-            t.learn_launch(cwd_fd, entry, req.module)
+            t.learn_launch(cwd_fd, self.entry, self.module)
 
     def fork_secondary(self, req: Launch, target: entries.Target, fds: list[int],
                        report: socket.socket) -> int:

@@ -78,6 +78,14 @@ def _cwd_name(cwd_fd: int) -> str:
         return "the client's cwd"
 
 
+def _function_parts(entry: str) -> tuple[str, str] | None:
+    """(module, function) when ``entry`` has the MODULE:FUNCTION form."""
+    head, sep, tail = entry.rpartition(":")
+    if sep and head and tail and _DOTTED.match(head) and _DOTTED.match(tail):
+        return head, tail
+    return None
+
+
 def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
     """What ``entry`` names for a client whose cwd is ``cwd_fd``.
 
@@ -90,10 +98,11 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
     path, symbol = entry, None
     if not _is_file(path, cwd_fd):
         head, sep, tail = entry.rpartition(":")
+        function = _function_parts(entry)
         if sep and head and _is_file(head, cwd_fd):
             path, symbol = head, tail or None
-        elif sep and head and tail and _DOTTED.match(head) and _DOTTED.match(tail):
-            return Target(FUNCTION, name=head, symbol=tail)
+        elif function:
+            return Target(FUNCTION, name=function[0], symbol=function[1])
         else:
             where = "" if os.path.isabs(path) else f" (relative to {_cwd_name(cwd_fd)})"
             looks_like_path = "/" in entry or entry.endswith((".py", ".so")) or \
@@ -114,26 +123,39 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
 # -- in the template, after a launch ---------------------------------------
 
 _FILEFINDER_HOOK = "FileFinder.path_hook.<locals>.path_hook_for_FileFinder"
+# How many client directories, entry modules and scripts the template keeps
+# ready (each); the least recently launched goes first.
+PREFETCH_MAX = 32
+# The client directories whose finders prepare_finder() added, least
+# recent first.
+_finder_dirs: dict[str, None] = {}
 
 
 def prepare_finder(path: str) -> bool:
-    """Put the import finder for directory ``path`` in
-    sys.path_importer_cache, as the import system would on its first search
-    there (each of sys.path_hooks in turn until one accepts the path).
+    """Make sure the import finder for directory ``path`` is in
+    sys.path_importer_cache, adding it as the import system would on its
+    first search there (each of sys.path_hooks in turn until one accepts
+    the path).
 
     A Python secondary's sys.path starts with the client's directory; a
     directory the template never searched costs the secondary a finder of
     its own on every launch (the zip importer refusing it with an
     exception, then a FileFinder).  The template does this once, off the
-    clients' path, for the directories its clients use, and the members it
-    forks afterwards inherit the finder.  The finder's listing is not read
-    here: the secondary forgets it anyway (secondary._set_path), so what a
-    client changed in its directory is always seen.  Only the standard
-    hooks are called (the zip importer, FileFinder's): the template runs
-    no code a preloaded module may have installed.  Returns True when a
-    finder was added."""
+    clients' path, for the PREFETCH_MAX directories its clients used last,
+    and the members it forks afterwards inherit the finder.  The finder's
+    listing is not read here: the secondary forgets it anyway
+    (secondary._set_path), so what a client changed in its directory is
+    always seen.  Only the standard hooks are called (the zip importer,
+    FileFinder's): the template runs no code a preloaded module may have
+    installed.  Returns True when ``path`` has a finder (one of the
+    template's own sys.path entries, too)."""
     cache = sys.path_importer_cache
-    if path in cache or not os.path.isabs(path) or not all(
+    if path in _finder_dirs:
+        _finder_dirs[path] = _finder_dirs.pop(path)     # the most recent now
+        return True
+    if path in cache:
+        return True
+    if not os.path.isabs(path) or not all(
             hook is zipimport.zipimporter or
             getattr(hook, "__qualname__", "") == _FILEFINDER_HOOK
             for hook in sys.path_hooks):
@@ -144,15 +166,26 @@ def prepare_finder(path: str) -> bool:
         except ImportError:
             continue
         cache[path] = finder
+        _finder_dirs[path] = None
+        while len(_finder_dirs) > PREFETCH_MAX:
+            oldest = next(iter(_finder_dirs))
+            del _finder_dirs[oldest]
+            if oldest not in sys.path:
+                cache.pop(oldest, None)
         return True
     return False
+
+
+def import_dirs() -> list[str]:
+    """The client directories whose finders the template added, least
+    recently launched first."""
+    return list(_finder_dirs)
 
 
 # What the template read ahead for the module entries its clients launch
 # (prefetch), by (directory, module name), least recent first; members
 # forked afterwards inherit it and import_function / load_module use it
 # when nothing it depends on has changed (_prefetched).
-PREFETCH_MAX = 32
 # Files larger than this are not read ahead: the template's loop waits
 # while it compiles (5-10 KiB a millisecond measured) or unmarshals.
 PREFETCH_MAX_BYTES = 128 << 10
@@ -355,12 +388,13 @@ def prefetch_script(directory: str, path: str) -> bool:
 def prefetch_entry(directory: str, entry: str, module_flag: bool,
                    mounts: list[tuple[str, str]]) -> bool:
     """prefetch() or prefetch_script(), as the entry names a module or a
-    script (a native entry never comes here), unless what it would read is
-    on a network or FUSE filesystem (``mounts``: parse_mounts()), where
-    the template could wait on a server: the secondary reads it then."""
+    script (a native entry never comes here).  ``directory`` is known not
+    to be on a network or FUSE filesystem; a script elsewhere that is
+    (``mounts``: parse_mounts()) is left to the secondary, since the
+    template could wait on its server."""
     module = module_of(entry, module_flag)
     if module is not None:
-        return not on_remote_fs(directory, mounts) and prefetch(directory, module)
+        return prefetch(directory, module)
     full = os.path.normpath(os.path.join(directory, entry))
     return not on_remote_fs(full, mounts) and prefetch_script(directory, entry)
 
@@ -404,8 +438,8 @@ def module_of(entry: str, module_flag: bool) -> str | None:
     ``name:function``), None for a script; as classify() tells them."""
     if module_flag:
         return entry
-    head, sep, tail = entry.rpartition(":")
-    return head if sep and _DOTTED.match(head) and _DOTTED.match(tail) else None
+    parts = _function_parts(entry)
+    return parts[0] if parts else None
 
 
 def prefetched() -> list[str]:

@@ -22,7 +22,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
@@ -50,9 +49,6 @@ NEWS_DELAY = 0.003
 # private, and one in every RELEARN after them (member.h: the hot set).
 LEARN_FIRST = 2
 RELEARN = 64
-# The client directories whose import finders the template keeps ready for
-# Python secondaries (entries.prepare_finder); the least recent goes first.
-FINDER_DIRS = 32
 # How long the template trusts its copy of the mount table.
 MOUNTS_TTL = 1.0
 # Connections accepted but not yet sent a request; more are refused at once,
@@ -124,8 +120,6 @@ class Template:
         self.news_due: float | None = None   # members' notices to read then
         self.news_pending = 0      # the news counter since they were read
         self.refused = 0
-        # Client directories whose finders we added, least recent first.
-        self.finder_dirs: dict[str, None] = {}
         self.mounts: list[tuple[str, str]] = []
         self.mounts_until = 0.0
         self.title_area = (0, 0)
@@ -268,14 +262,7 @@ class Template:
         if msg.type == pool.TOOK and len(msg.fds) in (1, 2) and len(msg.body) >= 4:
             if self.hot != ffi.NULL and (self.launched + 1) % RELEARN == 0:
                 lib.fh_hotset_arm(self.hot, 1)
-            if len(msg.fds) == 2:
-                cwd_fd = msg.fds.pop()
-                (flags,) = struct.unpack_from("=I", msg.body)
-                entry = os.fsdecode(msg.body[4:].partition(b"\0")[0])
-                try:
-                    self.learn_launch(cwd_fd, entry, bool(flags & protocol.LAUNCH_MODULE))
-                finally:
-                    os.close(cwd_fd)
+            cwd_fd = msg.fds.pop() if len(msg.fds) == 2 else -1
             # Its pidfd stays registered and now means this launch; its
             # socket carries the exit report, read when the pidfd fires.
             del self.members[member.pidfd]
@@ -283,6 +270,11 @@ class Template:
             self.conns[conn.fileno()] = conn
             self.ep.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
             self.started_secondary(conn, member=True)
+            if cwd_fd >= 0:            # a Python entry
+                try:
+                    self.learn_launch(cwd_fd, conn.entry, conn.module)
+                finally:
+                    os.close(cwd_fd)
         elif msg.type == pool.BUSY:
             member.state = pool.BUSY_STATE
         elif msg.type == pool.HANDOFF and msg.fds:
@@ -312,23 +304,10 @@ class Template:
         except OSError:
             return
         mounts = self._mounts()
-        if entries.on_remote_fs(path, mounts):
-            return     # a server could keep the template waiting
-        dirs = self.finder_dirs
-        if path in dirs:
-            dirs[path] = dirs.pop(path)      # the most recent now
-        elif path in sys.path_importer_cache:
-            pass                 # one of ours (the primary's cwd, say)
-        elif entries.prepare_finder(path):
-            dirs[path] = None
-            if len(dirs) > FINDER_DIRS:
-                oldest = next(iter(dirs))
-                del dirs[oldest]
-                if oldest not in sys.path:
-                    sys.path_importer_cache.pop(oldest, None)
-        else:
-            return
-        entries.prefetch_entry(path, entry, module_flag, mounts)
+        # Not on a network filesystem: a server could keep the template
+        # waiting.
+        if not entries.on_remote_fs(path, mounts) and entries.prepare_finder(path):
+            entries.prefetch_entry(path, entry, module_flag, mounts)
 
     def _mounts(self) -> list[tuple[str, str]]:
         """The mount table (entries.parse_mounts), read again when a second
@@ -725,7 +704,7 @@ class Template:
                         for m in self.members.values()],
             "refused": self.refused,
             "hot_pages": lib.fh_hotset_pages(self.hot) if self.hot != ffi.NULL else 0,
-            "import_dirs": list(self.finder_dirs),
+            "import_dirs": entries.import_dirs(),
             "prefetched": entries.prefetched(),
             "stopping": self.stopping,
             "threads": len(os.listdir("/proc/self/task")),
