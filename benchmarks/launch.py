@@ -26,6 +26,11 @@ Variants:
   fh-run 64 MiB / fh-run 8 GiB
                    the trivial Python entry against primaries whose arenas
                    are 64 MiB and 8 GiB
+  true x10 / fh-run x10
+                   ten of `true` / of the trivial Python entry back to back,
+                   each started when the one before exited (a shell loop);
+                   the time per launch.  The other variants are single
+                   launches: their primaries' pools are full when they come.
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ def main() -> int:
     try:
         # One primary per variant: each gets one launch per round, so each
         # finds its template's pool refilled, as a launch on demand would.
-        for prefix in ("bpy", "bnat", "bapi", "b64"):
+        for prefix in ("bpy", "bnat", "bapi", "b64", "bb"):
             prim.start(prefix, "--arena-size", "64M")
         prim.start("b8g", "--arena-size", "8G")
         if have_numpy:
@@ -153,6 +158,9 @@ def main() -> int:
             assert code == 0
             return time.perf_counter() - t0
 
+        def back_to_back(one, k: int = 10):
+            return lambda: sum(one() for _ in range(k)) / k
+
         variants = {
             "true": lambda: spawn_wait(["/bin/true"], env),
             "fh-run python": fh("bpy", "fhbench_triv:main"),
@@ -161,6 +169,8 @@ def main() -> int:
             "python -c pass": lambda: spawn_wait([clean_python, "-c", "pass"], env),
             "fh-run 64 MiB": fh("b64", "fhbench_triv:main"),
             "fh-run 8 GiB": fh("b8g", "fhbench_triv:main"),
+            "true x10": back_to_back(lambda: spawn_wait(["/bin/true"], env)),
+            "fh-run x10": back_to_back(fh("bb", "fhbench_triv:main")),
         }
         if have_numpy:
             ctx = multiprocessing.get_context("forkserver")
@@ -223,6 +233,8 @@ def main() -> int:
         print(f"  (1/50 of cold numpy is {med['cold numpy'] / med['true'] / 50:.2f}x "
               f"true on this machine)")
     ratio("fh-run 8 GiB", "fh-run 64 MiB", "<= 1.05")
+    ratio("fh-run x10", "true x10", "back to back, per launch; no target")
+    ratio("fh-run x10", "fh-run python", "back to back against a single launch")
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import socket
 import struct
@@ -105,8 +106,12 @@ def _serve(template, sock: socket.socket, mask) -> int:
     rc = lib.fh_member_init(m)
     if rc < 0:
         raise OSError(-rc, f"pool member: {os.strerror(-rc)}")
-    secondary.rehearse()
-    lib.fh_member_prefault()      # what recent launches made private (member.h)
+    # Both only move work off a launch's path: with a client already
+    # waiting they would put it on that path instead.
+    if not _client_waiting(listen_fd):
+        secondary.rehearse()
+    if not _client_waiting(listen_fd):
+        lib.fh_member_prefault()  # what recent launches made private (member.h)
     while True:
         rc = lib.fh_member_next(m)     # a native launch never comes back
         if rc == lib.FH_MEMBER_PYTHON:
@@ -121,6 +126,13 @@ def _serve(template, sock: socket.socket, mask) -> int:
             print(f"forkhost pool member: accept: {os.strerror(-rc)}",
                   file=sys.stderr)
             time.sleep(0.01)
+
+
+def _client_waiting(listen_fd: int) -> bool:
+    """A connection waits on the template's socket (for us or a sibling)."""
+    p = select.poll()
+    p.register(listen_fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _ranges_without(keep: list[int], start: int):

@@ -34,11 +34,13 @@ from .ipc import notify_exit
 
 # A client has this long between connect() and its request.
 REQUEST_TIMEOUT = 10.0
-# The pool is refilled only after the loop has been quiet this long: a fork
-# blocks the loop and takes a CPU, and right after a launch both are wanted
-# by the secondary just started and its report.  (Refilling an empty pool
-# at once was measured: no faster for launches back to back on two CPUs,
-# where the fork competes with them for the CPU either way.)
+# While a member is idle, the pool is refilled only after the loop has been
+# quiet this long: a fork blocks the loop and takes a CPU, and right after a
+# launch both are wanted by the secondary just started and its report.  With
+# no member idle it is refilled at once: under launches back to back the
+# loop is never quiet, and an empty pool would leave every launch to the
+# template's slower path (3.4 ms a launch instead of 1.6-2.0 ms, measured
+# with 1-2 ms between launches on two CPUs; docs/architecture.md).
 REPLENISH_QUIET = 0.002
 # After a failed fork (EAGAIN, ENOMEM) the pool waits this long to retry.
 REPLENISH_RETRY = 0.1
@@ -115,6 +117,7 @@ class Template:
         self.draining = False      # running_count() is reading members' notices
         self.stop_deadline: float | None = None
         self.launched = 0
+        self.pool_launches = 0     # of them, taken by pool members
         self.last_activity = 0.0   # monotonic time of the last launch or exit
         self.fork_failed = 0.0     # monotonic time of the last failed member fork
         self.news_due: float | None = None   # members' notices to read then
@@ -202,12 +205,14 @@ class Template:
 
     def _replenish_at(self) -> float | None:
         """When the next member may be forked (monotonic), or None: the
-        pool is full.  After REPLENISH_QUIET of quiet, and REPLENISH_RETRY
-        after a fork failed (EAGAIN under RLIMIT_NPROC, ENOMEM), so that a
-        failing fork is not retried in a busy loop."""
+        pool is full.  After REPLENISH_QUIET of quiet while a member is
+        idle, at once when none is; REPLENISH_RETRY after a fork failed
+        (EAGAIN under RLIMIT_NPROC, ENOMEM), so that a failing fork is not
+        retried in a busy loop."""
         if not self._pool_short():
             return None
-        return max(self.last_activity + REPLENISH_QUIET,
+        quiet = REPLENISH_QUIET if self.idle_count() > 0 else 0.0
+        return max(self.last_activity + quiet,
                    self.fork_failed + REPLENISH_RETRY)
 
     def _replenish(self) -> None:
@@ -571,6 +576,7 @@ class Template:
         EXITED itself, and the wake-up of a polled report would preempt it
         on its CPU before it does."""
         self.launched += 1
+        self.pool_launches += member
         self.last_activity = time.monotonic()
         self.running[conn.pidfd] = conn
         self.reports[conn.report.fileno()] = conn
@@ -698,6 +704,7 @@ class Template:
             "primary_pid": self.primary_pid,
             "max_secondaries": self.max_secondaries,
             "launched": self.launched,
+            "pool_launches": self.pool_launches,
             "pool": self.idle_count(),
             "pool_size": self.pool_size,
             "members": [{"pid": m.pid, "state": m.state}

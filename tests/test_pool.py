@@ -282,6 +282,22 @@ def test_slow_client_is_served_by_the_member_that_took_it(primary):
     assert forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2
 
 
+def test_launches_back_to_back_are_taken_by_members(primary):
+    """Under launches that leave the template no quiet moment, an emptied
+    pool is refilled at once instead of leaving every launch to the
+    template's own, slower path."""
+    idle_members(primary)
+    before = forkhost.info(primary.prefix, primary.runtime_dir)
+    n = 40
+    for _ in range(n):
+        assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0
+    after = forkhost.info(primary.prefix, primary.runtime_dir)
+    assert after["launched"] - before["launched"] == n
+    # All of them, on a quiet machine; the template may still take one
+    # whose client came while a replacement was being forked.
+    assert after["pool_launches"] - before["pool_launches"] >= n * 3 // 4
+
+
 def test_members_learn_the_hot_set(primary):
     for _ in range(3):
         assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0
