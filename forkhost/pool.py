@@ -107,8 +107,11 @@ def _serve(template, sock: socket.socket, mask) -> int:
     if rc < 0:
         raise OSError(-rc, f"pool member: {os.strerror(-rc)}")
     # Both only move work off a launch's path: with a client already
-    # waiting they would put it on that path instead.
-    if not _client_waiting(listen_fd):
+    # waiting they would put it on that path instead.  The rehearsal is
+    # for a template whose hot set is not learned yet: copying the set
+    # covers what it would copy (without it, single launches measured the
+    # same, and each member used 0.6 ms less CPU).
+    if not _client_waiting(listen_fd) and not _hot_set_learned(template):
         secondary.rehearse()
     if not _client_waiting(listen_fd):
         lib.fh_member_prefault()  # what recent launches made private (member.h)
@@ -133,6 +136,10 @@ def _client_waiting(listen_fd: int) -> bool:
     p = select.poll()
     p.register(listen_fd, select.POLLIN)
     return bool(p.poll(0))
+
+
+def _hot_set_learned(template) -> bool:
+    return template.hot != ffi.NULL and lib.fh_hotset_pages(template.hot) > 0
 
 
 def _ranges_without(keep: list[int], start: int):
