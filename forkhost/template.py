@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import select
 import signal
@@ -34,14 +35,16 @@ from .ipc import notify_exit
 
 # A client has this long between connect() and its request.
 REQUEST_TIMEOUT = 10.0
-# While a member is idle, the pool is refilled only after the loop has been
-# quiet this long: a fork blocks the loop and takes a CPU, and right after a
-# launch both are wanted by the secondary just started and its report.  With
-# no member idle it is refilled at once: under launches back to back the
-# loop is never quiet, and an empty pool would leave every launch to the
-# template's slower path (3.4 ms a launch instead of 1.6-2.0 ms, measured
-# with 1-2 ms between launches on two CPUs; docs/architecture.md).
+# The pool is refilled only after the loop has been quiet this long: a fork
+# blocks the loop and takes a CPU, and right after a launch both are wanted
+# by the secondary just started, its client and its exit.  Except when no
+# member is idle and launches come back to back (the last two started less
+# than BACK_TO_BACK apart): then the loop is never quiet, and an empty pool
+# would leave every launch to the template's slower path (3.4 ms a launch
+# instead of 1.4-2.0 ms, measured with 1-2 ms between launches on two CPUs;
+# docs/architecture.md), so it is refilled at once.
 REPLENISH_QUIET = 0.002
+BACK_TO_BACK = 0.010
 # After a failed fork (EAGAIN, ENOMEM) the pool waits this long to retry.
 REPLENISH_RETRY = 0.1
 # Members' TOOK and BUSY notices are read this long after they arrive,
@@ -119,6 +122,8 @@ class Template:
         self.launched = 0
         self.pool_launches = 0     # of them, taken by pool members
         self.last_activity = 0.0   # monotonic time of the last launch or exit
+        self.last_launch = 0.0     # ... of the last launch
+        self.launch_gap = math.inf  # between the last two launches
         self.fork_failed = 0.0     # monotonic time of the last failed member fork
         self.news_due: float | None = None   # members' notices to read then
         self.news_pending = 0      # the news counter since they were read
@@ -205,13 +210,15 @@ class Template:
 
     def _replenish_at(self) -> float | None:
         """When the next member may be forked (monotonic), or None: the
-        pool is full.  After REPLENISH_QUIET of quiet while a member is
-        idle, at once when none is; REPLENISH_RETRY after a fork failed
-        (EAGAIN under RLIMIT_NPROC, ENOMEM), so that a failing fork is not
-        retried in a busy loop."""
+        pool is full.  After REPLENISH_QUIET of quiet, or at once when no
+        member is idle and launches come back to back; REPLENISH_RETRY
+        after a fork failed (EAGAIN under RLIMIT_NPROC, ENOMEM), so that a
+        failing fork is not retried in a busy loop."""
         if not self._pool_short():
             return None
-        quiet = REPLENISH_QUIET if self.idle_count() > 0 else 0.0
+        quiet = REPLENISH_QUIET
+        if self.launch_gap < BACK_TO_BACK and self.idle_count() == 0:
+            quiet = 0.0
         return max(self.last_activity + quiet,
                    self.fork_failed + REPLENISH_RETRY)
 
@@ -577,7 +584,9 @@ class Template:
         on its CPU before it does."""
         self.launched += 1
         self.pool_launches += member
-        self.last_activity = time.monotonic()
+        now = time.monotonic()
+        self.launch_gap = now - self.last_launch
+        self.last_launch = self.last_activity = now
         self.running[conn.pidfd] = conn
         self.reports[conn.report.fileno()] = conn
         if not member:
