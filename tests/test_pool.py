@@ -710,6 +710,80 @@ def test_prefault_copies_what_a_secondary_learned():
         report_w.close()
 
 
+def _hot_set(hot) -> tuple[int, list[tuple[int, int]]]:
+    """The learnings still due and the ranges (start, pages) of a hot set,
+    read as laid out in member.h (seq, learn, nranges, reserved; then
+    {start, pages, reserved} each); no writer runs meanwhile."""
+    head = struct.Struct("=IIII")
+    rng = struct.Struct("=QII")
+    _, learn, n, _ = head.unpack(ffi.buffer(ffi.cast("char *", hot), head.size))
+    raw = ffi.buffer(ffi.cast("char *", hot) + head.size, n * rng.size)
+    return learn, [(start, pages) for start, pages, _ in rng.iter_unpack(raw)]
+
+
+def _in_set(hot, address: int) -> bool:
+    page = resource.getpagesize()
+    return any(start <= address < start + pages * page
+               for start, pages in _hot_set(hot)[1])
+
+
+def test_a_learning_replaces_the_hot_set_and_only_a_plain_fork_learns():
+    """A member that copied the set does not learn from its launch (its
+    private pages are the set plus the launch's, and the set would only
+    grow); while a learning is due members do not copy it, and the one
+    that learns makes the set what its launch wrote."""
+    page = resource.getpagesize()
+    bufs = {k: ffi.new("char[]", _PAGES * page) for k in "xy"}
+    for b in bufs.values():
+        ffi.memmove(b, b"\1" * (_PAGES * page), _PAGES * page)
+    addr = {k: int(ffi.cast("uintptr_t", b)) for k, b in bufs.items()}
+    hot = lib.fh_hotset_create()
+    assert hot != ffi.NULL
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind("\0forkhost-test-relearn-%d" % os.getpid())
+    listener.listen()
+    report_r, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def launch(which: str, prefault: bool, arm: bool):
+        """A member (copying the set first, or not) whose launch writes
+        one buffer, then exits as a member secondary does."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                m = ffi.new("struct fh_member *")
+                m.listen_fd, m.ctl_fd, m.news_fd = listener.fileno(), -1, -1
+                m.hot = hot
+                assert lib.fh_member_init(m) == 0
+                if prefault:
+                    lib.fh_member_prefault()
+                if arm:
+                    lib.fh_hotset_arm(hot, 1)
+                for i in range(_PAGES):
+                    bufs[which][i * page] = b"\2"
+                lib.fh_exit_report(report_w.fileno(), 0)   # learns, _exits
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+    try:
+        launch("x", prefault=False, arm=True)
+        assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
+        assert _hot_set(hot)[0] == 0
+        launch("y", prefault=True, arm=True)     # copied the set: learns nothing
+        assert _hot_set(hot)[0] == 1
+        assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
+        # Armed: prefault copies nothing, and this one learns.
+        assert _child(lambda: lib.fh_member_prefault()) == 0
+        launch("y", prefault=True, arm=False)
+        assert _hot_set(hot)[0] == 0
+        assert _in_set(hot, addr["y"]) and not _in_set(hot, addr["x"])
+    finally:
+        listener.close()
+        report_r.close()
+        report_w.close()
+
+
 def _cpu_seconds(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system

@@ -315,6 +315,9 @@ FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
 /* Set in members (fh_member_init); a secondary that was a member learns
  * into it at exit (fh_member_learn). */
 static struct fh_hotset *g_hot;
+/* This member copied the hot set (fh_member_prefault): its private pages
+ * are the set plus its launch's, so it must not learn from them. */
+static int g_prefaulted;
 
 FH_API int fh_member_init(struct fh_member *m)
 {
@@ -638,7 +641,7 @@ void fh_member_learn(void)
 {
     unsigned left;
 
-    if (g_hot == NULL)
+    if (g_hot == NULL || g_prefaulted)
         return;
     left = atomic_load_explicit(&g_hot->learn, memory_order_relaxed);
     /* relaxed: the ticket orders nothing; learn() locks with seq. */
@@ -658,6 +661,12 @@ FH_API long fh_member_prefault(void)
 
     if (g_hot == NULL)
         return 0;
+    /* A launch is to be learned from: stay a plain fork, so that if this
+     * member's is the one, the set becomes what a launch made private,
+     * and not the copied set plus that (which could only ever grow).
+     * relaxed: a hint; fh_member_learn takes the ticket. */
+    if (atomic_load_explicit(&g_hot->learn, memory_order_relaxed) > 0)
+        return 0;
     do {
         /* acquire: as in fh_hotset_pages. */
         seq = atomic_load_explicit(&g_hot->seq, memory_order_acquire);
@@ -676,6 +685,7 @@ FH_API long fh_member_prefault(void)
     /* The ranges were learned in a process forked from the same template:
      * an address is in the same mapping here, or unmapped (the call fails
      * for that range, harmlessly).  Populating never changes contents. */
+    g_prefaulted = n > 0;
     for (i = 0; i < n; i++)
         if (madvise((void *)(uintptr_t)copy[i].start,
                     (size_t)copy[i].pages * (size_t)page,

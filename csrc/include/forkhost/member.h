@@ -217,9 +217,13 @@ FH_API struct fh_hotset *fh_hotset_create(void);
 FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
 /* Pages in the current set (a consistent read). */
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
-/* In an idle member: copy the hot set's pages now.  Pages copied. */
+/* In an idle member: copy the hot set's pages now.  Pages copied.  Not
+ * while a launch is to be learned from (the set armed): a member that
+ * copied the set never learns, so that each learning replaces the set
+ * with what one launch made private instead of adding to it. */
 FH_API long fh_member_prefault(void);
-/* At a member secondary's exit (fh_exit_report): learn, if armed. */
+/* At a member secondary's exit (fh_exit_report): learn, if armed and the
+ * member did not copy the set. */
 void fh_member_learn(void);
 
 #endif /* FORKHOST_MEMBER_H */
