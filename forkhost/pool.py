@@ -83,7 +83,7 @@ def _serve(template, sock: socket.socket, mask) -> int:
     # template's signal handlers go (an idle member killed by a stray
     # signal is simply replaced), dispositions are a fresh program's.
     secondary.prepare_signals()
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # they act as defaults now
+    secondary.set_signal_mask(mask)     # they act as defaults now
     lib.fh_set_pdeathsig(signal.SIGKILL)
     if os.getppid() != template.pid:
         return 0                        # the template died while we forked

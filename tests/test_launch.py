@@ -81,6 +81,11 @@ def test_secondary_has_only_its_fds_and_default_signals(primary):
     # What a fresh `python` has: SIGPIPE and SIGXFSZ ignored, nothing else.
     assert got["signals"]["SigIgn"] == (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
     assert "default_int_handler" in got["sigint_handler"]
+    fresh = subprocess.run(
+        [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
+         "import fhfix; print(json.dumps(fhfix._py_handlers()))", str(FIXTURES)],
+        capture_output=True, check=True, timeout=60)
+    assert got["py_handlers"] == json.loads(fresh.stdout)
     assert got["threads"] == 1
     assert got["pgid"] == got["pid"]
 
