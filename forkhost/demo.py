@@ -11,6 +11,7 @@ Prints what happened and what each launch cost, then stops the primary.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -60,20 +61,24 @@ def _check(name: str, proc: subprocess.CompletedProcess) -> None:
 def _measure(commands: dict[str, tuple[list[str], list[str]]]) -> dict[str, float]:
     """commands: name -> (first, then): one launch of `first`, which prints
     what it did, then the median time of `then` over ROUNDS - 1
-    interleaved rounds (so all see the same machine).  Rounds are 10 ms
-    apart, as launches on demand would be: the pool refills between them
-    (launches back to back on a small machine also pay for the refills
-    they cause)."""
+    interleaved rounds (so all see the same machine), in an order shuffled
+    in each round (seeded).  Launches are 10 ms apart, as launches on
+    demand would be: on a small machine a launch right after another pays
+    for the one before (its secondary's exit, the pool's refill), and with
+    a fixed order always the same command would."""
     for name, (first, _) in commands.items():
         _, proc = _launch(first)
         _check(name, proc)
         if proc.stdout:
             sys.stdout.write("  " + proc.stdout.decode(errors="replace"))
     times: dict[str, list[float]] = {name: [] for name in commands}
+    order = list(commands)
+    rng = random.Random(2017)
     for _ in range(ROUNDS - 1):
-        time.sleep(0.01)
-        for name, (_, then) in commands.items():
-            dt, proc = _launch(then)
+        rng.shuffle(order)
+        for name in order:
+            time.sleep(0.01)
+            dt, proc = _launch(commands[name][1])
             _check(name, proc)
             times[name].append(dt)
     return {name: statistics.median(t) for name, t in times.items()}
