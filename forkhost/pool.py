@@ -55,8 +55,27 @@ class Member:
         self.state = IDLE
 
 
+class _MemberMemory:
+    """The cffi objects every member needs, made once in the template:
+    members inherit them at the same addresses, copy-on-write.  Made in
+    each fresh member instead, they cost it about 0.3 ms of cold code and
+    copied pages, and 192 KiB zeroed."""
+
+    def __init__(self, prefix: str):
+        self.title = ffi.new("char[]", f"forkhost pool [{prefix}]".encode())
+        self.argv = ffi.new("char *[]", [self.title, ffi.NULL])
+        self.m = ffi.new("struct fh_member *")
+        self.buf = ffi.new("char[]", protocol.MAX_MSG + 1)
+
+
+_memory: _MemberMemory | None = None
+
+
 def fork_member(template) -> Member:
     """Fork one member; returns the template's handle on it."""
+    global _memory
+    if _memory is None:
+        _memory = _MemberMemory(template.prefix)
     mine, theirs = socket.socketpair(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     # fork_child keeps signals blocked until prepare_signals() has dropped
@@ -92,16 +111,13 @@ def _serve(template, sock: socket.socket, mask) -> int:
     for lo, hi in _ranges_without(sorted({ctl, listen_fd, template.news}), 3):
         os.closerange(lo, hi)
     area, length = template.title_area
-    title = [f"forkhost pool [{template.prefix}]".encode()]
-    keep = [ffi.new("char[]", s) for s in title]
-    lib.fh_set_title(ffi.cast("char *", area), length, keep + [ffi.NULL])
-    m = ffi.new("struct fh_member *")
-    buf = ffi.new("char[]", protocol.MAX_MSG + 1)
+    lib.fh_set_title(ffi.cast("char *", area), length, _memory.argv)
+    m = _memory.m
     m.listen_fd, m.ctl_fd, m.news_fd = listen_fd, ctl, template.news
     m.uid = template.uid
     m.timeout_ms = int(template.request_timeout * 1000)
     m.title_area, m.title_len = ffi.cast("char *", area), length
-    m.buf = buf
+    m.buf = _memory.buf
     m.hot = template.hot
     rc = lib.fh_member_init(m)
     if rc < 0:
