@@ -652,62 +652,90 @@ def _child(fn) -> int:
     return struct.unpack("=q", data)[0]
 
 
-def test_prefault_copies_what_a_secondary_learned():
-    page = resource.getpagesize()
-    buf = ffi.new("char[]", _PAGES * page)      # private, present, ours
-    ffi.memmove(buf, b"\1" * (_PAGES * page), _PAGES * page)
-    hot = lib.fh_hotset_create()
-    assert hot != ffi.NULL
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind("\0forkhost-test-hot-%d" % os.getpid())
-    listener.listen()
-    report_r, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+class _HotBench:
+    """A hot set, a listening socket and a report channel, for members made
+    by hand in forks of the test process."""
 
-    def member():
+    def __init__(self):
+        self.hot = lib.fh_hotset_create()
+        assert self.hot != ffi.NULL
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind("\0forkhost-test-hot-%d" % os.getpid())
+        self.listener.listen()
+        self.report_r, self.report_w = socket.socketpair(socket.AF_UNIX,
+                                                         socket.SOCK_SEQPACKET)
+
+    def member(self):
+        """In a fork: become a member of the set (fh_member_init)."""
         m = ffi.new("struct fh_member *")
-        m.listen_fd, m.ctl_fd, m.news_fd = listener.fileno(), -1, -1
-        m.hot = hot
+        m.listen_fd, m.ctl_fd, m.news_fd = self.listener.fileno(), -1, -1
+        m.hot = self.hot
         assert lib.fh_member_init(m) == 0
         return m
 
-    def write_pages() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for i in range(_PAGES):
-            buf[i * page] = b"\2"
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    def learner():
-        member()
-        lib.fh_hotset_arm(hot, 1)
-        write_pages()
-        lib.fh_exit_report(report_w.fileno(), 0)   # learns, then _exits
-
-    def cold():
-        member()
-        return write_pages()
-
-    def warm():
-        member()
-        lib.fh_member_prefault()
-        return write_pages()
-
-    try:
-        assert lib.fh_hotset_pages(hot) == 0
-        assert _child(cold) >= _PAGES              # copy-on-write, page by page
+    def exit_as_secondary(self, fn) -> None:
+        """fn() in a fork that is a member, then its exit as a member
+        secondary's (fh_exit_report: learns if armed, _exits)."""
         pid = os.fork()
         if pid == 0:
             try:
-                learner()
+                self.member()
+                fn()
+                lib.fh_exit_report(self.report_w.fileno(), 0)
             finally:
                 os._exit(1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert lib.fh_hotset_pages(hot) >= _PAGES
-        assert _child(warm) < _PAGES // 4          # copied ahead of time
-    finally:
-        listener.close()
-        report_r.close()
-        report_w.close()
+
+    def close(self) -> None:
+        for s in (self.listener, self.report_r, self.report_w):
+            s.close()
+
+
+@pytest.fixture
+def hot_bench():
+    bench = _HotBench()
+    yield bench
+    bench.close()
+
+
+def _written_buffer(page: int):
+    buf = ffi.new("char[]", _PAGES * page)      # private, present, ours
+    ffi.memmove(buf, b"\1" * (_PAGES * page), _PAGES * page)
+    return buf
+
+
+def _write_pages(buf, page: int) -> int:
+    """Write one byte in each page of buf; the page faults it took."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for i in range(_PAGES):
+        buf[i * page] = b"\2"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_prefault_copies_what_a_secondary_learned(hot_bench):
+    page = resource.getpagesize()
+    buf = _written_buffer(page)
+    hot = hot_bench.hot
+
+    def learner():
+        lib.fh_hotset_arm(hot, 1)
+        _write_pages(buf, page)
+
+    def cold():
+        hot_bench.member()
+        return _write_pages(buf, page)
+
+    def warm():
+        hot_bench.member()
+        lib.fh_member_prefault()
+        return _write_pages(buf, page)
+
+    assert lib.fh_hotset_pages(hot) == 0
+    assert _child(cold) >= _PAGES              # copy-on-write, page by page
+    hot_bench.exit_as_secondary(learner)
+    assert lib.fh_hotset_pages(hot) >= _PAGES
+    assert _child(warm) < _PAGES // 4          # copied ahead of time
 
 
 def _hot_set(hot) -> tuple[int, list[tuple[int, int]]]:
@@ -727,61 +755,43 @@ def _in_set(hot, address: int) -> bool:
                for start, pages in _hot_set(hot)[1])
 
 
-def test_a_learning_replaces_the_hot_set_and_only_a_plain_fork_learns():
+def test_a_learning_replaces_the_hot_set_and_only_a_plain_fork_learns(hot_bench):
     """A member that copied the set does not learn from its launch (its
     private pages are the set plus the launch's, and the set would only
     grow); while a learning is due members do not copy it, and the one
     that learns makes the set what its launch wrote."""
     page = resource.getpagesize()
-    bufs = {k: ffi.new("char[]", _PAGES * page) for k in "xy"}
-    for b in bufs.values():
-        ffi.memmove(b, b"\1" * (_PAGES * page), _PAGES * page)
+    bufs = {k: _written_buffer(page) for k in "xy"}
     addr = {k: int(ffi.cast("uintptr_t", b)) for k, b in bufs.items()}
-    hot = lib.fh_hotset_create()
-    assert hot != ffi.NULL
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind("\0forkhost-test-relearn-%d" % os.getpid())
-    listener.listen()
-    report_r, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    hot = hot_bench.hot
 
     def launch(which: str, prefault: bool, arm: bool):
-        """A member (copying the set first, or not) whose launch writes
-        one buffer, then exits as a member secondary does."""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                m = ffi.new("struct fh_member *")
-                m.listen_fd, m.ctl_fd, m.news_fd = listener.fileno(), -1, -1
-                m.hot = hot
-                assert lib.fh_member_init(m) == 0
-                if prefault:
-                    lib.fh_member_prefault()
-                if arm:
-                    lib.fh_hotset_arm(hot, 1)
-                for i in range(_PAGES):
-                    bufs[which][i * page] = b"\2"
-                lib.fh_exit_report(report_w.fileno(), 0)   # learns, _exits
-            finally:
-                os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        """A launch that writes one buffer, in a member that copied the
+        set first or not."""
+        def run():
+            if prefault:
+                lib.fh_member_prefault()
+            if arm:
+                lib.fh_hotset_arm(hot, 1)
+            _write_pages(bufs[which], page)
+        hot_bench.exit_as_secondary(run)
 
-    try:
-        launch("x", prefault=False, arm=True)
-        assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
-        assert _hot_set(hot)[0] == 0
-        launch("y", prefault=True, arm=True)     # copied the set: learns nothing
-        assert _hot_set(hot)[0] == 1
-        assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
-        # Armed: prefault copies nothing, and this one learns.
-        assert _child(lambda: lib.fh_member_prefault()) == 0
-        launch("y", prefault=True, arm=False)
-        assert _hot_set(hot)[0] == 0
-        assert _in_set(hot, addr["y"]) and not _in_set(hot, addr["x"])
-    finally:
-        listener.close()
-        report_r.close()
-        report_w.close()
+    def armed_prefault() -> int:
+        hot_bench.member()
+        return lib.fh_member_prefault()
+
+    launch("x", prefault=False, arm=True)
+    assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
+    assert _hot_set(hot)[0] == 0
+    launch("y", prefault=True, arm=True)     # copied the set: learns nothing
+    assert _hot_set(hot)[0] == 1
+    assert _in_set(hot, addr["x"]) and not _in_set(hot, addr["y"])
+    # Armed: a member copies nothing (unarmed, it would copy the set),
+    # and this one learns.
+    assert _child(armed_prefault) == 0
+    launch("y", prefault=True, arm=False)
+    assert _hot_set(hot)[0] == 0
+    assert _in_set(hot, addr["y"]) and not _in_set(hot, addr["x"])
 
 
 def _cpu_seconds(pid: int) -> float:
