@@ -41,7 +41,7 @@ REQUEST_TIMEOUT = 10.0
 # member is idle and launches come back to back (the last two started less
 # than BACK_TO_BACK apart): then the loop is never quiet, and an empty pool
 # would leave every launch to the template's slower path (3.4 ms a launch
-# instead of 1.4-2.0 ms, measured with 1-2 ms between launches on two CPUs;
+# instead of 1.4-2.2 ms, measured with 1-2 ms between launches on two CPUs;
 # docs/architecture.md), so it is refilled at once.
 REPLENISH_QUIET = 0.002
 BACK_TO_BACK = 0.010
