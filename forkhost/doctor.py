@@ -98,7 +98,8 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
     say("OK" if info["threads"] == 1 else "FAIL",
         f"template {info['template_pid']}: {info['threads']} thread(s), "
         f"{len(info['secondaries'])} secondaries running, {info['launched']} "
-        f"launched, {info['refused']} refused")
+        f"launched ({info['pool_launches']} by pool members), "
+        f"{info['refused']} refused")
     sock_mode = stat.S_IMODE(os.stat(p.socket).st_mode)
     say("OK" if sock_mode == 0o600 else "WARN", f"socket {p.socket} mode {sock_mode:04o}")
     return 1 if failed else 0

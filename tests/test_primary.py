@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -341,6 +342,7 @@ def test_detach_then_ps_doctor_and_stop(runtime_dir):
         assert r.returncode == 0, r.stdout + r.stderr
         assert "FAIL" not in r.stdout
         assert f"template {tpid}: 1 thread(s)" in r.stdout
+        assert re.search(r"1 launched \([01] by pool members\), 0 refused", r.stdout)
 
         r = forkhost_cmd(env, "stop")
         assert r.returncode == 0, r.stderr
