@@ -201,6 +201,8 @@ class _Prefetch:
     code: types.CodeType
     stats: tuple        # _files_state() when it was read
     meta_path: tuple    # sys.meta_path when it was read
+    pyc_current: bool   # else compiled: an import would write the .pyc
+                        # unless sys.dont_write_bytecode
 
 
 _prefetched: dict[tuple[str, str], _Prefetch] = {}
@@ -268,16 +270,16 @@ def _meta_path_passes(name: str) -> bool:
     return False
 
 
-def _reads_without_writing(spec) -> bool:
-    """True for a plain source module whose import reads files and writes
-    none: its .pyc is current, or bytecode is not written at all
-    (sys.dont_write_bytecode: SourceFileLoader.get_code compiles the
-    source then, as we do)."""
-    if (type(spec.loader) is not importlib.machinery.SourceFileLoader or
-            spec.submodule_search_locations is not None or not spec.cached):
-        return False
-    if sys.dont_write_bytecode:
-        return True
+def _plain_source(spec) -> bool:
+    """A plain source module (not a package) with a place for its .pyc."""
+    return (type(spec.loader) is importlib.machinery.SourceFileLoader and
+            spec.submodule_search_locations is None and bool(spec.cached))
+
+
+def _pyc_current(spec) -> bool:
+    """spec's .pyc is current: its import reads it and writes nothing.
+    Otherwise the import compiles the source and writes the .pyc, unless
+    sys.dont_write_bytecode (SourceFileLoader.get_code)."""
     try:
         with open(spec.cached, "rb") as f:
             head = f.read(16)
@@ -314,8 +316,11 @@ def prefetch(directory: str, name: str) -> bool:
         before = _stat_key(directory)
         spec = finder.find_spec(name)
         if (spec is None or os.path.dirname(spec.origin or "") != directory or
-                not _reads_without_writing(spec)):
+                not _plain_source(spec)):
             return False
+        pyc_current = _pyc_current(spec)
+        if not (pyc_current or sys.dont_write_bytecode):
+            return False               # its import writes: leave it to one
         stats = _files_state(directory, spec)
         # Changed too recently to be told from a change to come?
         if time.time_ns() - max(st[4] for st in stats if st) < PREFETCH_SETTLED_NS:
@@ -327,14 +332,18 @@ def prefetch(directory: str, name: str) -> bool:
             return False
     except Exception:      # whatever the files hold, the template goes on
         return False
-    _keep(_prefetched, key, _Prefetch(spec, code, stats, tuple(sys.meta_path)), key)
+    _keep(_prefetched, key,
+          _Prefetch(spec, code, stats, tuple(sys.meta_path), pyc_current), key)
     return True
 
 
 def _current(p: _Prefetch, directory: str) -> bool:
-    """Nothing a fresh import depends on changed since p was read."""
+    """Nothing a fresh import depends on changed since p was read, and
+    that import would write nothing (in a secondary, sys.dont_write_bytecode
+    follows the client's PYTHONDONTWRITEBYTECODE, not the template's)."""
     try:
-        return (tuple(sys.meta_path) == p.meta_path and
+        return ((p.pyc_current or sys.dont_write_bytecode) and
+                tuple(sys.meta_path) == p.meta_path and
                 _files_state(directory, p.spec) == p.stats)
     except OSError:
         return False

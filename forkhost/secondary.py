@@ -449,6 +449,9 @@ def run(req: Launch, target: entries.Target, spec, set_up: bool = False) -> int:
     if not signals_ready:
         _python_signal_defaults()
     env = _set_environ(req, spec)
+    # What `python` reads from the environment at startup and a running
+    # interpreter still lets change (docs/architecture.md).
+    sys.dont_write_bytecode = bool(env.get(b"PYTHONDONTWRITEBYTECODE"))
     try:
         _reopen_stdio(req.stdio_mask, env)
     except LookupError as exc:         # python -c says the same and exits 1

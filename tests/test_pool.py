@@ -24,6 +24,7 @@ import forkhost
 from forkhost import entries, protocol
 from forkhost._native import ffi, lib
 from forkhost.errors import ProtocolError
+import fhtest
 from fhtest import FIXTURES, PrimaryProc, children_of, entry, wait_until
 
 HDR, BODY = protocol.HDR, protocol.LAUNCH_BODY
@@ -453,6 +454,55 @@ def test_a_module_read_ahead_imports_as_a_fresh_import_would(primary, tmp_path):
     (d / "fhpre" / "__init__.py").write_text("def main(argv):\n    print('pkg')\n")
     r = primary.run("fhpre:main", cwd=d)
     assert (r.returncode, r.stdout) == (0, b"pkg\n")
+
+
+def test_the_clients_pythondontwritebytecode_decides_the_pyc(runtime_dir, tmp_path):
+    """As for `python`: the client's PYTHONDONTWRITEBYTECODE decides whether
+    importing the entry writes its .pyc, not the primary's.  A module the
+    template read ahead (compiled: the primary writes no bytecode) is not
+    used by a launch whose import would write the .pyc."""
+    def source_only(d, name):
+        d.mkdir()
+        (d / f"{name}.py").write_text("def main(argv):\n    return 0\n")
+        time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+        return d / "__pycache__"
+
+    def run(p, d, entry, dont_write: bool):
+        env = {k: v for k, v in p.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        if dont_write:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        r = subprocess.run([fhtest.RUNNER, entry], env=env, cwd=d,
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+    d = tmp_path / "a"
+    cache = source_only(d, "fhbc")
+    p = PrimaryProc(runtime_dir, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    try:
+        run(p, d, "fhbc:main", dont_write=True)
+        wait_until(lambda: f"fhbc ({d})" in _prefetched(p), what="fhbc read ahead")
+        for _ in range(2):       # now every idle member holds the copy
+            run(p, d, "fhbc:main", dont_write=True)
+        assert not cache.exists()
+        run(p, d, "fhbc:main", dont_write=False)
+        assert [f.name for f in cache.iterdir()] == [
+            f"fhbc.{sys.implementation.cache_tag}.pyc"]
+    finally:
+        code, _, err = p.stop()
+        assert code == 0, err
+
+    d = tmp_path / "b"
+    cache = source_only(d, "fhbc")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    p = PrimaryProc(runtime_dir, env=env)
+    try:
+        run(p, d, "fhbc:main", dont_write=True)
+        assert not cache.exists()
+        run(p, d, "fhbc:main", dont_write=False)
+        assert cache.exists()
+    finally:
+        code, _, err = p.stop()
+        assert code == 0, err
 
 
 def test_a_module_is_read_ahead_in_the_primarys_own_directory(runtime_dir, tmp_path):
