@@ -1279,10 +1279,7 @@ FH_API void fh__hash_tamper(struct fh_hash *h, uint64_t fn_addr,
 
 static int mz_name(char *buf, const char *name)
 {
-    if (!name || !name[0] || strlen(name) >= FH_HASH_NAMESIZE)
-        return -1;
-    snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", FH_HASH_MZ_PREFIX, name);
-    return 0;
+    return fh__object_zone_name(buf, FH_HASH_MZ_PREFIX, name, FH_HASH_NAMESIZE);
 }
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
@@ -1374,30 +1371,15 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     /* The creator can call its own function: remember that. */
     if (kind == HT_FN_USER)
         remember_ok(h);
-    /* Release pairs with the acquire load of magic in fh_hash_find_existing:
-     * a process that sees the magic sees the initialised table. */
+    /* Release pairs with the acquire load of magic in fh_hash_find_existing
+     * (fh__object_lookup): a process that sees the magic sees the
+     * initialised table. */
     atomic_store_explicit(&h->magic, HT_MAGIC, memory_order_release);
     return h;
 }
 
 FH_API struct fh_hash *fh_hash_find_existing(const char *name)
 {
-    char mzname[FH_MEMZONE_NAMESIZE];
-    const struct fh_memzone *mz;
-    struct fh_hash *h;
-
-    if (mz_name(mzname, name) < 0) {
-        errno = ENOENT;
-        return NULL;
-    }
-    mz = fh_memzone_lookup(mzname);
-    if (!mz)
-        return NULL;
-    h = mz->addr;
-    /* Acquire pairs with the release store of magic in fh_hash_create. */
-    if (atomic_load_explicit(&h->magic, memory_order_acquire) != HT_MAGIC) {
-        errno = ENOENT;
-        return NULL;
-    }
-    return h;
+    return fh__object_lookup(FH_HASH_MZ_PREFIX, name, FH_HASH_NAMESIZE,
+                             offsetof(struct fh_hash, magic), HT_MAGIC);
 }

@@ -8,6 +8,7 @@
  * at no cost (one add per object); the API still speaks addresses.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdalign.h>
@@ -434,10 +435,7 @@ FH_API const char *fh_mempool_name(const struct fh_mempool *mp) { return mp->nam
 
 static int mz_name(char *buf, const char *name)
 {
-    if (!name || !name[0] || strlen(name) >= FH_MEMPOOL_NAMESIZE)
-        return -1;
-    snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", FH_MEMPOOL_MZ_PREFIX, name);
-    return 0;
+    return fh__object_zone_name(buf, FH_MEMPOOL_MZ_PREFIX, name, FH_MEMPOOL_NAMESIZE);
 }
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
@@ -504,30 +502,15 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
         fh_ring_mp_enqueue_bulk(mp_ring(mp), tmp, k, NULL);
         done += k;
     }
-    /* Release pairs with the acquire load of magic in fh_mempool_lookup:
-     * a process that sees the magic sees the header and the filled ring. */
+    /* Release pairs with the acquire load of magic in fh_mempool_lookup
+     * (fh__object_lookup): a process that sees the magic sees the header
+     * and the filled ring. */
     atomic_store_explicit(&mp->magic, MP_MAGIC, memory_order_release);
     return mp;
 }
 
 FH_API struct fh_mempool *fh_mempool_lookup(const char *name)
 {
-    char mzname[FH_MEMZONE_NAMESIZE];
-    const struct fh_memzone *mz;
-    struct fh_mempool *mp;
-
-    if (mz_name(mzname, name) < 0) {
-        errno = ENOENT;
-        return NULL;
-    }
-    mz = fh_memzone_lookup(mzname);
-    if (!mz)
-        return NULL;
-    mp = mz->addr;
-    /* Acquire pairs with the release store of magic in fh_mempool_create. */
-    if (atomic_load_explicit(&mp->magic, memory_order_acquire) != MP_MAGIC) {
-        errno = ENOENT;
-        return NULL;
-    }
-    return mp;
+    return fh__object_lookup(FH_MEMPOOL_MZ_PREFIX, name, FH_MEMPOOL_NAMESIZE,
+                             offsetof(struct fh_mempool, magic), MP_MAGIC);
 }

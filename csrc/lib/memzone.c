@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -315,6 +316,40 @@ FH_API const struct fh_memzone *fh_memzone_lookup(const char *name)
         return NULL;
     }
     return &s->mz;
+}
+
+int fh__object_zone_name(char *buf, const char *prefix, const char *name,
+                         size_t name_size)
+{
+    if (!name || !name[0] || strlen(name) >= name_size)
+        return -1;
+    snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", prefix, name);
+    return 0;
+}
+
+void *fh__object_lookup(const char *prefix, const char *name,
+                        size_t name_size, size_t magic_off, uint64_t magic)
+{
+    char mzname[FH_MEMZONE_NAMESIZE];
+    const struct fh_memzone *mz;
+    _Atomic uint64_t *published;
+
+    if (fh__object_zone_name(mzname, prefix, name, name_size) < 0) {
+        errno = ENOENT;
+        return NULL;
+    }
+    mz = fh_memzone_lookup(mzname);
+    if (!mz)
+        return NULL;
+    published = (_Atomic uint64_t *)((char *)mz->addr + magic_off);
+    /* Acquire pairs with the creator's release store of the magic: a
+     * process that sees it sees the object initialised.  A memzone without
+     * it is an object still being created. */
+    if (atomic_load_explicit(published, memory_order_acquire) != magic) {
+        errno = ENOENT;
+        return NULL;
+    }
+    return mz->addr;
 }
 
 FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),

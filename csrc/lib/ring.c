@@ -10,6 +10,7 @@
 #define FH_RING_BUILD 1
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -51,18 +52,16 @@ FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
     r->flags = flags;
     r->prod.single = !!(flags & FH_RING_F_SP_ENQ);
     r->cons.single = !!(flags & FH_RING_F_SC_DEQ);
-    /* Release pairs with the acquire load of magic in fh_ring_lookup: a
-     * process that sees the magic sees the whole header. */
+    /* Release pairs with the acquire load of magic in fh_ring_lookup
+     * (fh__object_lookup): a process that sees the magic sees the whole
+     * header. */
     atomic_store_explicit(&r->magic, FH_RING_MAGIC, memory_order_release);
     return 0;
 }
 
 static int mz_name(char *buf, const char *name)
 {
-    if (!name || !name[0] || strlen(name) >= FH_RING_NAMESIZE)
-        return -1;
-    snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", FH_RING_MZ_PREFIX, name);
-    return 0;
+    return fh__object_zone_name(buf, FH_RING_MZ_PREFIX, name, FH_RING_NAMESIZE);
 }
 
 FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
@@ -90,23 +89,6 @@ FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
 
 FH_API struct fh_ring *fh_ring_lookup(const char *name)
 {
-    char mzname[FH_MEMZONE_NAMESIZE];
-    const struct fh_memzone *mz;
-    struct fh_ring *r;
-
-    if (mz_name(mzname, name) < 0) {
-        errno = ENOENT;
-        return NULL;
-    }
-    mz = fh_memzone_lookup(mzname);
-    if (!mz)
-        return NULL;
-    r = mz->addr;
-    /* Acquire pairs with the release store of magic in fh_ring_init.  A
-     * memzone without it is a ring still being created. */
-    if (atomic_load_explicit(&r->magic, memory_order_acquire) != FH_RING_MAGIC) {
-        errno = ENOENT;
-        return NULL;
-    }
-    return r;
+    return fh__object_lookup(FH_RING_MZ_PREFIX, name, FH_RING_NAMESIZE,
+                             offsetof(struct fh_ring, magic), FH_RING_MAGIC);
 }

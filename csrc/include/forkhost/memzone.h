@@ -51,6 +51,18 @@ FH_API unsigned fh_memzone_count(void);
 struct fh_arena_hdr;
 int fh__memzone_format(struct fh_arena_hdr *hdr);
 
+/* Internal, for the named objects that live in memzones (rings, mempools,
+ * hash tables).  The memzone name of object `name` of one kind: prefix +
+ * name in buf (FH_MEMZONE_NAMESIZE bytes); -1 when name is NULL, empty or
+ * not shorter than name_size. */
+int fh__object_zone_name(char *buf, const char *prefix, const char *name,
+                         size_t name_size);
+/* That object, once its creator published it (the _Atomic uint64_t at
+ * magic_off in it holds magic, stored with release); else NULL with errno
+ * ENOENT (a missing memzone: fh_memzone_lookup's errno). */
+void *fh__object_lookup(const char *prefix, const char *name,
+                        size_t name_size, size_t magic_off, uint64_t magic);
+
 /*
  * Test hooks, exported so the C and Python tests can kill a process while it
  * holds the directory lock; not for applications.
