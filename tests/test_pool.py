@@ -194,14 +194,17 @@ def test_member_classifier_decides_every_valid_form(entry_dir, entry, module, ki
 # -- end to end ----------------------------------------------------------------
 
 def raw_launch(sock: socket.socket, entry: bytes, *args: bytes,
-               env: list[bytes] = [b"A=1"], stdout: int | None = None) -> None:
+               env: list[bytes] = [b"A=1"], stdout: int | None = None,
+               stderr: int | None = None, cwd_fd: int | None = None) -> None:
     cwd = os.open(FIXTURES, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     out = null if stdout is None else stdout
+    err = null if stderr is None else stderr
     try:
         body = protocol.Launch(entry, [entry, *args], env, 0, 0o022,
                                0b111, 0).encode()
-        protocol.send(sock, protocol.LAUNCH, body, [cwd, null, out, null])
+        protocol.send(sock, protocol.LAUNCH, body,
+                      [cwd if cwd_fd is None else cwd_fd, null, out, err])
     finally:
         os.close(cwd)
         os.close(null)
@@ -242,6 +245,29 @@ def test_a_launch_runs_in_a_member_forked_before_it(primary):
         pid, code = started_and_exited(sock)
     assert code == 5
     assert pid in before
+
+
+def test_a_member_that_cannot_set_up_a_python_launch_exits_125(primary):
+    """The client's "cwd" is a pipe: fchdir fails in the member's C setup,
+    which says so on the client's stderr and exits 125, as a native
+    launch's setup does."""
+    before = idle_members(primary)
+    cwd_r, cwd_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with connect(primary) as sock:
+            raw_launch(sock, b"fhfix:exit_with", b"0", cwd_fd=cwd_r, stderr=err_w)
+            os.close(err_w)
+            err_w = -1
+            pid, code = started_and_exited(sock)
+        with open(err_r, "rb", closefd=False) as f:
+            err = f.read()
+    finally:
+        for fd in (cwd_r, cwd_w, err_r, err_w):
+            if fd >= 0:
+                os.close(fd)
+    assert (code, pid in before) == (125, True)
+    assert err.startswith(b"forkhost: cannot set up the secondary: "), err
 
 
 def test_a_name_given_twice_in_the_environment_has_its_first_value(primary):

@@ -456,7 +456,6 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
 static int take(struct fh_member *m)
 {
     struct fh_taken_launch *r = &m->run;
-    const char *step = NULL;
     struct ucred cred;
     socklen_t len = sizeof cred;
     int rc;
@@ -495,12 +494,7 @@ static int take(struct fh_member *m)
         fh_run_native(&r->spec, r->name, r->symbol);    /* never returns */
     /* A Python entry: the process's setup is done here too, as
      * fh_run_native does it; Python is left only its own objects. */
-    rc = fh_child_setup(&r->spec, &step);
-    if (rc < 0) {
-        dprintf(2, "forkhost: cannot set up the secondary: %s: %s\n",
-                step != NULL ? step : "?", strerror(-rc));
-        fh_exit_report(m->ctl_fd, FH_EXIT_SETUP);
-    }
+    fh__child_setup_or_exit(&r->spec);
     return FH_MEMBER_PYTHON;
 }
 

@@ -565,13 +565,22 @@ FH_API void fh_exit_report(int report_fd, int code)
     _exit(code);
 }
 
+void fh__child_setup_or_exit(struct fh_child_spec *spec)
+{
+    const char *step = NULL;
+    int rc = fh_child_setup(spec, &step);
+
+    if (rc < 0)
+        die(-1, FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
+            "%s: %s", step != NULL ? step : "?", strerror(-rc));
+}
+
 FH_API void fh_run_native(struct fh_child_spec *spec, const char *path,
                           const char *symbol)
 {
     static char *const no_args[] = {NULL};
     char *const *args = spec->argv != NULL ? spec->argv : no_args;
     char err[FH_ERR_LEN];
-    const char *step = NULL;
     char **argv, **env;
     fh_main_fn fn;
     int rc, code = 126;
@@ -584,10 +593,7 @@ FH_API void fh_run_native(struct fh_child_spec *spec, const char *path,
     if (path == NULL)
         die(-1, FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
             "copying the entry path: %s", strerror(ENOMEM));
-    rc = fh_child_setup(spec, &step);
-    if (rc < 0)
-        die(-1, FH_EXIT_SETUP, "forkhost: cannot set up the secondary: "
-            "%s: %s", step != NULL ? step : "?", strerror(-rc));
+    fh__child_setup_or_exit(spec);
 
     /* After setup: allocation is fine from here on (the template is
      * single-threaded, and dlopen() allocates anyway). */

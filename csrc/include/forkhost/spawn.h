@@ -57,6 +57,11 @@ struct fh_child_spec {
  */
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error);
 
+/* Internal: fh_child_setup(spec), or on failure one line on stderr and
+ * _exit(FH_EXIT_SETUP), flushing and reporting nothing (the parent's
+ * waitpid tells the status).  For fh_run_native and a pool member. */
+void fh__child_setup_or_exit(struct fh_child_spec *spec);
+
 /*
  * Fork a secondary for a native entry.  The child runs fh_child_setup(),
  * exports LISTEN_FDS/LISTEN_PID when extra fds were passed, loads the
