@@ -4,7 +4,8 @@ and load Python entries (in the secondary, after it).
 | form                      | runs                                          |
 |---------------------------|-----------------------------------------------|
 | ``pkg.module:function``   | ``function(argv)``; int return is the status  |
-| ``path/to/script.py``     | the script as ``__main__``                    |
+| ``path/to/script.py``     | the script as ``__main__``; or a .pyc, or a   |
+|                           | directory or zip file with a __main__.py      |
 | ``-m pkg.module``         | the module as ``__main__``                    |
 | ``path/lib.so[:symbol]``  | dlopen + ``int symbol(argc, argv, envp)``      |
 | a PIE executable          | the same, via fh_entry_load                   |
@@ -16,9 +17,11 @@ fork path (no Python in the child) for ELF files.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import importlib.machinery
 import importlib.util
+import marshal
 import os
 import re
 import stat
@@ -60,6 +63,14 @@ def _is_file(path: str, cwd_fd: int) -> bool:
         return False
 
 
+def _exists(path: str, cwd_fd: int) -> bool:
+    try:
+        os.stat(path, dir_fd=cwd_fd)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _is_elf(path: str, cwd_fd: int) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=cwd_fd)
@@ -97,6 +108,11 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
         return Target(MODULE, name=entry)
     path, symbol = entry, None
     if not _is_file(path, cwd_fd):
+        if _exists(path, cwd_fd):
+            # A directory or a zip file with a __main__.py, a FIFO,
+            # /dev/stdin: ``python PATH`` runs them, and so does the
+            # secondary (load_script), which reads them, not the template.
+            return Target(SCRIPT, path=path)
         head, sep, tail = entry.rpartition(":")
         function = _function_parts(entry)
         if sep and head and _is_file(head, cwd_fd):
@@ -350,8 +366,46 @@ def _current(p: _Prefetch, directory: str) -> bool:
 
 
 # Scripts compiled ahead, by (directory, path as the client gave it): the
-# code and the _stat_key of the file it was compiled from.
-_scripts: dict[tuple[str, str], tuple[types.CodeType, tuple]] = {}
+# code, the _stat_key of the file it was compiled from and its real path.
+_scripts: dict[tuple[str, str], tuple[types.CodeType, tuple, str]] = {}
+
+
+def script_file(path: str, cwd: str | None = None) -> str:
+    """What ``python PATH`` calls its script: ``__file__`` and the file name
+    in its code and tracebacks.  CPython makes a relative PATH absolute by
+    joining it to the cwd, not normalizing it (_Py_abspath): ``./x.py``
+    run from /a is ``/a/./x.py``, and from / it is ``//x.py``."""
+    if os.path.isabs(path):
+        return path
+    return (os.getcwd() if cwd is None else cwd) + "/" + path
+
+
+def _real_path(fd: int, file: str) -> str:
+    """The real path of the file open at fd, which was opened as ``file``:
+    what realpath(3) gives, which is where ``python`` puts sys.path[0]."""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real.startswith("/") and os.path.exists(real):
+            return real
+    except OSError:
+        pass
+    try:          # not a path (pipe:[...]), or one not visible to us
+        return os.path.realpath(file, strict=True)
+    except (OSError, RuntimeError):
+        return file
+
+
+def _runs_as_source(path: str, data: bytes) -> bool:
+    """``python PATH`` compiles PATH as source: it is not a .pyc (by name or
+    by its first two bytes, as maybe_pyc_file() checks) nor a zip file."""
+    return not (path.endswith(".pyc") or data[:2] == importlib.util.MAGIC_NUMBER[:2]
+                or _may_be_zip(data))
+
+
+def _may_be_zip(data: bytes) -> bool:
+    """A zip file's end record is in its last 64 KiB + 22 bytes: without
+    one, zipimport would refuse the file (a zipapp starts with a #! line)."""
+    return data.rfind(b"PK\x05\x06", max(0, len(data) - 65557)) >= 0
 
 
 def prefetch_script(directory: str, path: str) -> bool:
@@ -383,14 +437,15 @@ def prefetch_script(directory: str, path: str) -> bool:
                 return False
             with open(fd, "rb", closefd=False) as f:
                 source = f.read()
+            real = _real_path(fd, full)
         finally:
             os.close(fd)
-        if _stat_key(full) != key_st:
+        if _stat_key(full) != key_st or not _runs_as_source(path, source):
             return False
-        code = compile(source, path, "exec", dont_inherit=True)
+        code = compile(source, script_file(path, directory), "exec", dont_inherit=True)
     except Exception:      # whatever the file holds, the template goes on
         return False
-    _keep(_scripts, key, (code, key_st), ("script", *key))
+    _keep(_scripts, key, (code, key_st, real), ("script", *key))
     return True
 
 
@@ -527,52 +582,138 @@ def import_function(target: Target):
     return obj
 
 
-def _main_module(file: str | None, spec=None) -> types.ModuleType:
+def _main_module(file: str | None, spec=None, loader=None) -> types.ModuleType:
+    """A fresh ``__main__`` as ``python`` makes it: for a script, its
+    loader and no spec; for a module (-m, or a directory or zip file's
+    __main__.py), what runpy sets from the spec."""
     main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=file, __spec__=spec, __builtins__=__builtins__,
-                         __loader__=spec.loader if spec else None,
+    main.__dict__.update(__file__=file, __spec__=spec, __builtins__=builtins,
+                         __loader__=spec.loader if spec else loader,
                          __package__=spec.parent if spec else None,
-                         __cached__=None)
+                         __cached__=spec.cached if spec else None)
     if file is None:
         del main.__file__
     sys.modules["__main__"] = main
     return main
 
 
-def _take_script(path: str) -> types.CodeType | None:
-    """The template's compiled copy of script ``path``, if the file the
-    secondary would read now is the one it was compiled from."""
+SOURCE, SOURCELESS = "source", "sourceless"     # what a script's file holds
+
+
+@dataclass(frozen=True)
+class Script:
+    """A script entry loaded: its code, its ``__main__``, and the
+    sys.path[0] ``python`` would give it."""
+    code: types.CodeType
+    main: types.ModuleType
+    path0: str
+
+
+def _take_script(path: str) -> tuple[types.CodeType, str] | None:
+    """The template's compiled copy of script ``path`` and its real path,
+    if the file the secondary would read now is the one it was compiled
+    from."""
     if not _scripts:
         return None
     try:
         cwd = os.getcwd()
         hit = _scripts.get((cwd, path))
         if hit is not None and _stat_key(os.path.join(cwd, path)) == hit[1]:
-            return hit[0]
+            return hit[0], hit[2]
     except OSError:
         pass
     return None
 
 
-def load_script(path: str):
-    """Compile the script; returns (code, __main__ module)."""
-    code = _take_script(path)
-    if code is not None:
-        return code, _main_module(os.path.abspath(path))
+def load_script(path: str) -> Script:
+    """Load what ``python PATH`` runs: a source file, a .pyc file, or a
+    directory or zip file holding a __main__.py."""
+    file = script_file(path)
+    hit = _take_script(path)
+    if hit is not None:
+        code, real = hit
+        return Script(code, _main_module(file, loader=_loader(SOURCE, file)),
+                      os.path.dirname(real))
     try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            return _load_main_from(path, file)
         with open(path, "rb") as f:
-            source = f.read()
+            data = f.read()
+            real = _real_path(f.fileno(), file)
     except FileNotFoundError:
         raise EntryError(f"script {path!r} not found", EXIT_NOT_FOUND) from None
     except OSError as err:
         raise EntryError(f"cannot read script {path!r}: {err.strerror}",
                          EXIT_CANNOT_RUN) from err
-    abspath = os.path.abspath(path)
+    if _may_be_zip(data) and _importer(file) is not None:
+        return _load_main_from(path, file)
+    if not _runs_as_source(path, data):
+        code = _pyc_code(path, data)
+        return Script(code, _main_module(file, loader=_loader(SOURCELESS, file)),
+                      os.path.dirname(real))
     try:
-        code = compile(source, path, "exec", dont_inherit=True)
+        code = compile(data, file, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as err:
         raise EntryError(f"cannot compile script {path!r}", EXIT_CANNOT_RUN) from err
-    return code, _main_module(abspath)
+    return Script(code, _main_module(file, loader=_loader(SOURCE, file)),
+                  os.path.dirname(real))
+
+
+def _loader(kind: str, file: str):
+    """The ``__loader__`` ``python`` gives a script's ``__main__``."""
+    cls = (importlib.machinery.SourceFileLoader if kind == SOURCE
+           else importlib.machinery.SourcelessFileLoader)
+    return cls("__main__", file)
+
+
+def _pyc_code(path: str, data: bytes) -> types.CodeType:
+    """The code in a .pyc file, read as run_pyc_file() reads it: the magic
+    number, three more header words, then one marshalled code object."""
+    if data[:4] != importlib.util.MAGIC_NUMBER:
+        raise EntryError(f"cannot run {path!r}: bad magic number in .pyc file "
+                         f"(not compiled by this Python)", EXIT_CANNOT_RUN)
+    try:
+        code = marshal.loads(memoryview(data)[16:])
+    except (EOFError, ValueError, TypeError):
+        code = None
+    if not isinstance(code, types.CodeType):
+        raise EntryError(f"cannot run {path!r}: bad code object in .pyc file",
+                         EXIT_CANNOT_RUN)
+    return code
+
+
+def _importer(file: str):
+    """The import finder for ``file`` as a sys.path entry, or None: what
+    ``python FILE`` asks first (PyImport_GetImporter), and caches."""
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(file)
+        except ImportError:
+            continue
+        sys.path_importer_cache[file] = finder
+        return finder
+    return None
+
+
+def _load_main_from(path: str, file: str) -> Script:
+    """``python DIR`` or ``python APP.zip``: DIR (or the zip) goes first on
+    sys.path, and its __main__ module runs as runpy runs it."""
+    finder = _importer(file)
+    try:
+        spec = finder.find_spec("__main__") if finder is not None else None
+    except Exception as err:   # KeyboardInterrupt, SystemExit: as python
+        raise EntryError(f"cannot look for '__main__' in {path!r}",
+                         EXIT_CANNOT_RUN) from err
+    if spec is None or spec.loader is None:
+        raise EntryError(f"can't find '__main__' module in {path!r} "
+                         f"(for a package use '-m PACKAGE')", EXIT_NOT_FOUND)
+    try:
+        code = spec.loader.get_code("__main__")
+    except Exception as err:   # KeyboardInterrupt, SystemExit: as python
+        raise EntryError(f"cannot load '__main__' from {path!r}", EXIT_CANNOT_RUN) from err
+    if code is None:
+        raise EntryError(f"'__main__' in {path!r} has no code to run", EXIT_CANNOT_RUN)
+    return Script(code, _main_module(spec.origin, spec), file)
 
 
 def load_module(name: str):

@@ -219,12 +219,10 @@ def _flush_stdio() -> None:
             pass
 
 
-def _set_path(req: Launch, target: entries.Target, env) -> None:
-    """sys.path the way ``python`` would build it for the client, then the
-    primary's: so the client's modules win unless already preloaded."""
-    first = os.getcwd()
-    if target.kind == entries.SCRIPT:
-        first = os.path.dirname(os.path.abspath(target.path))
+def _set_path(first: str, env) -> None:
+    """sys.path the way ``python`` would build it for the client (first:
+    the cwd, or where the script is), then the primary's: so the client's
+    modules win unless already preloaded."""
     front = [first]
     for part in os.fsdecode(env.get(b"PYTHONPATH", b"")).split(os.pathsep):
         if part:
@@ -282,7 +280,14 @@ def _die_by_sigint() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def _run_entry(req: Launch, target: entries.Target, argv: list[str]) -> int:
+def _run_entry(target: entries.Target, argv: list[str], env) -> int:
+    if target.kind == entries.SCRIPT:
+        script = entries.load_script(target.path)
+        _set_path(script.path0, env)
+        sys.argv = argv
+        exec(script.code, script.main.__dict__)
+        return 0
+    _set_path(os.getcwd(), env)
     if target.kind == entries.FUNCTION:
         fn = entries.import_function(target)
         result = fn(argv)
@@ -291,11 +296,8 @@ def _run_entry(req: Launch, target: entries.Target, argv: list[str]) -> int:
         if isinstance(result, int):
             return result & 0xFF
         raise SystemExit(result)
-    if target.kind == entries.SCRIPT:
-        code, main = entries.load_script(target.path)
-    else:
-        code, main = entries.load_module(target.name)
-        argv[0] = main.__file__ or argv[0]
+    code, main = entries.load_module(target.name)
+    argv[0] = main.__file__ or argv[0]
     sys.argv = argv
     exec(code, main.__dict__)
     return 0
@@ -463,8 +465,7 @@ def run(req: Launch, target: entries.Target, spec, set_up: bool = False) -> int:
     argv = [os.fsdecode(a) for a in req.argv]
     sys.argv = list(argv)
     try:
-        _set_path(req, target, env)
-        code = _run_entry(req, target, argv)
+        code = _run_entry(target, argv, env)
     except entries.EntryError as exc:
         if exc.__cause__ is not None:
             _print_exception(exc.__cause__)

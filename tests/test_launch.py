@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import pty
+import py_compile
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import zipapp
+import zipfile
 
 import pytest
 
@@ -276,6 +279,85 @@ def test_module_from_client_pythonpath(primary, tmp_path):
     r = primary.run("only_here:main", extra_env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"from pp\n"
+
+
+# What a script sees of how it was started, then a traceback from another
+# cwd: its file names (and whether their source lines can still be read)
+# are the code's own, which python makes absolute.
+_PROBE = """\
+import json, os, sys
+print(json.dumps({
+    "name": __name__, "file": __file__, "argv": sys.argv, "path0": sys.path[0],
+    "loader": type(__loader__).__name__, "spec": __spec__ and __spec__.name,
+    "package": __package__, "cached": __cached__,
+    "builtins": type(__builtins__).__name__}), flush=True)
+os.chdir("/")
+raise ValueError("from the probe")
+"""
+
+
+@pytest.fixture
+def script_forms(tmp_path):
+    """A script in every form ``python PATH`` runs, as (cwd, PATH) pairs."""
+    app, lib = tmp_path / "app", tmp_path / "lib"
+    app.mkdir()
+    lib.mkdir()
+    (lib / "real.py").write_text(_PROBE)
+    (app / "probe.py").write_text(_PROBE)
+    (app / "linked.py").symlink_to(lib / "real.py")       # sys.path[0]: lib
+    (app / "libdir").symlink_to(lib)
+    (app / "dirapp").mkdir()
+    (app / "dirapp" / "__main__.py").write_text(_PROBE)
+    (app / "empty").mkdir()
+    with zipfile.ZipFile(app / "app.zip", "w") as z:
+        z.writestr("__main__.py", _PROBE)
+    zipapp.create_archive(app / "dirapp", app / "app.pyz", interpreter="/usr/bin/env python3")
+    py_compile.compile(str(app / "probe.py"), cfile=str(app / "probe.pyc"), doraise=True)
+    (app / "bad.pyc").write_bytes(b"\0" * 32)
+    return app
+
+
+SCRIPT_FORMS = ["probe.py", "./probe.py", "../app/probe.py", "{app}/probe.py",
+                "linked.py", "libdir/real.py", "dirapp", "./dirapp", "app.zip",
+                "app.pyz", "probe.pyc"]
+
+
+@pytest.mark.parametrize("form", SCRIPT_FORMS)
+def test_scripts_run_as_python_runs_them(primary, script_forms, form):
+    """Every form of script ``python PATH`` runs: the same __file__,
+    __loader__, __spec__, sys.argv, sys.path[0] (a symlink's target
+    directory, the directory or zip file itself), and the same traceback,
+    source lines included after a chdir."""
+    path = form.format(app=script_forms)
+    direct = subprocess.run([sys.executable, path, "x"], cwd=script_forms,
+                            env=primary.env, capture_output=True, timeout=60)
+    assert direct.returncode == 1 and b"from the probe" in direct.stderr, direct.stderr
+    # python runs a directory or zip file through runpy, whose frames its
+    # traceback shows; the secondary runs the code itself.
+    want = b"".join(line for line in direct.stderr.splitlines(keepends=True)
+                    if not line.startswith(b'  File "<frozen runpy>"'))
+    for _ in range(2):                 # the second may be compiled ahead
+        r = primary.run(path, "x", cwd=script_forms)
+        assert (r.returncode, r.stdout, r.stderr) == (1, direct.stdout, want)
+
+
+def test_script_read_from_stdin(primary, tmp_path):
+    code = b"import sys; print('from stdin', sys.argv, __file__)\n"
+    r = primary.run("/dev/stdin", "y", input=code, cwd=tmp_path)
+    direct = subprocess.run([sys.executable, "/dev/stdin", "y"], input=code, cwd=tmp_path,
+                            env=primary.env, capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, direct.stdout), r.stderr
+
+
+@pytest.mark.parametrize("path,code,needle", [
+    ("empty", 127, b"can't find '__main__' module in 'empty'"),
+    ("bad.pyc", 126, b"bad magic number"),
+])
+def test_script_forms_that_cannot_run(primary, script_forms, path, code, needle):
+    """Where python says it cannot run the path (exit 1), forkhost-run uses
+    its contract's codes: 127 nothing to run there, 126 cannot load it."""
+    r = primary.run(path, cwd=script_forms)
+    assert r.returncode == code and needle in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 NOT_FOUND = [

@@ -238,11 +238,17 @@ static int wait_request(struct fh_member *m)
 
 /* ---- classification of native entries -------------------------------- */
 
-static int is_regular(int dirfd, const char *path)
+/* The file type of path (S_IFREG, S_IFDIR, ...), 0 when it names nothing. */
+static mode_t file_type(int dirfd, const char *path)
 {
     struct stat st;
 
-    return fstatat(dirfd, path, &st, 0) == 0 && S_ISREG(st.st_mode);
+    return fstatat(dirfd, path, &st, 0) == 0 ? (st.st_mode & S_IFMT) : 0;
+}
+
+static int is_regular(int dirfd, const char *path)
+{
+    return file_type(dirfd, path) == S_IFREG;
 }
 
 static int is_elf(int dirfd, const char *path)
@@ -291,8 +297,16 @@ FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
     *symbol = NULL;
     if (module_flag)
         return is_dotted(entry) ? FH_ENTRY_MODULE : FH_ENTRY_DEFER;
-    if (is_regular(cwd_fd, entry))
+    switch (file_type(cwd_fd, entry)) {
+    case S_IFREG:
         return is_elf(cwd_fd, entry) ? FH_ENTRY_NATIVE : FH_ENTRY_SCRIPT;
+    case S_IFDIR:                       /* python DIR: its __main__.py */
+        return FH_ENTRY_SCRIPT;
+    case 0:
+        break;
+    default:                            /* a FIFO, a device: the template's */
+        return FH_ENTRY_DEFER;
+    }
     colon = strrchr(entry, ':');
     if (colon == NULL || colon == entry)
         return FH_ENTRY_DEFER;

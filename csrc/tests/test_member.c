@@ -357,7 +357,10 @@ static void test_classify(void)
     CHECK(KIND("/bin/true:", 0) == FH_ENTRY_DEFER, "head longer than its buffer");
     CHECK(KIND("s.py:main", 0) == FH_ENTRY_DEFER, "a symbol on Python source");
     CHECK(KIND("missing", 0) == FH_ENTRY_DEFER, "not found");
-    CHECK(KIND("sub", 0) == FH_ENTRY_DEFER, "a directory");
+    CHECK(KIND("sub", 0) == FH_ENTRY_SCRIPT && strcmp(name, "sub") == 0,
+          "a directory (python DIR runs its __main__.py)");
+    CHECK(KIND("sub:fn", 0) == FH_ENTRY_FUNCTION, "a directory is no PATH:SYMBOL head");
+    CHECK(KIND("/dev/null", 0) == FH_ENTRY_DEFER, "a device: the template decides");
     CHECK(KIND("mod:", 0) == FH_ENTRY_DEFER && KIND(":fn", 0) == FH_ENTRY_DEFER &&
           KIND("1m:fn", 0) == FH_ENTRY_DEFER && KIND("m.:fn", 0) == FH_ENTRY_DEFER &&
           KIND("m:f..g", 0) == FH_ENTRY_DEFER && KIND("a b", 1) == FH_ENTRY_DEFER,

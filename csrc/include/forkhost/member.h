@@ -85,7 +85,8 @@ enum fh_entry_kind {
                                 it (and answers "not found" and the like) */
     FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
     FH_ENTRY_FUNCTION = 2,   /* module:function */
-    FH_ENTRY_SCRIPT   = 3,   /* a file of Python source */
+    FH_ENTRY_SCRIPT   = 3,   /* what python PATH runs: source, .pyc, a
+                                directory or zip file with __main__.py */
     FH_ENTRY_MODULE   = 4,   /* -m module */
 };
 
