@@ -839,7 +839,9 @@ def test_a_learning_replaces_the_hot_set_and_only_a_plain_fork_learns(hot_bench)
     that learns makes the set what its launch wrote."""
     page = resource.getpagesize()
     bufs = {k: _written_buffer(page) for k in "xy"}
-    addr = {k: int(ffi.cast("uintptr_t", b)) for k, b in bufs.items()}
+    # A page wholly inside each buffer: its first and last pages may hold
+    # malloc's other objects too, which any launch may write.
+    addr = {k: int(ffi.cast("uintptr_t", b)) + page for k, b in bufs.items()}
     hot = hot_bench.hot
 
     def launch(which: str, prefault: bool, arm: bool):
