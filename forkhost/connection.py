@@ -179,7 +179,8 @@ class Connection:
         area = self.template.title_area
         if target.kind == entries.NATIVE:
             # The whole fork in C: the child never runs Python.
-            spec, keep = secondary.build_spec(req, fds, area, report.fileno())
+            spec, keep = secondary.build_spec(req, fds, area, report.fileno(),
+                                              client_pid=self.client_pid)
             path, sym = secondary.native_args(target)
             pid = lib.fh_spawn_native(spec, path, sym)
             lib.fh_spec_release(spec)
@@ -191,7 +192,8 @@ class Connection:
         # are the defaults (fh_child_setup).
         return secondary.fork_child(
             self.template,
-            lambda mask: secondary.become(req, target, fds, area, report.detach()))
+            lambda mask: secondary.become(req, target, fds, area, report.detach(),
+                                          client_pid=self.client_pid))
 
     # -- after the launch -----------------------------------------------
 

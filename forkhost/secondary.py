@@ -315,7 +315,7 @@ def _finalize() -> None:
 
 
 def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
-               report_fd: int, client_fd: int = 0):
+               report_fd: int, client_fd: int = 0, client_pid: int = 0):
     """The C view of a launch; returns (spec, keep): keep holds the cffi
     buffers the spec points into and must outlive it.  argv and envp point
     into the request's own packed strings (fh_spec_strings); a caller that
@@ -333,6 +333,7 @@ def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
     spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
     spec.report_fd = report_fd
     spec.client_fd = client_fd
+    spec.client_pid = client_pid       # its limits, nice, policy, affinity
     spec.signals_ready = signals_ready
     return spec, keep
 
@@ -417,11 +418,12 @@ def finish(req: Launch, target: entries.Target, spec, set_up: bool = False):
 
 
 def become(req: Launch, target: entries.Target, fds: list[int],
-           title_area: tuple[int, int], report_fd: int, client_fd: int = 0):
+           title_area: tuple[int, int], report_fd: int, client_fd: int = 0,
+           client_pid: int = 0):
     """In a fresh child of the template (a pool member, or a direct fork):
     become the secondary and exit, reporting the status on report_fd (and
     to the client itself on client_fd, when given).  Never returns."""
-    spec, keep = build_spec(req, fds, title_area, report_fd, client_fd)
+    spec, keep = build_spec(req, fds, title_area, report_fd, client_fd, client_pid)
     if target.kind == entries.NATIVE:
         path, sym = native_args(target)
         # A C program starts with every disposition SIG_DFL; a pool member

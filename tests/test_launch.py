@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import resource
 import py_compile
 import select
 import signal
@@ -21,7 +22,7 @@ import zipfile
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER
+from fhtest import FIXTURES, RUNNER, PrimaryProc
 
 
 @pytest.fixture(scope="session")
@@ -358,6 +359,49 @@ def test_script_forms_that_cannot_run(primary, script_forms, path, code, needle)
     its contract's codes: 127 nothing to run there, 126 cannot load it."""
     r = primary.run(path, cwd=script_forms)
     assert r.returncode == code and needle in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def _client_attrs():
+    """What a user sets in the shell before starting a program: ulimit -n
+    333 (hard 4096) and -c unlimited, nice 4, taskset -c 0, chrt --batch."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (333, 4096))
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+    os.setpriority(os.PRIO_PROCESS, 0, 4)
+    os.sched_setaffinity(0, {0})
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+_LAUNCH_ATTRS = """\
+import sys, forkhost
+sec = forkhost.launch(sys.argv[1])
+sys.exit(sec.wait())
+"""
+
+
+@pytest.mark.parametrize("pool", ["2", "0"])     # a member, or forked on demand
+def test_secondary_takes_the_clients_limits_nice_policy_affinity(runtime_dir, native,
+                                                                 pool):
+    """As a program started from the client's shell would: the client's
+    resource limits, nice value, scheduling policy and CPU affinity, for
+    every client and entry kind (the primary has none of them)."""
+    want = b"nofile=333,4096 core=-1,-1 nice=4 cpus=1 policy=%d\n" % os.SCHED_BATCH
+    p = PrimaryProc(runtime_dir, args=["--pool", pool])
+    try:
+        clients = {"forkhost-run": [RUNNER],
+                   "forkhost run": [sys.executable, "-m", "forkhost", "run"],
+                   "launch()": [sys.executable, "-c", _LAUNCH_ATTRS]}
+        for client, argv in clients.items():
+            for entry in ("fhfix:attrs", native["so"] + ":attrs"):
+                r = subprocess.run([*argv, entry], env=p.env, cwd=FIXTURES,
+                                   preexec_fn=_client_attrs, capture_output=True,
+                                   timeout=60)
+                assert (r.returncode, r.stdout) == (0, want), (client, entry, r.stderr)
+        r = subprocess.run([RUNNER, "fhfix:attrs"], env=p.env, cwd=FIXTURES,
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0 and r.stdout != want
+    finally:
+        code, _out, err = p.stop()
+    assert code == 0, err
 
 
 NOT_FOUND = [

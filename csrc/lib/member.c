@@ -340,6 +340,7 @@ FH_API int fh_member_init(struct fh_member *m)
     m->conn = -1;
     m->nfds = 0;
     g_hot = m->hot;
+    fh__attrs_snapshot();
     m->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (m->epoll_fd < 0)
         return -errno;
@@ -432,7 +433,7 @@ FH_API int fh_member_handoff(struct fh_member *m)
  * resets them all and unblocks), the template hears TOOK and the client
  * STARTED, and r->spec is prepared.  Exits 125 if that fails.
  */
-static void become(struct fh_member *m, struct fh_taken_launch *r)
+static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
 {
     const struct fh_launch *l = &r->view.launch;
     struct fh_child_spec *spec = &r->spec;
@@ -461,6 +462,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r)
     spec->title_len = m->title_len;
     spec->report_fd = m->ctl_fd;
     spec->client_fd = m->conn;
+    spec->client_pid = client;
     /* A member set Python's dispositions while it waited (SIGINT caught,
      * SIGPIPE ignored): right for a Python entry, not for C. */
     spec->signals_ready = r->kind != FH_ENTRY_NATIVE;
@@ -503,7 +505,7 @@ static int take(struct fh_member *m)
         m->fds[0], r->head, sizeof r->head, &r->name, &r->symbol);
     if (r->kind == FH_ENTRY_DEFER)
         return FH_MEMBER_HANDOFF;
-    become(m, r);
+    become(m, r, cred.pid);
     if (r->kind == FH_ENTRY_NATIVE)
         fh_run_native(&r->spec, r->name, r->symbol);    /* never returns */
     /* A Python entry: the process's setup is done here too, as

@@ -5,9 +5,11 @@
  * A secondary must look like the program the client asked for, started
  * fresh: the client's fds at 0/1/2 and 3.., nothing else open, the client's
  * cwd and umask, default signal dispositions and an empty mask, its own
- * process group, and a title `ps` shows as the client's argv.  Everything
- * else is deliberately inherited from the primary: every mapping, at the
- * same address, is the point of forkhost.
+ * process group, the client's resource limits, nice value, scheduling
+ * policy and CPU affinity (as far as the kernel allows), and a title `ps`
+ * shows as the client's argv.  Everything else is deliberately inherited
+ * from the primary: every mapping, at the same address, is the point of
+ * forkhost.
  *
  * fh_child_setup() runs between fork() and the entry, in a child of the
  * single-threaded template, for Python and native entries alike; it calls
@@ -318,6 +320,105 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
     set_title(area, len, argv);
 }
 
+/* ------------------------------------------------------------------------
+ * The client's process attributes.
+ *
+ * A program a shell starts inherits the shell's resource limits, nice
+ * value, scheduling policy and CPU affinity (`ulimit -c unlimited`,
+ * `nice`, `chrt`, `taskset`).  A secondary is the template's child, so
+ * fh_child_setup reads the client's, by the pid SO_PEERCRED gave (the
+ * client waits on its connection meanwhile), and takes each one that
+ * differs from its own, as far as the kernel lets this process:
+ *  - a limit whose hard value it may not raise (no CAP_SYS_RESOURCE) keeps
+ *    its own hard value, with the soft one capped there;
+ *  - a nice value or policy it may not take (a higher priority than its
+ *    RLIMIT_NICE / RLIMIT_RTPRIO allow, which are the client's by then)
+ *    stays its own, as does SCHED_DEADLINE, which sched_setscheduler()
+ *    cannot set;
+ *  - an affinity with no CPU it may use (another cpuset) stays its own.
+ * Limits come first, so the nice and real-time limits that decide the rest
+ * are the client's.  A client of another uid (root) whose limits this
+ * process may not read (prlimit) leaves them as they are.  Only system
+ * calls, no allocation: this runs where fh_child_setup runs.
+ */
+struct proc_attrs {
+    struct rlimit rlim[RLIM_NLIMITS];
+    unsigned rlim_ok;                   /* bit r: rlim[r] was read */
+    int nice, nice_ok;
+    int policy, sched_ok;               /* policy | SCHED_RESET_ON_FORK */
+    struct sched_param param;
+    cpu_set_t cpus;
+    int cpus_ok;
+};
+
+/* A pool member's own attributes, read once while it waited
+ * (fh__attrs_snapshot): a secondary compares the client's with them
+ * instead of reading its own on the launch's path. */
+static struct proc_attrs g_own;
+static int g_own_valid;
+
+static void read_attrs(pid_t pid, struct proc_attrs *a)
+{
+    int r;
+
+    a->rlim_ok = 0;
+    for (r = 0; r < RLIM_NLIMITS; r++)
+        if (prlimit(pid, (__rlimit_resource_t)r, NULL, &a->rlim[r]) == 0)
+            a->rlim_ok |= 1u << r;
+    errno = 0;
+    a->nice = getpriority(PRIO_PROCESS, (id_t)pid);
+    a->nice_ok = !(a->nice == -1 && errno != 0);
+    a->policy = sched_getscheduler(pid);
+    a->sched_ok = a->policy >= 0 && sched_getparam(pid, &a->param) == 0;
+    a->cpus_ok = sched_getaffinity(pid, sizeof a->cpus, &a->cpus) == 0;
+}
+
+void fh__attrs_snapshot(void)
+{
+    read_attrs(0, &g_own);
+    g_own_valid = 1;
+}
+
+static void take_rlimit(int r, const struct rlimit *want, const struct rlimit *own)
+{
+    struct rlimit capped;
+
+    if (want->rlim_cur == own->rlim_cur && want->rlim_max == own->rlim_max)
+        return;
+    if (setrlimit((__rlimit_resource_t)r, want) == 0 || errno != EPERM)
+        return;
+    /* Raising the hard limit takes CAP_SYS_RESOURCE (and NOFILE's stops at
+     * fs.nr_open): keep ours, with the soft one at most that. */
+    capped.rlim_max = own->rlim_max;
+    capped.rlim_cur = want->rlim_cur < own->rlim_max ? want->rlim_cur : own->rlim_max;
+    (void)setrlimit((__rlimit_resource_t)r, &capped);
+}
+
+static void take_client_attrs(pid_t client)
+{
+    struct proc_attrs want, mine;
+    const struct proc_attrs *own = &g_own;
+    int r;
+
+    read_attrs(client, &want);
+    if (!g_own_valid) {
+        read_attrs(0, &mine);
+        own = &mine;
+    }
+    for (r = 0; r < RLIM_NLIMITS; r++)
+        if (want.rlim_ok & own->rlim_ok & (1u << r))
+            take_rlimit(r, &want.rlim[r], &own->rlim[r]);
+    if (want.sched_ok && own->sched_ok &&
+        (want.policy != own->policy ||
+         want.param.sched_priority != own->param.sched_priority) &&
+        (want.policy & ~SCHED_RESET_ON_FORK) != SCHED_DEADLINE)
+        (void)sched_setscheduler(0, want.policy, &want.param);
+    if (want.nice_ok && own->nice_ok && want.nice != own->nice)
+        (void)setpriority(PRIO_PROCESS, 0, want.nice);
+    if (want.cpus_ok && own->cpus_ok && !CPU_EQUAL(&want.cpus, &own->cpus))
+        (void)sched_setaffinity(0, sizeof want.cpus, &want.cpus);
+}
+
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     sigset_t set;
@@ -356,6 +457,10 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return rc;
 
     umask((mode_t)(spec->umask & 07777));
+    /* After setup_fds: a client's lower RLIMIT_NOFILE must not stop the
+     * report fd from being parked at FH_REPORT_FD_MIN. */
+    if (spec->client_pid > 0)
+        take_client_attrs(spec->client_pid);
 
     fh_set_title(spec->title_area, spec->title_len, spec->argv);
 

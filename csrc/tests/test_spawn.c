@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -950,6 +952,119 @@ static void test_client_fd_direct(void)
     }
 }
 
+/* A "client" for test_client_attrs: sets its attributes (root may raise
+ * its hard limits first), optionally drops to nobody, says so on ready[1]
+ * and waits for go[0] to close. */
+static pid_t attrs_client(int ready[2], int go[2], rlim_t soft, rlim_t hard,
+                          int nice, int as_nobody)
+{
+    pid_t pid;
+
+    xpipe(ready);
+    xpipe(go);
+    fflush(NULL);
+    pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = { soft, hard };
+        cpu_set_t one;
+        char c;
+
+        CPU_ZERO(&one);
+        CPU_SET(0, &one);
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0 ||
+            setpriority(PRIO_PROCESS, 0, nice) < 0 ||
+            sched_setaffinity(0, sizeof one, &one) < 0 ||
+            (as_nobody && (setgid(65534) < 0 || setuid(65534) < 0)))
+            _exit(91);
+        close(ready[0]);
+        close(go[1]);
+        if (write(ready[1], "r", 1) != 1)
+            _exit(92);
+        while (read(go[0], &c, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(ready[1]);
+    close(go[0]);
+    return pid;
+}
+
+/* fh_child_setup takes the client's limits, nice value and affinity as far
+ * as the kernel lets the secondary: run as nobody with a hard NOFILE of
+ * 2048, against a client that is nobody too with (3000, 4096), it can
+ * lower but not raise the hard limit, so it gets (2048, 2048); a higher
+ * nice value and a narrower affinity it takes.  Against a root client it
+ * cannot read the limits of, its own stay, and the rest is still taken.
+ * Needs root, to be nobody and to raise hard limits. */
+static void test_client_attrs(void)
+{
+    static char *const argv[] = {"prog", NULL};
+    int round;
+
+    if (geteuid() != 0) {
+        CHECK(0, "test_client_attrs needs root (setuid to nobody)");
+        return;
+    }
+    for (round = 0; round < 2; round++) {
+        int ready[2], go[2], o[2], cwd, st;
+        char out[256] = "", c;
+        pid_t client, pid;
+
+        client = attrs_client(ready, go, 3000, 4096, 5, round == 0);
+        CHECK(read(ready[0], &c, 1) == 1, "client ready");
+        close(ready[0]);
+        xpipe(o);
+        /* Not dir: nobody may not enter our 0700 fixture directory. */
+        cwd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        fflush(NULL);
+        pid = fork();
+        if (pid == 0) {
+            struct rlimit mine = { 1024, 2048 }, got;
+            struct fh_child_spec spec;
+            const char *step = NULL;
+            cpu_set_t cpus;
+            int fds[2];
+
+            if (setrlimit(RLIMIT_NOFILE, &mine) < 0 ||
+                setgid(65534) < 0 || setuid(65534) < 0)
+                _exit(93);
+            fds[0] = cwd;
+            fds[1] = o[1];
+            memset(&spec, 0, sizeof spec);
+            spec.fds = fds;
+            spec.nfds = 2;
+            spec.stdio_mask = 2;
+            spec.argv = argv;
+            spec.client_pid = client;
+            if (fh_child_setup(&spec, &step) < 0)
+                _exit(94);
+            getrlimit(RLIMIT_NOFILE, &got);
+            sched_getaffinity(0, sizeof cpus, &cpus);
+            printf("nofile=%llu,%llu nice=%d cpus=%d cpu0=%d\n",
+                   (unsigned long long)got.rlim_cur,
+                   (unsigned long long)got.rlim_max,
+                   getpriority(PRIO_PROCESS, 0), CPU_COUNT(&cpus),
+                   CPU_ISSET(0, &cpus) ? 1 : 0);
+            fflush(stdout);
+            _exit(0);
+        }
+        close(cwd);
+        close(o[1]);
+        read_all(o[0], out, sizeof out);
+        close(o[0]);
+        st = reap(pid);
+        close(go[1]);
+        CHECK(WIFEXITED(reap(client)), "client");
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "secondary status %#x", st);
+        if (round == 0)
+            CHECK(strcmp(out, "nofile=2048,2048 nice=5 cpus=1 cpu0=1\n") == 0,
+                  "a client of the same uid: [%s]", out);
+        else
+            CHECK(strcmp(out, "nofile=1024,2048 nice=5 cpus=1 cpu0=1\n") == 0,
+                  "a root client: [%s]", out);
+    }
+}
+
 static void on_term(int sig)
 {
     (void)sig;
@@ -1012,6 +1127,7 @@ int main(int argc, char **argv)
     test_direct_calls();
     test_client_fd();
     test_client_fd_direct();
+    test_client_attrs();
 
     sigprocmask(SIG_BLOCK, NULL, &after);
     CHECK(sigismember(&after, SIGUSR2) == 1

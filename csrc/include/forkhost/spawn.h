@@ -44,18 +44,28 @@ struct fh_child_spec {
     int          signals_ready; /* non-zero: fh_reset_signals() already ran
                                    in this process (a pool member does it
                                    while idle); setup skips that step */
+    pid_t        client_pid;  /* > 0: take this process's resource limits,
+                                 nice value, scheduling policy and CPU
+                                 affinity where they differ (spawn.c) */
 };
 
 /*
  * In the child only: move the client's fds to 0/1/2 and 3.. (closing the
  * std fds the client did not have), close every other fd, fchdir to the
  * client's cwd, put every signal disposition back to SIG_DFL and clear the
- * mask, set the process title and comm from argv; keep report_fd (parked
+ * mask, take the client's resource limits, nice value, scheduling policy
+ * and CPU affinity (client_pid; as far as the kernel allows, spawn.c), set
+ * the process title and comm from argv; keep report_fd (parked
  * at a high number, close-on-exec).  0, or -errno (the child
  * then reports and exits 125).  When error is non-NULL a short description
  * of the failing step is stored there.
  */
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error);
+
+/* Internal: a pool member reads its own process attributes once, so that
+ * fh_child_setup compares the client's with them without reading them on
+ * the launch's path. */
+void fh__attrs_snapshot(void);
 
 /* Internal: fh_child_setup(spec), or on failure one line on stderr and
  * _exit(FH_EXIT_SETUP), flushing and reporting nothing (the parent's

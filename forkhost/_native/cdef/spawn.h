@@ -18,6 +18,7 @@ struct fh_child_spec {
     int          report_fd;
     int          client_fd;
     int          signals_ready;
+    pid_t        client_pid;
 };
 
 int fh_child_setup(struct fh_child_spec *spec, const char **error);
