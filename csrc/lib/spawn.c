@@ -324,8 +324,8 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  * The client's process attributes.
  *
  * A program a shell starts inherits the shell's resource limits, nice
- * value, scheduling policy and CPU affinity (`ulimit -c unlimited`,
- * `nice`, `chrt`, `taskset`).  A secondary is the template's child, so
+ * value, scheduling policy, CPU affinity and I/O priority (`ulimit -c
+ * unlimited`, `nice`, `chrt`, `taskset`, `ionice`).  A secondary is the template's child, so
  * fh_child_setup reads the client's, by the pid SO_PEERCRED gave (the
  * client waits on its connection meanwhile), and takes each one that
  * differs from its own, as far as the kernel lets this process:
@@ -335,12 +335,16 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  *    RLIMIT_NICE / RLIMIT_RTPRIO allow, which are the client's by then)
  *    stays its own, as does SCHED_DEADLINE, which sched_setscheduler()
  *    cannot set;
- *  - an affinity with no CPU it may use (another cpuset) stays its own.
+ *  - an affinity with no CPU it may use (another cpuset) stays its own;
+ *  - so does an I/O priority in the real-time class (CAP_SYS_ADMIN).
  * Limits come first, so the nice and real-time limits that decide the rest
  * are the client's.  A client of another uid (root) whose limits this
  * process may not read (prlimit) leaves them as they are.  Only system
  * calls, no allocation: this runs where fh_child_setup runs.
  */
+/* linux/ioprio.h: the target of ioprio_get/ioprio_set is one process. */
+#define FH_IOPRIO_WHO_PROCESS 1
+
 struct proc_attrs {
     struct rlimit rlim[RLIM_NLIMITS];
     unsigned rlim_ok;                   /* bit r: rlim[r] was read */
@@ -349,6 +353,7 @@ struct proc_attrs {
     struct sched_param param;
     cpu_set_t cpus;
     int cpus_ok;
+    int ioprio;                         /* ioprio_get(); -1: unknown */
 };
 
 /* A pool member's own attributes, read once while it waited
@@ -371,6 +376,7 @@ static void read_attrs(pid_t pid, struct proc_attrs *a)
     a->policy = sched_getscheduler(pid);
     a->sched_ok = a->policy >= 0 && sched_getparam(pid, &a->param) == 0;
     a->cpus_ok = sched_getaffinity(pid, sizeof a->cpus, &a->cpus) == 0;
+    a->ioprio = (int)syscall(SYS_ioprio_get, FH_IOPRIO_WHO_PROCESS, (int)pid);
 }
 
 void fh__attrs_snapshot(void)
@@ -417,6 +423,8 @@ static void take_client_attrs(pid_t client)
         (void)setpriority(PRIO_PROCESS, 0, want.nice);
     if (want.cpus_ok && own->cpus_ok && !CPU_EQUAL(&want.cpus, &own->cpus))
         (void)sched_setaffinity(0, sizeof want.cpus, &want.cpus);
+    if (want.ioprio >= 0 && own->ioprio >= 0 && want.ioprio != own->ioprio)
+        (void)syscall(SYS_ioprio_set, FH_IOPRIO_WHO_PROCESS, 0, want.ioprio);
 }
 
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
