@@ -277,9 +277,41 @@ def _proc_line(pid: int) -> tuple[str, float]:
     import psutil
     try:
         proc = psutil.Process(pid)
-        return " ".join(proc.cmdline()) or proc.name(), time.time() - proc.create_time()
+        # A title set in place keeps the argv area's length: spaces at the end.
+        cmd = " ".join(proc.cmdline()).rstrip() or proc.name()
+        return cmd, time.time() - proc.create_time()
     except psutil.Error:
         return "?", 0.0
+
+
+def _arena_mappers(cfg: dict, known: set[int]) -> list[int]:
+    """The processes not in known that map the prefix's arena: attached
+    ones (forkhost attach, shm.attach()) and the children secondaries
+    forked.  A process with a mapping of exactly the arena's range (a
+    lookup in /proc/PID/map_files, allowed for our own processes) is one
+    when its /proc/PID/maps line names the arena's memfd inode (following
+    the map_files link itself would take CAP_SYS_ADMIN)."""
+    arena = cfg.get("arena") or {}
+    try:
+        start, end = arena["base"], arena["base"] + arena["size"]
+        ino = os.stat(f"/proc/{cfg['pid']}/fd/{arena['fd']}").st_ino
+    except (KeyError, TypeError, OSError):
+        return []
+    rng = f"{start:x}-{end:x}"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in known:
+            continue
+        try:
+            os.lstat(f"/proc/{entry.name}/map_files/{rng}")
+            with open(f"/proc/{entry.name}/maps") as f:
+                line = next((ln for ln in f if ln.startswith(rng + " ")), "")
+        except OSError:
+            continue
+        fields = line.split()
+        if len(fields) >= 5 and fields[4] == str(ino):
+            found.append(int(entry.name))
+    return found
 
 
 def cmd_ps(a) -> int:
@@ -293,8 +325,6 @@ def cmd_ps(a) -> int:
             continue
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
             cmd, up = _proc_line(pid)
-            if role == "template":
-                cmd = cmd.rstrip()     # its title keeps the argv area's length
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd})
         try:
@@ -305,12 +335,17 @@ def cmd_ps(a) -> int:
             cmd, up = _proc_line(m["pid"])
             rows.append({"prefix": p.prefix, "role": "pool", "pid": m["pid"],
                          "client_pid": None, "uptime": round(up, 1),
-                         "command": cmd.rstrip(), "state": m["state"]})
+                         "command": cmd, "state": m["state"]})
         for s in inf["secondaries"]:
             cmd, _ = _proc_line(s["pid"])
             rows.append({"prefix": p.prefix, "role": "secondary", "pid": s["pid"],
                          "client_pid": s["client_pid"], "uptime": s["uptime"],
                          "command": cmd})
+        known = {r["pid"] for r in rows if r["prefix"] == p.prefix}
+        for pid in _arena_mappers(cfg, known):
+            cmd, up = _proc_line(pid)
+            rows.append({"prefix": p.prefix, "role": "attached", "pid": pid,
+                         "client_pid": None, "uptime": round(up, 1), "command": cmd})
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0

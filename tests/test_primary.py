@@ -305,6 +305,62 @@ def test_preloaded_module_is_already_imported_in_secondaries(runtime_dir, tmp_pa
 
 # -- the commands ------------------------------------------------------------
 
+_ATTACHER = """\
+import sys, forkhost.shm
+try:
+    forkhost.shm.attach(sys.argv[1], sys.argv[2])
+except forkhost.shm.AttachError as exc:   # ASLR put something in the way
+    print(exc, file=sys.stderr)
+    sys.exit(2)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+_FORKER = """\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    print(os.getpid(), flush=True)
+    sys.stdin.read()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_ps_lists_the_processes_attached_to_the_arena(primary, tmp_path):
+    """forkhost ps shows, besides the template's processes, every other
+    process mapping the prefix's arena: one attached the classic way, and a
+    child a secondary forked; not the rest of the machine's."""
+    for _ in range(5):
+        attacher = subprocess.Popen([sys.executable, "-c", _ATTACHER, primary.prefix,
+                                     primary.runtime_dir], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = LineReader(attacher.stdout).readline()
+        if line == b"ready\n":
+            break
+        attacher.communicate(timeout=30)
+    assert line == b"ready\n"
+    (tmp_path / "forker.py").write_text(_FORKER)
+    sec = primary.popen("forker.py", cwd=tmp_path, stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE)
+    try:
+        child = int(LineReader(sec.stdout).readline())
+        r = forkhost_cmd(primary.env, "ps", "--json")
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)
+        roles = {row["pid"]: row["role"] for row in rows}
+        assert sorted(pid for pid, role in roles.items() if role == "attached") == \
+            sorted([attacher.pid, child])
+        assert roles[primary.pid] == "primary" and roles[primary.template_pid] == "template"
+        assert os.getpid() not in roles
+        text = forkhost_cmd(primary.env, "ps").stdout
+        assert re.search(rf"attached +{attacher.pid} ", text), text
+    finally:
+        for p in (attacher, sec):
+            p.communicate(timeout=30)     # closes stdin: both end
+    assert sec.returncode == 0 and attacher.returncode == 0
+
+
 def test_detach_then_ps_doctor_and_stop(runtime_dir):
     env = prefix_env(runtime_dir, "d")
     client = None
