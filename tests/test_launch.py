@@ -407,6 +407,17 @@ def test_secondary_takes_the_clients_limits_nice_policy_affinity(runtime_dir, na
     assert code == 0, err
 
 
+def test_an_address_space_limit_below_the_secondarys_size_is_not_taken(primary):
+    """ulimit -v below what the secondary has mapped before its program
+    runs (the primary's address space, the arena) would fail its every
+    allocation: it keeps the template's.  One above that is taken."""
+    tib = 1 << 40
+    for limit, want in ((32 << 20, b"-1,-1\n"), (tib, b"%d,%d\n" % (tib, tib))):
+        r = subprocess.run(["prlimit", f"--as={limit}:{limit}", RUNNER, "fhfix:limit", "AS"],
+                           env=primary.env, cwd=FIXTURES, capture_output=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, want), r.stderr
+
+
 NOT_FOUND = [
     (["missing_script.py"], b"not found"),
     (["no_such_module_xyz:main"], b"no_such_module_xyz"),

@@ -336,7 +336,11 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  *    stays its own, as does SCHED_DEADLINE, which sched_setscheduler()
  *    cannot set;
  *  - an affinity with no CPU it may use (another cpuset) stays its own;
- *  - so does an I/O priority in the real-time class (CAP_SYS_ADMIN).
+ *  - so does an I/O priority in the real-time class (CAP_SYS_ADMIN);
+ *  - an RLIMIT_AS or RLIMIT_DATA below what the secondary already has
+ *    mapped (the primary's address space, the arena) is not taken: every
+ *    allocation would fail, where the same program started fresh would
+ *    run.
  * Limits come first, so the nice and real-time limits that decide the rest
  * are the client's.  A client of another uid (root) whose limits this
  * process may not read (prlimit) leaves them as they are.  Only system
@@ -400,6 +404,34 @@ static void take_rlimit(int r, const struct rlimit *want, const struct rlimit *o
     (void)setrlimit((__rlimit_resource_t)r, &capped);
 }
 
+/* What RLIMIT_AS (r) or RLIMIT_DATA counts of this process now, in bytes,
+ * from /proc/self/statm (size, resident, shared, text, lib, data: pages);
+ * 0 when it cannot be read.  open, read and close only. */
+static unsigned long long vm_bytes(int r)
+{
+    char buf[256];
+    unsigned long long field[6] = {0};
+    ssize_t n;
+    int fd, i = 0;
+    char *p;
+
+    fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    for (p = buf; *p != '\0' && i < 6; i++) {
+        while (*p >= '0' && *p <= '9')
+            field[i] = field[i] * 10 + (unsigned long long)(*p++ - '0');
+        while (*p == ' ')
+            p++;
+    }
+    return (r == RLIMIT_AS ? field[0] : field[5]) * (unsigned long long)getpagesize();
+}
+
 static void take_client_attrs(pid_t client)
 {
     struct proc_attrs want, mine;
@@ -411,9 +443,18 @@ static void take_client_attrs(pid_t client)
         read_attrs(0, &mine);
         own = &mine;
     }
-    for (r = 0; r < RLIM_NLIMITS; r++)
-        if (want.rlim_ok & own->rlim_ok & (1u << r))
-            take_rlimit(r, &want.rlim[r], &own->rlim[r]);
+    for (r = 0; r < RLIM_NLIMITS; r++) {
+        if (!(want.rlim_ok & own->rlim_ok & (1u << r)))
+            continue;
+        /* An address-space or data limit the secondary is already over
+         * (the primary's mappings, the arena: not the program's own)
+         * would fail its every allocation: that one is not taken. */
+        if ((r == RLIMIT_AS || r == RLIMIT_DATA) &&
+            want.rlim[r].rlim_cur != RLIM_INFINITY &&
+            want.rlim[r].rlim_cur <= vm_bytes(r))
+            continue;
+        take_rlimit(r, &want.rlim[r], &own->rlim[r]);
+    }
     if (want.sched_ok && own->sched_ok &&
         (want.policy != own->policy ||
          want.param.sched_priority != own->param.sched_priority) &&
