@@ -109,9 +109,9 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
     path, symbol = entry, None
     if not _is_file(path, cwd_fd):
         if _exists(path, cwd_fd):
-            # A directory or a zip file with a __main__.py, a FIFO,
-            # /dev/stdin: ``python PATH`` runs them, and so does the
-            # secondary (load_script), which reads them, not the template.
+            # A directory (its __main__.py), a FIFO, /dev/stdin: ``python
+            # PATH`` runs them, and so does the secondary (load_script),
+            # which reads them, not the template.
             return Target(SCRIPT, path=path)
         head, sep, tail = entry.rpartition(":")
         function = _function_parts(entry)
