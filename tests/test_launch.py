@@ -382,10 +382,10 @@ sys.exit(sec.wait())
 def test_secondary_takes_the_clients_limits_nice_policy_affinity(runtime_dir, native,
                                                                  pool):
     """As a program started from the client's shell would: the client's
-    resource limits, nice value, scheduling policy, CPU affinity and I/O
-    priority (ionice -c 2 -n 5), for every client and entry kind (the
-    primary has none of them)."""
-    want = b"nofile=333,4096 core=-1,-1 nice=4 cpus=1 policy=%d io=%d\n" % (
+    resource limits, nice value, scheduling policy, CPU affinity, I/O
+    priority (ionice -c 2 -n 5) and OOM score adjustment (choom -n 300),
+    for every client and entry kind (the primary has none of them)."""
+    want = b"nofile=333,4096 core=-1,-1 nice=4 cpus=1 policy=%d io=%d oom=300\n" % (
         os.SCHED_BATCH, 2 << 13 | 5)
     p = PrimaryProc(runtime_dir, args=["--pool", pool])
     try:
@@ -394,7 +394,8 @@ def test_secondary_takes_the_clients_limits_nice_policy_affinity(runtime_dir, na
                    "launch()": [sys.executable, "-c", _LAUNCH_ATTRS]}
         for client, argv in clients.items():
             for entry in ("fhfix:attrs", native["so"] + ":attrs"):
-                r = subprocess.run(["ionice", "-c", "2", "-n", "5", *argv, entry],
+                r = subprocess.run(["choom", "-n", "300", "--", "ionice", "-c", "2",
+                                    "-n", "5", *argv, entry],
                                    env=p.env, cwd=FIXTURES,
                                    preexec_fn=_client_attrs, capture_output=True,
                                    timeout=60)

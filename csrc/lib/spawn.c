@@ -324,8 +324,9 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  * The client's process attributes.
  *
  * A program a shell starts inherits the shell's resource limits, nice
- * value, scheduling policy, CPU affinity and I/O priority (`ulimit -c
- * unlimited`, `nice`, `chrt`, `taskset`, `ionice`).  A secondary is the template's child, so
+ * value, scheduling policy, CPU affinity, I/O priority and OOM score
+ * adjustment (`ulimit -c unlimited`, `nice`, `chrt`, `taskset`, `ionice`,
+ * `choom`).  A secondary is the template's child, so
  * fh_child_setup reads the client's, by the pid SO_PEERCRED gave (the
  * client waits on its connection meanwhile), and takes each one that
  * differs from its own, as far as the kernel lets this process:
@@ -336,7 +337,8 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  *    stays its own, as does SCHED_DEADLINE, which sched_setscheduler()
  *    cannot set;
  *  - an affinity with no CPU it may use (another cpuset) stays its own;
- *  - so does an I/O priority in the real-time class (CAP_SYS_ADMIN);
+ *  - so does an I/O priority in the real-time class (CAP_SYS_ADMIN), and
+ *    an oom_score_adj below what it may set (CAP_SYS_RESOURCE);
  *  - an RLIMIT_AS or RLIMIT_DATA below what the secondary already has
  *    mapped (the primary's address space, the arena) is not taken: every
  *    allocation would fail, where the same program started fresh would
@@ -344,7 +346,8 @@ FH_API void fh_set_title(char *area, size_t len, char *const *argv)
  * Limits come first, so the nice and real-time limits that decide the rest
  * are the client's.  A client of another uid (root) whose limits this
  * process may not read (prlimit) leaves them as they are.  Only system
- * calls, no allocation: this runs where fh_child_setup runs.
+ * calls and string functions, no allocation and no stdio: this runs where
+ * fh_child_setup runs.
  */
 /* linux/ioprio.h: the target of ioprio_get/ioprio_set is one process. */
 #define FH_IOPRIO_WHO_PROCESS 1
@@ -358,6 +361,7 @@ struct proc_attrs {
     cpu_set_t cpus;
     int cpus_ok;
     int ioprio;                         /* ioprio_get(); -1: unknown */
+    int oom_adj, oom_ok;                /* /proc/PID/oom_score_adj */
 };
 
 /* A pool member's own attributes, read once while it waited
@@ -365,6 +369,73 @@ struct proc_attrs {
  * instead of reading its own on the launch's path. */
 static struct proc_attrs g_own;
 static int g_own_valid;
+
+/* "/proc/<pid>/oom_score_adj" (pid 0: self) into buf, without stdio. */
+static void oom_path(char *buf, pid_t pid)
+{
+    char digits[16];
+    int n = 0;
+
+    strcpy(buf, "/proc/");
+    if (pid == 0) {
+        strcat(buf, "self");
+    } else {
+        for (; pid > 0 && n < (int)sizeof digits; pid /= 10)
+            digits[n++] = (char)('0' + pid % 10);
+        buf += strlen(buf);
+        while (n > 0)
+            *buf++ = digits[--n];
+        *buf = '\0';
+    }
+    strcat(buf, "/oom_score_adj");
+}
+
+/* The oom_score_adj of pid into *adj: 1, or 0 when it cannot be read. */
+static int read_oom_adj(pid_t pid, int *adj)
+{
+    char path[64], buf[16];
+    ssize_t n;
+    int fd, neg, v = 0, i = 0;
+
+    oom_path(path, pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    neg = buf[0] == '-';
+    for (i = neg; buf[i] >= '0' && buf[i] <= '9'; i++)
+        v = v * 10 + (buf[i] - '0');
+    if (i == neg)
+        return 0;
+    *adj = neg ? -v : v;
+    return 1;
+}
+
+/* Write oom_score_adj; a value below what this process may set without
+ * CAP_SYS_RESOURCE fails (EACCES) and changes nothing. */
+static void write_oom_adj(int adj)
+{
+    char path[64], buf[16], *p = buf + sizeof buf;
+    unsigned v = (unsigned)(adj < 0 ? -adj : adj);
+    int fd;
+
+    *--p = '\n';
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    if (adj < 0)
+        *--p = '-';
+    oom_path(path, 0);
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)!write(fd, p, (size_t)(buf + sizeof buf - p));
+    close(fd);
+}
 
 static void read_attrs(pid_t pid, struct proc_attrs *a)
 {
@@ -381,6 +452,7 @@ static void read_attrs(pid_t pid, struct proc_attrs *a)
     a->sched_ok = a->policy >= 0 && sched_getparam(pid, &a->param) == 0;
     a->cpus_ok = sched_getaffinity(pid, sizeof a->cpus, &a->cpus) == 0;
     a->ioprio = (int)syscall(SYS_ioprio_get, FH_IOPRIO_WHO_PROCESS, (int)pid);
+    a->oom_ok = read_oom_adj(pid, &a->oom_adj);
 }
 
 void fh__attrs_snapshot(void)
@@ -466,6 +538,8 @@ static void take_client_attrs(pid_t client)
         (void)sched_setaffinity(0, sizeof want.cpus, &want.cpus);
     if (want.ioprio >= 0 && own->ioprio >= 0 && want.ioprio != own->ioprio)
         (void)syscall(SYS_ioprio_set, FH_IOPRIO_WHO_PROCESS, 0, want.ioprio);
+    if (want.oom_ok && own->oom_ok && want.oom_adj != own->oom_adj)
+        write_oom_adj(want.oom_adj);
 }
 
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -952,6 +953,31 @@ static void test_client_fd_direct(void)
     }
 }
 
+static int write_oom(int adj)
+{
+    char buf[16];
+    int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC), n, r;
+
+    if (fd < 0)
+        return -1;
+    n = snprintf(buf, sizeof buf, "%d\n", adj);
+    r = write(fd, buf, (size_t)n) == n ? 0 : -1;
+    close(fd);
+    return r;
+}
+
+static int read_oom(void)
+{
+    char buf[16] = "";
+    int fd = open("/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || read(fd, buf, sizeof buf - 1) <= 0)
+        buf[0] = '\0';
+    if (fd >= 0)
+        close(fd);
+    return atoi(buf);
+}
+
 /* A "client" for test_client_attrs: sets its attributes (root may raise
  * its hard limits first), optionally drops to nobody, says so on ready[1]
  * and waits for go[0] to close. */
@@ -972,7 +998,7 @@ static pid_t attrs_client(int ready[2], int go[2], rlim_t soft, rlim_t hard,
         CPU_ZERO(&one);
         CPU_SET(0, &one);
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0 ||
-            setpriority(PRIO_PROCESS, 0, nice) < 0 ||
+            setpriority(PRIO_PROCESS, 0, nice) < 0 || write_oom(200) < 0 ||
             sched_setaffinity(0, sizeof one, &one) < 0 ||
             (as_nobody && (setgid(65534) < 0 || setuid(65534) < 0)))
             _exit(91);
@@ -993,8 +1019,9 @@ static pid_t attrs_client(int ready[2], int go[2], rlim_t soft, rlim_t hard,
  * as the kernel lets the secondary: run as nobody with a hard NOFILE of
  * 2048, against a client that is nobody too with (3000, 4096), it can
  * lower but not raise the hard limit, so it gets (2048, 2048); a higher
- * nice value and a narrower affinity it takes.  Against a root client it
- * cannot read the limits of, its own stay, and the rest is still taken.
+ * nice value, a narrower affinity and a higher oom_score_adj it takes.
+ * Against a root client it cannot read the limits of, its own stay, and
+ * the rest is still taken.
  * Needs root, to be nobody and to raise hard limits. */
 static void test_client_attrs(void)
 {
@@ -1025,8 +1052,14 @@ static void test_client_attrs(void)
             cpu_set_t cpus;
             int fds[2];
 
-            if (setrlimit(RLIMIT_NOFILE, &mine) < 0 ||
-                setgid(65534) < 0 || setuid(65534) < 0)
+            /* oom_score_adj 0, which nobody may raise to the client's
+             * 200 (whether it may lower it depends on where root's
+             * CAP_SYS_RESOURCE counts: not checked). */
+            if (setrlimit(RLIMIT_NOFILE, &mine) < 0 || write_oom(0) < 0 ||
+                setgid(65534) < 0 || setuid(65534) < 0 ||
+                /* dumpable again, as a process that never changed uid
+                 * is: /proc/self is then nobody's, oom_score_adj too */
+                prctl(PR_SET_DUMPABLE, 1) < 0)
                 _exit(93);
             fds[0] = cwd;
             fds[1] = o[1];
@@ -1040,11 +1073,11 @@ static void test_client_attrs(void)
                 _exit(94);
             getrlimit(RLIMIT_NOFILE, &got);
             sched_getaffinity(0, sizeof cpus, &cpus);
-            printf("nofile=%llu,%llu nice=%d cpus=%d cpu0=%d\n",
+            printf("nofile=%llu,%llu nice=%d cpus=%d cpu0=%d oom=%d\n",
                    (unsigned long long)got.rlim_cur,
                    (unsigned long long)got.rlim_max,
                    getpriority(PRIO_PROCESS, 0), CPU_COUNT(&cpus),
-                   CPU_ISSET(0, &cpus) ? 1 : 0);
+                   CPU_ISSET(0, &cpus) ? 1 : 0, read_oom());
             fflush(stdout);
             _exit(0);
         }
@@ -1057,10 +1090,10 @@ static void test_client_attrs(void)
         CHECK(WIFEXITED(reap(client)), "client");
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "secondary status %#x", st);
         if (round == 0)
-            CHECK(strcmp(out, "nofile=2048,2048 nice=5 cpus=1 cpu0=1\n") == 0,
+            CHECK(strcmp(out, "nofile=2048,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
                   "a client of the same uid: [%s]", out);
         else
-            CHECK(strcmp(out, "nofile=1024,2048 nice=5 cpus=1 cpu0=1\n") == 0,
+            CHECK(strcmp(out, "nofile=1024,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
                   "a root client: [%s]", out);
     }
 }

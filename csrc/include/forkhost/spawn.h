@@ -45,9 +45,9 @@ struct fh_child_spec {
                                    in this process (a pool member does it
                                    while idle); setup skips that step */
     pid_t        client_pid;  /* > 0: take this process's resource limits,
-                                 nice value, scheduling policy, CPU affinity
-                                 and I/O priority where they differ
-                                 (spawn.c) */
+                                 nice value, scheduling policy, CPU affinity,
+                                 I/O priority and oom_score_adj where they
+                                 differ (spawn.c) */
 };
 
 /*
@@ -55,8 +55,8 @@ struct fh_child_spec {
  * std fds the client did not have), close every other fd, fchdir to the
  * client's cwd, put every signal disposition back to SIG_DFL and clear the
  * mask, take the client's resource limits, nice value, scheduling policy,
- * CPU affinity and I/O priority (client_pid; as far as the kernel allows,
- * spawn.c), set
+ * CPU affinity, I/O priority and oom_score_adj (client_pid; as far as the
+ * kernel allows, spawn.c), set
  * the process title and comm from argv; keep report_fd (parked
  * at a high number, close-on-exec).  0, or -errno (the child
  * then reports and exits 125).  When error is non-NULL a short description
