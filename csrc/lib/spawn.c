@@ -370,6 +370,23 @@ struct proc_attrs {
 static struct proc_attrs g_own;
 static int g_own_valid;
 
+/* The contents of a small /proc file into buf, NUL-terminated: the byte
+ * count, or -1.  open, read and close only. */
+static ssize_t read_small(const char *path, char *buf, size_t len)
+{
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return -1;
+    n = read(fd, buf, len - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    return n;
+}
+
 /* "/proc/<pid>/oom_score_adj" (pid 0: self) into buf, without stdio. */
 static void oom_path(char *buf, pid_t pid)
 {
@@ -394,18 +411,11 @@ static void oom_path(char *buf, pid_t pid)
 static int read_oom_adj(pid_t pid, int *adj)
 {
     char path[64], buf[16];
-    ssize_t n;
-    int fd, neg, v = 0, i = 0;
+    int neg, v = 0, i = 0;
 
     oom_path(path, pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_small(path, buf, sizeof buf) < 0)
         return 0;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
     neg = buf[0] == '-';
     for (i = neg; buf[i] >= '0' && buf[i] <= '9'; i++)
         v = v * 10 + (buf[i] - '0');
@@ -483,18 +493,11 @@ static unsigned long long vm_bytes(int r)
 {
     char buf[256];
     unsigned long long field[6] = {0};
-    ssize_t n;
-    int fd, i = 0;
+    int i = 0;
     char *p;
 
-    fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_small("/proc/self/statm", buf, sizeof buf) < 0)
         return 0;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
     for (p = buf; *p != '\0' && i < 6; i++) {
         while (*p >= '0' && *p <= '9')
             field[i] = field[i] * 10 + (unsigned long long)(*p++ - '0');

@@ -246,6 +246,19 @@ static void xpipe(int p[2])
     }
 }
 
+/* A spec for a child with only a stdout: fds {cwd, out}, cwd from dir. */
+static void stdout_spec(struct fh_child_spec *spec, int fds[2], int cwd, int out,
+                        char *const *argv)
+{
+    fds[0] = cwd;
+    fds[1] = out;
+    memset(spec, 0, sizeof *spec);
+    spec->fds = fds;
+    spec->nfds = 2;
+    spec->stdio_mask = 2;
+    spec->argv = argv;
+}
+
 /*
  * Launch path:symbol the way the template does, with this process as the
  * template: cwd = cwd_fd (or the fixture dir), stdio = pipes for the bits
@@ -650,13 +663,7 @@ static void test_direct_calls(void)
         struct fh_child_spec spec;
         int fds[2];
 
-        fds[0] = cwd;
-        fds[1] = o[1];
-        memset(&spec, 0, sizeof spec);
-        spec.fds = fds;
-        spec.nfds = 2;
-        spec.stdio_mask = 2;
-        spec.argv = argv9;
+        stdout_spec(&spec, fds, cwd, o[1], argv9);
         spec.report_fd = rep[1];
         fh_run_native(&spec, entry_so, "exit_code");
     }
@@ -748,13 +755,7 @@ static int launch_client(const char *symbol, char *const *argv, int client,
 
     xpipe(o);
     xpipe(rep);
-    fds[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    fds[1] = o[1];
-    memset(&spec, 0, sizeof spec);
-    spec.fds = fds;
-    spec.nfds = 2;
-    spec.stdio_mask = 2;
-    spec.argv = argv;
+    stdout_spec(&spec, fds, open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC), o[1], argv);
     spec.umask = 022;
     spec.report_fd = rep[1];
     spec.client_fd = client;
@@ -898,13 +899,7 @@ static void test_client_fd_direct(void)
             const char *step = NULL;
             int fds[2], rc;
 
-            fds[0] = cwd;
-            fds[1] = o[1];
-            memset(&spec, 0, sizeof spec);
-            spec.fds = fds;
-            spec.nfds = 2;
-            spec.stdio_mask = 2;
-            spec.argv = argv;
+            stdout_spec(&spec, fds, cwd, o[1], argv);
             spec.report_fd = with_report ? rep[1] : 0;
             spec.client_fd = sv[1];
             rc = fh_child_setup(&spec, &step);
@@ -1061,13 +1056,7 @@ static void test_client_attrs(void)
                  * is: /proc/self is then nobody's, oom_score_adj too */
                 prctl(PR_SET_DUMPABLE, 1) < 0)
                 _exit(93);
-            fds[0] = cwd;
-            fds[1] = o[1];
-            memset(&spec, 0, sizeof spec);
-            spec.fds = fds;
-            spec.nfds = 2;
-            spec.stdio_mask = 2;
-            spec.argv = argv;
+            stdout_spec(&spec, fds, cwd, o[1], argv);
             spec.client_pid = client;
             if (fh_child_setup(&spec, &step) < 0)
                 _exit(94);
