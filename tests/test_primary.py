@@ -332,14 +332,17 @@ def test_ps_lists_the_processes_attached_to_the_arena(primary, tmp_path):
     process mapping the prefix's arena: one attached the classic way, and a
     child a secondary forked; not the rest of the machine's."""
     for _ in range(5):
+        # Not from the checkout's root, whose forkhost/ would shadow the
+        # installed one.
         attacher = subprocess.Popen([sys.executable, "-c", _ATTACHER, primary.prefix,
                                      primary.runtime_dir], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=tmp_path)
         line = LineReader(attacher.stdout).readline()
         if line == b"ready\n":
             break
-        attacher.communicate(timeout=30)
-    assert line == b"ready\n"
+        err = attacher.communicate(timeout=30)[1]
+    assert line == b"ready\n", err
     (tmp_path / "forker.py").write_text(_FORKER)
     sec = primary.popen("forker.py", cwd=tmp_path, stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE)
