@@ -645,8 +645,10 @@ def load_script(path: str) -> Script:
     except OSError as err:
         raise EntryError(f"cannot read script {path!r}: {err.strerror}",
                          EXIT_CANNOT_RUN) from err
-    if _may_be_zip(data) and _importer(file) is not None:
-        return _load_main_from(path, file)
+    if _may_be_zip(data):
+        finder = _importer(file)
+        if finder is not None:
+            return _load_main_from(path, file, finder)
     if not _runs_as_source(path, data):
         code = _pyc_code(path, data)
         return Script(code, _main_module(file, loader=_loader(SOURCELESS, file)),
@@ -695,10 +697,12 @@ def _importer(file: str):
     return None
 
 
-def _load_main_from(path: str, file: str) -> Script:
+def _load_main_from(path: str, file: str, finder=None) -> Script:
     """``python DIR`` or ``python APP.zip``: DIR (or the zip) goes first on
-    sys.path, and its __main__ module runs as runpy runs it."""
-    finder = _importer(file)
+    sys.path, and its __main__ module runs as runpy runs it.  finder: the
+    zip file's importer, when the caller made it."""
+    if finder is None:
+        finder = _importer(file)
     try:
         spec = finder.find_spec("__main__") if finder is not None else None
     except Exception as err:   # KeyboardInterrupt, SystemExit: as python
