@@ -511,7 +511,7 @@ static void take_client_attrs(pid_t client)
 {
     struct proc_attrs want, mine;
     const struct proc_attrs *own = &g_own;
-    int r;
+    int r, saved_errno = errno;   /* what fails here is no error of setup's */
 
     read_attrs(client, &want);
     if (!g_own_valid) {
@@ -543,6 +543,7 @@ static void take_client_attrs(pid_t client)
         (void)syscall(SYS_ioprio_set, FH_IOPRIO_WHO_PROCESS, 0, want.ioprio);
     if (want.oom_ok && own->oom_ok && want.oom_adj != own->oom_adj)
         write_oom_adj(want.oom_adj);
+    errno = saved_errno;
 }
 
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
