@@ -147,6 +147,22 @@ PREFETCH_MAX = 32
 _finder_dirs: dict[str, None] = {}
 
 
+def _importer(path: str):
+    """The import finder for ``path`` as a sys.path entry, or None: each of
+    sys.path_hooks in turn until one accepts it, as the import system's
+    first search there does (and ``python PATH`` first, to see whether
+    PATH is a directory or zip file to run: PyImport_GetImporter); the
+    finder is cached in sys.path_importer_cache, as they cache it."""
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(path)
+        except ImportError:
+            continue
+        sys.path_importer_cache[path] = finder
+        return finder
+    return None
+
+
 def prepare_finder(path: str) -> bool:
     """Make sure the import finder for directory ``path`` is in
     sys.path_importer_cache, adding it as the import system would on its
@@ -176,20 +192,15 @@ def prepare_finder(path: str) -> bool:
             getattr(hook, "__qualname__", "") == _FILEFINDER_HOOK
             for hook in sys.path_hooks):
         return False
-    for hook in sys.path_hooks:
-        try:
-            finder = hook(path)
-        except ImportError:
-            continue
-        cache[path] = finder
-        _finder_dirs[path] = None
-        while len(_finder_dirs) > PREFETCH_MAX:
-            oldest = next(iter(_finder_dirs))
-            del _finder_dirs[oldest]
-            if oldest not in sys.path:
-                cache.pop(oldest, None)
-        return True
-    return False
+    if _importer(path) is None:
+        return False
+    _finder_dirs[path] = None
+    while len(_finder_dirs) > PREFETCH_MAX:
+        oldest = next(iter(_finder_dirs))
+        del _finder_dirs[oldest]
+        if oldest not in sys.path:
+            cache.pop(oldest, None)
+    return True
 
 
 def import_dirs() -> list[str]:
@@ -682,19 +693,6 @@ def _pyc_code(path: str, data: bytes) -> types.CodeType:
         raise EntryError(f"cannot run {path!r}: bad code object in .pyc file",
                          EXIT_CANNOT_RUN)
     return code
-
-
-def _importer(file: str):
-    """The import finder for ``file`` as a sys.path entry, or None: what
-    ``python FILE`` asks first (PyImport_GetImporter), and caches."""
-    for hook in sys.path_hooks:
-        try:
-            finder = hook(file)
-        except ImportError:
-            continue
-        sys.path_importer_cache[file] = finder
-        return finder
-    return None
 
 
 def _load_main_from(path: str, file: str, finder=None) -> Script:
