@@ -406,11 +406,16 @@ def _real_path(fd: int, file: str) -> str:
         return file
 
 
+def _is_pyc(path: str, data: bytes) -> bool:
+    """``python PATH`` runs PATH as compiled code: by its name, or by its
+    first two bytes, as CPython's maybe_pyc_file() checks."""
+    return path.endswith(".pyc") or data[:2] == importlib.util.MAGIC_NUMBER[:2]
+
+
 def _runs_as_source(path: str, data: bytes) -> bool:
-    """``python PATH`` compiles PATH as source: it is not a .pyc (by name or
-    by its first two bytes, as maybe_pyc_file() checks) nor a zip file."""
-    return not (path.endswith(".pyc") or data[:2] == importlib.util.MAGIC_NUMBER[:2]
-                or _may_be_zip(data))
+    """Surely compiled as source by ``python PATH``: neither a .pyc nor,
+    maybe, a zip file (which only zipimport can tell)."""
+    return not (_is_pyc(path, data) or _may_be_zip(data))
 
 
 def _may_be_zip(data: bytes) -> bool:
@@ -608,9 +613,6 @@ def _main_module(file: str | None, spec=None, loader=None) -> types.ModuleType:
     return main
 
 
-SOURCE, SOURCELESS = "source", "sourceless"     # what a script's file holds
-
-
 @dataclass(frozen=True)
 class Script:
     """A script entry loaded: its code, its ``__main__``, and the
@@ -643,8 +645,7 @@ def load_script(path: str) -> Script:
     hit = _take_script(path)
     if hit is not None:
         code, real = hit
-        return Script(code, _main_module(file, loader=_loader(SOURCE, file)),
-                      os.path.dirname(real))
+        return _script(code, file, real, importlib.machinery.SourceFileLoader)
     try:
         if stat.S_ISDIR(os.stat(path).st_mode):
             return _load_main_from(path, file)
@@ -660,23 +661,21 @@ def load_script(path: str) -> Script:
         finder = _importer(file)
         if finder is not None:
             return _load_main_from(path, file, finder)
-    if not _runs_as_source(path, data):
-        code = _pyc_code(path, data)
-        return Script(code, _main_module(file, loader=_loader(SOURCELESS, file)),
-                      os.path.dirname(real))
+    if _is_pyc(path, data):
+        return _script(_pyc_code(path, data), file, real,
+                       importlib.machinery.SourcelessFileLoader)
     try:
         code = compile(data, file, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as err:
         raise EntryError(f"cannot compile script {path!r}", EXIT_CANNOT_RUN) from err
-    return Script(code, _main_module(file, loader=_loader(SOURCE, file)),
+    return _script(code, file, real, importlib.machinery.SourceFileLoader)
+
+
+def _script(code: types.CodeType, file: str, real: str, loader_class) -> Script:
+    """A script file's Script: ``__main__`` with the loader ``python`` gives
+    it, sys.path[0] the directory of its real path."""
+    return Script(code, _main_module(file, loader=loader_class("__main__", file)),
                   os.path.dirname(real))
-
-
-def _loader(kind: str, file: str):
-    """The ``__loader__`` ``python`` gives a script's ``__main__``."""
-    cls = (importlib.machinery.SourceFileLoader if kind == SOURCE
-           else importlib.machinery.SourcelessFileLoader)
-    return cls("__main__", file)
 
 
 def _pyc_code(path: str, data: bytes) -> types.CodeType:

@@ -315,12 +315,14 @@ def script_forms(tmp_path):
     zipapp.create_archive(app / "dirapp", app / "app.pyz", interpreter="/usr/bin/env python3")
     py_compile.compile(str(app / "probe.py"), cfile=str(app / "probe.pyc"), doraise=True)
     (app / "bad.pyc").write_bytes(b"\0" * 32)
+    # Source with a zip file's end record in it: zipimport refuses it.
+    (app / "zipish.py").write_bytes(_PROBE.encode() + b"# PK\x05\x06 in a comment\n")
     return app
 
 
 SCRIPT_FORMS = ["probe.py", "./probe.py", "../app/probe.py", "{app}/probe.py",
                 "linked.py", "libdir/real.py", "dirapp", "./dirapp", "app.zip",
-                "app.pyz", "probe.pyc"]
+                "app.pyz", "probe.pyc", "zipish.py"]
 
 
 @pytest.mark.parametrize("form", SCRIPT_FORMS)
