@@ -387,23 +387,28 @@ static ssize_t read_small(const char *path, char *buf, size_t len)
     return n;
 }
 
+/* v in decimal, written to end back to front; returns where it starts.
+ * The caller's buffer has room for it before end (12 bytes for an int). */
+static char *put_int(char *end, int v)
+{
+    unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+
+    do
+        *--end = (char)('0' + u % 10);
+    while ((u /= 10) > 0);
+    if (v < 0)
+        *--end = '-';
+    return end;
+}
+
 /* "/proc/<pid>/oom_score_adj" (pid 0: self) into buf, without stdio. */
 static void oom_path(char *buf, pid_t pid)
 {
     char digits[16];
-    int n = 0;
 
+    digits[sizeof digits - 1] = '\0';
     strcpy(buf, "/proc/");
-    if (pid == 0) {
-        strcat(buf, "self");
-    } else {
-        for (; pid > 0 && n < (int)sizeof digits; pid /= 10)
-            digits[n++] = (char)('0' + pid % 10);
-        buf += strlen(buf);
-        while (n > 0)
-            *buf++ = digits[--n];
-        *buf = '\0';
-    }
+    strcat(buf, pid == 0 ? "self" : put_int(digits + sizeof digits - 1, (int)pid));
     strcat(buf, "/oom_score_adj");
 }
 
@@ -429,16 +434,11 @@ static int read_oom_adj(pid_t pid, int *adj)
  * CAP_SYS_RESOURCE fails (EACCES) and changes nothing. */
 static void write_oom_adj(int adj)
 {
-    char path[64], buf[16], *p = buf + sizeof buf;
-    unsigned v = (unsigned)(adj < 0 ? -adj : adj);
+    char path[64], buf[16], *p;
     int fd;
 
-    *--p = '\n';
-    do
-        *--p = (char)('0' + v % 10);
-    while ((v /= 10) > 0);
-    if (adj < 0)
-        *--p = '-';
+    buf[sizeof buf - 1] = '\n';
+    p = put_int(buf + sizeof buf - 1, adj);
     oom_path(path, 0);
     fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
