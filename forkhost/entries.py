@@ -54,21 +54,18 @@ class EntryError(Exception):
         self.exit_code = exit_code
 
 
+def _file_type(path: str, cwd_fd: int) -> int:
+    """The file type (stat.S_IFREG, S_IFDIR, ...) at path, relative to the
+    client's cwd (dir_fd is ignored for absolute paths); 0 when it names
+    nothing.  As member.c's file_type()."""
+    try:
+        return stat.S_IFMT(os.stat(path, dir_fd=cwd_fd).st_mode)
+    except (OSError, ValueError):
+        return 0
+
+
 def _is_file(path: str, cwd_fd: int) -> bool:
-    """A regular file at path, relative to the client's cwd (dir_fd is
-    ignored for absolute paths)."""
-    try:
-        return stat.S_ISREG(os.stat(path, dir_fd=cwd_fd).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _exists(path: str, cwd_fd: int) -> bool:
-    try:
-        os.stat(path, dir_fd=cwd_fd)
-        return True
-    except (OSError, ValueError):
-        return False
+    return _file_type(path, cwd_fd) == stat.S_IFREG
 
 
 def _is_elf(path: str, cwd_fd: int) -> bool:
@@ -107,12 +104,13 @@ def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
             raise EntryError(f"invalid module name {entry!r}", EXIT_NOT_FOUND)
         return Target(MODULE, name=entry)
     path, symbol = entry, None
-    if not _is_file(path, cwd_fd):
-        if _exists(path, cwd_fd):
-            # A directory (its __main__.py), a FIFO, /dev/stdin: ``python
-            # PATH`` runs them, and so does the secondary (load_script),
-            # which reads them, not the template.
-            return Target(SCRIPT, path=path)
+    kind = _file_type(path, cwd_fd)
+    if kind not in (0, stat.S_IFREG):
+        # A directory (its __main__.py), a FIFO, /dev/stdin: ``python
+        # PATH`` runs them, and so does the secondary (load_script), which
+        # reads them, not the template.
+        return Target(SCRIPT, path=path)
+    if kind == 0:
         head, sep, tail = entry.rpartition(":")
         function = _function_parts(entry)
         if sep and head and _is_file(head, cwd_fd):
@@ -396,7 +394,7 @@ def _real_path(fd: int, file: str) -> str:
     what realpath(3) gives, which is where ``python`` puts sys.path[0]."""
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
-        if real.startswith("/") and os.path.exists(real):
+        if real.startswith("/") and not real.endswith(" (deleted)"):
             return real
     except OSError:
         pass
@@ -647,11 +645,11 @@ def load_script(path: str) -> Script:
         code, real = hit
         return _script(code, file, real, importlib.machinery.SourceFileLoader)
     try:
-        if stat.S_ISDIR(os.stat(path).st_mode):
-            return _load_main_from(path, file)
         with open(path, "rb") as f:
             data = f.read()
             real = _real_path(f.fileno(), file)
+    except IsADirectoryError:
+        return _load_main_from(path, file)
     except FileNotFoundError:
         raise EntryError(f"script {path!r} not found", EXIT_NOT_FOUND) from None
     except OSError as err:

@@ -284,20 +284,19 @@ def _run_entry(target: entries.Target, argv: list[str], env) -> int:
     if target.kind == entries.SCRIPT:
         script = entries.load_script(target.path)
         _set_path(script.path0, env)
-        sys.argv = argv
-        exec(script.code, script.main.__dict__)
-        return 0
-    _set_path(os.getcwd(), env)
-    if target.kind == entries.FUNCTION:
-        fn = entries.import_function(target)
-        result = fn(argv)
-        if result is None:
-            return 0
-        if isinstance(result, int):
-            return result & 0xFF
-        raise SystemExit(result)
-    code, main = entries.load_module(target.name)
-    argv[0] = main.__file__ or argv[0]
+        code, main = script.code, script.main
+    else:
+        _set_path(os.getcwd(), env)
+        if target.kind == entries.FUNCTION:
+            fn = entries.import_function(target)
+            result = fn(argv)
+            if result is None:
+                return 0
+            if isinstance(result, int):
+                return result & 0xFF
+            raise SystemExit(result)
+        code, main = entries.load_module(target.name)
+        argv[0] = main.__file__ or argv[0]
     sys.argv = argv
     exec(code, main.__dict__)
     return 0
