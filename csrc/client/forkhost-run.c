@@ -15,9 +15,11 @@
  * itself failed (with one line on stderr), or whatever code the template's
  * ERROR names (126 / 127 for an entry that cannot be run / was not found).
  *
- * Deliberately no stdio FILE streams, no locale, no NSS (this binary is
- * linked statically): diagnostics are formatted with snprintf and written
- * with one write(2) each.
+ * Deliberately no stdio FILE streams, no locale, no NSS, nothing a libc
+ * must set up: on x86_64 Linux this links no libc at all, only rt/rt.c
+ * (system-call wrappers and the few helpers below use), and elsewhere libc
+ * statically.  Diagnostics are formatted with snprintf and written with
+ * one write(2) each.
  */
 #include <errno.h>
 #include <fcntl.h>
