@@ -171,6 +171,10 @@ static void usage_error(const char *fmt, ...)
     _exit(EXIT_FORKHOST_FAILED);
 }
 
+/* The limit as the help prints it (STR() of the macro would say "32u"). */
+#define MAX_EXTRA_FDS_TEXT "32"
+_Static_assert(FH_PROTO_MAX_EXTRA_FDS == 32, "update MAX_EXTRA_FDS_TEXT");
+
 static const char usage_text[] =
     "Usage: " PROG " [OPTIONS] ENTRY [ARGS...]\n"
     "       " PROG " [OPTIONS] -m MODULE [ARGS...]\n"
@@ -190,7 +194,7 @@ static const char usage_text[] =
     "                        /run/forkhost for root, else /tmp/forkhost-UID)\n"
     "  --fd N                also pass open fd N; the secondary gets these at\n"
     "                        3, 4, ... in the order given (repeatable, at most "
-    STR(FH_PROTO_MAX_EXTRA_FDS) ")\n"
+    MAX_EXTRA_FDS_TEXT ")\n"
     "  --connect-timeout SECONDS\n"
     "                        how long to wait for the template (default:\n"
     "                        $FORKHOST_CONNECT_TIMEOUT, else 5; 'inf': forever)\n"
