@@ -14,9 +14,11 @@
  * forkhost-run.c is one source for both builds and calls what it always
  * called.  Only what the client calls is here, and only as far as it calls
  * it: vsnprintf knows the conversions the client's messages use (%s %d %u
- * %x %c %g %% with the l/ll/z sizes and a precision) and prints anything
- * else as written; strtod reads decimal numbers, inf and nan, not hex
- * floats.  strerror's texts are the build machine's C library's, generated
+ * %x %c %g %% with the l/ll/z sizes and a precision; no widths or flags)
+ * and prints anything else as written, without taking its argument, so a
+ * message that needs more needs a line here and a case in
+ * csrc/tests/rt/test_rt.c; strtod reads decimal numbers, inf and nan, not
+ * hex floats.  strerror's texts are the build machine's C library's, generated
  * by build_native.py into rt_errors.h.
  *
  * The process is single-threaded and signal handlers only call write(), so
@@ -63,7 +65,7 @@ __attribute__((noreturn, used)) void rt_start(long *sp);
 /* The kernel starts us with argc, argv[], NULL, envp[], NULL, auxv at
  * %rsp.  rt_start gets that pointer with the stack aligned as a call
  * expects; %rbp = 0 ends a debugger's backtrace here. */
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".global _start\n"
         ".type _start, @function\n"
         "_start:\n"
@@ -71,7 +73,8 @@ __asm__(".text\n"
         "    mov %rsp, %rdi\n"
         "    and $-16, %rsp\n"
         "    call rt_start\n"
-        "    hlt\n");
+        "    hlt\n"
+        ".popsection\n");
 
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -111,7 +114,7 @@ void rt_start(long *sp)
 }
 
 /* glibc's syscall(): number in %rdi, up to six arguments after it. */
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".global syscall\n"
         ".type syscall, @function\n"
         "syscall:\n"
@@ -129,7 +132,8 @@ __asm__(".text\n"
         "1:  neg %eax\n"
         "    mov %eax, rt_errno(%rip)\n"
         "    mov $-1, %rax\n"
-        "    ret\n");
+        "    ret\n"
+        ".popsection\n");
 
 void _exit(int status)
 {
@@ -153,7 +157,8 @@ int open(const char *path, int flags, ...)
 {
     mode_t mode = 0;
 
-    if (flags & (O_CREAT | __O_TMPFILE)) {
+    /* O_TMPFILE includes O_DIRECTORY: only all of its bits take a mode. */
+    if ((flags & O_CREAT) || (flags & __O_TMPFILE) == __O_TMPFILE) {
         va_list ap;
         va_start(ap, flags);
         mode = va_arg(ap, mode_t);
@@ -233,12 +238,13 @@ struct ksigaction {
 
 /* Returning from a handler: the kernel's x86_64 ABI wants SA_RESTORER. */
 void rt_sigreturn(void);
-__asm__(".text\n"
+__asm__(".pushsection .text\n"
         ".global rt_sigreturn\n"
         ".type rt_sigreturn, @function\n"
         "rt_sigreturn:\n"
         "    mov $15, %eax\n"           /* SYS_rt_sigreturn */
-        "    syscall\n");
+        "    syscall\n"
+        ".popsection\n");
 
 int sigemptyset(sigset_t *set)
 {
