@@ -131,7 +131,7 @@ def build_client(outdir: str | os.PathLike) -> Path:
     src = sorted(str(p) for p in (CSRC / "client").glob("*.c"))
     if freestanding_client_ok():
         try:
-            build_freestanding(target, src, ["-s"])
+            build_freestanding(target, src, ["-s", "-DFH_RT"])
             return target
         except subprocess.CalledProcessError:
             print("building forkhost-run without libc failed; "

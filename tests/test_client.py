@@ -28,6 +28,10 @@ import forkhost
 from forkhost import protocol
 
 
+# Where forkhost-run is built on csrc/client/rt/rt.c (build_native.py).
+NO_LIBC_BUILD = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
 def run_client(argv, runtime_dir, extra_env=None, **kw):
     env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir)
     for name in ("FORKHOST_PREFIX", "FORKHOST_CONNECT_TIMEOUT"):
@@ -101,8 +105,9 @@ def test_help_and_version(runtime_dir):
     assert b"at most 32)" in r.stdout
     r = run_client(["--version"], runtime_dir)
     assert r.returncode == 0
+    built = ", without libc" if NO_LIBC_BUILD else ""
     assert r.stdout == (f"forkhost-run {forkhost.__version__} "
-                        f"(protocol {protocol.VERSION})\n").encode()
+                        f"(protocol {protocol.VERSION}{built})\n").encode()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -262,7 +267,7 @@ def _program_headers(path: str) -> list[int]:
             for k in range(phnum)]
 
 
-@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+@pytest.mark.skipif(not NO_LIBC_BUILD,
                     reason="the libc-free runtime is written for x86_64 Linux")
 def test_client_links_no_libc_on_x86_64():
     """build_native falls back to libc when the libc-free build fails; this

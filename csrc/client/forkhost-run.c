@@ -50,6 +50,14 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
+/* --version says how it was linked (build_native.py defines FH_RT for the
+ * build on rt/rt.c), so `forkhost doctor` shows it. */
+#ifdef FH_RT
+#define BUILT ", without libc"
+#else
+#define BUILT ""
+#endif
+
 /* DESIGN.md, "Exit status": forkhost itself failed. */
 #define EXIT_FORKHOST_FAILED 125
 
@@ -346,7 +354,7 @@ static void parse_args(struct options *o, int argc, char **argv)
         }
         if (strcmp(a, "--version") == 0) {
             static const char v[] = PROG " " FH_VERSION_STRING
-                                    " (protocol " STR(FH_PROTO_VERSION) ")\n";
+                                    " (protocol " STR(FH_PROTO_VERSION) BUILT ")\n";
             write_all(1, v, sizeof(v) - 1);
             _exit(0);
         }
