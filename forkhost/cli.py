@@ -80,7 +80,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        # forkhost-run's syntax: its options come before ENTRY, which
+        # argparse's REMAINDER would refuse as unrecognized arguments.
+        args = argparse.Namespace(cmd="run", rest=argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
     except ForkhostError as err:
@@ -201,10 +207,18 @@ def _run_usage_error(msg: str) -> int:
     return EXIT_FORKHOST
 
 
+def _seconds(text: str) -> float | None:
+    """A timeout as forkhost-run reads it: a decimal number of seconds, at
+    least 0, or inf (None: wait forever).  ValueError otherwise."""
+    value = float(text)     # no hex; "nan" and "-1" are numbers to float()
+    if text != text.strip() or "_" in text or value != value or value < 0:
+        raise ValueError(text)
+    return None if value == float("inf") else value
+
+
 def cmd_run(a) -> int:
     rest = list(a.rest)
-    opts = {"prefix": None, "runtime_dir": None, "connect_timeout":
-            float(os.environ.get("FORKHOST_CONNECT_TIMEOUT") or 5.0)}
+    opts = {"prefix": None, "runtime_dir": None}
     fds: list[int] = []
     module = False
     while rest:
@@ -215,9 +229,11 @@ def cmd_run(a) -> int:
         if arg == "--":
             rest.pop(0)
             break
-        if arg == "-m":
+        if arg.startswith("-m"):          # -m MODULE, or -mMODULE as python takes
             module = True
             rest.pop(0)
+            if arg != "-m":
+                rest.insert(0, arg[2:])
             break
         if not arg.startswith("-") or arg == "-":
             break
@@ -238,13 +254,24 @@ def cmd_run(a) -> int:
                 os.fstat(fd)
                 fds.append(fd)
             elif name == "--connect-timeout":
-                opts["connect_timeout"] = float(value)
+                opts["connect_timeout"] = _seconds(value)
             else:
                 opts[name[2:].replace("-", "_")] = value
         except ValueError:
+            if name == "--connect-timeout":
+                return _run_usage_error(f"invalid --connect-timeout value '{value}': "
+                                        f"not a number of seconds")
             return _run_usage_error(f"invalid value {value!r} for {name}")
         except OSError:
             return _run_usage_error(f"--fd {value}: not an open file descriptor")
+    if "connect_timeout" not in opts:
+        env = os.environ.get("FORKHOST_CONNECT_TIMEOUT", "")
+        try:
+            opts["connect_timeout"] = _seconds(env) if env else client.DEFAULT_CONNECT_TIMEOUT
+        except ValueError:
+            print(f"forkhost run: invalid FORKHOST_CONNECT_TIMEOUT '{env}': not a "
+                  f"number of seconds", file=sys.stderr)
+            return EXIT_FORKHOST
     if not rest:
         return _run_usage_error("missing MODULE after -m" if module else "missing ENTRY")
     entry, args = rest[0], rest[1:]

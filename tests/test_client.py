@@ -1,5 +1,6 @@
 """forkhost-run's own behaviour: its options and messages, and how it
-treats a template that misbehaves, end to end.
+treats a template that misbehaves, end to end; and `forkhost run`, the
+Python client, taking the same options.
 
 The template here is a fake one: a real SEQPACKET socket in the runtime
 directory, served by a thread of the test, so that each reply (or the lack
@@ -22,7 +23,7 @@ import threading
 
 import pytest
 
-from fhtest import RUNNER
+from fhtest import FIXTURES, RUNNER
 
 import forkhost
 from forkhost import protocol
@@ -252,6 +253,59 @@ def test_the_templates_error_text_and_code(runtime_dir, fake):
     r = run_client(["--prefix", "fake", "x:y"], runtime_dir)
     assert (r.returncode, r.stderr) == (126, b"forkhost-run: cannot load x: why\n")
     assert t.path
+
+
+# -- forkhost run: the same options in Python ----------------------------------
+
+FORKHOST_RUN = [sys.executable, "-m", "forkhost", "run"]
+
+
+def test_python_run_takes_forkhost_runs_options(primary):
+    """Options before ENTRY, as forkhost-run takes them (argparse once
+    refused every one of them as 'unrecognized arguments', exit 2)."""
+    env = {k: v for k, v in primary.env.items()
+           if k not in ("FORKHOST_PREFIX", "FORKHOST_RUNTIME_DIR")}
+    where = ["--prefix", primary.prefix, f"--runtime-dir={primary.runtime_dir}"]
+    r_, w_ = os.pipe()
+    try:
+        r = subprocess.run(FORKHOST_RUN + where + ["--connect-timeout", "inf", "--fd",
+                                                   str(w_), "fhfix:write_fds"],
+                           env=env, cwd=FIXTURES, pass_fds=[w_], capture_output=True,
+                           timeout=60)
+        os.close(w_)
+        w_ = -1
+        assert r.returncode == 1, r.stderr
+        assert os.read(r_, 100) == b"fd 3\n"
+    finally:
+        os.close(r_)
+        if w_ >= 0:
+            os.close(w_)
+    for module in (["-m", "pkgfix.mod"], ["-mpkgfix.mod"]):
+        r = subprocess.run(FORKHOST_RUN + where + module + ["x", "seven"], env=env,
+                           cwd=FIXTURES, capture_output=True, timeout=60)
+        assert (r.returncode, r.stdout) == (7, b"pkgfix.mod ['x', 'seven'] __main__\n")
+    r = subprocess.run(FORKHOST_RUN + ["--help"], env=env, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith(b"usage: forkhost run [--prefix P]")
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--bogus", "x:y"], {}, "unknown option '--bogus'\nTry 'forkhost run --help'."),
+    (["--connect-timeout", "nan", "x:y"], {},
+     "invalid --connect-timeout value 'nan': not a number of seconds\n"
+     "Try 'forkhost run --help'."),
+    (["--connect-timeout=-1", "x:y"], {},
+     "invalid --connect-timeout value '-1': not a number of seconds\n"
+     "Try 'forkhost run --help'."),
+    (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "soon"},
+     "invalid FORKHOST_CONNECT_TIMEOUT 'soon': not a number of seconds"),
+    (["-m"], {}, "missing MODULE after -m\nTry 'forkhost run --help'."),
+])
+def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):
+    r = subprocess.run(FORKHOST_RUN + argv, capture_output=True, timeout=60, cwd="/",
+                       env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, **env))
+    assert r.returncode == 125
+    assert r.stderr.decode() == f"forkhost run: {message}\n"
 
 
 # -- how it is built ---------------------------------------------------------
