@@ -7,16 +7,56 @@ a *secondary* that shares every mapping of the primary at the same address.
 
 __version__ = "0.1.0"
 
-from .client import DEVNULL, Secondary, info, launch
-from .errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
-                     ForkhostError, NoPrimaryError, NotSingleThreadedError,
-                     IPCError, PrefixInUseError, PreloadError, ProtocolError,
-                     RefusedError)
-from .primary import Primary
-from . import shm
-from .shm import (AttachError, HashTable, Memzone, Mempool, ModuleMismatchError,
-                  NameExistsError, NoArenaError, NoSpaceError, NotFoundError, Ring,
-                  ShmError)
+import importlib
+
+# Names are imported when first used (PEP 562), so that `forkhost run`,
+# `forkhost ps` and the other commands that only talk to a primary do not
+# load the native library, the shared-memory layer and the primary: that
+# took `import forkhost` from about 25 ms to 65 ms.
+_FROM = {
+    "client": ("DEVNULL", "Secondary", "info", "launch"),
+    "errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
+               "ForkhostError", "NoPrimaryError", "NotSingleThreadedError",
+               "IPCError", "PrefixInUseError", "PreloadError", "ProtocolError",
+               "RefusedError"),
+    "primary": ("Primary",),
+    "shm": ("AttachError", "HashTable", "Memzone", "Mempool", "ModuleMismatchError",
+            "NameExistsError", "NoArenaError", "NoSpaceError", "NotFoundError",
+            "Ring", "ShmError"),
+}
+_WHERE = {name: module for module, names in _FROM.items() for name in names}
+# Submodules reachable as attributes after a plain `import forkhost`, as
+# they were when this file imported them all.
+_SUBMODULES = ("client", "errors", "ipc", "primary", "protocol", "runtime", "shm")
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
+
+
+TYPE_CHECKING = False  # typing's own costs 10 ms; checkers know this name
+if TYPE_CHECKING:      # what static tools see: the names above, eagerly
+    from . import shm
+    from .client import DEVNULL, Secondary, info, launch
+    from .errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
+                         ForkhostError, IPCError, NoPrimaryError,
+                         NotSingleThreadedError, PrefixInUseError, PreloadError,
+                         ProtocolError, RefusedError)
+    from .primary import Primary
+    from .shm import (AttachError, HashTable, Memzone, Mempool, ModuleMismatchError,
+                      NameExistsError, NoArenaError, NoSpaceError, NotFoundError,
+                      Ring, ShmError)
 
 __all__ = [
     "__version__", "Primary", "launch", "info", "Secondary", "DEVNULL",

@@ -12,6 +12,7 @@ what libc would.
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
 import platform
@@ -306,6 +307,30 @@ def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):
                        env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, **env))
     assert r.returncode == 125
     assert r.stderr.decode() == f"forkhost run: {message}\n"
+
+
+def test_the_commands_that_talk_to_a_primary_load_no_native_code():
+    """`import forkhost` binds its names on first use: `forkhost run`, `ps`
+    and `stop` need neither the native library nor the primary."""
+    probe = ("import sys, forkhost, forkhost.cli\n"
+             "print(sorted(m for m in sys.modules if m.startswith('forkhost')))\n"
+             "from forkhost import *\n"
+             "missing = [n for n in forkhost.__all__ if n not in globals()]\n"
+             "print(missing, forkhost.Primary.__module__, forkhost.launch.__module__,\n"
+             "      forkhost.ipc.__name__, forkhost.Ring.__module__)\n"
+             "try:\n"
+             "    forkhost.no_such_name\n"
+             "except AttributeError as e:\n"
+             "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       cwd="/", timeout=60)
+    assert r.returncode == 0, r.stderr
+    loaded, names, error = r.stdout.splitlines()
+    assert not {"forkhost._native", "forkhost.primary", "forkhost.shm",
+                "forkhost.ipc"} & set(ast.literal_eval(loaded)), loaded
+    assert names == ("[] forkhost.primary forkhost.client forkhost.ipc "
+                     "forkhost.shm.ring")
+    assert error == "module 'forkhost' has no attribute 'no_such_name'"
 
 
 # -- how it is built ---------------------------------------------------------
