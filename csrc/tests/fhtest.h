@@ -1,6 +1,6 @@
 /*
  * fhtest.h - what the C test programs share: a CHECK that stops the program
- * with where and why, an fd count for leak checks, a fork whose child dies
+ * with where and why, an EXPECT that counts the failure and goes on, an fd count for leak checks, a fork whose child dies
  * with the parent (a failing CHECK never leaves a spinning producer or
  * consumer behind), and a reap that returns the exit code or 128+signal.
  *
@@ -32,6 +32,19 @@
         fprintf(stderr, " (errno %d %s%s)\n", errno, strerror(errno),      \
                 FHT_DETAIL);                                               \
         exit(1);                                                           \
+    }                                                                      \
+} while (0)
+
+/* A CHECK that records the failure and goes on, for tests that report
+ * every property that fails in a run and end with fht_failures. */
+static int fht_failures __attribute__((unused));
+
+#define EXPECT(cond, ...) do {                                             \
+    if (!(cond)) {                                                         \
+        fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond);   \
+        fprintf(stderr, __VA_ARGS__);                                      \
+        fputc('\n', stderr);                                               \
+        fht_failures++;                                                    \
     }                                                                      \
 } while (0)
 

@@ -23,35 +23,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fhtest.h"
+
 extern char **environ;
 
-static int failures;
 static char dir[PATH_MAX / 2];  /* fixture paths must fit PATH_MAX */
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                   \
-            fputc('\n', stderr);                                            \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    int n = 0;
-
-    if (d == NULL)
-        return -1;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;               /* the DIR's own fd */
-}
 
 static const char *fixture(const char *name)
 {
@@ -345,14 +321,14 @@ static void expect_run(const char *what, const char *cwd, const char *path,
     struct result r;
 
     run_case(&r, cwd, path, symbol, argv, second);
-    CHECK(r.loaded, "%s: not loaded: %d %s", what, r.code, r.err);
+    EXPECT(r.loaded, "%s: not loaded: %d %s", what, r.code, r.err);
     if (!r.loaded)
         return;
-    CHECK(r.status == status, "%s: exit %d, expected %d", what, r.status,
+    EXPECT(r.status == status, "%s: exit %d, expected %d", what, r.status,
           status);
-    CHECK(strstr(r.out, out) != NULL, "%s: stdout %s, expected %s", what,
+    EXPECT(strstr(r.out, out) != NULL, "%s: stdout %s, expected %s", what,
           r.out, out);
-    CHECK(r.fds_before == r.fds_after, "%s: fh_entry_load left %d fds open",
+    EXPECT(r.fds_before == r.fds_after, "%s: fh_entry_load left %d fds open",
           what, r.fds_after - r.fds_before);
 }
 
@@ -367,17 +343,17 @@ static void expect_fail(const char *what, const char *cwd, const char *path,
     va_list ap;
 
     run_case(&r, cwd, path, symbol, argv, NULL);
-    CHECK(!r.loaded, "%s: loaded, expected failure %d", what, code);
+    EXPECT(!r.loaded, "%s: loaded, expected failure %d", what, code);
     if (r.loaded)
         return;
-    CHECK(r.code == code, "%s: code %d, expected %d (%s)", what, r.code, code,
+    EXPECT(r.code == code, "%s: code %d, expected %d (%s)", what, r.code, code,
           r.err);
-    CHECK(strchr(r.err, '\n') == NULL && r.err[0] != '\0'
+    EXPECT(strchr(r.err, '\n') == NULL && r.err[0] != '\0'
           && r.err[strlen(r.err) - 1] != ' ', "%s: not one line: [%s]", what,
           r.err);
     va_start(ap, code);
     while ((sub = va_arg(ap, const char *)) != NULL)
-        CHECK(strstr(r.err, sub) != NULL, "%s: message [%s] lacks [%s]", what,
+        EXPECT(strstr(r.err, sub) != NULL, "%s: message [%s] lacks [%s]", what,
               r.err, sub);
     va_end(ap);
 }
@@ -386,26 +362,26 @@ static void test_elf_kind(int have_static_pie, int have_m32)
 {
     int k;
 
-    CHECK(fh_elf_kind(fixture("libentry.so")) == FH_ELF_SHARED, "so");
-    CHECK(fh_elf_kind(fixture("hello-pie")) == FH_ELF_PIE, "pie");
-    CHECK(fh_elf_kind(fixture("getopt-stripped")) == FH_ELF_PIE, "stripped");
-    CHECK(fh_elf_kind(fixture("hello-nopie")) == FH_ELF_OTHER, "non-PIE");
-    CHECK(fh_elf_kind(fixture("hello.o")) == FH_ELF_OTHER, ".o");
-    CHECK(fh_elf_kind(fixture("script.py")) == FH_ELF_NOT_ELF, "text");
-    CHECK(fh_elf_kind(fixture("lib.c")) == FH_ELF_NOT_ELF, "C source");
+    EXPECT(fh_elf_kind(fixture("libentry.so")) == FH_ELF_SHARED, "so");
+    EXPECT(fh_elf_kind(fixture("hello-pie")) == FH_ELF_PIE, "pie");
+    EXPECT(fh_elf_kind(fixture("getopt-stripped")) == FH_ELF_PIE, "stripped");
+    EXPECT(fh_elf_kind(fixture("hello-nopie")) == FH_ELF_OTHER, "non-PIE");
+    EXPECT(fh_elf_kind(fixture("hello.o")) == FH_ELF_OTHER, ".o");
+    EXPECT(fh_elf_kind(fixture("script.py")) == FH_ELF_NOT_ELF, "text");
+    EXPECT(fh_elf_kind(fixture("lib.c")) == FH_ELF_NOT_ELF, "C source");
     if (have_static_pie)
-        CHECK(fh_elf_kind(fixture("hello-static-pie")) == FH_ELF_PIE,
+        EXPECT(fh_elf_kind(fixture("hello-static-pie")) == FH_ELF_PIE,
               "static PIE");
     if (have_m32)
-        CHECK(fh_elf_kind(fixture("hello32.o")) == FH_ELF_OTHER, "32-bit");
+        EXPECT(fh_elf_kind(fixture("hello32.o")) == FH_ELF_OTHER, "32-bit");
     errno = 0;
     k = fh_elf_kind(fixture("no-such-file"));
-    CHECK(k == -1 && errno == ENOENT, "missing: %d %s", k, strerror(errno));
+    EXPECT(k == -1 && errno == ENOENT, "missing: %d %s", k, strerror(errno));
     errno = 0;
     k = fh_elf_kind(fixture("subdir.d"));
-    CHECK(k == -1 && errno == EISDIR, "directory: %d %s", k, strerror(errno));
+    EXPECT(k == -1 && errno == EISDIR, "directory: %d %s", k, strerror(errno));
     /* A FIFO nobody writes to: classified without blocking. */
-    CHECK(fh_elf_kind(fixture("fifo")) == FH_ELF_NOT_ELF, "fifo");
+    EXPECT(fh_elf_kind(fixture("fifo")) == FH_ELF_NOT_ELF, "fifo");
 }
 
 static void test_loads(int have_static_pie, int have_m32)
@@ -430,7 +406,7 @@ static void test_loads(int have_static_pie, int have_m32)
     expect_run("pie main", NULL, fixture("hello-pie"), NULL, argv_pie, NULL,
                3, "hello pie argc=2 argv1=one env=hello-env same_env=1");
     run_case(&r, NULL, fixture("hello-pie"), NULL, argv_pie, NULL);
-    CHECK(strstr(r.out, "hello pie stderr\n") != NULL, "pie stderr: %s",
+    EXPECT(strstr(r.out, "hello pie stderr\n") != NULL, "pie stderr: %s",
           r.out);
     expect_run("pie getopt", NULL, fixture("getopt-pic"), "main",
                argv_getopt, NULL, 5, "getopt pie a=foo rest=bar");
@@ -445,9 +421,9 @@ static void test_loads(int have_static_pie, int have_m32)
                fixture("hello-pie"), 5, "a=foo");
     /* $ORIGIN in RUNPATH, and the copy is named after its real file. */
     run_case(&r, NULL, fixture("origin-pie"), NULL, argv_plain, NULL);
-    CHECK(r.loaded && r.status == 42 && strstr(r.out, "dep=21") != NULL,
+    EXPECT(r.loaded && r.status == 42 && strstr(r.out, "dep=21") != NULL,
           "origin: %d %s status %d out %s", r.code, r.err, r.status, r.out);
-    CHECK(realpath(fixture("origin-pie"), real) != NULL
+    EXPECT(realpath(fixture("origin-pie"), real) != NULL
           && strcmp(r.name, real) == 0, "origin: dladdr name %s", r.name);
 
     /* After main: the entry's atexit handlers, then its destructors, as
@@ -525,14 +501,14 @@ int main(void)
     fds = count_fds();
     test_elf_kind(have_static_pie, have_m32);
     test_loads(have_static_pie, have_m32);
-    CHECK(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
+    EXPECT(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
     errno = 0;
-    CHECK(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD,
+    EXPECT(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD,
           "a child was left behind");
 
     if (created)
         sh("rm -rf '%s'", dir);
     fprintf(stderr, "test_entry: %s (%d failures)\n",
-            failures ? "FAILED" : "ok", failures);
-    return failures ? 1 : 0;
+            fht_failures ? "FAILED" : "ok", fht_failures);
+    return fht_failures ? 1 : 0;
 }

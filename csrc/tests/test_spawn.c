@@ -31,36 +31,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int failures;
+#include "fhtest.h"
+
 static char dir[PATH_MAX / 2];    /* fixture paths must fit PATH_MAX */
 static char entry_so[PATH_MAX], entry_pie[PATH_MAX];
 static char *title_area;          /* this process's argv strings */
 static size_t title_len;
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "%s:%d: FAIL: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                   \
-            fputc('\n', stderr);                                            \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    int n = 0;
-
-    if (d == NULL)
-        return -1;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(d);
-    return n - 1;               /* the DIR's own fd */
-}
 
 /* The fixture entry: one report line per property, on stdout (a pipe, so
  * fully buffered: it only arrives if the secondary flushes stdio at the
@@ -229,7 +205,7 @@ static void read_all(int fd, char *buf, size_t len)
     buf[o] = '\0';
 }
 
-static int reap(pid_t pid)
+static int reap_status(pid_t pid)
 {
     int st = -1;
 
@@ -313,7 +289,7 @@ static void launch(struct run *r, const char *path, const char *symbol,
     }
     fflush(NULL);
     pid = fh_spawn_native(&spec, path, symbol);
-    CHECK(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    EXPECT(pid > 0, "fh_spawn_native: %s", strerror(errno));
     /* The parent keeps none of the secondary's ends: EOF on out and err
      * then means the secondary (and anything it forked) is gone. */
     close(in[0]);
@@ -335,7 +311,7 @@ static void launch(struct run *r, const char *path, const char *symbol,
         *report = read(rep[0], &v, sizeof v) == (ssize_t)sizeof v ? v : -1;
         close(rep[0]);
     }
-    r->status = pid > 0 ? reap(pid) : -1;
+    r->status = pid > 0 ? reap_status(pid) : -1;
 }
 
 static int has_line(const char *text, const char *line)
@@ -352,7 +328,7 @@ static int has_line(const char *text, const char *line)
 }
 
 #define EXPECT_LINE(r, line)                                               \
-    CHECK(has_line((r)->out, line), "no line [%s] in:\n%s", line, (r)->out)
+    EXPECT(has_line((r)->out, line), "no line [%s] in:\n%s", line, (r)->out)
 
 static void test_full(void)
 {
@@ -366,7 +342,7 @@ static void test_full(void)
 
     launch(&r, entry_so, NULL, argv, envp, 7, 1, -1, title_area, title_len,
            NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
           "status %#x, stderr %s", r.status, r.err);
     EXPECT_LINE(&r, "argc=4");
     EXPECT_LINE(&r, "argv[0]=/opt/fixture/spawn-fixture-prog-long");
@@ -378,13 +354,13 @@ static void test_full(void)
     EXPECT_LINE(&r, "env=EMPTY=");
     EXPECT_LINE(&r, "env=LISTEN_FDS=1");
     EXPECT_LINE(&r, "listen_pid_ok=1");
-    CHECK(strstr(r.out, "LISTEN_FDNAMES") == NULL
+    EXPECT(strstr(r.out, "LISTEN_FDNAMES") == NULL
           && strstr(r.out, "LISTEN_PID=1\n") == NULL
           && strstr(r.out, "LISTEN_FDS=7") == NULL, "stale LISTEN_*: %s",
           r.out);
-    CHECK(strstr(r.out, "env=PATH=") == NULL, "template env leaked");
+    EXPECT(strstr(r.out, "env=PATH=") == NULL, "template env leaked");
     EXPECT_LINE(&r, "pgid_ok=1");
-    CHECK(realpath(dir, real) != NULL, "realpath");
+    EXPECT(realpath(dir, real) != NULL, "realpath");
     snprintf(line, sizeof line, "cwd=%s", real);
     EXPECT_LINE(&r, line);
     EXPECT_LINE(&r, "umask=027");
@@ -397,7 +373,7 @@ static void test_full(void)
     EXPECT_LINE(&r, "comm=spawn-fixture-p");      /* 15 bytes */
     EXPECT_LINE(&r, "locale=C");
     EXPECT_LINE(&r, "progname=spawn-fixture-prog-long");
-    CHECK(strcmp(r.err, "to stderr\n") == 0, "stderr [%s]", r.err);
+    EXPECT(strcmp(r.err, "to stderr\n") == 0, "stderr [%s]", r.err);
 
     /* The title went into the argv area (our own argv strings, as the
      * template's would be), truncated to it; the kernel shows up to the
@@ -418,13 +394,13 @@ static void test_no_stderr_no_extra(void)
     struct run r;
 
     launch(&r, entry_so, "main", argv, envp, 3, 0, -1, NULL, 0, NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42,
           "status %#x", r.status);
     EXPECT_LINE(&r, "fds=0,1");
     EXPECT_LINE(&r, "listen_pid_ok=0");
-    CHECK(strstr(r.out, "LISTEN") == NULL, "LISTEN_* without extra fds");
+    EXPECT(strstr(r.out, "LISTEN") == NULL, "LISTEN_* without extra fds");
     EXPECT_LINE(&r, "comm=prog");
-    CHECK(r.err[0] == '\0', "stderr [%s] though fd 2 was closed", r.err);
+    EXPECT(r.err[0] == '\0', "stderr [%s] though fd 2 was closed", r.err);
 }
 
 static void test_title_area(void)
@@ -436,21 +412,21 @@ static void test_title_area(void)
     /* MAP_SHARED: the secondary's writes are visible here. */
     area = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                 -1, 0);
-    CHECK(area != MAP_FAILED, "mmap");
+    EXPECT(area != MAP_FAILED, "mmap");
     if (area == MAP_FAILED)
         return;
     memset(area, 'X', 64);
     launch(&r, entry_so, "exit_code", argv, NULL, 7, 0, -1, area, 64, NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 7, "status %#x",
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 7, "status %#x",
           r.status);
     memset(expect, 0, sizeof expect);
     memcpy(expect, "prog 7", 6);
-    CHECK(memcmp(area, expect, 64) == 0, "title [%.64s]", area);
+    EXPECT(memcmp(area, expect, 64) == 0, "title [%.64s]", area);
 
     /* Truncated to title_len - 1 bytes, then a NUL; nothing written past. */
     memset(area, 'X', 64);
     launch(&r, entry_so, "exit_code", argv, NULL, 7, 0, -1, area, 4, NULL);
-    CHECK(memcmp(area, "pro\0XXXX", 8) == 0, "truncated title [%.8s]", area);
+    EXPECT(memcmp(area, "pro\0XXXX", 8) == 0, "truncated title [%.8s]", area);
     munmap(area, 64);
 }
 
@@ -463,22 +439,22 @@ static void test_exit_paths(void)
 
     /* Default dispositions: this process ignores SIGUSR1. */
     launch(&r, entry_so, "die_by_signal", argv, NULL, 7, 0, -1, NULL, 0, NULL);
-    CHECK(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGUSR1,
+    EXPECT(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGUSR1,
           "status %#x", r.status);
 
     /* Entry not found: 127, one line on the client's stderr. */
     snprintf(missing, sizeof missing, "%s/no-such-entry.so", dir);
     launch(&r, missing, NULL, argv, NULL, 7, 0, -1, NULL, 0, NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
           "status %#x", r.status);
-    CHECK(strncmp(r.err, "forkhost: no such file: ", 24) == 0
+    EXPECT(strncmp(r.err, "forkhost: no such file: ", 24) == 0
           && strstr(r.err, missing) != NULL && strchr(r.err, '\n')
           == r.err + strlen(r.err) - 1, "stderr [%s]", r.err);
     launch(&r, entry_so, "no_such_symbol", argv, NULL, 7, 0, -1, NULL, 0,
            NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127,
           "status %#x", r.status);
-    CHECK(strstr(r.err, "'no_such_symbol'") != NULL, "stderr [%s]", r.err);
+    EXPECT(strstr(r.err, "'no_such_symbol'") != NULL, "stderr [%s]", r.err);
 
     /* Setup failure: the "cwd" is a pipe.  125, reported on the client's
      * stderr, which is in place before the fchdir. */
@@ -486,9 +462,9 @@ static void test_exit_paths(void)
     launch(&r, entry_so, NULL, argv, NULL, 7, 0, p[0], NULL, 0, NULL);
     close(p[0]);
     close(p[1]);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 125,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 125,
           "status %#x", r.status);
-    CHECK(strstr(r.err, "forkhost: cannot set up the secondary: ") == r.err
+    EXPECT(strstr(r.err, "forkhost: cannot set up the secondary: ") == r.err
           && strstr(r.err, "fchdir") != NULL
           && strstr(r.err, strerror(ENOTDIR)) != NULL, "stderr [%s]", r.err);
 }
@@ -500,7 +476,7 @@ static void test_pie(void)
     struct run r;
 
     launch(&r, entry_pie, NULL, argv, envp, 7, 0, -1, NULL, 0, NULL);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
           "status %#x, stderr %s", r.status, r.err);
     EXPECT_LINE(&r, "pie secondary argv1=x FOO=pie-env");
 }
@@ -559,7 +535,7 @@ static void test_fd_shuffle(void)
         if (pid < 0)
             _exit(92);
         close(2);
-        st = reap(pid);
+        st = reap_status(pid);
         if (read(42, &v, sizeof v) != (ssize_t)sizeof v || v != 0)
             _exit(94);
         _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 93);
@@ -567,10 +543,10 @@ static void test_fd_shuffle(void)
     close(rep[1]);
     read_all(rep[0], out, sizeof out);
     close(rep[0]);
-    st = reap(tpl);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
-    CHECK(has_line(out, "fds=1,3,4,1023"), "fds: %s", out);
-    CHECK(has_line(out, "fd3=A") && has_line(out, "fd4=B"), "extras: %s",
+    st = reap_status(tpl);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+    EXPECT(has_line(out, "fds=1,3,4,1023"), "fds: %s", out);
+    EXPECT(has_line(out, "fd3=A") && has_line(out, "fd4=B"), "extras: %s",
           out);
 }
 
@@ -591,7 +567,7 @@ static void test_bad_spec(void)
     spec.stdio_mask = 7;        /* says 4 fds */
     spec.argv = argv;
     errno = 0;
-    CHECK(fh_spawn_native(&spec, entry_so, NULL) == -1 && errno == EINVAL,
+    EXPECT(fh_spawn_native(&spec, entry_so, NULL) == -1 && errno == EINVAL,
           "bad spec forked");
     xpipe(rep);
     fflush(NULL);
@@ -605,9 +581,9 @@ static void test_bad_spec(void)
     close(rep[1]);
     read_all(rep[0], buf, sizeof buf);
     close(rep[0]);
-    st = reap(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
-    CHECK(atoi(buf) == -EINVAL && strstr(buf, "fd list") != NULL, "[%s]",
+    st = reap_status(pid);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+    EXPECT(atoi(buf) == -EINVAL && strstr(buf, "fd list") != NULL, "[%s]",
           buf);
 }
 
@@ -621,23 +597,23 @@ static void test_report_fd(void)
     int report = -2;
 
     launch(&r, entry_so, NULL, argv, NULL, 7, 1, -1, NULL, 0, &report);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42, "status %#x",
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 42, "status %#x",
           r.status);
-    CHECK(report == 42, "report %d", report);
+    EXPECT(report == 42, "report %d", report);
     EXPECT_LINE(&r, "fds=0,1,2,3,1023");
     report = -2;
     launch(&r, entry_so, "exit_code", argv9, NULL, 7, 0, -1, NULL, 0,
            &report);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 9, "status %#x",
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 9, "status %#x",
           r.status);
-    CHECK(report == 9, "report %d", report);
+    EXPECT(report == 9, "report %d", report);
     /* A load failure is reported too, with its exit code. */
     report = -2;
     launch(&r, entry_so, "no_such_symbol", argv, NULL, 7, 0, -1, NULL, 0,
            &report);
-    CHECK(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127, "status %#x",
+    EXPECT(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 127, "status %#x",
           r.status);
-    CHECK(report == 127, "report %d", report);
+    EXPECT(report == 127, "report %d", report);
 }
 
 /* fh_run_native in a process of our own (a pre-forked pool member), and
@@ -671,12 +647,12 @@ static void test_direct_calls(void)
     close(o[1]);
     close(rep[1]);
     read_all(o[0], out, sizeof out);
-    CHECK(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 9,
+    EXPECT(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 9,
           "run_native report %d", (int)v);
     close(o[0]);
     close(rep[0]);
-    st = reap(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 9, "run_native status %#x", st);
+    st = reap_status(pid);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 9, "run_native status %#x", st);
 
     /* fh_exit_report: flushes stdio, reports the int32, exits with it. */
     xpipe(o);
@@ -694,20 +670,20 @@ static void test_direct_calls(void)
     close(rep[1]);
     read_all(o[0], out, sizeof out);
     v = -1;
-    CHECK(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 300,
+    EXPECT(read(rep[0], &v, sizeof v) == (ssize_t)sizeof v && v == 300,
           "exit_report %d", (int)v);
     close(o[0]);
     close(rep[0]);
-    st = reap(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff), "status %#x",
+    st = reap_status(pid);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff), "status %#x",
           st);
-    CHECK(strcmp(out, "buffered\n") == 0, "not flushed: [%s]", out);
+    EXPECT(strcmp(out, "buffered\n") == 0, "not flushed: [%s]", out);
 
     /* fh_set_title: comm from argv[0]'s basename, the area as in
      * setproctitle(3). */
     area = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                 -1, 0);
-    CHECK(area != MAP_FAILED, "mmap");
+    EXPECT(area != MAP_FAILED, "mmap");
     if (area == MAP_FAILED)
         return;
     memset(area, 'X', 64);
@@ -730,10 +706,10 @@ static void test_direct_calls(void)
     close(o[1]);
     read_all(o[0], out, sizeof out);
     close(o[0]);
-    st = reap(pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "set_title status %#x", st);
-    CHECK(strcmp(out, "titled-program\n") == 0, "comm [%s]", out);
-    CHECK(memcmp(area, "/a/b/titled-program x\0\0\0\0\0\0\0\0\0\0\0XXXX", 36)
+    st = reap_status(pid);
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "set_title status %#x", st);
+    EXPECT(strcmp(out, "titled-program\n") == 0, "comm [%s]", out);
+    EXPECT(memcmp(area, "/a/b/titled-program x\0\0\0\0\0\0\0\0\0\0\0XXXX", 36)
           == 0, "title [%.36s]", area);
     munmap(area, 64);
 }
@@ -761,7 +737,7 @@ static int launch_client(const char *symbol, char *const *argv, int client,
     spec.client_fd = client;
     fflush(NULL);
     pid = fh_spawn_native(&spec, entry_so, symbol);
-    CHECK(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    EXPECT(pid > 0, "fh_spawn_native: %s", strerror(errno));
     close(fds[0]);
     close(o[1]);
     close(rep[1]);
@@ -772,7 +748,7 @@ static int launch_client(const char *symbol, char *const *argv, int client,
         != (ssize_t)(2 * sizeof *report))
         report[0] = report[1] = -1;
     close(rep[0]);
-    return pid > 0 ? reap(pid) : -1;
+    return pid > 0 ? reap_status(pid) : -1;
 }
 
 static void xsocketpair(int sv[2])
@@ -798,7 +774,7 @@ static ssize_t client_recv(int fd, struct fh_exited *ex)
 }
 
 #define EXPECT_EXITED(ex, n, want)                                          \
-    CHECK((n) == (ssize_t)sizeof(struct fh_exited)                          \
+    EXPECT((n) == (ssize_t)sizeof(struct fh_exited)                          \
           && (ex).hdr.magic == FH_PROTO_MAGIC                               \
           && (ex).hdr.version == FH_PROTO_VERSION                           \
           && (ex).hdr.type == FH_MSG_EXITED                                 \
@@ -833,29 +809,29 @@ static void test_client_fd(void)
     xsocketpair(sv);
     st = launch_client("show_parked", argv7, sv[1], report, out, sizeof out);
     close(sv[1]);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
-    CHECK(report[0] == 7 && report[1] == 1, "report {%d, %d}",
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    EXPECT(report[0] == 7 && report[1] == 1, "report {%d, %d}",
           (int)report[0], (int)report[1]);
-    CHECK(has_line(out, "parked=1023,cloexec,fifo")
+    EXPECT(has_line(out, "parked=1023,cloexec,fifo")
           && has_line(out, "parked=1024,cloexec,seqpacket")
           && has_line(out, "fds=1,1023,1024"), "parked fds:\n%s", out);
     n = client_recv(sv[0], &ex);
     EXPECT_EXITED(ex, n, 7);
     n = client_recv(sv[0], &ex);
-    CHECK(n == 0, "a second record (%zd bytes) instead of EOF", n);
+    EXPECT(n == 0, "a second record (%zd bytes) instead of EOF", n);
     close(sv[0]);
 
     /* client_fd 0, as in a zeroed spec: no connection. */
     xsocketpair(sv);
     st = launch_client("show_parked", argv7, 0, report, out, sizeof out);
     close(sv[1]);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
-    CHECK(report[0] == 7 && report[1] == 0, "report {%d, %d}",
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    EXPECT(report[0] == 7 && report[1] == 0, "report {%d, %d}",
           (int)report[0], (int)report[1]);
-    CHECK(has_line(out, "parked=1023,cloexec,fifo")
+    EXPECT(has_line(out, "parked=1023,cloexec,fifo")
           && has_line(out, "fds=1,1023"), "parked fds:\n%s", out);
     n = client_recv(sv[0], &ex);
-    CHECK(n == 0, "%zd bytes sent without a client_fd", n);
+    EXPECT(n == 0, "%zd bytes sent without a client_fd", n);
     close(sv[0]);
 
     /* A client that hung up before the end: the send fails without a
@@ -865,8 +841,8 @@ static void test_client_fd(void)
     close(sv[0]);
     st = launch_client("exit_code", argv7, sv[1], report, out, sizeof out);
     close(sv[1]);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
-    CHECK(report[0] == 7 && report[1] == 1, "report {%d, %d}",
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 7, "status %#x", st);
+    EXPECT(report[0] == 7 && report[1] == 1, "report {%d, %d}",
           (int)report[0], (int)report[1]);
 }
 
@@ -921,28 +897,28 @@ static void test_client_fd_direct(void)
         if (read(rep[0], report, sizeof report) != (ssize_t)sizeof report)
             report[0] = report[1] = -1;
         close(rep[0]);
-        st = reap(pid);
+        st = reap_status(pid);
         close(sv[1]);
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff),
+        EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == (300 & 0xff),
               "status %#x", st);
         n = client_recv(sv[0], &ex);
         if (with_report) {
-            CHECK(strcmp(out, "report_fd=1023 client_fd=1024 flags=1,1\n")
+            EXPECT(strcmp(out, "report_fd=1023 client_fd=1024 flags=1,1\n")
                   == 0, "setup: [%s]", out);
-            CHECK(report[0] == 300 && report[1] == 1, "report {%d, %d}",
+            EXPECT(report[0] == 300 && report[1] == 1, "report {%d, %d}",
                   (int)report[0], (int)report[1]);
             EXPECT_EXITED(ex, n, 300 & 0xff);
             n = client_recv(sv[0], &ex);
-            CHECK(n == 0, "a second record (%zd bytes)", n);
+            EXPECT(n == 0, "a second record (%zd bytes)", n);
         } else {
             /* Setup leaves both fields alone and closes the client's fd
              * with the template's other fds (fd 0 too: no stdin). */
             char expect[64];
             snprintf(expect, sizeof expect,
                      "report_fd=0 client_fd=%d flags=-1,-1\n", sv[1]);
-            CHECK(strcmp(out, expect) == 0, "setup: [%s]", out);
-            CHECK(report[0] == -1, "a report without a report fd");
-            CHECK(n == 0, "%zd bytes sent without a report fd", n);
+            EXPECT(strcmp(out, expect) == 0, "setup: [%s]", out);
+            EXPECT(report[0] == -1, "a report without a report fd");
+            EXPECT(n == 0, "%zd bytes sent without a report fd", n);
         }
         close(sv[0]);
     }
@@ -1024,7 +1000,7 @@ static void test_client_attrs(void)
     int round;
 
     if (geteuid() != 0) {
-        CHECK(0, "test_client_attrs needs root (setuid to nobody)");
+        EXPECT(0, "test_client_attrs needs root (setuid to nobody)");
         return;
     }
     for (round = 0; round < 2; round++) {
@@ -1033,7 +1009,7 @@ static void test_client_attrs(void)
         pid_t client, pid;
 
         client = attrs_client(ready, go, 3000, 4096, 5, round == 0);
-        CHECK(read(ready[0], &c, 1) == 1, "client ready");
+        EXPECT(read(ready[0], &c, 1) == 1, "client ready");
         close(ready[0]);
         xpipe(o);
         /* Not dir: nobody may not enter our 0700 fixture directory. */
@@ -1074,15 +1050,15 @@ static void test_client_attrs(void)
         close(o[1]);
         read_all(o[0], out, sizeof out);
         close(o[0]);
-        st = reap(pid);
+        st = reap_status(pid);
         close(go[1]);
-        CHECK(WIFEXITED(reap(client)), "client");
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "secondary status %#x", st);
+        EXPECT(WIFEXITED(reap_status(client)), "client");
+        EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "secondary status %#x", st);
         if (round == 0)
-            CHECK(strcmp(out, "nofile=2048,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
+            EXPECT(strcmp(out, "nofile=2048,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
                   "a client of the same uid: [%s]", out);
         else
-            CHECK(strcmp(out, "nofile=1024,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
+            EXPECT(strcmp(out, "nofile=1024,2048 nice=5 cpus=1 cpu0=1 oom=200\n") == 0,
                   "a root client: [%s]", out);
     }
 }
@@ -1152,12 +1128,12 @@ int main(int argc, char **argv)
     test_client_attrs();
 
     sigprocmask(SIG_BLOCK, NULL, &after);
-    CHECK(sigismember(&after, SIGUSR2) == 1
+    EXPECT(sigismember(&after, SIGUSR2) == 1
           && memcmp(&before, &after, sizeof before) == 0,
           "fh_spawn_native changed the parent's signal mask");
-    CHECK(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
+    EXPECT(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
     errno = 0;
-    CHECK(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD,
+    EXPECT(waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD,
           "a child was left behind");
 
     sigprocmask(SIG_UNBLOCK, &block, NULL);
@@ -1171,6 +1147,6 @@ int main(int argc, char **argv)
             fprintf(stderr, "cannot remove %s\n", dir);
     }
     fprintf(stderr, "test_spawn: %s (%d failures)\n",
-            failures ? "FAILED" : "ok", failures);
-    return failures ? 1 : 0;
+            fht_failures ? "FAILED" : "ok", fht_failures);
+    return fht_failures ? 1 : 0;
 }
