@@ -1295,7 +1295,6 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     uint64_t nb, stride, buckets_off, keys_off, free_off, total;
     uint64_t fbase = 0;
     unsigned kind = HT_FN_BUILTIN;
-    pthread_mutexattr_t attr;
     int rc;
 
     t_err[0] = '\0';
@@ -1353,16 +1352,7 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     h->free_off = free_off;
     fill_free_stack(h);
 
-    rc = pthread_mutexattr_init(&attr);
-    if (!rc)
-        rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!rc)
-        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (!rc)
-        rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    if (!rc)
-        rc = pthread_mutex_init(&h->wlock, &attr);
-    pthread_mutexattr_destroy(&attr);
+    rc = fh__shared_mutex_init(&h->wlock);
     if (rc) {
         set_error("fh_hash_create('%s'): mutex: %s", name, strerror(rc));
         errno = rc;

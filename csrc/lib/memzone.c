@@ -104,12 +104,29 @@ static struct mz_dir *get_dir(void)
     return dir;
 }
 
+int fh__shared_mutex_init(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+
+    if (rc)
+        return rc;
+    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!rc)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (!rc)
+        rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    if (!rc)
+        rc = pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return rc;
+}
+
 int fh__memzone_format(struct fh_arena_hdr *hdr)
 {
     uint64_t off = FH_ARENA_HDR_SIZE;
     uint64_t data = (off + sizeof(struct mz_dir) + 4095) & ~(uint64_t)4095;
     struct mz_dir *dir = (struct mz_dir *)((char *)hdr + off);
-    pthread_mutexattr_t attr;
     int rc;
 
     if (data >= hdr->size) {
@@ -122,20 +139,7 @@ int fh__memzone_format(struct fh_arena_hdr *hdr)
     dir->data_end = hdr->size;
     atomic_store_explicit(&dir->next_free, data, memory_order_relaxed);
 
-    /* PROCESS_SHARED: the mutex lives in the arena and is used by every
-     * process of the prefix.  ROBUST: a process that dies holding it must
-     * not hang the others.  ERRORCHECK: relocking from the same thread (a
-     * test hook misused) fails with EDEADLK rather than hanging. */
-    rc = pthread_mutexattr_init(&attr);
-    if (!rc)
-        rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!rc)
-        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (!rc)
-        rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    if (!rc)
-        rc = pthread_mutex_init(&dir->lock, &attr);
-    pthread_mutexattr_destroy(&attr);
+    rc = fh__shared_mutex_init(&dir->lock);
     if (rc) {
         errno = rc;
         return -1;

@@ -5,6 +5,7 @@
 #ifndef FORKHOST_MEMZONE_H
 #define FORKHOST_MEMZONE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,13 @@ int fh__object_zone_name(char *buf, const char *prefix, const char *name,
  * ENOENT (a missing memzone: fh_memzone_lookup's errno). */
 void *fh__object_lookup(const char *prefix, const char *name,
                         size_t name_size, size_t magic_off, uint64_t magic);
+
+/* Internal: initialize a mutex that lives in the arena: PROCESS_SHARED
+ * (every process of the prefix uses it), ROBUST (a process that dies
+ * holding it must not hang the others; the next locker gets EOWNERDEAD),
+ * ERRORCHECK (relocking from the same thread fails with EDEADLK rather
+ * than hanging).  0, or the pthread error number. */
+int fh__shared_mutex_init(pthread_mutex_t *m);
 
 /*
  * Test hooks, exported so the C and Python tests can kill a process while it
