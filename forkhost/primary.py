@@ -29,6 +29,10 @@ import traceback
 
 from . import ipc as _ipc
 from . import runtime
+# Imported here, before the template is forked, so that every secondary
+# finds forkhost.shm already imported (`import forkhost` no longer imports
+# it: forkhost/__init__.py).
+from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib
 from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)

@@ -333,6 +333,20 @@ def test_the_commands_that_talk_to_a_primary_load_no_native_code():
     assert error == "module 'forkhost' has no attribute 'no_such_name'"
 
 
+def test_secondaries_find_the_shared_memory_layer_imported(primary, tmp_path):
+    """What `import forkhost` no longer imports, the primary still does
+    before the template fork: a secondary using forkhost.shm does not
+    import it on every launch."""
+    (tmp_path / "shmcheck.py").write_text(
+        "import sys\n"
+        "def main(argv):\n"
+        "    print(sorted(m for m in ('forkhost.shm', 'forkhost.shm.ring',\n"
+        "                             'forkhost.shm.hash') if m in sys.modules))\n")
+    r = primary.run("shmcheck:main", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"['forkhost.shm', 'forkhost.shm.hash', 'forkhost.shm.ring']\n"
+
+
 # -- how it is built ---------------------------------------------------------
 
 def _program_headers(path: str) -> list[int]:
