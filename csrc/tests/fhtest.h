@@ -1,8 +1,9 @@
 /*
  * fhtest.h - what the C test programs share: a CHECK that stops the program
- * with where and why, an EXPECT that counts the failure and goes on, an fd count for leak checks, a fork whose child dies
- * with the parent (a failing CHECK never leaves a spinning producer or
- * consumer behind), and a reap that returns the exit code or 128+signal.
+ * with where and why, an EXPECT that counts the failure and goes on, an fd
+ * count for leak checks, a fork whose child dies with the parent (a failing
+ * CHECK never leaves a spinning producer or consumer behind), and a reap
+ * that returns the exit code or 128+signal.
  *
  * A test may define FHT_DETAIL (an expression giving a string) before
  * including this, to add its own detail to a failed CHECK.
