@@ -6,7 +6,9 @@ hand::
 
     python build_native.py lib OUTDIR      # OUTDIR/libforkhost.so
     python build_native.py client OUTDIR   # OUTDIR/forkhost-run
-    python build_native.py ctest [OUTDIR]  # C tests under ASan + UBSan
+    python build_native.py wire FILE       # FILE: forkhost/_wire.py
+    python build_native.py ctest [OUTDIR]  # C tests under ASan + UBSan,
+                                           # then the request fuzzer
 
 Only the standard library is used, so it runs in pip's isolated build
 environment.
@@ -75,6 +77,23 @@ def build_demo(libdir: str | os.PathLike) -> Path:
         str(CSRC / "demo" / "demo_secondary.c"), "-L", str(libdir),
         "-lforkhost", "-Wl,-rpath,$ORIGIN"])
     return target
+
+
+def write_wire_module(path: str | os.PathLike) -> Path:
+    """forkhost/_wire.py: the launch protocol's constants and struct
+    layouts as proto.h has them, printed by csrc/tools/wire.c, so that
+    forkhost.protocol derives them without loading the native library."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="forkhost-wire-") as tmp:
+        exe = Path(tmp) / "wire"
+        run(cc() + CFLAGS + ["-o", str(exe), str(CSRC / "tools" / "wire.c")])
+        text = subprocess.run([str(exe)], check=True, capture_output=True,
+                              text=True).stdout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(text)
+    os.replace(tmp_path, path)
+    return path
 
 
 def client_cc() -> list[str]:
@@ -168,6 +187,49 @@ def run_rt_test(outdir: Path) -> bool:
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 
+# How long `ctest` fuzzes fh_request_check() (csrc/tests/fuzz_request.c).
+FUZZ_SECONDS_DEFAULT = 20
+
+
+def libfuzzer_ok(outdir: Path) -> bool:
+    """Whether $CC links -fsanitize=fuzzer (clang's libFuzzer)."""
+    probe = outdir / "libfuzzer_probe.c"
+    probe.write_text("#include <stddef.h>\n#include <stdint.h>\n"
+                     "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);\n"
+                     "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)"
+                     " { (void)d; (void)n; return 0; }\n")
+    r = subprocess.run(cc() + ["-fsanitize=fuzzer", "-o", str(outdir / "libfuzzer_probe"),
+                               str(probe)], capture_output=True)
+    return r.returncode == 0
+
+
+def run_fuzzer(outdir: Path, extra: list[str], env: dict) -> bool:
+    """Build csrc/tests/fuzz_request.c and run it for FORKHOST_FUZZ_SECONDS
+    (default FUZZ_SECONDS_DEFAULT): under libFuzzer when $CC has it, else
+    with its own seeded mutation loop (FUZZ_STANDALONE)."""
+    exe = outdir / "fuzz_request"
+    src = str(CSRC / "tests" / "fuzz_request.c")
+    seconds = env.get("FORKHOST_FUZZ_SECONDS", str(FUZZ_SECONDS_DEFAULT))
+    libfuzzer = libfuzzer_ok(outdir)
+    mode = ["-fsanitize=fuzzer"] if libfuzzer else ["-DFUZZ_STANDALONE"]
+    try:
+        run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra + mode
+            + ["-o", str(exe), src, "-L", str(outdir), "-lforkhost",
+               f"-Wl,-rpath,{outdir}", "-ldl"])
+    except subprocess.CalledProcessError:
+        return False
+    print(f"== {exe.name} ({'libFuzzer' if libfuzzer else 'standalone'}, "
+          f"{seconds} s)", flush=True)
+    if libfuzzer:
+        corpus = outdir / "fuzz_request_corpus"
+        corpus.mkdir(exist_ok=True)
+        cmd = [str(exe), f"-max_total_time={int(float(seconds))}",
+               "-print_final_stats=1", str(corpus)]
+    else:
+        cmd = [str(exe)]
+    env = dict(env, FORKHOST_FUZZ_SECONDS=seconds)
+    return subprocess.run(cmd, env=env, cwd=outdir).returncode == 0
+
 
 def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
                           sanitize: bool = True) -> int:
@@ -179,9 +241,13 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
     tests = sorted((CSRC / "tests").glob("test_*.c"))
     for t in tests:
         exe = outdir / t.stem
-        run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra
-            + ["-o", str(exe), str(t), "-L", str(outdir), "-lforkhost",
-               f"-Wl,-rpath,{outdir}", "-ldl"])
+        try:
+            run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra
+                + ["-o", str(exe), str(t), "-L", str(outdir), "-lforkhost",
+                   f"-Wl,-rpath,{outdir}", "-ldl"])
+        except subprocess.CalledProcessError:
+            failed.append(f"{exe.name} (does not build)")
+            continue
         env = dict(os.environ,
                    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
                    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
@@ -194,6 +260,11 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
         tests.append(CSRC / "tests" / "rt" / "test_rt.c")
         if not run_rt_test(outdir):
             failed.append("test_rt")
+    tests.append(CSRC / "tests" / "fuzz_request.c")
+    if not run_fuzzer(outdir, extra, dict(
+            os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")):
+        failed.append("fuzz_request")
     print(f"C tests: {len(tests) - len(failed)} passed, {len(failed)} failed"
           + (": " + ", ".join(failed) if failed else ""), flush=True)
     del lib
@@ -201,7 +272,7 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[1] not in ("lib", "client", "ctest"):
+    if len(argv) < 2 or argv[1] not in ("lib", "client", "wire", "ctest"):
         print(__doc__, file=sys.stderr)
         return 2
     what = argv[1]
@@ -209,8 +280,11 @@ def main(argv: list[str]) -> int:
     if what == "ctest":
         return build_and_run_c_tests(outdir)
     if outdir is None:
-        print("OUTDIR is required", file=sys.stderr)
+        print(f"{'FILE' if what == 'wire' else 'OUTDIR'} is required", file=sys.stderr)
         return 2
+    if what == "wire":
+        write_wire_module(outdir)
+        return 0
     (build_library if what == "lib" else build_client)(outdir)
     return 0
 

@@ -2,7 +2,9 @@
 
 build_ext first compiles csrc/lib into libforkhost.so next to the cffi
 module (which links it with rpath $ORIGIN) and copies the public headers
-there, so `forkhost config --cflags --libs` can point C programs at them;
+there, so `forkhost config --cflags --libs` can point C programs at them,
+and writes forkhost/_wire.py (the protocol's constants and layouts from
+proto.h, for forkhost.protocol);
 build_scripts compiles the forkhost-run client into the scripts directory,
 from which pip installs it on PATH.  How the C is compiled lives in
 build_native.py, shared with the C test run.
@@ -28,8 +30,10 @@ class BuildExt(build_ext):
             pkgdirs.append(build_native.ROOT / "forkhost" / "_native")
         lib = build_native.build_library(Path(self.build_temp) / "native")
         demo = build_native.build_demo(lib.parent)
+        wire = build_native.write_wire_module(Path(self.build_temp) / "_wire.py")
         for d in pkgdirs:
             d.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wire, d.parent / wire.name)
             shutil.copy2(lib, d / lib.name)
             shutil.copy2(demo, d / demo.name)
             inc = d / "include"

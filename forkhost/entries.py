@@ -12,7 +12,8 @@ and load Python entries (in the secondary, after it).
 
 Classification needs only a stat and the first four bytes of a file, so the
 template can answer "not found" (127) without forking, and pick the native
-fork path (no Python in the child) for ELF files.
+fork path (no Python in the child) for ELF files.  It is done in C
+(fh_entry_decide, csrc/lib/request.c); classify() is its Python face.
 """
 
 from __future__ import annotations
@@ -54,84 +55,46 @@ class EntryError(Exception):
         self.exit_code = exit_code
 
 
-def _file_type(path: str, cwd_fd: int) -> int:
-    """The file type (stat.S_IFREG, S_IFDIR, ...) at path, relative to the
-    client's cwd (dir_fd is ignored for absolute paths); 0 when it names
-    nothing.  As member.c's file_type()."""
-    try:
-        return stat.S_IFMT(os.stat(path, dir_fd=cwd_fd).st_mode)
-    except (OSError, ValueError):
-        return 0
-
-
-def _is_file(path: str, cwd_fd: int) -> bool:
-    return _file_type(path, cwd_fd) == stat.S_IFREG
-
-
-def _is_elf(path: str, cwd_fd: int) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=cwd_fd)
-    except OSError:
-        return False
-    try:
-        return os.pread(fd, 4, 0) == b"\x7fELF"
-    finally:
-        os.close(fd)
-
-
-def _cwd_name(cwd_fd: int) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{cwd_fd}")
-    except OSError:
-        return "the client's cwd"
-
-
 def _function_parts(entry: str) -> tuple[str, str] | None:
-    """(module, function) when ``entry`` has the MODULE:FUNCTION form."""
+    """(module, function) when ``entry`` is spelled MODULE:FUNCTION (what
+    to read ahead for it; what an entry names is classify()'s to say)."""
     head, sep, tail = entry.rpartition(":")
     if sep and head and tail and _DOTTED.match(head) and _DOTTED.match(tail):
         return head, tail
     return None
 
 
-def classify(entry: str, module_flag: bool, cwd_fd: int) -> Target:
-    """What ``entry`` names for a client whose cwd is ``cwd_fd``.
+_AT_FDCWD = -100   # <fcntl.h>'s, for cwd_fd None
 
-    Raises EntryError(127) when it names nothing.
+
+def classify(entry: str, module_flag: bool, cwd_fd: int | None) -> Target:
+    """What ``entry`` names for a client whose cwd is ``cwd_fd`` (None: this
+    process's cwd), as the template and pool members decide it: C's
+    fh_entry_decide() (request.h), one stat and a 4-byte read.
+
+    Raises EntryError(127) when it names nothing, EntryError(126) for a
+    ':symbol' on a file that is not ELF.
     """
-    if module_flag:
-        if not _DOTTED.match(entry):
-            raise EntryError(f"invalid module name {entry!r}", EXIT_NOT_FOUND)
-        return Target(MODULE, name=entry)
-    path, symbol = entry, None
-    kind = _file_type(path, cwd_fd)
-    if kind not in (0, stat.S_IFREG):
-        # A directory (its __main__.py), a FIFO, /dev/stdin: ``python
-        # PATH`` runs them, and so does the secondary (load_script), which
-        # reads them, not the template.
-        return Target(SCRIPT, path=path)
-    if kind == 0:
-        head, sep, tail = entry.rpartition(":")
-        function = _function_parts(entry)
-        if sep and head and _is_file(head, cwd_fd):
-            path, symbol = head, tail or None
-        elif function:
-            return Target(FUNCTION, name=function[0], symbol=function[1])
-        else:
-            where = "" if os.path.isabs(path) else f" (relative to {_cwd_name(cwd_fd)})"
-            looks_like_path = "/" in entry or entry.endswith((".py", ".so")) or \
-                re.search(r"\.so[.:]", entry)
-            hint = "" if looks_like_path or sep else \
-                "; for a module use '-m MODULE' or 'MODULE:FUNCTION'"
-            raise EntryError(f"entry {entry!r} not found: no such file{where}{hint}",
-                             EXIT_NOT_FOUND)
-    if _is_elf(path, cwd_fd):
-        return Target(NATIVE, path=path, symbol=symbol)
-    if symbol is not None:
-        raise EntryError(
-            f"entry {entry!r}: a ':symbol' applies to shared objects and "
-            f"executables, and {path!r} is not ELF", EXIT_CANNOT_RUN)
-    return Target(SCRIPT, path=path)
+    from ._native import ffi, lib    # `forkhost run` loads no native code
+
+    raw = os.fsencode(entry)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    t = ffi.new("struct fh_entry_target *")
+    kind = lib.fh_entry_decide(raw, bool(module_flag),
+                               _AT_FDCWD if cwd_fd is None else cwd_fd, t)
+    if kind == lib.FH_ENTRY_ERROR:
+        raise EntryError(ffi.string(t.message).decode("utf-8", "surrogateescape"),
+                         t.exit_code)
+    name = os.fsdecode(ffi.string(t.name))
+    symbol = os.fsdecode(ffi.string(t.symbol)) if t.symbol != ffi.NULL else None
+    if kind == lib.FH_ENTRY_NATIVE:
+        return Target(NATIVE, path=name, symbol=symbol)
+    if kind == lib.FH_ENTRY_SCRIPT:
+        return Target(SCRIPT, path=name)
+    if kind == lib.FH_ENTRY_FUNCTION:
+        return Target(FUNCTION, name=name, symbol=symbol)
+    return Target(MODULE, name=name)
 
 
 # -- in the template, after a launch ---------------------------------------

@@ -40,7 +40,7 @@ from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
 DEFAULT_ARENA_SIZE = 64 << 20
 DEFAULT_MAX_SECONDARIES = 1024
 DEFAULT_GRACE = 5.0
-# Pre-forked members the template keeps ready (forkhost/pool.py): each one
+# Pre-forked members the template keeps ready (csrc/lib/template.c): each one
 # takes a fork and CPython's after-fork work off a launch's critical path.
 DEFAULT_POOL = 2
 # How long start() waits for the template to say it is ready.

@@ -1,10 +1,13 @@
 """The launch protocol: framing, fd passing and limits (Python side).
 
-Mirrors csrc/include/forkhost/proto.h byte for byte (docs/protocol.md is
-the prose).  One SOCK_SEQPACKET record per message: a 24-byte header, a
-type-specific body, and hdr.nfds descriptors as SCM_RIGHTS on the same
+csrc/include/forkhost/proto.h defines it (docs/protocol.md is the prose);
+the constants and layouts here come from it (forkhost/_wire.py, generated
+at build time).  One SOCK_SEQPACKET record per message: a 24-byte header,
+a type-specific body, and hdr.nfds descriptors as SCM_RIGHTS on the same
 record.  Parsing never trusts a count it did not check against what
-actually arrived.
+actually arrived.  A client's request is checked in C only
+(fh_request_check, request.h); Python builds requests (Launch.encode)
+and reads replies.
 """
 
 from __future__ import annotations
@@ -16,29 +19,23 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
+# The constants and layouts, from proto.h: _wire is generated from the
+# header when the package is built (build_native.py), so the two cannot
+# drift, and importing it loads no native code (`forkhost run` needs none).
+from . import _wire
+from ._wire import (  # noqa: F401  (the protocol's names, for its users)
+    ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_JOBCTL,
+    LAUNCH_MODULE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG, STARTED,
+    STOPPED, VERSION)
 from .errors import ProtocolError
 
-MAGIC = 0x4B484631
-VERSION = 1
-MAX_MSG = 192 * 1024
-MAX_EXTRA_FDS = 32
-MAX_FDS = 4 + MAX_EXTRA_FDS
-MAX_ERROR = 1024
-
-LAUNCH, INFO = 0x01, 0x02
-STARTED, EXITED, ERROR, INFO_REPLY, STOPPED = 0x81, 0x82, 0x83, 0x84, 0x85
-
-LAUNCH_MODULE = 0x1
-LAUNCH_JOBCTL = 0x2      # the client is a shell's job: send it STOPPED
-LAUNCH_FLAGS = LAUNCH_MODULE | LAUNCH_JOBCTL
-
-HDR = struct.Struct("=IHHIIQ")           # magic version type len nfds reserved
-LAUNCH_BODY = struct.Struct("=IIIIIIII")  # flags umask stdio_mask nextra argc envc strings_len reserved
-STARTED_BODY = struct.Struct("=q")        # large enough for pid_t
-EXITED_BODY = struct.Struct("=ii")        # code signal
-STOPPED_BODY = struct.Struct("=ii")       # signal reserved
-ERROR_BODY = struct.Struct("=iI")         # exit_code text_len
-assert HDR.size == 24 and LAUNCH_BODY.size == 32
+HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
+LAUNCH_BODY = struct.Struct(_wire.LAUNCH_BODY_FORMAT)    # flags umask stdio_mask nextra argc envc strings_len reserved
+STARTED_BODY = struct.Struct(_wire.STARTED_BODY_FORMAT)  # pid
+EXITED_BODY = struct.Struct(_wire.EXITED_BODY_FORMAT)    # code signal
+STOPPED_BODY = struct.Struct(_wire.STOPPED_BODY_FORMAT)  # signal reserved
+ERROR_BODY = struct.Struct(_wire.ERROR_BODY_FORMAT)      # exit_code text_len
+assert HDR.size == _wire.HDR_SIZE and HDR.size + LAUNCH_BODY.size == _wire.LAUNCH_SIZE
 
 _FD_SIZE = array.array("i").itemsize
 
@@ -94,43 +91,31 @@ class Message:
 _local = threading.local()
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 
-# Between a pool member and the template only (pool.py, member.h): a
-# HANDOFF carries what the member received from a client (up to MAX_MSG + 1
-# bytes and MAX_FDS fds) after a 16-byte struct fh_handoff, plus the
-# client's connection as one more fd.
-INTERNAL_MAX_MSG = MAX_MSG + 3 * 4096
-INTERNAL_MAX_FDS = MAX_FDS + 1
-_INTERNAL_CMSG_SPACE = socket.CMSG_SPACE(INTERNAL_MAX_FDS * _FD_SIZE)
-
-
 def _buffer() -> bytearray:
     buf = getattr(_local, "buf", None)
     if buf is None:
-        buf = _local.buf = bytearray(INTERNAL_MAX_MSG + 1)
+        buf = _local.buf = bytearray(MAX_MSG + 1)
     return buf
 
 
-def recv(sock: socket.socket, flags: int = 0, *, internal: bool = False) -> Message | None:
-    """Receive one record.  None on orderly EOF.  ``internal``: a record
-    between the template and a pool member, with the larger internal limits.
+def recv(sock: socket.socket, flags: int = 0) -> Message | None:
+    """Receive one record (a client reads the template's replies with it).
+    None on orderly EOF.
 
     Raises ProtocolError for a truncated, oversized or malformed record or a
     wrong version; any fds that came with a bad record are closed first.
     """
-    max_msg = INTERNAL_MAX_MSG if internal else MAX_MSG
-    _buf = memoryview(_buffer())[:max_msg + 1]
-    n, anc, mflags, _ = sock.recvmsg_into(
-        [_buf], _INTERNAL_CMSG_SPACE if internal else _CMSG_SPACE,
-        flags | socket.MSG_CMSG_CLOEXEC)
-    return parse(_buf, n, fds_received(anc), mflags, internal=internal)
+    _buf = memoryview(_buffer())[:MAX_MSG + 1]
+    n, anc, mflags, _ = sock.recvmsg_into([_buf], _CMSG_SPACE,
+                                          flags | socket.MSG_CMSG_CLOEXEC)
+    return parse(_buf, n, fds_received(anc), mflags)
 
 
-def parse(buf, n: int, fds: list[int], mflags: int, *,
-          internal: bool = False) -> Message | None:
+def parse(buf, n: int, fds: list[int], mflags: int) -> Message | None:
     """Check one record as recvmsg left it: ``n`` bytes (at most
-    max + 1 of them in ``buf``), its fds and msg_flags.  The same checks
-    whether the template received it or a pool member handed it over."""
-    max_msg, max_fds = (INTERNAL_MAX_MSG, INTERNAL_MAX_FDS) if internal else (MAX_MSG, MAX_FDS)
+    max + 1 of them in ``buf``), its fds and msg_flags.  Only the framing:
+    requests are checked by the template, in C (fh_request_check)."""
+    max_msg, max_fds = MAX_MSG, MAX_FDS
     msg = Message(0, b"", fds)
     try:
         if n == 0 and not fds:
@@ -165,7 +150,8 @@ def parse(buf, n: int, fds: list[int], mflags: int, *,
 
 @dataclass
 class Launch:
-    """A parsed LAUNCH request (no I/O): what the client asked for."""
+    """A LAUNCH request (no I/O): what a client asks for.  encode() builds
+    its body; only C reads one (fh_request_check)."""
 
     entry: bytes
     argv: list[bytes]
@@ -202,42 +188,6 @@ class Launch:
                 f"argument list and environment too long ({HDR.size + len(body)} "
                 f"bytes; the limit is {MAX_MSG})")
         return body
-
-    @classmethod
-    def decode(cls, body: bytes, nfds: int) -> "Launch":
-        if len(body) < LAUNCH_BODY.size:
-            raise ProtocolError("truncated LAUNCH request")
-        flags, umask, mask, nextra, argc, envc, slen, _ = LAUNCH_BODY.unpack_from(body)
-        strings = body[LAUNCH_BODY.size:]
-        if slen != len(strings):
-            raise ProtocolError(
-                f"truncated LAUNCH request: {slen} bytes of strings announced, "
-                f"{len(strings)} present")
-        if flags & ~LAUNCH_FLAGS or mask & ~7 or umask & ~0o777:
-            raise ProtocolError("LAUNCH request has unknown flags or bits set")
-        if nextra > MAX_EXTRA_FDS:
-            raise ProtocolError(f"too many extra fds ({nextra}; the limit is {MAX_EXTRA_FDS})")
-        if argc < 1:
-            raise ProtocolError("LAUNCH request has an empty argv")
-        parts = strings.split(b"\0")
-        # n strings, each NUL-terminated, split into n+1 pieces, the last empty.
-        if len(parts) != 1 + argc + envc + 1 or parts[-1] != b"":
-            raise ProtocolError(
-                f"malformed LAUNCH request: expected {1 + argc + envc} "
-                f"NUL-terminated strings, found {len(parts) - 1}")
-        entry, argv, env = parts[0], parts[1:1 + argc], parts[1 + argc:-1]
-        if not entry:
-            raise ProtocolError("LAUNCH request has an empty entry")
-        for var in env:
-            if b"=" not in var[1:]:
-                raise ProtocolError(f"malformed environment entry {var[:40]!r}")
-        req = cls(entry, argv, env, flags, umask, mask, nextra)
-        req._strings = strings[len(entry) + 1:]
-        if req.nfds() != nfds:
-            raise ProtocolError(
-                f"LAUNCH request announces {req.nfds()} file descriptors, "
-                f"{nfds} arrived")
-        return req
 
 
 def encode_started(pid: int) -> bytes:

@@ -1,15 +1,15 @@
-"""The secondary, after the template's os.fork(): become the client's
-process and run a Python entry.
+"""The secondary: a child of the template that took a launch of a Python
+entry (csrc/lib/template.c forks it and sets it up in C), now running it.
 
-The child gets: the template's whole address space (the arena, the native
-library, every preloaded module) and the client's fds, cwd, env, umask and
-argv.  It closes every other fd (fh_child_setup), drops the template's
-Python-level state (signal wake-up fd, atexit handlers, stdio objects,
-__main__), and never returns into the template: ``run()`` returns an exit
-status that the caller hands straight to ``os._exit``.
+The child has the template's whole address space (the arena, the native
+library, every preloaded module) and the client's fds, cwd, umask and
+argv; every other fd is closed (fh_child_setup).  Here it drops the
+template's Python-level state (signal handlers, atexit handlers, stdio
+objects, os.environ, __main__) and runs the entry; ``finish()`` reports the
+status and exits.
 
-Native entries never come here: fh_spawn_native forks in C and the child
-does not run Python at all.
+Native entries never come here: they run in C and the child does not run
+Python at all.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import signal
 import sys
 import threading
-import traceback
 
 # signal's C half (CPython's, which `signal` wraps): the same calls without
 # converting every signal number and handler to an enum and back, which
@@ -33,8 +32,7 @@ import _signal
 
 from . import entries
 from ._native import ffi, lib
-from .errors import EXIT_FORKHOST
-from .protocol import HDR, LAUNCH, Launch, header
+from .protocol import Launch
 
 
 def _write_stderr(text: str) -> None:
@@ -44,40 +42,15 @@ def _write_stderr(text: str) -> None:
         pass
 
 
-# True once this process reset its signals ahead of a launch (a pool member
-# does while it waits): setup then skips the step.
-signals_ready = False
-
-
 ALL_SIGNALS = frozenset(_signal.valid_signals())
-
-
-def block_all_signals() -> set[int]:
-    """Block every signal; returns the mask before (numbers, not enums)."""
-    return _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
-
-
-def set_signal_mask(mask) -> None:
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
-
-
-def prepare_signals() -> None:
-    """Signals as a fresh program has them, done before the launch is
-    known: the kernel's dispositions (C), then the signal module's table."""
-    global signals_ready
-    signal.set_wakeup_fd(-1)           # the template's pipe is not ours
-    rc = lib.fh_reset_signals()
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
-    _python_signal_defaults()
-    signals_ready = True
 
 
 def _python_signal_defaults() -> None:
     """What a freshly started ``python`` has: SIGINT raises KeyboardInterrupt,
     SIGPIPE and SIGXFSZ are ignored (so writes fail with an exception), the
     rest is SIG_DFL.  fh_child_setup already reset the kernel's view; this
-    brings the signal module's own table in line with it."""
+    brings the signal module's own table (the template's handlers) in line
+    with it."""
     for sig in ALL_SIGNALS:
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -177,39 +150,6 @@ def _reopen_stdio(present: int, env) -> None:
     sys.stderr = sys.__stderr__ = streams[2]
 
 
-_REHEARSAL_SOURCE = b"def main(argv):\n    return len(argv) - 1\n"
-
-
-def rehearse(template_cwd: str = "/") -> None:
-    """Walk the launch path once on a dummy request, touching nothing a
-    real launch depends on.  A pool member does this while it waits: the
-    pages the path writes (allocator arenas, type and module objects, the
-    compiler, cffi, the import system) are copied from the template now,
-    by copy-on-write faults off the critical path, instead of during a
-    launch.  The cost is those pages, private to the member."""
-    cwd_fd = os.open(template_cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        env = [k + b"=" + v for k, v in os.environb.items()]
-        body = Launch(b"forkhost_rehearsal:main", [b"forkhost_rehearsal:main", b"x"],
-                      env, 0, 0o022, 0b111, 0).encode()
-        rec = header(LAUNCH, HDR.size + len(body), 4) + body
-        run = ffi.new("struct fh_taken_launch *")
-        if lib.fh_launch_parse(rec, len(rec), 4, ffi.addressof(run, "view")) == 0:
-            name, symbol = ffi.new("char[]", b"m"), ffi.new("char[]", b"f")
-            run.kind, run.name, run.symbol = lib.FH_ENTRY_FUNCTION, name, symbol
-            taken_launch(run)
-        _make_stdio(0b111, {})
-        code = compile(_REHEARSAL_SOURCE, "<forkhost rehearsal>", "exec",
-                       dont_inherit=True)
-        namespace: dict = {}
-        exec(code, namespace)
-        namespace["main"](["rehearsal"])
-        import importlib.util
-        importlib.util.find_spec("forkhost_rehearsal_missing")
-    finally:
-        os.close(cwd_fd)
-
-
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -271,7 +211,7 @@ def _print_exception(exc: BaseException) -> None:
         traceback.print_exception(type(exc), exc, tb)
 
 
-def _die_by_sigint() -> None:
+def die_by_sigint() -> None:
     """Python exits by SIGINT on an unhandled KeyboardInterrupt, so the
     shell sees the signal; do the same."""
     _flush_stdio()
@@ -313,83 +253,14 @@ def _finalize() -> None:
     _flush_stdio()
 
 
-def build_spec(req: Launch, fds: list[int], title_area: tuple[int, int],
-               report_fd: int, client_fd: int = 0, client_pid: int = 0):
-    """The C view of a launch; returns (spec, keep): keep holds the cffi
-    buffers the spec points into and must outlive it.  argv and envp point
-    into the request's own packed strings (fh_spec_strings); a caller that
-    outlives the spec (the template) frees the arrays with
-    fh_spec_release."""
-    spec = ffi.new("struct fh_child_spec *")
-    blob = ffi.from_buffer(req.strings)
-    c_fds = ffi.new("int[]", fds)
-    keep = [blob, c_fds, req]
-    if lib.fh_spec_strings(spec, blob, len(blob), len(req.argv), len(req.env)) < 0:
-        raise OSError(ffi.errno, os.strerror(ffi.errno))
-    spec.fds, spec.nfds = c_fds, len(fds)
-    spec.stdio_mask, spec.nextra = req.stdio_mask, req.nextra
-    spec.umask = req.umask
-    spec.title_area, spec.title_len = ffi.cast("char *", title_area[0]), title_area[1]
-    spec.report_fd = report_fd
-    spec.client_fd = client_fd
-    spec.client_pid = client_pid       # its limits, nice, policy, affinity
-    spec.signals_ready = signals_ready
-    return spec, keep
-
-
-def native_args(target: entries.Target):
-    """(path, symbol) as C strings for fh_spawn_native / fh_run_native."""
-    path = ffi.new("char[]", os.fsencode(target.path))
-    sym = ffi.new("char[]", target.symbol.encode()) if target.symbol else ffi.NULL
-    return path, sym
-
-
-def fork_child(template, child) -> int:
-    """os.fork() for the template, which does it for pool members and for
-    secondaries forked on demand; returns the child's pid.
-
-    Every signal stays blocked across the fork, as fh_spawn_native does: a
-    client may forward a signal the moment it has the pid, and until the
-    child has reset its dispositions a template handler would run there and
-    write to the template's wake-up pipe (a forwarded SIGTERM would stop the
-    template).  The child gets the mask to restore when it is ready.
-
-    In the child: the template's socket objects are forgotten, then
-    child(mask) runs.  It never returns into the template: it ends in
-    os._exit with child's result, by SIGINT if it was interrupted before the
-    entry took over (as an interrupted program would), or with 125 and a
-    traceback for a bug of ours.
-    """
-    mask = block_all_signals()
-    try:
-        pid = os.fork()
-    except BaseException:
-        set_signal_mask(mask)
-        raise
-    if pid == 0:
-        code = EXIT_FORKHOST
-        try:
-            template.forget_in_child()
-            result = child(mask)
-            code = EXIT_FORKHOST if result is None else result
-        except KeyboardInterrupt:
-            _die_by_sigint()
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    set_signal_mask(mask)
-    return pid
-
-
 _KINDS = {lib.FH_ENTRY_FUNCTION: entries.FUNCTION,
           lib.FH_ENTRY_SCRIPT: entries.SCRIPT,
           lib.FH_ENTRY_MODULE: entries.MODULE}
 
 
 def taken_launch(run) -> tuple[Launch, entries.Target]:
-    """The request and the target of a Python launch a pool member took in
-    C (struct fh_taken_launch: parsed, checked and classified there)."""
+    """The request and the target of a Python launch taken in C (struct
+    fh_taken_launch: parsed, checked and classified there)."""
     view, launch = run.view, run.view.launch
     strings = ffi.unpack(view.strings, view.strings_len)
     parts = strings.split(b"\0")
@@ -397,60 +268,27 @@ def taken_launch(run) -> tuple[Launch, entries.Target]:
     req = Launch(ffi.string(view.entry), parts[:argc],
                  parts[argc:argc + launch.envc], launch.flags, launch.umask,
                  launch.stdio_mask, launch.nextra)
-    kind = _KINDS[run.kind]
-    name = os.fsdecode(ffi.string(run.name))
+    t = run.target
+    kind = _KINDS[t.kind]
+    name = os.fsdecode(ffi.string(t.name))
     if kind == entries.SCRIPT:
         return req, entries.Target(kind, path=name)
     if kind == entries.MODULE:
         return req, entries.Target(kind, name=name)
-    return req, entries.Target(kind, name=name,
-                               symbol=ffi.string(run.symbol).decode())
+    return req, entries.Target(kind, name=name, symbol=ffi.string(t.symbol).decode())
 
 
-def finish(req: Launch, target: entries.Target, spec, set_up: bool = False):
+def finish(req: Launch, target: entries.Target, spec):
     """Run a Python entry as the secondary and exit with its status,
     reported on spec.report_fd (and to the client on spec.client_fd).
-    set_up: fh_child_setup(spec) is done (a pool member does it in C).
-    Never returns."""
-    code = run(req, target, spec, set_up)
+    fh_child_setup(spec) is done (in C).  Never returns."""
+    code = run(req, target, spec)
     lib.fh_exit_report(spec.report_fd, code)        # exits
 
 
-def become(req: Launch, target: entries.Target, fds: list[int],
-           title_area: tuple[int, int], report_fd: int, client_fd: int = 0,
-           client_pid: int = 0):
-    """In a fresh child of the template (a pool member, or a direct fork):
-    become the secondary and exit, reporting the status on report_fd (and
-    to the client itself on client_fd, when given).  Never returns."""
-    spec, keep = build_spec(req, fds, title_area, report_fd, client_fd, client_pid)
-    if target.kind == entries.NATIVE:
-        path, sym = native_args(target)
-        # A C program starts with every disposition SIG_DFL; a pool member
-        # prepared Python's (SIGINT caught, SIGPIPE and SIGXFSZ ignored),
-        # which would swallow a Ctrl-C for good once C runs.  Block all
-        # first (a SIGINT Python already caught raises KeyboardInterrupt
-        # right here), then fh_child_setup resets every disposition and
-        # unblocks: what arrived meanwhile acts with its default action.
-        block_all_signals()
-        spec.signals_ready = False
-        lib.fh_run_native(spec, path, sym)          # C from here on; exits
-    finish(req, target, spec)
-    del keep
-
-
-def run(req: Launch, target: entries.Target, spec, set_up: bool = False) -> int:
+def run(req: Launch, target: entries.Target, spec) -> int:
     """Become the secondary and run the entry; returns the exit status."""
-    if not set_up:
-        signal.set_wakeup_fd(-1)           # the template's pipe is not ours
-        err = ffi.new("const char **")
-        rc = lib.fh_child_setup(spec, err)
-        if rc < 0:
-            step = ffi.string(err[0]).decode() if err[0] else "setup"
-            _write_stderr(f"forkhost: cannot set up the secondary: {step}: "
-                          f"{os.strerror(-rc)}\n")
-            return EXIT_FORKHOST
-    if not signals_ready:
-        _python_signal_defaults()
+    _python_signal_defaults()
     env = _set_environ(req, spec)
     # What `python` reads from the environment at startup and a running
     # interpreter still lets change (docs/architecture.md).
@@ -478,7 +316,7 @@ def run(req: Launch, target: entries.Target, spec, set_up: bool = False) -> int:
     except KeyboardInterrupt as exc:
         _print_exception(exc)
         _finalize()
-        _die_by_sigint()
+        die_by_sigint()
         return 130
     except BaseException as exc:
         _print_exception(exc)

@@ -13,6 +13,7 @@
 #include "forkhost/version.h"
 #include "forkhost/arena.h"
 #include "forkhost/proto.h"
+#include "forkhost/request.h"
 #include "forkhost/spawn.h"
 #include "forkhost/entry.h"
 #include "forkhost/memzone.h"
@@ -22,6 +23,7 @@
 #include "forkhost/demo.h"
 #include "forkhost/ipc.h"
 #include "forkhost/member.h"
+#include "forkhost/template.h"
 
 FH_API const char *fh_version(void);
 

@@ -34,66 +34,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- parsing ---------------------------------------------------------- */
-
-FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
-                           struct fh_launch_view *v)
-{
-    struct fh_launch l;
-    const char *s, *p, *end;
-    uint64_t want, found = 0, i;
-    size_t slen, elen;
-
-    /* Copies: the record may sit at any alignment. */
-    if (n < sizeof l.hdr || n > FH_PROTO_MAX_MSG)
-        return -EPROTO;
-    memcpy(&l.hdr, rec, sizeof l.hdr);
-    if (l.hdr.magic != FH_PROTO_MAGIC || l.hdr.version != FH_PROTO_VERSION ||
-        l.hdr.type != FH_MSG_LAUNCH || l.hdr.len != n || l.hdr.nfds != nfds)
-        return -EPROTO;
-    if (n < sizeof l)
-        return -EPROTO;
-    memcpy(&l, rec, sizeof l);
-    slen = n - sizeof l;
-    if (l.strings_len != slen)
-        return -EPROTO;
-    if ((l.flags & ~FH_LAUNCH_FLAGS) || (l.stdio_mask & ~7u) ||
-        (l.umask & ~0777u) || l.nextra > FH_PROTO_MAX_EXTRA_FDS || l.argc < 1)
-        return -EPROTO;
-    /* Exactly 1 + argc + envc NUL-terminated strings, filling the rest. */
-    want = 1 + (uint64_t)l.argc + l.envc;
-    s = (const char *)rec + sizeof l;
-    end = s + slen;
-    if (slen == 0 || end[-1] != '\0')
-        return -EPROTO;
-    for (p = s; p < end; p++) {
-        p = memchr(p, '\0', (size_t)(end - p));
-        if (++found > want)
-            return -EPROTO;
-    }
-    if (found != want || s[0] == '\0')
-        return -EPROTO;
-    /* Every environment entry has a '=' after its first byte. */
-    elen = strlen(s) + 1;
-    p = s + elen;
-    for (i = 0; i < l.argc; i++)
-        p += strlen(p) + 1;
-    for (i = 0; i < l.envc; i++) {
-        size_t len = strlen(p);
-
-        if (len < 2 || memchr(p + 1, '=', len - 1) == NULL)
-            return -EPROTO;
-        p += len + 1;
-    }
-    if (1u + (unsigned)__builtin_popcount(l.stdio_mask) + l.nextra != nfds)
-        return -EPROTO;
-    v->launch = l;
-    v->entry = s;
-    v->strings = s + elen;
-    v->strings_len = slen - elen;
-    return 0;
-}
-
 /* ---- records on the sockets ------------------------------------------ */
 
 static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
@@ -236,94 +176,6 @@ static int wait_request(struct fh_member *m)
     }
 }
 
-/* ---- classification of native entries -------------------------------- */
-
-/* The file type of path (S_IFREG, S_IFDIR, ...), 0 when it names nothing. */
-static mode_t file_type(int dirfd, const char *path)
-{
-    struct stat st;
-
-    return fstatat(dirfd, path, &st, 0) == 0 ? (st.st_mode & S_IFMT) : 0;
-}
-
-static int is_regular(int dirfd, const char *path)
-{
-    return file_type(dirfd, path) == S_IFREG;
-}
-
-static int is_elf(int dirfd, const char *path)
-{
-    char magic[4];
-    ssize_t r;
-    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return 0;
-    r = pread(fd, magic, sizeof magic, 0);
-    close(fd);
-    return r == (ssize_t)sizeof magic && memcmp(magic, "\177ELF", 4) == 0;
-}
-
-/* entries._DOTTED: ASCII identifiers joined by single dots. */
-static int is_dotted(const char *s)
-{
-    int start = 1;
-
-    for (; *s != '\0'; s++) {
-        char c = *s;
-
-        if (c == '.') {
-            if (start)
-                return 0;
-            start = 1;
-        } else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                   c == '_' || (!start && c >= '0' && c <= '9')) {
-            start = 0;
-        } else {
-            return 0;
-        }
-    }
-    return !start;
-}
-
-FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
-                             char *head, size_t head_len, const char **name,
-                             const char **symbol)
-{
-    const char *colon;
-    size_t hl;
-
-    *name = entry;
-    *symbol = NULL;
-    if (module_flag)
-        return is_dotted(entry) ? FH_ENTRY_MODULE : FH_ENTRY_DEFER;
-    switch (file_type(cwd_fd, entry)) {
-    case S_IFREG:
-        return is_elf(cwd_fd, entry) ? FH_ENTRY_NATIVE : FH_ENTRY_SCRIPT;
-    case S_IFDIR:                       /* python DIR: its __main__.py */
-        return FH_ENTRY_SCRIPT;
-    case 0:
-        break;
-    default:                            /* a FIFO, a device: the template's */
-        return FH_ENTRY_DEFER;
-    }
-    colon = strrchr(entry, ':');
-    if (colon == NULL || colon == entry)
-        return FH_ENTRY_DEFER;
-    hl = (size_t)(colon - entry);
-    if (hl >= head_len)
-        return FH_ENTRY_DEFER;
-    memcpy(head, entry, hl);
-    head[hl] = '\0';
-    *name = head;
-    *symbol = colon[1] != '\0' ? colon + 1 : NULL;
-    if (is_regular(cwd_fd, head))   /* PATH:SYMBOL; on Python source, 126 */
-        return is_elf(cwd_fd, head) ? FH_ENTRY_NATIVE : FH_ENTRY_DEFER;
-    if (*symbol != NULL && is_dotted(head) && is_dotted(*symbol))
-        return FH_ENTRY_FUNCTION;
-    return FH_ENTRY_DEFER;              /* not found: 127 */
-}
-
 /* ---- the member ------------------------------------------------------ */
 
 /* Set in members (fh_member_init); a secondary that was a member learns
@@ -444,7 +296,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    took(m, &r->view, r->kind != FH_ENTRY_NATIVE);
+    took(m, &r->view, r->target.kind != FH_ENTRY_NATIVE);
     rc = started(m);
     /* A client that is gone (EPIPE) is the template's to notice. */
     if (rc < 0 && rc != -EPIPE)
@@ -463,15 +315,14 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
     spec->report_fd = m->ctl_fd;
     spec->client_fd = m->conn;
     spec->client_pid = client;
-    /* A member set Python's dispositions while it waited (SIGINT caught,
-     * SIGPIPE ignored): right for a Python entry, not for C. */
-    spec->signals_ready = r->kind != FH_ENTRY_NATIVE;
+    /* A member reset every disposition while it waited (fh_reset_signals):
+     * what a fresh program has.  A Python entry sets Python's own on top. */
+    spec->signals_ready = m->signals_reset;
 }
 
 /* A connection accepted: see what it is. */
 static int take(struct fh_member *m)
 {
-    struct fh_taken_launch *r = &m->run;
     struct ucred cred;
     socklen_t len = sizeof cred;
     int rc;
@@ -497,17 +348,24 @@ static int take(struct fh_member *m)
         m->state = FH_HANDOFF_PENDING;   /* the template reads the error */
         return FH_MEMBER_HANDOFF;
     }
-    if (m->mflags & (MSG_TRUNC | MSG_CTRUNC) ||
-        fh_launch_parse(m->buf, m->n, m->nfds, &r->view) < 0)
-        return FH_MEMBER_HANDOFF;
-    r->kind = (unsigned)fh_entry_classify(
-        r->view.entry, (r->view.launch.flags & FH_LAUNCH_MODULE) != 0,
-        m->fds[0], r->head, sizeof r->head, &r->name, &r->symbol);
-    if (r->kind == FH_ENTRY_DEFER)
-        return FH_MEMBER_HANDOFF;
-    become(m, r, cred.pid);
-    if (r->kind == FH_ENTRY_NATIVE)
-        fh_run_native(&r->spec, r->name, r->symbol);    /* never returns */
+    return fh__member_take_received(m, cred.pid);
+}
+
+int fh__member_take_received(struct fh_member *m, pid_t client_pid)
+{
+    struct fh_taken_launch *r = &m->run;
+    struct fh_req_result why;
+
+    if (fh_request_check(m->buf, m->n, m->mflags, m->nfds, &r->view,
+                         &why) != FH_MSG_LAUNCH ||
+        fh_entry_decide(r->view.entry,
+                        (r->view.launch.flags & FH_LAUNCH_MODULE) != 0,
+                        m->fds[0], &r->target) == FH_ENTRY_ERROR ||
+        (r->target.kind != FH_ENTRY_NATIVE && !m->python))
+        return FH_MEMBER_HANDOFF;     /* the template answers it */
+    become(m, r, client_pid);
+    if (r->target.kind == FH_ENTRY_NATIVE)        /* never returns */
+        fh_run_native(&r->spec, r->target.name, r->target.symbol);
     /* A Python entry: the process's setup is done here too, as
      * fh_run_native does it; Python is left only its own objects. */
     fh__child_setup_or_exit(&r->spec);

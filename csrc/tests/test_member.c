@@ -1,10 +1,9 @@
 /*
  * test_member.c - a pool member's side of template.sock, under ASan and
- * UBSan: the LAUNCH parser on valid, broken and fuzzed records, and
- * fh_entry_classify on real files, and
- * fh_member_next/fh_member_handoff on real sockets (a request that is not
- * a launch is handed over with its bytes and fds; a slow one says BUSY
- * first; a Python launch is taken and set up, its TOOK carrying the cwd).
+ * UBSan: fh_member_next/fh_member_handoff on real sockets (a request that
+ * is not a launch is handed over with its bytes and fds; a slow one says
+ * BUSY first; a Python launch is taken and set up, its TOOK carrying the
+ * cwd).  The parser and the classifier are test_request.c's.
  */
 #include "forkhost.h"
 #include "fhtest.h"
@@ -17,8 +16,6 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-
-static char rec[4096];
 
 /* The fixed part of a LAUNCH whose strings take strings_len bytes. */
 static struct fh_launch launch_head(size_t strings_len, unsigned stdio_mask,
@@ -39,77 +36,6 @@ static struct fh_launch launch_head(size_t strings_len, unsigned stdio_mask,
     l.envc = envc;
     l.strings_len = (uint32_t)strings_len;
     return l;
-}
-
-/* A valid LAUNCH: entry "e", argv {"a", ""}, env {"K=v"}, stdio 0b101,
- * one extra fd: 1 + 2 + 1 = 4 fds. */
-static size_t good(void)
-{
-    static const char strings[] = "e\0a\0\0K=v";   /* + the final NUL */
-    struct fh_launch l = launch_head(sizeof strings, 5, 1, 2, 1);
-
-    memcpy(rec, &l, sizeof l);
-    memcpy(rec + sizeof l, strings, sizeof strings);
-    return sizeof l + sizeof strings;
-}
-
-static int parses(size_t n, unsigned nfds)
-{
-    struct fh_launch_view v;
-
-    return fh_launch_parse(rec, n, nfds, &v) == 0;
-}
-
-#define FIELD(member) (*(uint32_t *)(rec + offsetof(struct fh_launch, member)))
-
-static void test_parse(void)
-{
-    struct fh_launch_view v;
-    size_t n = good(), i;
-
-    CHECK(fh_launch_parse(rec, n, 4, &v) == 0, "a valid launch");
-    CHECK(strcmp(v.entry, "e") == 0 && v.launch.argc == 2, "the view");
-    CHECK(v.strings == v.entry + 2 && v.strings_len == n - sizeof(struct fh_launch) - 2,
-          "strings after the entry");
-    CHECK(!parses(n, 3) && !parses(n, 5), "fds received must match");
-    good(); FIELD(hdr.magic) ^= 1;      CHECK(!parses(n, 4), "magic");
-    good(); rec[4] = 2;                 CHECK(!parses(n, 4), "version");
-    good(); rec[6] = FH_MSG_INFO;       CHECK(!parses(n, 4), "type");
-    good(); FIELD(hdr.len) += 1;        CHECK(!parses(n, 4), "length");
-    good(); FIELD(hdr.nfds) = 3;        CHECK(!parses(n, 4), "header nfds");
-    good(); FIELD(strings_len) -= 1;    CHECK(!parses(n, 4), "strings_len");
-    good(); FIELD(flags) = 4;           CHECK(!parses(n, 4), "flags");
-    good(); FIELD(flags) = FH_LAUNCH_MODULE; CHECK(parses(n, 4), "module flag");
-    good(); FIELD(flags) = FH_LAUNCH_FLAGS; CHECK(parses(n, 4), "every known flag");
-    good(); FIELD(stdio_mask) = 8;      CHECK(!parses(n, 4), "stdio mask");
-    good(); FIELD(umask) = 01000;       CHECK(!parses(n, 4), "umask");
-    good(); FIELD(nextra) = 33;         CHECK(!parses(n, 4), "nextra");
-    good(); FIELD(argc) = 0; FIELD(envc) = 2; CHECK(!parses(n, 4), "argc 0");
-    good(); FIELD(argc) = 3;            CHECK(!parses(n, 4), "one string short");
-    good(); FIELD(envc) = 0;            CHECK(!parses(n, 4), "one string over");
-    good(); rec[n - 1] = 'x';           CHECK(!parses(n, 4), "no final NUL");
-    good(); rec[sizeof(struct fh_launch)] = '\0';
-    FIELD(argc) = 3; FIELD(envc) = 0;   CHECK(!parses(n, 4), "empty entry");
-    good(); rec[n - 3] = 'x';           CHECK(!parses(n, 4), "env without '='");
-    good(); rec[n - 4] = '='; rec[n - 3] = 'x';
-    CHECK(!parses(n, 4), "env '=' first only");
-    CHECK(!parses(10, 4) && !parses(sizeof(struct fh_msg_hdr), 4), "short");
-    /* Every truncation, and every single-byte change: no read outside the
-     * record (ASan watches), and only a few survive. */
-    for (i = 0; i <= good(); i++) {
-        good();
-        FIELD(hdr.len) = (uint32_t)i;
-        (void)parses(i, 4);
-    }
-    for (i = 0; i < good(); i++) {
-        unsigned bit;
-
-        for (bit = 0; bit < 8; bit++) {
-            good();
-            rec[i] ^= (char)(1u << bit);
-            (void)parses(n, 4);
-        }
-    }
 }
 
 /* sendmsg of iov with nfds fds (at most 4) attached. */
@@ -202,6 +128,7 @@ static void test_member_sockets(void)
         m.uid = (unsigned)getuid();
         m.timeout_ms = 5000;
         m.buf = buf;
+        m.python = 1;          /* Python entries are taken (FH_MEMBER_PYTHON) */
         CHECK(fh_member_init(&m) == 0, "init");
         for (k = 0; k < 2; k++) {
             int rc = fh_member_next(&m);
@@ -216,7 +143,7 @@ static void test_member_sockets(void)
             int rc = fh_member_next(&m);
 
             CHECK(rc == FH_MEMBER_PYTHON, "a Python launch, got %d", rc);
-            CHECK(m.run.kind == FH_ENTRY_FUNCTION, "kind");
+            CHECK(m.run.target.kind == FH_ENTRY_FUNCTION, "kind");
             CHECK(getcwd(cwd, sizeof cwd) != NULL &&
                   write(1, cwd, strlen(cwd)) == (ssize_t)strlen(cwd), "cwd");
             fh_exit_report(m.run.spec.report_fd, 7);
@@ -327,58 +254,8 @@ static void test_member_sockets(void)
     CHECK(count_fds() == fds_before, "fds leaked");
 }
 
-/* fh_entry_classify against a directory holding Python source, an ELF
- * file and a subdirectory; the property test in test_pool.py holds it to
- * entries.classify, this one runs it under the sanitizers. */
-static void test_classify(void)
-{
-    char dir[] = "/tmp/fhtest-classify-XXXXXX", path[64], head[8], big[64];
-    const char *name, *symbol;
-    int fd, dfd;
-
-    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
-    snprintf(path, sizeof path, "%s/s.py", dir);
-    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-    CHECK(fd >= 0 && write(fd, "pass\n", 5) == 5 && close(fd) == 0, "s.py");
-    snprintf(path, sizeof path, "%s/sub", dir);
-    CHECK(mkdir(path, 0700) == 0, "sub/");
-    dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    CHECK(dfd >= 0, "open the directory");
-
-#define KIND(entry, mod) fh_entry_classify(entry, mod, dfd, head, sizeof head, \
-                                           &name, &symbol)
-    CHECK(KIND("mod.sub:fn", 0) == FH_ENTRY_FUNCTION &&
-          strcmp(name, "mod.sub") == 0 && strcmp(symbol, "fn") == 0, "module:function");
-    CHECK(KIND("s.py", 0) == FH_ENTRY_SCRIPT && strcmp(name, "s.py") == 0 &&
-          symbol == NULL, "a script");
-    CHECK(KIND("pkg.mod", 1) == FH_ENTRY_MODULE && strcmp(name, "pkg.mod") == 0,
-          "-m module");
-    CHECK(KIND("/bin/true", 0) == FH_ENTRY_NATIVE && symbol == NULL, "ELF");
-    CHECK(KIND("/bin/true:", 0) == FH_ENTRY_DEFER, "head longer than its buffer");
-    CHECK(KIND("s.py:main", 0) == FH_ENTRY_DEFER, "a symbol on Python source");
-    CHECK(KIND("missing", 0) == FH_ENTRY_DEFER, "not found");
-    CHECK(KIND("sub", 0) == FH_ENTRY_SCRIPT && strcmp(name, "sub") == 0,
-          "a directory (python DIR runs its __main__.py)");
-    CHECK(KIND("sub:fn", 0) == FH_ENTRY_FUNCTION, "a directory is no PATH:SYMBOL head");
-    CHECK(KIND("/dev/null", 0) == FH_ENTRY_DEFER, "a device: the template decides");
-    CHECK(KIND("mod:", 0) == FH_ENTRY_DEFER && KIND(":fn", 0) == FH_ENTRY_DEFER &&
-          KIND("1m:fn", 0) == FH_ENTRY_DEFER && KIND("m.:fn", 0) == FH_ENTRY_DEFER &&
-          KIND("m:f..g", 0) == FH_ENTRY_DEFER && KIND("a b", 1) == FH_ENTRY_DEFER,
-          "names that are not dotted identifiers");
-    memset(big, 'm', sizeof big - 4);
-    memcpy(big + sizeof big - 4, ":fn", 4);
-    CHECK(KIND(big, 0) == FH_ENTRY_DEFER, "a module name longer than head");
-#undef KIND
-    close(dfd);
-    unlink(strcat(strcpy(path, dir), "/s.py"));
-    rmdir(strcat(strcpy(path, dir), "/sub"));
-    CHECK(rmdir(dir) == 0, "clean up");
-}
-
 int main(void)
 {
-    test_parse();
-    test_classify();
     test_member_sockets();
     printf("test_member: ok\n");
     return 0;

@@ -11,9 +11,14 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
+# A declaration must come before the ones that use it: these first, in
+# this order, then the rest by name.
+FIRST = ["spawn.h", "request.h", "member.h", "template.h"]
+
 ffi = FFI()
-for part in sorted((HERE / "cdef").glob("*.h")):
-    ffi.cdef(part.read_text())
+for name in FIRST + sorted(p.name for p in (HERE / "cdef").glob("*.h")
+                           if p.name not in FIRST):
+    ffi.cdef((HERE / "cdef" / name).read_text())
 
 ffi.set_source(
     "forkhost._native._fh",

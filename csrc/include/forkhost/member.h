@@ -30,6 +30,7 @@
 #include <sys/types.h>
 
 #include "forkhost/proto.h"
+#include "forkhost/request.h"
 #include "forkhost/spawn.h"
 
 #ifndef FH_API
@@ -79,39 +80,14 @@ enum fh_member_result {
                                 m->run says what to run */
 };
 
-/* The entry forms of entries.py, as fh_entry_classify() decides them. */
-enum fh_entry_kind {
-    FH_ENTRY_DEFER    = 0,   /* not decided here: the template classifies
-                                it (and answers "not found" and the like) */
-    FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
-    FH_ENTRY_FUNCTION = 2,   /* module:function */
-    FH_ENTRY_SCRIPT   = 3,   /* what python PATH runs: source, .pyc, a
-                                directory or zip file with __main__.py */
-    FH_ENTRY_MODULE   = 4,   /* -m module */
-};
-
-/* A parsed, checked LAUNCH: views into the record. */
-struct fh_launch_view {
-    struct fh_launch launch; /* a copy of the fixed part */
-    const char *entry;
-    const char *strings;     /* argv then env, NUL-terminated, packed */
-    size_t      strings_len;
-};
-
 /* A launch a member took: what it names and the child's setup, decided and
  * prepared in C.  A Python entry's (FH_MEMBER_PYTHON) is everything the
  * interpreter needs. */
 struct fh_taken_launch {
-    unsigned    kind;        /* enum fh_entry_kind, never DEFER */
-    const char *name;        /* NATIVE, SCRIPT: the file (as sent, relative
-                                to the client's cwd); FUNCTION, MODULE: the
-                                module */
-    const char *symbol;      /* FUNCTION: the attribute path; NATIVE: the
-                                symbol, NULL for main; else NULL */
+    struct fh_entry_target target;   /* what it runs (never ERROR) */
     struct fh_launch_view view;
     struct fh_child_spec spec;   /* for fh_child_setup(); argv and envp
                                     point into the member's buffer */
-    char        head[4096];  /* PATH_MAX: the part before the last ':' */
 };
 
 struct fh_member {
@@ -129,6 +105,10 @@ struct fh_member {
     size_t    title_len;
     char     *buf;           /* FH_PROTO_MAX_MSG + 1 bytes */
     struct fh_hotset *hot;   /* the template's, or NULL */
+    int       python;        /* Python entries can run here (the template
+                                has a Python hook); else they are the
+                                template's to refuse */
+    int       signals_reset; /* fh_reset_signals() ran in this process */
     /* set by fh_member_init */
     int       epoll_fd;
     /* out: the connection being handled */
@@ -141,33 +121,12 @@ struct fh_member {
     struct fh_taken_launch run;  /* FH_MEMBER_PYTHON */
 };
 
-/*
- * Check a whole LAUNCH record of n bytes that came with nfds fds, exactly
- * as the template's Python parser does (header, counts, flags, strings,
- * environment entries, fd count).  0 and *v filled, or -EPROTO.
- */
-FH_API int fh_launch_parse(const void *rec, size_t n, unsigned nfds,
-                           struct fh_launch_view *v);
-
-/*
- * What entry names, as entries.classify() decides it, for a client whose
- * cwd is cwd_fd: the kind, with *name (the entry, or head holding the part
- * before the last ':') and *symbol (after it, or NULL).  FH_ENTRY_DEFER for
- * anything that is not plainly one of the forms (a missing file, a ':symbol'
- * on a file that is not ELF, a name that is not a dotted ASCII identifier,
- * a head longer than head_len - 1): the template's Python classifier is the
- * authority there, and this one never decides a case differently.
- */
-FH_API int fh_entry_classify(const char *entry, int module_flag, int cwd_fd,
-                             char *head, size_t head_len, const char **name,
-                             const char **symbol);
-
 /* The member's epoll set (close-on-exec).  0, or -errno. */
 FH_API int fh_member_init(struct fh_member *m);
 
 /*
  * Wait for a client and take it.  On a valid LAUNCH whose entry
- * fh_entry_classify() decides, the member sends TOOK and STARTED and is the
+ * fh_entry_decide() finds runnable, the member sends TOOK and STARTED and is the
  * secondary from then on: a native entry never returns (fh_run_native), a
  * Python one returns FH_MEMBER_PYTHON with m->run filled and the process
  * set up (fh_child_setup(&m->run.spec): fds, cwd, umask, title, signals;
@@ -178,16 +137,19 @@ FH_API int fh_member_init(struct fh_member *m);
  */
 FH_API int fh_member_next(struct fh_member *m);
 
+/*
+ * In a child the template forked for a launch it received itself (no member
+ * was idle): m->conn, m->buf, m->n, m->fds and m->nfds hold what it
+ * received, already checked and classified as runnable.  Takes it as a
+ * member would (TOOK, STARTED, setup): returns FH_MEMBER_PYTHON with m->run
+ * filled for a Python entry, never returns for a native one, and hands the
+ * connection back (FH_MEMBER_HANDOFF) if it is no longer runnable.
+ */
+int fh__member_take_received(struct fh_member *m, pid_t client_pid);
+
 /* Hand m->conn and what was received to the template; closes ours. 0 or
  * -errno (the connection is closed either way). */
 FH_API int fh_member_handoff(struct fh_member *m);
-
-/* Tell the template this member runs m->conn's launch.  0 or -errno. */
-FH_API int fh_member_took(struct fh_member *m, const char *argv0);
-
-/* Send the client STARTED with this process's pid and a pidfd of it.
- * 0 or -errno. */
-FH_API int fh_member_started(struct fh_member *m);
 
 /*
  * Copy-on-write ahead of time.  A launch in a fresh fork writes to pages it

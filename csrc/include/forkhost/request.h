@@ -1,0 +1,114 @@
+/*
+ * forkhost/request.h - the one parser and the one classifier of what a
+ * client sends to template.sock.  Pool members and the template both use
+ * them; Python has no parser or classifier of requests of its own.
+ *
+ * Every refusal is an entry of one table of messages (request.c), filled
+ * with the numbers or the text the result names; the client prints that
+ * line and exits 125 (a bad request), 126 (an entry that cannot run) or
+ * 127 (an entry not found).
+ */
+#ifndef FORKHOST_REQUEST_H
+#define FORKHOST_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forkhost/proto.h"
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+/* Why a record was refused (the index into the message table). */
+enum fh_req_error {
+    FH_REQ_OK = 0,
+    FH_REQ_TOO_MANY_FDS,      /* recvmsg's MSG_CTRUNC */
+    FH_REQ_TOO_LARGE,         /* MSG_TRUNC, or more than FH_PROTO_MAX_MSG */
+    FH_REQ_SHORT,             /* fewer bytes than a header */
+    FH_REQ_MAGIC,
+    FH_REQ_VERSION,
+    FH_REQ_LENGTH,            /* hdr.len is not what arrived */
+    FH_REQ_NFDS,              /* hdr.nfds is not what arrived */
+    FH_REQ_TYPE,              /* neither LAUNCH nor INFO */
+    FH_REQ_LAUNCH_SHORT,      /* body shorter than struct fh_launch's */
+    FH_REQ_LAUNCH_STRINGS_LEN,/* strings_len is not what follows */
+    FH_REQ_LAUNCH_FLAGS,      /* unknown flags, stdio or umask bits */
+    FH_REQ_LAUNCH_EXTRA,      /* nextra > FH_PROTO_MAX_EXTRA_FDS */
+    FH_REQ_LAUNCH_ARGV,       /* argc == 0 */
+    FH_REQ_LAUNCH_STRINGS,    /* not 1 + argc + envc NUL-terminated strings */
+    FH_REQ_LAUNCH_ENTRY,      /* the entry is empty */
+    FH_REQ_LAUNCH_ENV,        /* an environment entry without '=' after
+                                 its first byte */
+    FH_REQ_LAUNCH_FDS,        /* 1 + popcount(stdio_mask) + nextra != nfds */
+    FH_REQ_NERRORS
+};
+
+/* A parsed, checked LAUNCH: views into the record. */
+struct fh_launch_view {
+    struct fh_launch launch; /* a copy of the fixed part */
+    const char *entry;
+    const char *strings;     /* argv then env, NUL-terminated, packed */
+    size_t      strings_len;
+};
+
+/* What a refusal names, for its message. */
+struct fh_req_result {
+    unsigned    error;       /* enum fh_req_error */
+    uint64_t    a, b;        /* the numbers the message names */
+    const char *text;        /* FH_REQ_LAUNCH_ENV: the entry (not
+                                NUL-terminated), else NULL */
+    size_t      text_len;
+};
+
+/*
+ * Check one record as recvmsg left it: n bytes received, of which buf holds
+ * min(n, FH_PROTO_MAX_MSG + 1); mflags is recvmsg's msg_flags, nfds the
+ * descriptors that arrived.  Returns the message type (FH_MSG_LAUNCH, *v
+ * filled, or FH_MSG_INFO), 0 for an orderly EOF (n == 0, no fds), or -1
+ * with *r saying why.  The checks run in a fixed order, so one record
+ * always gets the same refusal.
+ */
+FH_API int fh_request_check(const void *buf, size_t n, int mflags,
+                            unsigned nfds, struct fh_launch_view *v,
+                            struct fh_req_result *r);
+
+/* The one-line message for r (no newline), truncated to fit size (at most
+ * FH_PROTO_MAX_ERROR bytes are ever written, plus the NUL).  Its length. */
+FH_API size_t fh_request_message(const struct fh_req_result *r, char *out,
+                                 size_t size);
+
+/* The entry forms (docs/cli.md). */
+enum fh_entry_kind {
+    FH_ENTRY_ERROR    = 0,   /* not runnable: exit_code and message say why */
+    FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
+    FH_ENTRY_FUNCTION = 2,   /* module:function */
+    FH_ENTRY_SCRIPT   = 3,   /* what python PATH runs: source, .pyc, a
+                                directory or zip file with __main__.py, a
+                                FIFO or device it reads */
+    FH_ENTRY_MODULE   = 4,   /* -m module */
+};
+
+#define FH_ENTRY_HEAD_MAX 4096   /* PATH_MAX */
+
+struct fh_entry_target {
+    unsigned    kind;        /* enum fh_entry_kind */
+    const char *name;        /* NATIVE, SCRIPT: the file, as sent (relative
+                                to the client's cwd); FUNCTION, MODULE: the
+                                module.  Points into the entry or head */
+    const char *symbol;      /* FUNCTION: the attribute path; NATIVE: the
+                                symbol, NULL for main; else NULL */
+    int         exit_code;   /* ERROR: 127 (not found) or 126 (cannot run) */
+    char        head[FH_ENTRY_HEAD_MAX];   /* the part before the last ':' */
+    char        message[FH_PROTO_MAX_ERROR + 1];  /* ERROR: one line */
+};
+
+/*
+ * What entry names for a client whose cwd is cwd_fd (an O_PATH directory):
+ * one stat and, for a regular file, a 4-byte read.  Fills *t and returns
+ * t->kind.  The entry must stay alive while t's name and symbol are used.
+ */
+FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
+                           struct fh_entry_target *t);
+
+#endif /* FORKHOST_REQUEST_H */

@@ -1,0 +1,106 @@
+/*
+ * forkhost/template.h - the template: the clean-slate copy of the primary
+ * that forks secondaries, all of its loop in C.
+ *
+ * One epoll loop, single-threaded, over template.sock (while no pool
+ * member is idle), client connections, pool members' notices, the pidfds
+ * of members and secondaries, and a signalfd.  Pool members take launches
+ * themselves (member.h); the template forks them, hears what they took,
+ * reports exits and stops, answers errors and INFO, and ends its
+ * secondaries when it stops.  Nothing it does per launch runs Python, and
+ * what it writes per launch lives in memory its forks do not inherit
+ * (MADV_DONTFORK), so a fork costs it no copy-on-write faults there.
+ *
+ * The same loop serves a Python primary (called through cffi; Python
+ * entries are handed to Python through hooks.run_python in the child) and
+ * a C program that is its own primary (no hooks: Python entries are
+ * refused with 126).
+ */
+#ifndef FORKHOST_TEMPLATE_H
+#define FORKHOST_TEMPLATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "forkhost/member.h"
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+/* What the template sends the primary's IPC for each secondary it reaps
+ * (one datagram on exit_notice_fd, dropped if it cannot go at once). */
+struct fh_template_exit {
+    int32_t pid;
+    int32_t status;          /* the wait status, as waitpid gives it */
+};
+
+/* The loop's timings (milliseconds) and limits; docs/architecture.md
+ * says why each is what it is. */
+#define FH_TEMPLATE_REQUEST_TIMEOUT_MS 10000u /* connect() to the request */
+#define FH_TEMPLATE_REPLENISH_QUIET_US 2000   /* quiet loop before a refill */
+#define FH_TEMPLATE_BACK_TO_BACK_US   10000   /* launches closer: refill now */
+#define FH_TEMPLATE_REPLENISH_RETRY_US 100000 /* after a failed member fork */
+#define FH_TEMPLATE_NEWS_DELAY_US      3000   /* TOOK/BUSY read this late */
+#define FH_TEMPLATE_LEARN_FIRST        2u     /* hot set: first launches */
+#define FH_TEMPLATE_RELEARN            64u    /* ... and one in every 64 */
+#define FH_TEMPLATE_MAX_PENDING        256u   /* connections without request */
+#define FH_TEMPLATE_READ_AHEAD_US      1000000 /* a Python entry is read
+                                                  ahead again after this */
+
+/* Python's part, all optional (NULL in a C primary). */
+struct fh_template_hooks {
+    /* In a child that took a launch of a Python entry, set up
+     * (fh_child_setup done, TOOK and STARTED sent): run it and exit.
+     * Never returns. */
+    void (*run_python)(struct fh_taken_launch *run);
+    /* In the template, after a launch of a Python entry (at most once a
+     * FH_TEMPLATE_READ_AHEAD_US per directory and entry): read it ahead
+     * for the members forked next.  cwd_fd is the client's cwd. */
+    void (*read_ahead)(int cwd_fd, const char *entry, int module_flag);
+    /* INFO: more JSON members ("\"k\": v, ..." without braces) into buf;
+     * returns the length written (0: none). */
+    size_t (*info_extra)(char *buf, size_t size);
+};
+
+struct fh_template_config {
+    int          listen_fd;      /* template.sock, listening */
+    const char  *prefix;
+    const char  *socket_path;    /* unlinked at the end while still ours */
+    uint64_t     socket_ino;
+    pid_t        primary_pid;
+    unsigned     max_secondaries;
+    unsigned     grace_ms;       /* SIGTERM, then SIGKILL after this */
+    unsigned     pool_size;      /* idle members kept ready */
+    unsigned     request_timeout_ms;  /* 0: FH_TEMPLATE_REQUEST_TIMEOUT_MS */
+    int          exit_notice_fd; /* struct fh_template_exit per exit, or -1 */
+    int          ready_fd;       /* "ok" or an error text, then closed; -1 */
+    const int   *keep_fds;       /* more fds the template keeps (the arena) */
+    unsigned     nkeep;
+    char        *title_area;     /* memory /proc/PID/cmdline shows, or NULL */
+    size_t       title_len;
+    struct fh_template_hooks hooks;
+};
+
+/*
+ * Become the template, in a child just forked from a single-threaded
+ * primary: a session of its own, SIGTERM when the primary dies, every fd
+ * but the config's and 0-2 closed, stdin and stdout on /dev/null, the pool
+ * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP or the
+ * primary's death, end the secondaries (SIGTERM, SIGKILL after grace_ms)
+ * and remove the socket.  Returns the template's exit status (0; 1 when it
+ * could not start, said on ready_fd).  Children never return from it.
+ */
+FH_API int fh_template_main(const struct fh_template_config *c);
+
+/*
+ * For a C primary: check that this process is single-threaded, fork, and
+ * run fh_template_main() in the child (which _exits with its status).
+ * The primary's pid of the template, or -1 with errno (EBUSY: more than
+ * one thread).  Waits for the template's "ok" when c->ready_fd is -1
+ * (a pipe is made for it); -1 with errno EIO if it failed to start.
+ */
+FH_API pid_t fh_template_fork(const struct fh_template_config *c);
+
+#endif /* FORKHOST_TEMPLATE_H */

@@ -1,0 +1,1739 @@
+/*
+ * template.c - the template's loop (forkhost/template.h).
+ *
+ * A connection lives from accept() to its secondary's exit: PENDING until
+ * its request arrives, RUNNING while the secondary runs.  Launches are
+ * taken by pool members (member.c), straight from template.sock; the
+ * template listens itself only while no member is idle, and then answers
+ * errors and INFO itself and forks a member for a valid launch on the spot
+ * (that child takes the received request as a pool member would, so every
+ * launch is a member's TOOK here).  A member tells the template what it did
+ * on its socketpair (TOOK, BUSY, HANDOFF; member.h); after a TOOK the same
+ * socket carries the secondary's exit report, read when its pidfd fires or
+ * when secondaries are counted.
+ *
+ * State that changes per launch (connections, members, the buffer for
+ * members' records) is in mappings marked MADV_DONTFORK: a fork shares
+ * none of it, so the template takes no copy-on-write fault there after a
+ * fork.  Only the on-demand path's receive buffer and the stack are shared.
+ */
+#include "forkhost/template.h"
+#include "forkhost/member.h"
+#include "forkhost/request.h"
+#include "forkhost/spawn.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+enum tag { T_SIGNAL = 1, T_LISTEN, T_NEWS, T_CONN, T_PIDFD, T_MEMBER };
+#define EV(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
+
+enum { C_FREE = 0, C_PENDING, C_RUNNING };
+
+struct conn {
+    int      state;
+    int      fd;             /* the client's connection, -1 once closed */
+    int      registered;     /* fd in the epoll set */
+    int64_t  deadline;       /* PENDING: the request is due (µs) */
+    int64_t  kill_at;        /* RUNNING: SIGKILL due (client gone), or 0 */
+    int64_t  started;
+    pid_t    pid;
+    int      pidfd;
+    int      report_fd;      /* the member's socketpair, -1 once read */
+    int      reported;       /* the client has its status */
+    int      job_control;    /* FH_LAUNCH_JOBCTL: tell it of stops */
+    pid_t    client_pid;
+    int64_t  client_uid;
+    char     argv0[256];
+};
+
+struct member {
+    int      used;
+    int      busy;           /* BUSY said, or forked for a launch */
+    int      on_demand;      /* forked for a launch the template received */
+    pid_t    pid;
+    int      pidfd;
+    int      ctl_fd;         /* the template's end of the socketpair */
+};
+
+struct read_ahead {
+    dev_t    dev;
+    ino_t    ino;
+    int      module;
+    int64_t  at;
+    char     entry[256];
+};
+#define READ_AHEAD_SLOTS 32
+
+/* Room for a HANDOFF: header, struct fh_handoff, FH_PROTO_MAX_MSG + 1. */
+#define CTL_MAX (FH_PROTO_MAX_MSG + 3 * 4096)
+
+struct tpl {
+    const struct fh_template_config *c;
+    pid_t    pid;
+    uid_t    uid;
+    int      ep, sfd, news, listen_fd, listening;
+    unsigned timeout_ms;
+    sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
+    /* MADV_DONTFORK: never touched by a child */
+    struct conn   *conns;
+    struct member *members;
+    unsigned cap, conns_hi, members_hi;
+    char    *ctl_buf;
+    struct read_ahead *ra;
+    /* shared with children: what an on-demand child takes */
+    char    *rx;
+    struct fh_hotset *hot;
+    int      stopping, draining;
+    int64_t  stop_deadline, last_activity, last_launch, launch_gap;
+    int64_t  fork_failed, news_due;
+    uint64_t news_pending;
+    unsigned long launched, pool_launches, refused;
+};
+
+/* A launch the template received itself, for the child it forks. */
+struct received {
+    int       conn;
+    size_t    n;
+    int       mflags;
+    const int *fds;
+    unsigned  nfds;
+    pid_t     client_pid;
+};
+
+static struct fh_member g_member;          /* the member, in a child */
+static char g_member_buf[FH_PROTO_MAX_MSG + 1];
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    char line[1200];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof line - 2)
+        n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    if (write(2, line, (size_t)n) < 0) {
+        /* nowhere else to say it */
+    }
+}
+
+static void *dontfork_alloc(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, size, MADV_DONTFORK);
+    return p;
+}
+
+static int thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+static int send_record(int fd, uint16_t type, const void *body, size_t len,
+                       const int *fds, unsigned nfds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct fh_msg_hdr h;
+    struct iovec iov[2];
+    struct msghdr msg;
+    ssize_t r;
+
+    if (fd < 0)
+        return -EBADF;
+    memset(&h, 0, sizeof h);
+    h.magic = FH_PROTO_MAGIC;
+    h.version = FH_PROTO_VERSION;
+    h.type = type;
+    h.len = (uint32_t)(sizeof h + len);
+    h.nfds = nfds;
+    iov[0].iov_base = &h;
+    iov[0].iov_len = sizeof h;
+    iov[1].iov_base = (void *)body;
+    iov[1].iov_len = len;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    if (nfds == 1) {
+        struct cmsghdr *cm;
+
+        memset(&u, 0, sizeof u);
+        msg.msg_control = u.buf;
+        msg.msg_controllen = sizeof u.buf;
+        cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), fds, sizeof(int));
+    }
+    /* Never blocking: a client that does not read loses its message, the
+     * template does not wait for it. */
+    do
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+static void send_error(int fd, int code, const char *text)
+{
+    struct {
+        int32_t exit_code;
+        uint32_t text_len;
+        char text[FH_PROTO_MAX_ERROR];
+    } e;
+    size_t n = strlen(text), i;
+
+    if (n > FH_PROTO_MAX_ERROR)
+        n = FH_PROTO_MAX_ERROR;
+    e.exit_code = code;
+    e.text_len = (uint32_t)n;
+    for (i = 0; i < n; i++)          /* one line */
+        e.text[i] = text[i] == '\n' ? ' ' : text[i];
+    send_record(fd, FH_MSG_ERROR, &e, 8 + n, NULL, 0);
+}
+
+static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
+{
+    char text[FH_PROTO_MAX_ERROR + 1];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    t->refused++;
+    send_error(fd, code, text);
+}
+
+static void send_exited(int fd, int code, int sig)
+{
+    int32_t body[2] = { code, sig };
+
+    send_record(fd, FH_MSG_EXITED, body, sizeof body, NULL, 0);
+}
+
+static void close_fds(const int *fds, unsigned n)
+{
+    unsigned i;
+
+    for (i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+/* ---- tables ------------------------------------------------------------ */
+
+static struct conn *conn_new(struct tpl *t, int fd)
+{
+    unsigned i;
+
+    for (i = 0; i < t->cap; i++) {
+        struct conn *c = &t->conns[i];
+
+        if (c->state != C_FREE)
+            continue;
+        memset(c, 0, sizeof *c);
+        c->state = C_PENDING;
+        c->fd = fd;
+        c->pidfd = -1;
+        c->report_fd = -1;
+        c->client_uid = -1;
+        c->deadline = now_us() + (int64_t)t->timeout_ms * 1000;
+        if (i + 1 > t->conns_hi)
+            t->conns_hi = i + 1;
+        return c;
+    }
+    return NULL;
+}
+
+static unsigned conn_index(const struct tpl *t, const struct conn *c)
+{
+    return (unsigned)(c - t->conns);
+}
+
+static void conn_free(struct conn *c)
+{
+    c->state = C_FREE;
+}
+
+static void conn_register(struct tpl *t, struct conn *c)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = EV(T_CONN, conn_index(t, c));
+    if (epoll_ctl(t->ep, EPOLL_CTL_ADD, c->fd, &ev) == 0)
+        c->registered = 1;
+}
+
+static void conn_unregister(struct tpl *t, struct conn *c)
+{
+    if (c->registered && c->fd >= 0)
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    c->registered = 0;
+}
+
+/* Close the client's end (it has its status, or is refused). */
+static void close_client(struct tpl *t, struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    conn_unregister(t, c);
+    close(c->fd);
+    c->fd = -1;
+}
+
+static unsigned count_pending(const struct tpl *t)
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < t->conns_hi; i++)
+        n += t->conns[i].state == C_PENDING;
+    return n;
+}
+
+static struct conn *running_pid(struct tpl *t, pid_t pid)
+{
+    unsigned i;
+
+    for (i = 0; i < t->conns_hi; i++)
+        if (t->conns[i].state == C_RUNNING && t->conns[i].pid == pid)
+            return &t->conns[i];
+    return NULL;
+}
+
+static unsigned count_members(const struct tpl *t, int idle_only)
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < t->members_hi; i++)
+        n += t->members[i].used && (!idle_only || !t->members[i].busy);
+    return n;
+}
+
+static int any_running(const struct tpl *t)
+{
+    unsigned i;
+
+    for (i = 0; i < t->conns_hi; i++)
+        if (t->conns[i].state == C_RUNNING)
+            return 1;
+    return 0;
+}
+
+/* ---- listening --------------------------------------------------------- */
+
+/* Accept on template.sock ourselves only while no member is idle:
+ * otherwise the idle members take every connection. */
+static void update_listening(struct tpl *t)
+{
+    int want = !t->stopping && t->listen_fd >= 0 && count_members(t, 1) == 0;
+    struct epoll_event ev;
+
+    if (want && !t->listening) {
+        memset(&ev, 0, sizeof ev);
+        ev.events = EPOLLIN;
+        ev.data.u64 = EV(T_LISTEN, 0);
+        epoll_ctl(t->ep, EPOLL_CTL_ADD, t->listen_fd, &ev);
+    } else if (!want && t->listening) {
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->listen_fd, NULL);
+    }
+    t->listening = want;
+}
+
+static void close_listener(struct tpl *t)
+{
+    const struct fh_template_config *c = t->c;
+    struct stat st;
+
+    if (t->listen_fd < 0)
+        return;
+    if (t->listening)
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->listen_fd, NULL);
+    t->listening = 0;
+    close(t->listen_fd);
+    t->listen_fd = -1;
+    /* Only if it is still ours: a new primary may have bound a fresh one. */
+    if (c->socket_path != NULL && stat(c->socket_path, &st) == 0 &&
+        (uint64_t)st.st_ino == c->socket_ino)
+        unlink(c->socket_path);
+}
+
+/* ---- members: the child's side ------------------------------------------ */
+
+static int client_waiting(int listen_fd)
+{
+    struct pollfd p;
+
+    p.fd = listen_fd;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Close every fd from 3 up but those in keep (sorted, unique). */
+static void close_all_but(const int *keep, unsigned n)
+{
+    unsigned lo = 3, i;
+
+    for (i = 0; i < n; i++) {
+        if (keep[i] < (int)lo)
+            continue;
+        if ((unsigned)keep[i] > lo)
+            syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+        lo = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, lo, ~0u, 0);
+}
+
+static void sort_ints(int *a, unsigned n)
+{
+    unsigned i, j;
+
+    for (i = 1; i < n; i++)
+        for (j = i; j > 0 && a[j - 1] > a[j]; j--) {
+            int x = a[j];
+
+            a[j] = a[j - 1];
+            a[j - 1] = x;
+        }
+}
+
+static __attribute__((noreturn)) void run_taken(struct tpl *t,
+                                                struct fh_member *m)
+{
+    /* A Python entry, set up: Python runs it and exits. */
+    if (t->c->hooks.run_python != NULL)
+        t->c->hooks.run_python(&m->run);
+    fh_exit_report(m->ctl_fd, FH_EXIT_SETUP);
+}
+
+/* The child of a member fork: serve launches from template.sock until
+ * one is taken.  With r: first take the launch the template received. */
+static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
+                                                   const struct received *r)
+{
+    struct fh_member *m = &g_member;
+    char title[300];
+    char *argv[2] = { title, NULL };
+    int keep[3];
+    int rc;
+
+    memset(m, 0, sizeof *m);
+    m->listen_fd = t->listen_fd;
+    m->ctl_fd = ctl;
+    m->news_fd = t->news;
+    m->uid = t->uid;
+    m->timeout_ms = (int)t->timeout_ms;
+    m->title_area = t->c->title_area;
+    m->title_len = t->c->title_len;
+    m->hot = t->hot;
+    m->python = t->c->hooks.run_python != NULL;
+    m->conn = -1;
+    if (r != NULL) {
+        /* Every signal is blocked (the fork site did it); the setup of
+         * the secondary resets them all. */
+        m->buf = t->rx;
+        m->conn = r->conn;
+        m->n = r->n;
+        m->mflags = r->mflags;
+        memcpy(m->fds, r->fds, r->nfds * sizeof(int));
+        m->nfds = r->nfds;
+        m->state = FH_HANDOFF_MESSAGE;
+        rc = fh__member_take_received(m, r->client_pid);
+        if (rc == FH_MEMBER_PYTHON)
+            run_taken(t, m);
+        /* No longer runnable (the file changed meanwhile): the template
+         * answers it, and this child serves as a pool member. */
+        fh_member_handoff(m);
+    }
+    /* Dispositions and mask as a fresh program has them, while waiting. */
+    if (fh_reset_signals() < 0)
+        _exit(FH_EXIT_SETUP);
+    m->signals_reset = 1;
+    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL);
+    if (getppid() != t->pid)
+        _exit(0);                       /* the template died meanwhile */
+    keep[0] = ctl;
+    keep[1] = m->listen_fd;
+    keep[2] = m->news_fd;
+    sort_ints(keep, 3);
+    close_all_but(keep, 3);
+    snprintf(title, sizeof title, "forkhost pool [%s]", t->c->prefix);
+    fh_set_title(m->title_area, m->title_len, argv);
+    m->buf = g_member_buf;
+    if (fh_member_init(m) < 0)
+        _exit(FH_EXIT_SETUP);
+    /* Copy-on-write ahead of time, unless a client already waits: then it
+     * would only put that work on the launch's path. */
+    if (!client_waiting(m->listen_fd))
+        fh_member_prefault();
+    for (;;) {
+        rc = fh_member_next(m);        /* a native launch never returns */
+        if (rc == FH_MEMBER_PYTHON)
+            run_taken(t, m);
+        else if (rc == FH_MEMBER_HANDOFF)
+            fh_member_handoff(m);
+        else if (rc != -EINTR) {
+            /* accept failed (EMFILE and friends): say so, let it pass. */
+            say("forkhost pool member: accept: %s", strerror(-rc));
+            usleep(10000);
+        }
+    }
+}
+
+/* ---- members: the template's side -------------------------------------- */
+
+/* Fork a member (r: to take that received launch first).  0, or -errno. */
+static int add_member(struct tpl *t, const struct received *r)
+{
+    struct member *mb = NULL;
+    struct epoll_event ev;
+    sigset_t all, old;
+    int sp[2], pidfd, e;
+    unsigned i;
+    pid_t pid;
+
+    for (i = 0; i < t->cap; i++)
+        if (!t->members[i].used) {
+            mb = &t->members[i];
+            break;
+        }
+    if (mb == NULL)
+        return -EAGAIN;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
+        return -errno;
+    /* Every signal stays blocked across the fork: a client may signal the
+     * child the moment it has the pid, and until the child has reset its
+     * dispositions nothing of the template's may run there. */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid = fork();
+    if (pid == 0) {
+        close(sp[0]);
+        member_child(t, sp[1], r);          /* never returns */
+    }
+    e = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    close(sp[1]);
+    if (pid < 0) {
+        close(sp[0]);
+        return -e;
+    }
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        e = errno;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(sp[0]);
+        return -e;
+    }
+    fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+    memset(mb, 0, sizeof *mb);
+    mb->used = 1;
+    mb->busy = r != NULL;
+    mb->on_demand = r != NULL;
+    mb->pid = pid;
+    mb->pidfd = pidfd;
+    mb->ctl_fd = sp[0];
+    i = (unsigned)(mb - t->members);
+    if (i + 1 > t->members_hi)
+        t->members_hi = i + 1;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = EV(T_MEMBER, i);
+    epoll_ctl(t->ep, EPOLL_CTL_ADD, pidfd, &ev);
+    update_listening(t);
+    return 0;
+}
+
+static void add_pool_member(struct tpl *t)
+{
+    int rc = add_member(t, NULL);
+
+    if (rc < 0) {
+        /* Said once per run of failures, not at every retry. */
+        if (t->fork_failed == 0)
+            say("forkhost template: cannot fork a pool member: %s "
+                "(retrying every %g s)", strerror(-rc),
+                FH_TEMPLATE_REPLENISH_RETRY_US / 1e6);
+        t->fork_failed = now_us();
+        return;
+    }
+    if (t->fork_failed != 0)
+        say("forkhost template: pool members fork again");
+    t->fork_failed = 0;
+}
+
+static void started_secondary(struct tpl *t, struct conn *c, int pool)
+{
+    int64_t now = now_us();
+
+    t->launched++;
+    t->pool_launches += (unsigned long)pool;
+    t->launch_gap = now - t->last_launch;
+    t->last_launch = t->last_activity = now;
+}
+
+static void check_peer(struct conn *c)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        c->client_pid = cred.pid;
+        c->client_uid = cred.uid;
+    }
+}
+
+/* Read ahead for a Python entry (hooks.read_ahead), at most once in
+ * FH_TEMPLATE_READ_AHEAD_US per directory and entry. */
+static void read_ahead(struct tpl *t, int cwd_fd, const char *entry,
+                       int module)
+{
+    struct read_ahead *slot = NULL, *oldest = &t->ra[0];
+    int64_t now = now_us();
+    struct stat st;
+    unsigned i;
+
+    if (t->c->hooks.read_ahead == NULL || fstat(cwd_fd, &st) < 0 ||
+        strlen(entry) >= sizeof slot->entry)
+        return;
+    for (i = 0; i < READ_AHEAD_SLOTS; i++) {
+        struct read_ahead *s = &t->ra[i];
+
+        if (s->at != 0 && s->dev == st.st_dev && s->ino == st.st_ino &&
+            s->module == module && strcmp(s->entry, entry) == 0) {
+            slot = s;
+            break;
+        }
+        if (s->at < oldest->at)
+            oldest = s;
+    }
+    if (slot != NULL && now - slot->at < FH_TEMPLATE_READ_AHEAD_US)
+        return;
+    if (slot == NULL) {
+        slot = oldest;
+        slot->dev = st.st_dev;
+        slot->ino = st.st_ino;
+        slot->module = module;
+        strcpy(slot->entry, entry);
+    }
+    slot->at = now;
+    t->c->hooks.read_ahead(cwd_fd, entry, module);
+}
+
+static void handle_received(struct tpl *t, struct conn *c, const char *buf,
+                            size_t n, int mflags, int *fds, unsigned nfds);
+static void settle(struct tpl *t, struct conn *c);
+
+static void took(struct tpl *t, struct member *mb, const char *body,
+                 size_t len, int *fds, unsigned nfds)
+{
+    struct epoll_event ev;
+    struct conn *c;
+    uint32_t flags;
+    const char *entry, *argv0, *end = body + len;
+    int cwd_fd = nfds == 2 ? fds[1] : -1;
+
+    if (t->hot != NULL && (t->launched + 1) % FH_TEMPLATE_RELEARN == 0)
+        fh_hotset_arm(t->hot, 1);
+    memcpy(&flags, body, sizeof flags);
+    entry = body + 4;
+    argv0 = memchr(entry, '\0', (size_t)(end - entry));
+    argv0 = argv0 != NULL ? argv0 + 1 : end;
+    c = conn_new(t, fds[0]);
+    if (c == NULL) {                  /* cannot happen below capacity */
+        say("forkhost template: no room for the launch of pool member %d",
+            (int)mb->pid);
+        close_fds(fds, nfds);
+        kill(mb->pid, SIGKILL);
+        return;
+    }
+    check_peer(c);                    /* for ps; the member checked it */
+    c->state = C_RUNNING;
+    c->pid = mb->pid;
+    c->pidfd = mb->pidfd;
+    c->report_fd = mb->ctl_fd;
+    c->job_control = (flags & FH_LAUNCH_JOBCTL) != 0;
+    c->started = now_us();
+    snprintf(c->argv0, sizeof c->argv0, "%.*s",
+             (int)strnlen(argv0, (size_t)(end - argv0)), argv0);
+    /* Its pidfd stays registered and now means this launch. */
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = EV(T_PIDFD, conn_index(t, c));
+    epoll_ctl(t->ep, EPOLL_CTL_MOD, c->pidfd, &ev);
+    mb->used = 0;
+    conn_register(t, c);
+    started_secondary(t, c, !mb->on_demand);
+    if (cwd_fd >= 0) {                /* a Python entry */
+        if (memchr(entry, '\0', (size_t)(end - entry)) != NULL)
+            read_ahead(t, cwd_fd, entry, (flags & FH_LAUNCH_MODULE) != 0);
+        close(cwd_fd);
+    }
+}
+
+/* A connection a member handed over, with what it received. */
+static void handoff(struct tpl *t, const char *body, size_t len, int *fds,
+                    unsigned nfds)
+{
+    struct fh_handoff h;
+    const char *data = body + sizeof h;
+    size_t have = len - sizeof h;
+    struct conn *c;
+    const char *why = NULL;
+    char text[160];
+
+    memcpy(&h, body, sizeof h);
+    c = conn_new(t, fds[0]);
+    if (c == NULL) {
+        refuse(t, fds[0], 125,
+               "the template is busy: too many connections waiting");
+        close_fds(fds, nfds);
+        return;
+    }
+    check_peer(c);
+    if (c->client_uid < 0) {
+        snprintf(text, sizeof text, "cannot identify the client: %s",
+                 strerror(errno));
+        why = text;
+    } else if (c->client_uid != 0 && c->client_uid != (int64_t)t->uid) {
+        refuse(t, c->fd, 125, "permission denied: uid %lld may not use the "
+               "template of prefix '%s' (only uid %u and root)",
+               (long long)c->client_uid, t->c->prefix, (unsigned)t->uid);
+        goto drop;
+    } else if (h.state == FH_HANDOFF_EXPIRED) {
+        snprintf(text, sizeof text, "no request within %gs",
+                 t->timeout_ms / 1000.0);
+        why = text;
+    } else if (h.state == FH_HANDOFF_PENDING &&
+               count_pending(t) > FH_TEMPLATE_MAX_PENDING) {
+        why = "the template is busy: too many connections waiting";
+    }
+    if (why != NULL) {
+        refuse(t, c->fd, 125, "%s", why);
+        goto drop;
+    }
+    if (h.state == FH_HANDOFF_PENDING) {
+        close_fds(fds + 1, nfds - 1);
+        conn_register(t, c);
+        return;
+    }
+    /* A launch forked from here reads the request from t->rx. */
+    if (have > FH_PROTO_MAX_MSG + 1)
+        have = FH_PROTO_MAX_MSG + 1;
+    memcpy(t->rx, data, have);
+    handle_received(t, c, t->rx, h.received, (int)h.mflags, fds + 1,
+                    nfds - 1);
+    settle(t, c);
+    return;
+drop:
+    close_fds(fds + 1, nfds - 1);
+    close(c->fd);
+    conn_free(c);
+}
+
+/* One notice from a member that has not taken a launch; 0 when there was
+ * none (nothing, or EOF: it is exiting, its pidfd says when). */
+static int member_msg(struct tpl *t, struct member *mb)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * (FH_PROTO_MAX_FDS + 1))];
+        struct cmsghdr align;
+    } u;
+    int fds[FH_PROTO_MAX_FDS + 1];
+    unsigned nfds = 0;
+    struct fh_msg_hdr h;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cm;
+    ssize_t n;
+
+    iov.iov_base = t->ctl_buf;
+    iov.iov_len = CTL_MAX + 1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    do
+        n = recvmsg(mb->ctl_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return 0;
+    for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        size_t k, cnt;
+
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (k = 0; k < cnt && nfds < FH_PROTO_MAX_FDS + 1; k++)
+            memcpy(&fds[nfds++], CMSG_DATA(cm) + k * sizeof(int),
+                   sizeof(int));
+    }
+    t->last_activity = now_us();
+    memset(&h, 0, sizeof h);
+    if ((size_t)n >= sizeof h)
+        memcpy(&h, t->ctl_buf, sizeof h);
+    if ((size_t)n < sizeof h || h.magic != FH_PROTO_MAGIC ||
+        h.len != (size_t)n || h.nfds != nfds ||
+        (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        h.type = 0;
+    }
+    if (h.type == FH_CTL_TOOK && (nfds == 1 || nfds == 2) &&
+        (size_t)n >= sizeof h + 4) {
+        took(t, mb, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds, nfds);
+    } else if (h.type == FH_CTL_BUSY) {
+        mb->busy = 1;
+        close_fds(fds, nfds);
+    } else if (h.type == FH_CTL_HANDOFF && nfds >= 1 &&
+               (size_t)n >= sizeof h + sizeof(struct fh_handoff)) {
+        mb->busy = 0;
+        handoff(t, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds, nfds);
+    } else {
+        close_fds(fds, nfds);
+        say("forkhost template: unexpected record 0x%02x from pool member %d",
+            h.type, (int)mb->pid);
+    }
+    update_listening(t);
+    return 1;
+}
+
+static void drain_member(struct tpl *t, unsigned i)
+{
+    while (t->members[i].used && member_msg(t, &t->members[i]))
+        ;
+}
+
+/* Members wrote notices: read them all. */
+static void read_news(struct tpl *t)
+{
+    uint64_t v;
+    unsigned i;
+
+    t->news_due = 0;
+    t->news_pending = 0;
+    if (read(t->news, &v, sizeof v) < 0) {
+        /* EAGAIN: nothing new since */
+    }
+    for (i = 0; i < t->members_hi; i++)
+        drain_member(t, i);
+}
+
+/* A TOOK or a BUSY comes while a launch is under way: read it
+ * FH_TEMPLATE_NEWS_DELAY_US later.  At once: a HANDOFF (a connection
+ * waits), or notices that may have taken the last idle member. */
+static void news_arrived(struct tpl *t)
+{
+    uint64_t v;
+
+    if (read(t->news, &v, sizeof v) != (ssize_t)sizeof v)
+        return;
+    t->news_pending += v;
+    if (t->news_pending >= FH_NEWS_URGENT ||
+        count_members(t, 1) <= t->news_pending)
+        read_news(t);
+    else if (t->news_due == 0)
+        t->news_due = now_us() + FH_TEMPLATE_NEWS_DELAY_US;
+}
+
+/* ---- secondaries -------------------------------------------------------- */
+
+/* The secondary's own report, written just before its _exit.  1 when the
+ * report channel is finished. */
+static int read_report(struct conn *c)
+{
+    int32_t rep[4];
+    ssize_t n = recv(c->report_fd, rep, sizeof rep, MSG_DONTWAIT);
+
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    if (n == 8 && !c->reported) {
+        c->reported = 1;
+        if (!rep[1])
+            send_exited(c->fd, rep[0] & 0xFF, 0);
+    }
+    return 1;
+}
+
+static void report(struct tpl *t, struct conn *c)
+{
+    t->last_activity = now_us();
+    if (c->report_fd < 0 || !read_report(c))
+        return;
+    close(c->report_fd);
+    c->report_fd = -1;
+    if (c->reported)
+        close_client(t, c);     /* the client has its status */
+}
+
+static void notify_exit(struct tpl *t, pid_t pid, int status)
+{
+    struct fh_template_exit e = { (int32_t)pid, (int32_t)status };
+    int fd = t->c->exit_notice_fd;
+
+    if (fd < 0)
+        return;
+    if (send(fd, &e, sizeof e, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+        errno == ENOTSOCK && write(fd, &e, sizeof e) < 0) {
+        /* dropped: the primary is not reading */
+    }
+}
+
+static void reap(struct tpl *t, struct conn *c)
+{
+    int status = 0;
+    pid_t r = waitpid(c->pid, &status, WNOHANG);
+
+    if (r == 0)
+        return;
+    if (r < 0)
+        status = 0;
+    if (c->report_fd >= 0)
+        report(t, c);                  /* written before it exited, if at all */
+    if (!c->reported) {
+        c->reported = 1;
+        if (WIFSIGNALED(status))
+            send_exited(c->fd, 0, WTERMSIG(status));
+        else
+            send_exited(c->fd, WEXITSTATUS(status), 0);
+    }
+    /* IPC: the primary broadcasts every exit (docs/ipc.md). */
+    notify_exit(t, c->pid, status);
+    epoll_ctl(t->ep, EPOLL_CTL_DEL, c->pidfd, NULL);
+    close(c->pidfd);
+    if (c->report_fd >= 0)
+        close(c->report_fd);
+    close_client(t, c);
+    conn_free(c);
+    t->last_activity = now_us();
+}
+
+/* A member's pidfd fired: read what it said before it died (it may have
+ * taken a launch, and even finished it), then reap it. */
+static void member_exited(struct tpl *t, unsigned i)
+{
+    struct member *mb = &t->members[i];
+    unsigned j;
+
+    drain_member(t, i);
+    if (!mb->used) {                  /* it took a launch: a secondary now */
+        for (j = 0; j < t->conns_hi; j++)
+            if (t->conns[j].state == C_RUNNING &&
+                t->conns[j].pidfd == mb->pidfd) {
+                reap(t, &t->conns[j]);
+                break;
+            }
+        return;
+    }
+    /* A stale event (the slot was given to a new member in this round):
+     * that one has not exited. */
+    if (waitpid(mb->pid, NULL, WNOHANG) == 0)
+        return;
+    mb->used = 0;
+    epoll_ctl(t->ep, EPOLL_CTL_DEL, mb->pidfd, NULL);
+    close(mb->pidfd);
+    close(mb->ctl_fd);
+    update_listening(t);
+}
+
+/* Secondaries whose exit has not been reported.  Members' notices and
+ * queued reports are read first: a client that has its status never finds
+ * its next launch refused for capacity. */
+static unsigned running_count(struct tpl *t)
+{
+    unsigned i, n = 0;
+
+    if (!t->draining) {
+        t->draining = 1;           /* a HANDOFF read here may launch again */
+        for (i = 0; i < t->members_hi; i++)
+            drain_member(t, i);
+        t->draining = 0;
+    }
+    for (i = 0; i < t->conns_hi; i++) {
+        struct conn *c = &t->conns[i];
+
+        if (c->state != C_RUNNING)
+            continue;
+        if (c->report_fd >= 0)
+            report(t, c);
+        n += !c->reported;
+    }
+    return n;
+}
+
+static void signal_secondary(struct conn *c, int sig)
+{
+    syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0);
+}
+
+/* The client closed its end while its secondary runs: SIGTERM now, SIGKILL
+ * after the grace period. */
+static void client_gone(struct tpl *t, struct conn *c)
+{
+    if (c->state != C_RUNNING || c->kill_at != 0 || c->reported)
+        return;
+    signal_secondary(c, SIGTERM);
+    c->kill_at = now_us() + (int64_t)t->c->grace_ms * 1000;
+}
+
+/* Tell the clients whose secondaries a signal stopped (a shell's job stops
+ * with its program).  Exits stay for the pidfds. */
+static void children_stopped(struct tpl *t)
+{
+    for (;;) {
+        siginfo_t si;
+        struct conn *c;
+
+        memset(&si, 0, sizeof si);
+        if (waitid(P_ALL, 0, &si, WSTOPPED | WNOHANG) < 0 || si.si_pid == 0)
+            return;
+        c = running_pid(t, si.si_pid);
+        if (c == NULL) {
+            read_news(t);              /* a member's TOOK not read yet? */
+            c = running_pid(t, si.si_pid);
+        }
+        if (c != NULL && c->job_control && !c->reported) {
+            int32_t body[2] = { si.si_status, 0 };
+
+            send_record(c->fd, FH_MSG_STOPPED, body, sizeof body, NULL, 0);
+        }
+    }
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static size_t info_json(struct tpl *t, char *out, size_t size);
+
+/* A valid LAUNCH the template received itself (no member was idle). */
+static void launch(struct tpl *t, struct conn *c, const char *buf, size_t n,
+                   int mflags, const struct fh_launch_view *v, int *fds,
+                   unsigned nfds)
+{
+    struct fh_entry_target target;
+    struct received r;
+    int rc;
+
+    if (t->stopping) {
+        refuse(t, c->fd, 125, "the primary of prefix '%s' is stopping",
+               t->c->prefix);
+        return;
+    }
+    /* Members count: each may take a launch without asking. */
+    if (running_count(t) + count_members(t, 0) >= t->c->max_secondaries) {
+        refuse(t, c->fd, 125, "too many secondaries: the template of prefix "
+               "'%s' runs its limit of %u (--max-secondaries)", t->c->prefix,
+               t->c->max_secondaries);
+        return;
+    }
+    if (fh_entry_decide(v->entry, (v->launch.flags & FH_LAUNCH_MODULE) != 0,
+                        fds[0], &target) == FH_ENTRY_ERROR) {
+        t->refused++;
+        send_error(c->fd, target.exit_code, target.message);
+        return;
+    }
+    if (target.kind != FH_ENTRY_NATIVE && t->c->hooks.run_python == NULL) {
+        refuse(t, c->fd, 126, "entry '%s' is a Python entry, and this primary "
+               "runs no Python (a C primary serves native entries)", v->entry);
+        return;
+    }
+    r.conn = c->fd;
+    r.n = n;
+    r.mflags = mflags;
+    r.fds = fds;
+    r.nfds = nfds;
+    r.client_pid = c->client_pid;
+    (void)buf;                         /* the child reads it from t->rx */
+    rc = add_member(t, &r);
+    if (rc < 0)
+        refuse(t, c->fd, 125, "cannot fork the secondary: %s", strerror(-rc));
+}
+
+/* Act on a received (or handed-over) record; the connection is answered
+ * (or given to a child) when this returns.  Closes fds. */
+static void handle_received(struct tpl *t, struct conn *c, const char *buf,
+                            size_t n, int mflags, int *fds, unsigned nfds)
+{
+    struct fh_launch_view v;
+    struct fh_req_result why;
+    char text[FH_PROTO_MAX_ERROR + 1];
+    int type = fh_request_check(buf, n, mflags, nfds, &v, &why);
+
+    if (type < 0) {
+        fh_request_message(&why, text, sizeof text);
+        refuse(t, c->fd, 125, "%s", text);
+    } else if (type == FH_MSG_INFO) {
+        size_t cap = 1u << 20, len;
+        char *json = malloc(cap);
+
+        if (json != NULL) {
+            len = info_json(t, json, cap);
+            send_record(c->fd, FH_MSG_INFO_REPLY, json, len, NULL, 0);
+            free(json);
+        }
+    } else if (type == FH_MSG_LAUNCH) {
+        launch(t, c, buf, n, mflags, &v, fds, nfds);
+    }
+    close_fds(fds, nfds);
+}
+
+/* Read and act on a PENDING connection's request.  0 when nothing arrived
+ * yet; 1 when it was handled (the connection is to be closed). */
+static int handle(struct tpl *t, struct conn *c)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * FH_PROTO_MAX_FDS)];
+        struct cmsghdr align;
+    } u;
+    int fds[FH_PROTO_MAX_FDS];
+    unsigned nfds = 0;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cm;
+    ssize_t n;
+
+    iov.iov_base = t->rx;
+    iov.iov_len = FH_PROTO_MAX_MSG + 1;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    do
+        n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : 1;
+    for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+        size_t k, cnt;
+
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (k = 0; k < cnt && nfds < FH_PROTO_MAX_FDS; k++)
+            memcpy(&fds[nfds++], CMSG_DATA(cm) + k * sizeof(int),
+                   sizeof(int));
+    }
+    handle_received(t, c, t->rx, (size_t)n, msg.msg_flags, fds, nfds);
+    return 1;
+}
+
+/* After a request: a PENDING connection that was handled is closed (its
+ * secondary, if any, holds its own copy). */
+static void settle(struct tpl *t, struct conn *c)
+{
+    close_client(t, c);
+    conn_free(c);
+}
+
+static void accept_all(struct tpl *t)
+{
+    t->last_activity = now_us();
+    for (;;) {
+        int fd = accept4(t->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        struct conn *c;
+
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                /* EMFILE and friends: say so and keep serving the rest. */
+                say("forkhost template: accept: %s", strerror(errno));
+            return;
+        }
+        c = count_pending(t) >= FH_TEMPLATE_MAX_PENDING ? NULL
+                                                        : conn_new(t, fd);
+        if (c == NULL) {
+            refuse(t, fd, 125,
+                   "the template is busy: too many connections waiting");
+            close(fd);
+            continue;
+        }
+        check_peer(c);
+        if (c->client_uid != 0 && c->client_uid != (int64_t)t->uid) {
+            refuse(t, fd, 125, "permission denied: uid %lld may not use the "
+                   "template of prefix '%s' (only uid %u and root)",
+                   (long long)c->client_uid, t->c->prefix, (unsigned)t->uid);
+            settle(t, c);
+            continue;
+        }
+        /* The request usually arrives with the connection. */
+        if (handle(t, c))
+            settle(t, c);
+        else
+            conn_register(t, c);
+    }
+}
+
+static void readable(struct tpl *t, struct conn *c)
+{
+    char junk[64];
+    ssize_t n;
+
+    if (c->state == C_PENDING) {
+        if (handle(t, c))
+            settle(t, c);
+        return;
+    }
+    /* RUNNING: the client sends nothing more; EOF or an error means it is
+     * gone. */
+    n = recv(c->fd, junk, sizeof junk, MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                            errno == EINTR)))
+        return;
+    conn_unregister(t, c);
+    /* A member's secondary tells its client itself: a client that closed
+     * after its EXITED is not gone early; the report says. */
+    if (c->report_fd >= 0)
+        report(t, c);
+    client_gone(t, c);
+}
+
+/* ---- stopping ------------------------------------------------------------ */
+
+static void stop(struct tpl *t)
+{
+    unsigned i;
+
+    /* A member that took a launch is a secondary (SIGTERM, grace), not an
+     * idle member (SIGKILL): read what members said first. */
+    running_count(t);
+    t->stopping = 1;
+    close_listener(t);
+    for (i = 0; i < t->conns_hi; i++) {
+        struct conn *c = &t->conns[i];
+
+        if (c->state == C_RUNNING)
+            signal_secondary(c, SIGTERM);
+        else if (c->state == C_PENDING) {
+            refuse(t, c->fd, 125, "the primary of prefix '%s' is stopping",
+                   t->c->prefix);
+            settle(t, c);
+        }
+    }
+    for (i = 0; i < t->members_hi; i++)
+        if (t->members[i].used)
+            syscall(SYS_pidfd_send_signal, t->members[i].pidfd, SIGKILL,
+                    NULL, 0);
+    t->stop_deadline = now_us() + (int64_t)t->c->grace_ms * 1000;
+}
+
+static void expire(struct tpl *t)
+{
+    int64_t now = now_us();
+    unsigned i;
+
+    for (i = 0; i < t->conns_hi; i++) {
+        struct conn *c = &t->conns[i];
+
+        if (c->state == C_PENDING && c->deadline <= now) {
+            refuse(t, c->fd, 125, "no request within %gs",
+                   t->timeout_ms / 1000.0);
+            settle(t, c);
+        } else if (c->state == C_RUNNING && c->kill_at != 0 &&
+                   c->kill_at <= now) {
+            signal_secondary(c, SIGKILL);
+            c->kill_at = 0;
+        }
+    }
+    if (t->stop_deadline != 0 && t->stop_deadline <= now) {
+        for (i = 0; i < t->conns_hi; i++)
+            if (t->conns[i].state == C_RUNNING)
+                signal_secondary(&t->conns[i], SIGKILL);
+        t->stop_deadline = 0;
+    }
+}
+
+/* ---- the pool's refill ---------------------------------------------------- */
+
+/* Fewer members than the pool's size, and room under --max-secondaries for
+ * one more (a member is a secondary in waiting). */
+static int pool_short(struct tpl *t)
+{
+    unsigned i, running = 0, members = count_members(t, 0);
+
+    if (t->stopping || members >= t->c->pool_size)
+        return 0;
+    for (i = 0; i < t->conns_hi; i++) {
+        const struct conn *c = &t->conns[i];
+
+        running += (c->state == C_RUNNING && !c->reported) ||
+                   c->state == C_PENDING;
+    }
+    return running + members < t->c->max_secondaries;
+}
+
+/* When the next member may be forked, or -1: the pool is full.  After a
+ * quiet loop, at once when no member is idle and launches come back to
+ * back; a failed fork is retried after FH_TEMPLATE_REPLENISH_RETRY_US. */
+static int64_t replenish_at(struct tpl *t)
+{
+    int64_t quiet = FH_TEMPLATE_REPLENISH_QUIET_US, a, b;
+
+    if (!pool_short(t))
+        return -1;
+    if (t->launch_gap < FH_TEMPLATE_BACK_TO_BACK_US && count_members(t, 1) == 0)
+        quiet = 0;
+    a = t->last_activity + quiet;
+    b = t->fork_failed + FH_TEMPLATE_REPLENISH_RETRY_US;
+    return a > b ? a : b;
+}
+
+static void replenish(struct tpl *t)
+{
+    struct epoll_event ev;
+    int64_t at = replenish_at(t);
+
+    if (at < 0 || now_us() < at)
+        return;
+    /* A fork blocks the loop: not while something waits. */
+    if (epoll_wait(t->ep, &ev, 1, 0) > 0)
+        return;
+    add_pool_member(t);
+}
+
+static int timeout_ms(struct tpl *t)
+{
+    int64_t next = INT64_MAX, now, at;
+    unsigned i;
+
+    if (getppid() != t->c->primary_pid && !t->stopping)
+        stop(t);   /* the primary died before PR_SET_PDEATHSIG was armed */
+    for (i = 0; i < t->conns_hi; i++) {
+        const struct conn *c = &t->conns[i];
+
+        if (c->state == C_PENDING && c->deadline < next)
+            next = c->deadline;
+        if (c->state == C_RUNNING && c->kill_at != 0 && c->kill_at < next)
+            next = c->kill_at;
+    }
+    if (t->stop_deadline != 0 && t->stop_deadline < next)
+        next = t->stop_deadline;
+    if (t->news_due != 0 && t->news_due < next)
+        next = t->news_due;
+    at = replenish_at(t);
+    if (at >= 0 && at < next)
+        next = at;
+    if (next == INT64_MAX)
+        return -1;
+    now = now_us();
+    if (next <= now)
+        return 0;
+    next = (next - now + 999) / 1000;
+    return next > INT_MAX ? INT_MAX : (int)next;
+}
+
+/* ---- INFO ------------------------------------------------------------------ */
+
+struct out {
+    char *p;
+    size_t len, size;
+};
+
+static void put(struct out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void put(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (o->len >= o->size)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(o->p + o->len, o->size - o->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->len += (size_t)n;
+    if (o->len > o->size)
+        o->len = o->size;
+}
+
+/* A JSON string: UTF-8 passes, an undecodable byte is os.fsdecode()'s
+ * surrogate (\udcXX), as Python's json wrote it. */
+static void put_str(struct out *o, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    put(o, "\"");
+    while (*p != '\0') {
+        unsigned char ch = *p;
+        size_t k, len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3
+                      : (ch >> 3) == 30 ? 4 : 0;
+
+        if (ch == '"' || ch == '\\') {
+            put(o, "\\%c", ch);
+            p++;
+            continue;
+        }
+        if (ch < 0x20 || ch == 0x7f) {
+            put(o, "\\u%04x", ch);
+            p++;
+            continue;
+        }
+        for (k = 1; k < len; k++)
+            if ((p[k] & 0xC0) != 0x80)
+                len = 0;
+        if (len == 0) {
+            put(o, "\\udc%02x", ch);
+            p++;
+            continue;
+        }
+        put(o, "%.*s", (int)len, (const char *)p);
+        p += len;
+    }
+    put(o, "\"");
+}
+
+static size_t info_json(struct tpl *t, char *buf, size_t size)
+{
+    struct out o = { buf, 0, size };
+    int64_t now;
+    unsigned i;
+    int first = 1;
+
+    /* Members' notices first (their reading may be deferred), so that a
+     * member that took a launch is not counted idle. */
+    running_count(t);
+    now = now_us();
+    put(&o, "{\"prefix\": ");
+    put_str(&o, t->c->prefix);
+    put(&o, ", \"template_pid\": %d, \"primary_pid\": %d, "
+        "\"max_secondaries\": %u, \"launched\": %lu, \"pool_launches\": %lu, "
+        "\"pool\": %u, \"pool_size\": %u, \"members\": [",
+        (int)t->pid, (int)t->c->primary_pid, t->c->max_secondaries,
+        t->launched, t->pool_launches, count_members(t, 1), t->c->pool_size);
+    for (i = 0; i < t->members_hi; i++) {
+        const struct member *mb = &t->members[i];
+
+        if (!mb->used)
+            continue;
+        put(&o, "%s{\"pid\": %d, \"state\": \"%s\"}", first ? "" : ", ",
+            (int)mb->pid, mb->busy ? "busy" : "idle");
+        first = 0;
+    }
+    put(&o, "], \"refused\": %lu, \"hot_pages\": %u, \"stopping\": %s, "
+        "\"threads\": %d, ", t->refused,
+        t->hot != NULL ? fh_hotset_pages(t->hot) : 0u,
+        t->stopping ? "true" : "false", thread_count());
+    if (t->c->hooks.info_extra != NULL && o.len < o.size) {
+        size_t n = t->c->hooks.info_extra(o.p + o.len, o.size - o.len);
+
+        if (n > 0 && n < o.size - o.len) {
+            o.len += n;
+            put(&o, ", ");
+        }
+    }
+    put(&o, "\"secondaries\": [");
+    first = 1;
+    for (i = 0; i < t->conns_hi; i++) {
+        const struct conn *c = &t->conns[i];
+
+        if (c->state != C_RUNNING)
+            continue;
+        put(&o, "%s{\"pid\": %d, \"client_pid\": %d, \"argv0\": ",
+            first ? "" : ", ", (int)c->pid, (int)c->client_pid);
+        put_str(&o, c->argv0);
+        put(&o, ", \"uptime\": %.3f, \"client_connected\": %s}",
+            (now - c->started) / 1e6, c->kill_at == 0 ? "true" : "false");
+        first = 0;
+    }
+    put(&o, "]}");
+    return o.len;
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+static void read_signals(struct tpl *t)
+{
+    struct signalfd_siginfo si[16];
+    ssize_t n = read(t->sfd, si, sizeof si);
+    int chld = 0, stop_now = 0;
+    ssize_t i;
+
+    for (i = 0; n > 0 && i < n / (ssize_t)sizeof si[0]; i++) {
+        if (si[i].ssi_signo == SIGCHLD)
+            chld = 1;
+        else
+            stop_now = 1;
+    }
+    if (chld)
+        children_stopped(t);
+    if (stop_now && !t->stopping)
+        stop(t);
+}
+
+static void dispatch(struct tpl *t, uint64_t data)
+{
+    unsigned tag = (unsigned)(data >> 32), i = (unsigned)data;
+
+    switch (tag) {
+    case T_SIGNAL:
+        read_signals(t);
+        break;
+    case T_LISTEN:
+        if (t->listening)
+            accept_all(t);
+        break;
+    case T_NEWS:
+        news_arrived(t);
+        break;
+    case T_CONN:
+        if (i < t->conns_hi && t->conns[i].state != C_FREE &&
+            t->conns[i].fd >= 0)
+            readable(t, &t->conns[i]);
+        break;
+    case T_PIDFD:
+        if (i < t->conns_hi && t->conns[i].state == C_RUNNING)
+            reap(t, &t->conns[i]);
+        break;
+    case T_MEMBER:
+        if (i < t->members_hi && t->members[i].used)
+            member_exited(t, i);
+        break;
+    }
+}
+
+static int serve(struct tpl *t)
+{
+    struct epoll_event ev[64];
+    int n, k;
+
+    for (;;) {
+        if (t->stopping && !any_running(t) && count_members(t, 0) == 0)
+            break;
+        n = epoll_wait(t->ep, ev, 64, timeout_ms(t));
+        if (n < 0 && errno != EINTR)
+            break;
+        for (k = 0; k < n; k++)
+            dispatch(t, ev[k].data.u64);
+        if (t->news_due != 0 && now_us() >= t->news_due)
+            read_news(t);
+        expire(t);
+        replenish(t);
+    }
+    close_listener(t);
+    return 0;
+}
+
+static int fail(const struct fh_template_config *c, const char *what, int e)
+{
+    char text[300];
+    int n = snprintf(text, sizeof text, "template failed to start: %s%s%s",
+                     what, e ? ": " : "", e ? strerror(e) : "");
+
+    if (c->ready_fd >= 0) {
+        if (write(c->ready_fd, text, (size_t)n) < 0) {
+            /* the primary is gone */
+        }
+        close(c->ready_fd);
+    }
+    return 1;
+}
+
+static int add_fd(int ep, int fd, unsigned tag)
+{
+    struct epoll_event ev;
+
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = EV(tag, 0);
+    return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+FH_API int fh_template_main(const struct fh_template_config *c)
+{
+    struct tpl t;
+    int keep[8 + 64], nkeep = 0, null, threads, flags;
+    unsigned i;
+    size_t cap;
+
+    memset(&t, 0, sizeof t);
+    t.c = c;
+    t.pid = getpid();
+    t.uid = getuid();
+    t.listen_fd = c->listen_fd;
+    t.timeout_ms = c->request_timeout_ms ? c->request_timeout_ms
+                                         : FH_TEMPLATE_REQUEST_TIMEOUT_MS;
+    t.launch_gap = INT64_MAX / 2;
+    /* No controlling terminal: terminal signals are the clients' business,
+     * and secondaries may read a client's tty freely. */
+    setsid();
+    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGTERM, 0UL, 0UL, 0UL);
+    if (getppid() != c->primary_pid)
+        return fail(c, "the primary died while the template started", 0);
+    /* Everything else the primary had open stays there. */
+    keep[nkeep++] = c->listen_fd;
+    if (c->ready_fd >= 0)
+        keep[nkeep++] = c->ready_fd;
+    if (c->exit_notice_fd >= 0)
+        keep[nkeep++] = c->exit_notice_fd;
+    for (i = 0; i < c->nkeep && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
+        if (c->keep_fds[i] >= 0)
+            keep[nkeep++] = c->keep_fds[i];
+    sort_ints(keep, (unsigned)nkeep);
+    close_all_but(keep, (unsigned)nkeep);
+    null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        if (null > 2)
+            close(null);
+    }
+    /* The loop's signals come through a signalfd; SIGCHLD must not be
+     * SIG_IGN (children would be reaped behind our back). */
+    signal(SIGCHLD, SIG_DFL);
+    sigemptyset(&t.mask);
+    sigaddset(&t.mask, SIGTERM);
+    sigaddset(&t.mask, SIGINT);
+    sigaddset(&t.mask, SIGHUP);
+    sigaddset(&t.mask, SIGCHLD);
+    sigprocmask(SIG_SETMASK, &t.mask, NULL);
+    t.sfd = signalfd(-1, &t.mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    t.ep = epoll_create1(EPOLL_CLOEXEC);
+    t.news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (t.sfd < 0 || t.ep < 0 || t.news < 0)
+        return fail(c, "signalfd/epoll/eventfd", errno);
+    flags = fcntl(t.listen_fd, F_GETFL);
+    fcntl(t.listen_fd, F_SETFL, flags | O_NONBLOCK);
+    /* What launches copy-on-write, learned by a few and copied ahead of
+     * time by idle members (member.h). */
+    t.hot = fh_hotset_create();
+    if (t.hot != NULL)
+        fh_hotset_arm(t.hot, FH_TEMPLATE_LEARN_FIRST);
+    t.cap = c->max_secondaries + FH_TEMPLATE_MAX_PENDING + c->pool_size + 64;
+    if (t.cap < 4096)
+        t.cap = 4096;
+    cap = (size_t)t.cap;
+    t.conns = dontfork_alloc(cap * sizeof *t.conns);
+    t.members = dontfork_alloc(cap * sizeof *t.members);
+    t.ctl_buf = dontfork_alloc(CTL_MAX + 1);
+    t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra);
+    t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
+        t.ra == NULL || t.rx == MAP_FAILED)
+        return fail(c, "memory for the loop", ENOMEM);
+    if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.news, T_NEWS) < 0)
+        return fail(c, "epoll", errno);
+    threads = thread_count();
+    if (threads != 1) {
+        char what[64];
+
+        snprintf(what, sizeof what, "the template has %d threads", threads);
+        return fail(c, what, 0);
+    }
+    for (i = 0; i < c->pool_size; i++)
+        add_pool_member(&t);
+    update_listening(&t);
+    if (c->ready_fd >= 0) {
+        if (write(c->ready_fd, "ok", 2) < 0) {
+            /* the primary is gone: PDEATHSIG ends us */
+        }
+        close(c->ready_fd);
+    }
+    return serve(&t);
+}
+
+FH_API pid_t fh_template_fork(const struct fh_template_config *c)
+{
+    struct fh_template_config copy = *c;
+    int pipefd[2] = { -1, -1 };
+    char answer[300];
+    ssize_t n;
+    pid_t pid;
+
+    if (thread_count() != 1) {
+        errno = EBUSY;
+        return -1;
+    }
+    if (c->ready_fd < 0) {
+        if (pipe2(pipefd, O_CLOEXEC) < 0)
+            return -1;
+        copy.ready_fd = pipefd[1];
+    }
+    fflush(NULL);           /* nothing buffered is written twice */
+    copy.primary_pid = getpid();
+    pid = fork();
+    if (pid == 0) {
+        if (pipefd[0] >= 0)
+            close(pipefd[0]);
+        _exit(fh_template_main(&copy));
+    }
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    if (pid < 0 || pipefd[0] < 0) {
+        int e = errno;
+
+        if (pipefd[0] >= 0)
+            close(pipefd[0]);
+        errno = e;
+        return pid;
+    }
+    do
+        n = read(pipefd[0], answer, sizeof answer);
+    while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    if (n == 2 && memcmp(answer, "ok", 2) == 0)
+        return pid;
+    waitpid(pid, NULL, 0);
+    errno = EIO;
+    return -1;
+}
