@@ -22,6 +22,7 @@
 #include "forkhost/demo.h"
 #include "forkhost/ipc.h"
 #include "forkhost/member.h"
+#include "forkhost/thp.h"
 
 FH_API const char *fh_version(void);
 
