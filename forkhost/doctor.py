@@ -90,6 +90,9 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
     say("OK", f"primary {cfg['pid']} for prefix {p.prefix!r}, arena "
               f"{cfg['arena']['size']} bytes at 0x{cfg['arena']['base']:x} "
               f"({cfg['arena']['page_size']}-byte pages)")
+    thp = cfg.get("thp")
+    if thp:
+        say(*_thp_line(thp))
     try:
         info = client.info(p.prefix, p.root)
     except ForkhostError as err:
@@ -103,3 +106,23 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
     sock_mode = stat.S_IMODE(os.stat(p.socket).st_mode)
     say("OK" if sock_mode == 0o600 else "WARN", f"socket {p.socket} mode {sock_mode:04o}")
     return 1 if failed else 0
+
+
+def _thp_line(thp: dict) -> tuple[str, str]:
+    """What the primary's huge-page collapse before the template fork did
+    (config.json "thp", forkhost/thp.py)."""
+    what = "transparent huge pages for the primary's private memory"
+    if not thp.get("enabled"):
+        return "INFO", f"{what}: off ({thp.get('why', '')})"
+    if "unsupported" in thp or "error" in thp:
+        return "INFO", f"{what}: {thp.get('unsupported') or thp.get('error')}"
+    if not thp.get("regions"):
+        return "INFO", (f"{what}: none needed (no mapping with "
+                        f"{thp['min_bytes'] >> 20} MiB resident)")
+    line = (f"{what}: {thp['collapsed_bytes'] >> 20} MiB of "
+            f"{thp['region_bytes'] >> 20} MiB collapsed before the template fork")
+    if thp.get("failed_bytes"):
+        return "WARN", (line + f"; {thp['failed_bytes'] >> 20} MiB refused "
+                        f"({thp.get('first_error')}): every fork copies their page "
+                        f"tables")
+    return "OK", line

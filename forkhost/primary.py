@@ -294,6 +294,8 @@ class Primary:
 
     def _fork_template(self, listener: socket.socket, ino: int) -> None:
         check_single_threaded()
+        from .thp import before_template_fork
+        before_template_fork(self)   # huge pages for big private memory
         # Anything buffered now would be written again by every process
         # that inherits the buffer.
         for stream in (sys.stdout, sys.stderr):

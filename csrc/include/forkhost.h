@@ -24,6 +24,7 @@
 #include "forkhost/ipc.h"
 #include "forkhost/member.h"
 #include "forkhost/template.h"
+#include "forkhost/thp.h"
 
 FH_API const char *fh_version(void);
 

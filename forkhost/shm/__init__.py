@@ -1,10 +1,10 @@
 """forkhost.shm: the shared-memory objects of a prefix, from Python.
 
-Memzones, rings, mempools and hash tables live in the arena the primary
-mapped before it forked the template.  Any process of the prefix (the
-primary after ``Primary.start()``, any secondary, or a process that called
-:func:`attach`) creates them or finds them by name; addresses in them are
-valid in all of those processes.  Thin wrappers over forkhost._native (cffi
+Memzones, rings, mempools, hash tables and arrays live in the arena the
+primary mapped before it forked the template.  Any process of the prefix
+(the primary after ``Primary.start()``, any secondary, or a process that
+called :func:`attach`) creates them or finds them by name; addresses in
+them are valid in all of those processes.  Thin wrappers over forkhost._native (cffi
 API mode): one C call per Python call, and the bulk/burst methods move whole
 arrays per call.
 
@@ -19,6 +19,7 @@ ShmError), chained to the OSError of the C call.
 
 from ..errors import (AttachError, ModuleMismatchError, NameExistsError,
                       NoArenaError, NoSpaceError, NotFoundError, ShmError)
+from .array import Array
 from .attach import Attachment, attach
 from .hash import HashTable, load_native, native_function
 from .memzone import Memzone, free_bytes, memzone_count, memzones
@@ -40,6 +41,7 @@ __all__ = [
     "Ring", "SP_ENQ", "SC_DEQ",
     "Mempool",
     "HashTable", "load_native", "native_function",
+    "Array",
     "attach", "Attachment",
     "ShmError", "NoArenaError", "NameExistsError", "NotFoundError",
     "NoSpaceError", "ModuleMismatchError", "AttachError",
