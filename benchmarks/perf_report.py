@@ -29,8 +29,12 @@ PATH, `import forkhost`), in one run:
      for a fixed time; launches/s, and CPU per launch as the whole
      machine's busy time from /proc/stat (user+nice+system+irq+softirq
      deltas over the run, which counts the primary, template, pool
-     members, secondaries, clients and driver alike) divided by the
-     launches.  Rounds alternate the variants, shuffled.
+     members, secondaries, clients and driver alike, and any other work
+     on the machine) divided by the launches, and beside it the CPU of the
+     run's own processes (the driver and its clients by getrusage, the
+     primary and template by /proc/PID/stat with the times of the members
+     and secondaries the template reaped).  Rounds alternate the
+     variants, shuffled.
   C. a primary holding 1 GiB of touched private memory (a bytearray
      filled by its --preload module; 4 KiB pages unless transparent huge
      pages are "always"), against a plain primary: one client back to
@@ -41,7 +45,7 @@ PATH, `import forkhost`), in one run:
 
 Every forkhost primary runs with --huge-pages never (the DPDK reservation
 must not change what they measure) and the default --pool 2.  A full run
-takes about 5 minutes on 2 CPUs; --quick about 1.  The figures are only as
+takes about 4 minutes on 2 CPUs; --quick about 1.  The figures are only as
 good as the machine is quiet: the load average is printed at the start and
 the end.
 """
