@@ -184,6 +184,11 @@ static struct fh_hotset *g_hot;
 /* This member copied the hot set (fh_member_prefault): its private pages
  * are the set plus its launch's, so it must not learn from them. */
 static int g_prefaulted;
+/* This member's launch runs Python (become() says; a process that exits
+ * as a member secondary without it counts as one): only such a launch is
+ * learned from (the set is for Python launches; a native one writes few
+ * pages). */
+static int g_python_launch = 1;
 
 FH_API int fh_member_init(struct fh_member *m)
 {
@@ -296,7 +301,8 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
     sigprocmask(SIG_SETMASK, &all, NULL);
     /* TOOK first: the template must know the connection before it could
      * ever report this process's death to the client. */
-    took(m, &r->view, r->target.kind != FH_ENTRY_NATIVE);
+    g_python_launch = r->target.kind != FH_ENTRY_NATIVE;
+    took(m, &r->view, g_python_launch);
     rc = started(m);
     /* A client that is gone (EPIPE) is the template's to notice. */
     if (rc < 0 && rc != -EPIPE)
@@ -415,6 +421,15 @@ FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches)
     atomic_store_explicit(&h->learn, launches, memory_order_relaxed);
 }
 
+FH_API void fh_hotset_note(struct fh_hotset *h, int python)
+{
+    /* relaxed: the template is the only writer; members read a hint. */
+    uint32_t v = atomic_load_explicit(&h->python, memory_order_relaxed);
+
+    atomic_store_explicit(&h->python, (v << 1) | (python != 0),
+                          memory_order_relaxed);
+}
+
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
 {
     uint32_t seq, pages = 0, i, n;
@@ -509,7 +524,7 @@ void fh_member_learn(void)
 {
     unsigned left;
 
-    if (g_hot == NULL || g_prefaulted)
+    if (g_hot == NULL || g_prefaulted || !g_python_launch)
         return;
     left = atomic_load_explicit(&g_hot->learn, memory_order_relaxed);
     /* relaxed: the ticket orders nothing; learn() locks with seq. */
@@ -534,6 +549,9 @@ FH_API long fh_member_prefault(void)
      * and not the copied set plus that (which could only ever grow).
      * relaxed: a hint; fh_member_learn takes the ticket. */
     if (atomic_load_explicit(&g_hot->learn, memory_order_relaxed) > 0)
+        return 0;
+    /* relaxed: a hint written by the template, ordered with nothing. */
+    if (atomic_load_explicit(&g_hot->python, memory_order_relaxed) == 0)
         return 0;
     do {
         /* acquire: as in fh_hotset_pages. */

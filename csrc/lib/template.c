@@ -694,8 +694,11 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     const char *entry, *argv0, *end = body + len;
     int cwd_fd = nfds == 2 ? fds[1] : -1;
 
-    if (t->hot != NULL && (t->launched + 1) % FH_TEMPLATE_RELEARN == 0)
-        fh_hotset_arm(t->hot, 1);
+    if (t->hot != NULL) {
+        if ((t->launched + 1) % FH_TEMPLATE_RELEARN == 0)
+            fh_hotset_arm(t->hot, 1);
+        fh_hotset_note(t->hot, nfds == 2);
+    }
     memcpy(&flags, body, sizeof flags);
     entry = body + 4;
     argv0 = memchr(entry, '\0', (size_t)(end - entry));
