@@ -45,6 +45,20 @@ def _write_stderr(text: str) -> None:
 ALL_SIGNALS = frozenset(_signal.valid_signals())
 
 
+# True in a pool member that did the launch-independent part ahead
+# (prepare()): CPython's after-fork work and Python's dispositions.
+prepared = False
+
+
+def prepare(after_fork_child) -> None:
+    """In an idle pool member: what a Python launch does whatever it runs,
+    done before it comes.  after_fork_child: CPython's after-fork work."""
+    global prepared
+    after_fork_child()
+    _python_signal_defaults()
+    prepared = True
+
+
 def _python_signal_defaults() -> None:
     """What a freshly started ``python`` has: SIGINT raises KeyboardInterrupt,
     SIGPIPE and SIGXFSZ are ignored (so writes fail with an exception), the
@@ -288,7 +302,8 @@ def finish(req: Launch, target: entries.Target, spec):
 
 def run(req: Launch, target: entries.Target, spec) -> int:
     """Become the secondary and run the entry; returns the exit status."""
-    _python_signal_defaults()
+    if not prepared:
+        _python_signal_defaults()
     env = _set_environ(req, spec)
     # What `python` reads from the environment at startup and a running
     # interpreter still lets change (docs/architecture.md).

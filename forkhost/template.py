@@ -4,12 +4,15 @@ It is forked from the primary while the primary is single-threaded and it
 stays single-threaded.  Its loop is C (``fh_template_main``,
 csrc/lib/template.c): accepting, the pool of pre-forked members, exit
 reports, stops, signals to secondaries, grace and stop, INFO.  Python is
-called only through three hooks:
+called only through four hooks:
 
 - ``fh_py_run_python``, in a child that took a launch of a Python entry
   (already set up in C: fds, cwd, umask, title, resource limits): CPython's
   after-fork work runs as ``os.fork()`` would run it in a child, then the
   entry, and the child exits;
+- ``fh_py_member_ready``, in an idle pool member while Python entries are
+  being launched: that after-fork work and Python's signal dispositions,
+  ahead of the launch;
 - ``fh_py_read_ahead``, in the template after a launch of a Python entry
   (at most once a second per directory and entry): the entry's directory
   finder and module or script are read ahead for the members forked next;
@@ -67,13 +70,25 @@ _after_fork_child.argtypes = []
 _after_fork_child.restype = None
 
 
-@ffi.def_extern()
+def _run_python_interrupted(exc_type, exc, tb):
+    """An exception before fh_py_run_python's body ran: a SIGINT that came
+    with the launch, caught by the Python handler a member installed ahead
+    (secondary.prepare), is raised at the call.  The launch ends by it, as
+    the interrupted program would."""
+    if exc_type is KeyboardInterrupt:
+        secondary.die_by_sigint()
+    traceback.print_exception(exc_type, exc, tb)
+    os._exit(EXIT_FORKHOST)
+
+
+@ffi.def_extern(onerror=_run_python_interrupted)
 def fh_py_run_python(run):
     """In the child that took a Python launch: run it, exit with its
     status (reported to the template and the client).  Never returns."""
     code = EXIT_FORKHOST
     try:
-        _after_fork_child()
+        if not secondary.prepared:
+            _after_fork_child()
         req, target = secondary.taken_launch(run)
         secondary.finish(req, target, ffi.addressof(run, "spec"))
     except KeyboardInterrupt:
@@ -82,6 +97,17 @@ def fh_py_run_python(run):
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+@ffi.def_extern()
+def fh_py_member_ready():
+    """In an idle pool member: the launch-independent part of a Python
+    launch, ahead of it (secondary.prepare)."""
+    try:
+        secondary.prepare(_after_fork_child)
+    except BaseException:            # a bug of ours: this member is no use
+        traceback.print_exc()
+        os._exit(EXIT_FORKHOST)
 
 
 class _ReadAhead:
@@ -179,6 +205,7 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
     cfg.title_area = ffi.cast("char *", area[0])
     cfg.title_len = area[1]
     cfg.hooks.run_python = lib.fh_py_run_python
+    cfg.hooks.member_ready = lib.fh_py_member_ready
     cfg.hooks.read_ahead = lib.fh_py_read_ahead
     cfg.hooks.info_extra = lib.fh_py_info_extra
     return lib.fh_template_main(cfg)

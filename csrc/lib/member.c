@@ -322,8 +322,11 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
     spec->client_fd = m->conn;
     spec->client_pid = client;
     /* A member reset every disposition while it waited (fh_reset_signals):
-     * what a fresh program has.  A Python entry sets Python's own on top. */
-    spec->signals_ready = m->signals_reset;
+     * what a fresh program has; a Python entry sets Python's own on top,
+     * unless the member already did (python_ready), which a native entry
+     * must not keep. */
+    spec->signals_ready = m->python_ready ? r->target.kind != FH_ENTRY_NATIVE
+                                          : m->signals_reset;
 }
 
 /* A connection accepted: see what it is. */

@@ -392,3 +392,16 @@ FH_API unsigned fh_memzone_count(void)
     /* Relaxed: a statistic; its only writer is the directory lock holder. */
     return dir ? atomic_load_explicit(&dir->count, memory_order_relaxed) : 0;
 }
+
+FH_API void fh_publish_u64(uint64_t *p, uint64_t v)
+{
+    /* release: pairs with the acquire in fh_published_u64; the stores
+     * before this one are seen by a reader that sees v. */
+    atomic_store_explicit((_Atomic uint64_t *)p, v, memory_order_release);
+}
+
+FH_API uint64_t fh_published_u64(const uint64_t *p)
+{
+    /* acquire: see above. */
+    return atomic_load_explicit((_Atomic uint64_t *)p, memory_order_acquire);
+}

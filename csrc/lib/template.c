@@ -29,6 +29,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -522,10 +523,19 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
     m->buf = g_member_buf;
     if (fh_member_init(m) < 0)
         _exit(FH_EXIT_SETUP);
-    /* Copy-on-write ahead of time, unless a client already waits: then it
-     * would only put that work on the launch's path. */
-    if (!client_waiting(m->listen_fd))
+    /* Copy-on-write ahead of time, and Python's launch-independent part
+     * while Python entries are launched, unless a client already waits:
+     * then it would only put that work on the launch's path. */
+    if (!client_waiting(m->listen_fd)) {
         fh_member_prefault();
+        /* relaxed: a hint the template writes (fh_hotset_note). */
+        if (t->c->hooks.member_ready != NULL && t->hot != NULL &&
+            atomic_load_explicit(&t->hot->python, memory_order_relaxed) != 0 &&
+            !client_waiting(m->listen_fd)) {
+            t->c->hooks.member_ready();
+            m->python_ready = 1;
+        }
+    }
     for (;;) {
         rc = fh_member_next(m);        /* a native launch never returns */
         if (rc == FH_MEMBER_PYTHON)

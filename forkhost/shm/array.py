@@ -127,10 +127,10 @@ class Array:
         hdr = ffi.buffer(ffi.cast("char *", mz.addr), HEADER_SIZE)
         _HDR.pack_into(hdr, 0, 0, VERSION, len(dims), HEADER_SIZE, nbytes,
                        dt.encode(), *dims, *([0] * (MAX_NDIM - len(dims))))
-        # Published last, one aligned 64-bit store: a lookup before it
-        # raises NotFoundError.  (x86-64 keeps stores in order; on weaker
-        # hardware a reader could see magic first.)
-        ffi.cast("uint64_t *", mz.addr)[0] = MAGIC
+        # Published last, with a release store (a lookup acquires it): a
+        # lookup before it raises NotFoundError, one after it sees the
+        # whole header.
+        lib.fh_publish_u64(ffi.cast("uint64_t *", mz.addr), MAGIC)
         return cls(mz, b.decode(errors="replace"), dt, dims, base + HEADER_SIZE, nbytes)
 
     @classmethod
@@ -142,7 +142,8 @@ class Array:
         if mz == ffi.NULL:
             err = ffi.errno
             raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None)
-        if mz.len < HEADER_SIZE or ffi.cast("uint64_t *", mz.addr)[0] != MAGIC:
+        if mz.len < HEADER_SIZE or \
+                lib.fh_published_u64(ffi.cast("uint64_t *", mz.addr)) != MAGIC:
             raise_errno(errno.ENOENT, f"array {name!r}", "not found (its creator "
                         "has not finished, or memzone AR_... is not an array)")
         (_, version, ndim, offset, nbytes, dt, *dims) = _HDR.unpack_from(

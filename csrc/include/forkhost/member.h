@@ -109,6 +109,9 @@ struct fh_member {
                                 has a Python hook); else they are the
                                 template's to refuse */
     int       signals_reset; /* fh_reset_signals() ran in this process */
+    int       python_ready;  /* Python's dispositions are set (the
+                                member_ready hook ran): right for a Python
+                                entry; a native one resets them */
     /* set by fh_member_init */
     int       epoll_fd;
     /* out: the connection being handled */

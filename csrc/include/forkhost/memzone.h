@@ -84,6 +84,14 @@ int fh__shared_mutex_init(pthread_mutex_t *m);
  * but before the slot is published, 3 after publishing but before the count
  * moves; 0 disables.
  */
+/* Publish a word of an object in shared memory that other processes look
+ * up (its magic, written after everything else: a release store), and read
+ * it back (an acquire load: what was written before it is then seen).  For
+ * objects laid out from a language without C11 atomics (Python's
+ * forkhost.shm.Array). */
+FH_API void fh_publish_u64(uint64_t *p, uint64_t v);
+FH_API uint64_t fh_published_u64(const uint64_t *p);
+
 FH_API int fh__memzone_lock(void);
 FH_API void fh__memzone_unlock(void);
 FH_API void fh__memzone_crash_at(int step);

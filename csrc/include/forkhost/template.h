@@ -55,6 +55,11 @@ struct fh_template_hooks {
      * (fh_child_setup done, TOOK and STARTED sent): run it and exit.
      * Never returns. */
     void (*run_python)(struct fh_taken_launch *run);
+    /* In an idle pool member, once, while one of the last 32 launches ran
+     * Python and no client waits: the launch-independent part of a Python
+     * launch (CPython's after-fork work, Python's signal dispositions),
+     * done ahead so that it is not on a launch's path. */
+    void (*member_ready)(void);
     /* In the template, after a launch of a Python entry (at most once a
      * FH_TEMPLATE_READ_AHEAD_US per directory and entry): read it ahead
      * for the members forked next.  cwd_fd is the client's cwd. */

@@ -32,6 +32,7 @@ struct fh_member {
     struct fh_hotset *hot;
     int       python;
     int       signals_reset;
+    int       python_ready;
     int       epoll_fd;
     int       conn;
     size_t    n;

@@ -18,6 +18,9 @@ int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *), void *arg);
 size_t fh_memzone_free_bytes(void);
 unsigned fh_memzone_count(void);
 
+void fh_publish_u64(uint64_t *p, uint64_t v);
+uint64_t fh_published_u64(const uint64_t *p);
+
 /* test hooks: die holding the directory lock */
 int fh__memzone_lock(void);
 void fh__memzone_unlock(void);

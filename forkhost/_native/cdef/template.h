@@ -11,6 +11,7 @@ struct fh_template_exit {
 
 struct fh_template_hooks {
     void (*run_python)(struct fh_taken_launch *run);
+    void (*member_ready)(void);
     void (*read_ahead)(int cwd_fd, const char *entry, int module_flag);
     size_t (*info_extra)(char *buf, size_t size);
 };
@@ -39,5 +40,6 @@ pid_t fh_template_fork(const struct fh_template_config *c);
 
 /* Python's hooks (forkhost/template.py). */
 extern "Python" void fh_py_run_python(struct fh_taken_launch *);
+extern "Python" void fh_py_member_ready(void);
 extern "Python" void fh_py_read_ahead(int, const char *, int);
 extern "Python" size_t fh_py_info_extra(char *, size_t);
