@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import forkhost
+from launch import spawn_wait  # noqa: E402  (benchmarks/launch.py)
 
 TRIV = "def main(argv):\n    return 0\n"
 
@@ -65,23 +66,6 @@ raw = DATA.buffer().cast("B")
 raw[::4096] = bytes([1]) * len(range(0, SIZE, 4096))    # every page written
 del raw
 """
-
-
-def spawn_wait(argv: list[str], env: dict) -> float:
-    """posix_spawn + waitpid, stdout to /dev/null; the cwd is ours."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        actions = [(os.POSIX_SPAWN_DUP2, devnull, 1)]
-        t0 = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
-        _, status = os.waitpid(pid, 0)
-        dt = time.perf_counter() - t0
-    finally:
-        os.close(devnull)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{argv} exited {code}")
-    return dt
 
 
 def status(pid: int) -> dict[str, int]:

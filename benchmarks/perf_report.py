@@ -71,6 +71,7 @@ import time
 from pathlib import Path
 
 import forkhost
+from launch import spawn_wait  # noqa: E402  (benchmarks/launch.py)
 
 TRIV_PY = ("def main(argv):\n    return 0\n\n\n"
            "def np_main(argv):\n    import numpy\n    return 0\n\n\n"
@@ -305,23 +306,6 @@ def proc_cpu_ticks(pid: int) -> int:
 def own_children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def spawn_wait(argv: list[str], env: dict) -> float:
-    """posix_spawn + waitpid, stdout to /dev/null; the cwd is ours."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        actions = [(os.POSIX_SPAWN_DUP2, devnull, 1)]
-        t0 = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
-        _, status = os.waitpid(pid, 0)
-        dt = time.perf_counter() - t0
-    finally:
-        os.close(devnull)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{argv} exited {code}")
-    return dt
 
 
 def pct(sorted_v: list[float], q: float) -> float:

@@ -4,7 +4,7 @@ Subcommands: primary, run, ps, stop, doctor, demo, config, attach.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
-instead: the secondary's own status, or 125/126/127 (see DESIGN.md).
+instead: the secondary's own status, or 125/126/127 (see docs/cli.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """forkhost's exceptions and the exit codes users and scripts rely on.
 
-The exit-status contract (DESIGN.md): a client exits with the secondary's
+The exit-status contract (docs/cli.md): a client exits with the secondary's
 status N, dies by the secondary's signal, or exits with one of these when
 forkhost itself or the entry failed.
 """

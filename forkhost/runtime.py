@@ -1,6 +1,6 @@
 """The runtime directory of a prefix: where it is, its lock and config record.
 
-Layout (DESIGN.md): <runtime>/<prefix>/ with ``lock`` (held by the live
+Layout (docs/architecture.md): <runtime>/<prefix>/ with ``lock`` (held by the live
 primary, holds its pid), ``config.json`` (arena base/size/page size,
 versions, pids, library identity) and ``template.sock``.  The runtime
 directory and each prefix directory are mode 0700: the directory, not only

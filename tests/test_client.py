@@ -282,8 +282,10 @@ def test_python_run_takes_forkhost_runs_options(primary):
         r = subprocess.run(FORKHOST_RUN + where + module + ["x", "seven"], env=env,
                            cwd=FIXTURES, capture_output=True, timeout=60)
         assert (r.returncode, r.stdout) == (7, b"pkgfix.mod ['x', 'seven'] __main__\n")
+    # Outside the checkout, whose forkhost/ (without its generated parts)
+    # would shadow the installed package.
     r = subprocess.run(FORKHOST_RUN + ["--help"], env=env, capture_output=True,
-                       timeout=60)
+                       cwd=FIXTURES, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith(b"usage: forkhost run [--prefix P]")
 
 

@@ -10,7 +10,7 @@
  * cwd and stdio (proto.h), then wait for STARTED and EXITED, forwarding
  * signals to the secondary through the pidfd that STARTED carries.
  *
- * What the caller sees (DESIGN.md, "Exit status"): the secondary's exit
+ * What the caller sees (docs/cli.md, exit status): the secondary's exit
  * code; death by the secondary's own terminating signal; 125 when forkhost
  * itself failed (with one line on stderr), or whatever code the template's
  * ERROR names (126 / 127 for an entry that cannot be run / was not found).
@@ -58,7 +58,7 @@
 #define BUILT ""
 #endif
 
-/* DESIGN.md, "Exit status": forkhost itself failed. */
+/* docs/cli.md, exit status: forkhost itself failed. */
 #define EXIT_FORKHOST_FAILED 125
 
 /* Without options or environment, wait this long for the template: long
@@ -417,7 +417,7 @@ static const char *env_nonempty(const char *name)
     return v && *v ? v : NULL;
 }
 
-/* <runtime dir>/<prefix>/template.sock into addr; DESIGN.md's order. */
+/* <runtime dir>/<prefix>/template.sock into addr; docs/architecture.md's order. */
 static socklen_t socket_address(struct options *o, struct sockaddr_un *addr)
 {
     const char *dir = o->runtime_dir, *base;

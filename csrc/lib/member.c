@@ -36,8 +36,9 @@
 
 /* ---- records on the sockets ------------------------------------------ */
 
-static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
-                    const void *b, size_t blen, const int *fds, unsigned nfds)
+int fh__send_record(int fd, uint16_t type, const void *a, size_t alen,
+                    const void *b, size_t blen, const int *fds, unsigned nfds,
+                    int flags)
 {
     union {
         char buf[CMSG_SPACE(sizeof(int) * (FH_PROTO_MAX_FDS + 1))];
@@ -78,7 +79,7 @@ static int send_rec(int fd, uint16_t type, const void *a, size_t alen,
         memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
     }
     do
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL | flags);
     while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : 0;
 }
@@ -94,12 +95,11 @@ static void notify(const struct fh_member *m, uint64_t what)
     }
 }
 
-/* One record from the client into m->buf and m->fds.  0 (m->n == 0 on
- * EOF), or -errno (-EAGAIN: nothing there yet). */
-static int receive(struct fh_member *m)
+int fh__recv_record(int fd, void *buf, size_t len, int *fds, unsigned maxfds,
+                    unsigned *nfds, int *mflags)
 {
     union {
-        char buf[CMSG_SPACE(sizeof(int) * FH_PROTO_MAX_FDS)];
+        char buf[CMSG_SPACE(sizeof(int) * (FH_PROTO_MAX_FDS + 1))];
         struct cmsghdr align;
     } u;
     struct iovec iov;
@@ -107,30 +107,47 @@ static int receive(struct fh_member *m)
     struct cmsghdr *c;
     ssize_t r;
 
-    iov.iov_base = m->buf;
-    iov.iov_len = FH_PROTO_MAX_MSG + 1;
+    if (maxfds > FH_PROTO_MAX_FDS + 1)
+        maxfds = FH_PROTO_MAX_FDS + 1;
+    iov.iov_base = buf;
+    iov.iov_len = len;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof u.buf;
+    /* Room for maxfds exactly: more is MSG_CTRUNC, and the kernel closes
+     * what did not fit. */
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * maxfds);
+    *nfds = 0;
     do
-        r = recvmsg(m->conn, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        r = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     while (r < 0 && errno == EINTR);
     if (r < 0)
         return -errno;
-    m->n = (size_t)r;
-    m->mflags = msg.msg_flags;
+    *mflags = msg.msg_flags;
     for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
         size_t k, count;
 
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
         count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (k = 0; k < count && m->nfds < FH_PROTO_MAX_FDS; k++)
-            memcpy(&m->fds[m->nfds++], CMSG_DATA(c) + k * sizeof(int),
+        for (k = 0; k < count && *nfds < maxfds; k++)
+            memcpy(&fds[(*nfds)++], CMSG_DATA(c) + k * sizeof(int),
                    sizeof(int));
     }
+    return (int)r;
+}
+
+/* One record from the client into m->buf and m->fds.  0 (m->n == 0 on
+ * EOF), or -errno (-EAGAIN: nothing there yet). */
+static int receive(struct fh_member *m)
+{
+    int r = fh__recv_record(m->conn, m->buf, FH_PROTO_MAX_MSG + 1, m->fds,
+                            FH_PROTO_MAX_FDS, &m->nfds, &m->mflags);
+
+    if (r < 0)
+        return r;
+    m->n = (size_t)r;
     return 0;
 }
 
@@ -158,7 +175,7 @@ static int wait_request(struct fh_member *m)
     p.revents = 0;
     if (poll(&p, 1, FH_MEMBER_BUSY_AFTER_MS) > 0)
         return 0;
-    send_rec(m->ctl_fd, FH_CTL_BUSY, NULL, 0, NULL, 0, NULL, 0);
+    fh__send_record(m->ctl_fd, FH_CTL_BUSY, NULL, 0, NULL, 0, NULL, 0, 0);
     notify(m, 1);
     for (;;) {
         int64_t left = deadline - now_ms();
@@ -233,9 +250,9 @@ static int took(struct fh_member *m, const struct fh_launch_view *v,
      * argv[0] lie back to back in the record ("entry\0argv0"). */
     int fds[2] = { m->conn, m->fds[0] };
     size_t len = strlen(v->entry) + 1 + strlen(v->strings);
-    int rc = send_rec(m->ctl_fd, FH_CTL_TOOK, &v->launch.flags,
+    int rc = fh__send_record(m->ctl_fd, FH_CTL_TOOK, &v->launch.flags,
                       sizeof v->launch.flags, v->entry, len, fds,
-                      python && m->nfds > 0 ? 2 : 1);
+                      python && m->nfds > 0 ? 2 : 1, 0);
 
     notify(m, 1);
     return rc;
@@ -253,8 +270,9 @@ static int started(struct fh_member *m)
     memset(&st, 0, sizeof st);
     st.pid = getpid();
     /* The header is rebuilt by send_rec; only the body goes as payload. */
-    rc = send_rec(m->conn, FH_MSG_STARTED, &st.pid, sizeof st.pid, NULL, 0,
-                  &pidfd, 1);
+    rc = fh__send_record(m->conn, FH_MSG_STARTED, &st.pid, sizeof st.pid,
+                         NULL, 0,
+                  &pidfd, 1, 0);
     close(pidfd);
     return rc;
 }
@@ -275,8 +293,8 @@ FH_API int fh_member_handoff(struct fh_member *m)
         data = FH_PROTO_MAX_MSG + 1;
     fds[0] = m->conn;
     memcpy(fds + 1, m->fds, m->nfds * sizeof(int));
-    rc = send_rec(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf, data,
-                  fds, m->nfds + 1);
+    rc = fh__send_record(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf, data,
+                  fds, m->nfds + 1, 0);
     notify(m, FH_NEWS_URGENT);
     close_received(m);
     close(m->conn);

@@ -185,51 +185,13 @@ static int thread_count(void)
 
 /* ---- records ---------------------------------------------------------- */
 
-static int send_record(int fd, uint16_t type, const void *body, size_t len,
-                       const int *fds, unsigned nfds)
+/* Never blocking: a client that does not read loses its message, the
+ * template does not wait for it. */
+static int send_record(int fd, uint16_t type, const void *body, size_t len)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct fh_msg_hdr h;
-    struct iovec iov[2];
-    struct msghdr msg;
-    ssize_t r;
-
     if (fd < 0)
         return -EBADF;
-    memset(&h, 0, sizeof h);
-    h.magic = FH_PROTO_MAGIC;
-    h.version = FH_PROTO_VERSION;
-    h.type = type;
-    h.len = (uint32_t)(sizeof h + len);
-    h.nfds = nfds;
-    iov[0].iov_base = &h;
-    iov[0].iov_len = sizeof h;
-    iov[1].iov_base = (void *)body;
-    iov[1].iov_len = len;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = iov;
-    msg.msg_iovlen = 2;
-    if (nfds == 1) {
-        struct cmsghdr *cm;
-
-        memset(&u, 0, sizeof u);
-        msg.msg_control = u.buf;
-        msg.msg_controllen = sizeof u.buf;
-        cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(cm), fds, sizeof(int));
-    }
-    /* Never blocking: a client that does not read loses its message, the
-     * template does not wait for it. */
-    do
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (r < 0 && errno == EINTR);
-    return r < 0 ? -errno : 0;
+    return fh__send_record(fd, type, body, len, NULL, 0, NULL, 0, MSG_DONTWAIT);
 }
 
 static void send_error(int fd, int code, const char *text)
@@ -247,7 +209,7 @@ static void send_error(int fd, int code, const char *text)
     e.text_len = (uint32_t)n;
     for (i = 0; i < n; i++)          /* one line */
         e.text[i] = text[i] == '\n' ? ' ' : text[i];
-    send_record(fd, FH_MSG_ERROR, &e, 8 + n, NULL, 0);
+    send_record(fd, FH_MSG_ERROR, &e, 8 + n);
 }
 
 static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
@@ -268,7 +230,7 @@ static void send_exited(int fd, int code, int sig)
 {
     int32_t body[2] = { code, sig };
 
-    send_record(fd, FH_MSG_EXITED, body, sizeof body, NULL, 0);
+    send_record(fd, FH_MSG_EXITED, body, sizeof body);
 }
 
 static void close_fds(const int *fds, unsigned n)
@@ -809,47 +771,22 @@ drop:
  * none (nothing, or EOF: it is exiting, its pidfd says when). */
 static int member_msg(struct tpl *t, struct member *mb)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * (FH_PROTO_MAX_FDS + 1))];
-        struct cmsghdr align;
-    } u;
     int fds[FH_PROTO_MAX_FDS + 1];
-    unsigned nfds = 0;
+    unsigned nfds;
     struct fh_msg_hdr h;
-    struct iovec iov;
-    struct msghdr msg;
-    struct cmsghdr *cm;
-    ssize_t n;
+    int n, mflags;
 
-    iov.iov_base = t->ctl_buf;
-    iov.iov_len = CTL_MAX + 1;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof u.buf;
-    do
-        n = recvmsg(mb->ctl_fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    n = fh__recv_record(mb->ctl_fd, t->ctl_buf, CTL_MAX + 1, fds,
+                        FH_PROTO_MAX_FDS + 1, &nfds, &mflags);
     if (n <= 0)
         return 0;
-    for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
-        size_t k, cnt;
-
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (k = 0; k < cnt && nfds < FH_PROTO_MAX_FDS + 1; k++)
-            memcpy(&fds[nfds++], CMSG_DATA(cm) + k * sizeof(int),
-                   sizeof(int));
-    }
     t->last_activity = now_us();
     memset(&h, 0, sizeof h);
     if ((size_t)n >= sizeof h)
         memcpy(&h, t->ctl_buf, sizeof h);
     if ((size_t)n < sizeof h || h.magic != FH_PROTO_MAGIC ||
         h.len != (size_t)n || h.nfds != nfds ||
-        (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        (mflags & (MSG_TRUNC | MSG_CTRUNC))) {
         h.type = 0;
     }
     if (h.type == FH_CTL_TOOK && (nfds == 1 || nfds == 2) &&
@@ -1068,7 +1005,7 @@ static void children_stopped(struct tpl *t)
         if (c != NULL && c->job_control && !c->reported) {
             int32_t body[2] = { si.si_status, 0 };
 
-            send_record(c->fd, FH_MSG_STOPPED, body, sizeof body, NULL, 0);
+            send_record(c->fd, FH_MSG_STOPPED, body, sizeof body);
         }
     }
 }
@@ -1140,7 +1077,7 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
 
         if (json != NULL) {
             len = info_json(t, json, cap);
-            send_record(c->fd, FH_MSG_INFO_REPLY, json, len, NULL, 0);
+            send_record(c->fd, FH_MSG_INFO_REPLY, json, len);
             free(json);
         }
     } else if (type == FH_MSG_LAUNCH) {
@@ -1153,40 +1090,15 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
  * yet; 1 when it was handled (the connection is to be closed). */
 static int handle(struct tpl *t, struct conn *c)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * FH_PROTO_MAX_FDS)];
-        struct cmsghdr align;
-    } u;
     int fds[FH_PROTO_MAX_FDS];
-    unsigned nfds = 0;
-    struct iovec iov;
-    struct msghdr msg;
-    struct cmsghdr *cm;
-    ssize_t n;
+    unsigned nfds;
+    int n, mflags;
 
-    iov.iov_base = t->rx;
-    iov.iov_len = FH_PROTO_MAX_MSG + 1;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = u.buf;
-    msg.msg_controllen = sizeof u.buf;
-    do
-        n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    n = fh__recv_record(c->fd, t->rx, FH_PROTO_MAX_MSG + 1, fds,
+                        FH_PROTO_MAX_FDS, &nfds, &mflags);
     if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : 1;
-    for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
-        size_t k, cnt;
-
-        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-            continue;
-        cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (k = 0; k < cnt && nfds < FH_PROTO_MAX_FDS; k++)
-            memcpy(&fds[nfds++], CMSG_DATA(cm) + k * sizeof(int),
-                   sizeof(int));
-    }
-    handle_received(t, c, t->rx, (size_t)n, msg.msg_flags, fds, nfds);
+        return n == -EAGAIN || n == -EWOULDBLOCK ? 0 : 1;
+    handle_received(t, c, t->rx, (size_t)n, mflags, fds, nfds);
     return 1;
 }
 

@@ -1,7 +1,7 @@
 """Shared helpers of forkhost.shm: names, errno -> exception, buffers.
 
-The C library returns -1/NULL with errno, or a negative errno on hot paths
-(STYLE.md); every wrapper funnels that through :func:`raise_errno`, so the
+The C library returns -1/NULL with errno, or a negative errno on hot paths;
+every wrapper funnels that through :func:`raise_errno`, so the
 mapping from errno to forkhost's exceptions lives in one place and each
 exception is chained to the OSError it came from.
 """

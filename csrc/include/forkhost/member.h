@@ -150,6 +150,16 @@ FH_API int fh_member_next(struct fh_member *m);
  */
 int fh__member_take_received(struct fh_member *m, pid_t client_pid);
 
+/* Internal, shared by member.c and template.c: one record with its fds
+ * (header built here; flags: more sendmsg flags), 0 or -errno; and one
+ * record received without waiting (close-on-exec fds, at most maxfds: more
+ * is MSG_CTRUNC in *mflags), its length or -errno. */
+int fh__send_record(int fd, uint16_t type, const void *a, size_t alen,
+                    const void *b, size_t blen, const int *fds, unsigned nfds,
+                    int flags);
+int fh__recv_record(int fd, void *buf, size_t len, int *fds, unsigned maxfds,
+                    unsigned *nfds, int *mflags);
+
 /* Hand m->conn and what was received to the template; closes ours. 0 or
  * -errno (the connection is closed either way). */
 FH_API int fh_member_handoff(struct fh_member *m);

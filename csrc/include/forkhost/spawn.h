@@ -14,7 +14,7 @@
 #endif
 
 /* The exit status of a secondary whose setup failed (forkhost itself
- * failed: DESIGN.md's 125). */
+ * failed: the 125 of docs/cli.md). */
 #define FH_EXIT_SETUP 125
 
 /*
