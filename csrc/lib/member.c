@@ -251,8 +251,8 @@ static int took(struct fh_member *m, const struct fh_launch_view *v,
     int fds[2] = { m->conn, m->fds[0] };
     size_t len = strlen(v->entry) + 1 + strlen(v->strings);
     int rc = fh__send_record(m->ctl_fd, FH_CTL_TOOK, &v->launch.flags,
-                      sizeof v->launch.flags, v->entry, len, fds,
-                      python && m->nfds > 0 ? 2 : 1, 0);
+                             sizeof v->launch.flags, v->entry, len, fds,
+                             python && m->nfds > 0 ? 2 : 1, 0);
 
     notify(m, 1);
     return rc;
@@ -269,10 +269,9 @@ static int started(struct fh_member *m)
         return -errno;
     memset(&st, 0, sizeof st);
     st.pid = getpid();
-    /* The header is rebuilt by send_rec; only the body goes as payload. */
+    /* The header is built by fh__send_record; only the body goes here. */
     rc = fh__send_record(m->conn, FH_MSG_STARTED, &st.pid, sizeof st.pid,
-                         NULL, 0,
-                  &pidfd, 1, 0);
+                         NULL, 0, &pidfd, 1, 0);
     close(pidfd);
     return rc;
 }
@@ -293,8 +292,8 @@ FH_API int fh_member_handoff(struct fh_member *m)
         data = FH_PROTO_MAX_MSG + 1;
     fds[0] = m->conn;
     memcpy(fds + 1, m->fds, m->nfds * sizeof(int));
-    rc = fh__send_record(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf, data,
-                  fds, m->nfds + 1, 0);
+    rc = fh__send_record(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf,
+                         data, fds, m->nfds + 1, 0);
     notify(m, FH_NEWS_URGENT);
     close_received(m);
     close(m->conn);
