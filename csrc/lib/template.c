@@ -110,10 +110,22 @@ struct tpl {
     char    *rx;
     struct fh_hotset *hot;
     int      stopping, draining;
+    struct deferred *deferred, **deferred_tail;   /* FIFO */
     int64_t  stop_deadline, last_activity, last_launch, launch_gap;
     int64_t  fork_failed, news_due;
     uint64_t news_pending;
     unsigned long launched, pool_launches, refused;
+};
+
+/* A HANDOFF read while secondaries were being counted, kept for the loop:
+ * acting on it there would launch in the middle of another request, whose
+ * receive buffer the launch reuses. */
+struct deferred {
+    struct deferred *next;
+    size_t   len;
+    unsigned nfds;
+    int      fds[FH_PROTO_MAX_FDS + 1];
+    char     body[];
 };
 
 /* A launch the template received itself, for the child it forks. */
@@ -767,6 +779,39 @@ drop:
     conn_free(c);
 }
 
+static void defer_handoff(struct tpl *t, const char *body, size_t len,
+                          const int *fds, unsigned nfds)
+{
+    struct deferred *d = malloc(sizeof *d + len);
+
+    if (d == NULL) {                  /* the client gets EOF */
+        say("forkhost template: no memory to keep a handed-over connection");
+        close_fds(fds, nfds);
+        return;
+    }
+    d->next = NULL;
+    d->len = len;
+    d->nfds = nfds;
+    memcpy(d->fds, fds, nfds * sizeof(int));
+    memcpy(d->body, body, len);
+    *t->deferred_tail = d;
+    t->deferred_tail = &d->next;
+}
+
+/* The HANDOFFs deferred while counting, in order. */
+static void run_deferred(struct tpl *t)
+{
+    while (t->deferred != NULL) {
+        struct deferred *d = t->deferred;
+
+        t->deferred = d->next;
+        if (t->deferred == NULL)
+            t->deferred_tail = &t->deferred;
+        handoff(t, d->body, d->len, d->fds, d->nfds);
+        free(d);
+    }
+}
+
 /* One notice from a member that has not taken a launch; 0 when there was
  * none (nothing, or EOF: it is exiting, its pidfd says when). */
 static int member_msg(struct tpl *t, struct member *mb)
@@ -798,7 +843,12 @@ static int member_msg(struct tpl *t, struct member *mb)
     } else if (h.type == FH_CTL_HANDOFF && nfds >= 1 &&
                (size_t)n >= sizeof h + sizeof(struct fh_handoff)) {
         mb->busy = 0;
-        handoff(t, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds, nfds);
+        if (t->draining)
+            defer_handoff(t, t->ctl_buf + sizeof h, (size_t)n - sizeof h,
+                          fds, nfds);
+        else
+            handoff(t, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds,
+                    nfds);
     } else {
         close_fds(fds, nfds);
         say("forkhost template: unexpected record 0x%02x from pool member %d",
@@ -954,7 +1004,7 @@ static unsigned running_count(struct tpl *t)
     unsigned i, n = 0;
 
     if (!t->draining) {
-        t->draining = 1;           /* a HANDOFF read here may launch again */
+        t->draining = 1;           /* HANDOFFs read here wait (deferred) */
         for (i = 0; i < t->members_hi; i++)
             drain_member(t, i);
         t->draining = 0;
@@ -1487,13 +1537,16 @@ static int serve(struct tpl *t)
         n = epoll_wait(t->ep, ev, 64, timeout_ms(t));
         if (n < 0 && errno != EINTR)
             break;
-        for (k = 0; k < n; k++)
+        for (k = 0; k < n; k++) {
             dispatch(t, ev[k].data.u64);
+            run_deferred(t);
+        }
         if (t->news_due != 0 && now_us() >= t->news_due)
             read_news(t);
         expire(t);
         replenish(t);
     }
+    run_deferred(t);                  /* refused: the template is stopping */
     close_listener(t);
     return 0;
 }
@@ -1538,6 +1591,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     t.timeout_ms = c->request_timeout_ms ? c->request_timeout_ms
                                          : FH_TEMPLATE_REQUEST_TIMEOUT_MS;
     t.launch_gap = INT64_MAX / 2;
+    t.deferred_tail = &t.deferred;
     /* No controlling terminal: terminal signals are the clients' business,
      * and secondaries may read a client's tty freely. */
     setsid();
