@@ -607,7 +607,7 @@ static void add_pool_member(struct tpl *t)
     t->fork_failed = 0;
 }
 
-static void started_secondary(struct tpl *t, struct conn *c, int pool)
+static void started_secondary(struct tpl *t, int pool)
 {
     int64_t now = now_us();
 
@@ -711,7 +711,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     epoll_ctl(t->ep, EPOLL_CTL_MOD, c->pidfd, &ev);
     mb->used = 0;
     conn_register(t, c);
-    started_secondary(t, c, !mb->on_demand);
+    started_secondary(t, !mb->on_demand);
     if (cwd_fd >= 0) {                /* a Python entry */
         if (memchr(entry, '\0', (size_t)(end - entry)) != NULL)
             read_ahead(t, cwd_fd, entry, (flags & FH_LAUNCH_MODULE) != 0);
@@ -1619,6 +1619,10 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     /* The loop's signals come through a signalfd; SIGCHLD must not be
      * SIG_IGN (children would be reaped behind our back). */
     signal(SIGCHLD, SIG_DFL);
+    /* A closed stderr is EPIPE for say(), not the template's end (a
+     * Python primary ignores SIGPIPE already; a C one may not).  Every
+     * child resets its dispositions. */
+    signal(SIGPIPE, SIG_IGN);
     sigemptyset(&t.mask);
     sigaddset(&t.mask, SIGTERM);
     sigaddset(&t.mask, SIGINT);
