@@ -202,9 +202,8 @@ static struct fh_hotset *g_hot;
  * are the set plus its launch's, so it must not learn from them. */
 static int g_prefaulted;
 /* This member's launch runs Python (become() says; a process that exits
- * as a member secondary without it counts as one): only such a launch is
- * learned from (the set is for Python launches; a native one writes few
- * pages). */
+ * as a member secondary without it counts as one): the set learned from
+ * it is of that kind (fh_hotset_note). */
 static int g_python_launch = 1;
 
 FH_API int fh_member_init(struct fh_member *m)
@@ -443,11 +442,18 @@ FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches)
 
 FH_API void fh_hotset_note(struct fh_hotset *h, int python)
 {
-    /* relaxed: the template is the only writer; members read a hint. */
+    /* relaxed throughout: hints; the template is the only writer of
+     * python, a learner the only writer of learned (under seq), and the
+     * learn ticket is taken with its own CAS. */
     uint32_t v = atomic_load_explicit(&h->python, memory_order_relaxed);
+    uint32_t learned = atomic_load_explicit(&h->learned, memory_order_relaxed);
+    uint32_t kind = python ? 2u : 1u;
 
-    atomic_store_explicit(&h->python, (v << 1) | (python != 0),
-                          memory_order_relaxed);
+    v = (v << 1) | (python != 0);
+    atomic_store_explicit(&h->python, v, memory_order_relaxed);
+    if (learned != 0 && learned != kind && (v & 3u) == (python ? 3u : 0u) &&
+        atomic_load_explicit(&h->learn, memory_order_relaxed) == 0)
+        fh_hotset_arm(h, 1);
 }
 
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
@@ -536,6 +542,8 @@ static void learn(struct fh_hotset *h)
     if (pm >= 0)
         close(pm);
     atomic_store_explicit(&h->nranges, n, memory_order_relaxed);
+    atomic_store_explicit(&h->learned, g_python_launch ? 2u : 1u,
+                          memory_order_relaxed);
     /* release: readers that see the even seq see every range above. */
     atomic_store_explicit(&h->seq, seq + 2, memory_order_release);
 }
@@ -544,7 +552,7 @@ void fh_member_learn(void)
 {
     unsigned left;
 
-    if (g_hot == NULL || g_prefaulted || !g_python_launch)
+    if (g_hot == NULL || g_prefaulted)
         return;
     left = atomic_load_explicit(&g_hot->learn, memory_order_relaxed);
     /* relaxed: the ticket orders nothing; learn() locks with seq. */
@@ -569,9 +577,6 @@ FH_API long fh_member_prefault(void)
      * and not the copied set plus that (which could only ever grow).
      * relaxed: a hint; fh_member_learn takes the ticket. */
     if (atomic_load_explicit(&g_hot->learn, memory_order_relaxed) > 0)
-        return 0;
-    /* relaxed: a hint written by the template, ordered with nothing. */
-    if (atomic_load_explicit(&g_hot->python, memory_order_relaxed) == 0)
         return 0;
     do {
         /* acquire: as in fh_hotset_pages. */

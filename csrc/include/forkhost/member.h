@@ -180,9 +180,10 @@ struct fh_hotset {
     _Atomic uint32_t learn;      /* launches still to learn from */
     _Atomic uint32_t nranges;
     _Atomic uint32_t python;     /* the last 32 launches, one bit each (the
-                                    newest lowest): a Python entry's.  The
-                                    set is a Python launch's, so a member
-                                    copies it only when one of them was */
+                                    newest lowest): a Python entry's */
+    _Atomic uint32_t learned;    /* the kind of launch the set was learned
+                                    from: 0 none yet, 1 native, 2 Python */
+    uint32_t reserved;
     struct {
         _Atomic uint64_t start;
         _Atomic uint32_t pages;
@@ -194,14 +195,15 @@ struct fh_hotset {
 FH_API struct fh_hotset *fh_hotset_create(void);
 /* Let the next `launches` member secondaries learn the set at their exit. */
 FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
-/* The template, at each launch: was it a Python entry's? */
+/* The template, at each launch: was it a Python entry's?  When the last
+ * two launches were of the other kind than the set was learned from, the
+ * set is learned again (a Python launch writes some 500 pages, a native
+ * one a few dozen: a set of the wrong kind copies too few or too many). */
 FH_API void fh_hotset_note(struct fh_hotset *h, int python);
 /* Pages in the current set (a consistent read). */
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
 /* In an idle member: copy the hot set's pages now.  Pages copied.  Not
- * when none of the last 32 launches ran Python (a native entry writes few
- * of those pages), nor while a launch is to be learned from (the set
- * armed): a member that
+ * while a launch is to be learned from (the set armed): a member that
  * copied the set never learns, so that each learning replaces the set
  * with what one launch made private instead of adding to it. */
 FH_API long fh_member_prefault(void);
