@@ -418,6 +418,9 @@ FH_API int fh_member_next(struct fh_member *m)
 
 /* ---- copy-on-write ahead of time -------------------------------------- */
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -467,8 +470,10 @@ FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
         n = atomic_load_explicit(&h->nranges, memory_order_relaxed);
         pages = 0;
         for (i = 0; i < n && i < FH_HOTSET_RANGES; i++)
-            pages += atomic_load_explicit(&h->r[i].pages,
-                                          memory_order_relaxed);
+            if (!(atomic_load_explicit(&h->r[i].flags, memory_order_relaxed) &
+                  FH_HOTSET_READ))
+                pages += atomic_load_explicit(&h->r[i].pages,
+                                              memory_order_relaxed);
         /* acquire fence: the loads above happen before the re-check. */
         atomic_thread_fence(memory_order_acquire);
     } while ((seq & 1) ||
@@ -479,13 +484,61 @@ FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
 /* Record this process's private, present pages of private writable
  * mappings: what a launch made it copy.  At most one writer at a time (the
  * odd seq is the lock); a concurrent one gives up. */
+/* Runs of pages [a, a + cnt pages) whose pagemap entries pass `want`,
+ * appended to the set; *budget pages at most. */
+static void record_runs(struct fh_hotset *h, uint32_t *n, int pm,
+                        unsigned long lo, unsigned long hi, uint64_t want,
+                        uint32_t flags, uint32_t *budget)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned long a;
+
+    for (a = lo; a < hi && *n < FH_HOTSET_RANGES && *budget > 0;) {
+        uint64_t ent[512];
+        size_t k, cnt = (hi - a) / (unsigned long)page;
+        uint32_t run = 0;
+        ssize_t r;
+
+        if (cnt > 512)
+            cnt = 512;
+        r = pread(pm, ent, cnt * sizeof ent[0],
+                  (off_t)(a / (unsigned long)page * sizeof ent[0]));
+        if (r <= 0)
+            break;
+        cnt = (size_t)r / sizeof ent[0];
+        for (k = 0; k <= cnt; k++) {
+            if (k < cnt && (ent[k] & want) == want && run < *budget) {
+                run++;
+                continue;
+            }
+            if (run > 0 && *n < FH_HOTSET_RANGES) {
+                /* relaxed: published by the release store of seq. */
+                atomic_store_explicit(&h->r[*n].start,
+                    a + (k - run) * (unsigned long)page, memory_order_relaxed);
+                atomic_store_explicit(&h->r[*n].pages, run,
+                                      memory_order_relaxed);
+                atomic_store_explicit(&h->r[*n].flags, flags,
+                                      memory_order_relaxed);
+                (*n)++;
+                *budget -= run;
+            }
+            run = 0;
+        }
+        a += cnt * (unsigned long)page;
+    }
+}
+
+/* Record this process's private, present pages of private writable
+ * mappings (what a launch made it copy), and its present pages of
+ * read-only private file mappings (the code and constants it ran).  At
+ * most one writer at a time (the odd seq is the lock); a concurrent one
+ * gives up. */
 static void learn(struct fh_hotset *h)
 {
     char line[512];
     FILE *maps;
     int pm;
-    uint32_t seq, n = 0, total = 0;
-    long page = sysconf(_SC_PAGESIZE);
+    uint32_t seq, n = 0, written = HOT_MAX_PAGES, read = HOT_MAX_PAGES;
 
     seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
     /* acquire on success: our writes to the ranges stay after the lock;
@@ -497,45 +550,19 @@ static void learn(struct fh_hotset *h)
     maps = fopen("/proc/self/maps", "re");
     pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     while (maps != NULL && pm >= 0 && fgets(line, sizeof line, maps) != NULL &&
-           n < FH_HOTSET_RANGES && total < HOT_MAX_PAGES) {
-        unsigned long lo, hi, a;
+           n < FH_HOTSET_RANGES) {
+        unsigned long lo, hi, off, inode;
+        unsigned maj, mnr;
         char perms[5];
 
-        if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3 ||
-            perms[1] != 'w' || perms[3] != 'p')
+        if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &lo, &hi, perms, &off,
+                   &maj, &mnr, &inode) != 7 || perms[3] != 'p')
             continue;
-        for (a = lo; a < hi && n < FH_HOTSET_RANGES && total < HOT_MAX_PAGES;) {
-            uint64_t ent[512];
-            size_t k, cnt = (hi - a) / (unsigned long)page;
-            uint32_t run = 0;
-            ssize_t r;
-
-            if (cnt > 512)
-                cnt = 512;
-            r = pread(pm, ent, cnt * sizeof ent[0],
-                      (off_t)(a / (unsigned long)page * sizeof ent[0]));
-            if (r <= 0)
-                break;
-            cnt = (size_t)r / sizeof ent[0];
-            for (k = 0; k <= cnt; k++) {
-                if (k < cnt && (ent[k] & PM_PRESENT) && (ent[k] & PM_EXCLUSIVE) &&
-                    total + run < HOT_MAX_PAGES) {
-                    run++;
-                    continue;
-                }
-                if (run > 0 && n < FH_HOTSET_RANGES) {
-                    /* relaxed: published by the release store of seq. */
-                    atomic_store_explicit(&h->r[n].start,
-                        a + (k - run) * (unsigned long)page, memory_order_relaxed);
-                    atomic_store_explicit(&h->r[n].pages, run,
-                                          memory_order_relaxed);
-                    n++;
-                    total += run;
-                }
-                run = 0;
-            }
-            a += cnt * (unsigned long)page;
-        }
+        if (perms[1] == 'w')
+            record_runs(h, &n, pm, lo, hi, PM_PRESENT | PM_EXCLUSIVE, 0,
+                        &written);
+        else if (perms[0] == 'r' && inode != 0)
+            record_runs(h, &n, pm, lo, hi, PM_PRESENT, FH_HOTSET_READ, &read);
     }
     if (maps != NULL)
         fclose(maps);
@@ -566,7 +593,7 @@ void fh_member_learn(void)
 
 FH_API long fh_member_prefault(void)
 {
-    struct { uint64_t start; uint32_t pages; } copy[FH_HOTSET_RANGES];
+    struct { uint64_t start; uint32_t pages, flags; } copy[FH_HOTSET_RANGES];
     uint32_t seq, n, i;
     long page = sysconf(_SC_PAGESIZE), total = 0;
 
@@ -589,6 +616,8 @@ FH_API long fh_member_prefault(void)
                                                  memory_order_relaxed);
             copy[i].pages = atomic_load_explicit(&g_hot->r[i].pages,
                                                  memory_order_relaxed);
+            copy[i].flags = atomic_load_explicit(&g_hot->r[i].flags,
+                                                 memory_order_relaxed);
         }
         atomic_thread_fence(memory_order_acquire);
     } while ((seq & 1) ||
@@ -597,10 +626,14 @@ FH_API long fh_member_prefault(void)
      * an address is in the same mapping here, or unmapped (the call fails
      * for that range, harmlessly).  Populating never changes contents. */
     g_prefaulted = n > 0;
-    for (i = 0; i < n; i++)
+    for (i = 0; i < n; i++) {
+        int read = (copy[i].flags & FH_HOTSET_READ) != 0;
+
         if (madvise((void *)(uintptr_t)copy[i].start,
                     (size_t)copy[i].pages * (size_t)page,
-                    MADV_POPULATE_WRITE) == 0)
+                    read ? MADV_POPULATE_READ : MADV_POPULATE_WRITE) == 0 &&
+            !read)
             total += copy[i].pages;
+    }
     return total;
 }

@@ -171,9 +171,13 @@ FH_API int fh_member_handoff(struct fh_member *m);
  * The template keeps a hot set in shared memory: the pages a recent
  * secondary had made private by its exit (learned by the first launches,
  * and again now and then).  An idle member copies those pages ahead of
- * time (MADV_POPULATE_WRITE), so the next launch finds them its own.
+ * time (MADV_POPULATE_WRITE), so the next launch finds them its own, and
+ * maps the code and constants it ran (MADV_POPULATE_READ): fork copies no
+ * page-table entry of a read-only file mapping, so every child would fault
+ * those in again, a few dozen faults per launch.
  */
 #define FH_HOTSET_RANGES 2048u
+#define FH_HOTSET_READ   1u
 
 struct fh_hotset {
     _Atomic uint32_t seq;        /* odd while a secondary writes the set */
@@ -187,7 +191,12 @@ struct fh_hotset {
     struct {
         _Atomic uint64_t start;
         _Atomic uint32_t pages;
-        uint32_t reserved;
+        _Atomic uint32_t flags;  /* FH_HOTSET_READ: pages of a read-only
+                                    file mapping the launch had mapped
+                                    (its code and constants): a fork
+                                    copies none of those page-table
+                                    entries, so each launch faults them
+                                    in again; else written pages */
     } r[FH_HOTSET_RANGES];
 };
 
@@ -200,7 +209,7 @@ FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
  * set is learned again (a Python launch writes some 500 pages, a native
  * one a few dozen: a set of the wrong kind copies too few or too many). */
 FH_API void fh_hotset_note(struct fh_hotset *h, int python);
-/* Pages in the current set (a consistent read). */
+/* Written pages in the current set (a consistent read). */
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
 /* In an idle member: copy the hot set's pages now.  Pages copied.  Not
  * while a launch is to be learned from (the set armed): a member that
