@@ -184,6 +184,37 @@ def test_the_template_takes_next_to_no_page_fault_per_launch(primary, native_so)
     assert faults <= 10 * n + 300, faults
 
 
+def test_the_template_reaps_while_clients_keep_it_busy(primary, native_so):
+    """Under launches that never let template.sock run dry, the template
+    still reaps the secondaries that ended: it accepts a few connections
+    per round of its loop, not until none is left (that starved every
+    exit: thousands of zombies and pidfds, then a full table)."""
+    import threading
+    stop = time.monotonic() + 3
+    failures = []
+
+    def client():
+        while time.monotonic() < stop:
+            r = primary.run(native_so, "exit", "3", cwd=FIXTURES)
+            if r.returncode != 3:
+                failures.append(r)
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    most = 0
+    while time.monotonic() < stop:
+        most = max(most, len(children_of(primary.template_pid)))
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert not failures, failures[0]
+    # 8 clients: at most 8 launches at a time, their members and the pool;
+    # a zombie backlog would be hundreds.
+    assert most <= 40, most
+
+
 def test_members_learn_the_hot_set(primary):
     for _ in range(3):
         assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0

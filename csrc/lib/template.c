@@ -1160,10 +1160,15 @@ static void settle(struct tpl *t, struct conn *c)
     conn_free(c);
 }
 
-static void accept_all(struct tpl *t)
+/* Accept what waits on template.sock, FH_TEMPLATE_ACCEPT_BATCH at most:
+ * under sustained load a new connection is always there, and accepting
+ * until EAGAIN would never let the loop reap a secondary. */
+static void accept_some(struct tpl *t)
 {
+    unsigned k;
+
     t->last_activity = now_us();
-    for (;;) {
+    for (k = 0; k < FH_TEMPLATE_ACCEPT_BATCH; k++) {
         int fd = accept4(t->listen_fd, NULL, NULL, SOCK_CLOEXEC);
         struct conn *c;
 
@@ -1505,7 +1510,7 @@ static void dispatch(struct tpl *t, uint64_t data)
         break;
     case T_LISTEN:
         if (t->listening)
-            accept_all(t);
+            accept_some(t);
         break;
     case T_NEWS:
         news_arrived(t);
