@@ -119,7 +119,7 @@ def fork_alone(size: int) -> None:
     report = thp.collapse()
     huge = fork_exit()
     del data
-    print(f"\nfork() alone, in this process (median of 20; fork / fork+exit+wait):")
+    print("\nfork() alone, in this process (median of 20; fork / fork+exit+wait):")
     print(f"  without the {size >> 20} MiB:     {small[0] * 1e3:.2f} / {small[1] * 1e3:.2f} ms")
     print(f"  {size >> 20} MiB in 4 KiB pages:  {plain[0] * 1e3:.2f} / {plain[1] * 1e3:.2f} ms")
     print(f"  {size >> 20} MiB collapsed ({report['collapsed_bytes'] >> 20} MiB in "

@@ -775,7 +775,7 @@ def main() -> int:
         # the sustained runs reuse them; plain/big for section C.
         for prefix in ("ppy", "pscr", "pnat", "pplain"):
             prim.start(prefix, env=penv)
-        big_pid = prim.start("pbig", "--preload", "fhperf_big", env=penv)
+        prim.start("pbig", "--preload", "fhperf_big", env=penv)
         big_variants = {"plain": "pplain", "1 GiB private": "pbig"}
         if thp_mode != "never":
             prim.start("pthp", "--preload", "fhperf_thp", env=penv)

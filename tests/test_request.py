@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import stat
-import struct
 import unicodedata
 
 import pytest
