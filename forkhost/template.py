@@ -37,7 +37,6 @@ from .errors import EXIT_FORKHOST
 
 # How long the template trusts its copy of the mount table.
 MOUNTS_TTL = 1.0
-REQUEST_TIMEOUT = lib.FH_TEMPLATE_REQUEST_TIMEOUT_MS / 1000
 
 
 def title_area() -> tuple[int, int]:

@@ -1,5 +1,5 @@
-"""Pool members take launches straight from template.sock (pool.py,
-csrc/lib/member.c): a slow client is served, the pool keeps its size, and
+"""Pool members take launches straight from template.sock
+(csrc/lib/member.c, forked by csrc/lib/template.c): a slow client is served, the pool keeps its size, and
 members copy the learned hot set ahead of time.  (The parser and the
 classifier the members use are test_request.py's.)"""
 

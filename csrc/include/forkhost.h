@@ -28,8 +28,7 @@
 
 FH_API const char *fh_version(void);
 
-/* Process helpers used by the primary and the template. */
-FH_API int fh_set_pdeathsig(int sig);  /* prctl(PR_SET_PDEATHSIG) */
+/* Process helpers used by the primary. */
 FH_API int fh_flush_stdio(void);       /* fflush(NULL) before a fork */
 
 #endif /* FORKHOST_H */

@@ -1064,10 +1064,10 @@ static void children_stopped(struct tpl *t)
 
 static size_t info_json(struct tpl *t, char *out, size_t size);
 
-/* A valid LAUNCH the template received itself (no member was idle). */
-static void launch(struct tpl *t, struct conn *c, const char *buf, size_t n,
-                   int mflags, const struct fh_launch_view *v, int *fds,
-                   unsigned nfds)
+/* A valid LAUNCH the template received itself (no member was idle).  The
+ * record lies in t->rx, where the child forked for it reads it. */
+static void launch(struct tpl *t, struct conn *c, size_t n, int mflags,
+                   const struct fh_launch_view *v, int *fds, unsigned nfds)
 {
     struct fh_entry_target target;
     struct received r;
@@ -1102,7 +1102,6 @@ static void launch(struct tpl *t, struct conn *c, const char *buf, size_t n,
     r.fds = fds;
     r.nfds = nfds;
     r.client_pid = c->client_pid;
-    (void)buf;                         /* the child reads it from t->rx */
     rc = add_member(t, &r);
     if (rc < 0)
         refuse(t, c->fd, 125, "cannot fork the secondary: %s", strerror(-rc));
@@ -1131,7 +1130,7 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
             free(json);
         }
     } else if (type == FH_MSG_LAUNCH) {
-        launch(t, c, buf, n, mflags, &v, fds, nfds);
+        launch(t, c, n, mflags, &v, fds, nfds);
     }
     close_fds(fds, nfds);
 }

@@ -17,8 +17,9 @@
  * A client that closes its end before EXITED makes the template end the
  * secondary: SIGTERM, then SIGKILL after the grace period.
  *
- * Python mirrors these layouts in forkhost/protocol.py; docs/protocol.md is
- * the prose version.  Change all three together and bump FH_PROTO_VERSION.
+ * Python takes these constants and layouts from here (forkhost/_wire.py,
+ * generated at build time by csrc/tools/wire.c); docs/protocol.md is the
+ * prose version.  Change both together and bump FH_PROTO_VERSION.
  */
 #ifndef FORKHOST_PROTO_H
 #define FORKHOST_PROTO_H

@@ -26,5 +26,4 @@ int fh_arena_fd(void);
 struct fh_arena_hdr *fh_arena_hdr(void);
 int fh_arena_contains(const void *p, size_t len);
 
-int fh_set_pdeathsig(int sig);
 int fh_flush_stdio(void);

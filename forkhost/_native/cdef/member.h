@@ -1,5 +1,5 @@
 /* cffi cdef for csrc/include/forkhost/member.h: a pool member takes a
- * launch straight from template.sock (pool.py). */
+ * launch straight from template.sock (what the tests drive by hand). */
 
 #define FH_CTL_TOOK ...
 #define FH_CTL_BUSY ...

@@ -1,7 +1,6 @@
 /* cffi cdef for csrc/include/forkhost/template.h: the template's loop, in
  * C (forkhost/template.py calls it; Python's part are the hooks below). */
 
-#define FH_TEMPLATE_REQUEST_TIMEOUT_MS ...
 #define FH_TEMPLATE_READ_AHEAD_US ...
 
 struct fh_template_exit {
