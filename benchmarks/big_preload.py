@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 import forkhost
-from launch import spawn_wait  # noqa: E402  (benchmarks/launch.py)
+from launch import find_runner, spawn_wait  # noqa: E402  (benchmarks/launch.py)
 
 TRIV = "def main(argv):\n    return 0\n"
 
@@ -136,9 +136,7 @@ def main() -> int:
     from forkhost.primary import parse_size
     size = parse_size(a.size)
 
-    runner = shutil.which("forkhost-run")
-    if not runner:
-        raise SystemExit("forkhost-run is not on PATH: install forkhost first")
+    runner = find_runner()
     work = tempfile.mkdtemp(prefix="fhbp-", dir="/tmp")
     Path(work, "bp_triv.py").write_text(TRIV)
     Path(work, "bp_private.py").write_text(PRIVATE)

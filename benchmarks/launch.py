@@ -54,6 +54,22 @@ TRIV_PY = "def main(argv):\n    return 0\n\n\ndef np_main(argv):\n    import num
 TRIV_C = "int main(void) { return 0; }\n"
 
 
+def find_runner() -> str:
+    """forkhost-run on PATH, or exit saying forkhost is not installed."""
+    runner = shutil.which("forkhost-run")
+    if not runner:
+        raise SystemExit("forkhost-run is not on PATH: install forkhost first")
+    return runner
+
+
+def numpy_available() -> bool:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def spawn_wait(argv: list[str], env: dict) -> float:
     """posix_spawn + waitpid, stdout to /dev/null; the cwd is ours."""
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -106,14 +122,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=200)
     a = ap.parse_args()
 
-    runner = shutil.which("forkhost-run")
-    if not runner:
-        raise SystemExit("forkhost-run is not on PATH: install forkhost first")
-    try:
-        import numpy  # noqa: F401
-        have_numpy = True
-    except ImportError:
-        have_numpy = False
+    runner = find_runner()
+    have_numpy = numpy_available()
 
     work = tempfile.mkdtemp(prefix="fhb-", dir="/tmp")
     Path(work, "fhbench_triv.py").write_text(TRIV_PY)

@@ -71,7 +71,7 @@ import time
 from pathlib import Path
 
 import forkhost
-from launch import spawn_wait  # noqa: E402  (benchmarks/launch.py)
+from launch import find_runner, numpy_available, spawn_wait  # noqa: E402
 
 TRIV_PY = ("def main(argv):\n    return 0\n\n\n"
            "def np_main(argv):\n    import numpy\n    return 0\n\n\n"
@@ -700,14 +700,8 @@ def main() -> int:
     durbig, roundsbig = (1.0, 1) if quick else (2.0, 4)
     clients = 16
 
-    runner = shutil.which("forkhost-run")
-    if not runner:
-        raise SystemExit("forkhost-run is not on PATH: install forkhost first")
-    try:
-        import numpy  # noqa: F401
-        have_numpy = True
-    except ImportError:
-        have_numpy = False
+    runner = find_runner()
+    have_numpy = numpy_available()
     try:
         thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split()
         thp_mode = next(w.strip("[]") for w in thp if w.startswith("["))
