@@ -70,6 +70,22 @@ def numpy_available() -> bool:
     return True
 
 
+def native_entry(work: str) -> str:
+    """A trivial shared-object entry built in work; its path."""
+    Path(work, "triv.c").write_text(TRIV_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", f"{work}/triv.so",
+                    f"{work}/triv.c"], check=True)
+    return f"{work}/triv.so"
+
+
+def clean_interpreter(work: str) -> str:
+    """A venv in work without pip: a cold python that imports nothing of
+    ours; its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{work}/venv"],
+                   check=True)
+    return f"{work}/venv/bin/python"
+
+
 def spawn_wait(argv: list[str], env: dict) -> float:
     """posix_spawn + waitpid, stdout to /dev/null; the cwd is ours."""
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -131,12 +147,8 @@ def main() -> int:
     # PYTHONDONTWRITEBYTECODE is set (as on some CI machines): otherwise
     # every launch compiles the module again and the figure depends on it.
     py_compile.compile(f"{work}/fhbench_triv.py", doraise=True)
-    Path(work, "triv.c").write_text(TRIV_C)
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", f"{work}/triv.so",
-                    f"{work}/triv.c"], check=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{work}/venv"],
-                   check=True)
-    clean_python = f"{work}/venv/bin/python"
+    native_entry(work)
+    clean_python = clean_interpreter(work)
 
     print(f"forkhost launch benchmark: {a.rounds} interleaved rounds (shuffled), "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")

@@ -71,7 +71,8 @@ import time
 from pathlib import Path
 
 import forkhost
-from launch import find_runner, numpy_available, spawn_wait  # noqa: E402
+from launch import (clean_interpreter, find_runner, native_entry,  # noqa: E402
+                    numpy_available, spawn_wait)
 
 TRIV_PY = ("def main(argv):\n    return 0\n\n\n"
            "def np_main(argv):\n    import numpy\n    return 0\n\n\n"
@@ -94,7 +95,6 @@ for line in sys.stdin:
     dt = time.perf_counter() - t0
     print(dt if p.exitcode == 0 else -1, flush=True)
 """
-TRIV_C = "int main(void) { return 0; }\n"
 PASS_SCRIPT = "pass\n"
 GIB = 1 << 30
 
@@ -738,12 +738,8 @@ def main() -> int:
         Path(work, "fhperf_big.py").write_text(BIG_PRIVATE)
         Path(work, "fhperf_thp.py").write_text(BIG_THP)
         Path(work, "fhperf_arena.py").write_text(BIG_ARENA)
-        Path(work, "triv.c").write_text(TRIV_C)
-        subprocess.run(["cc", "-shared", "-fPIC", "-o", f"{work}/triv.so",
-                        f"{work}/triv.c"], check=True)
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{work}/venv"],
-                       check=True)
-        clean_python = f"{work}/venv/bin/python"
+        native_entry(work)
+        clean_python = clean_interpreter(work)
         driver = Driver(work)
 
         dpdk_reason = "left out (--no-dpdk)" if a.no_dpdk else None
