@@ -562,7 +562,7 @@ static int add_member(struct tpl *t, const struct received *r)
         close(sp[0]);
         return -e;
     }
-    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* close-on-exec */
     if (pidfd < 0) {
         e = errno;
         kill(pid, SIGKILL);
@@ -570,7 +570,6 @@ static int add_member(struct tpl *t, const struct received *r)
         close(sp[0]);
         return -e;
     }
-    fcntl(pidfd, F_SETFD, FD_CLOEXEC);
     memset(mb, 0, sizeof *mb);
     mb->used = 1;
     mb->busy = r != NULL;
