@@ -1,6 +1,7 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stop, doctor, demo, config, attach.  Options have
+Subcommands: primary, run, ps, stop, doctor, demo, config, attach, verify,
+maps, ptr.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
@@ -72,6 +73,29 @@ def _parser() -> argparse.ArgumentParser:
                        "(not as a secondary) and list its memzones")
     _common(p)
 
+    p = sub.add_parser("verify", help="prove that secondaries hold the template's "
+                       "mappings at the same addresses")
+    _common(p)
+    p.add_argument("pids", nargs="*", metavar="PID")
+    p.add_argument("--all", action="store_true", help="every running secondary")
+    p.add_argument("--strict", action="store_true",
+                   help="inherited private memory must be there too")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("maps", help="two processes' layouts side by side, by module")
+    p.add_argument("a", metavar="PID_A")
+    p.add_argument("b", metavar="PID_B")
+    p.add_argument("-v", "--verbose", action="store_true", help="every mapping")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("ptr", help="what an address is in each process, and whether "
+                       "it is valid and callable in the others")
+    _common(p)
+    p.add_argument("address", metavar="ADDR")
+    p.add_argument("--pid", action="append", metavar="PID",
+                   help="a process to look in (repeatable; default: the prefix's "
+                   "primary, template and secondaries)")
+
     p = sub.add_parser("config", help="compiler flags for C programs")
     p.add_argument("--cflags", action="store_true")
     p.add_argument("--libs", action="store_true")
@@ -94,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (| head): what we still print goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 # -- primary -------------------------------------------------------------
@@ -368,20 +396,50 @@ def cmd_ps(a) -> int:
             rows.append({"prefix": p.prefix, "role": "secondary", "pid": s["pid"],
                          "client_pid": s["client_pid"], "uptime": s["uptime"],
                          "command": cmd})
-        known = {r["pid"] for r in rows if r["prefix"] == p.prefix}
+        mine = [r for r in rows if r["prefix"] == p.prefix]
+        members = _ipc_members(cfg)
+        for r in mine:
+            r["ipc"] = r["pid"] in members
+        known = {r["pid"] for r in mine}
+        for pid in members:
+            if pid not in known:
+                cmd, up = _proc_line(pid)
+                rows.append({"prefix": p.prefix, "role": "member", "pid": pid,
+                             "client_pid": None, "uptime": round(up, 1),
+                             "command": cmd, "ipc": True})
+                known.add(pid)
         for pid in _arena_mappers(cfg, known):
             cmd, up = _proc_line(pid)
             rows.append({"prefix": p.prefix, "role": "attached", "pid": pid,
-                         "client_pid": None, "uptime": round(up, 1), "command": cmd})
+                         "client_pid": None, "uptime": round(up, 1), "command": cmd,
+                         "ipc": False})
+    for r in rows:
+        r.setdefault("state", None)
     if a.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'PREFIX':<16} {'ROLE':<10} {'PID':>8} {'CLIENT':>8} {'UPTIME':>9}  COMMAND")
+    print(f"{'PREFIX':<16} {'ROLE':<10} {'PID':>8} {'CLIENT':>8} {'UPTIME':>9} {'IPC':>3} "
+          f"{'STATE':<7} COMMAND")
     for r in rows:
         client_pid = r["client_pid"] or "-"
         print(f"{r['prefix']:<16} {r['role']:<10} {r['pid']:>8} {client_pid:>8} "
-              f"{r['uptime']:>8.1f}s  {r['command']}")
+              f"{r['uptime']:>8.1f}s {'yes' if r['ipc'] else '-':>3} "
+              f"{r['state'] or '-':<7} {r['command']}")
     return 0
+
+
+def _ipc_members(cfg: dict) -> set[int]:
+    """The processes connected to the prefix's IPC socket (its members;
+    forkhost/unixdiag.py asks the kernel), or none when the primary runs
+    no IPC or the kernel cannot say."""
+    from . import unixdiag
+    path = cfg.get("ipc_socket")
+    if not path:
+        return set()
+    try:
+        return set(unixdiag.connected_pids(path, exclude={cfg["pid"]}))
+    except unixdiag.Unavailable:
+        return set()
 
 
 def cmd_stop(a) -> int:
@@ -463,6 +521,14 @@ def cmd_attach(a) -> int:
     return 0
 
 
+def _layout_command(name: str):
+    def cmd(a) -> int:
+        from . import layoutcmd
+        return layoutcmd.run(getattr(layoutcmd, f"cmd_{name}"), a)
+    return cmd
+
+
 COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
             "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config,
-            "attach": cmd_attach}
+            "attach": cmd_attach, "verify": _layout_command("verify"),
+            "maps": _layout_command("maps"), "ptr": _layout_command("ptr")}
