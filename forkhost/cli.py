@@ -70,8 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("attach", help="attach to a prefix's arena the classic way "
-                       "(not as a secondary) and list its memzones")
+                       "(not as a secondary) and list its memzones; --odds: how "
+                       "often a program's layout would collide with it")
     _common(p)
+    p.add_argument("--runs", type=int, default=None, metavar="N",
+                   help="--odds: runs of PROGRAM (default 100)")
+    p.add_argument("--range", action="append", default=[], metavar="RANGE",
+                   help="--odds: START-END or START+SIZE instead of the arena "
+                   "(repeatable)")
+    p.add_argument("--json", action="store_true", help="--odds: the report as JSON")
+    p.add_argument("--odds", nargs=argparse.REMAINDER, metavar="PROGRAM",
+                   help="start PROGRAM [ARGS...] N times under ASLR, stopped before "
+                   "main, and count collisions (the other options go before it)")
 
     p = sub.add_parser("verify", help="prove that secondaries hold the template's "
                        "mappings at the same addresses")
@@ -497,7 +507,18 @@ def cmd_config(a) -> int:
 def cmd_attach(a) -> int:
     """Map the arena like a separate program would (MAP_FIXED_NOREPLACE at
     the primary's address) and list the memzones; exit 1 naming the mapping
-    in the way when ASLR put one there."""
+    in the way when ASLR put one there.  With --odds: forkhost/odds.py."""
+    if a.odds is not None:
+        from .odds import DEFAULT_RUNS, main_odds
+        if not a.odds:
+            print("forkhost attach --odds: name the PROGRAM to start", file=sys.stderr)
+            return 2
+        return main_odds(a.odds, a.runs if a.runs is not None else DEFAULT_RUNS,
+                         a.range, a.prefix, a.runtime_dir, a.json)
+    if a.runs is not None or a.range or a.json:
+        print("forkhost attach: --runs, --range and --json go with --odds",
+              file=sys.stderr)
+        return 2
     from .primary import human_size
     from .shm import attach, free_bytes, memzones
     att = attach(a.prefix, a.runtime_dir)
