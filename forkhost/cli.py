@@ -63,8 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--timeout", type=float, default=30.0)
 
-    p = sub.add_parser("doctor", help="check this machine and a prefix")
+    p = sub.add_parser("doctor", help="check this machine and a prefix; with ENTRY: "
+                       "whether that entry can be loaded in a secondary, and the fix")
     _common(p)
+    p.add_argument("entry", nargs="?", metavar="ENTRY",
+                   help="what forkhost-run would run: prog, lib.so[:symbol], "
+                   "script.py, module:function")
+    p.add_argument("-m", dest="module", action="store_true",
+                   help="ENTRY is a module, as forkhost-run -m")
 
     p = sub.add_parser("demo", help="the main job on an embedded default")
     _common(p)
@@ -479,6 +485,12 @@ def cmd_stop(a) -> int:
 # -- doctor / demo / config ----------------------------------------------
 
 def cmd_doctor(a) -> int:
+    if a.entry is not None:
+        from .doctor import doctor_entry
+        return doctor_entry(a.entry, a.prefix, a.runtime_dir, module=a.module)
+    if a.module:
+        print("forkhost doctor: -m needs an ENTRY (a module name)", file=sys.stderr)
+        return 2
     from .doctor import doctor
     return doctor(a.prefix, a.runtime_dir)
 

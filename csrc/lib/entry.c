@@ -31,6 +31,7 @@
  * template through fh_elf_kind()).
  */
 #include "forkhost/entry.h"
+#include "forkhost/request.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -110,11 +111,54 @@
 #define FH_ST_TYPE ELF32_ST_TYPE
 #endif
 
+/*
+ * Why an entry cannot be loaded, named where the loading fails: the launch
+ * prints the message, fh_entry_check() prints the name too, and
+ * `forkhost doctor ENTRY` maps each name to its fix (forkhost/doctor.py).
+ */
+enum cause {
+    CAUSE_OK,
+    CAUSE_NOT_FOUND,            /* no such file (127) */
+    CAUSE_UNREADABLE,           /* cannot open or read it, a directory */
+    CAUSE_NOT_ELF,              /* a regular file that is not ELF, a FIFO */
+    CAUSE_WRONG_ELF,            /* another class, machine or byte order, a
+                                   .o, a core dump, malformed */
+    CAUSE_NOT_PIE,              /* ET_EXEC */
+    CAUSE_STATIC_PIE,
+    CAUSE_PIE_TLS,              /* a PIE with PT_TLS: local-exec TLS */
+    CAUSE_COPY_RELOC,
+    CAUSE_STATIC_TLS,           /* dlopen: no static TLS left */
+    CAUSE_MISSING_LIB,          /* dlopen: a needed library not found */
+    CAUSE_UNDEFINED,            /* dlopen: an undefined symbol */
+    CAUSE_LOAD_ERROR,           /* any other dlopen or copy failure */
+    CAUSE_NOT_EXPORTED,         /* the symbol is not the entry's (127) */
+    CAUSE_STRIPPED,             /* a stripped PIE without it in .dynsym (127) */
+};
+
+static const char *const cause_names[] = {
+    [CAUSE_OK] = "ok",
+    [CAUSE_NOT_FOUND] = "not-found",
+    [CAUSE_UNREADABLE] = "unreadable",
+    [CAUSE_NOT_ELF] = "not-elf",
+    [CAUSE_WRONG_ELF] = "wrong-elf",
+    [CAUSE_NOT_PIE] = "not-pie",
+    [CAUSE_STATIC_PIE] = "static-pie",
+    [CAUSE_PIE_TLS] = "pie-tls",
+    [CAUSE_COPY_RELOC] = "copy-relocation",
+    [CAUSE_STATIC_TLS] = "static-tls",
+    [CAUSE_MISSING_LIB] = "missing-library",
+    [CAUSE_UNDEFINED] = "undefined-symbol",
+    [CAUSE_LOAD_ERROR] = "load-error",
+    [CAUSE_NOT_EXPORTED] = "not-exported",
+    [CAUSE_STRIPPED] = "stripped",
+};
+
 /* What inspecting one file found: enough to pick the loading route and to
  * say exactly why a file cannot be an entry. */
 struct elf_info {
     int kind;                   /* enum fh_elf_kind */
     char why[160];              /* FH_ELF_OTHER: "a non-PIE executable; ..." */
+    int cause;                  /* FH_ELF_OTHER: enum cause */
     off_t size;                 /* file size */
     int special;                /* not a regular file (FH_ELF_NOT_ELF) */
     ElfW(Ehdr) eh;
@@ -125,6 +169,7 @@ struct elf_info {
     off_t dyn_off;              /* file offset of dyn[0] */
     int has_interp;             /* PT_INTERP: made to be run, not loaded */
     int has_tls;                /* PT_TLS */
+    uint64_t tls_size;          /* its p_memsz */
     int has_soname;             /* DT_SONAME */
     uint64_t flags;             /* DT_FLAGS */
     uint64_t flags_1;           /* DT_FLAGS_1 */
@@ -213,6 +258,8 @@ static int host_machine(unsigned *machine)
 static int other(struct elf_info *ei, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A file that is not an entry for this process: ei->why says what it is
+ * (a wrong ELF file, unless the caller names another cause). */
 static int other(struct elf_info *ei, const char *fmt, ...)
 {
     va_list ap;
@@ -221,6 +268,7 @@ static int other(struct elf_info *ei, const char *fmt, ...)
     vsnprintf(ei->why, sizeof ei->why, fmt, ap);
     va_end(ap);
     ei->kind = FH_ELF_OTHER;
+    ei->cause = CAUSE_WRONG_ELF;
     return 0;
 }
 
@@ -288,8 +336,10 @@ static int inspect(int fd, struct elf_info *ei)
     case ET_DYN:
         break;
     case ET_EXEC:
-        return other(ei, "a non-PIE executable; build with -fPIE -pie "
-                     "(better -fPIC -pie: no copy relocations)");
+        other(ei, "a non-PIE executable; build with -fPIE -pie "
+              "(better -fPIC -pie: no copy relocations)");
+        ei->cause = CAUSE_NOT_PIE;
+        return 0;
     case ET_REL:
         return other(ei, "a relocatable object (.o); link it with -shared "
                      "or -pie");
@@ -315,9 +365,10 @@ static int inspect(int fd, struct elf_info *ei)
 
         if (ph->p_type == PT_INTERP)
             ei->has_interp = 1;
-        else if (ph->p_type == PT_TLS)
+        else if (ph->p_type == PT_TLS) {
             ei->has_tls = 1;
-        else if (ph->p_type == PT_DYNAMIC && ei->dyn == NULL) {
+            ei->tls_size = ph->p_memsz;
+        } else if (ph->p_type == PT_DYNAMIC && ei->dyn == NULL) {
             if (ph->p_filesz > FH_MAX_DYN_BYTES)
                 return other(ei, "a malformed ELF file (dynamic section)");
             ei->dyn = read_alloc(fd, ei->size, ph->p_offset, ph->p_filesz);
@@ -459,6 +510,7 @@ static int collect_object_name(struct dl_phdr_info *info, size_t size,
     struct name_list *l = data;
     char *dup;
 
+    (void)size;
     if (info->dlpi_name == NULL || info->dlpi_name[0] == '\0')
         return 0;
     if (l->n == l->cap) {
@@ -654,11 +706,20 @@ static int expand_origin(const char *elem, size_t elen, const char *origin,
     return had_origin ? 0 : -1;
 }
 
+/* Cut a file's real path to its directory, as $ORIGIN means it. */
+static void cut_to_dir(char *real)
+{
+    char *slash = strrchr(real, '/');
+
+    if (slash != NULL)
+        slash[slash == real ? 1 : 0] = '\0';
+}
+
 static void preload_origin_deps(int fd, const struct elf_info *ei,
                                 const char *real)
 {
     size_t strsz, i;
-    char *strtab, *origin, *slash;
+    char *strtab, *origin;
     const char *path;
 
     strtab = read_dynstr(fd, ei, &strsz);
@@ -672,9 +733,7 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
         free(strtab);
         return;
     }
-    slash = strrchr(origin, '/');
-    if (slash != NULL)
-        slash[slash == origin ? 1 : 0] = '\0';
+    cut_to_dir(origin);
 
     for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++) {
         const char *needed, *p;
@@ -803,29 +862,134 @@ static struct link_map *object_of(void *addr)
  * Errors.
  */
 
-static fh_main_fn fail(char *err, size_t errlen, int *exit_code, int code,
-                       const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+/* What one load found besides the line a launch prints, for
+ * fh_entry_check(). */
+struct load_result {
+    int cause;                  /* enum cause */
+    int kind;                   /* loaded: FH_ELF_SHARED or FH_ELF_PIE */
+    int exported;               /* loaded: dlsym() found the symbol */
+    int has_symtab;             /* loaded: 1 .symtab, 0 stripped, -1 unknown */
+    uint64_t static_tls;        /* loaded with DF_STATIC_TLS: its TLS size */
+    int details;                /* fill in the fields below on failure */
+    char missing[256];          /* CAUSE_MISSING_LIB: the library's name */
+    int missing_direct;         /* the entry's own DT_NEEDED names it */
+    const char *runpath_tag;    /* "RUNPATH", "RPATH", or NULL: none */
+    char runpath[1024];         /* its directories, $ORIGIN put in */
+};
 
-/* Store one line (control characters from paths or dlerror become spaces)
- * and the exit code; always NULL. */
-static fh_main_fn fail(char *err, size_t errlen, int *exit_code, int code,
+/* Where one load reports: the launch's line and exit code, and the rest. */
+struct load_ctx {
+    char *err;
+    size_t errlen;
+    int *exit_code;
+    struct load_result *res;
+};
+
+static fh_main_fn fail(struct load_ctx *c, int code, int cause,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Store one line (control characters from paths or dlerror become spaces),
+ * the exit code and the cause; always NULL. */
+static fh_main_fn fail(struct load_ctx *c, int code, int cause,
                        const char *fmt, ...)
 {
     va_list ap;
     char *p;
 
-    if (exit_code != NULL)
-        *exit_code = code;
-    if (err != NULL && errlen > 0) {
+    if (c->exit_code != NULL)
+        *c->exit_code = code;
+    c->res->cause = cause;
+    if (c->err != NULL && c->errlen > 0) {
         va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
+        vsnprintf(c->err, c->errlen, fmt, ap);
         va_end(ap);
-        for (p = err; *p != '\0'; p++)
+        for (p = c->err; *p != '\0'; p++)
             if ((unsigned char)*p < 0x20)
                 *p = ' ';
     }
     return NULL;
+}
+
+/* The cause of a dlopen() failure, from the loader's own message, in
+ * glibc's words (a secondary's LC_MESSAGES is the C locale; in other words
+ * it is a load-error, with the message).  A missing library's name goes to
+ * res->missing. */
+static int dlopen_cause(const char *why, struct load_result *res)
+{
+    const char *p = strstr(why, ": cannot open shared object file");
+
+    if (p != NULL) {
+        size_t n = (size_t)(p - why);
+
+        if (n >= sizeof res->missing)
+            n = sizeof res->missing - 1;
+        memcpy(res->missing, why, n);
+        res->missing[n] = '\0';
+        return CAUSE_MISSING_LIB;
+    }
+    if (strstr(why, "cannot allocate memory in static TLS block") != NULL)
+        return CAUSE_STATIC_TLS;
+    if (strstr(why, "undefined symbol: ") != NULL)
+        return CAUSE_UNDEFINED;
+    return CAUSE_LOAD_ERROR;
+}
+
+/* For a missing library: whether the entry itself needs it, and the
+ * entry's RUNPATH (or RPATH) with $ORIGIN put in, where the loader looked
+ * before its own path. */
+static void describe_runpath(int fd, const struct elf_info *ei,
+                             const char *path, struct load_result *res)
+{
+    size_t strsz, i, used = 0;
+    char *strtab = read_dynstr(fd, ei, &strsz), *origin;
+    const char *rp, *p;
+
+    res->runpath_tag = NULL;
+    res->runpath[0] = '\0';
+    if (strtab == NULL)
+        return;
+    for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++) {
+        const char *needed = ei->dyn[i].d_tag == DT_NEEDED
+            ? str_at(strtab, strsz, ei->dyn[i].d_un.d_val) : NULL;
+
+        if (needed != NULL && strcmp(needed, res->missing) == 0)
+            res->missing_direct = 1;
+    }
+    res->runpath_tag = "RUNPATH";
+    rp = str_at(strtab, strsz, dyn_val(ei, DT_RUNPATH, UINT64_MAX));
+    if (rp == NULL) {
+        res->runpath_tag = "RPATH";
+        rp = str_at(strtab, strsz, dyn_val(ei, DT_RPATH, UINT64_MAX));
+    }
+    if (rp == NULL) {
+        res->runpath_tag = NULL;
+        free(strtab);
+        return;
+    }
+    origin = realpath(path, NULL);
+    if (origin != NULL)
+        cut_to_dir(origin);
+    for (p = rp; *p != '\0' && used + 1 < sizeof res->runpath;) {
+        size_t elen = strcspn(p, ":");
+        char dir[PATH_MAX];
+        int n;
+
+        if (origin != NULL
+            && expand_origin(p, elen, origin, dir, sizeof dir) == 0)
+            n = snprintf(res->runpath + used, sizeof res->runpath - used,
+                         "%s%s", used ? ":" : "", dir);
+        else
+            n = snprintf(res->runpath + used, sizeof res->runpath - used,
+                         "%s%.*s", used ? ":" : "", (int)elen, p);
+        used += (size_t)n < sizeof res->runpath - used
+            ? (size_t)n : sizeof res->runpath - used - 1;
+        p += elen;
+        if (*p == ':')
+            p++;
+    }
+    free(origin);
+    free(strtab);
 }
 
 /* dlerror() without the "<name we passed>: " prefix it usually starts with:
@@ -920,30 +1084,32 @@ static void memfd_path(char *buf, size_t len, int mfd)
 static struct link_map *g_entry;
 static void *g_dso_handle;
 
-FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
-                                char *err, size_t errlen, int *exit_code)
+/* fh_entry_load(), reporting to c: every way a launch loads an entry and
+ * every way it fails, which fh_entry_check() reports as they are. */
+static fh_main_fn load(const char *path, const char *symbol,
+                       struct load_ctx *c)
 {
     struct elf_info ei;
     struct link_map *lm = NULL, *owner;
     fh_main_fn fn = NULL;
     char dlpath[PATH_MAX + 16], copies[256];
-    int fd, mfd = -1, is_exec, has_symtab, looked_up = 0;
+    int fd, mfd = -1, is_exec, has_symtab = -1, looked_up = 0, exported = 0;
     void *h, *addr;
     struct sym_query q[2] = { { NULL, 0, 0 }, { "__dso_handle", 1, 0 } };
 
-    if (err != NULL && errlen > 0)
-        err[0] = '\0';
+    if (c->err != NULL && c->errlen > 0)
+        c->err[0] = '\0';
     if (symbol == NULL || symbol[0] == '\0')
         symbol = "main";
     q[0].name = symbol;
     if (path == NULL || path[0] == '\0')
-        return fail(err, errlen, exit_code, 127, "no such file: (empty path)");
+        return fail(c, 127, CAUSE_NOT_FOUND, "no such file: (empty path)");
 
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
-            return fail(err, errlen, exit_code, 127, "no such file: %s", path);
-        return fail(err, errlen, exit_code, 126, "cannot open %s: %s", path,
+            return fail(c, 127, CAUSE_NOT_FOUND, "no such file: %s", path);
+        return fail(c, 126, CAUSE_UNREADABLE, "cannot open %s: %s", path,
                     strerror(errno));
     }
     if (inspect(fd, &ei) < 0) {
@@ -951,19 +1117,19 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
         elf_info_free(&ei);
         close(fd);
         if (e == EISDIR)
-            return fail(err, errlen, exit_code, 126, "%s is a directory, not "
+            return fail(c, 126, CAUSE_UNREADABLE, "%s is a directory, not "
                         "a shared object or PIE executable", path);
-        return fail(err, errlen, exit_code, 126, "cannot read %s: %s", path,
+        return fail(c, 126, CAUSE_UNREADABLE, "cannot read %s: %s", path,
                     strerror(e));
     }
     switch (ei.kind) {
     case FH_ELF_NOT_ELF:
-        fail(err, errlen, exit_code, 126, "%s is not %s (expected a shared "
+        fail(c, 126, CAUSE_NOT_ELF, "%s is not %s (expected a shared "
              "object or a PIE executable)", path,
              ei.special ? "a regular file" : "an ELF file");
         goto out;
     case FH_ELF_OTHER:
-        fail(err, errlen, exit_code, 126, "%s is %s", path, ei.why);
+        fail(c, 126, ei.cause, "%s is %s", path, ei.why);
         goto out;
     }
 
@@ -972,13 +1138,13 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
      * set it, a program interpreter and no soname. */
     is_exec = (ei.flags_1 & DF_1_PIE) || (ei.has_interp && !ei.has_soname);
     if (is_exec && !ei.has_interp) {
-        fail(err, errlen, exit_code, 126, "%s is a static PIE: it carries its "
+        fail(c, 126, CAUSE_STATIC_PIE, "%s is a static PIE: it carries its "
              "own C library, which cannot run inside this process; build it "
              "dynamically with -fPIC -pie", path);
         goto out;
     }
     if (is_exec && ei.has_tls) {
-        fail(err, errlen, exit_code, 126, "%s is a PIE with thread-local "
+        fail(c, 126, CAUSE_PIE_TLS, "%s is a PIE with thread-local "
              "variables (PT_TLS): an executable reaches them at fixed offsets "
              "from the thread pointer that belong to the main program here; "
              "build the entry as a shared object (-fPIC -shared) instead",
@@ -995,7 +1161,7 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
         }
     }
     if (is_exec && stale_copies(fd, &ei, copies, sizeof copies) > 0) {
-        fail(err, errlen, exit_code, 126, "%s is a PIE with copy relocations "
+        fail(c, 126, CAUSE_COPY_RELOC, "%s is a PIE with copy relocations "
              "of variables that libraries already loaded here own (%s): it "
              "would only see stale copies of them; rebuild it with -fPIC -pie",
              path, copies);
@@ -1006,7 +1172,7 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     if (ei.flags_1 & DF_1_PIE) {
         mfd = pie_copy(fd, &ei);
         if (mfd < 0) {
-            fail(err, errlen, exit_code, 126, "cannot copy %s into memory to "
+            fail(c, 126, CAUSE_LOAD_ERROR, "cannot copy %s into memory to "
                  "load it: %s", path, strerror(errno));
             goto out;
         }
@@ -1019,8 +1185,12 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     }
     h = dlopen(dlpath, FH_ENTRY_DLFLAGS);
     if (h == NULL) {
-        fail(err, errlen, exit_code, 126, "cannot load %s: %s", path,
-             dl_reason(dlpath));
+        const char *why = dl_reason(dlpath);
+        int cause = dlopen_cause(why, c->res);
+
+        if (cause == CAUSE_MISSING_LIB && c->res->details)
+            describe_runpath(fd, &ei, path, c->res);
+        fail(c, 126, cause, "cannot load %s: %s", path, why);
         goto out;
     }
     if (dlinfo(h, RTLD_DI_LINKMAP, &lm) != 0)
@@ -1047,6 +1217,7 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     owner = addr != NULL ? object_of(addr) : NULL;
     if (addr != NULL && (lm == NULL || owner == lm)) {
         fn = (fh_main_fn)addr;
+        exported = 1;
         goto out;
     }
     if (ei.kind == FH_ELF_PIE && lm != NULL) {
@@ -1058,7 +1229,7 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
             goto out;
         }
         if (!has_symtab && is_exec) {
-            fail(err, errlen, exit_code, 127, "no symbol '%s' in %s: it is "
+            fail(c, 127, CAUSE_STRIPPED, "no symbol '%s' in %s: it is "
                  "not exported and the file has no symbol table (stripped); "
                  "rebuild it with -rdynamic or -Wl,--export-dynamic-symbol=%s",
                  symbol, path, symbol);
@@ -1067,10 +1238,10 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     }
     if (addr != NULL && owner != NULL && owner->l_name != NULL
         && owner->l_name[0] != '\0')
-        fail(err, errlen, exit_code, 127, "no symbol '%s' in %s (only %s "
+        fail(c, 127, CAUSE_NOT_EXPORTED, "no symbol '%s' in %s (only %s "
              "defines it)", symbol, path, owner->l_name);
     else
-        fail(err, errlen, exit_code, 127, "no symbol '%s' in %s", symbol,
+        fail(c, 127, CAUSE_NOT_EXPORTED, "no symbol '%s' in %s", symbol,
              path);
 out:
     if (fn != NULL && lm != NULL) {
@@ -1078,16 +1249,35 @@ out:
          * handlers under (crtstuff's hidden __dso_handle, whose value is its
          * own address), when the symbol table names it. */
         if (!looked_up)
-            symtab_lookup(mfd >= 0 ? mfd : fd, &ei, &q[1], 1);
+            has_symtab = symtab_lookup(mfd >= 0 ? mfd : fd, &ei, &q[1], 1);
         g_entry = lm;
         g_dso_handle = q[1].value != 0 ? (void *)(lm->l_addr + q[1].value)
                                        : NULL;
+    }
+    if (fn != NULL) {
+        c->res->cause = CAUSE_OK;
+        c->res->kind = ei.kind;
+        c->res->exported = exported;
+        c->res->has_symtab = has_symtab;
+        c->res->static_tls = (ei.flags & DF_STATIC_TLS) && ei.has_tls
+            ? ei.tls_size : 0;
     }
     if (mfd >= 0)
         close(mfd);
     elf_info_free(&ei);
     close(fd);
     return fn;
+}
+
+FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
+                                char *err, size_t errlen, int *exit_code)
+{
+    struct load_result res;
+    struct load_ctx c = { err, errlen, exit_code, &res };
+
+    res.cause = CAUSE_OK;
+    res.details = 0;
+    return load(path, symbol, &c);
 }
 
 /* glibc: run the exit handlers registered with dso handle d. */
@@ -1125,4 +1315,196 @@ FH_API void fh_entry_finish(void)
     if (fini != 0)
         ((fini_fn)(g_entry->l_addr + fini))();
     g_entry = NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * fh_entry_check: can an entry be loaded here?
+ */
+
+/* The longest line fh_entry_check() prints. */
+#define FH_CHECK_LINE 4096
+
+static void append(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Add to the string in buf, cutting what does not fit. */
+static void append(char *buf, size_t len, const char *fmt, ...)
+{
+    size_t used = strlen(buf);
+    va_list ap;
+
+    if (used + 1 >= len)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf + used, len - used, fmt, ap);
+    va_end(ap);
+}
+
+/* The directories the loader searches for this process's libraries, as it
+ * reports them for the main program: the LD_LIBRARY_PATH the process
+ * started with (the loader reads it only then), the program's own RPATH or
+ * RUNPATH, the system's; ':' between them. */
+static void loader_path(char *buf, size_t len)
+{
+    Dl_serinfo size, *si;
+    void *h = dlopen(NULL, RTLD_LAZY);
+    unsigned i;
+
+    buf[0] = '\0';
+    if (h == NULL)
+        return;
+    if (dlinfo(h, RTLD_DI_SERINFOSIZE, &size) == 0
+        && (si = malloc(size.dls_size)) != NULL) {
+        if (dlinfo(h, RTLD_DI_SERINFOSIZE, si) == 0
+            && dlinfo(h, RTLD_DI_SERINFO, si) == 0)
+            for (i = 0; i < si->dls_cnt; i++)
+                append(buf, len, "%s%s", i ? ":" : "",
+                       si->dls_serpath[i].dls_name);
+        free(si);
+    }
+    dlclose(h);
+    dlerror();
+}
+
+/* Whether dir (dlen bytes) is one of the ':'-separated directories in
+ * list. */
+static int in_path_list(const char *list, const char *dir, size_t dlen)
+{
+    const char *p = list;
+
+    while (*p != '\0') {
+        size_t n = strcspn(p, ":");
+
+        if (n == dlen && strncmp(p, dir, dlen) == 0)
+            return 1;
+        p += n;
+        if (*p == ':')
+            p++;
+    }
+    return 0;
+}
+
+/* After "cannot load X: LIB: cannot open shared object file": where the
+ * loader looked for LIB, and where this environment has it if the loader
+ * does not look there (a secondary's loader keeps the path the primary
+ * started with, whatever LD_LIBRARY_PATH the client has). */
+static void describe_search(char *line, size_t len, const char *path,
+                            const struct load_result *res)
+{
+    char loader[2048];
+    const char *env = getenv("LD_LIBRARY_PATH"), *p;
+
+    loader_path(loader, sizeof loader);
+    append(line, len, "; %s (needed by %s%s) was looked for in ",
+           res->missing, res->missing_direct ? "" : "a library of ", path);
+    if (res->runpath_tag != NULL)
+        append(line, len, "the %s of %s (%s), ", res->runpath_tag, path,
+               res->runpath);
+    append(line, len, "the loader's search path, fixed when this process "
+           "started (its LD_LIBRARY_PATH, its program's RUNPATH, the system "
+           "directories: %s) and /etc/ld.so.cache",
+           loader[0] != '\0' ? loader : "unknown");
+    for (p = env != NULL ? env : ""; *p != '\0';) {
+        size_t n = strcspn(p, ":");
+        char cand[PATH_MAX];
+
+        if (n > 0 && !in_path_list(loader, p, n)
+            && (size_t)snprintf(cand, sizeof cand, "%.*s/%s", (int)n, p,
+                                res->missing) < sizeof cand
+            && access(cand, F_OK) == 0) {
+            append(line, len, "; it is in %.*s, on this environment's "
+                   "LD_LIBRARY_PATH, which the loader does not search: it "
+                   "reads LD_LIBRARY_PATH only when a process starts, and "
+                   "a secondary's is the primary's", (int)n, p);
+            break;
+        }
+        p += n;
+        if (*p == ':')
+            p++;
+    }
+}
+
+/* What a loaded entry is, and how its symbol was found. */
+static void describe_loaded(char *line, size_t len, const char *path,
+                            const char *symbol, const struct load_result *r)
+{
+    int pie = r->kind == FH_ELF_PIE, stripped = pie && r->has_symtab == 0;
+
+    if (symbol == NULL || symbol[0] == '\0')
+        symbol = "main";
+    if (r->exported)
+        snprintf(line, len, "%s is a %s%s; '%s' is exported (in .dynsym)%s",
+                 path, stripped ? "stripped " : "",
+                 pie ? "PIE executable" : "shared object", symbol,
+                 stripped ? ", which is all a stripped PIE needs" : "");
+    else
+        snprintf(line, len, "%s is a PIE executable; '%s' is not exported, "
+                 "but its symbol table (.symtab) has it: it loads, but would "
+                 "not once stripped (link with -rdynamic to export it)",
+                 path, symbol);
+    if (r->static_tls != 0)
+        append(line, len, "; it takes %llu bytes of static TLS (initial-exec "
+               "thread-local variables), which this process still had",
+               (unsigned long long)r->static_tls);
+}
+
+FH_API int fh_entry_check(int argc, char **argv, char **envp)
+{
+    static const char *const python_kinds[] = {
+        [FH_ENTRY_FUNCTION] = "function", [FH_ENTRY_SCRIPT] = "script",
+        [FH_ENTRY_MODULE] = "module",
+    };
+    struct fh_entry_target t;
+    struct load_result res;
+    struct load_ctx c;
+    char err[1024], line[FH_CHECK_LINE];
+    const char *cause;
+    int code = 0;
+    unsigned kind;
+
+    (void)envp;
+    /* Launched as libforkhost.so:fh_entry_check, this function is the
+     * entry, and what exit() would run for libforkhost is the primary's to
+     * run, never a secondary's; and the entry checked here never runs, so
+     * neither does its exit work. */
+    g_entry = NULL;
+    g_dso_handle = NULL;
+    if (argc != 2 || argv == NULL || argv[1] == NULL) {
+        fprintf(stderr, "usage: forkhost-run PATH/libforkhost.so:"
+                "fh_entry_check ENTRY\n");
+        return 2;
+    }
+    memset(&res, 0, sizeof res);
+    res.details = 1;
+    c.err = err;
+    c.errlen = sizeof err;
+    c.exit_code = &code;
+    c.res = &res;
+    kind = (unsigned)fh_entry_decide(argv[1], 0, AT_FDCWD, &t);
+    if (kind == FH_ENTRY_ERROR) {
+        code = t.exit_code;
+        cause = cause_names[code == 127 ? CAUSE_NOT_FOUND : CAUSE_NOT_ELF];
+        snprintf(line, sizeof line, "%s", t.message);
+    } else if (kind != FH_ENTRY_NATIVE) {
+        code = 126;
+        cause = "python-entry";
+        snprintf(line, sizeof line, "%s is a Python %s: this check loads "
+                 "native entries only (forkhost doctor checks both)",
+                 argv[1], kind < sizeof python_kinds / sizeof python_kinds[0]
+                 && python_kinds[kind] != NULL ? python_kinds[kind]
+                 : "entry");
+    } else if (load(t.name, t.symbol, &c) != NULL) {
+        cause = cause_names[CAUSE_OK];
+        describe_loaded(line, sizeof line, t.name, t.symbol, &res);
+    } else {
+        cause = cause_names[res.cause];
+        snprintf(line, sizeof line, "%s", err);
+        if (res.cause == CAUSE_MISSING_LIB)
+            describe_search(line, sizeof line, t.name, &res);
+    }
+    g_entry = NULL;
+    g_dso_handle = NULL;
+    printf("entry-check: %s: %s\n", cause, line);
+    fflush(stdout);
+    return code;
 }

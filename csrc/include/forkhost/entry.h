@@ -47,4 +47,25 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
  */
 FH_API void fh_entry_finish(void);
 
+/*
+ * An entry that checks whether another can be loaded here, without running
+ * it: launch it as "PATH/libforkhost.so:fh_entry_check" with argv[1] the
+ * entry to check (as forkhost-run takes it: path[:symbol], relative to the
+ * cwd).  It classifies and loads that entry with the code a launch uses
+ * (fh_entry_decide(), then fh_entry_load()'s), in this process's conditions:
+ * its loaded libraries, its static TLS left, its loader's search path, the
+ * environment and cwd.  The entry's ELF constructors run, as at a launch;
+ * its symbol is not called.  Prints one line on stdout,
+ *
+ *     entry-check: CAUSE: MESSAGE
+ *
+ * CAUSE "ok", or why not (not-found, unreadable, not-elf, wrong-elf,
+ * not-pie, static-pie, pie-tls, copy-relocation, static-tls,
+ * missing-library, undefined-symbol, load-error, not-exported, stripped,
+ * python-entry), MESSAGE what a launch would print, or what was loaded.
+ * Returns what a launch of the entry would exit with when it cannot run it
+ * (126, 127), 0 when it loads, 2 on a usage error.
+ */
+FH_API int fh_entry_check(int argc, char **argv, char **envp);
+
 #endif /* FORKHOST_ENTRY_H */

@@ -14,3 +14,5 @@ int fh_elf_kind(const char *path);
 
 fh_main_fn fh_entry_load(const char *path, const char *symbol,
                          char *err, size_t errlen, int *exit_code);
+
+int fh_entry_check(int argc, char **argv, char **envp);
