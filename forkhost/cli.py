@@ -176,8 +176,10 @@ def cmd_primary(a) -> int:
 
 def _detach(a) -> int:
     """Fork a daemon that becomes the primary; print its ready line (or its
-    error) and return.  Its output goes to <runtime>/<prefix>.log."""
+    error) and return.  Its output goes to <runtime>/<prefix>.log, opened
+    here, after the runtime directory's checks (a refusal is ours to print)."""
     p = _make_primary(a)       # validates options before forking
+    log = runtime.open_log(p.paths)
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -185,9 +187,6 @@ def _detach(a) -> int:
         try:
             os.close(r)
             os.setsid()
-            p.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            log = os.open(p.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                          | os.O_CLOEXEC, 0o600)
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             os.dup2(null, 0)
             os.dup2(log, 1)
@@ -196,8 +195,11 @@ def _detach(a) -> int:
             os.close(log)
             try:
                 p.start()
-            except ForkhostError as err:
-                os.write(w, f"error {err}".encode())
+            except BaseException as err:
+                # One line for the parent's stderr: the log may be unwritable.
+                why = (str(err) if isinstance(err, ForkhostError) else
+                       f"{type(err).__name__}: {err} (traceback in {p.paths.log})")
+                os.write(w, f"error {why}".encode())
                 raise
             print(p.ready_line(), flush=True)
             os.write(w, f"ok {p.ready_line()}".encode())
@@ -208,6 +210,7 @@ def _detach(a) -> int:
             traceback.print_exc()
         finally:
             os._exit(code)
+    os.close(log)
     os.close(w)
     data = b""
     while chunk := os.read(r, 65536):
