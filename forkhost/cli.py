@@ -134,13 +134,16 @@ def _make_primary(a):
                    ipc=True)   # secondaries get IPC and exit notices
 
 
-def _serve(p) -> int:
-    """Wait for SIGINT/SIGTERM/SIGHUP (stop cleanly, 0) or for the template
-    to die on its own (1)."""
+def _serve(p, ready) -> int:
+    """Call ready() (announce the primary) once SIGINT/SIGTERM/SIGHUP are
+    caught, so that one sent on seeing the ready line stops it cleanly;
+    then wait for one of them (stop cleanly, 0) or for the template to die
+    on its own (1)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
+    ready()
     code = 0
     while True:
         try:
@@ -170,8 +173,7 @@ def cmd_primary(a) -> int:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
               file=sys.stderr)
-    print(p.ready_line(), flush=True)
-    return _serve(p)
+    return _serve(p, lambda: print(p.ready_line(), flush=True))
 
 
 def _detach(a) -> int:
@@ -201,10 +203,12 @@ def _detach(a) -> int:
                        f"{type(err).__name__}: {err} (traceback in {p.paths.log})")
                 os.write(w, f"error {why}".encode())
                 raise
-            print(p.ready_line(), flush=True)
-            os.write(w, f"ok {p.ready_line()}".encode())
-            os.close(w)
-            code = _serve(p)
+
+            def ready():
+                print(p.ready_line(), flush=True)
+                os.write(w, f"ok {p.ready_line()}".encode())
+                os.close(w)
+            code = _serve(p, ready)
         except BaseException:
             import traceback
             traceback.print_exc()

@@ -216,6 +216,17 @@ def test_stale_config_temporary_file_is_removed_by_the_next_primary(runtime_dir)
     assert code == 0, err
 
 
+def test_sigterm_on_the_ready_line_stops_cleanly(runtime_dir):
+    """The signals are caught before the ready line is printed: a SIGTERM
+    sent on seeing it is a clean stop (status 0, runtime files removed),
+    not death by the default action."""
+    for _ in range(5):
+        p = PrimaryProc(runtime_dir, "t")
+        code, out, err = p.stop()
+        assert code == 0, err
+        assert os.listdir(runtime_dir) == []
+
+
 # -- 4. a socket path over the limit -----------------------------------------
 
 @pytest.mark.parametrize("detach", [False, True])
