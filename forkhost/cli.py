@@ -150,13 +150,16 @@ def _make_primary(a):
                    ipc=True)   # secondaries get IPC and exit notices
 
 
-def _serve(p) -> int:
-    """Wait for SIGINT/SIGTERM/SIGHUP (stop cleanly, 0) or for the template
-    to die on its own (1)."""
+def _serve(p, ready) -> int:
+    """Call ready() (announce the primary) once SIGINT/SIGTERM/SIGHUP are
+    caught, so that one sent on seeing the ready line stops it cleanly;
+    then wait for one of them (stop cleanly, 0) or for the template to die
+    on its own (1)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
+    ready()
     code = 0
     while True:
         try:
@@ -186,14 +189,15 @@ def cmd_primary(a) -> int:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
               file=sys.stderr)
-    print(p.ready_line(), flush=True)
-    return _serve(p)
+    return _serve(p, lambda: print(p.ready_line(), flush=True))
 
 
 def _detach(a) -> int:
     """Fork a daemon that becomes the primary; print its ready line (or its
-    error) and return.  Its output goes to <runtime>/<prefix>.log."""
+    error) and return.  Its output goes to <runtime>/<prefix>.log, opened
+    here, after the runtime directory's checks (a refusal is ours to print)."""
     p = _make_primary(a)       # validates options before forking
+    log = runtime.open_log(p.paths)
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -201,9 +205,6 @@ def _detach(a) -> int:
         try:
             os.close(r)
             os.setsid()
-            p.paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            log = os.open(p.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                          | os.O_CLOEXEC, 0o600)
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             os.dup2(null, 0)
             os.dup2(log, 1)
@@ -212,18 +213,24 @@ def _detach(a) -> int:
             os.close(log)
             try:
                 p.start()
-            except ForkhostError as err:
-                os.write(w, f"error {err}".encode())
+            except BaseException as err:
+                # One line for the parent's stderr: the log may be unwritable.
+                why = (str(err) if isinstance(err, ForkhostError) else
+                       f"{type(err).__name__}: {err} (traceback in {p.paths.log})")
+                os.write(w, f"error {why}".encode())
                 raise
-            print(p.ready_line(), flush=True)
-            os.write(w, f"ok {p.ready_line()}".encode())
-            os.close(w)
-            code = _serve(p)
+
+            def ready():
+                print(p.ready_line(), flush=True)
+                os.write(w, f"ok {p.ready_line()}".encode())
+                os.close(w)
+            code = _serve(p, ready)
         except BaseException:
             import traceback
             traceback.print_exc()
         finally:
             os._exit(code)
+    os.close(log)
     os.close(w)
     data = b""
     while chunk := os.read(r, 65536):

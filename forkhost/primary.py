@@ -151,6 +151,7 @@ class Primary:
                  huge_pages: str = "auto",
                  ipc: bool = False):
         self.paths = runtime.paths(prefix, runtime_dir)
+        self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
         self.preload = list(preload)
         if max_secondaries < 1:

@@ -43,6 +43,7 @@
 /* Only the protocol: the client maps nothing and links nothing of
  * libforkhost, so it does not pull in the library's headers either. */
 #include "forkhost/proto.h"
+#include "forkhost/rundir.h"
 #include "forkhost/version.h"
 
 #define PROG "forkhost-run"
@@ -65,10 +66,6 @@
  * enough for a loaded machine, short enough that a wedged template shows up
  * as an error instead of a hang. */
 #define DEFAULT_CONNECT_TIMEOUT 5.0
-
-/* Prefixes become a directory name under the runtime dir; this is the same
- * rule the primary applies, so anything else can never name a live primary. */
-#define PREFIX_MAX_LEN 64
 
 /* The largest reply we accept: ERROR with its longest text.  STARTED and
  * EXITED are smaller; anything longer arrives with MSG_TRUNC and is refused. */
@@ -199,7 +196,8 @@ static const char usage_text[] =
     "                        else 'forkhost')\n"
     "  --runtime-dir D       the runtime directory (default: $FORKHOST_RUNTIME_DIR,\n"
     "                        $RUNTIME_DIRECTORY/forkhost, $XDG_RUNTIME_DIR/forkhost,\n"
-    "                        /run/forkhost for root, else /tmp/forkhost-UID)\n"
+    "                        /run/forkhost for root, else /tmp/forkhost-UID;\n"
+    "                        in a shared sticky directory D: D/forkhost-UID)\n"
     "  --fd N                also pass open fd N; the secondary gets these at\n"
     "                        3, 4, ... in the order given (repeatable, at most "
     MAX_EXTRA_FDS_TEXT ")\n"
@@ -408,7 +406,7 @@ static int prefix_ok(const char *p)
               (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
             return 0;
     }
-    return n >= 1 && n <= PREFIX_MAX_LEN;
+    return n >= 1 && n <= FH_PREFIX_MAX_LEN;
 }
 
 static const char *env_nonempty(const char *name)
@@ -417,12 +415,15 @@ static const char *env_nonempty(const char *name)
     return v && *v ? v : NULL;
 }
 
-/* <runtime dir>/<prefix>/template.sock into addr; docs/architecture.md's order. */
+/* <runtime dir>/<prefix>/template.sock into addr: the runtime directory
+ * in docs/architecture.md's order and by its rule for a shared sticky
+ * directory (forkhost/rundir.h), as forkhost/runtime.py finds it. */
 static socklen_t socket_address(struct options *o, struct sockaddr_un *addr)
 {
     const char *dir = o->runtime_dir, *base;
-    size_t max = sizeof(addr->sun_path) - 1;    /* keep a NUL: portable paths */
-    char path[PATH_MAX];
+    char rdir[PATH_MAX], path[PATH_MAX + 32];
+    size_t len;
+    struct stat st;
     int n;
 
     if (!o->prefix) {
@@ -434,26 +435,36 @@ static socklen_t socket_address(struct options *o, struct sockaddr_un *addr)
         }
     }
     if (!prefix_ok(o->prefix))
-        die("invalid prefix '%s' (from %s): use 1 to %d of A-Z a-z 0-9 . _ -, "
-            "not '.' or '..'", o->prefix, o->prefix_from, PREFIX_MAX_LEN);
+        die(FH_PREFIX_INVALID, o->prefix, o->prefix_from);
 
     if (!dir)
         dir = env_nonempty("FORKHOST_RUNTIME_DIR");
     if (dir)
-        n = snprintf(path, sizeof(path), "%s/%s/template.sock", dir, o->prefix);
+        n = snprintf(rdir, sizeof(rdir), "%s", dir);
     else if ((base = env_nonempty("RUNTIME_DIRECTORY")) ||
              (base = env_nonempty("XDG_RUNTIME_DIR")))
-        n = snprintf(path, sizeof(path), "%s/forkhost/%s/template.sock",
-                     base, o->prefix);
+        n = snprintf(rdir, sizeof(rdir), "%s/forkhost", base);
     else if (geteuid() == 0)
-        n = snprintf(path, sizeof(path), "/run/forkhost/%s/template.sock",
-                     o->prefix);
+        n = snprintf(rdir, sizeof(rdir), "/run/forkhost");
     else
-        n = snprintf(path, sizeof(path), "/tmp/forkhost-%u/%s/template.sock",
-                     (unsigned)getuid(), o->prefix);   /* as runtime.py */
-    if (n < 0 || (size_t)n > max)
-        die("socket path is too long for a Unix socket (%d bytes; the limit "
-            "is %zu): %s%s", n, max, path, (size_t)n >= sizeof(path) ? "..." : "");
+        n = snprintf(rdir, sizeof(rdir), "/tmp/" FH_RUNDIR_SHARED_SUBDIR,
+                     (unsigned)getuid());
+    if (n < 0 || (size_t)n >= sizeof(rdir))
+        die("runtime directory path is too long: %s...", rdir);
+    /* A shared sticky directory: ours is the private subdirectory in it. */
+    if (stat(rdir, &st) == 0 && S_ISDIR(st.st_mode) &&
+        (st.st_mode & S_ISVTX) && (st.st_mode & (S_IWGRP | S_IWOTH))) {
+        len = (size_t)n;
+        n = snprintf(rdir + len, sizeof(rdir) - len, "/" FH_RUNDIR_SHARED_SUBDIR,
+                     (unsigned)getuid());
+        if (n < 0 || (size_t)n >= sizeof(rdir) - len)
+            die("runtime directory path is too long: %s...", rdir);
+    }
+    n = snprintf(path, sizeof(path), "%s/%s/template.sock", rdir, o->prefix);
+    if (n < 0 || (size_t)n > FH_SOCKET_PATH_MAX)
+        die(FH_SOCKET_PATH_TOO_LONG, n, FH_SOCKET_PATH_MAX, path);
+    _Static_assert(FH_SOCKET_PATH_MAX < sizeof(addr->sun_path),
+                   "a socket path and its NUL fit sun_path");
 
     memset(addr, 0, sizeof(*addr));
     addr->sun_family = AF_UNIX;

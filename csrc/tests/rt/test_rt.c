@@ -7,7 +7,7 @@
  * It checks what the client relies on: the formatter and strtod against
  * what glibc prints and parses, strerror, getenv, the string functions,
  * and that the system-call wrappers (signals with their return
- * trampoline, masks, fcntl, open, syscall) behave as libc's do.
+ * trampoline, masks, fcntl, open, stat, syscall) behave as libc's do.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -265,6 +265,16 @@ static void test_system_calls(void)
     CHECK(fd >= 0 && read(fd, buf, sizeof(buf)) > 0, "open /proc/self/stat");
     close(fd);
     CHECK(open("/nonexistent/x", O_RDONLY) == -1 && errno == ENOENT, "ENOENT");
+    {
+        /* stat, for the runtime directory's sticky-directory rule */
+        struct stat st;
+
+        CHECK(stat("/", &st) == 0 && S_ISDIR(st.st_mode) && st.st_ino != 0,
+              "stat /");
+        CHECK(stat("/proc/self/stat", &st) == 0 && S_ISREG(st.st_mode) &&
+              st.st_uid == geteuid(), "stat a file of ours");
+        CHECK(stat("/nonexistent/x", &st) == -1 && errno == ENOENT, "stat ENOENT");
+    }
 
     /* glibc's syscall(): the number, then up to six arguments. */
     CHECK(syscall(SYS_getpid) == getpid(), "syscall(getpid)");
