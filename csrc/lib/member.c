@@ -383,9 +383,8 @@ int fh__member_take_received(struct fh_member *m, pid_t client_pid)
 
     if (fh_request_check(m->buf, m->n, m->mflags, m->nfds, &r->view,
                          &why) != FH_MSG_LAUNCH ||
-        fh_entry_decide(r->view.entry,
-                        (r->view.launch.flags & FH_LAUNCH_MODULE) != 0,
-                        m->fds[0], &r->target) == FH_ENTRY_ERROR ||
+        fh_launch_decide(&r->view, m->fds, m->nfds,
+                         &r->target) == FH_ENTRY_ERROR ||
         (r->target.kind != FH_ENTRY_NATIVE && !m->python))
         return FH_MEMBER_HANDOFF;     /* the template answers it */
     become(m, r, client_pid);

@@ -219,8 +219,11 @@ static void send_error(int fd, int code, const char *text)
         n = FH_PROTO_MAX_ERROR;
     e.exit_code = code;
     e.text_len = (uint32_t)n;
-    for (i = 0; i < n; i++)          /* one line */
-        e.text[i] = text[i] == '\n' ? ' ' : text[i];
+    /* One line, unless it is what the entry itself would have written
+     * (proto.h, FH_ERROR_ENTRY_MAX). */
+    for (i = 0; i < n; i++)
+        e.text[i] = text[i] == '\n' && code > FH_ERROR_ENTRY_MAX ? ' '
+                                                                : text[i];
     send_record(fd, FH_MSG_ERROR, &e, 8 + n);
 }
 
@@ -1084,8 +1087,9 @@ static void launch(struct tpl *t, struct conn *c, size_t n, int mflags,
                t->c->max_secondaries);
         return;
     }
-    if (fh_entry_decide(v->entry, (v->launch.flags & FH_LAUNCH_MODULE) != 0,
-                        fds[0], &target) == FH_ENTRY_ERROR) {
+    /* The one check a pool member makes too (request.h): the cwd fd, the
+     * entry, a Python entry's stdio. */
+    if (fh_launch_decide(v, fds, nfds, &target) == FH_ENTRY_ERROR) {
         t->refused++;
         send_error(c->fd, target.exit_code, target.message);
         return;
