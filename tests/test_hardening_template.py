@@ -1,4 +1,5 @@
-"""Refusals the template decides before the fork (issue 22, item 5).
+"""Refusals the template decides before the fork, and fairness between
+the processes that connect to template.sock (issue 22, items 5 and 9).
 
 - A Python entry whose stdin, stdout or stderr is a directory: python
   itself stops in init_sys_streams before running a line; forkhost answers
@@ -8,13 +9,19 @@
   the program does directly.
 - A cwd fd that is not a directory (only a raw client sends one): one
   ERROR line, exit code 125, no STARTED; the template keeps serving.
+- One process's idle connections (no request sent) take at most its share
+  of the template's waiting connections; its surplus is refused with one
+  ERROR line, and other clients' launches are served meanwhile.  Pool
+  members hand such connections to the template and are idle again.
 """
 
 from __future__ import annotations
 
 import array
+import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -23,7 +30,7 @@ import pytest
 
 import forkhost
 from forkhost import protocol
-from fhtest import FIXTURES, RUNNER, PrimaryProc
+from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, wait_until
 
 POOLS = {"pool": [], "no-pool": ["--pool", "0"]}
 
@@ -202,3 +209,106 @@ def test_cwd_fd_not_a_directory_is_refused_before_started(any_primary, tmp_path,
     assert launched(any_primary) == before
     r = any_primary.run("fhfix:exit_with", 6, cwd=FIXTURES)
     assert r.returncode == 6, r.stderr
+
+
+# -- fairness between peers ------------------------------------------------------
+
+SHARE = re.compile(r"the template is busy: process (\d+) has (\d+) connections "
+                   r"waiting for their request \(the limit is (\d+) per process\)")
+GLOBAL_CAP = 256       # docs/protocol.md, Limits: connections waiting
+
+# A process that opens N connections to template.sock and sends nothing:
+# it prints "connected", then one JSON line per connection answered
+# ([exit_code, text], or null for a close without ERROR), and ends when
+# its stdin does.
+HOG = r"""
+import json, select, socket, sys
+from forkhost import protocol
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    s.settimeout(30)
+    s.connect(sys.argv[1])
+    socks.append(s)
+print("connected", flush=True)
+open_ = set(socks)
+while True:
+    r, _, _ = select.select([sys.stdin, *open_], [], [])
+    if sys.stdin in r:
+        break
+    for s in r:
+        msg = protocol.recv(s)
+        open_.discard(s)
+        if msg is not None:
+            msg.close_fds()
+        out = None if msg is None or msg.type != protocol.ERROR else \
+            list(protocol.decode_error(msg.body))
+        print(json.dumps(out), flush=True)
+"""
+
+
+def test_one_process_idle_connections_do_not_block_another_launch(any_primary):
+    """One process connects more than the template keeps waiting in all
+    (before: every slot full for the request timeout, 10 s, and every
+    other launch refused)."""
+    n = GLOBAL_CAP + 8
+    hog = subprocess.Popen([sys.executable, "-c", HOG, any_primary.socket, str(n)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        out = LineReader(hog.stdout)
+        assert out.readline() == b"connected\n"
+        # Another client's launch, queued behind all of those, is served.
+        before = launched(any_primary)
+        r = any_primary.run("--connect-timeout", "30", "fhfix:exit_with", 9,
+                            cwd=FIXTURES)
+        assert r.returncode == 9, r.stderr
+        assert launched(any_primary) == before + 1
+        # The hog's share is kept waiting, the rest refused: one line each.
+        first = json.loads(out.readline())
+        assert first is not None and first[0] == 125, first
+        m = SHARE.fullmatch(first[1])
+        assert m, first
+        assert int(m[1]) == hog.pid
+        limit = int(m[3])
+        assert 0 < limit < GLOBAL_CAP
+        for _ in range(n - limit - 1):
+            answer = json.loads(out.readline())
+            assert answer is not None and answer[0] == 125, answer
+            assert SHARE.fullmatch(answer[1]), answer
+        # The kept ones are still open and unanswered.
+        assert select.select([hog.stdout], [], [], 0)[0] == []
+        r = any_primary.run("fhfix:exit_with", 0, cwd=FIXTURES)
+        assert r.returncode == 0, r.stderr
+    finally:
+        hog.stdin.close()
+        hog.wait(30)
+        hog.stdout.close()
+    assert hog.returncode == 0
+
+
+def test_idle_connections_do_not_park_the_pool_members(runtime_dir):
+    """Members that accepted idle connections hand them to the template and
+    are idle again; the next launch is a pool member's."""
+    p = PrimaryProc(runtime_dir, args=["--pool", "2"])
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            socks.append(raw_connect(p.socket))
+
+        def members_idle():
+            info = forkhost.info(p.prefix, runtime_dir)
+            return [m["state"] for m in info["members"]] == ["idle", "idle"]
+
+        wait_until(members_idle, timeout=30, what="both members idle")
+        info = forkhost.info(p.prefix, runtime_dir)
+        r = p.run("--connect-timeout", "30", "fhfix:exit_with", 4, cwd=FIXTURES)
+        assert r.returncode == 4, r.stderr
+        after = forkhost.info(p.prefix, runtime_dir)
+        assert after["pool_launches"] == info["pool_launches"] + 1
+        # The idle connections were neither answered nor closed meanwhile.
+        assert select.select(socks, [], [], 0)[0] == []
+    finally:
+        for s in socks:
+            s.close()
+        code, _, err = p.stop()
+    assert code == 0, err
