@@ -19,6 +19,7 @@ import sys
 import time
 
 from . import __version__, client, runtime
+from ._wire import ERROR_ENTRY_MAX
 from .errors import EXIT_FORKHOST, ForkhostError, RefusedError
 
 
@@ -329,7 +330,8 @@ def cmd_run(a) -> int:
     try:
         code = client.run(entry, args, module=module, pass_fds=fds, **opts)
     except RefusedError as err:
-        print(f"forkhost run: {err}", file=sys.stderr)
+        if err.exit_code > ERROR_ENTRY_MAX:   # else the entry's own words,
+            print(f"forkhost run: {err}", file=sys.stderr)   # on its stderr
         return err.exit_code
     except ForkhostError as err:
         print(f"forkhost run: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ import sys
 import time
 
 from . import protocol, runtime
+from ._wire import ERROR_ENTRY_MAX
 from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
 
 DEVNULL = -3          # same value as subprocess.DEVNULL
@@ -224,7 +225,9 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
 
     stdin/stdout/stderr: None (this process's fd 0/1/2), DEVNULL, an fd or a
     file object.  pass_fds land at 3, 4, ... with LISTEN_FDS/LISTEN_PID set.
-    Raises NoPrimaryError, RefusedError (exit_code 125/126/127) or
+    Raises NoPrimaryError, RefusedError (exit_code 125/126/127; at most
+    124: the entry's own failure, found before it ran, whose text is
+    already written to the stderr given, as python would have) or
     ForkhostError.
     """
     argv = [os.fsencode(entry)] + [os.fsencode(a) for a in args]
@@ -236,12 +239,14 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         cwd_fd = os.open(cwd if cwd is not None else ".",
                          os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         opened.append(cwd_fd)
-        fds, mask = [cwd_fd], 0
+        fds, mask, err_fd = [cwd_fd], 0, None
         for i, spec in enumerate((stdin, stdout, stderr)):
             fd = _stdio_fd(spec, i, opened)
             if fd is not None:
                 fds.append(fd)
                 mask |= 1 << i
+                if i == 2 and fd not in opened:
+                    err_fd = fd
         extra = [f if isinstance(f, int) else f.fileno() for f in pass_fds]
         if len(extra) > protocol.MAX_EXTRA_FDS:
             raise ForkhostError(f"too many pass_fds ({len(extra)}; the limit is "
@@ -276,6 +281,15 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         msg.close_fds()
         sock.close()
         code, text = protocol.decode_error(msg.body)
+        if 1 <= code <= ERROR_ENTRY_MAX:
+            # The entry's own failure, found before the fork: what it
+            # would have written on the stderr it was given, as it is.
+            if err_fd is not None:
+                try:
+                    os.write(err_fd, msg.body[protocol.ERROR_BODY.size:])
+                except OSError:
+                    pass
+            raise RefusedError(text.rstrip("\n"), code)
         raise RefusedError(text, code)
     if msg.type != protocol.STARTED or len(msg.fds) != 1:
         msg.close_fds()

@@ -82,10 +82,10 @@ def test_a_launch_runs_in_a_member_forked_before_it(primary):
     assert pid in before
 
 
-def test_a_member_that_cannot_set_up_a_python_launch_exits_125(primary):
-    """The client's "cwd" is a pipe: fchdir fails in the member's C setup,
-    which says so on the client's stderr and exits 125, as a native
-    launch's setup does."""
+def test_a_cwd_that_is_not_a_directory_is_refused_before_the_fork(primary):
+    """The client's "cwd" is a pipe: refused with one line and 125 before
+    STARTED (fh_launch_decide, shared with the template), the member that
+    accepted stays a member, and nothing lands on the client's stderr."""
     before = idle_members(primary)
     cwd_r, cwd_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -94,15 +94,20 @@ def test_a_member_that_cannot_set_up_a_python_launch_exits_125(primary):
             raw_launch(sock, b"fhfix:exit_with", b"0", cwd_fd=cwd_r, stderr=err_w)
             os.close(err_w)
             err_w = -1
-            pid, code = started_and_exited(sock)
+            msg = protocol.recv(sock)
+            msg.close_fds()
+            assert msg.type == protocol.ERROR, hex(msg.type)
+            code, text = protocol.decode_error(msg.body)
         with open(err_r, "rb", closefd=False) as f:
             err = f.read()
     finally:
         for fd in (cwd_r, cwd_w, err_r, err_w):
             if fd >= 0:
                 os.close(fd)
-    assert (code, pid in before) == (125, True)
-    assert err.startswith(b"forkhost: cannot set up the secondary: "), err
+    assert (code, text) == (125, "the client's cwd fd is not a directory (a client "
+                                 "sends its cwd as an O_PATH directory fd)")
+    assert err == b""
+    wait_until(lambda: idle_members(primary) == before, what="the same members idle")
 
 
 def test_a_name_given_twice_in_the_environment_has_its_first_value(primary):
@@ -126,18 +131,21 @@ def test_a_name_given_twice_in_the_environment_has_its_first_value(primary):
     assert env == {b"DUP": b"first", b"A": b"1"}
 
 
-def test_slow_client_is_served_by_the_member_that_took_it(primary):
+def test_slow_client_is_served_and_does_not_keep_a_member(primary):
     """A request that comes well after connect(): the member that accepted
-    waits for it (BUSY), runs it, and the pool is back to its size, not
+    waits for it a little (BUSY), then hands the connection to the template
+    and is idle again (idle connections must not park the pool); the
+    request is served when it comes, and the pool is back to its size, not
     over it."""
     before = idle_members(primary)
     with connect(primary) as sock:
-        time.sleep(0.5)
+        wait_until(lambda: idle_members(primary) == before,
+                   what="the member that accepted idle again")
         # Meanwhile others are served.
         assert primary.run("fhfix:exit_with", 3, cwd=FIXTURES).returncode == 3
         raw_launch(sock, b"fhfix:exit_with", b"9")
         pid, code = started_and_exited(sock)
-    assert code == 9 and pid in before
+    assert code == 9
     wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["pool"] == 2,
                what="the pool back to two")
     time.sleep(0.1)

@@ -927,6 +927,15 @@ static void exit_error(const struct session *s, struct reply *r)
     char *text = (char *)(&r->u.error + 1);
     int32_t code = r->u.error.exit_code;
 
+    /* The entry's own failure, found before the fork: what it would have
+     * written on its stderr (ours, which we passed), as it is. */
+    if (code >= 1 && code <= FH_ERROR_ENTRY_MAX) {
+        if (stderr_ok)
+            write_all(2, text, r->u.error.text_len);
+        if (s->pidfd >= 0)
+            pidfd_send_signal(s->pidfd, SIGKILL);
+        _exit(code);
+    }
     /* The protocol promises no NUL and no newline; keep it one line anyway. */
     for (uint32_t k = 0; k < r->u.error.text_len; k++)
         if (text[k] == '\0' || text[k] == '\n' || text[k] == '\r')

@@ -162,11 +162,15 @@ static int64_t now_ms(void)
 /* The request was not there with the connection (a client connects, then
  * sends: we are often woken in between).  Wait FH_MEMBER_BUSY_AFTER_MS for
  * it; then say BUSY (this member is not idle: the template must not count
- * on it) and wait up to the timeout.  0 when something can be read,
- * -ETIMEDOUT. */
+ * on it) and wait up to FH_MEMBER_PARK_MS in all: a connection that sends
+ * nothing must not keep a member from the next client.  0 when something
+ * can be read; -EAGAIN when the connection is the template's to wait on;
+ * -ETIMEDOUT when the request timeout (shorter) has passed. */
 static int wait_request(struct fh_member *m)
 {
-    int64_t deadline = now_ms() + m->timeout_ms;
+    int park = m->timeout_ms < FH_MEMBER_PARK_MS ? m->timeout_ms
+                                                 : FH_MEMBER_PARK_MS;
+    int64_t deadline = now_ms() + park;
     struct pollfd p;
     int r;
 
@@ -181,7 +185,7 @@ static int wait_request(struct fh_member *m)
         int64_t left = deadline - now_ms();
 
         if (left <= 0)
-            return -ETIMEDOUT;
+            return park < FH_MEMBER_PARK_MS ? -ETIMEDOUT : -EAGAIN;
         p.fd = m->conn;
         p.events = POLLIN;
         p.revents = 0;
@@ -383,9 +387,8 @@ int fh__member_take_received(struct fh_member *m, pid_t client_pid)
 
     if (fh_request_check(m->buf, m->n, m->mflags, m->nfds, &r->view,
                          &why) != FH_MSG_LAUNCH ||
-        fh_entry_decide(r->view.entry,
-                        (r->view.launch.flags & FH_LAUNCH_MODULE) != 0,
-                        m->fds[0], &r->target) == FH_ENTRY_ERROR ||
+        fh_launch_decide(&r->view, m->fds, m->nfds,
+                         &r->target) == FH_ENTRY_ERROR ||
         (r->target.kind != FH_ENTRY_NATIVE && !m->python))
         return FH_MEMBER_HANDOFF;     /* the template answers it */
     become(m, r, client_pid);

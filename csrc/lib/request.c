@@ -11,7 +11,9 @@
 #include "forkhost/request.h"
 #include "forkhost/proto.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -593,4 +595,88 @@ FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
         return entry_error(t, EXIT_CANNOT_RUN);
     }
     return decided(t, FH_ENTRY_SCRIPT, path, NULL);
+}
+
+/* ---- the launch, before the fork ------------------------------------- */
+
+/* What python writes on its stderr when init_sys_streams stops it (its
+ * fatal error, then faulthandler's dump of the one thread): why, the
+ * exception if one was raised, then the thread.  Its exit status is 1. */
+#define PY_STREAMS_EXIT 1
+static const char py_stdin_dir[] =
+    "Fatal Python error: init_sys_streams: <stdin> is a directory, "
+    "cannot continue\n"
+    "Python runtime state: core initialized\n";
+static const char py_streams[] =
+    "Fatal Python error: init_sys_streams: can't initialize sys standard "
+    "streams\n"
+    "Python runtime state: core initialized\n"
+    "IsADirectoryError: [Errno %d] %s: %d\n";
+/* The thread python names is its main thread, pthread_self(): in a fork of
+ * this process, this process's. */
+static const char py_thread[] =
+    "\n"
+    "Current thread 0x%016lx (most recent call first):\n"
+    "  <no Python frame>\n";
+
+static const char cwd_not_dir[] =
+    "the client's cwd fd is not a directory (a client sends its cwd as an "
+    "O_PATH directory fd)";
+
+static int is_dir_fd(int fd)
+{
+    struct stat st;
+
+    return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+FH_API int fh_launch_decide(const struct fh_launch_view *v, const int *fds,
+                            unsigned nfds, struct fh_entry_target *t)
+{
+    int stdio[3] = { -1, -1, -1 };
+    unsigned i, k = 1;
+    struct out o = {t->message, sizeof t->message, 0};
+
+    t->kind = FH_ENTRY_ERROR;
+    t->name = t->symbol = NULL;
+    t->head[0] = '\0';
+    t->message[0] = '\0';
+    if (nfds < 1 || !is_dir_fd(fds[0])) {
+        puts_(&o, cwd_not_dir);
+        return entry_error(t, 125);
+    }
+    if (fh_entry_decide(v->entry, (v->launch.flags & FH_LAUNCH_MODULE) != 0,
+                        fds[0], t) != FH_ENTRY_NATIVE &&
+        t->kind != FH_ENTRY_ERROR) {
+        for (i = 0; i < 3; i++)
+            if ((v->launch.stdio_mask & (1u << i)) && k < nfds)
+                stdio[i] = fds[k++];
+        /* python's order: stdin first, then each stream it opens. */
+        if (stdio[0] >= 0 && is_dir_fd(stdio[0])) {
+            puts_(&o, py_stdin_dir);
+        } else {
+            for (i = 1; i < 3; i++)
+                if (stdio[i] >= 0 && is_dir_fd(stdio[i]))
+                    break;
+            if (i == 3)
+                return (int)t->kind;
+            {
+                char line[200];
+
+                snprintf(line, sizeof line, py_streams, EISDIR,
+                         strerror(EISDIR), (int)i);
+                puts_(&o, line);
+            }
+        }
+        {
+            char line[200];
+
+            snprintf(line, sizeof line, py_thread,
+                     (unsigned long)pthread_self());
+            puts_(&o, line);
+        }
+        t->name = t->symbol = NULL;
+        return entry_error(t, PY_STREAMS_EXIT);
+    }
+    return (int)t->kind;
 }

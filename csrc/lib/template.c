@@ -219,8 +219,11 @@ static void send_error(int fd, int code, const char *text)
         n = FH_PROTO_MAX_ERROR;
     e.exit_code = code;
     e.text_len = (uint32_t)n;
-    for (i = 0; i < n; i++)          /* one line */
-        e.text[i] = text[i] == '\n' ? ' ' : text[i];
+    /* One line, unless it is what the entry itself would have written
+     * (proto.h, FH_ERROR_ENTRY_MAX). */
+    for (i = 0; i < n; i++)
+        e.text[i] = text[i] == '\n' && code > FH_ERROR_ENTRY_MAX ? ' '
+                                                                : text[i];
     send_record(fd, FH_MSG_ERROR, &e, 8 + n);
 }
 
@@ -316,13 +319,40 @@ static void close_client(struct tpl *t, struct conn *c)
     c->fd = -1;
 }
 
-static unsigned count_pending(const struct tpl *t)
+/* A connection waiting for its request that would be past its peer's
+ * share (docs/protocol.md, Limits): why, in text; else NULL.  c, if not
+ * NULL, is the connection asked about, already in the table. */
+static const char *over_share(const struct tpl *t, const struct conn *c,
+                              pid_t pid, int64_t uid, char *text,
+                              size_t size)
 {
-    unsigned i, n = 0;
+    unsigned i, all = 0, of_pid = 0, of_uid = 0;
 
-    for (i = 0; i < t->conns_hi; i++)
-        n += t->conns[i].state == C_PENDING;
-    return n;
+    for (i = 0; i < t->conns_hi; i++) {
+        const struct conn *o = &t->conns[i];
+
+        if (o->state != C_PENDING || o == c)
+            continue;
+        all++;
+        of_pid += o->client_pid == pid;
+        of_uid += o->client_uid == uid;
+    }
+    if (all >= FH_TEMPLATE_MAX_PENDING)
+        snprintf(text, size, "the template is busy: too many connections "
+                 "waiting");
+    else if (of_pid >= FH_TEMPLATE_MAX_PENDING_PEER)
+        snprintf(text, size, "the template is busy: process %d has %u "
+                 "connections waiting for their request (the limit is %u "
+                 "per process)", (int)pid, of_pid,
+                 FH_TEMPLATE_MAX_PENDING_PEER);
+    else if (of_uid >= FH_TEMPLATE_MAX_PENDING_UID)
+        snprintf(text, size, "the template is busy: uid %lld has %u "
+                 "connections waiting for their request (the limit is %u "
+                 "per uid)", (long long)uid, of_uid,
+                 FH_TEMPLATE_MAX_PENDING_UID);
+    else
+        return NULL;
+    return text;
 }
 
 static struct conn *running_pid(struct tpl *t, pid_t pid)
@@ -727,7 +757,7 @@ static void handoff(struct tpl *t, const char *body, size_t len, int *fds,
     size_t have = len - sizeof h;
     struct conn *c;
     const char *why = NULL;
-    char text[160];
+    char text[FH_PROTO_MAX_ERROR + 1];
 
     memcpy(&h, body, sizeof h);
     c = conn_new(t, fds[0]);
@@ -751,9 +781,9 @@ static void handoff(struct tpl *t, const char *body, size_t len, int *fds,
         snprintf(text, sizeof text, "no request within %gs",
                  t->timeout_ms / 1000.0);
         why = text;
-    } else if (h.state == FH_HANDOFF_PENDING &&
-               count_pending(t) > FH_TEMPLATE_MAX_PENDING) {
-        why = "the template is busy: too many connections waiting";
+    } else if (h.state == FH_HANDOFF_PENDING) {
+        why = over_share(t, c, c->client_pid, c->client_uid, text,
+                         sizeof text);
     }
     if (why != NULL) {
         refuse(t, c->fd, 125, "%s", why);
@@ -1084,8 +1114,9 @@ static void launch(struct tpl *t, struct conn *c, size_t n, int mflags,
                t->c->max_secondaries);
         return;
     }
-    if (fh_entry_decide(v->entry, (v->launch.flags & FH_LAUNCH_MODULE) != 0,
-                        fds[0], &target) == FH_ENTRY_ERROR) {
+    /* The one check a pool member makes too (request.h): the cwd fd, the
+     * entry, a Python entry's stdio. */
+    if (fh_launch_decide(v, fds, nfds, &target) == FH_ENTRY_ERROR) {
         t->refused++;
         send_error(c->fd, target.exit_code, target.message);
         return;
@@ -1163,6 +1194,8 @@ static void settle(struct tpl *t, struct conn *c)
  * until EAGAIN would never let the loop reap a secondary. */
 static void accept_some(struct tpl *t)
 {
+    char text[FH_PROTO_MAX_ERROR + 1];
+    const char *why;
     unsigned k;
 
     t->last_activity = now_us();
@@ -1177,8 +1210,7 @@ static void accept_some(struct tpl *t)
                 say("forkhost template: accept: %s", strerror(errno));
             return;
         }
-        c = count_pending(t) >= FH_TEMPLATE_MAX_PENDING ? NULL
-                                                        : conn_new(t, fd);
+        c = conn_new(t, fd);
         if (c == NULL) {
             refuse(t, fd, 125,
                    "the template is busy: too many connections waiting");
@@ -1193,11 +1225,18 @@ static void accept_some(struct tpl *t)
             settle(t, c);
             continue;
         }
-        /* The request usually arrives with the connection. */
-        if (handle(t, c))
+        /* The request usually arrives with the connection; one that waits
+         * for it must be within its peer's share, or it is refused: one
+         * process's idle connections never fill the table for the rest. */
+        if (handle(t, c)) {
             settle(t, c);
-        else
+        } else if ((why = over_share(t, c, c->client_pid, c->client_uid,
+                                     text, sizeof text)) != NULL) {
+            refuse(t, c->fd, 125, "%s", why);
+            settle(t, c);
+        } else {
             conn_register(t, c);
+        }
     }
 }
 

@@ -9,7 +9,11 @@
  * FH_PROTO_MAX_ERROR bytes, the same at every buffer size, and the same
  * for the same record; a LAUNCH's view lies inside the record and holds
  * what the record says; its entry decides to a kind with the fields that
- * kind has, relative to an empty directory.
+ * kind has, relative to an empty directory; and fh_launch_decide() with
+ * cwd and stdio fds the first byte picks refuses a cwd that is not a
+ * directory (125, one line), a Python entry with a directory as stdio
+ * (python's own text, exit status 1), and otherwise agrees with
+ * fh_entry_decide().
  *
  * With clang, -fsanitize=fuzzer builds it for libFuzzer.  Without
  * (FUZZ_STANDALONE, as build_native.py builds it with gcc), main() below
@@ -109,6 +113,71 @@ static void check_entry(const char *entry, int module)
     }
 }
 
+/* fh_launch_decide() on a LAUNCH that checked out, with fds chosen by
+ * `pick`: bits 3-4 the cwd (the empty directory, "/" opened O_RDONLY,
+ * /dev/null, a regular file), bits 5-7 which stdio fds are directories
+ * (else /dev/null). */
+static void check_launch_decide(const struct fh_launch_view *v,
+                                unsigned nfds, unsigned pick)
+{
+    static int dir = -1, null = -1, file = -1;
+    static struct fh_entry_target t, e;
+    int fds[FH_PROTO_MAX_FDS + 4], cwd_dir, kind, python;
+    unsigned i, k = 1;
+    size_t n;
+
+    if (dir < 0) {
+        dir = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        null = open("/dev/null", O_RDWR | O_CLOEXEC);
+        file = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+        if (dir < 0 || null < 0 || file < 0)
+            FAIL("fixture fds");
+    }
+    switch ((pick >> 3) & 3) {
+    case 0: fds[0] = g_dir; break;
+    case 1: fds[0] = dir; break;
+    case 2: fds[0] = null; break;
+    default: fds[0] = file; break;
+    }
+    cwd_dir = ((pick >> 3) & 3) < 2;
+    for (i = 1; i < nfds && i < sizeof fds / sizeof fds[0]; i++)
+        fds[i] = null;
+    for (i = 0; i < 3; i++)
+        if (v->launch.stdio_mask & (1u << i)) {
+            if (k < nfds && (pick & (0x20u << i)))
+                fds[k] = dir;
+            k++;
+        }
+    kind = fh_launch_decide(v, fds, nfds, &t);
+    if (kind != (int)t.kind)
+        FAIL("launch kind %d vs %u", kind, t.kind);
+    n = strnlen(t.message, sizeof t.message);
+    if (!cwd_dir) {
+        if (kind != FH_ENTRY_ERROR || t.exit_code != 125 || n == 0 ||
+            memchr(t.message, '\n', n) != NULL)
+            FAIL("a cwd that is not a directory: %d %d", kind, t.exit_code);
+        return;
+    }
+    fh_entry_decide(v->entry, (v->launch.flags & FH_LAUNCH_MODULE) != 0,
+                    fds[0], &e);
+    python = e.kind != FH_ENTRY_NATIVE && e.kind != FH_ENTRY_ERROR;
+    if (e.kind == FH_ENTRY_ERROR) {
+        if (kind != FH_ENTRY_ERROR || t.exit_code != e.exit_code ||
+            strcmp(t.message, e.message) != 0)
+            FAIL("the entry's error differs");
+    } else if (kind != FH_ENTRY_ERROR) {
+        if (kind != (int)e.kind || (python && (pick & 0xe0u) &&
+                                    (v->launch.stdio_mask & (pick >> 5))))
+            FAIL("launch kind %d, entry kind %u", kind, e.kind);
+    } else if (!python || t.exit_code != 1 || n < 60 ||
+               strncmp(t.message, "Fatal Python error: init_sys_streams: ",
+                       38) != 0 ||
+               strcmp(t.message + n - 20, "  <no Python frame>\n") != 0 ||
+               t.name != NULL || t.symbol != NULL) {
+        FAIL("a stdio refusal: %d \"%s\"", t.exit_code, t.message);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct fh_launch_view v;
@@ -174,6 +243,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 v.launch.nextra != nfds)
                 FAIL("a LAUNCH view that does not match its record");
             check_entry(v.entry, (v.launch.flags & FH_LAUNCH_MODULE) != 0);
+            check_launch_decide(&v, nfds, data[0]);
         } else {
             FAIL("verdict %d", type);
         }

@@ -18,6 +18,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -836,6 +837,166 @@ static void test_entries(void)
     }
 }
 
+/* ---- the launch, before the fork -------------------------------------- */
+
+/* What python writes when init_sys_streams stops it, this process's thread
+ * in its last lines: for stdin (fd 0), or a stream it could not open. */
+static void python_text(char *out, size_t size, int fd)
+{
+    char thread[160];
+
+    snprintf(thread, sizeof thread,
+             "\nCurrent thread 0x%016lx (most recent call first):\n"
+             "  <no Python frame>\n", (unsigned long)pthread_self());
+    if (fd == 0)
+        snprintf(out, size, "Fatal Python error: init_sys_streams: <stdin> is "
+                 "a directory, cannot continue\n"
+                 "Python runtime state: core initialized\n%s", thread);
+    else
+        snprintf(out, size, "Fatal Python error: init_sys_streams: can't "
+                 "initialize sys standard streams\n"
+                 "Python runtime state: core initialized\n"
+                 "IsADirectoryError: [Errno 21] Is a directory: %d\n%s", fd,
+                 thread);
+}
+
+/* A view of a LAUNCH of entry (module: -m) with these stdio bits. */
+static struct fh_launch_view view(const char *entry, int module, unsigned mask)
+{
+    struct fh_launch_view v;
+
+    memset(&v, 0, sizeof v);
+    v.launch.flags = module ? FH_LAUNCH_MODULE : 0;
+    v.launch.stdio_mask = mask;
+    v.launch.argc = 1;
+    v.entry = entry;
+    v.strings = entry;
+    v.strings_len = strlen(entry) + 1;
+    return v;
+}
+
+static void launch_decides(const char *what, const struct fh_launch_view *v,
+                           const int *fds, unsigned nfds, unsigned kind,
+                           int code, const char *message)
+{
+    char want[4096];
+    int k = fh_launch_decide(v, fds, nfds, &g_t);
+
+    EXPECT(k == (int)kind && g_t.kind == kind, "%s: %s, not %s (%s)", what,
+           kind_name((unsigned)k), kind_name(kind), g_t.message);
+    if (kind != FH_ENTRY_ERROR)
+        return;
+    EXPECT(g_t.exit_code == code, "%s: exit code %d, not %d", what,
+           g_t.exit_code, code);
+    expand(want, sizeof want, message);
+    EXPECT(strcmp(g_t.message, want) == 0,
+           "%s: message\n  \"%s\", not\n  \"%s\"", what, g_t.message,
+           want);
+    EXPECT(g_t.name == NULL && g_t.symbol == NULL, "%s: names", what);
+}
+
+static void test_launch_decide(void)
+{
+    static const char cwd_text[] = "the client's cwd fd is not a directory (a "
+        "client sends its cwd as an O_PATH directory fd)";
+    char py[4][1024];
+    int dir = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    char path[PATH_MAX];
+    int file, f;
+    struct fh_launch_view mod = view("mod", 1, 7), func = view("m:f", 0, 7),
+                          script = view("s.py", 0, 7), native = view("prog", 0, 7);
+
+    snprintf(path, sizeof path, "%s/s.py", g_dir);
+    file = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(dir >= 0 && null >= 0 && file >= 0, "open");
+    for (f = 0; f < 3; f++)
+        python_text(py[f], sizeof py[f], f);
+    {
+        int fds[] = { g_dfd, null, null, null };
+
+        launch_decides("-m, stdio /dev/null", &mod, fds, 4, FH_ENTRY_MODULE,
+                       0, NULL);
+        launch_decides("script", &script, fds, 4, FH_ENTRY_SCRIPT, 0, NULL);
+        launch_decides("m:f", &func, fds, 4, FH_ENTRY_FUNCTION, 0, NULL);
+        launch_decides("native", &native, fds, 4, FH_ENTRY_NATIVE, 0, NULL);
+    }
+    /* The cwd fd: a regular file, a device, an O_PATH file, none. */
+    {
+        int fds[] = { file, null, null, null };
+        int opath = open(path, O_PATH | O_CLOEXEC);
+
+        CHECK(opath >= 0, "open O_PATH");
+        launch_decides("cwd a file", &mod, fds, 4, FH_ENTRY_ERROR, 125,
+                       cwd_text);
+        launch_decides("cwd a file, native", &native, fds, 4, FH_ENTRY_ERROR,
+                       125, cwd_text);
+        fds[0] = null;
+        launch_decides("cwd /dev/null", &mod, fds, 4, FH_ENTRY_ERROR, 125,
+                       cwd_text);
+        fds[0] = opath;
+        launch_decides("cwd O_PATH file", &mod, fds, 4, FH_ENTRY_ERROR, 125,
+                       cwd_text);
+        launch_decides("no cwd", &mod, fds, 0, FH_ENTRY_ERROR, 125, cwd_text);
+        fds[0] = -1;
+        launch_decides("cwd -1", &mod, fds, 4, FH_ENTRY_ERROR, 125, cwd_text);
+        close(opath);
+    }
+    /* A Python entry with a directory as stdio: python's own words. */
+    {
+        int fds[] = { g_dfd, dir, null, null };
+
+        launch_decides("stdin a dir", &mod, fds, 4, FH_ENTRY_ERROR, 1, py[0]);
+        launch_decides("stdin a dir, script", &script, fds, 4, FH_ENTRY_ERROR,
+                       1, py[0]);
+        launch_decides("stdin a dir, m:f", &func, fds, 4, FH_ENTRY_ERROR, 1,
+                       py[0]);
+        launch_decides("stdin a dir, native", &native, fds, 4,
+                       FH_ENTRY_NATIVE, 0, NULL);
+        fds[2] = dir;          /* stdin wins: python checks it first */
+        launch_decides("stdin and stdout dirs", &mod, fds, 4, FH_ENTRY_ERROR,
+                       1, py[0]);
+        fds[1] = null;
+        launch_decides("stdout a dir", &mod, fds, 4, FH_ENTRY_ERROR, 1, py[1]);
+        fds[3] = dir;
+        launch_decides("stdout and stderr dirs", &mod, fds, 4, FH_ENTRY_ERROR,
+                       1, py[1]);
+        fds[2] = null;
+        launch_decides("stderr a dir", &mod, fds, 4, FH_ENTRY_ERROR, 1, py[2]);
+        launch_decides("stderr a dir, native", &native, fds, 4,
+                       FH_ENTRY_NATIVE, 0, NULL);
+    }
+    /* The bits say which fd is which: closed ones are not passed. */
+    {
+        struct fh_launch_view v = view("mod", 1, 6);   /* no stdin */
+        int fds[] = { g_dfd, dir, null };
+
+        launch_decides("stdin closed, stdout a dir", &v, fds, 3,
+                       FH_ENTRY_ERROR, 1, py[1]);
+        v = view("mod", 1, 5);                          /* no stdout */
+        launch_decides("stdout closed, stdin a dir", &v, fds, 3,
+                       FH_ENTRY_ERROR, 1, py[0]);
+        fds[1] = null;
+        fds[2] = dir;
+        launch_decides("stdout closed, stderr a dir", &v, fds, 3,
+                       FH_ENTRY_ERROR, 1, py[2]);
+        v = view("mod", 1, 0);
+        launch_decides("no stdio", &v, fds, 1, FH_ENTRY_MODULE, 0, NULL);
+    }
+    /* The entry's own verdict comes before its stdio. */
+    {
+        int fds[] = { g_dfd, dir, dir, dir };
+        struct fh_launch_view v = view("missing", 0, 7);
+
+        launch_decides("missing, stdio dirs", &v, fds, 4, FH_ENTRY_ERROR, 127,
+                       "entry 'missing' not found: no such file (relative "
+                       "to DIR)" HINT);
+    }
+    close(dir);
+    close(null);
+    close(file);
+}
+
 int main(void)
 {
     test_framing();
@@ -844,6 +1005,7 @@ int main(void)
     test_messages();
     make_fixtures();
     test_entries();
+    test_launch_decide();
     remove_fixtures();
     if (fht_failures) {
         fprintf(stderr, "test_request: %d failures\n", fht_failures);

@@ -13,8 +13,9 @@
  *            (the template watches it and reports a death by signal) and,
  *            for a Python entry, the client's cwd (the template prepares
  *            its import finder there for the members it forks next);
- *   BUSY     the request has not arrived yet and the member waits for it
- *            (the template stops counting it as idle);
+ *   BUSY     the request has not arrived yet and the member waits for it,
+ *            FH_MEMBER_PARK_MS at most (the template stops counting it as
+ *            idle);
  *   HANDOFF  anything else: the connection, what was received and its fds
  *            go to the template, which answers as it always has (errors,
  *            INFO, a request that never came); the member waits again.
@@ -55,6 +56,11 @@ enum fh_ctl_type {
 /* A member that accepted a connection waits this long for the request
  * before it says BUSY (clients send it right after connect()). */
 #define FH_MEMBER_BUSY_AFTER_MS 2
+/* ... and at most this long in all: then it hands the connection to the
+ * template as PENDING (the template waits for the request, within the
+ * peer's share of waiting connections) and is idle again, so idle
+ * connections cannot park every member. */
+#define FH_MEMBER_PARK_MS 50
 
 struct fh_handoff {          /* 16 bytes, after the header */
     uint32_t mflags;         /* recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) */
@@ -66,7 +72,8 @@ struct fh_handoff {          /* 16 bytes, after the header */
 
 enum fh_handoff_state {
     FH_HANDOFF_MESSAGE = 0,  /* a record (or EOF: received 0) arrived */
-    FH_HANDOFF_PENDING = 1,  /* nothing to read yet */
+    FH_HANDOFF_PENDING = 1,  /* nothing to read yet (within
+                                FH_MEMBER_PARK_MS) */
     FH_HANDOFF_EXPIRED = 2,  /* nothing arrived within the request timeout */
     FH_HANDOFF_PEER    = 3,  /* the peer's uid is not served; not read */
 };

@@ -115,6 +115,14 @@ struct fh_error {            /* 32 bytes + text */
     /* char text[text_len]; */
 };
 
+/* An ERROR's exit_code up to this is the entry's own failure, found before
+ * the fork (a Python entry whose stdin is a directory): its text is what
+ * the entry would have written on its stderr, newlines and all, and the
+ * client writes it to the stderr it passed as it is, then exits with
+ * exit_code, as the entry run directly would have.  Above it (125, 126,
+ * 127) the refusal is forkhost's own: one line, no newline. */
+#define FH_ERROR_ENTRY_MAX 124
+
 /* INFO_REPLY body: hdr.len - sizeof(struct fh_msg_hdr) bytes of UTF-8 JSON. */
 
 #endif /* FORKHOST_PROTO_H */

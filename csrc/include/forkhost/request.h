@@ -111,4 +111,22 @@ struct fh_entry_target {
 FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
                            struct fh_entry_target *t);
 
+/*
+ * Everything decided about a checked LAUNCH (v) before anything is forked
+ * for it, given the fds that came with it (cwd first, then the stdio fds
+ * stdio_mask names): the one check the template and pool members share.
+ *   - a cwd fd that is not a directory (forkhost-run opens "." with
+ *     O_DIRECTORY: only a hostile client sends one): ERROR, exit_code
+ *     125, one line;
+ *   - what fh_entry_decide() says of the entry;
+ *   - a Python entry whose stdin, stdout or stderr is a directory: what
+ *     python itself does with it before running a line (it stops in
+ *     init_sys_streams): ERROR, exit_code 1, and message is the text
+ *     python writes on its stderr, several lines (proto.h,
+ *     FH_ERROR_ENTRY_MAX).  A native entry runs with it, as directly.
+ * Fills *t and returns t->kind.
+ */
+FH_API int fh_launch_decide(const struct fh_launch_view *v, const int *fds,
+                            unsigned nfds, struct fh_entry_target *t);
+
 #endif /* FORKHOST_REQUEST_H */

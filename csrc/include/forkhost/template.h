@@ -46,6 +46,12 @@ struct fh_template_exit {
 #define FH_TEMPLATE_LEARN_FIRST        2u     /* hot set: first launches */
 #define FH_TEMPLATE_RELEARN            64u    /* ... and one in every 64 */
 #define FH_TEMPLATE_MAX_PENDING        256u   /* connections without request */
+#define FH_TEMPLATE_MAX_PENDING_PEER    16u   /* ... of one process (pid) */
+#define FH_TEMPLATE_MAX_PENDING_UID    (FH_TEMPLATE_MAX_PENDING - \
+                                        FH_TEMPLATE_MAX_PENDING_PEER)
+                                              /* ... of one uid: the other
+                                                 uid served (root, or the
+                                                 primary's) keeps a share */
 #define FH_TEMPLATE_ACCEPT_BATCH       8u     /* accepted per loop round */
 #define FH_TEMPLATE_READ_AHEAD_US      1000000 /* a Python entry is read
                                                   ahead again after this */
