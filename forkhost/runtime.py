@@ -383,16 +383,16 @@ class PrefixLock:
         if self.fd < 0:
             return
         if remove:
-            for f in (self.paths.socket, self.paths.config, self.paths.ipc_socket,
-                      self.paths.lock):
-                try:
-                    os.unlink(f)
-                except FileNotFoundError:
-                    pass
             try:
-                os.rmdir(self.paths.dir)
+                dfd = os.open(self.paths.dir, os.O_RDONLY | os.O_DIRECTORY
+                              | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:
-                pass
+                dfd = -1
+            if dfd >= 0:
+                try:
+                    self._remove(dfd)
+                finally:
+                    os.close(dfd)
         os.close(self.fd)
         self.fd = -1
 

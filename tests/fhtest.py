@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -188,3 +189,16 @@ def build_native_so(outdir: Path) -> str:
 # Entries that do the same thing in Python and in C, by name.
 def entry(kind: str, name: str, native_so: str) -> str:
     return f"fhfix:{name}" if kind == "python" else f"{native_so}:{name}"
+
+
+def raw_connect(path: str) -> socket.socket:
+    """A raw client connection to a template socket (a hostile or test
+    client that speaks the protocol itself)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(30)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -30,7 +30,7 @@ import pytest
 
 import forkhost
 from forkhost import protocol
-from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, wait_until
+from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, raw_connect, wait_until
 
 POOLS = {"pool": [], "no-pool": ["--pool", "0"]}
 
@@ -165,17 +165,6 @@ def test_native_entry_with_stdout_a_directory_runs_as_directly(any_primary, tmp_
 
 
 # -- a cwd fd that is not a directory ------------------------------------------
-
-def raw_connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.settimeout(30)
-    try:
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 def launch_record(entry: bytes, args: list[bytes], nfds: int) -> bytes:
     strings = b"".join(s + b"\0" for s in [entry, entry, *args])

@@ -145,6 +145,14 @@ def test_verify_refuses_bad_input(prim):
     assert r.returncode == 2 and "no forkhost primary for prefix 'nobody'" in r.stderr
 
 
+def loads_elsewhere(library: str) -> subprocess.Popen:
+    """A process unrelated to the prefix that loads library (at an address
+    of its own) and waits for its stdin to close."""
+    return subprocess.Popen([PY, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); "
+                             "print('ready', flush=True); sys.stdin.read()", library],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
 # -- maps -----------------------------------------------------------------
 
 def test_maps_secondary_and_template_are_identical(prim, started):
@@ -160,10 +168,7 @@ def test_maps_secondary_and_template_are_identical(prim, started):
 
 
 def test_maps_of_two_unrelated_processes(prim, native):
-    other = subprocess.Popen([PY, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); "
-                              "print('ready', flush=True); sys.stdin.read()",
-                              native["hashfn"]],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    other = loads_elsewhere(native["hashfn"])
     try:
         assert LineReader(other.stdout).readline() == b"ready\n"
         out = json.loads(fh(prim.env, "maps", prim.template_pid, other.pid,
@@ -215,10 +220,7 @@ def test_ptr_classifies_and_checks_each_process(prim, native, started):
 def test_ptr_says_not_callable_where_the_module_sits_elsewhere(prim, native, started):
     s = launch(prim, started, "layoutfix:where")
     fn = json.loads(s.first)["function"]
-    other = subprocess.Popen([PY, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1]); "
-                              "print('ready', flush=True); sys.stdin.read()",
-                              native["hashfn"]],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    other = loads_elsewhere(native["hashfn"])
     try:
         assert LineReader(other.stdout).readline() == b"ready\n"
         r = fh(prim.env, "ptr", hex(fn), "--pid", s.pid, "--pid", other.pid)

@@ -21,7 +21,8 @@ import pytest
 
 import forkhost
 from forkhost import protocol
-from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, raw_connect, reap,
+                    wait_until)
 
 HDR = protocol.HDR
 BODY = protocol.LAUNCH_BODY
@@ -29,17 +30,6 @@ MAX_MSG = protocol.MAX_MSG
 
 
 # -- raw clients -------------------------------------------------------------
-
-def raw_connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.settimeout(30)
-    try:
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 def send_raw(sock: socket.socket, data: bytes, fds=()) -> None:
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
