@@ -1,17 +1,22 @@
-"""Issue 22, item 6: an IPC record never costs a member its membership,
-and a malformed first record is answered with REFUSE at once (docs/ipc.md
-"Checks")."""
+"""Issue 22, items 6 and 7: an IPC record never costs a member its
+membership, a malformed first record is answered with REFUSE at once, and
+the primary's death is said on the stderr of the clients whose secondaries
+the template then ends (docs/ipc.md "Checks", docs/cli.md "Exit status")."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 
 from forkhost import ipc
-from fhtest import wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, ended, reap,
+                    secondary_pids, wait_until)
 from test_ipc import IPCPrimary, _raw_member
 
 
@@ -88,3 +93,62 @@ def test_malformed_first_record_gets_refuse_at_once(prim, case):
         member.send(ipc._encode(ipc.MSG, b"note", case.encode()))
         got = wait_until(lambda: prim.log("note"), 10, "a note from the next member")
         assert [bytes.fromhex(e["param"]) for e in got] == [case.encode()]
+
+
+# -- item 7: the primary's death on the clients' stderr ----------------------------
+
+CLIENTS = {
+    "forkhost-run": ([RUNNER], "forkhost-run"),
+    "forkhost run": ([sys.executable, "-m", "forkhost", "run"], "forkhost run"),
+}
+
+
+@pytest.mark.parametrize("client, entry, death", [
+    ("forkhost-run", "fhfix:sleeper", signal.SIGTERM),
+    ("forkhost run", "fhfix:sleeper", signal.SIGTERM),
+    ("forkhost-run", "fhfix:ignore_term", signal.SIGKILL),   # after the grace
+])
+def test_primary_death_is_one_line_on_the_clients_stderr(runtime_dir, client, entry,
+                                                         death):
+    """SIGKILL of the primary: its template ends the secondaries (SIGTERM,
+    SIGKILL after --grace); each client says why in one line and still
+    exits as its secondary did."""
+    argv, prog = CLIENTS[client]
+    p = PrimaryProc(runtime_dir)
+    c = None
+    try:
+        c = subprocess.Popen(argv + [entry], env=p.env, cwd=str(FIXTURES),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert LineReader(c.stdout).readline() == b"ready\n"
+        sec = secondary_pids(p.prefix, runtime_dir)[0]
+        p.proc.kill()
+        assert c.wait(60) == -death
+        wait_until(lambda: ended(sec), what="the secondary to end")
+        assert c.stderr.read().decode() == (
+            f"{prog}: the primary of prefix '{p.prefix}' died; its template ended "
+            f"secondary {sec} with SIGTERM (SIGKILL if still running after the 2s "
+            f"grace)\n")
+        wait_until(lambda: ended(p.template_pid), what="the template to end")
+    finally:
+        reap(c)
+        code, _, _ = p.stop()
+    assert code == -signal.SIGKILL
+
+
+def test_primary_stop_says_nothing_on_the_clients_stderr(runtime_dir):
+    """An orderly stop (SIGTERM to the primary) is not a death: the client
+    dies by its secondary's SIGTERM without a word, as before."""
+    p = PrimaryProc(runtime_dir)
+    c = None
+    try:
+        c = p.popen("fhfix:sleeper", cwd=str(FIXTURES), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+        assert LineReader(c.stdout).readline() == b"ready\n"
+        p.proc.send_signal(signal.SIGTERM)
+        assert c.wait(60) == -signal.SIGTERM
+        assert c.stderr.read() == b""
+        p.proc.wait(30)
+    finally:
+        reap(c)
+        code, _, err = p.stop()
+    assert code == 0, err
