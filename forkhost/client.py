@@ -124,13 +124,16 @@ class Secondary:
     ``returncode`` is N for exit status N and -S for death by signal S."""
 
     def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes],
-                 job_control: bool = False):
+                 job_control: bool = False, notice: str | None = None):
         self._sock = sock
         self.pid = pid
         self.pidfd = pidfd
         self.args = argv
         self.returncode: int | None = None
         self._job_control = job_control
+        # Why the template ended it (its primary died), when the launch
+        # asked to be told (LAUNCH_NOTICE: `forkhost run` does).
+        self._notice = notice
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -166,7 +169,7 @@ class Secondary:
 
     def _read_report(self, timeout: float | None) -> None:
         """One message from the template: EXITED, or (for `forkhost run`,
-        which asked with LAUNCH_JOBCTL) STOPPED."""
+        which asked with LAUNCH_JOBCTL and LAUNCH_NOTICE) STOPPED or NOTICE."""
         msg = _recv(self._sock, timeout)
         if msg is None:
             # The template is gone: nobody will report this secondary's
@@ -178,6 +181,9 @@ class Secondary:
         msg.close_fds()
         if msg.type == protocol.STOPPED and self._job_control:
             self._stopped()
+            return
+        if msg.type == protocol.NOTICE:
+            self._notice = protocol.decode_notice(msg.body)
             return
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
@@ -220,7 +226,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
            runtime_dir=None, env=None, cwd=None, stdin=None, stdout=None,
            stderr=None, pass_fds=(), umask: int | None = None,
            connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-           _job_control: bool = False) -> Secondary:
+           _job_control: bool = False, _notices: bool = False) -> Secondary:
     """Start a secondary running ``entry`` with ``args``; returns its handle.
 
     stdin/stdout/stderr: None (this process's fd 0/1/2), DEVNULL, an fd or a
@@ -253,7 +259,8 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
                                 f"{protocol.MAX_EXTRA_FDS})")
         req = protocol.Launch(os.fsencode(entry), argv, _env_list(env),
                               (protocol.LAUNCH_MODULE if module else 0)
-                              | (protocol.LAUNCH_JOBCTL if _job_control else 0),
+                              | (protocol.LAUNCH_JOBCTL if _job_control else 0)
+                              | (protocol.LAUNCH_NOTICE if _notices else 0),
                               umask, mask, len(extra))
         body = req.encode()
         sock = connect(prefix, runtime_dir, connect_timeout)
@@ -264,8 +271,13 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
                 pass   # refused on accept: the ERROR saying why is queued
             msg = _recv(sock, connect_timeout)
             stopped_early = False
-            while msg is not None and msg.type == protocol.STOPPED and _job_control:
-                stopped_early = True        # before STARTED: see below
+            notice = None
+            while msg is not None and (msg.type == protocol.STOPPED and _job_control
+                                       or msg.type == protocol.NOTICE and _notices):
+                if msg.type == protocol.STOPPED:
+                    stopped_early = True    # before STARTED: see below
+                else:
+                    notice = protocol.decode_notice(msg.body)
                 msg.close_fds()
                 msg = _recv(sock, connect_timeout)
         except BaseException:
@@ -296,7 +308,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
     (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
-    sec = Secondary(sock, pid, msg.fds[0], argv, _job_control)
+    sec = Secondary(sock, pid, msg.fds[0], argv, _job_control, notice)
     if stopped_early:
         sec._stopped()
     return sec
@@ -330,7 +342,7 @@ def run(entry: str, args, *, module: bool = False, prefix=None, runtime_dir=None
     try:
         sec = launch(entry, args, module=module, prefix=prefix, runtime_dir=runtime_dir,
                      pass_fds=pass_fds, connect_timeout=connect_timeout,
-                     _job_control=True)
+                     _job_control=True, _notices=True)
         with sec:
             while sec.returncode is None:
                 r, _, _ = select.select([wake_r, sec], [], [])
@@ -340,6 +352,10 @@ def run(entry: str, args, *, module: bool = False, prefix=None, runtime_dir=None
                     continue       # signals first, as forkhost-run
                 if sec in r:
                     sec.poll()
+            if sec._notice:
+                # The template's words, with the secondary's end (whose
+                # status we still exit with), as forkhost-run says them.
+                print(f"forkhost run: {sec._notice}", file=sys.stderr, flush=True)
             return sec.returncode
     finally:
         signal.set_wakeup_fd(old_wake)

@@ -58,7 +58,9 @@ MAGIC = 0x4B484950
 VERSION = 1
 MSG, REQUEST, REPLY = 0x01, 0x02, 0x03
 HELLO, WELCOME, REFUSE, BYE = 0x10, 0x11, 0x12, 0x13
-_TYPES = {MSG, REQUEST, REPLY, HELLO, WELCOME, REFUSE, BYE}
+_TYPE_NAMES = {MSG: "MSG", REQUEST: "REQUEST", REPLY: "REPLY", HELLO: "HELLO",
+               WELCOME: "WELCOME", REFUSE: "REFUSE", BYE: "BYE"}
+_TYPES = set(_TYPE_NAMES)
 OK, NO_ACTION, ACTION_FAILED = 0, 1, 2      # REPLY status
 
 # DPDK's RTE_MP_MAX_NAME_LEN, NUL included: a name is an identifier.
@@ -113,6 +115,7 @@ _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _EPOLL_GONE = int(select.EPOLLHUP | select.EPOLLERR)
+_POLL_SHUT = int(select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL)
 _STATS = ("sent", "received", "dropped", "notices_ignored", "no_action",
           "malformed", "action_errors", "timeouts", "peer_died", "late_replies",
           "send_failed")
@@ -339,39 +342,52 @@ def _close_fds(fds) -> None:
             pass
 
 
+def _peer_shut(sock: socket.socket) -> bool:
+    """Has the peer shut down its sending side?  A SEQPACKET recvmsg gives
+    0 bytes both for an empty record and at EOF; only the second comes with
+    the receive side shut down, which poll reports as POLLRDHUP and which
+    never reverts (the reasoning in full: peer_shut() in csrc/lib/ipc.c)."""
+    p = select.poll()
+    p.register(sock, _POLL_SHUT)
+    return any(ev & _POLL_SHUT for _, ev in p.poll(0))
+
+
 def _recv_record(sock: socket.socket):
     """One record -> (header tuple, param, fds); None on EOF; raises
     BlockingIOError when nothing is there, _Malformed (fds closed)."""
     data, anc, mflags, _ = sock.recvmsg(RECORD_MAX, _CMSG_SPACE, _RECV_FLAGS)
     fds = protocol.fds_received(anc)
     if not data and not fds:
-        return None
+        if _peer_shut(sock):
+            return None
+        raise _Malformed("an empty record")
     try:
         if mflags & _MSG_CTRUNC:
             raise _Malformed(f"more than {FDS_MAX} fds")
         if mflags & _MSG_TRUNC:
-            raise _Malformed(f"record over {RECORD_MAX} bytes")
+            raise _Malformed(f"a record over {RECORD_MAX} bytes")
         if len(data) < HDR.size:
-            raise _Malformed(f"truncated record ({len(data)} bytes)")
+            raise _Malformed(f"a truncated record ({len(data)} bytes)")
         h = HDR.unpack_from(data)
         magic, version, mtype, length, nfds, rid, plen, status, name = h
         if magic != MAGIC:
-            raise _Malformed(f"bad magic 0x{magic:08x}")
+            raise _Malformed(f"bad magic 0x{magic:08x}, not an IPC record")
         if version != VERSION:
-            raise _Malformed(f"version {version}")
+            raise _Malformed(f"IPC version {version}, not {VERSION}")
         if length != len(data) or plen != length - HDR.size or plen > PARAM_MAX:
-            raise _Malformed(f"length {length}/{plen}, {len(data)} arrived")
+            raise _Malformed(f"its header says {length} bytes with a param of {plen}, "
+                            f"{len(data)} arrived")
         if nfds != len(fds) or nfds > FDS_MAX:
             raise _Malformed(f"{nfds} fds announced, {len(fds)} arrived")
         if mtype not in _TYPES:
-            raise _Malformed(f"type 0x{mtype:02x}")
+            raise _Malformed(f"unknown type 0x{mtype:02x}")
         if name[-1] != 0:
-            raise _Malformed("unterminated name")
+            raise _Malformed("an unterminated name")
         name = name.rstrip(b"\0")
         if (mtype in (MSG, REQUEST, REPLY)) != bool(name) or b"\0" in name:
-            raise _Malformed("bad name")
+            raise _Malformed("a name its type does not allow")
         if (mtype in (REQUEST, REPLY)) != bool(rid):
-            raise _Malformed("bad request id")
+            raise _Malformed("a request id its type does not allow")
         return (mtype, rid, status, name), data[HDR.size:], fds
     except _Malformed:
         _close_fds(fds)
@@ -1178,8 +1194,9 @@ class _PrimaryEndpoint:
         return 1 if conn.closing else 0
 
     def _read(self, conn: _Conn) -> bool:
-        """A connection that has not said HELLO yet: read it here, up to
-        _BATCH records (the loop reads members); False at EOF."""
+        """A connection that has not said HELLO yet: its first record must
+        be a valid HELLO, and anything else is answered at once with REFUSE
+        saying what was wrong (docs/ipc.md, "Membership").  False at EOF."""
         # A HELLO of another version: answer it in words before the
         # generic check would only count it.
         try:
@@ -1192,34 +1209,44 @@ class _PrimaryEndpoint:
             magic, version, mtype = struct.unpack_from("=IHH", peek)
             if magic == MAGIC and version != VERSION and mtype == HELLO:
                 self._count("malformed")
-                self._unwatch(conn.fd)
-                del self.conns[conn.fd]
-                self.hello_due.pop(conn.fd, None)
-                self._refuse(conn, f"IPC version mismatch: the secondary speaks "
-                                   f"{version}, the primary speaks {VERSION}")
+                self._refuse_first(conn, f"IPC version mismatch: the secondary speaks "
+                                         f"{version}, the primary speaks {VERSION}")
                 return True
-        for _ in range(_BATCH):
-            try:
-                got = _recv_record(conn.sock)
-            except BlockingIOError:
-                return True
-            except _Malformed:
-                self._count("malformed")
-                continue
-            except OSError:
-                return False
-            if got is None:
-                return False
-            self._count("received")
-            (mtype, rid, status, name), param, fds = got
-            if mtype != HELLO:
-                _close_fds(fds)       # nothing but HELLO before HELLO
-                self._count("malformed")
-                continue
-            self._control(conn, mtype, param, fds)
-            if conn.joined or conn.closing:
-                return True           # a member: the loop reads it from now on
-        return True
+        try:
+            got = _recv_record(conn.sock)
+        except BlockingIOError:
+            return True
+        except _Malformed as bad:
+            self._count("malformed")
+            self._refuse_first(conn, f"the first IPC record must be HELLO; this one "
+                                     f"is malformed: {bad}")
+            return True
+        except OSError:
+            return False
+        if got is None:
+            return False
+        self._count("received")
+        (mtype, rid, status, name), param, fds = got
+        _close_fds(fds)
+        if mtype != HELLO:
+            self._count("malformed")
+            self._refuse_first(conn, f"the first IPC record must be HELLO, not "
+                                     f"{_TYPE_NAMES[mtype]}")
+        elif len(param) != HELLO_BODY.size:
+            self._count("malformed")
+            self._refuse_first(conn, f"malformed HELLO: its param is {len(param)} "
+                                     f"bytes, not {HELLO_BODY.size}")
+        else:
+            self._control(conn, mtype, param, [])
+        return True       # a member: the loop reads it from now on
+
+    def _refuse_first(self, conn: _Conn, why: str) -> None:
+        """A connection that has not joined: REFUSE it (one line saying
+        why), and forget it."""
+        self._unwatch(conn.fd)
+        del self.conns[conn.fd]
+        self.hello_due.pop(conn.fd, None)
+        self._refuse(conn, why)
 
     def _control(self, conn, mtype, param, fds):
         _close_fds(fds)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from . import _wire
 from ._wire import (  # noqa: F401  (the protocol's names, for its users)
     ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_JOBCTL,
-    LAUNCH_MODULE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG, STARTED,
-    STOPPED, VERSION)
+    LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
+    NOTICE, STARTED, STOPPED, VERSION)
 from .errors import ProtocolError
 
 HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
@@ -35,6 +35,7 @@ STARTED_BODY = struct.Struct(_wire.STARTED_BODY_FORMAT)  # pid
 EXITED_BODY = struct.Struct(_wire.EXITED_BODY_FORMAT)    # code signal
 STOPPED_BODY = struct.Struct(_wire.STOPPED_BODY_FORMAT)  # signal reserved
 ERROR_BODY = struct.Struct(_wire.ERROR_BODY_FORMAT)      # exit_code text_len
+NOTICE_BODY = struct.Struct(_wire.NOTICE_BODY_FORMAT)    # text_len reserved
 assert HDR.size == _wire.HDR_SIZE and HDR.size + LAUNCH_BODY.size == _wire.LAUNCH_SIZE
 
 _FD_SIZE = array.array("i").itemsize
@@ -209,6 +210,19 @@ def decode_error(body: bytes) -> tuple[int, str]:
     code, n = ERROR_BODY.unpack_from(body)
     text = body[ERROR_BODY.size:ERROR_BODY.size + n]
     return code, text.decode("utf-8", "replace")
+
+
+def decode_notice(body: bytes) -> str:
+    """NOTICE: the template's words on why it ends the secondary, as one
+    line (forkhost-run's keep_notice() makes the same one)."""
+    if len(body) < NOTICE_BODY.size:
+        raise ProtocolError("truncated NOTICE message")
+    n, _ = NOTICE_BODY.unpack_from(body)
+    if n > MAX_ERROR or len(body) != NOTICE_BODY.size + n:
+        raise ProtocolError(f"malformed NOTICE message ({len(body)} bytes, "
+                            f"text_len {n})")
+    text = body[NOTICE_BODY.size:].translate(bytes.maketrans(b"\0\n\r", b"   "))
+    return text.decode("utf-8", "replace")
 
 
 def decode_struct(st: struct.Struct, body: bytes, what: str) -> tuple:

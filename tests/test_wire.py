@@ -28,7 +28,9 @@ CONSTANTS = {
     "LAUNCH": "FH_MSG_LAUNCH", "INFO": "FH_MSG_INFO", "STARTED": "FH_MSG_STARTED",
     "EXITED": "FH_MSG_EXITED", "ERROR": "FH_MSG_ERROR",
     "INFO_REPLY": "FH_MSG_INFO_REPLY", "STOPPED": "FH_MSG_STOPPED",
+    "NOTICE": "FH_MSG_NOTICE",
     "LAUNCH_MODULE": "FH_LAUNCH_MODULE", "LAUNCH_JOBCTL": "FH_LAUNCH_JOBCTL",
+    "LAUNCH_NOTICE": "FH_LAUNCH_NOTICE",
     "LAUNCH_FLAGS": "FH_LAUNCH_FLAGS",
 }
 
@@ -68,6 +70,7 @@ LAYOUTS = [
     ("EXITED_BODY", "struct fh_exited", ("hdr",)),
     ("STOPPED_BODY", "struct fh_stopped", ("hdr",)),
     ("ERROR_BODY", "struct fh_error", ("hdr",)),
+    ("NOTICE_BODY", "struct fh_notice", ("hdr",)),
 ]
 
 

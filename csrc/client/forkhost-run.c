@@ -696,7 +696,8 @@ static size_t build_launch(const struct options *o, unsigned stdio_mask,
     m->hdr.len = (uint32_t)total;
     m->hdr.nfds = nfds;
     m->hdr.reserved = 0;
-    m->flags = o->flags | FH_LAUNCH_JOBCTL;   /* we are the job a shell sees */
+    /* We are the job a shell sees, and we say why the template ended it. */
+    m->flags = o->flags | FH_LAUNCH_JOBCTL | FH_LAUNCH_NOTICE;
     m->umask = (uint32_t)mask;
     m->stdio_mask = stdio_mask;
     m->nextra = o->nextra;
@@ -725,6 +726,7 @@ struct reply {
         struct fh_exited  exited;
         struct fh_stopped stopped;
         struct fh_error   error;
+        struct fh_notice  notice;
         unsigned char     bytes[REPLY_MAX];
     } u;
     size_t len;
@@ -893,6 +895,12 @@ static enum recv_result recv_reply(const struct session *s, struct reply *r)
         if (r->len != sizeof(struct fh_stopped))
             goto bad_len;
         break;
+    case FH_MSG_NOTICE:
+        if (r->len < sizeof(struct fh_notice) ||
+            r->u.notice.text_len > FH_PROTO_MAX_ERROR ||
+            r->len != sizeof(struct fh_notice) + r->u.notice.text_len)
+            goto bad_len;
+        break;
     case FH_MSG_ERROR:
         if (r->len < sizeof(struct fh_error) ||
             r->u.error.text_len > FH_PROTO_MAX_ERROR ||
@@ -918,6 +926,25 @@ bad_len:
     close_fds(fds, nfds);
     fail(s, "protocol error: message type 0x%x from %s has a bad length (%zu bytes)",
          (unsigned)h->type, s->path, r->len);
+}
+
+/*
+ * NOTICE: why the template is ending the secondary (its primary died), in
+ * the template's words.  Kept, and said as our one line when EXITED comes,
+ * so that it comes with the secondary's end (whose status we still exit
+ * with, docs/cli.md), after anything the secondary wrote on its way out.
+ */
+static char notice[FH_PROTO_MAX_ERROR + 1];
+
+static void keep_notice(struct reply *r)
+{
+    const char *text = (const char *)(&r->u.notice + 1);
+    uint32_t k, n = r->u.notice.text_len;
+
+    for (k = 0; k < n; k++)     /* one line, whatever came */
+        notice[k] = text[k] == '\0' || text[k] == '\n' || text[k] == '\r'
+                    ? ' ' : text[k];
+    notice[n] = '\0';
 }
 
 /* ERROR: the template's own words, then its exit code (125/126/127). */
@@ -1114,6 +1141,10 @@ int main(int argc, char **argv)
             stopped_early = 1;   /* the template heard first; see below */
             continue;
         }
+        if (r.u.hdr.type == FH_MSG_NOTICE) {
+            keep_notice(&r);     /* the template may hear of the launch first */
+            continue;
+        }
         if (r.u.hdr.type != FH_MSG_STARTED)
             fail(&s, "protocol error: %s sent EXITED before STARTED", s.path);
         if (r.u.started.pid <= 0 || r.u.started.pid > INT_MAX) {
@@ -1165,6 +1196,10 @@ int main(int argc, char **argv)
                 raise(SIGSTOP);
             continue;
         }
+        if (r.u.hdr.type == FH_MSG_NOTICE) {
+            keep_notice(&r);
+            continue;
+        }
         if (r.u.hdr.type != FH_MSG_EXITED) {
             if (r.fd >= 0)
                 close(r.fd);
@@ -1175,6 +1210,8 @@ int main(int argc, char **argv)
              (r.u.exited.code < 0 || r.u.exited.code > 255)))
             fail(&s, "protocol error: %s sent EXITED with code %d, signal %d",
                  s.path, (int)r.u.exited.code, (int)r.u.exited.signal);
+        if (notice[0])
+            diag("%s", notice);
         exit_like(r.u.exited.code, r.u.exited.signal);
     }
 }

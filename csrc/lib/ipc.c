@@ -411,8 +411,38 @@ static int send_to_primary(uint16_t type, uint64_t id, int32_t status,
 enum side { FROM_PRIMARY, FROM_SECONDARY };
 
 /*
+ * Has the peer shut down its sending side (closed, died, or shutdown())?
+ *
+ * On a SOCK_SEQPACKET socket recvmsg() returns 0 both for a zero-length
+ * record and at EOF, and nothing else it reports tells them apart:
+ * MSG_PEEK returns the same 0, FIONREAD (SIOCINQ) sums the bytes queued,
+ * which an empty record adds nothing to, and msg_flags carry no MSG_EOR
+ * for AF_UNIX.  What does: the kernel returns EOF only once the receive
+ * side is shut down (RCV_SHUTDOWN, set when the peer closes its end or
+ * calls shutdown(SHUT_WR)), a state that never reverts and that poll()
+ * reports as POLLRDHUP (POLLHUP once both directions are shut).  So a 0
+ * read while poll() shows neither is a record, certainly.  A 0 read once
+ * they are set may have been an empty last record or EOF; either way the
+ * peer can never send again, so it is EOF (and that record, if it was one,
+ * is not counted).
+ */
+static bool peer_shut(int fd)
+{
+    struct pollfd p = { fd, POLLRDHUP, 0 };
+    int r;
+
+    while ((r = poll(&p, 1, 0)) < 0 && errno == EINTR)
+        ;
+    if (r < 0)
+        return true;            /* cannot tell: a 0 read stays EOF */
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+/*
  * recvmsg one record into buf (FH_IPC_RECORD_MAX bytes) and its fds.
- * n bytes, 0 on EOF, -1 with errno; *trunc: MSG_TRUNC or MSG_CTRUNC.
+ * n bytes, 0 on EOF, -1 with errno, -2 for a record that is malformed
+ * however its bytes are checked (fds without data, or no bytes at all: see
+ * peer_shut()); *trunc: MSG_TRUNC or MSG_CTRUNC.
  */
 static ssize_t recv_raw(int fd, void *buf, int *fds, int *nfds, bool *trunc,
                         int flags)
@@ -446,8 +476,8 @@ static ssize_t recv_raw(int fd, void *buf, int *fds, int *nfds, bool *trunc,
     }
     *nfds = got;
     *trunc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-    if (n == 0 && got > 0)
-        n = -2;                 /* fds without a record: malformed, not EOF */
+    if (n == 0 && (got > 0 || !peer_shut(fd)))
+        n = -2;                 /* an empty record: malformed, not EOF */
     return n;
 }
 

@@ -67,6 +67,7 @@ struct conn {
     int      report_fd;      /* the member's socketpair, -1 once read */
     int      reported;       /* the client has its status */
     int      job_control;    /* FH_LAUNCH_JOBCTL: tell it of stops */
+    int      notice;         /* FH_LAUNCH_NOTICE: tell it why we end it */
     pid_t    client_pid;
     int64_t  client_uid;
     char     argv0[256];
@@ -730,6 +731,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     c->pidfd = mb->pidfd;
     c->report_fd = mb->ctl_fd;
     c->job_control = (flags & FH_LAUNCH_JOBCTL) != 0;
+    c->notice = (flags & FH_LAUNCH_NOTICE) != 0;
     c->started = now_us();
     snprintf(c->argv0, sizeof c->argv0, "%.*s",
              (int)strnlen(argv0, (size_t)(end - argv0)), argv0);
@@ -1266,7 +1268,36 @@ static void readable(struct tpl *t, struct conn *c)
 
 /* ---- stopping ------------------------------------------------------------ */
 
-static void stop(struct tpl *t)
+/* The primary died: tell a client that asked (FH_LAUNCH_NOTICE) why its
+ * secondary ends, before the secondary can hear of it (a pool secondary
+ * may send its own EXITED, which must come after this). */
+static void primary_died_notice(struct tpl *t, struct conn *c)
+{
+    struct {
+        uint32_t text_len;
+        uint32_t reserved;
+        char text[FH_PROTO_MAX_ERROR + 1];
+    } n;
+    int len;
+
+    if (!c->notice || c->reported)
+        return;
+    len = snprintf(n.text, sizeof n.text, "the primary of prefix '%s' died; "
+                   "its template ended secondary %d with SIGTERM (SIGKILL if "
+                   "still running after the %gs grace)", t->c->prefix,
+                   (int)c->pid, t->c->grace_ms / 1000.0);
+    if (len < 0)
+        return;
+    if (len > (int)FH_PROTO_MAX_ERROR)
+        len = (int)FH_PROTO_MAX_ERROR;
+    n.text_len = (uint32_t)len;
+    n.reserved = 0;
+    send_record(c->fd, FH_MSG_NOTICE, &n, 8 + (size_t)len);
+}
+
+/* primary_died: not the primary's SIGTERM but its death (read_signals(),
+ * timeout_ms()). */
+static void stop(struct tpl *t, int primary_died)
 {
     unsigned i;
 
@@ -1278,9 +1309,11 @@ static void stop(struct tpl *t)
     for (i = 0; i < t->conns_hi; i++) {
         struct conn *c = &t->conns[i];
 
-        if (c->state == C_RUNNING)
+        if (c->state == C_RUNNING) {
+            if (primary_died)
+                primary_died_notice(t, c);
             signal_secondary(c, SIGTERM);
-        else if (c->state == C_PENDING) {
+        } else if (c->state == C_PENDING) {
             refuse(t, c->fd, 125, "the primary of prefix '%s' is stopping",
                    t->c->prefix);
             settle(t, c);
@@ -1373,7 +1406,7 @@ static int timeout_ms(struct tpl *t)
     unsigned i;
 
     if (getppid() != t->c->primary_pid && !t->stopping)
-        stop(t);   /* the primary died before PR_SET_PDEATHSIG was armed */
+        stop(t, 1);   /* the primary died before PR_SET_PDEATHSIG was armed */
     for (i = 0; i < t->conns_hi; i++) {
         const struct conn *c = &t->conns[i];
 
@@ -1522,19 +1555,28 @@ static void read_signals(struct tpl *t)
 {
     struct signalfd_siginfo si[16];
     ssize_t n = read(t->sfd, si, sizeof si);
-    int chld = 0, stop_now = 0;
+    int chld = 0, stop_now = 0, died = 0;
     ssize_t i;
 
     for (i = 0; n > 0 && i < n / (ssize_t)sizeof si[0]; i++) {
-        if (si[i].ssi_signo == SIGCHLD)
+        if (si[i].ssi_signo == SIGCHLD) {
             chld = 1;
-        else
+        } else {
             stop_now = 1;
+            /* PR_SET_PDEATHSIG's SIGHUP comes from the dying primary
+             * itself (its pid as the sender), which otherwise sends SIGTERM
+             * to stop us.  getppid() alone cannot tell: the kernel sends it
+             * when the thread that forked us exits, and while the primary's
+             * other threads (its IPC thread) are still exiting we are their
+             * child, of the same pid. */
+            died |= si[i].ssi_signo == SIGHUP &&
+                    si[i].ssi_pid == (uint32_t)t->c->primary_pid;
+        }
     }
     if (chld)
         children_stopped(t);
     if (stop_now && !t->stopping)
-        stop(t);
+        stop(t, died || getppid() != t->c->primary_pid);
 }
 
 static void dispatch(struct tpl *t, uint64_t data)
@@ -1637,7 +1679,9 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     /* No controlling terminal: terminal signals are the clients' business,
      * and secondaries may read a client's tty freely. */
     setsid();
-    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGTERM, 0UL, 0UL, 0UL);
+    /* SIGHUP, not SIGTERM, so that the primary's death is told from its
+     * orderly stop (read_signals()); both stop us. */
+    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGHUP, 0UL, 0UL, 0UL);
     if (getppid() != c->primary_pid)
         return fail(c, "the primary died while the template started", 0);
     /* Everything else the primary had open stays there. */

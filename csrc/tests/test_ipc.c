@@ -10,7 +10,7 @@
  * sync and async requests answered, unanswered (timeout) and cut short by
  * the primary's death, replies from actions (OK, NO_ACTION, ACTION_FAILED),
  * a sync request from an action refused with EDEADLK, malformed records
- * counted and survived, and what a forked child of a member inherits.
+ * (a zero-length one among them) counted and survived, and what a forked child of a member inherits.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -210,7 +210,8 @@ static void fake_primary(int listener, pid_t member)
 
     /* 5. malformed records: counted, the connection survives */
     memset(junk, 0xab, sizeof junk);
-    if (send(c, junk, sizeof junk, 0) < 0 || send(c, "tiny", 4, 0) < 0)
+    if (send(c, junk, sizeof junk, 0) < 0 || send(c, "tiny", 4, 0) < 0
+        || send(c, "", 0, 0) < 0)           /* read as 0 bytes, not EOF */
         _exit(39);
     fp_send(c, FH_IPC_MSG, 0, 0, "note", "still here", 10, NULL, 0);
 
@@ -441,7 +442,7 @@ static void test_with_fake_primary(void)
     wait_for(&notes, 2);
     CHECK(strcmp(last_note, "still here") == 0, "notes: %s", last_note);
     fh_ipc_stats(&s);
-    CHECK(s.malformed == 2 && s.no_action == 1 && s.action_errors == 1 &&
+    CHECK(s.malformed == 3 && s.no_action == 1 && s.action_errors == 1 &&
           s.late_replies == 1 && s.timeouts == 1, "stats %llu %llu %llu %llu %llu",
           (unsigned long long)s.malformed, (unsigned long long)s.no_action,
           (unsigned long long)s.action_errors, (unsigned long long)s.late_replies,

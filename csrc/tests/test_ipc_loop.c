@@ -4,8 +4,8 @@
  * the members, so the loop's own work is checked under the sanitizers.
  *
  * Covered: records read and checked in C (valid ones handed up in the
- * loop's buffer with their fds; malformed ones counted, their fds closed,
- * the connection kept), a reply queued during the upcall and sent when it
+ * loop's buffer with their fds; malformed ones, a zero-length record among
+ * them, counted, their fds closed, the connection kept), a reply queued during the upcall and sent when it
  * returns, in order with a record sent after it, an EOF reported once, an
  * EVENTS fd handed up as an event, a tick's timeout honoured, wake and stop
  * from another thread, a stale event of an unwatched fd skipped, counters,
@@ -182,6 +182,9 @@ int main(void)
     put(sv[1], FH_IPC_REQUEST, 0, "note", "x", NULL, 0, 0);     /* id 0 */
     put(sv[1], FH_IPC_WELCOME, 0, NULL, NULL, NULL, 0, 0);      /* wrong way */
     CHECK(send(sv[1], "tiny", 4, 0) == 4, "a truncated record");
+    /* a zero-length record: recvmsg() returns 0 as at EOF, but the member
+     * is still there (peer_shut()): counted, not the end of it */
+    CHECK(send(sv[1], "", 0, 0) == 0, "an empty record");
     close(extra[1]);
 
     /* a request: answered when the upcall returns, before what it sent next */
@@ -212,7 +215,7 @@ int main(void)
     fh_ipc_loop_stop(c.loop);
     CHECK(pthread_join(t, NULL) == 0, "join");
     fh_ipc_loop_stats(c.loop, &st);
-    CHECK(st.received == 2 && st.malformed == 5, "received %lu malformed %lu",
+    CHECK(st.received == 2 && st.malformed == 6, "received %lu malformed %lu",
           (unsigned long)st.received, (unsigned long)st.malformed);
     CHECK(st.sent == 2 && st.send_failed == 0, "sent %lu failed %lu",
           (unsigned long)st.sent, (unsigned long)st.send_failed);

@@ -227,7 +227,7 @@ static void test_launch(void)
 
     /* flags, stdio_mask and umask bits; before the nextra check */
     x = d;
-    x.flags = 4;
+    x.flags = (FH_LAUNCH_FLAGS + 1) & ~FH_LAUNCH_FLAGS;  /* the first unknown bit */
     n = launch_at(0, &x, &nf);
     REFUSED(AT(0, n, 0, nf), FH_REQ_LAUNCH_FLAGS,
             "LAUNCH request has unknown flags or bits set");

@@ -96,6 +96,9 @@ int main(void)
     static const struct field stopped[] = {
         FIELD(struct fh_stopped, signal), FIELD(struct fh_stopped, reserved),
     };
+    static const struct field notice[] = {
+        FIELD(struct fh_notice, text_len), FIELD(struct fh_notice, reserved),
+    };
     static const struct field error[] = {
         FIELD(struct fh_error, exit_code), FIELD(struct fh_error, text_len),
     };
@@ -120,8 +123,10 @@ int main(void)
     HEX("ERROR", FH_MSG_ERROR);
     HEX("INFO_REPLY", FH_MSG_INFO_REPLY);
     HEX("STOPPED", FH_MSG_STOPPED);
+    HEX("NOTICE", FH_MSG_NOTICE);
     HEX("LAUNCH_MODULE", FH_LAUNCH_MODULE);
     HEX("LAUNCH_JOBCTL", FH_LAUNCH_JOBCTL);
+    HEX("LAUNCH_NOTICE", FH_LAUNCH_NOTICE);
     HEX("LAUNCH_FLAGS", FH_LAUNCH_FLAGS);
     /* struct formats: the header, then each body after it */
     format("HDR_FORMAT", 0, h, hdr, COUNT(hdr));
@@ -141,6 +146,8 @@ int main(void)
     text("RUNDIR_SHARED_SUBDIR", FH_RUNDIR_SHARED_SUBDIR);
     VALUE("SOCKET_PATH_MAX", FH_SOCKET_PATH_MAX);
     text("SOCKET_PATH_TOO_LONG", FH_SOCKET_PATH_TOO_LONG);
+    format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
+           COUNT(notice));
     VALUE("HDR_SIZE", h);
     VALUE("LAUNCH_SIZE", sizeof(struct fh_launch));
     return failed || fflush(stdout) != 0;

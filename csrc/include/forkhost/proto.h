@@ -50,6 +50,10 @@ enum fh_msg_type {
     FH_MSG_INFO_REPLY = 0x84, /* template -> client: JSON text body */
     FH_MSG_STOPPED = 0x85, /* template -> client, only with FH_LAUNCH_JOBCTL:
                               a signal stopped the secondary */
+    FH_MSG_NOTICE  = 0x86, /* template -> client, only with FH_LAUNCH_NOTICE:
+                              why the template is ending the secondary (its
+                              primary died); the client says it on stderr
+                              when EXITED comes */
 };
 
 struct fh_msg_hdr {          /* 24 bytes */
@@ -65,7 +69,9 @@ struct fh_msg_hdr {          /* 24 bytes */
 #define FH_LAUNCH_MODULE 0x1u /* entry is a module name, run as `python -m` */
 #define FH_LAUNCH_JOBCTL 0x2u /* the client acts as the secondary's job: tell
                                  it when the secondary stops (FH_MSG_STOPPED) */
-#define FH_LAUNCH_FLAGS  (FH_LAUNCH_MODULE | FH_LAUNCH_JOBCTL)
+#define FH_LAUNCH_NOTICE 0x4u /* the client reports the template's NOTICE, if
+                                 one comes, with the secondary's end */
+#define FH_LAUNCH_FLAGS  (FH_LAUNCH_MODULE | FH_LAUNCH_JOBCTL | FH_LAUNCH_NOTICE)
 
 /*
  * LAUNCH body.  fds, in order: the client's cwd (an O_PATH directory fd,
@@ -110,8 +116,10 @@ struct fh_exited {           /* 32 bytes */
 
 struct fh_error {            /* 32 bytes + text */
     struct fh_msg_hdr hdr;
-    int32_t exit_code;       /* what the client exits with: 125, 126 or 127 */
-    uint32_t text_len;       /* <= FH_PROTO_MAX_ERROR, no NUL, no newline */
+    int32_t exit_code;       /* what the client exits with: 125, 126, 127,
+                              * or up to FH_ERROR_ENTRY_MAX (below) */
+    uint32_t text_len;       /* <= FH_PROTO_MAX_ERROR, no NUL; no newline
+                              * but in an entry's own text (below) */
     /* char text[text_len]; */
 };
 
@@ -122,6 +130,13 @@ struct fh_error {            /* 32 bytes + text */
  * exit_code, as the entry run directly would have.  Above it (125, 126,
  * 127) the refusal is forkhost's own: one line, no newline. */
 #define FH_ERROR_ENTRY_MAX 124
+
+struct fh_notice {          /* 32 bytes + text */
+    struct fh_msg_hdr hdr;
+    uint32_t text_len;       /* <= FH_PROTO_MAX_ERROR, no NUL, no newline */
+    uint32_t reserved;       /* zero */
+    /* char text[text_len]; */
+};
 
 /* INFO_REPLY body: hdr.len - sizeof(struct fh_msg_hdr) bytes of UTF-8 JSON. */
 
