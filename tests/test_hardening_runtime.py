@@ -32,6 +32,8 @@ def clean_env(**extra) -> dict:
 
 
 def forkhost(*argv, env=None, **kw) -> subprocess.CompletedProcess:
+    # Not from the checkout's root, whose forkhost/ would shadow the installed one.
+    kw.setdefault("cwd", FIXTURES)
     return subprocess.run([PY, "-m", "forkhost", *map(str, argv)],
                           env=clean_env() if env is None else env,
                           capture_output=True, text=True, timeout=60, **kw)

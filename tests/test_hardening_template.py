@@ -242,7 +242,7 @@ def test_one_process_idle_connections_do_not_block_another_launch(any_primary):
     other launch refused)."""
     n = GLOBAL_CAP + 8
     hog = subprocess.Popen([sys.executable, "-c", HOG, any_primary.socket, str(n)],
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=FIXTURES)
     try:
         out = LineReader(hog.stdout)
         assert out.readline() == b"connected\n"
