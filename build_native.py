@@ -203,19 +203,27 @@ def libfuzzer_ok(outdir: Path) -> bool:
     return r.returncode == 0
 
 
+def build_fuzzer(outdir: Path, extra: list[str], libfuzzer: bool) -> Path:
+    """csrc/tests/fuzz_request.c linked to OUTDIR/libforkhost.so (built
+    with the same `extra` flags): for libFuzzer, or standalone (its own
+    seeded mutation loop, FUZZ_STANDALONE, which also takes a count of
+    inputs: `fuzz_request RUNS`)."""
+    exe = Path(outdir) / "fuzz_request"
+    mode = ["-fsanitize=fuzzer"] if libfuzzer else ["-DFUZZ_STANDALONE"]
+    run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra + mode
+        + ["-o", str(exe), str(CSRC / "tests" / "fuzz_request.c"), "-L", str(outdir),
+           "-lforkhost", f"-Wl,-rpath,{outdir}", "-ldl"])
+    return exe
+
+
 def run_fuzzer(outdir: Path, extra: list[str], env: dict) -> bool:
     """Build csrc/tests/fuzz_request.c and run it for FORKHOST_FUZZ_SECONDS
     (default FUZZ_SECONDS_DEFAULT): under libFuzzer when $CC has it, else
     with its own seeded mutation loop (FUZZ_STANDALONE)."""
-    exe = outdir / "fuzz_request"
-    src = str(CSRC / "tests" / "fuzz_request.c")
     seconds = env.get("FORKHOST_FUZZ_SECONDS", str(FUZZ_SECONDS_DEFAULT))
     libfuzzer = libfuzzer_ok(outdir)
-    mode = ["-fsanitize=fuzzer"] if libfuzzer else ["-DFUZZ_STANDALONE"]
     try:
-        run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra + mode
-            + ["-o", str(exe), src, "-L", str(outdir), "-lforkhost",
-               f"-Wl,-rpath,{outdir}", "-ldl"])
+        exe = build_fuzzer(outdir, extra, libfuzzer)
     except subprocess.CalledProcessError:
         return False
     print(f"== {exe.name} ({'libFuzzer' if libfuzzer else 'standalone'}, "

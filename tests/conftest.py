@@ -21,7 +21,8 @@ import pytest
 import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhtest import ROOT, RUNNER, PrimaryProc, build_native_so  # noqa: E402
+from fhtest import (ROOT, RUNNER, PrimaryProc, build_native_so,  # noqa: E402
+                    forkhost_procs)
 
 
 def pytest_configure(config):
@@ -39,27 +40,12 @@ def _fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
-def _forkhost_procs(runtime_dir: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            if proc.pid == os.getpid():
-                continue
-            cmd = " ".join(proc.info["cmdline"] or [])
-            env = proc.info["environ"] or {}
-            if runtime_dir in cmd or env.get("FORKHOST_RUNTIME_DIR") == runtime_dir:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest.fixture
 def runtime_dir():
     """A short private runtime dir (unix socket paths are limited to 108 bytes)."""
     d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
     yield d
-    strays = _forkhost_procs(d)
+    strays = forkhost_procs(d)
     for p in strays:
         p.kill()
     shutil.rmtree(d, ignore_errors=True)

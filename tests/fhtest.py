@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 import forkhost
 import forkhost.runtime
 
@@ -115,6 +117,23 @@ def describe(pid: int) -> str:
         return f"pid {pid}: gone"
 
 
+def forkhost_procs(runtime_dir: str) -> list[psutil.Process]:
+    """Every process (but this one) of a runtime directory: named in its
+    command line or its FORKHOST_RUNTIME_DIR."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.info["environ"] or {}
+            if runtime_dir in cmd or env.get("FORKHOST_RUNTIME_DIR") == runtime_dir:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -172,6 +191,82 @@ def reap(*procs: subprocess.Popen, timeout: float = 30.0) -> None:
         for stream in (p.stdin, p.stdout, p.stderr):
             if stream is not None:
                 stream.close()
+
+
+# -- what a template holds -------------------------------------------------
+# (test_soak.py and the reliability suite, stress/, compare these before and
+# after many launches)
+
+def pool_title(pid: int) -> bool:
+    """The process is an idle pool member (by its title)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"forkhost pool [")
+    except FileNotFoundError:
+        return False
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def settled(template_pid: int, pool: int = 2) -> int:
+    """Wait until the template is idle with a full pool of `pool` members
+    (no secondary left to reap, no member missing) and its fd count holds
+    still; return that count."""
+    def idle():
+        kids = children_of(template_pid)
+        return len(kids) == pool and all(pool_title(k) for k in kids)
+
+    wait_until(idle, what="the template to be idle with a full pool")
+    last = []
+
+    def steady():
+        last.append(fd_count(template_pid))
+        return len(last) >= 3 and last[-1] == last[-2] == last[-3]
+
+    wait_until(steady, what="the template's fd count to hold still", interval=0.1)
+    return last[-1]
+
+
+def launch_mix(prefix: str, runtime_dir: str, env: dict, native_so: str,
+               n: int) -> int:
+    """n launches of every kind, each waited for: Python and native entries,
+    forkhost.launch() and forkhost-run, and one in 20 a launch the template
+    refuses (127).  Returns how many were refused."""
+    kw = dict(prefix=prefix, runtime_dir=runtime_dir, cwd=FIXTURES,
+              stdout=forkhost.DEVNULL, stderr=forkhost.DEVNULL)
+    refused = 0
+    for i in range(n):
+        k = i % 20
+        if k < 14:
+            with forkhost.launch("fhfix:exit_with", ["0"], **kw) as sec:
+                assert sec.wait(30) == 0
+        elif k < 17:
+            with forkhost.launch(native_so, ["exit", "3"], **kw) as sec:
+                assert sec.wait(30) == 3
+        elif k < 19:
+            r = subprocess.run([RUNNER, "fhfix:exit_with", "5"], env=env,
+                               cwd=FIXTURES, timeout=60)
+            assert r.returncode == 5
+        else:
+            try:
+                forkhost.launch("no_such_script.py", **kw)
+            except forkhost.RefusedError as err:
+                assert err.exit_code == 127
+                refused += 1
+            else:
+                raise AssertionError("a launch of a missing script was not refused")
+    return refused
 
 
 # -- the native fixture ---------------------------------------------------

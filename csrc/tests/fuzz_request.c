@@ -17,8 +17,10 @@
  *
  * With clang, -fsanitize=fuzzer builds it for libFuzzer.  Without
  * (FUZZ_STANDALONE, as build_native.py builds it with gcc), main() below
- * runs a seeded mutation loop for FORKHOST_FUZZ_SECONDS (default 20),
- * starting from valid records built here, and prints how many inputs ran.
+ * runs a seeded mutation loop for FORKHOST_FUZZ_SECONDS (default 20), or
+ * for exactly RUNS inputs when given one (`fuzz_request RUNS`, as the
+ * reliability suite runs it: stress/fuzz_launch.py), starting from valid
+ * records built here, and prints how many inputs ran.
  */
 #include "forkhost/request.h"
 
@@ -451,19 +453,33 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-int main(void)
+/* Below this many inputs a count run does not require every verdict. */
+#define FULL_COVERAGE_RUNS 100000ULL
+
+int main(int argc, char **argv)
 {
     const char *s = getenv("FORKHOST_FUZZ_SECONDS");
     const char *seed = getenv("FORKHOST_FUZZ_SEED");
     double budget = s ? atof(s) : 20.0, start = now();
-    unsigned long long runs = 0;
-    int i, steps;
+    unsigned long long runs = 0, want = 0;
+    int i, steps, coverage;
+
+    if (argc > 2 || (argc == 2 && (want = strtoull(argv[1], NULL, 10)) == 0)) {
+        fprintf(stderr, "usage: fuzz_request [RUNS]  (RUNS > 0; without it, "
+                "FORKHOST_FUZZ_SECONDS seconds)\n");
+        return 2;
+    }
+    coverage = want ? want >= FULL_COVERAGE_RUNS : budget >= 5;
 
     g_rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
     if (g_rng == 0)
         g_rng = 1;
-    printf("fuzz_request: seed %llu, %.0f s\n", (unsigned long long)g_rng,
-           budget);
+    if (want)
+        printf("fuzz_request: seed %llu, %llu inputs\n",
+               (unsigned long long)g_rng, want);
+    else
+        printf("fuzz_request: seed %llu, %.0f s\n", (unsigned long long)g_rng,
+               budget);
     fflush(stdout);
     make_seeds();
     for (i = 0; i < NSEEDS; i++) {               /* the seeds as they are */
@@ -477,7 +493,7 @@ int main(void)
         LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].len);
         runs++;
     }
-    while (now() - start < budget) {
+    while (want ? runs < want : now() - start < budget) {
         const struct input *from = &seeds[rnd() % NSEEDS];
 
         /* the big seed is costly to copy: take it rarely */
@@ -501,7 +517,7 @@ int main(void)
         printf(" %llu", g_seen[i]);
     printf("\n");
     for (i = 1; i < FH_REQ_NERRORS + 3; i++)
-        if (g_seen[i] == 0 && budget >= 5) {
+        if (g_seen[i] == 0 && coverage) {
             printf("fuzz_request: verdict %d never reached\n", i);
             return 1;
         }

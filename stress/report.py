@@ -1,0 +1,1 @@
+def machine(): return ""
