@@ -15,14 +15,9 @@ import time
 
 from . import ROOT  # noqa: F401  (sets sys.path up before forkhost is imported)
 from . import report
+from .common import FULL
 
 PARTS = ("kill", "fuzz-launch", "fuzz-ipc", "soak", "load", "hostile")
-
-# (by hand, the figures) and (the CI smoke's, tests/test_stress_smoke.py)
-FULL = dict(kill_rounds=1, burst=16, launch_count=1_000_000, c_count=1_000_000,
-            ipc_count=1_000_000, soak=10_000, clients=(200, 1000), max_secondaries=50,
-            idle_conns=256)
-
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stress", description=__doc__.split("\n\n")[1],
@@ -35,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--burst", type=int, default=FULL["burst"],
                     help="kill matrix: clients in a burst (default %(default)s)")
     ap.add_argument("--count", type=int, default=None,
-                    help="inputs for each fuzzer (default 1,000,000; the C target, "
+                    help="inputs for each fuzzer (default 1,000,000: the C target, "
                          "the live template and the live primary each get COUNT)")
     ap.add_argument("--launches", type=int, default=FULL["soak"],
                     help="leak soak: launches (default %(default)s)")
@@ -56,6 +51,8 @@ def main(argv=None) -> int:
     for part in a.parts:
         if part not in PARTS:
             ap.error(f"unknown part {part!r} (choose from {', '.join(PARTS)})")
+    if a.write_docs and a.parts and set(a.parts) != set(PARTS):
+        ap.error("--write-docs rewrites every part's figures: run them all (--all)")
     parts = list(PARTS) if a.all or not a.parts else a.parts
     count = a.count if a.count is not None else FULL["launch_count"]
     seed = a.seed if a.seed is not None else int(time.time())
@@ -82,7 +79,8 @@ def run_part(part: str, a, count: int, seed: int):
         return fuzz_launch.run(count=count, c_count=count, seed=seed)
     if part == "fuzz-ipc":
         from . import fuzz_ipc
-        return fuzz_ipc.run(count=count, seed=seed)
+        return fuzz_ipc.run(count=a.count if a.count is not None else FULL["ipc_count"],
+                            seed=seed)
     if part == "soak":
         from . import soak
         return soak.run(launches=a.launches)

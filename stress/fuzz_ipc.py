@@ -72,8 +72,11 @@ class Member:
         self.send(bytes(_record(ipc.REQUEST, b"stress.echo", token, rid)))
         other = 0
         while True:
-            data, anc, _, _ = self.sock.recvmsg(ipc.RECORD_MAX, socket.CMSG_SPACE(64),
-                                                socket.MSG_CMSG_CLOEXEC)
+            try:
+                data, anc, _, _ = self.sock.recvmsg(ipc.RECORD_MAX, socket.CMSG_SPACE(64),
+                                                    socket.MSG_CMSG_CLOEXEC)
+            except ConnectionResetError:
+                data, anc = b"", []
             for fd in _fds(anc):
                 os.close(fd)
             assert data, "the primary closed the connection: membership lost"
