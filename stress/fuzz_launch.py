@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 
-import forkhost
 from forkhost import protocol
 from request_model import MSG_CTRUNC, expected
 
@@ -300,7 +299,8 @@ def _launched(launched, n_valid, ran, valid_tokens, wrong):
     assert sorted(ran) == sorted(valid_tokens), \
         f"ran {len(ran)} marks, {len(valid_tokens)} valid; strangers: " \
         f"{sorted(set(ran) - set(valid_tokens))[:5]}"
-    return f"launched +{launched} = {n_valid} valid controls; {len(ran)} marks, all theirs"
+    return (f"launched +{launched} = {n_valid} valid controls; {len(ran)} marks "
+            f"(the warm-up's included), all theirs")
 
 
 def _eq(a, b, what):

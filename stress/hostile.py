@@ -9,9 +9,10 @@ asks for in each case (docs/reliability.md has the table).
 - a shared sticky (1777) runtime directory: the primary serves from it and
   its mode is 1777 while the primary runs and after it stops;
 - a socket path over 107 bytes: refused with one line naming the limit;
-- a full disk (a small tmpfs, filled): refused with one line naming the
-  cause, in the foreground and with --detach, and no `.config.*.tmp` left
-  (needs mount; skipped otherwise);
+- a full disk (a small tmpfs, filled, then with one page given back so the
+  lock's pid fits and the config does not): refused with one line naming
+  the cause, in the foreground and with --detach, and no `.config.*.tmp`
+  left (needs mount; skipped otherwise);
 - a peer holding idle connections (more than the template lets wait):
   another process's launch is served while they wait;
 - an IPC member that sends a zero-length record keeps its membership;
@@ -134,6 +135,21 @@ def long_socket_path() -> str:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _fill(mnt: str, leave: int) -> None:
+    """Fill the file system at mnt, then give `leave` bytes back."""
+    path = tempfile.mktemp(prefix="filler-", dir=mnt)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+        os.close(fd)
+
+
 def full_disk() -> str:
     mnt = tempfile.mkdtemp(prefix="fhs-full-", dir="/tmp")
     try:
@@ -142,28 +158,28 @@ def full_disk() -> str:
         if r.returncode != 0:
             raise Skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
         try:
-            fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                while True:
-                    os.write(fd, b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-            finally:
-                os.close(fd)
             out = []
-            for args in ((), ("--detach",)):
-                rt = os.path.join(mnt, "rt" + "".join(a.strip("-")[0] for a in args))
+            # Full, and full but for one page (the lock's pid fits, the
+            # config does not): in the foreground and with --detach.
+            for leave, args in ((0, ()), (0, ("--detach",)), (4096, ()),
+                                (4096, ("--detach",))):
+                _fill(mnt, leave)
+                rt = tempfile.mkdtemp(prefix="rt-", dir=mnt)
                 r = forkhost_cmd("primary", "--runtime-dir", rt, "--prefix", "p", *args)
                 _cleanup(rt)
-                assert r.returncode == 1, f"{args}: exit {r.returncode}: {r.stderr}"
-                line = _one_line(r.stderr)
+                what = f"{'full' if not leave else 'one page free'} {' '.join(args)}"
+                assert r.returncode == 1, f"{what}: exit {r.returncode}: {r.stderr}"
+                try:
+                    line = _one_line(r.stderr)
+                except AssertionError as exc:
+                    raise AssertionError(f"{what}: {exc}") from None
                 assert re.search(r"no space left|disk is full|full", line, re.I), \
-                    f"{args}: the line does not name the full disk: {line}"
+                    f"{what}: the line does not name the full disk: {line}"
                 left = [os.path.join(dp, f) for dp, _, fs in os.walk(rt) for f in fs
                         if f.startswith(".config.")]
-                assert not left, f"{args}: left behind: {left}"
+                assert not left, f"{what}: left behind: {left}"
                 out.append(line)
-            return "exit 1: " + " | ".join(out) + "; no .config.*.tmp"
+            return "exit 1: " + " | ".join(sorted(set(out))) + "; no .config.*.tmp"
         finally:
             _cleanup(mnt)
             subprocess.run(["umount", "-l", mnt], capture_output=True)
@@ -251,8 +267,8 @@ CELLS = [
      "refused with one line naming the 107-byte limit (exit 1)",
      long_socket_path, "defect 4 (harden-runtime)"),
     ("a full disk (small tmpfs)",
-     "refused with one line naming the full disk (exit 1), foreground and --detach; "
-     "no .config.*.tmp left",
+     "refused with one line naming the full disk (exit 1), foreground and --detach, "
+     "full and with one page free; no .config.*.tmp left",
      full_disk, "defect 3 (harden-runtime)"),
     ("a peer holding idle connections",
      "another process's launch is served while they wait",
