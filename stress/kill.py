@@ -34,8 +34,8 @@ from fhtest import LineReader, ended, wait_until
 from .common import (FIXTURES, Result, info, kill, my_children, primary_settled,
                      runtime, serves, stop, template_settled)
 
-DEFECT7 = ("defect 7 of issue 22 (the primary's death gives the clients no line); "
-           "fails until the hardening branches are merged")
+DEFECT7 = ("defect 7 of issue 22: the primary's death gives the clients no line; "
+           "fails until its fix is merged")
 
 VICTIMS = ("client", "secondary", "pool member", "template", "primary")
 SITUATIONS = ("idle", "burst", "long", "ipc")
@@ -72,8 +72,9 @@ EXPECTED = {
                           "SIGTERM, or 125 if not started) with one line on stderr",
     ("primary", "long"): "the secondary ends by SIGTERM; its client dies by it, "
                          "saying why in one line",
-    ("primary", "ipc"): "the secondary ends (SIGTERM, or 1 when its request fails "
-                        "first); its client says why in one line",
+    ("primary", "ipc"): "the secondary ends: by SIGTERM (its client dies by it, "
+                        "saying why in one line), or with 1 when its request fails "
+                        "first (the client exits 1)",
 }
 AFTER_SURVIVED = ("; after: the prefix serves, template and primary fds as before, "
                   "full pool, no zombie")
