@@ -5,6 +5,7 @@ of what a process holds (fds, RSS) and of its children."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,7 +70,9 @@ class Result:
             cell.ok, cell.skipped = True, str(why)
             cell.observed = f"skipped: {why}"
         except Exception as exc:             # noqa: BLE001 (a cell's failure, reported)
-            cell.observed = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:600]
+            text = re.sub(r"/[^\s'\"]*/site-packages/", ".../site-packages/",
+                          f"{type(exc).__name__}: {exc}")
+            cell.observed = text.replace("\n", " ")[:600]
         self.cells.append(cell)
         return cell
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 
 from . import ROOT
@@ -30,7 +31,10 @@ def machine() -> str:
 
 
 def _esc(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A table cell: no pipe, no newline, no path of this machine's
+    installation (a traceback's site-packages)."""
+    text = re.sub(r"/[^\s'\"]*/site-packages/", ".../site-packages/", str(text))
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def render(results, machine_text: str, argv) -> str:
