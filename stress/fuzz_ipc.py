@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 
+from fhtest import raw_connect
 from forkhost import ipc
 
 from .common import (RSS_SLACK, Result, mib, primary_settled, runtime, sample, serves)
@@ -46,11 +47,9 @@ class Member:
     """A raw IPC member: HELLO, WELCOME, then records."""
 
     def __init__(self, path: str):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(60)
+        self.sock = raw_connect(path)
         self.probes = 0
         try:
-            self.sock.connect(path)
             self.sock.send(bytes(_record(ipc.HELLO, b"", ipc.HELLO_BODY.pack(
                 os.getpid(), os.getppid(), 0, 0))))
             data = self.sock.recv(ipc.RECORD_MAX)

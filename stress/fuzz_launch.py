@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from fhtest import raw_connect
 from forkhost import protocol
 from request_model import MSG_CTRUNC, expected
 
@@ -134,10 +135,8 @@ class Mutator:
 
 
 def _send(path: str, rec: bytes, fds: list[int]) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    s = raw_connect(path)
     try:
-        s.settimeout(60)
-        s.connect(path)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds \
             else []
         try:

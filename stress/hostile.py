@@ -29,14 +29,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 
-from fhtest import LineReader, forkhost_procs, reap
+from fhtest import LineReader, forkhost_procs, raw_connect, reap
 
 from . import ROOT
 from .common import FIXTURES, Result, Skip, runner, runtime, serves, stop
@@ -246,9 +245,7 @@ def ipc_malformed_first() -> str:
     res = Result("inner")
     with runtime(res) as rt:
         p = rt.primary()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-            s.settimeout(60)
-            s.connect(p.config["ipc_socket"])
+        with raw_connect(p.config["ipc_socket"]) as s:
             s.send(b"\xde\xad\xbe\xef" + bytes(92))           # bad magic, 96 bytes
             t0 = time.monotonic()
             data = s.recv(ipc.RECORD_MAX)

@@ -20,9 +20,10 @@ from fhtest import wait_until
 from .common import (FIXTURES, Result, info, my_children, primary_settled, runner,
                      runtime, serves, template_settled)
 
-# The refusals a client of a crowded template may print (csrc/lib/template.c).
+# The refusals a client of a crowded template may print (csrc/lib/template.c):
+# the cap, and the limits on connections waiting (in all, per process, per uid).
 REFUSALS = ("too many secondaries: the template of prefix",
-            "the template is busy: too many connections waiting")
+            "the template is busy: ")
 
 
 def run(clients=(200,), max_secondaries: int = 50) -> Result:

@@ -2,10 +2,9 @@
 part with small counts, each kill-matrix and hostile-neighbour cell as its
 own test.  `python -m stress --all` runs the full counts by hand.
 
-The hostile-neighbour cells, the kill matrix's primary × burst/long/ipc
-cells (the clients say nothing when the primary dies) and the IPC cells of
-hostile.py describe the hardening of issue 22: they fail on a forkhost
-without it."""
+The hostile-neighbour cells and the kill matrix's primary × burst/long/ipc
+cells (the clients' line when the primary dies) describe the hardening of
+issue 22: they fail on a forkhost without it (docs/reliability.md)."""
 
 from __future__ import annotations
 
