@@ -43,7 +43,7 @@ class Cell:
     expected: str
     observed: str = ""
     ok: bool = False
-    expected_fail: str = ""      # why it fails on main, when it is known to
+    expected_fail: str = ""      # the fix it asserts (what a failure points at)
     skipped: str = ""            # why it could not run here
 
 

@@ -291,6 +291,6 @@ def run() -> Result:
     t0 = time.monotonic()
     for name, expected, fn, defect in CELLS:
         res.check(name, expected, fn,
-                  expected_fail=f"{defect} of issue 22: fails until its fix is merged")
+                  expected_fail=f"the fix of issue 22's {defect}")
     res.duration = time.monotonic() - t0
     return res

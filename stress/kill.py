@@ -34,8 +34,7 @@ from fhtest import LineReader, ended, wait_until
 from .common import (FIXTURES, Result, info, kill, my_children, primary_settled,
                      runtime, serves, stop, template_settled)
 
-DEFECT7 = ("defect 7 of issue 22: the primary's death gives the clients no line; "
-           "fails until its fix is merged")
+DEFECT7 = "the fix of issue 22's defect 7 (a line for the clients when the primary dies)"
 
 VICTIMS = ("client", "secondary", "pool member", "template", "primary")
 SITUATIONS = ("idle", "burst", "long", "ipc")

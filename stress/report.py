@@ -63,7 +63,8 @@ def render(results, machine_text: str, argv) -> str:
                 "| cell | expected | observed | |", "|---|---|---|---|"]
         for c in r.cells:
             status = "skipped" if c.skipped else "ok" if c.ok else \
-                ("**fails** (" + c.expected_fail + ")" if c.expected_fail else "**FAILS**")
+                ("**FAILS** (asserts " + c.expected_fail + ")" if c.expected_fail
+                 else "**FAILS**")
             out.append(f"| {_esc(c.name)} | {_esc(c.expected)} | {_esc(c.observed)} | "
                        f"{_esc(status)} |")
         if r.figures:

@@ -28,7 +28,8 @@ def assert_cells(res: Result) -> None:
         if c.skipped:
             pytest.skip(f"{c.name}: {c.skipped}")
     bad = [f"{c.name}: expected {c.expected}; observed {c.observed}"
-           + (f" [{c.expected_fail}]" if c.expected_fail else "") for c in res.failures]
+           + (f" [asserts {c.expected_fail}]" if c.expected_fail else "")
+           for c in res.failures]
     assert not bad, "\n".join(bad)
 
 
@@ -57,5 +58,5 @@ def test_concurrent_clients_against_the_cap():
 def test_hostile_neighbour(cell):
     name, expected, fn, defect = cell
     res = Result("hostile neighbour")
-    res.check(name, expected, fn, expected_fail=f"{defect} of issue 22")
+    res.check(name, expected, fn, expected_fail=f"the fix of issue 22's {defect}")
     assert_cells(res)
