@@ -270,7 +270,9 @@ def death_cell(rt, victim: str, situation: str, burst: int, tmp: str) -> str:
             started = c.pid in scene.secondaries
             allowed = ({-signal.SIGTERM, 1} if situation == "ipc" else {-signal.SIGTERM}) \
                 if started else {125, -signal.SIGTERM}
-            assert st in allowed, f"client {c.pid}: {st} {e!r}"
+            assert st in allowed, \
+                (f"client {c.pid} ({'running' if started else 'launching'} when the "
+                 f"primary was killed): status {st}, stderr {e!r}")
             if st == -signal.SIGTERM or st == 125:
                 assert one_line(e), (f"client {c.pid} exited {st} with "
                                      f"{len(e.splitlines())} lines on stderr: {e!r}")
