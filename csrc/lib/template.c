@@ -1295,6 +1295,44 @@ static void primary_died_notice(struct tpl *t, struct conn *c)
     send_record(c->fd, FH_MSG_NOTICE, &n, 8 + (size_t)len);
 }
 
+/*
+ * Stop every member where it is (SIGSTOP) and wait until each has (at most
+ * FH_TEMPLATE_FREEZE_MS in all).  A member may accept a launch at any
+ * moment; frozen, none can take one between our reading what they said
+ * (TOOK) and our SIGKILL of those still idle, which would otherwise kill a
+ * secondary whose client already has STARTED.  The stop reports are
+ * consumed here, so that children_stopped() never tells a client its
+ * secondary was stopped by a job-control signal.
+ */
+static void freeze_members(struct tpl *t)
+{
+    int64_t deadline = now_us() + (int64_t)FH_TEMPLATE_FREEZE_MS * 1000;
+    unsigned i;
+
+    for (i = 0; i < t->members_hi; i++)
+        if (t->members[i].used)
+            syscall(SYS_pidfd_send_signal, t->members[i].pidfd, SIGSTOP, NULL, 0);
+    for (i = 0; i < t->members_hi; i++) {
+        const struct member *mb = &t->members[i];
+
+        while (mb->used) {
+            struct timespec pause = { 0, 200 * 1000 };
+            siginfo_t si;
+
+            memset(&si, 0, sizeof si);
+            if (waitid((idtype_t)P_PIDFD, (id_t)mb->pidfd, &si,
+                       WSTOPPED | WNOHANG) < 0 || si.si_pid != 0)
+                break;                          /* stopped, or gone */
+            memset(&si, 0, sizeof si);
+            if (waitid((idtype_t)P_PIDFD, (id_t)mb->pidfd, &si,
+                       WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid != 0 ||
+                now_us() >= deadline)
+                break;                          /* exited: its pidfd reaps it */
+            nanosleep(&pause, NULL);
+        }
+    }
+}
+
 /* primary_died: not the primary's SIGTERM but its death (read_signals(),
  * timeout_ms()). */
 static void stop(struct tpl *t, int primary_died)
@@ -1302,7 +1340,8 @@ static void stop(struct tpl *t, int primary_died)
     unsigned i;
 
     /* A member that took a launch is a secondary (SIGTERM, grace), not an
-     * idle member (SIGKILL): read what members said first. */
+     * idle member (SIGKILL): freeze them, then read what they said. */
+    freeze_members(t);
     running_count(t);
     t->stopping = 1;
     close_listener(t);
@@ -1323,6 +1362,10 @@ static void stop(struct tpl *t, int primary_died)
         if (t->members[i].used)
             syscall(SYS_pidfd_send_signal, t->members[i].pidfd, SIGKILL,
                     NULL, 0);
+    /* The frozen members that took a launch go on, to their SIGTERM. */
+    for (i = 0; i < t->conns_hi; i++)
+        if (t->conns[i].state == C_RUNNING)
+            signal_secondary(&t->conns[i], SIGCONT);
     t->stop_deadline = now_us() + (int64_t)t->c->grace_ms * 1000;
 }
 

@@ -46,6 +46,7 @@ struct fh_template_exit {
 #define FH_TEMPLATE_LEARN_FIRST        2u     /* hot set: first launches */
 #define FH_TEMPLATE_RELEARN            64u    /* ... and one in every 64 */
 #define FH_TEMPLATE_MAX_PENDING        256u   /* connections without request */
+#define FH_TEMPLATE_FREEZE_MS          1000   /* stop: members given to stop */
 #define FH_TEMPLATE_MAX_PENDING_PEER    16u   /* ... of one process (pid) */
 #define FH_TEMPLATE_MAX_PENDING_UID    (FH_TEMPLATE_MAX_PENDING - \
                                         FH_TEMPLATE_MAX_PENDING_PEER)
