@@ -53,7 +53,6 @@ the end.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -73,6 +72,7 @@ from pathlib import Path
 import forkhost
 from launch import (clean_interpreter, find_runner, native_entry,  # noqa: E402
                     numpy_available, spawn_wait)
+from hugepages import HugePages  # noqa: E402
 
 TRIV_PY = ("def main(argv):\n    return 0\n\n\n"
            "def np_main(argv):\n    import numpy\n    return 0\n\n\n"
@@ -257,11 +257,6 @@ int main(int argc, char **argv) {
 """
 DPDK_PREFIX = "fhperf"
 DPDK_HUGE_PAGES = 64                 # x 2 MiB; the DPDK primary takes -m 64
-HUGE_NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-HUGE_FREE = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
-HUGE_RESV = "/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages"
-HUGE_MNT = "/dev/hugepages"
-DPDK_RUN_DIR = "/var/run/dpdk"
 DPDK_COMMON = ["--no-pci", f"--file-prefix={DPDK_PREFIX}", "--log-level=lib.eal:error"]
 
 # Targets from the issue: (section key, comparison, value).  Printed in
@@ -357,21 +352,13 @@ class Primaries:
             f.close()
 
 
-def read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read())
-
-
 class Dpdk:
     """A DPDK primary on reserved huge pages; close() undoes all of it."""
 
     def __init__(self, work: str):
         self.work = work
         self.binary = f"{work}/dpdk_eal"
-        self.old_nr: int | None = None
-        self.mounted = False
-        self.made_mnt = False
-        self.had_run_dir = os.path.isdir(DPDK_RUN_DIR)
+        self.huge: HugePages | None = None
         self.primary: subprocess.Popen | None = None
         self.log = None
         self.note = ""
@@ -393,19 +380,7 @@ class Dpdk:
                              *flags.stdout.split()], capture_output=True, text=True)
         if cc.returncode != 0:
             return f"building the EAL program failed: {cc.stderr.strip()[:200]}"
-        self.old_nr = read_int(HUGE_NR)
-        if self.old_nr < DPDK_HUGE_PAGES:
-            with open(HUGE_NR, "w") as f:
-                f.write(str(DPDK_HUGE_PAGES))
-        with open("/proc/mounts") as f:
-            have_mnt = any(ln.split()[1:3] == [HUGE_MNT, "hugetlbfs"] for ln in f)
-        if not have_mnt:
-            if not os.path.isdir(HUGE_MNT):
-                os.makedirs(HUGE_MNT)
-                self.made_mnt = True
-            subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M",
-                            "nodev", HUGE_MNT], check=True)
-            self.mounted = True
+        self.huge = HugePages(DPDK_HUGE_PAGES, DPDK_PREFIX).__enter__()
         self.log = open(f"{self.work}/dpdk_primary.out", "w+b")
         self.primary = subprocess.Popen(
             [self.binary, "-l", "0", "--proc-type=primary", "-m", "64", *DPDK_COMMON,
@@ -420,12 +395,8 @@ class Dpdk:
             if self.primary.poll() is not None or time.monotonic() > deadline:
                 return f"the DPDK primary did not start: {out.strip()[:300]}"
             time.sleep(0.05)
-        # Give back the pages the primary did not take, so that for the
-        # rest of the run no other process (a forkhost primary with
-        # --huge-pages auto, say) finds free huge pages because of us.
-        with open(HUGE_NR, "w") as f:
-            f.write(str(max(self.old_nr, read_int(HUGE_NR) - read_int(HUGE_FREE)
-                            + read_int(HUGE_RESV))))
+        # Give back the pages the primary did not take, for the rest of the run.
+        self.huge.give_back_unused()
         self.note = (f"DPDK {version}: primary on {DPDK_HUGE_PAGES} x 2 MiB huge pages "
                      f"(-m 64, -l 0), secondary `-l 1 --proc-type=secondary "
                      f"{' '.join(DPDK_COMMON)}` (rte_eal_init + rte_eal_cleanup)")
@@ -446,27 +417,9 @@ class Dpdk:
         if self.log is not None:
             self.log.close()
             self.log = None
-        for p in glob.glob(f"{HUGE_MNT}/{DPDK_PREFIX}map_*"):
-            os.unlink(p)
-        shutil.rmtree(f"{DPDK_RUN_DIR}/{DPDK_PREFIX}", ignore_errors=True)
-        if not self.had_run_dir:
-            try:
-                os.rmdir(DPDK_RUN_DIR)
-            except OSError:
-                pass
-        if self.mounted:
-            subprocess.run(["umount", HUGE_MNT], check=False)
-            self.mounted = False
-        if self.made_mnt:
-            try:
-                os.rmdir(HUGE_MNT)
-            except OSError:
-                pass
-            self.made_mnt = False
-        if self.old_nr is not None:
-            with open(HUGE_NR, "w") as f:
-                f.write(str(self.old_nr))
-            self.old_nr = None
+        if self.huge is not None:
+            self.huge.__exit__(None, None, None)
+            self.huge = None
 
 
 class Driver:

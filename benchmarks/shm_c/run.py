@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import os
 import re
 import shutil
@@ -76,14 +75,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE.parent))
 import build_native  # noqa: E402
+from hugepages import HugePages  # noqa: E402
 
 DPDK_PREFIX = "fhbench"          # --file-prefix: names DPDK's page files
 HUGE_PAGES = 512                 # x 2 MiB: the reservation the issue uses
-HUGE_NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-HUGE_SURPLUS = "/sys/kernel/mm/hugepages/hugepages-2048kB/surplus_hugepages"
-HUGE_MNT = "/dev/hugepages"
-DPDK_RUN_DIR = "/var/run/dpdk"   # as root; <prefix>/ holds its sockets
 DPDK_EAL = ["--no-pci", "-l", "0-1", f"--file-prefix={DPDK_PREFIX}"]
 # Targets from the issue, as ratios of cycles (forkhost / DPDK).
 RING_TARGET = 1.0                # at least as fast: SP/SC burst 32
@@ -208,87 +205,6 @@ def parse_hash(out: str, key_len: int = 16) -> dict:
     return figures
 
 
-# ------------------------------------------------------------- huge pages
-
-def read_int(path: str) -> int:
-    with open(path) as f:
-        return int(f.read())
-
-
-def mounted_hugetlbfs(path: str) -> bool:
-    with open("/proc/mounts") as f:
-        return any(ln.split()[1] == path and ln.split()[2] == "hugetlbfs"
-                   for ln in f if len(ln.split()) > 2)
-
-
-class HugePages:
-    """Reserve HUGE_PAGES 2 MiB pages and mount hugetlbfs for the run; undo
-    exactly what was done, in reverse, on exit."""
-
-    def __init__(self) -> None:
-        self.old_nr: int | None = None
-        self.old_surplus = 0
-        self.mounted = False
-        self.made_dir = False
-        # dpdk-test creates its runtime dir's parent too.
-        self.had_run_dir = os.path.isdir(DPDK_RUN_DIR)
-
-    def __enter__(self) -> "HugePages":
-        try:
-            self.old_surplus = read_int(HUGE_SURPLUS)
-            self.old_nr = read_int(HUGE_NR)
-            if self.old_nr < HUGE_PAGES:
-                with open(HUGE_NR, "w") as f:
-                    f.write(str(HUGE_PAGES))
-            got = read_int(HUGE_NR)
-            if got < HUGE_PAGES:
-                log(f"note: the kernel gave {got} of {HUGE_PAGES} huge pages")
-            if not mounted_hugetlbfs(HUGE_MNT):
-                if not os.path.isdir(HUGE_MNT):
-                    os.makedirs(HUGE_MNT)
-                    self.made_dir = True
-                subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M",
-                                "nodev", HUGE_MNT], check=True)
-                self.mounted = True
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        # DPDK leaves its page files (<prefix>map_N) behind; while they
-        # exist the pages cannot go back to the kernel.
-        for p in glob.glob(f"{HUGE_MNT}/{DPDK_PREFIX}map_*"):
-            os.unlink(p)
-        shutil.rmtree(f"{DPDK_RUN_DIR}/{DPDK_PREFIX}", ignore_errors=True)
-        if not self.had_run_dir:
-            try:
-                os.rmdir(DPDK_RUN_DIR)
-            except OSError:
-                pass
-        if self.mounted:
-            subprocess.run(["umount", HUGE_MNT], check=False)
-            self.mounted = False
-        if self.made_dir:
-            try:
-                os.rmdir(HUGE_MNT)
-            except OSError:
-                pass
-            self.made_dir = False
-        if self.old_nr is not None:
-            with open(HUGE_NR, "w") as f:
-                f.write(str(self.old_nr))
-            left = read_int(HUGE_SURPLUS) - self.old_surplus
-            if left > 0:
-                # Any process that created a huge-page mapping meanwhile (a
-                # forkhost primary with --huge-pages auto, its default)
-                # keeps its pages; the kernel frees them as surplus when it
-                # exits.
-                log(f"note: {left} huge pages are still in use by other "
-                    f"processes; they go back to the kernel when those exit")
-            self.old_nr = None
-
-
 # ------------------------------------------------------------------ table
 
 def ratio(ours: float | None, theirs: float | None) -> str:
@@ -400,7 +316,7 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         exe = build(work)
-        with HugePages() if dpdk else contextlib.nullcontext():
+        with HugePages(HUGE_PAGES, DPDK_PREFIX) if dpdk else contextlib.nullcontext():
             log(f"\nload average before: {load_before[0]:.2f} {load_before[1]:.2f} "
                 f"{load_before[2]:.2f} ({os.cpu_count()} CPUs)")
             if dpdk:
