@@ -661,6 +661,8 @@ static void decide(const char *entry, int module, int dfd, unsigned kind,
 #define HINT "; for a module use '-m MODULE' or 'MODULE:FUNCTION'"
 #define NF(e, rest) decide(e, 0, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127, rest)
 #define OK(e, m, k, n, s) decide(e, m, g_dfd, k, n, s, 0, NULL)
+#define BAD_MODULE(e, shown) decide(e, 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127, \
+                                    "invalid module name " shown)
 
 static void test_entries(void)
 {
@@ -672,24 +674,15 @@ static void test_entries(void)
     OK("A_b.c9", 1, FH_ENTRY_MODULE, "A_b.c9", NULL);
     OK("mod\n", 1, FH_ENTRY_MODULE, "mod\n", NULL);   /* re's '$' */
     OK("prog", 1, FH_ENTRY_MODULE, "prog", NULL);     /* never a file */
-    decide("1x", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name '1x'");
-    decide("a..b", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name 'a..b'");
-    decide("a.", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name 'a.'");
-    decide("mod\n\n", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name 'mod\\n\\n'");
-    decide("\n", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name '\\n'");
-    decide("it's", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name \"it's\"");
-    decide("m:f", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name 'm:f'");
-    decide("\xff", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name '\\udcff'");
-    decide("caf\xc3\xa9", 1, g_dfd, FH_ENTRY_ERROR, NULL, NULL, 127,
-           "invalid module name 'caf\xc3\xa9'");
+    BAD_MODULE("1x", "'1x'");
+    BAD_MODULE("a..b", "'a..b'");
+    BAD_MODULE("a.", "'a.'");
+    BAD_MODULE("mod\n\n", "'mod\\n\\n'");
+    BAD_MODULE("\n", "'\\n'");
+    BAD_MODULE("it's", "\"it's\"");
+    BAD_MODULE("m:f", "'m:f'");
+    BAD_MODULE("\xff", "'\\udcff'");
+    BAD_MODULE("caf\xc3\xa9", "'caf\xc3\xa9'");
 
     /* files */
     OK("prog", 0, FH_ENTRY_NATIVE, "prog", NULL);
