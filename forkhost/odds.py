@@ -429,6 +429,28 @@ def _ended(program: str, status: int, errfile: int, when: str) -> OddsError:
     return OddsError(f"{program!r} {how} {when}" + (f": {line}" if line else ""))
 
 
+class _Ended(OddsError):
+    """The traced process ended (and was reaped) before its stop."""
+
+
+def _run_to_trap(pid: int, deadline: float, argv0: str, errfile: int, here,
+                 tries: int, late: str, when: str, never: str) -> None:
+    """Wait for pid's stops, passing every other signal on, until a SIGTRAP
+    for which here() holds.  OddsError with late (deadline passed) or
+    never (tries stops), _Ended when the process ended instead."""
+    for _ in range(tries):
+        status = _wait(pid, deadline)
+        if status is None:
+            raise OddsError(late)
+        if not os.WIFSTOPPED(status):
+            raise _Ended(str(_ended(argv0, status, errfile, when)))
+        sig = os.WSTOPSIG(status)
+        if sig == signal.SIGTRAP and here():
+            return
+        _ptrace_call(_PTRACE_CONT, pid, 0, sig)
+    raise OddsError(never)
+
+
 def _one_run(index: int, path: str, argv: list[str], env: dict, threaded: bool,
              timeout: float) -> RunLayout:
     tmp = tempfile.TemporaryFile()       # the program's stderr, for errors
@@ -438,21 +460,11 @@ def _one_run(index: int, path: str, argv: list[str], env: dict, threaded: bool,
         reaped = False
         try:
             deadline = time.monotonic() + timeout
-            # 1. the stop right after the exec (SIGTRAP); pass on anything else.
-            for _ in range(64):
-                status = _wait(pid, deadline)
-                if status is None:
-                    raise OddsError(f"{argv[0]!r} did not reach its exec within "
-                                    f"{timeout:g}s")
-                if not os.WIFSTOPPED(status):
-                    reaped = True
-                    raise _ended(argv[0], status, errfile, "before its exec completed")
-                sig = os.WSTOPSIG(status)
-                if sig == signal.SIGTRAP:
-                    break
-                _ptrace_call(_PTRACE_CONT, pid, 0, sig)
-            else:
-                raise OddsError(f"{argv[0]!r} never stopped at its exec")
+            # 1. the stop right after the exec (SIGTRAP).
+            _run_to_trap(pid, deadline, argv[0], errfile, lambda: True, 64,
+                         f"{argv[0]!r} did not reach its exec within {timeout:g}s",
+                         "before its exec completed",
+                         f"{argv[0]!r} never stopped at its exec")
             _ptrace_call(_PTRACE_SETOPTIONS, pid, 0, _PTRACE_O_EXITKILL)
             aux = _auxv(pid)
             entry, interp = aux.get(_AT_ENTRY, 0), aux.get(_AT_BASE, 0)
@@ -463,33 +475,22 @@ def _one_run(index: int, path: str, argv: list[str], env: dict, threaded: bool,
             patched = (word & ~0xFF) | 0xCC
             _ptrace_call(_PTRACE_POKETEXT, pid, entry, patched)
             _ptrace_call(_PTRACE_CONT, pid, 0, 0)
-            for _ in range(1024):
-                status = _wait(pid, deadline)
-                if status is None:
-                    raise OddsError(f"{argv[0]!r} did not reach its entry point within "
-                                    f"{timeout:g}s (a library constructor that blocks?)")
-                if not os.WIFSTOPPED(status):
-                    reaped = True
-                    raise _ended(argv[0], status, errfile,
-                                 "before reaching its entry point")
-                sig = os.WSTOPSIG(status)
-                if sig == signal.SIGTRAP and _regs_rip(pid) == entry + 1:
-                    break
-                _ptrace_call(_PTRACE_CONT, pid, 0, sig)
-            else:
-                raise OddsError(f"{argv[0]!r} kept stopping before its entry point")
+            _run_to_trap(pid, deadline, argv[0], errfile,
+                         lambda: _regs_rip(pid) == entry + 1, 1024,
+                         f"{argv[0]!r} did not reach its entry point within "
+                         f"{timeout:g}s (a library constructor that blocks?)",
+                         "before reaching its entry point",
+                         f"{argv[0]!r} kept stopping before its entry point")
             # 3. the layout, then the end of it.
             with open(f"/proc/{pid}/maps") as f:
                 text = f.read()
             exe = os.readlink(f"/proc/{pid}/exe")
-            loader = ""
-            maps = _parse_maps(text, exe, "")
-            for m in maps:
-                if interp and m.start == interp:
-                    loader = m.path
-            if loader:
-                maps = _parse_maps(text, exe, loader)
-            return RunLayout(index, pid, entry, maps)
+            loader = next((m.path for m in layout.parse_maps(text)
+                           if interp and m.start == interp), "")
+            return RunLayout(index, pid, entry, _parse_maps(text, exe, loader))
+        except _Ended:
+            reaped = True
+            raise
         except OSError as err:
             raise OddsError(f"cannot trace {argv[0]!r}: {err.strerror or err}") from err
         finally:
