@@ -1,0 +1,97 @@
+/*
+ * forkhost/init.h - one program, either role: fh_init() is forkhost's
+ * counterpart of DPDK's rte_eal_init().
+ *
+ * A program calls fh_init(argc, argv) first thing in main.  By its
+ * --proc-type it then is
+ *
+ *  - the primary of its prefix: fh_init takes the prefix's lock, creates
+ *    the arena and template.sock, forks the template (this process must be
+ *    single-threaded then), writes the prefix's config record and returns;
+ *    the program goes on as the primary and may start threads;
+ *
+ *  - a secondary, started from a shell: fh_init hands this very executable
+ *    to the running template with this process's argv, environment, cwd,
+ *    umask, stdio, limits and signals (exactly as forkhost-run does; it is
+ *    the same client code), waits, and exits as the forked secondary does:
+ *    its status, its signal, or 125 / 126 / 127 (docs/cli.md).  It never
+ *    returns;
+ *
+ *  - the secondary the template forked for that launch: main runs again
+ *    from its start with every mapping of the primary in place, and here
+ *    fh_init returns.  Whatever main does before fh_init runs twice, once
+ *    in each process.
+ *
+ * Options, before the program's own (DPDK's spelling where DPDK has one;
+ * each also as "--opt value"):
+ *
+ *   --proc-type=primary|secondary|auto   default auto: primary when no live
+ *                                        primary holds the prefix, decided
+ *                                        atomically, else secondary
+ *   --file-prefix=P                      the prefix (FORKHOST_PREFIX, else
+ *                                        "forkhost")
+ *   --runtime-dir=D                      (FORKHOST_RUNTIME_DIR, ...)
+ *   --arena-size=SIZE                    primary: 64M, 1G, ... (FH_DEFAULT_ARENA_SIZE)
+ *   --huge-pages=auto|never|always       primary (FH_DEFAULT_HUGE_PAGES)
+ *   --pool=N                             primary: idle members (FH_DEFAULT_POOL)
+ *   --                                   ends forkhost's options
+ *
+ * and the environment forkhost-run reads: FORKHOST_PREFIX,
+ * FORKHOST_RUNTIME_DIR, FORKHOST_CONNECT_TIMEOUT (and the primary's
+ * FORKHOST_THP).
+ *
+ * Parsing stops at "--" (consumed) or at the first argument that does not
+ * start with "--".  fh_init returns how many arguments it consumed, after
+ * writing argv[0] into the last consumed slot, so that the program goes on
+ * with `argc -= ret; argv += ret;` and still has its name in argv[0], as
+ * with rte_eal_init.
+ *
+ * Failures print one line, "PROGRAM: what went wrong", and exit:
+ *   125  a bad option, a prefix held by another primary (--proc-type=
+ *        primary), no primary to hand over to (--proc-type=secondary), or
+ *        the primary could not start;
+ *   126  this program cannot be loaded in a secondary (not a PIE, main not
+ *        exported, thread-local variables in an executable): the line names
+ *        the build flags that fix it.
+ */
+#ifndef FORKHOST_INIT_H
+#define FORKHOST_INIT_H
+
+#ifndef FH_API
+#define FH_API __attribute__((visibility("default")))
+#endif
+
+/* A primary's defaults, the Python primary's too (forkhost/primary.py
+ * takes them from here). */
+#define FH_DEFAULT_ARENA_SIZE      (64u << 20)
+#define FH_DEFAULT_HUGE_PAGES      "auto"
+#define FH_DEFAULT_POOL            2u
+#define FH_DEFAULT_MAX_SECONDARIES 1024u
+#define FH_DEFAULT_GRACE_MS        5000u
+
+enum fh_proc_type {
+    FH_PROC_AUTO = -1,          /* as an option only */
+    FH_PROC_PRIMARY = 0,
+    FH_PROC_SECONDARY = 1,
+    FH_PROC_NONE = 2,           /* fh_init has not run (and this process is
+                                   not a secondary) */
+};
+
+/* See above.  Called once per process; a second call fails (125). */
+FH_API int fh_init(int argc, char **argv);
+
+/* This process's role: FH_PROC_SECONDARY in every secondary (whatever
+ * started it), FH_PROC_PRIMARY after fh_init made it the primary. */
+FH_API enum fh_proc_type fh_proc_type(void);
+
+/* The prefix fh_init settled on, or NULL before it. */
+FH_API const char *fh_file_prefix(void);
+
+/* The counterpart of rte_eal_cleanup().  In the primary: end the template
+ * (its secondaries get SIGTERM, then SIGKILL after the grace), remove the
+ * prefix's runtime files and release the prefix; 0, or -1 with errno.  In
+ * a secondary: nothing to undo (0).  A primary that exits without it ends
+ * the same way, the files being removed by the next primary. */
+FH_API int fh_cleanup(void);
+
+#endif /* FORKHOST_INIT_H */
