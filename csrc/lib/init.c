@@ -332,21 +332,6 @@ static int write_config(const struct fh_init_options *o, const char *sock,
     return fh_prefix_write_config(&g.paths, text, err, errlen);
 }
 
-/* FORKHOST_THP, as forkhost/thp.py reads it: the threshold, or 0 (off). */
-static size_t thp_threshold(void)
-{
-    const char *v = getenv("FORKHOST_THP");
-    size_t n;
-
-    if (v == NULL || *v == '\0' || strcmp(v, "1") == 0 || strcasecmp(v, "on") == 0 ||
-        strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0)
-        return FH_THP_MIN_BYTES;
-    if (strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "no") == 0
-        || strcasecmp(v, "never") == 0 || strcasecmp(v, "false") == 0)
-        return 0;
-    return fh_parse_size(v, &n) == 0 && n > 0 ? n : FH_THP_MIN_BYTES;
-}
-
 static void at_exit(void)
 {
     if (g.type == FH_PROC_PRIMARY && getpid() == g.pid)
@@ -360,7 +345,13 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     struct fh_thp_report thp;
     struct sockaddr_un addr;
     char err[FH_RUNDIR_ERR_MAX], name[128];
-    size_t min_thp = thp_threshold();
+    size_t min_thp = 0;
+    int thp_on = fh_thp_wanted(getenv("FORKHOST_THP"), &min_thp);
+
+    if (thp_on < 0) {
+        fh_prefix_release(&g.paths, g.lock_fd);
+        init_fail(prog, FH_EXIT_FORKHOST, FH_THP_INVALID, getenv("FORKHOST_THP"));
+    }
     int fd, keep[1];
     struct stat st;
     mode_t old;
@@ -394,7 +385,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     umask(old);
 
     memset(&thp, 0, sizeof thp);
-    if (min_thp > 0)
+    if (thp_on)
         fh_thp_collapse(min_thp, &thp);
 
     keep[0] = fh_arena_fd();
@@ -426,7 +417,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     close(fd);
     g.type = FH_PROC_PRIMARY;
     g.pid = getpid();
-    if (write_config(o, addr.sun_path, &thp, min_thp > 0, err, sizeof err) < 0) {
+    if (write_config(o, addr.sun_path, &thp, thp_on, err, sizeof err) < 0) {
         fh_cleanup();
         init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
     }
