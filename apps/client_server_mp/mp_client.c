@@ -44,7 +44,7 @@ static void usage(const char *msg)
             "  -n       this client's id, 0..NUM_CLIENTS-1 of the server\n"
             "  --count  stop after C packets (default 0: at SIGINT)\n",
             PROG, msg, PROG);
-    exit(MP_EXIT_FAILURE);
+    mp_exit_failure();
 }
 
 static void parse_app_args(int argc, char **argv, unsigned *id, uint64_t *count)
@@ -83,6 +83,26 @@ static void parse_app_args(int argc, char **argv, unsigned *id, uint64_t *count)
         usage("missing -n CLIENT_ID");
 }
 
+/* Add this burst's counts to the shared statistics of this client id: added,
+ * not stored, so that a client restarted under the same id goes on from
+ * its predecessor's figures.  Relaxed: statistics; the one writer is the
+ * client holding the id, and the server reads snapshots. */
+static void publish(struct tx_stats *st, uint64_t rx, uint64_t hits,
+                    uint64_t misses, uint64_t misrouted, const uint64_t *tx,
+                    uint64_t *shown_tx, unsigned num_ports)
+{
+    atomic_fetch_add_explicit(&st->flow_hits, hits, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->flow_misses, misses, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->misrouted, misrouted, memory_order_relaxed);
+    for (unsigned i = 0; i < num_ports; i++) {
+        atomic_fetch_add_explicit(&st->tx[i], tx[i] - shown_tx[i],
+                                  memory_order_relaxed);
+        shown_tx[i] = tx[i];
+    }
+    /* Last, and release: the server that sees rx complete sees the rest. */
+    atomic_fetch_add_explicit(&st->rx, rx, memory_order_release);
+}
+
 int main(int argc, char **argv)
 {
     const struct timespec idle = { 0, 100000 };   /* 100 us */
@@ -95,7 +115,7 @@ int main(int argc, char **argv)
     struct sigaction sa;
     uint16_t output_idx[MAX_PORTS];
     uint64_t count, rx = 0, hits = 0, misses = 0, misrouted = 0;
-    uint64_t tx[MAX_PORTS] = { 0 };
+    uint64_t tx[MAX_PORTS] = { 0 }, shown_tx[MAX_PORTS] = { 0 }, shown[3] = { 0 };
     char name[FH_RING_NAMESIZE];
     unsigned client_id = 0, ms = 0;
     int32_t owner;
@@ -193,14 +213,11 @@ int main(int argc, char **argv)
         }
         fh_mempool_put_bulk(mp, pkts, n);
         rx += n;
-        /* Relaxed stores: statistics with this process as the only
-         * writer; the server reads snapshots. */
-        atomic_store_explicit(&tx_stats->rx, rx, memory_order_relaxed);
-        atomic_store_explicit(&tx_stats->flow_hits, hits, memory_order_relaxed);
-        atomic_store_explicit(&tx_stats->flow_misses, misses, memory_order_relaxed);
-        atomic_store_explicit(&tx_stats->misrouted, misrouted, memory_order_relaxed);
-        for (unsigned i = 0; i < ports->num_ports; i++)
-            atomic_store_explicit(&tx_stats->tx[i], tx[i], memory_order_relaxed);
+        publish(tx_stats, n, hits - shown[0], misses - shown[1],
+                misrouted - shown[2], tx, shown_tx, ports->num_ports);
+        shown[0] = hits;
+        shown[1] = misses;
+        shown[2] = misrouted;
     }
 
     if (stop_signal)

@@ -102,7 +102,7 @@ static void usage(const char *msg)
             "  --dist             rr: round robin (default); hash: by flow\n"
             "  --flows            flows in the table, 1..%lu (default %lu)\n",
             PROG, msg, PROG, MAX_CLIENTS, MAX_FLOWS, DEFAULT_FLOWS);
-    exit(MP_EXIT_FAILURE);
+    mp_exit_failure();
 }
 
 static void parse_app_args(int argc, char **argv, unsigned long *portmask,
@@ -268,6 +268,18 @@ static unsigned process_packets(unsigned port_idx, uint64_t *seq, uint64_t left)
     return n;
 }
 
+/* Every client took what it was sent off its ring (clients still running
+ * or already stopped). */
+static int clients_have_all(void)
+{
+    for (unsigned i = 0; i < num_clients; i++)
+        /* Acquire: pairs with the client's release add of rx. */
+        if (atomic_load_explicit(&ports->tx_stats[i].rx, memory_order_acquire)
+            < client_stats[i].rx)
+            return 0;
+    return 1;
+}
+
 static void do_stats_display(void)
 {
     uint64_t port_tx[MAX_PORTS] = { 0 };
@@ -357,9 +369,15 @@ int main(int argc, char **argv)
         if (n == 0)
             nanosleep(&idle, NULL);
     }
-    if (!stop_signal)
+    if (!stop_signal) {
         printf("%s: sent %llu packets\n[Press Ctrl-C to quit ...]\n", PROG,
                (unsigned long long)count);
+        while (!stop_signal && !clients_have_all())
+            nanosleep(&idle, NULL);
+        if (!stop_signal)
+            printf("%s: the clients received all %llu packets\n", PROG,
+                   (unsigned long long)count);
+    }
     while (!stop_signal)
         nanosleep(&idle, NULL);
 

@@ -68,12 +68,21 @@ static inline struct mp_flow_key mp_flow_key_of(uint32_t f)
     return k;
 }
 
-/* Print "PROGRAM: message" on stderr and exit MP_EXIT_FAILURE. */
+/* Exit MP_EXIT_FAILURE after fh_init; a primary ends its prefix first
+ * (fh_cleanup: its runtime files go, its secondaries get SIGTERM). */
+static inline void mp_exit_failure(void)
+{
+    fflush(stdout);
+    fh_cleanup();
+    exit(MP_EXIT_FAILURE);
+}
+
+/* Print "PROGRAM: message" on stderr and exit, as mp_exit_failure. */
 #define mp_die(prog, ...) do {                                             \
         fprintf(stderr, "%s: ", (prog));                                   \
         fprintf(stderr, __VA_ARGS__);                                      \
         fputc('\n', stderr);                                               \
-        exit(MP_EXIT_FAILURE);                                             \
+        mp_exit_failure();                                                 \
     } while (0)
 
 /* Evaluate the lookup expression `expr` (fh_ring_lookup(name), ...) until

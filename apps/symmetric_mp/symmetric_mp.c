@@ -135,7 +135,7 @@ static void usage(const char *msg)
             "  --count      packets this process generates (default %lu)\n"
             "  --flows      flows in the table, 1..%lu (primary; default %lu)\n",
             PROG, msg, PROG, MAX_PROCS, DEFAULT_COUNT, MAX_FLOWS, DEFAULT_FLOWS);
-    exit(MP_EXIT_FAILURE);
+    mp_exit_failure();
 }
 
 struct smp_args {
