@@ -25,6 +25,8 @@
 #include "forkhost/member.h"
 #include "forkhost/template.h"
 #include "forkhost/thp.h"
+#include "forkhost/client.h"
+#include "forkhost/init.h"
 
 FH_API const char *fh_version(void);
 

@@ -57,6 +57,8 @@
 #ifndef FORKHOST_INIT_H
 #define FORKHOST_INIT_H
 
+#include <stddef.h>
+
 #ifndef FH_API
 #define FH_API __attribute__((visibility("default")))
 #endif
@@ -93,5 +95,11 @@ FH_API const char *fh_file_prefix(void);
  * a secondary: nothing to undo (0).  A primary that exits without it ends
  * the same way, the files being removed by the next primary. */
 FH_API int fh_cleanup(void);
+
+/* "64M", "1.5G", "4096", "8GiB": bytes, binary units (the Python
+ * primary's --arena-size too).  0, or -1 when text is none of those. */
+FH_API int fh_parse_size(const char *text, size_t *out);
+/* printf format: the text that was not a size. */
+#define FH_SIZE_INVALID "invalid size '%s': use bytes or a K/M/G suffix"
 
 #endif /* FORKHOST_INIT_H */
