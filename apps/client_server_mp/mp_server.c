@@ -25,6 +25,8 @@
  * statistics and ends the prefix (fh_cleanup: running clients get
  * SIGTERM).  Exit 0; 1 for bad arguments or a failed setup.
  */
+#define _GNU_SOURCE         /* dladdr */
+#include <dlfcn.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -329,6 +331,7 @@ int main(int argc, char **argv)
 {
     const struct timespec idle = { 0, 10000000 };  /* 10 ms */
     struct sigaction sa;
+    Dl_info self;
     unsigned long portmask;
     unsigned dist, port_idx = 0;
     uint64_t seq = 0, left;
@@ -352,11 +355,13 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    if (dladdr((void *)mp_flow_hash, &self) == 0)
+        mp_die(PROG, "dladdr cannot place mp_flow_hash");
     printf("%s: primary (pid %d, prefix '%s'): %u clients, %s distribution, "
-           "%lu flows; flow hash function mp_flow_hash at %p\n", PROG,
-           (int)getpid(), fh_file_prefix(), num_clients,
+           "%lu flows; flow hash function mp_flow_hash at %p in %s loaded at "
+           "%p\n", PROG, (int)getpid(), fh_file_prefix(), num_clients,
            dist == DIST_HASH ? "hash" : "round-robin", num_flows,
-           (void *)mp_flow_hash);
+           (void *)mp_flow_hash, self.dli_fname, self.dli_fbase);
 
     left = count;
     while (!stop_signal && (count == 0 || left > 0)) {

@@ -86,7 +86,7 @@ static void cmd_send(const char *text)
     }
     memcpy(msg, text, len);
     ((char *)msg)[len] = '\0';
-    if (fh_ring_enqueue(send_ring, msg) < 0) {
+    if (fh_ring_enqueue(send_ring, &msg) < 0) {
         printf("Failed to send message - message discarded\n");
         fh_mempool_put(message_pool, msg);
     }

@@ -33,6 +33,8 @@
  * arguments, a missing object, or a run (not stopped by a signal) whose
  * counts do not add up.
  */
+#define _GNU_SOURCE         /* dladdr */
+#include <dlfcn.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdalign.h>
@@ -303,7 +305,7 @@ static unsigned generate(uint32_t me, uint64_t left, uint64_t *seq)
         if (fh_hash_hash(flows, &pkt->key, &sig) < 0)
             mp_die(PROG, "cannot hash: %s", fh_hash_error());
         q = sig % state->num_procs;
-        if (fh_ring_mp_enqueue(rxq[port_idx][q], pkt) < 0)
+        if (fh_ring_mp_enqueue(rxq[port_idx][q], &pkts[sent]) < 0)
             break;                      /* queue full: drain, come back */
         /* Relaxed: published by the release add to gens_done. */
         atomic_fetch_add_explicit(&state->expected[q], 1, memory_order_relaxed);
@@ -350,6 +352,7 @@ int main(int argc, char **argv)
     const struct timespec idle = { 0, 100000 };   /* 100 us */
     struct smp_args a;
     struct sigaction sa;
+    Dl_info self;
     uint64_t left, seq = 0, rx = 0, expected;
     uint32_t me;
     int32_t owner;
@@ -383,10 +386,17 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    printf("%s: proc %u of %u: %s (pid %d, prefix '%s'); flow hash function "
-           "smp_flow_hash at %p\n", PROG, me, state->num_procs,
+    if (dladdr((void *)smp_flow_hash, &self) == 0)
+        mp_die(PROG, "dladdr cannot place smp_flow_hash");
+    /* The table's function is the primary's smp_flow_hash, in the primary's
+     * executable: the same base in every process.  A secondary's main runs
+     * in a copy of the executable of its own, which may lie elsewhere. */
+    printf("%s: proc %u of %u: %s (pid %d, prefix '%s'); the flow table hashes "
+           "with the function in %s loaded at 0x%llx; this process runs the copy "
+           "loaded at %p\n", PROG, me, state->num_procs,
            primary ? "primary" : "secondary", (int)getpid(), fh_file_prefix(),
-           (void *)smp_flow_hash);
+           fh_hash_fn_module(flows), (unsigned long long)fh_hash_fn_base(flows),
+           self.dli_fbase);
 
     left = a.count;
     if (left == 0)
