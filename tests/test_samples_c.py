@@ -143,6 +143,8 @@ def test_simple_mp_primary_and_secondary_exchange_messages(bins, runtime_dir):
             pri.send("".join(f"send m{batch}.{i}\n" for i in range(32)))
             for i in range(32):
                 assert sec.readline() == f"Received 'm{batch}.{i}'\n"
+        pri.send("send " + "x" * 200 + "\n")     # a buffer holds 127 bytes
+        assert sec.readline() == f"Received '{'x' * 127}'\n"
         sec.send("bogus\n")
         assert sec.readline() == "Bad arguments: 'bogus' (try help)\n"
 

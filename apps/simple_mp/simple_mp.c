@@ -19,6 +19,8 @@
  * A receiver thread prints what arrives.  The secondary also stops, saying
  * so, when its primary quits (the template then sends it SIGTERM).
  */
+#define _GNU_SOURCE         /* ppoll */
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -44,8 +46,7 @@ static const char *const PRI_2_SEC = "PRI_2_SEC";
 static struct fh_ring *send_ring, *recv_ring;
 static struct fh_mempool *message_pool;
 
-/* Set by the main thread (quit) or the SIGTERM handler; read by the
- * receiver.  Relaxed is enough: it only ends a polling loop, and the
+/* Set by the main thread (quit or SIGTERM); read by the receiver.  Relaxed is enough: it only ends a polling loop, and the
  * thread join orders everything after it. */
 static atomic_int quit;
 static volatile sig_atomic_t got_sigterm;
@@ -54,7 +55,6 @@ static void on_sigterm(int sig)
 {
     (void)sig;
     got_sigterm = 1;
-    atomic_store_explicit(&quit, 1, memory_order_relaxed);
 }
 
 static void *lcore_recv(void *arg)
@@ -99,24 +99,68 @@ static void cmd_help(void)
            "- send [string]\n- help\n- quit\n\n");
 }
 
-/* The prompt: returns at quit, end of input or SIGTERM. */
-static void interact(void)
+/*
+ * The next line of stdin, without its newline (a longer one than the
+ * buffer comes in pieces); NULL at end of input or at SIGTERM.  SIGTERM is
+ * blocked except inside ppoll, so it cannot slip in between a check of
+ * got_sigterm and a read that would then block for good.
+ */
+static char *next_line(const sigset_t *waitmask)
 {
-    const int tty = isatty(STDIN_FILENO);
-    char line[4096];
+    static char buf[4096];
+    static size_t start, end;     /* buf[start, end) is unread */
 
     for (;;) {
-        size_t len;
+        struct pollfd pfd = { .fd = STDIN_FILENO, .events = POLLIN };
+        char *nl = memchr(buf + start, '\n', end - start);
+        ssize_t n;
 
+        if (nl != NULL || (start == 0 && end == sizeof buf - 1)) {
+            char *line = buf + start;
+
+            if (nl == NULL)
+                nl = buf + end;
+            *nl = '\0';
+            start = (size_t)(nl - buf) + (nl < buf + end);
+            if (start >= end)
+                start = end = 0;
+            return line;
+        }
+        memmove(buf, buf + start, end - start);
+        end -= start;
+        start = 0;
+        if (ppoll(&pfd, 1, NULL, waitmask) < 0) {
+            if (errno == EINTR && !got_sigterm)
+                continue;
+            return NULL;
+        }
+        n = read(STDIN_FILENO, buf + end, sizeof buf - 1 - end);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (end == 0)
+                return NULL;
+            buf[end] = '\0';     /* a last line without a newline */
+            start = end = 0;
+            return buf;
+        }
+        end += (size_t)n;
+    }
+}
+
+/* The prompt: returns at quit, end of input or SIGTERM. */
+static void interact(const sigset_t *waitmask)
+{
+    const int tty = isatty(STDIN_FILENO);
+    char *line;
+
+    for (;;) {
         if (tty) {
             printf("simple_mp > ");
             fflush(stdout);
         }
-        if (got_sigterm || fgets(line, sizeof line, stdin) == NULL)
+        if ((line = next_line(waitmask)) == NULL)
             return;
-        len = strlen(line);
-        if (len > 0 && line[len - 1] == '\n')
-            line[--len] = '\0';
         if (strncmp(line, "send ", 5) == 0 && line[5] != '\0')
             cmd_send(line + 5);
         else if (strcmp(line, "help") == 0)
@@ -131,7 +175,7 @@ static void interact(void)
 int main(int argc, char **argv)
 {
     struct sigaction sa;
-    sigset_t block, old;
+    sigset_t block, waitmask;
     pthread_t recv_thread;
     int ret, primary, err;
 
@@ -163,23 +207,24 @@ int main(int argc, char **argv)
     if (message_pool == NULL)
         mp_die(PROG, "Problem getting message pool: %s", strerror(errno));
 
-    /* SIGTERM (the primary's end, in a secondary) interrupts the prompt's
-     * read: no SA_RESTART, and only the main thread takes it. */
+    /* SIGTERM (the primary's end, in a secondary) ends the prompt.  It
+     * stays blocked, in both threads, except while the prompt waits for
+     * input (next_line's ppoll). */
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigterm;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
+    pthread_sigmask(SIG_BLOCK, &block, &waitmask);
+    sigdelset(&waitmask, SIGTERM);
     err = pthread_create(&recv_thread, NULL, lcore_recv, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (err != 0)
         mp_die(PROG, "cannot start the receiver: %s", strerror(err));
 
     printf("%s: %s ready (pid %d, prefix '%s')\n", PROG,
            primary ? "primary" : "secondary", (int)getpid(), fh_file_prefix());
-    interact();
+    interact(&waitmask);
 
     atomic_store_explicit(&quit, 1, memory_order_relaxed);
     pthread_join(recv_thread, NULL);
