@@ -42,16 +42,6 @@
 int fh_init_in_secondary;
 char fh_init_template_prefix[FH_PREFIX_MAX_LEN + 1];
 
-struct init_opts {
-    int          proc_type;       /* enum fh_proc_type, AUTO by default */
-    const char  *prefix;          /* NULL: the environment's, the default */
-    const char  *runtime_dir;
-    size_t       arena_size;
-    unsigned     arena_flags;     /* FH_ARENA_HUGE_* */
-    unsigned     pool;
-    int          consumed;
-};
-
 /* What fh_init made of this process. */
 static struct {
     int                    done;
@@ -143,12 +133,22 @@ static const char *opt_value(const char *prog, int argc, char **argv, int *i,
     return argv[++*i];
 }
 
-static void parse(const char *prog, int argc, char **argv, struct init_opts *o)
+static int dashdash_after(int argc, char **argv, int i)
 {
+    for (; i < argc; i++)
+        if (strcmp(argv[i], "--") == 0)
+            return 1;
+    return 0;
+}
+
+FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
+{
+    const char *prog = prog_name(argv);
     const char *v;
     int i;
 
     memset(o, 0, sizeof *o);
+    o->huge_pages = FH_DEFAULT_HUGE_PAGES;
     o->proc_type = FH_PROC_AUTO;
     o->arena_size = FH_DEFAULT_ARENA_SIZE;
     o->arena_flags = FH_ARENA_HUGE_AUTO;
@@ -160,7 +160,8 @@ static void parse(const char *prog, int argc, char **argv, struct init_opts *o)
             o->consumed = i;
             return;
         }
-        if (strncmp(a, "--", 2) != 0)
+        /* Without a "--" later, the program's arguments start here. */
+        if (strncmp(a, "--", 2) != 0 && !dashdash_after(argc, argv, i))
             break;
         if ((v = opt_value(prog, argc, argv, &i, "--proc-type"))) {
             if (strcmp(v, "primary") == 0)
@@ -189,6 +190,9 @@ static void parse(const char *prog, int argc, char **argv, struct init_opts *o)
                 o->arena_flags = FH_ARENA_HUGE_ONLY;
             else if (strcmp(v, "never") == 0)
                 o->arena_flags = 0;
+            if (strcmp(v, "auto") == 0 || strcmp(v, "always") == 0 ||
+                strcmp(v, "never") == 0)
+                o->huge_pages = v;
             else
                 init_fail(prog, FH_EXIT_FORKHOST, "invalid --huge-pages '%s': use "
                           "auto, never or always", v);
@@ -217,7 +221,7 @@ static void parse(const char *prog, int argc, char **argv, struct init_opts *o)
 
 __attribute__((noreturn))
 static void hand_over(const char *prog, int argc, char **argv,
-                      const struct init_opts *o, int primary_starting)
+                      const struct fh_init_options *o, int primary_starting)
 {
     struct fh_client c;
     char exe[PATH_MAX], err[1024];
@@ -270,7 +274,7 @@ static void json_str(char *out, size_t size, const char *s)
 
 /* config.json: what forkhost ps, attach, doctor and classic attach read
  * (the Python primary's record, forkhost/primary.py, without "python"). */
-static int write_config(const struct init_opts *o, const char *sock,
+static int write_config(const struct fh_init_options *o, const char *sock,
                         struct fh_thp_report *thp, int thp_on, char *err,
                         size_t errlen)
 {
@@ -350,7 +354,7 @@ static void at_exit(void)
 }
 
 /* Become the primary: lock_fd is the prefix's lock, ours. */
-static void become_primary(const char *prog, const struct init_opts *o)
+static void become_primary(const char *prog, const struct fh_init_options *o)
 {
     struct fh_template_config c;
     struct fh_thp_report thp;
@@ -434,7 +438,7 @@ static void become_primary(const char *prog, const struct init_opts *o)
 FH_API int fh_init(int argc, char **argv)
 {
     const char *prog = prog_name(argv);
-    struct init_opts o;
+    struct fh_init_options o;
     char err[FH_RUNDIR_ERR_MAX];
     pid_t holder = 0, stale = -1;
     int lock;
@@ -451,7 +455,7 @@ FH_API int fh_init(int argc, char **argv)
         init_fail(prog, FH_EXIT_FORKHOST, "fh_init was already called in this "
                   "process");
     g.done = 1;
-    parse(prog, argc, argv, &o);
+    fh_init_parse(argc, argv, &o);
     if (fh_init_in_secondary) {
         g.type = FH_PROC_SECONDARY;
         /* The prefix is the primary's, whatever the options say. */

@@ -40,8 +40,10 @@
  * FORKHOST_RUNTIME_DIR, FORKHOST_CONNECT_TIMEOUT (and the primary's
  * FORKHOST_THP).
  *
- * Parsing stops at "--" (consumed) or at the first argument that does not
- * start with "--".  fh_init returns how many arguments it consumed, after
+ * Everything before a "--" (which is consumed too) must be forkhost's
+ * options, as with DPDK's EAL options; without a "--", parsing stops at
+ * the first argument that does not start with "--".  An unknown "--name"
+ * is an error either way.  fh_init returns how many arguments it consumed, after
  * writing argv[0] into the last consumed slot, so that the program goes on
  * with `argc -= ret; argv += ret;` and still has its name in argv[0], as
  * with rte_eal_init.
@@ -78,6 +80,23 @@ enum fh_proc_type {
     FH_PROC_NONE = 2,           /* fh_init has not run (and this process is
                                    not a secondary) */
 };
+
+/* The options as fh_init parsed them (forkhost.init() in Python parses
+ * with the same code). */
+struct fh_init_options {
+    int          proc_type;       /* enum fh_proc_type; FH_PROC_AUTO */
+    const char  *prefix;          /* --file-prefix, or NULL */
+    const char  *runtime_dir;     /* --runtime-dir, or NULL */
+    size_t       arena_size;
+    unsigned     arena_flags;     /* FH_ARENA_HUGE_*, arena.h */
+    const char  *huge_pages;      /* "auto", "never" or "always" */
+    unsigned     pool;
+    int          consumed;        /* arguments taken, "--" included */
+};
+
+/* Parse forkhost's options from argv[1] on into o (defaults for the
+ * rest); a bad option prints one line, "PROGRAM: what", and exits 125. */
+FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o);
 
 /* See above.  Called once per process; a second call fails (125). */
 FH_API int fh_init(int argc, char **argv);
