@@ -90,7 +90,7 @@ def test_primary_and_secondaries_from_a_shell(exe, runtime_dir):
         # The function pointer the primary stored, called in a secondary.
         r = _run([exe, "--proc-type=secondary", "--file-prefix=pa", "call", "21"],
                  runtime_dir)
-        assert (r.returncode, r.stdout, r.stderr) == (0, b"42\n", b"")
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"42 same\n", b"")
         # argv after fh_init: the program's name, then its own arguments.
         r = _run([exe, "--file-prefix", "pa", "--", "args", "x", "--y"], runtime_dir)
         assert r.stdout == f"{exe}\nargs\nx\n--y\n".encode(), r.stderr

@@ -389,8 +389,8 @@ int main(int argc, char **argv)
     if (dladdr((void *)smp_flow_hash, &self) == 0)
         mp_die(PROG, "dladdr cannot place smp_flow_hash");
     /* The table's function is the primary's smp_flow_hash, in the primary's
-     * executable: the same base in every process.  A secondary's main runs
-     * in a copy of the executable of its own, which may lie elsewhere. */
+     * executable, which a secondary's main runs too: the same base in
+     * every process. */
     printf("%s: proc %u of %u: %s (pid %d, prefix '%s'); the flow table hashes "
            "with the function in %s loaded at 0x%llx; this process runs the copy "
            "loaded at %p\n", PROG, me, state->num_procs,

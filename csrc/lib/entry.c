@@ -31,6 +31,7 @@
  * template through fh_elf_kind()).
  */
 #include "forkhost/entry.h"
+#include "init_internal.h"
 #include "forkhost/request.h"
 
 #include <dlfcn.h>
@@ -1094,6 +1095,15 @@ static void memfd_path(char *buf, size_t len, int mfd)
 static struct link_map *g_entry;
 static void *g_dso_handle;
 
+/* Whether fd is this process's own executable. */
+static int is_main_program(int fd)
+{
+    struct stat a, b;
+
+    return fstat(fd, &a) == 0 && stat("/proc/self/exe", &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 /* What can be told of path (open as fd, inspected into ei) before it is
  * loaded: the kinds of file a launch refuses, and the executables it cannot
  * load (static PIE, TLS, stale copy relocations).  preload: load the
@@ -1190,6 +1200,28 @@ static fh_main_fn load(const char *path, const char *symbol,
                         "a shared object or PIE executable", path);
         return fail(c, 126, CAUSE_UNREADABLE, "cannot read %s: %s", path,
                     strerror(e));
+    }
+    /* The program this template was forked from, when it is its own
+     * primary (fh_init): its main, already mapped, at the address every
+     * process of the prefix has it. */
+    if (fh_init_main_is_primary && is_main_program(fd)) {
+        void *self = dlopen(NULL, RTLD_NOW);
+
+        if (self != NULL && dlinfo(self, RTLD_DI_LINKMAP, &lm) == 0 && lm != NULL) {
+            addr = dlsym(self, symbol);
+            if (addr != NULL && object_of(addr) == lm) {
+                fn = (fh_main_fn)addr;
+                exported = 1;
+                goto out;
+            }
+            has_symtab = symtab_lookup(fd, &ei, q, 2);
+            looked_up = 1;
+            if (q[0].value != 0) {
+                fn = (fh_main_fn)(lm->l_addr + q[0].value);
+                goto out;
+            }
+        }
+        lm = NULL;
     }
     if (check_file(path, fd, &ei, c, &is_exec, 1) < 0)
         goto out;

@@ -40,6 +40,7 @@
 /* Set in every secondary by fh_child_setup (spawn.c), before its entry
  * runs; only ever written in a single-threaded child. */
 int fh_init_in_secondary;
+int fh_init_main_is_primary;
 char fh_init_template_prefix[FH_PREFIX_MAX_LEN + 1];
 
 /* What fh_init made of this process. */
@@ -401,6 +402,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     c.ready_fd = -1;
     c.keep_fds = keep;
     c.nkeep = 1;
+    fh_init_main_is_primary = 1;
     g.template_pid = fh_template_fork(&c);
     if (g.template_pid < 0) {
         int e = errno;

@@ -13,6 +13,11 @@
 /* Non-zero in a secondary: set by fh_child_setup (spawn.c). */
 extern int fh_init_in_secondary;
 
+/* Set by a primary that fh_init made (before the template fork): a launch
+ * of this same executable runs the program the template already maps
+ * (entry.c) instead of loading a second copy. */
+extern int fh_init_main_is_primary;
+
 /* The template's prefix, set as the template starts (template.c), and so
  * known in every secondary. */
 extern char fh_init_template_prefix[FH_PREFIX_MAX_LEN + 1];
