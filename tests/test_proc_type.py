@@ -97,6 +97,12 @@ def test_primary_and_secondaries_from_a_shell(exe, runtime_dir):
         r = _run([exe, "--file-prefix=pa", "role"], runtime_dir)
         assert r.stdout == b"secondary pa\n"
         assert _run([exe, "--file-prefix=pa", "exit", "7"], runtime_dir).returncode == 7
+        # The Python tools read a C primary's config record.
+        for cmd in (["doctor"], ["ps"], ["verify", "--all"]):
+            r = _run([sys.executable, "-m", "forkhost", *cmd, "--prefix", "pa"],
+                     runtime_dir, cwd=FIXTURES)
+            assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+            assert b"Traceback" not in r.stderr
         # The secondary was the template's child, and is gone.
         assert ended(template) is False
     finally:

@@ -276,11 +276,11 @@ static void json_str(char *out, size_t size, const char *s)
 /* config.json: what forkhost ps, attach, doctor and classic attach read
  * (the Python primary's record, forkhost/primary.py, without "python"). */
 static int write_config(const struct fh_init_options *o, const char *sock,
-                        struct fh_thp_report *thp, int thp_on, char *err,
-                        size_t errlen)
+                        const struct fh_thp_report *thp, int thp_on,
+                        size_t min_thp, char *err, size_t errlen)
 {
     char text[20000], prefix[256], socket_s[512], lib[PATH_MAX], lib_s[PATH_MAX + 64];
-    char exe[PATH_MAX], exe_s[PATH_MAX + 64];
+    char exe[PATH_MAX], exe_s[PATH_MAX + 64], thp_s[1024];
     struct fh_arena_hdr *hdr = fh_arena_hdr();
     Dl_info di;
     struct timespec now;
@@ -297,6 +297,29 @@ static int write_config(const struct fh_init_options *o, const char *sock,
     json_str(lib_s, sizeof lib_s, lib);
     json_str(exe_s, sizeof exe_s, exe);
     clock_gettime(CLOCK_REALTIME, &now);
+    /* forkhost/thp.py's record, which forkhost doctor reads. */
+    if (!thp_on) {
+        char why[160], why_s[400];
+
+        snprintf(why, sizeof why, "FORKHOST_THP=%.64s",
+                 getenv("FORKHOST_THP") ? getenv("FORKHOST_THP") : "");
+        json_str(why_s, sizeof why_s, why);
+        snprintf(thp_s, sizeof thp_s, "{\"enabled\": false, \"why\": %s}", why_s);
+    } else
+        snprintf(thp_s, sizeof thp_s, "{\"enabled\": true, \"min_bytes\": %zu, "
+                 "\"regions\": %llu, \"region_bytes\": %llu, \"chunk_bytes\": %llu, "
+                 "\"aligned_bytes\": %llu, \"collapsed_bytes\": %llu, "
+                 "\"failed_bytes\": %llu, \"sparse_bytes\": %llu, "
+                 "\"seconds\": %.4f%s}", min_thp,
+                 (unsigned long long)thp->regions, (unsigned long long)thp->region_bytes,
+                 (unsigned long long)thp->chunk_bytes,
+                 (unsigned long long)thp->aligned_bytes,
+                 (unsigned long long)thp->collapsed_bytes,
+                 (unsigned long long)thp->failed_bytes,
+                 (unsigned long long)thp->sparse_bytes, thp->elapsed_ns / 1e9,
+                 thp->unsupported ? ", \"unsupported\": \"MADV_COLLAPSE is not "
+                 "supported by this kernel (Linux >= 6.1 with transparent huge pages)\""
+                 : "");
     if (snprintf(text, sizeof text,
              "{\n"
              "  \"arena\": {\"base\": %llu, \"fd\": %d, \"huge_pages\": %s, "
@@ -313,8 +336,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
              "  \"socket\": %s,\n"
              "  \"started\": %lld.%03ld,\n"
              "  \"template_pid\": %d,\n"
-             "  \"thp\": {\"enabled\": %s, \"collapsed_bytes\": %llu, "
-             "\"regions\": %u}\n"
+             "  \"thp\": %s\n"
              "}\n",
              (unsigned long long)(uintptr_t)fh_arena_base(), fh_arena_fd(),
              hdr != NULL && (hdr->flags & FH_ARENA_F_HUGE) ? "true" : "false",
@@ -323,9 +345,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
              g.grace_ms / 1000.0, (unsigned long long)(uintptr_t)di.dli_fbase,
              lib_s, fh_version(), FH_DEFAULT_MAX_SECONDARIES, (int)getpid(),
              o->pool, prefix, exe_s, socket_s, (long long)now.tv_sec,
-             now.tv_nsec / 1000000, (int)g.template_pid,
-             thp_on ? "true" : "false",
-             (unsigned long long)thp->collapsed_bytes, (unsigned)thp->regions)
+             now.tv_nsec / 1000000, (int)g.template_pid, thp_s)
         >= (int)sizeof text) {
         snprintf(err, errlen, "the config record is too long");
         return -1;
@@ -419,7 +439,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     close(fd);
     g.type = FH_PROC_PRIMARY;
     g.pid = getpid();
-    if (write_config(o, addr.sun_path, &thp, thp_on, err, sizeof err) < 0) {
+    if (write_config(o, addr.sun_path, &thp, thp_on, min_thp, err, sizeof err) < 0) {
         fh_cleanup();
         init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
     }
