@@ -18,9 +18,11 @@
  *    returns;
  *
  *  - the secondary the template forked for that launch: main runs again
- *    from its start with every mapping of the primary in place, and here
- *    fh_init returns.  Whatever main does before fh_init runs twice, once
- *    in each process.
+ *    from its start with every mapping of the primary in place, in the
+ *    primary's own copy of the program when the primary is this program
+ *    (every function at one address in every process; globals as they
+ *    were when the primary called fh_init), and here fh_init returns.
+ *    Whatever main does before fh_init runs twice, once in each process.
  *
  * Options, before the program's own (DPDK's spelling where DPDK has one;
  * each also as "--opt value"):
@@ -111,8 +113,10 @@ FH_API const char *fh_file_prefix(void);
 /* The counterpart of rte_eal_cleanup().  In the primary: end the template
  * (its secondaries get SIGTERM, then SIGKILL after the grace), remove the
  * prefix's runtime files and release the prefix; 0, or -1 with errno.  In
- * a secondary: nothing to undo (0).  A primary that exits without it ends
- * the same way, the files being removed by the next primary. */
+ * a secondary: nothing to undo (0).  fh_init registers it with atexit(),
+ * so a primary that returns from main or calls exit() ends this way too;
+ * one killed by a signal takes its template and secondaries with it, and
+ * leaves its files to the next primary of the prefix. */
 FH_API int fh_cleanup(void);
 
 /* "64M", "1.5G", "4096", "8GiB": bytes, binary units (the Python
