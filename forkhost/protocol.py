@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 # drift, and importing it loads no native code (`forkhost run` needs none).
 from . import _wire
 from ._wire import (  # noqa: F401  (the protocol's names, for its users)
-    ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_JOBCTL,
-    LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
+    ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_INHERIT_FDS,
+    LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
     NOTICE, STARTED, STOPPED, VERSION)
 from .errors import ProtocolError
 
 HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
 LAUNCH_BODY = struct.Struct(_wire.LAUNCH_BODY_FORMAT)    # flags umask stdio_mask nextra argc envc strings_len reserved
+                                                         # sig_ignored sig_blocked
 STARTED_BODY = struct.Struct(_wire.STARTED_BODY_FORMAT)  # pid
 EXITED_BODY = struct.Struct(_wire.EXITED_BODY_FORMAT)    # code signal
 STOPPED_BODY = struct.Struct(_wire.STOPPED_BODY_FORMAT)  # signal reserved
@@ -161,6 +162,11 @@ class Launch:
     umask: int = 0o022
     stdio_mask: int = 0b111
     nextra: int = 0
+    # Signals (bit sig - 1) the secondary starts with ignored, and blocked.
+    sig_ignored: int = 0
+    sig_blocked: int = 0
+    # Where each extra fd lands; None: 3, 4, ... (--fd's order).
+    fd_target: tuple[int, ...] | None = None
 
     @property
     def strings(self) -> bytes:
@@ -179,11 +185,19 @@ class Launch:
     def nfds(self) -> int:
         return 1 + bin(self.stdio_mask & 7).count("1") + self.nextra
 
+    def targets(self) -> tuple[int, ...]:
+        if self.fd_target is None:
+            return tuple(range(3, 3 + self.nextra))
+        return tuple(self.fd_target)
+
     def encode(self) -> bytes:
         strings = b"".join(s + b"\0" for s in [self.entry, *self.argv, *self.env])
-        body = LAUNCH_BODY.pack(self.flags, self.umask, self.stdio_mask,
-                                self.nextra, len(self.argv), len(self.env),
-                                len(strings), 0) + strings
+        targets = self.targets()
+        body = (LAUNCH_BODY.pack(self.flags, self.umask, self.stdio_mask,
+                                 self.nextra, len(self.argv), len(self.env),
+                                 len(strings), 0, self.sig_ignored,
+                                 self.sig_blocked)
+                + struct.pack(f"={len(targets)}I", *targets) + strings)
         if HDR.size + len(body) > MAX_MSG:
             raise ProtocolError(
                 f"argument list and environment too long ({HDR.size + len(body)} "

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 # signal's C half (CPython's, which `signal` wraps): the same calls without
 # converting every signal number and handler to an enum and back, which
@@ -32,7 +33,7 @@ import _signal
 
 from . import entries
 from ._native import ffi, lib
-from .protocol import HDR, LAUNCH, Launch, header
+from .protocol import HDR, LAUNCH, LAUNCH_INHERIT_FDS, Launch, header
 
 
 def _write_stderr(text: str) -> None:
@@ -121,26 +122,58 @@ _left_behind: list = []
 
 def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     """The client's environment, in C (`environ`, set in one step by
-    fh_install_environ, with systemd's LISTEN_PID/LISTEN_FDS for the fds
-    at 3, 4, ...) and in os.environ, whose mapping is replaced to match
+    fh_install_environ, with systemd's LISTEN_* as spawn.c's env_lay_out
+    makes them) and in os.environ, whose mapping is replaced to match
     without a putenv/unsetenv per variable.  Returns the mapping."""
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    # Every variable has a "=" after its first byte (the parsers check).
-    # getenv(3) finds the first of a name given twice, so the dict is
-    # built from the end; map() keeps the loop in C.
-    data = dict(map(_SPLIT_VAR, reversed(req.env)))
-    for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
-        data.pop(name, None)
-    if req.nextra:
-        data[b"LISTEN_PID"] = str(os.getpid()).encode()
-        data[b"LISTEN_FDS"] = str(req.nextra).encode()
+    # As python builds os.environ from environ: in its order, an entry
+    # without "=" skipped, the first of a name given twice (getenv's).
+    # map() keeps the common case's loop in C.
+    pairs = list(map(_SPLIT_VAR, req.env))
+    try:
+        data = dict(pairs)
+    except ValueError:
+        pairs = [kv for kv in pairs if len(kv) == 2]
+        data = dict(pairs)
+    if len(data) != len(pairs):
+        data = {}
+        for name, value in pairs:
+            data.setdefault(name, value)
+    pid = str(os.getpid()).encode()
+    if req.flags & LAUNCH_INHERIT_FDS:
+        # The client's own fds, at their numbers: exec keeps the pid.
+        if data.get(b"LISTEN_PID") == str(spec.client_pid).encode():
+            data[b"LISTEN_PID"] = pid
+    else:
+        for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
+            data.pop(name, None)
+        if req.nextra:
+            data[b"LISTEN_PID"] = pid
+            data[b"LISTEN_FDS"] = str(req.nextra).encode()
+    # time's timezone, altzone, daylight and tzname, as python started
+    # with this TZ computes them (C's tzset already ran).
+    if data.get(b"TZ") != os.environ._data.get(b"TZ"):
+        time.tzset()
     # os.environ and os.environb share one bytes -> bytes mapping: theirs
     # is now this one, and the template's is left behind.
     _left_behind.append(os.environ._data)
     os.environ._data = os.environb._data = data
     return data
+
+
+def _client_signals(spec) -> None:
+    """The signals the client ignored stay ignored, in the signal module's
+    table too: python started by exec finds them so (and installs its
+    SIGINT handler only over SIG_DFL).  fh_child_setup set the kernel's."""
+    ignored = spec.sig_ignored
+    for sig in range(1, 65):
+        if ignored >> (sig - 1) & 1 and sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                _signal.signal(sig, _signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass
 
 
 _STDIO = ((0, "<stdin>"), (1, "<stdout>"), (2, "<stderr>"))
@@ -334,6 +367,8 @@ def run(req: Launch, target: entries.Target, spec) -> int:
     """Become the secondary and run the entry; returns the exit status."""
     if not prepared:
         _python_signal_defaults()
+    if spec.sig_ignored:
+        _client_signals(spec)
     env = _set_environ(req, spec)
     # What `python` reads from the environment at startup and a running
     # interpreter still lets change (docs/architecture.md).

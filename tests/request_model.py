@@ -11,6 +11,7 @@ template must answer them.
 from __future__ import annotations
 
 import socket
+import struct
 
 from forkhost import protocol
 
@@ -45,28 +46,32 @@ def expected(rec: bytes, n: int, mflags: int, nfds: int):
     body = rec[HDR.size:n]
     if len(body) < BODY.size:
         return ("error", "truncated LAUNCH request")
-    flags, umask, mask, nextra, argc, envc, slen, _ = BODY.unpack_from(body)
-    strings = body[BODY.size:]
+    flags, umask, mask, nextra, argc, envc, slen, _, _, _ = BODY.unpack_from(body)
+    if nextra > protocol.MAX_EXTRA_FDS:
+        return ("error", f"too many extra fds ({nextra}; the limit is "
+                         f"{protocol.MAX_EXTRA_FDS})")
+    if len(body) < BODY.size + 4 * nextra:
+        return ("error", "truncated LAUNCH request")
+    targets = struct.unpack_from(f"={nextra}I", body, BODY.size)
+    strings = body[BODY.size + 4 * nextra:]
     if slen != len(strings):
         return ("error", f"truncated LAUNCH request: {slen} bytes of strings "
                          f"announced, {len(strings)} present")
     if flags & ~protocol.LAUNCH_FLAGS or mask & ~7 or umask & ~0o777:
         return ("error", "LAUNCH request has unknown flags or bits set")
-    if nextra > protocol.MAX_EXTRA_FDS:
-        return ("error", f"too many extra fds ({nextra}; the limit is "
-                         f"{protocol.MAX_EXTRA_FDS})")
     if argc < 1:
         return ("error", "LAUNCH request has an empty argv")
     parts = strings.split(b"\0")
     if len(parts) != 1 + argc + envc + 1 or parts[-1] != b"":
         return ("error", f"malformed LAUNCH request: expected {1 + argc + envc} "
                          f"NUL-terminated strings, found {len(parts) - 1}")
-    entry, env = parts[0], parts[1 + argc:-1]
+    entry = parts[0]
     if not entry:
         return ("error", "LAUNCH request has an empty entry")
-    for var in env:
-        if b"=" not in var[1:]:
-            return ("error", f"malformed environment entry {var[:40]!r}")
+    for i, t in enumerate(targets):
+        if t < (3 if i == 0 else targets[i - 1] + 1) or t > 0x7fffffff:
+            return ("error", f"LAUNCH request puts extra fd {i} at {t}: "
+                             f"the numbers must increase from 3 up")
     want = 1 + bin(mask).count("1") + nextra
     if want != nfds:
         return ("error", f"LAUNCH request announces {want} file descriptors, "

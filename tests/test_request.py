@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import stat
 import unicodedata
 
@@ -49,9 +50,11 @@ def c_check(rec: bytes, n: int, mflags: int, nfds: int):
         return ("info",)
     assert rc == protocol.LAUNCH
     base = int(ffi.cast("uintptr_t", buf))
-    assert int(ffi.cast("uintptr_t", view.entry)) == base + HDR.size + BODY.size
-    assert int(ffi.cast("uintptr_t", view.strings)) + view.strings_len == base + n
     l = view.launch
+    assert int(ffi.cast("uintptr_t", view.entry)) == base + HDR.size + BODY.size + 4 * l.nextra
+    assert int(ffi.cast("uintptr_t", view.strings)) + view.strings_len == base + n
+    assert list(view.fd_target[0:l.nextra]) == list(
+        struct.unpack_from(f"={l.nextra}I", rec, HDR.size + BODY.size))
     return ("launch", ffi.string(view.entry), ffi.buffer(view.strings, view.strings_len)[:],
             (l.flags, l.umask, l.stdio_mask, l.nextra, l.argc, l.envc))
 
@@ -59,7 +62,7 @@ def c_check(rec: bytes, n: int, mflags: int, nfds: int):
 _text = st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"x"))
 _env_var = st.one_of(
     st.tuples(_text, _text).map(lambda kv: b"K" + kv[0] + b"=" + kv[1]),
-    _text,                                     # often without '=': invalid
+    _text,                                     # often without '=': passed as exec does
     st.binary(min_size=38, max_size=60).map(lambda b: b.replace(b"\0", b"'")))
 _u32 = st.one_of(st.integers(0, 8), st.just(2**32 - 1), st.integers(0, 2**32 - 1))
 
@@ -72,7 +75,7 @@ def launch_records(draw):
     entry = draw(st.one_of(st.just(b"mod:fn"), _text))
     argv = draw(st.lists(_text, min_size=0, max_size=4))
     env = draw(st.lists(_env_var, max_size=4))
-    flags = draw(st.sampled_from([0, 1, 2, 3, 4, 0x80000000]))
+    flags = draw(st.sampled_from([0, 1, 2, 3, 4, 8, 0x10, 0x80000000]))
     mask = draw(st.sampled_from([0, 1, 5, 7, 8]))
     umask = draw(st.sampled_from([0o022, 0o777, 0o1000]))
     nextra = draw(st.sampled_from([0, 1, 32, 33, 2**32 - 1]))
@@ -82,14 +85,24 @@ def launch_records(draw):
     argc = draw(st.one_of(st.just(len(argv)), _u32))
     envc = draw(st.one_of(st.just(len(env)), _u32))
     slen = draw(st.one_of(st.just(len(strings)), _u32))
-    body = BODY.pack(flags, umask, mask, nextra, argc, envc, slen, 0) + strings
+    k = min(nextra, 34)                        # as many numbers as said, mostly
+    if draw(st.integers(0, 7)) == 0:
+        k = draw(st.integers(0, 34))
+    first = draw(st.sampled_from([3, 3, 3, 0, 2, 63, 2**31 - k, 2**32 - 1]))
+    targets = [(first + i) % 2**32 for i in range(k)]
+    if k > 1 and draw(st.integers(0, 5)) == 0:  # out of order or repeated
+        i = draw(st.integers(1, k - 1))
+        targets[i] = targets[i - 1] - draw(st.integers(0, 1))
+    sig = draw(st.sampled_from([0, 1, 2**64 - 1]))
+    body = (BODY.pack(flags, umask, mask, nextra, argc, envc, slen, 0, sig, sig)
+            + struct.pack(f"={k}I", *(t % 2**32 for t in targets)) + strings)
     wire_nfds = (1 + bin(mask & 7).count("1") + nextra) % 2**32
     nfds = draw(st.one_of(st.just(wire_nfds), st.integers(0, protocol.MAX_FDS)))
     hdr_nfds = draw(st.one_of(st.just(nfds), st.integers(0, 40)))
     mtype = draw(st.sampled_from([protocol.LAUNCH] * 4 + [protocol.INFO, protocol.EXITED,
                                                           0, 0x1234]))
     magic = draw(st.sampled_from([protocol.MAGIC] * 8 + [0xDEADBEEF, 0]))
-    version = draw(st.sampled_from([protocol.VERSION] * 8 + [2, 0xFFFF]))
+    version = draw(st.sampled_from([protocol.VERSION] * 8 + [1, 0xFFFF]))
     rec = bytearray(HDR.pack(magic, version, mtype, HDR.size + len(body), hdr_nfds, 0)
                     + body)
     if draw(st.booleans()):                    # flip one byte

@@ -49,14 +49,27 @@ extern char **environ;
 /* One diagnostic line: our prefix, an ERROR text (<= 1024) and a path or two. */
 #define DIAG_MAX 4096
 
-/* Which signals we pass on to the secondary.  It is the template's child,
- * not ours, and not in our process group, so a terminal's ^C / ^Z / ^\ /
- * resize and a supervisor's SIGTERM reach only us unless we forward them. */
-static const int forwarded_signals[] = {
-    SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-    SIGTSTP, SIGCONT,
-};
+/* Signals we do not catch: SIGKILL and SIGSTOP cannot be, and glibc keeps
+ * 32 and 33 (thread cancellation, setxid) for itself, so no program can
+ * have a handler for them.  Every other signal sent to us is the
+ * secondary's (forward_signals): it is the template's child, not ours, and
+ * not in our process group, so a terminal's ^C / ^Z / ^\ / resize, a
+ * supervisor's SIGTERM and a `kill -USR1` or `kill -RTMIN+3` reach only us
+ * unless we pass them on. */
+#define FIRST_SIG 1
+#define LAST_SIG  64
+static int caught(int sig)
+{
+    return sig != SIGKILL && sig != SIGSTOP && sig != 32 && sig != 33;
+}
 
+/* A byte in the self-pipe: the signal, with this bit when the kernel sent
+ * it about us (our own terminal I/O, CPU time or file size): we act on it
+ * as its default action would, and do not pass it on. */
+#define SIG_OURS 0x80u
+
+/* Our pid, for telling our own SIGPIPE from someone's kill -PIPE. */
+static pid_t self_pid;
 
 /* Set once we know whether fd 2 was open at startup: if it was not, our own
  * socket or pipe may now sit on fd 2 and must not receive diagnostics. */
@@ -283,46 +296,100 @@ static int remaining_ms(const struct fh_client *o, int64_t deadline)
 /* ------------------------------------------------------------------ */
 /* signals                                                              */
 
-static void on_signal(int sig)
+static void on_signal(int sig, siginfo_t *si, void *ctx)
 {
     int saved = errno;
     unsigned char b = (unsigned char)sig;
-    ssize_t r = write(wakeup_w, &b, 1);   /* full pipe: drop, never block */
+    ssize_t r;
 
+    (void)ctx;
+    if (si->si_code > 0) {
+        /* The kernel's, about this process rather than sent to it. */
+        switch (sig) {
+        case SIGCHLD:           /* a child of ours (fh_init's program's) */
+        case SIGURG:            /* out-of-band data on a socket of ours */
+        case SIGPIPE:
+            errno = saved;
+            return;
+        case SIGSEGV: case SIGBUS: case SIGFPE: case SIGILL: case SIGTRAP:
+        case SIGSYS: {
+            /* Our own fault: die of it, as without the handler. */
+            struct sigaction dfl;
+
+            memset(&dfl, 0, sizeof(dfl));
+            dfl.sa_handler = SIG_DFL;
+            sigaction(sig, &dfl, NULL);
+            errno = saved;
+            return;             /* the instruction faults again */
+        }
+        case SIGTTIN: case SIGTTOU: case SIGXCPU: case SIGXFSZ:
+            b |= SIG_OURS;
+            break;
+        default:                /* the terminal's ^C, ^Z, ^\, resize, hangup */
+            break;
+        }
+    } else if (sig == SIGPIPE && si->si_code == SI_USER && si->si_pid == self_pid) {
+        errno = saved;          /* a write of ours to a closed pipe: EPIPE */
+        return;
+    }
+    r = write(wakeup_w, &b, 1);   /* full pipe: drop, never block */
     (void)r;
     errno = saved;
 }
 
 /*
- * Catch the forwarded signals into the self-pipe, ignore SIGPIPE (a
- * template that vanished shows up as EPIPE, not as our death).  A signal
- * that was already ignored when we started (nohup, a non-interactive
- * shell's background job) stays ignored and is not forwarded, so the
- * secondary behaves as a child of ours would have.  Returns the pipe's
- * read end.
+ * What a program we exec'd would start with, read before we change
+ * anything: the signals set to SIG_IGN (nohup's SIGHUP, `trap '' PIPE`, a
+ * background job's SIGINT and SIGQUIT) and the signal mask, bit sig - 1
+ * (FH_LAUNCH_SIGBIT).  The secondary starts with the same (proto.h).
+ */
+static void read_signals(uint64_t *ignored, uint64_t *blocked)
+{
+    uint64_t mask = 0;
+    int sig;
+
+    *ignored = 0;
+    /* The kernel's 64-bit mask, the same with or without libc. */
+    if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, &mask, sizeof mask) == 0)
+        *blocked = mask;
+    else
+        *blocked = 0;
+    for (sig = FIRST_SIG; sig <= LAST_SIG; sig++) {
+        struct sigaction old;
+
+        if (caught(sig) && sigaction(sig, NULL, &old) == 0 &&
+            !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN)
+            *ignored |= FH_LAUNCH_SIGBIT(sig);
+    }
+}
+
+/*
+ * Catch every catchable signal into the self-pipe (on_signal), ignored
+ * ones too: the secondary ignores those itself, unless its program set a
+ * handler, which then runs as it would have run directly.  Then unblock
+ * everything: a signal the secondary blocks stays pending there, not here.
+ * Returns the pipe's read end.
  */
 static int setup_signals(void)
 {
-    struct sigaction sa, old;
-    int p[2];
-    size_t k;
+    struct sigaction sa;
+    sigset_t none;
+    int p[2], sig;
 
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
         die("cannot create a pipe: %s", strerror(errno));
     wakeup_w = p[1];
+    self_pid = getpid();
 
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;       /* poll() still returns EINTR; fine */
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;  /* poll() still returns EINTR */
     sigemptyset(&sa.sa_mask);
-    for (k = 0; k < sizeof(forwarded_signals) / sizeof(forwarded_signals[0]); k++) {
-        int sig = forwarded_signals[k];
-        if (sigaction(sig, &sa, &old) == 0 && old.sa_handler == SIG_IGN)
-            sigaction(sig, &old, NULL);
-    }
+    for (sig = FIRST_SIG; sig <= LAST_SIG; sig++)
+        if (caught(sig))
+            sigaction(sig, &sa, NULL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     return p[0];
 }
 
@@ -334,12 +401,18 @@ static int pidfd_send_signal(int pidfd, int sig)
 /*
  * Pass every signal queued in the self-pipe to the secondary.  ^Z is
  * passed as SIGTSTP and then stops us too, as the foreground job a shell
- * thinks we are; the shell's later SIGCONT to us is passed on in turn.
- * ESRCH (the secondary already exited; EXITED is on its way) is ignored.
- * The kernel drops SIGTSTP (default action) for a process in an orphaned
- * process group, so it only stops the secondary if the template puts it in
- * a group whose parent is in the same session, e.g. with setpgid(0, 0).
+ * thinks we are (unless SIGTSTP was ignored when we started: the
+ * secondary ignores it too); the shell's later SIGCONT to us is passed on
+ * in turn.  ESRCH (the secondary already exited; EXITED is on its way) is
+ * ignored.  The kernel drops SIGTSTP (default action) for a process in an
+ * orphaned process group, so it only stops the secondary if the template
+ * puts it in a group whose parent is in the same session, e.g. with
+ * setpgid(0, 0).  A signal the kernel sent about us (SIG_OURS) gets its
+ * default action here: terminal I/O from the background stops us, a CPU
+ * or file size limit ends us.
  */
+static uint64_t sig_ignored_at_start;
+
 static void forward_signals(int pipe_r, int pidfd)
 {
     unsigned char buf[64];
@@ -347,11 +420,101 @@ static void forward_signals(int pipe_r, int pidfd)
 
     while ((n = read(pipe_r, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
         for (k = 0; k < n; k++) {
-            pidfd_send_signal(pidfd, buf[k]);
-            if (buf[k] == SIGTSTP)
+            int sig = buf[k] & ~SIG_OURS;
+
+            if (buf[k] & SIG_OURS) {
+                if (sig == SIGTTIN || sig == SIGTTOU) {
+                    raise(SIGSTOP);
+                } else {
+                    struct sigaction dfl;
+
+                    memset(&dfl, 0, sizeof(dfl));
+                    dfl.sa_handler = SIG_DFL;
+                    sigaction(sig, &dfl, NULL);
+                    raise(sig);
+                }
+                continue;
+            }
+            pidfd_send_signal(pidfd, sig);
+            if (sig == SIGTSTP && !(sig_ignored_at_start & FH_LAUNCH_SIGBIT(SIGTSTP)))
                 raise(SIGSTOP);
         }
     }
+}
+
+/*
+ * The fds a program we exec'd would have besides 0, 1 and 2: every open fd
+ * without FD_CLOEXEC (ours all have it: the socket, the self-pipe, the cwd
+ * fd), at its own number, in increasing order.  /proc/self/fd lists them;
+ * without /proc, the numbers below FH_INHERIT_SCAN_MAX are tried.  More
+ * than FH_PROTO_MAX_EXTRA_FDS is an error (docs/cli.md).
+ */
+#define FH_INHERIT_SCAN_MAX 1024
+
+static int inheritable(int fd)
+{
+    int fl = fcntl(fd, F_GETFD);
+
+    return fl >= 0 && !(fl & FD_CLOEXEC);
+}
+
+static void add_inherited(int fd, int *fds, uint32_t *target, unsigned *n)
+{
+    unsigned k;
+
+    if (fd < 3 || !inheritable(fd))
+        return;
+    if (*n >= FH_PROTO_MAX_EXTRA_FDS)
+        die("too many open file descriptors to pass on: more than %u besides "
+            "0, 1 and 2 are open without close-on-exec (fd %d and up); close "
+            "some, or choose the ones to pass with --fd",
+            FH_PROTO_MAX_EXTRA_FDS, fd);
+    for (k = *n; k > 0 && target[k - 1] > (uint32_t)fd; k--) {
+        target[k] = target[k - 1];
+        fds[k] = fds[k - 1];
+    }
+    target[k] = (uint32_t)fd;
+    fds[k] = fd;
+    (*n)++;
+}
+
+struct fh_dirent64 {
+    uint64_t       d_ino;
+    int64_t        d_off;
+    unsigned short d_reclen;
+    unsigned char  d_type;
+    char           d_name[];
+};
+
+static unsigned collect_inherited(int *fds, uint32_t *target)
+{
+    char buf[4096];
+    unsigned n = 0;
+    long got;
+    int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (dfd < 0) {
+        for (int fd = 3; fd < FH_INHERIT_SCAN_MAX; fd++)
+            add_inherited(fd, fds, target, &n);
+        return n;
+    }
+    while ((got = syscall(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
+        long off = 0;
+
+        while (off < got) {
+            struct fh_dirent64 *d = (struct fh_dirent64 *)(void *)(buf + off);
+            const char *p = d->d_name;
+            long v = 0;
+
+            for (; *p >= '0' && *p <= '9' && v < INT_MAX / 10; p++)
+                v = v * 10 + (*p - '0');
+            if (*p == '\0' && p != d->d_name && v != dfd)
+                add_inherited((int)v, fds, target, &n);
+            off += d->d_reclen;
+        }
+    }
+    close(dfd);
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -463,14 +626,23 @@ static char *put_string(char *p, const char *s)
     return p + n;
 }
 
+/* What LAUNCH says besides argv and environ. */
+struct launch_extra {
+    uint32_t flags;             /* FH_LAUNCH_INHERIT_FDS or 0 */
+    unsigned nextra;
+    uint32_t target[FH_PROTO_MAX_EXTRA_FDS];
+    uint64_t sig_ignored, sig_blocked;
+};
+
 /* Build LAUNCH: entry, argv = argv0 (else entry) + ARGS, our whole
  * environ; its length. */
 static size_t build_launch(const struct fh_client *o, unsigned stdio_mask,
-                           unsigned nfds)
+                           unsigned nfds, const struct launch_extra *x)
 {
     struct fh_launch *m = &launch_buf.msg;
     const char *argv0 = o->argv0 ? o->argv0 : o->entry;
-    size_t total = sizeof(*m) + strlen(o->entry) + 1 + strlen(argv0) + 1;
+    size_t tlen = x->nextra * sizeof x->target[0];
+    size_t total = sizeof(*m) + tlen + strlen(o->entry) + 1 + strlen(argv0) + 1;
     size_t envc = 0;
     mode_t mask;
     char *p;
@@ -494,16 +666,19 @@ static size_t build_launch(const struct fh_client *o, unsigned stdio_mask,
     m->hdr.nfds = nfds;
     m->hdr.reserved = 0;
     /* We are the job a shell sees, and we say why the template ended it. */
-    m->flags = o->flags | FH_LAUNCH_JOBCTL | FH_LAUNCH_NOTICE;
+    m->flags = o->flags | x->flags | FH_LAUNCH_JOBCTL | FH_LAUNCH_NOTICE;
     m->umask = (uint32_t)mask;
     m->stdio_mask = stdio_mask;
-    m->nextra = o->nextra;
+    m->nextra = x->nextra;
     m->argc = (uint32_t)o->nargs + 1;
     m->envc = (uint32_t)envc;
-    m->strings_len = (uint32_t)(total - sizeof(*m));
+    m->strings_len = (uint32_t)(total - sizeof(*m) - tlen);
     m->reserved = 0;
+    m->sig_ignored = x->sig_ignored;
+    m->sig_blocked = x->sig_blocked;
 
-    p = (char *)(m + 1);
+    memcpy(m + 1, x->target, tlen);
+    p = (char *)(m + 1) + tlen;
     p = put_string(p, o->entry);        /* the entry string */
     p = put_string(p, argv0);
     for (k = 0; k < o->nargs; k++)
@@ -893,8 +1068,14 @@ void fh_client_run(struct fh_client *c)
     int stopped_early = 0;
     int64_t deadline;
     size_t len;
+    struct launch_extra x;
+    int inherited[FH_PROTO_MAX_EXTRA_FDS];
 
     prog = o.prog;
+    /* First, before anything here changes them: what exec would keep. */
+    memset(&x, 0, sizeof x);
+    read_signals(&x.sig_ignored, &x.sig_blocked);
+    sig_ignored_at_start = x.sig_ignored;
     if (!o.timeout_given) {
         const char *val = env_nonempty("FORKHOST_CONNECT_TIMEOUT");
 
@@ -909,6 +1090,16 @@ void fh_client_run(struct fh_client *c)
         if (fcntl(fd, F_GETFD) >= 0)
             stdio_mask |= 1u << fd;
     stderr_ok = (stdio_mask & 4u) != 0;
+    /* --fd chooses and renumbers (3, 4, ...); without it every fd a
+     * program we exec'd would have passes at its own number. */
+    if (o.nextra > 0) {
+        x.nextra = o.nextra;
+        for (unsigned k = 0; k < o.nextra; k++)
+            x.target[k] = 3 + k;
+    } else {
+        x.nextra = collect_inherited(inherited, x.target);
+        x.flags = FH_LAUNCH_INHERIT_FDS;
+    }
 
     alen = socket_address(&o, &addr);
 
@@ -923,9 +1114,9 @@ void fh_client_run(struct fh_client *c)
     for (int fd = 0; fd <= 2; fd++)
         if (stdio_mask & (1u << fd))
             fds[nfds++] = fd;
-    for (unsigned k = 0; k < o.nextra; k++)
-        fds[nfds++] = o.extra_fds[k];
-    len = build_launch(&o, stdio_mask, nfds);
+    for (unsigned k = 0; k < x.nextra; k++)
+        fds[nfds++] = o.nextra > 0 ? o.extra_fds[k] : inherited[k];
+    len = build_launch(&o, stdio_mask, nfds, &x);
 
     memset(&s, 0, sizeof(s));
     s.o = &o;

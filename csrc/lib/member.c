@@ -341,6 +341,10 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
     spec->report_fd = m->ctl_fd;
     spec->client_fd = m->conn;
     spec->client_pid = client;
+    spec->fd_target = r->view.fd_target;
+    spec->inherit_fds = (l->flags & FH_LAUNCH_INHERIT_FDS) != 0;
+    spec->sig_ignored = l->sig_ignored;
+    spec->sig_blocked = l->sig_blocked;
     /* A member reset every disposition while it waited (fh_reset_signals):
      * what a fresh program has; a Python entry sets Python's own on top,
      * unless the member already did (python_ready), which a native entry

@@ -41,27 +41,33 @@ static int check_launch(const unsigned char *rec, size_t n, unsigned nfds,
                         struct fh_launch_view *v, struct fh_req_result *r)
 {
     struct fh_launch l;
+    uint32_t target[FH_PROTO_MAX_EXTRA_FDS];
     const unsigned char *s, *p, *end;
-    uint64_t want, found = 0, i, fds;
-    size_t slen, elen;
+    uint64_t want, found = 0, fds;
+    size_t slen, elen, tlen;
+    uint32_t i;
 
     if (n < sizeof l)
         return refuse(r, FH_REQ_LAUNCH_SHORT, 0, 0);
     memcpy(&l, rec, sizeof l);              /* the record may be unaligned */
-    slen = n - sizeof l;
+    if (l.nextra > FH_PROTO_MAX_EXTRA_FDS)
+        return refuse(r, FH_REQ_LAUNCH_EXTRA, l.nextra, FH_PROTO_MAX_EXTRA_FDS);
+    tlen = (size_t)l.nextra * sizeof target[0];
+    if (n < sizeof l + tlen)
+        return refuse(r, FH_REQ_LAUNCH_SHORT, 0, 0);
+    memcpy(target, rec + sizeof l, tlen);
+    slen = n - sizeof l - tlen;
     if (l.strings_len != slen)
         return refuse(r, FH_REQ_LAUNCH_STRINGS_LEN, l.strings_len, slen);
     if ((l.flags & ~FH_LAUNCH_FLAGS) || (l.stdio_mask & ~7u) ||
         (l.umask & ~0777u))
         return refuse(r, FH_REQ_LAUNCH_FLAGS, 0, 0);
-    if (l.nextra > FH_PROTO_MAX_EXTRA_FDS)
-        return refuse(r, FH_REQ_LAUNCH_EXTRA, l.nextra, FH_PROTO_MAX_EXTRA_FDS);
     if (l.argc < 1)
         return refuse(r, FH_REQ_LAUNCH_ARGV, 0, 0);
     /* strings.split(b"\0") must give 1 + argc + envc pieces and a last,
      * empty one: every NUL counts, and the strings end with one. */
     want = 1 + (uint64_t)l.argc + l.envc;
-    s = rec + sizeof l;
+    s = rec + sizeof l + tlen;
     end = s + slen;
     for (p = s; p < end && (p = memchr(p, '\0', (size_t)(end - p))) != NULL;
          p++)
@@ -70,21 +76,13 @@ static int check_launch(const unsigned char *rec, size_t n, unsigned nfds,
         return refuse(r, FH_REQ_LAUNCH_STRINGS, want, found);
     if (s[0] == '\0')
         return refuse(r, FH_REQ_LAUNCH_ENTRY, 0, 0);
-    /* Every environment entry has a '=' after its first byte. */
+    /* Each extra fd's number: above the previous one, 3 at least, and a
+     * number an fd can have (an int). */
+    for (i = 0; i < l.nextra; i++)
+        if (target[i] < (i == 0 ? 3u : target[i - 1] + 1u) ||
+            target[i] > (uint32_t)INT32_MAX)
+            return refuse(r, FH_REQ_LAUNCH_FD_TARGET, i, target[i]);
     elen = strlen((const char *)s) + 1;
-    p = s + elen;
-    for (i = 0; i < l.argc; i++)
-        p += strlen((const char *)p) + 1;
-    for (i = 0; i < l.envc; i++) {
-        size_t len = strlen((const char *)p);
-
-        if (len < 2 || memchr(p + 1, '=', len - 1) == NULL) {
-            r->text = (const char *)p;
-            r->text_len = len;
-            return refuse(r, FH_REQ_LAUNCH_ENV, 0, 0);
-        }
-        p += len + 1;
-    }
     fds = 1u + (unsigned)__builtin_popcount(l.stdio_mask) + (uint64_t)l.nextra;
     if (fds != nfds)
         return refuse(r, FH_REQ_LAUNCH_FDS, fds, nfds);
@@ -93,6 +91,7 @@ static int check_launch(const unsigned char *rec, size_t n, unsigned nfds,
         v->entry = (const char *)s;
         v->strings = (const char *)s + elen;
         v->strings_len = slen - elen;
+        memcpy(v->fd_target, target, tlen);
     }
     return FH_MSG_LAUNCH;
 }
@@ -105,8 +104,6 @@ FH_API int fh_request_check(const void *buf, size_t n, int mflags,
 
     r->error = FH_REQ_OK;
     r->a = r->b = 0;
-    r->text = NULL;
-    r->text_len = 0;
     if (n == 0 && nfds == 0)
         return 0;
     if (mflags & MSG_CTRUNC)
@@ -299,24 +296,6 @@ static void put_repr(struct out *o, const char *text, size_t n)
     put(o, &quote, 1);
 }
 
-/* repr(bytes): b'...', every byte past ASCII as \xNN. */
-static void put_bytes_repr(struct out *o, const char *text, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    char quote = repr_quote(s, n);
-    size_t i;
-
-    put(o, "b", 1);
-    put(o, &quote, 1);
-    for (i = 0; i < n; i++) {
-        if (s[i] >= 0x80)
-            putf(o, "\\x%02x", s[i]);
-        else
-            put_ascii(o, s[i], quote);
-    }
-    put(o, &quote, 1);
-}
-
 /* Text that goes into a message as it is, as the ERROR record carries a
  * Python str: a newline becomes a space and an undecodable byte '?'
  * (protocol.encode_error). */
@@ -339,8 +318,7 @@ static void put_text(struct out *o, const char *text, size_t n)
 }
 
 /* The message table: each refusal's text, with the numbers it names (a,
- * then b, both as unsigned long long).  FH_REQ_LAUNCH_ENV's %s is the
- * entry's repr. */
+ * then b, both as unsigned long long). */
 static const char *const req_messages[FH_REQ_NERRORS] = {
     [FH_REQ_OK] = "",
     [FH_REQ_TOO_MANY_FDS] = "too many file descriptors (the limit is %llu)",
@@ -362,32 +340,23 @@ static const char *const req_messages[FH_REQ_NERRORS] = {
     [FH_REQ_LAUNCH_STRINGS] = "malformed LAUNCH request: expected %llu "
                               "NUL-terminated strings, found %llu",
     [FH_REQ_LAUNCH_ENTRY] = "LAUNCH request has an empty entry",
-    [FH_REQ_LAUNCH_ENV] = "malformed environment entry %s",
+    [FH_REQ_LAUNCH_FD_TARGET] = "LAUNCH request puts extra fd %llu at %llu: "
+                                "the numbers must increase from 3 up",
     [FH_REQ_LAUNCH_FDS] = "LAUNCH request announces %llu file descriptors, "
                           "%llu arrived",
 };
-
-/* Python shows an environment entry's first 40 bytes. */
-#define ENV_SHOWN 40
 
 FH_API size_t fh_request_message(const struct fh_req_result *r, char *out,
                                  size_t size)
 {
     char text[FH_PROTO_MAX_ERROR + 1];
     struct out o = {text, sizeof text, 0};
-    const char *fmt;
 
     if (size == 0)
         return 0;
     text[0] = '\0';
     if (r->error >= FH_REQ_NERRORS) {
         putf(&o, "unknown refusal %u", r->error);
-    } else if (r->error == FH_REQ_LAUNCH_ENV) {
-        fmt = req_messages[r->error];
-        put(&o, fmt, (size_t)(strstr(fmt, "%s") - fmt));
-        put_bytes_repr(&o, r->text != NULL ? r->text : "",
-                       r->text == NULL ? 0
-                       : r->text_len < ENV_SHOWN ? r->text_len : ENV_SHOWN);
     } else {
         /* The table's formats take a and b and nothing else. */
 #pragma GCC diagnostic push

@@ -40,6 +40,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 /* SCM_RIGHTS carries at most 253 fds per message (the kernel's SCM_MAX_FD),
@@ -147,16 +149,30 @@ static int spec_valid(const struct fh_child_spec *spec)
         return 0;
     for (std = 0; std < 3; std++)
         nstd += (spec->stdio_mask >> std) & 1u;
-    return (spec->stdio_mask & ~7u) == 0 && spec->fds != NULL
-        && spec->nfds <= FH_SPAWN_MAX_FDS && spec->nextra <= FH_SPAWN_MAX_FDS
-        && spec->nfds == 1 + nstd + spec->nextra;
+    if (!((spec->stdio_mask & ~7u) == 0 && spec->fds != NULL
+          && spec->nfds <= FH_SPAWN_MAX_FDS && spec->nextra <= FH_SPAWN_MAX_FDS
+          && spec->nfds == 1 + nstd + spec->nextra))
+        return 0;
+    for (std = 0; spec->fd_target != NULL && std < spec->nextra; std++)
+        if (spec->fd_target[std] < (std == 0 ? 3u : spec->fd_target[std - 1] + 1u)
+            || spec->fd_target[std] > (uint32_t)INT32_MAX - 1)
+            return 0;
+    return 1;
+}
+
+/* Where extra fd i lands in the secondary. */
+static int target_of(const struct fh_child_spec *spec, unsigned i)
+{
+    return spec->fd_target != NULL ? (int)spec->fd_target[i] : 3 + (int)i;
 }
 
 /*
- * Put the client's fds in place.  Received fds sit at arbitrary numbers,
+ * Put the client's fds in place: stdio at 0/1/2, the extras at their
+ * targets (3, 4, ... or the client's own numbers), N one above the highest.
+ * Received fds sit at arbitrary numbers,
  * possibly at 0..N-1 where others must land, so all of them are first
  * duplicated to N and above; after that no dup2() can overwrite a source
- * still needed.  The cwd fd is moved too, so that a failing fchdir() is
+ * still needed.  Numbers below N that no extra fd takes are closed.  The cwd fd is moved too, so that a failing fchdir() is
  * reported on the client's stderr, which is in place by then.
  */
 /* The client's connection in this secondary (fh_exit_report sends EXITED
@@ -167,9 +183,9 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
     unsigned mask = spec->stdio_mask, i, k, N;
-    int std, keep = -1, ckeep = -1;
+    int std, keep = -1, ckeep = -1, lo;
 
-    N = 3 + spec->nextra;
+    N = spec->nextra > 0 ? (unsigned)target_of(spec, spec->nextra - 1) + 1 : 3;
 
     /* The report fd, if any, is parked high (and close-on-exec: an exec'd
      * program has nothing to report through it), so that the entry's own
@@ -177,7 +193,8 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
      * first, like the others: its number may be one a dup2() below
      * overwrites or a std fd the client did not have. */
     if (spec->report_fd > 0) {
-        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, FH_REPORT_FD_MIN);
+        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC,
+                     N > FH_REPORT_FD_MIN ? (int)N : FH_REPORT_FD_MIN);
         if (keep < 0)
             keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, (int)N);
         if (keep < 0)
@@ -208,9 +225,19 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
             return step_failed(error, "placing the client's stdio (dup2)");
     }
     for (i = 0; i < spec->nextra; i++)
-        if (dup2(moved[k++], (int)(3 + i)) < 0)
+        if (dup2(moved[k++], target_of(spec, i)) < 0)
             return step_failed(error, "placing the client's extra fds "
                                "(dup2)");
+    /* The numbers between them are the template's (or received
+     * originals): the client had nothing there. */
+    for (lo = 3, i = 0; i < spec->nextra; i++) {
+        int t = target_of(spec, i);
+
+        if (t > lo && close_range_((unsigned)lo, (unsigned)t - 1) < 0)
+            return step_failed(error, "closing the template's fds "
+                               "(close_range)");
+        lo = t + 1;
+    }
     /* The client had these closed: so does its program. */
     for (std = 0; std < 3; std++)
         if (!((mask >> std) & 1u) && close(std) < 0 && errno != EBADF)
@@ -311,6 +338,36 @@ FH_API int fh_reset_signals(void)
         return -errno;
     sigemptyset(&set);
     return sigprocmask(SIG_SETMASK, &set, NULL) < 0 ? -errno : 0;
+}
+
+/* A signal the client ignored stays ignored, as across exec (glibc's 32
+ * and 33 answer EINVAL and keep glibc's handlers). */
+static int ignore_client_signals(uint64_t ignored)
+{
+    struct sigaction ign;
+    int sig;
+
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    for (sig = 1; sig <= 64 && sig < NSIG; sig++) {
+        if (!(ignored & FH_LAUNCH_SIGBIT(sig)) || sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (sigaction(sig, &ign, NULL) < 0 && errno != EINVAL)
+            return -1;
+    }
+    return 0;
+}
+
+/* The client's mask as a sigset (sigaddset refuses glibc's 32 and 33). */
+static void mask_of(uint64_t bits, sigset_t *set)
+{
+    int sig;
+
+    sigemptyset(set);
+    for (sig = 1; sig <= 64 && sig < NSIG; sig++)
+        if (bits & FH_LAUNCH_SIGBIT(sig))
+            (void)sigaddset(set, sig);
 }
 
 FH_API void fh_set_title(char *area, size_t len, char *const *argv)
@@ -547,6 +604,199 @@ static void take_client_attrs(pid_t client)
     errno = saved_errno;
 }
 
+/* ------------------------------------------------------------------------
+ * The argument and environment areas.
+ *
+ * exec puts argv and the environment in the new stack, back to back, and
+ * the kernel shows exactly those bytes as /proc/PID/cmdline and environ
+ * (ps, psutil, debuggers).  A secondary's are the primary's.  So setup lays
+ * out the client's argv and the environment the secondary gets (build_env's
+ * rule) in one fresh mapping, makes `environ` point there, and moves the
+ * kernel's arg_start..env_end to it with PR_SET_MM_MAP (CONFIG_CHECKPOINT_
+ * RESTORE; no capability unless the executable is changed, which it is
+ * not).  A kernel without it, or one that refuses, leaves the title written
+ * into the primary's own argv area (fh_set_title): one line, padded.
+ */
+
+/* The environment setup laid out (NULL-terminated), or NULL. */
+static char **g_env;
+
+static int is_listen_var(const char *s)
+{
+    return strncmp(s, "LISTEN_PID=", 11) == 0
+        || strncmp(s, "LISTEN_FDS=", 11) == 0
+        || strncmp(s, "LISTEN_FDNAMES=", 15) == 0;
+}
+
+/* s is "LISTEN_PID=<pid>" exactly. */
+static int listen_pid_is(const char *s, pid_t pid)
+{
+    char digits[16];
+    const char *d;
+
+    if (pid <= 0 || strncmp(s, "LISTEN_PID=", 11) != 0)
+        return 0;
+    digits[sizeof digits - 1] = '\0';
+    d = put_int(digits + sizeof digits - 1, (int)pid);
+    return strcmp(s + 11, d) == 0;
+}
+
+struct env_out {
+    char  **ptrs;       /* NULL: only count */
+    char   *buf;
+    size_t  n, bytes;
+};
+
+static void env_put(struct env_out *o, const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = b != NULL ? strlen(b) : 0;
+
+    if (o->ptrs != NULL) {
+        memcpy(o->buf + o->bytes, a, la);
+        if (lb > 0)
+            memcpy(o->buf + o->bytes + la, b, lb);
+        o->buf[o->bytes + la + lb] = '\0';
+        o->ptrs[o->n] = o->buf + o->bytes;
+    }
+    o->n++;
+    o->bytes += la + lb + 1;
+}
+
+/*
+ * The secondary's environment: the client's, in its order, entries
+ * without '=' included (exec passes them).  systemd's socket-activation
+ * variables (sd_listen_fds(3) checks LISTEN_PID against getpid()): with
+ * the client's own fds (inherit_fds) they pass as exec passes them, a
+ * LISTEN_PID naming the client becoming this process's pid, since exec
+ * keeps the pid; with --fd's fds they are set for those fds; without
+ * extra fds they are dropped, describing fds the secondary does not have.
+ */
+static void env_lay_out(const struct fh_child_spec *spec, struct env_out *o)
+{
+    char pid[16], fds[16];
+    const char *p, *f;
+    size_t i;
+
+    pid[sizeof pid - 1] = fds[sizeof fds - 1] = '\0';
+    p = put_int(pid + sizeof pid - 1, (int)getpid());
+    f = put_int(fds + sizeof fds - 1, (int)spec->nextra);
+    for (i = 0; spec->envp != NULL && spec->envp[i] != NULL; i++) {
+        const char *e = spec->envp[i];
+
+        if (spec->inherit_fds && listen_pid_is(e, spec->client_pid))
+            env_put(o, "LISTEN_PID=", p);
+        else if (spec->inherit_fds || !is_listen_var(e))
+            env_put(o, e, NULL);
+    }
+    if (!spec->inherit_fds && spec->nextra > 0) {
+        env_put(o, "LISTEN_PID=", p);
+        env_put(o, "LISTEN_FDS=", f);
+    }
+}
+
+/* The first n numbers of /proc/self/stat, counted from 1 as proc(5) does;
+ * 0, or -1. */
+static int read_stat(unsigned long long *field, int n)
+{
+    char buf[1024];
+    const char *p;
+    int i;
+
+    if (read_small("/proc/self/stat", buf, sizeof buf) < 0 ||
+        (p = strrchr(buf, ')')) == NULL)
+        return -1;
+    p++;                                  /* " S ppid ...": field 3 on */
+    for (i = 3; i <= n; i++) {
+        while (*p == ' ')
+            p++;
+        if (*p == '\0')
+            return -1;
+        field[i] = 0;
+        if (*p == '-')
+            p++;
+        while (*p >= '0' && *p <= '9')
+            field[i] = field[i] * 10 + (unsigned long long)(*p++ - '0');
+        while (*p != ' ' && *p != '\0')
+            p++;
+    }
+    return 0;
+}
+
+static int point_kernel_at(const char *arg, const char *arg_end,
+                           const char *env, const char *env_end)
+{
+#if defined(PR_SET_MM) && defined(PR_SET_MM_MAP)
+    unsigned long long f[52];
+    struct prctl_mm_map map;
+    long brk;
+
+    if (read_stat(f, 51) < 0)
+        return -1;
+    brk = syscall(SYS_brk, 0);
+    memset(&map, 0, sizeof map);
+    map.start_code = f[26];
+    map.end_code = f[27];
+    map.start_stack = f[28];
+    map.start_data = f[45];
+    map.end_data = f[46];
+    map.start_brk = f[47];
+    map.brk = (uint64_t)brk;
+    map.arg_start = (uintptr_t)arg;
+    map.arg_end = (uintptr_t)arg_end;
+    map.env_start = (uintptr_t)env;
+    map.env_end = (uintptr_t)env_end;
+    map.auxv = NULL;
+    map.auxv_size = 0;
+    map.exe_fd = (uint32_t)-1;            /* keep the executable */
+    return prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&map,
+                 (unsigned long)sizeof map, 0UL) < 0 ? -1 : 0;
+#else
+    (void)arg; (void)arg_end; (void)env; (void)env_end;
+    return -1;
+#endif
+}
+
+/* 0 when the kernel now shows the laid-out argv and environment; -1 when
+ * it does not (g_env may still be set: environ uses it either way). */
+static int lay_out_image(const struct fh_child_spec *spec)
+{
+    struct env_out o = {NULL, NULL, 0, 0};
+    size_t argbytes = 0, ptrsz, size, i;
+    char *base, *args;
+    int saved = errno, rc;
+
+    g_env = NULL;
+    if (spec->argv == NULL || spec->argv[0] == NULL)
+        return -1;
+    for (i = 0; spec->argv[i] != NULL; i++)
+        argbytes += strlen(spec->argv[i]) + 1;
+    env_lay_out(spec, &o);
+    ptrsz = (o.n + 1) * sizeof(char *);
+    size = ptrsz + argbytes + o.bytes;
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        errno = saved;
+        return -1;
+    }
+    args = base + ptrsz;
+    for (i = 0, argbytes = 0; spec->argv[i] != NULL; i++) {
+        size_t n = strlen(spec->argv[i]) + 1;
+
+        memcpy(args + argbytes, spec->argv[i], n);
+        argbytes += n;
+    }
+    o.ptrs = (char **)(void *)base;
+    o.buf = args + argbytes;
+    o.n = o.bytes = 0;
+    env_lay_out(spec, &o);
+    o.ptrs[o.n] = NULL;
+    g_env = o.ptrs;
+    rc = point_kernel_at(args, args + argbytes, o.buf, o.buf + o.bytes);
+    errno = saved;
+    return rc;
+}
+
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     sigset_t set;
@@ -573,6 +823,9 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
     if (!spec->signals_ready && reset_dispositions() < 0)
         return step_failed(error, "resetting signal dispositions "
                            "(sigaction)");
+    if (ignore_client_signals(spec->sig_ignored) < 0)
+        return step_failed(error, "ignoring the signals the client ignores "
+                           "(sigaction)");
 
     /* Its own group: a signal to the template's group (a Ctrl-C in the
      * primary's terminal, a kill -TERM -PGID) does not reach the client's
@@ -591,11 +844,20 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
     if (spec->client_pid > 0)
         take_client_attrs(spec->client_pid);
 
-    fh_set_title(spec->title_area, spec->title_len, spec->argv);
+    /* What /proc/PID/cmdline and environ show: the argv and environment
+     * laid out as exec lays them out where the kernel lets us point at
+     * them, else the title written into the primary's argv area. */
+    if (lay_out_image(spec) == 0) {
+        if (spec->argv != NULL && spec->argv[0] != NULL)
+            set_comm(spec->argv[0]);
+    } else {
+        fh_set_title(spec->title_area, spec->title_len, spec->argv);
+    }
 
-    sigemptyset(&set);
+    mask_of(spec->sig_blocked, &set);
     if (sigprocmask(SIG_SETMASK, &set, NULL) < 0)
-        return step_failed(error, "clearing the signal mask (sigprocmask)");
+        return step_failed(error, "setting the client's signal mask "
+                           "(sigprocmask)");
     return 0;
 }
 
@@ -642,41 +904,28 @@ static void die(int report_fd, int code, const char *fmt, ...)
     fh_exit_report(report_fd, code);
 }
 
-static int is_listen_var(const char *s)
-{
-    return strncmp(s, "LISTEN_PID=", 11) == 0
-        || strncmp(s, "LISTEN_FDS=", 11) == 0
-        || strncmp(s, "LISTEN_FDNAMES=", 15) == 0;
-}
-
 /*
- * The client's environment, with systemd's socket-activation variables set
- * for this process when it was handed extra fds (sd_listen_fds(3) checks
- * LISTEN_PID against getpid()), and dropped otherwise: values the client
- * inherited describe fds the secondary does not have.
+ * The secondary's environment as an environ array: the one setup laid out
+ * (lay_out_image), else the same built with calloc (env_lay_out's rule).
  */
 static char **build_env(const struct fh_child_spec *spec)
 {
-    static char pidvar[32], fdsvar[32];
-    size_t n = 0, o = 0, i;
-    char **env;
+    struct env_out o = {NULL, NULL, 0, 0};
 
-    while (spec->envp != NULL && spec->envp[n] != NULL)
-        n++;
-    env = calloc(n + 3, sizeof *env);
-    if (env == NULL)
+    if (g_env != NULL)
+        return g_env;
+    env_lay_out(spec, &o);
+    o.ptrs = calloc(o.n + 1, sizeof(char *));
+    o.buf = malloc(o.bytes + 1);
+    if (o.ptrs == NULL || o.buf == NULL) {
+        free(o.ptrs);
+        free(o.buf);
         return NULL;
-    for (i = 0; i < n; i++)
-        if (!is_listen_var(spec->envp[i]))
-            env[o++] = spec->envp[i];
-    if (spec->nextra > 0) {
-        snprintf(pidvar, sizeof pidvar, "LISTEN_PID=%ld", (long)getpid());
-        snprintf(fdsvar, sizeof fdsvar, "LISTEN_FDS=%u", spec->nextra);
-        env[o++] = pidvar;
-        env[o++] = fdsvar;
     }
-    env[o] = NULL;
-    return env;
+    o.n = o.bytes = 0;
+    env_lay_out(spec, &o);
+    o.ptrs[o.n] = NULL;
+    return o.ptrs;
 }
 
 /*
@@ -717,6 +966,7 @@ FH_API int fh_install_environ(const struct fh_child_spec *spec)
     if (env == NULL)
         return -ENOMEM;
     environ = env;
+    tzset();            /* localtime_r() reads TZ only here */
     return 0;
 }
 
@@ -843,6 +1093,7 @@ FH_API void fh_run_native(struct fh_child_spec *spec, const char *path,
     memcpy(argv, args, argc * sizeof *argv);
     /* Before loading: a PIE takes its copies of these at load time. */
     environ = env;
+    tzset();            /* the client's TZ: localtime_r() reads it only here */
     reset_libc(argv);
 
     fn = fh_entry_load(path, symbol, err, sizeof err, &code);

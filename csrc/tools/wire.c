@@ -91,6 +91,7 @@ int main(void)
         FIELD(struct fh_launch, stdio_mask), FIELD(struct fh_launch, nextra),
         FIELD(struct fh_launch, argc), FIELD(struct fh_launch, envc),
         FIELD(struct fh_launch, strings_len), FIELD(struct fh_launch, reserved),
+        FIELD(struct fh_launch, sig_ignored), FIELD(struct fh_launch, sig_blocked),
     };
     static const struct field started[] = {FIELD(struct fh_started, pid)};
     static const struct field exited[] = {
@@ -130,6 +131,7 @@ int main(void)
     HEX("LAUNCH_MODULE", FH_LAUNCH_MODULE);
     HEX("LAUNCH_JOBCTL", FH_LAUNCH_JOBCTL);
     HEX("LAUNCH_NOTICE", FH_LAUNCH_NOTICE);
+    HEX("LAUNCH_INHERIT_FDS", FH_LAUNCH_INHERIT_FDS);
     HEX("LAUNCH_FLAGS", FH_LAUNCH_FLAGS);
     /* struct formats: the header, then each body after it */
     format("HDR_FORMAT", 0, h, hdr, COUNT(hdr));

@@ -27,14 +27,16 @@
 #include <stdint.h>
 
 #define FH_PROTO_MAGIC   0x4b484631u /* bytes "1FHK" in memory on little-endian */
-#define FH_PROTO_VERSION 1
+#define FH_PROTO_VERSION 2   /* 2: LAUNCH carries signals and fd numbers */
 
 /* One record must fit the sender's socket buffer: net.core.wmem_default is
  * 208 KiB, and an unprivileged process cannot raise SO_SNDBUF past
  * net.core.wmem_max.  192 KiB leaves room for the kernel's own accounting. */
 #define FH_PROTO_MAX_MSG        (192u * 1024u)
-/* Extra fds (--fd) land at 3, 4, ...; 32 is far above what LISTEN_FDS users
- * pass and keeps the SCM_RIGHTS control buffer small (kernel cap: 253). */
+/* Extra fds: the client's own inheritable fds >= 3 at their own numbers, or
+ * those named by --fd at 3, 4, ...; 32 is far above what a shell or a
+ * LISTEN_FDS user passes and keeps the SCM_RIGHTS control buffer small
+ * (kernel cap: 253). */
 #define FH_PROTO_MAX_EXTRA_FDS  32u
 /* cwd + stdin/stdout/stderr + extras. */
 #define FH_PROTO_MAX_FDS        (4u + FH_PROTO_MAX_EXTRA_FDS)
@@ -71,7 +73,19 @@ struct fh_msg_hdr {          /* 24 bytes */
                                  it when the secondary stops (FH_MSG_STOPPED) */
 #define FH_LAUNCH_NOTICE 0x4u /* the client reports the template's NOTICE, if
                                  one comes, with the secondary's end */
-#define FH_LAUNCH_FLAGS  (FH_LAUNCH_MODULE | FH_LAUNCH_JOBCTL | FH_LAUNCH_NOTICE)
+#define FH_LAUNCH_INHERIT_FDS 0x8u /* the extra fds are the client's own
+                                 inheritable fds at their own numbers
+                                 (fd_target), as exec would keep them: the
+                                 environment's LISTEN_* pass as they are
+                                 (LISTEN_PID naming the client becomes the
+                                 secondary's pid).  Without it they were
+                                 chosen (--fd) and land at 3, 4, ..., with
+                                 LISTEN_PID/LISTEN_FDS set for them */
+#define FH_LAUNCH_FLAGS  (FH_LAUNCH_MODULE | FH_LAUNCH_JOBCTL | \
+                          FH_LAUNCH_NOTICE | FH_LAUNCH_INHERIT_FDS)
+
+/* Bit (sig - 1) of a LAUNCH's sig_ignored / sig_blocked is signal sig. */
+#define FH_LAUNCH_SIGBIT(sig) (1ull << ((sig) - 1))
 
 /*
  * LAUNCH body.  fds, in order: the client's cwd (an O_PATH directory fd,
@@ -80,11 +94,20 @@ struct fh_msg_hdr {          /* 24 bytes */
  * fd closed, and the secondary gets it closed too), then nextra extra fds.
  * So hdr.nfds == 1 + popcount(stdio_mask) + nextra.
  *
+ * After the fixed part: fd_target, nextra uint32_t, the fd number each
+ * extra fd gets in the secondary, strictly increasing from 3 up (3, 4, ...
+ * for --fd; the client's own numbers with FH_LAUNCH_INHERIT_FDS).  Then
  * strings: 1 + argc + envc NUL-terminated strings packed back to back, no
- * padding: entry, argv[0..argc-1], env[0..envc-1] ("NAME=value").  Bytes
- * are passed through untouched (not necessarily UTF-8).
+ * padding: entry, argv[0..argc-1], env[0..envc-1] (normally "NAME=value";
+ * an entry without '=' passes as exec passes it).  Bytes are passed through
+ * untouched (not necessarily UTF-8).
+ *
+ * sig_ignored and sig_blocked (FH_LAUNCH_SIGBIT) are the client's signals
+ * set to SIG_IGN and its signal mask when it started: the secondary starts
+ * with the same ones ignored (every other disposition SIG_DFL) and the same
+ * mask, as a program the client exec'd would.
  */
-struct fh_launch {           /* 56 bytes + strings */
+struct fh_launch {           /* 72 bytes + fd_target + strings */
     struct fh_msg_hdr hdr;
     uint32_t flags;          /* FH_LAUNCH_* */
     uint32_t umask;          /* the client's umask, applied in the secondary */
@@ -92,8 +115,12 @@ struct fh_launch {           /* 56 bytes + strings */
     uint32_t nextra;         /* <= FH_PROTO_MAX_EXTRA_FDS */
     uint32_t argc;           /* >= 1 */
     uint32_t envc;
-    uint32_t strings_len;    /* == hdr.len - sizeof(struct fh_launch) */
+    uint32_t strings_len;    /* == hdr.len - sizeof(struct fh_launch)
+                                     - 4 * nextra */
     uint32_t reserved;       /* zero */
+    uint64_t sig_ignored;    /* signals 1..64 the client ignores */
+    uint64_t sig_blocked;    /* the client's signal mask */
+    /* uint32_t fd_target[nextra]; */
     /* char strings[strings_len]; */
 };
 

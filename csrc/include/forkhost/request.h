@@ -38,8 +38,7 @@ enum fh_req_error {
     FH_REQ_LAUNCH_ARGV,       /* argc == 0 */
     FH_REQ_LAUNCH_STRINGS,    /* not 1 + argc + envc NUL-terminated strings */
     FH_REQ_LAUNCH_ENTRY,      /* the entry is empty */
-    FH_REQ_LAUNCH_ENV,        /* an environment entry without '=' after
-                                 its first byte */
+    FH_REQ_LAUNCH_FD_TARGET,  /* fd_target not increasing from 3 up */
     FH_REQ_LAUNCH_FDS,        /* 1 + popcount(stdio_mask) + nextra != nfds */
     FH_REQ_NERRORS
 };
@@ -50,15 +49,13 @@ struct fh_launch_view {
     const char *entry;
     const char *strings;     /* argv then env, NUL-terminated, packed */
     size_t      strings_len;
+    uint32_t    fd_target[FH_PROTO_MAX_EXTRA_FDS]; /* a copy: nextra used */
 };
 
 /* What a refusal names, for its message. */
 struct fh_req_result {
     unsigned    error;       /* enum fh_req_error */
     uint64_t    a, b;        /* the numbers the message names */
-    const char *text;        /* FH_REQ_LAUNCH_ENV: the entry (not
-                                NUL-terminated), else NULL */
-    size_t      text_len;
 };
 
 /*

@@ -7,6 +7,7 @@
 #define FORKHOST_SPAWN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #ifndef FH_API
@@ -48,13 +49,21 @@ struct fh_child_spec {
                                  nice value, scheduling policy, CPU affinity,
                                  I/O priority and oom_score_adj where they
                                  differ (spawn.c) */
+    const uint32_t *fd_target;  /* where each extra fd lands, increasing
+                                   from 3 up; NULL: 3, 4, ... */
+    int          inherit_fds; /* the extras are the client's own fds
+                                 (FH_LAUNCH_INHERIT_FDS): LISTEN_* pass as
+                                 they are, LISTEN_PID=client_pid becomes
+                                 this process's pid */
+    uint64_t     sig_ignored; /* FH_LAUNCH_SIGBIT: left SIG_IGN */
+    uint64_t     sig_blocked; /* the initial signal mask */
 };
 
 /*
- * In the child only: move the client's fds to 0/1/2 and 3.. (closing the
- * std fds the client did not have), close every other fd, fchdir to the
- * client's cwd, put every signal disposition back to SIG_DFL and clear the
- * mask, take the client's resource limits, nice value, scheduling policy,
+ * In the child only: move the client's fds to 0/1/2 and their targets
+ * (closing the std fds the client did not have), close every other fd,
+ * fchdir to the client's cwd, put every signal disposition back to SIG_DFL
+ * but the client's ignored ones, set the client's mask, take the client's resource limits, nice value, scheduling policy,
  * CPU affinity, I/O priority and oom_score_adj (client_pid; as far as the
  * kernel allows, spawn.c), set
  * the process title and comm from argv; keep report_fd (parked
@@ -130,7 +139,9 @@ FH_API void fh_spec_release(struct fh_child_spec *spec);
 FH_API int fh_install_environ(const struct fh_child_spec *spec);
 
 /* Process title (what /proc/PID/cmdline shows, in the area the template
- * measured) and comm, from argv, as fh_child_setup sets them. */
+ * measured) and comm, from argv.  fh_child_setup points the kernel's
+ * argument and environment areas at copies of argv and the environment
+ * instead where it may (prctl PR_SET_MM_MAP), and uses this where not. */
 FH_API void fh_set_title(char *area, size_t len, char *const *argv);
 
 #endif /* FORKHOST_SPAWN_H */

@@ -25,7 +25,7 @@
 #define FH_REQ_LAUNCH_ARGV ...
 #define FH_REQ_LAUNCH_STRINGS ...
 #define FH_REQ_LAUNCH_ENTRY ...
-#define FH_REQ_LAUNCH_ENV ...
+#define FH_REQ_LAUNCH_FD_TARGET ...
 #define FH_REQ_LAUNCH_FDS ...
 #define FH_REQ_NERRORS ...
 
@@ -76,6 +76,8 @@ struct fh_launch {
     uint32_t envc;
     uint32_t strings_len;
     uint32_t reserved;
+    uint64_t sig_ignored;
+    uint64_t sig_blocked;
     ...;
 };
 
@@ -84,13 +86,12 @@ struct fh_launch_view {
     const char *entry;
     const char *strings;
     size_t      strings_len;
+    uint32_t    fd_target[...];
 };
 
 struct fh_req_result {
     unsigned    error;
     uint64_t    a, b;
-    const char *text;
-    size_t      text_len;
 };
 
 struct fh_entry_target {

@@ -19,6 +19,10 @@ struct fh_child_spec {
     int          client_fd;
     int          signals_ready;
     pid_t        client_pid;
+    const uint32_t *fd_target;
+    int          inherit_fds;
+    uint64_t     sig_ignored;
+    uint64_t     sig_blocked;
 };
 
 int fh_child_setup(struct fh_child_spec *spec, const char **error);
