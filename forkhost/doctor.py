@@ -189,8 +189,8 @@ ENTRY_CAUSES: dict[str, tuple[str, str]] = {
         "a library it needs is not found",
         "install the library where the loader looks, link the entry with "
         "-Wl,-rpath,DIR, or start the primary with LD_LIBRARY_PATH=DIR (a "
-        "secondary's loader searches the primary's LD_LIBRARY_PATH, not the "
-        "client's)"),
+        "secondary's loader searches the primary's LD_LIBRARY_PATH; the "
+        "client's is searched only for the entry's own libraries and theirs)"),
     "undefined-symbol": (
         "a symbol it uses is defined by no library loaded",
         "link the library that defines it (-lNAME; forkhost's own functions: "

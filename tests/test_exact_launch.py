@@ -299,3 +299,40 @@ def test_proc_cmdline_and_environ_of_a_python_script(primary):
     assert through[0] == direct[0][1:] == [PROBE, "wait", "a b", ""]
     assert through[1] == direct[1]
     assert through[3] == direct[3]
+
+
+# -- LD_LIBRARY_PATH ------------------------------------------------------
+
+def test_a_native_entry_finds_its_library_on_the_clients_library_path(primary, tmp_path):
+    """libexactdep.so needs libexactdep2.so; both only in a directory the
+    client's LD_LIBRARY_PATH names, the entry and the program linked with
+    no RUNPATH.  Each has a DT_SONAME, as installed libraries do: that is
+    how the entry's DT_NEEDED matches the copy loaded by path."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (tmp_path / "dep2.c").write_text("int exact_dep2(void) { return 40; }\n")
+    (tmp_path / "dep.c").write_text(
+        "int exact_dep2(void);\nint exact_dep(void) { return exact_dep2() + 2; }\n")
+    (tmp_path / "prog.c").write_text(textwrap.dedent("""\
+        #include <stdio.h>
+        int exact_dep(void);
+        int main(int argc, char **argv) {
+            (void)argc; (void)argv;
+            printf("dep says %d\\n", exact_dep());
+            return 0;
+        }
+        """))
+    cc = ["cc", "-fPIC"]
+    subprocess.run([*cc, "-shared", "-o", lib / "libexactdep2.so", tmp_path / "dep2.c",
+                    "-Wl,-soname,libexactdep2.so"], check=True)
+    subprocess.run([*cc, "-shared", "-o", lib / "libexactdep.so", tmp_path / "dep.c",
+                    "-Wl,-soname,libexactdep.so", "-L", lib, "-lexactdep2"], check=True)
+    link = ["-L", lib, "-lexactdep", f"-Wl,-rpath-link,{lib}"]
+    subprocess.run([*cc, "-pie", "-o", tmp_path / "prog", tmp_path / "prog.c", *link],
+                   check=True)
+    subprocess.run([*cc, "-shared", "-o", tmp_path / "entry.so", tmp_path / "prog.c",
+                    *link], check=True)
+    env = dict(primary.env, LD_LIBRARY_PATH=f"/nonexistent::{lib}")
+    outs = [subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, timeout=60)
+            for argv in ([tmp_path / "prog"], [RUNNER, tmp_path / "entry.so"])]
+    assert same(*outs) == "dep says 42\n"

@@ -169,7 +169,7 @@ def test_native_entry_with_stdout_a_directory_runs_as_directly(any_primary, tmp_
 def launch_record(entry: bytes, args: list[bytes], nfds: int) -> bytes:
     strings = b"".join(s + b"\0" for s in [entry, entry, *args])
     body = protocol.LAUNCH_BODY.pack(0, 0o022, 0, 0, 1 + len(args), 0,
-                                     len(strings), 0) + strings
+                                     len(strings), 0, 0, 0) + strings
     return protocol.HDR.pack(protocol.MAGIC, protocol.VERSION, protocol.LAUNCH,
                              protocol.HDR.size + len(body), nfds, 0) + body
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+import struct
 import stat
 import subprocess
 import sys
@@ -64,10 +65,12 @@ def launch_body(argc=None, envc=None, strings_len=None, stdio_mask=0b111, nextra
                 strings=b"fhfix:exit_with\0fhfix:exit_with\0" b"0\0A=1\0") -> bytes:
     """A LAUNCH body (without header) whose counts can lie."""
     real_argc, real_envc = 2, 1
-    return BODY.pack(0, 0o022, stdio_mask, nextra,
-                     real_argc if argc is None else argc,
-                     real_envc if envc is None else envc,
-                     len(strings) if strings_len is None else strings_len, 0) + strings
+    targets = range(3, 3 + min(nextra, protocol.MAX_EXTRA_FDS))
+    return (BODY.pack(0, 0o022, stdio_mask, nextra,
+                      real_argc if argc is None else argc,
+                      real_envc if envc is None else envc,
+                      len(strings) if strings_len is None else strings_len, 0, 0, 0)
+            + struct.pack(f"={len(targets)}I", *targets) + strings)
 
 
 def record(body: bytes, *, mtype=protocol.LAUNCH, nfds=0, magic=protocol.MAGIC,
@@ -102,8 +105,8 @@ BAD_REQUESTS = {
                         "header says 100 bytes, 34 arrived"),
     "oversized": (lambda: record(b"\0" * (MAX_MSG + 1024 - HDR.size)), 0,
                   f"message too large (the limit is {MAX_MSG} bytes)"),
-    "wrong-version": (lambda: record(launch_body(), version=2, nfds=4), 4,
-                      "protocol version mismatch: the client speaks 2"),
+    "wrong-version": (lambda: record(launch_body(), version=1, nfds=4), 4,
+                      "protocol version mismatch: the client speaks 1"),
     "too-many-fds": (lambda: record(launch_body(nextra=32), nfds=40), 40,
                      "too many file descriptors (the limit is 36)"),
     "nfds-mismatch": (lambda: record(launch_body(), nfds=2), 1,

@@ -771,6 +771,79 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
 }
 
 /* ------------------------------------------------------------------------
+ * The client's LD_LIBRARY_PATH.
+ *
+ * glibc's loader reads LD_LIBRARY_PATH once, when a process starts: a
+ * secondary's is the primary's, and dlopen() would never search the
+ * client's.  Run directly, the entry's libraries would be found there
+ * (before the system's, and for a RUNPATH before that too).  So before the
+ * entry is loaded, each library it needs (DT_NEEDED, by name) that is not
+ * loaded already and that a directory of the client's LD_LIBRARY_PATH has
+ * is loaded from there by path, its own needs first, in the same way;
+ * the entry's DT_NEEDED then matches it by soname (a library without a
+ * DT_SONAME is not matched, and the load fails as before).  What none of
+ * these directories has is left to the loader's own search.  An entry with an
+ * old-style DT_RPATH has its RPATH searched after these, not before as
+ * ld.so would.
+ */
+#define FH_LIBPATH_DEPTH 8
+
+static void preload_client_libpath(int fd, const struct elf_info *ei,
+                                   const char *libpath, int depth)
+{
+    size_t strsz, i;
+    char *strtab;
+
+    if (depth > FH_LIBPATH_DEPTH || (strtab = read_dynstr(fd, ei, &strsz)) == NULL)
+        return;
+    for (i = 0; i < ei->ndyn && ei->dyn[i].d_tag != DT_NULL; i++) {
+        const char *needed, *p;
+        void *h;
+
+        if (ei->dyn[i].d_tag != DT_NEEDED)
+            continue;
+        needed = str_at(strtab, strsz, ei->dyn[i].d_un.d_val);
+        if (needed == NULL || needed[0] == '\0' || strchr(needed, '/') != NULL)
+            continue;
+        h = dlopen(needed, RTLD_LAZY | RTLD_NOLOAD);
+        if (h != NULL) {          /* already here: the loader matches it */
+            dlclose(h);
+            continue;
+        }
+        for (p = libpath; ; ) {
+            size_t elen = strcspn(p, ":;");
+            char cand[PATH_MAX];
+            int n, lfd;
+
+            /* An empty element is the current directory, as for ld.so. */
+            n = elen == 0 ? snprintf(cand, sizeof cand, "./%s", needed)
+                          : snprintf(cand, sizeof cand, "%.*s/%s", (int)elen,
+                                     p, needed);
+            if (n > 0 && (size_t)n < sizeof cand &&
+                (lfd = open(cand, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) >= 0) {
+                struct elf_info lib;
+                int ok = inspect(lfd, &lib) == 0 && lib.kind != FH_ELF_NOT_ELF
+                         && lib.kind != FH_ELF_OTHER;
+
+                if (ok)
+                    preload_client_libpath(lfd, &lib, libpath, depth + 1);
+                elf_info_free(&lib);
+                close(lfd);
+                /* Kept loaded: the DT_NEEDED that named it matches it. */
+                if (ok && dlopen(cand, FH_ENTRY_DLFLAGS) != NULL)
+                    break;
+            }
+            p += elen;
+            if (*p == '\0')
+                break;
+            p++;
+        }
+    }
+    dlerror();
+    free(strtab);
+}
+
+/* ------------------------------------------------------------------------
  * Symbols.
  */
 
@@ -1241,6 +1314,12 @@ static fh_main_fn load(const char *path, const char *symbol,
         snprintf(dlpath, sizeof dlpath, "%s%s",
                  strchr(path, '/') != NULL ? "" : "./", path);
     }
+    {
+        const char *libpath = getenv("LD_LIBRARY_PATH");
+
+        if (libpath != NULL && libpath[0] != '\0')
+            preload_client_libpath(fd, &ei, libpath, 0);
+    }
     h = dlopen(dlpath, FH_ENTRY_DLFLAGS);
     if (h == NULL) {
         const char *why = dl_reason(dlpath);
@@ -1479,7 +1558,8 @@ static int in_path_list(const char *list, const char *dir, size_t dlen)
 /* After "cannot load X: LIB: cannot open shared object file": where the
  * loader looked for LIB, and where this environment has it if the loader
  * does not look there (a secondary's loader keeps the path the primary
- * started with, whatever LD_LIBRARY_PATH the client has). */
+ * started with; the client's LD_LIBRARY_PATH is searched only for the
+ * entry's libraries and theirs, preload_client_libpath). */
 static void describe_search(char *line, size_t len, const char *path,
                             const struct load_result *res)
 {
@@ -1507,7 +1587,9 @@ static void describe_search(char *line, size_t len, const char *path,
             append(line, len, "; it is in %.*s, on this environment's "
                    "LD_LIBRARY_PATH, which the loader does not search: it "
                    "reads LD_LIBRARY_PATH only when a process starts, and "
-                   "a secondary's is the primary's", (int)n, p);
+                   "a secondary's is the primary's; forkhost searches the "
+                   "client's for the entry's own libraries and theirs, not "
+                   "for what a library found elsewhere needs", (int)n, p);
             break;
         }
         p += n;
