@@ -63,11 +63,6 @@ static int caught(int sig)
     return sig != SIGKILL && sig != SIGSTOP && sig != 32 && sig != 33;
 }
 
-/* A byte in the self-pipe: the signal, with this bit when the kernel sent
- * it about us (our own terminal I/O, CPU time or file size): we act on it
- * as its default action would, and do not pass it on. */
-#define SIG_OURS 0x80u
-
 /* Our pid, for telling our own SIGPIPE from someone's kill -PIPE. */
 static pid_t self_pid;
 
@@ -322,9 +317,25 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
             errno = saved;
             return;             /* the instruction faults again */
         }
-        case SIGTTIN: case SIGTTOU: case SIGXCPU: case SIGXFSZ:
-            b |= SIG_OURS;
-            break;
+        case SIGTTIN: case SIGTTOU:
+            /* Our own terminal I/O from the background: stop, as without
+             * the handler, right here (the I/O is retried once we are
+             * continued; the main loop would come too late). */
+            raise(SIGSTOP);
+            errno = saved;
+            return;
+        case SIGXCPU: case SIGXFSZ: {
+            /* Our own CPU or file-size limit: end by it, as without the
+             * handler. */
+            struct sigaction dfl;
+
+            memset(&dfl, 0, sizeof(dfl));
+            dfl.sa_handler = SIG_DFL;
+            sigaction(sig, &dfl, NULL);
+            raise(sig);
+            errno = saved;
+            return;
+        }
         default:                /* the terminal's ^C, ^Z, ^\, resize, hangup */
             break;
         }
@@ -407,9 +418,7 @@ static int pidfd_send_signal(int pidfd, int sig)
  * ignored.  The kernel drops SIGTSTP (default action) for a process in an
  * orphaned process group, so it only stops the secondary if the template
  * puts it in a group whose parent is in the same session, e.g. with
- * setpgid(0, 0).  A signal the kernel sent about us (SIG_OURS) gets its
- * default action here: terminal I/O from the background stops us, a CPU
- * or file size limit ends us.
+ * setpgid(0, 0).
  */
 static uint64_t sig_ignored_at_start;
 
@@ -420,21 +429,8 @@ static void forward_signals(int pipe_r, int pidfd)
 
     while ((n = read(pipe_r, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
         for (k = 0; k < n; k++) {
-            int sig = buf[k] & ~SIG_OURS;
+            int sig = buf[k];
 
-            if (buf[k] & SIG_OURS) {
-                if (sig == SIGTTIN || sig == SIGTTOU) {
-                    raise(SIGSTOP);
-                } else {
-                    struct sigaction dfl;
-
-                    memset(&dfl, 0, sizeof(dfl));
-                    dfl.sa_handler = SIG_DFL;
-                    sigaction(sig, &dfl, NULL);
-                    raise(sig);
-                }
-                continue;
-            }
             pidfd_send_signal(pidfd, sig);
             if (sig == SIGTSTP && !(sig_ignored_at_start & FH_LAUNCH_SIGBIT(SIGTSTP)))
                 raise(SIGSTOP);
