@@ -336,3 +336,35 @@ def test_a_native_entry_finds_its_library_on_the_clients_library_path(primary, t
     outs = [subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, timeout=60)
             for argv in ([tmp_path / "prog"], [RUNNER, tmp_path / "entry.so"])]
     assert same(*outs) == "dep says 42\n"
+
+
+# -- fh_init / forkhost.init(): the same client code ----------------------
+
+def test_init_passes_inheritable_fds_and_not_close_on_exec_ones(runtime_dir, tmp_path):
+    """The program that hands itself over (client.c in-process) has its own
+    close-on-exec fd open; only what exec would keep reaches the secondary."""
+    from fhtest import LineReader, reap
+    app = str(FIXTURES / "exact_init.py")
+    env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir)
+    env.pop("FORKHOST_PREFIX", None)
+    prim = subprocess.Popen([sys.executable, app, "--file-prefix=ex"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            cwd=tmp_path)
+    try:
+        line = LineReader(prim.stdout).readline().decode()
+        assert line == f"primary {prim.pid}\n", (line, prim.poll())
+        r_, w_ = os.pipe()
+        try:
+            r = subprocess.run([sys.executable, app, "--file-prefix=ex"], env=env,
+                               capture_output=True, timeout=60, cwd=tmp_path,
+                               pass_fds=[r_])
+        finally:
+            os.close(r_)
+            os.close(w_)
+        assert (r.returncode, r.stdout.decode(), r.stderr) == \
+            (0, f"secondary [{r_}]\n", b"")
+        prim.send_signal(signal.SIGTERM)
+        out, err = prim.communicate(timeout=30)
+        assert prim.returncode == 0, err
+    finally:
+        reap(prim)
