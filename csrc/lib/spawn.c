@@ -3,11 +3,13 @@
  * the client's process, and for native entries do the whole fork in C.
  *
  * A secondary must look like the program the client asked for, started
- * fresh: the client's fds at 0/1/2 and 3.., nothing else open, the client's
- * cwd and umask, default signal dispositions and an empty mask, its own
- * process group, the client's resource limits, nice value, scheduling
- * policy and CPU affinity (as far as the kernel allows), and a title `ps`
- * shows as the client's argv.  Everything else is deliberately inherited
+ * fresh as if the client had exec'd it: the client's fds at 0/1/2 and at
+ * their numbers above, nothing else open, the client's cwd and umask, the
+ * client's ignored signals ignored and every other disposition default,
+ * the client's signal mask, its own process group, the client's resource
+ * limits, nice value, scheduling policy and CPU affinity (as far as the
+ * kernel allows), and the argv and environment /proc shows laid out as
+ * exec lays them out (else a title `ps` shows as the client's argv).  Everything else is deliberately inherited
  * from the primary: every mapping, at the same address, is the point of
  * forkhost.
  *

@@ -6,9 +6,10 @@
  * csrc/client/client.c is compiled into forkhost-run (on x86_64 Linux
  * without libc, over csrc/client/rt/rt.c) and into libforkhost.  It
  * connects to <runtime>/<prefix>/template.sock, sends one LAUNCH with the
- * entry, argv, this process's environment, umask, cwd and stdio (proto.h),
- * forwards signals to the secondary while it runs, and exits as the
- * secondary did (docs/cli.md, exit status).
+ * entry, argv, this process's environment, umask, cwd, stdio, inheritable
+ * fds (or those of extra_fds), ignored signals and signal mask (proto.h),
+ * forwards every catchable signal to the secondary while it runs, and exits
+ * as the secondary did (docs/cli.md, exit status).
  */
 #ifndef FORKHOST_CLIENT_H
 #define FORKHOST_CLIENT_H
@@ -39,7 +40,8 @@ struct fh_client {
     const char  *argv0;           /* the secondary's argv[0]; NULL: entry */
     char *const *args;            /* argv[1..] of the secondary */
     int          nargs;
-    int          extra_fds[FH_PROTO_MAX_EXTRA_FDS];  /* at 3, 4, ... */
+    int          extra_fds[FH_PROTO_MAX_EXTRA_FDS];  /* at 3, 4, ...; none:
+                                     every inheritable fd at its number */
     unsigned     nextra;
     int          timeout_given;   /* fh_client_set_timeout ran; else the
                                      environment's, else the default */
