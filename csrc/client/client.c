@@ -349,41 +349,32 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
 }
 
 /*
- * What a program we exec'd would start with, read before we change
- * anything: the signals set to SIG_IGN (nohup's SIGHUP, `trap '' PIPE`, a
- * background job's SIGINT and SIGQUIT) and the signal mask, bit sig - 1
- * (FH_LAUNCH_SIGBIT).  The secondary starts with the same (proto.h).
+ * The mask a program we exec'd would start with, read before we change
+ * it, bit sig - 1 (FH_LAUNCH_SIGBIT).  The secondary starts with the same
+ * (proto.h); the ignored signals are read as setup_signals replaces them.
  */
-static void read_signals(uint64_t *ignored, uint64_t *blocked)
+static uint64_t read_mask(void)
 {
     uint64_t mask = 0;
-    int sig;
 
-    *ignored = 0;
     /* The kernel's 64-bit mask, the same with or without libc. */
-    if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, &mask, sizeof mask) == 0)
-        *blocked = mask;
-    else
-        *blocked = 0;
-    for (sig = FIRST_SIG; sig <= LAST_SIG; sig++) {
-        struct sigaction old;
-
-        if (caught(sig) && sigaction(sig, NULL, &old) == 0 &&
-            !(old.sa_flags & SA_SIGINFO) && old.sa_handler == SIG_IGN)
-            *ignored |= FH_LAUNCH_SIGBIT(sig);
-    }
+    if (syscall(SYS_rt_sigprocmask, SIG_BLOCK, NULL, &mask, sizeof mask) != 0)
+        return 0;
+    return mask;
 }
 
 /*
  * Catch every catchable signal into the self-pipe (on_signal), ignored
  * ones too: the secondary ignores those itself, unless its program set a
- * handler, which then runs as it would have run directly.  Then unblock
+ * handler, which then runs as it would have run directly.  *ignored: the
+ * signals that were SIG_IGN (nohup's SIGHUP, `trap '' PIPE`, a background
+ * job's SIGINT and SIGQUIT), as exec would keep them.  Then unblock
  * everything: a signal the secondary blocks stays pending there, not here.
  * Returns the pipe's read end.
  */
-static int setup_signals(void)
+static int setup_signals(uint64_t *ignored)
 {
-    struct sigaction sa;
+    struct sigaction sa, old;
     sigset_t none;
     int p[2], sig;
 
@@ -396,9 +387,15 @@ static int setup_signals(void)
     sa.sa_sigaction = on_signal;
     sa.sa_flags = SA_RESTART | SA_SIGINFO;  /* poll() still returns EINTR */
     sigemptyset(&sa.sa_mask);
-    for (sig = FIRST_SIG; sig <= LAST_SIG; sig++)
-        if (caught(sig))
-            sigaction(sig, &sa, NULL);
+    *ignored = 0;
+    for (sig = FIRST_SIG; sig <= LAST_SIG; sig++) {
+        if (!caught(sig))
+            continue;
+        memset(&old, 0, sizeof(old));
+        if (sigaction(sig, &sa, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+            old.sa_handler == SIG_IGN)
+            *ignored |= FH_LAUNCH_SIGBIT(sig);
+    }
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     return p[0];
@@ -1068,10 +1065,9 @@ void fh_client_run(struct fh_client *c)
     int inherited[FH_PROTO_MAX_EXTRA_FDS];
 
     prog = o.prog;
-    /* First, before anything here changes them: what exec would keep. */
+    /* First, before anything here changes it: what exec would keep. */
     memset(&x, 0, sizeof x);
-    read_signals(&x.sig_ignored, &x.sig_blocked);
-    sig_ignored_at_start = x.sig_ignored;
+    x.sig_blocked = read_mask();
     if (!o.timeout_given) {
         const char *val = env_nonempty("FORKHOST_CONNECT_TIMEOUT");
 
@@ -1101,7 +1097,8 @@ void fh_client_run(struct fh_client *c)
 
     /* Before the connection exists, so no signal between connect and
      * STARTED is lost: they wait in the pipe and are forwarded after. */
-    pipe_r = setup_signals();
+    pipe_r = setup_signals(&x.sig_ignored);
+    sig_ignored_at_start = x.sig_ignored;
 
     cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (cwd < 0)
