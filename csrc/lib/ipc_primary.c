@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -102,6 +103,8 @@ static struct {
     pthread_t           thread;
     bool                have_thread;
     bool                running;        /* requests accepted (P.lock) */
+    int                 senders;        /* threads between targets_locked()
+                                           and untarget(): P.loop in use */
     struct conn        *conns;          /* every accepted one (P.lock) */
     int                 nconns;
     struct conn       **byfd;           /* IPC thread only */
@@ -286,6 +289,7 @@ static int targets_locked(pid_t to, pid_t except, struct conn ***out)
             t[n++] = c;
         }
     }
+    P.senders++;
     *out = t;
     return n;
 }
@@ -297,6 +301,8 @@ static void untarget(struct conn **t, int n)
         t[i]->users--;
         release_locked(t[i]);
     }
+    if (--P.senders == 0)
+        pthread_cond_broadcast(&P.cond);    /* stop may wait for it */
     pthread_mutex_unlock(&P.lock);
     free(t);
 }
@@ -1254,6 +1260,21 @@ static int bind_listener(void)
     return fd;
 }
 
+/* Each member costs an fd: raise the soft RLIMIT_NOFILE towards the hard
+ * one so that FH_IPC_MAX_MEMBERS of them fit (as forkhost/ipc.py does for
+ * --max-secondaries). */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    rlim_t want = FH_IPC_MAX_MEMBERS + 256;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 FH_API int fh_ipc_primary_start(pid_t template_pid)
 {
     sigset_t all, old;
@@ -1270,6 +1291,7 @@ FH_API int fh_ipc_primary_start(pid_t template_pid)
         P.exit_theirs = -1;
     }
     P.template_pid = template_pid;
+    raise_nofile();
     P.rx = P.rx ? P.rx : malloc(sizeof *P.rx);
     P.loop = fh_ipc_loop_new();
     if (!P.rx || !P.loop)
@@ -1424,6 +1446,10 @@ FH_API int fh_ipc_primary_stop(unsigned grace_ms)
     pthread_mutex_lock(&P.lock);
     P.running = false;
     P.have_thread = false;
+    /* Senders still at work use P.loop (its counters): they end within a
+     * send timeout per member, and no new one starts (running). */
+    while (P.senders > 0)
+        pthread_cond_wait(&P.cond, &P.lock);
     conns = P.conns;
     P.conns = NULL;
     P.nconns = 0;

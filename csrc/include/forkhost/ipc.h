@@ -183,13 +183,14 @@ FH_API int fh_ipc_start(void);
 /* Leave: BYE, close, join the thread.  Not from an action. */
 FH_API int fh_ipc_stop(void);
 
-/* A message to the primary.  0, or -1 with errno (ENOTCONN: not joined or
- * the primary is gone; EAGAIN: its buffer stayed full for 1 s). */
+/* A message to the primary (in a C primary: to every member).  0, or -1
+ * with errno (ENOTCONN: not joined or the primary is gone, or IPC not
+ * started in the primary; EAGAIN: its buffer stayed full for 1 s). */
 FH_API int fh_ipc_send(const struct fh_ipc_msg *msg);
 
-/* Request, wait up to *ts (relative; NULL: 5 s) for the reply.  0 even
- * when it timed out (nb_received < nb_sent), -1 with errno on bad input
- * or EDEADLK on the IPC thread. */
+/* Request (in a C primary: every member), wait up to *ts (relative; NULL:
+ * 5 s) for the replies.  0 even when it timed out (nb_received < nb_sent),
+ * -1 with errno on bad input or EDEADLK on the IPC thread. */
 FH_API int fh_ipc_request(const struct fh_ipc_msg *req,
                           struct fh_ipc_reply *reply,
                           const struct timespec *ts);
