@@ -12,8 +12,10 @@
  * from the primary answered by two members, replies counted, and one that
  * times out; a template exit record and an attached member's EOF turned
  * into forkhost.exit (to the members and the primary's own action); BYE;
- * forkhost.shutdown answered and waited for; the socket removed; sync
- * requests refused on the IPC thread; no fd left behind.
+ * a sync request from another thread (an fd in its answer), and one that
+ * the stop completes unanswered; a silent connection closed after
+ * HELLO_TIMEOUT; forkhost.shutdown answered and waited for; the socket
+ * removed; sync requests refused on the IPC thread; no fd left behind.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -297,6 +299,27 @@ static void wait_members(int n)
     CHECK(0, "%d members within 10 s (%d)", n, fh_ipc_members(NULL, 0));
 }
 
+struct sync_req {
+    pid_t               to;
+    struct fh_ipc_reply rep;
+    int                 rc;
+};
+
+/* A sync request from a thread that is not the IPC thread. */
+static void *requester(void *arg)
+{
+    struct sync_req *r = arg;
+    struct fh_ipc_msg m;
+    struct timespec ts = { 30, 0 };
+
+    memset(&m, 0, sizeof m);
+    strcpy(m.name, "sync");
+    m.len_param = 1;
+    m.param[0] = 's';
+    r->rc = fh_ipc_request_to(&m, r->to, &r->rep, &ts);
+    return NULL;
+}
+
 static void *stopper(void *arg)
 {
     (void)arg;
@@ -460,6 +483,33 @@ int main(void)
     }
     CHECK(fh_ipc_send_to(&m, 1) == 0, "nobody with pid 1");
 
+    /* A sync request from another thread (to a: b answers once only),
+     * answered with an fd. */
+    {
+        struct sync_req sr = { getpid(), { 0, 0, NULL }, -1 };
+        pthread_t t;
+        int q[2];
+        char got[4] = "";
+
+        CHECK(pthread_create(&t, NULL, requester, &sr) == 0, "requester");
+        CHECK(recv_rec(a, &r) == 1 && r.h.type == FH_IPC_REQUEST
+              && strcmp(r.h.name, "sync") == 0 && r.h.param_len == 1
+              && r.param[0] == 's', "a's request");
+        CHECK(pipe2(q, O_CLOEXEC) == 0, "pipe");
+        send_rec(a, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "sync", "A", 1, &q[1], 1);
+        close(q[1]);
+        CHECK(pthread_join(t, NULL) == 0 && sr.rc == 0, "the request returned");
+        CHECK(sr.rep.nb_sent == 1 && sr.rep.nb_received == 1, "1 sent, 1 answered");
+        CHECK(sr.rep.msgs[0].pid == getpid() && sr.rep.msgs[0].status == FH_IPC_OK
+              && sr.rep.msgs[0].len_param == 1 && sr.rep.msgs[0].param[0] == 'A'
+              && sr.rep.msgs[0].num_fds == 1, "a's answer with its fd");
+        CHECK(write(sr.rep.msgs[0].fds[0], "ok", 2) == 2, "write to the fd");
+        close(sr.rep.msgs[0].fds[0]);
+        CHECK(read(q[0], got, sizeof got) == 2 && memcmp(got, "ok", 2) == 0, "it is a's");
+        close(q[0]);
+        free(sr.rep.msgs);
+    }
+
     /* Exits: the template's record, then an attached member's EOF. */
     {
         struct fh_template_exit e = { 4242, 3 << 8 };
@@ -500,16 +550,43 @@ int main(void)
         close(c);
     }
 
-    /* Shutdown: a answers and leaves; stop waits for that, then ends. */
+    /* A connection that says nothing is closed after HELLO_TIMEOUT. */
     {
-        pthread_t t;
+        int q = connect_raw();
+        struct pollfd pf = { q, POLLIN, 0 };
+        char c;
 
+        CHECK(poll(&pf, 1, FH_IPC_HELLO_TIMEOUT_MS + 10000) == 1, "closed in time");
+        CHECK(recv(q, &c, 1, 0) == 0, "closed without a word");
+        close(q);
+    }
+
+    /* Shutdown: a answers and leaves; stop waits for that, then ends;
+     * c answers NO_ACTION and is not waited for.  A sync request still waiting (for c, which never answers it) is
+     * completed by the stop: nobody answered. */
+    {
+        struct sync_req sr = { getpid(), { 0, 0, NULL }, -1 };
+        pthread_t t, rq;
+        int c = join(TPL);
+
+        wait_members(2);
+        CHECK(pthread_create(&rq, NULL, requester, &sr) == 0, "requester");
+        CHECK(recv_rec(a, &r) == 1 && strcmp(r.h.name, "sync") == 0, "a's request");
+        CHECK(recv_rec(c, &r) == 1 && strcmp(r.h.name, "sync") == 0, "c's request");
         CHECK(pthread_create(&t, NULL, stopper, NULL) == 0, "stopper");
         CHECK(recv_rec(a, &r) == 1 && r.h.type == FH_IPC_REQUEST
               && strcmp(r.h.name, FH_IPC_SHUTDOWN_NOTICE) == 0, "forkhost.shutdown");
         send_rec(a, FH_IPC_REPLY, r.h.id, FH_IPC_OK, r.h.name, NULL, 0, NULL, 0);
         close(a);
+        CHECK(recv_rec(c, &r) == 1 && r.h.type == FH_IPC_REQUEST
+              && strcmp(r.h.name, FH_IPC_SHUTDOWN_NOTICE) == 0, "c's notice");
+        send_rec(c, FH_IPC_REPLY, r.h.id, FH_IPC_NO_ACTION, r.h.name, NULL, 0, NULL, 0);
         CHECK(pthread_join(t, NULL) == 0, "join");
+        CHECK(recv_rec(c, &r) == 0, "the rest see EOF");
+        close(c);
+        CHECK(pthread_join(rq, NULL) == 0 && sr.rc == 0, "the request returned");
+        CHECK(sr.rep.nb_sent == 2 && sr.rep.nb_received == 0 && !sr.rep.msgs,
+              "2 sent, none answered (%d %d)", sr.rep.nb_sent, sr.rep.nb_received);
     }
     CHECK(access(g_path, F_OK) == -1 && errno == ENOENT, "ipc.sock removed");
     CHECK(fh_ipc_members(NULL, 0) == -1 && errno == ENOTCONN, "stopped");
