@@ -189,8 +189,9 @@ class Secondary:
         while self.returncode is None:
             if deadline is not None:
                 left = max(0.0, deadline - time.monotonic())
-                r, _, _ = select.select([self._sock], [], [], left)
-                if not r:
+                ready = select.poll()        # any fd number, unlike select()
+                ready.register(self._sock, select.POLLIN)
+                if not ready.poll(left * 1000):
                     from subprocess import TimeoutExpired
                     raise TimeoutExpired(self.args, timeout)
             self._read_report(None)
