@@ -25,6 +25,7 @@
 #include "forkhost/member.h"
 #include "forkhost/template.h"
 #include "forkhost/thp.h"
+#include "forkhost/rundir.h"
 
 FH_API const char *fh_version(void);
 
