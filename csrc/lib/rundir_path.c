@@ -67,7 +67,7 @@ int fh_prefix_name(char out[FH_PREFIX_MAX_LEN + 1], const char *prefix,
     if (!prefix_ok(prefix))
         return fail(err, errlen, EINVAL, FH_PREFIX_INVALID, prefix,
                     origin ? origin : "--prefix");
-    memcpy(out, prefix, strlen(prefix) + 1);
+    memmove(out, prefix, strlen(prefix) + 1);     /* prefix may be out */
     return 0;
 }
 

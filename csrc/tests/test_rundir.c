@@ -135,6 +135,10 @@ static void test_where(void)
            strcmp(out, "rel") == 0, "given: %s", out);
     EXPECT(fh_rundir_path(out, sizeof(out), "./", err, sizeof(err)) == 0 &&
            strcmp(out, ".") == 0, "given '.': %s", out);
+    EXPECT(fh_rundir_path(out, sizeof(out), "//a//", err, sizeof(err)) == 0 &&
+           strcmp(out, "//a") == 0, "'//' kept: %s", out);
+    EXPECT(fh_rundir_path(out, sizeof(out), "///a/.", err, sizeof(err)) == 0 &&
+           strcmp(out, "/a") == 0, "'///' is '/': %s", out);
     setenv("FORKHOST_RUNTIME_DIR", "", 1);
     EXPECT(fh_rundir_path(out, sizeof(out), "", err, sizeof(err)) == 0 &&
            strcmp(out, "/xdg/forkhost") == 0, "XDG_RUNTIME_DIR: %s", out);
@@ -315,6 +319,17 @@ static void test_symlinks(void)
     EXPECT(fh_prefix_lock(&p, NULL, NULL, err, sizeof(err)) == -1 &&
            strcmp(err, fmt("refusing %s: not a directory", at("real/P"))) == 0,
            "linked prefix dir: %s", err);
+    /* A link that ends on a directory passed as one on the way (sticky,
+     * writable by all) leaves it the runtime directory: checked as such. */
+    make_dir(at("real/sub"), 0700);
+    CHECK(chmod(at("real"), 01777) == 0 && symlink("sub/..", at("real/up")) == 0,
+          "symlink");
+    EXPECT(fh_rundir_open(at("real/up"), 0, err, sizeof(err)) == -1 &&
+           strcmp(err, fmt("refusing the runtime directory %s: its mode 1777 lets "
+                           "other users write in it", at("real"))) == 0,
+           "'..' at the end: %s", err);
+    CHECK(chmod(at("real"), 0700) == 0 && unlink(at("real/up")) == 0 &&
+          rmdir(at("real/sub")) == 0, "clean up");
     /* A loop. */
     CHECK(symlink("loop2", at("loop1")) == 0 && symlink("loop1", at("loop2")) == 0,
           "symlink");

@@ -90,7 +90,8 @@ struct fh_prefix_paths {
  * The prefix's name into out: prefix as given (origin: where it came
  * from, for the message: "--prefix"); prefix NULL: $FORKHOST_PREFIX if
  * set and not empty (origin "FORKHOST_PREFIX"), else "forkhost" ("the
- * default").  0, or -1 with FH_PREFIX_INVALID in err (errno EINVAL).
+ * default").  out may be prefix itself.  0, or -1 with FH_PREFIX_INVALID
+ * in err (errno EINVAL).
  */
 FH_API int fh_prefix_name(char out[FH_PREFIX_MAX_LEN + 1], const char *prefix,
                           const char *origin, char *err, size_t errlen);
