@@ -56,7 +56,10 @@ CLIENT_LIB_SOURCES = [str(CSRC / "lib" / "rundir_path.c")]
 
 
 def lib_sources() -> list[str]:
-    return sorted(str(p) for p in (CSRC / "lib").glob("*.c"))
+    """csrc/lib, and the client's launch (client.c, for fh_init), which
+    forkhost-run is built from too."""
+    return sorted(str(p) for p in (CSRC / "lib").glob("*.c")) + [
+        str(CSRC / "client" / "client.c")]
 
 
 def build_library(outdir: str | os.PathLike, extra: list[str] | None = None,

@@ -21,6 +21,7 @@ _FROM = {
                "IPCError", "PrefixInUseError", "PreloadError", "ProtocolError",
                "RefusedError"),
     "primary": ("Primary",),
+    "proctype": ("init",),
     "shm": ("AttachError", "HashTable", "Memzone", "Mempool", "ModuleMismatchError",
             "NameExistsError", "NoArenaError", "NoSpaceError", "NotFoundError",
             "Ring", "ShmError"),
@@ -55,12 +56,13 @@ if TYPE_CHECKING:      # what static tools see: the names above, eagerly
                          NotSingleThreadedError, PrefixInUseError, PreloadError,
                          ProtocolError, RefusedError)
     from .primary import Primary
+    from .proctype import init
     from .shm import (AttachError, HashTable, Memzone, Mempool, ModuleMismatchError,
                       NameExistsError, NoArenaError, NoSpaceError, NotFoundError,
                       Ring, ShmError)
 
 __all__ = [
-    "__version__", "Primary", "launch", "info", "Secondary", "DEVNULL",
+    "__version__", "Primary", "init", "launch", "info", "Secondary", "DEVNULL",
     "ForkhostError", "NoPrimaryError", "PrefixInUseError", "NotSingleThreadedError",
     "PreloadError", "ProtocolError", "RefusedError", "ArenaError", "IPCError",
     "EXIT_FORKHOST", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND",

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 
-from . import __version__, client, runtime
+from . import __version__, _wire, client, runtime
 from ._wire import ERROR_ENTRY_MAX
 from .errors import EXIT_FORKHOST, ForkhostError, RefusedError
 
@@ -38,16 +38,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("primary", help="start a primary (and its template)")
     _common(p)
-    p.add_argument("--arena-size", default="64M", help="shared arena size (default 64M)")
+    p.add_argument("--arena-size", default=str(_wire.DEFAULT_ARENA_SIZE),
+                   help=f"shared arena size (default {_wire.DEFAULT_ARENA_SIZE >> 20}M)")
     p.add_argument("--preload", action="append", default=[], metavar="MODULE",
                    help="import MODULE before forking the template (repeatable)")
-    p.add_argument("--max-secondaries", type=int, default=1024,
+    p.add_argument("--max-secondaries", type=int, default=_wire.DEFAULT_MAX_SECONDARIES,
                    help="concurrent secondaries before launches are refused")
-    p.add_argument("--grace", type=float, default=5.0,
+    p.add_argument("--grace", type=float, default=_wire.DEFAULT_GRACE_MS / 1000,
                    help="seconds between SIGTERM and SIGKILL when ending a secondary")
-    p.add_argument("--pool", type=int, default=2,
+    p.add_argument("--pool", type=int, default=_wire.DEFAULT_POOL,
                    help="pre-forked secondaries kept ready (0: fork on demand)")
-    p.add_argument("--huge-pages", choices=("auto", "never", "always"), default="auto")
+    p.add_argument("--huge-pages", choices=("auto", "never", "always"),
+                   default=_wire.DEFAULT_HUGE_PAGES)
     p.add_argument("--detach", action="store_true",
                    help="run in the background; print the ready line and return")
 

@@ -16,11 +16,10 @@ import sys
 import time
 
 from . import protocol, runtime
-from ._wire import ERROR_ENTRY_MAX
+from ._wire import DEFAULT_CONNECT_TIMEOUT, ERROR_ENTRY_MAX
 from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
 
 DEVNULL = -3          # same value as subprocess.DEVNULL
-DEFAULT_CONNECT_TIMEOUT = 5.0
 
 # What `forkhost run` (and forkhost-run) pass on to the secondary.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,

@@ -28,7 +28,7 @@ import time
 import traceback
 
 from . import ipc as _ipc
-from . import runtime
+from . import _wire, runtime
 # Imported here, before the template is forked, so that every secondary
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
@@ -37,26 +37,26 @@ from ._native import LIBRARY, ffi, lib
 from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)
 
-DEFAULT_ARENA_SIZE = 64 << 20
-DEFAULT_MAX_SECONDARIES = 1024
-DEFAULT_GRACE = 5.0
-# Pre-forked members the template keeps ready (csrc/lib/template.c): each one
-# takes a fork and CPython's after-fork work off a launch's critical path.
-DEFAULT_POOL = 2
+# A primary's defaults, C's and Python's alike (forkhost/init.h).  Pool
+# members the template keeps ready (csrc/lib/template.c) each take a fork
+# and CPython's after-fork work off a launch's critical path.
+DEFAULT_ARENA_SIZE = _wire.DEFAULT_ARENA_SIZE
+DEFAULT_MAX_SECONDARIES = _wire.DEFAULT_MAX_SECONDARIES
+DEFAULT_GRACE = _wire.DEFAULT_GRACE_MS / 1000
+DEFAULT_POOL = _wire.DEFAULT_POOL
 # How long start() waits for the template to say it is ready.
 TEMPLATE_START_TIMEOUT = 30.0
 
 
 def parse_size(text: str | int) -> int:
-    """'64M', '8G', '1048576' -> bytes (binary units)."""
+    """'64M', '8G', '1.5G', '1048576' -> bytes (binary units): fh_parse_size,
+    the parser of fh_init's --arena-size."""
     if isinstance(text, int):
         return text
-    s = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
-    try:
-        return int(float(s[:-1] if mult > 1 else s) * mult)
-    except ValueError:
-        raise ForkhostError(f"invalid size {text!r}: use bytes or a K/M/G suffix") from None
+    out = ffi.new("size_t *")
+    if lib.fh_parse_size(os.fsencode(text), out) < 0:
+        raise ForkhostError(_wire.SIZE_INVALID % text)
+    return int(out[0])
 
 
 def human_size(n: int) -> str:

@@ -20,19 +20,20 @@ import errno
 import os
 
 from ._native import ffi, lib
+from ._wire import THP_INVALID
+from .errors import ForkhostError
 
 DEFAULT_MIN_BYTES = lib.FH_THP_MIN_BYTES
-_OFF = {"0", "off", "no", "never", "false"}
 
 
 def _min_bytes(value: str | None) -> int | None:
-    """The threshold FORKHOST_THP asks for; None when it disables."""
-    if value is None or value.strip() in ("", "1", "on", "yes", "true"):
-        return DEFAULT_MIN_BYTES
-    if value.strip().lower() in _OFF:
-        return None
-    from .primary import parse_size
-    return max(0, parse_size(value))
+    """The threshold FORKHOST_THP asks for; None when it disables
+    (fh_thp_wanted, which a C primary's fh_init reads it with)."""
+    out = ffi.new("size_t *")
+    wanted = lib.fh_thp_wanted(ffi.NULL if value is None else os.fsencode(value), out)
+    if wanted < 0:
+        raise ForkhostError(THP_INVALID % value)
+    return int(out[0]) if wanted else None
 
 
 def collapse(min_bytes: int = DEFAULT_MIN_BYTES) -> dict:

@@ -26,6 +26,8 @@
 #include "forkhost/template.h"
 #include "forkhost/thp.h"
 #include "forkhost/rundir.h"
+#include "forkhost/client.h"
+#include "forkhost/init.h"
 
 FH_API const char *fh_version(void);
 

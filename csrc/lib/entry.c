@@ -31,6 +31,7 @@
  * template through fh_elf_kind()).
  */
 #include "forkhost/entry.h"
+#include "init_internal.h"
 #include "forkhost/request.h"
 
 #include <dlfcn.h>
@@ -796,11 +797,21 @@ static int sym_matches(const ElfW(Sym) *s, const char *str, size_t strsz,
         && strcmp(str + s->st_name, q->name) == 0;
 }
 
+static int sections_lookup(int fd, const struct elf_info *ei,
+                           struct sym_query *q, size_t n, uint32_t type);
+
 /* Look the n queries up in the file's .symtab (where a PIE's main lives
  * unless it was linked with -rdynamic), reading it once.  Returns whether
  * there was a .symtab at all (none: stripped). */
 static int symtab_lookup(int fd, const struct elf_info *ei,
                          struct sym_query *q, size_t n)
+{
+    return sections_lookup(fd, ei, q, n, SHT_SYMTAB);
+}
+
+/* The same in the section of the given type (SHT_SYMTAB, SHT_DYNSYM). */
+static int sections_lookup(int fd, const struct elf_info *ei,
+                           struct sym_query *q, size_t n, uint32_t type)
 {
     const ElfW(Ehdr) *eh = &ei->eh;
     ElfW(Shdr) *sh = NULL, first;
@@ -828,7 +839,7 @@ static int symtab_lookup(int fd, const struct elf_info *ei,
         char *str;
         size_t nsym, j, strsz;
 
-        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= shnum
+        if (sh[i].sh_type != type || sh[i].sh_link >= shnum
             || sh[i].sh_entsize != sizeof(ElfW(Sym)))
             continue;
         has_symtab = 1;
@@ -1084,6 +1095,74 @@ static void memfd_path(char *buf, size_t len, int mfd)
 static struct link_map *g_entry;
 static void *g_dso_handle;
 
+/* Whether fd is this process's own executable. */
+static int is_main_program(int fd)
+{
+    struct stat a, b;
+
+    return fstat(fd, &a) == 0 && stat("/proc/self/exe", &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* What can be told of path (open as fd, inspected into ei) before it is
+ * loaded: the kinds of file a launch refuses, and the executables it cannot
+ * load (static PIE, TLS, stale copy relocations).  preload: load the
+ * libraries a PIE finds through $ORIGIN first (load() does, as it goes on
+ * to dlopen the copy).  0, or -1 after fail(). */
+static int check_file(const char *path, int fd, struct elf_info *ei,
+                      struct load_ctx *c, int *is_exec, int preload)
+{
+    char copies[256];
+
+    switch (ei->kind) {
+    case FH_ELF_NOT_ELF:
+        fail(c, 126, CAUSE_NOT_ELF, "%s is not %s (expected a shared "
+             "object or a PIE executable)", path,
+             ei->special ? "a regular file" : "an ELF file");
+        return -1;
+    case FH_ELF_OTHER:
+        fail(c, 126, ei->cause, "%s is %s", path, ei->why);
+        return -1;
+    }
+
+    /* An executable, as opposed to a library that also has PT_INTERP
+     * (libc.so.6 does): DF_1_PIE, or, from linkers older than binutils 2.26 that did not
+     * set it, a program interpreter and no soname. */
+    *is_exec = (ei->flags_1 & DF_1_PIE) || (ei->has_interp && !ei->has_soname);
+    if (*is_exec && !ei->has_interp) {
+        fail(c, 126, CAUSE_STATIC_PIE, "%s is a static PIE: it carries its "
+             "own C library, which cannot run inside this process; build it "
+             "dynamically with -fPIC -pie", path);
+        return -1;
+    }
+    if (*is_exec && ei->has_tls) {
+        fail(c, 126, CAUSE_PIE_TLS, "%s is a PIE with thread-local "
+             "variables (PT_TLS): an executable reaches them at fixed offsets "
+             "from the thread pointer that belong to the main program here; "
+             "build the entry as a shared object (-fPIC -shared) instead",
+             path);
+        return -1;
+    }
+
+    if ((ei->flags_1 & DF_1_PIE) && preload) {
+        char *real = realpath(path, NULL);
+
+        if (real != NULL) {
+            preload_origin_deps(fd, ei, real);
+            free(real);
+        }
+    }
+    if (*is_exec && stale_copies(fd, ei, copies, sizeof copies) > 0) {
+        fail(c, 126, CAUSE_COPY_RELOC, "%s is a PIE with copy relocations "
+             "of variables that libraries already loaded here own (%s): it "
+             "would only see stale copies of them; rebuild it with -fPIC -pie",
+             path, copies);
+        return -1;
+    }
+
+    return 0;
+}
+
 /* fh_entry_load(), reporting to c: every way a launch loads an entry and
  * every way it fails, which fh_entry_check() reports as they are. */
 static fh_main_fn load(const char *path, const char *symbol,
@@ -1092,7 +1171,7 @@ static fh_main_fn load(const char *path, const char *symbol,
     struct elf_info ei;
     struct link_map *lm = NULL, *owner;
     fh_main_fn fn = NULL;
-    char dlpath[PATH_MAX + 16], copies[256];
+    char dlpath[PATH_MAX + 16];
     int fd, mfd = -1, is_exec, has_symtab = -1, looked_up = 0, exported = 0;
     void *h, *addr;
     struct sym_query q[2] = { { NULL, 0, 0 }, { "__dso_handle", 1, 0 } };
@@ -1122,51 +1201,30 @@ static fh_main_fn load(const char *path, const char *symbol,
         return fail(c, 126, CAUSE_UNREADABLE, "cannot read %s: %s", path,
                     strerror(e));
     }
-    switch (ei.kind) {
-    case FH_ELF_NOT_ELF:
-        fail(c, 126, CAUSE_NOT_ELF, "%s is not %s (expected a shared "
-             "object or a PIE executable)", path,
-             ei.special ? "a regular file" : "an ELF file");
-        goto out;
-    case FH_ELF_OTHER:
-        fail(c, 126, ei.cause, "%s is %s", path, ei.why);
-        goto out;
-    }
+    /* The program this template was forked from, when it is its own
+     * primary (fh_init): its main, already mapped, at the address every
+     * process of the prefix has it. */
+    if (fh_init_main_is_primary && is_main_program(fd)) {
+        void *self = dlopen(NULL, RTLD_NOW);
 
-    /* An executable, as opposed to a library that also has PT_INTERP
-     * (libc.so.6 does): DF_1_PIE, or, from linkers older than binutils 2.26 that did not
-     * set it, a program interpreter and no soname. */
-    is_exec = (ei.flags_1 & DF_1_PIE) || (ei.has_interp && !ei.has_soname);
-    if (is_exec && !ei.has_interp) {
-        fail(c, 126, CAUSE_STATIC_PIE, "%s is a static PIE: it carries its "
-             "own C library, which cannot run inside this process; build it "
-             "dynamically with -fPIC -pie", path);
-        goto out;
-    }
-    if (is_exec && ei.has_tls) {
-        fail(c, 126, CAUSE_PIE_TLS, "%s is a PIE with thread-local "
-             "variables (PT_TLS): an executable reaches them at fixed offsets "
-             "from the thread pointer that belong to the main program here; "
-             "build the entry as a shared object (-fPIC -shared) instead",
-             path);
-        goto out;
-    }
-
-    if (ei.flags_1 & DF_1_PIE) {
-        char *real = realpath(path, NULL);
-
-        if (real != NULL) {
-            preload_origin_deps(fd, &ei, real);
-            free(real);
+        if (self != NULL && dlinfo(self, RTLD_DI_LINKMAP, &lm) == 0 && lm != NULL) {
+            addr = dlsym(self, symbol);
+            if (addr != NULL && object_of(addr) == lm) {
+                fn = (fh_main_fn)addr;
+                exported = 1;
+                goto out;
+            }
+            has_symtab = symtab_lookup(fd, &ei, q, 2);
+            looked_up = 1;
+            if (q[0].value != 0) {
+                fn = (fh_main_fn)(lm->l_addr + q[0].value);
+                goto out;
+            }
         }
+        lm = NULL;
     }
-    if (is_exec && stale_copies(fd, &ei, copies, sizeof copies) > 0) {
-        fail(c, 126, CAUSE_COPY_RELOC, "%s is a PIE with copy relocations "
-             "of variables that libraries already loaded here own (%s): it "
-             "would only see stale copies of them; rebuild it with -fPIC -pie",
-             path, copies);
+    if (check_file(path, fd, &ei, c, &is_exec, 1) < 0)
         goto out;
-    }
 
     dlerror();
     if (ei.flags_1 & DF_1_PIE) {
@@ -1278,6 +1336,40 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     res.cause = CAUSE_OK;
     res.details = 0;
     return load(path, symbol, &c);
+}
+
+FH_API int fh_entry_precheck(const char *path, char *err, size_t errlen)
+{
+    struct load_result res = { .cause = CAUSE_OK };
+    struct load_ctx c = { err, errlen, NULL, &res };
+    struct sym_query q = { "main", 0, 0 };
+    struct elf_info ei;
+    int fd, is_exec = 0, code = 0;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        fail(&c, 126, CAUSE_UNREADABLE, "cannot open %s: %s", path, strerror(errno));
+        return 126;
+    }
+    if (inspect(fd, &ei) < 0) {
+        fail(&c, 126, CAUSE_UNREADABLE, "cannot read %s: %s", path, strerror(errno));
+        code = 126;
+    } else if (check_file(path, fd, &ei, &c, &is_exec, 0) < 0) {
+        code = 126;
+    } else if (ei.kind == FH_ELF_PIE &&
+               (sections_lookup(fd, &ei, &q, 1, SHT_DYNSYM), q.value == 0) &&
+               (symtab_lookup(fd, &ei, &q, 1), q.value == 0)) {
+        /* Neither exported nor in a symbol table: nothing finds main. */
+        fail(&c, 126, CAUSE_STRIPPED, "%s does not export main and has no "
+             "symbol table (stripped): link it with -rdynamic (or "
+             "-Wl,--export-dynamic-symbol=main)", path);
+        code = 126;
+    }
+    elf_info_free(&ei);
+    close(fd);
+    return code;
 }
 
 /* glibc: run the exit handlers registered with dso handle d. */

@@ -684,12 +684,13 @@ int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
             if (errno != EWOULDBLOCK)
                 goto lock_error;
+            pid_t pid = read_pid(fd);
+
             if (holder)
-                *holder = read_pid(fd);
+                *holder = pid;
             close(fd);
             close(dfd);
-            no_text(err, errlen);
-            errno = EWOULDBLOCK;
+            refuse(err, errlen, EWOULDBLOCK, FH_PREFIX_IN_USE, p->prefix, (int)pid, dir);
             return FH_PREFIX_BUSY;
         }
         /* A stopping holder unlinks the lock before releasing it: if what

@@ -20,6 +20,7 @@
 #include "forkhost/entry.h"
 #include "forkhost/member.h"
 #include "forkhost/proto.h"
+#include "init_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -553,6 +554,7 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 
     if (error != NULL)
         *error = NULL;
+    fh_init_in_secondary = 1;       /* fh_init and fh_proc_type say so */
     if (!spec_valid(spec)) {
         errno = EINVAL;
         return step_failed(error, "checking the fd list (the count does not "

@@ -18,6 +18,7 @@
  * fork.  Only the on-demand path's receive buffer and the stack are shared.
  */
 #include "forkhost/template.h"
+#include "init_internal.h"
 #include "forkhost/member.h"
 #include "forkhost/request.h"
 #include "forkhost/spawn.h"
@@ -1713,6 +1714,9 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     memset(&t, 0, sizeof t);
     t.c = c;
     t.pid = getpid();
+    /* Every secondary knows its prefix (fh_file_prefix). */
+    snprintf(fh_init_template_prefix, sizeof fh_init_template_prefix, "%s",
+             c->prefix != NULL ? c->prefix : "");
     t.uid = getuid();
     t.listen_fd = c->listen_fd;
     t.timeout_ms = c->request_timeout_ms ? c->request_timeout_ms

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -253,4 +254,36 @@ FH_API long fh_thp_collapse(size_t min_bytes, struct fh_thp_report *r)
     free(vec);
     r->elapsed_ns = now_ns() - t0;
     return (long)r->collapsed_bytes;
+}
+
+FH_API int fh_thp_wanted(const char *value, size_t *min_bytes)
+{
+    static const char *const on[] = { "", "1", "on", "yes", "true" };
+    static const char *const off[] = { "0", "off", "no", "never", "false" };
+    char v[64];
+    size_t k, n;
+
+    *min_bytes = FH_THP_MIN_BYTES;
+    if (value == NULL)
+        return 1;
+    /* Compared stripped, as Python's str.strip() does. */
+    while (*value == ' ' || *value == '\t' || *value == '\n')
+        value++;
+    n = strlen(value);
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t' || value[n - 1] == '\n'))
+        n--;
+    if (n >= sizeof v)
+        n = sizeof v - 1;
+    memcpy(v, value, n);
+    v[n] = '\0';
+    for (k = 0; k < sizeof on / sizeof on[0]; k++)
+        if (strcasecmp(v, on[k]) == 0)
+            return 1;
+    for (k = 0; k < sizeof off / sizeof off[0]; k++)
+        if (strcasecmp(v, off[k]) == 0)
+            return 0;
+    if (fh_parse_size(v, &n) < 0)
+        return -1;
+    *min_bytes = n;
+    return 1;
 }

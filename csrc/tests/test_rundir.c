@@ -366,7 +366,9 @@ static void test_lock_busy(void)
     }
     CHECK(read(ready[0], &c, 1) == 1 && c == 'y', "the child's lock");
     fd = fh_prefix_lock(&p, &holder, &stale, err, sizeof(err));
-    EXPECT(fd == FH_PREFIX_BUSY && holder == child && err[0] == '\0',
+    EXPECT(fd == FH_PREFIX_BUSY && holder == child &&
+           strcmp(err, fmt("prefix 'P' is in use by the primary with pid %d (%s)",
+                           (int)child, at("rt/P"))) == 0,
            "busy: %d holder %d (child %d) %s", fd, (int)holder, (int)child, err);
     EXPECT(strcmp(read_file(at("rt/P/lock")), fmt("%d\n", (int)child)) == 0,
            "the holder's lock was written to: %s", read_file(at("rt/P/lock")));

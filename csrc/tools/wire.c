@@ -8,8 +8,11 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "forkhost/client.h"
+#include "forkhost/init.h"
 #include "forkhost/proto.h"
 #include "forkhost/rundir.h"
+#include "forkhost/thp.h"
 
 static int failed;
 
@@ -146,8 +149,18 @@ int main(void)
     text("PREFIX_INVALID", FH_PREFIX_INVALID);
     text("RUNDIR_SHARED_SUBDIR", FH_RUNDIR_SHARED_SUBDIR);
     text("RUNDIR_TOO_LONG", FH_RUNDIR_TOO_LONG);
+    text("PREFIX_IN_USE", FH_PREFIX_IN_USE);
     VALUE("SOCKET_PATH_MAX", FH_SOCKET_PATH_MAX);
     text("SOCKET_PATH_TOO_LONG", FH_SOCKET_PATH_TOO_LONG);
+    /* forkhost/init.h and client.h: a primary's defaults, the client's */
+    VALUE("DEFAULT_ARENA_SIZE", FH_DEFAULT_ARENA_SIZE);
+    text("DEFAULT_HUGE_PAGES", FH_DEFAULT_HUGE_PAGES);
+    VALUE("DEFAULT_POOL", FH_DEFAULT_POOL);
+    VALUE("DEFAULT_MAX_SECONDARIES", FH_DEFAULT_MAX_SECONDARIES);
+    VALUE("DEFAULT_GRACE_MS", FH_DEFAULT_GRACE_MS);
+    text("SIZE_INVALID", FH_SIZE_INVALID);
+    text("THP_INVALID", FH_THP_INVALID);
+    printf("DEFAULT_CONNECT_TIMEOUT = %#.17g\n", FH_CLIENT_CONNECT_TIMEOUT_S);
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
            COUNT(notice));
     VALUE("HDR_SIZE", h);

@@ -39,6 +39,15 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
                                 char *err, size_t errlen, int *exit_code);
 
 /*
+ * What fh_init() tells a program about itself before it hands itself over:
+ * whether path, an executable, could be loaded by fh_entry_load() as far
+ * as its file shows (a PIE, dynamically linked, no thread-local variables,
+ * no stale copy relocations, main findable), without loading it.  0, or
+ * 126 with one line, naming the build flags that fix it, in err.
+ */
+FH_API int fh_entry_precheck(const char *path, char *err, size_t errlen);
+
+/*
  * After the entry fh_entry_load() returned has returned: run what exit()
  * would run for that object and no other (the primary's libraries must not
  * run their exit handlers once per secondary): the handlers its code

@@ -18,9 +18,11 @@
  *    returns;
  *
  *  - the secondary the template forked for that launch: main runs again
- *    from its start with every mapping of the primary in place, and here
- *    fh_init returns.  Whatever main does before fh_init runs twice, once
- *    in each process.
+ *    from its start with every mapping of the primary in place, in the
+ *    primary's own copy of the program when the primary is this program
+ *    (every function at one address in every process; globals as they
+ *    were when the primary called fh_init), and here fh_init returns.
+ *    Whatever main does before fh_init runs twice, once in each process.
  *
  * Options, before the program's own (DPDK's spelling where DPDK has one;
  * each also as "--opt value"):
@@ -40,8 +42,10 @@
  * FORKHOST_RUNTIME_DIR, FORKHOST_CONNECT_TIMEOUT (and the primary's
  * FORKHOST_THP).
  *
- * Parsing stops at "--" (consumed) or at the first argument that does not
- * start with "--".  fh_init returns how many arguments it consumed, after
+ * Everything before a "--" (which is consumed too) must be forkhost's
+ * options, as with DPDK's EAL options; without a "--", parsing stops at
+ * the first argument that does not start with "--".  An unknown "--name"
+ * is an error either way.  fh_init returns how many arguments it consumed, after
  * writing argv[0] into the last consumed slot, so that the program goes on
  * with `argc -= ret; argv += ret;` and still has its name in argv[0], as
  * with rte_eal_init.
@@ -56,6 +60,8 @@
  */
 #ifndef FORKHOST_INIT_H
 #define FORKHOST_INIT_H
+
+#include <stddef.h>
 
 #ifndef FH_API
 #define FH_API __attribute__((visibility("default")))
@@ -77,6 +83,23 @@ enum fh_proc_type {
                                    not a secondary) */
 };
 
+/* The options as fh_init parsed them (forkhost.init() in Python parses
+ * with the same code). */
+struct fh_init_options {
+    int          proc_type;       /* enum fh_proc_type; FH_PROC_AUTO */
+    const char  *prefix;          /* --file-prefix, or NULL */
+    const char  *runtime_dir;     /* --runtime-dir, or NULL */
+    size_t       arena_size;
+    unsigned     arena_flags;     /* FH_ARENA_HUGE_*, arena.h */
+    const char  *huge_pages;      /* "auto", "never" or "always" */
+    unsigned     pool;
+    int          consumed;        /* arguments taken, "--" included */
+};
+
+/* Parse forkhost's options from argv[1] on into o (defaults for the
+ * rest); a bad option prints one line, "PROGRAM: what", and exits 125. */
+FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o);
+
 /* See above.  Called once per process; a second call fails (125). */
 FH_API int fh_init(int argc, char **argv);
 
@@ -90,8 +113,16 @@ FH_API const char *fh_file_prefix(void);
 /* The counterpart of rte_eal_cleanup().  In the primary: end the template
  * (its secondaries get SIGTERM, then SIGKILL after the grace), remove the
  * prefix's runtime files and release the prefix; 0, or -1 with errno.  In
- * a secondary: nothing to undo (0).  A primary that exits without it ends
- * the same way, the files being removed by the next primary. */
+ * a secondary: nothing to undo (0).  fh_init registers it with atexit(),
+ * so a primary that returns from main or calls exit() ends this way too;
+ * one killed by a signal takes its template and secondaries with it, and
+ * leaves its files to the next primary of the prefix. */
 FH_API int fh_cleanup(void);
+
+/* "64M", "1.5G", "4096", "8GiB": bytes, binary units (the Python
+ * primary's --arena-size too).  0, or -1 when text is none of those. */
+FH_API int fh_parse_size(const char *text, size_t *out);
+/* printf format: the text that was not a size. */
+#define FH_SIZE_INVALID "invalid size '%s': use bytes or a K/M/G suffix"
 
 #endif /* FORKHOST_INIT_H */

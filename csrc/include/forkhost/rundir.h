@@ -1,8 +1,8 @@
 /*
  * forkhost/rundir.h - where a prefix lives: the rules and texts that every
  * primary (the Python one through forkhost/runtime.py, a C one through
- * fh_init) and forkhost-run (csrc/client/forkhost-run.c) apply, and the
- * functions that apply them.
+ * fh_init) and the client (csrc/client/client.c: forkhost-run, fh_init's
+ * hand-over) apply, and the functions that apply them.
  *
  * Two sources implement it: csrc/lib/rundir_path.c finds the places
  * (which prefix, which runtime directory, the socket's path) and is
@@ -70,6 +70,9 @@
 
 /* fh_prefix_lock: another live process holds the prefix. */
 #define FH_PREFIX_BUSY (-2)
+/* Its text; printf format: the prefix, the holder's pid, the prefix
+ * directory. */
+#define FH_PREFIX_IN_USE "prefix '%s' is in use by the primary with pid %d (%s)"
 /* fh_rundir_open, fh_prefix_dir_open without create: the directory (or
  * one on the way to it) does not exist; err is empty, errno ENOENT. */
 #define FH_RUNDIR_MISSING (-3)
@@ -176,8 +179,8 @@ FH_API int fh_prefix_log_open(const struct fh_prefix_paths *p, char *err,
  * closed, so a forked child must close its copy.
  *
  * Returns the lock's fd (O_CLOEXEC); FH_PREFIX_BUSY when another holds
- * the lock (*holder: the pid in the file, 0 if unreadable; err empty);
- * -1 on failure.  *stale (may be NULL): the pid of the previous holder
+ * the lock (*holder: the pid in the file, 0 if unreadable; err:
+ * FH_PREFIX_IN_USE); -1 on failure.  *stale (may be NULL): the pid of the previous holder
  * whose leftovers we removed or whose pid the lock still had, 0 for
  * leftovers of an unknown one, -1 for none.  holder may be NULL.
  */

@@ -61,4 +61,16 @@ struct fh_thp_report {
  */
 FH_API long fh_thp_collapse(size_t min_bytes, struct fh_thp_report *r);
 
+/*
+ * What FORKHOST_THP's value asks of a primary (a C primary's fh_init and
+ * forkhost/thp.py read it with this): NULL, "", 1, on, yes, true for
+ * FH_THP_MIN_BYTES; 0, off, no, never, false (any case) to leave memory
+ * alone; else a size ("16M", fh_parse_size) for another threshold.
+ * 1 with *min_bytes set; 0: off; -1: none of these (a bad value).
+ */
+FH_API int fh_thp_wanted(const char *value, size_t *min_bytes);
+/* printf format: the value fh_thp_wanted refused. */
+#define FH_THP_INVALID "invalid FORKHOST_THP '%s': use 0 or off, 1 or on, or a " \
+                       "size such as 16M"
+
 #endif /* FORKHOST_THP_H */

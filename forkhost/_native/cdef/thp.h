@@ -21,3 +21,4 @@ struct fh_thp_report {
 };
 
 long fh_thp_collapse(size_t min_bytes, struct fh_thp_report *r);
+int fh_thp_wanted(const char *value, size_t *min_bytes);
