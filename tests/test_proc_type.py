@@ -96,6 +96,9 @@ def test_primary_and_secondaries_from_a_shell(exe, runtime_dir):
         assert r.stdout == f"{exe}\nargs\nx\n--y\n".encode(), r.stderr
         r = _run([exe, "--file-prefix=pa", "role"], runtime_dir)
         assert r.stdout == b"secondary pa\n"
+        # IPC: the primary (no Python in it) answers a secondary's request.
+        r = _run([exe, "--file-prefix=pa", "ping", "forkhost"], runtime_dir)
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"tsohkrof\n", b"")
         assert _run([exe, "--file-prefix=pa", "exit", "7"], runtime_dir).returncode == 7
         # The Python tools read a C primary's config record.
         for cmd in (["doctor"], ["ps"], ["verify", "--all"]):

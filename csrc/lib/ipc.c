@@ -32,6 +32,7 @@
  * g.rx is taken, it waits on g.cond.
  */
 #include "forkhost/ipc.h"
+#include "ipc_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,11 +59,6 @@ _Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
 
 /* connect + HELLO + WELCOME must not hang on a wedged primary. */
 #define FH_IPC_CONNECT_TIMEOUT_MS 5000
-/* A send from an ordinary thread waits this long for room in a full
- * buffer; the receive thread never waits. */
-#define FH_IPC_SEND_TIMEOUT_MS 1000
-/* Requests whose caller passes no timeout. */
-#define FH_IPC_DEFAULT_TIMEOUT_MS 5000
 /* A leading requester's blocking read lasts at most this long before it
  * looks at its deadline again (SO_RCVTIMEO); closer to the deadline it
  * polls for exactly the time left. */
@@ -1336,6 +1332,47 @@ static int ensure_started(void)
     return rc;
 }
 
+/* -- shared with ipc_primary.c (ipc_internal.h) ----------------------------- */
+
+int fh__ipc_check_flat(const char *name, int len_param, const int *fds,
+                       int num_fds, bool user)
+{
+    return check_flat(name, len_param, fds, num_fds, user);
+}
+
+int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
+                       const char *name, const void *param, uint32_t plen,
+                       const int *fds, int nfds, int wait_ms)
+{
+    return send_frame(fd, type, id, status, name, param, plen, fds, nfds, wait_ms);
+}
+
+bool fh__ipc_peer_shut(int fd)
+{
+    return peer_shut(fd);
+}
+
+long fh__ipc_timeout_ms(const struct timespec *ts)
+{
+    return timeout_ms(ts);
+}
+
+fh_ipc_action_t fh__ipc_action(const char *name)
+{
+    fh_ipc_action_t fn = NULL;
+
+    pthread_once(&g_once, init_once);
+    pthread_mutex_lock(&g.lock);
+    for (struct action *a = g.actions; a; a = a->next) {
+        if (strcmp(a->name, name) == 0) {
+            fn = a->fn;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g.lock);
+    return fn;
+}
+
 /* -- the API -------------------------------------------------------------- */
 
 FH_API int fh_ipc_set_primary(const char *path, pid_t primary_pid)
@@ -1459,6 +1496,8 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
 
 FH_API int fh_ipc_send(const struct fh_ipc_msg *msg)
 {
+    if (fh__ipc_primary_here())         /* a C primary: to every member */
+        return fh__ipc_primary_send(msg, 0) < 0 ? -1 : 0;
     if (check_msg(msg, true) < 0)
         return -1;
     return fh_ipc_send_raw(msg->name, msg->param, msg->len_param, msg->fds,
@@ -1544,6 +1583,8 @@ FH_API int fh_ipc_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *rep
         errno = EINVAL;
         return -1;
     }
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request(req, 0, reply, ts);
     return request_sync(req->name, req->param, req->len_param, req->fds,
                         req->num_fds, timeout_ms(ts), reply, NULL, NULL, NULL);
 }
@@ -1642,6 +1683,8 @@ FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
                                 const struct timespec *ts,
                                 fh_ipc_async_t callback, void *arg)
 {
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request_async(req, 0, ts, callback, arg);
     if (check_msg(req, true) < 0)
         return -1;
     return request_async(req->name, req->param, req->len_param, req->fds,
@@ -1650,7 +1693,7 @@ FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
 
 FH_API int fh_ipc_on_ipc_thread(void)
 {
-    return t_on_ipc_thread;
+    return t_on_ipc_thread || fh__ipc_primary_thread();
 }
 
 FH_API uint64_t fh_ipc_peer_id(const void *peer)
@@ -1685,6 +1728,8 @@ FH_API int fh_ipc_reply(const struct fh_ipc_msg *msg, const void *peer)
 {
     const struct peer *pr = peer;
 
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_reply(msg, peer);
     if (!pr || pr != t_peer || !t_on_ipc_thread || !pr->id) {
         errno = EINVAL;         /* only during the action, for a request */
         return -1;
@@ -1779,6 +1824,10 @@ FH_API int fh_ipc_stop(void)
 
 FH_API void fh_ipc_stats(struct fh_ipc_stats *out)
 {
+    if (fh__ipc_primary_here()) {
+        fh__ipc_primary_stats(out);
+        return;
+    }
 #define LOAD(f) out->f = atomic_load_explicit(&st.f, memory_order_relaxed)
     LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored);
     LOAD(no_action); LOAD(malformed); LOAD(action_errors); LOAD(timeouts);
