@@ -180,9 +180,10 @@ FH_API int fh_prefix_log_open(const struct fh_prefix_paths *p, char *err,
  *
  * Returns the lock's fd (O_CLOEXEC); FH_PREFIX_BUSY when another holds
  * the lock (*holder: the pid in the file, 0 if unreadable; err:
- * FH_PREFIX_IN_USE); -1 on failure.  *stale (may be NULL): the pid of the previous holder
- * whose leftovers we removed or whose pid the lock still had, 0 for
- * leftovers of an unknown one, -1 for none.  holder may be NULL.
+ * FH_PREFIX_IN_USE); -1 on failure.  *stale: the pid of the previous
+ * holder, read from the lock (its leftovers, if any, removed); 0 when
+ * leftovers were removed but the lock named no other process; -1 for
+ * neither.  holder and stale may be NULL.
  */
 FH_API int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder,
                           pid_t *stale, char *err, size_t errlen);
