@@ -509,8 +509,7 @@ FH_API int fh_init(int argc, char **argv)
         lock = fh_prefix_lock(&g.paths, &holder, &stale, err, sizeof err);
         if (lock == FH_PREFIX_BUSY) {
             if (o.proc_type == FH_PROC_PRIMARY)
-                init_fail(prog, FH_EXIT_FORKHOST, FH_PREFIX_IN_USE, g.paths.prefix,
-                          (int)holder, g.paths.root, g.paths.prefix);
+                init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
             hand_over(prog, argc, argv, &o, 1);
         }
         if (lock < 0)
