@@ -4,9 +4,10 @@ entry (csrc/lib/template.c forks it and sets it up in C), now running it.
 The child has the template's whole address space (the arena, the native
 library, every preloaded module) and the client's fds, cwd, umask and
 argv; every other fd is closed (fh_child_setup).  Here it drops the
-template's Python-level state (signal handlers, atexit handlers, stdio
-objects, os.environ, __main__) and runs the entry; ``finish()`` reports the
-status and exits.
+template's Python-level state (signal handlers, stdio objects, os.environ,
+__main__; the primary's atexit handlers went in the template, see
+keep_exit_handlers) and runs the entry as ``python`` would, on a stack of
+its own (_native/pystack.c); ``finish()`` reports the status and exits.
 
 Native entries never come here: they run in C and the child does not run
 Python at all.
@@ -188,7 +189,7 @@ def _make_stdio(present: int, env) -> list:
         (sys.__stdout__.encoding if sys.__stdout__ else "utf-8")
     # An encoding without an error handler means "strict" (initconfig.c's
     # config_init_stdio_encoding); neither: the primary's, which python
-    # chose from the locale as it would for the client.
+    # chose from the primary's locale (docs/architecture.md).
     base_errs = errs or ("strict" if enc or not sys.__stdout__ else
                          sys.__stdout__.errors)
     streams = []
@@ -438,7 +439,12 @@ def finish(req: Launch, target: entries.Target, spec):
     function = target.kind == entries.FUNCTION
 
     def done(result, exc):
-        lib.fh_exit_report(spec.report_fd, end(result, exc, function))
+        try:
+            code = end(result, exc, function)
+        except KeyboardInterrupt:        # while it ended: as python, by SIGINT
+            die_by_sigint()
+            code = 130
+        lib.fh_exit_report(spec.report_fd, code)
 
     # The entry runs on a stack of its own, then done() exits.
     _pystack.run(call, arg, done, EXIT_FORKHOST)
