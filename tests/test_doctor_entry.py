@@ -233,8 +233,9 @@ def test_missing_file(primary, built):
 
 def test_script_with_a_syntax_error(primary, tmp_path):
     (tmp_path / "bad.py").write_text("def main(argv):\n    return (1 +\n")
+    # python's status for it, and the launch's (test_exact_python.py).
     assert_cannot_load(primary, tmp_path, "bad.py", "a syntax error",
-                       "fix the source", 126, "line 2")
+                       "fix the source", 1, "line 2")
 
 
 def test_healthy_script(primary, tmp_path):
