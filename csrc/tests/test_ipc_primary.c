@@ -208,6 +208,8 @@ static int on_echo(const struct fh_ipc_msg *m, const void *peer)
     r.len_param = m->len_param;
     memcpy(r.param, m->param, (size_t)m->len_param);
     CHECK(fh_ipc_on_ipc_thread(), "actions run on the IPC thread");
+    CHECK(fh_ipc_peer_id(peer) == 7 || fh_ipc_peer_id(peer) == 10,
+          "a request's peer has its id (the member sends 7 and 10)");
     CHECK(fh_ipc_request(m, &rep, NULL) == -1 && errno == EDEADLK,
           "a sync request on the IPC thread is refused");
     CHECK(fh_ipc_reply(&r, peer) == 0, "reply");
@@ -224,7 +226,7 @@ static int on_fail(const struct fh_ipc_msg *m, const void *peer)
 
 static int on_fd(const struct fh_ipc_msg *m, const void *peer)
 {
-    (void)peer;
+    CHECK(fh_ipc_peer_id(peer) == 0, "a message's peer has no request id");
     CHECK(m->num_fds == 1, "one fd");
     CHECK(write(m->fds[0], m->param, (size_t)m->len_param) == m->len_param, "write");
     close(m->fds[0]);
