@@ -106,12 +106,6 @@ struct deferred {
     unsigned char     param[];    /* h.param_len bytes */
 };
 
-/* What an action's peer argument points at, on the receive thread's stack. */
-struct peer {
-    uint64_t id;                /* 0: a message, nothing to answer */
-    bool     replied;
-};
-
 /* Inherited from the primary through fork: written once by
  * fh_ipc_set_primary() before the template fork, only read afterwards. */
 static char  g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -148,7 +142,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static atomic_bool g_masked, g_want_rx;
 static atomic_uint_fast64_t g_lead_end;
 static _Thread_local bool t_on_ipc_thread;
-static _Thread_local struct peer *t_peer;   /* the running action's */
+static _Thread_local struct fh__ipc_peer *t_peer;   /* the running action's */
 
 /* Counters, each an independent tally read only by fh_ipc_stats() (or
  * fh_ipc_loop_stats()): no ordering with any other memory is needed, so
@@ -173,46 +167,11 @@ static char  g_attach[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
 /* -- helpers ---------------------------------------------------------- */
 
-static void now_plus(struct timespec *ts, long ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-static long ms_until(const struct timespec *ts)
-{
-    struct timespec now;
-    long ms;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ms = (long)(ts->tv_sec - now.tv_sec) * 1000
-         + (ts->tv_nsec - now.tv_nsec) / 1000000L;
-    return ms < 0 ? 0 : ms;
-}
-
 static long timeout_ms(const struct timespec *ts)
 {
     if (!ts)
         return FH_IPC_DEFAULT_TIMEOUT_MS;
     return (long)ts->tv_sec * 1000 + ts->tv_nsec / 1000000L;
-}
-
-static void close_fds(const int *fds, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-}
-
-static bool is_reserved(const char *name)
-{
-    return strncmp(name, FH_IPC_RESERVED_PREFIX,
-                   sizeof FH_IPC_RESERVED_PREFIX - 1) == 0;
 }
 
 /* 0, or -1 with errno for a name that cannot go on the wire. */
@@ -652,14 +611,9 @@ static int next_timeout_ms(void)
     long best = -1;
 
     pthread_mutex_lock(&g.lock);
-    for (struct pending *p = g.pending; p; p = p->next) {
-        if (p->heap) {
-            long ms = ms_until(&p->deadline);
-
-            if (best < 0 || ms < best)
-                best = ms;
-        }
-    }
+    for (struct pending *p = g.pending; p; p = p->next)
+        if (p->heap)
+            best = ms_sooner(best, &p->deadline);
     pthread_mutex_unlock(&g.lock);
     /* acquire: pairs with arm(); want: only this thread raises it. */
     if (atomic_load_explicit(&g_masked, memory_order_acquire)
@@ -739,7 +693,7 @@ static void handle_incoming(const struct fh_ipc_hdr *h, const unsigned char *par
 {
     fh_ipc_action_t fn = NULL;
     struct fh_ipc_msg *m;
-    struct peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
+    struct fh__ipc_peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
     int rc;
 
     pthread_mutex_lock(&g.lock);
@@ -1105,14 +1059,7 @@ static void atfork_child(void)
         q = next;
     }
     g.due = NULL;
-    {
-        pthread_condattr_t ca;
-
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&g.cond, &ca);
-        pthread_condattr_destroy(&ca);
-    }
+    cond_init_monotonic(&g.cond);
     if (g.fd >= 0)
         close(g.fd);
     if (g.wake >= 0)
@@ -1149,13 +1096,8 @@ static void atfork_child(void)
 
 static void init_once(void)
 {
-    pthread_condattr_t ca;
-
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_destroy(&g.cond);
-    pthread_cond_init(&g.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&g.cond);
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -1345,6 +1287,11 @@ int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
                        const int *fds, int nfds, int wait_ms)
 {
     return send_frame(fd, type, id, status, name, param, plen, fds, nfds, wait_ms);
+}
+
+int fh__ipc_check_msg(const struct fh_ipc_msg *m, bool user)
+{
+    return check_msg(m, user);
 }
 
 bool fh__ipc_peer_shut(int fd)
@@ -1696,9 +1643,10 @@ FH_API int fh_ipc_on_ipc_thread(void)
     return t_on_ipc_thread || fh__ipc_primary_thread();
 }
 
+/* A C primary's peer starts with the same struct (ipc_primary.c). */
 FH_API uint64_t fh_ipc_peer_id(const void *peer)
 {
-    return peer ? ((const struct peer *)peer)->id : 0;
+    return peer ? ((const struct fh__ipc_peer *)peer)->id : 0;
 }
 
 FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
@@ -1726,18 +1674,12 @@ FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
 
 FH_API int fh_ipc_reply(const struct fh_ipc_msg *msg, const void *peer)
 {
-    const struct peer *pr = peer;
+    const struct fh__ipc_peer *pr = peer;
 
     if (fh__ipc_primary_here())
         return fh__ipc_primary_reply(msg, peer);
-    if (!pr || pr != t_peer || !t_on_ipc_thread || !pr->id) {
-        errno = EINVAL;         /* only during the action, for a request */
+    if (may_reply(pr, t_on_ipc_thread ? t_peer : NULL) < 0)
         return -1;
-    }
-    if (pr->replied) {
-        errno = EALREADY;
-        return -1;
-    }
     if (check_msg(msg, false) < 0)
         return -1;
     return fh_ipc_reply_raw(pr->id, FH_IPC_OK, msg->name, msg->param,

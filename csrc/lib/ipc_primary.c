@@ -74,11 +74,11 @@ struct preq {
     struct fh_ipc_msg  req;     /* async: handed back to cb */
 };
 
-/* What an action's peer argument points at (on the IPC thread's stack). */
+/* What an action's peer argument points at (on the IPC thread's stack):
+ * the shared part first (fh_ipc_peer_id() reads its id). */
 struct ppeer {
-    struct conn *conn;
-    uint64_t     id;            /* 0: a message or a notice */
-    bool         replied;
+    struct fh__ipc_peer r;
+    struct conn        *conn;
 };
 
 /* Counters, independent tallies: relaxed (as in ipc.c). */
@@ -130,41 +130,6 @@ static _Thread_local struct ppeer *t_ppeer;     /* the running action's */
 
 /* -- helpers ---------------------------------------------------------- */
 
-static void now_plus(struct timespec *ts, long ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-static long ms_until(const struct timespec *ts)
-{
-    struct timespec now;
-    long ms;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ms = (long)(ts->tv_sec - now.tv_sec) * 1000
-         + (ts->tv_nsec - now.tv_nsec) / 1000000L;
-    return ms < 0 ? 0 : ms;
-}
-
-static void close_fds(const int *fds, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-}
-
-static bool is_reserved(const char *name)
-{
-    return strncmp(name, FH_IPC_RESERVED_PREFIX,
-                   sizeof FH_IPC_RESERVED_PREFIX - 1) == 0;
-}
-
 static const char *type_name(unsigned t)
 {
     switch (t) {
@@ -176,6 +141,18 @@ static const char *type_name(unsigned t)
     case FH_IPC_REFUSE:  return "REFUSE";
     case FH_IPC_BYE:     return "BYE";
     default:             return NULL;
+    }
+}
+
+/* With P.lock: take c off P.conns. */
+static void unlink_locked(struct conn *c)
+{
+    for (struct conn **pp = &P.conns; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            P.nconns--;
+            break;
+        }
     }
 }
 
@@ -214,6 +191,22 @@ static void finish_locked(struct preq *p)
     }
     p->next = NULL;
     pthread_cond_broadcast(&P.cond);
+}
+
+/* Wait for sync request p to complete, or its deadline: then the members
+ * still waited for count as timeouts and p is complete. */
+static void await_done(struct preq *p)
+{
+    pthread_mutex_lock(&P.lock);
+    while (!p->done) {
+        if (pthread_cond_timedwait(&P.cond, &P.lock, &p->deadline) == ETIMEDOUT)
+            break;
+    }
+    if (!p->done) {
+        COUNT_N(timeouts, p->nwaiting);
+        finish_locked(p);
+    }
+    pthread_mutex_unlock(&P.lock);
 }
 
 static void free_preq(struct preq *p)
@@ -458,16 +451,7 @@ int fh__ipc_primary_request(const struct fh_ipc_msg *req, pid_t to,
     if (issue(req->name, req->param, req->len_param, req->fds, req->num_fds, ms,
               to, NULL, NULL, &p) < 0)
         return -1;
-    pthread_mutex_lock(&P.lock);
-    while (!p->done) {
-        if (pthread_cond_timedwait(&P.cond, &P.lock, &p->deadline) == ETIMEDOUT)
-            break;
-    }
-    if (!p->done) {
-        COUNT_N(timeouts, p->nwaiting);
-        finish_locked(p);
-    }
-    pthread_mutex_unlock(&P.lock);
+    await_done(p);
     reply->nb_sent = p->nb_sent;
     reply->nb_received = p->nmsgs;
     reply->msgs = p->nmsgs ? p->msgs : NULL;
@@ -497,26 +481,15 @@ int fh__ipc_primary_request_async(const struct fh_ipc_msg *req, pid_t to,
 int fh__ipc_primary_reply(const struct fh_ipc_msg *m, const void *peer)
 {
     struct ppeer *pr = (struct ppeer *)peer;
+    const struct fh__ipc_peer *running = t_ipc_thread && t_ppeer ? &t_ppeer->r : NULL;
 
-    if (!pr || pr != t_ppeer || !t_ipc_thread || !pr->id) {
-        errno = EINVAL;         /* only during the action, for a request */
+    if (may_reply(peer, running) < 0 || fh__ipc_check_msg(m, false) < 0)
         return -1;
-    }
-    if (pr->replied) {
-        errno = EALREADY;
-        return -1;
-    }
-    if (!m) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (fh__ipc_check_flat(m->name, m->len_param, m->fds, m->num_fds, false) < 0)
-        return -1;
-    pr->replied = true;
+    pr->r.replied = true;
     if (m->num_fds == 0)        /* leaves when the upcall returns */
-        return fh_ipc_send_reply(P.loop, pr->conn->fd, pr->id, FH_IPC_OK, m->name,
+        return fh_ipc_send_reply(P.loop, pr->conn->fd, pr->r.id, FH_IPC_OK, m->name,
                                  m->param, m->len_param);
-    return fh_ipc_send_fd(P.loop, pr->conn->fd, FH_IPC_REPLY, pr->id, FH_IPC_OK,
+    return fh_ipc_send_fd(P.loop, pr->conn->fd, FH_IPC_REPLY, pr->r.id, FH_IPC_OK,
                           m->name, m->param, m->len_param, m->fds, m->num_fds, 0);
 }
 
@@ -575,8 +548,8 @@ static bool run_action(const char *name, const void *param, int len,
     t_ppeer = NULL;
     if (rc < 0) {
         COUNT(action_errors);
-        if (pr->id && !pr->replied)
-            fh_ipc_send_reply(P.loop, pr->conn->fd, pr->id, FH_IPC_ACTION_FAILED,
+        if (pr->r.id && !pr->r.replied)
+            fh_ipc_send_reply(P.loop, pr->conn->fd, pr->r.id, FH_IPC_ACTION_FAILED,
                               name, NULL, 0);
     }
     return true;
@@ -586,7 +559,7 @@ static bool run_action(const char *name, const void *param, int len,
 static void exit_notice(pid_t pid, int code, int sig, uint32_t flags)
 {
     struct fh_ipc_exit_notice e = { (int32_t)pid, code, sig, flags };
-    struct ppeer pr = { NULL, 0, false };
+    struct ppeer pr = { { 0, false }, NULL };
 
     send_to(FH_IPC_EXIT_NOTICE, &e, sizeof e, NULL, 0, 0, pid, FH_IPC_MSG);
     run_action(FH_IPC_EXIT_NOTICE, &e, sizeof e, NULL, 0, P.pid, &pr);
@@ -610,13 +583,7 @@ static void drop(struct conn *c, bool bye)
     fh_ipc_loop_unwatch(P.loop, c->fd);        /* (sends what is queued) */
     P.byfd[c->fd] = NULL;
     pthread_mutex_lock(&P.lock);
-    for (struct conn **pp = &P.conns; *pp; pp = &(*pp)->next) {
-        if (*pp == c) {
-            *pp = c->next;
-            P.nconns--;
-            break;
-        }
-    }
+    unlink_locked(c);
     c->closing = true;
     for (struct preq *p = P.pending, *next; p; p = next) {
         next = p->next;
@@ -704,14 +671,14 @@ static long up_record(int fd)
     switch (h->type) {
     case FH_IPC_MSG:
     case FH_IPC_REQUEST: {
-        struct ppeer pr = { c, h->type == FH_IPC_REQUEST ? h->id : 0, false };
+        struct ppeer pr = { { h->type == FH_IPC_REQUEST ? h->id : 0, false }, c };
 
         if (run_action(h->name, param, (int)h->param_len, fds, nfds, c->pid, &pr))
             break;
         close_fds(fds, nfds);
-        if (pr.id) {
+        if (pr.r.id) {
             COUNT(no_action);
-            fh_ipc_send_reply(P.loop, fd, pr.id, FH_IPC_NO_ACTION, h->name, NULL, 0);
+            fh_ipc_send_reply(P.loop, fd, pr.r.id, FH_IPC_NO_ACTION, h->name, NULL, 0);
         } else if (is_reserved(h->name)) {
             COUNT(notices_ignored);
         } else {
@@ -731,6 +698,29 @@ static long up_record(int fd)
         break;
     }
     return 0;
+}
+
+/* Close the fds that came with the record mh received; how many (no more
+ * than FH_IPC_FDS_MAX: a control buffer of FH_CMSG_SPACE holds no more). */
+static int close_received(struct msghdr *mh)
+{
+    int n = 0;
+
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+            for (int i = 0; i < k; i++) {
+                int f;
+
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+                close(f);
+                if (n < FH_IPC_FDS_MAX)
+                    n++;
+            }
+        }
+    }
+    return n;
 }
 
 /* REFUSE, then close so that the peer reads it: closing a unix socket with
@@ -757,18 +747,7 @@ static void refuse_fd(int fd, const char *why)
 
         if (n < 0)
             break;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-                for (int j = 0; j < k; j++) {
-                    int f;
-
-                    memcpy(&f, CMSG_DATA(c) + j * sizeof(int), sizeof f);
-                    close(f);
-                }
-            }
-        }
+        close_received(&mh);
         if (n == 0 && fh__ipc_peer_shut(fd))
             break;
     }
@@ -782,13 +761,7 @@ static void refuse_first(struct conn *c, const char *why)
     fh_ipc_loop_unwatch(P.loop, c->fd);
     P.byfd[c->fd] = NULL;
     pthread_mutex_lock(&P.lock);
-    for (struct conn **pp = &P.conns; *pp; pp = &(*pp)->next) {
-        if (*pp == c) {
-            *pp = c->next;
-            P.nconns--;
-            break;
-        }
-    }
+    unlink_locked(c);
     pthread_mutex_unlock(&P.lock);
     refuse_fd(c->fd, why);
     free(c);
@@ -902,7 +875,7 @@ static int read_first(struct conn *c)
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
                          .msg_control = ctl.bytes,
                          .msg_controllen = sizeof ctl.bytes };
-    int fds[FH_IPC_FDS_MAX], nfds = 0;
+    int nfds;
     char why[256];
     struct fh_ipc_hello hello;
     struct fh_ipc_welcome w;
@@ -910,22 +883,7 @@ static int read_first(struct conn *c)
 
     if (n < 0)
         return errno == EAGAIN || errno == EINTR ? FIRST_WAIT : FIRST_GONE;
-    for (struct cmsghdr *m = CMSG_FIRSTHDR(&mh); m; m = CMSG_NXTHDR(&mh, m)) {
-        if (m->cmsg_level == SOL_SOCKET && m->cmsg_type == SCM_RIGHTS) {
-            int k = (int)((m->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-            for (int i = 0; i < k; i++) {
-                int f;
-
-                memcpy(&f, CMSG_DATA(m) + i * sizeof(int), sizeof f);
-                if (nfds < FH_IPC_FDS_MAX)
-                    fds[nfds++] = f;
-                else
-                    close(f);
-            }
-        }
-    }
-    close_fds(fds, nfds);       /* a HELLO has none; nothing else is kept */
+    nfds = close_received(&mh); /* a HELLO has none; nothing else is kept */
     if (n == 0 && nfds == 0 && fh__ipc_peer_shut(c->fd))
         return FIRST_GONE;
     if (first_record_why(buf.bytes, n, nfds, mh.msg_flags, why, sizeof why)) {
@@ -1082,20 +1040,12 @@ static long tick(void)
     }
     pthread_mutex_lock(&P.lock);
     for (struct conn *c = P.conns; c; c = c->next) {
-        if (!c->joined) {
-            long ms = ms_until(&c->hello_deadline);
-
-            if (best < 0 || ms < best)
-                best = ms;
-        }
+        if (!c->joined)
+            best = ms_sooner(best, &c->hello_deadline);
     }
     for (struct preq *p = P.pending; p; p = p->next) {
-        if (p->cb) {
-            long ms = ms_until(&p->deadline);
-
-            if (best < 0 || ms < best)
-                best = ms;
-        }
+        if (p->cb)
+            best = ms_sooner(best, &p->deadline);
     }
     pthread_mutex_unlock(&P.lock);
     return best < 0 ? -1 : best + 1;
@@ -1152,8 +1102,6 @@ static void *ipc_thread(void *unused)
  * template keeps its end by number and closes the rest itself. */
 static void atfork_child(void)
 {
-    pthread_condattr_t ca;
-
     if (!atomic_load_explicit(&p_here, memory_order_relaxed))
         return;                 /* relaxed: the child is single-threaded */
     atomic_store_explicit(&p_here, false, memory_order_relaxed);
@@ -1179,21 +1127,13 @@ static void atfork_child(void)
     memset(&P, 0, sizeof P);
     P.listen_fd = P.exit_fd = P.exit_theirs = -1;
     pthread_mutex_init(&P.lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&P.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&P.cond);
 }
 
 static void init_once(void)
 {
-    pthread_condattr_t ca;
-
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_destroy(&P.cond);
-    pthread_cond_init(&P.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&P.cond);
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -1390,15 +1330,7 @@ static void shutdown_notice(unsigned grace_ms)
         free(ms);
         return;
     }
-    pthread_mutex_lock(&P.lock);
-    while (!p->done)
-        if (pthread_cond_timedwait(&P.cond, &P.lock, &p->deadline) == ETIMEDOUT)
-            break;
-    if (!p->done) {
-        COUNT_N(timeouts, p->nwaiting);
-        finish_locked(p);
-    }
-    pthread_mutex_unlock(&P.lock);
+    await_done(p);
     leaving = calloc((size_t)(p->nmsgs ? p->nmsgs : 1), sizeof *leaving);
     children = calloc((size_t)(p->nmsgs ? p->nmsgs : 1), sizeof *children);
     for (int i = 0; i < p->nmsgs; i++) {

@@ -34,18 +34,12 @@
 
 #include "forkhost.h"
 #include "fhtest.h"
+#include "fhtest_ipc.h"
 
 #define TPL 0x7ffffff0          /* the template's pid, as far as IPC knows */
 
 static char g_path[256];
 static int g_note[2];           /* actions and callbacks report here */
-
-struct rec {
-    struct fh_ipc_hdr h;
-    unsigned char     param[FH_IPC_PARAM_MAX];
-    int               fds[FH_IPC_FDS_MAX];
-    int               nfds;
-};
 
 static int connect_raw(void)
 {
@@ -61,73 +55,22 @@ static int connect_raw(void)
 static void send_rec(int fd, int type, uint64_t id, int status, const char *name,
                      const void *param, uint32_t plen, const int *fds, int nfds)
 {
-    unsigned char buf[FH_IPC_RECORD_MAX];
-    union {
-        struct cmsghdr h;
-        unsigned char  b[CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))];
-    } ctl;
-    struct fh_ipc_hdr h;
-    struct iovec iov = { buf, FH_IPC_HDR_SIZE + plen };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-    memset(&h, 0, sizeof h);
-    h.magic = FH_IPC_MAGIC;
-    h.version = FH_IPC_VERSION;
-    h.type = (uint16_t)type;
-    h.len = FH_IPC_HDR_SIZE + plen;
-    h.nfds = (uint32_t)nfds;
-    h.id = id;
-    h.param_len = plen;
-    h.status = status;
-    if (name)
-        strcpy(h.name, name);
-    memcpy(buf, &h, sizeof h);
-    if (plen)
-        memcpy(buf + FH_IPC_HDR_SIZE, param, plen);
-    if (nfds) {
-        struct cmsghdr *c;
-
-        memset(&ctl, 0, sizeof ctl);
-        mh.msg_control = ctl.b;
-        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-    }
-    CHECK(sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)(FH_IPC_HDR_SIZE + plen),
-          "send a record");
+    CHECK(fht_send_rec(fd, (uint16_t)type, id, status, name, param, plen, fds, nfds)
+          == (ssize_t)(FH_IPC_HDR_SIZE + plen), "send a record");
 }
 
 /* The next record on fd (10 s at most); 0 at EOF. */
-static int recv_rec(int fd, struct rec *r)
+static int recv_rec(int fd, struct fht_rec *r)
 {
-    union {
-        struct cmsghdr h;
-        unsigned char  b[CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))];
-    } ctl;
-    unsigned char buf[FH_IPC_RECORD_MAX];
-    struct iovec iov = { buf, sizeof buf };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-                         .msg_controllen = sizeof ctl.b };
     struct pollfd p = { fd, POLLIN, 0 };
     ssize_t n;
 
     CHECK(poll(&p, 1, 10000) == 1, "a record within 10 s");
-    n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    n = fht_recv_rec(fd, r);
     CHECK(n >= 0, "recvmsg");
     if (n == 0)
         return 0;
     CHECK(n >= (ssize_t)FH_IPC_HDR_SIZE, "a whole header (%zd)", n);
-    memcpy(&r->h, buf, sizeof r->h);
-    memcpy(r->param, buf + FH_IPC_HDR_SIZE, (size_t)n - FH_IPC_HDR_SIZE);
-    r->nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_type == SCM_RIGHTS) {
-            r->nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            memcpy(r->fds, CMSG_DATA(c), r->nfds * sizeof(int));
-        }
     CHECK(r->h.magic == FH_IPC_MAGIC && r->h.len == (uint32_t)n, "a valid record");
     return 1;
 }
@@ -136,7 +79,7 @@ static int join(pid_t ppid)
 {
     struct fh_ipc_hello hello = { getpid(), ppid, 0, 0 };
     struct fh_ipc_welcome w;
-    struct rec r;
+    struct fht_rec r;
     int fd = connect_raw();
 
     send_rec(fd, FH_IPC_HELLO, 0, 0, NULL, &hello, sizeof hello, NULL, 0);
@@ -153,7 +96,7 @@ static int join(pid_t ppid)
 /* A first record, and the REFUSE it must get. */
 static void expect_refused(const void *bytes, size_t n, const char *why)
 {
-    struct rec r;
+    struct fht_rec r;
     int fd = connect_raw();
 
     CHECK(send(fd, bytes, n, MSG_NOSIGNAL) == (ssize_t)n, "send %zu bytes", n);
@@ -208,6 +151,8 @@ static int on_echo(const struct fh_ipc_msg *m, const void *peer)
     r.len_param = m->len_param;
     memcpy(r.param, m->param, (size_t)m->len_param);
     CHECK(fh_ipc_on_ipc_thread(), "actions run on the IPC thread");
+    CHECK(fh_ipc_peer_id(peer) == 7 || fh_ipc_peer_id(peer) == 10,
+          "a request's peer has its id (the member sends 7 and 10)");
     CHECK(fh_ipc_request(m, &rep, NULL) == -1 && errno == EDEADLK,
           "a sync request on the IPC thread is refused");
     CHECK(fh_ipc_reply(&r, peer) == 0, "reply");
@@ -215,16 +160,9 @@ static int on_echo(const struct fh_ipc_msg *m, const void *peer)
     return 0;
 }
 
-static int on_fail(const struct fh_ipc_msg *m, const void *peer)
-{
-    (void)m;
-    (void)peer;
-    return -1;
-}
-
 static int on_fd(const struct fh_ipc_msg *m, const void *peer)
 {
-    (void)peer;
+    CHECK(fh_ipc_peer_id(peer) == 0, "a message's peer has no request id");
     CHECK(m->num_fds == 1, "one fd");
     CHECK(write(m->fds[0], m->param, (size_t)m->len_param) == m->len_param, "write");
     close(m->fds[0]);
@@ -267,7 +205,7 @@ static pid_t member_child(int *ctl)
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
     pid = fork_child();
     if (pid == 0) {
-        struct rec r;
+        struct fht_rec r;
         char c;
         int fd;
 
@@ -334,7 +272,7 @@ int main(void)
     struct fh_ipc_member ms[4];
     struct fh_ipc_stats st;
     struct fh_ipc_msg m;
-    struct rec r;
+    struct fht_rec r;
     pid_t b;
 
     CHECK(mkdtemp(dir), "mkdtemp");
@@ -343,7 +281,7 @@ int main(void)
     strcat(g_path, "/ipc.sock");
     CHECK(pipe2(g_note, O_CLOEXEC) == 0, "pipe");
     CHECK(fh_ipc_register("echo", on_echo) == 0, "register before start");
-    CHECK(fh_ipc_register("fail", on_fail) == 0 && fh_ipc_register("fd", on_fd) == 0,
+    CHECK(fh_ipc_register("fail", fht_action_fails) == 0 && fh_ipc_register("fd", on_fd) == 0,
           "register");
     CHECK(fh_ipc_register(FH_IPC_EXIT_NOTICE, on_exit_notice) == 0, "register exit");
     memset(&m, 0, sizeof m);
