@@ -38,20 +38,6 @@ static const char *const leftovers[] = {"template.sock", "config.json", "ipc.soc
 /* ------------------------------------------------------------------ */
 /* texts                                                                */
 
-__attribute__((format(printf, 4, 5)))
-static int refuse(char *err, size_t errlen, int e, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    errno = e;
-    return -1;
-}
-
 /* "WHAT: why" for a failed system call's errno e, naming a full file
  * system as such. */
 __attribute__((format(printf, 4, 5)))
@@ -65,10 +51,10 @@ static int os_fail(char *err, size_t errlen, int e, const char *fmt, ...)
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
     if (e == ENOSPC)
-        return refuse(err, errlen, e, "%s: the file system is full (%s)", what, why);
+        return fh__rundir_fail(err, errlen, e, "%s: the file system is full (%s)", what, why);
     if (e == EDQUOT)
-        return refuse(err, errlen, e, "%s: the disk quota is used up (%s)", what, why);
-    return refuse(err, errlen, e, "%s: %s", what, why);
+        return fh__rundir_fail(err, errlen, e, "%s: the disk quota is used up (%s)", what, why);
+    return fh__rundir_fail(err, errlen, e, "%s: %s", what, why);
 }
 
 static void no_text(char *err, size_t errlen)
@@ -170,19 +156,19 @@ static int check_dir(const struct stat *st, const char *shown, int last,
 
     if (last) {
         if (st->st_uid != euid)
-            return refuse(err, errlen, EPERM, "refusing the runtime directory %s: it "
+            return fh__rundir_fail(err, errlen, EPERM, "refusing the runtime directory %s: it "
                           "belongs to uid %u, not to us (uid %u)", shown,
                           (unsigned)st->st_uid, (unsigned)euid);
         if (writable)
-            return refuse(err, errlen, EPERM, "refusing the runtime directory %s: its "
+            return fh__rundir_fail(err, errlen, EPERM, "refusing the runtime directory %s: its "
                           "mode %04o lets other users write in it", shown, mode);
     } else {
         if (st->st_uid != 0 && st->st_uid != euid)
-            return refuse(err, errlen, EPERM, "refusing the runtime directory under "
+            return fh__rundir_fail(err, errlen, EPERM, "refusing the runtime directory under "
                           "%s: %s belongs to uid %u, neither root nor us (uid %u)",
                           shown, shown, (unsigned)st->st_uid, (unsigned)euid);
         if (writable && !(mode & S_ISVTX))
-            return refuse(err, errlen, EPERM, "refusing the runtime directory under "
+            return fh__rundir_fail(err, errlen, EPERM, "refusing the runtime directory under "
                           "%s: its mode %04o lets other users write in it without "
                           "the sticky bit", shown, mode);
     }
@@ -346,7 +332,7 @@ int fh_rundir_open(const char *path, int create, char *err, size_t errlen)
             ssize_t tn;
 
             if (++links > MAX_SYMLINKS) {
-                refuse(err, errlen, ELOOP, "cannot use the runtime directory %s: too "
+                fh__rundir_fail(err, errlen, ELOOP, "cannot use the runtime directory %s: too "
                        "many symbolic links", w->full);
                 goto out;
             }
@@ -368,7 +354,7 @@ int fh_rundir_open(const char *path, int create, char *err, size_t errlen)
             continue;
         }
         if (!S_ISDIR(st.st_mode)) {
-            refuse(err, errlen, ENOTDIR, "cannot use the runtime directory %s: %s is "
+            fh__rundir_fail(err, errlen, ENOTDIR, "cannot use the runtime directory %s: %s is "
                    "not a directory", w->full, w->shown);
             goto out;
         }
@@ -464,7 +450,7 @@ int fh_prefix_dir_open(const struct fh_prefix_paths *p, int create, char *err,
             return FH_RUNDIR_MISSING;
         }
         if (e == ENOTDIR || e == ELOOP)
-            return refuse(err, errlen, e, "refusing %s: not a directory", dir);
+            return fh__rundir_fail(err, errlen, e, "refusing %s: not a directory", dir);
         return os_fail(err, errlen, e, "cannot open %s", dir);
     }
     if (fstat(fd, &st) < 0)
@@ -475,13 +461,13 @@ int fh_prefix_dir_open(const struct fh_prefix_paths *p, int create, char *err,
         goto os_error;
     if (st.st_uid != euid) {
         close(fd);
-        return refuse(err, errlen, EPERM, "refusing the prefix directory %s: it "
+        return fh__rundir_fail(err, errlen, EPERM, "refusing the prefix directory %s: it "
                       "belongs to uid %u, not to us (uid %u)", dir,
                       (unsigned)st.st_uid, (unsigned)euid);
     }
     if (st.st_mode & 077) {
         close(fd);
-        return refuse(err, errlen, EPERM, "refusing the prefix directory %s: its "
+        return fh__rundir_fail(err, errlen, EPERM, "refusing the prefix directory %s: its "
                       "mode is %04o, not 0700", dir, (unsigned)(st.st_mode & 07777));
     }
     return fd;
@@ -509,7 +495,7 @@ int fh_prefix_log_open(const struct fh_prefix_paths *p, char *err, size_t errlen
     close(root);
     if (fd < 0) {
         if (e == ELOOP)
-            return refuse(err, errlen, e, "refusing the log %s: it is a symbolic "
+            return fh__rundir_fail(err, errlen, e, "refusing the log %s: it is a symbolic "
                           "link", log);
         return os_fail(err, errlen, e, "cannot open the log %s", log);
     }
@@ -520,7 +506,7 @@ int fh_prefix_log_open(const struct fh_prefix_paths *p, char *err, size_t errlen
     }
     if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
         close(fd);
-        return refuse(err, errlen, EPERM, "refusing the log %s: not a file of ours",
+        return fh__rundir_fail(err, errlen, EPERM, "refusing the log %s: not a file of ours",
                       log);
     }
     /* O_NONBLOCK only kept a FIFO planted there from blocking the open. */
@@ -690,7 +676,7 @@ int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
                 *holder = pid;
             close(fd);
             close(dfd);
-            refuse(err, errlen, EWOULDBLOCK, FH_PREFIX_IN_USE, p->prefix, (int)pid, dir);
+            fh__rundir_fail(err, errlen, EWOULDBLOCK, FH_PREFIX_IN_USE, p->prefix, (int)pid, dir);
             return FH_PREFIX_BUSY;
         }
         /* A stopping holder unlinks the lock before releasing it: if what

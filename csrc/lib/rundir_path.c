@@ -18,8 +18,9 @@
 
 #include "forkhost/rundir.h"
 
-__attribute__((format(printf, 4, 5)))
-static int fail(char *err, size_t errlen, int e, const char *fmt, ...)
+/* The text into err, errno e, -1: how every rundir function fails
+ * (rundir.c's too; declared in rundir.h's internal part). */
+int fh__rundir_fail(char *err, size_t errlen, int e, const char *fmt, ...)
 {
     va_list ap;
 
@@ -65,7 +66,7 @@ int fh_prefix_name(char out[FH_PREFIX_MAX_LEN + 1], const char *prefix,
         }
     }
     if (!prefix_ok(prefix))
-        return fail(err, errlen, EINVAL, FH_PREFIX_INVALID, prefix,
+        return fh__rundir_fail(err, errlen, EINVAL, FH_PREFIX_INVALID, prefix,
                     origin ? origin : "--prefix");
     memmove(out, prefix, strlen(prefix) + 1);     /* prefix may be out */
     return 0;
@@ -141,7 +142,7 @@ int fh_rundir_path(char *out, size_t outlen, const char *dir, char *err,
         n = snprintf(out, outlen, "/tmp/" FH_RUNDIR_SHARED_SUBDIR,
                      (unsigned)getuid());
     if (n < 0 || (size_t)n >= outlen)
-        return fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, out);
+        return fh__rundir_fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, out);
     normalize(out);
     /* A shared sticky directory: ours is the private subdirectory in it. */
     if (stat(out, &st) == 0 && S_ISDIR(st.st_mode) &&
@@ -151,7 +152,7 @@ int fh_rundir_path(char *out, size_t outlen, const char *dir, char *err,
         snprintf(sub, sizeof(sub), FH_RUNDIR_SHARED_SUBDIR, (unsigned)getuid());
         n = snprintf(out + len, outlen - len, "/%s", sub);
         if (n < 0 || (size_t)n >= outlen - len)
-            return fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, out);
+            return fh__rundir_fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, out);
         normalize(out);
     }
     return 0;
@@ -166,13 +167,13 @@ int fh_prefix_socket_path(const struct fh_prefix_paths *p, char *out,
 
     if (join(dir, sizeof(dir), p->root, p->prefix) < 0 ||
         join(path, sizeof(path), dir, "template.sock") < 0)
-        return fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, p->root);
+        return fh__rundir_fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, p->root);
     n = strlen(path);
     if (n > FH_SOCKET_PATH_MAX)
-        return fail(err, errlen, ENAMETOOLONG, FH_SOCKET_PATH_TOO_LONG, (int)n,
+        return fh__rundir_fail(err, errlen, ENAMETOOLONG, FH_SOCKET_PATH_TOO_LONG, (int)n,
                     FH_SOCKET_PATH_MAX, path);
     if (n >= outlen)
-        return fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, path);
+        return fh__rundir_fail(err, errlen, ENAMETOOLONG, FH_RUNDIR_TOO_LONG, path);
     memcpy(out, path, n + 1);
     return (int)n;
 }

@@ -89,6 +89,10 @@ struct fh_prefix_paths {
 
 /* --- where: csrc/lib/rundir_path.c (also in forkhost-run) ------------- */
 
+/* Internal (not exported): the text into err, errno e, return -1. */
+__attribute__((format(printf, 4, 5)))
+int fh__rundir_fail(char *err, size_t errlen, int e, const char *fmt, ...);
+
 /*
  * The prefix's name into out: prefix as given (origin: where it came
  * from, for the message: "--prefix"); prefix NULL: $FORKHOST_PREFIX if
