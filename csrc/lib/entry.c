@@ -1212,21 +1212,33 @@ static int start_main(int fd, const struct elf_info *ei, uint64_t *vaddr,
 {
     unsigned char code[FH_START_BYTES];
     uint64_t pc = ei->eh.e_entry, main_at = 0, slot;
-    size_t at = 0, k;
+    size_t at = 0, k, len = 0;
     int have_rdi = 0, rdi_indirect = 0;
-    off_t off = vaddr_to_off(ei, pc, sizeof code);
+    off_t off = -1;
 
-    if (pc == 0 || off < 0 || read_at(fd, code, sizeof code, off) != 0) {
-        snprintf(why, whylen, "its entry point is not in the file");
+    /* At most FH_START_BYTES, within the code segment _start is in. */
+    for (k = 0; k < ei->phnum && off < 0; k++) {
+        const ElfW(Phdr) *ph = &ei->ph[k];
+
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && pc != 0
+            && pc >= ph->p_vaddr && pc - ph->p_vaddr < ph->p_filesz) {
+            len = ph->p_filesz - (pc - ph->p_vaddr);
+            if (len > sizeof code)
+                len = sizeof code;
+            off = vaddr_to_off(ei, pc, len);
+        }
+    }
+    if (off < 0 || read_at(fd, code, len, off) != 0) {
+        snprintf(why, whylen, "its entry point is not in its code");
         return -1;
     }
-    while (at < sizeof code) {
+    while (at < len) {
         const struct start_insn *in = NULL;
         int32_t disp = 0;
         uint64_t next;
 
         for (k = 0; k < sizeof start_insns / sizeof start_insns[0]; k++)
-            if (start_insns[k].len + start_insns[k].imm <= sizeof code - at
+            if (start_insns[k].len + start_insns[k].imm <= len - at
                 && memcmp(code + at, start_insns[k].bytes,
                           start_insns[k].len) == 0) {
                 in = &start_insns[k];
