@@ -22,9 +22,11 @@
  *    bind to that copy.  A library that was already loaded and relocated
  *    before the PIE (libc always is) keeps using its own variable, and the
  *    PIE reads a snapshot: getopt() then leaves optarg NULL in the PIE.
- *    Refused (126) unless the variable is one whose snapshot stays right
- *    (stdin/stdout/stderr, environ, the program names); -fPIC -pie code goes
- *    through the GOT and has no copy relocations at all.
+ *    On x86_64 the loaded libraries are pointed at the PIE's copies, as
+ *    ld.so does for a main program (bind_copies()); elsewhere refused (126)
+ *    unless the variable is one whose snapshot stays right (stdin/stdout/
+ *    stderr, environ, the program names).  -fPIC -pie code goes through the
+ *    GOT and has no copy relocations at all.
  *
  * Everything is read with pread(): a file being replaced under us yields a
  * short read and a clean error, never a SIGBUS (this code also runs in the
@@ -349,8 +351,7 @@ static int inspect(int fd, struct elf_info *ei)
     case ET_DYN:
         break;
     case ET_EXEC:
-        other(ei, "a non-PIE executable; build with -fPIE -pie "
-              "(better -fPIC -pie: no copy relocations)");
+        other(ei, "a non-PIE executable; build with -fPIE -pie");
         ei->cause = CAUSE_NOT_PIE;
         return 0;
     case ET_REL:
