@@ -162,6 +162,17 @@ def test_the_doctor_on_a_system_program(primary):
     assert d.returncode == 0 and "OK " in d.stdout, d.stdout + d.stderr
 
 
+def test_a_stripped_program_exits_in_exit_order(primary, tmp_path):
+    """atexit handlers, then destructors, as exit() runs them, although the
+    symbol table that names the handle they are filed under is gone."""
+    prog = tmp_path / "atexit_stripped"
+    subprocess.run([CC, "-fPIE", "-pie", "-s", "-o", prog,
+                    FIXTURES / "atexit_entry.c"], check=True)
+    r = both(primary, [prog, "5"])
+    assert (r.returncode, r.stdout) == \
+        (5, b"main\natexit second\natexit first\ndestructor\n")
+
+
 def test_a_start_that_is_not_glibcs_is_refused_with_the_reason(primary, tmp_path):
     """A stripped PIE whose _start is its own: main cannot be read from it,
     and the launch says so (127) instead of guessing."""

@@ -1515,6 +1515,34 @@ static int bind_copies(int fd, const struct elf_info *ei,
 }
 #endif
 
+/*
+ * The __dso_handle of a loaded PIE whose symbol table does not name it
+ * (stripped): crtbeginS's `void *__dso_handle = &__dso_handle`, the first
+ * word of its initialised data that holds its own address.  Were another
+ * such word found first, __cxa_finalize() with it would run nothing (no
+ * handler is filed under it), and the handlers would run with the
+ * destructors, as without a handle.  NULL when there is none.
+ */
+static void *find_dso_handle(const struct elf_info *ei,
+                             const struct link_map *lm)
+{
+    unsigned i;
+
+    for (i = 0; i < ei->phnum; i++) {
+        const ElfW(Phdr) *ph = &ei->ph[i];
+        uintptr_t p, end;
+
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W))
+            continue;
+        p = (lm->l_addr + ph->p_vaddr + sizeof p - 1) & ~(sizeof p - 1);
+        end = lm->l_addr + ph->p_vaddr + ph->p_filesz;
+        for (; p + sizeof p <= end; p += sizeof p)
+            if (*(const uintptr_t *)p == p)
+                return (void *)p;
+    }
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------
  * Loading.
  */
@@ -1838,6 +1866,8 @@ out:
         g_entry = lm;
         g_dso_handle = q[1].value != 0 ? (void *)(lm->l_addr + q[1].value)
                                        : NULL;
+        if (g_dso_handle == NULL && ei.kind == FH_ELF_PIE)
+            g_dso_handle = find_dso_handle(&ei, lm);
     }
     if (fn != NULL) {
         c->res->cause = CAUSE_OK;
