@@ -1330,6 +1330,42 @@ struct copy_var {
     size_t size;
 };
 
+/* Variables already bound to a PIE's copy in this process (a second PIE
+ * loaded after a first): by their library definition, the copy the
+ * libraries use now. */
+#define FH_MAX_REBOUND 64
+static struct {
+    uintptr_t def, now;
+} g_rebound[FH_MAX_REBOUND];
+static size_t g_nrebound;
+
+/* Where the libraries' references to the variable defined at def point now. */
+static uintptr_t bound_now(uintptr_t def)
+{
+    size_t i;
+
+    for (i = 0; i < g_nrebound; i++)
+        if (g_rebound[i].def == def)
+            return g_rebound[i].now;
+    return def;
+}
+
+/* Record that they point at copy from now on. */
+static void rebound(uintptr_t def, uintptr_t copy)
+{
+    size_t i;
+
+    for (i = 0; i < g_nrebound && g_rebound[i].def != def; i++)
+        ;
+    if (i == g_nrebound) {
+        if (g_nrebound == FH_MAX_REBOUND)
+            return;
+        g_nrebound++;
+    }
+    g_rebound[i].def = def;
+    g_rebound[i].now = copy;
+}
+
 struct bind_ctx {
     const struct link_map *entry;
     struct copy_var *v;
@@ -1478,11 +1514,12 @@ static int bind_copies(int fd, const struct elf_info *ei,
         if (addr == NULL || (uintptr_t)addr == v->copy
             || object_of(addr) == lm)
             continue;
-        v->def = (uintptr_t)addr;
         if (dladdr1(addr, &di, (void **)&def, RTLD_DL_SYMENT) != 0
             && def != NULL && def->st_size < v->size)
             v->size = def->st_size;
-        memcpy((void *)v->copy, addr, v->size);
+        v->def = bound_now((uintptr_t)addr);
+        memcpy((void *)v->copy, (void *)v->def, v->size);
+        rebound((uintptr_t)addr, v->copy);
         b.n++;
     }
     dlerror();
