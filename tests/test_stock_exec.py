@@ -188,3 +188,26 @@ def test_a_start_that_is_not_glibcs_is_refused_with_the_reason(primary, tmp_path
                        timeout=60)
     assert r.returncode == 127, r.stderr
     assert r.stderr.count(b"\n") == 1 and b"_start is not glibc's" in r.stderr, r.stderr
+
+
+def test_a_cxx_program_built_fpie(primary, tmp_path):
+    """std::cin, std::cout and std::cerr are copy-relocated too; libstdc++
+    comes in with the program."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler (c++, g++ or $CXX) on this machine")
+    src = tmp_path / "cx.cc"
+    src.write_text('#include <iostream>\n#include <string>\n#include <unistd.h>\n'
+                   'int main(int argc, char **argv) {\n'
+                   '    int c; std::string a = "-", line;\n'
+                   '    while ((c = getopt(argc, argv, "a:")) != -1)\n'
+                   '        if (c == \'a\') a = optarg;\n'
+                   '    std::getline(std::cin, line);\n'
+                   '    std::cout << "a=" << a << " line=" << line << std::endl;\n'
+                   '    std::cerr << "on cerr" << std::endl;\n'
+                   '    return 3;\n}\n')
+    for flags in (["-fPIE", "-pie"], ["-fPIE", "-pie", "-s"]):
+        prog = tmp_path / "cx"
+        subprocess.run([cxx, *flags, "-o", prog, src], check=True)
+        r = both(primary, [prog, "-a", "Q"], stdin=b"hi\n")
+        assert (r.returncode, r.stdout, r.stderr) == (3, b"a=Q line=hi\n", b"on cerr\n")

@@ -1382,6 +1382,23 @@ static uintptr_t dyn_addr(uintptr_t p, uintptr_t base, uintptr_t lo,
     return p >= lo && p < hi ? p : p + base;
 }
 
+/* Whether addr is in one of the object's writable segments (RELRO
+ * included): never write into its code (a text relocation). */
+static int in_writable(const struct dl_phdr_info *info, uintptr_t addr)
+{
+    size_t i;
+
+    for (i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && addr >= start
+            && addr - start + sizeof(uintptr_t) <= ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
 /* Point one object's references to the copied variables (GLOB_DAT and
  * absolute relocations, whatever symbol name they use: environ and
  * __environ are one variable) at the entry's copies. */
@@ -1437,7 +1454,8 @@ static int bind_object(struct dl_phdr_info *info, size_t size, void *data)
 
             if ((type != FH_R_GLOB_DAT && type != FH_R_ABS)
                 || FH_R_SYM(r[i].r_info) == 0
-                || (uintptr_t)slot < lo || (uintptr_t)slot >= hi)
+                || (uintptr_t)slot % sizeof *slot != 0
+                || !in_writable(info, (uintptr_t)slot))
                 continue;
             v = *slot;
             for (k = 0; k < b->n; k++) {
@@ -1846,7 +1864,7 @@ static fh_main_fn load(const char *path, const char *symbol,
         }
         (void)replaced_name;
     }
-    if (mfd >= 0 && lm != NULL && bind_copies(fd, &ei, lm, path, c) < 0)
+    if (is_exec && lm != NULL && bind_copies(fd, &ei, lm, path, c) < 0)
         goto out;
 
     /* dlsym() searches the handle's dependencies too: a symbol that only
