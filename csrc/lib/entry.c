@@ -2141,9 +2141,9 @@ static void describe_loaded(char *line, size_t len, const char *path,
         symbol = "main";
     if (r->via_start)
         snprintf(line, len, "%s is a stripped PIE executable; '%s' is not "
-                 "exported and has no symbol table, and is found from its "
+                 "exported and it has no symbol table: '%s' is found from its "
                  "_start (the address it passes to __libc_start_main)",
-                 path, symbol);
+                 path, symbol, symbol);
     else if (r->exported)
         snprintf(line, len, "%s is a %s%s; '%s' is exported (in .dynsym)%s",
                  path, stripped ? "stripped " : "",
