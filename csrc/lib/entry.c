@@ -1325,7 +1325,6 @@ static void *main_from_start(int fd, const struct elf_info *ei,
 /* One copy-relocated variable of the entry: where its copy is, how big,
  * and the library definition the loaded libraries use (0: none). */
 struct copy_var {
-    char name[64];
     uintptr_t copy, def;
     size_t size;
 };
@@ -1371,7 +1370,6 @@ struct bind_ctx {
     struct copy_var *v;
     size_t n;
     int err;                    /* errno of a failed mprotect, or 0 */
-    unsigned bound;             /* references pointed at the copies */
 };
 
 /* A d_ptr of an object mapped at base spanning [lo, hi): glibc relocates
@@ -1475,7 +1473,6 @@ static int bind_object(struct dl_phdr_info *info, size_t size, void *data)
                 *slot = c->copy + (v - c->def);
                 if (in_relro)
                     mprotect(pg, (size_t)page, PROT_READ);
-                b->bound++;
                 break;
             }
         }
@@ -1494,7 +1491,7 @@ static int bind_copies(int fd, const struct elf_info *ei,
                        const struct link_map *lm, const char *path,
                        struct load_ctx *c)
 {
-    struct bind_ctx b = { lm, NULL, 0, 0, 0 };
+    struct bind_ctx b = { lm, NULL, 0, 0 };
     ElfW(Rela) *r;
     size_t n, i, strsz;
     char *strtab;
@@ -1518,17 +1515,29 @@ static int bind_copies(int fd, const struct elf_info *ei,
         const ElfW(Sym) *def = NULL;
         void *addr;
         Dl_info di;
+        char name[1024];
 
         if (FH_R_TYPE(r[i].r_info) != FH_R_COPY)
             continue;
-        dynsym_name(fd, ei, strtab, strsz, FH_R_SYM(r[i].r_info), v->name,
-                    sizeof v->name, &size);
+        dynsym_name(fd, ei, strtab, strsz, FH_R_SYM(r[i].r_info), name,
+                    sizeof name, &size);
+        if (strlen(name) == sizeof name - 1) {
+            free(r);
+            free(strtab);
+            free(b.v);
+            fail(c, 126, CAUSE_COPY_RELOC, "%s has a copy relocation of a "
+                 "variable whose name is longer than %zu bytes", path,
+                 sizeof name - 2);
+            return -1;
+        }
         v->copy = lm->l_addr + r[i].r_offset;
         v->size = (size_t)size;
         /* The definition libraries bind to: the global scope's first,
          * unless that is the copy itself (a library that came in with the
-         * entry defines it: already bound to the copy, as in an exec). */
-        addr = v->name[0] != '\0' ? dlsym(RTLD_DEFAULT, v->name) : NULL;
+         * entry defines it: already bound to the copy, as in an exec).  A
+         * name dlsym() does not find (only a non-default version left, such
+         * as sys_errlist@GLIBC_2.2.5) keeps the value ld.so copied. */
+        addr = name[0] != '\0' ? dlsym(RTLD_DEFAULT, name) : NULL;
         if (addr == NULL || (uintptr_t)addr == v->copy
             || object_of(addr) == lm)
             continue;
