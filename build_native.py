@@ -49,6 +49,12 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
+# The library's sources that forkhost-run compiles in too: where a prefix
+# lives (forkhost/rundir.h), so that the client and every primary find it by
+# the same code.  They use only what rt/rt.c offers.
+CLIENT_LIB_SOURCES = [str(CSRC / "lib" / "rundir_path.c")]
+
+
 def lib_sources() -> list[str]:
     """csrc/lib, and the client's launch (client.c, for fh_init), which
     forkhost-run is built from too."""
@@ -154,7 +160,7 @@ def build_client(outdir: str | os.PathLike) -> Path:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / "forkhost-run"
-    src = sorted(str(p) for p in (CSRC / "client").glob("*.c"))
+    src = sorted(str(p) for p in (CSRC / "client").glob("*.c")) + CLIENT_LIB_SOURCES
     if freestanding_client_ok():
         try:
             build_freestanding(target, src, ["-s", "-DFH_RT"])

@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup  # noqa: I001  (imports distutils first)
+from setuptools import Extension, setup  # noqa: I001  (imports distutils first)
 from setuptools.command.build_ext import build_ext
 # setuptools has no build_scripts of its own; its bundled distutils does.
 from distutils.command.build_scripts import build_scripts  # noqa: E402
@@ -53,6 +53,10 @@ class BuildScripts(build_scripts):
 
 setup(
     cffi_modules=["forkhost/_native/build_ffi.py:ffi"],
+    # A Python secondary's entry on a stack of its own: CPython's thread
+    # state API, beyond the limited API the cffi module keeps to.
+    ext_modules=[Extension("forkhost._native._pystack",
+                           ["forkhost/_native/pystack.c"])],
     scripts=["csrc/client/forkhost-run.c"],
     cmdclass={"build_ext": BuildExt, "build_scripts": BuildScripts},
 )

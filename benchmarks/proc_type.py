@@ -26,26 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import find_runner, spawn_wait  # noqa: E402
-from perf_report import Dpdk, loadavg  # noqa: E402
+from perf_report import DPDK_C, Dpdk, loadavg  # noqa: E402
 
-FH_C = r"""
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-#include "forkhost.h"
-
-int main(int argc, char **argv) {
-    int n = fh_init(argc, argv);          /* exits on failure */
-    argc -= n; argv += n;
-    if (argc > 1 && strcmp(argv[1], "wait") == 0) {
-        char buf[64];
-        printf("ready\n");
-        fflush(stdout);
-        while (read(0, buf, sizeof buf) > 0) {}
-    }
-    return 0;                              /* the primary: fh_cleanup at exit */
-}
-"""
+# The same program as perf_report's DPDK one, on forkhost: built from its
+# text, so the two differ only in the calls.
+FH_C = (DPDK_C.replace("#include <rte_eal.h>", '#include "forkhost.h"')
+        .replace("rte_eal_init", "fh_init").replace("rte_eal_cleanup(", "fh_cleanup("))
 
 
 def build_fh(work: str) -> str:

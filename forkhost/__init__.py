@@ -15,11 +15,15 @@ import importlib
 # importing them all here made `import forkhost.cli` take about 65 ms
 # instead of 35.
 _FROM = {
-    "client": ("DEVNULL", "Secondary", "info", "launch"),
+    "client": ("Secondary", "info", "launch"),
     "errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
                "ForkhostError", "NoPrimaryError", "NotSingleThreadedError",
                "IPCError", "PrefixInUseError", "PreloadError", "ProtocolError",
                "RefusedError"),
+    "futures": ("Executor",),
+    "popen": ("DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess",
+              "Popen", "SubprocessError", "TimeoutExpired", "call", "check_call",
+              "check_output", "run"),
     "primary": ("Primary",),
     "proctype": ("init",),
     "shm": ("AttachError", "HashTable", "Memzone", "Mempool", "ModuleMismatchError",
@@ -50,7 +54,11 @@ def __dir__() -> list[str]:
 TYPE_CHECKING = False  # typing's own costs 10 ms; checkers know this name
 if TYPE_CHECKING:      # what static tools see: the names above, eagerly
     from . import shm
-    from .client import DEVNULL, Secondary, info, launch
+    from .client import Secondary, info, launch
+    from .futures import Executor
+    from .popen import (DEVNULL, PIPE, STDOUT, CalledProcessError, CompletedProcess,
+                        Popen, SubprocessError, TimeoutExpired, call, check_call,
+                        check_output, run)
     from .errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
                          ForkhostError, IPCError, NoPrimaryError,
                          NotSingleThreadedError, PrefixInUseError, PreloadError,
@@ -62,7 +70,10 @@ if TYPE_CHECKING:      # what static tools see: the names above, eagerly
                       Ring, ShmError)
 
 __all__ = [
-    "__version__", "Primary", "init", "launch", "info", "Secondary", "DEVNULL",
+    "__version__", "Primary", "init", "launch", "info", "Secondary",
+    "Popen", "run", "call", "check_call", "check_output", "PIPE", "STDOUT", "DEVNULL",
+    "CompletedProcess", "CalledProcessError", "TimeoutExpired", "SubprocessError",
+    "Executor",
     "ForkhostError", "NoPrimaryError", "PrefixInUseError", "NotSingleThreadedError",
     "PreloadError", "ProtocolError", "RefusedError", "ArenaError", "IPCError",
     "EXIT_FORKHOST", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND",

@@ -19,7 +19,10 @@ from . import protocol, runtime
 from ._wire import DEFAULT_CONNECT_TIMEOUT, ERROR_ENTRY_MAX
 from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
 
-DEVNULL = -3          # same value as subprocess.DEVNULL
+# subprocess's values (not imported here: `forkhost run` starts faster without).
+PIPE = -1             # forkhost.Popen only
+STDOUT = -2
+DEVNULL = -3
 
 # What `forkhost run` (and forkhost-run) pass on to the secondary.
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -46,10 +49,26 @@ def _closed_early(prefix, runtime_dir):
     raise ForkhostError("the template closed the connection")
 
 
+def default_target(prefix: str | None = None, runtime_dir=None):
+    """The prefix and runtime directory a client goes to when not given:
+    in a program that started a forkhost.Primary (itself, or through
+    forkhost.init()) and has not stopped it, that primary's (its runtime
+    directory only with its prefix); elsewhere None, which runtime.paths
+    resolves ($FORKHOST_PREFIX, else "forkhost"; $FORKHOST_RUNTIME_DIR...)."""
+    prim = sys.modules.get(f"{__package__}.primary")   # never imported here
+    p = prim.running() if prim is not None else None
+    if p is not None:
+        if prefix is None:
+            prefix = p.prefix
+        if runtime_dir is None and prefix == p.prefix:
+            runtime_dir = p.paths.root
+    return prefix, runtime_dir
+
+
 def connect(prefix: str | None = None, runtime_dir=None,
             timeout: float = DEFAULT_CONNECT_TIMEOUT) -> socket.socket:
     """Connect to a prefix's template; NoPrimaryError when none serves it."""
-    p = runtime.paths(prefix, runtime_dir)
+    p = runtime.paths(*default_target(prefix, runtime_dir))
     path = str(p.socket)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
@@ -98,6 +117,11 @@ def info(prefix: str | None = None, runtime_dir=None,
 
 
 def _stdio_fd(spec, default_fd: int, opened: list[int]) -> int | None:
+    if spec == PIPE or spec == STDOUT:
+        name = ("stdin", "stdout", "stderr")[default_fd]
+        what = "PIPE" if spec == PIPE else "STDOUT"
+        raise ValueError(f"launch() takes no {name}={what}: forkhost.Popen makes "
+                         f"pipes (and stderr=STDOUT), as subprocess.Popen does")
     if spec is None:
         try:
             os.fstat(default_fd)
@@ -159,11 +183,18 @@ class Secondary:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the secondary to end; TimeoutError if it has not."""
+        """Wait for the secondary to end; subprocess.TimeoutExpired if it
+        has not within timeout seconds (it goes on running)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
-            self._read_report(None if deadline is None else
-                              max(0.0, deadline - time.monotonic()))
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                ready = select.poll()        # any fd number, unlike select()
+                ready.register(self._sock, select.POLLIN)
+                if not ready.poll(left * 1000):
+                    from subprocess import TimeoutExpired
+                    raise TimeoutExpired(self.args, timeout)
+            self._read_report(None)
         return self.returncode
 
     def _read_report(self, timeout: float | None) -> None:
@@ -246,6 +277,8 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         opened.append(cwd_fd)
         fds, mask, err_fd = [cwd_fd], 0, None
         for i, spec in enumerate((stdin, stdout, stderr)):
+            if i == 2 and spec == STDOUT:
+                spec = 1 if stdout is None else stdout   # where stdout goes
             fd = _stdio_fd(spec, i, opened)
             if fd is not None:
                 fds.append(fd)
@@ -373,5 +406,5 @@ def _forward(sec: Secondary, sig: int) -> None:
         sec.send_signal(sig)
 
 
-__all__ = ["launch", "run", "info", "connect", "Secondary", "DEVNULL", "die_like",
-           "FORWARDED_SIGNALS"]
+__all__ = ["launch", "run", "info", "connect", "default_target", "Secondary", "DEVNULL",
+           "die_like", "FORWARDED_SIGNALS"]

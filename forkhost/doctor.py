@@ -163,8 +163,7 @@ ENTRY_CAUSES: dict[str, tuple[str, str]] = {
         "(-fPIC -shared) or a PIE executable (-fPIC -pie)"),
     "not-pie": (
         "not a position-independent executable",
-        "rebuild it with -fPIE -pie, better -fPIC -pie (no copy relocations "
-        "either)"),
+        "rebuild it with -fPIE -pie"),
     "static-pie": (
         "a static PIE, with a C library of its own",
         "link it dynamically: -fPIC -pie, without -static-pie"),
@@ -176,7 +175,7 @@ ENTRY_CAUSES: dict[str, tuple[str, str]] = {
         "makes every TLS access local-exec, whatever -ftls-model says"),
     "copy-relocation": (
         "copy relocations (-fPIE code) of variables a library loaded already "
-        "owns",
+        "owns, which forkhost binds to the program's copies on x86_64 only",
         "rebuild it with -fPIC -pie instead of -fPIE -pie"),
     "static-tls": (
         "no static TLS left for its initial-exec __thread variables",
@@ -204,8 +203,9 @@ ENTRY_CAUSES: dict[str, tuple[str, str]] = {
         "__attribute__((visibility(\"default\"))) under -fvisibility=hidden, "
         "extern \"C\" in C++; or fix the name"),
     "stripped": (
-        "a stripped PIE whose main is not exported",
-        "link it with -rdynamic (or -Wl,--export-dynamic-symbol=main): "
+        "a stripped PIE whose symbol is not exported and cannot be read from "
+        "its _start (only main can, from glibc's x86_64 _start)",
+        "link it with -rdynamic (or -Wl,--export-dynamic-symbol=SYMBOL): "
         ".dynsym survives strip"),
     "python-entry": (
         "a Python entry, which the native check does not load",

@@ -48,11 +48,19 @@ class Target:
 
 
 class EntryError(Exception):
-    """An entry that is not found (127) or cannot be run (126)."""
+    """An entry that is not found (127) or cannot be run (126); or, with
+    as_python, Python code that python itself refuses to run (a syntax
+    error): the secondary says what python says (the exception, the
+    __cause__) and exits as python does (1)."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, as_python: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.as_python = as_python
+
+
+# python's status when the program it runs raises, or does not compile.
+EXIT_PYTHON_ERROR = 1
 
 
 def _function_parts(entry: str) -> tuple[str, str] | None:
@@ -560,13 +568,17 @@ def import_function(target: Target):
 
 
 def _main_module(file: str | None, spec=None, loader=None) -> types.ModuleType:
-    """A fresh ``__main__`` as ``python`` makes it: for a script, its
-    loader and no spec; for a module (-m, or a directory or zip file's
-    __main__.py), what runpy sets from the spec."""
+    """A fresh ``__main__`` as ``python`` makes it, its names in python's
+    order: the module's own, then ``__annotations__`` and ``__builtins__``
+    (pylifecycle.c's add_main_module), then ``__file__`` and
+    ``__cached__``.  For a script, its loader and no spec; for a module
+    (-m, or a directory or zip file's __main__.py), what runpy sets from
+    the spec."""
     main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=file, __spec__=spec, __builtins__=builtins,
+    main.__dict__.update(__package__=spec.parent if spec else None,
                          __loader__=spec.loader if spec else loader,
-                         __package__=spec.parent if spec else None,
+                         __spec__=spec, __annotations__={},
+                         __builtins__=builtins, __file__=file,
                          __cached__=spec.cached if spec else None)
     if file is None:
         del main.__file__
@@ -626,10 +638,23 @@ def load_script(path: str) -> Script:
         return _script(_pyc_code(path, data), file, real,
                        importlib.machinery.SourcelessFileLoader)
     try:
+        if b"\0" in data:
+            raise _null_bytes(data, file)
         code = compile(data, file, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as err:
-        raise EntryError(f"cannot compile script {path!r}", EXIT_CANNOT_RUN) from err
+        raise EntryError(f"cannot compile script {path!r}", EXIT_PYTHON_ERROR,
+                         as_python=True) from err
     return _script(code, file, real, importlib.machinery.SourceFileLoader)
+
+
+def _null_bytes(data: bytes, file: str) -> SyntaxError:
+    """What ``python FILE`` says of a source file with a NUL in it (its
+    tokenizer reads the file; compile() of the bytes words it otherwise)."""
+    at = data.index(b"\0")
+    start = data.rfind(b"\n", 0, at) + 1
+    text = data[start:at].decode("utf-8", "replace")
+    return SyntaxError("source code cannot contain null bytes",
+                       (file, data.count(b"\n", 0, at) + 1, None, text))
 
 
 def _script(code: types.CodeType, file: str, real: str, loader_class) -> Script:
@@ -709,6 +734,10 @@ def load_module(name: str):
                              f"executed (it has no __main__)", EXIT_CANNOT_RUN)
     try:
         code = spec.loader.get_code(spec.name)
+    except (SyntaxError, ValueError) as err:
+        # python -m says so through runpy, which the secondary lets say it.
+        raise EntryError(f"cannot compile module {spec.name!r}", EXIT_PYTHON_ERROR,
+                         as_python=True) from err
     except Exception as err:   # KeyboardInterrupt, SystemExit: as python
         raise EntryError(f"cannot load module {spec.name!r}", EXIT_CANNOT_RUN) from err
     if code is None:

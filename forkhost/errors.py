@@ -5,6 +5,8 @@ status N, dies by the secondary's signal, or exits with one of these when
 forkhost itself or the entry failed.
 """
 
+from ._wire import PREFIX_IN_USE
+
 EXIT_FORKHOST = 125   # no primary, protocol or version mismatch, refused
 EXIT_CANNOT_RUN = 126  # the entry was found but cannot be loaded or run
 EXIT_NOT_FOUND = 127   # the entry (file, module, function, symbol) not found
@@ -24,8 +26,7 @@ class PrefixInUseError(ForkhostError):
     """Another live primary holds the prefix's lock."""
 
     def __init__(self, prefix, pid, path):
-        super().__init__(
-            f"prefix {prefix!r} is in use by the primary with pid {pid} ({path})")
+        super().__init__(PREFIX_IN_USE % (prefix, pid, path))   # forkhost/rundir.h
         self.prefix, self.pid, self.path = prefix, pid, path
 
 

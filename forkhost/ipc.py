@@ -94,10 +94,11 @@ _NOTICES = {EXIT_NOTICE.encode(), SHUTDOWN_NOTICE.encode()}
 _RESERVED_B = RESERVED_PREFIX.encode()
 
 # An accepted connection that says nothing is closed after this, so idle
-# connections cannot hold the primary's fds.
-HELLO_TIMEOUT = 5.0
+# connections cannot hold the primary's fds (forkhost/ipc.h, which a C
+# primary's endpoint uses too).
+HELLO_TIMEOUT = lib.FH_IPC_HELLO_TIMEOUT_MS / 1000
 # Each member is an fd and a little memory in the primary.
-MAX_MEMBERS = 4096
+MAX_MEMBERS = lib.FH_IPC_MAX_MEMBERS
 # How long a send from an ordinary thread waits for room in a full peer's
 # buffer; the IPC thread never waits (it would stall every other peer).
 SEND_TIMEOUT = 1.0

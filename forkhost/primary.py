@@ -47,6 +47,17 @@ DEFAULT_POOL = _wire.DEFAULT_POOL
 # How long start() waits for the template to say it is ready.
 TEMPLATE_START_TIMEOUT = 30.0
 
+# The Primary this process started and has not stopped: where launches
+# from this program go by default (forkhost.client.default_target).  Set
+# after the template fork, so the template and its secondaries never see it.
+_running: "Primary | None" = None
+
+
+def running() -> "Primary | None":
+    """The Primary started in this process (or the process it forked
+    from), not stopped yet; None elsewhere."""
+    return _running
+
 
 def parse_size(text: str | int) -> int:
     """'64M', '8G', '1.5G', '1048576' -> bytes (binary units): fh_parse_size,
@@ -229,6 +240,8 @@ class Primary:
             self._stop_template()
             self._lock.release()
             raise
+        global _running
+        _running = self
         return self
 
     def _create_arena(self) -> None:
@@ -397,6 +410,9 @@ class Primary:
         prefix's runtime files and release the prefix.  IPC members are
         told first (forkhost.shutdown) and those that answer get up to the
         grace period to leave."""
+        global _running
+        if _running is self:
+            _running = None
         _ipc.shutdown_primary(self.grace)
         self._stop_template()
         self._lock.release()

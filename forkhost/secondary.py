@@ -4,9 +4,10 @@ entry (csrc/lib/template.c forks it and sets it up in C), now running it.
 The child has the template's whole address space (the arena, the native
 library, every preloaded module) and the client's fds, cwd, umask and
 argv; every other fd is closed (fh_child_setup).  Here it drops the
-template's Python-level state (signal handlers, atexit handlers, stdio
-objects, os.environ, __main__) and runs the entry; ``finish()`` reports the
-status and exits.
+template's Python-level state (signal handlers, stdio objects, os.environ,
+__main__; the primary's atexit handlers went in the template, see
+keep_exit_handlers) and runs the entry as ``python`` would, on a stack of
+its own (_native/pystack.c); ``finish()`` reports the status and exits.
 
 Native entries never come here: they run in C and the child does not run
 Python at all.
@@ -20,6 +21,7 @@ import importlib
 import io
 import operator
 import os
+import runpy
 import signal
 import sys
 import threading
@@ -32,7 +34,8 @@ import time
 import _signal
 
 from . import entries
-from ._native import ffi, lib
+from ._native import _pystack, ffi, lib
+from .errors import EXIT_FORKHOST
 from .protocol import HDR, LAUNCH, LAUNCH_INHERIT_FDS, Launch, header
 
 
@@ -120,6 +123,27 @@ _SPLIT_VAR = operator.methodcaller("split", b"=", 1)
 _left_behind: list = []
 
 
+def _environ_dict(env: list[bytes]) -> dict[bytes, bytes]:
+    """os.environ's mapping as python builds it from ``environ``
+    (posixmodule.c's convertenviron): in order, the first of a name given
+    twice, an entry without "=" left out."""
+    try:
+        data = dict(map(_SPLIT_VAR, env))      # the loop in C
+    except ValueError:                         # an entry without "="
+        data = None
+    if data is None or len(data) != len(env):  # and names given twice
+        data = {}
+        for var in env:
+            name, sep, value = var.partition(b"=")
+            if sep:
+                data.setdefault(name, value)
+    return data
+
+
+# The TZ the template's C library and time module were set up for.
+_template_tz = os.environb.get(b"TZ")
+
+
 def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     """The client's environment, in C (`environ`, set in one step by
     fh_install_environ, with systemd's LISTEN_* as spawn.c's env_lay_out
@@ -128,19 +152,7 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    # As python builds os.environ from environ: in its order, an entry
-    # without "=" skipped, the first of a name given twice (getenv's).
-    # map() keeps the common case's loop in C.
-    pairs = list(map(_SPLIT_VAR, req.env))
-    try:
-        data = dict(pairs)
-    except ValueError:
-        pairs = [kv for kv in pairs if len(kv) == 2]
-        data = dict(pairs)
-    if len(data) != len(pairs):
-        data = {}
-        for name, value in pairs:
-            data.setdefault(name, value)
+    data = _environ_dict(req.env)
     pid = str(os.getpid()).encode()
     if req.flags & LAUNCH_INHERIT_FDS:
         # The client's own fds, at their numbers: exec keeps the pid.
@@ -152,14 +164,16 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
         if req.nextra:
             data[b"LISTEN_PID"] = pid
             data[b"LISTEN_FDS"] = str(req.nextra).encode()
-    # time's timezone, altzone, daylight and tzname, as python started
-    # with this TZ computes them (C's tzset already ran).
-    if data.get(b"TZ") != os.environ._data.get(b"TZ"):
-        time.tzset()
     # os.environ and os.environb share one bytes -> bytes mapping: theirs
     # is now this one, and the template's is left behind.
     _left_behind.append(os.environ._data)
     os.environ._data = os.environb._data = data
+    if data.get(b"TZ") != _template_tz:
+        # The C library read TZ once, in the primary (localtime_r does not
+        # read it again), and the time module's timezone, altzone,
+        # daylight and tzname come from then: the client's TZ, as python
+        # starts with it.
+        time.tzset()
     return data
 
 
@@ -192,7 +206,11 @@ def _make_stdio(present: int, env) -> list:
     # unknown one raises LookupError, which run() reports.
     base_enc = codecs.lookup(enc).name if enc else \
         (sys.__stdout__.encoding if sys.__stdout__ else "utf-8")
-    base_errs = errs or (sys.__stdout__.errors if sys.__stdout__ else "strict")
+    # An encoding without an error handler means "strict" (initconfig.c's
+    # config_init_stdio_encoding); neither: the primary's, which python
+    # chose from the primary's locale (docs/architecture.md).
+    base_errs = errs or ("strict" if enc or not sys.__stdout__ else
+                         sys.__stdout__.errors)
     streams = []
     for fd, name in _STDIO:
         if not present & (1 << fd):
@@ -236,11 +254,12 @@ def _flush_stdio() -> None:
             pass
 
 
-def _set_path(first: str, env) -> None:
+def _set_path(first: str | None, env) -> None:
     """sys.path the way ``python`` would build it for the client (first:
-    the cwd, or where the script is), then the primary's: so the client's
+    the cwd, or where the script is; None for -m from a cwd that is gone,
+    where python puts nothing), then the primary's: so the client's
     modules win unless already preloaded."""
-    front = [first]
+    front = [] if first is None else [first]
     for part in os.fsdecode(env.get(b"PYTHONPATH", b"")).split(os.pathsep):
         if part:
             front.append(os.path.abspath(part))
@@ -275,12 +294,13 @@ _HIDDEN_FILES = (__file__, entries.__file__, importlib.__file__,
 
 
 def _print_exception(exc: BaseException) -> None:
-    """Print like the interpreter would, minus forkhost's own frames and
-    the import system's in front of the entry's."""
+    """Print like the interpreter would (PyErr_Print), minus forkhost's own
+    frames and the import system's in front of the entry's."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename in _HIDDEN_FILES:
         tb = tb.tb_next
     exc.__traceback__ = tb    # the interpreter prints the exception's own
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
     try:
         sys.excepthook(type(exc), exc, tb)
     except BaseException:
@@ -297,26 +317,98 @@ def die_by_sigint() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def _run_entry(target: entries.Target, argv: list[str], env) -> int:
+def _run_module_as_main(name: str, spec, code, alter_argv: bool):
+    """What ``python -m NAME`` calls (alter_argv), or ``python DIR`` and
+    ``python APP.zip``: runpy._run_module_as_main, whose frames a direct
+    run's tracebacks show.  It finds the module again through
+    runpy._get_module_details (_get_main_module_details); the secondary
+    found it already (from what the template read ahead, when it could):
+    runpy gets that, once, and its own function back before any code of
+    the module runs.  Returns (callable, args) for _pystack.run."""
+    attr = "_get_module_details" if alter_argv else "_get_main_module_details"
+    original = getattr(runpy, attr)
+
+    def found(*_args):
+        setattr(runpy, attr, original)
+        return name, spec, code
+
+    setattr(runpy, attr, found)
+    return runpy._run_module_as_main, (name if alter_argv else "__main__", alter_argv)
+
+
+def _entry_call(target: entries.Target, argv: list[str], env):
+    """What the secondary evaluates on its own stack (_pystack.run): (code,
+    __main__'s dict) for a script, as ``python PATH`` evaluates it;
+    (callable, args) for a module, a directory or zip file (through runpy,
+    as python runs them) and a function."""
     if target.kind == entries.SCRIPT:
         script = entries.load_script(target.path)
         _set_path(script.path0, env)
-        code, main = script.code, script.main
-    else:
-        _set_path(os.getcwd(), env)
-        if target.kind == entries.FUNCTION:
-            fn = entries.import_function(target)
-            result = fn(argv)
-            if result is None:
-                return 0
-            if isinstance(result, int):
-                return result & 0xFF
-            raise SystemExit(result)
-        code, main = entries.load_module(target.name)
-        argv[0] = main.__file__ or argv[0]
+        sys.argv = argv
+        spec = script.main.__spec__
+        if spec is not None:                  # a directory or zip file
+            return _run_module_as_main(spec.name, spec, script.code, False)
+        return script.code, script.main.__dict__
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:        # python -m from a deleted directory
+        cwd = None
+    _set_path(cwd, env)
+    if target.kind == entries.FUNCTION:
+        return entries.import_function(target), (argv,)
     sys.argv = argv
-    exec(code, main.__dict__)
-    return 0
+    try:
+        code, main = entries.load_module(target.name)
+    except entries.EntryError as exc:
+        if not exc.as_python:
+            raise
+        # It does not compile: runpy finds it and says so, as python does.
+        return runpy._run_module_as_main, (target.name, True)
+    spec = main.__spec__
+    return _run_module_as_main(spec.name, spec, code, True)
+
+
+def _orig_argv(target: entries.Target, argv: list[str]) -> list[str]:
+    """sys.orig_argv of ``python SCRIPT ARGS`` or ``python -m NAME ARGS``
+    (the interpreter named as sys.executable); for a function entry, what
+    the client was asked to run."""
+    if target.kind == entries.SCRIPT:
+        return [sys.executable, *argv]
+    if target.kind == entries.MODULE:
+        return [sys.executable, "-m", target.name, *argv[1:]]
+    return list(argv)
+
+
+def keep_exit_handlers() -> None:
+    """In the template: leave atexit with the primary's handlers that a
+    program run directly would have had too, made to act on what the
+    secondary creates only; the secondaries inherit it.
+
+    A handler a module registers when imported is one the program's own
+    import registers in a direct run; in a secondary the module is there
+    already, so its import registers nothing.  Two of the standard
+    library's keep their state where it can be told apart: logging's
+    shutdown(), registered by its import (it flushes and closes the
+    handlers in logging._handlerList: the primary's are taken off the
+    list), and weakref.finalize's exit function, registered by the first
+    finalize() (it runs the finalizers marked atexit: the primary's are
+    unmarked).  atexit cannot list its handlers: these two are known by
+    what registers them.  Every other handler of the primary acts on the
+    primary's state (its files, its children, its temporary directories),
+    and no secondary may run it (docs/architecture.md)."""
+    keep = []
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        del logging._handlerList[:]
+        keep.append(logging.shutdown)
+    weakref = sys.modules.get("weakref")
+    if weakref is not None and weakref.finalize._registered_with_atexit:
+        for info in weakref.finalize._registry.values():
+            info.atexit = False
+        keep.append(weakref.finalize._exitfunc)
+    atexit._clear()
+    for fn in keep:
+        atexit.register(fn)
 
 
 def _finalize() -> None:
@@ -359,12 +451,27 @@ def finish(req: Launch, target: entries.Target, spec):
     """Run a Python entry as the secondary and exit with its status,
     reported on spec.report_fd (and to the client on spec.client_fd).
     fh_child_setup(spec) is done (in C).  Never returns."""
-    code = run(req, target, spec)
-    lib.fh_exit_report(spec.report_fd, code)        # exits
+    entry = start(req, target, spec)
+    if isinstance(entry, int):
+        lib.fh_exit_report(spec.report_fd, entry)       # exits
+    call, arg = entry
+    function = target.kind == entries.FUNCTION
+
+    def done(result, exc):
+        try:
+            code = end(result, exc, function)
+        except KeyboardInterrupt:        # while it ended: as python, by SIGINT
+            die_by_sigint()
+            code = 130
+        lib.fh_exit_report(spec.report_fd, code)
+
+    # The entry runs on a stack of its own, then done() exits.
+    _pystack.run(call, arg, done, EXIT_FORKHOST)
 
 
-def run(req: Launch, target: entries.Target, spec) -> int:
-    """Become the secondary and run the entry; returns the exit status."""
+def start(req: Launch, target: entries.Target, spec):
+    """Become the secondary and load the entry: returns what to evaluate
+    (_entry_call), or the exit status when it cannot run."""
     if not prepared:
         _python_signal_defaults()
     if spec.sig_ignored:
@@ -380,31 +487,48 @@ def run(req: Launch, target: entries.Target, spec) -> int:
                       f"the Python codec name of the stdio encoding\n"
                       f"LookupError: {exc}\n")
         return 1
-    atexit._clear()                    # the primary's handlers are not ours
     argv = [os.fsdecode(a) for a in req.argv]
     sys.argv = list(argv)
+    sys.orig_argv = _orig_argv(target, argv)
     try:
-        code = _run_entry(target, argv, env)
+        return _entry_call(target, argv, env)
     except entries.EntryError as exc:
+        if exc.as_python:             # python's own words and status
+            return end(None, exc.__cause__, False)
         if exc.__cause__ is not None:
             _print_exception(exc.__cause__)
         _flush_stdio()
         _write_stderr(f"forkhost: {exc}\n")
         return exc.exit_code
-    except SystemExit as exc:
+    except BaseException as exc:      # the import of a function's module
+        return end(None, exc, False)
+
+
+def end(result, exc, function: bool) -> int:
+    """The entry returned ``result`` or raised ``exc``: what the end of a
+    ``python`` run does (the exception printed, threads joined, atexit
+    handlers run, stdio flushed); returns the exit status."""
+    code = 0
+    if exc is None:
+        if function and result is not None:
+            if isinstance(result, int):
+                code = result & 0xFF
+            else:
+                code = _exit_code_of(SystemExit(result))
+    elif isinstance(exc, SystemExit):
         code = _exit_code_of(exc)
-    except KeyboardInterrupt as exc:
+    elif isinstance(exc, KeyboardInterrupt):
         _print_exception(exc)
         _finalize()
         die_by_sigint()
         return 130
-    except BaseException as exc:
+    else:
         _print_exception(exc)
         code = 1
     try:
         _finalize()
-    except SystemExit as exc:
-        code = _exit_code_of(exc)
-    except BaseException as exc:
-        _print_exception(exc)
+    except SystemExit as exc2:
+        code = _exit_code_of(exc2)
+    except BaseException as exc2:
+        _print_exception(exc2)
     return code

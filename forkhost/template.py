@@ -179,6 +179,7 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
         # No Python object may own an fd now: the loop closes and reuses
         # them, and a later collection would close a number in use.
         listen_fd = listener.detach()
+        secondary.keep_exit_handlers()   # the template itself leaves by _exit
         secondary.warm_up()   # children inherit the launch path's code warm
         gc.freeze()   # what the primary built stays shared with secondaries
     except BaseException as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -25,7 +26,27 @@ from fhtest import (ROOT, RUNNER, PrimaryProc, build_native_so,  # noqa: E402
                     forkhost_procs)
 
 
+def _default_signals() -> None:
+    """Start from what a login shell gives a foreground job, whatever the
+    runner inherited (nohup, a background job's ignored SIGINT and SIGQUIT,
+    `trap '' ...`, a blocked mask): the processes the tests start inherit
+    these, and forkhost passes ignored dispositions and the mask on, as exec
+    does, so a test expecting a signal's default action needs the default."""
+    # Not SIGPIPE and SIGXFSZ: Python ignores them itself, and subprocess
+    # puts them back to the default in every child (restore_signals).
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGTSTP,
+                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT, signal.SIGXCPU,
+                signal.SIGVTALRM, signal.SIGWINCH,
+                *range(signal.SIGRTMIN, signal.SIGRTMAX + 1)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def pytest_configure(config):
+    _default_signals()
     src = ROOT / "forkhost"
     if Path(forkhost.__file__).resolve().parent == src.resolve() and \
             not (src / "_native" / "libforkhost.so").exists():

@@ -10,6 +10,7 @@ the forked secondary does, exactly as through forkhost-run.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_primary_and_secondaries_from_a_shell(exe, runtime_dir):
         assert r.stdout == f"{exe}\nargs\nx\n--y\n".encode(), r.stderr
         r = _run([exe, "--file-prefix=pa", "role"], runtime_dir)
         assert r.stdout == b"secondary pa\n"
+        # IPC: the primary (no Python in it) answers a secondary's request.
+        r = _run([exe, "--file-prefix=pa", "ping", "forkhost"], runtime_dir)
+        assert (r.returncode, r.stdout, r.stderr) == (0, b"tsohkrof\n", b"")
         assert _run([exe, "--file-prefix=pa", "exit", "7"], runtime_dir).returncode == 7
         # The Python tools read a C primary's config record.
         for cmd in (["doctor"], ["ps"], ["verify", "--all"]):
@@ -250,9 +254,7 @@ def test_a_second_primary_for_the_prefix_is_refused(exe, runtime_dir):
 
 @pytest.mark.parametrize("build, fix", [
     (["-no-pie", "-fno-pie"], "is a non-PIE executable; build with -fPIE -pie"),
-    (["-fPIC", "-pie", "-s"], "does not export main and has no symbol table "
-                              "(stripped): link it with -rdynamic"),
-], ids=["non-pie", "stripped-main-not-exported"])
+], ids=["non-pie"])
 def test_a_program_that_cannot_be_a_secondary_is_told_why_126(runtime_dir, tmp_path,
                                                              exe, build, fix):
     bad = _build(tmp_path / "bad", *build)
@@ -263,6 +265,22 @@ def test_a_program_that_cannot_be_a_secondary_is_told_why_126(runtime_dir, tmp_p
         err = r.stderr.decode()
         assert err.startswith(f"bad: cannot run as a forkhost secondary: {bad} "), err
         assert fix in err and err.count("\n") == 1
+    finally:
+        assert prim.stop() == 0
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="main is read from glibc's _start on x86_64 only")
+@pytest.mark.parametrize("build", [["-fPIC", "-pie", "-s"], ["-fPIE", "-pie", "-s"]],
+                         ids=["fpic-stripped", "fpie-stripped"])
+def test_a_stripped_program_without_exported_main_runs_as_a_secondary(
+        runtime_dir, tmp_path, build):
+    """main is what its _start passes to __libc_start_main."""
+    prog = _build(tmp_path / "stripped", *build)
+    prim = Primary([prog, "--proc-type=primary", "--file-prefix=ps"], runtime_dir)
+    try:
+        r = _run([prog, "--file-prefix=ps", "exit", "4"], runtime_dir)
+        assert r.returncode == 4, r.stderr
     finally:
         assert prim.stop() == 0
 

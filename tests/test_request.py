@@ -218,6 +218,8 @@ def expected_target(entry: str, module: bool, cwd_fd: int):
     if symbol is not None:
         return (126, f"entry {entry!r}: a ':symbol' applies to shared objects and "
                      f"executables, and {path!r} is not ELF")
+    if re.fullmatch(r".+\.so(\.[0-9]+)*", path.rpartition("/")[2], re.DOTALL):
+        return (126, f"entry {entry!r}: named as a shared object, and not ELF")
     return entries.Target(entries.SCRIPT, path=path)
 
 

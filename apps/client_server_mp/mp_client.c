@@ -30,13 +30,6 @@
 
 #define PROG "mp_client"
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_stop(int sig)
-{
-    stop_signal = sig;
-}
-
 static void usage(const char *msg)
 {
     fprintf(stderr, "%s: %s\n"
@@ -112,7 +105,6 @@ int main(int argc, char **argv)
     struct fh_ring *rx_ring;
     struct fh_mempool *mp;
     struct fh_hash *flows;
-    struct sigaction sa;
     uint16_t output_idx[MAX_PORTS];
     uint64_t count, rx = 0, hits = 0, misses = 0, misrouted = 0;
     uint64_t tx[MAX_PORTS] = { 0 }, shown_tx[MAX_PORTS] = { 0 }, shown[3] = { 0 };
@@ -121,12 +113,9 @@ int main(int argc, char **argv)
     int32_t owner;
     int ret;
 
-    ret = fh_init(argc, argv);
-    if (ret < 0)
-        mp_die(PROG, "cannot init forkhost");
+    ret = mp_fh_init(PROG, argc, argv);
     argc -= ret;
     argv += ret;
-    setvbuf(stdout, NULL, _IOLBF, 0);
     if (fh_proc_type() != FH_PROC_SECONDARY) {
         fprintf(stderr, "%s: no server is running (prefix '%s'): start mp_server "
                 "first\n", PROG, fh_file_prefix());
@@ -167,11 +156,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < ports->num_ports; i++)
         output_idx[i] = (uint16_t)(i ^ 1);
 
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    mp_catch_stop();
 
     printf("Client process %u handling packets (pid %d, prefix '%s'); flow "
            "hash function in %s, loaded at 0x%llx\n", client_id, (int)getpid(),
@@ -179,7 +164,7 @@ int main(int argc, char **argv)
            (unsigned long long)fh_hash_fn_base(flows));
     printf("[Press Ctrl-C to quit ...]\n");
 
-    while (!stop_signal && (count == 0 || rx < count)) {
+    while (!mp_stop_signal && (count == 0 || rx < count)) {
         void *pkts[PKT_BURST];
         unsigned want = PKT_BURST, n;
 
@@ -220,8 +205,8 @@ int main(int argc, char **argv)
         shown[2] = misrouted;
     }
 
-    if (stop_signal)
-        printf("\nExiting on signal %d\n", (int)stop_signal);
+    if (mp_stop_signal)
+        printf("\nExiting on signal %d\n", (int)mp_stop_signal);
     printf("Client %u: rx %llu, tx", client_id, (unsigned long long)rx);
     for (unsigned i = 0; i < ports->num_ports; i++)
         printf(" port %u %llu", ports->id[i], (unsigned long long)tx[i]);

@@ -64,33 +64,14 @@ static struct {
     unsigned count;
 } cl_rx_buf[MAX_CLIENTS];
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_stop(int sig)
-{
-    stop_signal = sig;
-}
-
 /*
- * The flow table's hash function: FNV-1a over the key, then a murmur3
- * finaliser so that the low bits (the client, with --dist hash) depend on
- * every byte.  The clients call it through the pointer stored in the table.
+ * The flow table's hash function (mp_fnv1a_murmur: its low bits pick the
+ * client with --dist hash).  The clients call it through the pointer
+ * stored in the table.
  */
 uint32_t mp_flow_hash(const void *key, uint32_t key_len, uint32_t init_val)
 {
-    const unsigned char *p = key;
-    uint32_t h = 2166136261u ^ init_val;
-
-    for (uint32_t i = 0; i < key_len; i++) {
-        h ^= p[i];
-        h *= 16777619u;
-    }
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
+    return mp_fnv1a_murmur(key, key_len, init_val);
 }
 
 static void usage(const char *msg)
@@ -219,7 +200,7 @@ static void flush_rx_queue(unsigned client)
         return;
     while (fh_ring_sp_enqueue_bulk(client_rx_q[client], cl_rx_buf[client].buffer,
                                    n, NULL) == 0) {
-        if (stop_signal) {
+        if (mp_stop_signal) {
             fh_mempool_put_bulk(pktmbuf_pool, cl_rx_buf[client].buffer, n);
             cl_rx_buf[client].count = 0;
             return;
@@ -330,30 +311,22 @@ static void do_stats_display(void)
 int main(int argc, char **argv)
 {
     const struct timespec idle = { 0, 10000000 };  /* 10 ms */
-    struct sigaction sa;
     Dl_info self;
     unsigned long portmask;
     unsigned dist, port_idx = 0;
     uint64_t seq = 0, left;
     int ret;
 
-    ret = fh_init(argc, argv);
-    if (ret < 0)
-        mp_die(PROG, "cannot init forkhost");
+    ret = mp_fh_init(PROG, argc, argv);
     argc -= ret;
     argv += ret;
-    setvbuf(stdout, NULL, _IOLBF, 0);
     if (fh_proc_type() != FH_PROC_PRIMARY)
         mp_die(PROG, "the server must be the primary, and prefix '%s' has one",
                fh_file_prefix());
     parse_app_args(argc, argv, &portmask, &dist);
     init(portmask, dist);
 
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    mp_catch_stop();
 
     if (dladdr((void *)mp_flow_hash, &self) == 0)
         mp_die(PROG, "dladdr cannot place mp_flow_hash");
@@ -364,7 +337,7 @@ int main(int argc, char **argv)
            (void *)mp_flow_hash, self.dli_fname, self.dli_fbase);
 
     left = count;
-    while (!stop_signal && (count == 0 || left > 0)) {
+    while (!mp_stop_signal && (count == 0 || left > 0)) {
         unsigned n = process_packets(port_idx, &seq, count == 0 ? PKT_BURST : left);
 
         if (count != 0)
@@ -374,19 +347,19 @@ int main(int argc, char **argv)
         if (n == 0)
             nanosleep(&idle, NULL);
     }
-    if (!stop_signal) {
+    if (!mp_stop_signal) {
         printf("%s: sent %llu packets\n[Press Ctrl-C to quit ...]\n", PROG,
                (unsigned long long)count);
-        while (!stop_signal && !clients_have_all())
+        while (!mp_stop_signal && !clients_have_all())
             nanosleep(&idle, NULL);
-        if (!stop_signal)
+        if (!mp_stop_signal)
             printf("%s: the clients received all %llu packets\n", PROG,
                    (unsigned long long)count);
     }
-    while (!stop_signal)
+    while (!mp_stop_signal)
         nanosleep(&idle, NULL);
 
-    printf("\n%s: exiting on signal %d\n\n", PROG, (int)stop_signal);
+    printf("\n%s: exiting on signal %d\n\n", PROG, (int)mp_stop_signal);
     do_stats_display();
     if (fh_cleanup() < 0)
         mp_die(PROG, "cleanup: %s", strerror(errno));

@@ -1,7 +1,8 @@
 /*
  * mp_sample.h - what the C multi-process samples (simple_mp, symmetric_mp,
- * client_server_mp) share: the emulated packet, its flow key, and looking
- * up an object that another process may still be creating.
+ * client_server_mp) share: starting forkhost, stopping on a signal, the
+ * emulated packet, its flow key and hash, and looking up an object that
+ * another process may still be creating.
  *
  * There is no NIC in these samples.  A "packet" is a small mbuf-like
  * object from a mempool whose address travels through rings; its flow key
@@ -84,6 +85,65 @@ static inline void mp_exit_failure(void)
         fputc('\n', stderr);                                               \
         mp_exit_failure();                                                 \
     } while (0)
+
+/* fh_init, where DPDK's samples call rte_eal_init: exit on failure, else
+ * how many arguments it used (the sample's own follow them).  stdout is
+ * made line-buffered, so that each line shows up whole and at once when
+ * several processes write to one pipe. */
+static inline int mp_fh_init(const char *prog, int argc, char **argv)
+{
+    int ret = fh_init(argc, argv);
+
+    if (ret < 0)
+        mp_die(prog, "cannot init forkhost");
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    return ret;
+}
+
+/* The signal (SIGINT or SIGTERM) that asked the sample to stop, 0 until
+ * one came: DPDK's samples' force_quit.  Set once mp_catch_stop() ran. */
+static volatile sig_atomic_t mp_stop_signal __attribute__((unused));
+
+static inline void mp_on_stop(int sig)
+{
+    mp_stop_signal = sig;
+}
+
+/* Stop on SIGINT and SIGTERM (the primary's end sends a secondary
+ * SIGTERM): mp_stop_signal says which came. */
+static inline void mp_catch_stop(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = mp_on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* The flow tables' hash: FNV-1a over the key, then a murmur3 finaliser so
+ * that the low bits (the queue, the client) depend on every byte.  A
+ * sample hands the table a function of its own executable that returns
+ * this: the table keeps that function's address, and every process calls
+ * it through the pointer. */
+static inline uint32_t mp_fnv1a_murmur(const void *key, uint32_t key_len,
+                                       uint32_t init_val)
+{
+    const unsigned char *p = key;
+    uint32_t h = 2166136261u ^ init_val;
+
+    for (uint32_t i = 0; i < key_len; i++) {
+        h ^= p[i];
+        h *= 16777619u;
+    }
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
 
 /* Evaluate the lookup expression `expr` (fh_ring_lookup(name), ...) until
  * it is not NULL or MP_LOOKUP_WAIT_MS passed; its value, or NULL. */

@@ -179,15 +179,12 @@ int main(int argc, char **argv)
     pthread_t recv_thread;
     int ret, primary, err;
 
-    ret = fh_init(argc, argv);
-    if (ret < 0)
-        mp_die(PROG, "cannot init forkhost");
+    ret = mp_fh_init(PROG, argc, argv);
     argc -= ret;
     argv += ret;
     if (argc > 1)
         mp_die(PROG, "unexpected argument '%s' (usage: %s [forkhost options])",
                argv[1], PROG);
-    setvbuf(stdout, NULL, _IOLBF, 0);
 
     primary = fh_proc_type() == FH_PROC_PRIMARY;
     if (primary) {

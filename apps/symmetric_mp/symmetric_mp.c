@@ -96,34 +96,14 @@ static struct fh_hash *flows;
 static struct fh_ring *rxq[MAX_PORTS][MAX_PROCS];
 static struct port_stats pstats[MAX_PORTS];
 static uint64_t generated, flow_hits, flow_misses, misrouted;
-static volatile sig_atomic_t stop_signal;
-
-static void on_stop(int sig)
-{
-    stop_signal = sig;
-}
-
 /*
- * The flow table's hash function: FNV-1a over the key, then a murmur3
- * finaliser so that the low bits (the queue) depend on every byte.  It
- * lives in this executable: the table stores its address, and every
- * process calls it through that pointer.
+ * The flow table's hash function (mp_fnv1a_murmur: its low bits pick the
+ * queue).  It lives in this executable: the table stores its address, and
+ * every process calls it through that pointer.
  */
 uint32_t smp_flow_hash(const void *key, uint32_t key_len, uint32_t init_val)
 {
-    const unsigned char *p = key;
-    uint32_t h = 2166136261u ^ init_val;
-
-    for (uint32_t i = 0; i < key_len; i++) {
-        h ^= p[i];
-        h *= 16777619u;
-    }
-    h ^= h >> 16;
-    h *= 0x85ebca6bu;
-    h ^= h >> 13;
-    h *= 0xc2b2ae35u;
-    h ^= h >> 16;
-    return h;
+    return mp_fnv1a_murmur(key, key_len, init_val);
 }
 
 static void usage(const char *msg)
@@ -351,19 +331,15 @@ int main(int argc, char **argv)
 {
     const struct timespec idle = { 0, 100000 };   /* 100 us */
     struct smp_args a;
-    struct sigaction sa;
     Dl_info self;
     uint64_t left, seq = 0, rx = 0, expected;
     uint32_t me;
     int32_t owner;
     int ret, primary, ok;
 
-    ret = fh_init(argc, argv);
-    if (ret < 0)
-        mp_die(PROG, "cannot init forkhost");
+    ret = mp_fh_init(PROG, argc, argv);
     argc -= ret;
     argv += ret;
-    setvbuf(stdout, NULL, _IOLBF, 0);
     parse_args(argc, argv, &a);
 
     primary = fh_proc_type() == FH_PROC_PRIMARY;
@@ -380,11 +356,7 @@ int main(int argc, char **argv)
     if (fh_hash_check(flows) < 0)
         mp_die(PROG, "cannot call the flow hash function: %s", fh_hash_error());
 
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    mp_catch_stop();
 
     if (dladdr((void *)smp_flow_hash, &self) == 0)
         mp_die(PROG, "dladdr cannot place smp_flow_hash");
@@ -401,7 +373,7 @@ int main(int argc, char **argv)
     left = a.count;
     if (left == 0)
         atomic_fetch_add_explicit(&state->gens_done, 1, memory_order_release);
-    while (!stop_signal) {
+    while (!mp_stop_signal) {
         unsigned moved = 0, got;
         int all_sent;
 
@@ -430,8 +402,8 @@ int main(int argc, char **argv)
             nanosleep(&idle, NULL);
     }
 
-    if (stop_signal)
-        printf("\nExiting on signal %d\n\n", (int)stop_signal);
+    if (mp_stop_signal)
+        printf("\nExiting on signal %d\n\n", (int)mp_stop_signal);
     for (uint32_t i = 0; i < state->num_ports; i++) {
         printf("Port %u: RX - %llu, TX - %llu, Drop - %llu\n", state->ports[i],
                (unsigned long long)pstats[i].rx,
@@ -440,13 +412,13 @@ int main(int argc, char **argv)
     }
     /* Relaxed: final once gens_done was seen complete (acquire above). */
     expected = atomic_load_explicit(&state->expected[me], memory_order_relaxed);
-    ok = stop_signal || (rx == expected && flow_misses == 0 && misrouted == 0);
+    ok = mp_stop_signal || (rx == expected && flow_misses == 0 && misrouted == 0);
     printf("%s: proc %u: generated %llu, received %llu (expected %llu), "
            "flow hits %llu, misses %llu, misrouted %llu: %s\n", PROG, me,
            (unsigned long long)generated, (unsigned long long)rx,
            (unsigned long long)expected, (unsigned long long)flow_hits,
            (unsigned long long)flow_misses, (unsigned long long)misrouted,
-           stop_signal ? "stopped" : ok ? "ok" : "MISMATCH");
+           mp_stop_signal ? "stopped" : ok ? "ok" : "MISMATCH");
 
     /* Release the proc-id, then count this process as finished (release:
      * its statistics are final). */
@@ -454,7 +426,7 @@ int main(int argc, char **argv)
     atomic_fetch_add_explicit(&state->finished, 1, memory_order_release);
     if (primary) {
         /* Ending the prefix ends the secondaries: wait for them first. */
-        while (!stop_signal &&
+        while (!mp_stop_signal &&
                atomic_load_explicit(&state->finished, memory_order_acquire)
                < state->num_procs)
             nanosleep(&idle, NULL);

@@ -188,81 +188,33 @@ static int parse_timeout(const char *s, double *secs, int *ms)
 }
 
 
-static int prefix_ok(const char *p)
-{
-    size_t n = 0;
-
-    if (strcmp(p, ".") == 0 || strcmp(p, "..") == 0)
-        return 0;
-    for (; p[n]; n++) {
-        char c = p[n];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return n >= 1 && n <= FH_PREFIX_MAX_LEN;
-}
-
 static const char *env_nonempty(const char *name)
 {
     const char *v = getenv(name);
     return v && *v ? v : NULL;
 }
 
-/* <runtime dir>/<prefix>/template.sock into addr: the runtime directory
- * in docs/architecture.md's order and by its rule for a shared sticky
- * directory (forkhost/rundir.h), as forkhost/runtime.py finds it. */
+/* <runtime dir>/<prefix>/template.sock into addr, found by
+ * fh_prefix_resolve (csrc/lib/rundir_path.c, compiled into forkhost-run
+ * too): the code every primary uses, so both ends agree on the place and
+ * refuse the same prefixes and paths with the same words.  o->prefix
+ * becomes the prefix settled on. */
 static socklen_t socket_address(struct fh_client *o, struct sockaddr_un *addr)
 {
-    const char *dir = o->runtime_dir, *base;
-    char rdir[PATH_MAX], path[PATH_MAX + 32];
-    size_t len;
-    struct stat st;
+    static struct fh_prefix_paths paths;
+    char err[FH_RUNDIR_ERR_MAX];
     int n;
 
-    if (!o->prefix) {
-        o->prefix = env_nonempty("FORKHOST_PREFIX");
-        o->prefix_from = "FORKHOST_PREFIX";
-        if (!o->prefix) {
-            o->prefix = "forkhost";
-            o->prefix_from = "the default";
-        }
-    }
-    if (!prefix_ok(o->prefix))
-        die(FH_PREFIX_INVALID, o->prefix, o->prefix_from);
-
-    if (!dir)
-        dir = env_nonempty("FORKHOST_RUNTIME_DIR");
-    if (dir)
-        n = snprintf(rdir, sizeof(rdir), "%s", dir);
-    else if ((base = env_nonempty("RUNTIME_DIRECTORY")) ||
-             (base = env_nonempty("XDG_RUNTIME_DIR")))
-        n = snprintf(rdir, sizeof(rdir), "%s/forkhost", base);
-    else if (geteuid() == 0)
-        n = snprintf(rdir, sizeof(rdir), "/run/forkhost");
-    else
-        n = snprintf(rdir, sizeof(rdir), "/tmp/" FH_RUNDIR_SHARED_SUBDIR,
-                     (unsigned)getuid());
-    if (n < 0 || (size_t)n >= sizeof(rdir))
-        die("runtime directory path is too long: %s...", rdir);
-    /* A shared sticky directory: ours is the private subdirectory in it. */
-    if (stat(rdir, &st) == 0 && S_ISDIR(st.st_mode) &&
-        (st.st_mode & S_ISVTX) && (st.st_mode & (S_IWGRP | S_IWOTH))) {
-        len = (size_t)n;
-        n = snprintf(rdir + len, sizeof(rdir) - len, "/" FH_RUNDIR_SHARED_SUBDIR,
-                     (unsigned)getuid());
-        if (n < 0 || (size_t)n >= sizeof(rdir) - len)
-            die("runtime directory path is too long: %s...", rdir);
-    }
-    n = snprintf(path, sizeof(path), "%s/%s/template.sock", rdir, o->prefix);
-    if (n < 0 || (size_t)n > FH_SOCKET_PATH_MAX)
-        die(FH_SOCKET_PATH_TOO_LONG, n, FH_SOCKET_PATH_MAX, path);
     _Static_assert(FH_SOCKET_PATH_MAX < sizeof(addr->sun_path),
                    "a socket path and its NUL fit sun_path");
-
     memset(addr, 0, sizeof(*addr));
     addr->sun_family = AF_UNIX;
-    memcpy(addr->sun_path, path, (size_t)n + 1);
+    if (fh_prefix_resolve(&paths, o->prefix, o->prefix_from, o->runtime_dir,
+                          err, sizeof(err)) < 0 ||
+        (n = fh_prefix_socket_path(&paths, addr->sun_path, sizeof(addr->sun_path),
+                                   err, sizeof(err))) < 0)
+        die("%s", err);
+    o->prefix = paths.prefix;
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
 }
 

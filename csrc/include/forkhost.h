@@ -25,6 +25,7 @@
 #include "forkhost/member.h"
 #include "forkhost/template.h"
 #include "forkhost/thp.h"
+#include "forkhost/rundir.h"
 #include "forkhost/client.h"
 #include "forkhost/init.h"
 

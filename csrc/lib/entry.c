@@ -22,9 +22,11 @@
  *    bind to that copy.  A library that was already loaded and relocated
  *    before the PIE (libc always is) keeps using its own variable, and the
  *    PIE reads a snapshot: getopt() then leaves optarg NULL in the PIE.
- *    Refused (126) unless the variable is one whose snapshot stays right
- *    (stdin/stdout/stderr, environ, the program names); -fPIC -pie code goes
- *    through the GOT and has no copy relocations at all.
+ *    On x86_64 the loaded libraries are pointed at the PIE's copies, as
+ *    ld.so does for a main program (bind_copies()); elsewhere refused (126)
+ *    unless the variable is one whose snapshot stays right (stdin/stdout/
+ *    stderr, environ, the program names).  -fPIC -pie code goes through the
+ *    GOT and has no copy relocations at all.
  *
  * Everything is read with pread(): a file being replaced under us yields a
  * short read and a clean error, never a SIGBUS (this code also runs in the
@@ -94,6 +96,18 @@
 #define FH_R_COPY R_PPC_COPY
 #elif defined(__s390__)
 #define FH_R_COPY R_390_COPY
+#endif
+
+/* Where stock executables are handled in full (see "Stock executables"
+ * below): main found from glibc's _start, copy relocations bound.  Tested
+ * on x86_64 only; elsewhere stripped PIEs without an exported main and
+ * PIEs with stale copy relocations are refused with the reason. */
+#if defined(__x86_64__) && __ELF_NATIVE_CLASS == 64
+#define FH_START_DECODE 1       /* main from _start: x86_64 glibc */
+#define FH_BIND_COPIES 1        /* copy relocations bound: x86_64 */
+#define FH_R_GLOB_DAT R_X86_64_GLOB_DAT
+#define FH_R_JUMP_SLOT R_X86_64_JUMP_SLOT
+#define FH_R_ABS R_X86_64_64
 #endif
 
 /* <link.h> gives ElfW(type) for this process's ELF class; these are the
@@ -337,8 +351,7 @@ static int inspect(int fd, struct elf_info *ei)
     case ET_DYN:
         break;
     case ET_EXEC:
-        other(ei, "a non-PIE executable; build with -fPIE -pie "
-              "(better -fPIC -pie: no copy relocations)");
+        other(ei, "a non-PIE executable; build with -fPIE -pie");
         ei->cause = CAUSE_NOT_PIE;
         return 0;
     case ET_REL:
@@ -478,8 +491,10 @@ static const char *str_at(const char *tab, size_t len, uint64_t off)
 }
 
 /* ------------------------------------------------------------------------
- * Copy relocations (see the top of the file).
+ * Copy relocations (see the top of the file): which are stale, where they
+ * are not bound (bind_copies() binds them on x86_64).
  */
+#ifndef FH_BIND_COPIES
 
 /* Variables whose copy in the PIE stays right even though libc keeps its
  * own: libc never reassigns the std streams, and environ and the program
@@ -649,6 +664,7 @@ static int stale_copies(int fd, const struct elf_info *ei, char *out,
 #endif
     return count;
 }
+#endif /* !FH_BIND_COPIES */
 
 /* ------------------------------------------------------------------------
  * $ORIGIN for a PIE loaded from a memfd.
@@ -953,6 +969,8 @@ struct load_result {
     int kind;                   /* loaded: FH_ELF_SHARED or FH_ELF_PIE */
     int exported;               /* loaded: dlsym() found the symbol */
     int has_symtab;             /* loaded: 1 .symtab, 0 stripped, -1 unknown */
+    int via_start;              /* loaded: main found from _start */
+    size_t copies;              /* loaded: copy relocations bound */
     uint64_t static_tls;        /* loaded with DF_STATIC_TLS: its TLS size */
     int details;                /* fill in the fields below on failure */
     char missing[256];          /* CAUSE_MISSING_LIB: the library's name */
@@ -1092,6 +1110,577 @@ static const char *dl_reason(const char *dlpath)
 }
 
 /* ------------------------------------------------------------------------
+ * Stock executables: main from _start, and copy relocations bound.
+ *
+ * A distribution's programs are PIEs built with -fPIE (copy relocations of
+ * optarg, stdout, environ...) and stripped (main is in no symbol table).  A
+ * stripped PIE still says where main is: glibc's _start passes its address
+ * to __libc_start_main.  And a PIE's copy relocations are made to work the
+ * way the dynamic linker makes them work for a main program: every loaded
+ * library's reference to the variable is pointed at the executable's copy.
+ */
+
+#if defined(FH_START_DECODE) || defined(FH_BIND_COPIES)
+/* Read the relocation table at DT_<tab> (RELA entries, size at DT_<sz>) of
+ * the file; NULL when absent.  *n: its entry count. */
+static ElfW(Rela) *read_rela(int fd, const struct elf_info *ei,
+                             ElfW(Sxword) tab, ElfW(Sxword) sz, size_t *n)
+{
+    uint64_t addr = dyn_val(ei, tab, 0), len = dyn_val(ei, sz, 0);
+    ElfW(Rela) *r;
+
+    *n = 0;
+    if (addr == 0 || len < sizeof *r)
+        return NULL;
+    r = read_dyn_table(fd, ei, addr, len);
+    if (r != NULL)
+        *n = (size_t)(len / sizeof *r);
+    return r;
+}
+
+/* The name of the file's dynamic symbol number idx, copied into out (empty
+ * when unknown); its st_size into *size when size is not NULL. */
+static void dynsym_name(int fd, const struct elf_info *ei, const char *strtab,
+                        size_t strsz, uint64_t idx, char *out, size_t outlen,
+                        uint64_t *size)
+{
+    uint64_t symtab = dyn_val(ei, DT_SYMTAB, 0);
+    uint64_t syment = dyn_val(ei, DT_SYMENT, sizeof(ElfW(Sym)));
+    const char *name;
+    ElfW(Sym) sym;
+    off_t off;
+
+    out[0] = '\0';
+    if (size != NULL)
+        *size = 0;
+    if (symtab == 0 || syment < sizeof sym || idx > UINT64_MAX / syment)
+        return;
+    off = vaddr_to_off(ei, symtab + idx * syment, sizeof sym);
+    if (off < 0 || read_at(fd, &sym, sizeof sym, off) != 0)
+        return;
+    name = str_at(strtab, strsz, sym.st_name);
+    if (name != NULL)
+        snprintf(out, outlen, "%s", name);
+    if (size != NULL)
+        *size = sym.st_size;
+}
+#endif
+
+#ifdef FH_START_DECODE
+#define FH_START_DECODES 1
+#else
+#define FH_START_DECODES 0
+#endif
+
+#ifdef FH_START_DECODE
+/* Bytes of _start decoded at most: glibc's is 34 (2.34+) to 44 bytes. */
+#define FH_START_BYTES 64
+
+/* Whether the file's relocation for the GOT slot at vaddr binds it to
+ * __libc_start_main. */
+static int slot_is_libc_start_main(int fd, const struct elf_info *ei,
+                                   uint64_t slot)
+{
+    static const ElfW(Sxword) tabs[2][2] = {
+        { DT_RELA, DT_RELASZ }, { DT_JMPREL, DT_PLTRELSZ },
+    };
+    size_t strsz, n, i, t;
+    char *strtab = read_dynstr(fd, ei, &strsz), name[64];
+    int found = 0;
+
+    for (t = 0; t < 2 && !found; t++) {
+        ElfW(Rela) *r;
+
+        if (t == 1 && dyn_val(ei, DT_PLTREL, DT_RELA) != DT_RELA)
+            continue;
+        r = read_rela(fd, ei, tabs[t][0], tabs[t][1], &n);
+        for (i = 0; r != NULL && i < n && !found; i++) {
+            unsigned type = (unsigned)FH_R_TYPE(r[i].r_info);
+
+            if (r[i].r_offset != slot
+                || (type != FH_R_GLOB_DAT && type != FH_R_JUMP_SLOT))
+                continue;
+            dynsym_name(fd, ei, strtab, strsz, FH_R_SYM(r[i].r_info), name,
+                        sizeof name, NULL);
+            found = strcmp(name, "__libc_start_main") == 0;
+        }
+        free(r);
+    }
+    free(strtab);
+    return found;
+}
+
+/* Whether [vaddr, vaddr+1) is in an executable PT_LOAD. */
+static int in_code(const struct elf_info *ei, uint64_t vaddr)
+{
+    unsigned i;
+
+    for (i = 0; i < ei->phnum; i++)
+        if (ei->ph[i].p_type == PT_LOAD && (ei->ph[i].p_flags & PF_X)
+            && vaddr >= ei->ph[i].p_vaddr
+            && vaddr - ei->ph[i].p_vaddr < ei->ph[i].p_filesz)
+            return 1;
+    return 0;
+}
+
+/* The GOT slot a PLT stub at vaddr jumps through ("endbr64; bnd jmp
+ * *slot(%rip)" or "jmp *slot(%rip)"), or 0. */
+static uint64_t plt_slot(int fd, const struct elf_info *ei, uint64_t vaddr)
+{
+    static const unsigned char endbr64[4] = { 0xf3, 0x0f, 0x1e, 0xfa };
+    unsigned char b[16];
+    size_t i = 0;
+    int32_t disp;
+    off_t off = vaddr_to_off(ei, vaddr, sizeof b);
+
+    if (off < 0 || read_at(fd, b, sizeof b, off) != 0)
+        return 0;
+    if (memcmp(b, endbr64, sizeof endbr64) == 0)
+        i += sizeof endbr64;
+    if (b[i] == 0xf2)           /* bnd */
+        i++;
+    if (b[i] != 0xff || b[i + 1] != 0x25)
+        return 0;
+    memcpy(&disp, b + i + 2, sizeof disp);
+    return vaddr + i + 6 + (uint64_t)(int64_t)disp;
+}
+
+/* What glibc's x86_64 _start is made of (sysdeps/x86_64/start.S, every
+ * version since 2.26, PIE or not): each form with its immediate's length. */
+enum start_op { OP_SKIP, OP_LEA_RDI, OP_MOV_RDI_GOT, OP_CALL_GOT, OP_CALL };
+static const struct start_insn {
+    unsigned char len;
+    unsigned char bytes[4];
+    unsigned char imm;          /* bytes of displacement after them */
+    unsigned char op;           /* enum start_op */
+} start_insns[] = {
+    { 4, { 0xf3, 0x0f, 0x1e, 0xfa }, 0, OP_SKIP },  /* endbr64 */
+    { 2, { 0x31, 0xed }, 0, OP_SKIP },              /* xor %ebp,%ebp */
+    { 3, { 0x49, 0x89, 0xd1 }, 0, OP_SKIP },        /* mov %rdx,%r9 */
+    { 1, { 0x5e }, 0, OP_SKIP },                    /* pop %rsi */
+    { 3, { 0x48, 0x89, 0xe2 }, 0, OP_SKIP },        /* mov %rsp,%rdx */
+    { 4, { 0x48, 0x83, 0xe4, 0xf0 }, 0, OP_SKIP },  /* and $-16,%rsp */
+    { 1, { 0x50 }, 0, OP_SKIP },                    /* push %rax */
+    { 1, { 0x54 }, 0, OP_SKIP },                    /* push %rsp */
+    { 3, { 0x45, 0x31, 0xc0 }, 0, OP_SKIP },        /* xor %r8d,%r8d */
+    { 2, { 0x31, 0xc9 }, 0, OP_SKIP },              /* xor %ecx,%ecx */
+    { 3, { 0x4c, 0x8d, 0x05 }, 4, OP_SKIP },        /* lea fini(%rip),%r8 */
+    { 3, { 0x48, 0x8d, 0x0d }, 4, OP_SKIP },        /* lea init(%rip),%rcx */
+    { 3, { 0x4c, 0x8b, 0x05 }, 4, OP_SKIP },        /* mov fini@GOT,%r8 */
+    { 3, { 0x48, 0x8b, 0x0d }, 4, OP_SKIP },        /* mov init@GOT,%rcx */
+    { 3, { 0x48, 0x8d, 0x3d }, 4, OP_LEA_RDI },     /* lea main(%rip),%rdi */
+    { 3, { 0x48, 0x8b, 0x3d }, 4, OP_MOV_RDI_GOT }, /* mov main@GOT,%rdi */
+    { 2, { 0xff, 0x15 }, 4, OP_CALL_GOT },          /* call *lsm@GOT */
+    { 1, { 0xe8 }, 4, OP_CALL },                    /* call lsm@PLT */
+};
+
+/*
+ * main's address in a PIE that names it nowhere, from its _start: the
+ * address _start puts in %rdi before it calls __libc_start_main.  0 with
+ * *vaddr (main's address, or with *indirect the GOT slot holding it, read
+ * once loaded), or -1 with why ("what _start does that this does not
+ * read").
+ */
+static int start_main(int fd, const struct elf_info *ei, uint64_t *vaddr,
+                      int *indirect, char *why, size_t whylen)
+{
+    unsigned char code[FH_START_BYTES];
+    uint64_t pc = ei->eh.e_entry, main_at = 0, slot;
+    size_t at = 0, k, len = 0;
+    int have_rdi = 0, rdi_indirect = 0;
+    off_t off = -1;
+
+    /* At most FH_START_BYTES, within the code segment _start is in. */
+    for (k = 0; k < ei->phnum && off < 0; k++) {
+        const ElfW(Phdr) *ph = &ei->ph[k];
+
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_X) && pc != 0
+            && pc >= ph->p_vaddr && pc - ph->p_vaddr < ph->p_filesz) {
+            len = ph->p_filesz - (pc - ph->p_vaddr);
+            if (len > sizeof code)
+                len = sizeof code;
+            off = vaddr_to_off(ei, pc, len);
+        }
+    }
+    if (off < 0 || read_at(fd, code, len, off) != 0) {
+        snprintf(why, whylen, "its entry point is not in its code");
+        return -1;
+    }
+    while (at < len) {
+        const struct start_insn *in = NULL;
+        int32_t disp = 0;
+        uint64_t next;
+
+        for (k = 0; k < sizeof start_insns / sizeof start_insns[0]; k++)
+            if (start_insns[k].len + start_insns[k].imm <= len - at
+                && memcmp(code + at, start_insns[k].bytes,
+                          start_insns[k].len) == 0) {
+                in = &start_insns[k];
+                break;
+            }
+        if (in == NULL) {
+            snprintf(why, whylen, "_start is not glibc's: byte %#x at "
+                     "_start+%zu is none of the instructions it is made of",
+                     code[at], at);
+            return -1;
+        }
+        if (in->imm != 0)
+            memcpy(&disp, code + at + in->len, sizeof disp);
+        at += in->len + in->imm;
+        next = pc + at;
+        switch (in->op) {
+        case OP_LEA_RDI:
+        case OP_MOV_RDI_GOT:
+            main_at = next + (uint64_t)(int64_t)disp;
+            rdi_indirect = in->op == OP_MOV_RDI_GOT;
+            have_rdi = 1;
+            break;
+        case OP_CALL_GOT:
+        case OP_CALL:
+            slot = in->op == OP_CALL_GOT ? next + (uint64_t)(int64_t)disp
+                : plt_slot(fd, ei, next + (uint64_t)(int64_t)disp);
+            if (slot == 0 || !slot_is_libc_start_main(fd, ei, slot)) {
+                snprintf(why, whylen, "the call at _start+%zu is not to "
+                         "__libc_start_main", at - in->len - in->imm);
+                return -1;
+            }
+            if (!have_rdi) {
+                snprintf(why, whylen, "_start calls __libc_start_main "
+                         "without loading main's address the way glibc's "
+                         "does");
+                return -1;
+            }
+            if (!rdi_indirect && !in_code(ei, main_at)) {
+                snprintf(why, whylen, "the address _start passes as main "
+                         "(%#llx) is not in its code",
+                         (unsigned long long)main_at);
+                return -1;
+            }
+            *vaddr = main_at;
+            *indirect = rdi_indirect;
+            return 0;
+        }
+    }
+    snprintf(why, whylen, "_start does not call __libc_start_main within "
+             "its first %d bytes", FH_START_BYTES);
+    return -1;
+}
+#endif
+
+/* main of a stripped PIE loaded at lm (or, with lm NULL, whether it can be
+ * found): its address, or NULL with why. */
+static void *main_from_start(int fd, const struct elf_info *ei,
+                             const struct link_map *lm, char *why,
+                             size_t whylen)
+{
+#ifdef FH_START_DECODE
+    uint64_t vaddr;
+    int indirect;
+
+    if (start_main(fd, ei, &vaddr, &indirect, why, whylen) < 0)
+        return NULL;
+    if (lm == NULL)
+        return (void *)1;
+    if (indirect)               /* the GOT slot, relocated by now */
+        return *(void **)(lm->l_addr + vaddr);
+    return (void *)(lm->l_addr + vaddr);
+#else
+    (void)fd;
+    (void)ei;
+    (void)lm;
+    snprintf(why, whylen, "finding main through _start is implemented for "
+             "x86_64 only");
+    return NULL;
+#endif
+}
+
+#ifdef FH_BIND_COPIES
+/* One copy-relocated variable of the entry: where its copy is, how big,
+ * and the library definition the loaded libraries use (0: none). */
+struct copy_var {
+    uintptr_t copy, def;
+    size_t size;
+};
+
+/* Variables already bound to a PIE's copy in this process (a second PIE
+ * loaded after a first): by their library definition, the copy the
+ * libraries use now. */
+#define FH_MAX_REBOUND 64
+static struct {
+    uintptr_t def, now;
+} g_rebound[FH_MAX_REBOUND];
+static size_t g_nrebound;
+
+/* Where the libraries' references to the variable defined at def point now. */
+static uintptr_t bound_now(uintptr_t def)
+{
+    size_t i;
+
+    for (i = 0; i < g_nrebound; i++)
+        if (g_rebound[i].def == def)
+            return g_rebound[i].now;
+    return def;
+}
+
+/* Record that they point at copy from now on. */
+static void rebound(uintptr_t def, uintptr_t copy)
+{
+    size_t i;
+
+    for (i = 0; i < g_nrebound && g_rebound[i].def != def; i++)
+        ;
+    if (i == g_nrebound) {
+        if (g_nrebound == FH_MAX_REBOUND)
+            return;
+        g_nrebound++;
+    }
+    g_rebound[i].def = def;
+    g_rebound[i].now = copy;
+}
+
+struct bind_ctx {
+    const struct link_map *entry;
+    struct copy_var *v;
+    size_t n;
+    int err;                    /* errno of a failed mprotect, or 0 */
+};
+
+/* A d_ptr of an object mapped at base spanning [lo, hi): glibc relocates
+ * some in place (DT_RELA, DT_SYMTAB...), not all, and not the vDSO's. */
+static uintptr_t dyn_addr(uintptr_t p, uintptr_t base, uintptr_t lo,
+                          uintptr_t hi)
+{
+    return p >= lo && p < hi ? p : p + base;
+}
+
+/* Whether addr is in one of the object's writable segments (RELRO
+ * included): never write into its code (a text relocation). */
+static int in_writable(const struct dl_phdr_info *info, uintptr_t addr)
+{
+    size_t i;
+
+    for (i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+
+        if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W) && addr >= start
+            && addr - start + sizeof(uintptr_t) <= ph->p_memsz)
+            return 1;
+    }
+    return 0;
+}
+
+/* Point one object's references to the copied variables (GLOB_DAT and
+ * absolute relocations, whatever symbol name they use: environ and
+ * __environ are one variable) at the entry's copies. */
+static int bind_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+    struct bind_ctx *b = data;
+    const ElfW(Dyn) *dyn = NULL, *d;
+    uintptr_t base = info->dlpi_addr, lo = UINTPTR_MAX, hi = 0;
+    uintptr_t relro = 0, relro_end = 0, rela = 0, jmprel = 0;
+    size_t relasz = 0, jmprelsz = 0, t, i, k;
+    long page = sysconf(_SC_PAGESIZE);
+    int pltrela = 1;
+
+    (void)size;
+    if (base == b->entry->l_addr)
+        return 0;               /* the entry itself: bound to its copies */
+    for (i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+
+        if (ph->p_type == PT_DYNAMIC)
+            dyn = (const ElfW(Dyn) *)(base + ph->p_vaddr);
+        else if (ph->p_type == PT_GNU_RELRO) {
+            /* The pages the loader made read-only (_dl_protect_relro):
+             * the last, partly RELRO, stays writable. */
+            relro = (base + ph->p_vaddr) & ~(uintptr_t)(page - 1);
+            relro_end = (base + ph->p_vaddr + ph->p_memsz)
+                & ~(uintptr_t)(page - 1);
+        } else if (ph->p_type == PT_LOAD) {
+            if (base + ph->p_vaddr < lo)
+                lo = base + ph->p_vaddr;
+            if (base + ph->p_vaddr + ph->p_memsz > hi)
+                hi = base + ph->p_vaddr + ph->p_memsz;
+        }
+    }
+    for (d = dyn; d != NULL && d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_RELA: rela = dyn_addr(d->d_un.d_ptr, base, lo, hi); break;
+        case DT_RELASZ: relasz = d->d_un.d_val; break;
+        case DT_JMPREL: jmprel = dyn_addr(d->d_un.d_ptr, base, lo, hi); break;
+        case DT_PLTRELSZ: jmprelsz = d->d_un.d_val; break;
+        case DT_PLTREL: pltrela = d->d_un.d_val == DT_RELA; break;
+        }
+    }
+    for (t = 0; t < 2; t++) {
+        const ElfW(Rela) *r = (const ElfW(Rela) *)(t == 0 ? rela : jmprel);
+        size_t n = (t == 0 ? relasz : jmprelsz) / sizeof *r;
+
+        if (r == NULL || (t == 1 && !pltrela))
+            continue;
+        for (i = 0; i < n; i++) {
+            unsigned type = (unsigned)FH_R_TYPE(r[i].r_info);
+            uintptr_t *slot = (uintptr_t *)(base + r[i].r_offset), v;
+
+            if ((type != FH_R_GLOB_DAT && type != FH_R_ABS)
+                || FH_R_SYM(r[i].r_info) == 0
+                || (uintptr_t)slot % sizeof *slot != 0
+                || !in_writable(info, (uintptr_t)slot))
+                continue;
+            v = *slot;
+            for (k = 0; k < b->n; k++) {
+                const struct copy_var *c = &b->v[k];
+                int in_relro = (uintptr_t)slot >= relro
+                    && (uintptr_t)slot < relro_end;
+                void *pg = (void *)((uintptr_t)slot & ~(uintptr_t)(page - 1));
+
+                if (c->def == 0 || v < c->def
+                    || v - c->def >= (c->size ? c->size : 1))
+                    continue;
+                if (in_relro && mprotect(pg, (size_t)page,
+                                         PROT_READ | PROT_WRITE) != 0) {
+                    b->err = errno;
+                    return 1;
+                }
+                *slot = c->copy + (v - c->def);
+                if (in_relro)
+                    mprotect(pg, (size_t)page, PROT_READ);
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
+ * Make the entry's copy-relocated variables the ones every loaded library
+ * uses, as the dynamic linker does for a main program: each copy takes the
+ * library variable's current value, then the libraries' references are
+ * pointed at it.  Run in the secondary, which becomes the entry's process.
+ * 0, or -1 after fail().
+ */
+static int bind_copies(int fd, const struct elf_info *ei,
+                       const struct link_map *lm, const char *path,
+                       struct load_ctx *c)
+{
+    struct bind_ctx b = { lm, NULL, 0, 0 };
+    ElfW(Rela) *r;
+    size_t n, i, strsz;
+    char *strtab;
+
+    if (dyn_val(ei, DT_RELA, 0) == 0)
+        return 0;
+    r = read_rela(fd, ei, DT_RELA, DT_RELASZ, &n);
+    strtab = read_dynstr(fd, ei, &strsz);
+    b.v = calloc(n ? n : 1, sizeof *b.v);
+    if (r == NULL || strtab == NULL || b.v == NULL) {
+        free(r);
+        free(strtab);
+        free(b.v);
+        fail(c, 126, CAUSE_COPY_RELOC, "cannot read the relocations of %s",
+             path);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        struct copy_var *v = &b.v[b.n];
+        uint64_t size;
+        const ElfW(Sym) *def = NULL;
+        void *addr;
+        Dl_info di;
+        char name[1024];
+
+        if (FH_R_TYPE(r[i].r_info) != FH_R_COPY)
+            continue;
+        dynsym_name(fd, ei, strtab, strsz, FH_R_SYM(r[i].r_info), name,
+                    sizeof name, &size);
+        if (strlen(name) == sizeof name - 1) {
+            free(r);
+            free(strtab);
+            free(b.v);
+            fail(c, 126, CAUSE_COPY_RELOC, "%s has a copy relocation of a "
+                 "variable whose name is longer than %zu bytes", path,
+                 sizeof name - 2);
+            return -1;
+        }
+        v->copy = lm->l_addr + r[i].r_offset;
+        v->size = (size_t)size;
+        /* The definition libraries bind to: the global scope's first,
+         * unless that is the copy itself (a library that came in with the
+         * entry defines it: already bound to the copy, as in an exec).  A
+         * name dlsym() does not find (only a non-default version left, such
+         * as sys_errlist@GLIBC_2.2.5) keeps the value ld.so copied. */
+        addr = name[0] != '\0' ? dlsym(RTLD_DEFAULT, name) : NULL;
+        if (addr == NULL || (uintptr_t)addr == v->copy
+            || object_of(addr) == lm)
+            continue;
+        if (dladdr1(addr, &di, (void **)&def, RTLD_DL_SYMENT) != 0
+            && def != NULL && def->st_size < v->size)
+            v->size = def->st_size;
+        v->def = bound_now((uintptr_t)addr);
+        memcpy((void *)v->copy, (void *)v->def, v->size);
+        rebound((uintptr_t)addr, v->copy);
+        b.n++;
+    }
+    dlerror();
+    free(r);
+    free(strtab);
+    if (b.n > 0)
+        dl_iterate_phdr(bind_object, &b);
+    if (c->res != NULL)
+        c->res->copies = b.n;
+    free(b.v);
+    if (b.err != 0) {
+        fail(c, 126, CAUSE_COPY_RELOC, "cannot point the loaded libraries "
+             "at the copies of variables %s has (copy relocations): "
+             "mprotect: %s", path, strerror(b.err));
+        return -1;
+    }
+    return 0;
+}
+#else
+static int bind_copies(int fd, const struct elf_info *ei,
+                       const struct link_map *lm, const char *path,
+                       struct load_ctx *c)
+{
+    (void)fd;
+    (void)ei;
+    (void)lm;
+    (void)path;
+    (void)c;
+    return 0;
+}
+#endif
+
+/*
+ * The __dso_handle of a loaded PIE whose symbol table does not name it
+ * (stripped): crtbeginS's `void *__dso_handle = &__dso_handle`, the first
+ * word of its initialised data that holds its own address.  Were another
+ * such word found first, __cxa_finalize() with it would run nothing (no
+ * handler is filed under it), and the handlers would run with the
+ * destructors, as without a handle.  NULL when there is none.
+ */
+static void *find_dso_handle(const struct elf_info *ei,
+                             const struct link_map *lm)
+{
+    unsigned i;
+
+    for (i = 0; i < ei->phnum; i++) {
+        const ElfW(Phdr) *ph = &ei->ph[i];
+        uintptr_t p, end;
+
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W))
+            continue;
+        p = (lm->l_addr + ph->p_vaddr + sizeof p - 1) & ~(sizeof p - 1);
+        end = lm->l_addr + ph->p_vaddr + ph->p_filesz;
+        for (; p + sizeof p <= end; p += sizeof p)
+            if (*(const uintptr_t *)p == p)
+                return (void *)p;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
  * Loading.
  */
 
@@ -1225,13 +1814,19 @@ static int check_file(const char *path, int fd, struct elf_info *ei,
             free(real);
         }
     }
+#ifndef FH_BIND_COPIES
+    /* Elsewhere than x86_64 the copies are not bound (bind_copies()). */
     if (*is_exec && stale_copies(fd, ei, copies, sizeof copies) > 0) {
         fail(c, 126, CAUSE_COPY_RELOC, "%s is a PIE with copy relocations "
-             "of variables that libraries already loaded here own (%s): it "
-             "would only see stale copies of them; rebuild it with -fPIC -pie",
+             "of variables that libraries already loaded here own (%s): on "
+             "this machine forkhost does not point those libraries at the "
+             "program's copies; rebuild it with -fPIC -pie",
              path, copies);
         return -1;
     }
+#else
+    (void)copies;
+#endif
 
     return 0;
 }
@@ -1293,6 +1888,16 @@ static fh_main_fn load(const char *path, const char *symbol,
                 fn = (fh_main_fn)(lm->l_addr + q[0].value);
                 goto out;
             }
+            if (!has_symtab && strcmp(symbol, "main") == 0) {
+                char why[160];
+
+                addr = main_from_start(fd, &ei, lm, why, sizeof why);
+                if (addr != NULL) {
+                    fn = (fh_main_fn)addr;
+                    c->res->via_start = 1;
+                    goto out;
+                }
+            }
         }
         lm = NULL;
     }
@@ -1347,6 +1952,8 @@ static fh_main_fn load(const char *path, const char *symbol,
         }
         (void)replaced_name;
     }
+    if (is_exec && lm != NULL && bind_copies(fd, &ei, lm, path, c) < 0)
+        goto out;
 
     /* dlsym() searches the handle's dependencies too: a symbol that only
      * libc defines (say "printf") is not the entry's own. */
@@ -1366,10 +1973,22 @@ static fh_main_fn load(const char *path, const char *symbol,
             goto out;
         }
         if (!has_symtab && is_exec) {
+            char why[160];
+
+            if (strcmp(symbol, "main") == 0
+                && (addr = main_from_start(fd, &ei, lm, why,
+                                           sizeof why)) != NULL) {
+                fn = (fh_main_fn)addr;
+                c->res->via_start = 1;
+                goto out;
+            }
+            if (strcmp(symbol, "main") != 0)
+                snprintf(why, sizeof why, "only main can be found that way");
             fail(c, 127, CAUSE_STRIPPED, "no symbol '%s' in %s: it is "
-                 "not exported and the file has no symbol table (stripped); "
-                 "rebuild it with -rdynamic or -Wl,--export-dynamic-symbol=%s",
-                 symbol, path, symbol);
+                 "not exported, the file has no symbol table (stripped), and "
+                 "it cannot be found from _start (%s); rebuild it with "
+                 "-rdynamic or -Wl,--export-dynamic-symbol=%s",
+                 symbol, path, why, symbol);
             goto out;
         }
     }
@@ -1390,6 +2009,8 @@ out:
         g_entry = lm;
         g_dso_handle = q[1].value != 0 ? (void *)(lm->l_addr + q[1].value)
                                        : NULL;
+        if (g_dso_handle == NULL && ei.kind == FH_ELF_PIE)
+            g_dso_handle = find_dso_handle(&ei, lm);
     }
     if (fn != NULL) {
         c->res->cause = CAUSE_OK;
@@ -1412,8 +2033,8 @@ FH_API fh_main_fn fh_entry_load(const char *path, const char *symbol,
     struct load_result res;
     struct load_ctx c = { err, errlen, exit_code, &res };
 
+    memset(&res, 0, sizeof res);
     res.cause = CAUSE_OK;
-    res.details = 0;
     return load(path, symbol, &c);
 }
 
@@ -1424,6 +2045,7 @@ FH_API int fh_entry_precheck(const char *path, char *err, size_t errlen)
     struct sym_query q = { "main", 0, 0 };
     struct elf_info ei;
     int fd, is_exec = 0, code = 0;
+    char why[160];
 
     if (err != NULL && errlen > 0)
         err[0] = '\0';
@@ -1439,11 +2061,13 @@ FH_API int fh_entry_precheck(const char *path, char *err, size_t errlen)
         code = 126;
     } else if (ei.kind == FH_ELF_PIE &&
                (sections_lookup(fd, &ei, &q, 1, SHT_DYNSYM), q.value == 0) &&
-               (symtab_lookup(fd, &ei, &q, 1), q.value == 0)) {
-        /* Neither exported nor in a symbol table: nothing finds main. */
-        fail(&c, 126, CAUSE_STRIPPED, "%s does not export main and has no "
-             "symbol table (stripped): link it with -rdynamic (or "
-             "-Wl,--export-dynamic-symbol=main)", path);
+               (symtab_lookup(fd, &ei, &q, 1), q.value == 0) &&
+               main_from_start(fd, &ei, NULL, why, sizeof why) == NULL) {
+        /* Neither exported nor in a symbol table nor found from _start. */
+        fail(&c, 126, CAUSE_STRIPPED, "%s does not export main, has no "
+             "symbol table (stripped), and main cannot be found from _start "
+             "(%s): link it with -rdynamic (or "
+             "-Wl,--export-dynamic-symbol=main)", path, why);
         code = 126;
     }
     elf_info_free(&ei);
@@ -1606,16 +2230,27 @@ static void describe_loaded(char *line, size_t len, const char *path,
 
     if (symbol == NULL || symbol[0] == '\0')
         symbol = "main";
-    if (r->exported)
+    if (r->via_start)
+        snprintf(line, len, "%s is a stripped PIE executable; '%s' is not "
+                 "exported and it has no symbol table: '%s' is found from its "
+                 "_start (the address it passes to __libc_start_main)",
+                 path, symbol, symbol);
+    else if (r->exported)
         snprintf(line, len, "%s is a %s%s; '%s' is exported (in .dynsym)%s",
                  path, stripped ? "stripped " : "",
                  pie ? "PIE executable" : "shared object", symbol,
                  stripped ? ", which is all a stripped PIE needs" : "");
     else
         snprintf(line, len, "%s is a PIE executable; '%s' is not exported, "
-                 "but its symbol table (.symtab) has it: it loads, but would "
-                 "not once stripped (link with -rdynamic to export it)",
-                 path, symbol);
+                 "but its symbol table (.symtab) has it%s",
+                 path, symbol, FH_START_DECODES && strcmp(symbol, "main") == 0
+                 ? " (once stripped, main is found from _start)"
+                 : ": it loads, but would not once stripped (link with "
+                   "-rdynamic to export it)");
+    if (r->copies != 0)
+        append(line, len, "; the loaded libraries were pointed at its own "
+               "copies of %zu variable%s (copy relocations), as for a "
+               "program exec'd", r->copies, r->copies == 1 ? "" : "s");
     if (r->static_tls != 0)
         append(line, len, "; it takes %llu bytes of static TLS (initial-exec "
                "thread-local variables), which this process still had",

@@ -276,10 +276,10 @@ static void json_str(char *out, size_t size, const char *s)
 /* config.json: what forkhost ps, attach, doctor and classic attach read
  * (the Python primary's record, forkhost/primary.py, without "python"). */
 static int write_config(const struct fh_init_options *o, const char *sock,
-                        const struct fh_thp_report *thp, int thp_on,
-                        size_t min_thp, char *err, size_t errlen)
+                        const char *ipc, const struct fh_thp_report *thp,
+                        int thp_on, size_t min_thp, char *err, size_t errlen)
 {
-    char text[20000], prefix[256], socket_s[512], lib[PATH_MAX], lib_s[PATH_MAX + 64];
+    char text[20000], prefix[256], socket_s[512], ipc_s[512], lib[PATH_MAX], lib_s[PATH_MAX + 64];
     char exe[PATH_MAX], exe_s[PATH_MAX + 64], thp_s[1024];
     struct fh_arena_hdr *hdr = fh_arena_hdr();
     Dl_info di;
@@ -294,6 +294,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
     exe[n > 0 ? n : 0] = '\0';
     json_str(prefix, sizeof prefix, g.paths.prefix);
     json_str(socket_s, sizeof socket_s, sock);
+    json_str(ipc_s, sizeof ipc_s, ipc);
     json_str(lib_s, sizeof lib_s, lib);
     json_str(exe_s, sizeof exe_s, exe);
     clock_gettime(CLOCK_REALTIME, &now);
@@ -326,6 +327,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
              "\"page_size\": %llu, \"size\": %llu},\n"
              "  \"forkhost_version\": \"%s\",\n"
              "  \"grace\": %.3f,\n"
+             "  \"ipc_socket\": %s,\n"
              "  \"library\": {\"base\": %llu, \"path\": %s, \"version\": \"%s\"},\n"
              "  \"max_secondaries\": %u,\n"
              "  \"pid\": %d,\n"
@@ -342,7 +344,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
              hdr != NULL && (hdr->flags & FH_ARENA_F_HUGE) ? "true" : "false",
              hdr != NULL ? (unsigned long long)hdr->page_size : 0ull,
              (unsigned long long)fh_arena_size(), FH_VERSION_STRING,
-             g.grace_ms / 1000.0, (unsigned long long)(uintptr_t)di.dli_fbase,
+             g.grace_ms / 1000.0, ipc_s, (unsigned long long)(uintptr_t)di.dli_fbase,
              lib_s, fh_version(), FH_DEFAULT_MAX_SECONDARIES, (int)getpid(),
              o->pool, prefix, exe_s, socket_s, (long long)now.tv_sec,
              now.tv_nsec / 1000000, (int)g.template_pid, thp_s)
@@ -373,7 +375,8 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
         fh_prefix_release(&g.paths, g.lock_fd);
         init_fail(prog, FH_EXIT_FORKHOST, FH_THP_INVALID, getenv("FORKHOST_THP"));
     }
-    int fd, keep[1];
+    int fd, efd, keep[2];
+    char ipc_path[sizeof addr.sun_path];
     struct stat st;
     mode_t old;
 
@@ -409,7 +412,23 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     if (thp_on)
         fh_thp_collapse(min_thp, &thp);
 
+    /* IPC: where it will be, inherited by every secondary; the template
+     * reports exits on efd. */
+    if (snprintf(ipc_path, sizeof ipc_path, "%s/%s/ipc.sock", g.paths.root,
+                 g.paths.prefix) >= (int)sizeof ipc_path)
+        efd = -1, errno = ENAMETOOLONG;   /* no longer than template.sock */
+    else
+        efd = fh_ipc_primary_prepare(ipc_path);
+    if (efd < 0) {
+        int e = errno;
+
+        close(fd);
+        fh_prefix_release(&g.paths, g.lock_fd);
+        init_fail(prog, FH_EXIT_FORKHOST, "cannot prepare IPC at %s: %s", ipc_path,
+                  strerror(e));
+    }
     keep[0] = fh_arena_fd();
+    keep[1] = efd;
     memset(&c, 0, sizeof c);
     c.listen_fd = fd;
     c.prefix = g.paths.prefix;
@@ -418,10 +437,10 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     c.max_secondaries = FH_DEFAULT_MAX_SECONDARIES;
     c.grace_ms = g.grace_ms = FH_DEFAULT_GRACE_MS;
     c.pool_size = o->pool;
-    c.exit_notice_fd = -1;
+    c.exit_notice_fd = efd;
     c.ready_fd = -1;
     c.keep_fds = keep;
-    c.nkeep = 1;
+    c.nkeep = 2;
     fh_init_main_is_primary = 1;
     g.template_pid = fh_template_fork(&c);
     if (g.template_pid < 0) {
@@ -439,7 +458,14 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     close(fd);
     g.type = FH_PROC_PRIMARY;
     g.pid = getpid();
-    if (write_config(o, addr.sun_path, &thp, thp_on, min_thp, err, sizeof err) < 0) {
+    if (fh_ipc_primary_start(g.template_pid) < 0) {
+        int e = errno;
+
+        fh_cleanup();
+        init_fail(prog, FH_EXIT_FORKHOST, "cannot start IPC at %s: %s", ipc_path,
+                  strerror(e));
+    }
+    if (write_config(o, addr.sun_path, ipc_path, &thp, thp_on, min_thp, err, sizeof err) < 0) {
         fh_cleanup();
         init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
     }
@@ -483,8 +509,7 @@ FH_API int fh_init(int argc, char **argv)
         lock = fh_prefix_lock(&g.paths, &holder, &stale, err, sizeof err);
         if (lock == FH_PREFIX_BUSY) {
             if (o.proc_type == FH_PROC_PRIMARY)
-                init_fail(prog, FH_EXIT_FORKHOST, FH_PREFIX_IN_USE, g.paths.prefix,
-                          (int)holder, g.paths.root, g.paths.prefix);
+                init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
             hand_over(prog, argc, argv, &o, 1);
         }
         if (lock < 0)
@@ -515,6 +540,8 @@ FH_API int fh_cleanup(void)
     if (g.type != FH_PROC_PRIMARY || getpid() != g.pid)
         return 0;
     g.type = FH_PROC_NONE;
+    /* Members are told first (forkhost.shutdown) and get the grace. */
+    fh_ipc_primary_stop(g.grace_ms);
     if (g.template_pid > 0) {
         kill(g.template_pid, SIGTERM);
         /* The template gives its secondaries the grace, then SIGKILL. */

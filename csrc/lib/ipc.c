@@ -32,6 +32,7 @@
  * g.rx is taken, it waits on g.cond.
  */
 #include "forkhost/ipc.h"
+#include "ipc_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -58,11 +59,6 @@ _Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
 
 /* connect + HELLO + WELCOME must not hang on a wedged primary. */
 #define FH_IPC_CONNECT_TIMEOUT_MS 5000
-/* A send from an ordinary thread waits this long for room in a full
- * buffer; the receive thread never waits. */
-#define FH_IPC_SEND_TIMEOUT_MS 1000
-/* Requests whose caller passes no timeout. */
-#define FH_IPC_DEFAULT_TIMEOUT_MS 5000
 /* A leading requester's blocking read lasts at most this long before it
  * looks at its deadline again (SO_RCVTIMEO); closer to the deadline it
  * polls for exactly the time left. */
@@ -110,12 +106,6 @@ struct deferred {
     unsigned char     param[];    /* h.param_len bytes */
 };
 
-/* What an action's peer argument points at, on the receive thread's stack. */
-struct peer {
-    uint64_t id;                /* 0: a message, nothing to answer */
-    bool     replied;
-};
-
 /* Inherited from the primary through fork: written once by
  * fh_ipc_set_primary() before the template fork, only read afterwards. */
 static char  g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -152,7 +142,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static atomic_bool g_masked, g_want_rx;
 static atomic_uint_fast64_t g_lead_end;
 static _Thread_local bool t_on_ipc_thread;
-static _Thread_local struct peer *t_peer;   /* the running action's */
+static _Thread_local struct fh__ipc_peer *t_peer;   /* the running action's */
 
 /* Counters, each an independent tally read only by fh_ipc_stats() (or
  * fh_ipc_loop_stats()): no ordering with any other memory is needed, so
@@ -177,46 +167,11 @@ static char  g_attach[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
 /* -- helpers ---------------------------------------------------------- */
 
-static void now_plus(struct timespec *ts, long ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
-static long ms_until(const struct timespec *ts)
-{
-    struct timespec now;
-    long ms;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ms = (long)(ts->tv_sec - now.tv_sec) * 1000
-         + (ts->tv_nsec - now.tv_nsec) / 1000000L;
-    return ms < 0 ? 0 : ms;
-}
-
 static long timeout_ms(const struct timespec *ts)
 {
     if (!ts)
         return FH_IPC_DEFAULT_TIMEOUT_MS;
     return (long)ts->tv_sec * 1000 + ts->tv_nsec / 1000000L;
-}
-
-static void close_fds(const int *fds, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-}
-
-static bool is_reserved(const char *name)
-{
-    return strncmp(name, FH_IPC_RESERVED_PREFIX,
-                   sizeof FH_IPC_RESERVED_PREFIX - 1) == 0;
 }
 
 /* 0, or -1 with errno for a name that cannot go on the wire. */
@@ -656,14 +611,9 @@ static int next_timeout_ms(void)
     long best = -1;
 
     pthread_mutex_lock(&g.lock);
-    for (struct pending *p = g.pending; p; p = p->next) {
-        if (p->heap) {
-            long ms = ms_until(&p->deadline);
-
-            if (best < 0 || ms < best)
-                best = ms;
-        }
-    }
+    for (struct pending *p = g.pending; p; p = p->next)
+        if (p->heap)
+            best = ms_sooner(best, &p->deadline);
     pthread_mutex_unlock(&g.lock);
     /* acquire: pairs with arm(); want: only this thread raises it. */
     if (atomic_load_explicit(&g_masked, memory_order_acquire)
@@ -743,7 +693,7 @@ static void handle_incoming(const struct fh_ipc_hdr *h, const unsigned char *par
 {
     fh_ipc_action_t fn = NULL;
     struct fh_ipc_msg *m;
-    struct peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
+    struct fh__ipc_peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
     int rc;
 
     pthread_mutex_lock(&g.lock);
@@ -1109,14 +1059,7 @@ static void atfork_child(void)
         q = next;
     }
     g.due = NULL;
-    {
-        pthread_condattr_t ca;
-
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&g.cond, &ca);
-        pthread_condattr_destroy(&ca);
-    }
+    cond_init_monotonic(&g.cond);
     if (g.fd >= 0)
         close(g.fd);
     if (g.wake >= 0)
@@ -1153,13 +1096,8 @@ static void atfork_child(void)
 
 static void init_once(void)
 {
-    pthread_condattr_t ca;
-
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_destroy(&g.cond);
-    pthread_cond_init(&g.cond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&g.cond);
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -1336,6 +1274,52 @@ static int ensure_started(void)
     return rc;
 }
 
+/* -- shared with ipc_primary.c (ipc_internal.h) ----------------------------- */
+
+int fh__ipc_check_flat(const char *name, int len_param, const int *fds,
+                       int num_fds, bool user)
+{
+    return check_flat(name, len_param, fds, num_fds, user);
+}
+
+int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
+                       const char *name, const void *param, uint32_t plen,
+                       const int *fds, int nfds, int wait_ms)
+{
+    return send_frame(fd, type, id, status, name, param, plen, fds, nfds, wait_ms);
+}
+
+int fh__ipc_check_msg(const struct fh_ipc_msg *m, bool user)
+{
+    return check_msg(m, user);
+}
+
+bool fh__ipc_peer_shut(int fd)
+{
+    return peer_shut(fd);
+}
+
+long fh__ipc_timeout_ms(const struct timespec *ts)
+{
+    return timeout_ms(ts);
+}
+
+fh_ipc_action_t fh__ipc_action(const char *name)
+{
+    fh_ipc_action_t fn = NULL;
+
+    pthread_once(&g_once, init_once);
+    pthread_mutex_lock(&g.lock);
+    for (struct action *a = g.actions; a; a = a->next) {
+        if (strcmp(a->name, name) == 0) {
+            fn = a->fn;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g.lock);
+    return fn;
+}
+
 /* -- the API -------------------------------------------------------------- */
 
 FH_API int fh_ipc_set_primary(const char *path, pid_t primary_pid)
@@ -1459,6 +1443,8 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
 
 FH_API int fh_ipc_send(const struct fh_ipc_msg *msg)
 {
+    if (fh__ipc_primary_here())         /* a C primary: to every member */
+        return fh__ipc_primary_send(msg, 0) < 0 ? -1 : 0;
     if (check_msg(msg, true) < 0)
         return -1;
     return fh_ipc_send_raw(msg->name, msg->param, msg->len_param, msg->fds,
@@ -1544,6 +1530,8 @@ FH_API int fh_ipc_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *rep
         errno = EINVAL;
         return -1;
     }
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request(req, 0, reply, ts);
     return request_sync(req->name, req->param, req->len_param, req->fds,
                         req->num_fds, timeout_ms(ts), reply, NULL, NULL, NULL);
 }
@@ -1642,6 +1630,8 @@ FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
                                 const struct timespec *ts,
                                 fh_ipc_async_t callback, void *arg)
 {
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request_async(req, 0, ts, callback, arg);
     if (check_msg(req, true) < 0)
         return -1;
     return request_async(req->name, req->param, req->len_param, req->fds,
@@ -1650,12 +1640,13 @@ FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
 
 FH_API int fh_ipc_on_ipc_thread(void)
 {
-    return t_on_ipc_thread;
+    return t_on_ipc_thread || fh__ipc_primary_thread();
 }
 
+/* A C primary's peer starts with the same struct (ipc_primary.c). */
 FH_API uint64_t fh_ipc_peer_id(const void *peer)
 {
-    return peer ? ((const struct peer *)peer)->id : 0;
+    return peer ? ((const struct fh__ipc_peer *)peer)->id : 0;
 }
 
 FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
@@ -1683,16 +1674,12 @@ FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
 
 FH_API int fh_ipc_reply(const struct fh_ipc_msg *msg, const void *peer)
 {
-    const struct peer *pr = peer;
+    const struct fh__ipc_peer *pr = peer;
 
-    if (!pr || pr != t_peer || !t_on_ipc_thread || !pr->id) {
-        errno = EINVAL;         /* only during the action, for a request */
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_reply(msg, peer);
+    if (may_reply(pr, t_on_ipc_thread ? t_peer : NULL) < 0)
         return -1;
-    }
-    if (pr->replied) {
-        errno = EALREADY;
-        return -1;
-    }
     if (check_msg(msg, false) < 0)
         return -1;
     return fh_ipc_reply_raw(pr->id, FH_IPC_OK, msg->name, msg->param,
@@ -1779,6 +1766,10 @@ FH_API int fh_ipc_stop(void)
 
 FH_API void fh_ipc_stats(struct fh_ipc_stats *out)
 {
+    if (fh__ipc_primary_here()) {
+        fh__ipc_primary_stats(out);
+        return;
+    }
 #define LOAD(f) out->f = atomic_load_explicit(&st.f, memory_order_relaxed)
     LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored);
     LOAD(no_action); LOAD(malformed); LOAD(action_errors); LOAD(timeouts);

@@ -399,6 +399,26 @@ static int is_elf(int dirfd, const char *path)
     return r == (ssize_t)sizeof magic && memcmp(magic, "\177ELF", 4) == 0;
 }
 
+/* A shared object's name: NAME.so, or NAME.so.1, NAME.so.1.2... */
+static int named_shared_object(const char *path)
+{
+    const char *base = strrchr(path, '/'), *so, *p;
+
+    base = base != NULL ? base + 1 : path;
+    for (so = strstr(base, ".so"); so != NULL; so = strstr(so + 1, ".so")) {
+        if (so == base)
+            continue;                    /* ".so" alone names no library */
+        for (p = so + 3; *p == '.' && p[1] >= '0' && p[1] <= '9';) {
+            p++;
+            while (*p >= '0' && *p <= '9')
+                p++;
+        }
+        if (*p == '\0')
+            return 1;
+    }
+    return 0;
+}
+
 /* ASCII identifiers joined by single dots, n bytes of s. */
 static int dotted(const char *s, size_t n)
 {
@@ -561,6 +581,16 @@ FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
                   "and ");
         put_repr(&o, path, strlen(path));
         puts_(&o, " is not ELF");
+        return entry_error(t, EXIT_CANNOT_RUN);
+    }
+    if (named_shared_object(path)) {
+        /* Named as a library is run as one, as exec would (ENOEXEC), not
+         * as Python source. */
+        struct out o = {t->message, sizeof t->message, 0};
+
+        puts_(&o, "entry ");
+        put_repr(&o, entry, n);
+        puts_(&o, ": named as a shared object, and not ELF");
         return entry_error(t, EXIT_CANNOT_RUN);
     }
     return decided(t, FH_ENTRY_SCRIPT, path, NULL);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "forkhost.h"
+#include "fhtest_ipc.h"
 
 #define CHECK(cond, ...) do {                                              \
     if (!(cond)) {                                                         \
@@ -64,86 +65,37 @@ static void set_param(struct fh_ipc_msg *m, const char *text)
 
 /* -- the fake primary (runs in a forked child) ---------------------------- */
 
-struct rec {
-    struct fh_ipc_hdr h;
-    unsigned char     param[FH_IPC_PARAM_MAX];
-    int               fds[FH_IPC_FDS_MAX];
-    int               nfds;
-};
-
 static void fp_send(int fd, uint16_t type, uint64_t id, int32_t status,
                     const char *name, const void *param, uint32_t plen,
                     const int *fds, int nfds)
 {
-    unsigned char buf[FH_IPC_RECORD_MAX];
-    struct fh_ipc_hdr h;
-    union { struct cmsghdr c; unsigned char b[CMSG_SPACE(8 * sizeof(int))]; } ctl;
-    struct iovec iov = { buf, FH_IPC_HDR_SIZE + plen };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-    memset(&h, 0, sizeof h);
-    h.magic = FH_IPC_MAGIC;
-    h.version = FH_IPC_VERSION;
-    h.type = type;
-    h.len = FH_IPC_HDR_SIZE + plen;
-    h.nfds = (uint32_t)nfds;
-    h.id = id;
-    h.param_len = plen;
-    h.status = status;
-    if (name)
-        snprintf(h.name, sizeof h.name, "%s", name);
-    memcpy(buf, &h, sizeof h);
-    if (plen)
-        memcpy(buf + FH_IPC_HDR_SIZE, param, plen);
-    if (nfds) {
-        memset(&ctl, 0, sizeof ctl);
-        mh.msg_control = ctl.b;
-        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        ctl.c.cmsg_level = SOL_SOCKET;
-        ctl.c.cmsg_type = SCM_RIGHTS;
-        ctl.c.cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(&ctl.c), fds, nfds * sizeof(int));
-    }
-    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0)
+    if (fht_send_rec(fd, type, id, status, name, param, plen, fds, nfds) < 0)
         _exit(20);
 }
 
 /* The next record from the secondary, within 10 s; exits the fake on
  * anything else, so a broken library fails the test instead of hanging. */
-static void fp_recv(int fd, struct rec *r, uint16_t want_type, const char *want_name)
+static void fp_recv(int fd, struct fht_rec *r, uint16_t want_type, const char *want_name)
 {
-    unsigned char buf[FH_IPC_RECORD_MAX];
-    union { struct cmsghdr c; unsigned char b[CMSG_SPACE(8 * sizeof(int))]; } ctl;
-    struct iovec iov = { buf, sizeof buf };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = ctl.b, .msg_controllen = sizeof ctl.b };
     struct pollfd p = { fd, POLLIN, 0 };
     ssize_t n;
 
     if (poll(&p, 1, 10000) != 1)
         _exit(21);
-    n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    n = fht_recv_rec(fd, r);
     if (n < (ssize_t)FH_IPC_HDR_SIZE)
         _exit(22);
-    memcpy(&r->h, buf, sizeof r->h);
     if (r->h.magic != FH_IPC_MAGIC || r->h.version != FH_IPC_VERSION
         || r->h.len != (uint32_t)n || r->h.type != want_type
         || (want_name && strcmp(r->h.name, want_name) != 0))
         _exit(23);
-    memcpy(r->param, buf + FH_IPC_HDR_SIZE, r->h.param_len);
-    r->nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_type == SCM_RIGHTS) {
-            r->nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            memcpy(r->fds, CMSG_DATA(c), r->nfds * sizeof(int));
-        }
     if ((uint32_t)r->nfds != r->h.nfds)
         _exit(24);
 }
 
 static void fake_primary(int listener, pid_t member)
 {
-    struct rec r;
+    struct fht_rec r;
     struct fh_ipc_hello hello;
     struct fh_ipc_welcome w = { (int32_t)getpid(), 1, FH_IPC_NAME_MAX,
                                 FH_IPC_PARAM_MAX };
@@ -271,13 +223,6 @@ static int on_echo2(const struct fh_ipc_msg *msg, const void *peer)
     return 0;
 }
 
-static int on_fails(const struct fh_ipc_msg *msg, const void *peer)
-{
-    (void)msg;
-    (void)peer;
-    return -1;
-}
-
 static int on_recurse(const struct fh_ipc_msg *msg, const void *peer)
 {
     struct fh_ipc_msg *req = calloc(1, sizeof *req), *r = calloc(1, sizeof *r);
@@ -397,7 +342,7 @@ static void test_with_fake_primary(void)
     /* registering joins */
     CHECK(fh_ipc_register("note", on_note) == 0, "register note");
     CHECK(fh_ipc_register("echo2", on_echo2) == 0 &&
-          fh_ipc_register("fails", on_fails) == 0 &&
+          fh_ipc_register("fails", fht_action_fails) == 0 &&
           fh_ipc_register("recurse", on_recurse) == 0, "register");
 
     /* 1. message with an fd */

@@ -146,9 +146,12 @@ int main(void)
     format("ERROR_BODY_FORMAT", h, sizeof(struct fh_error), error,
            COUNT(error));
     /* forkhost/rundir.h: the runtime directory's rules */
+    text("PREFIX_DEFAULT", FH_PREFIX_DEFAULT);
     VALUE("PREFIX_MAX_LEN", FH_PREFIX_MAX_LEN);
     text("PREFIX_INVALID", FH_PREFIX_INVALID);
     text("RUNDIR_SHARED_SUBDIR", FH_RUNDIR_SHARED_SUBDIR);
+    text("RUNDIR_TOO_LONG", FH_RUNDIR_TOO_LONG);
+    text("PREFIX_IN_USE", FH_PREFIX_IN_USE);
     VALUE("SOCKET_PATH_MAX", FH_SOCKET_PATH_MAX);
     text("SOCKET_PATH_TOO_LONG", FH_SOCKET_PATH_TOO_LONG);
     /* forkhost/init.h and client.h: a primary's defaults, the client's */

@@ -7,7 +7,8 @@
  *
  *  - the primary of its prefix: fh_init takes the prefix's lock, creates
  *    the arena and template.sock, forks the template (this process must be
- *    single-threaded then), writes the prefix's config record and returns;
+ *    single-threaded then), starts IPC (ipc.h: fh_ipc_* act as the
+ *    primary's), writes the prefix's config record and returns;
  *    the program goes on as the primary and may start threads;
  *
  *  - a secondary, started from a shell: fh_init hands this very executable

@@ -4,10 +4,11 @@
  * asynchronous requests that count their replies, up to 8 fds per message.
  *
  * This is the native secondary's side, which a Python secondary uses too
- * (through the flat calls at the end), and the primary's receive loop.
- * The primary is a Python process (forkhost/ipc.py) that runs that loop
- * and its actions; everything speaks the wire format defined here and
- * described in docs/ipc.md.  Change the three together and bump
+ * (through the flat calls at the end), a C primary's endpoint
+ * (fh_ipc_primary_*), and the receive loop both primaries run: a Python
+ * primary (forkhost/ipc.py) runs it with its actions in Python.
+ * Everything speaks the wire format defined here and described in
+ * docs/ipc.md.  Change the three together and bump
  * FH_IPC_VERSION.
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET connection from each secondary to
@@ -182,13 +183,14 @@ FH_API int fh_ipc_start(void);
 /* Leave: BYE, close, join the thread.  Not from an action. */
 FH_API int fh_ipc_stop(void);
 
-/* A message to the primary.  0, or -1 with errno (ENOTCONN: not joined or
- * the primary is gone; EAGAIN: its buffer stayed full for 1 s). */
+/* A message to the primary (in a C primary: to every member).  0, or -1
+ * with errno (ENOTCONN: not joined or the primary is gone, or IPC not
+ * started in the primary; EAGAIN: its buffer stayed full for 1 s). */
 FH_API int fh_ipc_send(const struct fh_ipc_msg *msg);
 
-/* Request, wait up to *ts (relative; NULL: 5 s) for the reply.  0 even
- * when it timed out (nb_received < nb_sent), -1 with errno on bad input
- * or EDEADLK on the IPC thread. */
+/* Request (in a C primary: every member), wait up to *ts (relative; NULL:
+ * 5 s) for the replies.  0 even when it timed out (nb_received < nb_sent),
+ * -1 with errno on bad input or EDEADLK on the IPC thread. */
 FH_API int fh_ipc_request(const struct fh_ipc_msg *req,
                           struct fh_ipc_reply *reply,
                           const struct timespec *ts);
@@ -216,6 +218,75 @@ FH_API int fh_ipc_attach(const char *path);
 FH_API pid_t fh_ipc_peer_pid(void);
 /* Why the primary refused the last join (its REFUSE), "" otherwise. */
 FH_API const char *fh_ipc_refusal(void);
+
+/*
+ * Addressing one peer.  In the primary, to is a member's pid (0: every
+ * member, as fh_ipc_send and fh_ipc_request do there); in a secondary it
+ * must be 0 or the primary's pid.  fh_ipc_send_to returns how many peers
+ * the message reached (a member that has just closed is not counted), or
+ * -1 with errno as fh_ipc_send.
+ */
+FH_API int fh_ipc_send_to(const struct fh_ipc_msg *msg, pid_t to);
+FH_API int fh_ipc_request_to(const struct fh_ipc_msg *req, pid_t to,
+                             struct fh_ipc_reply *reply,
+                             const struct timespec *ts);
+FH_API int fh_ipc_request_async_to(const struct fh_ipc_msg *req, pid_t to,
+                                   const struct timespec *ts,
+                                   fh_ipc_async_t callback, void *arg);
+
+/* -------------------------------------------------------------------------
+ * A C primary's endpoint (csrc/lib/ipc_primary.c): the same wire and
+ * behaviour as forkhost/ipc.py's, with no Python in the process.  Once
+ * prepared, the calls above act as the primary's: fh_ipc_send and
+ * fh_ipc_request go to every member (fh_ipc_*_to: to one), actions get
+ * the members' messages and requests, fh_ipc_reply answers them (during
+ * the action), and a sync request made on the IPC thread fails with
+ * EDEADLK.  The sequence is forkhost/primary.py's:
+ *
+ *     int efd = fh_ipc_primary_prepare("<runtime>/<prefix>/ipc.sock");
+ *     cfg.exit_notice_fd = efd;         (struct fh_template_config)
+ *     pid_t tpl = fh_template_fork(&cfg);
+ *     fh_ipc_primary_start(tpl);
+ *     ...
+ *     fh_ipc_primary_stop(grace_ms);    then end the template
+ */
+
+/* An accepted connection that says nothing is closed after this, so idle
+ * connections cannot hold the primary's fds. */
+#define FH_IPC_HELLO_TIMEOUT_MS 5000
+/* Each member is an fd and a little memory in the primary: more are
+ * refused with REFUSE. */
+#define FH_IPC_MAX_MEMBERS 4096
+
+/* Before the template fork, single-threaded: record where IPC will be
+ * (fh_ipc_set_primary(), which every secondary inherits) and make the
+ * channel the template reports exits on.  Returns the template's end, to
+ * pass as fh_template_config.exit_notice_fd, or -1 with errno
+ * (ENAMETOOLONG; EALREADY when already prepared). */
+FH_API int fh_ipc_primary_prepare(const char *socket_path);
+/* After the template fork: close the template's end of the exit channel,
+ * bind the socket (mode 0600) and start the IPC thread (it blocks every
+ * signal).  0 (also when already started), or -1 with errno (EINVAL: not
+ * prepared or no template pid; bind and thread errors). */
+FH_API int fh_ipc_primary_start(pid_t template_pid);
+/* Tell the members forkhost.shutdown; those that answer get until
+ * grace_ms after the notice to close their connections and, for
+ * secondaries, to exit (the template's exit record).  Then stop the thread,
+ * close every connection (the rest see EOF), complete what is pending and
+ * unlink the socket.  Not from an action (EDEADLK).  0, or -1 with errno
+ * (EINVAL: not prepared). */
+FH_API int fh_ipc_primary_stop(unsigned grace_ms);
+
+/* The primary's members (Python's ipc.members()): secondary is 1 when the
+ * member's parent is the template (otherwise it attached). */
+struct fh_ipc_member {
+    pid_t pid;
+    pid_t ppid;
+    int   secondary;
+};
+/* Fills up to max members in join order; returns how many there are (may
+ * be more than max), or -1 with ENOTCONN when IPC is not running here. */
+FH_API int fh_ipc_members(struct fh_ipc_member *out, int max);
 
 /* -------------------------------------------------------------------------
  * For forkhost/ipc.py (the Python binding); not needed by native

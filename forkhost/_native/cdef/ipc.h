@@ -11,6 +11,8 @@ int fh_ipc_primary_pid(void);
 #define FH_IPC_NAME_MAX 64
 #define FH_IPC_PARAM_MAX 4096
 #define FH_IPC_FDS_MAX 8
+#define FH_IPC_HELLO_TIMEOUT_MS ...
+#define FH_IPC_MAX_MEMBERS ...
 
 struct fh_ipc_hdr {
     uint32_t magic;

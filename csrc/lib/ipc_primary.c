@@ -1,0 +1,1527 @@
+/*
+ * ipc_primary.c - a C primary's IPC endpoint: what forkhost/ipc.py's
+ * _PrimaryEndpoint does for a Python primary, with no Python in the
+ * process.  Same wire (forkhost/ipc.h, docs/ipc.md), same behaviour: the
+ * listener on <runtime>/<prefix>/ipc.sock, HELLO/WELCOME and the refusals
+ * of a first record that is not a valid HELLO, the members, actions run
+ * for their messages and requests, requests from the primary to every
+ * member or one with replies counted, the template's exit records turned
+ * into forkhost.exit, and forkhost.shutdown with its grace.
+ *
+ * One IPC thread runs libforkhost's receive loop (fh_ipc_loop_*, ipc.c),
+ * which reads and checks the members' records; its upcall (up() below)
+ * does the rest, on that thread: actions, replies to our requests,
+ * accepting, first records, exit records, deadlines.  Any thread may send
+ * and request.
+ *
+ * P.lock guards the connection list, the pending requests, the reaped
+ * pids and every conn's closing/users.  A conn is closed and freed only
+ * once it is closing (dropped by the IPC thread, or torn down) and no
+ * other thread is sending on it (users), so a recycled fd number never
+ * gets our records.  Only the IPC thread drops conns and touches P.byfd,
+ * so it uses a conn without the lock.  It never holds P.lock while an
+ * action or callback runs.
+ */
+#include "forkhost/ipc.h"
+#include "forkhost/template.h"
+#include "ipc_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FH_CMSG_SPACE CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))
+/* Records drained from a refused connection before it is closed. */
+#define REFUSE_DRAIN 64
+
+struct conn {
+    struct conn    *next;       /* P.conns, in accept order */
+    int             fd;
+    pid_t           pid;        /* SO_PEERCRED at accept */
+    pid_t           ppid;       /* from its HELLO */
+    bool            joined;     /* said HELLO: a member */
+    bool            closing;    /* dropped: closed once users is 0 */
+    int             users;      /* threads sending on it outside P.lock */
+    struct timespec hello_deadline;
+};
+
+struct preq {
+    struct preq       *next;
+    uint64_t           id;
+    bool               done, issuing;
+    int                nb_sent;
+    struct conn      **waiting; /* reached, not answered (P.lock) */
+    int                nwaiting;
+    struct fh_ipc_msg *msgs;    /* the answers, malloc'd, in arrival order */
+    int                nmsgs, capmsgs;
+    struct timespec    deadline;/* CLOCK_MONOTONIC */
+    fh_ipc_async_t     cb;      /* NULL: sync */
+    void              *arg;
+    struct fh_ipc_msg  req;     /* async: handed back to cb */
+};
+
+/* What an action's peer argument points at (on the IPC thread's stack):
+ * the shared part first (fh_ipc_peer_id() reads its id). */
+struct ppeer {
+    struct fh__ipc_peer r;
+    struct conn        *conn;
+};
+
+/* Counters, independent tallies: relaxed (as in ipc.c). */
+struct counters {
+    atomic_uint_fast64_t received, dropped, notices_ignored, no_action,
+        malformed, action_errors, timeouts, peer_died, late_replies,
+        send_failed;
+};
+#define COUNT(f) atomic_fetch_add_explicit(&P.st.f, 1, memory_order_relaxed)
+#define COUNT_N(f, n) atomic_fetch_add_explicit(&P.st.f, (uint64_t)(n), \
+                                                memory_order_relaxed)
+
+static struct {
+    pthread_mutex_t     lock;
+    pthread_cond_t      cond;   /* CLOCK_MONOTONIC: requests done, members */
+    char                path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    char                prefix[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    ino_t               ino;
+    int                 listen_fd, exit_fd, exit_theirs;
+    pid_t               pid, template_pid;
+    struct fh_ipc_loop *loop;
+    pthread_t           thread;
+    bool                have_thread;
+    bool                running;        /* requests accepted (P.lock) */
+    int                 senders;        /* threads between targets_locked()
+                                           and untarget(): P.loop in use */
+    struct conn        *conns;          /* every accepted one (P.lock) */
+    int                 nconns;
+    struct conn       **byfd;           /* IPC thread only */
+    size_t              nbyfd;
+    struct preq        *pending;        /* P.lock */
+    struct preq        *due;            /* async completed elsewhere */
+    uint64_t            next_id;
+    bool                tracking;       /* during stop: reaped pids */
+    pid_t              *reaped;
+    int                 nreaped, capreaped;
+    struct fh_ipc_msg  *rx;             /* what an action gets */
+    struct counters     st;
+} P = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
+        .listen_fd = -1, .exit_fd = -1, .exit_theirs = -1 };
+
+/* Set by fh_ipc_primary_prepare() (single-threaded, before any thread
+ * reads it), cleared in a forked child and by stop: release/acquire so a
+ * thread that sees it also sees P as prepare left it. */
+static atomic_bool p_here;
+static pthread_once_t p_once = PTHREAD_ONCE_INIT;
+static _Thread_local bool t_ipc_thread;
+static _Thread_local struct ppeer *t_ppeer;     /* the running action's */
+
+/* -- helpers ---------------------------------------------------------- */
+
+static const char *type_name(unsigned t)
+{
+    switch (t) {
+    case FH_IPC_MSG:     return "MSG";
+    case FH_IPC_REQUEST: return "REQUEST";
+    case FH_IPC_REPLY:   return "REPLY";
+    case FH_IPC_HELLO:   return "HELLO";
+    case FH_IPC_WELCOME: return "WELCOME";
+    case FH_IPC_REFUSE:  return "REFUSE";
+    case FH_IPC_BYE:     return "BYE";
+    default:             return NULL;
+    }
+}
+
+/* With P.lock: take c off P.conns. */
+static void unlink_locked(struct conn *c)
+{
+    for (struct conn **pp = &P.conns; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            P.nconns--;
+            break;
+        }
+    }
+}
+
+/* With P.lock: free a dropped conn once nobody sends on it. */
+static void release_locked(struct conn *c)
+{
+    if (c->closing && c->users == 0) {
+        close(c->fd);
+        free(c);
+    }
+}
+
+/* With P.lock: stop waiting for c in p; false when p was not. */
+static bool unwait_locked(struct preq *p, struct conn *c)
+{
+    for (int i = 0; i < p->nwaiting; i++) {
+        if (p->waiting[i] == c) {
+            p->waiting[i] = p->waiting[--p->nwaiting];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* With P.lock: p is complete; a sync requester wakes up. */
+static void finish_locked(struct preq *p)
+{
+    if (p->done)
+        return;
+    p->done = true;
+    for (struct preq **pp = &P.pending; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    p->next = NULL;
+    pthread_cond_broadcast(&P.cond);
+}
+
+/* Wait for sync request p to complete, or its deadline: then the members
+ * still waited for count as timeouts and p is complete. */
+static void await_done(struct preq *p)
+{
+    pthread_mutex_lock(&P.lock);
+    while (!p->done) {
+        if (pthread_cond_timedwait(&P.cond, &P.lock, &p->deadline) == ETIMEDOUT)
+            break;
+    }
+    if (!p->done) {
+        COUNT_N(timeouts, p->nwaiting);
+        finish_locked(p);
+    }
+    pthread_mutex_unlock(&P.lock);
+}
+
+static void free_preq(struct preq *p)
+{
+    free(p->waiting);
+    free(p->msgs);
+    free(p);
+}
+
+/* An async request is complete: its callback, then it is gone (the fds of
+ * the answers are the callback's). */
+static void run_async(struct preq *p)
+{
+    struct fh_ipc_reply r = { p->nb_sent, p->nmsgs, p->nmsgs ? p->msgs : NULL };
+
+    p->cb(&p->req, &r, p->arg);
+    free_preq(p);
+}
+
+static void run_list(struct preq *p)
+{
+    while (p) {
+        struct preq *next = p->next;
+
+        run_async(p);
+        p = next;
+    }
+}
+
+/* The loop looks at its deadlines again (from any thread). */
+static void wake_loop(void)
+{
+    pthread_mutex_lock(&P.lock);
+    if (P.have_thread)          /* (P.loop is freed only under P.lock) */
+        fh_ipc_loop_wake(P.loop);
+    pthread_mutex_unlock(&P.lock);
+}
+
+/* Callbacks run on the IPC thread only: from another thread, hand it over
+ * (the thread runs P.due at its next tick; stop runs what is left). */
+static void complete_async(struct preq *p)
+{
+    if (!t_ipc_thread) {
+        pthread_mutex_lock(&P.lock);
+        if (P.have_thread) {
+            p->next = P.due;
+            P.due = p;
+            fh_ipc_loop_wake(P.loop);
+            pthread_mutex_unlock(&P.lock);
+            return;
+        }
+        pthread_mutex_unlock(&P.lock);
+    }
+    run_async(p);
+}
+
+/* With P.lock: the members to send to (to: one pid, 0: all; not except),
+ * each held (users) until untarget(). */
+static int targets_locked(pid_t to, pid_t except, struct conn ***out)
+{
+    struct conn **t;
+    int n = 0;
+
+    for (struct conn *c = P.conns; c; c = c->next)
+        n++;
+    t = malloc((size_t)(n ? n : 1) * sizeof *t);
+    if (!t)
+        return -1;
+    n = 0;
+    for (struct conn *c = P.conns; c; c = c->next) {
+        if (c->joined && !c->closing && (to == 0 || c->pid == to) && c->pid != except) {
+            c->users++;
+            t[n++] = c;
+        }
+    }
+    P.senders++;
+    *out = t;
+    return n;
+}
+
+static void untarget(struct conn **t, int n)
+{
+    pthread_mutex_lock(&P.lock);
+    for (int i = 0; i < n; i++) {
+        t[i]->users--;
+        release_locked(t[i]);
+    }
+    if (--P.senders == 0)
+        pthread_cond_broadcast(&P.cond);    /* stop may wait for it */
+    pthread_mutex_unlock(&P.lock);
+    free(t);
+}
+
+/* One record to a held member; the IPC thread never waits for room. */
+static bool send_conn(struct conn *c, int type, uint64_t id, const char *name,
+                      const void *param, int len, const int *fds, int nfds)
+{
+    return fh_ipc_send_fd(P.loop, c->fd, type, id, 0, name, param, len, fds, nfds,
+                          t_ipc_thread ? 0 : FH_IPC_SEND_TIMEOUT_MS) == 0;
+}
+
+/* -- the primary's own sends and requests ----------------------------- */
+
+static int send_to(const char *name, const void *param, int len, const int *fds,
+                   int nfds, pid_t to, pid_t except, int type)
+{
+    struct conn **t;
+    int n, reached = 0;
+
+    pthread_mutex_lock(&P.lock);
+    if (!P.running) {
+        pthread_mutex_unlock(&P.lock);
+        errno = ENOTCONN;
+        return -1;
+    }
+    n = targets_locked(to, except, &t);
+    pthread_mutex_unlock(&P.lock);
+    if (n < 0)
+        return -1;
+    for (int i = 0; i < n; i++)
+        reached += send_conn(t[i], type, 0, name, param, len, fds, nfds);
+    untarget(t, n);
+    return reached;
+}
+
+/* Send a request to the members (to: one), linked before sending: an
+ * answer can come back before the send returns.  A sync one (cb NULL) is
+ * returned in *out, for its caller to wait on and free; an async one is
+ * the IPC thread's.  0, or -1 with errno. */
+static int issue(const char *name, const void *param, int len, const int *fds,
+                 int nfds, long ms, pid_t to, fh_ipc_async_t cb, void *arg,
+                 struct preq **out)
+{
+    struct preq *p = calloc(1, sizeof *p);
+    struct conn **t;
+    bool finished = false, *ok;
+    int n, sent = 0;
+
+    if (!p)
+        return -1;
+    p->cb = cb;
+    p->arg = arg;
+    p->issuing = true;
+    if (cb) {
+        strcpy(p->req.name, name);
+        p->req.len_param = len;
+        if (len)
+            memcpy(p->req.param, param, (size_t)len);
+        p->req.pid = P.pid;
+    }
+    now_plus(&p->deadline, ms);
+    pthread_mutex_lock(&P.lock);
+    if (!P.running) {
+        pthread_mutex_unlock(&P.lock);
+        free(p);
+        errno = ENOTCONN;
+        return -1;
+    }
+    n = targets_locked(to, 0, &t);
+    p->waiting = n >= 0 ? malloc((size_t)(n ? n : 1) * sizeof *p->waiting) : NULL;
+    ok = n >= 0 ? calloc((size_t)(n ? n : 1), sizeof *ok) : NULL;
+    if (!p->waiting || !ok) {
+        pthread_mutex_unlock(&P.lock);
+        if (n >= 0)
+            untarget(t, n);
+        free(p->waiting);
+        free(ok);
+        free(p);
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(p->waiting, t, (size_t)n * sizeof *t);
+    p->nwaiting = n;
+    p->id = P.next_id++;
+    p->next = P.pending;
+    P.pending = p;
+    pthread_mutex_unlock(&P.lock);
+
+    for (int i = 0; i < n; i++) {
+        ok[i] = send_conn(t[i], FH_IPC_REQUEST, p->id, name, param, len, fds, nfds);
+        sent += ok[i];
+    }
+    pthread_mutex_lock(&P.lock);
+    for (int i = 0; i < n; i++)
+        if (!ok[i])
+            unwait_locked(p, t[i]);
+    p->nb_sent = sent;
+    p->issuing = false;
+    if (p->nwaiting == 0 && !p->done) {
+        finish_locked(p);
+        finished = true;
+    }
+    pthread_mutex_unlock(&P.lock);
+    free(ok);
+    untarget(t, n);
+    if (cb) {
+        if (finished)
+            complete_async(p);  /* (then p is gone) */
+        else
+            wake_loop();        /* a new deadline for the loop */
+    } else {
+        *out = p;
+    }
+    return 0;
+}
+
+static bool check_to(const struct fh_ipc_msg *m, pid_t to)
+{
+    if (!m || to < 0) {
+        errno = EINVAL;
+        return false;
+    }
+    return fh__ipc_check_flat(m->name, m->len_param, m->fds, m->num_fds, true) == 0;
+}
+
+int fh__ipc_primary_send(const struct fh_ipc_msg *m, pid_t to)
+{
+    if (!check_to(m, to))
+        return -1;
+    return send_to(m->name, m->param, m->len_param, m->fds, m->num_fds, to, 0,
+                   FH_IPC_MSG);
+}
+
+int fh__ipc_primary_request(const struct fh_ipc_msg *req, pid_t to,
+                            struct fh_ipc_reply *reply, const struct timespec *ts)
+{
+    long ms = fh__ipc_timeout_ms(ts);
+    struct preq *p;
+
+    reply->nb_sent = reply->nb_received = 0;
+    reply->msgs = NULL;
+    if (t_ipc_thread) {
+        errno = EDEADLK;        /* the thread that would receive the answers */
+        return -1;
+    }
+    if (!check_to(req, to))
+        return -1;
+    if (ms < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (issue(req->name, req->param, req->len_param, req->fds, req->num_fds, ms,
+              to, NULL, NULL, &p) < 0)
+        return -1;
+    await_done(p);
+    reply->nb_sent = p->nb_sent;
+    reply->nb_received = p->nmsgs;
+    reply->msgs = p->nmsgs ? p->msgs : NULL;
+    if (!p->nmsgs)
+        free(p->msgs);
+    free(p->waiting);
+    free(p);
+    return 0;
+}
+
+int fh__ipc_primary_request_async(const struct fh_ipc_msg *req, pid_t to,
+                                  const struct timespec *ts,
+                                  fh_ipc_async_t callback, void *arg)
+{
+    long ms = fh__ipc_timeout_ms(ts);
+
+    if (!callback || ms < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!check_to(req, to))
+        return -1;
+    return issue(req->name, req->param, req->len_param, req->fds, req->num_fds, ms,
+                 to, callback, arg, NULL);
+}
+
+int fh__ipc_primary_reply(const struct fh_ipc_msg *m, const void *peer)
+{
+    struct ppeer *pr = (struct ppeer *)peer;
+    const struct fh__ipc_peer *running = t_ipc_thread && t_ppeer ? &t_ppeer->r : NULL;
+
+    if (may_reply(peer, running) < 0 || fh__ipc_check_msg(m, false) < 0)
+        return -1;
+    pr->r.replied = true;
+    if (m->num_fds == 0)        /* leaves when the upcall returns */
+        return fh_ipc_send_reply(P.loop, pr->conn->fd, pr->r.id, FH_IPC_OK, m->name,
+                                 m->param, m->len_param);
+    return fh_ipc_send_fd(P.loop, pr->conn->fd, FH_IPC_REPLY, pr->r.id, FH_IPC_OK,
+                          m->name, m->param, m->len_param, m->fds, m->num_fds, 0);
+}
+
+void fh__ipc_primary_stats(struct fh_ipc_stats *out)
+{
+    struct fh_ipc_stats l;
+
+    memset(&l, 0, sizeof l);
+    pthread_mutex_lock(&P.lock);
+    if (P.loop)
+        fh_ipc_loop_stats(P.loop, &l);
+    pthread_mutex_unlock(&P.lock);
+#define LOAD(f) out->f = l.f + atomic_load_explicit(&P.st.f, memory_order_relaxed)
+    out->sent = l.sent;
+    LOAD(received); LOAD(dropped); LOAD(notices_ignored); LOAD(no_action);
+    LOAD(malformed); LOAD(action_errors); LOAD(timeouts); LOAD(peer_died);
+    LOAD(late_replies); LOAD(send_failed);
+#undef LOAD
+}
+
+bool fh__ipc_primary_here(void)
+{
+    /* acquire: see p_here. */
+    return atomic_load_explicit(&p_here, memory_order_acquire);
+}
+
+bool fh__ipc_primary_thread(void)
+{
+    return t_ipc_thread;
+}
+
+/* -- the IPC thread: actions, notices, members --------------------------- */
+
+/* Run the action for name with a message (on the IPC thread).  false when
+ * there is none. */
+static bool run_action(const char *name, const void *param, int len,
+                       const int *fds, int nfds, pid_t from, struct ppeer *pr)
+{
+    fh_ipc_action_t fn = fh__ipc_action(name);
+    int rc;
+
+    if (!fn)
+        return false;
+    memset(P.rx->name, 0, sizeof P.rx->name);
+    strcpy(P.rx->name, name);
+    P.rx->len_param = len;
+    if (len)
+        memcpy(P.rx->param, param, (size_t)len);
+    P.rx->num_fds = nfds;
+    if (nfds)
+        memcpy(P.rx->fds, fds, (size_t)nfds * sizeof(int));
+    P.rx->pid = from;
+    P.rx->status = FH_IPC_OK;
+    t_ppeer = pr;
+    rc = fn(P.rx, pr);
+    t_ppeer = NULL;
+    if (rc < 0) {
+        COUNT(action_errors);
+        if (pr->r.id && !pr->r.replied)
+            fh_ipc_send_reply(P.loop, pr->conn->fd, pr->r.id, FH_IPC_ACTION_FAILED,
+                              name, NULL, 0);
+    }
+    return true;
+}
+
+/* forkhost.exit to every member but pid, and to our own action. */
+static void exit_notice(pid_t pid, int code, int sig, uint32_t flags)
+{
+    struct fh_ipc_exit_notice e = { (int32_t)pid, code, sig, flags };
+    struct ppeer pr = { { 0, false }, NULL };
+
+    send_to(FH_IPC_EXIT_NOTICE, &e, sizeof e, NULL, 0, 0, pid, FH_IPC_MSG);
+    run_action(FH_IPC_EXIT_NOTICE, &e, sizeof e, NULL, 0, P.pid, &pr);
+}
+
+static struct conn *conn_of(int fd)
+{
+    return fd >= 0 && (size_t)fd < P.nbyfd ? P.byfd[fd] : NULL;
+}
+
+/* c is gone (EOF, BYE, no HELLO in time): it leaves every request waiting
+ * for it, and a member that is not the template's child and did not say
+ * BYE is reported in forkhost.exit (a secondary's exit the template
+ * reports, with its status). */
+static void drop(struct conn *c, bool bye)
+{
+    struct preq *due = NULL;
+    pid_t pid = c->pid, ppid = c->ppid;
+    bool member = c->joined;
+
+    fh_ipc_loop_unwatch(P.loop, c->fd);        /* (sends what is queued) */
+    P.byfd[c->fd] = NULL;
+    pthread_mutex_lock(&P.lock);
+    unlink_locked(c);
+    c->closing = true;
+    for (struct preq *p = P.pending, *next; p; p = next) {
+        next = p->next;
+        if (unwait_locked(p, c)) {
+            COUNT(peer_died);
+            if (p->nwaiting == 0 && !p->issuing) {
+                finish_locked(p);
+                if (p->cb) {
+                    p->next = due;
+                    due = p;
+                }
+            }
+        }
+    }
+    pthread_cond_broadcast(&P.cond);           /* membership changed */
+    release_locked(c);
+    pthread_mutex_unlock(&P.lock);
+    run_list(due);
+    if (member && !bye && ppid != P.template_pid)
+        exit_notice(pid, 0, 0, 0);
+}
+
+/* A REPLY from a member: to the request it answers, or counted late. */
+static void reply_in(struct conn *c, const struct fh_ipc_hdr *h,
+                     const unsigned char *param, const int *fds, int nfds)
+{
+    struct preq *p;
+    bool complete = false;
+
+    pthread_mutex_lock(&P.lock);
+    for (p = P.pending; p; p = p->next)
+        if (p->id == h->id)
+            break;
+    if (!p || p->done || !unwait_locked(p, c)) {
+        COUNT(late_replies);
+        pthread_mutex_unlock(&P.lock);
+        close_fds(fds, nfds);
+        return;
+    }
+    if (p->nmsgs == p->capmsgs) {
+        int cap = p->capmsgs ? 2 * p->capmsgs : 4;
+        struct fh_ipc_msg *m = realloc(p->msgs, (size_t)cap * sizeof *m);
+
+        if (!m) {               /* not answered, as far as it can tell */
+            pthread_mutex_unlock(&P.lock);
+            close_fds(fds, nfds);
+            return;
+        }
+        p->msgs = m;
+        p->capmsgs = cap;
+    }
+    struct fh_ipc_msg *m = &p->msgs[p->nmsgs++];
+
+    memcpy(m->name, h->name, FH_IPC_NAME_MAX);
+    m->len_param = (int)h->param_len;
+    memcpy(m->param, param, h->param_len);
+    m->num_fds = nfds;
+    if (nfds)
+        memcpy(m->fds, fds, (size_t)nfds * sizeof(int));
+    m->pid = c->pid;
+    m->status = h->status;
+    if (p->nwaiting == 0 && !p->issuing) {
+        finish_locked(p);
+        complete = p->cb != NULL;
+    }
+    pthread_mutex_unlock(&P.lock);
+    if (complete)
+        run_async(p);
+}
+
+/* FH_IPC_UP_RECORD: a checked record from member fd in the loop's buffer.
+ * 1 tells the loop to stop reading fd. */
+static long up_record(int fd)
+{
+    const struct fh_ipc_hdr *h = fh_ipc_loop_buffer(P.loop);
+    const unsigned char *param = (const unsigned char *)h + FH_IPC_HDR_SIZE;
+    const int *fds = fh_ipc_loop_fds(P.loop);
+    int nfds = (int)h->nfds;
+    struct conn *c = conn_of(fd);
+
+    if (!c) {
+        close_fds(fds, nfds);
+        return 1;
+    }
+    switch (h->type) {
+    case FH_IPC_MSG:
+    case FH_IPC_REQUEST: {
+        struct ppeer pr = { { h->type == FH_IPC_REQUEST ? h->id : 0, false }, c };
+
+        if (run_action(h->name, param, (int)h->param_len, fds, nfds, c->pid, &pr))
+            break;
+        close_fds(fds, nfds);
+        if (pr.r.id) {
+            COUNT(no_action);
+            fh_ipc_send_reply(P.loop, fd, pr.r.id, FH_IPC_NO_ACTION, h->name, NULL, 0);
+        } else if (is_reserved(h->name)) {
+            COUNT(notices_ignored);
+        } else {
+            COUNT(dropped);
+        }
+        break;
+    }
+    case FH_IPC_REPLY:
+        reply_in(c, h, param, fds, nfds);
+        break;
+    case FH_IPC_BYE:
+        drop(c, true);          /* it left; it did not exit */
+        return 1;
+    default:                    /* a second HELLO */
+        COUNT(malformed);
+        close_fds(fds, nfds);
+        break;
+    }
+    return 0;
+}
+
+/* Close the fds that came with the record mh received; how many (no more
+ * than FH_IPC_FDS_MAX: a control buffer of FH_CMSG_SPACE holds no more). */
+static int close_received(struct msghdr *mh)
+{
+    int n = 0;
+
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+            for (int i = 0; i < k; i++) {
+                int f;
+
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+                close(f);
+                if (n < FH_IPC_FDS_MAX)
+                    n++;
+            }
+        }
+    }
+    return n;
+}
+
+/* REFUSE, then close so that the peer reads it: closing a unix socket with
+ * unread records makes the peer's recv fail with ECONNRESET before it sees
+ * ours, so drain what it sent and shut reading down first. */
+static void refuse_fd(int fd, const char *why)
+{
+    unsigned char buf[FH_IPC_RECORD_MAX];
+    union {
+        struct cmsghdr hdr;
+        unsigned char  bytes[FH_CMSG_SPACE];
+    } ctl;
+    size_t len = strlen(why);
+
+    fh__ipc_send_frame(fd, FH_IPC_REFUSE, 0, 0, NULL, why,
+                       (uint32_t)(len > FH_IPC_PARAM_MAX ? FH_IPC_PARAM_MAX : len),
+                       NULL, 0, 0);
+    for (int i = 0; i < REFUSE_DRAIN; i++) {
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = ctl.bytes,
+                             .msg_controllen = sizeof ctl.bytes };
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+        if (n < 0)
+            break;
+        close_received(&mh);
+        if (n == 0 && fh__ipc_peer_shut(fd))
+            break;
+    }
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+}
+
+/* A connection that has not joined: REFUSE it and forget it. */
+static void refuse_first(struct conn *c, const char *why)
+{
+    fh_ipc_loop_unwatch(P.loop, c->fd);
+    P.byfd[c->fd] = NULL;
+    pthread_mutex_lock(&P.lock);
+    unlink_locked(c);
+    pthread_mutex_unlock(&P.lock);
+    refuse_fd(c->fd, why);
+    free(c);
+}
+
+/*
+ * What is wrong with the first record of a connection (docs/ipc.md,
+ * "Checks" and "Membership"), in the words forkhost/ipc.py uses: NULL for
+ * a valid HELLO, else the REFUSE text in why.  n bytes arrived with nfds
+ * fds; mflags are recvmsg's.
+ */
+static const char *first_record_why(const unsigned char *buf, ssize_t n, int nfds,
+                                    int mflags, char *why, size_t size)
+{
+    struct fh_ipc_hdr h;
+    const char *bad = NULL;
+    char detail[160];
+    size_t namelen;
+
+    if (n >= 8) {               /* a HELLO of another version: in words */
+        memcpy(&h, buf, 8);
+        if (h.magic == FH_IPC_MAGIC && h.version != FH_IPC_VERSION
+            && h.type == FH_IPC_HELLO) {
+            snprintf(why, size, "IPC version mismatch: the secondary speaks %u, "
+                     "the primary speaks %u", h.version, FH_IPC_VERSION);
+            return why;
+        }
+    }
+    if (n == 0 && nfds == 0) {
+        bad = "an empty record";
+    } else if (mflags & MSG_CTRUNC) {
+        snprintf(detail, sizeof detail, "more than %d fds", FH_IPC_FDS_MAX);
+        bad = detail;
+    } else if (mflags & MSG_TRUNC) {
+        snprintf(detail, sizeof detail, "a record over %u bytes", FH_IPC_RECORD_MAX);
+        bad = detail;
+    } else if (n < (ssize_t)FH_IPC_HDR_SIZE) {
+        snprintf(detail, sizeof detail, "a truncated record (%zd bytes)", n);
+        bad = detail;
+    }
+    if (!bad) {
+        memcpy(&h, buf, sizeof h);
+        namelen = FH_IPC_NAME_MAX;
+        while (namelen > 0 && h.name[namelen - 1] == '\0')
+            namelen--;
+        if (h.magic != FH_IPC_MAGIC) {
+            snprintf(detail, sizeof detail, "bad magic 0x%08x, not an IPC record",
+                     h.magic);
+            bad = detail;
+        } else if (h.version != FH_IPC_VERSION) {
+            snprintf(detail, sizeof detail, "IPC version %u, not %u", h.version,
+                     FH_IPC_VERSION);
+            bad = detail;
+        } else if (h.len != (uint64_t)n || h.param_len != h.len - FH_IPC_HDR_SIZE
+                   || h.param_len > FH_IPC_PARAM_MAX) {
+            snprintf(detail, sizeof detail, "its header says %u bytes with a param "
+                     "of %u, %zd arrived", h.len, h.param_len, n);
+            bad = detail;
+        } else if (h.nfds != (uint32_t)nfds || h.nfds > FH_IPC_FDS_MAX) {
+            snprintf(detail, sizeof detail, "%u fds announced, %d arrived", h.nfds,
+                     nfds);
+            bad = detail;
+        } else if (!type_name(h.type)) {
+            snprintf(detail, sizeof detail, "unknown type 0x%02x", h.type);
+            bad = detail;
+        } else if (h.name[FH_IPC_NAME_MAX - 1] != '\0') {
+            bad = "an unterminated name";
+        } else if ((h.type == FH_IPC_MSG || h.type == FH_IPC_REQUEST
+                    || h.type == FH_IPC_REPLY) != (namelen > 0)
+                   || memchr(h.name, '\0', namelen)) {
+            bad = "a name its type does not allow";
+        } else if ((h.type == FH_IPC_REQUEST || h.type == FH_IPC_REPLY)
+                   != (h.id != 0)) {
+            bad = "a request id its type does not allow";
+        }
+    }
+    if (bad) {
+        snprintf(why, size, "the first IPC record must be HELLO; this one is "
+                 "malformed: %s", bad);
+        return why;
+    }
+    COUNT(received);
+    if (h.type != FH_IPC_HELLO) {
+        snprintf(why, size, "the first IPC record must be HELLO, not %s",
+                 type_name(h.type));
+        return why;
+    }
+    if (h.param_len != sizeof(struct fh_ipc_hello)) {
+        snprintf(why, size, "malformed HELLO: its param is %u bytes, not %zu",
+                 h.param_len, sizeof(struct fh_ipc_hello));
+        return why;
+    }
+    return NULL;
+}
+
+enum { FIRST_WAIT, FIRST_GONE, FIRST_DONE };
+
+/* A connection that has not said HELLO: its first record must be a valid
+ * HELLO; anything else is refused at once with what was wrong. */
+static int read_first(struct conn *c)
+{
+    union {
+        struct fh_ipc_hdr h;
+        unsigned char     bytes[FH_IPC_RECORD_MAX];
+    } buf;
+    union {
+        struct cmsghdr hdr;
+        unsigned char  bytes[FH_CMSG_SPACE];
+    } ctl;
+    struct iovec iov = { buf.bytes, sizeof buf.bytes };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = ctl.bytes,
+                         .msg_controllen = sizeof ctl.bytes };
+    int nfds;
+    char why[256];
+    struct fh_ipc_hello hello;
+    struct fh_ipc_welcome w;
+    ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? FIRST_WAIT : FIRST_GONE;
+    nfds = close_received(&mh); /* a HELLO has none; nothing else is kept */
+    if (n == 0 && nfds == 0 && fh__ipc_peer_shut(c->fd))
+        return FIRST_GONE;
+    if (first_record_why(buf.bytes, n, nfds, mh.msg_flags, why, sizeof why)) {
+        COUNT(malformed);
+        refuse_first(c, why);
+        return FIRST_DONE;
+    }
+    memcpy(&hello, buf.bytes + FH_IPC_HDR_SIZE, sizeof hello);
+    if (fh_ipc_loop_watch(P.loop, c->fd, FH_IPC_WATCH_RECORDS) < 0)
+        return FIRST_GONE;
+    pthread_mutex_lock(&P.lock);
+    c->ppid = hello.ppid;
+    c->joined = true;
+    pthread_cond_broadcast(&P.cond);
+    pthread_mutex_unlock(&P.lock);
+    w.primary_pid = P.pid;
+    w.template_pid = P.template_pid;
+    w.name_max = FH_IPC_NAME_MAX;
+    w.param_max = FH_IPC_PARAM_MAX;
+    fh_ipc_send_fd(P.loop, c->fd, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0, 0);
+    return FIRST_DONE;
+}
+
+static void accept_all(void)
+{
+    for (;;) {
+        struct ucred cr;
+        socklen_t len = sizeof cr;
+        char why[256] = "";
+        struct conn *c;
+        int fd = accept4(P.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+        if (fd < 0) {
+            if (errno == ECONNABORTED || errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
+                fprintf(stderr, "forkhost ipc: accept: %s\n", strerror(errno));
+            return;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+            close(fd);
+            continue;
+        }
+        if (cr.uid != 0 && cr.uid != getuid())
+            snprintf(why, sizeof why, "uid %u may not use the IPC of prefix '%s' "
+                     "(only uid %u and root)", (unsigned)cr.uid, P.prefix,
+                     (unsigned)getuid());
+        else if (P.nconns >= FH_IPC_MAX_MEMBERS)
+            snprintf(why, sizeof why, "too many IPC members (MAX_MEMBERS %d)",
+                     FH_IPC_MAX_MEMBERS);
+        if (why[0]) {
+            refuse_fd(fd, why);
+            continue;
+        }
+        if ((size_t)fd >= P.nbyfd) {
+            size_t n = (size_t)fd + 64;
+            struct conn **b = realloc(P.byfd, n * sizeof *b);
+
+            if (!b) {
+                close(fd);
+                continue;
+            }
+            memset(b + P.nbyfd, 0, (n - P.nbyfd) * sizeof *b);
+            P.byfd = b;
+            P.nbyfd = n;
+        }
+        c = calloc(1, sizeof *c);
+        if (!c || fh_ipc_loop_watch(P.loop, fd, FH_IPC_WATCH_EVENTS) < 0) {
+            fprintf(stderr, "forkhost ipc: cannot take a connection: %s\n",
+                    strerror(errno));
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->fd = fd;
+        c->pid = cr.pid;
+        now_plus(&c->hello_deadline, FH_IPC_HELLO_TIMEOUT_MS);
+        P.byfd[fd] = c;
+        pthread_mutex_lock(&P.lock);
+        struct conn **tail = &P.conns;
+
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = c;
+        P.nconns++;
+        pthread_mutex_unlock(&P.lock);
+    }
+}
+
+/* The template's exit records: one struct fh_template_exit per reaped
+ * secondary, turned into forkhost.exit with its status. */
+static void template_exits(void)
+{
+    for (;;) {
+        struct fh_template_exit e;
+        char buf[64];
+        ssize_t n = recv(P.exit_fd, buf, sizeof buf, MSG_DONTWAIT);
+
+        if (n < 0)
+            return;
+        if (n != (ssize_t)sizeof e)
+            continue;           /* (a datagram socket has no EOF to read) */
+        memcpy(&e, buf, sizeof e);
+        pthread_mutex_lock(&P.lock);
+        if (P.tracking) {       /* stop waits for these */
+            if (P.nreaped == P.capreaped) {
+                int cap = P.capreaped ? 2 * P.capreaped : 16;
+                pid_t *r = realloc(P.reaped, (size_t)cap * sizeof *r);
+
+                if (r) {
+                    P.reaped = r;
+                    P.capreaped = cap;
+                }
+            }
+            if (P.nreaped < P.capreaped)
+                P.reaped[P.nreaped++] = e.pid;
+            pthread_cond_broadcast(&P.cond);
+        }
+        pthread_mutex_unlock(&P.lock);
+        if (WIFEXITED(e.status))
+            exit_notice(e.pid, WEXITSTATUS(e.status), 0, FH_IPC_EXIT_STATUS_KNOWN);
+        else if (WIFSIGNALED(e.status))
+            exit_notice(e.pid, 0, WTERMSIG(e.status), FH_IPC_EXIT_STATUS_KNOWN);
+    }
+}
+
+/* FH_IPC_UP_TICK: callbacks handed over, expired async requests and HELLO
+ * deadlines; the next timeout in ms, -1 for none. */
+static long tick(void)
+{
+    struct preq *due, *expired = NULL;
+    long best = -1;
+
+    pthread_mutex_lock(&P.lock);
+    due = P.due;
+    P.due = NULL;
+    for (struct preq *p = P.pending, *next; p; p = next) {
+        next = p->next;
+        if (p->cb && !p->issuing && ms_until(&p->deadline) == 0) {
+            COUNT_N(timeouts, p->nwaiting);
+            finish_locked(p);
+            p->next = expired;
+            expired = p;
+        }
+    }
+    pthread_mutex_unlock(&P.lock);
+    run_list(due);
+    run_list(expired);
+    for (size_t fd = 0; fd < P.nbyfd; fd++) {
+        struct conn *c = P.byfd[fd];
+
+        if (c && !c->joined && ms_until(&c->hello_deadline) == 0)
+            drop(c, false);     /* said nothing: closed without a word */
+    }
+    pthread_mutex_lock(&P.lock);
+    for (struct conn *c = P.conns; c; c = c->next) {
+        if (!c->joined)
+            best = ms_sooner(best, &c->hello_deadline);
+    }
+    for (struct preq *p = P.pending; p; p = p->next) {
+        if (p->cb)
+            best = ms_sooner(best, &p->deadline);
+    }
+    pthread_mutex_unlock(&P.lock);
+    return best < 0 ? -1 : best + 1;
+}
+
+static long up(void *arg, int kind, int fd, uint32_t events, int len)
+{
+    struct conn *c;
+
+    (void)arg;
+    (void)len;
+    switch (kind) {
+    case FH_IPC_UP_RECORD:
+        return up_record(fd);
+    case FH_IPC_UP_GONE:
+        if ((c = conn_of(fd)))
+            drop(c, false);
+        return 0;
+    case FH_IPC_UP_EVENT:
+        if (fd == P.listen_fd) {
+            accept_all();
+        } else if (fd == P.exit_fd) {
+            template_exits();
+        } else if ((c = conn_of(fd))) {
+            int r = read_first(c);
+
+            if (r == FIRST_GONE || (r == FIRST_WAIT && (events & (EPOLLHUP | EPOLLERR))
+                                    && !(events & EPOLLIN)))
+                drop(c, false);
+        }
+        return 0;
+    case FH_IPC_UP_TICK:
+        return tick();
+    default:
+        return 0;
+    }
+}
+
+static void *ipc_thread(void *unused)
+{
+    (void)unused;
+    t_ipc_thread = true;
+    if (fh_ipc_loop_run(P.loop, up, NULL) < 0)
+        fprintf(stderr, "forkhost ipc: the receive loop failed: %s\n",
+                strerror(errno));
+    return NULL;
+}
+
+/* -- start and stop ------------------------------------------------------ */
+
+/* A forked child has no IPC thread: it forgets the endpoint, closing its
+ * copies of the connections (the parent's membership ends with the
+ * parent) and of the listener.  The exit channel is left alone: the
+ * template keeps its end by number and closes the rest itself. */
+static void atfork_child(void)
+{
+    if (!atomic_load_explicit(&p_here, memory_order_relaxed))
+        return;                 /* relaxed: the child is single-threaded */
+    atomic_store_explicit(&p_here, false, memory_order_relaxed);
+    for (struct conn *c = P.conns, *next; c; c = next) {
+        next = c->next;
+        close(c->fd);
+        free(c);
+    }
+    for (struct preq *p = P.pending, *next; p; p = next) {
+        next = p->next;         /* sync ones live on other threads' stacks */
+        if (p->cb)
+            free_preq(p);
+    }
+    if (P.listen_fd >= 0)
+        close(P.listen_fd);
+    if (P.loop) {
+        fh_ipc_loop_forget(P.loop);
+        fh_ipc_loop_free(P.loop);
+    }
+    free(P.byfd);
+    free(P.reaped);
+    free(P.rx);
+    memset(&P, 0, sizeof P);
+    P.listen_fd = P.exit_fd = P.exit_theirs = -1;
+    pthread_mutex_init(&P.lock, NULL);
+    cond_init_monotonic(&P.cond);
+}
+
+static void init_once(void)
+{
+    pthread_cond_destroy(&P.cond);
+    cond_init_monotonic(&P.cond);
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+FH_API int fh_ipc_primary_prepare(const char *socket_path)
+{
+    int sv[2];
+    const char *slash, *prev;
+
+    pthread_once(&p_once, init_once);
+    if (atomic_load_explicit(&p_here, memory_order_relaxed)) {
+        errno = EALREADY;       /* relaxed: only this thread sets it */
+        return -1;
+    }
+    if (!socket_path || strlen(socket_path) >= sizeof P.path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (fh_ipc_set_primary(socket_path, getpid()) < 0)
+        return -1;
+    /* The template must never block on us: both ends nonblocking (a full
+     * buffer drops the record). */
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+        return -1;
+    strcpy(P.path, socket_path);
+    /* The prefix, for REFUSE's words: the directory ipc.sock is in. */
+    slash = strrchr(P.path, '/');
+    prev = slash;
+    while (prev && prev > P.path && prev[-1] != '/')
+        prev--;
+    if (slash && prev)
+        snprintf(P.prefix, sizeof P.prefix, "%.*s", (int)(slash - prev), prev);
+    P.pid = getpid();
+    P.exit_fd = sv[0];
+    P.exit_theirs = sv[1];
+    /* release: see p_here. */
+    atomic_store_explicit(&p_here, true, memory_order_release);
+    return sv[1];
+}
+
+static int bind_listener(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct stat st;
+    mode_t old;
+    int fd, rc;
+
+    strcpy(sa.sun_path, P.path);
+    unlink(P.path);             /* a dead primary's: we hold the prefix */
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    old = umask(0177);          /* created 0600 */
+    rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc < 0 || chmod(P.path, 0600) < 0 || listen(fd, SOMAXCONN) < 0
+        || stat(P.path, &st) < 0) {
+        int e = errno;
+
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    P.ino = st.st_ino;
+    return fd;
+}
+
+/* Each member costs an fd: raise the soft RLIMIT_NOFILE towards the hard
+ * one so that FH_IPC_MAX_MEMBERS of them fit (as forkhost/ipc.py does for
+ * --max-secondaries). */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    rlim_t want = FH_IPC_MAX_MEMBERS + 256;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+FH_API int fh_ipc_primary_start(pid_t template_pid)
+{
+    sigset_t all, old;
+    int e;
+
+    if (!fh__ipc_primary_here() || template_pid <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (P.have_thread)
+        return 0;
+    if (P.exit_theirs >= 0) {   /* the template's now */
+        close(P.exit_theirs);
+        P.exit_theirs = -1;
+    }
+    P.template_pid = template_pid;
+    raise_nofile();
+    P.rx = P.rx ? P.rx : malloc(sizeof *P.rx);
+    P.loop = fh_ipc_loop_new();
+    if (!P.rx || !P.loop)
+        goto fail;
+    P.listen_fd = bind_listener();
+    if (P.listen_fd < 0
+        || fh_ipc_loop_watch(P.loop, P.listen_fd, FH_IPC_WATCH_EVENTS) < 0
+        || (P.exit_fd >= 0
+            && fh_ipc_loop_watch(P.loop, P.exit_fd, FH_IPC_WATCH_EVENTS) < 0))
+        goto fail;
+    P.next_id = 1;
+    pthread_mutex_lock(&P.lock);
+    P.running = true;
+    P.have_thread = true;
+    pthread_mutex_unlock(&P.lock);
+    /* The library's thread blocks every signal: a process-directed one
+     * goes to the program's own threads.  It inherits the mask. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    e = pthread_create(&P.thread, NULL, ipc_thread, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e) {
+        pthread_mutex_lock(&P.lock);
+        P.running = P.have_thread = false;
+        pthread_mutex_unlock(&P.lock);
+        errno = e;
+        goto fail;
+    }
+    return 0;
+
+fail:
+    e = errno;
+    if (P.listen_fd >= 0) {
+        close(P.listen_fd);
+        unlink(P.path);
+        P.listen_fd = -1;
+    }
+    if (P.loop) {
+        fh_ipc_loop_free(P.loop);
+        P.loop = NULL;
+    }
+    errno = e;
+    return -1;
+}
+
+/* With P.lock: is any member whose pid is in pids still connected? */
+static bool any_connected_locked(const pid_t *pids, int n)
+{
+    for (struct conn *c = P.conns; c; c = c->next)
+        for (int i = 0; i < n; i++)
+            if (c->joined && !c->closing && c->pid == pids[i])
+                return true;
+    return false;
+}
+
+static bool all_reaped_locked(const pid_t *pids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        bool seen = false;
+
+        for (int j = 0; j < P.nreaped && !seen; j++)
+            seen = P.reaped[j] == pids[i];
+        if (!seen)
+            return false;
+    }
+    return true;
+}
+
+/* forkhost.shutdown to the members; wait, up to grace_ms from the notice,
+ * for those that answered to leave and, for secondaries, to be reaped. */
+static void shutdown_notice(unsigned grace_ms)
+{
+    struct fh_ipc_shutdown_notice body = { (int32_t)P.pid, grace_ms };
+    struct fh_ipc_member *ms;
+    struct timespec deadline;
+    struct preq *p;
+    pid_t *leaving, *children;
+    int n = fh_ipc_members(NULL, 0), nl = 0, nc = 0;
+
+    if (n <= 0)
+        return;
+    ms = calloc((size_t)n, sizeof *ms);
+    if (!ms)
+        return;
+    nl = fh_ipc_members(ms, n);
+    if (nl < n)
+        n = nl < 0 ? 0 : nl;
+    nl = 0;
+    now_plus(&deadline, grace_ms);
+    pthread_mutex_lock(&P.lock);
+    P.tracking = true;
+    P.nreaped = 0;
+    pthread_mutex_unlock(&P.lock);
+    if (issue(FH_IPC_SHUTDOWN_NOTICE, &body, sizeof body, NULL, 0, grace_ms, 0,
+              NULL, NULL, &p) < 0) {
+        free(ms);
+        return;
+    }
+    await_done(p);
+    leaving = calloc((size_t)(p->nmsgs ? p->nmsgs : 1), sizeof *leaving);
+    children = calloc((size_t)(p->nmsgs ? p->nmsgs : 1), sizeof *children);
+    for (int i = 0; i < p->nmsgs; i++) {
+        close_fds(p->msgs[i].fds, p->msgs[i].num_fds);
+        if (p->msgs[i].status != FH_IPC_OK || !leaving || !children)
+            continue;
+        leaving[nl++] = p->msgs[i].pid;
+        for (int j = 0; j < n; j++)
+            if (ms[j].pid == p->msgs[i].pid && ms[j].secondary)
+                children[nc++] = ms[j].pid;
+    }
+    free_preq(p);
+    free(ms);
+    /* A secondary closes its connection a little before it exits: wait for
+     * the template's record of its exit too, or the template's SIGTERM,
+     * which follows, could still catch it. */
+    pthread_mutex_lock(&P.lock);
+    while (nl && (any_connected_locked(leaving, nl) || !all_reaped_locked(children, nc)))
+        if (pthread_cond_timedwait(&P.cond, &P.lock, &deadline) == ETIMEDOUT)
+            break;
+    P.tracking = false;
+    pthread_mutex_unlock(&P.lock);
+    free(leaving);
+    free(children);
+}
+
+FH_API int fh_ipc_primary_stop(unsigned grace_ms)
+{
+    struct preq *due = NULL;
+    struct conn *conns;
+
+    if (!fh__ipc_primary_here()) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (t_ipc_thread) {
+        errno = EDEADLK;        /* the thread cannot join itself */
+        return -1;
+    }
+    if (P.have_thread) {
+        shutdown_notice(grace_ms);
+        fh_ipc_loop_stop(P.loop);
+        pthread_join(P.thread, NULL);
+    }
+    pthread_mutex_lock(&P.lock);
+    P.running = false;
+    P.have_thread = false;
+    /* Senders still at work use P.loop (its counters): they end within a
+     * send timeout per member, and no new one starts (running). */
+    while (P.senders > 0)
+        pthread_cond_wait(&P.cond, &P.lock);
+    conns = P.conns;
+    P.conns = NULL;
+    P.nconns = 0;
+    for (struct conn *c = conns, *next; c; c = next) {
+        next = c->next;
+        c->closing = true;
+        release_locked(c);      /* (or by its last sender) */
+    }
+    while (P.pending) {
+        struct preq *p = P.pending;
+
+        COUNT_N(peer_died, p->nwaiting);
+        p->nwaiting = 0;
+        if (p->issuing) {       /* its issuer completes it */
+            P.pending = p->next;
+            p->next = NULL;
+            continue;
+        }
+        finish_locked(p);
+        if (p->cb) {
+            p->next = due;
+            due = p;
+        }
+    }
+    {
+        struct preq *d = P.due;
+
+        while (d) {
+            struct preq *next = d->next;
+
+            d->next = due;
+            due = d;
+            d = next;
+        }
+        P.due = NULL;
+    }
+    pthread_cond_broadcast(&P.cond);
+    pthread_mutex_unlock(&P.lock);
+    run_list(due);
+    if (P.listen_fd >= 0) {
+        struct stat st;
+
+        if (stat(P.path, &st) == 0 && st.st_ino == P.ino)
+            unlink(P.path);
+        close(P.listen_fd);
+        P.listen_fd = -1;
+    }
+    if (P.exit_fd >= 0)
+        close(P.exit_fd);
+    if (P.exit_theirs >= 0)
+        close(P.exit_theirs);
+    P.exit_fd = P.exit_theirs = -1;
+    pthread_mutex_lock(&P.lock);
+    if (P.loop)
+        fh_ipc_loop_free(P.loop);
+    P.loop = NULL;
+    pthread_mutex_unlock(&P.lock);
+    free(P.byfd);
+    P.byfd = NULL;
+    P.nbyfd = 0;
+    free(P.reaped);
+    P.reaped = NULL;
+    P.nreaped = P.capreaped = 0;
+    free(P.rx);
+    P.rx = NULL;
+    /* release: from now on the calls of ipc.h are a non-member's again
+     * (ENOTCONN). */
+    atomic_store_explicit(&p_here, false, memory_order_release);
+    return 0;
+}
+
+FH_API int fh_ipc_members(struct fh_ipc_member *out, int max)
+{
+    int n = 0;
+
+    if (!fh__ipc_primary_here()) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    pthread_mutex_lock(&P.lock);
+    if (!P.running) {
+        pthread_mutex_unlock(&P.lock);
+        errno = ENOTCONN;
+        return -1;
+    }
+    for (struct conn *c = P.conns; c; c = c->next) {
+        if (!c->joined || c->closing)
+            continue;
+        if (out && n < max) {
+            out[n].pid = c->pid;
+            out[n].ppid = c->ppid;
+            out[n].secondary = c->ppid == P.template_pid;
+        }
+        n++;
+    }
+    pthread_mutex_unlock(&P.lock);
+    return n;
+}
+
+/* -- addressing one peer, either role ------------------------------------- */
+
+/* In a secondary: the primary is the only peer. */
+static bool secondary_to_ok(pid_t to)
+{
+    if (to == 0 || to == fh_ipc_primary_pid() || (fh_ipc_peer_pid() && to == fh_ipc_peer_pid()))
+        return true;
+    errno = EINVAL;
+    return false;
+}
+
+FH_API int fh_ipc_send_to(const struct fh_ipc_msg *msg, pid_t to)
+{
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_send(msg, to);
+    if (!secondary_to_ok(to) || fh_ipc_send(msg) < 0)
+        return -1;
+    return 1;
+}
+
+FH_API int fh_ipc_request_to(const struct fh_ipc_msg *req, pid_t to,
+                             struct fh_ipc_reply *reply, const struct timespec *ts)
+{
+    if (!req || !reply) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request(req, to, reply, ts);
+    if (!secondary_to_ok(to))
+        return -1;
+    return fh_ipc_request(req, reply, ts);
+}
+
+FH_API int fh_ipc_request_async_to(const struct fh_ipc_msg *req, pid_t to,
+                                   const struct timespec *ts,
+                                   fh_ipc_async_t callback, void *arg)
+{
+    if (fh__ipc_primary_here())
+        return fh__ipc_primary_request_async(req, to, ts, callback, arg);
+    if (!secondary_to_ok(to))
+        return -1;
+    return fh_ipc_request_async(req, ts, callback, arg);
+}

@@ -1,0 +1,74 @@
+"""forkhost.runtime, the Python face of csrc/lib/rundir.c and rundir_path.c:
+its API and exceptions as callers use them, and the native library loaded
+only by the functions that need it (csrc/tests/test_rundir.c tests the C
+itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fhtest import FIXTURES
+
+from forkhost import runtime
+from forkhost.errors import ForkhostError, PrefixInUseError
+
+
+def test_importing_the_commands_loads_no_native_library():
+    code = ("import sys, forkhost.cli, forkhost.runtime, forkhost.client; "
+            "print('forkhost._native' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=FIXTURES,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "False\n"), r.stderr
+
+
+def test_lock_record_and_release_in_process(runtime_dir):
+    p = runtime.paths("P", runtime_dir)
+    assert (p.root, p.prefix) == (Path(runtime_dir), "P")
+    assert runtime.read_config(p) is None
+    lock = runtime.PrefixLock(p)
+    lock.acquire()
+    try:
+        assert lock.stale_pid is None
+        assert open(p.lock).read() == f"{os.getpid()}\n"
+        with pytest.raises(PrefixInUseError) as info:
+            runtime.PrefixLock(p).acquire()
+        assert info.value.pid == os.getpid()
+        runtime.write_config(p, {"pid": 1, "b": [2]})
+        assert runtime.read_config(p) == {"pid": 1, "b": [2]}
+        assert oct(os.stat(p.config).st_mode & 0o777) == oct(0o600)
+    finally:
+        lock.release()
+    assert lock.fd == -1
+    assert os.listdir(runtime_dir) == []
+    # The record needs the prefix's directory.
+    with pytest.raises(ForkhostError, match=f"^cannot write {p.config}: "):
+        runtime.write_config(p, {})
+
+
+def test_release_without_remove_keeps_the_files(runtime_dir):
+    p = runtime.paths("P", runtime_dir)
+    lock = runtime.PrefixLock(p)
+    lock.acquire()
+    lock.release(remove=False)
+    assert os.listdir(p.dir) == ["lock"]
+    again = runtime.PrefixLock(p)
+    again.acquire()          # our own pid in the lock: not a stale holder
+    try:
+        assert again.stale_pid is None
+    finally:
+        again.release()
+    assert os.listdir(runtime_dir) == []
+
+
+def test_paths_as_pathlib_shows_them(runtime_dir):
+    p = runtime.paths("P", runtime_dir + "//./")
+    assert str(p.root) == runtime_dir
+    assert runtime.resolve_prefix(None) == (os.environ.get("FORKHOST_PREFIX")
+                                            or runtime.DEFAULT_PREFIX)
+    with pytest.raises(ForkhostError, match=r"^invalid prefix 'a\x00b' \(from --prefix\)"):
+        runtime.resolve_prefix("a\0b")
