@@ -41,6 +41,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "forkhost/client.h"
 #include "tty.h"
 
 /* Signals whose default action ends the client and that client.c does not
@@ -350,8 +351,8 @@ void fh__tty_ready(const struct pollfd *p, int n)
     }
 }
 
-/* The secondary's keeper K2 (spawn.c): the oldest child of K1, itself the
- * secondary's oldest child, both named forkhost-tty.  0 if not there. */
+/* The oldest child of pid if it is a keeper (spawn.c, take_terminal: K1 is
+ * the secondary's oldest child, K2 K1's, both named forkhost-tty); else 0. */
 static pid_t first_child(pid_t pid)
 {
     char path[64], buf[64];
@@ -384,7 +385,7 @@ static void continue_secondary(void)
 
     /* K2 sets the pty's foreground group, then continues the group; without
      * a keeper (it could not start) we continue the group ourselves. */
-    if (k2 <= 0 || kill(k2, SIGCONT) < 0)
+    if (k2 <= 0 || kill(k2, FH_TTY_KEEPER_SIGNAL) < 0)
         kill(-t.secondary, SIGCONT);
 }
 
@@ -394,6 +395,12 @@ int fh__tty_signal(int sig)
         return 0;
     if (sig == SIGWINCH) {
         copy_size();        /* the pty signals its foreground group */
+        return 1;
+    }
+    if (sig == SIGTSTP) {
+        /* Someone's kill -TSTP: to the pty's foreground group, as a ^Z
+         * typed there; its STOPPED stops us, if it stops. */
+        (void)ioctl(t.master, TIOCSIG, (unsigned long)SIGTSTP);
         return 1;
     }
     if (sig == SIGCONT) {

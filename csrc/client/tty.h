@@ -24,7 +24,8 @@ int fh__tty_poll(struct pollfd *p);
 /* After poll(): move what is ready. */
 void fh__tty_ready(const struct pollfd *p, int n);
 /* A signal the client caught: 1 when the relay handled it (SIGWINCH,
- * SIGCONT) and it is not to be forwarded as it is. */
+ * SIGTSTP, SIGCONT go through the pty and the keeper) and it is not to be
+ * forwarded as it is. */
 int fh__tty_signal(int sig);
 /* Stop the client as the secondary was stopped, terminal restored first. */
 void fh__tty_stop(int sig);

@@ -17,6 +17,7 @@
  * even if someone calls it after forking a threaded process.
  */
 #include "forkhost/spawn.h"
+#include "forkhost/client.h"
 #include "forkhost/entry.h"
 #include "forkhost/member.h"
 #include "forkhost/proto.h"
@@ -571,9 +572,10 @@ static void take_client_attrs(pid_t client)
  * client's place on the outer terminal into the pty: when the client is a
  * background job there, the pty's foreground group becomes K1's, so a read
  * of the terminal stops the secondary with SIGTTIN and the client stops
- * the same way ("Stopped (tty input)").  The client sends K2 SIGCONT when
- * it is continued (fg, bg); K2 then looks again, sets the foreground group
- * and continues the secondary's group itself, in that order.  Both block
+ * the same way ("Stopped (tty input)").  The client sends K2
+ * FH_TTY_KEEPER_SIGNAL when it is continued (fg, bg); K2 then looks again,
+ * sets the foreground group and continues the secondary's group itself, in
+ * that order.  Both block
  * every signal, hold no fd and die with their parent (PR_SET_PDEATHSIG).
  */
 
@@ -669,7 +671,8 @@ static void start_keepers(pid_t client)
         (void)prctl(PR_SET_NAME, "forkhost-tty");
         k2 = fork();
         if (k2 == 0) {
-            sigset_t cont;
+            sigset_t wake;
+            siginfo_t si;
             int sig;
 
             if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != me)
@@ -680,12 +683,12 @@ static void start_keepers(pid_t client)
             close_from(ready[1] + 1);
             follow_client(client, session, me);
             close(ready[1]);
-            sigemptyset(&cont);
-            sigaddset(&cont, SIGCONT);
+            sigemptyset(&wake);
+            sigaddset(&wake, FH_TTY_KEEPER_SIGNAL);
             for (;;) {
-                do
-                    sig = sigwaitinfo(&cont, NULL);
-                while (sig < 0 && errno == EINTR);
+                sig = sigwaitinfo(&wake, &si);
+                if (sig != FH_TTY_KEEPER_SIGNAL || si.si_pid != client)
+                    continue;       /* only the client's wake-up */
                 follow_client(client, session, me);
                 (void)kill(-session, SIGCONT);
             }

@@ -1,0 +1,289 @@
+"""Terminals and job control: a program started from a terminal through
+forkhost-run behaves as it does when run directly.
+
+Each case runs a program from tests/fixtures/ttyfix.py on a fresh
+pseudo-terminal twice, directly and through forkhost-run, under
+tests/fixtures/jobshell.py (a minimal job-control shell, the session leader
+of that terminal), and compares what the program printed, what the shell
+saw (stopped by which signal, exit status) and the terminal's modes after.
+Keys are written to the pty's master as a user types them: ^C is \\x03, ^Z
+\\x1a.  The shell's fg gives the job the terminal, then SIGCONT.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import psutil
+import pytest
+
+from fhtest import FIXTURES, RUNNER, proc_state, wait_until
+
+JOBSHELL = str(FIXTURES / "jobshell.py")
+WAYS = ["direct", "forkhost-run"]
+TIMEOUT = 30.0      # a bound for failures, never a measurement
+
+
+class Term:
+    """One pseudo-terminal with jobshell.py on it running one job."""
+
+    def __init__(self, primary, way: str, case: str, mode: str = "fg",
+                 rows: int = 24, cols: int = 80, env=None):
+        self.master, slave = os.openpty()
+        self.resize(rows, cols)
+        ev_r, ev_w = os.pipe()
+        cmd_r, cmd_w = os.pipe()
+        prog = [sys.executable, "ttyfix.py", case]
+        argv = prog if way == "direct" else [RUNNER, "ttyfix.py", case]
+        full_env = dict(primary.env, JOBSHELL_EVENTS=str(ev_w),
+                        JOBSHELL_COMMANDS=str(cmd_r), **(env or {}))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, JOBSHELL, mode, *argv], stdin=slave, stdout=slave,
+                stderr=slave, start_new_session=True, pass_fds=(ev_w, cmd_r),
+                env=full_env, cwd=FIXTURES)
+        finally:
+            os.close(slave)
+            os.close(ev_w)
+            os.close(cmd_r)
+        self.modes = termios.tcgetattr(self.master)
+        self.events = os.fdopen(ev_r, "r")
+        self.commands = os.fdopen(cmd_w, "w", buffering=1)
+        self.out = b""
+        self.seen = 0
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("4H", rows, cols, 0, 0))
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def _read(self, wait: float) -> bool:
+        r, _, _ = select.select([self.master], [], [], wait)
+        if not r:
+            return False
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:         # EIO: every slave fd is closed
+            return False
+        self.out += data
+        return bool(data)
+
+    def expect(self, text: bytes) -> bytes:
+        """Read the terminal until a whole line with text comes after what
+        expect() saw last; that line from text on."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            at = self.out.find(text, self.seen)
+            end = self.out.find(b"\n", at) if at >= 0 else -1
+            if end >= 0:
+                break
+            left = deadline - time.monotonic()
+            assert left > 0 and self._read(left), \
+                f"{text!r} never came; the terminal showed {self.out!r}"
+        self.seen = end
+        return self.out[at:end].rstrip(b"\r")
+
+    def event(self) -> str:
+        r, _, _ = select.select([self.events], [], [], TIMEOUT)
+        assert r, f"the shell reported nothing; the terminal showed {self.out!r}"
+        return self.events.readline().strip()
+
+    def command(self, what: str) -> None:
+        self.commands.write(what + "\n")
+
+    def job(self) -> psutil.Process:
+        kids = wait_until(lambda: psutil.Process(self.proc.pid).children(),
+                          what="the shell to start its job")
+        return kids[0]
+
+    def close(self) -> list:
+        """Wait for the shell, read the rest; the terminal's modes now."""
+        try:
+            self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            while self._read(0):
+                pass
+            modes = termios.tcgetattr(self.master)
+            os.close(self.master)
+            self.events.close()
+            self.commands.close()
+        return modes
+
+
+def lines(out: bytes, *prefixes: bytes) -> list[bytes]:
+    return [ln.rstrip(b"\r") for ln in out.split(b"\n")
+            if ln.lstrip(b"\r").startswith(prefixes)]
+
+
+def run_info(primary, way, env=None):
+    t = Term(primary, way, "info", rows=37, cols=111, env=env)
+    line = t.expect(b"info ")
+    assert t.event() == "exited 0"
+    assert t.close() == t.modes
+    return json.loads(line[5:])
+
+
+def test_controlling_terminal(primary):
+    """/dev/tty opens, tcgetpgrp() is the program's group, stdio are
+    terminals, and the size is the terminal's."""
+    direct, through = (run_info(primary, way) for way in WAYS)
+    assert direct == {"dev_tty": "opens", "foreground": True,
+                      "isatty": [True, True, True], "size": [37, 111]}
+    assert through == direct
+
+
+def test_relay_off(primary):
+    """FORKHOST_TTY=0: the terminal is passed as it is, as before: no
+    controlling terminal in the secondary (the difference the relay
+    removes)."""
+    through = run_info(primary, "forkhost-run", env={"FORKHOST_TTY": "0"})
+    assert through["dev_tty"] != "opens"
+    assert through["isatty"] == [True, True, True]
+    assert through["size"] == [37, 111]
+
+
+def test_relay_value_checked(primary):
+    r = primary.run("ttyfix.py", "info", extra_env={"FORKHOST_TTY": "yes"},
+                    cwd=FIXTURES, start_new_session=True)
+    assert r.returncode == 125
+    assert r.stderr.decode().startswith("forkhost-run: invalid FORKHOST_TTY 'yes'")
+
+
+def test_no_terminal_nothing_relayed(primary):
+    """Pipes, no controlling terminal: the same as running it directly."""
+    out = {}
+    for way in WAYS:
+        argv = ([sys.executable] if way == "direct" else [RUNNER]) + ["ttyfix.py", "info"]
+        r = subprocess.run(argv, env=primary.env, cwd=FIXTURES, capture_output=True,
+                           stdin=subprocess.DEVNULL, start_new_session=True,
+                           timeout=TIMEOUT)
+        assert r.returncode == 1, r.stderr      # no size: not a terminal
+        out[way] = r.stderr.decode().splitlines()[-1]
+    assert out["direct"] == out["forkhost-run"]
+
+
+def run_interrupt(primary, way):
+    t = Term(primary, way, "interrupt")
+    t.expect(b"started")
+    t.send(b"\x03")
+    rc = t.expect(b"rc ")
+    assert t.event() == "exited 0"
+    assert t.close() == t.modes
+    return rc
+
+
+def test_ctrl_c_reaches_the_whole_group(primary):
+    """^C interrupts os.system()'s child at once: system() returns the
+    child's SIGINT (2), where a forwarded signal would reach only the
+    program and sleep would run on."""
+    results = [run_interrupt(primary, way) for way in WAYS]
+    assert results == [b"rc 2", b"rc 2"]
+
+
+def run_suspend(primary, way, how="^Z"):
+    t = Term(primary, way, "suspend")
+    child = int(t.expect(b"ready ").split()[1])
+    job = t.job()
+    if how == "^Z":
+        t.send(b"\x1a")
+    else:                       # a shell's kill -TSTP %1
+        os.killpg(job.pid, signal.SIGTSTP)
+    events = [t.event()]
+    # Everything of the job is stopped: the client (or the program) the
+    # shell sees, and the program's own child.
+    states = [proc_state(job.pid),
+              wait_until(lambda: proc_state(child) == "T" and "T",
+                         what="the program's child to stop")]
+    modes_while_stopped = termios.tcgetattr(t.master)
+    t.command("fg")
+    wait_until(lambda: proc_state(child) != "T", what="fg to continue the child")
+    t.send(b"hello\r")
+    got = t.expect(b"got ")
+    events.append(t.event())
+    assert t.close() == t.modes
+    assert modes_while_stopped == t.modes
+    return events, states, got
+
+
+def test_ctrl_z_stops_the_group_and_fg_continues_it(primary):
+    direct, through = (run_suspend(primary, way) for way in WAYS)
+    assert direct == (["stopped %d" % signal.SIGTSTP, "exited 0"], ["T", "T"],
+                      b"got hello")
+    assert through == direct
+
+
+def test_kill_tstp_to_the_job(primary):
+    """SIGTSTP sent to the job's process group, not typed: the same stop."""
+    direct, through = (run_suspend(primary, way, how="kill") for way in WAYS)
+    assert direct == (["stopped %d" % signal.SIGTSTP, "exited 0"], ["T", "T"],
+                      b"got hello")
+    assert through == direct
+
+
+def run_cbreak(primary, way):
+    t = Term(primary, way, "cbreak")
+    t.expect(b"ready")
+    t.send(b"x")
+    key = t.expect(b"key ")
+    assert t.event() == "exited 0"
+    assert t.close() == t.modes
+    return key, t.out.count(b"x")
+
+
+def test_cbreak_key(primary):
+    """A program that reads one key in cbreak mode gets it at once, not
+    echoed; the terminal's modes are back after."""
+    results = [run_cbreak(primary, way) for way in WAYS]
+    assert results == [(b"key x", 1)] * 2
+
+
+def run_winch(primary, way):
+    t = Term(primary, way, "winch", rows=30, cols=90)
+    ready = t.expect(b"ready ")
+    t.resize(41, 123)
+    os.killpg(t.job().pid, signal.SIGWINCH)     # as the terminal would
+    winch = t.expect(b"winch ")
+    t.send(b"done\r")
+    got = t.expect(b"got ")
+    assert t.event() == "exited 0"
+    assert t.close() == t.modes
+    return ready, winch, got
+
+
+def test_window_size_and_resize(primary):
+    results = [run_winch(primary, way) for way in WAYS]
+    assert results == [(b"ready 30 90", b"winch 41 123", b"got done")] * 2
+
+
+def run_background_read(primary, way):
+    t = Term(primary, way, "read", mode="bg")
+    job = t.job()
+    events = [t.event()]
+    state = proc_state(job.pid)
+    t.command("fg")
+    t.send(b"typed\r")
+    got = t.expect(b"got ")
+    events.append(t.event())
+    assert t.close() == t.modes
+    return events, state, got
+
+
+def test_background_read_stops_with_sigttin(primary):
+    """A background job reading the terminal stops ("Stopped (tty input)")
+    instead of taking the keys; fg gives it the terminal and it reads."""
+    direct, through = (run_background_read(primary, way) for way in WAYS)
+    assert direct == (["stopped %d" % signal.SIGTTIN, "exited 0"], "T", b"got typed")
+    assert through == direct
