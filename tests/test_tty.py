@@ -93,6 +93,21 @@ class Term:
         self.seen = end
         return self.out[at:end].rstrip(b"\r")
 
+    def wait_for(self, text: bytes) -> None:
+        """Read the terminal until text comes (a prompt: no newline)."""
+        deadline = time.monotonic() + TIMEOUT
+        while text not in self.out[self.seen:]:
+            left = deadline - time.monotonic()
+            assert left > 0 and self._read(left), \
+                f"{text!r} never came; the terminal showed {self.out!r}"
+        self.seen = self.out.index(text, self.seen) + len(text)
+
+    def wait_raw(self) -> None:
+        """Until the terminal is out of canonical mode: someone reads it key
+        by key (readline, or forkhost-run relaying)."""
+        wait_until(lambda: not termios.tcgetattr(self.master)[3] & termios.ICANON,
+                   what="the terminal to leave canonical mode")
+
     def event(self) -> str:
         r, _, _ = select.select([self.events], [], [], TIMEOUT)
         assert r, f"the shell reported nothing; the terminal showed {self.out!r}"
@@ -286,4 +301,30 @@ def test_background_read_stops_with_sigttin(primary):
     instead of taking the keys; fg gives it the terminal and it reads."""
     direct, through = (run_background_read(primary, way) for way in WAYS)
     assert direct == (["stopped %d" % signal.SIGTTIN, "exited 0"], "T", b"got typed")
+    assert through == direct
+
+
+def run_repl(primary, way):
+    t = Term(primary, way, "repl")
+    t.wait_for(b">>> ")
+    t.send(b"6*7\r")
+    t.wait_for(b">>> ")
+    t.send(b"\x1a")
+    events = [t.event()]
+    t.command("fg")
+    t.wait_raw()
+    t.send(b"'x'*3\r")
+    t.wait_for(b">>> ")
+    t.send(b"\x04")
+    events.append(t.event())
+    assert t.close() == t.modes
+    return events, t.out
+
+
+def test_readline_console_suspend(primary):
+    """Python's console with readline, which catches SIGTSTP, restores the
+    terminal and stops itself: the same screen, byte for byte."""
+    direct, through = (run_repl(primary, way) for way in WAYS)
+    assert direct[0] == ["stopped %d" % signal.SIGTSTP, "exited 0"]
+    assert b"42\r\n" in direct[1] and b"'xxx'\r\n" in direct[1]
     assert through == direct
