@@ -286,15 +286,6 @@ static int pidfd_send_signal(int pidfd, int sig)
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
-/*
- * Pass every signal queued in the self-pipe to the secondary.  ^Z is
- * passed as SIGTSTP and then stops us too, as the foreground job a shell
- * thinks we are; the shell's later SIGCONT to us is passed on in turn.
- * ESRCH (the secondary already exited; EXITED is on its way) is ignored.
- * The kernel drops SIGTSTP (default action) for a process in an orphaned
- * process group, so it only stops the secondary if the template puts it in
- * a group whose parent is in the same session, e.g. with setpgid(0, 0).
- */
 /* Stop as the secondary stopped: with a relayed terminal, its modes
  * restored first and by the same signal (tty.c). */
 static void stop_self(int sig)
@@ -305,6 +296,15 @@ static void stop_self(int sig)
         raise(SIGSTOP);
 }
 
+/*
+ * Pass every signal queued in the self-pipe to the secondary.  ^Z is
+ * passed as SIGTSTP and then stops us too, as the foreground job a shell
+ * thinks we are; the shell's later SIGCONT to us is passed on in turn.
+ * ESRCH (the secondary already exited; EXITED is on its way) is ignored.
+ * The kernel drops SIGTSTP (default action) for a process in an orphaned
+ * process group, so it only stops the secondary if the template puts it in
+ * a group whose parent is in the same session, e.g. with setpgid(0, 0).
+ */
 static void forward_signals(int pipe_r, int pidfd)
 {
     unsigned char buf[64];
@@ -313,7 +313,7 @@ static void forward_signals(int pipe_r, int pidfd)
     while ((n = read(pipe_r, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
         for (k = 0; k < n; k++) {
             if (fh__tty_signal(buf[k]))
-                continue;       /* resize, continue: through the pty */
+                continue;       /* resize, TSTP, CONT: through the pty (tty.c) */
             pidfd_send_signal(pidfd, buf[k]);
             if (buf[k] == SIGTSTP)
                 stop_self(SIGSTOP);

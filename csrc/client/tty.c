@@ -112,13 +112,17 @@ static void set_modes(const struct termios *tio, unsigned long how)
     sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
+/* Only while we are the foreground: once the shell has the terminal back
+ * (say the script that started us in its group exited), its modes are its
+ * own and ours would spoil its prompt. */
 void fh__tty_restore(void)
 {
     int saved = errno;
 
     if (t.on && t.raw) {
         t.raw = 0;
-        set_modes(&t.saved, TCSETSW);
+        if (foreground())
+            set_modes(&t.saved, TCSETSW);
     }
     errno = saved;
 }
