@@ -45,7 +45,9 @@ class Term:
         prog = [sys.executable, "ttyfix.py", case]
         argv = prog if way == "direct" else [RUNNER, "ttyfix.py", case]
         full_env = dict(primary.env, JOBSHELL_EVENTS=str(ev_w),
-                        JOBSHELL_COMMANDS=str(cmd_r), **(env or {}))
+                        JOBSHELL_COMMANDS=str(cmd_r))
+        full_env.pop("FORKHOST_TTY", None)      # the default, whatever the runner has
+        full_env.update(env or {})
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, JOBSHELL, mode, *argv], stdin=slave, stdout=slave,
@@ -121,6 +123,25 @@ class Term:
                           what="the shell to start its job")
         return kids[0]
 
+    def __enter__(self) -> "Term":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """After a failure: end the job and the shell, close everything."""
+        if self.master < 0:
+            return
+        try:
+            for kid in psutil.Process(self.proc.pid).children():
+                os.killpg(kid.pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            pass
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+        self.master = -1
+        self.events.close()
+        self.commands.close()
+
     def close(self) -> list:
         """Wait for the shell, read the rest; the terminal's modes now."""
         try:
@@ -133,6 +154,7 @@ class Term:
                 pass
             modes = termios.tcgetattr(self.master)
             os.close(self.master)
+            self.master = -1
             self.events.close()
             self.commands.close()
         return modes
@@ -144,11 +166,11 @@ def lines(out: bytes, *prefixes: bytes) -> list[bytes]:
 
 
 def run_info(primary, way, env=None):
-    t = Term(primary, way, "info", rows=37, cols=111, env=env)
-    line = t.expect(b"info ")
-    assert t.event() == "exited 0"
-    assert t.close() == t.modes
-    return json.loads(line[5:])
+    with Term(primary, way, "info", rows=37, cols=111, env=env) as t:
+        line = t.expect(b"info ")
+        assert t.event() == "exited 0"
+        assert t.close() == t.modes
+        return json.loads(line[5:])
 
 
 def test_controlling_terminal(primary):
@@ -191,13 +213,13 @@ def test_no_terminal_nothing_relayed(primary):
 
 
 def run_interrupt(primary, way):
-    t = Term(primary, way, "interrupt")
-    t.expect(b"started")
-    t.send(b"\x03")
-    rc = t.expect(b"rc ")
-    assert t.event() == "exited 0"
-    assert t.close() == t.modes
-    return rc
+    with Term(primary, way, "interrupt") as t:
+        t.expect(b"started")
+        t.send(b"\x03")
+        rc = t.expect(b"rc ")
+        assert t.event() == "exited 0"
+        assert t.close() == t.modes
+        return rc
 
 
 def test_ctrl_c_reaches_the_whole_group(primary):
@@ -209,28 +231,28 @@ def test_ctrl_c_reaches_the_whole_group(primary):
 
 
 def run_suspend(primary, way, how="^Z"):
-    t = Term(primary, way, "suspend")
-    child = int(t.expect(b"ready ").split()[1])
-    job = t.job()
-    if how == "^Z":
-        t.send(b"\x1a")
-    else:                       # a shell's kill -TSTP %1
-        os.killpg(job.pid, signal.SIGTSTP)
-    events = [t.event()]
-    # Everything of the job is stopped: the client (or the program) the
-    # shell sees, and the program's own child.
-    states = [proc_state(job.pid),
-              wait_until(lambda: proc_state(child) == "T" and "T",
-                         what="the program's child to stop")]
-    modes_while_stopped = termios.tcgetattr(t.master)
-    t.command("fg")
-    wait_until(lambda: proc_state(child) != "T", what="fg to continue the child")
-    t.send(b"hello\r")
-    got = t.expect(b"got ")
-    events.append(t.event())
-    assert t.close() == t.modes
-    assert modes_while_stopped == t.modes
-    return events, states, got
+    with Term(primary, way, "suspend") as t:
+        child = int(t.expect(b"ready ").split()[1])
+        job = t.job()
+        if how == "^Z":
+            t.send(b"\x1a")
+        else:                       # a shell's kill -TSTP %1
+            os.killpg(job.pid, signal.SIGTSTP)
+        events = [t.event()]
+        # Everything of the job is stopped: the client (or the program) the
+        # shell sees, and the program's own child.
+        states = [proc_state(job.pid),
+                  wait_until(lambda: proc_state(child) == "T" and "T",
+                             what="the program's child to stop")]
+        modes_while_stopped = termios.tcgetattr(t.master)
+        t.command("fg")
+        wait_until(lambda: proc_state(child) != "T", what="fg to continue the child")
+        t.send(b"hello\r")
+        got = t.expect(b"got ")
+        events.append(t.event())
+        assert t.close() == t.modes
+        assert modes_while_stopped == t.modes
+        return events, states, got
 
 
 def test_ctrl_z_stops_the_group_and_fg_continues_it(primary):
@@ -249,13 +271,13 @@ def test_kill_tstp_to_the_job(primary):
 
 
 def run_cbreak(primary, way):
-    t = Term(primary, way, "cbreak")
-    t.expect(b"ready")
-    t.send(b"x")
-    key = t.expect(b"key ")
-    assert t.event() == "exited 0"
-    assert t.close() == t.modes
-    return key, t.out.count(b"x")
+    with Term(primary, way, "cbreak") as t:
+        t.expect(b"ready")
+        t.send(b"x")
+        key = t.expect(b"key ")
+        assert t.event() == "exited 0"
+        assert t.close() == t.modes
+        return key, t.out.count(b"x")
 
 
 def test_cbreak_key(primary):
@@ -266,16 +288,15 @@ def test_cbreak_key(primary):
 
 
 def run_winch(primary, way):
-    t = Term(primary, way, "winch", rows=30, cols=90)
-    ready = t.expect(b"ready ")
-    t.resize(41, 123)
-    os.killpg(t.job().pid, signal.SIGWINCH)     # as the terminal would
-    winch = t.expect(b"winch ")
-    t.send(b"done\r")
-    got = t.expect(b"got ")
-    assert t.event() == "exited 0"
-    assert t.close() == t.modes
-    return ready, winch, got
+    with Term(primary, way, "winch", rows=30, cols=90) as t:
+        ready = t.expect(b"ready ")
+        t.resize(41, 123)       # the kernel signals the terminal's foreground group
+        winch = t.expect(b"winch ")
+        t.send(b"done\r")
+        got = t.expect(b"got ")
+        assert t.event() == "exited 0"
+        assert t.close() == t.modes
+        return ready, winch, got
 
 
 def test_window_size_and_resize(primary):
@@ -284,16 +305,16 @@ def test_window_size_and_resize(primary):
 
 
 def run_background_read(primary, way):
-    t = Term(primary, way, "read", mode="bg")
-    job = t.job()
-    events = [t.event()]
-    state = proc_state(job.pid)
-    t.command("fg")
-    t.send(b"typed\r")
-    got = t.expect(b"got ")
-    events.append(t.event())
-    assert t.close() == t.modes
-    return events, state, got
+    with Term(primary, way, "read", mode="bg") as t:
+        job = t.job()
+        events = [t.event()]
+        state = proc_state(job.pid)
+        t.command("fg")
+        t.send(b"typed\r")
+        got = t.expect(b"got ")
+        events.append(t.event())
+        assert t.close() == t.modes
+        return events, state, got
 
 
 def test_background_read_stops_with_sigttin(primary):
@@ -305,20 +326,20 @@ def test_background_read_stops_with_sigttin(primary):
 
 
 def run_repl(primary, way):
-    t = Term(primary, way, "repl")
-    t.wait_for(b">>> ")
-    t.send(b"6*7\r")
-    t.wait_for(b">>> ")
-    t.send(b"\x1a")
-    events = [t.event()]
-    t.command("fg")
-    t.wait_raw()
-    t.send(b"'x'*3\r")
-    t.wait_for(b">>> ")
-    t.send(b"\x04")
-    events.append(t.event())
-    assert t.close() == t.modes
-    return events, t.out
+    with Term(primary, way, "repl") as t:
+        t.wait_for(b">>> ")
+        t.send(b"6*7\r")
+        t.wait_for(b">>> ")
+        t.send(b"\x1a")
+        events = [t.event()]
+        t.command("fg")
+        t.wait_raw()
+        t.send(b"'x'*3\r")
+        t.wait_for(b">>> ")
+        t.send(b"\x04")
+        events.append(t.event())
+        assert t.close() == t.modes
+        return events, t.out
 
 
 def test_readline_console_suspend(primary):
