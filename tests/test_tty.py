@@ -349,3 +349,20 @@ def test_readline_console_suspend(primary):
     assert direct[0] == ["stopped %d" % signal.SIGTSTP, "exited 0"]
     assert b"42\r\n" in direct[1] and b"'xxx'\r\n" in direct[1]
     assert through == direct
+
+
+def run_killed(primary, way, sig):
+    with Term(primary, way, "winch") as t:
+        t.expect(b"ready ")
+        os.kill(t.job().pid, sig)
+        event = t.event()
+        assert t.close() == t.modes
+        return event
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGALRM])
+def test_killed_by_a_signal_restores_the_terminal(primary, sig):
+    """A signal the client forwards (TERM) or not (ALRM, on releases that
+    do not forward it): the job dies of it, the terminal's modes are back."""
+    results = [run_killed(primary, way, sig) for way in WAYS]
+    assert results == ["killed %d" % sig] * 2
