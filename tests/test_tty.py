@@ -165,8 +165,8 @@ def lines(out: bytes, *prefixes: bytes) -> list[bytes]:
             if ln.lstrip(b"\r").startswith(prefixes)]
 
 
-def run_info(primary, way, env=None):
-    with Term(primary, way, "info", rows=37, cols=111, env=env) as t:
+def run_info(primary, way, env=None, mode="fg"):
+    with Term(primary, way, "info", rows=37, cols=111, env=env, mode=mode) as t:
         line = t.expect(b"info ")
         assert t.event() == "exited 0"
         assert t.close() == t.modes
@@ -178,6 +178,15 @@ def test_controlling_terminal(primary):
     terminals, and the size is the terminal's."""
     direct, through = (run_info(primary, way) for way in WAYS)
     assert direct == {"dev_tty": "opens", "foreground": True,
+                      "isatty": [True, True, True], "size": [37, 111]}
+    assert through == direct
+
+
+def test_background_job_that_does_not_read_runs_on(primary):
+    """A background job that only writes is not stopped; it is not the
+    terminal's foreground group, in the pty as on the terminal."""
+    direct, through = (run_info(primary, way, mode="bg") for way in WAYS)
+    assert direct == {"dev_tty": "opens", "foreground": False,
                       "isatty": [True, True, True], "size": [37, 111]}
     assert through == direct
 
