@@ -84,11 +84,13 @@ static void write_all(int fd, const unsigned char *buf, size_t len)
     }
 }
 
-static int is_tty(int fd, struct termios *tio)
+/* The modes of terminal fd into tio; 0, or -1 if fd is no terminal.  The
+ * kernel's TCGETS/TCSETS record is the start of the C library's struct
+ * termios (it adds only room at the end), so one struct serves both the
+ * libc-free client and libforkhost. */
+static int get_modes(int fd, struct termios *tio)
 {
-    struct termios dummy;
-
-    return ioctl(fd, TCGETS, tio ? tio : &dummy) == 0;
+    return ioctl(fd, TCGETS, tio) == 0 ? 0 : -1;
 }
 
 static int foreground(void)
@@ -135,7 +137,7 @@ static void enter_raw(void)
     struct termios r;
 
     if (!t.on || t.raw || !t.outer_open || !foreground() ||
-        !is_tty(t.outer, &t.saved))
+        get_modes(t.outer, &t.saved) < 0)
         return;
     r = t.saved;
     r.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR |
@@ -230,7 +232,7 @@ int fh__tty_prepare(unsigned stdio_mask)
     for (k = 0; k <= 2; k++)
         if ((stdio_mask & (1u << k)) && ioctl(k, TIOCGSID, &sid) == 0)
             t.slave_for |= 1u << k;
-    if (!t.slave_for || !is_tty(t.outer, &t.saved))
+    if (!t.slave_for || get_modes(t.outer, &t.saved) < 0)
         goto off;
     t.master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
     if (t.master < 0 || ioctl(t.master, TIOCSPTLCK, &unlock) < 0)
