@@ -575,8 +575,8 @@ static void take_client_attrs(pid_t client)
  * the same way ("Stopped (tty input)").  The client sends K2
  * FH_TTY_KEEPER_SIGNAL when it is continued (fg, bg); K2 then looks again,
  * sets the foreground group and continues the secondary's group itself, in
- * that order.  Both block
- * every signal, hold no fd and die with their parent (PR_SET_PDEATHSIG).
+ * that order.  Both block every signal, hold no fd and die with their
+ * parent (PR_SET_PDEATHSIG).
  */
 
 /* The client's process group and its terminal's foreground group
