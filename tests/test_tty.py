@@ -37,13 +37,14 @@ class Term:
     """One pseudo-terminal with jobshell.py on it running one job."""
 
     def __init__(self, primary, way: str, case: str, mode: str = "fg",
-                 rows: int = 24, cols: int = 80, env=None):
+                 rows: int = 24, cols: int = 80, env=None, argv=None):
         self.master, slave = os.openpty()
         self.resize(rows, cols)
         ev_r, ev_w = os.pipe()
         cmd_r, cmd_w = os.pipe()
         prog = [sys.executable, "ttyfix.py", case]
-        argv = prog if way == "direct" else [RUNNER, "ttyfix.py", case]
+        if argv is None:
+            argv = prog if way == "direct" else [RUNNER, "ttyfix.py", case]
         full_env = dict(primary.env, JOBSHELL_EVENTS=str(ev_w),
                         JOBSHELL_COMMANDS=str(cmd_r))
         full_env.pop("FORKHOST_TTY", None)      # the default, whatever the runner has
@@ -109,6 +110,14 @@ class Term:
         by key (readline, or forkhost-run relaying)."""
         wait_until(lambda: not termios.tcgetattr(self.master)[3] & termios.ICANON,
                    what="the terminal to leave canonical mode")
+
+    def wait_foreground(self, job: psutil.Process, way: str) -> None:
+        """Until fg has given the job the terminal, and forkhost-run relays
+        it raw again: keys typed from now on are the job's."""
+        wait_until(lambda: os.tcgetpgrp(self.master) == job.pid,
+                   what="fg to give the job the terminal")
+        if way != "direct":
+            self.wait_raw()
 
     def event(self) -> str:
         r, _, _ = select.select([self.events], [], [], TIMEOUT)
@@ -228,15 +237,16 @@ def run_interrupt(primary, way):
         rc = t.expect(b"rc ")
         assert t.event() == "exited 0"
         assert t.close() == t.modes
-        return rc
+        return rc, t.out
 
 
 def test_ctrl_c_reaches_the_whole_group(primary):
     """^C interrupts os.system()'s child at once: system() returns the
     child's SIGINT (2), where a forwarded signal would reach only the
     program and sleep would run on."""
-    results = [run_interrupt(primary, way) for way in WAYS]
-    assert results == [b"rc 2", b"rc 2"]
+    direct, through = (run_interrupt(primary, way) for way in WAYS)
+    assert direct[0] == b"rc 2"
+    assert through == direct        # the screen too, ^C echoed and all
 
 
 def run_suspend(primary, way, how="^Z"):
@@ -255,6 +265,7 @@ def run_suspend(primary, way, how="^Z"):
                              what="the program's child to stop")]
         modes_while_stopped = termios.tcgetattr(t.master)
         t.command("fg")
+        t.wait_foreground(job, way)
         wait_until(lambda: proc_state(child) != "T", what="fg to continue the child")
         t.send(b"hello\r")
         got = t.expect(b"got ")
@@ -319,18 +330,19 @@ def run_background_read(primary, way):
         events = [t.event()]
         state = proc_state(job.pid)
         t.command("fg")
+        t.wait_foreground(job, way)
         t.send(b"typed\r")
         got = t.expect(b"got ")
         events.append(t.event())
         assert t.close() == t.modes
-        return events, state, got
+        return events, state, got, t.out
 
 
 def test_background_read_stops_with_sigttin(primary):
     """A background job reading the terminal stops ("Stopped (tty input)")
     instead of taking the keys; fg gives it the terminal and it reads."""
     direct, through = (run_background_read(primary, way) for way in WAYS)
-    assert direct == (["stopped %d" % signal.SIGTTIN, "exited 0"], "T", b"got typed")
+    assert direct[:3] == (["stopped %d" % signal.SIGTTIN, "exited 0"], "T", b"got typed")
     assert through == direct
 
 
@@ -375,3 +387,29 @@ def test_killed_by_a_signal_restores_the_terminal(primary, sig):
     do not forward it): the job dies of it, the terminal's modes are back."""
     results = [run_killed(primary, way, sig) for way in WAYS]
     assert results == ["killed %d" % sig] * 2
+
+
+def run_native(primary, way, native_so):
+    argv = ["sleep", "1000"] if way == "direct" else [RUNNER, f"{native_so}:sleeper"]
+    with Term(primary, way, None, argv=argv) as t:
+        job = t.job()
+        if way == "direct":
+            wait_until(lambda: job.name() == "sleep", what="sleep to start")
+        else:
+            t.expect(b"ready")
+        t.send(b"\x1a")
+        events = [t.event()]
+        t.command("fg")
+        t.wait_foreground(job, way)
+        t.send(b"\x03")
+        events.append(t.event())
+        assert t.close() == t.modes
+        return events
+
+
+def test_native_entry(primary, native_so):
+    """A native (C) entry through forkhost-run against sleep run directly:
+    ^Z stops it, fg continues it, ^C ends it."""
+    direct, through = (run_native(primary, way, native_so) for way in WAYS)
+    assert direct == ["stopped %d" % signal.SIGTSTP, "killed %d" % signal.SIGINT]
+    assert through == direct

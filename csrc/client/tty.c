@@ -58,7 +58,7 @@ static struct {
     int   on;            /* relaying */
     int   outer;         /* the user's terminal: our own /dev/tty fd */
     int   master;        /* the pty's master, non-blocking */
-    int   slave;         /* until STARTED */
+    int   slave;         /* the pty's slave, ours too */
     unsigned slave_for;  /* bit k: std fd k is the terminal, send the slave */
     int   outer_open;    /* the terminal can still be read */
     int   master_open;   /* the master can still be read (no EIO yet) */
@@ -268,8 +268,9 @@ void fh__tty_started(pid_t secondary)
     if (!t.on)
         return;
     t.secondary = secondary;
-    close(t.slave);         /* the secondary's now: its end is EIO for us */
-    t.slave = -1;
+    /* Our slave fd stays open: with the secondary's last fd closed the
+     * master would answer EIO, and could before the last bytes written to
+     * the slave are readable; we read until EAGAIN when EXITED comes. */
     enter_raw();
 }
 
