@@ -295,6 +295,30 @@ int fh__tty_poll(struct pollfd *p)
     return n;
 }
 
+/*
+ * Output to the terminal while it is not in raw mode (we are a background
+ * job: the shell has the terminal and its modes).  The pty has done the
+ * output processing already, and the terminal would do it again: each
+ * newline the pty turned into CR NL would arrive as CR CR NL.  Where both
+ * map NL to CR NL (ONLCR, the usual), give the terminal back the plain NL,
+ * so it writes what a direct run would.  A CR NL pair split between two
+ * reads is left as it is.
+ */
+static size_t undo_onlcr(unsigned char *buf, size_t n)
+{
+    struct termios outer, inner;
+    size_t i, o = 0;
+
+    if (get_modes(t.outer, &outer) < 0 || get_modes(t.master, &inner) < 0 ||
+        !(outer.c_oflag & OPOST) || !(outer.c_oflag & ONLCR) ||
+        !(inner.c_oflag & OPOST) || !(inner.c_oflag & ONLCR))
+        return n;
+    for (i = 0; i < n; i++)
+        if (!(buf[i] == '\r' && i + 1 < n && buf[i + 1] == '\n'))
+            buf[o++] = buf[i];
+    return o;
+}
+
 /* Everything the master has now to the terminal; 0 at EIO (every slave
  * fd closed) or when nothing is left. */
 static int drain_master(void)
@@ -305,7 +329,7 @@ static int drain_master(void)
         ssize_t n = read(t.master, buf, sizeof buf);
 
         if (n > 0) {
-            write_all(t.outer, buf, (size_t)n);
+            write_all(t.outer, buf, t.raw ? (size_t)n : undo_onlcr(buf, (size_t)n));
             continue;
         }
         if (n < 0 && errno == EINTR)
