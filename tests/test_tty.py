@@ -26,7 +26,7 @@ import time
 import psutil
 import pytest
 
-from fhtest import FIXTURES, RUNNER, proc_state, wait_until
+from fhtest import FIXTURES, RUNNER, LineReader, proc_state, reap, wait_until
 
 JOBSHELL = str(FIXTURES / "jobshell.py")
 WAYS = ["direct", "forkhost-run"]
@@ -414,3 +414,40 @@ def test_native_entry(primary, native_so):
     direct, through = (run_native(primary, way, native_so) for way in WAYS)
     assert direct == ["stopped %d" % signal.SIGTSTP, "killed %d" % signal.SIGINT]
     assert through == direct
+
+
+def test_python_init_client_relays_too(primary):
+    """forkhost.init()'s client (the C client, as fh_init's) relays the
+    terminal like forkhost-run: ^Z and fg through a program that hands
+    itself over, against the same case run directly."""
+    env = dict(primary.env)
+    env.pop("FORKHOST_PREFIX", None)
+    prim = subprocess.Popen([sys.executable, "ttyinit.py", "--file-prefix=ti"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=FIXTURES)
+    try:
+        assert LineReader(prim.stdout).readline().startswith(b"primary ")
+        results = []
+        for way in WAYS:
+            argv = ([sys.executable, "ttyfix.py", "suspend"] if way == "direct" else
+                    [sys.executable, "ttyinit.py", "--file-prefix=ti", "suspend"])
+            with Term(primary, way, None, argv=argv) as t:
+                child = int(t.expect(b"ready ").split()[1])
+                job = t.job()
+                t.send(b"\x1a")
+                events = [t.event()]
+                wait_until(lambda: proc_state(child) == "T", what="the child to stop")
+                t.command("fg")
+                t.wait_foreground(job, way)
+                t.send(b"hello\r")
+                got = t.expect(b"got ")
+                events.append(t.event())
+                assert t.close() == t.modes
+                results.append((events, got))
+        assert results[0] == (["stopped %d" % signal.SIGTSTP, "exited 0"], b"got hello")
+        assert results[1] == results[0]
+        prim.send_signal(signal.SIGTERM)
+        _, err = prim.communicate(timeout=TIMEOUT)
+        assert prim.returncode == 0, err
+    finally:
+        reap(prim)
