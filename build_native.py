@@ -56,10 +56,10 @@ CLIENT_LIB_SOURCES = [str(CSRC / "lib" / "rundir_path.c")]
 
 
 def lib_sources() -> list[str]:
-    """csrc/lib, and the client's launch (client.c, for fh_init), which
-    forkhost-run is built from too."""
+    """csrc/lib, and the client's launch (client.c and its terminal relay,
+    tty.c, for fh_init), which forkhost-run is built from too."""
     return sorted(str(p) for p in (CSRC / "lib").glob("*.c")) + [
-        str(CSRC / "client" / "client.c")]
+        str(CSRC / "client" / "client.c"), str(CSRC / "client" / "tty.c")]
 
 
 def build_library(outdir: str | os.PathLike, extra: list[str] | None = None,

@@ -34,6 +34,7 @@
 #include "forkhost/client.h"
 #include "forkhost/proto.h"
 #include "forkhost/rundir.h"
+#include "tty.h"
 
 extern char **environ;
 
@@ -127,6 +128,7 @@ static void die(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    fh__tty_restore();
     diag("%s", msg);
     _exit(FH_EXIT_FORKHOST);
 }
@@ -141,6 +143,7 @@ static void die(const char *fmt, ...)
 __attribute__((noreturn))
 static void exit_like(int code, int sig)
 {
+    fh__tty_finish();       /* its last output, then the terminal's modes */
     if (sig > 0) {
         struct rlimit no_core = { 0, 0 };
         struct sigaction dfl;
@@ -358,6 +361,16 @@ static int pidfd_send_signal(int pidfd, int sig)
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
+/* Stop as the secondary stopped: with a relayed terminal, its modes
+ * restored first and by the same signal (tty.c). */
+static void stop_self(int sig)
+{
+    if (fh__tty_active())
+        fh__tty_stop(sig);
+    else
+        raise(SIGSTOP);
+}
+
 /*
  * Pass every signal queued in the self-pipe to the secondary.  ^Z is
  * passed as SIGTSTP and then stops us too, as the foreground job a shell
@@ -380,9 +393,11 @@ static void forward_signals(int pipe_r, int pidfd)
         for (k = 0; k < n; k++) {
             int sig = buf[k];
 
+            if (fh__tty_signal(sig))
+                continue;       /* resize, TSTP, CONT: through the pty (tty.c) */
             pidfd_send_signal(pidfd, sig);
             if (sig == SIGTSTP && !(sig_ignored_at_start & FH_LAUNCH_SIGBIT(SIGTSTP)))
-                raise(SIGSTOP);
+                stop_self(SIGSTOP);
         }
     }
 }
@@ -874,6 +889,7 @@ static void exit_error(const struct session *s, struct reply *r)
     /* The entry's own failure, found before the fork: what it would have
      * written on its stderr (ours, which we passed), as it is. */
     if (code >= 1 && code <= FH_ERROR_ENTRY_MAX) {
+        fh__tty_restore();
         if (stderr_ok)
             write_all(2, text, r->u.error.text_len);
         if (s->pidfd >= 0)
@@ -887,6 +903,7 @@ static void exit_error(const struct session *s, struct reply *r)
     if (code < 1 || code > 255)
         fail(s, "protocol error: an ERROR from %s has exit code %d: %.*s",
              s->path, (int)code, (int)r->u.error.text_len, text);
+    fh__tty_restore();
     diag("%.*s", (int)r->u.error.text_len, text);
     if (s->pidfd >= 0)
         pidfd_send_signal(s->pidfd, SIGKILL);
@@ -1047,6 +1064,12 @@ void fh_client_run(struct fh_client *c)
 
     alen = socket_address(&o, &addr);
 
+    /* A terminal to relay (tty.c): decided before our signal handlers, so
+     * theirs win where both would catch a signal. */
+    if (fh__tty_prepare(stdio_mask) < 0)
+        die("invalid FORKHOST_TTY '%s': 0 turns the terminal relay off, 1 "
+            "(the default) relays one", getenv("FORKHOST_TTY"));
+
     /* Before the connection exists, so no signal between connect and
      * STARTED is lost: they wait in the pipe and are forwarded after. */
     pipe_r = setup_signals(&x.sig_ignored);
@@ -1058,7 +1081,7 @@ void fh_client_run(struct fh_client *c)
     fds[nfds++] = cwd;
     for (int fd = 0; fd <= 2; fd++)
         if (stdio_mask & (1u << fd))
-            fds[nfds++] = fd;
+            fds[nfds++] = fh__tty_fd(fd);
     for (unsigned k = 0; k < x.nextra; k++)
         fds[nfds++] = o.nextra > 0 ? o.extra_fds[k] : inherited[k];
     len = build_launch(&o, stdio_mask, nfds, &x);
@@ -1101,7 +1124,8 @@ void fh_client_run(struct fh_client *c)
         if (r.u.hdr.type == FH_MSG_ERROR)
             exit_error(&s, &r);
         if (r.u.hdr.type == FH_MSG_STOPPED) {
-            stopped_early = 1;   /* the template heard first; see below */
+            /* the template heard first; see below */
+            stopped_early = r.u.stopped.signal > 0 ? r.u.stopped.signal : SIGSTOP;
             continue;
         }
         if (r.u.hdr.type == FH_MSG_NOTICE) {
@@ -1119,17 +1143,20 @@ void fh_client_run(struct fh_client *c)
         s.pidfd = r.fd;
         break;
     }
+    fh__tty_started(s.pid);
     if (stopped_early && secondary_stopped(s.pid))
-        raise(SIGSTOP);
+        stop_self(stopped_early);
 
     /* Running: forward signals until EXITED.  The pipe goes first, so
      * early signals reach the secondary before we act on an EXITED that
      * may already be queued behind STARTED. */
     for (;;) {
-        struct pollfd pfd[2] = { { pipe_r, POLLIN, 0 }, { s.sock, POLLIN, 0 } };
+        struct pollfd pfd[2 + FH_TTY_POLLFDS] = {
+            { pipe_r, POLLIN, 0 }, { s.sock, POLLIN, 0 } };
         struct reply r;
+        int ntty = fh__tty_poll(pfd + 2);
 
-        if (poll(pfd, 2, -1) < 0) {
+        if (poll(pfd, 2 + (nfds_t)ntty, -1) < 0) {
             if (errno == EINTR)
                 continue;
             fail(&s, "poll: %s", strerror(errno));
@@ -1138,6 +1165,7 @@ void fh_client_run(struct fh_client *c)
             forward_signals(pipe_r, s.pidfd);
             continue;
         }
+        fh__tty_ready(pfd + 2, ntty);
         if (!pfd[1].revents)
             continue;
         switch (recv_reply(&s, &r)) {
@@ -1156,7 +1184,7 @@ void fh_client_run(struct fh_client *c)
             exit_error(&s, &r);
         if (r.u.hdr.type == FH_MSG_STOPPED) {
             if (secondary_stopped(s.pid))
-                raise(SIGSTOP);
+                stop_self(r.u.stopped.signal);
             continue;
         }
         if (r.u.hdr.type == FH_MSG_NOTICE) {

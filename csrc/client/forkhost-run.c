@@ -96,6 +96,9 @@ static const char usage_text[] =
     "  -h, --help            show this help and exit\n"
     "  --version             show the version and exit\n"
     "\n"
+    "From a terminal, the secondary gets a pseudo-terminal relayed to it, as\n"
+    "ssh -t does; FORKHOST_TTY=0 passes the terminal as it is.\n"
+    "\n"
     "Exit status: the secondary's; if it was killed by a signal, " PROG "\n"
     "dies by the same signal.  125: forkhost itself failed; 126: the entry\n"
     "cannot be loaded or run; 127: the entry was not found.\n";

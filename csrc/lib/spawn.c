@@ -19,6 +19,7 @@
  * even if someone calls it after forking a threaded process.
  */
 #include "forkhost/spawn.h"
+#include "forkhost/client.h"
 #include "forkhost/entry.h"
 #include "forkhost/member.h"
 #include "forkhost/proto.h"
@@ -42,7 +43,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -799,6 +802,196 @@ static int lay_out_image(const struct fh_child_spec *spec)
     return rc;
 }
 
+/* ------------------------------------------------------------------------
+ * A terminal of its own (docs/cli.md, "Terminals").
+ *
+ * A client started from a terminal relays a pseudo-terminal (csrc/client/
+ * tty.c): the secondary's stdio is the pty's slave, which is no session's
+ * controlling terminal yet.  The secondary makes it its own, as a program
+ * started by ssh -t is given one: setsid() and TIOCSCTTY, so /dev/tty
+ * opens, tcgetpgrp() works and the line discipline signals its process
+ * group (^C, ^Z, ^\, resize).  A terminal that is the client's own
+ * controlling terminal (relaying turned off, or the Python API handing its
+ * stdio over) is left alone: it belongs to the client's session.
+ *
+ * The new session's leader is the secondary, whose parent (the template) is
+ * outside it, so its process group is orphaned: the kernel drops the stop
+ * signals a terminal sends (^Z, SIGTTIN, SIGTTOU) to an orphaned group.  A
+ * keeper pair fixes that, as a shell's presence does for its jobs: K1, a
+ * child of the secondary in a process group of its own, and K2, K1's
+ * child, in the secondary's group.  K2's parent is in another group of the
+ * same session, so the group is no longer orphaned.  K2 also carries the
+ * client's place on the outer terminal into the pty: when the client is a
+ * background job there, the pty's foreground group becomes K1's, so a read
+ * of the terminal stops the secondary with SIGTTIN and the client stops
+ * the same way ("Stopped (tty input)").  The client sends K2
+ * FH_TTY_KEEPER_SIGNAL when it is continued (fg, bg); K2 then looks again,
+ * sets the foreground group and continues the secondary's group itself, in
+ * that order.  Both block every signal, hold no fd and die with their
+ * parent (PR_SET_PDEATHSIG).
+ */
+
+/* The client's process group and its terminal's foreground group
+ * (/proc/PID/stat fields 5 and 8) and its controlling terminal (field 7). */
+static int client_tty_state(pid_t client, pid_t *pgrp, pid_t *tpgid,
+                            unsigned long *tty_nr)
+{
+    char path[48], digits[16], buf[512], *p;
+    long f[9];
+    int k;
+
+    digits[sizeof digits - 1] = '\0';
+    strcpy(path, "/proc/");
+    strcat(path, put_int(digits + sizeof digits - 1, (int)client));
+    strcat(path, "/stat");
+    if (read_small(path, buf, sizeof buf) < 0)
+        return -1;
+    p = strrchr(buf, ')');      /* comm may hold anything */
+    if (p == NULL || p[1] != ' ')
+        return -1;
+    p += 2;
+    /* p is field 3 (state); read fields 4..8 as numbers */
+    while (*p && *p != ' ')
+        p++;
+    for (k = 4; k <= 8; k++) {
+        long v = 0, sign = 1;
+
+        if (*p != ' ')
+            return -1;
+        p++;
+        if (*p == '-') {
+            sign = -1;
+            p++;
+        }
+        if (*p < '0' || *p > '9')
+            return -1;
+        while (*p >= '0' && *p <= '9')
+            v = v * 10 + (*p++ - '0');
+        f[k] = v * sign;
+    }
+    *pgrp = (pid_t)f[5];
+    *tty_nr = (unsigned long)f[7];
+    *tpgid = (pid_t)f[8];
+    return 0;
+}
+
+/* K2: the pty's foreground group follows the client's place on its own
+ * terminal: the secondary's group when the client is in the foreground
+ * (or gone), K1's otherwise. */
+static void follow_client(pid_t client, pid_t session, pid_t k1)
+{
+    pid_t pgrp, tpgid, fg = session;
+    unsigned long tty_nr;
+    int fd;
+
+    if (client_tty_state(client, &pgrp, &tpgid, &tty_nr) == 0 &&
+        tpgid != pgrp)
+        fg = k1;
+    /* Every signal is blocked here, SIGTTOU too, so a change from a
+     * background group is allowed. */
+    fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    (void)ioctl(fd, TIOCSPGRP, &fg);
+    close(fd);
+}
+
+static __attribute__((noreturn)) void keeper_wait(void)
+{
+    sigset_t all;
+
+    sigfillset(&all);
+    for (;;)
+        sigsuspend(&all);       /* nothing is ever delivered: SIGKILL ends it */
+}
+
+static void start_keepers(pid_t client)
+{
+    pid_t session = getpid(), k1;
+    int ready[2];
+    char b;
+
+    if (pipe2(ready, O_CLOEXEC) < 0)
+        return;
+    k1 = fork();
+    if (k1 == 0) {
+        pid_t me = getpid(), k2;
+
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != session)
+            _exit(0);
+        (void)setpgid(0, 0);
+        (void)prctl(PR_SET_NAME, "forkhost-tty");
+        k2 = fork();
+        if (k2 == 0) {
+            sigset_t wake;
+            siginfo_t si;
+            int sig;
+
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != me)
+                _exit(0);
+            (void)setpgid(0, session);
+            if (ready[1] > 0)
+                close_range_(0, (unsigned)ready[1] - 1);
+            close_from(ready[1] + 1);
+            follow_client(client, session, me);
+            close(ready[1]);
+            sigemptyset(&wake);
+            sigaddset(&wake, FH_TTY_KEEPER_SIGNAL);
+            for (;;) {
+                sig = sigwaitinfo(&wake, &si);
+                if (sig != FH_TTY_KEEPER_SIGNAL || si.si_pid != client)
+                    continue;       /* only the client's wake-up */
+                follow_client(client, session, me);
+                (void)kill(-session, SIGCONT);
+            }
+        }
+        close_from(0);
+        keeper_wait();
+    }
+    close(ready[1]);
+    /* EOF: K2 looked (or K1 or K2 failed): the pty is as the client's
+     * place says before the program can read it. */
+    if (k1 > 0)
+        while (read(ready[0], &b, 1) < 0 && errno == EINTR)
+            ;
+    close(ready[0]);
+}
+
+/* Before the fds move (setsid() must come before the secondary leads a
+ * process group): 1 when the secondary now leads a session of its own, with
+ * the client's terminal as its controlling terminal; 0 when it is to take a
+ * process group in the template's session as before. */
+static int take_terminal(const struct fh_child_spec *spec)
+{
+    pid_t pgrp, tpgid;
+    unsigned long ctty;
+    struct termios tio;
+    struct stat st;
+    unsigned k, at = 1;         /* spec->fds: cwd, then the std fds */
+    int fd = -1, saved_errno = errno;
+
+    if (spec->client_pid <= 0)
+        return 0;
+    for (k = 0; k <= 2 && fd < 0; k++)
+        if (spec->stdio_mask & (1u << k)) {
+            if (ioctl(spec->fds[at], TCGETS, &tio) == 0)
+                fd = spec->fds[at];
+            at++;
+        }
+    if (fd < 0 || fstat(fd, &st) < 0 ||
+        client_tty_state(spec->client_pid, &pgrp, &tpgid, &ctty) < 0 ||
+        ctty == 0 || ctty == (unsigned long)st.st_rdev || setsid() < 0) {
+        errno = saved_errno;
+        return 0;
+    }
+    /* A session of its own from here, terminal or not (TIOCSCTTY fails if
+     * another session has it: then none). */
+    if (ioctl(fd, TIOCSCTTY, 0) == 0)
+        start_keepers(spec->client_pid);
+    errno = saved_errno;
+    return 1;
+}
+
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     sigset_t set;
@@ -831,8 +1024,9 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 
     /* Its own group: a signal to the template's group (a Ctrl-C in the
      * primary's terminal, a kill -TERM -PGID) does not reach the client's
-     * program, which gets the client's signals through the template. */
-    if (setpgid(0, 0) < 0)
+     * program, which gets the client's signals through the template.  With
+     * a terminal the client relays, its own session (take_terminal). */
+    if (!take_terminal(spec) && setpgid(0, 0) < 0)
         return step_failed(error, "leaving the template's process group "
                            "(setpgid)");
 

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -152,6 +153,19 @@ pid_t getpid(void)                           { return (pid_t)SYS(SYS_getpid, 0, 
 int kill(pid_t pid, int sig)                 { return (int)SYS(SYS_kill, pid, sig, 0); }
 int raise(int sig)                           { return kill(getpid(), sig); }
 int poll(struct pollfd *p, nfds_t n, int ms) { return (int)SYS(SYS_poll, p, n, ms); }
+pid_t getpgrp(void)                          { return (pid_t)SYS(SYS_getpgid, 0, 0, 0); }
+
+/* The terminal requests (csrc/client/tty.c) all take a pointer. */
+int ioctl(int fd, unsigned long req, ...)
+{
+    void *arg;
+    va_list ap;
+
+    va_start(ap, req);
+    arg = va_arg(ap, void *);
+    va_end(ap);
+    return (int)SYS(SYS_ioctl, fd, req, arg);
+}
 
 int open(const char *path, int flags, ...)
 {
@@ -171,6 +185,11 @@ int open(const char *path, int flags, ...)
 int stat(const char *restrict path, struct stat *restrict st)
 {
     return (int)SYS6(SYS_newfstatat, AT_FDCWD, path, st, 0, 0, 0);
+}
+
+int fstat(int fd, struct stat *st)
+{
+    return (int)SYS(SYS_fstat, fd, st, 0);
 }
 
 /* The commands without an argument are not given one: read none.  The

@@ -30,6 +30,13 @@
  * shows up as an error instead of a hang. */
 #define FH_CLIENT_CONNECT_TIMEOUT_S 5.0
 
+/* With a terminal relayed (docs/cli.md, "Terminals"), the client wakes its
+ * secondary's keeper (csrc/lib/spawn.c, take_terminal) with this signal,
+ * the last real-time one, when the shell continues the client: the keeper
+ * looks at the client's place on its terminal again, then continues the
+ * secondary's process group.  Queued, so a wake-up is never merged away. */
+#define FH_TTY_KEEPER_SIGNAL 64
+
 struct fh_client {
     const char  *prog;            /* diagnostics are "prog: text" */
     const char  *prefix;          /* NULL: $FORKHOST_PREFIX, else "forkhost" */

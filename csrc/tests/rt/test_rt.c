@@ -7,7 +7,8 @@
  * It checks what the client relies on: the formatter and strtod against
  * what glibc prints and parses, strerror, getenv, the string functions,
  * and that the system-call wrappers (signals with their return
- * trampoline, masks, fcntl, open, stat, syscall) behave as libc's do.
+ * trampoline, masks, fcntl, open, stat, fstat, ioctl, syscall) behave as
+ * libc's do.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -274,6 +276,33 @@ static void test_system_calls(void)
         CHECK(stat("/proc/self/stat", &st) == 0 && S_ISREG(st.st_mode) &&
               st.st_uid == geteuid(), "stat a file of ours");
         CHECK(stat("/nonexistent/x", &st) == -1 && errno == ENOENT, "stat ENOENT");
+    }
+
+    {
+        /* fstat, ioctl and getpgrp, for the terminal relay (tty.c): a pty
+         * pair, its window size both ways, and a pipe that is no terminal */
+        struct winsize ws = { 33, 101, 0, 0 }, got_ws;
+        struct stat st;
+        int unlock = 0, m, q[2];
+        unsigned n;
+
+        CHECK(getpgrp() == (pid_t)syscall(SYS_getpgid, 0), "getpgrp");
+        m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+        CHECK(m >= 0 && ioctl(m, TIOCSPTLCK, &unlock) == 0 &&
+              ioctl(m, TIOCGPTN, &n) == 0, "a pty");
+        fd = ioctl(m, TIOCGPTPEER, (unsigned long)(O_RDWR | O_NOCTTY | O_CLOEXEC));
+        CHECK(fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) &&
+              fcntl(fd, F_GETFD) == FD_CLOEXEC, "its slave");
+        CHECK(ioctl(m, TIOCSWINSZ, &ws) == 0 && ioctl(fd, TIOCGWINSZ, &got_ws) == 0 &&
+              got_ws.ws_row == 33 && got_ws.ws_col == 101, "window size");
+        close(fd);
+        close(m);
+        CHECK(pipe2(q, O_CLOEXEC) == 0, "pipe2");
+        CHECK(ioctl(q[0], TIOCGWINSZ, &got_ws) == -1 && errno == ENOTTY, "ENOTTY");
+        CHECK(fstat(q[0], &st) == 0 && S_ISFIFO(st.st_mode), "fstat a pipe");
+        close(q[0]);
+        close(q[1]);
+        CHECK(fstat(q[0], &st) == -1 && errno == EBADF, "fstat EBADF");
     }
 
     /* glibc's syscall(): the number, then up to six arguments. */
