@@ -19,8 +19,7 @@ import sys
 import time
 
 from . import __version__, _wire, client, runtime
-from ._wire import ERROR_ENTRY_MAX
-from .errors import EXIT_FORKHOST, ForkhostError, RefusedError
+from .errors import EXIT_FORKHOST, ForkhostError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -318,28 +317,52 @@ def cmd_run(a) -> int:
             return _run_usage_error(f"invalid value {value!r} for {name}")
         except OSError:
             return _run_usage_error(f"--fd {value}: not an open file descriptor")
-    if "connect_timeout" not in opts:
-        env = os.environ.get("FORKHOST_CONNECT_TIMEOUT", "")
-        try:
-            opts["connect_timeout"] = _seconds(env) if env else client.DEFAULT_CONNECT_TIMEOUT
-        except ValueError:
-            print(f"forkhost run: invalid FORKHOST_CONNECT_TIMEOUT '{env}': not a "
-                  f"number of seconds", file=sys.stderr)
-            return EXIT_FORKHOST
     if not rest:
         return _run_usage_error("missing MODULE after -m" if module else "missing ENTRY")
-    entry, args = rest[0], rest[1:]
-    try:
-        code = client.run(entry, args, module=module, pass_fds=fds, **opts)
-    except RefusedError as err:
-        if err.exit_code > ERROR_ENTRY_MAX:   # else the entry's own words,
-            print(f"forkhost run: {err}", file=sys.stderr)   # on its stderr
-        return err.exit_code
+    _client_run(rest[0], rest[1:], module, fds, opts)   # never returns
+
+
+def _client_run(entry: str, args: list[str], module: bool, fds: list[int],
+                opts: dict) -> None:
+    """The launch itself is forkhost-run's (libforkhost's fh_client_run):
+    the same signals, fds, terminal and exit; this process ends there."""
+    from ._native import ffi, lib
+    from .errors import ForkhostError
+    try:        # the prefix is checked here, with forkhost run's words
+        runtime.resolve_prefix(opts["prefix"])
     except ForkhostError as err:
         print(f"forkhost run: {err}", file=sys.stderr)
-        return EXIT_FORKHOST
-    client.die_like(code)
-    return code  # not reached
+        sys.exit(EXIT_FORKHOST)
+    # What Python set for itself is not the caller's: a direct run from a
+    # shell has SIGPIPE and SIGXFSZ at their defaults (subprocess's
+    # restore_signals does the same).
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    keep = []
+
+    def c_str(text: str):
+        keep.append(ffi.new("char[]", os.fsencode(text)))
+        return keep[-1]
+    c = ffi.new("struct fh_client *")
+    lib.fh_client_init(c, c_str("forkhost run"))
+    if opts["prefix"] is not None:
+        c.prefix, c.prefix_from = c_str(opts["prefix"]), c_str("--prefix")
+    if opts["runtime_dir"] is not None:
+        c.runtime_dir = c_str(opts["runtime_dir"])
+    c.entry = c_str(entry)
+    c.flags = lib.FH_LAUNCH_MODULE if module else 0
+    cargs = [c_str(a) for a in args]
+    arr = ffi.new("char *[]", cargs + [ffi.NULL])
+    c.args, c.nargs = arr, len(cargs)
+    for k, fd in enumerate(fds):
+        c.extra_fds[k] = fd
+    c.nextra = len(fds)
+    if "connect_timeout" in opts:
+        t = opts["connect_timeout"]
+        lib.fh_client_set_timeout(c, b"inf" if t is None else repr(t).encode())
+    lib.fh_client_run(c)
 
 
 # -- ps / stop -----------------------------------------------------------

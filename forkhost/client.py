@@ -24,11 +24,6 @@ PIPE = -1             # forkhost.Popen only
 STDOUT = -2
 DEVNULL = -3
 
-# What `forkhost run` (and forkhost-run) pass on to the secondary.
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
-
-
 def _closed_early(prefix, runtime_dir):
     """The connection closed before any reply: the template died as we
     connected (its pool members hold the listening socket until the kernel
@@ -146,17 +141,12 @@ class Secondary:
     """A running secondary, as its client sees it.  Like subprocess.Popen:
     ``returncode`` is N for exit status N and -S for death by signal S."""
 
-    def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes],
-                 job_control: bool = False, notice: str | None = None):
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int, argv: list[bytes]):
         self._sock = sock
         self.pid = pid
         self.pidfd = pidfd
         self.args = argv
         self.returncode: int | None = None
-        self._job_control = job_control
-        # Why the template ended it (its primary died), when the launch
-        # asked to be told (LAUNCH_NOTICE: `forkhost run` does).
-        self._notice = notice
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -198,8 +188,8 @@ class Secondary:
         return self.returncode
 
     def _read_report(self, timeout: float | None) -> None:
-        """One message from the template: EXITED, or (for `forkhost run`,
-        which asked with LAUNCH_JOBCTL and LAUNCH_NOTICE) STOPPED or NOTICE."""
+        """One message from the template: EXITED (STOPPED and NOTICE come
+        only to a client that asked for them: the C client, client.c)."""
         msg = _recv(self._sock, timeout)
         if msg is None:
             # The template is gone: nobody will report this secondary's
@@ -209,29 +199,11 @@ class Secondary:
             raise ForkhostError(
                 f"lost the template while secondary {self.pid} was running; killed it")
         msg.close_fds()
-        if msg.type == protocol.STOPPED and self._job_control:
-            self._stopped()
-            return
-        if msg.type == protocol.NOTICE:
-            self._notice = protocol.decode_notice(msg.body)
-            return
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
         code, sig = protocol.decode_struct(protocol.EXITED_BODY, msg.body, "EXITED")
         self.returncode = -sig if sig else code
         self.close()
-
-    def _stopped(self) -> None:
-        """STOPPED: as forkhost-run, a shell's job stops with its program,
-        unless the program runs again already (we passed on the SIGCONT
-        after a ^Z, and this is that ^Z's STOPPED, read late)."""
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return
-        if stat[stat.rfind(b")") + 2:][:1] in (b"T", b"t"):
-            os.kill(os.getpid(), signal.SIGSTOP)
 
     def close(self) -> None:
         """Drop the connection (the template then ends a running secondary)."""
@@ -255,8 +227,7 @@ class Secondary:
 def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = None,
            runtime_dir=None, env=None, cwd=None, stdin=None, stdout=None,
            stderr=None, pass_fds=(), umask: int | None = None,
-           connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-           _job_control: bool = False, _notices: bool = False) -> Secondary:
+           connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Secondary:
     """Start a secondary running ``entry`` with ``args``; returns its handle.
 
     stdin/stdout/stderr: None (this process's fd 0/1/2), DEVNULL, an fd or a
@@ -290,9 +261,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
             raise ForkhostError(f"too many pass_fds ({len(extra)}; the limit is "
                                 f"{protocol.MAX_EXTRA_FDS})")
         req = protocol.Launch(os.fsencode(entry), argv, _env_list(env),
-                              (protocol.LAUNCH_MODULE if module else 0)
-                              | (protocol.LAUNCH_JOBCTL if _job_control else 0)
-                              | (protocol.LAUNCH_NOTICE if _notices else 0),
+                              protocol.LAUNCH_MODULE if module else 0,
                               umask, mask, len(extra))
         body = req.encode()
         sock = connect(prefix, runtime_dir, connect_timeout)
@@ -302,16 +271,6 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
             except (BrokenPipeError, ConnectionResetError):
                 pass   # refused on accept: the ERROR saying why is queued
             msg = _recv(sock, connect_timeout)
-            stopped_early = False
-            notice = None
-            while msg is not None and (msg.type == protocol.STOPPED and _job_control
-                                       or msg.type == protocol.NOTICE and _notices):
-                if msg.type == protocol.STOPPED:
-                    stopped_early = True    # before STARTED: see below
-                else:
-                    notice = protocol.decode_notice(msg.body)
-                msg.close_fds()
-                msg = _recv(sock, connect_timeout)
         except BaseException:
             sock.close()
             raise
@@ -340,71 +299,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
     (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
-    sec = Secondary(sock, pid, msg.fds[0], argv, _job_control, notice)
-    if stopped_early:
-        sec._stopped()
-    return sec
+    return Secondary(sock, pid, msg.fds[0], argv)
 
 
-def die_like(returncode: int) -> None:
-    """Exit the way the secondary did: status N, or death by the same
-    signal (no core dump of our own)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if returncode >= 0:
-        os._exit(returncode)
-    sig = -returncode
-    import resource
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sig not in (signal.SIGKILL, signal.SIGSTOP):   # EINVAL: cannot be caught
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-    os.kill(os.getpid(), sig)
-    os._exit(128 + sig)
-
-
-def run(entry: str, args, *, module: bool = False, prefix=None, runtime_dir=None,
-        pass_fds=(), connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> int:
-    """``forkhost run``: launch with this process's stdio, forward signals
-    like forkhost-run, and return the secondary's returncode."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old_wake = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    handled = FORWARDED_SIGNALS + (signal.SIGTSTP, signal.SIGCONT)
-    old = {s: signal.signal(s, lambda *_: None) for s in handled}
-    try:
-        sec = launch(entry, args, module=module, prefix=prefix, runtime_dir=runtime_dir,
-                     pass_fds=pass_fds, connect_timeout=connect_timeout,
-                     _job_control=True, _notices=True)
-        with sec:
-            while sec.returncode is None:
-                r, _, _ = select.select([wake_r, sec], [], [])
-                if wake_r in r:
-                    for sig in os.read(wake_r, 256):
-                        _forward(sec, sig)
-                    continue       # signals first, as forkhost-run
-                if sec in r:
-                    sec.poll()
-            if sec._notice:
-                # The template's words, with the secondary's end (whose
-                # status we still exit with), as forkhost-run says them.
-                print(f"forkhost run: {sec._notice}", file=sys.stderr, flush=True)
-            return sec.returncode
-    finally:
-        signal.set_wakeup_fd(old_wake)
-        for s, h in old.items():
-            signal.signal(s, h)
-        os.close(wake_r)
-        os.close(wake_w)
-
-
-def _forward(sec: Secondary, sig: int) -> None:
-    if sig == signal.SIGTSTP:
-        # A shell's foreground job: the secondary stops, then so do we.
-        sec.send_signal(signal.SIGTSTP)
-        os.kill(os.getpid(), signal.SIGSTOP)
-    else:
-        sec.send_signal(sig)
-
-
-__all__ = ["launch", "run", "info", "connect", "default_target", "Secondary", "DEVNULL",
-           "die_like", "FORWARDED_SIGNALS"]
+__all__ = ["launch", "info", "connect", "default_target", "Secondary", "DEVNULL"]

@@ -40,9 +40,12 @@ struct fh_client {
     const char  *argv0;
     char *const *args;
     int          nargs;
+    int          extra_fds[...];
+    unsigned     nextra;
     int          wait_for_socket;
     ...;
 };
 
 void fh_client_init(struct fh_client *c, const char *prog);
+int fh_client_set_timeout(struct fh_client *c, const char *s);
 void fh_client_run(struct fh_client *c);
