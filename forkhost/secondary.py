@@ -142,6 +142,7 @@ def _environ_dict(env: list[bytes]) -> dict[bytes, bytes]:
 
 # The TZ the template's C library and time module were set up for.
 _template_tz = os.environb.get(b"TZ")
+_template_libpath = os.environb.get(b"LD_LIBRARY_PATH")
 
 
 def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
@@ -174,7 +175,28 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
         # daylight and tzname come from then: the client's TZ, as python
         # starts with it.
         time.tzset()
+    if data.get(b"LD_LIBRARY_PATH") != _template_libpath:
+        _client_libpath(os.fsdecode(data.get(b"LD_LIBRARY_PATH", b"")))
     return data
+
+
+def _client_libpath(path: str) -> None:
+    """ctypes.CDLL("libname.so") as the client's loader would find it:
+    glibc reads LD_LIBRARY_PATH once, at the primary's start, so a bare
+    name is looked up in the client's directories first, here, and loaded
+    by its path when found there (native entries: entry.c does the same)."""
+    dirs = [d or "." for d in path.split(":")] if path else []
+    import ctypes
+    dlopen = ctypes._dlopen
+
+    def client_dlopen(name, mode=ctypes.DEFAULT_MODE):
+        if isinstance(name, str) and name and "/" not in name:
+            for d in dirs:
+                candidate = os.path.join(d, name)
+                if os.path.isfile(candidate):
+                    return dlopen(candidate, mode)
+        return dlopen(name, mode)
+    ctypes._dlopen = client_dlopen
 
 
 def _client_signals(spec) -> None:

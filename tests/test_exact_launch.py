@@ -368,3 +368,34 @@ def test_init_passes_inheritable_fds_and_not_close_on_exec_ones(runtime_dir, tmp
         assert prim.returncode == 0, err
     finally:
         reap(prim)
+
+
+def test_argv0_of_a_program_named_with_its_symbol(primary, native, tmp_path):
+    """`forkhost-run ./prog:main` runs ./prog, whose argv[0] a direct run
+    makes "./prog": the ":main" is the entry's, not the program's."""
+    direct = subprocess.run([native["pie"]], capture_output=True, cwd=tmp_path,
+                            env=primary.env, timeout=60)
+    through = subprocess.run([RUNNER, native["pie"] + ":main"], capture_output=True,
+                             cwd=tmp_path, env=primary.env, timeout=60)
+    assert direct.stdout.splitlines()[:2] == through.stdout.splitlines()[:2], \
+        (direct.stdout, through.stdout, through.stderr)
+    assert through.stdout.splitlines()[1] == f"argv[0]={native['pie']}".encode()
+
+
+def test_ctypes_finds_a_library_on_the_clients_ld_library_path(primary, tmp_path):
+    """ctypes.CDLL("libname.so") with the library only on the client's
+    LD_LIBRARY_PATH loads as it does directly."""
+    lib = tmp_path / "libfhx.so"
+    src = tmp_path / "fhx.c"
+    src.write_text("int fhx(void) { return 7; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    script = tmp_path / "use_lib.py"
+    script.write_text("import ctypes\nprint(ctypes.CDLL('libfhx.so').fhx())\n")
+    env = dict(primary.env, LD_LIBRARY_PATH=str(tmp_path))
+    direct = subprocess.run([sys.executable, str(script)], capture_output=True,
+                            env=env, cwd=tmp_path, timeout=60)
+    through = subprocess.run([RUNNER, str(script)], capture_output=True, env=env,
+                             cwd=tmp_path, timeout=60)
+    assert direct.stdout == b"7\n", direct.stderr
+    assert (through.returncode, through.stdout, through.stderr) == \
+        (direct.returncode, direct.stdout, direct.stderr)

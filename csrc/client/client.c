@@ -596,11 +596,32 @@ struct launch_extra {
 
 /* Build LAUNCH: entry, argv = argv0 (else entry) + ARGS, our whole
  * environ; its length. */
+/* The secondary's argv[0] when the caller names none: the entry, less a
+ * ":symbol" after a file ("./prog:main" runs ./prog, whose own argv[0]
+ * is "./prog"), the template's own rule for splitting it (request.c). */
+static const char *default_argv0(const struct fh_client *o)
+{
+    static char head[PATH_MAX];
+    const char *colon = strrchr(o->entry, ':');
+    struct stat st;
+    size_t n;
+
+    if (o->flags & FH_LAUNCH_MODULE || colon == NULL || colon == o->entry ||
+        stat(o->entry, &st) == 0)
+        return o->entry;
+    n = (size_t)(colon - o->entry);
+    if (n >= sizeof head)
+        return o->entry;
+    memcpy(head, o->entry, n);
+    head[n] = '\0';
+    return stat(head, &st) == 0 && S_ISREG(st.st_mode) ? head : o->entry;
+}
+
 static size_t build_launch(const struct fh_client *o, unsigned stdio_mask,
                            unsigned nfds, const struct launch_extra *x)
 {
     struct fh_launch *m = &launch_buf.msg;
-    const char *argv0 = o->argv0 ? o->argv0 : o->entry;
+    const char *argv0 = o->argv0 ? o->argv0 : default_argv0(o);
     size_t tlen = x->nextra * sizeof x->target[0];
     size_t total = sizeof(*m) + tlen + strlen(o->entry) + 1 + strlen(argv0) + 1;
     size_t envc = 0;
