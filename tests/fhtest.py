@@ -147,6 +147,20 @@ def secondary_pids(prefix: str, runtime_dir: str) -> list[int]:
     return [s["pid"] for s in forkhost.info(prefix, runtime_dir)["secondaries"]]
 
 
+def stop_and_resume(proc, out, sec: int, stop) -> None:
+    """stop() stops the job: the secondary and the client end up stopped;
+    a SIGCONT to the client (the shell's fg) resumes both."""
+    stop()
+    wait_until(lambda: proc_state(sec) == "T", what="the secondary to stop")
+    wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
+    proc.send_signal(signal.SIGCONT)
+    # The program (fhfix:signals and its twins) prints SIGCONT: the
+    # client forwarded it once resumed.
+    assert out.readline() == b"SIGCONT\n"
+    wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
+    wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
+
+
 class LineReader:
     """Read lines from a pipe with a timeout, without a buffered reader
     hiding data from select()."""

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, LineReader, ended, proc_state, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, reap, secondary_pids,
+                    stop_and_resume, wait_until)
 
 CC = os.environ.get("CC", "cc")
 
@@ -156,16 +157,9 @@ def test_ctrl_z_and_fg_and_forwarded_signals(exe, runtime_dir):
         try:
             out = LineReader(proc.stdout)
             assert out.readline() == b"ready\n"
-            kids = [p for p in _children(_template(runtime_dir, "pc"))
-                    if proc_state(p) in ("S", "R")]
-            # ^Z: the client stops, and so does the secondary.
-            proc.send_signal(signal.SIGTSTP)
-            wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
-            wait_until(lambda: any(proc_state(k) == "T" for k in kids),
-                       what="the secondary to stop")
-            # fg: SIGCONT to the client resumes both, and the program sees it.
-            proc.send_signal(signal.SIGCONT)
-            assert out.readline() == b"SIGCONT\n"
+            sec, = secondary_pids("pc", runtime_dir)
+            # ^Z stops the client and the secondary; fg resumes both.
+            stop_and_resume(proc, out, sec, lambda: proc.send_signal(signal.SIGTSTP))
             proc.send_signal(signal.SIGUSR1)
             assert out.readline() == b"SIGUSR1\n"
             proc.send_signal(signal.SIGTERM)
@@ -177,14 +171,6 @@ def test_ctrl_z_and_fg_and_forwarded_signals(exe, runtime_dir):
             reap(proc)
     finally:
         assert prim.stop() == 0
-
-
-def _children(pid: int) -> list[int]:
-    import psutil
-    try:
-        return [c.pid for c in psutil.Process(pid).children()]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def test_eight_at_once_with_auto_make_one_primary(exe, runtime_dir):

@@ -20,7 +20,7 @@ import pytest
 
 import forkhost
 from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, describe, ended, entry,
-                    proc_state, reap, secondary_pids, wait_until)
+                    proc_state, reap, secondary_pids, wait_until, stop_and_resume)
 
 KINDS = ["python", "native"]
 CLIENTS = ["forkhost-run", "forkhost run"]
@@ -248,19 +248,6 @@ def job(primary, client, kind, native_so):
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
         reap(proc)
-
-
-def stop_and_resume(proc, out, sec: int, stop) -> None:
-    """stop() stops the job: the secondary and the client end up stopped;
-    a SIGCONT to the client (the shell's fg) resumes both."""
-    stop()
-    wait_until(lambda: proc_state(sec) == "T", what="the secondary to stop")
-    wait_until(lambda: proc_state(proc.pid) == "T", what="the client to stop")
-    proc.send_signal(signal.SIGCONT)
-    # fhfix:signals prints SIGCONT: the client forwarded it once resumed.
-    assert out.readline() == b"SIGCONT\n"
-    wait_until(lambda: proc_state(proc.pid) in ("S", "R"), what="the client to run")
-    wait_until(lambda: proc_state(sec) in ("S", "R"), what="the secondary to run")
 
 
 @pytest.mark.parametrize("client", CLIENTS)
