@@ -294,7 +294,7 @@ def test_python_init_both_roles(runtime_dir, tmp_path):
                             cwd=tmp_path)
     try:
         line = LineReader(prim.stdout).readline().decode()
-        assert line == f"primary {prim.pid} []\n", (line, prim.poll())
+        assert line == f"primary {prim.pid}\n", (line, prim.poll())
         for args, code, out in [(["exit", "5"], 5, "secondary ['exit', '5']\n"),
                                 (["--", "--x", "y"], 0, "secondary ['--x', 'y']\n")]:
             r = subprocess.run([sys.executable, str(APP), "--file-prefix=py", *args],
