@@ -24,6 +24,7 @@
 #include "forkhost/member.h"
 #include "forkhost/proto.h"
 #include "init_internal.h"
+#include "spawn_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -727,17 +728,29 @@ static int read_stat(unsigned long long *field, int n)
     return 0;
 }
 
+/* /proc/self/stat's fields 26..47 of this image, read once (the template
+ * does it before its first fork: fh__spawn_read_image). */
+static unsigned long long g_image[52];
+static int g_image_read;
+
+void fh__spawn_read_image(void)
+{
+    if (!g_image_read && read_stat(g_image, 51) == 0)
+        g_image_read = 1;
+}
+
 static int point_kernel_at(const char *arg, const char *arg_end,
                            const char *env, const char *env_end)
 {
 #if defined(PR_SET_MM) && defined(PR_SET_MM_MAP)
-    unsigned long long f[52];
+    const unsigned long long *f = g_image;
     struct prctl_mm_map map;
     long brk;
 
-    if (read_stat(f, 51) < 0)
+    fh__spawn_read_image();
+    if (!g_image_read)
         return -1;
-    brk = syscall(SYS_brk, 0);
+    brk = syscall(SYS_brk, 0);          /* the heap's end moves: now's */
     memset(&map, 0, sizeof map);
     map.start_code = f[26];
     map.end_code = f[27];

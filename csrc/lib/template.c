@@ -19,6 +19,7 @@
  */
 #include "forkhost/template.h"
 #include "init_internal.h"
+#include "spawn_internal.h"
 #include "forkhost/member.h"
 #include "forkhost/request.h"
 #include "forkhost/spawn.h"
@@ -1717,6 +1718,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     /* Every secondary knows its prefix (fh_file_prefix). */
     snprintf(fh_init_template_prefix, sizeof fh_init_template_prefix, "%s",
              c->prefix != NULL ? c->prefix : "");
+    fh__spawn_read_image();     /* every fork inherits it */
     t.uid = getuid();
     t.listen_fd = c->listen_fd;
     t.timeout_ms = c->request_timeout_ms ? c->request_timeout_ms
