@@ -38,12 +38,18 @@ def _prog() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
-def _fail(msg: str, code: int = EXIT_FORKHOST):
+def _flush() -> None:
+    """Python's own buffers out before C ends the process (exit() or
+    fh_client_run, which never return to Python)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
+
+
+def _fail(msg: str, code: int = EXIT_FORKHOST):
+    _flush()
     print(f"{_prog()}: {msg}", file=sys.stderr, flush=True)
     os._exit(code)
 
@@ -52,6 +58,7 @@ def _parse(argv: list[str]):
     keep = [ffi.new("char[]", os.fsencode(a)) for a in argv]
     c_argv = ffi.new("char *[]", keep + [ffi.NULL])
     o = ffi.new("struct fh_init_options *")
+    _flush()                                     # C's exit() skips Python's
     lib.fh_init_parse(len(argv), c_argv, o)      # exits 125 on a bad option
 
     def text(p):
@@ -80,11 +87,7 @@ def _entry(argv0: str) -> tuple[str, int]:
 def _hand_over(args: list[str], prefix: str, runtime_dir: str | None,
                starting: bool):
     entry, flags = _entry(args[0] if args else "")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
+    _flush()
     c = ffi.new("struct fh_client *")
     keep = [ffi.new("char[]", os.fsencode(_prog()))]
     lib.fh_client_init(c, keep[0])

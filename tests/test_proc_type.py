@@ -317,3 +317,16 @@ def test_python_init_both_roles(runtime_dir, tmp_path):
     finally:
         reap(prim)
     assert not os.path.exists(os.path.join(runtime_dir, "py"))
+
+
+def test_python_init_bad_option_keeps_what_was_printed(runtime_dir, tmp_path):
+    # C's exit(125) in fh_init_parse skips Python's own flush at exit: what
+    # the program printed before init() must still reach a pipe.
+    code = ("import forkhost; print('before', end=''); "
+            "forkhost.init(['app', '--pool=bad'])")
+    env = dict(_env(runtime_dir))
+    env.pop("PYTHONUNBUFFERED", None)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                       timeout=60, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (125, b"before"), r.stderr
+    assert r.stderr == b"app: invalid --pool 'bad': use a number from 0 to 1024\n"
