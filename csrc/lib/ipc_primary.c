@@ -1096,34 +1096,46 @@ static void *ipc_thread(void *unused)
 
 /* -- start and stop ------------------------------------------------------ */
 
+/* fork() while other threads run (a program's own, after fh_init): P.lock
+ * is held across it, so that the child sees P.conns and P.pending whole,
+ * not halfway through another thread's change. */
+static _Thread_local bool t_fork_locked;   /* (stop may clear p_here meanwhile) */
+
+static void atfork_prepare(void)
+{
+    if (atomic_load_explicit(&p_here, memory_order_acquire)) {
+        pthread_mutex_lock(&P.lock);
+        t_fork_locked = true;
+    }
+}
+
+static void atfork_parent(void)
+{
+    if (t_fork_locked) {
+        t_fork_locked = false;
+        pthread_mutex_unlock(&P.lock);
+    }
+}
+
 /* A forked child has no IPC thread: it forgets the endpoint, closing its
  * copies of the connections (the parent's membership ends with the
- * parent) and of the listener.  The exit channel is left alone: the
- * template keeps its end by number and closes the rest itself. */
+ * parent) and of the listener.  Only close() and plain stores: nothing is
+ * freed (the IPC thread may have been inside realloc of P.byfd or of the
+ * loop's tables when the parent forked; the few blocks stay with the
+ * child).  The exit channel is left alone: the template keeps its end by
+ * number and closes the rest itself. */
 static void atfork_child(void)
 {
+    t_fork_locked = false;      /* P.lock is made anew below */
     if (!atomic_load_explicit(&p_here, memory_order_relaxed))
         return;                 /* relaxed: the child is single-threaded */
     atomic_store_explicit(&p_here, false, memory_order_relaxed);
-    for (struct conn *c = P.conns, *next; c; c = next) {
-        next = c->next;
+    for (struct conn *c = P.conns; c; c = c->next)
         close(c->fd);
-        free(c);
-    }
-    for (struct preq *p = P.pending, *next; p; p = next) {
-        next = p->next;         /* sync ones live on other threads' stacks */
-        if (p->cb)
-            free_preq(p);
-    }
     if (P.listen_fd >= 0)
         close(P.listen_fd);
-    if (P.loop) {
+    if (P.loop)
         fh_ipc_loop_forget(P.loop);
-        fh_ipc_loop_free(P.loop);
-    }
-    free(P.byfd);
-    free(P.reaped);
-    free(P.rx);
     memset(&P, 0, sizeof P);
     P.listen_fd = P.exit_fd = P.exit_theirs = -1;
     pthread_mutex_init(&P.lock, NULL);
@@ -1134,7 +1146,7 @@ static void init_once(void)
 {
     pthread_cond_destroy(&P.cond);
     cond_init_monotonic(&P.cond);
-    pthread_atfork(NULL, NULL, atfork_child);
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 FH_API int fh_ipc_primary_prepare(const char *socket_path)
