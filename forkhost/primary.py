@@ -159,7 +159,7 @@ class Primary:
                  max_secondaries: int = DEFAULT_MAX_SECONDARIES,
                  grace: float = DEFAULT_GRACE,
                  pool: int = DEFAULT_POOL,
-                 huge_pages: str = "auto",
+                 huge_pages: str = _wire.DEFAULT_HUGE_PAGES,
                  ipc: bool = False):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
@@ -171,6 +171,8 @@ class Primary:
         self.grace = float(grace)
         if pool < 0:
             raise ForkhostError("--pool must be 0 or more")
+        if pool > _wire.POOL_MAX:
+            raise ForkhostError(_wire.POOL_INVALID % pool)
         self.pool = pool
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
@@ -252,7 +254,7 @@ class Primary:
             err = ffi.errno
             why = os.strerror(err)
             if err == 22:
-                why += " (the minimum is 4 MiB)"
+                why += _wire.ARENA_TOO_SMALL
             elif self.huge_pages == "always" and err == 12:
                 why = f"--huge-pages always: {_huge_shortfall(self.arena_size)}"
             raise ArenaError(f"cannot create a {human_size(self.arena_size)} arena: {why}")

@@ -142,6 +142,8 @@ static int dashdash_after(int argc, char **argv, int i)
     return 0;
 }
 
+_Static_assert(FH_POOL_MAX == 1024, "FH_POOL_INVALID names the limit");
+
 FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
 {
     const char *prog = prog_name(argv);
@@ -203,9 +205,9 @@ FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
 
             errno = 0;
             n = strtoul(v, &end, 10);
-            if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 || n > 1024)
-                init_fail(prog, FH_EXIT_FORKHOST, "invalid --pool '%s': use a "
-                          "number from 0 to 1024", v);
+            if (*v == '\0' || *v == '-' || *end != '\0' || errno != 0 ||
+                n > FH_POOL_MAX)
+                init_fail(prog, FH_EXIT_FORKHOST, FH_POOL_INVALID, v);
             o->pool = (unsigned)n;
         } else {
             init_fail(prog, FH_EXIT_FORKHOST, "unrecognized option '%s' (forkhost's "
@@ -386,7 +388,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
 
         fh_prefix_release(&g.paths, g.lock_fd);
         init_fail(prog, FH_EXIT_FORKHOST, "cannot create a %zu-byte arena: %s%s",
-                  o->arena_size, strerror(e), e == EINVAL ? " (the minimum is 4 MiB)" : "");
+                  o->arena_size, strerror(e), e == EINVAL ? FH_ARENA_TOO_SMALL : "");
     }
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;

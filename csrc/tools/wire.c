@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "forkhost/arena.h"
 #include "forkhost/client.h"
 #include "forkhost/init.h"
 #include "forkhost/proto.h"
@@ -161,6 +162,9 @@ int main(void)
     VALUE("DEFAULT_MAX_SECONDARIES", FH_DEFAULT_MAX_SECONDARIES);
     VALUE("DEFAULT_GRACE_MS", FH_DEFAULT_GRACE_MS);
     text("SIZE_INVALID", FH_SIZE_INVALID);
+    VALUE("POOL_MAX", FH_POOL_MAX);
+    text("POOL_INVALID", FH_POOL_INVALID);
+    text("ARENA_TOO_SMALL", FH_ARENA_TOO_SMALL);
     text("THP_INVALID", FH_THP_INVALID);
     printf("DEFAULT_CONNECT_TIMEOUT = %#.17g\n", FH_CLIENT_CONNECT_TIMEOUT_S);
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,

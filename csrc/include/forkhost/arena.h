@@ -26,6 +26,8 @@
 #define FH_ARENA_HDR_SIZE 4096u
 /* The smallest arena that leaves room for the memzone directory. */
 #define FH_ARENA_MIN_SIZE (4u * 1024u * 1024u)
+/* Said after an arena size below FH_ARENA_MIN_SIZE was refused (EINVAL). */
+#define FH_ARENA_TOO_SMALL " (the minimum is 4 MiB)"
 
 /* fh_arena_create() flags */
 #define FH_ARENA_HUGE_AUTO 0x1u /* huge pages if enough are free, else normal */

@@ -75,6 +75,10 @@
 #define FH_DEFAULT_POOL            2u
 #define FH_DEFAULT_MAX_SECONDARIES 1024u
 #define FH_DEFAULT_GRACE_MS        5000u
+/* The most idle pool members a primary keeps (--pool), and what a larger
+ * or malformed value is told (printf format: the value). */
+#define FH_POOL_MAX                1024u
+#define FH_POOL_INVALID            "invalid --pool '%s': use a number from 0 to 1024"
 
 enum fh_proc_type {
     FH_PROC_AUTO = -1,          /* as an option only */
