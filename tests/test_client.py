@@ -299,6 +299,9 @@ def test_python_run_takes_forkhost_runs_options(primary):
      "Try 'forkhost run --help'."),
     (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "soon"},
      "invalid FORKHOST_CONNECT_TIMEOUT 'soon': not a number of seconds"),
+    # Read by libforkhost's C, whose strtod, unlike forkhost-run's, takes hex.
+    (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "0x10"},
+     "invalid FORKHOST_CONNECT_TIMEOUT '0x10': not a number of seconds"),
     (["-m"], {}, "missing MODULE after -m\nTry 'forkhost run --help'."),
 ])
 def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):

@@ -168,7 +168,9 @@ static void exit_like(int code, int sig)
 /* options                                                              */
 
 
-/* Seconds as a float, >= 0; "inf" waits forever (timeout_ms = -1). */
+/* Seconds as a decimal float, >= 0; "inf" waits forever (timeout_ms = -1).
+ * No hex: rt.c's strtod (forkhost-run) reads none, the C library's
+ * (libforkhost: forkhost run, fh_init) would, and both must agree. */
 static int parse_timeout(const char *s, double *secs, int *ms)
 {
     char *end;
@@ -176,6 +178,9 @@ static int parse_timeout(const char *s, double *secs, int *ms)
 
     if (*s == '\0' || *s == ' ' || *s == '\t')
         return -1;
+    for (const char *p = s; *p; p++)
+        if (*p == 'x' || *p == 'X')
+            return -1;
     t = strtod(s, &end);
     if (*end != '\0' || t != t || t < 0.0)      /* t != t: NaN */
         return -1;
