@@ -305,6 +305,10 @@ def cmd_run(a) -> int:
                     return _run_usage_error("--fd takes an fd of 3 or more "
                                             "(0, 1, 2 are passed anyway)")
                 os.fstat(fd)
+                if len(fds) >= _wire.MAX_EXTRA_FDS:     # forkhost-run's words
+                    print(f"forkhost run: too many --fd options: at most "
+                          f"{_wire.MAX_EXTRA_FDS} fds can be passed", file=sys.stderr)
+                    return EXIT_FORKHOST
                 fds.append(fd)
             elif name == "--connect-timeout":
                 opts["connect_timeout"] = _seconds(value)
@@ -327,7 +331,6 @@ def _client_run(entry: str, args: list[str], module: bool, fds: list[int],
     """The launch itself is forkhost-run's (libforkhost's fh_client_run):
     the same signals, fds, terminal and exit; this process ends there."""
     from ._native import ffi, lib
-    from .errors import ForkhostError
     try:        # the prefix is checked here, with forkhost run's words
         runtime.resolve_prefix(opts["prefix"])
     except ForkhostError as err:

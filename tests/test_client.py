@@ -371,3 +371,21 @@ def test_client_links_no_libc_on_x86_64():
     glibc, static or not, has TLS for errno and its own state."""
     types = _program_headers(RUNNER)
     assert 3 not in types and 7 not in types, types
+
+
+def test_python_run_too_many_fds(runtime_dir):
+    """As forkhost-run says it, not an IndexError from the C struct's array."""
+    r, w = os.pipe()
+    try:
+        argv = []
+        for _ in range(protocol.MAX_EXTRA_FDS + 1):
+            argv += ["--fd", str(r)]
+        res = subprocess.run(FORKHOST_RUN + argv + ["x:y"], capture_output=True,
+                             timeout=60, cwd="/", pass_fds=[r],
+                             env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert res.returncode == 125
+    assert res.stderr.decode() == (f"forkhost run: too many --fd options: at most "
+                                   f"{protocol.MAX_EXTRA_FDS} fds can be passed\n")
