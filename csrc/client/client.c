@@ -268,9 +268,11 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
             return;
         case SIGSEGV: case SIGBUS: case SIGFPE: case SIGILL: case SIGTRAP:
         case SIGSYS: {
-            /* Our own fault: die of it, as without the handler. */
+            /* Our own fault: die of it, as without the handler, the
+             * terminal's modes restored first (tty.c). */
             struct sigaction dfl;
 
+            fh__tty_restore();
             memset(&dfl, 0, sizeof(dfl));
             dfl.sa_handler = SIG_DFL;
             sigaction(sig, &dfl, NULL);
@@ -286,9 +288,10 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
             return;
         case SIGXCPU: case SIGXFSZ: {
             /* Our own CPU or file-size limit: end by it, as without the
-             * handler. */
+             * handler, the terminal's modes restored first. */
             struct sigaction dfl;
 
+            fh__tty_restore();
             memset(&dfl, 0, sizeof(dfl));
             dfl.sa_handler = SIG_DFL;
             sigaction(sig, &dfl, NULL);
