@@ -300,6 +300,8 @@ def cmd_run(a) -> int:
             value = rest.pop(0)
         try:
             if name == "--fd":
+                if not (value.isascii() and value.isdigit()):   # as forkhost-run:
+                    raise ValueError(value)                    # no sign, space, _
                 fd = int(value)
                 if fd < 3:
                     return _run_usage_error("--fd takes an fd of 3 or more "

@@ -303,6 +303,7 @@ def test_python_run_takes_forkhost_runs_options(primary):
     (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "0x10"},
      "invalid FORKHOST_CONNECT_TIMEOUT '0x10': not a number of seconds"),
     (["-m"], {}, "missing MODULE after -m\nTry 'forkhost run --help'."),
+    (["--fd", "+3", "x:y"], {}, "invalid value '+3' for --fd\nTry 'forkhost run --help'."),
 ])
 def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):
     r = subprocess.run(FORKHOST_RUN + argv, capture_output=True, timeout=60, cwd="/",
