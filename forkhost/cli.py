@@ -344,7 +344,8 @@ def _client_run(entry: str, args: list[str], module: bool, fds: list[int],
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        if stream is not None:      # None: Python started with that fd closed
+            stream.flush()
     keep = []
 
     def c_str(text: str):

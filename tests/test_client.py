@@ -390,3 +390,15 @@ def test_python_run_too_many_fds(runtime_dir):
     assert res.returncode == 125
     assert res.stderr.decode() == (f"forkhost run: too many --fd options: at most "
                                    f"{protocol.MAX_EXTRA_FDS} fds can be passed\n")
+
+
+def test_python_run_with_stdout_closed(runtime_dir):
+    """sys.stdout is None then: forkhost run still launches (here: finds no
+    primary, as forkhost-run would say it)."""
+    r = subprocess.run(FORKHOST_RUN + ["x:y"], capture_output=True, timeout=60,
+                       cwd="/", preexec_fn=lambda: os.close(1),
+                       env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir))
+    sock = os.path.join(runtime_dir, "forkhost", "template.sock")
+    assert r.returncode == 125
+    assert r.stderr.decode() == (f"forkhost run: no forkhost primary for prefix "
+                                 f"'forkhost' (looked for {sock})\n")
