@@ -300,11 +300,17 @@ def cmd_run(a) -> int:
             value = rest.pop(0)
         try:
             if name == "--fd":
+                if not (value.isascii() and value.isdigit()):   # as forkhost-run:
+                    raise ValueError(value)                    # no sign, space, _
                 fd = int(value)
                 if fd < 3:
                     return _run_usage_error("--fd takes an fd of 3 or more "
                                             "(0, 1, 2 are passed anyway)")
                 os.fstat(fd)
+                if len(fds) >= _wire.MAX_EXTRA_FDS:     # forkhost-run's words
+                    print(f"forkhost run: too many --fd options: at most "
+                          f"{_wire.MAX_EXTRA_FDS} fds can be passed", file=sys.stderr)
+                    return EXIT_FORKHOST
                 fds.append(fd)
             elif name == "--connect-timeout":
                 opts["connect_timeout"] = _seconds(value)
@@ -327,7 +333,6 @@ def _client_run(entry: str, args: list[str], module: bool, fds: list[int],
     """The launch itself is forkhost-run's (libforkhost's fh_client_run):
     the same signals, fds, terminal and exit; this process ends there."""
     from ._native import ffi, lib
-    from .errors import ForkhostError
     try:        # the prefix is checked here, with forkhost run's words
         runtime.resolve_prefix(opts["prefix"])
     except ForkhostError as err:
@@ -339,7 +344,8 @@ def _client_run(entry: str, args: list[str], module: bool, fds: list[int],
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        if stream is not None:      # None: Python started with that fd closed
+            stream.flush()
     keep = []
 
     def c_str(text: str):

@@ -5,9 +5,10 @@ status N, dies by the secondary's signal, or exits with one of these when
 forkhost itself or the entry failed.
 """
 
-from ._wire import PREFIX_IN_USE
+from ._wire import EXIT_FORKHOST, PREFIX_IN_USE
 
-EXIT_FORKHOST = 125   # no primary, protocol or version mismatch, refused
+# EXIT_FORKHOST (125, forkhost/client.h): no primary, protocol or version
+# mismatch, refused
 EXIT_CANNOT_RUN = 126  # the entry was found but cannot be loaded or run
 EXIT_NOT_FOUND = 127   # the entry (file, module, function, symbol) not found
 

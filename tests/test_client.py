@@ -299,7 +299,11 @@ def test_python_run_takes_forkhost_runs_options(primary):
      "Try 'forkhost run --help'."),
     (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "soon"},
      "invalid FORKHOST_CONNECT_TIMEOUT 'soon': not a number of seconds"),
+    # Read by libforkhost's C, whose strtod, unlike forkhost-run's, takes hex.
+    (["x:y"], {"FORKHOST_CONNECT_TIMEOUT": "0x10"},
+     "invalid FORKHOST_CONNECT_TIMEOUT '0x10': not a number of seconds"),
     (["-m"], {}, "missing MODULE after -m\nTry 'forkhost run --help'."),
+    (["--fd", "+3", "x:y"], {}, "invalid value '+3' for --fd\nTry 'forkhost run --help'."),
 ])
 def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):
     r = subprocess.run(FORKHOST_RUN + argv, capture_output=True, timeout=60, cwd="/",
@@ -368,3 +372,33 @@ def test_client_links_no_libc_on_x86_64():
     glibc, static or not, has TLS for errno and its own state."""
     types = _program_headers(RUNNER)
     assert 3 not in types and 7 not in types, types
+
+
+def test_python_run_too_many_fds(runtime_dir):
+    """As forkhost-run says it, not an IndexError from the C struct's array."""
+    r, w = os.pipe()
+    try:
+        argv = []
+        for _ in range(protocol.MAX_EXTRA_FDS + 1):
+            argv += ["--fd", str(r)]
+        res = subprocess.run(FORKHOST_RUN + argv + ["x:y"], capture_output=True,
+                             timeout=60, cwd="/", pass_fds=[r],
+                             env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert res.returncode == 125
+    assert res.stderr.decode() == (f"forkhost run: too many --fd options: at most "
+                                   f"{protocol.MAX_EXTRA_FDS} fds can be passed\n")
+
+
+def test_python_run_with_stdout_closed(runtime_dir):
+    """sys.stdout is None then: forkhost run still launches (here: finds no
+    primary, as forkhost-run would say it)."""
+    r = subprocess.run(FORKHOST_RUN + ["x:y"], capture_output=True, timeout=60,
+                       cwd="/", preexec_fn=lambda: os.close(1),
+                       env=dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir))
+    sock = os.path.join(runtime_dir, "forkhost", "template.sock")
+    assert r.returncode == 125
+    assert r.stderr.decode() == (f"forkhost run: no forkhost primary for prefix "
+                                 f"'forkhost' (looked for {sock})\n")

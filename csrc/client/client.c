@@ -168,7 +168,9 @@ static void exit_like(int code, int sig)
 /* options                                                              */
 
 
-/* Seconds as a float, >= 0; "inf" waits forever (timeout_ms = -1). */
+/* Seconds as a decimal float, >= 0; "inf" waits forever (timeout_ms = -1).
+ * No hex: rt.c's strtod (forkhost-run) reads none, the C library's
+ * (libforkhost: forkhost run, fh_init) would, and both must agree. */
 static int parse_timeout(const char *s, double *secs, int *ms)
 {
     char *end;
@@ -176,6 +178,9 @@ static int parse_timeout(const char *s, double *secs, int *ms)
 
     if (*s == '\0' || *s == ' ' || *s == '\t')
         return -1;
+    for (const char *p = s; *p; p++)
+        if (*p == 'x' || *p == 'X')
+            return -1;
     t = strtod(s, &end);
     if (*end != '\0' || t != t || t < 0.0)      /* t != t: NaN */
         return -1;
@@ -263,9 +268,11 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
             return;
         case SIGSEGV: case SIGBUS: case SIGFPE: case SIGILL: case SIGTRAP:
         case SIGSYS: {
-            /* Our own fault: die of it, as without the handler. */
+            /* Our own fault: die of it, as without the handler, the
+             * terminal's modes restored first (tty.c). */
             struct sigaction dfl;
 
+            fh__tty_restore();
             memset(&dfl, 0, sizeof(dfl));
             dfl.sa_handler = SIG_DFL;
             sigaction(sig, &dfl, NULL);
@@ -281,9 +288,10 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
             return;
         case SIGXCPU: case SIGXFSZ: {
             /* Our own CPU or file-size limit: end by it, as without the
-             * handler. */
+             * handler, the terminal's modes restored first. */
             struct sigaction dfl;
 
+            fh__tty_restore();
             memset(&dfl, 0, sizeof(dfl));
             dfl.sa_handler = SIG_DFL;
             sigaction(sig, &dfl, NULL);

@@ -26,8 +26,9 @@
  * background job never takes the user's keys.
  *
  * The modes are restored on every way out: the secondary's exit (after the
- * rest of its output), an error, a stop, and a signal that kills the
- * client (the handler restores, then the signal takes its default action).
+ * rest of its output), an error, a stop, and the client's own fault or
+ * limit (client.c, on_signal, restores before the default action).  Every
+ * other catchable signal is the secondary's: client.c forwards it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,16 +44,6 @@
 
 #include "forkhost/client.h"
 #include "tty.h"
-
-/* Signals whose default action ends the client and that client.c does not
- * catch: their handler restores the terminal's modes first.  32 and 33 are
- * the C library's own (NPTL) in libforkhost; 34..64 are the real-time ones. */
-static const int fatal_signals[] = {
-    SIGALRM, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ, SIGPWR, SIGSYS, SIGBUS,
-    SIGSEGV, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSTKFLT, SIGIO,
-};
-#define FH_TTY_RT_FIRST 34
-#define FH_TTY_RT_LAST  64
 
 static struct {
     int   on;            /* relaying */
@@ -160,34 +151,6 @@ static void copy_size(void)
         (void)ioctl(t.master, TIOCSWINSZ, &ws);
 }
 
-static void on_fatal(int sig)
-{
-    (void)sig;
-    fh__tty_restore();
-    /* SA_RESETHAND: the default action is back.  The signal is blocked in
-     * here, so it takes that action when we return (a fault: again). */
-    raise(sig);
-}
-
-static void catch_fatal(void)
-{
-    struct sigaction sa, old;
-    size_t k;
-    int sig;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_fatal;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    for (k = 0; k < sizeof(fatal_signals) / sizeof(fatal_signals[0]); k++)
-        if (sigaction(fatal_signals[k], NULL, &old) == 0 &&
-            old.sa_handler == SIG_DFL)
-            sigaction(fatal_signals[k], &sa, NULL);
-    for (sig = FH_TTY_RT_FIRST; sig <= FH_TTY_RT_LAST; sig++)
-        if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
-            sigaction(sig, &sa, NULL);
-}
-
 static void close_all(void)
 {
     if (t.slave >= 0)
@@ -246,7 +209,6 @@ int fh__tty_prepare(unsigned stdio_mask)
     if (ioctl(t.outer, TIOCGWINSZ, &ws) == 0)
         (void)ioctl(t.master, TIOCSWINSZ, &ws);
     t.on = t.outer_open = t.master_open = 1;
-    catch_fatal();
     return 1;
 off:
     close_all();

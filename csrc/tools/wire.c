@@ -167,6 +167,7 @@ int main(void)
     text("ARENA_TOO_SMALL", FH_ARENA_TOO_SMALL);
     text("THP_INVALID", FH_THP_INVALID);
     printf("DEFAULT_CONNECT_TIMEOUT = %#.17g\n", FH_CLIENT_CONNECT_TIMEOUT_S);
+    VALUE("EXIT_FORKHOST", FH_EXIT_FORKHOST);
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
            COUNT(notice));
     VALUE("HDR_SIZE", h);
