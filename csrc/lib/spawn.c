@@ -56,8 +56,9 @@
 /* The kernel's comm is 16 bytes with its NUL (TASK_COMM_LEN). */
 #define FH_COMM_LEN 16
 /* Where the exit-report fd is parked in a secondary: the lowest free fd at
- * or above this (the default soft RLIMIT_NOFILE is 1024), so it does not
- * take the numbers a program's first open()s expect. */
+ * or above this, the client's connection above it, so they do not take the
+ * numbers a program's first open()s expect; lower when the soft
+ * RLIMIT_NOFILE is below 1025 (park_base). */
 #define FH_REPORT_FD_MIN 1023
 /* One line from fh_entry_load(). */
 #define FH_ERR_LEN 1024
@@ -185,6 +186,22 @@ static int target_of(const struct fh_child_spec *spec, unsigned i)
  * on it), or -1.  Set once by setup_fds in the single-threaded child. */
 static int g_client_fd = -1;
 
+/* Where the report fd (and the client's connection right above it) are
+ * parked: FH_REPORT_FD_MIN, or lower so that both fit under the soft
+ * RLIMIT_NOFILE (the usual 1024 has 1023 as its highest fd), and never
+ * below N. */
+static int park_base(unsigned N, int need)
+{
+    struct rlimit rl;
+    int at = FH_REPORT_FD_MIN;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && rl.rlim_cur < (rlim_t)FH_REPORT_FD_MIN + (rlim_t)need)
+        at = rl.rlim_cur > (rlim_t)need ? (int)(rl.rlim_cur - (rlim_t)need)
+                                        : 0;
+    return at > (int)N ? at : (int)N;
+}
+
 static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
@@ -199,18 +216,28 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
      * first, like the others: its number may be one a dup2() below
      * overwrites or a std fd the client did not have. */
     if (spec->report_fd > 0) {
-        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC,
-                     N > FH_REPORT_FD_MIN ? (int)N : FH_REPORT_FD_MIN);
-        if (keep < 0)
+        int need = spec->client_fd > 0 ? 2 : 1, at = park_base(N, need);
+
+        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, at);
+        if (need == 2 && keep >= 0) {
+            ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
+            if (ckeep < 0) {        /* keep took the last number: lower */
+                close(keep);
+                keep = -1;
+            }
+        }
+        if (keep < 0 && at > (int)N) {
             keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, (int)N);
+            if (need == 2 && keep >= 0)
+                ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
+        }
         if (keep < 0)
             return step_failed(error, "keeping the report fd (fcntl)");
+        if (need == 2 && ckeep < 0)
+            return step_failed(error, "keeping the client's connection "
+                               "(fcntl)");
         spec->report_fd = keep;
-        if (spec->client_fd > 0) {
-            ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
-            if (ckeep < 0)
-                return step_failed(error, "keeping the client's connection "
-                                   "(fcntl)");
+        if (need == 2) {
             spec->client_fd = ckeep;
             g_client_fd = ckeep;
         }

@@ -130,7 +130,7 @@ static const char ENTRY_C[] =
     "}\n"
     "int show_parked(int argc, char **argv, char **envp) {\n"
     "    int fd, t; socklen_t tl; struct stat st; const char *kind;\n"
-    "    for (fd = 1023; fd < 1100; fd++) {\n"
+    "    for (fd = 1020; fd < 1100; fd++) {\n"
     "        if (fstat(fd, &st) < 0) continue;\n"
     "        tl = sizeof t; t = 0;\n"
     "        kind = S_ISFIFO(st.st_mode) ? \"fifo\" : !S_ISSOCK(st.st_mode) ? \"other\"\n"
@@ -844,6 +844,36 @@ static void test_client_fd(void)
     n = client_recv(sv[0], &ex);
     EXPECT(n == 0, "a second record (%zd bytes) instead of EOF", n);
     close(sv[0]);
+
+    /* A template whose soft RLIMIT_NOFILE is the usual 1024 (1023 is the
+     * highest fd it may have): both still fit, just below the limit. */
+    {
+        struct rlimit was, low;
+
+        if (getrlimit(RLIMIT_NOFILE, &was) == 0 && was.rlim_max >= 1024) {
+            low = was;
+            low.rlim_cur = 1024;
+            EXPECT(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit: %s",
+                   strerror(errno));
+            xsocketpair(sv);
+            st = launch_client("show_parked", argv7, sv[1], report, out,
+                               sizeof out);
+            setrlimit(RLIMIT_NOFILE, &was);
+            close(sv[1]);
+            EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 7,
+                   "soft NOFILE 1024: status %#x", st);
+            EXPECT(report[0] == 7 && report[1] == 1,
+                   "soft NOFILE 1024: report {%d, %d}", (int)report[0],
+                   (int)report[1]);
+            EXPECT(has_line(out, "parked=1022,cloexec,fifo")
+                   && has_line(out, "parked=1023,cloexec,seqpacket")
+                   && has_line(out, "fds=1,1022,1023"),
+                   "soft NOFILE 1024: parked fds:\n%s", out);
+            n = client_recv(sv[0], &ex);
+            EXPECT_EXITED(ex, n, 7);
+            close(sv[0]);
+        }
+    }
 
     /* client_fd 0, as in a zeroed spec: no connection. */
     xsocketpair(sv);
