@@ -37,7 +37,9 @@ struct fh_child_spec {
                                  (the template's fd 0 is /dev/null, never a
                                  report fd, so a zeroed spec has none);
                                  fh_child_setup parks it at the lowest
-                                 free fd >= 1023 and stores that here */
+                                 free fd >= 1023 (lower under a soft
+                                 RLIMIT_NOFILE below 1025) and stores
+                                 that here */
     int          client_fd;   /* the client's connection, or <= 0: the
                                  secondary sends EXITED on it itself
                                  (fh_exit_report); parked beside report_fd.
