@@ -186,6 +186,20 @@ static int target_of(const struct fh_child_spec *spec, unsigned i)
  * on it), or -1.  Set once by setup_fds in the single-threaded child. */
 static int g_client_fd = -1;
 
+/* Where a failed setup's line goes (die): the client's stderr, wherever it
+ * is while setup_fds moves it; -1 once it is at 2 (or the client has none),
+ * and before setup: fd 2.  Without this the line went to the template's
+ * stderr and the client only saw the 125. */
+static int g_err_fd = -1;
+
+/* The client's stderr among spec->fds (cwd, then the std fds), or -1. */
+static int stderr_index(const struct fh_child_spec *spec)
+{
+    unsigned mask = spec->stdio_mask;
+
+    return (mask & 4u) ? 1 + (int)(mask & 1u) + (int)((mask >> 1) & 1u) : -1;
+}
+
 /* Where the report fd (and the client's connection right above it) are
  * parked: FH_REPORT_FD_MIN, or lower so that both fit under the soft
  * RLIMIT_NOFILE (the usual 1024 has 1023 as its highest fd), and never
@@ -248,6 +262,9 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
             return step_failed(error, "moving the client's fds out of the "
                                "way (fcntl F_DUPFD_CLOEXEC)");
     }
+    /* The dup2()s below may land on the received original. */
+    if (stderr_index(spec) >= 0)
+        g_err_fd = moved[stderr_index(spec)];
     /* dup2() leaves FD_CLOEXEC clear on the target: these stay open across
      * an exec the entry may do, like any inherited stdio. */
     k = 1;
@@ -257,6 +274,7 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
         if (dup2(moved[k++], std) < 0)
             return step_failed(error, "placing the client's stdio (dup2)");
     }
+    g_err_fd = -1;                  /* 2 is the client's stderr now */
     for (i = 0; i < spec->nextra; i++)
         if (dup2(moved[k++], target_of(spec, i)) < 0)
             return step_failed(error, "placing the client's extra fds "
@@ -1045,6 +1063,8 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "checking the fd list (the count does not "
                            "match stdio_mask and nextra)");
     }
+    if (stderr_index(spec) >= 0)
+        g_err_fd = spec->fds[stderr_index(spec)];
     /* Block everything first.  Until the dispositions are back to SIG_DFL,
      * a signal would run a template handler in the secondary (one that
      * writes to the template's wakeup fd, whose number may already be a
@@ -1134,7 +1154,7 @@ static void die(int report_fd, int code, const char *fmt, ...)
     if ((size_t)n >= sizeof line)
         n = (int)sizeof line - 2;
     line[n++] = '\n';
-    write_all(2, line, (size_t)n);
+    write_all(g_err_fd >= 0 ? g_err_fd : 2, line, (size_t)n);
     if (report_fd < 0)
         _exit(code);            /* setup failed: flush nothing of ours */
     fh_exit_report(report_fd, code);
@@ -1373,7 +1393,7 @@ FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
     /*
      * The child gets: every mapping of the template (so of the primary, at
      * the same addresses), all its fds until fh_child_setup() closes every
-     * one but the client's and the report fd (parked at 1023 or above), the
+     * one but the client's and the report fd (parked high, park_base), the
      * blocked mask.  It closes: the template's sockets, the received
      * originals, everything else >= 3 + nextra.  It must
      * never: return into the caller (its code is the template's loop), run

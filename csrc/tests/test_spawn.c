@@ -1122,6 +1122,59 @@ static void on_term(int sig)
     (void)sig;
 }
 
+/* A setup that fails before the client's stdio is in place (here: no room
+ * under the soft RLIMIT_NOFILE to park the report fd above an extra fd the
+ * client has at 40) says why on the client's stderr, not on the
+ * template's, and exits FH_EXIT_SETUP. */
+static void test_setup_error_on_client_stderr(void)
+{
+    static char *const argv1[] = {"prog", NULL};
+    static const uint32_t target[1] = {40};
+    struct fh_child_spec spec;
+    struct rlimit was, low;
+    int e[2], x[2], rep[2], fds[3], st;
+    char buf[1024];
+    pid_t pid;
+
+    if (getrlimit(RLIMIT_NOFILE, &was) < 0 || was.rlim_cur < 64)
+        return;
+    xpipe(e);
+    xpipe(x);
+    xpipe(rep);
+    fds[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fds[1] = e[1];
+    fds[2] = x[0];
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = 3;
+    spec.stdio_mask = 4;
+    spec.nextra = 1;
+    spec.fd_target = target;
+    spec.argv = argv1;
+    spec.report_fd = rep[1];
+    low = was;
+    low.rlim_cur = 41;
+    fflush(NULL);
+    EXPECT(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit: %s",
+           strerror(errno));
+    pid = fh_spawn_native(&spec, entry_so, "exit_code");
+    setrlimit(RLIMIT_NOFILE, &was);
+    EXPECT(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    close(fds[0]);
+    close(e[1]);
+    close(x[0]);
+    close(rep[1]);
+    read_all(e[0], buf, sizeof buf);
+    st = pid > 0 ? reap_status(pid) : -1;
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == FH_EXIT_SETUP, "status %#x",
+           st);
+    EXPECT(strstr(buf, "forkhost: cannot set up the secondary: keeping the "
+                  "report fd") != NULL, "the client's stderr: '%s'", buf);
+    close(e[0]);
+    close(x[1]);
+    close(rep[0]);
+}
+
 int main(int argc, char **argv)
 {
     struct sigaction sa, old_term;
@@ -1180,6 +1233,7 @@ int main(int argc, char **argv)
     test_client_fd();
     test_client_fd_direct();
     test_client_attrs();
+    test_setup_error_on_client_stderr();
 
     sigprocmask(SIG_BLOCK, NULL, &after);
     EXPECT(sigismember(&after, SIGUSR2) == 1
