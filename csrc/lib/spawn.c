@@ -216,6 +216,25 @@ static int park_base(unsigned N, int need)
     return at > (int)N ? at : (int)N;
 }
 
+/* The client may have an fd at a number the template's soft RLIMIT_NOFILE
+ * does not reach (exec would keep it): for setup_fds, which needs that
+ * number, the copies above it and the parked pair, the soft limit is
+ * lifted towards the hard one, and put back after (*was).  1 when lifted. */
+static int lift_nofile(const struct fh_child_spec *spec, struct rlimit *was)
+{
+    struct rlimit up;
+    rlim_t need = 3 + (rlim_t)spec->nfds + 2;
+
+    if (spec->nextra > 0 && spec->fd_target != NULL)
+        need += (rlim_t)spec->fd_target[spec->nextra - 1];
+    if (getrlimit(RLIMIT_NOFILE, was) < 0 || was->rlim_cur == RLIM_INFINITY
+        || was->rlim_cur >= need || was->rlim_max <= was->rlim_cur)
+        return 0;
+    up = *was;
+    up.rlim_cur = was->rlim_max;    /* the template's own fds sit there too */
+    return setrlimit(RLIMIT_NOFILE, &up) == 0;
+}
+
 static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
@@ -1053,7 +1072,8 @@ static int take_terminal(const struct fh_child_spec *spec)
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     sigset_t set;
-    int rc;
+    struct rlimit nofile;
+    int rc, lifted;
 
     if (error != NULL)
         *error = NULL;
@@ -1090,9 +1110,12 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "leaving the template's process group "
                            "(setpgid)");
 
+    lifted = lift_nofile(spec, &nofile);
     rc = setup_fds(spec, error);
     if (rc < 0)
         return rc;
+    if (lifted)
+        (void)setrlimit(RLIMIT_NOFILE, &nofile);
 
     umask((mode_t)(spec->umask & 07777));
     /* After setup_fds: a client's lower RLIMIT_NOFILE must not stop the
