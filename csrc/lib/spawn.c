@@ -56,8 +56,9 @@
 /* The kernel's comm is 16 bytes with its NUL (TASK_COMM_LEN). */
 #define FH_COMM_LEN 16
 /* Where the exit-report fd is parked in a secondary: the lowest free fd at
- * or above this (the default soft RLIMIT_NOFILE is 1024), so it does not
- * take the numbers a program's first open()s expect. */
+ * or above this, the client's connection above it, so they do not take the
+ * numbers a program's first open()s expect; lower when the soft
+ * RLIMIT_NOFILE is below 1025 (park_base). */
 #define FH_REPORT_FD_MIN 1023
 /* One line from fh_entry_load(). */
 #define FH_ERR_LEN 1024
@@ -185,6 +186,55 @@ static int target_of(const struct fh_child_spec *spec, unsigned i)
  * on it), or -1.  Set once by setup_fds in the single-threaded child. */
 static int g_client_fd = -1;
 
+/* Where a failed setup's line goes (die): the client's stderr, wherever it
+ * is while setup_fds moves it; -1 once it is at 2 (or the client has none),
+ * and before setup: fd 2.  Without this the line went to the template's
+ * stderr and the client only saw the 125. */
+static int g_err_fd = -1;
+
+/* The client's stderr among spec->fds (cwd, then the std fds), or -1. */
+static int stderr_index(const struct fh_child_spec *spec)
+{
+    unsigned mask = spec->stdio_mask;
+
+    return (mask & 4u) ? 1 + (int)(mask & 1u) + (int)((mask >> 1) & 1u) : -1;
+}
+
+/* Where the report fd (and the client's connection right above it) are
+ * parked: FH_REPORT_FD_MIN, or lower so that both fit under the soft
+ * RLIMIT_NOFILE (the usual 1024 has 1023 as its highest fd), and never
+ * below N. */
+static int park_base(unsigned N, int need)
+{
+    struct rlimit rl;
+    int at = FH_REPORT_FD_MIN;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && rl.rlim_cur < (rlim_t)FH_REPORT_FD_MIN + (rlim_t)need)
+        at = rl.rlim_cur > (rlim_t)need ? (int)(rl.rlim_cur - (rlim_t)need)
+                                        : 0;
+    return at > (int)N ? at : (int)N;
+}
+
+/* The client may have an fd at a number the template's soft RLIMIT_NOFILE
+ * does not reach (exec would keep it): for setup_fds, which needs that
+ * number, the copies above it and the parked pair, the soft limit is
+ * lifted towards the hard one, and put back after (*was).  1 when lifted. */
+static int lift_nofile(const struct fh_child_spec *spec, struct rlimit *was)
+{
+    struct rlimit up;
+    rlim_t need = 3 + (rlim_t)spec->nfds + 2;
+
+    if (spec->nextra > 0 && spec->fd_target != NULL)
+        need += (rlim_t)spec->fd_target[spec->nextra - 1];
+    if (getrlimit(RLIMIT_NOFILE, was) < 0 || was->rlim_cur == RLIM_INFINITY
+        || was->rlim_cur >= need || was->rlim_max <= was->rlim_cur)
+        return 0;
+    up = *was;
+    up.rlim_cur = was->rlim_max;    /* the template's own fds sit there too */
+    return setrlimit(RLIMIT_NOFILE, &up) == 0;
+}
+
 static int setup_fds(struct fh_child_spec *spec, const char **error)
 {
     int moved[FH_SPAWN_MAX_FDS];
@@ -199,18 +249,28 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
      * first, like the others: its number may be one a dup2() below
      * overwrites or a std fd the client did not have. */
     if (spec->report_fd > 0) {
-        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC,
-                     N > FH_REPORT_FD_MIN ? (int)N : FH_REPORT_FD_MIN);
-        if (keep < 0)
+        int need = spec->client_fd > 0 ? 2 : 1, at = park_base(N, need);
+
+        keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, at);
+        if (need == 2 && keep >= 0) {
+            ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
+            if (ckeep < 0) {        /* keep took the last number: lower */
+                close(keep);
+                keep = -1;
+            }
+        }
+        if (keep < 0 && at > (int)N) {
             keep = fcntl(spec->report_fd, F_DUPFD_CLOEXEC, (int)N);
+            if (need == 2 && keep >= 0)
+                ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
+        }
         if (keep < 0)
             return step_failed(error, "keeping the report fd (fcntl)");
+        if (need == 2 && ckeep < 0)
+            return step_failed(error, "keeping the client's connection "
+                               "(fcntl)");
         spec->report_fd = keep;
-        if (spec->client_fd > 0) {
-            ckeep = fcntl(spec->client_fd, F_DUPFD_CLOEXEC, keep + 1);
-            if (ckeep < 0)
-                return step_failed(error, "keeping the client's connection "
-                                   "(fcntl)");
+        if (need == 2) {
             spec->client_fd = ckeep;
             g_client_fd = ckeep;
         }
@@ -221,6 +281,9 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
             return step_failed(error, "moving the client's fds out of the "
                                "way (fcntl F_DUPFD_CLOEXEC)");
     }
+    /* The dup2()s below may land on the received original. */
+    if (stderr_index(spec) >= 0)
+        g_err_fd = moved[stderr_index(spec)];
     /* dup2() leaves FD_CLOEXEC clear on the target: these stay open across
      * an exec the entry may do, like any inherited stdio. */
     k = 1;
@@ -230,6 +293,7 @@ static int setup_fds(struct fh_child_spec *spec, const char **error)
         if (dup2(moved[k++], std) < 0)
             return step_failed(error, "placing the client's stdio (dup2)");
     }
+    g_err_fd = -1;                  /* 2 is the client's stderr now */
     for (i = 0; i < spec->nextra; i++)
         if (dup2(moved[k++], target_of(spec, i)) < 0)
             return step_failed(error, "placing the client's extra fds "
@@ -1008,7 +1072,8 @@ static int take_terminal(const struct fh_child_spec *spec)
 FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
 {
     sigset_t set;
-    int rc;
+    struct rlimit nofile;
+    int rc, lifted;
 
     if (error != NULL)
         *error = NULL;
@@ -1018,6 +1083,8 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "checking the fd list (the count does not "
                            "match stdio_mask and nextra)");
     }
+    if (stderr_index(spec) >= 0)
+        g_err_fd = spec->fds[stderr_index(spec)];
     /* Block everything first.  Until the dispositions are back to SIG_DFL,
      * a signal would run a template handler in the secondary (one that
      * writes to the template's wakeup fd, whose number may already be a
@@ -1043,9 +1110,12 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
         return step_failed(error, "leaving the template's process group "
                            "(setpgid)");
 
+    lifted = lift_nofile(spec, &nofile);
     rc = setup_fds(spec, error);
     if (rc < 0)
         return rc;
+    if (lifted)
+        (void)setrlimit(RLIMIT_NOFILE, &nofile);
 
     umask((mode_t)(spec->umask & 07777));
     /* After setup_fds: a client's lower RLIMIT_NOFILE must not stop the
@@ -1107,7 +1177,7 @@ static void die(int report_fd, int code, const char *fmt, ...)
     if ((size_t)n >= sizeof line)
         n = (int)sizeof line - 2;
     line[n++] = '\n';
-    write_all(2, line, (size_t)n);
+    write_all(g_err_fd >= 0 ? g_err_fd : 2, line, (size_t)n);
     if (report_fd < 0)
         _exit(code);            /* setup failed: flush nothing of ours */
     fh_exit_report(report_fd, code);
@@ -1346,7 +1416,7 @@ FH_API pid_t fh_spawn_native(struct fh_child_spec *spec,
     /*
      * The child gets: every mapping of the template (so of the primary, at
      * the same addresses), all its fds until fh_child_setup() closes every
-     * one but the client's and the report fd (parked at 1023 or above), the
+     * one but the client's and the report fd (parked high, park_base), the
      * blocked mask.  It closes: the template's sockets, the received
      * originals, everything else >= 3 + nextra.  It must
      * never: return into the caller (its code is the template's loop), run

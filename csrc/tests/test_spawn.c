@@ -51,6 +51,7 @@ static const char ENTRY_C[] =
     "#include <stdio.h>\n"
     "#include <stdlib.h>\n"
     "#include <string.h>\n"
+    "#include <sys/resource.h>\n"
     "#include <sys/socket.h>\n"
     "#include <sys/stat.h>\n"
     "#include <unistd.h>\n"
@@ -130,7 +131,7 @@ static const char ENTRY_C[] =
     "}\n"
     "int show_parked(int argc, char **argv, char **envp) {\n"
     "    int fd, t; socklen_t tl; struct stat st; const char *kind;\n"
-    "    for (fd = 1023; fd < 1100; fd++) {\n"
+    "    for (fd = 1020; fd < 1100; fd++) {\n"
     "        if (fstat(fd, &st) < 0) continue;\n"
     "        tl = sizeof t; t = 0;\n"
     "        kind = S_ISFIFO(st.st_mode) ? \"fifo\" : !S_ISSOCK(st.st_mode) ? \"other\"\n"
@@ -141,6 +142,13 @@ static const char ENTRY_C[] =
     "    }\n"
     "    print_fds();\n"
     "    return argc > 1 ? atoi(argv[1]) : 0;\n"
+    "}\n"
+    "int show_nofile(int argc, char **argv, char **envp) {\n"
+    "    struct rlimit rl;\n"
+    "    print_fds();\n"
+    "    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)\n"
+    "        printf(\"nofile=%llu\\n\", (unsigned long long)rl.rlim_cur);\n"
+    "    return 0;\n"
     "}\n"
     "int read_extras(int argc, char **argv, char **envp) {\n"
     "    print_fds();\n"
@@ -845,6 +853,36 @@ static void test_client_fd(void)
     EXPECT(n == 0, "a second record (%zd bytes) instead of EOF", n);
     close(sv[0]);
 
+    /* A template whose soft RLIMIT_NOFILE is the usual 1024 (1023 is the
+     * highest fd it may have): both still fit, just below the limit. */
+    {
+        struct rlimit was, low;
+
+        if (getrlimit(RLIMIT_NOFILE, &was) == 0 && was.rlim_max >= 1024) {
+            low = was;
+            low.rlim_cur = 1024;
+            EXPECT(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit: %s",
+                   strerror(errno));
+            xsocketpair(sv);
+            st = launch_client("show_parked", argv7, sv[1], report, out,
+                               sizeof out);
+            setrlimit(RLIMIT_NOFILE, &was);
+            close(sv[1]);
+            EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 7,
+                   "soft NOFILE 1024: status %#x", st);
+            EXPECT(report[0] == 7 && report[1] == 1,
+                   "soft NOFILE 1024: report {%d, %d}", (int)report[0],
+                   (int)report[1]);
+            EXPECT(has_line(out, "parked=1022,cloexec,fifo")
+                   && has_line(out, "parked=1023,cloexec,seqpacket")
+                   && has_line(out, "fds=1,1022,1023"),
+                   "soft NOFILE 1024: parked fds:\n%s", out);
+            n = client_recv(sv[0], &ex);
+            EXPECT_EXITED(ex, n, 7);
+            close(sv[0]);
+        }
+    }
+
     /* client_fd 0, as in a zeroed spec: no connection. */
     xsocketpair(sv);
     st = launch_client("show_parked", argv7, 0, report, out, sizeof out);
@@ -1092,6 +1130,108 @@ static void on_term(int sig)
     (void)sig;
 }
 
+/* A client's fd at a number the template's soft RLIMIT_NOFILE does not
+ * reach (40 under 41) arrives there, as exec would keep it, and the soft
+ * limit the program sees is the template's again (the client's, once
+ * client_pid is set). */
+static void test_fd_above_soft_nofile(void)
+{
+    static char *const argv1[] = {"prog", NULL};
+    static const uint32_t target[1] = {40};
+    struct fh_child_spec spec;
+    struct rlimit was, low;
+    int o[2], x[2], rep[2], fds[3], st;
+    char out[4096];
+    pid_t pid;
+
+    if (getrlimit(RLIMIT_NOFILE, &was) < 0 || was.rlim_cur < 64
+        || was.rlim_max < 1100)
+        return;
+    xpipe(o);
+    xpipe(x);
+    xpipe(rep);
+    fds[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fds[1] = o[1];
+    fds[2] = x[0];
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = 3;
+    spec.stdio_mask = 2;
+    spec.nextra = 1;
+    spec.fd_target = target;
+    spec.argv = argv1;
+    spec.report_fd = rep[1];
+    low = was;
+    low.rlim_cur = 41;
+    fflush(NULL);
+    EXPECT(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit: %s",
+           strerror(errno));
+    pid = fh_spawn_native(&spec, entry_so, "show_nofile");
+    setrlimit(RLIMIT_NOFILE, &was);
+    EXPECT(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    close(fds[0]);
+    close(o[1]);
+    close(x[0]);
+    close(rep[1]);
+    read_all(o[0], out, sizeof out);
+    st = pid > 0 ? reap_status(pid) : -1;
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %#x", st);
+    EXPECT(has_line(out, "fds=1,40,1023") && has_line(out, "nofile=41"),
+           "fd 40 under a soft NOFILE of 41:\n%s", out);
+    close(o[0]);
+    close(x[1]);
+    close(rep[0]);
+}
+
+/* A setup that fails before the client's stdio is in place (here: an
+ * extra fd at the hard RLIMIT_NOFILE, no room above it for the report fd)
+ * says why on the client's stderr, not on the template's, and exits
+ * FH_EXIT_SETUP. */
+static void test_setup_error_on_client_stderr(void)
+{
+    static char *const argv1[] = {"prog", NULL};
+    static uint32_t target[1];
+    struct fh_child_spec spec;
+    struct rlimit was;
+    int e[2], x[2], rep[2], fds[3], st;
+    char buf[1024];
+    pid_t pid;
+
+    if (getrlimit(RLIMIT_NOFILE, &was) < 0 || was.rlim_max >= INT32_MAX - 1)
+        return;
+    target[0] = (uint32_t)was.rlim_max;
+    xpipe(e);
+    xpipe(x);
+    xpipe(rep);
+    fds[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fds[1] = e[1];
+    fds[2] = x[0];
+    memset(&spec, 0, sizeof spec);
+    spec.fds = fds;
+    spec.nfds = 3;
+    spec.stdio_mask = 4;
+    spec.nextra = 1;
+    spec.fd_target = target;
+    spec.argv = argv1;
+    spec.report_fd = rep[1];
+    fflush(NULL);
+    pid = fh_spawn_native(&spec, entry_so, "exit_code");
+    EXPECT(pid > 0, "fh_spawn_native: %s", strerror(errno));
+    close(fds[0]);
+    close(e[1]);
+    close(x[0]);
+    close(rep[1]);
+    read_all(e[0], buf, sizeof buf);
+    st = pid > 0 ? reap_status(pid) : -1;
+    EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == FH_EXIT_SETUP, "status %#x",
+           st);
+    EXPECT(strstr(buf, "forkhost: cannot set up the secondary: keeping the "
+                  "report fd") != NULL, "the client's stderr: '%s'", buf);
+    close(e[0]);
+    close(x[1]);
+    close(rep[0]);
+}
+
 int main(int argc, char **argv)
 {
     struct sigaction sa, old_term;
@@ -1150,6 +1290,8 @@ int main(int argc, char **argv)
     test_client_fd();
     test_client_fd_direct();
     test_client_attrs();
+    test_setup_error_on_client_stderr();
+    test_fd_above_soft_nofile();
 
     sigprocmask(SIG_BLOCK, NULL, &after);
     EXPECT(sigismember(&after, SIGUSR2) == 1

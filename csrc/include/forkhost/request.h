@@ -4,7 +4,7 @@
  * them; Python has no parser or classifier of requests of its own.
  *
  * Every refusal is an entry of one table of messages (request.c), filled
- * with the numbers or the text the result names; the client prints that
+ * with the numbers the result names; the client prints that
  * line and exits 125 (a bad request), 126 (an entry that cannot run) or
  * 127 (an entry not found).
  */

@@ -37,7 +37,9 @@ struct fh_child_spec {
                                  (the template's fd 0 is /dev/null, never a
                                  report fd, so a zeroed spec has none);
                                  fh_child_setup parks it at the lowest
-                                 free fd >= 1023 and stores that here */
+                                 free fd >= 1023 (lower under a soft
+                                 RLIMIT_NOFILE below 1025) and stores
+                                 that here */
     int          client_fd;   /* the client's connection, or <= 0: the
                                  secondary sends EXITED on it itself
                                  (fh_exit_report); parked beside report_fd.
@@ -78,7 +80,8 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error);
  * the launch's path. */
 void fh__attrs_snapshot(void);
 
-/* Internal: fh_child_setup(spec), or on failure one line on stderr and
+/* Internal: fh_child_setup(spec), or on failure one line on the client's
+ * stderr (where setup had moved it) and
  * _exit(FH_EXIT_SETUP), flushing and reporting nothing (the parent's
  * waitpid tells the status).  For fh_run_native and a pool member. */
 void fh__child_setup_or_exit(struct fh_child_spec *spec);
