@@ -147,6 +147,7 @@ class Secondary:
         self.pidfd = pidfd
         self.args = argv
         self.returncode: int | None = None
+        self._lost: str | None = None     # why, once the template went away
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -165,11 +166,18 @@ class Secondary:
         """Readable when the EXITED report has arrived (for select/poll)."""
         return self._sock.fileno()
 
+    def _ready(self, timeout: float | None) -> bool:
+        """The report can be read now, or within timeout seconds: poll(),
+        not select(), which refuses fds from 1024 on."""
+        if self._lost is not None:
+            raise ForkhostError(self._lost)
+        ready = select.poll()
+        ready.register(self._sock, select.POLLIN)
+        return bool(ready.poll(None if timeout is None else timeout * 1000))
+
     def poll(self) -> int | None:
-        if self.returncode is None:
-            r, _, _ = select.select([self._sock], [], [], 0)
-            if r:
-                self._read_report(None)
+        if self.returncode is None and self._ready(0):
+            self._read_report(None)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -178,12 +186,11 @@ class Secondary:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             if deadline is not None:
-                left = max(0.0, deadline - time.monotonic())
-                ready = select.poll()        # any fd number, unlike select()
-                ready.register(self._sock, select.POLLIN)
-                if not ready.poll(left * 1000):
+                if not self._ready(max(0.0, deadline - time.monotonic())):
                     from subprocess import TimeoutExpired
                     raise TimeoutExpired(self.args, timeout)
+            elif self._lost is not None:
+                raise ForkhostError(self._lost)
             self._read_report(None)
         return self.returncode
 
@@ -196,8 +203,10 @@ class Secondary:
             # status; end it rather than leave it running unowned.
             self.kill()
             self.close()
-            raise ForkhostError(
-                f"lost the template while secondary {self.pid} was running; killed it")
+            # Said again by a later poll() or wait(): the connection is gone.
+            self._lost = (f"lost the template while secondary {self.pid} was "
+                          f"running; killed it")
+            raise ForkhostError(self._lost)
         msg.close_fds()
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")

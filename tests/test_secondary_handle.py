@@ -1,0 +1,65 @@
+"""forkhost.Secondary's own bookkeeping, on a socket pair standing in for
+the template's launch connection (no primary needed)."""
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from forkhost.client import Secondary
+from forkhost.errors import ForkhostError
+
+
+@pytest.fixture
+def sleeper():
+    """A process to be the 'secondary' (its pidfd is what kill() uses)."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    fd = os.pidfd_open(p.pid)
+    yield p.pid, fd
+    os.close(fd)
+    p.kill()
+    p.wait()
+
+
+def _high_socketpair(at: int):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fd = os.dup2(a.fileno(), at, inheritable=False)
+    a.close()
+    return socket.socket(fileno=fd), b
+
+
+def test_poll_works_on_an_fd_past_1024(sleeper):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200:
+        pytest.skip("RLIMIT_NOFILE too low")
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    pid, pidfd = sleeper
+    sock, peer = _high_socketpair(1100)
+    sec = Secondary(sock, pid, os.dup(pidfd), [b"x"])
+    try:
+        assert sec.poll() is None          # select() raised ValueError here
+    finally:
+        sec.close()
+        peer.close()
+
+
+def test_a_lost_template_is_said_again_not_ebadf(sleeper):
+    pid, pidfd = sleeper
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sec = Secondary(a, pid, os.dup(pidfd), [b"x"])
+    b.close()
+    with pytest.raises(ForkhostError, match="lost the template"):
+        sec.poll()
+    # The connection is closed now: later calls say the same, rather than
+    # ValueError/OSError from a closed socket.
+    with pytest.raises(ForkhostError, match="lost the template"):
+        sec.poll()
+    with pytest.raises(ForkhostError, match="lost the template"):
+        sec.wait()
+    with pytest.raises(ForkhostError, match="lost the template"):
+        sec.wait(0.1)
+    assert os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT).si_status == 9
