@@ -368,3 +368,20 @@ def test_executor_poll_does_not_wait_for_a_join_in_another_thread(primary):
     alive, took, exitcode = json.loads(r.stdout)
     assert alive is True and took < 1.0, (alive, took)
     assert exitcode == 0
+
+
+def test_positional_arguments_are_subprocess_popens(both):
+    """Popen(args, bufsize, executable, stdin, stdout, stderr) as with
+    subprocess: the third positional is executable (which forkhost
+    refuses unless None), not stdin."""
+    out = []
+    for fh in (False, True):
+        argv = [*(CASES_FH if fh else CASES_DIRECT), "upper"]
+        cls = forkhost.Popen if fh else subprocess.Popen
+        with cls(argv, -1, None, subprocess.PIPE, subprocess.PIPE,
+                 **both._kw({}, fh)) as p:
+            out.append((p.communicate(b"abc\n", timeout=60)[0], p.returncode))
+    assert out[0] == (b"ABC\n", 0)
+    assert out[1] == out[0]
+    with pytest.raises(TypeError, match="executable"):
+        forkhost.Popen(CASES_FH + ["upper"], executable="python3", **both.fh_kw)
