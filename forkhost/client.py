@@ -132,6 +132,22 @@ def _stdio_fd(spec, default_fd: int, opened: list[int]) -> int | None:
     return spec.fileno()
 
 
+def current_umask() -> int:
+    """This process's umask, read without setting it: os.umask() would
+    change it for a moment under every other thread (a Popen or an
+    Executor's worker launched from one while another creates files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)          # before Linux 4.7, or no /proc
+    os.umask(umask)
+    return umask
+
+
 def _env_list(env) -> list[bytes]:
     items = os.environb.items() if env is None else env.items()
     return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in items]
@@ -248,8 +264,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
     """
     argv = [os.fsencode(entry)] + [os.fsencode(a) for a in args]
     if umask is None:
-        umask = os.umask(0o022)
-        os.umask(umask)
+        umask = current_umask()
     opened: list[int] = []
     try:
         cwd_fd = os.open(cwd if cwd is not None else ".",

@@ -63,3 +63,18 @@ def test_a_lost_template_is_said_again_not_ebadf(sleeper):
     with pytest.raises(ForkhostError, match="lost the template"):
         sec.wait(0.1)
     assert os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT).si_status == 9
+
+
+def test_the_umask_is_read_without_setting_it(monkeypatch):
+    """launch() finds the umask to pass on without os.umask(), which would
+    change it for a moment under the program's other threads."""
+    from forkhost import client
+    old = os.umask(0o027)
+    try:
+        def no_umask(_mask):
+            raise AssertionError("os.umask() called")
+        monkeypatch.setattr(os, "umask", no_umask)
+        assert client.current_umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
