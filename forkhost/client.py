@@ -9,7 +9,6 @@ pidfd, so a recycled pid can never be hit.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import sys
@@ -38,7 +37,7 @@ def _closed_early(prefix, runtime_dir):
         except ForkhostError:
             break
         with probe:
-            ready, _, _ = select.select([probe], [], [], 0.05)
+            ready = runtime.readable(probe, 0.05)
         if not ready:
             break
     raise ForkhostError("the template closed the connection")
@@ -183,13 +182,10 @@ class Secondary:
         return self._sock.fileno()
 
     def _ready(self, timeout: float | None) -> bool:
-        """The report can be read now, or within timeout seconds: poll(),
-        not select(), which refuses fds from 1024 on."""
+        """The report can be read now, or within timeout seconds."""
         if self._lost is not None:
             raise ForkhostError(self._lost)
-        ready = select.poll()
-        ready.register(self._sock, select.POLLIN)
-        return bool(ready.poll(None if timeout is None else timeout * 1000))
+        return runtime.readable(self._sock, timeout)
 
     def poll(self) -> int | None:
         if self.returncode is None and self._ready(0):

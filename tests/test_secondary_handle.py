@@ -78,3 +78,30 @@ def test_the_umask_is_read_without_setting_it(monkeypatch):
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+def test_template_pidfd_past_1024_and_readable():
+    """Primary.template_alive()/wait_template() and runtime.readable() take
+    any fd number (a primary started late in a program with many files)."""
+    from types import SimpleNamespace
+
+    from forkhost import runtime
+    from forkhost.primary import Primary
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200:
+        pytest.skip("RLIMIT_NOFILE too low")
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    r, w = os.pipe()
+    high = os.dup2(r, 1150, inheritable=False)
+    os.close(r)
+    try:
+        assert runtime.readable(high, 0) is False
+        fake = SimpleNamespace(template_pidfd=high, template_pid=0)
+        assert Primary.template_alive(fake) is True
+        assert Primary.wait_template(fake, 0) is None
+        os.write(w, b"x")
+        assert runtime.readable(high, 0) is True
+    finally:
+        os.close(high)
+        os.close(w)
