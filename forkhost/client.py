@@ -318,7 +318,14 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         msg.close_fds()
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
-    (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
+    try:
+        (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
+        if pid <= 0:
+            raise ProtocolError(f"the template sent STARTED with pid {pid}")
+    except BaseException:
+        msg.close_fds()
+        sock.close()
+        raise
     return Secondary(sock, pid, msg.fds[0], argv)
 
 

@@ -105,3 +105,24 @@ def test_template_pidfd_past_1024_and_readable():
     finally:
         os.close(high)
         os.close(w)
+
+
+@pytest.mark.parametrize("body", ["bad_pid", "short"])
+def test_a_bad_started_leaks_nothing(runtime_dir, body):
+    """launch() given a malformed STARTED (or one with pid <= 0) raises
+    ProtocolError and closes the pidfd it came with and the connection
+    (the fixture checks for leaked fds), as forkhost-run refuses it."""
+    from test_client import FakeTemplate, record
+
+    import forkhost
+    from forkhost import protocol
+    data = protocol.encode_started(-5) if body == "bad_pid" else b"\0\0"
+    r, w = os.pipe()
+    try:
+        t = FakeTemplate(runtime_dir, "fake", [(record(protocol.STARTED, data, 1), [r])])
+        with pytest.raises(forkhost.ProtocolError, match="STARTED"):
+            forkhost.launch("x:y", prefix="fake", runtime_dir=runtime_dir)
+        t.close()
+    finally:
+        os.close(r)
+        os.close(w)
