@@ -126,3 +126,11 @@ def test_a_bad_started_leaks_nothing(runtime_dir, body):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_clients_stdio_constants_are_subprocess_values():
+    """client.py keeps PIPE/STDOUT/DEVNULL as literals (`forkhost run`
+    starts without importing subprocess): they must stay subprocess's."""
+    from forkhost import client
+    assert (client.PIPE, client.STDOUT, client.DEVNULL) == \
+        (subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL)
