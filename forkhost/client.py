@@ -9,7 +9,6 @@ pidfd, so a recycled pid can never be hit.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import sys
@@ -38,7 +37,7 @@ def _closed_early(prefix, runtime_dir):
         except ForkhostError:
             break
         with probe:
-            ready, _, _ = select.select([probe], [], [], 0.05)
+            ready = runtime.readable(probe, 0.05)
         if not ready:
             break
     raise ForkhostError("the template closed the connection")
@@ -132,6 +131,22 @@ def _stdio_fd(spec, default_fd: int, opened: list[int]) -> int | None:
     return spec.fileno()
 
 
+def current_umask() -> int:
+    """This process's umask, read without setting it: os.umask() would
+    change it for a moment under every other thread (a Popen or an
+    Executor's worker launched from one while another creates files)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)          # before Linux 4.7, or no /proc
+    os.umask(umask)
+    return umask
+
+
 def _env_list(env) -> list[bytes]:
     items = os.environb.items() if env is None else env.items()
     return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in items]
@@ -147,6 +162,7 @@ class Secondary:
         self.pidfd = pidfd
         self.args = argv
         self.returncode: int | None = None
+        self._lost: str | None = None     # why, once the template went away
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
@@ -165,11 +181,15 @@ class Secondary:
         """Readable when the EXITED report has arrived (for select/poll)."""
         return self._sock.fileno()
 
+    def _ready(self, timeout: float | None) -> bool:
+        """The report can be read now, or within timeout seconds."""
+        if self._lost is not None:
+            raise ForkhostError(self._lost)
+        return runtime.readable(self._sock, timeout)
+
     def poll(self) -> int | None:
-        if self.returncode is None:
-            r, _, _ = select.select([self._sock], [], [], 0)
-            if r:
-                self._read_report(None)
+        if self.returncode is None and self._ready(0):
+            self._read_report(None)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -178,12 +198,11 @@ class Secondary:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             if deadline is not None:
-                left = max(0.0, deadline - time.monotonic())
-                ready = select.poll()        # any fd number, unlike select()
-                ready.register(self._sock, select.POLLIN)
-                if not ready.poll(left * 1000):
+                if not self._ready(max(0.0, deadline - time.monotonic())):
                     from subprocess import TimeoutExpired
                     raise TimeoutExpired(self.args, timeout)
+            elif self._lost is not None:
+                raise ForkhostError(self._lost)
             self._read_report(None)
         return self.returncode
 
@@ -196,8 +215,10 @@ class Secondary:
             # status; end it rather than leave it running unowned.
             self.kill()
             self.close()
-            raise ForkhostError(
-                f"lost the template while secondary {self.pid} was running; killed it")
+            # Said again by a later poll() or wait(): the connection is gone.
+            self._lost = (f"lost the template while secondary {self.pid} was "
+                          f"running; killed it")
+            raise ForkhostError(self._lost)
         msg.close_fds()
         if msg.type != protocol.EXITED:
             raise ProtocolError(f"unexpected message type 0x{msg.type:02x}")
@@ -239,8 +260,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
     """
     argv = [os.fsencode(entry)] + [os.fsencode(a) for a in args]
     if umask is None:
-        umask = os.umask(0o022)
-        os.umask(umask)
+        umask = current_umask()
     opened: list[int] = []
     try:
         cwd_fd = os.open(cwd if cwd is not None else ".",
@@ -298,7 +318,14 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
         msg.close_fds()
         sock.close()
         raise ProtocolError(f"unexpected reply 0x{msg.type:02x} to LAUNCH")
-    (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
+    try:
+        (pid,) = protocol.decode_struct(protocol.STARTED_BODY, msg.body, "STARTED")
+        if pid <= 0:
+            raise ProtocolError(f"the template sent STARTED with pid {pid}")
+    except BaseException:
+        msg.close_fds()
+        sock.close()
+        raise
     return Secondary(sock, pid, msg.fds[0], argv)
 
 

@@ -104,7 +104,11 @@ class _Popen:
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
-            with self._lock:
+            # WNOHANG does not wait for another thread's blocking wait
+            # (a join): the worker runs on as far as it can tell.
+            if not self._lock.acquire(not flag & os.WNOHANG):
+                return None
+            try:
                 if self.returncode is None:
                     try:
                         self.returncode = (self._sec.poll() if flag & os.WNOHANG
@@ -112,6 +116,8 @@ class _Popen:
                     except ForkhostError:
                         # The template is gone; the worker was killed.
                         self.returncode = -signal.SIGKILL
+            finally:
+                self._lock.release()
         return self.returncode
 
     def wait(self, timeout=None):

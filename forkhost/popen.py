@@ -63,11 +63,16 @@ class Popen(subprocess.Popen):
     and exited with python's status (``pid`` is then None).
     """
 
-    def __init__(self, args, bufsize=-1, stdin=None, stdout=None, stderr=None, *,
-                 cwd=None, env=None, universal_newlines=None, text=None,
+    def __init__(self, args, bufsize=-1, executable=None, stdin=None, stdout=None,
+                 stderr=None, *, cwd=None, env=None, universal_newlines=None, text=None,
                  encoding=None, errors=None, pass_fds=(), umask=-1, pipesize=-1,
                  prefix=None, runtime_dir=None, fds=(),
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+        # executable is a parameter only so that the positional ones are
+        # subprocess.Popen's: (args, bufsize, executable, stdin, stdout, stderr).
+        if executable is not None:
+            raise TypeError("forkhost.Popen takes no executable: the entry is "
+                            "args[0] (or -m and a module name)")
         self._fh_entry = _entry(args)
         pass_fds = tuple(pass_fds)
         if pass_fds and fds:

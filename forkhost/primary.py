@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import importlib
 import os
-import select
 import signal
 import socket
 import sys
@@ -368,16 +367,14 @@ class Primary:
     def template_alive(self) -> bool:
         if self.template_pidfd < 0:
             return False
-        r, _, _ = select.select([self.template_pidfd], [], [], 0)
-        return not r
+        return not runtime.readable(self.template_pidfd, 0)
 
     def wait_template(self, timeout: float | None = None) -> int | None:
         """Wait for the template to exit; its wait status decoded like
         os.waitstatus_to_exitcode, or None on timeout."""
         if self.template_pidfd < 0:
             return None
-        r, _, _ = select.select([self.template_pidfd], [], [], timeout)
-        if not r:
+        if not runtime.readable(self.template_pidfd, timeout):
             return None
         _, status = os.waitpid(self.template_pid, 0)
         os.close(self.template_pidfd)
@@ -427,8 +424,7 @@ class Primary:
 
 
 def _read_with_timeout(fd: int, timeout: float) -> bytes:
-    r, _, _ = select.select([fd], [], [], timeout)
-    if not r:
+    if not runtime.readable(fd, timeout):
         return b"the template did not report ready in time"
     chunks = []
     while True:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +243,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
+def readable(fd, timeout: float | None) -> bool:
+    """fd (or an object with fileno()) is readable, now (timeout 0) or
+    within timeout seconds (None: waits).  poll(2), not select(), which
+    refuses fds from 1024 on, as a program with many open files has."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else timeout * 1000))
+
+
+__all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
            "runtime_dir", "resolve_prefix", "read_config", "write_config",
            "open_log", "pid_alive"]

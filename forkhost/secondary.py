@@ -303,7 +303,11 @@ def _exit_code_of(exc: SystemExit) -> int:
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    _write_stderr(f"{code}\n")
+    try:        # python writes the newline alone when str() fails
+        text = str(code)
+    except BaseException:
+        text = ""
+    _write_stderr(f"{text}\n")
     return 1
 
 

@@ -198,3 +198,11 @@ def test_missing_script_keeps_the_not_found_status(primary, tmp_path):
     (direct, _, derr), (through, _, ferr) = both(primary, "missing.py", cwd=tmp_path)
     assert direct == 2 and b"can't open file" in derr
     assert through == 127 and b"missing.py" in ferr
+
+
+def test_exit_with_a_code_that_cannot_be_printed(primary):
+    """str() of SystemExit's code raising (here SystemExit itself) is
+    python's status 1, not the status of what str() raised, and the exit
+    work runs once."""
+    status, out, err = assert_same(primary, "exit_unprintable.py")
+    assert status == 1 and out == b"exit handler\n", (status, out, err)

@@ -339,3 +339,49 @@ def test_executor_matches_process_pool_executor(primary):
     assert fork == got["fork"]
     assert got["forkhost"]["exception"] == ["ValueError", ["bad value 7", 7]]
     assert got["forkhost"]["tasks_per_child"] == 3
+
+
+_POLL_WHILE_JOINED = r"""
+import json, threading, time
+import forkhost.futures, popenfix
+ctx = forkhost.futures.Context()
+p = ctx.Process(target=popenfix.nap, args=(3,))
+p.start()
+t = threading.Thread(target=p.join)
+t.start()
+time.sleep(0.5)                      # the join is in its blocking wait now
+start = time.monotonic()
+alive = p.is_alive()                 # poll(WNOHANG), as multiprocessing's _cleanup
+took = time.monotonic() - start
+t.join()
+print(json.dumps([alive, took, p.exitcode]))
+"""
+
+
+def test_executor_poll_does_not_wait_for_a_join_in_another_thread(primary):
+    """A worker's poll(WNOHANG) (is_alive(), multiprocessing's _cleanup()
+    at every start()) answers at once while another thread joins it, as
+    with waitpid(WNOHANG); it waited for the worker to end."""
+    r = subprocess.run([sys.executable, "-c", _POLL_WHILE_JOINED], env=env_of(primary),
+                       cwd=FIXTURES, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    alive, took, exitcode = json.loads(r.stdout)
+    assert alive is True and took < 1.0, (alive, took)
+    assert exitcode == 0
+
+
+def test_positional_arguments_are_subprocess_popens(both):
+    """Popen(args, bufsize, executable, stdin, stdout, stderr) as with
+    subprocess: the third positional is executable (which forkhost
+    refuses unless None), not stdin."""
+    out = []
+    for fh in (False, True):
+        argv = [*(CASES_FH if fh else CASES_DIRECT), "upper"]
+        cls = forkhost.Popen if fh else subprocess.Popen
+        with cls(argv, -1, None, subprocess.PIPE, subprocess.PIPE,
+                 **both._kw({}, fh)) as p:
+            out.append((p.communicate(b"abc\n", timeout=60)[0], p.returncode))
+    assert out[0] == (b"ABC\n", 0)
+    assert out[1] == out[0]
+    with pytest.raises(TypeError, match="executable"):
+        forkhost.Popen(CASES_FH + ["upper"], executable="python3", **both.fh_kw)

@@ -30,6 +30,17 @@
 #include <stdio.h>
 #include <unistd.h>
 
+static void flush_std(const char *name)
+{
+    PyObject *f = PySys_GetObject(name), *r;    /* borrowed */
+
+    if (f != NULL && f != Py_None) {
+        r = PyObject_CallMethod(f, "flush", NULL);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+}
+
 static PyObject *pystack_run(PyObject *self, PyObject *args)
 {
     PyObject *entry, *arg, *done, *result, *exc;
@@ -83,9 +94,17 @@ static PyObject *pystack_run(PyObject *self, PyObject *args)
     } else {
         exc = Py_None;
     }
-    /* done() exits; if it returns, something of ours broke. */
-    if (PyObject_CallFunctionObjArgs(done, result, exc, NULL) == NULL)
-        PyErr_Print();
+    /* done() exits; if it returns, something of ours broke.  Printed,
+     * not PyErr_Print()ed: that exits by Py_Exit() on a SystemExit, which
+     * finalizes the interpreter and runs the C library's exit handlers,
+     * the template's, in the secondary. */
+    if (PyObject_CallFunctionObjArgs(done, result, exc, NULL) == NULL) {
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (type != NULL)
+            PyErr_Display(type, value, tb);
+        flush_std("stderr");
+    }
     fflush(stderr);
     _exit(fail_status);
 }
