@@ -7,6 +7,7 @@ sys.path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -145,6 +146,28 @@ def children_of(pid: int) -> list[int]:
 def secondary_pids(prefix: str, runtime_dir: str) -> list[int]:
     """The running secondaries, as the template reports them (INFO)."""
     return [s["pid"] for s in forkhost.info(prefix, runtime_dir)["secondaries"]]
+
+
+@contextlib.contextmanager
+def signals_job(proc: subprocess.Popen, find_secondary):
+    """A client running a "signals" program (fhfix:signals, its C twins,
+    proc_type.c's) as a shell's job: waits for its "ready", yields its
+    output and the secondary's pid (find_secondary()); on the way out
+    checks that both run and forward (SIGUSR1 goes through, SIGTERM ends
+    it with 3), and reaps the client whatever happened."""
+    try:
+        out = LineReader(proc.stdout)
+        assert out.readline() == b"ready\n"
+        yield out, find_secondary()
+        proc.send_signal(signal.SIGUSR1)
+        assert out.readline() == b"SIGUSR1\n"
+        proc.send_signal(signal.SIGTERM)
+        assert out.readline() == b"SIGTERM\n"
+        assert proc.wait(30) == 3
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        reap(proc)
 
 
 def stop_and_resume(proc, out, sec: int, stop) -> None:

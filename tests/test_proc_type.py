@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fhtest import (FIXTURES, RUNNER, LineReader, ended, reap, secondary_pids,
-                    stop_and_resume, wait_until)
+                    signals_job, stop_and_resume, wait_until)
 
 CC = os.environ.get("CC", "cc")
 
@@ -154,21 +154,9 @@ def test_ctrl_z_and_fg_and_forwarded_signals(exe, runtime_dir):
     try:
         proc = subprocess.Popen([exe, "--file-prefix=pc", "signals"],
                                 stdout=subprocess.PIPE, env=_env(runtime_dir))
-        try:
-            out = LineReader(proc.stdout)
-            assert out.readline() == b"ready\n"
-            sec, = secondary_pids("pc", runtime_dir)
+        with signals_job(proc, lambda: secondary_pids("pc", runtime_dir)[0]) as (out, sec):
             # ^Z stops the client and the secondary; fg resumes both.
             stop_and_resume(proc, out, sec, lambda: proc.send_signal(signal.SIGTSTP))
-            proc.send_signal(signal.SIGUSR1)
-            assert out.readline() == b"SIGUSR1\n"
-            proc.send_signal(signal.SIGTERM)
-            assert out.readline() == b"SIGTERM\n"
-            assert proc.wait(30) == 3
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-            reap(proc)
     finally:
         assert prim.stop() == 0
 

@@ -20,7 +20,7 @@ import pytest
 
 import forkhost
 from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, describe, ended, entry,
-                    proc_state, reap, secondary_pids, wait_until, stop_and_resume)
+                    proc_state, reap, secondary_pids, wait_until, stop_and_resume, signals_job)
 
 KINDS = ["python", "native"]
 CLIENTS = ["forkhost-run", "forkhost run"]
@@ -235,19 +235,8 @@ def job(primary, client, kind, native_so):
     and forward (SIGUSR1 goes through, SIGTERM ends it with 3)."""
     proc = client_popen(primary, client, [entry(kind, "signals", native_so)],
                         stdout=subprocess.PIPE)
-    try:
-        out = LineReader(proc.stdout)
-        assert out.readline() == b"ready\n"
-        yield proc, out, only_secondary(primary)
-        proc.send_signal(signal.SIGUSR1)
-        assert out.readline() == b"SIGUSR1\n"
-        proc.send_signal(signal.SIGTERM)
-        assert out.readline() == b"SIGTERM\n"
-        assert proc.wait(30) == 3
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-        reap(proc)
+    with signals_job(proc, lambda: only_secondary(primary)) as (out, sec):
+        yield proc, out, sec
 
 
 @pytest.mark.parametrize("client", CLIENTS)
