@@ -82,8 +82,10 @@ static int wakeup_w = -1;
 /* ------------------------------------------------------------------ */
 /* diagnostics and exits                                                */
 
-static void write_all(int fd, const char *buf, size_t len)
+void fh__write_all(int fd, const void *data, size_t len)
 {
+    const char *buf = data;
+
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
         if (n < 0) {
@@ -116,7 +118,7 @@ static void diag(const char *fmt, ...)
         n = 0;
     off += (size_t)n < sizeof(buf) - off - 1 ? (size_t)n : sizeof(buf) - off - 2;
     buf[off++] = '\n';
-    write_all(2, buf, off);
+    fh__write_all(2, buf, off);
 }
 
 __attribute__((noreturn, format(printf, 1, 2)))
@@ -920,7 +922,7 @@ static void exit_error(const struct session *s, struct reply *r)
     if (code >= 1 && code <= FH_ERROR_ENTRY_MAX) {
         fh__tty_restore();
         if (stderr_ok)
-            write_all(2, text, r->u.error.text_len);
+            fh__write_all(2, text, r->u.error.text_len);
         if (s->pidfd >= 0)
             pidfd_send_signal(s->pidfd, SIGKILL);
         _exit(code);

@@ -61,20 +61,6 @@ static struct {
     unsigned char keys[4096];
 } t = { .outer = -1, .master = -1, .slave = -1 };
 
-static void write_all(int fd, const unsigned char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return;
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-}
-
 /* The modes of terminal fd into tio; 0, or -1 if fd is no terminal.  The
  * kernel's TCGETS/TCSETS record is the start of the C library's struct
  * termios (it adds only room at the end), so one struct serves both the
@@ -291,7 +277,7 @@ static int drain_master(void)
         ssize_t n = read(t.master, buf, sizeof buf);
 
         if (n > 0) {
-            write_all(t.outer, buf, t.raw ? (size_t)n : undo_onlcr(buf, (size_t)n));
+            fh__write_all(t.outer, buf, t.raw ? (size_t)n : undo_onlcr(buf, (size_t)n));
             continue;
         }
         if (n < 0 && errno == EINTR)

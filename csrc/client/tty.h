@@ -6,7 +6,12 @@
 #define FH_CLIENT_TTY_H
 
 #include <poll.h>
+#include <stddef.h>
 #include <sys/types.h>
+
+/* All of buf to fd, through EINTR; gives up silently on another error
+ * (nowhere left to complain).  client.c's, for tty.c's relay too. */
+void fh__write_all(int fd, const void *buf, size_t len);
 
 /* How many pollfds fh__tty_poll may add. */
 #define FH_TTY_POLLFDS 2
