@@ -804,6 +804,20 @@ static void preload_origin_deps(int fd, const struct elf_info *ei,
  */
 #define FH_LIBPATH_DEPTH 8
 
+/* LD_LIBRARY_PATH as this process's loader read it, near enough: as it was
+ * when libforkhost was loaded (the primary's start, or its import of
+ * forkhost), before any secondary took its client's environment.  A
+ * client with the same value needs no search of ours: the loader does it. */
+static char *g_loader_libpath;
+
+__attribute__((constructor))
+static void note_loader_libpath(void)
+{
+    const char *v = getenv("LD_LIBRARY_PATH");
+
+    g_loader_libpath = v != NULL ? strdup(v) : NULL;
+}
+
 static void preload_client_libpath(int fd, const struct elf_info *ei,
                                    const char *libpath, int depth)
 {
@@ -1922,7 +1936,8 @@ static fh_main_fn load(const char *path, const char *symbol,
     {
         const char *libpath = getenv("LD_LIBRARY_PATH");
 
-        if (libpath != NULL && libpath[0] != '\0')
+        if (libpath != NULL && libpath[0] != '\0' &&
+            (g_loader_libpath == NULL || strcmp(libpath, g_loader_libpath) != 0))
             preload_client_libpath(fd, &ei, libpath, 0);
     }
     h = dlopen(dlpath, FH_ENTRY_DLFLAGS);
