@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from . import _wire
 from ._wire import (  # noqa: F401  (the protocol's names, for its users)
     ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_INHERIT_FDS,
-    LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR, MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
+    FD_TARGET_MAX, LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR,
+    MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
     NOTICE, STARTED, STOPPED, VERSION)
 from .errors import ProtocolError
 

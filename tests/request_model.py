@@ -69,7 +69,7 @@ def expected(rec: bytes, n: int, mflags: int, nfds: int):
     if not entry:
         return ("error", "LAUNCH request has an empty entry")
     for i, t in enumerate(targets):
-        if t < (3 if i == 0 else targets[i - 1] + 1) or t > 0x7fffffff:
+        if t < (3 if i == 0 else targets[i - 1] + 1) or t > protocol.FD_TARGET_MAX:
             return ("error", f"LAUNCH request puts extra fd {i} at {t}: "
                              f"the numbers must increase from 3 up")
     want = 1 + bin(mask).count("1") + nextra

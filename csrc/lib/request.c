@@ -80,7 +80,7 @@ static int check_launch(const unsigned char *rec, size_t n, unsigned nfds,
      * number an fd can have (an int). */
     for (i = 0; i < l.nextra; i++)
         if (target[i] < (i == 0 ? 3u : target[i - 1] + 1u) ||
-            target[i] > (uint32_t)INT32_MAX)
+            target[i] > FH_PROTO_FD_TARGET_MAX)
             return refuse(r, FH_REQ_LAUNCH_FD_TARGET, i, target[i]);
     elen = strlen((const char *)s) + 1;
     fds = 1u + (unsigned)__builtin_popcount(l.stdio_mask) + (uint64_t)l.nextra;

@@ -162,7 +162,7 @@ static int spec_valid(const struct fh_child_spec *spec)
         return 0;
     for (std = 0; spec->fd_target != NULL && std < spec->nextra; std++)
         if (spec->fd_target[std] < (std == 0 ? 3u : spec->fd_target[std - 1] + 1u)
-            || spec->fd_target[std] > (uint32_t)INT32_MAX - 1)
+            || spec->fd_target[std] > FH_PROTO_FD_TARGET_MAX)
             return 0;
     return 1;
 }

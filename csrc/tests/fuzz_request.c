@@ -245,7 +245,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 FAIL("a LAUNCH view that does not match its record");
             for (uint32_t i = 0; i < v.launch.nextra; i++)
                 if (v.fd_target[i] < (i ? v.fd_target[i - 1] + 1 : 3u) ||
-                    v.fd_target[i] > 0x7fffffffu ||
+                    v.fd_target[i] > FH_PROTO_FD_TARGET_MAX ||
                     memcmp(&v.fd_target[i], copy + sizeof(struct fh_launch) +
                            4 * i, 4) != 0)
                     FAIL("fd number %u not as the record says", i);

@@ -372,7 +372,9 @@ static void test_launch(void)
             { {3, 4, 5}, 3, NULL },
             { {3, 10, 63}, 3, NULL },
             { {63}, 1, NULL },
-            { {0x7fffffffu}, 1, NULL },
+            { {FH_PROTO_FD_TARGET_MAX}, 1, NULL },
+            { {FH_PROTO_FD_TARGET_MAX + 1u}, 1, "LAUNCH request puts extra fd 0 at "
+                      "2147483647: the numbers must increase from 3 up" },
             { {2}, 1, "LAUNCH request puts extra fd 0 at 2: the numbers must "
                       "increase from 3 up" },
             { {0}, 1, "LAUNCH request puts extra fd 0 at 0: the numbers must "

@@ -38,6 +38,9 @@
  * LISTEN_FDS user passes and keeps the SCM_RIGHTS control buffer small
  * (kernel cap: 253). */
 #define FH_PROTO_MAX_EXTRA_FDS  32u
+/* The highest fd number an extra fd may be put at (fd_target): setup
+ * works one above the highest, which must be an int too. */
+#define FH_PROTO_FD_TARGET_MAX  0x7ffffffeu
 /* cwd + stdin/stdout/stderr + extras. */
 #define FH_PROTO_MAX_FDS        (4u + FH_PROTO_MAX_EXTRA_FDS)
 /* An ERROR message's text, without the header. */
