@@ -318,3 +318,25 @@ def test_python_init_bad_option_keeps_what_was_printed(runtime_dir, tmp_path):
                        timeout=60, cwd=tmp_path)
     assert (r.returncode, r.stdout) == (125, b"before"), r.stderr
     assert r.stderr == b"app: invalid --pool 'bad': use a number from 0 to 1024\n"
+
+
+def test_a_primary_from_a_path_that_is_not_utf8_writes_a_readable_record(exe, runtime_dir,
+                                                                         tmp_path):
+    """config.json names the program's path as Python's json would: an
+    undecodable byte as its surrogate, so `forkhost ps` still reads it."""
+    import shutil
+    where = os.path.join(os.fsencode(tmp_path), b"dir\xff")
+    os.mkdir(where)
+    prog = os.path.join(where, b"proc_type")
+    shutil.copy(exe, prog)
+    prim = Primary([os.fsdecode(prog), "--proc-type=primary", "--file-prefix=pu"],
+                   runtime_dir)
+    try:
+        import forkhost.runtime as rt
+        cfg = rt.read_config(rt.paths("pu", runtime_dir))
+        assert os.fsencode(cfg["program"]["executable"]) == os.path.realpath(prog)
+        r = _run([sys.executable, "-m", "forkhost", "ps", "--prefix", "pu"], runtime_dir,
+                 cwd=FIXTURES)
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert prim.stop() == 0

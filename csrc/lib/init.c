@@ -251,30 +251,6 @@ static void hand_over(const char *prog, int argc, char **argv,
 /* ------------------------------------------------------------------ */
 /* the primary                                                          */
 
-/* The JSON string s (a path, a prefix) between quotes into out. */
-static void json_str(char *out, size_t size, const char *s)
-{
-    size_t k = 0;
-
-    if (size < 3)
-        return;
-    out[k++] = '"';
-    for (; *s && k + 7 < size; s++) {
-        unsigned char ch = (unsigned char)*s;
-
-        if (ch == '"' || ch == '\\') {
-            out[k++] = '\\';
-            out[k++] = (char)ch;
-        } else if (ch < 0x20) {
-            k += (size_t)snprintf(out + k, size - k, "\\u%04x", ch);
-        } else {
-            out[k++] = (char)ch;
-        }
-    }
-    out[k++] = '"';
-    out[k] = '\0';
-}
-
 /* config.json: what forkhost ps, attach, doctor and classic attach read
  * (the Python primary's record, forkhost/primary.py, without "python"). */
 static int write_config(const struct fh_init_options *o, const char *sock,
@@ -294,19 +270,23 @@ static int write_config(const struct fh_init_options *o, const char *sock,
         lib[0] = '\0';
     n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     exe[n > 0 ? n : 0] = '\0';
-    json_str(prefix, sizeof prefix, g.paths.prefix);
-    json_str(socket_s, sizeof socket_s, sock);
-    json_str(ipc_s, sizeof ipc_s, ipc);
-    json_str(lib_s, sizeof lib_s, lib);
-    json_str(exe_s, sizeof exe_s, exe);
+    if (fh__json_str(prefix, sizeof prefix, g.paths.prefix) < 0 ||
+        fh__json_str(socket_s, sizeof socket_s, sock) < 0 ||
+        fh__json_str(ipc_s, sizeof ipc_s, ipc) < 0 ||
+        fh__json_str(lib_s, sizeof lib_s, lib) < 0 ||
+        fh__json_str(exe_s, sizeof exe_s, exe) < 0) {
+        snprintf(err, errlen, "the config record is too long (a path of "
+                 "forkhost's or the program's)");
+        return -1;
+    }
     clock_gettime(CLOCK_REALTIME, &now);
     /* forkhost/thp.py's record, which forkhost doctor reads. */
     if (!thp_on) {
         char why[160], why_s[400];
 
-        snprintf(why, sizeof why, "FORKHOST_THP=%.64s",
+        snprintf(why, sizeof why, "FORKHOST_THP=%.48s",
                  getenv("FORKHOST_THP") ? getenv("FORKHOST_THP") : "");
-        json_str(why_s, sizeof why_s, why);
+        (void)fh__json_str(why_s, sizeof why_s, why);  /* 62 bytes, 6 each at most */
         snprintf(thp_s, sizeof thp_s, "{\"enabled\": false, \"why\": %s}", why_s);
     } else
         snprintf(thp_s, sizeof thp_s, "{\"enabled\": true, \"min_bytes\": %zu, "

@@ -18,6 +18,11 @@ extern int fh_init_in_secondary;
  * (entry.c) instead of loading a second copy. */
 extern int fh_init_main_is_primary;
 
+/* s as a JSON string, quotes included, the way Python's json writes a
+ * path (UTF-8 as it is, an undecodable byte as its \udcXX surrogate) into
+ * buf; its length, or -1 when it does not fit.  template.c's, for INFO. */
+int fh__json_str(char *buf, size_t size, const char *s);
+
 /* The template's prefix, set as the template starts (template.c), and so
  * known in every secondary. */
 extern char fh_init_template_prefix[FH_PREFIX_MAX_LEN + 1];

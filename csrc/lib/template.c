@@ -1537,6 +1537,17 @@ static void put_str(struct out *o, const char *s)
     put(o, "\"");
 }
 
+int fh__json_str(char *buf, size_t size, const char *s)
+{
+    struct out o = { buf, 0, size };
+
+    put_str(&o, s);
+    if (size == 0 || o.len >= size)
+        return -1;
+    buf[o.len] = '\0';
+    return (int)o.len;
+}
+
 static size_t info_json(struct tpl *t, char *buf, size_t size)
 {
     struct out o = { buf, 0, size };
