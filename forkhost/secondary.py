@@ -36,7 +36,7 @@ import _signal
 from . import entries
 from ._native import _pystack, ffi, lib
 from .errors import EXIT_FORKHOST
-from .protocol import HDR, LAUNCH, LAUNCH_INHERIT_FDS, Launch, header
+from .protocol import HDR, LAUNCH, Launch, header
 
 
 def _write_stderr(text: str) -> None:
@@ -145,7 +145,7 @@ _template_tz = os.environb.get(b"TZ")
 _template_libpath = os.environb.get(b"LD_LIBRARY_PATH")
 
 
-def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
+def _set_environ(spec) -> dict[bytes, bytes]:
     """The client's environment, in C (`environ`, set in one step by
     fh_install_environ, with systemd's LISTEN_* as spawn.c's env_lay_out
     makes them) and in os.environ, whose mapping is replaced to match
@@ -153,18 +153,13 @@ def _set_environ(req: Launch, spec) -> dict[bytes, bytes]:
     rc = lib.fh_install_environ(spec)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
-    data = _environ_dict(req.env)
-    pid = str(os.getpid()).encode()
-    if req.flags & LAUNCH_INHERIT_FDS:
-        # The client's own fds, at their numbers: exec keeps the pid.
-        if data.get(b"LISTEN_PID") == str(spec.client_pid).encode():
-            data[b"LISTEN_PID"] = pid
-    else:
-        for name in (b"LISTEN_PID", b"LISTEN_FDS", b"LISTEN_FDNAMES"):
-            data.pop(name, None)
-        if req.nextra:
-            data[b"LISTEN_PID"] = pid
-            data[b"LISTEN_FDS"] = str(req.nextra).encode()
+    # Read back from `environ`, which spawn.c laid out (LISTEN_* included),
+    # as python reads it at its start.
+    env, entries, i = lib.environ, [], 0
+    while env[i] != ffi.NULL:
+        entries.append(ffi.string(env[i]))
+        i += 1
+    data = _environ_dict(entries)
     # os.environ and os.environb share one bytes -> bytes mapping: theirs
     # is now this one, and the template's is left behind.
     _left_behind.append(os.environ._data)
@@ -502,7 +497,7 @@ def start(req: Launch, target: entries.Target, spec):
         _python_signal_defaults()
     if spec.sig_ignored:
         _client_signals(spec)
-    env = _set_environ(req, spec)
+    env = _set_environ(spec)
     # What `python` reads from the environment at startup and a running
     # interpreter still lets change (docs/architecture.md).
     sys.dont_write_bytecode = bool(env.get(b"PYTHONDONTWRITEBYTECODE"))

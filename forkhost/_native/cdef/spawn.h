@@ -41,3 +41,4 @@ int fh_spec_strings(struct fh_child_spec *spec, const char *blob, size_t len,
                     unsigned argc, unsigned envc);
 void fh_spec_release(struct fh_child_spec *spec);
 int fh_install_environ(const struct fh_child_spec *spec);
+char **environ;         /* the C library's: what fh_install_environ made */
