@@ -56,6 +56,7 @@ static struct {
     volatile sig_atomic_t raw;  /* the terminal is in raw mode, saved holds
                                    the modes to restore */
     pid_t secondary;     /* its session and process group */
+    pid_t pgrp;          /* ours: a process's own group never changes here */
     struct termios saved;
     size_t pending, off; /* keys read, not yet written to the master */
     unsigned char keys[4096];
@@ -74,7 +75,7 @@ static int foreground(void)
 {
     pid_t pg;
 
-    return ioctl(t.outer, TIOCGPGRP, &pg) == 0 && pg == getpgrp();
+    return ioctl(t.outer, TIOCGPGRP, &pg) == 0 && pg == t.pgrp;
 }
 
 /* Change the terminal's modes even as a background job: a blocked SIGTTOU
@@ -175,6 +176,7 @@ int fh__tty_prepare(unsigned stdio_mask)
     /* Our controlling terminal, if we have one; a std fd that is another
      * terminal is passed as it is. */
     t.outer = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    t.pgrp = getpgrp();
     if (t.outer < 0)
         return 0;
     /* TIOCGSID answers only on our controlling terminal. */
