@@ -456,6 +456,16 @@ struct fh_dirent64 {
     char           d_name[];
 };
 
+/* Without /proc: every fd number below FH_INHERIT_SCAN_MAX, asked. */
+static unsigned scan_inherited(int *fds, uint32_t *target)
+{
+    unsigned n = 0;
+
+    for (int fd = 3; fd < FH_INHERIT_SCAN_MAX; fd++)
+        add_inherited(fd, fds, target, &n);
+    return n;
+}
+
 static unsigned collect_inherited(int *fds, uint32_t *target)
 {
     char buf[4096];
@@ -463,11 +473,8 @@ static unsigned collect_inherited(int *fds, uint32_t *target)
     long got;
     int dfd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-    if (dfd < 0) {
-        for (int fd = 3; fd < FH_INHERIT_SCAN_MAX; fd++)
-            add_inherited(fd, fds, target, &n);
-        return n;
-    }
+    if (dfd < 0)
+        return scan_inherited(fds, target);
     while ((got = syscall(SYS_getdents64, dfd, buf, sizeof buf)) > 0) {
         long off = 0;
 
@@ -484,7 +491,8 @@ static unsigned collect_inherited(int *fds, uint32_t *target)
         }
     }
     close(dfd);
-    return n;
+    /* A listing that failed part way may have missed some: ask each fd. */
+    return got < 0 ? scan_inherited(fds, target) : n;
 }
 
 /* ------------------------------------------------------------------ */
