@@ -7,12 +7,19 @@
  * shared namespace, vanishes with its last user, and a separate process can
  * still reach it through /proc/PID/fd/N or an fd handed over a socket.
  *
+ * The whole maximum is mapped at once (MAP_NORESERVE: address space, no
+ * memory) and the memfd holds only the bytes in use so far; growing it
+ * (fh__arena_grow) needs nothing from the other processes, whose mappings
+ * already cover the range.
+ *
  * The process-local record below (g_arena) is inherited by fork as well; it
  * is written once, by fh_arena_create() or fh_arena_attach(), while the
  * process is still single-threaded, and only read afterwards.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,23 +37,44 @@
 
 static struct {
     void  *base;
-    size_t size;
-    int    fd;
-} g_arena = { NULL, 0, -1 };
+    size_t max;        /* bytes mapped at base: the header's max_size */
+    int    fd;         /* the memfd (its number in the primary, too) */
+    dev_t  dev;        /* which file it is: fds get closed in secondaries */
+    ino_t  ino;        /* (pool members keep only their own), and reused */
+} g_arena = { NULL, 0, -1, 0, 0 };
 
 FH_API const char *fh_version(void) { return FH_VERSION_STRING; }
 
 FH_API void *fh_arena_base(void) { return g_arena.base; }
-FH_API size_t fh_arena_size(void) { return g_arena.size; }
+FH_API size_t fh_arena_max(void) { return g_arena.max; }
 FH_API int fh_arena_fd(void) { return g_arena.fd; }
 FH_API struct fh_arena_hdr *fh_arena_hdr(void) { return g_arena.base; }
+
+static void remember_file(int fd);
+
+static _Atomic uint64_t *size_word(struct fh_arena_hdr *hdr)
+{
+    return (_Atomic uint64_t *)&hdr->size;
+}
+
+FH_API size_t fh_arena_size(void)
+{
+    if (!g_arena.base)
+        return 0;
+    /* Acquire pairs with the release store in fh__arena_grow: the bytes
+     * below the size seen are backed by the memfd. */
+    return (size_t)atomic_load_explicit(size_word(g_arena.base),
+                                        memory_order_acquire);
+}
 
 FH_API int fh_arena_contains(const void *p, size_t len)
 {
     uintptr_t a = (uintptr_t)p, b = (uintptr_t)g_arena.base;
+    size_t size = fh_arena_size();
+
     if (!g_arena.base || a < b)
         return 0;
-    return a - b <= g_arena.size && len <= g_arena.size - (a - b);
+    return a - b <= size && len <= size - (a - b);
 }
 
 /*
@@ -77,24 +105,30 @@ static size_t free_huge_bytes(size_t *hpsize)
 }
 
 /*
- * A memfd of size bytes mapped MAP_SHARED; huge: from the hugetlb pool (the
- * mmap reserves every page, and fails with ENOMEM when the pool cannot
+ * A memfd of size bytes, mapped MAP_SHARED over max bytes (MAP_NORESERVE:
+ * the part past size is address space only); huge: from the hugetlb pool,
+ * the size bytes allocated now by fallocate (ENOSPC when the pool cannot
  * cover them: someone took them since we looked).  Returns the mapping
  * (*fd set) or MAP_FAILED with errno set and nothing left open.
  */
-static void *map_memfd(const char *name, size_t size, int huge, int *fd)
+static void *map_memfd(const char *name, size_t size, size_t max, int huge,
+                       int *fd)
 {
     void *base;
-    int e;
+    int e, rc;
 
     *fd = memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
     if (*fd < 0)
         return MAP_FAILED;
-    /* ftruncate only sets the size: pages are allocated on first touch, so
-     * an 8 GiB arena costs nothing until used, and fork() does not copy the
-     * page tables of a MAP_SHARED mapping (the child faults them in). */
-    if (ftruncate(*fd, (off_t)size) == 0) {
-        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    /* Normal pages: ftruncate only sets the size and pages are allocated on
+     * first touch, so an 8 GiB arena costs nothing until used, and fork()
+     * does not copy the page tables of a MAP_SHARED mapping (the child
+     * faults them in).  Huge pages: allocate them now, so that a short pool
+     * is an error here and not a SIGBUS later. */
+    rc = huge ? fallocate(*fd, 0, 0, (off_t)size) : ftruncate(*fd, (off_t)size);
+    if (rc == 0) {
+        base = mmap(NULL, max, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_NORESERVE, *fd, 0);
         if (base != MAP_FAILED)
             return base;
     }
@@ -105,7 +139,18 @@ static void *map_memfd(const char *name, size_t size, int huge, int *fd)
     return MAP_FAILED;
 }
 
+static size_t round_up(size_t v, size_t page)
+{
+    return (v + page - 1) / page * page;
+}
+
 FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
+{
+    return fh_arena_create_growable(size, size, flags, name);
+}
+
+FH_API int fh_arena_create_growable(size_t size, size_t max, unsigned flags,
+                                    const char *name)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE), hpsize = 0;
     unsigned hdr_flags = 0;
@@ -116,18 +161,21 @@ FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
         errno = EEXIST;
         return -1;
     }
-    if (size < FH_ARENA_MIN_SIZE) {
+    if (max == 0)
+        max = size > FH_ARENA_DEFAULT_MAX ? size : (size_t)FH_ARENA_DEFAULT_MAX;
+    if (size < FH_ARENA_MIN_SIZE || max < size || max > (SIZE_MAX >> 2)) {
         errno = EINVAL;
         return -1;
     }
     if (flags & (FH_ARENA_HUGE_AUTO | FH_ARENA_HUGE_ONLY)) {
         size_t avail = free_huge_bytes(&hpsize);
-        size_t want = hpsize ? (size + hpsize - 1) / hpsize * hpsize : 0;
+        size_t want = hpsize ? round_up(size, hpsize) : 0;
         base = MAP_FAILED;
         if (hpsize && want <= avail)
-            base = map_memfd(name, want, 1, &fd);
+            base = map_memfd(name, want, round_up(max, hpsize), 1, &fd);
         if (base != MAP_FAILED) {
             size = want;
+            max = round_up(max, hpsize);
             page = hpsize;
             hdr_flags |= FH_ARENA_F_HUGE;
         } else if (flags & FH_ARENA_HUGE_ONLY) {
@@ -137,8 +185,9 @@ FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
         /* auto: normal pages, below. */
     }
     if (!(hdr_flags & FH_ARENA_F_HUGE)) {
-        size = (size + page - 1) / page * page;
-        base = map_memfd(name, size, 0, &fd);
+        size = round_up(size, page);
+        max = round_up(max, page);
+        base = map_memfd(name, size, max, 0, &fd);
         if (base == MAP_FAILED)
             return -1;
     }
@@ -151,19 +200,115 @@ FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
     hdr->base = (uint64_t)(uintptr_t)base;
     hdr->primary_pid = (int32_t)getpid();
     hdr->flags = hdr_flags;
+    hdr->max_size = max;
     g_arena.base = base;
-    g_arena.size = size;
+    g_arena.max = max;
     g_arena.fd = fd;
+    remember_file(fd);
     if (fh__memzone_format(hdr) < 0) {
         int e = errno;
-        munmap(base, size);
+        munmap(base, max);
         g_arena.base = NULL;
-        g_arena.size = 0;
+        g_arena.max = 0;
         g_arena.fd = -1;
         close(fd);
         errno = e;
         return -1;
     }
+    return 0;
+}
+
+static void remember_file(int fd)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) == 0) {
+        g_arena.dev = st.st_dev;
+        g_arena.ino = st.st_ino;
+    }
+}
+
+static int is_arena_file(int fd)
+{
+    struct stat st;
+
+    return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == g_arena.dev &&
+           st.st_ino == g_arena.ino;
+}
+
+/*
+ * An fd of the arena's memfd for growing it, or -1: this process's own when
+ * it still has it (a secondary's fds were closed and their numbers may be
+ * reused, so the file is checked), else a new one (*opened set) from the
+ * primary's, /proc/PID/fd/N, as classic attach does.
+ */
+static int grow_fd(const struct fh_arena_hdr *hdr, int *opened)
+{
+    char path[64];
+    int fd;
+
+    *opened = 0;
+    if (is_arena_file(g_arena.fd))
+        return g_arena.fd;
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)hdr->primary_pid, g_arena.fd);
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0 && !is_arena_file(fd)) {
+        close(fd);
+        fd = -1;
+    }
+    *opened = fd >= 0;
+    return fd;
+}
+
+int fh__arena_grow(uint64_t end)
+{
+    struct fh_arena_hdr *hdr = g_arena.base;
+    uint64_t cur, want, step;
+    struct stat st;
+    int rc, fd, opened;
+
+    if (!hdr) {
+        errno = ENODEV;
+        return -1;
+    }
+    /* Relaxed: the only writer of size is the directory lock holder, us. */
+    cur = atomic_load_explicit(size_word(hdr), memory_order_relaxed);
+    if (end <= cur)
+        return 0;
+    if (end > hdr->max_size) {
+        errno = ENOSPC;
+        return -1;
+    }
+    fd = grow_fd(hdr, &opened);
+    if (fd < 0) {
+        errno = ENOSPC;
+        return -1;
+    }
+    step = round_up(FH_ARENA_GROW_MIN, hdr->page_size);
+    want = round_up(end, step);
+    if (want > hdr->max_size)
+        want = hdr->max_size;
+    if (hdr->flags & FH_ARENA_F_HUGE) {
+        /* Allocates the huge pages now; ENOSPC when the pool is short.  A
+         * range allocated by a grower that died before storing the size is
+         * allocated again at no cost. */
+        rc = fallocate(fd, 0, (off_t)cur, (off_t)(want - cur));
+    } else {
+        /* A grower that died after its ftruncate left the file longer than
+         * size says: never shrink it. */
+        rc = fstat(fd, &st);
+        if (rc == 0 && (uint64_t)st.st_size < want)
+            rc = ftruncate(fd, (off_t)want);
+    }
+    if (opened)
+        close(fd);
+    if (rc < 0) {
+        errno = ENOSPC;
+        return -1;
+    }
+    /* Release pairs with the acquire load in fh_arena_size: a process that
+     * sees the new size sees a memfd that backs it. */
+    atomic_store_explicit(size_word(hdr), want, memory_order_release);
     return 0;
 }
 
@@ -207,8 +352,8 @@ FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,
     }
     /* Check what the fd holds before touching the address space. */
     if (pread(fd, &probe, sizeof probe, 0) != (ssize_t)sizeof probe ||
-        probe.magic != FH_ARENA_MAGIC || probe.size != size ||
-        probe.base != (uint64_t)addr) {
+        probe.magic != FH_ARENA_MAGIC || probe.version != FH_ARENA_VERSION ||
+        probe.max_size != size || probe.base != (uint64_t)addr) {
         if (err)
             snprintf(err, errlen, "fd %d is not a forkhost arena of %zu bytes "
                      "at 0x%lx", fd, size, (unsigned long)addr);
@@ -216,7 +361,7 @@ FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,
         return -1;
     }
     base = mmap((void *)addr, size, PROT_READ | PROT_WRITE,
-                MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+                MAP_SHARED | MAP_FIXED_NOREPLACE | MAP_NORESERVE, fd, 0);
     if (base == MAP_FAILED) {
         int e = errno;
         if (e == EEXIST && err)
@@ -236,7 +381,8 @@ FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,
         return -1;
     }
     g_arena.base = base;
-    g_arena.size = size;
+    g_arena.max = size;
     g_arena.fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    remember_file(g_arena.fd);
     return 0;
 }

@@ -1373,3 +1373,13 @@ FH_API struct fh_hash *fh_hash_find_existing(const char *name)
     return fh__object_lookup(FH_HASH_MZ_PREFIX, name, FH_HASH_NAMESIZE,
                              offsetof(struct fh_hash, magic), HT_MAGIC);
 }
+
+FH_API int fh_hash_destroy(struct fh_hash *h)
+{
+    if (!h || !fh_arena_contains(h, sizeof *h)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return fh__object_destroy(h, FH_HASH_MZ_PREFIX, h->name, FH_HASH_NAMESIZE,
+                              offsetof(struct fh_hash, magic), HT_MAGIC, NULL);
+}

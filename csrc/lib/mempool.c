@@ -514,3 +514,54 @@ FH_API struct fh_mempool *fh_mempool_lookup(const char *name)
     return fh__object_lookup(FH_MEMPOOL_MZ_PREFIX, name, FH_MEMPOOL_NAMESIZE,
                              offsetof(struct fh_mempool, magic), MP_MAGIC);
 }
+
+/*
+ * Destroy's veto, called under the memzone directory lock once the pool is
+ * known to exist: close every free cache slot (CAS free -> reclaiming, so
+ * nobody claims one from now on), or, when a thread still owns a slot,
+ * reopen those closed and refuse.  The slots are in memory that is freed
+ * just after: nothing reopens them on success.
+ */
+static int close_caches(void *obj)
+{
+    struct fh_mempool *mp = obj;
+    unsigned i;
+
+    for (i = 0; mp->cache_stride && i < FH_MEMPOOL_CACHE_SLOTS; i++) {
+        int32_t expect = MP_OWNER_FREE;
+        /* Relaxed: the slot is closed, not used; on failure nothing is
+         * read from it. */
+        if (!atomic_compare_exchange_strong_explicit(
+                &mp_slot(mp, i)->owner, &expect, MP_OWNER_RECLAIMING,
+                memory_order_relaxed, memory_order_relaxed))
+            break;
+    }
+    if (!mp->cache_stride || i == FH_MEMPOOL_CACHE_SLOTS)
+        return 0;
+    while (i-- > 0)
+        /* Release, as cache_release's: the slot is free and empty. */
+        atomic_store_explicit(&mp_slot(mp, i)->owner, MP_OWNER_FREE,
+                              memory_order_release);
+    errno = EBUSY;
+    return -1;
+}
+
+FH_API int fh_mempool_destroy(struct fh_mempool *mp)
+{
+    if (!mp || !fh_arena_contains(mp, sizeof *mp)) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* Only a pool that exists is touched: the lookup refuses anything
+     * else (a pool destroyed already, memory reused since). */
+    if (fh_mempool_lookup(mp->name) != mp) {
+        errno = ENOENT;
+        return -1;
+    }
+    fh_mempool_cache_flush(mp);
+    fh_mempool_reclaim(mp);
+    return fh__object_destroy(mp, FH_MEMPOOL_MZ_PREFIX, mp->name,
+                              FH_MEMPOOL_NAMESIZE,
+                              offsetof(struct fh_mempool, magic), MP_MAGIC,
+                              close_caches);
+}

@@ -2,38 +2,51 @@
  * memzone.c - named, aligned allocations in the arena (DPDK's rte_memzone).
  *
  * Every other shared object (rings, mempools, hash tables) lives in a
- * memzone, and the directory is how a secondary finds it by name.  The
- * allocator is a bump pointer that never gives bytes back: memzones live as
- * long as the arena, like DPDK's before rte_memzone_free existed, so the
- * bytes it hands out are still the memfd's zero pages and no process can
- * ever see another's stale data.
+ * memzone, and the directory is how a secondary finds it by name.
  *
- * Concurrency.  Creators (any process of the prefix, primary or secondary)
- * serialise on one process-shared robust mutex in the directory.  Readers
- * (lookup, walk, count, free_bytes) take no lock: slots are only appended,
- * never changed after they are published, and the published count is
- * stored with release after the slot is complete.
+ * Allocation.  First fit over the gaps between the live memzones (the
+ * directory slots themselves are the only record of what is taken, so
+ * there is no free list to get out of step with them), growing the arena
+ * (fh__arena_grow) when the fit ends past its current size.  Bytes that
+ * were handed out before (below dirty_end) are zeroed when handed out
+ * again; those above are still the memfd's zero pages and are not touched,
+ * so a big reserve costs nothing until used.
+ *
+ * Concurrency.  Creators and freers (any process of the prefix, primary or
+ * secondary) serialise on one process-shared robust mutex in the
+ * directory.  Readers (lookup, walk, copy, count, free_bytes) take no lock:
+ * each slot is a seqlock on its generation `gen` (in struct fh_memzone):
+ * odd while a memzone lives in the slot, even while it is free or being
+ * written.  A reader loads gen (acquire), reads the slot, fences (acquire)
+ * and loads gen again: a slot that changed meanwhile is read again.  Every
+ * memzone gets a new generation from a directory-wide counter, so a
+ * generation names one memzone, not just one use of a slot.
  *
  * A creator may die holding the mutex (killed, crashed, _exit in a test).
  * The kernel walks the dead thread's robust list and marks the mutex
  * FUTEX_OWNER_DIED, so the next locker gets EOWNERDEAD instead of hanging;
  * it then repairs the directory (repair_dir) and calls
- * pthread_mutex_consistent.  The repair is possible because a slot is
- * written in an order where every prefix of the steps leaves something
- * repairable: slot fields, then the bump pointer, then the slot's valid flag
- * (release), then the count (release).
+ * pthread_mutex_consistent.  Every prefix of the write orders is
+ * repairable.  Reserve: the slot's fields (gen still even) and the
+ * generation counter, then the slot high-water mark, then the arena's size
+ * and the zeroing of reused bytes (and dirty_end), then gen (release: the
+ * memzone is live), then the count.  Free: gen (even: gone), then the
+ * count.  A slot whose gen is even is free whatever its other fields say,
+ * and the free space is computed from the live slots, so the repair only
+ * has to recount.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "forkhost.h"
 
-#define MZ_DIR_MAGIC 0x5249445a4d484b46ull /* "FKHMZDIR" */
+#define MZ_DIR_MAGIC 0x325249445a4d4846ull /* "FHMZDIR2" */
 /* Default alignment (align == 0): one cache line, so that no two memzones
  * share a line and false sharing between objects cannot happen. */
 #define MZ_DEFAULT_ALIGN 64u
@@ -43,26 +56,28 @@
 /*
  * One directory slot, 128 bytes:
  *   0 mz (struct fh_memzone, 96 bytes: name 0, addr 64, len 72, align 80,
- *         flags 88)   96 offset   104 name_hash   108 valid   112 pad
- * Written once, by the creator holding the lock, then read-only; valid is
- * stored last (release) and never cleared once set.
+ *         flags 88, gen 92)   96 offset   104 name_hash   108 pad
+ * Written by the lock holder while gen is even, published by the store of
+ * an odd gen (release), unpublished by the store of an even one.
  */
 struct mz_slot {
     struct fh_memzone mz;
     uint64_t offset;            /* from the arena base */
     uint32_t name_hash;         /* FNV-1a of the name: a cheap first test */
-    _Atomic uint32_t valid;     /* 1 once every field above is written */
+    uint32_t pad0;
     uint8_t pad[16];
 };
 _Static_assert(sizeof(struct mz_slot) == 128, "mz_slot is 128 bytes");
+_Static_assert(offsetof(struct fh_memzone, gen) == 92, "gen in the padding");
 
 /*
  * The directory, at hdr->mz_dir_offset:
- *   0 magic  8 max  16 data_start  24 data_end  32 next_free  40 count
- *   64 lock (pthread_mutex_t, 40 bytes)   128 slots[FH_MEMZONE_MAX]
- * magic, max, data_start and data_end are written by fh__memzone_format in
- * the primary before any other process exists.  next_free and count are
- * written only by the lock holder (or the repairer, who holds the lock).
+ *   0 magic  8 max  16 data_start  24 data_end  32 dirty_end  40 hwm
+ *   44 count  48 next_gen   64 lock (pthread_mutex_t, 40 bytes)
+ *   128 slots[FH_MEMZONE_MAX]
+ * magic, max, data_start and data_end (the arena's max_size) are written by
+ * fh__memzone_format in the primary before any other process exists; the
+ * rest only by the lock holder (or the repairer, who holds the lock).
  */
 struct mz_dir {
     uint64_t magic;
@@ -70,13 +85,15 @@ struct mz_dir {
     uint32_t pad0;
     uint64_t data_start;
     uint64_t data_end;
-    _Atomic uint64_t next_free;  /* first byte not handed out (offset) */
-    _Atomic uint32_t count;      /* slots published, in creation order */
+    _Atomic uint64_t dirty_end;  /* bytes from here on were never handed out */
+    _Atomic uint32_t hwm;        /* slots ever written: readers scan below */
+    _Atomic uint32_t count;      /* live memzones */
+    _Atomic uint32_t next_gen;   /* odd: the next memzone's generation */
     alignas(64) pthread_mutex_t lock;
     alignas(128) struct mz_slot slots[FH_MEMZONE_MAX];
 };
 
-/* Process-local: the step at which fh_memzone_reserve() should _exit. */
+/* Process-local: the step at which reserve or free should _exit. */
 static int g_crash_at;
 
 static uint32_t name_hash(const char *s)
@@ -85,6 +102,11 @@ static uint32_t name_hash(const char *s)
     while (*s)
         h = (h ^ (uint8_t)*s++) * 16777619u;
     return h;
+}
+
+static _Atomic uint32_t *gen_of(const struct mz_slot *s)
+{
+    return (_Atomic uint32_t *)&s->mz.gen;
 }
 
 static struct mz_dir *get_dir(void)
@@ -136,8 +158,10 @@ int fh__memzone_format(struct fh_arena_hdr *hdr)
     memset(dir, 0, sizeof *dir);
     dir->max = FH_MEMZONE_MAX;
     dir->data_start = data;
-    dir->data_end = hdr->size;
-    atomic_store_explicit(&dir->next_free, data, memory_order_relaxed);
+    dir->data_end = hdr->max_size;
+    /* Relaxed: no other process exists yet. */
+    atomic_store_explicit(&dir->dirty_end, data, memory_order_relaxed);
+    atomic_store_explicit(&dir->next_gen, 1, memory_order_relaxed);
 
     rc = fh__shared_mutex_init(&dir->lock);
     if (rc) {
@@ -151,32 +175,22 @@ int fh__memzone_format(struct fh_arena_hdr *hdr)
 }
 
 /*
- * The previous lock holder died somewhere inside fh_memzone_reserve().  We
- * hold the lock now.  Whatever step it reached:
- *  - before its slot's valid flag: the slot is ignored (readers only scan
- *    below count, and the next creator overwrites it); the bump pointer may
- *    have moved past bytes nobody owns, which leaks them but never hands
- *    them out twice;
- *  - after valid, before count: the memzone is complete, so count it.
+ * The previous lock holder died somewhere inside a reserve or a free.  We
+ * hold the lock now.  A slot it was writing is still even (ignored, its
+ * bytes still free); one it published or unpublished is what its gen says.
+ * Only the count can be stale: count again.
  */
 static void repair_dir(struct mz_dir *dir)
 {
-    uint32_t n = atomic_load_explicit(&dir->count, memory_order_relaxed);
-    uint64_t next = atomic_load_explicit(&dir->next_free, memory_order_relaxed);
+    /* Relaxed: the lock holder (us) is the only writer of hwm and count,
+     * and the dead owner's stores are complete (its process has gone). */
+    uint32_t n = atomic_load_explicit(&dir->hwm, memory_order_relaxed), live = 0;
 
-    /* Acquire pairs with the release store of valid in reserve: a slot seen
-     * valid has all its fields written. */
-    while (n < dir->max &&
-           atomic_load_explicit(&dir->slots[n].valid, memory_order_acquire)) {
-        uint64_t end = dir->slots[n].offset + dir->slots[n].mz.len;
-        if (end > next)
-            next = end;
-        n++;
-    }
-    /* Only writer of next_free and count: the lock holder, i.e. us. */
-    atomic_store_explicit(&dir->next_free, next, memory_order_relaxed);
-    /* Release pairs with the acquire load of count in lookup/walk. */
-    atomic_store_explicit(&dir->count, n, memory_order_release);
+    for (uint32_t i = 0; i < n && i < dir->max; i++)
+        /* Relaxed: as above, nobody else writes gen without the lock. */
+        live += atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_relaxed) & 1;
+    /* Relaxed: count is a statistic, read relaxed. */
+    atomic_store_explicit(&dir->count, live, memory_order_relaxed);
 }
 
 /* 0 locked, 1 locked after repairing a dead owner's mess, -1 with errno. */
@@ -218,18 +232,43 @@ static void maybe_crash(int step)
         _exit(99);
 }
 
-/* Scan the published slots; callers with or without the lock. */
-static const struct mz_slot *find(struct mz_dir *dir, const char *name)
+/*
+ * The live slot called name, or NULL; *genp its generation.  Callers with
+ * or without the lock.  The name and hash of a slot being rewritten may be
+ * read torn: the second load of gen then differs and the slot is read
+ * again (strncmp stops at the end of the field or at name's NUL).
+ */
+static struct mz_slot *find(struct mz_dir *dir, const char *name, uint32_t *genp)
 {
     uint32_t h = name_hash(name);
-    /* Acquire pairs with the release store of count in reserve/repair:
-     * every slot below n is completely written. */
-    uint32_t n = atomic_load_explicit(&dir->count, memory_order_acquire);
+    /* Acquire pairs with the release store of hwm in reserve: the slots
+     * below it are in the directory's order of use. */
+    uint32_t n = atomic_load_explicit(&dir->hwm, memory_order_acquire);
 
-    for (uint32_t i = 0; i < n; i++) {
-        const struct mz_slot *s = &dir->slots[i];
-        if (s->name_hash == h && strcmp(s->mz.name, name) == 0)
+    for (uint32_t i = 0; i < n && i < dir->max; i++) {
+        struct mz_slot *s = &dir->slots[i];
+        for (;;) {
+            /* Acquire pairs with the release store that published gen: an
+             * odd gen seen means its fields are seen. */
+            uint32_t g = atomic_load_explicit(gen_of(s), memory_order_acquire);
+            int match;
+
+            if (!(g & 1))
+                break;
+            match = s->name_hash == h &&
+                    strncmp(s->mz.name, name, FH_MEMZONE_NAMESIZE) == 0;
+            /* Acquire fence: the reads above happen before the load below,
+             * which sees any change a writer made before them (seqlock). */
+            atomic_thread_fence(memory_order_acquire);
+            /* Relaxed: ordered by the fence above. */
+            if (atomic_load_explicit(gen_of(s), memory_order_relaxed) != g)
+                continue;
+            if (!match)
+                break;
+            if (genp)
+                *genp = g;
             return s;
+        }
     }
     return NULL;
 }
@@ -239,6 +278,112 @@ static int valid_name(const char *name)
     return name && name[0] && strnlen(name, FH_MEMZONE_NAMESIZE) < FH_MEMZONE_NAMESIZE;
 }
 
+/* The object types that share one namespace (memzone.h). */
+static const struct {
+    const char *prefix;
+    const char *kind;
+} g_kinds[] = {
+    { "", "memzone" },
+    { FH_RING_MZ_PREFIX, "ring" },
+    { FH_MEMPOOL_MZ_PREFIX, "mempool" },
+    { FH_HASH_MZ_PREFIX, "hash table" },
+    { FH_ARRAY_MZ_PREFIX, "array" },
+};
+#define N_KINDS (sizeof g_kinds / sizeof g_kinds[0])
+
+/* Which kind memzone name mzname is (an index into g_kinds); *bare: the
+ * object's own name in it. */
+static unsigned kind_of(const char *mzname, const char **bare)
+{
+    for (unsigned k = 1; k < N_KINDS; k++) {
+        size_t pl = strlen(g_kinds[k].prefix);
+        if (strncmp(mzname, g_kinds[k].prefix, pl) == 0 && mzname[pl]) {
+            *bare = mzname + pl;
+            return k;
+        }
+    }
+    *bare = mzname;
+    return 0;
+}
+
+/* The kind (other than skip, if skip < N_KINDS) that bare exists as. */
+static const char *existing_kind(struct mz_dir *dir, const char *bare, unsigned skip)
+{
+    char other[FH_MEMZONE_NAMESIZE];
+
+    for (unsigned k = 0; k < N_KINDS; k++) {
+        if (k == skip)
+            continue;
+        if (snprintf(other, sizeof other, "%s%s", g_kinds[k].prefix, bare) >=
+            (int)sizeof other)
+            continue;
+        if (find(dir, other, NULL))
+            return g_kinds[k].kind;
+    }
+    return NULL;
+}
+
+/* Non-zero when memzone name mzname's object name exists as another type. */
+static int other_kind_exists(struct mz_dir *dir, const char *mzname)
+{
+    const char *bare;
+    unsigned k = kind_of(mzname, &bare);
+    return existing_kind(dir, bare, k) != NULL;
+}
+
+FH_API const char *fh_memzone_name_kind(const char *name)
+{
+    struct mz_dir *dir = get_dir();
+
+    if (!dir || !valid_name(name))
+        return NULL;
+    return existing_kind(dir, name, N_KINDS);
+}
+
+/* The live slots' ranges, sorted: the lock holder's scratch (one thread of
+ * this process at a time holds the lock). */
+static struct range { uint64_t start, end; } g_ranges[FH_MEMZONE_MAX];
+
+static int cmp_range(const void *a, const void *b)
+{
+    const struct range *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* First fit for len bytes aligned to align (an address alignment) between
+ * the live memzones; the offset in *startp.  -1 when nothing fits. */
+static int find_space(struct mz_dir *dir, uintptr_t base, uint64_t len,
+                      uint64_t align, uint64_t *startp)
+{
+    /* Relaxed: the lock holder (us) is the only writer of hwm and gen. */
+    uint32_t n = atomic_load_explicit(&dir->hwm, memory_order_relaxed), k = 0;
+    uint64_t cur = dir->data_start;
+
+    for (uint32_t i = 0; i < n; i++) {
+        const struct mz_slot *s = &dir->slots[i];
+        if (atomic_load_explicit(gen_of(s), memory_order_relaxed) & 1) {
+            g_ranges[k].start = s->offset;
+            g_ranges[k].end = s->offset + s->mz.len;
+            k++;
+        }
+    }
+    qsort(g_ranges, k, sizeof g_ranges[0], cmp_range);
+    for (uint32_t i = 0; i <= k; i++) {
+        uint64_t lim = i < k ? g_ranges[i].start : dir->data_end;
+        /* Align the address, not the offset: an alignment larger than the
+         * arena's own (a 1 GiB page in a 2 MiB-aligned arena) still holds. */
+        uint64_t s = ((base + cur + align - 1) & ~(uint64_t)(align - 1)) - base;
+
+        if (s >= cur && s <= lim && len <= lim - s) {
+            *startp = s;
+            return 0;
+        }
+        if (i < k && g_ranges[i].end > cur)
+            cur = g_ranges[i].end;
+    }
+    return -1;
+}
+
 FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
                                                    size_t len, size_t align,
                                                    unsigned flags)
@@ -246,8 +391,8 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
     struct mz_dir *dir = get_dir();
     uintptr_t base = (uintptr_t)fh_arena_base();
     struct mz_slot *s;
-    uint64_t start, end;
-    uint32_t n;
+    uint64_t start, end, dirty;
+    uint32_t n, i, gen;
 
     if (!dir)
         return NULL;
@@ -260,29 +405,38 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
     }
     if (dir_lock(dir) < 0)
         return NULL;
-    if (find(dir, name)) {
+    if (find(dir, name, NULL)) {
         pthread_mutex_unlock(&dir->lock);
         errno = EEXIST;
         return NULL;
     }
-    /* Only writer of count and next_free: the lock holder (us). */
-    n = atomic_load_explicit(&dir->count, memory_order_relaxed);
-    start = atomic_load_explicit(&dir->next_free, memory_order_relaxed);
-    /* Align the address, not the offset: an alignment larger than the
-     * arena's own (a 1 GiB page in a 2 MiB-aligned arena) still holds. */
-    start = ((base + start + align - 1) & ~(uint64_t)(align - 1)) - base;
-    end = start + len;
-    if (n >= dir->max || end < start || end > dir->data_end) {
+    if (other_kind_exists(dir, name)) {
+        pthread_mutex_unlock(&dir->lock);
+        errno = FH_EWRONGTYPE;
+        return NULL;
+    }
+    /* Relaxed loads: the lock holder (us) is the only writer of hwm, gen,
+     * next_gen and dirty_end. */
+    n = atomic_load_explicit(&dir->hwm, memory_order_relaxed);
+    for (i = 0; i < n; i++)
+        if (!(atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_relaxed) & 1))
+            break;
+    if (i >= dir->max || find_space(dir, base, len, align, &start) < 0) {
         pthread_mutex_unlock(&dir->lock);
         errno = ENOSPC;
         return NULL;
     }
+    end = start + len;
 
-    /* The slot may hold a dead creator's half-written attempt; it was never
-     * published (valid == 0), so nobody reads it: overwrite it all. */
-    s = &dir->slots[n];
-    atomic_store_explicit(&s->valid, 0, memory_order_relaxed);
-    memset(&s->mz, 0, sizeof s->mz);
+    /* The slot is free (even gen): readers skip it, or see gen change under
+     * them if they loaded it before it was freed.  It may hold a freed
+     * memzone or a dead creator's half-written attempt: overwrite it all
+     * but gen.  The release fence orders the free that made gen even (and
+     * everything before it) before these writes, for a reader that sees
+     * them (the seqlock's writer side). */
+    atomic_thread_fence(memory_order_release);
+    s = &dir->slots[i];
+    memset(s->mz.name, 0, sizeof s->mz.name);
     strcpy(s->mz.name, name);
     s->mz.addr = (void *)(base + start);
     s->mz.len = len;
@@ -290,17 +444,151 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
     s->mz.flags = flags;
     s->offset = start;
     s->name_hash = name_hash(name);
+    gen = atomic_load_explicit(&dir->next_gen, memory_order_relaxed);
+    /* Relaxed: see above; the counter is only advanced, never reused, so a
+     * holder that dies after this store only skips a generation. */
+    atomic_store_explicit(&dir->next_gen, gen + 2, memory_order_relaxed);
     maybe_crash(1);
-    atomic_store_explicit(&dir->next_free, end, memory_order_relaxed);
+    if (i >= n)
+        /* Release pairs with the acquire load of hwm in find. */
+        atomic_store_explicit(&dir->hwm, i + 1, memory_order_release);
     maybe_crash(2);
-    /* Release pairs with the acquire load of valid in repair_dir. */
-    atomic_store_explicit(&s->valid, 1, memory_order_release);
+    if (fh__arena_grow(end) < 0) {
+        pthread_mutex_unlock(&dir->lock);
+        errno = ENOSPC;
+        return NULL;
+    }
+    /* Bytes handed out before hold a freed memzone's data; the rest are
+     * the memfd's zero pages and stay untouched. */
+    dirty = atomic_load_explicit(&dir->dirty_end, memory_order_relaxed);
+    if (start < dirty)
+        memset((void *)(base + start), 0, (size_t)((end < dirty ? end : dirty) - start));
+    if (end > dirty)
+        atomic_store_explicit(&dir->dirty_end, end, memory_order_relaxed);
     maybe_crash(3);
-    /* Release pairs with the acquire load of count in find/walk: a reader
-     * that sees n + 1 sees the whole slot. */
-    atomic_store_explicit(&dir->count, n + 1, memory_order_release);
+    /* Release pairs with the acquire loads of gen in find/copy/walk: a
+     * reader that sees the odd gen sees the slot and the zeroed bytes. */
+    atomic_store_explicit(gen_of(s), gen, memory_order_release);
+    maybe_crash(4);
+    /* Relaxed: count is a statistic. */
+    atomic_store_explicit(&dir->count,
+                          atomic_load_explicit(&dir->count, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     pthread_mutex_unlock(&dir->lock);
     return &s->mz;
+}
+
+/* Unpublish live slot s; the caller holds the lock. */
+static void free_locked(struct mz_dir *dir, struct mz_slot *s)
+{
+    /* Relaxed load: the lock holder (us) is the only writer of gen.
+     * Release store: lookups that see the even gen fail from now on; the
+     * bytes are reused only by a later lock holder, which the mutex orders
+     * after this. */
+    uint32_t g = atomic_load_explicit(gen_of(s), memory_order_relaxed);
+    atomic_store_explicit(gen_of(s), g + 1, memory_order_release);
+    maybe_crash(5);
+    /* Relaxed: count is a statistic. */
+    atomic_store_explicit(&dir->count,
+                          atomic_load_explicit(&dir->count, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+}
+
+/* The slot mz points at, when it points at one; else NULL (a copy). */
+static struct mz_slot *slot_of(struct mz_dir *dir, const struct fh_memzone *mz)
+{
+    uintptr_t p = (uintptr_t)mz, lo = (uintptr_t)dir->slots;
+
+    if (p < lo || p >= lo + sizeof dir->slots || (p - lo) % sizeof(struct mz_slot))
+        return NULL;
+    return &dir->slots[(p - lo) / sizeof(struct mz_slot)];
+}
+
+FH_API int fh_memzone_free(const struct fh_memzone *mz)
+{
+    struct mz_dir *dir = get_dir();
+    char name[FH_MEMZONE_NAMESIZE];
+    struct mz_slot *s, *own;
+    uint32_t want, g;
+    int rc = 0;
+
+    if (!dir)
+        return -1;
+    if (!mz) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (dir_lock(dir) < 0)
+        return -1;
+    /* Under the lock no slot changes: mz (a slot or a copy) reads stable. */
+    own = slot_of(dir, mz);
+    memcpy(name, mz->name, sizeof name);
+    name[sizeof name - 1] = '\0';
+    want = mz->gen;
+    s = valid_name(name) ? find(dir, name, &g) : NULL;
+    if (own) {
+        if (!s || s != own) {
+            errno = ENOENT;          /* the slot holds no memzone now */
+            rc = -1;
+        }
+    } else if (!s || g != want) {
+        errno = EIDRM;               /* the copy's memzone is gone */
+        rc = -1;
+    }
+    if (rc == 0)
+        free_locked(dir, s);
+    pthread_mutex_unlock(&dir->lock);
+    return rc;
+}
+
+FH_API int fh_memzone_copy(const struct fh_memzone *mz, struct fh_memzone *out)
+{
+    struct mz_dir *dir = get_dir();
+    struct mz_slot *s;
+    uint32_t want = 0, g;
+
+    if (!dir)
+        return -1;
+    if (!mz || !out) {
+        errno = EINVAL;
+        return -1;
+    }
+    s = slot_of(dir, mz);
+    if (!s) {
+        char name[FH_MEMZONE_NAMESIZE];
+        memcpy(name, mz->name, sizeof name);
+        name[sizeof name - 1] = '\0';
+        want = mz->gen;
+        s = valid_name(name) ? find(dir, name, NULL) : NULL;
+        if (!s) {
+            errno = EIDRM;
+            return -1;
+        }
+    }
+    for (;;) {
+        /* Acquire, fence, relaxed: the seqlock read of find. */
+        g = atomic_load_explicit(gen_of(s), memory_order_acquire);
+        if (!(g & 1)) {
+            errno = want ? EIDRM : ENOENT;
+            return -1;
+        }
+        memcpy(out, &s->mz, sizeof *out);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(gen_of(s), memory_order_relaxed) == g)
+            break;
+    }
+    out->gen = g;
+    if (want && g != want) {
+        errno = EIDRM;
+        return -1;
+    }
+    return 0;
+}
+
+FH_API uint32_t fh_memzone_gen(const struct fh_memzone *mz)
+{
+    /* Acquire pairs with the release stores of gen in reserve and free. */
+    return atomic_load_explicit((_Atomic uint32_t *)&mz->gen, memory_order_acquire);
 }
 
 FH_API const struct fh_memzone *fh_memzone_lookup(const char *name)
@@ -314,9 +602,9 @@ FH_API const struct fh_memzone *fh_memzone_lookup(const char *name)
         errno = ENOENT;
         return NULL;
     }
-    s = find(dir, name);
+    s = find(dir, name, NULL);
     if (!s) {
-        errno = ENOENT;
+        errno = other_kind_exists(dir, name) ? FH_EWRONGTYPE : ENOENT;
         return NULL;
     }
     return &s->mz;
@@ -325,7 +613,7 @@ FH_API const struct fh_memzone *fh_memzone_lookup(const char *name)
 int fh__object_zone_name(char *buf, const char *prefix, const char *name,
                          size_t name_size)
 {
-    if (!name || !name[0] || strlen(name) >= name_size)
+    if (!name || !name[0] || strnlen(name, name_size) >= name_size)
         return -1;
     snprintf(buf, FH_MEMZONE_NAMESIZE, "%s%s", prefix, name);
     return 0;
@@ -348,12 +636,51 @@ void *fh__object_lookup(const char *prefix, const char *name,
     published = (_Atomic uint64_t *)((char *)mz->addr + magic_off);
     /* Acquire pairs with the creator's release store of the magic: a
      * process that sees it sees the object initialised.  A memzone without
-     * it is an object still being created. */
+     * it is an object still being created (or being destroyed). */
     if (atomic_load_explicit(published, memory_order_acquire) != magic) {
         errno = ENOENT;
         return NULL;
     }
     return mz->addr;
+}
+
+int fh__object_destroy(void *obj, const char *prefix, const char *name,
+                       size_t name_size, size_t magic_off, uint64_t magic,
+                       int (*veto)(void *obj))
+{
+    char mzname[FH_MEMZONE_NAMESIZE];
+    struct mz_dir *dir = get_dir();
+    struct mz_slot *s;
+    _Atomic uint64_t *published;
+    int rc = 0;
+
+    if (!dir)
+        return -1;
+    if (!obj || !fh_arena_contains(obj, magic_off + sizeof(uint64_t)) ||
+        fh__object_zone_name(mzname, prefix, name, name_size) < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (dir_lock(dir) < 0)
+        return -1;
+    s = find(dir, mzname, NULL);
+    published = (_Atomic uint64_t *)((char *)obj + magic_off);
+    /* Acquire pairs with the creator's release store of the magic. */
+    if (!s || s->mz.addr != obj ||
+        atomic_load_explicit(published, memory_order_acquire) != magic) {
+        errno = ENOENT;
+        rc = -1;
+    } else if (veto && veto(obj) < 0) {
+        rc = -1;
+    } else {
+        /* Release: a lookup that still finds the memzone (it loaded the
+         * slot before the free below) reads a cleared magic and refuses
+         * the object. */
+        atomic_store_explicit(published, 0, memory_order_release);
+        free_locked(dir, s);
+    }
+    pthread_mutex_unlock(&dir->lock);
+    return rc;
 }
 
 FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),
@@ -364,9 +691,12 @@ FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),
 
     if (!dir)
         return -1;
-    /* Acquire pairs with the release store of count (see find). */
-    n = atomic_load_explicit(&dir->count, memory_order_acquire);
-    for (uint32_t i = 0; i < n; i++) {
+    /* Acquire pairs with the release store of hwm in reserve. */
+    n = atomic_load_explicit(&dir->hwm, memory_order_acquire);
+    for (uint32_t i = 0; i < n && i < dir->max; i++) {
+        /* Acquire pairs with the release store that published gen. */
+        if (!(atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_acquire) & 1))
+            continue;
         int rc = fn(&dir->slots[i].mz, arg);
         if (rc)
             return rc;
@@ -377,13 +707,19 @@ FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),
 FH_API size_t fh_memzone_free_bytes(void)
 {
     struct mz_dir *dir = get_dir();
-    uint64_t next;
+    uint64_t used = 0, total;
+    uint32_t n;
 
     if (!dir)
         return 0;
-    /* Relaxed: a statistic; its only writer is the directory lock holder. */
-    next = atomic_load_explicit(&dir->next_free, memory_order_relaxed);
-    return next < dir->data_end ? (size_t)(dir->data_end - next) : 0;
+    total = dir->data_end - dir->data_start;
+    /* Relaxed, here and below: a statistic, exact when no one reserves or
+     * frees meanwhile. */
+    n = atomic_load_explicit(&dir->hwm, memory_order_relaxed);
+    for (uint32_t i = 0; i < n && i < dir->max; i++)
+        if (atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_relaxed) & 1)
+            used += dir->slots[i].mz.len;
+    return used < total ? (size_t)(total - used) : 0;
 }
 
 FH_API unsigned fh_memzone_count(void)

@@ -92,3 +92,14 @@ FH_API struct fh_ring *fh_ring_lookup(const char *name)
     return fh__object_lookup(FH_RING_MZ_PREFIX, name, FH_RING_NAMESIZE,
                              offsetof(struct fh_ring, magic), FH_RING_MAGIC);
 }
+
+FH_API int fh_ring_destroy(struct fh_ring *r)
+{
+    if (!r || !fh_arena_contains(r, sizeof *r)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return fh__object_destroy(r, FH_RING_MZ_PREFIX, r->name, FH_RING_NAMESIZE,
+                              offsetof(struct fh_ring, magic), FH_RING_MAGIC,
+                              NULL);
+}

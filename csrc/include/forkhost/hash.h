@@ -190,4 +190,10 @@ FH_API void fh__hash_crash_at(int step);
 FH_API uint32_t fh__hash_crc32c_sw(const void *key, uint32_t key_len,
                                    uint32_t init_val);
 
+/* Destroy table h (rte_hash_free): its name can be created again at once,
+ * lookups fail from now on, and its memory goes back to the arena.  Nobody
+ * may use h afterwards (memzone.h).  0, or -1 with errno ENOENT (not a
+ * table that exists), EINVAL. */
+FH_API int fh_hash_destroy(struct fh_hash *h);
+
 #endif /* FORKHOST_HASH_H */

@@ -108,4 +108,14 @@ FH_API unsigned fh_mempool_elt_size(const struct fh_mempool *mp); /* stride */
 FH_API unsigned fh_mempool_cache_size(const struct fh_mempool *mp);
 FH_API const char *fh_mempool_name(const struct fh_mempool *mp);
 
+/* Destroy pool mp: its name can be created again at once, lookups fail
+ * from now on, and its memory goes back to the arena.  The calling thread's
+ * cache is given back first and dead threads' caches are reclaimed; while
+ * a live thread (of any process) still holds a cache of mp it fails with
+ * EBUSY, changing nothing (that thread calls fh_mempool_cache_flush, or
+ * exits).  Objects still in use are lost with the pool.  Nobody may use mp
+ * afterwards (memzone.h).  0, or -1 with errno EBUSY, ENOENT (not a pool
+ * that exists), EINVAL. */
+FH_API int fh_mempool_destroy(struct fh_mempool *mp);
+
 #endif /* FORKHOST_MEMPOOL_H */

@@ -481,4 +481,10 @@ FH_RING_FN unsigned fh_ring_flags(const struct fh_ring *r)
 FH_RING_FN const char *fh_ring_name(const struct fh_ring *r)
 { return r->name; }
 
+/* Destroy ring r (rte_ring_free): its name can be created again at once,
+ * lookups fail from now on, and its memory goes back to the arena.  Nobody
+ * may use r afterwards (memzone.h: what a process still holding it gets).
+ * 0, or -1 with errno ENOENT (not a ring that exists), EINVAL. */
+FH_API int fh_ring_destroy(struct fh_ring *r);
+
 #endif /* FORKHOST_RING_H */
