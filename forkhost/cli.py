@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("primary", help="start a primary (and its template)")
     _common(p)
     p.add_argument("--arena-size", default=str(_wire.DEFAULT_ARENA_SIZE),
-                   help=f"shared arena size (default {_wire.DEFAULT_ARENA_SIZE >> 20}M)")
+                   help=f"shared arena's starting size (default "
+                        f"{_wire.DEFAULT_ARENA_SIZE >> 20}M)")
+    p.add_argument("--arena-max", default=None,
+                   help=f"size the arena can grow to, reserved as address space at "
+                        f"start (default {_wire.DEFAULT_ARENA_MAX >> 30}G, or "
+                        f"--arena-size if larger)")
     p.add_argument("--preload", action="append", default=[], metavar="MODULE",
                    help="import MODULE before forking the template (repeatable)")
     p.add_argument("--max-secondaries", type=int, default=_wire.DEFAULT_MAX_SECONDARIES,
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def _make_primary(a):
     from .primary import Primary
     return Primary(a.prefix, runtime_dir=a.runtime_dir, arena_size=a.arena_size,
+                   arena_max=a.arena_max,
                    preload=a.preload, max_secondaries=a.max_secondaries,
                    grace=a.grace, pool=a.pool, huge_pages=a.huge_pages,
                    ipc=True)   # secondaries get IPC and exit notices
@@ -404,7 +410,8 @@ def _arena_mappers(cfg: dict, known: set[int]) -> list[int]:
     the map_files link itself would take CAP_SYS_ADMIN)."""
     arena = cfg.get("arena") or {}
     try:
-        start, end = arena["base"], arena["base"] + arena["size"]
+        start = arena["base"]
+        end = start + arena.get("max", arena["size"])     # the whole range mapped
         ino = os.stat(f"/proc/{cfg['pid']}/fd/{arena['fd']}").st_ino
     except (KeyError, TypeError, OSError):
         return []
@@ -572,10 +579,11 @@ def cmd_attach(a) -> int:
               file=sys.stderr)
         return 2
     from .primary import human_size
-    from .shm import attach, free_bytes, memzones
+    from .shm import arena, attach, free_bytes, memzones
     att = attach(a.prefix, a.runtime_dir)
-    print(f"forkhost attach: prefix {att.prefix!r}: arena {human_size(att.size)} at "
-          f"0x{att.base:x} mapped here (primary pid {att.primary_pid})")
+    print(f"forkhost attach: prefix {att.prefix!r}: arena {human_size(arena()[1])} "
+          f"(grows to {human_size(att.size)}) at 0x{att.base:x} mapped here "
+          f"(primary pid {att.primary_pid})")
     if att.library_same_address:
         print(f"libforkhost.so: at 0x{att.library_base_here:x} here too, the same "
               f"address as in the primary")

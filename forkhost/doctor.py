@@ -100,8 +100,9 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
         say("INFO", f"no primary running for prefix {p.prefix!r}")
         return 1 if failed else 0
     say("OK", f"primary {cfg['pid']} for prefix {p.prefix!r}, arena "
-              f"{cfg['arena']['size']} bytes at 0x{cfg['arena']['base']:x} "
-              f"({cfg['arena']['page_size']}-byte pages)")
+              f"{cfg['arena']['size']} bytes at start, growing to "
+              f"{cfg['arena'].get('max', cfg['arena']['size'])}, at "
+              f"0x{cfg['arena']['base']:x} ({cfg['arena']['page_size']}-byte pages)")
     thp = cfg.get("thp")
     if thp:
         say(*_thp_line(thp))

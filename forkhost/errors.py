@@ -90,6 +90,17 @@ class NotFoundError(ShmError):
     """No object of that name (ENOENT), or its creator has not finished."""
 
 
+class WrongTypeError(NameExistsError):
+    """The name exists as another type of object (a ring looked up or
+    created under the name of a mempool, ...): FH_EWRONGTYPE, memzone.h.
+    The message names the type when it is known."""
+
+
+class DestroyedError(NotFoundError):
+    """The object this handle refers to was freed or destroyed (EIDRM):
+    the handle stays unusable even if its name is created again."""
+
+
 class NoSpaceError(ShmError):
     """The arena, the memzone directory, a hash table or a mempool is full
     (ENOSPC, ENOBUFS)."""

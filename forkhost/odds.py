@@ -167,13 +167,15 @@ def parse_range(text: str) -> AddrRange:
 
 
 def arena_range(prefix: str | None = None, runtime_dir=None) -> tuple[int, int]:
-    """(base, base + size) of the prefix's arena, from its config.json."""
+    """(base, base + max) of the prefix's arena (the whole range it maps,
+    which it grows into), from its config.json."""
     p = runtime.paths(prefix, runtime_dir)
     cfg = runtime.read_config(p)
     if not cfg or "arena" not in cfg:
         raise OddsError(f"no range: prefix {p.prefix!r} has no primary (no "
                         f"{p.config}); start one or give --range")
-    base, size = int(cfg["arena"]["base"]), int(cfg["arena"]["size"])
+    arena = cfg["arena"]
+    base, size = int(arena["base"]), int(arena.get("max", arena["size"]))
     return base, base + size
 
 

@@ -40,6 +40,7 @@ from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
 # members the template keeps ready (csrc/lib/template.c) each take a fork
 # and CPython's after-fork work off a launch's critical path.
 DEFAULT_ARENA_SIZE = _wire.DEFAULT_ARENA_SIZE
+DEFAULT_ARENA_MAX = _wire.DEFAULT_ARENA_MAX     # when arena_size is smaller
 DEFAULT_MAX_SECONDARIES = _wire.DEFAULT_MAX_SECONDARIES
 DEFAULT_GRACE = _wire.DEFAULT_GRACE_MS / 1000
 DEFAULT_POOL = _wire.DEFAULT_POOL
@@ -154,6 +155,7 @@ class Primary:
     def __init__(self, prefix: str | None = None, *,
                  runtime_dir: str | os.PathLike | None = None,
                  arena_size: int | str = DEFAULT_ARENA_SIZE,
+                 arena_max: int | str | None = None,
                  preload: list[str] | tuple[str, ...] = (),
                  max_secondaries: int = DEFAULT_MAX_SECONDARIES,
                  grace: float = DEFAULT_GRACE,
@@ -163,6 +165,11 @@ class Primary:
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
+        # The arena starts at arena_size and grows on demand up to arena_max
+        # (None: the larger of arena_size and DEFAULT_ARENA_MAX).
+        self.arena_max = None if arena_max is None else parse_size(arena_max)
+        if self.arena_max == 0:
+            raise ForkhostError(_wire.SIZE_INVALID % arena_max)
         self.preload = list(preload)
         if max_secondaries < 1:
             raise ForkhostError("--max-secondaries must be at least 1")
@@ -249,10 +256,13 @@ class Primary:
         flags = {"auto": lib.FH_ARENA_HUGE_AUTO, "always": lib.FH_ARENA_HUGE_ONLY,
                  "never": 0}[self.huge_pages]
         name = f"forkhost-arena:{self.prefix}".encode()
-        if lib.fh_arena_create(self.arena_size, flags, name) < 0:
+        if lib.fh_arena_create_growable(self.arena_size, self.arena_max or 0,
+                                        flags, name) < 0:
             err = ffi.errno
             why = os.strerror(err)
-            if err == 22:
+            if err == 22 and self.arena_max and self.arena_max < self.arena_size:
+                why += _wire.ARENA_MAX_TOO_SMALL
+            elif err == 22:
                 why += _wire.ARENA_TOO_SMALL
             elif self.huge_pages == "always" and err == 12:
                 why = f"--huge-pages always: {_huge_shortfall(self.arena_size)}"
@@ -293,6 +303,7 @@ class Primary:
             "template_pid": 0,
             "socket": self.socket_path,
             "arena": {"base": self.arena_base, "size": int(lib.fh_arena_size()),
+                      "max": int(lib.fh_arena_max()),
                       "page_size": self.page_size, "huge_pages": self.huge,
                       "fd": lib.fh_arena_fd()},
             "library": {"path": os.path.realpath(LIBRARY),
@@ -387,7 +398,8 @@ class Primary:
                  + (f" ({self.no_huge_why})" if self.no_huge_why else ""))
         return (f"forkhost primary ready: prefix {self.prefix!r}, pid {self.pid}, "
                 f"template {self.template_pid}, socket {self.socket_path}, arena "
-                f"{human_size(int(lib.fh_arena_size()))} at 0x{self.arena_base:x}, "
+                f"{human_size(int(lib.fh_arena_size()))} (grows to "
+                f"{human_size(int(lib.fh_arena_max()))}) at 0x{self.arena_base:x}, "
                 f"{pages}")
 
     # -- stop -----------------------------------------------------------

@@ -131,7 +131,8 @@ def init(argv: list[str] | None = None) -> str:
             _hand_over(args, paths.prefix, str(paths.root), False)
         from .primary import Primary
         primary = Primary(paths.prefix, runtime_dir=paths.root,
-                          arena_size=o.arena_size, pool=o.pool,
+                          arena_size=o.arena_size,
+                          arena_max=o.arena_max or None, pool=o.pool,
                           huge_pages=huge, ipc=True)
         try:
             primary.start()

@@ -157,7 +157,7 @@ def test_far_range_never_collides(progs, capsys):
 
 def test_prefix_arena_is_the_default_range(primary, runtime_dir, capsys):
     arena = primary.config["arena"]
-    base, end = arena["base"], arena["base"] + arena["size"]
+    base, end = arena["base"], arena["base"] + arena["max"]   # the range it grows into
     assert O.arena_range(primary.prefix, runtime_dir) == (base, end)
 
     code = O.main_odds(["/bin/true"], N, [], primary.prefix, runtime_dir, True)
@@ -180,7 +180,9 @@ def test_prefix_arena_is_the_default_range(primary, runtime_dir, capsys):
 
     assert O.main_odds(["/bin/true"], 2, None, primary.prefix, runtime_dir, False) in (0, 1)
     out = capsys.readouterr().out
-    assert f"arena of prefix {primary.prefix!r} 0x{base:x}-0x{end:x} (64 MiB): collided in " in out
+    from forkhost.primary import human_size
+    assert (f"arena of prefix {primary.prefix!r} 0x{base:x}-0x{end:x} "
+            f"({human_size(end - base)}): collided in ") in out
     assert "/2 runs" in out
 
 

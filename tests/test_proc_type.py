@@ -197,14 +197,19 @@ def test_secondary_without_a_primary_is_125_and_one_line(exe, runtime_dir):
     (["--proc-type=both"], "invalid --proc-type 'both': use primary, secondary or auto"),
     (["--pool=-1"], "invalid --pool '-1': use a number from 0 to 1024"),
     (["--arena-size=lots"], "invalid size 'lots': use bytes or a K/M/G suffix"),
+    (["--arena-max=lots"], "invalid size 'lots': use bytes or a K/M/G suffix"),
+    (["--arena-max=0"], "invalid size '0': use bytes or a K/M/G suffix"),
+    (["--arena-size=64M", "--arena-max=32M", "--"],
+     "cannot create a 67108864-byte arena: Invalid argument (--arena-max must be "
+     "at least --arena-size)"),
     (["--file-prefix=../x"], "invalid prefix '../x' (from --file-prefix): use 1 to 64 "
                              "of A-Z a-z 0-9 . _ -, not '.' or '..'"),
     (["-l", "0-3", "--"], "unrecognized option '-l' (forkhost's options come first and end "
                     "at '--': --proc-type, --file-prefix, --runtime-dir, "
-                    "--arena-size, --huge-pages, --pool)"),
+                    "--arena-size, --arena-max, --huge-pages, --pool)"),
     (["--proc-typ=auto"], "unrecognized option '--proc-typ=auto' (forkhost's options "
                           "come first and end at '--': --proc-type, --file-prefix, "
-                          "--runtime-dir, --arena-size, --huge-pages, --pool)"),
+                          "--runtime-dir, --arena-size, --arena-max, --huge-pages, --pool)"),
     (["--proc-type"], "option '--proc-type' requires a value"),
 ])
 def test_bad_options_are_125_and_one_line(exe, runtime_dir, args, text):

@@ -281,7 +281,7 @@ int fh__arena_grow(uint64_t end)
     }
     fd = grow_fd(hdr, &opened);
     if (fd < 0) {
-        errno = ENOSPC;
+        errno = ENOMEM;
         return -1;
     }
     step = round_up(FH_ARENA_GROW_MIN, hdr->page_size);
@@ -303,7 +303,7 @@ int fh__arena_grow(uint64_t end)
     if (opened)
         close(fd);
     if (rc < 0) {
-        errno = ENOSPC;
+        errno = ENOMEM;
         return -1;
     }
     /* Release pairs with the acquire load in fh_arena_size: a process that

@@ -186,6 +186,9 @@ FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
         } else if ((v = opt_value(prog, argc, argv, &i, "--arena-size"))) {
             if (fh_parse_size(v, &o->arena_size) < 0)
                 init_fail(prog, FH_EXIT_FORKHOST, FH_SIZE_INVALID, v);
+        } else if ((v = opt_value(prog, argc, argv, &i, "--arena-max"))) {
+            if (fh_parse_size(v, &o->arena_max) < 0 || o->arena_max == 0)
+                init_fail(prog, FH_EXIT_FORKHOST, FH_SIZE_INVALID, v);
         } else if ((v = opt_value(prog, argc, argv, &i, "--huge-pages"))) {
             if (strcmp(v, "auto") == 0)
                 o->arena_flags = FH_ARENA_HUGE_AUTO;
@@ -212,8 +215,8 @@ FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
         } else {
             init_fail(prog, FH_EXIT_FORKHOST, "unrecognized option '%s' (forkhost's "
                       "options come first and end at '--': --proc-type, "
-                      "--file-prefix, --runtime-dir, --arena-size, --huge-pages, "
-                      "--pool)", a);
+                      "--file-prefix, --runtime-dir, --arena-size, --arena-max, "
+                      "--huge-pages, --pool)", a);
         }
         o->consumed = i;
     }
@@ -306,7 +309,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
     if (snprintf(text, sizeof text,
              "{\n"
              "  \"arena\": {\"base\": %llu, \"fd\": %d, \"huge_pages\": %s, "
-             "\"page_size\": %llu, \"size\": %llu},\n"
+             "\"max\": %llu, \"page_size\": %llu, \"size\": %llu},\n"
              "  \"forkhost_version\": \"%s\",\n"
              "  \"grace\": %.3f,\n"
              "  \"ipc_socket\": %s,\n"
@@ -324,6 +327,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
              "}\n",
              (unsigned long long)(uintptr_t)fh_arena_base(), fh_arena_fd(),
              hdr != NULL && (hdr->flags & FH_ARENA_F_HUGE) ? "true" : "false",
+             (unsigned long long)fh_arena_max(),
              hdr != NULL ? (unsigned long long)hdr->page_size : 0ull,
              (unsigned long long)fh_arena_size(), FH_VERSION_STRING,
              g.grace_ms / 1000.0, ipc_s, (unsigned long long)(uintptr_t)di.dli_fbase,
@@ -363,12 +367,15 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     mode_t old;
 
     snprintf(name, sizeof name, "forkhost-arena:%s", g.paths.prefix);
-    if (fh_arena_create(o->arena_size, o->arena_flags, name) < 0) {
+    if (fh_arena_create_growable(o->arena_size, o->arena_max, o->arena_flags,
+                                 name) < 0) {
         int e = errno;
 
         fh_prefix_release(&g.paths, g.lock_fd);
         init_fail(prog, FH_EXIT_FORKHOST, "cannot create a %zu-byte arena: %s%s",
-                  o->arena_size, strerror(e), e == EINVAL ? FH_ARENA_TOO_SMALL : "");
+                  o->arena_size, strerror(e),
+                  e != EINVAL ? "" : o->arena_max && o->arena_max < o->arena_size
+                  ? FH_ARENA_MAX_TOO_SMALL : FH_ARENA_TOO_SMALL);
     }
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;

@@ -454,8 +454,9 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
         atomic_store_explicit(&dir->hwm, i + 1, memory_order_release);
     maybe_crash(2);
     if (fh__arena_grow(end) < 0) {
+        int e = errno;
         pthread_mutex_unlock(&dir->lock);
-        errno = ENOSPC;
+        errno = e;
         return NULL;
     }
     /* Bytes handed out before hold a freed memzone's data; the rest are

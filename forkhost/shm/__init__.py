@@ -12,13 +12,16 @@ arrays per call.
     ring = Ring.lookup("app.jobs")
     ring.enqueue_burst(array('Q', range(32)))
 
-Errors are forkhost exceptions (NameExistsError, NotFoundError,
-NoSpaceError, ModuleMismatchError, NoArenaError, AttachError: all
-ShmError), chained to the OSError of the C call.
+Errors are forkhost exceptions (NameExistsError, WrongTypeError,
+NotFoundError, DestroyedError, NoSpaceError, ModuleMismatchError,
+NoArenaError, AttachError: all ShmError), chained to the OSError of the C
+call.  Memzones are freed with ``Memzone.free()``, rings, mempools and hash
+tables with ``.destroy()`` (docs/shm.md, Freeing).
 """
 
-from ..errors import (AttachError, ModuleMismatchError, NameExistsError,
-                      NoArenaError, NoSpaceError, NotFoundError, ShmError)
+from ..errors import (AttachError, DestroyedError, ModuleMismatchError,
+                      NameExistsError, NoArenaError, NoSpaceError,
+                      NotFoundError, ShmError, WrongTypeError)
 from .array import Array
 from .attach import Attachment, attach
 from .hash import HashTable, load_native, native_function
@@ -28,7 +31,8 @@ from .ring import SC_DEQ, SP_ENQ, Ring
 
 
 def arena() -> tuple[int, int] | None:
-    """(base address, size) of this process's arena, or None if it has none."""
+    """(base address, size) of this process's arena, or None if it has none.
+    The size is what is usable now: the arena grows up to arena_max()."""
     from .._native import ffi, lib
     base = lib.fh_arena_base()
     if base == ffi.NULL:
@@ -36,13 +40,23 @@ def arena() -> tuple[int, int] | None:
     return int(ffi.cast("uintptr_t", base)), int(lib.fh_arena_size())
 
 
+def arena_max() -> int | None:
+    """The size this process's arena can grow to (the address range every
+    process maps for it, --arena-max), or None if it has none."""
+    from .._native import ffi, lib
+    if lib.fh_arena_base() == ffi.NULL:
+        return None
+    return int(lib.fh_arena_max())
+
+
 __all__ = [
-    "Memzone", "memzones", "free_bytes", "memzone_count", "arena",
+    "Memzone", "memzones", "free_bytes", "memzone_count", "arena", "arena_max",
     "Ring", "SP_ENQ", "SC_DEQ",
     "Mempool",
     "HashTable", "load_native", "native_function",
     "Array",
     "attach", "Attachment",
-    "ShmError", "NoArenaError", "NameExistsError", "NotFoundError",
-    "NoSpaceError", "ModuleMismatchError", "AttachError",
+    "ShmError", "NoArenaError", "NameExistsError", "WrongTypeError",
+    "NotFoundError", "DestroyedError", "NoSpaceError", "ModuleMismatchError",
+    "AttachError",
 ]

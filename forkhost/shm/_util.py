@@ -12,9 +12,13 @@ import errno as E
 import os
 from array import array
 
-from .._native import ffi
-from ..errors import (ModuleMismatchError, NameExistsError, NoArenaError,
-                      NoSpaceError, NotFoundError, ShmError)
+from .._native import ffi, lib
+from ..errors import (DestroyedError, ModuleMismatchError, NameExistsError,
+                      NoArenaError, NoSpaceError, NotFoundError, ShmError,
+                      WrongTypeError)
+
+# The C library's errno for "the name exists as another type" (memzone.h).
+EWRONGTYPE = lib.FH_EWRONGTYPE
 
 _EXC = {
     E.EEXIST: NameExistsError,
@@ -23,12 +27,20 @@ _EXC = {
     E.ENOBUFS: NoSpaceError,
     E.ENODEV: NoArenaError,
     E.EFAULT: ModuleMismatchError,
+    EWRONGTYPE: WrongTypeError,
+    E.EIDRM: DestroyedError,
 }
 
 # What an errno means for a shm call, where strerror would mislead.
 _DETAIL = {
     E.EEXIST: "the name is in use",
-    E.ENOSPC: "no space left in the arena (or the memzone directory is full)",
+    E.ENOSPC: "no space left in the arena (at its maximum size) or the memzone "
+              "directory is full",
+    EWRONGTYPE: "the name exists as another type",
+    E.EIDRM: "it was destroyed",
+    E.ENOMEM: "the arena cannot grow: no free huge pages (or memory) to back it",
+    E.EBUSY: "a live thread still holds a cache of it (it calls cache_flush(), "
+             "or exits)",
 }
 
 NO_ARENA = ("this process has no forkhost arena: run it as a secondary "
@@ -49,6 +61,54 @@ def raise_errno(err: int, what: str, detail: str | None = None):
     if detail is None:
         detail = NO_ARENA if err == E.ENODEV else _DETAIL.get(err)
     raise cls(f"{what}: {detail or os.strerror(err)}", err) from oserr
+
+
+def wrong_type_detail(name: bytes) -> str:
+    """What a WrongTypeError says: the type the bare name exists as."""
+    kind = lib.fh_memzone_name_kind(name)
+    if kind == ffi.NULL:
+        return _DETAIL[EWRONGTYPE]
+    return f"{_DETAIL[EWRONGTYPE]} (a {ffi.string(kind).decode()})"
+
+
+# Special methods a disabled handle keeps (the rest raise DestroyedError).
+_KEEP = frozenset({"__class__", "__repr__", "__str__", "__init_subclass__",
+                   "__subclasshook__", "__new__", "__init__", "__getattribute__",
+                   "__setattr__", "__delattr__", "__eq__", "__ne__", "__hash__",
+                   "__reduce__", "__reduce_ex__", "__sizeof__", "__dir__",
+                   "__format__", "__slots__", "__module__", "__doc__", "__dict__",
+                   "__weakref__", "__qualname__", "__annotations__", "__getstate__"})
+_DISABLED: dict[type, type] = {}
+
+
+def disable(obj, what: str) -> None:
+    """Make every later use of handle ``obj`` (a Ring, Mempool, HashTable whose
+    object this process destroyed) raise DestroyedError: its class becomes a
+    subclass without state of its own whose attributes and operators all
+    raise.  Costs the live handles nothing."""
+    cls = type(obj)
+    dead = _DISABLED.get(cls)
+    if dead is None:
+        def gone(self, *args, **kwargs):
+            name = object.__getattribute__(self, "name")
+            raise DestroyedError(f"{what} {name!r}: {_DETAIL[E.EIDRM]}", E.EIDRM)
+
+        def getattribute(self, attr):
+            if attr in _KEEP or attr == "name":
+                return object.__getattribute__(self, attr)
+            gone(self)
+
+        def rep(self):
+            return f"<destroyed {what} {object.__getattribute__(self, 'name')!r}>"
+
+        ns = {"__slots__": (), "__getattribute__": getattribute, "__repr__": rep}
+        for attr in dir(cls):
+            if attr.startswith("__") and attr not in _KEEP and \
+                    callable(getattr(cls, attr, None)):
+                ns[attr] = gone
+        dead = type(f"Destroyed{cls.__name__}", (cls,), ns)
+        _DISABLED[cls] = dead
+    obj.__class__ = dead
 
 
 def raise_message(err: int, message: str):

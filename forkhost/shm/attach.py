@@ -80,7 +80,9 @@ def attach(prefix: str | None = None, runtime_dir=None) -> Attachment:
         raise AttachError(f"cannot attach to prefix {name!r}: no forkhost primary "
                           f"(looked for {paths.config})", errno.ESRCH)
     arena = cfg["arena"]
-    base, size = int(arena["base"]), int(arena["size"])
+    # The whole range the arena can grow into ("max"; "size" is where it
+    # started), mapped here as in every process of the prefix.
+    base, size = int(arena["base"]), int(arena.get("max", arena["size"]))
     lib_cfg = cfg.get("library", {})
     here_version = ffi.string(lib.fh_version()).decode()
     if lib_cfg.get("version") and lib_cfg["version"] != here_version:
@@ -94,7 +96,7 @@ def attach(prefix: str | None = None, runtime_dir=None) -> Attachment:
     if have != ffi.NULL:
         here = int(ffi.cast("uintptr_t", have))
         hdr = lib.fh_arena_hdr()
-        if here == base and lib.fh_arena_size() == size and \
+        if here == base and lib.fh_arena_max() == size and \
                 hdr.primary_pid == info.primary_pid:
             return replace(info, already=True)
         raise AttachError(f"cannot attach to prefix {name!r}: this process already "

@@ -389,3 +389,14 @@ class HashTable:
         fn = self.fn_module or "crc32c (built in)"
         return (f"<HashTable {self.name!r} {len(self)}/{self.max_entries} keys of "
                 f"{self.key_len} bytes, hash in {fn}>")
+
+    def destroy(self) -> None:
+        """Destroy the hash table: lookups of its name fail from now on, the name
+        can be created again at once and its memory goes back to the arena.
+        This handle raises DestroyedError from now on; other handles on it
+        (other processes') are not checked: nobody may use them any more
+        (docs/shm.md, Freeing)."""
+        from ._util import disable
+        if lib.fh_hash_destroy(self._h) < 0:
+            raise_errno(ffi.errno, f"cannot destroy hash table {self.name!r}")
+        disable(self, "hash table")

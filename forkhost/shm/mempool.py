@@ -160,3 +160,17 @@ class Mempool:
     def __repr__(self):
         return (f"<Mempool {self.name!r} {self.in_use}/{self.count} in use, "
                 f"{self.obj_size}-byte objects at 0x{self.addr:x}>")
+
+    def destroy(self) -> None:
+        """Destroy the mempool: lookups of its name fail from now on, the name
+        can be created again at once and its memory goes back to the arena.
+        This handle raises DestroyedError from now on; other handles on it
+        (other processes') are not checked: nobody may use them any more
+        (docs/shm.md, Freeing).
+        A live thread (of any process) that still holds a cache of the pool
+        makes it fail with ShmError (errno EBUSY), changing nothing: that
+        thread calls ``cache_flush()``, or exits."""
+        from ._util import disable
+        if lib.fh_mempool_destroy(self._mp) < 0:
+            raise_errno(ffi.errno, f"cannot destroy mempool {self.name!r}")
+        disable(self, "mempool")

@@ -237,3 +237,14 @@ class Ring:
                ("SC" if self.single_consumer else "MC")
         return (f"<Ring {self.name!r} {mode} {self.count}/{self.capacity} x "
                 f"{self.elem_size} bytes at 0x{self.addr:x}>")
+
+    def destroy(self) -> None:
+        """Destroy the ring: lookups of its name fail from now on, the name
+        can be created again at once and its memory goes back to the arena.
+        This handle raises DestroyedError from now on; other handles on it
+        (other processes') are not checked: nobody may use them any more
+        (docs/shm.md, Freeing)."""
+        from ._util import disable
+        if lib.fh_ring_destroy(self._r) < 0:
+            raise_errno(ffi.errno, f"cannot destroy ring {self.name!r}")
+        disable(self, "ring")

@@ -106,8 +106,9 @@ FH_API struct fh_arena_hdr *fh_arena_hdr(void);
 FH_API int fh_arena_contains(const void *p, size_t len);
 
 /* Internal, for the memzone directory's lock holder: make the arena at
- * least end bytes long.  0, or -1 with errno ENOSPC (past the maximum, or
- * the huge-page pool or tmpfs cannot back it). */
+ * least end bytes long.  0, or -1 with errno ENOSPC (past the maximum) or
+ * ENOMEM (the huge-page pool or memory cannot back it, or the memfd cannot
+ * be reached: the primary is gone). */
 int fh__arena_grow(uint64_t end);
 
 #endif /* FORKHOST_ARENA_H */

@@ -34,7 +34,10 @@
  *   --file-prefix=P                      the prefix (FORKHOST_PREFIX, else
  *                                        "forkhost")
  *   --runtime-dir=D                      (FORKHOST_RUNTIME_DIR, ...)
- *   --arena-size=SIZE                    primary: 64M, 1G, ... (FH_DEFAULT_ARENA_SIZE)
+ *   --arena-size=SIZE                    primary: the arena's starting size,
+ *                                        64M, 1G, ... (FH_DEFAULT_ARENA_SIZE)
+ *   --arena-max=SIZE                     primary: the size it can grow to
+ *                                        (FH_ARENA_DEFAULT_MAX, arena.h)
  *   --huge-pages=auto|never|always       primary (FH_DEFAULT_HUGE_PAGES)
  *   --pool=N                             primary: idle members (FH_DEFAULT_POOL)
  *   --                                   ends forkhost's options
@@ -99,6 +102,7 @@ struct fh_init_options {
     const char  *huge_pages;      /* "auto", "never" or "always" */
     unsigned     pool;
     int          consumed;        /* arguments taken, "--" included */
+    size_t       arena_max;       /* --arena-max, or 0: the default */
 };
 
 /* Parse forkhost's options from argv[1] on into o (defaults for the

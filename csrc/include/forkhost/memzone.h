@@ -79,7 +79,8 @@ FH_API const char *fh_memzone_name_kind(const char *name);
  * zero-filled, from the free space (first fit; freed memzones' bytes are
  * reused), growing the arena up to its maximum when needed.  NULL with
  * errno: EEXIST name taken, FH_EWRONGTYPE name taken by another type,
- * ENOSPC arena (at its maximum) or directory full, EINVAL bad name/align,
+ * ENOSPC arena (at its maximum) or directory full, ENOMEM the arena cannot
+ * grow (no free huge pages or memory to back it), EINVAL bad name/align,
  * ENODEV no arena in this process. */
 FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
                                                    size_t len, size_t align,

@@ -4,6 +4,7 @@
 #define FH_ARENA_F_HUGE 1
 #define FH_ARENA_HDR_SIZE 4096
 #define FH_ARENA_MIN_SIZE ...
+#define FH_ARENA_DEFAULT_MAX ...
 
 struct fh_arena_hdr {
     uint64_t magic;
@@ -15,10 +16,13 @@ struct fh_arena_hdr {
     uint32_t flags;
     uint64_t mz_dir_offset;
     uint64_t data_offset;
+    uint64_t max_size;
 };
 
 const char *fh_version(void);
 int fh_arena_create(size_t size, unsigned flags, const char *name);
+int fh_arena_create_growable(size_t size, size_t max, unsigned flags, const char *name);
+size_t fh_arena_max(void);
 int fh_arena_attach(int fd, uintptr_t addr, size_t size, char *err, size_t errlen);
 void *fh_arena_base(void);
 size_t fh_arena_size(void);

@@ -61,3 +61,4 @@ void fh__hash_tamper(struct fh_hash *h, uint64_t fn_addr, uint64_t fn_base,
                      const char *module);
 void fh__hash_crash_at(int step);
 uint32_t fh__hash_crc32c_sw(const void *key, uint32_t key_len, uint32_t init_val);
+int fh_hash_destroy(struct fh_hash *h);

@@ -23,6 +23,7 @@ struct fh_init_options {
     const char  *huge_pages;
     unsigned     pool;
     int          consumed;
+    size_t       arena_max;
 };
 
 void fh_init_parse(int argc, char **argv, struct fh_init_options *o);

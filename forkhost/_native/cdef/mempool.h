@@ -30,3 +30,4 @@ unsigned fh_mempool_obj_size(const struct fh_mempool *mp);
 unsigned fh_mempool_elt_size(const struct fh_mempool *mp);
 unsigned fh_mempool_cache_size(const struct fh_mempool *mp);
 const char *fh_mempool_name(const struct fh_mempool *mp);
+int fh_mempool_destroy(struct fh_mempool *mp);

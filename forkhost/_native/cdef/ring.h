@@ -48,3 +48,4 @@ unsigned fh_ring_capacity(const struct fh_ring *r);
 unsigned fh_ring_elem_size(const struct fh_ring *r);
 unsigned fh_ring_flags(const struct fh_ring *r);
 const char *fh_ring_name(const struct fh_ring *r);
+int fh_ring_destroy(struct fh_ring *r);

@@ -1,0 +1,140 @@
+"""Freeing shared objects, with real secondaries: memzones freed and their
+names and bytes reused, rings, mempools and hash tables destroyed, handles
+held by other processes across a free, lookups racing frees and creates,
+and names that exist as another type (docs/shm.md, Freeing).
+
+The checks run in secondaries (tests/fixtures/shm_free_fix.py); the test
+process never maps the arena.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fhtest import FIXTURES, PrimaryProc, reap
+
+FIX = "shm_free_fix"
+
+
+@pytest.fixture
+def primary(runtime_dir):
+    p = PrimaryProc(runtime_dir, args=("--arena-size", "16M", "--arena-max", "256M"))
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+
+
+def sec(primary, name, *args, expect=0):
+    r = primary.run(f"{FIX}:{name}", *args, cwd=FIXTURES, capture_output=True)
+    assert r.returncode == expect, (f"{name} {args} exited {r.returncode}:\n"
+                                    f"{r.stdout.decode()}{r.stderr.decode()}")
+    return r.stdout.decode()
+
+
+def held(primary, name, *args):
+    """A secondary that talks over stdin/stdout."""
+    return primary.popen(f"{FIX}:{name}", *args, cwd=FIXTURES, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_free_gives_back_bytes_and_name_and_stale_handles_raise(primary):
+    assert sec(primary, "free_reuse") == "ok\n"
+
+
+def test_handle_in_another_secondary_is_stale_after_free_and_reuse(primary):
+    sec(primary, "mz_make", "s.zone", 8192, 1)
+    holder = held(primary, "mz_hold", "s.zone")
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        sec(primary, "mz_free", "s.zone")
+        sec(primary, "mz_make", "s.zone", 8192, 2)       # same name, same bytes
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, err = holder.communicate(timeout=60)
+        assert holder.returncode == 0, err
+        assert out == "stale ok\n"
+    finally:
+        reap(holder)
+
+
+def test_destroy_ring_mempool_hash_and_reuse_the_name(primary):
+    assert sec(primary, "destroy_objects") == "ok\n"
+
+
+@pytest.mark.parametrize("kind", ["ring", "mempool", "hash"])
+def test_destroy_from_another_secondary(primary, kind):
+    sec(primary, "obj_make", kind, "x.obj")
+    sec(primary, "obj_destroy", kind, "x.obj")
+    sec(primary, "obj_destroy", kind, "x.obj", expect=1)      # NotFoundError
+    sec(primary, "obj_make", kind, "x.obj")                    # the name is free
+
+
+def test_destroying_twice_from_two_secondaries(primary):
+    """The second destroy, through a handle another process holds, fails
+    with NotFoundError.  (Had someone created the name again in between, at
+    the same bytes, that handle would name the new ring: other processes'
+    Ring handles are not checked, docs/shm.md.)"""
+    sec(primary, "obj_make", "ring", "x.twice")
+    holder = held(primary, "ring_hold_destroy", "x.twice")
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        sec(primary, "obj_destroy", "ring", "x.twice")
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, err = holder.communicate(timeout=60)
+        assert holder.returncode == 0, err
+    finally:
+        reap(holder)
+    sec(primary, "obj_make", "ring", "x.twice")               # the name is free
+
+
+def test_mempool_destroy_waits_for_a_live_cache(primary):
+    sec(primary, "obj_make", "mempool", "p.busy")
+    holder = held(primary, "pool_hold", "p.busy")
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        sec(primary, "pool_destroy", "p.busy", "busy")
+        holder.stdin.write("flush\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "flushed\n"
+        sec(primary, "pool_destroy", "p.busy", "ok")
+        holder.stdin.write("bye\n")
+        holder.stdin.flush()
+        holder.communicate(timeout=60)
+        assert holder.returncode == 0
+    finally:
+        reap(holder)
+
+
+def test_killed_cache_holder_does_not_block_destroy(primary):
+    sec(primary, "obj_make", "mempool", "p.dead")
+    holder = held(primary, "pool_hold", "p.dead")
+    try:
+        assert holder.stdout.readline() == "holding\n"
+    finally:
+        reap(holder)                                           # SIGKILL
+    sec(primary, "pool_destroy", "p.dead", "ok")
+
+
+def test_lookups_race_frees_and_creates_of_one_name(primary):
+    """One secondary frees and creates name as each type in turn; two
+    others look it up as every type meanwhile: each lookup finds a whole
+    object or fails cleanly."""
+    sec(primary, "mz_make", "r.name.stop", 64, 0)
+    lookers = [held(primary, "look", "r.name") for _ in range(2)]
+    try:
+        sec(primary, "churn", "r.name", 2000)
+        for p in lookers:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            assert out.startswith("found ")
+    finally:
+        reap(*lookers)
+
+
+@pytest.mark.parametrize("kind", ["memzone", "ring", "mempool", "hash", "array"])
+def test_name_of_another_type(primary, kind):
+    sec(primary, "obj_make", kind, f"w.{kind}")
+    assert sec(primary, "wrong_type", kind) == "ok\n"
