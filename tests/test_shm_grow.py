@@ -95,3 +95,81 @@ def test_default_maximum(runtime_dir):
         code, _, err = p.stop()
     assert code == 0, err
     json.dumps(p.config)
+
+
+# -- huge pages ----------------------------------------------------------------
+
+NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+def _meminfo(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    pytest.fail(f"/proc/meminfo has no {field}")
+
+
+def _free_huge_pages() -> int:
+    return _meminfo("HugePages_Free") - _meminfo("HugePages_Rsvd")
+
+
+@pytest.fixture
+def huge_pool():
+    """16 more huge pages in the pool for the test, removed after (root)."""
+    import os
+    if os.geteuid() != 0:
+        pytest.fail("sizing the huge page pool needs root")
+    with open(NR_HUGEPAGES) as f:
+        before = int(f.read())
+    with open(NR_HUGEPAGES, "w") as f:
+        f.write(str(before + 16))
+    try:
+        yield _meminfo("Hugepagesize") * 1024
+    finally:
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(before))
+
+
+def test_huge_page_arena_grows_and_a_short_pool_is_enomem(runtime_dir, huge_pool):
+    """--huge-pages always: the arena grows in huge pages (fallocate) while
+    the pool lasts; when it runs short the reserve fails with ENOMEM, not
+    NoSpaceError and not a SIGBUS at the first touch; once pages are free
+    again the arena grows again."""
+    import errno
+    import mmap
+    import os
+    assert huge_pool == 2 * MIB, "the test counts 2 MiB pages"
+    p = PrimaryProc(runtime_dir, args=("--arena-size", "4M", "--arena-max", "64G",
+                                       "--huge-pages", "always"))
+    hold = None
+    grower = None
+    try:
+        assert p.config["arena"]["huge_pages"] and p.config["arena"]["page_size"] == huge_pool
+        # hold every free page but 8 (16 MiB), as another program would
+        spare = 8
+        n = _free_huge_pages() - spare
+        fd = os.memfd_create("fhtest-hold", os.MFD_CLOEXEC | os.MFD_HUGETLB)
+        try:
+            os.ftruncate(fd, n * huge_pool)
+            hold = mmap.mmap(fd, n * huge_pool)      # MAP_SHARED: reserves them
+        finally:
+            os.close(fd)
+        grower = p.popen(f"{FIX}:grow_until_short", cwd=FIXTURES, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err_no, kind, count, size = grower.stdout.readline().split()
+        assert (int(err_no), kind) == (errno.ENOMEM, "ShmError")
+        assert int(count) >= 1 and int(size) <= 64 * MIB
+        hold.close()
+        hold = None
+        grower.stdin.write("more\n")
+        grower.stdin.flush()
+        out, err = grower.communicate(timeout=60)
+        assert grower.returncode == 0, err
+        assert out == "more ok\n"
+    finally:
+        if hold is not None:
+            hold.close()
+        reap(grower)
+        code, _, err = p.stop()
+    assert code == 0, err
