@@ -361,6 +361,7 @@ static int find_space(struct mz_dir *dir, uintptr_t base, uint64_t len,
 
     for (uint32_t i = 0; i < n; i++) {
         const struct mz_slot *s = &dir->slots[i];
+        /* Relaxed: as above. */
         if (atomic_load_explicit(gen_of(s), memory_order_relaxed) & 1) {
             g_ranges[k].start = s->offset;
             g_ranges[k].end = s->offset + s->mz.len;
@@ -419,6 +420,7 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
      * next_gen and dirty_end. */
     n = atomic_load_explicit(&dir->hwm, memory_order_relaxed);
     for (i = 0; i < n; i++)
+        /* Relaxed: as above. */
         if (!(atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_relaxed) & 1))
             break;
     if (i >= dir->max || find_space(dir, base, len, align, &start) < 0) {
@@ -444,9 +446,10 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
     s->mz.flags = flags;
     s->offset = start;
     s->name_hash = name_hash(name);
+    /* Relaxed load and store: see above; the counter is only advanced,
+     * never reused, so a holder that dies after this store only skips a
+     * generation. */
     gen = atomic_load_explicit(&dir->next_gen, memory_order_relaxed);
-    /* Relaxed: see above; the counter is only advanced, never reused, so a
-     * holder that dies after this store only skips a generation. */
     atomic_store_explicit(&dir->next_gen, gen + 2, memory_order_relaxed);
     maybe_crash(1);
     if (i >= n)
@@ -460,7 +463,8 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
         return NULL;
     }
     /* Bytes handed out before hold a freed memzone's data; the rest are
-     * the memfd's zero pages and stay untouched. */
+     * the memfd's zero pages and stay untouched.  Relaxed load and store:
+     * the lock holder (us) is dirty_end's only reader and writer. */
     dirty = atomic_load_explicit(&dir->dirty_end, memory_order_relaxed);
     if (start < dirty)
         memset((void *)(base + start), 0, (size_t)((end < dirty ? end : dirty) - start));
@@ -471,7 +475,8 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
      * reader that sees the odd gen sees the slot and the zeroed bytes. */
     atomic_store_explicit(gen_of(s), gen, memory_order_release);
     maybe_crash(4);
-    /* Relaxed: count is a statistic. */
+    /* Relaxed load and store: count is a statistic, written only by the
+     * lock holder. */
     atomic_store_explicit(&dir->count,
                           atomic_load_explicit(&dir->count, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -489,7 +494,8 @@ static void free_locked(struct mz_dir *dir, struct mz_slot *s)
     uint32_t g = atomic_load_explicit(gen_of(s), memory_order_relaxed);
     atomic_store_explicit(gen_of(s), g + 1, memory_order_release);
     maybe_crash(5);
-    /* Relaxed: count is a statistic. */
+    /* Relaxed load and store: count is a statistic, written only by the
+     * lock holder. */
     atomic_store_explicit(&dir->count,
                           atomic_load_explicit(&dir->count, memory_order_relaxed) - 1,
                           memory_order_relaxed);
@@ -567,7 +573,8 @@ FH_API int fh_memzone_copy(const struct fh_memzone *mz, struct fh_memzone *out)
         }
     }
     for (;;) {
-        /* Acquire, fence, relaxed: the seqlock read of find. */
+        /* Acquire load, acquire fence, relaxed load: the seqlock read of
+         * find (see there). */
         g = atomic_load_explicit(gen_of(s), memory_order_acquire);
         if (!(g & 1)) {
             errno = want ? EIDRM : ENOENT;
@@ -718,6 +725,7 @@ FH_API size_t fh_memzone_free_bytes(void)
      * frees meanwhile. */
     n = atomic_load_explicit(&dir->hwm, memory_order_relaxed);
     for (uint32_t i = 0; i < n && i < dir->max; i++)
+        /* Relaxed: as above. */
         if (atomic_load_explicit(gen_of(&dir->slots[i]), memory_order_relaxed) & 1)
             used += dir->slots[i].mz.len;
     return used < total ? (size_t)(total - used) : 0;

@@ -112,10 +112,16 @@ static void test_options(void)
           FH_DEFAULT_ARENA_SIZE, FH_DEFAULT_POOL, NULL },
         { { "--arena-size=1G", "--pool", "5", "app-arg", "--pool=9", NULL }, 0,
           FH_PROC_AUTO, 3, 1u << 30, 5, NULL },
+        { { "--arena-max", "2G", "--", NULL }, 0, FH_PROC_AUTO, 3,
+          FH_DEFAULT_ARENA_SIZE, FH_DEFAULT_POOL, NULL },
         { { "x", "--", NULL }, 125, 0, 0, 0, 0,
           "prog: unrecognized option 'x' (forkhost's options come first and end at "
           "'--': --proc-type, --file-prefix, --runtime-dir, --arena-size, "
-          "--huge-pages, --pool)\n" },
+          "--arena-max, --huge-pages, --pool)\n" },
+        { { "--arena-max=lots", NULL }, 125, 0, 0, 0, 0,
+          "prog: invalid size 'lots': use bytes or a K/M/G suffix\n" },
+        { { "--arena-max=0", NULL }, 125, 0, 0, 0, 0,
+          "prog: invalid size '0': use bytes or a K/M/G suffix\n" },
         { { "--pool=1025", NULL }, 125, 0, 0, 0, 0,
           "prog: invalid --pool '1025': use a number from 0 to 1024\n" },
         { { "--pool=", NULL }, 125, 0, 0, 0, 0,
@@ -138,6 +144,9 @@ static void test_options(void)
             continue;
         }
         CHECK(err[0] == '\0', "case %zu: said '%s'", i, err);
+        CHECK(o.arena_max == (strcmp(t[i].args[0] ? t[i].args[0] : "",
+                                     "--arena-max") == 0 ? (size_t)2 << 30 : 0),
+              "case %zu: arena max %zu", i, o.arena_max);
         CHECK(o.proc_type == t[i].proc_type && o.consumed == t[i].consumed &&
               o.arena_size == t[i].arena && o.pool == t[i].pool,
               "case %zu: type %d consumed %d arena %zu pool %u", i, o.proc_type,
