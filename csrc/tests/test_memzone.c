@@ -432,6 +432,27 @@ static void test_grow(void)
         flag = fh_memzone_reserve("g.flag", 64, 0, 0);
         CHECK(first && r && flag, "objects in the first part");
         memset(first->addr, 0x5a, first->len);
+        /* A creator that dies after growing the arena for its memzone
+         * (step 3) leaves the arena grown and the bytes free. */
+        {
+            pid_t c = fork_child();
+            const struct fh_memzone *again;
+            if (c == 0) {
+                fh__memzone_crash_at(3);
+                fh_memzone_reserve("g.crash", 8u << 20, 0, 0);
+                _exit(0); /* not reached */
+            }
+            CHECK(reap(c) == 99, "crashed after growing");
+            CHECK(fh_arena_size() >= size0 + (6u << 20), "grown: %zu", fh_arena_size());
+            CHECK(fh__memzone_lock() == 1, "repair");
+            fh__memzone_unlock();
+            CHECK(!fh_memzone_lookup("g.crash"), "not published");
+            size0 = fh_arena_size();
+            again = fh_memzone_reserve("g.crash", 8u << 20, 0, 0);
+            CHECK(again && fh_arena_size() == size0, "reserved without growing again");
+            CHECK(fh_memzone_free(again) == 0, "free g.crash");
+            size0 = fh_arena_size();
+        }
         for (int k = 0; k < KIDS; k++) {
             kids[k] = fork_child();
             if (kids[k] == 0) {
@@ -449,7 +470,7 @@ static void test_grow(void)
                         _exit(4);
                     v++;
                     if (k == 1 && !mine && v == 1000) {
-                        mine = fh_memzone_reserve("g.kid", 6u << 20, 0, 0);
+                        mine = fh_memzone_reserve("g.kid", 12u << 20, 0, 0);
                         if (!mine)
                             _exit(5);
                         memset(mine->addr, 1, mine->len);
