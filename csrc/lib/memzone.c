@@ -27,10 +27,10 @@
  * FUTEX_OWNER_DIED, so the next locker gets EOWNERDEAD instead of hanging;
  * it then repairs the directory (repair_dir) and calls
  * pthread_mutex_consistent.  Every prefix of the write orders is
- * repairable.  Reserve: the slot's fields (gen still even) and the
- * generation counter, then the slot high-water mark, then the arena's size
- * and the zeroing of reused bytes (and dirty_end), then gen (release: the
- * memzone is live), then the count.  Free: gen (even: gone), then the
+ * repairable.  Reserve: the arena's size (grown when needed), the slot's
+ * fields (gen still even) and the generation counter, then the slot
+ * high-water mark, then the zeroing of reused bytes (and dirty_end), then
+ * gen (release: the memzone is live), then the count.  Free: gen (even: gone), then the
  * count.  A slot whose gen is even is free whatever its other fields say,
  * and the free space is computed from the live slots, so the repair only
  * has to recount.
@@ -429,6 +429,14 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
         return NULL;
     }
     end = start + len;
+    /* Grow first: a slot's address, even one being written, always lies in
+     * the arena as it is (fh__object_lookup reads through stale ones). */
+    if (fh__arena_grow(end) < 0) {
+        int e = errno;
+        pthread_mutex_unlock(&dir->lock);
+        errno = e;
+        return NULL;
+    }
 
     /* The slot is free (even gen): readers skip it, or see gen change under
      * them if they loaded it before it was freed.  It may hold a freed
@@ -456,12 +464,6 @@ FH_API const struct fh_memzone *fh_memzone_reserve(const char *name,
         /* Release pairs with the acquire load of hwm in find. */
         atomic_store_explicit(&dir->hwm, i + 1, memory_order_release);
     maybe_crash(2);
-    if (fh__arena_grow(end) < 0) {
-        int e = errno;
-        pthread_mutex_unlock(&dir->lock);
-        errno = e;
-        return NULL;
-    }
     /* Bytes handed out before hold a freed memzone's data; the rest are
      * the memfd's zero pages and stay untouched.  Relaxed load and store:
      * the lock holder (us) is dirty_end's only reader and writer. */
@@ -631,25 +633,50 @@ void *fh__object_lookup(const char *prefix, const char *name,
                         size_t name_size, size_t magic_off, uint64_t magic)
 {
     char mzname[FH_MEMZONE_NAMESIZE];
-    const struct fh_memzone *mz;
-    _Atomic uint64_t *published;
+    struct mz_dir *dir;
 
     if (fh__object_zone_name(mzname, prefix, name, name_size) < 0) {
         errno = ENOENT;
         return NULL;
     }
-    mz = fh_memzone_lookup(mzname);
-    if (!mz)
+    dir = get_dir();
+    if (!dir)
         return NULL;
-    published = (_Atomic uint64_t *)((char *)mz->addr + magic_off);
-    /* Acquire pairs with the creator's release store of the magic: a
-     * process that sees it sees the object initialised.  A memzone without
-     * it is an object still being created (or being destroyed). */
-    if (atomic_load_explicit(published, memory_order_acquire) != magic) {
-        errno = ENOENT;
-        return NULL;
+    /* The slot may be freed and reused while we read it: its address and
+     * the magic there count only if its generation did not change (the
+     * seqlock read of find), else look again.  A slot's address is always
+     * inside the arena as it is (reserve grows the arena before writing
+     * it), so reading the magic there is safe even when stale. */
+    for (;;) {
+        uint32_t g;
+        struct mz_slot *s = find(dir, mzname, &g);
+        void *addr;
+        uint64_t m;
+
+        if (!s) {
+            errno = other_kind_exists(dir, mzname) ? FH_EWRONGTYPE : ENOENT;
+            return NULL;
+        }
+        addr = s->mz.addr;
+        if (!fh_arena_contains(addr, magic_off + sizeof m))
+            m = 0;
+        else
+            /* Acquire pairs with the creator's release store of the magic:
+             * a process that sees it sees the object initialised.  A
+             * memzone without it is an object still being created (or
+             * being destroyed). */
+            m = atomic_load_explicit((_Atomic uint64_t *)((char *)addr + magic_off),
+                                     memory_order_acquire);
+        /* Acquire fence, relaxed load: the seqlock's check (see find). */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(gen_of(s), memory_order_relaxed) != g)
+            continue;
+        if (m != magic) {
+            errno = ENOENT;
+            return NULL;
+        }
+        return addr;
     }
-    return mz->addr;
 }
 
 int fh__object_destroy(void *obj, const char *prefix, const char *name,

@@ -147,9 +147,9 @@ int fh__shared_mutex_init(pthread_mutex_t *m);
  * 1, else 0; -1 with errno on failure).  fh__memzone_unlock() releases it.
  * fh__memzone_crash_at(step) makes this process's next fh_memzone_reserve()
  * or fh_memzone_free() _exit(99) at that step while holding the lock.
- * Reserve: 1 after the slot's fields are written, 2 after the slot high-
- * water mark moved, 3 after the bytes are zeroed (and the arena grown),
- * 4 after publishing but before the count moves.  Free: 5 after the slot
+ * Reserve: 1 after the arena is grown (when needed) and the slot's fields
+ * are written, 2 after the slot high-water mark moved, 3 after the reused
+ * bytes are zeroed, 4 after publishing but before the count moves.  Free: 5 after the slot
  * is unpublished but before the count moves.  0 disables.
  */
 /* Publish a word of an object in shared memory that other processes look
