@@ -38,7 +38,8 @@ _DETAIL = {
               "directory is full",
     EWRONGTYPE: "the name exists as another type",
     E.EIDRM: "it was destroyed",
-    E.ENOMEM: "the arena cannot grow: no free huge pages (or memory) to back it",
+    E.ENOMEM: "the arena cannot grow: no free huge pages (or memory) to back it, "
+              "or its memfd cannot be reached (the primary is gone)",
     E.EBUSY: "a live thread still holds a cache of it (it calls cache_flush(), "
              "or exits)",
 }
