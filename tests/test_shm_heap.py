@@ -214,3 +214,46 @@ def test_two_secondaries_make_the_same_array_at_once(primary):
         reap(*procs)
     addrs = {json.loads(o)["addr"] for o in outs}
     assert len(addrs) == 1, outs
+
+
+ATTACH = """
+import json, sys
+import forkhost.shm as shm
+from forkhost.shm import heap
+try:
+    shm.attach(sys.argv[1], sys.argv[2])
+except shm.AttachError as err:
+    print(err, file=sys.stderr)
+    sys.exit(2)
+b = heap.malloc(300)
+b.buffer()[:] = bytes(range(256)) + bytes(44)
+x = shm.array("t.att", (5,), "int32", heap=True)
+x[:] = [1, 2, 3, 4, 5]
+heap.validate()
+print(json.dumps({"addr": b.addr, "pid": __import__("os").getpid()}))
+"""
+
+
+def test_a_classically_attached_process_allocates_a_secondary_frees(primary):
+    for _ in range(5):        # a fresh process's ASLR may overlap the arena
+        r = subprocess.run([sys.executable, "-c", ATTACH, primary.prefix,
+                            primary.runtime_dir], capture_output=True, timeout=60,
+                           cwd=FIXTURES, env=dict(os.environ, **NP_ENV))
+        if r.returncode != 2:
+            break
+    assert r.returncode == 0, r.stderr.decode()
+    made = json.loads(r.stdout)
+    s = Server(primary)
+    try:
+        assert s("read", made["addr"], 256)["hex"] == bytes(range(256)).hex()
+        s("free", made["addr"])
+        r2 = s("refree", made["addr"])
+        assert r2["errno"] == 22, r2
+        st = s("stats")
+        assert st["procs"][str(made["pid"])]["alloc_count"] == 2    # block + array
+        assert st["procs"][str(s.pid)]["free_count"] == 1
+        s("validate")
+    finally:
+        s.close()
+    out = run(primary, "array_read_att").stdout
+    assert out == b"[1, 2, 3, 4, 5]\n"

@@ -119,9 +119,11 @@ struct heap_ctl {
 
 /* Process-local.  g_ctl and g_base stay valid across fork (the arena is at
  * the same address in the child); g_pid and g_slot are reset in the child.
+ * g_ctl is published (release) after g_base is set, and read with
+ * acquire; threads that find the heap at once store the same values.
  * g_pid is read and set by any thread (relaxed: every thread of the
  * process computes the same value); g_slot only under the heap lock. */
-static struct heap_ctl *g_ctl;
+static _Atomic(struct heap_ctl *) g_ctl;
 static char *g_base;
 static _Atomic int g_pid;
 static int g_slot = -1;
@@ -428,14 +430,33 @@ static int format(struct heap_ctl *h)
     return 0;
 }
 
-/* The heap's control block, made (create) or found; NULL with errno. */
+static struct heap_ctl *find_ctl(int create);
+
+/* The heap's control block, made (create) or found; NULL with errno.  The
+ * first finding in a process is serialised by g_init_lock, so g_base is
+ * written once, before g_ctl is published. */
 static struct heap_ctl *get_ctl(int create)
 {
-    const struct fh_memzone *mz;
-    struct heap_ctl *h;
+    static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+    /* Acquire pairs with the release store in find_ctl: g_base is set. */
+    struct heap_ctl *h = atomic_load_explicit(&g_ctl, memory_order_acquire);
 
-    if (g_ctl)
-        return g_ctl;
+    if (h)
+        return h;
+    pthread_mutex_lock(&g_init_lock);
+    h = find_ctl(create);
+    pthread_mutex_unlock(&g_init_lock);
+    return h;
+}
+
+static struct heap_ctl *find_ctl(int create)
+{
+    const struct fh_memzone *mz;
+    /* Relaxed: under g_init_lock, which orders it with the store below. */
+    struct heap_ctl *h = atomic_load_explicit(&g_ctl, memory_order_relaxed);
+
+    if (h)
+        return h;
     if (!fh_arena_base()) {
         errno = ENODEV;
         return NULL;
@@ -481,7 +502,8 @@ static struct heap_ctl *get_ctl(int create)
     }
     g_base = fh_arena_base();
     pthread_once(&g_once, register_atfork);
-    g_ctl = h;
+    /* Release: g_base (and the atfork handler) before g_ctl. */
+    atomic_store_explicit(&g_ctl, h, memory_order_release);
     return h;
 }
 
