@@ -295,7 +295,8 @@ static unsigned my_slot(struct heap_ctl *h)
     int saved = errno;
     unsigned free_slot = 0;
 
-    if (g_slot > 0 && h->procs[g_slot].pid == pid)
+    /* Slot 0, once chosen, stays this process's: no scan on every call. */
+    if (g_slot == 0 || (g_slot > 0 && h->procs[g_slot].pid == pid))
         return (unsigned)g_slot;
     for (unsigned i = 1; i < FH_HEAP_PROC_SLOTS; i++) {
         if (h->procs[i].pid == pid)
@@ -323,6 +324,7 @@ static unsigned my_slot(struct heap_ctl *h)
         return (unsigned)(g_slot = (int)i);
     }
     errno = saved;
+    g_slot = 0;
     return 0;
 }
 

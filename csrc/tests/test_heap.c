@@ -463,6 +463,53 @@ static void test_recycle(void)
     }
 }
 
+/* More live processes than slots: the ones that find none count in pid
+ * 0's slot, and the sums still match. */
+static void test_full_table(void)
+{
+    enum { KIDS = FH_HEAP_PROC_SLOTS + 3 };
+    static pid_t pids[KIDS];
+    static struct fh_heap_proc_stats ps[FH_HEAP_PROC_SLOTS];
+    int ready[2], go[2], own = 0, n;
+    char c;
+    uint64_t s[4];
+    struct fh_heap_stats st;
+
+    CHECK(pipe(ready) == 0 && pipe(go) == 0, "pipes");
+    for (int k = 0; k < KIDS; k++) {
+        pids[k] = fork_child();
+        if (pids[k] == 0) {
+            void *p = fh_malloc(64), *q = fh_malloc(64);
+            close(ready[0]);
+            close(go[1]);
+            if (!p || !q || fh_free(p))
+                _exit(2);
+            if (write(ready[1], "x", 1) != 1)
+                _exit(3);
+            (void)!read(go[0], &c, 1);           /* until the parent closes */
+            _exit(fh_free(q) ? 4 : 0);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    for (int k = 0; k < KIDS; k++)
+        CHECK(read(ready[0], &c, 1) == 1, "child %d ready", k);
+    check_valid("with the table full");
+    n = fh_heap_get_proc_stats(ps, FH_HEAP_PROC_SLOTS);
+    CHECK(n == FH_HEAP_PROC_SLOTS, "every slot in use: %d", n);
+    for (int k = 0; k < KIDS; k++)
+        own += find_pid(ps, n, pids[k]) != NULL;
+    CHECK(own <= FH_HEAP_PROC_SLOTS - 2 && own >= 3, "children with a slot: %d", own);
+    close(go[1]);
+    close(ready[0]);
+    for (int k = 0; k < KIDS; k++)
+        CHECK(reap(pids[k]) == 0, "child %d", k);
+    check_valid("after the full table");
+    CHECK(fh_heap_get_stats(&st) == 0, "stats");
+    proc_sums(s);
+    CHECK(s[0] - s[2] == st.alloc_count && s[1] - s[3] == st.alloc_bytes, "conserved");
+}
+
 int main(void)
 {
     int fds;
@@ -487,6 +534,7 @@ int main(void)
     test_processes();
     test_crash_steps();
     test_recycle();
+    test_full_table();
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
     CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD, "children left");
     printf("test_heap: ok\n");
