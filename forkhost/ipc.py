@@ -26,7 +26,7 @@ process's end, so membership and peer death need no polling.
         ipc.reply(peer, "stats", json.dumps(counts).encode())
 
     ipc.register("stats", on_stats)          # in a secondary: joins
-    r = ipc.request("config", b"", timeout=2)  # -> Reply(nb_sent, nb_received, msgs)
+    r = ipc.request("config", b"", timeout=2)  # -> Reply(nb_sent, nb_received, msgs, peers)
 """
 
 from __future__ import annotations
