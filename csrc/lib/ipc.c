@@ -85,6 +85,8 @@ struct pending {
     bool               issuing; /* async: its caller is still sending it */
     int                nb_sent;
     int                outcome; /* enum fh_ipc_peer_status, once sent */
+    pid_t              peer_pid;/* the primary asked, and its name, taken */
+    char               peer_name[FH_IPC_PEER_NAME_MAX];  /* when linked */
     struct fh_ipc_msg *block;   /* not *_raw: the reply's (reply_block(1, 1)) */
     struct fh_ipc_msg *reply;   /* block once the answer arrived */
     unsigned char     *raw;     /* sync, *_raw: the answer goes here as it */
@@ -553,9 +555,9 @@ static void fill_reply(struct pending *p, struct fh_ipc_reply *r)
     if (p->nb_sent) {
         struct fh_ipc_peer_reply *e = r->peers;
 
-        e->pid = g_peer_pid;
+        e->pid = p->peer_pid;
         e->status = p->outcome;
-        memcpy(e->name, g_peer_name, sizeof e->name);
+        memcpy(e->name, p->peer_name, sizeof e->name);
         e->msg = p->reply;
     }
 }
@@ -1531,6 +1533,8 @@ static int request_sync(const char *name, const void *param, int len_param,
         free(p.block);
         return 0;               /* nb_sent 0: the primary is gone */
     }
+    p.peer_pid = g_peer_pid;    /* (a stop resets them) */
+    memcpy(p.peer_name, g_peer_name, sizeof p.peer_name);
     p.next = g.pending;         /* linked before sending: the reply can */
     g.pending = &p;             /* arrive before sendmsg returns */
     pthread_mutex_unlock(&g.lock);
@@ -1649,6 +1653,8 @@ static int request_async(const char *name, const void *param, int len_param,
         errno = ENOTCONN;
         return -1;
     }
+    p->peer_pid = g_peer_pid;
+    memcpy(p->peer_name, g_peer_name, sizeof p->peer_name);
     p->next = g.pending;
     g.pending = p;
     pthread_mutex_unlock(&g.lock);
@@ -1809,6 +1815,7 @@ FH_API int fh_ipc_leave(int bye)
     atomic_store_explicit(&g_want_rx, false, memory_order_relaxed);
     g_attach[0] = '\0';
     g_peer_pid = 0;
+    g_peer_name[0] = '\0';
     /* relaxed: every reader of the state takes g.lock or sees ST_IDLE,
      * which makes it start again under g.lock. */
     atomic_store_explicit(&g_state, ST_IDLE, memory_order_relaxed);
