@@ -234,7 +234,7 @@ def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
         names = {s.pid: _comm(s.pid) for s in (ok, lacking, slow, victim)}
         names[os.getpid()] = _comm(os.getpid())
         before = cprim.stats()
-        line = f"{op} echo 6162 2000" + (" 0" if op == "who" else "")
+        line = f"{op} echo 6162 3000" + (" 0" if op == "who" else "")
         cprim.proc.stdin.write(line.encode() + b"\n")
         cprim.proc.stdin.flush()
         assert victim.expect("got") == ["got", "echo"]

@@ -354,7 +354,7 @@ def test_reply_lists_who_answered_lacked_the_action_timed_out_or_died(prim, entr
     names = {s.pid: comm(s.pid) for s in secs}
     prim.wait_members(4)
     before = prim.stats()
-    prim.start_cmd(op, name="echo", param="ab", timeout=2)
+    prim.start_cmd(op, name="echo", param="ab", timeout=3)
     assert victim.expect("got") == ["got", "echo"]     # it has the request
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL

@@ -360,7 +360,7 @@ struct who_req {
     int                 rc;
 };
 
-static const struct timespec who_timeout = { 2, 0 };
+static const struct timespec who_timeout = { 3, 0 };
 
 static void *who_requester(void *arg)
 {
