@@ -342,6 +342,31 @@ def test_worker_stdio_to_files_or_the_primarys(tmp_path, runtime_dir):
     assert f"b err" not in s.log()
 
 
+def test_config_sets_the_primarys_options(tmp_path, runtime_dir):
+    toml = 'prefix = "filepfx"\ngrace = 1.5\n' + workers_toml(tmp_path, {"a": {}})
+    # The command line's --grace 2 (Sup's) is not the default: it wins.
+    with Sup(tmp_path, runtime_dir, toml, prefix="unused") as s:
+        s.wait_starts("a", 1)
+        r = s.cli("ps", "--prefix", "filepfx", "--json")
+        assert [w["name"] for w in json.loads(r.stdout) if w["role"] == "worker"] == ["a"]
+        assert not (Path(runtime_dir) / "unused").exists()
+        assert s.stop() == 0
+    assert "SIGKILL after 2s" in s.log()
+    toml = 'grace = 1.5\n' + workers_toml(tmp_path, {"b": {}})
+    (tmp_path / "forkhost.toml").write_text(toml)
+    env = dict(s.env, FORKHOST_PREFIX="g")
+    with open(tmp_path / "g.out", "wb") as out, open(tmp_path / "g.err", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "forkhost", "primary", "--config",
+                                 str(tmp_path / "forkhost.toml")], stdout=out, stderr=err,
+                                env=env, cwd=str(FIXTURES))
+    try:
+        wait_until(lambda: s.starts("b"), TIMEOUT, "b started")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+    assert "SIGKILL after 1.5s" in (tmp_path / "g.err").read_text()
+
+
 def test_worker_option_and_no_workers(tmp_path, runtime_dir):
     (tmp_path / "w.py").write_text(WORKER)
     with Sup(tmp_path, runtime_dir, args=[
