@@ -1,7 +1,7 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stop, restart, doctor, demo, config, attach, verify,
-maps, ptr.  Options have
+Subcommands: primary, run, ps, stop, restart, doctor, demo, config, attach,
+verify, maps, ptr.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
@@ -221,7 +221,11 @@ def cmd_primary(a) -> int:
     p = _make_primary(a)
     p.start()
     if a.plan is not None:
-        p.supervise(plan=a.plan)
+        try:
+            p.supervise(plan=a.plan)
+        except BaseException:
+            p.stop()
+            raise
     if p.recovered_pid is not None:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
