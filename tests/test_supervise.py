@@ -181,10 +181,12 @@ def test_transient_and_temporary(tmp_path, runtime_dir):
         "t0": {"restart": '"transient"', "mode": "exit0"},
         "t3": {"restart": '"transient"', "mode": "once3"},
         "tmp": {"restart": '"temporary"', "mode": "exit3"},
+        "dep": {"requires": '["tmp"]'},     # stopped with tmp, and stays stopped
     }, "intensity = 10\nperiod = 600\nbackoff = 0.05\n")
     with Sup(tmp_path, runtime_dir, toml) as s:
         w = s.wait_workers(lambda w: w["t0"]["state"] == "exited"
                            and w["tmp"]["state"] == "exited"
+                           and w["dep"]["state"] == "stopped"
                            and w["t3"]["state"] == "running" and w["t3"]["restarts"] == 1,
                            "t0 and tmp exited, t3 restarted once")
         assert (w["t0"]["restarts"], w["t0"]["last_exit"]) == (0, 0)
@@ -193,6 +195,7 @@ def test_transient_and_temporary(tmp_path, runtime_dir):
         assert "restart = temporary: not restarted" in w["tmp"]["reason"]
         assert len(s.starts("t0")) == 1 and len(s.starts("tmp")) == 1
         assert len(s.starts("t3")) == 2
+        assert w["dep"]["restarts"] == 0 and "requires tmp" in w["dep"]["reason"]
         s.wait_log(r"worker t3 restarted .*restart 1, after 0.05s; exit status 3")
         assert s.stop() == 0
 
