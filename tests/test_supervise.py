@@ -363,7 +363,8 @@ def test_config_sets_the_primarys_options(tmp_path, runtime_dir):
                                  str(tmp_path / "forkhost.toml")], stdout=out, stderr=err,
                                 env=env, cwd=str(FIXTURES))
     try:
-        wait_until(lambda: s.starts("b"), TIMEOUT, "b started")
+        wait_until(lambda: s.starts("b") and "ready" in (tmp_path / "g.out").read_text(),
+                   TIMEOUT, "b started and the ready line")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(TIMEOUT) == 0
