@@ -56,6 +56,15 @@ and a ratio below 1 means forkhost is faster.  What is compared:
         gathered by the caller (set against the same DPDK bulk figure), and
         lookups through our default CRC32C (no DPDK counterpart).
 
+Heap (the last part): fh_malloc/fh_free against rte_malloc/rte_free, the
+same loops (heap_loop.h) in bench.c and in heap_dpdk.c, which is built
+against DPDK's development files (pkg-config libdpdk) and runs on the main
+lcore of an EAL with the arguments above; cycles per malloc + free, best
+of 5 runs inside each program, one program run per side.  Note that
+rte_free clears the freed bytes (rte_zmalloc relies on it) and fh_free
+does not (fh_calloc clears on allocation), which is most of DPDK's cost for
+big blocks.
+
 This script installs nothing.  Without dpdk-test it says how to get it and
 prints our figures only.
 """
@@ -285,6 +294,8 @@ def main() -> int:
                     help="rounds of the ring tables, best kept (1..16)")
     ap.add_argument("--no-dpdk", action="store_true",
                     help="our figures only, even when dpdk-test is installed")
+    ap.add_argument("--no-heap", action="store_true",
+                    help="skip the shared-heap part")
     ap.add_argument("--hash-rounds", type=int, default=2,
                     help="rounds of the hash tables, best kept (1..8); each "
                          "runs DPDK's three-minute hash test once")
@@ -313,6 +324,8 @@ def main() -> int:
     hash_d: dict = {}     # DPDK's best hash figures over the rounds
     hash_w: dict = {}     # and its worst
     header = ""
+    heap_ours: dict = {}
+    heap_d: dict = {}
     load_before = os.getloadavg()
     try:
         exe = build(work)
@@ -343,6 +356,8 @@ def main() -> int:
                     rows = parse_hash(run_dpdk("hash_perf_autotest", 1800))
                     keep(hash_d, rows, lambda a_, b_: tuple(map(min, a_, b_)))
                     keep(hash_w, rows, lambda a_, b_: tuple(map(max, a_, b_)))
+            if not a.no_heap:
+                heap_ours, heap_d = heap_round(exe, work, dpdk)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -354,9 +369,68 @@ def main() -> int:
     m = re.search(r"tsc ([\d.]+) GHz", header)
     print_table(ours, ring_d, hash_d, hash_w, a.hash_rounds,
                 float(m[1]) if m else None)
+    if not a.no_heap:
+        print_heap(heap_ours, heap_d)
     if dpdk and (not ring_d or not hash_d):
         log("note: some DPDK figures could not be parsed from dpdk-test's output")
     return 0
+
+
+# ------------------------------------------------------------------- heap
+
+def build_heap_dpdk(work: Path) -> Path | None:
+    """heap_dpdk.c against libdpdk (pkg-config), or None (said why)."""
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libdpdk"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        log("heap: DPDK's development files (pkg-config libdpdk) are missing: "
+            "our heap figures only")
+        return None
+    exe = work / "heap_dpdk"
+    build_native.run(build_native.cc() + ["-O2", "-g", "-o", str(exe),
+                                          str(HERE / "heap_dpdk.c")] + flags)
+    return exe
+
+
+def parse_heap(out: str) -> dict:
+    """{(kind, size): cycles} from "heap KIND SIZE CYCLES" lines."""
+    figures = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 4 and f[0] == "heap":
+            figures[(f[1], int(f[2]))] = float(f[3])
+    return figures
+
+
+def heap_round(exe: Path, work: Path, dpdk: str | None) -> tuple[dict, dict]:
+    """Our heap figures, then DPDK's (when dpdk-test could run, so that the
+    huge pages are reserved for it as for the other parts)."""
+    log("heap: forkhost" + (", DPDK rte_malloc" if dpdk else ""))
+    r = subprocess.run([str(exe), "heap"], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"bench heap failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    ours = parse_heap(r.stdout)
+    theirs: dict = {}
+    peer = build_heap_dpdk(work) if dpdk else None
+    if peer is not None:
+        r = subprocess.run([str(peer), *DPDK_EAL], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=600)
+        if r.returncode != 0:
+            log(f"heap_dpdk failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        theirs = parse_heap(r.stdout)
+    return ours, theirs
+
+
+def print_heap(ours: dict, theirs: dict) -> None:
+    log("heap, one process on CPU 0, cycles per malloc + free "
+        "(DPDK: rte_malloc/rte_free, which also clears the freed bytes)")
+    for kind in ("pair", "batch"):
+        for size in sorted({k[1] for k in ours if k[0] == kind}):
+            o, d = ours.get((kind, size)), theirs.get((kind, size))
+            log(f"  {kind:<5} {size:>7} bytes{'':14}{fmt(o):>10}{fmt(d):>10}"
+                f"{ratio(o, d):>10}")
 
 
 if __name__ == "__main__":
