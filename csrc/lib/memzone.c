@@ -306,19 +306,61 @@ static unsigned kind_of(const char *mzname, const char **bare)
     return 0;
 }
 
-/* The kind (other than skip, if skip < N_KINDS) that bare exists as. */
-static const char *existing_kind(struct mz_dir *dir, const char *bare, unsigned skip)
-{
-    char other[FH_MEMZONE_NAMESIZE];
+/* The memzone names of object bare as each kind but skip (N_KINDS: all). */
+struct kind_names {
+    unsigned n;
+    unsigned kind[N_KINDS];
+    uint32_t hash[N_KINDS];
+    char name[N_KINDS][FH_MEMZONE_NAMESIZE];
+};
 
+static void kind_names(const char *bare, unsigned skip, struct kind_names *o)
+{
+    size_t bl = strnlen(bare, FH_MEMZONE_NAMESIZE);
+
+    o->n = 0;
     for (unsigned k = 0; k < N_KINDS; k++) {
-        if (k == skip)
+        size_t pl = strlen(g_kinds[k].prefix);
+
+        if (k == skip || pl + bl >= FH_MEMZONE_NAMESIZE)
             continue;
-        if (snprintf(other, sizeof other, "%s%s", g_kinds[k].prefix, bare) >=
-            (int)sizeof other)
-            continue;
-        if (find(dir, other, NULL))
-            return g_kinds[k].kind;
+        memcpy(o->name[o->n], g_kinds[k].prefix, pl);
+        memcpy(o->name[o->n] + pl, bare, bl + 1);
+        o->kind[o->n] = k;
+        o->hash[o->n] = name_hash(o->name[o->n]);
+        o->n++;
+    }
+}
+
+/* The kind of the first live slot named like one of o's names, or NULL:
+ * one pass over the directory, the seqlock read of find. */
+static const char *find_kind(struct mz_dir *dir, const struct kind_names *o)
+{
+    /* Acquire: as in find. */
+    uint32_t n = atomic_load_explicit(&dir->hwm, memory_order_acquire);
+
+    for (uint32_t i = 0; i < n && i < dir->max; i++) {
+        struct mz_slot *s = &dir->slots[i];
+        for (;;) {
+            /* Acquire load, acquire fence, relaxed load: as in find. */
+            uint32_t g = atomic_load_explicit(gen_of(s), memory_order_acquire);
+            uint32_t h;
+            int match = -1;
+
+            if (!(g & 1))
+                break;
+            h = s->name_hash;
+            for (unsigned j = 0; j < o->n && match < 0; j++)
+                if (h == o->hash[j] &&
+                    strncmp(s->mz.name, o->name[j], FH_MEMZONE_NAMESIZE) == 0)
+                    match = (int)j;
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(gen_of(s), memory_order_relaxed) != g)
+                continue;
+            if (match >= 0)
+                return g_kinds[o->kind[match]].kind;
+            break;
+        }
     }
     return NULL;
 }
@@ -326,18 +368,23 @@ static const char *existing_kind(struct mz_dir *dir, const char *bare, unsigned 
 /* Non-zero when memzone name mzname's object name exists as another type. */
 static int other_kind_exists(struct mz_dir *dir, const char *mzname)
 {
+    struct kind_names o;
     const char *bare;
     unsigned k = kind_of(mzname, &bare);
-    return existing_kind(dir, bare, k) != NULL;
+
+    kind_names(bare, k, &o);
+    return find_kind(dir, &o) != NULL;
 }
 
 FH_API const char *fh_memzone_name_kind(const char *name)
 {
     struct mz_dir *dir = get_dir();
+    struct kind_names o;
 
     if (!dir || !valid_name(name))
         return NULL;
-    return existing_kind(dir, name, N_KINDS);
+    kind_names(name, N_KINDS, &o);
+    return find_kind(dir, &o);
 }
 
 /* The live slots' ranges, sorted: the lock holder's scratch (one thread of
@@ -348,6 +395,30 @@ static int cmp_range(const void *a, const void *b)
 {
     const struct range *x = a, *y = b;
     return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sort the first k ranges by start.  They come in slot order, which is
+ * address order until slots are reused: insertion sort, unless that takes
+ * many moves (a directory much reused), then qsort. */
+static void sort_ranges(uint32_t k)
+{
+    uint64_t moves = 0;
+
+    for (uint32_t i = 1; i < k; i++) {
+        struct range x = g_ranges[i];
+        uint32_t j = i;
+
+        while (j > 0 && g_ranges[j - 1].start > x.start) {
+            g_ranges[j] = g_ranges[j - 1];
+            j--;
+            if (++moves > 8u * k) {
+                g_ranges[j] = x;
+                qsort(g_ranges, k, sizeof g_ranges[0], cmp_range);
+                return;
+            }
+        }
+        g_ranges[j] = x;
+    }
 }
 
 /* First fit for len bytes aligned to align (an address alignment) between
@@ -368,7 +439,7 @@ static int find_space(struct mz_dir *dir, uintptr_t base, uint64_t len,
             k++;
         }
     }
-    qsort(g_ranges, k, sizeof g_ranges[0], cmp_range);
+    sort_ranges(k);
     for (uint32_t i = 0; i <= k; i++) {
         uint64_t lim = i < k ? g_ranges[i].start : dir->data_end;
         /* Align the address, not the offset: an alignment larger than the
