@@ -330,6 +330,72 @@ static void test_free_concurrent(void)
     CHECK(fh_memzone_free(flag) == 0, "free flag");
 }
 
+/* Random reserves and frees against a model: what is live is what the
+ * model says, no two live memzones overlap, each keeps its contents.
+ * Slots and bytes get reused in every order (both ways of sorting the
+ * live ranges run). */
+struct live { uint64_t start, end; };
+
+static int cmp_live(const void *a, const void *b)
+{
+    const struct live *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int collect(const struct fh_memzone *mz, void *arg)
+{
+    struct { struct live *v; unsigned n; } *c = arg;
+    c->v[c->n].start = (uintptr_t)mz->addr;
+    c->v[c->n].end = (uintptr_t)mz->addr + mz->len;
+    c->n++;
+    return 0;
+}
+
+static void test_random_model(void)
+{
+    enum { NAMES = 600, OPS = 6000 };
+    static const struct fh_memzone *model[NAMES];
+    static struct live v[FH_MEMZONE_MAX];
+    struct { struct live *v; unsigned n; } c = { v, 0 };
+    unsigned count0 = fh_memzone_count(), live = 0;
+    uint64_t x = 88172645463325252ull;
+
+    for (unsigned op = 0; op < OPS; op++) {
+        char name[32];
+        unsigned i;
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;     /* xorshift64 */
+        i = (unsigned)(x % NAMES);
+        snprintf(name, sizeof name, "rm.%u", i);
+        if (model[i]) {
+            CHECK(((unsigned char *)model[i]->addr)[0] == (unsigned char)(i + 1) &&
+                  ((unsigned char *)model[i]->addr)[model[i]->len - 1] ==
+                  (unsigned char)(i + 1), "contents of %s kept", name);
+            CHECK(fh_memzone_free(model[i]) == 0, "free %s", name);
+            model[i] = NULL;
+            live--;
+        } else {
+            size_t len = 1 + (size_t)((x >> 20) % 65536);
+            size_t align = (size_t)64 << ((x >> 40) % 7);
+            const struct fh_memzone *mz = fh_memzone_reserve(name, len, align, 0);
+            CHECK(mz && ((uintptr_t)mz->addr & (align - 1)) == 0, "reserve %s", name);
+            CHECK(((unsigned char *)mz->addr)[0] == 0 &&
+                  ((unsigned char *)mz->addr)[len - 1] == 0, "zeroed");
+            memset(mz->addr, (int)(i + 1), len);
+            model[i] = mz;
+            live++;
+        }
+        CHECK(fh_memzone_count() == count0 + live, "count %u", fh_memzone_count());
+    }
+    CHECK(fh_memzone_walk(collect, &c) == 0, "walk");
+    qsort(v, c.n, sizeof v[0], cmp_live);
+    for (unsigned k = 1; k < c.n; k++)
+        CHECK(v[k - 1].end <= v[k].start, "overlap at %u", k);
+    for (unsigned i = 0; i < NAMES; i++)
+        if (model[i])
+            CHECK(fh_memzone_free(model[i]) == 0, "clean %u", i);
+    CHECK(fh_memzone_count() == count0, "all freed");
+}
+
 /* Rings, mempools and tables are destroyed; their names come back; a name
  * is one namespace across types. */
 static void test_objects(void)
@@ -558,6 +624,7 @@ int main(void)
     test_crash_steps();
     test_free();
     test_free_concurrent();
+    test_random_model();
     test_objects();
     test_directory_full();
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
