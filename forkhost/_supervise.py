@@ -45,7 +45,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _reclaim, client, runtime
+from . import _reclaim, client, ipc, runtime
 from .errors import ForkhostError
 
 # Exit statuses of `forkhost primary` (docs/cli.md, docs/supervision.md):
@@ -55,11 +55,11 @@ from .errors import ForkhostError
 EXIT_CONFIG = 78
 EXIT_GAVE_UP = 3
 
-# IPC names.  The two notices are in forkhost's reserved namespace; the
-# control requests of `forkhost restart`/`stop --worker` come from an
-# attached process, which may send only unreserved names.
-STOP_NOTICE = "forkhost.stop"
-WORKER_NOTICE = "forkhost.worker"
+# IPC names.  The two notices are in forkhost's reserved namespace (named
+# in ipc.h); the control requests of `forkhost restart`/`stop --worker`
+# come from an attached process, which may send only unreserved names.
+STOP_NOTICE = ipc.STOP_NOTICE
+WORKER_NOTICE = ipc.WORKER_NOTICE
 CONTROL_ACTION = "forkhost-supervisor"
 
 RESTART_POLICIES = ("permanent", "transient", "temporary")

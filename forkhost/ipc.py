@@ -90,10 +90,21 @@ _unpack_hdr = HDR.unpack_from
 _unpack_reply_view = struct.Struct("=12xI12xi64s").unpack_from
 
 RESERVED_PREFIX = "forkhost."
-EXIT_NOTICE = "forkhost.exit"
-SHUTDOWN_NOTICE = "forkhost.shutdown"
 EXIT_STATUS_KNOWN = lib.FH_IPC_EXIT_STATUS_KNOWN
-_NOTICES = {EXIT_NOTICE.encode(), SHUTDOWN_NOTICE.encode()}
+
+
+def _notice_names() -> tuple[str, ...]:
+    """The notices an action may be registered under (ipc.h's fh_ipc_notices)."""
+    names, i = [], 0
+    while lib.fh_ipc_notices[i] != ffi.NULL:
+        names.append(ffi.string(lib.fh_ipc_notices[i]).decode())
+        i += 1
+    return tuple(names)
+
+
+NOTICES = _notice_names()
+EXIT_NOTICE, SHUTDOWN_NOTICE, STOP_NOTICE, WORKER_NOTICE = NOTICES
+_NOTICES = {n.encode() for n in NOTICES}
 _RESERVED_B = RESERVED_PREFIX.encode()
 
 # An accepted connection that says nothing is closed after this, so idle
@@ -509,8 +520,8 @@ def register(name: str, callback: Callable) -> None:
     in the primary it may be called before ``Primary.ipc()``."""
     b = _name_bytes(name, internal=True)
     if b.startswith(RESERVED_PREFIX.encode()) and b not in _NOTICES:
-        raise IPCError(f"{name!r}: only {EXIT_NOTICE!r} and {SHUTDOWN_NOTICE!r} "
-                       f"may be registered in the reserved {RESERVED_PREFIX!r} namespace")
+        raise IPCError(f"{name!r}: only {', '.join(map(repr, NOTICES))} may be "
+                       f"registered in the reserved {RESERVED_PREFIX!r} namespace")
     if not callable(callback):
         raise IPCError("the callback of an IPC action must be callable")
     with _lock:

@@ -33,16 +33,20 @@ name, outdir, mode = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3
 starts = os.path.join(outdir, name + ".starts")
 runs = len(open(starts).read().split()) if os.path.exists(starts) else 0
 
+stop_reasons = []
+
 def term(*_):
-    ignored = ipc.stats()["notices_ignored"] if mode == "ipc" else -1
+    # The forkhost.stop notices it got before the signal, their reasons.
+    reasons = "|".join(stop_reasons) if mode == "ipc" else "-"
     with open(os.path.join(outdir, name + ".term"), "a") as f:
-        f.write(f"{os.getpid()} {ignored}\n")
+        f.write(f"{os.getpid()} {reasons}\n")
     os._exit(0)
 
 signal.signal(signal.SIGTERM, term)
 if mode == "ipc":
     from forkhost import ipc
-    ipc.register("supervise-test", lambda msg, peer: None)   # joins the IPC
+    ipc.register("forkhost.stop",                            # joins the IPC
+                 lambda msg, peer: stop_reasons.append(msg.param.decode()))
 # Recorded once it is ready: its SIGTERM handler is in place.
 with open(starts, "a") as f:
     f.write(f"{os.getpid()}\n")
@@ -100,11 +104,13 @@ class Sup:
         return wait_until(lambda: len(self.starts(name)) >= n and self.starts(name),
                           TIMEOUT, f"{n} starts of {name}")
 
-    def terms(self, name: str) -> list[tuple[int, int]]:
+    def terms(self, name: str) -> list[tuple[int, str]]:
+        """(pid, the forkhost.stop reasons it had got) per SIGTERM."""
         f = self.tmp / f"{name}.term"
         if not f.exists():
             return []
-        return [tuple(map(int, ln.split())) for ln in f.read_text().splitlines()]
+        return [(int(pid), rest) for pid, rest in
+                (ln.split(" ", 1) for ln in f.read_text().splitlines())]
 
     def cli(self, *argv, check=True) -> subprocess.CompletedProcess:
         r = subprocess.run([sys.executable, "-m", "forkhost", *argv], env=self.env,
@@ -243,10 +249,10 @@ def test_dependents_get_stop_notice_then_sigterm(tmp_path, runtime_dir):
         (stopping,) = s.wait_log(rf"worker b \(pid {b0}\): stopping")
         assert "forkhost.stop sent, SIGTERM after 1s" in stopping
         assert "a exited (killed by SIGKILL)" in stopping
-        # b got its SIGTERM after the notice reached it: its IPC layer
-        # counted reserved-namespace notices before the signal came.
-        (pid, notices), = s.terms("b")
-        assert pid == b0 and notices >= 1
+        # b got the forkhost.stop notice, with the reason, before its
+        # SIGTERM.
+        (pid, reasons), = s.terms("b")
+        assert pid == b0 and "a exited (killed by SIGKILL)" in reasons, reasons
         log = s.log()
         assert log.index("worker a restarted") < log.index("worker b restarted")
         assert log.index(f"worker b (pid {b0}) exited") < log.index("worker a restarted")

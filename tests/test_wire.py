@@ -138,8 +138,9 @@ int main(void)
     V(sizeof(struct fh_template_exit));
     V(offsetof(struct fh_ipc_hdr, nfds)); V(offsetof(struct fh_ipc_hdr, status));
     V(offsetof(struct fh_ipc_hdr, name));
-    printf("prefix=%s\nexit=%s\nshutdown=%s\n", FH_IPC_RESERVED_PREFIX,
-           FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE);
+    printf("prefix=%s\nexit=%s\nshutdown=%s\nstop=%s\nworker=%s\n",
+           FH_IPC_RESERVED_PREFIX, FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE,
+           FH_IPC_STOP_NOTICE, FH_IPC_WORKER_NOTICE);
     return 0;
 }
 """
@@ -179,6 +180,8 @@ def test_ipc_constants_are_the_headers(ipc_h):
     assert lib.FH_IPC_PEER_NAME_MAX == h["FH_IPC_PEER_NAME_MAX"]
     assert (ipc.RESERVED_PREFIX, ipc.EXIT_NOTICE, ipc.SHUTDOWN_NOTICE) == (
         ipc_h["prefix"], ipc_h["exit"], ipc_h["shutdown"])
+    assert ipc.NOTICES == (ipc_h["exit"], ipc_h["shutdown"], ipc_h["stop"],
+                           ipc_h["worker"])
 
 
 def test_ipc_layouts_are_the_headers(ipc_h):

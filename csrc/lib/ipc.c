@@ -1409,6 +1409,19 @@ FH_API int fh_ipc_attach(const char *path)
     return rc;
 }
 
+FH_API const char *const fh_ipc_notices[] = {
+    FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE, FH_IPC_STOP_NOTICE,
+    FH_IPC_WORKER_NOTICE, NULL,
+};
+
+static bool is_notice(const char *name)
+{
+    for (const char *const *n = fh_ipc_notices; *n; n++)
+        if (strcmp(name, *n) == 0)
+            return true;
+    return false;
+}
+
 FH_API int fh_ipc_register(const char *name, fh_ipc_action_t action)
 {
     struct action *a;
@@ -1416,8 +1429,7 @@ FH_API int fh_ipc_register(const char *name, fh_ipc_action_t action)
 
     if (check_name(name) < 0)
         return -1;
-    if (!action || (is_reserved(name) && strcmp(name, FH_IPC_EXIT_NOTICE) != 0
-                    && strcmp(name, FH_IPC_SHUTDOWN_NOTICE) != 0)) {
+    if (!action || (is_reserved(name) && !is_notice(name))) {
         errno = EINVAL;
         return -1;
     }

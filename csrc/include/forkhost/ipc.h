@@ -126,6 +126,17 @@ struct fh_ipc_welcome {
 #define FH_IPC_RESERVED_PREFIX "forkhost."
 #define FH_IPC_EXIT_NOTICE     "forkhost.exit"
 #define FH_IPC_SHUTDOWN_NOTICE "forkhost.shutdown"
+/* FH_IPC_STOP_NOTICE (a MSG from a supervising primary to a worker that
+ * is about to be stopped): param is the reason, UTF-8 text; SIGTERM
+ * follows after the worker's grace.  FH_IPC_WORKER_NOTICE (a MSG to every
+ * member): a supervised worker started, exited, was restarted or given
+ * up; param is one JSON object (docs/supervision.md). */
+#define FH_IPC_STOP_NOTICE     "forkhost.stop"
+#define FH_IPC_WORKER_NOTICE   "forkhost.worker"
+
+/* Every notice above, the only reserved names an action may be registered
+ * under; NULL-terminated. */
+FH_API extern const char *const fh_ipc_notices[];
 
 #define FH_IPC_EXIT_STATUS_KNOWN 0x1u /* code/signal are valid */
 
