@@ -94,11 +94,10 @@ EXIT_STATUS_KNOWN = lib.FH_IPC_EXIT_STATUS_KNOWN
 
 
 def _notice_names() -> tuple[str, ...]:
-    """The notices an action may be registered under (ipc.h's fh_ipc_notices)."""
-    names, i = [], 0
-    while lib.fh_ipc_notices[i] != ffi.NULL:
-        names.append(ffi.string(lib.fh_ipc_notices[i]).decode())
-        i += 1
+    """The notices an action may be registered under (ipc.h)."""
+    names = []
+    while (n := lib.fh_ipc_notice_name(len(names))) != ffi.NULL:
+        names.append(ffi.string(n).decode())
     return tuple(names)
 
 

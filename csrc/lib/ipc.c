@@ -1409,15 +1409,20 @@ FH_API int fh_ipc_attach(const char *path)
     return rc;
 }
 
-FH_API const char *const fh_ipc_notices[] = {
+static const char *const notices[] = {
     FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE, FH_IPC_STOP_NOTICE,
-    FH_IPC_WORKER_NOTICE, NULL,
+    FH_IPC_WORKER_NOTICE,
 };
+
+FH_API const char *fh_ipc_notice_name(unsigned i)
+{
+    return i < sizeof notices / sizeof notices[0] ? notices[i] : NULL;
+}
 
 static bool is_notice(const char *name)
 {
-    for (const char *const *n = fh_ipc_notices; *n; n++)
-        if (strcmp(name, *n) == 0)
+    for (size_t i = 0; i < sizeof notices / sizeof notices[0]; i++)
+        if (strcmp(name, notices[i]) == 0)
             return true;
     return false;
 }

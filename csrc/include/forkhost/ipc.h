@@ -134,9 +134,9 @@ struct fh_ipc_welcome {
 #define FH_IPC_STOP_NOTICE     "forkhost.stop"
 #define FH_IPC_WORKER_NOTICE   "forkhost.worker"
 
-/* Every notice above, the only reserved names an action may be registered
- * under; NULL-terminated. */
-FH_API extern const char *const fh_ipc_notices[];
+/* The i-th of the notices above (from 0), the only reserved names an
+ * action may be registered under; NULL past the last. */
+FH_API const char *fh_ipc_notice_name(unsigned i);
 
 #define FH_IPC_EXIT_STATUS_KNOWN 0x1u /* code/signal are valid */
 

@@ -81,7 +81,7 @@ typedef void (*fh_ipc_async_t)(const struct fh_ipc_msg *request,
 
 /* a secondary (or an attached process) */
 int fh_ipc_register(const char *name, fh_ipc_action_t action);
-extern const char *const fh_ipc_notices[];
+const char *fh_ipc_notice_name(unsigned i);
 int fh_ipc_unregister(const char *name);
 int fh_ipc_start(void);
 int fh_ipc_attach(const char *path);
