@@ -66,6 +66,18 @@ and a ratio below 1 means forkhost is faster.  What is compared:
 
 Run with --hash-only to skip the ring rounds.
 
+  hash, steady (--hash-ab N, default 4; 0 skips it): hash_ab.c, built
+        once against libforkhost and once against DPDK (pkg-config
+        libdpdk; DPDK on normal pages, --no-huge, so no reservation),
+        the two run alternately N times each, for the single-writer and
+        the writer-locked table.  The same loops as above in batches of
+        4096 operations, every batch's fastest of 9 repetitions kept: a
+        batch disturbed in one repetition is clean in another, so these
+        figures move by a few percent between runs on a loaded machine,
+        where one long timed loop (hash_perf_autotest's way) moves by
+        up to 2x.  Printed as median (min-max) of the N runs per side and
+        the ratio of the medians.
+
 This script installs nothing.  Without dpdk-test it says how to get it and
 prints our figures only.
 """
@@ -135,6 +147,56 @@ def run_bench(exe: Path, *args: str) -> tuple[str, dict]:
         elif line.startswith("forkhost C benchmark"):
             header = line
     return header, figures
+
+
+def build_hash_ab(work: Path) -> tuple[Path, Path | None]:
+    """hash_ab against libforkhost (built by build() into work), and
+    against DPDK when pkg-config knows libdpdk (else None)."""
+    src = str(HERE / "hash_ab.c")
+    base = build_native.cc() + ["-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g",
+                                "-pthread"] + build_native.WARNINGS
+    fh = work / "hash_ab_fh"
+    build_native.run(base + ["-I", str(build_native.INCLUDE), "-o", str(fh), src,
+                             "-L", str(work), "-lforkhost", f"-Wl,-rpath,{work}"])
+    try:
+        cflags = subprocess.run(["pkg-config", "--cflags", "libdpdk"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        libs = subprocess.run(["pkg-config", "--libs", "libdpdk"], check=True,
+                              capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        log("pkg-config has no libdpdk (apt-get install dpdk-dev): "
+            "hash_ab runs our side only")
+        return fh, None
+    dp = work / "hash_ab_dpdk"
+    # DPDK's headers warn under our warning set; its side gets -Wall only.
+    build_native.run(build_native.cc() + ["-std=gnu11", "-D_GNU_SOURCE", "-O2",
+                     "-g", "-pthread", "-Wall", "-DSIDE_DPDK"] + cflags
+                     + ["-o", str(dp), src] + libs)
+    return fh, dp
+
+
+def run_hash_ab(exe: Path, locked: bool) -> dict:
+    """One hash_ab run: {name: cycles}; its DPDK runtime dir removed."""
+    p = subprocess.Popen([str(exe)] + (["L"] if locked else []),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    # DPDK's runtime directory for --file-prefix=fhab<pid> (root's, or a
+    # user's under XDG_RUNTIME_DIR).
+    for d in ("/var/run/dpdk", os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"),
+                                            "dpdk")):
+        shutil.rmtree(f"{d}/fhab{p.pid}", ignore_errors=True)
+    figs = {}
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] in ("fh", "dpdk"):
+            figs = {k: float(v) for k, v in (x.split("=") for x in f[1:])}
+    if p.returncode != 0 or not figs:
+        log(f"{exe.name} failed ({p.returncode}):\n{out[-2000:]}{err[-2000:]}")
+    return figs
 
 
 # ----------------------------------------------------------- DPDK figures
@@ -305,6 +367,29 @@ def print_hash_table(ours_rounds: list[dict], dpdk_rounds: list[dict],
                 f"{ghz * 1e3 / min(bk):.1f} M lookups/s bulk, on one core")
 
 
+def print_hash_ab(runs: dict) -> None:
+    """runs: {(side, locked): [figures per run]} from run_hash_ab."""
+    names = [("add", "add, single writer", False), ("add_locked", "add, writer lock", True),
+             ("lookup", "lookup", False), ("with_hash", "lookup, hash precomputed", False),
+             ("bulk", "lookup, bulk of 16 (key pointers)", False),
+             ("bulk_packed", "  same, packed keys", False)]
+    n = max((len(v) for v in runs.values()), default=0)
+    log(f"\nhash, steady (hash_ab.c): per batch the fastest of 9 repetitions, "
+        f"median (min-max) of {n} alternating run(s) per side, normal pages, CPU 0")
+    log(f"  {'':34}{'forkhost':>18}{'DPDK':>18}{'median':>8}")
+    for key, name, locked in names:
+        o = [r[key] for r in runs.get(("fh", locked), []) if key in r]
+        # DPDK has no packed-keys call: its bulk figure (key pointers).
+        dkey = "bulk" if key == "bulk_packed" else key
+        d = [r[dkey] for r in runs.get(("dpdk", locked), []) if dkey in r]
+
+        def cell(v):
+            return f"{median(v):.0f} ({min(v):.0f}-{max(v):.0f})" if v else "-"
+        note = "" if key == "bulk_packed" and not o else f"   (target <= {HASH_TARGET:.2f})"
+        log(f"  {name:<34}{cell(o):>18}{cell(d):>18}"
+            f"{ratio(median(o), median(d)) if o and d else '-':>8}{note}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5,
@@ -317,11 +402,16 @@ def main() -> int:
                          "best, median and worst printed")
     ap.add_argument("--hash-only", action="store_true",
                     help="skip the ring rounds")
+    ap.add_argument("--hash-ab", type=int, default=4,
+                    help="alternating runs per side of hash_ab.c, the steady "
+                         "hash comparison (0..16; 0 skips it)")
     a = ap.parse_args()
     if not 1 <= a.rounds <= 16:
         ap.error("--rounds must be 1..16")
     if not 1 <= a.hash_rounds <= 8:
         ap.error("--hash-rounds must be 1..8")
+    if not 0 <= a.hash_ab <= 16:
+        ap.error("--hash-ab must be 0..16")
 
     dpdk = None if a.no_dpdk else shutil.which("dpdk-test")
     if not a.no_dpdk and dpdk is None:
@@ -341,6 +431,7 @@ def main() -> int:
     ring_d: dict = {}
     hash_ours: list[dict] = []    # our hash figures, one dict per round
     hash_dpdk: list[dict] = []    # DPDK's, one parse_hash dict per round
+    hash_ab: dict = {}            # {(side, locked): [hash_ab figures per run]}
     header = ""
     load_before = os.getloadavg()
     try:
@@ -374,6 +465,18 @@ def main() -> int:
                 hash_ours.append(figs)
                 if dpdk and not dpdk_first:
                     hash_dpdk.append(parse_hash(run_dpdk("hash_perf_autotest", 1800)))
+        if a.hash_ab:
+            # Normal pages on both sides: outside the reservation.
+            ab_fh, ab_dpdk = build_hash_ab(work)
+            log(f"hash_ab: {a.hash_ab} alternating run(s) per side"
+                + (" (forkhost only)" if ab_dpdk is None or a.no_dpdk else ""))
+            for _ in range(a.hash_ab):
+                for locked in (False, True):
+                    for side, exe_ in (("fh", ab_fh), ("dpdk", ab_dpdk)):
+                        if exe_ is None or (side == "dpdk" and a.no_dpdk):
+                            continue
+                        hash_ab.setdefault((side, locked), []).append(
+                            run_hash_ab(exe_, locked))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -386,6 +489,8 @@ def main() -> int:
     if not a.hash_only:
         print_table(ours, ring_d)
     print_hash_table(hash_ours, hash_dpdk, float(m[1]) if m else None)
+    if hash_ab:
+        print_hash_ab(hash_ab)
     if dpdk and ((not ring_d and not a.hash_only)
                  or not any(hash_dpdk)):
         log("note: some DPDK figures could not be parsed from dpdk-test's output")
