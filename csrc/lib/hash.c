@@ -895,7 +895,9 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
 }
 
 /* The bulk calls' argument checks, then the lookup: packed keys, or
- * (ptrs) an array of key pointers, none NULL. */
+ * (ptrs) an array of key pointers, none NULL.  Each combination of key
+ * shape and sigs given or not gets its own copy of lookup_bulk, in which
+ * the per-key tests of ptrs and sigs fold away. */
 static inline __attribute__((always_inline))
 int bulk_checked(const struct fh_hash *h, const void *keys,
                  const void *const *ptrs, const uint32_t *sigs, uint32_t n,
