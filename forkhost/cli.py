@@ -1,7 +1,7 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stop, doctor, demo, config, attach, verify,
-maps, ptr.  Options have
+Subcommands: primary, run, ps, stop, restart, doctor, demo, config, attach,
+verify, maps, ptr.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                    default=_wire.DEFAULT_HUGE_PAGES)
     p.add_argument("--detach", action="store_true",
                    help="run in the background; print the ready line and return")
+    p.add_argument("--worker", action="append", default=[], metavar="'NAME=ENTRY [ARGS]'",
+                   help="start and supervise a worker; one argument, split like a "
+                   "shell line (repeatable; docs/supervision.md)")
+    p.add_argument("--config", metavar="FILE",
+                   help="a forkhost.toml: these options, [supervisor] and "
+                   "[workers.NAME] tables")
 
     p = sub.add_parser("run", help="run an entry in a secondary (like forkhost-run)",
                        add_help=False)
@@ -61,9 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every prefix in the runtime dir")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("stop", help="stop a primary")
+    p = sub.add_parser("stop", help="stop a primary (or, with --worker, one worker)")
     _common(p)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--worker", metavar="NAME",
+                   help="stop this worker (and those that require it), not the primary")
+
+    p = sub.add_parser("restart", help="restart a supervised worker (and those that "
+                       "require it)")
+    _common(p)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--timeout", type=float, default=60.0)
 
     p = sub.add_parser("doctor", help="check this machine and a prefix; with ENTRY: "
                        "whether that entry can be loaded in a secondary, and the fix")
@@ -163,11 +177,17 @@ def _serve(p, ready) -> int:
         signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
     ready()
     code = 0
+    sup = p.supervisor
+    gave_up = [sup.give_up_fd] if sup is not None else []
     while True:
         try:
-            r, _, _ = select.select([wake_r, p.template_pidfd], [], [])
+            r, _, _ = select.select([wake_r, p.template_pidfd, *gave_up], [], [])
         except InterruptedError:
             continue
+        if gave_up and gave_up[0] in r:     # exit_on_give_up (logged already)
+            from ._supervise import EXIT_GAVE_UP
+            code = EXIT_GAVE_UP
+            break
         if p.template_pidfd in r:
             status = p.wait_template(0)
             how = f"killed by signal {-status}" if status < 0 else f"status {status}"
@@ -182,11 +202,30 @@ def _serve(p, ready) -> int:
     return code
 
 
+def _plan(a):
+    """--config and --worker, checked whole before anything starts (None
+    without them); the file's options fill in a's defaults."""
+    from ._supervise import plan_from_args
+    return plan_from_args(a, _parser().parse_args(["primary"]))
+
+
 def cmd_primary(a) -> int:
+    from ._supervise import ConfigError
+    try:
+        a.plan = _plan(a)
+    except ConfigError as err:
+        print(f"forkhost primary: {err}", file=sys.stderr)
+        return err.exit_code
     if a.detach:
         return _detach(a)
     p = _make_primary(a)
     p.start()
+    if a.plan is not None:
+        try:
+            p.supervise(plan=a.plan)
+        except BaseException:
+            p.stop()
+            raise
     if p.recovered_pid is not None:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
@@ -215,6 +254,8 @@ def _detach(a) -> int:
             os.close(log)
             try:
                 p.start()
+                if a.plan is not None:
+                    p.supervise(plan=a.plan)
             except BaseException as err:
                 # One line for the parent's stderr: the log may be unwritable.
                 why = (str(err) if isinstance(err, ForkhostError) else
@@ -427,6 +468,7 @@ def _arena_mappers(cfg: dict, known: set[int]) -> list[int]:
 
 def cmd_ps(a) -> int:
     rows = []
+    supervised = []     # (prefix, config record) of primaries with workers
     for p in _prefixes(a):
         cfg = runtime.read_config(p)
         if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
@@ -434,6 +476,8 @@ def cmd_ps(a) -> int:
                 raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                                     f"(looked for {p.config})")
             continue
+        if cfg.get("supervisor"):
+            supervised.append((p.prefix, cfg))
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
             cmd, up = _proc_line(pid)
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
@@ -471,7 +515,10 @@ def cmd_ps(a) -> int:
                          "ipc": False})
     for r in rows:
         r.setdefault("state", None)
+    from . import _supervise
     if a.json:
+        for prefix, cfg in supervised:
+            rows.extend(_supervise.ps_rows(prefix, cfg))
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'PREFIX':<16} {'ROLE':<10} {'PID':>8} {'CLIENT':>8} {'UPTIME':>9} {'IPC':>3} "
@@ -481,6 +528,7 @@ def cmd_ps(a) -> int:
         print(f"{r['prefix']:<16} {r['role']:<10} {r['pid']:>8} {client_pid:>8} "
               f"{r['uptime']:>8.1f}s {'yes' if r['ipc'] else '-':>3} "
               f"{r['state'] or '-':<7} {r['command']}")
+    _supervise.ps_print(supervised)
     return 0
 
 
@@ -499,6 +547,11 @@ def _ipc_members(cfg: dict) -> set[int]:
 
 
 def cmd_stop(a) -> int:
+    if a.worker is not None:
+        from ._supervise import control
+        answer = control(a.prefix, a.runtime_dir, "stop", a.worker, a.timeout)
+        print(f"forkhost stop: {answer['message']}")
+        return 0
     p = runtime.paths(a.prefix, a.runtime_dir)
     cfg = runtime.read_config(p)
     pid = cfg.get("pid", 0) if cfg else 0
@@ -519,6 +572,13 @@ def cmd_stop(a) -> int:
         raise ForkhostError(f"the primary (pid {pid}) did not stop within "
                             f"{a.timeout:g}s")
     print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
+    return 0
+
+
+def cmd_restart(a) -> int:
+    from ._supervise import control
+    answer = control(a.prefix, a.runtime_dir, "restart", a.name, a.timeout)
+    print(f"forkhost restart: {answer['message']}")
     return 0
 
 
@@ -602,6 +662,7 @@ def _layout_command(name: str):
 
 
 COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
+            "restart": cmd_restart,
             "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config,
             "attach": cmd_attach, "verify": _layout_command("verify"),
             "maps": _layout_command("maps"), "ptr": _layout_command("ptr")}

@@ -26,7 +26,7 @@ process's end, so membership and peer death need no polling.
         ipc.reply(peer, "stats", json.dumps(counts).encode())
 
     ipc.register("stats", on_stats)          # in a secondary: joins
-    r = ipc.request("config", b"", timeout=2)  # -> Reply(nb_sent, nb_received, msgs)
+    r = ipc.request("config", b"", timeout=2)  # -> Reply(nb_sent, nb_received, msgs, peers)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import collections
+import enum
 import errno
 import functools
 import os
@@ -54,14 +55,16 @@ from .errors import ForkhostError, IPCError
 
 # -- the wire format (docs/ipc.md; csrc/include/forkhost/ipc.h) -----------
 
-MAGIC = 0x4B484950
-VERSION = 1
-MSG, REQUEST, REPLY = 0x01, 0x02, 0x03
-HELLO, WELCOME, REFUSE, BYE = 0x10, 0x11, 0x12, 0x13
+MAGIC = lib.FH_IPC_MAGIC
+VERSION = lib.FH_IPC_VERSION
+MSG, REQUEST, REPLY = lib.FH_IPC_MSG, lib.FH_IPC_REQUEST, lib.FH_IPC_REPLY
+HELLO, WELCOME = lib.FH_IPC_HELLO, lib.FH_IPC_WELCOME
+REFUSE, BYE = lib.FH_IPC_REFUSE, lib.FH_IPC_BYE
 _TYPE_NAMES = {MSG: "MSG", REQUEST: "REQUEST", REPLY: "REPLY", HELLO: "HELLO",
                WELCOME: "WELCOME", REFUSE: "REFUSE", BYE: "BYE"}
 _TYPES = set(_TYPE_NAMES)
-OK, NO_ACTION, ACTION_FAILED = 0, 1, 2      # REPLY status
+# REPLY status
+OK, NO_ACTION, ACTION_FAILED = lib.FH_IPC_OK, lib.FH_IPC_NO_ACTION, lib.FH_IPC_ACTION_FAILED
 
 # DPDK's RTE_MP_MAX_NAME_LEN, NUL included: a name is an identifier.
 NAME_MAX = 64
@@ -89,7 +92,7 @@ _unpack_reply_view = struct.Struct("=12xI12xi64s").unpack_from
 RESERVED_PREFIX = "forkhost."
 EXIT_NOTICE = "forkhost.exit"
 SHUTDOWN_NOTICE = "forkhost.shutdown"
-EXIT_STATUS_KNOWN = 0x1
+EXIT_STATUS_KNOWN = lib.FH_IPC_EXIT_STATUS_KNOWN
 _NOTICES = {EXIT_NOTICE.encode(), SHUTDOWN_NOTICE.encode()}
 _RESERVED_B = RESERVED_PREFIX.encode()
 
@@ -165,14 +168,44 @@ class Message:
         self.close()
 
 
+class PeerStatus(enum.IntEnum):
+    """What became of a request at one peer it reached (forkhost/ipc.h's
+    enum fh_ipc_peer_status)."""
+
+    ANSWERED = lib.FH_IPC_PEER_ANSWERED      # its answer: OK or ACTION_FAILED
+    NO_ACTION = lib.FH_IPC_PEER_NO_ACTION    # it has no action of that name
+    TIMED_OUT = lib.FH_IPC_PEER_TIMED_OUT    # no answer by the deadline
+    DIED = lib.FH_IPC_PEER_DIED              # its connection closed first
+
+
+_PEER_STATUS = {int(s): s for s in PeerStatus}
+_ANSWERED, _PEER_NO_ACTION = PeerStatus.ANSWERED, PeerStatus.NO_ACTION
+_TIMED_OUT, _DIED = PeerStatus.TIMED_OUT, PeerStatus.DIED
+
+
+@dataclass(eq=False, slots=True)
+class PeerReply:
+    """One peer a request reached: its pid, its name (``/proc/PID/comm``
+    when it joined), what became of the request there, and its answer
+    (``ANSWERED`` and ``NO_ACTION``; the same Message as in ``msgs``)."""
+
+    pid: int
+    name: str
+    status: PeerStatus
+    msg: Message | None = None
+
+
 @dataclass(eq=False, slots=True)
 class Reply:
     """What a request got (DPDK's rte_mp_reply): nb_sent peers reached,
-    nb_received answered (error answers included), their answers."""
+    nb_received answered (NO_ACTION and ACTION_FAILED answers included),
+    their answers in arrival order, and one PeerReply per peer reached, in
+    the order the request went to them."""
 
     nb_sent: int
     nb_received: int
     msgs: list[Message]
+    peers: list[PeerReply] = field(default_factory=list)
 
     def close(self) -> None:
         for m in self.msgs:
@@ -343,6 +376,17 @@ def _close_fds(fds) -> None:
             pass
 
 
+def _comm(pid: int) -> str:
+    """A peer's name: /proc/PID/comm (as fh__ipc_comm() in ipc.c reads it),
+    "" when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read(lib.FH_IPC_PEER_NAME_MAX - 1).rstrip(b"\n").decode(
+                errors="replace")
+    except OSError:
+        return ""
+
+
 def _peer_shut(sock: socket.socket) -> bool:
     """Has the peer shut down its sending side?  A SEQPACKET recvmsg gives
     0 bytes both for an empty record and at EOF; only the second comes with
@@ -402,7 +446,7 @@ class _Conn:
     sender uses it, so a recycled fd number can never receive another
     connection's records."""
 
-    __slots__ = ("sock", "fd", "pid", "ppid", "joined", "left", "deadline",
+    __slots__ = ("sock", "fd", "pid", "ppid", "name", "joined", "left", "deadline",
                  "users", "closing")
 
     def __init__(self, sock: socket.socket, pid: int = 0):
@@ -410,6 +454,7 @@ class _Conn:
         self.fd = sock.fileno()
         self.pid = pid
         self.ppid = 0
+        self.name = ""          # its comm, read when it says HELLO
         self.joined = False
         self.left = False       # said BYE
         self.deadline = 0.0
@@ -418,8 +463,8 @@ class _Conn:
 
 
 class _Pending:
-    __slots__ = ("id", "name", "param", "waiting", "replies", "nb_sent",
-                 "deadline", "event", "callback", "done", "issuing")
+    __slots__ = ("id", "name", "param", "waiting", "replies", "targets", "outcome",
+                 "nb_sent", "deadline", "event", "callback", "done", "issuing")
 
     def __init__(self, rid, name, param, deadline, callback):
         self.id = rid
@@ -427,6 +472,10 @@ class _Pending:
         self.param = param
         self.waiting: set[_Conn] = set()
         self.replies: list[Message] = []
+        # The members it reached, in order, and what became of each that
+        # is not waited for any more (a missing one timed out).
+        self.targets: list[_Conn] = []
+        self.outcome: dict[_Conn, tuple[PeerStatus, Message | None]] = {}
         self.nb_sent = 0
         self.deadline = deadline
         # sync: a lock born acquired, released once when the request is
@@ -680,6 +729,7 @@ class _SecondaryEndpoint:
         if rc < 0:
             raise _join_error(ffi.errno, path)
         self.primary_pid = lib.fh_ipc_peer_pid()
+        self.primary_name = ffi.string(lib.fh_ipc_peer_name()).decode(errors="replace")
         self.running = True
         if attach:
             # A process that attached ends like any other: its interpreter
@@ -714,7 +764,7 @@ class _SecondaryEndpoint:
         except AttributeError:
             record = ffi.new("char[]", RECORD_MAX)
             self.tls.bufs = (record, ffi.buffer(record), ffi.new("int[]", FDS_MAX),
-                             ffi.new("int *"))
+                             ffi.new("int[2]"))
             return self.tls.bufs
 
     def request(self, name, param=b"", fds=(), timeout=DEFAULT_TIMEOUT, to=None,
@@ -733,22 +783,26 @@ class _SecondaryEndpoint:
             raise IPCError("a request needs a timeout of 0 or more seconds")
         if to is not None:
             self._check_to(to)
-        record, view, reply_fds, nb_sent = self._bufs()
+        record, view, reply_fds, out = self._bufs()
         n = lib.fh_ipc_request_raw(b, param, len(param), c_fds, len(fds), timeout,
-                                   record, reply_fds, nb_sent)
+                                   record, reply_fds, out)
         if n > 0:       # (answered: it reached the primary, nb_sent is 1)
             nfds, status, rname = _unpack_reply_view(view)
-            return Reply(1, 1, [Message(
-                rname[:rname.find(0)].decode(errors="replace"), view[_HDR_SIZE:n],
-                ffi.unpack(reply_fds, nfds) if nfds else [], self.primary_pid,
-                REPLY, status)])
+            m = Message(rname[:rname.find(0)].decode(errors="replace"),
+                        view[_HDR_SIZE:n], ffi.unpack(reply_fds, nfds) if nfds else [],
+                        self.primary_pid, REPLY, status)
+            return Reply(1, 1, [m], [PeerReply(self.primary_pid, self.primary_name,
+                                               _PEER_STATUS[out[1]], m)])
         if n == 0:
-            return Reply(nb_sent[0], 0, [])
+            if not out[0]:
+                return Reply(0, 0, [], [])
+            return Reply(1, 0, [], [PeerReply(self.primary_pid, self.primary_name,
+                                              _PEER_STATUS[out[1]])])
         err = ffi.errno
         if err == errno.EDEADLK:
             raise _recursion_error(name)
         if err == errno.ENOTCONN:
-            return Reply(0, 0, [])      # the primary is gone
+            return Reply(0, 0, [], [])      # the primary is gone
         raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
 
     def request_async(self, name, param, fds, timeout, callback, to=None) -> None:
@@ -770,7 +824,7 @@ class _SecondaryEndpoint:
             raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
         # The primary is gone: complete at once, as with nobody to ask.
         self._call_async(callback, Message(b.decode(errors="replace"), data, [],
-                                           os.getpid(), REQUEST), Reply(0, 0, []))
+                                           os.getpid(), REQUEST), Reply(0, 0, [], []))
 
     def _call_async(self, callback, req: Message, rep: Reply) -> None:
         try:
@@ -873,11 +927,22 @@ def _fh_ipc_async(req, rep, arg):
     ep.asyncs.discard(handle)
     if lib.fh_ipc_on_ipc_thread():
         _name_ipc_thread()
-    msgs = [_message(rep.msgs + i, REPLY) for i in range(rep.nb_received)]
     request_msg = Message(ffi.string(req.name).decode(errors="replace"),
                           ffi.buffer(req.param, req.len_param)[:], [], os.getpid(),
                           REQUEST)
-    ep._call_async(callback, request_msg, Reply(rep.nb_sent, rep.nb_received, msgs))
+    ep._call_async(callback, request_msg, _reply_of(rep))
+
+
+def _reply_of(rep) -> Reply:
+    """A struct fh_ipc_reply as a Reply (the answers' fds become its)."""
+    msgs = [_message(rep.msgs + i, REPLY) for i in range(rep.nb_received)]
+    peers = []
+    for i in range(rep.nb_sent):
+        e = rep.peers[i]
+        peers.append(PeerReply(e.pid, ffi.string(e.name).decode(errors="replace"),
+                               _PEER_STATUS[e.status],
+                               msgs[e.msg - rep.msgs] if e.msg != ffi.NULL else None))
+    return Reply(rep.nb_sent, rep.nb_received, msgs, peers)
 
 
 # -- the primary ----------------------------------------------------------------
@@ -1089,6 +1154,12 @@ class _PrimaryEndpoint:
         with self.lock:
             p.nb_sent = len(targets) - len(failed)
             p.waiting.difference_update(failed)
+            if failed:          # not reached: not in the reply
+                for c in failed:
+                    p.outcome.pop(c, None)
+                p.targets = [c for c in targets if c not in failed]
+            else:
+                p.targets = targets
             p.issuing = False
             finished = not p.waiting and not p.done
             if finished:
@@ -1107,8 +1178,15 @@ class _PrimaryEndpoint:
             if not p.done:
                 self.counts["timeouts"] += len(p.waiting)
                 self._finish_locked(p)
-            replies = list(p.replies)
-        return Reply(p.nb_sent, len(replies), replies)
+            return self._reply_locked(p)
+
+    @staticmethod
+    def _reply_locked(p: _Pending) -> Reply:
+        """p's Reply, p complete: a member with no outcome timed out."""
+        out = p.outcome
+        timed_out = (_TIMED_OUT, None)
+        peers = [PeerReply(c.pid, c.name, *out.get(c, timed_out)) for c in p.targets]
+        return Reply(p.nb_sent, len(p.replies), list(p.replies), peers)
 
     def request_async(self, name, param, fds, timeout, callback, to=None) -> None:
         self._issue(name, param, fds, timeout, to, callback, False)
@@ -1124,7 +1202,8 @@ class _PrimaryEndpoint:
 
     def _call_async(self, p: _Pending) -> None:
         req = Message(p.name, p.param, [], os.getpid(), REQUEST)
-        rep = Reply(p.nb_sent, len(p.replies), list(p.replies))
+        with self.lock:
+            rep = self._reply_locked(p)
         try:
             p.callback(req, rep)
         except BaseException:
@@ -1253,6 +1332,7 @@ class _PrimaryEndpoint:
         _close_fds(fds)
         if mtype == HELLO and not conn.joined and len(param) == HELLO_BODY.size:
             _, ppid, _, _ = HELLO_BODY.unpack(param)
+            conn.name = _comm(conn.pid)     # (its requests' PeerReply)
             self.hello_due.pop(conn.fd, None)
             self._watch(conn.fd, lib.FH_IPC_WATCH_RECORDS)
             with self.lock:
@@ -1294,6 +1374,8 @@ class _PrimaryEndpoint:
             else:
                 p.waiting.discard(conn)
                 p.replies.append(msg)
+                p.outcome[conn] = (_PEER_NO_ACTION if status == NO_ACTION
+                                   else _ANSWERED, msg)
                 if not p.waiting and not p.issuing:
                     self._finish_locked(p)
                     complete = True
@@ -1312,6 +1394,7 @@ class _PrimaryEndpoint:
             for p in list(self.pending.values()):
                 if conn in p.waiting:
                     p.waiting.discard(conn)
+                    p.outcome[conn] = (_DIED, None)
                     self.counts["peer_died"] += 1
                     if not p.waiting and not p.issuing:
                         self._finish_locked(p)
@@ -1326,6 +1409,8 @@ class _PrimaryEndpoint:
         with self.lock:
             for p in list(self.pending.values()):
                 self.counts["peer_died"] += len(p.waiting)
+                for c in p.waiting:
+                    p.outcome[c] = (_DIED, None)
                 p.waiting.clear()
                 if p.issuing:
                     continue        # its issuer completes it
@@ -1731,7 +1816,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 __all__ = [
     "register", "unregister", "send", "request", "request_async", "reply",
     "members", "stats", "start", "stop", "started", "parse_exit_notice",
-    "Message", "Reply", "Peer", "Member", "IPCError",
+    "Message", "Reply", "PeerReply", "PeerStatus", "Peer", "Member", "IPCError",
     "NAME_MAX", "PARAM_MAX", "FDS_MAX", "DEFAULT_TIMEOUT",
     "OK", "NO_ACTION", "ACTION_FAILED", "EXIT_NOTICE", "SHUTDOWN_NOTICE",
 ]

@@ -33,6 +33,7 @@ from . import _wire, runtime
 # it: forkhost/__init__.py).
 from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib
+from ._supervise import Worker  # noqa: F401  (forkhost.primary.Worker)
 from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)
 
@@ -185,6 +186,7 @@ class Primary:
         self.config: dict = {}
         self._ipc_at_start = ipc     # start IPC at the end of start()
         self._ipc_exit_fd = -1       # the template's end of its exit channel
+        self.supervisor = None       # supervise()'s (forkhost/_supervise.py)
 
     # -- properties -----------------------------------------------------
 
@@ -364,6 +366,25 @@ class Primary:
             runtime.write_config(self.paths, self.config)
         return ep
 
+    def supervise(self, workers=None, *, plan=None, on_event=None, **group):
+        """Start workers (forkhost.primary.Worker objects, or dicts with a
+        [workers.NAME] table's keys and "name") and supervise them until
+        stop(): restart policies, dependencies, strategy, intensity, period
+        and backoff (group: strategy=, intensity=, period=, backoff=,
+        backoff_max=, exit_on_give_up=).  The whole plan is checked first
+        (ConfigError, nothing started).  Returns the Supervisor
+        (docs/supervision.md).  Only after start(); starts IPC."""
+        from . import _supervise
+        if self.supervisor is not None:
+            raise ForkhostError("this primary already supervises a group")
+        if self.template_pidfd < 0:
+            raise ForkhostError("supervise() needs a started primary")
+        if plan is None:
+            plan = _supervise.plan_from_python(workers or [], **group)
+        self.ipc()
+        self.supervisor = _supervise.Supervisor(self, plan, on_event=on_event)
+        return self.supervisor.start()
+
     def template_alive(self) -> bool:
         if self.template_pidfd < 0:
             return False
@@ -412,6 +433,8 @@ class Primary:
         global _running
         if _running is self:
             _running = None
+        if self.supervisor is not None:   # workers first, while IPC runs
+            self.supervisor.close()
         _ipc.shutdown_primary(self.grace)
         self._stop_template()
         self._lock.release()

@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,102 @@ def test_broadcast_request_from_the_primary_counts_replies(cprim, ipc_sec_so):
         assert s.expect("note") == ["note", str(cprim.pid), "6d", "0"]
     assert cprim.cmd(f"send note 6e {a.pid}", "sent") == ["sent", "1"]
     assert a.expect("note") == ["note", str(cprim.pid), "6e", "0"]
+
+
+ANSWERED, NO_ACTION_P, TIMED_OUT, DIED = (int(s) for s in (
+    ipc.PeerStatus.ANSWERED, ipc.PeerStatus.NO_ACTION, ipc.PeerStatus.TIMED_OUT,
+    ipc.PeerStatus.DIED))
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().rstrip("\n")
+
+
+def _who(words: list[str]) -> dict[int, tuple[int, str, str]]:
+    """A who line's entries (fixtures/ipc_fixture.h, who_line()) by pid:
+    (status, the answer's status or "-", name); its counts agree."""
+    assert words[3] == "1", f"peers and msgs disagree: {words}"
+    out = {}
+    for w in words[4:]:
+        pid, status, msg_status, name = w.split("/", 3)
+        out[int(pid)] = (int(status), msg_status, name)
+    assert len(out) == int(words[1])
+    return out
+
+
+@pytest.mark.parametrize("op", ["who", "who_async"])
+def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
+    """As in test_ipc.py, with a C primary: one member answers, one has no
+    such action, one sleeps past the timeout, one is killed while the
+    request is pending, and a raw member plays an older peer that never
+    says NO_ACTION."""
+    ok = cprim.launch(ipc_sec_so)
+    lacking = cprim.launch(ipc_sec_so, "--no-actions")
+    slow = cprim.launch(ipc_sec_so, "--slow")
+    victim = cprim.launch(ipc_sec_so, "--silent")
+    old, _ = _raw_member(cprim.socket)
+    try:
+        cprim.members(5)
+        names = {s.pid: _comm(s.pid) for s in (ok, lacking, slow, victim)}
+        names[os.getpid()] = _comm(os.getpid())
+        before = cprim.stats()
+        line = f"{op} echo 6162 3000" + (" 0" if op == "who" else "")
+        cprim.proc.stdin.write(line.encode() + b"\n")
+        cprim.proc.stdin.flush()
+        assert victim.expect("got") == ["got", "echo"]
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.proc.wait(20) == -signal.SIGKILL
+        assert old.recv(ipc.RECORD_MAX)[:8]     # the request reached it
+        words = cprim.expect(op)
+        assert words[1:3] == ["5", "2"]
+        got = _who(words)
+        assert {pid: e[:2] for pid, e in got.items()} == {
+            ok.pid: (ANSWERED, str(ipc.OK)), lacking.pid: (NO_ACTION_P, str(ipc.NO_ACTION)),
+            slow.pid: (TIMED_OUT, "-"), victim.pid: (DIED, "-"),
+            os.getpid(): (TIMED_OUT, "-")}
+        assert {pid: e[2] for pid, e in got.items()} == names
+        after = cprim.stats()
+        assert after["timeouts"] == before["timeouts"] + 2
+        assert after["peer_died"] == before["peer_died"] + 1
+        wait_until(lambda: cprim.stats()["late_replies"] == before["late_replies"] + 1,
+                   what="the slow answer")
+    finally:
+        old.close()
+
+
+@pytest.mark.parametrize("op", ["who", "who_async"])
+def test_a_secondarys_reply_lists_the_c_primary(cprim, ipc_sec_so, op):
+    s = cprim.launch(ipc_sec_so)
+    me = f"{cprim.pid}/%d/%s/{_comm(cprim.pid)}"
+    assert s.cmd(f"{op} echo 01 5000", op) == [op, "1", "1", "1", me % (ANSWERED, ipc.OK)]
+    assert s.cmd(f"{op} nobody - 5000", op) == \
+        [op, "1", "1", "1", me % (NO_ACTION_P, ipc.NO_ACTION)]
+    assert s.cmd(f"{op} hang - 300", op) == [op, "1", "0", "1", me % (TIMED_OUT, "-")]
+    assert s.cmd(f"{op} fail - 5000", op) == \
+        [op, "1", "1", "1", me % (ANSWERED, ipc.ACTION_FAILED)]
+
+
+def test_an_attached_request_to_a_c_primary_killed_meanwhile_lists_it_as_died(
+        cprim, runtime_dir):
+    ep = ipc.start(prefix="ci", runtime_dir=runtime_dir)
+    got: list = []
+    try:
+        name = _comm(cprim.pid)
+        cprim.members(1)
+        t = threading.Thread(target=lambda: got.append(ipc.request("hang", timeout=60)))
+        t.start()
+        assert cprim.expect("hang") == ["hang", str(os.getpid())]   # it is pending
+        os.kill(cprim.pid, signal.SIGKILL)
+        t.join(30)
+        (r,) = got
+        assert (r.nb_sent, r.nb_received, r.msgs) == (1, 0, [])
+        (e,) = r.peers
+        assert (e.pid, e.name, e.status, e.msg) == (cprim.pid, name, ipc.PeerStatus.DIED,
+                                                    None)
+    finally:
+        ipc.stop()
+        wait_until(lambda: ended(cprim.template_pid), what="the template to end")
 
 
 def test_fds_pass_both_ways(cprim, ipc_sec_so):

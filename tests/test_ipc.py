@@ -16,13 +16,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import FIXTURES, RUNNER, LineReader, reap, wait_until
+from fhtest import FIXTURES, RUNNER, LineReader, ended, reap, wait_until
 
 KINDS = ["py", "c"]
 
@@ -59,8 +60,15 @@ class IPCPrimary:
         self.secs: list[Sec] = []
 
     def cmd(self, op: str, wait: float = 30, **kw) -> dict:
+        self.start_cmd(op, **kw)
+        return self.result(wait)
+
+    def start_cmd(self, op: str, **kw) -> None:
+        """A command whose answer result() reads (meanwhile the test acts)."""
         self.proc.stdin.write(json.dumps(dict(kw, op=op)).encode() + b"\n")
         self.proc.stdin.flush()
+
+    def result(self, wait: float = 30) -> dict:
         line = self.out.readline(wait)
         assert line, f"the primary died: {self.proc.stderr.read().decode()}"
         return json.loads(line)
@@ -303,6 +311,138 @@ def test_request_with_no_members_returns_at_once(prim):
     r = prim.cmd("request", name="echo", timeout=10)
     assert (r["nb_sent"], r["nb_received"], r["msgs"]) == (0, 0, [])
     assert r["elapsed"] < 1
+
+
+# -- who answered: a reply's peer entries ------------------------------------------
+
+ANSWERED, NO_ACTION_P, TIMED_OUT, DIED = (int(ipc.PeerStatus.ANSWERED),
+                                          int(ipc.PeerStatus.NO_ACTION),
+                                          int(ipc.PeerStatus.TIMED_OUT),
+                                          int(ipc.PeerStatus.DIED))
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().rstrip("\n")
+
+
+def check_peers(r: dict) -> dict[int, dict]:
+    """The peer entries of a reply_json() agree with its other fields; by
+    pid."""
+    peers = r["peers"]
+    assert len(peers) == r["nb_sent"] == len({e["pid"] for e in peers})
+    with_msg = [e for e in peers if e["status"] in (ANSWERED, NO_ACTION_P)]
+    assert len(with_msg) == r["nb_received"] == len(r["msgs"])
+    for e in peers:
+        if e["status"] in (ANSWERED, NO_ACTION_P):
+            assert e["msg"] is not None and e["msg_pid"] == e["pid"], e
+        else:
+            assert e["msg"] is None and e["msg_pid"] is None, e
+    return {e["pid"]: e for e in peers}
+
+
+@pytest.mark.parametrize("op", ["request", "request_async"])
+def test_reply_lists_who_answered_lacked_the_action_timed_out_or_died(prim, entry, op):
+    """One broadcast request, four secondaries: one answers, one has no such
+    action, one sleeps past the timeout, one is killed while the request
+    is pending.  Each is listed by pid and name with what became of it."""
+    ok = prim.launch(entry)
+    lacking = prim.launch(entry, "--no-actions")
+    slow = prim.launch(entry, "--slow")
+    victim = prim.launch(entry, "--silent")
+    secs = (ok, lacking, slow, victim)
+    names = {s.pid: comm(s.pid) for s in secs}
+    prim.wait_members(4)
+    before = prim.stats()
+    prim.start_cmd(op, name="echo", param="ab", timeout=3)
+    assert victim.expect("got") == ["got", "echo"]     # it has the request
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    r = prim.result()
+    assert (r["nb_sent"], r["nb_received"]) == (4, 2)
+    peers = check_peers(r)
+    assert {pid: (e["status"], e["msg_status"]) for pid, e in peers.items()} == {
+        ok.pid: (ANSWERED, ipc.OK), lacking.pid: (NO_ACTION_P, ipc.NO_ACTION),
+        slow.pid: (TIMED_OUT, None), victim.pid: (DIED, None)}
+    assert {pid: e["status_name"] for pid, e in peers.items()} == {
+        ok.pid: "ANSWERED", lacking.pid: "NO_ACTION", slow.pid: "TIMED_OUT",
+        victim.pid: "DIED"}
+    assert {pid: e["name"] for pid, e in peers.items()} == names
+    after = prim.stats()
+    assert after["timeouts"] == before["timeouts"] + 1
+    assert after["peer_died"] == before["peer_died"] + 1
+    # the slow one answers after all: too late, counted as such
+    wait_until(lambda: prim.stats()["late_replies"] == before["late_replies"] + 1,
+               what="the slow answer")
+
+
+def test_a_peer_that_never_says_no_action_is_listed_as_timed_out(prim):
+    """An older peer without NO_ACTION stays silent when it has no such
+    action: a raw member plays it."""
+    sock = _raw_member(prim.ready["socket"])
+    try:
+        prim.wait_members(1)
+        r = prim.cmd("request", name="echo", timeout=0.3)
+        assert sock.recv(ipc.RECORD_MAX)[:8]        # the REQUEST reached it
+        assert (r["nb_sent"], r["nb_received"]) == (1, 0)
+        assert check_peers(r)[os.getpid()]["status"] == TIMED_OUT
+        assert check_peers(r)[os.getpid()]["name"] == comm(os.getpid())
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("op", ["who", "who_async"])
+def test_a_secondarys_reply_lists_the_primary(prim, entry, op):
+    s = prim.launch(entry)
+    me = f"{prim.pid}/%d/%s/{comm(prim.pid)}"
+    assert s.cmd(f"{op} echo 01 5000", op) == [op, "1", "1", "1", me % (ANSWERED, ipc.OK)]
+    assert s.cmd(f"{op} nothing_here - 5000", op) == \
+        [op, "1", "1", "1", me % (NO_ACTION_P, ipc.NO_ACTION)]
+    assert s.cmd(f"{op} hang - 300", op) == [op, "1", "0", "1", me % (TIMED_OUT, "-")]
+    assert s.cmd(f"{op} fail - 5000", op) == \
+        [op, "1", "1", "1", me % (ANSWERED, ipc.ACTION_FAILED)]
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_request_to_a_primary_killed_meanwhile_lists_it_as_died(runtime_dir, how):
+    """A process attached to a primary that dies while its request is
+    pending: the primary is listed as DIED, at once, not at the timeout."""
+    prim = IPCPrimary(runtime_dir)
+    got: list = []
+    done = threading.Event()
+    try:
+        ipc.start(prefix="i", runtime_dir=runtime_dir)
+        name = comm(prim.pid)
+
+        def call():
+            with ipc.request("hang", b"", timeout=60) as r:
+                got.append(r)
+            done.set()
+
+        def cb(req, r):
+            got.append(r)
+            done.set()
+
+        if how == "sync":
+            t = threading.Thread(target=call)
+            t.start()
+        else:
+            ipc.request_async("hang", b"", timeout=60, callback=cb)
+        wait_until(lambda: prim.log("hang"), what="the request at the primary")
+        os.kill(prim.pid, signal.SIGKILL)
+        assert done.wait(30)
+        if how == "sync":
+            t.join(30)
+        (r,) = got
+        assert (r.nb_sent, r.nb_received, r.msgs) == (1, 0, [])
+        (e,) = r.peers
+        assert (e.pid, e.name, e.status, e.msg) == (prim.pid, name, ipc.PeerStatus.DIED,
+                                                    None)
+        assert ipc.stats()["peer_died"] >= 1
+    finally:
+        ipc.stop()
+        prim.close()
+        wait_until(lambda: ended(prim.template_pid), what="the template to end")
 
 
 # -- requests from a secondary ------------------------------------------------------

@@ -1,6 +1,6 @@
 """Python and the C headers agree on the wire: every constant and layout
 forkhost.protocol (from the generated forkhost/_wire.py) and forkhost.ipc
-(copied by hand) use is the headers' own, and entries.classify() gives
+(through the cffi cdef) use is the headers' own, and entries.classify() gives
 the forms and errors docs/cli.md describes."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_protocol_imports_no_native_code():
                                 "'forkhost.protocol']"]
 
 
-# -- the IPC wire (ipc.h, template.h): forkhost/ipc.py copies these -----------
+# -- the IPC wire (ipc.h, template.h): forkhost/ipc.py takes these from the cdef
 
 PROBE = r"""
 #include <stddef.h>
@@ -127,6 +127,11 @@ int main(void)
     V(FH_IPC_BYE); V(FH_IPC_OK); V(FH_IPC_NO_ACTION); V(FH_IPC_ACTION_FAILED);
     V(FH_IPC_NAME_MAX); V(FH_IPC_PARAM_MAX); V(FH_IPC_FDS_MAX);
     V(FH_IPC_HDR_SIZE); V(FH_IPC_RECORD_MAX); V(FH_IPC_EXIT_STATUS_KNOWN);
+    V(FH_IPC_PEER_ANSWERED); V(FH_IPC_PEER_NO_ACTION); V(FH_IPC_PEER_TIMED_OUT);
+    V(FH_IPC_PEER_DIED); V(FH_IPC_PEER_NAME_MAX);
+    V(sizeof(struct fh_ipc_peer_reply)); V(sizeof(struct fh_ipc_reply));
+    V(offsetof(struct fh_ipc_peer_reply, name));
+    V(offsetof(struct fh_ipc_peer_reply, msg)); V(offsetof(struct fh_ipc_reply, peers));
     V(sizeof(struct fh_ipc_hdr)); V(sizeof(struct fh_ipc_hello));
     V(sizeof(struct fh_ipc_welcome)); V(sizeof(struct fh_ipc_exit_notice));
     V(sizeof(struct fh_ipc_shutdown_notice));
@@ -167,6 +172,11 @@ def test_ipc_constants_are_the_headers(ipc_h):
         h["FH_IPC_NAME_MAX"], h["FH_IPC_PARAM_MAX"], h["FH_IPC_FDS_MAX"])
     assert ipc.EXIT_STATUS_KNOWN == h["FH_IPC_EXIT_STATUS_KNOWN"]
     assert ipc.RECORD_MAX == h["FH_IPC_RECORD_MAX"]
+    # what became of a request at each peer (Reply.peers)
+    assert {s.name: int(s) for s in ipc.PeerStatus} == {
+        "ANSWERED": h["FH_IPC_PEER_ANSWERED"], "NO_ACTION": h["FH_IPC_PEER_NO_ACTION"],
+        "TIMED_OUT": h["FH_IPC_PEER_TIMED_OUT"], "DIED": h["FH_IPC_PEER_DIED"]}
+    assert lib.FH_IPC_PEER_NAME_MAX == h["FH_IPC_PEER_NAME_MAX"]
     assert (ipc.RESERVED_PREFIX, ipc.EXIT_NOTICE, ipc.SHUTDOWN_NOTICE) == (
         ipc_h["prefix"], ipc_h["exit"], ipc_h["shutdown"])
 
@@ -175,6 +185,15 @@ def test_ipc_layouts_are_the_headers(ipc_h):
     h = {k: int(v) for k, v in ipc_h.items() if v.lstrip("-").isdigit()}
     assert ipc.HDR.size == h["FH_IPC_HDR_SIZE"] == h["sizeof(struct fh_ipc_hdr)"]
     assert ipc.HDR.size == ffi.sizeof("struct fh_ipc_hdr")
+    # the cdef's view of a reply (forkhost/ipc.py reads async replies in it)
+    assert ffi.sizeof("struct fh_ipc_peer_reply") == h["sizeof(struct fh_ipc_peer_reply)"]
+    assert ffi.sizeof("struct fh_ipc_reply") == h["sizeof(struct fh_ipc_reply)"]
+    assert ffi.offsetof("struct fh_ipc_peer_reply", "name") == \
+        h["offsetof(struct fh_ipc_peer_reply, name)"]
+    assert ffi.offsetof("struct fh_ipc_peer_reply", "msg") == \
+        h["offsetof(struct fh_ipc_peer_reply, msg)"]
+    assert ffi.offsetof("struct fh_ipc_reply", "peers") == \
+        h["offsetof(struct fh_ipc_reply, peers)"]
     assert ipc.HELLO_BODY.size == h["sizeof(struct fh_ipc_hello)"]
     assert ipc.WELCOME_BODY.size == h["sizeof(struct fh_ipc_welcome)"]
     assert ipc.EXIT_BODY.size == h["sizeof(struct fh_ipc_exit_notice)"]

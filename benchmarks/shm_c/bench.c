@@ -4,9 +4,9 @@
  * measure rte_ring and rte_hash, so that benchmarks/shm_c/run.py can put the
  * two side by side.  Run by hand, never by the tests; no thresholds.
  *
- *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash]
+ *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash] [heap]
  *
- * ring and hash select the parts (both when neither is named); --repeat
+ * ring, hash and heap select the parts (all when none is named); --repeat
  * runs the ring table N times (1..16) and reports each case's best run;
  * --shift sets the calls per ring case to 2^S (DPDK's 23 by default);
  * --no-huge keeps the arena off huge pages.
@@ -48,9 +48,13 @@
  * gathered from the 64-byte-stride array into a buffer inside the timing
  * (the caller's copy, timed).
  *
+ * Heap: fh_malloc/fh_free in the loops of heap_loop.h (see there), which
+ * heap_dpdk.c runs over rte_malloc/rte_free.
+ *
  * Output: a header line, then whitespace-separated figures that run.py
- * parses: "ring MODE KIND N PRODUCER CONSUMER SUM" (cycles per object) and
- * "hash NAME CYCLES" (cycles per operation).
+ * parses: "ring MODE KIND N PRODUCER CONSUMER SUM" (cycles per object),
+ * "hash NAME CYCLES" (cycles per operation) and "heap KIND SIZE CYCLES"
+ * (cycles per malloc + free).
  */
 #include <errno.h>
 #include <sched.h>
@@ -67,6 +71,7 @@
 
 #include "forkhost/arena.h"
 #include "forkhost/hash.h"
+#include "forkhost/heap.h"
 #include "forkhost/memzone.h"
 #include "forkhost/ring.h"
 
@@ -625,6 +630,21 @@ static void bench_hash(struct ctl *c)
     free(pos_c);
 }
 
+/* ------------------------------------------------------------------ heap */
+
+/* The shared heap: fh_malloc/fh_free pairs and batches (heap_loop.h, the
+ * same loops heap_dpdk.c runs over rte_malloc/rte_free), in this process
+ * pinned to CPU 0.  The heap lives in the arena created above. */
+#define HEAP_MALLOC(size) fh_malloc(size)
+#define HEAP_FREE(p) fh_free(p)
+#include "heap_loop.h"
+
+static void bench_heap(void)
+{
+    pin(0);
+    heap_cases();
+}
+
 /* TSC ticks per second, for the header line (lookups/s from cycles). */
 static double tsc_hz(void)
 {
@@ -643,7 +663,7 @@ static double tsc_hz(void)
 int main(int argc, char **argv)
 {
     const struct fh_memzone *mz;
-    int do_ring = 0, do_hash = 0, huge = 1;
+    int do_ring = 0, do_hash = 0, do_heap = 0, huge = 1;
     struct fh_arena_hdr *hdr;
     struct ctl *c;
 
@@ -652,6 +672,8 @@ int main(int argc, char **argv)
             do_ring = 1;
         else if (strcmp(argv[i], "hash") == 0)
             do_hash = 1;
+        else if (strcmp(argv[i], "heap") == 0)
+            do_heap = 1;
         else if (strcmp(argv[i], "--no-huge") == 0)
             huge = 0;
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc
@@ -662,12 +684,12 @@ int main(int argc, char **argv)
             ring_shift = (unsigned)atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--no-huge] [--repeat N] [--shift S] "
-                    "[ring] [hash]\n", argv[0]);
+                    "[ring] [hash] [heap]\n", argv[0]);
             return 2;
         }
     }
-    if (!do_ring && !do_hash)
-        do_ring = do_hash = 1;
+    if (!do_ring && !do_hash && !do_heap)
+        do_ring = do_hash = do_heap = 1;
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         fprintf(stderr, "bench: needs CPUs 0 and 1\n");
         return 1;
@@ -691,5 +713,8 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (do_hash)
         bench_hash(c);
+    fflush(stdout);
+    if (do_heap)
+        bench_heap();
     return 0;
 }

@@ -64,7 +64,7 @@ and a ratio below 1 means forkhost is faster.  What is compared:
         overlaps them with hashing), and lookups through our default
         CRC32C (no DPDK counterpart).
 
-Run with --hash-only to skip the ring rounds.
+Run with --hash-only for the hash parts alone (no ring or heap).
 
   hash, steady (--hash-ab N, default 4; 0 skips it): hash_ab.c, built
         once against libforkhost and once against DPDK (pkg-config
@@ -77,6 +77,15 @@ Run with --hash-only to skip the ring rounds.
         where one long timed loop (hash_perf_autotest's way) moves by
         up to 2x.  Printed as median (min-max) of the N runs per side and
         the ratio of the medians.
+
+Heap (the last part): fh_malloc/fh_free against rte_malloc/rte_free, the
+same loops (heap_loop.h) in bench.c and in heap_dpdk.c, which is built
+against DPDK's development files (pkg-config libdpdk) and runs on the main
+lcore of an EAL with the arguments above; cycles per malloc + free, best
+of 5 runs inside each program, one program run per side.  Note that
+rte_free clears the freed bytes (rte_zmalloc relies on it) and fh_free
+does not (fh_calloc clears on allocation), which is most of DPDK's cost for
+big blocks.
 
 This script installs nothing.  Without dpdk-test it says how to get it and
 prints our figures only.
@@ -396,12 +405,14 @@ def main() -> int:
                     help="rounds of the ring tables, best kept (1..16)")
     ap.add_argument("--no-dpdk", action="store_true",
                     help="our figures only, even when dpdk-test is installed")
+    ap.add_argument("--no-heap", action="store_true",
+                    help="skip the shared-heap part")
     ap.add_argument("--hash-rounds", type=int, default=3,
                     help="rounds of the hash tables (1..8), each one run of "
                          "ours and one of DPDK's three-minute hash test; "
                          "best, median and worst printed")
     ap.add_argument("--hash-only", action="store_true",
-                    help="skip the ring rounds")
+                    help="the hash parts only (no ring or heap)")
     ap.add_argument("--hash-ab", type=int, default=4,
                     help="alternating runs per side of hash_ab.c, the steady "
                          "hash comparison (0..16; 0 skips it)")
@@ -433,6 +444,8 @@ def main() -> int:
     hash_dpdk: list[dict] = []    # DPDK's, one parse_hash dict per round
     hash_ab: dict = {}            # {(side, locked): [hash_ab figures per run]}
     header = ""
+    heap_ours: dict = {}
+    heap_d: dict = {}
     load_before = os.getloadavg()
     try:
         exe = build(work)
@@ -465,6 +478,8 @@ def main() -> int:
                 hash_ours.append(figs)
                 if dpdk and not dpdk_first:
                     hash_dpdk.append(parse_hash(run_dpdk("hash_perf_autotest", 1800)))
+            if not a.no_heap and not a.hash_only:
+                heap_ours, heap_d = heap_round(exe, work, dpdk)
         if a.hash_ab:
             # Normal pages on both sides: outside the reservation.
             ab_fh, ab_dpdk = build_hash_ab(work)
@@ -491,10 +506,69 @@ def main() -> int:
     print_hash_table(hash_ours, hash_dpdk, float(m[1]) if m else None)
     if hash_ab:
         print_hash_ab(hash_ab)
+    if not a.no_heap and not a.hash_only:
+        print_heap(heap_ours, heap_d)
     if dpdk and ((not ring_d and not a.hash_only)
                  or not any(hash_dpdk)):
         log("note: some DPDK figures could not be parsed from dpdk-test's output")
     return 0
+
+
+# ------------------------------------------------------------------- heap
+
+def build_heap_dpdk(work: Path) -> Path | None:
+    """heap_dpdk.c against libdpdk (pkg-config), or None (said why)."""
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libdpdk"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        log("heap: DPDK's development files (pkg-config libdpdk) are missing: "
+            "our heap figures only")
+        return None
+    exe = work / "heap_dpdk"
+    build_native.run(build_native.cc() + ["-O2", "-g", "-o", str(exe),
+                                          str(HERE / "heap_dpdk.c")] + flags)
+    return exe
+
+
+def parse_heap(out: str) -> dict:
+    """{(kind, size): cycles} from "heap KIND SIZE CYCLES" lines."""
+    figures = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 4 and f[0] == "heap":
+            figures[(f[1], int(f[2]))] = float(f[3])
+    return figures
+
+
+def heap_round(exe: Path, work: Path, dpdk: str | None) -> tuple[dict, dict]:
+    """Our heap figures, then DPDK's (when dpdk-test could run, so that the
+    huge pages are reserved for it as for the other parts)."""
+    log("heap: forkhost" + (", DPDK rte_malloc" if dpdk else ""))
+    r = subprocess.run([str(exe), "heap"], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"bench heap failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    ours = parse_heap(r.stdout)
+    theirs: dict = {}
+    peer = build_heap_dpdk(work) if dpdk else None
+    if peer is not None:
+        r = subprocess.run([str(peer), *DPDK_EAL], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=600)
+        if r.returncode != 0:
+            log(f"heap_dpdk failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        theirs = parse_heap(r.stdout)
+    return ours, theirs
+
+
+def print_heap(ours: dict, theirs: dict) -> None:
+    log("heap, one process on CPU 0, cycles per malloc + free "
+        "(DPDK: rte_malloc/rte_free, which also clears the freed bytes)")
+    for kind in ("pair", "batch"):
+        for size in sorted({k[1] for k in ours if k[0] == kind}):
+            o, d = ours.get((kind, size)), theirs.get((kind, size))
+            log(f"  {kind:<5} {size:>7} bytes{'':14}{fmt(o):>10}{fmt(d):>10}"
+                f"{ratio(o, d):>10}")
 
 
 if __name__ == "__main__":

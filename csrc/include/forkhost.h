@@ -20,6 +20,7 @@
 #include "forkhost/ring.h"
 #include "forkhost/mempool.h"
 #include "forkhost/hash.h"
+#include "forkhost/heap.h"
 #include "forkhost/demo.h"
 #include "forkhost/ipc.h"
 #include "forkhost/member.h"

@@ -84,7 +84,11 @@ struct pending {
     bool               heap;    /* async: malloc'd, freed after its callback */
     bool               issuing; /* async: its caller is still sending it */
     int                nb_sent;
-    struct fh_ipc_msg *reply;   /* malloc'd when the answer arrived */
+    int                outcome; /* enum fh_ipc_peer_status, once sent */
+    pid_t              peer_pid;/* the primary asked, and its name, taken */
+    char               peer_name[FH_IPC_PEER_NAME_MAX];  /* when linked */
+    struct fh_ipc_msg *block;   /* not *_raw: the reply's (reply_block(1, 1)) */
+    struct fh_ipc_msg *reply;   /* block once the answer arrived */
     unsigned char     *raw;     /* sync, *_raw: the answer goes here as it */
     int               *raw_fds; /* came (header, param) and reply is */
     int                raw_len; /* &g_raw_answered */
@@ -162,6 +166,7 @@ static struct counters st;      /* this process's secondary side */
  * fh_ipc_attach() joins instead of g_path.  Written under g.lock by the
  * joining thread before the receive thread exists. */
 static pid_t g_peer_pid;
+static char  g_peer_name[FH_IPC_PEER_NAME_MAX];
 static char  g_refusal[256];
 static char  g_attach[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
@@ -539,12 +544,31 @@ static void wake_thread_locked(void)
         COUNT(send_failed);
 }
 
+/* The reply of p (not *_raw) as the API hands it out: its block, with the
+ * one peer entry when the request reached the primary. */
+static void fill_reply(struct pending *p, struct fh_ipc_reply *r)
+{
+    r->nb_sent = p->nb_sent;
+    r->nb_received = p->reply ? 1 : 0;
+    r->msgs = p->nb_sent ? p->block : NULL;
+    r->peers = p->nb_sent ? reply_peers(p->block, 1) : NULL;
+    if (p->nb_sent) {
+        struct fh_ipc_peer_reply *e = r->peers;
+
+        e->pid = p->peer_pid;
+        e->status = p->outcome;
+        memcpy(e->name, p->peer_name, sizeof e->name);
+        e->msg = p->reply;
+    }
+}
+
 static void run_async(struct pending *p)
 {
-    struct fh_ipc_reply r = { p->nb_sent, p->reply ? 1 : 0, p->reply };
+    struct fh_ipc_reply r;
 
+    fill_reply(p, &r);
     p->cb(&p->req, &r, p->arg);
-    free(p->reply);             /* the fds are the callback's */
+    free(p->block);             /* the fds are the callback's */
     free(p);
 }
 
@@ -559,8 +583,10 @@ static void fail_all_pending(void)
         struct pending *p = g.pending;
 
         g.pending = p->next;
-        if (!p->done && p->nb_sent && !p->reply)
+        if (!p->done && p->nb_sent && !p->reply) {
             COUNT(peer_died);
+            p->outcome = FH_IPC_PEER_DIED;
+        }
         p->done = true;
         if (p->heap && !p->issuing) {   /* an issuing one: its caller */
             p->next = due;              /* sees done and calls back */
@@ -629,14 +655,21 @@ static void handle_reply(const struct fh_ipc_hdr *h, const unsigned char *param,
                          const int *fds, int nfds)
 {
     struct pending *p, *due = NULL;
-    struct fh_ipc_msg *m;
 
-    /* A *_raw request (Python's): copied straight into its buffers. */
     pthread_mutex_lock(&g.lock);
     for (p = g.pending; p; p = p->next)
         if (p->id == h->id)
             break;
-    if (p && p->raw && !p->done && !p->reply) {
+    if (!p || p->done || p->reply) {
+        COUNT(late_replies);
+        pthread_mutex_unlock(&g.lock);
+        close_fds(fds, nfds);
+        return;
+    }
+    p->outcome = h->status == FH_IPC_NO_ACTION ? FH_IPC_PEER_NO_ACTION
+                                               : FH_IPC_PEER_ANSWERED;
+    if (p->raw) {
+        /* A *_raw request (Python's): copied straight into its buffers. */
         memcpy(p->raw, h, FH_IPC_HDR_SIZE);
         memcpy(p->raw + FH_IPC_HDR_SIZE, param, h->param_len);
         memcpy(p->raw_fds, fds, nfds * sizeof(int));
@@ -647,25 +680,9 @@ static void handle_reply(const struct fh_ipc_hdr *h, const unsigned char *param,
         pthread_mutex_unlock(&g.lock);
         return;
     }
-    pthread_mutex_unlock(&g.lock);
-    m = malloc(sizeof *m);
-    if (!m) {
-        close_fds(fds, nfds);
-        return;
-    }
-    fill_msg(m, h, param, fds, nfds);
-    pthread_mutex_lock(&g.lock);
-    for (p = g.pending; p; p = p->next)
-        if (p->id == h->id)
-            break;
-    if (!p || p->done || p->reply) {
-        COUNT(late_replies);
-        pthread_mutex_unlock(&g.lock);
-        close_fds(m->fds, m->num_fds);
-        free(m);
-        return;
-    }
-    p->reply = m;
+    /* Into the block made with the request: nothing to allocate now. */
+    fill_msg(p->block, h, param, fds, nfds);
+    p->reply = p->block;
     if (p->heap && p->issuing) {
         /* Its caller has not finished sending: it hands it back to us
          * (deadline now) when it has, and expire_async() calls back. */
@@ -917,6 +934,7 @@ static void lead(struct pending *p)
             pthread_mutex_lock(&g.lock);
             if (!p->done) {
                 COUNT(peer_died);
+                p->outcome = FH_IPC_PEER_DIED;
                 p->done = true;
             }
             /* release: as in ipc_thread(); from now on calls fail with
@@ -1054,7 +1072,7 @@ static void atfork_child(void)
     for (struct pending *q = g.due; q;) {         /* unlinked from g.pending */
         struct pending *next = q->next;
 
-        free(q->reply);
+        free(q->block);
         free(q);
         q = next;
     }
@@ -1079,7 +1097,7 @@ static void atfork_child(void)
         struct pending *next = p->next;   /* that do not exist here */
 
         if (p->heap) {
-            free(p->reply);
+            free(p->block);
             free(p);
         }
         p = next;
@@ -1087,6 +1105,7 @@ static void atfork_child(void)
     g.pending = NULL;
     g_attach[0] = '\0';        /* an attached parent's: not ours */
     g_peer_pid = 0;
+    g_peer_name[0] = '\0';
     /* relaxed: the child is single-threaded here. */
     atomic_store_explicit(&g_masked, false, memory_order_relaxed);
     atomic_store_explicit(&g_want_rx, false, memory_order_relaxed);
@@ -1193,6 +1212,7 @@ static int start_locked(void)
     if (await_welcome(fd, &w) < 0)
         goto fail;
     g_peer_pid = w.primary_pid;
+    fh__ipc_comm(g_peer_pid, g_peer_name);
     {
         /* Only a leader's blocking read uses it: everyone else reads with
          * MSG_DONTWAIT. */
@@ -1276,6 +1296,25 @@ static int ensure_started(void)
 
 /* -- shared with ipc_primary.c (ipc_internal.h) ----------------------------- */
 
+void fh__ipc_comm(pid_t pid, char *out)
+{
+    char path[32];
+    ssize_t n = 0;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, out, FH_IPC_PEER_NAME_MAX - 1);
+        close(fd);
+    }
+    if (n < 0)
+        n = 0;
+    if (n > 0 && out[n - 1] == '\n')
+        n--;
+    out[n] = '\0';
+}
+
 int fh__ipc_check_flat(const char *name, int len_param, const int *fds,
                        int num_fds, bool user)
 {
@@ -1336,6 +1375,7 @@ FH_API int fh_ipc_set_primary(const char *path, pid_t primary_pid)
 FH_API const char *fh_ipc_socket_path(void) { return g_path; }
 FH_API pid_t fh_ipc_primary_pid(void) { return g_primary_pid; }
 FH_API pid_t fh_ipc_peer_pid(void) { return g_peer_pid; }
+FH_API const char *fh_ipc_peer_name(void) { return g_peer_name; }
 FH_API const char *fh_ipc_refusal(void) { return g_refusal; }
 
 FH_API int fh_ipc_start(void)
@@ -1451,16 +1491,19 @@ FH_API int fh_ipc_send(const struct fh_ipc_msg *msg)
                            msg->num_fds);
 }
 
-/* A sync request, checked.  The reply's msgs are malloc'd (or NULL). */
+/* A sync request, checked.  The reply's msgs and peers are one malloc'd
+ * block (or NULL); a *_raw one (raw) gets its answer in raw and what
+ * became of it in *raw_outcome. */
 static int request_sync(const char *name, const void *param, int len_param,
                         const int *fds, int num_fds, long ms,
                         struct fh_ipc_reply *reply, void *raw, int *raw_fds,
-                        int *raw_len)
+                        int *raw_len, int *raw_outcome)
 {
     struct pending p;
 
     reply->nb_sent = reply->nb_received = 0;
     reply->msgs = NULL;
+    reply->peers = NULL;
     if (t_on_ipc_thread) {
         errno = EDEADLK;        /* we are the thread that would receive it */
         return -1;
@@ -1474,6 +1517,9 @@ static int request_sync(const char *name, const void *param, int len_param,
     memset(&p, 0, sizeof p);    /* req unused: sync requests return */
     p.raw = raw;
     p.raw_fds = raw_fds;
+    p.outcome = FH_IPC_PEER_TIMED_OUT;  /* unless something else happens */
+    if (!raw && !(p.block = reply_block(1, 1)))
+        return -1;
     p.id = atomic_fetch_add_explicit(&g_next_id, 1, memory_order_relaxed);
     now_plus(&p.deadline, ms);
 
@@ -1484,8 +1530,11 @@ static int request_sync(const char *name, const void *param, int len_param,
         pthread_mutex_unlock(&g.lock);
         if (lead_it)
             pthread_mutex_unlock(&g.rx);
+        free(p.block);
         return 0;               /* nb_sent 0: the primary is gone */
     }
+    p.peer_pid = g_peer_pid;    /* (a stop resets them) */
+    memcpy(p.peer_name, g_peer_name, sizeof p.peer_name);
     p.next = g.pending;         /* linked before sending: the reply can */
     g.pending = &p;             /* arrive before sendmsg returns */
     pthread_mutex_unlock(&g.lock);
@@ -1515,11 +1564,16 @@ static int request_sync(const char *name, const void *param, int len_param,
     unlink_pending_locked(&p);
     pthread_mutex_unlock(&g.lock);
 
-    reply->nb_sent = p.nb_sent;
-    reply->nb_received = p.reply ? 1 : 0;
-    reply->msgs = p.reply == &g_raw_answered ? NULL : p.reply;
-    if (raw_len)
-        *raw_len = p.reply == &g_raw_answered ? p.raw_len : 0;
+    if (raw) {
+        reply->nb_sent = p.nb_sent;
+        reply->nb_received = p.reply ? 1 : 0;
+        *raw_len = p.reply ? p.raw_len : 0;
+        *raw_outcome = p.outcome;
+        return 0;
+    }
+    fill_reply(&p, reply);
+    if (!p.nb_sent)
+        free(p.block);
     return 0;
 }
 
@@ -1533,26 +1587,27 @@ FH_API int fh_ipc_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *rep
     if (fh__ipc_primary_here())
         return fh__ipc_primary_request(req, 0, reply, ts);
     return request_sync(req->name, req->param, req->len_param, req->fds,
-                        req->num_fds, timeout_ms(ts), reply, NULL, NULL, NULL);
+                        req->num_fds, timeout_ms(ts), reply, NULL, NULL, NULL, NULL);
 }
 
 FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param,
                               const int *fds, int num_fds, double timeout,
-                              void *record, int *reply_fds, int *nb_sent)
+                              void *record, int *reply_fds, int *out)
 {
     struct fh_ipc_reply r;
     long ms = seconds_to_ms(timeout);
     int len = 0;
 
-    if (!record || !reply_fds || !nb_sent) {
+    if (!record || !reply_fds || !out) {
         errno = EINVAL;
         return -1;
     }
-    *nb_sent = 0;
+    out[0] = 0;
+    out[1] = FH_IPC_PEER_TIMED_OUT;
     if (request_sync(name, param, len_param, fds, num_fds, ms, &r, record, reply_fds,
-                     &len) < 0)
+                     &len, &out[1]) < 0)
         return -1;
-    *nb_sent = r.nb_sent;
+    out[0] = r.nb_sent;
     return len;
 }
 
@@ -1572,6 +1627,12 @@ static int request_async(const char *name, const void *param, int len_param,
     p = calloc(1, sizeof *p);
     if (!p)
         return -1;
+    p->block = reply_block(1, 1);
+    if (!p->block) {
+        free(p);
+        return -1;
+    }
+    p->outcome = FH_IPC_PEER_TIMED_OUT;
     p->heap = true;
     p->issuing = true;
     p->cb = callback;
@@ -1587,10 +1648,13 @@ static int request_async(const char *name, const void *param, int len_param,
     pthread_mutex_lock(&g.lock);
     if (!accepting_locked()) {
         pthread_mutex_unlock(&g.lock);
+        free(p->block);
         free(p);
         errno = ENOTCONN;
         return -1;
     }
+    p->peer_pid = g_peer_pid;
+    memcpy(p->peer_name, g_peer_name, sizeof p->peer_name);
     p->next = g.pending;
     g.pending = p;
     pthread_mutex_unlock(&g.lock);
@@ -1751,6 +1815,7 @@ FH_API int fh_ipc_leave(int bye)
     atomic_store_explicit(&g_want_rx, false, memory_order_relaxed);
     g_attach[0] = '\0';
     g_peer_pid = 0;
+    g_peer_name[0] = '\0';
     /* relaxed: every reader of the state takes g.lock or sees ST_IDLE,
      * which makes it start again under g.lock. */
     atomic_store_explicit(&g_state, ST_IDLE, memory_order_relaxed);

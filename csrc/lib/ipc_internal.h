@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
@@ -110,7 +111,36 @@ static inline int may_reply(const struct fh__ipc_peer *pr,
     return 0;
 }
 
+/* A reply's block (struct fh_ipc_reply): nmsgs answers, then npeers peer
+ * entries, aligned, in one allocation starting at the answers, so that
+ * free(reply->msgs) frees both.  Allocated when a request is made, for
+ * every peer it may reach, so that nothing needs memory once answers come
+ * in.  NULL with ENOMEM. */
+static inline size_t reply_peers_offset(int nmsgs)
+{
+    size_t a = _Alignof(struct fh_ipc_peer_reply);
+
+    return ((size_t)nmsgs * sizeof(struct fh_ipc_msg) + a - 1) / a * a;
+}
+
+static inline struct fh_ipc_msg *reply_block(int nmsgs, int npeers)
+{
+    return malloc(reply_peers_offset(nmsgs)
+                  + (size_t)(npeers > 0 ? npeers : 1) * sizeof(struct fh_ipc_peer_reply));
+}
+
+static inline struct fh_ipc_peer_reply *reply_peers(struct fh_ipc_msg *block,
+                                                    int nmsgs)
+{
+    return (struct fh_ipc_peer_reply *)(void *)((char *)block
+                                                + reply_peers_offset(nmsgs));
+}
+
 /* -- defined once in ipc.c ------------------------------------------------ */
+
+/* A process's name as a peer entry shows it: /proc/PID/comm without its
+ * newline, "" when it cannot be read (out: FH_IPC_PEER_NAME_MAX bytes). */
+void fh__ipc_comm(pid_t pid, char *out);
 
 /* 0, or -1 with errno for what a sender must refuse before anything goes
  * out (docs/ipc.md "Checks"); user: the reserved namespace is refused. */

@@ -53,21 +53,29 @@ struct conn {
     int             fd;
     pid_t           pid;        /* SO_PEERCRED at accept */
     pid_t           ppid;       /* from its HELLO */
+    char            name[FH_IPC_PEER_NAME_MAX];  /* its comm at HELLO */
     bool            joined;     /* said HELLO: a member */
     bool            closing;    /* dropped: closed once users is 0 */
     int             users;      /* threads sending on it outside P.lock */
     struct timespec hello_deadline;
 };
 
+/* fh_ipc_peer_reply.status of a peer that may still answer. */
+#define PEER_WAITING (-1)
+
+/* A request of ours.  Its reply's block (reply_block()) is made with it,
+ * with room for an answer and an entry from every member it goes to, so
+ * that answers never need memory. */
 struct preq {
     struct preq       *next;
     uint64_t           id;
     bool               done, issuing;
     int                nb_sent;
-    struct conn      **waiting; /* reached, not answered (P.lock) */
-    int                nwaiting;
-    struct fh_ipc_msg *msgs;    /* the answers, malloc'd, in arrival order */
-    int                nmsgs, capmsgs;
+    struct conn      **conns;   /* the members it went to (P.lock) ... */
+    struct fh_ipc_peer_reply *peers;   /* ... and what became of each */
+    int                npeers, nwaiting;   /* ... PEER_WAITING ones */
+    struct fh_ipc_msg *msgs;    /* the block: answers in arrival order */
+    int                nmsgs;
     struct timespec    deadline;/* CLOCK_MONOTONIC */
     fh_ipc_async_t     cb;      /* NULL: sync */
     void              *arg;
@@ -165,16 +173,38 @@ static void release_locked(struct conn *c)
     }
 }
 
-/* With P.lock: stop waiting for c in p; false when p was not. */
-static bool unwait_locked(struct preq *p, struct conn *c)
+/* With P.lock: p's entry for c if it still waits for c, else NULL. */
+static struct fh_ipc_peer_reply *waiting_for_locked(struct preq *p, struct conn *c)
 {
-    for (int i = 0; i < p->nwaiting; i++) {
-        if (p->waiting[i] == c) {
-            p->waiting[i] = p->waiting[--p->nwaiting];
-            return true;
-        }
-    }
-    return false;
+    for (int i = 0; i < p->npeers; i++)
+        if (p->conns[i] == c && p->peers[i].status == PEER_WAITING)
+            return &p->peers[i];
+    return NULL;
+}
+
+/* With P.lock: c's entry in p says status now; false when p did not wait
+ * for c. */
+static bool settle_locked(struct preq *p, struct conn *c, int status)
+{
+    struct fh_ipc_peer_reply *e = waiting_for_locked(p, c);
+
+    if (!e)
+        return false;
+    e->status = status;
+    p->nwaiting--;
+    return true;
+}
+
+/* With P.lock: every member p still waits for gets status; how many. */
+static int settle_all_locked(struct preq *p, int status)
+{
+    int n = p->nwaiting;
+
+    for (int i = 0; i < p->npeers; i++)
+        if (p->peers[i].status == PEER_WAITING)
+            p->peers[i].status = status;
+    p->nwaiting = 0;
+    return n;
 }
 
 /* With P.lock: p is complete; a sync requester wakes up. */
@@ -203,7 +233,7 @@ static void await_done(struct preq *p)
             break;
     }
     if (!p->done) {
-        COUNT_N(timeouts, p->nwaiting);
+        COUNT_N(timeouts, settle_all_locked(p, FH_IPC_PEER_TIMED_OUT));
         finish_locked(p);
     }
     pthread_mutex_unlock(&P.lock);
@@ -211,17 +241,27 @@ static void await_done(struct preq *p)
 
 static void free_preq(struct preq *p)
 {
-    free(p->waiting);
+    free(p->conns);
     free(p->msgs);
     free(p);
+}
+
+/* A complete request's reply as the API hands it out. */
+static void fill_reply(const struct preq *p, struct fh_ipc_reply *r)
+{
+    r->nb_sent = p->nb_sent;
+    r->nb_received = p->nmsgs;
+    r->msgs = p->nb_sent ? p->msgs : NULL;
+    r->peers = p->nb_sent ? p->peers : NULL;
 }
 
 /* An async request is complete: its callback, then it is gone (the fds of
  * the answers are the callback's). */
 static void run_async(struct preq *p)
 {
-    struct fh_ipc_reply r = { p->nb_sent, p->nmsgs, p->nmsgs ? p->msgs : NULL };
+    struct fh_ipc_reply r;
 
+    fill_reply(p, &r);
     p->cb(&p->req, &r, p->arg);
     free_preq(p);
 }
@@ -366,20 +406,27 @@ static int issue(const char *name, const void *param, int len, const int *fds,
         return -1;
     }
     n = targets_locked(to, 0, &t);
-    p->waiting = n >= 0 ? malloc((size_t)(n ? n : 1) * sizeof *p->waiting) : NULL;
+    p->conns = n >= 0 ? malloc((size_t)(n ? n : 1) * sizeof *p->conns) : NULL;
+    p->msgs = n >= 0 ? reply_block(n, n) : NULL;
     ok = n >= 0 ? calloc((size_t)(n ? n : 1), sizeof *ok) : NULL;
-    if (!p->waiting || !ok) {
+    if (!p->conns || !p->msgs || !ok) {
         pthread_mutex_unlock(&P.lock);
         if (n >= 0)
             untarget(t, n);
-        free(p->waiting);
         free(ok);
-        free(p);
+        free_preq(p);
         errno = ENOMEM;
         return -1;
     }
-    memcpy(p->waiting, t, (size_t)n * sizeof *t);
-    p->nwaiting = n;
+    memcpy(p->conns, t, (size_t)n * sizeof *t);
+    p->peers = reply_peers(p->msgs, n);
+    for (int i = 0; i < n; i++) {
+        p->peers[i].pid = t[i]->pid;
+        p->peers[i].status = PEER_WAITING;
+        memcpy(p->peers[i].name, t[i]->name, sizeof p->peers[i].name);
+        p->peers[i].msg = NULL;
+    }
+    p->npeers = p->nwaiting = n;
     p->id = P.next_id++;
     p->next = P.pending;
     P.pending = p;
@@ -390,9 +437,18 @@ static int issue(const char *name, const void *param, int len, const int *fds,
         sent += ok[i];
     }
     pthread_mutex_lock(&P.lock);
-    for (int i = 0; i < n; i++)
-        if (!ok[i])
-            unwait_locked(p, t[i]);
+    /* The members it did not reach are not in the reply: nb_sent entries,
+     * in the order it went to them. */
+    p->npeers = 0;
+    for (int i = 0; i < n; i++) {
+        if (!ok[i]) {
+            if (p->peers[i].status == PEER_WAITING)
+                p->nwaiting--;
+            continue;
+        }
+        p->conns[p->npeers] = p->conns[i];
+        p->peers[p->npeers++] = p->peers[i];
+    }
     p->nb_sent = sent;
     p->issuing = false;
     if (p->nwaiting == 0 && !p->done) {
@@ -438,6 +494,7 @@ int fh__ipc_primary_request(const struct fh_ipc_msg *req, pid_t to,
 
     reply->nb_sent = reply->nb_received = 0;
     reply->msgs = NULL;
+    reply->peers = NULL;
     if (t_ipc_thread) {
         errno = EDEADLK;        /* the thread that would receive the answers */
         return -1;
@@ -452,12 +509,10 @@ int fh__ipc_primary_request(const struct fh_ipc_msg *req, pid_t to,
               to, NULL, NULL, &p) < 0)
         return -1;
     await_done(p);
-    reply->nb_sent = p->nb_sent;
-    reply->nb_received = p->nmsgs;
-    reply->msgs = p->nmsgs ? p->msgs : NULL;
-    if (!p->nmsgs)
+    fill_reply(p, reply);
+    if (!p->nb_sent)
         free(p->msgs);
-    free(p->waiting);
+    free(p->conns);
     free(p);
     return 0;
 }
@@ -587,7 +642,7 @@ static void drop(struct conn *c, bool bye)
     c->closing = true;
     for (struct preq *p = P.pending, *next; p; p = next) {
         next = p->next;
-        if (unwait_locked(p, c)) {
+        if (settle_locked(p, c, FH_IPC_PEER_DIED)) {
             COUNT(peer_died);
             if (p->nwaiting == 0 && !p->issuing) {
                 finish_locked(p);
@@ -611,31 +666,28 @@ static void reply_in(struct conn *c, const struct fh_ipc_hdr *h,
                      const unsigned char *param, const int *fds, int nfds)
 {
     struct preq *p;
+    struct fh_ipc_peer_reply *e = NULL;
     bool complete = false;
 
     pthread_mutex_lock(&P.lock);
     for (p = P.pending; p; p = p->next)
         if (p->id == h->id)
             break;
-    if (!p || p->done || !unwait_locked(p, c)) {
+    if (p && !p->done)
+        e = waiting_for_locked(p, c);
+    if (!e) {
         COUNT(late_replies);
         pthread_mutex_unlock(&P.lock);
         close_fds(fds, nfds);
         return;
     }
-    if (p->nmsgs == p->capmsgs) {
-        int cap = p->capmsgs ? 2 * p->capmsgs : 4;
-        struct fh_ipc_msg *m = realloc(p->msgs, (size_t)cap * sizeof *m);
-
-        if (!m) {               /* not answered, as far as it can tell */
-            pthread_mutex_unlock(&P.lock);
-            close_fds(fds, nfds);
-            return;
-        }
-        p->msgs = m;
-        p->capmsgs = cap;
-    }
+    /* One answer per member it went to: the block has room. */
     struct fh_ipc_msg *m = &p->msgs[p->nmsgs++];
+
+    e->status = h->status == FH_IPC_NO_ACTION ? FH_IPC_PEER_NO_ACTION
+                                              : FH_IPC_PEER_ANSWERED;
+    e->msg = m;
+    p->nwaiting--;
 
     memcpy(m->name, h->name, FH_IPC_NAME_MAX);
     m->len_param = (int)h->param_len;
@@ -894,6 +946,7 @@ static int read_first(struct conn *c)
     memcpy(&hello, buf.bytes + FH_IPC_HDR_SIZE, sizeof hello);
     if (fh_ipc_loop_watch(P.loop, c->fd, FH_IPC_WATCH_RECORDS) < 0)
         return FIRST_GONE;
+    fh__ipc_comm(c->pid, c->name);     /* (its requests' peer entries) */
     pthread_mutex_lock(&P.lock);
     c->ppid = hello.ppid;
     c->joined = true;
@@ -1023,7 +1076,7 @@ static long tick(void)
     for (struct preq *p = P.pending, *next; p; p = next) {
         next = p->next;
         if (p->cb && !p->issuing && ms_until(&p->deadline) == 0) {
-            COUNT_N(timeouts, p->nwaiting);
+            COUNT_N(timeouts, settle_all_locked(p, FH_IPC_PEER_TIMED_OUT));
             finish_locked(p);
             p->next = expired;
             expired = p;
@@ -1405,8 +1458,7 @@ FH_API int fh_ipc_primary_stop(unsigned grace_ms)
     while (P.pending) {
         struct preq *p = P.pending;
 
-        COUNT_N(peer_died, p->nwaiting);
-        p->nwaiting = 0;
+        COUNT_N(peer_died, settle_all_locked(p, FH_IPC_PEER_DIED));
         if (p->issuing) {       /* its issuer completes it */
             P.pending = p->next;
             p->next = NULL;

@@ -8,7 +8,9 @@
  * Covered: argument checks at the sender, registration rules, HELLO and
  * WELCOME, a message each way with an fd that is usable on the other side,
  * sync and async requests answered, unanswered (timeout) and cut short by
- * the primary's death, replies from actions (OK, NO_ACTION, ACTION_FAILED),
+ * the primary's death, with the one peer entry of each reply (answered,
+ * no such action, timed out, died), replies from actions (OK, NO_ACTION,
+ * ACTION_FAILED),
  * a sync request from an action refused with EDEADLK, malformed records
  * (a zero-length one among them) counted and survived, and what a forked child of a member inherits.
  */
@@ -171,6 +173,10 @@ static void fake_primary(int listener, pid_t member)
     fp_recv(c, &r, FH_IPC_REQUEST, "async");
     fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "async", "done", 4, NULL, 0);
 
+    /* 6b. a request the fake has no action for: NO_ACTION */
+    fp_recv(c, &r, FH_IPC_REQUEST, "nobody");
+    fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_NO_ACTION, "nobody", NULL, 0, NULL, 0);
+
     /* 7. a request, then we die: the secondary must not wait 10 s */
     fp_recv(c, &r, FH_IPC_REQUEST, "dies");
     _exit(0);
@@ -182,8 +188,36 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int notes;
 static char last_note[64];
-static int async_done, async_received;
+static int async_done, async_received, async_peer_ok;
 static char async_param[16];
+static char fake_comm[FH_IPC_PEER_NAME_MAX];
+
+/* What a peer entry names pid: its comm. */
+static void comm_of(pid_t pid, char *out)
+{
+    char path[32];
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+    out[0] = '\0';
+    f = fopen(path, "r");
+    if (f) {
+        if (fgets(out, FH_IPC_PEER_NAME_MAX, f))
+            out[strcspn(out, "\n")] = '\0';
+        fclose(f);
+    }
+}
+
+/* rep's one peer entry is the fake primary's, with status. */
+static int peer_is(const struct fh_ipc_reply *rep, pid_t fake, int status)
+{
+    const struct fh_ipc_peer_reply *e = rep->peers;
+
+    return e && e->pid == fake && e->status == status
+           && strcmp(e->name, fake_comm) == 0 && fake_comm[0]
+           && (status == FH_IPC_PEER_ANSWERED || status == FH_IPC_PEER_NO_ACTION
+               ? e->msg == &rep->msgs[0] : e->msg == NULL);
+}
 
 static void wait_for(int *what, int n)
 {
@@ -246,6 +280,10 @@ static void on_async(const struct fh_ipc_msg *req, const struct fh_ipc_reply *re
     CHECK(arg == (void *)&async_done && strcmp(req->name, "async") == 0, "cb args");
     pthread_mutex_lock(&lock);
     async_received = reply->nb_sent * 10 + reply->nb_received;
+    async_peer_ok = reply->peers && reply->peers[0].status == FH_IPC_PEER_ANSWERED
+                    && reply->peers[0].msg == &reply->msgs[0]
+                    && reply->peers[0].pid == fh_ipc_peer_pid()
+                    && strcmp(reply->peers[0].name, fake_comm) == 0;
     if (reply->nb_received)
         snprintf(async_param, sizeof async_param, "%.*s", reply->msgs[0].len_param,
                  (char *)reply->msgs[0].param);
@@ -340,7 +378,10 @@ static void test_with_fake_primary(void)
           "stored");
 
     /* registering joins */
+    comm_of(fake, fake_comm);
     CHECK(fh_ipc_register("note", on_note) == 0, "register note");
+    CHECK(fh_ipc_peer_pid() == fake && strcmp(fh_ipc_peer_name(), fake_comm) == 0,
+          "the primary's pid and name: %s", fh_ipc_peer_name());
     CHECK(fh_ipc_register("echo2", on_echo2) == 0 &&
           fh_ipc_register("fails", fht_action_fails) == 0 &&
           fh_ipc_register("recurse", on_recurse) == 0, "register");
@@ -365,6 +406,7 @@ static void test_with_fake_primary(void)
     CHECK(rep.nb_sent == 1 && rep.nb_received == 1 && rep.msgs[0].status == FH_IPC_OK
           && rep.msgs[0].len_param == 6 && memcmp(rep.msgs[0].param, "re:abc", 6) == 0
           && rep.msgs[0].pid == fake && rep.msgs[0].num_fds == 1, "reply");
+    CHECK(peer_is(&rep, fake, FH_IPC_PEER_ANSWERED), "peer: answered");
     CHECK(read(rep.msgs[0].fds[0], buf, sizeof buf) == 9, "fd from the reply");
     close(rep.msgs[0].fds[0]);
     free(rep.msgs);
@@ -376,7 +418,9 @@ static void test_with_fake_primary(void)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK(fh_ipc_request(m, &rep, &ts) == 0, "request");
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    CHECK(rep.nb_sent == 1 && rep.nb_received == 0 && rep.msgs == NULL, "timed out");
+    CHECK(rep.nb_sent == 1 && rep.nb_received == 0, "timed out");
+    CHECK(peer_is(&rep, fake, FH_IPC_PEER_TIMED_OUT), "peer: timed out");
+    free(rep.msgs);
     CHECK((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 >= 190,
           "waited for the timeout");
     set_name(m, "timed_out");
@@ -410,6 +454,15 @@ static void test_with_fake_primary(void)
     CHECK(fh_ipc_request_async(m, NULL, on_async, &async_done) == 0, "async");
     wait_for(&async_done, 1);
     CHECK(async_received == 11 && strcmp(async_param, "done") == 0, "async reply");
+    CHECK(async_peer_ok, "async: the peer answered");
+
+    /* 5b. no such action at the primary: answered NO_ACTION */
+    set_name(m, "nobody");
+    CHECK(fh_ipc_request(m, &rep, NULL) == 0, "request");
+    CHECK(rep.nb_sent == 1 && rep.nb_received == 1
+          && rep.msgs[0].status == FH_IPC_NO_ACTION, "NO_ACTION");
+    CHECK(peer_is(&rep, fake, FH_IPC_PEER_NO_ACTION), "peer: no action");
+    free(rep.msgs);
 
     /* 6. the primary dies mid-request: answered (unanswered) at once */
     set_name(m, "dies");
@@ -419,6 +472,8 @@ static void test_with_fake_primary(void)
     CHECK(fh_ipc_request(m, &rep, &ts) == 0, "request");
     clock_gettime(CLOCK_MONOTONIC, &t1);
     CHECK(rep.nb_sent == 1 && rep.nb_received == 0, "unanswered");
+    CHECK(peer_is(&rep, fake, FH_IPC_PEER_DIED), "peer: died");
+    free(rep.msgs);
     CHECK(t1.tv_sec - t0.tv_sec < 5, "not the whole timeout");
     CHECK(waitpid(fake, &status, 0) == fake && WIFEXITED(status) &&
           WEXITSTATUS(status) == 0, "the fake primary: status %d", status);

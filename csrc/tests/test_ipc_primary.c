@@ -14,13 +14,18 @@
  * into forkhost.exit (to the members and the primary's own action); BYE;
  * a sync request from another thread (an fd in its answer), and one that
  * the stop completes unanswered; a silent connection closed after
- * HELLO_TIMEOUT; forkhost.shutdown answered and waited for; the socket
+ * HELLO_TIMEOUT; a broadcast request, sync and async, whose reply lists
+ * every member it reached with what became of it there (answered, no such
+ * action, timed out, killed while it was pending: forked members), with
+ * nb_sent, nb_received and msgs agreeing; forkhost.shutdown answered and
+ * waited for; the socket
  * removed; sync requests refused on the IPC thread; no fd left behind.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +263,194 @@ static void *requester(void *arg)
     return NULL;
 }
 
+/* -- the peer entries of a reply --------------------------------------- */
+
+/* A member in a forked child, joined as a secondary (so that its end is
+ * no forkhost.exit), for one request: 'n' answers NO_ACTION, 's' stays
+ * silent, 'k' says "g" on *ctl and waits to be killed.  Exits when told. */
+static pid_t peer_child(char mode, int *ctl)
+{
+    int sv[2];
+    pid_t pid;
+    char c;
+
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0, "socketpair");
+    pid = fork_child();
+    if (pid == 0) {
+        struct fht_rec r;
+        int fd;
+
+        close(sv[0]);
+        fd = join(TPL);
+        CHECK(write(sv[1], "j", 1) == 1, "joined");
+        CHECK(recv_rec(fd, &r) == 1 && r.h.type == FH_IPC_REQUEST, "a request");
+        if (mode == 'n')
+            send_rec(fd, FH_IPC_REPLY, r.h.id, FH_IPC_NO_ACTION, r.h.name, NULL, 0,
+                     NULL, 0);
+        else if (mode == 'k')
+            CHECK(write(sv[1], "g", 1) == 1, "got it");
+        CHECK(read(sv[1], &c, 1) == 1, "told to exit");
+        _exit(0);
+    }
+    close(sv[1]);
+    *ctl = sv[0];
+    CHECK(read(sv[0], &c, 1) == 1, "the child joined");
+    return pid;
+}
+
+static void close_fds_of(const struct fh_ipc_msg *m)
+{
+    for (int i = 0; i < m->num_fds; i++)
+        close(m->fds[i]);
+}
+
+/* What a reply said, copied out of an async callback (its block is freed
+ * when the callback returns). */
+struct who {
+    int   nb_sent, nb_received, n;
+    pid_t pid[4];
+    int   status[4], msg_status[4];     /* msg_status -1: no msg */
+    char  name[4][FH_IPC_PEER_NAME_MAX];
+    bool  consistent;                   /* msgs and peers agree */
+};
+
+static void who_of(const struct fh_ipc_reply *rep, struct who *w)
+{
+    int answers = 0;
+
+    memset(w, 0, sizeof *w);
+    w->nb_sent = rep->nb_sent;
+    w->nb_received = rep->nb_received;
+    w->consistent = rep->nb_sent == 0 ? !rep->peers && !rep->msgs : rep->peers != NULL;
+    for (int i = 0; i < rep->nb_sent && i < 4; i++) {
+        const struct fh_ipc_peer_reply *e = &rep->peers[i];
+        bool has_msg = e->status == FH_IPC_PEER_ANSWERED
+                       || e->status == FH_IPC_PEER_NO_ACTION;
+
+        w->pid[i] = e->pid;
+        w->status[i] = e->status;
+        memcpy(w->name[i], e->name, sizeof w->name[i]);
+        w->msg_status[i] = e->msg ? e->msg->status : -1;
+        answers += has_msg;
+        if (has_msg != (e->msg != NULL)
+            || (e->msg && (e->msg < rep->msgs || e->msg >= rep->msgs + rep->nb_received
+                           || e->msg->pid != e->pid)))
+            w->consistent = false;
+        if (e->msg)
+            close_fds_of(e->msg);
+    }
+    w->n = rep->nb_sent < 4 ? rep->nb_sent : 4;
+    if (answers != rep->nb_received)
+        w->consistent = false;
+}
+
+static struct who g_who;
+
+static void on_who(const struct fh_ipc_msg *req, const struct fh_ipc_reply *rep,
+                   void *arg)
+{
+    (void)req;
+    (void)arg;
+    who_of(rep, &g_who);
+    note("who");
+}
+
+struct who_req {
+    struct fh_ipc_reply rep;
+    int                 rc;
+};
+
+static const struct timespec who_timeout = { 3, 0 };
+
+static void *who_requester(void *arg)
+{
+    struct who_req *r = arg;
+    struct fh_ipc_msg m;
+
+    memset(&m, 0, sizeof m);
+    strcpy(m.name, "who");
+    r->rc = fh_ipc_request(&m, &r->rep, &who_timeout);
+    return NULL;
+}
+
+/* The entry of pid in w, or -1. */
+static int who_index(const struct who *w, pid_t pid)
+{
+    for (int i = 0; i < w->n; i++)
+        if (w->pid[i] == pid)
+            return i;
+    return -1;
+}
+
+/* A broadcast request to a (this process, answers OK), a member without
+ * the action, a silent one and one killed while the request is pending:
+ * each is listed with what became of the request there. */
+static void test_peer_entries(int a, bool async)
+{
+    char comm[FH_IPC_PEER_NAME_MAX] = "";
+    int n_ctl, s_ctl, k_ctl, fd;
+    pid_t n, s, k;
+    struct fht_rec r;
+    struct who w;
+    struct who_req wr;
+    pthread_t t;
+    char c;
+
+    fd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0 && read(fd, comm, sizeof comm - 1) > 0, "comm");
+    close(fd);
+    comm[strcspn(comm, "\n")] = '\0';
+    n = peer_child('n', &n_ctl);
+    s = peer_child('s', &s_ctl);
+    k = peer_child('k', &k_ctl);
+    wait_members(4);
+    if (async) {
+        struct fh_ipc_msg m;
+
+        memset(&m, 0, sizeof m);
+        strcpy(m.name, "who");
+        CHECK(fh_ipc_request_async(&m, &who_timeout, on_who, NULL) == 0, "async who");
+    } else {
+        CHECK(pthread_create(&t, NULL, who_requester, &wr) == 0, "requester");
+    }
+    CHECK(recv_rec(a, &r) == 1 && r.h.type == FH_IPC_REQUEST
+          && strcmp(r.h.name, "who") == 0, "a's request");
+    send_rec(a, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "who", "A", 1, NULL, 0);
+    CHECK(read(k_ctl, &c, 1) == 1 && c == 'g', "k has the request");
+    CHECK(kill(k, SIGKILL) == 0 && reap(k) == 128 + SIGKILL, "k killed");
+    close(k_ctl);
+    if (async) {
+        expect_note("who");
+        w = g_who;
+    } else {
+        CHECK(pthread_join(t, NULL) == 0 && wr.rc == 0, "the request returned");
+        who_of(&wr.rep, &w);
+        free(wr.rep.msgs);
+    }
+    CHECK(w.nb_sent == 4 && w.nb_received == 2 && w.n == 4 && w.consistent,
+          "4 reached, 2 answered (%d %d)", w.nb_sent, w.nb_received);
+    {
+        pid_t pids[4] = { getpid(), n, s, k };
+        int want[4] = { FH_IPC_PEER_ANSWERED, FH_IPC_PEER_NO_ACTION,
+                        FH_IPC_PEER_TIMED_OUT, FH_IPC_PEER_DIED };
+        int msg_status[4] = { FH_IPC_OK, FH_IPC_NO_ACTION, -1, -1 };
+
+        for (int i = 0; i < 4; i++) {
+            int j = who_index(&w, pids[i]);
+
+            CHECK(j >= 0 && w.status[j] == want[i] && w.msg_status[j] == msg_status[i]
+                  && strcmp(w.name[j], comm) == 0, "pid %d: status %d (%d), name '%s'",
+                  (int)pids[i], j >= 0 ? w.status[j] : -9, want[i],
+                  j >= 0 ? w.name[j] : "");
+        }
+    }
+    CHECK(write(n_ctl, "x", 1) == 1 && write(s_ctl, "x", 1) == 1, "n, s exit");
+    CHECK(reap(n) == 0 && reap(s) == 0, "n, s exited");
+    close(n_ctl);
+    close(s_ctl);
+    wait_members(1);
+}
+
 static void *stopper(void *arg)
 {
     (void)arg;
@@ -424,7 +617,7 @@ int main(void)
     /* A sync request from another thread (to a: b answers once only),
      * answered with an fd. */
     {
-        struct sync_req sr = { getpid(), { 0, 0, NULL }, -1 };
+        struct sync_req sr = { getpid(), { 0, 0, NULL, NULL }, -1 };
         pthread_t t;
         int q[2];
         char got[4] = "";
@@ -488,6 +681,9 @@ int main(void)
         close(c);
     }
 
+    test_peer_entries(a, false);
+    test_peer_entries(a, true);
+
     /* A connection that says nothing is closed after HELLO_TIMEOUT. */
     {
         int q = connect_raw();
@@ -503,7 +699,7 @@ int main(void)
      * c answers NO_ACTION and is not waited for.  A sync request still waiting (for c, which never answers it) is
      * completed by the stop: nobody answered. */
     {
-        struct sync_req sr = { getpid(), { 0, 0, NULL }, -1 };
+        struct sync_req sr = { getpid(), { 0, 0, NULL, NULL }, -1 };
         pthread_t t, rq;
         int c = join(TPL);
 
@@ -523,8 +719,12 @@ int main(void)
         CHECK(recv_rec(c, &r) == 0, "the rest see EOF");
         close(c);
         CHECK(pthread_join(rq, NULL) == 0 && sr.rc == 0, "the request returned");
-        CHECK(sr.rep.nb_sent == 2 && sr.rep.nb_received == 0 && !sr.rep.msgs,
+        CHECK(sr.rep.nb_sent == 2 && sr.rep.nb_received == 0,
               "2 sent, none answered (%d %d)", sr.rep.nb_sent, sr.rep.nb_received);
+        CHECK(sr.rep.peers[0].status == FH_IPC_PEER_DIED
+              && sr.rep.peers[1].status == FH_IPC_PEER_DIED && !sr.rep.peers[0].msg,
+              "completed by the stop: listed as gone");
+        free(sr.rep.msgs);
     }
     CHECK(access(g_path, F_OK) == -1 && errno == ENOENT, "ipc.sock removed");
     CHECK(fh_ipc_members(NULL, 0) == -1 && errno == ENOTCONN, "stopped");

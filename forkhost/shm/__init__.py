@@ -1,6 +1,7 @@
 """forkhost.shm: the shared-memory objects of a prefix, from Python.
 
-Memzones, rings, mempools, hash tables and arrays live in the arena the
+Memzones, rings, mempools, hash tables, arrays and the shared heap
+(``forkhost.shm.heap``: malloc/calloc blocks) live in the arena the
 primary mapped before it forked the template.  Any process of the prefix
 (the primary after ``Primary.start()``, any secondary, or a process that
 called :func:`attach`) creates them or finds them by name; addresses in
@@ -19,9 +20,11 @@ ShmError), chained to the OSError of the C call.
 
 from ..errors import (AttachError, ModuleMismatchError, NameExistsError,
                       NoArenaError, NoSpaceError, NotFoundError, ShmError)
-from .array import Array
+from . import heap
+from .array import Array, array
 from .attach import Attachment, attach
 from .hash import HashTable, load_native, native_function
+from .heap import Block, calloc, malloc
 from .memzone import Memzone, free_bytes, memzone_count, memzones
 from .mempool import Mempool
 from .ring import SC_DEQ, SP_ENQ, Ring
@@ -41,7 +44,8 @@ __all__ = [
     "Ring", "SP_ENQ", "SC_DEQ",
     "Mempool",
     "HashTable", "load_native", "native_function",
-    "Array",
+    "Array", "array",
+    "heap", "malloc", "calloc", "Block",
     "attach", "Attachment",
     "ShmError", "NoArenaError", "NameExistsError", "NotFoundError",
     "NoSpaceError", "ModuleMismatchError", "AttachError",

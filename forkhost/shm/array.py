@@ -11,28 +11,37 @@ same bytes at the same address.
     w = Array.lookup("app.weights").numpy()          # in a secondary
     m = Array.lookup("app.weights").buffer()         # without numpy
 
+    x = forkhost.shm.array("app.grid", (64, 64), "int32")   # made or found
+
 An array is memzone ``AR_<name>``: a 128-byte header (magic, version,
 ndim, data offset, byte count, dtype name, shape) and the data right after
-it, 64-byte aligned, zero-filled.  The header is written once by the
-creator, magic last; a lookup that finds no magic (no such array, or its
-creator has not finished) raises NotFoundError.  Nothing synchronises the
-data: the processes that share it agree on who writes what, as with a
-memzone.
+it, 64-byte aligned, zero-filled.  With ``heap=True`` the data is a block
+of the shared heap instead (forkhost.shm.heap) and the header (version 2)
+holds its address.  The header is written once by the creator, magic
+last; a lookup that finds no magic (no such array, or its creator has not
+finished) raises NotFoundError.  Nothing synchronises the data: the
+processes that share it agree on who writes what, as with a memzone.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
+import time
 
 from .._native import ffi, lib
+from ..errors import NameExistsError, NotFoundError
 from ._util import address, cname, raise_errno
 
 NAMESIZE = lib.FH_MEMZONE_NAMESIZE - 3      # "AR_" + name + NUL fit a memzone name
 MAX_NDIM = 8
 HEADER_SIZE = 128
 MAGIC = int.from_bytes(b"FHARRAY1", "little")
-VERSION = 1
+VERSION = 1          # the data follows the header in the memzone
+VERSION_HEAP = 2     # the data is a heap block; data_offset is its address
+# How long array() waits for a creator that has reserved the name to
+# publish its header, before NotFoundError.
+CREATOR_WAIT = 2.0
 
 # dtype name -> (struct/memoryview format, itemsize, numpy typestr).  Native
 # (little-endian on every platform forkhost runs on) fixed-size types that
@@ -87,51 +96,93 @@ def _shape(shape) -> tuple[int, ...]:
     return dims
 
 
+class _View:
+    """What numpy.asarray needs to view memory it does not own."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, addr: int, shape: tuple[int, ...], dtype: str):
+        self.__array_interface__ = {"version": 3, "shape": shape,
+                                    "typestr": DTYPES[dtype][2],
+                                    "data": (addr, False)}
+
+
+def _import_numpy(what: str):
+    try:
+        import numpy
+    except ImportError as exc:
+        raise ImportError(f"{what} needs numpy ({exc}); Array.buffer() "
+                          f"gives a memoryview without it") from exc
+    return numpy
+
+
+def _numpy(addr: int, shape: tuple[int, ...], dtype: str):
+    """A writable ndarray over shape x dtype at addr, no copy."""
+    return _import_numpy("numpy()").asarray(_View(addr, shape, dtype))
+
+
 class Array:
     """A typed, shaped array in the arena, found by name from any process of
     the prefix: ``buffer()`` (a memoryview) and ``numpy()`` (an ndarray)
     are views of the same memory, at the same address everywhere."""
 
-    __slots__ = ("_mz", "name", "dtype", "shape", "addr", "nbytes")
+    __slots__ = ("_mz", "name", "dtype", "shape", "addr", "nbytes", "heap")
 
     def __init__(self, mz, name: str, dtype: str, shape: tuple[int, ...],
-                 addr: int, nbytes: int):
+                 addr: int, nbytes: int, heap: bool = False):
         self._mz = mz          # const struct fh_memzone *
         self.name = name
         self.dtype = dtype     # canonical name, e.g. "float64"
         self.shape = shape
         self.addr = addr       # of the first element
         self.nbytes = nbytes
+        self.heap = heap       # the data is a heap block
 
     # -- create / lookup --------------------------------------------------
 
     @classmethod
-    def create(cls, name: str | bytes, shape, dtype="float64") -> "Array":
+    def create(cls, name: str | bytes, shape, dtype="float64", *,
+               heap: bool = False) -> "Array":
         """A zero-filled array of ``shape`` (an int or a tuple of 1 to 8
         ints >= 1) and ``dtype`` (bool, int8 ... uint64, float32, float64,
-        or numpy's spellings of them).  NameExistsError, NoSpaceError;
-        ValueError for a bad name, shape or dtype."""
+        or numpy's spellings of them), its data in its memzone or, with
+        ``heap=True``, in a block of the shared heap.  NameExistsError,
+        NoSpaceError; ValueError for a bad name, shape or dtype."""
         b = cname(name, NAMESIZE, "array")
         dt = _dtype_name(dtype)
         dims = _shape(shape)
         nbytes = DTYPES[dt][1]
         for d in dims:
             nbytes *= d
+        what = f"cannot create array {name!r} ({nbytes} bytes of {dt}, shape {dims})"
         if HEADER_SIZE + nbytes >= 1 << 63:
-            raise_errno(errno.ENOSPC, f"cannot create array {name!r} ({nbytes} bytes)")
-        mz = lib.fh_memzone_reserve(b"AR_" + b, HEADER_SIZE + nbytes, 64, 0)
+            raise_errno(errno.ENOSPC, what)
+        block = None
+        if heap:
+            from .heap import calloc
+            from ..errors import NoSpaceError
+            try:
+                block = calloc(1, nbytes)
+            except NoSpaceError as exc:
+                raise NoSpaceError(f"{what}: {exc}", exc.errno) from exc
+        mz = lib.fh_memzone_reserve(b"AR_" + b, HEADER_SIZE + (0 if heap else nbytes),
+                                    64, 0)
         if mz == ffi.NULL:
-            raise_errno(ffi.errno, f"cannot create array {name!r} ({nbytes} bytes "
-                        f"of {dt}, shape {dims})")
+            err = ffi.errno
+            if block is not None:
+                block.free()            # nothing left behind
+            raise_errno(err, what)
         base = address(mz.addr)
+        data = block.addr if heap else base + HEADER_SIZE
         hdr = ffi.buffer(ffi.cast("char *", mz.addr), HEADER_SIZE)
-        _HDR.pack_into(hdr, 0, 0, VERSION, len(dims), HEADER_SIZE, nbytes,
+        _HDR.pack_into(hdr, 0, 0, VERSION_HEAP if heap else VERSION, len(dims),
+                       data if heap else HEADER_SIZE, nbytes,
                        dt.encode(), *dims, *([0] * (MAX_NDIM - len(dims))))
         # Published last, with a release store (a lookup acquires it): a
         # lookup before it raises NotFoundError, one after it sees the
         # whole header.
         lib.fh_publish_u64(ffi.cast("uint64_t *", mz.addr), MAGIC)
-        return cls(mz, b.decode(errors="replace"), dt, dims, base + HEADER_SIZE, nbytes)
+        return cls(mz, b.decode(errors="replace"), dt, dims, data, nbytes, heap)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "Array":
@@ -149,13 +200,18 @@ class Array:
         (_, version, ndim, offset, nbytes, dt, *dims) = _HDR.unpack_from(
             ffi.buffer(ffi.cast("char *", mz.addr), HEADER_SIZE))
         dt = dt.rstrip(b"\0").decode(errors="replace")
-        if (version != VERSION or dt not in DTYPES or not 1 <= ndim <= MAX_NDIM
-                or offset + nbytes > mz.len):
+        heap = version == VERSION_HEAP
+        if (version not in (VERSION, VERSION_HEAP) or dt not in DTYPES
+                or not 1 <= ndim <= MAX_NDIM
+                or (not heap and offset + nbytes > mz.len)):
             raise_errno(errno.EINVAL, f"array {name!r}", "its header is not one this "
                         f"version of forkhost reads (version {version}, dtype {dt!r}, "
                         f"ndim {ndim})")
+        if heap and lib.fh_malloc_usable_size(ffi.cast("void *", offset)) < nbytes:
+            raise_errno(errno.EINVAL, f"array {name!r}", f"its data (heap block at "
+                        f"0x{offset:x}) is not a block in use of {nbytes} bytes")
         return cls(mz, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
-                   address(mz.addr) + offset, nbytes)
+                   offset if heap else address(mz.addr) + offset, nbytes, heap)
 
     # -- views --------------------------------------------------------------
 
@@ -195,12 +251,7 @@ class Array:
     def numpy(self):
         """A writable numpy.ndarray over the data, without copying (numpy is
         imported here: the rest of Array works without it)."""
-        try:
-            import numpy
-        except ImportError as exc:
-            raise ImportError(f"Array.numpy() needs numpy ({exc}); Array.buffer() "
-                              f"gives a memoryview without it") from exc
-        return numpy.asarray(self)
+        return _import_numpy("Array.numpy()").asarray(self)
 
     @property
     def memzone(self):
@@ -217,5 +268,46 @@ class Array:
         return hash(self.addr)
 
     def __repr__(self):
+        where = ", in the heap" if self.heap else ""
         return (f"<Array {self.name!r} {self.dtype} shape {self.shape} at "
-                f"0x{self.addr:x}, {self.nbytes} bytes>")
+                f"0x{self.addr:x}, {self.nbytes} bytes{where}>")
+
+
+def array(name: str | bytes, shape=None, dtype="float64", *, heap: bool = False):
+    """The numpy.ndarray (a view, no copy) of array ``name``: found when it
+    exists, else created zero-filled with ``shape`` and ``dtype`` (its data
+    in the shared heap with ``heap=True``).  Every process that calls it
+    with the same name gets the same memory; when several create at once,
+    one does and the others find it.  Without ``shape`` it only finds
+    (NotFoundError).  ValueError when the array found has another shape or
+    dtype than the ones given.  Needs numpy (ImportError before anything
+    is made); :class:`Array` works without it."""
+    numpy = _import_numpy("forkhost.shm.array()")
+    dims = None if shape is None else _shape(shape)
+    dt = _dtype_name(dtype)
+    try:
+        a = Array.lookup(name)
+    except NotFoundError:
+        if dims is None:
+            raise
+        try:
+            a = Array.create(name, dims, dt, heap=heap)
+        except NameExistsError:
+            a = _await_creator(name)
+    if dims is not None and (a.shape != dims or a.dtype != dt):
+        raise ValueError(f"array {name!r} exists as {a.dtype} of shape {a.shape}, "
+                         f"not {dt} of shape {dims}")
+    return numpy.asarray(a)
+
+
+def _await_creator(name):
+    """The array another process is creating: its name is taken, its
+    header not published yet (NotFoundError if that lasts CREATOR_WAIT)."""
+    deadline = time.monotonic() + CREATOR_WAIT
+    while True:
+        try:
+            return Array.lookup(name)
+        except NotFoundError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001)

@@ -153,15 +153,45 @@ struct fh_ipc_msg {
     int     status;       /* received replies: enum fh_ipc_status */
 };
 
+/* What became of a request at one peer it reached (fh_ipc_peer_reply.status).
+ * A peer that never says NO_ACTION (an older one) and has no action stays
+ * silent: it counts as TIMED_OUT. */
+enum fh_ipc_peer_status {
+    FH_IPC_PEER_ANSWERED  = 0, /* msg is its answer (OK, or ACTION_FAILED) */
+    FH_IPC_PEER_NO_ACTION = 1, /* it has no action under that name (msg: its
+                                  NO_ACTION reply) */
+    FH_IPC_PEER_TIMED_OUT = 2, /* no answer by the deadline */
+    FH_IPC_PEER_DIED      = 3, /* its connection closed first: it died, left,
+                                  or this process stopped its IPC */
+};
+
+/* A peer's name: its /proc/PID/comm when it joined (the kernel's
+ * TASK_COMM_LEN, NUL included). */
+#define FH_IPC_PEER_NAME_MAX 16
+
+struct fh_ipc_peer_reply {
+    pid_t              pid;
+    int                status;  /* enum fh_ipc_peer_status */
+    char               name[FH_IPC_PEER_NAME_MAX];
+    struct fh_ipc_msg *msg;     /* ANSWERED, NO_ACTION: its entry in msgs;
+                                   NULL otherwise */
+};
+
 /* Replies to a request.  nb_sent: peers the request reached (0 or 1 from a
- * secondary); nb_received: answers, errors included; msgs: nb_received
- * answers, malloc'd.  After a sync request the caller closes the fds it
- * does not keep and free()s msgs; after an async one the library frees
- * msgs once the callback returns (the fds are the callback's). */
+ * secondary); nb_received: answers, NO_ACTION and ACTION_FAILED included;
+ * msgs: nb_received answers in arrival order; peers: nb_sent entries, one
+ * per peer reached, in the order it was sent to them, each ANSWERED,
+ * NO_ACTION, TIMED_OUT or DIED (nb_received is the ANSWERED and NO_ACTION
+ * ones).  msgs and peers are one malloc'd block starting at msgs (both
+ * NULL only when nb_sent is 0): after a sync request the caller closes the
+ * fds it does not keep and free()s msgs, which frees peers too; after an
+ * async one the library frees it once the callback returns (the fds are
+ * the callback's). */
 struct fh_ipc_reply {
     int nb_sent;
     int nb_received;
     struct fh_ipc_msg *msgs;
+    struct fh_ipc_peer_reply *peers;
 };
 
 /* An action: runs on the IPC thread with a received MSG or REQUEST.  The
@@ -214,8 +244,10 @@ FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
  * otherwise.  EISCONN when already joined elsewhere.
  */
 FH_API int fh_ipc_attach(const char *path);
-/* The primary this process joined (its WELCOME), 0 when not joined. */
+/* The primary this process joined (its WELCOME), 0 when not joined, and
+ * its name (/proc/PID/comm when this process joined), "" when not. */
 FH_API pid_t fh_ipc_peer_pid(void);
+FH_API const char *fh_ipc_peer_name(void);
 /* Why the primary refused the last join (its REFUSE), "" otherwise. */
 FH_API const char *fh_ipc_refusal(void);
 
@@ -301,10 +333,12 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
 /* A sync request.  The answer, if one came, is copied to record
  * (FH_IPC_RECORD_MAX bytes) as a REPLY record in the wire layout (header,
  * then param) and its fds to reply_fds (FH_IPC_FDS_MAX); returns its
- * length, 0 when none came, or -1 with errno.  *nb_sent: 0 or 1. */
+ * length, 0 when none came, or -1 with errno.  out[0]: nb_sent, 0 or 1;
+ * out[1]: what became of it at the primary (enum fh_ipc_peer_status),
+ * when nb_sent is 1. */
 FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param,
                               const int *fds, int num_fds, double timeout,
-                              void *record, int *reply_fds, int *nb_sent);
+                              void *record, int *reply_fds, int *out);
 FH_API int fh_ipc_request_async_raw(const char *name, const void *param,
                                     int len_param, const int *fds, int num_fds,
                                     double timeout, fh_ipc_async_t callback,

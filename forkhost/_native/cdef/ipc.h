@@ -8,11 +8,31 @@ int fh_ipc_set_primary(const char *path, int primary_pid);
 const char *fh_ipc_socket_path(void);
 int fh_ipc_primary_pid(void);
 
+#define FH_IPC_MAGIC ...
+#define FH_IPC_VERSION ...
 #define FH_IPC_NAME_MAX 64
 #define FH_IPC_PARAM_MAX 4096
 #define FH_IPC_FDS_MAX 8
 #define FH_IPC_HELLO_TIMEOUT_MS ...
 #define FH_IPC_MAX_MEMBERS ...
+#define FH_IPC_EXIT_STATUS_KNOWN ...
+
+/* enum fh_ipc_type, enum fh_ipc_status, enum fh_ipc_peer_status */
+#define FH_IPC_MSG ...
+#define FH_IPC_REQUEST ...
+#define FH_IPC_REPLY ...
+#define FH_IPC_HELLO ...
+#define FH_IPC_WELCOME ...
+#define FH_IPC_REFUSE ...
+#define FH_IPC_BYE ...
+#define FH_IPC_OK ...
+#define FH_IPC_NO_ACTION ...
+#define FH_IPC_ACTION_FAILED ...
+#define FH_IPC_PEER_ANSWERED ...
+#define FH_IPC_PEER_NO_ACTION ...
+#define FH_IPC_PEER_TIMED_OUT ...
+#define FH_IPC_PEER_DIED ...
+#define FH_IPC_PEER_NAME_MAX 16
 
 struct fh_ipc_hdr {
     uint32_t magic;
@@ -36,10 +56,18 @@ struct fh_ipc_msg {
     int     status;
 };
 
+struct fh_ipc_peer_reply {
+    int                pid;
+    int                status;
+    char               name[16];
+    struct fh_ipc_msg *msg;
+};
+
 struct fh_ipc_reply {
     int nb_sent;
     int nb_received;
     struct fh_ipc_msg *msgs;
+    struct fh_ipc_peer_reply *peers;
 };
 
 struct fh_ipc_stats {
@@ -58,13 +86,14 @@ int fh_ipc_start(void);
 int fh_ipc_attach(const char *path);
 int fh_ipc_leave(int bye);
 int fh_ipc_peer_pid(void);
+const char *fh_ipc_peer_name(void);
 const char *fh_ipc_refusal(void);
 void fh_ipc_stats(struct fh_ipc_stats *out);
 int fh_ipc_send_raw(const char *name, const void *param, int len_param,
                     const int *fds, int num_fds);
 int fh_ipc_request_raw(const char *name, const void *param, int len_param,
                        const int *fds, int num_fds, double timeout,
-                       void *record, int *reply_fds, int *nb_sent);
+                       void *record, int *reply_fds, int *out);
 int fh_ipc_request_async_raw(const char *name, const void *param, int len_param,
                              const int *fds, int num_fds, double timeout,
                              fh_ipc_async_t callback, void *arg);
