@@ -56,7 +56,16 @@ setup(
     # A Python secondary's entry on a stack of its own: CPython's thread
     # state API, beyond the limited API the cffi module keeps to.
     ext_modules=[Extension("forkhost._native._pystack",
-                           ["forkhost/_native/pystack.c"])],
+                           ["forkhost/_native/pystack.c"]),
+                 # HashTable's hot lookups, calling libforkhost without
+                 # cffi's per-call cost; linked like the cffi module.
+                 Extension("forkhost._native._hashfast",
+                           ["forkhost/_native/hashfast.c"],
+                           include_dirs=[str(build_native.INCLUDE)],
+                           libraries=["forkhost"],
+                           runtime_library_dirs=["$ORIGIN"],
+                           extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]
+                           + build_native.WARNINGS)],
     scripts=["csrc/client/forkhost-run.c"],
     cmdclass={"build_ext": BuildExt, "build_scripts": BuildScripts},
 )

@@ -20,8 +20,12 @@ reference, one list of 32 items per put().
 Hash lookups.  A 2^19-entry table of 16-byte keys (DPDK's
 hash_perf_autotest size) filled to 75% with random keys, with the
 built-in CRC32C; lookups in shuffled order: table[key] (one call per key),
-lookup_bulk_into of 64 packed keys per call, lookup_bulk (allocating its
-result arrays), and a dict of the same keys for reference.
+lookup_bulk_into of 64 packed keys per call, lookup_bulk and get_bulk of
+a list of 64 keys (allocating their results), and a dict of the same keys
+for reference (targets: table[key] >= 0.5x dict, bulk >= 10x dict); each
+case runs 5 times, interleaved with the others, and its best rate is kept.
+table[key], get, `in`, position and the bulk lookups are C methods
+(forkhost/_native/hashfast.c) calling libforkhost without cffi.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import forkhost
 from forkhost.shm import SC_DEQ, SP_ENQ, HashTable, Ring
 
 RING_SLOTS = 1024
+HASH_ROUNDS = 5                  # interleaved rounds of the hash cases, best kept
 
 
 # -- the secondaries (this file run as a script by forkhost.launch) ------------------
@@ -165,35 +170,53 @@ def hash_cases(quick: bool) -> list[tuple[str, float]]:
         h.add(k, i)
     order = keys[:]
     rnd.shuffle(order)
-    out = []
-
-    t0 = time.perf_counter()
-    for k in order:
-        h[k]
-    out.append(("table[key], one key per call", len(order) / (time.perf_counter() - t0)))
-
     packed = [b"".join(order[i:i + 64]) for i in range(0, len(order) - 63, 64)]
-    pos, data = array("i", bytes(4 * 64)), array("Q", bytes(8 * 64))
-    t0 = time.perf_counter()
-    found = 0
-    for p in packed:
-        found += h.lookup_bulk_into(p, pos, data)
-    dt = time.perf_counter() - t0
-    assert found == 64 * len(packed)
-    out.append(("lookup_bulk_into, 64 packed keys per call", found / dt))
-
     lists = [order[i:i + 64] for i in range(0, len(order) - 63, 64)]
-    t0 = time.perf_counter()
-    for ks in lists:
-        h.lookup_bulk(ks)
-    out.append(("lookup_bulk, a list of 64 keys per call", 64 * len(lists)
-                / (time.perf_counter() - t0)))
-
+    pos, data = array("i", bytes(4 * 64)), array("Q", bytes(8 * 64))
     d = {k: i for i, k in enumerate(keys)}
-    t0 = time.perf_counter()
-    for k in order:
-        d[k]
-    out.append(("dict[key] (local, for reference)", len(order) / (time.perf_counter() - t0)))
+
+    def one_by_one():
+        for k in order:
+            h[k]
+        return len(order)
+
+    def bulk_into():
+        found = 0
+        for p in packed:
+            found += h.lookup_bulk_into(p, pos, data)
+        assert found == 64 * len(packed)
+        return found
+
+    def bulk():
+        for ks in lists:
+            h.lookup_bulk(ks)
+        return 64 * len(lists)
+
+    def get_bulk():
+        for ks in lists:
+            h.get_bulk(ks)
+        return 64 * len(lists)
+
+    def dict_loop():
+        for k in order:
+            d[k]
+        return len(order)
+
+    cases = [("table[key], one key per call", one_by_one),
+             ("lookup_bulk_into, 64 packed keys per call", bulk_into),
+             ("lookup_bulk, a list of 64 keys per call", bulk),
+             ("get_bulk, a list of 64 keys per call", get_bulk),
+             ("dict[key] (local, for reference)", dict_loop)]
+    # Every case HASH_ROUNDS times, the cases interleaved, the best rate
+    # of each kept: a round slowed by other load on the machine decides
+    # nothing, and a drift in that load falls on every case alike.
+    best = [0.0] * len(cases)
+    for _ in range(HASH_ROUNDS):
+        for i, (_, fn) in enumerate(cases):
+            t0 = time.perf_counter()
+            n = fn()
+            best[i] = max(best[i], n / (time.perf_counter() - t0))
+    out = [(what, rate) for (what, _), rate in zip(cases, best)]
     return out
 
 
@@ -252,6 +275,7 @@ def main() -> int:
     dict_rate = hash_rows[-1][1]
     for what, rate in hash_rows:
         print(f"  {what:<44} {fmt(rate):>12}  {rate / dict_rate:6.2f}x dict")
+    print("  (targets: table[key] >= 0.5x dict, bulk lookups >= 10x dict)")
     return 0
 
 

@@ -14,11 +14,14 @@ What it does:
   3. N rounds (default 5), each: our ring table, then DPDK's
      ring_perf_autotest; the best of the N rounds of each figure is kept on
      both sides, so a round disturbed by other load counts on neither;
-  4. --hash-rounds times (default 2): our hash figures, then DPDK's
+  4. --hash-rounds times (default 3): our hash figures and DPDK's
      hash_perf_autotest (about 3 minutes: it measures ten key sizes in five
-     table configurations); the best of the rounds is kept on each side and
-     the worst printed beside it, so a change in the machine's load shows
-     as a spread instead of silently favouring either side;
+     table configurations), one run of each per round, in alternating
+     order (ours first in odd rounds, DPDK's first in even ones), both
+     pinned to CPU 0; every figure is printed as best / median / worst
+     over the rounds on each side, with the ratio of the bests and of the
+     medians, so that one round disturbed by other load decides nothing
+     and a change in the machine's load shows as a spread;
   5. gives the huge pages back (nr_hugepages restored, our mount removed,
      DPDK's leftover page files deleted) and prints one table with the
      ratios forkhost / DPDK.
@@ -52,9 +55,28 @@ and a ratio below 1 means forkhost is faster.  What is compared:
         same sequence and loops (see bench.c), the bulk lookups through
         fh_hash_lookup_bulk_ptrs (key pointers, as rte_hash_lookup_bulk);
         ours adds in the primary and looks up from a forked secondary.
-        Extra rows: bulk lookups through the packed-keys call with the keys
-        gathered by the caller (set against the same DPDK bulk figure), and
-        lookups through our default CRC32C (no DPDK counterpart).
+        Extra rows: bulk lookups through the packed-keys call, the keys
+        packed by the caller beforehand (as Python and any caller holding
+        packed keys has them; set against the same DPDK bulk figure), the
+        same with the 16 keys gathered from the 64-byte-stride array inside
+        the timed loop (that copy is the caller's, and costs it several
+        cycles per key: the pointer call prefetches those lines itself and
+        overlaps them with hashing), and lookups through our default
+        CRC32C (no DPDK counterpart).
+
+Run with --hash-only for the hash parts alone (no ring or heap).
+
+  hash, steady (--hash-ab N, default 4; 0 skips it): hash_ab.c, built
+        once against libforkhost and once against DPDK (pkg-config
+        libdpdk; DPDK on normal pages, --no-huge, so no reservation),
+        the two run alternately N times each, for the single-writer and
+        the writer-locked table.  The same loops as above in batches of
+        4096 operations, every batch's fastest of 9 repetitions kept: a
+        batch disturbed in one repetition is clean in another, so these
+        figures move by a few percent between runs on a loaded machine,
+        where one long timed loop (hash_perf_autotest's way) moves by
+        up to 2x.  Printed as median (min-max) of the N runs per side and
+        the ratio of the medians.
 
 Heap (the last part): fh_malloc/fh_free against rte_malloc/rte_free, the
 same loops (heap_loop.h) in bench.c and in heap_dpdk.c, which is built
@@ -93,7 +115,7 @@ HUGE_PAGES = 512                 # x 2 MiB: the reservation the issue uses
 DPDK_EAL = ["--no-pci", "-l", "0-1", f"--file-prefix={DPDK_PREFIX}"]
 # Targets from the issue, as ratios of cycles (forkhost / DPDK).
 RING_TARGET = 1.0                # at least as fast: SP/SC burst 32
-HASH_TARGET = 1 / 0.9            # 0.9x rte_hash's speed or better
+HASH_TARGET = 1.0                # hash lookups and adds: at least as fast
 
 
 def log(msg: str) -> None:
@@ -134,6 +156,56 @@ def run_bench(exe: Path, *args: str) -> tuple[str, dict]:
         elif line.startswith("forkhost C benchmark"):
             header = line
     return header, figures
+
+
+def build_hash_ab(work: Path) -> tuple[Path, Path | None]:
+    """hash_ab against libforkhost (built by build() into work), and
+    against DPDK when pkg-config knows libdpdk (else None)."""
+    src = str(HERE / "hash_ab.c")
+    base = build_native.cc() + ["-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g",
+                                "-pthread"] + build_native.WARNINGS
+    fh = work / "hash_ab_fh"
+    build_native.run(base + ["-I", str(build_native.INCLUDE), "-o", str(fh), src,
+                             "-L", str(work), "-lforkhost", f"-Wl,-rpath,{work}"])
+    try:
+        cflags = subprocess.run(["pkg-config", "--cflags", "libdpdk"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        libs = subprocess.run(["pkg-config", "--libs", "libdpdk"], check=True,
+                              capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        log("pkg-config has no libdpdk (apt-get install dpdk-dev): "
+            "hash_ab runs our side only")
+        return fh, None
+    dp = work / "hash_ab_dpdk"
+    # DPDK's headers warn under our warning set; its side gets -Wall only.
+    build_native.run(build_native.cc() + ["-std=gnu11", "-D_GNU_SOURCE", "-O2",
+                     "-g", "-pthread", "-Wall", "-DSIDE_DPDK"] + cflags
+                     + ["-o", str(dp), src] + libs)
+    return fh, dp
+
+
+def run_hash_ab(exe: Path, locked: bool) -> dict:
+    """One hash_ab run: {name: cycles}; its DPDK runtime dir removed."""
+    p = subprocess.Popen([str(exe)] + (["L"] if locked else []),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    # DPDK's runtime directory for --file-prefix=fhab<pid> (root's, or a
+    # user's under XDG_RUNTIME_DIR).
+    for d in ("/var/run/dpdk", os.path.join(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"),
+                                            "dpdk")):
+        shutil.rmtree(f"{d}/fhab{p.pid}", ignore_errors=True)
+    figs = {}
+    for line in out.splitlines():
+        f = line.split()
+        if f and f[0] in ("fh", "dpdk"):
+            figs = {k: float(v) for k, v in (x.split("=") for x in f[1:])}
+    if p.returncode != 0 or not figs:
+        log(f"{exe.name} failed ({p.returncode}):\n{out[-2000:]}{err[-2000:]}")
+    return figs
 
 
 # ----------------------------------------------------------- DPDK figures
@@ -231,8 +303,7 @@ def keep(into: dict, figs: dict, pick) -> None:
         into[k] = pick(into[k], v) if k in into else v
 
 
-def print_table(ours: dict, ring_d: dict, hash_d: dict, hash_w: dict,
-                hash_rounds: int, ghz: float | None) -> None:
+def print_table(ours: dict, ring_d: dict) -> None:
     log(f"\n{'':34}{'forkhost':>10}{'DPDK':>10}{'fh/DPDK':>10}")
     log("ring, two processes (DPDK: two threads) on CPUs 0 and 1, "
         "cycles per object, enqueue + dequeue")
@@ -249,43 +320,83 @@ def print_table(ours: dict, ring_d: dict, hash_d: dict, hash_w: dict,
                 log(f"  {mode.upper()} {kind:<5} n={n:<3}{'':15}{fmt(o):>10}"
                     f"{fmt(d):>10}{ratio(o, d):>10}{note}")
 
-    def d_at(where, table):
-        """DPDK's figure at where = (locks, column, precomputed) in table."""
-        if where is None:
-            return None
+
+def median(v: list[float]) -> float:
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def print_hash_table(ours_rounds: list[dict], dpdk_rounds: list[dict],
+                     ghz: float | None) -> None:
+    """The hash rows: best / median / worst over the rounds on each side
+    (ours_rounds: run_bench's figures per round; dpdk_rounds: parse_hash's
+    per round) and the ratios of the bests and of the medians."""
+    def dpdk_at(where, rnd):
+        """DPDK's figure at where = (locks, column, precomputed)."""
         locks, col, pre = where
-        row = table.get((locks, "either", False, pre))
+        row = rnd.get((locks, "either", False, pre))
         return row[col] if row else None
 
-    log(f"hash, 2^19 entries, 16-byte keys, 75% full, cycles per operation, "
-        f"best (worst) of {hash_rounds} round(s) on each side; "
-        f"the ratio is of the bests")
+    def spread(v: list[float]) -> str:
+        return (f"{min(v):.0f}/{median(v):.0f}/{max(v):.0f}" if v else "-")
+
+    log(f"\nhash, 2^19 entries, 16-byte keys, 75% full, cycles per operation, "
+        f"best/median/worst of {len(ours_rounds)} round(s) on each side, CPU 0")
+    log(f"  {'':34}{'forkhost':>16}{'DPDK':>16}{'best':>7}{'median':>8}")
     # (name, our key, DPDK's figure as (locks, column, precomputed), target)
     rows = [
         ("lookup", "lookup", (False, 1, False), True),
         ("lookup, hash precomputed", "lookup_with_hash", (False, 1, True), True),
         ("lookup, bulk of 16", "lookup_bulk", (False, 2, False), True),
-        # Our packed-keys bulk call, keys gathered by the caller: against
-        # the same DPDK figure, for scale.
-        ("  same, packed keys", "lookup_bulk_packed", (False, 2, False), False),
-        ("add, single writer", "add", (False, 0, False), False),
-        ("add, writer lock", "add_locked", (True, 0, False), False),
+        # Our packed-keys bulk call, keys packed by the caller beforehand:
+        # against the same DPDK figure.
+        ("  same, packed keys", "lookup_bulk_packed", (False, 2, False), True),
+        # The same with the caller's gather of the 16 keys timed too.
+        ("  same, packed in the loop", "lookup_bulk_gather", (False, 2, False), False),
+        ("add, single writer", "add", (False, 0, False), True),
+        ("add, writer lock", "add_locked", (True, 0, False), True),
         # Not in DPDK's test: our default hash function (no ratio).
         ("lookup, built-in CRC32C", "lookup_crc32c", None, False),
     ]
     for name, key, where, target in rows:
-        o, ow = ours.get(("hash", key)), ours.get(("hash_worst", key))
-        d, dw = d_at(where, hash_d), d_at(where, hash_w)
+        o = [r[("hash", key)] for r in ours_rounds if ("hash", key) in r]
+        d = [] if where is None else [
+            x for x in (dpdk_at(where, r) for r in dpdk_rounds) if x is not None]
+        best = ratio(min(o), min(d)) if o and d else "-"
+        med = ratio(median(o), median(d)) if o and d else "-"
         note = f"   (target <= {HASH_TARGET:.2f})" if target else ""
-        mine = f"{fmt(o)} ({fmt(ow)})"
-        theirs = f"{fmt(d)} ({fmt(dw)})" if d is not None else "-"
-        log(f"  {name:<28}{mine:>16}{theirs:>16}{ratio(o, d):>8}{note}")
+        log(f"  {name:<34}{spread(o):>16}{spread(d):>16}{best:>7}{med:>8}{note}")
     if ghz:
-        lk = ours.get(("hash", "lookup"))
-        bk = ours.get(("hash", "lookup_bulk"))
+        lk = [r[("hash", "lookup")] for r in ours_rounds if ("hash", "lookup") in r]
+        bk = [r[("hash", "lookup_bulk")] for r in ours_rounds
+              if ("hash", "lookup_bulk") in r]
         if lk and bk:
-            log(f"  forkhost: {ghz * 1e3 / lk:.1f} M lookups/s single, "
-                f"{ghz * 1e3 / bk:.1f} M lookups/s bulk, on one core")
+            log(f"  forkhost (best): {ghz * 1e3 / min(lk):.1f} M lookups/s single, "
+                f"{ghz * 1e3 / min(bk):.1f} M lookups/s bulk, on one core")
+
+
+def print_hash_ab(runs: dict) -> None:
+    """runs: {(side, locked): [figures per run]} from run_hash_ab."""
+    names = [("add", "add, single writer", False), ("add_locked", "add, writer lock", True),
+             ("lookup", "lookup", False), ("with_hash", "lookup, hash precomputed", False),
+             ("bulk", "lookup, bulk of 16 (key pointers)", False),
+             ("bulk_packed", "  same, packed keys", False)]
+    n = max((len(v) for v in runs.values()), default=0)
+    log(f"\nhash, steady (hash_ab.c): per batch the fastest of 9 repetitions, "
+        f"median (min-max) of {n} alternating run(s) per side, normal pages, CPU 0")
+    log(f"  {'':34}{'forkhost':>18}{'DPDK':>18}{'median':>8}")
+    for key, name, locked in names:
+        o = [r[key] for r in runs.get(("fh", locked), []) if key in r]
+        # DPDK has no packed-keys call: its bulk figure (key pointers).
+        dkey = "bulk" if key == "bulk_packed" else key
+        d = [r[dkey] for r in runs.get(("dpdk", locked), []) if dkey in r]
+
+        def cell(v):
+            return f"{median(v):.0f} ({min(v):.0f}-{max(v):.0f})" if v else "-"
+        note = "" if key == "bulk_packed" and not o else f"   (target <= {HASH_TARGET:.2f})"
+        log(f"  {name:<34}{cell(o):>18}{cell(d):>18}"
+            f"{ratio(median(o), median(d)) if o and d else '-':>8}{note}")
 
 
 def main() -> int:
@@ -296,14 +407,22 @@ def main() -> int:
                     help="our figures only, even when dpdk-test is installed")
     ap.add_argument("--no-heap", action="store_true",
                     help="skip the shared-heap part")
-    ap.add_argument("--hash-rounds", type=int, default=2,
-                    help="rounds of the hash tables, best kept (1..8); each "
-                         "runs DPDK's three-minute hash test once")
+    ap.add_argument("--hash-rounds", type=int, default=3,
+                    help="rounds of the hash tables (1..8), each one run of "
+                         "ours and one of DPDK's three-minute hash test; "
+                         "best, median and worst printed")
+    ap.add_argument("--hash-only", action="store_true",
+                    help="the hash parts only (no ring or heap)")
+    ap.add_argument("--hash-ab", type=int, default=4,
+                    help="alternating runs per side of hash_ab.c, the steady "
+                         "hash comparison (0..16; 0 skips it)")
     a = ap.parse_args()
     if not 1 <= a.rounds <= 16:
         ap.error("--rounds must be 1..16")
     if not 1 <= a.hash_rounds <= 8:
         ap.error("--hash-rounds must be 1..8")
+    if not 0 <= a.hash_ab <= 16:
+        ap.error("--hash-ab must be 0..16")
 
     dpdk = None if a.no_dpdk else shutil.which("dpdk-test")
     if not a.no_dpdk and dpdk is None:
@@ -321,8 +440,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fhb-shmc-"))
     ours: dict = {}
     ring_d: dict = {}
-    hash_d: dict = {}     # DPDK's best hash figures over the rounds
-    hash_w: dict = {}     # and its worst
+    hash_ours: list[dict] = []    # our hash figures, one dict per round
+    hash_dpdk: list[dict] = []    # DPDK's, one parse_hash dict per round
+    hash_ab: dict = {}            # {(side, locked): [hash_ab figures per run]}
     header = ""
     heap_ours: dict = {}
     heap_d: dict = {}
@@ -335,29 +455,43 @@ def main() -> int:
             if dpdk:
                 log(f"DPDK: {dpdk} (dpdk-dev {dpdk_version()}), EAL "
                     f"{' '.join(DPDK_EAL)}")
-            for i in range(a.rounds):
+            for i in range(0 if a.hash_only else a.rounds):
                 log(f"round {i + 1}/{a.rounds}: forkhost ring"
                     + (", DPDK ring_perf_autotest" if dpdk else ""))
                 header, figs = run_bench(exe, "ring")
                 keep(ours, figs, min)
                 if dpdk:
                     keep(ring_d, parse_ring(run_dpdk("ring_perf_autotest", 600)), min)
-            # Hash: each round ours, then DPDK's (about 3 minutes), so both
-            # sides see the machine's load drift alike; the best of the
-            # rounds is kept on each side, as for the rings, and the worst
-            # is printed next to it to show the spread.
+            # Hash: one run of ours and one of DPDK's per round, the order
+            # alternating, so that a drift in the machine's load falls on
+            # both sides alike; every round's figures are kept.
             for i in range(a.hash_rounds):
-                log(f"hash round {i + 1}/{a.hash_rounds}: forkhost"
-                    + (", DPDK hash_perf_autotest (about 3 minutes)" if dpdk else ""))
-                _, figs = run_bench(exe, "hash")
-                keep(ours, figs, min)
-                keep(ours, {("hash_worst",) + k[1:]: v for k, v in figs.items()}, max)
-                if dpdk:
-                    rows = parse_hash(run_dpdk("hash_perf_autotest", 1800))
-                    keep(hash_d, rows, lambda a_, b_: tuple(map(min, a_, b_)))
-                    keep(hash_w, rows, lambda a_, b_: tuple(map(max, a_, b_)))
-            if not a.no_heap:
+                dpdk_first = dpdk is not None and i % 2 == 1
+                log(f"hash round {i + 1}/{a.hash_rounds}: "
+                    + ("DPDK hash_perf_autotest (about 3 minutes), forkhost"
+                       if dpdk_first else "forkhost"
+                       + (", DPDK hash_perf_autotest (about 3 minutes)" if dpdk else "")))
+                if dpdk_first:
+                    hash_dpdk.append(parse_hash(run_dpdk("hash_perf_autotest", 1800)))
+                hh, figs = run_bench(exe, "hash")
+                header = header or hh
+                hash_ours.append(figs)
+                if dpdk and not dpdk_first:
+                    hash_dpdk.append(parse_hash(run_dpdk("hash_perf_autotest", 1800)))
+            if not a.no_heap and not a.hash_only:
                 heap_ours, heap_d = heap_round(exe, work, dpdk)
+        if a.hash_ab:
+            # Normal pages on both sides: outside the reservation.
+            ab_fh, ab_dpdk = build_hash_ab(work)
+            log(f"hash_ab: {a.hash_ab} alternating run(s) per side"
+                + (" (forkhost only)" if ab_dpdk is None or a.no_dpdk else ""))
+            for _ in range(a.hash_ab):
+                for locked in (False, True):
+                    for side, exe_ in (("fh", ab_fh), ("dpdk", ab_dpdk)):
+                        if exe_ is None or (side == "dpdk" and a.no_dpdk):
+                            continue
+                        hash_ab.setdefault((side, locked), []).append(
+                            run_hash_ab(exe_, locked))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -367,11 +501,15 @@ def main() -> int:
         f"ring figures: best of {a.rounds} round(s)"
         + (" on each side" if dpdk else ""))
     m = re.search(r"tsc ([\d.]+) GHz", header)
-    print_table(ours, ring_d, hash_d, hash_w, a.hash_rounds,
-                float(m[1]) if m else None)
-    if not a.no_heap:
+    if not a.hash_only:
+        print_table(ours, ring_d)
+    print_hash_table(hash_ours, hash_dpdk, float(m[1]) if m else None)
+    if hash_ab:
+        print_hash_ab(hash_ab)
+    if not a.no_heap and not a.hash_only:
         print_heap(heap_ours, heap_d)
-    if dpdk and (not ring_d or not hash_d):
+    if dpdk and ((not ring_d and not a.hash_only)
+                 or not any(hash_dpdk)):
         log("note: some DPDK figures could not be parsed from dpdk-test's output")
     return 0
 

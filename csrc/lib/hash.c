@@ -799,6 +799,12 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
     uint32_t homes[FH_HASH_LOOKUP_BULK_MAX], found[FH_HASH_LOOKUP_BULK_MAX];
     uint32_t ofls[FH_HASH_LOOKUP_BULK_MAX], cand[FH_HASH_LOOKUP_BULK_MAX];
     uint64_t vals[FH_HASH_LOOKUP_BULK_MAX];
+    /* The hash function's arguments, read once: the loop below calls
+     * through a pointer, after which the compiler would read them again
+     * for every key. */
+    const int builtin = h->fn_kind == HT_FN_BUILTIN;
+    const fh_hash_fn fn = (fh_hash_fn)(uintptr_t)h->fn_addr;
+    const uint32_t init = h->init_val;
     int hits = 0;
 
     for (uint32_t base = 0; base < n; base += FH_HASH_LOOKUP_BULK_MAX) {
@@ -815,7 +821,9 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
         for (uint32_t i = 0; i < cnt; i++) {
             if (ptrs && i + HT_KEY_PREFETCH < cnt)
                 __builtin_prefetch(ptrs[base + i + HT_KEY_PREFETCH], 0, 3);
-            hashes[i] = sigs ? sigs[base + i] : do_hash(h, BULK_KEY(i));
+            hashes[i] = sigs ? sigs[base + i]
+                      : builtin ? crc32c(BULK_KEY(i), klen, init)
+                      : fn(BULK_KEY(i), klen, init);
             homes[i] = home_bucket(h, hashes[i]);
             __builtin_prefetch(&bk[homes[i]], 0, 3);
         }
@@ -887,7 +895,9 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
 }
 
 /* The bulk calls' argument checks, then the lookup: packed keys, or
- * (ptrs) an array of key pointers, none NULL. */
+ * (ptrs) an array of key pointers, none NULL.  Each combination of key
+ * shape and sigs given or not gets its own copy of lookup_bulk, in which
+ * the per-key tests of ptrs and sigs fold away. */
 static inline __attribute__((always_inline))
 int bulk_checked(const struct fh_hash *h, const void *keys,
                  const void *const *ptrs, const uint32_t *sigs, uint32_t n,
@@ -902,7 +912,11 @@ int bulk_checked(const struct fh_hash *h, const void *keys,
             return -EINVAL;
     if (!sigs && (rc = fn_ready(h)) < 0)
         return rc;
-    return lookup_bulk(h, keys, ptrs, sigs, n, positions, data);
+    if (ptrs)
+        return sigs ? lookup_bulk(h, NULL, ptrs, sigs, n, positions, data)
+                    : lookup_bulk(h, NULL, ptrs, NULL, n, positions, data);
+    return sigs ? lookup_bulk(h, keys, NULL, sigs, n, positions, data)
+                : lookup_bulk(h, keys, NULL, NULL, n, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,

@@ -251,10 +251,12 @@ static void random_ops(const char *name, uint32_t entries, uint32_t klen,
                 memcpy(rkeys + (size_t)(n - 1 - i) * klen, keys + (size_t)i * klen, klen);
                 kptrs[i] = rkeys + (size_t)(n - 1 - i) * klen;
             }
-            switch (r % 4) {
+            /* Every key shape, with and without sigs. */
+            switch (r % 5) {
             case 0: got = fh_hash_lookup_bulk_data(h, keys, n, positions, datas); break;
             case 1: got = fh_hash_lookup_bulk_with_hash(h, keys, sigs, n, positions, datas); break;
             case 2: got = fh_hash_lookup_bulk_ptrs(h, kptrs, NULL, n, positions, datas); break;
+            case 3: got = fh_hash_lookup_bulk_with_hash(h, keys, NULL, n, positions, datas); break;
             default: got = fh_hash_lookup_bulk_ptrs(h, kptrs, sigs, n, positions, datas);
             }
             CHECK(got == hits, "%s: bulk hits %d want %d", name, got, hits);

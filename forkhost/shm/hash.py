@@ -24,6 +24,7 @@ import os
 from array import array
 
 from .._native import ffi, lib
+from .._native._hashfast import TableBase
 from ._util import address, cname, in_buffer, raise_errno, raise_message
 
 NAMESIZE = lib.FH_HASH_NAMESIZE
@@ -100,13 +101,20 @@ def _error_text() -> str:
     return ffi.string(lib.fh_hash_error()).decode(errors="replace")
 
 
-class HashTable:
-    """A hash table found by name from any process of the prefix."""
+class HashTable(TableBase):
+    """A hash table found by name from any process of the prefix.
+
+    ``table[key]``, ``key in table``, ``get``, ``position`` and the bulk
+    lookups are the C methods of TableBase (forkhost/_native/hashfast.c),
+    which handle bytes keys of the right length and hand everything else
+    (other types, wrong lengths, ``sigs``, errors) to the ``*_slow``
+    methods below, the one place that checks arguments and raises."""
 
     __slots__ = ("_h", "name", "key_len", "max_entries")
 
     def __init__(self, h):
         self._h = h                                     # struct fh_hash *
+        self._bind(address(h))
         self.name = ffi.string(lib.fh_hash_name(h)).decode(errors="replace")
         self.key_len = lib.fh_hash_key_len(h)
         self.max_entries = lib.fh_hash_max_entries(h)
@@ -213,7 +221,7 @@ class HashTable:
             self._fail(rc, "add", key)
         return rc
 
-    def __getitem__(self, key) -> int:
+    def _getitem_slow(self, key) -> int:
         """The data of ``key``; KeyError if absent."""
         d = ffi.new("uint64_t *")
         rc = lib.fh_hash_lookup_data(self._h, self._key(key), d)
@@ -221,14 +229,14 @@ class HashTable:
             self._fail(rc, "lookup", key)
         return d[0]
 
-    def position(self, key) -> int:
+    def _position_slow(self, key) -> int:
         """The position of ``key``; KeyError if absent."""
         rc = lib.fh_hash_lookup(self._h, self._key(key))
         if rc < 0:
             self._fail(rc, "lookup", key)
         return rc
 
-    def get(self, key, default=None):
+    def _get_slow(self, key, default=None):
         """The data of ``key``, or ``default``."""
         d = ffi.new("uint64_t *")
         rc = lib.fh_hash_lookup_data(self._h, self._key(key), d)
@@ -251,7 +259,7 @@ class HashTable:
     def __delitem__(self, key) -> None:
         self.delete(key)
 
-    def __contains__(self, key) -> bool:
+    def _contains_slow(self, key) -> bool:
         rc = lib.fh_hash_lookup(self._h, self._key(key))
         if rc < 0 and rc != _ENOENT:
             self._fail(rc, "lookup", key)
@@ -280,7 +288,7 @@ class HashTable:
 
     # -- bulk lookups ---------------------------------------------------------
 
-    def lookup_bulk(self, keys, sigs=None) -> tuple[array, array]:
+    def _lookup_bulk_slow(self, keys, sigs=None) -> tuple[array, array]:
         """Look up many keys in one call: a list of keys or one buffer of
         n * key_len bytes; ``sigs`` (optional) their precomputed hashes.
         Returns (positions array('i'), data array('Q')): a missing key has
@@ -288,10 +296,10 @@ class HashTable:
         p, n = self._keys(keys)
         positions = array("i", bytes(n << 2))
         data = array("Q", bytes(n << 3))
-        self.lookup_bulk_into(p, positions, data, sigs)
+        self._lookup_bulk_into_slow(p, positions, data, sigs)
         return positions, data
 
-    def lookup_bulk_into(self, keys, positions, data=None, sigs=None) -> int:
+    def _lookup_bulk_into_slow(self, keys, positions, data=None, sigs=None) -> int:
         """Like lookup_bulk into caller-owned writable buffers (int32 and
         uint64, at least as many as keys); returns the number found."""
         if isinstance(keys, ffi.CData):
@@ -315,9 +323,9 @@ class HashTable:
             self._fail(rc, "bulk lookup")
         return rc
 
-    def get_bulk(self, keys, default=None) -> list:
+    def _get_bulk_slow(self, keys, default=None) -> list:
         """The data of each key, ``default`` for missing ones."""
-        positions, data = self.lookup_bulk(keys)
+        positions, data = self._lookup_bulk_slow(keys)
         return [d if pos >= 0 else default for pos, d in zip(positions, data)]
 
     # -- walking ----------------------------------------------------------------

@@ -1,0 +1,490 @@
+/* forkhost._native._hashfast: the hot lookups of forkhost.shm.HashTable
+ * without cffi's per-call cost.
+ *
+ * TableBase is the base type of forkhost.shm.HashTable.  It holds the
+ * table's address and key length (set by _bind) and implements, as C slots
+ * and methods, table[key], `key in table`, get, position, lookup_bulk,
+ * lookup_bulk_into and get_bulk, calling libforkhost directly.  Each does
+ * only the common case itself: keys that are bytes of exactly key_len (or
+ * a list/tuple of them, or one packed buffer for the bulk calls), results
+ * that are found or not found.  Everything else (another key type, a
+ * wrong length, a sigs argument, keywords, any error the library returns)
+ * is handed, with the same arguments, to the Python method of the same
+ * name with "_slow" appended (HashTable._getitem_slow and so on), the
+ * cffi code that checks and raises.  So there is one place that decides
+ * what a bad argument raises, and both paths give the same results and
+ * the same exceptions.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+
+#include "forkhost/hash.h"
+
+typedef struct {
+    PyObject_HEAD
+    const struct fh_hash *h;    /* NULL until _bind: everything goes slow */
+    Py_ssize_t key_len;
+} TableBase;
+
+/* Method names of the slow paths, and array.array's type with a
+ * one-element int32 and uint64 template for the result arrays. */
+static PyObject *s_getitem, *s_contains, *s_get, *s_position;
+static PyObject *s_bulk_into, *s_bulk, *s_get_bulk;
+static PyObject *array_type, *zero_i, *zero_q;
+
+/* Keys in one call's stack before the bulk calls take memory for them. */
+#define STACK_KEYS FH_HASH_LOOKUP_BULK_MAX
+
+static inline const char *fast_key(const TableBase *t, PyObject *key)
+{
+    if (t->h && PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) == t->key_len)
+        return PyBytes_AS_STRING(key);
+    return NULL;
+}
+
+/* self.<name>(*args, **kw) for the vectorcall arguments we were given. */
+static PyObject *slow(PyObject *self, PyObject *name, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *meth = PyObject_GetAttr(self, name), *r;
+
+    if (meth == NULL)
+        return NULL;
+    r = PyObject_Vectorcall(meth, args, nargs, kwnames);
+    Py_DECREF(meth);
+    return r;
+}
+
+static PyObject *tb_subscript(PyObject *self, PyObject *key)
+{
+    TableBase *t = (TableBase *)self;
+    const char *k = fast_key(t, key);
+
+    if (k) {
+        uint64_t d;
+        int32_t rc = fh_hash_lookup_data(t->h, k, &d);
+        if (rc >= 0)
+            return PyLong_FromUnsignedLongLong(d);
+        if (rc == -ENOENT) {
+            PyErr_SetObject(PyExc_KeyError, key);
+            return NULL;
+        }
+    }
+    return PyObject_CallMethodOneArg(self, s_getitem, key);
+}
+
+static int tb_contains(PyObject *self, PyObject *key)
+{
+    TableBase *t = (TableBase *)self;
+    const char *k = fast_key(t, key);
+    PyObject *r;
+    int v;
+
+    if (k) {
+        int32_t rc = fh_hash_lookup(t->h, k);
+        if (rc >= 0)
+            return 1;
+        if (rc == -ENOENT)
+            return 0;
+    }
+    r = PyObject_CallMethodOneArg(self, s_contains, key);
+    if (r == NULL)
+        return -1;
+    v = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return v;
+}
+
+static PyObject *tb_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    TableBase *t = (TableBase *)self;
+    const char *k = kwnames == NULL && (nargs == 1 || nargs == 2)
+                    ? fast_key(t, args[0]) : NULL;
+
+    if (k) {
+        uint64_t d;
+        int32_t rc = fh_hash_lookup_data(t->h, k, &d);
+        if (rc >= 0)
+            return PyLong_FromUnsignedLongLong(d);
+        if (rc == -ENOENT) {
+            PyObject *dflt = nargs == 2 ? args[1] : Py_None;
+            Py_INCREF(dflt);
+            return dflt;
+        }
+    }
+    return slow(self, s_get, args, nargs, kwnames);
+}
+
+static PyObject *tb_position(PyObject *self, PyObject *key)
+{
+    TableBase *t = (TableBase *)self;
+    const char *k = fast_key(t, key);
+
+    if (k) {
+        int32_t rc = fh_hash_lookup(t->h, k);
+        if (rc >= 0)
+            return PyLong_FromLong(rc);
+    }
+    return PyObject_CallMethodOneArg(self, s_position, key);
+}
+
+/*
+ * The keys of a bulk call, when they take the fast path: a list or tuple
+ * of bytes of key_len each (*ptrs, one pointer per key, in stack[] when
+ * they fit), or bytes, a bytearray, a memoryview or an array.array of
+ * n * key_len bytes (*packed, its buffer in *view).  1 when fast, 0 when
+ * not (nothing held, no exception set), -1 on a memory error.
+ */
+struct keys {
+    const void *packed;
+    const void **ptrs;
+    Py_ssize_t n;
+    Py_buffer view;
+    int has_view;
+    const void *stack[STACK_KEYS];
+};
+
+static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
+{
+    ks->packed = NULL;
+    ks->ptrs = NULL;
+    ks->has_view = 0;
+    if (t->h == NULL)
+        return 0;
+    if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
+        PyObject **items = PySequence_Fast_ITEMS(keys);
+
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!PyBytes_CheckExact(items[i])
+                || PyBytes_GET_SIZE(items[i]) != t->key_len)
+                return 0;
+        if (n > UINT32_MAX)
+            return 0;
+        ks->ptrs = n <= STACK_KEYS ? ks->stack
+                                   : PyMem_Malloc((size_t)n * sizeof(void *));
+        if (ks->ptrs == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            ks->ptrs[i] = PyBytes_AS_STRING(items[i]);
+        ks->n = n;
+        return 1;
+    }
+    if (PyBytes_CheckExact(keys) || PyByteArray_CheckExact(keys)
+        || PyMemoryView_Check(keys) || Py_IS_TYPE(keys, (PyTypeObject *)array_type)) {
+        if (PyObject_GetBuffer(keys, &ks->view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        ks->has_view = 1;
+        if (ks->view.len % t->key_len || ks->view.len / t->key_len > UINT32_MAX) {
+            PyBuffer_Release(&ks->view);
+            ks->has_view = 0;
+            return 0;
+        }
+        ks->packed = ks->view.buf;
+        ks->n = ks->view.len / t->key_len;
+        return 1;
+    }
+    return 0;
+}
+
+static void keys_release(struct keys *ks)
+{
+    if (ks->ptrs && ks->ptrs != ks->stack)
+        PyMem_Free(ks->ptrs);
+    ks->ptrs = NULL;
+    if (ks->has_view)
+        PyBuffer_Release(&ks->view);
+    ks->has_view = 0;
+}
+
+static int keys_lookup(const TableBase *t, const struct keys *ks,
+                       int32_t *pos, uint64_t *data)
+{
+    if (ks->ptrs)
+        return fh_hash_lookup_bulk_ptrs(t->h, ks->ptrs, NULL, (uint32_t)ks->n,
+                                        pos, data);
+    return fh_hash_lookup_bulk_data(t->h, ks->packed, (uint32_t)ks->n, pos, data);
+}
+
+/* A writable contiguous buffer of at least n elements of size, or 0. */
+static int out_buffer(PyObject *o, Py_buffer *v, Py_ssize_t n, Py_ssize_t size)
+{
+    if (PyObject_GetBuffer(o, v, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v->len / size < n) {
+        PyBuffer_Release(v);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *tb_lookup_bulk_into(PyObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
+{
+    TableBase *t = (TableBase *)self;
+    Py_buffer pv, dv;
+    struct keys ks;
+    int fast, rc, has_data;
+
+    if (kwnames != NULL || nargs < 2 || nargs > 4
+        || (nargs == 4 && args[3] != Py_None))
+        return slow(self, s_bulk_into, args, nargs, kwnames);
+    fast = keys_get(t, args[0], &ks);
+    if (fast < 0)
+        return NULL;
+    if (fast == 0)
+        return slow(self, s_bulk_into, args, nargs, kwnames);
+    has_data = nargs >= 3 && args[2] != Py_None;
+    if (!out_buffer(args[1], &pv, ks.n, sizeof(int32_t))) {
+        keys_release(&ks);
+        return slow(self, s_bulk_into, args, nargs, kwnames);
+    }
+    if (has_data && !out_buffer(args[2], &dv, ks.n, sizeof(uint64_t))) {
+        PyBuffer_Release(&pv);
+        keys_release(&ks);
+        return slow(self, s_bulk_into, args, nargs, kwnames);
+    }
+    rc = keys_lookup(t, &ks, pv.buf, has_data ? dv.buf : NULL);
+    if (has_data)
+        PyBuffer_Release(&dv);
+    PyBuffer_Release(&pv);
+    keys_release(&ks);
+    if (rc < 0)
+        return slow(self, s_bulk_into, args, nargs, kwnames);
+    return PyLong_FromLong(rc);
+}
+
+/* array(typecode, bytes(n * itemsize)), as the Python code makes it. */
+static PyObject *zeros(PyObject *one, Py_ssize_t n)
+{
+    return PySequence_Repeat(one, n);
+}
+
+static void *array_data(PyObject *a)
+{
+    Py_buffer v;
+    void *p;
+
+    /* An array's buffer stays put while nobody resizes it, and nobody else
+     * has it yet. */
+    if (PyObject_GetBuffer(a, &v, PyBUF_SIMPLE) < 0)
+        return NULL;
+    p = v.buf;
+    PyBuffer_Release(&v);
+    return p;
+}
+
+static PyObject *tb_lookup_bulk(PyObject *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    TableBase *t = (TableBase *)self;
+    PyObject *pos = NULL, *data = NULL, *r;
+    struct keys ks;
+    int fast, rc;
+
+    if (kwnames != NULL || nargs < 1 || nargs > 2
+        || (nargs == 2 && args[1] != Py_None))
+        return slow(self, s_bulk, args, nargs, kwnames);
+    fast = keys_get(t, args[0], &ks);
+    if (fast < 0)
+        return NULL;
+    if (fast == 0)
+        return slow(self, s_bulk, args, nargs, kwnames);
+    pos = zeros(zero_i, ks.n);
+    data = pos ? zeros(zero_q, ks.n) : NULL;
+    if (data == NULL)
+        goto fail;
+    rc = keys_lookup(t, &ks, ks.n ? array_data(pos) : NULL,
+                     ks.n ? array_data(data) : NULL);
+    keys_release(&ks);
+    if (rc < 0) {
+        Py_DECREF(pos);
+        Py_DECREF(data);
+        return slow(self, s_bulk, args, nargs, kwnames);
+    }
+    r = PyTuple_Pack(2, pos, data);
+    Py_DECREF(pos);
+    Py_DECREF(data);
+    return r;
+fail:
+    keys_release(&ks);
+    Py_XDECREF(pos);
+    return NULL;
+}
+
+static PyObject *tb_get_bulk(PyObject *self, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames)
+{
+    TableBase *t = (TableBase *)self;
+    int32_t pos_stack[STACK_KEYS], *pos = pos_stack;
+    uint64_t data_stack[STACK_KEYS], *data = data_stack;
+    PyObject *dflt, *list = NULL;
+    struct keys ks;
+    int fast, rc;
+
+    if (kwnames != NULL || nargs < 1 || nargs > 2)
+        return slow(self, s_get_bulk, args, nargs, kwnames);
+    dflt = nargs == 2 ? args[1] : Py_None;
+    fast = keys_get(t, args[0], &ks);
+    if (fast < 0)
+        return NULL;
+    if (fast == 0)
+        return slow(self, s_get_bulk, args, nargs, kwnames);
+    if (ks.n > STACK_KEYS) {
+        pos = PyMem_Malloc((size_t)ks.n * sizeof *pos);
+        data = PyMem_Malloc((size_t)ks.n * sizeof *data);
+        if (pos == NULL || data == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    rc = keys_lookup(t, &ks, pos, data);
+    if (rc < 0) {
+        keys_release(&ks);
+        if (pos != pos_stack) {
+            PyMem_Free(pos);
+            PyMem_Free(data);
+        }
+        return slow(self, s_get_bulk, args, nargs, kwnames);
+    }
+    list = PyList_New(ks.n);
+    for (Py_ssize_t i = 0; list && i < ks.n; i++) {
+        PyObject *v;
+        if (pos[i] >= 0) {
+            v = PyLong_FromUnsignedLongLong(data[i]);
+            if (v == NULL) {
+                Py_CLEAR(list);
+                break;
+            }
+        } else {
+            v = dflt;
+            Py_INCREF(v);
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+out:
+    keys_release(&ks);
+    if (pos != pos_stack) {
+        PyMem_Free(pos);
+        PyMem_Free(data);
+    }
+    return list;
+}
+
+static PyObject *tb_bind(PyObject *self, PyObject *addr)
+{
+    TableBase *t = (TableBase *)self;
+    void *p = PyLong_AsVoidPtr(addr);
+
+    if (p == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "_bind: NULL table");
+        return NULL;
+    }
+    t->h = p;
+    t->key_len = (Py_ssize_t)fh_hash_key_len(t->h);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef tb_methods[] = {
+    {"_bind", tb_bind, METH_O,
+     "_bind(address): the struct fh_hash * this object stands for."},
+    {"get", (PyCFunction)(void (*)(void))tb_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(key, default=None): the data of key, or default."},
+    {"position", tb_position, METH_O,
+     "position(key): the position of key; KeyError if absent."},
+    {"lookup_bulk", (PyCFunction)(void (*)(void))tb_lookup_bulk,
+     METH_FASTCALL | METH_KEYWORDS,
+     "lookup_bulk(keys, sigs=None): look up many keys in one call: a list of\n"
+     "keys or one buffer of n * key_len bytes; sigs (optional) their\n"
+     "precomputed hashes.  Returns (positions array('i'), data array('Q')):\n"
+     "a missing key has a negative position and data 0."},
+    {"lookup_bulk_into", (PyCFunction)(void (*)(void))tb_lookup_bulk_into,
+     METH_FASTCALL | METH_KEYWORDS,
+     "lookup_bulk_into(keys, positions, data=None, sigs=None): like\n"
+     "lookup_bulk into caller-owned writable buffers (int32 and uint64, at\n"
+     "least as many as keys); returns the number found."},
+    {"get_bulk", (PyCFunction)(void (*)(void))tb_get_bulk,
+     METH_FASTCALL | METH_KEYWORDS,
+     "get_bulk(keys, default=None): the data of each key, default for\n"
+     "missing ones (a list)."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyMappingMethods tb_as_mapping = {
+    .mp_subscript = tb_subscript,
+};
+
+static PySequenceMethods tb_as_sequence = {
+    .sq_contains = tb_contains,
+};
+
+static PyTypeObject TableBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "forkhost._native._hashfast.TableBase",
+    .tp_basicsize = sizeof(TableBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The C lookups of forkhost.shm.HashTable (its base type).",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = tb_methods,
+    .tp_as_mapping = &tb_as_mapping,
+    .tp_as_sequence = &tb_as_sequence,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "forkhost._native._hashfast",
+    "The hot lookups of forkhost.shm.HashTable in C.", -1, NULL,
+    NULL, NULL, NULL, NULL
+};
+
+static PyObject *intern(const char *s)
+{
+    return PyUnicode_InternFromString(s);
+}
+
+PyMODINIT_FUNC PyInit__hashfast(void);
+
+PyMODINIT_FUNC PyInit__hashfast(void)
+{
+    PyObject *m, *arr;
+
+    if (PyType_Ready(&TableBaseType) < 0)
+        return NULL;
+    if (!(s_getitem = intern("_getitem_slow")) || !(s_contains = intern("_contains_slow"))
+        || !(s_get = intern("_get_slow")) || !(s_position = intern("_position_slow"))
+        || !(s_bulk_into = intern("_lookup_bulk_into_slow"))
+        || !(s_bulk = intern("_lookup_bulk_slow"))
+        || !(s_get_bulk = intern("_get_bulk_slow")))
+        return NULL;
+    arr = PyImport_ImportModule("array");
+    if (arr == NULL)
+        return NULL;
+    array_type = PyObject_GetAttrString(arr, "array");
+    Py_DECREF(arr);
+    if (array_type == NULL)
+        return NULL;
+    zero_i = PyObject_CallFunction(array_type, "s(i)", "i", 0);
+    zero_q = zero_i ? PyObject_CallFunction(array_type, "s(i)", "Q", 0) : NULL;
+    if (zero_q == NULL)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&TableBaseType);
+    if (PyModule_AddObject(m, "TableBase", (PyObject *)&TableBaseType) < 0) {
+        Py_DECREF(&TableBaseType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
