@@ -454,9 +454,11 @@ static void test_wait_every_enqueue(unsigned flags)
         _exit(0);
     }
     for (uint64_t i = 0; i < rounds; i++) {
-        /* The consumer is registered (asleep, or about to be) before the
-         * enqueue, so every one of them takes the wake path. */
-        UNTIL(fh_ring_waiting_consumers(r) == 1);
+        /* The consumer took the last item and is registered (asleep, or
+         * about to be) before the enqueue, so every one of them takes the
+         * wake path.  (Just woken, it is still registered until it
+         * returns: the empty ring tells the two apart.) */
+        UNTIL(fh_ring_waiting_consumers(r) == 1 && fh_ring_empty(r));
         CHECK(fh_ring_enqueue_bulk(r, &i, 1, NULL) == 1, "enqueue");
     }
     CHECK(reap(pid) == 0, "consumer woken by every enqueue");
