@@ -4,7 +4,12 @@
  * measure rte_ring and rte_hash, so that benchmarks/shm_c/run.py can put the
  * two side by side.  Run by hand, never by the tests; no thresholds.
  *
- *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash]
+ *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash] [wake]
+ *
+ * wake: the median wake-up latency of a consumer process asleep in
+ * fh_ring_dequeue_bulk_timed after another process's enqueue (see
+ * bench_wake).  Built with -DFH__RING_BENCH_NO_WAKEUP (run.py builds both),
+ * the ring figures are those of the same code without the waiter check.
  *
  * ring and hash select the parts (both when neither is named); --repeat
  * runs the ring table N times (1..16) and reports each case's best run;
@@ -46,7 +51,8 @@
  * the 16 keys gathered into a buffer inside the timing.
  *
  * Output: a header line, then whitespace-separated figures that run.py
- * parses: "ring MODE KIND N PRODUCER CONSUMER SUM" (cycles per object) and
+ * parses: "ring MODE KIND N PRODUCER CONSUMER SUM MEDIAN WORST" (cycles per
+ * object; the last two over --repeat runs), "wake MEDIAN P10 P90" (cycles) and
  * "hash NAME CYCLES" (cycles per operation).
  */
 #include <errno.h>
@@ -309,10 +315,76 @@ static void bench_ring(struct ctl *c)
             if (c->res[run][k][0] + c->res[run][k][1]
                 < c->res[best][k][0] + c->res[best][k][1])
                 best = run;
-        printf("ring %s %s %u %.2f %.2f %.2f\n", mname[mode], kname[kind],
-               sizes[k % 3], c->res[best][k][0], c->res[best][k][1],
-               c->res[best][k][0] + c->res[best][k][1]);
+        double sums[REPEAT_MAX], t;
+        for (unsigned run = 0; run < ring_repeat; run++)
+            sums[run] = c->res[run][k][0] + c->res[run][k][1];
+        for (unsigned i = 1; i < ring_repeat; i++)       /* insertion sort */
+            for (unsigned j = i; j > 0 && sums[j - 1] > sums[j]; j--)
+                t = sums[j], sums[j] = sums[j - 1], sums[j - 1] = t;
+        /* The best run's two sides and sum, then the median and the worst
+         * sum over the --repeat runs: the spread. */
+        printf("ring %s %s %u %.2f %.2f %.2f %.2f %.2f\n", mname[mode],
+               kname[kind], sizes[k % 3], c->res[best][k][0],
+               c->res[best][k][1], c->res[best][k][0] + c->res[best][k][1],
+               sums[ring_repeat / 2], sums[ring_repeat - 1]);
     }
+}
+
+/* ----------------------------------------------------------- wake-up */
+
+#define WAKE_ROUNDS 2000
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A consumer process on CPU 1 sleeps in a blocking dequeue; the producer
+ * on CPU 0 waits until it is registered and the ring is empty, then
+ * enqueues the TSC; the consumer's figure is TSC at its return minus
+ * that.  Prints the median and the 10th/90th percentiles in cycles. */
+static void bench_wake(struct ctl *c)
+{
+    struct fh_ring *r = fh_ring_create("bench.wake", 64, 8, FH_RING_F_SP_ENQ
+                                       | FH_RING_F_SC_DEQ);
+    const struct fh_memzone *mz = fh_memzone_reserve(
+        "bench.wake.lat", WAKE_ROUNDS * sizeof(uint64_t), 0, 0);
+    uint64_t *lat;
+    pid_t cons;
+
+    (void)c;
+    if (r == NULL || mz == NULL)
+        DIE("wake: create");
+    lat = mz->addr;
+    if ((cons = fork_child()) == 0) {
+        pin(1);
+        for (unsigned i = 0; i < WAKE_ROUNDS; i++) {
+            uint64_t v;
+            if (fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) != 1)
+                _exit(1);
+            lat[i] = tsc() - v;
+        }
+        _exit(0);
+    }
+    pin(0);
+    for (unsigned i = 0; i < WAKE_ROUNDS; i++) {
+        uint64_t now;
+        while (fh_ring_waiting_consumers(r) != 1 || !fh_ring_empty(r))
+            cpu_pause();
+        /* Let it fall asleep in the kernel (it is registered already). */
+        for (uint64_t t0 = tsc(); tsc() - t0 < 200000;)
+            cpu_pause();
+        now = tsc();
+        fh_ring_sp_enqueue_bulk(r, &now, 1, NULL);
+    }
+    if (reap(cons) != 0)
+        DIE("wake: consumer failed");
+    qsort(lat, WAKE_ROUNDS, sizeof *lat, cmp_u64);
+    printf("wake %llu %llu %llu\n",
+           (unsigned long long)lat[WAKE_ROUNDS / 2],
+           (unsigned long long)lat[WAKE_ROUNDS / 10],
+           (unsigned long long)lat[WAKE_ROUNDS * 9 / 10]);
 }
 
 /* ------------------------------------------------------------------ hash */
@@ -615,7 +687,7 @@ static double tsc_hz(void)
 int main(int argc, char **argv)
 {
     const struct fh_memzone *mz;
-    int do_ring = 0, do_hash = 0, huge = 1;
+    int do_ring = 0, do_hash = 0, do_wake = 0, huge = 1;
     struct fh_arena_hdr *hdr;
     struct ctl *c;
 
@@ -624,6 +696,8 @@ int main(int argc, char **argv)
             do_ring = 1;
         else if (strcmp(argv[i], "hash") == 0)
             do_hash = 1;
+        else if (strcmp(argv[i], "wake") == 0)
+            do_wake = 1;
         else if (strcmp(argv[i], "--no-huge") == 0)
             huge = 0;
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc
@@ -634,11 +708,11 @@ int main(int argc, char **argv)
             ring_shift = (unsigned)atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--no-huge] [--repeat N] [--shift S] "
-                    "[ring] [hash]\n", argv[0]);
+                    "[ring] [hash] [wake]\n", argv[0]);
             return 2;
         }
     }
-    if (!do_ring && !do_hash)
+    if (!do_ring && !do_hash && !do_wake)
         do_ring = do_hash = 1;
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         fprintf(stderr, "bench: needs CPUs 0 and 1\n");
@@ -660,6 +734,9 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (do_ring)
         bench_ring(c);
+    fflush(stdout);
+    if (do_wake)
+        bench_wake(c);
     fflush(stdout);
     if (do_hash)
         bench_hash(c);
