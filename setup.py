@@ -56,7 +56,14 @@ setup(
     # A Python secondary's entry on a stack of its own: CPython's thread
     # state API, beyond the limited API the cffi module keeps to.
     ext_modules=[Extension("forkhost._native._pystack",
-                           ["forkhost/_native/pystack.c"])],
+                           ["forkhost/_native/pystack.c"]),
+                 # Ring's hot calls without cffi's per-call objects.
+                 Extension("forkhost._native._ring",
+                           ["forkhost/_native/pyring.c"],
+                           include_dirs=["csrc/include"],
+                           libraries=["forkhost"],
+                           runtime_library_dirs=["$ORIGIN"],
+                           extra_compile_args=["-std=gnu11"])],
     scripts=["csrc/client/forkhost-run.c"],
     cmdclass={"build_ext": BuildExt, "build_scripts": BuildScripts},
 )

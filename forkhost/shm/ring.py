@@ -33,7 +33,7 @@ import errno
 import time
 from array import array
 
-from .._native import ffi, lib
+from .._native import _ring, ffi, lib
 from ._util import address, cname, in_buffer, raise_errno
 
 NAMESIZE = lib.FH_RING_NAMESIZE
@@ -45,8 +45,6 @@ ELEM_MAX = lib.FH_RING_ELEM_MAX
 _NULL = ffi.NULL
 _new = ffi.new
 _from_buffer = ffi.from_buffer
-_enqueue_bulk = lib.fh_ring_enqueue_bulk
-_enqueue_burst = lib.fh_ring_enqueue_burst
 _dequeue_bulk = lib.fh_ring_dequeue_bulk
 _dequeue_burst = lib.fh_ring_dequeue_burst
 _enqueue_bulk_timed = lib.fh_ring_enqueue_bulk_timed
@@ -111,21 +109,17 @@ def _pack(items, elem_size: int):
     return b"".join(items)
 
 
-def _bad_length(nbytes: int, elem_size: int):
-    raise ValueError(f"a buffer of {nbytes} bytes is not a whole number of "
-                     f"{elem_size}-byte elements")
-
-
 class Ring:
     """A ring found by name from any process of the prefix."""
 
     SP_ENQ = SP_ENQ
     SC_DEQ = SC_DEQ
 
-    __slots__ = ("_r", "name", "elem_size", "capacity", "flags")
+    __slots__ = ("_r", "_h", "name", "elem_size", "capacity", "flags")
 
     def __init__(self, r):
         self._r = r                                    # struct fh_ring *
+        self._h = _ring.Handle(address(r))             # the hot calls
         self.name = ffi.string(lib.fh_ring_name(r)).decode(errors="replace")
         self.elem_size = lib.fh_ring_elem_size(r)
         self.capacity = lib.fh_ring_capacity(r)
@@ -285,9 +279,10 @@ class Ring:
 
     # -- many items per call ------------------------------------------------
 
-    # The four methods below are the hot path: no helper calls, the cffi
-    # functions looked up once at import, one from_buffer and one C call
-    # each (a Python call costs more than moving 32 items).
+    # The four methods below are the hot path: one call into
+    # forkhost._native._ring (pyring.c: the buffer taken with the buffer
+    # protocol, no cffi object per call); only a call that moved nothing
+    # and may wait goes on to the cffi timed calls.
 
     def enqueue_bulk(self, items, *, timeout=0) -> int:
         """Enqueue all of ``items`` or none: returns len(items) or 0.
@@ -295,54 +290,44 @@ class Ring:
         elements (bytes, bytearray, memoryview, numpy array)."""
         if type(items) is list or type(items) is tuple:
             items = _pack(items, self.elem_size)
-        p = _from_buffer(items)
-        es = self.elem_size
-        n = len(p) // es
-        if n * es != len(p):
-            _bad_length(len(p), es)
-        got = _enqueue_bulk(self._r, p, n, _NULL)
-        if got or timeout == 0 or n == 0:
+        got = self._h.enqueue_bulk(items)
+        if got or timeout == 0:
             return got
-        return self._timed(_enqueue_bulk_timed, p, n, timeout)
+        p = _from_buffer(items)
+        n = len(p) // self.elem_size
+        return self._timed(_enqueue_bulk_timed, p, n, timeout) if n else 0
 
     def enqueue_burst(self, items, *, timeout=0) -> int:
         """Enqueue as many of ``items`` as fit, in order: returns how many
         (the first k of them went in)."""
         if type(items) is list or type(items) is tuple:
             items = _pack(items, self.elem_size)
-        p = _from_buffer(items)
-        es = self.elem_size
-        n = len(p) // es
-        if n * es != len(p):
-            _bad_length(len(p), es)
-        got = _enqueue_burst(self._r, p, n, _NULL)
-        if got or timeout == 0 or n == 0:
+        got = self._h.enqueue_burst(items)
+        if got or timeout == 0:
             return got
-        return self._timed(_enqueue_burst_timed, p, n, timeout)
+        p = _from_buffer(items)
+        n = len(p) // self.elem_size
+        return self._timed(_enqueue_burst_timed, p, n, timeout) if n else 0
 
     def dequeue_bulk_into(self, out, *, timeout=0) -> int:
         """Fill the whole writable buffer ``out`` (array('Q'), bytearray,
         memoryview...) or nothing: returns its length in elements, or 0."""
+        got = self._h.dequeue_bulk_into(out)
+        if got or timeout == 0:
+            return got
         p = _from_buffer("char[]", out, True)
         n = len(p) // self.elem_size
-        got = _dequeue_bulk(self._r, p, n, _NULL)
-        if got or timeout == 0 or n == 0:
-            return got
-        return self._timed(_dequeue_bulk_timed, p, n, timeout)
+        return self._timed(_dequeue_bulk_timed, p, n, timeout) if n else 0
 
     def dequeue_burst_into(self, out, n: int | None = None, *, timeout=0) -> int:
         """Dequeue up to len(out) (or n) items into ``out`` from its start,
         without allocating: returns how many."""
-        p = _from_buffer("char[]", out, True)
-        cap = len(p) // self.elem_size
-        if n is not None:
-            if not 0 <= n <= cap:
-                raise ValueError(f"n={n} does not fit a buffer of {cap} elements")
-            cap = n
-        got = _dequeue_burst(self._r, p, cap, _NULL)
-        if got or timeout == 0 or cap == 0:
+        got = self._h.dequeue_burst_into(out, n)
+        if got or timeout == 0:
             return got
-        return self._timed(_dequeue_burst_timed, p, cap, timeout)
+        p = _from_buffer("char[]", out, True)
+        cap = len(p) // self.elem_size if n is None else n
+        return self._timed(_dequeue_burst_timed, p, cap, timeout) if cap else 0
 
     def dequeue_bulk(self, n: int, *, timeout=0):
         """Exactly n items or none: array('Q') (8-byte rings) or bytes."""
