@@ -15,8 +15,9 @@
  *   h.dequeue_bulk_into(buf) -> int        fill all of buf or nothing
  *   h.dequeue_burst_into(buf, n=-1) -> int up to n (-1: all buf holds)
  *
- * buf: any C-contiguous buffer (writable for the dequeues) whose length is
- * a whole number of elements (ValueError otherwise).
+ * buf: any C-contiguous buffer; for the enqueues its length must be a
+ * whole number of elements (ValueError otherwise), the dequeues fill the
+ * whole elements that fit.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -113,8 +114,9 @@ static PyObject *take(Handle *self, PyObject *const *args, Py_ssize_t nargs,
     if (PyObject_GetBuffer(args[0], &view,
                            PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
         return NULL;
-    /* A burst into a buffer need not fill it whole: round down. */
-    n = burst ? view.len / self->esize : elements(self, &view);
+    /* Into a buffer, whole elements only: a tail shorter than one
+     * element is left alone, as Ring did through cffi. */
+    n = view.len / self->esize;
     if (n >= 0 && want >= 0) {
         if (want > n) {
             PyErr_Format(PyExc_ValueError, "n=%zd does not fit a buffer of "
@@ -174,6 +176,8 @@ static struct PyModuleDef module = {
     "The hot ring calls of forkhost.shm.Ring (see pyring.c).", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
+
+PyMODINIT_FUNC PyInit__ring(void);
 
 PyMODINIT_FUNC PyInit__ring(void)
 {
