@@ -4,8 +4,10 @@
  * measure rte_ring and rte_hash, so that benchmarks/shm_c/run.py can put the
  * two side by side.  Run by hand, never by the tests; no thresholds.
  *
- *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash] [wake]
+ *     bench [--no-huge] [--repeat N] [--shift S] [ring] [ring1] [hash] [wake]
  *
+ * ring1: enqueue then dequeue in one process on one core (bench_ring1):
+ * the calls' own cost, with and without the waiter check.
  * wake: the median wake-up latency of a consumer process asleep in
  * fh_ring_dequeue_bulk_timed after another process's enqueue (see
  * bench_wake).  Built with -DFH__RING_BENCH_NO_WAKEUP (run.py builds both),
@@ -52,7 +54,8 @@
  *
  * Output: a header line, then whitespace-separated figures that run.py
  * parses: "ring MODE KIND N PRODUCER CONSUMER SUM MEDIAN WORST" (cycles per
- * object; the last two over --repeat runs), "wake MEDIAN P10 P90" (cycles) and
+ * object; the last two over --repeat runs), "ring1 MODE N CYCLES",
+ * "wake MEDIAN P10 P90" (cycles) and
  * "hash NAME CYCLES" (cycles per operation).
  */
 #include <errno.h>
@@ -328,6 +331,54 @@ static void bench_ring(struct ctl *c)
                c->res[best][k][1], c->res[best][k][0] + c->res[best][k][1],
                sums[ring_repeat / 2], sums[ring_repeat - 1]);
     }
+}
+
+/* One process, one core: enqueue n then dequeue n on the same ring, so
+ * no cache line moves between cores and what is left is the instruction
+ * cost of the calls.  Built with and without FH__RING_BENCH_NO_WAKEUP
+ * (run.py), the difference is what the waiter check costs when nobody
+ * waits, free of the two-core figures' noise.  Best of 15 runs of 2^16
+ * call pairs, cycles per object (enqueue + dequeue). */
+static void bench_ring1(void)
+{
+    static const char *mname[] = {"sp/sc", "mp/mc"};
+    struct fh_ring *rings[2];
+    uint64_t objs[32], out[32];
+
+    rings[SPSC] = fh_ring_create("bench.ring1.spsc", RING_SLOTS, 8,
+                                 FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+    rings[MPMC] = fh_ring_create("bench.ring1", RING_SLOTS, 8, 0);
+    if (rings[SPSC] == NULL || rings[MPMC] == NULL)
+        DIE("ring1: fh_ring_create");
+    pin(0);
+    for (unsigned i = 0; i < 32; i++)
+        objs[i] = i + 1;
+    for (int mode = SPSC; mode <= MPMC; mode++)
+        for (unsigned s = 1; s < 3; s++) {
+            const unsigned n = sizes[s];
+            struct fh_ring *r = rings[mode];
+            double best = 1e30;
+
+            for (int run = 0; run < 15; run++) {
+                uint64_t t0 = tsc();
+                for (unsigned i = 0; i < (1u << 16); i++) {
+                    if (mode == SPSC) {
+                        fh_ring_sp_enqueue_bulk(r, objs, n, NULL);
+                        fh_ring_sc_dequeue_bulk(r, out, n, NULL);
+                    } else {
+                        fh_ring_mp_enqueue_bulk(r, objs, n, NULL);
+                        fh_ring_mc_dequeue_bulk(r, out, n, NULL);
+                    }
+                }
+                double v = (double)(tsc() - t0) / ((double)(1u << 16) * n);
+                if (v < best)
+                    best = v;
+            }
+            if (out[n - 1] != n)
+                fprintf(stderr, "bench: ring1 got %llu\n",
+                        (unsigned long long)out[n - 1]);
+            printf("ring1 %s %u %.2f\n", mname[mode], n, best);
+        }
 }
 
 /* ----------------------------------------------------------- wake-up */
@@ -687,7 +738,7 @@ static double tsc_hz(void)
 int main(int argc, char **argv)
 {
     const struct fh_memzone *mz;
-    int do_ring = 0, do_hash = 0, do_wake = 0, huge = 1;
+    int do_ring = 0, do_hash = 0, do_wake = 0, do_ring1 = 0, huge = 1;
     struct fh_arena_hdr *hdr;
     struct ctl *c;
 
@@ -698,6 +749,8 @@ int main(int argc, char **argv)
             do_hash = 1;
         else if (strcmp(argv[i], "wake") == 0)
             do_wake = 1;
+        else if (strcmp(argv[i], "ring1") == 0)
+            do_ring1 = 1;
         else if (strcmp(argv[i], "--no-huge") == 0)
             huge = 0;
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc
@@ -708,11 +761,11 @@ int main(int argc, char **argv)
             ring_shift = (unsigned)atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--no-huge] [--repeat N] [--shift S] "
-                    "[ring] [hash] [wake]\n", argv[0]);
+                    "[ring] [ring1] [hash] [wake]\n", argv[0]);
             return 2;
         }
     }
-    if (!do_ring && !do_hash && !do_wake)
+    if (!do_ring && !do_hash && !do_wake && !do_ring1)
         do_ring = do_hash = 1;
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         fprintf(stderr, "bench: needs CPUs 0 and 1\n");
@@ -734,6 +787,9 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (do_ring)
         bench_ring(c);
+    fflush(stdout);
+    if (do_ring1)
+        bench_ring1();
     fflush(stdout);
     if (do_wake)
         bench_wake(c);

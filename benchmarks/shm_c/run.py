@@ -16,7 +16,9 @@ What it does:
      the fast path when nobody waits), then DPDK's ring_perf_autotest; the
      best of the N rounds of each figure is kept on both sides, so a round
      disturbed by other load counts on neither, and our worst run is
-     printed beside it (the spread); then the wake-up latency of a
+     printed beside it (the spread); then enqueue + dequeue in one
+     process on one core, with and without the waiter check (the check's
+     own cost, free of cross-core noise), and the wake-up latency of a
      blocked consumer (median of 2000, two processes);
   4. --hash-rounds times (default 2): our hash figures, then DPDK's
      hash_perf_autotest (about 3 minutes: it measures ten key sizes in five
@@ -133,6 +135,8 @@ def run_bench(exe: Path, *args: str) -> tuple[str, dict]:
             figures[("ring", f[1], f[2], int(f[3]))] = float(f[6])
             if len(f) >= 9:
                 figures[("ring_worst", f[1], f[2], int(f[3]))] = float(f[8])
+        elif f and f[0] == "ring1":    # ring1 sp/sc 8 cycles
+            figures[("ring1", f[1], int(f[2]))] = float(f[3])
         elif f and f[0] == "wake":     # wake median p10 p90 (cycles)
             figures[("wake",)] = tuple(float(x) for x in f[1:4])
         elif f and f[0] == "hash":     # hash lookup 123.4
@@ -258,6 +262,14 @@ def print_table(ours: dict, ring_d: dict, hash_d: dict, hash_w: dict,
                     f"{fmt(d):>10}{ratio(o, d):>10}{note}"
                     f"   worst {fmt(w)}, no waiter check {fmt(nw)}")
 
+    if ours.get(("ring1", "sp/sc", 8)) is not None:
+        log("ring, one process on one core, enqueue then dequeue (cycles per "
+            "object): with the waiter check / without it")
+        for mode in ("sp/sc", "mp/mc"):
+            for n in (8, 32):
+                w, nw = ours.get(("ring1", mode, n)), ours.get(("nowake1", mode, n))
+                log(f"  {mode.upper()} bulk n={n:<3}{'':20}{fmt(w):>10}{fmt(nw):>10}"
+                    f"{ratio(w, nw):>10}")
     wk = ours.get(("wake",))
     if wk and ghz:
         log(f"ring wake-up, a consumer process asleep in "
@@ -359,6 +371,11 @@ def main() -> int:
                             if k[0] == "ring"}, min)
                 if dpdk:
                     keep(ring_d, parse_ring(run_dpdk("ring_perf_autotest", 600)), min)
+            for _ in range(3):          # alternating, best kept
+                _, figs = run_bench(exe, "ring1")
+                keep(ours, figs, min)
+                _, figs = run_bench(exe_nw, "ring1")
+                keep(ours, {("nowake1",) + k[1:]: v for k, v in figs.items()}, min)
             _, figs = run_bench(exe, "wake")
             keep(ours, figs, min)
             # Hash: each round ours, then DPDK's (about 3 minutes), so both

@@ -247,8 +247,10 @@ FH_API unsigned fh_ring_reclaim_waiters(struct fh_ring *r);
 /* A waiter that cannot trust a wake-up (see "Waiting") re-checks this
  * often, in nanoseconds. */
 #define FH_RING_POLL_NS 1000000
-/* The waker's slow path (ring.c): wake the threads asleep on ht->tail. */
-FH_API void fh__ring_wake(struct fh_ring_headtail *ht);
+/* The waker's slow path (ring.c): wake the threads asleep on ht->tail.
+ * Cold: the compiler lays the inline fast path out for the case where
+ * nobody waits and keeps the call off it. */
+FH_API __attribute__((cold)) void fh__ring_wake(struct fh_ring_headtail *ht);
 /* Register this process for the waiters' barrier as fh_ring_lookup does,
  * for code that embeds a ring (mempool.c's lookup). */
 FH_API void fh__ring_register(struct fh_ring *r);
@@ -262,6 +264,11 @@ FH_API void fh__ring_register(struct fh_ring *r);
 
 enum { FH__RING_FIXED = 0, FH__RING_VARIABLE = 1 };
 
+static __attribute__((noinline, cold)) void fh__ring_yield(void)
+{
+    sched_yield();
+}
+
 /* Spin politely; a spinner that has waited long yields its CPU, because the
  * process it waits for may be descheduled on an oversubscribed machine. */
 static inline void fh__ring_pause(unsigned *spins)
@@ -271,9 +278,9 @@ static inline void fh__ring_pause(unsigned *spins)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
-    if (++*spins >= 1024) {
+    if (__builtin_expect(++*spins >= 1024, 0)) {
         *spins = 0;
-        sched_yield();
+        fh__ring_yield();
     }
 }
 
@@ -409,19 +416,18 @@ static inline void fh__ring_update_tail(struct fh_ring_headtail *ht,
 #endif
 }
 
-static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
-                                    const void *objs, uint32_t n)
+/* The copies other than 64-bit elements without wrap-around, out of the
+ * inline path: cold and not inlined, so the compiler does not save
+ * registers for their memcpy calls on every call of the fast path. */
+static __attribute__((noinline, cold)) void
+fh__ring_copy_in_slow(struct fh_ring *r, uint32_t idx, const void *objs,
+                      uint32_t n)
 {
-    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    const uint32_t esize = r->elem_size;
     unsigned char *dst = r->slots;
     const unsigned char *src = (const unsigned char *)objs;
 
-    if (esize == 8 && idx + n <= r->size) {
-        /* The common case, inlined: memcpy of 8 compiles to one move and
-         * stays correct for a caller's unaligned buffer. */
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
-    } else if (idx + n <= r->size) {
+    if (idx + n <= r->size) {
         memcpy(dst + (size_t)idx * esize, src, (size_t)n * esize);
     } else {
         const uint32_t first = r->size - idx;
@@ -430,22 +436,52 @@ static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
     }
 }
 
-static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
-                                     void *objs, uint32_t n)
+static __attribute__((noinline, cold)) void
+fh__ring_copy_out_slow(const struct fh_ring *r, uint32_t idx, void *objs,
+                       uint32_t n)
 {
-    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    const uint32_t esize = r->elem_size;
     const unsigned char *src = r->slots;
     unsigned char *dst = (unsigned char *)objs;
 
-    if (esize == 8 && idx + n <= r->size) {
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
-    } else if (idx + n <= r->size) {
+    if (idx + n <= r->size) {
         memcpy(dst, src + (size_t)idx * esize, (size_t)n * esize);
     } else {
         const uint32_t first = r->size - idx;
         memcpy(dst, src + (size_t)idx * esize, (size_t)first * esize);
         memcpy(dst + (size_t)first * esize, src, (size_t)(n - first) * esize);
+    }
+}
+
+static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
+                                    const void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask;
+    unsigned char *dst = r->slots;
+    const unsigned char *src = (const unsigned char *)objs;
+
+    if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
+        /* The common case, inlined: memcpy of 8 compiles to one move and
+         * stays correct for a caller's unaligned buffer. */
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
+    } else {
+        fh__ring_copy_in_slow(r, idx, objs, n);
+    }
+}
+
+static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
+                                     void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask;
+    const unsigned char *src = r->slots;
+    unsigned char *dst = (unsigned char *)objs;
+
+    if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
+    } else {
+        fh__ring_copy_out_slow(r, idx, objs, n);
     }
 }
 
