@@ -65,6 +65,14 @@ setup(
                            libraries=["forkhost"],
                            runtime_library_dirs=["$ORIGIN"],
                            extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]
+                           + build_native.WARNINGS),
+                 # Ring's hot calls without cffi's per-call objects.
+                 Extension("forkhost._native._ring",
+                           ["forkhost/_native/pyring.c"],
+                           include_dirs=[str(build_native.INCLUDE)],
+                           libraries=["forkhost"],
+                           runtime_library_dirs=["$ORIGIN"],
+                           extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]
                            + build_native.WARNINGS)],
     scripts=["csrc/client/forkhost-run.c"],
     cmdclass={"build_ext": BuildExt, "build_scripts": BuildScripts},

@@ -12,8 +12,9 @@ out.  Both use the Python API with one preallocated array per burst
 (enqueue_burst / dequeue_burst_into; `single` uses enqueue()/dequeue(), one
 item per call).  The consumer times from its first item to its last.
 Cases: SP/SC and MP/MC rings (one producer and one consumer each, the
-MP/MC ring paying its CAS), bursts of 1, 8 and 32, and MP/MC with two
-producers and two consumers.  The baseline is multiprocessing.Queue between
+MP/MC ring paying its CAS), bursts of 1, 8 and 32, MP/MC with two
+producers and two consumers, and bursts of 32 whose both sides sleep with
+timeout=None when the ring is empty or full instead of spinning.  The baseline is multiprocessing.Queue between
 two processes (fork context), one item per put()/get(), and, for
 reference, one list of 32 items per put().
 
@@ -58,12 +59,16 @@ def producer(ring_name: str, n: int, burst: int) -> None:
             if enqueue(sent):
                 sent += 1
         return
+    # burst < 0: the same burst, sleeping while the ring is full
+    # (timeout=None) instead of spinning.
+    wait = None if burst < 0 else 0
+    burst = abs(burst)
     buf = array("Q", range(burst))
     enqueue_burst = ring.enqueue_burst
     while n - sent >= burst:
-        sent += enqueue_burst(buf)
+        sent += enqueue_burst(buf, timeout=wait)
     while sent < n:
-        sent += enqueue_burst(buf[:n - sent])
+        sent += enqueue_burst(buf[:n - sent], timeout=wait)
 
 
 def consumer(ring_name: str, n: int, burst: int) -> None:
@@ -78,10 +83,11 @@ def consumer(ring_name: str, n: int, burst: int) -> None:
                     t0 = time.perf_counter()
                 got += 1
     else:
-        buf = array("Q", bytes(8 * burst))
+        wait = None if burst < 0 else 0       # as in producer()
+        buf = array("Q", bytes(8 * abs(burst)))
         dequeue_burst_into = ring.dequeue_burst_into
         while got < n:
-            k = dequeue_burst_into(buf)
+            k = dequeue_burst_into(buf, timeout=wait)
             if k and t0 is None:
                 t0 = time.perf_counter()
             got += k
@@ -252,7 +258,11 @@ def main() -> int:
                  ("MP/MC", 0, 1, 500_000, 1, 1),
                  ("MP/MC", 0, 8, 2_000_000, 1, 1),
                  ("MP/MC", 0, 32, 6_000_000, 1, 1),
-                 ("MP/MC 2x2", 0, 32, 6_000_000, 2, 2)]
+                 ("MP/MC 2x2", 0, 32, 6_000_000, 2, 2),
+                 # Both sides sleep (timeout=None) instead of spinning when
+                 # the ring is empty or full.
+                 ("SP/SC", SP_ENQ | SC_DEQ, -32, 6_000_000, 1, 1),
+                 ("MP/MC", 0, -32, 6_000_000, 1, 1)]
         for i, (mode, flags, burst, n, np_, nc) in enumerate(cases):
             rate = ring_case(prefix, rdir, f"bench.ring{i}", flags, burst,
                              int(n * scale), np_, nc)
@@ -264,7 +274,8 @@ def main() -> int:
           f"(ratio = items/s over Queue's 1 item per put/get):")
     print(f"  {'mode':<10} {'per call':<22} {'items/s':>12}  {'vs Queue':>9}")
     for mode, burst, rate in ring_rows:
-        how = "enqueue()/dequeue()" if burst == 0 else f"burst of {burst}"
+        how = ("enqueue()/dequeue()" if burst == 0 else f"burst of {burst}"
+               if burst > 0 else f"burst of {-burst}, waiting")
         print(f"  {mode:<10} {how:<22} {fmt(rate):>12}  {rate / q_rate:8.1f}x")
     best32 = min(r for m, b, r in ring_rows if b == 32 and m in ("SP/SC", "MP/MC"))
     print(f"  burst-32 API vs Queue (1 item per call): {best32 / q_rate:.0f}x "

@@ -4,7 +4,15 @@
  * measure rte_ring and rte_hash, so that benchmarks/shm_c/run.py can put the
  * two side by side.  Run by hand, never by the tests; no thresholds.
  *
- *     bench [--no-huge] [--repeat N] [--shift S] [ring] [hash] [heap]
+ *     bench [--no-huge] [--repeat N] [--shift S] [ring] [ring1] [hash] [wake]
+ *           [heap]
+ *
+ * ring1: enqueue then dequeue in one process on one core (bench_ring1):
+ * the calls' own cost, with and without the waiter check.
+ * wake: the median wake-up latency of a consumer process asleep in
+ * fh_ring_dequeue_bulk_timed after another process's enqueue (see
+ * bench_wake).  Built with -DFH__RING_BENCH_NO_WAKEUP (run.py builds both),
+ * the ring figures are those of the same code without the waiter check.
  *
  * ring, hash and heap select the parts (all when none is named); --repeat
  * runs the ring table N times (1..16) and reports each case's best run;
@@ -52,9 +60,10 @@
  * heap_dpdk.c runs over rte_malloc/rte_free.
  *
  * Output: a header line, then whitespace-separated figures that run.py
- * parses: "ring MODE KIND N PRODUCER CONSUMER SUM" (cycles per object),
- * "hash NAME CYCLES" (cycles per operation) and "heap KIND SIZE CYCLES"
- * (cycles per malloc + free).
+ * parses: "ring MODE KIND N PRODUCER CONSUMER SUM MEDIAN WORST" (cycles per
+ * object; the last two over --repeat runs), "ring1 MODE N CYCLES",
+ * "wake MEDIAN P10 P90" (cycles), "hash NAME CYCLES" (cycles per
+ * operation) and "heap KIND SIZE CYCLES" (cycles per malloc + free).
  */
 #include <errno.h>
 #include <sched.h>
@@ -318,10 +327,124 @@ static void bench_ring(struct ctl *c)
             if (c->res[run][k][0] + c->res[run][k][1]
                 < c->res[best][k][0] + c->res[best][k][1])
                 best = run;
-        printf("ring %s %s %u %.2f %.2f %.2f\n", mname[mode], kname[kind],
-               sizes[k % 3], c->res[best][k][0], c->res[best][k][1],
-               c->res[best][k][0] + c->res[best][k][1]);
+        double sums[REPEAT_MAX], t;
+        for (unsigned run = 0; run < ring_repeat; run++)
+            sums[run] = c->res[run][k][0] + c->res[run][k][1];
+        for (unsigned i = 1; i < ring_repeat; i++)       /* insertion sort */
+            for (unsigned j = i; j > 0 && sums[j - 1] > sums[j]; j--)
+                t = sums[j], sums[j] = sums[j - 1], sums[j - 1] = t;
+        /* The best run's two sides and sum, then the median and the worst
+         * sum over the --repeat runs: the spread. */
+        printf("ring %s %s %u %.2f %.2f %.2f %.2f %.2f\n", mname[mode],
+               kname[kind], sizes[k % 3], c->res[best][k][0],
+               c->res[best][k][1], c->res[best][k][0] + c->res[best][k][1],
+               sums[ring_repeat / 2], sums[ring_repeat - 1]);
     }
+}
+
+/* One process, one core: enqueue n then dequeue n on the same ring, so
+ * no cache line moves between cores and what is left is the instruction
+ * cost of the calls.  Built with and without FH__RING_BENCH_NO_WAKEUP
+ * (run.py), the difference is what the waiter check costs when nobody
+ * waits, free of the two-core figures' noise.  Best of 15 runs of 2^16
+ * call pairs, cycles per object (enqueue + dequeue). */
+static void bench_ring1(void)
+{
+    static const char *mname[] = {"sp/sc", "mp/mc"};
+    struct fh_ring *rings[2];
+    uint64_t objs[32], out[32];
+
+    rings[SPSC] = fh_ring_create("bench.ring1.spsc", RING_SLOTS, 8,
+                                 FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+    rings[MPMC] = fh_ring_create("bench.ring1", RING_SLOTS, 8, 0);
+    if (rings[SPSC] == NULL || rings[MPMC] == NULL)
+        DIE("ring1: fh_ring_create");
+    pin(0);
+    for (unsigned i = 0; i < 32; i++)
+        objs[i] = i + 1;
+    for (int mode = SPSC; mode <= MPMC; mode++)
+        for (unsigned s = 1; s < 3; s++) {
+            const unsigned n = sizes[s];
+            struct fh_ring *r = rings[mode];
+            double best = 1e30;
+
+            for (int run = 0; run < 15; run++) {
+                uint64_t t0 = tsc();
+                for (unsigned i = 0; i < (1u << 16); i++) {
+                    if (mode == SPSC) {
+                        fh_ring_sp_enqueue_bulk(r, objs, n, NULL);
+                        fh_ring_sc_dequeue_bulk(r, out, n, NULL);
+                    } else {
+                        fh_ring_mp_enqueue_bulk(r, objs, n, NULL);
+                        fh_ring_mc_dequeue_bulk(r, out, n, NULL);
+                    }
+                }
+                double v = (double)(tsc() - t0) / ((double)(1u << 16) * n);
+                if (v < best)
+                    best = v;
+            }
+            if (out[n - 1] != n)
+                fprintf(stderr, "bench: ring1 got %llu\n",
+                        (unsigned long long)out[n - 1]);
+            printf("ring1 %s %u %.2f\n", mname[mode], n, best);
+        }
+}
+
+/* ----------------------------------------------------------- wake-up */
+
+#define WAKE_ROUNDS 2000
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A consumer process on CPU 1 sleeps in a blocking dequeue; the producer
+ * on CPU 0 waits until it is registered and the ring is empty, then
+ * enqueues the TSC; the consumer's figure is TSC at its return minus
+ * that.  Prints the median and the 10th/90th percentiles in cycles. */
+static void bench_wake(struct ctl *c)
+{
+    struct fh_ring *r = fh_ring_create("bench.wake", 64, 8, FH_RING_F_SP_ENQ
+                                       | FH_RING_F_SC_DEQ);
+    const struct fh_memzone *mz = fh_memzone_reserve(
+        "bench.wake.lat", WAKE_ROUNDS * sizeof(uint64_t), 0, 0);
+    uint64_t *lat;
+    pid_t cons;
+
+    (void)c;
+    if (r == NULL || mz == NULL)
+        DIE("wake: create");
+    lat = mz->addr;
+    if ((cons = fork_child()) == 0) {
+        pin(1);
+        for (unsigned i = 0; i < WAKE_ROUNDS; i++) {
+            uint64_t v;
+            if (fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) != 1)
+                _exit(1);
+            lat[i] = tsc() - v;
+        }
+        _exit(0);
+    }
+    pin(0);
+    for (unsigned i = 0; i < WAKE_ROUNDS; i++) {
+        uint64_t now;
+        while (fh_ring_waiting_consumers(r) != 1 || !fh_ring_empty(r))
+            cpu_pause();
+        /* Let it fall asleep in the kernel (it is registered already). */
+        for (uint64_t t0 = tsc(); tsc() - t0 < 200000;)
+            cpu_pause();
+        now = tsc();
+        fh_ring_sp_enqueue_bulk(r, &now, 1, NULL);
+    }
+    if (reap(cons) != 0)
+        DIE("wake: consumer failed");
+    qsort(lat, WAKE_ROUNDS, sizeof *lat, cmp_u64);
+    printf("wake %llu %llu %llu\n",
+           (unsigned long long)lat[WAKE_ROUNDS / 2],
+           (unsigned long long)lat[WAKE_ROUNDS / 10],
+           (unsigned long long)lat[WAKE_ROUNDS * 9 / 10]);
 }
 
 /* ------------------------------------------------------------------ hash */
@@ -663,7 +786,8 @@ static double tsc_hz(void)
 int main(int argc, char **argv)
 {
     const struct fh_memzone *mz;
-    int do_ring = 0, do_hash = 0, do_heap = 0, huge = 1;
+    int do_ring = 0, do_hash = 0, do_heap = 0, do_wake = 0, do_ring1 = 0;
+    int huge = 1;
     struct fh_arena_hdr *hdr;
     struct ctl *c;
 
@@ -674,6 +798,10 @@ int main(int argc, char **argv)
             do_hash = 1;
         else if (strcmp(argv[i], "heap") == 0)
             do_heap = 1;
+        else if (strcmp(argv[i], "wake") == 0)
+            do_wake = 1;
+        else if (strcmp(argv[i], "ring1") == 0)
+            do_ring1 = 1;
         else if (strcmp(argv[i], "--no-huge") == 0)
             huge = 0;
         else if (strcmp(argv[i], "--repeat") == 0 && i + 1 < argc
@@ -684,11 +812,11 @@ int main(int argc, char **argv)
             ring_shift = (unsigned)atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--no-huge] [--repeat N] [--shift S] "
-                    "[ring] [hash] [heap]\n", argv[0]);
+                    "[ring] [ring1] [hash] [wake] [heap]\n", argv[0]);
             return 2;
         }
     }
-    if (!do_ring && !do_hash && !do_heap)
+    if (!do_ring && !do_hash && !do_heap && !do_wake && !do_ring1)
         do_ring = do_hash = do_heap = 1;
     if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
         fprintf(stderr, "bench: needs CPUs 0 and 1\n");
@@ -710,6 +838,12 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (do_ring)
         bench_ring(c);
+    fflush(stdout);
+    if (do_ring1)
+        bench_ring1();
+    fflush(stdout);
+    if (do_wake)
+        bench_wake(c);
     fflush(stdout);
     if (do_hash)
         bench_hash(c);

@@ -11,9 +11,15 @@ What it does:
      pages and mounts hugetlbfs at /dev/hugepages (if not mounted), so both
      sides run on huge pages (forkhost's arena takes them as the primary's
      default --huge-pages auto does);
-  3. N rounds (default 5), each: our ring table, then DPDK's
-     ring_perf_autotest; the best of the N rounds of each figure is kept on
-     both sides, so a round disturbed by other load counts on neither;
+  3. N rounds (default 5), each: our ring table (3 runs, pinned to CPUs 0
+     and 1), the same built without the waiter check (what waiting costs
+     the fast path when nobody waits), then DPDK's ring_perf_autotest; the
+     best of the N rounds of each figure is kept on both sides, so a round
+     disturbed by other load counts on neither, and our worst run is
+     printed beside it (the spread); then enqueue + dequeue in one
+     process on one core, with and without the waiter check (the check's
+     own cost, free of cross-core noise), and the wake-up latency of a
+     blocked consumer (median of 2000, two processes);
   4. --hash-rounds times (default 3): our hash figures and DPDK's
      hash_perf_autotest (about 3 minutes: it measures ten key sizes in five
      table configurations), one run of each per round, in alternating
@@ -124,15 +130,22 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------- building
 
-def build(work: Path) -> Path:
-    build_native.build_library(work, opt="-O2")
-    exe = work / "bench"
+def build(work: Path, extra: tuple[str, ...] = (), name: str = "bench") -> Path:
+    if not (work / "libforkhost.so").exists():
+        build_native.build_library(work, opt="-O2")
+    exe = work / name
     build_native.run(build_native.cc() + [
         "-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g", "-pthread",
-        "-I", str(build_native.INCLUDE)] + build_native.WARNINGS
+        "-I", str(build_native.INCLUDE)] + build_native.WARNINGS + list(extra)
         + ["-o", str(exe), str(HERE / "bench.c"), "-L", str(work),
            "-lforkhost", f"-Wl,-rpath,{work}"])
     return exe
+
+
+# The same ring code without the waiter check after each tail store
+# (forkhost/ring.h, FH__RING_BENCH_NO_WAKEUP): what waiting costs the fast
+# path when nobody waits.
+NO_WAKE = ("-DFH__RING_BENCH_NO_WAKEUP",)
 
 
 # ------------------------------------------------------------ our figures
@@ -149,8 +162,14 @@ def run_bench(exe: Path, *args: str) -> tuple[str, dict]:
     header, figures = "", {}
     for line in r.stdout.splitlines():
         f = line.split()
-        if f and f[0] == "ring":       # ring sp/sc bulk 8 prod cons sum
+        if f and f[0] == "ring":       # ring sp/sc bulk 8 prod cons sum med worst
             figures[("ring", f[1], f[2], int(f[3]))] = float(f[6])
+            if len(f) >= 9:
+                figures[("ring_worst", f[1], f[2], int(f[3]))] = float(f[8])
+        elif f and f[0] == "ring1":    # ring1 sp/sc 8 cycles
+            figures[("ring1", f[1], int(f[2]))] = float(f[3])
+        elif f and f[0] == "wake":     # wake median p10 p90 (cycles)
+            figures[("wake",)] = tuple(float(x) for x in f[1:4])
         elif f and f[0] == "hash":     # hash lookup 123.4
             figures[("hash", f[1])] = float(f[2])
         elif line.startswith("forkhost C benchmark"):
@@ -317,8 +336,26 @@ def print_table(ours: dict, ring_d: dict) -> None:
                     note = f"   (target <= {RING_TARGET:.2f})"
                 if kind == "burst" and d is not None:
                     note += "   vs DPDK bulk"
+                w = ours.get(("ring_worst", mode, kind, n))
+                nw = ours.get(("nowake", mode, kind, n))
                 log(f"  {mode.upper()} {kind:<5} n={n:<3}{'':15}{fmt(o):>10}"
-                    f"{fmt(d):>10}{ratio(o, d):>10}{note}")
+                    f"{fmt(d):>10}{ratio(o, d):>10}{note}"
+                    f"   worst {fmt(w)}, no waiter check {fmt(nw)}")
+
+    if ours.get(("ring1", "sp/sc", 8)) is not None:
+        log("ring, one process on one core, enqueue then dequeue (cycles per "
+            "object): with the waiter check / without it")
+        for mode in ("sp/sc", "mp/mc"):
+            for n in (8, 32):
+                w, nw = ours.get(("ring1", mode, n)), ours.get(("nowake1", mode, n))
+                log(f"  {mode.upper()} bulk n={n:<3}{'':20}{fmt(w):>10}{fmt(nw):>10}"
+                    f"{ratio(w, nw):>10}")
+    wk = ours.get(("wake",))
+    if wk and ghz:
+        log(f"ring wake-up, a consumer process asleep in "
+            f"fh_ring_dequeue_bulk_timed, after another's enqueue (CPUs 1, 0): "
+            f"median {wk[0] / ghz / 1e3:.1f} us (10%..90%: {wk[1] / ghz / 1e3:.1f}"
+            f"..{wk[2] / ghz / 1e3:.1f} us)")
 
 
 def median(v: list[float]) -> float:
@@ -449,6 +486,7 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         exe = build(work)
+        exe_nw = build(work, NO_WAKE, "bench_nowake")
         with HugePages(HUGE_PAGES, DPDK_PREFIX) if dpdk else contextlib.nullcontext():
             log(f"\nload average before: {load_before[0]:.2f} {load_before[1]:.2f} "
                 f"{load_before[2]:.2f} ({os.cpu_count()} CPUs)")
@@ -458,10 +496,22 @@ def main() -> int:
             for i in range(0 if a.hash_only else a.rounds):
                 log(f"round {i + 1}/{a.rounds}: forkhost ring"
                     + (", DPDK ring_perf_autotest" if dpdk else ""))
-                header, figs = run_bench(exe, "ring")
-                keep(ours, figs, min)
+                header, figs = run_bench(exe, "--repeat", "3", "ring")
+                keep(ours, {k: v for k, v in figs.items() if k[0] == "ring"}, min)
+                keep(ours, {k: v for k, v in figs.items() if k[0] == "ring_worst"}, max)
+                _, figs = run_bench(exe_nw, "--repeat", "3", "ring")
+                keep(ours, {("nowake",) + k[1:]: v for k, v in figs.items()
+                            if k[0] == "ring"}, min)
                 if dpdk:
                     keep(ring_d, parse_ring(run_dpdk("ring_perf_autotest", 600)), min)
+            for _ in range(0 if a.hash_only else 3):    # alternating, best kept
+                _, figs = run_bench(exe, "ring1")
+                keep(ours, figs, min)
+                _, figs = run_bench(exe_nw, "ring1")
+                keep(ours, {("nowake1",) + k[1:]: v for k, v in figs.items()}, min)
+            if not a.hash_only:
+                _, figs = run_bench(exe, "wake")
+                keep(ours, figs, min)
             # Hash: one run of ours and one of DPDK's per round, the order
             # alternating, so that a drift in the machine's load falls on
             # both sides alike; every round's figures are kept.

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "forkhost.h"
@@ -319,6 +320,50 @@ FH_API int fh_mempool_get(struct fh_mempool *mp, void **obj)
     return fh_mempool_get_bulk(mp, obj, 1);
 }
 
+FH_API int fh_mempool_get_bulk_timed(struct fh_mempool *mp, void **objs,
+                                     unsigned n, int64_t timeout_ns)
+{
+    struct timespec start, now;
+    int rc;
+
+    if (n > mp->count)
+        return -EINVAL;
+    if (timeout_ns > 0)
+        clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int64_t left = timeout_ns;
+
+        if (fh_mempool_get_bulk(mp, objs, n) == 0)
+            return 0;
+        if (timeout_ns == 0)
+            return -ETIMEDOUT;
+        if (timeout_ns > 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left = timeout_ns - ((int64_t)(now.tv_sec - start.tv_sec) * 1000000000
+                                 + (now.tv_nsec - start.tv_nsec));
+            if (left <= 0)
+                return -ETIMEDOUT;
+        }
+        /* What this thread holds goes back first: the wait is for the
+         * ring alone. */
+        fh_mempool_cache_flush(mp);
+        rc = fh_ring_wait_elements(mp_ring(mp), n, left);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+FH_API unsigned fh_mempool_waiting(const struct fh_mempool *mp)
+{
+    return fh_ring_waiting_consumers(mp_ring(mp));
+}
+
+FH_API int fh_mempool_get_timed(struct fh_mempool *mp, void **obj,
+                                int64_t timeout_ns)
+{
+    return fh_mempool_get_bulk_timed(mp, obj, 1, timeout_ns);
+}
+
 FH_API int fh_mempool_put_bulk(struct fh_mempool *mp, void *const *objs,
                                unsigned n)
 {
@@ -333,6 +378,14 @@ FH_API int fh_mempool_put_bulk(struct fh_mempool *mp, void *const *objs,
     if (n == 0)
         return 0;
     c = my_cache(mp);
+    /* Relaxed: a hint (see "Waiting" in mempool.h); the ring's own wake-up
+     * protocol covers the objects once they are in the ring. */
+    if (c && atomic_load_explicit(&mp_ring(mp)->prod.waiters,
+                                  memory_order_relaxed)) {
+        /* Someone waits for objects: give them ours, cached ones too. */
+        cache_flush(mp, c);
+        c = NULL;
+    }
     if (!c || n > mp->cache_size) {
         uint64_t tmp[MP_CHUNK];
         for (unsigned done = 0; done < n;) {
@@ -511,8 +564,13 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
 
 FH_API struct fh_mempool *fh_mempool_lookup(const char *name)
 {
-    return fh__object_lookup(FH_MEMPOOL_MZ_PREFIX, name, FH_MEMPOOL_NAMESIZE,
-                             offsetof(struct fh_mempool, magic), MP_MAGIC);
+    struct fh_mempool *mp = fh__object_lookup(FH_MEMPOOL_MZ_PREFIX, name,
+                                              FH_MEMPOOL_NAMESIZE,
+                                              offsetof(struct fh_mempool, magic),
+                                              MP_MAGIC);
+    if (mp)
+        fh__ring_register(mp_ring(mp));
+    return mp;
 }
 
 /*

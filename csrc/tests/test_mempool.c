@@ -355,6 +355,42 @@ static void test_stress(void)
           "all back: avail %u", fh_mempool_avail_count(mp));
 }
 
+/* Getters that wait: timeouts, and a getter in another process woken by
+ * puts that would otherwise have stayed in the putter's cache. */
+static void test_get_timed(void)
+{
+    struct fh_mempool *mp = fh_mempool_create("p.wait", 8, 64, 4, 0);
+    void *o[8], *x = NULL;
+    pid_t pid;
+
+    CHECK(mp, "create");
+    CHECK(fh_mempool_get_bulk_timed(mp, o, 9, -1) == -EINVAL, "n > count");
+    CHECK(fh_mempool_get_bulk_timed(mp, o, 8, 0) == 0, "all 8");
+    CHECK(fh_mempool_get_timed(mp, &x, 0) == -ETIMEDOUT, "none now");
+    CHECK(fh_mempool_get_timed(mp, &x, 10000000) == -ETIMEDOUT, "none in 10 ms");
+    CHECK(fh_mempool_waiting(mp) == 0, "nobody waiting");
+    pid = fork_child();
+    if (pid == 0) {
+        void *got[2];
+        if (fh_mempool_get_bulk_timed(mp, got, 2, -1) != 0)
+            _exit(1);
+        _exit(fh_mempool_put_bulk(mp, got, 2) == 0 &&
+              fh_mempool_cache_flush(mp) == 0 ? 0 : 2);
+    }
+    /* This thread's cache has room: without a waiter both puts would stay
+     * in it. */
+    CHECK(fh_mempool_put(mp, o[0]) == 0, "put one before the wait");
+    while (fh_mempool_waiting(mp) != 1)
+        usleep(200);
+    CHECK(fh_mempool_put(mp, o[1]) == 0 && fh_mempool_put(mp, o[2]) == 0,
+          "put two");
+    CHECK(reap(pid) == 0, "getter woken by the puts");
+    CHECK(fh_mempool_put_bulk(mp, o + 3, 5) == 0, "rest back");
+    fh_mempool_cache_flush(mp);
+    CHECK(fh_mempool_full(mp) && fh_mempool_waiting(mp) == 0,
+          "all back: avail %u", fh_mempool_avail_count(mp));
+}
+
 int main(void)
 {
     int fds;
@@ -371,6 +407,7 @@ int main(void)
     test_threads();
     test_many_pools();
     test_stress();
+    test_get_timed();
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
     CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD, "children left");
     printf("test_mempool: ok\n");

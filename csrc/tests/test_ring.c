@@ -405,6 +405,159 @@ static void test_cached_tails(void)
     CHECK(fh_ring_sc_dequeue_bulk(r, out, 16, NULL) == 16, "drain 16 again");
 }
 
+/* ---------------------------------------------------------------- waiting */
+
+/* Spin (sleeping) until cond holds: no time limit, the test's own timeout
+ * bounds it. */
+#define UNTIL(cond) do { while (!(cond)) usleep(200); } while (0)
+
+static void test_wait_timeouts(void)
+{
+    struct fh_ring *r = fh_ring_create("w.timeout", 8, 8, 0);
+    uint64_t v[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+
+    CHECK(r, "create");
+    CHECK(fh_ring_dequeue_bulk_timed(r, v, 1, NULL, 0) == -ETIMEDOUT, "no wait");
+    CHECK(fh_ring_dequeue_burst_timed(r, v, 4, NULL, 20000000) == -ETIMEDOUT,
+          "20 ms");
+    CHECK(fh_ring_dequeue_bulk_timed(r, v, 9, NULL, -1) == -EINVAL, "n > cap");
+    CHECK(fh_ring_enqueue_bulk_timed(r, v, 9, NULL, -1) == -EINVAL, "n > cap");
+    CHECK(fh_ring_wait_elements(r, 9, -1) == -EINVAL, "wait n > cap");
+    CHECK(fh_ring_dequeue_bulk_timed(r, v, 0, NULL, -1) == 0, "n == 0");
+    CHECK(fh_ring_enqueue_bulk_timed(r, v, 8, NULL, 0) == 8, "fill");
+    CHECK(fh_ring_enqueue_burst_timed(r, v, 1, NULL, 10000000) == -ETIMEDOUT,
+          "full");
+    CHECK(fh_ring_wait_room(r, 1, 0) == -ETIMEDOUT, "no room");
+    CHECK(fh_ring_wait_elements(r, 8, 0) == 0, "elements there");
+    CHECK(fh_ring_dequeue_burst_timed(r, v, 9, NULL, -1) == 8, "burst takes 8");
+    CHECK(fh_ring_waiting_consumers(r) == 0 && fh_ring_waiting_producers(r) == 0,
+          "nobody registered after timeouts");
+}
+
+/* One consumer process sleeps in a blocking dequeue before every enqueue,
+ * and must be woken by each of them, items in order. */
+static void test_wait_every_enqueue(unsigned flags)
+{
+    struct fh_ring *r = fh_ring_create(flags ? "w.every.s" : "w.every", 64, 8,
+                                       flags);
+    const unsigned rounds = 300;
+    pid_t pid;
+
+    CHECK(r, "create");
+    pid = fork_child();
+    if (pid == 0) {
+        for (uint64_t i = 0; i < rounds; i++) {
+            uint64_t v = 0;
+            if (fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) != 1 || v != i)
+                _exit(1);
+        }
+        _exit(0);
+    }
+    for (uint64_t i = 0; i < rounds; i++) {
+        /* The consumer took the last item and is registered (asleep, or
+         * about to be) before the enqueue, so every one of them takes the
+         * wake path.  (Just woken, it is still registered until it
+         * returns: the empty ring tells the two apart.) */
+        UNTIL(fh_ring_waiting_consumers(r) == 1 && fh_ring_empty(r));
+        CHECK(fh_ring_enqueue_bulk(r, &i, 1, NULL) == 1, "enqueue");
+    }
+    CHECK(reap(pid) == 0, "consumer woken by every enqueue");
+    CHECK(fh_ring_empty(r) && fh_ring_waiting_consumers(r) == 0, "clean");
+}
+
+/* More waiters than slots: the registered ones and the overflow (polling)
+ * ones all get an item. */
+static void test_many_waiters(void)
+{
+    enum { N = FH_RING_WAIT_SLOTS + 4 };
+    struct fh_ring *r = fh_ring_create("w.many", 64, 8, 0);
+    const struct fh_memzone *mz = fh_memzone_reserve("w.many.out",
+                                                     N * sizeof(uint64_t), 0, 0);
+    uint64_t *out;
+    pid_t pid[N];
+    uint64_t seen = 0;
+
+    CHECK(r && mz, "create");
+    out = mz->addr;
+    for (int i = 0; i < N; i++) {
+        pid[i] = fork_child();
+        if (pid[i] == 0) {
+            uint64_t v = 0;
+            if (fh_ring_dequeue_burst_timed(r, &v, 1, NULL, -1) != 1)
+                _exit(1);
+            out[i] = v;
+            _exit(0);
+        }
+    }
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
+    for (uint64_t i = 1; i <= N; i++)
+        CHECK(fh_ring_enqueue_bulk(r, &i, 1, NULL) == 1, "enqueue");
+    for (int i = 0; i < N; i++) {
+        CHECK(reap(pid[i]) == 0, "waiter %d", i);
+        CHECK(out[i] >= 1 && out[i] <= N && !(seen & (1ull << out[i])),
+              "item %llu once", (unsigned long long)out[i]);
+        seen |= 1ull << out[i];
+    }
+    CHECK(fh_ring_empty(r) && fh_ring_waiting_consumers(r) == 0, "clean");
+}
+
+/* A waiter killed while asleep: its slot is reclaimed by the next waker,
+ * which then stops paying for wake-ups, and later waiters work. */
+static void test_waiter_killed(void)
+{
+    struct fh_ring *r = fh_ring_create("w.killed", 16, 8, FH_RING_F_SC_DEQ);
+    uint64_t v = 5;
+    pid_t pid;
+
+    CHECK(r, "create");
+    pid = fork_child();
+    if (pid == 0) {
+        fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1);
+        _exit(1);
+    }
+    UNTIL(fh_ring_waiting_consumers(r) == 1);
+    kill(pid, SIGKILL);
+    CHECK(reap(pid) == 128 + SIGKILL, "killed");
+    CHECK(fh_ring_waiting_consumers(r) == 1, "its slot is still taken");
+    /* This enqueue's wake finds nobody asleep and frees the dead slot. */
+    CHECK(fh_ring_enqueue_bulk(r, &v, 1, NULL) == 1, "enqueue");
+    CHECK(fh_ring_waiting_consumers(r) == 0, "reclaimed by the waker");
+    CHECK(fh_ring_dequeue_bulk(r, &v, 1, NULL) == 1 && v == 5, "item there");
+    CHECK(fh_ring_reclaim_waiters(r) == 0, "nothing more to reclaim");
+
+    pid = fork_child();
+    if (pid == 0)
+        _exit(fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) == 1 && v == 6
+              ? 0 : 1);
+    UNTIL(fh_ring_waiting_consumers(r) == 1);
+    v = 6;
+    CHECK(fh_ring_enqueue_bulk(r, &v, 1, NULL) == 1, "enqueue");
+    CHECK(reap(pid) == 0, "a later waiter is woken");
+}
+
+/* A producer blocked on a full ring until consumers make room. */
+static void test_enqueue_waits_when_full(void)
+{
+    struct fh_ring *r = fh_ring_create("w.full", 8, 8, FH_RING_F_SP_ENQ);
+    uint64_t v[8] = {0, 1, 2, 3, 4, 5, 6, 7}, out[8];
+    pid_t pid;
+
+    CHECK(r, "create");
+    CHECK(fh_ring_enqueue_bulk(r, v, 8, NULL) == 8, "fill");
+    pid = fork_child();
+    if (pid == 0) {
+        uint64_t more[4] = {8, 9, 10, 11};
+        _exit(fh_ring_enqueue_bulk_timed(r, more, 4, NULL, -1) == 4 ? 0 : 1);
+    }
+    UNTIL(fh_ring_waiting_producers(r) == 1);
+    CHECK(fh_ring_dequeue_bulk(r, out, 3, NULL) == 3, "room for 3 only");
+    CHECK(fh_ring_dequeue_bulk(r, out, 1, NULL) == 1, "room for 4");
+    CHECK(reap(pid) == 0, "producer woken when its 4 fit");
+    CHECK(fh_ring_dequeue_bulk(r, out, 8, NULL) == 8 && out[0] == 4 &&
+          out[4] == 8 && out[7] == 11, "order kept");
+    CHECK(fh_ring_waiting_producers(r) == 0, "clean");
+}
+
 int main(void)
 {
     int fds;
@@ -420,6 +573,12 @@ int main(void)
     test_elem_sizes();
     test_cached_tails();
     test_spsc_processes();
+    test_wait_timeouts();
+    test_wait_every_enqueue(0);
+    test_wait_every_enqueue(FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ);
+    test_many_waiters();
+    test_waiter_killed();
+    test_enqueue_waits_when_full();
     stress("r.mpmc", 8, 3, 2, 400000);
     stress("r.mpmc16", 16, 2, 2, 200000);
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());

@@ -5,15 +5,23 @@ of the prefix, so they travel through rings as plain uint64 items; view()
 gives a zero-copy memoryview of one.  Each thread keeps a small cache (the C
 side keeps it correct across fork and gives back the caches of dead
 threads); objects in a cache count as available, not in use.
+
+get() and get_bulk() take ``timeout=`` (0 by default: NoSpaceError at once
+when exhausted; None: wait as long as it takes; seconds: at most that long,
+then TimeoutError): the thread sleeps in the kernel until another thread or
+process puts objects back (see "Waiting" in forkhost/mempool.h).
+get_async() is the asyncio form.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from array import array
 
 from .._native import ffi, lib
 from ._util import address, cname, in_buffer, raise_errno
+from .ring import ASYNC_SLICE, call_timed, timeout_ns
 
 NAMESIZE = lib.FH_MEMPOOL_NAMESIZE
 CACHE_MAX = lib.FH_MEMPOOL_CACHE_MAX
@@ -67,21 +75,65 @@ class Mempool:
                     ("no free object " if n == 1 else f"not {n} free objects ") +
                     f"({self.in_use} of {self.count} in use)")
 
-    def get(self) -> int:
-        """One object's address; NoSpaceError when the pool is exhausted."""
+    def get(self, *, timeout=0) -> int:
+        """One object's address.  timeout=0 (default): NoSpaceError at once
+        when the pool is exhausted; None: wait until an object is put back
+        (any process); seconds: wait at most that long, then TimeoutError."""
         p = ffi.new("void **")
         if lib.fh_mempool_get(self._mp, p) < 0:
-            self._empty(1)
+            if timeout == 0:
+                self._empty(1)
+            self._get_timed(p, 1, timeout)
         return address(p[0])
 
-    def get_bulk(self, n: int) -> array:
-        """n addresses as array('Q'), all or nothing (NoSpaceError)."""
+    def get_bulk(self, n: int, *, timeout=0) -> array:
+        """n addresses as array('Q'), all or nothing (NoSpaceError; with a
+        timeout, waiting as get() does)."""
         out = array("Q", bytes(n << 3))
         with ffi.from_buffer(out) as buf:
             rc = lib.fh_mempool_get_bulk(self._mp, ffi.cast("void **", buf), n)
+            if rc < 0 and timeout != 0:
+                self._get_timed(ffi.cast("void **", buf), n, timeout)
+                rc = 0
         if rc < 0:
             self._empty(n)
         return out
+
+    def _get_timed(self, p, n, timeout) -> None:
+        rc = call_timed(lib.fh_mempool_get_bulk_timed, (self._mp, p, n), timeout)
+        if rc == -errno.ETIMEDOUT:
+            raise TimeoutError(f"mempool {self.name!r}: "
+                               + ("no object" if n == 1 else f"not {n} objects")
+                               + f" came back within {timeout} s")
+        if rc == -errno.EINVAL:
+            raise ValueError(f"mempool {self.name!r}: {n} objects can never be "
+                             f"free at once (count {self.count})")
+        if rc < 0:
+            raise_errno(rc, f"mempool {self.name!r}")
+
+    async def get_async(self, *, timeout=None) -> int:
+        """get() for asyncio: waits in executor slices of at most
+        forkhost.shm.ring.ASYNC_SLICE seconds (see forkhost.shm.ring);
+        TimeoutError at the timeout."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
+        p = ffi.new("void **")
+        while True:
+            left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
+            rc = await loop.run_in_executor(
+                None, lib.fh_mempool_get_timed, self._mp, p, int(max(left, 0) * 1e9))
+            if rc == 0:
+                return address(p[0])
+            if rc not in (-errno.ETIMEDOUT, -errno.EINTR):
+                raise_errno(rc, f"mempool {self.name!r}")
+            if end is not None and loop.time() >= end:
+                raise TimeoutError(f"mempool {self.name!r}: no object came back "
+                                   f"within {timeout} s")
+
+    @property
+    def waiting(self) -> int:
+        """Threads (any process) asleep in a waiting get: a snapshot."""
+        return lib.fh_mempool_waiting(self._mp)
 
     def put(self, addr: int) -> None:
         """Give one object back (ValueError if it is not one of ours)."""

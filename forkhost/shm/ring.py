@@ -12,14 +12,28 @@ a whole array per call:
 bulk: all n or none; burst: as many as fit (or are there), maybe none.  The
 single/multi producer and consumer mode is fixed at creation (``flags``);
 every method uses the mode the ring was created with.
+
+Waiting: every enqueue and dequeue method takes ``timeout=``: 0 (the
+default) does not wait, None waits as long as it takes, a number of seconds
+waits at most that long, for room (enqueue) or for items (dequeue), across
+processes, sleeping in the kernel (no polling; see "Waiting" in
+forkhost/ring.h).  A wait that times out returns what the non-waiting call
+returns when there is nothing to do (0, None or an empty array).  The GIL
+is released while the thread sleeps; a signal (Ctrl-C) interrupts the wait
+and its handler runs.  From asyncio, the ``*_async`` methods wait in a
+worker thread of the event loop's default executor, in slices of at most
+ASYNC_SLICE seconds, so a cancelled wait gives its thread back within one
+slice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import time
 from array import array
 
-from .._native import ffi, lib
+from .._native import _ring, ffi, lib
 from ._util import address, cname, in_buffer, raise_errno
 
 NAMESIZE = lib.FH_RING_NAMESIZE
@@ -31,10 +45,58 @@ ELEM_MAX = lib.FH_RING_ELEM_MAX
 _NULL = ffi.NULL
 _new = ffi.new
 _from_buffer = ffi.from_buffer
-_enqueue_bulk = lib.fh_ring_enqueue_bulk
-_enqueue_burst = lib.fh_ring_enqueue_burst
 _dequeue_bulk = lib.fh_ring_dequeue_bulk
 _dequeue_burst = lib.fh_ring_dequeue_burst
+_enqueue_bulk_timed = lib.fh_ring_enqueue_bulk_timed
+_enqueue_burst_timed = lib.fh_ring_enqueue_burst_timed
+_dequeue_bulk_timed = lib.fh_ring_dequeue_bulk_timed
+_dequeue_burst_timed = lib.fh_ring_dequeue_burst_timed
+_EINTR = -errno.EINTR
+_ETIMEDOUT = -errno.ETIMEDOUT
+
+# The longest one executor thread sleeps for an *_async call (seconds).
+ASYNC_SLICE = 0.1
+
+
+def timeout_ns(timeout) -> int:
+    """The C side's timeout_ns for a Python ``timeout=``: None -> -1
+    (forever), seconds -> nanoseconds; ValueError when negative."""
+    if timeout is None:
+        return -1
+    if timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0 (got {timeout!r})")
+    return int(timeout * 1e9)
+
+
+def call_timed(fn, args, timeout):
+    """fn(*args, timeout_ns) until it returns something other than -EINTR,
+    with what is left of the timeout each time; Python's signal handlers run
+    between the calls (a KeyboardInterrupt ends the wait there)."""
+    ns = timeout_ns(timeout)
+    end = None if ns <= 0 else time.monotonic() + timeout
+    while True:
+        rc = fn(*args, ns)
+        if rc != _EINTR:
+            return rc
+        if end is not None:
+            ns = max(0, int((end - time.monotonic()) * 1e9))
+
+
+async def wait_async(wait_fn, n, timeout):
+    """Await wait_fn(n, timeout_ns) == 0 in executor slices: True when it
+    was satisfied, False at the timeout."""
+    timeout_ns(timeout)                     # the same ValueError as above
+    loop = asyncio.get_running_loop()
+    end = None if timeout is None else loop.time() + timeout
+    while True:
+        left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
+        rc = await loop.run_in_executor(None, wait_fn, n, int(max(left, 0) * 1e9))
+        if rc == 0:
+            return True
+        if rc not in (_ETIMEDOUT, _EINTR):
+            raise_errno(rc, "wait")
+        if end is not None and loop.time() >= end:
+            return False
 
 
 def _pack(items, elem_size: int):
@@ -47,21 +109,17 @@ def _pack(items, elem_size: int):
     return b"".join(items)
 
 
-def _bad_length(nbytes: int, elem_size: int):
-    raise ValueError(f"a buffer of {nbytes} bytes is not a whole number of "
-                     f"{elem_size}-byte elements")
-
-
 class Ring:
     """A ring found by name from any process of the prefix."""
 
     SP_ENQ = SP_ENQ
     SC_DEQ = SC_DEQ
 
-    __slots__ = ("_r", "name", "elem_size", "capacity", "flags")
+    __slots__ = ("_r", "_h", "name", "elem_size", "capacity", "flags")
 
     def __init__(self, r):
         self._r = r                                    # struct fh_ring *
+        self._h = _ring.Handle(address(r))             # the hot calls
         self.name = ffi.string(lib.fh_ring_name(r)).decode(errors="replace")
         self.elem_size = lib.fh_ring_elem_size(r)
         self.capacity = lib.fh_ring_capacity(r)
@@ -103,94 +161,199 @@ class Ring:
 
     # -- one item -----------------------------------------------------------
 
-    def enqueue(self, item) -> bool:
+    def enqueue(self, item, *, timeout=0) -> bool:
         """Put one item in: an int (8-byte rings) or elem_size bytes.
-        False when the ring is full."""
+        False when the ring is full (after waiting up to ``timeout``)."""
         if self.elem_size == 8 and isinstance(item, int):
-            return lib.fh_ring_enqueue_u64(self._r, item) == 0
+            if lib.fh_ring_enqueue_u64(self._r, item) == 0:
+                return True
+            if timeout == 0:
+                return False
+            item = array("Q", (item,))
         p, n = in_buffer(item, self.elem_size)
         if n != 1:
             raise ValueError(f"one element is {self.elem_size} bytes, got {len(p)}")
-        return lib.fh_ring_enqueue(self._r, p) == 0
+        if timeout == 0:
+            return lib.fh_ring_enqueue(self._r, p) == 0
+        return self._timed(_enqueue_bulk_timed, p, 1, timeout) == 1
 
-    def dequeue(self):
+    def dequeue(self, *, timeout=0):
         """Take one item out: an int (8-byte rings) or bytes; None when the
-        ring is empty."""
+        ring is empty (after waiting up to ``timeout``)."""
         if self.elem_size == 8:
             v = _new("uint64_t *")
-            return v[0] if lib.fh_ring_dequeue_u64(self._r, v) == 0 else None
+            if lib.fh_ring_dequeue_u64(self._r, v) == 0:
+                return v[0]
+            if timeout == 0:
+                return None
+            return v[0] if self._timed(_dequeue_bulk_timed, v, 1, timeout) == 1 else None
         buf = bytearray(self.elem_size)
-        return bytes(buf) if lib.fh_ring_dequeue(self._r, _from_buffer(buf)) == 0 else None
+        p = _from_buffer(buf)
+        if timeout == 0:
+            return bytes(buf) if lib.fh_ring_dequeue(self._r, p) == 0 else None
+        return bytes(buf) if self._timed(_dequeue_bulk_timed, p, 1, timeout) == 1 else None
+
+    # -- waiting ------------------------------------------------------------
+
+    def _timed(self, fn, p, n, timeout) -> int:
+        """A timed C call's count; 0 at the timeout."""
+        rc = call_timed(fn, (self._r, p, n, _NULL), timeout)
+        if rc >= 0:
+            return rc
+        if rc == _ETIMEDOUT:
+            return 0
+        if rc == -errno.EINVAL:
+            raise ValueError(f"ring {self.name!r}: {n} items can never fit its "
+                             f"{self.capacity} slots")
+        raise_errno(rc, f"ring {self.name!r}")
+
+    def _wait(self, fn, n, timeout, what) -> bool:
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
+        rc = call_timed(fn, (self._r, n), timeout)
+        if rc == 0:
+            return True
+        if rc == _ETIMEDOUT:
+            return False
+        raise_errno(rc, f"ring {self.name!r}: {what}")
+
+    def wait_elements(self, n: int = 1, *, timeout=None) -> bool:
+        """Sleep until at least n items are in the ring (not taking them):
+        True, or False at the timeout."""
+        return self._wait(lib.fh_ring_wait_elements, n, timeout, "wait")
+
+    def wait_room(self, n: int = 1, *, timeout=None) -> bool:
+        """Sleep until at least n slots are free: True, or False at the
+        timeout."""
+        return self._wait(lib.fh_ring_wait_room, n, timeout, "wait")
+
+    async def wait_elements_async(self, n: int = 1, *, timeout=None) -> bool:
+        """wait_elements for asyncio (in executor slices, see the module)."""
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
+        return await wait_async(lambda k, ns: lib.fh_ring_wait_elements(self._r, k, ns),
+                                n, timeout)
+
+    async def wait_room_async(self, n: int = 1, *, timeout=None) -> bool:
+        """wait_room for asyncio."""
+        if not 0 <= n <= self.capacity:
+            raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
+        return await wait_async(lambda k, ns: lib.fh_ring_wait_room(self._r, k, ns),
+                                n, timeout)
+
+    async def dequeue_burst_async(self, n: int, *, timeout=None):
+        """Up to n items, waiting (asyncio) until there is at least one:
+        array('Q') or bytes, empty at the timeout."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
+        while True:
+            got = self.dequeue_burst(n)
+            if len(got) or n == 0:
+                return got
+            left = None if end is None else max(0.0, end - loop.time())
+            if not await self.wait_elements_async(1, timeout=left) and left is not None:
+                return self.dequeue_burst(n)
+
+    async def enqueue_burst_async(self, items, *, timeout=None) -> int:
+        """Enqueue as many of ``items`` as fit, waiting (asyncio) until at
+        least one does: how many went in, 0 at the timeout."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
+        while True:
+            got = self.enqueue_burst(items)
+            if got or len(items) == 0:
+                return got
+            left = None if end is None else max(0.0, end - loop.time())
+            if not await self.wait_room_async(1, timeout=left) and left is not None:
+                return self.enqueue_burst(items)
+
+    @property
+    def waiting_consumers(self) -> int:
+        """Threads (any process) asleep waiting for items: a snapshot."""
+        return lib.fh_ring_waiting_consumers(self._r)
+
+    @property
+    def waiting_producers(self) -> int:
+        """Threads (any process) asleep waiting for room: a snapshot."""
+        return lib.fh_ring_waiting_producers(self._r)
 
     # -- many items per call ------------------------------------------------
 
-    # The four methods below are the hot path: no helper calls, the cffi
-    # functions looked up once at import, one from_buffer and one C call
-    # each (a Python call costs more than moving 32 items).
+    # The four methods below are the hot path: one call into
+    # forkhost._native._ring (pyring.c: the buffer taken with the buffer
+    # protocol, no cffi object per call); only a call that moved nothing
+    # and may wait goes on to the cffi timed calls.
 
-    def enqueue_bulk(self, items) -> int:
+    def enqueue_bulk(self, items, *, timeout=0) -> int:
         """Enqueue all of ``items`` or none: returns len(items) or 0.
         ``items``: array('Q'), a list of ints, or any buffer of packed
         elements (bytes, bytearray, memoryview, numpy array)."""
         if type(items) is list or type(items) is tuple:
             items = _pack(items, self.elem_size)
+        got = self._h.enqueue_bulk(items)
+        if got or timeout == 0:
+            return got
         p = _from_buffer(items)
-        es = self.elem_size
-        n = len(p) // es
-        if n * es != len(p):
-            _bad_length(len(p), es)
-        return _enqueue_bulk(self._r, p, n, _NULL)
+        n = len(p) // self.elem_size
+        return self._timed(_enqueue_bulk_timed, p, n, timeout) if n else 0
 
-    def enqueue_burst(self, items) -> int:
+    def enqueue_burst(self, items, *, timeout=0) -> int:
         """Enqueue as many of ``items`` as fit, in order: returns how many
         (the first k of them went in)."""
         if type(items) is list or type(items) is tuple:
             items = _pack(items, self.elem_size)
+        got = self._h.enqueue_burst(items)
+        if got or timeout == 0:
+            return got
         p = _from_buffer(items)
-        es = self.elem_size
-        n = len(p) // es
-        if n * es != len(p):
-            _bad_length(len(p), es)
-        return _enqueue_burst(self._r, p, n, _NULL)
+        n = len(p) // self.elem_size
+        return self._timed(_enqueue_burst_timed, p, n, timeout) if n else 0
 
-    def dequeue_bulk_into(self, out) -> int:
+    def dequeue_bulk_into(self, out, *, timeout=0) -> int:
         """Fill the whole writable buffer ``out`` (array('Q'), bytearray,
         memoryview...) or nothing: returns its length in elements, or 0."""
+        got = self._h.dequeue_bulk_into(out)
+        if got or timeout == 0:
+            return got
         p = _from_buffer("char[]", out, True)
-        return _dequeue_bulk(self._r, p, len(p) // self.elem_size, _NULL)
+        n = len(p) // self.elem_size
+        return self._timed(_dequeue_bulk_timed, p, n, timeout) if n else 0
 
-    def dequeue_burst_into(self, out, n: int | None = None) -> int:
+    def dequeue_burst_into(self, out, n: int | None = None, *, timeout=0) -> int:
         """Dequeue up to len(out) (or n) items into ``out`` from its start,
         without allocating: returns how many."""
+        got = self._h.dequeue_burst_into(out, n)
+        if got or timeout == 0:
+            return got
         p = _from_buffer("char[]", out, True)
-        cap = len(p) // self.elem_size
-        if n is not None:
-            if not 0 <= n <= cap:
-                raise ValueError(f"n={n} does not fit a buffer of {cap} elements")
-            cap = n
-        return _dequeue_burst(self._r, p, cap, _NULL)
+        cap = len(p) // self.elem_size if n is None else n
+        return self._timed(_dequeue_burst_timed, p, cap, timeout) if cap else 0
 
-    def dequeue_bulk(self, n: int):
+    def dequeue_bulk(self, n: int, *, timeout=0):
         """Exactly n items or none: array('Q') (8-byte rings) or bytes."""
-        return self._dequeue(n, _dequeue_bulk)
+        return self._dequeue(n, _dequeue_bulk, _dequeue_bulk_timed, timeout)
 
-    def dequeue_burst(self, n: int):
+    def dequeue_burst(self, n: int, *, timeout=0):
         """Up to n items, as many as there are: array('Q') or bytes."""
-        return self._dequeue(n, _dequeue_burst)
+        return self._dequeue(n, _dequeue_burst, _dequeue_burst_timed, timeout)
 
-    def _dequeue(self, n, fn):
+    def _dequeue(self, n, fn, tfn, timeout):
         if n < 0:
             raise ValueError("n must be >= 0")
         if self.elem_size == 8:
             out = array("Q", bytes(n << 3))
             with _from_buffer(out) as p:      # released before the resize
                 got = fn(self._r, p, n, _NULL)
+                if not got and timeout != 0 and n:
+                    got = self._timed(tfn, p, n, timeout)
             if got != n:
                 del out[got:]
             return out
         buf = bytearray(n * self.elem_size)
         with _from_buffer(buf) as p:
             got = fn(self._r, p, n, _NULL)
+            if not got and timeout != 0 and n:
+                got = self._timed(tfn, p, n, timeout)
         del buf[got * self.elem_size:]
         return bytes(buf)
 

@@ -30,6 +30,16 @@
  * objects in the ring + objects in every cache, and fh_mempool_in_use_count()
  * = count - avail, i.e. objects handed out by get and not yet put back.
  * Exact when the pool is quiescent; a snapshot while others get and put.
+ *
+ * Waiting.  fh_mempool_get_timed / fh_mempool_get_bulk_timed sleep until
+ * objects come back to the pool's ring (the ring's futex protocol, see
+ * "Waiting" in forkhost/ring.h), across processes.  While a getter waits, a
+ * put sends its objects (and the putting thread's cached ones) to the ring
+ * instead of the thread's cache, so the waiter sees them; the check is one
+ * load of a word on a cache line that is only written while someone waits.
+ * Objects that sit in another live thread's cache (put before the waiter
+ * came) stay there until that thread flushes them, gets them, or puts more
+ * while the waiter waits.  Puts never wait: a pool cannot be over-full.
  */
 #ifndef FORKHOST_MEMPOOL_H
 #define FORKHOST_MEMPOOL_H
@@ -76,6 +86,18 @@ FH_API struct fh_mempool *fh_mempool_lookup(const char *name);
  * objects; nothing taken). */
 FH_API int fh_mempool_get(struct fh_mempool *mp, void **obj);
 FH_API int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n);
+/* The same, waiting for objects to be put back: timeout_ns < 0 waits as
+ * long as it takes, 0 not at all, > 0 at most that many nanoseconds.  0, or
+ * -ETIMEDOUT (not enough objects within the timeout; nothing taken), -EINTR
+ * (a signal handler ran; call again), -EINVAL (n > the pool's count, which
+ * could never be satisfied).  Before sleeping the calling thread's cache is
+ * flushed to the ring, so what it waits for is all in one place. */
+FH_API int fh_mempool_get_timed(struct fh_mempool *mp, void **obj,
+                                int64_t timeout_ns);
+FH_API int fh_mempool_get_bulk_timed(struct fh_mempool *mp, void **objs,
+                                     unsigned n, int64_t timeout_ns);
+/* Threads registered as waiting in a *_timed get (a snapshot). */
+FH_API unsigned fh_mempool_waiting(const struct fh_mempool *mp);
 /* Give objects back: 0, or -EINVAL when one of them does not lie in this
  * pool's object area (then none is taken back).  Putting an object twice is
  * not detected, as in DPDK. */

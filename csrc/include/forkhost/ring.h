@@ -42,6 +42,46 @@
  * Caveat shared with rte_ring: a multi-producer (consumer) that dies or is
  * stopped between claiming and publishing blocks every later producer
  * (consumer) of that ring.  SP/SC rings have no such window for others.
+ *
+ * Waiting (the *_timed calls, fh_ring_wait_*; beyond rte_ring).  A consumer
+ * that finds too few elements can sleep until producers publish more, and a
+ * producer that finds too little room until consumers free some, from any
+ * process, with futex(2) on the tail word it waits for (prod.tail for
+ * elements, cons.tail for room; FUTEX_WAIT on shared memory, so across
+ * processes).  The protocol, which makes a lost wake-up impossible:
+ *
+ *   waiter (slow path)                     waker (every enqueue/dequeue)
+ *   1. claim a slot: wait_tid[i] = tid     1. store tail (release)
+ *   2. set bit i of waiters (seq_cst)      2. compiler barrier only
+ *   3. membarrier(GLOBAL_EXPEDITED)        3. load waiters (relaxed)
+ *   4. t = tail; enough there? -> done     4. nonzero -> FUTEX_WAKE(tail, all)
+ *   5. FUTEX_WAIT(tail, t), then 4 again
+ *   6. clear bit i, free the slot
+ *
+ * This is Dekker's store-then-load on both sides with an asymmetric fence:
+ * the membarrier of step 3 runs a full barrier on every CPU running a
+ * registered process, so a waker either stored its tail before that point
+ * (the waiter's step 4 sees it and does not sleep) or loads waiters after
+ * it (and sees bit i, so it wakes).  A tail stored after step 4 makes the
+ * kernel's compare in FUTEX_WAIT fail (EAGAIN), or wakes the sleeper.  So
+ * the fast path pays one load of a word on the cache line it has just
+ * written, and a system call only while someone waits.  Every process that
+ * gets a ring through fh_ring_create, fh_ring_lookup, fh_ring_init or a
+ * mempool's create/lookup (or is forked from one that did) is registered
+ * for the barrier (MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED); where the
+ * kernel refuses that, the process sets the ring's poll_waits and waiters
+ * on that ring re-check every FH_RING_POLL_NS instead of trusting the wake.
+ *
+ * A waiter killed while registered leaves its slot and bit behind: a waker
+ * whose FUTEX_WAKE woke nobody while bits are set (and
+ * fh_ring_reclaim_waiters) frees the slots of threads that no longer exist
+ * (kill(tid, 0) == ESRCH; all processes of a prefix share a PID namespace),
+ * so wakers go back to the syscall-free path.  More than FH_RING_WAIT_SLOTS
+ * threads waiting on one side at once: the extra ones register nowhere and
+ * re-check every FH_RING_POLL_NS (they are still woken at once while any
+ * registered waiter is).  Waiting for elements on a ring where consumers
+ * race (MC), or for room where producers race (MP), wakes every waiter; the
+ * losers sleep again.
  */
 #ifndef FORKHOST_RING_H
 #define FORKHOST_RING_H
@@ -56,6 +96,11 @@
 #include <sys/types.h>
 
 #include "forkhost/memzone.h"
+
+/* FH__RING_BENCH_NO_WAKEUP, defined before including this header, compiles
+ * the waiter check out of the inline enqueue/dequeue: only for
+ * benchmarks/shm_c, to show that check costs nothing when nobody waits.
+ * Code built so must never share a ring with a waiter. */
 
 #ifndef FH_API
 #define FH_API __attribute__((visibility("default")))
@@ -80,18 +125,33 @@
 
 #define FH_RING_MAGIC 0x474e4952484b46ull /* "FKHRING" */
 
+/* Waiter slots per side (see "Waiting" above): one cache line of thread
+ * ids. */
+#define FH_RING_WAIT_SLOTS 16
+
 /* One side's indices.  head, tail and other_tail are written only by this
  * side's processes (producers for prod, consumers for cons); the other side
- * reads tail only. */
+ * reads tail only.  waiters and wait_tid are written by the OTHER side's
+ * processes while they block until this side's tail moves (consumers
+ * waiting for elements register on prod, producers waiting for room on
+ * cons), and read by this side after every tail store. */
 struct fh_ring_headtail {
     _Atomic uint32_t head;   /* slots claimed by this side */
-    _Atomic uint32_t tail;   /* slots this side has finished with */
+    _Atomic uint32_t tail;   /* slots this side has finished with; also the
+                              * futex word waiters sleep on */
     uint32_t single;         /* 1: SP (or SC); read-only after creation */
     /* Rings created SP (SC) only: the other side's tail as this side last
      * read it.  It only lags the real one, so the room (or the elements) it
      * shows are there; a call reads the other side's cache line only when
      * this lagging figure is not enough for it. */
     _Atomic uint32_t other_tail;
+    /* Bit i set: wait_tid[i] holds a thread blocked until tail moves.  On
+     * the tail's cache line, so the check after a tail store is a load of
+     * a line the storer already holds. */
+    _Atomic uint32_t waiters;
+    /* Thread id of each registered waiter, 0 when free, -1 while a
+     * reclaimer clears a dead one's slot. */
+    alignas(64) _Atomic int32_t wait_tid[FH_RING_WAIT_SLOTS];
 };
 
 /*
@@ -99,8 +159,11 @@ struct fh_ring_headtail {
  *   0    magic (published last, release)   8 name[61]
  *   72   size  76 mask  80 capacity  84 elem_size  88 flags
  *        all written once by the creator, read-only afterwards
- *   128  prod {head, tail, single}   written by producers
- *   256  cons {head, tail, single}   written by consumers
+ *   92   poll_waits (see "Waiting")
+ *   128  prod {head, tail, single, other_tail, waiters}   by producers
+ *   192  prod.wait_tid[16]   by consumers waiting for elements
+ *   256  cons {head, tail, single, other_tail, waiters}   by consumers
+ *   320  cons.wait_tid[16]   by producers waiting for room
  *   384  size * elem_size bytes of slots
  * prod and cons are 128 bytes apart rather than 64: Intel's adjacent-line
  * prefetcher pulls cache lines in pairs, and a pair shared by the two sides
@@ -114,6 +177,10 @@ struct fh_ring {
     uint32_t capacity;   /* usable slots: size */
     uint32_t elem_size;  /* bytes per slot, a multiple of 4 */
     uint32_t flags;      /* FH_RING_F_* given at creation */
+    /* Nonzero once a process of the prefix could not register for the
+     * waiters' memory barrier: waiters then sleep in short slices (see
+     * "Waiting"). */
+    _Atomic uint32_t poll_waits;
     alignas(128) struct fh_ring_headtail prod;
     alignas(128) struct fh_ring_headtail cons;
     alignas(128) unsigned char slots[];
@@ -137,6 +204,57 @@ FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
 /* NULL with errno ENOENT: no such ring, or its creator has not finished. */
 FH_API struct fh_ring *fh_ring_lookup(const char *name);
 
+/* Waiting (see "Waiting" above; ring.c).  timeout_ns < 0 waits as long as
+ * it takes, 0 does not wait, > 0 waits at most that long (CLOCK_MONOTONIC).
+ * The calls use the mode the ring was created with, like
+ * fh_ring_enqueue_bulk.  They return the number of elements moved (> 0; 0
+ * only for n == 0) or a negative errno:
+ *   -ETIMEDOUT  not enough room / elements within the timeout (nothing
+ *               moved; with timeout_ns == 0: not enough right now)
+ *   -EINTR      a signal handler ran while it slept; nothing moved, call
+ *               again with what is left of the timeout
+ *   -EINVAL     n > capacity (a bulk call that could never succeed), or
+ *               n > INT_MAX
+ * bulk waits until all n fit (are there); burst until at least one does. */
+FH_API int fh_ring_enqueue_bulk_timed(struct fh_ring *r, const void *objs,
+                                      unsigned n, unsigned *free_space,
+                                      int64_t timeout_ns);
+FH_API int fh_ring_enqueue_burst_timed(struct fh_ring *r, const void *objs,
+                                       unsigned n, unsigned *free_space,
+                                       int64_t timeout_ns);
+FH_API int fh_ring_dequeue_bulk_timed(struct fh_ring *r, void *objs,
+                                      unsigned n, unsigned *available,
+                                      int64_t timeout_ns);
+FH_API int fh_ring_dequeue_burst_timed(struct fh_ring *r, void *objs,
+                                       unsigned n, unsigned *available,
+                                       int64_t timeout_ns);
+/* Sleep until at least n elements (fh_ring_wait_elements) or n free slots
+ * (fh_ring_wait_room) are there, without taking them: 0, or -ETIMEDOUT,
+ * -EINTR, -EINVAL (n > capacity).  With several consumers (producers) what
+ * was there may be gone by the time the caller acts: the *_timed calls
+ * loop on this. */
+FH_API int fh_ring_wait_elements(struct fh_ring *r, unsigned n,
+                                 int64_t timeout_ns);
+FH_API int fh_ring_wait_room(struct fh_ring *r, unsigned n,
+                             int64_t timeout_ns);
+/* Threads registered as waiting for elements (consumers) and for room
+ * (producers): a snapshot, for tests and monitoring. */
+FH_API unsigned fh_ring_waiting_consumers(const struct fh_ring *r);
+FH_API unsigned fh_ring_waiting_producers(const struct fh_ring *r);
+/* Free the waiter slots of threads that no longer exist; how many.  Wakers
+ * do this by themselves when a wake-up finds nobody asleep. */
+FH_API unsigned fh_ring_reclaim_waiters(struct fh_ring *r);
+/* A waiter that cannot trust a wake-up (see "Waiting") re-checks this
+ * often, in nanoseconds. */
+#define FH_RING_POLL_NS 1000000
+/* The waker's slow path (ring.c): wake the threads asleep on ht->tail.
+ * Cold: the compiler lays the inline fast path out for the case where
+ * nobody waits and keeps the call off it. */
+FH_API __attribute__((cold)) void fh__ring_wake(struct fh_ring_headtail *ht);
+/* Register this process for the waiters' barrier as fh_ring_lookup does,
+ * for code that embeds a ring (mempool.c's lookup). */
+FH_API void fh__ring_register(struct fh_ring *r);
+
 /* Everything below is inline unless FH_RING_BUILD is defined (ring.c). */
 #ifdef FH_RING_BUILD
 #define FH_RING_FN FH_API
@@ -145,6 +263,11 @@ FH_API struct fh_ring *fh_ring_lookup(const char *name);
 #endif
 
 enum { FH__RING_FIXED = 0, FH__RING_VARIABLE = 1 };
+
+static __attribute__((noinline, cold)) void fh__ring_yield(void)
+{
+    sched_yield();
+}
 
 /* Spin politely; a spinner that has waited long yields its CPU, because the
  * process it waits for may be descheduled on an oversubscribed machine. */
@@ -155,9 +278,9 @@ static inline void fh__ring_pause(unsigned *spins)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
-    if (++*spins >= 1024) {
+    if (__builtin_expect(++*spins >= 1024, 0)) {
         *spins = 0;
-        sched_yield();
+        fh__ring_yield();
     }
 }
 
@@ -279,21 +402,32 @@ static inline void fh__ring_update_tail(struct fh_ring_headtail *ht,
      * fh__ring_move_head: our slot writes (enqueue) or slot
      * reads (dequeue) are complete before it can see the new tail. */
     atomic_store_explicit(&ht->tail, new_val, memory_order_release);
+#ifndef FH__RING_BENCH_NO_WAKEUP
+    /* Compiler barrier only: the light half of the asymmetric fence of
+     * "Waiting" (the waiter's membarrier is the heavy half, and makes this
+     * a full barrier whenever it matters), so the load below stays after
+     * the tail store in program order. */
+    atomic_signal_fence(memory_order_seq_cst);
+    /* Relaxed: a waiter's bit is made visible by its membarrier, see
+     * "Waiting"; the wake itself orders through the futex word. */
+    if (__builtin_expect(
+            atomic_load_explicit(&ht->waiters, memory_order_relaxed) != 0, 0))
+        fh__ring_wake(ht);
+#endif
 }
 
-static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
-                                    const void *objs, uint32_t n)
+/* The copies other than 64-bit elements without wrap-around, out of the
+ * inline path: cold and not inlined, so the compiler does not save
+ * registers for their memcpy calls on every call of the fast path. */
+static __attribute__((noinline, cold)) void
+fh__ring_copy_in_slow(struct fh_ring *r, uint32_t idx, const void *objs,
+                      uint32_t n)
 {
-    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    const uint32_t esize = r->elem_size;
     unsigned char *dst = r->slots;
     const unsigned char *src = (const unsigned char *)objs;
 
-    if (esize == 8 && idx + n <= r->size) {
-        /* The common case, inlined: memcpy of 8 compiles to one move and
-         * stays correct for a caller's unaligned buffer. */
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
-    } else if (idx + n <= r->size) {
+    if (idx + n <= r->size) {
         memcpy(dst + (size_t)idx * esize, src, (size_t)n * esize);
     } else {
         const uint32_t first = r->size - idx;
@@ -302,22 +436,52 @@ static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
     }
 }
 
-static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
-                                     void *objs, uint32_t n)
+static __attribute__((noinline, cold)) void
+fh__ring_copy_out_slow(const struct fh_ring *r, uint32_t idx, void *objs,
+                       uint32_t n)
 {
-    const uint32_t idx = head & r->mask, esize = r->elem_size;
+    const uint32_t esize = r->elem_size;
     const unsigned char *src = r->slots;
     unsigned char *dst = (unsigned char *)objs;
 
-    if (esize == 8 && idx + n <= r->size) {
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
-    } else if (idx + n <= r->size) {
+    if (idx + n <= r->size) {
         memcpy(dst, src + (size_t)idx * esize, (size_t)n * esize);
     } else {
         const uint32_t first = r->size - idx;
         memcpy(dst, src + (size_t)idx * esize, (size_t)first * esize);
         memcpy(dst + (size_t)first * esize, src, (size_t)(n - first) * esize);
+    }
+}
+
+static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
+                                    const void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask;
+    unsigned char *dst = r->slots;
+    const unsigned char *src = (const unsigned char *)objs;
+
+    if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
+        /* The common case, inlined: memcpy of 8 compiles to one move and
+         * stays correct for a caller's unaligned buffer. */
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
+    } else {
+        fh__ring_copy_in_slow(r, idx, objs, n);
+    }
+}
+
+static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
+                                     void *objs, uint32_t n)
+{
+    const uint32_t idx = head & r->mask;
+    const unsigned char *src = r->slots;
+    unsigned char *dst = (unsigned char *)objs;
+
+    if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
+    } else {
+        fh__ring_copy_out_slow(r, idx, objs, n);
     }
 }
 

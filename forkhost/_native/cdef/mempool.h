@@ -15,6 +15,9 @@ struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
 struct fh_mempool *fh_mempool_lookup(const char *name);
 int fh_mempool_get(struct fh_mempool *mp, void **obj);
 int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n);
+int fh_mempool_get_timed(struct fh_mempool *mp, void **obj, int64_t timeout_ns);
+int fh_mempool_get_bulk_timed(struct fh_mempool *mp, void **objs, unsigned n, int64_t timeout_ns);
+unsigned fh_mempool_waiting(const struct fh_mempool *mp);
 int fh_mempool_put(struct fh_mempool *mp, void *obj);
 int fh_mempool_put_bulk(struct fh_mempool *mp, void *const *objs, unsigned n);
 unsigned fh_mempool_avail_count(const struct fh_mempool *mp);

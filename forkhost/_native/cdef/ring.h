@@ -8,6 +8,8 @@
 #define FH_RING_F_MASK ...
 #define FH_RING_SZ_MAX ...
 #define FH_RING_ELEM_MAX ...
+#define FH_RING_WAIT_SLOTS ...
+#define FH_RING_POLL_NS ...
 
 struct fh_ring;
 
@@ -39,6 +41,16 @@ int fh_ring_sc_dequeue(struct fh_ring *r, void *obj);
 int fh_ring_dequeue(struct fh_ring *r, void *obj);
 int fh_ring_enqueue_u64(struct fh_ring *r, uint64_t v);
 int fh_ring_dequeue_u64(struct fh_ring *r, uint64_t *v);
+
+int fh_ring_enqueue_bulk_timed(struct fh_ring *r, const void *objs, unsigned n, unsigned *free_space, int64_t timeout_ns);
+int fh_ring_enqueue_burst_timed(struct fh_ring *r, const void *objs, unsigned n, unsigned *free_space, int64_t timeout_ns);
+int fh_ring_dequeue_bulk_timed(struct fh_ring *r, void *objs, unsigned n, unsigned *available, int64_t timeout_ns);
+int fh_ring_dequeue_burst_timed(struct fh_ring *r, void *objs, unsigned n, unsigned *available, int64_t timeout_ns);
+int fh_ring_wait_elements(struct fh_ring *r, unsigned n, int64_t timeout_ns);
+int fh_ring_wait_room(struct fh_ring *r, unsigned n, int64_t timeout_ns);
+unsigned fh_ring_waiting_consumers(const struct fh_ring *r);
+unsigned fh_ring_waiting_producers(const struct fh_ring *r);
+unsigned fh_ring_reclaim_waiters(struct fh_ring *r);
 
 unsigned fh_ring_count(const struct fh_ring *r);
 unsigned fh_ring_free_count(const struct fh_ring *r);

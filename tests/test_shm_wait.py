@@ -1,0 +1,123 @@
+"""Waiting on rings and mempools across processes (timeout=, the *_async
+methods): timeouts, a consumer woken by every enqueue, many waiters at
+once, a waiter killed while asleep, a producer blocked on a full ring, a
+mempool getter woken by puts, asyncio.  Every process is a real secondary
+of a real primary; no timing thresholds (the waits are bounded only by the
+helpers' generous timeouts)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from fhtest import FIXTURES, LineReader, PrimaryProc, reap
+
+
+@pytest.fixture
+def primary(runtime_dir):
+    p = PrimaryProc(runtime_dir, env=dict(os.environ, PYTHONPATH=str(FIXTURES)))
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+
+
+def run(primary, name, *args):
+    r = primary.run(f"shmwait:{name}", *args, cwd=FIXTURES)
+    assert r.returncode == 0, (f"{name} {args} exited {r.returncode}:\n"
+                               f"{r.stdout.decode(errors='replace')}"
+                               f"{r.stderr.decode(errors='replace')}")
+    return r.stdout
+
+
+def start(primary, name, *args):
+    return primary.popen(f"shmwait:{name}", *args, cwd=FIXTURES,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc, timeout=60):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exited {proc.returncode}:\n{out}{err.decode()}"
+    return out
+
+
+def test_timeouts(primary):
+    assert run(primary, "timeouts") == b"timeouts ok\n"
+
+
+@pytest.mark.parametrize("mode", ["mpmc", "spsc"])
+def test_consumer_woken_by_every_enqueue(primary, mode):
+    run(primary, "ring_create", "w.every", 64, mode)
+    cons = start(primary, "consume_each", "w.every", 200)
+    try:
+        run(primary, "produce_when_waited", "w.every", 200)
+        finish(cons)
+    finally:
+        reap(cons)
+
+
+def test_many_waiters_each_get_one_item(primary):
+    """More sleepers than a side has registered slots (16): the extra ones
+    take the polling path, and every one gets its item."""
+    k = 20
+    run(primary, "ring_create", "w.many", 64, "mpmc")
+    cons = [start(primary, "take_one", "w.many") for _ in range(k)]
+    try:
+        # The feeder waits for the 16 registered sleepers (the others
+        # sleep unregistered, or are still starting), then feeds all k.
+        run(primary, "feed_waiters", "w.many", 16, k)
+        got = sorted(int(finish(c)) for c in cons)
+    finally:
+        reap(*cons)
+    assert got == list(range(1, k + 1))
+
+
+def test_waiter_killed_while_asleep(primary):
+    run(primary, "ring_create", "w.kill", 16, "mpmc")
+    waiter = start(primary, "sleep_in_dequeue", "w.kill")
+    try:
+        pid = int(LineReader(waiter.stdout).readline())
+        assert run(primary, "after_kill", "w.kill", pid) == b"reclaimed\n"
+    finally:
+        reap(waiter)
+    # Later waiters and wakers work as before.
+    cons = start(primary, "consume_each", "w.kill", 20)
+    try:
+        run(primary, "produce_when_waited", "w.kill", 20)
+        finish(cons)
+    finally:
+        reap(cons)
+
+
+def test_enqueue_blocked_when_full(primary):
+    run(primary, "ring_create", "w.full", 8, "mpmc")
+    run(primary, "fill", "w.full")
+    prod = start(primary, "produce_blocked", "w.full")
+    try:
+        run(primary, "drain_when_producer_waits", "w.full")
+        finish(prod)
+    finally:
+        reap(prod)
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_mempool_getter_woken_by_puts(primary, how):
+    run(primary, "ring_create", "w.objs", 8, "mpmc")
+    run(primary, "pool_exhaust", "w.pool", "w.objs")
+    getter = start(primary, "pool_get_waiting", "w.pool", how)
+    try:
+        run(primary, "pool_put_when_waited", "w.pool", "w.objs")
+        assert finish(getter) == b"got one\n"
+    finally:
+        reap(getter)
+
+
+def test_asyncio_consumer_keeps_the_loop_running(primary):
+    run(primary, "ring_create", "w.async", 16, "mpmc")
+    cons = start(primary, "async_consume", "w.async")
+    try:
+        run(primary, "feed_three", "w.async")
+        assert finish(cons) == b"async ok\n"
+    finally:
+        reap(cons)
