@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,7 @@ def main() -> int:
         n = per_block * a.blocks
     finally:
         prim.stop()
+        shutil.rmtree(work, ignore_errors=True)
     with open("/proc/loadavg") as f:
         load1 = " ".join(f.read().split()[:3])
 
