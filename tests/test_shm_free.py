@@ -75,9 +75,9 @@ def test_destroy_from_another_secondary(primary, kind):
 
 def test_destroying_twice_from_two_secondaries(primary):
     """The second destroy, through a handle another process holds, fails
-    with NotFoundError.  (Had someone created the name again in between, at
-    the same bytes, that handle would name the new ring: other processes'
-    Ring handles are not checked, docs/shm.md.)"""
+    with DestroyedError (a NotFoundError): handles are checked, so it would
+    even if the name had been created again at the same bytes
+    (tests/test_shm_stale.py, docs/shm.md)."""
     sec(primary, "obj_make", "ring", "x.twice")
     holder = held(primary, "ring_hold_destroy", "x.twice")
     try:

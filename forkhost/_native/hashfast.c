@@ -14,20 +14,40 @@
  * cffi code that checks and raises.  So there is one place that decides
  * what a bad argument raises, and both paths give the same results and
  * the same exceptions.
+ *
+ * Checked: _bind also takes the table's memzone slot and the generation
+ * it had, and every fast path first loads the slot's generation (what
+ * fh_memzone_gen does, inline) and compares: once the table was
+ * destroyed, by any process, the call goes to its slow method, which
+ * raises DestroyedError, and the table's memory is never touched, even if
+ * a new table of the same name now lives at the same address.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "forkhost/hash.h"
+#include "forkhost/memzone.h"
 
 typedef struct {
     PyObject_HEAD
     const struct fh_hash *h;    /* NULL until _bind: everything goes slow */
     Py_ssize_t key_len;
+    _Atomic uint32_t *genp;     /* the gen word of the table's memzone slot */
+    uint32_t gen;               /* its value when the table was found */
 } TableBase;
+
+/* True while the table lives (and is bound). */
+static inline int live(const TableBase *t)
+{
+    /* Acquire, as fh_memzone_gen: pairs with the release stores of gen in
+     * fh_memzone_reserve and fh_memzone_free, so a table seen alive here
+     * was published before (its destroy frees the memzone last). */
+    return t->h && atomic_load_explicit(t->genp, memory_order_acquire) == t->gen;
+}
 
 /* Method names of the slow paths, and array.array's type with a
  * one-element int32 and uint64 template for the result arrays. */
@@ -40,7 +60,7 @@ static PyObject *array_type, *zero_i, *zero_q;
 
 static inline const char *fast_key(const TableBase *t, PyObject *key)
 {
-    if (t->h && PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) == t->key_len)
+    if (PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) == t->key_len && live(t))
         return PyBytes_AS_STRING(key);
     return NULL;
 }
@@ -153,7 +173,7 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
     ks->packed = NULL;
     ks->ptrs = NULL;
     ks->has_view = 0;
-    if (t->h == NULL)
+    if (!live(t))
         return 0;
     if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
         Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
@@ -381,24 +401,36 @@ out:
     return list;
 }
 
-static PyObject *tb_bind(PyObject *self, PyObject *addr)
+static PyObject *tb_bind(PyObject *self, PyObject *args)
 {
     TableBase *t = (TableBase *)self;
-    void *p = PyLong_AsVoidPtr(addr);
+    PyObject *addr, *mzaddr;
+    unsigned long gen;
+    struct fh_memzone *mz;
+    void *p;
 
-    if (p == NULL) {
+    if (!PyArg_ParseTuple(args, "OOk:_bind", &addr, &mzaddr, &gen))
+        return NULL;
+    p = PyLong_AsVoidPtr(addr);
+    mz = p ? PyLong_AsVoidPtr(mzaddr) : NULL;
+    if (p == NULL || mz == NULL || gen > UINT32_MAX) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "_bind: NULL table");
+            PyErr_SetString(PyExc_ValueError, "_bind: NULL table or memzone, "
+                            "or gen not a uint32");
         return NULL;
     }
+    /* The cast fh_memzone_gen makes: the word is written atomically. */
+    t->genp = (_Atomic uint32_t *)&mz->gen;
+    t->gen = (uint32_t)gen;
+    t->key_len = (Py_ssize_t)fh_hash_key_len(p);
     t->h = p;
-    t->key_len = (Py_ssize_t)fh_hash_key_len(t->h);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef tb_methods[] = {
-    {"_bind", tb_bind, METH_O,
-     "_bind(address): the struct fh_hash * this object stands for."},
+    {"_bind", tb_bind, METH_VARARGS,
+     "_bind(address, memzone, gen): the struct fh_hash * this object stands\n"
+     "for, its memzone's slot and that slot's generation."},
     {"get", (PyCFunction)(void (*)(void))tb_get, METH_FASTCALL | METH_KEYWORDS,
      "get(key, default=None): the data of key, or default."},
     {"position", tb_position, METH_O,

@@ -9,7 +9,12 @@
  * forkhost/ring.h, the same code libforkhost exports.  The GIL is kept:
  * these calls never wait (waiting goes through cffi, which releases it).
  *
- *   Handle(addr)                  addr: the struct fh_ring * as an int
+ *   Handle(addr, mz, gen, gone)   addr: the struct fh_ring * as an int;
+ *                                 mz: its memzone's slot (const struct
+ *                                 fh_memzone *) as an int, gen: the
+ *                                 generation the slot had then; gone: what
+ *                                 to call (it raises DestroyedError) when
+ *                                 the ring was destroyed
  *   h.enqueue_bulk(buf) -> int    all of buf's elements or none
  *   h.enqueue_burst(buf) -> int   as many as fit
  *   h.dequeue_bulk_into(buf) -> int        fill all of buf or nothing
@@ -18,34 +23,89 @@
  * buf: any C-contiguous buffer; for the enqueues its length must be a
  * whole number of elements (ValueError otherwise), the dequeues fill the
  * whole elements that fit.
+ *
+ * Checked: every call first loads the generation of the ring's memzone
+ * slot and compares it with gen (what fh_memzone_gen does, inline): once
+ * the ring was destroyed, by any process, the call raises (through gone)
+ * and never touches the memory, even if a new ring of the same name now
+ * lives at the same address.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "forkhost/memzone.h"
 #include "forkhost/ring.h"
 
 typedef struct {
     PyObject_HEAD
     struct fh_ring *r;
     Py_ssize_t esize;
+    _Atomic uint32_t *genp;     /* the gen word of the ring's memzone slot */
+    uint32_t gen;               /* its value when the ring was found */
+    PyObject *gone;             /* raises DestroyedError */
 } Handle;
 
 static int handle_init(Handle *self, PyObject *args, PyObject *kw)
 {
-    PyObject *addr;
+    PyObject *addr, *mzaddr, *gone;
+    unsigned long gen;
     void *p;
+    struct fh_memzone *mz;
 
-    if (!PyArg_ParseTuple(args, "O:Handle", &addr))
+    if (!PyArg_ParseTuple(args, "OOkO:Handle", &addr, &mzaddr, &gen, &gone))
         return -1;
     p = PyLong_AsVoidPtr(addr);
-    if (p == NULL) {
+    mz = p ? PyLong_AsVoidPtr(mzaddr) : NULL;
+    if (p == NULL || mz == NULL) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "Handle: NULL ring");
+            PyErr_SetString(PyExc_ValueError, "Handle: NULL ring or memzone");
+        return -1;
+    }
+    if (!PyCallable_Check(gone) || gen > UINT32_MAX) {
+        PyErr_SetString(PyExc_TypeError, "Handle: gen must be a uint32 and "
+                        "gone callable");
         return -1;
     }
     self->r = p;
     self->esize = (Py_ssize_t)fh_ring_elem_size(self->r);
+    /* The cast fh_memzone_gen makes: the word is written atomically. */
+    self->genp = (_Atomic uint32_t *)&mz->gen;
+    self->gen = (uint32_t)gen;
+    Py_INCREF(gone);
+    Py_XSETREF(self->gone, gone);
     return 0;
+}
+
+static void handle_dealloc(Handle *self)
+{
+    Py_XDECREF(self->gone);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* 0 while the ring lives; else -1 with gone()'s exception (DestroyedError)
+ * set.  A handle not initialised has no ring: TypeError. */
+static int check(const Handle *self)
+{
+    PyObject *r;
+
+    if (self->genp == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Handle: not initialised");
+        return -1;
+    }
+    /* Acquire, as fh_memzone_gen: pairs with the release stores of gen in
+     * fh_memzone_reserve and fh_memzone_free, so a ring seen alive here
+     * was published before (its destroy frees the memzone last). */
+    if (atomic_load_explicit(self->genp, memory_order_acquire) == self->gen)
+        return 0;
+    r = PyObject_CallNoArgs(self->gone);
+    if (r != NULL) {            /* gone must raise; it did not */
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_RuntimeError, "Handle: the ring was destroyed");
+    }
+    return -1;
 }
 
 /* The element count of view, or -1 with ValueError. */
@@ -81,6 +141,8 @@ static PyObject *put(Handle *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_TypeError, "expected one buffer");
         return NULL;
     }
+    if (check(self) < 0)
+        return NULL;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     n = elements(self, &view);
@@ -102,6 +164,8 @@ static PyObject *take(Handle *self, PyObject *const *args, Py_ssize_t nargs,
                                                : "expected one buffer");
         return NULL;
     }
+    if (check(self) < 0)
+        return NULL;
     if (nargs == 2 && args[1] != Py_None) {
         want = PyLong_AsSsize_t(args[1]);
         if (want == -1 && PyErr_Occurred())
@@ -168,6 +232,7 @@ static PyTypeObject HandleType = {
     .tp_doc = "A ring's pointer, for the hot calls of forkhost.shm.Ring.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)handle_init,
+    .tp_dealloc = (destructor)handle_dealloc,
     .tp_methods = handle_methods,
 };
 

@@ -91,12 +91,13 @@ def disable(obj, what: str) -> None:
     dead = _DISABLED.get(cls)
     if dead is None:
         def gone(self, *args, **kwargs):
-            name = object.__getattribute__(self, "name")
-            raise DestroyedError(f"{what} {name!r}: {_DETAIL[E.EIDRM]}", E.EIDRM)
+            raise destroyed_error(what, object.__getattribute__(self, "name"))
 
         def getattribute(self, attr):
             if attr in _KEEP or attr == "name":
                 return object.__getattribute__(self, attr)
+            if attr == "alive":
+                return False
             gone(self)
 
         def rep(self):
@@ -110,6 +111,94 @@ def disable(obj, what: str) -> None:
         dead = type(f"Destroyed{cls.__name__}", (cls,), ns)
         _DISABLED[cls] = dead
     obj.__class__ = dead
+
+
+def destroyed_error(what: str, name: str) -> DestroyedError:
+    """The DestroyedError a use of the destroyed ``what`` ``name`` raises:
+    one text for every path (disabled handle, stale handle, C extension)."""
+    return DestroyedError(f"{what} {name!r}: {_DETAIL[E.EIDRM]}", E.EIDRM)
+
+
+def raise_destroyed(what: str, name: str):
+    """Raise destroyed_error(what, name) (the C extensions call it, through
+    a functools.partial, when their generation check fails)."""
+    raise destroyed_error(what, name)
+
+
+_gen = lib.fh_memzone_gen
+_lookup_zone = lib.fh_memzone_lookup
+_copy_zone = lib.fh_memzone_copy
+
+
+class Checked:
+    """What a checked handle on a ring, mempool or hash table shares with
+    Memzone: the memzone slot its object lives in (``_mz``, a const struct
+    fh_memzone *) and the generation the memzone had when the handle was
+    made (``_gen``).  A memzone's generation changes when it is freed, so a
+    handle whose object was destroyed (by any process) sees it before each
+    use and raises DestroyedError, even if an object of the same name now
+    lives at the same address (docs/shm.md, Freeing).  Subclasses declare
+    the slots ``_mz``, ``_gen`` and ``name`` and a class attribute
+    ``_WHAT`` (the type's name in messages)."""
+
+    __slots__ = ()
+
+    def _check(self) -> None:
+        # fh_memzone_gen: one acquire load of the slot's generation word.
+        if _gen(self._mz) != self._gen:
+            raise destroyed_error(self._WHAT, self.name)
+
+    @property
+    def alive(self) -> bool:
+        """False once the object was destroyed (by any process)."""
+        return _gen(self._mz) == self._gen
+
+
+def object_zone(prefix, name: bytes, obj):
+    """(slot, generation) of the memzone that holds object ``obj`` (a cffi
+    pointer) called ``name``, whose memzone name is ``prefix`` (a
+    FH_*_MZ_PREFIX cdata string) + name; None when no memzone of that name
+    holds obj any more (it was destroyed, and maybe created again
+    elsewhere, since obj was found)."""
+    mz = _lookup_zone(ffi.string(prefix) + name)
+    if mz == ffi.NULL:
+        return None
+    copy = ffi.new("struct fh_memzone *")
+    if _copy_zone(mz, copy) < 0 or copy.addr != ffi.cast("void *", obj):
+        return None
+    return mz, copy.gen
+
+
+def find_checked(cls, name: bytes, find, prefix):
+    """cls(obj, mz, gen, name) for the object ``find(name)`` returns (NULL:
+    raise for its errno), checked: ``prefix`` is its type's memzone-name
+    prefix.  An object destroyed between its lookup and its memzone's is
+    looked up again."""
+    what = cls._WHAT
+    while True:
+        obj = find(name)
+        if obj == ffi.NULL:
+            err = ffi.errno
+            raise_errno(err, f"{what} {name.decode(errors='replace')!r}",
+                        "not found" if err == E.ENOENT else None)
+        zone = object_zone(prefix, name, obj)
+        if zone is not None:
+            h = cls(obj, *zone, name)
+            # What the constructor read counts only if the object was not
+            # destroyed meanwhile.
+            if _gen(zone[0]) == zone[1]:
+                return h
+
+
+def created_checked(cls, name: bytes, obj, prefix):
+    """cls(obj, mz, gen, name) for the object a create call just returned;
+    DestroyedError if another thread or process destroyed it already."""
+    zone = object_zone(prefix, name, obj)
+    h = None if zone is None else cls(obj, *zone, name)
+    if h is None or _gen(zone[0]) != zone[1]:
+        raise DestroyedError(f"{cls._WHAT} {name.decode(errors='replace')!r} was "
+                             f"destroyed as soon as it was created", E.EIDRM)
+    return h
 
 
 def raise_message(err: int, message: str):

@@ -25,7 +25,8 @@ from array import array
 
 from .._native import ffi, lib
 from .._native._hashfast import TableBase
-from ._util import address, cname, in_buffer, raise_errno, raise_message
+from ._util import (Checked, address, cname, created_checked, find_checked,
+                    in_buffer, raise_errno, raise_message)
 
 NAMESIZE = lib.FH_HASH_NAMESIZE
 KEY_LEN_MAX = lib.FH_HASH_KEY_LEN_MAX
@@ -33,6 +34,7 @@ ENTRIES_MAX = lib.FH_HASH_ENTRIES_MAX
 F_SINGLE_WRITER = lib.FH_HASH_F_SINGLE_WRITER
 
 _NULL = ffi.NULL
+_gen = lib.fh_memzone_gen
 _ENOENT = -errno.ENOENT
 
 # Libraries loaded through load_native() or a (path, symbol) hash function:
@@ -101,21 +103,32 @@ def _error_text() -> str:
     return ffi.string(lib.fh_hash_error()).decode(errors="replace")
 
 
-class HashTable(TableBase):
+class HashTable(TableBase, Checked):
     """A hash table found by name from any process of the prefix.
 
     ``table[key]``, ``key in table``, ``get``, ``position`` and the bulk
     lookups are the C methods of TableBase (forkhost/_native/hashfast.c),
     which handle bytes keys of the right length and hand everything else
     (other types, wrong lengths, ``sigs``, errors) to the ``*_slow``
-    methods below, the one place that checks arguments and raises."""
+    methods below, the one place that checks arguments and raises.
 
-    __slots__ = ("_h", "name", "key_len", "max_entries")
+    A checked handle: once the table is destroyed (by any process) every
+    use raises DestroyedError (docs/shm.md, Freeing); the C methods check
+    the generation themselves and hand a destroyed table's calls to the
+    slow methods, which raise."""
 
-    def __init__(self, h):
-        self._h = h                                     # struct fh_hash *
-        self._bind(address(h))
-        self.name = ffi.string(lib.fh_hash_name(h)).decode(errors="replace")
+    _WHAT = "hash table"
+
+    __slots__ = ("_h", "_mz", "_gen", "name", "key_len", "max_entries")
+
+    def __init__(self, h, mz, gen, name: bytes):
+        """h: the struct fh_hash *; mz, gen: its memzone's slot and
+        generation (forkhost.shm._util.object_zone); name: its name."""
+        self._h = h
+        self._mz = mz
+        self._gen = gen
+        self._bind(address(h), address(mz), gen)
+        self.name = name.decode(errors="replace")
         self.key_len = lib.fh_hash_key_len(h)
         self.max_entries = lib.fh_hash_max_entries(h)
 
@@ -143,22 +156,20 @@ class HashTable(TableBase):
             if err == errno.EINVAL and _error_text():
                 raise_message(err, _error_text())
             raise_errno(err, f"cannot create hash table {name!r}")
-        return cls(h)
+        return created_checked(cls, b, h, lib.FH_HASH_MZ_PREFIX)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "HashTable":
         """The table called ``name``; NotFoundError if there is none."""
-        b = cname(name, NAMESIZE, "hash table")
-        h = lib.fh_hash_find_existing(b)
-        if h == _NULL:
-            err = ffi.errno
-            raise_errno(err, f"hash table {name!r}",
-                        "not found" if err == errno.ENOENT else None)
-        return cls(h)
+        return find_checked(cls, cname(name, NAMESIZE, "hash table"),
+                            lib.fh_hash_find_existing, lib.FH_HASH_MZ_PREFIX)
 
     # -- helpers ------------------------------------------------------------
 
     def _key(self, key) -> bytes:
+        """key as bytes of key_len, once the table is checked alive: every
+        call that takes a key goes through here first."""
+        self._check()
         if len(key) != self.key_len:
             raise ValueError(f"hash table {self.name!r}: keys are {self.key_len} "
                              f"bytes, got {len(key)}")
@@ -166,7 +177,8 @@ class HashTable(TableBase):
 
     def _keys(self, keys):
         """Packed keys (cdata, n) from a list of keys or one buffer of
-        n * key_len bytes."""
+        n * key_len bytes, once the table is checked alive."""
+        self._check()
         if isinstance(keys, (list, tuple)):
             kl = self.key_len
             for k in keys:
@@ -193,6 +205,7 @@ class HashTable(TableBase):
     def check(self) -> None:
         """ModuleMismatchError unless this process may call the table's hash
         function (the built-in one always passes)."""
+        self._check()
         rc = lib.fh_hash_check(self._h)
         if rc < 0:
             self._fail(rc, "check")
@@ -200,6 +213,7 @@ class HashTable(TableBase):
     @property
     def usable(self) -> bool:
         """True when this process may call the table's hash function."""
+        self._check()
         return lib.fh_hash_check(self._h) == 0
 
     def hash(self, key) -> int:
@@ -303,6 +317,7 @@ class HashTable(TableBase):
         """Like lookup_bulk into caller-owned writable buffers (int32 and
         uint64, at least as many as keys); returns the number found."""
         if isinstance(keys, ffi.CData):
+            self._check()
             p, n = keys, len(keys) // self.key_len
         else:
             p, n = self._keys(keys)
@@ -338,6 +353,7 @@ class HashTable(TableBase):
         nxt = ffi.new("uint32_t *")
         kl = self.key_len
         while True:
+            self._check()
             pos = lib.fh_hash_iterate(self._h, ffi.cast("const void **", keyp), d, nxt)
             if pos < 0:
                 if pos == _ENOENT:
@@ -356,6 +372,7 @@ class HashTable(TableBase):
 
     def key_at(self, position: int) -> bytes:
         """The key stored at ``position``; KeyError if none."""
+        self._check()
         keyp = ffi.new("void **")
         rc = lib.fh_hash_get_key_with_position(self._h, position,
                                                ffi.cast("const void **", keyp))
@@ -365,11 +382,14 @@ class HashTable(TableBase):
 
     def reset(self) -> None:
         """Remove every key."""
+        self._check()
         rc = lib.fh_hash_reset(self._h)
         if rc < 0:
             self._fail(rc, "reset")
 
     def __len__(self) -> int:
+        if _gen(self._mz) != self._gen:
+            self._check()
         return lib.fh_hash_count(self._h)
 
     # -- identity -----------------------------------------------------------------
@@ -377,23 +397,30 @@ class HashTable(TableBase):
     @property
     def fn_module(self) -> str:
         """Path of the module holding the hash function ("" = built in)."""
+        self._check()
         return ffi.string(lib.fh_hash_fn_module(self._h)).decode(errors="replace")
 
     @property
     def fn_base(self) -> int:
         """That module's load address in the process that created the table."""
+        self._check()
         return int(lib.fh_hash_fn_base(self._h))
 
     @property
     def addr(self) -> int:
+        self._check()
         return address(self._h)
 
     @property
     def cdata(self):
-        """The raw ``struct fh_hash *``."""
+        """The raw ``struct fh_hash *`` (not checked: C code using it
+        follows the rule of docs/shm.md, Freeing)."""
+        self._check()
         return self._h
 
     def __repr__(self):
+        if not self.alive:
+            return f"<HashTable {self.name!r} (destroyed)>"
         fn = self.fn_module or "crc32c (built in)"
         return (f"<HashTable {self.name!r} {len(self)}/{self.max_entries} keys of "
                 f"{self.key_len} bytes, hash in {fn}>")
@@ -401,10 +428,11 @@ class HashTable(TableBase):
     def destroy(self) -> None:
         """Destroy the hash table: lookups of its name fail from now on, the name
         can be created again at once and its memory goes back to the arena.
-        This handle raises DestroyedError from now on; other handles on it
-        (other processes') are not checked: nobody may use them any more
-        (docs/shm.md, Freeing)."""
+        Every handle on it, in any process, raises DestroyedError from now
+        on, even if a table of the same name is created again at the same
+        address (docs/shm.md, Freeing)."""
         from ._util import disable
+        self._check()
         if lib.fh_hash_destroy(self._h) < 0:
             raise_errno(ffi.errno, f"cannot destroy hash table {self.name!r}")
         disable(self, "hash table")

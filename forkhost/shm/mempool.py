@@ -20,7 +20,8 @@ import errno
 from array import array
 
 from .._native import ffi, lib
-from ._util import address, cname, in_buffer, raise_errno
+from ._util import (Checked, address, cname, created_checked, find_checked,
+                    in_buffer, raise_errno)
 from .ring import ASYNC_SLICE, call_timed, timeout_ns
 
 NAMESIZE = lib.FH_MEMPOOL_NAMESIZE
@@ -29,16 +30,26 @@ COUNT_MAX = lib.FH_MEMPOOL_COUNT_MAX
 F_NO_CACHE_ALIGN = lib.FH_MEMPOOL_F_NO_CACHE_ALIGN
 
 _NULL = ffi.NULL
+_gen = lib.fh_memzone_gen
 
 
-class Mempool:
-    """A pool found by name from any process of the prefix."""
+class Mempool(Checked):
+    """A pool found by name from any process of the prefix.  A checked
+    handle: once the pool is destroyed (by any process) every use raises
+    DestroyedError (docs/shm.md, Freeing)."""
 
-    __slots__ = ("_mp", "name", "count", "obj_size", "elt_size", "cache_size")
+    _WHAT = "mempool"
 
-    def __init__(self, mp):
-        self._mp = mp                                 # struct fh_mempool *
-        self.name = ffi.string(lib.fh_mempool_name(mp)).decode(errors="replace")
+    __slots__ = ("_mp", "_mz", "_gen", "name", "count", "obj_size", "elt_size",
+                 "cache_size")
+
+    def __init__(self, mp, mz, gen, name: bytes):
+        """mp: the struct fh_mempool *; mz, gen: its memzone's slot and
+        generation (forkhost.shm._util.object_zone); name: its name."""
+        self._mp = mp
+        self._mz = mz
+        self._gen = gen
+        self.name = name.decode(errors="replace")
         self.count = lib.fh_mempool_count(mp)
         self.obj_size = lib.fh_mempool_obj_size(mp)
         self.elt_size = lib.fh_mempool_elt_size(mp)
@@ -57,16 +68,12 @@ class Mempool:
         mp = lib.fh_mempool_create(b, n, obj_size, cache_size, flags)
         if mp == _NULL:
             raise_errno(ffi.errno, f"cannot create mempool {name!r}")
-        return cls(mp)
+        return created_checked(cls, b, mp, lib.FH_MEMPOOL_MZ_PREFIX)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "Mempool":
-        b = cname(name, NAMESIZE, "mempool")
-        mp = lib.fh_mempool_lookup(b)
-        if mp == _NULL:
-            err = ffi.errno
-            raise_errno(err, f"mempool {name!r}", "not found" if err == errno.ENOENT else None)
-        return cls(mp)
+        return find_checked(cls, cname(name, NAMESIZE, "mempool"),
+                            lib.fh_mempool_lookup, lib.FH_MEMPOOL_MZ_PREFIX)
 
     # -- get / put -----------------------------------------------------------
 
@@ -79,6 +86,8 @@ class Mempool:
         """One object's address.  timeout=0 (default): NoSpaceError at once
         when the pool is exhausted; None: wait until an object is put back
         (any process); seconds: wait at most that long, then TimeoutError."""
+        if _gen(self._mz) != self._gen:
+            self._check()
         p = ffi.new("void **")
         if lib.fh_mempool_get(self._mp, p) < 0:
             if timeout == 0:
@@ -89,6 +98,7 @@ class Mempool:
     def get_bulk(self, n: int, *, timeout=0) -> array:
         """n addresses as array('Q'), all or nothing (NoSpaceError; with a
         timeout, waiting as get() does)."""
+        self._check()
         out = array("Q", bytes(n << 3))
         with ffi.from_buffer(out) as buf:
             rc = lib.fh_mempool_get_bulk(self._mp, ffi.cast("void **", buf), n)
@@ -100,6 +110,7 @@ class Mempool:
         return out
 
     def _get_timed(self, p, n, timeout) -> None:
+        self._check()
         rc = call_timed(lib.fh_mempool_get_bulk_timed, (self._mp, p, n), timeout)
         if rc == -errno.ETIMEDOUT:
             raise TimeoutError(f"mempool {self.name!r}: "
@@ -119,6 +130,7 @@ class Mempool:
         end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
         p = ffi.new("void **")
         while True:
+            self._check()
             left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
             rc = await loop.run_in_executor(
                 None, lib.fh_mempool_get_timed, self._mp, p, int(max(left, 0) * 1e9))
@@ -133,10 +145,13 @@ class Mempool:
     @property
     def waiting(self) -> int:
         """Threads (any process) asleep in a waiting get: a snapshot."""
+        self._check()
         return lib.fh_mempool_waiting(self._mp)
 
     def put(self, addr: int) -> None:
         """Give one object back (ValueError if it is not one of ours)."""
+        if _gen(self._mz) != self._gen:
+            self._check()
         p = ffi.cast("void *", addr)
         if lib.fh_mempool_put(self._mp, p) < 0:
             raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
@@ -145,6 +160,7 @@ class Mempool:
         """Give objects back: array('Q'), list of ints or a buffer of uint64
         addresses.  None is taken back if one of them is not the start of
         one of the pool's objects."""
+        self._check()
         p, n = in_buffer(addrs, 8)
         if lib.fh_mempool_put_bulk(self._mp, ffi.cast("void *const *", p), n) < 0:
             raise ValueError(f"an address given is not an object of mempool "
@@ -153,13 +169,17 @@ class Mempool:
     # -- objects -------------------------------------------------------------
 
     def view(self, addr: int) -> memoryview:
-        """A writable memoryview of the object at ``addr`` (obj_size bytes)."""
+        """A writable memoryview of the object at ``addr`` (obj_size bytes).
+        The view itself is not checked: do not use it after the pool is
+        destroyed."""
+        self._check()
         if lib.fh_mempool_obj_index(self._mp, ffi.cast("void *", addr)) < 0:
             raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
         return memoryview(ffi.buffer(ffi.cast("char *", addr), self.obj_size))
 
     def index(self, addr: int) -> int:
         """The object's index in 0..count-1 (a handle that fits 32 bits)."""
+        self._check()
         i = lib.fh_mempool_obj_index(self._mp, ffi.cast("void *", addr))
         if i < 0:
             raise ValueError(f"0x{addr:x} is not an object of mempool {self.name!r}")
@@ -167,6 +187,7 @@ class Mempool:
 
     def at(self, index: int) -> int:
         """The address of object ``index``."""
+        self._check()
         if not 0 <= index < self.count:
             raise IndexError(f"mempool {self.name!r} has {self.count} objects")
         return address(lib.fh_mempool_obj_at(self._mp, index))
@@ -176,53 +197,65 @@ class Mempool:
     @property
     def in_use(self) -> int:
         """Objects handed out by get and not yet put back."""
+        self._check()
         return lib.fh_mempool_in_use_count(self._mp)
 
     @property
     def avail(self) -> int:
         """Free objects, in the shared ring and in every thread's cache."""
+        self._check()
         return lib.fh_mempool_avail_count(self._mp)
 
     @property
     def full(self) -> bool:
+        self._check()
         return bool(lib.fh_mempool_full(self._mp))
 
     @property
     def empty(self) -> bool:
+        self._check()
         return bool(lib.fh_mempool_empty(self._mp))
 
     def cache_flush(self) -> None:
         """Return this thread's cached objects to the shared ring."""
+        self._check()
         lib.fh_mempool_cache_flush(self._mp)
 
     def reclaim(self) -> int:
         """Give back the caches of threads that no longer exist; returns how
         many objects went back."""
+        self._check()
         return lib.fh_mempool_reclaim(self._mp)
 
     @property
     def addr(self) -> int:
+        self._check()
         return address(self._mp)
 
     @property
     def cdata(self):
-        """The raw ``struct fh_mempool *``."""
+        """The raw ``struct fh_mempool *`` (not checked: C code using it
+        follows the rule of docs/shm.md, Freeing)."""
+        self._check()
         return self._mp
 
     def __repr__(self):
+        if not self.alive:
+            return f"<Mempool {self.name!r} (destroyed)>"
         return (f"<Mempool {self.name!r} {self.in_use}/{self.count} in use, "
                 f"{self.obj_size}-byte objects at 0x{self.addr:x}>")
 
     def destroy(self) -> None:
         """Destroy the mempool: lookups of its name fail from now on, the name
         can be created again at once and its memory goes back to the arena.
-        This handle raises DestroyedError from now on; other handles on it
-        (other processes') are not checked: nobody may use them any more
-        (docs/shm.md, Freeing).
+        Every handle on it, in any process, raises DestroyedError from now
+        on, even if a pool of the same name is created again at the same
+        address (docs/shm.md, Freeing).
         A live thread (of any process) that still holds a cache of the pool
         makes it fail with ShmError (errno EBUSY), changing nothing: that
         thread calls ``cache_flush()``, or exits."""
         from ._util import disable
+        self._check()
         if lib.fh_mempool_destroy(self._mp) < 0:
             raise_errno(ffi.errno, f"cannot destroy mempool {self.name!r}")
         disable(self, "mempool")

@@ -33,8 +33,11 @@ import errno
 import time
 from array import array
 
+from functools import partial
+
 from .._native import _ring, ffi, lib
-from ._util import address, cname, in_buffer, raise_errno
+from ._util import (Checked, address, cname, created_checked, find_checked,
+                    in_buffer, raise_destroyed, raise_errno)
 
 NAMESIZE = lib.FH_RING_NAMESIZE
 SP_ENQ = lib.FH_RING_F_SP_ENQ      # one producer at a time: no CAS on enqueue
@@ -51,6 +54,7 @@ _enqueue_bulk_timed = lib.fh_ring_enqueue_bulk_timed
 _enqueue_burst_timed = lib.fh_ring_enqueue_burst_timed
 _dequeue_bulk_timed = lib.fh_ring_dequeue_bulk_timed
 _dequeue_burst_timed = lib.fh_ring_dequeue_burst_timed
+_gen = lib.fh_memzone_gen
 _EINTR = -errno.EINTR
 _ETIMEDOUT = -errno.ETIMEDOUT
 
@@ -109,18 +113,26 @@ def _pack(items, elem_size: int):
     return b"".join(items)
 
 
-class Ring:
-    """A ring found by name from any process of the prefix."""
+class Ring(Checked):
+    """A ring found by name from any process of the prefix.  A checked
+    handle: once the ring is destroyed (by any process) every use raises
+    DestroyedError (docs/shm.md, Freeing)."""
 
     SP_ENQ = SP_ENQ
     SC_DEQ = SC_DEQ
+    _WHAT = "ring"
 
-    __slots__ = ("_r", "_h", "name", "elem_size", "capacity", "flags")
+    __slots__ = ("_r", "_h", "_mz", "_gen", "name", "elem_size", "capacity", "flags")
 
-    def __init__(self, r):
-        self._r = r                                    # struct fh_ring *
-        self._h = _ring.Handle(address(r))             # the hot calls
-        self.name = ffi.string(lib.fh_ring_name(r)).decode(errors="replace")
+    def __init__(self, r, mz, gen, name: bytes):
+        """r: the struct fh_ring *; mz, gen: its memzone's slot and
+        generation (forkhost.shm._util.object_zone); name: its name."""
+        self._r = r
+        self._mz = mz
+        self._gen = gen
+        self.name = name.decode(errors="replace")
+        self._h = _ring.Handle(address(r), address(mz), gen,    # the hot calls
+                               partial(raise_destroyed, "ring", self.name))
         self.elem_size = lib.fh_ring_elem_size(r)
         self.capacity = lib.fh_ring_capacity(r)
         self.flags = lib.fh_ring_flags(r)
@@ -146,24 +158,22 @@ class Ring:
         r = lib.fh_ring_create(b, count, elem_size, flags)
         if r == _NULL:
             raise_errno(ffi.errno, f"cannot create ring {name!r}")
-        return cls(r)
+        return created_checked(cls, b, r, lib.FH_RING_MZ_PREFIX)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "Ring":
         """The ring called ``name``; NotFoundError if there is none (or its
         creator has not finished)."""
-        b = cname(name, NAMESIZE, "ring")
-        r = lib.fh_ring_lookup(b)
-        if r == _NULL:
-            err = ffi.errno
-            raise_errno(err, f"ring {name!r}", "not found" if err == errno.ENOENT else None)
-        return cls(r)
+        return find_checked(cls, cname(name, NAMESIZE, "ring"), lib.fh_ring_lookup,
+                            lib.FH_RING_MZ_PREFIX)
 
     # -- one item -----------------------------------------------------------
 
     def enqueue(self, item, *, timeout=0) -> bool:
         """Put one item in: an int (8-byte rings) or elem_size bytes.
         False when the ring is full (after waiting up to ``timeout``)."""
+        if _gen(self._mz) != self._gen:
+            self._check()
         if self.elem_size == 8 and isinstance(item, int):
             if lib.fh_ring_enqueue_u64(self._r, item) == 0:
                 return True
@@ -180,6 +190,8 @@ class Ring:
     def dequeue(self, *, timeout=0):
         """Take one item out: an int (8-byte rings) or bytes; None when the
         ring is empty (after waiting up to ``timeout``)."""
+        if _gen(self._mz) != self._gen:
+            self._check()
         if self.elem_size == 8:
             v = _new("uint64_t *")
             if lib.fh_ring_dequeue_u64(self._r, v) == 0:
@@ -197,6 +209,7 @@ class Ring:
 
     def _timed(self, fn, p, n, timeout) -> int:
         """A timed C call's count; 0 at the timeout."""
+        self._check()
         rc = call_timed(fn, (self._r, p, n, _NULL), timeout)
         if rc >= 0:
             return rc
@@ -208,6 +221,7 @@ class Ring:
         raise_errno(rc, f"ring {self.name!r}")
 
     def _wait(self, fn, n, timeout, what) -> bool:
+        self._check()
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
         rc = call_timed(fn, (self._r, n), timeout)
@@ -231,15 +245,15 @@ class Ring:
         """wait_elements for asyncio (in executor slices, see the module)."""
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
-        return await wait_async(lambda k, ns: lib.fh_ring_wait_elements(self._r, k, ns),
-                                n, timeout)
+        return await wait_async(lambda k, ns: self._check() or
+                                lib.fh_ring_wait_elements(self._r, k, ns), n, timeout)
 
     async def wait_room_async(self, n: int = 1, *, timeout=None) -> bool:
         """wait_room for asyncio."""
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
-        return await wait_async(lambda k, ns: lib.fh_ring_wait_room(self._r, k, ns),
-                                n, timeout)
+        return await wait_async(lambda k, ns: self._check() or
+                                lib.fh_ring_wait_room(self._r, k, ns), n, timeout)
 
     async def dequeue_burst_async(self, n: int, *, timeout=None):
         """Up to n items, waiting (asyncio) until there is at least one:
@@ -270,11 +284,13 @@ class Ring:
     @property
     def waiting_consumers(self) -> int:
         """Threads (any process) asleep waiting for items: a snapshot."""
+        self._check()
         return lib.fh_ring_waiting_consumers(self._r)
 
     @property
     def waiting_producers(self) -> int:
         """Threads (any process) asleep waiting for room: a snapshot."""
+        self._check()
         return lib.fh_ring_waiting_producers(self._r)
 
     # -- many items per call ------------------------------------------------
@@ -338,6 +354,7 @@ class Ring:
         return self._dequeue(n, _dequeue_burst, _dequeue_burst_timed, timeout)
 
     def _dequeue(self, n, fn, tfn, timeout):
+        self._check()
         if n < 0:
             raise ValueError("n must be >= 0")
         if self.elem_size == 8:
@@ -360,22 +377,28 @@ class Ring:
     # -- queries (snapshots while others use the ring) -----------------------
 
     def __len__(self) -> int:
+        if _gen(self._mz) != self._gen:
+            self._check()
         return lib.fh_ring_count(self._r)
 
     @property
     def count(self) -> int:
+        self._check()
         return lib.fh_ring_count(self._r)
 
     @property
     def free_count(self) -> int:
+        self._check()
         return lib.fh_ring_free_count(self._r)
 
     @property
     def full(self) -> bool:
+        self._check()
         return bool(lib.fh_ring_full(self._r))
 
     @property
     def empty(self) -> bool:
+        self._check()
         return bool(lib.fh_ring_empty(self._r))
 
     @property
@@ -388,14 +411,20 @@ class Ring:
 
     @property
     def addr(self) -> int:
+        self._check()
         return address(self._r)
 
     @property
     def cdata(self):
-        """The raw ``struct fh_ring *`` for forkhost._native.lib calls."""
+        """The raw ``struct fh_ring *`` for forkhost._native.lib calls (not
+        checked: C code using it follows the rule of docs/shm.md,
+        Freeing)."""
+        self._check()
         return self._r
 
     def __repr__(self):
+        if not self.alive:
+            return f"<Ring {self.name!r} (destroyed)>"
         mode = ("SP" if self.single_producer else "MP") + \
                ("SC" if self.single_consumer else "MC")
         return (f"<Ring {self.name!r} {mode} {self.count}/{self.capacity} x "
@@ -404,10 +433,11 @@ class Ring:
     def destroy(self) -> None:
         """Destroy the ring: lookups of its name fail from now on, the name
         can be created again at once and its memory goes back to the arena.
-        This handle raises DestroyedError from now on; other handles on it
-        (other processes') are not checked: nobody may use them any more
-        (docs/shm.md, Freeing)."""
+        Every handle on it, in any process, raises DestroyedError from now
+        on, even if a ring of the same name is created again at the same
+        address (docs/shm.md, Freeing)."""
         from ._util import disable
+        self._check()
         if lib.fh_ring_destroy(self._r) < 0:
             raise_errno(ffi.errno, f"cannot destroy ring {self.name!r}")
         disable(self, "ring")

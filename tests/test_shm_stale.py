@@ -1,0 +1,71 @@
+"""Checked handles: a Ring, Mempool or HashTable handle whose object another
+process (or another handle) destroyed raises DestroyedError on every use,
+even once an object of the same name lives at the same address, and the
+new object is never touched through it (docs/shm.md, Freeing).
+
+The checks run in secondaries (tests/fixtures/shm_stale_fix.py); the test
+process never maps the arena.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fhtest import FIXTURES, PrimaryProc, reap
+
+FIX = "shm_stale_fix"
+
+
+@pytest.fixture
+def primary(runtime_dir):
+    p = PrimaryProc(runtime_dir, args=("--arena-size", "16M", "--arena-max", "256M"))
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+
+
+def sec(primary, name, *args):
+    r = primary.run(f"{FIX}:{name}", *args, cwd=FIXTURES, capture_output=True)
+    assert r.returncode == 0, (f"{name} {args} exited {r.returncode}:\n"
+                               f"{r.stdout.decode()}{r.stderr.decode()}")
+    return r.stdout.decode()
+
+
+@pytest.mark.parametrize("where", ["same", "moved"])
+@pytest.mark.parametrize("kind", ["ring", "mempool", "hash"])
+def test_stale_handle_in_another_secondary(primary, kind, where):
+    """Secondary A holds a handle; secondary B destroys the object and
+    creates the name again, at the same address ("same": first fit hands
+    the freed bytes back) or elsewhere ("moved": a memzone took them
+    first).  Every call through A's handle (the C extension's hot calls
+    and the cffi ones) raises the same DestroyedError; the new object is
+    untouched and a fresh lookup in A works."""
+    name = f"st.{kind}"
+    sec(primary, "make", kind, name)
+    holder = primary.popen(f"{FIX}:hold", kind, name, cwd=FIXTURES,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        word, old = holder.stdout.readline().split()
+        assert word == "ready"
+        new = sec(primary, "replace", kind, name, where).strip()
+        if where == "same":
+            assert new == old
+        else:
+            assert new != old
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, err = holder.communicate(timeout=60)
+        assert holder.returncode == 0, err
+        assert out == f"stale ok {old}\n"
+    finally:
+        reap(holder)
+    sec(primary, "check_new", kind, name)      # and from a third secondary
+
+
+def test_stale_handle_in_the_destroying_process(primary):
+    """Another handle in the process that destroyed the object is checked
+    too; the destroying handle stays disabled."""
+    assert sec(primary, "same_process") == "ok\n"
