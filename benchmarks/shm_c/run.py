@@ -322,7 +322,7 @@ def keep(into: dict, figs: dict, pick) -> None:
         into[k] = pick(into[k], v) if k in into else v
 
 
-def print_table(ours: dict, ring_d: dict) -> None:
+def print_table(ours: dict, ring_d: dict, ghz: float | None) -> None:
     log(f"\n{'':34}{'forkhost':>10}{'DPDK':>10}{'fh/DPDK':>10}")
     log("ring, two processes (DPDK: two threads) on CPUs 0 and 1, "
         "cycles per object, enqueue + dequeue")
@@ -552,7 +552,7 @@ def main() -> int:
         + (" on each side" if dpdk else ""))
     m = re.search(r"tsc ([\d.]+) GHz", header)
     if not a.hash_only:
-        print_table(ours, ring_d)
+        print_table(ours, ring_d, float(m[1]) if m else None)
     print_hash_table(hash_ours, hash_dpdk, float(m[1]) if m else None)
     if hash_ab:
         print_hash_ab(hash_ab)
