@@ -70,3 +70,12 @@ def run(primary: PrimaryProc, kind: str, name: str, native: ShmNative, *args,
 
 def py(primary: PrimaryProc, name: str, *args, expect: int = 0, **kw):
     return run(primary, "python", name, None, *args, expect=expect, **kw)
+
+
+def fix_output(primary: PrimaryProc, entry: str, *args, expect: int = 0) -> str:
+    """Run the Python entry ``entry`` (a module:function of tests/fixtures)
+    in a secondary; check its exit status; its stdout."""
+    r = primary.run(entry, *args, cwd=FIXTURES, capture_output=True)
+    assert r.returncode == expect, (f"{entry} {args} exited {r.returncode}:\n"
+                                    f"{r.stdout.decode()}{r.stderr.decode()}")
+    return r.stdout.decode()

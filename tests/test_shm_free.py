@@ -16,6 +16,7 @@ import subprocess
 import pytest
 
 from fhtest import FIXTURES, PrimaryProc, reap, wait_until
+from shmtest import fix_output
 
 FIX = "shm_free_fix"
 
@@ -29,10 +30,7 @@ def primary(runtime_dir):
 
 
 def sec(primary, name, *args, expect=0):
-    r = primary.run(f"{FIX}:{name}", *args, cwd=FIXTURES, capture_output=True)
-    assert r.returncode == expect, (f"{name} {args} exited {r.returncode}:\n"
-                                    f"{r.stdout.decode()}{r.stderr.decode()}")
-    return r.stdout.decode()
+    return fix_output(primary, f"{FIX}:{name}", *args, expect=expect)
 
 
 def held(primary, name, *args):

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from fhtest import FIXTURES, PrimaryProc, reap
+from shmtest import fix_output
 
 FIX = "shm_stale_fix"
 
@@ -27,10 +28,7 @@ def primary(runtime_dir):
 
 
 def sec(primary, name, *args):
-    r = primary.run(f"{FIX}:{name}", *args, cwd=FIXTURES, capture_output=True)
-    assert r.returncode == 0, (f"{name} {args} exited {r.returncode}:\n"
-                               f"{r.stdout.decode()}{r.stderr.decode()}")
-    return r.stdout.decode()
+    return fix_output(primary, f"{FIX}:{name}", *args)
 
 
 @pytest.mark.parametrize("where", ["same", "moved"])
