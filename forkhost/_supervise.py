@@ -776,14 +776,7 @@ class Supervisor:
                 poller.register(w.sec.fileno(), _select.POLLIN)
             poller.poll(None if timeout is None else timeout * 1000 + 1)
         for w in live:
-            rc = w.sec.returncode
-            w.sec.close()
-            w.sec = None
-            w.last_exit = rc
-            w.exits += 1
-            self._event("exit", w, f"worker {w.name} (pid {w.pid}) exited: "
-                        f"{describe_status(rc)} (stopped: {reason})",
-                        status=rc, stopped=True, restarts=w.restarts)
+            self._record_exit(w, f" (stopped: {reason})", stopped=True)
             w.reclaim = _reclaim.reclaim(w.pid).as_dict()
             w.state = "stopped"
 
@@ -808,15 +801,21 @@ class Supervisor:
             return rc != 0
         return False
 
-    def _on_exit(self, w: _State) -> None:
+    def _record_exit(self, w: _State, note: str = "", **fields) -> int | None:
+        """w's secondary has exited: its status kept, its handle closed, the
+        exit's log line and notice; the status."""
         rc = w.sec.returncode
         w.sec.close()
         w.sec = None
         w.last_exit = rc
         w.exits += 1
         self._event("exit", w, f"worker {w.name} (pid {w.pid}) exited: "
-                    f"{describe_status(rc)}", status=rc, restarts=w.restarts)
-        self._after_exit(w, rc, started=True)
+                    f"{describe_status(rc)}{note}", status=rc,
+                    restarts=w.restarts, **fields)
+        return rc
+
+    def _on_exit(self, w: _State) -> None:
+        self._after_exit(w, self._record_exit(w), started=True)
 
     def _after_exit(self, w: _State, rc: int | None, started: bool) -> None:
         if self._quit or not self.primary.template_alive():
