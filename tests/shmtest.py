@@ -79,3 +79,12 @@ def fix_output(primary: PrimaryProc, entry: str, *args, expect: int = 0) -> str:
     assert r.returncode == expect, (f"{entry} {args} exited {r.returncode}:\n"
                                     f"{r.stdout.decode()}{r.stderr.decode()}")
     return r.stdout.decode()
+
+
+def arena_primary(runtime_dir: str, size: str, maximum: str):
+    """A primary whose arena starts at ``size`` and may grow to ``maximum``,
+    for a fixture to ``yield from``; it must stop with status 0."""
+    p = PrimaryProc(runtime_dir, args=("--arena-size", size, "--arena-max", maximum))
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"

@@ -15,18 +15,15 @@ import subprocess
 
 import pytest
 
-from fhtest import FIXTURES, PrimaryProc, reap, wait_until
-from shmtest import fix_output
+from fhtest import FIXTURES, reap, wait_until
+from shmtest import arena_primary, fix_output
 
 FIX = "shm_free_fix"
 
 
 @pytest.fixture
 def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir, args=("--arena-size", "16M", "--arena-max", "256M"))
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
+    yield from arena_primary(runtime_dir, "16M", "256M")
 
 
 def sec(primary, name, *args, expect=0):

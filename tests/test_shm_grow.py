@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from fhtest import FIXTURES, PrimaryProc, reap
-from shmtest import fix_output
+from shmtest import arena_primary, fix_output
 
 FIX = "shm_free_fix"
 MIB = 1 << 20
@@ -24,10 +24,7 @@ MIB = 1 << 20
 
 @pytest.fixture
 def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir, args=("--arena-size", "8M", "--arena-max", "72M"))
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
+    yield from arena_primary(runtime_dir, "8M", "72M")
 
 
 def sec(primary, name, *args, expect=0):

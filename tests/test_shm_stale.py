@@ -13,18 +13,15 @@ import subprocess
 
 import pytest
 
-from fhtest import FIXTURES, PrimaryProc, reap
-from shmtest import fix_output
+from fhtest import FIXTURES, reap
+from shmtest import arena_primary, fix_output
 
 FIX = "shm_stale_fix"
 
 
 @pytest.fixture
 def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir, args=("--arena-size", "16M", "--arena-max", "256M"))
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
+    yield from arena_primary(runtime_dir, "16M", "256M")
 
 
 def sec(primary, name, *args):
