@@ -110,7 +110,8 @@ class Primaries:
         self.runtime = runtime
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, prefix: str, *args: str, env: dict | None = None) -> None:
+    def start(self, prefix: str, *args: str, env: dict | None = None) -> str:
+        """Start a primary; its ready line."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "forkhost", "primary", "--prefix", prefix,
              "--runtime-dir", self.runtime, *args],
@@ -121,6 +122,7 @@ class Primaries:
                              f"{proc.stderr.read().decode()}")
         print(f"  {line.strip()}")
         self.procs.append(proc)
+        return line
 
     def stop(self) -> None:
         for proc in self.procs:

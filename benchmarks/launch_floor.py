@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -131,11 +132,9 @@ def main() -> int:
         # CPU counted by their template) after their block has ended.
         owned: dict[str, list[int]] = {}
         for prefix in ("floor", "floornat", "floorprobe"):
-            prim.start(prefix, "--arena-size", "64M", "--huge-pages", "never")
-            pid = prim.procs[-1].pid
-            template = int(os.popen(f"pgrep -P {pid} -f 'forkhost template'")
-                           .read().split()[0])
-            owned[prefix] = [pid, template]
+            ready = prim.start(prefix, "--arena-size", "64M", "--huge-pages", "never")
+            owned[prefix] = [int(re.search(r"pid (\d+), template (\d+)", ready)[k])
+                             for k in (1, 2)]
         env = dict(os.environ, FORKHOST_RUNTIME_DIR=work)
         os.chdir(work)
 
