@@ -26,6 +26,7 @@
 
 #include "forkhost.h"
 #include "forkhost/heap.h"
+#include "task.h"
 
 #define HEAP_MAGIC 0x5041454850484b46ull /* "FKHPHEAP" */
 #define HEAP_VERSION 1
@@ -282,11 +283,6 @@ static void apply_journal(struct heap_ctl *h, int crash_step)
     s->c[FB] = j->c[FB];
 }
 
-static int pid_dead(int pid)
-{
-    return kill(pid, 0) < 0 && errno == ESRCH;
-}
-
 /* This process's slot (under the lock); slot 0 when the table is full of
  * live processes. */
 static unsigned my_slot(struct heap_ctl *h)
@@ -311,7 +307,7 @@ static unsigned my_slot(struct heap_ctl *h)
     /* Full: fold an ended process's counters into slot 0 and take its slot
      * (a journaled step: the repair redoes it). */
     for (unsigned i = 1; i < FH_HEAP_PROC_SLOTS; i++) {
-        if (!pid_dead(h->procs[i].pid))
+        if (!fh__task_gone(h->procs[i].pid))
             continue;
         h->j.slot = i;
         h->j.pid = pid;
@@ -488,7 +484,7 @@ static struct heap_ctl *find_ctl(int create)
         }
         /* Relaxed: the CAS below decides; a stale value only costs a turn. */
         int owner = atomic_load_explicit(&h->init_owner, memory_order_relaxed);
-        if (owner == 0 || pid_dead(owner)) {
+        if (owner == 0 || fh__task_gone(owner)) {
             /* Acquire on success: a dead formatter's writes are seen
              * before ours overwrite them (relaxed on failure: retried). */
             if (atomic_compare_exchange_strong_explicit(&h->init_owner, &owner,

@@ -22,6 +22,7 @@
 #include "forkhost.h"
 #include "forkhost/mempool.h"
 #include "forkhost/ring.h"
+#include "task.h"
 
 #define MP_MAGIC 0x4c4f4f504d484b46ull /* "FKHMPOOL" */
 /* Pools one thread holds a cache of at once; using a ninth flushes and
@@ -187,12 +188,6 @@ static pid_t my_tid(void)
     return t_tab.tid;
 }
 
-/* 1 when tid is gone for good: no such task in our PID namespace. */
-static int owner_dead(int32_t tid)
-{
-    return tid > 0 && kill(tid, 0) < 0 && errno == ESRCH;
-}
-
 FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp)
 {
     unsigned total = 0;
@@ -203,7 +198,7 @@ FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp)
         /* Relaxed: a hint; the CAS below decides. */
         int32_t o = atomic_load_explicit(&c->owner, memory_order_relaxed);
 
-        if (!owner_dead(o))
+        if (!fh__task_gone(o))
             continue;
         /* The CAS makes one reclaimer win the slot; acquire orders its
          * reads of len and objs after the win.  The dead owner's last

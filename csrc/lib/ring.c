@@ -27,6 +27,7 @@
 #include "forkhost.h"
 #include "forkhost/ring.h"
 #pragma GCC diagnostic pop
+#include "task.h"
 
 _Static_assert(offsetof(struct fh_ring, size) == 72, "ring layout");
 _Static_assert(offsetof(struct fh_ring, prod) == 128, "prod on its own lines");
@@ -80,11 +81,6 @@ static int32_t my_tid(void)
     return (int32_t)syscall(SYS_gettid);
 }
 
-static int tid_dead(int32_t tid)
-{
-    return kill(tid, 0) < 0 && errno == ESRCH;
-}
-
 static int futex_wait(_Atomic uint32_t *word, uint32_t val,
                       const struct timespec *abs)
 {
@@ -106,7 +102,7 @@ static unsigned reclaim_side(struct fh_ring_headtail *ht)
          * tid: we act on a slot that was really claimed. */
         int32_t tid = atomic_load_explicit(&ht->wait_tid[i],
                                            memory_order_acquire);
-        if (tid <= 0 || !tid_dead(tid))
+        if (tid <= 0 || !fh__task_gone(tid))
             continue;
         /* Acq_rel: one reclaimer wins the slot (-1 marks it busy), and
          * nobody else can claim it until the release store of 0 below. */

@@ -517,11 +517,15 @@ static void test_waiter_killed(void)
     }
     UNTIL(fh_ring_waiting_consumers(r) == 1);
     kill(pid, SIGKILL);
-    CHECK(reap(pid) == 128 + SIGKILL, "killed");
+    /* Not reaped yet: a zombie still answers kill(pid, 0), and holds no
+     * more than a reaped task. */
+    siginfo_t si;
+    CHECK(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT) == 0, "zombie");
     CHECK(fh_ring_waiting_consumers(r) == 1, "its slot is still taken");
     /* This enqueue's wake finds nobody asleep and frees the dead slot. */
     CHECK(fh_ring_enqueue_bulk(r, &v, 1, NULL) == 1, "enqueue");
     CHECK(fh_ring_waiting_consumers(r) == 0, "reclaimed by the waker");
+    CHECK(reap(pid) == 128 + SIGKILL, "killed");
     CHECK(fh_ring_dequeue_bulk(r, &v, 1, NULL) == 1 && v == 5, "item there");
     CHECK(fh_ring_reclaim_waiters(r) == 0, "nothing more to reclaim");
 
