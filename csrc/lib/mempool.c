@@ -528,6 +528,7 @@ FH_API unsigned fh_mempool_count(const struct fh_mempool *mp) { return mp->count
 FH_API unsigned fh_mempool_obj_size(const struct fh_mempool *mp) { return mp->obj_size; }
 FH_API unsigned fh_mempool_elt_size(const struct fh_mempool *mp) { return mp->elt_size; }
 FH_API unsigned fh_mempool_cache_size(const struct fh_mempool *mp) { return mp->cache_size; }
+FH_API unsigned fh_mempool_flags(const struct fh_mempool *mp) { return mp->flags; }
 FH_API const char *fh_mempool_name(const struct fh_mempool *mp) { return mp->name; }
 
 static int mz_name(char *buf, const char *name)
@@ -587,9 +588,21 @@ static void give_back(struct fh_mempool *mp, void **objs, unsigned k)
 }
 
 FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
-                                       uint32_t from, uint32_t n)
+                                       uint32_t from, uint32_t n, int side)
 {
-    struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)r->pool;
+    struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)(r->pool & ~(uint64_t)1);
+
+    if (r->pool & 1) {
+        /* The pool's own ring of free objects: a getter died inside its
+         * dequeue, and those objects (offsets, published free) belong to
+         * nobody; they go back.  A putter that died inside its enqueue
+         * (side 0) left slots that cannot be told from stale ones. */
+        if (side == 1 && n &&
+            fh_ring_mp_enqueue_bulk(r, vals, n, NULL) == n)
+            /* Relaxed: a statistic. */
+            atomic_fetch_add_explicit(&mp->recovered, n, memory_order_relaxed);
+        return;
+    }
     const uint64_t me = (uint64_t)(uint32_t)my_tid();
     void *objs[MP_CHUNK];
     unsigned k = 0;
@@ -667,6 +680,7 @@ static unsigned sweep_dead(struct fh_mempool *mp)
 FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp)
 {
     int saved = errno;
+    fh_ring_recover(mp_ring(mp));
     unsigned n = reclaim_caches(mp) + sweep_dead(mp);
     errno = saved;
     return n;
@@ -753,6 +767,9 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
         errno = EINVAL;
         return NULL;
     }
+    /* Its own ring: a getter killed inside a dequeue gives its objects
+     * back (fh__mempool_return_transit).  Before the magic, as above. */
+    mp_ring(mp)->pool = (uint64_t)(uintptr_t)mp | 1;
     for (unsigned done = 0; done < n;) {
         unsigned k = n - done < MP_CHUNK ? n - done : MP_CHUNK;
         for (unsigned i = 0; i < k; i++)

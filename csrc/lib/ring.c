@@ -688,7 +688,7 @@ static uint32_t recover_step(struct fh_ring *r, struct fh_ring_headtail *ht,
     }
     add_lost(r, side, len);
     if (tracked)
-        fh__mempool_return_transit(r, vals, tail, len);
+        fh__mempool_return_transit(r, vals, tail, len, (int)side);
     wake_after_move(ht);
     return len;
 }
@@ -716,7 +716,7 @@ FH_API uint32_t fh__ring_single_restart(struct fh_ring *r,
         uint64_t vals[TRACK_STEP];
         uint32_t k = len - done < TRACK_STEP ? len - done : TRACK_STEP;
         read_slots(r, tail + done, k, vals);
-        fh__mempool_return_transit(r, vals, tail + done, k);
+        fh__mempool_return_transit(r, vals, tail + done, k, (int)side);
         done += k;
     }
     add_lost(r, side, len);
@@ -860,7 +860,7 @@ FH_API unsigned fh__ring_dequeue_holes(struct fh_ring *r, void *objs,
             uint32_t stop = k < nh && hs[k].s - head < pos - head ? hs[k].s : pos;
             unsigned char *dst = (unsigned char *)objs + (size_t)got * esize;
             fh__ring_copy_out(r, at, dst, stop - at);
-            if (r->pool)
+            if (r->pool && !(r->pool & 1))
                 fh__ring_track(r, dst, stop - at, at, 1);
             got += stop - at;
             at = stop;

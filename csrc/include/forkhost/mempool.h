@@ -152,6 +152,7 @@ FH_API unsigned fh_mempool_count(const struct fh_mempool *mp);
 FH_API unsigned fh_mempool_obj_size(const struct fh_mempool *mp);
 FH_API unsigned fh_mempool_elt_size(const struct fh_mempool *mp); /* stride */
 FH_API unsigned fh_mempool_cache_size(const struct fh_mempool *mp);
+FH_API unsigned fh_mempool_flags(const struct fh_mempool *mp); /* at creation */
 FH_API const char *fh_mempool_name(const struct fh_mempool *mp);
 
 /* Destroy pool mp: its name can be created again at once, lookups fail

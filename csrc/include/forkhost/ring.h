@@ -220,7 +220,8 @@ struct fh_ring {
      * or dequeue (lost[1]); see "A process that dies mid-call". */
     _Atomic uint64_t lost[2];
     /* The mempool whose objects this ring carries (fh_ring_create_for),
-     * or 0; written once by the creator. */
+     * or that mempool's address + 1 for its own ring of free objects
+     * (mempool.c), or 0; written once by the creator. */
     uint64_t pool;
     /* Calls in progress by threads without a reservation record. */
     _Atomic uint32_t unrecorded;
@@ -351,11 +352,11 @@ FH_API unsigned fh_ring_recover(struct fh_ring *r);
  * this ring, at their slot) or 1 (dequeue: this thread).  mempool.c. */
 FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
                            uint32_t head, int side);
-/* Slots [from, from+n) of a ring bound to a mempool, whose values are
- * vals: give back the objects a dead caller left in transit there
- * (mempool.c). */
+/* Slots [from, from+n) of side `side` of a ring with a pool, whose values
+ * are vals, were given up after a dead caller: give back the objects it
+ * left there (mempool.c). */
 FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
-                                       uint32_t from, uint32_t n);
+                                       uint32_t from, uint32_t n, int side);
 /* Slots given up so far: after unfinished enqueues (which == 0), dequeues
  * (which == 1), or both (which == 2). */
 FH_API uint64_t fh_ring_lost(const struct fh_ring *r, int which);
@@ -673,7 +674,7 @@ static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
                            &free_entries, &rec);
     if (n) {
         fh__ring_copy_in(r, head, objs, n);
-        if (__builtin_expect(r->pool != 0, 0))
+        if (__builtin_expect(r->pool != 0 && (r->pool & 1) == 0, 0))
             fh__ring_track(r, objs, n, head, 0);
         fh__ring_update_tail(r, &r->prod, head, next, !is_sp);
         /* The single path of fh__ring_move_head uses no record. */
@@ -700,7 +701,7 @@ static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
         return fh__ring_dequeue_holes(r, objs, want, behavior, available);
     if (n) {
         fh__ring_copy_out(r, head, objs, n);
-        if (__builtin_expect(r->pool != 0, 0))
+        if (__builtin_expect(r->pool != 0 && (r->pool & 1) == 0, 0))
             fh__ring_track(r, objs, n, head, 1);
         fh__ring_update_tail(r, &r->cons, head, next, !is_sc);
         if (!(is_sc && r->cons.single))
