@@ -838,6 +838,11 @@ class Supervisor:
             w.state = "exited"
             self._publish()
             return
+        # What the dead worker held comes back first, before its dependents
+        # are stopped (their own reports then show only what they held) and
+        # before anything starts again.
+        if w.pid:
+            self._reclaim_for(w)
         g = self.group
         if started and time.monotonic() - w.started_mono >= g.period:
             w.streak = 0            # it stayed up: the backoff starts over
@@ -851,8 +856,6 @@ class Supervisor:
             for x in down:
                 x.state = "stopped"
                 x.reason = f"requires {w.name}, which exited and is not restarted"
-            if w.pid:
-                self._reclaim_for(w)
             self._publish()
             return
         # Which workers go down with it: the strategy's, and what requires them.
@@ -878,10 +881,6 @@ class Supervisor:
         order = sorted(group, key=lambda x: x.index)
         self._stop_many([x for x in order if x is not w],
                         f"{w.name} exited ({how}); {g.strategy} restart")
-        # The hook of issue 16 part 3: what the dead worker held comes back
-        # before anything starts again.
-        if w.pid:
-            self._reclaim_for(w)
         delay = min(g.backoff_max, g.backoff * (2 ** w.streak))
         w.streak += 1
         at = time.monotonic() + delay
