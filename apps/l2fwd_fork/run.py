@@ -96,14 +96,15 @@ class Sample:
         self.primary = subprocess.Popen(
             [sys.executable, "-m", "forkhost", "primary", "--config", str(CONFIG),
              "--prefix", self.prefix], env=env, cwd=HERE, stdin=subprocess.DEVNULL)
-        self.wait(lambda: (lambda w: w if all(w.get(n, {}).get("state") == "running"
-                                               for n in WORKERS) else None)(
-            self.workers() if self.ready() else {}), "workers running")
+        self.wait(self.all_running, "workers running")
         say(f"primary (pid {self.primary.pid}) runs gen, fwd and sink")
 
-    def ready(self) -> bool:
-        return forkhost.runtime.read_config(
-            forkhost.runtime.paths(self.prefix, self.runtime_dir)) is not None
+    def all_running(self) -> bool:
+        if forkhost.runtime.read_config(
+                forkhost.runtime.paths(self.prefix, self.runtime_dir)) is None:
+            return False                  # not started yet: nothing for ps
+        w = self.workers()
+        return all(w.get(n, {}).get("state") == "running" for n in WORKERS)
 
     def stop(self) -> int:
         if self.primary is None:
@@ -156,11 +157,12 @@ class Sample:
         self.ctl("stop-gen")
         say("generation stopped; draining")
         self.wait(lambda: self.workers()["gen"]["state"] == "exited", "gen's exit")
+        def drained():
+            s = self.stats()
+            empty = s["rx_count"] == s["tx_count"] == 0
+            return s if empty and s["pool_avail"] == s["pool_count"] else None
         try:
-            return self.wait(lambda: (lambda s: s if s["rx_count"] == 0 and
-                                      s["tx_count"] == 0 and
-                                      s["pool_avail"] == s["pool_count"] else None)(
-                self.stats()), "drained rings and a full pool")
+            return self.wait(drained, "drained rings and a full pool")
         except Failed as err:
             say(f"{err}")
             return self.stats()
