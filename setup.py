@@ -51,6 +51,10 @@ class BuildScripts(build_scripts):
         build_native.build_client(self.build_dir)
 
 
+# The extensions inline the library's headers (ring.h's operations):
+# rebuild them whenever a header changes, not only their own source.
+HEADERS = sorted(str(p) for p in (build_native.INCLUDE / "forkhost").glob("*.h"))
+
 setup(
     cffi_modules=["forkhost/_native/build_ffi.py:ffi"],
     # A Python secondary's entry on a stack of its own: CPython's thread
@@ -62,6 +66,7 @@ setup(
                  Extension("forkhost._native._hashfast",
                            ["forkhost/_native/hashfast.c"],
                            include_dirs=[str(build_native.INCLUDE)],
+                           depends=HEADERS,
                            libraries=["forkhost"],
                            runtime_library_dirs=["$ORIGIN"],
                            extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]
@@ -70,6 +75,7 @@ setup(
                  Extension("forkhost._native._ring",
                            ["forkhost/_native/pyring.c"],
                            include_dirs=[str(build_native.INCLUDE)],
+                           depends=HEADERS,
                            libraries=["forkhost"],
                            runtime_library_dirs=["$ORIGIN"],
                            extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]

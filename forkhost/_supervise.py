@@ -12,7 +12,8 @@ sample's recovery sequence (docs/supervision.md):
    or all of them) get a ``forkhost.stop`` notice over IPC with the
    reason, then SIGTERM after their grace, then SIGKILL after another;
 3. ``forkhost._reclaim.reclaim(pid)`` runs for every process that ended
-   (the hook issue 16 part 3 fills in; today it reclaims nothing);
+   (what it left in the arena comes back: docs/shm.md, "When a process
+   dies");
 4. after an exponential backoff, the dead worker and the stopped ones are
    started again in dependency order.
 
@@ -421,6 +422,7 @@ class Supervisor:
         self.workers = [_State(w, i) for i, w in enumerate(plan.workers)]
         self.by_name = {w.name: w for w in self.workers}
         self._restart_times: deque[float] = deque()
+        self._started_pids: set[int] = set()    # every worker process started
         self.gave_up: str | None = None
         self._commands: deque = deque()
         self._cmd_lock = threading.Lock()
@@ -474,6 +476,19 @@ class Supervisor:
 
     def status(self) -> dict:
         return self._snapshot()
+
+    def _reclaim_for(self, w: "_State") -> None:
+        """Give back what worker w's dead process left, and say so."""
+        rep = _reclaim.reclaim(w.pid)
+        w.reclaim = rep.as_dict()
+        if rep.anything():
+            self._log(f"forkhost primary: worker {w.name!r} (pid {w.pid}): "
+                      f"{rep.summary()}")
+            _reclaim.publish(self.primary, rep)
+
+    def started_pid(self, pid: int) -> bool:
+        """pid is (or was) one of our workers: we reclaim what it leaves."""
+        return pid in self._started_pids
 
     def close(self) -> None:
         """Stop every worker (reverse start order, with notices and grace)
@@ -657,6 +672,7 @@ class Supervisor:
             self._after_exit(w, code, started=False)
             return False
         w.pid = w.sec.pid
+        self._started_pids.add(w.pid)
         w.started, w.started_mono = time.time(), time.monotonic()
         w.state = "running"
         if again:
@@ -777,7 +793,7 @@ class Supervisor:
             poller.poll(None if timeout is None else timeout * 1000 + 1)
         for w in live:
             self._record_exit(w, f" (stopped: {reason})", stopped=True)
-            w.reclaim = _reclaim.reclaim(w.pid).as_dict()
+            self._reclaim_for(w)
             w.state = "stopped"
 
     # -- recovery -------------------------------------------------------
@@ -836,7 +852,7 @@ class Supervisor:
                 x.state = "stopped"
                 x.reason = f"requires {w.name}, which exited and is not restarted"
             if w.pid:
-                w.reclaim = _reclaim.reclaim(w.pid).as_dict()
+                self._reclaim_for(w)
             self._publish()
             return
         # Which workers go down with it: the strategy's, and what requires them.
@@ -865,7 +881,7 @@ class Supervisor:
         # The hook of issue 16 part 3: what the dead worker held comes back
         # before anything starts again.
         if w.pid:
-            w.reclaim = _reclaim.reclaim(w.pid).as_dict()
+            self._reclaim_for(w)
         delay = min(g.backoff_max, g.backoff * (2 ** w.streak))
         w.streak += 1
         at = time.monotonic() + delay
@@ -1032,7 +1048,8 @@ def ps_rows(prefix: str, cfg: dict) -> list[dict]:
                      "last_exit_text": w["last_exit_text"],
                      "uptime": round(now - w["started"], 1) if w["started"] else None,
                      "command": " ".join([w["entry"], *w["args"]]),
-                     "reason": w["reason"], "ipc": None})
+                     "reason": w["reason"], "reclaim": w.get("reclaim"),
+                     "ipc": None})
     return rows
 
 

@@ -475,7 +475,7 @@ def _arena_mappers(cfg: dict, known: set[int]) -> list[int]:
 
 def cmd_ps(a) -> int:
     rows = []
-    supervised = []     # (prefix, config record) of primaries with workers
+    supervised = []     # (prefix, config record) of primaries with workers or reports
     for p in _prefixes(a):
         cfg = runtime.read_config(p)
         if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
@@ -483,7 +483,7 @@ def cmd_ps(a) -> int:
                 raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                                     f"(looked for {p.config})")
             continue
-        if cfg.get("supervisor"):
+        if cfg.get("supervisor") or cfg.get("reclaims"):
             supervised.append((p.prefix, cfg))
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
             cmd, up = _proc_line(pid)
@@ -522,10 +522,11 @@ def cmd_ps(a) -> int:
                          "ipc": False})
     for r in rows:
         r.setdefault("state", None)
-    from . import _supervise
+    from . import _reclaim, _supervise
     if a.json:
         for prefix, cfg in supervised:
             rows.extend(_supervise.ps_rows(prefix, cfg))
+            rows.extend(_reclaim.ps_rows(prefix, cfg))
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'PREFIX':<16} {'ROLE':<10} {'PID':>8} {'CLIENT':>8} {'UPTIME':>9} {'IPC':>3} "
@@ -536,6 +537,7 @@ def cmd_ps(a) -> int:
               f"{r['uptime']:>8.1f}s {'yes' if r['ipc'] else '-':>3} "
               f"{r['state'] or '-':<7} {r['command']}")
     _supervise.ps_print(supervised)
+    _reclaim.ps_print(supervised)
     return 0
 
 

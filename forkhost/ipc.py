@@ -102,7 +102,7 @@ def _notice_names() -> tuple[str, ...]:
 
 
 NOTICES = _notice_names()
-EXIT_NOTICE, SHUTDOWN_NOTICE, STOP_NOTICE, WORKER_NOTICE = NOTICES
+EXIT_NOTICE, SHUTDOWN_NOTICE, STOP_NOTICE, WORKER_NOTICE, RECLAIM_NOTICE = NOTICES
 _NOTICES = {n.encode() for n in NOTICES}
 _RESERVED_B = RESERVED_PREFIX.encode()
 
@@ -1584,6 +1584,10 @@ class _PrimaryEndpoint:
                 continue
             self._exit_notice(pid, code if code >= 0 else 0,
                               -code if code < 0 else 0, EXIT_STATUS_KNOWN)
+            if self.primary is not None:
+                from . import _reclaim
+                _reclaim.after_exit(self.primary, pid, code if code >= 0 else 0,
+                                    -code if code < 0 else 0)
 
     def _exit_notice(self, pid: int, code: int, sig: int, flags: int) -> None:
         body = EXIT_BODY.pack(pid, code, sig, flags)
@@ -1829,4 +1833,5 @@ __all__ = [
     "Message", "Reply", "PeerReply", "PeerStatus", "Peer", "Member", "IPCError",
     "NAME_MAX", "PARAM_MAX", "FDS_MAX", "DEFAULT_TIMEOUT",
     "OK", "NO_ACTION", "ACTION_FAILED", "EXIT_NOTICE", "SHUTDOWN_NOTICE",
+    "RECLAIM_NOTICE",
 ]

@@ -138,9 +138,9 @@ int main(void)
     V(sizeof(struct fh_template_exit));
     V(offsetof(struct fh_ipc_hdr, nfds)); V(offsetof(struct fh_ipc_hdr, status));
     V(offsetof(struct fh_ipc_hdr, name));
-    printf("prefix=%s\nexit=%s\nshutdown=%s\nstop=%s\nworker=%s\n",
+    printf("prefix=%s\nexit=%s\nshutdown=%s\nstop=%s\nworker=%s\nreclaim=%s\n",
            FH_IPC_RESERVED_PREFIX, FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE,
-           FH_IPC_STOP_NOTICE, FH_IPC_WORKER_NOTICE);
+           FH_IPC_STOP_NOTICE, FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE);
     return 0;
 }
 """
@@ -181,7 +181,7 @@ def test_ipc_constants_are_the_headers(ipc_h):
     assert (ipc.RESERVED_PREFIX, ipc.EXIT_NOTICE, ipc.SHUTDOWN_NOTICE) == (
         ipc_h["prefix"], ipc_h["exit"], ipc_h["shutdown"])
     assert ipc.NOTICES == (ipc_h["exit"], ipc_h["shutdown"], ipc_h["stop"],
-                           ipc_h["worker"])
+                           ipc_h["worker"], ipc_h["reclaim"])
 
 
 def test_ipc_layouts_are_the_headers(ipc_h):

@@ -92,9 +92,9 @@ struct ht_key_tail {
  *   80 key_stride  84 num_buckets  88 reserved  92 init_val  96 flags
  *   100 fn_kind  104 fn_addr  112 fn_base  120 fn_module_hash
  *   128 buckets_off  136 keys_off  144 free_off  152 fn_module[256]
- *   448 wlock  512 count  516 free_top
- * Everything up to fn_module is written once by the creator.  wlock, count
- * and free_top and the free stack belong to the writer.
+ *   448 wlock  512 count  516 free_top  520 repairs
+ * Everything up to fn_module is written once by the creator.  wlock, count,
+ * free_top, repairs and the free stack belong to the writer.
  */
 struct fh_hash {
     _Atomic uint64_t magic;
@@ -117,6 +117,7 @@ struct fh_hash {
     alignas(64) pthread_mutex_t wlock;
     alignas(64) _Atomic uint32_t count;  /* keys; only writer: the writer */
     uint32_t free_top;                   /* free stack depth; writer only */
+    _Atomic uint32_t repairs;            /* dead writers repaired after */
 };
 _Static_assert(offsetof(struct fh_hash, fn_module) == 152, "hash layout");
 
@@ -479,7 +480,17 @@ static inline void cpu_pause(void)
  * publishing, deletes clear before uncounting).  Rebuild all of it from the
  * slots, which are always consistent (a slot is published by one store).
  */
+static void repair_state(struct fh_hash *h);
+
+/* The writer died inside add/del/reset; we hold the lock: repair, count. */
 static void repair(struct fh_hash *h)
+{
+    repair_state(h);
+    /* Relaxed: written under the writer lock, read as a statistic. */
+    atomic_fetch_add_explicit(&h->repairs, 1, memory_order_relaxed);
+}
+
+static void repair_state(struct fh_hash *h)
 {
     struct ht_bucket *bk = buckets(h);
     uint32_t nb = h->num_buckets, count = 0, top = 0;
@@ -545,11 +556,15 @@ static void wunlock(struct fh_hash *h)
  * robust mutex says so, and the reader repairs instead of spinning on. */
 static void reader_recover(const struct fh_hash *ch)
 {
-    struct fh_hash *h = (struct fh_hash *)ch;
+    fh_hash_recover((struct fh_hash *)ch);
+}
+
+FH_API int fh_hash_recover(struct fh_hash *h)
+{
     int rc;
 
     if (h->flags & FH_HASH_F_SINGLE_WRITER)
-        return;
+        return 0;
     rc = pthread_mutex_trylock(&h->wlock);
     if (rc == EOWNERDEAD) {
         repair(h);
@@ -557,6 +572,13 @@ static void reader_recover(const struct fh_hash *ch)
     }
     if (rc == 0 || rc == EOWNERDEAD)
         pthread_mutex_unlock(&h->wlock);
+    return rc == EOWNERDEAD;
+}
+
+FH_API uint32_t fh_hash_repairs(const struct fh_hash *h)
+{
+    /* Relaxed: a statistic. */
+    return atomic_load_explicit(&h->repairs, memory_order_relaxed);
 }
 
 static inline void reader_wait(const struct fh_hash *h, unsigned *spins)

@@ -1411,7 +1411,7 @@ FH_API int fh_ipc_attach(const char *path)
 
 static const char *const notices[] = {
     FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE, FH_IPC_STOP_NOTICE,
-    FH_IPC_WORKER_NOTICE,
+    FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE,
 };
 
 FH_API const char *fh_ipc_notice_name(unsigned i)

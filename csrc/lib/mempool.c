@@ -57,9 +57,18 @@ _Static_assert(sizeof(struct mp_cache) == 64, "cache header is one line");
  * The pool header, at the start of memzone "MP_<name>" (128-aligned):
  *   0 magic (published last, release)   8 name[61]   72 count  76 obj_size
  *   80 elt_size  84 cache_size  88 flags  92 cache_stride  96 caches_off
- *   104 ring_off  112 objs_off  120 objs_end
- * then the cache slots, the ring, the objects.  All written once by the
- * creator before the magic, read-only afterwards.
+ *   104 ring_off  112 objs_off  120 objs_end  128 owners_off
+ *   136 recovered (the only field written after creation)
+ * then the cache slots, the ring, the objects, and for a tracked pool
+ * (FH_MEMPOOL_F_TRACK) one 64-bit owner word per object.  All but
+ * recovered written once by the creator before the magic.
+ *
+ * Owner words (tracked pools): 0 the object is free (in the ring or a
+ * cache); a thread id (high half 0) the thread that holds it, from a get
+ * or a dequeue from a ring bound to the pool; OWNER_TRANSIT | ring tag <<
+ * 32 | slot index: in transit in that ring, enqueued at that slot.  The
+ * holder writes its own stamp; recoverers change a stamp only with a CAS
+ * from the value that proves what they found.
  */
 struct fh_mempool {
     _Atomic uint64_t magic;
@@ -74,9 +83,15 @@ struct fh_mempool {
     uint64_t ring_off;
     uint64_t objs_off;
     uint64_t objs_end;
+    uint64_t owners_off;     /* 0: not tracked */
+    _Atomic uint64_t recovered;
+    char pad[48];
 };
 _Static_assert(offsetof(struct fh_mempool, count) == 72, "pool layout");
-_Static_assert(sizeof(struct fh_mempool) == 128, "pool header size");
+_Static_assert(offsetof(struct fh_mempool, owners_off) == 128, "pool layout");
+_Static_assert(sizeof(struct fh_mempool) == 192, "pool header size");
+
+#define OWNER_TRANSIT (1ull << 63)
 
 /*
  * Process-local, per thread: which slot this thread owns in which pool.
@@ -188,7 +203,8 @@ static pid_t my_tid(void)
     return t_tab.tid;
 }
 
-FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp)
+/* The caches of dead threads go back to the ring; how many objects. */
+static unsigned reclaim_caches(struct fh_mempool *mp)
 {
     unsigned total = 0;
     int saved = errno;
@@ -229,7 +245,7 @@ static struct mp_cache *claim_slot(struct fh_mempool *mp, pid_t tid)
                 return c;
         }
         if (pass == 0)
-            fh_mempool_reclaim(mp);
+            reclaim_caches(mp);
     }
     return NULL;
 }
@@ -269,7 +285,38 @@ static int ring_get(struct fh_mempool *mp, void **objs, unsigned n)
     return 0;
 }
 
+static int get_bulk(struct fh_mempool *mp, void **objs, unsigned n);
+
+static inline _Atomic uint64_t *owner_word(const struct fh_mempool *mp,
+                                           uint64_t idx)
+{
+    return (_Atomic uint64_t *)((char *)mp + mp->owners_off) + idx;
+}
+
+/* Stamp n objects of a tracked pool with v. */
+static void stamp(struct fh_mempool *mp, void *const *objs, unsigned n,
+                  uint64_t v)
+{
+    for (unsigned i = 0; i < n; i++) {
+        long idx = fh_mempool_obj_index(mp, objs[i]);
+        if (idx >= 0)
+            /* Relaxed: the stamp's writer is the object's holder; a
+             * recoverer reads it only once the holder is gone. */
+            atomic_store_explicit(owner_word(mp, (uint64_t)idx), v,
+                                  memory_order_relaxed);
+    }
+}
+
 FH_API int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n)
+{
+    int rc = get_bulk(mp, objs, n);
+
+    if (rc == 0 && mp->owners_off)
+        stamp(mp, objs, n, (uint64_t)(uint32_t)my_tid());
+    return rc;
+}
+
+static int get_bulk(struct fh_mempool *mp, void **objs, unsigned n)
 {
     struct mp_cache *c;
     unsigned len;
@@ -284,7 +331,7 @@ FH_API int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n)
          * of a thread that died. */
         if (c)
             cache_flush(mp, c);
-        fh_mempool_reclaim(mp);
+        reclaim_caches(mp);
         return ring_get(mp, objs, n);
     }
     /* Relaxed: this thread owns the slot, len's only writer. */
@@ -295,7 +342,7 @@ FH_API int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n)
          * object through the cache. */
         len += fh_ring_mc_dequeue_burst(mp_ring(mp), c->objs + len,
                                         mp->cache_size + n - len, NULL);
-        if (len < n && fh_mempool_reclaim(mp))
+        if (len < n && reclaim_caches(mp))
             len += fh_ring_mc_dequeue_burst(mp_ring(mp), c->objs + len,
                                             mp->cache_size + n - len, NULL);
         if (len < n) {
@@ -372,6 +419,8 @@ FH_API int fh_mempool_put_bulk(struct fh_mempool *mp, void *const *objs,
             return -EINVAL;
     if (n == 0)
         return 0;
+    if (mp->owners_off)
+        stamp(mp, objs, n, 0);
     c = my_cache(mp);
     /* Relaxed: a hint (see "Waiting" in mempool.h); the ring's own wake-up
      * protocol covers the objects once they are in the ring. */
@@ -479,6 +528,7 @@ FH_API unsigned fh_mempool_count(const struct fh_mempool *mp) { return mp->count
 FH_API unsigned fh_mempool_obj_size(const struct fh_mempool *mp) { return mp->obj_size; }
 FH_API unsigned fh_mempool_elt_size(const struct fh_mempool *mp) { return mp->elt_size; }
 FH_API unsigned fh_mempool_cache_size(const struct fh_mempool *mp) { return mp->cache_size; }
+FH_API unsigned fh_mempool_flags(const struct fh_mempool *mp) { return mp->flags; }
 FH_API const char *fh_mempool_name(const struct fh_mempool *mp) { return mp->name; }
 
 static int mz_name(char *buf, const char *name)
@@ -488,6 +538,174 @@ static int mz_name(char *buf, const char *name)
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
+/* ---- ownership (tracked pools) ---------------------------------------- */
+
+/* The tag of ring r in transit stamps: its address in 128-byte units,
+ * unique among the rings of one arena. */
+static uint64_t ring_tag(const struct fh_ring *r)
+{
+    return ((uint64_t)(uintptr_t)r >> 7) & 0x7fffffffu;
+}
+
+static uint64_t transit(const struct fh_ring *r, uint32_t pos)
+{
+    return OWNER_TRANSIT | ring_tag(r) << 32 | pos;
+}
+
+FH_API int fh__mempool_check_tracked(const struct fh_mempool *mp)
+{
+    return mp && mp->owners_off ? 0 : -1;
+}
+
+FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
+                           uint32_t head, int side)
+{
+    struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)r->pool;
+    const uint64_t me = (uint64_t)(uint32_t)my_tid();
+
+    for (unsigned i = 0; i < n; i++) {
+        void *obj;
+        memcpy(&obj, (const char *)objs + (size_t)i * 8, 8);
+        long idx = fh_mempool_obj_index(mp, obj);
+        if (idx < 0)
+            continue;       /* not one of the pool's objects: not ours */
+        /* Relaxed: written by the object's holder (us: we enqueue it, or
+         * just took it from the ring); published with the ring's tail. */
+        atomic_store_explicit(owner_word(mp, (uint64_t)idx),
+                              side == 0 ? transit(r, head + i) : me,
+                              memory_order_relaxed);
+    }
+}
+
+/* Give objects back to the pool: their stamps are already ours. */
+static void give_back(struct fh_mempool *mp, void **objs, unsigned k)
+{
+    if (k == 0)
+        return;
+    fh_mempool_put_bulk(mp, objs, k);
+    /* Relaxed: a statistic. */
+    atomic_fetch_add_explicit(&mp->recovered, k, memory_order_relaxed);
+}
+
+FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
+                                       uint32_t from, uint32_t n, int side)
+{
+    struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)(r->pool & ~(uint64_t)1);
+
+    if (r->pool & 1) {
+        /* The pool's own ring of free objects: a getter died inside its
+         * dequeue, and those objects (offsets, published free) belong to
+         * nobody; they go back.  A putter that died inside its enqueue
+         * (side 0) left slots that cannot be told from stale ones. */
+        if (side == 1 && n &&
+            fh_ring_mp_enqueue_bulk(r, vals, n, NULL) == n)
+            /* Relaxed: a statistic. */
+            atomic_fetch_add_explicit(&mp->recovered, n, memory_order_relaxed);
+        return;
+    }
+    const uint64_t me = (uint64_t)(uint32_t)my_tid();
+    void *objs[MP_CHUNK];
+    unsigned k = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        void *obj = (void *)(uintptr_t)vals[i];
+        long idx = fh_mempool_obj_index(mp, obj);
+        if (idx < 0)
+            continue;
+        uint64_t expect = transit(r, from + i);
+        /* Acq_rel: only a stamp that says "in this ring, at this slot"
+         * proves the slot holds this object now (not a stale value from
+         * an earlier lap); the CAS makes it ours, once. */
+        if (!atomic_compare_exchange_strong_explicit(
+                owner_word(mp, (uint64_t)idx), &expect, me,
+                memory_order_acq_rel, memory_order_relaxed))
+            continue;
+        objs[k++] = obj;
+        if (k == MP_CHUNK) {
+            give_back(mp, objs, k);
+            k = 0;
+        }
+    }
+    give_back(mp, objs, k);
+}
+
+/* Objects held by threads that are gone go back to the pool. */
+static unsigned sweep_dead(struct fh_mempool *mp)
+{
+    const uint64_t me = (uint64_t)(uint32_t)my_tid();
+    int32_t gone[64], alive[64];
+    unsigned ngone = 0, nalive = 0, total = 0, k = 0;
+    void *objs[MP_CHUNK];
+
+    for (uint64_t i = 0; mp->owners_off && i < mp->count; i++) {
+        /* Relaxed: a hint; the CAS below decides. */
+        uint64_t v = atomic_load_explicit(owner_word(mp, i), memory_order_relaxed);
+        int32_t tid = (int32_t)(uint32_t)v;
+        int dead = -1;
+
+        if (v == 0 || (v >> 32) != 0 || tid <= 0 || (uint64_t)tid == me)
+            continue;
+        for (unsigned j = 0; j < ngone && dead < 0; j++)
+            if (gone[j] == tid)
+                dead = 1;
+        for (unsigned j = 0; j < nalive && dead < 0; j++)
+            if (alive[j] == tid)
+                dead = 0;
+        if (dead < 0) {
+            dead = fh__task_gone(tid);
+            if (dead && ngone < 64)
+                gone[ngone++] = tid;
+            else if (!dead && nalive < 64)
+                alive[nalive++] = tid;
+        }
+        if (!dead)
+            continue;
+        /* Acq_rel: one reclaimer takes the object; its holder's writes
+         * are done (it is gone). */
+        if (!atomic_compare_exchange_strong_explicit(
+                owner_word(mp, i), &v, me, memory_order_acq_rel,
+                memory_order_relaxed))
+            continue;
+        objs[k++] = off2ptr(mp, mp->objs_off + i * mp->elt_size);
+        total++;
+        if (k == MP_CHUNK) {
+            give_back(mp, objs, k);
+            k = 0;
+        }
+    }
+    give_back(mp, objs, k);
+    return total;
+}
+
+FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp)
+{
+    int saved = errno;
+    fh_ring_recover(mp_ring(mp));
+    unsigned n = reclaim_caches(mp) + sweep_dead(mp);
+    errno = saved;
+    return n;
+}
+
+FH_API uint64_t fh_mempool_recovered(const struct fh_mempool *mp)
+{
+    /* Relaxed: a statistic. */
+    return atomic_load_explicit(&((struct fh_mempool *)mp)->recovered,
+                                memory_order_relaxed);
+}
+
+FH_API unsigned fh_mempool_held_count(const struct fh_mempool *mp, int32_t tid)
+{
+    unsigned n = 0;
+
+    for (uint64_t i = 0; mp->owners_off && i < mp->count; i++) {
+        /* Relaxed: a snapshot. */
+        uint64_t v = atomic_load_explicit(owner_word(mp, i), memory_order_relaxed);
+        if (v != 0 && (v >> 32) == 0 && (tid == 0 || (int32_t)v == tid))
+            n++;
+    }
+    return n;
+}
+
 FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
                                             unsigned obj_size,
                                             unsigned cache_size,
@@ -496,14 +714,14 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
     char mzname[FH_MEMZONE_NAMESIZE];
     const struct fh_memzone *mz;
     struct fh_mempool *mp;
-    uint64_t elt, stride, caches_off, ring_off, objs_off, total;
+    uint64_t elt, stride, caches_off, ring_off, objs_off, owners_off, total;
     unsigned ring_sz = 1;
     ssize_t ring_bytes;
     uint64_t tmp[MP_CHUNK];
 
     if (mz_name(mzname, name) < 0 || n == 0 || n > FH_MEMPOOL_COUNT_MAX ||
         obj_size == 0 || cache_size > FH_MEMPOOL_CACHE_MAX ||
-        (flags & ~FH_MEMPOOL_F_NO_CACHE_ALIGN)) {
+        (flags & ~(FH_MEMPOOL_F_NO_CACHE_ALIGN | FH_MEMPOOL_F_TRACK))) {
         errno = EINVAL;
         return NULL;
     }
@@ -521,6 +739,11 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
     ring_off = align_up(caches_off + stride * FH_MEMPOOL_CACHE_SLOTS, 128);
     objs_off = align_up(ring_off + (uint64_t)ring_bytes, 64);
     total = objs_off + (uint64_t)n * elt;
+    owners_off = 0;
+    if (flags & FH_MEMPOOL_F_TRACK) {
+        owners_off = align_up(total, 64);
+        total = owners_off + (uint64_t)n * sizeof(uint64_t);
+    }
 
     mz = fh_memzone_reserve(mzname, (size_t)total, 128, 0);
     if (!mz)
@@ -538,11 +761,15 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
     mp->caches_off = caches_off;
     mp->ring_off = ring_off;
     mp->objs_off = objs_off;
-    mp->objs_end = total;
+    mp->objs_end = objs_off + (uint64_t)n * elt;
+    mp->owners_off = owners_off;
     if (fh_ring_init(mp_ring(mp), name, ring_sz, 8, 0) < 0) {
         errno = EINVAL;
         return NULL;
     }
+    /* Its own ring: a getter killed inside a dequeue gives its objects
+     * back (fh__mempool_return_transit).  Before the magic, as above. */
+    mp_ring(mp)->pool = (uint64_t)(uintptr_t)mp | 1;
     for (unsigned done = 0; done < n;) {
         unsigned k = n - done < MP_CHUNK ? n - done : MP_CHUNK;
         for (unsigned i = 0; i < k; i++)

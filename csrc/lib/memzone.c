@@ -147,7 +147,11 @@ int fh__shared_mutex_init(pthread_mutex_t *m)
 int fh__memzone_format(struct fh_arena_hdr *hdr)
 {
     uint64_t off = FH_ARENA_HDR_SIZE;
-    uint64_t data = (off + sizeof(struct mz_dir) + 4095) & ~(uint64_t)4095;
+    /* The rings' reservation records (zero: all free) sit between the
+     * directory and the data, at a fixed place like the directory. */
+    uint64_t recs = (off + sizeof(struct mz_dir) + 63) & ~(uint64_t)63;
+    uint64_t data = (recs + (uint64_t)FH_RING_RECORDS *
+                     sizeof(struct fh__ring_rec) + 4095) & ~(uint64_t)4095;
     struct mz_dir *dir = (struct mz_dir *)((char *)hdr + off);
     int rc;
 
@@ -169,7 +173,10 @@ int fh__memzone_format(struct fh_arena_hdr *hdr)
         return -1;
     }
     dir->magic = MZ_DIR_MAGIC;
+    memset((char *)hdr + recs, 0,
+           (size_t)FH_RING_RECORDS * sizeof(struct fh__ring_rec));
     hdr->mz_dir_offset = off;
+    hdr->ring_rec_offset = recs;
     hdr->data_offset = data;
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 #include "forkhost/ring.h"
 #pragma GCC diagnostic pop
 #include "task.h"
+#include "forkhost/mempool.h"
 
 _Static_assert(offsetof(struct fh_ring, size) == 72, "ring layout");
 _Static_assert(offsetof(struct fh_ring, prod) == 128, "prod on its own lines");
@@ -361,8 +363,8 @@ FH_API ssize_t fh_ring_get_memsize(unsigned count, unsigned elem_size)
     return (ssize_t)(sizeof(struct fh_ring) + (size_t)count * elem_size);
 }
 
-FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
-                        unsigned elem_size, unsigned flags)
+static int ring_init(struct fh_ring *r, const char *name, unsigned count,
+                     unsigned elem_size, unsigned flags, struct fh_mempool *mp)
 {
     if (fh_ring_get_memsize(count, elem_size) < 0 || (flags & ~FH_RING_F_MASK) ||
         !name || !name[0] || strlen(name) >= FH_RING_NAMESIZE ||
@@ -379,6 +381,7 @@ FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
     r->flags = flags;
     r->prod.single = !!(flags & FH_RING_F_SP_ENQ);
     r->cons.single = !!(flags & FH_RING_F_SC_DEQ);
+    r->pool = (uint64_t)(uintptr_t)mp;
     wait_register_process(r);
     /* Release pairs with the acquire load of magic in fh_ring_lookup
      * (fh__object_lookup): a process that sees the magic sees the whole
@@ -387,13 +390,20 @@ FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
     return 0;
 }
 
+FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
+                        unsigned elem_size, unsigned flags)
+{
+    return ring_init(r, name, count, elem_size, flags, NULL);
+}
+
 static int mz_name(char *buf, const char *name)
 {
     return fh__object_zone_name(buf, FH_RING_MZ_PREFIX, name, FH_RING_NAMESIZE);
 }
 
-FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
-                                      unsigned elem_size, unsigned flags)
+static struct fh_ring *ring_create(const char *name, unsigned count,
+                                   unsigned elem_size, unsigned flags,
+                                   struct fh_mempool *mp)
 {
     char mzname[FH_MEMZONE_NAMESIZE];
     const struct fh_memzone *mz;
@@ -407,12 +417,18 @@ FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
     mz = fh_memzone_reserve(mzname, (size_t)sz, 128, 0);
     if (!mz)
         return NULL;
-    rc = fh_ring_init(mz->addr, name, count, elem_size, flags);
+    rc = ring_init(mz->addr, name, count, elem_size, flags, mp);
     if (rc < 0) {
         errno = -rc;
         return NULL;
     }
     return mz->addr;
+}
+
+FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
+                                      unsigned elem_size, unsigned flags)
+{
+    return ring_create(name, count, elem_size, flags, NULL);
 }
 
 FH_API struct fh_ring *fh_ring_lookup(const char *name)
@@ -435,4 +451,442 @@ FH_API int fh_ring_destroy(struct fh_ring *r)
     return fh__object_destroy(r, FH_RING_MZ_PREFIX, r->name, FH_RING_NAMESIZE,
                               offsetof(struct fh_ring, magic), FH_RING_MAGIC,
                               NULL);
+}
+
+/* ------------------------------------- a process that dies mid-call */
+
+/* The reservation records (ring.h): one table per arena, laid out with
+ * the memzone directory (hdr->ring_rec_offset). */
+static __thread struct fh__ring_rec *t_rec;
+static __thread unsigned t_rec_gen;
+/* Bumped in the child of every fork: records are per thread, and the
+ * child's one thread is not the parent's. */
+static _Atomic unsigned g_rec_gen = 1;
+
+static void rec_fork_child(void)
+{
+    /* Relaxed: the child has one thread here. */
+    atomic_fetch_add_explicit(&g_rec_gen, 1, memory_order_relaxed);
+}
+
+static pthread_once_t g_rec_once = PTHREAD_ONCE_INIT;
+static pthread_key_t g_rec_key;
+
+/* A thread that ends frees its record (it holds nothing between calls). */
+static void rec_thread_exit(void *arg)
+{
+    struct fh__ring_rec *rec = arg;
+    /* Relaxed: changes only in a fork child. */
+    unsigned gen = atomic_load_explicit(&g_rec_gen, memory_order_relaxed);
+
+    if (rec && rec == t_rec && t_rec_gen == gen)
+        /* Release: our last use of the record is done before it is free. */
+        atomic_store_explicit(&rec->tid, 0, memory_order_release);
+    t_rec = NULL;
+}
+
+static void rec_setup(void)
+{
+    pthread_atfork(NULL, NULL, rec_fork_child);
+    pthread_key_create(&g_rec_key, rec_thread_exit);
+}
+
+static struct fh__ring_rec *rec_table(void)
+{
+    struct fh_arena_hdr *hdr = fh_arena_hdr();
+
+    if (!hdr || !hdr->ring_rec_offset)
+        return NULL;
+    return (struct fh__ring_rec *)((char *)hdr + hdr->ring_rec_offset);
+}
+
+FH_API struct fh__ring_rec *fh__ring_rec(void)
+{
+    /* Relaxed: changes only in a fork child, before it has other threads. */
+    unsigned gen = atomic_load_explicit(&g_rec_gen, memory_order_relaxed);
+    struct fh__ring_rec *t;
+    int32_t tid;
+    int saved = errno;
+
+    if (__builtin_expect(t_rec != NULL && t_rec_gen == gen, 1))
+        return t_rec;
+    t_rec = NULL;
+    t_rec_gen = gen;
+    pthread_once(&g_rec_once, rec_setup);
+    t = rec_table();
+    tid = my_tid();
+    for (unsigned i = 0; t && i < FH_RING_RECORDS && !t_rec; i++) {
+        /* Acquire pairs with the release store of 0 by the last owner. */
+        int32_t o = atomic_load_explicit(&t[i].tid, memory_order_acquire);
+        /* A dead owner's record is taken over only when it holds nothing:
+         * one that covers slots stays for the recoverer. */
+        if (o != 0 && !(atomic_load_explicit(&t[i].n, memory_order_relaxed) == 0 &&
+                        fh__task_gone(o)))
+            continue;
+        /* Acq_rel: one claimer wins; our later stores follow the claim. */
+        if (atomic_compare_exchange_strong_explicit(
+                &t[i].tid, &o, tid, memory_order_acq_rel, memory_order_relaxed))
+            t_rec = &t[i];
+    }
+    if (t_rec)
+        pthread_setspecific(g_rec_key, t_rec);
+    errno = saved;
+    return t_rec;
+}
+
+static unsigned side_of(const struct fh_ring *r, const struct fh_ring_headtail *ht)
+{
+    return ht == &r->cons;
+}
+
+static void add_lost(struct fh_ring *r, unsigned side, uint32_t n)
+{
+    /* Relaxed: a statistic. */
+    atomic_fetch_add_explicit(&r->lost[side], n, memory_order_relaxed);
+}
+
+/* Wake the other side's waiters after a recoverer moved ht's tail. */
+static void wake_after_move(struct fh_ring_headtail *ht)
+{
+    /* Relaxed: as in fh__ring_update_tail; a recoverer is rare enough to
+     * make the wake unconditional instead of relying on the fence. */
+    (void)ht;
+    fh__ring_wake(ht);
+}
+
+#define TRACK_STEP 256u
+
+static void read_slots(const struct fh_ring *r, uint32_t from, uint32_t n,
+                       uint64_t *out)
+{
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(&out[i], r->slots + (size_t)((from + i) & r->mask) * 8, 8);
+}
+
+/* Add hole [start, end) to r's producers' table: 0, or -1 when it is full. */
+static int hole_add(struct fh_ring *r, uint32_t start, uint32_t end)
+{
+    for (unsigned i = 0; i < FH_RING_HOLES; i++) {
+        uint32_t zero = 0;
+        /* Relaxed: a hint; the CAS below decides. */
+        if (atomic_load_explicit(&r->prod.hole[i][1], memory_order_relaxed))
+            continue;
+        /* Relaxed: the entry is free (end 0) and the CAS on end below
+         * publishes start with it. */
+        atomic_store_explicit(&r->prod.hole[i][0], start, memory_order_relaxed);
+        /* Release: start before end; consumers acquire end. */
+        if (atomic_compare_exchange_strong_explicit(
+                &r->prod.hole[i][1], &zero, end, memory_order_release,
+                memory_order_relaxed)) {
+            /* Release: the entry before the count; both before the tail
+             * move that makes the hole reachable (its CAS is acq_rel). */
+            atomic_fetch_add_explicit(&r->prod.holes, 1, memory_order_release);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static void hole_drop(struct fh_ring *r, uint32_t start, uint32_t end)
+{
+    for (unsigned i = 0; i < FH_RING_HOLES; i++) {
+        /* Acquire pairs with hole_add's release CAS of end. */
+        uint32_t e = atomic_load_explicit(&r->prod.hole[i][1], memory_order_acquire);
+        if (e == end && e != 0 &&
+            atomic_load_explicit(&r->prod.hole[i][0], memory_order_relaxed) == start) {
+            /* Release: our reads of the entry are done before it is free;
+             * then the count (release) so a consumer that sees 0 finds no
+             * entry it needs. */
+            atomic_store_explicit(&r->prod.hole[i][1], 0, memory_order_release);
+            atomic_fetch_sub_explicit(&r->prod.holes, 1, memory_order_release);
+            return;
+        }
+    }
+}
+
+/*
+ * One recovery step on side ht of r: if the slots at the tail belong to a
+ * thread that is gone, give them up.  limit: the caller's own start (the
+ * step never moves the tail past it), or 0 for none.  Returns the slots
+ * given up.
+ */
+static uint32_t recover_step(struct fh_ring *r, struct fh_ring_headtail *ht,
+                             uint32_t limit, int have_limit)
+{
+    const unsigned side = side_of(r, ht);
+    struct fh__ring_rec *t = rec_table();
+    uint32_t tail, head, len = 0, cap;
+    int dead_cover = 0;
+
+    if (!t)
+        return 0;
+    /* Acquire: pairs with the owners' release CASes of head (their
+     * records) and with the release stores of tail. */
+    tail = atomic_load_explicit(&ht->tail, memory_order_acquire);
+    head = atomic_load_explicit(&ht->head, memory_order_acquire);
+    /* Acquire pairs with fh__ring_release_rec's release decrement. */
+    if (tail == head ||
+        atomic_load_explicit(&r->unrecorded, memory_order_acquire) != 0)
+        return 0;
+    cap = head - tail;
+    if (have_limit && limit - tail < cap)
+        cap = limit - tail;
+    for (unsigned i = 0; i < FH_RING_RECORDS; i++) {
+        /* Acquire: pairs with the claimer's CAS of tid; the fields below
+         * were stored before that owner's head CAS, which we have seen. */
+        int32_t tid = atomic_load_explicit(&t[i].tid, memory_order_acquire);
+        uint32_t n, start;
+
+        if (tid <= 0)
+            continue;
+        /* Acquire pairs with fh__ring_release_rec's release store. */
+        n = atomic_load_explicit(&t[i].n, memory_order_acquire);
+        if (n == 0 ||
+            atomic_load_explicit(&t[i].ring, memory_order_relaxed) != (uintptr_t)r ||
+            atomic_load_explicit(&t[i].side, memory_order_relaxed) != side)
+            continue;
+        start = atomic_load_explicit(&t[i].start, memory_order_relaxed);
+        /* A later claim's start bounds what we may give up. */
+        if (start != tail && start - tail < cap) {
+            cap = start - tail;
+            continue;
+        }
+        if (tail - start >= n)
+            continue;                   /* does not cover the tail */
+        if (!fh__task_gone(tid))
+            return 0;                   /* a live owner: wait for it */
+        if (!dead_cover || start + n - tail < len)
+            len = start + n - tail;
+        dead_cover = 1;
+    }
+    if (!dead_cover)
+        return 0;
+    if (len > cap)
+        len = cap;
+    /* A bound ring's objects are read back in steps of TRACK_STEP slots. */
+    if (r->pool && len > TRACK_STEP)
+        len = TRACK_STEP;
+    if (len == 0)
+        return 0;
+
+    uint64_t vals[TRACK_STEP];
+    const int tracked = r->pool != 0;
+    if (tracked)
+        read_slots(r, tail, len, vals);
+    if (side == 0 && hole_add(r, tail, tail + len) < 0)
+        return 0;                       /* table full: consumers first */
+    uint32_t expect = tail;
+    /* Acq_rel: one recoverer (or the publisher, had it lived) moves the
+     * tail; release makes the hole entry visible to consumers that see
+     * the new tail, acquire orders the slot reads above before reuse. */
+    if (!atomic_compare_exchange_strong_explicit(&ht->tail, &expect, tail + len,
+                                                 memory_order_acq_rel,
+                                                 memory_order_relaxed)) {
+        if (side == 0)
+            hole_drop(r, tail, tail + len);
+        return 0;
+    }
+    add_lost(r, side, len);
+    if (tracked)
+        fh__mempool_return_transit(r, vals, tail, len, (int)side);
+    wake_after_move(ht);
+    return len;
+}
+
+FH_API void fh__ring_stuck(struct fh_ring *r, struct fh_ring_headtail *ht,
+                           uint32_t old_val)
+{
+    int saved = errno;
+    recover_step(r, ht, old_val, 1);
+    errno = saved;
+}
+
+FH_API uint32_t fh__ring_single_restart(struct fh_ring *r,
+                                        struct fh_ring_headtail *ht)
+{
+    const unsigned side = side_of(r, ht);
+    /* Relaxed: this side's one process writes head and tail. */
+    uint32_t tail = atomic_load_explicit(&ht->tail, memory_order_relaxed);
+    uint32_t head = atomic_load_explicit(&ht->head, memory_order_relaxed);
+    uint32_t len = head - tail;
+
+    /* A bound ring: give the objects in those slots back first (their
+     * slots are ours until the index moves below). */
+    for (uint32_t done = 0; r->pool && done < len; ) {
+        uint64_t vals[TRACK_STEP];
+        uint32_t k = len - done < TRACK_STEP ? len - done : TRACK_STEP;
+        read_slots(r, tail + done, k, vals);
+        fh__mempool_return_transit(r, vals, tail + done, k, (int)side);
+        done += k;
+    }
+    add_lost(r, side, len);
+    if (side == 0) {
+        /* The dead producer's slots were never published: drop them.
+         * Relaxed: we are the only writer and reader of prod.head. */
+        atomic_store_explicit(&ht->head, tail, memory_order_relaxed);
+    } else {
+        /* The dead consumer's slots go back to producers.  Release, as in
+         * fh__ring_update_tail. */
+        atomic_store_explicit(&ht->tail, head, memory_order_release);
+        wake_after_move(ht);
+    }
+    return side == 0 ? tail : head;
+}
+
+FH_API unsigned fh_ring_recover(struct fh_ring *r)
+{
+    unsigned total = 0;
+    uint32_t got;
+    int saved = errno;
+
+    for (int side = 0; side < 2; side++) {
+        struct fh_ring_headtail *ht = side ? &r->cons : &r->prod;
+        /* Single sides are recovered by their next call: nobody records
+         * what a single producer (consumer) claims. */
+        if (ht->single)
+            continue;
+        while ((got = recover_step(r, ht, 0, 0)) != 0)
+            total += got;
+    }
+    errno = saved;
+    return total;
+}
+
+FH_API uint64_t fh_ring_lost(const struct fh_ring *r, int which)
+{
+    /* Relaxed: statistics. */
+    uint64_t p = atomic_load_explicit(&r->lost[0], memory_order_relaxed);
+    uint64_t c = atomic_load_explicit(&r->lost[1], memory_order_relaxed);
+    return which == 0 ? p : which == 1 ? c : p + c;
+}
+
+/* A hole of r's producers that a consumer's range meets. */
+struct hole { uint32_t s, e; };
+
+/* The holes that start in [head, tail), in ring order: how many. */
+static unsigned holes_in(struct fh_ring *r, uint32_t head, uint32_t tail,
+                         struct hole *hs)
+{
+    unsigned nh = 0;
+
+    for (unsigned i = 0; i < FH_RING_HOLES; i++) {
+        /* Acquire pairs with hole_add's release CAS: start is its own. */
+        uint32_t e = atomic_load_explicit(&r->prod.hole[i][1], memory_order_acquire);
+        uint32_t s = atomic_load_explicit(&r->prod.hole[i][0], memory_order_relaxed);
+        if (e == 0 || s - head >= tail - head)
+            continue;
+        unsigned j = nh++;
+        while (j > 0 && hs[j - 1].s - head > s - head) {
+            hs[j] = hs[j - 1];
+            j--;
+        }
+        hs[j] = (struct hole){s, e};
+    }
+    return nh;
+}
+
+FH_API unsigned fh__ring_dequeue_holes(struct fh_ring *r, void *objs,
+                                       unsigned n, int behavior,
+                                       unsigned *available)
+{
+    struct fh__ring_rec *rec = fh__ring_rec();
+    const size_t esize = r->elem_size;
+    int saved = errno;
+
+    if (rec) {
+        /* Relaxed: published by the CAS (release) below, as inline. */
+        atomic_store_explicit(&rec->ring, (uint64_t)(uintptr_t)r, memory_order_relaxed);
+        atomic_store_explicit(&rec->side, 1, memory_order_relaxed);
+    } else {
+        /* Relaxed: as in fh__ring_move_head. */
+        atomic_fetch_add_explicit(&r->unrecorded, 1, memory_order_relaxed);
+    }
+    for (;;) {
+        struct hole hs[FH_RING_HOLES];
+        /* Relaxed: a guess the CAS checks. */
+        uint32_t head = atomic_load_explicit(&r->cons.head, memory_order_relaxed);
+        /* Order the head load before the tail load, as inline. */
+        atomic_thread_fence(memory_order_acquire);
+        /* Acquire pairs with the producers' (and recoverers') release of
+         * prod.tail: the slots and hole entries before it are visible. */
+        uint32_t tail = atomic_load_explicit(&r->prod.tail, memory_order_acquire);
+        unsigned nh = holes_in(r, head, tail, hs), k = 0;
+        uint32_t pos = head, items = 0, total = tail - head;
+
+        for (unsigned i = 0; i < nh; i++)
+            total -= hs[i].e - hs[i].s;
+        while (pos != tail && items < n) {
+            if (k < nh && pos == hs[k].s) {
+                pos = hs[k++].e;
+                continue;
+            }
+            uint32_t stop = k < nh ? hs[k].s : tail;
+            uint32_t take = stop - pos < n - items ? stop - pos : n - items;
+            items += take;
+            pos += take;
+        }
+        if (behavior == FH__RING_FIXED && items < n) {
+            /* Not enough: only skip the holes at the front, if any. */
+            items = 0;
+            pos = head;
+            for (k = 0; k < nh && pos == hs[k].s; k++)
+                pos = hs[k].e;
+        }
+        if (pos == head) {
+            fh__ring_release_rec(r, rec);
+            if (available)
+                *available = total;
+            errno = saved;
+            return 0;
+        }
+        if (rec) {
+            /* Relaxed: published by the CAS below. */
+            atomic_store_explicit(&rec->start, head, memory_order_relaxed);
+            atomic_store_explicit(&rec->n, pos - head, memory_order_relaxed);
+        }
+        /* Release on success, as inline: the record before the claim. */
+        if (!atomic_compare_exchange_strong_explicit(
+                &r->cons.head, &head, pos, memory_order_release,
+                memory_order_relaxed))
+            continue;
+        /* Copy the real slots out, chunk by chunk between holes. */
+        uint32_t at = head, got = 0;
+        k = 0;
+        while (at != pos) {
+            if (k < nh && at == hs[k].s) {
+                at = hs[k++].e;
+                continue;
+            }
+            uint32_t stop = k < nh && hs[k].s - head < pos - head ? hs[k].s : pos;
+            unsigned char *dst = (unsigned char *)objs + (size_t)got * esize;
+            fh__ring_copy_out(r, at, dst, stop - at);
+            if (r->pool && !(r->pool & 1))
+                fh__ring_track(r, dst, stop - at, at, 1);
+            got += stop - at;
+            at = stop;
+        }
+        fh__ring_update_tail(r, &r->cons, head, pos, 1);
+        for (unsigned i = 0; i < nh; i++)
+            if (hs[i].e - head <= pos - head)
+                hole_drop(r, hs[i].s, hs[i].e);
+        fh__ring_release_rec(r, rec);
+        if (available)
+            *available = total - items;
+        errno = saved;
+        return items;
+    }
+}
+
+FH_API struct fh_ring *fh_ring_create_for(const char *name, unsigned count,
+                                          unsigned flags,
+                                          struct fh_mempool *mp)
+{
+    struct fh_ring *r;
+
+    if (!mp || fh__mempool_check_tracked(mp) < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    r = ring_create(name, count, 8, flags, mp);
+    return r;
 }

@@ -391,6 +391,132 @@ static void test_get_timed(void)
           "all back: avail %u", fh_mempool_avail_count(mp));
 }
 
+/* Shared with the children of the ownership tests. */
+struct own_state {
+    _Atomic uint32_t ready;
+    _Atomic uint64_t calls;
+};
+
+/* A tracked pool: objects a killed process held, or left inside an
+ * unfinished call on a ring bound to the pool, all come back. */
+static void test_tracked_held(void)
+{
+    struct fh_mempool *mp = fh_mempool_create("p.own", 64, 100, 8,
+                                              FH_MEMPOOL_F_TRACK);
+    struct fh_ring *r = fh_ring_create_for("p.own.r", 16, 0, mp);
+    const struct fh_memzone *mz = fh_memzone_reserve("p.own.st",
+                                                     sizeof(struct own_state), 64, 0);
+    struct own_state *st;
+    void *objs[10];
+    pid_t pid;
+
+    CHECK(mp && r && mz, "create");
+    st = mz->addr;
+    struct fh_mempool *plain = fh_mempool_create("p.untracked", 4, 8, 0, 0);
+    CHECK(plain && fh_ring_create_for("p.own.bad", 16, 0, plain) == NULL &&
+          errno == EINVAL, "a ring binds only to a tracked pool");
+    CHECK(fh_mempool_destroy(plain) == 0, "destroy");
+    pid = fork_child();
+    if (pid == 0) {
+        if (fh_mempool_get_bulk(mp, objs, 10) != 0 ||
+            fh_ring_enqueue_bulk(r, objs, 5, NULL) != 5)
+            _exit(1);
+        atomic_store(&st->ready, 1);
+        for (;;)
+            pause();
+    }
+    while (!atomic_load(&st->ready))
+        usleep(200);
+    CHECK(fh_mempool_held_count(mp, pid) == 5, "5 held by the child");
+    CHECK(fh_mempool_held_count(mp, 0) == 5, "5 held in all");
+    kill(pid, SIGKILL);
+    CHECK(reap(pid) == 128 + SIGKILL, "killed");
+    unsigned back = fh_mempool_reclaim(mp);
+    CHECK(back >= 5, "the held 5 and the child's cache came back: %u", back);
+    CHECK(fh_mempool_recovered(mp) == 5, "5 recovered from the dead holder");
+    CHECK(fh_mempool_held_count(mp, 0) == 0, "none held");
+    /* The 5 in the ring are in transit, not the dead child's: they stay. */
+    CHECK(fh_ring_count(r) == 5, "ring keeps its items");
+    CHECK(fh_ring_dequeue_bulk(r, objs, 5, NULL) == 5, "dequeue");
+    CHECK(fh_mempool_held_count(mp, getpid()) == 5, "now ours");
+    CHECK(fh_mempool_put_bulk(mp, objs, 5) == 0, "put");
+    fh_mempool_cache_flush(mp);
+    CHECK(fh_mempool_avail_count(mp) == 64, "every object back: %u",
+          fh_mempool_avail_count(mp));
+    CHECK(fh_ring_destroy(r) == 0 && fh_mempool_destroy(mp) == 0, "destroy");
+    fh_memzone_free(mz);
+}
+
+/* Kills anywhere in ring calls that move a tracked pool's objects: after
+ * recovery and reclaim, the pool has every object again. */
+static void test_tracked_kills(unsigned flags, const char *name)
+{
+    struct fh_mempool *mp = fh_mempool_create(name, 256, 64, 0,
+                                              FH_MEMPOOL_F_TRACK);
+    char rname[32];
+    const struct fh_memzone *mz;
+    struct own_state *st;
+    unsigned seed = 4242, rounds = 100;
+
+    snprintf(rname, sizeof rname, "%s.r", name);
+    struct fh_ring *r = fh_ring_create_for(rname, 64, flags, mp);
+    snprintf(rname, sizeof rname, "%s.st", name);
+    mz = fh_memzone_reserve(rname, sizeof *st, 64, 0);
+    CHECK(mp && r && mz, "create %s", name);
+    st = mz->addr;
+    for (unsigned round = 0; round < rounds; round++) {
+        uint64_t before = fh_mempool_recovered(mp), c0;
+        pid_t pid;
+
+        atomic_store(&st->ready, 0);
+        pid = fork_child();
+        if (pid == 0) {
+            void *held[48], *tmp[16];
+            unsigned s2 = (unsigned)getpid();
+            if (fh_mempool_get_bulk(mp, held, 48) != 0)
+                _exit(1);
+            atomic_store(&st->ready, 1);
+            for (;;) {
+                unsigned k = 1 + (unsigned)rand_r(&s2) % 16;
+                if (fh_ring_enqueue_bulk(r, held, k, NULL) != k ||
+                    fh_ring_dequeue_bulk(r, tmp, k, NULL) != k)
+                    _exit(2);
+                memcpy(held, tmp, k * sizeof *tmp);
+                atomic_fetch_add(&st->calls, 1);
+            }
+        }
+        while (!atomic_load(&st->ready))
+            usleep(50);
+        c0 = atomic_load(&st->calls) + (unsigned)rand_r(&seed) % 200;
+        while (atomic_load(&st->calls) < c0)
+            ;
+        kill(pid, SIGKILL);
+        CHECK(reap(pid) == 128 + SIGKILL, "killed");
+        if (flags) {
+            void *none[1];
+            fh_ring_sp_enqueue_bulk(r, none, 0, NULL);
+            fh_ring_sc_dequeue_bulk(r, none, 0, NULL);
+        } else {
+            fh_ring_recover(r);
+        }
+        void *objs[64];
+        unsigned n = fh_ring_dequeue_burst(r, objs, 64, NULL);
+        CHECK(fh_mempool_put_bulk(mp, objs, n) == 0, "put drained");
+        fh_mempool_reclaim(mp);
+        CHECK(fh_mempool_avail_count(mp) == 256,
+              "%s round %u: %u of 256 objects back (%llu recovered)", name,
+              round, fh_mempool_avail_count(mp),
+              (unsigned long long)(fh_mempool_recovered(mp) - before));
+        CHECK(fh_mempool_recovered(mp) - before + n == 48,
+              "%s round %u: the child's 48 objects: %llu recovered + %u drained",
+              name, round, (unsigned long long)(fh_mempool_recovered(mp) - before), n);
+    }
+    printf("test_mempool: %s: %u kills, %llu ring slots lost, every object back\n",
+           name, rounds, (unsigned long long)fh_ring_lost(r, 2));
+    CHECK(fh_ring_destroy(r) == 0 && fh_mempool_destroy(mp) == 0, "destroy");
+    fh_memzone_free(mz);
+}
+
 int main(void)
 {
     int fds;
@@ -408,6 +534,9 @@ int main(void)
     test_many_pools();
     test_stress();
     test_get_timed();
+    test_tracked_held();
+    test_tracked_kills(0, "p.own.mp");
+    test_tracked_kills(FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ, "p.own.sp");
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());
     CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD, "children left");
     printf("test_mempool: ok\n");

@@ -24,6 +24,9 @@ ffi.set_source(
     "forkhost._native._fh",
     '#include "forkhost.h"\n',
     include_dirs=[str(ROOT / "csrc" / "include")],
+    # forkhost.h's inline ring operations are compiled in: rebuild on any
+    # header change, not only when the generated source changes.
+    depends=sorted(str(p) for p in (ROOT / "csrc" / "include").rglob("*.h")),
     libraries=["forkhost"],
     runtime_library_dirs=["$ORIGIN"],
     extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"],

@@ -392,6 +392,19 @@ class HashTable(TableBase, Checked):
             self._check()
         return lib.fh_hash_count(self._h)
 
+    def recover(self) -> bool:
+        """If a writer was killed holding the writer lock, repair the table
+        now (its half-done change rolled back or forward) and free the
+        lock; True when this call repaired.  The next writer would too."""
+        self._check()
+        return bool(lib.fh_hash_recover(self._h))
+
+    @property
+    def repairs(self) -> int:
+        """Repairs after dead writers since creation."""
+        self._check()
+        return lib.fh_hash_repairs(self._h)
+
     # -- identity -----------------------------------------------------------------
 
     @property

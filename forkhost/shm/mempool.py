@@ -41,7 +41,7 @@ class Mempool(Checked):
     _WHAT = "mempool"
 
     __slots__ = ("_mp", "_mz", "_gen", "name", "count", "obj_size", "elt_size",
-                 "cache_size")
+                 "cache_size", "flags")
 
     def __init__(self, mp, mz, gen, name: bytes):
         """mp: the struct fh_mempool *; mz, gen: its memzone's slot and
@@ -54,13 +54,20 @@ class Mempool(Checked):
         self.obj_size = lib.fh_mempool_obj_size(mp)
         self.elt_size = lib.fh_mempool_elt_size(mp)
         self.cache_size = lib.fh_mempool_cache_size(mp)
+        self.flags = lib.fh_mempool_flags(mp)
 
     @classmethod
     def create(cls, name: str | bytes, n: int, obj_size: int, *,
-               cache_size: int = 0, flags: int = 0) -> "Mempool":
+               cache_size: int = 0, flags: int = 0,
+               track: bool = False) -> "Mempool":
         """``n`` objects of ``obj_size`` bytes (64-byte aligned; 8 with
         F_NO_CACHE_ALIGN), zero-filled, with per-thread caches of
-        ``cache_size`` objects (0: none).  NameExistsError, NoSpaceError."""
+        ``cache_size`` objects (0: none).  ``track``: attribute each object
+        to the thread that holds it, so that a dead process's objects come
+        back (docs/shm.md, "When a process dies").  NameExistsError,
+        NoSpaceError."""
+        if track:
+            flags |= lib.FH_MEMPOOL_F_TRACK
         b = cname(name, NAMESIZE, "mempool")
         if not 1 <= n <= COUNT_MAX or obj_size < 1 or not 0 <= cache_size <= CACHE_MAX:
             raise ValueError(f"mempool {name!r}: need 1 <= n <= {COUNT_MAX}, "
@@ -222,10 +229,30 @@ class Mempool(Checked):
         lib.fh_mempool_cache_flush(self._mp)
 
     def reclaim(self) -> int:
-        """Give back the caches of threads that no longer exist; returns how
-        many objects went back."""
+        """Give back the caches of threads that no longer exist and, in a
+        tracked pool, the objects they held; returns how many objects went
+        back."""
         self._check()
         return lib.fh_mempool_reclaim(self._mp)
+
+    @property
+    def tracked(self) -> bool:
+        """Created with ``track=True``."""
+        return bool(self.flags & lib.FH_MEMPOOL_F_TRACK)
+
+    @property
+    def recovered(self) -> int:
+        """Objects a tracked pool got back from dead processes: those they
+        held, and those inside their unfinished calls on rings bound to the
+        pool; since creation."""
+        self._check()
+        return lib.fh_mempool_recovered(self._mp)
+
+    def held(self, tid: int = 0) -> int:
+        """Objects of a tracked pool held by thread ``tid`` (a process's pid
+        is its main thread's), or by any thread (0)."""
+        self._check()
+        return lib.fh_mempool_held_count(self._mp, tid)
 
     @property
     def addr(self) -> int:

@@ -141,10 +141,14 @@ class Ring(Checked):
 
     @classmethod
     def create(cls, name: str | bytes, count: int, *, elem_size: int = 8,
-               flags: int = 0) -> "Ring":
+               flags: int = 0, pool=None) -> "Ring":
         """A ring of ``count`` slots (a power of two, all usable) of
         ``elem_size`` bytes (a multiple of 4; 8 = uint64 items).  ``flags``:
         SP_ENQ and/or SC_DEQ; multi-producer/multi-consumer by default.
+        ``pool``: a Mempool created with ``track=True`` whose object
+        addresses this ring carries (8-byte items): a dequeue attributes
+        them to the dequeuer, and the unfinished call of a dead process
+        gives them back to the pool (docs/shm.md, "When a process dies").
         NameExistsError, NoSpaceError."""
         b = cname(name, NAMESIZE, "ring")
         if not 1 <= count <= SIZE_MAX or count & (count - 1):
@@ -155,7 +159,13 @@ class Ring(Checked):
                              f"in 4..{ELEM_MAX} (got {elem_size})")
         if flags & ~lib.FH_RING_F_MASK:
             raise ValueError(f"ring {name!r}: unknown flags 0x{flags:x}")
-        r = lib.fh_ring_create(b, count, elem_size, flags)
+        if pool is None:
+            r = lib.fh_ring_create(b, count, elem_size, flags)
+        else:
+            if elem_size != 8 or not pool.tracked:
+                raise ValueError(f"ring {name!r}: pool= needs 8-byte items and "
+                                 f"a mempool created with track=True")
+            r = lib.fh_ring_create_for(b, count, flags, pool.cdata)
         if r == _NULL:
             raise_errno(ffi.errno, f"cannot create ring {name!r}")
         return created_checked(cls, b, r, lib.FH_RING_MZ_PREFIX)
@@ -400,6 +410,20 @@ class Ring(Checked):
     def empty(self) -> bool:
         self._check()
         return bool(lib.fh_ring_empty(self._r))
+
+    @property
+    def lost(self) -> int:
+        """Items given up with dead processes' unfinished enqueues and
+        dequeues (docs/shm.md, "When a process dies")."""
+        self._check()
+        return lib.fh_ring_lost(self._r, 2)
+
+    def recover(self) -> int:
+        """Give up now the slots that dead producers (consumers) of a multi
+        side left claimed; how many.  A single side is recovered by its
+        next call."""
+        self._check()
+        return lib.fh_ring_recover(self._r)
 
     @property
     def single_producer(self) -> bool:

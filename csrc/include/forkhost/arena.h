@@ -54,6 +54,7 @@
  * atomically: fh_arena_size()):
  *   0  magic     8  version   12 page_size   16 size   24 base
  *   32 primary_pid  36 flags  40 mz_dir_offset  48 data_offset  56 max_size
+ *   64 ring_rec_offset
  */
 struct fh_arena_hdr {
     uint64_t magic;
@@ -66,6 +67,7 @@ struct fh_arena_hdr {
     uint64_t mz_dir_offset; /* memzone directory (see memzone.h) */
     uint64_t data_offset;   /* first byte the memzone allocator hands out */
     uint64_t max_size;      /* the range mapped at base in every process */
+    uint64_t ring_rec_offset; /* rings' reservation records (ring.h) */
 };
 
 #define FH_ARENA_F_HUGE 0x1u /* backed by huge pages */

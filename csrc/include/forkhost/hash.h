@@ -167,6 +167,14 @@ FH_API int fh_hash_get_key_with_position(const struct fh_hash *h,
 /* Remove every key.  0 or the error of the writer lock. */
 FH_API int fh_hash_reset(struct fh_hash *h);
 
+/* A writer killed while holding the writer lock (inside add, delete or
+ * reset): the next writer, a reader that waits long on its bucket, or
+ * this call repairs the table (rolling its half-done change back or
+ * forward) and frees the lock.  1 when this call repaired, else 0. */
+FH_API int fh_hash_recover(struct fh_hash *h);
+/* Repairs after dead writers since creation. */
+FH_API uint32_t fh_hash_repairs(const struct fh_hash *h);
+
 FH_API int32_t fh_hash_count(const struct fh_hash *h);
 FH_API uint32_t fh_hash_max_entries(const struct fh_hash *h);
 FH_API uint32_t fh_hash_key_len(const struct fh_hash *h);

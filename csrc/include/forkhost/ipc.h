@@ -133,6 +133,10 @@ struct fh_ipc_welcome {
  * up; param is one JSON object (docs/supervision.md). */
 #define FH_IPC_STOP_NOTICE     "forkhost.stop"
 #define FH_IPC_WORKER_NOTICE   "forkhost.worker"
+/* FH_IPC_RECLAIM_NOTICE (a MSG to every member): the primary gave back
+ * what a dead process left in the arena (mempool objects, ring slots, a
+ * hash table's writer lock); param is one JSON object (docs/shm.md). */
+#define FH_IPC_RECLAIM_NOTICE  "forkhost.reclaim"
 
 /* The i-th of the notices above (from 0), the only reserved names an
  * action may be registered under; NULL past the last. */

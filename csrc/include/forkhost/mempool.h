@@ -25,6 +25,21 @@
  *    processes of a prefix share one PID namespace).
  *  - More threads than slots: the extra threads work without a cache.
  *
+ * Ownership (pools created with FH_MEMPOOL_F_TRACK).  Each object has an
+ * owner word: free, held by a thread (the one whose get returned it, or
+ * that dequeued it from a ring bound to the pool with fh_ring_create_for),
+ * or in transit in such a ring at a given slot.  When a process dies,
+ * fh_mempool_reclaim() returns the objects its threads held; the rings
+ * bound to the pool return the objects of an enqueue or dequeue it left
+ * unfinished (see "A process that dies mid-call" in forkhost/ring.h).
+ * fh_mempool_recovered() counts both.  The contract: objects of a tracked
+ * pool travel between processes only through rings bound to it; one passed
+ * any other way (a plain ring, a hash table's value) stays attributed to
+ * the thread that last took it, and comes back when that thread dies even
+ * if another still uses it.  A kill inside get or put itself can leave the
+ * objects of that one call unattributed (counted neither as held nor as
+ * free: fh_mempool_in_use_count() minus the held ones shows them).
+ *
  * Counting.  Objects sitting in any thread's cache, in any process, count as
  * AVAILABLE, not in use (DPDK's semantics): fh_mempool_avail_count() = free
  * objects in the ring + objects in every cache, and fh_mempool_in_use_count()
@@ -68,6 +83,8 @@
 
 /* Creation flags. */
 #define FH_MEMPOOL_F_NO_CACHE_ALIGN 0x1u /* pad objects to 8 bytes, not 64 */
+/* Attribute each object to the thread that holds it (see "Ownership"). */
+#define FH_MEMPOOL_F_TRACK 0x2u
 
 struct fh_mempool;
 
@@ -114,9 +131,16 @@ FH_API int fh_mempool_empty(const struct fh_mempool *mp);  /* none avail */
 /* Return this thread's cached objects to the ring and free its cache slot
  * (the next get/put claims one again).  0. */
 FH_API int fh_mempool_cache_flush(struct fh_mempool *mp);
-/* Give back the caches of threads that no longer exist; the number of
- * objects returned to the ring. */
+/* Give back the caches of threads that no longer exist and, in a tracked
+ * pool, the objects they held; the number of objects returned. */
 FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp);
+/* Objects a tracked pool got back from dead holders and from the unfinished
+ * calls of dead processes on rings bound to it, since creation. */
+FH_API uint64_t fh_mempool_recovered(const struct fh_mempool *mp);
+/* Objects of a tracked pool held by thread tid (0: by any thread). */
+FH_API unsigned fh_mempool_held_count(const struct fh_mempool *mp, int32_t tid);
+/* Internal: 0 when mp is a tracked pool, else -1. */
+FH_API int fh__mempool_check_tracked(const struct fh_mempool *mp);
 
 /* Object index <-> address, for handles that must fit in 32 bits or cross
  * into Python: index in [0, count), or -1 when obj is not an object of mp;
@@ -128,6 +152,7 @@ FH_API unsigned fh_mempool_count(const struct fh_mempool *mp);
 FH_API unsigned fh_mempool_obj_size(const struct fh_mempool *mp);
 FH_API unsigned fh_mempool_elt_size(const struct fh_mempool *mp); /* stride */
 FH_API unsigned fh_mempool_cache_size(const struct fh_mempool *mp);
+FH_API unsigned fh_mempool_flags(const struct fh_mempool *mp); /* at creation */
 FH_API const char *fh_mempool_name(const struct fh_mempool *mp);
 
 /* Destroy pool mp: its name can be created again at once, lookups fail

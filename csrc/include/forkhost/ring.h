@@ -39,9 +39,34 @@
  * other side's tail it read, and tails only grow.  (The mp/mc calls stay
  * safe on such a ring and keep the figure up to date.)
  *
- * Caveat shared with rte_ring: a multi-producer (consumer) that dies or is
- * stopped between claiming and publishing blocks every later producer
- * (consumer) of that ring.  SP/SC rings have no such window for others.
+ * A process that dies mid-call (beyond rte_ring, where a producer or
+ * consumer killed between claiming and publishing blocks every later one
+ * of its side for good).  What forkhost does instead:
+ *   - single side (created SP or SC): a call starts from its side's tail,
+ *     not its head.  Finding head != tail, it knows the previous call died
+ *     between the two: a producer's unpublished slots are dropped (never
+ *     handed to consumers, whatever they hold), a consumer's claimed
+ *     slots are released to producers.  Either way the slots are counted
+ *     as lost (fh_ring_lost).
+ *   - multi side: before each CAS of the head, a thread writes what it is
+ *     claiming (ring, side, start, n) into its own reservation record, a
+ *     cache line of the arena's table of FH_RING_RECORDS that only it
+ *     writes.  A thread that has waited long for the tail to reach its
+ *     slots (fh__ring_stuck), or fh_ring_recover, looks up the record that
+ *     covers the tail: if its thread lives (running or stopped), it waits
+ *     as before; if the thread is gone, the slots up to the end of that
+ *     record are declared lost and the tail is moved past them with a CAS,
+ *     so later callers go on and nobody receives what the dead one had
+ *     half written.  A thread stopped with SIGSTOP still blocks its side,
+ *     as in DPDK.  A thread that cannot get a record (table full) marks
+ *     the ring (unrecorded), and while it is inside a call no recovery is
+ *     attempted on that ring.
+ * Slots given up by producers become a hole that consumers skip (up to
+ * FH_RING_HOLES pending at once; fh_ring_count includes them until a
+ * consumer passes them).  Lost slots of a ring bound to a mempool give
+ * their objects back (see fh_ring_create_for).  Nothing here costs a call that does not find a
+ * dead predecessor more than a load of its side's head (single) or a few
+ * stores to its own record (multi).
  *
  * Waiting (the *_timed calls, fh_ring_wait_*; beyond rte_ring).  A consumer
  * that finds too few elements can sleep until producers publish more, and a
@@ -128,6 +153,9 @@
 /* Waiter slots per side (see "Waiting" above): one cache line of thread
  * ids. */
 #define FH_RING_WAIT_SLOTS 16
+/* Pending holes left by dead producers, per ring (one cache line with the
+ * producers' indices). */
+#define FH_RING_HOLES 4
 
 /* One side's indices.  head, tail and other_tail are written only by this
  * side's processes (producers for prod, consumers for cons); the other side
@@ -149,6 +177,12 @@ struct fh_ring_headtail {
      * the tail's cache line, so the check after a tail store is a load of
      * a line the storer already holds. */
     _Atomic uint32_t waiters;
+    /* prod only: slots given up after a dead producer that consumers must
+     * skip (see "A process that dies mid-call").  holes counts the used
+     * entries of hole[] ({start, end}, end 0: unused); written by
+     * recoverers and by the consumer that skips one, rarely. */
+    _Atomic uint32_t holes;
+    _Atomic uint32_t hole[FH_RING_HOLES][2];
     /* Thread id of each registered waiter, 0 when free, -1 while a
      * reclaimer clears a dead one's slot. */
     alignas(64) _Atomic int32_t wait_tid[FH_RING_WAIT_SLOTS];
@@ -160,6 +194,7 @@ struct fh_ring_headtail {
  *   72   size  76 mask  80 capacity  84 elem_size  88 flags
  *        all written once by the creator, read-only afterwards
  *   92   poll_waits (see "Waiting")
+ *   96   lost[2] (producers', consumers')  112 pool  120 unrecorded
  *   128  prod {head, tail, single, other_tail, waiters}   by producers
  *   192  prod.wait_tid[16]   by consumers waiting for elements
  *   256  cons {head, tail, single, other_tail, waiters}   by consumers
@@ -181,6 +216,15 @@ struct fh_ring {
      * waiters' memory barrier: waiters then sleep in short slices (see
      * "Waiting"). */
     _Atomic uint32_t poll_waits;
+    /* Slots given up after a dead process's unfinished enqueue (lost[0])
+     * or dequeue (lost[1]); see "A process that dies mid-call". */
+    _Atomic uint64_t lost[2];
+    /* The mempool whose objects this ring carries (fh_ring_create_for),
+     * or that mempool's address + 1 for its own ring of free objects
+     * (mempool.c), or 0; written once by the creator. */
+    uint64_t pool;
+    /* Calls in progress by threads without a reservation record. */
+    _Atomic uint32_t unrecorded;
     alignas(128) struct fh_ring_headtail prod;
     alignas(128) struct fh_ring_headtail cons;
     alignas(128) unsigned char slots[];
@@ -201,6 +245,16 @@ FH_API int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
  * EINVAL (name, count, elem_size, flags), EEXIST, ENOSPC, ENODEV. */
 FH_API struct fh_ring *fh_ring_create(const char *name, unsigned count,
                                       unsigned elem_size, unsigned flags);
+/* A ring of 64-bit object addresses of tracked mempool mp (created with
+ * FH_MEMPOOL_F_TRACK): enqueue marks each object in transit at its slot,
+ * dequeue attributes it to the dequeuing thread, and a dead process's
+ * unfinished call gives its objects back to mp (see mempool.h,
+ * "Ownership").  NULL with errno as fh_ring_create, or EINVAL (mp not a
+ * tracked pool). */
+struct fh_mempool;
+FH_API struct fh_ring *fh_ring_create_for(const char *name, unsigned count,
+                                          unsigned flags,
+                                          struct fh_mempool *mp);
 /* NULL with errno ENOENT: no such ring, or its creator has not finished. */
 FH_API struct fh_ring *fh_ring_lookup(const char *name);
 
@@ -255,6 +309,58 @@ FH_API __attribute__((cold)) void fh__ring_wake(struct fh_ring_headtail *ht);
  * for code that embeds a ring (mempool.c's lookup). */
 FH_API void fh__ring_register(struct fh_ring *r);
 
+/* A thread's reservation record (see "A process that dies mid-call"): one
+ * cache line of the arena's table (laid out after the memzone directory),
+ * written only by its thread, read by recoverers. */
+struct fh__ring_rec {
+    _Atomic int32_t tid;     /* owning thread; 0: free */
+    _Atomic uint32_t n;      /* slots claimed (or being claimed); 0: none */
+    _Atomic uint32_t start;  /* the first of them, a free-running index */
+    _Atomic uint32_t side;   /* 0 producers, 1 consumers */
+    _Atomic uint64_t ring;   /* the ring's address */
+    char pad[40];
+};
+#define FH_RING_RECORDS 1024
+/* This thread's record; NULL when none can be had (no arena, table full).
+ * Claimed on first use, again after fork. */
+FH_API struct fh__ring_rec *fh__ring_rec(void);
+/* A multi-side caller has waited long for the tail to reach old_val: look
+ * for a dead owner of the slots at the tail (ring.c). */
+FH_API __attribute__((cold)) void fh__ring_stuck(struct fh_ring *r,
+                                                 struct fh_ring_headtail *ht,
+                                                 uint32_t old_val);
+/* A single-side call found head != tail: the previous call died between
+ * claiming and publishing.  Give its slots up; returns where this call
+ * starts (ring.c). */
+FH_API __attribute__((cold)) uint32_t
+fh__ring_single_restart(struct fh_ring *r, struct fh_ring_headtail *ht);
+
+/* What fh__ring_move_head reports in *avail when a consumer finds holes
+ * left by dead producers: the dequeue is then done by fh__ring_dequeue_holes
+ * (ring.c), which claims across holes and copies only real elements. */
+#define FH__RING_HOLES_PENDING UINT32_MAX
+FH_API __attribute__((cold)) unsigned
+fh__ring_dequeue_holes(struct fh_ring *r, void *objs, unsigned n, int behavior,
+                       unsigned *available);
+
+/* Recover both sides of r from dead callers (see "A process that dies
+ * mid-call"): returns the slots given up by this call.  Also frees the
+ * reservation records of dead threads that hold nothing any more. */
+FH_API unsigned fh_ring_recover(struct fh_ring *r);
+/* Rings bound to a mempool (fh_ring_create_for): attribute the n objects
+ * just copied at head to their new holder, side 0 (enqueue: in transit in
+ * this ring, at their slot) or 1 (dequeue: this thread).  mempool.c. */
+FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
+                           uint32_t head, int side);
+/* Slots [from, from+n) of side `side` of a ring with a pool, whose values
+ * are vals, were given up after a dead caller: give back the objects it
+ * left there (mempool.c). */
+FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
+                                       uint32_t from, uint32_t n, int side);
+/* Slots given up so far: after unfinished enqueues (which == 0), dequeues
+ * (which == 1), or both (which == 2). */
+FH_API uint64_t fh_ring_lost(const struct fh_ring *r, int which);
+
 /* Everything below is inline unless FH_RING_BUILD is defined (ring.c). */
 #ifdef FH_RING_BUILD
 #define FH_RING_FN FH_API
@@ -284,6 +390,19 @@ static inline void fh__ring_pause(unsigned *spins)
     }
 }
 
+/* The call that used rec is over (published, or claimed nothing). */
+static inline void fh__ring_release_rec(struct fh_ring *r,
+                                        struct fh__ring_rec *rec)
+{
+    if (__builtin_expect(rec != NULL, 1))
+        /* Release: our slot accesses are done before a recoverer can see
+         * the record free (it no longer covers anything). */
+        atomic_store_explicit(&rec->n, 0, memory_order_release);
+    else
+        /* Release: as above, for a ring recoverers skipped for us. */
+        atomic_fetch_sub_explicit(&r->unrecorded, 1, memory_order_release);
+}
+
 /*
  * Claim up to n slots for one side: `self` is that side's head/tail (prod
  * for producers, cons for consumers), `other` the other side's.  What the
@@ -301,16 +420,23 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
                                           uint32_t n, int behavior, int exact,
                                           uint32_t *old_head,
                                           uint32_t *new_head,
-                                          uint32_t *avail)
+                                          uint32_t *avail,
+                                          struct fh__ring_rec **recp)
 {
     const uint32_t max = n;
     const uint32_t cached = self->single;   /* ring created SP (SC) */
+    struct fh__ring_rec *rec;
     int success;
 
-    /* Relaxed: only a starting guess.  Multi: the CAS below checks it;
-     * single: we are the only writer of self->head. */
-    *old_head = atomic_load_explicit(&self->head, memory_order_relaxed);
     if (single && cached) {
+        /* Relaxed: this side's one process is the only writer of its head
+         * and tail.  A call starts from the tail: head != tail means the
+         * previous call died between claiming and publishing. */
+        *old_head = atomic_load_explicit(&self->tail, memory_order_relaxed);
+        if (__builtin_expect(
+                atomic_load_explicit(&self->head, memory_order_relaxed) !=
+                *old_head, 0))
+            *old_head = fh__ring_single_restart(r, self);
         /* Relaxed: this side's one process is the only writer of
          * other_tail.  The other side's accesses to the slots up to it
          * were ordered before ours by the acquire load that first read
@@ -326,6 +452,13 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
             /* Acquire pairs with the other side's release store of its
              * tail in fh__ring_update_tail, as in the loop below. */
             tail = atomic_load_explicit(&other->tail, memory_order_acquire);
+            /* Relaxed: as in the loop below. */
+            if (__builtin_expect(
+                    atomic_load_explicit(&other->holes, memory_order_relaxed)
+                    != 0, 0) && other == &r->prod) {
+                *avail = FH__RING_HOLES_PENDING;
+                return 0;
+            }
             /* Relaxed: read back only by this side's one process. */
             atomic_store_explicit(&self->other_tail, tail, memory_order_relaxed);
             *avail = base + tail - *old_head;
@@ -340,6 +473,22 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
         atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
         return n;
     }
+    rec = *recp = fh__ring_rec();
+    if (__builtin_expect(rec != NULL, 1)) {
+        /* Relaxed: our own record; the CAS below (release) publishes these
+         * stores to any recoverer that sees the head it moved. */
+        atomic_store_explicit(&rec->ring, (uint64_t)(uintptr_t)r,
+                              memory_order_relaxed);
+        atomic_store_explicit(&rec->side, self == &r->cons,
+                              memory_order_relaxed);
+    } else {
+        /* Relaxed counter: recoverers skip the ring while it is nonzero;
+         * the CAS below orders it before our claim as for rec. */
+        atomic_fetch_add_explicit(&r->unrecorded, 1, memory_order_relaxed);
+    }
+    /* Relaxed: only a starting guess; the CAS below checks it (single: we
+     * are the only writer of self->head). */
+    *old_head = atomic_load_explicit(&self->head, memory_order_relaxed);
     do {
         uint32_t tail;
 
@@ -354,6 +503,15 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
          * the slots it is about to overwrite complete, a consumer sees the
          * producers' writes of the slots it reads. */
         tail = atomic_load_explicit(&other->tail, memory_order_acquire);
+        /* Relaxed: a hole is recorded before the tail that passes it is
+         * stored (release), so the acquire above makes it visible. */
+        if (__builtin_expect(
+                atomic_load_explicit(&other->holes, memory_order_relaxed) != 0,
+                0) && other == &r->prod) {
+            fh__ring_release_rec(r, rec);
+            *avail = FH__RING_HOLES_PENDING;
+            return 0;
+        }
         if (cached)
             /* Relaxed: keeps the single fast path's figure current (one
              * process of this side at a time on this ring). */
@@ -364,39 +522,58 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
         *avail = base + tail - *old_head;
         if (n > *avail)
             n = behavior == FH__RING_FIXED ? 0 : *avail;
-        if (n == 0)
+        if (n == 0) {
+            fh__ring_release_rec(r, rec);
             return 0;
+        }
         *new_head = *old_head + n;
+        if (rec) {
+            /* Relaxed: published by the CAS (release) below. */
+            atomic_store_explicit(&rec->start, *old_head, memory_order_relaxed);
+            atomic_store_explicit(&rec->n, n, memory_order_relaxed);
+        }
         if (single) {
             /* Relaxed: the single process of this side is the only writer
              * and reader of self->head. */
             atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
             success = 1;
         } else {
-            /* Relaxed CAS: it only reserves slots; publication happens
-             * through self->tail (release) in fh__ring_update_tail. */
+            /* Release on success: our reservation record (above) is
+             * visible to a recoverer that acquires this head or a later
+             * one (a release sequence: later CASes continue it).  Slots
+             * themselves are published through self->tail (release) in
+             * fh__ring_update_tail.  Relaxed on failure: we retry. */
             success = atomic_compare_exchange_weak_explicit(
                 &self->head, old_head, *new_head,
-                memory_order_relaxed, memory_order_relaxed);
+                memory_order_release, memory_order_relaxed);
         }
     } while (!success);
     return n;
 }
 
+/* Yields of a waiting multi-side caller between looks for a dead owner
+ * of the slots it waits for (fh__ring_stuck). */
+#define FH__RING_STUCK_YIELDS 16u
+
 /* Publish [old_val, new_val) of one side. */
-static inline void fh__ring_update_tail(struct fh_ring_headtail *ht,
+static inline void fh__ring_update_tail(struct fh_ring *r,
+                                        struct fh_ring_headtail *ht,
                                         uint32_t old_val, uint32_t new_val,
-                                        int single)
+                                        int multi)
 {
-    if (!single) {
-        unsigned spins = 0;
+    if (multi) {
+        unsigned spins = 0, yields = 0;
         /* Those that claimed slots before us publish first.  Acquire pairs
-         * with their release store below: their slot accesses then
-         * happen-before our release, so the other side, acquiring our tail,
-         * is ordered after theirs too (a plain store of ours would otherwise
-         * end their release sequence). */
-        while (atomic_load_explicit(&ht->tail, memory_order_acquire) != old_val)
+         * with their release store below (or a recoverer's CAS): their
+         * slot accesses then happen-before our release, so the other side,
+         * acquiring our tail, is ordered after theirs too (a plain store of
+         * ours would otherwise end their release sequence). */
+        while (atomic_load_explicit(&ht->tail, memory_order_acquire) != old_val) {
             fh__ring_pause(&spins);
+            if (__builtin_expect(spins == 0, 0) &&
+                ++yields % FH__RING_STUCK_YIELDS == 0)
+                fh__ring_stuck(r, ht, old_val);
+        }
     }
     /* Release pairs with the other side's acquire load of this tail in
      * fh__ring_move_head: our slot writes (enqueue) or slot
@@ -490,13 +667,19 @@ static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
                                            unsigned *free_space)
 {
     uint32_t head, next, free_entries;
+    struct fh__ring_rec *rec = NULL;
 
     n = fh__ring_move_head(r, &r->prod, &r->cons, r->capacity, is_sp, n,
                            behavior, free_space != NULL, &head, &next,
-                           &free_entries);
+                           &free_entries, &rec);
     if (n) {
         fh__ring_copy_in(r, head, objs, n);
-        fh__ring_update_tail(&r->prod, head, next, is_sp);
+        if (__builtin_expect(r->pool != 0 && (r->pool & 1) == 0, 0))
+            fh__ring_track(r, objs, n, head, 0);
+        fh__ring_update_tail(r, &r->prod, head, next, !is_sp);
+        /* The single path of fh__ring_move_head uses no record. */
+        if (!(is_sp && r->prod.single))
+            fh__ring_release_rec(r, rec);
     }
     if (free_space)
         *free_space = free_entries - n;
@@ -508,12 +691,21 @@ static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
                                            unsigned *available)
 {
     uint32_t head, next, entries;
+    struct fh__ring_rec *rec = NULL;
+
+    const unsigned want = n;
 
     n = fh__ring_move_head(r, &r->cons, &r->prod, 0, is_sc, n, behavior,
-                           available != NULL, &head, &next, &entries);
+                           available != NULL, &head, &next, &entries, &rec);
+    if (__builtin_expect(n == 0 && entries == FH__RING_HOLES_PENDING, 0))
+        return fh__ring_dequeue_holes(r, objs, want, behavior, available);
     if (n) {
         fh__ring_copy_out(r, head, objs, n);
-        fh__ring_update_tail(&r->cons, head, next, is_sc);
+        if (__builtin_expect(r->pool != 0 && (r->pool & 1) == 0, 0))
+            fh__ring_track(r, objs, n, head, 1);
+        fh__ring_update_tail(r, &r->cons, head, next, !is_sc);
+        if (!(is_sc && r->cons.single))
+            fh__ring_release_rec(r, rec);
     }
     if (available)
         *available = entries - n;

@@ -17,6 +17,7 @@ struct fh_arena_hdr {
     uint64_t mz_dir_offset;
     uint64_t data_offset;
     uint64_t max_size;
+    uint64_t ring_rec_offset;
 };
 
 const char *fh_version(void);

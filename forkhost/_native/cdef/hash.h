@@ -49,6 +49,8 @@ int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
 int fh_hash_get_key_with_position(const struct fh_hash *h, int32_t position,
                                   const void **key);
 int fh_hash_reset(struct fh_hash *h);
+int fh_hash_recover(struct fh_hash *h);
+uint32_t fh_hash_repairs(const struct fh_hash *h);
 int32_t fh_hash_count(const struct fh_hash *h);
 uint32_t fh_hash_max_entries(const struct fh_hash *h);
 uint32_t fh_hash_key_len(const struct fh_hash *h);

@@ -6,6 +6,7 @@
 #define FH_MEMPOOL_CACHE_SLOTS ...
 #define FH_MEMPOOL_COUNT_MAX ...
 #define FH_MEMPOOL_F_NO_CACHE_ALIGN ...
+#define FH_MEMPOOL_F_TRACK ...
 
 struct fh_mempool;
 
@@ -26,11 +27,14 @@ int fh_mempool_full(const struct fh_mempool *mp);
 int fh_mempool_empty(const struct fh_mempool *mp);
 int fh_mempool_cache_flush(struct fh_mempool *mp);
 unsigned fh_mempool_reclaim(struct fh_mempool *mp);
+uint64_t fh_mempool_recovered(const struct fh_mempool *mp);
+unsigned fh_mempool_held_count(const struct fh_mempool *mp, int32_t tid);
 long fh_mempool_obj_index(const struct fh_mempool *mp, const void *obj);
 void *fh_mempool_obj_at(const struct fh_mempool *mp, unsigned idx);
 unsigned fh_mempool_count(const struct fh_mempool *mp);
 unsigned fh_mempool_obj_size(const struct fh_mempool *mp);
 unsigned fh_mempool_elt_size(const struct fh_mempool *mp);
 unsigned fh_mempool_cache_size(const struct fh_mempool *mp);
+unsigned fh_mempool_flags(const struct fh_mempool *mp);
 const char *fh_mempool_name(const struct fh_mempool *mp);
 int fh_mempool_destroy(struct fh_mempool *mp);

@@ -19,6 +19,11 @@ int fh_ring_init(struct fh_ring *r, const char *name, unsigned count,
 struct fh_ring *fh_ring_create(const char *name, unsigned count,
                                unsigned elem_size, unsigned flags);
 struct fh_ring *fh_ring_lookup(const char *name);
+struct fh_mempool;
+struct fh_ring *fh_ring_create_for(const char *name, unsigned count,
+                                   unsigned flags, struct fh_mempool *mp);
+unsigned fh_ring_recover(struct fh_ring *r);
+uint64_t fh_ring_lost(const struct fh_ring *r, int which);
 
 unsigned fh_ring_mp_enqueue_bulk(struct fh_ring *r, const void *objs, unsigned n, unsigned *free_space);
 unsigned fh_ring_sp_enqueue_bulk(struct fh_ring *r, const void *objs, unsigned n, unsigned *free_space);
