@@ -143,10 +143,13 @@ class Sample:
                             w[n]["restarts"] > before[n]["restarts"]
                             for n in (name, "sink")) else None
         w = self.wait(back, f"{name} and sink restarted")
-        rec = w[name].get("reclaim")
         say(f"{name} restarted (pid {w[name]['pid']}, restart {w[name]['restarts']}), "
-            f"sink restarted (pid {w['sink']['pid']})" +
-            (f"; {name}'s reclaim report: {json.dumps(rec)}" if rec else ""))
+            f"sink restarted (pid {w['sink']['pid']})")
+        # The supervisor's reclaim(pid) of the dead worker and of the
+        # stopped sink (forkhost ps --json keeps each worker's last one).
+        for n in dict.fromkeys((name, "sink")):
+            if w[n].get("reclaim"):
+                say(f"{n}'s reclaim report: {json.dumps(w[n]['reclaim'], sort_keys=True)}")
 
     def traffic(self, packets: int) -> None:
         start = self.stats()["delivered"]
