@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,3 +89,28 @@ def arena_primary(runtime_dir: str, size: str, maximum: str):
     yield p
     code, out, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
+
+
+@contextmanager
+def fixtures_primary(runtime_dir: str):
+    """A primary whose secondaries import the modules of tests/fixtures;
+    it must stop cleanly."""
+    p = PrimaryProc(runtime_dir, env=dict(os.environ, PYTHONPATH=str(FIXTURES)))
+    yield p
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+
+
+def fixture_run(primary: PrimaryProc, module: str, name: str, *args) -> bytes:
+    """Run MODULE:NAME ARGS (tests/fixtures) as a secondary; its stdout."""
+    r = primary.run(f"{module}:{name}", *args, cwd=FIXTURES)
+    assert r.returncode == 0, (f"{name} {args} exited {r.returncode}:\n"
+                               f"{r.stdout.decode(errors='replace')}"
+                               f"{r.stderr.decode(errors='replace')}")
+    return r.stdout
+
+
+def fixture_start(primary: PrimaryProc, module: str, name: str, *args):
+    """Start MODULE:NAME ARGS as a secondary, stdout and stderr piped."""
+    return primary.popen(f"{module}:{name}", *args, cwd=FIXTURES,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -17,29 +17,22 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, LineReader, PrimaryProc, reap
+from fhtest import FIXTURES, LineReader, reap
+from shmtest import fixture_run, fixture_start, fixtures_primary
 
 
 @pytest.fixture
 def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir, env=dict(os.environ, PYTHONPATH=str(FIXTURES)))
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
-    p.stderr_text = err
+    with fixtures_primary(runtime_dir) as p:
+        yield p
 
 
 def run(primary, name, *args):
-    r = primary.run(f"shmown:{name}", *args, cwd=FIXTURES)
-    assert r.returncode == 0, (f"{name} exited {r.returncode}:\n"
-                               f"{r.stdout.decode(errors='replace')}"
-                               f"{r.stderr.decode(errors='replace')}")
-    return r.stdout
+    return fixture_run(primary, "shmown", name, *args)
 
 
 def start(primary, name):
-    return primary.popen(f"shmown:{name}", cwd=FIXTURES,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return fixture_start(primary, "shmown", name)
 
 
 def ps_json(primary):

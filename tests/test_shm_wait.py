@@ -7,33 +7,25 @@ helpers' generous timeouts)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 
 import pytest
 
-from fhtest import FIXTURES, LineReader, PrimaryProc, reap
+from fhtest import LineReader, reap
+from shmtest import fixture_run, fixture_start, fixtures_primary
 
 
 @pytest.fixture
 def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir, env=dict(os.environ, PYTHONPATH=str(FIXTURES)))
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
+    with fixtures_primary(runtime_dir) as p:
+        yield p
 
 
 def run(primary, name, *args):
-    r = primary.run(f"shmwait:{name}", *args, cwd=FIXTURES)
-    assert r.returncode == 0, (f"{name} {args} exited {r.returncode}:\n"
-                               f"{r.stdout.decode(errors='replace')}"
-                               f"{r.stderr.decode(errors='replace')}")
-    return r.stdout
+    return fixture_run(primary, "shmwait", name, *args)
 
 
 def start(primary, name, *args):
-    return primary.popen(f"shmwait:{name}", *args, cwd=FIXTURES,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return fixture_start(primary, "shmwait", name, *args)
 
 
 def finish(proc, timeout=60):

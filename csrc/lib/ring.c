@@ -604,6 +604,35 @@ static void hole_drop(struct fh_ring *r, uint32_t start, uint32_t end)
     }
 }
 
+/* Free the records of dead threads on side `side` of r whose claims lie
+ * wholly behind tail: nothing there needs them any more. */
+static void collect_dead(struct fh_ring *r, unsigned side, uint32_t tail)
+{
+    struct fh__ring_rec *t = rec_table();
+
+    for (unsigned i = 0; t && i < FH_RING_RECORDS; i++) {
+        /* Acquire: pairs with the claimer's CAS of tid. */
+        int32_t tid = atomic_load_explicit(&t[i].tid, memory_order_acquire);
+        if (tid <= 0 ||
+            atomic_load_explicit(&t[i].ring, memory_order_relaxed) != (uintptr_t)r ||
+            atomic_load_explicit(&t[i].side, memory_order_relaxed) != side)
+            continue;
+        /* Relaxed: the owner is checked dead below before we act. */
+        uint32_t n = atomic_load_explicit(&t[i].n, memory_order_relaxed);
+        uint32_t start = atomic_load_explicit(&t[i].start, memory_order_relaxed);
+        uint32_t behind = tail - start;
+        if (n == 0 || behind < n || behind >= FH_RING_SZ_MAX || !fh__task_gone(tid))
+            continue;
+        /* Relaxed: a dead thread's record; the CAS below frees it for
+         * claimers (whose acquire CAS follows our release). */
+        atomic_store_explicit(&t[i].n, 0, memory_order_relaxed);
+        /* Release: n = 0 before the record can be claimed again. */
+        atomic_compare_exchange_strong_explicit(&t[i].tid, &tid, 0,
+                                                memory_order_release,
+                                                memory_order_relaxed);
+    }
+}
+
 /*
  * One recovery step on side ht of r: if the slots at the tail belong to a
  * thread that is gone, give them up.  limit: the caller's own start (the
@@ -690,6 +719,7 @@ static uint32_t recover_step(struct fh_ring *r, struct fh_ring_headtail *ht,
     if (tracked)
         fh__mempool_return_transit(r, vals, tail, len, (int)side);
     wake_after_move(ht);
+    collect_dead(r, side, tail + len);
     return len;
 }
 
@@ -747,6 +777,9 @@ FH_API unsigned fh_ring_recover(struct fh_ring *r)
             continue;
         while ((got = recover_step(r, ht, 0, 0)) != 0)
             total += got;
+        /* Acquire: pairs with the release stores of the tail. */
+        collect_dead(r, (unsigned)side,
+                     atomic_load_explicit(&ht->tail, memory_order_acquire));
     }
     errno = saved;
     return total;
@@ -805,6 +838,11 @@ FH_API unsigned fh__ring_dequeue_holes(struct fh_ring *r, void *objs,
         struct hole hs[FH_RING_HOLES];
         /* Relaxed: a guess the CAS checks. */
         uint32_t head = atomic_load_explicit(&r->cons.head, memory_order_relaxed);
+        /* A single consumer starts from its tail, as inline (relaxed: it
+         * is that side's only writer). */
+        if (r->cons.single &&
+            atomic_load_explicit(&r->cons.tail, memory_order_relaxed) != head)
+            head = fh__ring_single_restart(r, &r->cons);
         /* Order the head load before the tail load, as inline. */
         atomic_thread_fence(memory_order_acquire);
         /* Acquire pairs with the producers' (and recoverers') release of
