@@ -64,26 +64,30 @@ def reclaim(pid: int) -> ReclaimReport:
     except ForkhostError:
         return rep                  # no arena mapped here
     rep.tracked = True
-    objects = rep.reclaimed.setdefault("mempool objects", 0)
-    locks = rep.reclaimed.setdefault("hash writer locks", 0)
-    slots = rep.lost.setdefault("ring slots", 0)
-    # Rings first: their recovery returns objects to the pools they carry.
-    for kind, prefix in (("ring", RING_PREFIX), ("pool", POOL_PREFIX),
-                         ("hash", HASH_PREFIX)):
+    objects = cached = locks = slots = 0
+
+    def each(prefix, cls):
         for z in zones:
-            if not z.startswith(prefix):
-                continue
-            name = z[len(prefix):]
-            try:
-                if kind == "ring":
-                    slots += shm.Ring.lookup(name).recover()
-                elif kind == "pool":
-                    objects += shm.Mempool.lookup(name).reclaim()
-                else:
-                    locks += shm.HashTable.lookup(name).recover()
-            except ForkhostError:
-                continue            # destroyed meanwhile, or not usable here
-    rep.reclaimed.update({"mempool objects": objects, "hash writer locks": locks})
+            if z.startswith(prefix):
+                try:
+                    yield cls.lookup(z[len(prefix):])
+                except ForkhostError:
+                    continue        # destroyed meanwhile, or not usable here
+
+    pools = list(each(POOL_PREFIX, shm.Mempool))
+    before = [mp.recovered for mp in pools]
+    # Rings first: their recovery gives objects back to the pools they carry.
+    for r in each(RING_PREFIX, shm.Ring):
+        slots += r.recover()
+    for mp, b in zip(pools, before):
+        back = mp.reclaim()         # dead threads' caches, dead holders' objects
+        got = mp.recovered - b      # dead holders' and unfinished calls' objects
+        objects += got
+        cached += max(0, back - got)
+    for h in each(HASH_PREFIX, shm.HashTable):
+        locks += h.recover()
+    rep.reclaimed.update({"mempool objects": objects, "cached objects": cached,
+                          "hash writer locks": locks})
     rep.lost["ring slots"] = slots
     return rep
 
