@@ -11,9 +11,9 @@ import importlib
 
 # Names are imported when first used (PEP 562), so that `forkhost run`,
 # `forkhost ps` and the other commands that only talk to a primary do not
-# load the native library, the shared-memory layer and the primary:
-# importing them all here made `import forkhost.cli` take about 65 ms
-# instead of 35.
+# load the native library, the shared-memory layer and the primary, which
+# would double the import time of `forkhost.cli` (docs/performance.md,
+# "Single launches").
 _FROM = {
     "client": ("Secondary", "info", "launch"),
     "errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
@@ -51,7 +51,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE) | set(_SUBMODULES))
 
 
-TYPE_CHECKING = False  # typing's own costs 10 ms; checkers know this name
+TYPE_CHECKING = False  # not typing's: importing typing is slow; checkers know this name
 if TYPE_CHECKING:      # what static tools see: the names above, eagerly
     from . import shm
     from .client import Secondary, info, launch

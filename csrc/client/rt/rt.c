@@ -4,11 +4,10 @@
  * other machines build_native.py links libc statically as before).
  *
  * Why: a launch is a whole client process, and starting a process is most
- * of what a launch costs.  A static glibc binary that does nothing takes
- * 26 page faults and about 0.3 ms of CPU to start and exit (TLS and
- * IRELATIVE set-up, tunables, stdio, atexit), about 0.5 ms of wall time per
- * run on a 2-vCPU VM where a fault costs ~10 us; this runtime takes a
- * handful of faults (docs/architecture.md, "The client").
+ * of what a launch costs.  A static glibc binary that does nothing still
+ * pays for TLS and IRELATIVE set-up, tunables, stdio and atexit, in page
+ * faults and CPU; this runtime takes a handful of faults (the figures:
+ * docs/architecture.md, "The client").
  *
  * Every function here has the prototype the system headers declare, so
  * forkhost-run.c is one source for both builds and calls what it always
