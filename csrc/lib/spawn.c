@@ -21,7 +21,7 @@
 #include "forkhost/spawn.h"
 #include "forkhost/client.h"
 #include "forkhost/entry.h"
-#include "forkhost/member.h"
+#include "forkhost/hotset.h"
 #include "forkhost/proto.h"
 #include "init_internal.h"
 #include "spawn_internal.h"
@@ -1323,7 +1323,7 @@ FH_API void fh_exit_report(int report_fd, int code)
              * primary's.  Let the client run first: it has its status. */
             sched_yield();
         }
-        fh_member_learn();   /* the client has its status: time is ours */
+        fh__hotset_learn();  /* the client has its status: time is ours */
     }
     _exit(code);
 }

@@ -13,7 +13,7 @@ ROOT = HERE.parent.parent
 
 # A declaration must come before the ones that use it: these first, in
 # this order, then the rest by name.
-FIRST = ["spawn.h", "request.h", "member.h", "template.h"]
+FIRST = ["spawn.h", "request.h", "hotset.h", "member.h", "template.h"]
 
 ffi = FFI()
 for name in FIRST + sorted(p.name for p in (HERE / "cdef").glob("*.h")
