@@ -242,9 +242,10 @@ static int took(struct fh_member *m, const struct fh_launch_view *v,
      * Python entry: sys.path[0] is usually that directory.  The entry and
      * argv[0] lie back to back in the record ("entry\0argv0"). */
     int fds[2] = { m->conn, m->fds[0] };
+    struct fh_took tk = { v->launch.flags };
     size_t len = strlen(v->entry) + 1 + strlen(v->strings);
-    int rc = fh__send_record(m->ctl_fd, FH_CTL_TOOK, &v->launch.flags,
-                             sizeof v->launch.flags, v->entry, len, fds,
+    int rc = fh__send_record(m->ctl_fd, FH_CTL_TOOK, &tk, sizeof tk,
+                             v->entry, len, fds,
                              python && m->nfds > 0 ? 2 : 1, 0);
 
     notify(m, 1);

@@ -40,8 +40,8 @@
 #endif
 
 enum fh_ctl_type {
-    FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), the
-                               entry, a NUL, argv[0];
+    FH_CTL_TOOK    = 0x11,  /* body: struct fh_took, the entry, a NUL,
+                               argv[0];
                                fds: the client's connection, then for a
                                Python entry the client's cwd */
     FH_CTL_BUSY    = 0x12,  /* no body, no fds */
@@ -62,6 +62,10 @@ enum fh_ctl_type {
  * peer's share of waiting connections) and is idle again, so idle
  * connections cannot park every member. */
 #define FH_MEMBER_PARK_MS 50
+
+struct fh_took {             /* TOOK's body: this, then "entry\0argv0" */
+    uint32_t flags;          /* the LAUNCH's flags (FH_LAUNCH_*) */
+};
 
 struct fh_handoff {          /* 16 bytes, after the header */
     uint32_t mflags;         /* recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) */
