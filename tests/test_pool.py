@@ -602,6 +602,35 @@ def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
     assert (r.returncode, r.stdout) == (0, b"False\n"), r.stderr
 
 
+_NAMES_AHEAD = """
+import sys
+from forkhost import _readahead
+d = sys.argv[1]
+print(_readahead.prepare_finder(d),
+      _readahead.prefetch_entry(d, "s.py:", False, []),
+      _readahead.prefetch_entry(d, "m:f", False, []),
+      _readahead.prefetch_entry(d, "-m", False, []),
+      _readahead.prefetch_entry(d, "/bin/true", False, []))
+print(_readahead.prefetched())
+"""
+
+
+def test_read_ahead_names_an_entry_as_a_launch_does(tmp_path):
+    """The template's read-ahead asks the launch's own classifier (C's
+    fh_entry_decide) what an entry names: 's.py:' is the script s.py (the
+    path a secondary then loads), 'm:f' the module m, a name that is no
+    file and no MODULE:FUNCTION nothing, an ELF file nothing to read."""
+    (tmp_path / "s.py").write_text("print('s')\n")
+    (tmp_path / "m.py").write_text("def f(argv):\n    return 0\n")
+    time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    r = subprocess.run([sys.executable, "-B", "-c", _NAMES_AHEAD, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = str(tmp_path)
+    assert r.stdout.splitlines() == [
+        "True True True False False", str([f"m ({d})", f"s.py ({d})"])]
+
+
 # -- the hot set, in C, between two forks of this process -------------------------
 
 _PAGES = 64

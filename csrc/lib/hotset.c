@@ -216,7 +216,7 @@ FH_API long fh_member_prefault(void)
     /* A launch is to be learned from: stay a plain fork, so that if this
      * member's is the one, the set becomes what a launch made private,
      * and not the copied set plus that (which could only ever grow).
-     * relaxed: a hint; fh_member_learn takes the ticket. */
+     * relaxed: a hint; fh__hotset_learn takes the ticket. */
     if (atomic_load_explicit(&g_hot->learn, memory_order_relaxed) > 0)
         return 0;
     do {
