@@ -249,7 +249,7 @@ def _check_entry(w: Worker, where: str) -> None:
     (forkhost's own classification, as a launch makes it, from the
     worker's cwd) and, for a Python module or function, that its top-level
     package can be found."""
-    from . import entries
+    from . import _classify
     label = _label(w, where)
     cwd_fd = None
     try:
@@ -259,8 +259,8 @@ def _check_entry(w: Worker, where: str) -> None:
             except OSError as err:
                 raise ConfigError(f"{label}cwd {w.cwd}: {err.strerror}") from None
         try:
-            target = entries.classify(w.entry, w.module, cwd_fd)
-        except entries.EntryError as err:
+            target = _classify.classify(w.entry, w.module, cwd_fd)
+        except _classify.EntryError as err:
             raise ConfigError(f"{label}entry {w.entry!r}: {err}") from None
         except ValueError as err:
             raise ConfigError(f"{label}entry {w.entry!r}: {err}") from None
@@ -272,7 +272,7 @@ def _check_entry(w: Worker, where: str) -> None:
         if value is not None and value != "stdout" and \
                 not os.path.isdir(os.path.dirname(os.path.abspath(value))):
             raise ConfigError(f"{label}{key}: no directory for {value}")
-    if target.kind in (entries.MODULE, entries.FUNCTION):
+    if target.kind in (_classify.MODULE, _classify.FUNCTION):
         top = target.name.partition(".")[0]
         search = ([w.cwd] if w.cwd else [os.getcwd()]) + sys.path
         if top not in sys.modules and \

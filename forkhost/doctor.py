@@ -263,7 +263,7 @@ def doctor_entry(entry: str, prefix: str | None = None, runtime_dir=None,
     The check runs in a secondary of the prefix's primary, launched like
     any entry, with this process's environment and cwd; without a primary,
     in a forked child of this process, which the output says."""
-    from . import entries
+    from . import _classify
     shown = f"-m {entry}" if module else entry
     try:
         p = runtime.paths(prefix, runtime_dir)
@@ -271,8 +271,8 @@ def doctor_entry(entry: str, prefix: str | None = None, runtime_dir=None,
         print(f"FAIL  {err}")
         return 1
     try:
-        target = entries.classify(entry, module, None)
-    except entries.EntryError as err:
+        target = _classify.classify(entry, module, None)
+    except _classify.EntryError as err:
         # What the template answers before any secondary exists: its
         # classifier, on this cwd.
         print(f"INFO  classified {shown} here, as the template classifies a "
@@ -284,7 +284,7 @@ def doctor_entry(entry: str, prefix: str | None = None, runtime_dir=None,
         return 1
     cfg = runtime.read_config(p)
     live = cfg is not None and runtime.pid_alive(cfg.get("pid", 0))
-    native = target.kind == entries.NATIVE
+    native = target.kind == _classify.NATIVE
     if native and not (live and "python" in cfg):
         # A primary that runs no Python (a C program serving entries) has
         # libforkhost among its program's own libraries: the check loads

@@ -11,12 +11,12 @@ ENTRY with the code a launch uses and stops before running it:
   loads it as fh_entry_load() does (its ELF constructors run, as at a
   launch; its symbol is not called);
 - a script (source, ``.pyc``, a directory or zip file with ``__main__.py``):
-  ``entries.load_script``, which reads and compiles it;
-- ``-m MODULE``: ``entries.load_module``, which finds and compiles it (the
+  ``_load.load_script``, which reads and compiles it;
+- ``-m MODULE``: ``_load.load_module``, which finds and compiles it (the
   parent packages of a dotted name are imported, as ``python -m`` imports
   them before it runs anything);
 - ``MODULE:FUNCTION``: a module the primary imported already is asked as a
-  launch asks it (``entries.import_function``); any other is found and
+  launch asks it (``_load.import_function``); any other is found and
   compiled but not imported, since importing runs it, and FUNCTION is looked
   for among the names its code binds at top level.
 
@@ -34,7 +34,7 @@ import os
 import sys
 import types
 
-from . import entries
+from . import _classify, _load, _pyfile
 from .errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
 
 PREFIX = "entry-check"
@@ -69,21 +69,21 @@ def check(entry: str, module: bool = False) -> tuple[int, str | None, str]:
     """(exit status, cause, message) for ``entry``; for a native entry the
     cause is None: fh_entry_check() has printed its line."""
     try:
-        target = entries.classify(entry, module, None)
-    except entries.EntryError as err:
+        target = _classify.classify(entry, module, None)
+    except _classify.EntryError as err:
         cause = "not-found" if err.exit_code == EXIT_NOT_FOUND else "not-elf"
         return err.exit_code, cause, str(err)
     except ValueError as err:          # a NUL: no launch can even send it
         return EXIT_NOT_FOUND, "not-found", f"entry {entry!r}: {err}"
-    if target.kind == entries.NATIVE:
+    if target.kind == _classify.NATIVE:
         return _native(entry), None, ""
     try:
-        if target.kind == entries.SCRIPT:
+        if target.kind == _classify.SCRIPT:
             return 0, "ok", _script(target.path)
-        if target.kind == entries.MODULE:
+        if target.kind == _classify.MODULE:
             return 0, "ok", _module(target.name)
         return _function(target)
-    except entries.EntryError as err:
+    except _classify.EntryError as err:
         return err.exit_code, *_failure(err, target)
 
 
@@ -96,7 +96,7 @@ def _native(entry: str) -> int:
 
 
 def _script(path: str) -> str:
-    script = entries.load_script(path)
+    script = _load.load_script(path)
     main = script.main
     if main.__spec__ is not None:
         return (f"{path!r} runs {main.__spec__.origin} as __main__, which "
@@ -108,7 +108,7 @@ def _script(path: str) -> str:
 
 
 def _module(name: str) -> str:
-    _, main = entries.load_module(name)
+    _, main = _load.load_module(name)
     return f"module {name!r} is {main.__file__}, which {_reads(main.__loader__)}"
 
 
@@ -118,7 +118,7 @@ def _reads(loader) -> str:
             else "compiles")
 
 
-def _function(target: entries.Target) -> tuple[int, str, str]:
+def _function(target: _classify.Target) -> tuple[int, str, str]:
     """MODULE:FUNCTION without running the module."""
     name, first = target.name, target.symbol.split(".")[0]
     where = f"{target.name}:{target.symbol}"
@@ -126,8 +126,8 @@ def _function(target: entries.Target) -> tuple[int, str, str]:
         # Imported in the primary already: a launch imports nothing, and
         # neither does this.
         try:
-            entries.import_function(target)
-        except entries.EntryError as err:
+            _load.import_function(target)
+        except _classify.EntryError as err:
             return err.exit_code, ("no-attribute" if err.exit_code == EXIT_NOT_FOUND
                                    else "not-callable"), str(err)
         return 0, "ok", (f"{where} is callable (module {name!r} is one the "
@@ -137,7 +137,7 @@ def _function(target: entries.Target) -> tuple[int, str, str]:
         code = spec.loader.get_code(spec.name) if hasattr(spec.loader, "get_code") \
             else None
     except Exception as err:
-        raise entries.EntryError(f"module {name!r} cannot be imported",
+        raise _classify.EntryError(f"module {name!r} cannot be imported",
                                  EXIT_CANNOT_RUN) from err
     if code is None:
         return 0, "unverified", (f"module {name!r} is {spec.origin}, whose "
@@ -158,19 +158,19 @@ def _function(target: entries.Target) -> tuple[int, str, str]:
 
 
 def _find_spec(name: str):
-    """The module's spec, failing as entries.import_function would."""
+    """The module's spec, failing as _load.import_function would."""
     try:
         spec = importlib.util.find_spec(name)
     except ModuleNotFoundError as err:
-        if not entries._not_found_name(err, name):
-            raise entries.EntryError(f"module {name!r} cannot be imported",
+        if not _load._not_found_name(err, name):
+            raise _classify.EntryError(f"module {name!r} cannot be imported",
                                      EXIT_CANNOT_RUN) from err
         spec = None
     except Exception as err:       # a parent package failed to import
-        raise entries.EntryError(f"module {name!r} cannot be imported",
+        raise _classify.EntryError(f"module {name!r} cannot be imported",
                                  EXIT_CANNOT_RUN) from err
     if spec is None:
-        raise entries.EntryError(f"module {name!r} not found (searched the "
+        raise _classify.EntryError(f"module {name!r} not found (searched the "
                                  f"client's cwd, PYTHONPATH and the primary's "
                                  f"sys.path)", EXIT_NOT_FOUND)
     return spec
@@ -192,12 +192,12 @@ def _binds(code: types.CodeType, name: str) -> int | bool | None:
     return None if unknown else False
 
 
-def _failure(err: entries.EntryError, target: entries.Target) -> tuple[str, str]:
+def _failure(err: _classify.EntryError, target: _classify.Target) -> tuple[str, str]:
     """(cause, message) for a Python entry a launch could not run."""
     cause = err.__cause__
     if err.exit_code == EXIT_NOT_FOUND:
         return "not-found", str(err)
-    if target.kind == entries.SCRIPT and cause is None:
+    if target.kind == _classify.SCRIPT and cause is None:
         magic = _pyc_magic(target.path)
         if magic is not None and magic != _MAGIC:
             return "pyc-magic", (f"{err}: the file is for {_python_of(magic)} "
@@ -205,7 +205,7 @@ def _failure(err: entries.EntryError, target: entries.Target) -> tuple[str, str]
                                  f"{_this_python()}")
         if magic is not None:
             return "pyc-bad", str(err)
-    if target.kind == entries.MODULE and cause is None and _is_package(target.name):
+    if target.kind == _classify.MODULE and cause is None and _is_package(target.name):
         return "package-no-main", str(err)
     if isinstance(cause, SyntaxError) or (
             isinstance(cause, ValueError) and "null bytes" in str(cause)):
@@ -233,7 +233,7 @@ def _pyc_magic(path: str) -> int | None:
             head = f.read(4)
     except OSError:
         return None
-    if not entries._is_pyc(path, head) or len(head) < 2:
+    if not _pyfile.is_pyc(path, head) or len(head) < 2:
         return None
     return int.from_bytes(head[:2], "little")
 

@@ -32,7 +32,7 @@ from . import _wire, runtime
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
 from . import shm  # noqa: F401
-from ._native import LIBRARY, ffi, lib
+from ._native import LIBRARY, ffi, lib, library_base
 from ._supervise import Worker  # noqa: F401  (forkhost.primary.Worker)
 from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)
@@ -139,17 +139,6 @@ def check_single_threaded() -> None:
                 "OPENBLAS_NUM_THREADS=1 (or OMP_NUM_THREADS=1) in the "
                 "primary's environment to avoid it")
     raise NotSingleThreadedError(msg)
-
-
-def _library_base() -> int:
-    """Where libforkhost.so is mapped (file offset 0), from /proc/self/maps."""
-    path = os.path.realpath(LIBRARY)
-    with open("/proc/self/maps") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 6 and parts[5] == path and int(parts[2], 16) == 0:
-                return int(parts[0].split("-")[0], 16)
-    return 0
 
 
 class Primary:
@@ -310,7 +299,7 @@ class Primary:
                       "fd": lib.fh_arena_fd()},
             "library": {"path": os.path.realpath(LIBRARY),
                         "version": ffi.string(lib.fh_version()).decode(),
-                        "base": _library_base()},
+                        "base": library_base()},
             "python": {"executable": sys.executable,
                        "version": sys.version.split()[0]},
             "preload": self.preload,

@@ -33,7 +33,7 @@ import time
 # "Single launches").
 import _signal
 
-from . import entries
+from . import _classify, _load, _pyfile
 from ._native import _pystack, ffi, lib
 from .errors import EXIT_FORKHOST
 from .protocol import HDR, LAUNCH, Launch, header
@@ -309,7 +309,7 @@ def _exit_code_of(exc: SystemExit) -> int:
 # Frames a traceback starts with that are forkhost's or the import
 # system's, not the entry's: the interpreter leaves the import system's out
 # of an `import` statement's tracebacks too.
-_HIDDEN_FILES = (__file__, entries.__file__, importlib.__file__,
+_HIDDEN_FILES = (__file__, _load.__file__, _pyfile.__file__, importlib.__file__,
                  "<frozen importlib._bootstrap>",
                  "<frozen importlib._bootstrap_external>")
 
@@ -357,13 +357,13 @@ def _run_module_as_main(name: str, spec, code, alter_argv: bool):
     return runpy._run_module_as_main, (name if alter_argv else "__main__", alter_argv)
 
 
-def _entry_call(target: entries.Target, argv: list[str], env):
+def _entry_call(target: _classify.Target, argv: list[str], env):
     """What the secondary evaluates on its own stack (_pystack.run): (code,
     __main__'s dict) for a script, as ``python PATH`` evaluates it;
     (callable, args) for a module, a directory or zip file (through runpy,
     as python runs them) and a function."""
-    if target.kind == entries.SCRIPT:
-        script = entries.load_script(target.path)
+    if target.kind == _classify.SCRIPT:
+        script = _load.load_script(target.path)
         _set_path(script.path0, env)
         sys.argv = argv
         spec = script.main.__spec__
@@ -375,12 +375,12 @@ def _entry_call(target: entries.Target, argv: list[str], env):
     except FileNotFoundError:        # python -m from a deleted directory
         cwd = None
     _set_path(cwd, env)
-    if target.kind == entries.FUNCTION:
-        return entries.import_function(target), (argv,)
+    if target.kind == _classify.FUNCTION:
+        return _load.import_function(target), (argv,)
     sys.argv = argv
     try:
-        code, main = entries.load_module(target.name)
-    except entries.EntryError as exc:
+        code, main = _load.load_module(target.name)
+    except _classify.EntryError as exc:
         if not exc.as_python:
             raise
         # It does not compile: runpy finds it and says so, as python does.
@@ -389,13 +389,13 @@ def _entry_call(target: entries.Target, argv: list[str], env):
     return _run_module_as_main(spec.name, spec, code, True)
 
 
-def _orig_argv(target: entries.Target, argv: list[str]) -> list[str]:
+def _orig_argv(target: _classify.Target, argv: list[str]) -> list[str]:
     """sys.orig_argv of ``python SCRIPT ARGS`` or ``python -m NAME ARGS``
     (the interpreter named as sys.executable); for a function entry, what
     the client was asked to run."""
-    if target.kind == entries.SCRIPT:
+    if target.kind == _classify.SCRIPT:
         return [sys.executable, *argv]
-    if target.kind == entries.MODULE:
+    if target.kind == _classify.MODULE:
         return [sys.executable, "-m", target.name, *argv[1:]]
     return list(argv)
 
@@ -443,12 +443,12 @@ def _finalize() -> None:
     _flush_stdio()
 
 
-_KINDS = {lib.FH_ENTRY_FUNCTION: entries.FUNCTION,
-          lib.FH_ENTRY_SCRIPT: entries.SCRIPT,
-          lib.FH_ENTRY_MODULE: entries.MODULE}
+_KINDS = {lib.FH_ENTRY_FUNCTION: _classify.FUNCTION,
+          lib.FH_ENTRY_SCRIPT: _classify.SCRIPT,
+          lib.FH_ENTRY_MODULE: _classify.MODULE}
 
 
-def taken_launch(run) -> tuple[Launch, entries.Target]:
+def taken_launch(run) -> tuple[Launch, _classify.Target]:
     """The request and the target of a Python launch taken in C (struct
     fh_taken_launch: parsed, checked and classified there)."""
     view, launch = run.view, run.view.launch
@@ -461,14 +461,14 @@ def taken_launch(run) -> tuple[Launch, entries.Target]:
     t = run.target
     kind = _KINDS[t.kind]
     name = os.fsdecode(ffi.string(t.name))
-    if kind == entries.SCRIPT:
-        return req, entries.Target(kind, path=name)
-    if kind == entries.MODULE:
-        return req, entries.Target(kind, name=name)
-    return req, entries.Target(kind, name=name, symbol=ffi.string(t.symbol).decode())
+    if kind == _classify.SCRIPT:
+        return req, _classify.Target(kind, path=name)
+    if kind == _classify.MODULE:
+        return req, _classify.Target(kind, name=name)
+    return req, _classify.Target(kind, name=name, symbol=ffi.string(t.symbol).decode())
 
 
-def finish(req: Launch, target: entries.Target, spec):
+def finish(req: Launch, target: _classify.Target, spec):
     """Run a Python entry as the secondary and exit with its status,
     reported on spec.report_fd (and to the client on spec.client_fd).
     fh_child_setup(spec) is done (in C).  Never returns."""
@@ -476,7 +476,7 @@ def finish(req: Launch, target: entries.Target, spec):
     if isinstance(entry, int):
         lib.fh_exit_report(spec.report_fd, entry)       # exits
     call, arg = entry
-    function = target.kind == entries.FUNCTION
+    function = target.kind == _classify.FUNCTION
 
     def done(result, exc):
         try:
@@ -490,7 +490,7 @@ def finish(req: Launch, target: entries.Target, spec):
     _pystack.run(call, arg, done, EXIT_FORKHOST)
 
 
-def start(req: Launch, target: entries.Target, spec):
+def start(req: Launch, target: _classify.Target, spec):
     """Become the secondary and load the entry: returns what to evaluate
     (_entry_call), or the exit status when it cannot run."""
     if not prepared:
@@ -513,7 +513,7 @@ def start(req: Launch, target: entries.Target, spec):
     sys.orig_argv = _orig_argv(target, argv)
     try:
         return _entry_call(target, argv, env)
-    except entries.EntryError as exc:
+    except _classify.EntryError as exc:
         if exc.as_python:             # python's own words and status
             return end(None, exc.__cause__, False)
         if exc.__cause__ is not None:

@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 
-from . import entries, secondary
+from . import _readahead, secondary
 from ._native import ffi, lib
 from .errors import EXIT_FORKHOST
 
@@ -122,7 +122,7 @@ class _ReadAhead:
         if now >= cls.until:
             try:
                 with open("/proc/self/mountinfo") as f:
-                    cls.mounts = entries.parse_mounts(f.read())
+                    cls.mounts = _readahead.parse_mounts(f.read())
             except OSError:
                 cls.mounts = []
             cls.until = now + MOUNTS_TTL
@@ -141,8 +141,8 @@ def fh_py_read_ahead(cwd_fd, entry, module_flag):
         mounts = _ReadAhead.current_mounts()
         # Not on a network filesystem: a server could keep the template
         # waiting.
-        if not entries.on_remote_fs(path, mounts) and entries.prepare_finder(path):
-            entries.prefetch_entry(path, name, bool(module_flag), mounts)
+        if not _readahead.on_remote_fs(path, mounts) and _readahead.prepare_finder(path):
+            _readahead.prefetch_entry(path, name, bool(module_flag), mounts, cwd_fd)
     except Exception as exc:       # a bug of ours; say it, do not stop
         print(f"forkhost template: reading ahead for {name!r}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -152,8 +152,8 @@ def fh_py_read_ahead(cwd_fd, entry, module_flag):
 def fh_py_info_extra(buf, size):
     """INFO's members that only Python knows."""
     try:
-        text = json.dumps({"import_dirs": entries.import_dirs(),
-                           "prefetched": entries.prefetched()})[1:-1].encode()
+        text = json.dumps({"import_dirs": _readahead.import_dirs(),
+                           "prefetched": _readahead.prefetched()})[1:-1].encode()
     except Exception:
         return 0
     if len(text) >= size:

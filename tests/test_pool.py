@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import forkhost
-from forkhost import entries, protocol
+from forkhost import _readahead, protocol
 from forkhost._native import ffi, lib
 import fhtest
 from fhtest import FIXTURES, PrimaryProc, children_of, entry, wait_until
@@ -263,7 +263,7 @@ def test_members_inherit_import_finders_for_client_dirs(primary, tmp_path):
 
 
 def test_import_finders_are_kept_for_the_most_recent_dirs(primary, tmp_path, native_so):
-    FINDER_DIRS = entries.PREFETCH_MAX
+    FINDER_DIRS = _readahead.PREFETCH_MAX
     dirs = []
     for i in range(FINDER_DIRS + 2):
         d = tmp_path / f"d{i}"
@@ -332,11 +332,11 @@ class Opens:
 
 def _settled_module(d, name: str, text: str) -> None:
     """Write d/name.py (and its .pyc) and wait until the template would
-    trust their timestamps (entries.PREFETCH_SETTLED_NS)."""
+    trust their timestamps (_readahead.PREFETCH_SETTLED_NS)."""
     import py_compile
     (d / f"{name}.py").write_text(text)
     py_compile.compile(str(d / f"{name}.py"), doraise=True)
-    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
 
 
 def _prefetched(primary) -> list[str]:
@@ -391,7 +391,7 @@ def test_the_clients_pythondontwritebytecode_decides_the_pyc(runtime_dir, tmp_pa
     def source_only(d, name):
         d.mkdir()
         (d / f"{name}.py").write_text("def main(argv):\n    return 0\n")
-        time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+        time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
         return d / "__pycache__"
 
     def run(p, d, entry, dont_write: bool):
@@ -472,7 +472,7 @@ def test_a_script_compiled_ahead_runs_as_when_compiled_at_launch(primary, tmp_pa
     d = tmp_path / "app"
     d.mkdir()
     (d / "fhscript.py").write_text(_SHOW_SCRIPT.format(tag="v1"))
-    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
     opens = Opens(d)
     first = primary.run("fhscript.py", "a", cwd=d)
     # The classification opens it (is it ELF?), and so does the compile.
@@ -520,9 +520,9 @@ def test_only_plain_modules_are_read_ahead(primary, tmp_path):
     assert primary.run("json:main", cwd=d).stdout != b"shadow\n"
     assert primary.run("fhpre_none:main", cwd=d).returncode == 127
     # A script too big to compile in the template's loop.
-    (d / "big.py").write_text(("#" * 99 + "\n") * (entries.PREFETCH_MAX_BYTES // 100 + 1) +
+    (d / "big.py").write_text(("#" * 99 + "\n") * (_readahead.PREFETCH_MAX_BYTES // 100 + 1) +
                               "print('big')\n")
-    time.sleep(entries.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
     for _ in range(2):
         assert primary.run("big.py", cwd=d).stdout == b"big\n"
     time.sleep(0.1)
@@ -542,8 +542,8 @@ _MOUNTINFO = """\
 
 def test_the_template_reads_ahead_nothing_on_network_or_fuse_filesystems():
     # The mount-table logic alone: no network filesystem is mounted here.
-    mounts = entries.parse_mounts(_MOUNTINFO)
-    remote = {path: entries.on_remote_fs(path, mounts) for path in (
+    mounts = _readahead.parse_mounts(_MOUNTINFO)
+    remote = {path: _readahead.on_remote_fs(path, mounts) for path in (
         "/home/me/app", "/mnt/nfs", "/mnt/nfs/app/x.py", "/mnt/nfs/scratch/x.py",
         "/mnt/a b/x.py", "/mnt/a", "/data/x.py", "/mnt/nfsish/x.py")}
     assert remote == {
@@ -553,11 +553,11 @@ def test_the_template_reads_ahead_nothing_on_network_or_fuse_filesystems():
         "/data/x.py": False,                   # xfs mounted over the NFS mount
         "/mnt/nfsish/x.py": False}
     # A script named from a local directory but lying on NFS is not read.
-    assert not entries.prefetch_entry("/home/me", "/mnt/nfs/app/x.py", False, mounts)
+    assert not _readahead.prefetch_entry("/home/me", "/mnt/nfs/app/x.py", False, mounts)
     # This machine's own table parses (what is remote here is the
     # machine's business, not the test's).
     with open("/proc/self/mountinfo") as f:
-        assert "/" in {point for point, _ in entries.parse_mounts(f.read())}
+        assert "/" in {point for point, _ in _readahead.parse_mounts(f.read())}
 
 
 def test_the_template_runs_no_import_hook_a_preload_installed(runtime_dir, tmp_path):
@@ -596,10 +596,39 @@ def test_a_fifo_named_as_a_script_is_not_waited_for(tmp_path):
     # test instead of hanging it).
     os.mkfifo(tmp_path / "s.py")
     r = subprocess.run(
-        [sys.executable, "-c", "import sys; from forkhost import entries; "
-         "print(entries.prefetch_script(sys.argv[1], 's.py'))", str(tmp_path)],
+        [sys.executable, "-c", "import sys; from forkhost import _readahead; "
+         "print(_readahead.prefetch_script(sys.argv[1], 's.py'))", str(tmp_path)],
         capture_output=True, timeout=20, cwd=tmp_path)   # not the source tree
     assert (r.returncode, r.stdout) == (0, b"False\n"), r.stderr
+
+
+_NAMES_AHEAD = """
+import sys
+from forkhost import _readahead
+d = sys.argv[1]
+print(_readahead.prepare_finder(d),
+      _readahead.prefetch_entry(d, "s.py:", False, []),
+      _readahead.prefetch_entry(d, "m:f", False, []),
+      _readahead.prefetch_entry(d, "-m", False, []),
+      _readahead.prefetch_entry(d, "/bin/true", False, []))
+print(_readahead.prefetched())
+"""
+
+
+def test_read_ahead_names_an_entry_as_a_launch_does(tmp_path):
+    """The template's read-ahead asks the launch's own classifier (C's
+    fh_entry_decide) what an entry names: 's.py:' is the script s.py (the
+    path a secondary then loads), 'm:f' the module m, a name that is no
+    file and no MODULE:FUNCTION nothing, an ELF file nothing to read."""
+    (tmp_path / "s.py").write_text("print('s')\n")
+    (tmp_path / "m.py").write_text("def f(argv):\n    return 0\n")
+    time.sleep(_readahead.PREFETCH_SETTLED_NS / 1e9 + 0.05)
+    r = subprocess.run([sys.executable, "-B", "-c", _NAMES_AHEAD, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = str(tmp_path)
+    assert r.stdout.splitlines() == [
+        "True True True False False", str([f"m ({d})", f"s.py ({d})"])]
 
 
 # -- the hot set, in C, between two forks of this process -------------------------

@@ -1,7 +1,7 @@
 """The one parser and the one classifier of requests (csrc/lib/request.c,
 forkhost/request.h), from Python: fh_request_check() and
 fh_request_message() on hypothesis-generated records, fh_entry_decide()
-(entries.classify()) on generated entries over real files.
+(_classify.classify()) on generated entries over real files.
 
 The expected verdicts are computed here, by a plain model of the rules
 (docs/protocol.md, docs/cli.md): what the Python parser and classifier
@@ -21,7 +21,7 @@ import unicodedata
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from forkhost import entries, protocol
+from forkhost import _classify, protocol
 from forkhost._native import ffi, lib
 from request_model import expected
 
@@ -171,7 +171,7 @@ HINT = "; for a module use '-m MODULE' or 'MODULE:FUNCTION'"
 
 def expected_target(entry: str, module: bool, cwd_fd: int):
     """docs/cli.md's entry forms, decided with os.stat and a 4-byte read:
-    an entries.Target, or (exit code, message).  re's '$' matches before a
+    an _classify.Target, or (exit code, message).  re's '$' matches before a
     final newline, and so "mod\\n" is a module name (as it always was)."""
     def ftype(path):
         try:
@@ -192,17 +192,17 @@ def expected_target(entry: str, module: bool, cwd_fd: int):
     if module:
         if not _DOTTED.match(entry):
             return (127, f"invalid module name {entry!r}")
-        return entries.Target(entries.MODULE, name=entry)
+        return _classify.Target(_classify.MODULE, name=entry)
     kind = ftype(entry)
     if kind not in (0, stat.S_IFREG):
-        return entries.Target(entries.SCRIPT, path=entry)
+        return _classify.Target(_classify.SCRIPT, path=entry)
     path, symbol = entry, None
     if kind == 0:
         head, sep, tail = entry.rpartition(":")
         if sep and head and ftype(head) == stat.S_IFREG:
             path, symbol = head, tail or None
         elif sep and head and tail and _DOTTED.match(head) and _DOTTED.match(tail):
-            return entries.Target(entries.FUNCTION, name=head, symbol=tail)
+            return _classify.Target(_classify.FUNCTION, name=head, symbol=tail)
         else:
             try:
                 where = os.readlink(f"/proc/self/fd/{cwd_fd}")
@@ -214,21 +214,21 @@ def expected_target(entry: str, module: bool, cwd_fd: int):
             hint = "" if looks_like_path or sep else HINT
             return (127, f"entry {entry!r} not found: no such file{where}{hint}")
     if is_elf(path):
-        return entries.Target(entries.NATIVE, path=path, symbol=symbol)
+        return _classify.Target(_classify.NATIVE, path=path, symbol=symbol)
     if symbol is not None:
         return (126, f"entry {entry!r}: a ':symbol' applies to shared objects and "
                      f"executables, and {path!r} is not ELF")
     if re.fullmatch(r".+\.so(\.[0-9]+)*", path.rpartition("/")[2], re.DOTALL):
         return (126, f"entry {entry!r}: named as a shared object, and not ELF")
-    return entries.Target(entries.SCRIPT, path=path)
+    return _classify.Target(_classify.SCRIPT, path=path)
 
 
 def decided(entry: str, module: bool, cwd_fd: int):
-    """entries.classify(), with an error as (exit code, its text on the
+    """_classify.classify(), with an error as (exit code, its text on the
     wire: one line of at most MAX_ERROR bytes, as encode_error sends it)."""
     try:
-        return entries.classify(entry, module, cwd_fd)
-    except entries.EntryError as err:
+        return _classify.classify(entry, module, cwd_fd)
+    except _classify.EntryError as err:
         return (err.exit_code, str(err))
 
 
@@ -307,18 +307,18 @@ def test_classify_in_a_directory_with_an_odd_name(entry_dir):
 
 
 @pytest.mark.parametrize("entry, module, kind", [
-    ("mod:fn", False, entries.FUNCTION), ("pkg.mod:obj.fn", False, entries.FUNCTION),
-    ("s.py", False, entries.SCRIPT), ("a:b", False, entries.SCRIPT),
-    ("pkg.mod", True, entries.MODULE), ("prog", False, entries.NATIVE),
-    ("prog:main", False, entries.NATIVE), ("link:", False, entries.NATIVE),
-    ("pkg", False, entries.SCRIPT), ("pkg:x", False, entries.SCRIPT),
-    ("fifo", False, entries.SCRIPT),
+    ("mod:fn", False, _classify.FUNCTION), ("pkg.mod:obj.fn", False, _classify.FUNCTION),
+    ("s.py", False, _classify.SCRIPT), ("a:b", False, _classify.SCRIPT),
+    ("pkg.mod", True, _classify.MODULE), ("prog", False, _classify.NATIVE),
+    ("prog:main", False, _classify.NATIVE), ("link:", False, _classify.NATIVE),
+    ("pkg", False, _classify.SCRIPT), ("pkg:x", False, _classify.SCRIPT),
+    ("fifo", False, _classify.SCRIPT),
 ])
 def test_classify_decides_every_valid_form(entry_dir, entry, module, kind):
     """The forms a launch names in practice are decided, by the one
     classifier the template and the members share."""
     _, fd = entry_dir
-    target = entries.classify(entry, module, fd)
+    target = _classify.classify(entry, module, fd)
     assert target.kind == kind
     assert target == expected_target(entry, module, fd)
 

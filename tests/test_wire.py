@@ -1,6 +1,6 @@
 """Python and the C headers agree on the wire: every constant and layout
 forkhost.protocol (from the generated forkhost/_wire.py) and forkhost.ipc
-(through the cffi cdef) use is the headers' own, and entries.classify() gives
+(through the cffi cdef) use is the headers' own, and _classify.classify() gives
 the forms and errors docs/cli.md describes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from forkhost import entries, ipc, protocol
+from forkhost import _classify, ipc, protocol
 from forkhost._native import ffi, lib
 from fhtest import ROOT
 
@@ -209,7 +209,7 @@ def test_ipc_layouts_are_the_headers(ipc_h):
         h["offsetof(struct fh_ipc_hdr, name)"]]
 
 
-# -- entries.classify(), a table ---------------------------------------------
+# -- _classify.classify(), a table ---------------------------------------------
 
 @pytest.fixture(scope="module")
 def cwd(tmp_path_factory):
@@ -224,28 +224,28 @@ def cwd(tmp_path_factory):
     os.close(fd)
 
 
-T = entries.Target
+T = _classify.Target
 HINT = "; for a module use '-m MODULE' or 'MODULE:FUNCTION'"
 CLASSIFY = [
     # entry, -m, what it names (a Target, or (exit code, message; DIR is the cwd))
-    ("pkg.mod", True, T(entries.MODULE, name="pkg.mod")),
-    ("mod\n", True, T(entries.MODULE, name="mod\n")),
+    ("pkg.mod", True, T(_classify.MODULE, name="pkg.mod")),
+    ("mod\n", True, T(_classify.MODULE, name="mod\n")),
     ("1x", True, (127, "invalid module name '1x'")),
     ("it's", True, (127, "invalid module name \"it's\"")),
     ("\udcff", True, (127, "invalid module name '\\udcff'")),
-    ("prog", False, T(entries.NATIVE, path="prog")),
-    ("prog:main", False, T(entries.NATIVE, path="prog", symbol="main")),
-    ("prog:", False, T(entries.NATIVE, path="prog")),
-    ("/bin/true", False, T(entries.NATIVE, path="/bin/true")),
-    ("s.py", False, T(entries.SCRIPT, path="s.py")),
-    ("s.py:", False, T(entries.SCRIPT, path="s.py")),
-    ("a:b", False, T(entries.SCRIPT, path="a:b")),
-    ("pkg", False, T(entries.SCRIPT, path="pkg")),
-    ("fifo", False, T(entries.SCRIPT, path="fifo")),
-    ("/dev/null", False, T(entries.SCRIPT, path="/dev/null")),
-    ("mod:fn", False, T(entries.FUNCTION, name="mod", symbol="fn")),
-    ("pkg:fn", False, T(entries.FUNCTION, name="pkg", symbol="fn")),
-    ("pkg.mod:obj.fn", False, T(entries.FUNCTION, name="pkg.mod", symbol="obj.fn")),
+    ("prog", False, T(_classify.NATIVE, path="prog")),
+    ("prog:main", False, T(_classify.NATIVE, path="prog", symbol="main")),
+    ("prog:", False, T(_classify.NATIVE, path="prog")),
+    ("/bin/true", False, T(_classify.NATIVE, path="/bin/true")),
+    ("s.py", False, T(_classify.SCRIPT, path="s.py")),
+    ("s.py:", False, T(_classify.SCRIPT, path="s.py")),
+    ("a:b", False, T(_classify.SCRIPT, path="a:b")),
+    ("pkg", False, T(_classify.SCRIPT, path="pkg")),
+    ("fifo", False, T(_classify.SCRIPT, path="fifo")),
+    ("/dev/null", False, T(_classify.SCRIPT, path="/dev/null")),
+    ("mod:fn", False, T(_classify.FUNCTION, name="mod", symbol="fn")),
+    ("pkg:fn", False, T(_classify.FUNCTION, name="pkg", symbol="fn")),
+    ("pkg.mod:obj.fn", False, T(_classify.FUNCTION, name="pkg.mod", symbol="obj.fn")),
     ("s.py:main", False, (126, "entry 's.py:main': a ':symbol' applies to shared objects "
                                "and executables, and 's.py' is not ELF")),
     ("a:b:c", False, (126, "entry 'a:b:c': a ':symbol' applies to shared objects "
@@ -270,18 +270,18 @@ CLASSIFY = [
 def test_classify(cwd, entry, module, want):
     d, fd = cwd
     if isinstance(want, T):
-        assert entries.classify(entry, module, fd) == want
+        assert _classify.classify(entry, module, fd) == want
         return
-    with pytest.raises(entries.EntryError) as err:
-        entries.classify(entry, module, fd)
+    with pytest.raises(_classify.EntryError) as err:
+        _classify.classify(entry, module, fd)
     assert (err.value.exit_code, str(err.value)) == (want[0], want[1].replace("DIR", d))
 
 
 def test_classify_without_a_cwd_fd():
     """None: this process's cwd, which it does not name."""
-    with pytest.raises(entries.EntryError) as err:
-        entries.classify("fh-no-such-entry", False, None)
+    with pytest.raises(_classify.EntryError) as err:
+        _classify.classify("fh-no-such-entry", False, None)
     assert str(err.value) == ("entry 'fh-no-such-entry' not found: no such file "
                               f"(relative to the client's cwd){HINT}")
     with pytest.raises(ValueError):
-        entries.classify("a\0b", False, None)
+        _classify.classify("a\0b", False, None)

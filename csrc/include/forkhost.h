@@ -23,6 +23,7 @@
 #include "forkhost/heap.h"
 #include "forkhost/demo.h"
 #include "forkhost/ipc.h"
+#include "forkhost/hotset.h"
 #include "forkhost/member.h"
 #include "forkhost/template.h"
 #include "forkhost/thp.h"

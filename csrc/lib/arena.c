@@ -13,8 +13,9 @@
  * already cover the range.
  *
  * The process-local record below (g_arena) is inherited by fork as well; it
- * is written once, by fh_arena_create() or fh_arena_attach(), while the
- * process is still single-threaded, and only read afterwards.
+ * is written once, by fh_arena_create() (arena_create.c, through
+ * fh__arena_map) or fh_arena_attach(), while the process is still
+ * single-threaded, and only read afterwards.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -144,13 +145,7 @@ static size_t round_up(size_t v, size_t page)
     return (v + page - 1) / page * page;
 }
 
-FH_API int fh_arena_create(size_t size, unsigned flags, const char *name)
-{
-    return fh_arena_create_growable(size, size, flags, name);
-}
-
-FH_API int fh_arena_create_growable(size_t size, size_t max, unsigned flags,
-                                    const char *name)
+int fh__arena_map(size_t size, size_t max, unsigned flags, const char *name)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE), hpsize = 0;
     unsigned hdr_flags = 0;
@@ -205,17 +200,21 @@ FH_API int fh_arena_create_growable(size_t size, size_t max, unsigned flags,
     g_arena.max = max;
     g_arena.fd = fd;
     remember_file(fd);
-    if (fh__memzone_format(hdr) < 0) {
-        int e = errno;
-        munmap(base, max);
-        g_arena.base = NULL;
-        g_arena.max = 0;
-        g_arena.fd = -1;
-        close(fd);
-        errno = e;
-        return -1;
-    }
     return 0;
+}
+
+void fh__arena_unmap(void)
+{
+    int e = errno;
+
+    if (g_arena.base != NULL) {
+        munmap(g_arena.base, g_arena.max);
+        close(g_arena.fd);
+    }
+    g_arena.base = NULL;
+    g_arena.max = 0;
+    g_arena.fd = -1;
+    errno = e;
 }
 
 static void remember_file(int fd)

@@ -1,6 +1,7 @@
 /*
- * entry.c - load a native entry in a secondary: a shared object, or a PIE
- * executable, and find the function to call.
+ * entry.c - what an entry names (fh_entry_decide, before the fork), and
+ * loading a native entry in a secondary: a shared object, or a PIE
+ * executable, and finding the function to call.
  *
  * Why this exists: the RFC's whole idea is "compile the application as a
  * PIE, fork, dlopen it, call main".  glibc >= 2.30 refuses that dlopen
@@ -29,12 +30,14 @@
  *    GOT and has no copy relocations at all.
  *
  * Everything is read with pread(): a file being replaced under us yields a
- * short read and a clean error, never a SIGBUS (this code also runs in the
- * template through fh_elf_kind()).
+ * short read and a clean error, never a SIGBUS.
+ *
+ * Before all that, and before the fork, what an entry names is decided
+ * here too (fh_entry_decide): one stat and a 4-byte read.
  */
 #include "forkhost/entry.h"
 #include "init_internal.h"
-#include "forkhost/request.h"
+#include "pytext.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -51,6 +54,234 @@
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* ------------------------------------------------------------------------
+ * What an entry names, before the fork.
+ */
+
+/* The file type of path (S_IFREG, S_IFDIR, ...), 0 when it names nothing. */
+static mode_t file_type(int dirfd, const char *path)
+{
+    struct stat st;
+
+    return fstatat(dirfd, path, &st, 0) == 0 ? (st.st_mode & S_IFMT) : 0;
+}
+
+/* The first four bytes are ELF's magic.  O_NONBLOCK: only regular files
+ * come here, but one may have become a FIFO since its stat. */
+static int is_elf(int dirfd, const char *path)
+{
+    char magic[4];
+    ssize_t r;
+    int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+
+    if (fd < 0)
+        return 0;
+    r = pread(fd, magic, sizeof magic, 0);
+    close(fd);
+    return r == (ssize_t)sizeof magic && memcmp(magic, "\177ELF", 4) == 0;
+}
+
+/* A shared object's name: NAME.so, or NAME.so.1, NAME.so.1.2... */
+static int named_shared_object(const char *path)
+{
+    const char *base = strrchr(path, '/'), *so, *p;
+
+    base = base != NULL ? base + 1 : path;
+    for (so = strstr(base, ".so"); so != NULL; so = strstr(so + 1, ".so")) {
+        if (so == base)
+            continue;                    /* ".so" alone names no library */
+        for (p = so + 3; *p == '.' && p[1] >= '0' && p[1] <= '9';) {
+            p++;
+            while (*p >= '0' && *p <= '9')
+                p++;
+        }
+        if (*p == '\0')
+            return 1;
+    }
+    return 0;
+}
+
+/* ASCII identifiers joined by single dots, n bytes of s. */
+static int dotted(const char *s, size_t n)
+{
+    int start = 1;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        char c = s[i];
+
+        if (c == '.') {
+            if (start)
+                return 0;
+            start = 1;
+        } else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                   c == '_' || (!start && c >= '0' && c <= '9')) {
+            start = 0;
+        } else {
+            return 0;
+        }
+    }
+    return !start;
+}
+
+/* What Python's re.match(r"^NAME(\.NAME)*$") accepted: its '$' also
+ * matches before a final newline, so "mod\n" was a module name too. */
+static int dotted_py(const char *s, size_t n)
+{
+    return dotted(s, n) || (n > 1 && s[n - 1] == '\n' && dotted(s, n - 1));
+}
+
+/* Python's '"/" in e or e.endswith((".py", ".so")) or
+ * re.search(r"\.so[.:]", e)'. */
+static int looks_like_path(const char *e)
+{
+    size_t n = strlen(e);
+    const char *p;
+
+    if (strchr(e, '/') != NULL)
+        return 1;
+    if (n >= 3 && (strcmp(e + n - 3, ".py") == 0 ||
+                   strcmp(e + n - 3, ".so") == 0))
+        return 1;
+    for (p = e; (p = strstr(p, ".so")) != NULL; p++)
+        if (p[3] == '.' || p[3] == ':')
+            return 1;
+    return 0;
+}
+
+static int decided(struct fh_entry_target *t, enum fh_entry_kind kind,
+                   const char *name, const char *symbol)
+{
+    t->kind = kind;
+    t->name = name;
+    t->symbol = symbol;
+    return (int)kind;
+}
+
+int fh__entry_refused(struct fh_entry_target *t, int code)
+{
+    t->kind = FH_ENTRY_ERROR;
+    t->name = t->symbol = NULL;
+    t->exit_code = code;
+    return FH_ENTRY_ERROR;
+}
+
+/* "entry %r not found: no such file (relative to CWD)HINT" */
+static int not_found(const char *entry, int has_colon, int cwd_fd,
+                     struct fh_entry_target *t)
+{
+    struct fh__out o = {t->message, sizeof t->message, 0};
+
+    fh__puts(&o, "entry ");
+    fh__put_repr(&o, entry, strlen(entry));
+    fh__puts(&o, " not found: no such file");
+    if (entry[0] != '/') {
+        char link[64], cwd[FH_ENTRY_HEAD_MAX];
+        ssize_t k;
+
+        snprintf(link, sizeof link, "/proc/self/fd/%d", cwd_fd);
+        k = readlink(link, cwd, sizeof cwd);
+        fh__puts(&o, " (relative to ");
+        if (k >= 0)
+            fh__put_text(&o, cwd, (size_t)k);
+        else
+            fh__puts(&o, "the client's cwd");
+        fh__puts(&o, ")");
+    }
+    if (!has_colon && !looks_like_path(entry))
+        fh__puts(&o, "; for a module use '-m MODULE' or 'MODULE:FUNCTION'");
+    return fh__entry_refused(t, FH_EXIT_NOT_FOUND);
+}
+
+FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
+                           struct fh_entry_target *t)
+{
+    const char *colon, *path = entry, *symbol = NULL;
+    size_t n = strlen(entry), hl = 0;
+    mode_t type;
+
+    t->kind = FH_ENTRY_ERROR;
+    t->name = t->symbol = NULL;
+    t->exit_code = 0;
+    t->head[0] = '\0';
+    t->message[0] = '\0';
+    if (module_flag) {
+        if (!dotted_py(entry, n)) {
+            struct fh__out o = {t->message, sizeof t->message, 0};
+
+            fh__puts(&o, "invalid module name ");
+            fh__put_repr(&o, entry, n);
+            return fh__entry_refused(t, FH_EXIT_NOT_FOUND);
+        }
+        return decided(t, FH_ENTRY_MODULE, entry, NULL);
+    }
+    type = file_type(cwd_fd, entry);
+    if (type != 0 && type != S_IFREG) {
+        /* A directory (its __main__.py), a FIFO, /dev/stdin: python PATH
+         * runs them, and so does the secondary, which reads them. */
+        return decided(t, FH_ENTRY_SCRIPT, entry, NULL);
+    }
+    if (type == 0) {
+        colon = strrchr(entry, ':');
+        if (colon != NULL) {
+            hl = (size_t)(colon - entry);
+            /* A head past PATH_MAX names no file (ENAMETOOLONG). */
+            if (hl > 0 && hl < sizeof t->head) {
+                memcpy(t->head, entry, hl);
+                t->head[hl] = '\0';
+            }
+        }
+        if (colon != NULL && hl > 0 && hl < sizeof t->head &&
+            file_type(cwd_fd, t->head) == S_IFREG) {
+            path = t->head;
+            symbol = colon[1] != '\0' ? colon + 1 : NULL;
+        } else if (colon != NULL && hl > 0 && colon[1] != '\0' &&
+                   dotted_py(entry, hl) && dotted_py(colon + 1, n - hl - 1)) {
+            if (hl >= sizeof t->head) {
+                /* What the import of a name this long would say. */
+                struct fh__out o = {t->message, sizeof t->message, 0};
+
+                fh__puts(&o, "module ");
+                fh__put_repr(&o, entry, hl);
+                fh__puts(&o, " not found (searched the client's cwd, "
+                          "PYTHONPATH and the primary's sys.path)");
+                return fh__entry_refused(t, FH_EXIT_NOT_FOUND);
+            }
+            return decided(t, FH_ENTRY_FUNCTION, t->head, colon + 1);
+        } else {
+            return not_found(entry, colon != NULL, cwd_fd, t);
+        }
+    }
+    if (is_elf(cwd_fd, path))
+        return decided(t, FH_ENTRY_NATIVE, path, symbol);
+    if (symbol != NULL) {
+        struct fh__out o = {t->message, sizeof t->message, 0};
+
+        fh__puts(&o, "entry ");
+        fh__put_repr(&o, entry, n);
+        fh__puts(&o, ": a ':symbol' applies to shared objects and executables, "
+                  "and ");
+        fh__put_repr(&o, path, strlen(path));
+        fh__puts(&o, " is not ELF");
+        return fh__entry_refused(t, FH_EXIT_CANNOT_RUN);
+    }
+    if (named_shared_object(path)) {
+        /* Named as a library is run as one, as exec would (ENOEXEC), not
+         * as Python source. */
+        struct fh__out o = {t->message, sizeof t->message, 0};
+
+        fh__puts(&o, "entry ");
+        fh__put_repr(&o, entry, n);
+        fh__puts(&o, ": named as a shared object, and not ELF");
+        return fh__entry_refused(t, FH_EXIT_CANNOT_RUN);
+    }
+    return decided(t, FH_ENTRY_SCRIPT, path, NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Loading a native entry, in the secondary.
+ */
 
 /*
  * RTLD_NOW: resolve every symbol at load time, so an unresolved reference is
@@ -168,6 +399,14 @@ static const char *const cause_names[] = {
     [CAUSE_STRIPPED] = "stripped",
 };
 
+/* What a file is, judged from its headers (no dlopen). */
+enum fh_elf_kind {
+    FH_ELF_NOT_ELF = 0,   /* readable, not ELF (a Python script, say) */
+    FH_ELF_SHARED  = 1,   /* ET_DYN without DF_1_PIE: a shared object */
+    FH_ELF_PIE     = 2,   /* ET_DYN with DF_1_PIE (or PT_INTERP): a PIE */
+    FH_ELF_OTHER   = 3,   /* ET_EXEC (non-PIE), ET_REL, wrong class/machine */
+};
+
 /* What inspecting one file found: enough to pick the loading route and to
  * say exactly why a file cannot be an entry. */
 struct elf_info {
@@ -261,7 +500,7 @@ static int host_machine(unsigned *machine)
     Dl_info di;
     const ElfW(Ehdr) *self;
 
-    if (dladdr((void *)&fh_elf_kind, &di) == 0 || di.dli_fbase == NULL)
+    if (dladdr((void *)&fh_entry_load, &di) == 0 || di.dli_fbase == NULL)
         return -1;
     self = di.dli_fbase;
     if (memcmp(self->e_ident, ELFMAG, SELFMAG) != 0)
@@ -412,23 +651,6 @@ static int inspect(int fd, struct elf_info *ei)
     ei->kind = (ei->flags_1 & DF_1_PIE) || ei->has_interp
         ? FH_ELF_PIE : FH_ELF_SHARED;
     return 0;
-}
-
-FH_API int fh_elf_kind(const char *path)
-{
-    struct elf_info ei;
-    int fd, rc, saved;
-
-    /* O_NONBLOCK: opening a FIFO without a writer must not hang us. */
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return -1;
-    rc = inspect(fd, &ei);
-    saved = errno;
-    elf_info_free(&ei);
-    close(fd);
-    errno = saved;
-    return rc < 0 ? -1 : ei.kind;
 }
 
 /* ------------------------------------------------------------------------

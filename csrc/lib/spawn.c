@@ -21,7 +21,7 @@
 #include "forkhost/spawn.h"
 #include "forkhost/client.h"
 #include "forkhost/entry.h"
-#include "forkhost/member.h"
+#include "forkhost/hotset.h"
 #include "forkhost/proto.h"
 #include "init_internal.h"
 #include "spawn_internal.h"
@@ -1284,7 +1284,7 @@ FH_API void fh_spec_release(struct fh_child_spec *spec)
 
 FH_API void fh_exit_report(int report_fd, int code)
 {
-    int32_t report[2] = { code, 0 };   /* status, client will be told */
+    struct fh_exit_report report = { code, 0 };
     sigset_t all;
 
     fflush(NULL);
@@ -1305,8 +1305,8 @@ FH_API void fh_exit_report(int report_fd, int code)
          * status, its secondary no longer counts against --max-secondaries
          * (the client's next launch must not be refused).  The template may
          * close its copy of the connection meanwhile; ours keeps it open. */
-        report[1] = cfd >= 0;
-        write_all(report_fd, (const char *)report, sizeof report);
+        report.client_told = cfd >= 0;
+        write_all(report_fd, (const char *)&report, sizeof report);
         if (cfd >= 0) {
             struct fh_exited ex;
 
@@ -1323,7 +1323,7 @@ FH_API void fh_exit_report(int report_fd, int code)
              * primary's.  Let the client run first: it has its status. */
             sched_yield();
         }
-        fh_member_learn();   /* the client has its status: time is ours */
+        fh__hotset_learn();  /* the client has its status: time is ours */
     }
     _exit(code);
 }

@@ -706,7 +706,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
 {
     struct epoll_event ev;
     struct conn *c;
-    uint32_t flags;
+    struct fh_took tk;
     const char *entry, *argv0, *end = body + len;
     int cwd_fd = nfds == 2 ? fds[1] : -1;
 
@@ -715,8 +715,8 @@ static void took(struct tpl *t, struct member *mb, const char *body,
             fh_hotset_arm(t->hot, 1);
         fh_hotset_note(t->hot, nfds == 2);
     }
-    memcpy(&flags, body, sizeof flags);
-    entry = body + 4;
+    memcpy(&tk, body, sizeof tk);
+    entry = body + sizeof tk;
     argv0 = memchr(entry, '\0', (size_t)(end - entry));
     argv0 = argv0 != NULL ? argv0 + 1 : end;
     c = conn_new(t, fds[0]);
@@ -732,8 +732,8 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     c->pid = mb->pid;
     c->pidfd = mb->pidfd;
     c->report_fd = mb->ctl_fd;
-    c->job_control = (flags & FH_LAUNCH_JOBCTL) != 0;
-    c->notice = (flags & FH_LAUNCH_NOTICE) != 0;
+    c->job_control = (tk.flags & FH_LAUNCH_JOBCTL) != 0;
+    c->notice = (tk.flags & FH_LAUNCH_NOTICE) != 0;
     c->started = now_us();
     snprintf(c->argv0, sizeof c->argv0, "%.*s",
              (int)strnlen(argv0, (size_t)(end - argv0)), argv0);
@@ -747,7 +747,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     started_secondary(t, !mb->on_demand);
     if (cwd_fd >= 0) {                /* a Python entry */
         if (memchr(entry, '\0', (size_t)(end - entry)) != NULL)
-            read_ahead(t, cwd_fd, entry, (flags & FH_LAUNCH_MODULE) != 0);
+            read_ahead(t, cwd_fd, entry, (tk.flags & FH_LAUNCH_MODULE) != 0);
         close(cwd_fd);
     }
 }
@@ -868,7 +868,7 @@ static int member_msg(struct tpl *t, struct member *mb)
         h.type = 0;
     }
     if (h.type == FH_CTL_TOOK && (nfds == 1 || nfds == 2) &&
-        (size_t)n >= sizeof h + 4) {
+        (size_t)n >= sizeof h + sizeof(struct fh_took)) {
         took(t, mb, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds, nfds);
     } else if (h.type == FH_CTL_BUSY) {
         mb->busy = 1;
@@ -935,15 +935,15 @@ static void news_arrived(struct tpl *t)
  * report channel is finished. */
 static int read_report(struct conn *c)
 {
-    int32_t rep[4];
+    struct fh_exit_report rep[2];     /* room to tell a longer one */
     ssize_t n = recv(c->report_fd, rep, sizeof rep, MSG_DONTWAIT);
 
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return 0;
-    if (n == 8 && !c->reported) {
+    if (n == (ssize_t)sizeof rep[0] && !c->reported) {
         c->reported = 1;
-        if (!rep[1])
-            send_exited(c->fd, rep[0] & 0xFF, 0);
+        if (!rep[0].client_told)
+            send_exited(c->fd, rep[0].code & 0xFF, 0);
     }
     return 1;
 }

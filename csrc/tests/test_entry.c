@@ -1,5 +1,5 @@
 /*
- * test_entry.c - fh_elf_kind() and fh_entry_load() against real files built
+ * test_entry.c - fh_entry_load() against real files built
  * here with $CC: shared objects, PIEs (plain, -rdynamic, stripped, with TLS,
  * with copy relocations, static, using $ORIGIN), a non-PIE executable, a .o,
  * a text file, a directory and a missing file.
@@ -358,32 +358,6 @@ static void expect_fail(const char *what, const char *cwd, const char *path,
     va_end(ap);
 }
 
-static void test_elf_kind(int have_static_pie, int have_m32)
-{
-    int k;
-
-    EXPECT(fh_elf_kind(fixture("libentry.so")) == FH_ELF_SHARED, "so");
-    EXPECT(fh_elf_kind(fixture("hello-pie")) == FH_ELF_PIE, "pie");
-    EXPECT(fh_elf_kind(fixture("getopt-stripped")) == FH_ELF_PIE, "stripped");
-    EXPECT(fh_elf_kind(fixture("hello-nopie")) == FH_ELF_OTHER, "non-PIE");
-    EXPECT(fh_elf_kind(fixture("hello.o")) == FH_ELF_OTHER, ".o");
-    EXPECT(fh_elf_kind(fixture("script.py")) == FH_ELF_NOT_ELF, "text");
-    EXPECT(fh_elf_kind(fixture("lib.c")) == FH_ELF_NOT_ELF, "C source");
-    if (have_static_pie)
-        EXPECT(fh_elf_kind(fixture("hello-static-pie")) == FH_ELF_PIE,
-              "static PIE");
-    if (have_m32)
-        EXPECT(fh_elf_kind(fixture("hello32.o")) == FH_ELF_OTHER, "32-bit");
-    errno = 0;
-    k = fh_elf_kind(fixture("no-such-file"));
-    EXPECT(k == -1 && errno == ENOENT, "missing: %d %s", k, strerror(errno));
-    errno = 0;
-    k = fh_elf_kind(fixture("subdir.d"));
-    EXPECT(k == -1 && errno == EISDIR, "directory: %d %s", k, strerror(errno));
-    /* A FIFO nobody writes to: classified without blocking. */
-    EXPECT(fh_elf_kind(fixture("fifo")) == FH_ELF_NOT_ELF, "fifo");
-}
-
 static void test_loads(int have_static_pie, int have_m32)
 {
     static char *argv_so[] = {"libentry.so", "first", NULL};
@@ -516,7 +490,6 @@ int main(void)
         fprintf(stderr, "note: no -m32 toolchain, 32-bit check skipped\n");
 
     fds = count_fds();
-    test_elf_kind(have_static_pie, have_m32);
     test_loads(have_static_pie, have_m32);
     EXPECT(count_fds() == fds, "fds: %d before, %d after", fds, count_fds());
     errno = 0;

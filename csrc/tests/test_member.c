@@ -210,7 +210,7 @@ static void test_member_sockets(void)
         struct iovec iov[2] = {{&l, sizeof l}, {(void *)strings, sizeof strings}};
         struct stat a, b;
         struct fh_exited ex;
-        int32_t report[2];
+        struct fh_exit_report report;
         ssize_t n;
 
         CHECK(mkdtemp(dir) != NULL && pipe2(p, O_CLOEXEC) == 0, "dir, pipe");
@@ -224,7 +224,8 @@ static void test_member_sockets(void)
               FH_CTL_TOOK && nfds == 2, "TOOK with two fds, got %u", nfds);
         CHECK(fstat(fds[1], &a) == 0 && fstat(sent[0], &b) == 0 &&
               a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TOOK's cwd");
-        CHECK(blen == 4 + 7 && memcmp(body + 4, "m:f\0m:f", 7) == 0,
+        CHECK(blen == sizeof(struct fh_took) + 7 &&
+              memcmp(body + sizeof(struct fh_took), "m:f\0m:f", 7) == 0,
               "TOOK's entry and argv0");
         close(fds[0]);
         close(fds[1]);
@@ -239,8 +240,8 @@ static void test_member_sockets(void)
         close(fds[0]);
         CHECK(recv(c, &ex, sizeof ex, 0) == (ssize_t)sizeof ex &&
               ex.hdr.type == FH_MSG_EXITED && ex.code == 7, "EXITED 7");
-        CHECK(read(ctl[0], report, sizeof report) == (ssize_t)sizeof report &&
-              report[0] == 7, "the report");
+        CHECK(read(ctl[0], &report, sizeof report) == (ssize_t)sizeof report &&
+              report.code == 7, "the report");
         close(p[0]);
         close(sent[0]);
         close(c);

@@ -1,6 +1,6 @@
 /*
  * test_request.c - fh_request_check(), fh_request_message() and
- * fh_entry_decide() (forkhost/request.h) against tables of records and of
+ * fh_entry_decide() (forkhost/entry.h) against tables of records and of
  * entries, every message compared with the exact text the Python code
  * they replaced printed.
  *

@@ -320,8 +320,8 @@ static void launch(struct run *r, const char *path, const char *symbol,
     close(out[0]);
     close(err[0]);
     if (report != NULL) {
-        int32_t v;
-        *report = read(rep[0], &v, sizeof v) == (ssize_t)sizeof v ? v : -1;
+        struct fh_exit_report v;
+        *report = read(rep[0], &v, sizeof v) == (ssize_t)sizeof v ? v.code : -1;
         close(rep[0]);
     }
     r->status = pid > 0 ? reap_status(pid) : -1;

@@ -13,7 +13,7 @@ ROOT = HERE.parent.parent
 
 # A declaration must come before the ones that use it: these first, in
 # this order, then the rest by name.
-FIRST = ["spawn.h", "request.h", "member.h", "template.h"]
+FIRST = ["spawn.h", "entry.h", "request.h", "hotset.h", "member.h", "template.h"]
 
 ffi = FFI()
 for name in FIRST + sorted(p.name for p in (HERE / "cdef").glob("*.h")
@@ -22,7 +22,7 @@ for name in FIRST + sorted(p.name for p in (HERE / "cdef").glob("*.h")
 
 ffi.set_source(
     "forkhost._native._fh",
-    '#include "forkhost.h"\n',
+    '#include <fcntl.h>\n#include "forkhost.h"\n',
     include_dirs=[str(ROOT / "csrc" / "include")],
     # forkhost.h's inline ring operations are compiled in: rebuild on any
     # header change, not only when the generated source changes.

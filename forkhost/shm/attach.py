@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, replace
 
 from .. import runtime
-from .._native import ffi, lib
+from .._native import ffi, lib, library_base
 from ..errors import AttachError
 
 ERRLEN = 512
@@ -44,11 +44,6 @@ class Attachment:
     @property
     def library_same_address(self) -> bool:
         return self.library_base_primary == self.library_base_here
-
-
-def _library_base() -> int:
-    from ..primary import _library_base
-    return _library_base()
 
 
 def _open_arena(cfg: dict, name: str) -> tuple[int, str]:
@@ -91,7 +86,7 @@ def attach(prefix: str | None = None, runtime_dir=None) -> Attachment:
                           f"{here_version}; the arena layouts may differ", errno.EPROTO)
     info = Attachment(name, base, size, int(cfg["pid"]),
                       lib_cfg.get("path", ""), int(lib_cfg.get("base", 0)),
-                      _library_base())
+                      library_base())
     have = lib.fh_arena_base()
     if have != ffi.NULL:
         here = int(ffi.cast("uintptr_t", have))

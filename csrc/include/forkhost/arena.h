@@ -113,4 +113,11 @@ FH_API int fh_arena_contains(const void *p, size_t len);
  * be reached: the primary is gone). */
 int fh__arena_grow(uint64_t end);
 
+/* Internal, for fh_arena_create_growable (arena_create.c, which then lays
+ * out the memzone directory): map a new arena and write its header, with
+ * fh_arena_create_growable's arguments and errors; and undo that when the
+ * directory cannot be laid out (errno kept). */
+int fh__arena_map(size_t size, size_t max, unsigned flags, const char *name);
+void fh__arena_unmap(void);
+
 #endif /* FORKHOST_ARENA_H */

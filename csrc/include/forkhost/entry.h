@@ -1,6 +1,8 @@
 /*
- * forkhost/entry.h - load a native entry (a shared object or a PIE
- * executable) in a secondary and find the function to run.
+ * forkhost/entry.h - what an entry names, decided before the fork
+ * (fh_entry_decide: the one classifier, for pool members, the template and
+ * Python alike); and a native entry (a shared object or a PIE executable)
+ * loaded in a secondary, with the function to run.
  *
  * Entry forms: "path/lib.so[:symbol]" and "path/to/pie-executable[:symbol]",
  * symbol defaulting to "main", called as int symbol(argc, argv, envp).
@@ -12,22 +14,55 @@
 
 #include <stddef.h>
 
+#include "forkhost/proto.h"
+
 #ifndef FH_API
 #define FH_API __attribute__((visibility("default")))
 #endif
 
-typedef int (*fh_main_fn)(int argc, char **argv, char **envp);
+/* What a launch exits with when its entry cannot run (docs/cli.md). */
+#define FH_EXIT_CANNOT_RUN 126   /* found, but it cannot be loaded or run */
+#define FH_EXIT_NOT_FOUND  127   /* no such file, module or symbol */
 
-/* What a path names, judged from its first bytes (no dlopen). */
-enum fh_elf_kind {
-    FH_ELF_NOT_ELF = 0,   /* readable, not ELF (a Python script, say) */
-    FH_ELF_SHARED  = 1,   /* ET_DYN without DF_1_PIE: a shared object */
-    FH_ELF_PIE     = 2,   /* ET_DYN with DF_1_PIE (or PT_INTERP): a PIE */
-    FH_ELF_OTHER   = 3,   /* ET_EXEC (non-PIE), ET_REL, wrong class/machine */
+/* The entry forms (docs/cli.md). */
+enum fh_entry_kind {
+    FH_ENTRY_ERROR    = 0,   /* not runnable: exit_code and message say why */
+    FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
+    FH_ENTRY_FUNCTION = 2,   /* module:function */
+    FH_ENTRY_SCRIPT   = 3,   /* what python PATH runs: source, .pyc, a
+                                directory or zip file with __main__.py, a
+                                FIFO or device it reads */
+    FH_ENTRY_MODULE   = 4,   /* -m module */
 };
 
-/* -1 with errno when the file cannot be opened or read. */
-FH_API int fh_elf_kind(const char *path);
+#define FH_ENTRY_HEAD_MAX 4096   /* PATH_MAX */
+
+struct fh_entry_target {
+    unsigned    kind;        /* enum fh_entry_kind */
+    const char *name;        /* NATIVE, SCRIPT: the file, as sent (relative
+                                to the client's cwd); FUNCTION, MODULE: the
+                                module.  Points into the entry or head */
+    const char *symbol;      /* FUNCTION: the attribute path; NATIVE: the
+                                symbol, NULL for main; else NULL */
+    int         exit_code;   /* ERROR: FH_EXIT_NOT_FOUND or
+                                FH_EXIT_CANNOT_RUN */
+    char        head[FH_ENTRY_HEAD_MAX];   /* the part before the last ':' */
+    char        message[FH_PROTO_MAX_ERROR + 1];  /* ERROR: one line */
+};
+
+/*
+ * What entry names for a client whose cwd is cwd_fd (an O_PATH directory):
+ * one stat and, for a regular file, a 4-byte read.  Fills *t and returns
+ * t->kind.  The entry must stay alive while t's name and symbol are used.
+ */
+FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
+                           struct fh_entry_target *t);
+
+/* Internal, for fh_launch_decide (request.c) too: t refused with exit
+ * code, its message already written; returns FH_ENTRY_ERROR. */
+int fh__entry_refused(struct fh_entry_target *t, int code);
+
+typedef int (*fh_main_fn)(int argc, char **argv, char **envp);
 
 /*
  * Load path and return its symbol.  On failure returns NULL, sets

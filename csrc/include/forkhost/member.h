@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "forkhost/hotset.h"
 #include "forkhost/proto.h"
 #include "forkhost/request.h"
 #include "forkhost/spawn.h"
@@ -39,8 +40,8 @@
 #endif
 
 enum fh_ctl_type {
-    FH_CTL_TOOK    = 0x11,  /* body: the LAUNCH flags (uint32_t), the
-                               entry, a NUL, argv[0];
+    FH_CTL_TOOK    = 0x11,  /* body: struct fh_took, the entry, a NUL,
+                               argv[0];
                                fds: the client's connection, then for a
                                Python entry the client's cwd */
     FH_CTL_BUSY    = 0x12,  /* no body, no fds */
@@ -61,6 +62,10 @@ enum fh_ctl_type {
  * peer's share of waiting connections) and is idle again, so idle
  * connections cannot park every member. */
 #define FH_MEMBER_PARK_MS 50
+
+struct fh_took {             /* TOOK's body: this, then "entry\0argv0" */
+    uint32_t flags;          /* the LAUNCH's flags (FH_LAUNCH_*) */
+};
 
 struct fh_handoff {          /* 16 bytes, after the header */
     uint32_t mflags;         /* recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC) */
@@ -111,7 +116,7 @@ struct fh_member {
     char     *title_area;    /* as in struct fh_child_spec */
     size_t    title_len;
     char     *buf;           /* FH_PROTO_MAX_MSG + 1 bytes */
-    struct fh_hotset *hot;   /* the template's, or NULL */
+    struct fh_hotset *hot;   /* the template's, or NULL (hotset.h) */
     int       python;        /* Python entries can run here (the template
                                 has a Python hook); else they are the
                                 template's to refuse */
@@ -170,61 +175,5 @@ int fh__recv_record(int fd, void *buf, size_t len, int *fds, unsigned maxfds,
 /* Hand m->conn and what was received to the template; closes ours. 0 or
  * -errno (the connection is closed either way). */
 FH_API int fh_member_handoff(struct fh_member *m);
-
-/*
- * Copy-on-write ahead of time.  A launch in a fresh fork writes to pages it
- * shares with the template, and each first write is a copy-on-write fault
- * (microseconds each on a virtual machine, hundreds per Python launch).
- * The template keeps a hot set in shared memory: the pages a recent
- * secondary had made private by its exit (learned by the first launches,
- * and again now and then).  An idle member copies those pages ahead of
- * time (MADV_POPULATE_WRITE), so the next launch finds them its own, and
- * maps the code and constants it ran (MADV_POPULATE_READ): fork copies no
- * page-table entry of a read-only file mapping, so every child would fault
- * those in again, a few dozen faults per launch.
- */
-#define FH_HOTSET_RANGES 2048u
-#define FH_HOTSET_READ   1u
-
-struct fh_hotset {
-    _Atomic uint32_t seq;        /* odd while a secondary writes the set */
-    _Atomic uint32_t learn;      /* launches still to learn from */
-    _Atomic uint32_t nranges;
-    _Atomic uint32_t python;     /* the last 32 launches, one bit each (the
-                                    newest lowest): a Python entry's */
-    _Atomic uint32_t learned;    /* the kind of launch the set was learned
-                                    from: 0 none yet, 1 native, 2 Python */
-    uint32_t reserved;
-    struct {
-        _Atomic uint64_t start;
-        _Atomic uint32_t pages;
-        _Atomic uint32_t flags;  /* FH_HOTSET_READ: pages of a read-only
-                                    file mapping the launch had mapped
-                                    (its code and constants): a fork
-                                    copies none of those page-table
-                                    entries, so each launch faults them
-                                    in again; else written pages */
-    } r[FH_HOTSET_RANGES];
-};
-
-/* In the template: a zeroed hot set in MAP_SHARED memory, or NULL. */
-FH_API struct fh_hotset *fh_hotset_create(void);
-/* Let the next `launches` member secondaries learn the set at their exit. */
-FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
-/* The template, at each launch: was it a Python entry's?  When the last
- * two launches were of the other kind than the set was learned from, the
- * set is learned again (a Python launch writes some 500 pages, a native
- * one a few dozen: a set of the wrong kind copies too few or too many). */
-FH_API void fh_hotset_note(struct fh_hotset *h, int python);
-/* Written pages in the current set (a consistent read). */
-FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
-/* In an idle member: copy the hot set's pages now.  Pages copied.  Not
- * while a launch is to be learned from (the set armed): a member that
- * copied the set never learns, so that each learning replaces the set
- * with what one launch made private instead of adding to it. */
-FH_API long fh_member_prefault(void);
-/* At a member secondary's exit (fh_exit_report): learn, if armed and the
- * member did not copy the set. */
-void fh_member_learn(void);
 
 #endif /* FORKHOST_MEMBER_H */

@@ -1,7 +1,8 @@
 /*
- * forkhost/request.h - the one parser and the one classifier of what a
- * client sends to template.sock.  Pool members and the template both use
- * them; Python has no parser or classifier of requests of its own.
+ * forkhost/request.h - the one parser of what a client sends to
+ * template.sock, and the decision on a launch before the fork (what its
+ * entry names: fh_entry_decide, entry.h).  Pool members and the template
+ * both use them; Python has no parser of requests of its own.
  *
  * Every refusal is an entry of one table of messages (request.c), filled
  * with the numbers the result names; the client prints that
@@ -14,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "forkhost/entry.h"
 #include "forkhost/proto.h"
 
 #ifndef FH_API
@@ -74,39 +76,6 @@ FH_API int fh_request_check(const void *buf, size_t n, int mflags,
  * FH_PROTO_MAX_ERROR bytes are ever written, plus the NUL).  Its length. */
 FH_API size_t fh_request_message(const struct fh_req_result *r, char *out,
                                  size_t size);
-
-/* The entry forms (docs/cli.md). */
-enum fh_entry_kind {
-    FH_ENTRY_ERROR    = 0,   /* not runnable: exit_code and message say why */
-    FH_ENTRY_NATIVE   = 1,   /* a shared object or PIE: path[:symbol] */
-    FH_ENTRY_FUNCTION = 2,   /* module:function */
-    FH_ENTRY_SCRIPT   = 3,   /* what python PATH runs: source, .pyc, a
-                                directory or zip file with __main__.py, a
-                                FIFO or device it reads */
-    FH_ENTRY_MODULE   = 4,   /* -m module */
-};
-
-#define FH_ENTRY_HEAD_MAX 4096   /* PATH_MAX */
-
-struct fh_entry_target {
-    unsigned    kind;        /* enum fh_entry_kind */
-    const char *name;        /* NATIVE, SCRIPT: the file, as sent (relative
-                                to the client's cwd); FUNCTION, MODULE: the
-                                module.  Points into the entry or head */
-    const char *symbol;      /* FUNCTION: the attribute path; NATIVE: the
-                                symbol, NULL for main; else NULL */
-    int         exit_code;   /* ERROR: 127 (not found) or 126 (cannot run) */
-    char        head[FH_ENTRY_HEAD_MAX];   /* the part before the last ':' */
-    char        message[FH_PROTO_MAX_ERROR + 1];  /* ERROR: one line */
-};
-
-/*
- * What entry names for a client whose cwd is cwd_fd (an O_PATH directory):
- * one stat and, for a regular file, a 4-byte read.  Fills *t and returns
- * t->kind.  The entry must stay alive while t's name and symbol are used.
- */
-FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
-                           struct fh_entry_target *t);
 
 /*
  * Everything decided about a checked LAUNCH (v) before anything is forked

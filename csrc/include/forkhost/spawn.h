@@ -108,13 +108,21 @@ FH_API __attribute__((noreturn)) void fh_run_native(struct fh_child_spec *spec,
 /*
  * The end of a secondary whose entry returned `code`: flush stdio, close
  * every fd but report_fd and the client's connection (so the client's pipes
- * see EOF now), block all signals, write {int32 code, int32 client_told} to
+ * see EOF now), block all signals, write struct fh_exit_report to
  * report_fd, send the client EXITED when setup was given its connection
  * (client_told says so), and _exit(code).  The client is answered without waiting for the kernel
  * to tear the address space down, and without a hop through the template.
  * report_fd <= 0: flush and _exit only.
  */
 FH_API __attribute__((noreturn)) void fh_exit_report(int report_fd, int code);
+
+/* What fh_exit_report writes to report_fd, in one write: the template
+ * (template.c) reads it from the member's socketpair. */
+struct fh_exit_report {
+    int32_t code;            /* the exit status */
+    int32_t client_told;     /* non-zero: EXITED goes to the client from
+                                the secondary itself, not the template */
+};
 
 /*
  * Every signal disposition back to SIG_DFL (glibc's reserved 32/33 keep

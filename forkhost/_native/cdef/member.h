@@ -46,9 +46,3 @@ struct fh_member {
 int fh_member_init(struct fh_member *m);
 int fh_member_next(struct fh_member *m);
 int fh_member_handoff(struct fh_member *m);
-struct fh_hotset { ...; };
-struct fh_hotset *fh_hotset_create(void);
-void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
-void fh_hotset_note(struct fh_hotset *h, int python);
-unsigned fh_hotset_pages(struct fh_hotset *h);
-long fh_member_prefault(void);

@@ -1,12 +1,6 @@
-/* cffi cdef for csrc/include/forkhost/request.h: the one parser and the
- * one classifier of what clients send. */
+/* cffi cdef for csrc/include/forkhost/request.h: the one parser of what
+ * clients send, and the decision on a launch before the fork. */
 
-#define FH_ENTRY_ERROR ...
-#define FH_ENTRY_NATIVE ...
-#define FH_ENTRY_FUNCTION ...
-#define FH_ENTRY_SCRIPT ...
-#define FH_ENTRY_MODULE ...
-#define FH_ENTRY_HEAD_MAX ...
 
 /* request.h's refusals (enum fh_req_error) */
 #define FH_REQ_OK ...
@@ -94,19 +88,8 @@ struct fh_req_result {
     uint64_t    a, b;
 };
 
-struct fh_entry_target {
-    unsigned    kind;
-    const char *name;
-    const char *symbol;
-    int         exit_code;
-    char        head[...];
-    char        message[...];
-};
-
 int fh_request_check(const void *buf, size_t n, int mflags, unsigned nfds,
                      struct fh_launch_view *v, struct fh_req_result *r);
 size_t fh_request_message(const struct fh_req_result *r, char *out, size_t size);
-int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
-                    struct fh_entry_target *t);
 int fh_launch_decide(const struct fh_launch_view *v, const int *fds,
                      unsigned nfds, struct fh_entry_target *t);
