@@ -208,6 +208,9 @@ int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
 
 /* -- receiving ----------------------------------------------------------- */
 
+static int check_record(const void *buf, size_t n, int mflags, unsigned nfds,
+                        int side, struct fh_ipc_verdict *v);
+
 /*
  * Has the peer shut down its sending side (closed, died, or shutdown())?
  *
@@ -276,7 +279,7 @@ ssize_t fh__ipc_recv(int fd, void *buf, int *fds, int *nfds, int side,
     *nfds = got;
     if (n == 0 && got == 0 && fh__ipc_peer_shut(fd))
         return 0;
-    if (fh_ipc_record_check(buf, (size_t)n, mh.msg_flags, (unsigned)got, side, v) < 0) {
+    if (check_record(buf, (size_t)n, mh.msg_flags, (unsigned)got, side, v) < 0) {
         close_fds(fds, got);
         *nfds = 0;
         return -2;
@@ -301,8 +304,10 @@ static int refuse(struct fh_ipc_verdict *v, unsigned error, uint64_t a,
     return -1;
 }
 
-FH_API int fh_ipc_record_check(const void *buf, size_t n, int mflags,
-                               unsigned nfds, int side, struct fh_ipc_verdict *v)
+/* fh_ipc_record_check(), called directly by fh__ipc_recv() (the exported
+ * name goes through the PLT). */
+static int check_record(const void *buf, size_t n, int mflags, unsigned nfds,
+                        int side, struct fh_ipc_verdict *v)
 {
     struct fh_ipc_hdr h;
     size_t namelen;
@@ -365,6 +370,12 @@ FH_API int fh_ipc_record_check(const void *buf, size_t n, int mflags,
         return refuse(v, FH_IPC_REC_SIDE, h.type, 0, 0);
     }
     return h.type;
+}
+
+FH_API int fh_ipc_record_check(const void *buf, size_t n, int mflags,
+                               unsigned nfds, int side, struct fh_ipc_verdict *v)
+{
+    return check_record(buf, n, mflags, nfds, side, v);
 }
 
 /* The words of each refusal; the numbers are the verdict's a, b and c, the
