@@ -8,7 +8,7 @@ hand::
     python build_native.py client OUTDIR   # OUTDIR/forkhost-run
     python build_native.py wire FILE       # FILE: forkhost/_wire.py
     python build_native.py ctest [OUTDIR]  # C tests under ASan + UBSan,
-                                           # then the request fuzzer
+                                           # then the fuzzers
 
 Only the standard library is used, so it runs in pip's isolated build
 environment.
@@ -196,7 +196,10 @@ def run_rt_test(outdir: Path) -> bool:
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 
-# How long `ctest` fuzzes fh_request_check() (csrc/tests/fuzz_request.c).
+# The fuzz targets `ctest` runs: fh_request_check() (the launch protocol's
+# parser) and fh_ipc_record_check() (IPC's), each csrc/tests/NAME.c.
+FUZZERS = ["fuzz_request", "fuzz_ipc"]
+# How long `ctest` runs each of them.
 FUZZ_SECONDS_DEFAULT = 20
 
 
@@ -212,33 +215,35 @@ def libfuzzer_ok(outdir: Path) -> bool:
     return r.returncode == 0
 
 
-def build_fuzzer(outdir: Path, extra: list[str], libfuzzer: bool) -> Path:
-    """csrc/tests/fuzz_request.c linked to OUTDIR/libforkhost.so (built
-    with the same `extra` flags): for libFuzzer, or standalone (its own
-    seeded mutation loop, FUZZ_STANDALONE, which also takes a count of
-    inputs: `fuzz_request RUNS`)."""
-    exe = Path(outdir) / "fuzz_request"
+def build_fuzzer(outdir: Path, extra: list[str], libfuzzer: bool,
+                 name: str = "fuzz_request") -> Path:
+    """csrc/tests/NAME.c linked to OUTDIR/libforkhost.so (built with the
+    same `extra` flags): for libFuzzer, or standalone (its own seeded
+    mutation loop, FUZZ_STANDALONE, which also takes a count of inputs:
+    `NAME RUNS`)."""
+    exe = Path(outdir) / name
     mode = ["-fsanitize=fuzzer"] if libfuzzer else ["-DFUZZ_STANDALONE"]
     run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra + mode
-        + ["-o", str(exe), str(CSRC / "tests" / "fuzz_request.c"), "-L", str(outdir),
+        + ["-o", str(exe), str(CSRC / "tests" / f"{name}.c"), "-L", str(outdir),
            "-lforkhost", f"-Wl,-rpath,{outdir}", "-ldl"])
     return exe
 
 
-def run_fuzzer(outdir: Path, extra: list[str], env: dict) -> bool:
-    """Build csrc/tests/fuzz_request.c and run it for FORKHOST_FUZZ_SECONDS
+def run_fuzzer(outdir: Path, extra: list[str], env: dict,
+               name: str = "fuzz_request") -> bool:
+    """Build csrc/tests/NAME.c and run it for FORKHOST_FUZZ_SECONDS
     (default FUZZ_SECONDS_DEFAULT): under libFuzzer when $CC has it, else
     with its own seeded mutation loop (FUZZ_STANDALONE)."""
     seconds = env.get("FORKHOST_FUZZ_SECONDS", str(FUZZ_SECONDS_DEFAULT))
     libfuzzer = libfuzzer_ok(outdir)
     try:
-        exe = build_fuzzer(outdir, extra, libfuzzer)
+        exe = build_fuzzer(outdir, extra, libfuzzer, name)
     except subprocess.CalledProcessError:
         return False
     print(f"== {exe.name} ({'libFuzzer' if libfuzzer else 'standalone'}, "
           f"{seconds} s)", flush=True)
     if libfuzzer:
-        corpus = outdir / "fuzz_request_corpus"
+        corpus = outdir / f"{name}_corpus"
         corpus.mkdir(exist_ok=True)
         cmd = [str(exe), f"-max_total_time={int(float(seconds))}",
                "-print_final_stats=1", str(corpus)]
@@ -277,11 +282,12 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
         tests.append(CSRC / "tests" / "rt" / "test_rt.c")
         if not run_rt_test(outdir):
             failed.append("test_rt")
-    tests.append(CSRC / "tests" / "fuzz_request.c")
-    if not run_fuzzer(outdir, extra, dict(
-            os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
-            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")):
-        failed.append("fuzz_request")
+    for name in FUZZERS:
+        tests.append(CSRC / "tests" / f"{name}.c")
+        if not run_fuzzer(outdir, extra, dict(
+                os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"), name):
+            failed.append(name)
     print(f"C tests: {len(tests) - len(failed)} passed, {len(failed)} failed"
           + (": " + ", ".join(failed) if failed else ""), flush=True)
     del lib

@@ -599,6 +599,48 @@ def test_hello_of_another_version_is_refused_in_words(prim):
         assert sock.recv(10) == b""
 
 
+# Records only the one parser (fh_ipc_record_check) refuses, since Python
+# lost its own: a name with bytes after its NUL, an id on a type that has
+# none, a type the other end sends.
+_HOSTILE = {
+    "name after NUL": ipc._encode(ipc.MSG, b"note\0x", b"hi"),
+    "MSG with an id": ipc._encode(ipc.MSG, b"note", b"hi", rid=5),
+    "WELCOME from a member": ipc._encode(ipc.WELCOME, b"", bytes(16)),
+}
+
+
+def test_first_records_get_the_c_parsers_verdict_in_words(prim):
+    from forkhost.ipc import _wire
+    hello = ipc._encode(ipc.HELLO, b"", ipc.HELLO_BODY.pack(os.getpid(), 1, 0, 0))
+    firsts = dict(_HOSTILE, **{"HELLO with an id": hello[:16] + struct.pack("=Q", 9)
+                               + hello[24:]})
+    for case, data in firsts.items():
+        t, want = _wire.record_verdict(data, side=_wire.FIRST_RECORD)
+        assert t == -1 and want, case
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(10)
+            s.connect(prim.ready["socket"])
+            s.send(data)
+            reply = s.recv(ipc.RECORD_MAX)
+            assert ipc.HDR.unpack_from(reply)[2] == ipc.REFUSE, case
+            assert reply[ipc.HDR.size:].decode() == want, case
+            assert s.recv(16) == b""
+
+
+def test_a_members_hostile_records_are_counted_not_run(prim):
+    from forkhost.ipc import _wire
+    for data in _HOSTILE.values():
+        assert _wire.record_verdict(data, side=_wire.FROM_SECONDARY)[0] == -1
+    before = prim.stats()["malformed"]
+    with _raw_member(prim.ready["socket"]) as sock:
+        for data in _HOSTILE.values():
+            sock.send(data)
+        sock.send(ipc._encode(ipc.MSG, b"note", b"after"))
+        got = wait_until(lambda: prim.log("note"), 10, "the good note")
+        assert [e["param"] for e in got] == [b"after".hex()]
+        assert prim.stats()["malformed"] == before + len(_HOSTILE)
+
+
 def test_recursive_request_from_an_action_is_refused(prim, entry):
     s = prim.launch(entry)
     # the secondary's action tries a sync request

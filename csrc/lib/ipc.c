@@ -1,10 +1,11 @@
 /*
- * ipc.c - forkhost IPC (DPDK's rte_mp) in C: a secondary's side (native
- * secondaries call it through forkhost/ipc.h, Python secondaries through
- * the *_raw calls), and the primary's receive loop (fh_ipc_loop_*, at the
- * end), which forkhost/ipc.py runs on its IPC thread.
+ * ipc.c - a secondary's IPC endpoint (DPDK's rte_mp secondary side):
+ * native secondaries call it through forkhost/ipc.h (ipc_api.c picks it
+ * when this process is not a C primary), Python secondaries through the
+ * *_raw calls (forkhost/ipc/_member.py).  The wire is ipc_wire.c's, the
+ * actions ipc_registry.c's.
  *
- * The primary (Python, forkhost/ipc.py) listens on <runtime>/<prefix>/ipc.sock;
+ * The primary listens on <runtime>/<prefix>/ipc.sock;
  * a secondary joins on its first IPC call: connect, HELLO, wait for WELCOME,
  * start one receive thread.  The wire format is in forkhost/ipc.h and
  * docs/ipc.md.  Everything here is one connection to one peer, so a request
@@ -52,13 +53,6 @@
 #include <time.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(struct fh_ipc_hdr) == FH_IPC_HDR_SIZE, "header layout");
-_Static_assert(sizeof(struct fh_ipc_hello) == 16, "HELLO layout");
-_Static_assert(sizeof(struct fh_ipc_welcome) == 16, "WELCOME layout");
-_Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
-
-/* connect + HELLO + WELCOME must not hang on a wedged primary. */
-#define FH_IPC_CONNECT_TIMEOUT_MS 5000
 /* A leading requester's blocking read lasts at most this long before it
  * looks at its deadline again (SO_RCVTIMEO); closer to the deadline it
  * polls for exactly the time left. */
@@ -67,15 +61,8 @@ _Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
 #define FH_IPC_REARM_MS 1
 /* Records read per wake-up before the thread looks at its deadlines. */
 #define FH_IPC_BATCH 64
-#define FH_CMSG_SPACE CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))
 
 enum { ST_IDLE, ST_RUNNING, ST_CLOSED };
-
-struct action {
-    struct action  *next;
-    fh_ipc_action_t fn;
-    char            name[FH_IPC_NAME_MAX];
-};
 
 struct pending {
     struct pending    *next;
@@ -110,11 +97,6 @@ struct deferred {
     unsigned char     param[];    /* h.param_len bytes */
 };
 
-/* Inherited from the primary through fork: written once by
- * fh_ipc_set_primary() before the template fork, only read afterwards. */
-static char  g_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-static pid_t g_primary_pid;
-
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t  cond;       /* CLOCK_MONOTONIC; sync requests wait here */
@@ -124,13 +106,12 @@ static struct {
     bool            have_thread;
     bool            stopping;
     pthread_t       thread;
-    struct action  *actions;
     struct pending *pending;
     pthread_mutex_t rx;         /* held by whoever reads g.fd */
     struct deferred *deferred, **deferred_tail;  /* for the thread, in order */
     struct pending  *due;       /* async requests completed off the thread */
 } g = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1, -1, -1,
-        false, false, 0, NULL, NULL, PTHREAD_MUTEX_INITIALIZER,
+        false, false, 0, NULL, PTHREAD_MUTEX_INITIALIZER,
         NULL, &g.deferred, NULL };
 
 /* ST_*.  Written under g.lock; read without it on the fast path of every
@@ -148,22 +129,12 @@ static atomic_uint_fast64_t g_lead_end;
 static _Thread_local bool t_on_ipc_thread;
 static _Thread_local struct fh__ipc_peer *t_peer;   /* the running action's */
 
-/* Counters, each an independent tally read only by fh_ipc_stats() (or
- * fh_ipc_loop_stats()): no ordering with any other memory is needed, so
- * every access is relaxed. */
-struct counters {
-    atomic_uint_fast64_t sent, received, dropped, notices_ignored, no_action,
-        malformed, action_errors, timeouts, peer_died, late_replies,
-        send_failed;
-};
-static struct counters st;      /* this process's secondary side */
-#define COUNT_IN(c, field) \
-    atomic_fetch_add_explicit(&(c)->field, 1, memory_order_relaxed)
+static struct fh__ipc_counters st;      /* this process's secondary side */
 #define COUNT(field) COUNT_IN(&st, field)
 
 /* The primary this process joined, from its WELCOME (for an attached
- * process it is not g_primary_pid); why it refused, if it did; the path
- * fh_ipc_attach() joins instead of g_path.  Written under g.lock by the
+ * process it is not fh_ipc_primary_pid()); why it refused, if it did; the path
+ * fh_ipc_attach() joins instead of fh_ipc_socket_path().  Written under g.lock by the
  * joining thread before the receive thread exists. */
 static pid_t g_peer_pid;
 static char  g_peer_name[FH_IPC_PEER_NAME_MAX];
@@ -171,70 +142,6 @@ static char  g_refusal[256];
 static char  g_attach[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
 /* -- helpers ---------------------------------------------------------- */
-
-static long timeout_ms(const struct timespec *ts)
-{
-    if (!ts)
-        return FH_IPC_DEFAULT_TIMEOUT_MS;
-    return (long)ts->tv_sec * 1000 + ts->tv_nsec / 1000000L;
-}
-
-/* 0, or -1 with errno for a name that cannot go on the wire. */
-static int check_name(const char *name)
-{
-    size_t n;
-
-    if (!name) {
-        errno = EINVAL;
-        return -1;
-    }
-    n = strnlen(name, FH_IPC_NAME_MAX);
-    if (n == 0) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (n >= FH_IPC_NAME_MAX) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    return 0;
-}
-
-/* What a sender must refuse before anything goes out. */
-static int check_flat(const char *name, int len_param, const int *fds, int num_fds,
-                      bool user)
-{
-    if (check_name(name) < 0)
-        return -1;
-    if (user && is_reserved(name)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (len_param < 0 || num_fds < 0 || (num_fds > 0 && !fds)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (len_param > FH_IPC_PARAM_MAX || num_fds > FH_IPC_FDS_MAX) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    for (int i = 0; i < num_fds; i++) {
-        if (fcntl(fds[i], F_GETFD) < 0) {
-            errno = EBADF;
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int check_msg(const struct fh_ipc_msg *m, bool user)
-{
-    if (!m) {
-        errno = EINVAL;
-        return -1;
-    }
-    return check_flat(m->name, m->len_param, m->fds, m->num_fds, user);
-}
 
 /* Seconds (the Python binding's) to ms; -1 with EINVAL when negative. */
 static long seconds_to_ms(double timeout)
@@ -250,98 +157,15 @@ static long seconds_to_ms(double timeout)
     return ms == 0 && timeout > 0 ? 1 : ms;
 }
 
-/* -- the wire --------------------------------------------------------- */
-
-/* Send one record on fd, waiting up to wait_ms for room in a full buffer.
- * 0, or -1 with errno (EAGAIN: the buffer stayed full; EPIPE/ECONNRESET:
- * the peer is gone).  With fds, the header and the param go as two iovecs
- * of one sendmsg (SEQPACKET keeps them one record). */
-static int send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
-                      const char *name, const void *param, uint32_t plen,
-                      const int *fds, int nfds, int wait_ms)
-{
-    struct fh_ipc_hdr h;
-    union {
-        struct cmsghdr hdr;
-        unsigned char  bytes[FH_CMSG_SPACE];
-    } ctl;
-    struct iovec iov[2];
-    struct msghdr mh;
-    ssize_t n;
-
-    memset(&h, 0, sizeof h);
-    h.magic = FH_IPC_MAGIC;
-    h.version = FH_IPC_VERSION;
-    h.type = type;
-    h.len = FH_IPC_HDR_SIZE + plen;
-    h.nfds = (uint32_t)nfds;
-    h.id = id;
-    h.param_len = plen;
-    h.status = status;
-    if (name)
-        strncpy(h.name, name, FH_IPC_NAME_MAX - 1);
-
-    if (nfds == 0) {
-        /* send() of one buffer: the kernel imports no msghdr or iovec,
-         * which costs more than copying a (small) param here. */
-        union {
-            struct fh_ipc_hdr h;
-            unsigned char     bytes[FH_IPC_RECORD_MAX];
-        } buf;
-
-        buf.h = h;
-        if (plen)
-            memcpy(buf.bytes + FH_IPC_HDR_SIZE, param, plen);
-        n = send(fd, buf.bytes, FH_IPC_HDR_SIZE + plen, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && errno == EAGAIN && wait_ms > 0) {
-            struct pollfd p = { .fd = fd, .events = POLLOUT };
-
-            if (poll(&p, 1, wait_ms) == 1)
-                n = send(fd, buf.bytes, FH_IPC_HDR_SIZE + plen,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-            else
-                errno = EAGAIN;
-        }
-        return n < 0 ? -1 : 0;
-    }
-    iov[0].iov_base = &h;
-    iov[0].iov_len = FH_IPC_HDR_SIZE;
-    iov[1].iov_base = (void *)param;
-    iov[1].iov_len = plen;
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = iov;
-    mh.msg_iovlen = plen ? 2 : 1;
-    if (nfds > 0) {
-        struct cmsghdr *c;
-
-        memset(&ctl, 0, sizeof ctl);
-        mh.msg_control = ctl.bytes;
-        mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
-        c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
-    }
-    n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0 && errno == EAGAIN && wait_ms > 0) {
-        struct pollfd p = { .fd = fd, .events = POLLOUT };
-
-        if (poll(&p, 1, wait_ms) == 1)
-            n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        else
-            errno = EAGAIN;
-    }
-    return n < 0 ? -1 : 0;
-}
+/* -- sending and receiving ----------------------------------------------- */
 
 /* A secondary's send: counted; the receive thread never waits. */
 static int send_record(int fd, uint16_t type, uint64_t id, int32_t status,
                        const char *name, const void *param, uint32_t plen,
                        const int *fds, int nfds)
 {
-    if (send_frame(fd, type, id, status, name, param, plen, fds, nfds,
-                   t_on_ipc_thread ? 0 : FH_IPC_SEND_TIMEOUT_MS) < 0) {
+    if (fh__ipc_send_frame(fd, type, id, status, name, param, plen, fds, nfds,
+                           t_on_ipc_thread ? 0 : FH_IPC_SEND_TIMEOUT_MS) < 0) {
         COUNT(send_failed);
         return -1;
     }
@@ -367,112 +191,11 @@ static int send_to_primary(uint16_t type, uint64_t id, int32_t status,
     return -1;
 }
 
-/* Which end a record was received at decides which types are valid. */
-enum side { FROM_PRIMARY, FROM_SECONDARY };
-
 /*
- * Has the peer shut down its sending side (closed, died, or shutdown())?
- *
- * On a SOCK_SEQPACKET socket recvmsg() returns 0 both for a zero-length
- * record and at EOF, and nothing else it reports tells them apart:
- * MSG_PEEK returns the same 0, FIONREAD (SIOCINQ) sums the bytes queued,
- * which an empty record adds nothing to, and msg_flags carry no MSG_EOR
- * for AF_UNIX.  What does: the kernel returns EOF only once the receive
- * side is shut down (RCV_SHUTDOWN, set when the peer closes its end or
- * calls shutdown(SHUT_WR)), a state that never reverts and that poll()
- * reports as POLLRDHUP (POLLHUP once both directions are shut).  So a 0
- * read while poll() shows neither is a record, certainly.  A 0 read once
- * they are set may have been an empty last record or EOF; either way the
- * peer can never send again, so it is EOF (and that record, if it was one,
- * is not counted).
- */
-static bool peer_shut(int fd)
-{
-    struct pollfd p = { fd, POLLRDHUP, 0 };
-    int r;
-
-    while ((r = poll(&p, 1, 0)) < 0 && errno == EINTR)
-        ;
-    if (r < 0)
-        return true;            /* cannot tell: a 0 read stays EOF */
-    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
-
-/*
- * recvmsg one record into buf (FH_IPC_RECORD_MAX bytes) and its fds.
- * n bytes, 0 on EOF, -1 with errno, -2 for a record that is malformed
- * however its bytes are checked (fds without data, or no bytes at all: see
- * peer_shut()); *trunc: MSG_TRUNC or MSG_CTRUNC.
- */
-static ssize_t recv_raw(int fd, void *buf, int *fds, int *nfds, bool *trunc,
-                        int flags)
-{
-    union {
-        struct cmsghdr hdr;
-        unsigned char  bytes[FH_CMSG_SPACE];
-    } ctl;
-    struct iovec iov = { buf, FH_IPC_RECORD_MAX };
-    struct msghdr mh;
-    struct cmsghdr *c;
-    ssize_t n;
-    int got = 0;
-
-    memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = ctl.bytes;
-    mh.msg_controllen = sizeof ctl.bytes;
-    *nfds = 0;
-    n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | flags);
-    if (n < 0)
-        return -1;
-    for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-            for (int i = 0; i < k && got < FH_IPC_FDS_MAX; i++)
-                memcpy(&fds[got++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        }
-    }
-    *nfds = got;
-    *trunc = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-    if (n == 0 && (got > 0 || !peer_shut(fd)))
-        n = -2;                 /* an empty record: malformed, not EOF */
-    return n;
-}
-
-/* docs/ipc.md "Checks": is the n-byte record in buf, with nfds fds, valid
- * at this side? */
-static bool record_ok(const struct fh_ipc_hdr *h, ssize_t n, int nfds, bool trunc,
-                      enum side side)
-{
-    if (trunc || n < (ssize_t)FH_IPC_HDR_SIZE)
-        return false;
-    if (h->magic != FH_IPC_MAGIC || h->version != FH_IPC_VERSION
-        || h->len != (uint32_t)n || h->param_len != h->len - FH_IPC_HDR_SIZE
-        || h->param_len > FH_IPC_PARAM_MAX || h->nfds != (uint32_t)nfds
-        || h->name[FH_IPC_NAME_MAX - 1] != '\0')
-        return false;
-    switch (h->type) {
-    case FH_IPC_MSG:
-    case FH_IPC_REQUEST:
-    case FH_IPC_REPLY:
-        return h->name[0] != '\0' && (h->type != FH_IPC_MSG) == (h->id != 0);
-    case FH_IPC_WELCOME:
-    case FH_IPC_REFUSE:
-        return side == FROM_PRIMARY && h->name[0] == '\0';
-    case FH_IPC_HELLO:
-    case FH_IPC_BYE:
-        return side == FROM_SECONDARY && h->name[0] == '\0' && h->id == 0;
-    default:
-        return false;
-    }
-}
-
-/*
- * Receive one record into hdr/param/fds.  1: got one; 0: EOF; -1 with
- * errno: EAGAIN (nothing there), EBADMSG (malformed: counted, fds closed),
- * or a socket error.
+ * Receive one record from the primary into hdr/param/fds, checked by the
+ * one parser (ipc_wire.c).  1: got one; 0: EOF; -1 with errno: EAGAIN
+ * (nothing there), EBADMSG (malformed: counted, fds closed), or a socket
+ * error.
  */
 static int recv_record(int fd, struct fh_ipc_hdr *hdr, unsigned char *param,
                        int *fds, int *nfds, int flags)
@@ -481,17 +204,15 @@ static int recv_record(int fd, struct fh_ipc_hdr *hdr, unsigned char *param,
         struct fh_ipc_hdr h;
         unsigned char     bytes[FH_IPC_RECORD_MAX];
     } buf;
-    bool trunc = false;
-    ssize_t n = recv_raw(fd, buf.bytes, fds, nfds, &trunc, flags);
+    struct fh_ipc_verdict v;
+    ssize_t n = fh__ipc_recv(fd, buf.bytes, fds, nfds, FH_IPC_FROM_PRIMARY, &v, flags);
 
     if (n == -1)
         return -1;
     if (n == 0)
         return 0;
-    if (!record_ok(&buf.h, n, *nfds, trunc, FROM_PRIMARY)) {
+    if (n == -2) {
         COUNT(malformed);
-        close_fds(fds, *nfds);
-        *nfds = 0;
         errno = EBADMSG;
         return -1;
     }
@@ -708,19 +429,12 @@ static void handle_reply(const struct fh_ipc_hdr *h, const unsigned char *param,
 static void handle_incoming(const struct fh_ipc_hdr *h, const unsigned char *param,
                             const int *fds, int nfds)
 {
-    fh_ipc_action_t fn = NULL;
+    fh_ipc_action_t fn;
     struct fh_ipc_msg *m;
     struct fh__ipc_peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
     int rc;
 
-    pthread_mutex_lock(&g.lock);
-    for (struct action *a = g.actions; a; a = a->next) {
-        if (strcmp(a->name, h->name) == 0) {
-            fn = a->fn;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&g.lock);
+    fn = fh__ipc_action(h->name);
 
     if (!fn) {
         close_fds(fds, nfds);
@@ -1054,8 +768,8 @@ static void atfork_child(void)
 {
     /* Only the forking thread exists in the child: no receive thread, no
      * waiter.  The parent's connection must end with the parent, so the
-     * child closes its copy; its actions and requests were the parent's. */
-    struct action *a = g.actions;
+     * child closes its copy; its requests were the parent's (and its
+     * actions, which ipc_registry.c forgets). */
     struct pending *p = g.pending;
 
     pthread_mutex_init(&g.lock, NULL);
@@ -1086,13 +800,6 @@ static void atfork_child(void)
         close(g.epfd);
     g.fd = g.wake = g.epfd = -1;
     g.have_thread = g.stopping = false;
-    while (a) {
-        struct action *next = a->next;
-
-        free(a);
-        a = next;
-    }
-    g.actions = NULL;
     while (p) {                 /* sync ones live on stacks of threads */
         struct pending *next = p->next;   /* that do not exist here */
 
@@ -1188,11 +895,11 @@ static int start_locked(void)
         return 0;               /* relaxed: we hold g.lock, its only writer */
     if (g_attach[0]) {
         memcpy(sa.sun_path, g_attach, sizeof sa.sun_path);
-    } else if (!g_path[0] || getpid() == g_primary_pid) {
+    } else if (!fh_ipc_socket_path()[0] || getpid() == fh_ipc_primary_pid()) {
         errno = ENOTCONN;       /* not a secondary; the primary is Python */
         return -1;
     } else {
-        memcpy(sa.sun_path, g_path, sizeof sa.sun_path);
+        memcpy(sa.sun_path, fh_ipc_socket_path(), sizeof sa.sun_path);
     }
     g_refusal[0] = '\0';
     fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -1212,7 +919,7 @@ static int start_locked(void)
     if (await_welcome(fd, &w) < 0)
         goto fail;
     g_peer_pid = w.primary_pid;
-    fh__ipc_comm(g_peer_pid, g_peer_name);
+    peer_comm(g_peer_pid, g_peer_name);
     {
         /* Only a leader's blocking read uses it: everyone else reads with
          * MSG_DONTWAIT. */
@@ -1294,91 +1001,13 @@ static int ensure_started(void)
     return rc;
 }
 
-/* -- shared with ipc_primary.c (ipc_internal.h) ----------------------------- */
-
-void fh__ipc_comm(pid_t pid, char *out)
-{
-    char path[32];
-    ssize_t n = 0;
-    int fd;
-
-    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        n = read(fd, out, FH_IPC_PEER_NAME_MAX - 1);
-        close(fd);
-    }
-    if (n < 0)
-        n = 0;
-    if (n > 0 && out[n - 1] == '\n')
-        n--;
-    out[n] = '\0';
-}
-
-int fh__ipc_check_flat(const char *name, int len_param, const int *fds,
-                       int num_fds, bool user)
-{
-    return check_flat(name, len_param, fds, num_fds, user);
-}
-
-int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
-                       const char *name, const void *param, uint32_t plen,
-                       const int *fds, int nfds, int wait_ms)
-{
-    return send_frame(fd, type, id, status, name, param, plen, fds, nfds, wait_ms);
-}
-
-int fh__ipc_check_msg(const struct fh_ipc_msg *m, bool user)
-{
-    return check_msg(m, user);
-}
-
-bool fh__ipc_peer_shut(int fd)
-{
-    return peer_shut(fd);
-}
-
-long fh__ipc_timeout_ms(const struct timespec *ts)
-{
-    return timeout_ms(ts);
-}
-
-fh_ipc_action_t fh__ipc_action(const char *name)
-{
-    fh_ipc_action_t fn = NULL;
-
-    pthread_once(&g_once, init_once);
-    pthread_mutex_lock(&g.lock);
-    for (struct action *a = g.actions; a; a = a->next) {
-        if (strcmp(a->name, name) == 0) {
-            fn = a->fn;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&g.lock);
-    return fn;
-}
-
 /* -- the API -------------------------------------------------------------- */
 
-FH_API int fh_ipc_set_primary(const char *path, pid_t primary_pid)
-{
-    if (!path || strlen(path) >= sizeof g_path) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    strcpy(g_path, path);
-    g_primary_pid = primary_pid;
-    return 0;
-}
-
-FH_API const char *fh_ipc_socket_path(void) { return g_path; }
-FH_API pid_t fh_ipc_primary_pid(void) { return g_primary_pid; }
 FH_API pid_t fh_ipc_peer_pid(void) { return g_peer_pid; }
 FH_API const char *fh_ipc_peer_name(void) { return g_peer_name; }
 FH_API const char *fh_ipc_refusal(void) { return g_refusal; }
 
-FH_API int fh_ipc_start(void)
+int fh__ipc_secondary_start(void)
 {
     return ensure_started();
 }
@@ -1395,7 +1024,7 @@ FH_API int fh_ipc_attach(const char *path)
     pthread_mutex_lock(&g.lock);
     /* relaxed: we hold g.lock, the state's only writer. */
     if (atomic_load_explicit(&g_state, memory_order_relaxed) != ST_IDLE) {
-        rc = strcmp(path, g_attach[0] ? g_attach : g_path) == 0 ? 0 : -1;
+        rc = strcmp(path, g_attach[0] ? g_attach : fh_ipc_socket_path()) == 0 ? 0 : -1;
         pthread_mutex_unlock(&g.lock);
         if (rc < 0)
             errno = EISCONN;
@@ -1409,103 +1038,13 @@ FH_API int fh_ipc_attach(const char *path)
     return rc;
 }
 
-static const char *const notices[] = {
-    FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE, FH_IPC_STOP_NOTICE,
-    FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE,
-};
-
-FH_API const char *fh_ipc_notice_name(unsigned i)
-{
-    return i < sizeof notices / sizeof notices[0] ? notices[i] : NULL;
-}
-
-static bool is_notice(const char *name)
-{
-    for (size_t i = 0; i < sizeof notices / sizeof notices[0]; i++)
-        if (strcmp(name, notices[i]) == 0)
-            return true;
-    return false;
-}
-
-FH_API int fh_ipc_register(const char *name, fh_ipc_action_t action)
-{
-    struct action *a;
-    bool join;
-
-    if (check_name(name) < 0)
-        return -1;
-    if (!action || (is_reserved(name) && !is_notice(name))) {
-        errno = EINVAL;
-        return -1;
-    }
-    a = calloc(1, sizeof *a);
-    if (!a)
-        return -1;
-    strcpy(a->name, name);
-    a->fn = action;
-    pthread_once(&g_once, init_once);
-    pthread_mutex_lock(&g.lock);
-    for (struct action *b = g.actions; b; b = b->next) {
-        if (strcmp(b->name, name) == 0) {
-            pthread_mutex_unlock(&g.lock);
-            free(a);
-            errno = EEXIST;
-            return -1;
-        }
-    }
-    /* Registered before joining: nothing the primary sends once we are a
-     * member can miss it. */
-    a->next = g.actions;
-    g.actions = a;
-    pthread_mutex_unlock(&g.lock);
-    join = g_path[0] && getpid() != g_primary_pid;
-    if (join && ensure_started() < 0) {
-        int e = errno;
-
-        fh_ipc_unregister(name);
-        errno = e;
-        return -1;
-    }
-    return 0;
-}
-
-FH_API int fh_ipc_unregister(const char *name)
-{
-    if (check_name(name) < 0)
-        return -1;
-    pthread_once(&g_once, init_once);
-    pthread_mutex_lock(&g.lock);
-    for (struct action **pp = &g.actions; *pp; pp = &(*pp)->next) {
-        if (strcmp((*pp)->name, name) == 0) {
-            struct action *a = *pp;
-
-            *pp = a->next;
-            pthread_mutex_unlock(&g.lock);
-            free(a);
-            return 0;
-        }
-    }
-    pthread_mutex_unlock(&g.lock);
-    errno = ENOENT;
-    return -1;
-}
-
 FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
                            const int *fds, int num_fds)
 {
-    if (check_flat(name, len_param, fds, num_fds, true) < 0 || ensure_started() < 0)
+    if (fh__ipc_check_flat(name, len_param, fds, num_fds, true) < 0
+        || ensure_started() < 0)
         return -1;
     return send_to_primary(FH_IPC_MSG, 0, 0, name, param, len_param, fds, num_fds);
-}
-
-FH_API int fh_ipc_send(const struct fh_ipc_msg *msg)
-{
-    if (fh__ipc_primary_here())         /* a C primary: to every member */
-        return fh__ipc_primary_send(msg, 0) < 0 ? -1 : 0;
-    if (check_msg(msg, true) < 0)
-        return -1;
-    return fh_ipc_send_raw(msg->name, msg->param, msg->len_param, msg->fds,
-                           msg->num_fds);
 }
 
 /* A sync request, checked.  The reply's msgs and peers are one malloc'd
@@ -1529,7 +1068,8 @@ static int request_sync(const char *name, const void *param, int len_param,
         errno = EINVAL;
         return -1;
     }
-    if (check_flat(name, len_param, fds, num_fds, true) < 0 || ensure_started() < 0)
+    if (fh__ipc_check_flat(name, len_param, fds, num_fds, true) < 0
+        || ensure_started() < 0)
         return -1;
     memset(&p, 0, sizeof p);    /* req unused: sync requests return */
     p.raw = raw;
@@ -1594,15 +1134,9 @@ static int request_sync(const char *name, const void *param, int len_param,
     return 0;
 }
 
-FH_API int fh_ipc_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *reply,
-                          const struct timespec *ts)
+int fh__ipc_secondary_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *reply,
+                              const struct timespec *ts)
 {
-    if (!reply || !req) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_request(req, 0, reply, ts);
     return request_sync(req->name, req->param, req->len_param, req->fds,
                         req->num_fds, timeout_ms(ts), reply, NULL, NULL, NULL, NULL);
 }
@@ -1639,7 +1173,8 @@ static int request_async(const char *name, const void *param, int len_param,
         errno = EINVAL;
         return -1;
     }
-    if (check_flat(name, len_param, fds, num_fds, true) < 0 || ensure_started() < 0)
+    if (fh__ipc_check_flat(name, len_param, fds, num_fds, true) < 0
+        || ensure_started() < 0)
         return -1;
     p = calloc(1, sizeof *p);
     if (!p)
@@ -1707,27 +1242,19 @@ FH_API int fh_ipc_request_async_raw(const char *name, const void *param,
                          seconds_to_ms(timeout), callback, arg);
 }
 
-FH_API int fh_ipc_request_async(const struct fh_ipc_msg *req,
-                                const struct timespec *ts,
-                                fh_ipc_async_t callback, void *arg)
+int fh__ipc_secondary_request_async(const struct fh_ipc_msg *req,
+                                    const struct timespec *ts,
+                                    fh_ipc_async_t callback, void *arg)
 {
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_request_async(req, 0, ts, callback, arg);
-    if (check_msg(req, true) < 0)
+    if (fh__ipc_check_msg(req, true) < 0)
         return -1;
     return request_async(req->name, req->param, req->len_param, req->fds,
                          req->num_fds, timeout_ms(ts), callback, arg);
 }
 
-FH_API int fh_ipc_on_ipc_thread(void)
+bool fh__ipc_secondary_thread(void)
 {
-    return t_on_ipc_thread || fh__ipc_primary_thread();
-}
-
-/* A C primary's peer starts with the same struct (ipc_primary.c). */
-FH_API uint64_t fh_ipc_peer_id(const void *peer)
-{
-    return peer ? ((const struct fh__ipc_peer *)peer)->id : 0;
+    return t_on_ipc_thread;
 }
 
 FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
@@ -1738,7 +1265,7 @@ FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
         errno = EINVAL;
         return -1;
     }
-    if (check_flat(name, len_param, fds, num_fds, false) < 0)
+    if (fh__ipc_check_flat(name, len_param, fds, num_fds, false) < 0)
         return -1;
     /* From inside the action that got it: the action has answered, so no
      * ACTION_FAILED follows if it then fails. */
@@ -1753,15 +1280,13 @@ FH_API int fh_ipc_reply_raw(uint64_t id, int status, const char *name,
                            fds, num_fds);
 }
 
-FH_API int fh_ipc_reply(const struct fh_ipc_msg *msg, const void *peer)
+int fh__ipc_secondary_reply(const struct fh_ipc_msg *msg, const void *peer)
 {
     const struct fh__ipc_peer *pr = peer;
 
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_reply(msg, peer);
     if (may_reply(pr, t_on_ipc_thread ? t_peer : NULL) < 0)
         return -1;
-    if (check_msg(msg, false) < 0)
+    if (fh__ipc_check_msg(msg, false) < 0)
         return -1;
     return fh_ipc_reply_raw(pr->id, FH_IPC_OK, msg->name, msg->param,
                             msg->len_param, msg->fds, msg->num_fds);
@@ -1846,387 +1371,7 @@ FH_API int fh_ipc_stop(void)
     return fh_ipc_leave(1);
 }
 
-FH_API void fh_ipc_stats(struct fh_ipc_stats *out)
+void fh__ipc_secondary_stats(struct fh_ipc_stats *out)
 {
-    if (fh__ipc_primary_here()) {
-        fh__ipc_primary_stats(out);
-        return;
-    }
-#define LOAD(f) out->f = atomic_load_explicit(&st.f, memory_order_relaxed)
-    LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored);
-    LOAD(no_action); LOAD(malformed); LOAD(action_errors); LOAD(timeouts);
-    LOAD(peer_died); LOAD(late_replies); LOAD(send_failed);
-#undef LOAD
-}
-
-/* -- the primary's receive loop ------------------------------------------- */
-
-/*
- * forkhost/ipc.py's IPC thread calls fh_ipc_loop_run() (with the GIL
- * released) and gets upcalls (taking the GIL) only for what Python must
- * decide.  The hot path of a request from a member is: epoll_wait,
- * recvmsg, the checks, one upcall that runs the action, whose reply is
- * framed and sent by fh_ipc_send_fd(), back to epoll_wait.
- *
- * An epoll event carries the fd and the generation it was watched under,
- * so an event for a connection that an earlier upcall of the same batch
- * dropped (its fd number perhaps already reused by a new connection) is
- * recognised as stale and skipped.
- */
-
-enum { W_NONE = 0 };
-
-/* Replies an upcall made, sent when it returns (fh_ipc_send_reply()). */
-#define FH_IPC_REPLY_QUEUE 4
-
-struct queued_reply {
-    int      fd;
-    uint32_t len;
-    union {
-        struct fh_ipc_hdr h;
-        unsigned char     bytes[FH_IPC_RECORD_MAX];
-    } rec;
-};
-
-struct fh_ipc_loop {
-    int             epfd;
-    int             wake;       /* eventfd */
-    pthread_mutex_t lock;       /* wake vs close: any thread may wake */
-    bool            forgotten;  /* in a forked child: lock unusable */
-    atomic_bool     stopping;
-    /* Per fd, how it is watched and its generation: touched by the thread
-     * that runs the loop (or one thread while none runs) only. */
-    uint8_t        *how;
-    uint32_t       *gen;
-    size_t          nfd;
-    struct counters st;
-    union {
-        struct fh_ipc_hdr h;
-        unsigned char     bytes[FH_IPC_RECORD_MAX];
-    } buf;                      /* the record of a RECORD upcall */
-    int             fds[FH_IPC_FDS_MAX];        /* and its fds */
-    /* Touched by the thread that runs the loop only. */
-    int                 nq;
-    struct queued_reply q[FH_IPC_REPLY_QUEUE];
-};
-
-/* The loop whose upcall this thread is in, if any. */
-static _Thread_local struct fh_ipc_loop *t_upcall_loop;
-
-/* On the loop's thread: send the replies its upcall queued, in order. */
-static void flush_replies(struct fh_ipc_loop *l)
-{
-    for (int i = 0; i < l->nq; i++) {
-        struct queued_reply *r = &l->q[i];
-
-        if (send(r->fd, r->rec.bytes, r->len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-            COUNT_IN(&l->st, send_failed);
-        else
-            COUNT_IN(&l->st, sent);
-    }
-    l->nq = 0;
-}
-
-static long upcall(struct fh_ipc_loop *l, fh_ipc_upcall_t up, void *arg, int kind,
-                   int fd, uint32_t events, int len)
-{
-    long r;
-
-    t_upcall_loop = l;
-    r = up(arg, kind, fd, events, len);
-    t_upcall_loop = NULL;
-    flush_replies(l);
-    return r;
-}
-
-FH_API struct fh_ipc_loop *fh_ipc_loop_new(void)
-{
-    struct fh_ipc_loop *l = calloc(1, sizeof *l);
-    struct epoll_event ev = { .events = EPOLLIN };
-
-    if (!l)
-        return NULL;
-    l->epfd = epoll_create1(EPOLL_CLOEXEC);
-    l->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    ev.data.u64 = UINT64_MAX;   /* no fd has this generation */
-    if (l->epfd < 0 || l->wake < 0
-        || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wake, &ev) < 0) {
-        int e = errno;
-
-        if (l->epfd >= 0)
-            close(l->epfd);
-        if (l->wake >= 0)
-            close(l->wake);
-        free(l);
-        errno = e;
-        return NULL;
-    }
-    pthread_mutex_init(&l->lock, NULL);
-    return l;
-}
-
-FH_API int fh_ipc_loop_watch(struct fh_ipc_loop *l, int fd, int how)
-{
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
-
-    if (fd < 0 || (how != FH_IPC_WATCH_EVENTS && how != FH_IPC_WATCH_RECORDS)) {
-        errno = EINVAL;
-        return -1;
-    }
-    if ((size_t)fd >= l->nfd) {
-        size_t n = (size_t)fd + 64;
-        uint8_t *how2 = realloc(l->how, n);
-        uint32_t *gen2;
-
-        if (!how2)
-            return -1;
-        l->how = how2;
-        gen2 = realloc(l->gen, n * sizeof *gen2);
-        if (!gen2)
-            return -1;
-        l->gen = gen2;
-        memset(l->how + l->nfd, 0, n - l->nfd);
-        memset(l->gen + l->nfd, 0, (n - l->nfd) * sizeof *gen2);
-        l->nfd = n;
-    }
-    if (l->how[fd] == W_NONE) {
-        l->gen[fd]++;
-        ev.data.u64 = (uint64_t)l->gen[fd] << 32 | (uint32_t)fd;
-        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-            return -1;
-    }
-    l->how[fd] = (uint8_t)how;  /* (same events either way) */
-    return 0;
-}
-
-FH_API int fh_ipc_loop_unwatch(struct fh_ipc_loop *l, int fd)
-{
-    if (t_upcall_loop == l)
-        flush_replies(l);       /* what was answered goes out before fd goes */
-    if (fd < 0 || (size_t)fd >= l->nfd || l->how[fd] == W_NONE) {
-        errno = ENOENT;
-        return -1;
-    }
-    l->how[fd] = W_NONE;
-    return epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
-}
-
-/* Read what a member sent, up to FH_IPC_BATCH records (one busy member
- * cannot starve the others: epoll is level-triggered and comes back).
- * After a REQUEST it goes back to epoll: its sender is waiting for the
- * answer and rarely has more to say, so another recvmsg would mostly find
- * nothing, a syscall on every round trip.  true when Python was told the
- * connection is gone. */
-static bool read_records(struct fh_ipc_loop *l, int fd, uint32_t events,
-                         fh_ipc_upcall_t up, void *arg)
-{
-    int *fds = l->fds, nfds;
-
-    for (int i = 0; i < FH_IPC_BATCH; i++) {
-        bool trunc = false;
-        ssize_t n = recv_raw(fd, l->buf.bytes, fds, &nfds, &trunc, MSG_DONTWAIT);
-
-        if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
-            if (i == 0 && (events & (EPOLLHUP | EPOLLERR)) && !(events & EPOLLIN))
-                goto gone;      /* hung up with nothing left to read */
-            return false;
-        }
-        if (n == -1 || n == 0)
-            goto gone;          /* EOF, ECONNRESET and the like */
-        if (!record_ok(&l->buf.h, n, nfds, trunc, FROM_SECONDARY)) {
-            COUNT_IN(&l->st, malformed);
-            close_fds(fds, nfds);
-            continue;           /* one bad record never costs membership */
-        }
-        COUNT_IN(&l->st, received);
-        uint16_t type = l->buf.h.type;
-
-        if (upcall(l, up, arg, FH_IPC_UP_RECORD, fd, events, (int)n) != 0)
-            return false;       /* Python dropped it, or it is closing */
-        if (type == FH_IPC_REQUEST)
-            return false;
-    }
-    return false;
-
-gone:
-    upcall(l, up, arg, FH_IPC_UP_GONE, fd, events, 0);
-    return true;
-}
-
-FH_API int fh_ipc_loop_run(struct fh_ipc_loop *l, fh_ipc_upcall_t up, void *arg)
-{
-    struct epoll_event evs[32];
-    struct timespec deadline;
-    long timeout = upcall(l, up, arg, FH_IPC_UP_TICK, -1, 0, 0);
-
-    if (timeout >= 0)
-        now_plus(&deadline, timeout);
-    /* acquire: pairs with the release in fh_ipc_loop_stop(). */
-    while (!atomic_load_explicit(&l->stopping, memory_order_acquire)) {
-        long ms = timeout < 0 ? -1 : ms_until(&deadline);
-        int n = epoll_wait(l->epfd, evs, 32, ms > 60000 ? 60000 : (int)ms);
-        bool tick = n == 0;
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        for (int i = 0; i < n; i++) {
-            uint64_t key = evs[i].data.u64, v;
-            int fd = (int)(uint32_t)key;
-
-            if (key == UINT64_MAX) {
-                if (read(l->wake, &v, sizeof v) < 0 && errno != EAGAIN)
-                    return -1;
-                tick = true;
-                continue;
-            }
-            if ((size_t)fd >= l->nfd || l->gen[fd] != (uint32_t)(key >> 32)
-                || l->how[fd] == W_NONE)
-                continue;       /* dropped by an earlier upcall: stale */
-            if (l->how[fd] == FH_IPC_WATCH_EVENTS) {
-                upcall(l, up, arg, FH_IPC_UP_EVENT, fd, evs[i].events, 0);
-                tick = true;    /* accepting or dropping moves deadlines */
-            } else if (read_records(l, fd, evs[i].events, up, arg)) {
-                tick = true;
-            }
-            if (atomic_load_explicit(&l->stopping, memory_order_acquire))
-                return 0;
-        }
-        if (!tick && timeout >= 0 && ms_until(&deadline) == 0)
-            tick = true;
-        if (tick && !atomic_load_explicit(&l->stopping, memory_order_acquire)) {
-            timeout = upcall(l, up, arg, FH_IPC_UP_TICK, -1, 0, 0);
-            if (timeout >= 0)
-                now_plus(&deadline, timeout);
-        }
-    }
-    return 0;
-}
-
-FH_API void fh_ipc_loop_wake(struct fh_ipc_loop *l)
-{
-    uint64_t one = 1;
-
-    pthread_mutex_lock(&l->lock);
-    /* EAGAIN only when the counter is about to overflow: it is awake. */
-    if (l->wake >= 0 && write(l->wake, &one, sizeof one) < 0 && errno != EAGAIN)
-        COUNT_IN(&l->st, send_failed);
-    pthread_mutex_unlock(&l->lock);
-}
-
-FH_API void fh_ipc_loop_stop(struct fh_ipc_loop *l)
-{
-    /* release: whoever sees the flag sees what the stopper did before. */
-    atomic_store_explicit(&l->stopping, true, memory_order_release);
-    fh_ipc_loop_wake(l);
-}
-
-FH_API void fh_ipc_loop_close(struct fh_ipc_loop *l)
-{
-    pthread_mutex_lock(&l->lock);
-    if (l->epfd >= 0)
-        close(l->epfd);
-    if (l->wake >= 0)
-        close(l->wake);
-    l->epfd = l->wake = -1;
-    pthread_mutex_unlock(&l->lock);
-}
-
-FH_API void fh_ipc_loop_forget(struct fh_ipc_loop *l)
-{
-    /* The child is single-threaded; the lock may be held by a parent's
-     * thread that does not exist here, so it is never touched again. */
-    l->forgotten = true;
-    if (l->epfd >= 0)
-        close(l->epfd);
-    if (l->wake >= 0)
-        close(l->wake);
-    l->epfd = l->wake = -1;
-}
-
-FH_API void fh_ipc_loop_free(struct fh_ipc_loop *l)
-{
-    if (!l)
-        return;
-    if (!l->forgotten) {
-        fh_ipc_loop_close(l);
-        pthread_mutex_destroy(&l->lock);
-    }
-    free(l->how);
-    free(l->gen);
-    free(l);
-}
-
-FH_API void *fh_ipc_loop_buffer(struct fh_ipc_loop *l)
-{
-    return l->buf.bytes;
-}
-
-FH_API int *fh_ipc_loop_fds(struct fh_ipc_loop *l)
-{
-    return l->fds;
-}
-
-FH_API void fh_ipc_loop_stats(struct fh_ipc_loop *l, struct fh_ipc_stats *out)
-{
-#define LOAD(f) out->f = atomic_load_explicit(&l->st.f, memory_order_relaxed)
-    LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored);
-    LOAD(no_action); LOAD(malformed); LOAD(action_errors); LOAD(timeouts);
-    LOAD(peer_died); LOAD(late_replies); LOAD(send_failed);
-#undef LOAD
-}
-
-FH_API int fh_ipc_send_fd(struct fh_ipc_loop *l, int fd, int type, uint64_t id,
-                          int status, const char *name, const void *param,
-                          int len_param, const int *fds, int num_fds, int wait_ms)
-{
-    if (len_param < 0 || len_param > FH_IPC_PARAM_MAX || num_fds < 0
-        || num_fds > FH_IPC_FDS_MAX || (name && strnlen(name, FH_IPC_NAME_MAX)
-                                         >= FH_IPC_NAME_MAX)) {
-        errno = EMSGSIZE;       /* the caller checked; this is the last guard */
-        return -1;
-    }
-    if (t_upcall_loop == l)
-        flush_replies(l);       /* records leave in the order they were made */
-    if (send_frame(fd, (uint16_t)type, id, status, name, param,
-                   (uint32_t)len_param, fds, num_fds, wait_ms) < 0) {
-        COUNT_IN(&l->st, send_failed);
-        return -1;
-    }
-    COUNT_IN(&l->st, sent);
-    return 0;
-}
-
-FH_API int fh_ipc_send_reply(struct fh_ipc_loop *l, int fd, uint64_t id, int status,
-                             const char *name, const void *param, int len_param)
-{
-    struct queued_reply *r;
-
-    if (t_upcall_loop != l)
-        return fh_ipc_send_fd(l, fd, FH_IPC_REPLY, id, status, name, param,
-                              len_param, NULL, 0, 0);
-    if (len_param < 0 || len_param > FH_IPC_PARAM_MAX || !name
-        || strnlen(name, FH_IPC_NAME_MAX) >= FH_IPC_NAME_MAX) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    if (l->nq == FH_IPC_REPLY_QUEUE)
-        flush_replies(l);
-    r = &l->q[l->nq++];
-    memset(&r->rec.h, 0, sizeof r->rec.h);
-    r->rec.h.magic = FH_IPC_MAGIC;
-    r->rec.h.version = FH_IPC_VERSION;
-    r->rec.h.type = FH_IPC_REPLY;
-    r->rec.h.len = FH_IPC_HDR_SIZE + (uint32_t)len_param;
-    r->rec.h.id = id;
-    r->rec.h.param_len = (uint32_t)len_param;
-    r->rec.h.status = status;
-    strncpy(r->rec.h.name, name, FH_IPC_NAME_MAX - 1);
-    if (len_param)
-        memcpy(r->rec.bytes + FH_IPC_HDR_SIZE, param, len_param);
-    r->fd = fd;
-    r->len = r->rec.h.len;
-    return 0;
+    counters_load(&st, out);
 }

@@ -1,16 +1,29 @@
 /*
- * ipc_internal.h - what csrc/lib/ipc.c (a secondary's side, the primary's
- * receive loop) shares with csrc/lib/ipc_primary.c (a C primary's
- * endpoint).  Hidden symbols (the library builds with -fvisibility=hidden):
- * not part of the API.
+ * ipc_internal.h - what the IPC files of libforkhost share, and who uses
+ * whom (no circle):
+ *
+ *   ipc_api.c      the public calls that act for either endpoint
+ *     -> ipc.c         a secondary's endpoint
+ *     -> ipc_primary.c the primary's endpoint: the receive loop every
+ *                      primary runs, and a C primary's endpoint on it
+ *   ipc.c, ipc_primary.c
+ *     -> ipc_registry.c the actions registered by name, where the
+ *                      primary's socket is
+ *     -> ipc_wire.c    encoding, sending, receiving, the one parser
+ *
+ * Hidden symbols (the library builds with -fvisibility=hidden): not part
+ * of the API.
  */
 #ifndef FORKHOST_IPC_INTERNAL_H
 #define FORKHOST_IPC_INTERNAL_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
@@ -19,14 +32,9 @@
 
 #include "forkhost/ipc.h"
 
-/* A send from an ordinary thread waits this long for room in a full
- * buffer; an IPC thread never waits. */
-#define FH_IPC_SEND_TIMEOUT_MS 1000
-/* Requests whose caller passes no timeout. */
-#define FH_IPC_DEFAULT_TIMEOUT_MS 5000
 
-/* -- helpers of both files: static inline, so no symbols and no
- * prototypes; the short names are private to these two files. -- */
+/* -- helpers of the endpoints: static inline, so no symbols and no
+ * prototypes; the short names are private to these files. -- */
 
 /* *ts = CLOCK_MONOTONIC now + ms. */
 static inline void now_plus(struct timespec *ts, long ms)
@@ -136,31 +144,114 @@ static inline struct fh_ipc_peer_reply *reply_peers(struct fh_ipc_msg *block,
                                                 + reply_peers_offset(nmsgs));
 }
 
-/* -- defined once in ipc.c ------------------------------------------------ */
+/* Counters, each an independent tally read only by the stats calls: no
+ * ordering with any other memory is needed, so every access is relaxed. */
+struct fh__ipc_counters {
+    atomic_uint_fast64_t sent, received, dropped, notices_ignored, no_action,
+        malformed, action_errors, timeouts, peer_died, late_replies,
+        send_failed;
+};
+#define COUNT_IN(c, field) \
+    atomic_fetch_add_explicit(&(c)->field, 1, memory_order_relaxed)
+#define COUNT_N_IN(c, field, n) \
+    atomic_fetch_add_explicit(&(c)->field, (uint64_t)(n), memory_order_relaxed)
+
+/* out = the tallies of c (relaxed loads: see struct fh__ipc_counters). */
+static inline void counters_load(struct fh__ipc_counters *c, struct fh_ipc_stats *out)
+{
+#define LOAD(f) out->f = atomic_load_explicit(&c->f, memory_order_relaxed)
+    LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored);
+    LOAD(no_action); LOAD(malformed); LOAD(action_errors); LOAD(timeouts);
+    LOAD(peer_died); LOAD(late_replies); LOAD(send_failed);
+#undef LOAD
+}
+
+/* A caller's timeout in ms (NULL: the default). */
+static inline long timeout_ms(const struct timespec *ts)
+{
+    if (!ts)
+        return FH_IPC_DEFAULT_TIMEOUT_MS;
+    return (long)ts->tv_sec * 1000 + ts->tv_nsec / 1000000L;
+}
 
 /* A process's name as a peer entry shows it: /proc/PID/comm without its
  * newline, "" when it cannot be read (out: FH_IPC_PEER_NAME_MAX bytes). */
-void fh__ipc_comm(pid_t pid, char *out);
+static inline void peer_comm(pid_t pid, char *out)
+{
+    char path[32];
+    ssize_t n = 0;
+    int fd;
 
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        n = read(fd, out, FH_IPC_PEER_NAME_MAX - 1);
+        close(fd);
+    }
+    if (n < 0)
+        n = 0;
+    if (n > 0 && out[n - 1] == '\n')
+        n--;
+    out[n] = '\0';
+}
+
+/* -- ipc_wire.c: the wire --------------------------------------------------- */
+
+/* 0, or -1 with errno (EINVAL, ENAMETOOLONG) for a name that cannot go on
+ * the wire. */
+int  fh__ipc_check_name(const char *name);
 /* 0, or -1 with errno for what a sender must refuse before anything goes
  * out (docs/ipc.md "Checks"); user: the reserved namespace is refused. */
-int fh__ipc_check_flat(const char *name, int len_param, const int *fds,
-                       int num_fds, bool user);
+int  fh__ipc_check_flat(const char *name, int len_param, const int *fds,
+                        int num_fds, bool user);
 /* check_flat for a whole message (NULL: EINVAL). */
-int fh__ipc_check_msg(const struct fh_ipc_msg *m, bool user);
-/* One record on fd, nothing counted; wait_ms for room in a full buffer. */
-int fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
-                       const char *name, const void *param, uint32_t plen,
-                       const int *fds, int nfds, int wait_ms);
+int  fh__ipc_check_msg(const struct fh_ipc_msg *m, bool user);
+/* Is name one of the notices an action may be registered under? */
+bool fh__ipc_is_notice(const char *name);
+/* *h: the header of a record of these fields (name: NULL for none). */
+void fh__ipc_encode_hdr(struct fh_ipc_hdr *h, uint16_t type, uint64_t id,
+                        int32_t status, const char *name, uint32_t plen,
+                        uint32_t nfds);
+/* Send one record on fd, waiting up to wait_ms for room in a full buffer.
+ * 0, or -1 with errno (EAGAIN: the buffer stayed full; EPIPE/ECONNRESET:
+ * the peer is gone); nothing counted. */
+int  fh__ipc_send_frame(int fd, uint16_t type, uint64_t id, int32_t status,
+                        const char *name, const void *param, uint32_t plen,
+                        const int *fds, int nfds, int wait_ms);
 /* Has the peer of fd shut down its sending side (EOF, not an empty
- * record)?  See peer_shut() in ipc.c. */
+ * record)?  See ipc_wire.c. */
 bool fh__ipc_peer_shut(int fd);
-/* The action registered under name (fh_ipc_register), or NULL. */
-fh_ipc_action_t fh__ipc_action(const char *name);
-/* A caller's timeout in ms (NULL: the default). */
-long fh__ipc_timeout_ms(const struct timespec *ts);
+/* recvmsg one record into buf (FH_IPC_RECORD_MAX bytes) and its fds
+ * (FH_IPC_FDS_MAX), checked with fh_ipc_record_check() as received at
+ * side: its length (> 0) when valid; 0 at EOF; -1 with errno (EAGAIN, a
+ * socket error); -2 when malformed (*v says why, its fds are closed).
+ * Nothing counted. */
+ssize_t fh__ipc_recv(int fd, void *buf, int *fds, int *nfds, int side,
+                     struct fh_ipc_verdict *v, int flags);
 
-/* ipc_primary.c: is this process a C primary that prepared its endpoint
+/* -- ipc_registry.c: what every endpoint of this process looks up ----------- */
+
+/* Add, remove, find an action by name (fh_ipc_register's list): 0, or -1
+ * with errno EEXIST / ENOENT / ENOMEM; find: NULL when there is none. */
+int  fh__ipc_action_add(const char *name, fh_ipc_action_t fn);
+int  fh__ipc_action_remove(const char *name);
+fh_ipc_action_t fh__ipc_action(const char *name);
+
+/* -- ipc.c: a secondary's endpoint (what ipc_api.c calls there) -------------- */
+
+int  fh__ipc_secondary_start(void);
+int  fh__ipc_secondary_request(const struct fh_ipc_msg *req, struct fh_ipc_reply *reply,
+                               const struct timespec *ts);
+int  fh__ipc_secondary_request_async(const struct fh_ipc_msg *req,
+                                     const struct timespec *ts,
+                                     fh_ipc_async_t callback, void *arg);
+int  fh__ipc_secondary_reply(const struct fh_ipc_msg *msg, const void *peer);
+bool fh__ipc_secondary_thread(void);
+void fh__ipc_secondary_stats(struct fh_ipc_stats *out);
+
+/* -- ipc_primary.c: a C primary's endpoint (what ipc_api.c calls there) ------ */
+
+/* Is this process a C primary that prepared its endpoint
  * (fh_ipc_primary_prepare())?  Then the public calls of ipc.h act as the
  * primary's. */
 bool fh__ipc_primary_here(void);

@@ -1,15 +1,18 @@
 /*
- * ipc_primary.c - a C primary's IPC endpoint: what forkhost/ipc.py's
- * _PrimaryEndpoint does for a Python primary, with no Python in the
- * process.  Same wire (forkhost/ipc.h, docs/ipc.md), same behaviour: the
+ * ipc_primary.c - the primary's IPC endpoint in C.  First the receive loop
+ * every primary runs on its IPC thread (fh_ipc_loop_*: epoll, reading and
+ * checking members' records, first records, sending), which a Python
+ * primary drives from forkhost/ipc/_primary.py; then a C primary's
+ * endpoint built on it: what forkhost/ipc/_primary.py does for a Python
+ * primary, with no Python in the process.  Same wire (forkhost/ipc.h, docs/ipc.md), same behaviour: the
  * listener on <runtime>/<prefix>/ipc.sock, HELLO/WELCOME and the refusals
  * of a first record that is not a valid HELLO, the members, actions run
  * for their messages and requests, requests from the primary to every
  * member or one with replies counted, the template's exit records turned
  * into forkhost.exit, and forkhost.shutdown with its grace.
  *
- * One IPC thread runs libforkhost's receive loop (fh_ipc_loop_*, ipc.c),
- * which reads and checks the members' records; its upcall (up() below)
+ * One IPC thread runs the receive loop (fh_ipc_loop_*, below), which
+ * reads and checks the members' records; its upcall (up() below)
  * does the rest, on that thread: actions, replies to our requests,
  * accepting, first records, exit records, deadlines.  Any thread may send
  * and request.
@@ -36,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -44,9 +48,457 @@
 #include <time.h>
 #include <unistd.h>
 
-#define FH_CMSG_SPACE CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))
 /* Records drained from a refused connection before it is closed. */
 #define REFUSE_DRAIN 64
+/* Records read from one member per wake-up: one busy member cannot starve
+ * the others. */
+#define FH_IPC_BATCH 64
+
+
+/* -- the receive loop ------------------------------------------------------ */
+
+/*
+ * forkhost/ipc/_primary.py's IPC thread calls fh_ipc_loop_run() (with the GIL
+ * released) and gets upcalls (taking the GIL) only for what Python must
+ * decide.  The hot path of a request from a member is: epoll_wait,
+ * recvmsg, the checks, one upcall that runs the action, whose reply is
+ * framed and sent by fh_ipc_send_fd(), back to epoll_wait.
+ *
+ * An epoll event carries the fd and the generation it was watched under,
+ * so an event for a connection that an earlier upcall of the same batch
+ * dropped (its fd number perhaps already reused by a new connection) is
+ * recognised as stale and skipped.
+ */
+
+enum { W_NONE = 0 };
+
+/* Replies an upcall made, sent when it returns (fh_ipc_send_reply()). */
+#define FH_IPC_REPLY_QUEUE 4
+
+struct queued_reply {
+    int      fd;
+    uint32_t len;
+    union {
+        struct fh_ipc_hdr h;
+        unsigned char     bytes[FH_IPC_RECORD_MAX];
+    } rec;
+};
+
+struct fh_ipc_loop {
+    int             epfd;
+    int             wake;       /* eventfd */
+    pthread_mutex_t lock;       /* wake vs close: any thread may wake */
+    bool            forgotten;  /* in a forked child: lock unusable */
+    atomic_bool     stopping;
+    /* Per fd, how it is watched and its generation: touched by the thread
+     * that runs the loop (or one thread while none runs) only. */
+    uint8_t        *how;
+    uint32_t       *gen;
+    size_t          nfd;
+    struct fh__ipc_counters st;
+    union {
+        struct fh_ipc_hdr h;
+        unsigned char     bytes[FH_IPC_RECORD_MAX];
+    } buf;                      /* the record of a RECORD upcall */
+    int             fds[FH_IPC_FDS_MAX];        /* and its fds */
+    /* Touched by the thread that runs the loop only. */
+    int                 nq;
+    struct queued_reply q[FH_IPC_REPLY_QUEUE];
+};
+
+/* The loop whose upcall this thread is in, if any. */
+static _Thread_local struct fh_ipc_loop *t_upcall_loop;
+
+/* On the loop's thread: send the replies its upcall queued, in order. */
+static void flush_replies(struct fh_ipc_loop *l)
+{
+    for (int i = 0; i < l->nq; i++) {
+        struct queued_reply *r = &l->q[i];
+
+        if (send(r->fd, r->rec.bytes, r->len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+            COUNT_IN(&l->st, send_failed);
+        else
+            COUNT_IN(&l->st, sent);
+    }
+    l->nq = 0;
+}
+
+static long upcall(struct fh_ipc_loop *l, fh_ipc_upcall_t up, void *arg, int kind,
+                   int fd, uint32_t events, int len)
+{
+    long r;
+
+    t_upcall_loop = l;
+    r = up(arg, kind, fd, events, len);
+    t_upcall_loop = NULL;
+    flush_replies(l);
+    return r;
+}
+
+FH_API struct fh_ipc_loop *fh_ipc_loop_new(void)
+{
+    struct fh_ipc_loop *l = calloc(1, sizeof *l);
+    struct epoll_event ev = { .events = EPOLLIN };
+
+    if (!l)
+        return NULL;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    l->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    ev.data.u64 = UINT64_MAX;   /* no fd has this generation */
+    if (l->epfd < 0 || l->wake < 0
+        || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wake, &ev) < 0) {
+        int e = errno;
+
+        if (l->epfd >= 0)
+            close(l->epfd);
+        if (l->wake >= 0)
+            close(l->wake);
+        free(l);
+        errno = e;
+        return NULL;
+    }
+    pthread_mutex_init(&l->lock, NULL);
+    return l;
+}
+
+FH_API int fh_ipc_loop_watch(struct fh_ipc_loop *l, int fd, int how)
+{
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+
+    if (fd < 0 || (how != FH_IPC_WATCH_EVENTS && how != FH_IPC_WATCH_RECORDS)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if ((size_t)fd >= l->nfd) {
+        size_t n = (size_t)fd + 64;
+        uint8_t *how2 = realloc(l->how, n);
+        uint32_t *gen2;
+
+        if (!how2)
+            return -1;
+        l->how = how2;
+        gen2 = realloc(l->gen, n * sizeof *gen2);
+        if (!gen2)
+            return -1;
+        l->gen = gen2;
+        memset(l->how + l->nfd, 0, n - l->nfd);
+        memset(l->gen + l->nfd, 0, (n - l->nfd) * sizeof *gen2);
+        l->nfd = n;
+    }
+    if (l->how[fd] == W_NONE) {
+        l->gen[fd]++;
+        ev.data.u64 = (uint64_t)l->gen[fd] << 32 | (uint32_t)fd;
+        if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+            return -1;
+    }
+    l->how[fd] = (uint8_t)how;  /* (same events either way) */
+    return 0;
+}
+
+FH_API int fh_ipc_loop_unwatch(struct fh_ipc_loop *l, int fd)
+{
+    if (t_upcall_loop == l)
+        flush_replies(l);       /* what was answered goes out before fd goes */
+    if (fd < 0 || (size_t)fd >= l->nfd || l->how[fd] == W_NONE) {
+        errno = ENOENT;
+        return -1;
+    }
+    l->how[fd] = W_NONE;
+    return epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* Read what a member sent, up to FH_IPC_BATCH records (one busy member
+ * cannot starve the others: epoll is level-triggered and comes back).
+ * After a REQUEST it goes back to epoll: its sender is waiting for the
+ * answer and rarely has more to say, so another recvmsg would mostly find
+ * nothing, a syscall on every round trip.  true when Python was told the
+ * connection is gone. */
+static bool read_records(struct fh_ipc_loop *l, int fd, uint32_t events,
+                         fh_ipc_upcall_t up, void *arg)
+{
+    int *fds = l->fds, nfds;
+
+    for (int i = 0; i < FH_IPC_BATCH; i++) {
+        struct fh_ipc_verdict v;
+        ssize_t n = fh__ipc_recv(fd, l->buf.bytes, fds, &nfds, FH_IPC_FROM_SECONDARY,
+                                 &v, MSG_DONTWAIT);
+
+        if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
+            if (i == 0 && (events & (EPOLLHUP | EPOLLERR)) && !(events & EPOLLIN))
+                goto gone;      /* hung up with nothing left to read */
+            return false;
+        }
+        if (n == -1 || n == 0)
+            goto gone;          /* EOF, ECONNRESET and the like */
+        if (n == -2) {
+            COUNT_IN(&l->st, malformed);
+            continue;           /* one bad record never costs membership */
+        }
+        COUNT_IN(&l->st, received);
+        uint16_t type = l->buf.h.type;
+
+        if (upcall(l, up, arg, FH_IPC_UP_RECORD, fd, events, (int)n) != 0)
+            return false;       /* Python dropped it, or it is closing */
+        if (type == FH_IPC_REQUEST)
+            return false;
+    }
+    return false;
+
+gone:
+    upcall(l, up, arg, FH_IPC_UP_GONE, fd, events, 0);
+    return true;
+}
+
+FH_API int fh_ipc_loop_run(struct fh_ipc_loop *l, fh_ipc_upcall_t up, void *arg)
+{
+    struct epoll_event evs[32];
+    struct timespec deadline;
+    long timeout = upcall(l, up, arg, FH_IPC_UP_TICK, -1, 0, 0);
+
+    if (timeout >= 0)
+        now_plus(&deadline, timeout);
+    /* acquire: pairs with the release in fh_ipc_loop_stop(). */
+    while (!atomic_load_explicit(&l->stopping, memory_order_acquire)) {
+        long ms = timeout < 0 ? -1 : ms_until(&deadline);
+        int n = epoll_wait(l->epfd, evs, 32, ms > 60000 ? 60000 : (int)ms);
+        bool tick = n == 0;
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        for (int i = 0; i < n; i++) {
+            uint64_t key = evs[i].data.u64, v;
+            int fd = (int)(uint32_t)key;
+
+            if (key == UINT64_MAX) {
+                if (read(l->wake, &v, sizeof v) < 0 && errno != EAGAIN)
+                    return -1;
+                tick = true;
+                continue;
+            }
+            if ((size_t)fd >= l->nfd || l->gen[fd] != (uint32_t)(key >> 32)
+                || l->how[fd] == W_NONE)
+                continue;       /* dropped by an earlier upcall: stale */
+            if (l->how[fd] == FH_IPC_WATCH_EVENTS) {
+                upcall(l, up, arg, FH_IPC_UP_EVENT, fd, evs[i].events, 0);
+                tick = true;    /* accepting or dropping moves deadlines */
+            } else if (read_records(l, fd, evs[i].events, up, arg)) {
+                tick = true;
+            }
+            if (atomic_load_explicit(&l->stopping, memory_order_acquire))
+                return 0;
+        }
+        if (!tick && timeout >= 0 && ms_until(&deadline) == 0)
+            tick = true;
+        if (tick && !atomic_load_explicit(&l->stopping, memory_order_acquire)) {
+            timeout = upcall(l, up, arg, FH_IPC_UP_TICK, -1, 0, 0);
+            if (timeout >= 0)
+                now_plus(&deadline, timeout);
+        }
+    }
+    return 0;
+}
+
+FH_API void fh_ipc_loop_wake(struct fh_ipc_loop *l)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&l->lock);
+    /* EAGAIN only when the counter is about to overflow: it is awake. */
+    if (l->wake >= 0 && write(l->wake, &one, sizeof one) < 0 && errno != EAGAIN)
+        COUNT_IN(&l->st, send_failed);
+    pthread_mutex_unlock(&l->lock);
+}
+
+FH_API void fh_ipc_loop_stop(struct fh_ipc_loop *l)
+{
+    /* release: whoever sees the flag sees what the stopper did before. */
+    atomic_store_explicit(&l->stopping, true, memory_order_release);
+    fh_ipc_loop_wake(l);
+}
+
+FH_API void fh_ipc_loop_close(struct fh_ipc_loop *l)
+{
+    pthread_mutex_lock(&l->lock);
+    if (l->epfd >= 0)
+        close(l->epfd);
+    if (l->wake >= 0)
+        close(l->wake);
+    l->epfd = l->wake = -1;
+    pthread_mutex_unlock(&l->lock);
+}
+
+FH_API void fh_ipc_loop_forget(struct fh_ipc_loop *l)
+{
+    /* The child is single-threaded; the lock may be held by a parent's
+     * thread that does not exist here, so it is never touched again. */
+    l->forgotten = true;
+    if (l->epfd >= 0)
+        close(l->epfd);
+    if (l->wake >= 0)
+        close(l->wake);
+    l->epfd = l->wake = -1;
+}
+
+FH_API void fh_ipc_loop_free(struct fh_ipc_loop *l)
+{
+    if (!l)
+        return;
+    if (!l->forgotten) {
+        fh_ipc_loop_close(l);
+        pthread_mutex_destroy(&l->lock);
+    }
+    free(l->how);
+    free(l->gen);
+    free(l);
+}
+
+FH_API void *fh_ipc_loop_buffer(struct fh_ipc_loop *l)
+{
+    return l->buf.bytes;
+}
+
+FH_API int *fh_ipc_loop_fds(struct fh_ipc_loop *l)
+{
+    return l->fds;
+}
+
+FH_API void fh_ipc_loop_stats(struct fh_ipc_loop *l, struct fh_ipc_stats *out)
+{
+    counters_load(&l->st, out);
+}
+
+FH_API int fh_ipc_send_fd(struct fh_ipc_loop *l, int fd, int type, uint64_t id,
+                          int status, const char *name, const void *param,
+                          int len_param, const int *fds, int num_fds, int wait_ms)
+{
+    if (len_param < 0 || len_param > FH_IPC_PARAM_MAX || num_fds < 0
+        || num_fds > FH_IPC_FDS_MAX || (name && strnlen(name, FH_IPC_NAME_MAX)
+                                         >= FH_IPC_NAME_MAX)) {
+        errno = EMSGSIZE;       /* the caller checked; this is the last guard */
+        return -1;
+    }
+    if (t_upcall_loop == l)
+        flush_replies(l);       /* records leave in the order they were made */
+    if (fh__ipc_send_frame(fd, (uint16_t)type, id, status, name, param,
+                           (uint32_t)len_param, fds, num_fds, wait_ms) < 0) {
+        COUNT_IN(&l->st, send_failed);
+        return -1;
+    }
+    COUNT_IN(&l->st, sent);
+    return 0;
+}
+
+FH_API int fh_ipc_send_reply(struct fh_ipc_loop *l, int fd, uint64_t id, int status,
+                             const char *name, const void *param, int len_param)
+{
+    struct queued_reply *r;
+
+    if (t_upcall_loop != l)
+        return fh_ipc_send_fd(l, fd, FH_IPC_REPLY, id, status, name, param,
+                              len_param, NULL, 0, 0);
+    if (len_param < 0 || len_param > FH_IPC_PARAM_MAX || !name
+        || strnlen(name, FH_IPC_NAME_MAX) >= FH_IPC_NAME_MAX) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (l->nq == FH_IPC_REPLY_QUEUE)
+        flush_replies(l);
+    r = &l->q[l->nq++];
+    fh__ipc_encode_hdr(&r->rec.h, FH_IPC_REPLY, id, status, name,
+                       (uint32_t)len_param, 0);
+    if (len_param)
+        memcpy(r->rec.bytes + FH_IPC_HDR_SIZE, param, len_param);
+    r->fd = fd;
+    r->len = r->rec.h.len;
+    return 0;
+}
+
+/* Close the fds that came with the record mh received. */
+static void close_received(struct msghdr *mh)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+
+            for (int i = 0; i < k; i++) {
+                int f;
+
+                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+                close(f);
+            }
+        }
+    }
+}
+
+/* REFUSE, then close so that the peer reads it: closing a unix socket with
+ * unread records makes the peer's recv fail with ECONNRESET before it sees
+ * ours, so drain what it sent and shut reading down first (its HELLO, if
+ * still to come, fails with EPIPE). */
+FH_API void fh_ipc_refuse_fd(int fd, const char *why)
+{
+    unsigned char buf[FH_IPC_RECORD_MAX];
+    union {
+        struct cmsghdr hdr;
+        unsigned char  bytes[CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))];
+    } ctl;
+    size_t len = strlen(why);
+
+    fh__ipc_send_frame(fd, FH_IPC_REFUSE, 0, 0, NULL, why,
+                       (uint32_t)(len > FH_IPC_PARAM_MAX ? FH_IPC_PARAM_MAX : len),
+                       NULL, 0, 0);
+    for (int i = 0; i < REFUSE_DRAIN; i++) {
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = ctl.bytes,
+                             .msg_controllen = sizeof ctl.bytes };
+        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+        if (n < 0)
+            break;
+        close_received(&mh);
+        if (n == 0 && fh__ipc_peer_shut(fd))
+            break;
+    }
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+}
+
+FH_API int fh_ipc_loop_first(struct fh_ipc_loop *l, int fd, struct fh_ipc_hello *hello)
+{
+    union {
+        struct fh_ipc_hdr h;
+        unsigned char     bytes[FH_IPC_RECORD_MAX];
+    } buf;
+    int fds[FH_IPC_FDS_MAX], nfds;
+    struct fh_ipc_verdict v;
+    char why[FH_IPC_MESSAGE_MAX + 1];
+    ssize_t n = fh__ipc_recv(fd, buf.bytes, fds, &nfds, FH_IPC_FIRST_RECORD, &v,
+                             MSG_DONTWAIT);
+
+    if (n == -1)
+        return errno == EAGAIN || errno == EINTR ? FH_IPC_FIRST_WAIT : FH_IPC_FIRST_GONE;
+    if (n == 0)
+        return FH_IPC_FIRST_GONE;
+    close_fds(fds, nfds);       /* a HELLO has none; nothing else is kept */
+    if (n > 0) {
+        COUNT_IN(&l->st, received);
+        memcpy(hello, buf.bytes + FH_IPC_HDR_SIZE, sizeof *hello);
+        return FH_IPC_FIRST_HELLO;
+    }
+    if (v.type)
+        COUNT_IN(&l->st, received);   /* well-formed, but not a HELLO */
+    COUNT_IN(&l->st, malformed);
+    fh_ipc_record_message(&v, why, sizeof why);
+    fh_ipc_loop_unwatch(l, fd);
+    fh_ipc_refuse_fd(fd, why);
+    return FH_IPC_FIRST_REFUSED;
+}
+
+
+/* -- a C primary's endpoint ----------------------------------------------- */
 
 struct conn {
     struct conn    *next;       /* P.conns, in accept order */
@@ -89,15 +541,8 @@ struct ppeer {
     struct conn        *conn;
 };
 
-/* Counters, independent tallies: relaxed (as in ipc.c). */
-struct counters {
-    atomic_uint_fast64_t received, dropped, notices_ignored, no_action,
-        malformed, action_errors, timeouts, peer_died, late_replies,
-        send_failed;
-};
-#define COUNT(f) atomic_fetch_add_explicit(&P.st.f, 1, memory_order_relaxed)
-#define COUNT_N(f, n) atomic_fetch_add_explicit(&P.st.f, (uint64_t)(n), \
-                                                memory_order_relaxed)
+#define COUNT(f) COUNT_IN(&P.st, f)
+#define COUNT_N(f, n) COUNT_N_IN(&P.st, f, n)
 
 static struct {
     pthread_mutex_t     lock;
@@ -124,7 +569,7 @@ static struct {
     pid_t              *reaped;
     int                 nreaped, capreaped;
     struct fh_ipc_msg  *rx;             /* what an action gets */
-    struct counters     st;
+    struct fh__ipc_counters st;         /* (sent: the loop's) */
 } P = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
         .listen_fd = -1, .exit_fd = -1, .exit_theirs = -1 };
 
@@ -137,20 +582,6 @@ static _Thread_local bool t_ipc_thread;
 static _Thread_local struct ppeer *t_ppeer;     /* the running action's */
 
 /* -- helpers ---------------------------------------------------------- */
-
-static const char *type_name(unsigned t)
-{
-    switch (t) {
-    case FH_IPC_MSG:     return "MSG";
-    case FH_IPC_REQUEST: return "REQUEST";
-    case FH_IPC_REPLY:   return "REPLY";
-    case FH_IPC_HELLO:   return "HELLO";
-    case FH_IPC_WELCOME: return "WELCOME";
-    case FH_IPC_REFUSE:  return "REFUSE";
-    case FH_IPC_BYE:     return "BYE";
-    default:             return NULL;
-    }
-}
 
 /* With P.lock: take c off P.conns. */
 static void unlink_locked(struct conn *c)
@@ -489,7 +920,7 @@ int fh__ipc_primary_send(const struct fh_ipc_msg *m, pid_t to)
 int fh__ipc_primary_request(const struct fh_ipc_msg *req, pid_t to,
                             struct fh_ipc_reply *reply, const struct timespec *ts)
 {
-    long ms = fh__ipc_timeout_ms(ts);
+    long ms = timeout_ms(ts);
     struct preq *p;
 
     reply->nb_sent = reply->nb_received = 0;
@@ -521,7 +952,7 @@ int fh__ipc_primary_request_async(const struct fh_ipc_msg *req, pid_t to,
                                   const struct timespec *ts,
                                   fh_ipc_async_t callback, void *arg)
 {
-    long ms = fh__ipc_timeout_ms(ts);
+    long ms = timeout_ms(ts);
 
     if (!callback || ms < 0) {
         errno = EINVAL;
@@ -557,9 +988,9 @@ void fh__ipc_primary_stats(struct fh_ipc_stats *out)
     if (P.loop)
         fh_ipc_loop_stats(P.loop, &l);
     pthread_mutex_unlock(&P.lock);
+    /* relaxed: see struct fh__ipc_counters. */
 #define LOAD(f) out->f = l.f + atomic_load_explicit(&P.st.f, memory_order_relaxed)
-    out->sent = l.sent;
-    LOAD(received); LOAD(dropped); LOAD(notices_ignored); LOAD(no_action);
+    LOAD(sent); LOAD(received); LOAD(dropped); LOAD(notices_ignored); LOAD(no_action);
     LOAD(malformed); LOAD(action_errors); LOAD(timeouts); LOAD(peer_died);
     LOAD(late_replies); LOAD(send_failed);
 #undef LOAD
@@ -752,201 +1183,32 @@ static long up_record(int fd)
     return 0;
 }
 
-/* Close the fds that came with the record mh received; how many (no more
- * than FH_IPC_FDS_MAX: a control buffer of FH_CMSG_SPACE holds no more). */
-static int close_received(struct msghdr *mh)
-{
-    int n = 0;
-
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-
-            for (int i = 0; i < k; i++) {
-                int f;
-
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-                close(f);
-                if (n < FH_IPC_FDS_MAX)
-                    n++;
-            }
-        }
-    }
-    return n;
-}
-
-/* REFUSE, then close so that the peer reads it: closing a unix socket with
- * unread records makes the peer's recv fail with ECONNRESET before it sees
- * ours, so drain what it sent and shut reading down first. */
-static void refuse_fd(int fd, const char *why)
-{
-    unsigned char buf[FH_IPC_RECORD_MAX];
-    union {
-        struct cmsghdr hdr;
-        unsigned char  bytes[FH_CMSG_SPACE];
-    } ctl;
-    size_t len = strlen(why);
-
-    fh__ipc_send_frame(fd, FH_IPC_REFUSE, 0, 0, NULL, why,
-                       (uint32_t)(len > FH_IPC_PARAM_MAX ? FH_IPC_PARAM_MAX : len),
-                       NULL, 0, 0);
-    for (int i = 0; i < REFUSE_DRAIN; i++) {
-        struct iovec iov = { buf, sizeof buf };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = ctl.bytes,
-                             .msg_controllen = sizeof ctl.bytes };
-        ssize_t n = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-
-        if (n < 0)
-            break;
-        close_received(&mh);
-        if (n == 0 && fh__ipc_peer_shut(fd))
-            break;
-    }
-    shutdown(fd, SHUT_RDWR);
-    close(fd);
-}
-
-/* A connection that has not joined: REFUSE it and forget it. */
-static void refuse_first(struct conn *c, const char *why)
-{
-    fh_ipc_loop_unwatch(P.loop, c->fd);
-    P.byfd[c->fd] = NULL;
-    pthread_mutex_lock(&P.lock);
-    unlink_locked(c);
-    pthread_mutex_unlock(&P.lock);
-    refuse_fd(c->fd, why);
-    free(c);
-}
-
-/*
- * What is wrong with the first record of a connection (docs/ipc.md,
- * "Checks" and "Membership"), in the words forkhost/ipc.py uses: NULL for
- * a valid HELLO, else the REFUSE text in why.  n bytes arrived with nfds
- * fds; mflags are recvmsg's.
- */
-static const char *first_record_why(const unsigned char *buf, ssize_t n, int nfds,
-                                    int mflags, char *why, size_t size)
-{
-    struct fh_ipc_hdr h;
-    const char *bad = NULL;
-    char detail[160];
-    size_t namelen;
-
-    if (n >= 8) {               /* a HELLO of another version: in words */
-        memcpy(&h, buf, 8);
-        if (h.magic == FH_IPC_MAGIC && h.version != FH_IPC_VERSION
-            && h.type == FH_IPC_HELLO) {
-            snprintf(why, size, "IPC version mismatch: the secondary speaks %u, "
-                     "the primary speaks %u", h.version, FH_IPC_VERSION);
-            return why;
-        }
-    }
-    if (n == 0 && nfds == 0) {
-        bad = "an empty record";
-    } else if (mflags & MSG_CTRUNC) {
-        snprintf(detail, sizeof detail, "more than %d fds", FH_IPC_FDS_MAX);
-        bad = detail;
-    } else if (mflags & MSG_TRUNC) {
-        snprintf(detail, sizeof detail, "a record over %u bytes", FH_IPC_RECORD_MAX);
-        bad = detail;
-    } else if (n < (ssize_t)FH_IPC_HDR_SIZE) {
-        snprintf(detail, sizeof detail, "a truncated record (%zd bytes)", n);
-        bad = detail;
-    }
-    if (!bad) {
-        memcpy(&h, buf, sizeof h);
-        namelen = FH_IPC_NAME_MAX;
-        while (namelen > 0 && h.name[namelen - 1] == '\0')
-            namelen--;
-        if (h.magic != FH_IPC_MAGIC) {
-            snprintf(detail, sizeof detail, "bad magic 0x%08x, not an IPC record",
-                     h.magic);
-            bad = detail;
-        } else if (h.version != FH_IPC_VERSION) {
-            snprintf(detail, sizeof detail, "IPC version %u, not %u", h.version,
-                     FH_IPC_VERSION);
-            bad = detail;
-        } else if (h.len != (uint64_t)n || h.param_len != h.len - FH_IPC_HDR_SIZE
-                   || h.param_len > FH_IPC_PARAM_MAX) {
-            snprintf(detail, sizeof detail, "its header says %u bytes with a param "
-                     "of %u, %zd arrived", h.len, h.param_len, n);
-            bad = detail;
-        } else if (h.nfds != (uint32_t)nfds || h.nfds > FH_IPC_FDS_MAX) {
-            snprintf(detail, sizeof detail, "%u fds announced, %d arrived", h.nfds,
-                     nfds);
-            bad = detail;
-        } else if (!type_name(h.type)) {
-            snprintf(detail, sizeof detail, "unknown type 0x%02x", h.type);
-            bad = detail;
-        } else if (h.name[FH_IPC_NAME_MAX - 1] != '\0') {
-            bad = "an unterminated name";
-        } else if ((h.type == FH_IPC_MSG || h.type == FH_IPC_REQUEST
-                    || h.type == FH_IPC_REPLY) != (namelen > 0)
-                   || memchr(h.name, '\0', namelen)) {
-            bad = "a name its type does not allow";
-        } else if ((h.type == FH_IPC_REQUEST || h.type == FH_IPC_REPLY)
-                   != (h.id != 0)) {
-            bad = "a request id its type does not allow";
-        }
-    }
-    if (bad) {
-        snprintf(why, size, "the first IPC record must be HELLO; this one is "
-                 "malformed: %s", bad);
-        return why;
-    }
-    COUNT(received);
-    if (h.type != FH_IPC_HELLO) {
-        snprintf(why, size, "the first IPC record must be HELLO, not %s",
-                 type_name(h.type));
-        return why;
-    }
-    if (h.param_len != sizeof(struct fh_ipc_hello)) {
-        snprintf(why, size, "malformed HELLO: its param is %u bytes, not %zu",
-                 h.param_len, sizeof(struct fh_ipc_hello));
-        return why;
-    }
-    return NULL;
-}
-
-enum { FIRST_WAIT, FIRST_GONE, FIRST_DONE };
-
 /* A connection that has not said HELLO: its first record must be a valid
- * HELLO; anything else is refused at once with what was wrong. */
-static int read_first(struct conn *c)
+ * HELLO (docs/ipc.md, "Membership"); anything else is refused at once with
+ * what was wrong (fh_ipc_loop_first()).  false when it is gone. */
+static bool read_first(struct conn *c, uint32_t events)
 {
-    union {
-        struct fh_ipc_hdr h;
-        unsigned char     bytes[FH_IPC_RECORD_MAX];
-    } buf;
-    union {
-        struct cmsghdr hdr;
-        unsigned char  bytes[FH_CMSG_SPACE];
-    } ctl;
-    struct iovec iov = { buf.bytes, sizeof buf.bytes };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = ctl.bytes,
-                         .msg_controllen = sizeof ctl.bytes };
-    int nfds;
-    char why[256];
     struct fh_ipc_hello hello;
     struct fh_ipc_welcome w;
-    ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 
-    if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? FIRST_WAIT : FIRST_GONE;
-    nfds = close_received(&mh); /* a HELLO has none; nothing else is kept */
-    if (n == 0 && nfds == 0 && fh__ipc_peer_shut(c->fd))
-        return FIRST_GONE;
-    if (first_record_why(buf.bytes, n, nfds, mh.msg_flags, why, sizeof why)) {
-        COUNT(malformed);
-        refuse_first(c, why);
-        return FIRST_DONE;
+    switch (fh_ipc_loop_first(P.loop, c->fd, &hello)) {
+    case FH_IPC_FIRST_WAIT:
+        return !(events & (EPOLLHUP | EPOLLERR)) || (events & EPOLLIN);
+    case FH_IPC_FIRST_GONE:
+        return false;
+    case FH_IPC_FIRST_REFUSED:  /* unwatched and closed: forget it */
+        P.byfd[c->fd] = NULL;
+        pthread_mutex_lock(&P.lock);
+        unlink_locked(c);
+        pthread_mutex_unlock(&P.lock);
+        free(c);
+        return true;
+    default:
+        break;
     }
-    memcpy(&hello, buf.bytes + FH_IPC_HDR_SIZE, sizeof hello);
     if (fh_ipc_loop_watch(P.loop, c->fd, FH_IPC_WATCH_RECORDS) < 0)
-        return FIRST_GONE;
-    fh__ipc_comm(c->pid, c->name);     /* (its requests' peer entries) */
+        return false;
+    peer_comm(c->pid, c->name);         /* (its requests' peer entries) */
     pthread_mutex_lock(&P.lock);
     c->ppid = hello.ppid;
     c->joined = true;
@@ -957,7 +1219,7 @@ static int read_first(struct conn *c)
     w.name_max = FH_IPC_NAME_MAX;
     w.param_max = FH_IPC_PARAM_MAX;
     fh_ipc_send_fd(P.loop, c->fd, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0, 0);
-    return FIRST_DONE;
+    return true;
 }
 
 static void accept_all(void)
@@ -988,7 +1250,7 @@ static void accept_all(void)
             snprintf(why, sizeof why, "too many IPC members (MAX_MEMBERS %d)",
                      FH_IPC_MAX_MEMBERS);
         if (why[0]) {
-            refuse_fd(fd, why);
+            fh_ipc_refuse_fd(fd, why);
             continue;
         }
         if ((size_t)fd >= P.nbyfd) {
@@ -1122,12 +1384,8 @@ static long up(void *arg, int kind, int fd, uint32_t events, int len)
             accept_all();
         } else if (fd == P.exit_fd) {
             template_exits();
-        } else if ((c = conn_of(fd))) {
-            int r = read_first(c);
-
-            if (r == FIRST_GONE || (r == FIRST_WAIT && (events & (EPOLLHUP | EPOLLERR))
-                                    && !(events & EPOLLIN)))
-                drop(c, false);
+        } else if ((c = conn_of(fd)) && !read_first(c, events)) {
+            drop(c, false);
         }
         return 0;
     case FH_IPC_UP_TICK:
@@ -1266,7 +1524,7 @@ static int bind_listener(void)
 }
 
 /* Each member costs an fd: raise the soft RLIMIT_NOFILE towards the hard
- * one so that FH_IPC_MAX_MEMBERS of them fit (as forkhost/ipc.py does for
+ * one so that FH_IPC_MAX_MEMBERS of them fit (as forkhost/ipc/_primary.py does for
  * --max-secondaries). */
 static void raise_nofile(void)
 {
@@ -1543,49 +1801,4 @@ FH_API int fh_ipc_members(struct fh_ipc_member *out, int max)
     }
     pthread_mutex_unlock(&P.lock);
     return n;
-}
-
-/* -- addressing one peer, either role ------------------------------------- */
-
-/* In a secondary: the primary is the only peer. */
-static bool secondary_to_ok(pid_t to)
-{
-    if (to == 0 || to == fh_ipc_primary_pid() || (fh_ipc_peer_pid() && to == fh_ipc_peer_pid()))
-        return true;
-    errno = EINVAL;
-    return false;
-}
-
-FH_API int fh_ipc_send_to(const struct fh_ipc_msg *msg, pid_t to)
-{
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_send(msg, to);
-    if (!secondary_to_ok(to) || fh_ipc_send(msg) < 0)
-        return -1;
-    return 1;
-}
-
-FH_API int fh_ipc_request_to(const struct fh_ipc_msg *req, pid_t to,
-                             struct fh_ipc_reply *reply, const struct timespec *ts)
-{
-    if (!req || !reply) {
-        errno = EINVAL;
-        return -1;
-    }
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_request(req, to, reply, ts);
-    if (!secondary_to_ok(to))
-        return -1;
-    return fh_ipc_request(req, reply, ts);
-}
-
-FH_API int fh_ipc_request_async_to(const struct fh_ipc_msg *req, pid_t to,
-                                   const struct timespec *ts,
-                                   fh_ipc_async_t callback, void *arg)
-{
-    if (fh__ipc_primary_here())
-        return fh__ipc_primary_request_async(req, to, ts, callback, arg);
-    if (!secondary_to_ok(to))
-        return -1;
-    return fh_ipc_request_async(req, ts, callback, arg);
 }

@@ -2,7 +2,7 @@
  * test_ipc.c - the native secondary's IPC (forkhost/ipc.h) against a fake
  * primary: a forked child that speaks the wire format with raw sockets,
  * one scripted step at a time, so the library is checked against the
- * format itself and not only against forkhost/ipc.py (tests/test_ipc.py
+ * format itself and not only against forkhost/ipc (tests/test_ipc.py
  * covers that pairing).
  *
  * Covered: argument checks at the sender, registration rules, HELLO and

@@ -1,6 +1,6 @@
 /*
  * test_ipc_loop.c - the primary's receive loop (fh_ipc_loop_*, forkhost/ipc.h)
- * without Python: a C upcall plays forkhost/ipc.py's part, raw sockets play
+ * without Python: a C upcall plays forkhost/ipc/_primary.py's part, raw sockets play
  * the members, so the loop's own work is checked under the sanitizers.
  *
  * Covered: records read and checked in C (valid ones handed up in the

@@ -6,10 +6,11 @@
  * This is the native secondary's side, which a Python secondary uses too
  * (through the flat calls at the end), a C primary's endpoint
  * (fh_ipc_primary_*), and the receive loop both primaries run: a Python
- * primary (forkhost/ipc.py) runs it with its actions in Python.
+ * primary (forkhost/ipc/_primary.py) runs it with its actions in Python.
  * Everything speaks the wire format defined here and described in
- * docs/ipc.md.  Change the three together and bump
- * FH_IPC_VERSION.
+ * docs/ipc.md; forkhost/ipc/_wire.py takes its constants and layouts from
+ * here (through the cffi cdef).  Change the header and the doc together
+ * and bump FH_IPC_VERSION.
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET connection from each secondary to
  * <runtime>/<prefix>/ipc.sock.  A record is a struct fh_ipc_hdr, param_len
@@ -46,6 +47,14 @@
 
 #define FH_IPC_MAGIC   0x4b484950u /* bytes "PIHK" in memory on little-endian */
 #define FH_IPC_VERSION 1
+
+/* Requests whose caller passes no timeout. */
+#define FH_IPC_DEFAULT_TIMEOUT_MS 5000
+/* A send from an ordinary thread waits this long for room in a full
+ * buffer; an IPC thread never waits (it would stall every other peer). */
+#define FH_IPC_SEND_TIMEOUT_MS 1000
+/* connect + HELLO + WELCOME must not hang on a wedged primary. */
+#define FH_IPC_CONNECT_TIMEOUT_MS 5000
 
 /* A name is an identifier: DPDK's RTE_MP_MAX_NAME_LEN, NUL included. */
 #define FH_IPC_NAME_MAX  64
@@ -97,6 +106,75 @@ struct fh_ipc_hdr {
 
 #define FH_IPC_HDR_SIZE   96u
 #define FH_IPC_RECORD_MAX (FH_IPC_HDR_SIZE + FH_IPC_PARAM_MAX)
+
+/*
+ * The one parser of records (csrc/lib/ipc_wire.c).  Every endpoint checks
+ * what it receives with it, the Python primary's first records included,
+ * so a malformed or hostile record gets the same verdict from C and Python
+ * (docs/ipc.md, "Checks").  Which types are valid depends on where the
+ * record was received.
+ */
+enum fh_ipc_side {
+    FH_IPC_FROM_PRIMARY   = 1, /* at a secondary: not HELLO or BYE */
+    FH_IPC_FROM_SECONDARY = 2, /* at the primary, from a member: not WELCOME
+                                  or REFUSE */
+    FH_IPC_FIRST_RECORD   = 3, /* at the primary, from a connection that has
+                                  not said HELLO: a HELLO, nothing else */
+};
+
+/* Why a record was refused, in the order the checks run (one record
+ * always gets the same one). */
+enum fh_ipc_record_error {
+    FH_IPC_REC_OK = 0,
+    FH_IPC_REC_EMPTY,             /* no bytes (fds alone, or an empty record) */
+    FH_IPC_REC_TOO_MANY_FDS,      /* recvmsg's MSG_CTRUNC */
+    FH_IPC_REC_TOO_LARGE,         /* recvmsg's MSG_TRUNC */
+    FH_IPC_REC_SHORT,             /* fewer bytes than a header */
+    FH_IPC_REC_MAGIC,
+    FH_IPC_REC_VERSION,
+    FH_IPC_REC_LENGTH,            /* len or param_len is not what arrived */
+    FH_IPC_REC_NFDS,              /* nfds is not what arrived */
+    FH_IPC_REC_TYPE,              /* no such type */
+    FH_IPC_REC_NAME_UNTERMINATED, /* name[FH_IPC_NAME_MAX - 1] is not NUL */
+    FH_IPC_REC_NAME,              /* a name its type does not allow */
+    FH_IPC_REC_ID,                /* a request id its type does not allow */
+    FH_IPC_REC_SIDE,              /* a type only the other side sends */
+    /* FH_IPC_FIRST_RECORD only: */
+    FH_IPC_REC_HELLO_VERSION,     /* a HELLO of another FH_IPC_VERSION */
+    FH_IPC_REC_NOT_HELLO,         /* well-formed, but not a HELLO */
+    FH_IPC_REC_HELLO_SIZE,        /* a HELLO whose param is not a struct
+                                     fh_ipc_hello */
+    FH_IPC_REC_NERRORS
+};
+
+/* A verdict: why, and the numbers its message names. */
+struct fh_ipc_verdict {
+    unsigned error;     /* enum fh_ipc_record_error */
+    unsigned side;      /* enum fh_ipc_side, as checked */
+    unsigned type;      /* the record's type once it is well-formed (valid,
+                           SIDE, NOT_HELLO, HELLO_SIZE), else 0 */
+    uint64_t a, b, c;
+};
+
+/* The longest message fh_ipc_record_message() writes (without its NUL). */
+#define FH_IPC_MESSAGE_MAX 255
+
+/*
+ * Check one record as recvmsg left it: n bytes in buf (at most
+ * FH_IPC_RECORD_MAX), recvmsg's msg_flags (MSG_TRUNC, MSG_CTRUNC), the
+ * nfds descriptors that arrived, and where it arrived (enum fh_ipc_side).
+ * Returns its type when valid, or -1 with *v saying why.  n == 0 is an
+ * empty record: telling one from EOF is the caller's (docs/ipc.md).
+ */
+FH_API int fh_ipc_record_check(const void *buf, size_t n, int mflags,
+                               unsigned nfds, int side, struct fh_ipc_verdict *v);
+/* The one-line message for a refused record (no newline; a first record's
+ * is the REFUSE text the primary sends), truncated to fit size.  Its
+ * length. */
+FH_API size_t fh_ipc_record_message(const struct fh_ipc_verdict *v, char *out,
+                                    size_t size);
+/* "MSG", "REQUEST", ... for a type, NULL for none. */
+FH_API const char *fh_ipc_type_name(unsigned type);
 
 /* HELLO and WELCOME params, 16 bytes each. */
 struct fh_ipc_hello {
@@ -283,7 +361,7 @@ FH_API int fh_ipc_request_async_to(const struct fh_ipc_msg *req, pid_t to,
 
 /* -------------------------------------------------------------------------
  * A C primary's endpoint (csrc/lib/ipc_primary.c): the same wire and
- * behaviour as forkhost/ipc.py's, with no Python in the process.  Once
+ * behaviour as forkhost/ipc/_primary.py's, with no Python in the process.  Once
  * prepared, the calls above act as the primary's: fh_ipc_send and
  * fh_ipc_request go to every member (fh_ipc_*_to: to one), actions get
  * the members' messages and requests, fh_ipc_reply answers them (during
@@ -336,7 +414,7 @@ struct fh_ipc_member {
 FH_API int fh_ipc_members(struct fh_ipc_member *out, int max);
 
 /* -------------------------------------------------------------------------
- * For forkhost/ipc.py (the Python binding); not needed by native
+ * For forkhost/ipc (the Python binding); not needed by native
  * secondaries, and free to change with the binding.
  *
  * The same calls with flat arguments, so Python fills no 4 KiB struct, and
@@ -372,13 +450,15 @@ FH_API int fh_ipc_on_ipc_thread(void);
 FH_API int fh_ipc_leave(int bye);
 
 /*
- * The primary's receive loop.  forkhost/ipc.py's IPC thread runs it with
+ * The primary's receive loop (csrc/lib/ipc_primary.c).  A Python
+ * primary's IPC thread (forkhost/ipc/_primary.py) runs it with
  * the GIL released: epoll over the primary's fds, and for every member
  * connection (FH_IPC_WATCH_RECORDS) recvmsg, the checks of docs/ipc.md
  * ("Checks") and counting here, in C.  Python is called (upcall) for what
  * only it can do: a valid record (to run an action or complete a request),
  * a member's EOF, events on the other fds (the listener, the template's
- * exit channel, connections that have not said HELLO yet), and a tick
+ * exit channel, connections that have not said HELLO yet, whose first
+ * record fh_ipc_loop_first() reads), and a tick
  * (deferred work and deadlines), whose return value is the next timeout in
  * ms (-1: none).  Replies and every other record are framed and sent by
  * fh_ipc_send_fd().
@@ -434,6 +514,22 @@ FH_API void fh_ipc_loop_stats(struct fh_ipc_loop *loop, struct fh_ipc_stats *out
 FH_API int  fh_ipc_send_fd(struct fh_ipc_loop *loop, int fd, int type, uint64_t id,
                            int status, const char *name, const void *param,
                            int len_param, const int *fds, int num_fds, int wait_ms);
+/* The first record of connection fd, watched FH_IPC_WATCH_EVENTS, which
+ * has not said HELLO: it must be a valid HELLO (fh_ipc_record_check() with
+ * FH_IPC_FIRST_RECORD).  Anything else is refused at once: fd is unwatched,
+ * gets a REFUSE with fh_ipc_record_message()'s words, and is closed.
+ * Counted in loop (received, malformed). */
+enum fh_ipc_first {
+    FH_IPC_FIRST_WAIT    = 0, /* nothing there yet */
+    FH_IPC_FIRST_HELLO   = 1, /* *hello is its HELLO: the caller welcomes it */
+    FH_IPC_FIRST_GONE    = 2, /* EOF or a socket error: the caller drops fd */
+    FH_IPC_FIRST_REFUSED = 3, /* refused, unwatched and closed */
+};
+FH_API int  fh_ipc_loop_first(struct fh_ipc_loop *loop, int fd,
+                              struct fh_ipc_hello *hello);
+/* REFUSE connection fd with why (one line of UTF-8), drain what it sent so
+ * that it reads the REFUSE, shut it down and close it. */
+FH_API void fh_ipc_refuse_fd(int fd, const char *why);
 /* A REPLY without fds: the hot path of an action's answer.  Made during an
  * upcall (on the loop's thread), it is queued and sent when the upcall
  * returns, just before the loop sleeps again, as a bare echo server sends

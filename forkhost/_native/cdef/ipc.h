@@ -1,4 +1,6 @@
-/* cffi view of forkhost/ipc.h: what forkhost/ipc.py uses.  The primary
+/* cffi view of forkhost/ipc.h: what forkhost/ipc uses, and where its
+ * constants and layouts come from (no number is repeated here: "..." is
+ * the compiler's).  The primary
  * stores where its IPC socket is before forking the template and runs the
  * receive loop (fh_ipc_loop_*) on its IPC thread; a Python secondary uses
  * the C secondary's side through the flat *_raw calls.  pid_t is declared
@@ -10,12 +12,18 @@ int fh_ipc_primary_pid(void);
 
 #define FH_IPC_MAGIC ...
 #define FH_IPC_VERSION ...
-#define FH_IPC_NAME_MAX 64
-#define FH_IPC_PARAM_MAX 4096
-#define FH_IPC_FDS_MAX 8
+#define FH_IPC_NAME_MAX ...
+#define FH_IPC_PARAM_MAX ...
+#define FH_IPC_FDS_MAX ...
+#define FH_IPC_HDR_SIZE ...
+#define FH_IPC_RECORD_MAX ...
 #define FH_IPC_HELLO_TIMEOUT_MS ...
+#define FH_IPC_DEFAULT_TIMEOUT_MS ...
+#define FH_IPC_SEND_TIMEOUT_MS ...
+#define FH_IPC_CONNECT_TIMEOUT_MS ...
 #define FH_IPC_MAX_MEMBERS ...
 #define FH_IPC_EXIT_STATUS_KNOWN ...
+static char *const FH_IPC_RESERVED_PREFIX;
 
 /* enum fh_ipc_type, enum fh_ipc_status, enum fh_ipc_peer_status */
 #define FH_IPC_MSG ...
@@ -32,7 +40,8 @@ int fh_ipc_primary_pid(void);
 #define FH_IPC_PEER_NO_ACTION ...
 #define FH_IPC_PEER_TIMED_OUT ...
 #define FH_IPC_PEER_DIED ...
-#define FH_IPC_PEER_NAME_MAX 16
+#define FH_IPC_PEER_NAME_MAX ...
+#define FH_IPC_MESSAGE_MAX ...
 
 struct fh_ipc_hdr {
     uint32_t magic;
@@ -43,15 +52,58 @@ struct fh_ipc_hdr {
     uint64_t id;
     uint32_t param_len;
     int32_t  status;
-    char     name[64];
+    char     name[...];
 };
 
+struct fh_ipc_hello {
+    int32_t  pid;
+    int32_t  ppid;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
+struct fh_ipc_welcome {
+    int32_t  primary_pid;
+    int32_t  template_pid;
+    uint32_t name_max;
+    uint32_t param_max;
+};
+
+struct fh_ipc_exit_notice {
+    int32_t  pid;
+    int32_t  code;
+    int32_t  signal;
+    uint32_t flags;
+};
+
+struct fh_ipc_shutdown_notice {
+    int32_t  primary_pid;
+    uint32_t grace_ms;
+};
+
+/* the one parser of records (ipc_wire.c) */
+#define FH_IPC_FROM_PRIMARY ...
+#define FH_IPC_FROM_SECONDARY ...
+#define FH_IPC_FIRST_RECORD ...
+
+struct fh_ipc_verdict {
+    unsigned error;
+    unsigned side;
+    unsigned type;
+    uint64_t a, b, c;
+};
+
+int fh_ipc_record_check(const void *buf, size_t n, int mflags, unsigned nfds,
+                        int side, struct fh_ipc_verdict *v);
+size_t fh_ipc_record_message(const struct fh_ipc_verdict *v, char *out, size_t size);
+const char *fh_ipc_type_name(unsigned type);
+
 struct fh_ipc_msg {
-    char    name[64];
+    char    name[...];
     int     len_param;
     int     num_fds;
-    uint8_t param[4096];
-    int     fds[8];
+    uint8_t param[...];
+    int     fds[...];
     int     pid;
     int     status;
 };
@@ -59,7 +111,7 @@ struct fh_ipc_msg {
 struct fh_ipc_peer_reply {
     int                pid;
     int                status;
-    char               name[16];
+    char               name[...];
     struct fh_ipc_msg *msg;
 };
 
@@ -109,12 +161,12 @@ extern "Python" void _fh_ipc_async(const struct fh_ipc_msg *,
 
 /* the primary's receive loop */
 struct fh_ipc_loop;
-#define FH_IPC_WATCH_EVENTS 1
-#define FH_IPC_WATCH_RECORDS 2
-#define FH_IPC_UP_RECORD 1
-#define FH_IPC_UP_GONE 2
-#define FH_IPC_UP_EVENT 3
-#define FH_IPC_UP_TICK 4
+#define FH_IPC_WATCH_EVENTS ...
+#define FH_IPC_WATCH_RECORDS ...
+#define FH_IPC_UP_RECORD ...
+#define FH_IPC_UP_GONE ...
+#define FH_IPC_UP_EVENT ...
+#define FH_IPC_UP_TICK ...
 
 typedef long (*fh_ipc_upcall_t)(void *arg, int kind, int fd, uint32_t events,
                                 int len);
@@ -136,5 +188,11 @@ int  fh_ipc_send_fd(struct fh_ipc_loop *loop, int fd, int type, uint64_t id,
                     int len_param, const int *fds, int num_fds, int wait_ms);
 int  fh_ipc_send_reply(struct fh_ipc_loop *loop, int fd, uint64_t id, int status,
                        const char *name, const void *param, int len_param);
+#define FH_IPC_FIRST_WAIT ...
+#define FH_IPC_FIRST_HELLO ...
+#define FH_IPC_FIRST_GONE ...
+#define FH_IPC_FIRST_REFUSED ...
+int  fh_ipc_loop_first(struct fh_ipc_loop *loop, int fd, struct fh_ipc_hello *hello);
+void fh_ipc_refuse_fd(int fd, const char *why);
 
 extern "Python" long _fh_ipc_upcall(void *, int, int, uint32_t, int);

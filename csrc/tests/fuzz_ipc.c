@@ -1,0 +1,357 @@
+/*
+ * fuzz_ipc.c - fh_ipc_record_check() and fh_ipc_record_message(), the one
+ * parser of IPC records (csrc/lib/ipc_wire.c), on arbitrary records.
+ *
+ * The input's first byte chooses recvmsg's msg_flags (MSG_TRUNC,
+ * MSG_CTRUNC) and where the record arrived (enum fh_ipc_side), the second
+ * the fds that arrived; the rest is the record.  Checked invariants: the
+ * verdict is a record type or a refusal with a known code, the same twice;
+ * a valid record is one whose header says what arrived (length, param,
+ * fds, a terminated name its type allows, an id only for requests and
+ * replies) and whose type the side receives (a first record: a HELLO with
+ * its 16-byte param); a refusal's message is one line of at most
+ * FH_IPC_MESSAGE_MAX bytes, the same at every buffer size.
+ *
+ * With clang, -fsanitize=fuzzer builds it for libFuzzer.  Without
+ * (FUZZ_STANDALONE, as build_native.py builds it with gcc), main() below
+ * runs a seeded mutation loop for FORKHOST_FUZZ_SECONDS (default 20), or
+ * for exactly RUNS inputs (`fuzz_ipc RUNS`), starting from valid records
+ * built here, and prints how many inputs ran and the verdicts seen.
+ */
+#include "forkhost/ipc.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FAIL(...) do {                                                    \
+    fprintf(stderr, "fuzz_ipc: invariant broken: " __VA_ARGS__);          \
+    fputc('\n', stderr);                                                  \
+    abort();                                                              \
+} while (0)
+
+/* Verdicts seen: each refusal by its code, then valid records. */
+static unsigned long long g_seen[FH_IPC_REC_NERRORS + 1];
+
+static void check_message(const struct fh_ipc_verdict *v)
+{
+    char big[FH_IPC_MESSAGE_MAX + 64], small[17];
+    size_t n = fh_ipc_record_message(v, big, sizeof big), m;
+
+    if (n == 0 || n > FH_IPC_MESSAGE_MAX || strlen(big) != n)
+        FAIL("message length %zu", n);
+    if (memchr(big, '\n', n) != NULL)
+        FAIL("a newline in \"%s\"", big);
+    m = fh_ipc_record_message(v, small, sizeof small);
+    if (m != (n < sizeof small ? n : sizeof small - 1) ||
+        memcmp(small, big, m) != 0 || small[m] != '\0')
+        FAIL("truncated message differs: \"%s\" vs \"%s\"", small, big);
+}
+
+static void check_valid(const struct fh_ipc_hdr *h, size_t n, unsigned nfds,
+                        int side, int type)
+{
+    size_t namelen = strnlen(h->name, FH_IPC_NAME_MAX);
+    int named = type == FH_IPC_MSG || type == FH_IPC_REQUEST || type == FH_IPC_REPLY;
+
+    if (type != h->type || !fh_ipc_type_name((unsigned)type))
+        FAIL("valid type %d, header %u", type, h->type);
+    if (h->magic != FH_IPC_MAGIC || h->version != FH_IPC_VERSION || h->len != n
+        || h->param_len + FH_IPC_HDR_SIZE != n || h->param_len > FH_IPC_PARAM_MAX
+        || h->nfds != nfds || nfds > FH_IPC_FDS_MAX)
+        FAIL("a valid record whose header does not say what arrived");
+    if (namelen >= FH_IPC_NAME_MAX || (namelen > 0) != named)
+        FAIL("a valid record with a name of %zu bytes", namelen);
+    for (size_t i = namelen; i < FH_IPC_NAME_MAX; i++)
+        if (h->name[i] != '\0')
+            FAIL("a valid record with bytes after its name's NUL");
+    if ((h->id != 0) != (type == FH_IPC_REQUEST || type == FH_IPC_REPLY))
+        FAIL("a valid record with id %llu", (unsigned long long)h->id);
+    if (side == FH_IPC_FIRST_RECORD && (type != FH_IPC_HELLO
+                                        || h->param_len != sizeof(struct fh_ipc_hello)))
+        FAIL("a first record that is not a HELLO");
+    if (side == FH_IPC_FROM_PRIMARY && (type == FH_IPC_HELLO || type == FH_IPC_BYE))
+        FAIL("a secondary's record valid from the primary");
+    if (side == FH_IPC_FROM_SECONDARY && (type == FH_IPC_WELCOME || type == FH_IPC_REFUSE))
+        FAIL("a primary's record valid from a secondary");
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct fh_ipc_verdict v, v2;
+    unsigned nfds;
+    int mflags, side, type;
+    size_t n;
+    unsigned char *copy;
+
+    if (size < 2)
+        return 0;
+    /* byte 0: bit 0 MSG_TRUNC, bit 1 MSG_CTRUNC, bits 2-3 the side;
+     * byte 1: the fds that arrived */
+    mflags = ((data[0] & 1) ? MSG_TRUNC : 0) | ((data[0] & 2) ? MSG_CTRUNC : 0);
+    side = 1 + (data[0] >> 2) % 3;
+    nfds = data[1] % (FH_IPC_FDS_MAX + 2);
+    n = size - 2;
+    if (n > FH_IPC_RECORD_MAX)
+        n = FH_IPC_RECORD_MAX;     /* what a receive buffer holds */
+    /* A copy of exactly n bytes, so ASan sees any read past the record. */
+    copy = malloc(n ? n : 1);
+    if (copy == NULL)
+        FAIL("malloc");
+    memcpy(copy, data + 2, n);
+    type = fh_ipc_record_check(copy, n, mflags, nfds, side, &v);
+    if (fh_ipc_record_check(copy, n, mflags, nfds, side, &v2) != type
+        || memcmp(&v, &v2, sizeof v) != 0)
+        FAIL("two verdicts on one record");
+    if (v.side != (unsigned)side)
+        FAIL("side %u, not %d", v.side, side);
+    if (type < 0) {
+        if (v.error == FH_IPC_REC_OK || v.error >= FH_IPC_REC_NERRORS)
+            FAIL("refusal code %u", v.error);
+        if (side != FH_IPC_FIRST_RECORD && v.error >= FH_IPC_REC_HELLO_VERSION)
+            FAIL("a first record's refusal %u at side %d", v.error, side);
+        g_seen[v.error]++;
+        check_message(&v);
+    } else {
+        struct fh_ipc_hdr h;
+
+        if (v.error != FH_IPC_REC_OK || (unsigned)type != v.type || mflags
+            || n < FH_IPC_HDR_SIZE)
+            FAIL("valid type %d with error %u", type, v.error);
+        memcpy(&h, copy, sizeof h);
+        check_valid(&h, n, nfds, side, type);
+        g_seen[FH_IPC_REC_NERRORS]++;
+    }
+    free(copy);
+    return 0;
+}
+
+#ifdef FUZZ_STANDALONE
+/* ---- the standalone driver (no libFuzzer) ----------------------------- */
+
+static uint64_t g_rng;
+
+static uint64_t rnd(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return g_rng;
+}
+
+#define MAX_INPUT (2 + FH_IPC_RECORD_MAX + 64)
+#define NSEEDS 7
+
+struct input {
+    size_t  len;
+    uint8_t data[MAX_INPUT];
+};
+
+static struct input seeds[NSEEDS], cur;
+
+/* A valid record with its two control bytes (side as enum fh_ipc_side). */
+static void make_record(struct input *in, int side, uint16_t type, uint64_t id,
+                        const char *name, const void *param, uint32_t plen,
+                        uint32_t nfds)
+{
+    struct fh_ipc_hdr h;
+
+    memset(&h, 0, sizeof h);
+    h.magic = FH_IPC_MAGIC;
+    h.version = FH_IPC_VERSION;
+    h.type = type;
+    h.len = FH_IPC_HDR_SIZE + plen;
+    h.nfds = nfds;
+    h.id = id;
+    h.param_len = plen;
+    if (name)
+        strncpy(h.name, name, FH_IPC_NAME_MAX - 1);
+    in->data[0] = (uint8_t)((side - 1) << 2);
+    in->data[1] = (uint8_t)nfds;
+    memcpy(in->data + 2, &h, sizeof h);
+    if (plen)
+        memcpy(in->data + 2 + sizeof h, param, plen);
+    in->len = 2 + sizeof h + plen;
+}
+
+static void make_seeds(void)
+{
+    static unsigned char big[FH_IPC_PARAM_MAX];
+    struct fh_ipc_hello hello = { 1234, 1, 0, 0 };
+    struct fh_ipc_welcome w = { 1, 2, FH_IPC_NAME_MAX, FH_IPC_PARAM_MAX };
+
+    memset(big, 'p', sizeof big);
+    make_record(&seeds[0], FH_IPC_FIRST_RECORD, FH_IPC_HELLO, 0, NULL, &hello,
+                sizeof hello, 0);
+    make_record(&seeds[1], FH_IPC_FROM_SECONDARY, FH_IPC_REQUEST, 7, "stats",
+                "{}", 2, 1);
+    make_record(&seeds[2], FH_IPC_FROM_PRIMARY, FH_IPC_REPLY, 7, "stats", big, 40, 0);
+    make_record(&seeds[3], FH_IPC_FROM_PRIMARY, FH_IPC_WELCOME, 0, NULL, &w,
+                sizeof w, 0);
+    make_record(&seeds[4], FH_IPC_FROM_SECONDARY, FH_IPC_MSG, 0,
+                "a-name-of-sixty-three-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                big, FH_IPC_PARAM_MAX, FH_IPC_FDS_MAX);
+    make_record(&seeds[5], FH_IPC_FROM_SECONDARY, FH_IPC_BYE, 0, NULL, NULL, 0, 0);
+    make_record(&seeds[6], FH_IPC_FROM_PRIMARY, FH_IPC_REFUSE, 0, NULL,
+                "too many IPC members", 20, 0);
+}
+
+/* One random change of cur: flip, set, insert, delete or cut, a field
+ * set to an edge value, the control bytes, or a splice with a seed. */
+static void mutate(void)
+{
+    static const uint32_t edges[] = {0, 1, 2, 8, 9, 0x10, 0x13, 63, 64, 95, 96,
+                                     97, 0xffff, 0x7fffffff, 0xffffffff,
+                                     FH_IPC_PARAM_MAX, FH_IPC_RECORD_MAX,
+                                     FH_IPC_RECORD_MAX + 1, FH_IPC_MAGIC};
+    size_t i, k;
+    uint32_t e;
+
+    switch (rnd() % 8) {
+    case 0:                                      /* flip bits */
+        if (cur.len)
+            cur.data[rnd() % cur.len] ^= (uint8_t)(1u << (rnd() % 8));
+        break;
+    case 1:                                      /* a byte */
+        if (cur.len)
+            cur.data[rnd() % cur.len] = (uint8_t)(rnd() % 4 == 0 ? 0 : rnd());
+        break;
+    case 2:                                      /* insert bytes */
+        k = 1 + rnd() % 8;
+        if (cur.len + k <= MAX_INPUT) {
+            i = rnd() % (cur.len + 1);
+            memmove(cur.data + i + k, cur.data + i, cur.len - i);
+            cur.len += k;
+            while (k--)
+                cur.data[i + k] = (uint8_t)"\0a.\xff"[rnd() % 4];
+        }
+        break;
+    case 3:                                      /* delete bytes */
+        if (cur.len > 2) {
+            i = 2 + rnd() % (cur.len - 2);
+            k = 1 + rnd() % 8;
+            if (k > cur.len - i)
+                k = cur.len - i;
+            memmove(cur.data + i, cur.data + i + k, cur.len - i - k);
+            cur.len -= k;
+        }
+        break;
+    case 4:                                      /* cut */
+        cur.len = rnd() % (cur.len + 1);
+        break;
+    case 5:                                      /* a 32-bit header field */
+        if (cur.len >= 2 + 4) {
+            size_t words = (cur.len - 2) / 4 < 8 ? (cur.len - 2) / 4 : 8;
+
+            e = edges[rnd() % (sizeof edges / sizeof edges[0])];
+            i = 2 + 4 * (rnd() % words);
+            memcpy(cur.data + i, &e, 4);
+        }
+        break;
+    case 6:                                      /* the control bytes */
+        cur.data[rnd() % 2] = (uint8_t)rnd();
+        break;
+    default:                                     /* splice with a seed */
+        {
+            const struct input *s = &seeds[rnd() % NSEEDS];
+
+            i = rnd() % (cur.len + 1);
+            k = rnd() % (s->len + 1);
+            if (i + (s->len - k) <= MAX_INPUT) {
+                memcpy(cur.data + i, s->data + k, s->len - k);
+                cur.len = i + (s->len - k);
+            }
+        }
+        break;
+    }
+}
+
+/* The header made to agree with the record again, now and then: mutations
+ * would otherwise almost never get past the length check. */
+static void fix_length(void)
+{
+    uint32_t len;
+
+    if (cur.len >= 2 + 12 && rnd() % 2) {
+        len = (uint32_t)(cur.len - 2);
+        memcpy(cur.data + 2 + 8, &len, 4);
+    }
+    if (cur.len >= 2 + 28 && rnd() % 2) {
+        len = cur.len - 2 >= FH_IPC_HDR_SIZE ? (uint32_t)(cur.len - 2 - FH_IPC_HDR_SIZE)
+                                             : 0;
+        memcpy(cur.data + 2 + 24, &len, 4);
+    }
+    if (cur.len >= 2 + 16 && rnd() % 2)        /* the fds in step */
+        memcpy(&cur.data[1], cur.data + 2 + 12, 1);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Below this many inputs a count run does not require every verdict. */
+#define FULL_COVERAGE_RUNS 100000ULL
+
+int main(int argc, char **argv)
+{
+    const char *s = getenv("FORKHOST_FUZZ_SECONDS");
+    const char *seed = getenv("FORKHOST_FUZZ_SEED");
+    double budget = s ? atof(s) : 20.0, start = now();
+    unsigned long long runs = 0, want = 0;
+    int i, steps, coverage;
+
+    if (argc > 2 || (argc == 2 && (want = strtoull(argv[1], NULL, 10)) == 0)) {
+        fprintf(stderr, "usage: fuzz_ipc [RUNS]  (RUNS > 0; without it, "
+                "FORKHOST_FUZZ_SECONDS seconds)\n");
+        return 2;
+    }
+    coverage = want ? want >= FULL_COVERAGE_RUNS : budget >= 5;
+    g_rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
+    if (g_rng == 0)
+        g_rng = 1;
+    printf("fuzz_ipc: seed %llu\n", (unsigned long long)g_rng);
+    fflush(stdout);
+    make_seeds();
+    for (i = 0; i < NSEEDS; i++) {               /* the seeds as they are */
+        struct fh_ipc_verdict v;
+        int side = 1 + (seeds[i].data[0] >> 2) % 3;
+
+        if (fh_ipc_record_check(seeds[i].data + 2, seeds[i].len - 2, 0,
+                                seeds[i].data[1], side, &v) < 0)
+            FAIL("seed %d refused (error %u)", i, v.error);
+        LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].len);
+        runs++;
+    }
+    while (want ? runs < want : now() - start < budget) {
+        const struct input *from = &seeds[rnd() % NSEEDS];
+
+        cur.len = from->len;
+        memcpy(cur.data, from->data, from->len);
+        for (steps = 1 + (int)(rnd() % 4); steps > 0; steps--)
+            mutate();
+        fix_length();
+        LLVMFuzzerTestOneInput(cur.data, cur.len);
+        runs++;
+    }
+    printf("fuzz_ipc: %llu inputs in %.1f s; verdicts by code (refusals "
+           "1..%d, then valid):", runs, now() - start, FH_IPC_REC_NERRORS - 1);
+    for (i = 1; i <= FH_IPC_REC_NERRORS; i++)
+        printf(" %llu", g_seen[i]);
+    printf("\n");
+    for (i = 1; i <= FH_IPC_REC_NERRORS; i++)
+        if (g_seen[i] == 0 && coverage) {
+            printf("fuzz_ipc: verdict %d never reached\n", i);
+            return 1;
+        }
+    return 0;
+}
+#endif
