@@ -16,7 +16,6 @@ import os
 import select
 import signal
 import sys
-import time
 
 from . import __version__, _wire, client, runtime
 from .errors import EXIT_FORKHOST, ForkhostError
@@ -431,17 +430,6 @@ def _prefixes(a) -> list[runtime.PrefixPaths]:
     return [runtime.paths(n, root) for n in names]
 
 
-def _proc_line(pid: int) -> tuple[str, float]:
-    import psutil
-    try:
-        proc = psutil.Process(pid)
-        # A title set in place keeps the argv area's length: spaces at the end.
-        cmd = " ".join(proc.cmdline()).rstrip() or proc.name()
-        return cmd, time.time() - proc.create_time()
-    except psutil.Error:
-        return "?", 0.0
-
-
 def _arena_mappers(cfg: dict, known: set[int]) -> list[int]:
     """The processes not in known that map the prefix's arena: attached
     ones (forkhost attach, shm.attach()) and the children secondaries
@@ -486,7 +474,7 @@ def cmd_ps(a) -> int:
         if cfg.get("supervisor") or cfg.get("reclaims"):
             supervised.append((p.prefix, cfg))
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
-            cmd, up = _proc_line(pid)
+            cmd, up = runtime.proc_line(pid)
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd})
         try:
@@ -494,12 +482,12 @@ def cmd_ps(a) -> int:
         except ForkhostError:
             continue
         for m in inf.get("members", []):
-            cmd, up = _proc_line(m["pid"])
+            cmd, up = runtime.proc_line(m["pid"])
             rows.append({"prefix": p.prefix, "role": "pool", "pid": m["pid"],
                          "client_pid": None, "uptime": round(up, 1),
                          "command": cmd, "state": m["state"]})
         for s in inf["secondaries"]:
-            cmd, _ = _proc_line(s["pid"])
+            cmd, _ = runtime.proc_line(s["pid"])
             rows.append({"prefix": p.prefix, "role": "secondary", "pid": s["pid"],
                          "client_pid": s["client_pid"], "uptime": s["uptime"],
                          "command": cmd})
@@ -510,13 +498,13 @@ def cmd_ps(a) -> int:
         known = {r["pid"] for r in mine}
         for pid in members:
             if pid not in known:
-                cmd, up = _proc_line(pid)
+                cmd, up = runtime.proc_line(pid)
                 rows.append({"prefix": p.prefix, "role": "member", "pid": pid,
                              "client_pid": None, "uptime": round(up, 1),
                              "command": cmd, "ipc": True})
                 known.add(pid)
         for pid in _arena_mappers(cfg, known):
-            cmd, up = _proc_line(pid)
+            cmd, up = runtime.proc_line(pid)
             rows.append({"prefix": p.prefix, "role": "attached", "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd,
                          "ipc": False})

@@ -13,7 +13,6 @@ import json
 import sys
 
 from . import client, layout, runtime
-from .cli import _proc_line
 from .errors import ForkhostError
 
 EXIT_DIFFERS = 1
@@ -92,7 +91,7 @@ def cmd_verify(a) -> int:
 
 def _print_verdict(v: layout.Verdict, secondary: bool, strict: bool, prefix: str,
                    template_pid: int) -> None:
-    cmd, _ = _proc_line(v.pid)
+    cmd, _ = runtime.proc_line(v.pid)
     ok = v.holds(strict)
     note = "" if secondary else f" (not a running secondary of prefix {prefix!r})"
     fails = [d for d in v.differences if d.fails or (strict and d.what == "private")]
@@ -127,8 +126,8 @@ def cmd_maps(a) -> int:
              "a": [m.describe() for m in g.a], "b": [m.describe() for m in g.b]}
             for g in groups]}, indent=2))
         return EXIT_DIFFERS if differs else 0
-    print(f"A = {pa} {_proc_line(pa)[0]}")
-    print(f"B = {pb} {_proc_line(pb)[0]}")
+    print(f"A = {pa} {runtime.proc_line(pa)[0]}")
+    print(f"B = {pb} {runtime.proc_line(pb)[0]}")
     w = min(max((len(g.module) for g in groups), default=10), 60)
     print(f"{'MODULE':<{w}}  {'A':>26}  {'B':>26}  STATUS")
     counts: dict[str, int] = {}
@@ -202,7 +201,7 @@ def cmd_ptr(a) -> int:
     where = {pid: layout.describe(pid, maps[pid], addr, names) for pid, _ in procs}
     ref = next((pid for pid, _ in procs if where[pid].mapping is not None), None)
     print(f"0x{addr:x}")
-    label = {pid: f"{pid} {role or _proc_line(pid)[0]}" for pid, role in procs}
+    label = {pid: f"{pid} {role or runtime.proc_line(pid)[0]}" for pid, role in procs}
     for pid, _ in procs:
         print(f"  {label[pid]}: {where[pid].what}")
     if ref is None:

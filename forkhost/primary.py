@@ -385,6 +385,13 @@ class Primary:
         self.supervisor = _supervise.Supervisor(self, plan, on_event=on_event)
         return self.supervisor.start()
 
+    def secondary_ended(self, pid: int, code: int, sig: int) -> None:
+        """The template reported secondary pid's end (exit code, or signal
+        sig); called on the IPC thread.  Gives back what it left in the
+        arena (forkhost/_reclaim.py)."""
+        from . import _reclaim
+        _reclaim.after_exit(self, pid, code, sig)
+
     def template_alive(self) -> bool:
         if self.template_pidfd < 0:
             return False

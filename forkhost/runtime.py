@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ class PrefixPaths:
 
     @property
     def ipc_socket(self) -> Path:
-        """The primary's IPC listener (forkhost/ipc.py, docs/ipc.md)."""
+        """The primary's IPC listener (forkhost/ipc/, docs/ipc.md)."""
         return self.dir / "ipc.sock"
 
     @property
@@ -255,3 +256,16 @@ def readable(fd, timeout: float | None) -> bool:
 __all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
            "runtime_dir", "resolve_prefix", "read_config", "write_config",
            "open_log", "pid_alive"]
+
+
+def proc_line(pid: int) -> tuple[str, float]:
+    """pid's command line (or name) and how long it has run; ("?", 0.0)
+    when it cannot be read."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        # A title set in place keeps the argv area's length: spaces at the end.
+        cmd = " ".join(proc.cmdline()).rstrip() or proc.name()
+        return cmd, time.time() - proc.create_time()
+    except psutil.Error:
+        return "?", 0.0

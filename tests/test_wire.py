@@ -112,7 +112,7 @@ def test_protocol_imports_no_native_code():
                                 "'forkhost.protocol']"]
 
 
-# -- the IPC wire (ipc.h, template.h): forkhost/ipc.py takes these from the cdef
+# -- the IPC wire (ipc.h, template.h): forkhost/ipc/_wire.py takes these from the cdef
 
 PROBE = r"""
 #include <stddef.h>
@@ -188,7 +188,7 @@ def test_ipc_layouts_are_the_headers(ipc_h):
     h = {k: int(v) for k, v in ipc_h.items() if v.lstrip("-").isdigit()}
     assert ipc.HDR.size == h["FH_IPC_HDR_SIZE"] == h["sizeof(struct fh_ipc_hdr)"]
     assert ipc.HDR.size == ffi.sizeof("struct fh_ipc_hdr")
-    # the cdef's view of a reply (forkhost/ipc.py reads async replies in it)
+    # the cdef's view of a reply (forkhost/ipc/ reads async replies in it)
     assert ffi.sizeof("struct fh_ipc_peer_reply") == h["sizeof(struct fh_ipc_peer_reply)"]
     assert ffi.sizeof("struct fh_ipc_reply") == h["sizeof(struct fh_ipc_reply)"]
     assert ffi.offsetof("struct fh_ipc_peer_reply", "name") == \

@@ -82,22 +82,6 @@ static int wakeup_w = -1;
 /* ------------------------------------------------------------------ */
 /* diagnostics and exits                                                */
 
-void fh__write_all(int fd, const void *data, size_t len)
-{
-    const char *buf = data;
-
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return;                 /* nowhere left to complain */
-        }
-        buf += n;
-        len -= (size_t)n;
-    }
-}
-
 __attribute__((format(printf, 1, 2)))
 static void diag(const char *fmt, ...)
 {

@@ -425,3 +425,22 @@ void fh__tty_finish(void)
         drain_master();
     fh__tty_restore();
 }
+
+/* Write all of data to fd, retrying after signals; gives up silently on
+ * an error (the client's and the relay's output have nowhere left to
+ * complain).  Declared in tty.h for client.c too. */
+void fh__write_all(int fd, const void *data, size_t len)
+{
+    const char *buf = data;
+
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;                 /* nowhere left to complain */
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+}

@@ -37,12 +37,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Set in every secondary by fh_child_setup (spawn.c), before its entry
- * runs; only ever written in a single-threaded child. */
-int fh_init_in_secondary;
-int fh_init_main_is_primary;
-char fh_init_template_prefix[FH_PREFIX_MAX_LEN + 1];
-
 /* What fh_init made of this process. */
 static struct {
     int                    done;
@@ -75,44 +69,6 @@ static void init_fail(const char *prog, int code, const char *fmt, ...)
     fflush(NULL);
     fprintf(stderr, "%s: %s\n", prog, msg);
     exit(code);
-}
-
-FH_API int fh_parse_size(const char *text, size_t *out)
-{
-    char buf[64], *end;
-    size_t n = strlen(text), mult = 1;
-    double v;
-
-    while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\t'))
-        n--;
-    while (n > 0 && (*text == ' ' || *text == '\t'))
-        text++, n--;
-    if (n == 0 || n >= sizeof buf)
-        return -1;
-    memcpy(buf, text, n);
-    buf[n] = '\0';
-    if (n > 0 && (buf[n - 1] == 'b' || buf[n - 1] == 'B'))
-        buf[--n] = '\0';
-    if (n > 0 && (buf[n - 1] == 'i' || buf[n - 1] == 'I'))
-        buf[--n] = '\0';
-    if (n > 0) {
-        switch (buf[n - 1]) {
-        case 'k': case 'K': mult = (size_t)1 << 10; break;
-        case 'm': case 'M': mult = (size_t)1 << 20; break;
-        case 'g': case 'G': mult = (size_t)1 << 30; break;
-        case 't': case 'T': mult = (size_t)1 << 40; break;
-        }
-        if (mult > 1)
-            buf[--n] = '\0';
-    }
-    if (n == 0)
-        return -1;
-    errno = 0;
-    v = strtod(buf, &end);
-    if (*end != '\0' || errno != 0 || v != v || v < 0 || v * (double)mult >= 0x1p63)
-        return -1;
-    *out = (size_t)(v * (double)mult);
-    return 0;
 }
 
 /* "--name=value" or "--name value": the value, advancing *i; NULL when

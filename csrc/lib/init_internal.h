@@ -1,6 +1,7 @@
 /*
- * init_internal.h - what fh_init (init.c) shares with the rest of
- * libforkhost, not part of the public API.
+ * init_internal.h - the process's role (defined in procstate.c) and a
+ * helper of template.c that init.c uses, shared inside libforkhost; not
+ * part of the public API.
  */
 #ifndef FORKHOST_INIT_INTERNAL_H
 #define FORKHOST_INIT_INTERNAL_H

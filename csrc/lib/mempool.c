@@ -23,6 +23,7 @@
 #include "forkhost/mempool.h"
 #include "forkhost/ring.h"
 #include "task.h"
+#include "ring_internal.h"
 
 #define MP_MAGIC 0x4c4f4f504d484b46ull /* "FKHMPOOL" */
 /* Pools one thread holds a cache of at once; using a ninth flushes and
@@ -552,13 +553,19 @@ static uint64_t transit(const struct fh_ring *r, uint32_t pos)
     return OWNER_TRANSIT | ring_tag(r) << 32 | pos;
 }
 
-FH_API int fh__mempool_check_tracked(const struct fh_mempool *mp)
+FH_API struct fh_ring *fh_ring_create_for(const char *name, unsigned count,
+                                          unsigned flags,
+                                          struct fh_mempool *mp)
 {
-    return mp && mp->owners_off ? 0 : -1;
+    if (!mp || !mp->owners_off) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return fh__ring_create_pooled(name, count, flags, mp);
 }
 
-FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
-                           uint32_t head, int side)
+static void mp_track(struct fh_ring *r, const void *objs, unsigned n,
+                     uint32_t head, int side)
 {
     struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)r->pool;
     const uint64_t me = (uint64_t)(uint32_t)my_tid();
@@ -587,8 +594,8 @@ static void give_back(struct fh_mempool *mp, void **objs, unsigned k)
     atomic_fetch_add_explicit(&mp->recovered, k, memory_order_relaxed);
 }
 
-FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
-                                       uint32_t from, uint32_t n, int side)
+static void mp_return_transit(struct fh_ring *r, const uint64_t *vals,
+                              uint32_t from, uint32_t n, int side)
 {
     struct fh_mempool *mp = (struct fh_mempool *)(uintptr_t)(r->pool & ~(uint64_t)1);
 
@@ -627,6 +634,13 @@ FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
         }
     }
     give_back(mp, objs, k);
+}
+
+/* The ring code reaches the two above through these (ring_internal.h). */
+__attribute__((constructor)) static void register_pool_ops(void)
+{
+    static const struct fh__ring_pool_ops ops = {mp_track, mp_return_transit};
+    fh__ring_set_pool_ops(&ops);
 }
 
 /* Objects held by threads that are gone go back to the pool. */
@@ -768,7 +782,7 @@ FH_API struct fh_mempool *fh_mempool_create(const char *name, unsigned n,
         return NULL;
     }
     /* Its own ring: a getter killed inside a dequeue gives its objects
-     * back (fh__mempool_return_transit).  Before the magic, as above. */
+     * back (mp_return_transit).  Before the magic, as above. */
     mp_ring(mp)->pool = (uint64_t)(uintptr_t)mp | 1;
     for (unsigned done = 0; done < n;) {
         unsigned k = n - done < MP_CHUNK ? n - done : MP_CHUNK;

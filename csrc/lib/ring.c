@@ -29,7 +29,7 @@
 #include "forkhost/ring.h"
 #pragma GCC diagnostic pop
 #include "task.h"
-#include "forkhost/mempool.h"
+#include "ring_internal.h"
 
 _Static_assert(offsetof(struct fh_ring, size) == 72, "ring layout");
 _Static_assert(offsetof(struct fh_ring, prod) == 128, "prod on its own lines");
@@ -556,6 +556,28 @@ static void wake_after_move(struct fh_ring_headtail *ht)
 
 #define TRACK_STEP 256u
 
+/* mempool.c's code for rings with a pool (ring_internal.h). */
+static struct fh__ring_pool_ops g_pool_ops;
+
+void fh__ring_set_pool_ops(const struct fh__ring_pool_ops *ops)
+{
+    g_pool_ops = *ops;
+}
+
+FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
+                           uint32_t head, int side)
+{
+    if (g_pool_ops.track)
+        g_pool_ops.track(r, objs, n, head, side);
+}
+
+static void return_transit(struct fh_ring *r, const uint64_t *vals,
+                           uint32_t from, uint32_t n, int side)
+{
+    if (g_pool_ops.return_transit)
+        g_pool_ops.return_transit(r, vals, from, n, side);
+}
+
 static void read_slots(const struct fh_ring *r, uint32_t from, uint32_t n,
                        uint64_t *out)
 {
@@ -717,7 +739,7 @@ static uint32_t recover_step(struct fh_ring *r, struct fh_ring_headtail *ht,
     }
     add_lost(r, side, len);
     if (tracked)
-        fh__mempool_return_transit(r, vals, tail, len, (int)side);
+        return_transit(r, vals, tail, len, (int)side);
     wake_after_move(ht);
     collect_dead(r, side, tail + len);
     return len;
@@ -746,7 +768,7 @@ FH_API uint32_t fh__ring_single_restart(struct fh_ring *r,
         uint64_t vals[TRACK_STEP];
         uint32_t k = len - done < TRACK_STEP ? len - done : TRACK_STEP;
         read_slots(r, tail + done, k, vals);
-        fh__mempool_return_transit(r, vals, tail + done, k, (int)side);
+        return_transit(r, vals, tail + done, k, (int)side);
         done += k;
     }
     add_lost(r, side, len);
@@ -915,16 +937,8 @@ FH_API unsigned fh__ring_dequeue_holes(struct fh_ring *r, void *objs,
     }
 }
 
-FH_API struct fh_ring *fh_ring_create_for(const char *name, unsigned count,
-                                          unsigned flags,
-                                          struct fh_mempool *mp)
+struct fh_ring *fh__ring_create_pooled(const char *name, unsigned count,
+                                       unsigned flags, struct fh_mempool *mp)
 {
-    struct fh_ring *r;
-
-    if (!mp || fh__mempool_check_tracked(mp) < 0) {
-        errno = EINVAL;
-        return NULL;
-    }
-    r = ring_create(name, count, 8, flags, mp);
-    return r;
+    return ring_create(name, count, 8, flags, mp);
 }

@@ -657,9 +657,10 @@ class _PrimaryEndpoint:
             self._exit_notice(pid, code if code >= 0 else 0,
                               -code if code < 0 else 0, EXIT_STATUS_KNOWN)
             if self.primary is not None:
-                from .. import _reclaim
-                _reclaim.after_exit(self.primary, pid, code if code >= 0 else 0,
-                                    -code if code < 0 else 0)
+                # What the dead secondary left in the arena (the primary's
+                # business: forkhost/_reclaim.py).
+                self.primary.secondary_ended(pid, code if code >= 0 else 0,
+                                             -code if code < 0 else 0)
 
     def _exit_notice(self, pid: int, code: int, sig: int, flags: int) -> None:
         body = EXIT_BODY.pack(pid, code, sig, flags)

@@ -112,7 +112,7 @@ class Block:
         many ``dtype`` elements as ``size`` holds) and ``dtype`` as for
         :class:`~forkhost.shm.Array`; ValueError when they need more than
         ``size`` bytes."""
-        from .array import DTYPES, _dtype_name, _shape, _numpy
+        from ._dtype import DTYPES, _dtype_name, _numpy, _shape
         self._check()
         dt = _dtype_name(dtype)
         itemsize = DTYPES[dt][1]

@@ -139,8 +139,6 @@ FH_API unsigned fh_mempool_reclaim(struct fh_mempool *mp);
 FH_API uint64_t fh_mempool_recovered(const struct fh_mempool *mp);
 /* Objects of a tracked pool held by thread tid (0: by any thread). */
 FH_API unsigned fh_mempool_held_count(const struct fh_mempool *mp, int32_t tid);
-/* Internal: 0 when mp is a tracked pool, else -1. */
-FH_API int fh__mempool_check_tracked(const struct fh_mempool *mp);
 
 /* Object index <-> address, for handles that must fit in 32 bits or cross
  * into Python: index in [0, count), or -1 when obj is not an object of mp;

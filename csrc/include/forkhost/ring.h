@@ -349,14 +349,10 @@ fh__ring_dequeue_holes(struct fh_ring *r, void *objs, unsigned n, int behavior,
 FH_API unsigned fh_ring_recover(struct fh_ring *r);
 /* Rings bound to a mempool (fh_ring_create_for): attribute the n objects
  * just copied at head to their new holder, side 0 (enqueue: in transit in
- * this ring, at their slot) or 1 (dequeue: this thread).  mempool.c. */
+ * this ring, at their slot) or 1 (dequeue: this thread).  ring.c passes it
+ * to mempool.c's code (ring_internal.h). */
 FH_API void fh__ring_track(struct fh_ring *r, const void *objs, unsigned n,
                            uint32_t head, int side);
-/* Slots [from, from+n) of side `side` of a ring with a pool, whose values
- * are vals, were given up after a dead caller: give back the objects it
- * left there (mempool.c). */
-FH_API void fh__mempool_return_transit(struct fh_ring *r, const uint64_t *vals,
-                                       uint32_t from, uint32_t n, int side);
 /* Slots given up so far: after unfinished enqueues (which == 0), dequeues
  * (which == 1), or both (which == 2). */
 FH_API uint64_t fh_ring_lost(const struct fh_ring *r, int which);

@@ -1,0 +1,35 @@
+/*
+ * ring_internal.h - how ring.c reaches the code of the mempool a ring
+ * carries objects of, without depending on mempool.c (which depends on
+ * ring.c for its free-object ring).  mempool.c registers its functions as
+ * libforkhost loads; they are process-local function pointers, never in
+ * shared memory.  Not part of the public API.
+ */
+#ifndef FORKHOST_RING_INTERNAL_H
+#define FORKHOST_RING_INTERNAL_H
+
+#include <stdint.h>
+
+struct fh_ring;
+struct fh_mempool;
+
+struct fh__ring_pool_ops {
+    /* fh__ring_track's work (forkhost/ring.h). */
+    void (*track)(struct fh_ring *r, const void *objs, unsigned n,
+                  uint32_t head, int side);
+    /* Slots [from, from+n) of side `side` of a ring with a pool, whose
+     * values are vals, were given up after a dead caller: give back the
+     * objects it left there. */
+    void (*return_transit)(struct fh_ring *r, const uint64_t *vals,
+                           uint32_t from, uint32_t n, int side);
+};
+
+/* Set the pool operations (mempool.c, once, as the library loads). */
+void fh__ring_set_pool_ops(const struct fh__ring_pool_ops *ops);
+
+/* fh_ring_create with r->pool set before the ring is published (the
+ * mempool's address, for fh_ring_create_for). */
+struct fh_ring *fh__ring_create_pooled(const char *name, unsigned count,
+                                       unsigned flags, struct fh_mempool *mp);
+
+#endif
