@@ -81,7 +81,7 @@ def connect(prefix: str | None = None, runtime_dir=None,
     return sock
 
 
-def _recv(sock: socket.socket, timeout: float | None) -> protocol.Message | None:
+def _recv(sock: socket.socket, timeout: float | None) -> protocol.LaunchMessage | None:
     sock.settimeout(timeout)
     try:
         return protocol.recv(sock)

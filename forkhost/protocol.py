@@ -76,7 +76,9 @@ def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
 
 
 @dataclass
-class Message:
+class LaunchMessage:
+    """A message of the launch protocol as received: its type, body and fds
+    (not an IPC message: forkhost.ipc.Message)."""
     type: int
     body: bytes
     fds: list[int] = field(default_factory=list)
@@ -101,7 +103,7 @@ def _buffer() -> bytearray:
     return buf
 
 
-def recv(sock: socket.socket, flags: int = 0) -> Message | None:
+def recv(sock: socket.socket, flags: int = 0) -> LaunchMessage | None:
     """Receive one record (a client reads the template's replies with it).
     None on orderly EOF.
 
@@ -114,12 +116,12 @@ def recv(sock: socket.socket, flags: int = 0) -> Message | None:
     return parse(_buf, n, fds_received(anc), mflags)
 
 
-def parse(buf, n: int, fds: list[int], mflags: int) -> Message | None:
+def parse(buf, n: int, fds: list[int], mflags: int) -> LaunchMessage | None:
     """Check one record as recvmsg left it: ``n`` bytes (at most
     max + 1 of them in ``buf``), its fds and msg_flags.  Only the framing:
     requests are checked by the template, in C (fh_request_check)."""
     max_msg, max_fds = MAX_MSG, MAX_FDS
-    msg = Message(0, b"", fds)
+    msg = LaunchMessage(0, b"", fds)
     try:
         if n == 0 and not fds:
             return None

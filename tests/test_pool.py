@@ -674,7 +674,7 @@ class _HotBench:
     def member(self):
         """In a fork: become a member of the set (fh_member_init)."""
         m = ffi.new("struct fh_member *")
-        m.listen_fd, m.ctl_fd, m.news_fd = self.listener.fileno(), -1, -1
+        m.listen_fd, m.ctl_fd, m.notice_fd = self.listener.fileno(), -1, -1
         m.hot = self.hot
         assert lib.fh_member_init(m) == 0
         return m
@@ -844,7 +844,7 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
         nfds = _settled_fd_count(tpl)
         soft, hard = resource.prlimit(tpl, resource.RLIMIT_NOFILE)
         # Room for the fd the next launch hands over (its client's
-        # connection, with the member's TOOK) and one spare, not for the
+        # connection, with the member's TAKEN) and one spare, not for the
         # two of a member's socketpair.
         resource.prlimit(tpl, resource.RLIMIT_NOFILE, (nfds + 2, hard))
         sleeper = p.popen("fhfix:sleeper", cwd=FIXTURES, stdout=subprocess.PIPE)
@@ -873,8 +873,8 @@ def test_a_template_that_cannot_fork_a_member_waits_and_recovers(runtime_dir):
 
 
 def test_stop_right_after_a_launch_treats_it_as_a_secondary(runtime_dir, native_so):
-    """The template reads a member's TOOK a few ms late (template.py:
-    _news_arrived).  A stop in between must still see that member as the
+    """The template reads a member's TAKEN a few ms late (template.py:
+    _notices_arrived).  A stop in between must still see that member as the
     secondary it became (SIGTERM, so its client learns it died by
     SIGTERM), not as an idle member to SIGKILL.  Stopping right after
     STARTED, six times, Python and native in turn."""

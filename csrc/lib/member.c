@@ -5,7 +5,7 @@
  * The path a launch of a native entry takes here is the whole of forkhost's
  * launch latency on the server side: epoll_wait, accept4, SO_PEERCRED,
  * recvmsg, a parse, a stat and a 4-byte read of the entry, two sendmsg
- * (TOOK to the template, STARTED to the client), then fh_run_native().  No
+ * (TAKEN to the template, STARTED to the client), then fh_run_native().  No
  * Python runs and the template is not waited for.  A Python entry takes the
  * same path and returns to the interpreter only to run.
  *
@@ -85,13 +85,13 @@ int fh__send_record(int fd, uint16_t type, const void *a, size_t alen,
     return r < 0 ? -errno : 0;
 }
 
-/* A notice went to the template: wake it (see news_fd in member.h) by
- * adding to its news counter 1 for a notice it may read a little later
- * (TOOK, BUSY), FH_NEWS_URGENT for one it must act on now (HANDOFF: a
+/* A notice went to the template: wake it (see notice_fd in member.h) by
+ * adding to its notices counter 1 for a notice it may read a little later
+ * (TAKEN, BUSY), FH_NOTICE_URGENT for one it must act on now (HANDOFF: a
  * connection waits on it). */
 static void notify(const struct fh_member *m, uint64_t what)
 {
-    if (m->news_fd >= 0 && write(m->news_fd, &what, sizeof what) < 0) {
+    if (m->notice_fd >= 0 && write(m->notice_fd, &what, sizeof what) < 0) {
         /* EAGAIN only near a counter of 2^64 - 2: the template is awake. */
     }
 }
@@ -242,9 +242,9 @@ static int took(struct fh_member *m, const struct fh_launch_view *v,
      * Python entry: sys.path[0] is usually that directory.  The entry and
      * argv[0] lie back to back in the record ("entry\0argv0"). */
     int fds[2] = { m->conn, m->fds[0] };
-    struct fh_took tk = { v->launch.flags };
+    struct fh_taken_msg tk = { v->launch.flags };
     size_t len = strlen(v->entry) + 1 + strlen(v->strings);
-    int rc = fh__send_record(m->ctl_fd, FH_CTL_TOOK, &tk, sizeof tk,
+    int rc = fh__send_record(m->ctl_fd, FH_CTL_TAKEN, &tk, sizeof tk,
                              v->entry, len, fds,
                              python && m->nfds > 0 ? 2 : 1, 0);
 
@@ -288,7 +288,7 @@ FH_API int fh_member_handoff(struct fh_member *m)
     memcpy(fds + 1, m->fds, m->nfds * sizeof(int));
     rc = fh__send_record(m->ctl_fd, FH_CTL_HANDOFF, &h, sizeof h, m->buf,
                          data, fds, m->nfds + 1, 0);
-    notify(m, FH_NEWS_URGENT);
+    notify(m, FH_NOTICE_URGENT);
     close_received(m);
     close(m->conn);
     m->conn = -1;
@@ -298,10 +298,10 @@ FH_API int fh_member_handoff(struct fh_member *m)
 /*
  * The launch is this member's: from here on it is the secondary.  Every
  * signal stays blocked (no handler of the member's may run; fh_child_setup
- * resets them all and unblocks), the template hears TOOK and the client
+ * resets them all and unblocks), the template hears TAKEN and the client
  * STARTED, and r->spec is prepared.  Exits 125 if that fails.
  */
-static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
+static void become_secondary(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
 {
     const struct fh_launch *l = &r->view.launch;
     struct fh_child_spec *spec = &r->spec;
@@ -310,7 +310,7 @@ static void become(struct fh_member *m, struct fh_taken_launch *r, pid_t client)
 
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
-    /* TOOK first: the template must know the connection before it could
+    /* TAKEN first: the template must know the connection before it could
      * ever report this process's death to the client. */
     python = r->target.kind != FH_ENTRY_NATIVE;
     fh__hotset_launch(python);
@@ -387,7 +387,7 @@ int fh__member_take_received(struct fh_member *m, pid_t client_pid)
                          &r->target) == FH_ENTRY_ERROR ||
         (r->target.kind != FH_ENTRY_NATIVE && !m->python))
         return FH_MEMBER_HANDOFF;     /* the template answers it */
-    become(m, r, client_pid);
+    become_secondary(m, r, client_pid);
     if (r->target.kind == FH_ENTRY_NATIVE)        /* never returns */
         fh_run_native(&r->spec, r->target.name, r->target.symbol);
     /* A Python entry: the process's setup is done here too, as

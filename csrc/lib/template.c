@@ -7,8 +7,8 @@
  * template listens itself only while no member is idle, and then answers
  * errors and INFO itself and forks a member for a valid launch on the spot
  * (that child takes the received request as a pool member would, so every
- * launch is a member's TOOK here).  A member tells the template what it did
- * on its socketpair (TOOK, BUSY, HANDOFF; member.h); after a TOOK the same
+ * launch is a member's TAKEN here).  A member tells the template what it did
+ * on its socketpair (TAKEN, BUSY, HANDOFF; member.h); after a TAKEN the same
  * socket carries the secondary's exit report, read when its pidfd fires or
  * when secondaries are counted.
  *
@@ -52,7 +52,7 @@
 #define P_PIDFD 3
 #endif
 
-enum tag { T_SIGNAL = 1, T_LISTEN, T_NEWS, T_CONN, T_PIDFD, T_MEMBER };
+enum tag { T_SIGNAL = 1, T_LISTEN, T_NOTICES, T_CONN, T_PIDFD, T_MEMBER };
 #define EV(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
 
 enum { C_FREE = 0, C_PENDING, C_RUNNING };
@@ -100,7 +100,7 @@ struct tpl {
     const struct fh_template_config *c;
     pid_t    pid;
     uid_t    uid;
-    int      ep, sfd, news, listen_fd, listening;
+    int      ep, sfd, notices, listen_fd, listening;
     unsigned timeout_ms;
     sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
     /* MADV_DONTFORK: never touched by a child */
@@ -115,8 +115,8 @@ struct tpl {
     int      stopping, draining;
     struct deferred *deferred, **deferred_tail;   /* FIFO */
     int64_t  stop_deadline, last_activity, last_launch, launch_gap;
-    int64_t  fork_failed, news_due;
-    uint64_t news_pending;
+    int64_t  fork_failed, notices_due;
+    uint64_t notices_pending;
     unsigned long launched, pool_launches, refused;
 };
 
@@ -488,7 +488,7 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
     memset(m, 0, sizeof *m);
     m->listen_fd = t->listen_fd;
     m->ctl_fd = ctl;
-    m->news_fd = t->news;
+    m->notice_fd = t->notices;
     m->uid = t->uid;
     m->timeout_ms = (int)t->timeout_ms;
     m->title_area = t->c->title_area;
@@ -522,7 +522,7 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
         _exit(0);                       /* the template died meanwhile */
     keep[0] = ctl;
     keep[1] = m->listen_fd;
-    keep[2] = m->news_fd;
+    keep[2] = m->notice_fd;
     sort_ints(keep, 3);
     close_all_but(keep, 3);
     snprintf(title, sizeof title, "forkhost pool [%s]", t->c->prefix);
@@ -706,7 +706,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
 {
     struct epoll_event ev;
     struct conn *c;
-    struct fh_took tk;
+    struct fh_taken_msg tk;
     const char *entry, *argv0, *end = body + len;
     int cwd_fd = nfds == 2 ? fds[1] : -1;
 
@@ -867,8 +867,8 @@ static int member_msg(struct tpl *t, struct member *mb)
         (mflags & (MSG_TRUNC | MSG_CTRUNC))) {
         h.type = 0;
     }
-    if (h.type == FH_CTL_TOOK && (nfds == 1 || nfds == 2) &&
-        (size_t)n >= sizeof h + sizeof(struct fh_took)) {
+    if (h.type == FH_CTL_TAKEN && (nfds == 1 || nfds == 2) &&
+        (size_t)n >= sizeof h + sizeof(struct fh_taken_msg)) {
         took(t, mb, t->ctl_buf + sizeof h, (size_t)n - sizeof h, fds, nfds);
     } else if (h.type == FH_CTL_BUSY) {
         mb->busy = 1;
@@ -898,35 +898,35 @@ static void drain_member(struct tpl *t, unsigned i)
 }
 
 /* Members wrote notices: read them all. */
-static void read_news(struct tpl *t)
+static void read_notices(struct tpl *t)
 {
     uint64_t v;
     unsigned i;
 
-    t->news_due = 0;
-    t->news_pending = 0;
-    if (read(t->news, &v, sizeof v) < 0) {
+    t->notices_due = 0;
+    t->notices_pending = 0;
+    if (read(t->notices, &v, sizeof v) < 0) {
         /* EAGAIN: nothing new since */
     }
     for (i = 0; i < t->members_hi; i++)
         drain_member(t, i);
 }
 
-/* A TOOK or a BUSY comes while a launch is under way: read it
- * FH_TEMPLATE_NEWS_DELAY_US later.  At once: a HANDOFF (a connection
+/* A TAKEN or a BUSY comes while a launch is under way: read it
+ * FH_TEMPLATE_NOTICE_DELAY_US later.  At once: a HANDOFF (a connection
  * waits), or notices that may have taken the last idle member. */
-static void news_arrived(struct tpl *t)
+static void notices_arrived(struct tpl *t)
 {
     uint64_t v;
 
-    if (read(t->news, &v, sizeof v) != (ssize_t)sizeof v)
+    if (read(t->notices, &v, sizeof v) != (ssize_t)sizeof v)
         return;
-    t->news_pending += v;
-    if (t->news_pending >= FH_NEWS_URGENT ||
-        count_members(t, 1) <= t->news_pending)
-        read_news(t);
-    else if (t->news_due == 0)
-        t->news_due = now_us() + FH_TEMPLATE_NEWS_DELAY_US;
+    t->notices_pending += v;
+    if (t->notices_pending >= FH_NOTICE_URGENT ||
+        count_members(t, 1) <= t->notices_pending)
+        read_notices(t);
+    else if (t->notices_due == 0)
+        t->notices_due = now_us() + FH_TEMPLATE_NOTICE_DELAY_US;
 }
 
 /* ---- secondaries -------------------------------------------------------- */
@@ -1082,7 +1082,7 @@ static void children_stopped(struct tpl *t)
             return;
         c = running_pid(t, si.si_pid);
         if (c == NULL) {
-            read_news(t);              /* a member's TOOK not read yet? */
+            read_notices(t);              /* a member's TAKEN not read yet? */
             c = running_pid(t, si.si_pid);
         }
         if (c != NULL && c->job_control && !c->reported) {
@@ -1301,7 +1301,7 @@ static void primary_died_notice(struct tpl *t, struct conn *c)
  * Stop every member where it is (SIGSTOP) and wait until each has (at most
  * FH_TEMPLATE_FREEZE_MS in all).  A member may accept a launch at any
  * moment; frozen, none can take one between our reading what they said
- * (TOOK) and our SIGKILL of those still idle, which would otherwise kill a
+ * (TAKEN) and our SIGKILL of those still idle, which would otherwise kill a
  * secondary whose client already has STARTED.  The stop reports are
  * consumed here, so that children_stopped() never tells a client its
  * secondary was stopped by a job-control signal.
@@ -1462,8 +1462,8 @@ static int timeout_ms(struct tpl *t)
     }
     if (t->stop_deadline != 0 && t->stop_deadline < next)
         next = t->stop_deadline;
-    if (t->news_due != 0 && t->news_due < next)
-        next = t->news_due;
+    if (t->notices_due != 0 && t->notices_due < next)
+        next = t->notices_due;
     at = replenish_at(t);
     if (at >= 0 && at < next)
         next = at;
@@ -1647,8 +1647,8 @@ static void dispatch(struct tpl *t, uint64_t data)
         if (t->listening)
             accept_some(t);
         break;
-    case T_NEWS:
-        news_arrived(t);
+    case T_NOTICES:
+        notices_arrived(t);
         break;
     case T_CONN:
         if (i < t->conns_hi && t->conns[i].state != C_FREE &&
@@ -1681,8 +1681,8 @@ static int serve(struct tpl *t)
             dispatch(t, ev[k].data.u64);
             run_deferred(t);
         }
-        if (t->news_due != 0 && now_us() >= t->news_due)
-            read_news(t);
+        if (t->notices_due != 0 && now_us() >= t->notices_due)
+            read_notices(t);
         expire(t);
         replenish(t);
     }
@@ -1777,8 +1777,8 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     sigprocmask(SIG_SETMASK, &t.mask, NULL);
     t.sfd = signalfd(-1, &t.mask, SFD_CLOEXEC | SFD_NONBLOCK);
     t.ep = epoll_create1(EPOLL_CLOEXEC);
-    t.news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (t.sfd < 0 || t.ep < 0 || t.news < 0)
+    t.notices = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (t.sfd < 0 || t.ep < 0 || t.notices < 0)
         return fail(c, "signalfd/epoll/eventfd", errno);
     flags = fcntl(t.listen_fd, F_GETFL);
     fcntl(t.listen_fd, F_SETFL, flags | O_NONBLOCK);
@@ -1800,7 +1800,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
         t.ra == NULL || t.rx == MAP_FAILED)
         return fail(c, "memory for the loop", ENOMEM);
-    if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.news, T_NEWS) < 0)
+    if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0)
         return fail(c, "epoll", errno);
     threads = thread_count();
     if (threads != 1) {

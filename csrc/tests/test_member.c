@@ -2,7 +2,7 @@
  * test_member.c - a pool member's side of template.sock, under ASan and
  * UBSan: fh_member_next/fh_member_handoff on real sockets (a request that
  * is not a launch is handed over with its bytes and fds; a slow one says
- * BUSY first; a Python launch is taken and set up, its TOOK carrying the
+ * BUSY first; a Python launch is taken and set up, its TAKEN carrying the
  * cwd).  The parser and the classifier are test_request.c's.
  */
 #include "forkhost.h"
@@ -95,7 +95,7 @@ static int read_ctl(int fd, char *body, size_t cap, int *fds, unsigned *nfds,
 static void test_member_sockets(void)
 {
     struct sockaddr_un addr;
-    int lst, ctl[2], news, fds_before = count_fds();
+    int lst, ctl[2], notices, fds_before = count_fds();
     pid_t member;
     char body[FH_PROTO_MAX_MSG + 64];
     int fds[40];
@@ -112,8 +112,8 @@ static void test_member_sockets(void)
     CHECK(lst >= 0 && bind(lst, (struct sockaddr *)&addr, sizeof addr) == 0 &&
           listen(lst, 8) == 0, "listen");
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) == 0, "pair");
-    news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    CHECK(news >= 0, "eventfd");
+    notices = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    CHECK(notices >= 0, "eventfd");
 
     member = fork_child();
     if (member == 0) {
@@ -124,7 +124,7 @@ static void test_member_sockets(void)
         memset(&m, 0, sizeof m);
         m.listen_fd = lst;
         m.ctl_fd = ctl[1];
-        m.news_fd = news;
+        m.notice_fd = notices;
         m.uid = (unsigned)getuid();
         m.timeout_ms = 5000;
         m.buf = buf;
@@ -172,11 +172,11 @@ static void test_member_sockets(void)
         CHECK(h.state == FH_HANDOFF_MESSAGE && h.received == sizeof q, "state");
         CHECK(memcmp(body + sizeof h, &q, sizeof q) == 0, "bytes as received");
         {
-            struct pollfd p = {news, POLLIN, 0};
+            struct pollfd p = {notices, POLLIN, 0};
 
             /* The eventfd is written just after the record. */
             CHECK(poll(&p, 1, 5000) == 1, "the template was woken");
-            CHECK(read(news, &count, sizeof count) == sizeof count && count >= 1,
+            CHECK(read(notices, &count, sizeof count) == sizeof count && count >= 1,
                   "the count");
         }
         for (i = 0; i < nfds; i++)
@@ -199,7 +199,7 @@ static void test_member_sockets(void)
         close(fds[0]);
         close(c);
     }
-    /* 3: a Python launch: TOOK carries the connection and the cwd; the
+    /* 3: a Python launch: TAKEN carries the connection and the cwd; the
      * member sets itself up in C (cwd, stdio) before Python would run. */
     {
         static const char strings[] = "m:f\0m:f";   /* entry, argv[0] */
@@ -221,12 +221,12 @@ static void test_member_sockets(void)
               send_fds(c, iov, 2, sent, 3) == (ssize_t)l.hdr.len, "send LAUNCH");
         close(p[1]);
         CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
-              FH_CTL_TOOK && nfds == 2, "TOOK with two fds, got %u", nfds);
+              FH_CTL_TAKEN && nfds == 2, "TAKEN with two fds, got %u", nfds);
         CHECK(fstat(fds[1], &a) == 0 && fstat(sent[0], &b) == 0 &&
-              a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TOOK's cwd");
-        CHECK(blen == sizeof(struct fh_took) + 7 &&
-              memcmp(body + sizeof(struct fh_took), "m:f\0m:f", 7) == 0,
-              "TOOK's entry and argv0");
+              a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TAKEN's cwd");
+        CHECK(blen == sizeof(struct fh_taken_msg) + 7 &&
+              memcmp(body + sizeof(struct fh_taken_msg), "m:f\0m:f", 7) == 0,
+              "TAKEN's entry and argv0");
         close(fds[0]);
         close(fds[1]);
         n = read(p[0], out, sizeof out - 1);
@@ -251,7 +251,7 @@ static void test_member_sockets(void)
     close(lst);
     close(ctl[0]);
     close(ctl[1]);
-    close(news);
+    close(notices);
     CHECK(count_fds() == fds_before, "fds leaked");
 }
 

@@ -9,7 +9,7 @@
  * without running a line of Python.  It tells the template what it did on
  * its private socketpair, off the client's path:
  *
- *   TOOK     it runs a launch; carries a copy of the client's connection
+ *   TAKEN    it runs a launch; carries a copy of the client's connection
  *            (the template watches it and reports a death by signal) and,
  *            for a Python entry, the client's cwd (the template prepares
  *            its import finder there for the members it forks next);
@@ -40,7 +40,7 @@
 #endif
 
 enum fh_ctl_type {
-    FH_CTL_TOOK    = 0x11,  /* body: struct fh_took, the entry, a NUL,
+    FH_CTL_TAKEN   = 0x11,  /* body: struct fh_taken_msg, the entry, a NUL,
                                argv[0];
                                fds: the client's connection, then for a
                                Python entry the client's cwd */
@@ -49,11 +49,11 @@ enum fh_ctl_type {
                                fds: the connection, then those received */
 };
 
-/* What a member adds to the template's news eventfd after a notice: 1 for
- * TOOK and BUSY, which the template may read a little later (while the
- * launch runs), FH_NEWS_URGENT for HANDOFF, where a connection waits on it.
+/* What a member adds to the template's notices eventfd after a notice: 1 for
+ * TAKEN and BUSY, which the template may read a little later (while the
+ * launch runs), FH_NOTICE_URGENT for HANDOFF, where a connection waits on it.
  * The template tells them apart by the counter's value. */
-#define FH_NEWS_URGENT (1ull << 32)
+#define FH_NOTICE_URGENT (1ull << 32)
 /* A member that accepted a connection waits this long for the request
  * before it says BUSY (clients send it right after connect()). */
 #define FH_MEMBER_BUSY_AFTER_MS 2
@@ -63,7 +63,7 @@ enum fh_ctl_type {
  * connections cannot park every member. */
 #define FH_MEMBER_PARK_MS 50
 
-struct fh_took {             /* TOOK's body: this, then "entry\0argv0" */
+struct fh_taken_msg {        /* TAKEN's body: this, then "entry\0argv0" */
     uint32_t flags;          /* the LAUNCH's flags (FH_LAUNCH_*) */
 };
 
@@ -87,7 +87,7 @@ enum fh_handoff_state {
 enum fh_member_result {
     FH_MEMBER_HANDOFF = 1,   /* call fh_member_handoff() */
     FH_MEMBER_PYTHON  = 2,   /* a valid LAUNCH of a Python entry, taken:
-                                TOOK and STARTED are sent, this process is
+                                TAKEN and STARTED are sent, this process is
                                 the secondary, set up by fh_child_setup();
                                 m->run says what to run */
 };
@@ -106,7 +106,7 @@ struct fh_member {
     /* in */
     int       listen_fd;     /* template.sock (non-blocking, shared) */
     int       ctl_fd;        /* this member's end of its socketpair */
-    int       news_fd;       /* eventfd the template polls: written after
+    int       notice_fd;       /* eventfd the template polls: written after
                                 each notice (the socketpair itself is not
                                 polled: a socket send wakes its reader
                                 "synchronously", onto this CPU, where the
@@ -141,7 +141,7 @@ FH_API int fh_member_init(struct fh_member *m);
 
 /*
  * Wait for a client and take it.  On a valid LAUNCH whose entry
- * fh_entry_decide() finds runnable, the member sends TOOK and STARTED and is the
+ * fh_entry_decide() finds runnable, the member sends TAKEN and STARTED and is the
  * secondary from then on: a native entry never returns (fh_run_native), a
  * Python one returns FH_MEMBER_PYTHON with m->run filled and the process
  * set up (fh_child_setup(&m->run.spec): fds, cwd, umask, title, signals;
@@ -156,7 +156,7 @@ FH_API int fh_member_next(struct fh_member *m);
  * In a child the template forked for a launch it received itself (no member
  * was idle): m->conn, m->buf, m->n, m->fds and m->nfds hold what it
  * received, already checked and classified as runnable.  Takes it as a
- * member would (TOOK, STARTED, setup): returns FH_MEMBER_PYTHON with m->run
+ * member would (TAKEN, STARTED, setup): returns FH_MEMBER_PYTHON with m->run
  * filled for a Python entry, never returns for a native one, and hands the
  * connection back (FH_MEMBER_HANDOFF) if it is no longer runnable.
  */

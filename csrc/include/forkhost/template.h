@@ -42,7 +42,7 @@ struct fh_template_exit {
 #define FH_TEMPLATE_REPLENISH_QUIET_US 2000   /* quiet loop before a refill */
 #define FH_TEMPLATE_BACK_TO_BACK_US   10000   /* launches closer: refill now */
 #define FH_TEMPLATE_REPLENISH_RETRY_US 100000 /* after a failed member fork */
-#define FH_TEMPLATE_NEWS_DELAY_US      3000   /* TOOK/BUSY read this late */
+#define FH_TEMPLATE_NOTICE_DELAY_US      3000   /* TAKEN/BUSY read this late */
 #define FH_TEMPLATE_LEARN_FIRST        2u     /* hot set: first launches */
 #define FH_TEMPLATE_RELEARN            64u    /* ... and one in every 64 */
 #define FH_TEMPLATE_MAX_PENDING        256u   /* connections without request */
@@ -60,7 +60,7 @@ struct fh_template_exit {
 /* Python's part, all optional (NULL in a C primary). */
 struct fh_template_hooks {
     /* In a child that took a launch of a Python entry, set up
-     * (fh_child_setup done, TOOK and STARTED sent): run it and exit.
+     * (fh_child_setup done, TAKEN and STARTED sent): run it and exit.
      * Never returns. */
     void (*run_python)(struct fh_taken_launch *run);
     /* In an idle pool member, once, while one of the last 32 launches ran
