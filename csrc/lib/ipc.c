@@ -293,6 +293,18 @@ static void run_async(struct pending *p)
     free(p);
 }
 
+/* Run the callbacks of the async requests on list due (taken off the
+ * pending list under the lock; called without it). */
+static void run_due(struct pending *due)
+{
+    while (due) {
+        struct pending *p = due;
+
+        due = p->next;
+        run_async(p);
+    }
+}
+
 /* Mark every pending request done (the primary is gone or we stop): sync
  * waiters wake up, async callbacks run here, on the receive thread. */
 static void fail_all_pending(void)
@@ -316,12 +328,7 @@ static void fail_all_pending(void)
     }
     pthread_cond_broadcast(&g.cond);
     pthread_mutex_unlock(&g.lock);
-    while (due) {
-        struct pending *p = due;
-
-        due = p->next;
-        run_async(p);
-    }
+    run_due(due);
 }
 
 /* Async requests past their deadline: their callbacks, with what came. */
@@ -345,12 +352,7 @@ static void expire_async(void)
         }
     }
     pthread_mutex_unlock(&g.lock);
-    while (due) {
-        struct pending *p = due;
-
-        due = p->next;
-        run_async(p);
-    }
+    run_due(due);
 }
 
 static int next_timeout_ms(void)
