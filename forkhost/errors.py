@@ -5,12 +5,12 @@ status N, dies by the secondary's signal, or exits with one of these when
 forkhost itself or the entry failed.
 """
 
-from ._wire import EXIT_FORKHOST, PREFIX_IN_USE
-
-# EXIT_FORKHOST (125, forkhost/client.h): no primary, protocol or version
-# mismatch, refused
-EXIT_CANNOT_RUN = 126  # the entry was found but cannot be loaded or run
-EXIT_NOT_FOUND = 127   # the entry (file, module, function, symbol) not found
+# The exit statuses forkhost gives, from the C headers: EXIT_FORKHOST
+# (client.h: no primary, protocol or version mismatch, refused),
+# EXIT_CANNOT_RUN (entry.h: the entry was found but cannot be loaded or
+# run) and EXIT_NOT_FOUND (entry.h: no such file, module, function or
+# symbol).
+from ._wire import EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, PREFIX_IN_USE
 
 
 class ForkhostError(Exception):

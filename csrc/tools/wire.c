@@ -10,6 +10,7 @@
 
 #include "forkhost/arena.h"
 #include "forkhost/client.h"
+#include "forkhost/entry.h"
 #include "forkhost/init.h"
 #include "forkhost/proto.h"
 #include "forkhost/rundir.h"
@@ -171,6 +172,8 @@ int main(void)
     text("THP_INVALID", FH_THP_INVALID);
     printf("DEFAULT_CONNECT_TIMEOUT = %#.17g\n", FH_CLIENT_CONNECT_TIMEOUT_S);
     VALUE("EXIT_FORKHOST", FH_EXIT_FORKHOST);
+    VALUE("EXIT_CANNOT_RUN", FH_EXIT_CANNOT_RUN);
+    VALUE("EXIT_NOT_FOUND", FH_EXIT_NOT_FOUND);
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
            COUNT(notice));
     VALUE("HDR_SIZE", h);
