@@ -22,8 +22,8 @@ import pytest
 
 import forkhost
 from forkhost import protocol
-from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, raw_connect, reap,
-                    wait_until)
+from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, need_root, raw_connect,
+                    reap, wait_until)
 
 HDR = protocol.HDR
 BODY = protocol.LAUNCH_BODY
@@ -266,11 +266,10 @@ def run_as_nobody(primary, *argv) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def as_root():
-    if os.geteuid() != 0:
-        pytest.fail("running a client as another user needs root (setpriv)")
+    need_root("running a client as another user (setpriv)")
 
 
-def test_other_uid_cannot_reach_the_socket(primary, as_root):
+def test_other_uid_cannot_reach_the_socket(as_root, primary):
     """The runtime directory is 0700: another user cannot even connect."""
     assert stat.S_IMODE(os.stat(primary.runtime_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(primary.socket).st_mode) == 0o600
@@ -280,7 +279,7 @@ def test_other_uid_cannot_reach_the_socket(primary, as_root):
                                  f"Permission denied\n")
 
 
-def test_other_uid_is_refused_by_the_template(primary, as_root):
+def test_other_uid_is_refused_by_the_template(as_root, primary):
     """Even when the modes let another user connect, the template checks
     SO_PEERCRED and refuses it."""
     prefix_dir = os.path.dirname(primary.socket)
