@@ -8,6 +8,7 @@ its runtime directory.  The guard fails the test otherwise.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -47,6 +48,10 @@ def _default_signals() -> None:
 
 def pytest_configure(config):
     _default_signals()
+    config.addinivalue_line(
+        "markers", "exclusive: runs while no other test does (pytest-xdist's other "
+        "workers wait): it changes or counts what the whole machine shares, "
+        "as the huge page pool")
     src = ROOT / "forkhost"
     if Path(forkhost.__file__).resolve().parent == src.resolve() and \
             not (src / "_native" / "libforkhost.so").exists():
@@ -71,6 +76,28 @@ def runtime_dir():
         p.kill()
     shutil.rmtree(d, ignore_errors=True)
     assert not strays, f"stray forkhost processes left: {[p.pid for p in strays]}"
+
+
+@pytest.fixture(autouse=True)
+def _exclusive(request, tmp_path_factory):
+    """Under pytest-xdist, a test marked exclusive runs alone: every test
+    holds a shared lock on a file of this run, an exclusive test an
+    exclusive one.  A gate taken around each request keeps a waiting
+    exclusive test from being overtaken by the other workers' next tests."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    mode = fcntl.LOCK_EX if request.node.get_closest_marker("exclusive") else fcntl.LOCK_SH
+    shared = tmp_path_factory.getbasetemp().parent      # the workers' common one
+    with open(shared / "exclusive.gate", "a") as gate, \
+            open(shared / "exclusive.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, mode)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(autouse=True)
