@@ -32,14 +32,14 @@ def _default_signals() -> None:
     runner inherited (nohup, a background job's ignored SIGINT and SIGQUIT,
     `trap '' ...`, a blocked mask): the processes the tests start inherit
     these, and forkhost passes ignored dispositions and the mask on, as exec
-    does, so a test expecting a signal's default action needs the default."""
+    does, so a test expecting a signal's default action needs the default
+    (and an ignored SIGCHLD would have the kernel reap children itself).
+    pytest_configure runs this before pytest-xdist starts its workers, which
+    inherit it, and again in each worker."""
     # Not SIGPIPE and SIGXFSZ: Python ignores them itself, and subprocess
     # puts them back to the default in every child (restore_signals).
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
-                signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGTSTP,
-                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT, signal.SIGXCPU,
-                signal.SIGVTALRM, signal.SIGWINCH,
-                *range(signal.SIGRTMIN, signal.SIGRTMAX + 1)):
+    keep = {signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE, signal.SIGXFSZ}
+    for sig in signal.valid_signals() - keep:
         if signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
