@@ -222,6 +222,7 @@ def test_broadcast_reaches_exactly_the_live_secondaries(prim, entry, kind):
     assert prim.cmd("send", name="note", param="01") == {"n": 2}
     for s in secs:
         assert s.expect("note")[2] == "01"
+    other.proc.send_signal(signal.SIGTERM)      # a sleeper: it does not read stdin
     other.close()
 
 
