@@ -8,6 +8,7 @@ its runtime directory.  The guard fails the test otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -24,7 +25,7 @@ import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fhtest import (ROOT, RUNNER, PrimaryProc, build_native_so,  # noqa: E402
-                    forkhost_procs)
+                    forkhost_procs, secondary_pids, wait_until)
 
 
 def _default_signals() -> None:
@@ -100,15 +101,31 @@ def _exclusive(request, tmp_path_factory):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Primaries shared by the tests of a module (shared_primary): the leak
+# guard leaves them and what they start to the fixture, which checks after
+# every test that no secondary of theirs is left.
+_SHARED_PRIMARIES: set[int] = set()
+
+
+def _not_shared(kids: list[psutil.Process]) -> list[psutil.Process]:
+    def shared(k):
+        try:
+            return k.pid in _SHARED_PRIMARIES or \
+                any(a.pid in _SHARED_PRIMARIES for a in k.parents())
+        except psutil.Error:
+            return False
+    return [k for k in kids if not shared(k)]
+
+
 @pytest.fixture(autouse=True)
 def leak_guard():
     before = _fds()
     yield
     me = psutil.Process()
     deadline = time.monotonic() + 5
-    while me.children(recursive=True) and time.monotonic() < deadline:
+    while _not_shared(me.children(recursive=True)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    kids = me.children(recursive=True)
+    kids = _not_shared(me.children(recursive=True))
     for k in kids:
         try:
             k.kill()
@@ -120,14 +137,71 @@ def leak_guard():
     assert after == before, f"fds leaked: {sorted(after - before)} (closed: {sorted(before - after)})"
 
 
-@pytest.fixture
-def primary(runtime_dir):
-    p = PrimaryProc(runtime_dir)
-    yield p
+def _stop_primary(p: PrimaryProc) -> None:
     code, out, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
     assert not psutil.pid_exists(p.template_pid) or \
         psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture
+def primary(runtime_dir):
+    """A primary of the test's own, stopped after it."""
+    p = PrimaryProc(runtime_dir)
+    yield p
+    _stop_primary(p)
+
+
+# A module whose tests only launch secondaries against a default primary
+# and leave nothing behind shares one: it defines `primary` as
+# shared_primary, and a test of it that needs its own (it stops, kills or
+# reconfigures the primary, or counts what its template holds) asks for
+# own_primary.
+@pytest.fixture
+def own_primary(runtime_dir):
+    p = PrimaryProc(runtime_dir)
+    yield p
+    _stop_primary(p)
+
+
+@pytest.fixture(scope="module")
+def _module_primary():
+    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
+    try:
+        p = PrimaryProc(d)
+        _SHARED_PRIMARIES.add(p.proc.pid)
+        try:
+            yield p
+        finally:
+            _SHARED_PRIMARIES.discard(p.proc.pid)
+            _stop_primary(p)
+    finally:
+        strays = forkhost_procs(d)
+        for proc in strays:
+            proc.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    assert not strays, f"stray forkhost processes left: {[proc.pid for proc in strays]}"
+
+
+@pytest.fixture
+def shared_primary(_module_primary):
+    """The module's primary (see own_primary).  After each test, every
+    secondary the test launched must have ended."""
+    p = _module_primary
+    assert p.proc.poll() is None, f"the shared primary died: {p.proc.returncode}"
+    yield p
+    left = []
+
+    def none_left():
+        left[:] = secondary_pids(p.prefix, p.runtime_dir)
+        return not left
+    try:
+        wait_until(none_left, timeout=5, what="the test's secondaries to end")
+    except AssertionError:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"secondaries left running: {left}") from None
 
 
 @pytest.fixture(scope="session")
