@@ -79,26 +79,33 @@ def runtime_dir():
     assert not strays, f"stray forkhost processes left: {[p.pid for p in strays]}"
 
 
-@pytest.fixture(autouse=True)
-def _exclusive(request, tmp_path_factory):
-    """Under pytest-xdist, a test marked exclusive runs alone: every test
-    holds a shared lock on a file of this run, an exclusive test an
-    exclusive one.  A gate taken around each request keeps a waiting
-    exclusive test from being overtaken by the other workers' next tests."""
+@contextlib.contextmanager
+def _run_lock(tmp_path_factory, exclusive: bool):
+    """Under pytest-xdist, the lock that keeps an exclusive test alone:
+    shared by the rest, on a file of this run.  A gate taken around each
+    request keeps a waiting exclusive test from being overtaken by the
+    other workers' next tests.  Without xdist, nothing."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
-    mode = fcntl.LOCK_EX if request.node.get_closest_marker("exclusive") else fcntl.LOCK_SH
     shared = tmp_path_factory.getbasetemp().parent      # the workers' common one
     with open(shared / "exclusive.gate", "a") as gate, \
             open(shared / "exclusive.lock", "a") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
-        fcntl.flock(lock, mode)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _exclusive(request, tmp_path_factory):
+    """A test marked exclusive runs while no other test does (nor a shared
+    primary starts or stops)."""
+    with _run_lock(tmp_path_factory, request.node.get_closest_marker("exclusive")):
+        yield
 
 
 # Primaries shared by the tests of a module (shared_primary): the leak
@@ -165,16 +172,18 @@ def own_primary(runtime_dir):
 
 
 @pytest.fixture(scope="module")
-def _module_primary():
+def _module_primary(tmp_path_factory):
     d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
     try:
-        p = PrimaryProc(d)
+        with _run_lock(tmp_path_factory, False):
+            p = PrimaryProc(d)
         _SHARED_PRIMARIES.add(p.proc.pid)
         try:
             yield p
         finally:
             _SHARED_PRIMARIES.discard(p.proc.pid)
-            _stop_primary(p)
+            with _run_lock(tmp_path_factory, False):
+                _stop_primary(p)
     finally:
         strays = forkhost_procs(d)
         for proc in strays:
