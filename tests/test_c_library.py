@@ -92,6 +92,7 @@ def test_c_program_passes_under_asan_and_ubsan(sanitized_lib, program, tmp_path)
     exe = _step(bn.build_c_test, sanitized_lib, program, bn.SANITIZE)
     r = subprocess.run([str(exe)], env=bn.sanitizer_env(tmp_path), capture_output=True,
                        text=True, timeout=600)
+    print(r.stdout)         # its notes, as what it skipped here (`pytest -rP`)
     assert r.returncode == 0, (f"{program.name} exited {r.returncode}"
                                f"\n--- stdout (tail)\n{r.stdout[-6000:]}"
                                f"\n--- stderr (tail)\n{r.stderr[-6000:]}")
