@@ -19,12 +19,13 @@ import pytest
 from fhtest import ROOT
 
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-# The request fuzzer (csrc/tests/fuzz_request.c) here: this many inputs from
-# this seed, the same ones every run, among which every verdict (the
-# fuzzer fails a run of 100,000 inputs or more that misses one, and the
-# rarest, an empty entry, comes once in a few hundred thousand).
-# `python build_native.py ctest` fuzzes for FORKHOST_FUZZ_SECONDS from a
-# new seed each time instead.
+# The fuzz targets (build_native.FUZZERS: csrc/tests/fuzz_request.c, the
+# launch protocol's parser, and fuzz_ipc.c, IPC's) here: this many inputs
+# from this seed, the same ones every run, among which every verdict (a
+# fuzzer fails a run of 100,000 inputs or more that misses one; the
+# rarest, fuzz_request's empty entry, comes once in a few hundred
+# thousand).  `python build_native.py ctest` fuzzes for
+# FORKHOST_FUZZ_SECONDS from a new seed each time instead.
 FUZZ_RUNS = 300_000
 FUZZ_SEED = 22
 
@@ -107,16 +108,17 @@ def test_client_runtime_passes_under_ubsan(tmp_path):
     assert _step(bn.run_rt_test, tmp_path), "test_rt failed (its output is above)"
 
 
-def test_request_fuzzer_holds_every_invariant(sanitized_lib, tmp_path, capfd):
-    """fuzz_request.c: FUZZ_RUNS inputs from FUZZ_SEED through
-    fh_request_check() under the sanitizers, linked to the sanitized
-    libforkhost; the count it prints (`pytest -rP` shows it) is checked."""
+@pytest.mark.parametrize("fuzzer", bn.FUZZERS)
+def test_fuzzer_holds_every_invariant(sanitized_lib, fuzzer, tmp_path, capfd):
+    """FUZZ_RUNS inputs from FUZZ_SEED through the parser under the
+    sanitizers, linked to the sanitized libforkhost; the count the fuzzer
+    prints (`pytest -rP` shows it) is checked."""
     os.symlink(sanitized_lib / bn.SONAME, tmp_path / bn.SONAME)
     env = dict(bn.sanitizer_env(tmp_path), FORKHOST_FUZZ_SEED=str(FUZZ_SEED))
-    ok = _step(bn.run_fuzzer, tmp_path, bn.SANITIZE, env, runs=FUZZ_RUNS)
+    ok = _step(bn.run_fuzzer, tmp_path, bn.SANITIZE, env, fuzzer, runs=FUZZ_RUNS)
     out = "".join(capfd.readouterr())
     print(out)
-    assert ok, f"fuzz_request failed\n{out[-6000:]}"
+    assert ok, f"{fuzzer} failed\n{out[-6000:]}"
     # the standalone loop's count, or libFuzzer's
-    assert (f"fuzz_request: {FUZZ_RUNS} inputs" in out
+    assert (f"{fuzzer}: {FUZZ_RUNS} inputs" in out
             or f"Done {FUZZ_RUNS} runs" in out), out[-3000:]
