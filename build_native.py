@@ -230,10 +230,12 @@ def build_fuzzer(outdir: Path, extra: list[str], libfuzzer: bool,
 
 
 def run_fuzzer(outdir: Path, extra: list[str], env: dict,
-               name: str = "fuzz_request") -> bool:
+               name: str = "fuzz_request", runs: int | None = None) -> bool:
     """Build csrc/tests/NAME.c and run it for FORKHOST_FUZZ_SECONDS
-    (default FUZZ_SECONDS_DEFAULT): under libFuzzer when $CC has it, else
-    with its own seeded mutation loop (FUZZ_STANDALONE)."""
+    (default FUZZ_SECONDS_DEFAULT), or for exactly `runs` inputs (from
+    FORKHOST_FUZZ_SEED when env has it, else a new seed): under
+    libFuzzer when $CC has it, else with its own seeded mutation loop
+    (FUZZ_STANDALONE).  Either prints how many inputs ran."""
     seconds = env.get("FORKHOST_FUZZ_SECONDS", str(FUZZ_SECONDS_DEFAULT))
     libfuzzer = libfuzzer_ok(outdir)
     try:
@@ -241,16 +243,41 @@ def run_fuzzer(outdir: Path, extra: list[str], env: dict,
     except subprocess.CalledProcessError:
         return False
     print(f"== {exe.name} ({'libFuzzer' if libfuzzer else 'standalone'}, "
-          f"{seconds} s)", flush=True)
+          f"{f'{runs} inputs' if runs else f'{seconds} s'})", flush=True)
     if libfuzzer:
         corpus = outdir / f"{name}_corpus"
         corpus.mkdir(exist_ok=True)
-        cmd = [str(exe), f"-max_total_time={int(float(seconds))}",
-               "-print_final_stats=1", str(corpus)]
+        limit = f"-runs={runs}" if runs else f"-max_total_time={int(float(seconds))}"
+        seed = [f"-seed={env['FORKHOST_FUZZ_SEED']}"] if "FORKHOST_FUZZ_SEED" in env else []
+        cmd = [str(exe), limit, *seed, "-print_final_stats=1", str(corpus)]
     else:
-        cmd = [str(exe)]
+        cmd = [str(exe)] + ([str(runs)] if runs else [])
     env = dict(env, FORKHOST_FUZZ_SECONDS=seconds)
     return subprocess.run(cmd, env=env, cwd=outdir).returncode == 0
+
+
+def c_test_programs() -> list[Path]:
+    """csrc/tests/test_*.c: one program each."""
+    return sorted((CSRC / "tests").glob("test_*.c"))
+
+
+def sanitizer_env(outdir: Path) -> dict:
+    """The environment the C tests run in: leaks and any undefined
+    behaviour fail them; FORKHOST_CTEST_DIR is their scratch directory."""
+    return dict(os.environ,
+                ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+                FORKHOST_CTEST_DIR=str(outdir))
+
+
+def build_c_test(outdir: Path, src: Path, extra: list[str]) -> Path:
+    """One csrc/tests/test_*.c linked to OUTDIR/libforkhost.so (built with
+    the same `extra` flags by build_library)."""
+    exe = Path(outdir) / src.stem
+    run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra
+        + ["-o", str(exe), str(src), "-L", str(outdir), "-lforkhost",
+           f"-Wl,-rpath,{outdir}", "-ldl"])
+    return exe
 
 
 def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
@@ -260,22 +287,15 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
     extra = SANITIZE if sanitize else []
     lib = build_library(outdir, extra + ["-Werror"], opt="-O1")
     failed = []
-    tests = sorted((CSRC / "tests").glob("test_*.c"))
+    tests = c_test_programs()
     for t in tests:
-        exe = outdir / t.stem
         try:
-            run(cc() + CFLAGS + ["-O1", "-g", "-Werror"] + extra
-                + ["-o", str(exe), str(t), "-L", str(outdir), "-lforkhost",
-                   f"-Wl,-rpath,{outdir}", "-ldl"])
+            exe = build_c_test(outdir, t, extra)
         except subprocess.CalledProcessError:
-            failed.append(f"{exe.name} (does not build)")
+            failed.append(f"{t.stem} (does not build)")
             continue
-        env = dict(os.environ,
-                   ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
-                   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
-                   FORKHOST_CTEST_DIR=str(outdir))
         print(f"== {exe.name}", flush=True)
-        rc = subprocess.run([str(exe)], env=env).returncode
+        rc = subprocess.run([str(exe)], env=sanitizer_env(outdir)).returncode
         if rc != 0:
             failed.append(f"{exe.name} (exit {rc})")
     if freestanding_client_ok():
@@ -284,9 +304,7 @@ def build_and_run_c_tests(outdir: str | os.PathLike | None = None,
             failed.append("test_rt")
     for name in FUZZERS:
         tests.append(CSRC / "tests" / f"{name}.c")
-        if not run_fuzzer(outdir, extra, dict(
-                os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
-                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"), name):
+        if not run_fuzzer(outdir, extra, sanitizer_env(outdir), name):
             failed.append(name)
     print(f"C tests: {len(tests) - len(failed)} passed, {len(failed)} failed"
           + (": " + ", ".join(failed) if failed else ""), flush=True)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 import forkhost
 import forkhost.runtime
@@ -334,3 +335,59 @@ def raw_connect(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+# -- what this machine and user allow ----------------------------------------
+# A test that needs more than an ordinary user on any Linux skips with the
+# reason instead of failing: the suite runs anywhere.
+
+NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+
+
+def need_root(why: str) -> None:
+    """Skip the calling test unless it runs as root; why: what needs it."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {why}")
+
+
+def meminfo(field: str) -> int:
+    """A /proc/meminfo figure (kB for sizes, a count for HugePages_*)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    pytest.skip(f"no huge pages here: /proc/meminfo has no {field}")
+
+
+def free_huge_pages() -> int:
+    """Free huge pages no mapping has reserved."""
+    return meminfo("HugePages_Free") - meminfo("HugePages_Rsvd")
+
+
+def _read_nr_hugepages() -> int:
+    with open(NR_HUGEPAGES) as f:
+        return int(f.read())
+
+
+@contextlib.contextmanager
+def more_huge_pages(extra: int):
+    """extra more pages in the kernel's huge page pool for the test (yields
+    the huge page size), given back after.  Skips when this user or kernel
+    cannot: not root, no huge page support, a pool that cannot be sized (a
+    container's read-only /proc/sys) or that the kernel does not grow."""
+    need_root(f"sizing the huge page pool ({NR_HUGEPAGES})")
+    size = meminfo("Hugepagesize") * 1024
+    try:
+        before = _read_nr_hugepages()
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(before + extra))
+    except OSError as err:
+        pytest.skip(f"cannot size the huge page pool here: {err}")
+    try:
+        got = _read_nr_hugepages() - before
+        if got < extra:
+            pytest.skip(f"the kernel gave {got} of {extra} more huge pages")
+        yield size
+    finally:
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(before))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import os
+import re
 import signal
 import socket
 import struct
@@ -208,11 +209,13 @@ def _comm(pid: int) -> str:
 
 def _who(words: list[str]) -> dict[int, tuple[int, str, str]]:
     """A who line's entries (fixtures/ipc_fixture.h, who_line()) by pid:
-    (status, the answer's status or "-", name); its counts agree."""
+    (status, the answer's status or "-", name); its counts agree.  A name
+    (a process's comm) may hold spaces: an entry ends where the next begins."""
     assert words[3] == "1", f"peers and msgs disagree: {words}"
     out = {}
-    for w in words[4:]:
-        pid, status, msg_status, name = w.split("/", 3)
+    for m in re.finditer(r"(\d+)/(-?\d+)/(-|-?\d+)/(.*?)(?= \d+/-?\d+/(?:-|-?\d+)/|$)",
+                         " ".join(words[4:])):
+        pid, status, msg_status, name = m.groups()
         out[int(pid)] = (int(status), msg_status, name)
     assert len(out) == int(words[1])
     return out

@@ -25,8 +25,15 @@ def _totals(out: str) -> tuple[str, str]:
     return (total.group(0) if total else "", result.group(0) if result else "")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("test.libregrtest") is None,
-                    reason="this Python has no test package (Debian: libpython3-testsuite)")
+def _missing_test_modules() -> list[str]:
+    if importlib.util.find_spec("test.libregrtest") is None:
+        return ["test.libregrtest"]
+    return [f"test.{m}" for m in MODULES if importlib.util.find_spec(f"test.{m}") is None]
+
+
+@pytest.mark.skipif(bool(_missing_test_modules()),
+                    reason=f"this Python lacks {', '.join(_missing_test_modules())} of its "
+                           f"test package (Debian: libpython3-testsuite)")
 def test_cpython_test_modules_direct_and_through_forkhost(primary, tmp_path):
     args = ["-m", "test", *MODULES]
     direct = subprocess.run([sys.executable, *args], capture_output=True, text=True,

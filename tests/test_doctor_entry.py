@@ -28,6 +28,13 @@ from fhtest import FIXTURES, RUNNER, LineReader, reap
 CC = os.environ.get("CC", "cc")
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 def cc(*args) -> None:
     subprocess.run([CC, *map(str, args)], check=True)
 

@@ -29,6 +29,13 @@ PROBE = str(FIXTURES / "exact_probe.py")
 KINDS = ["python", "native"]
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
     """native_entry.c as a shared object (the entries) and a PIE (run

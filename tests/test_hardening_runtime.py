@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, PrimaryProc
+from fhtest import FIXTURES, RUNNER, PrimaryProc, need_root
 
 PY = sys.executable
 # The text forkhost/rundir.h has, as both programs print it.
@@ -60,8 +60,7 @@ def tree(top: str) -> list[str]:
 def test_planted_log_symlink_in_another_users_directory(runtime_dir):
     """Another user's 0777 directory holding PREFIX.log -> a root-only file:
     --detach refuses the directory in one line and writes nothing there."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the directory must belong to another uid (chown)")
+    need_root("the directory must belong to another uid (chown)")
     target = os.path.join(runtime_dir, "root-only")
     with open(target, "w") as f:
         f.write("precious\n")
@@ -147,6 +146,7 @@ def test_sticky_runtime_dir_is_used_through_a_private_subdirectory(runtime_dir):
 
 @pytest.fixture
 def small_tmpfs(runtime_dir):
+    need_root("mounting a small tmpfs")
     mnt = os.path.join(runtime_dir, "mnt")
     os.mkdir(mnt, 0o700)
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",

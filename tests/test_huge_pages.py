@@ -1,7 +1,8 @@
 """The arena's pages: huge pages when enough of the reserved pool is free
 (not taken by other mappings), normal pages otherwise, and the ready line
 says which and why.  These tests size the huge page pool
-(/proc/sys/vm/nr_hugepages, root) and give it back."""
+(/proc/sys/vm/nr_hugepages) and give it back: they skip, with the reason,
+where that cannot be done (not root, no huge pages)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, HERE, PrimaryProc
+from fhtest import (FIXTURES, HERE, NR_HUGEPAGES, PrimaryProc, free_huge_pages,
+                    meminfo, more_huge_pages)
 
-NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
+# The pool and its free count are the machine's: no other test may run meanwhile.
+pytestmark = pytest.mark.exclusive
+
 EXTRA = 40            # pages this test adds to the pool; a 64 MiB arena needs 32
 
 
@@ -24,53 +28,30 @@ def _read_nr() -> int:
         return int(f.read())
 
 
-def _meminfo(field: str) -> int:
-    """A /proc/meminfo figure (kB for sizes, a count for HugePages_*)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    pytest.fail(f"/proc/meminfo has no {field}")
-
-
 def _hugepage_size() -> int:
-    return _meminfo("Hugepagesize") * 1024
-
-
-def _free_pages() -> int:
-    """Free huge pages no mapping has reserved."""
-    return _meminfo("HugePages_Free") - _meminfo("HugePages_Rsvd")
+    return meminfo("Hugepagesize") * 1024
 
 
 @pytest.fixture
 def huge_pool():
-    """EXTRA more huge pages in the pool for the test, removed after."""
-    if os.geteuid() != 0:
-        pytest.fail("sizing the huge page pool needs root")
-    before = _read_nr()
-    with open(NR_HUGEPAGES, "w") as f:
-        f.write(str(before + EXTRA))
-    try:
-        if _read_nr() < before + EXTRA:
-            pytest.fail(f"the kernel gave {_read_nr() - before} of {EXTRA} huge pages")
-        yield _hugepage_size()
-    finally:
-        with open(NR_HUGEPAGES, "w") as f:
-            f.write(str(before))
+    """EXTRA more huge pages in the pool for the test, removed after (skips
+    where that cannot be: not root, no huge pages)."""
+    with more_huge_pages(EXTRA) as size:
+        yield size
 
 
 @pytest.fixture
 def huge_pages_taken(huge_pool):
     """Every free huge page reserved by a mapping of this process, as
     another program (DPDK, a database) would hold them."""
-    n = _free_pages()
+    n = free_huge_pages()
     fd = os.memfd_create("fhtest-hold", os.MFD_CLOEXEC | os.MFD_HUGETLB)
     try:
         os.ftruncate(fd, n * huge_pool)
         hold = mmap.mmap(fd, n * huge_pool)   # MAP_SHARED: reserves them all
     finally:
         os.close(fd)
-    assert _free_pages() == 0
+    assert free_huge_pages() == 0
     yield n
     hold.close()
 
@@ -145,7 +126,7 @@ def _doctor_huge_line() -> str:
 
 def test_doctor_counts_free_huge_pages_as_the_arena_does(huge_pool):
     line = _doctor_huge_line()
-    assert line.startswith("OK") and f"{_free_pages()} free huge pages" in line, line
+    assert line.startswith("OK") and f"{free_huge_pages()} free huge pages" in line, line
 
 
 def test_doctor_says_when_the_huge_pages_are_all_held(huge_pages_taken):

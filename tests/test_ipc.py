@@ -222,6 +222,7 @@ def test_broadcast_reaches_exactly_the_live_secondaries(prim, entry, kind):
     assert prim.cmd("send", name="note", param="01") == {"n": 2}
     for s in secs:
         assert s.expect("note")[2] == "01"
+    other.proc.send_signal(signal.SIGTERM)      # a sleeper: it does not read stdin
     other.close()
 
 
@@ -694,8 +695,10 @@ def test_exit_notices_carry_pid_and_status(prim, entry, native_so):
     assert killed.returncode == -signal.SIGKILL
     words = watcher.expect("exit")
     assert words[2] == str(-signal.SIGKILL) and int(words[1]) != pid
-    # the primary's own action heard both
-    got = wait_until(lambda: prim.log(ipc.EXIT_NOTICE), 10, "the primary's notices")
+    # the primary's own action heard both (waiting for both: the exit
+    # notices reach the watcher and the primary independently)
+    got = wait_until(lambda: (lambda g: len(g) >= 2 and g)(prim.log(ipc.EXIT_NOTICE)),
+                     10, "the primary's notices")
     assert [e["code"] for e in got] == [7, -signal.SIGKILL]
 
 

@@ -22,8 +22,8 @@ import pytest
 
 import forkhost
 from forkhost import protocol
-from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, raw_connect, reap,
-                    wait_until)
+from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, need_root, raw_connect,
+                    reap, wait_until)
 
 HDR = protocol.HDR
 BODY = protocol.LAUNCH_BODY
@@ -166,9 +166,8 @@ def test_bad_requests_leave_no_fd_in_the_template(runtime_dir):
     assert code == 0, err
 
 
-def test_idle_connection_does_not_block_others_and_times_out(primary):
-    """A client that connects and says nothing: others are served meanwhile,
-    and after the request timeout (10 s) it gets an ERROR and is closed."""
+def test_idle_connection_does_not_block_others(primary):
+    """A client that connects and says nothing: others are served meanwhile."""
     with raw_connect(primary.socket) as idle:
         for code in (1, 2, 3):
             assert primary.run("fhfix:exit_with", code, cwd=FIXTURES).returncode == code
@@ -176,8 +175,37 @@ def test_idle_connection_does_not_block_others_and_times_out(primary):
                               runtime_dir=primary.runtime_dir, cwd=FIXTURES)
         with sec:
             assert sec.wait(30) == 4
-        text = expect_error(idle)
-    assert "no request within 10s" in text
+        idle.shutdown(socket.SHUT_RDWR)
+
+
+# The template's request timeout (FH_TEMPLATE_REQUEST_TIMEOUT_MS) as these
+# tests set it, through FH_TEMPLATE_REQUEST_TIMEOUT_ENV: short, so that they
+# wait for the timeout they check rather than for the default.
+REQUEST_TIMEOUT_ENV = "FORKHOST_REQUEST_TIMEOUT_MS"
+
+
+def test_idle_connection_times_out(runtime_dir):
+    """After the request timeout, an idle connection gets an ERROR saying
+    so and is closed."""
+    p = PrimaryProc(runtime_dir, env=dict(os.environ, **{REQUEST_TIMEOUT_ENV: "200"}))
+    try:
+        with raw_connect(p.socket) as idle:
+            text = expect_error(idle)
+        assert text == "no request within 0.2s"
+    finally:
+        code, _, err = p.stop()
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "ten", "", "99999999999"])
+def test_a_bad_request_timeout_is_refused_at_start(runtime_dir, value):
+    env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, **{REQUEST_TIMEOUT_ENV: value})
+    r = subprocess.run([sys.executable, "-m", "forkhost", "primary", "--prefix", "rt"],
+                       capture_output=True, text=True, env=env, cwd=FIXTURES, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert (f"template failed to start: {REQUEST_TIMEOUT_ENV} is not a number of "
+            f"milliseconds from 1 up") in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
 
 
 def test_info_answers_and_closes(primary):
@@ -266,11 +294,10 @@ def run_as_nobody(primary, *argv) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def as_root():
-    if os.geteuid() != 0:
-        pytest.fail("running a client as another user needs root (setpriv)")
+    need_root("running a client as another user (setpriv)")
 
 
-def test_other_uid_cannot_reach_the_socket(primary, as_root):
+def test_other_uid_cannot_reach_the_socket(as_root, primary):
     """The runtime directory is 0700: another user cannot even connect."""
     assert stat.S_IMODE(os.stat(primary.runtime_dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(primary.socket).st_mode) == 0o600
@@ -280,7 +307,7 @@ def test_other_uid_cannot_reach_the_socket(primary, as_root):
                                  f"Permission denied\n")
 
 
-def test_other_uid_is_refused_by_the_template(primary, as_root):
+def test_other_uid_is_refused_by_the_template(as_root, primary):
     """Even when the modes let another user connect, the template checks
     SO_PEERCRED and refuses it."""
     prefix_dir = os.path.dirname(primary.socket)

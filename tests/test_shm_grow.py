@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, PrimaryProc, reap
+from fhtest import FIXTURES, PrimaryProc, free_huge_pages, more_huge_pages, reap
 from shmtest import arena_primary, fix_output
 
 FIX = "shm_free_fix"
@@ -94,38 +94,15 @@ def test_default_maximum(runtime_dir):
 
 # -- huge pages ----------------------------------------------------------------
 
-NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
-
-
-def _meminfo(field: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    pytest.fail(f"/proc/meminfo has no {field}")
-
-
-def _free_huge_pages() -> int:
-    return _meminfo("HugePages_Free") - _meminfo("HugePages_Rsvd")
-
-
 @pytest.fixture
 def huge_pool():
-    """16 more huge pages in the pool for the test, removed after (root)."""
-    import os
-    if os.geteuid() != 0:
-        pytest.fail("sizing the huge page pool needs root")
-    with open(NR_HUGEPAGES) as f:
-        before = int(f.read())
-    with open(NR_HUGEPAGES, "w") as f:
-        f.write(str(before + 16))
-    try:
-        yield _meminfo("Hugepagesize") * 1024
-    finally:
-        with open(NR_HUGEPAGES, "w") as f:
-            f.write(str(before))
+    """16 more huge pages in the pool for the test, removed after (skips
+    where that cannot be: not root, no huge pages)."""
+    with more_huge_pages(16) as size:
+        yield size
 
 
+@pytest.mark.exclusive          # it holds the machine's free huge pages
 def test_huge_page_arena_grows_and_a_short_pool_is_enomem(runtime_dir, huge_pool):
     """--huge-pages always: the arena grows in huge pages (fallocate) while
     the pool lasts; when it runs short the reserve fails with ENOMEM, not
@@ -143,7 +120,7 @@ def test_huge_page_arena_grows_and_a_short_pool_is_enomem(runtime_dir, huge_pool
         assert p.config["arena"]["huge_pages"] and p.config["arena"]["page_size"] == huge_pool
         # hold every free page but 8 (16 MiB), as another program would
         spare = 8
-        n = _free_huge_pages() - spare
+        n = free_huge_pages() - spare
         fd = os.memfd_create("fhtest-hold", os.MFD_CLOEXEC | os.MFD_HUGETLB)
         try:
             os.ftruncate(fd, n * huge_pool)

@@ -32,6 +32,13 @@ FORWARDED = [signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
 GRACE = 2.0          # PrimaryProc starts its primary with --grace 2
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 def client_popen(primary, client, argv, extra_env=None, **kw) -> subprocess.Popen:
     kw.setdefault("cwd", FIXTURES)
     if client == "forkhost-run":

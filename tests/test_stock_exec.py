@@ -30,6 +30,13 @@ pytestmark = pytest.mark.skipif(
     reason="main from _start and copy relocations are handled on x86_64 only")
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 def pie_or_skip(path: str) -> str:
     """path, when it is a dynamically linked PIE; else the test is skipped
     with the reason."""

@@ -33,6 +33,13 @@ WAYS = ["direct", "forkhost-run"]
 TIMEOUT = 30.0      # a bound for failures, never a measurement
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 class Term:
     """One pseudo-terminal with jobshell.py on it running one job."""
 

@@ -1691,6 +1691,26 @@ static int serve(struct tpl *t)
     return 0;
 }
 
+/* The request timeout when the config leaves it 0: from the environment
+ * (FH_TEMPLATE_REQUEST_TIMEOUT_ENV) or FH_TEMPLATE_REQUEST_TIMEOUT_MS;
+ * -1 when the variable holds anything but a number from 1 up. */
+static int request_timeout_from_env(unsigned *ms)
+{
+    const char *s = getenv(FH_TEMPLATE_REQUEST_TIMEOUT_ENV);
+    unsigned long v;
+    char *end;
+
+    *ms = FH_TEMPLATE_REQUEST_TIMEOUT_MS;
+    if (s == NULL)
+        return 0;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (*s < '0' || *s > '9' || *end != '\0' || errno != 0 || v == 0 || v > UINT_MAX)
+        return -1;
+    *ms = (unsigned)v;
+    return 0;
+}
+
 static int fail(const struct fh_template_config *c, const char *what, int e)
 {
     char text[300];
@@ -1732,8 +1752,10 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     fh__spawn_read_image();     /* every fork inherits it */
     t.uid = getuid();
     t.listen_fd = c->listen_fd;
-    t.timeout_ms = c->request_timeout_ms ? c->request_timeout_ms
-                                         : FH_TEMPLATE_REQUEST_TIMEOUT_MS;
+    t.timeout_ms = c->request_timeout_ms;
+    if (t.timeout_ms == 0 && request_timeout_from_env(&t.timeout_ms) < 0)
+        return fail(c, FH_TEMPLATE_REQUEST_TIMEOUT_ENV " is not a number of "
+                    "milliseconds from 1 up", 0);
     t.launch_gap = INT64_MAX / 2;
     t.deferred_tail = &t.deferred;
     /* No controlling terminal: terminal signals are the clients' business,

