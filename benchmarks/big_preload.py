@@ -13,7 +13,7 @@ preloaded (bp_triv:main, launched through forkhost-run):
                  (a bytearray) and writes one byte in every page;
                  FORKHOST_THP=0: left in 4 KiB pages
   (c) private+thp  the same, with the primary's huge-page collapse on
-                 (the default: forkhost/thp.py)
+                 (the default: forkhost/_thp.py)
   (d) arena      the same size as a forkhost.shm.Array in the arena
                  (shared memory: forks copy no page tables for it)
   (e) private+tunable  as (b) (FORKHOST_THP=0), the primary started with
@@ -29,7 +29,7 @@ AnonHugePages, and what the collapse reported.
 
 Last, the fork alone, in this process: fork() + the child's _exit +
 waitpid while this process holds --size of touched private memory in
-4 KiB pages, then after forkhost.thp.collapse() (median of 20 each).
+4 KiB pages, then after forkhost._thp.collapse() (median of 20 each).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import forkhost
+import forkhost._runtime
 from launch import find_runner, spawn_wait  # noqa: E402  (benchmarks/launch.py)
 
 TRIV = "def main(argv):\n    return 0\n"
@@ -111,7 +112,7 @@ def fork_exit(n: int = 20) -> tuple[float, float]:
 
 
 def fork_alone(size: int) -> None:
-    from forkhost import thp
+    from forkhost import _thp as thp
     small = fork_exit()
     data = bytearray(size)
     data[::4096] = bytes([1]) * len(range(0, size, 4096))
@@ -201,7 +202,7 @@ def main() -> int:
         for name, (prefix, _, _) in variants.items():
             info = forkhost.info(prefix, work)
             members = [m["pid"] for m in info["members"] if m["state"] == "idle"]
-            cfg = forkhost.runtime.read_config(forkhost.runtime.paths(prefix, work))
+            cfg = forkhost._runtime.read_config(forkhost._runtime.paths(prefix, work))
             mem[name] = (status(info["template_pid"]),
                          status(members[0]) if members else {}, cfg.get("thp", {}))
         end_load = loadavg()

@@ -12,16 +12,16 @@ import importlib
 # Names are imported when first used (PEP 562), so that `forkhost run`,
 # `forkhost ps` and the other commands that only talk to a primary do not
 # load the native library, the shared-memory layer and the primary, which
-# would double the import time of `forkhost.cli` (docs/performance.md,
+# would double the import time of `forkhost._cli` (docs/performance.md,
 # "Single launches").
 _FROM = {
-    "client": ("Secondary", "info", "launch"),
-    "errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
+    "_client": ("Secondary", "info", "launch"),
+    "_errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
                "ForkhostError", "NoPrimaryError", "NotSingleThreadedError",
                "IPCError", "PrefixInUseError", "PreloadError", "ProtocolError",
                "RefusedError"),
     "futures": ("Executor",),
-    "popen": ("DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess",
+    "_popen": ("DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess",
               "Popen", "SubprocessError", "TimeoutExpired", "call", "check_call",
               "check_output", "run"),
     "primary": ("Primary",),
@@ -33,7 +33,7 @@ _FROM = {
 _WHERE = {name: module for module, names in _FROM.items() for name in names}
 # Submodules reachable as attributes after a plain `import forkhost`, as
 # they were when this file imported them all.
-_SUBMODULES = ("client", "errors", "ipc", "primary", "protocol", "runtime", "shm")
+_SUBMODULES = ("futures", "ipc", "primary", "proctype", "shm")
 
 
 def __getattr__(name: str):
@@ -54,12 +54,12 @@ def __dir__() -> list[str]:
 TYPE_CHECKING = False  # not typing's: importing typing is slow; checkers know this name
 if TYPE_CHECKING:      # what static tools see: the names above, eagerly
     from . import shm
-    from .client import Secondary, info, launch
+    from ._client import Secondary, info, launch
     from .futures import Executor
-    from .popen import (DEVNULL, PIPE, STDOUT, CalledProcessError, CompletedProcess,
+    from ._popen import (DEVNULL, PIPE, STDOUT, CalledProcessError, CompletedProcess,
                         Popen, SubprocessError, TimeoutExpired, call, check_call,
                         check_output, run)
-    from .errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
+    from ._errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
                          ForkhostError, IPCError, NoPrimaryError,
                          NotSingleThreadedError, PrefixInUseError, PreloadError,
                          ProtocolError, RefusedError)

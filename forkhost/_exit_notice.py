@@ -2,12 +2,10 @@
 template (csrc/lib/template.c) sends the primary one datagram, a struct
 fh_template_exit (forkhost/template.h: pid, wait status), which the
 primary's IPC thread turns into ``forkhost.exit`` (forkhost/ipc/_primary.py).
-Small on purpose: whoever only sends or reads exits needs nothing else of
-IPC."""
+Small on purpose: whoever only reads exits needs nothing else of IPC."""
 
 from __future__ import annotations
 
-import os
 import socket
 
 from ._native import ffi
@@ -23,18 +21,6 @@ def channel() -> tuple[socket.socket, socket.socket]:
                                      socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     theirs.setblocking(False)
     return mine, theirs
-
-
-def notify_exit(fd: int, pid: int, status: int) -> None:
-    """Send one exit record on fd, the template's end: dropped if it cannot
-    go at once."""
-    if fd < 0:
-        return
-    rec = ffi.new("struct fh_template_exit *", {"pid": pid, "status": status})
-    try:
-        os.write(fd, ffi.buffer(rec)[:])
-    except OSError:
-        pass
 
 
 def read_exits(sock: socket.socket):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import _pyfile, _readahead
 from ._classify import EntryError, Target
-from .errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
+from ._errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
 
 # python's status when the program it runs raises, or does not compile.
 EXIT_PYTHON_ERROR = 1

@@ -1,5 +1,5 @@
 """In the template, after a launch of a Python entry: read it ahead for the
-pool members forked next (fh_py_read_ahead, forkhost/template.py, at most
+pool members forked next (fh_py_read_ahead, forkhost/_template.py, at most
 once a FH_TEMPLATE_READ_AHEAD_US per directory and entry).
 
 Three things are kept ready, each for the PREFETCH_MAX most recent:

@@ -23,7 +23,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from .errors import ForkhostError
+from ._errors import ForkhostError
 
 RING_PREFIX, POOL_PREFIX, HASH_PREFIX = "RG_", "MP_", "HT_"
 # How many reports config.json keeps for `forkhost ps`.
@@ -116,7 +116,7 @@ def after_exit(primary, pid: int, code: int, sig: int) -> ReclaimReport | None:
 
 def publish(primary, rep: ReclaimReport) -> None:
     """The report as a notice and in config.json ("reclaims")."""
-    from . import ipc, runtime
+    from . import ipc, _runtime as runtime
     ep = ipc._endpoint
     if ep is not None and ipc.started():
         try:

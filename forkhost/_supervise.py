@@ -46,8 +46,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _reclaim, client, ipc, runtime
-from .errors import ForkhostError
+from . import _reclaim, _client as client, ipc, _runtime as runtime
+from ._errors import ForkhostError
 
 # Exit statuses of `forkhost primary` (docs/cli.md, docs/supervision.md):
 # a configuration refused before anything started (sysexits.h's EX_CONFIG,

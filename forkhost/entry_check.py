@@ -21,7 +21,7 @@ ENTRY with the code a launch uses and stops before running it:
   for among the names its code binds at top level.
 
 Prints one line, ``entry-check: CAUSE: MESSAGE`` (fh_entry_check's form;
-forkhost/doctor.py maps each CAUSE to its fix), and returns 0 when the
+forkhost/_doctor.py maps each CAUSE to its fix), and returns 0 when the
 entry loads, else the status a launch would exit with (126, 127); 2 on a
 usage error.
 """
@@ -35,7 +35,7 @@ import sys
 import types
 
 from . import _classify, _load, _pyfile
-from .errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
+from ._errors import EXIT_CANNOT_RUN, EXIT_NOT_FOUND
 
 PREFIX = "entry-check"
 

@@ -27,8 +27,8 @@ from multiprocessing import context as _mp_context
 from multiprocessing import process as _mp_process
 from multiprocessing import util as _mp_util
 
-from .client import launch
-from .errors import ForkhostError
+from ._client import launch
+from ._errors import ForkhostError
 
 START_METHOD = "forkhost"
 

@@ -45,8 +45,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import layout, runtime
-from .errors import ForkhostError
+from . import _layout as layout, _runtime as runtime
+from ._errors import ForkhostError
 
 EXIT_CLEAN = 0          # no run collided
 EXIT_COLLIDED = 1       # at least one run collided with a range

@@ -27,14 +27,14 @@ import time
 import traceback
 
 from . import ipc as _ipc
-from . import _wire, runtime
+from . import _wire, _runtime as runtime
 # Imported here, before the template is forked, so that every secondary
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
 from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib, library_base
 from ._supervise import Worker  # noqa: F401  (forkhost.primary.Worker)
-from .errors import (ArenaError, ForkhostError, NotSingleThreadedError,
+from ._errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)
 
 # A primary's defaults, C's and Python's alike (forkhost/init.h).  Pool
@@ -49,7 +49,7 @@ DEFAULT_POOL = _wire.DEFAULT_POOL
 TEMPLATE_START_TIMEOUT = 30.0
 
 # The Primary this process started and has not stopped: where launches
-# from this program go by default (forkhost.client.default_target).  Set
+# from this program go by default (forkhost._client.default_target).  Set
 # after the template fork, so the template and its secondaries never see it.
 _running: "Primary | None" = None
 
@@ -311,7 +311,7 @@ class Primary:
 
     def _fork_template(self, listener: socket.socket, ino: int) -> None:
         check_single_threaded()
-        from .thp import before_template_fork
+        from ._thp import before_template_fork
         before_template_fork(self)   # huge pages for big private memory
         # Anything buffered now would be written again by every process
         # that inherits the buffer.
@@ -329,7 +329,7 @@ class Primary:
             try:
                 os.close(ready_r)
                 os.close(self._lock.fd)   # the lock is the primary's alone
-                from .template import template_main
+                from ._template import template_main
                 code = template_main(
                     listener, ready_w,
                     keep_fds=[lib.fh_arena_fd(), self._ipc_exit_fd],

@@ -28,7 +28,7 @@ import os
 import sys
 
 from ._native import ffi, lib
-from .errors import EXIT_FORKHOST, ForkhostError, PrefixInUseError
+from ._errors import EXIT_FORKHOST, ForkhostError, PrefixInUseError
 
 _role: str | None = None
 _primary = None
@@ -122,7 +122,7 @@ def init(argv: list[str] | None = None) -> str:
     if lib.fh_proc_type() == lib.FH_PROC_SECONDARY:
         _role = "secondary"
     else:
-        from . import runtime
+        from . import _runtime as runtime
         try:
             paths = runtime.paths(prefix, runtime_dir)
         except ForkhostError as err:

@@ -5,7 +5,7 @@
     way `build_native.py ctest` builds it, run for a count of inputs;
 
 (b) a wire-level mutator against a live template: valid LAUNCH records
-    built with forkhost.protocol, mutated (bits, bytes, insertions, cuts,
+    built with forkhost._protocol, mutated (bits, bytes, insertions, cuts,
     32-bit fields set to edge values, lengths re-fixed, the fds sent off
     by some), each sent on its own connection to template.sock.  The
     launch rules' model (tests/request_model.py) says which mutants are
@@ -30,7 +30,7 @@ import tempfile
 import time
 
 from fhtest import raw_connect
-from forkhost import protocol
+from forkhost import _protocol as protocol
 from request_model import MSG_CTRUNC, expected
 
 from .common import (RSS_SLACK, Result, info, mib, runtime, sample, serves,

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 import forkhost
-import forkhost.runtime
+import forkhost._runtime
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
@@ -48,7 +48,7 @@ class PrimaryProc:
             out, err = self.proc.communicate(timeout=30)
             raise AssertionError(f"primary did not start: {self.ready}{out.decode()}"
                                  f"{err.decode()}")
-        cfg = forkhost.runtime.read_config(forkhost.runtime.paths(prefix, runtime_dir))
+        cfg = forkhost._runtime.read_config(forkhost._runtime.paths(prefix, runtime_dir))
         self.pid = cfg["pid"]
         self.template_pid = cfg["template_pid"]
         self.socket = cfg["socket"]

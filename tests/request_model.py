@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from forkhost import protocol
+from forkhost import _protocol as protocol
 
 HDR, BODY = protocol.HDR, protocol.LAUNCH_BODY
 MSG_TRUNC, MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)

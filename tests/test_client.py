@@ -27,7 +27,7 @@ import pytest
 from fhtest import FIXTURES, RUNNER
 
 import forkhost
-from forkhost import protocol
+from forkhost import _protocol as protocol
 
 
 # Where forkhost-run is built on csrc/client/rt/rt.c (build_native.py).
@@ -315,7 +315,7 @@ def test_python_run_usage_errors_exit_125(runtime_dir, argv, env, message):
 def test_the_commands_that_talk_to_a_primary_load_no_native_code():
     """`import forkhost` binds its names on first use: `forkhost run`, `ps`
     and `stop` need neither the native library nor the primary."""
-    probe = ("import sys, forkhost, forkhost.cli\n"
+    probe = ("import sys, forkhost, forkhost._cli\n"
              "print(sorted(m for m in sys.modules if m.startswith('forkhost')))\n"
              "from forkhost import *\n"
              "missing = [n for n in forkhost.__all__ if n not in globals()]\n"
@@ -331,7 +331,7 @@ def test_the_commands_that_talk_to_a_primary_load_no_native_code():
     loaded, names, error = r.stdout.splitlines()
     assert not {"forkhost._native", "forkhost.primary", "forkhost.shm",
                 "forkhost.ipc"} & set(ast.literal_eval(loaded)), loaded
-    assert names == ("[] forkhost.primary forkhost.client forkhost.ipc "
+    assert names == ("[] forkhost.primary forkhost._client forkhost.ipc "
                      "forkhost.shm.ring")
     assert error == "module 'forkhost' has no attribute 'no_such_name'"
 

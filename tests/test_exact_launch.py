@@ -201,7 +201,7 @@ def test_fd_still_renumbers_and_sets_listen_fds(primary, native, tmp_path):
 
 
 def test_too_many_fds_is_one_clear_error(primary, tmp_path):
-    import forkhost.protocol as protocol
+    import forkhost._protocol as protocol
     n = protocol.MAX_EXTRA_FDS + 1
     fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(n)]
     try:

@@ -29,7 +29,7 @@ import sys
 import pytest
 
 import forkhost
-from forkhost import protocol
+from forkhost import _protocol as protocol
 from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, raw_connect, wait_until
 
 POOLS = {"pool": [], "no-pool": ["--pool", "0"]}
@@ -212,7 +212,7 @@ GLOBAL_CAP = 256       # docs/protocol.md, Limits: connections waiting
 # its stdin does.
 HOG = r"""
 import json, select, socket, sys
-from forkhost import protocol
+from forkhost import _protocol as protocol
 socks = []
 for _ in range(int(sys.argv[2])):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)

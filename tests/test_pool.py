@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import forkhost
-from forkhost import _readahead, protocol
+from forkhost import _readahead, _protocol as protocol
 from forkhost._native import ffi, lib
 import fhtest
 from fhtest import FIXTURES, PrimaryProc, children_of, entry, wait_until

@@ -81,7 +81,7 @@ def _run(argv, runtime_dir, **kw) -> subprocess.CompletedProcess:
 
 
 def _template(runtime_dir: str, prefix: str) -> int:
-    import forkhost.runtime as rt
+    import forkhost._runtime as rt
     return rt.read_config(rt.paths(prefix, runtime_dir))["template_pid"]
 
 
@@ -337,7 +337,7 @@ def test_a_primary_from_a_path_that_is_not_utf8_writes_a_readable_record(exe, ru
     prim = Primary([os.fsdecode(prog), "--proc-type=primary", "--file-prefix=pu"],
                    runtime_dir)
     try:
-        import forkhost.runtime as rt
+        import forkhost._runtime as rt
         cfg = rt.read_config(rt.paths("pu", runtime_dir))
         assert os.fsencode(cfg["program"]["executable"]) == os.path.realpath(prog)
         r = _run([sys.executable, "-m", "forkhost", "ps", "--prefix", "pu"], runtime_dir,

@@ -3,7 +3,7 @@ no real client sends, the limits both ends enforce, who may connect, and
 the cap on concurrent secondaries.
 
 Raw clients speak to template.sock with a plain AF_UNIX SOCK_SEQPACKET
-socket and forkhost.protocol's framing.  Every bad request must get one
+socket and forkhost._protocol's framing.  Every bad request must get one
 ERROR record (exit code 125, a text saying what was wrong), then the
 connection is closed, and the next real client is served as usual.
 """
@@ -21,7 +21,7 @@ import sys
 import pytest
 
 import forkhost
-from forkhost import protocol
+from forkhost import _protocol as protocol
 from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, need_root, raw_connect,
                     reap, wait_until)
 

@@ -21,7 +21,7 @@ import unicodedata
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from forkhost import _classify, protocol
+from forkhost import _classify, _protocol as protocol
 from forkhost._native import ffi, lib
 from request_model import expected
 

@@ -1,4 +1,4 @@
-"""forkhost.runtime, the Python face of csrc/lib/rundir.c and rundir_path.c:
+"""forkhost._runtime, the Python face of csrc/lib/rundir.c and rundir_path.c:
 its API and exceptions as callers use them, and the native library loaded
 only by the functions that need it (csrc/tests/test_rundir.c tests the C
 itself)."""
@@ -14,12 +14,12 @@ import pytest
 
 from fhtest import FIXTURES
 
-from forkhost import runtime
-from forkhost.errors import ForkhostError, PrefixInUseError
+from forkhost import _runtime as runtime
+from forkhost._errors import ForkhostError, PrefixInUseError
 
 
 def test_importing_the_commands_loads_no_native_library():
-    code = ("import sys, forkhost.cli, forkhost.runtime, forkhost.client; "
+    code = ("import sys, forkhost._cli, forkhost._runtime, forkhost._client; "
             "print('forkhost._native' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=FIXTURES,
                        capture_output=True, text=True, timeout=60)

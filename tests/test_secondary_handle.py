@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from forkhost.client import Secondary
-from forkhost.errors import ForkhostError
+from forkhost._client import Secondary
+from forkhost._errors import ForkhostError
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_a_lost_template_is_said_again_not_ebadf(sleeper):
 def test_the_umask_is_read_without_setting_it(monkeypatch):
     """launch() finds the umask to pass on without os.umask(), which would
     change it for a moment under the program's other threads."""
-    from forkhost import client
+    from forkhost import _client as client
     old = os.umask(0o027)
     try:
         def no_umask(_mask):
@@ -85,7 +85,7 @@ def test_template_pidfd_past_1024_and_readable():
     any fd number (a primary started late in a program with many files)."""
     from types import SimpleNamespace
 
-    from forkhost import runtime
+    from forkhost import _runtime as runtime
     from forkhost.primary import Primary
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if max(soft, hard) < 1200:
@@ -115,7 +115,7 @@ def test_a_bad_started_leaks_nothing(runtime_dir, body):
     from test_client import FakeTemplate, record
 
     import forkhost
-    from forkhost import protocol
+    from forkhost import _protocol as protocol
     data = protocol.encode_started(-5) if body == "bad_pid" else b"\0\0"
     r, w = os.pipe()
     try:
@@ -131,6 +131,6 @@ def test_a_bad_started_leaks_nothing(runtime_dir, body):
 def test_clients_stdio_constants_are_subprocess_values():
     """client.py keeps PIPE/STDOUT/DEVNULL as literals (`forkhost run`
     starts without importing subprocess): they must stay subprocess's."""
-    from forkhost import client
+    from forkhost import _client as client
     assert (client.PIPE, client.STDOUT, client.DEVNULL) == \
         (subprocess.PIPE, subprocess.STDOUT, subprocess.DEVNULL)

@@ -1,5 +1,5 @@
 """Transparent huge pages for the primary's big private memory before the
-template fork (forkhost/thp.py, csrc/lib/thp.c): what the primary records
+template fork (forkhost/_thp.py, csrc/lib/thp.c): what the primary records
 in config.json, that the memory is huge afterwards and its data intact, and
 FORKHOST_THP=0.  How much it saves a fork: benchmarks/big_preload.py."""
 

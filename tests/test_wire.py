@@ -1,5 +1,5 @@
 """Python and the C headers agree on the wire: every constant and layout
-forkhost.protocol (from the generated forkhost/_wire.py) and forkhost.ipc
+forkhost._protocol (from the generated forkhost/_wire.py) and forkhost.ipc
 (through the cffi cdef) use is the headers' own, and _classify.classify() gives
 the forms and errors docs/cli.md describes."""
 
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from forkhost import _classify, ipc, protocol
+from forkhost import _classify, ipc, _protocol as protocol
 from forkhost._native import ffi, lib
 from fhtest import ROOT
 
@@ -102,14 +102,14 @@ def test_a_launch_python_builds_is_what_c_reads():
 
 def test_protocol_imports_no_native_code():
     """The generated module carries the values: `forkhost run` (which
-    imports forkhost.protocol) loads no native library."""
+    imports forkhost._protocol) loads no native library."""
     r = subprocess.run([sys.executable, "-c",
-                        "import sys, forkhost.protocol\n"
+                        "import sys, forkhost._protocol\n"
                         "print(sorted(m for m in sys.modules if m.startswith('forkhost')))"],
                        capture_output=True, text=True, cwd="/", timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["['forkhost',", "'forkhost._wire',", "'forkhost.errors',",
-                                "'forkhost.protocol']"]
+    assert r.stdout.split() == ["['forkhost',", "'forkhost._errors',", "'forkhost._protocol',",
+                                "'forkhost._wire']"]
 
 
 # -- the IPC wire (ipc.h, template.h): forkhost/ipc/_wire.py takes these from the cdef

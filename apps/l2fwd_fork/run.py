@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import forkhost
-import forkhost.runtime
+import forkhost._runtime
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "forkhost.toml"
@@ -100,8 +100,8 @@ class Sample:
         say(f"primary (pid {self.primary.pid}) runs gen, fwd and sink")
 
     def all_running(self) -> bool:
-        if forkhost.runtime.read_config(
-                forkhost.runtime.paths(self.prefix, self.runtime_dir)) is None:
+        if forkhost._runtime.read_config(
+                forkhost._runtime.paths(self.prefix, self.runtime_dir)) is None:
             return False                  # not started yet: nothing for ps
         w = self.workers()
         return all(w.get(n, {}).get("state") == "running" for n in WORKERS)

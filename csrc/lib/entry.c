@@ -360,7 +360,7 @@ FH_API int fh_entry_decide(const char *entry, int module_flag, int cwd_fd,
 /*
  * Why an entry cannot be loaded, named where the loading fails: the launch
  * prints the message, fh_entry_check() prints the name too, and
- * `forkhost doctor ENTRY` maps each name to its fix (forkhost/doctor.py).
+ * `forkhost doctor ENTRY` maps each name to its fix (forkhost/_doctor.py).
  */
 enum cause {
     CAUSE_OK,

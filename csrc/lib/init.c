@@ -239,7 +239,7 @@ static int write_config(const struct fh_init_options *o, const char *sock,
         return -1;
     }
     clock_gettime(CLOCK_REALTIME, &now);
-    /* forkhost/thp.py's record, which forkhost doctor reads. */
+    /* forkhost/_thp.py's record, which forkhost doctor reads. */
     if (!thp_on) {
         char why[160], why_s[400];
 

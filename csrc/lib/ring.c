@@ -457,8 +457,11 @@ FH_API int fh_ring_destroy(struct fh_ring *r)
 
 /* The reservation records (ring.h): one table per arena, laid out with
  * the memzone directory (hdr->ring_rec_offset). */
-static __thread struct fh__ring_rec *t_rec;
-static __thread unsigned t_rec_gen;
+/* Initial-exec: read on every multi-side call, so a plain %fs-relative
+ * load rather than a __tls_get_addr call (16 bytes of the static TLS that
+ * glibc keeps for libraries loaded with dlopen). */
+static __thread struct fh__ring_rec *t_rec __attribute__((tls_model("initial-exec")));
+static __thread unsigned t_rec_gen __attribute__((tls_model("initial-exec")));
 /* Bumped in the child of every fork: records are per thread, and the
  * child's one thread is not the parent's. */
 static _Atomic unsigned g_rec_gen = 1;

@@ -1,7 +1,7 @@
 /*
  * rundir.c - the runtime directory's checks, the prefix's lock and its
  * config record (forkhost/rundir.h): what every primary does in
- * <runtime>/<prefix>/, the Python one (forkhost/runtime.py, through cffi)
+ * <runtime>/<prefix>/, the Python one (forkhost/_runtime.py, through cffi)
  * and a C one (fh_init) alike.  Where those directories are is
  * rundir_path.c's.
  *

@@ -1,6 +1,6 @@
 /*
  * wire.c - prints forkhost/_wire.py: the launch protocol's constants and
- * layouts (forkhost/proto.h) as Python assignments, so forkhost/protocol.py
+ * layouts (forkhost/proto.h) as Python assignments, so forkhost/_protocol.py
  * takes them from the header instead of copying them, without loading the
  * native library (`forkhost run` loads none).  build_native.py compiles and
  * runs this when the package is built.

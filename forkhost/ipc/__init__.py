@@ -45,10 +45,9 @@ import errno
 import os
 from typing import Callable
 
-from .. import runtime
-from .._exit_notice import notify_exit
+from .. import _runtime as runtime
 from .._native import ffi, lib
-from ..errors import IPCError
+from .._errors import IPCError
 from . import _state, _wire
 from ._member import _SecondaryEndpoint, join_error
 from ._messages import (Member, Message, Peer, PeerReply, PeerStatus, Reply,

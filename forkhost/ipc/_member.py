@@ -14,7 +14,7 @@ import threading
 import traceback
 
 from .._native import ffi, lib
-from ..errors import IPCError
+from .._errors import IPCError
 from . import _state
 from ._messages import PEER_STATUS, Message, Peer, PeerReply, Reply, recursion_error
 from ._wire import (CONNECT_TIMEOUT, DEFAULT_TIMEOUT, FDS_MAX, HDR_SIZE, MSG,

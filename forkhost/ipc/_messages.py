@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from .._native import lib
-from ..errors import IPCError
+from .._errors import IPCError
 from ._wire import ACTION_FAILED, EXIT_BODY, EXIT_STATUS_KNOWN, MSG, NO_ACTION, OK
 
 

@@ -25,9 +25,9 @@ import time
 import traceback
 from typing import Callable
 
-from .. import _exit_notice, protocol
+from .. import _exit_notice, _protocol as protocol
 from .._native import ffi, lib
-from ..errors import ForkhostError, IPCError
+from .._errors import ForkhostError, IPCError
 from . import _state
 from ._messages import Member, Message, Peer, PeerReply, PeerStatus, Reply, recursion_error
 from ._wire import (BYE, DEFAULT_TIMEOUT, EXIT_BODY, EXIT_NOTICE, EXIT_STATUS_KNOWN,

@@ -11,7 +11,7 @@ import threading
 import traceback
 from typing import Callable
 
-from ..errors import IPCError
+from .._errors import IPCError
 from ._wire import ACTION_FAILED, PARAM_MAX
 
 lock = threading.RLock()

@@ -10,7 +10,7 @@ import os
 import struct
 
 from .._native import ffi, lib
-from ..errors import IPCError
+from .._errors import IPCError
 
 MAGIC = lib.FH_IPC_MAGIC
 VERSION = lib.FH_IPC_VERSION

@@ -20,7 +20,7 @@ call.  Memzones are freed with ``Memzone.free()``, rings, mempools and hash
 tables with ``.destroy()`` (docs/shm.md, Freeing).
 """
 
-from ..errors import (AttachError, DestroyedError, ModuleMismatchError,
+from .._errors import (AttachError, DestroyedError, ModuleMismatchError,
                       NameExistsError, NoArenaError, NoSpaceError,
                       NotFoundError, ShmError, WrongTypeError)
 from . import heap

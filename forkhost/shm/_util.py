@@ -13,7 +13,7 @@ import os
 from array import array
 
 from .._native import ffi, lib
-from ..errors import (DestroyedError, ModuleMismatchError, NameExistsError,
+from .._errors import (DestroyedError, ModuleMismatchError, NameExistsError,
                       NoArenaError, NoSpaceError, NotFoundError, ShmError,
                       WrongTypeError)
 

@@ -30,7 +30,7 @@ import struct
 import time
 
 from .._native import ffi, lib
-from ..errors import NameExistsError, NotFoundError
+from .._errors import NameExistsError, NotFoundError
 from ._dtype import DTYPES, MAX_NDIM, _dtype_name, _import_numpy, _shape
 from ._util import address, cname, raise_errno
 
@@ -87,7 +87,7 @@ class Array:
         block = None
         if heap:
             from .heap import calloc
-            from ..errors import NoSpaceError
+            from .._errors import NoSpaceError
             try:
                 block = calloc(1, nbytes)
             except NoSpaceError as exc:

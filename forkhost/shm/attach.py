@@ -21,9 +21,9 @@ import errno
 import os
 from dataclasses import dataclass, replace
 
-from .. import runtime
+from .. import _runtime as runtime
 from .._native import ffi, lib, library_base
-from ..errors import AttachError
+from .._errors import AttachError
 
 ERRLEN = 512
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 
 from .._native import ffi, lib
-from ..errors import NoSpaceError, ShmError
+from .._errors import NoSpaceError, ShmError
 from ._util import address, raise_errno
 
 SEGMENT_SIZE = lib.FH_HEAP_SEGMENT_SIZE

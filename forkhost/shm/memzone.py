@@ -14,7 +14,7 @@ import errno
 
 from .._native import ffi, lib
 from ._util import EWRONGTYPE, address, cname, raise_errno, wrong_type_detail
-from ..errors import DestroyedError
+from .._errors import DestroyedError
 
 NAMESIZE = lib.FH_MEMZONE_NAMESIZE
 MAX_MEMZONES = lib.FH_MEMZONE_MAX

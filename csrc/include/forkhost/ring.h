@@ -366,6 +366,12 @@ FH_API uint64_t fh_ring_lost(const struct fh_ring *r, int which);
 
 enum { FH__RING_FIXED = 0, FH__RING_VARIABLE = 1 };
 
+/* The fast path's pieces are inlined whatever the compiler's size limits
+ * (as DPDK's __rte_always_inline does): each call site then folds its
+ * constant mode and behaviour away.  Left to itself, GCC keeps the claim
+ * out of line once the multi side's reservation record is in it. */
+#define FH__RING_INLINE static inline __attribute__((always_inline))
+
 static __attribute__((noinline, cold)) void fh__ring_yield(void)
 {
     sched_yield();
@@ -387,7 +393,7 @@ static inline void fh__ring_pause(unsigned *spins)
 }
 
 /* The call that used rec is over (published, or claimed nothing). */
-static inline void fh__ring_release_rec(struct fh_ring *r,
+FH__RING_INLINE void fh__ring_release_rec(struct fh_ring *r,
                                         struct fh__ring_rec *rec)
 {
     if (__builtin_expect(rec != NULL, 1))
@@ -409,7 +415,7 @@ static inline void fh__ring_release_rec(struct fh_ring *r,
  * is the side's only one at a time (sp/sc); `exact`: the caller wants
  * *avail exact (it asked for free_space/available).
  */
-static inline uint32_t fh__ring_move_head(struct fh_ring *r,
+FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
                                           struct fh_ring_headtail *self,
                                           struct fh_ring_headtail *other,
                                           uint32_t base, int single,
@@ -552,7 +558,7 @@ static inline uint32_t fh__ring_move_head(struct fh_ring *r,
 #define FH__RING_STUCK_YIELDS 16u
 
 /* Publish [old_val, new_val) of one side. */
-static inline void fh__ring_update_tail(struct fh_ring *r,
+FH__RING_INLINE void fh__ring_update_tail(struct fh_ring *r,
                                         struct fh_ring_headtail *ht,
                                         uint32_t old_val, uint32_t new_val,
                                         int multi)
@@ -626,7 +632,7 @@ fh__ring_copy_out_slow(const struct fh_ring *r, uint32_t idx, void *objs,
     }
 }
 
-static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
+FH__RING_INLINE void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
                                     const void *objs, uint32_t n)
 {
     const uint32_t idx = head & r->mask;
@@ -643,7 +649,7 @@ static inline void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
     }
 }
 
-static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
+FH__RING_INLINE void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
                                      void *objs, uint32_t n)
 {
     const uint32_t idx = head & r->mask;
@@ -658,7 +664,7 @@ static inline void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
     }
 }
 
-static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
+FH__RING_INLINE unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
                                            unsigned n, int behavior, int is_sp,
                                            unsigned *free_space)
 {
@@ -682,7 +688,7 @@ static inline unsigned fh__ring_do_enqueue(struct fh_ring *r, const void *objs,
     return n;
 }
 
-static inline unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
+FH__RING_INLINE unsigned fh__ring_do_dequeue(struct fh_ring *r, void *objs,
                                            unsigned n, int behavior, int is_sc,
                                            unsigned *available)
 {

@@ -1,6 +1,6 @@
 /*
  * forkhost/rundir.h - where a prefix lives: the rules and texts that every
- * primary (the Python one through forkhost/runtime.py, a C one through
+ * primary (the Python one through forkhost/_runtime.py, a C one through
  * fh_init) and the client (csrc/client/client.c: forkhost-run, fh_init's
  * hand-over) apply, and the functions that apply them.
  *

@@ -63,7 +63,7 @@ FH_API long fh_thp_collapse(size_t min_bytes, struct fh_thp_report *r);
 
 /*
  * What FORKHOST_THP's value asks of a primary (a C primary's fh_init and
- * forkhost/thp.py read it with this): NULL, "", 1, on, yes, true for
+ * forkhost/_thp.py read it with this): NULL, "", 1, on, yes, true for
  * FH_THP_MIN_BYTES; 0, off, no, never, false (any case) to leave memory
  * alone; else a size ("16M", fh_parse_size) for another threshold.
  * 1 with *min_bytes set; 0: off; -1: none of these (a bad value).

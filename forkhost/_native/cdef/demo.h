@@ -1,4 +1,5 @@
 /* cffi view of forkhost/demo.h */
+static const char *const FH_DEMO_ZONE;
 struct fh_demo_zone;
 typedef uint64_t (*fh_demo_fn)(struct fh_demo_zone *zone, int64_t caller);
 struct fh_demo_zone {

@@ -1,5 +1,5 @@
 /* cffi cdef for csrc/include/forkhost/template.h: the template's loop, in
- * C (forkhost/template.py calls it; Python's part are the hooks below). */
+ * C (forkhost/_template.py calls it; Python's part are the hooks below). */
 
 #define FH_TEMPLATE_READ_AHEAD_US ...
 
@@ -37,7 +37,7 @@ struct fh_template_config {
 int fh_template_main(const struct fh_template_config *c);
 pid_t fh_template_fork(const struct fh_template_config *c);
 
-/* Python's hooks (forkhost/template.py). */
+/* Python's hooks (forkhost/_template.py). */
 extern "Python" void fh_py_run_python(struct fh_taken_launch *);
 extern "Python" void fh_py_member_ready(void);
 extern "Python" void fh_py_read_ahead(int, const char *, int);

@@ -20,14 +20,14 @@ import time
 
 from ._native import LIBRARY, ffi, lib
 
-ZONE = b"forkhost.demo"
+ZONE = ffi.string(lib.FH_DEMO_ZONE)   # demo.h names the memzone
 ROUNDS = 20
 
 
 def _zone():
     mz = lib.fh_memzone_lookup(ZONE)
     if mz == ffi.NULL:
-        raise SystemExit("forkhost demo: no memzone 'forkhost.demo' here; is this "
+        raise SystemExit(f"forkhost demo: no memzone {ZONE.decode()!r} here; is this "
                          "a secondary of the demo primary?")
     return mz, ffi.cast("struct fh_demo_zone *", mz.addr)
 
@@ -102,11 +102,11 @@ def demo(prefix: str | None = None, runtime_dir=None) -> int:
             raise SystemExit(f"forkhost demo: cannot reserve the demo memzone: "
                              f"{os.strerror(ffi.errno)}")
         print(f"  primary (pid {os.getpid()}): stored fn at "
-              f"0x{int(ffi.cast('uintptr_t', zone.fn)):x} in memzone 'forkhost.demo' "
+              f"0x{int(ffi.cast('uintptr_t', zone.fn)):x} in memzone {ZONE.decode()!r} "
               f"at 0x{int(ffi.cast('uintptr_t', zone)):x}")
         base = [runner, "--prefix", prefix] + (
             ["--runtime-dir", str(runtime_dir)] if runtime_dir else [])
-        py_cmd, c_cmd = base + ["forkhost.demo:python_secondary"], base + [native]
+        py_cmd, c_cmd = base + ["forkhost._demo:python_secondary"], base + [native]
         med = _measure({"Python": (py_cmd, py_cmd + ["--quiet"]),
                         "C": (c_cmd, c_cmd + ["--quiet"]),
                         "true": (["/bin/true"], ["/bin/true"])})

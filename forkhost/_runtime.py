@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._wire import PREFIX_DEFAULT, PREFIX_INVALID, RUNDIR_TOO_LONG
-from .errors import ForkhostError, PrefixInUseError
+from ._errors import ForkhostError, PrefixInUseError
 
 DEFAULT_PREFIX = PREFIX_DEFAULT
 

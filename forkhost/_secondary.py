@@ -35,8 +35,8 @@ import _signal
 
 from . import _classify, _load, _pyfile
 from ._native import _pystack, ffi, lib
-from .errors import EXIT_FORKHOST
-from .protocol import HDR, LAUNCH, Launch, header
+from ._errors import EXIT_FORKHOST
+from ._protocol import HDR, LAUNCH, Launch, header
 
 
 def _write_stderr(text: str) -> None:

@@ -2,7 +2,7 @@
 a secondary in place of a child process.
 
 ``forkhost.Popen`` is a ``subprocess.Popen`` whose child is started by the
-template (forkhost.client.launch) instead of fork+exec, so everything
+template (forkhost._client.launch) instead of fork+exec, so everything
 subprocess does around the child is subprocess's own code: the stdin,
 stdout and stderr arguments (PIPE, DEVNULL, STDOUT, fds, file objects),
 text mode and encodings, communicate() (deadlock-free, with input and
@@ -27,8 +27,8 @@ from subprocess import (DEVNULL, PIPE, STDOUT, CalledProcessError,  # noqa: F401
                         CompletedProcess, SubprocessError, TimeoutExpired)
 
 from ._wire import DEFAULT_CONNECT_TIMEOUT, ERROR_ENTRY_MAX
-from .client import launch
-from .errors import ForkhostError, RefusedError
+from ._client import launch
+from ._errors import ForkhostError, RefusedError
 
 
 def _entry(args) -> tuple[str | bytes, bool, list]:

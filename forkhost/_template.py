@@ -31,9 +31,9 @@ import sys
 import time
 import traceback
 
-from . import _readahead, secondary
+from . import _readahead, _secondary as secondary
 from ._native import ffi, lib
-from .errors import EXIT_FORKHOST
+from ._errors import EXIT_FORKHOST
 
 # How long the template trusts its copy of the mount table.
 MOUNTS_TTL = 1.0

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from . import client, runtime
-from .errors import (EXIT_CANNOT_RUN, EXIT_NOT_FOUND, ForkhostError, NoPrimaryError,
+from . import _client as client, _runtime as runtime
+from ._errors import (EXIT_CANNOT_RUN, EXIT_NOT_FOUND, ForkhostError, NoPrimaryError,
                      RefusedError)
 
 
@@ -123,7 +123,7 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
 
 def _thp_line(thp: dict) -> tuple[str, str]:
     """What the primary's huge-page collapse before the template fork did
-    (config.json "thp", forkhost/thp.py)."""
+    (config.json "thp", forkhost/_thp.py)."""
     what = "transparent huge pages for the primary's private memory"
     if not thp.get("enabled"):
         return "INFO", f"{what}: off ({thp.get('why', '')})"
@@ -401,7 +401,7 @@ def _run_in_child(entry: str, module: bool) -> tuple[bytes, int | None]:
             os.dup2(null, 0)
             os.dup2(w, 1)
             os.dup2(w, 2)
-            from . import entry_check, secondary
+            from . import entry_check, _secondary as secondary
             # sys.path as a secondary's: the cwd, PYTHONPATH, then ours.
             secondary._set_path(os.getcwd(), os.environb)
             code = entry_check.main(["forkhost.entry_check:main",

@@ -28,7 +28,7 @@ from ._wire import (  # noqa: F401  (the protocol's names, for its users)
     FD_TARGET_MAX, LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR,
     MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
     NOTICE, STARTED, STOPPED, VERSION)
-from .errors import ProtocolError
+from ._errors import ProtocolError
 
 HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
 LAUNCH_BODY = struct.Struct(_wire.LAUNCH_BODY_FORMAT)    # flags umask stdio_mask nextra argc envc strings_len reserved

@@ -14,9 +14,9 @@ import socket
 import sys
 import time
 
-from . import protocol, runtime
+from . import _protocol as protocol, _runtime as runtime
 from ._wire import DEFAULT_CONNECT_TIMEOUT, ERROR_ENTRY_MAX
-from .errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
+from ._errors import ForkhostError, NoPrimaryError, ProtocolError, RefusedError
 
 # subprocess's values (not imported here: `forkhost run` starts faster without).
 PIPE = -1             # forkhost.Popen only

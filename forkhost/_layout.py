@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .errors import ForkhostError
+from ._errors import ForkhostError
 
 # Names /proc/PID/maps gives to mappings without a file.
 _SPECIAL = ("[heap]", "[stack]", "[vdso]", "[vvar]", "[vsyscall]")

@@ -1,5 +1,5 @@
 """``forkhost verify``, ``forkhost maps`` and ``forkhost ptr``: the layout
-tools (forkhost/layout.py has the model; docs/aslr.md the guide).
+tools (forkhost/_layout.py has the model; docs/aslr.md the guide).
 
 Exit statuses: 0 the layouts hold (verify: every secondary holds the
 template's mappings; maps: every file and shared mapping at the same
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from . import client, layout, runtime
-from .errors import ForkhostError
+from . import _client as client, _layout as layout, _runtime as runtime
+from ._errors import ForkhostError
 
 EXIT_DIFFERS = 1
 EXIT_USAGE = 2

@@ -21,7 +21,7 @@ import os
 
 from ._native import ffi, lib
 from ._wire import THP_INVALID
-from .errors import ForkhostError
+from ._errors import ForkhostError
 
 DEFAULT_MIN_BYTES = lib.FH_THP_MIN_BYTES
 

@@ -17,8 +17,8 @@ import select
 import signal
 import sys
 
-from . import __version__, _wire, client, runtime
-from .errors import EXIT_FORKHOST, ForkhostError
+from . import __version__, _wire, _client as client, _runtime as runtime
+from ._errors import EXIT_FORKHOST, ForkhostError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -531,9 +531,9 @@ def cmd_ps(a) -> int:
 
 def _ipc_members(cfg: dict) -> set[int]:
     """The processes connected to the prefix's IPC socket (its members;
-    forkhost/unixdiag.py asks the kernel), or none when the primary runs
+    forkhost/_unixdiag.py asks the kernel), or none when the primary runs
     no IPC or the kernel cannot say."""
-    from . import unixdiag
+    from . import _unixdiag as unixdiag
     path = cfg.get("ipc_socket")
     if not path:
         return set()
@@ -583,17 +583,17 @@ def cmd_restart(a) -> int:
 
 def cmd_doctor(a) -> int:
     if a.entry is not None:
-        from .doctor import doctor_entry
+        from ._doctor import doctor_entry
         return doctor_entry(a.entry, a.prefix, a.runtime_dir, module=a.module)
     if a.module:
         print("forkhost doctor: -m needs an ENTRY (a module name)", file=sys.stderr)
         return 2
-    from .doctor import doctor
+    from ._doctor import doctor
     return doctor(a.prefix, a.runtime_dir)
 
 
 def cmd_demo(a) -> int:
-    from .demo import demo
+    from ._demo import demo
     return demo(a.prefix, a.runtime_dir)
 
 
@@ -654,7 +654,7 @@ def cmd_attach(a) -> int:
 
 def _layout_command(name: str):
     def cmd(a) -> int:
-        from . import layoutcmd
+        from . import _layoutcmd as layoutcmd
         return layoutcmd.run(getattr(layoutcmd, f"cmd_{name}"), a)
     return cmd
 
