@@ -228,7 +228,10 @@ def reap(*procs: subprocess.Popen, timeout: float = 30.0) -> None:
         p.wait(timeout)
         for stream in (p.stdin, p.stdout, p.stderr):
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except BrokenPipeError:
+                    pass    # stdin's unflushed bytes, to a process now gone
 
 
 # -- what a template holds -------------------------------------------------
