@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, PrimaryProc, free_huge_pages, more_huge_pages, reap
+from fhtest import (FIXTURES, LineReader, PrimaryProc, free_huge_pages, more_huge_pages,
+                    reap)
 from shmtest import arena_primary, fix_output
 
 FIX = "shm_free_fix"
@@ -44,6 +45,8 @@ def test_arena_grows_while_secondaries_use_old_objects(primary):
     users = [primary.popen(f"{FIX}:grow_user", i, cwd=FIXTURES, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
+        for u in users:     # each is in its loop before the arena grows
+            assert LineReader(u.stdout).readline() == b"using\n"
         n, start, grown, top2 = map(int, sec(primary, "grow_fill", 4).split())
         assert start == size0 and size0 < grown <= top == top2
         # past what the maximum leaves, nothing more fit
@@ -52,7 +55,7 @@ def test_arena_grows_while_secondaries_use_old_objects(primary):
         for u in users:
             out, err = u.communicate(timeout=120)
             assert u.returncode == 0, err
-            assert int(out.split()[1]) > 0
+            assert int(out.split()[-1]) > 0
     finally:
         reap(*users)
     # a secondary started now sees the grown size; freed bytes are reused
