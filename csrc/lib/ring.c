@@ -548,15 +548,6 @@ static void add_lost(struct fh_ring *r, unsigned side, uint32_t n)
     atomic_fetch_add_explicit(&r->lost[side], n, memory_order_relaxed);
 }
 
-/* Wake the other side's waiters after a recoverer moved ht's tail. */
-static void wake_after_move(struct fh_ring_headtail *ht)
-{
-    /* Relaxed: as in fh__ring_update_tail; a recoverer is rare enough to
-     * make the wake unconditional instead of relying on the fence. */
-    (void)ht;
-    fh__ring_wake(ht);
-}
-
 #define TRACK_STEP 256u
 
 /* mempool.c's code for rings with a pool (ring_internal.h). */
@@ -743,7 +734,9 @@ static uint32_t recover_step(struct fh_ring *r, struct fh_ring_headtail *ht,
     add_lost(r, side, len);
     if (tracked)
         return_transit(r, vals, tail, len, (int)side);
-    wake_after_move(ht);
+    /* A recovery is rare enough to wake unconditionally (no waiters-bit
+     * check as in fh__ring_update_tail). */
+    fh__ring_wake(ht);
     collect_dead(r, side, tail + len);
     return len;
 }
@@ -783,7 +776,7 @@ FH_API uint32_t fh__ring_single_restart(struct fh_ring *r,
         /* The dead consumer's slots go back to producers.  Release, as in
          * fh__ring_update_tail. */
         atomic_store_explicit(&ht->tail, head, memory_order_release);
-        wake_after_move(ht);
+        fh__ring_wake(ht);         /* unconditionally, as above */
     }
     return side == 0 ? tail : head;
 }
