@@ -134,25 +134,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef FUZZ_STANDALONE
 /* ---- the standalone driver (no libFuzzer) ----------------------------- */
 
-static uint64_t g_rng;
-
-static uint64_t rnd(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-
 #define MAX_INPUT (2 + FH_IPC_RECORD_MAX + 64)
 #define NSEEDS 7
 
-struct input {
-    size_t  len;
-    uint8_t data[MAX_INPUT];
-};
-
-static struct input seeds[NSEEDS], cur;
+#include "fuzz_driver.h"
 
 /* A valid record with its two control bytes (side as enum fh_ipc_side). */
 static void make_record(struct input *in, int side, uint16_t type, uint64_t id,
@@ -201,74 +186,18 @@ static void make_seeds(void)
                 "too many IPC members", 20, 0);
 }
 
-/* One random change of cur: flip, set, insert, delete or cut, a field
- * set to an edge value, the control bytes, or a splice with a seed. */
+/* One random change of cur (fuzz_driver.h), with this protocol's edge
+ * values and bytes. */
 static void mutate(void)
 {
     static const uint32_t edges[] = {0, 1, 2, 8, 9, 0x10, 0x13, 63, 64, 95, 96,
                                      97, 0xffff, 0x7fffffff, 0xffffffff,
                                      FH_IPC_PARAM_MAX, FH_IPC_RECORD_MAX,
                                      FH_IPC_RECORD_MAX + 1, FH_IPC_MAGIC};
-    size_t i, k;
-    uint32_t e;
+    static const struct mutations m = {
+        edges, sizeof edges / sizeof edges[0], 8, "\0a.\xff", 4};
 
-    switch (rnd() % 8) {
-    case 0:                                      /* flip bits */
-        if (cur.len)
-            cur.data[rnd() % cur.len] ^= (uint8_t)(1u << (rnd() % 8));
-        break;
-    case 1:                                      /* a byte */
-        if (cur.len)
-            cur.data[rnd() % cur.len] = (uint8_t)(rnd() % 4 == 0 ? 0 : rnd());
-        break;
-    case 2:                                      /* insert bytes */
-        k = 1 + rnd() % 8;
-        if (cur.len + k <= MAX_INPUT) {
-            i = rnd() % (cur.len + 1);
-            memmove(cur.data + i + k, cur.data + i, cur.len - i);
-            cur.len += k;
-            while (k--)
-                cur.data[i + k] = (uint8_t)"\0a.\xff"[rnd() % 4];
-        }
-        break;
-    case 3:                                      /* delete bytes */
-        if (cur.len > 2) {
-            i = 2 + rnd() % (cur.len - 2);
-            k = 1 + rnd() % 8;
-            if (k > cur.len - i)
-                k = cur.len - i;
-            memmove(cur.data + i, cur.data + i + k, cur.len - i - k);
-            cur.len -= k;
-        }
-        break;
-    case 4:                                      /* cut */
-        cur.len = rnd() % (cur.len + 1);
-        break;
-    case 5:                                      /* a 32-bit header field */
-        if (cur.len >= 2 + 4) {
-            size_t words = (cur.len - 2) / 4 < 8 ? (cur.len - 2) / 4 : 8;
-
-            e = edges[rnd() % (sizeof edges / sizeof edges[0])];
-            i = 2 + 4 * (rnd() % words);
-            memcpy(cur.data + i, &e, 4);
-        }
-        break;
-    case 6:                                      /* the control bytes */
-        cur.data[rnd() % 2] = (uint8_t)rnd();
-        break;
-    default:                                     /* splice with a seed */
-        {
-            const struct input *s = &seeds[rnd() % NSEEDS];
-
-            i = rnd() % (cur.len + 1);
-            k = rnd() % (s->len + 1);
-            if (i + (s->len - k) <= MAX_INPUT) {
-                memcpy(cur.data + i, s->data + k, s->len - k);
-                cur.len = i + (s->len - k);
-            }
-        }
-        break;
-    }
+    mutate_with(&m);
 }
 
 /* The header made to agree with the record again, now and then: mutations

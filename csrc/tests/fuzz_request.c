@@ -262,25 +262,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef FUZZ_STANDALONE
 /* ---- the standalone driver (no libFuzzer) ----------------------------- */
 
-static uint64_t g_rng;
-
-static uint64_t rnd(void)
-{
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
-
 #define MAX_INPUT (FH_PROTO_MAX_MSG + 64)
 #define NSEEDS 6
 
-struct input {
-    size_t  len;
-    uint8_t data[MAX_INPUT];
-};
-
-static struct input seeds[NSEEDS], cur;
+#include "fuzz_driver.h"
 
 /* A valid LAUNCH of entry with argv and env (each string array
  * NULL-terminated), with its two control bytes. */
@@ -376,72 +361,17 @@ static void make_seeds(void)
     }
 }
 
-/* One random change of cur: flip, set, insert, delete or cut, a field
- * set to an edge value, or a splice with a seed. */
+/* One random change of cur (fuzz_driver.h), with this protocol's edge
+ * values and bytes. */
 static void mutate(void)
 {
     static const uint32_t edges[] = {0, 1, 2, 7, 8, 32, 33, 36, 37, 56,
                                      0xff, 0xffff, 0x7fffffff, 0xffffffff,
                                      FH_PROTO_MAX_MSG, FH_PROTO_MAX_MSG + 1};
-    size_t i, k;
-    uint32_t e;
+    static const struct mutations m = {
+        edges, sizeof edges / sizeof edges[0], 14, "\0=:./a\xff\n", 8};
 
-    switch (rnd() % 8) {
-    case 0:                                      /* flip bits */
-        if (cur.len)
-            cur.data[rnd() % cur.len] ^= (uint8_t)(1u << (rnd() % 8));
-        break;
-    case 1:                                      /* a byte */
-        if (cur.len)
-            cur.data[rnd() % cur.len] = (uint8_t)(rnd() % 4 == 0 ? 0 : rnd());
-        break;
-    case 2:                                      /* insert bytes */
-        k = 1 + rnd() % 8;
-        if (cur.len + k <= MAX_INPUT) {
-            i = rnd() % (cur.len + 1);
-            memmove(cur.data + i + k, cur.data + i, cur.len - i);
-            cur.len += k;
-            while (k--)
-                cur.data[i + k] = (uint8_t)"\0=:./a\xff\n"[rnd() % 8];
-        }
-        break;
-    case 3:                                      /* delete bytes */
-        if (cur.len > 2) {
-            i = 2 + rnd() % (cur.len - 2);
-            k = 1 + rnd() % 8;
-            if (k > cur.len - i)
-                k = cur.len - i;
-            memmove(cur.data + i, cur.data + i + k, cur.len - i - k);
-            cur.len -= k;
-        }
-        break;
-    case 4:                                      /* cut */
-        cur.len = rnd() % (cur.len + 1);
-        break;
-    case 5:                                      /* a 32-bit field */
-        if (cur.len >= 2 + 4) {
-            e = edges[rnd() % (sizeof edges / sizeof edges[0])];
-            i = 2 + 4 * (rnd() % ((cur.len - 2) / 4 < 14 ? (cur.len - 2) / 4
-                                                          : 14));
-            memcpy(cur.data + i, &e, 4);
-        }
-        break;
-    case 6:                                      /* the control bytes */
-        cur.data[rnd() % 2] = (uint8_t)rnd();
-        break;
-    default:                                     /* splice with a seed */
-        {
-            const struct input *s = &seeds[rnd() % NSEEDS];
-
-            i = rnd() % (cur.len + 1);
-            k = rnd() % (s->len + 1);
-            if (i + (s->len - k) <= MAX_INPUT) {
-                memcpy(cur.data + i, s->data + k, s->len - k);
-                cur.len = i + (s->len - k);
-            }
-        }
-        break;
-    }
+    mutate_with(&m);
 }
 
 /* hdr.len made to agree with the record again, now and then: mutations
