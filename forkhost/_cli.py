@@ -11,6 +11,7 @@ instead: the secondary's own status, or 125/126/127 (see docs/cli.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import select
@@ -28,6 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "$FORKHOST_RUNTIME_DIR, $XDG_RUNTIME_DIR/forkhost, ...)")
 
 
+@functools.cache   # main and _plan both parse with it
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="forkhost", description="Pre-fork secondary-process host.")
@@ -215,12 +217,14 @@ def _plan(a):
 
 
 def cmd_primary(a) -> int:
-    from ._supervise import ConfigError
-    try:
-        a.plan = _plan(a)
-    except ConfigError as err:
-        print(f"forkhost primary: {err}", file=sys.stderr)
-        return err.exit_code
+    a.plan = None
+    if a.config or a.worker:        # the supervisor's module only for them
+        from ._supervise import ConfigError
+        try:
+            a.plan = _plan(a)
+        except ConfigError as err:
+            print(f"forkhost primary: {err}", file=sys.stderr)
+            return err.exit_code
     if a.detach:
         return _detach(a)
     p = _make_primary(a)

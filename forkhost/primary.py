@@ -33,7 +33,6 @@ from . import _wire, _runtime as runtime
 # it: forkhost/__init__.py).
 from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib, library_base
-from ._supervise import Worker  # noqa: F401  (forkhost.primary.Worker)
 from ._errors import (ArenaError, ForkhostError, NotSingleThreadedError,
                      PreloadError)
 
@@ -463,3 +462,12 @@ def _read_with_timeout(fd: int, timeout: float) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def __getattr__(name):
+    """forkhost.primary.Worker, from the supervisor's module, which a
+    primary without workers never imports."""
+    if name == "Worker":
+        from ._supervise import Worker
+        return Worker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,6 @@ its runtime directory.  The guard fails the test otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -24,8 +22,9 @@ import pytest
 import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhtest import (ROOT, RUNNER, PrimaryProc, build_native_so,  # noqa: E402
-                    forkhost_procs, secondary_pids, wait_until)
+from fhtest import (ROOT, RUNNER, SHARED_PRIMARIES, PrimaryProc,  # noqa: E402
+                    build_native_so, forkhost_procs, leaves_nothing, module_primary,
+                    run_lock, stop_primary)
 
 
 def _default_signals() -> None:
@@ -45,6 +44,13 @@ def _default_signals() -> None:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`pytest -n auto`: two workers per CPU.  Most tests spend much of
+    their time waiting (for a child, a signal, a timeout the test is
+    about), so one worker per CPU leaves the CPUs half idle."""
+    return 2 * len(os.sched_getaffinity(0))
 
 
 def pytest_configure(config):
@@ -79,46 +85,19 @@ def runtime_dir():
     assert not strays, f"stray forkhost processes left: {[p.pid for p in strays]}"
 
 
-@contextlib.contextmanager
-def _run_lock(tmp_path_factory, exclusive: bool):
-    """Under pytest-xdist, the lock that keeps an exclusive test alone:
-    shared by the rest, on a file of this run.  A gate taken around each
-    request keeps a waiting exclusive test from being overtaken by the
-    other workers' next tests.  Without xdist, nothing."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        yield
-        return
-    shared = tmp_path_factory.getbasetemp().parent      # the workers' common one
-    with open(shared / "exclusive.gate", "a") as gate, \
-            open(shared / "exclusive.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 @pytest.fixture(autouse=True)
 def _exclusive(request, tmp_path_factory):
     """A test marked exclusive runs while no other test does (nor a shared
     primary starts or stops)."""
-    with _run_lock(tmp_path_factory, request.node.get_closest_marker("exclusive")):
+    with run_lock(tmp_path_factory, request.node.get_closest_marker("exclusive")):
         yield
-
-
-# Primaries shared by the tests of a module (shared_primary): the leak
-# guard leaves them and what they start to the fixture, which checks after
-# every test that no secondary of theirs is left.
-_SHARED_PRIMARIES: set[int] = set()
 
 
 def _not_shared(kids: list[psutil.Process]) -> list[psutil.Process]:
     def shared(k):
         try:
-            return k.pid in _SHARED_PRIMARIES or \
-                any(a.pid in _SHARED_PRIMARIES for a in k.parents())
+            return k.pid in SHARED_PRIMARIES or \
+                any(a.pid in SHARED_PRIMARIES for a in k.parents())
         except psutil.Error:
             return False
     return [k for k in kids if not shared(k)]
@@ -144,19 +123,12 @@ def leak_guard():
     assert after == before, f"fds leaked: {sorted(after - before)} (closed: {sorted(before - after)})"
 
 
-def _stop_primary(p: PrimaryProc) -> None:
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
-    assert not psutil.pid_exists(p.template_pid) or \
-        psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE
-
-
 @pytest.fixture
 def primary(runtime_dir):
     """A primary of the test's own, stopped after it."""
     p = PrimaryProc(runtime_dir)
     yield p
-    _stop_primary(p)
+    stop_primary(p)
 
 
 # A module whose tests only launch secondaries against a default primary
@@ -168,49 +140,21 @@ def primary(runtime_dir):
 def own_primary(runtime_dir):
     p = PrimaryProc(runtime_dir)
     yield p
-    _stop_primary(p)
+    stop_primary(p)
 
 
 @pytest.fixture(scope="module")
 def _module_primary(tmp_path_factory):
-    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
-    try:
-        with _run_lock(tmp_path_factory, False):
-            p = PrimaryProc(d)
-        _SHARED_PRIMARIES.add(p.proc.pid)
-        try:
-            yield p
-        finally:
-            _SHARED_PRIMARIES.discard(p.proc.pid)
-            with _run_lock(tmp_path_factory, False):
-                _stop_primary(p)
-    finally:
-        strays = forkhost_procs(d)
-        for proc in strays:
-            proc.kill()
-        shutil.rmtree(d, ignore_errors=True)
-    assert not strays, f"stray forkhost processes left: {[proc.pid for proc in strays]}"
+    with module_primary(tmp_path_factory) as p:
+        yield p
 
 
 @pytest.fixture
 def shared_primary(_module_primary):
     """The module's primary (see own_primary).  After each test, every
     secondary the test launched must have ended."""
-    p = _module_primary
-    assert p.proc.poll() is None, f"the shared primary died: {p.proc.returncode}"
-    yield p
-    left = []
-
-    def none_left():
-        left[:] = secondary_pids(p.prefix, p.runtime_dir)
-        return not left
-    try:
-        wait_until(none_left, timeout=5, what="the test's secondaries to end")
-    except AssertionError:
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        raise AssertionError(f"secondaries left running: {left}") from None
+    with leaves_nothing(_module_primary) as p:
+        yield p
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ sys.path.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import shutil
@@ -15,6 +16,7 @@ import socket
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -394,3 +396,82 @@ def more_huge_pages(extra: int):
     finally:
         with open(NR_HUGEPAGES, "w") as f:
             f.write(str(before))
+
+
+# -- shared primaries -------------------------------------------------------
+
+# Primaries shared by the tests of a module (shared_primary): the leak
+# guard leaves them and what they start to the fixture, which checks after
+# every test that no secondary of theirs is left.
+SHARED_PRIMARIES: set[int] = set()
+
+
+@contextlib.contextmanager
+def run_lock(tmp_path_factory, exclusive: bool):
+    """Under pytest-xdist, the lock that keeps an exclusive test alone:
+    shared by the rest, on a file of this run.  A gate taken around each
+    request keeps a waiting exclusive test from being overtaken by the
+    other workers' next tests.  Without xdist, nothing."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent      # the workers' common one
+    with open(shared / "exclusive.gate", "a") as gate, \
+            open(shared / "exclusive.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stop_primary(p: PrimaryProc) -> None:
+    code, out, err = p.stop()
+    assert code == 0, f"primary exited {code}: {err}"
+    assert not psutil.pid_exists(p.template_pid) or \
+        psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE
+
+
+@contextlib.contextmanager
+def module_primary(tmp_path_factory, args=()):
+    """A primary (started with ARGS) for a module-scoped fixture: see
+    shared_primary, and leaves_nothing for the check after each test."""
+    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
+    try:
+        with run_lock(tmp_path_factory, False):
+            p = PrimaryProc(d, args=args)
+        SHARED_PRIMARIES.add(p.proc.pid)
+        try:
+            yield p
+        finally:
+            SHARED_PRIMARIES.discard(p.proc.pid)
+            with run_lock(tmp_path_factory, False):
+                stop_primary(p)
+    finally:
+        strays = forkhost_procs(d)
+        for proc in strays:
+            proc.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    assert not strays, f"stray forkhost processes left: {[proc.pid for proc in strays]}"
+
+
+@contextlib.contextmanager
+def leaves_nothing(p: PrimaryProc):
+    """Around one test on a shared primary: it is alive before, and every
+    secondary the test launched has ended after."""
+    assert p.proc.poll() is None, f"the shared primary died: {p.proc.returncode}"
+    yield p
+    left = []
+
+    def none_left():
+        left[:] = secondary_pids(p.prefix, p.runtime_dir)
+        return not left
+    try:
+        wait_until(none_left, timeout=5, what="the test's secondaries to end")
+    except AssertionError:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"secondaries left running: {left}") from None

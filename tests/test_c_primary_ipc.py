@@ -224,7 +224,7 @@ def _who(words: list[str]) -> dict[int, tuple[int, str, str]]:
 @pytest.mark.parametrize("op", ["who", "who_async"])
 def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
     """As in test_ipc.py, with a C primary: one member answers, one has no
-    such action, one sleeps past the timeout, one is killed while the
+    such action, one answers only after the timeout, one is killed while the
     request is pending, and a raw member plays an older peer that never
     says NO_ACTION."""
     ok = cprim.launch(ipc_sec_so)
@@ -237,7 +237,7 @@ def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
         names = {s.pid: _comm(s.pid) for s in (ok, lacking, slow, victim)}
         names[os.getpid()] = _comm(os.getpid())
         before = cprim.stats()
-        line = f"{op} echo 6162 3000" + (" 0" if op == "who" else "")
+        line = f"{op} echo 6162 2000" + (" 0" if op == "who" else "")
         cprim.proc.stdin.write(line.encode() + b"\n")
         cprim.proc.stdin.flush()
         assert victim.expect("got") == ["got", "echo"]
@@ -255,6 +255,7 @@ def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
         after = cprim.stats()
         assert after["timeouts"] == before["timeouts"] + 2
         assert after["peer_died"] == before["peer_died"] + 1
+        slow.cmd("late", "late")
         wait_until(lambda: cprim.stats()["late_replies"] == before["late_replies"] + 1,
                    what="the slow answer")
     finally:

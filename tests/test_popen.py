@@ -165,10 +165,10 @@ def test_call_check_call_check_output(both):
 
 def test_timeout_raises_timeout_expired_and_the_program_is_gone(both):
     """subprocess.run kills the child and waits for it; so does forkhost.run."""
-    errs = both.run("pid_then_wait", capture_output=True, timeout=3)
+    errs = both.run("pid_then_wait", capture_output=True, timeout=1.5)
     for err in errs:
         assert type(err) is subprocess.TimeoutExpired
-        assert err.timeout == 3
+        assert err.timeout == 1.5
         pid, ready = err.stdout.decode().splitlines()
         assert ready == "ready"
         assert ended(int(pid))

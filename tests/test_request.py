@@ -119,7 +119,7 @@ def launch_records(draw):
     return bytes(rec), n, mflags, nfds
 
 
-@settings(max_examples=1500, deadline=None,
+@settings(max_examples=600, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(launch_records())
 @example((b"", 0, 0, 0))

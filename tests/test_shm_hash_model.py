@@ -34,8 +34,8 @@ def primary(runtime_dir, native):
     (40, 8, "weak_hash"),       # four hash values: everything collides
 ])
 def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn):
-    args = ["t.model", entries, key_len, 150]
+    args = ["t.model", entries, key_len, 60]
     if fn:
         args += [native.hashfn, fn]
     r = py(primary, "hash_model", *args, timeout=600)
-    assert r.stdout == b"t.model: 150 examples ok\n"
+    assert r.stdout == b"t.model: 60 examples ok\n"

@@ -19,8 +19,9 @@ import time
 import pytest
 
 import forkhost
-from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, describe, ended, entry,
-                    proc_state, reap, secondary_pids, wait_until, stop_and_resume, signals_job)
+from fhtest import (FIXTURES, RUNNER, LineReader, describe, ended, entry,
+                    leaves_nothing, module_primary, proc_state, reap, secondary_pids,
+                    wait_until, stop_and_resume, signals_job)
 
 KINDS = ["python", "native"]
 CLIENTS = ["forkhost-run", "forkhost run"]
@@ -78,14 +79,20 @@ def bit(*sigs) -> int:
     return sum(1 << (s - 1) for s in sigs)
 
 
-@pytest.fixture(params=["pool", "no-pool"])
-def primary_pool(request, runtime_dir):
+@pytest.fixture(scope="module", params=["pool", "no-pool"])
+def _module_primary_pool(request, tmp_path_factory):
+    with module_primary(tmp_path_factory,
+                        ["--pool", "0"] if request.param == "no-pool" else []) as p:
+        yield p
+
+
+@pytest.fixture
+def primary_pool(_module_primary_pool):
     """A primary whose template launches through its pool of pre-forked
-    members, or (--pool 0) forks each secondary on demand."""
-    p = PrimaryProc(runtime_dir, args=["--pool", "0"] if request.param == "no-pool" else [])
-    yield p
-    code, _, err = p.stop()
-    assert code == 0, err
+    members, or (--pool 0) forks each secondary on demand: one of each for
+    the module, as `primary`."""
+    with leaves_nothing(_module_primary_pool) as p:
+        yield p
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -15,14 +15,13 @@ get_async() is the asyncio form.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 from array import array
 
 from .._native import ffi, lib
 from ._util import (Checked, address, cname, created_checked, find_checked,
                     in_buffer, raise_errno)
-from .ring import ASYNC_SLICE, call_timed, timeout_ns
+from .ring import ASYNC_SLICE, call_timed, running_loop, timeout_ns
 
 NAMESIZE = lib.FH_MEMPOOL_NAMESIZE
 CACHE_MAX = lib.FH_MEMPOOL_CACHE_MAX
@@ -133,7 +132,7 @@ class Mempool(Checked):
         """get() for asyncio: waits in executor slices of at most
         forkhost.shm.ring.ASYNC_SLICE seconds (see forkhost.shm.ring);
         TimeoutError at the timeout."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
         p = ffi.new("void **")
         while True:

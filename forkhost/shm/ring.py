@@ -28,7 +28,6 @@ slice.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import time
 from array import array
@@ -86,11 +85,18 @@ def call_timed(fn, args, timeout):
             ns = max(0, int((end - time.monotonic()) * 1e9))
 
 
+def running_loop():
+    """The running asyncio loop.  asyncio is imported here, not with the
+    module: only a coroutine asks, and its caller has imported it."""
+    import asyncio
+    return asyncio.get_running_loop()
+
+
 async def wait_async(wait_fn, n, timeout):
     """Await wait_fn(n, timeout_ns) == 0 in executor slices: True when it
     was satisfied, False at the timeout."""
     timeout_ns(timeout)                     # the same ValueError as above
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     end = None if timeout is None else loop.time() + timeout
     while True:
         left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
@@ -268,7 +274,7 @@ class Ring(Checked):
     async def dequeue_burst_async(self, n: int, *, timeout=None):
         """Up to n items, waiting (asyncio) until there is at least one:
         array('Q') or bytes, empty at the timeout."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
         while True:
             got = self.dequeue_burst(n)
@@ -281,7 +287,7 @@ class Ring(Checked):
     async def enqueue_burst_async(self, items, *, timeout=None) -> int:
         """Enqueue as many of ``items`` as fit, waiting (asyncio) until at
         least one does: how many went in, 0 at the timeout."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
         while True:
             got = self.enqueue_burst(items)
