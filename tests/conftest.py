@@ -46,11 +46,29 @@ def _default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
+@pytest.hookimpl(optionalhook=True)      # without pytest-xdist (-p no:xdist), unused
 def pytest_xdist_auto_num_workers(config):
     """`pytest -n auto`: two workers per CPU.  Most tests spend much of
     their time waiting (for a child, a signal, a timeout the test is
     about), so one worker per CPU leaves the CPUs half idle."""
     return 2 * len(os.sched_getaffinity(0))
+
+
+@pytest.hookimpl(optionalhook=True)      # without pytest-xdist (-p no:xdist), unused
+def pytest_xdist_make_scheduler(config, log):
+    """`-n`'s default distribution (load) becomes work stealing: a few
+    tests take many seconds, and a worker left with them gives the rest
+    away instead of running them after the others are done."""
+    if config.getvalue("dist") == "load":
+        from xdist.scheduler import WorkStealingScheduling
+        return WorkStealingScheduling(config, log)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked exclusive first: under pytest-xdist each one waits for
+    every other worker's current test, which at the start are short ones."""
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)
 
 
 def pytest_configure(config):

@@ -83,7 +83,9 @@ def sanitized_lib(tmp_path_factory):
     with open(outdir / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            _step(bn.build_library, outdir, bn.SANITIZE + ["-Werror"], opt="-O1")
+            # -g1: line tables for the sanitizers' reports, not the full
+            # debug information (which takes longer to build).
+            _step(bn.build_library, outdir, bn.SANITIZE + ["-Werror", "-g1"], opt="-O1")
             done.touch()
     return outdir
 
