@@ -442,13 +442,14 @@ def stop_primary(p: PrimaryProc) -> None:
 
 
 @contextlib.contextmanager
-def module_primary(tmp_path_factory, args=()):
-    """A primary (started with ARGS) for a module-scoped fixture: see
-    shared_primary, and leaves_nothing for the check after each test."""
+def module_primary(tmp_path_factory, args=(), env=None):
+    """A primary (started with ARGS, and ENV if given) for a module-scoped
+    fixture: see shared_primary, and leaves_nothing for the check after
+    each test."""
     d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
     try:
         with run_lock(tmp_path_factory, False):
-            p = PrimaryProc(d, args=args)
+            p = PrimaryProc(d, args=args, env=env)
         SHARED_PRIMARIES.add(p.proc.pid)
         try:
             yield p

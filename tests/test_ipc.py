@@ -9,13 +9,16 @@ test body runs for Python and native secondaries alike.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import signal
 import socket
 import struct
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,7 +26,8 @@ import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import FIXTURES, RUNNER, LineReader, ended, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, SHARED_PRIMARIES, LineReader, ended,
+                    forkhost_procs, reap, run_lock, secondary_pids, wait_until)
 
 KINDS = ["py", "c"]
 
@@ -168,11 +172,72 @@ class Sec:
 
 
 @pytest.fixture
-def prim(runtime_dir):
+def own_prim(runtime_dir):
+    """An IPC primary of the test's own: for a test that restarts its IPC,
+    or looks at exit notices (which a shared primary's earlier secondaries
+    may still send) or at the log that notices go to."""
     p = IPCPrimary(runtime_dir)
     yield p
     err = p.close()
     assert "Traceback" not in err or "failed on purpose" in err, err
+
+
+@pytest.fixture(scope="module")
+def _module_prim(tmp_path_factory):
+    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
+    try:
+        with run_lock(tmp_path_factory, False):
+            p = IPCPrimary(d)
+        SHARED_PRIMARIES.add(p.proc.pid)
+        try:
+            yield p
+        finally:
+            SHARED_PRIMARIES.discard(p.proc.pid)
+            with run_lock(tmp_path_factory, False):
+                err = p.close()
+        assert "Traceback" not in err or "failed on purpose" in err, err
+    finally:
+        strays = forkhost_procs(d)
+        for proc in strays:
+            proc.kill()
+        shutil.rmtree(d, ignore_errors=True)
+    assert not strays, f"stray forkhost processes left: {[proc.pid for proc in strays]}"
+
+
+def _no_secondaries_nor_members(p: IPCPrimary) -> None:
+    left = []
+
+    def none_left():
+        left[:] = secondary_pids("i", p.env["FORKHOST_RUNTIME_DIR"])
+        return not left
+    try:
+        wait_until(none_left, timeout=5, what="the secondaries to end")
+    except AssertionError:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"secondaries left running: {left}") from None
+    got = p.cmd("wait_members", n=0, timeout=5)
+    assert got["ok"], f"IPC members left: {got['members']}"
+
+
+@pytest.fixture
+def prim(_module_prim):
+    """The module's IPC primary, for a test that starts from a clean one:
+    no secondary and no IPC member (each test's have ended), the log
+    emptied, its stats compared as deltas.  After the test, the
+    secondaries it launched are ended and must be gone, and so must its
+    IPC members."""
+    p = _module_prim
+    assert p.proc.poll() is None, f"the shared IPC primary died: {p.proc.returncode}"
+    _no_secondaries_nor_members(p)
+    p.log()                                   # empties it
+    p.secs = []
+    yield p
+    for s in p.secs:
+        s.close()
+    p.secs = []
+    _no_secondaries_nor_members(p)
 
 
 @pytest.fixture(params=KINDS)
@@ -449,7 +514,9 @@ def test_a_request_to_a_primary_killed_meanwhile_lists_it_as_died(runtime_dir, h
 
 # -- requests from a secondary ------------------------------------------------------
 
-def test_secondary_requests_the_primary(prim, entry):
+def test_secondary_requests_the_primary(own_prim, entry):
+    prim = own_prim
+    # its `later 2` answer comes after the test, from a thread of the primary
     s = prim.launch(entry)
     words = s.cmd("request echo " + b"hi".hex() + " 5000", "reply")
     assert words[1:5] == ["1", "1", "0", b"primary:hi".hex()]
@@ -683,7 +750,9 @@ def test_secondary_starts_its_ipc_thread_on_first_use(prim, entry):
 
 # -- notices ----------------------------------------------------------------------------
 
-def test_exit_notices_carry_pid_and_status(prim, entry, native_so):
+def test_exit_notices_carry_pid_and_status(own_prim, entry, native_so):
+    prim = own_prim
+    # exit notices: only this test's secondaries may send them
     watcher = prim.launch(entry)
     done = subprocess.run([RUNNER, "fhfix:exit_with", "7"], env=prim.env,
                           cwd=str(FIXTURES), capture_output=True, timeout=30)
@@ -697,13 +766,21 @@ def test_exit_notices_carry_pid_and_status(prim, entry, native_so):
     words = watcher.expect("exit")
     assert words[2] == str(-signal.SIGKILL) and int(words[1]) != pid
     # the primary's own action heard both (waiting for both: the exit
-    # notices reach the watcher and the primary independently)
-    got = wait_until(lambda: (lambda g: len(g) >= 2 and g)(prim.log(ipc.EXIT_NOTICE)),
-                     10, "the primary's notices")
+    # notices reach the watcher and the primary independently, and may
+    # reach the primary in two polls of its log, which hands each record
+    # over once: keep what each poll got)
+    got: list[dict] = []
+
+    def both() -> bool:
+        got.extend(prim.log(ipc.EXIT_NOTICE))
+        return len(got) >= 2
+    wait_until(both, 10, "the primary's notices")
     assert [e["code"] for e in got] == [7, -signal.SIGKILL]
 
 
-def test_ipc_restarted_in_the_primary_keeps_exit_notices(prim):
+def test_ipc_restarted_in_the_primary_keeps_exit_notices(own_prim):
+    prim = own_prim
+    # it restarts the primary's IPC, and counts exit notices
     assert prim.cmd("restart") == {"socket": prim.ready["socket"], "started": True}
     done = subprocess.run([RUNNER, "fhfix:exit_with", "5"], env=prim.env,
                           cwd=str(FIXTURES), capture_output=True, timeout=30)
@@ -712,7 +789,9 @@ def test_ipc_restarted_in_the_primary_keeps_exit_notices(prim):
     assert [e["code"] for e in got] == [5]
 
 
-def test_attached_process_exit_is_reported_without_status(prim, entry):
+def test_attached_process_exit_is_reported_without_status(own_prim, entry):
+    prim = own_prim
+    # the watcher's first exit notice must be this test's
     watcher = prim.launch(entry)
     sock = _raw_member(prim.ready["socket"])
     prim.wait_members(2)
@@ -738,7 +817,9 @@ def test_shutdown_notice_lets_secondaries_wind_down(runtime_dir, ipc_sec_so):
 
 # -- other processes and the CLI -------------------------------------------------------
 
-def test_attach_from_another_process(prim):
+def test_attach_from_another_process(own_prim):
+    prim = own_prim
+    # it counts the exit notices that reach the primary
     ep = ipc.start(prefix="i", runtime_dir=prim.env["FORKHOST_RUNTIME_DIR"])
     try:
         assert ep.primary_pid == prim.pid

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, build_native_so, reap
+from fhtest import (FIXTURES, RUNNER, LineReader, build_native_so, leaves_nothing,
+                    module_primary, reap)
 from shmtest import build_shm_native
 
 PY = sys.executable
@@ -40,17 +41,23 @@ def native(tmp_path_factory):
     return {"hashfn": shm.hashfn, "so": so, "pie": str(pie), "dir": out}
 
 
-@pytest.fixture
-def prim(runtime_dir, native, tmp_path):
-    backing = tmp_path / "backing"
+@pytest.fixture(scope="module")
+def _module_prim(tmp_path_factory, native):
+    backing = tmp_path_factory.mktemp("layout_backing") / "backing"
     backing.write_bytes(b"\0" * 4 * mmap.PAGESIZE)
     env = dict(os.environ, PYTHONPATH=str(FIXTURES), FH_TEST_HASHFN=native["hashfn"],
                FH_TEST_LAYOUT_FILE=str(backing))
-    p = PrimaryProc(runtime_dir, args=("--preload", "layout_preload"), env=env)
-    try:
+    with module_primary(tmp_path_factory, ("--preload", "layout_preload"), env) as p:
         yield p
-    finally:
-        p.stop()
+
+
+@pytest.fixture
+def prim(_module_prim):
+    """The primary with layout_preload, shared by the module: the tests
+    only launch secondaries (which change their own mappings at most) and
+    look at them, and end them (see started)."""
+    with leaves_nothing(_module_prim) as p:
+        yield p
 
 
 class Secondary:

@@ -64,6 +64,15 @@ def idle_members(primary) -> set[int]:
     return set(children_of(primary.template_pid))
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """Tests that only launch secondaries and look at the pool's size share
+    one primary (conftest.py, own_primary); those that look at what the
+    template learned (hot set, import dirs, modules read ahead) or at its
+    page faults start their own."""
+    return shared_primary
+
+
 def connect(primary) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(30)
@@ -173,12 +182,13 @@ def _minor_faults(pid: int) -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[7])   # field 10: minflt
 
 
-def test_the_template_takes_next_to_no_page_fault_per_launch(primary, native_so):
+def test_the_template_takes_next_to_no_page_fault_per_launch(own_primary, native_so):
     """The template's loop writes what changes per launch in memory its
     forks do not share (MADV_DONTFORK), and runs no Python per launch: a
     fork costs it a copy-on-write fault on the few stack pages it shares
     with the child, not the hundreds a loop writing shared memory takes
     back after every fork (the Python loop it replaced: about 250)."""
+    primary = own_primary     # the template's own faults, from a fresh start
     n = 40
     for _ in range(3):                 # first launches: the pool refills
         assert primary.run(native_so, cwd=FIXTURES).returncode == 0
@@ -223,7 +233,8 @@ def test_the_template_reaps_while_clients_keep_it_busy(primary, native_so):
     assert most <= 40, most
 
 
-def test_members_learn_the_hot_set(primary):
+def test_members_learn_the_hot_set(own_primary):
+    primary = own_primary     # the hot set must be learned from its own launches
     for _ in range(3):
         assert primary.run("fhfix:exit_with", 0, cwd=FIXTURES).returncode == 0
     wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)["hot_pages"] > 0,
@@ -235,7 +246,8 @@ def _import_dirs(primary) -> list[str]:
     return forkhost.info(primary.prefix, primary.runtime_dir)["import_dirs"]
 
 
-def test_members_inherit_import_finders_for_client_dirs(primary, tmp_path):
+def test_members_inherit_import_finders_for_client_dirs(own_primary, tmp_path):
+    primary = own_primary     # what the template learned of import dirs
     d = tmp_path / "app"
     d.mkdir()
     (d / "fhapp_a.py").write_text("def main(argv):\n    print('a1')\n")
@@ -262,7 +274,9 @@ def test_members_inherit_import_finders_for_client_dirs(primary, tmp_path):
     assert _import_dirs(primary).count(str(d)) == 1
 
 
-def test_import_finders_are_kept_for_the_most_recent_dirs(primary, tmp_path, native_so):
+def test_import_finders_are_kept_for_the_most_recent_dirs(own_primary, tmp_path,
+                                                         native_so):
+    primary = own_primary     # the template's whole list of import dirs
     FINDER_DIRS = _readahead.PREFETCH_MAX
     dirs = []
     for i in range(FINDER_DIRS + 2):
@@ -343,7 +357,8 @@ def _prefetched(primary) -> list[str]:
     return forkhost.info(primary.prefix, primary.runtime_dir)["prefetched"]
 
 
-def test_a_module_read_ahead_imports_as_a_fresh_import_would(primary, tmp_path):
+def test_a_module_read_ahead_imports_as_a_fresh_import_would(own_primary, tmp_path):
+    primary = own_primary     # what the template read ahead
     d = tmp_path / "app"
     d.mkdir()
     _settled_module(d, "fhpre", _SHOW_IMPORT.format(tag="v1"))
@@ -445,7 +460,8 @@ def test_a_module_is_read_ahead_in_the_primarys_own_directory(runtime_dir, tmp_p
         p.stop()
 
 
-def test_a_module_read_ahead_fails_as_a_fresh_import_would(primary, tmp_path):
+def test_a_module_read_ahead_fails_as_a_fresh_import_would(own_primary, tmp_path):
+    primary = own_primary     # what the template read ahead
     d = tmp_path / "app"
     d.mkdir()
     _settled_module(d, "fhpre_bad", "import sys\nraise ValueError('at import')\n"
@@ -468,7 +484,8 @@ if sys.argv[1:] == ["raise"]:
 """
 
 
-def test_a_script_compiled_ahead_runs_as_when_compiled_at_launch(primary, tmp_path):
+def test_a_script_compiled_ahead_runs_as_when_compiled_at_launch(own_primary, tmp_path):
+    primary = own_primary     # what the template compiled ahead
     d = tmp_path / "app"
     d.mkdir()
     (d / "fhscript.py").write_text(_SHOW_SCRIPT.format(tag="v1"))
@@ -507,7 +524,8 @@ def test_a_script_compiled_ahead_runs_as_when_compiled_at_launch(primary, tmp_pa
     assert primary.run("fhscript.py", cwd=d).stdout.endswith(b" v3\n")
 
 
-def test_only_plain_modules_are_read_ahead(primary, tmp_path):
+def test_only_plain_modules_are_read_ahead(own_primary, tmp_path):
+    primary = own_primary     # the template's whole read-ahead list
     d = tmp_path / "app"
     (d / "fhpkg").mkdir(parents=True)
     (d / "fhpkg" / "__init__.py").write_text("def main(argv):\n    pass\n")

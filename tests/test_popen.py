@@ -24,6 +24,13 @@ CASES_DIRECT = [sys.executable, "-m", "popenfix"]
 CASES_FH = ["-m", "popenfix"]
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """These tests launch secondaries and leave nothing behind: one primary
+    for the module (conftest.py, own_primary)."""
+    return shared_primary
+
+
 def env_of(primary, **extra):
     return dict(primary.env, PYTHONPATH=str(FIXTURES), **extra)
 

@@ -30,6 +30,15 @@ BODY = protocol.LAUNCH_BODY
 MAX_MSG = protocol.MAX_MSG
 
 
+@pytest.fixture
+def primary(shared_primary):
+    """Bad requests, raw clients and refused launches leave the template
+    serving as before and nothing behind: one primary for the module
+    (conftest.py, own_primary).  Tests that count the template's fds or its
+    refusals, or need other primary arguments, start their own."""
+    return shared_primary
+
+
 # -- raw clients -------------------------------------------------------------
 
 def send_raw(sock: socket.socket, data: bytes, fds=()) -> None:
