@@ -434,29 +434,39 @@ def run_lock(tmp_path_factory, exclusive: bool):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def stop_primary(p: PrimaryProc) -> None:
+def stop_primary(p: PrimaryProc) -> tuple[str, str]:
+    """Stop p: it must exit 0 and its template must be gone; its stdout
+    and stderr."""
     code, out, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
     assert not psutil.pid_exists(p.template_pid) or \
         psutil.Process(p.template_pid).status() == psutil.STATUS_ZOMBIE
+    return out, err
 
 
 @contextlib.contextmanager
-def module_primary(tmp_path_factory, args=(), env=None):
-    """A primary (started with ARGS, and ENV if given) for a module-scoped
-    fixture: see shared_primary, and leaves_nothing for the check after
-    each test."""
+def module_primary(tmp_path_factory, args=(), env=None, *, prefix: str = "t",
+                   make=None, check_stop=None):
+    """A primary (started with ARGS, ENV if given and PREFIX) for a
+    module-scoped fixture: see shared_primary, and leaves_nothing for the
+    check after each test.  make(runtime_dir), if given, starts it instead
+    (a module's own way of starting a PrimaryProc).  check_stop(out, err),
+    if given, checks what the primary wrote by the time it stopped, at the
+    module's end."""
     d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
     try:
         with run_lock(tmp_path_factory, False):
-            p = PrimaryProc(d, args=args, env=env)
+            p = make(d) if make is not None else \
+                PrimaryProc(d, prefix=prefix, args=args, env=env)
         SHARED_PRIMARIES.add(p.proc.pid)
         try:
             yield p
         finally:
             SHARED_PRIMARIES.discard(p.proc.pid)
             with run_lock(tmp_path_factory, False):
-                stop_primary(p)
+                out, err = stop_primary(p)
+            if check_stop is not None:
+                check_stop(out, err)
     finally:
         strays = forkhost_procs(d)
         for proc in strays:

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, PrimaryProc
+from fhtest import FIXTURES, RUNNER, PrimaryProc, leaves_nothing, module_primary
 
 EXACT = FIXTURES / "exact"
 
@@ -55,19 +55,34 @@ def assert_same(primary, *argv, **kw):
     return direct
 
 
-@pytest.fixture
-def primary(runtime_dir):
-    """A primary whose preload leaves work for its own exit (a buffered
-    logging record, a finalizer, an atexit handler), as a real program's
-    imports do; none of it is a secondary's."""
+def _preload_primary(runtime_dir):
     env = dict(os.environ, PYTHONPATH=str(EXACT))
     p = PrimaryProc(runtime_dir, prefix="exact", args=["--preload", "preload"], env=env)
     p.env.pop("PYTHONPATH")          # the programs' environment: the runner's
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, err
+    return p
+
+
+def _exit_work_done_by_the_primary(out, err):
     # The primary's own exit work is done, by the primary.
     assert "the primary's buffered record" in out and "the primary's finalizer" in out, out
+
+
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    """A primary whose preload leaves work for its own exit (a buffered
+    logging record, a finalizer, an atexit handler), as a real program's
+    imports do; none of it is a secondary's.  Every test only runs programs
+    against it and leaves nothing behind: the module shares it, and checks
+    its exit work when it stops after the module's last test."""
+    with module_primary(tmp_path_factory, make=_preload_primary,
+                        check_stop=_exit_work_done_by_the_primary) as p:
+        yield p
+
+
+@pytest.fixture
+def primary(_module_primary):
+    with leaves_nothing(_module_primary) as p:
+        yield p
 
 
 @pytest.mark.parametrize("form", [["stack.py"], ["-m", "stack"]])
