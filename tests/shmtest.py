@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhtest import FIXTURES, PrimaryProc
+from fhtest import FIXTURES, PrimaryProc, module_primary
 
 KINDS = ("python", "native")
 
@@ -55,6 +56,20 @@ def shm_primary(runtime_dir: str, native: ShmNative, *args) -> PrimaryProc:
     return PrimaryProc(runtime_dir, args=("--preload", "shm_preload", *args), env=env)
 
 
+def module_shm_primary(tmp_path_factory, native: ShmNative, *args):
+    """shm_primary for a module-scoped fixture (fhtest.module_primary): one
+    arena the module's tests share, each with names of its own (names)."""
+    return module_primary(tmp_path_factory, make=lambda d: shm_primary(d, native, *args))
+
+
+def names(request):
+    """NAME -> NAME.TAG, TAG a short tag of the test's node id: the names of
+    the shm objects a test creates on an arena other tests share (a name
+    two tests create would collide)."""
+    tag = f"{zlib.crc32(request.node.nodeid.encode()):08x}"
+    return lambda name: f"{name}.{tag}"
+
+
 def entry(kind: str, name: str, native: ShmNative) -> str:
     return f"shmfix:{name}" if kind == "python" else f"{native.entry}:{name}"
 
@@ -91,6 +106,11 @@ def arena_primary(runtime_dir: str, size: str, maximum: str):
     assert code == 0, f"primary exited {code}: {err}"
 
 
+def module_arena_primary(tmp_path_factory, size: str, maximum: str):
+    """arena_primary for a module-scoped fixture (fhtest.module_primary)."""
+    return module_primary(tmp_path_factory, ("--arena-size", size, "--arena-max", maximum))
+
+
 @contextmanager
 def fixtures_primary(runtime_dir: str):
     """A primary whose secondaries import the modules of tests/fixtures;
@@ -99,6 +119,11 @@ def fixtures_primary(runtime_dir: str):
     yield p
     code, out, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
+
+
+def module_fixtures_primary(tmp_path_factory):
+    """fixtures_primary for a module-scoped fixture (fhtest.module_primary)."""
+    return module_primary(tmp_path_factory, env=dict(os.environ, PYTHONPATH=str(FIXTURES)))
 
 
 def fixture_run(primary: PrimaryProc, module: str, name: str, *args) -> bytes:

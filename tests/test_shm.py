@@ -12,8 +12,8 @@ from array import array
 
 import pytest
 
-from fhtest import FIXTURES, LineReader, reap, wait_until
-from shmtest import KINDS, build_shm_native, entry, py, run, shm_primary
+from fhtest import FIXTURES, LineReader, leaves_nothing, reap, wait_until
+from shmtest import KINDS, build_shm_native, entry, module_shm_primary, names, py, run
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +21,25 @@ def native(tmp_path_factory):
     return build_shm_native(tmp_path_factory.mktemp("shm_native"))
 
 
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory, native):
+    with module_shm_primary(tmp_path_factory, native) as p:
+        yield p
+
+
 @pytest.fixture
-def primary(runtime_dir, native):
-    p = shm_primary(runtime_dir, native)
-    yield p
-    code, out, err = p.stop()
-    assert code == 0, f"primary exited {code}: {err}"
+def primary(_module_primary):
+    """The module's primary: every test only launches secondaries on its
+    arena, names what it creates there with n(), and leaves none running.
+    (The crash tests leave the arena as they check it: repaired.)"""
+    with leaves_nothing(_module_primary) as p:
+        yield p
+
+
+@pytest.fixture
+def n(request):
+    """The test's own name for an shm object (shmtest.names)."""
+    return names(request)
 
 
 def other(kind: str) -> str:
@@ -36,52 +49,53 @@ def other(kind: str) -> str:
 # -- memzones ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_memzone_written_in_one_secondary_read_in_another(primary, native, kind):
-    run(primary, kind, "mz_write", native, "t.zone", 5000, 7)
+def test_memzone_written_in_one_secondary_read_in_another(primary, native, kind, n):
+    run(primary, kind, "mz_write", native, n("t.zone"), 5000, 7)
     for k in KINDS:
-        r = run(primary, k, "mz_check", native, "t.zone", 5000, 7)
-        assert r.stdout == b"ok t.zone\n"
+        r = run(primary, k, "mz_check", native, n("t.zone"), 5000, 7)
+        assert r.stdout == f"ok {n('t.zone')}\n".encode()
 
 
 # -- rings ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_ring_spsc_in_order_across_processes(primary, native, kind):
+def test_ring_spsc_in_order_across_processes(primary, native, kind, n):
     """A producer of one kind, a consumer (Python) checking FIFO order."""
-    py(primary, "ring_create", "t.spsc", 64, "spsc")
-    cons = primary.popen("shmfix:ring_order", "t.spsc", 5, 100000, cwd=FIXTURES,
+    py(primary, "ring_create", n("t.spsc"), 64, "spsc")
+    cons = primary.popen("shmfix:ring_order", n("t.spsc"), 5, 100000, cwd=FIXTURES,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        run(primary, kind, "ring_produce", native, "t.spsc", 5, 100000, 7)
+        run(primary, kind, "ring_produce", native, n("t.spsc"), 5, 100000, 7)
         out, err = cons.communicate(timeout=60)
         assert cons.returncode == 0, err.decode()
     finally:
         reap(cons)
 
 
-def test_ring_mpmc_stress_every_item_accounted(primary, native, tmp_path):
+def test_ring_mpmc_stress_every_item_accounted(primary, native, tmp_path, n):
     """Four producers and four consumers, half Python, half native, on one
     small MP/MC ring: every item arrives exactly once, and each consumer sees
     each producer's items in increasing order."""
     n_items = 100000
     producers = [("python", 1, 1), ("python", 2, 32), ("native", 3, 1), ("native", 4, 32)]
     consumers = ["python", "native", "python", "native"]
-    py(primary, "ring_create", "t.mpmc", 256, "mpmc")
+    ring = n("t.mpmc")
+    py(primary, "ring_create", ring, 256, "mpmc")
     procs = []
     try:
         outs = []
         for i, kind in enumerate(consumers):
             out = tmp_path / f"consumer{i}.bin"
             outs.append(out)
-            procs.append(primary.popen(entry(kind, "ring_consume", native), "t.mpmc",
+            procs.append(primary.popen(entry(kind, "ring_consume", native), ring,
                                        out, cwd=FIXTURES, stderr=subprocess.PIPE))
-        prods = [primary.popen(entry(kind, "ring_produce", native), "t.mpmc", pid,
+        prods = [primary.popen(entry(kind, "ring_produce", native), ring, pid,
                                n_items, burst, cwd=FIXTURES, stderr=subprocess.PIPE)
                  for kind, pid, burst in producers]
         procs += prods
         for p in prods:
             assert p.wait(120) == 0, p.stderr.read().decode()
-        py(primary, "ring_sentinels", "t.mpmc", len(consumers))
+        py(primary, "ring_sentinels", ring, len(consumers))
         for p in procs[:len(consumers)]:
             assert p.wait(120) == 0, p.stderr.read().decode()
     finally:
@@ -99,7 +113,7 @@ def test_ring_mpmc_stress_every_item_accounted(primary, native, tmp_path):
     assert len(seen) == n_items * len(producers)
     expect = sorted((pid << 32) | s for _, pid, _ in producers for s in range(n_items))
     assert sorted(seen) == expect
-    py(primary, "ring_order", "t.mpmc", 0, 0)      # and the ring is empty
+    py(primary, "ring_order", ring, 0, 0)      # and the ring is empty
 
 
 def test_ring_bulk_and_burst_at_full_and_empty(primary):
@@ -108,24 +122,26 @@ def test_ring_bulk_and_burst_at_full_and_empty(primary):
 
 # -- mempools ---------------------------------------------------------------------
 
-def test_mempool_exhaustion_and_return(primary):
-    assert py(primary, "mempool_semantics").stdout == b"mempool semantics ok\n"
+def test_mempool_exhaustion_and_return(primary, n):
+    assert py(primary, "mempool_semantics", n("sem.pool")).stdout == b"mempool semantics ok\n"
 
 
-def test_mempool_objects_travel_between_processes(primary):
+def test_mempool_objects_travel_between_processes(primary, n):
     """Objects taken in one secondary (and never put back there) are put
     back by another that got their addresses through a ring."""
-    py(primary, "ring_create", "t.handoff", 64, "mpmc")
-    run(primary, "python", "mempool_semantics", None)     # creates sem.pool
-    r = py(primary, "mempool_take", "sem.pool", "t.handoff", 20)
+    pool, ring = n("sem.pool"), n("t.handoff")
+    py(primary, "ring_create", ring, 64, "mpmc")
+    run(primary, "python", "mempool_semantics", None, pool)     # creates the pool
+    r = py(primary, "mempool_take", pool, ring, 20)
     assert r.stdout == b"20\n"
-    r = py(primary, "mempool_give_back", "sem.pool", "t.handoff", 20)
+    r = py(primary, "mempool_give_back", pool, ring, 20)
     assert r.stdout == b"0\n"
 
 
-def test_mempool_cache_of_a_killed_process_is_reclaimed(primary):
-    py(primary, "mempool_semantics")
-    holder = primary.popen("shmfix:mempool_hold", "sem.pool", 10, 4, cwd=FIXTURES,
+def test_mempool_cache_of_a_killed_process_is_reclaimed(primary, n):
+    pool = n("sem.pool")
+    py(primary, "mempool_semantics", pool)
+    holder = primary.popen("shmfix:mempool_hold", pool, 10, 4, cwd=FIXTURES,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = LineReader(holder.stdout).readline()
@@ -134,7 +150,7 @@ def test_mempool_cache_of_a_killed_process_is_reclaimed(primary):
         assert holder.wait(30) == -signal.SIGKILL
     finally:
         reap(holder)
-    in_use, avail, back = map(int, py(primary, "mempool_counts", "sem.pool").stdout.split())
+    in_use, avail, back = map(int, py(primary, "mempool_counts", pool).stdout.split())
     # The 6 objects it held are lost with it (as in DPDK); the 4 in its
     # cache came back.
     assert (in_use, avail) == (6, 26), (in_use, avail, back)
@@ -150,13 +166,14 @@ def _secondary_of(primary) -> int:
 # -- hash tables ------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_hash_added_in_one_process_found_in_another(primary, native, kind):
-    py(primary, "hash_create", "t.hash", 4096, 16)
-    run(primary, kind, "hash_add", native, "t.hash", 0, 2000)
-    run(primary, other(kind), "hash_check", native, "t.hash", 0, 2000, 1)
-    py(primary, "hash_del", "t.hash", 0, 1000)
-    run(primary, kind, "hash_check", native, "t.hash", 0, 1000, 0)
-    run(primary, other(kind), "hash_check", native, "t.hash", 1000, 1000, 1)
+def test_hash_added_in_one_process_found_in_another(primary, native, kind, n):
+    t = n("t.hash")
+    py(primary, "hash_create", t, 4096, 16)
+    run(primary, kind, "hash_add", native, t, 0, 2000)
+    run(primary, other(kind), "hash_check", native, t, 0, 2000, 1)
+    py(primary, "hash_del", t, 0, 1000)
+    run(primary, kind, "hash_check", native, t, 0, 1000, 0)
+    run(primary, other(kind), "hash_check", native, t, 1000, 1000, 1)
 
 
 def test_stored_function_pointer_from_different_native_entries(primary, native):
@@ -179,24 +196,25 @@ def test_stored_function_pointer_from_different_native_entries(primary, native):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_function_of_a_module_loaded_after_the_fork_is_refused(primary, native, kind):
+def test_function_of_a_module_loaded_after_the_fork_is_refused(primary, native, kind, n):
     """A secondary loads a module the template never had and stores its
     function in a table.  Another secondary does not have that module: it
     gets a clear error naming the module, not a jump into unmapped memory."""
-    r = py(primary, "hash_create", "t.late", 64, 16, native.late, "fix_hash")
+    t = n("t.late")
+    r = py(primary, "hash_create", t, 64, 16, native.late, "fix_hash")
     assert r.stdout.decode().strip() == os.path.realpath(native.late)
-    r = run(primary, kind, "hash_check", native, "t.late", 0, 1, 1, expect=3)
+    r = run(primary, kind, "hash_check", native, t, 0, 1, 1, expect=3)
     msg = r.stdout.decode()
-    assert "t.late" in msg and os.path.realpath(native.late) in msg
+    assert t in msg and os.path.realpath(native.late) in msg
     assert "is not loaded in this process" in msg, msg
     if kind == "python":
-        msg = py(primary, "hash_mismatch", "t.late").stdout.decode()
+        msg = py(primary, "hash_mismatch", t).stdout.decode()
         assert "shm_hashfn_late.so" in msg
 
 
 # -- a process that dies holding a lock -----------------------------------------------
 
-def test_memzone_lock_holder_killed_next_user_recovers(primary):
+def test_memzone_lock_holder_killed_next_user_recovers(primary, n):
     holder = primary.popen("shmfix:mz_hold_lock", cwd=FIXTURES,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -205,28 +223,29 @@ def test_memzone_lock_holder_killed_next_user_recovers(primary):
         assert holder.wait(30) == -signal.SIGKILL
     finally:
         reap(holder)
-    assert py(primary, "mz_after_crash", "t.after").stdout == b"recovered\n"
+    assert py(primary, "mz_after_crash", n("t.after")).stdout == b"recovered\n"
     # and the lock is clean again for the one after
-    assert py(primary, "mz_after_crash", "t.after2").stdout == b"clean\n"
+    assert py(primary, "mz_after_crash", n("t.after2")).stdout == b"clean\n"
 
 
 @pytest.mark.parametrize("step", [1, 2, 3])
-def test_memzone_reserve_dies_midway_directory_repaired(primary, step):
-    py(primary, "mz_write", "t.before", 100, 3)
-    py(primary, "mz_crash_at", step, f"t.crash{step}", expect=99)
-    assert py(primary, "mz_after_crash", "t.next").stdout == b"recovered\n"
-    py(primary, "mz_check", "t.before", 100, 3)
+def test_memzone_reserve_dies_midway_directory_repaired(primary, step, n):
+    py(primary, "mz_write", n("t.before"), 100, 3)
+    py(primary, "mz_crash_at", step, n(f"t.crash{step}"), expect=99)
+    assert py(primary, "mz_after_crash", n("t.next")).stdout == b"recovered\n"
+    py(primary, "mz_check", n("t.before"), 100, 3)
 
 
 @pytest.mark.parametrize("step", [1, 2])
-def test_hash_writer_dies_holding_the_lock(primary, step):
-    py(primary, "hash_create", "t.crash", 1024, 16)
-    py(primary, "hash_add", "t.crash", 0, 500)
-    py(primary, "hash_crash_at", "t.crash", step, 600 if step == 1 else 10, expect=99)
-    count = int(py(primary, "hash_consistent", "t.crash", 0, 601).stdout)
+def test_hash_writer_dies_holding_the_lock(primary, step, n):
+    t = n("t.crash")
+    py(primary, "hash_create", t, 1024, 16)
+    py(primary, "hash_add", t, 0, 500)
+    py(primary, "hash_crash_at", t, step, 600 if step == 1 else 10, expect=99)
+    count = int(py(primary, "hash_consistent", t, 0, 601).stdout)
     assert count in (500, 501) if step == 1 else count in (499, 500)
     # untouched keys are all still there, found from a native secondary too
-    run(primary, "python", "hash_check", None, "t.crash", 11, 489, 1)
+    run(primary, "python", "hash_check", None, t, 11, 489, 1)
 
 
 def test_every_form_of_hash_function(primary, native):
