@@ -15,15 +15,34 @@ import subprocess
 
 import pytest
 
-from fhtest import FIXTURES, reap, wait_until
-from shmtest import arena_primary, fix_output
+from fhtest import FIXTURES, leaves_nothing, reap, wait_until
+from shmtest import fix_output, module_arena_primary, names
 
 FIX = "shm_free_fix"
 
 
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    with module_arena_primary(tmp_path_factory, "16M", "256M") as p:
+        yield p
+
+
 @pytest.fixture
-def primary(runtime_dir):
-    yield from arena_primary(runtime_dir, "16M", "256M")
+def primary(_module_primary):
+    """The module's primary: each test only launches secondaries on its
+    arena, creates names no other test does (n()) and leaves none running.
+    What they check of the arena as a whole (free_bytes() back where it
+    was, first fit handing freed bytes back) holds on a used arena too:
+    one secondary at a time, and the module's objects take a small part of
+    its 16 MiB, so nothing grows it."""
+    with leaves_nothing(_module_primary) as p:
+        yield p
+
+
+@pytest.fixture
+def n(request):
+    """The test's own name for an shm object (shmtest.names)."""
+    return names(request)
 
 
 def sec(primary, name, *args, expect=0):
@@ -61,11 +80,12 @@ def test_destroy_ring_mempool_hash_and_reuse_the_name(primary):
 
 
 @pytest.mark.parametrize("kind", ["ring", "mempool", "hash"])
-def test_destroy_from_another_secondary(primary, kind):
-    sec(primary, "obj_make", kind, "x.obj")
-    sec(primary, "obj_destroy", kind, "x.obj")
-    sec(primary, "obj_destroy", kind, "x.obj", expect=1)      # NotFoundError
-    sec(primary, "obj_make", kind, "x.obj")                    # the name is free
+def test_destroy_from_another_secondary(primary, kind, n):
+    name = n("x.obj")
+    sec(primary, "obj_make", kind, name)
+    sec(primary, "obj_destroy", kind, name)
+    sec(primary, "obj_destroy", kind, name, expect=1)      # NotFoundError
+    sec(primary, "obj_make", kind, name)                    # the name is free
 
 
 def test_destroying_twice_from_two_secondaries(primary):

@@ -13,15 +13,28 @@ import subprocess
 
 import pytest
 
-from fhtest import FIXTURES, reap
-from shmtest import arena_primary, fix_output
+from fhtest import FIXTURES, leaves_nothing, reap
+from shmtest import fix_output, module_arena_primary, names
 
 FIX = "shm_stale_fix"
 
 
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    with module_arena_primary(tmp_path_factory, "16M", "256M") as p:
+        yield p
+
+
 @pytest.fixture
-def primary(runtime_dir):
-    yield from arena_primary(runtime_dir, "16M", "256M")
+def primary(_module_primary):
+    """The module's primary: each test only launches secondaries on its
+    arena, creates names no other test does and leaves none running.
+    First fit still hands a destroyed object's bytes back ("same") or to
+    the filler ("moved") on a used arena: nothing is freed between an
+    object's creation and its replacement, and every object the module
+    destroys is replaced by one of its size at its place."""
+    with leaves_nothing(_module_primary) as p:
+        yield p
 
 
 def sec(primary, name, *args):
@@ -30,14 +43,14 @@ def sec(primary, name, *args):
 
 @pytest.mark.parametrize("where", ["same", "moved"])
 @pytest.mark.parametrize("kind", ["ring", "mempool", "hash"])
-def test_stale_handle_in_another_secondary(primary, kind, where):
+def test_stale_handle_in_another_secondary(primary, kind, where, request):
     """Secondary A holds a handle; secondary B destroys the object and
     creates the name again, at the same address ("same": first fit hands
     the freed bytes back) or elsewhere ("moved": a memzone took them
     first).  Every call through A's handle (the C extension's hot calls
     and the cffi ones) raises the same DestroyedError; the new object is
     untouched and a fresh lookup in A works."""
-    name = f"st.{kind}"
+    name = names(request)(f"st.{kind}")
     sec(primary, "make", kind, name)
     holder = primary.popen(f"{FIX}:hold", kind, name, cwd=FIXTURES,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import pytest
 
-from fhtest import LineReader, reap
-from shmtest import fixture_run, fixture_start, fixtures_primary
+from fhtest import LineReader, leaves_nothing, reap
+from shmtest import fixture_run, fixture_start, module_fixtures_primary, names
+
+
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    with module_fixtures_primary(tmp_path_factory) as p:
+        yield p
 
 
 @pytest.fixture
-def primary(runtime_dir):
-    with fixtures_primary(runtime_dir) as p:
+def primary(_module_primary):
+    """The module's primary: each test only launches secondaries on its
+    arena, waits on rings and pools no other test names (n()) and leaves
+    none running."""
+    with leaves_nothing(_module_primary) as p:
         yield p
+
+
+@pytest.fixture
+def n(request):
+    """The test's own name for an shm object (shmtest.names)."""
+    return names(request)
 
 
 def run(primary, name, *args):
@@ -39,11 +54,12 @@ def test_timeouts(primary):
 
 
 @pytest.mark.parametrize("mode", ["mpmc", "spsc"])
-def test_consumer_woken_by_every_enqueue(primary, mode):
-    run(primary, "ring_create", "w.every", 64, mode)
-    cons = start(primary, "consume_each", "w.every", 200)
+def test_consumer_woken_by_every_enqueue(primary, mode, n):
+    ring = n("w.every")
+    run(primary, "ring_create", ring, 64, mode)
+    cons = start(primary, "consume_each", ring, 200)
     try:
-        run(primary, "produce_when_waited", "w.every", 200)
+        run(primary, "produce_when_waited", ring, 200)
         finish(cons)
     finally:
         reap(cons)
@@ -94,12 +110,13 @@ def test_enqueue_blocked_when_full(primary):
 
 
 @pytest.mark.parametrize("how", ["sync", "async"])
-def test_mempool_getter_woken_by_puts(primary, how):
-    run(primary, "ring_create", "w.objs", 8, "mpmc")
-    run(primary, "pool_exhaust", "w.pool", "w.objs")
-    getter = start(primary, "pool_get_waiting", "w.pool", how)
+def test_mempool_getter_woken_by_puts(primary, how, n):
+    pool, objs = n("w.pool"), n("w.objs")
+    run(primary, "ring_create", objs, 8, "mpmc")
+    run(primary, "pool_exhaust", pool, objs)
+    getter = start(primary, "pool_get_waiting", pool, how)
     try:
-        run(primary, "pool_put_when_waited", "w.pool", "w.objs")
+        run(primary, "pool_put_when_waited", pool, objs)
         assert finish(getter) == b"got one\n"
     finally:
         reap(getter)
