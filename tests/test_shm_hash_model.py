@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from shmtest import build_shm_native, py, shm_primary
+from fhtest import leaves_nothing
+from shmtest import build_shm_native, module_shm_primary, names, py
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +20,18 @@ def native(tmp_path_factory):
     return build_shm_native(tmp_path_factory.mktemp("shm_model"))
 
 
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory, native):
+    with module_shm_primary(tmp_path_factory, native) as p:
+        yield p
+
+
 @pytest.fixture
-def primary(runtime_dir, native):
-    p = shm_primary(runtime_dir, native)
-    yield p
-    code, _, err = p.stop()
-    assert code == 0, err
+def primary(_module_primary):
+    """The module's primary: each case runs in one secondary, on a table of
+    its own name."""
+    with leaves_nothing(_module_primary) as p:
+        yield p
 
 
 @pytest.mark.parametrize("entries,key_len,fn", [
@@ -33,9 +40,10 @@ def primary(runtime_dir, native):
     (64, 16, "fix_hash"),       # the native function of the tests' module
     (40, 8, "weak_hash"),       # four hash values: everything collides
 ])
-def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn):
-    args = ["t.model", entries, key_len, 60]
+def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn, request):
+    table = names(request)("t.model")
+    args = [table, entries, key_len, 60]
     if fn:
         args += [native.hashfn, fn]
     r = py(primary, "hash_model", *args, timeout=600)
-    assert r.stdout == b"t.model: 60 examples ok\n"
+    assert r.stdout == f"{table}: 60 examples ok\n".encode()
