@@ -14,18 +14,38 @@ import sys
 
 import pytest
 
-from fhtest import FIXTURES, PrimaryProc
+from fhtest import FIXTURES, PrimaryProc, leaves_nothing, module_primary
 
 # numpy in a secondary would start OpenBLAS's threads for nothing.
 NP_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def primary(runtime_dir, tmp_path):
-    out = tmp_path / "preload.json"
+def _array_primary(runtime_dir, out):
     env = dict(os.environ, PYTHONPATH=str(FIXTURES), FH_TEST_ARRAY_OUT=str(out))
     p = PrimaryProc(runtime_dir, args=("--preload", "shm_array_preload"), env=env)
     p.made = json.loads(out.read_text())
+    return p
+
+
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shm_array") / "preload.json"
+    with module_primary(tmp_path_factory, make=lambda d: _array_primary(d, out)) as p:
+        yield p
+
+
+@pytest.fixture
+def primary(_module_primary):
+    """The module's primary: its tests read the preload's arrays as it made
+    them, or make arrays of their own names, and leave no secondary
+    running.  A test that writes the preload's arrays has own_primary."""
+    with leaves_nothing(_module_primary) as p:
+        yield p
+
+
+@pytest.fixture
+def own_primary(runtime_dir, tmp_path):
+    p = _array_primary(runtime_dir, tmp_path / "preload.json")
     yield p
     code, _, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
@@ -55,7 +75,8 @@ def test_made_in_the_preload_read_in_a_secondary_at_the_same_address(primary):
                    "counts": made["counts"]}
 
 
-def test_numpy_writes_seen_through_memoryview_and_back(primary):
+def test_numpy_writes_seen_through_memoryview_and_back(own_primary):
+    primary = own_primary           # it writes t.grid, which the others read
     run(primary, "write_numpy")
     got = out(run(primary, "read_memoryview"))       # numpy blocked there
     assert got["grid"] == primary.made["grid"]
