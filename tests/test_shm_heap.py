@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhtest import FIXTURES, LineReader, PrimaryProc, reap
+from fhtest import FIXTURES, LineReader, PrimaryProc, leaves_nothing, module_primary, reap
 from forkhost._native import lib
 
 # numpy in a secondary would start OpenBLAS's threads for nothing.
@@ -26,10 +26,29 @@ NP_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 HDR = lib.FH_HEAP_HDR_SIZE
 
 
+# Room for the model's big blocks (each its own segment) at once.
+ARENA = ("--arena-size", "512M")
+
+
+@pytest.fixture(scope="module")
+def _module_primary(tmp_path_factory):
+    with module_primary(tmp_path_factory, ARENA) as p:
+        yield p
+
+
 @pytest.fixture
-def primary(runtime_dir):
-    # Room for the model's big blocks (each its own segment) at once.
-    p = PrimaryProc(runtime_dir, args=("--arena-size", "512M"))
+def primary(_module_primary):
+    """The module's primary: its tests check per-process statistics, or
+    heap-wide ones as differences and sums, which what other tests left in
+    the heap does not change, and leave no secondary running.  A test that
+    counts what the whole heap holds (after a crash) has own_primary."""
+    with leaves_nothing(_module_primary) as p:
+        yield p
+
+
+@pytest.fixture
+def own_primary(runtime_dir):
+    p = PrimaryProc(runtime_dir, args=ARENA)
     yield p
     code, _, err = p.stop()
     assert code == 0, f"primary exited {code}: {err}"
@@ -154,7 +173,8 @@ def test_blocks_in_one_secondary(primary):
     assert mine["alloc_count"] >= 8 and mine["alloc_count"] == mine["free_count"]
 
 
-def test_a_secondary_killed_holding_the_heap_lock(primary):
+def test_a_secondary_killed_holding_the_heap_lock(own_primary):
+    primary = own_primary       # it counts every block in the heap
     holder = primary.popen("shm_heap_fix:lock_and_wait", stdout=subprocess.PIPE,
                            cwd=FIXTURES)
     try:
@@ -169,7 +189,8 @@ def test_a_secondary_killed_holding_the_heap_lock(primary):
 
 
 @pytest.mark.parametrize("step", range(1, lib.FH_HEAP_CRASH_RESIZE + 1))
-def test_killed_at_each_step_of_a_call(primary, step):
+def test_killed_at_each_step_of_a_call(own_primary, step):
+    primary = own_primary       # one dead process's blocks in the whole heap
     r = run(primary, "crash", step, expect=99)
     assert r.stderr == b"", r.stderr
     got = json.loads(run(primary, "after_crash").stdout)
