@@ -204,6 +204,11 @@ def _serve(p, ready) -> int:
             break
         if wake_r in r and os.read(wake_r, 64):
             break
+    # The stop is under way: the same signals again are ignored, or one
+    # arriving after Python has put the default actions back, as it does
+    # at exit, would kill the primary before it ends cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     p.stop()
     print(f"forkhost primary: stopped (prefix {p.prefix!r})", flush=True)
     return code

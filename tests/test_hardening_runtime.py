@@ -6,11 +6,14 @@ prefix.  docs/architecture.md, "The runtime directory", has the rules."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -226,6 +229,24 @@ def test_sigterm_on_the_ready_line_stops_cleanly(runtime_dir):
         p = PrimaryProc(runtime_dir, "t")
         code, out, err = p.stop()
         assert code == 0, err
+        assert os.listdir(runtime_dir) == []
+
+
+def test_signals_repeated_while_stopping_still_stop_cleanly(runtime_dir):
+    """SIGTERM (or Ctrl-C) again while the primary stops, up to its very
+    last instruction: the stop under way finishes cleanly (status 0,
+    runtime files removed); the primary does not die by the repeated
+    signal's default action."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) * 2:
+        p = PrimaryProc(runtime_dir, "t")
+        p.proc.send_signal(sig)
+        while p.proc.poll() is None:        # until it has exited
+            with contextlib.suppress(ProcessLookupError):
+                p.proc.send_signal(sig)
+            time.sleep(0.0005)
+        code, out, err = p.stop()
+        assert code == 0, (sig, code, err)
+        assert "stopped" in out, out
         assert os.listdir(runtime_dir) == []
 
 
