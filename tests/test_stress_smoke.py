@@ -50,7 +50,7 @@ def test_ipc_record_fuzzer():
 
 
 def test_leak_soak():
-    assert_cells(soak.run(launches=300))
+    assert_cells(soak.run(launches=150))
 
 
 def test_concurrent_clients_against_the_cap():
