@@ -8,6 +8,7 @@ its runtime directory.  The guard fails the test otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -111,33 +112,57 @@ def _exclusive(request, tmp_path_factory):
         yield
 
 
-def _not_shared(kids: list[psutil.Process]) -> list[psutil.Process]:
-    def shared(k):
+def _kids(pid: int) -> list[int]:
+    """pid's children, zombies included: those of each of its threads."""
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
         try:
-            return k.pid in SHARED_PRIMARIES or \
-                any(a.pid in SHARED_PRIMARIES for a in k.parents())
-        except psutil.Error:
-            return False
-    return [k for k in kids if not shared(k)]
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += map(int, f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _not_shared() -> list[int]:
+    """This process's descendants but the shared primaries (SHARED_PRIMARIES)
+    and theirs."""
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid in _kids(todo.pop()):
+            if pid not in SHARED_PRIMARIES:
+                found.append(pid)
+                todo.append(pid)
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "gone"
 
 
 @pytest.fixture(autouse=True)
 def leak_guard():
     before = _fds()
     yield
-    me = psutil.Process()
     deadline = time.monotonic() + 5
-    while _not_shared(me.children(recursive=True)) and time.monotonic() < deadline:
+    while _not_shared() and time.monotonic() < deadline:
         time.sleep(0.02)
-    kids = _not_shared(me.children(recursive=True))
-    for k in kids:
-        try:
+    kids = [(pid, _name(pid)) for pid in _not_shared()]
+    for pid, _ in kids:
+        with contextlib.suppress(psutil.Error):
+            k = psutil.Process(pid)
             k.kill()
             k.wait(5)
-        except psutil.Error:
-            pass
     after = _fds()
-    assert not kids, f"child processes left behind: {[(k.pid, k.name()) for k in kids]}"
+    assert not kids, f"child processes left behind: {kids}"
     assert after == before, f"fds leaked: {sorted(after - before)} (closed: {sorted(before - after)})"
 
 
