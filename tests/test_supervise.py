@@ -253,6 +253,8 @@ def test_dependents_get_stop_notice_then_sigterm(tmp_path, runtime_dir):
         # SIGTERM.
         (pid, reasons), = s.terms("b")
         assert pid == b0 and "a exited (killed by SIGKILL)" in reasons, reasons
+        # (a restarted worker can be running before the supervisor's line)
+        s.wait_log(r"worker b restarted")
         log = s.log()
         assert log.index("worker a restarted") < log.index("worker b restarted")
         assert log.index(f"worker b (pid {b0}) exited") < log.index("worker a restarted")
