@@ -446,13 +446,13 @@ def stop_primary(p: PrimaryProc) -> tuple[str, str]:
 
 @contextlib.contextmanager
 def module_primary(tmp_path_factory, args=(), env=None, *, prefix: str = "t",
-                   make=None, check_stop=None):
+                   make=None, stop=stop_primary, check_stop=None):
     """A primary (started with ARGS, ENV if given and PREFIX) for a
     module-scoped fixture: see shared_primary, and leaves_nothing for the
     check after each test.  make(runtime_dir), if given, starts it instead
-    (a module's own way of starting a PrimaryProc).  check_stop(out, err),
-    if given, checks what the primary wrote by the time it stopped, at the
-    module's end."""
+    (a module's own way of starting a primary), and stop(p) stops it,
+    giving (out, err).  check_stop(out, err), if given, checks what the
+    primary wrote by the time it stopped, at the module's end."""
     d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
     try:
         with run_lock(tmp_path_factory, False):
@@ -464,7 +464,7 @@ def module_primary(tmp_path_factory, args=(), env=None, *, prefix: str = "t",
         finally:
             SHARED_PRIMARIES.discard(p.proc.pid)
             with run_lock(tmp_path_factory, False):
-                out, err = stop_primary(p)
+                out, err = stop(p)
             if check_stop is not None:
                 check_stop(out, err)
     finally:
@@ -481,13 +481,19 @@ def leaves_nothing(p: PrimaryProc):
     secondary the test launched has ended after."""
     assert p.proc.poll() is None, f"the shared primary died: {p.proc.returncode}"
     yield p
+    no_secondaries_left(p.prefix, p.runtime_dir)
+
+
+def no_secondaries_left(prefix: str, runtime_dir: str) -> None:
+    """Wait (a few seconds) until no secondary of the prefix runs; fail,
+    killing those left, if some still do."""
     left = []
 
     def none_left():
-        left[:] = secondary_pids(p.prefix, p.runtime_dir)
+        left[:] = secondary_pids(prefix, runtime_dir)
         return not left
     try:
-        wait_until(none_left, timeout=5, what="the test's secondaries to end")
+        wait_until(none_left, timeout=5, what="the secondaries to end")
     except AssertionError:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):

@@ -9,16 +9,13 @@ test body runs for Python and native secondaries alike.
 from __future__ import annotations
 
 import array
-import contextlib
 import json
 import os
 import signal
 import socket
 import struct
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -26,8 +23,8 @@ import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import (FIXTURES, RUNNER, SHARED_PRIMARIES, LineReader, ended,
-                    forkhost_procs, reap, run_lock, secondary_pids, wait_until)
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, module_primary,
+                    no_secondaries_left, reap, wait_until)
 
 KINDS = ["py", "c"]
 
@@ -178,45 +175,23 @@ def own_prim(runtime_dir):
     may still send) or at the log that notices go to."""
     p = IPCPrimary(runtime_dir)
     yield p
+    _close_checked(p)
+
+
+def _close_checked(p: IPCPrimary) -> tuple[str, str]:
     err = p.close()
     assert "Traceback" not in err or "failed on purpose" in err, err
+    return "", err
 
 
 @pytest.fixture(scope="module")
 def _module_prim(tmp_path_factory):
-    d = tempfile.mkdtemp(prefix="fh-", dir="/tmp")
-    try:
-        with run_lock(tmp_path_factory, False):
-            p = IPCPrimary(d)
-        SHARED_PRIMARIES.add(p.proc.pid)
-        try:
-            yield p
-        finally:
-            SHARED_PRIMARIES.discard(p.proc.pid)
-            with run_lock(tmp_path_factory, False):
-                err = p.close()
-        assert "Traceback" not in err or "failed on purpose" in err, err
-    finally:
-        strays = forkhost_procs(d)
-        for proc in strays:
-            proc.kill()
-        shutil.rmtree(d, ignore_errors=True)
-    assert not strays, f"stray forkhost processes left: {[proc.pid for proc in strays]}"
+    with module_primary(tmp_path_factory, make=IPCPrimary, stop=_close_checked) as p:
+        yield p
 
 
 def _no_secondaries_nor_members(p: IPCPrimary) -> None:
-    left = []
-
-    def none_left():
-        left[:] = secondary_pids("i", p.env["FORKHOST_RUNTIME_DIR"])
-        return not left
-    try:
-        wait_until(none_left, timeout=5, what="the secondaries to end")
-    except AssertionError:
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        raise AssertionError(f"secondaries left running: {left}") from None
+    no_secondaries_left("i", p.env["FORKHOST_RUNTIME_DIR"])
     got = p.cmd("wait_members", n=0, timeout=5)
     assert got["ok"], f"IPC members left: {got['members']}"
 
