@@ -1,15 +1,19 @@
 /*
  * fuzz_driver.h - what the standalone drivers of the fuzzers share
  * (fuzz_request.c, fuzz_ipc.c): a xorshift generator, the inputs (seeds and
- * the current one, each starting with its two control bytes), and the
- * mutations.  Define MAX_INPUT and NSEEDS before including it.
+ * the current one, each starting with its two control bytes), the
+ * mutations, and the run itself (fuzz_main).  Define MAX_INPUT and NSEEDS
+ * before including it.
  */
 #ifndef FORKHOST_FUZZ_DRIVER_H
 #define FORKHOST_FUZZ_DRIVER_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t g_rng;
 
@@ -102,6 +106,87 @@ static void mutate_with(const struct mutations *m)
         }
         break;
     }
+}
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Below this many inputs a count run does not require every verdict. */
+#define FULL_COVERAGE_RUNS 100000ULL
+
+/* What fuzz_main needs of a fuzzer. */
+struct fuzz_target {
+    const char *name;
+    int (*one)(const uint8_t *data, size_t size);   /* LLVMFuzzerTestOneInput */
+    void (*make_seeds)(void);
+    void (*check_seed)(int i);          /* fails the run if the parser refuses it */
+    const struct input *(*pick)(void);  /* the next input to mutate */
+    void (*mutate)(void);               /* one change of cur */
+    void (*fix)(void);                  /* cur's header made to agree, now and then */
+    const unsigned long long *seen;     /* inputs per verdict code, 1..nverdicts */
+    int nverdicts, nrefusals;           /* codes 1..nrefusals are refusals */
+    const char *then;                   /* what the codes after them are */
+};
+
+/* `NAME [RUNS]`: the seeds as they are, then mutated inputs for
+ * FORKHOST_FUZZ_SECONDS (default 20) or RUNS inputs, from
+ * FORKHOST_FUZZ_SEED or a new seed; prints the count per verdict and fails
+ * (1) if a long enough run missed one.  2 on a bad command line. */
+static int fuzz_main(int argc, char **argv, const struct fuzz_target *t)
+{
+    const char *s = getenv("FORKHOST_FUZZ_SECONDS");
+    const char *seed = getenv("FORKHOST_FUZZ_SEED");
+    double budget = s ? atof(s) : 20.0, start = now();
+    unsigned long long runs = 0, want = 0;
+    int i, steps, coverage;
+
+    if (argc > 2 || (argc == 2 && (want = strtoull(argv[1], NULL, 10)) == 0)) {
+        fprintf(stderr, "usage: %s [RUNS]  (RUNS > 0; without it, "
+                "FORKHOST_FUZZ_SECONDS seconds)\n", t->name);
+        return 2;
+    }
+    coverage = want ? want >= FULL_COVERAGE_RUNS : budget >= 5;
+    g_rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
+    if (g_rng == 0)
+        g_rng = 1;
+    if (want)
+        printf("%s: seed %llu, %llu inputs\n", t->name, (unsigned long long)g_rng, want);
+    else
+        printf("%s: seed %llu, %.0f s\n", t->name, (unsigned long long)g_rng, budget);
+    fflush(stdout);
+    t->make_seeds();
+    for (i = 0; i < NSEEDS; i++) {               /* the seeds as they are */
+        t->check_seed(i);
+        t->one(seeds[i].data, seeds[i].len);
+        runs++;
+    }
+    while (want ? runs < want : now() - start < budget) {
+        const struct input *from = t->pick();
+
+        cur.len = from->len;
+        memcpy(cur.data, from->data, from->len);
+        for (steps = 1 + (int)(rnd() % 4); steps > 0; steps--)
+            t->mutate();
+        t->fix();
+        t->one(cur.data, cur.len);
+        runs++;
+    }
+    printf("%s: %llu inputs in %.1f s; verdicts by code (refusals 1..%d, then %s):",
+           t->name, runs, now() - start, t->nrefusals, t->then);
+    for (i = 1; i <= t->nverdicts; i++)
+        printf(" %llu", t->seen[i]);
+    printf("\n");
+    for (i = 1; i <= t->nverdicts; i++)
+        if (t->seen[i] == 0 && coverage) {
+            printf("%s: verdict %d never reached\n", t->name, i);
+            return 1;
+        }
+    return 0;
 }
 
 #endif

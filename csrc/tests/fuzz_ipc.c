@@ -219,68 +219,27 @@ static void fix_length(void)
         memcpy(&cur.data[1], cur.data + 2 + 12, 1);
 }
 
-static double now(void)
+static void check_seed(int i)
 {
-    struct timespec ts;
+    struct fh_ipc_verdict v;
+    int side = 1 + (seeds[i].data[0] >> 2) % 3;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (fh_ipc_record_check(seeds[i].data + 2, seeds[i].len - 2, 0,
+                            seeds[i].data[1], side, &v) < 0)
+        FAIL("seed %d refused (error %u)", i, v.error);
 }
 
-/* Below this many inputs a count run does not require every verdict. */
-#define FULL_COVERAGE_RUNS 100000ULL
+static const struct input *pick(void)
+{
+    return &seeds[rnd() % NSEEDS];
+}
 
 int main(int argc, char **argv)
 {
-    const char *s = getenv("FORKHOST_FUZZ_SECONDS");
-    const char *seed = getenv("FORKHOST_FUZZ_SEED");
-    double budget = s ? atof(s) : 20.0, start = now();
-    unsigned long long runs = 0, want = 0;
-    int i, steps, coverage;
+    static const struct fuzz_target t = {
+        "fuzz_ipc", LLVMFuzzerTestOneInput, make_seeds, check_seed, pick, mutate,
+        fix_length, g_seen, FH_IPC_REC_NERRORS, FH_IPC_REC_NERRORS - 1, "valid"};
 
-    if (argc > 2 || (argc == 2 && (want = strtoull(argv[1], NULL, 10)) == 0)) {
-        fprintf(stderr, "usage: fuzz_ipc [RUNS]  (RUNS > 0; without it, "
-                "FORKHOST_FUZZ_SECONDS seconds)\n");
-        return 2;
-    }
-    coverage = want ? want >= FULL_COVERAGE_RUNS : budget >= 5;
-    g_rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
-    if (g_rng == 0)
-        g_rng = 1;
-    printf("fuzz_ipc: seed %llu\n", (unsigned long long)g_rng);
-    fflush(stdout);
-    make_seeds();
-    for (i = 0; i < NSEEDS; i++) {               /* the seeds as they are */
-        struct fh_ipc_verdict v;
-        int side = 1 + (seeds[i].data[0] >> 2) % 3;
-
-        if (fh_ipc_record_check(seeds[i].data + 2, seeds[i].len - 2, 0,
-                                seeds[i].data[1], side, &v) < 0)
-            FAIL("seed %d refused (error %u)", i, v.error);
-        LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].len);
-        runs++;
-    }
-    while (want ? runs < want : now() - start < budget) {
-        const struct input *from = &seeds[rnd() % NSEEDS];
-
-        cur.len = from->len;
-        memcpy(cur.data, from->data, from->len);
-        for (steps = 1 + (int)(rnd() % 4); steps > 0; steps--)
-            mutate();
-        fix_length();
-        LLVMFuzzerTestOneInput(cur.data, cur.len);
-        runs++;
-    }
-    printf("fuzz_ipc: %llu inputs in %.1f s; verdicts by code (refusals "
-           "1..%d, then valid):", runs, now() - start, FH_IPC_REC_NERRORS - 1);
-    for (i = 1; i <= FH_IPC_REC_NERRORS; i++)
-        printf(" %llu", g_seen[i]);
-    printf("\n");
-    for (i = 1; i <= FH_IPC_REC_NERRORS; i++)
-        if (g_seen[i] == 0 && coverage) {
-            printf("fuzz_ipc: verdict %d never reached\n", i);
-            return 1;
-        }
-    return 0;
+    return fuzz_main(argc, argv, &t);
 }
 #endif

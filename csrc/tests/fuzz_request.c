@@ -390,83 +390,44 @@ static void fix_length(void)
     }
 }
 
-static double now(void)
+static void check_seed(int i)
 {
-    struct timespec ts;
+    struct fh_launch_view v;
+    struct fh_req_result r;
+    int t = fh_request_check(seeds[i].data + 2, seeds[i].len - 2, 0,
+                             seeds[i].data[1], &v, &r);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (t != (i == 4 ? FH_MSG_INFO : FH_MSG_LAUNCH))
+        FAIL("seed %d refused (%d, error %u)", i, t, r.error);
 }
 
-/* Below this many inputs a count run does not require every verdict. */
-#define FULL_COVERAGE_RUNS 100000ULL
+static const struct input *pick(void)
+{
+    const struct input *from = &seeds[rnd() % NSEEDS];
+
+    /* the big seed is costly to copy: take it rarely */
+    if (from == &seeds[5] && rnd() % 16)
+        from = &seeds[0];
+    return from;
+}
+
+/* fix_length, and the fd count made to agree with the flags, now and then. */
+static void fix(void)
+{
+    fix_length();
+    if (cur.len >= 2 + 56 && rnd() % 2)
+        cur.data[1] = (uint8_t)(1 + __builtin_popcount(cur.data[2 + 32] & 7) +
+                                cur.data[2 + 36]);
+}
 
 int main(int argc, char **argv)
 {
-    const char *s = getenv("FORKHOST_FUZZ_SECONDS");
-    const char *seed = getenv("FORKHOST_FUZZ_SEED");
-    double budget = s ? atof(s) : 20.0, start = now();
-    unsigned long long runs = 0, want = 0;
-    int i, steps, coverage;
+    static const struct fuzz_target t = {
+        "fuzz_request", LLVMFuzzerTestOneInput, make_seeds, check_seed, pick, mutate,
+        fix, g_seen, FH_REQ_NERRORS + 2, FH_REQ_NERRORS - 1, "EOF, INFO, LAUNCH"};
+    int rc = fuzz_main(argc, argv, &t);
 
-    if (argc > 2 || (argc == 2 && (want = strtoull(argv[1], NULL, 10)) == 0)) {
-        fprintf(stderr, "usage: fuzz_request [RUNS]  (RUNS > 0; without it, "
-                "FORKHOST_FUZZ_SECONDS seconds)\n");
-        return 2;
-    }
-    coverage = want ? want >= FULL_COVERAGE_RUNS : budget >= 5;
-
-    g_rng = seed ? strtoull(seed, NULL, 0) : (uint64_t)time(NULL);
-    if (g_rng == 0)
-        g_rng = 1;
-    if (want)
-        printf("fuzz_request: seed %llu, %llu inputs\n",
-               (unsigned long long)g_rng, want);
-    else
-        printf("fuzz_request: seed %llu, %.0f s\n", (unsigned long long)g_rng,
-               budget);
-    fflush(stdout);
-    make_seeds();
-    for (i = 0; i < NSEEDS; i++) {               /* the seeds as they are */
-        struct fh_launch_view v;
-        struct fh_req_result r;
-        int t = fh_request_check(seeds[i].data + 2, seeds[i].len - 2, 0,
-                                 seeds[i].data[1], &v, &r);
-
-        if (t != (i == 4 ? FH_MSG_INFO : FH_MSG_LAUNCH))
-            FAIL("seed %d refused (%d, error %u)", i, t, r.error);
-        LLVMFuzzerTestOneInput(seeds[i].data, seeds[i].len);
-        runs++;
-    }
-    while (want ? runs < want : now() - start < budget) {
-        const struct input *from = &seeds[rnd() % NSEEDS];
-
-        /* the big seed is costly to copy: take it rarely */
-        if (from == &seeds[5] && rnd() % 16)
-            from = &seeds[0];
-        cur.len = from->len;
-        memcpy(cur.data, from->data, from->len);
-        for (steps = 1 + (int)(rnd() % 4); steps > 0; steps--)
-            mutate();
-        fix_length();
-        if (cur.len >= 2 + 56 && rnd() % 2)     /* keep the fds in step */
-            cur.data[1] = (uint8_t)(1 + __builtin_popcount(cur.data[2 + 32] & 7) +
-                                    cur.data[2 + 36]);
-        LLVMFuzzerTestOneInput(cur.data, cur.len);
-        runs++;
-    }
-    printf("fuzz_request: %llu inputs in %.1f s; verdicts by code "
-           "(refusals 1..%d, then EOF, INFO, LAUNCH):", runs, now() - start,
-           FH_REQ_NERRORS - 1);
-    for (i = 1; i < FH_REQ_NERRORS + 3; i++)
-        printf(" %llu", g_seen[i]);
-    printf("\n");
-    for (i = 1; i < FH_REQ_NERRORS + 3; i++)
-        if (g_seen[i] == 0 && coverage) {
-            printf("fuzz_request: verdict %d never reached\n", i);
-            return 1;
-        }
     close(g_dir);
-    return 0;
+    return rc;
 }
 #endif
