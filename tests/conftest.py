@@ -24,8 +24,8 @@ import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fhtest import (ROOT, RUNNER, SHARED_PRIMARIES, PrimaryProc,  # noqa: E402
-                    build_native_so, forkhost_procs, leaves_nothing, module_primary,
-                    run_lock, stop_primary)
+                    build_native_so, children_of, forkhost_procs, leaves_nothing,
+                    module_primary, run_lock, stop_primary)
 
 
 def _default_signals() -> None:
@@ -112,28 +112,12 @@ def _exclusive(request, tmp_path_factory):
         yield
 
 
-def _kids(pid: int) -> list[int]:
-    """pid's children, zombies included: those of each of its threads."""
-    out = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out += map(int, f.read().split())
-        except OSError:
-            pass
-    return out
-
-
 def _not_shared() -> list[int]:
     """This process's descendants but the shared primaries (SHARED_PRIMARIES)
     and theirs."""
     found, todo = [], [os.getpid()]
     while todo:
-        for pid in _kids(todo.pop()):
+        for pid in children_of(todo.pop()):
             if pid not in SHARED_PRIMARIES:
                 found.append(pid)
                 todo.append(pid)

@@ -146,11 +146,20 @@ def forkhost_procs(runtime_dir: str) -> list[psutil.Process]:
 
 
 def children_of(pid: int) -> list[int]:
+    """pid's children, zombies included: those of each of its threads
+    (a child belongs to the thread that forked it)."""
+    out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
-        return []
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += map(int, f.read().split())
+        except OSError:
+            pass        # the thread ended meanwhile
+    return out
 
 
 def secondary_pids(prefix: str, runtime_dir: str) -> list[int]:
