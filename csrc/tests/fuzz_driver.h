@@ -108,6 +108,20 @@ static void mutate_with(const struct mutations *m)
     }
 }
 
+/* Now and then, when cur reaches past byte `end` of its record, the 32-bit
+ * length field at `off` made to agree with it again: what follows byte
+ * `from` (0 when the record is shorter).  Mutations would otherwise almost
+ * never get past a parser's length checks. */
+static void fix_len_field(size_t off, size_t end, size_t from)
+{
+    uint32_t len;
+
+    if (cur.len >= 2 + end && rnd() % 2) {
+        len = cur.len - 2 >= from ? (uint32_t)(cur.len - 2 - from) : 0;
+        memcpy(cur.data + 2 + off, &len, 4);
+    }
+}
+
 static double now(void)
 {
     struct timespec ts;

@@ -200,21 +200,12 @@ static void mutate(void)
     mutate_with(&m);
 }
 
-/* The header made to agree with the record again, now and then: mutations
- * would otherwise almost never get past the length check. */
-static void fix_length(void)
+/* The header made to agree with the record again, now and then: its
+ * length, its param_len and its fd count. */
+static void fix(void)
 {
-    uint32_t len;
-
-    if (cur.len >= 2 + 12 && rnd() % 2) {
-        len = (uint32_t)(cur.len - 2);
-        memcpy(cur.data + 2 + 8, &len, 4);
-    }
-    if (cur.len >= 2 + 28 && rnd() % 2) {
-        len = cur.len - 2 >= FH_IPC_HDR_SIZE ? (uint32_t)(cur.len - 2 - FH_IPC_HDR_SIZE)
-                                             : 0;
-        memcpy(cur.data + 2 + 24, &len, 4);
-    }
+    fix_len_field(8, 12, 0);
+    fix_len_field(24, 28, FH_IPC_HDR_SIZE);
     if (cur.len >= 2 + 16 && rnd() % 2)        /* the fds in step */
         memcpy(&cur.data[1], cur.data + 2 + 12, 1);
 }
@@ -238,7 +229,7 @@ int main(int argc, char **argv)
 {
     static const struct fuzz_target t = {
         "fuzz_ipc", LLVMFuzzerTestOneInput, make_seeds, check_seed, pick, mutate,
-        fix_length, g_seen, FH_IPC_REC_NERRORS, FH_IPC_REC_NERRORS - 1, "valid"};
+        fix, g_seen, FH_IPC_REC_NERRORS, FH_IPC_REC_NERRORS - 1, "valid"};
 
     return fuzz_main(argc, argv, &t);
 }

@@ -374,22 +374,6 @@ static void mutate(void)
     mutate_with(&m);
 }
 
-/* hdr.len made to agree with the record again, now and then: mutations
- * would otherwise almost never get past the header. */
-static void fix_length(void)
-{
-    uint32_t len;
-
-    if (cur.len >= 2 + 12 && rnd() % 2) {
-        len = (uint32_t)(cur.len - 2);
-        memcpy(cur.data + 2 + 8, &len, 4);
-    }
-    if (cur.len >= 2 + 56 && rnd() % 2) {
-        len = (uint32_t)(cur.len - 2 - 56);      /* strings_len */
-        memcpy(cur.data + 2 + 48, &len, 4);
-    }
-}
-
 static void check_seed(int i)
 {
     struct fh_launch_view v;
@@ -411,10 +395,12 @@ static const struct input *pick(void)
     return from;
 }
 
-/* fix_length, and the fd count made to agree with the flags, now and then. */
+/* The record made to agree with itself again, now and then: hdr.len,
+ * strings_len, and the fd count with the flags. */
 static void fix(void)
 {
-    fix_length();
+    fix_len_field(8, 12, 0);
+    fix_len_field(48, 56, 56);                  /* strings_len */
     if (cur.len >= 2 + 56 && rnd() % 2)
         cur.data[1] = (uint8_t)(1 + __builtin_popcount(cur.data[2 + 32] & 7) +
                                 cur.data[2 + 36]);
