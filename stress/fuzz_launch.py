@@ -54,7 +54,7 @@ def run_c_target(count: int, seed: int) -> tuple[str, dict]:
             old = sys.stdout
             sys.stdout = quiet         # build_native prints each command
             try:
-                bn.build_library(d, bn.SANITIZE + ["-Werror"], opt="-O1")
+                bn.build_test_library(d, bn.SANITIZE)
                 exe = bn.build_fuzzer(d, bn.SANITIZE, libfuzzer=False)
             finally:
                 sys.stdout = old

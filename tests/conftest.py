@@ -23,6 +23,7 @@ import pytest
 import forkhost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fhtest  # noqa: E402
 from fhtest import (ROOT, RUNNER, SHARED_PRIMARIES, PrimaryProc,  # noqa: E402
                     build_native_so, children_of, forkhost_procs, leaves_nothing,
                     module_primary, run_lock, stop_primary)
@@ -60,16 +61,47 @@ def pytest_xdist_make_scheduler(config, log):
     """`-n`'s default distribution (load) becomes work stealing: a few
     tests take many seconds, and a worker left with them gives the rest
     away instead of running them after the others are done."""
-    if config.getvalue("dist") == "load":
+    if config.getoption("dist", None) == "load":
         from xdist.scheduler import WorkStealingScheduling
         return WorkStealingScheduling(config, log)
     return None
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked exclusive first: under pytest-xdist each one waits for
-    every other worker's current test, which at the start are short ones."""
-    items.sort(key=lambda item: item.get_closest_marker("exclusive") is None)
+    """The order the workers get the tests in (every worker orders the same
+    collection the same way, as pytest-xdist requires): the exclusive tests
+    first (the others wait until they are all done, fhtest.run_lock), then
+    one lane per worker, as work stealing hands out its first chunks (equal
+    counts, in order), each starting with its share of the heavy tests.  A
+    heavy test left for the end would run alone while the other workers
+    idle; the light ones keep their file order, so that a module's tests
+    stay with one worker and its shared primary."""
+    exclusive = [i for i in items if i.get_closest_marker("exclusive")]
+    rest = [i for i in items if not i.get_closest_marker("exclusive")]
+    heavy = [i for i in rest if i.get_closest_marker("heavy")]
+    light = [i for i in rest if not i.get_closest_marker("heavy")]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if config.getoption("dist", None) in ("load", "worksteal"):  # see run_lock
+        fhtest.EXCLUSIVE_TESTS = len(exclusive)
+    lanes, left = [], len(items)
+    for lane in range(workers):         # worksteal's split of the pending tests
+        size = left // (workers - lane)
+        left -= size
+        lanes.append((size, heavy[lane::workers]))
+    ordered = list(exclusive)
+    for lane, (size, lane_heavy) in enumerate(lanes):
+        room = size - len(lane_heavy) - (len(exclusive) if lane == 0 else 0)
+        take = light[:max(room, 0)]
+        del light[:len(take)]
+        ordered += lane_heavy + take
+    items[:] = ordered + light
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    yield
+    if item.get_closest_marker("exclusive"):      # run, skipped or failed
+        fhtest.exclusive_done(item.config._tmp_path_factory)   # tmp_path_factory's object
 
 
 def pytest_configure(config):
@@ -78,6 +110,9 @@ def pytest_configure(config):
         "markers", "exclusive: runs while no other test does (pytest-xdist's other "
         "workers wait): it changes or counts what the whole machine shares, "
         "as the huge page pool")
+    config.addinivalue_line(
+        "markers", "heavy: takes seconds (of CPU or of waiting): started early, and "
+        "spread over pytest-xdist's workers")
     src = ROOT / "forkhost"
     if Path(forkhost.__file__).resolve().parent == src.resolve() and \
             not (src / "_native" / "libforkhost.so").exists():

@@ -422,15 +422,42 @@ def more_huge_pages(extra: int):
 SHARED_PRIMARIES: set[int] = set()
 
 
+# The run's tests marked exclusive, when they come first (conftest's
+# order): the others start once all of them are done (exclusive_done).
+EXCLUSIVE_TESTS = 0
+# How long the others wait for that at most (a worker may die in one).
+EXCLUSIVE_WAIT = 120.0
+
+
+def _exclusive_done_file(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp().parent / "exclusive.done"
+
+
+def exclusive_done(tmp_path_factory) -> None:
+    """Count one exclusive test of this run as done, passed or not."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(_exclusive_done_file(tmp_path_factory), "a") as f:
+            f.write("x")        # one byte each, appended
+
+
 @contextlib.contextmanager
 def run_lock(tmp_path_factory, exclusive: bool):
     """Under pytest-xdist, the lock that keeps an exclusive test alone:
-    shared by the rest, on a file of this run.  A gate taken around each
-    request keeps a waiting exclusive test from being overtaken by the
-    other workers' next tests.  Without xdist, nothing."""
+    shared by the rest, on a file of this run, which take it only once
+    the exclusive tests are all done (EXCLUSIVE_TESTS).  A gate taken
+    around each request keeps a waiting exclusive test from being
+    overtaken by the other workers' next tests.  Without xdist, nothing."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
+    if not exclusive and EXCLUSIVE_TESTS:
+        done = _exclusive_done_file(tmp_path_factory)
+        deadline = time.monotonic() + EXCLUSIVE_WAIT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(done).st_size >= EXCLUSIVE_TESTS:
+                    break
+            time.sleep(0.02)
     shared = tmp_path_factory.getbasetemp().parent      # the workers' common one
     with open(shared / "exclusive.gate", "a") as gate, \
             open(shared / "exclusive.lock", "a") as lock:

@@ -83,13 +83,12 @@ def sanitized_lib(tmp_path_factory):
     with open(outdir / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            # -g1: line tables for the sanitizers' reports, not the full
-            # debug information (which takes longer to build).
-            _step(bn.build_library, outdir, bn.SANITIZE + ["-Werror", "-g1"], opt="-O1")
+            _step(bn.build_test_library, outdir, bn.SANITIZE)
             done.touch()
     return outdir
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("program", bn.c_test_programs(), ids=lambda p: p.stem)
 def test_c_program_passes_under_asan_and_ubsan(sanitized_lib, program, tmp_path):
     exe = _step(bn.build_c_test, sanitized_lib, program, bn.SANITIZE)
@@ -101,6 +100,7 @@ def test_c_program_passes_under_asan_and_ubsan(sanitized_lib, program, tmp_path)
                                f"\n--- stderr (tail)\n{r.stderr[-6000:]}")
 
 
+@pytest.mark.heavy
 def test_client_runtime_passes_under_ubsan(tmp_path):
     """csrc/tests/rt/test_rt.c: forkhost-run's own runtime, linked as the
     client is (where the toolchain can build that client at all)."""
@@ -110,6 +110,7 @@ def test_client_runtime_passes_under_ubsan(tmp_path):
     assert _step(bn.run_rt_test, tmp_path), "test_rt failed (its output is above)"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fuzzer", bn.FUZZERS)
 def test_fuzzer_holds_every_invariant(sanitized_lib, fuzzer, tmp_path, capfd):
     """FUZZ_RUNS inputs from FUZZ_SEED through the parser under the

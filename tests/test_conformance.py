@@ -34,6 +34,7 @@ def _missing_test_modules() -> list[str]:
 @pytest.mark.skipif(bool(_missing_test_modules()),
                     reason=f"this Python lacks {', '.join(_missing_test_modules())} of its "
                            f"test package (Debian: libpython3-testsuite)")
+@pytest.mark.heavy
 def test_cpython_test_modules_direct_and_through_forkhost(primary, tmp_path):
     args = ["-m", "test", *MODULES]
     direct = subprocess.run([sys.executable, *args], capture_output=True, text=True,

@@ -18,11 +18,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from fhtest import FIXTURES, ROOT, ended
 
 APP = ROOT / "apps" / "l2fwd_fork"
 
 
+@pytest.mark.heavy
 def test_l2fwd_fork_crashes_recovered_and_accounted(runtime_dir):
     r = subprocess.run([sys.executable, str(APP / "run.py"), "--prefix", "l2f",
                         "--runtime-dir", runtime_dir, "--kills", "2", "--crashes", "1",

@@ -93,6 +93,7 @@ def launch(prim, started, *argv, **kw) -> Secondary:
 
 # -- verify ---------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_verify_holds_for_every_entry_form(prim, native, started, tmp_path):
     script = tmp_path / "sleep_script.py"
     script.write_text("import fhfix, sys\nfhfix.sleeper(sys.argv)\n")

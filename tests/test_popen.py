@@ -328,6 +328,7 @@ def test_defaults_inside_a_primary_program(runtime_dir, mode):
         assert os.path.join(runtime_dir, "other") in got["after_stop"]
 
 
+@pytest.mark.heavy
 def test_executor_matches_process_pool_executor(primary):
     """The same work through ProcessPoolExecutor (fork, forkserver) and
     forkhost.Executor, each in its own program (their helper processes,

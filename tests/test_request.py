@@ -121,6 +121,7 @@ def launch_records(draw):
 
 @settings(max_examples=600, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.heavy
 @given(launch_records())
 @example((b"", 0, 0, 0))
 @example((b"", 0, 0, 1))
@@ -281,6 +282,7 @@ def _assigned(entry: str) -> bool:
 @given(st.lists(st.one_of(st.sampled_from(_NAMES),
                           st.text(max_size=4).filter(lambda s: "\0" not in s)),
                 min_size=1, max_size=3), st.booleans())
+@pytest.mark.heavy
 def test_classify_decides_every_form_as_the_rules_say(entry_dir, parts, module):
     """Whatever the entry, classify() (fh_entry_decide) gives the form, or
     the exit code and the message, the rules give."""

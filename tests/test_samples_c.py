@@ -119,6 +119,7 @@ def handed_over(proc: Proc, reported_pid: int) -> None:
 READY = r"^simple_mp: (primary|secondary) ready \(pid (\d+), prefix '([^']+)'\)"
 
 
+@pytest.mark.heavy
 def test_simple_mp_primary_and_secondary_exchange_messages(bins, runtime_dir):
     prefix = f"smp{os.getpid()}"
     pri = sec = None

@@ -40,6 +40,7 @@ def primary(_module_primary):
     (64, 16, "fix_hash"),       # the native function of the tests' module
     (40, 8, "weak_hash"),       # four hash values: everything collides
 ])
+@pytest.mark.heavy
 def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn, request):
     table = names(request)("t.model")
     args = [table, entries, key_len, 60]

@@ -11,6 +11,7 @@ forkhost-run, launches the template refuses).
 from __future__ import annotations
 
 import psutil
+import pytest
 
 import forkhost
 from fhtest import launch_mix, settled
@@ -22,6 +23,7 @@ def launches(primary, native_so, n: int) -> None:
     launch_mix(primary.prefix, primary.runtime_dir, primary.env, native_so, n)
 
 
+@pytest.mark.heavy
 def test_thousand_launches_leave_the_template_flat(primary, native_so):
     t = psutil.Process(primary.template_pid)
     launches(primary, native_so, 100)          # warm-up: caches, allocator arenas

@@ -38,6 +38,7 @@ def test_kill_matrix(cell):
     assert_cells(kill.run(burst=6, cells=[cell]))
 
 
+@pytest.mark.heavy
 def test_launch_fuzzer():
     """The wire-level part: the C target, fuzz_request, runs with more
     inputs against the suite's one sanitized library in
@@ -45,10 +46,12 @@ def test_launch_fuzzer():
     assert_cells(fuzz_launch.run(count=FUZZ_COUNT, c_count=0, seed=SEED))
 
 
+@pytest.mark.heavy
 def test_ipc_record_fuzzer():
     assert_cells(fuzz_ipc.run(count=FUZZ_COUNT, seed=SEED))
 
 
+@pytest.mark.heavy
 def test_leak_soak():
     assert_cells(soak.run(launches=150))
 

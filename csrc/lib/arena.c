@@ -150,7 +150,7 @@ int fh__arena_map(size_t size, size_t max, unsigned flags, const char *name)
     size_t page = (size_t)sysconf(_SC_PAGESIZE), hpsize = 0;
     unsigned hdr_flags = 0;
     int fd = -1;
-    void *base;
+    void *base = MAP_FAILED;
 
     if (g_arena.base) {
         errno = EEXIST;
@@ -165,7 +165,6 @@ int fh__arena_map(size_t size, size_t max, unsigned flags, const char *name)
     if (flags & (FH_ARENA_HUGE_AUTO | FH_ARENA_HUGE_ONLY)) {
         size_t avail = free_huge_bytes(&hpsize);
         size_t want = hpsize ? round_up(size, hpsize) : 0;
-        base = MAP_FAILED;
         if (hpsize && want <= avail)
             base = map_memfd(name, want, round_up(max, hpsize), 1, &fd);
         if (base != MAP_FAILED) {
