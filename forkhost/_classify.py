@@ -22,17 +22,17 @@ with forkhost._load.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from ._record import Record
 
 NATIVE, SCRIPT, MODULE, FUNCTION = "native", "script", "module", "function"
 
 
-@dataclass(frozen=True)
-class Target:
-    kind: str
-    path: str = ""          # file entries: as given (relative to client's cwd)
-    name: str = ""          # module name (MODULE, FUNCTION)
-    symbol: str | None = None  # native symbol or Python attribute path
+class Target(Record):
+    """An entry classified: its kind; path, for file entries, as given
+    (relative to the client's cwd); name, the module's (MODULE, FUNCTION);
+    symbol, the native symbol or the Python attribute path (or None)."""
+    _fields = ("kind", "path", "name", "symbol")
+    _defaults = ("", "", None)
 
 
 class EntryError(Exception):

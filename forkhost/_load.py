@@ -13,7 +13,7 @@ import marshal
 import os
 import sys
 import types
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import _pyfile, _readahead
 from ._classify import EntryError, Target
@@ -109,13 +109,9 @@ def _main_module(file: str | None, spec=None, loader=None) -> types.ModuleType:
     return main
 
 
-@dataclass(frozen=True)
-class Script:
-    """A script entry loaded: its code, its ``__main__``, and the
-    sys.path[0] ``python`` would give it."""
-    code: types.CodeType
-    main: types.ModuleType
-    path0: str
+# A script entry loaded: its code, its ``__main__`` and the sys.path[0]
+# ``python`` would give it.
+Script = namedtuple("Script", "code main path0")
 
 
 def _take_script(path: str) -> tuple[types.CodeType, str] | None:

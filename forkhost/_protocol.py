@@ -17,7 +17,6 @@ import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
 
 # The constants and layouts, from proto.h: _wire is generated from the
 # header when the package is built (build_native.py), so the two cannot
@@ -75,13 +74,16 @@ def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
                                          _UCRED.size))
 
 
-@dataclass
 class LaunchMessage:
     """A message of the launch protocol as received: its type, body and fds
     (not an IPC message: forkhost.ipc.Message)."""
-    type: int
-    body: bytes
-    fds: list[int] = field(default_factory=list)
+    __slots__ = ("type", "body", "fds")
+
+    def __init__(self, type: int, body: bytes, fds: list[int] | None = None):
+        self.type, self.body, self.fds = type, body, [] if fds is None else fds
+
+    def __repr__(self) -> str:
+        return f"LaunchMessage(type={self.type!r}, body={self.body!r}, fds={self.fds!r})"
 
     def close_fds(self) -> None:
         for fd in self.fds:
@@ -153,23 +155,23 @@ def parse(buf, n: int, fds: list[int], mflags: int) -> LaunchMessage | None:
 
 # -- LAUNCH ---------------------------------------------------------------
 
-@dataclass
 class Launch:
     """A LAUNCH request (no I/O): what a client asks for.  encode() builds
-    its body; only C reads one (fh_request_check)."""
+    its body; only C reads one (fh_request_check).  sig_ignored and
+    sig_blocked: the signals (bit sig - 1) the secondary starts with
+    ignored, and blocked; fd_target: where each extra fd lands (None:
+    3, 4, ..., in --fd's order)."""
 
-    entry: bytes
-    argv: list[bytes]
-    env: list[bytes]
-    flags: int = 0
-    umask: int = 0o022
-    stdio_mask: int = 0b111
-    nextra: int = 0
-    # Signals (bit sig - 1) the secondary starts with ignored, and blocked.
-    sig_ignored: int = 0
-    sig_blocked: int = 0
-    # Where each extra fd lands; None: 3, 4, ... (--fd's order).
-    fd_target: tuple[int, ...] | None = None
+    def __init__(self, entry: bytes, argv: list[bytes], env: list[bytes],
+                 flags: int = 0, umask: int = 0o022, stdio_mask: int = 0b111,
+                 nextra: int = 0, sig_ignored: int = 0, sig_blocked: int = 0,
+                 fd_target: tuple[int, ...] | None = None):
+        self.entry, self.argv, self.env = entry, argv, env
+        self.flags, self.umask, self.stdio_mask, self.nextra = flags, umask, stdio_mask, nextra
+        self.sig_ignored, self.sig_blocked, self.fd_target = sig_ignored, sig_blocked, fd_target
+
+    def __repr__(self) -> str:
+        return f"Launch({self.entry!r}, argv={self.argv!r}, flags={self.flags:#x})"
 
     @property
     def strings(self) -> bytes:

@@ -25,7 +25,7 @@ import sys
 import time
 import types
 import zipimport
-from dataclasses import dataclass
+from collections import namedtuple
 
 from . import _pyfile
 from ._classify import FUNCTION, MODULE, SCRIPT, EntryError, classify
@@ -92,15 +92,10 @@ PREFETCH_SETTLED_NS = 100_000_000
 PREFETCH_RETRY = 1.0
 
 
-@dataclass(frozen=True)
-class ModuleAhead:
-    """A module entry read ahead."""
-    spec: importlib.machinery.ModuleSpec
-    code: types.CodeType
-    stats: tuple        # files_state() when it was read
-    meta_path: tuple    # sys.meta_path when it was read
-    pyc_current: bool   # else compiled: an import would write the .pyc
-                        # unless sys.dont_write_bytecode
+# A module entry read ahead: its spec and code, files_state() and
+# sys.meta_path when it was read, and pyc_current (else it was compiled: an
+# import would write the .pyc unless sys.dont_write_bytecode).
+ModuleAhead = namedtuple("ModuleAhead", "spec code stats meta_path pyc_current")
 
 
 # What is read ahead, least recent first: modules by (directory, module

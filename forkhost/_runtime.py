@@ -22,7 +22,7 @@ import json
 import os
 import select
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 from ._wire import PREFIX_DEFAULT, PREFIX_INVALID, RUNDIR_TOO_LONG
@@ -91,10 +91,9 @@ def resolve_prefix(prefix: str | None = None, origin: str = "--prefix") -> str:
     return c.ffi.string(out).decode()
 
 
-@dataclass(frozen=True)
-class PrefixPaths:
-    prefix: str
-    root: Path          # the runtime directory
+class PrefixPaths(namedtuple("PrefixPaths", "prefix root")):
+    """A prefix's files: ``root`` is the runtime directory (a Path)."""
+    __slots__ = ()
 
     @property
     def dir(self) -> Path:

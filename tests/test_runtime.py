@@ -26,6 +26,38 @@ def test_importing_the_commands_loads_no_native_library():
     assert (r.returncode, r.stdout) == (0, "False\n"), r.stderr
 
 
+def test_the_commands_and_the_primary_import_no_dataclasses_or_typing():
+    """What every `forkhost` command and primary imports stays lean: those
+    two (dataclasses brings inspect, ast and dis) cost a command more than
+    the rest of its own imports (forkhost._record instead)."""
+    code = ("import sys, forkhost._cli, forkhost.primary, forkhost._template; "
+            "print(sorted({'dataclasses', 'typing', 'inspect'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=FIXTURES,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "[]\n"), r.stderr
+
+
+def test_records_are_frozen_values():
+    from forkhost._classify import Target
+    from forkhost.ipc import Member
+    t = Target("module", name="m")
+    assert (t.kind, t.path, t.name, t.symbol) == ("module", "", "m", None)
+    assert t == Target("module", "", "m") and hash(t) == hash(Target("module", "", "m"))
+    assert t != Target("module", name="n") and t != ("module", "", "m", None)
+    assert repr(t) == "Target(kind='module', path='', name='m', symbol=None)"
+    assert vars(Member(1, 2, True)) == {"pid": 1, "ppid": 2, "secondary": True}
+    assert t._replace(symbol="f") == Target("module", "", "m", "f")
+    with pytest.raises(AttributeError):
+        t.kind = "native"
+    for bad in ((), ("a", "b", "c", "d", "e")):
+        with pytest.raises(TypeError):
+            Target(*bad)
+    with pytest.raises(TypeError):
+        Target("native", kind="module")
+    with pytest.raises(TypeError):
+        Target("native", colour="red")
+
+
 def test_lock_record_and_release_in_process(runtime_dir):
     p = runtime.paths("P", runtime_dir)
     assert (p.root, p.prefix) == (Path(runtime_dir), "P")

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .. import _runtime as runtime
 from .._native import ffi, lib

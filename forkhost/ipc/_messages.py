@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass, field
 
 from .._native import lib
 from .._errors import IPCError
+from .._record import Record
 from ._wire import ACTION_FAILED, EXIT_BODY, EXIT_STATUS_KNOWN, MSG, NO_ACTION, OK
 
 
-@dataclass(eq=False, slots=True)
 class Message:
-    """A received message, request or reply.  ``fds`` belong to whoever got
-    the message: close them (``close()``) or keep them."""
+    """A received message, request or reply, from ``pid``.  ``fds`` belong
+    to whoever got the message: close them (``close()``) or keep them.
+    ``status`` (replies): OK, NO_ACTION or ACTION_FAILED."""
 
-    name: str
-    param: bytes = b""
-    fds: list[int] = field(default_factory=list)
-    pid: int = 0               # the sender
-    type: int = MSG
-    status: int = OK           # replies: OK, NO_ACTION or ACTION_FAILED
+    __slots__ = ("name", "param", "fds", "pid", "type", "status")
+
+    def __init__(self, name: str, param: bytes = b"", fds: list[int] | None = None,
+                 pid: int = 0, type: int = MSG, status: int = OK):
+        self.name, self.param, self.fds = name, param, [] if fds is None else fds
+        self.pid, self.type, self.status = pid, type, status
+
+    def __repr__(self) -> str:
+        return (f"Message(name={self.name!r}, param={self.param!r}, fds={self.fds!r}, "
+                f"pid={self.pid!r}, type={self.type!r}, status={self.status!r})")
 
     @property
     def ok(self) -> bool:
@@ -66,29 +70,38 @@ class PeerStatus(enum.IntEnum):
 PEER_STATUS = {int(s): s for s in PeerStatus}
 
 
-@dataclass(eq=False, slots=True)
 class PeerReply:
     """One peer a request reached: its pid, its name (``/proc/PID/comm``
-    when it joined), what became of the request there, and its answer
-    (``ANSWERED`` and ``NO_ACTION``; the same Message as in ``msgs``)."""
+    when it joined), what became of the request there (a PeerStatus), and
+    its answer (``ANSWERED`` and ``NO_ACTION``; the same Message as in
+    ``msgs``; else None)."""
 
-    pid: int
-    name: str
-    status: PeerStatus
-    msg: Message | None = None
+    __slots__ = ("pid", "name", "status", "msg")
+
+    def __init__(self, pid: int, name: str, status: PeerStatus, msg: Message | None = None):
+        self.pid, self.name, self.status, self.msg = pid, name, status, msg
+
+    def __repr__(self) -> str:
+        return (f"PeerReply(pid={self.pid!r}, name={self.name!r}, status={self.status!r}, "
+                f"msg={self.msg!r})")
 
 
-@dataclass(eq=False, slots=True)
 class Reply:
     """What a request got (DPDK's rte_mp_reply): nb_sent peers reached,
     nb_received answered (NO_ACTION and ACTION_FAILED answers included),
-    their answers in arrival order, and one PeerReply per peer reached, in
-    the order the request went to them."""
+    their answers in arrival order (msgs), and one PeerReply per peer
+    reached, in the order the request went to them (peers)."""
 
-    nb_sent: int
-    nb_received: int
-    msgs: list[Message]
-    peers: list[PeerReply] = field(default_factory=list)
+    __slots__ = ("nb_sent", "nb_received", "msgs", "peers")
+
+    def __init__(self, nb_sent: int, nb_received: int, msgs: list[Message],
+                 peers: list[PeerReply] | None = None):
+        self.nb_sent, self.nb_received, self.msgs = nb_sent, nb_received, msgs
+        self.peers = [] if peers is None else peers
+
+    def __repr__(self) -> str:
+        return (f"Reply(nb_sent={self.nb_sent!r}, nb_received={self.nb_received!r}, "
+                f"msgs={self.msgs!r}, peers={self.peers!r})")
 
     def close(self) -> None:
         for m in self.msgs:
@@ -101,14 +114,10 @@ class Reply:
         self.close()
 
 
-@dataclass(frozen=True)
-class Member:
-    """A process that joined the primary's IPC.  ``secondary``: its parent
-    is the template (otherwise it attached from outside)."""
-
-    pid: int
-    ppid: int
-    secondary: bool
+class Member(Record):
+    """A process that joined the primary's IPC: pid, ppid and secondary
+    (its parent is the template; otherwise it attached from outside)."""
+    _fields = ("pid", "ppid", "secondary")
 
 
 class Peer:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from .. import _exit_notice, _protocol as protocol
 from .._native import ffi, lib

@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from .._errors import IPCError
 from ._wire import ACTION_FAILED, PARAM_MAX

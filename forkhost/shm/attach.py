@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, replace
 
 from .. import _runtime as runtime
 from .._native import ffi, lib, library_base
 from .._errors import AttachError
+from .._record import Record
 
 ERRLEN = 512
 
 
-@dataclass(frozen=True)
-class Attachment:
-    """What attach() mapped, and where the native library sits on each side."""
-
-    prefix: str
-    base: int
-    size: int
-    primary_pid: int
-    library_path: str
-    library_base_primary: int   # libforkhost.so in the primary
-    library_base_here: int      # libforkhost.so in this process
-    already: bool = False       # this process had the arena already
+class Attachment(Record):
+    """What attach() mapped, and where the native library sits on each
+    side: libforkhost.so at library_base_primary in the primary, at
+    library_base_here in this process; already: this process had the
+    arena before the call."""
+    _fields = ("prefix", "base", "size", "primary_pid", "library_path",
+               "library_base_primary", "library_base_here", "already")
+    _defaults = (False,)
 
     @property
     def library_same_address(self) -> bool:
@@ -93,7 +89,7 @@ def attach(prefix: str | None = None, runtime_dir=None) -> Attachment:
         hdr = lib.fh_arena_hdr()
         if here == base and lib.fh_arena_max() == size and \
                 hdr.primary_pid == info.primary_pid:
-            return replace(info, already=True)
+            return info._replace(already=True)
         raise AttachError(f"cannot attach to prefix {name!r}: this process already "
                           f"has an arena at 0x{here:x} (one arena per process)",
                           errno.EEXIST)

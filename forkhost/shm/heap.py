@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import errno as E
 import os
-from dataclasses import dataclass
 
 from .._native import ffi, lib
+from .._record import Record
 from .._errors import NoSpaceError, ShmError
 from ._util import address, raise_errno
 
@@ -191,31 +191,22 @@ def calloc(n: int, size: int) -> Block:
     return Block(address(p), n * size)
 
 
-@dataclass(frozen=True)
-class HeapStats:
-    """The heap as a whole (struct fh_heap_stats); zeros before any use."""
-    total_bytes: int
-    free_bytes: int
-    greatest_free: int
-    alloc_bytes: int
-    alloc_count: int
-    free_count: int
-    total_allocs: int
-    total_frees: int
-    segments: int
-    procs: int
+def _struct_fields(struct: str) -> tuple[str, ...]:
+    return tuple(name for name, _ in ffi.typeof(struct).fields)
 
 
-@dataclass(frozen=True)
-class ProcStats:
+class HeapStats(Record):
+    """The heap as a whole (struct fh_heap_stats, field for field); zeros
+    before any use."""
+    _fields = _struct_fields("struct fh_heap_stats")
+
+
+class ProcStats(Record):
     """One process's allocations and frees, in blocks and usable bytes
-    (struct fh_heap_proc_stats).  pid 0 gathers ended processes whose slot
-    was reused and processes that found the table full."""
-    pid: int
-    alloc_count: int
-    alloc_bytes: int
-    free_count: int
-    free_bytes: int
+    (struct fh_heap_proc_stats, field for field).  pid 0 gathers ended
+    processes whose slot was reused and processes that found the table
+    full."""
+    _fields = _struct_fields("struct fh_heap_proc_stats")
 
 
 def stats() -> HeapStats:
@@ -223,7 +214,7 @@ def stats() -> HeapStats:
     st = ffi.new("struct fh_heap_stats *")
     if lib.fh_heap_get_stats(st) < 0:
         _fail(ffi.errno, "heap statistics")
-    return HeapStats(*(int(getattr(st, f)) for f in HeapStats.__dataclass_fields__))
+    return HeapStats(*(int(getattr(st, f)) for f in HeapStats._fields))
 
 
 def process_stats() -> dict[int, ProcStats]:
@@ -232,7 +223,7 @@ def process_stats() -> dict[int, ProcStats]:
     n = lib.fh_heap_get_proc_stats(out, PROC_SLOTS)
     if n < 0:
         _fail(ffi.errno, "heap statistics")
-    fields = ProcStats.__dataclass_fields__
+    fields = ProcStats._fields
     return {int(out[i].pid): ProcStats(*(int(getattr(out[i], f)) for f in fields))
             for i in range(min(n, PROC_SLOTS))}
 
