@@ -16,7 +16,7 @@ import pytest
 
 import forkhost
 from forkhost import _cli
-from fhtest import FIXTURES, RUNNER, ended, secondary_pids, wait_until
+from fhtest import FIXTURES, RUNNER, PrimaryProc, ended, secondary_pids, wait_until
 
 LINE = re.compile(r"<(\d)>(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) forkhost\[(\S+)\] "
                   r"(\w+)((?: \w+=(?:\"(?:[^\"\\]|\\.)*\"|\S+))*)$")
@@ -175,6 +175,23 @@ def test_log_lines_stats_and_reopen_say_what_was_done(runtime_dir, capsys):
         for leftover in (pid, tpid):      # not our children: only if the test failed
             if leftover and not ended(leftover):
                 os.kill(leftover, signal.SIGKILL)
+
+
+def test_default_level_writes_no_event_line_and_ignores_sigusr1(runtime_dir):
+    """The default level keeps stderr as it was; without --detach SIGUSR1
+    has no log to reopen and stops nothing."""
+    p = PrimaryProc(runtime_dir, prefix="q")
+    try:
+        p.proc.send_signal(signal.SIGUSR1)
+        assert p.run("fhfix:exit_with", "4", cwd=FIXTURES).returncode == 4
+        assert p.run("./no-such-entry.so", cwd=FIXTURES).returncode == 127
+        wait_until(lambda: forkhost.info("q", runtime_dir)["refused"] == 1,
+                   what="the refusal")
+    finally:
+        code, out, err = p.stop()
+    assert code == 0, err
+    assert err == "", err
+    assert out.splitlines()[-1] == "forkhost primary: stopped (prefix 'q')"
 
 
 def test_bad_values_and_no_primary_get_one_clear_error(runtime_dir, capsys):
