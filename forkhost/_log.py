@@ -35,12 +35,6 @@ def quote(text: str) -> str:
     return ffi.string(buf, n).decode(errors="surrogateescape")
 
 
-def signal_name(sig: int) -> str:
-    """A signal's name as the template's lines and INFO give it."""
-    buf = ffi.new("char[]", 32)
-    return ffi.string(lib.fh_log_signal_name(sig, buf, len(buf))).decode()
-
-
 def write(threshold: int, lvl: int, prefix: str, event: str, **fields) -> None:
     """One line for event on fd 2, if lvl is logged at threshold; str
     values are quoted, others written as they print."""

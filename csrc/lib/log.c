@@ -30,12 +30,33 @@ FH_API int fh_log_level_parse(const char *name)
     return -1;
 }
 
+/* By the macros, not by number: the numbers differ between machines.  (Not
+ * sigabbrev_np: glibc has it from 2.32 only.) */
+static const char *const signal_names[] = {
+    [SIGHUP] = "SIGHUP", [SIGINT] = "SIGINT", [SIGQUIT] = "SIGQUIT",
+    [SIGILL] = "SIGILL", [SIGTRAP] = "SIGTRAP", [SIGABRT] = "SIGABRT",
+    [SIGBUS] = "SIGBUS", [SIGFPE] = "SIGFPE", [SIGKILL] = "SIGKILL",
+    [SIGUSR1] = "SIGUSR1", [SIGSEGV] = "SIGSEGV", [SIGUSR2] = "SIGUSR2",
+    [SIGPIPE] = "SIGPIPE", [SIGALRM] = "SIGALRM", [SIGTERM] = "SIGTERM",
+#ifdef SIGSTKFLT
+    [SIGSTKFLT] = "SIGSTKFLT",
+#endif
+    [SIGCHLD] = "SIGCHLD", [SIGCONT] = "SIGCONT", [SIGSTOP] = "SIGSTOP",
+    [SIGTSTP] = "SIGTSTP", [SIGTTIN] = "SIGTTIN", [SIGTTOU] = "SIGTTOU",
+    [SIGURG] = "SIGURG", [SIGXCPU] = "SIGXCPU", [SIGXFSZ] = "SIGXFSZ",
+    [SIGVTALRM] = "SIGVTALRM", [SIGPROF] = "SIGPROF", [SIGWINCH] = "SIGWINCH",
+    [SIGIO] = "SIGIO",
+#ifdef SIGPWR
+    [SIGPWR] = "SIGPWR",
+#endif
+    [SIGSYS] = "SIGSYS",
+};
+
 FH_API const char *fh_log_signal_name(int sig, char *buf, size_t size)
 {
-    const char *abbrev = sig > 0 && sig < SIGRTMIN ? sigabbrev_np(sig) : NULL;
-
-    if (abbrev != NULL)
-        snprintf(buf, size, "SIG%s", abbrev);
+    if (sig > 0 && (size_t)sig < sizeof signal_names / sizeof signal_names[0] &&
+        signal_names[sig] != NULL)
+        snprintf(buf, size, "%s", signal_names[sig]);
     else if (sig >= SIGRTMIN && sig <= SIGRTMAX)
         snprintf(buf, size, "SIGRTMIN+%d", sig - SIGRTMIN);
     else
