@@ -1,7 +1,7 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stop, restart, doctor, demo, config, attach,
-verify, maps, ptr.  Options have
+Subcommands: primary, run, ps, stats, stop, restart, doctor, demo, config,
+attach, verify, maps, ptr.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
 stderr); 2 usage error.  ``forkhost run`` follows the launcher contract
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    default=_wire.DEFAULT_HUGE_PAGES)
     p.add_argument("--detach", action="store_true",
                    help="run in the background; print the ready line and return")
+    p.add_argument("--log-level", choices=_wire.LOG_LEVELS, default=_wire.LOG_DEFAULT,
+                   help="log lines up to this level on stderr (the log file "
+                   "with --detach; default %(default)s)")
     p.add_argument("--worker", action="append", default=[], metavar="'NAME=ENTRY [ARGS]'",
                    help="start and supervise a worker; one argument, split like a "
                    "shell line (repeatable; docs/supervision.md)")
@@ -72,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--all", action="store_true", help="every prefix in the runtime dir")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("stats", help="a prefix's counters: launches, refusals, exits, "
+                       "launch latency, pool, arena")
+    _common(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--prometheus", action="store_true",
+                     help="Prometheus text format (node_exporter's textfile "
+                     "collector reads it)")
 
     p = sub.add_parser("stop", help="stop a primary (or, with --worker, one worker)")
     _common(p)
@@ -170,7 +182,8 @@ def _make_primary(a):
                    arena_max=a.arena_max,
                    preload=a.preload, max_secondaries=a.max_secondaries,
                    grace=a.grace, pool=a.pool, huge_pages=a.huge_pages,
-                   ipc=True)   # secondaries get IPC and exit notices
+                   ipc=True,   # secondaries get IPC and exit notices
+                   log_level=a.log_level)
 
 
 def _serve(p, ready) -> int:
@@ -180,7 +193,8 @@ def _serve(p, ready) -> int:
     on its own (1)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    # SIGUSR1: reopen the log (--detach), never a stop.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
     ready()
     code = 0
@@ -194,20 +208,31 @@ def _serve(p, ready) -> int:
         if gave_up and gave_up[0] in r:     # exit_on_give_up (logged already)
             from ._supervise import EXIT_GAVE_UP
             code = EXIT_GAVE_UP
+            p.stop_cause = "the supervisor gave up"
             break
         if p.template_pidfd in r:
             status = p.wait_template(0)
             how = f"killed by signal {-status}" if status < 0 else f"status {status}"
             print(f"forkhost primary: the template exited unexpectedly ({how}); "
                   f"stopping", file=sys.stderr, flush=True)
+            p.stop_cause = f"the template exited ({how})"
             code = 1
             break
-        if wake_r in r and os.read(wake_r, 64):
-            break
+        if wake_r in r:
+            sigs = set(os.read(wake_r, 64))
+            if signal.SIGUSR1 in sigs:
+                try:
+                    p.reopen_log()
+                except ForkhostError as err:     # said in the log still open
+                    print(f"forkhost primary: {err}", file=sys.stderr, flush=True)
+            sigs.discard(signal.SIGUSR1)
+            if sigs:
+                p.stop_cause = signal.Signals(min(sigs)).name
+                break
     # The stop is under way: the same signals again are ignored, or one
     # arriving after Python has put the default actions back, as it does
     # at exit, would kill the primary before it ends cleanly.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
     p.stop()
     print(f"forkhost primary: stopped (prefix {p.prefix!r})", flush=True)
@@ -253,6 +278,7 @@ def _detach(a) -> int:
     here, after the runtime directory's checks (a refusal is ours to print)."""
     p = _make_primary(a)       # validates options before forking
     log = runtime.open_log(p.paths)
+    p.log_root = str(p.paths.root)    # SIGUSR1 reopens it
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -668,7 +694,13 @@ def _layout_command(name: str):
     return cmd
 
 
+def cmd_stats(a) -> int:
+    from ._stats import stats
+    return stats(a)
+
+
 COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
+            "stats": cmd_stats,
             "restart": cmd_restart,
             "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config,
             "attach": cmd_attach, "verify": _layout_command("verify"),

@@ -27,7 +27,7 @@ import time
 import traceback
 
 from . import ipc as _ipc
-from . import _wire, _runtime as runtime
+from . import _log, _wire, _runtime as runtime
 # Imported here, before the template is forked, so that every secondary
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
@@ -150,7 +150,7 @@ class Primary:
                  grace: float = DEFAULT_GRACE,
                  pool: int = DEFAULT_POOL,
                  huge_pages: str = _wire.DEFAULT_HUGE_PAGES,
-                 ipc: bool = False):
+                 ipc: bool = False, log_level: str = _log.DEFAULT):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
@@ -172,6 +172,13 @@ class Primary:
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
         self.huge_pages = huge_pages
+        # Log lines up to this level on fd 2 (forkhost/_log.py), the
+        # template's included.
+        self.log_level = _log.level(log_level)
+        # The runtime directory whose <prefix>.log fd 2 is (forkhost
+        # primary --detach): reopen_log() opens it again.
+        self.log_root: str | None = None
+        self.stop_cause = "Primary.stop()"   # for the stop line
         self.no_huge_why = ""     # auto mode without huge pages: why
         self.pid = os.getpid()
         self.template_pid = 0
@@ -214,6 +221,7 @@ class Primary:
             raise ForkhostError("this process already ran a forkhost primary; "
                                 "one primary per process")
         self.pid = os.getpid()   # the object may have been made before a fork
+        self._log(_log.lib.FH_LOG_INFO, "start", pid=self.pid)
         self._lock.acquire()
         self.recovered_pid = self._lock.stale_pid
         try:
@@ -240,7 +248,34 @@ class Primary:
             raise
         global _running
         _running = self
+        self._log(_log.lib.FH_LOG_INFO, "ready", pid=self.pid,
+                  template_pid=self.template_pid, socket=self.socket_path,
+                  arena_size=int(lib.fh_arena_size()),
+                  arena_max=int(lib.fh_arena_max()))
         return self
+
+    def _log(self, level: int, event: str, **fields) -> None:
+        _log.write(self.log_level, level, self.prefix, event, **fields)
+
+    def reopen_log(self) -> None:
+        """logrotate moved the log (forkhost primary --detach: SIGUSR1):
+        stdout and stderr on <runtime>/<prefix>.log again, and the template
+        told to do the same.  Nothing without a log of ours."""
+        if self.log_root is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        fd = runtime.open_log(self.paths)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self._log(_log.lib.FH_LOG_INFO, "reopen", pid=self.pid)
+        if self.template_pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.template_pidfd, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
     def _create_arena(self) -> None:
         flags = {"auto": lib.FH_ARENA_HUGE_AUTO, "always": lib.FH_ARENA_HUGE_ONLY,
@@ -336,7 +371,8 @@ class Primary:
                     prefix=self.prefix, socket_path=self.socket_path,
                     socket_ino=ino, primary_pid=self.pid,
                     max_secondaries=self.max_secondaries, grace=self.grace,
-                    pool_size=self.pool)
+                    pool_size=self.pool, log_level=self.log_level,
+                    log_root=self.log_root)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -438,8 +474,10 @@ class Primary:
         told first (forkhost.shutdown) and those that answer get up to the
         grace period to leave."""
         global _running
-        if _running is self:
+        if _running is self:              # started, not stopped yet
             _running = None
+            self._log(_log.lib.FH_LOG_INFO, "stop", pid=self.pid,
+                      cause=self.stop_cause)
         if self.supervisor is not None:   # workers first, while IPC runs
             self.supervisor.close()
         _ipc.shutdown_primary(self.grace)

@@ -25,6 +25,7 @@
 #include "forkhost/ipc.h"
 #include "forkhost/hotset.h"
 #include "forkhost/member.h"
+#include "forkhost/log.h"
 #include "forkhost/template.h"
 #include "forkhost/thp.h"
 #include "forkhost/rundir.h"

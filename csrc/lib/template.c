@@ -20,8 +20,12 @@
 #include "forkhost/template.h"
 #include "init_internal.h"
 #include "spawn_internal.h"
+#include "forkhost/arena.h"
+#include "forkhost/log.h"
 #include "forkhost/member.h"
+#include "forkhost/memzone.h"
 #include "forkhost/request.h"
+#include "forkhost/rundir.h"
 #include "forkhost/spawn.h"
 
 #include <dirent.h>
@@ -63,6 +67,7 @@ struct conn {
     int      registered;     /* fd in the epoll set */
     int64_t  deadline;       /* PENDING: the request is due (µs) */
     int64_t  kill_at;        /* RUNNING: SIGKILL due (client gone), or 0 */
+    int64_t  accepted;       /* when it was accepted (or handed over) */
     int64_t  started;
     pid_t    pid;
     int      pidfd;
@@ -117,7 +122,9 @@ struct tpl {
     int64_t  stop_deadline, last_activity, last_launch, launch_gap;
     int64_t  fork_failed, notices_due;
     uint64_t notices_pending;
-    unsigned long launched, pool_launches, refused;
+    unsigned long pool_launches;
+    int      log_level;      /* lines up to it (log.h) */
+    struct fh_template_stats *stats;   /* MADV_DONTFORK */
 };
 
 /* A HANDOFF read while secondaries were being counted, kept for the loop:
@@ -139,6 +146,7 @@ struct received {
     const int *fds;
     unsigned  nfds;
     pid_t     client_pid;
+    int64_t   accepted_us;
 };
 
 static struct fh_member g_member;          /* the member, in a child */
@@ -170,6 +178,37 @@ static void say(const char *fmt, ...)
     if (write(2, line, (size_t)n) < 0) {
         /* nowhere else to say it */
     }
+}
+
+/* One log line (log.h) of this level, if the level is logged: nothing is
+ * formatted, and no system call made, for a line filtered out. */
+static int logged(const struct tpl *t, int level)
+{
+    return level <= t->log_level;
+}
+
+static void log_event(const struct tpl *t, int level, const char *event,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void log_event(const struct tpl *t, int level, const char *event,
+                      const char *fmt, ...)
+{
+    char fields[2048];
+    va_list ap;
+
+    if (!logged(t, level))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(fields, sizeof fields, fmt, ap);
+    va_end(ap);
+    fh_log_write(2, level, t->c->prefix, event, fields);
+}
+
+/* s as a log line's string value; "\"\"" when it does not fit. */
+static const char *quoted(char *buf, size_t size, const char *s)
+{
+    if (fh_log_quote(buf, size, s) < 0)
+        snprintf(buf, size, "\"\"");
+    return buf;
 }
 
 static void *dontfork_alloc(size_t size)
@@ -230,6 +269,24 @@ static void send_error(int fd, int code, const char *text)
     send_record(fd, FH_MSG_ERROR, &e, 8 + n);
 }
 
+/* Every refusal: counted, logged (with the client's pid, asked of the
+ * socket only then) and answered. */
+static void refused(struct tpl *t, int fd, int code, const char *text)
+{
+    t->stats->refusals++;
+    if (logged(t, FH_LOG_INFO)) {
+        char q[2 * FH_PROTO_MAX_ERROR + 16];
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+            cred.pid = 0;
+        log_event(t, FH_LOG_INFO, "refusal", "client_pid=%d code=%d reason=%s",
+                  (int)cred.pid, code, quoted(q, sizeof q, text));
+    }
+    send_error(fd, code, text);
+}
+
 static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
@@ -240,8 +297,7 @@ static void refuse(struct tpl *t, int fd, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    t->refused++;
-    send_error(fd, code, text);
+    refused(t, fd, code, text);
 }
 
 static void send_exited(int fd, int code, int sig)
@@ -276,7 +332,8 @@ static struct conn *conn_new(struct tpl *t, int fd)
         c->pidfd = -1;
         c->report_fd = -1;
         c->client_uid = -1;
-        c->deadline = now_us() + (int64_t)t->timeout_ms * 1000;
+        c->accepted = now_us();
+        c->deadline = c->accepted + (int64_t)t->timeout_ms * 1000;
         if (i + 1 > t->conns_hi)
             t->conns_hi = i + 1;
         return c;
@@ -506,6 +563,7 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
         memcpy(m->fds, r->fds, r->nfds * sizeof(int));
         m->nfds = r->nfds;
         m->state = FH_HANDOFF_MESSAGE;
+        m->accepted_us = r->accepted_us;
         rc = fh__member_take_received(m, r->client_pid);
         if (rc == FH_MEMBER_PYTHON)
             run_taken(t, m);
@@ -639,11 +697,11 @@ static void add_pool_member(struct tpl *t)
     t->fork_failed = 0;
 }
 
-static void started_secondary(struct tpl *t, int pool)
+static void started_secondary(struct tpl *t, int pool, uint32_t latency_us)
 {
     int64_t now = now_us();
 
-    t->launched++;
+    fh_stats_launch(t->stats, latency_us);
     t->pool_launches += (unsigned long)pool;
     t->launch_gap = now - t->last_launch;
     t->last_launch = t->last_activity = now;
@@ -711,7 +769,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     int cwd_fd = nfds == 2 ? fds[1] : -1;
 
     if (t->hot != NULL) {
-        if ((t->launched + 1) % FH_TEMPLATE_RELEARN == 0)
+        if ((t->stats->launches + 1) % FH_TEMPLATE_RELEARN == 0)
             fh_hotset_arm(t->hot, 1);
         fh_hotset_note(t->hot, nfds == 2);
     }
@@ -734,9 +792,19 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     c->report_fd = mb->ctl_fd;
     c->job_control = (tk.flags & FH_LAUNCH_JOBCTL) != 0;
     c->notice = (tk.flags & FH_LAUNCH_NOTICE) != 0;
-    c->started = now_us();
+    c->started = tk.taken_us != 0 ? tk.taken_us : now_us();
     snprintf(c->argv0, sizeof c->argv0, "%.*s",
              (int)strnlen(argv0, (size_t)(end - argv0)), argv0);
+    if (logged(t, FH_LOG_DEBUG) && memchr(entry, '\0', (size_t)(end - entry))) {
+        char e[600], qe[1300], qa[600];
+
+        snprintf(e, sizeof e, "%s%s", tk.flags & FH_LAUNCH_MODULE ? "-m " : "",
+                 entry);
+        log_event(t, FH_LOG_DEBUG, "launch", "pid=%d client_pid=%d entry=%s "
+                  "argv0=%s latency=%.6f", (int)c->pid, (int)c->client_pid,
+                  quoted(qe, sizeof qe, e), quoted(qa, sizeof qa, c->argv0),
+                  tk.latency_us / 1e6);
+    }
     /* Its pidfd stays registered and now means this launch. */
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLIN;
@@ -744,7 +812,7 @@ static void took(struct tpl *t, struct member *mb, const char *body,
     epoll_ctl(t->ep, EPOLL_CTL_MOD, c->pidfd, &ev);
     mb->used = 0;
     conn_register(t, c);
-    started_secondary(t, !mb->on_demand);
+    started_secondary(t, !mb->on_demand, tk.latency_us);
     if (cwd_fd >= 0) {                /* a Python entry */
         if (memchr(entry, '\0', (size_t)(end - entry)) != NULL)
             read_ahead(t, cwd_fd, entry, (tk.flags & FH_LAUNCH_MODULE) != 0);
@@ -992,6 +1060,22 @@ static void reap(struct tpl *t, struct conn *c)
     }
     /* IPC: the primary broadcasts every exit (docs/ipc.md). */
     notify_exit(t, c->pid, status);
+    fh_stats_exit(t->stats, status);
+    if (logged(t, FH_LOG_DEBUG)) {
+        double ran = (now_us() - c->started) / 1e6;
+        char sig[32];
+
+        if (WIFSIGNALED(status))
+            log_event(t, FH_LOG_DEBUG, "exit", "pid=%d client_pid=%d "
+                      "signal=%s duration=%.6f", (int)c->pid,
+                      (int)c->client_pid,
+                      fh_log_signal_name(WTERMSIG(status), sig, sizeof sig),
+                      ran);
+        else
+            log_event(t, FH_LOG_DEBUG, "exit", "pid=%d client_pid=%d "
+                      "status=%d duration=%.6f", (int)c->pid,
+                      (int)c->client_pid, WEXITSTATUS(status), ran);
+    }
     epoll_ctl(t->ep, EPOLL_CTL_DEL, c->pidfd, NULL);
     close(c->pidfd);
     if (c->report_fd >= 0)
@@ -1121,8 +1205,7 @@ static void launch(struct tpl *t, struct conn *c, size_t n, int mflags,
     /* The one check a pool member makes too (request.h): the cwd fd, the
      * entry, a Python entry's stdio. */
     if (fh_launch_decide(v, fds, nfds, &target) == FH_ENTRY_ERROR) {
-        t->refused++;
-        send_error(c->fd, target.exit_code, target.message);
+        refused(t, c->fd, target.exit_code, target.message);
         return;
     }
     if (target.kind != FH_ENTRY_NATIVE && t->c->hooks.run_python == NULL) {
@@ -1136,6 +1219,7 @@ static void launch(struct tpl *t, struct conn *c, size_t n, int mflags,
     r.fds = fds;
     r.nfds = nfds;
     r.client_pid = c->client_pid;
+    r.accepted_us = c->accepted;
     rc = add_member(t, &r);
     if (rc < 0)
         refuse(t, c->fd, 125, "cannot fork the secondary: %s", strerror(-rc));
@@ -1548,6 +1632,43 @@ int fh__json_str(char *buf, size_t size, const char *s)
     return (int)o.len;
 }
 
+/* The counters (log.h), the arena's use: "exits", "latency", "arena"
+ * members and a ", " after them. */
+static void put_stats(struct out *o, const struct fh_template_stats *s)
+{
+    char sig[32];
+    unsigned i;
+    int first = 1;
+
+    put(o, "\"exits\": {\"status\": {");
+    for (i = 0; i < 256; i++)
+        if (s->exit_status[i] != 0) {
+            put(o, "%s\"%u\": %llu", first ? "" : ", ", i,
+                (unsigned long long)s->exit_status[i]);
+            first = 0;
+        }
+    put(o, "}, \"signal\": {");
+    first = 1;
+    for (i = 0; i < FH_STATS_SIGNALS; i++)
+        if (s->exit_signal[i] != 0) {
+            put(o, "%s\"%s\": %llu", first ? "" : ", ",
+                fh_log_signal_name((int)i, sig, sizeof sig),
+                (unsigned long long)s->exit_signal[i]);
+            first = 0;
+        }
+    put(o, "}}, \"latency\": {\"bounds_us\": [");
+    for (i = 0; i + 1 < FH_STATS_LATENCY_BUCKETS; i++)
+        put(o, "%s%llu", i ? ", " : "",
+            (unsigned long long)fh_stats_latency_bound(i));
+    put(o, "], \"buckets\": [");
+    for (i = 0; i < FH_STATS_LATENCY_BUCKETS; i++)
+        put(o, "%s%llu", i ? ", " : "", (unsigned long long)s->latency[i]);
+    put(o, "], \"sum_us\": %llu}, ", (unsigned long long)s->latency_sum_us);
+    if (fh_arena_base() != NULL)
+        put(o, "\"arena\": {\"size\": %zu, \"max\": %zu, \"free\": %zu}, ",
+            fh_arena_size(), fh_arena_max(), fh_memzone_free_bytes());
+}
+
 static size_t info_json(struct tpl *t, char *buf, size_t size)
 {
     struct out o = { buf, 0, size };
@@ -1562,10 +1683,11 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
     put(&o, "{\"prefix\": ");
     put_str(&o, t->c->prefix);
     put(&o, ", \"template_pid\": %d, \"primary_pid\": %d, "
-        "\"max_secondaries\": %u, \"launched\": %lu, \"pool_launches\": %lu, "
+        "\"max_secondaries\": %u, \"launched\": %llu, \"pool_launches\": %lu, "
         "\"pool\": %u, \"pool_size\": %u, \"members\": [",
         (int)t->pid, (int)t->c->primary_pid, t->c->max_secondaries,
-        t->launched, t->pool_launches, count_members(t, 1), t->c->pool_size);
+        (unsigned long long)t->stats->launches, t->pool_launches,
+        count_members(t, 1), t->c->pool_size);
     for (i = 0; i < t->members_hi; i++) {
         const struct member *mb = &t->members[i];
 
@@ -1575,8 +1697,8 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
             (int)mb->pid, mb->busy ? "busy" : "idle");
         first = 0;
     }
-    put(&o, "], \"refused\": %lu, \"hot_pages\": %u, \"stopping\": %s, "
-        "\"threads\": %d, ", t->refused,
+    put(&o, "], \"refused\": %llu, \"hot_pages\": %u, \"stopping\": %s, "
+        "\"threads\": %d, ", (unsigned long long)t->stats->refusals,
         t->hot != NULL ? fh_hotset_pages(t->hot) : 0u,
         t->stopping ? "true" : "false", thread_count());
     if (t->c->hooks.info_extra != NULL && o.len < o.size) {
@@ -1587,6 +1709,7 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
             put(&o, ", ");
         }
     }
+    put_stats(&o, t->stats);
     put(&o, "\"secondaries\": [");
     first = 1;
     for (i = 0; i < t->conns_hi; i++) {
@@ -1607,6 +1730,31 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
 
 /* ---- the loop ----------------------------------------------------------- */
 
+/* SIGUSR1 (the primary passes on its own, after logrotate moved the log):
+ * fd 2 on <runtime>/<prefix>.log again, opened as the primary opened it. */
+static void reopen_log(struct tpl *t)
+{
+    struct fh_prefix_paths p;
+    char err[FH_RUNDIR_ERR_MAX];
+    int fd;
+
+    if (t->c->log_root == NULL)
+        return;
+    memset(&p, 0, sizeof p);
+    snprintf(p.root, sizeof p.root, "%s", t->c->log_root);
+    snprintf(p.prefix, sizeof p.prefix, "%s", t->c->prefix);
+    fd = fh_prefix_log_open(&p, err, sizeof err);
+    if (fd < 0) {
+        say("forkhost template: cannot reopen the log: %s", err);
+        return;
+    }
+    if (fd != 2) {
+        dup2(fd, 2);
+        close(fd);
+    }
+    log_event(t, FH_LOG_INFO, "reopen", "pid=%d", (int)t->pid);
+}
+
 static void read_signals(struct tpl *t)
 {
     struct signalfd_siginfo si[16];
@@ -1617,6 +1765,8 @@ static void read_signals(struct tpl *t)
     for (i = 0; n > 0 && i < n / (ssize_t)sizeof si[0]; i++) {
         if (si[i].ssi_signo == SIGCHLD) {
             chld = 1;
+        } else if (si[i].ssi_signo == SIGUSR1) {
+            reopen_log(t);
         } else {
             stop_now = 1;
             /* PR_SET_PDEATHSIG's SIGHUP comes from the dying primary
@@ -1757,6 +1907,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
         return fail(c, FH_TEMPLATE_REQUEST_TIMEOUT_ENV " is not a number of "
                     "milliseconds from 1 up", 0);
     t.launch_gap = INT64_MAX / 2;
+    t.log_level = c->log_level != 0 ? c->log_level : FH_LOG_DEFAULT;
     t.deferred_tail = &t.deferred;
     /* No controlling terminal: terminal signals are the clients' business,
      * and secondaries may read a client's tty freely. */
@@ -1796,6 +1947,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     sigaddset(&t.mask, SIGINT);
     sigaddset(&t.mask, SIGHUP);
     sigaddset(&t.mask, SIGCHLD);
+    sigaddset(&t.mask, SIGUSR1);       /* reopen the log (reopen_log) */
     sigprocmask(SIG_SETMASK, &t.mask, NULL);
     t.sfd = signalfd(-1, &t.mask, SFD_CLOEXEC | SFD_NONBLOCK);
     t.ep = epoll_create1(EPOLL_CLOEXEC);
@@ -1817,10 +1969,11 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     t.members = dontfork_alloc(cap * sizeof *t.members);
     t.ctl_buf = dontfork_alloc(CTL_MAX + 1);
     t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra);
+    t.stats = dontfork_alloc(sizeof *t.stats);
     t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
-        t.ra == NULL || t.rx == MAP_FAILED)
+        t.ra == NULL || t.stats == NULL || t.rx == MAP_FAILED)
         return fail(c, "memory for the loop", ENOMEM);
     if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0)
         return fail(c, "epoll", errno);

@@ -3,7 +3,9 @@
  * UBSan: fh_member_next/fh_member_handoff on real sockets (a request that
  * is not a launch is handed over with its bytes and fds; a slow one says
  * BUSY first; a Python launch is taken and set up, its TAKEN carrying the
- * cwd).  The parser and the classifier are test_request.c's.
+ * cwd, and the latency the template's histogram counts).  The parser
+ * and the classifier are test_request.c's.  Also the log lines' format and
+ * the template's counters (forkhost/log.h).
  */
 #include "forkhost.h"
 #include "fhtest.h"
@@ -16,6 +18,15 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 /* The fixed part of a LAUNCH whose strings take strings_len bytes. */
 static struct fh_launch launch_head(size_t strings_len, unsigned stdio_mask,
@@ -211,17 +222,28 @@ static void test_member_sockets(void)
         struct stat a, b;
         struct fh_exited ex;
         struct fh_exit_report report;
+        struct fh_taken_msg tk;
+        int64_t before, after;
         ssize_t n;
 
         CHECK(mkdtemp(dir) != NULL && pipe2(p, O_CLOEXEC) == 0, "dir, pipe");
         sent[0] = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
         sent[1] = sent[2] = p[1];
+        before = mono_us();
         CHECK(sent[0] >= 0 &&
               connect(c, (struct sockaddr *)&addr, sizeof addr) == 0 &&
               send_fds(c, iov, 2, sent, 3) == (ssize_t)l.hdr.len, "send LAUNCH");
         close(p[1]);
         CHECK(read_ctl(ctl[0], body, sizeof body, fds, &nfds, &blen) ==
               FH_CTL_TAKEN && nfds == 2, "TAKEN with two fds, got %u", nfds);
+        after = mono_us();
+        /* When it was taken, and how long after its accept: within what
+         * this process saw. */
+        memcpy(&tk, body, sizeof tk);
+        CHECK(tk.taken_us >= before && tk.taken_us <= after &&
+              tk.latency_us <= after - before, "TAKEN's times: %lld in "
+              "[%lld, %lld], latency %u", (long long)tk.taken_us,
+              (long long)before, (long long)after, tk.latency_us);
         CHECK(fstat(fds[1], &a) == 0 && fstat(sent[0], &b) == 0 &&
               a.st_ino == b.st_ino && a.st_dev == b.st_dev, "TAKEN's cwd");
         CHECK(blen == sizeof(struct fh_taken_msg) + 7 &&
@@ -255,8 +277,78 @@ static void test_member_sockets(void)
     CHECK(count_fds() == fds_before, "fds leaked");
 }
 
+/* forkhost/log.h: levels, signal names, quoting, one line's format, and
+ * the counters' buckets and exits. */
+static void test_log_and_counters(void)
+{
+    static struct fh_template_stats st;
+    char buf[256], line[512];
+    int p[2], i;
+    ssize_t n;
+
+    CHECK(fh_log_level_parse("debug") == FH_LOG_DEBUG &&
+          fh_log_level_parse("warning") == FH_LOG_WARNING &&
+          fh_log_level_parse("loud") == -1 && fh_log_level_parse(NULL) == -1,
+          "levels by name");
+    for (i = 0; i < 8; i++)
+        CHECK(fh_log_level_name(i) == NULL ||
+              fh_log_level_parse(fh_log_level_name(i)) == i, "level %d", i);
+    CHECK(fh_log_level_name(FH_LOG_DEFAULT) != NULL && fh_log_level_name(8) == NULL,
+          "names");
+    CHECK(strcmp(fh_log_signal_name(SIGKILL, buf, sizeof buf), "SIGKILL") == 0 &&
+          strcmp(fh_log_signal_name(SIGRTMIN + 2, buf, sizeof buf),
+                 "SIGRTMIN+2") == 0 &&
+          strcmp(fh_log_signal_name(0, buf, sizeof buf), "SIG0") == 0, "signals");
+    CHECK(fh_log_quote(buf, sizeof buf, "a\"b\n") == 12 &&
+          strcmp(buf, "\"a\\\"b\\u000a\"") == 0, "quoted: %s", buf);
+    CHECK(fh_log_quote(buf, 4, "abcdef") == -1, "does not fit");
+    CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe");
+    CHECK(fh_log_write(p[1], FH_LOG_INFO, "t", "exit", "pid=1 status=0") == 0 &&
+          fh_log_write(p[1], FH_LOG_DEBUG, "t", "start", NULL) == 0, "write");
+    n = read(p[0], line, sizeof line - 1);
+    CHECK(n > 0, "read");
+    line[n] = '\0';
+    /* <6>YYYY-MM-DDTHH:MM:SS.mmmZ forkhost[t] exit pid=1 status=0 */
+    CHECK(n == 2 * 27 + (ssize_t)strlen(" forkhost[t] exit pid=1 status=0\n") +
+          (ssize_t)strlen(" forkhost[t] start\n") &&
+          strncmp(line, "<6>", 3) == 0 && line[13] == 'T' && line[26] == 'Z' &&
+          strncmp(line + 27, " forkhost[t] exit pid=1 status=0\n<7>", 36) == 0 &&
+          strcmp(line + 60 + 27, " forkhost[t] start\n") == 0, "lines: %s", line);
+    close(p[0]);
+    close(p[1]);
+
+    CHECK(fh_stats_latency_bucket(0) == 0 && fh_stats_latency_bucket(100) == 0 &&
+          fh_stats_latency_bucket(101) == 1 &&
+          fh_stats_latency_bucket(1000000) == FH_STATS_LATENCY_BUCKETS - 2 &&
+          fh_stats_latency_bucket(1000001) == FH_STATS_LATENCY_BUCKETS - 1 &&
+          fh_stats_latency_bucket(UINT64_MAX) == FH_STATS_LATENCY_BUCKETS - 1,
+          "buckets");
+    for (i = 0; i + 1 < FH_STATS_LATENCY_BUCKETS; i++)
+        CHECK(fh_stats_latency_bucket(fh_stats_latency_bound((unsigned)i)) ==
+              (unsigned)i && (i == 0 || fh_stats_latency_bound((unsigned)i) >
+                              fh_stats_latency_bound((unsigned)i - 1)),
+              "bound %d", i);
+    CHECK(fh_stats_latency_bound(FH_STATS_LATENCY_BUCKETS - 1) == 0, "+Inf");
+    fh_stats_launch(&st, 50);
+    fh_stats_launch(&st, 300);
+    fh_stats_launch(&st, 2000000);
+    CHECK(st.launches == 3 && st.latency[0] == 1 && st.latency[2] == 1 &&
+          st.latency[FH_STATS_LATENCY_BUCKETS - 1] == 1 &&
+          st.latency_sum_us == 2000350, "launches");
+    fh_stats_exit(&st, 0);
+    fh_stats_exit(&st, 3 << 8);
+    fh_stats_exit(&st, 3 << 8);
+    fh_stats_exit(&st, 255 << 8);
+    fh_stats_exit(&st, SIGKILL);
+    fh_stats_exit(&st, SIGSEGV | 0x80);      /* with a core dump */
+    CHECK(st.exit_status[0] == 1 && st.exit_status[3] == 2 &&
+          st.exit_status[255] == 1 && st.exit_signal[SIGKILL] == 1 &&
+          st.exit_signal[SIGSEGV] == 1, "exits");
+}
+
 int main(void)
 {
+    test_log_and_counters();
     test_member_sockets();
     printf("test_member: ok\n");
     return 0;

@@ -12,6 +12,7 @@
 #include "forkhost/client.h"
 #include "forkhost/entry.h"
 #include "forkhost/init.h"
+#include "forkhost/log.h"
 #include "forkhost/proto.h"
 #include "forkhost/rundir.h"
 #include "forkhost/thp.h"
@@ -176,6 +177,20 @@ int main(void)
     VALUE("EXIT_NOT_FOUND", FH_EXIT_NOT_FOUND);
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
            COUNT(notice));
+    /* forkhost/log.h: the log levels' names, in order, and the default */
+    {
+        static const char *const names[8] = FH_LOG_LEVEL_NAMES;
+        int i, first = 1;
+
+        printf("LOG_LEVELS = (");
+        for (i = 0; i < 8; i++)
+            if (names[i] != NULL) {
+                printf("%s\"%s\"", first ? "" : ", ", names[i]);
+                first = 0;
+            }
+        printf(")\n");
+        text("LOG_DEFAULT", names[FH_LOG_DEFAULT]);
+    }
     VALUE("HDR_SIZE", h);
     VALUE("LAUNCH_SIZE", sizeof(struct fh_launch));
     return failed || fflush(stdout) != 0;

@@ -65,6 +65,8 @@ enum fh_ctl_type {
 
 struct fh_taken_msg {        /* TAKEN's body: this, then "entry\0argv0" */
     uint32_t flags;          /* the LAUNCH's flags (FH_LAUNCH_*) */
+    uint32_t latency_us;     /* from accept to this TAKEN (log.h) */
+    int64_t  taken_us;       /* CLOCK_MONOTONIC then, in microseconds */
 };
 
 struct fh_handoff {          /* 16 bytes, after the header */
@@ -128,6 +130,7 @@ struct fh_member {
     int       epoll_fd;
     /* out: the connection being handled */
     int       conn;
+    int64_t   accepted_us;   /* CLOCK_MONOTONIC when it was accepted */
     size_t    n;             /* bytes received */
     int       mflags;
     unsigned  state;         /* enum fh_handoff_state */

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "forkhost/log.h"
 #include "forkhost/member.h"
 
 #ifndef FH_API
@@ -100,6 +101,13 @@ struct fh_template_config {
     char        *title_area;     /* memory /proc/PID/cmdline shows, or NULL */
     size_t       title_len;
     struct fh_template_hooks hooks;
+    int          log_level;      /* enum fh_log_level (log.h): lines for
+                                    launches, exits and refusals on fd 2
+                                    up to it; 0: FH_LOG_DEFAULT */
+    const char  *log_root;       /* the runtime directory whose
+                                    <prefix>.log fd 2 is reopened on
+                                    SIGUSR1 (a --detach primary's), or
+                                    NULL: SIGUSR1 is ignored */
 };
 
 /*

@@ -35,6 +35,7 @@ struct fh_member {
     int       python_ready;
     int       epoll_fd;
     int       conn;
+    int64_t   accepted_us;
     size_t    n;
     int       mflags;
     unsigned  state;

@@ -32,6 +32,8 @@ struct fh_template_config {
     char        *title_area;
     size_t       title_len;
     struct fh_template_hooks hooks;
+    int          log_level;
+    const char  *log_root;
 };
 
 int fh_template_main(const struct fh_template_config *c);
