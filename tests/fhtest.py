@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import select
 import shutil
@@ -330,10 +331,17 @@ def launch_mix(prefix: str, runtime_dir: str, env: dict, native_so: str,
 
 # -- the native fixture ---------------------------------------------------
 
+@functools.cache
+def forkhost_flags() -> tuple[str, ...]:
+    """`forkhost config --cflags --libs`, as the fixtures' C is built with
+    (asked once per process)."""
+    return tuple(subprocess.run(["forkhost", "config", "--cflags", "--libs"],
+                                capture_output=True, text=True, check=True).stdout.split())
+
+
 def build_native_so(outdir: Path) -> str:
     """tests/fixtures/native_entry.c as a shared object linked to libforkhost."""
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     out = Path(outdir) / "entry.so"
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(out),
                     str(FIXTURES / "native_entry.c"), *flags], check=True)

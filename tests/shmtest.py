@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhtest import FIXTURES, PrimaryProc, module_primary
+from fhtest import FIXTURES, PrimaryProc, forkhost_flags, module_primary
 
 KINDS = ("python", "native")
 
@@ -31,8 +31,7 @@ class ShmNative:
 
 
 def _flags() -> list[str]:
-    return subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    return list(forkhost_flags())
 
 
 def build_shm_native(outdir: Path) -> ShmNative:

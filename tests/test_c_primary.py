@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, LineReader, ended, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, reap,
+                    wait_until)
 
 
 @pytest.fixture(scope="module")
 def c_primary_exe(tmp_path_factory) -> str:
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     out = tmp_path_factory.mktemp("cprimary") / "c_primary"
     subprocess.run(["cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-o", str(out),
                     str(FIXTURES / "c_primary.c"), *flags], check=True)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from forkhost import ipc
-from fhtest import FIXTURES, RUNNER, LineReader, ended, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, reap,
+                    wait_until)
 
 
 def _cc(out: Path, src: Path, *extra: str) -> str:
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     subprocess.run(["cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-pthread",
                     *extra, "-o", str(out), str(src), *flags], check=True)
     return str(out)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, LineReader, reap
+from fhtest import FIXTURES, RUNNER, LineReader, forkhost_flags, reap
 
 CC = os.environ.get("CC", "cc")
 
@@ -337,8 +337,7 @@ def test_without_a_primary_the_check_runs_in_a_forked_child(runtime_dir, built):
 
 @pytest.fixture(scope="module")
 def c_primary_exe(tmp_path_factory) -> str:
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     out = tmp_path_factory.mktemp("cprimary") / "c_primary"
     subprocess.run([CC, "-std=gnu11", "-o", str(out), str(FIXTURES / "c_primary.c"),
                     *flags], check=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fhtest import FIXTURES, RUNNER
+from fhtest import FIXTURES, RUNNER, forkhost_flags
 
 PROBE = str(FIXTURES / "exact_probe.py")
 KINDS = ["python", "native"]
@@ -41,8 +41,7 @@ def native(tmp_path_factory):
     """native_entry.c as a shared object (the entries) and a PIE (run
     directly, and as an entry for the process-view cases)."""
     d = tmp_path_factory.mktemp("exact_native")
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     src = str(FIXTURES / "native_entry.c")
     so, pie = d / "entry.so", d / "entry_pie"
     subprocess.run(["cc", "-shared", "-fPIC", "-o", so, src, *flags], check=True)

@@ -23,7 +23,7 @@ import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import (FIXTURES, RUNNER, LineReader, ended, module_primary,
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, module_primary,
                     no_secondaries_left, reap, wait_until)
 
 KINDS = ["py", "c"]
@@ -31,8 +31,7 @@ KINDS = ["py", "c"]
 
 @pytest.fixture(scope="session")
 def ipc_sec_so(tmp_path_factory):
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     out = tmp_path_factory.mktemp("ipc_native") / "ipc_sec.so"
     subprocess.run(["cc", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
                     "-o", str(out), str(FIXTURES / "ipc_sec.c"), *flags], check=True)

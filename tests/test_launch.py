@@ -22,7 +22,7 @@ import zipfile
 
 import pytest
 
-from fhtest import FIXTURES, RUNNER, PrimaryProc
+from fhtest import FIXTURES, RUNNER, PrimaryProc, forkhost_flags
 
 
 @pytest.fixture
@@ -36,8 +36,7 @@ def primary(shared_primary):
 def native(tmp_path_factory):
     """The C fixture built as a shared object, a PIE and a non-PIE executable."""
     d = tmp_path_factory.mktemp("native")
-    flags = subprocess.run(["forkhost", "config", "--cflags", "--libs"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    flags = forkhost_flags()
     src = str(FIXTURES / "native_entry.c")
     out = {"so": d / "entry.so", "pie": d / "entry_pie", "nopie": d / "entry_nopie",
            "stripped": d / "entry_stripped"}

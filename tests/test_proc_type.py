@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from fhtest import (FIXTURES, RUNNER, LineReader, ended, reap, secondary_pids,
+from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, reap, secondary_pids,
                     signals_job, stop_and_resume, wait_until)
 
 CC = os.environ.get("CC", "cc")
 
 
 def _flags() -> list[str]:
-    return subprocess.run(["forkhost", "config", "--cflags", "--libs"], check=True,
-                          capture_output=True, text=True).stdout.split()
+    return list(forkhost_flags())
 
 
 def _build(out: Path, *extra: str) -> str:

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -489,7 +490,7 @@ static void test_tracked_kills(unsigned flags, const char *name)
             usleep(50);
         c0 = atomic_load(&st->calls) + (unsigned)rand_r(&seed) % 200;
         while (atomic_load(&st->calls) < c0)
-            ;
+            sched_yield();      /* the child may be waiting for this CPU */
         kill(pid, SIGKILL);
         CHECK(reap(pid) == 128 + SIGKILL, "killed");
         if (flags) {
