@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -759,6 +761,67 @@ static void closed_early(const struct session *s)
     fail(s, "the template for prefix '%s' closed the connection", s->o->prefix);
 }
 
+/* Our LAUNCH still lies unread in the connection (SIOCOUTQ: bytes sent
+ * that the receiver has not consumed), so nobody accepted the connection
+ * yet: a socket-activated primary starting (template_running). */
+static int request_unread(int sock)
+{
+    int n = 0;
+
+    return ioctl(sock, SIOCOUTQ, &n) == 0 && n > 0;
+}
+
+/*
+ * Whether a template runs for the prefix whose socket is sock_path: its
+ * config.json (beside the socket) names a template_pid that is alive.
+ * Read only when the wait for STARTED reaches the timeout: a primary
+ * started by socket activation (docs/systemd.md) finds our connection
+ * queued on the listening socket the service manager passed it, so while
+ * nobody has read our LAUNCH and no template runs, the client waits
+ * however long the start takes (bounded by the service manager, which
+ * resets the queued connections when it gives the socket up).
+ */
+static int template_running(const char *sock_path)
+{
+    static char buf[16384];
+    static const char key[] = "\"template_pid\":";
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + sizeof "/config.json"];
+    const char *slash = strrchr(sock_path, '/');
+    size_t dir = slash ? (size_t)(slash - sock_path) + 1 : 0, have = 0;
+    long pid = 0;
+    char *p;
+    int fd;
+
+    if (dir + sizeof "config.json" > sizeof path)
+        return 0;
+    memcpy(path, sock_path, dir);
+    memcpy(path + dir, "config.json", sizeof "config.json");
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+    }
+    close(fd);
+    buf[have] = '\0';
+    for (p = buf; *p != '\0'; p++)
+        if (strncmp(p, key, sizeof key - 1) == 0)
+            break;
+    if (*p == '\0')
+        return 0;
+    for (p += sizeof key - 1; *p == ' '; p++)
+        ;
+    for (; *p >= '0' && *p <= '9' && pid < INT_MAX / 10; p++)
+        pid = pid * 10 + (*p - '0');
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
 static void close_fds(const int *fds, size_t n)
 {
     for (size_t k = 0; k < n; k++)
@@ -1132,6 +1195,10 @@ void fh_client_run(struct fh_client *c)
             if (errno == EINTR)
                 continue;
             fail(&s, "poll: %s", strerror(errno));
+        }
+        if (ready == 0 && request_unread(s.sock) && !template_running(s.path)) {
+            deadline = now_ms() + o.timeout_ms;    /* a primary starting */
+            continue;
         }
         if (ready == 0)
             fail(&s, "timed out after %gs waiting for the template at %s to "
