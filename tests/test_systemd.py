@@ -229,3 +229,28 @@ def test_secondary_joins_the_clients_cgroup(activated):
     finally:
         wait_until(lambda: not (cg / "cgroup.procs").read_text(), what="the cgroup empty")
         cg.rmdir()
+
+
+def test_notifier_abstract_socket_and_watchdog_pid():
+    """In this process: an "@" address is the abstract namespace; a
+    WATCHDOG_PID of another process turns the pings off; --detach with
+    socket activation is refused."""
+    from forkhost import _systemd
+    name = f"fhtest-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
+        rx.bind("\0" + name)
+        sd = _systemd.Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"})
+        try:
+            assert sd.interval == 1.0 and sd.timeout() == 0.0
+            sd.tick()
+            sd.status("hello")
+            assert rx.recv(64) == b"WATCHDOG=1" and rx.recv(64) == b"STATUS=hello"
+        finally:
+            sd.close()
+    other = _systemd.Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000",
+                               "WATCHDOG_PID": "1"})
+    assert other.interval is None and other.timeout() is None
+    other.close()
+    with pytest.raises(_systemd.ActivationError, match="--detach"):
+        _systemd.listen_fds({"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"},
+                            "t", "/nonexistent", detach=True)
