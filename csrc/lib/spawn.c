@@ -594,13 +594,10 @@ static void read_attrs(pid_t pid, struct proc_attrs *a)
     a->oom_ok = read_oom_adj(pid, &a->oom_adj);
 }
 
-static void cgroup_snapshot(void);
-
 void fh__attrs_snapshot(void)
 {
     read_attrs(0, &g_own);
     g_own_valid = 1;
-    cgroup_snapshot();
 }
 
 static void take_rlimit(int r, const struct rlimit *want, const struct rlimit *own)
@@ -691,11 +688,12 @@ static void take_client_attrs(pid_t client)
  * the secondary stays in the template's cgroup and the launch goes on;
  * `forkhost doctor` says why (forkhost/_doctor.py, the same rules).
  *
- * On the launch's path a pool member only reads the client's
- * /proc/PID/cgroup and compares it with its own, both found while it
- * waited (cgroup_snapshot), with the mount point: equal (the usual case,
- * client and primary in one session) means nothing is written.  Only
- * system calls and string functions, as for the attributes above.
+ * On the launch's path a secondary only reads the client's
+ * /proc/PID/cgroup and compares it with its own, which the template found
+ * once with the mount point (fh__cgroup_snapshot) for every child: equal
+ * (the usual case, client and primary in one session) means nothing is
+ * written.  Only system calls and string functions, as for the
+ * attributes above.
  */
 
 /* The cgroup2 mount point (""), our own "0::" path, both valid once found. */
@@ -815,7 +813,7 @@ static void find_cgroup2_mount(char *out)
     close(fd);
 }
 
-static void cgroup_snapshot(void)
+void fh__cgroup_snapshot(void)
 {
     find_cgroup2_mount(g_cg_mount);
     if (!read_cgroup(0, g_cg_own))
@@ -828,8 +826,8 @@ static void join_client_cgroup(pid_t client)
     char want[PATH_MAX], target[2 * PATH_MAX];
     int fd, saved_errno = errno;    /* a refusal is no error of setup's */
 
-    if (!g_cg_valid)
-        cgroup_snapshot();
+    if (!g_cg_valid)           /* a fork not from fh_template_main */
+        fh__cgroup_snapshot();
     if (g_cg_mount[0] == '\0' || !read_cgroup(client, want) ||
         strcmp(want, g_cg_own) == 0)
         goto out;
