@@ -150,25 +150,38 @@ def cgroup_of(pid: int) -> str | None:
     return None
 
 
-def _euid(pid: int) -> int | None:
+def _creds(pid: int) -> tuple[int, int, bool] | None:
+    """pid's effective uid and gid, and whether it has CAP_DAC_OVERRIDE
+    (which writes any cgroup.procs whatever its mode), from
+    /proc/PID/status; None if unreadable."""
+    uid = gid = cap = None
     for line in _read(f"/proc/{pid}/status").splitlines():
         if line.startswith("Uid:"):
-            return int(line.split()[2])
-    return None
+            uid = int(line.split()[2])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[2])
+        elif line.startswith("CapEff:"):
+            cap = int(line.split()[1], 16)
+    if uid is None or gid is None or cap is None:
+        return None
+    return uid, gid, bool(cap & (1 << 1))      # CAP_DAC_OVERRIDE is 1
 
 
-def _writable_by(path: str, uid: int | None) -> bool:
-    """Whether uid may write path (root may; else by its mode bits, asked
-    with access(2) when uid is ours)."""
-    if uid == 0:
-        return os.path.exists(path)
-    if uid == os.geteuid():
-        return os.access(path, os.W_OK)
+def _writable_by(path: str, creds: tuple[int, int, bool]) -> bool:
+    """Whether a process with creds may open path for writing, by its mode
+    bits (as the kernel decides for cgroupfs files)."""
+    uid, gid, override = creds
     try:
         st = os.stat(path)
     except OSError:
         return False
-    return (st.st_uid == uid and bool(st.st_mode & 0o200)) or bool(st.st_mode & 0o002)
+    if override:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o200)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o020)
+    return bool(st.st_mode & 0o002)
 
 
 def cgroup_line(client_pid: int, template_pid: int) -> tuple[str, str]:
@@ -186,15 +199,19 @@ def cgroup_line(client_pid: int, template_pid: int) -> tuple[str, str]:
         return ("OK", f"cgroup {own}: this shell's is the primary's; a client in "
                       f"another cgroup (systemd-run --scope) gets its secondaries "
                       f"moved into it")
-    uid = _euid(template_pid)
+    creds = _creds(template_pid)
+    if creds is None:
+        return ("INFO", f"cannot read the template's credentials: whether "
+                        f"secondaries of this shell join its cgroup {want} is unknown")
+    uid = creds[0]
     target = mount.rstrip("/") + (want if want != "/" else "") + "/cgroup.procs"
-    if not _writable_by(target, uid):
+    if not _writable_by(target, creds):
         return ("WARN", f"{stays} ({own}): {target} is not writable by uid {uid}, "
                         f"the primary's; delegate the cgroup to that user, or run "
                         f"the primary as the client's user (systemd --user)")
     common = os.path.commonpath([want, own])
     ancestor = mount.rstrip("/") + (common if common != "/" else "") + "/cgroup.procs"
-    if uid != 0 and not _writable_by(ancestor, uid):
+    if not _writable_by(ancestor, creds):
         return ("WARN", f"{stays} ({own}): moving a process from {own} to {want} "
                         f"needs write access to the common ancestor's {ancestor} "
                         f"too, which uid {uid} lacks")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import os
 import signal
 import socket
@@ -254,3 +255,46 @@ def test_notifier_abstract_socket_and_watchdog_pid():
     with pytest.raises(_systemd.ActivationError, match="--detach"):
         _systemd.listen_fds({"LISTEN_PID": str(os.getpid()), "LISTEN_FDS": "1"},
                             "t", "/nonexistent", detach=True)
+
+
+def test_refused_cgroup_leaves_the_secondary_in_the_primarys(tmp_path):
+    """A primary that may not write the client's cgroup (root without
+    CAP_DAC_OVERRIDE, the cgroup's cgroup.procs 0444): the launch runs, in
+    the primary's cgroup, and doctor's line says why."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to start a primary without "
+                    "capabilities")
+    cg = _child_cgroup(f"fhtest-ro-{os.getpid()}")
+    d = str(tmp_path)
+    (tmp_path / "cgroup.py").write_text(CGROUP)
+    env = dict(os.environ, FORKHOST_RUNTIME_DIR=d, FORKHOST_PREFIX="t")
+    prim = subprocess.Popen(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+                             sys.executable, "-m", "forkhost", "primary", "--grace", "2",
+                             "--pool", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(FIXTURES))
+    try:
+        assert b"ready" in LineReader(prim.stdout).readline()
+        own = _doctor.cgroup_of(prim.pid)
+        os.chmod(cg / "cgroup.procs", 0o444)
+        r = subprocess.run(
+            ["sh", "-c", 'echo 0 > "$1/cgroup.procs" && exec "$2" "$3"', "sh",
+             str(cg), RUNNER, str(tmp_path / "cgroup.py")],
+            capture_output=True, text=True, env=env, cwd=str(FIXTURES), timeout=60)
+        assert (r.returncode, r.stdout) == (0, own + "\n"), r.stderr
+        template = json.loads((tmp_path / "t" / "config.json").read_text())["template_pid"]
+        level, text = _doctor.cgroup_line(os.getpid(), template)
+        assert level == "OK"        # this process is in the primary's cgroup
+        shell = subprocess.Popen(["sh", "-c", 'echo 0 > "$1/cgroup.procs" && exec sleep 60',
+                                  "sh", str(cg)])
+        try:
+            wait_until(lambda: _doctor.cgroup_of(shell.pid) != own, what="the move")
+            level, text = _doctor.cgroup_line(shell.pid, template)
+            assert level == "WARN" and f"{cg}/cgroup.procs is not writable by uid 0" \
+                in text, text
+        finally:
+            reap(shell)
+    finally:
+        prim.send_signal(signal.SIGTERM)
+        prim.communicate(timeout=30)
+        wait_until(lambda: not (cg / "cgroup.procs").read_text(), what="the cgroup empty")
+        cg.rmdir()
