@@ -41,6 +41,13 @@ ipc.start()
 print("joined")
 """
 
+EARLY_PY = """\
+import forkhost, sys
+r = forkhost.run(["script.py", "early-py"], connect_timeout=0.1, capture_output=True)
+sys.stdout.buffer.write(r.stdout)
+sys.exit(r.returncode)
+"""
+
 CGROUP = """\
 with open("/proc/self/cgroup") as f:
     print([l[3:].strip() for l in f if l.startswith("0::")][0])
@@ -83,6 +90,9 @@ class ActivatedPrimary:
                 [RUNNER, "--connect-timeout", "0.1", "script.py", "early"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
                 cwd=str(FIXTURES))
+            self.early_py = subprocess.Popen(     # forkhost.run's own client
+                [sys.executable, "-c", EARLY_PY], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=self.env, cwd=str(FIXTURES))
             time.sleep(0.5)        # the client is past its timeout: it waits
             self.proc.stdin.write(b"go\n")
             self.proc.stdin.close()
@@ -90,8 +100,9 @@ class ActivatedPrimary:
             self.ready = out.readline().decode()
             assert "ready" in self.ready, self.ready + self.proc.stderr.read().decode()
             self.early_out, self.early_err = self.early.communicate(timeout=60)
+            self.early_py_out, self.early_py_err = self.early_py.communicate(timeout=60)
         except BaseException:
-            reap(self.proc, getattr(self, "early", None))
+            reap(self.proc, getattr(self, "early", None), getattr(self, "early_py", None))
             self.notify.close()
             raise
         cfg = json.loads((self.dir / "config.json").read_text())
@@ -148,10 +159,15 @@ def test_ready_and_watchdog_notified(activated):
 
 
 def test_client_waits_for_the_activated_primary(activated):
-    """Connected before the primary ran, with a 0.1 s timeout: served."""
-    assert activated.early.returncode == 0, activated.early_err
-    assert json.loads(activated.early_out)["argv"] == [
+    """Connected before the primary ran, with a 0.1 s timeout: served,
+    through forkhost-run and through forkhost.run."""
+    p = activated
+    assert p.early.returncode == 0, p.early_err
+    assert json.loads(p.early_out)["argv"] == [
         "script.py".encode().hex(), "early".encode().hex()]
+    assert p.early_py.returncode == 0, p.early_py_err
+    assert json.loads(p.early_py_out)["argv"] == [
+        "script.py".encode().hex(), "early-py".encode().hex()]
 
 
 def test_launch_and_ipc_through_passed_sockets(activated):

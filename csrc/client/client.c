@@ -822,6 +822,11 @@ static int template_running(const char *sock_path)
     return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
 }
 
+int fh_client_primary_starting(int sock, const char *sock_path)
+{
+    return request_unread(sock) && !template_running(sock_path);
+}
+
 static void close_fds(const int *fds, size_t n)
 {
     for (size_t k = 0; k < n; k++)
@@ -1196,7 +1201,7 @@ void fh_client_run(struct fh_client *c)
                 continue;
             fail(&s, "poll: %s", strerror(errno));
         }
-        if (ready == 0 && request_unread(s.sock) && !template_running(s.path)) {
+        if (ready == 0 && fh_client_primary_starting(s.sock, s.path)) {
             deadline = now_ms() + o.timeout_ms;    /* a primary starting */
             continue;
         }
