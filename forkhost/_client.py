@@ -87,14 +87,18 @@ def _recv_launch_answer(sock: socket.socket,
     a socket-activated primary is still starting (our LAUNCH unread, no
     template running: fh_client_primary_starting, as forkhost-run asks),
     it goes on waiting (docs/systemd.md)."""
+    seen, wait = None, timeout
     while True:
         try:
-            return _recv(sock, timeout)
+            return _recv(sock, wait)
         except TimeoutError:
-            from ._native import lib
-            if not lib.fh_client_primary_starting(
-                    sock.fileno(), os.fsencode(sock.getpeername() or "")):
+            from ._native import ffi, lib
+            seen = seen if seen is not None else ffi.new("int *")
+            starting = lib.fh_client_primary_starting(
+                sock.fileno(), os.fsencode(sock.getpeername() or ""), seen)
+            if not starting:
                 raise
+            wait = max(timeout, DEFAULT_CONNECT_TIMEOUT) if starting == 2 else timeout
 
 
 def _recv(sock: socket.socket, timeout: float | None) -> protocol.LaunchMessage | None:

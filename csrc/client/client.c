@@ -822,9 +822,22 @@ static int template_running(const char *sock_path)
     return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
 }
 
-int fh_client_primary_starting(int sock, const char *sock_path)
+int fh_client_primary_starting(int sock, const char *sock_path, int *seen_starting)
 {
-    return request_unread(sock) && !template_running(sock_path);
+    if (!request_unread(sock))
+        return 0;
+    if (!template_running(sock_path)) {
+        *seen_starting = 1;
+        return 1;
+    }
+    /* It came up during our wait: once more, at least the default timeout
+     * from now to read us (its loop may not have reached our connection
+     * yet, and a short --connect-timeout was meant for a running one). */
+    if (*seen_starting) {
+        *seen_starting = 0;
+        return 2;
+    }
+    return 0;
 }
 
 static void close_fds(const int *fds, size_t n)
@@ -1119,6 +1132,7 @@ void fh_client_run(struct fh_client *c)
     unsigned nfds = 0, stdio_mask = 0;
     int pipe_r, cwd;    /* cwd is never closed: exit does it for free */
     int stopped_early = 0;
+    int seen_starting = 0;      /* fh_client_primary_starting's */
     int64_t deadline;
     size_t len;
     struct launch_extra x;
@@ -1201,9 +1215,15 @@ void fh_client_run(struct fh_client *c)
                 continue;
             fail(&s, "poll: %s", strerror(errno));
         }
-        if (ready == 0 && fh_client_primary_starting(s.sock, s.path)) {
-            deadline = now_ms() + o.timeout_ms;    /* a primary starting */
-            continue;
+        if (ready == 0) {
+            int starting = fh_client_primary_starting(s.sock, s.path, &seen_starting);
+            int more = (int)(FH_CLIENT_CONNECT_TIMEOUT_S * 1000);
+
+            if (starting > 0) {     /* a primary starting (docs/systemd.md) */
+                deadline = now_ms() +
+                    (starting == 2 && more > o.timeout_ms ? more : o.timeout_ms);
+                continue;
+            }
         }
         if (ready == 0)
             fail(&s, "timed out after %gs waiting for the template at %s to "
