@@ -183,28 +183,37 @@ def _make_primary(a):
                    preload=a.preload, max_secondaries=a.max_secondaries,
                    grace=a.grace, pool=a.pool, huge_pages=a.huge_pages,
                    ipc=True,   # secondaries get IPC and exit notices
-                   log_level=a.log_level)
+                   log_level=a.log_level,
+                   sockets=getattr(a, "sockets", None))   # socket activation
 
 
-def _serve(p, ready) -> int:
+def _serve(p, ready, sd=None) -> int:
     """Call ready() (announce the primary) once SIGINT/SIGTERM/SIGHUP are
     caught, so that one sent on seeing the ready line stops it cleanly;
     then wait for one of them (stop cleanly, 0) or for the template to die
-    on its own (1)."""
+    on its own (1).  sd: systemd's notifier (forkhost/_systemd.py): told
+    READY=1 after ready(), STOPPING=1 when the stop begins, and pinged
+    from this loop when systemd's watchdog is on."""
+    from ._systemd import Notifier
+    sd = sd or Notifier({})
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     # SIGUSR1: reopen the log (--detach), never a stop.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, lambda *_: None)   # wake the loop, nothing else
     ready()
+    sd.ready(f"ready: prefix {p.prefix!r}, template {p.template_pid}, "
+             f"socket {p.socket_path}")
     code = 0
     sup = p.supervisor
     gave_up = [sup.give_up_fd] if sup is not None else []
     while True:
         try:
-            r, _, _ = select.select([wake_r, p.template_pidfd, *gave_up], [], [])
+            r, _, _ = select.select([wake_r, p.template_pidfd, *gave_up], [], [],
+                                    sd.timeout())
         except InterruptedError:
             continue
+        sd.tick()
         if gave_up and gave_up[0] in r:     # exit_on_give_up (logged already)
             from ._supervise import EXIT_GAVE_UP
             code = EXIT_GAVE_UP
@@ -234,6 +243,8 @@ def _serve(p, ready) -> int:
     # at exit, would kill the primary before it ends cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    sd.stopping(f"stopping: prefix {p.prefix!r}"
+                + (", its template exited" if code == 1 else ""))
     p.stop()
     print(f"forkhost primary: stopped (prefix {p.prefix!r})", flush=True)
     return code
@@ -247,6 +258,8 @@ def _plan(a):
 
 
 def cmd_primary(a) -> int:
+    from . import _systemd
+    sd_env = _systemd.take_environment()    # no child of ours sees them
     a.plan = None
     if a.config or a.worker:        # the supervisor's module only for them
         from ._supervise import ConfigError
@@ -255,6 +268,11 @@ def cmd_primary(a) -> int:
         except ConfigError as err:
             print(f"forkhost primary: {err}", file=sys.stderr)
             return err.exit_code
+    try:        # after the plan: its file may name the prefix
+        a.sockets = _systemd.listen_fds(sd_env, a.prefix, a.runtime_dir, a.detach)
+    except _systemd.ActivationError as err:
+        print(f"forkhost primary: {err}", file=sys.stderr)
+        return err.exit_code
     if a.detach:
         return _detach(a)
     p = _make_primary(a)
@@ -269,7 +287,8 @@ def cmd_primary(a) -> int:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
               file=sys.stderr)
-    return _serve(p, lambda: print(p.ready_line(), flush=True))
+    return _serve(p, lambda: print(p.ready_line(), flush=True),
+                  _systemd.Notifier(sd_env))
 
 
 def _detach(a) -> int:

@@ -81,6 +81,26 @@ def connect(prefix: str | None = None, runtime_dir=None,
     return sock
 
 
+def _recv_launch_answer(sock: socket.socket,
+                        timeout: float | None) -> protocol.LaunchMessage | None:
+    """The answer to our LAUNCH, as _recv; when the timeout runs out while
+    a socket-activated primary is still starting (our LAUNCH unread, no
+    template running: fh_client_primary_starting, as forkhost-run asks),
+    it goes on waiting (docs/systemd.md)."""
+    seen, wait = None, timeout
+    while True:
+        try:
+            return _recv(sock, wait)
+        except TimeoutError:
+            from ._native import ffi, lib
+            seen = seen if seen is not None else ffi.new("int *")
+            starting = lib.fh_client_primary_starting(
+                sock.fileno(), os.fsencode(sock.getpeername() or ""), seen)
+            if not starting:
+                raise
+            wait = max(timeout, DEFAULT_CONNECT_TIMEOUT) if starting == 2 else timeout
+
+
 def _recv(sock: socket.socket, timeout: float | None) -> protocol.LaunchMessage | None:
     sock.settimeout(timeout)
     try:
@@ -290,7 +310,7 @@ def launch(entry: str, args=(), *, module: bool = False, prefix: str | None = No
                 protocol.send(sock, protocol.LAUNCH, body, fds + extra)
             except (BrokenPipeError, ConnectionResetError):
                 pass   # refused on accept: the ERROR saying why is queued
-            msg = _recv(sock, connect_timeout)
+            msg = _recv_launch_answer(sock, connect_timeout)
         except BaseException:
             sock.close()
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -118,7 +119,109 @@ def doctor(prefix: str | None = None, runtime_dir=None) -> int:
         f"{info['refused']} refused")
     sock_mode = stat.S_IMODE(os.stat(p.socket).st_mode)
     say("OK" if sock_mode == 0o600 else "WARN", f"socket {p.socket} mode {sock_mode:04o}")
+    say(*cgroup_line(os.getpid(), info["template_pid"]))
     return 1 if failed else 0
+
+
+# -- cgroups -----------------------------------------------------------------
+
+def cgroup2_mount() -> str | None:
+    """The first cgroup2 mount point whose root is "/", from
+    /proc/self/mountinfo (the secondary's own lookup: csrc/lib/spawn.c)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                head, sep, tail = line.partition(b" - ")
+                fields = head.split()
+                if sep and tail.startswith(b"cgroup2 ") and len(fields) >= 5 \
+                        and fields[3] == b"/":
+                    return os.fsdecode(re.sub(   # \040 is a space
+                        rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4]))
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_of(pid: int) -> str | None:
+    """pid's cgroup v2 path (its /proc/PID/cgroup "0::" line), or None."""
+    for line in _read(f"/proc/{pid}/cgroup").splitlines():
+        if line.startswith("0::"):
+            return line[3:] or None
+    return None
+
+
+def _creds(pid: int) -> tuple[int, int, bool] | None:
+    """pid's effective uid and gid, and whether it has CAP_DAC_OVERRIDE
+    (which writes any cgroup.procs whatever its mode), from
+    /proc/PID/status; None if unreadable."""
+    uid = gid = cap = None
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[2])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[2])
+        elif line.startswith("CapEff:"):
+            cap = int(line.split()[1], 16)
+    if uid is None or gid is None or cap is None:
+        return None
+    return uid, gid, bool(cap & (1 << 1))      # CAP_DAC_OVERRIDE is 1
+
+
+def _writable_by(path: str, creds: tuple[int, int, bool]) -> bool:
+    """Whether a process with creds may open path for writing, by its mode
+    bits (as the kernel decides for cgroupfs files)."""
+    uid, gid, override = creds
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if override:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & 0o200)
+    if st.st_gid == gid:
+        return bool(st.st_mode & 0o020)
+    return bool(st.st_mode & 0o002)
+
+
+def cgroup_line(client_pid: int, template_pid: int) -> tuple[str, str]:
+    """Whether a secondary launched by client_pid joins client_pid's cgroup
+    (csrc/lib/spawn.c's join_client_cgroup) or stays in the template's,
+    and why: (level, text) for doctor's report."""
+    stays = "secondaries of this shell stay in the primary's cgroup"
+    mount = cgroup2_mount()
+    want, own = cgroup_of(client_pid), cgroup_of(template_pid)
+    if mount is None or want is None or own is None:
+        return ("INFO", f"no cgroup v2 hierarchy mounted: {stays} "
+                        f"(a systemd-run --scope around forkhost-run does not limit "
+                        f"them)")
+    if want == own:
+        return ("OK", f"cgroup {own}: this shell's is the primary's; a client in "
+                      f"another cgroup (systemd-run --scope) gets its secondaries "
+                      f"moved into it")
+    creds = _creds(template_pid)
+    if creds is None:
+        return ("INFO", f"cannot read the template's credentials: whether "
+                        f"secondaries of this shell join its cgroup {want} is unknown")
+    uid = creds[0]
+    target = mount.rstrip("/") + (want if want != "/" else "") + "/cgroup.procs"
+    if not _writable_by(target, creds):
+        return ("WARN", f"{stays} ({own}): {target} is not writable by uid {uid}, "
+                        f"the primary's; delegate the cgroup to that user, or run "
+                        f"the primary as the client's user (systemd --user)")
+    common = os.path.commonpath([want, own])
+    ancestor = mount.rstrip("/") + (common if common != "/" else "") + "/cgroup.procs"
+    if not _writable_by(ancestor, creds):
+        return ("WARN", f"{stays} ({own}): moving a process from {own} to {want} "
+                        f"needs write access to the common ancestor's {ancestor} "
+                        f"too, which uid {uid} lacks")
+    subtree = _read(os.path.dirname(target) + "/cgroup.subtree_control")
+    if want != "/" and subtree:
+        return ("WARN", f"{stays} ({own}): {want} enables controllers for its "
+                        f"children ({subtree}), and the no-internal-processes rule "
+                        f"keeps processes out of such a cgroup")
+    return ("OK", f"secondaries of this shell join its cgroup {want} (the primary's "
+                  f"is {own}), so its limits hold them")
 
 
 def _thp_line(thp: dict) -> tuple[str, str]:

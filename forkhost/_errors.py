@@ -12,6 +12,12 @@ forkhost itself or the entry failed.
 # symbol).
 from ._wire import EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, PREFIX_IN_USE
 
+# `forkhost primary`'s status for a configuration refused before anything
+# started: a supervision plan (forkhost/_supervise.py), the sockets of
+# socket activation (forkhost/_systemd.py).  sysexits.h's EX_CONFIG, which
+# systemd and shells know as "configuration error" (docs/cli.md).
+EXIT_CONFIG = 78
+
 
 class ForkhostError(Exception):
     """Base class; ``exit_code`` is what a client exits with for it."""

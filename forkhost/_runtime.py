@@ -171,17 +171,21 @@ class PrefixLock:
     dies, however it dies; what that primary left behind is then stale.
     """
 
-    def __init__(self, p: PrefixPaths):
+    def __init__(self, p: PrefixPaths, keep: int = 0):
         self.paths = p
         self.fd = -1
         self.stale_pid: int | None = None   # set when we recovered leftovers
+        # FH_PREFIX_KEEP_* bits: sockets systemd made (socket activation),
+        # which are not ours to remove (fh_prefix_lock_keep).
+        self.keep = keep
 
     def acquire(self) -> None:
         p = self.paths
         c = _Call()
         holder = c.ffi.new("pid_t *")
         stale = c.ffi.new("pid_t *")
-        fd = c.lib.fh_prefix_lock(c.paths(p), holder, stale, c.err, len(c.err))
+        fd = c.lib.fh_prefix_lock_keep(c.paths(p), self.keep, holder, stale, c.err,
+                                       len(c.err))
         if fd == c.lib.FH_PREFIX_BUSY:
             raise PrefixInUseError(p.prefix, holder[0], p.dir)
         if fd < 0:
@@ -197,7 +201,7 @@ class PrefixLock:
         fd, self.fd = self.fd, -1
         if remove:
             c = _Call()
-            c.lib.fh_prefix_release(c.paths(self.paths), fd)
+            c.lib.fh_prefix_release_keep(c.paths(self.paths), self.keep, fd)
         else:
             os.close(fd)
 

@@ -47,13 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _reclaim, _client as client, ipc, _runtime as runtime
-from ._errors import ForkhostError
+from ._errors import EXIT_CONFIG, ForkhostError
 
-# Exit statuses of `forkhost primary` (docs/cli.md, docs/supervision.md):
-# a configuration refused before anything started (sysexits.h's EX_CONFIG,
-# which systemd and shells know as "configuration error"), and a group
-# that gave up with exit_on_give_up set.
-EXIT_CONFIG = 78
+# Exit status of `forkhost primary` (docs/cli.md, docs/supervision.md) for
+# a group that gave up with exit_on_give_up set; a configuration refused
+# is EXIT_CONFIG (forkhost/_errors.py).
 EXIT_GAVE_UP = 3
 
 # IPC names.  The two notices are in forkhost's reserved namespace (named

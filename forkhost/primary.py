@@ -150,7 +150,8 @@ class Primary:
                  grace: float = DEFAULT_GRACE,
                  pool: int = DEFAULT_POOL,
                  huge_pages: str = _wire.DEFAULT_HUGE_PAGES,
-                 ipc: bool = False, log_level: str = _log.DEFAULT):
+                 ipc: bool = False, log_level: str = _log.DEFAULT,
+                 sockets: dict[str, int] | None = None):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
@@ -183,7 +184,13 @@ class Primary:
         self.pid = os.getpid()
         self.template_pid = 0
         self.template_pidfd = -1
-        self._lock = runtime.PrefixLock(self.paths)
+        # Listening sockets passed by socket activation ("launch", "ipc":
+        # forkhost/_systemd.py), used instead of binding; their files are
+        # the service manager's, never removed.
+        self.sockets = dict(sockets or {})
+        keep = ((lib.FH_PREFIX_KEEP_SOCKET if "launch" in self.sockets else 0) |
+                (lib.FH_PREFIX_KEEP_IPC if "ipc" in self.sockets else 0))
+        self._lock = runtime.PrefixLock(self.paths, keep)
         self.recovered_pid: int | None = None
         self.config: dict = {}
         self._ipc_at_start = ipc     # start IPC at the end of start()
@@ -304,7 +311,11 @@ class Primary:
                 raise PreloadError(f"--preload {name} failed:\n{tb.rstrip()}") from exc
 
     def _bind(self) -> tuple[socket.socket, int]:
+        """The template's listening socket and its file's inode (0: the
+        template leaves the file alone at its end)."""
         path = self.socket_path
+        if "launch" in self.sockets:      # socket activation: systemd's
+            return socket.socket(fileno=self.sockets.pop("launch")), 0
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             old = os.umask(0o177)      # the socket file is created 0600

@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -759,6 +761,85 @@ static void closed_early(const struct session *s)
     fail(s, "the template for prefix '%s' closed the connection", s->o->prefix);
 }
 
+/* Our LAUNCH still lies unread in the connection (SIOCOUTQ: bytes sent
+ * that the receiver has not consumed), so nobody accepted the connection
+ * yet: a socket-activated primary starting (template_running). */
+static int request_unread(int sock)
+{
+    int n = 0;
+
+    return ioctl(sock, SIOCOUTQ, &n) == 0 && n > 0;
+}
+
+/*
+ * Whether a template runs for the prefix whose socket is sock_path: its
+ * config.json (beside the socket) names a template_pid that is alive.
+ * Read only when the wait for STARTED reaches the timeout: a primary
+ * started by socket activation (docs/systemd.md) finds our connection
+ * queued on the listening socket the service manager passed it, so while
+ * nobody has read our LAUNCH and no template runs, the client waits
+ * however long the start takes (bounded by the service manager, which
+ * resets the queued connections when it gives the socket up).
+ */
+static int template_running(const char *sock_path)
+{
+    static char buf[16384];
+    static const char key[] = "\"template_pid\":";
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path) + sizeof "/config.json"];
+    const char *slash = strrchr(sock_path, '/');
+    size_t dir = slash ? (size_t)(slash - sock_path) + 1 : 0, have = 0;
+    long pid = 0;
+    char *p;
+    int fd;
+
+    if (dir + sizeof "config.json" > sizeof path)
+        return 0;
+    memcpy(path, sock_path, dir);
+    memcpy(path + dir, "config.json", sizeof "config.json");
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+    }
+    close(fd);
+    buf[have] = '\0';
+    for (p = buf; *p != '\0'; p++)
+        if (strncmp(p, key, sizeof key - 1) == 0)
+            break;
+    if (*p == '\0')
+        return 0;
+    for (p += sizeof key - 1; *p == ' '; p++)
+        ;
+    for (; *p >= '0' && *p <= '9' && pid < INT_MAX / 10; p++)
+        pid = pid * 10 + (*p - '0');
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+int fh_client_primary_starting(int sock, const char *sock_path, int *seen_starting)
+{
+    if (!request_unread(sock))
+        return 0;
+    if (!template_running(sock_path)) {
+        *seen_starting = 1;
+        return 1;
+    }
+    /* It came up during our wait: once more, at least the default timeout
+     * from now to read us (its loop may not have reached our connection
+     * yet, and a short --connect-timeout was meant for a running one). */
+    if (*seen_starting) {
+        *seen_starting = 0;
+        return 2;
+    }
+    return 0;
+}
+
 static void close_fds(const int *fds, size_t n)
 {
     for (size_t k = 0; k < n; k++)
@@ -1051,6 +1132,7 @@ void fh_client_run(struct fh_client *c)
     unsigned nfds = 0, stdio_mask = 0;
     int pipe_r, cwd;    /* cwd is never closed: exit does it for free */
     int stopped_early = 0;
+    int seen_starting = 0;      /* fh_client_primary_starting's */
     int64_t deadline;
     size_t len;
     struct launch_extra x;
@@ -1132,6 +1214,16 @@ void fh_client_run(struct fh_client *c)
             if (errno == EINTR)
                 continue;
             fail(&s, "poll: %s", strerror(errno));
+        }
+        if (ready == 0) {
+            int starting = fh_client_primary_starting(s.sock, s.path, &seen_starting);
+            int more = (int)(FH_CLIENT_CONNECT_TIMEOUT_S * 1000);
+
+            if (starting > 0) {     /* a primary starting (docs/systemd.md) */
+                deadline = now_ms() +
+                    (starting == 2 && more > o.timeout_ms ? more : o.timeout_ms);
+                continue;
+            }
         }
         if (ready == 0)
             fail(&s, "timed out after %gs waiting for the template at %s to "

@@ -34,6 +34,8 @@
 
 /* The prefix's files that its next holder removes, then the lock. */
 static const char *const leftovers[] = {"template.sock", "config.json", "ipc.sock"};
+/* The FH_PREFIX_KEEP_* bit that spares each of them (0: never spared). */
+static const unsigned leftover_keep[] = {FH_PREFIX_KEEP_SOCKET, 0, FH_PREFIX_KEEP_IPC};
 
 /* ------------------------------------------------------------------ */
 /* texts                                                                */
@@ -571,13 +573,15 @@ static int config_tmp(const char *name)
  * files of its config writes (only the lock's holder writes them, so all
  * of them are stale now).  *stale becomes 0 if it was -1 and a file was
  * removed.  0, or -1 with errno. */
-static int clean_leftovers(int dfd, pid_t *stale)
+static int clean_leftovers(int dfd, unsigned keep, pid_t *stale)
 {
     struct dirent *ent;
     DIR *d;
     int fd, e;
 
     for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++) {
+        if (keep & leftover_keep[i])
+            continue;
         if (unlinkat(dfd, leftovers[i], 0) == 0) {
             if (*stale < 0)
                 *stale = 0;
@@ -614,11 +618,13 @@ static int clean_leftovers(int dfd, pid_t *stale)
     return e ? -1 : 0;
 }
 
-/* Unlink the prefix's files and its directory (when empty). */
-static void remove_files(int dfd, const char *dir)
+/* Unlink the prefix's files (but those keep spares) and its directory
+ * (when empty). */
+static void remove_files(int dfd, unsigned keep, const char *dir)
 {
     for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++)
-        unlinkat(dfd, leftovers[i], 0);
+        if (!(keep & leftover_keep[i]))
+            unlinkat(dfd, leftovers[i], 0);
     unlinkat(dfd, "lock", 0);
     rmdir(dir);
 }
@@ -648,6 +654,12 @@ static int write_pid(int fd, pid_t pid)
 
 int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
                    char *err, size_t errlen)
+{
+    return fh_prefix_lock_keep(p, 0, holder, stale, err, errlen);
+}
+
+int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
+                        pid_t *holder, pid_t *stale, char *err, size_t errlen)
 {
     char dir[PREFIX_PATH_MAX], lock[PREFIX_PATH_MAX];
     pid_t me = getpid(), old, was = -1;
@@ -695,10 +707,10 @@ int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
     old = read_pid(fd);
     if (old > 0 && old != me)
         was = old;
-    if (clean_leftovers(dfd, &was) < 0 || write_pid(fd, me) < 0) {
+    if (clean_leftovers(dfd, keep, &was) < 0 || write_pid(fd, me) < 0) {
         e = errno;
         close(fd);
-        remove_files(dfd, dir);
+        remove_files(dfd, keep, dir);
         close(dfd);
         return os_fail(err, errlen, e, "cannot write %s", lock);
     }
@@ -718,13 +730,19 @@ lock_error:
 
 void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd)
 {
+    fh_prefix_release_keep(p, 0, lock_fd);
+}
+
+void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
+                            int lock_fd)
+{
     char dir[PREFIX_PATH_MAX];
     int dfd, e = errno;
 
     path_in(dir, sizeof(dir), p->root, p->prefix);
     dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd >= 0) {
-        remove_files(dfd, dir);
+        remove_files(dfd, keep, dir);
         close(dfd);
     }
     if (lock_fd >= 0)

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <locale.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -675,6 +676,177 @@ static void take_client_attrs(pid_t client)
 }
 
 /* ------------------------------------------------------------------------
+ * The client's cgroup (cgroup v2; docs/systemd.md).
+ *
+ * `systemd-run --scope -p MemoryMax=1G forkhost-run ENTRY` puts the client
+ * in a cgroup whose limits should hold the program it runs, as they would
+ * hold it started from that shell.  So the secondary moves itself into the
+ * client's cgroup: it writes "0" (itself) into <the cgroup2 mount><the
+ * client's "0::" path>/cgroup.procs.  When the kernel refuses (no cgroup
+ * v2 hierarchy, no write permission on that file or on the common
+ * ancestor's, the no-internal-processes rule's EBUSY, a threaded cgroup)
+ * the secondary stays in the template's cgroup and the launch goes on;
+ * `forkhost doctor` says why (forkhost/_doctor.py, the same rules).
+ *
+ * On the launch's path a secondary only reads the client's
+ * /proc/PID/cgroup and compares it with its own, which the template found
+ * once with the mount point (fh__cgroup_snapshot) for every child: equal
+ * (the usual case, client and primary in one session) means nothing is
+ * written.  Only system calls and string functions, as for the
+ * attributes above.
+ */
+
+/* The cgroup2 mount point (""), our own "0::" path, both valid once found. */
+static char g_cg_mount[PATH_MAX];
+static char g_cg_own[PATH_MAX];
+static int g_cg_valid;
+
+/* "/proc/<pid>/<name>" (pid 0: self) into buf (64 bytes), without stdio. */
+static void proc_file(char *buf, pid_t pid, const char *name)
+{
+    char digits[16];
+
+    digits[sizeof digits - 1] = '\0';
+    strcpy(buf, "/proc/");
+    strcat(buf, pid == 0 ? "self" : put_int(digits + sizeof digits - 1, (int)pid));
+    strcat(buf, "/");
+    strcat(buf, name);
+}
+
+/* The path of pid's "0::PATH" line of /proc/PID/cgroup into out (PATH_MAX
+ * bytes): 1, or 0 when there is none (no cgroup v2) or it cannot be read. */
+static int read_cgroup(pid_t pid, char *out)
+{
+    char path[64], buf[PATH_MAX + 256];
+    const char *line, *end;
+    size_t n;
+
+    proc_file(path, pid, "cgroup");
+    if (read_small(path, buf, sizeof buf) < 0)
+        return 0;
+    for (line = buf; *line != '\0'; line = end + 1) {
+        end = strchr(line, '\n');
+        if (end == NULL)
+            end = line + strlen(line);
+        if (strncmp(line, "0::", 3) == 0) {
+            n = (size_t)(end - line - 3);
+            if (n == 0 || n >= PATH_MAX)
+                return 0;
+            memcpy(out, line + 3, n);
+            out[n] = '\0';
+            return 1;
+        }
+        if (*end == '\0')
+            break;
+    }
+    return 0;
+}
+
+/* In one line of /proc/self/mountinfo (NUL-terminated, no newline), the
+ * mount point of a cgroup2 file system whose root is "/", unescaped
+ * (\040 is a space), into out (PATH_MAX bytes): 1, else 0. */
+static int cgroup2_mount_line(const char *line, char *out)
+{
+    const char *f[5], *dash = strstr(line, " - ");
+    const char *p = line;
+    size_t o = 0;
+    int i;
+
+    if (dash == NULL || strncmp(dash + 3, "cgroup2 ", 8) != 0)
+        return 0;
+    for (i = 0; i < 5; i++) {           /* id parent dev root mountpoint */
+        f[i] = p;
+        p = strchr(p, ' ');
+        if (p == NULL)
+            return 0;
+        p++;
+    }
+    if (strncmp(f[3], "/ ", 2) != 0)
+        return 0;
+    for (p = f[4]; *p != ' ' && *p != '\0' && o + 1 < PATH_MAX; o++) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' &&
+            p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
+            out[o] = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 4;
+        } else {
+            out[o] = *p++;
+        }
+    }
+    out[o] = '\0';
+    return o > 0;
+}
+
+/* The first cgroup2 mount point into out (PATH_MAX bytes), "" if none:
+ * /proc/self/mountinfo read a buffer at a time, line by line. */
+static void find_cgroup2_mount(char *out)
+{
+    char buf[8192];
+    size_t have = 0;
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+
+    out[0] = '\0';
+    if (fd < 0)
+        return;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+        char *line = buf, *nl;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        buf[have] = '\0';
+        while ((nl = strchr(line, '\n')) != NULL) {
+            *nl = '\0';
+            if (cgroup2_mount_line(line, out)) {
+                close(fd);
+                return;
+            }
+            line = nl + 1;
+        }
+        have = (size_t)(buf + have - line);
+        if (have == sizeof buf - 1)     /* a line longer than buf: skip it */
+            have = 0;
+        memmove(buf, line, have);
+    }
+    close(fd);
+}
+
+void fh__cgroup_snapshot(void)
+{
+    find_cgroup2_mount(g_cg_mount);
+    if (!read_cgroup(0, g_cg_own))
+        g_cg_own[0] = '\0';
+    g_cg_valid = 1;
+}
+
+static void join_client_cgroup(pid_t client)
+{
+    char want[PATH_MAX], target[2 * PATH_MAX];
+    int fd, saved_errno = errno;    /* a refusal is no error of setup's */
+
+    if (!g_cg_valid)           /* a fork not from fh_template_main */
+        fh__cgroup_snapshot();
+    if (g_cg_mount[0] == '\0' || !read_cgroup(client, want) ||
+        strcmp(want, g_cg_own) == 0)
+        goto out;
+    if (strlen(g_cg_mount) + strlen(want) + sizeof "/cgroup.procs" > sizeof target)
+        goto out;
+    strcpy(target, g_cg_mount);
+    if (strcmp(want, "/") != 0)
+        strcat(target, want);
+    strcat(target, "/cgroup.procs");
+    fd = open(target, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)!write(fd, "0\n", 2);
+        close(fd);
+    }
+out:
+    errno = saved_errno;
+}
+
+/* ------------------------------------------------------------------------
  * The argument and environment areas.
  *
  * exec puts argv and the environment in the new stack, back to back, and
@@ -1120,8 +1292,10 @@ FH_API int fh_child_setup(struct fh_child_spec *spec, const char **error)
     umask((mode_t)(spec->umask & 07777));
     /* After setup_fds: a client's lower RLIMIT_NOFILE must not stop the
      * report fd from being parked at FH_REPORT_FD_MIN. */
-    if (spec->client_pid > 0)
+    if (spec->client_pid > 0) {
         take_client_attrs(spec->client_pid);
+        join_client_cgroup(spec->client_pid);
+    }
 
     /* What /proc/PID/cmdline and environ show: the argv and environment
      * laid out as exec lays them out where the kernel lets us point at

@@ -10,4 +10,9 @@
  * fixed since the primary's exec), so a launch does not read it again. */
 void fh__spawn_read_image(void);
 
+/* Find, once, in the template, the cgroup2 mount and the template's own
+ * cgroup, which every secondary compares its client's with (spawn.c,
+ * "The client's cgroup"), so a launch does not look for them again. */
+void fh__cgroup_snapshot(void);
+
 #endif

@@ -1900,6 +1900,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     snprintf(fh_init_template_prefix, sizeof fh_init_template_prefix, "%s",
              c->prefix != NULL ? c->prefix : "");
     fh__spawn_read_image();     /* every fork inherits it */
+    fh__cgroup_snapshot();      /* and this */
     t.uid = getuid();
     t.listen_fd = c->listen_fd;
     t.timeout_ms = c->request_timeout_ms;

@@ -445,6 +445,23 @@ static void test_leftovers(void)
     fh_prefix_release(&p, fd);
     EXPECT(!exists(at("rt/P")), "prefix dir left");
 
+    /* Socket activation: the sockets the service manager made are kept,
+     * as leftovers and at release; the rest goes as before. */
+    make_dir(at("rt/P"), 0700);
+    write_file(at("rt/P/template.sock"), "");
+    write_file(at("rt/P/ipc.sock"), "");
+    write_file(at("rt/P/config.json"), "{}");
+    fd = fh_prefix_lock_keep(&p, FH_PREFIX_KEEP_SOCKET | FH_PREFIX_KEEP_IPC, NULL,
+                             &stale, err, sizeof(err));
+    EXPECT(fd >= 0 && stale == 0, "keep: stale %d %s", (int)stale, err);
+    EXPECT(exists(at("rt/P/template.sock")) && exists(at("rt/P/ipc.sock")) &&
+           !exists(at("rt/P/config.json")), "keep: leftovers");
+    fh_prefix_release_keep(&p, FH_PREFIX_KEEP_SOCKET, fd);
+    EXPECT(exists(at("rt/P/template.sock")) && !exists(at("rt/P/ipc.sock")) &&
+           !exists(at("rt/P/lock")), "keep: release");
+    CHECK(unlink(at("rt/P/template.sock")) == 0, "unlink");
+    CHECK(rmdir(at("rt/P")) == 0, "rmdir");
+
     /* Nothing left: stale -1; the config cannot be written without the
      * directory. */
     fd = fh_prefix_lock(&p, NULL, &stale, err, sizeof(err));

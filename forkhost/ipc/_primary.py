@@ -530,6 +530,14 @@ class _PrimaryEndpoint:
         return due
 
     def _bind(self) -> socket.socket:
+        fd = getattr(self.primary, "sockets", {}).get("ipc")
+        if fd is not None:
+            # Socket activation: systemd's listener (a copy: IPC may stop
+            # and start again), its file left alone at the end (ino None).
+            sock = socket.socket(fileno=os.dup(fd))
+            sock.setblocking(False)
+            self.ino = None
+            return sock
         try:
             os.unlink(self.path)      # a dead primary's: we hold the prefix lock
         except FileNotFoundError:
@@ -721,7 +729,7 @@ class _PrimaryEndpoint:
         while self.deferred:
             self._guarded(self.deferred.popleft())
         try:
-            if os.stat(self.path).st_ino == self.ino:
+            if self.ino is not None and os.stat(self.path).st_ino == self.ino:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass

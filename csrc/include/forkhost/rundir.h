@@ -202,6 +202,23 @@ FH_API int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder,
 FH_API void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd);
 
 /*
+ * The same two, sparing the sockets keep names: a primary started by
+ * socket activation (docs/systemd.md) listens on sockets the service
+ * manager created and keeps listening on after the primary ends, so
+ * their files are not the primary's to remove, neither as a dead
+ * holder's leftovers nor at release.  keep: FH_PREFIX_KEEP_SOCKET
+ * (template.sock), FH_PREFIX_KEEP_IPC (ipc.sock), or 0 (the functions
+ * above).  The prefix directory is removed only when empty, as before.
+ */
+#define FH_PREFIX_KEEP_SOCKET 1u
+#define FH_PREFIX_KEEP_IPC    2u
+FH_API int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
+                               pid_t *holder, pid_t *stale, char *err,
+                               size_t errlen);
+FH_API void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
+                                   int lock_fd);
+
+/*
  * Replace root/prefix/config.json atomically with text (the JSON record
  * of docs/architecture.md): written into .config.<pid>.tmp (0600,
  * O_NOFOLLOW) in the checked prefix directory, then renamed.  A failed

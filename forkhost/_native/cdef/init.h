@@ -50,3 +50,4 @@ struct fh_client {
 void fh_client_init(struct fh_client *c, const char *prog);
 int fh_client_set_timeout(struct fh_client *c, const char *s);
 void fh_client_run(struct fh_client *c);
+int fh_client_primary_starting(int sock, const char *sock_path, int *seen_starting);

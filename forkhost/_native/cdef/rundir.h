@@ -5,6 +5,8 @@
 #define FH_RUNDIR_ERR_MAX ...
 #define FH_PREFIX_BUSY ...
 #define FH_RUNDIR_MISSING ...
+#define FH_PREFIX_KEEP_SOCKET ...
+#define FH_PREFIX_KEEP_IPC ...
 
 struct fh_prefix_paths {
     char root[...];
@@ -27,5 +29,9 @@ int fh_prefix_log_open(const struct fh_prefix_paths *p, char *err, size_t errlen
 int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
                    char *err, size_t errlen);
 void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd);
+int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
+                        pid_t *holder, pid_t *stale, char *err, size_t errlen);
+void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
+                            int lock_fd);
 int fh_prefix_write_config(const struct fh_prefix_paths *p, const char *text,
                            char *err, size_t errlen);
