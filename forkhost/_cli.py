@@ -564,7 +564,8 @@ def cmd_ps(a) -> int:
                          "ipc": False})
     for r in rows:
         r.setdefault("state", None)
-    from . import _reclaim, _supervise
+    if supervised:          # their modules only then
+        from . import _reclaim, _supervise
     if a.json:
         for prefix, cfg in supervised:
             rows.extend(_supervise.ps_rows(prefix, cfg))
@@ -578,8 +579,9 @@ def cmd_ps(a) -> int:
         print(f"{r['prefix']:<16} {r['role']:<10} {r['pid']:>8} {client_pid:>8} "
               f"{r['uptime']:>8.1f}s {'yes' if r['ipc'] else '-':>3} "
               f"{r['state'] or '-':<7} {r['command']}")
-    _supervise.ps_print(supervised)
-    _reclaim.ps_print(supervised)
+    if supervised:
+        _supervise.ps_print(supervised)
+        _reclaim.ps_print(supervised)
     return 0
 
 

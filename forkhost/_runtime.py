@@ -263,12 +263,19 @@ __all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
 
 def proc_line(pid: int) -> tuple[str, float]:
     """pid's command line (or name) and how long it has run; ("?", 0.0)
-    when it cannot be read."""
-    import psutil
+    when it cannot be read.  From /proc, as ps reads it."""
     try:
-        proc = psutil.Process(pid)
-        # A title set in place keeps the argv area's length: spaces at the end.
-        cmd = " ".join(proc.cmdline()).rstrip() or proc.name()
-        return cmd, time.time() - proc.create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/uptime", "rb") as f:
+            now = float(f.read().split()[0])
+    except (OSError, ValueError):
         return "?", 0.0
+    end = stat.rfind(b")")
+    # A title set in place keeps the argv area's length: spaces at the end.
+    cmd = raw.replace(b"\0", b" ").decode(errors="replace").rstrip() or \
+        stat[stat.find(b"(") + 1:end].decode(errors="replace")
+    started = int(stat[end + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+    return cmd, max(now - started, 0.0)

@@ -75,19 +75,24 @@ def pytest_collection_modifyitems(config, items):
     counts, in order), each starting with its share of the heavy tests.  A
     heavy test left for the end would run alone while the other workers
     idle; the light ones keep their file order, so that a module's tests
-    stay with one worker and its shared primary."""
+    stay with one worker and its shared primary.  The first lane starts
+    with its share of the tests of the sanitized C library, whose build
+    they wait for; the other lanes run the other heavy tests first."""
     exclusive = [i for i in items if i.get_closest_marker("exclusive")]
     rest = [i for i in items if not i.get_closest_marker("exclusive")]
     heavy = [i for i in rest if i.get_closest_marker("heavy")]
     light = [i for i in rest if not i.get_closest_marker("heavy")]
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if config.getoption("dist", None) in ("load", "worksteal"):  # see run_lock
+    if os.environ.get(DIST_MODE) in ("load", "worksteal"):   # see run_lock
         fhtest.EXCLUSIVE_TESTS = len(exclusive)
+    builds = [i for i in heavy if "sanitized_lib" in i.fixturenames]
+    others = [i for i in heavy if "sanitized_lib" not in i.fixturenames]
     lanes, left = [], len(items)
     for lane in range(workers):         # worksteal's split of the pending tests
         size = left // (workers - lane)
         left -= size
-        lanes.append((size, heavy[lane::workers]))
+        share = [] if lane == 0 and workers > 1 else others[max(lane - 1, 0)::max(workers - 1, 1)]
+        lanes.append((size, share + builds[lane::workers]))
     ordered = list(exclusive)
     for lane, (size, lane_heavy) in enumerate(lanes):
         room = size - len(lane_heavy) - (len(exclusive) if lane == 0 else 0)
@@ -104,8 +109,14 @@ def pytest_runtest_protocol(item, nextitem):
         fhtest.exclusive_done(item.config._tmp_path_factory)   # tmp_path_factory's object
 
 
+# The controller's --dist, for the workers (where pytest-xdist sets it to "no").
+DIST_MODE = "FHTEST_DIST"
+
+
 def pytest_configure(config):
     _default_signals()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ[DIST_MODE] = str(config.getoption("dist", None))
     config.addinivalue_line(
         "markers", "exclusive: runs while no other test does (pytest-xdist's other "
         "workers wait): it changes or counts what the whole machine shares, "

@@ -221,6 +221,7 @@ def _who(words: list[str]) -> dict[int, tuple[int, str, str]]:
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("op", ["who", "who_async"])
 def test_reply_lists_each_member_and_what_became_of_it(cprim, ipc_sec_so, op):
     """As in test_ipc.py, with a C primary: one member answers, one has no

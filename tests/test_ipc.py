@@ -381,6 +381,7 @@ def check_peers(r: dict) -> dict[int, dict]:
     return {e["pid"]: e for e in peers}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("op", ["request", "request_async"])
 def test_reply_lists_who_answered_lacked_the_action_timed_out_or_died(prim, entry, op):
     """One broadcast request, four secondaries: one answers, one has no such
@@ -508,6 +509,7 @@ def test_secondary_requests_the_primary(own_prim, entry):
     assert words[1:3] == ["1", "0"]
 
 
+@pytest.mark.heavy
 def test_actions_run_while_a_sync_request_waits(prim, entry):
     """A Python requester reads its own reply (it leads); records that are
     not its reply still go to the IPC thread, which answers them at once."""

@@ -202,6 +202,7 @@ def test_the_template_takes_next_to_no_page_fault_per_launch(own_primary, native
     assert faults <= 10 * n + 300, faults
 
 
+@pytest.mark.heavy
 def test_the_template_reaps_while_clients_keep_it_busy(primary, native_so):
     """Under launches that never let template.sock run dry, the template
     still reaps the secondaries that ended: it accepts a few connections

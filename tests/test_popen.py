@@ -170,6 +170,7 @@ def test_call_check_call_check_output(both):
         forkhost.check_output(CASES_FH + ["upper"], input=b"abc", **k, **both.fh_kw) == b"ABC"
 
 
+@pytest.mark.heavy
 def test_timeout_raises_timeout_expired_and_the_program_is_gone(both):
     """subprocess.run kills the child and waits for it; so does forkhost.run."""
     errs = both.run("pid_then_wait", capture_output=True, timeout=1.5)
@@ -366,6 +367,7 @@ print(json.dumps([alive, took, p.exitcode]))
 """
 
 
+@pytest.mark.heavy
 def test_executor_poll_does_not_wait_for_a_join_in_another_thread(primary):
     """A worker's poll(WNOHANG) (is_alive(), multiprocessing's _cleanup()
     at every start()) answers at once while another thread joins it, as

@@ -288,6 +288,7 @@ def test_launch_api_is_not_told_of_stops(primary, native_so):
         assert sec.wait(30) == 0
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", KINDS)
 def test_sigkilled_client_secondary_killed_after_grace(primary, native_so, kind):
     """The secondary ignores SIGTERM: only the SIGKILL the template sends
