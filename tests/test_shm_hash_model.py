@@ -14,6 +14,8 @@ import pytest
 from fhtest import leaves_nothing
 from shmtest import build_shm_native, module_shm_primary, names, py
 
+EXAMPLES = 40       # hypothesis's examples per case, of up to 60 steps each
+
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
@@ -43,8 +45,8 @@ def primary(_module_primary):
 @pytest.mark.heavy
 def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn, request):
     table = names(request)("t.model")
-    args = [table, entries, key_len, 60]
+    args = [table, entries, key_len, EXAMPLES]
     if fn:
         args += [native.hashfn, fn]
     r = py(primary, "hash_model", *args, timeout=600)
-    assert r.stdout == f"{table}: 60 examples ok\n".encode()
+    assert r.stdout == f"{table}: {EXAMPLES} examples ok\n".encode()

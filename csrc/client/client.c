@@ -824,15 +824,16 @@ static int template_running(const char *sock_path)
 
 int fh_client_primary_starting(int sock, const char *sock_path, int *seen_starting)
 {
-    if (!request_unread(sock))
-        return 0;
-    if (!template_running(sock_path)) {
+    int unread = request_unread(sock);
+
+    if (unread && !template_running(sock_path)) {
         *seen_starting = 1;
         return 1;
     }
     /* It came up during our wait: once more, at least the default timeout
      * from now to read us (its loop may not have reached our connection
-     * yet, and a short --connect-timeout was meant for a running one). */
+     * yet) or to answer what it read (a short --connect-timeout was meant
+     * for a running one). */
     if (*seen_starting) {
         *seen_starting = 0;
         return 2;

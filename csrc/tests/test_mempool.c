@@ -311,7 +311,7 @@ static void test_many_pools(void)
 /* Several processes get and put concurrently; marks catch double grants. */
 static void test_stress(void)
 {
-    enum { N = 1024, KIDS = 3, ITERS = 20000 };
+    enum { N = 1024, KIDS = 3, ITERS = 10000 };
     struct fh_mempool *mp = fh_mempool_create("p.stress", N, 32, 16, 0);
     _Atomic int32_t *marks = marks_for("p.stress.marks", N);
     pid_t pids[KIDS];
@@ -457,7 +457,7 @@ static void test_tracked_kills(unsigned flags, const char *name)
     char rname[32];
     const struct fh_memzone *mz;
     struct own_state *st;
-    unsigned seed = 4242, rounds = 100;
+    unsigned seed = 4242, rounds = 60;
 
     snprintf(rname, sizeof rname, "%s.r", name);
     struct fh_ring *r = fh_ring_create_for(rname, 64, flags, mp);

@@ -21,7 +21,7 @@
 
 #include "fhtest.h"
 
-#define ROUNDS 60
+#define ROUNDS 40
 #define MAXK 16                       /* elements per call, at most */
 /* Big elements make a call's copy long enough for kills to land inside
  * claims often; each element is its item repeated, so a half-written one

@@ -72,10 +72,11 @@ FH_API int fh_client_set_timeout(struct fh_client *c, const char *s);
  * LAUNCH still lies unread (SIOCOUTQ) and no template runs for the prefix
  * (config.json beside the socket names no live template_pid), so the
  * connection is queued on a socket-activated primary that is still
- * starting (docs/systemd.md): 1.  2: a template runs now that did not
- * at an earlier call (*seen_starting, 0 before the first call), and gets
- * once more the larger of the timeout and FH_CLIENT_CONNECT_TIMEOUT_S to
- * read the request.  0: the timeout holds.  fh_client_run and
+ * starting (docs/systemd.md): 1.  2: a template runs now, or has read the
+ * request, that did not at an earlier call (*seen_starting, 0 before the
+ * first call), and gets once more the larger of the timeout and
+ * FH_CLIENT_CONNECT_TIMEOUT_S to read and answer it.  0: the timeout
+ * holds.  fh_client_run and
  * forkhost.launch both ask it. */
 FH_API int fh_client_primary_starting(int sock, const char *sock_path,
                                       int *seen_starting);
