@@ -5,6 +5,7 @@ itself)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -18,23 +19,26 @@ from forkhost import _runtime as runtime
 from forkhost._errors import ForkhostError, PrefixInUseError
 
 
-def test_importing_the_commands_loads_no_native_library():
-    code = ("import sys, forkhost._cli, forkhost._runtime, forkhost._client; "
-            "print('forkhost._native' in sys.modules)")
+def _loaded_after(imports: str, modules: set[str]) -> list[str]:
+    """Which of modules a fresh python has loaded after `import IMPORTS`."""
+    code = f"import sys, {imports}; print(sorted({modules!r} & set(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", code], cwd=FIXTURES,
                        capture_output=True, text=True, timeout=60)
-    assert (r.returncode, r.stdout) == (0, "False\n"), r.stderr
+    assert r.returncode == 0, r.stderr
+    return ast.literal_eval(r.stdout)
+
+
+def test_importing_the_commands_loads_no_native_library():
+    assert _loaded_after("forkhost._cli, forkhost._runtime, forkhost._client",
+                         {"forkhost._native"}) == []
 
 
 def test_the_commands_and_the_primary_import_no_dataclasses_or_typing():
     """What every `forkhost` command and primary imports stays lean: those
     two (dataclasses brings inspect, ast and dis) cost a command more than
     the rest of its own imports (forkhost._record instead)."""
-    code = ("import sys, forkhost._cli, forkhost.primary, forkhost._template; "
-            "print(sorted({'dataclasses', 'typing', 'inspect'} & set(sys.modules)))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=FIXTURES,
-                       capture_output=True, text=True, timeout=60)
-    assert (r.returncode, r.stdout) == (0, "[]\n"), r.stderr
+    assert _loaded_after("forkhost._cli, forkhost.primary, forkhost._template",
+                         {"dataclasses", "typing", "inspect"}) == []
 
 
 def test_records_are_frozen_values():
