@@ -91,7 +91,10 @@ def pytest_collection_modifyitems(config, items):
     for lane in range(workers):         # worksteal's split of the pending tests
         size = left // (workers - lane)
         left -= size
-        share = [] if lane == 0 and workers > 1 else others[max(lane - 1, 0)::max(workers - 1, 1)]
+        if workers == 1:
+            share = others
+        else:                           # lane 0 builds the library first
+            share = others[lane - 1::workers - 1] if lane else []
         lanes.append((size, share + builds[lane::workers]))
     ordered = list(exclusive)
     for lane, (size, lane_heavy) in enumerate(lanes):
