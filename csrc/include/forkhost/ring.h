@@ -322,8 +322,13 @@ struct fh__ring_rec {
 };
 #define FH_RING_RECORDS 1024
 /* This thread's record; NULL when none can be had (no arena, table full).
- * Claimed on first use, again after fork. */
-FH_API struct fh__ring_rec *fh__ring_rec(void);
+ * Claimed on first use, again after fork (ring.c). */
+FH_API __attribute__((cold)) struct fh__ring_rec *fh__ring_rec(void);
+/* This thread's record once claimed, else NULL (cleared in the child of
+ * a fork): read inline by every multi-side call, initial-exec so that the
+ * read is one %fs-relative load wherever this header is compiled. */
+FH_API extern __thread struct fh__ring_rec *fh__ring_t_rec
+    __attribute__((tls_model("initial-exec")));
 /* A multi-side caller has waited long for the tail to reach old_val: look
  * for a dead owner of the slots at the tail (ring.c). */
 FH_API __attribute__((cold)) void fh__ring_stuck(struct fh_ring *r,
@@ -475,7 +480,10 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
         atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
         return n;
     }
-    rec = *recp = fh__ring_rec();
+    rec = fh__ring_t_rec;
+    if (__builtin_expect(rec == NULL, 0))
+        rec = fh__ring_rec();
+    *recp = rec;
     if (__builtin_expect(rec != NULL, 1)) {
         /* Relaxed: our own record; the CAS below (release) publishes these
          * stores to any recoverer that sees the head it moved. */
