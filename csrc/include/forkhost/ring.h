@@ -460,9 +460,9 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
              * tail in fh__ring_update_tail, as in the loop below. */
             tail = atomic_load_explicit(&other->tail, memory_order_acquire);
             /* Relaxed: as in the loop below. */
-            if (__builtin_expect(
+            if (other == &r->prod && __builtin_expect(
                     atomic_load_explicit(&other->holes, memory_order_relaxed)
-                    != 0, 0) && other == &r->prod) {
+                    != 0, 0)) {
                 *avail = FH__RING_HOLES_PENDING;
                 return 0;
             }
@@ -514,10 +514,13 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
          * producers' writes of the slots it reads. */
         tail = atomic_load_explicit(&other->tail, memory_order_acquire);
         /* Relaxed: a hole is recorded before the tail that passes it is
-         * stored (release), so the acquire above makes it visible. */
-        if (__builtin_expect(
+         * stored (release), so the acquire above makes it visible.  Only
+         * consumers look (producers have no holes to skip), and the test
+         * of the side comes first so that producers do not load the word
+         * at all: an atomic load is not left out even when unused. */
+        if (other == &r->prod && __builtin_expect(
                 atomic_load_explicit(&other->holes, memory_order_relaxed) != 0,
-                0) && other == &r->prod) {
+                0)) {
             fh__ring_release_rec(r, rec);
             *avail = FH__RING_HOLES_PENDING;
             return 0;
