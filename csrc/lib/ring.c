@@ -457,19 +457,19 @@ FH_API int fh_ring_destroy(struct fh_ring *r)
 
 /* The reservation records (ring.h): one table per arena, laid out with
  * the memzone directory (hdr->ring_rec_offset). */
-/* Initial-exec: read on every multi-side call, so a plain %fs-relative
- * load rather than a __tls_get_addr call (16 bytes of the static TLS that
- * glibc keeps for libraries loaded with dlopen). */
-static __thread struct fh__ring_rec *t_rec __attribute__((tls_model("initial-exec")));
-static __thread unsigned t_rec_gen __attribute__((tls_model("initial-exec")));
-/* Bumped in the child of every fork: records are per thread, and the
- * child's one thread is not the parent's. */
-static _Atomic unsigned g_rec_gen = 1;
+/* This thread's record (ring.h): the multi-side fast path reads it inline,
+ * initial-exec, so a plain %fs-relative load rather than a __tls_get_addr
+ * call (8 bytes of the static TLS that glibc keeps for libraries loaded
+ * with dlopen). */
+FH_API __thread struct fh__ring_rec *fh__ring_t_rec
+    __attribute__((tls_model("initial-exec")));
 
+/* Runs in the child of every fork(), in its one thread, the one that
+ * forked: records are per thread, and that thread's record is the
+ * parent's, so the child claims its own on its first multi-side call. */
 static void rec_fork_child(void)
 {
-    /* Relaxed: the child has one thread here. */
-    atomic_fetch_add_explicit(&g_rec_gen, 1, memory_order_relaxed);
+    fh__ring_t_rec = NULL;
 }
 
 static pthread_once_t g_rec_once = PTHREAD_ONCE_INIT;
@@ -479,13 +479,13 @@ static pthread_key_t g_rec_key;
 static void rec_thread_exit(void *arg)
 {
     struct fh__ring_rec *rec = arg;
-    /* Relaxed: changes only in a fork child. */
-    unsigned gen = atomic_load_explicit(&g_rec_gen, memory_order_relaxed);
 
-    if (rec && rec == t_rec && t_rec_gen == gen)
+    /* In a fork child the key still holds the parent's record, which is
+     * not ours (fh__ring_t_rec was cleared, or holds our own claim). */
+    if (rec && rec == fh__ring_t_rec)
         /* Release: our last use of the record is done before it is free. */
         atomic_store_explicit(&rec->tid, 0, memory_order_release);
-    t_rec = NULL;
+    fh__ring_t_rec = NULL;
 }
 
 static void rec_setup(void)
@@ -505,20 +505,16 @@ static struct fh__ring_rec *rec_table(void)
 
 FH_API struct fh__ring_rec *fh__ring_rec(void)
 {
-    /* Relaxed: changes only in a fork child, before it has other threads. */
-    unsigned gen = atomic_load_explicit(&g_rec_gen, memory_order_relaxed);
-    struct fh__ring_rec *t;
+    struct fh__ring_rec *t, *mine = NULL;
     int32_t tid;
     int saved = errno;
 
-    if (__builtin_expect(t_rec != NULL && t_rec_gen == gen, 1))
-        return t_rec;
-    t_rec = NULL;
-    t_rec_gen = gen;
+    if (__builtin_expect(fh__ring_t_rec != NULL, 1))
+        return fh__ring_t_rec;
     pthread_once(&g_rec_once, rec_setup);
     t = rec_table();
     tid = my_tid();
-    for (unsigned i = 0; t && i < FH_RING_RECORDS && !t_rec; i++) {
+    for (unsigned i = 0; t && i < FH_RING_RECORDS && !mine; i++) {
         /* Acquire pairs with the release store of 0 by the last owner. */
         int32_t o = atomic_load_explicit(&t[i].tid, memory_order_acquire);
         /* A dead owner's record is taken over only when it holds nothing:
@@ -529,12 +525,14 @@ FH_API struct fh__ring_rec *fh__ring_rec(void)
         /* Acq_rel: one claimer wins; our later stores follow the claim. */
         if (atomic_compare_exchange_strong_explicit(
                 &t[i].tid, &o, tid, memory_order_acq_rel, memory_order_relaxed))
-            t_rec = &t[i];
+            mine = &t[i];
     }
-    if (t_rec)
-        pthread_setspecific(g_rec_key, t_rec);
+    if (mine) {
+        fh__ring_t_rec = mine;
+        pthread_setspecific(g_rec_key, mine);
+    }
     errno = saved;
-    return t_rec;
+    return mine;
 }
 
 static unsigned side_of(const struct fh_ring *r, const struct fh_ring_headtail *ht)

@@ -322,8 +322,13 @@ struct fh__ring_rec {
 };
 #define FH_RING_RECORDS 1024
 /* This thread's record; NULL when none can be had (no arena, table full).
- * Claimed on first use, again after fork. */
-FH_API struct fh__ring_rec *fh__ring_rec(void);
+ * Claimed on first use, again after fork (ring.c). */
+FH_API __attribute__((cold)) struct fh__ring_rec *fh__ring_rec(void);
+/* This thread's record once claimed, else NULL (cleared in the child of
+ * a fork): read inline by every multi-side call, initial-exec so that the
+ * read is one %fs-relative load wherever this header is compiled. */
+FH_API extern __thread struct fh__ring_rec *fh__ring_t_rec
+    __attribute__((tls_model("initial-exec")));
 /* A multi-side caller has waited long for the tail to reach old_val: look
  * for a dead owner of the slots at the tail (ring.c). */
 FH_API __attribute__((cold)) void fh__ring_stuck(struct fh_ring *r,
@@ -455,9 +460,9 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
              * tail in fh__ring_update_tail, as in the loop below. */
             tail = atomic_load_explicit(&other->tail, memory_order_acquire);
             /* Relaxed: as in the loop below. */
-            if (__builtin_expect(
+            if (other == &r->prod && __builtin_expect(
                     atomic_load_explicit(&other->holes, memory_order_relaxed)
-                    != 0, 0) && other == &r->prod) {
+                    != 0, 0)) {
                 *avail = FH__RING_HOLES_PENDING;
                 return 0;
             }
@@ -475,7 +480,10 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
         atomic_store_explicit(&self->head, *new_head, memory_order_relaxed);
         return n;
     }
-    rec = *recp = fh__ring_rec();
+    rec = fh__ring_t_rec;
+    if (__builtin_expect(rec == NULL, 0))
+        rec = fh__ring_rec();
+    *recp = rec;
     if (__builtin_expect(rec != NULL, 1)) {
         /* Relaxed: our own record; the CAS below (release) publishes these
          * stores to any recoverer that sees the head it moved. */
@@ -506,10 +514,13 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
          * producers' writes of the slots it reads. */
         tail = atomic_load_explicit(&other->tail, memory_order_acquire);
         /* Relaxed: a hole is recorded before the tail that passes it is
-         * stored (release), so the acquire above makes it visible. */
-        if (__builtin_expect(
+         * stored (release), so the acquire above makes it visible.  Only
+         * consumers look (producers have no holes to skip), and the test
+         * of the side comes first so that producers do not load the word
+         * at all: an atomic load is not left out even when unused. */
+        if (other == &r->prod && __builtin_expect(
                 atomic_load_explicit(&other->holes, memory_order_relaxed) != 0,
-                0) && other == &r->prod) {
+                0)) {
             fh__ring_release_rec(r, rec);
             *avail = FH__RING_HOLES_PENDING;
             return 0;
@@ -632,6 +643,18 @@ fh__ring_copy_out_slow(const struct fh_ring *r, uint32_t idx, void *objs,
     }
 }
 
+/* Copy n 64-bit elements, four at a time while they last. */
+FH__RING_INLINE void fh__ring_copy64(unsigned char *dst,
+                                     const unsigned char *src, uint32_t n)
+{
+    uint32_t i = 0;
+
+    for (; i + 4 <= n; i += 4)
+        memcpy(dst + (size_t)i * 8, src + (size_t)i * 8, 32);
+    for (; i < n; i++)
+        memcpy(dst + (size_t)i * 8, src + (size_t)i * 8, 8);
+}
+
 FH__RING_INLINE void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
                                     const void *objs, uint32_t n)
 {
@@ -640,10 +663,10 @@ FH__RING_INLINE void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
     const unsigned char *src = (const unsigned char *)objs;
 
     if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
-        /* The common case, inlined: memcpy of 8 compiles to one move and
-         * stays correct for a caller's unaligned buffer. */
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)(idx + i) * 8, src + (size_t)i * 8, 8);
+        /* The common case, inlined: fixed-size memcpys compile to plain
+         * moves (32 bytes: two 16-byte ones) and stay correct for a
+         * caller's unaligned buffer. */
+        fh__ring_copy64(dst + (size_t)idx * 8, src, n);
     } else {
         fh__ring_copy_in_slow(r, idx, objs, n);
     }
@@ -657,8 +680,7 @@ FH__RING_INLINE void fh__ring_copy_out(const struct fh_ring *r, uint32_t head,
     unsigned char *dst = (unsigned char *)objs;
 
     if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
-        for (uint32_t i = 0; i < n; i++)
-            memcpy(dst + (size_t)i * 8, src + (size_t)(idx + i) * 8, 8);
+        fh__ring_copy64(dst, src + (size_t)idx * 8, n);
     } else {
         fh__ring_copy_out_slow(r, idx, objs, n);
     }
