@@ -14,7 +14,7 @@ import pytest
 
 from fhtest import RUNNER
 
-MODULES = ["test_json", "test_textwrap", "test_struct", "test_string", "test_heapq", "test_bisect"]
+MODULES = ["test_json", "test_textwrap", "test_struct", "test_bisect"]
 
 
 def _totals(out: str) -> tuple[str, str]:

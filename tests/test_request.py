@@ -277,7 +277,7 @@ def _assigned(entry: str) -> bool:
     return not any(unicodedata.category(c) == "Cn" for c in entry)
 
 
-@settings(max_examples=600, deadline=None,
+@settings(max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(st.sampled_from(_NAMES),
                           st.text(max_size=4).filter(lambda s: "\0" not in s)),

@@ -14,7 +14,7 @@ import pytest
 from fhtest import leaves_nothing
 from shmtest import build_shm_native, module_shm_primary, names, py
 
-EXAMPLES = 40       # hypothesis's examples per case, of up to 60 steps each
+EXAMPLES = 30       # hypothesis's examples per case, of up to 60 steps each
 
 
 @pytest.fixture(scope="module")
