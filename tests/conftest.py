@@ -234,6 +234,14 @@ def shared_primary(_module_primary):
 
 
 @pytest.fixture(scope="session")
+def shm_native(tmp_path_factory):
+    """shmtest.build_shm_native's programs (the shared-memory fixtures' C
+    side), built once per worker for every module that uses them."""
+    from shmtest import build_shm_native
+    return build_shm_native(tmp_path_factory.mktemp("shm_native"))
+
+
+@pytest.fixture(scope="session")
 def native_so(tmp_path_factory):
     """tests/fixtures/native_entry.c built as a shared object: the native
     twins of fhfix's entries (signals, die_by, sleeper, ignore_term)."""

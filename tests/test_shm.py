@@ -13,17 +13,12 @@ from array import array
 import pytest
 
 from fhtest import FIXTURES, LineReader, leaves_nothing, reap, wait_until
-from shmtest import KINDS, build_shm_native, entry, module_shm_primary, names, py, run
-
-
-@pytest.fixture(scope="session")
-def native(tmp_path_factory):
-    return build_shm_native(tmp_path_factory.mktemp("shm_native"))
+from shmtest import KINDS, entry, module_shm_primary, names, py, run
 
 
 @pytest.fixture(scope="module")
-def _module_primary(tmp_path_factory, native):
-    with module_shm_primary(tmp_path_factory, native) as p:
+def _module_primary(tmp_path_factory, shm_native):
+    with module_shm_primary(tmp_path_factory, shm_native) as p:
         yield p
 
 
@@ -49,30 +44,30 @@ def other(kind: str) -> str:
 # -- memzones ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_memzone_written_in_one_secondary_read_in_another(primary, native, kind, n):
-    run(primary, kind, "mz_write", native, n("t.zone"), 5000, 7)
+def test_memzone_written_in_one_secondary_read_in_another(primary, shm_native, kind, n):
+    run(primary, kind, "mz_write", shm_native, n("t.zone"), 5000, 7)
     for k in KINDS:
-        r = run(primary, k, "mz_check", native, n("t.zone"), 5000, 7)
+        r = run(primary, k, "mz_check", shm_native, n("t.zone"), 5000, 7)
         assert r.stdout == f"ok {n('t.zone')}\n".encode()
 
 
 # -- rings ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_ring_spsc_in_order_across_processes(primary, native, kind, n):
+def test_ring_spsc_in_order_across_processes(primary, shm_native, kind, n):
     """A producer of one kind, a consumer (Python) checking FIFO order."""
     py(primary, "ring_create", n("t.spsc"), 64, "spsc")
     cons = primary.popen("shmfix:ring_order", n("t.spsc"), 5, 100000, cwd=FIXTURES,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        run(primary, kind, "ring_produce", native, n("t.spsc"), 5, 100000, 7)
+        run(primary, kind, "ring_produce", shm_native, n("t.spsc"), 5, 100000, 7)
         out, err = cons.communicate(timeout=60)
         assert cons.returncode == 0, err.decode()
     finally:
         reap(cons)
 
 
-def test_ring_mpmc_stress_every_item_accounted(primary, native, tmp_path, n):
+def test_ring_mpmc_stress_every_item_accounted(primary, shm_native, tmp_path, n):
     """Four producers and four consumers, half Python, half native, on one
     small MP/MC ring: every item arrives exactly once, and each consumer sees
     each producer's items in increasing order."""
@@ -87,9 +82,9 @@ def test_ring_mpmc_stress_every_item_accounted(primary, native, tmp_path, n):
         for i, kind in enumerate(consumers):
             out = tmp_path / f"consumer{i}.bin"
             outs.append(out)
-            procs.append(primary.popen(entry(kind, "ring_consume", native), ring,
+            procs.append(primary.popen(entry(kind, "ring_consume", shm_native), ring,
                                        out, cwd=FIXTURES, stderr=subprocess.PIPE))
-        prods = [primary.popen(entry(kind, "ring_produce", native), ring, pid,
+        prods = [primary.popen(entry(kind, "ring_produce", shm_native), ring, pid,
                                n_items, burst, cwd=FIXTURES, stderr=subprocess.PIPE)
                  for kind, pid, burst in producers]
         procs += prods
@@ -166,46 +161,46 @@ def _secondary_of(primary) -> int:
 # -- hash tables ------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_hash_added_in_one_process_found_in_another(primary, native, kind, n):
+def test_hash_added_in_one_process_found_in_another(primary, shm_native, kind, n):
     t = n("t.hash")
     py(primary, "hash_create", t, 4096, 16)
-    run(primary, kind, "hash_add", native, t, 0, 2000)
-    run(primary, other(kind), "hash_check", native, t, 0, 2000, 1)
+    run(primary, kind, "hash_add", shm_native, t, 0, 2000)
+    run(primary, other(kind), "hash_check", shm_native, t, 0, 2000, 1)
     py(primary, "hash_del", t, 0, 1000)
-    run(primary, kind, "hash_check", native, t, 0, 1000, 0)
-    run(primary, other(kind), "hash_check", native, t, 1000, 1000, 1)
+    run(primary, kind, "hash_check", shm_native, t, 0, 1000, 0)
+    run(primary, other(kind), "hash_check", shm_native, t, 1000, 1000, 1)
 
 
-def test_stored_function_pointer_from_different_native_entries(primary, native):
+def test_stored_function_pointer_from_different_native_entries(primary, shm_native):
     """The table's hash function lives in a module the primary loaded before
     the template fork.  A Python secondary creates the table; the native
     entry shm_entry.so adds keys through the stored pointer; a different
     native program, shm_lookup.so, and Python find them through it."""
-    r = py(primary, "hash_create", "t.fn", 8192, 16, native.hashfn, "fix_hash")
-    assert r.stdout.decode().strip() == os.path.realpath(native.hashfn)
-    run(primary, "native", "hash_add", native, "t.fn", 0, 3000)
+    r = py(primary, "hash_create", "t.fn", 8192, 16, shm_native.hashfn, "fix_hash")
+    assert r.stdout.decode().strip() == os.path.realpath(shm_native.hashfn)
+    run(primary, "native", "hash_add", shm_native, "t.fn", 0, 3000)
     py(primary, "hash_add", "t.fn", 3000, 3000)
-    r = primary.run(f"{native.lookup}:lookup", "t.fn", 0, 6000, cwd=FIXTURES)
+    r = primary.run(f"{shm_native.lookup}:lookup", "t.fn", 0, 6000, cwd=FIXTURES)
     assert r.returncode == 0, r.stderr.decode()
     c_sig = int(r.stdout.split(b"hash(0)=")[1].split()[0])
     for kind in ("python", "native"):
-        run(primary, kind, "hash_check", native, "t.fn", 0, 6000, 1)
+        run(primary, kind, "hash_check", shm_native, "t.fn", 0, 6000, 1)
     # the pointer really is the module's function, as Python calls it too
-    r = py(primary, "hash_same_fn", "t.fn", native.hashfn, "fix_hash", 0)
+    r = py(primary, "hash_same_fn", "t.fn", shm_native.hashfn, "fix_hash", 0)
     assert int(r.stdout) == c_sig
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_function_of_a_module_loaded_after_the_fork_is_refused(primary, native, kind, n):
+def test_function_of_a_module_loaded_after_the_fork_is_refused(primary, shm_native, kind, n):
     """A secondary loads a module the template never had and stores its
     function in a table.  Another secondary does not have that module: it
     gets a clear error naming the module, not a jump into unmapped memory."""
     t = n("t.late")
-    r = py(primary, "hash_create", t, 64, 16, native.late, "fix_hash")
-    assert r.stdout.decode().strip() == os.path.realpath(native.late)
-    r = run(primary, kind, "hash_check", native, t, 0, 1, 1, expect=3)
+    r = py(primary, "hash_create", t, 64, 16, shm_native.late, "fix_hash")
+    assert r.stdout.decode().strip() == os.path.realpath(shm_native.late)
+    r = run(primary, kind, "hash_check", shm_native, t, 0, 1, 1, expect=3)
     msg = r.stdout.decode()
-    assert t in msg and os.path.realpath(native.late) in msg
+    assert t in msg and os.path.realpath(shm_native.late) in msg
     assert "is not loaded in this process" in msg, msg
     if kind == "python":
         msg = py(primary, "hash_mismatch", t).stdout.decode()
@@ -248,5 +243,5 @@ def test_hash_writer_dies_holding_the_lock(primary, step, n):
     run(primary, "python", "hash_check", None, t, 11, 489, 1)
 
 
-def test_every_form_of_hash_function(primary, native):
-    assert py(primary, "hash_fn_forms", native.hashfn).stdout == b"ok\n"
+def test_every_form_of_hash_function(primary, shm_native):
+    assert py(primary, "hash_fn_forms", shm_native.hashfn).stdout == b"ok\n"

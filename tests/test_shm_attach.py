@@ -14,19 +14,14 @@ import sys
 import pytest
 
 from fhtest import FIXTURES
-from shmtest import build_shm_native, py, shm_primary
+from shmtest import py, shm_primary
 
 PROBE = str(FIXTURES / "shm_attach_probe.py")
 
 
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return build_shm_native(tmp_path_factory.mktemp("shm_attach"))
-
-
 @pytest.fixture
-def primary(runtime_dir, native):
-    p = shm_primary(runtime_dir, native)
+def primary(runtime_dir, shm_native):
+    p = shm_primary(runtime_dir, shm_native)
     yield p
     code, _, err = p.stop()
     assert code == 0, err
@@ -38,26 +33,26 @@ def probe(primary, *args) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=60, cwd=FIXTURES)
 
 
-def attach_ok(primary, native) -> dict:
+def attach_ok(primary, shm_native) -> dict:
     """Run the probe; a fresh process whose own ASLR layout happens to
     overlap the arena (rare) is retried."""
     for _ in range(5):
-        r = probe(primary, "ok", native.hashfn)
+        r = probe(primary, "ok", shm_native.hashfn)
         if r.returncode != 2:
             break
     assert r.returncode == 0, r.stderr.decode()
     return json.loads(r.stdout)
 
 
-def test_attach_maps_the_arena_at_the_primary_address(primary, native):
+def test_attach_maps_the_arena_at_the_primary_address(primary, shm_native):
     py(primary, "mz_write", "t.zone", 1000, 7)
     py(primary, "mz_write", "t.reply", 256, 1)
     py(primary, "hash_create", "t.hash", 1024, 16)
     py(primary, "hash_add", "t.hash", 0, 100)
-    py(primary, "hash_create", "t.fn", 1024, 16, native.hashfn, "fix_hash")
+    py(primary, "hash_create", "t.fn", 1024, 16, shm_native.hashfn, "fix_hash")
     py(primary, "hash_add", "t.fn", 0, 100)
 
-    got = attach_ok(primary, native)
+    got = attach_ok(primary, shm_native)
     arena = primary.config["arena"]
     # arena(): the bytes usable now; the attachment maps the whole range the
     # arena can grow into
@@ -68,7 +63,7 @@ def test_attach_maps_the_arena_at_the_primary_address(primary, native):
     # libforkhost.so itself sits elsewhere here (ASLR): data pointers into
     # the arena work, function pointers from the prefix's processes do not
     assert got["lib_primary"] == primary.config["library"]["base"]
-    hashfn = os.path.realpath(native.hashfn)
+    hashfn = os.path.realpath(shm_native.hashfn)
     assert "is not loaded in this process" in got["fn_unloaded"]
     assert hashfn in got["fn_unloaded"]
     if got["fn_loaded"][0] != "worked":      # the same address only by chance

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from shmtest import build_shm_native, py, shm_primary
-
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return build_shm_native(tmp_path_factory.mktemp("shm_fast"))
+from shmtest import py, shm_primary
 
 
 @pytest.fixture
-def primary(runtime_dir, native):
-    p = shm_primary(runtime_dir, native)
+def primary(runtime_dir, shm_native):
+    p = shm_primary(runtime_dir, shm_native)
     yield p
     code, _, err = p.stop()
     assert code == 0, err

@@ -12,19 +12,14 @@ from __future__ import annotations
 import pytest
 
 from fhtest import leaves_nothing
-from shmtest import build_shm_native, module_shm_primary, names, py
+from shmtest import module_shm_primary, names, py
 
 EXAMPLES = 30       # hypothesis's examples per case, of up to 60 steps each
 
 
 @pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return build_shm_native(tmp_path_factory.mktemp("shm_model"))
-
-
-@pytest.fixture(scope="module")
-def _module_primary(tmp_path_factory, native):
-    with module_shm_primary(tmp_path_factory, native) as p:
+def _module_primary(tmp_path_factory, shm_native):
+    with module_shm_primary(tmp_path_factory, shm_native) as p:
         yield p
 
 
@@ -43,10 +38,10 @@ def primary(_module_primary):
     (40, 8, "weak_hash"),       # four hash values: everything collides
 ])
 @pytest.mark.heavy
-def test_hash_table_matches_a_dict(primary, native, entries, key_len, fn, request):
+def test_hash_table_matches_a_dict(primary, shm_native, entries, key_len, fn, request):
     table = names(request)("t.model")
     args = [table, entries, key_len, EXAMPLES]
     if fn:
-        args += [native.hashfn, fn]
+        args += [shm_native.hashfn, fn]
     r = py(primary, "hash_model", *args, timeout=600)
     assert r.stdout == f"{table}: {EXAMPLES} examples ok\n".encode()
