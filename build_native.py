@@ -103,9 +103,9 @@ def build_library(outdir: str | os.PathLike, extra: list[str] | None = None,
 
 
 def build_test_library(outdir: str | os.PathLike, extra: list[str]) -> Path:
-    """OUTDIR/libforkhost.so for the C tests and fuzzers: TEST_FLAGS and
-    EXTRA (SANITIZE, or nothing)."""
-    return build_library(outdir, TEST_FLAGS[1:] + extra, opt=TEST_FLAGS[0])
+    """OUTDIR/libforkhost.so for the C tests and fuzzers: TEST_OPT,
+    TEST_FLAGS and EXTRA (SANITIZE, or nothing)."""
+    return build_library(outdir, TEST_FLAGS + extra, opt=TEST_OPT)
 
 
 def build_demo(libdir: str | os.PathLike) -> Path:
@@ -231,7 +231,8 @@ def run_rt_test(outdir: Path) -> bool:
 # (with SANITIZE or without): -Og keeps the code close to the source for
 # the sanitizers' reports and compiles faster than -O1; line tables (-g1)
 # are what a report needs.
-TEST_FLAGS = ["-Og", "-g1", "-Werror"]
+TEST_OPT = "-Og"
+TEST_FLAGS = ["-g1", "-Werror"]
 # The C tests built -O1 instead: test_ring_kill aims its kills inside the
 # ring's fast paths, which it inlines (ring.h), and needs them compiled as
 # an optimized program runs them (with -Og too few kills land inside).
@@ -267,7 +268,7 @@ def build_fuzzer(outdir: Path, extra: list[str], libfuzzer: bool,
     `NAME RUNS`)."""
     exe = Path(outdir) / name
     mode = ["-fsanitize=fuzzer"] if libfuzzer else ["-DFUZZ_STANDALONE"]
-    run(cc() + CFLAGS + TEST_FLAGS + extra + mode
+    run(cc() + CFLAGS + [TEST_OPT] + TEST_FLAGS + extra + mode
         + ["-o", str(exe), str(CSRC / "tests" / f"{name}.c"), "-L", str(outdir),
            "-lforkhost", f"-Wl,-rpath,{outdir}", "-ldl"])
     return exe
@@ -318,8 +319,8 @@ def build_c_test(outdir: Path, src: Path, extra: list[str]) -> Path:
     """One csrc/tests/test_*.c linked to OUTDIR/libforkhost.so (built with
     the same `extra` flags by build_library)."""
     exe = Path(outdir) / src.stem
-    opt = ["-O1"] if src.stem in TEST_PROGRAMS_O1 else []
-    run(cc() + CFLAGS + TEST_FLAGS + opt + extra
+    opt = "-O1" if src.stem in TEST_PROGRAMS_O1 else TEST_OPT
+    run(cc() + CFLAGS + [opt] + TEST_FLAGS + extra
         + ["-o", str(exe), str(src), "-L", str(outdir), "-lforkhost",
            f"-Wl,-rpath,{outdir}", "-ldl"])
     return exe
