@@ -495,6 +495,7 @@ def test_primary_supervise_python(tmp_path, runtime_dir):
                        cwd=str(FIXTURES), capture_output=True, text=True, timeout=TIMEOUT * 2)
     assert r.returncode == 0, r.stderr
     ours = [ln for ln in r.stdout.splitlines() if not re.match(r"[ab] out \d+$", ln)]
+    assert len(ours) == 4, r.stdout + "\n----\n" + r.stderr
     refused, restart, status, events = ours
     assert refused == "refused: worker 'a': requires: unknown worker 'b'"
     assert json.loads(restart)["ok"]

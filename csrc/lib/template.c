@@ -56,7 +56,8 @@
 #define P_PIDFD 3
 #endif
 
-enum tag { T_SIGNAL = 1, T_LISTEN, T_NOTICES, T_CONN, T_PIDFD, T_MEMBER };
+enum tag { T_SIGNAL = 1, T_LISTEN, T_NOTICES, T_CONN, T_PIDFD, T_MEMBER,
+           T_PRIMARY };
 #define EV(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
 
 enum { C_FREE = 0, C_PENDING, C_RUNNING };
@@ -106,6 +107,7 @@ struct tpl {
     pid_t    pid;
     uid_t    uid;
     int      ep, sfd, notices, listen_fd, listening;
+    int      primary_fd;     /* the primary's pidfd: readable once it died */
     unsigned timeout_ms;
     sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
     /* MADV_DONTFORK: never touched by a child */
@@ -1534,8 +1536,6 @@ static int timeout_ms(struct tpl *t)
     int64_t next = INT64_MAX, now, at;
     unsigned i;
 
-    if (getppid() != t->c->primary_pid && !t->stopping)
-        stop(t, 1);   /* the primary died before PR_SET_PDEATHSIG was armed */
     for (i = 0; i < t->conns_hi; i++) {
         const struct conn *c = &t->conns[i];
 
@@ -1759,30 +1759,36 @@ static void read_signals(struct tpl *t)
 {
     struct signalfd_siginfo si[16];
     ssize_t n = read(t->sfd, si, sizeof si);
-    int chld = 0, stop_now = 0, died = 0;
+    int chld = 0, stop_now = 0;
     ssize_t i;
 
     for (i = 0; n > 0 && i < n / (ssize_t)sizeof si[0]; i++) {
-        if (si[i].ssi_signo == SIGCHLD) {
+        if (si[i].ssi_signo == SIGCHLD)
             chld = 1;
-        } else if (si[i].ssi_signo == SIGUSR1) {
+        else if (si[i].ssi_signo == SIGUSR1)
             reopen_log(t);
-        } else {
-            stop_now = 1;
-            /* PR_SET_PDEATHSIG's SIGHUP comes from the dying primary
-             * itself (its pid as the sender), which otherwise sends SIGTERM
-             * to stop us.  getppid() alone cannot tell: the kernel sends it
-             * when the thread that forked us exits, and while the primary's
-             * other threads (its IPC thread) are still exiting we are their
-             * child, of the same pid. */
-            died |= si[i].ssi_signo == SIGHUP &&
-                    si[i].ssi_pid == (uint32_t)t->c->primary_pid;
-        }
+        else
+            stop_now = 1;       /* SIGTERM, SIGINT, SIGHUP: an orderly stop */
     }
     if (chld)
         children_stopped(t);
     if (stop_now && !t->stopping)
-        stop(t, died || getppid() != t->c->primary_pid);
+        stop(t, 0);
+}
+
+/* The primary's pidfd fired: it ended without stopping us first (an
+ * orderly stop sends SIGTERM and waits for our end).  A pidfd, not
+ * PR_SET_PDEATHSIG: it names the process, not the thread that forked us,
+ * and works for a primary that is not our parent. */
+static void primary_died(struct tpl *t)
+{
+    if (t->primary_fd >= 0) {
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->primary_fd, NULL);
+        close(t->primary_fd);
+        t->primary_fd = -1;
+    }
+    if (!t->stopping)
+        stop(t, 1);
 }
 
 static void dispatch(struct tpl *t, uint64_t data)
@@ -1799,6 +1805,9 @@ static void dispatch(struct tpl *t, uint64_t data)
         break;
     case T_NOTICES:
         notices_arrived(t);
+        break;
+    case T_PRIMARY:
+        primary_died(t);
         break;
     case T_CONN:
         if (i < t->conns_hi && t->conns[i].state != C_FREE &&
@@ -1913,13 +1922,14 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     /* No controlling terminal: terminal signals are the clients' business,
      * and secondaries may read a client's tty freely. */
     setsid();
-    /* SIGHUP, not SIGTERM, so that the primary's death is told from its
-     * orderly stop (read_signals()); both stop us. */
-    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGHUP, 0UL, 0UL, 0UL);
-    if (getppid() != c->primary_pid)
-        return fail(c, "the primary died while the template started", 0);
+    /* The primary's death is heard on its pidfd (primary_died()). */
+    t.primary_fd = (int)syscall(SYS_pidfd_open, c->primary_pid, 0);
+    if (t.primary_fd < 0)
+        return fail(c, "the primary died while the template started",
+                    errno == ESRCH ? 0 : errno);
     /* Everything else the primary had open stays there. */
     keep[nkeep++] = c->listen_fd;
+    keep[nkeep++] = t.primary_fd;
     if (c->ready_fd >= 0)
         keep[nkeep++] = c->ready_fd;
     if (c->exit_notice_fd >= 0)
@@ -1976,7 +1986,8 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
         t.ra == NULL || t.stats == NULL || t.rx == MAP_FAILED)
         return fail(c, "memory for the loop", ENOMEM);
-    if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0)
+    if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0 ||
+        add_fd(t.ep, t.primary_fd, T_PRIMARY) < 0)
         return fail(c, "epoll", errno);
     threads = thread_count();
     if (threads != 1) {
@@ -1990,7 +2001,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     update_listening(&t);
     if (c->ready_fd >= 0) {
         if (write(c->ready_fd, "ok", 2) < 0) {
-            /* the primary is gone: PDEATHSIG ends us */
+            /* the primary is gone: its pidfd tells the loop */
         }
         close(c->ready_fd);
     }

@@ -112,7 +112,7 @@ struct fh_template_config {
 
 /*
  * Become the template, in a child just forked from a single-threaded
- * primary: a session of its own, SIGHUP when the primary dies, every fd
+ * primary: a session of its own, the primary watched through a pidfd, every fd
  * but the config's and 0-2 closed, stdin and stdout on /dev/null, the pool
  * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP or the
  * primary's death, end the secondaries (SIGTERM, SIGKILL after grace_ms)
