@@ -27,7 +27,7 @@ import time
 import traceback
 
 from . import ipc as _ipc
-from . import _log, _wire, _runtime as runtime
+from . import _adopt, _log, _wire, _runtime as runtime
 # Imported here, before the template is forked, so that every secondary
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
@@ -46,6 +46,10 @@ DEFAULT_GRACE = _wire.DEFAULT_GRACE_MS / 1000
 DEFAULT_POOL = _wire.DEFAULT_POOL
 # How long start() waits for the template to say it is ready.
 TEMPLATE_START_TIMEOUT = 30.0
+
+# --on-primary-death's values, as template.h numbers them.
+ON_PRIMARY_DEATH = {"survive": lib.FH_ON_PRIMARY_DEATH_SURVIVE,
+                    "stop": lib.FH_ON_PRIMARY_DEATH_STOP}
 
 # The Primary this process started and has not stopped: where launches
 # from this program go by default (forkhost._client.default_target).  Set
@@ -151,7 +155,8 @@ class Primary:
                  pool: int = DEFAULT_POOL,
                  huge_pages: str = _wire.DEFAULT_HUGE_PAGES,
                  ipc: bool = False, log_level: str = _log.DEFAULT,
-                 sockets: dict[str, int] | None = None):
+                 sockets: dict[str, int] | None = None,
+                 on_primary_death: str = "survive"):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
@@ -173,6 +178,17 @@ class Primary:
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
         self.huge_pages = huge_pages
+        # What the template does if this primary dies (forkhost/template.h:
+        # FH_ON_PRIMARY_DEATH_*): survive (serve on, orphaned, until a new
+        # primary adopts it) or stop (end every secondary).
+        if on_primary_death not in ON_PRIMARY_DEATH:
+            raise ForkhostError(_wire.ON_PRIMARY_DEATH_INVALID % on_primary_death)
+        self.on_primary_death = on_primary_death
+        # Set when start() adopted a dead primary's orphaned template
+        # (forkhost/_adopt.py): what ADOPTED said (template_pid,
+        # old_primary_pid, running).  The template is then not our child.
+        self.adopted: dict | None = None
+        self.adopt_refused: str | None = None   # what an orphan said instead
         # Log lines up to this level on fd 2 (forkhost/_log.py), the
         # template's included.
         self.log_level = _log.level(log_level)
@@ -229,9 +245,18 @@ class Primary:
                                 "one primary per process")
         self.pid = os.getpid()   # the object may have been made before a fork
         self._log(_log.lib.FH_LOG_INFO, "start", pid=self.pid)
-        self._lock.acquire()
-        self.recovered_pid = self._lock.stale_pid
+        # A dead primary's files stay until we know whether its template
+        # lives on to be adopted.
+        self._lock.acquire(leave_leftovers=True)
+        keep_files = False      # an orphan we could not adopt keeps them
         try:
+            orphan = _adopt.orphan(self.paths)
+            if orphan is not None:
+                keep_files = True
+                if self._adopt(orphan):
+                    return self._started()
+                keep_files = False
+            self.recovered_pid = self._lock.clean()
             self._create_arena()
             self._preload()
             listener, ino = self._bind()
@@ -251,8 +276,11 @@ class Primary:
         except BaseException:
             _ipc.shutdown_primary(0)
             self._stop_template()
-            self._lock.release()
+            self._lock.release(remove=not keep_files)
             raise
+        return self._started()
+
+    def _started(self) -> "Primary":
         global _running
         _running = self
         self._log(_log.lib.FH_LOG_INFO, "ready", pid=self.pid,
@@ -260,6 +288,46 @@ class Primary:
                   arena_size=int(lib.fh_arena_size()),
                   arena_max=int(lib.fh_arena_max()))
         return self
+
+    def _adopt(self, cfg: dict) -> bool:
+        """Adopt the orphaned template cfg (the dead primary's record)
+        names: its arena mapped at its base, its pool and secondaries ours
+        to report and stop.  False when it refused (it is stopping, or not
+        orphaned after all): start() then starts afresh.  --preload is not
+        imported: the template and its secondaries keep the modules of the
+        primary that forked it, and a module that creates shared objects
+        would meet them already there."""
+        exit_fd = _ipc.prepare(self)
+        try:
+            got = _adopt.adopt(cfg, self.paths, exit_fd)
+        except _adopt.Refused as err:
+            _ipc.shutdown_primary(0)      # the unused exit channel
+            self.adopt_refused = str(err)
+            return False
+        finally:
+            _ipc.after_template_fork()    # its end is the template's now
+        self.adopted = got
+        self.template_pid = got["template_pid"]
+        self.template_pidfd = os.pidfd_open(self.template_pid)
+        # The template's settings are what it has, not our options.
+        self.max_secondaries = cfg.get("max_secondaries", self.max_secondaries)
+        self.pool = cfg.get("pool", self.pool)
+        self.grace = float(cfg.get("grace", self.grace))
+        self.preload = list(cfg.get("preload", []))
+        self.config = dict(cfg, pid=self.pid, started=time.time(),
+                           adopted_from=got["old_primary_pid"])
+        self.config["arena"] = dict(cfg["arena"], fd=lib.fh_arena_fd())
+        self.config.pop("ipc_socket", None)        # ours once ipc() binds it
+        if "launch" in self.sockets:      # the template listens on its own copy
+            os.close(self.sockets.pop("launch"))
+        runtime.write_config(self.paths, self.config)
+        if self._ipc_at_start or cfg.get("ipc_socket"):
+            self.ipc()
+        self._log(_log.lib.FH_LOG_INFO, "adopt", pid=self.pid,
+                  template_pid=self.template_pid,
+                  old_primary_pid=got["old_primary_pid"],
+                  running=got["running"], arena_base=self.arena_base)
+        return True
 
     def _log(self, level: int, event: str, **fields) -> None:
         _log.write(self.log_level, level, self.prefix, event, **fields)
@@ -383,7 +451,8 @@ class Primary:
                     socket_ino=ino, primary_pid=self.pid,
                     max_secondaries=self.max_secondaries, grace=self.grace,
                     pool_size=self.pool, log_level=self.log_level,
-                    log_root=self.log_root)
+                    log_root=self.log_root,
+                    on_primary_death=ON_PRIMARY_DEATH[self.on_primary_death])
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -445,12 +514,18 @@ class Primary:
 
     def wait_template(self, timeout: float | None = None) -> int | None:
         """Wait for the template to exit; its wait status decoded like
-        os.waitstatus_to_exitcode, or None on timeout."""
+        os.waitstatus_to_exitcode, or None on timeout (0 for an adopted
+        template, which is not our child)."""
         if self.template_pidfd < 0:
             return None
         if not runtime.readable(self.template_pidfd, timeout):
             return None
-        _, status = os.waitpid(self.template_pid, 0)
+        if self.adopted is not None:
+            # Not our child (its parent is whoever reaps orphans): its
+            # status is not ours to read.
+            status = 0
+        else:
+            _, status = os.waitpid(self.template_pid, 0)
         os.close(self.template_pidfd)
         self.template_pidfd = -1
         return os.waitstatus_to_exitcode(status)

@@ -168,11 +168,18 @@ FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
                 n > FH_POOL_MAX)
                 init_fail(prog, FH_EXIT_FORKHOST, FH_POOL_INVALID, v);
             o->pool = (unsigned)n;
+        } else if ((v = opt_value(prog, argc, argv, &i, "--on-primary-death"))) {
+            if (strcmp(v, "survive") == 0)
+                o->on_primary_death = FH_ON_PRIMARY_DEATH_SURVIVE;
+            else if (strcmp(v, "stop") == 0)
+                o->on_primary_death = FH_ON_PRIMARY_DEATH_STOP;
+            else
+                init_fail(prog, FH_EXIT_FORKHOST, FH_ON_PRIMARY_DEATH_INVALID, v);
         } else {
             init_fail(prog, FH_EXIT_FORKHOST, "unrecognized option '%s' (forkhost's "
                       "options come first and end at '--': --proc-type, "
                       "--file-prefix, --runtime-dir, --arena-size, --arena-max, "
-                      "--huge-pages, --pool)", a);
+                      "--huge-pages, --pool, --on-primary-death)", a);
         }
         o->consumed = i;
     }
@@ -382,6 +389,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     c.max_secondaries = FH_DEFAULT_MAX_SECONDARIES;
     c.grace_ms = g.grace_ms = FH_DEFAULT_GRACE_MS;
     c.pool_size = o->pool;
+    c.on_primary_death = o->on_primary_death;
     c.exit_notice_fd = efd;
     c.ready_fd = -1;
     c.keep_fds = keep;

@@ -107,7 +107,12 @@ struct tpl {
     pid_t    pid;
     uid_t    uid;
     int      ep, sfd, notices, listen_fd, listening;
-    int      primary_fd;     /* the primary's pidfd: readable once it died */
+    int      primary_fd;     /* the primary's pidfd: readable once it died;
+                                -1 while orphaned (no primary) */
+    pid_t    primary_pid;    /* the primary's (a new one after adoption) */
+    int      exit_fd;        /* exit notices (struct fh_template_exit) to the
+                                primary; -1 while orphaned: dropped */
+    int64_t  orphaned;       /* when the primary died (µs), 0 while it lives */
     unsigned timeout_ms;
     sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
     /* MADV_DONTFORK: never touched by a child */
@@ -314,7 +319,8 @@ static void close_fds(const int *fds, unsigned n)
     unsigned i;
 
     for (i = 0; i < n; i++)
-        close(fds[i]);
+        if (fds[i] >= 0)
+            close(fds[i]);
 }
 
 /* ---- tables ------------------------------------------------------------ */
@@ -1032,7 +1038,7 @@ static void report(struct tpl *t, struct conn *c)
 static void notify_exit(struct tpl *t, pid_t pid, int status)
 {
     struct fh_template_exit e = { (int32_t)pid, (int32_t)status };
-    int fd = t->c->exit_notice_fd;
+    int fd = t->exit_fd;
 
     if (fd < 0)
         return;
@@ -1182,6 +1188,8 @@ static void children_stopped(struct tpl *t)
 /* ---- requests ------------------------------------------------------------ */
 
 static size_t info_json(struct tpl *t, char *out, size_t size);
+static void adopt(struct tpl *t, struct conn *c, int *fds, unsigned nfds);
+static int add_fd(int ep, int fd, unsigned tag);
 
 /* A valid LAUNCH the template received itself (no member was idle).  The
  * record lies in t->rx, where the child forked for it reads it. */
@@ -1251,6 +1259,8 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
         }
     } else if (type == FH_MSG_LAUNCH) {
         launch(t, c, n, mflags, &v, fds, nfds);
+    } else if (type == FH_MSG_ADOPT) {
+        adopt(t, c, fds, nfds);
     }
     close_fds(fds, nfds);
 }
@@ -1685,7 +1695,7 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
     put(&o, ", \"template_pid\": %d, \"primary_pid\": %d, "
         "\"max_secondaries\": %u, \"launched\": %llu, \"pool_launches\": %lu, "
         "\"pool\": %u, \"pool_size\": %u, \"members\": [",
-        (int)t->pid, (int)t->c->primary_pid, t->c->max_secondaries,
+        (int)t->pid, (int)t->primary_pid, t->c->max_secondaries,
         (unsigned long long)t->stats->launches, t->pool_launches,
         count_members(t, 1), t->c->pool_size);
     for (i = 0; i < t->members_hi; i++) {
@@ -1698,9 +1708,11 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
         first = 0;
     }
     put(&o, "], \"refused\": %llu, \"hot_pages\": %u, \"stopping\": %s, "
-        "\"threads\": %d, ", (unsigned long long)t->stats->refusals,
+        "\"threads\": %d, \"orphaned\": %s, ",
+        (unsigned long long)t->stats->refusals,
         t->hot != NULL ? fh_hotset_pages(t->hot) : 0u,
-        t->stopping ? "true" : "false", thread_count());
+        t->stopping ? "true" : "false", thread_count(),
+        t->orphaned ? "true" : "false");
     if (t->c->hooks.info_extra != NULL && o.len < o.size) {
         size_t n = t->c->hooks.info_extra(o.p + o.len, o.size - o.len);
 
@@ -1779,7 +1791,10 @@ static void read_signals(struct tpl *t)
 /* The primary's pidfd fired: it ended without stopping us first (an
  * orderly stop sends SIGTERM and waits for our end).  A pidfd, not
  * PR_SET_PDEATHSIG: it names the process, not the thread that forked us,
- * and works for a primary that is not our parent. */
+ * and works for a primary that is not our parent (an adopter).  With
+ * FH_ON_PRIMARY_DEATH_STOP we stop; by default we go on, orphaned: launches
+ * served, secondaries untouched, exit notices dropped (nobody reads them),
+ * until a new primary adopts us (adopt()) or a stop signal comes. */
 static void primary_died(struct tpl *t)
 {
     if (t->primary_fd >= 0) {
@@ -1787,8 +1802,118 @@ static void primary_died(struct tpl *t)
         close(t->primary_fd);
         t->primary_fd = -1;
     }
-    if (!t->stopping)
+    if (t->stopping)
+        return;
+    if (t->c->on_primary_death == FH_ON_PRIMARY_DEATH_STOP) {
         stop(t, 1);
+        return;
+    }
+    if (t->exit_fd >= 0) {
+        close(t->exit_fd);
+        t->exit_fd = -1;
+    }
+    t->orphaned = now_us();
+    log_event(t, FH_LOG_WARNING, "orphan", "pid=%d primary_pid=%d running=%u",
+              (int)t->pid, (int)t->primary_pid, running_count(t));
+}
+
+/* The primary's pidfd is readable now: it has died (and the loop has not
+ * heard yet). */
+static int primary_gone(const struct tpl *t)
+{
+    struct pollfd p = { t->primary_fd, POLLIN, 0 };
+
+    return t->primary_fd >= 0 && poll(&p, 1, 0) == 1;
+}
+
+static void adopted_reply(struct tpl *t, int fd, pid_t old)
+{
+    struct {
+        int32_t  template_pid;
+        int32_t  old_primary_pid;
+        uint64_t arena_base;
+        uint64_t arena_max;
+        uint32_t running;
+        uint32_t reserved;
+    } a;
+    int afd = fh_arena_fd();
+
+    memset(&a, 0, sizeof a);
+    a.template_pid = (int32_t)t->pid;
+    a.old_primary_pid = (int32_t)old;
+    a.arena_base = (uint64_t)(uintptr_t)fh_arena_base();
+    a.arena_max = (uint64_t)fh_arena_max();
+    a.running = running_count(t);
+    fh__send_record(fd, FH_MSG_ADOPTED, &a, sizeof a, NULL, 0, &afd, 1,
+                    MSG_DONTWAIT);
+}
+
+/*
+ * ADOPT (proto.h): a new primary of our prefix takes us over.  Only while
+ * orphaned (our primary has died; a live one is never replaced), only from
+ * our own uid (root included: the same rule as a launch), and only from a
+ * process we can watch (its pidfd becomes the primary's).  Its fd, if it
+ * sent one, is its exit-notice channel.  The answer carries the arena's
+ * memfd.  Takes fds[0] (set to -1) when adopted.
+ */
+static void adopt(struct tpl *t, struct conn *c, int *fds, unsigned nfds)
+{
+    pid_t old = t->primary_pid;
+    int pidfd;
+
+    if (primary_gone(t))
+        primary_died(t);         /* the loop would hear it next round */
+    if (t->stopping) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' is stopping: "
+               "nothing to adopt", t->c->prefix);
+        return;
+    }
+    if (!t->orphaned) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' has a live "
+               "primary (pid %d): only an orphaned template is adopted",
+               t->c->prefix, (int)t->primary_pid);
+        return;
+    }
+    if (c->client_uid != (int64_t)t->uid) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' is adopted by "
+               "its own uid (%u) only, not by uid %lld", t->c->prefix,
+               (unsigned)t->uid, (long long)c->client_uid);
+        return;
+    }
+    if (nfds > 1) {
+        refuse(t, c->fd, 125, "an ADOPT request carries at most 1 file "
+               "descriptor (the exit-notice channel), not %u", nfds);
+        return;
+    }
+    if (fh_arena_base() == NULL || fh_arena_fd() < 0) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' has no arena to "
+               "hand over", t->c->prefix);
+        return;
+    }
+    pidfd = (int)syscall(SYS_pidfd_open, c->client_pid, 0);
+    if (pidfd < 0) {
+        refuse(t, c->fd, 125, "cannot watch the adopting process %d: %s",
+               (int)c->client_pid, strerror(errno));
+        return;
+    }
+    if (add_fd(t->ep, pidfd, T_PRIMARY) < 0) {
+        refuse(t, c->fd, 125, "cannot watch the adopting process %d: %s",
+               (int)c->client_pid, strerror(errno));
+        close(pidfd);
+        return;
+    }
+    t->primary_fd = pidfd;
+    t->primary_pid = c->client_pid;
+    if (nfds == 1) {
+        t->exit_fd = fds[0];
+        fds[0] = -1;
+    }
+    log_event(t, FH_LOG_INFO, "adopted", "pid=%d primary_pid=%d "
+              "old_primary_pid=%d orphaned_for=%.6f", (int)t->pid,
+              (int)t->primary_pid, (int)old,
+              (now_us() - t->orphaned) / 1e6);
+    t->orphaned = 0;
+    adopted_reply(t, c->fd, old);
 }
 
 static void dispatch(struct tpl *t, uint64_t data)
@@ -1924,6 +2049,8 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     setsid();
     /* The primary's death is heard on its pidfd (primary_died()). */
     t.primary_fd = (int)syscall(SYS_pidfd_open, c->primary_pid, 0);
+    t.primary_pid = c->primary_pid;
+    t.exit_fd = c->exit_notice_fd;
     if (t.primary_fd < 0)
         return fail(c, "the primary died while the template started",
                     errno == ESRCH ? 0 : errno);

@@ -63,6 +63,15 @@ struct fh_template_exit {
 #define FH_TEMPLATE_READ_AHEAD_US      1000000 /* a Python entry is read
                                                   ahead again after this */
 
+/* What the template does when its primary dies (the primary's pidfd
+ * fires without a stop first): SURVIVE goes on serving launches, keeps
+ * its secondaries, the arena and the runtime files, and waits for a new
+ * primary on the prefix to adopt it (FH_MSG_ADOPT, proto.h); STOP ends
+ * every secondary as a stop does, each client that asked being told why
+ * (FH_MSG_NOTICE). */
+#define FH_ON_PRIMARY_DEATH_SURVIVE 0
+#define FH_ON_PRIMARY_DEATH_STOP    1
+
 /* Python's part, all optional (NULL in a C primary). */
 struct fh_template_hooks {
     /* In a child that took a launch of a Python entry, set up
@@ -104,6 +113,8 @@ struct fh_template_config {
     int          log_level;      /* enum fh_log_level (log.h): lines for
                                     launches, exits and refusals on fd 2
                                     up to it; 0: FH_LOG_DEFAULT */
+    int          on_primary_death; /* FH_ON_PRIMARY_DEATH_*: what the
+                                    primary's death does (0: survive) */
     const char  *log_root;       /* the runtime directory whose
                                     <prefix>.log fd 2 is reopened on
                                     SIGUSR1 (a --detach primary's), or
@@ -114,8 +125,8 @@ struct fh_template_config {
  * Become the template, in a child just forked from a single-threaded
  * primary: a session of its own, the primary watched through a pidfd, every fd
  * but the config's and 0-2 closed, stdin and stdout on /dev/null, the pool
- * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP or the
- * primary's death, end the secondaries (SIGTERM, SIGKILL after grace_ms)
+ * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP (or the
+ * primary's death, with FH_ON_PRIMARY_DEATH_STOP), end the secondaries (SIGTERM, SIGKILL after grace_ms)
  * and remove the socket.  Returns the template's exit status (0; 1 when it
  * could not start, said on ready_fd).  Children never return from it.
  */
