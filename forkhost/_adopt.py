@@ -44,9 +44,20 @@ def orphan(paths: runtime.PrefixPaths) -> dict | None:
     tpid, arena = cfg.get("template_pid"), cfg.get("arena")
     if (not isinstance(tpid, int) or tpid <= 0 or not isinstance(arena, dict)
             or cfg.get("socket") != str(paths.socket)
-            or not runtime.pid_alive(tpid)):
+            or not _running(tpid)):
         return None
     return cfg
+
+
+def _running(pid: int) -> bool:
+    """pid is a process that has not exited (a zombie has: a killed
+    template nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
@@ -68,6 +79,10 @@ def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
     try:
         try:
             sock.connect(str(paths.socket))
+        except (FileNotFoundError, ConnectionRefusedError) as err_:
+            raise Refused(f"nothing listens on {paths.socket} "
+                          f"({err_.strerror})") from err_
+        try:
             protocol.send(sock, protocol.ADOPT, b"", [exit_fd] if exit_fd >= 0 else [])
             msg = protocol.recv(sock)
         except OSError as err_:

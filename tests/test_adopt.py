@@ -209,3 +209,48 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
                 proc.stdin.close()
         reap(holder, adopter, old)
         old.stdout.close()
+
+
+def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
+    """`forkhost primary` on the prefix adopts (one line on stderr); killed
+    in its turn, it leaves an orphan again, which `forkhost stop` ends
+    (its secondary by SIGTERM), leaving no file of the prefix."""
+    prefix = "ad2"
+    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
+                                  "--pool", "0")
+    new = client = None
+    try:
+        client = subprocess.Popen([RUNNER, "fhfix:sleeper"], env=env, cwd=str(FIXTURES),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert LineReader(client.stdout).readline() == b"ready\n"
+        sec = forkhost.info(prefix, runtime_dir)["secondaries"][0]["pid"]
+        old.kill()
+        old.wait(30)
+        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
+        new, new_cfg, _ = start_primary(runtime_dir, prefix, tmp_path / "new.err")
+        assert new_cfg["template_pid"] == cfg["template_pid"]
+        assert new_cfg["arena"]["base"] == cfg["arena"]["base"]
+        new.kill()
+        new.wait(30)
+        assert (tmp_path / "new.err").read_text() == (
+            f"forkhost primary: adopted the template (pid {cfg['template_pid']}), "
+            f"its 1 running secondaries and the arena at 0x{cfg['arena']['base']:x} "
+            f"of the dead primary (pid {cfg['pid']})\n")
+        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan again")
+        r = forkhost_cmd(env, "stop")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        assert r.stdout == (f"forkhost stop: prefix '{prefix}' stopped (its orphaned "
+                            f"template, pid {cfg['template_pid']}; its primary, pid "
+                            f"{new_cfg['pid']}, had died)\n")
+        assert client.wait(30) == -signal.SIGTERM
+        assert client.stderr.read() == b""
+        wait_until(lambda: ended(sec) and ended(cfg["template_pid"]),
+                   what="the template and its secondary to end")
+        assert not os.path.exists(os.path.join(runtime_dir, prefix))
+        r = forkhost_cmd(env, "stop")
+        assert r.returncode == 1 and "no forkhost primary" in r.stderr
+    finally:
+        reap(client, old, new)
+        for p in (old, new):
+            if p is not None:
+                p.stdout.close()
