@@ -113,6 +113,11 @@ struct tpl {
     int      exit_fd;        /* exit notices (struct fh_template_exit) to the
                                 primary; -1 while orphaned: dropped */
     int64_t  orphaned;       /* when the primary died (µs), 0 while it lives */
+    /* MADV_DONTFORK: exits while orphaned, for the adopter */
+    struct fh_template_exit *orphan_exits;
+    unsigned orphan_nexits, orphan_sent;
+    unsigned long orphan_dropped;   /* past FH_TEMPLATE_ORPHAN_EXITS */
+    int64_t  orphan_retry_at, orphan_give_up_at;   /* µs; 0: none */
     unsigned timeout_ms;
     sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
     /* MADV_DONTFORK: never touched by a child */
@@ -1035,15 +1040,58 @@ static void report(struct tpl *t, struct conn *c)
         close_client(t, c);     /* the client has its status */
 }
 
+/* One exit notice to the primary: 0, or -1 with errno (EAGAIN: its
+ * channel is full). */
+static int send_exit(int fd, const struct fh_template_exit *e)
+{
+    if (send(fd, e, sizeof *e, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof *e)
+        return 0;
+    if (errno == ENOTSOCK && write(fd, e, sizeof *e) == (ssize_t)sizeof *e)
+        return 0;
+    return -1;
+}
+
+/* The exits kept while orphaned, to the primary that adopted us, in order,
+ * as far as its channel takes them now; the rest at orphan_retry_at
+ * (serve()), until FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS after the adoption. */
+static void flush_orphan_exits(struct tpl *t)
+{
+    if (t->exit_fd < 0)
+        return;                            /* still orphaned: kept */
+    while (t->orphan_sent < t->orphan_nexits) {
+        if (send_exit(t->exit_fd, &t->orphan_exits[t->orphan_sent]) < 0) {
+            int64_t now = now_us();
+
+            if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+                now < t->orphan_give_up_at) {
+                t->orphan_retry_at = now + 20 * 1000;
+                return;
+            }
+            break;                         /* not read: dropped */
+        }
+        t->orphan_sent++;
+    }
+    t->orphan_nexits = t->orphan_sent = 0;
+    t->orphan_retry_at = 0;
+}
+
 static void notify_exit(struct tpl *t, pid_t pid, int status)
 {
     struct fh_template_exit e = { (int32_t)pid, (int32_t)status };
     int fd = t->exit_fd;
 
+    /* Orphaned, or the gap's exits not all sent yet: kept, in order. */
+    if ((fd < 0 && t->orphaned) || t->orphan_nexits > 0) {
+        if (t->orphan_nexits < FH_TEMPLATE_ORPHAN_EXITS)
+            t->orphan_exits[t->orphan_nexits++] = e;
+        else
+            t->orphan_dropped++;
+        flush_orphan_exits(t);
+        return;
+    }
     if (fd < 0)
         return;
-    if (send(fd, &e, sizeof e, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-        errno == ENOTSOCK && write(fd, &e, sizeof e) < 0) {
+    if (send_exit(fd, &e) < 0) {
         /* dropped: the primary is not reading */
     }
 }
@@ -1561,6 +1609,8 @@ static int timeout_ms(struct tpl *t)
     at = replenish_at(t);
     if (at >= 0 && at < next)
         next = at;
+    if (t->orphan_retry_at != 0 && t->orphan_retry_at < next)
+        next = t->orphan_retry_at;
     if (next == INT64_MAX)
         return -1;
     now = now_us();
@@ -1793,8 +1843,9 @@ static void read_signals(struct tpl *t)
  * PR_SET_PDEATHSIG: it names the process, not the thread that forked us,
  * and works for a primary that is not our parent (an adopter).  With
  * FH_ON_PRIMARY_DEATH_STOP we stop; by default we go on, orphaned: launches
- * served, secondaries untouched, exit notices dropped (nobody reads them),
- * until a new primary adopts us (adopt()) or a stop signal comes. */
+ * served, secondaries untouched, exit notices kept for the adopter (up to
+ * FH_TEMPLATE_ORPHAN_EXITS), until a new primary adopts us (adopt()) or a
+ * stop signal comes. */
 static void primary_died(struct tpl *t)
 {
     if (t->primary_fd >= 0) {
@@ -1909,11 +1960,18 @@ static void adopt(struct tpl *t, struct conn *c, int *fds, unsigned nfds)
         fds[0] = -1;
     }
     log_event(t, FH_LOG_INFO, "adopted", "pid=%d primary_pid=%d "
-              "old_primary_pid=%d orphaned_for=%.6f", (int)t->pid,
-              (int)t->primary_pid, (int)old,
-              (now_us() - t->orphaned) / 1e6);
+              "old_primary_pid=%d orphaned_for=%.6f exits=%u exits_dropped=%lu",
+              (int)t->pid, (int)t->primary_pid, (int)old,
+              (now_us() - t->orphaned) / 1e6, t->orphan_nexits,
+              t->orphan_dropped);
     t->orphaned = 0;
     adopted_reply(t, c->fd, old);
+    /* The exits of the gap, after ADOPTED: the adopter reads them once its
+     * IPC runs; what its channel does not take yet is offered again. */
+    t->orphan_dropped = 0;
+    t->orphan_give_up_at = now_us() +
+                           (int64_t)FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS * 1000;
+    flush_orphan_exits(t);
 }
 
 static void dispatch(struct tpl *t, uint64_t data)
@@ -1967,6 +2025,8 @@ static int serve(struct tpl *t)
         }
         if (t->notices_due != 0 && now_us() >= t->notices_due)
             read_notices(t);
+        if (t->orphan_retry_at != 0 && now_us() >= t->orphan_retry_at)
+            flush_orphan_exits(t);
         expire(t);
         replenish(t);
     }
@@ -2108,10 +2168,13 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     t.ctl_buf = dontfork_alloc(CTL_MAX + 1);
     t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra);
     t.stats = dontfork_alloc(sizeof *t.stats);
+    t.orphan_exits = dontfork_alloc(FH_TEMPLATE_ORPHAN_EXITS *
+                                    sizeof *t.orphan_exits);
     t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
-        t.ra == NULL || t.stats == NULL || t.rx == MAP_FAILED)
+        t.ra == NULL || t.stats == NULL || t.orphan_exits == NULL ||
+        t.rx == MAP_FAILED)
         return fail(c, "memory for the loop", ENOMEM);
     if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0 ||
         add_fd(t.ep, t.primary_fd, T_PRIMARY) < 0)

@@ -60,6 +60,13 @@ struct fh_template_exit {
                                                  uid served (root, or the
                                                  primary's) keeps a share */
 #define FH_TEMPLATE_ACCEPT_BATCH       8u     /* accepted per loop round */
+#define FH_TEMPLATE_ORPHAN_EXITS     1024u    /* exits kept for an adopter
+                                                 while orphaned; later ones
+                                                 are dropped (counted) */
+#define FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS 10000 /* ... and how long after the
+                                                 adoption they are offered
+                                                 while the new primary's
+                                                 channel is full */
 #define FH_TEMPLATE_READ_AHEAD_US      1000000 /* a Python entry is read
                                                   ahead again after this */
 
