@@ -16,6 +16,7 @@ copy).  The check uses the kernel's thread count, not only Python's.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import os
@@ -283,6 +284,10 @@ class Primary:
     def _started(self) -> "Primary":
         global _running
         _running = self
+        # A program that ends without stop() ends its template too, as
+        # before: what outlives the primary is what a death (SIGKILL, a
+        # crash) leaves, for the next primary to adopt.
+        atexit.register(self._stop_at_exit)
         self._log(_log.lib.FH_LOG_INFO, "ready", pid=self.pid,
                   template_pid=self.template_pid, socket=self.socket_path,
                   arena_size=int(lib.fh_arena_size()),
@@ -554,6 +559,10 @@ class Primary:
             signal.pidfd_send_signal(self.template_pidfd, signal.SIGKILL)
             self.wait_template()
 
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self.pid:      # not in a child the program forked
+            self.stop()
+
     def stop(self) -> None:
         """End the template (and with it every secondary), remove the
         prefix's runtime files and release the prefix.  IPC members are
@@ -562,6 +571,7 @@ class Primary:
         global _running
         if _running is self:              # started, not stopped yet
             _running = None
+            atexit.unregister(self._stop_at_exit)
             self._log(_log.lib.FH_LOG_INFO, "stop", pid=self.pid,
                       cause=self.stop_cause)
         if self.supervisor is not None:   # workers first, while IPC runs

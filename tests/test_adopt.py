@@ -44,14 +44,23 @@ sys.exit(7)
 # The new primary: adopts, checks the objects, reports the survivors'
 # exits (forkhost.exit), stops when its stdin ends.
 ADOPTER = """\
-import json, sys
+import json, sys, threading
 import forkhost
 from forkhost import ipc
 from forkhost.ipc._messages import parse_exit_notice
 from forkhost.shm.ring import Ring
 from forkhost.shm.memzone import Memzone
-ipc.register("forkhost.exit", lambda msg, peer: print(
-    "exit", *parse_exit_notice(msg), flush=True))
+said = threading.Lock()     # the IPC thread's lines and ours, whole
+
+
+def say(line):
+    with said:
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+
+ipc.register("forkhost.exit", lambda msg, peer: say(
+    "exit %d %s" % parse_exit_notice(msg)))
 p = forkhost.Primary(sys.argv[1], runtime_dir=sys.argv[2], ipc=True,
                      log_level="info", grace=2)
 p.start()
@@ -59,12 +68,11 @@ r = Ring.lookup("adopt-ring")
 items = [r.dequeue() for _ in range(3)]
 r.enqueue(44)
 zone = bytes(Memzone.lookup("adopt-zone").buffer()[:12])
-print(json.dumps({"adopted": p.adopted, "items": items, "zone": zone.decode(),
-                  "base": p.arena_base, "template": p.template_pid,
-                  "pid": p.pid}), flush=True)
+say(json.dumps({"adopted": p.adopted, "items": items, "zone": zone.decode(),
+                "base": p.arena_base, "template": p.template_pid, "pid": p.pid}))
 sys.stdin.read()
 p.stop()
-print("stopped", flush=True)
+say("stopped")
 """
 
 # A secondary forked after the adoption: sees what the new primary wrote.
@@ -169,6 +177,8 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
         exits = []
         while (line := aout.readline()).startswith(b"exit "):
             exits.append(line)
+        assert line.startswith(b"{"), (line, adopter.poll() is not None and
+                                       adopter.stderr.read())
         got = json.loads(line)
         if not exits:
             exits.append(aout.readline())

@@ -449,7 +449,7 @@ def test_a_secondarys_reply_lists_the_primary(prim, entry, op):
 def test_a_request_to_a_primary_killed_meanwhile_lists_it_as_died(runtime_dir, how):
     """A process attached to a primary that dies while its request is
     pending: the primary is listed as DIED, at once, not at the timeout."""
-    prim = IPCPrimary(runtime_dir)
+    prim = IPCPrimary(runtime_dir, args=("--on-primary-death-stop",))
     got: list = []
     done = threading.Event()
     try:
