@@ -100,6 +100,15 @@ def forkhost_cmd(env, *args):
                           text=True, timeout=60, cwd=str(FIXTURES))
 
 
+def end_template(pid: int) -> None:
+    """A template a failed test left running (an orphan's parent is init,
+    and its title hides the runtime directory from the leak guard): stopped
+    as a primary stops it."""
+    if not ended(pid):
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: ended(pid), what=f"template {pid} to end")
+
+
 def orphaned(prefix, runtime_dir) -> bool:
     return forkhost.info(prefix, runtime_dir).get("orphaned") is True
 
@@ -229,6 +238,7 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
                 proc.stdin.close()
         reap(holder, adopter, old)
         old.stdout.close()
+        end_template(cfg["template_pid"])
 
 
 def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
@@ -274,3 +284,4 @@ def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
         for p in (old, new):
             if p is not None:
                 p.stdout.close()
+        end_template(cfg["template_pid"])
