@@ -584,8 +584,12 @@ class Primary:
                 try:
                     fd = os.pidfd_open(new)
                 except ProcessLookupError:
+                    # The old template has retired: nothing would serve.  Its
+                    # end ends this primary, as any template's death does.
+                    signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
                     raise ReloadError(f"the new generation's template (pid "
-                                      f"{new}) ended at once") from None
+                                      f"{new}) ended at once; the old one, "
+                                      f"retired, is stopped") from None
             except ForkhostError as err:
                 self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
                           template_pid=old, generation=self.generation,
