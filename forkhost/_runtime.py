@@ -22,11 +22,14 @@ import json
 import os
 import select
 import time
+from _thread import allocate_lock     # no threading module for `forkhost run`
 from collections import namedtuple
 from pathlib import Path
 
 from ._wire import PREFIX_DEFAULT, PREFIX_INVALID, RUNDIR_TOO_LONG
 from ._errors import ForkhostError, PrefixInUseError
+
+_CONFIG_LOCK = allocate_lock()        # write_config()
 
 DEFAULT_PREFIX = PREFIX_DEFAULT
 
@@ -213,8 +216,12 @@ def write_config(p: PrefixPaths, record: dict) -> None:
     PrefixLock)."""
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     c = _Call()
-    if c.lib.fh_prefix_write_config(c.paths(p), text.encode(), c.err, len(c.err)) < 0:
-        raise c.error()
+    # One writer at a time: the primary's threads (IPC, the supervisor, a
+    # reload) share the temporary file's name.
+    with _CONFIG_LOCK:
+        if c.lib.fh_prefix_write_config(c.paths(p), text.encode(), c.err,
+                                        len(c.err)) < 0:
+            raise c.error()
 
 
 def read_config(p: PrefixPaths) -> dict | None:

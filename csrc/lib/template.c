@@ -1474,6 +1474,14 @@ static int begin_reload(struct tpl *t)
     pid_t pid;
 
     t->reload_due = 0;
+    /* A fork from a single-threaded process only (the template starts no
+     * thread, but a hook's Python might have). */
+    if ((n = thread_count()) != 1) {
+        n = snprintf(text, sizeof text, "cannot start a new generation: the "
+                     "template has %d threads", n);
+        reload_failed(t, text, (size_t)n);
+        return 0;
+    }
     if (pipe2(p, O_CLOEXEC) < 0) {
         n = snprintf(text, sizeof text, "cannot start a new generation: "
                      "pipe: %s", strerror(errno));
