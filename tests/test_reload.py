@@ -21,7 +21,7 @@ import pytest
 
 import forkhost
 from forkhost import _protocol as protocol
-from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, reap, wait_until
+from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, ended, reap, wait_until
 
 ENTRY = r'''
 import sys
@@ -255,3 +255,78 @@ def test_failing_preload_keeps_the_old_generation_then_sighup_reloads(rp):
     failed = [ln for ln in err.splitlines() if " reload " in ln and "failed=" in ln]
     assert len(failed) == 1 and failed[0].startswith("<4>") and \
         'failed="RuntimeError: boom on reload"' in failed[0], err
+
+
+# A C primary's template (fh_template_fork, no Python hooks) reloads too:
+# the same loop again as the next generation.  Played by a single-threaded
+# python that only calls libforkhost, as a C program would.
+C_PRIMARY = r'''
+import os, signal, socket, sys
+from forkhost._native import ffi, lib
+from forkhost import _protocol as protocol
+rd, prefix = sys.argv[1], sys.argv[2]
+d = os.path.join(rd, prefix)
+os.mkdir(d, 0o700)
+path = os.path.join(d, "template.sock")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+s.bind(path)
+s.listen(64)
+keep = [ffi.new("char[]", prefix.encode()), ffi.new("char[]", path.encode())]
+c = ffi.new("struct fh_template_config *")
+c.listen_fd, c.prefix, c.socket_path = s.fileno(), keep[0], keep[1]
+c.socket_ino = os.stat(path).st_ino
+c.max_secondaries, c.grace_ms, c.pool_size = 8, 1000, 1
+c.exit_notice_fd = c.ready_fd = -1
+first = lib.fh_template_fork(c)
+assert first > 0, os.strerror(ffi.errno)
+s.close()
+print(first, flush=True)
+sys.stdin.readline()
+with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as r:
+    r.connect(path)
+    protocol.send(r, protocol.RELOAD)
+    msg = protocol.recv(r)
+assert msg.type == protocol.RELOADED, msg
+second = protocol.decode_reloaded(msg.body)
+print(second, flush=True)
+sys.stdin.readline()
+fds = [os.pidfd_open(second), os.pidfd_open(first)]
+for fd in fds:
+    signal.pidfd_send_signal(fd, signal.SIGTERM)
+_, status = os.waitpid(first, 0)
+import select
+select.select([fds[0]], [], [], 30)
+print("stopped", os.waitstatus_to_exitcode(status), flush=True)
+'''
+
+
+def test_a_c_primarys_template_reloads(runtime_dir, native_so, tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", C_PRIMARY, runtime_dir, "cr"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tmp_path)
+    env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, FORKHOST_PREFIX="cr")
+    try:
+        out = LineReader(p.stdout)
+        first = int(out.readline() or p.stderr.read())
+        # A secondary of the first generation, running across the reload.
+        hold = subprocess.Popen([RUNNER, native_so + ":signals"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert LineReader(hold.stdout).readline() == b"ready\n"
+        p.stdin.write(b"reload\n")
+        p.stdin.flush()
+        second = int(out.readline() or p.stderr.read())
+        assert second not in (first, 0)
+        r = subprocess.run([RUNNER, native_so + ":other"], env=env,
+                           capture_output=True, timeout=60)
+        assert (r.returncode, r.stdout) == (42, b"other\n"), r.stderr
+        hold.send_signal(signal.SIGTERM)     # its exit: the old template reports it
+        assert hold.wait(60) == 3 and hold.stderr.read() == b""
+        wait_until(lambda: ended(first), what="the retired template to end")
+        p.stdin.write(b"stop\n")
+        p.stdin.close()
+        p.stdin = None
+        assert out.readline() == b"stopped 0\n", p.stderr.read()
+        assert p.wait(30) == 0, p.stderr.read()
+        wait_until(lambda: ended(second), what="the new template to end")
+    finally:
+        reap(p, locals().get("hold"))
