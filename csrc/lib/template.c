@@ -1513,6 +1513,8 @@ static int begin_reload(struct tpl *t)
         g_reborn_stats = t->stats;
         madvise(t->stats, stats_len, MADV_DONTFORK);
         munmap(t->rx, FH_PROTO_MAX_MSG + 1);
+        if (t->hot != NULL)       /* the old members' (the new one makes its own) */
+            munmap(t->hot, sizeof *t->hot);
         t->reborn = 1;
         sigprocmask(SIG_SETMASK, &old, NULL);
         return 1;
