@@ -21,7 +21,8 @@ import pytest
 
 import forkhost
 from forkhost import _protocol as protocol
-from fhtest import FIXTURES, RUNNER, LineReader, PrimaryProc, ended, reap, wait_until
+from fhtest import (FIXTURES, RUNNER, LineReader, PrimaryProc, ended, reap,
+                    secondary_pids, wait_until)
 
 ENTRY = r'''
 import sys
@@ -207,7 +208,8 @@ def test_reload_while_secondaries_run_and_launches_continue(rp, shm_native):
     lines = chk.stdout.decode().splitlines()
     assert lines[0].startswith("refused: ") and shm_native.late in lines[0], lines
     assert lines[1] == f"{zone_addr.decode()} 2"
-    # stats: every generation's launches and exits.
+    # stats: every generation's launches and exits (counted when reaped).
+    wait_until(lambda: not secondary_pids("t", rp.p.runtime_dir), what="the last exit")
     st = json.loads(rp.cli("stats", "--json").stdout)
     launches = 1 + 20 + len(results) + 1 + 1
     assert (st["generation"], st["reloads"], st["launches"]) == (2, 1, launches), st
