@@ -642,11 +642,21 @@ def cmd_ps(a) -> int:
 
 
 def _children(pid: int) -> list[int]:
+    """pid's running children (not the zombies it has yet to reap)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+            kids = [int(x) for x in f.read().split()]
     except OSError:
         return []
+    running = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+                    running.append(kid)
+        except (OSError, IndexError):
+            pass
+    return running
 
 
 def _ipc_members(cfg: dict) -> set[int]:
