@@ -580,7 +580,7 @@ def cmd_ps(a) -> int:
                          "client_pid": None, "uptime": round(up, 1), "command": cmd,
                          "state": "retiring"})
             gens = {cfg["template_pid"], *cfg.get("retiring", [])}
-            for child in _children(pid):
+            for child in runtime.running_children(pid):
                 if child in gens:        # the next generation, its child
                     continue
                 cmd, up = runtime.proc_line(child)
@@ -639,24 +639,6 @@ def cmd_ps(a) -> int:
         _supervise.ps_print(supervised)
         _reclaim.ps_print(supervised)
     return 0
-
-
-def _children(pid: int) -> list[int]:
-    """pid's running children (not the zombies it has yet to reap)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-    running = []
-    for kid in kids:
-        try:
-            with open(f"/proc/{kid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
-                    running.append(kid)
-        except (OSError, IndexError):
-            pass
-    return running
 
 
 def _ipc_members(cfg: dict) -> set[int]:

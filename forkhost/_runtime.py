@@ -209,6 +209,24 @@ class PrefixLock:
             os.close(fd)
 
 
+def running_children(pid: int) -> list[int]:
+    """pid's running children (not the zombies it has yet to reap)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+    running = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+                    running.append(kid)
+        except (OSError, IndexError):
+            pass
+    return running
+
+
 def write_config(p: PrefixPaths, record: dict) -> None:
     """Atomically replace config.json (fh_prefix_write_config: through
     .config.<pid>.tmp, renamed; a failed write removes its temporary file,
@@ -265,6 +283,7 @@ def readable(fd, timeout: float | None) -> bool:
 
 __all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
            "runtime_dir", "resolve_prefix", "read_config", "write_config",
+           "running_children",
            "open_log", "pid_alive"]
 
 

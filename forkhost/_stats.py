@@ -59,14 +59,8 @@ def collect(prefix: str | None, runtime_dir) -> dict:
 
 def _retiring_secondaries(cfg: dict) -> int:
     gens = {cfg.get("template_pid"), *cfg.get("retiring", [])}
-    n = 0
-    for pid in cfg.get("retiring", []):
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                n += sum(int(c) not in gens for c in f.read().split())
-        except OSError:
-            pass
-    return n
+    return sum(child not in gens for pid in cfg.get("retiring", [])
+               for child in runtime.running_children(pid))
 
 
 def _seconds(us: int) -> str:
