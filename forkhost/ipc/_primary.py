@@ -454,7 +454,7 @@ class _PrimaryEndpoint:
             conn.joined = True
             self.joined[conn.fd] = conn
             self.cond.notify_all()
-        body = WELCOME_BODY.pack(self.pid, self.template_pid, NAME_MAX, PARAM_MAX)
+        body = WELCOME_BODY.pack(self.pid, self.primary.template_pid, NAME_MAX, PARAM_MAX)
         self._send_rec(conn, WELCOME, 0, 0, b"", body)
 
     def _dispatch(self, conn, mtype, rid, name_b, param, fds) -> None:
