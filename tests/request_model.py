@@ -43,6 +43,8 @@ def expected(rec: bytes, n: int, mflags: int, nfds: int):
         return ("info",)
     if mtype == protocol.ADOPT:
         return ("adopt",)
+    if mtype == protocol.RELOAD:
+        return ("reload",)
     if mtype != protocol.LAUNCH:
         return ("error", f"unexpected message type 0x{mtype:02x}")
     body = rec[HDR.size:n]

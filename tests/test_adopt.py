@@ -70,7 +70,8 @@ r.enqueue(44)
 zone = bytes(Memzone.lookup("adopt-zone").buffer()[:12])
 say(json.dumps({"adopted": p.adopted, "items": items, "zone": zone.decode(),
                 "base": p.arena_base, "template": p.template_pid, "pid": p.pid}))
-sys.stdin.read()
+for line in sys.stdin:                  # "reload": a new generation
+    say(json.dumps(p.reload()))
 p.stop()
 say("stopped")
 """
@@ -121,6 +122,7 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
     old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
                                   "--pool", "1", "--log-level", "info")
     holder = adopter = None
+    templates = [cfg["template_pid"]]
     try:
         holder = subprocess.Popen([RUNNER, str(tmp_path / "holder.py")], env=env,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -208,7 +210,14 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
         roles = {(row["role"], row["pid"]) for row in ps}
         assert {("primary", got["pid"]), ("template", cfg["template_pid"]),
                 ("secondary", sec)} <= roles, ps
-        # A launch after the adoption sees what the new primary wrote.
+        # The adopter reloads: the generation it forks watches it, and a
+        # launch on it sees what the new primary wrote.
+        adopter.stdin.write(b"reload\n")
+        adopter.stdin.flush()
+        gen = json.loads(aout.readline())
+        templates.append(gen["template_pid"])
+        assert (gen["generation"], gen["old_template_pid"]) == (2, cfg["template_pid"])
+        assert forkhost.info(prefix, runtime_dir)["primary_pid"] == got["pid"]
         r = subprocess.run([RUNNER, str(tmp_path / "taker.py")], env=env,
                            capture_output=True, timeout=60)
         assert (r.returncode, r.stdout, r.stderr) == (0, b"44\n", b"")
@@ -230,7 +239,8 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
         err = adopter.stderr.read().decode()
         assert (f"adopt pid={got['pid']} template_pid={cfg['template_pid']} "
                 f"old_primary_pid={cfg['pid']} running=1 arena_base={base}") in err
-        wait_until(lambda: ended(cfg["template_pid"]), what="the template to end")
+        wait_until(lambda: ended(cfg["template_pid"]) and ended(gen["template_pid"]),
+                   what="both generations to end")
         assert not os.path.exists(os.path.join(runtime_dir, prefix))
     finally:
         for proc in (holder, adopter):
@@ -238,7 +248,8 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
                 proc.stdin.close()
         reap(holder, adopter, old)
         old.stdout.close()
-        end_template(cfg["template_pid"])
+        for pid in templates:
+            end_template(pid)
 
 
 def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
