@@ -20,7 +20,7 @@ import sys
 import textwrap
 
 import forkhost
-from fhtest import FIXTURES, RUNNER, LineReader, ended, reap, wait_until
+from fhtest import FIXTURES, RUNNER, LineReader, end_template, ended, reap, wait_until
 
 PY = sys.executable
 
@@ -99,15 +99,6 @@ def start_primary(runtime_dir, prefix, err_path, *args):
 def forkhost_cmd(env, *args):
     return subprocess.run([PY, "-m", "forkhost", *args], env=env, capture_output=True,
                           text=True, timeout=60, cwd=str(FIXTURES))
-
-
-def end_template(pid: int) -> None:
-    """A template a failed test left running (an orphan's parent is init,
-    and its title hides the runtime directory from the leak guard): stopped
-    as a primary stops it."""
-    if not ended(pid):
-        os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: ended(pid), what=f"template {pid} to end")
 
 
 def orphaned(prefix, runtime_dir) -> bool:
