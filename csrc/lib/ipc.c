@@ -1330,11 +1330,11 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
 
 /* A sync request, checked.  The reply's msgs and peers are one malloc'd
  * block (or NULL); a *_raw one (raw) gets its answer in raw and what
- * became of it in *raw_outcome. */
+ * became of it and the primary's pid in raw_out[0] and raw_out[1]. */
 static int request_sync(const char *name, const void *param, int len_param,
                         const int *fds, int num_fds, long ms,
                         struct fh_ipc_reply *reply, void *raw, int *raw_fds,
-                        int *raw_len, int *raw_outcome)
+                        int *raw_len, int *raw_out)
 {
     struct pending p;
 
@@ -1406,7 +1406,8 @@ static int request_sync(const char *name, const void *param, int len_param,
         reply->nb_sent = p.nb_sent;
         reply->nb_received = p.reply ? 1 : 0;
         *raw_len = p.reply ? p.raw_len : 0;
-        *raw_outcome = p.outcome;
+        raw_out[0] = p.outcome;
+        raw_out[1] = p.peer_pid;
         return 0;
     }
     fill_reply(&p, reply);
@@ -1436,6 +1437,7 @@ FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param
     }
     out[0] = 0;
     out[1] = FH_IPC_PEER_TIMED_OUT;
+    out[2] = 0;
     if (request_sync(name, param, len_param, fds, num_fds, ms, &r, record, reply_fds,
                      &len, &out[1]) < 0)
         return -1;

@@ -69,10 +69,11 @@ class _SecondaryEndpoint:
     def on_ipc_thread(self) -> bool:
         return bool(lib.fh_ipc_on_ipc_thread())
 
-    def _primary(self) -> int:
-        """The primary's pid, read again after a rejoin (the one before
-        while there is none)."""
-        pid = lib.fh_ipc_peer_pid()
+    def _primary(self, pid: int | None = None) -> int:
+        """The primary's pid (pid: the one a request went to), read again
+        after a rejoin; the last one while there is none."""
+        if pid is None:
+            pid = lib.fh_ipc_peer_pid()
         if pid and pid != self.primary_pid:
             self.primary_pid = pid
             self.primary_name = ffi.string(lib.fh_ipc_peer_name()).decode(
@@ -113,7 +114,7 @@ class _SecondaryEndpoint:
         except AttributeError:
             record = ffi.new("char[]", RECORD_MAX)
             self.tls.bufs = (record, ffi.buffer(record), ffi.new("int[]", FDS_MAX),
-                             ffi.new("int[2]"))
+                             ffi.new("int[3]"))
             return self.tls.bufs
 
     def request(self, name, param=b"", fds=(), timeout=DEFAULT_TIMEOUT, to=None,
@@ -137,7 +138,9 @@ class _SecondaryEndpoint:
                                    record, reply_fds, out)
         if n > 0:       # (answered: it reached the primary, nb_sent is 1)
             nfds, status, rname = _unpack_reply_view(view)
-            pid = self._primary()
+            pid = out[2]
+            if pid != self.primary_pid:
+                self._primary(pid)
             m = Message(rname[:rname.find(0)].decode(errors="replace"),
                         view[HDR_SIZE:n], ffi.unpack(reply_fds, nfds) if nfds else [],
                         pid, REPLY, status)
@@ -148,7 +151,7 @@ class _SecondaryEndpoint:
                 if lib.fh_ipc_rejoining():
                     raise self._no_primary(f"request {name!r}")
                 return Reply(0, 0, [], [])
-            pid = self._primary()
+            pid = self._primary(out[2])
             return Reply(1, 0, [], [PeerReply(pid, self.primary_name,
                                               PEER_STATUS[out[1]])])
         err = ffi.errno

@@ -461,7 +461,8 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
  * then param) and its fds to reply_fds (FH_IPC_FDS_MAX); returns its
  * length, 0 when none came, or -1 with errno.  out[0]: nb_sent, 0 or 1;
  * out[1]: what became of it at the primary (enum fh_ipc_peer_status),
- * when nb_sent is 1. */
+ * when nb_sent is 1; out[2]: that primary's pid (it changes when the
+ * member rejoins another). */
 FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param,
                               const int *fds, int num_fds, double timeout,
                               void *record, int *reply_fds, int *out);
