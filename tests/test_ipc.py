@@ -852,10 +852,55 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
     finally:
         ipc.stop()
         ipc.unregister(ipc.PRIMARY_NOTICE)
-        first.close()
+        if second is not None:
+            second.close()      # (an adopted template, holding first's
+        first.close()           # stderr, ends with it)
+        wait_until(lambda: ended(first.template_pid), what="the first template to end")
+
+
+@pytest.mark.skipif(not hasattr(forkhost.Primary, "_adopt"),
+                    reason="needs the adoption of an orphaned template (issue 18)")
+def test_secondaries_rejoin_the_primary_that_adopts_their_template(runtime_dir, ipc_sec_so):
+    """kill -9 of the primary (one this test started): its secondaries, Python
+    and native, go on with no primary (calls fail at once), then rejoin the
+    primary that adopts their template, told by forkhost.primary, listed as
+    its secondaries, their actions serving it; its stop ends them."""
+    first = IPCPrimary(runtime_dir)
+    second = None
+    try:
+        py = first.launch("ipc_sec:main")
+        c = first.launch(ipc_sec_so)
+        first.wait_members(2)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.proc.wait(30) == -signal.SIGKILL
+        for s in (py, c):
+            wait_until(lambda: s.cmd("rejoining", "rejoining") == ["rejoining", "1"],
+                       what="the member to notice")
+            assert s.cmd("request echo 00 60000", "error")[:2] == ["error", "ENOTCONN"]
+        second = IPCPrimary(runtime_dir)
+        assert second.template_pid == first.template_pid, "not adopted"
+        for s in (py, c):
+            assert s.expect("primary") == ["primary", str(second.pid),
+                                           str(first.template_pid)]
+        assert sorted(second.wait_members(2)) == sorted([py.pid, c.pid])
+        assert all(m["secondary"] for m in second.cmd("members")["members"])
+        r = second.cmd("request", name="echo", param=b"x".hex())
+        assert sorted(m["param"] for m in r["msgs"]) == sorted(
+            (prefix_of(k) + b"x").hex() for k in KINDS)
+        words = py.cmd("request echo " + b"hi".hex() + " 5000", "reply")
+        assert words[1:5] == ["1", "1", "0", b"primary:hi".hex()]
+        assert second.stop()["stopped"]
+        assert py.expect("shutdown") and c.expect("shutdown")
+        assert py.wait() == 0 and c.wait() == 0
+    finally:
         if second is not None:
             second.close()
-        wait_until(lambda: ended(first.template_pid), what="the first template to end")
+        elif not ended(first.template_pid):
+            # the orphan, which holds first's stderr: `forkhost stop` ends it
+            subprocess.run([sys.executable, "-m", "forkhost", "stop"], env=first.env,
+                           cwd=str(FIXTURES), capture_output=True, timeout=60)
+        first.close()
+        wait_until(lambda: ended(first.template_pid), what="the template to end")
 
 
 def test_after_forkhost_shutdown_a_member_does_not_rejoin(runtime_dir):
