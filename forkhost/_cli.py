@@ -1,6 +1,6 @@
 """The ``forkhost`` command (also ``python -m forkhost``).
 
-Subcommands: primary, run, ps, stats, stop, restart, doctor, demo, config,
+Subcommands: primary, run, ps, stats, stop, reload, restart, doctor, demo, config,
 attach, verify, maps, ptr.  Options have
 the same names everywhere (--prefix, --runtime-dir, --arena-size,
 --preload).  Exit codes: 0 success; 1 the command failed (message on
@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--worker", metavar="NAME",
                    help="stop this worker (and those that require it), not the primary")
+
+    p = sub.add_parser("reload", help="start a new generation: preloads imported "
+                       "afresh, a new template and pool; running secondaries go on")
+    _common(p)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the new generation (default %(default)g)")
 
     p = sub.add_parser("restart", help="restart a supervised worker (and those that "
                        "require it)")
@@ -187,15 +193,34 @@ def _make_primary(a):
                    sockets=getattr(a, "sockets", None))   # socket activation
 
 
-def _serve(p, ready, sd=None) -> int:
+def _reload_in_background(p) -> None:
+    """SIGHUP's reload (a detached primary, or one under systemd): on a
+    thread, so that the loop still hears signals and the template; the
+    outcome goes to the log (the reload line, and a failure's traceback)."""
+    import threading
+
+    def run() -> None:
+        try:
+            p.reload()
+        except ForkhostError as err:
+            print(f"forkhost primary: reload failed; the old generation serves "
+                  f"on:\n{err}", file=sys.stderr, flush=True)
+    threading.Thread(target=run, name="forkhost-reload", daemon=True).start()
+
+
+def _serve(p, ready, sd=None, hup_reloads=False) -> int:
     """Call ready() (announce the primary) once SIGINT/SIGTERM/SIGHUP are
     caught, so that one sent on seeing the ready line stops it cleanly;
     then wait for one of them (stop cleanly, 0) or for the template to die
-    on its own (1).  sd: systemd's notifier (forkhost/_systemd.py): told
-    READY=1 after ready(), STOPPING=1 when the stop begins, and pinged
+    on its own (1).  hup_reloads: SIGHUP reloads instead (a detached
+    primary, or one under systemd, as nginx and gunicorn do; a primary on a
+    terminal stops on the hangup).  sd: systemd's notifier
+    (forkhost/_systemd.py): told READY=1 after ready(), RELOADING=1 and
+    READY=1 around a reload, STOPPING=1 when the stop begins, and pinged
     from this loop when systemd's watchdog is on."""
     from ._systemd import Notifier
     sd = sd or Notifier({})
+    p.notifier = sd
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     # SIGUSR1: reopen the log (--detach), never a stop.
@@ -207,21 +232,32 @@ def _serve(p, ready, sd=None) -> int:
     code = 0
     sup = p.supervisor
     gave_up = [sup.give_up_fd] if sup is not None else []
+    gen_fd = p.generation_fd()
     while True:
+        current = p.template_pidfd      # a reload (another thread) changes it
         try:
-            r, _, _ = select.select([wake_r, p.template_pidfd, *gave_up], [], [],
-                                    sd.timeout())
+            r, _, _ = select.select([wake_r, current, gen_fd, *p.retiring_pidfds(),
+                                     *gave_up], [], [], sd.timeout())
         except InterruptedError:
             continue
         sd.tick()
+        if gen_fd in r:                 # a new generation: watch its template
+            p.generation_fd()
+        if set(r) - {wake_r, current, gen_fd, *gave_up} or (
+                current in r and current != p.template_pidfd):
+            p.reap_generations()        # a retiring template ended
+            continue
         if gave_up and gave_up[0] in r:     # exit_on_give_up (logged already)
             from ._supervise import EXIT_GAVE_UP
             code = EXIT_GAVE_UP
             p.stop_cause = "the supervisor gave up"
             break
-        if p.template_pidfd in r:
+        if current in r:
+            from .primary import STATUS_UNKNOWN
             status = p.wait_template(0)
-            how = f"killed by signal {-status}" if status < 0 else f"status {status}"
+            how = ("status unknown: a reload's generation is not the primary's "
+                   "child" if status == STATUS_UNKNOWN else
+                   f"killed by signal {-status}" if status < 0 else f"status {status}")
             print(f"forkhost primary: the template exited unexpectedly ({how}); "
                   f"stopping", file=sys.stderr, flush=True)
             p.stop_cause = f"the template exited ({how})"
@@ -235,6 +271,9 @@ def _serve(p, ready, sd=None) -> int:
                 except ForkhostError as err:     # said in the log still open
                     print(f"forkhost primary: {err}", file=sys.stderr, flush=True)
             sigs.discard(signal.SIGUSR1)
+            if hup_reloads and signal.SIGHUP in sigs:
+                sigs.discard(signal.SIGHUP)
+                _reload_in_background(p)
             if sigs:
                 p.stop_cause = signal.Signals(min(sigs)).name
                 break
@@ -288,7 +327,7 @@ def cmd_primary(a) -> int:
         print(f"forkhost primary: recovered the runtime directory left by {who}",
               file=sys.stderr)
     return _serve(p, lambda: print(p.ready_line(), flush=True),
-                  _systemd.Notifier(sd_env))
+                  _systemd.Notifier(sd_env), hup_reloads="NOTIFY_SOCKET" in sd_env)
 
 
 def _detach(a) -> int:
@@ -326,7 +365,7 @@ def _detach(a) -> int:
                 print(p.ready_line(), flush=True)
                 os.write(w, f"ok {p.ready_line()}".encode())
                 os.close(w)
-            code = _serve(p, ready)
+            code = _serve(p, ready, hup_reloads=True)
         except BaseException:
             import traceback
             traceback.print_exc()
@@ -531,6 +570,23 @@ def cmd_ps(a) -> int:
             cmd, up = runtime.proc_line(pid)
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd})
+        # Older generations still serving their last secondaries (a reload),
+        # which answer no INFO: their children are those secondaries.
+        for pid in cfg.get("retiring", []):
+            if not runtime.pid_alive(pid):
+                continue
+            cmd, up = runtime.proc_line(pid)
+            rows.append({"prefix": p.prefix, "role": "template", "pid": pid,
+                         "client_pid": None, "uptime": round(up, 1), "command": cmd,
+                         "state": "retiring"})
+            gens = {cfg["template_pid"], *cfg.get("retiring", [])}
+            for child in runtime.running_children(pid):
+                if child in gens:        # the next generation, its child
+                    continue
+                cmd, up = runtime.proc_line(child)
+                rows.append({"prefix": p.prefix, "role": "secondary", "pid": child,
+                             "client_pid": None, "uptime": round(up, 1),
+                             "command": cmd, "state": "retiring"})
         try:
             inf = client.info(p.prefix, p.root)
         except ForkhostError:
@@ -628,6 +684,47 @@ def cmd_stop(a) -> int:
     return 0
 
 
+def cmd_reload(a) -> int:
+    """Ask the prefix's primary (over IPC) for a new generation; one line
+    on success, the failure (a preload's traceback) on stderr and 1."""
+    from . import ipc
+    from .primary import RELOAD_ACTION
+    p = runtime.paths(a.prefix, a.runtime_dir)
+    cfg = runtime.read_config(p)
+    if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
+        raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
+                            f"(looked for {p.config})")
+    if not cfg.get("ipc_socket"):
+        raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
+                            f"runs no IPC, which forkhost reload asks it over; in "
+                            f"its program, call Primary.reload()")
+    if not a.timeout > 0:
+        print("forkhost reload: --timeout takes a number of seconds above 0",
+              file=sys.stderr)
+        return 2
+    ipc.start(prefix=p.prefix, runtime_dir=p.root)
+    try:
+        body = json.dumps({"timeout": a.timeout}).encode()
+        with ipc.request(RELOAD_ACTION, body, timeout=a.timeout + 5) as r:
+            if r.nb_received != 1:
+                raise ForkhostError(f"the primary (pid {cfg['pid']}) did not answer "
+                                    f"within {a.timeout + 5:g}s")
+            msg = r.msgs[0]
+            if not msg.ok:
+                raise ForkhostError(f"the primary refused: {msg.error}")
+            answer = json.loads(bytes(msg.param))
+    finally:
+        ipc.stop()
+    if not answer.get("ok"):
+        print(f"forkhost reload: prefix {p.prefix!r}: the reload failed; the old "
+              f"generation serves on:\n{answer.get('error', '')}", file=sys.stderr)
+        return 1
+    print(f"forkhost reload: prefix {p.prefix!r}: generation {answer['generation']}, "
+          f"template {answer['template_pid']} (template {answer['old_template_pid']} "
+          f"retires when its last secondary ends)")
+    return 0
+
+
 def cmd_restart(a) -> int:
     from ._supervise import control
     answer = control(a.prefix, a.runtime_dir, "restart", a.name, a.timeout)
@@ -722,7 +819,7 @@ def cmd_stats(a) -> int:
 
 COMMANDS = {"primary": cmd_primary, "run": cmd_run, "ps": cmd_ps, "stop": cmd_stop,
             "stats": cmd_stats,
-            "restart": cmd_restart,
+            "restart": cmd_restart, "reload": cmd_reload,
             "doctor": cmd_doctor, "demo": cmd_demo, "config": cmd_config,
             "attach": cmd_attach, "verify": _layout_command("verify"),
             "maps": _layout_command("maps"), "ptr": _layout_command("ptr")}

@@ -45,6 +45,11 @@ class PreloadError(ForkhostError):
     """A --preload module raised while being imported."""
 
 
+class ReloadError(ForkhostError):
+    """A reload did not start a new generation (a preload failed: the
+    message holds its traceback); the old generation serves on."""
+
+
 class ProtocolError(ForkhostError):
     """A malformed, truncated, oversized or wrong-version message."""
 

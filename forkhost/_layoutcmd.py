@@ -114,9 +114,21 @@ def _print_verdict(v: layout.Verdict, secondary: bool, strict: bool, prefix: str
 
 # -- maps -----------------------------------------------------------------
 
+def _forked(pid: int) -> list[layout.Mapping]:
+    """pid's mappings but those no fork copies (MADV_DONTFORK: the
+    template's per-launch tables and its launch counters), which no child
+    can have."""
+    maps = _maps(pid)
+    try:
+        skip = layout.not_inherited(pid)
+    except ForkhostError:
+        return maps
+    return [m for m in maps if (m.start, m.end) not in skip]
+
+
 def cmd_maps(a) -> int:
     pa, pb = _pid(a.a), _pid(a.b)
-    ma, mb = _maps(pa), _maps(pb)
+    ma, mb = _forked(pa), _forked(pb)
     groups = layout.compare(ma, mb)
     differs = any(g.status not in ("shared", "private") and
                   any(m.backed or m.kernel for m in g.a + g.b) for g in groups)

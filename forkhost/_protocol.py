@@ -25,8 +25,8 @@ from . import _wire
 from ._wire import (  # noqa: F401  (the protocol's names, for its users)
     ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_INHERIT_FDS,
     FD_TARGET_MAX, LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR,
-    MAX_EXTRA_FDS, MAX_FDS, MAX_MSG,
-    NOTICE, STARTED, STOPPED, VERSION)
+    MAX_EXTRA_FDS, MAX_FDS, MAX_MSG, MAX_RELOAD_TEXT,
+    NOTICE, RELOAD, RELOAD_FAILED, RELOADED, STARTED, STOPPED, VERSION)
 from ._errors import ProtocolError
 
 HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
@@ -37,6 +37,8 @@ EXITED_BODY = struct.Struct(_wire.EXITED_BODY_FORMAT)    # code signal
 STOPPED_BODY = struct.Struct(_wire.STOPPED_BODY_FORMAT)  # signal reserved
 ERROR_BODY = struct.Struct(_wire.ERROR_BODY_FORMAT)      # exit_code text_len
 NOTICE_BODY = struct.Struct(_wire.NOTICE_BODY_FORMAT)    # text_len reserved
+RELOADED_BODY = struct.Struct(_wire.RELOADED_BODY_FORMAT)  # pid
+RELOAD_FAILED_BODY = struct.Struct(_wire.RELOAD_FAILED_BODY_FORMAT)  # text_len reserved
 assert HDR.size == _wire.HDR_SIZE and HDR.size + LAUNCH_BODY.size == _wire.LAUNCH_SIZE
 
 _FD_SIZE = array.array("i").itemsize
@@ -229,6 +231,25 @@ def decode_error(body: bytes) -> tuple[int, str]:
     code, n = ERROR_BODY.unpack_from(body)
     text = body[ERROR_BODY.size:ERROR_BODY.size + n]
     return code, text.decode("utf-8", "replace")
+
+
+def decode_reloaded(body: bytes) -> int:
+    """RELOADED: the new generation's template's pid."""
+    (pid,) = decode_struct(RELOADED_BODY, body, "RELOADED")
+    if pid <= 0:
+        raise ProtocolError(f"malformed RELOADED message (pid {pid})")
+    return pid
+
+
+def decode_reload_failed(body: bytes) -> str:
+    """RELOAD_FAILED: the new generation's words (lines: a traceback)."""
+    if len(body) < RELOAD_FAILED_BODY.size:
+        raise ProtocolError("truncated RELOAD_FAILED message")
+    n, _ = RELOAD_FAILED_BODY.unpack_from(body)
+    if n > MAX_RELOAD_TEXT or len(body) != RELOAD_FAILED_BODY.size + n:
+        raise ProtocolError(f"malformed RELOAD_FAILED message ({len(body)} "
+                            f"bytes, text_len {n})")
+    return body[RELOAD_FAILED_BODY.size:].decode("utf-8", "replace")
 
 
 def decode_notice(body: bytes) -> str:

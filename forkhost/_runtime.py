@@ -22,11 +22,14 @@ import json
 import os
 import select
 import time
+from _thread import allocate_lock     # no threading module for `forkhost run`
 from collections import namedtuple
 from pathlib import Path
 
 from ._wire import PREFIX_DEFAULT, PREFIX_INVALID, RUNDIR_TOO_LONG
 from ._errors import ForkhostError, PrefixInUseError
+
+_CONFIG_LOCK = allocate_lock()        # write_config()
 
 DEFAULT_PREFIX = PREFIX_DEFAULT
 
@@ -206,6 +209,24 @@ class PrefixLock:
             os.close(fd)
 
 
+def running_children(pid: int) -> list[int]:
+    """pid's running children (not the zombies it has yet to reap)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+    running = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
+                    running.append(kid)
+        except (OSError, IndexError):
+            pass
+    return running
+
+
 def write_config(p: PrefixPaths, record: dict) -> None:
     """Atomically replace config.json (fh_prefix_write_config: through
     .config.<pid>.tmp, renamed; a failed write removes its temporary file,
@@ -213,8 +234,12 @@ def write_config(p: PrefixPaths, record: dict) -> None:
     PrefixLock)."""
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     c = _Call()
-    if c.lib.fh_prefix_write_config(c.paths(p), text.encode(), c.err, len(c.err)) < 0:
-        raise c.error()
+    # One writer at a time: the primary's threads (IPC, the supervisor, a
+    # reload) share the temporary file's name.
+    with _CONFIG_LOCK:
+        if c.lib.fh_prefix_write_config(c.paths(p), text.encode(), c.err,
+                                        len(c.err)) < 0:
+            raise c.error()
 
 
 def read_config(p: PrefixPaths) -> dict | None:
@@ -258,6 +283,7 @@ def readable(fd, timeout: float | None) -> bool:
 
 __all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
            "runtime_dir", "resolve_prefix", "read_config", "write_config",
+           "running_children",
            "open_log", "pid_alive"]
 
 

@@ -4,7 +4,11 @@ text format (docs/cli.md, "forkhost stats").
 Everything comes from the template's INFO answer (csrc/lib/template.c,
 forkhost/log.h): the template counts launches, refusals, exits and the
 launch latency histogram itself, knows its pool members and reads the
-arena's use; nothing is kept anywhere else.
+arena's use; nothing is kept anywhere else.  The counters are the
+prefix's since the primary started, across reloads: every generation's
+template counts into one shared set (a retiring one counts its last
+secondaries' exits there), and the running secondaries include a retiring
+generation's.
 """
 
 from __future__ import annotations
@@ -30,11 +34,16 @@ def collect(prefix: str | None, runtime_dir) -> dict:
         "prefix": p.prefix,
         "primary_pid": inf["primary_pid"],
         "template_pid": inf["template_pid"],
+        "generation": inf["generation"],
+        "reloads": inf["reloads"],
         "launches": inf["launched"],
         "pool_launches": inf["pool_launches"],
         "refusals": inf["refused"],
         "exits": inf["exits"],
-        "secondaries": len(inf["secondaries"]),
+        # Every generation's: a reload's old template still serves its own
+        # (config.json's "retiring"; they are its children but the next
+        # generation's template).
+        "secondaries": len(inf["secondaries"]) + _retiring_secondaries(cfg),
         "pool": {"idle": sum(m["state"] == "idle" for m in members),
                  "busy": sum(m["state"] == "busy" for m in members),
                  "size": inf["pool_size"]},
@@ -46,6 +55,12 @@ def collect(prefix: str | None, runtime_dir) -> dict:
         out["arena"] = {"used": arena["max"] - arena["free"], "size": arena["size"],
                         "max": arena["max"]}
     return out
+
+
+def _retiring_secondaries(cfg: dict) -> int:
+    gens = {cfg.get("template_pid"), *cfg.get("retiring", [])}
+    return sum(child not in gens for pid in cfg.get("retiring", [])
+               for child in runtime.running_children(pid))
 
 
 def _seconds(us: int) -> str:
@@ -84,6 +99,11 @@ def prometheus(s: dict) -> str:
            [("", (("signal", k),), v) for k, v in sorted(s["exits"]["signal"].items())])
     family("forkhost_secondaries", "gauge", "Secondaries running.",
            [("", (), s["secondaries"])])
+    family("forkhost_reloads_total", "counter",
+           "New generations started by a reload.", [("", (), s["reloads"])])
+    family("forkhost_generation", "gauge",
+           "The serving generation (1, one more at each reload).",
+           [("", (), s["generation"])])
     family("forkhost_pool_members", "gauge", "Pre-forked pool members, by state.",
            [("", (("state", st),), s["pool"][st]) for st in ("idle", "busy")])
     lat = s["latency"]
@@ -119,7 +139,8 @@ def text(s: dict) -> str:
         for b, n in zip(lat["bounds_us"] + [None], lat["buckets"]) if n)
     mean = (f", mean {_us(lat['sum_us'] // lat['count'])}" if lat["count"] else "")
     out = [f"prefix {s['prefix']!r}: primary {s['primary_pid']}, "
-           f"template {s['template_pid']}",
+           f"template {s['template_pid']} (generation {s['generation']}, "
+           f"{s['reloads']} reload{'s' if s['reloads'] != 1 else ''})",
            f"launches     {s['launches']} ({s['pool_launches']} by pool members)",
            f"refusals     {s['refusals']}",
            f"exits        {', '.join(exits) or 'none'}",

@@ -5,7 +5,8 @@ implemented here on plain sockets, without libsystemd.
 - sd_notify: one datagram per message to the AF_UNIX socket NOTIFY_SOCKET
   names (a path, or "@name" for an abstract socket), newline-separated
   VAR=value lines: READY=1 with MAINPID= and STATUS= once the ready line is
-  printed, STOPPING=1 when the stop begins, WATCHDOG=1 every WATCHDOG_USEC/2
+  printed, RELOADING=1 with MONOTONIC_USEC= when a reload begins (READY=1
+  again when it ends), STOPPING=1 when the stop begins, WATCHDOG=1 every WATCHDOG_USEC/2
   when WATCHDOG_USEC is set (and WATCHDOG_PID, if set, is this process).
 - socket activation: when LISTEN_PID is this process, the fds 3 ..
   3+LISTEN_FDS-1, named by LISTEN_FDNAMES: "launch" is template.sock,
@@ -82,6 +83,12 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status}")
+
+    def reloading(self, status: str) -> None:
+        """A reload begins (READY=1 follows when it ends, done or not):
+        MONOTONIC_USEC is CLOCK_MONOTONIC now, as Type=notify-reload asks."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={status}")
 
     def stopping(self, status: str) -> None:
         self.send("STOPPING=1", f"STATUS={status}")

@@ -17,6 +17,12 @@ called only through four hooks:
   (at most once a second per directory and entry): the entry's directory
   finder and module or script are read ahead for the members forked next;
 - ``fh_py_info_extra``: what only Python knows for INFO.
+
+A reload (``forkhost reload``, docs/reliability.md) returns here, in a
+child the old template forked from its loop: ``template_main`` imports the
+preloaded modules afresh (``reimport``) and runs the loop again as the next
+generation, or writes the failure's traceback where the old template reads
+it and exits (the old generation serves on).
 """
 
 from __future__ import annotations
@@ -164,14 +170,57 @@ def fh_py_info_extra(buf, size):
 
 # -- the template ------------------------------------------------------------
 
+def reimport(names: list[str]) -> None:
+    """A reload's new generation: the preloaded modules and their
+    submodules out of sys.modules, then imported again, in the primary's
+    order (forkhost's own modules stay: they are the running code).  Any
+    exception is the reload's failure."""
+    import importlib
+    mine = [n for n in names if n != "forkhost" and not n.startswith("forkhost.")]
+    for mod in list(sys.modules):
+        if any(mod == n or mod.startswith(n + ".") for n in mine):
+            del sys.modules[mod]
+    importlib.invalidate_caches()
+    for name in names:
+        importlib.import_module(name)
+
+
+def _reborn(preload: list[str]) -> tuple[int, int] | None:
+    """In the child a reload forked: CPython's after-fork work (the fork
+    was made in C, outside os.fork()), then the preloads afresh.  (ready
+    fd, generation), or None when the reload failed (its traceback went to
+    the old template, which serves on)."""
+    gen = ffi.new("unsigned *")
+    ready = lib.fh_template_reborn(gen)
+    try:
+        _after_fork_child()
+        reimport(preload)
+        secondary.keep_exit_handlers()   # what the fresh imports registered
+        gc.collect()
+        secondary.warm_up()
+        gc.freeze()
+    except BaseException as exc:
+        failed = "".join(traceback.format_exception(exc)).rstrip()
+        text = f"the new generation's preload failed:\n{failed}".encode(errors="replace")
+        try:
+            while text:
+                text = text[os.write(ready, text[:65536]):]
+        except OSError:
+            pass
+        os.close(ready)
+        return None
+    return ready, gen[0]
+
+
 def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
                   prefix: str, socket_path: str, socket_ino: int, primary_pid: int,
                   max_secondaries: int, grace: float, pool_size: int = 0,
                   exit_notice_fd: int = -1, log_level: int = 0,
-                  log_root: str | None = None) -> int:
+                  log_root: str | None = None, preload: list[str] = ()) -> int:
     """Entry point of the template, called in the child of the primary's
     fork.  Reports readiness on ready_w (b"ok", or an error text); returns
-    the template's exit status when it ends."""
+    the template's exit status when it ends.  A reload comes back here in
+    a child of the loop, which becomes the next generation (_reborn)."""
     try:
         from setproctitle import setproctitle
         setproctitle(f"forkhost template [{prefix}]")
@@ -213,4 +262,12 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
     cfg.log_level = log_level
     c_log_root = ffi.new("char[]", os.fsencode(log_root)) if log_root else ffi.NULL
     cfg.log_root = c_log_root
-    return lib.fh_template_main(cfg)
+    cfg.generation = 1
+    while True:
+        code = lib.fh_template_main(cfg)
+        if code != lib.FH_TEMPLATE_REBORN:
+            return code
+        reborn = _reborn(list(preload))
+        if reborn is None:
+            return EXIT_FORKHOST
+        cfg.ready_fd, cfg.generation = reborn

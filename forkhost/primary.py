@@ -34,7 +34,7 @@ from . import _log, _wire, _runtime as runtime
 from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib, library_base
 from ._errors import (ArenaError, ForkhostError, NotSingleThreadedError,
-                     PreloadError)
+                     PreloadError, ProtocolError, ReloadError)
 
 # A primary's defaults, C's and Python's alike (forkhost/init.h).  Pool
 # members the template keeps ready (csrc/lib/template.c) each take a fork
@@ -46,6 +46,15 @@ DEFAULT_GRACE = _wire.DEFAULT_GRACE_MS / 1000
 DEFAULT_POOL = _wire.DEFAULT_POOL
 # How long start() waits for the template to say it is ready.
 TEMPLATE_START_TIMEOUT = 30.0
+# How long reload() waits for the new generation (its preloads imported
+# afresh, its pool forked) by default.
+RELOAD_TIMEOUT = 60.0
+# The IPC action `forkhost reload` asks a primary with (docs/cli.md).
+RELOAD_ACTION = "forkhost-reload"
+# wait_template()'s answer for a template that ended but is not this
+# process's child (a reload's generation: its parent was the old template),
+# whose wait status is not ours to read.
+STATUS_UNKNOWN = 1 << 16
 
 # The Primary this process started and has not stopped: where launches
 # from this program go by default (forkhost._client.default_target).  Set
@@ -196,6 +205,17 @@ class Primary:
         self._ipc_at_start = ipc     # start IPC at the end of start()
         self._ipc_exit_fd = -1       # the template's end of its exit channel
         self.supervisor = None       # supervise()'s (forkhost/_supervise.py)
+        # Reload (docs/reliability.md): the current generation's number;
+        # the retiring ones as [pid, pidfd, our child] until they end; one
+        # reload at a time; a pipe written when the generation changes
+        # (generation_fd(), for a loop that waits on template_pidfd).
+        self.generation = 1
+        self.template_is_child = True
+        self.retiring: list[list] = []
+        self.template_pids: set[int] = set()   # every generation's, ever
+        self._gen_lock = threading.RLock()
+        self._gen_r = self._gen_w = -1
+        self.notifier = None   # systemd's (forkhost/_systemd.py): RELOADING=1
 
     # -- properties -----------------------------------------------------
 
@@ -352,6 +372,8 @@ class Primary:
             "pool": self.pool,
             "grace": self.grace,
             "started": time.time(),
+            "generation": 1,
+            "retiring": [],      # templates of older generations still serving
         }
 
     def _fork_template(self, listener: socket.socket, ino: int) -> None:
@@ -383,13 +405,14 @@ class Primary:
                     socket_ino=ino, primary_pid=self.pid,
                     max_secondaries=self.max_secondaries, grace=self.grace,
                     pool_size=self.pool, log_level=self.log_level,
-                    log_root=self.log_root)
+                    log_root=self.log_root, preload=self.preload)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
         os.close(ready_w)
         self.template_pid = pid
+        self.template_pids.add(pid)
         self.template_pidfd = os.pidfd_open(pid)
         try:
             answer = _read_with_timeout(ready_r, TEMPLATE_START_TIMEOUT)
@@ -407,6 +430,10 @@ class Primary:
         IPC thread is a second thread, and the template must be forked from
         a single-threaded primary."""
         ep = _ipc.start_primary(self)
+        try:
+            _ipc.register(RELOAD_ACTION, self._on_reload_request)
+        except ForkhostError:
+            pass                  # registered already (ipc() called again)
         if self.config.get("ipc_socket") != ep.path:
             self.config["ipc_socket"] = ep.path
             runtime.write_config(self.paths, self.config)
@@ -445,15 +472,154 @@ class Primary:
 
     def wait_template(self, timeout: float | None = None) -> int | None:
         """Wait for the template to exit; its wait status decoded like
-        os.waitstatus_to_exitcode, or None on timeout."""
+        os.waitstatus_to_exitcode, STATUS_UNKNOWN for a template that is
+        not our child (a reload's generation), or None on timeout."""
         if self.template_pidfd < 0:
             return None
         if not runtime.readable(self.template_pidfd, timeout):
             return None
-        _, status = os.waitpid(self.template_pid, 0)
+        code = _reap(self.template_pid, self.template_is_child)
         os.close(self.template_pidfd)
         self.template_pidfd = -1
-        return os.waitstatus_to_exitcode(status)
+        return code
+
+    # -- reload ---------------------------------------------------------
+
+    def _on_reload_request(self, msg, peer) -> None:
+        """`forkhost reload` (IPC, JSON {"timeout": S}): the reload runs on
+        a thread of its own (the IPC thread serves on meanwhile), and its
+        outcome is the answer."""
+        import json
+
+        def run() -> None:
+            try:
+                timeout = float(json.loads(bytes(msg.param) or b"{}")
+                                .get("timeout", RELOAD_TIMEOUT))
+                answer = {"ok": True, **self.reload(timeout)}
+            except (ForkhostError, ValueError, TypeError, AttributeError) as err:
+                answer = {"ok": False, "error": str(err)}
+            data = json.dumps(answer).encode()
+            while len(data) > _ipc.PARAM_MAX:   # a very long traceback: its end
+                err = answer["error"]
+                answer["error"] = "(...)\n" + err[len(err) // 2:]
+                data = json.dumps(answer).encode()
+            _ipc.reply(peer, RELOAD_ACTION, data)
+        threading.Thread(target=run, name="forkhost-reload", daemon=True).start()
+
+    def generation_fd(self) -> int:
+        """An fd readable once the generation changed since the last
+        call (a loop waiting on template_pidfd takes the new one then),
+        and whenever a retiring template may have ended
+        (reap_generations())."""
+        if self._gen_r < 0:
+            self._gen_r, self._gen_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.read(self._gen_r, 64)
+        except BlockingIOError:
+            pass
+        return self._gen_r
+
+    def retiring_pidfds(self) -> list[int]:
+        with self._gen_lock:
+            return [fd for _, fd, _ in self.retiring]
+
+    def reap_generations(self) -> None:
+        """Forget (and reap, if ours) the retiring templates that ended:
+        each ends when its last secondary has."""
+        with self._gen_lock:
+            left = []
+            for pid, fd, child in self.retiring:
+                if runtime.readable(fd, 0):
+                    _reap(pid, child)
+                    os.close(fd)
+                else:
+                    left.append([pid, fd, child])
+            if len(left) != len(self.retiring):
+                self.retiring = left
+                self.config["retiring"] = [pid for pid, _, _ in left]
+                runtime.write_config(self.paths, self.config)
+
+    def reload(self, timeout: float = RELOAD_TIMEOUT) -> dict:
+        """Start a new generation (docs/reliability.md, "Reload"): the
+        template forks it, it imports the preloads afresh and forks its
+        pool, and new launches go to it; the old template serves its
+        running secondaries and their clients and ends with the last one.
+        The arena and everything in it stay where they are.  Returns
+        {"template_pid", "generation", "old_template_pid"}.  ReloadError
+        when the new generation did not start (a preload's traceback in
+        its message): the old one serves on.  Safe from any thread (no
+        fork here); one reload at a time."""
+        from . import _client, _protocol as protocol
+        with self._gen_lock:
+            if self.template_pidfd < 0:
+                raise ForkhostError("reload() needs a started primary")
+            self.reap_generations()
+            old = self.template_pid
+            sd = self.notifier
+            if sd is not None:
+                sd.reloading(f"reloading: prefix {self.prefix!r}")
+            try:
+                try:
+                    with _client.connect(self.prefix, self.paths.root,
+                                         timeout) as sock:
+                        protocol.send(sock, protocol.RELOAD)
+                        msg = _client._recv(sock, timeout)
+                except TimeoutError:
+                    raise ReloadError(f"the template (pid {old}) did not answer "
+                                      f"the reload within {timeout:g}s") from None
+                except OSError as err:
+                    raise ReloadError(f"cannot ask the template (pid {old}): "
+                                      f"{err.strerror or err}") from None
+                if msg is None:
+                    raise ReloadError(f"the template (pid {old}) closed the "
+                                      f"connection without an answer")
+                if msg.type == protocol.RELOAD_FAILED:
+                    raise ReloadError(protocol.decode_reload_failed(msg.body))
+                if msg.type == protocol.ERROR:
+                    raise ReloadError(protocol.decode_error(msg.body)[1])
+                if msg.type != protocol.RELOADED:
+                    raise ProtocolError(f"unexpected answer 0x{msg.type:02x} "
+                                        f"to RELOAD")
+                new = protocol.decode_reloaded(msg.body)
+                try:
+                    fd = os.pidfd_open(new)
+                except ProcessLookupError:
+                    # The old template has retired: nothing would serve.  Its
+                    # end ends this primary, as any template's death does.
+                    signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
+                    raise ReloadError(f"the new generation's template (pid "
+                                      f"{new}) ended at once; the old one, "
+                                      f"retired, is stopped") from None
+            except ForkhostError as err:
+                self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
+                          template_pid=old, generation=self.generation,
+                          failed=_last_line(str(err)))
+                if sd is not None:
+                    sd.ready(f"ready: prefix {self.prefix!r}, template {old} "
+                             f"(the reload failed)")
+                raise
+            self.retiring.append([old, self.template_pidfd,
+                                  self.template_is_child])
+            self.template_pid, self.template_pidfd = new, fd
+            self.template_pids.add(new)
+            self.template_is_child = False
+            self.generation += 1
+            self.config.update(template_pid=new, generation=self.generation,
+                               retiring=[pid for pid, _, _ in self.retiring])
+            runtime.write_config(self.paths, self.config)
+            if self._gen_w >= 0:
+                try:
+                    os.write(self._gen_w, b"g")
+                except BlockingIOError:
+                    pass
+            self._log(_log.lib.FH_LOG_INFO, "reload", pid=self.pid,
+                      template_pid=new, old_template_pid=old,
+                      generation=self.generation)
+            if sd is not None:
+                sd.ready(f"ready: prefix {self.prefix!r}, template {new}, "
+                         f"generation {self.generation}")
+            return {"template_pid": new, "generation": self.generation,
+                    "old_template_pid": old}
 
     def ready_line(self) -> str:
         pages = (f"{human_size(self.page_size)} huge pages" if self.huge else
@@ -468,16 +634,30 @@ class Primary:
     # -- stop -----------------------------------------------------------
 
     def _stop_template(self) -> None:
-        if self.template_pidfd < 0:
-            return
-        try:
-            signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        # The template gives its secondaries the grace period, then SIGKILL.
-        if self.wait_template(self.grace + 5.0) is None:
-            signal.pidfd_send_signal(self.template_pidfd, signal.SIGKILL)
-            self.wait_template()
+        """End every generation's template: the current one and those
+        retiring (each gives its secondaries the grace, then SIGKILL)."""
+        with self._gen_lock:       # not while a reload is under way
+            gens = [[self.template_pid, self.template_pidfd,
+                     self.template_is_child]] if self.template_pidfd >= 0 else []
+            gens += self.retiring
+            self.retiring = []
+            self.template_pidfd = -1
+            for _, fd, _ in gens:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + self.grace + 5.0
+            for pid, fd, child in gens:
+                if not runtime.readable(fd, max(0.0, deadline - time.monotonic())):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    runtime.readable(fd, None)
+                _reap(pid, child)
+                os.close(fd)
+            for fd in (self._gen_r, self._gen_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._gen_r = self._gen_w = -1
 
     def stop(self) -> None:
         """End the template (and with it every secondary), remove the
@@ -500,6 +680,25 @@ class Primary:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _last_line(text: str) -> str:
+    """A failure's gist for its log line: a traceback's last line."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _reap(pid: int, child: bool) -> int:
+    """The exit code of template pid, which has ended: waited for if it
+    is our child, else STATUS_UNKNOWN (its parent, an older template or
+    init, reaps it)."""
+    if child:
+        try:
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            pass
+    return STATUS_UNKNOWN
 
 
 def _read_with_timeout(fd: int, timeout: float) -> bytes:

@@ -116,8 +116,19 @@ def pytest_runtest_protocol(item, nextitem):
 DIST_MODE = "FHTEST_DIST"
 
 
+def _no_service_manager() -> None:
+    """A runner that is itself a systemd service (a CI job) passes its
+    NOTIFY_SOCKET and the rest on: every primary the tests start would
+    talk to that manager and reload on SIGHUP instead of stopping.  The
+    tests that want them set their own."""
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
+                 "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+
+
 def pytest_configure(config):
     _default_signals()
+    _no_service_manager()
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ[DIST_MODE] = str(config.getoption("dist", None))
     config.addinivalue_line(

@@ -765,6 +765,35 @@ def test_ipc_restarted_in_the_primary_keeps_exit_notices(own_prim):
     assert [e["code"] for e in got] == [5]
 
 
+def test_exit_notices_span_a_reload(own_prim):
+    """After a reload both generations' secondaries are the template's:
+    each exit is told once, with its status, whichever template reaps it."""
+    prim = own_prim
+    old = prim.launch("ipc_sec:main")          # the first generation's, a member
+    r = prim.cmd("reload")
+    assert (r["generation"], r["old_template_pid"]) == (2, prim.ready["template_pid"])
+    new = prim.launch("ipc_sec:main")          # the second generation's
+    done = subprocess.run([RUNNER, "fhfix:exit_with", "7"], env=prim.env,
+                          cwd=str(FIXTURES), capture_output=True, timeout=30)
+    assert done.returncode == 7
+    assert old.expect("exit")[2] == "7" and new.expect("exit")[2] == "7"
+    for leaving, staying in ((new, old), (old, None)):
+        leaving.proc.stdin.write(b"quit\n")    # its own template reports its end
+        leaving.proc.stdin.flush()
+        assert leaving.wait() == 0
+        if staying is not None:
+            assert staying.expect("exit")[1:] == [str(leaving.pid), "0"]
+            staying.none_of("exit")             # once, not again without a status
+    got: list[dict] = []
+
+    def three() -> bool:
+        got.extend(prim.log(ipc.EXIT_NOTICE))
+        return len(got) >= 3
+    wait_until(three, 10, "the primary's notices")
+    assert [(e["pid"], e["code"]) for e in got[1:]] == [(new.pid, 0), (old.pid, 0)]
+    assert got[0]["code"] == 7
+
+
 def test_attached_process_exit_is_reported_without_status(own_prim, entry):
     prim = own_prim
     # the watcher's first exit notice must be this test's

@@ -61,7 +61,7 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 def test_log_lines_stats_and_reopen_say_what_was_done(runtime_dir, capsys):
     env = dict(os.environ, FORKHOST_RUNTIME_DIR=runtime_dir, FORKHOST_PREFIX="s")
     log = os.path.join(runtime_dir, "s.log")
-    pid = tpid = 0
+    pid = tpid = tpid2 = 0
     try:
         r = subprocess.run([sys.executable, "-m", "forkhost", "primary", "--detach",
                             "--log-level", "debug", "--grace", "2"], env=env,
@@ -167,12 +167,29 @@ def test_log_lines_stats_and_reopen_say_what_was_done(runtime_dir, capsys):
         assert [e for _, e, _ in events(log)][:2] == ["reopen", "reopen"]
         assert events(log + ".1") == ev        # nothing more in the old one
 
+        # SIGHUP reloads a detached primary (as nginx's and gunicorn's):
+        # one reload line, and the counters go on across generations.
+        os.kill(pid, signal.SIGHUP)
+        reload = wait_until(lambda: [f for lvl, e, f in events(log) if e == "reload"],
+                            what="the reload line")
+        tpid2 = int(reload[0]["template_pid"])
+        assert reload == [{"pid": str(pid), "template_pid": str(tpid2),
+                           "old_template_pid": str(tpid), "generation": "2"}]
+        assert launch(env, "fhfix:exit_with", "6")[1] == 6
+        wait_until(lambda: not secondary_pids("s", runtime_dir), what="its exit")
+        code, out, err = cli(capsys, "stats", "--json", "--runtime-dir", runtime_dir,
+                             "--prefix", "s")
+        s = json.loads(out)
+        assert (s["template_pid"], s["generation"], s["reloads"]) == (tpid2, 2, 1)
+        assert (s["launches"], s["refusals"]) == (5, 1), s
+        assert s["exits"]["status"] == {"0": 1, "3": 1, "5": 1, "6": 1}, s
+
         code, out, err = cli(capsys, "stop", "--runtime-dir", runtime_dir, "--prefix", "s")
         assert code == 0, err
         assert events(log)[-1] == (6, "stop", {"pid": str(pid), "cause": "SIGTERM"})
-        wait_until(lambda: ended(tpid), what="the template to end")
+        wait_until(lambda: ended(tpid) and ended(tpid2), what="the templates to end")
     finally:
-        for leftover in (pid, tpid):      # not our children: only if the test failed
+        for leftover in (pid, tpid, tpid2):   # not our children: only if the test failed
             if leftover and not ended(leftover):
                 os.kill(leftover, signal.SIGKILL)
 

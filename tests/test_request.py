@@ -48,6 +48,8 @@ def c_check(rec: bytes, n: int, mflags: int, nfds: int):
         return ("eof",)
     if rc == protocol.INFO:
         return ("info",)
+    if rc == protocol.RELOAD:
+        return ("reload",)
     assert rc == protocol.LAUNCH
     base = int(ffi.cast("uintptr_t", buf))
     l = view.launch
@@ -99,7 +101,8 @@ def launch_records(draw):
     wire_nfds = (1 + bin(mask & 7).count("1") + nextra) % 2**32
     nfds = draw(st.one_of(st.just(wire_nfds), st.integers(0, protocol.MAX_FDS)))
     hdr_nfds = draw(st.one_of(st.just(nfds), st.integers(0, 40)))
-    mtype = draw(st.sampled_from([protocol.LAUNCH] * 4 + [protocol.INFO, protocol.EXITED,
+    mtype = draw(st.sampled_from([protocol.LAUNCH] * 4 + [protocol.INFO, protocol.RELOAD,
+                                                          protocol.EXITED,
                                                           0, 0x1234]))
     magic = draw(st.sampled_from([protocol.MAGIC] * 8 + [0xDEADBEEF, 0]))
     version = draw(st.sampled_from([protocol.VERSION] * 8 + [1, 0xFFFF]))

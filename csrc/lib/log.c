@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -120,9 +121,12 @@ FH_API uint64_t fh_stats_latency_bound(unsigned i)
 
 FH_API void fh_stats_launch(struct fh_template_stats *s, uint64_t latency_us)
 {
-    s->launches++;
-    s->latency[fh_stats_latency_bucket(latency_us)]++;
-    s->latency_sum_us += latency_us;
+    /* relaxed: counters (log.h) */
+    atomic_fetch_add_explicit(&s->launches, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->latency[fh_stats_latency_bucket(latency_us)],
+                              1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->latency_sum_us, latency_us,
+                              memory_order_relaxed);
 }
 
 FH_API void fh_stats_exit(struct fh_template_stats *s, int status)
@@ -130,8 +134,12 @@ FH_API void fh_stats_exit(struct fh_template_stats *s, int status)
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
 
-        s->exit_signal[sig >= 0 && sig < FH_STATS_SIGNALS ? sig : 0]++;
+        /* relaxed: counters (log.h) */
+        atomic_fetch_add_explicit(
+            &s->exit_signal[sig >= 0 && sig < FH_STATS_SIGNALS ? sig : 0], 1,
+            memory_order_relaxed);
     } else {
-        s->exit_status[WEXITSTATUS(status) & 0xFF]++;
+        atomic_fetch_add_explicit(&s->exit_status[WEXITSTATUS(status) & 0xFF],
+                                  1, memory_order_relaxed);
     }
 }

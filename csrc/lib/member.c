@@ -211,6 +211,7 @@ static int wait_request(struct fh_member *m)
 FH_API int fh_member_init(struct fh_member *m)
 {
     struct epoll_event ev;
+    int e;
 
     m->conn = -1;
     m->nfds = 0;
@@ -223,14 +224,34 @@ FH_API int fh_member_init(struct fh_member *m)
     /* Exclusive: one waiting member is woken per connection, not all. */
     ev.events = EPOLLIN | EPOLLEXCLUSIVE;
     ev.data.fd = m->listen_fd;
-    if (epoll_ctl(m->epoll_fd, EPOLL_CTL_ADD, m->listen_fd, &ev) < 0) {
-        int e = errno;
-
-        close(m->epoll_fd);
-        m->epoll_fd = -1;
-        return -e;
-    }
+    if (epoll_ctl(m->epoll_fd, EPOLL_CTL_ADD, m->listen_fd, &ev) < 0)
+        goto fail;
+    /* The template never writes to a member: its end readable is its
+     * end shut (FH_MEMBER_RETIRED). */
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = m->ctl_fd;
+    if (m->ctl_fd >= 0 &&
+        epoll_ctl(m->epoll_fd, EPOLL_CTL_ADD, m->ctl_fd, &ev) < 0)
+        goto fail;
     return 0;
+fail:
+    e = errno;
+    close(m->epoll_fd);
+    m->epoll_fd = -1;
+    return -e;
+}
+
+FH_API int fh_member_retired(const struct fh_member *m)
+{
+    struct pollfd p;
+
+    if (m->ctl_fd < 0)
+        return 0;
+    p.fd = m->ctl_fd;
+    p.events = POLLIN | POLLRDHUP;
+    p.revents = 0;
+    return poll(&p, 1, 0) > 0 && p.revents != 0;
 }
 
 static void close_received(struct fh_member *m)
@@ -420,6 +441,8 @@ FH_API int fh_member_next(struct fh_member *m)
         r = epoll_wait(m->epoll_fd, &ev, 1, -1);
         if (r < 0)
             return -errno;   /* -EINTR: the caller runs its handlers */
+        if (ev.data.fd == m->ctl_fd)      /* never -1: listen_fd is not */
+            return FH_MEMBER_RETIRED;
         m->conn = accept4(m->listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (m->conn >= 0) {
             m->accepted_us = now_us();

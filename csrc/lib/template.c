@@ -57,7 +57,7 @@
 #endif
 
 enum tag { T_SIGNAL = 1, T_LISTEN, T_NOTICES, T_CONN, T_PIDFD, T_MEMBER,
-           T_PRIMARY };
+           T_PRIMARY, T_RELOAD };
 #define EV(tag, idx) (((uint64_t)(tag) << 32) | (uint32_t)(idx))
 
 enum { C_FREE = 0, C_PENDING, C_RUNNING };
@@ -124,9 +124,20 @@ struct tpl {
     int64_t  stop_deadline, last_activity, last_launch, launch_gap;
     int64_t  fork_failed, notices_due;
     uint64_t notices_pending;
-    unsigned long pool_launches;
     int      log_level;      /* lines up to it (log.h) */
-    struct fh_template_stats *stats;   /* MADV_DONTFORK */
+    struct fh_template_stats *stats;   /* MAP_SHARED, MADV_DONTFORK but
+                                          for a reload's fork */
+    /* reload (template.h) */
+    unsigned generation;
+    int      reload_conn;    /* the primary's RELOAD connection, or -1 */
+    int      reload_due;     /* fork the next generation at the loop's top */
+    int      reload_fd;      /* its readiness pipe (read end), or -1 */
+    pid_t    reload_pid;     /* the next generation's template, or 0 */
+    char    *reload_text;    /* what it said so far (malloc'd) */
+    size_t   reload_len;
+    int      retired;        /* the next generation serves; we end with our
+                                last secondary */
+    int      reborn;         /* in the reload's child: leave the loop */
 };
 
 /* A HANDOFF read while secondaries were being counted, kept for the loop:
@@ -152,6 +163,11 @@ struct received {
 };
 
 static struct fh_member g_member;          /* the member, in a child */
+/* In the child a reload forked (fh_template_reborn): its readiness fd,
+ * generation and the counters it shares with the old generation. */
+static int g_reborn_fd = -1;
+static unsigned g_reborn_generation;
+static struct fh_template_stats *g_reborn_stats;
 static char g_member_buf[FH_PROTO_MAX_MSG + 1];
 
 static int64_t now_us(void)
@@ -275,7 +291,8 @@ static void send_error(int fd, int code, const char *text)
  * socket only then) and answered. */
 static void refused(struct tpl *t, int fd, int code, const char *text)
 {
-    t->stats->refusals++;
+    /* relaxed: a counter (log.h) */
+    atomic_fetch_add_explicit(&t->stats->refusals, 1, memory_order_relaxed);
     if (logged(t, FH_LOG_INFO)) {
         char q[2 * FH_PROTO_MAX_ERROR + 16];
         struct ucred cred;
@@ -436,6 +453,16 @@ static unsigned count_members(const struct tpl *t, int idle_only)
     return n;
 }
 
+static int any_pending(const struct tpl *t)
+{
+    unsigned i;
+
+    for (i = 0; i < t->conns_hi; i++)
+        if (t->conns[i].state == C_PENDING)
+            return 1;
+    return 0;
+}
+
 static int any_running(const struct tpl *t)
 {
     unsigned i;
@@ -452,7 +479,8 @@ static int any_running(const struct tpl *t)
  * otherwise the idle members take every connection. */
 static void update_listening(struct tpl *t)
 {
-    int want = !t->stopping && t->listen_fd >= 0 && count_members(t, 1) == 0;
+    int want = !t->stopping && !t->retired && t->listen_fd >= 0 &&
+               count_members(t, 1) == 0;
     struct epoll_event ev;
 
     if (want && !t->listening) {
@@ -570,8 +598,11 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
         if (rc == FH_MEMBER_PYTHON)
             run_taken(t, m);
         /* No longer runnable (the file changed meanwhile): the template
-         * answers it, and this child serves as a pool member. */
+         * answers it, and this child serves as a pool member (unless the
+         * template has retired: a reload's new generation serves). */
         fh_member_handoff(m);
+        if (t->retired)
+            _exit(0);
     }
     /* Dispositions and mask as a fresh program has them, while waiting. */
     if (fh_reset_signals() < 0)
@@ -607,8 +638,12 @@ static __attribute__((noreturn)) void member_child(struct tpl *t, int ctl,
         rc = fh_member_next(m);        /* a native launch never returns */
         if (rc == FH_MEMBER_PYTHON)
             run_taken(t, m);
-        else if (rc == FH_MEMBER_HANDOFF)
+        else if (rc == FH_MEMBER_HANDOFF) {
             fh_member_handoff(m);
+            if (fh_member_retired(m))    /* before it accepts again */
+                _exit(0);
+        } else if (rc == FH_MEMBER_RETIRED)
+            _exit(0);
         else if (rc != -EINTR) {
             /* accept failed (EMFILE and friends): say so, let it pass. */
             say("forkhost pool member: accept: %s", strerror(-rc));
@@ -704,7 +739,9 @@ static void started_secondary(struct tpl *t, int pool, uint32_t latency_us)
     int64_t now = now_us();
 
     fh_stats_launch(t->stats, latency_us);
-    t->pool_launches += (unsigned long)pool;
+    /* relaxed: a counter (log.h) */
+    atomic_fetch_add_explicit(&t->stats->pool_launches, (uint64_t)pool,
+                              memory_order_relaxed);
     t->launch_gap = now - t->last_launch;
     t->last_launch = t->last_activity = now;
 }
@@ -1159,6 +1196,11 @@ static void client_gone(struct tpl *t, struct conn *c)
  * with its program).  Exits stay for the pidfds. */
 static void children_stopped(struct tpl *t)
 {
+    /* The new generation is our child until we end: reaped here if it
+     * ends first (the primary watches it through a pidfd). */
+    if (t->retired && t->reload_pid > 0 &&
+        waitpid(t->reload_pid, NULL, WNOHANG) == t->reload_pid)
+        t->reload_pid = 0;
     for (;;) {
         siginfo_t si;
         struct conn *c;
@@ -1182,6 +1224,7 @@ static void children_stopped(struct tpl *t)
 /* ---- requests ------------------------------------------------------------ */
 
 static size_t info_json(struct tpl *t, char *out, size_t size);
+static void reload_request(struct tpl *t, struct conn *c);
 
 /* A valid LAUNCH the template received itself (no member was idle).  The
  * record lies in t->rx, where the child forked for it reads it. */
@@ -1251,6 +1294,8 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
         }
     } else if (type == FH_MSG_LAUNCH) {
         launch(t, c, n, mflags, &v, fds, nfds);
+    } else if (type == FH_MSG_RELOAD) {
+        reload_request(t, c);
     }
     close_fds(fds, nfds);
 }
@@ -1354,6 +1399,259 @@ static void readable(struct tpl *t, struct conn *c)
     client_gone(t, c);
 }
 
+/* ---- reload (template.h) --------------------------------------------------- */
+
+static size_t page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+    return (n + pg - 1) / pg * pg;
+}
+
+/* The counters: shared with the generations a reload forks, and with no
+ * other child. */
+static struct fh_template_stats *stats_alloc(void)
+{
+    void *p = mmap(NULL, page_round(sizeof(struct fh_template_stats)),
+                   PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, page_round(sizeof(struct fh_template_stats)), MADV_DONTFORK);
+    return p;
+}
+
+/* A RELOAD on connection c (whose peer check_peer() read): from the
+ * primary only, one at a time, and not once retired or stopping.  The
+ * fork waits for the loop's top (serve()): the connection is kept. */
+static void reload_request(struct tpl *t, struct conn *c)
+{
+    if (c->client_pid != t->c->primary_pid)
+        refuse(t, c->fd, 125, "only the primary of prefix '%s' (pid %d) may "
+               "reload its template; ask it with forkhost reload",
+               t->c->prefix, (int)t->c->primary_pid);
+    else if (t->stopping || t->retired)
+        refuse(t, c->fd, 125, "the template of prefix '%s' is %s",
+               t->c->prefix, t->stopping ? "stopping" : "retiring: a newer "
+               "generation serves");
+    else if (t->reload_conn >= 0)
+        refuse(t, c->fd, 125, "a reload of prefix '%s' is already under way",
+               t->c->prefix);
+    else if ((t->reload_conn = fcntl(c->fd, F_DUPFD_CLOEXEC, 3)) < 0)
+        refuse(t, c->fd, 125, "cannot keep the reload's connection: %s",
+               strerror(errno));
+    else
+        t->reload_due = 1;
+}
+
+/* The reload ended without a new generation: say why to the primary; this
+ * generation serves on. */
+static void reload_failed(struct tpl *t, const char *text, size_t len)
+{
+    struct fh_reload_failed f;
+
+    if (len > FH_PROTO_MAX_RELOAD_TEXT)
+        len = FH_PROTO_MAX_RELOAD_TEXT;
+    memset(&f, 0, sizeof f);
+    f.text_len = (uint32_t)len;
+    fh__send_record(t->reload_conn, FH_MSG_RELOAD_FAILED,
+                    (const char *)&f + sizeof f.hdr, sizeof f - sizeof f.hdr,
+                    text, len, NULL, 0, MSG_DONTWAIT);
+    close(t->reload_conn);
+    t->reload_conn = -1;
+}
+
+/* At the loop's top, a RELOAD accepted: fork the next generation.  1 in
+ * that child (the loop returns FH_TEMPLATE_REBORN at once: the tables
+ * are MADV_DONTFORK, not mapped there), 0 here. */
+static int begin_reload(struct tpl *t)
+{
+    size_t stats_len = page_round(sizeof *t->stats);
+    struct epoll_event ev;
+    char text[300];
+    sigset_t all, old;
+    int p[2], e, n;
+    pid_t pid;
+
+    t->reload_due = 0;
+    /* A fork from a single-threaded process only (the template starts no
+     * thread, but a hook's Python might have). */
+    if ((n = thread_count()) != 1) {
+        n = snprintf(text, sizeof text, "cannot start a new generation: the "
+                     "template has %d threads", n);
+        reload_failed(t, text, (size_t)n);
+        return 0;
+    }
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        n = snprintf(text, sizeof text, "cannot start a new generation: "
+                     "pipe: %s", strerror(errno));
+        reload_failed(t, text, (size_t)n);
+        return 0;
+    }
+    /* The counters go on in the new generation; the loop's tables do not. */
+    madvise(t->stats, stats_len, MADV_DOFORK);
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid = fork();
+    if (pid == 0) {
+        int keep[4 + 64];
+        unsigned nkeep = 0, i;
+
+        /* Nothing of the old loop's: its clients' connections, members'
+         * sockets, epoll and signalfd (fh_template_main makes its own). */
+        keep[nkeep++] = t->listen_fd;
+        keep[nkeep++] = p[1];
+        if (t->c->exit_notice_fd >= 0)
+            keep[nkeep++] = t->c->exit_notice_fd;
+        for (i = 0; i < t->c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
+            if (t->c->keep_fds[i] >= 0)
+                keep[nkeep++] = t->c->keep_fds[i];
+        sort_ints(keep, nkeep);
+        close_all_but(keep, nkeep);
+        g_reborn_fd = p[1];
+        g_reborn_generation = t->generation + 1;
+        g_reborn_stats = t->stats;
+        madvise(t->stats, stats_len, MADV_DONTFORK);
+        munmap(t->rx, FH_PROTO_MAX_MSG + 1);
+        if (t->hot != NULL)       /* the old members' (the new one makes its own) */
+            munmap(t->hot, sizeof *t->hot);
+        t->reborn = 1;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        return 1;
+    }
+    e = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    madvise(t->stats, stats_len, MADV_DONTFORK);
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        n = snprintf(text, sizeof text, "cannot start a new generation: "
+                     "fork: %s", strerror(e));
+        reload_failed(t, text, (size_t)n);
+        return 0;
+    }
+    t->reload_pid = pid;
+    t->reload_fd = p[0];
+    t->reload_len = 0;
+    fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = EV(T_RELOAD, 0);
+    epoll_ctl(t->ep, EPOLL_CTL_ADD, p[0], &ev);
+    return 0;
+}
+
+/* The new generation is ready: this one retires.  Idle members leave
+ * (their socketpair's end shut: FH_MEMBER_RETIRED), busy ones finish what
+ * they took; template.sock is the new one's, left in place.  The primary
+ * hears RELOADED once no member of ours may accept again (serve()). */
+static void retire(struct tpl *t)
+{
+    char title[300];
+    char *argv[2] = { title, NULL };
+    unsigned i;
+
+    t->retired = 1;
+    for (i = 0; i < t->members_hi; i++)
+        if (t->members[i].used)
+            shutdown(t->members[i].ctl_fd, SHUT_WR);
+    if (t->listening)
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->listen_fd, NULL);
+    t->listening = 0;
+    close(t->listen_fd);
+    t->listen_fd = -1;
+    snprintf(title, sizeof title, "forkhost template [%s] retiring",
+             t->c->prefix);
+    fh_set_title(t->c->title_area, t->c->title_len, argv);
+}
+
+/* Every member has left or taken its launch: tell the primary. */
+static void reloaded(struct tpl *t)
+{
+    int64_t pid = t->reload_pid;
+
+    fh__send_record(t->reload_conn, FH_MSG_RELOADED, &pid, sizeof pid, NULL,
+                    0, NULL, 0, MSG_DONTWAIT);
+    close(t->reload_conn);
+    t->reload_conn = -1;
+}
+
+/* The new generation's readiness pipe: "ok" (it serves), or its failure's
+ * words and EOF. */
+static void reload_heard(struct tpl *t)
+{
+    char buf[4096];
+    ssize_t n;
+
+    for (;;) {
+        n = read(t->reload_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0)
+            break;
+        if (t->reload_text == NULL)
+            t->reload_text = malloc(FH_PROTO_MAX_RELOAD_TEXT);
+        if (t->reload_text != NULL && t->reload_len < FH_PROTO_MAX_RELOAD_TEXT) {
+            size_t k = (size_t)n;
+
+            if (k > FH_PROTO_MAX_RELOAD_TEXT - t->reload_len)
+                k = FH_PROTO_MAX_RELOAD_TEXT - t->reload_len;
+            memcpy(t->reload_text + t->reload_len, buf, k);
+            t->reload_len += k;
+        }
+        /* "ok" is the whole answer (its members may hold the pipe a
+         * little longer); a failure never starts so. */
+        if (t->reload_len >= 2 && memcmp(t->reload_text, "ok", 2) == 0)
+            break;
+    }
+    epoll_ctl(t->ep, EPOLL_CTL_DEL, t->reload_fd, NULL);
+    close(t->reload_fd);
+    t->reload_fd = -1;
+    if (t->reload_len >= 2 && memcmp(t->reload_text, "ok", 2) == 0) {
+        atomic_fetch_add_explicit(&t->stats->reloads, 1,
+                                  memory_order_relaxed);   /* a counter */
+        retire(t);
+    } else {
+        static const char silent[] = "the new generation's template exited "
+                                     "without saying why";
+
+        /* It said its last word: gone, or going (nothing of it serves). */
+        kill(t->reload_pid, SIGKILL);
+        waitpid(t->reload_pid, NULL, 0);
+        t->reload_pid = 0;
+        if (t->reload_len == 0)
+            reload_failed(t, silent, sizeof silent - 1);
+        else
+            reload_failed(t, t->reload_text, t->reload_len);
+    }
+    free(t->reload_text);
+    t->reload_text = NULL;
+    t->reload_len = 0;
+}
+
+/* A stop while a new generation is starting: it does not start. */
+static void reload_abandon(struct tpl *t)
+{
+    static const char why[] = "the template stopped while the new "
+                              "generation started";
+
+    if (t->reload_fd >= 0) {
+        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->reload_fd, NULL);
+        close(t->reload_fd);
+        t->reload_fd = -1;
+        kill(t->reload_pid, SIGKILL);
+        waitpid(t->reload_pid, NULL, 0);
+        t->reload_pid = 0;
+        free(t->reload_text);
+        t->reload_text = NULL;
+    }
+    if (t->reload_conn >= 0 && !t->retired)
+        reload_failed(t, why, sizeof why - 1);
+    t->reload_due = 0;
+}
+
 /* ---- stopping ------------------------------------------------------------ */
 
 /* The primary died: tell a client that asked (FH_LAUNCH_NOTICE) why its
@@ -1431,6 +1729,7 @@ static void stop(struct tpl *t, int primary_died)
      * idle member (SIGKILL): freeze them, then read what they said. */
     freeze_members(t);
     running_count(t);
+    reload_abandon(t);
     t->stopping = 1;
     close_listener(t);
     for (i = 0; i < t->conns_hi; i++) {
@@ -1491,7 +1790,7 @@ static int pool_short(struct tpl *t)
 {
     unsigned i, running = 0, members = count_members(t, 0);
 
-    if (t->stopping || members >= t->c->pool_size)
+    if (t->stopping || t->retired || members >= t->c->pool_size)
         return 0;
     for (i = 0; i < t->conns_hi; i++) {
         const struct conn *c = &t->conns[i];
@@ -1683,10 +1982,13 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
     put(&o, "{\"prefix\": ");
     put_str(&o, t->c->prefix);
     put(&o, ", \"template_pid\": %d, \"primary_pid\": %d, "
-        "\"max_secondaries\": %u, \"launched\": %llu, \"pool_launches\": %lu, "
+        "\"generation\": %u, \"reloads\": %llu, "
+        "\"max_secondaries\": %u, \"launched\": %llu, \"pool_launches\": %llu, "
         "\"pool\": %u, \"pool_size\": %u, \"members\": [",
-        (int)t->pid, (int)t->c->primary_pid, t->c->max_secondaries,
-        (unsigned long long)t->stats->launches, t->pool_launches,
+        (int)t->pid, (int)t->c->primary_pid, t->generation,
+        (unsigned long long)t->stats->reloads, t->c->max_secondaries,
+        (unsigned long long)t->stats->launches,
+        (unsigned long long)t->stats->pool_launches,
         count_members(t, 1), t->c->pool_size);
     for (i = 0; i < t->members_hi; i++) {
         const struct member *mb = &t->members[i];
@@ -1809,6 +2111,10 @@ static void dispatch(struct tpl *t, uint64_t data)
     case T_PRIMARY:
         primary_died(t);
         break;
+    case T_RELOAD:
+        if (t->reload_fd >= 0)
+            reload_heard(t);
+        break;
     case T_CONN:
         if (i < t->conns_hi && t->conns[i].state != C_FREE &&
             t->conns[i].fd >= 0)
@@ -1831,7 +2137,12 @@ static int serve(struct tpl *t)
     int n, k;
 
     for (;;) {
-        if (t->stopping && !any_running(t) && count_members(t, 0) == 0)
+        if (t->reload_due && begin_reload(t))
+            return FH_TEMPLATE_REBORN;       /* the new generation's child */
+        if (t->retired && t->reload_conn >= 0 && count_members(t, 0) == 0)
+            reloaded(t);
+        if ((t->stopping || (t->retired && !any_pending(t))) &&
+            !any_running(t) && count_members(t, 0) == 0)
             break;
         n = epoll_wait(t->ep, ev, 64, timeout_ms(t));
         if (n < 0 && errno != EINTR)
@@ -1917,6 +2228,9 @@ FH_API int fh_template_main(const struct fh_template_config *c)
         return fail(c, FH_TEMPLATE_REQUEST_TIMEOUT_ENV " is not a number of "
                     "milliseconds from 1 up", 0);
     t.launch_gap = INT64_MAX / 2;
+    t.generation = c->generation != 0 ? c->generation : 1;
+    t.reload_conn = -1;
+    t.reload_fd = -1;
     t.log_level = c->log_level != 0 ? c->log_level : FH_LOG_DEFAULT;
     t.deferred_tail = &t.deferred;
     /* No controlling terminal: terminal signals are the clients' business,
@@ -1980,7 +2294,10 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     t.members = dontfork_alloc(cap * sizeof *t.members);
     t.ctl_buf = dontfork_alloc(CTL_MAX + 1);
     t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra);
-    t.stats = dontfork_alloc(sizeof *t.stats);
+    /* A new generation counts on where the old one counted. */
+    t.stats = g_reborn_stats != NULL ? g_reborn_stats : stats_alloc();
+    g_reborn_stats = NULL;
+    g_reborn_fd = -1;
     t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
@@ -2008,6 +2325,13 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     return serve(&t);
 }
 
+FH_API int fh_template_reborn(unsigned *generation)
+{
+    if (generation != NULL)
+        *generation = g_reborn_generation;
+    return g_reborn_fd;
+}
+
 FH_API pid_t fh_template_fork(const struct fh_template_config *c)
 {
     struct fh_template_config copy = *c;
@@ -2029,9 +2353,14 @@ FH_API pid_t fh_template_fork(const struct fh_template_config *c)
     copy.primary_pid = getpid();
     pid = fork();
     if (pid == 0) {
+        int rc;
+
         if (pipefd[0] >= 0)
             close(pipefd[0]);
-        _exit(fh_template_main(&copy));
+        /* A reload: the same loop again, as the next generation. */
+        while ((rc = fh_template_main(&copy)) == FH_TEMPLATE_REBORN)
+            copy.ready_fd = fh_template_reborn(&copy.generation);
+        _exit(rc);
     }
     if (pipefd[1] >= 0)
         close(pipefd[1]);

@@ -4,7 +4,7 @@
  *
  * The input's first two bytes choose recvmsg's msg_flags (MSG_TRUNC,
  * MSG_CTRUNC) and the fds that arrived; the rest is the record.  Checked
- * invariants: the verdict is one of LAUNCH, INFO, EOF or a refusal with a
+ * invariants: the verdict is one of LAUNCH, INFO, RELOAD, EOF or a refusal with a
  * known code; a refusal's message is one line of at most
  * FH_PROTO_MAX_ERROR bytes, the same at every buffer size, and the same
  * for the same record; a LAUNCH's view lies inside the record and holds
@@ -44,7 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 } while (0)
 
 static int g_dir = -1;              /* an empty directory, O_PATH */
-/* Verdicts seen: each refusal by its code, then EOF, INFO, LAUNCH. */
+/* Verdicts seen: each refusal by its code, then EOF, INFO (or RELOAD),
+ * LAUNCH. */
 static unsigned long long g_seen[FH_REQ_NERRORS + 3];
 
 static void open_empty_dir(void)
@@ -216,7 +217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FAIL("two verdicts on one record");
         g_seen[type < 0 ? (r.error < FH_REQ_NERRORS ? r.error : 0)
                : type == 0 ? FH_REQ_NERRORS
-               : type == FH_MSG_INFO ? FH_REQ_NERRORS + 1
+               : type == FH_MSG_INFO || type == FH_MSG_RELOAD ? FH_REQ_NERRORS + 1
                : FH_REQ_NERRORS + 2]++;
         if (type < 0) {
             if (r.error == FH_REQ_OK || r.error >= FH_REQ_NERRORS)
@@ -225,9 +226,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (type == 0) {
             if (n != 0 || nfds != 0)
                 FAIL("EOF on %zu bytes, %u fds", n, nfds);
-        } else if (type == FH_MSG_INFO) {
+        } else if (type == FH_MSG_INFO || type == FH_MSG_RELOAD) {
             if (r.error != FH_REQ_OK)
-                FAIL("INFO with an error");
+                FAIL("INFO or RELOAD with an error");
         } else if (type == FH_MSG_LAUNCH) {
             const char *end = copy + n;
 

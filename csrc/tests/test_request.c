@@ -204,6 +204,12 @@ static void test_framing(void)
     EXPECT(check(0, 24, 0, 0, &v, &r) == FH_MSG_INFO, "INFO, header only");
     EXPECT(check(0, 24, MSG_CTRUNC, 0, &v, &r) == -1 &&
            r.error == FH_REQ_TOO_MANY_FDS, "INFO, CTRUNC");
+    /* RELOAD: the same (who may ask is the template's check) */
+    set16(0, 6, FH_MSG_RELOAD);
+    EXPECT(check(0, 24, 0, 0, &v, &r) == FH_MSG_RELOAD, "RELOAD");
+    set16(0, 6, 0x7f);
+    EXPECT(check(0, 24, 0, 0, &v, &r) == -1 && r.error == FH_REQ_TYPE,
+           "an unknown type");
 }
 
 static void test_launch(void)
@@ -503,8 +509,8 @@ static void test_mutations(void)
             memcpy(copy, g_buf, n);
             copy[i] ^= (unsigned char)(1u << bit);
             rc = fh_request_check(copy, n, 0, 4, &v, &r);
-            EXPECT(rc == -1 || rc == FH_MSG_LAUNCH || rc == FH_MSG_INFO,
-                   "byte %zu bit %u: %d", i, bit, rc);
+            EXPECT(rc == -1 || rc == FH_MSG_LAUNCH || rc == FH_MSG_INFO ||
+                   rc == FH_MSG_RELOAD, "byte %zu bit %u: %d", i, bit, rc);
             if (rc == -1) {
                 len = fh_request_message(&r, m, sizeof m);
                 EXPECT(len > 0 && strchr(m, '\n') == NULL, "byte %zu", i);

@@ -106,6 +106,13 @@ int main(void)
     static const struct field notice[] = {
         FIELD(struct fh_notice, text_len), FIELD(struct fh_notice, reserved),
     };
+    static const struct field reloaded[] = {
+        FIELD(struct fh_reloaded, pid),
+    };
+    static const struct field reload_failed[] = {
+        FIELD(struct fh_reload_failed, text_len),
+        FIELD(struct fh_reload_failed, reserved),
+    };
     static const struct field error[] = {
         FIELD(struct fh_error, exit_code), FIELD(struct fh_error, text_len),
     };
@@ -132,6 +139,10 @@ int main(void)
     HEX("INFO_REPLY", FH_MSG_INFO_REPLY);
     HEX("STOPPED", FH_MSG_STOPPED);
     HEX("NOTICE", FH_MSG_NOTICE);
+    HEX("RELOAD", FH_MSG_RELOAD);
+    HEX("RELOADED", FH_MSG_RELOADED);
+    HEX("RELOAD_FAILED", FH_MSG_RELOAD_FAILED);
+    VALUE("MAX_RELOAD_TEXT", FH_PROTO_MAX_RELOAD_TEXT);
     HEX("LAUNCH_MODULE", FH_LAUNCH_MODULE);
     HEX("LAUNCH_JOBCTL", FH_LAUNCH_JOBCTL);
     HEX("LAUNCH_NOTICE", FH_LAUNCH_NOTICE);
@@ -175,6 +186,10 @@ int main(void)
     VALUE("EXIT_FORKHOST", FH_EXIT_FORKHOST);
     VALUE("EXIT_CANNOT_RUN", FH_EXIT_CANNOT_RUN);
     VALUE("EXIT_NOT_FOUND", FH_EXIT_NOT_FOUND);
+    format("RELOADED_BODY_FORMAT", h, sizeof(struct fh_reloaded), reloaded,
+           COUNT(reloaded));
+    format("RELOAD_FAILED_BODY_FORMAT", h, sizeof(struct fh_reload_failed),
+           reload_failed, COUNT(reload_failed));
     format("NOTICE_BODY_FORMAT", h, sizeof(struct fh_notice), notice,
            COUNT(notice));
     /* forkhost/log.h: the log levels' names, in order, and the default */

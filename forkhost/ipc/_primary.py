@@ -458,7 +458,7 @@ class _PrimaryEndpoint:
             conn.joined = True
             self.joined[conn.fd] = conn
             self.cond.notify_all()
-        body = WELCOME_BODY.pack(self.pid, self.template_pid, NAME_MAX, PARAM_MAX)
+        body = WELCOME_BODY.pack(self.pid, self.primary.template_pid, NAME_MAX, PARAM_MAX)
         self._send_rec(conn, WELCOME, 0, 0, b"", body)
         if flags & HELLO_REJOIN:
             self._send_rec(conn, MSG, 0, 0, _PRIMARY_NOTICE_B,
@@ -566,9 +566,15 @@ class _PrimaryEndpoint:
 
     # -- membership -------------------------------------------------------
 
+    def _templates_child(self, ppid: int) -> bool:
+        """ppid is a template of this primary, of any generation (a reload's
+        old one reports its secondaries' exits too)."""
+        gens = getattr(self.primary, "template_pids", None)
+        return ppid == self.template_pid or (gens is not None and ppid in gens)
+
     def members(self) -> list[Member]:
         with self.lock:
-            return [Member(c.pid, c.ppid, c.ppid == self.template_pid)
+            return [Member(c.pid, c.ppid, self._templates_child(c.ppid))
                     for c in self.joined.values() if not c.closing]
 
     def wait_members(self, pred: Callable[[list[Member]], bool],
@@ -577,7 +583,7 @@ class _PrimaryEndpoint:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                live = [Member(c.pid, c.ppid, c.ppid == self.template_pid)
+                live = [Member(c.pid, c.ppid, self._templates_child(c.ppid))
                         for c in self.joined.values() if not c.closing]
                 if pred(live):
                     return True
@@ -654,7 +660,7 @@ class _PrimaryEndpoint:
         self._lost(conn)
         # A template child's exit is reported with its status by the
         # template; anyone else's only we can report, without a status.
-        if was_member and not conn.left and conn.ppid != self.template_pid:
+        if was_member and not conn.left and not self._templates_child(conn.ppid):
             self._exit_notice(conn.pid, 0, 0, 0)
 
     # -- notices ----------------------------------------------------------

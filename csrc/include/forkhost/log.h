@@ -71,13 +71,19 @@ FH_API int fh_log_write(int fd, int level, const char *prefix,
 #define FH_STATS_LATENCY_BUCKETS 13     /* the bounds, and +Inf */
 #define FH_STATS_SIGNALS 65             /* signal numbers 0-64 */
 
+/* Shared by every generation of a prefix's templates (a reload's old
+ * template counts the exits of its last secondaries while the new one
+ * counts launches: template.h), hence atomic; counts only, no ordering
+ * with anything else (relaxed). */
 struct fh_template_stats {
-    uint64_t launches;
-    uint64_t refusals;
-    uint64_t exit_status[256];          /* exited with this status */
-    uint64_t exit_signal[FH_STATS_SIGNALS];  /* killed by this signal */
-    uint64_t latency[FH_STATS_LATENCY_BUCKETS];   /* not cumulative */
-    uint64_t latency_sum_us;
+    _Atomic uint64_t launches;
+    _Atomic uint64_t pool_launches;     /* ... taken by a pool member */
+    _Atomic uint64_t refusals;
+    _Atomic uint64_t exit_status[256];          /* exited with this status */
+    _Atomic uint64_t exit_signal[FH_STATS_SIGNALS];  /* killed by this signal */
+    _Atomic uint64_t latency[FH_STATS_LATENCY_BUCKETS];   /* not cumulative */
+    _Atomic uint64_t latency_sum_us;
+    _Atomic uint64_t reloads;           /* new generations started */
 };
 
 /* The bucket a latency falls in: the first whose bound it does not

@@ -92,6 +92,10 @@ enum fh_member_result {
                                 TAKEN and STARTED are sent, this process is
                                 the secondary, set up by fh_child_setup();
                                 m->run says what to run */
+    FH_MEMBER_RETIRED = 3,   /* the template shut its end of the socketpair
+                                (a reload's old generation retires, or the
+                                template ended) while this member waited:
+                                it holds nothing and exits */
 };
 
 /* A launch a member took: what it names and the child's setup, decided and
@@ -178,5 +182,10 @@ int fh__recv_record(int fd, void *buf, size_t len, int *fds, unsigned maxfds,
 /* Hand m->conn and what was received to the template; closes ours. 0 or
  * -errno (the connection is closed either way). */
 FH_API int fh_member_handoff(struct fh_member *m);
+
+/* 1 when the template has shut its end of the socketpair (the member must
+ * not accept again), else 0; never waits.  fh_member_next() sees it too,
+ * when it wakes for it. */
+FH_API int fh_member_retired(const struct fh_member *m);
 
 #endif /* FORKHOST_MEMBER_H */

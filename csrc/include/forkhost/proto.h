@@ -49,6 +49,9 @@
 enum fh_msg_type {
     FH_MSG_LAUNCH  = 0x01, /* client -> template */
     FH_MSG_INFO    = 0x02, /* client -> template: ask for FH_MSG_INFO_REPLY */
+    FH_MSG_RELOAD  = 0x03, /* primary -> template: start a new generation
+                              (FH_MSG_RELOADED or FH_MSG_RELOAD_FAILED);
+                              refused (ERROR 125) from any other process */
     FH_MSG_STARTED = 0x81, /* template -> client, carries 1 fd: the pidfd */
     FH_MSG_EXITED  = 0x82, /* template -> client */
     FH_MSG_ERROR   = 0x83, /* template -> client, then the template closes */
@@ -59,6 +62,13 @@ enum fh_msg_type {
                               why the template is ending the secondary (its
                               primary died); the client says it on stderr
                               when EXITED comes */
+    FH_MSG_RELOADED = 0x87, /* template -> primary: the new generation's
+                              template is ready (struct fh_reloaded); the
+                              old one retires */
+    FH_MSG_RELOAD_FAILED = 0x88, /* template -> primary: the new generation
+                              did not start (struct fh_reload_failed: its
+                              words, a preload's traceback); the old one
+                              serves on */
 };
 
 struct fh_msg_hdr {          /* 24 bytes */
@@ -164,6 +174,22 @@ struct fh_error {            /* 32 bytes + text */
 struct fh_notice {          /* 32 bytes + text */
     struct fh_msg_hdr hdr;
     uint32_t text_len;       /* <= FH_PROTO_MAX_ERROR, no NUL, no newline */
+    uint32_t reserved;       /* zero */
+    /* char text[text_len]; */
+};
+
+/* RELOADED: the new generation's template. */
+struct fh_reloaded {        /* 32 bytes */
+    struct fh_msg_hdr hdr;
+    int64_t pid;             /* its pid (not the primary's child) */
+};
+
+/* RELOAD_FAILED: why, in the new generation's words (a preload's
+ * traceback: several lines), at most FH_PROTO_MAX_RELOAD_TEXT bytes. */
+#define FH_PROTO_MAX_RELOAD_TEXT (64u * 1024u)
+struct fh_reload_failed {   /* 32 bytes + text */
+    struct fh_msg_hdr hdr;
+    uint32_t text_len;       /* <= FH_PROTO_MAX_RELOAD_TEXT, no NUL */
     uint32_t reserved;       /* zero */
     /* char text[text_len]; */
 };

@@ -108,7 +108,32 @@ struct fh_template_config {
                                     <prefix>.log fd 2 is reopened on
                                     SIGUSR1 (a --detach primary's), or
                                     NULL: SIGUSR1 is ignored */
+    unsigned     generation;     /* 1 for the primary's first template, one
+                                    more at each reload (INFO says it) */
 };
+
+/*
+ * Reload (FH_MSG_RELOAD, proto.h; docs/reliability.md): a template asked
+ * by its primary forks the next generation from its loop, at the top of
+ * it (no request half-handled).  In that child fh_template_main() returns
+ * FH_TEMPLATE_REBORN, having touched nothing of the old loop's tables:
+ * the caller makes the new generation (a Python primary imports its
+ * preloads afresh), then calls fh_template_main() again with ready_fd =
+ * fh_template_reborn()'s fd (where "ok" or the failure's text goes: the
+ * old template reads it) and the generation it gives.  The same
+ * listening socket, the primary, the exit channel and keep_fds carry
+ * over.  The old template, once "ok" came, retires: its idle members
+ * leave, it stops accepting (template.sock is the new one's: it is left
+ * in place), serves its running secondaries and their clients as before,
+ * and exits when the last one has ended.  The launch counters are shared
+ * by every generation (one MAP_SHARED mapping, inherited by the reload
+ * fork only).
+ */
+#define FH_TEMPLATE_REBORN 256
+/* In the child fh_template_main() returned FH_TEMPLATE_REBORN in: the fd
+ * its readiness goes to, and *generation the new generation's number.
+ * -1 elsewhere. */
+FH_API int fh_template_reborn(unsigned *generation);
 
 /*
  * Become the template, in a child just forked from a single-threaded
@@ -117,7 +142,8 @@ struct fh_template_config {
  * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP or the
  * primary's death, end the secondaries (SIGTERM, SIGKILL after grace_ms)
  * and remove the socket.  Returns the template's exit status (0; 1 when it
- * could not start, said on ready_fd).  Children never return from it.
+ * could not start, said on ready_fd), or FH_TEMPLATE_REBORN in the child
+ * a reload forked (above).  No other child returns from it.
  */
 FH_API int fh_template_main(const struct fh_template_config *c);
 
@@ -126,7 +152,8 @@ FH_API int fh_template_main(const struct fh_template_config *c);
  * run fh_template_main() in the child (which _exits with its status).
  * The primary's pid of the template, or -1 with errno (EBUSY: more than
  * one thread).  Waits for the template's "ok" when c->ready_fd is -1
- * (a pipe is made for it); -1 with errno EIO if it failed to start.
+ * (a pipe is made for it); -1 with errno EIO if it failed to start.  A
+ * reload makes a new generation of the same C loop (nothing to import).
  */
 FH_API pid_t fh_template_fork(const struct fh_template_config *c);
 

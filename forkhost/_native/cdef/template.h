@@ -34,7 +34,11 @@ struct fh_template_config {
     struct fh_template_hooks hooks;
     int          log_level;
     const char  *log_root;
+    unsigned     generation;
 };
+
+#define FH_TEMPLATE_REBORN ...
+int fh_template_reborn(unsigned *generation);
 
 int fh_template_main(const struct fh_template_config *c);
 pid_t fh_template_fork(const struct fh_template_config *c);
