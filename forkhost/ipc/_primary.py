@@ -458,11 +458,12 @@ class _PrimaryEndpoint:
             conn.joined = True
             self.joined[conn.fd] = conn
             self.cond.notify_all()
-        body = WELCOME_BODY.pack(self.pid, self.primary.template_pid, NAME_MAX, PARAM_MAX)
+        tpl = self.primary.template_pid     # the serving generation's
+        body = WELCOME_BODY.pack(self.pid, tpl, NAME_MAX, PARAM_MAX)
         self._send_rec(conn, WELCOME, 0, 0, b"", body)
         if flags & HELLO_REJOIN:
             self._send_rec(conn, MSG, 0, 0, _PRIMARY_NOTICE_B,
-                           PRIMARY_BODY.pack(self.pid, self.template_pid))
+                           PRIMARY_BODY.pack(self.pid, tpl))
 
     def _dispatch(self, conn, mtype, rid, name_b, param, fds) -> None:
         cb = _state.actions.get(name_b)

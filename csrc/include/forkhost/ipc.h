@@ -252,7 +252,8 @@ struct fh_ipc_shutdown_notice {
 
 struct fh_ipc_primary_notice {
     int32_t  primary_pid;  /* the primary this member has now joined */
-    int32_t  template_pid; /* its template (an adopted one keeps its pid) */
+    int32_t  template_pid; /* its (serving) template, as in WELCOME; an
+                              adopted one keeps its pid */
 };
 
 /* A message as the API sees it (DPDK's struct rte_mp_msg, plus who sent it
