@@ -887,6 +887,21 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
         wait_until(lambda: ended(first.template_pid), what="the first template to end")
 
 
+def test_a_member_waiting_for_a_primary_can_leave(own_prim):
+    """stop() while waiting to rejoin: the thread ends, its fds with it
+    (leaves_nothing checks them), and nothing rejoins afterwards."""
+    prim = own_prim
+    ipc.start(prefix="i", runtime_dir=prim.env["FORKHOST_RUNTIME_DIR"])
+    try:
+        prim.wait_members(1)
+        assert prim.cmd("ipc_stop") == {"started": False}
+        wait_until(ipc.rejoining, what="the member to notice")
+    finally:
+        ipc.stop()
+    assert not ipc.rejoining() and not ipc.started()
+    assert prim.cmd("ipc_start")["started"]
+
+
 @pytest.mark.skipif(not hasattr(forkhost.Primary, "_adopt"),
                     reason="needs the adoption of an orphaned template (issue 18)")
 def test_secondaries_rejoin_the_primary_that_adopts_their_template(runtime_dir, ipc_sec_so):

@@ -1083,8 +1083,11 @@ static int await_welcome(int fd, struct fh_ipc_welcome *w)
         return -1;
     now_plus(&deadline, FH_IPC_CONNECT_TIMEOUT_MS);
     for (;;) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        int n = poll(&p, 1, (int)ms_until(&deadline));
+        /* On the IPC thread (rejoin()), fh_ipc_stop() wakes it: it must
+         * not wait for a WELCOME that may never come. */
+        struct pollfd p[2] = { { fd, POLLIN, 0 },
+                               { t_on_ipc_thread ? g.wake : -1, POLLIN, 0 } };
+        int n = poll(p, 2, (int)ms_until(&deadline));
 
         if (n == 0) {
             errno = ETIMEDOUT;
@@ -1094,6 +1097,22 @@ static int await_welcome(int fd, struct fh_ipc_welcome *w)
             if (errno == EINTR)
                 continue;
             goto out;
+        }
+        if (p[1].revents & POLLIN) {
+            uint64_t v;
+            bool stop;
+
+            pthread_mutex_lock(&g.lock);
+            stop = g.stopping;
+            pthread_mutex_unlock(&g.lock);
+            if (stop) {
+                errno = ECANCELED;
+                goto out;
+            }
+            if (read(g.wake, &v, sizeof v) < 0 && errno != EAGAIN)
+                goto out;
+            if (!(p[0].revents & POLLIN))
+                continue;
         }
         n = recv_record(fd, &h, param, fds, &nfds, MSG_DONTWAIT);
         if (n == 0) {

@@ -359,7 +359,8 @@ FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
  * otherwise.  EISCONN when already joined elsewhere.
  */
 FH_API int fh_ipc_attach(const char *path);
-/* The primary this process joined (its WELCOME), 0 when not joined, and
+/* The primary this process joined (its WELCOME), 0 when not joined (also
+ * while it waits to rejoin: fh_ipc_rejoining()), and
  * its name (/proc/PID/comm when this process joined), "" when not. */
 FH_API pid_t fh_ipc_peer_pid(void);
 FH_API const char *fh_ipc_peer_name(void);
