@@ -72,6 +72,14 @@ class IPCError(ForkhostError):
     to talk to (see docs/ipc.md)."""
 
 
+class PrimaryGoneError(IPCError, NoPrimaryError):
+    """An IPC call of a member (a secondary, an attached process) that needs
+    the primary, made while it has none: its primary went away without
+    ``forkhost.shutdown`` and it waits to rejoin the next one
+    (``forkhost.ipc.rejoining()``), or its primary stopped (docs/ipc.md,
+    "When the primary goes away").  C: ENOTCONN."""
+
+
 # -- shared memory (forkhost.shm) -------------------------------------------
 #
 # The C library reports failures as -1/NULL with errno or as a negative

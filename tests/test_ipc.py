@@ -820,6 +820,156 @@ def test_shutdown_notice_lets_secondaries_wind_down(runtime_dir, ipc_sec_so):
         prim.close()
 
 
+# -- the primary goes away, another comes ------------------------------------------------
+
+def test_members_rejoin_the_next_primary_with_their_actions(own_prim, entry, kind):
+    """The primary's IPC ends without forkhost.shutdown (what its death
+    looks like to a member) and starts again at the same socket: the member
+    goes on, its calls fail at once meanwhile (a 60 s request too), and it
+    rejoins by itself with the actions it had, told so by forkhost.primary."""
+    prim = own_prim
+    s = prim.launch(entry)
+    prim.wait_members(1)
+    assert prim.cmd("ipc_stop") == {"started": False}
+    wait_until(lambda: s.cmd("rejoining", "rejoining") == ["rejoining", "1"],
+               what="the member to notice")
+    assert s.cmd("request echo 00 60000", "error")[:2] == ["error", "ENOTCONN"]
+    assert s.cmd("send note 00", "error")[:2] == ["error", "ENOTCONN"]
+    s.none_of("primary", 0)
+    assert prim.cmd("ipc_start")["started"]
+    assert s.expect("primary") == ["primary", str(prim.pid), str(prim.template_pid)]
+    assert prim.wait_members(1) == [s.pid]
+    assert prim.cmd("members")["members"] == [
+        {"pid": s.pid, "ppid": prim.template_pid, "secondary": True}]
+    assert s.cmd("rejoining", "rejoining") == ["rejoining", "0"]
+    # its actions serve the new endpoint; its requests reach it
+    r = prim.cmd("request", name="echo", param=b"again".hex(), to=s.pid)
+    assert [m["param"] for m in r["msgs"]] == [(prefix_of(kind) + b"again").hex()]
+    words = s.cmd("request echo " + b"hi".hex() + " 5000", "reply")
+    assert words[1:5] == ["1", "1", "0", b"primary:hi".hex()]
+
+
+def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
+    """kill -9 of the primary (one this test started): a process attached
+    to it waits, then joins the primary started next on the prefix, whose
+    forkhost.primary names it and its template; a request meanwhile raises
+    PrimaryGoneError.  (Whether the next primary adopts the old template or
+    makes its own, the member's side is the same.)"""
+    first = IPCPrimary(runtime_dir)
+    second = None
+    notices = []
+    got = threading.Event()
+
+    def on_primary(msg, peer):
+        notices.append(ipc.parse_primary_notice(msg))
+        got.set()
+
+    try:
+        ipc.register(ipc.PRIMARY_NOTICE, on_primary)
+        ipc.start(prefix="i", runtime_dir=runtime_dir)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.proc.wait(30) == -signal.SIGKILL
+        wait_until(ipc.rejoining, what="the member to notice")
+        with pytest.raises(ipc.PrimaryGoneError, match="rejoins the next one"):
+            ipc.request("echo", b"x", timeout=60)
+        second = IPCPrimary(runtime_dir)
+        assert got.wait(30)
+        assert notices == [(second.pid, second.template_pid)]
+        assert not ipc.rejoining()
+        with ipc.request("echo", b"x", timeout=30) as r:
+            assert [(m.pid, m.param) for m in r.msgs] == [(second.pid, b"primary:x")]
+    finally:
+        ipc.stop()
+        ipc.unregister(ipc.PRIMARY_NOTICE)
+        if second is not None:
+            second.close()      # (an adopted template, holding first's
+        first.close()           # stderr, ends with it)
+        wait_until(lambda: ended(first.template_pid), what="the first template to end")
+
+
+def test_a_member_waiting_for_a_primary_can_leave(own_prim):
+    """stop() while waiting to rejoin: the thread ends, its fds with it
+    (leaves_nothing checks them), and nothing rejoins afterwards."""
+    prim = own_prim
+    ipc.start(prefix="i", runtime_dir=prim.env["FORKHOST_RUNTIME_DIR"])
+    try:
+        prim.wait_members(1)
+        assert prim.cmd("ipc_stop") == {"started": False}
+        wait_until(ipc.rejoining, what="the member to notice")
+    finally:
+        ipc.stop()
+    assert not ipc.rejoining() and not ipc.started()
+    assert prim.cmd("ipc_start")["started"]
+
+
+@pytest.mark.skipif(not hasattr(forkhost.Primary, "_adopt"),
+                    reason="needs the adoption of an orphaned template (issue 18)")
+def test_secondaries_rejoin_the_primary_that_adopts_their_template(runtime_dir, ipc_sec_so):
+    """kill -9 of the primary (one this test started): its secondaries, Python
+    and native, go on with no primary (calls fail at once), then rejoin the
+    primary that adopts their template, told by forkhost.primary, listed as
+    its secondaries, their actions serving it; its stop ends them."""
+    first = IPCPrimary(runtime_dir)
+    second = None
+    try:
+        py = first.launch("ipc_sec:main")
+        c = first.launch(ipc_sec_so)
+        first.wait_members(2)
+        os.kill(first.pid, signal.SIGKILL)
+        assert first.proc.wait(30) == -signal.SIGKILL
+        for s in (py, c):
+            wait_until(lambda: s.cmd("rejoining", "rejoining") == ["rejoining", "1"],
+                       what="the member to notice")
+            assert s.cmd("request echo 00 60000", "error")[:2] == ["error", "ENOTCONN"]
+        second = IPCPrimary(runtime_dir)
+        assert second.template_pid == first.template_pid, "not adopted"
+        for s in (py, c):
+            assert s.expect("primary") == ["primary", str(second.pid),
+                                           str(first.template_pid)]
+        assert sorted(second.wait_members(2)) == sorted([py.pid, c.pid])
+        assert all(m["secondary"] for m in second.cmd("members")["members"])
+        r = second.cmd("request", name="echo", param=b"x".hex())
+        assert sorted(m["param"] for m in r["msgs"]) == sorted(
+            (prefix_of(k) + b"x").hex() for k in KINDS)
+        words = py.cmd("request echo " + b"hi".hex() + " 5000", "reply")
+        assert words[1:5] == ["1", "1", "0", b"primary:hi".hex()]
+        assert second.stop()["stopped"]
+        assert py.expect("shutdown") and c.expect("shutdown")
+        assert py.wait() == 0 and c.wait() == 0
+    finally:
+        if second is not None:
+            second.close()
+        elif not ended(first.template_pid):
+            # the orphan, which holds first's stderr: `forkhost stop` ends it
+            subprocess.run([sys.executable, "-m", "forkhost", "stop"], env=first.env,
+                           cwd=str(FIXTURES), capture_output=True, timeout=60)
+        first.close()
+        wait_until(lambda: ended(first.template_pid), what="the template to end")
+
+
+def test_after_forkhost_shutdown_a_member_does_not_rejoin(runtime_dir):
+    """A primary that stops says forkhost.shutdown first: that end is final."""
+    prim = IPCPrimary(runtime_dir)
+    try:
+        ipc.start(prefix="i", runtime_dir=runtime_dir)
+        prim.stop()
+        wait_until(_send_fails, what="the end of its IPC")
+        assert not ipc.rejoining()
+        with pytest.raises(ipc.PrimaryGoneError, match="the primary stopped"):
+            ipc.send("note", b"")
+    finally:
+        ipc.stop()
+        prim.close()
+
+
+def _send_fails() -> bool:
+    try:
+        ipc.send("note", b"")
+    except ipc.PrimaryGoneError:
+        return True
+    return False
+
+
 # -- other processes and the CLI -------------------------------------------------------
 
 def test_attach_from_another_process(own_prim):

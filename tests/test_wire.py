@@ -134,13 +134,16 @@ int main(void)
     V(offsetof(struct fh_ipc_peer_reply, msg)); V(offsetof(struct fh_ipc_reply, peers));
     V(sizeof(struct fh_ipc_hdr)); V(sizeof(struct fh_ipc_hello));
     V(sizeof(struct fh_ipc_welcome)); V(sizeof(struct fh_ipc_exit_notice));
-    V(sizeof(struct fh_ipc_shutdown_notice));
+    V(sizeof(struct fh_ipc_shutdown_notice)); V(sizeof(struct fh_ipc_primary_notice));
+    V(FH_IPC_HELLO_REJOIN);
     V(sizeof(struct fh_template_exit));
     V(offsetof(struct fh_ipc_hdr, nfds)); V(offsetof(struct fh_ipc_hdr, status));
     V(offsetof(struct fh_ipc_hdr, name));
-    printf("prefix=%s\nexit=%s\nshutdown=%s\nstop=%s\nworker=%s\nreclaim=%s\n",
+    printf("prefix=%s\nexit=%s\nshutdown=%s\nstop=%s\nworker=%s\nreclaim=%s\n"
+           "primary=%s\n",
            FH_IPC_RESERVED_PREFIX, FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE,
-           FH_IPC_STOP_NOTICE, FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE);
+           FH_IPC_STOP_NOTICE, FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE,
+           FH_IPC_PRIMARY_NOTICE);
     return 0;
 }
 """
@@ -181,7 +184,9 @@ def test_ipc_constants_are_the_headers(ipc_h):
     assert (ipc.RESERVED_PREFIX, ipc.EXIT_NOTICE, ipc.SHUTDOWN_NOTICE) == (
         ipc_h["prefix"], ipc_h["exit"], ipc_h["shutdown"])
     assert ipc.NOTICES == (ipc_h["exit"], ipc_h["shutdown"], ipc_h["stop"],
-                           ipc_h["worker"], ipc_h["reclaim"])
+                           ipc_h["worker"], ipc_h["reclaim"], ipc_h["primary"])
+    assert ipc.PRIMARY_NOTICE == ipc_h["primary"]
+    assert ipc.HELLO_REJOIN == h["FH_IPC_HELLO_REJOIN"]
 
 
 def test_ipc_layouts_are_the_headers(ipc_h):
@@ -201,6 +206,7 @@ def test_ipc_layouts_are_the_headers(ipc_h):
     assert ipc.WELCOME_BODY.size == h["sizeof(struct fh_ipc_welcome)"]
     assert ipc.EXIT_BODY.size == h["sizeof(struct fh_ipc_exit_notice)"]
     assert ipc.SHUTDOWN_BODY.size == h["sizeof(struct fh_ipc_shutdown_notice)"]
+    assert ipc.PRIMARY_BODY.size == h["sizeof(struct fh_ipc_primary_notice)"]
     assert ipc.TEMPLATE_EXIT.size == h["sizeof(struct fh_template_exit)"]
     # the reply view reads nfds, status and name where the header has them
     view = struct.Struct("=12xI12xi64s")

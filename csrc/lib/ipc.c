@@ -23,6 +23,17 @@
  * on it: when the primary goes away the thread only marks the state
  * CLOSED, so a recycled fd number can never receive our records.
  *
+ * Rejoining: when the connection ends without forkhost.shutdown (the
+ * primary died, or stopped its IPC without a word), the thread fails what
+ * is pending, leaves the state CLOSED (calls fail with ENOTCONN at once)
+ * and waits for a primary to listen at the same path again: inotify on
+ * the socket's directory, and retries with a backoff after a change or
+ * while the directory cannot be watched (rejoin()).  It joins with
+ * FH_IPC_HELLO_REJOIN and puts the new connection on the old one's fd
+ * number (dup3), so the number is never free for another file while a
+ * sender may still hold it.  The actions stay registered: they are this
+ * process's, the primary never knew them.
+ *
  * A sync request *leads* when it can: waking the caller from the receive
  * thread costs more than the round trip itself, so a requester that takes
  * g.rx (whoever holds it reads the connection) masks the fd in the
@@ -48,6 +59,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -61,6 +73,13 @@
 #define FH_IPC_REARM_MS 1
 /* Records read per wake-up before the thread looks at its deadlines. */
 #define FH_IPC_BATCH 64
+/* Rejoining (rejoin()): after the socket's directory changed, or while it
+ * cannot be watched, attempts come after 10 ms, then twice as long each
+ * time up to 1 s; a change stops the attempts FH_IPC_CONNECT_TIMEOUT_MS
+ * after it (a socket file nobody listens on, the dead primary's, gets no
+ * more attempts until the next change). */
+#define FH_IPC_REJOIN_FIRST_MS 10
+#define FH_IPC_REJOIN_MAX_MS   1000
 
 enum { ST_IDLE, ST_RUNNING, ST_CLOSED };
 
@@ -103,6 +122,7 @@ static struct {
     int             fd;         /* the connection to the primary, or -1 */
     int             wake;       /* eventfd: stop, new deadline, handed-over work */
     int             epfd;       /* the thread's: fd (unless a leader has it), wake */
+    int             ino;        /* inotify, while the thread waits to rejoin */
     bool            have_thread;
     bool            stopping;
     pthread_t       thread;
@@ -110,7 +130,7 @@ static struct {
     pthread_mutex_t rx;         /* held by whoever reads g.fd */
     struct deferred *deferred, **deferred_tail;  /* for the thread, in order */
     struct pending  *due;       /* async requests completed off the thread */
-} g = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1, -1, -1,
+} g = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, -1, -1, -1, -1,
         false, false, 0, NULL, PTHREAD_MUTEX_INITIALIZER,
         NULL, &g.deferred, NULL };
 
@@ -136,8 +156,14 @@ static struct fh__ipc_counters st;      /* this process's secondary side */
  * process it is not fh_ipc_primary_pid()); why it refused, if it did; the path
  * fh_ipc_attach() joins instead of fh_ipc_socket_path().  Written under g.lock by the
  * joining thread before the receive thread exists. */
-static pid_t g_peer_pid;
-static char  g_peer_name[FH_IPC_PEER_NAME_MAX];
+static atomic_int g_peer_pid;   /* relaxed: written under g.lock, a hint */
+static char  g_peer_name[FH_IPC_PEER_NAME_MAX];  /* to lock-free readers */
+/* Waiting for a primary to rejoin (fh_ipc_rejoining()).  relaxed: a report,
+ * the state (g_state) orders everything else. */
+static atomic_bool g_rejoining;
+/* The primary said forkhost.shutdown: its EOF is final, no rejoining.  Only
+ * the receive thread reads and writes it (start_locked() before it exists). */
+static bool g_shutdown_seen;
 static char  g_refusal[256];
 static char  g_attach[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
@@ -229,7 +255,7 @@ static void fill_msg(struct fh_ipc_msg *m, const struct fh_ipc_hdr *h,
     memcpy(m->param, param, h->param_len);
     m->num_fds = nfds;
     memcpy(m->fds, fds, nfds * sizeof(int));
-    m->pid = g_peer_pid;
+    m->pid = atomic_load_explicit(&g_peer_pid, memory_order_relaxed);
     m->status = h->status;
 }
 
@@ -436,6 +462,8 @@ static void handle_incoming(const struct fh_ipc_hdr *h, const unsigned char *par
     struct fh__ipc_peer peer = { h->type == FH_IPC_REQUEST ? h->id : 0, false };
     int rc;
 
+    if (h->type == FH_IPC_REQUEST && strcmp(h->name, FH_IPC_SHUTDOWN_NOTICE) == 0)
+        g_shutdown_seen = true;         /* the EOF that follows is final */
     fn = fh__ipc_action(h->name);
 
     if (!fn) {
@@ -671,28 +699,31 @@ static void lead(struct pending *p)
     }
 }
 
-static void *ipc_thread(void *unused)
+/* How serve() ended. */
+enum { END_STOP, END_GONE, END_BROKEN };
+
+/* The receive loop on the connection, until fh_ipc_stop() (END_STOP), the
+ * primary's EOF or a socket error (END_GONE), or a failure of our own
+ * (END_BROKEN). */
+static int serve(unsigned char *param)
 {
     struct fh_ipc_hdr h;
-    unsigned char *param = malloc(FH_IPC_PARAM_MAX);
     int fds[FH_IPC_FDS_MAX], nfds;
     bool gone = false;
 
-    (void)unused;
-    t_on_ipc_thread = true;
-    while (param && !gone) {
+    while (!gone) {
         struct epoll_event evs[2];
         bool stop, readable = false, hangup = false;
         int n = epoll_wait(g.epfd, evs, 2, next_timeout_ms());
 
         if (n < 0 && errno != EINTR)
-            break;
+            return END_BROKEN;
         for (int i = 0; i < n; i++) {
             if (evs[i].data.fd == g.wake) {
                 uint64_t v;
 
                 if (read(g.wake, &v, sizeof v) < 0 && errno != EAGAIN)
-                    gone = true;
+                    return END_BROKEN;
             } else {
                 readable = true;
                 hangup = evs[i].events & (EPOLLHUP | EPOLLERR);
@@ -702,7 +733,7 @@ static void *ipc_thread(void *unused)
         stop = g.stopping;
         pthread_mutex_unlock(&g.lock);
         if (stop)
-            break;
+            return END_STOP;
         run_deferred();
         /* A leader took g.rx after epoll_wait() returned: it reads.  A
          * connection a leader left masked is taken back here (arm()). */
@@ -749,18 +780,223 @@ static void *ipc_thread(void *unused)
         }
         expire_async();
     }
-    free(param);
-    run_deferred();             /* what a leader handed over before we left */
-    if (gone) {
+    return END_GONE;
+}
+
+static int join_path(char *out, size_t size);
+static int connect_hello(const char *path, uint32_t flags, struct fh_ipc_welcome *w);
+
+/* Read what inotify has (nonblocking): true when an event names base (the
+ * socket appeared, or the queue overflowed and it may have); *lost when
+ * the watch ended (the directory was removed or moved). */
+static bool dir_changed(int ino, const char *base, bool *lost)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    bool hit = false;
+    ssize_t n;
+
+    while ((n = read(ino, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+
+            if (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF))
+                *lost = true;
+            if ((ev->mask & IN_Q_OVERFLOW)
+                || (ev->len && strcmp(ev->name, base) == 0))
+                hit = true;
+            p += sizeof *ev + ev->len;
+        }
+    }
+    return hit;
+}
+
+/* Give up the inotify fd (on the thread). */
+static void unwatch_dir(void)
+{
+    pthread_mutex_lock(&g.lock);
+    if (g.ino >= 0) {
+        (void)epoll_ctl(g.epfd, EPOLL_CTL_DEL, g.ino, NULL);
+        close(g.ino);
+        g.ino = -1;
+    }
+    pthread_mutex_unlock(&g.lock);
+}
+
+/* The primary's connection ended without forkhost.shutdown: wait for a
+ * primary to listen at the same path, and join it with
+ * FH_IPC_HELLO_REJOIN.  On the thread, with the state CLOSED (every call
+ * that needs the primary fails with ENOTCONN meanwhile).  No polling: the
+ * thread sleeps until the socket's directory changes (inotify), then
+ * attempts with a backoff for a while (bind comes before listen; see
+ * FH_IPC_REJOIN_*), and attempts with the backoff throughout while the
+ * directory cannot be watched or a listener there does not answer (socket
+ * activation without a primary yet).  true once joined; false when
+ * fh_ipc_stop() wants the thread to leave. */
+static bool rejoin(void)
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)], dir[sizeof path];
+    const char *base = path, *slash;
+    struct fh_ipc_welcome w;
+    struct timespec until;      /* attempts stop then, until a change */
+    long backoff = FH_IPC_REJOIN_FIRST_MS;
+    int wd = -1, fd = -1, rc;
+    bool attempt = true, stop;
+
+    pthread_mutex_lock(&g.lock);
+    rc = join_path(path, sizeof path);
+    pthread_mutex_unlock(&g.lock);
+    if (rc < 0)
+        return false;
+    slash = strrchr(path, '/');
+    if (slash) {
+        size_t len = slash == path ? 1 : (size_t)(slash - path);
+
+        memcpy(dir, path, len);
+        dir[len] = '\0';
+        base = slash + 1;
+    } else {
+        strcpy(dir, ".");
+    }
+    pthread_mutex_lock(&g.lock);
+    g.ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (g.ino >= 0) {
+        struct epoll_event ev = { .events = EPOLLIN };
+
+        ev.data.fd = g.ino;
+        if (epoll_ctl(g.epfd, EPOLL_CTL_ADD, g.ino, &ev) < 0) {
+            close(g.ino);
+            g.ino = -1;
+        }
+    }
+    pthread_mutex_unlock(&g.lock);
+    /* The dead connection's hang-up would wake us for ever. */
+    (void)epoll_ctl(g.epfd, EPOLL_CTL_DEL, g.fd, NULL);
+    now_plus(&until, FH_IPC_CONNECT_TIMEOUT_MS);
+    for (;;) {
+        struct epoll_event evs[2];
+        int n;
+
+        pthread_mutex_lock(&g.lock);
+        stop = g.stopping;
+        pthread_mutex_unlock(&g.lock);
+        if (stop)
+            break;
+        if (g.ino >= 0 && wd < 0)
+            wd = inotify_add_watch(g.ino, dir, IN_CREATE | IN_MOVED_TO | IN_ATTRIB
+                                   | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR);
+        if (attempt) {
+            fd = connect_hello(path, FH_IPC_HELLO_REJOIN, &w);
+            if (fd >= 0)
+                break;
+            if (errno == ECONNREFUSED)          /* refused: until a change */
+                now_plus(&until, 0);
+            else if (errno == ETIMEDOUT)        /* a listener that says */
+                now_plus(&until, FH_IPC_CONNECT_TIMEOUT_MS);   /* nothing yet */
+        }
+        long timeout = -1;
+
+        if (wd < 0 || ms_until(&until) > 0) {
+            timeout = backoff;
+            backoff = backoff * 2 > FH_IPC_REJOIN_MAX_MS ? FH_IPC_REJOIN_MAX_MS
+                                                         : backoff * 2;
+        }
+        n = epoll_wait(g.epfd, evs, 2, (int)timeout);
+        attempt = n == 0;
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == g.wake) {
+                uint64_t v;
+
+                if (read(g.wake, &v, sizeof v) < 0 && errno != EAGAIN)
+                    stop = true;
+            } else if (evs[i].data.fd == g.ino) {
+                bool lost = false;
+
+                if (dir_changed(g.ino, base, &lost)) {
+                    attempt = true;
+                    backoff = FH_IPC_REJOIN_FIRST_MS;
+                    now_plus(&until, FH_IPC_CONNECT_TIMEOUT_MS);
+                }
+                if (lost) {         /* watch it again, attempt meanwhile */
+                    wd = -1;
+                    attempt = true;
+                }
+            }
+        }
+        if (stop)
+            break;
+        run_deferred();             /* callbacks a leader completed */
+    }
+    unwatch_dir();
+    if (fd < 0)
+        return false;
+
+    /* Joined: the new connection takes the old one's fd number (see the
+     * top of this file), with g.rx held so that no leader reads meanwhile
+     * (none can start: the state is CLOSED). */
+    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+    bool ok;
+
+    pthread_mutex_lock(&g.rx);
+    pthread_mutex_lock(&g.lock);
+    ok = !g.stopping && dup3(fd, g.fd, O_CLOEXEC) >= 0;
+    ev.data.fd = g.fd;
+    ok = ok && epoll_ctl(g.epfd, EPOLL_CTL_ADD, g.fd, &ev) == 0;
+    if (ok) {
+        /* relaxed: only the holder of g.rx writes them, and we hold it. */
+        atomic_store_explicit(&g_masked, false, memory_order_relaxed);
+        atomic_store_explicit(&g_want_rx, false, memory_order_relaxed);
+        atomic_store_explicit(&g_peer_pid, w.primary_pid, memory_order_relaxed);
+        peer_comm(w.primary_pid, g_peer_name);
+        g_shutdown_seen = false;
+        atomic_store_explicit(&g_rejoining, false, memory_order_relaxed);
+        /* release: as in start_locked(), for the lock-free readers. */
+        atomic_store_explicit(&g_state, ST_RUNNING, memory_order_release);
+    }
+    pthread_mutex_unlock(&g.lock);
+    pthread_mutex_unlock(&g.rx);
+    close(fd);                  /* (a copy, when it took g.fd's number) */
+    return ok;
+}
+
+static void *ipc_thread(void *unused)
+{
+    unsigned char *param = malloc(FH_IPC_PARAM_MAX);
+
+    (void)unused;
+    t_on_ipc_thread = true;
+    while (param) {
+        int end = serve(param);
+
+        /* What a leader handed over before the EOF: a forkhost.shutdown
+         * among it makes the EOF final. */
+        run_deferred();
+        if (end == END_STOP)
+            break;
         /* The primary closed: nothing will be answered any more.  The fd
          * stays open until fh_ipc_stop() (see the top of this file). */
+        bool again = end == END_GONE && !g_shutdown_seen;
+
         pthread_mutex_lock(&g.lock);
+        /* relaxed: a report (fh_ipc_rejoining()), set before the pending
+         * requests fail, so that their callers can read it. */
+        atomic_store_explicit(&g_rejoining, again && !g.stopping, memory_order_relaxed);
+        if (again) {            /* not joined while it waits */
+            atomic_store_explicit(&g_peer_pid, 0, memory_order_relaxed);
+            g_peer_name[0] = '\0';
+        }
         /* release: pairs with the acquire in callers that then fail with
          * ENOTCONN instead of sending. */
         atomic_store_explicit(&g_state, ST_CLOSED, memory_order_release);
         pthread_mutex_unlock(&g.lock);
+        fail_all_pending();
+        if (!again || !rejoin())
+            break;
     }
+    free(param);
+    run_deferred();             /* what a leader handed over before we left */
     fail_all_pending();
+    /* relaxed: a report, as above. */
+    atomic_store_explicit(&g_rejoining, false, memory_order_relaxed);
     return NULL;
 }
 
@@ -800,8 +1036,13 @@ static void atfork_child(void)
         close(g.wake);
     if (g.epfd >= 0)
         close(g.epfd);
-    g.fd = g.wake = g.epfd = -1;
+    if (g.ino >= 0)
+        close(g.ino);
+    g.fd = g.wake = g.epfd = g.ino = -1;
     g.have_thread = g.stopping = false;
+    g_shutdown_seen = false;
+    /* relaxed: the child is single-threaded here. */
+    atomic_store_explicit(&g_rejoining, false, memory_order_relaxed);
     while (p) {                 /* sync ones live on stacks of threads */
         struct pending *next = p->next;   /* that do not exist here */
 
@@ -813,7 +1054,7 @@ static void atfork_child(void)
     }
     g.pending = NULL;
     g_attach[0] = '\0';        /* an attached parent's: not ours */
-    g_peer_pid = 0;
+    atomic_store_explicit(&g_peer_pid, 0, memory_order_relaxed);
     g_peer_name[0] = '\0';
     /* relaxed: the child is single-threaded here. */
     atomic_store_explicit(&g_masked, false, memory_order_relaxed);
@@ -842,8 +1083,11 @@ static int await_welcome(int fd, struct fh_ipc_welcome *w)
         return -1;
     now_plus(&deadline, FH_IPC_CONNECT_TIMEOUT_MS);
     for (;;) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        int n = poll(&p, 1, (int)ms_until(&deadline));
+        /* On the IPC thread (rejoin()), fh_ipc_stop() wakes it: it must
+         * not wait for a WELCOME that may never come. */
+        struct pollfd p[2] = { { fd, POLLIN, 0 },
+                               { t_on_ipc_thread ? g.wake : -1, POLLIN, 0 } };
+        int n = poll(p, 2, (int)ms_until(&deadline));
 
         if (n == 0) {
             errno = ETIMEDOUT;
@@ -853,6 +1097,22 @@ static int await_welcome(int fd, struct fh_ipc_welcome *w)
             if (errno == EINTR)
                 continue;
             goto out;
+        }
+        if (p[1].revents & POLLIN) {
+            uint64_t v;
+            bool stop;
+
+            pthread_mutex_lock(&g.lock);
+            stop = g.stopping;
+            pthread_mutex_unlock(&g.lock);
+            if (stop) {
+                errno = ECANCELED;
+                goto out;
+            }
+            if (read(g.wake, &v, sizeof v) < 0 && errno != EAGAIN)
+                goto out;
+            if (!(p[0].revents & POLLIN))
+                continue;
         }
         n = recv_record(fd, &h, param, fds, &nfds, MSG_DONTWAIT);
         if (n == 0) {
@@ -884,25 +1144,36 @@ out:
     return rc;
 }
 
-/* Connect, HELLO, WELCOME, start the thread.  Called with g.lock held. */
-static int start_locked(void)
+/* The path this process joins: fh_ipc_attach()'s, or the one the primary
+ * stored before forking the template.  -1 with ENOTCONN when there is none
+ * (not a secondary; the primary is Python). */
+static int join_path(char *out, size_t size)
 {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    struct fh_ipc_hello hello = { getpid(), getppid(), 0, 0 };
-    struct timeval tv = { FH_IPC_CONNECT_TIMEOUT_MS / 1000, 0 };
-    struct fh_ipc_welcome w;
-    int fd, wake = -1, epfd = -1, e;
-
-    if (atomic_load_explicit(&g_state, memory_order_relaxed) != ST_IDLE)
-        return 0;               /* relaxed: we hold g.lock, its only writer */
     if (g_attach[0]) {
-        memcpy(sa.sun_path, g_attach, sizeof sa.sun_path);
+        snprintf(out, size, "%s", g_attach);
     } else if (!fh_ipc_socket_path()[0] || getpid() == fh_ipc_primary_pid()) {
-        errno = ENOTCONN;       /* not a secondary; the primary is Python */
+        errno = ENOTCONN;
         return -1;
     } else {
-        memcpy(sa.sun_path, fh_ipc_socket_path(), sizeof sa.sun_path);
+        snprintf(out, size, "%s", fh_ipc_socket_path());
     }
+    return 0;
+}
+
+/* Connect to path, say HELLO with flags, wait for WELCOME (*w).  The
+ * connection, ready for the thread, or -1 with errno (ENOTCONN: nobody
+ * listens there; ECONNREFUSED: refused, g_refusal says why; ETIMEDOUT). */
+static int connect_hello(const char *path, uint32_t flags, struct fh_ipc_welcome *w)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct fh_ipc_hello hello = { getpid(), getppid(), flags, 0 };
+    struct timeval tv = { FH_IPC_CONNECT_TIMEOUT_MS / 1000, 0 };
+    /* Only a leader's blocking read uses it: everyone else reads with
+     * MSG_DONTWAIT. */
+    struct timeval slice = { 0, FH_IPC_LEAD_SLICE_MS * 1000 };
+    int fd, e;
+
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
     g_refusal[0] = '\0';
     fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -918,18 +1189,35 @@ static int start_locked(void)
     if (send_record(fd, FH_IPC_HELLO, 0, 0, NULL, &hello, sizeof hello, NULL, 0) < 0
         && errno != EPIPE && errno != ECONNRESET)
         goto fail;
-    if (await_welcome(fd, &w) < 0)
+    if (await_welcome(fd, w) < 0)
         goto fail;
-    g_peer_pid = w.primary_pid;
-    peer_comm(g_peer_pid, g_peer_name);
-    {
-        /* Only a leader's blocking read uses it: everyone else reads with
-         * MSG_DONTWAIT. */
-        struct timeval slice = { 0, FH_IPC_LEAD_SLICE_MS * 1000 };
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) < 0)
+        goto fail;
+    return fd;
+fail:
+    e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+}
 
-        if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice) < 0)
-            goto fail;
-    }
+/* Connect, HELLO, WELCOME, start the thread.  Called with g.lock held. */
+static int start_locked(void)
+{
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    struct fh_ipc_welcome w;
+    int fd, wake = -1, epfd = -1, e;
+
+    if (atomic_load_explicit(&g_state, memory_order_relaxed) != ST_IDLE)
+        return 0;               /* relaxed: we hold g.lock, its only writer */
+    if (join_path(path, sizeof path) < 0)
+        return -1;
+    fd = connect_hello(path, 0, &w);
+    if (fd < 0)
+        return -1;
+    atomic_store_explicit(&g_peer_pid, w.primary_pid, memory_order_relaxed);
+    peer_comm(w.primary_pid, g_peer_name);
+    g_shutdown_seen = false;    /* (no thread yet: ours to write) */
     wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (wake < 0 || epfd < 0)
@@ -980,6 +1268,8 @@ fail:
     if (epfd >= 0)
         close(epfd);
     close(fd);
+    atomic_store_explicit(&g_peer_pid, 0, memory_order_relaxed);
+    g_peer_name[0] = '\0';
     errno = e;
     return -1;
 }
@@ -1005,7 +1295,15 @@ static int ensure_started(void)
 
 /* -- the API -------------------------------------------------------------- */
 
-FH_API pid_t fh_ipc_peer_pid(void) { return g_peer_pid; }
+FH_API pid_t fh_ipc_peer_pid(void)
+{
+    return atomic_load_explicit(&g_peer_pid, memory_order_relaxed);
+}
+
+FH_API int fh_ipc_rejoining(void)
+{
+    return atomic_load_explicit(&g_rejoining, memory_order_relaxed);
+}
 FH_API const char *fh_ipc_peer_name(void) { return g_peer_name; }
 FH_API const char *fh_ipc_refusal(void) { return g_refusal; }
 
@@ -1051,11 +1349,11 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
 
 /* A sync request, checked.  The reply's msgs and peers are one malloc'd
  * block (or NULL); a *_raw one (raw) gets its answer in raw and what
- * became of it in *raw_outcome. */
+ * became of it and the primary's pid in raw_out[0] and raw_out[1]. */
 static int request_sync(const char *name, const void *param, int len_param,
                         const int *fds, int num_fds, long ms,
                         struct fh_ipc_reply *reply, void *raw, int *raw_fds,
-                        int *raw_len, int *raw_outcome)
+                        int *raw_len, int *raw_out)
 {
     struct pending p;
 
@@ -1092,7 +1390,7 @@ static int request_sync(const char *name, const void *param, int len_param,
         free(p.block);
         return 0;               /* nb_sent 0: the primary is gone */
     }
-    p.peer_pid = g_peer_pid;    /* (a stop resets them) */
+    p.peer_pid = atomic_load_explicit(&g_peer_pid, memory_order_relaxed);
     memcpy(p.peer_name, g_peer_name, sizeof p.peer_name);
     p.next = g.pending;         /* linked before sending: the reply can */
     g.pending = &p;             /* arrive before sendmsg returns */
@@ -1127,7 +1425,8 @@ static int request_sync(const char *name, const void *param, int len_param,
         reply->nb_sent = p.nb_sent;
         reply->nb_received = p.reply ? 1 : 0;
         *raw_len = p.reply ? p.raw_len : 0;
-        *raw_outcome = p.outcome;
+        raw_out[0] = p.outcome;
+        raw_out[1] = p.peer_pid;
         return 0;
     }
     fill_reply(&p, reply);
@@ -1157,6 +1456,7 @@ FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param
     }
     out[0] = 0;
     out[1] = FH_IPC_PEER_TIMED_OUT;
+    out[2] = 0;
     if (request_sync(name, param, len_param, fds, num_fds, ms, &r, record, reply_fds,
                      &len, &out[1]) < 0)
         return -1;
@@ -1207,7 +1507,7 @@ static int request_async(const char *name, const void *param, int len_param,
         errno = ENOTCONN;
         return -1;
     }
-    p->peer_pid = g_peer_pid;
+    p->peer_pid = atomic_load_explicit(&g_peer_pid, memory_order_relaxed);
     memcpy(p->peer_name, g_peer_name, sizeof p->peer_name);
     p->next = g.pending;
     g.pending = p;
@@ -1358,7 +1658,7 @@ FH_API int fh_ipc_leave(int bye)
     atomic_store_explicit(&g_masked, false, memory_order_relaxed);
     atomic_store_explicit(&g_want_rx, false, memory_order_relaxed);
     g_attach[0] = '\0';
-    g_peer_pid = 0;
+    atomic_store_explicit(&g_peer_pid, 0, memory_order_relaxed);
     g_peer_name[0] = '\0';
     /* relaxed: every reader of the state takes g.lock or sees ST_IDLE,
      * which makes it start again under g.lock. */

@@ -24,8 +24,10 @@ FH_API int fh_ipc_register(const char *name, fh_ipc_action_t action)
      * member can miss it. */
     if (fh__ipc_action_add(name, action) < 0)
         return -1;
+    /* While the member waits for a primary (fh_ipc_rejoining()), the
+     * action is kept: it serves the primary it rejoins. */
     if (fh_ipc_socket_path()[0] && getpid() != fh_ipc_primary_pid()
-        && fh__ipc_secondary_start() < 0) {
+        && fh__ipc_secondary_start() < 0 && !(errno == ENOTCONN && fh_ipc_rejoining())) {
         int e = errno;
 
         fh__ipc_action_remove(name);

@@ -1219,6 +1219,13 @@ static bool read_first(struct conn *c, uint32_t events)
     w.name_max = FH_IPC_NAME_MAX;
     w.param_max = FH_IPC_PARAM_MAX;
     fh_ipc_send_fd(P.loop, c->fd, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0, 0);
+    if (hello.flags & FH_IPC_HELLO_REJOIN) {
+        /* Its last primary went away without a word: it has one again. */
+        struct fh_ipc_primary_notice pn = { P.pid, P.template_pid };
+
+        fh_ipc_send_fd(P.loop, c->fd, FH_IPC_MSG, 0, 0, FH_IPC_PRIMARY_NOTICE, &pn,
+                       sizeof pn, NULL, 0, 0);
+    }
     return true;
 }
 

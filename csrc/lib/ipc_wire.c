@@ -25,6 +25,7 @@ _Static_assert(sizeof(struct fh_ipc_hdr) == FH_IPC_HDR_SIZE, "header layout");
 _Static_assert(sizeof(struct fh_ipc_hello) == 16, "HELLO layout");
 _Static_assert(sizeof(struct fh_ipc_welcome) == 16, "WELCOME layout");
 _Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
+_Static_assert(sizeof(struct fh_ipc_primary_notice) == 8, "primary notice layout");
 
 #define FH_CMSG_SPACE CMSG_SPACE(FH_IPC_FDS_MAX * sizeof(int))
 
@@ -32,7 +33,7 @@ _Static_assert(sizeof(struct fh_ipc_exit_notice) == 16, "exit notice layout");
 
 static const char *const notices[] = {
     FH_IPC_EXIT_NOTICE, FH_IPC_SHUTDOWN_NOTICE, FH_IPC_STOP_NOTICE,
-    FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE,
+    FH_IPC_WORKER_NOTICE, FH_IPC_RECLAIM_NOTICE, FH_IPC_PRIMARY_NOTICE,
 };
 
 FH_API const char *fh_ipc_notice_name(unsigned i)

@@ -12,7 +12,11 @@
  * no such action, timed out, died), replies from actions (OK, NO_ACTION,
  * ACTION_FAILED),
  * a sync request from an action refused with EDEADLK, malformed records
- * (a zero-length one among them) counted and survived, and what a forked child of a member inherits.
+ * (a zero-length one among them) counted and survived, what a forked
+ * child of a member inherits, and rejoining: after the fake primary's death the member waits (ENOTCONN
+ * meanwhile, an action registered then is kept), joins a second fake at
+ * the same path with FH_IPC_HELLO_REJOIN once it listens, gets its
+ * forkhost.primary notice and serves it with the actions it had.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -182,6 +186,42 @@ static void fake_primary(int listener, pid_t member)
     _exit(0);
 }
 
+/* The primary that comes after the first one died: the member rejoins it
+ * with the actions it had. */
+static void fake_rejoined(int listener, pid_t member)
+{
+    struct fht_rec r;
+    struct fh_ipc_hello hello;
+    struct fh_ipc_welcome w = { (int32_t)getpid(), 2, FH_IPC_NAME_MAX,
+                                FH_IPC_PARAM_MAX };
+    struct fh_ipc_primary_notice pn = { (int32_t)getpid(), 2 };
+    struct pollfd p = { listener, POLLIN, 0 };
+    int c;
+
+    if (poll(&p, 1, 10000) != 1)
+        _exit(40);
+    c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        _exit(41);
+    fp_recv(c, &r, FH_IPC_HELLO, NULL);
+    memcpy(&hello, r.param, sizeof hello);
+    if (r.h.param_len != sizeof hello || hello.pid != member
+        || hello.flags != FH_IPC_HELLO_REJOIN)
+        _exit(42);
+    fp_send(c, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0);
+    fp_send(c, FH_IPC_MSG, 0, 0, FH_IPC_PRIMARY_NOTICE, &pn, sizeof pn, NULL, 0);
+    fp_send(c, FH_IPC_MSG, 0, 0, "note", "rejoined", 8, NULL, 0);
+    fp_send(c, FH_IPC_REQUEST, 81, 0, "echo2", "r", 1, NULL, 0);
+    fp_recv(c, &r, FH_IPC_REPLY, "echo2");
+    if (r.h.id != 81 || r.h.status != FH_IPC_OK || r.h.param_len != 2
+        || memcmp(r.param, "ar", 2))
+        _exit(43);
+    fp_recv(c, &r, FH_IPC_REQUEST, "echo");
+    fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "echo", "again", 5, NULL, 0);
+    fp_recv(c, &r, FH_IPC_BYE, NULL);
+    _exit(0);
+}
+
 /* -- the secondary's side ---------------------------------------------- */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -290,6 +330,21 @@ static void on_async(const struct fh_ipc_msg *req, const struct fh_ipc_reply *re
     async_done = 1;
     pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&lock);
+}
+
+static int primary_notices;
+static struct fh_ipc_primary_notice last_primary;
+
+static int on_primary(const struct fh_ipc_msg *msg, const void *peer)
+{
+    (void)peer;
+    pthread_mutex_lock(&lock);
+    if (msg->len_param == (int)sizeof last_primary)
+        memcpy(&last_primary, msg->param, sizeof last_primary);
+    primary_notices++;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
+    return 0;
 }
 
 static void test_checks(void)
@@ -484,13 +539,49 @@ static void test_with_fake_primary(void)
     CHECK(fh_ipc_request_async(m, NULL, on_async, &async_done) < 0 && errno == ENOTCONN,
           "async to a gone primary");
 
+    /* 7. it went without forkhost.shutdown: the member waits for the next
+     * primary at the same path.  Meanwhile calls fail at once, and an
+     * action registered now is kept. */
+    for (int i = 0; i < 1000 && !fh_ipc_rejoining(); i++)
+        usleep(10000);
+    CHECK(fh_ipc_rejoining() == 1 && fh_ipc_peer_pid() == 0, "waits to rejoin");
+    errno = 0;
+    CHECK(fh_ipc_request(m, &rep, &ts) < 0 && errno == ENOTCONN, "request, no primary");
+    CHECK(fh_ipc_register(FH_IPC_PRIMARY_NOTICE, on_primary) == 0, "register meanwhile");
+    unlink(path);               /* the dead one's socket file */
+    listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+          listen(listener, 4) == 0, "listen again");
+    fake = fork();
+    CHECK(fake >= 0, "fork");
+    if (fake == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fake_rejoined(listener, me);
+    }
+    close(listener);
+    wait_for(&primary_notices, 1);
+    CHECK(last_primary.primary_pid == fake && last_primary.template_pid == 2,
+          "the notice: %d %d", last_primary.primary_pid, last_primary.template_pid);
+    CHECK(fh_ipc_peer_pid() == fake && !fh_ipc_rejoining(), "joined again");
+    wait_for(&notes, 3);
+    CHECK(strcmp(last_note, "rejoined") == 0, "the action it had: %s", last_note);
+    set_name(m, "echo");
+    set_param(m, "x");
+    CHECK(fh_ipc_request(m, &rep, NULL) == 0 && rep.nb_received == 1
+          && rep.msgs[0].len_param == 5 && memcmp(rep.msgs[0].param, "again", 5) == 0
+          && rep.msgs[0].pid == fake, "a request to the new primary");
+    free(rep.msgs);
+
     CHECK(fh_ipc_stop() == 0, "stop");
+    CHECK(waitpid(fake, &status, 0) == fake && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0, "the second fake primary: status %d", status);
     CHECK(count_fds() == fds_before, "fds: %d -> %d", fds_before, count_fds());
     for (const char *n = "note"; n; n = NULL)
         CHECK(fh_ipc_unregister(n) == 0, "unregister %s", n);
     fh_ipc_unregister("echo2");
     fh_ipc_unregister("fails");
     fh_ipc_unregister("recurse");
+    fh_ipc_unregister(FH_IPC_PRIMARY_NOTICE);
     fh_ipc_set_primary("", 0);
     unlink(path);
     rmdir(dir);

@@ -6,7 +6,8 @@
  * the channel fh_ipc_primary_prepare() returned.
  *
  * Covered: the refusals of a first record that is not a valid HELLO, each
- * with its words; HELLO/WELCOME and the members list; a member's request
+ * with its words; HELLO/WELCOME and the members list; a rejoining member's
+ * forkhost.primary notice; a member's request
  * answered by an action, NO_ACTION for a name without one, an action that
  * fails (ACTION_FAILED), a message with an fd; a broadcast async request
  * from the primary answered by two members, replies counted, and one that
@@ -544,6 +545,26 @@ int main(void)
     fh_ipc_stats(&st);
     CHECK(st.malformed == 7, "refusals counted as malformed (%lu)",
           (unsigned long)st.malformed);
+
+    /* A member that rejoins (its last primary went away without a word):
+     * WELCOME, then forkhost.primary naming this primary and its template. */
+    {
+        struct fh_ipc_hello hello = { getpid(), TPL, FH_IPC_HELLO_REJOIN, 0 };
+        struct fh_ipc_primary_notice pn;
+        int fd = connect_raw();
+
+        send_rec(fd, FH_IPC_HELLO, 0, 0, NULL, &hello, sizeof hello, NULL, 0);
+        CHECK(recv_rec(fd, &r) == 1 && r.h.type == FH_IPC_WELCOME, "WELCOME (%u)",
+              r.h.type);
+        CHECK(recv_rec(fd, &r) == 1 && r.h.type == FH_IPC_MSG
+              && strcmp(r.h.name, FH_IPC_PRIMARY_NOTICE) == 0
+              && r.h.param_len == sizeof pn, "the primary notice");
+        memcpy(&pn, r.param, sizeof pn);
+        CHECK(pn.primary_pid == getpid() && pn.template_pid == TPL, "its values %d %d",
+              pn.primary_pid, pn.template_pid);
+        close(fd);
+        wait_members(0);
+    }
 
     /* Members. */
     a = join(TPL);

@@ -47,22 +47,22 @@ from collections.abc import Callable
 
 from .. import _runtime as runtime
 from .._native import ffi, lib
-from .._errors import IPCError
+from .._errors import IPCError, PrimaryGoneError
 from . import _state, _wire
 from ._member import _SecondaryEndpoint, join_error
 from ._messages import (Member, Message, Peer, PeerReply, PeerStatus, Reply,
-                        parse_exit_notice)
+                        parse_exit_notice, parse_primary_notice)
 from ._primary import (_PrimaryEndpoint, after_template_fork, prepare,
                        shutdown_primary, start_primary)
 # (Re-exported: the wire's names, as this module always offered them.)
 from ._wire import (ACTION_FAILED, BYE, CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
                     EXIT_BODY, EXIT_NOTICE, EXIT_STATUS_KNOWN, FDS_MAX, HDR,
-                    HELLO, HELLO_BODY, HELLO_TIMEOUT, MAGIC, MAX_MEMBERS, MSG,
-                    NAME_MAX, NO_ACTION, NOTICES, NOTICES_B, OK, PARAM_MAX,
-                    RECLAIM_NOTICE, RECORD_MAX, REFUSE, REPLY, REQUEST,
-                    RESERVED_PREFIX, SEND_TIMEOUT, SHUTDOWN_BODY, SHUTDOWN_NOTICE,
-                    STATS, STOP_NOTICE, VERSION, WELCOME, WELCOME_BODY,
-                    WORKER_NOTICE)
+                    HELLO, HELLO_BODY, HELLO_REJOIN, HELLO_TIMEOUT, MAGIC,
+                    MAX_MEMBERS, MSG, NAME_MAX, NO_ACTION, NOTICES, NOTICES_B, OK,
+                    PARAM_MAX, PRIMARY_BODY, PRIMARY_NOTICE, RECLAIM_NOTICE,
+                    RECORD_MAX, REFUSE, REPLY, REQUEST, RESERVED_PREFIX,
+                    SEND_TIMEOUT, SHUTDOWN_BODY, SHUTDOWN_NOTICE, STATS,
+                    STOP_NOTICE, VERSION, WELCOME, WELCOME_BODY, WORKER_NOTICE)
 from ._wire import encode as _encode
 
 TEMPLATE_EXIT = _wire.layout("struct fh_template_exit")   # pid, wait status
@@ -201,6 +201,18 @@ def started() -> bool:
     return ep is not None and ep.owner == os.getpid() and ep.running
 
 
+def rejoining() -> bool:
+    """True while this member has no primary and waits for one: its
+    primary went away without ``forkhost.shutdown``.  Its IPC thread joins
+    the next primary that listens at the same socket, with the actions it
+    has, and that primary sends it ``forkhost.primary``; meanwhile calls
+    that need the primary raise ``PrimaryGoneError`` (docs/ipc.md, "When the
+    primary goes away")."""
+    ep = _state.endpoint
+    return (isinstance(ep, _SecondaryEndpoint) and ep.owner == os.getpid()
+            and bool(lib.fh_ipc_rejoining()))
+
+
 def _role() -> str:
     primary = _state.primary
     if primary is not None and primary.pid == os.getpid():
@@ -236,9 +248,10 @@ def _get(path: str | None = None):
 
 __all__ = [
     "register", "unregister", "send", "request", "request_async", "reply",
-    "members", "stats", "start", "stop", "started", "parse_exit_notice",
-    "Message", "Reply", "PeerReply", "PeerStatus", "Peer", "Member", "IPCError",
+    "members", "stats", "start", "stop", "started", "rejoining", "parse_exit_notice",
+    "parse_primary_notice", "Message", "Reply", "PeerReply", "PeerStatus", "Peer",
+    "Member", "IPCError", "PrimaryGoneError",
     "NAME_MAX", "PARAM_MAX", "FDS_MAX", "DEFAULT_TIMEOUT",
     "OK", "NO_ACTION", "ACTION_FAILED", "EXIT_NOTICE", "SHUTDOWN_NOTICE",
-    "RECLAIM_NOTICE",
+    "RECLAIM_NOTICE", "PRIMARY_NOTICE",
 ]

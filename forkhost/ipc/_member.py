@@ -14,7 +14,7 @@ import threading
 import traceback
 
 from .._native import ffi, lib
-from .._errors import IPCError
+from .._errors import IPCError, PrimaryGoneError
 from . import _state
 from ._messages import PEER_STATUS, Message, Peer, PeerReply, Reply, recursion_error
 from ._wire import (CONNECT_TIMEOUT, DEFAULT_TIMEOUT, FDS_MAX, HDR_SIZE, MSG,
@@ -69,8 +69,28 @@ class _SecondaryEndpoint:
     def on_ipc_thread(self) -> bool:
         return bool(lib.fh_ipc_on_ipc_thread())
 
+    def _primary(self, pid: int | None = None) -> int:
+        """The primary's pid (pid: the one a request went to), read again
+        after a rejoin; the last one while there is none."""
+        if pid is None:
+            pid = lib.fh_ipc_peer_pid()
+        if pid and pid != self.primary_pid:
+            self.primary_pid = pid
+            self.primary_name = ffi.string(lib.fh_ipc_peer_name()).decode(
+                errors="replace")
+        return self.primary_pid
+
+    def _no_primary(self, what: str) -> PrimaryGoneError:
+        if lib.fh_ipc_rejoining():
+            return PrimaryGoneError(
+                f"{what}: no primary: the last one (pid {self.primary_pid}) went "
+                f"away without forkhost.shutdown; this process rejoins the next "
+                f"one that listens at {self.path}")
+        return PrimaryGoneError(f"{what}: no primary: IPC with {self.path} has "
+                                f"ended (the primary stopped)")
+
     def _check_to(self, to) -> None:
-        if to is not None and to != self.primary_pid:
+        if to is not None and to != self._primary():
             raise IPCError(f"a secondary talks to its primary (pid {self.primary_pid}) "
                            f"only, not to pid {to}")
 
@@ -82,8 +102,10 @@ class _SecondaryEndpoint:
         if lib.fh_ipc_send_raw(b, data, len(data), c_fds(fd_nums), len(fd_nums)) == 0:
             return 1
         err = ffi.errno
-        if err in (errno.ENOTCONN, errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
-            return 0            # gone, or its buffer stayed full: not reached
+        if err == errno.ENOTCONN:
+            raise self._no_primary(f"sending {name!r}")
+        if err in (errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
+            return 0            # its buffer stayed full: not reached
         raise IPCError(f"sending {name!r} failed: {os.strerror(err)}")
 
     def _bufs(self):
@@ -92,7 +114,7 @@ class _SecondaryEndpoint:
         except AttributeError:
             record = ffi.new("char[]", RECORD_MAX)
             self.tls.bufs = (record, ffi.buffer(record), ffi.new("int[]", FDS_MAX),
-                             ffi.new("int[2]"))
+                             ffi.new("int[3]"))
             return self.tls.bufs
 
     def request(self, name, param=b"", fds=(), timeout=DEFAULT_TIMEOUT, to=None,
@@ -116,21 +138,27 @@ class _SecondaryEndpoint:
                                    record, reply_fds, out)
         if n > 0:       # (answered: it reached the primary, nb_sent is 1)
             nfds, status, rname = _unpack_reply_view(view)
+            pid = out[2]
+            if pid != self.primary_pid:
+                self._primary(pid)
             m = Message(rname[:rname.find(0)].decode(errors="replace"),
                         view[HDR_SIZE:n], ffi.unpack(reply_fds, nfds) if nfds else [],
-                        self.primary_pid, REPLY, status)
-            return Reply(1, 1, [m], [PeerReply(self.primary_pid, self.primary_name,
+                        pid, REPLY, status)
+            return Reply(1, 1, [m], [PeerReply(pid, self.primary_name,
                                                PEER_STATUS[out[1]], m)])
         if n == 0:
             if not out[0]:
+                if lib.fh_ipc_rejoining():
+                    raise self._no_primary(f"request {name!r}")
                 return Reply(0, 0, [], [])
-            return Reply(1, 0, [], [PeerReply(self.primary_pid, self.primary_name,
+            pid = self._primary(out[2])
+            return Reply(1, 0, [], [PeerReply(pid, self.primary_name,
                                               PEER_STATUS[out[1]])])
         err = ffi.errno
         if err == errno.EDEADLK:
             raise recursion_error(name)
         if err == errno.ENOTCONN:
-            return Reply(0, 0, [], [])      # the primary is gone
+            raise self._no_primary(f"request {name!r}")
         raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
 
     def request_async(self, name, param, fds, timeout, callback, to=None) -> None:
@@ -148,11 +176,9 @@ class _SecondaryEndpoint:
             return
         err = ffi.errno
         self.asyncs.discard(handle)
-        if err != errno.ENOTCONN:
-            raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
-        # The primary is gone: complete at once, as with nobody to ask.
-        self._call_async(callback, Message(b.decode(errors="replace"), data, [],
-                                           os.getpid(), REQUEST), Reply(0, 0, [], []))
+        if err == errno.ENOTCONN:
+            raise self._no_primary(f"request {name!r}")
+        raise IPCError(f"request {name!r} failed: {os.strerror(err)}")
 
     def _call_async(self, callback, req: Message, rep: Reply) -> None:
         try:

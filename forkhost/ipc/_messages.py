@@ -9,7 +9,8 @@ import os
 from .._native import lib
 from .._errors import IPCError
 from .._record import Record
-from ._wire import ACTION_FAILED, EXIT_BODY, EXIT_STATUS_KNOWN, MSG, NO_ACTION, OK
+from ._wire import (ACTION_FAILED, EXIT_BODY, EXIT_STATUS_KNOWN, MSG, NO_ACTION, OK,
+                    PRIMARY_BODY)
 
 
 class Message:
@@ -165,6 +166,12 @@ def parse_exit_notice(msg: Message) -> tuple[int, int | None]:
     if not flags & EXIT_STATUS_KNOWN:
         return pid, None
     return pid, (-sig if sig else code)
+
+
+def parse_primary_notice(msg: Message) -> tuple[int, int]:
+    """A ``forkhost.primary`` notice -> (primary_pid, template_pid): the
+    primary this member has rejoined, and its template."""
+    return PRIMARY_BODY.unpack(msg.param)
 
 
 def recursion_error(name) -> IPCError:

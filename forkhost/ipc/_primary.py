@@ -31,8 +31,9 @@ from .._errors import ForkhostError, IPCError
 from . import _state
 from ._messages import Member, Message, Peer, PeerReply, PeerStatus, Reply, recursion_error
 from ._wire import (BYE, DEFAULT_TIMEOUT, EXIT_BODY, EXIT_NOTICE, EXIT_STATUS_KNOWN,
-                    HDR, HDR_SIZE, HELLO_TIMEOUT, MAX_MEMBERS, MSG, NAME_MAX,
-                    NO_ACTION, NOTICES_B, PARAM_MAX, PEER_NAME_MAX, RECORD_MAX,
+                    HDR, HDR_SIZE, HELLO_REJOIN, HELLO_TIMEOUT, MAX_MEMBERS, MSG,
+                    NAME_MAX, NO_ACTION, NOTICES_B, PARAM_MAX, PEER_NAME_MAX,
+                    PRIMARY_BODY, PRIMARY_NOTICE, RECORD_MAX,
                     REPLY, REQUEST, SEND_TIMEOUT, SHUTDOWN_BODY, SHUTDOWN_NOTICE,
                     STATS, WELCOME, WELCOME_BODY, c_fds, close_fds, fd_list,
                     name_bytes, param_bytes)
@@ -44,6 +45,7 @@ _TIMED_OUT, _DIED = PeerStatus.TIMED_OUT, PeerStatus.DIED
 _EPOLL_GONE = int(select.EPOLLHUP | select.EPOLLERR)
 _FIRST_HELLO, _FIRST_GONE = lib.FH_IPC_FIRST_HELLO, lib.FH_IPC_FIRST_GONE
 _FIRST_REFUSED = lib.FH_IPC_FIRST_REFUSED
+_PRIMARY_NOTICE_B = PRIMARY_NOTICE.encode()
 
 
 def _comm(pid: int) -> str:
@@ -437,15 +439,17 @@ class _PrimaryEndpoint:
         hello = self.hello
         r = lib.fh_ipc_loop_first(self.loop, conn.fd, hello)
         if r == _FIRST_HELLO:
-            self._join(conn, hello.ppid)
+            self._join(conn, hello.ppid, hello.flags)
         elif r == _FIRST_REFUSED:           # unwatched and closed in C
             del self.conns[conn.fd]
             self.hello_due.pop(conn.fd, None)
             conn.sock.detach()
         return r != _FIRST_GONE
 
-    def _join(self, conn: _Conn, ppid: int) -> None:
-        """conn said HELLO: a member now, WELCOMEd."""
+    def _join(self, conn: _Conn, ppid: int, flags: int) -> None:
+        """conn said HELLO: a member now, WELCOMEd; one that rejoins (its
+        last primary went away without forkhost.shutdown) is told it has a
+        primary again (forkhost.primary)."""
         conn.name = _comm(conn.pid)     # (its requests' PeerReply)
         self.hello_due.pop(conn.fd, None)
         self._watch(conn.fd, lib.FH_IPC_WATCH_RECORDS)
@@ -454,8 +458,12 @@ class _PrimaryEndpoint:
             conn.joined = True
             self.joined[conn.fd] = conn
             self.cond.notify_all()
-        body = WELCOME_BODY.pack(self.pid, self.primary.template_pid, NAME_MAX, PARAM_MAX)
+        tpl = self.primary.template_pid     # the serving generation's
+        body = WELCOME_BODY.pack(self.pid, tpl, NAME_MAX, PARAM_MAX)
         self._send_rec(conn, WELCOME, 0, 0, b"", body)
+        if flags & HELLO_REJOIN:
+            self._send_rec(conn, MSG, 0, 0, _PRIMARY_NOTICE_B,
+                           PRIMARY_BODY.pack(self.pid, tpl))
 
     def _dispatch(self, conn, mtype, rid, name_b, param, fds) -> None:
         cb = _state.actions.get(name_b)

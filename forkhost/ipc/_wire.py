@@ -28,6 +28,7 @@ PARAM_MAX = lib.FH_IPC_PARAM_MAX
 FDS_MAX = lib.FH_IPC_FDS_MAX
 RECORD_MAX = lib.FH_IPC_RECORD_MAX
 EXIT_STATUS_KNOWN = lib.FH_IPC_EXIT_STATUS_KNOWN
+HELLO_REJOIN = lib.FH_IPC_HELLO_REJOIN      # a HELLO's flags: rejoining
 PEER_NAME_MAX = lib.FH_IPC_PEER_NAME_MAX
 
 # Timeouts, in seconds (ipc.h says why each is what it is).
@@ -76,6 +77,7 @@ HELLO_BODY = layout("struct fh_ipc_hello")           # pid ppid flags reserved
 WELCOME_BODY = layout("struct fh_ipc_welcome")       # primary_pid template_pid name_max param_max
 EXIT_BODY = layout("struct fh_ipc_exit_notice")      # pid code signal flags
 SHUTDOWN_BODY = layout("struct fh_ipc_shutdown_notice")   # primary_pid grace_ms
+PRIMARY_BODY = layout("struct fh_ipc_primary_notice")     # primary_pid template_pid
 HDR_SIZE = HDR.size
 # nfds, status and name of a header: what a requester reads of a reply
 _f = dict(ffi.typeof("struct fh_ipc_hdr").fields)
@@ -96,7 +98,8 @@ def _notice_names() -> tuple[str, ...]:
 
 
 NOTICES = _notice_names()
-EXIT_NOTICE, SHUTDOWN_NOTICE, STOP_NOTICE, WORKER_NOTICE, RECLAIM_NOTICE = NOTICES
+(EXIT_NOTICE, SHUTDOWN_NOTICE, STOP_NOTICE, WORKER_NOTICE, RECLAIM_NOTICE,
+ PRIMARY_NOTICE) = NOTICES
 NOTICES_B = frozenset(n.encode() for n in NOTICES)
 RESERVED_PREFIX = ffi.string(lib.FH_IPC_RESERVED_PREFIX).decode()
 RESERVED_B = RESERVED_PREFIX.encode()

@@ -16,7 +16,9 @@
  * <runtime>/<prefix>/ipc.sock.  A record is a struct fh_ipc_hdr, param_len
  * bytes of parameter, and nfds descriptors as SCM_RIGHTS on the same
  * record.  The kernel closes a dead process's connection, so membership,
- * peer death and the primary's death need no polling.
+ * peer death and the primary's death need no polling; a member whose
+ * primary went away without forkhost.shutdown joins the next one that
+ * listens at the same path (fh_ipc_rejoining()).
  *
  * Threads: the first call that needs the primary (register, send, request,
  * start) connects, says HELLO, waits for WELCOME and starts one receive
@@ -30,8 +32,9 @@
  * ENAMETOOLONG (name of 64 bytes or more), EMSGSIZE (param too long or too
  * many fds), EBADF (an fd that is not open), ENOTCONN (no primary to talk
  * to: not a secondary, IPC not started in the primary, or the primary is
- * gone), EDEADLK (sync request on the IPC thread), EEXIST / ENOENT
- * (register / unregister), ECONNREFUSED (the primary refused the HELLO).
+ * gone: see fh_ipc_rejoining()), EDEADLK (sync request on the IPC
+ * thread), EEXIST / ENOENT (register / unregister), ECONNREFUSED (the
+ * primary refused the HELLO).
  */
 #ifndef FORKHOST_IPC_H
 #define FORKHOST_IPC_H
@@ -180,9 +183,17 @@ FH_API const char *fh_ipc_type_name(unsigned type);
 struct fh_ipc_hello {
     int32_t  pid;
     int32_t  ppid;        /* the template, for a secondary */
-    uint32_t flags;       /* 0 */
+    uint32_t flags;       /* FH_IPC_HELLO_* */
     uint32_t reserved;
 };
+
+/* fh_ipc_hello.flags: this process was a member of a primary at the same
+ * socket whose connection ended without forkhost.shutdown (it died, or
+ * stopped its IPC without a word), and joins the one listening there now
+ * with the actions it had.  The primary answers WELCOME, then sends it
+ * FH_IPC_PRIMARY_NOTICE.  Otherwise 0; a primary ignores bits it does not
+ * know. */
+#define FH_IPC_HELLO_REJOIN 0x1u
 
 struct fh_ipc_welcome {
     int32_t  primary_pid;
@@ -215,6 +226,11 @@ struct fh_ipc_welcome {
  * what a dead process left in the arena (mempool objects, ring slots, a
  * hash table's writer lock); param is one JSON object (docs/shm.md). */
 #define FH_IPC_RECLAIM_NOTICE  "forkhost.reclaim"
+/* FH_IPC_PRIMARY_NOTICE (a MSG from the primary to one member, right after
+ * the WELCOME of a HELLO with FH_IPC_HELLO_REJOIN): this member has a
+ * primary again, after its last one went away without forkhost.shutdown;
+ * param is struct fh_ipc_primary_notice. */
+#define FH_IPC_PRIMARY_NOTICE  "forkhost.primary"
 
 /* The i-th of the notices above (from 0), the only reserved names an
  * action may be registered under; NULL past the last. */
@@ -232,6 +248,12 @@ struct fh_ipc_exit_notice {
 struct fh_ipc_shutdown_notice {
     int32_t  primary_pid;
     uint32_t grace_ms;
+};
+
+struct fh_ipc_primary_notice {
+    int32_t  primary_pid;  /* the primary this member has now joined */
+    int32_t  template_pid; /* its (serving) template, as in WELCOME; an
+                              adopted one keeps its pid */
 };
 
 /* A message as the API sees it (DPDK's struct rte_mp_msg, plus who sent it
@@ -337,12 +359,25 @@ FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
  * otherwise.  EISCONN when already joined elsewhere.
  */
 FH_API int fh_ipc_attach(const char *path);
-/* The primary this process joined (its WELCOME), 0 when not joined, and
+/* The primary this process joined (its WELCOME), 0 when not joined (also
+ * while it waits to rejoin: fh_ipc_rejoining()), and
  * its name (/proc/PID/comm when this process joined), "" when not. */
 FH_API pid_t fh_ipc_peer_pid(void);
 FH_API const char *fh_ipc_peer_name(void);
 /* Why the primary refused the last join (its REFUSE), "" otherwise. */
 FH_API const char *fh_ipc_refusal(void);
+/*
+ * 1 while this member has no primary and waits for one: its connection
+ * ended without forkhost.shutdown.  Its IPC thread watches the socket's
+ * directory (inotify; retries with a backoff after a change, or while the
+ * directory cannot be watched) and joins the primary that listens there
+ * again, with FH_IPC_HELLO_REJOIN and the actions it has; that primary
+ * sends it FH_IPC_PRIMARY_NOTICE.  Meanwhile every call that needs the
+ * primary fails at once with ENOTCONN (fh_ipc_peer_pid() is 0), and what
+ * was pending completes with the primary DIED.  0 otherwise, and after
+ * forkhost.shutdown, which is final.
+ */
+FH_API int fh_ipc_rejoining(void);
 
 /*
  * Addressing one peer.  In the primary, to is a member's pid (0: every
@@ -428,7 +463,8 @@ FH_API int fh_ipc_send_raw(const char *name, const void *param, int len_param,
  * then param) and its fds to reply_fds (FH_IPC_FDS_MAX); returns its
  * length, 0 when none came, or -1 with errno.  out[0]: nb_sent, 0 or 1;
  * out[1]: what became of it at the primary (enum fh_ipc_peer_status),
- * when nb_sent is 1. */
+ * when nb_sent is 1; out[2]: that primary's pid (it changes when the
+ * member rejoins another). */
 FH_API int fh_ipc_request_raw(const char *name, const void *param, int len_param,
                               const int *fds, int num_fds, double timeout,
                               void *record, int *reply_fds, int *out);

@@ -23,6 +23,7 @@ int fh_ipc_primary_pid(void);
 #define FH_IPC_CONNECT_TIMEOUT_MS ...
 #define FH_IPC_MAX_MEMBERS ...
 #define FH_IPC_EXIT_STATUS_KNOWN ...
+#define FH_IPC_HELLO_REJOIN ...
 static char *const FH_IPC_RESERVED_PREFIX;
 
 /* enum fh_ipc_type, enum fh_ipc_status, enum fh_ipc_peer_status */
@@ -79,6 +80,11 @@ struct fh_ipc_exit_notice {
 struct fh_ipc_shutdown_notice {
     int32_t  primary_pid;
     uint32_t grace_ms;
+};
+
+struct fh_ipc_primary_notice {
+    int32_t  primary_pid;
+    int32_t  template_pid;
 };
 
 /* the one parser of records (ipc_wire.c) */
@@ -141,6 +147,7 @@ int fh_ipc_leave(int bye);
 int fh_ipc_peer_pid(void);
 const char *fh_ipc_peer_name(void);
 const char *fh_ipc_refusal(void);
+int fh_ipc_rejoining(void);
 void fh_ipc_stats(struct fh_ipc_stats *out);
 int fh_ipc_send_raw(const char *name, const void *param, int len_param,
                     const int *fds, int num_fds);
