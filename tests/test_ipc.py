@@ -23,8 +23,8 @@ import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, module_primary,
-                    no_secondaries_left, reap, wait_until)
+from fhtest import (FIXTURES, RUNNER, LineReader, end_template, ended, forkhost_flags,
+                    module_primary, no_secondaries_left, reap, wait_until)
 
 KINDS = ["py", "c"]
 
@@ -873,6 +873,8 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
         with pytest.raises(ipc.PrimaryGoneError, match="rejoins the next one"):
             ipc.request("echo", b"x", timeout=60)
         second = IPCPrimary(runtime_dir)
+        # It adopted the orphaned template (--on-primary-death survive).
+        assert second.template_pid == first.template_pid
         assert got.wait(30)
         assert notices == [(second.pid, second.template_pid)]
         assert not ipc.rejoining()
@@ -883,7 +885,9 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
         ipc.unregister(ipc.PRIMARY_NOTICE)
         if second is not None:
             second.close()      # (an adopted template, holding first's
-        first.close()           # stderr, ends with it)
+        else:                   # stderr, ends with it)
+            end_template(first.template_pid)
+        first.close()
         wait_until(lambda: ended(first.template_pid), what="the first template to end")
 
 
