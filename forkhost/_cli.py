@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="pre-forked secondaries kept ready (0: fork on demand)")
     p.add_argument("--huge-pages", choices=("auto", "never", "always"),
                    default=_wire.DEFAULT_HUGE_PAGES)
+    p.add_argument("--on-primary-death", choices=("survive", "stop"), default="survive",
+                   help="when this primary dies (kill -9): survive (default: the "
+                   "template serves on with its secondaries, and the next primary "
+                   "on the prefix adopts them and the arena) or stop (the template "
+                   "ends every secondary)")
     p.add_argument("--detach", action="store_true",
                    help="run in the background; print the ready line and return")
     p.add_argument("--log-level", choices=_wire.LOG_LEVELS, default=_wire.LOG_DEFAULT,
@@ -190,7 +195,8 @@ def _make_primary(a):
                    grace=a.grace, pool=a.pool, huge_pages=a.huge_pages,
                    ipc=True,   # secondaries get IPC and exit notices
                    log_level=a.log_level,
-                   sockets=getattr(a, "sockets", None))   # socket activation
+                   sockets=getattr(a, "sockets", None),   # socket activation
+                   on_primary_death=a.on_primary_death)
 
 
 def _reload_in_background(p) -> None:
@@ -255,7 +261,10 @@ def _serve(p, ready, sd=None, hup_reloads=False) -> int:
         if current in r:
             from .primary import STATUS_UNKNOWN
             status = p.wait_template(0)
-            how = ("status unknown: a reload's generation is not the primary's "
+            how = ("status unknown: an adopted template is not the primary's "
+                   "child" if status == STATUS_UNKNOWN and p.adopted is not None
+                   and p.template_pid == p.adopted["template_pid"] else
+                   "status unknown: a reload's generation is not the primary's "
                    "child" if status == STATUS_UNKNOWN else
                    f"killed by signal {-status}" if status < 0 else f"status {status}")
             print(f"forkhost primary: the template exited unexpectedly ({how}); "
@@ -322,12 +331,26 @@ def cmd_primary(a) -> int:
         except BaseException:
             p.stop()
             raise
+    _say_how_started(p)
+    return _serve(p, lambda: print(p.ready_line(), flush=True),
+                  _systemd.Notifier(sd_env), hup_reloads="NOTIFY_SOCKET" in sd_env)
+
+
+def _say_how_started(p) -> None:
+    """One line on stderr when the primary took over from a dead one."""
+    if p.adopted is not None:
+        print(f"forkhost primary: adopted the template (pid {p.template_pid}), "
+              f"its {p.adopted['running']} running secondaries and the arena at "
+              f"0x{p.arena_base:x} of the dead primary (pid "
+              f"{p.adopted['old_primary_pid']})", file=sys.stderr)
+        return
+    if p.adopt_refused is not None:
+        print(f"forkhost primary: did not adopt the dead primary's template: "
+              f"{p.adopt_refused}", file=sys.stderr)
     if p.recovered_pid is not None:
         who = f"pid {p.recovered_pid}" if p.recovered_pid else "a dead primary"
         print(f"forkhost primary: recovered the runtime directory left by {who}",
               file=sys.stderr)
-    return _serve(p, lambda: print(p.ready_line(), flush=True),
-                  _systemd.Notifier(sd_env), hup_reloads="NOTIFY_SOCKET" in sd_env)
 
 
 def _detach(a) -> int:
@@ -352,6 +375,7 @@ def _detach(a) -> int:
             os.close(log)
             try:
                 p.start()
+                _say_how_started(p)
                 if a.plan is not None:
                     p.supervise(plan=a.plan)
             except BaseException as err:
@@ -559,7 +583,11 @@ def cmd_ps(a) -> int:
     supervised = []     # (prefix, config record) of primaries with workers or reports
     for p in _prefixes(a):
         cfg = runtime.read_config(p)
-        if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
+        alive = cfg is not None and runtime.pid_alive(cfg.get("pid", 0))
+        # A dead primary's template serving on (--on-primary-death survive)
+        # is shown, orphaned, with what it runs.
+        orphaned = cfg is not None and not alive and _orphan_info(p, cfg) is not None
+        if not alive and not orphaned:
             if not a.all:
                 raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                                     f"(looked for {p.config})")
@@ -567,9 +595,12 @@ def cmd_ps(a) -> int:
         if cfg.get("supervisor") or cfg.get("reclaims"):
             supervised.append((p.prefix, cfg))
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):
+            if role == "primary" and orphaned:
+                continue
             cmd, up = runtime.proc_line(pid)
             rows.append({"prefix": p.prefix, "role": role, "pid": pid,
-                         "client_pid": None, "uptime": round(up, 1), "command": cmd})
+                         "client_pid": None, "uptime": round(up, 1), "command": cmd,
+                         "state": "orphan" if orphaned else None})
         # Older generations still serving their last secondaries (a reload),
         # which answer no INFO: their children are those secondaries.
         for pid in cfg.get("retiring", []):
@@ -664,6 +695,8 @@ def cmd_stop(a) -> int:
     p = runtime.paths(a.prefix, a.runtime_dir)
     cfg = runtime.read_config(p)
     pid = cfg.get("pid", 0) if cfg else 0
+    if cfg and not (pid and runtime.pid_alive(pid)) and _orphan_info(p, cfg):
+        return _stop_orphan(a, p, cfg)
     if not pid or not runtime.pid_alive(pid):
         raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                             f"(looked for {p.config})")
@@ -681,6 +714,49 @@ def cmd_stop(a) -> int:
         raise ForkhostError(f"the primary (pid {pid}) did not stop within "
                             f"{a.timeout:g}s")
     print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
+    return 0
+
+
+def _orphan_info(p, cfg: dict) -> dict | None:
+    """INFO of the template config.json names, when its primary has died
+    and it serves on, orphaned (--on-primary-death survive); else None."""
+    tpid = cfg.get("template_pid", 0)
+    if not isinstance(tpid, int) or tpid <= 0 or not runtime.pid_alive(tpid):
+        return None
+    try:
+        inf = client.info(p.prefix, p.root, timeout=5)
+    except ForkhostError:
+        return None
+    return inf if inf.get("template_pid") == tpid and inf.get("orphaned") else None
+
+
+def _stop_orphan(a, p, cfg: dict) -> int:
+    """forkhost stop of a prefix whose primary died and whose template
+    serves on: take the prefix (so that no primary adopts it meanwhile),
+    stop the template as a primary would (SIGTERM: its secondaries get the
+    grace, then SIGKILL), then remove the prefix's files."""
+    tpid = cfg["template_pid"]
+    lock = runtime.PrefixLock(p)
+    lock.acquire(leave_leftovers=True)
+    try:
+        try:
+            pidfd = os.pidfd_open(tpid)
+        except ProcessLookupError:
+            pidfd = -1
+        if pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                r, _, _ = select.select([pidfd], [], [], a.timeout)
+            finally:
+                os.close(pidfd)
+            if not r:
+                lock.release(remove=False)
+                raise ForkhostError(f"the orphaned template (pid {tpid}) did not "
+                                    f"stop within {a.timeout:g}s")
+    finally:
+        lock.release()
+    print(f"forkhost stop: prefix {p.prefix!r} stopped (its orphaned template, "
+          f"pid {tpid}; its primary, pid {cfg.get('pid')}, had died)")
     return 0
 
 

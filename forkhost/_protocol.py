@@ -26,7 +26,7 @@ from ._wire import (  # noqa: F401  (the protocol's names, for its users)
     ERROR, EXITED, INFO, INFO_REPLY, LAUNCH, LAUNCH_FLAGS, LAUNCH_INHERIT_FDS,
     FD_TARGET_MAX, LAUNCH_JOBCTL, LAUNCH_MODULE, LAUNCH_NOTICE, MAGIC, MAX_ERROR,
     MAX_EXTRA_FDS, MAX_FDS, MAX_MSG, MAX_RELOAD_TEXT,
-    NOTICE, RELOAD, RELOAD_FAILED, RELOADED, STARTED, STOPPED, VERSION)
+    NOTICE, RELOAD, RELOAD_FAILED, RELOADED, STARTED, STOPPED, VERSION, ADOPT, ADOPTED)
 from ._errors import ProtocolError
 
 HDR = struct.Struct(_wire.HDR_FORMAT)                    # magic version type len nfds reserved
@@ -39,6 +39,8 @@ ERROR_BODY = struct.Struct(_wire.ERROR_BODY_FORMAT)      # exit_code text_len
 NOTICE_BODY = struct.Struct(_wire.NOTICE_BODY_FORMAT)    # text_len reserved
 RELOADED_BODY = struct.Struct(_wire.RELOADED_BODY_FORMAT)  # pid
 RELOAD_FAILED_BODY = struct.Struct(_wire.RELOAD_FAILED_BODY_FORMAT)  # text_len reserved
+ADOPTED_BODY = struct.Struct(_wire.ADOPTED_BODY_FORMAT)  # template_pid old_primary_pid
+                                                         # arena_base arena_max running reserved
 assert HDR.size == _wire.HDR_SIZE and HDR.size + LAUNCH_BODY.size == _wire.LAUNCH_SIZE
 
 _FD_SIZE = array.array("i").itemsize

@@ -182,12 +182,17 @@ class PrefixLock:
         # which are not ours to remove (fh_prefix_lock_keep).
         self.keep = keep
 
-    def acquire(self) -> None:
+    def acquire(self, leave_leftovers: bool = False) -> None:
+        """Take the prefix.  leave_leftovers: a dead holder's files stay
+        (stale_pid is then its pid from the lock, or None) until clean():
+        a primary that may adopt its orphaned template (forkhost/_adopt.py)
+        needs them."""
         p = self.paths
         c = _Call()
         holder = c.ffi.new("pid_t *")
         stale = c.ffi.new("pid_t *")
-        fd = c.lib.fh_prefix_lock_keep(c.paths(p), self.keep, holder, stale, c.err,
+        keep = self.keep | (c.lib.FH_PREFIX_KEEP_LEFTOVERS if leave_leftovers else 0)
+        fd = c.lib.fh_prefix_lock_keep(c.paths(p), keep, holder, stale, c.err,
                                        len(c.err))
         if fd == c.lib.FH_PREFIX_BUSY:
             raise PrefixInUseError(p.prefix, holder[0], p.dir)
@@ -195,6 +200,20 @@ class PrefixLock:
             raise c.error()
         self.stale_pid = None if stale[0] < 0 else stale[0]
         self.fd = fd
+
+    def clean(self) -> int | None:
+        """After acquire(leave_leftovers=True): remove what the dead holder
+        left, as acquire() does by default.  Returns the recovered pid as
+        stale_pid has it (None: nothing was left; 0: files of no named
+        holder) and sets stale_pid to it."""
+        c = _Call()
+        stale = c.ffi.new("pid_t *")
+        stale[0] = -1 if self.stale_pid is None else self.stale_pid
+        if c.lib.fh_prefix_clean_leftovers(c.paths(self.paths), self.keep, stale,
+                                           c.err, len(c.err)) < 0:
+            raise c.error()
+        self.stale_pid = None if stale[0] < 0 else stale[0]
+        return self.stale_pid
 
     def release(self, remove: bool = True) -> None:
         """Give the prefix up; remove: its files and directory too

@@ -216,7 +216,8 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
                   prefix: str, socket_path: str, socket_ino: int, primary_pid: int,
                   max_secondaries: int, grace: float, pool_size: int = 0,
                   exit_notice_fd: int = -1, log_level: int = 0,
-                  log_root: str | None = None, preload: list[str] = ()) -> int:
+                  log_root: str | None = None, preload: list[str] = (),
+                  on_primary_death: int = 0) -> int:
     """Entry point of the template, called in the child of the primary's
     fork.  Reports readiness on ready_w (b"ok", or an error text); returns
     the template's exit status when it ends.  A reload comes back here in
@@ -260,6 +261,7 @@ def template_main(listener: socket.socket, ready_w: int, *, keep_fds: list[int],
     cfg.hooks.read_ahead = lib.fh_py_read_ahead
     cfg.hooks.info_extra = lib.fh_py_info_extra
     cfg.log_level = log_level
+    cfg.on_primary_death = on_primary_death
     c_log_root = ffi.new("char[]", os.fsencode(log_root)) if log_root else ffi.NULL
     cfg.log_root = c_log_root
     cfg.generation = 1

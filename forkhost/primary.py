@@ -16,6 +16,7 @@ copy).  The check uses the kernel's thread count, not only Python's.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import os
@@ -27,7 +28,7 @@ import time
 import traceback
 
 from . import ipc as _ipc
-from . import _log, _wire, _runtime as runtime
+from . import _adopt, _log, _wire, _runtime as runtime
 # Imported here, before the template is forked, so that every secondary
 # finds forkhost.shm already imported (`import forkhost` no longer imports
 # it: forkhost/__init__.py).
@@ -55,6 +56,10 @@ RELOAD_ACTION = "forkhost-reload"
 # process's child (a reload's generation: its parent was the old template),
 # whose wait status is not ours to read.
 STATUS_UNKNOWN = 1 << 16
+
+# --on-primary-death's values, as template.h numbers them.
+ON_PRIMARY_DEATH = {"survive": lib.FH_ON_PRIMARY_DEATH_SURVIVE,
+                    "stop": lib.FH_ON_PRIMARY_DEATH_STOP}
 
 # The Primary this process started and has not stopped: where launches
 # from this program go by default (forkhost._client.default_target).  Set
@@ -160,7 +165,8 @@ class Primary:
                  pool: int = DEFAULT_POOL,
                  huge_pages: str = _wire.DEFAULT_HUGE_PAGES,
                  ipc: bool = False, log_level: str = _log.DEFAULT,
-                 sockets: dict[str, int] | None = None):
+                 sockets: dict[str, int] | None = None,
+                 on_primary_death: str = "survive"):
         self.paths = runtime.paths(prefix, runtime_dir)
         self.paths.check_socket_length()    # before anything is created
         self.arena_size = parse_size(arena_size)
@@ -182,6 +188,17 @@ class Primary:
         if huge_pages not in ("auto", "never", "always"):
             raise ForkhostError("huge_pages must be auto, never or always")
         self.huge_pages = huge_pages
+        # What the template does if this primary dies (forkhost/template.h:
+        # FH_ON_PRIMARY_DEATH_*): survive (serve on, orphaned, until a new
+        # primary adopts it) or stop (end every secondary).
+        if on_primary_death not in ON_PRIMARY_DEATH:
+            raise ForkhostError(_wire.ON_PRIMARY_DEATH_INVALID % on_primary_death)
+        self.on_primary_death = on_primary_death
+        # Set when start() adopted a dead primary's orphaned template
+        # (forkhost/_adopt.py): what ADOPTED said (template_pid,
+        # old_primary_pid, running).  The template is then not our child.
+        self.adopted: dict | None = None
+        self.adopt_refused: str | None = None   # what an orphan said instead
         # Log lines up to this level on fd 2 (forkhost/_log.py), the
         # template's included.
         self.log_level = _log.level(log_level)
@@ -249,9 +266,18 @@ class Primary:
                                 "one primary per process")
         self.pid = os.getpid()   # the object may have been made before a fork
         self._log(_log.lib.FH_LOG_INFO, "start", pid=self.pid)
-        self._lock.acquire()
-        self.recovered_pid = self._lock.stale_pid
+        # A dead primary's files stay until we know whether its template
+        # lives on to be adopted.
+        self._lock.acquire(leave_leftovers=True)
+        keep_files = False      # an orphan we could not adopt keeps them
         try:
+            orphan = _adopt.orphan(self.paths)
+            if orphan is not None:
+                keep_files = True
+                if self._adopt(orphan):
+                    return self._started()
+                keep_files = False
+            self.recovered_pid = self._lock.clean()
             self._create_arena()
             self._preload()
             listener, ino = self._bind()
@@ -271,15 +297,68 @@ class Primary:
         except BaseException:
             _ipc.shutdown_primary(0)
             self._stop_template()
-            self._lock.release()
+            self._lock.release(remove=not keep_files)
             raise
+        return self._started()
+
+    def _started(self) -> "Primary":
         global _running
         _running = self
+        # A program that ends without stop() ends its template too, as
+        # before: what outlives the primary is what a death (SIGKILL, a
+        # crash) leaves, for the next primary to adopt.
+        atexit.register(self._stop_at_exit)
         self._log(_log.lib.FH_LOG_INFO, "ready", pid=self.pid,
                   template_pid=self.template_pid, socket=self.socket_path,
                   arena_size=int(lib.fh_arena_size()),
                   arena_max=int(lib.fh_arena_max()))
         return self
+
+    def _adopt(self, cfg: dict) -> bool:
+        """Adopt the orphaned template cfg (the dead primary's record)
+        names: its arena mapped at its base, its pool and secondaries ours
+        to report and stop.  False when it refused (it is stopping, or not
+        orphaned after all): start() then starts afresh.  --preload is not
+        imported: the template and its secondaries keep the modules of the
+        primary that forked it, and a module that creates shared objects
+        would meet them already there."""
+        exit_fd = _ipc.prepare(self)
+        try:
+            got = _adopt.adopt(cfg, self.paths, exit_fd)
+        except _adopt.Refused as err:
+            _ipc.shutdown_primary(0)      # the unused exit channel
+            self.adopt_refused = str(err)
+            return False
+        finally:
+            _ipc.after_template_fork()    # its end is the template's now
+        self.adopted = got
+        self.template_pid = got["template_pid"]
+        self.template_pidfd = os.pidfd_open(self.template_pid)
+        self.template_is_child = False        # init's, or an older generation's
+        self.template_pids.add(self.template_pid)
+        self.generation = int(cfg.get("generation", 1))
+        # The template's settings are what it has, not our options.
+        self.max_secondaries = cfg.get("max_secondaries", self.max_secondaries)
+        self.pool = cfg.get("pool", self.pool)
+        self.grace = float(cfg.get("grace", self.grace))
+        self.preload = list(cfg.get("preload", []))
+        self.config = dict(cfg, pid=self.pid, started=time.time(),
+                           adopted_from=got["old_primary_pid"])
+        self.config["arena"] = dict(cfg["arena"], fd=lib.fh_arena_fd())
+        self.config.pop("ipc_socket", None)        # ours once ipc() binds it
+        # Generations retiring when the primary died stay orphaned until
+        # their last secondary ends: not ours.
+        self.config.pop("retiring", None)
+        if "launch" in self.sockets:      # the template listens on its own copy
+            os.close(self.sockets.pop("launch"))
+        runtime.write_config(self.paths, self.config)
+        if self._ipc_at_start or cfg.get("ipc_socket"):
+            self.ipc()
+        self._log(_log.lib.FH_LOG_INFO, "adopt", pid=self.pid,
+                  template_pid=self.template_pid,
+                  old_primary_pid=got["old_primary_pid"],
+                  running=got["running"], arena_base=self.arena_base)
+        return True
 
     def _log(self, level: int, event: str, **fields) -> None:
         _log.write(self.log_level, level, self.prefix, event, **fields)
@@ -405,7 +484,8 @@ class Primary:
                     socket_ino=ino, primary_pid=self.pid,
                     max_secondaries=self.max_secondaries, grace=self.grace,
                     pool_size=self.pool, log_level=self.log_level,
-                    log_root=self.log_root, preload=self.preload)
+                    log_root=self.log_root, preload=self.preload,
+                    on_primary_death=ON_PRIMARY_DEATH[self.on_primary_death])
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -473,7 +553,8 @@ class Primary:
     def wait_template(self, timeout: float | None = None) -> int | None:
         """Wait for the template to exit; its wait status decoded like
         os.waitstatus_to_exitcode, STATUS_UNKNOWN for a template that is
-        not our child (a reload's generation), or None on timeout."""
+        not our child (a reload's generation, an adopted template), or None
+        on timeout."""
         if self.template_pidfd < 0:
             return None
         if not runtime.readable(self.template_pidfd, timeout):
@@ -659,6 +740,10 @@ class Primary:
                     os.close(fd)
             self._gen_r = self._gen_w = -1
 
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self.pid:      # not in a child the program forked
+            self.stop()
+
     def stop(self) -> None:
         """End the template (and with it every secondary), remove the
         prefix's runtime files and release the prefix.  IPC members are
@@ -667,6 +752,7 @@ class Primary:
         global _running
         if _running is self:              # started, not stopped yet
             _running = None
+            atexit.unregister(self._stop_at_exit)
             self._log(_log.lib.FH_LOG_INFO, "stop", pid=self.pid,
                       cause=self.stop_cause)
         if self.supervisor is not None:   # workers first, while IPC runs

@@ -133,7 +133,9 @@ def init(argv: list[str] | None = None) -> str:
         primary = Primary(paths.prefix, runtime_dir=paths.root,
                           arena_size=o.arena_size,
                           arena_max=o.arena_max or None, pool=o.pool,
-                          huge_pages=huge, ipc=True)
+                          huge_pages=huge, ipc=True,
+                          on_primary_death="stop" if o.on_primary_death ==
+                          lib.FH_ON_PRIMARY_DEATH_STOP else "survive")
         try:
             primary.start()
         except PrefixInUseError as err:

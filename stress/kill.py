@@ -65,8 +65,8 @@ EXPECTED = {
     ("template", "long"): "as burst, for one client",
     ("template", "ipc"): "as burst, for one client whose secondary's IPC request "
                          "fails with the primary",
-    ("primary", "idle"): "the template, its pool and the socket go "
-                         "(PR_SET_PDEATHSIG)",
+    ("primary", "idle"): "with --on-primary-death stop: the template, its pool and "
+                         "the socket go (the primary's pidfd)",
     ("primary", "burst"): "every client ends (its secondary ended by the template's "
                           "SIGTERM, or 125 if not started) with one line on stderr",
     ("primary", "long"): "the secondary ends by SIGTERM; its client dies by it, "
@@ -230,7 +230,10 @@ def survive_cell(p, victim: str, situation: str, burst: int, tmp: str) -> str:
 # -- the cells where the template or the primary dies --------------------------
 
 def death_cell(rt, victim: str, situation: str, burst: int, tmp: str) -> str:
-    p = rt.primary(prefix=f"k{len(rt.primaries)}")
+    # The primary's cells are those of --on-primary-death stop: the default,
+    # survive, keeps everything running (tests/test_adopt.py).
+    p = rt.primary(prefix=f"k{len(rt.primaries)}",
+                   args=("--on-primary-death", "stop") if victim == "primary" else ())
     template_settled(p)
     members = [m["pid"] for m in info(p)["members"]]
     scene = Scene(p, situation, burst, tmp)

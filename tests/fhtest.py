@@ -108,6 +108,16 @@ def ended(pid: int) -> bool:
     return proc_state(pid) in (None, "Z", "X")
 
 
+def end_template(pid: int) -> None:
+    """A template a test left running after its primary was killed (an
+    orphan, --on-primary-death survive: its parent is init, and its title
+    hides its runtime directory from the leak guard): stopped as a primary
+    stops it (SIGTERM; it ends its pool and secondaries)."""
+    if not ended(pid):
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: ended(pid), what=f"template {pid} to end")
+
+
 def describe(pid: int) -> str:
     """A process's state and signal masks, for a failure message."""
     try:

@@ -41,6 +41,8 @@ def expected(rec: bytes, n: int, mflags: int, nfds: int):
         return ("error", f"header says {hdr_nfds} file descriptors, {nfds} arrived")
     if mtype == protocol.INFO:
         return ("info",)
+    if mtype == protocol.ADOPT:
+        return ("adopt",)
     if mtype == protocol.RELOAD:
         return ("reload",)
     if mtype != protocol.LAUNCH:

@@ -110,11 +110,11 @@ CLIENTS = {
 ])
 def test_primary_death_is_one_line_on_the_clients_stderr(runtime_dir, client, entry,
                                                          death):
-    """SIGKILL of the primary: its template ends the secondaries (SIGTERM,
-    SIGKILL after --grace); each client says why in one line and still
+    """SIGKILL of a primary started with --on-primary-death stop: its
+    template ends the secondaries (SIGTERM, SIGKILL after --grace); each client says why in one line and still
     exits as its secondary did."""
     argv, prog = CLIENTS[client]
-    p = PrimaryProc(runtime_dir)
+    p = PrimaryProc(runtime_dir, args=("--on-primary-death", "stop"))
     c = None
     try:
         c = subprocess.Popen(argv + [entry], env=p.env, cwd=str(FIXTURES),

@@ -23,8 +23,8 @@ import pytest
 
 import forkhost
 from forkhost import ipc
-from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, module_primary,
-                    no_secondaries_left, reap, wait_until)
+from fhtest import (FIXTURES, RUNNER, LineReader, end_template, ended, forkhost_flags,
+                    module_primary, no_secondaries_left, reap, wait_until)
 
 KINDS = ["py", "c"]
 
@@ -449,7 +449,7 @@ def test_a_secondarys_reply_lists_the_primary(prim, entry, op):
 def test_a_request_to_a_primary_killed_meanwhile_lists_it_as_died(runtime_dir, how):
     """A process attached to a primary that dies while its request is
     pending: the primary is listed as DIED, at once, not at the timeout."""
-    prim = IPCPrimary(runtime_dir)
+    prim = IPCPrimary(runtime_dir, args=("--on-primary-death-stop",))
     got: list = []
     done = threading.Event()
     try:
@@ -873,6 +873,8 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
         with pytest.raises(ipc.PrimaryGoneError, match="rejoins the next one"):
             ipc.request("echo", b"x", timeout=60)
         second = IPCPrimary(runtime_dir)
+        # It adopted the orphaned template (--on-primary-death survive).
+        assert second.template_pid == first.template_pid
         assert got.wait(30)
         assert notices == [(second.pid, second.template_pid)]
         assert not ipc.rejoining()
@@ -883,7 +885,9 @@ def test_a_member_joins_a_new_primary_after_its_primary_is_killed(runtime_dir):
         ipc.unregister(ipc.PRIMARY_NOTICE)
         if second is not None:
             second.close()      # (an adopted template, holding first's
-        first.close()           # stderr, ends with it)
+        else:                   # stderr, ends with it)
+            end_template(first.template_pid)
+        first.close()
         wait_until(lambda: ended(first.template_pid), what="the first template to end")
 
 

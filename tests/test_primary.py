@@ -57,7 +57,9 @@ def stop_all(*primaries):
 # -- the primary's death ---------------------------------------------------
 
 def test_sigkilled_primary_takes_its_template_and_socket_with_it(runtime_dir):
-    p = PrimaryProc(runtime_dir)
+    """--on-primary-death stop: the old behaviour, asked for (the default,
+    survive, is tests/test_adopt.py's)."""
+    p = PrimaryProc(runtime_dir, args=("--on-primary-death", "stop"))
     client = None
     try:
         client = p.popen("fhfix:sleeper", cwd=FIXTURES, stdout=subprocess.PIPE,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import forkhost
+
 from fhtest import (FIXTURES, RUNNER, LineReader, ended, forkhost_flags, reap, secondary_pids,
                     signals_job, stop_and_resume, wait_until)
 
@@ -205,11 +207,14 @@ def test_secondary_without_a_primary_is_125_and_one_line(exe, runtime_dir):
                              "of A-Z a-z 0-9 . _ -, not '.' or '..'"),
     (["-l", "0-3", "--"], "unrecognized option '-l' (forkhost's options come first and end "
                     "at '--': --proc-type, --file-prefix, --runtime-dir, "
-                    "--arena-size, --arena-max, --huge-pages, --pool)"),
+                    "--arena-size, --arena-max, --huge-pages, --pool, --on-primary-death)"),
     (["--proc-typ=auto"], "unrecognized option '--proc-typ=auto' (forkhost's options "
                           "come first and end at '--': --proc-type, --file-prefix, "
-                          "--runtime-dir, --arena-size, --arena-max, --huge-pages, --pool)"),
+                          "--runtime-dir, --arena-size, --arena-max, --huge-pages, --pool, "
+                          "--on-primary-death)"),
     (["--proc-type"], "option '--proc-type' requires a value"),
+    (["--on-primary-death=maybe"], "invalid --on-primary-death 'maybe': use survive "
+                                   "or stop"),
 ])
 def test_bad_options_are_125_and_one_line(exe, runtime_dir, args, text):
     r = _run([exe, *args], runtime_dir)
@@ -264,14 +269,40 @@ def test_a_stripped_program_without_exported_main_runs_as_a_secondary(
 
 
 def test_a_primary_killed_leaves_nothing_running(exe, runtime_dir):
-    """SIGKILL of the primary: its template (and the secondaries) end with
-    it; the next primary of the prefix takes over its leftovers."""
-    prim = Primary([exe, "--proc-type=primary", "--file-prefix=pg"], runtime_dir)
+    """SIGKILL of a primary with --on-primary-death=stop: its template (and
+    the secondaries) end with it; the next primary of the prefix takes over
+    its leftovers."""
+    prim = Primary([exe, "--proc-type=primary", "--file-prefix=pg",
+                    "--on-primary-death=stop"], runtime_dir)
     template = _template(runtime_dir, "pg")
     assert prim.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: ended(template), what="the template to end")
     again = Primary([exe, "--file-prefix=pg"], runtime_dir)
     assert again.stop() == 0
+
+
+def test_a_killed_primarys_orphan_serves_and_a_c_primary_does_not_adopt(exe,
+                                                                        runtime_dir):
+    """By default the template outlives its primary: the program started
+    again serves as a secondary of the orphan (auto), is refused as a
+    primary (a C primary does not adopt), and forkhost stop ends it."""
+    prim = Primary([exe, "--proc-type=primary", "--file-prefix=po"], runtime_dir)
+    template = _template(runtime_dir, "po")
+    assert prim.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_until(lambda: forkhost.info("po", runtime_dir)["orphaned"],
+               what="the template to hear of its primary's death")
+    r = _run([exe, "--proc-type=primary", "--file-prefix=po"], runtime_dir)
+    assert (r.returncode, r.stdout) == (125, b"")
+    assert r.stderr.decode() == (
+        f"proc_type: prefix 'po' has an orphaned template (its primary, pid "
+        f"{prim.pid}, died): `forkhost primary` adopts it, `forkhost stop` ends it\n")
+    assert _run([exe, "--file-prefix=po", "exit", "4"], runtime_dir).returncode == 4
+    r = subprocess.run([sys.executable, "-m", "forkhost", "stop", "--prefix", "po"],
+                       env=_env(runtime_dir), capture_output=True, timeout=60,
+                       cwd=str(FIXTURES))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: ended(template), what="the template to end")
+    assert not os.path.exists(os.path.join(runtime_dir, "po"))
 
 
 # -- Python: forkhost.init() ---------------------------------------------------

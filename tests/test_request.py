@@ -32,7 +32,7 @@ MSG_TRUNC, MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
 # -- records ------------------------------------------------------------------
 
 def c_check(rec: bytes, n: int, mflags: int, nfds: int):
-    """C's verdict: ("eof",), ("info",), ("launch", entry, strings, fields)
+    """C's verdict: ("eof",), ("info",), ("adopt",), ("launch", entry, strings, fields)
     or ("error", message)."""
     buf = ffi.from_buffer(rec)
     view = ffi.new("struct fh_launch_view *")
@@ -48,6 +48,8 @@ def c_check(rec: bytes, n: int, mflags: int, nfds: int):
         return ("eof",)
     if rc == protocol.INFO:
         return ("info",)
+    if rc == protocol.ADOPT:
+        return ("adopt",)
     if rc == protocol.RELOAD:
         return ("reload",)
     assert rc == protocol.LAUNCH

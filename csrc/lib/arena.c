@@ -248,7 +248,10 @@ static int grow_fd(const struct fh_arena_hdr *hdr, int *opened)
     *opened = 0;
     if (is_arena_file(g_arena.fd))
         return g_arena.fd;
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)hdr->primary_pid, g_arena.fd);
+    /* Acquire: pairs with fh_arena_adopt's release of a new primary. */
+    snprintf(path, sizeof path, "/proc/%d/fd/%d",
+             (int)atomic_load_explicit((_Atomic int32_t *)&hdr->primary_pid,
+                                       memory_order_acquire), g_arena.fd);
     fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd >= 0 && !is_arena_file(fd)) {
         close(fd);
@@ -310,16 +313,18 @@ int fh__arena_grow(uint64_t end)
     return 0;
 }
 
-/* Copy the /proc/self/maps line that overlaps [lo, hi) into err. */
-static void describe_conflict(uintptr_t lo, uintptr_t hi, char *err, size_t errlen)
+/* Copy the /proc/self/maps line that overlaps [lo, hi) into err; 1 when
+ * there is one. */
+static int describe_conflict(uintptr_t lo, uintptr_t hi, char *err, size_t errlen)
 {
     FILE *f = fopen("/proc/self/maps", "re");
     char line[512];
+    int found = 0;
 
     snprintf(err, errlen, "address range 0x%lx-0x%lx is taken",
              (unsigned long)lo, (unsigned long)hi);
     if (!f)
-        return;
+        return 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long a, b;
         if (sscanf(line, "%lx-%lx", &a, &b) == 2 && a < hi && b > lo) {
@@ -327,10 +332,46 @@ static void describe_conflict(uintptr_t lo, uintptr_t hi, char *err, size_t errl
             snprintf(err, errlen,
                      "address range 0x%lx-0x%lx is taken by: %s",
                      (unsigned long)lo, (unsigned long)hi, line);
+            found = 1;
             break;
         }
     }
     fclose(f);
+    return found;
+}
+
+FH_API int fh_arena_range_taken(uintptr_t addr, size_t size, char *err,
+                                size_t errlen)
+{
+    char scratch[16];
+
+    if (err == NULL || errlen == 0) {
+        err = scratch;
+        errlen = sizeof scratch;
+    }
+    err[0] = '\0';
+    return describe_conflict(addr, addr + size, err, errlen);
+}
+
+FH_API int fh_arena_adopt(int fd, uintptr_t addr, size_t size, int want_fd,
+                          char *err, size_t errlen)
+{
+    struct fh_arena_hdr *hdr;
+
+    if (fh_arena_attach(fd, addr, size, err, errlen) < 0)
+        return -1;
+    if (want_fd >= 0 && want_fd != g_arena.fd &&
+        fcntl(want_fd, F_GETFD) < 0 && errno == EBADF &&
+        dup3(g_arena.fd, want_fd, O_CLOEXEC) == want_fd) {
+        close(g_arena.fd);
+        g_arena.fd = want_fd;
+    }
+    hdr = g_arena.base;
+    /* Release: a process that reads the new pid (grow_fd(), to reach the
+     * memfd through /proc/PID/fd) finds the memfd already at g_arena.fd. */
+    atomic_store_explicit((_Atomic int32_t *)&hdr->primary_pid,
+                          (int32_t)getpid(), memory_order_release);
+    return 0;
 }
 
 FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,

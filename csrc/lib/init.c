@@ -168,11 +168,18 @@ FH_API void fh_init_parse(int argc, char **argv, struct fh_init_options *o)
                 n > FH_POOL_MAX)
                 init_fail(prog, FH_EXIT_FORKHOST, FH_POOL_INVALID, v);
             o->pool = (unsigned)n;
+        } else if ((v = opt_value(prog, argc, argv, &i, "--on-primary-death"))) {
+            if (strcmp(v, "survive") == 0)
+                o->on_primary_death = FH_ON_PRIMARY_DEATH_SURVIVE;
+            else if (strcmp(v, "stop") == 0)
+                o->on_primary_death = FH_ON_PRIMARY_DEATH_STOP;
+            else
+                init_fail(prog, FH_EXIT_FORKHOST, FH_ON_PRIMARY_DEATH_INVALID, v);
         } else {
             init_fail(prog, FH_EXIT_FORKHOST, "unrecognized option '%s' (forkhost's "
                       "options come first and end at '--': --proc-type, "
                       "--file-prefix, --runtime-dir, --arena-size, --arena-max, "
-                      "--huge-pages, --pool)", a);
+                      "--huge-pages, --pool, --on-primary-death)", a);
         }
         o->consumed = i;
     }
@@ -382,6 +389,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     c.max_secondaries = FH_DEFAULT_MAX_SECONDARIES;
     c.grace_ms = g.grace_ms = FH_DEFAULT_GRACE_MS;
     c.pool_size = o->pool;
+    c.on_primary_death = o->on_primary_death;
     c.exit_notice_fd = efd;
     c.ready_fd = -1;
     c.keep_fds = keep;
@@ -419,6 +427,27 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
 
 /* ------------------------------------------------------------------ */
 
+/* A template listens on the prefix's socket although we hold the lock:
+ * its primary died and it serves on (--on-primary-death survive). */
+static int orphan_listens(const struct fh_prefix_paths *p)
+{
+    struct sockaddr_un addr;
+    char err[FH_RUNDIR_ERR_MAX];
+    int fd, ok;
+
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    if (fh_prefix_socket_path(p, addr.sun_path, sizeof addr.sun_path, err,
+                              sizeof err) < 0)
+        return 0;
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    ok = connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0;
+    close(fd);
+    return ok;
+}
+
 FH_API int fh_init(int argc, char **argv)
 {
     const char *prog = prog_name(argv);
@@ -451,13 +480,27 @@ FH_API int fh_init(int argc, char **argv)
             init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
         if (o.proc_type == FH_PROC_SECONDARY)
             hand_over(prog, argc, argv, &o, 0);
-        lock = fh_prefix_lock(&g.paths, &holder, &stale, err, sizeof err);
+        /* A dead primary's files stay until we know whether its template
+         * serves on (orphaned): a C primary does not adopt it. */
+        lock = fh_prefix_lock_keep(&g.paths, FH_PREFIX_KEEP_LEFTOVERS, &holder,
+                                   &stale, err, sizeof err);
         if (lock == FH_PREFIX_BUSY) {
             if (o.proc_type == FH_PROC_PRIMARY)
                 init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
             hand_over(prog, argc, argv, &o, 1);
         }
         if (lock < 0)
+            init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
+        if (orphan_listens(&g.paths)) {
+            close(lock);        /* its files stay the orphan's */
+            if (o.proc_type == FH_PROC_PRIMARY)
+                init_fail(prog, FH_EXIT_FORKHOST, "prefix '%s' has an orphaned "
+                          "template (its primary, pid %d, died): `forkhost "
+                          "primary` adopts it, `forkhost stop` ends it",
+                          g.paths.prefix, (int)stale);
+            hand_over(prog, argc, argv, &o, 1);     /* it serves launches */
+        }
+        if (fh_prefix_clean_leftovers(&g.paths, 0, &stale, err, sizeof err) < 0)
             init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
         g.lock_fd = lock;
         become_primary(prog, &o);

@@ -123,8 +123,11 @@ FH_API int fh_request_check(const void *buf, size_t n, int mflags,
         return refuse(r, FH_REQ_LENGTH, hdr.len, n);
     if (hdr.nfds != nfds)
         return refuse(r, FH_REQ_NFDS, hdr.nfds, nfds);
-    if (hdr.type == FH_MSG_INFO || hdr.type == FH_MSG_RELOAD)
-        return hdr.type;                  /* a body, if any, is not read */
+    if (hdr.type == FH_MSG_INFO || hdr.type == FH_MSG_RELOAD ||
+        hdr.type == FH_MSG_ADOPT)
+        return hdr.type;                  /* a body, if any, is not read:
+                                             the template checks RELOAD's
+                                             and ADOPT's sender and fds */
     if (hdr.type != FH_MSG_LAUNCH)
         return refuse(r, FH_REQ_TYPE, hdr.type, 0);
     return check_launch(buf, n, nfds, v, r);

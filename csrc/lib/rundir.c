@@ -707,7 +707,8 @@ int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
     old = read_pid(fd);
     if (old > 0 && old != me)
         was = old;
-    if (clean_leftovers(dfd, keep, &was) < 0 || write_pid(fd, me) < 0) {
+    if ((!(keep & FH_PREFIX_KEEP_LEFTOVERS) && clean_leftovers(dfd, keep, &was) < 0) ||
+        write_pid(fd, me) < 0) {
         e = errno;
         close(fd);
         remove_files(dfd, keep, dir);
@@ -726,6 +727,21 @@ lock_error:
     close(dfd);
     rmdir(dir);                 /* only if empty: it may be another's */
     return os_fail(err, errlen, e, "cannot lock %s", lock);
+}
+
+int fh_prefix_clean_leftovers(const struct fh_prefix_paths *p, unsigned keep,
+                              pid_t *stale, char *err, size_t errlen)
+{
+    int dfd = fh_prefix_dir_open(p, 0, err, errlen), rc;
+
+    if (dfd < 0)
+        return -1;
+    rc = clean_leftovers(dfd, keep & ~FH_PREFIX_KEEP_LEFTOVERS, stale);
+    close(dfd);
+    if (rc < 0)
+        return os_fail(err, errlen, errno, "cannot clean %s/%s", p->root,
+                       p->prefix);
+    return 0;
 }
 
 void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd)

@@ -107,7 +107,17 @@ struct tpl {
     pid_t    pid;
     uid_t    uid;
     int      ep, sfd, notices, listen_fd, listening;
-    int      primary_fd;     /* the primary's pidfd: readable once it died */
+    int      primary_fd;     /* the primary's pidfd: readable once it died;
+                                -1 while orphaned (no primary) */
+    pid_t    primary_pid;    /* the primary's (a new one after adoption) */
+    int      exit_fd;        /* exit notices (struct fh_template_exit) to the
+                                primary; -1 while orphaned: dropped */
+    int64_t  orphaned;       /* when the primary died (µs), 0 while it lives */
+    /* MADV_DONTFORK: exits while orphaned, for the adopter */
+    struct fh_template_exit *orphan_exits;
+    unsigned orphan_nexits, orphan_sent;
+    unsigned long orphan_dropped;   /* past FH_TEMPLATE_ORPHAN_EXITS */
+    int64_t  orphan_retry_at, orphan_give_up_at;   /* µs; 0: none */
     unsigned timeout_ms;
     sigset_t mask;           /* the loop's: stop signals and SIGCHLD */
     /* MADV_DONTFORK: never touched by a child */
@@ -168,6 +178,10 @@ static struct fh_member g_member;          /* the member, in a child */
 static int g_reborn_fd = -1;
 static unsigned g_reborn_generation;
 static struct fh_template_stats *g_reborn_stats;
+/* ... and its primary (a new one since the template was adopted: the
+ * config names the first) with its exit-notice channel; 0: the config's. */
+static pid_t g_reborn_primary_pid;
+static int g_reborn_exit_fd = -1;
 static char g_member_buf[FH_PROTO_MAX_MSG + 1];
 
 static int64_t now_us(void)
@@ -331,7 +345,8 @@ static void close_fds(const int *fds, unsigned n)
     unsigned i;
 
     for (i = 0; i < n; i++)
-        close(fds[i]);
+        if (fds[i] >= 0)
+            close(fds[i]);
 }
 
 /* ---- tables ------------------------------------------------------------ */
@@ -1066,15 +1081,58 @@ static void report(struct tpl *t, struct conn *c)
         close_client(t, c);     /* the client has its status */
 }
 
+/* One exit notice to the primary: 0, or -1 with errno (EAGAIN: its
+ * channel is full). */
+static int send_exit(int fd, const struct fh_template_exit *e)
+{
+    if (send(fd, e, sizeof *e, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof *e)
+        return 0;
+    if (errno == ENOTSOCK && write(fd, e, sizeof *e) == (ssize_t)sizeof *e)
+        return 0;
+    return -1;
+}
+
+/* The exits kept while orphaned, to the primary that adopted us, in order,
+ * as far as its channel takes them now; the rest at orphan_retry_at
+ * (serve()), until FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS after the adoption. */
+static void flush_orphan_exits(struct tpl *t)
+{
+    if (t->exit_fd < 0)
+        return;                            /* still orphaned: kept */
+    while (t->orphan_sent < t->orphan_nexits) {
+        if (send_exit(t->exit_fd, &t->orphan_exits[t->orphan_sent]) < 0) {
+            int64_t now = now_us();
+
+            if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+                now < t->orphan_give_up_at) {
+                t->orphan_retry_at = now + 20 * 1000;
+                return;
+            }
+            break;                         /* not read: dropped */
+        }
+        t->orphan_sent++;
+    }
+    t->orphan_nexits = t->orphan_sent = 0;
+    t->orphan_retry_at = 0;
+}
+
 static void notify_exit(struct tpl *t, pid_t pid, int status)
 {
     struct fh_template_exit e = { (int32_t)pid, (int32_t)status };
-    int fd = t->c->exit_notice_fd;
+    int fd = t->exit_fd;
 
+    /* Orphaned, or the gap's exits not all sent yet: kept, in order. */
+    if ((fd < 0 && t->orphaned) || t->orphan_nexits > 0) {
+        if (t->orphan_nexits < FH_TEMPLATE_ORPHAN_EXITS)
+            t->orphan_exits[t->orphan_nexits++] = e;
+        else
+            t->orphan_dropped++;
+        flush_orphan_exits(t);
+        return;
+    }
     if (fd < 0)
         return;
-    if (send(fd, &e, sizeof e, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-        errno == ENOTSOCK && write(fd, &e, sizeof e) < 0) {
+    if (send_exit(fd, &e) < 0) {
         /* dropped: the primary is not reading */
     }
 }
@@ -1224,6 +1282,8 @@ static void children_stopped(struct tpl *t)
 /* ---- requests ------------------------------------------------------------ */
 
 static size_t info_json(struct tpl *t, char *out, size_t size);
+static void adopt(struct tpl *t, struct conn *c, int *fds, unsigned nfds);
+static int add_fd(int ep, int fd, unsigned tag);
 static void reload_request(struct tpl *t, struct conn *c);
 
 /* A valid LAUNCH the template received itself (no member was idle).  The
@@ -1296,6 +1356,8 @@ static void handle_received(struct tpl *t, struct conn *c, const char *buf,
         launch(t, c, n, mflags, &v, fds, nfds);
     } else if (type == FH_MSG_RELOAD) {
         reload_request(t, c);
+    } else if (type == FH_MSG_ADOPT) {
+        adopt(t, c, fds, nfds);
     }
     close_fds(fds, nfds);
 }
@@ -1426,10 +1488,14 @@ static struct fh_template_stats *stats_alloc(void)
  * fork waits for the loop's top (serve()): the connection is kept. */
 static void reload_request(struct tpl *t, struct conn *c)
 {
-    if (c->client_pid != t->c->primary_pid)
+    if (t->orphaned)
+        refuse(t, c->fd, 125, "the primary of prefix '%s' is gone: a new "
+               "one adopts the template first (forkhost primary)",
+               t->c->prefix);
+    else if (c->client_pid != t->primary_pid)
         refuse(t, c->fd, 125, "only the primary of prefix '%s' (pid %d) may "
                "reload its template; ask it with forkhost reload",
-               t->c->prefix, (int)t->c->primary_pid);
+               t->c->prefix, (int)t->primary_pid);
     else if (t->stopping || t->retired)
         refuse(t, c->fd, 125, "the template of prefix '%s' is %s",
                t->c->prefix, t->stopping ? "stopping" : "retiring: a newer "
@@ -1501,8 +1567,8 @@ static int begin_reload(struct tpl *t)
          * sockets, epoll and signalfd (fh_template_main makes its own). */
         keep[nkeep++] = t->listen_fd;
         keep[nkeep++] = p[1];
-        if (t->c->exit_notice_fd >= 0)
-            keep[nkeep++] = t->c->exit_notice_fd;
+        if (t->exit_fd >= 0)
+            keep[nkeep++] = t->exit_fd;
         for (i = 0; i < t->c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
             if (t->c->keep_fds[i] >= 0)
                 keep[nkeep++] = t->c->keep_fds[i];
@@ -1511,6 +1577,8 @@ static int begin_reload(struct tpl *t)
         g_reborn_fd = p[1];
         g_reborn_generation = t->generation + 1;
         g_reborn_stats = t->stats;
+        g_reborn_primary_pid = t->primary_pid;
+        g_reborn_exit_fd = t->exit_fd;
         madvise(t->stats, stats_len, MADV_DONTFORK);
         munmap(t->rx, FH_PROTO_MAX_MSG + 1);
         if (t->hot != NULL)       /* the old members' (the new one makes its own) */
@@ -1850,6 +1918,8 @@ static int timeout_ms(struct tpl *t)
     at = replenish_at(t);
     if (at >= 0 && at < next)
         next = at;
+    if (t->orphan_retry_at != 0 && t->orphan_retry_at < next)
+        next = t->orphan_retry_at;
     if (next == INT64_MAX)
         return -1;
     now = now_us();
@@ -1985,7 +2055,7 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
         "\"generation\": %u, \"reloads\": %llu, "
         "\"max_secondaries\": %u, \"launched\": %llu, \"pool_launches\": %llu, "
         "\"pool\": %u, \"pool_size\": %u, \"members\": [",
-        (int)t->pid, (int)t->c->primary_pid, t->generation,
+        (int)t->pid, (int)t->primary_pid, t->generation,
         (unsigned long long)t->stats->reloads, t->c->max_secondaries,
         (unsigned long long)t->stats->launches,
         (unsigned long long)t->stats->pool_launches,
@@ -2000,9 +2070,11 @@ static size_t info_json(struct tpl *t, char *buf, size_t size)
         first = 0;
     }
     put(&o, "], \"refused\": %llu, \"hot_pages\": %u, \"stopping\": %s, "
-        "\"threads\": %d, ", (unsigned long long)t->stats->refusals,
+        "\"threads\": %d, \"orphaned\": %s, ",
+        (unsigned long long)t->stats->refusals,
         t->hot != NULL ? fh_hotset_pages(t->hot) : 0u,
-        t->stopping ? "true" : "false", thread_count());
+        t->stopping ? "true" : "false", thread_count(),
+        t->orphaned ? "true" : "false");
     if (t->c->hooks.info_extra != NULL && o.len < o.size) {
         size_t n = t->c->hooks.info_extra(o.p + o.len, o.size - o.len);
 
@@ -2081,7 +2153,11 @@ static void read_signals(struct tpl *t)
 /* The primary's pidfd fired: it ended without stopping us first (an
  * orderly stop sends SIGTERM and waits for our end).  A pidfd, not
  * PR_SET_PDEATHSIG: it names the process, not the thread that forked us,
- * and works for a primary that is not our parent. */
+ * and works for a primary that is not our parent (an adopter).  With
+ * FH_ON_PRIMARY_DEATH_STOP we stop; by default we go on, orphaned: launches
+ * served, secondaries untouched, exit notices kept for the adopter (up to
+ * FH_TEMPLATE_ORPHAN_EXITS), until a new primary adopts us (adopt()) or a
+ * stop signal comes. */
 static void primary_died(struct tpl *t)
 {
     if (t->primary_fd >= 0) {
@@ -2089,8 +2165,125 @@ static void primary_died(struct tpl *t)
         close(t->primary_fd);
         t->primary_fd = -1;
     }
-    if (!t->stopping)
+    if (t->stopping)
+        return;
+    if (t->c->on_primary_death == FH_ON_PRIMARY_DEATH_STOP) {
         stop(t, 1);
+        return;
+    }
+    if (t->exit_fd >= 0) {
+        close(t->exit_fd);
+        t->exit_fd = -1;
+    }
+    t->orphaned = now_us();
+    log_event(t, FH_LOG_WARNING, "orphan", "pid=%d primary_pid=%d running=%u",
+              (int)t->pid, (int)t->primary_pid, running_count(t));
+}
+
+/* The primary's pidfd is readable now: it has died (and the loop has not
+ * heard yet). */
+static int primary_gone(const struct tpl *t)
+{
+    struct pollfd p = { t->primary_fd, POLLIN, 0 };
+
+    return t->primary_fd >= 0 && poll(&p, 1, 0) == 1;
+}
+
+static void adopted_reply(struct tpl *t, int fd, pid_t old)
+{
+    struct {
+        int32_t  template_pid;
+        int32_t  old_primary_pid;
+        uint64_t arena_base;
+        uint64_t arena_max;
+        uint32_t running;
+        uint32_t reserved;
+    } a;
+    int afd = fh_arena_fd();
+
+    memset(&a, 0, sizeof a);
+    a.template_pid = (int32_t)t->pid;
+    a.old_primary_pid = (int32_t)old;
+    a.arena_base = (uint64_t)(uintptr_t)fh_arena_base();
+    a.arena_max = (uint64_t)fh_arena_max();
+    a.running = running_count(t);
+    fh__send_record(fd, FH_MSG_ADOPTED, &a, sizeof a, NULL, 0, &afd, 1,
+                    MSG_DONTWAIT);
+}
+
+/*
+ * ADOPT (proto.h): a new primary of our prefix takes us over.  Only while
+ * orphaned (our primary has died; a live one is never replaced), only from
+ * our own uid (root included: the same rule as a launch), and only from a
+ * process we can watch (its pidfd becomes the primary's).  Its fd, if it
+ * sent one, is its exit-notice channel.  The answer carries the arena's
+ * memfd.  Takes fds[0] (set to -1) when adopted.
+ */
+static void adopt(struct tpl *t, struct conn *c, int *fds, unsigned nfds)
+{
+    pid_t old = t->primary_pid;
+    int pidfd;
+
+    if (primary_gone(t))
+        primary_died(t);         /* the loop would hear it next round */
+    if (t->stopping) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' is stopping: "
+               "nothing to adopt", t->c->prefix);
+        return;
+    }
+    if (!t->orphaned) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' has a live "
+               "primary (pid %d): only an orphaned template is adopted",
+               t->c->prefix, (int)t->primary_pid);
+        return;
+    }
+    if (c->client_uid != (int64_t)t->uid) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' is adopted by "
+               "its own uid (%u) only, not by uid %lld", t->c->prefix,
+               (unsigned)t->uid, (long long)c->client_uid);
+        return;
+    }
+    if (nfds > 1) {
+        refuse(t, c->fd, 125, "an ADOPT request carries at most 1 file "
+               "descriptor (the exit-notice channel), not %u", nfds);
+        return;
+    }
+    if (fh_arena_base() == NULL || fh_arena_fd() < 0) {
+        refuse(t, c->fd, 125, "the template of prefix '%s' has no arena to "
+               "hand over", t->c->prefix);
+        return;
+    }
+    pidfd = (int)syscall(SYS_pidfd_open, c->client_pid, 0);
+    if (pidfd < 0) {
+        refuse(t, c->fd, 125, "cannot watch the adopting process %d: %s",
+               (int)c->client_pid, strerror(errno));
+        return;
+    }
+    if (add_fd(t->ep, pidfd, T_PRIMARY) < 0) {
+        refuse(t, c->fd, 125, "cannot watch the adopting process %d: %s",
+               (int)c->client_pid, strerror(errno));
+        close(pidfd);
+        return;
+    }
+    t->primary_fd = pidfd;
+    t->primary_pid = c->client_pid;
+    if (nfds == 1) {
+        t->exit_fd = fds[0];
+        fds[0] = -1;
+    }
+    log_event(t, FH_LOG_INFO, "adopted", "pid=%d primary_pid=%d "
+              "old_primary_pid=%d orphaned_for=%.6f exits=%u exits_dropped=%lu",
+              (int)t->pid, (int)t->primary_pid, (int)old,
+              (now_us() - t->orphaned) / 1e6, t->orphan_nexits,
+              t->orphan_dropped);
+    t->orphaned = 0;
+    adopted_reply(t, c->fd, old);
+    /* The exits of the gap, after ADOPTED: the adopter reads them once its
+     * IPC runs; what its channel does not take yet is offered again. */
+    t->orphan_dropped = 0;
+    t->orphan_give_up_at = now_us() +
+                           (int64_t)FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS * 1000;
+    flush_orphan_exits(t);
 }
 
 static void dispatch(struct tpl *t, uint64_t data)
@@ -2153,6 +2346,8 @@ static int serve(struct tpl *t)
         }
         if (t->notices_due != 0 && now_us() >= t->notices_due)
             read_notices(t);
+        if (t->orphan_retry_at != 0 && now_us() >= t->orphan_retry_at)
+            flush_orphan_exits(t);
         expire(t);
         replenish(t);
     }
@@ -2237,7 +2432,13 @@ FH_API int fh_template_main(const struct fh_template_config *c)
      * and secondaries may read a client's tty freely. */
     setsid();
     /* The primary's death is heard on its pidfd (primary_died()). */
-    t.primary_fd = (int)syscall(SYS_pidfd_open, c->primary_pid, 0);
+    /* A generation a reload forked after an adoption: the adopter's. */
+    t.primary_pid = g_reborn_primary_pid > 0 ? g_reborn_primary_pid
+                                             : c->primary_pid;
+    t.exit_fd = g_reborn_primary_pid > 0 ? g_reborn_exit_fd : c->exit_notice_fd;
+    g_reborn_primary_pid = 0;
+    g_reborn_exit_fd = -1;
+    t.primary_fd = (int)syscall(SYS_pidfd_open, t.primary_pid, 0);
     if (t.primary_fd < 0)
         return fail(c, "the primary died while the template started",
                     errno == ESRCH ? 0 : errno);
@@ -2246,8 +2447,8 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     keep[nkeep++] = t.primary_fd;
     if (c->ready_fd >= 0)
         keep[nkeep++] = c->ready_fd;
-    if (c->exit_notice_fd >= 0)
-        keep[nkeep++] = c->exit_notice_fd;
+    if (t.exit_fd >= 0)
+        keep[nkeep++] = t.exit_fd;
     for (i = 0; i < c->nkeep && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
         if (c->keep_fds[i] >= 0)
             keep[nkeep++] = c->keep_fds[i];
@@ -2298,10 +2499,13 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     t.stats = g_reborn_stats != NULL ? g_reborn_stats : stats_alloc();
     g_reborn_stats = NULL;
     g_reborn_fd = -1;
+    t.orphan_exits = dontfork_alloc(FH_TEMPLATE_ORPHAN_EXITS *
+                                    sizeof *t.orphan_exits);
     t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
-        t.ra == NULL || t.stats == NULL || t.rx == MAP_FAILED)
+        t.ra == NULL || t.stats == NULL || t.orphan_exits == NULL ||
+        t.rx == MAP_FAILED)
         return fail(c, "memory for the loop", ENOMEM);
     if (add_fd(t.ep, t.sfd, T_SIGNAL) < 0 || add_fd(t.ep, t.notices, T_NOTICES) < 0 ||
         add_fd(t.ep, t.primary_fd, T_PRIMARY) < 0)

@@ -217,7 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FAIL("two verdicts on one record");
         g_seen[type < 0 ? (r.error < FH_REQ_NERRORS ? r.error : 0)
                : type == 0 ? FH_REQ_NERRORS
-               : type == FH_MSG_INFO || type == FH_MSG_RELOAD ? FH_REQ_NERRORS + 1
+               : type == FH_MSG_INFO || type == FH_MSG_RELOAD ||
+                 type == FH_MSG_ADOPT ? FH_REQ_NERRORS + 1
                : FH_REQ_NERRORS + 2]++;
         if (type < 0) {
             if (r.error == FH_REQ_OK || r.error >= FH_REQ_NERRORS)
@@ -226,9 +227,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (type == 0) {
             if (n != 0 || nfds != 0)
                 FAIL("EOF on %zu bytes, %u fds", n, nfds);
-        } else if (type == FH_MSG_INFO || type == FH_MSG_RELOAD) {
+        } else if (type == FH_MSG_INFO || type == FH_MSG_RELOAD ||
+                   type == FH_MSG_ADOPT) {
             if (r.error != FH_REQ_OK)
-                FAIL("INFO or RELOAD with an error");
+                FAIL("INFO, RELOAD or ADOPT with an error");
+            if (n < sizeof(struct fh_msg_hdr) ||
+                ((const struct fh_msg_hdr *)(const void *)copy)->type != type)
+                FAIL("INFO, RELOAD or ADOPT on a record of another type");
         } else if (type == FH_MSG_LAUNCH) {
             const char *end = copy + n;
 

@@ -117,7 +117,7 @@ static void test_options(void)
         { { "x", "--", NULL }, 125, 0, 0, 0, 0,
           "prog: unrecognized option 'x' (forkhost's options come first and end at "
           "'--': --proc-type, --file-prefix, --runtime-dir, --arena-size, "
-          "--arena-max, --huge-pages, --pool)\n" },
+          "--arena-max, --huge-pages, --pool, --on-primary-death)\n" },
         { { "--arena-max=lots", NULL }, 125, 0, 0, 0, 0,
           "prog: invalid size 'lots': use bytes or a K/M/G suffix\n" },
         { { "--arena-max=0", NULL }, 125, 0, 0, 0, 0,

@@ -113,6 +113,12 @@ int main(void)
         FIELD(struct fh_reload_failed, text_len),
         FIELD(struct fh_reload_failed, reserved),
     };
+    static const struct field adopted[] = {
+        FIELD(struct fh_adopted, template_pid),
+        FIELD(struct fh_adopted, old_primary_pid),
+        FIELD(struct fh_adopted, arena_base), FIELD(struct fh_adopted, arena_max),
+        FIELD(struct fh_adopted, running), FIELD(struct fh_adopted, reserved),
+    };
     static const struct field error[] = {
         FIELD(struct fh_error, exit_code), FIELD(struct fh_error, text_len),
     };
@@ -143,6 +149,8 @@ int main(void)
     HEX("RELOADED", FH_MSG_RELOADED);
     HEX("RELOAD_FAILED", FH_MSG_RELOAD_FAILED);
     VALUE("MAX_RELOAD_TEXT", FH_PROTO_MAX_RELOAD_TEXT);
+    HEX("ADOPT", FH_MSG_ADOPT);
+    HEX("ADOPTED", FH_MSG_ADOPTED);
     HEX("LAUNCH_MODULE", FH_LAUNCH_MODULE);
     HEX("LAUNCH_JOBCTL", FH_LAUNCH_JOBCTL);
     HEX("LAUNCH_NOTICE", FH_LAUNCH_NOTICE);
@@ -158,6 +166,8 @@ int main(void)
            COUNT(exited));
     format("STOPPED_BODY_FORMAT", h, sizeof(struct fh_stopped), stopped,
            COUNT(stopped));
+    format("ADOPTED_BODY_FORMAT", h, sizeof(struct fh_adopted), adopted,
+           COUNT(adopted));
     format("ERROR_BODY_FORMAT", h, sizeof(struct fh_error), error,
            COUNT(error));
     /* forkhost/rundir.h: the runtime directory's rules */
@@ -182,6 +192,7 @@ int main(void)
     text("ARENA_TOO_SMALL", FH_ARENA_TOO_SMALL);
     text("ARENA_MAX_TOO_SMALL", FH_ARENA_MAX_TOO_SMALL);
     text("THP_INVALID", FH_THP_INVALID);
+    text("ON_PRIMARY_DEATH_INVALID", FH_ON_PRIMARY_DEATH_INVALID);
     printf("DEFAULT_CONNECT_TIMEOUT = %#.17g\n", FH_CLIENT_CONNECT_TIMEOUT_S);
     VALUE("EXIT_FORKHOST", FH_EXIT_FORKHOST);
     VALUE("EXIT_CANNOT_RUN", FH_EXIT_CANNOT_RUN);

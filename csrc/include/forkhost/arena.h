@@ -51,7 +51,8 @@
  * Byte layout (offsets from the arena base), all written by the primary in
  * fh_arena_create() before the template fork and never changed after, but
  * for size (grown by the memzone directory's lock holder, read and written
- * atomically: fh_arena_size()):
+ * atomically: fh_arena_size()) and primary_pid (rewritten atomically by a
+ * primary that adopts the arena: fh_arena_adopt()):
  *   0  magic     8  version   12 page_size   16 size   24 base
  *   32 primary_pid  36 flags  40 mz_dir_offset  48 data_offset  56 max_size
  *   64 ring_rec_offset
@@ -93,6 +94,20 @@ FH_API int fh_arena_create_growable(size_t size, size_t max, unsigned flags,
  * EINVAL: fd is not a forkhost arena of that size/base). */
 FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,
                            char *err, size_t errlen);
+
+/* Adoption (a new primary taking over the arena of a dead one, through
+ * its orphaned template: docs/reliability.md): fh_arena_attach, then the
+ * memfd moved to fd number want_fd when that number is free (the number
+ * secondaries of the old primary look for under /proc/PID/fd to grow the
+ * arena; -1: left where it is), then this process written into the
+ * header as the arena's primary.  Errors as fh_arena_attach's. */
+FH_API int fh_arena_adopt(int fd, uintptr_t addr, size_t size, int want_fd,
+                          char *err, size_t errlen);
+/* Non-zero when [addr, addr+size) overlaps a mapping of this process; err
+ * then names the first (its /proc/self/maps line), as fh_arena_attach
+ * says it.  A check before anything is asked of an orphaned template. */
+FH_API int fh_arena_range_taken(uintptr_t addr, size_t size, char *err,
+                                size_t errlen);
 
 /* This process's arena, or NULL / 0 / -1 when it has none.  size: the
  * bytes usable now (grows); max: the range mapped, which size never

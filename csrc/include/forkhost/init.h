@@ -81,6 +81,12 @@
 /* The most idle pool members a primary keeps (--pool), and what a larger
  * or malformed value is told (printf format: the value). */
 #define FH_POOL_MAX                1024u
+/* --on-primary-death (fh_init and forkhost primary): survive (the
+ * default: the template and its secondaries outlive a primary that dies,
+ * and the next primary on the prefix adopts them) or stop (the template
+ * ends its secondaries when the primary dies).  template.h's
+ * FH_ON_PRIMARY_DEATH_* are the two. */
+#define FH_ON_PRIMARY_DEATH_INVALID "invalid --on-primary-death '%s': use survive or stop"
 #define FH_POOL_INVALID            "invalid --pool '%s': use a number from 0 to 1024"
 
 enum fh_proc_type {
@@ -103,6 +109,8 @@ struct fh_init_options {
     unsigned     pool;
     int          consumed;        /* arguments taken, "--" included */
     size_t       arena_max;       /* --arena-max, or 0: the default */
+    int          on_primary_death;/* --on-primary-death: template.h's
+                                     FH_ON_PRIMARY_DEATH_* (0: survive) */
 };
 
 /* Parse forkhost's options from argv[1] on into o (defaults for the

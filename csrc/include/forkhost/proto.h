@@ -52,6 +52,10 @@ enum fh_msg_type {
     FH_MSG_RELOAD  = 0x03, /* primary -> template: start a new generation
                               (FH_MSG_RELOADED or FH_MSG_RELOAD_FAILED);
                               refused (ERROR 125) from any other process */
+    FH_MSG_ADOPT   = 0x04, /* new primary -> orphaned template: take me as
+                              your primary (a body, if any, is not read;
+                              at most 1 fd: the new exit-notice channel);
+                              answered with FH_MSG_ADOPTED or an ERROR */
     FH_MSG_STARTED = 0x81, /* template -> client, carries 1 fd: the pidfd */
     FH_MSG_EXITED  = 0x82, /* template -> client */
     FH_MSG_ERROR   = 0x83, /* template -> client, then the template closes */
@@ -69,6 +73,8 @@ enum fh_msg_type {
                               did not start (struct fh_reload_failed: its
                               words, a preload's traceback); the old one
                               serves on */
+    FH_MSG_ADOPTED = 0x89, /* template -> new primary: struct fh_adopted,
+                              carries 1 fd: the arena's memfd */
 };
 
 struct fh_msg_hdr {          /* 24 bytes */
@@ -140,6 +146,19 @@ struct fh_launch {           /* 72 bytes + fd_target + strings */
 struct fh_started {          /* 32 bytes; carries the pidfd */
     struct fh_msg_hdr hdr;
     int64_t pid;
+};
+
+/* The answer to an ADOPT (docs/protocol.md, "Adoption"): the template
+ * that now has the sender as its primary, and where its arena is (the fd
+ * it carries is the arena's memfd). */
+struct fh_adopted {          /* 64 bytes; carries the arena's memfd */
+    struct fh_msg_hdr hdr;
+    int32_t  template_pid;
+    int32_t  old_primary_pid;  /* the primary it had before */
+    uint64_t arena_base;
+    uint64_t arena_max;        /* the range mapped at arena_base */
+    uint32_t running;          /* secondaries running when it was adopted */
+    uint32_t reserved;         /* zero */
 };
 
 struct fh_stopped {          /* 32 bytes */

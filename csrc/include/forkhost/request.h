@@ -32,7 +32,7 @@ enum fh_req_error {
     FH_REQ_VERSION,
     FH_REQ_LENGTH,            /* hdr.len is not what arrived */
     FH_REQ_NFDS,              /* hdr.nfds is not what arrived */
-    FH_REQ_TYPE,              /* neither LAUNCH nor INFO */
+    FH_REQ_TYPE,              /* neither LAUNCH, INFO nor ADOPT */
     FH_REQ_LAUNCH_SHORT,      /* body shorter than struct fh_launch's */
     FH_REQ_LAUNCH_STRINGS_LEN,/* strings_len is not what follows */
     FH_REQ_LAUNCH_FLAGS,      /* unknown flags, stdio or umask bits */
@@ -64,7 +64,8 @@ struct fh_req_result {
  * Check one record as recvmsg left it: n bytes received, of which buf holds
  * min(n, FH_PROTO_MAX_MSG + 1); mflags is recvmsg's msg_flags, nfds the
  * descriptors that arrived.  Returns the message type (FH_MSG_LAUNCH, *v
- * filled, or FH_MSG_INFO), 0 for an orderly EOF (n == 0, no fds), or -1
+ * filled, FH_MSG_INFO or FH_MSG_ADOPT, whose bodies are not read and whose
+ * sender and fds the template checks), 0 for an orderly EOF (n == 0, no fds), or -1
  * with *r saying why.  The checks run in a fixed order, so one record
  * always gets the same refusal.
  */

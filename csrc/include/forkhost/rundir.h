@@ -212,11 +212,22 @@ FH_API void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd);
  */
 #define FH_PREFIX_KEEP_SOCKET 1u
 #define FH_PREFIX_KEEP_IPC    2u
+/* fh_prefix_lock_keep only: leave a dead holder's files where they are
+ * (*stale: its pid, from the lock, or -1), for a primary that may adopt
+ * its orphaned template (docs/reliability.md); it removes them with
+ * fh_prefix_clean_leftovers when it does not.  Not a keep at release. */
+#define FH_PREFIX_KEEP_LEFTOVERS 4u
 FH_API int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
                                pid_t *holder, pid_t *stale, char *err,
                                size_t errlen);
 FH_API void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
                                    int lock_fd);
+/* What fh_prefix_lock_keep removes of a dead holder's, removed now by the
+ * lock's holder (after FH_PREFIX_KEEP_LEFTOVERS): *stale becomes 0 if it
+ * was -1 and a file was removed.  0, or -1 with err set. */
+FH_API int fh_prefix_clean_leftovers(const struct fh_prefix_paths *p,
+                                     unsigned keep, pid_t *stale, char *err,
+                                     size_t errlen);
 
 /*
  * Replace root/prefix/config.json atomically with text (the JSON record

@@ -60,8 +60,24 @@ struct fh_template_exit {
                                                  uid served (root, or the
                                                  primary's) keeps a share */
 #define FH_TEMPLATE_ACCEPT_BATCH       8u     /* accepted per loop round */
+#define FH_TEMPLATE_ORPHAN_EXITS     1024u    /* exits kept for an adopter
+                                                 while orphaned; later ones
+                                                 are dropped (counted) */
+#define FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS 10000 /* ... and how long after the
+                                                 adoption they are offered
+                                                 while the new primary's
+                                                 channel is full */
 #define FH_TEMPLATE_READ_AHEAD_US      1000000 /* a Python entry is read
                                                   ahead again after this */
+
+/* What the template does when its primary dies (the primary's pidfd
+ * fires without a stop first): SURVIVE goes on serving launches, keeps
+ * its secondaries, the arena and the runtime files, and waits for a new
+ * primary on the prefix to adopt it (FH_MSG_ADOPT, proto.h); STOP ends
+ * every secondary as a stop does, each client that asked being told why
+ * (FH_MSG_NOTICE). */
+#define FH_ON_PRIMARY_DEATH_SURVIVE 0
+#define FH_ON_PRIMARY_DEATH_STOP    1
 
 /* Python's part, all optional (NULL in a C primary). */
 struct fh_template_hooks {
@@ -104,6 +120,8 @@ struct fh_template_config {
     int          log_level;      /* enum fh_log_level (log.h): lines for
                                     launches, exits and refusals on fd 2
                                     up to it; 0: FH_LOG_DEFAULT */
+    int          on_primary_death; /* FH_ON_PRIMARY_DEATH_*: what the
+                                    primary's death does (0: survive) */
     const char  *log_root;       /* the runtime directory whose
                                     <prefix>.log fd 2 is reopened on
                                     SIGUSR1 (a --detach primary's), or
@@ -139,8 +157,8 @@ FH_API int fh_template_reborn(unsigned *generation);
  * Become the template, in a child just forked from a single-threaded
  * primary: a session of its own, the primary watched through a pidfd, every fd
  * but the config's and 0-2 closed, stdin and stdout on /dev/null, the pool
- * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP or the
- * primary's death, end the secondaries (SIGTERM, SIGKILL after grace_ms)
+ * forked, "ok" on ready_fd; then serve until SIGTERM/SIGINT/SIGHUP (or the
+ * primary's death, with FH_ON_PRIMARY_DEATH_STOP), end the secondaries (SIGTERM, SIGKILL after grace_ms)
  * and remove the socket.  Returns the template's exit status (0; 1 when it
  * could not start, said on ready_fd), or FH_TEMPLATE_REBORN in the child
  * a reload forked (above).  No other child returns from it.

@@ -25,6 +25,9 @@ int fh_arena_create(size_t size, unsigned flags, const char *name);
 int fh_arena_create_growable(size_t size, size_t max, unsigned flags, const char *name);
 size_t fh_arena_max(void);
 int fh_arena_attach(int fd, uintptr_t addr, size_t size, char *err, size_t errlen);
+int fh_arena_adopt(int fd, uintptr_t addr, size_t size, int want_fd, char *err,
+                   size_t errlen);
+int fh_arena_range_taken(uintptr_t addr, size_t size, char *err, size_t errlen);
 void *fh_arena_base(void);
 size_t fh_arena_size(void);
 int fh_arena_fd(void);

@@ -24,6 +24,7 @@ struct fh_init_options {
     unsigned     pool;
     int          consumed;
     size_t       arena_max;
+    int          on_primary_death;
 };
 
 void fh_init_parse(int argc, char **argv, struct fh_init_options *o);

@@ -7,6 +7,7 @@
 #define FH_RUNDIR_MISSING ...
 #define FH_PREFIX_KEEP_SOCKET ...
 #define FH_PREFIX_KEEP_IPC ...
+#define FH_PREFIX_KEEP_LEFTOVERS ...
 
 struct fh_prefix_paths {
     char root[...];
@@ -31,6 +32,8 @@ int fh_prefix_lock(const struct fh_prefix_paths *p, pid_t *holder, pid_t *stale,
 void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd);
 int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
                         pid_t *holder, pid_t *stale, char *err, size_t errlen);
+int fh_prefix_clean_leftovers(const struct fh_prefix_paths *p, unsigned keep,
+                              pid_t *stale, char *err, size_t errlen);
 void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
                             int lock_fd);
 int fh_prefix_write_config(const struct fh_prefix_paths *p, const char *text,

@@ -2,6 +2,8 @@
  * C (forkhost/_template.py calls it; Python's part are the hooks below). */
 
 #define FH_TEMPLATE_READ_AHEAD_US ...
+#define FH_ON_PRIMARY_DEATH_SURVIVE ...
+#define FH_ON_PRIMARY_DEATH_STOP ...
 
 struct fh_template_exit {
     int32_t pid;
@@ -33,6 +35,7 @@ struct fh_template_config {
     size_t       title_len;
     struct fh_template_hooks hooks;
     int          log_level;
+    int          on_primary_death;
     const char  *log_root;
     unsigned     generation;
 };

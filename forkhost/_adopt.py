@@ -1,0 +1,119 @@
+"""Adoption: a new primary takes over the orphaned template of a primary
+that died (docs/reliability.md, "The primary's death"), with its arena at
+its recorded address, its pool and its running secondaries.
+
+Primary.start() holds the prefix lock (the dead primary's files left where
+they are: FH_PREFIX_KEEP_LEFTOVERS) when it asks orphan(): config.json must
+name a live template on this prefix's socket.  adopt() then checks that the
+arena's range is free here (else one line naming the mapping in the way,
+before the template is asked anything), sends ADOPT on template.sock with
+the new exit-notice channel, and maps the memfd the ADOPTED answer carries
+at the recorded base (fh_arena_adopt).  The template checks the rest
+(csrc/lib/template.c, adopt()): it has lost its primary, the sender has its
+uid; it then watches the sender's pidfd as its primary's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from . import _protocol as protocol, _runtime as runtime
+from ._errors import ArenaError, ForkhostError
+
+# How long the template has to answer ADOPT (it answers at once; a
+# template that does not is not one to adopt).
+ADOPT_TIMEOUT = 10.0
+
+
+class Refused(ForkhostError):
+    """The template answered ADOPT with an ERROR (its text): nothing was
+    adopted, the template is as it was."""
+
+
+def orphan(paths: runtime.PrefixPaths) -> dict | None:
+    """The dead primary's config record when it names a template that is
+    still alive on this prefix's socket, else None (nothing to adopt: the
+    leftovers are cleaned as before)."""
+    try:
+        cfg = runtime.read_config(paths)
+    except ForkhostError:
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    tpid, arena = cfg.get("template_pid"), cfg.get("arena")
+    if (not isinstance(tpid, int) or tpid <= 0 or not isinstance(arena, dict)
+            or cfg.get("socket") != str(paths.socket)
+            or not _running(tpid)):
+        return None
+    return cfg
+
+
+def _running(pid: int) -> bool:
+    """pid is a process that has not exited (a zombie has: a killed
+    template nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
+    """Adopt the template cfg names; exit_fd: the template's end of the new
+    exit-notice channel (sent, not closed here).  Returns what ADOPTED
+    said: template_pid, old_primary_pid, running.  Raises ArenaError when
+    the arena's range is taken here or cannot be mapped, Refused when the
+    template said no, ForkhostError when it could not be asked."""
+    from ._native import ffi, lib
+    base, size = int(cfg["arena"]["base"]), int(cfg["arena"].get("max", cfg["arena"]["size"]))
+    err = ffi.new("char[]", 512)
+    if lib.fh_arena_range_taken(base, size, err, len(err)):
+        raise ArenaError(f"cannot adopt the arena of prefix {paths.prefix!r} "
+                         f"(pid {cfg['template_pid']}'s template) at 0x{base:x}: "
+                         f"{ffi.string(err).decode(errors='replace')}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(ADOPT_TIMEOUT)
+    msg = None
+    try:
+        try:
+            sock.connect(str(paths.socket))
+        except (FileNotFoundError, ConnectionRefusedError) as err_:
+            raise Refused(f"nothing listens on {paths.socket} "
+                          f"({err_.strerror})") from err_
+        try:
+            protocol.send(sock, protocol.ADOPT, b"", [exit_fd] if exit_fd >= 0 else [])
+            msg = protocol.recv(sock)
+        except OSError as err_:
+            raise ForkhostError(f"cannot ask the template of prefix "
+                                f"{paths.prefix!r} to be adopted: "
+                                f"{err_.strerror or err_}") from err_
+        if msg is None:
+            raise ForkhostError(f"the template of prefix {paths.prefix!r} closed "
+                                f"the connection without answering ADOPT")
+        if msg.type == protocol.ERROR:
+            _, text = protocol.decode_error(msg.body)
+            raise Refused(text)
+        if msg.type != protocol.ADOPTED or len(msg.fds) != 1:
+            raise ForkhostError(f"the template of prefix {paths.prefix!r} answered "
+                                f"ADOPT with message type 0x{msg.type:02x}")
+        tpid, old, a_base, a_max, running, _ = protocol.decode_struct(
+            protocol.ADOPTED_BODY, msg.body, "ADOPTED")
+        if tpid != cfg["template_pid"] or a_base != base or a_max != size:
+            raise ForkhostError(
+                f"the template that answered ADOPT (pid {tpid}, arena 0x{a_base:x}, "
+                f"{a_max} bytes) is not the one config.json names (pid "
+                f"{cfg['template_pid']}, arena 0x{base:x}, {size} bytes)")
+        want = cfg["arena"].get("fd", -1)
+        if lib.fh_arena_adopt(msg.fds[0], base, size,
+                              want if isinstance(want, int) else -1,
+                              err, len(err)) < 0:
+            raise ArenaError(f"cannot adopt the arena of prefix {paths.prefix!r} "
+                             f"at 0x{base:x}: "
+                             f"{ffi.string(err).decode(errors='replace')}")
+        return {"template_pid": tpid, "old_primary_pid": old, "running": running}
+    finally:
+        if msg is not None:
+            msg.close_fds()
+        sock.close()
