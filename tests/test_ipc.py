@@ -906,8 +906,6 @@ def test_a_member_waiting_for_a_primary_can_leave(own_prim):
     assert prim.cmd("ipc_start")["started"]
 
 
-@pytest.mark.skipif(not hasattr(forkhost.Primary, "_adopt"),
-                    reason="needs the adoption of an orphaned template (issue 18)")
 def test_secondaries_rejoin_the_primary_that_adopts_their_template(runtime_dir, ipc_sec_so):
     """kill -9 of the primary (one this test started): its secondaries, Python
     and native, go on with no primary (calls fail at once), then rejoin the
