@@ -26,6 +26,26 @@ from ._errors import ArenaError, ForkhostError
 ADOPT_TIMEOUT = 10.0
 
 
+class RangeTaken(ArenaError):
+    """The arena's address range holds a mapping of this process (named in
+    the text): nothing was asked of the template."""
+
+
+def range_taken(cfg: dict) -> str | None:
+    """Why the arena cfg records cannot be mapped at its base in this
+    process (the mapping in the way), or None when its range is free."""
+    from ._native import ffi, lib
+    base, size = _arena_range(cfg)
+    err = ffi.new("char[]", 512)
+    if lib.fh_arena_range_taken(base, size, err, len(err)):
+        return ffi.string(err).decode(errors="replace")
+    return None
+
+
+def _arena_range(cfg: dict) -> tuple[int, int]:
+    return int(cfg["arena"]["base"]), int(cfg["arena"].get("max", cfg["arena"]["size"]))
+
+
 class Refused(ForkhostError):
     """The template answered ADOPT with an ERROR (its text): nothing was
     adopted, the template is as it was."""
@@ -67,12 +87,13 @@ def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
     the arena's range is taken here or cannot be mapped, Refused when the
     template said no, ForkhostError when it could not be asked."""
     from ._native import ffi, lib
-    base, size = int(cfg["arena"]["base"]), int(cfg["arena"].get("max", cfg["arena"]["size"]))
-    err = ffi.new("char[]", 512)
-    if lib.fh_arena_range_taken(base, size, err, len(err)):
-        raise ArenaError(f"cannot adopt the arena of prefix {paths.prefix!r} "
+    base, size = _arena_range(cfg)
+    taken = range_taken(cfg)
+    if taken is not None:
+        raise RangeTaken(f"cannot adopt the arena of prefix {paths.prefix!r} "
                          f"(pid {cfg['template_pid']}'s template) at 0x{base:x}: "
-                         f"{ffi.string(err).decode(errors='replace')}")
+                         f"{taken}")
+    err = ffi.new("char[]", 512)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(ADOPT_TIMEOUT)
     msg = None

@@ -305,9 +305,34 @@ def _plan(a):
     return plan_from_args(a, _parser().parse_args(["primary"]))
 
 
+# How many times `forkhost primary` runs itself again for a fresh address
+# space when an orphan's arena range is taken by one of its own mappings
+# (_fresh_layout), and the variable that counts them.
+ADOPT_EXEC_TRIES = 8
+ADOPT_EXEC_ENV = "FORKHOST_ADOPT_EXEC"
+
+
+def _fresh_layout(a) -> None:
+    """Before adopting an orphaned template (docs/reliability.md): if a
+    library of this process sits where the orphan's arena must go (address
+    space layout randomization placed it there), exec this same command
+    again, which places everything anew; after ADOPT_EXEC_TRIES the
+    adoption says which mapping is in the way.  Before anything of systemd's
+    is taken: its fds and variables pass through the exec."""
+    from . import _adopt
+    tries = os.environ.pop(ADOPT_EXEC_ENV, "0")
+    tries = int(tries) if tries.isdigit() else ADOPT_EXEC_TRIES
+    cfg = _adopt.orphan(runtime.paths(a.prefix, a.runtime_dir))
+    if cfg is None or tries >= ADOPT_EXEC_TRIES or _adopt.range_taken(cfg) is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[ADOPT_EXEC_ENV] = str(tries + 1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def cmd_primary(a) -> int:
     from . import _systemd
-    sd_env = _systemd.take_environment()    # no child of ours sees them
     a.plan = None
     if a.config or a.worker:        # the supervisor's module only for them
         from ._supervise import ConfigError
@@ -316,6 +341,8 @@ def cmd_primary(a) -> int:
         except ConfigError as err:
             print(f"forkhost primary: {err}", file=sys.stderr)
             return err.exit_code
+    _fresh_layout(a)        # after the plan: its file may name the prefix
+    sd_env = _systemd.take_environment()    # no child of ours sees them
     try:        # after the plan: its file may name the prefix
         a.sockets = _systemd.listen_fds(sd_env, a.prefix, a.runtime_dir, a.detach)
     except _systemd.ActivationError as err:
@@ -336,11 +363,16 @@ def cmd_primary(a) -> int:
                   _systemd.Notifier(sd_env), hup_reloads="NOTIFY_SOCKET" in sd_env)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _say_how_started(p) -> None:
     """One line on stderr when the primary took over from a dead one."""
     if p.adopted is not None:
         print(f"forkhost primary: adopted the template (pid {p.template_pid}), "
-              f"its {p.adopted['running']} running secondaries and the arena at "
+              f"its {_count(p.adopted['running'], 'running secondary', 'running secondaries')}"
+              f" and the arena at "
               f"0x{p.arena_base:x} of the dead primary (pid "
               f"{p.adopted['old_primary_pid']})", file=sys.stderr)
         return
@@ -592,6 +624,10 @@ def cmd_ps(a) -> int:
                 raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                                     f"(looked for {p.config})")
             continue
+        if orphaned:
+            # Its workers were the dead primary's own launches: they ended
+            # with their client (docs/supervision.md); not shown as running.
+            cfg = {k: v for k, v in cfg.items() if k != "supervisor"}
         if cfg.get("supervisor") or cfg.get("reclaims"):
             supervised.append((p.prefix, cfg))
         for role, pid in (("primary", cfg["pid"]), ("template", cfg["template_pid"])):

@@ -110,8 +110,12 @@ def test_killed_primary_survivors_and_adoption(runtime_dir, tmp_path):
     (tmp_path / "holder.py").write_text(HOLDER)
     (tmp_path / "adopter.py").write_text(ADOPTER)
     (tmp_path / "taker.py").write_text(TAKER)
+    # A 256 MiB arena range: the adopter (a program of its own, which does
+    # not run itself again as `forkhost primary` does) finds it free unless
+    # a library of its landed there, rarer than in the default 16 GiB.
     old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
-                                  "--pool", "1", "--log-level", "info")
+                                  "--pool", "1", "--log-level", "info",
+                                  "--arena-max", "256M")
     holder = adopter = None
     templates = [cfg["template_pid"]]
     try:
@@ -266,7 +270,7 @@ def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
         new.wait(30)
         assert (tmp_path / "new.err").read_text() == (
             f"forkhost primary: adopted the template (pid {cfg['template_pid']}), "
-            f"its 1 running secondaries and the arena at 0x{cfg['arena']['base']:x} "
+            f"its 1 running secondary and the arena at 0x{cfg['arena']['base']:x} "
             f"of the dead primary (pid {cfg['pid']})\n")
         wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan again")
         r = forkhost_cmd(env, "stop")
@@ -286,4 +290,36 @@ def test_cli_primary_adopts_and_stop_ends_an_orphan(runtime_dir, tmp_path):
         for p in (old, new):
             if p is not None:
                 p.stdout.close()
+        end_template(cfg["template_pid"])
+
+
+def test_a_dead_supervisors_workers_end_with_it(runtime_dir, tmp_path):
+    """A supervised worker's client is its primary: kill -9 of the primary
+    ends the worker too (SIGTERM after the grace), and `forkhost ps` of the
+    orphan shows no workers table from the dead primary's record."""
+    prefix = "ad3"
+    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
+                                  "--pool", "0", "--worker", "w=fhfix:sleeper")
+    try:
+        paths = forkhost._runtime.paths(prefix, runtime_dir)
+
+        def worker_pid():
+            cfg = forkhost._runtime.read_config(paths)
+            return ((cfg.get("supervisor") or {}).get("workers") or [{}])[0].get("pid")
+        wait_until(worker_pid, what="the worker in config.json")
+        worker = worker_pid()
+        assert "workers of" in forkhost_cmd(env, "ps").stdout
+        old.kill()
+        old.wait(30)
+        wait_until(lambda: orphaned(prefix, runtime_dir) and ended(worker),
+                   what="the orphan, its worker ended")
+        ps = forkhost_cmd(env, "ps")
+        assert ps.returncode == 0, ps.stderr
+        assert "workers of" not in ps.stdout and f" {cfg['template_pid']} " in ps.stdout
+        assert " orphan " in ps.stdout
+        r = forkhost_cmd(env, "stop")
+        assert r.returncode == 0, r.stderr
+    finally:
+        reap(old)
+        old.stdout.close()
         end_template(cfg["template_pid"])
