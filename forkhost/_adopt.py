@@ -64,20 +64,30 @@ def orphan(paths: runtime.PrefixPaths) -> dict | None:
     tpid, arena = cfg.get("template_pid"), cfg.get("arena")
     if (not isinstance(tpid, int) or tpid <= 0 or not isinstance(arena, dict)
             or cfg.get("socket") != str(paths.socket)
-            or not _running(tpid)):
+            or not runtime.pid_alive(tpid)):
         return None
     return cfg
 
 
-def _running(pid: int) -> bool:
-    """pid is a process that has not exited (a zombie has: a killed
-    template nobody reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
+def retiring(cfg: dict, prefix: str) -> list[list]:
+    """The dead primary's retiring generations (a reload's older templates)
+    still serving their last secondaries, as Primary.retiring's [pid,
+    pidfd, our child] entries: each checked to be this prefix's template
+    still running, then watched by a pidfd."""
+    out = []
+    title = f"forkhost template [{prefix}]".encode()
+    for pid in cfg.get("retiring") or []:
+        if not isinstance(pid, int) or pid <= 0 or not runtime.pid_alive(pid):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(title):
+                    continue
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        out.append([pid, fd, False])
+    return out
 
 
 def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:

@@ -282,13 +282,20 @@ def read_config(p: PrefixPaths) -> dict | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """pid is a process that has not exited: a zombie (killed, not reaped
+    yet by its parent) has."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True         # no /proc for it: kill() said it exists
+    return state not in (b"Z", b"X")
 
 
 def readable(fd, timeout: float | None) -> bool:

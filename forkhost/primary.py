@@ -346,9 +346,12 @@ class Primary:
                            adopted_from=got["old_primary_pid"])
         self.config["arena"] = dict(cfg["arena"], fd=lib.fh_arena_fd())
         self.config.pop("ipc_socket", None)        # ours once ipc() binds it
-        # Generations retiring when the primary died stay orphaned until
-        # their last secondary ends: not ours.
-        self.config.pop("retiring", None)
+        # Generations retiring when the primary died serve their last
+        # secondaries on, orphaned: ours to list and to stop (their exits
+        # went to the dead primary's channel: not reported).
+        with self._gen_lock:
+            self.retiring = _adopt.retiring(cfg, self.prefix)
+        self.config["retiring"] = [pid for pid, _, _ in self.retiring]
         if "launch" in self.sockets:      # the template listens on its own copy
             os.close(self.sockets.pop("launch"))
         runtime.write_config(self.paths, self.config)

@@ -323,3 +323,47 @@ def test_a_dead_supervisors_workers_end_with_it(runtime_dir, tmp_path):
         reap(old)
         old.stdout.close()
         end_template(cfg["template_pid"])
+
+
+def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, tmp_path):
+    """reload, then kill -9 of the primary: the old generation, retiring,
+    serves its secondary on; the adopter lists it (ps: retiring) until its
+    last secondary ends, whose client gets its status."""
+    prefix = "ad4"
+    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
+                                  "--pool", "0")
+    new = client = None
+    templates = [cfg["template_pid"]]
+    try:
+        client = subprocess.Popen([RUNNER, "fhfix:cat"], env=env, cwd=str(FIXTURES),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        wait_until(lambda: forkhost.info(prefix, runtime_dir)["secondaries"],
+                   what="the secondary")
+        r = forkhost_cmd(env, "reload")
+        assert r.returncode == 0, r.stderr
+        paths = forkhost._runtime.paths(prefix, runtime_dir)
+        templates.append(forkhost._runtime.read_config(paths)["template_pid"])
+        old.kill()
+        old.wait(30)
+        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
+        new, new_cfg, _ = start_primary(runtime_dir, prefix, tmp_path / "new.err")
+        assert new_cfg["retiring"] == [cfg["template_pid"]]
+        rows = json.loads(forkhost_cmd(env, "ps", "--json").stdout)
+        retiring = [(r["role"], r["pid"]) for r in rows if r["state"] == "retiring"]
+        assert retiring[0] == ("template", cfg["template_pid"]), rows
+        assert [role for role, _ in retiring[1:]] == ["secondary"], rows
+        out, err = client.communicate(b"bye\n", timeout=30)
+        assert (client.returncode, out, err) == (0, b"bye\n", b"")
+        wait_until(lambda: not forkhost._runtime.read_config(paths)["retiring"],
+                   what="the adopter to forget the retired generation")
+        assert ended(cfg["template_pid"])
+        r = forkhost_cmd(env, "stop")
+        assert r.returncode == 0, r.stderr
+    finally:
+        reap(client, old, new)
+        for p in (old, new):
+            if p is not None:
+                p.stdout.close()
+        for t in templates:
+            end_template(t)
