@@ -806,6 +806,10 @@ def cmd_reload(a) -> int:
     if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
         raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                             f"(looked for {p.config})")
+    if (cfg.get("program") or {}).get("init") == "fh_init":
+        raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
+                            f"is a C program (fh_init): it has no preloads to import "
+                            f"afresh; restart it to run new code")
     if not cfg.get("ipc_socket"):
         raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
                             f"runs no IPC, which forkhost reload asks it over; in "

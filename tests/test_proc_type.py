@@ -109,6 +109,14 @@ def test_primary_and_secondaries_from_a_shell(exe, runtime_dir):
                      runtime_dir, cwd=FIXTURES)
             assert r.returncode == 0, (cmd, r.stdout, r.stderr)
             assert b"Traceback" not in r.stderr
+        # No reload for a C primary: one line, exit 1, and it serves on.
+        r = _run([sys.executable, "-m", "forkhost", "reload", "--prefix", "pa"],
+                 runtime_dir, cwd=FIXTURES)
+        assert (r.returncode, r.stdout) == (1, b""), r.stderr
+        assert r.stderr.endswith(b"is a C program (fh_init): it has no preloads to "
+                                 b"import afresh; restart it to run new code\n"), r.stderr
+        assert r.stderr.count(b"\n") == 1
+        assert _template(runtime_dir, "pa") == template
         # The secondary was the template's child, and is gone.
         assert ended(template) is False
     finally:
