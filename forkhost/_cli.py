@@ -736,21 +736,26 @@ def cmd_stop(a) -> int:
     if not pid or not runtime.pid_alive(pid):
         raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
                             f"(looked for {p.config})")
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
-        return 0
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        r, _, _ = select.select([pidfd], [], [], a.timeout)
-    finally:
-        os.close(pidfd)
-    if not r:
+    if not _terminate(pid, a.timeout):
         raise ForkhostError(f"the primary (pid {pid}) did not stop within "
                             f"{a.timeout:g}s")
     print(f"forkhost stop: prefix {p.prefix!r} stopped (pid {pid})")
     return 0
+
+
+def _terminate(pid: int, timeout: float) -> bool:
+    """SIGTERM to pid (through a pidfd: never a recycled pid's process),
+    then wait up to timeout seconds: whether it is gone."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        r, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    return bool(r)
 
 
 def _orphan_info(p, cfg: dict) -> dict | None:
@@ -775,20 +780,10 @@ def _stop_orphan(a, p, cfg: dict) -> int:
     lock = runtime.PrefixLock(p)
     lock.acquire(leave_leftovers=True)
     try:
-        try:
-            pidfd = os.pidfd_open(tpid)
-        except ProcessLookupError:
-            pidfd = -1
-        if pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-                r, _, _ = select.select([pidfd], [], [], a.timeout)
-            finally:
-                os.close(pidfd)
-            if not r:
-                lock.release(remove=False)
-                raise ForkhostError(f"the orphaned template (pid {tpid}) did not "
-                                    f"stop within {a.timeout:g}s")
+        if not _terminate(tpid, a.timeout):
+            lock.release(remove=False)
+            raise ForkhostError(f"the orphaned template (pid {tpid}) did not "
+                                f"stop within {a.timeout:g}s")
     finally:
         lock.release()
     print(f"forkhost stop: prefix {p.prefix!r} stopped (its orphaned template, "
@@ -799,38 +794,24 @@ def _stop_orphan(a, p, cfg: dict) -> int:
 def cmd_reload(a) -> int:
     """Ask the prefix's primary (over IPC) for a new generation; one line
     on success, the failure (a preload's traceback) on stderr and 1."""
-    from . import ipc
     from .primary import RELOAD_ACTION
-    p = runtime.paths(a.prefix, a.runtime_dir)
-    cfg = runtime.read_config(p)
-    if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
-        raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
-                            f"(looked for {p.config})")
-    if (cfg.get("program") or {}).get("init") == "fh_init":
-        raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
-                            f"is a C program (fh_init): it has no preloads to import "
-                            f"afresh; restart it to run new code")
-    if not cfg.get("ipc_socket"):
-        raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
-                            f"runs no IPC, which forkhost reload asks it over; in "
-                            f"its program, call Primary.reload()")
+
+    def check(cfg, p):
+        if (cfg.get("program") or {}).get("init") == "fh_init":
+            raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
+                                f"is a C program (fh_init): it has no preloads to import "
+                                f"afresh; restart it to run new code")
+        if not cfg.get("ipc_socket"):
+            raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
+                                f"runs no IPC, which forkhost reload asks it over; in "
+                                f"its program, call Primary.reload()")
     if not a.timeout > 0:
         print("forkhost reload: --timeout takes a number of seconds above 0",
               file=sys.stderr)
         return 2
-    ipc.start(prefix=p.prefix, runtime_dir=p.root)
-    try:
-        body = json.dumps({"timeout": a.timeout}).encode()
-        with ipc.request(RELOAD_ACTION, body, timeout=a.timeout + 5) as r:
-            if r.nb_received != 1:
-                raise ForkhostError(f"the primary (pid {cfg['pid']}) did not answer "
-                                    f"within {a.timeout + 5:g}s")
-            msg = r.msgs[0]
-            if not msg.ok:
-                raise ForkhostError(f"the primary refused: {msg.error}")
-            answer = json.loads(bytes(msg.param))
-    finally:
-        ipc.stop()
+    p = runtime.paths(a.prefix, a.runtime_dir)
+    answer = runtime.ask_primary(a.prefix, a.runtime_dir, RELOAD_ACTION,
+                                 {"timeout": a.timeout}, a.timeout + 5, check)
     if not answer.get("ok"):
         print(f"forkhost reload: prefix {p.prefix!r}: the reload failed; the old "
               f"generation serves on:\n{answer.get('error', '')}", file=sys.stderr)

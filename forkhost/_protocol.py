@@ -243,28 +243,29 @@ def decode_reloaded(body: bytes) -> int:
     return pid
 
 
+def _text_body(body: bytes, layout, limit: int, name: str) -> bytes:
+    """The text of a {uint32 text_len, uint32 reserved, text} body,
+    checked against its length and limit."""
+    if len(body) < layout.size:
+        raise ProtocolError(f"truncated {name} message")
+    n, _ = layout.unpack_from(body)
+    if n > limit or len(body) != layout.size + n:
+        raise ProtocolError(f"malformed {name} message ({len(body)} bytes, "
+                            f"text_len {n})")
+    return body[layout.size:]
+
+
 def decode_reload_failed(body: bytes) -> str:
     """RELOAD_FAILED: the new generation's words (lines: a traceback)."""
-    if len(body) < RELOAD_FAILED_BODY.size:
-        raise ProtocolError("truncated RELOAD_FAILED message")
-    n, _ = RELOAD_FAILED_BODY.unpack_from(body)
-    if n > MAX_RELOAD_TEXT or len(body) != RELOAD_FAILED_BODY.size + n:
-        raise ProtocolError(f"malformed RELOAD_FAILED message ({len(body)} "
-                            f"bytes, text_len {n})")
-    return body[RELOAD_FAILED_BODY.size:].decode("utf-8", "replace")
+    text = _text_body(body, RELOAD_FAILED_BODY, MAX_RELOAD_TEXT, "RELOAD_FAILED")
+    return text.decode("utf-8", "replace")
 
 
 def decode_notice(body: bytes) -> str:
     """NOTICE: the template's words on why it ends the secondary, as one
     line (forkhost-run's keep_notice() makes the same one)."""
-    if len(body) < NOTICE_BODY.size:
-        raise ProtocolError("truncated NOTICE message")
-    n, _ = NOTICE_BODY.unpack_from(body)
-    if n > MAX_ERROR or len(body) != NOTICE_BODY.size + n:
-        raise ProtocolError(f"malformed NOTICE message ({len(body)} bytes, "
-                            f"text_len {n})")
-    text = body[NOTICE_BODY.size:].translate(bytes.maketrans(b"\0\n\r", b"   "))
-    return text.decode("utf-8", "replace")
+    text = _text_body(body, NOTICE_BODY, MAX_ERROR, "NOTICE")
+    return text.translate(bytes.maketrans(b"\0\n\r", b"   ")).decode("utf-8", "replace")
 
 
 def decode_struct(st: struct.Struct, body: bytes, what: str) -> tuple:

@@ -331,3 +331,33 @@ def proc_line(pid: int) -> tuple[str, float]:
         stat[stat.find(b"(") + 1:end].decode(errors="replace")
     started = int(stat[end + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
     return cmd, max(now - started, 0.0)
+
+
+def ask_primary(prefix, runtime_dir, action: str, request: dict, timeout: float,
+                check=None) -> dict:
+    """The running primary's JSON answer to one IPC request (action, a JSON
+    request body), this process attached to its IPC for the time of it:
+    `forkhost reload`, `forkhost restart`, `forkhost stop --worker`.
+    check(cfg, paths) may refuse first (raise) from the config record.
+    ForkhostError when there is no primary, it refuses the action or does
+    not answer within timeout seconds."""
+    from . import ipc
+    p = paths(prefix, runtime_dir)
+    cfg = read_config(p)
+    if cfg is None or not pid_alive(cfg.get("pid", 0)):
+        raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
+                            f"(looked for {p.config})")
+    if check is not None:
+        check(cfg, p)
+    ipc.start(prefix=p.prefix, runtime_dir=p.root)
+    try:
+        with ipc.request(action, json.dumps(request).encode(), timeout=timeout) as r:
+            if r.nb_received != 1:
+                raise ForkhostError(f"the primary (pid {cfg['pid']}) did not answer "
+                                    f"within {timeout:g}s")
+            msg = r.msgs[0]
+            if not msg.ok:
+                raise ForkhostError(f"the primary refused: {msg.error}")
+            return json.loads(bytes(msg.param))
+    finally:
+        ipc.stop()

@@ -1006,28 +1006,12 @@ def plan_from_args(a, defaults) -> Plan | None:
 def control(prefix, runtime_dir, cmd: str, name: str | None, timeout: float) -> dict:
     """`forkhost restart NAME`, `forkhost stop --worker NAME`: ask the
     prefix's primary over IPC (attached for the time of the request)."""
-    from . import ipc
-    p = runtime.paths(prefix, runtime_dir)
-    cfg = runtime.read_config(p)
-    if cfg is None or not runtime.pid_alive(cfg.get("pid", 0)):
-        raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
-                            f"(looked for {p.config})")
-    if not cfg.get("supervisor"):
-        raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
-                            f"supervises no workers")
-    ipc.start(prefix=p.prefix, runtime_dir=p.root)
-    try:
-        body = json.dumps({"cmd": cmd, "worker": name}).encode()
-        with ipc.request(CONTROL_ACTION, body, timeout=timeout) as r:
-            if r.nb_received != 1:
-                raise ForkhostError(f"the primary (pid {cfg['pid']}) did not answer "
-                                    f"within {timeout:g}s")
-            msg = r.msgs[0]
-            if not msg.ok:
-                raise ForkhostError(f"the primary refused: {msg.error}")
-            answer = json.loads(bytes(msg.param))
-    finally:
-        ipc.stop()
+    def check(cfg, p):
+        if not cfg.get("supervisor"):
+            raise ForkhostError(f"the primary of prefix {p.prefix!r} (pid {cfg['pid']}) "
+                                f"supervises no workers")
+    answer = runtime.ask_primary(prefix, runtime_dir, CONTROL_ACTION,
+                                 {"cmd": cmd, "worker": name}, timeout, check)
     if not answer.get("ok"):
         raise ForkhostError(answer.get("error", "failed"))
     return answer

@@ -468,22 +468,13 @@ static unsigned count_members(const struct tpl *t, int idle_only)
     return n;
 }
 
-static int any_pending(const struct tpl *t)
+/* A connection in state (C_PENDING, C_RUNNING) exists. */
+static int any_conn(const struct tpl *t, int state)
 {
     unsigned i;
 
     for (i = 0; i < t->conns_hi; i++)
-        if (t->conns[i].state == C_PENDING)
-            return 1;
-    return 0;
-}
-
-static int any_running(const struct tpl *t)
-{
-    unsigned i;
-
-    for (i = 0; i < t->conns_hi; i++)
-        if (t->conns[i].state == C_RUNNING)
+        if (t->conns[i].state == state)
             return 1;
     return 0;
 }
@@ -2334,8 +2325,8 @@ static int serve(struct tpl *t)
             return FH_TEMPLATE_REBORN;       /* the new generation's child */
         if (t->retired && t->reload_conn >= 0 && count_members(t, 0) == 0)
             reloaded(t);
-        if ((t->stopping || (t->retired && !any_pending(t))) &&
-            !any_running(t) && count_members(t, 0) == 0)
+        if ((t->stopping || (t->retired && !any_conn(t, C_PENDING))) &&
+            !any_conn(t, C_RUNNING) && count_members(t, 0) == 0)
             break;
         n = epoll_wait(t->ep, ev, 64, timeout_ms(t));
         if (n < 0 && errno != EINTR)
