@@ -472,20 +472,30 @@ from forkhost._supervise import ConfigError
 
 tmp, rt = sys.argv[1], sys.argv[2]
 events = []
+
+
+def say(line):
+    # One write a line: the workers write to the same pipe, and print()
+    # writes the line and its newline apart when stdout is unbuffered
+    # (PYTHONUNBUFFERED), where a worker's line could fall in between.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 with Primary(prefix="py", runtime_dir=rt) as p:
     try:
         p.supervise([{"name": "a", "entry": "x.py", "requires": ["b"]}])
     except ConfigError as err:
-        print("refused:", err, flush=True)
+        say(f"refused: {err}")
     sup = p.supervise([Worker("a", f"{tmp}/w.py", [ "a", tmp]),
                        {"name": "b", "entry": f"{tmp}/w.py", "args": ["b", tmp],
                         "requires": ["a"]}],
                       strategy="one_for_one", backoff=0.05,
                       on_event=lambda e: events.append(e))
-    print(json.dumps(sup.restart("a")), flush=True)
-    print(json.dumps([(w["name"], w["state"], w["restarts"])
-                      for w in sup.status()["workers"]]), flush=True)
-print(json.dumps([(e["event"], e["worker"]) for e in events]), flush=True)
+    say(json.dumps(sup.restart("a")))
+    say(json.dumps([(w["name"], w["state"], w["restarts"])
+                    for w in sup.status()["workers"]]))
+say(json.dumps([(e["event"], e["worker"]) for e in events]))
 '''
 
 
