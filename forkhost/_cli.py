@@ -242,8 +242,8 @@ def _serve(p, ready, sd=None, hup_reloads=False) -> int:
     while True:
         current = p.template_pidfd      # a reload (another thread) changes it
         try:
-            r, _, _ = select.select([wake_r, current, gen_fd, *p.retiring_pidfds(),
-                                     *gave_up], [], [], sd.timeout())
+            r = runtime.ready([wake_r, current, gen_fd, *p.retiring_pidfds(), *gave_up],
+                              sd.timeout())
         except InterruptedError:
             continue
         sd.tick()
@@ -752,10 +752,9 @@ def _terminate(pid: int, timeout: float) -> bool:
         return True
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        r, _, _ = select.select([pidfd], [], [], timeout)
+        return runtime.readable(pidfd, timeout)
     finally:
         os.close(pidfd)
-    return bool(r)
 
 
 def _orphan_info(p, cfg: dict) -> dict | None:
@@ -812,6 +811,10 @@ def cmd_reload(a) -> int:
     p = runtime.paths(a.prefix, a.runtime_dir)
     answer = runtime.ask_primary(a.prefix, a.runtime_dir, RELOAD_ACTION,
                                  {"timeout": a.timeout}, a.timeout + 5, check)
+    if answer.get("pending"):
+        print(f"forkhost reload: prefix {p.prefix!r}: {answer.get('error', '')}",
+              file=sys.stderr)
+        return 1
     if not answer.get("ok"):
         print(f"forkhost reload: prefix {p.prefix!r}: the reload failed; the old "
               f"generation serves on:\n{answer.get('error', '')}", file=sys.stderr)
