@@ -775,14 +775,24 @@ def _stop_orphan(a, p, cfg: dict) -> int:
     serves on: take the prefix (so that no primary adopts it meanwhile),
     stop the template as a primary would (SIGTERM: its secondaries get the
     grace, then SIGKILL), then remove the prefix's files."""
+    from . import _adopt
     tpid = cfg["template_pid"]
     lock = runtime.PrefixLock(p)
     lock.acquire(leave_leftovers=True)
     try:
-        if not _terminate(tpid, a.timeout):
+        # Its older generations still retiring (a reload before the death)
+        # end with it: SIGTERM to each, their secondaries given the grace.
+        older = _adopt.retiring(cfg, p.prefix, tpid)
+        for _, fd, _ in older:
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        gone = _terminate(tpid, a.timeout)
+        for pid, fd, _ in older:
+            gone = runtime.readable(fd, a.timeout) and gone
+            os.close(fd)
+        if not gone:
             lock.release(remove=False)
-            raise ForkhostError(f"the orphaned template (pid {tpid}) did not "
-                                f"stop within {a.timeout:g}s")
+            raise ForkhostError(f"the orphaned template (pid {tpid}) or an older "
+                                f"generation did not stop within {a.timeout:g}s")
     finally:
         lock.release()
     print(f"forkhost stop: prefix {p.prefix!r} stopped (its orphaned template, "

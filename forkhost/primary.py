@@ -337,13 +337,17 @@ class Primary:
         self.template_pidfd = os.pidfd_open(self.template_pid)
         self.template_is_child = False        # init's, or an older generation's
         self.template_pids.add(self.template_pid)
-        self.generation = int(cfg.get("generation", 1))
+        # A newer generation than config.json names: the dead primary's
+        # last reload ended before it could record it.
+        self.generation = int(cfg.get("generation", 1)) + \
+            (self.template_pid != cfg.get("template_pid"))
         # The template's settings are what it has, not our options.
         self.max_secondaries = cfg.get("max_secondaries", self.max_secondaries)
         self.pool = cfg.get("pool", self.pool)
         self.grace = float(cfg.get("grace", self.grace))
         self.preload = list(cfg.get("preload", []))
         self.config = dict(cfg, pid=self.pid, started=time.time(),
+                           template_pid=self.template_pid, generation=self.generation,
                            adopted_from=got["old_primary_pid"])
         self.config["arena"] = dict(cfg["arena"], fd=lib.fh_arena_fd())
         self.config.pop("ipc_socket", None)        # ours once ipc() binds it
@@ -351,7 +355,7 @@ class Primary:
         # secondaries on, orphaned: ours to list and to stop (their exits
         # went to the dead primary's channel: not reported).
         with self._gen_lock:
-            self.retiring = _adopt.retiring(cfg, self.prefix)
+            self.retiring = _adopt.retiring(cfg, self.prefix, self.template_pid)
         self.config["retiring"] = [pid for pid, _, _ in self.retiring]
         if "launch" in self.sockets:      # the template listens on its own copy
             os.close(self.sockets.pop("launch"))
