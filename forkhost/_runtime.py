@@ -221,9 +221,11 @@ class PrefixLock:
         if self.fd < 0:
             return
         fd, self.fd = self.fd, -1
+        c = _Call()
         if remove:
-            c = _Call()
             c.lib.fh_prefix_release_keep(c.paths(self.paths), self.keep, fd)
+        elif self.stale_pid:        # a dead holder's files, left: its pid too
+            c.lib.fh_prefix_lock_leave(fd, self.stale_pid)
         else:
             os.close(fd)
 
