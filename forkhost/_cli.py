@@ -258,6 +258,11 @@ def _serve(p, ready, sd=None, hup_reloads=False) -> int:
             code = EXIT_GAVE_UP
             p.stop_cause = "the supervisor gave up"
             break
+        if current in r and not p.wait_reload(0):
+            # A reload under way: its template retired, and may have ended
+            # before its answer was read.  Its outcome decides.
+            p.wait_reload(RELOAD_SETTLE)
+            continue
         if current in r:
             from .primary import STATUS_UNKNOWN
             status = p.wait_template(0)
@@ -304,6 +309,10 @@ def _plan(a):
     from ._supervise import plan_from_args
     return plan_from_args(a, _parser().parse_args(["primary"]))
 
+
+# How long the primary's loop waits for a reload's answer when the
+# template it replaces has ended (seconds): the answer is already sent then.
+RELOAD_SETTLE = 10.0
 
 # How many times `forkhost primary` runs itself again for a fresh address
 # space when an orphan's arena range is taken by one of its own mappings

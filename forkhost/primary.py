@@ -232,6 +232,9 @@ class Primary:
         self.retiring: list[list] = []
         self.template_pids: set[int] = set()   # every generation's, ever
         self._gen_lock = threading.RLock()
+        # Set while no RELOAD awaits its answer (wait_reload()).
+        self._reload_idle = threading.Event()
+        self._reload_idle.set()
         self._gen_r = self._gen_w = -1
         self.notifier = None   # systemd's (forkhost/_systemd.py): RELOADING=1
 
@@ -651,6 +654,8 @@ class Primary:
             sd = self.notifier
             if sd is not None:
                 sd.reloading(f"reloading: prefix {self.prefix!r}")
+            self._reload_idle.clear()
+            later = False
             try:
                 sock = None
                 try:
@@ -665,7 +670,7 @@ class Primary:
                     # reload we never hear of: its answer is awaited on.
                     threading.Thread(target=self._reload_later, args=(sock, old),
                                      name="forkhost-reload", daemon=True).start()
-                    sock = None
+                    sock, later = None, True
                     raise ReloadPendingError(f"the reload did not finish within {timeout:g}s; "
                                       f"the template (pid {old}) goes on with it, and "
                                       f"its outcome will be logged") from None
@@ -684,6 +689,15 @@ class Primary:
                     sd.ready(f"ready: prefix {self.prefix!r}, template {old} "
                              f"(the reload failed)")
                 raise
+            finally:
+                if not later:
+                    self._reload_idle.set()
+
+    def wait_reload(self, timeout: float | None = None) -> bool:
+        """Wait until no reload awaits the template's answer: a template
+        that retired may end before its RELOADED is read, and is not dead
+        then.  False on timeout."""
+        return self._reload_idle.wait(timeout)
 
     def _reload_later(self, sock, old: int) -> None:
         """The answer to a reload that outlived reload()'s timeout, on a
@@ -691,20 +705,23 @@ class Primary:
         logged."""
         from . import _client
         try:
-            msg = _client._recv(sock, None)
-        except OSError:
-            msg = None
-        finally:
-            sock.close()
-        with self._gen_lock:
-            if self.template_pid != old or self.template_pidfd < 0:
-                return          # stopped meanwhile
             try:
-                self._reloaded(msg, old)
-            except ForkhostError as err:
-                self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
-                          template_pid=old, generation=self.generation,
-                          failed=_last_line(str(err)))
+                msg = _client._recv(sock, None)
+            except OSError:
+                msg = None
+            finally:
+                sock.close()
+            with self._gen_lock:
+                if self.template_pid != old or self.template_pidfd < 0:
+                    return          # stopped meanwhile
+                try:
+                    self._reloaded(msg, old)
+                except ForkhostError as err:
+                    self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
+                              template_pid=old, generation=self.generation,
+                              failed=_last_line(str(err)))
+        finally:
+            self._reload_idle.set()
 
     def _reloaded(self, msg, old: int) -> dict:
         """The template's answer msg to our RELOAD (None: it closed the
