@@ -19,7 +19,7 @@ _FROM = {
     "_errors": ("EXIT_CANNOT_RUN", "EXIT_FORKHOST", "EXIT_NOT_FOUND", "ArenaError",
                "ForkhostError", "NoPrimaryError", "NotSingleThreadedError",
                "IPCError", "PrefixInUseError", "PreloadError", "ProtocolError",
-               "RefusedError", "ReloadError"),
+               "RefusedError", "ReloadError", "ReloadPendingError"),
     "futures": ("Executor",),
     "_popen": ("DEVNULL", "PIPE", "STDOUT", "CalledProcessError", "CompletedProcess",
               "Popen", "SubprocessError", "TimeoutExpired", "call", "check_call",
@@ -62,7 +62,8 @@ if TYPE_CHECKING:      # what static tools see: the names above, eagerly
     from ._errors import (EXIT_CANNOT_RUN, EXIT_FORKHOST, EXIT_NOT_FOUND, ArenaError,
                          ForkhostError, IPCError, NoPrimaryError,
                          NotSingleThreadedError, PrefixInUseError, PreloadError,
-                         ProtocolError, RefusedError, ReloadError)
+                         ProtocolError, RefusedError, ReloadError,
+                         ReloadPendingError)
     from .primary import Primary
     from .proctype import init
     from .shm import (AttachError, HashTable, Memzone, Mempool, ModuleMismatchError,
@@ -75,7 +76,8 @@ __all__ = [
     "CompletedProcess", "CalledProcessError", "TimeoutExpired", "SubprocessError",
     "Executor",
     "ForkhostError", "NoPrimaryError", "PrefixInUseError", "NotSingleThreadedError",
-    "PreloadError", "ProtocolError", "RefusedError", "ReloadError", "ArenaError",
+    "PreloadError", "ProtocolError", "RefusedError", "ReloadError", "ReloadPendingError",
+    "ArenaError",
     "IPCError",
     "EXIT_FORKHOST", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND",
     "shm", "Memzone", "Ring", "Mempool", "HashTable",

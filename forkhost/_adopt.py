@@ -69,15 +69,17 @@ def orphan(paths: runtime.PrefixPaths) -> dict | None:
     return cfg
 
 
-def retiring(cfg: dict, prefix: str) -> list[list]:
-    """The dead primary's retiring generations (a reload's older templates)
-    still serving their last secondaries, as Primary.retiring's [pid,
-    pidfd, our child] entries: each checked to be this prefix's template
-    still running, then watched by a pidfd."""
+def retiring(cfg: dict, prefix: str, serving: int) -> list[list]:
+    """The dead primary's retiring generations (a reload's older templates,
+    and the template config.json names if the one serving, pid serving, is
+    newer) still serving their last secondaries, as Primary.retiring's
+    [pid, pidfd, our child] entries: each checked to be this prefix's
+    template still running, then watched by a pidfd."""
     out = []
     title = f"forkhost template [{prefix}]".encode()
-    for pid in cfg.get("retiring") or []:
-        if not isinstance(pid, int) or pid <= 0 or not runtime.pid_alive(pid):
+    for pid in set(cfg.get("retiring") or []) | {cfg.get("template_pid")}:
+        if pid == serving or not isinstance(pid, int) or pid <= 0 or \
+                not runtime.pid_alive(pid):
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -131,11 +133,14 @@ def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
                                 f"ADOPT with message type 0x{msg.type:02x}")
         tpid, old, a_base, a_max, running, _ = protocol.decode_struct(
             protocol.ADOPTED_BODY, msg.body, "ADOPTED")
-        if tpid != cfg["template_pid"] or a_base != base or a_max != size:
+        # The template serving template.sock may be a newer generation than
+        # config.json names (the primary died between a reload's end and
+        # its config.json write): the same arena says it is this prefix's.
+        if a_base != base or a_max != size:
             raise ForkhostError(
                 f"the template that answered ADOPT (pid {tpid}, arena 0x{a_base:x}, "
-                f"{a_max} bytes) is not the one config.json names (pid "
-                f"{cfg['template_pid']}, arena 0x{base:x}, {size} bytes)")
+                f"{a_max} bytes) does not have the arena config.json names "
+                f"(0x{base:x}, {size} bytes)")
         want = cfg["arena"].get("fd", -1)
         if lib.fh_arena_adopt(msg.fds[0], base, size,
                               want if isinstance(want, int) else -1,

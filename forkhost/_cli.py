@@ -242,8 +242,8 @@ def _serve(p, ready, sd=None, hup_reloads=False) -> int:
     while True:
         current = p.template_pidfd      # a reload (another thread) changes it
         try:
-            r, _, _ = select.select([wake_r, current, gen_fd, *p.retiring_pidfds(),
-                                     *gave_up], [], [], sd.timeout())
+            r = runtime.ready([wake_r, current, gen_fd, *p.retiring_pidfds(), *gave_up],
+                              sd.timeout())
         except InterruptedError:
             continue
         sd.tick()
@@ -752,10 +752,9 @@ def _terminate(pid: int, timeout: float) -> bool:
         return True
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        r, _, _ = select.select([pidfd], [], [], timeout)
+        return runtime.readable(pidfd, timeout)
     finally:
         os.close(pidfd)
-    return bool(r)
 
 
 def _orphan_info(p, cfg: dict) -> dict | None:
@@ -776,14 +775,24 @@ def _stop_orphan(a, p, cfg: dict) -> int:
     serves on: take the prefix (so that no primary adopts it meanwhile),
     stop the template as a primary would (SIGTERM: its secondaries get the
     grace, then SIGKILL), then remove the prefix's files."""
+    from . import _adopt
     tpid = cfg["template_pid"]
     lock = runtime.PrefixLock(p)
     lock.acquire(leave_leftovers=True)
     try:
-        if not _terminate(tpid, a.timeout):
+        # Its older generations still retiring (a reload before the death)
+        # end with it: SIGTERM to each, their secondaries given the grace.
+        older = _adopt.retiring(cfg, p.prefix, tpid)
+        for _, fd, _ in older:
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        gone = _terminate(tpid, a.timeout)
+        for pid, fd, _ in older:
+            gone = runtime.readable(fd, a.timeout) and gone
+            os.close(fd)
+        if not gone:
             lock.release(remove=False)
-            raise ForkhostError(f"the orphaned template (pid {tpid}) did not "
-                                f"stop within {a.timeout:g}s")
+            raise ForkhostError(f"the orphaned template (pid {tpid}) or an older "
+                                f"generation did not stop within {a.timeout:g}s")
     finally:
         lock.release()
     print(f"forkhost stop: prefix {p.prefix!r} stopped (its orphaned template, "
@@ -812,6 +821,10 @@ def cmd_reload(a) -> int:
     p = runtime.paths(a.prefix, a.runtime_dir)
     answer = runtime.ask_primary(a.prefix, a.runtime_dir, RELOAD_ACTION,
                                  {"timeout": a.timeout}, a.timeout + 5, check)
+    if answer.get("pending"):
+        print(f"forkhost reload: prefix {p.prefix!r}: {answer.get('error', '')}",
+              file=sys.stderr)
+        return 1
     if not answer.get("ok"):
         print(f"forkhost reload: prefix {p.prefix!r}: the reload failed; the old "
               f"generation serves on:\n{answer.get('error', '')}", file=sys.stderr)

@@ -50,6 +50,11 @@ class ReloadError(ForkhostError):
     message holds its traceback); the old generation serves on."""
 
 
+class ReloadPendingError(ReloadError):
+    """A reload did not finish within its timeout: the template goes on
+    with it, and the primary takes its outcome when it comes."""
+
+
 class ProtocolError(ForkhostError):
     """A malformed, truncated, oversized or wrong-version message."""
 

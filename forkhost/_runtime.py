@@ -221,9 +221,11 @@ class PrefixLock:
         if self.fd < 0:
             return
         fd, self.fd = self.fd, -1
+        c = _Call()
         if remove:
-            c = _Call()
             c.lib.fh_prefix_release_keep(c.paths(self.paths), self.keep, fd)
+        elif self.stale_pid:        # a dead holder's files, left: its pid too
+            c.lib.fh_prefix_lock_leave(fd, self.stale_pid)
         else:
             os.close(fd)
 
@@ -300,14 +302,23 @@ def pid_alive(pid: int) -> bool:
 
 def readable(fd, timeout: float | None) -> bool:
     """fd (or an object with fileno()) is readable, now (timeout 0) or
-    within timeout seconds (None: waits).  poll(2), not select(), which
-    refuses fds from 1024 on, as a program with many open files has."""
+    within timeout seconds (None: waits)."""
+    return bool(ready([fd], timeout))
+
+
+def ready(fds, timeout: float | None) -> list[int]:
+    """The fds of fds readable (or hung up) now (timeout 0) or within
+    timeout seconds (None: waits for one): select() over poll(2), not
+    select(2), which refuses fds from 1024 on, as a program with many open
+    files (a primary with many IPC members) has.  InterruptedError as
+    poll raises it."""
     p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(None if timeout is None else timeout * 1000))
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return [fd for fd, _ in p.poll(None if timeout is None else timeout * 1000)]
 
 
-__all__ = ["readable", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
+__all__ = ["readable", "ready", "DEFAULT_PREFIX", "PrefixPaths", "PrefixLock", "paths",
            "runtime_dir", "resolve_prefix", "read_config", "write_config",
            "running_children",
            "open_log", "pid_alive"]

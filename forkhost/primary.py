@@ -35,7 +35,8 @@ from . import _adopt, _log, _wire, _runtime as runtime
 from . import shm  # noqa: F401
 from ._native import LIBRARY, ffi, lib, library_base
 from ._errors import (ArenaError, ForkhostError, NotSingleThreadedError,
-                     PreloadError, ProtocolError, ReloadError)
+                     PreloadError, ProtocolError, ReloadError,
+                      ReloadPendingError)
 
 # A primary's defaults, C's and Python's alike (forkhost/init.h).  Pool
 # members the template keeps ready (csrc/lib/template.c) each take a fork
@@ -336,13 +337,17 @@ class Primary:
         self.template_pidfd = os.pidfd_open(self.template_pid)
         self.template_is_child = False        # init's, or an older generation's
         self.template_pids.add(self.template_pid)
-        self.generation = int(cfg.get("generation", 1))
+        # A newer generation than config.json names: the dead primary's
+        # last reload ended before it could record it.
+        self.generation = int(cfg.get("generation", 1)) + \
+            (self.template_pid != cfg.get("template_pid"))
         # The template's settings are what it has, not our options.
         self.max_secondaries = cfg.get("max_secondaries", self.max_secondaries)
         self.pool = cfg.get("pool", self.pool)
         self.grace = float(cfg.get("grace", self.grace))
         self.preload = list(cfg.get("preload", []))
         self.config = dict(cfg, pid=self.pid, started=time.time(),
+                           template_pid=self.template_pid, generation=self.generation,
                            adopted_from=got["old_primary_pid"])
         self.config["arena"] = dict(cfg["arena"], fd=lib.fh_arena_fd())
         self.config.pop("ipc_socket", None)        # ours once ipc() binds it
@@ -350,7 +355,7 @@ class Primary:
         # secondaries on, orphaned: ours to list and to stop (their exits
         # went to the dead primary's channel: not reported).
         with self._gen_lock:
-            self.retiring = _adopt.retiring(cfg, self.prefix)
+            self.retiring = _adopt.retiring(cfg, self.prefix, self.template_pid)
         self.config["retiring"] = [pid for pid, _, _ in self.retiring]
         if "launch" in self.sockets:      # the template listens on its own copy
             os.close(self.sockets.pop("launch"))
@@ -580,6 +585,8 @@ class Primary:
                 timeout = float(json.loads(bytes(msg.param) or b"{}")
                                 .get("timeout", RELOAD_TIMEOUT))
                 answer = {"ok": True, **self.reload(timeout)}
+            except ReloadPendingError as err:
+                answer = {"ok": False, "pending": True, "error": str(err)}
             except (ForkhostError, ValueError, TypeError, AttributeError) as err:
                 answer = {"ok": False, "error": str(err)}
             data = json.dumps(answer).encode()
@@ -631,8 +638,10 @@ class Primary:
         The arena and everything in it stay where they are.  Returns
         {"template_pid", "generation", "old_template_pid"}.  ReloadError
         when the new generation did not start (a preload's traceback in
-        its message): the old one serves on.  Safe from any thread (no
-        fork here); one reload at a time."""
+        its message): the old one serves on; or when it did not finish
+        within timeout seconds: the template goes on with it, and its
+        outcome is taken (and logged) when it comes.  Safe from any thread
+        (no fork here); one reload at a time."""
         from . import _client, _protocol as protocol
         with self._gen_lock:
             if self.template_pidfd < 0:
@@ -643,37 +652,30 @@ class Primary:
             if sd is not None:
                 sd.reloading(f"reloading: prefix {self.prefix!r}")
             try:
+                sock = None
                 try:
-                    with _client.connect(self.prefix, self.paths.root,
-                                         timeout) as sock:
-                        protocol.send(sock, protocol.RELOAD)
-                        msg = _client._recv(sock, timeout)
+                    sock = _client.connect(self.prefix, self.paths.root, timeout)
+                    protocol.send(sock, protocol.RELOAD)
+                    msg = _client._recv(sock, timeout)
                 except TimeoutError:
-                    raise ReloadError(f"the template (pid {old}) did not answer "
-                                      f"the reload within {timeout:g}s") from None
+                    if sock is None:
+                        raise ReloadError(f"the template (pid {old}) did not answer "
+                                          f"within {timeout:g}s") from None
+                    # Giving up here would leave the template to finish a
+                    # reload we never hear of: its answer is awaited on.
+                    threading.Thread(target=self._reload_later, args=(sock, old),
+                                     name="forkhost-reload", daemon=True).start()
+                    sock = None
+                    raise ReloadPendingError(f"the reload did not finish within {timeout:g}s; "
+                                      f"the template (pid {old}) goes on with it, and "
+                                      f"its outcome will be logged") from None
                 except OSError as err:
                     raise ReloadError(f"cannot ask the template (pid {old}): "
                                       f"{err.strerror or err}") from None
-                if msg is None:
-                    raise ReloadError(f"the template (pid {old}) closed the "
-                                      f"connection without an answer")
-                if msg.type == protocol.RELOAD_FAILED:
-                    raise ReloadError(protocol.decode_reload_failed(msg.body))
-                if msg.type == protocol.ERROR:
-                    raise ReloadError(protocol.decode_error(msg.body)[1])
-                if msg.type != protocol.RELOADED:
-                    raise ProtocolError(f"unexpected answer 0x{msg.type:02x} "
-                                        f"to RELOAD")
-                new = protocol.decode_reloaded(msg.body)
-                try:
-                    fd = os.pidfd_open(new)
-                except ProcessLookupError:
-                    # The old template has retired: nothing would serve.  Its
-                    # end ends this primary, as any template's death does.
-                    signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
-                    raise ReloadError(f"the new generation's template (pid "
-                                      f"{new}) ended at once; the old one, "
-                                      f"retired, is stopped") from None
+                finally:
+                    if sock is not None:
+                        sock.close()
+                return self._reloaded(msg, old)
             except ForkhostError as err:
                 self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
                           template_pid=old, generation=self.generation,
@@ -682,28 +684,76 @@ class Primary:
                     sd.ready(f"ready: prefix {self.prefix!r}, template {old} "
                              f"(the reload failed)")
                 raise
-            self.retiring.append([old, self.template_pidfd,
-                                  self.template_is_child])
-            self.template_pid, self.template_pidfd = new, fd
-            self.template_pids.add(new)
-            self.template_is_child = False
-            self.generation += 1
-            self.config.update(template_pid=new, generation=self.generation,
-                               retiring=[pid for pid, _, _ in self.retiring])
-            runtime.write_config(self.paths, self.config)
-            if self._gen_w >= 0:
-                try:
-                    os.write(self._gen_w, b"g")
-                except BlockingIOError:
-                    pass
-            self._log(_log.lib.FH_LOG_INFO, "reload", pid=self.pid,
-                      template_pid=new, old_template_pid=old,
-                      generation=self.generation)
-            if sd is not None:
-                sd.ready(f"ready: prefix {self.prefix!r}, template {new}, "
-                         f"generation {self.generation}")
-            return {"template_pid": new, "generation": self.generation,
-                    "old_template_pid": old}
+
+    def _reload_later(self, sock, old: int) -> None:
+        """The answer to a reload that outlived reload()'s timeout, on a
+        thread of its own: the new generation is taken then, or the failure
+        logged."""
+        from . import _client
+        try:
+            msg = _client._recv(sock, None)
+        except OSError:
+            msg = None
+        finally:
+            sock.close()
+        with self._gen_lock:
+            if self.template_pid != old or self.template_pidfd < 0:
+                return          # stopped meanwhile
+            try:
+                self._reloaded(msg, old)
+            except ForkhostError as err:
+                self._log(_log.lib.FH_LOG_WARNING, "reload", pid=self.pid,
+                          template_pid=old, generation=self.generation,
+                          failed=_last_line(str(err)))
+
+    def _reloaded(self, msg, old: int) -> dict:
+        """The template's answer msg to our RELOAD (None: it closed the
+        connection): the new generation taken as the current one, or
+        ReloadError.  Under _gen_lock."""
+        from . import _protocol as protocol
+        sd = self.notifier
+        if msg is None:
+            raise ReloadError(f"the template (pid {old}) closed the "
+                              f"connection without an answer")
+        if msg.type == protocol.RELOAD_FAILED:
+            raise ReloadError(protocol.decode_reload_failed(msg.body))
+        if msg.type == protocol.ERROR:
+            raise ReloadError(protocol.decode_error(msg.body)[1])
+        if msg.type != protocol.RELOADED:
+            raise ProtocolError(f"unexpected answer 0x{msg.type:02x} "
+                                f"to RELOAD")
+        new = protocol.decode_reloaded(msg.body)
+        try:
+            fd = os.pidfd_open(new)
+        except ProcessLookupError:
+            # The old template has retired: nothing would serve.  Its
+            # end ends this primary, as any template's death does.
+            signal.pidfd_send_signal(self.template_pidfd, signal.SIGTERM)
+            raise ReloadError(f"the new generation's template (pid "
+                              f"{new}) ended at once; the old one, "
+                              f"retired, is stopped") from None
+        self.retiring.append([old, self.template_pidfd,
+                              self.template_is_child])
+        self.template_pid, self.template_pidfd = new, fd
+        self.template_pids.add(new)
+        self.template_is_child = False
+        self.generation += 1
+        self.config.update(template_pid=new, generation=self.generation,
+                           retiring=[pid for pid, _, _ in self.retiring])
+        runtime.write_config(self.paths, self.config)
+        if self._gen_w >= 0:
+            try:
+                os.write(self._gen_w, b"g")
+            except BlockingIOError:
+                pass
+        self._log(_log.lib.FH_LOG_INFO, "reload", pid=self.pid,
+                  template_pid=new, old_template_pid=old,
+                  generation=self.generation)
+        if sd is not None:
+            sd.ready(f"ready: prefix {self.prefix!r}, template {new}, "
+                     f"generation {self.generation}")
+        return {"template_pid": new, "generation": self.generation,
+                "old_template_pid": old}
 
     def ready_line(self) -> str:
         pages = (f"{human_size(self.page_size)} huge pages" if self.huge else

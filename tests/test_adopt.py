@@ -19,6 +19,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import forkhost
 from fhtest import FIXTURES, RUNNER, LineReader, end_template, ended, reap, wait_until
 
@@ -325,10 +327,14 @@ def test_a_dead_supervisors_workers_end_with_it(runtime_dir, tmp_path):
         end_template(cfg["template_pid"])
 
 
-def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, tmp_path):
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
+def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, tmp_path,
+                                                                  recorded):
     """reload, then kill -9 of the primary: the old generation, retiring,
     serves its secondary on; the adopter lists it (ps: retiring) until its
-    last secondary ends, whose client gets its status."""
+    last secondary ends, whose client gets its status.  Unrecorded: the
+    primary died before config.json named the new generation (it still
+    names the old one): the adopter adopts the one serving template.sock."""
     prefix = "ad4"
     old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
                                   "--pool", "0")
@@ -347,8 +353,13 @@ def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, t
         old.kill()
         old.wait(30)
         wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
+        if not recorded:
+            dead = forkhost._runtime.read_config(paths)
+            forkhost._runtime.write_config(paths, dict(dead, template_pid=templates[0],
+                                                       generation=1, retiring=[]))
         new, new_cfg, _ = start_primary(runtime_dir, prefix, tmp_path / "new.err")
         assert new_cfg["retiring"] == [cfg["template_pid"]]
+        assert (new_cfg["template_pid"], new_cfg["generation"]) == (templates[1], 2)
         rows = json.loads(forkhost_cmd(env, "ps", "--json").stdout)
         retiring = [(r["role"], r["pid"]) for r in rows if r["state"] == "retiring"]
         assert retiring[0] == ("template", cfg["template_pid"]), rows
@@ -365,5 +376,37 @@ def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, t
         for p in (old, new):
             if p is not None:
                 p.stdout.close()
+        for t in templates:
+            end_template(t)
+
+
+def test_stop_of_an_orphan_ends_its_retiring_generation_too(runtime_dir, tmp_path):
+    prefix = "ad5"
+    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
+                                  "--pool", "0")
+    client = None
+    templates = [cfg["template_pid"]]
+    try:
+        client = subprocess.Popen([RUNNER, "fhfix:cat"], env=env, cwd=str(FIXTURES),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        wait_until(lambda: forkhost.info(prefix, runtime_dir)["secondaries"],
+                   what="the secondary")
+        assert forkhost_cmd(env, "reload").returncode == 0
+        paths = forkhost._runtime.paths(prefix, runtime_dir)
+        templates.append(forkhost._runtime.read_config(paths)["template_pid"])
+        old.kill()
+        old.wait(30)
+        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
+        r = forkhost_cmd(env, "stop")
+        assert r.returncode == 0, r.stderr
+        assert client.wait(30) == -signal.SIGTERM      # the retiring one's secondary
+        wait_until(lambda: all(ended(t) for t in templates), what="both generations")
+        assert not os.path.exists(os.path.join(runtime_dir, prefix))
+    finally:
+        if client is not None:
+            client.stdin.close()
+        reap(client, old)
+        old.stdout.close()
         for t in templates:
             end_template(t)

@@ -299,12 +299,15 @@ def test_a_killed_primarys_orphan_serves_and_a_c_primary_does_not_adopt(exe,
     assert prim.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: forkhost.info("po", runtime_dir)["orphaned"],
                what="the template to hear of its primary's death")
+    refused = (f"proc_type: prefix 'po' has an orphaned template (its primary, pid "
+               f"{prim.pid}, died): `forkhost primary` adopts it, `forkhost stop` "
+               f"ends it\n").encode()
     r = _run([exe, "--proc-type=primary", "--file-prefix=po"], runtime_dir)
-    assert (r.returncode, r.stdout) == (125, b"")
-    assert r.stderr.decode() == (
-        f"proc_type: prefix 'po' has an orphaned template (its primary, pid "
-        f"{prim.pid}, died): `forkhost primary` adopts it, `forkhost stop` ends it\n")
+    assert (r.returncode, r.stdout, r.stderr) == (125, b"", refused)
     assert _run([exe, "--file-prefix=po", "exit", "4"], runtime_dir).returncode == 4
+    # Still the dead primary's pid: the runs before left the lock as they found it.
+    r = _run([exe, "--proc-type=primary", "--file-prefix=po"], runtime_dir)
+    assert (r.returncode, r.stdout, r.stderr) == (125, b"", refused)
     r = subprocess.run([sys.executable, "-m", "forkhost", "stop", "--prefix", "po"],
                        env=_env(runtime_dir), capture_output=True, timeout=60,
                        cwd=str(FIXTURES))

@@ -251,12 +251,27 @@ def test_failing_preload_keeps_the_old_generation_then_sighup_reloads(rp):
     wait_until(lambda: rp.config()["generation"] == 2, what="the SIGHUP's reload")
     r = rp.run("version")
     assert (r.returncode, r.stdout) == (0, b"3\n"), r.stderr
+    # A reload longer than its --timeout is not abandoned: the primary
+    # takes the new generation when the template answers.
+    rp.write_module("import time\ntime.sleep(1)\nVERSION = 4")
+    out = rp.cli("reload", "--timeout", "0.2")
+    assert out.returncode == 1, out
+    assert out.stderr.decode() == (
+        "forkhost reload: prefix 't': the reload did not finish within 0.2s; the "
+        f"template (pid {rp.config()['template_pid']}) goes on with it, and its "
+        "outcome will be logged\n")
+    wait_until(lambda: rp.config()["generation"] == 3, what="the slow reload")
+    r = rp.run("version")
+    assert (r.returncode, r.stdout) == (0, b"4\n"), r.stderr
     assert rp.p.proc.poll() is None
     code, _, err = rp.close()
     assert code == 0, err
     failed = [ln for ln in err.splitlines() if " reload " in ln and "failed=" in ln]
-    assert len(failed) == 1 and failed[0].startswith("<4>") and \
+    assert len(failed) == 2 and failed[0].startswith("<4>") and \
         'failed="RuntimeError: boom on reload"' in failed[0], err
+    assert "did not finish within 0.2s" in failed[1], err
+    assert len([ln for ln in err.splitlines() if " reload " in ln and
+                " generation=3" in ln and "failed=" not in ln]) == 1, err
 
 
 # A C primary's template (fh_template_fork, no Python hooks) reloads too:

@@ -360,11 +360,17 @@ FH_API int fh_arena_adopt(int fd, uintptr_t addr, size_t size, int want_fd,
 
     if (fh_arena_attach(fd, addr, size, err, errlen) < 0)
         return -1;
-    if (want_fd >= 0 && want_fd != g_arena.fd &&
-        fcntl(want_fd, F_GETFD) < 0 && errno == EBADF &&
-        dup3(g_arena.fd, want_fd, O_CLOEXEC) == want_fd) {
-        close(g_arena.fd);
-        g_arena.fd = want_fd;
+    if (want_fd >= 0 && want_fd != g_arena.fd) {
+        /* The lowest free number from want_fd on, taken atomically: never
+         * an fd another thread opened meanwhile (dup3 would close it). */
+        int got = fcntl(g_arena.fd, F_DUPFD_CLOEXEC, want_fd);
+
+        if (got == want_fd) {
+            close(g_arena.fd);
+            g_arena.fd = want_fd;
+        } else if (got >= 0) {
+            close(got);         /* taken: the memfd stays where it is */
+        }
     }
     hdr = g_arena.base;
     /* Release: a process that reads the new pid (grow_fd(), to reach the

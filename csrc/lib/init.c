@@ -492,7 +492,7 @@ FH_API int fh_init(int argc, char **argv)
         if (lock < 0)
             init_fail(prog, FH_EXIT_FORKHOST, "%s", err);
         if (orphan_listens(&g.paths)) {
-            close(lock);        /* its files stay the orphan's */
+            fh_prefix_lock_leave(lock, stale);  /* its files stay the orphan's */
             if (o.proc_type == FH_PROC_PRIMARY)
                 init_fail(prog, FH_EXIT_FORKHOST, "prefix '%s' has an orphaned "
                           "template (its primary, pid %d, died): `forkhost "

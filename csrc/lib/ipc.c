@@ -157,7 +157,10 @@ static struct fh__ipc_counters st;      /* this process's secondary side */
  * fh_ipc_attach() joins instead of fh_ipc_socket_path().  Written under g.lock by the
  * joining thread before the receive thread exists. */
 static atomic_int g_peer_pid;   /* relaxed: written under g.lock, a hint */
-static char  g_peer_name[FH_IPC_PEER_NAME_MAX];  /* to lock-free readers */
+/* Read without a lock; rewritten when the IPC thread rejoins a new
+ * primary, so a reader racing a rejoin may see a mix of the two names
+ * (text for messages only, never parsed). */
+static char  g_peer_name[FH_IPC_PEER_NAME_MAX];
 /* Waiting for a primary to rejoin (fh_ipc_rejoining()).  relaxed: a report,
  * the state (g_state) orders everything else. */
 static atomic_bool g_rejoining;

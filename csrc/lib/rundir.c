@@ -749,6 +749,14 @@ void fh_prefix_release(const struct fh_prefix_paths *p, int lock_fd)
     fh_prefix_release_keep(p, 0, lock_fd);
 }
 
+FH_API void fh_prefix_lock_leave(int lock_fd, pid_t stale)
+{
+    if (stale > 0 && write_pid(lock_fd, stale) < 0) {
+        /* the next holder reads no pid: it says "a dead primary" */
+    }
+    close(lock_fd);
+}
+
 void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
                             int lock_fd)
 {

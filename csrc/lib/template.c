@@ -1452,6 +1452,15 @@ static void readable(struct tpl *t, struct conn *c)
     client_gone(t, c);
 }
 
+/* fd of the config's keep_fds is one to keep open.  Not the first exit
+ * channel's number, which callers list there too: the exit channel is
+ * t->exit_fd's to keep (closed when the primary dies, replaced by an
+ * adopter's), and its old number may name anything since. */
+static int keeps(const struct fh_template_config *c, int fd)
+{
+    return fd >= 0 && fd != c->exit_notice_fd;
+}
+
 /* ---- reload (template.h) --------------------------------------------------- */
 
 static size_t page_round(size_t n)
@@ -1561,7 +1570,7 @@ static int begin_reload(struct tpl *t)
         if (t->exit_fd >= 0)
             keep[nkeep++] = t->exit_fd;
         for (i = 0; i < t->c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
-            if (t->c->keep_fds[i] >= 0)
+            if (keeps(t->c, t->c->keep_fds[i]))
                 keep[nkeep++] = t->c->keep_fds[i];
         sort_ints(keep, nkeep);
         close_all_but(keep, nkeep);
@@ -1627,10 +1636,12 @@ static void retire(struct tpl *t)
 /* Every member has left or taken its launch: tell the primary. */
 static void reloaded(struct tpl *t)
 {
-    int64_t pid = t->reload_pid;
+    struct fh_reloaded r;      /* its body: what follows the header */
 
-    fh__send_record(t->reload_conn, FH_MSG_RELOADED, &pid, sizeof pid, NULL,
-                    0, NULL, 0, MSG_DONTWAIT);
+    memset(&r, 0, sizeof r);
+    r.pid = t->reload_pid;
+    fh__send_record(t->reload_conn, FH_MSG_RELOADED, &r.pid, sizeof r - sizeof r.hdr,
+                    NULL, 0, NULL, 0, MSG_DONTWAIT);
     close(t->reload_conn);
     t->reload_conn = -1;
 }
@@ -2182,14 +2193,7 @@ static int primary_gone(const struct tpl *t)
 
 static void adopted_reply(struct tpl *t, int fd, pid_t old)
 {
-    struct {
-        int32_t  template_pid;
-        int32_t  old_primary_pid;
-        uint64_t arena_base;
-        uint64_t arena_max;
-        uint32_t running;
-        uint32_t reserved;
-    } a;
+    struct fh_adopted a;       /* its body: what follows the header */
     int afd = fh_arena_fd();
 
     memset(&a, 0, sizeof a);
@@ -2198,8 +2202,8 @@ static void adopted_reply(struct tpl *t, int fd, pid_t old)
     a.arena_base = (uint64_t)(uintptr_t)fh_arena_base();
     a.arena_max = (uint64_t)fh_arena_max();
     a.running = running_count(t);
-    fh__send_record(fd, FH_MSG_ADOPTED, &a, sizeof a, NULL, 0, &afd, 1,
-                    MSG_DONTWAIT);
+    fh__send_record(fd, FH_MSG_ADOPTED, &a.template_pid, sizeof a - sizeof a.hdr,
+                    NULL, 0, &afd, 1, MSG_DONTWAIT);
 }
 
 /*
@@ -2441,7 +2445,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     if (t.exit_fd >= 0)
         keep[nkeep++] = t.exit_fd;
     for (i = 0; i < c->nkeep && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
-        if (c->keep_fds[i] >= 0)
+        if (keeps(c, c->keep_fds[i]))
             keep[nkeep++] = c->keep_fds[i];
     sort_ints(keep, (unsigned)nkeep);
     close_all_but(keep, (unsigned)nkeep);

@@ -151,7 +151,7 @@ struct fh_started {          /* 32 bytes; carries the pidfd */
 /* The answer to an ADOPT (docs/protocol.md, "Adoption"): the template
  * that now has the sender as its primary, and where its arena is (the fd
  * it carries is the arena's memfd). */
-struct fh_adopted {          /* 64 bytes; carries the arena's memfd */
+struct fh_adopted {          /* 56 bytes; carries the arena's memfd */
     struct fh_msg_hdr hdr;
     int32_t  template_pid;
     int32_t  old_primary_pid;  /* the primary it had before */

@@ -222,6 +222,11 @@ FH_API int fh_prefix_lock_keep(const struct fh_prefix_paths *p, unsigned keep,
                                size_t errlen);
 FH_API void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
                                    int lock_fd);
+/* Give the prefix up without cleaning (after FH_PREFIX_KEEP_LEFTOVERS,
+ * when an orphaned template keeps the dead holder's files): the lock file
+ * names stale (the dead holder's pid, > 0) again, as we found it, and
+ * lock_fd is closed. */
+FH_API void fh_prefix_lock_leave(int lock_fd, pid_t stale);
 /* What fh_prefix_lock_keep removes of a dead holder's, removed now by the
  * lock's holder (after FH_PREFIX_KEEP_LEFTOVERS): *stale becomes 0 if it
  * was -1 and a file was removed.  0, or -1 with err set. */

@@ -36,5 +36,6 @@ int fh_prefix_clean_leftovers(const struct fh_prefix_paths *p, unsigned keep,
                               pid_t *stale, char *err, size_t errlen);
 void fh_prefix_release_keep(const struct fh_prefix_paths *p, unsigned keep,
                             int lock_fd);
+void fh_prefix_lock_leave(int lock_fd, pid_t stale);
 int fh_prefix_write_config(const struct fh_prefix_paths *p, const char *text,
                            char *err, size_t errlen);
