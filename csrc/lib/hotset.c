@@ -21,6 +21,15 @@
 #define PM_PRESENT   (1ull << 63)
 #define PM_EXCLUSIVE (1ull << 56)
 #define HOT_MAX_PAGES 4096u       /* 16 MiB of private copies per member */
+/* A mapping larger than this is not looked at: its pagemap costs 8 bytes
+ * a page to read whether or not the page is there, and such a range is a
+ * reservation mostly empty (AddressSanitizer's shadow is terabytes): read
+ * whole, it kept a secondary recording for minutes. */
+#define HOT_MAX_MAPPING (4ull << 30)
+/* A reader finding a recording under way (the odd seq) tries again this
+ * many times, then does without the set: the recorder is another process
+ * that may be slow, or killed holding the lock, so it is never waited for. */
+#define HOT_READ_TRIES 4
 
 /* Set in members (fh__hotset_member); a secondary that was a member
  * learns into it at exit (fh__hotset_learn). */
@@ -76,8 +85,11 @@ FH_API void fh_hotset_note(struct fh_hotset *h, int python)
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h)
 {
     uint32_t seq, pages = 0, i, n;
+    int tries = HOT_READ_TRIES;
 
     do {
+        if (tries-- == 0)
+            return 0;             /* a recording is under way: no set yet */
         /* acquire: pairs with the writer's release of the even seq below,
          * so the ranges read after it are the ones published with it. */
         seq = atomic_load_explicit(&h->seq, memory_order_acquire);
@@ -170,7 +182,8 @@ static void learn(struct fh_hotset *h)
         char perms[5];
 
         if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &lo, &hi, perms, &off,
-                   &maj, &mnr, &inode) != 7 || perms[3] != 'p')
+                   &maj, &mnr, &inode) != 7 || perms[3] != 'p' ||
+            hi - lo > HOT_MAX_MAPPING)
             continue;
         if (perms[1] == 'w')
             record_runs(h, &n, pm, lo, hi, PM_PRESENT | PM_EXCLUSIVE, 0,
@@ -210,6 +223,7 @@ FH_API long fh_member_prefault(void)
     struct { uint64_t start; uint32_t pages, flags; } copy[FH_HOTSET_RANGES];
     uint32_t seq, n, i;
     long page = sysconf(_SC_PAGESIZE), total = 0;
+    int tries = HOT_READ_TRIES;
 
     if (g_hot == NULL)
         return 0;
@@ -220,6 +234,8 @@ FH_API long fh_member_prefault(void)
     if (atomic_load_explicit(&g_hot->learn, memory_order_relaxed) > 0)
         return 0;
     do {
+        if (tries-- == 0)
+            return 0;             /* a recording is under way: copy nothing */
         /* acquire: as in fh_hotset_pages. */
         seq = atomic_load_explicit(&g_hot->seq, memory_order_acquire);
         n = atomic_load_explicit(&g_hot->nranges, memory_order_relaxed);

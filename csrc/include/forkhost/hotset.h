@@ -56,12 +56,14 @@ FH_API void fh_hotset_arm(struct fh_hotset *h, unsigned launches);
  * set is learned again (a Python launch writes some 500 pages, a native
  * one a few dozen: a set of the wrong kind copies too few or too many). */
 FH_API void fh_hotset_note(struct fh_hotset *h, int python);
-/* Written pages in the current set (a consistent read). */
+/* Written pages in the current set (a consistent read); 0 while a
+ * secondary records the set anew (never waited for). */
 FH_API unsigned fh_hotset_pages(struct fh_hotset *h);
 /* In an idle member: copy the hot set's pages now.  Pages copied.  Not
  * while a launch is to be learned from (the set armed): a member that
  * copied the set never learns, so that each learning replaces the set
- * with what one launch made private instead of adding to it. */
+ * with what one launch made private instead of adding to it.  Nor while a
+ * secondary records the set anew: that is not waited for (0). */
 FH_API long fh_member_prefault(void);
 
 /* Internal.  In a pool member (fh_member_init): the template's set, or
