@@ -327,6 +327,43 @@ def test_a_dead_supervisors_workers_end_with_it(runtime_dir, tmp_path):
         end_template(cfg["template_pid"])
 
 
+class ReloadedThenKilled:
+    """A `forkhost primary` (pool 0) whose client's secondary (fhfix:cat,
+    until its stdin ends) runs across a reload, then kill -9 of the
+    primary: the old generation retiring with that secondary, the new one
+    serving, both orphaned.  templates: [old, new]."""
+
+    def __init__(self, runtime_dir, prefix, tmp_path):
+        self.prefix, self.runtime_dir = prefix, runtime_dir
+        self.old, self.cfg, self.env = start_primary(runtime_dir, prefix,
+                                                     tmp_path / "old.err", "--pool", "0")
+        self.templates = [self.cfg["template_pid"]]
+        self.paths = forkhost._runtime.paths(prefix, runtime_dir)
+        self.client = subprocess.Popen([RUNNER, "fhfix:cat"], env=self.env,
+                                       cwd=str(FIXTURES), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def reload_and_kill(self):
+        wait_until(lambda: forkhost.info(self.prefix, self.runtime_dir)["secondaries"],
+                   what="the secondary")
+        r = forkhost_cmd(self.env, "reload")
+        assert r.returncode == 0, r.stderr
+        self.templates.append(forkhost._runtime.read_config(self.paths)["template_pid"])
+        self.old.kill()
+        self.old.wait(30)
+        wait_until(lambda: orphaned(self.prefix, self.runtime_dir), what="the orphan")
+
+    def close(self, *more):
+        if self.client.stdin and not self.client.stdin.closed:
+            self.client.stdin.close()
+        reap(self.client, self.old, *more)
+        for p in (self.old, *more):
+            if p is not None:
+                p.stdout.close()
+        for t in self.templates:
+            end_template(t)
+
+
 @pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
 def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, tmp_path,
                                                                   recorded):
@@ -335,78 +372,41 @@ def test_a_retiring_generation_is_listed_and_ended_by_the_adopter(runtime_dir, t
     last secondary ends, whose client gets its status.  Unrecorded: the
     primary died before config.json named the new generation (it still
     names the old one): the adopter adopts the one serving template.sock."""
-    prefix = "ad4"
-    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
-                                  "--pool", "0")
-    new = client = None
-    templates = [cfg["template_pid"]]
+    k = ReloadedThenKilled(runtime_dir, "ad4", tmp_path)
+    new = None
     try:
-        client = subprocess.Popen([RUNNER, "fhfix:cat"], env=env, cwd=str(FIXTURES),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        wait_until(lambda: forkhost.info(prefix, runtime_dir)["secondaries"],
-                   what="the secondary")
-        r = forkhost_cmd(env, "reload")
-        assert r.returncode == 0, r.stderr
-        paths = forkhost._runtime.paths(prefix, runtime_dir)
-        templates.append(forkhost._runtime.read_config(paths)["template_pid"])
-        old.kill()
-        old.wait(30)
-        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
+        k.reload_and_kill()
+        old_template, new_template = k.templates
         if not recorded:
-            dead = forkhost._runtime.read_config(paths)
-            forkhost._runtime.write_config(paths, dict(dead, template_pid=templates[0],
-                                                       generation=1, retiring=[]))
-        new, new_cfg, _ = start_primary(runtime_dir, prefix, tmp_path / "new.err")
-        assert new_cfg["retiring"] == [cfg["template_pid"]]
-        assert (new_cfg["template_pid"], new_cfg["generation"]) == (templates[1], 2)
-        rows = json.loads(forkhost_cmd(env, "ps", "--json").stdout)
+            dead = forkhost._runtime.read_config(k.paths)
+            forkhost._runtime.write_config(k.paths, dict(dead, template_pid=old_template,
+                                                         generation=1, retiring=[]))
+        new, new_cfg, _ = start_primary(runtime_dir, "ad4", tmp_path / "new.err")
+        assert new_cfg["retiring"] == [old_template]
+        assert (new_cfg["template_pid"], new_cfg["generation"]) == (new_template, 2)
+        rows = json.loads(forkhost_cmd(k.env, "ps", "--json").stdout)
         retiring = [(r["role"], r["pid"]) for r in rows if r["state"] == "retiring"]
-        assert retiring[0] == ("template", cfg["template_pid"]), rows
+        assert retiring[0] == ("template", old_template), rows
         assert [role for role, _ in retiring[1:]] == ["secondary"], rows
-        out, err = client.communicate(b"bye\n", timeout=30)
-        assert (client.returncode, out, err) == (0, b"bye\n", b"")
-        wait_until(lambda: not forkhost._runtime.read_config(paths)["retiring"],
+        out, err = k.client.communicate(b"bye\n", timeout=30)
+        assert (k.client.returncode, out, err) == (0, b"bye\n", b"")
+        wait_until(lambda: not forkhost._runtime.read_config(k.paths)["retiring"],
                    what="the adopter to forget the retired generation")
-        assert ended(cfg["template_pid"])
-        r = forkhost_cmd(env, "stop")
+        assert ended(old_template)
+        r = forkhost_cmd(k.env, "stop")
         assert r.returncode == 0, r.stderr
     finally:
-        reap(client, old, new)
-        for p in (old, new):
-            if p is not None:
-                p.stdout.close()
-        for t in templates:
-            end_template(t)
+        k.close(new)
 
 
 def test_stop_of_an_orphan_ends_its_retiring_generation_too(runtime_dir, tmp_path):
-    prefix = "ad5"
-    old, cfg, env = start_primary(runtime_dir, prefix, tmp_path / "old.err",
-                                  "--pool", "0")
-    client = None
-    templates = [cfg["template_pid"]]
+    k = ReloadedThenKilled(runtime_dir, "ad5", tmp_path)
     try:
-        client = subprocess.Popen([RUNNER, "fhfix:cat"], env=env, cwd=str(FIXTURES),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        wait_until(lambda: forkhost.info(prefix, runtime_dir)["secondaries"],
-                   what="the secondary")
-        assert forkhost_cmd(env, "reload").returncode == 0
-        paths = forkhost._runtime.paths(prefix, runtime_dir)
-        templates.append(forkhost._runtime.read_config(paths)["template_pid"])
-        old.kill()
-        old.wait(30)
-        wait_until(lambda: orphaned(prefix, runtime_dir), what="the orphan")
-        r = forkhost_cmd(env, "stop")
+        k.reload_and_kill()
+        r = forkhost_cmd(k.env, "stop")
         assert r.returncode == 0, r.stderr
-        assert client.wait(30) == -signal.SIGTERM      # the retiring one's secondary
-        wait_until(lambda: all(ended(t) for t in templates), what="both generations")
-        assert not os.path.exists(os.path.join(runtime_dir, prefix))
+        assert k.client.wait(30) == -signal.SIGTERM      # the retiring one's secondary
+        wait_until(lambda: all(ended(t) for t in k.templates), what="both generations")
+        assert not os.path.exists(os.path.join(runtime_dir, "ad5"))
     finally:
-        if client is not None:
-            client.stdin.close()
-        reap(client, old)
-        old.stdout.close()
-        for t in templates:
-            end_template(t)
+        k.close()
