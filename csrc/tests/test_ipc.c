@@ -403,6 +403,26 @@ static void test_checks(void)
     free(m);
 }
 
+/* A fake primary listening at sa: a child that runs fn (which never
+ * returns) on the listener, killed if we die. */
+static pid_t fake_at(const struct sockaddr_un *sa, void (*fn)(int, pid_t), pid_t me)
+{
+    int listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    pid_t pid;
+
+    CHECK(listener >= 0 && bind(listener, (const struct sockaddr *)sa, sizeof *sa) == 0 &&
+          listen(listener, 4) == 0, "listen at %s", sa->sun_path);
+    pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fn(listener, me);
+        _exit(99);
+    }
+    close(listener);
+    return pid;
+}
+
 static void test_with_fake_primary(void)
 {
     char dir[] = "/tmp/fh-ipc-XXXXXX", path[64];
@@ -411,23 +431,14 @@ static void test_with_fake_primary(void)
     struct fh_ipc_reply rep;
     struct fh_ipc_stats s;
     struct timespec ts, t0, t1;
-    int listener, pfd[2], fds_before = count_fds(), status;
+    int pfd[2], fds_before = count_fds(), status;
     pid_t me = getpid(), fake;
     char buf[32];
 
     CHECK(mkdtemp(dir), "mkdtemp");
     snprintf(path, sizeof path, "%s/ipc.sock", dir);
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
-    listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-          listen(listener, 4) == 0, "listen");
-    fake = fork();
-    CHECK(fake >= 0, "fork");
-    if (fake == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        fake_primary(listener, me);
-    }
-    close(listener);
+    fake = fake_at(&sa, fake_primary, me);
     CHECK(fh_ipc_set_primary(path, fake) == 0, "set_primary");
     CHECK(fh_ipc_primary_pid() == fake && strcmp(fh_ipc_socket_path(), path) == 0,
           "stored");
@@ -549,16 +560,7 @@ static void test_with_fake_primary(void)
     CHECK(fh_ipc_request(m, &rep, &ts) < 0 && errno == ENOTCONN, "request, no primary");
     CHECK(fh_ipc_register(FH_IPC_PRIMARY_NOTICE, on_primary) == 0, "register meanwhile");
     unlink(path);               /* the dead one's socket file */
-    listener = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-          listen(listener, 4) == 0, "listen again");
-    fake = fork();
-    CHECK(fake >= 0, "fork");
-    if (fake == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        fake_rejoined(listener, me);
-    }
-    close(listener);
+    fake = fake_at(&sa, fake_rejoined, me);
     wait_for(&primary_notices, 1);
     CHECK(last_primary.primary_pid == fake && last_primary.template_pid == 2,
           "the notice: %d %d", last_primary.primary_pid, last_primary.template_pid);
