@@ -230,7 +230,6 @@ class Primary:
         self.generation = 1
         self.template_is_child = True
         self.retiring: list[list] = []
-        self.template_pids: set[int] = set()   # every generation's, ever
         self._gen_lock = threading.RLock()
         # Set while no RELOAD awaits its answer (wait_reload()).
         self._reload_idle = threading.Event()
@@ -339,7 +338,6 @@ class Primary:
         self.template_pid = got["template_pid"]
         self.template_pidfd = os.pidfd_open(self.template_pid)
         self.template_is_child = False        # init's, or an older generation's
-        self.template_pids.add(self.template_pid)
         # A newer generation than config.json names: the dead primary's
         # last reload ended before it could record it.
         self.generation = int(cfg.get("generation", 1)) + \
@@ -503,7 +501,6 @@ class Primary:
                 os._exit(code)
         os.close(ready_w)
         self.template_pid = pid
-        self.template_pids.add(pid)
         self.template_pidfd = os.pidfd_open(pid)
         try:
             answer = _read_with_timeout(ready_r, TEMPLATE_START_TIMEOUT)
@@ -612,6 +609,11 @@ class Primary:
         except BlockingIOError:
             pass
         return self._gen_r
+
+    def template_generations(self) -> set[int]:
+        """The pids of this primary's live templates: the serving one and
+        those retiring (each ends after its last secondary)."""
+        return {self.template_pid, *(pid for pid, _, _ in list(self.retiring))}
 
     def retiring_pidfds(self) -> list[int]:
         with self._gen_lock:
@@ -752,7 +754,6 @@ class Primary:
         self.retiring.append([old, self.template_pidfd,
                               self.template_is_child])
         self.template_pid, self.template_pidfd = new, fd
-        self.template_pids.add(new)
         self.template_is_child = False
         self.generation += 1
         self.config.update(template_pid=new, generation=self.generation,

@@ -570,8 +570,8 @@ class _PrimaryEndpoint:
     def _templates_child(self, ppid: int) -> bool:
         """ppid is a template of this primary, of any generation (a reload's
         old one reports its secondaries' exits too)."""
-        gens = getattr(self.primary, "template_pids", None)
-        return ppid == self.template_pid or (gens is not None and ppid in gens)
+        gens = getattr(self.primary, "template_generations", None)
+        return ppid == self.template_pid or (gens is not None and ppid in gens())
 
     def members(self) -> list[Member]:
         with self.lock:
