@@ -141,7 +141,7 @@ def test_mempool_cache_of_a_killed_process_is_reclaimed(primary, n):
     try:
         line = LineReader(holder.stdout).readline()
         assert line == b"holding 6\n", holder.stderr.read1() if not line else line
-        os.kill(_secondary_of(primary), signal.SIGKILL)
+        os.kill(_secondary_of(primary, holder.pid), signal.SIGKILL)
         assert holder.wait(30) == -signal.SIGKILL
     finally:
         reap(holder)
@@ -151,10 +151,13 @@ def test_mempool_cache_of_a_killed_process_is_reclaimed(primary, n):
     assert (in_use, avail) == (6, 26), (in_use, avail, back)
 
 
-def _secondary_of(primary) -> int:
+def _secondary_of(primary, client_pid: int) -> int:
+    """The secondary serving client_pid (the module's primary is shared: an
+    earlier test's secondary may still be listed for a moment)."""
     import forkhost
-    secs = wait_until(lambda: forkhost.info(primary.prefix, primary.runtime_dir)
-                      ["secondaries"], what="the secondary")
+    secs = wait_until(lambda: [s for s in forkhost.info(primary.prefix, primary.runtime_dir)
+                               ["secondaries"] if s["client_pid"] == client_pid],
+                      what="the secondary")
     return secs[0]["pid"]
 
 
@@ -214,7 +217,7 @@ def test_memzone_lock_holder_killed_next_user_recovers(primary, n):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert LineReader(holder.stdout).readline() == b"locked\n"
-        os.kill(_secondary_of(primary), signal.SIGKILL)
+        os.kill(_secondary_of(primary, holder.pid), signal.SIGKILL)
         assert holder.wait(30) == -signal.SIGKILL
     finally:
         reap(holder)
