@@ -157,9 +157,8 @@ static struct fh__ipc_counters st;      /* this process's secondary side */
  * fh_ipc_attach() joins instead of fh_ipc_socket_path().  Written under g.lock by the
  * joining thread before the receive thread exists. */
 static atomic_int g_peer_pid;   /* relaxed: written under g.lock, a hint */
-/* Read without a lock; rewritten when the IPC thread rejoins a new
- * primary, so a reader racing a rejoin may see a mix of the two names
- * (text for messages only, never parsed). */
+/* Written and read under g.lock (rewritten when the IPC thread rejoins a
+ * new primary); fh_ipc_peer_name() hands out a copy. */
 static char  g_peer_name[FH_IPC_PEER_NAME_MAX];
 /* Waiting for a primary to rejoin (fh_ipc_rejoining()).  relaxed: a report,
  * the state (g_state) orders everything else. */
@@ -1307,7 +1306,17 @@ FH_API int fh_ipc_rejoining(void)
 {
     return atomic_load_explicit(&g_rejoining, memory_order_relaxed);
 }
-FH_API const char *fh_ipc_peer_name(void) { return g_peer_name; }
+FH_API const char *fh_ipc_peer_name(void)
+{
+    /* This thread's copy, taken under the lock its writers hold: a rejoin
+     * cannot change the text under the caller. */
+    static __thread char copy[FH_IPC_PEER_NAME_MAX];
+
+    pthread_mutex_lock(&g.lock);
+    memcpy(copy, g_peer_name, sizeof copy);
+    pthread_mutex_unlock(&g.lock);
+    return copy;
+}
 FH_API const char *fh_ipc_refusal(void) { return g_refusal; }
 
 int fh__ipc_secondary_start(void)

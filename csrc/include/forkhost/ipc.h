@@ -361,7 +361,8 @@ FH_API void fh_ipc_stats(struct fh_ipc_stats *out);
 FH_API int fh_ipc_attach(const char *path);
 /* The primary this process joined (its WELCOME), 0 when not joined (also
  * while it waits to rejoin: fh_ipc_rejoining()), and
- * its name (/proc/PID/comm when this process joined), "" when not. */
+ * its name (/proc/PID/comm when this process joined), "" when not; the
+ * name is this thread's copy, valid until its next call. */
 FH_API pid_t fh_ipc_peer_pid(void);
 FH_API const char *fh_ipc_peer_name(void);
 /* Why the primary refused the last join (its REFUSE), "" otherwise. */

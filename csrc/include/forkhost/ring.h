@@ -27,17 +27,23 @@
  * are free-running 32-bit counters masked on use, so all `size` slots are
  * usable (no sentinel slot) and wrap-around is plain unsigned arithmetic.
  *
- * Beyond rte_ring: on a ring created single-producer (FH_RING_F_SP_ENQ), the
- * producer keeps the last consumer tail it read (prod.other_tail) and only
- * reads the consumers' cache line again when that stale figure shows too
- * little room (or when the caller asks for *free_space, which is then
- * exact); a single consumer does the same with the producer tail.  On
- * a two-core ring that is one cross-core cache-line transfer less per call
- * for whichever side is ahead.  Creating the ring SP (SC) promises one
- * producer (consumer) at a time, which is what makes the cached figure
- * safe: it is only ever written by that one side, from a value of the
- * other side's tail it read, and tails only grow.  (The mp/mc calls stay
- * safe on such a ring and keep the figure up to date.)
+ * Beyond rte_ring: each side keeps the last tail of the other side it read
+ * (prod.other_tail: the consumers' tail as producers last saw it;
+ * cons.other_tail the reverse) and reads the other side's cache line again
+ * only when that figure shows too little room (too few elements) for the
+ * call, or when the caller asks for *free_space (*available), which is then
+ * exact.  On a two-core ring that is one cross-core cache-line transfer
+ * less per call for whichever side is ahead.  The figure is safe to act on
+ * because it only lags: every value stored in it was read (acquire) from
+ * the other side's tail, and tails only grow, so the room (elements) it
+ * shows are there.  A figure gone stale by 2^32 slots cannot mislead
+ * either: unsigned arithmetic then shows less than the truth or more than
+ * the capacity, and more than the capacity sends the call to the real
+ * tail.  On a multi side several callers update the figure, each with a
+ * CAS from the figure it started from to the tail it read, so a caller
+ * stalled in between (stopped, descheduled) cannot put back an old figure
+ * once others have moved it: the figure moves only forward, and it is
+ * exposed to the 2^32 wrap-around (ABA) only as the head's CAS already is.
  *
  * A process that dies mid-call (beyond rte_ring, where a producer or
  * consumer killed between claiming and publishing blocks every later one
@@ -444,12 +450,10 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
                 atomic_load_explicit(&self->head, memory_order_relaxed) !=
                 *old_head, 0))
             *old_head = fh__ring_single_restart(r, self);
-        /* Relaxed: this side's one process is the only writer of
-         * other_tail.  The other side's accesses to the slots up to it
-         * were ordered before ours by the acquire load that first read
-         * the value (in this call or an earlier one of this side). */
+        /* Acquire: the figure, as in the loop below (written by this
+         * side's one process, or by a multi-side call on this ring). */
         uint32_t tail = atomic_load_explicit(&self->other_tail,
-                                             memory_order_relaxed);
+                                             memory_order_acquire);
         *avail = base + tail - *old_head;
         /* Read the real tail when the cached one shows too little, is
          * impossible, or the caller wants the exact figure. */
@@ -466,8 +470,8 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
                 *avail = FH__RING_HOLES_PENDING;
                 return 0;
             }
-            /* Relaxed: read back only by this side's one process. */
-            atomic_store_explicit(&self->other_tail, tail, memory_order_relaxed);
+            /* Release: as in the loop below. */
+            atomic_store_explicit(&self->other_tail, tail, memory_order_release);
             *avail = base + tail - *old_head;
         }
         if (n > *avail)
@@ -508,27 +512,51 @@ FH__RING_INLINE uint32_t fh__ring_move_head(struct fh_ring *r,
          * weakly ordered CPU could otherwise pair a tail with an older
          * head. */
         atomic_thread_fence(memory_order_acquire);
-        /* Acquire pairs with the other side's release store of its tail in
-         * fh__ring_update_tail: a producer sees the consumers' reads of
-         * the slots it is about to overwrite complete, a consumer sees the
-         * producers' writes of the slots it reads. */
-        tail = atomic_load_explicit(&other->tail, memory_order_acquire);
-        /* Relaxed: a hole is recorded before the tail that passes it is
-         * stored (release), so the acquire above makes it visible.  Only
-         * consumers look (producers have no holes to skip), and the test
-         * of the side comes first so that producers do not load the word
-         * at all: an atomic load is not left out even when unused. */
-        if (other == &r->prod && __builtin_expect(
-                atomic_load_explicit(&other->holes, memory_order_relaxed) != 0,
-                0)) {
-            fh__ring_release_rec(r, rec);
-            *avail = FH__RING_HOLES_PENDING;
-            return 0;
+        /* First the other side's tail as this side last read it (see
+         * "Beyond rte_ring"): it lags the real one, so the room (the
+         * elements) it shows are there.  Acquire pairs with the release
+         * store below by whichever caller of this side wrote it, which
+         * had acquired the value from other->tail: the other side's slot
+         * accesses up to it are ordered before ours through that caller. */
+        const uint32_t fig = atomic_load_explicit(&self->other_tail,
+                                                  memory_order_acquire);
+        tail = fig;
+        *avail = base + tail - *old_head;
+        if (exact || *avail < n || *avail > r->capacity) {
+            /* Acquire pairs with the other side's release store of its
+             * tail in fh__ring_update_tail: a producer sees the consumers'
+             * reads of the slots it is about to overwrite complete, a
+             * consumer sees the producers' writes of the slots it reads. */
+            tail = atomic_load_explicit(&other->tail, memory_order_acquire);
+            /* Relaxed: a hole is recorded before the tail that passes it
+             * is stored (release), so the acquire above makes it visible.
+             * Only consumers look (producers have no holes to skip), and
+             * the test of the side comes first so that producers do not
+             * load the word at all: an atomic load is not left out even
+             * when unused.  The figure is stored only when no hole is
+             * pending, so a figure never covers one. */
+            if (other == &r->prod && __builtin_expect(
+                    atomic_load_explicit(&other->holes, memory_order_relaxed)
+                    != 0, 0)) {
+                fh__ring_release_rec(r, rec);
+                *avail = FH__RING_HOLES_PENDING;
+                return 0;
+            }
+            /* A CAS from the figure this call read rather than a store:
+             * a caller stalled between its read of the tail and here (a
+             * stopped process) cannot put back a figure that others have
+             * moved past since (see "Beyond rte_ring").  Release on
+             * success: pairs with the acquire load above by this side's
+             * later callers.  Relaxed on failure: another caller stored a
+             * figure of its own, which serves as well. */
+            if (tail != fig) {
+                uint32_t expect = fig;
+                atomic_compare_exchange_strong_explicit(
+                    &self->other_tail, &expect, tail,
+                    memory_order_release, memory_order_relaxed);
+            }
+            *avail = base + tail - *old_head;
         }
-        if (cached)
-            /* Relaxed: keeps the single fast path's figure current (one
-             * process of this side at a time on this ring). */
-            atomic_store_explicit(&self->other_tail, tail, memory_order_relaxed);
         /* Unsigned wrap-around makes this right across index overflow; it
          * is only ever too large when old_head is stale, and then the CAS
          * fails. */
@@ -643,14 +671,21 @@ fh__ring_copy_out_slow(const struct fh_ring *r, uint32_t idx, void *objs,
     }
 }
 
-/* Copy n 64-bit elements, four at a time while they last. */
+/* Copy n 64-bit elements, four at a time while they last, one 8-byte move
+ * each: 16-byte vector moves measured slower on two cores (benchmarks/
+ * shm_c/ring_ab.c), as DPDK's element copy also avoids.  memcpy keeps a
+ * caller's unaligned buffer correct and compiles to plain moves. */
 FH__RING_INLINE void fh__ring_copy64(unsigned char *dst,
                                      const unsigned char *src, uint32_t n)
 {
     uint32_t i = 0;
 
-    for (; i + 4 <= n; i += 4)
-        memcpy(dst + (size_t)i * 8, src + (size_t)i * 8, 32);
+    for (; i + 4 <= n; i += 4) {
+        memcpy(dst + (size_t)i * 8, src + (size_t)i * 8, 8);
+        memcpy(dst + (size_t)i * 8 + 8, src + (size_t)i * 8 + 8, 8);
+        memcpy(dst + (size_t)i * 8 + 16, src + (size_t)i * 8 + 16, 8);
+        memcpy(dst + (size_t)i * 8 + 24, src + (size_t)i * 8 + 24, 8);
+    }
     for (; i < n; i++)
         memcpy(dst + (size_t)i * 8, src + (size_t)i * 8, 8);
 }
@@ -663,9 +698,7 @@ FH__RING_INLINE void fh__ring_copy_in(struct fh_ring *r, uint32_t head,
     const unsigned char *src = (const unsigned char *)objs;
 
     if (__builtin_expect(r->elem_size == 8 && idx + n <= r->size, 1)) {
-        /* The common case, inlined: fixed-size memcpys compile to plain
-         * moves (32 bytes: two 16-byte ones) and stay correct for a
-         * caller's unaligned buffer. */
+        /* The common case, inlined (fh__ring_copy64). */
         fh__ring_copy64(dst + (size_t)idx * 8, src, n);
     } else {
         fh__ring_copy_in_slow(r, idx, objs, n);
