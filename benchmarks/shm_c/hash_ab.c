@@ -1,32 +1,40 @@
 /*
  * hash_ab.c - forkhost's hash table and DPDK's rte_hash in the same loops,
- * measured so that a shared, loaded machine still gives steady figures.
- * Built twice by run.py (--hash-ab): once against libforkhost, once with
- * -DSIDE_DPDK against DPDK (pkg-config libdpdk); run.py runs the two
- * alternately.  Run by hand, never by the tests; no thresholds.
+ * in the same process, batch by batch, so that a shared machine still
+ * gives a steady ratio.  Built by run.py (--hash-ab) against libforkhost
+ * and, with -DWITH_DPDK, against DPDK too (pkg-config libdpdk).  Run by
+ * hand, never by the tests; no thresholds.
  *
- *     hash_ab_fh [L]      hash_ab_dpdk [L]      (L: the writer-locked table)
+ *     hash_ab [L]      (L: both tables with their writer lock)
  *
- * The table: 2^19 entries, 16-byte keys, 393216 keys (75%), jhash through
+ * The tables: 2^19 entries, 16-byte keys, 393216 keys (75%), jhash through
  * the table's pointer, on normal pages on both sides (DPDK: --no-huge), as
- * in hash_perf_autotest.  The keys: key i is the counter i, 64 bytes
+ * in hash_perf_autotest.  With DPDK, both tables call DPDK's rte_jhash,
+ * so the tables are compared and not two implementations of jhash;
+ * without it, ours calls jhash.h's.  The keys: key i is the counter i, 64 bytes
  * apart; adds go in counter order, lookups through a shuffled copy of the
  * array, read front to back, with the precomputed hash of each.
  *
  * The method: the work is cut into batches of 4096 operations, each timed
- * with rdtsc, and the whole sequence (reset, adds, single lookups, lookups
- * with the hash, bulk lookups of 16 by key pointer, and on our side bulk
- * lookups of 16 packed keys) is repeated ROUNDS times.  A batch's figure
- * is its fastest repetition, and an operation's figure the mean over the
- * batches of those minima: a batch that another process's time slice or
- * cache traffic disturbed in one repetition is nearly always clean in
- * another, so the figure moves by a few percent between runs where one
- * long timed loop moves by 2x.  Adds are timed in the same batches, from
- * an empty table each repetition (the batch at a given fill level against
- * itself).  Both sides pinned to CPU 0.
+ * with rdtsc.  Each case (reset, adds, single lookups, lookups with the
+ * hash, bulk lookups of 16 by key pointer, and on our side bulk lookups
+ * of 16 packed keys) runs on our table and then on DPDK's (DPDK's first
+ * in odd repetitions), a tenth of a second or so each, so that both see
+ * the same state of the machine: the memory bandwidth and cache the
+ * host's other guests leave to this one change over seconds, and two
+ * programs run one after the other measured 0.9x or 1.2x of each other
+ * from one run to the next.  (Interleaving batch by batch instead, as
+ * ring_ab.c does, would have each table's batches run in a cache the
+ * other table had just filled: 42 MiB of tables against 32 MiB of L3.)
+ * The whole sequence is repeated ROUNDS times.  A batch's figure is its fastest
+ * repetition, an operation's figure the mean over the batches of those
+ * minima.  Adds are timed in the same batches, from an empty table each
+ * repetition (the batch at a given fill level against itself).  Pinned to
+ * CPU 0.
  *
- * Output, one line: "SIDE add=C lookup=C with_hash=C bulk=C [bulk_packed=C]"
- * (add_locked instead of add with L), cycles per operation.
+ * Output, one line per side: "SIDE add=C lookup=C with_hash=C bulk=C
+ * [bulk_packed=C]" (SIDE fh or dpdk; add_locked instead of add with L),
+ * cycles per operation.
  */
 #include <sched.h>
 #include <stdint.h>
@@ -34,6 +42,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "forkhost/arena.h"
+#include "forkhost/hash.h"
+#ifdef WITH_DPDK
+#include <rte_eal.h>
+#include <rte_hash.h>
+#include <rte_jhash.h>
+#define NSIDE 2
+/* Both tables call the same function: the tables are compared, not two
+ * implementations of jhash. */
+#define HASH_FN rte_jhash
+#else
+#include "jhash.h"
+#define NSIDE 1
+#define HASH_FN jhash
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
@@ -57,76 +81,141 @@ static inline uint64_t tsc(void)
 #define ROUNDS 9
 #define BURST 16u
 
+enum { FH, DPDK };
 enum { ADD, LOOKUP, WITH_HASH, BULK, BULK_PACKED, NCASE };
 
-#ifdef SIDE_DPDK
-#include <rte_eal.h>
-#include <rte_hash.h>
-#include <rte_jhash.h>
-typedef struct rte_hash table;
-#define SIDE "dpdk"
-#define T_ADD(h, k) rte_hash_add_key(h, k)
-#define T_LOOKUP(h, k) rte_hash_lookup(h, k)
-#define T_LOOKUP_SIG(h, k, s) rte_hash_lookup_with_hash(h, k, s)
-#define T_BULK(h, p, n, pos) rte_hash_lookup_bulk(h, p, n, pos)
-#define T_RESET(h) rte_hash_reset(h)
-#define T_HASH(h, k) rte_hash_hash(h, k)
-#else
-#include "forkhost/arena.h"
-#include "forkhost/hash.h"
-typedef struct fh_hash table;
-#define SIDE "fh"
-#define T_ADD(h, k) fh_hash_add_key(h, k)
-#define T_LOOKUP(h, k) fh_hash_lookup(h, k)
-#define T_LOOKUP_SIG(h, k, s) fh_hash_lookup_with_hash(h, k, s)
-#define T_BULK(h, p, n, pos) fh_hash_lookup_bulk_ptrs(h, p, NULL, n, pos, NULL)
-#define T_RESET(h) fh_hash_reset(h)
-static uint32_t t_hash(table *h, const void *k)
-{
-    uint32_t s = 0;
-    fh_hash_hash(h, k, &s);
-    return s;
-}
-#define T_HASH(h, k) t_hash(h, k)
-
-#include "jhash.h"
+static struct fh_hash *fh_table;
+#ifdef WITH_DPDK
+static struct rte_hash *dpdk_table;
 #endif
+static unsigned char *keys, *look, *packed;
+static uint32_t *sigs[NSIDE];
+static double best[NSIDE][NCASE][NBATCH];
 
-static double best[NCASE][NBATCH];
-
-static void keep(int c, uint32_t b, uint64_t t0)
+static void fail(int side, const char *what, uint32_t i)
 {
-    double v = (double)(tsc() - t0) / BATCH;
-    if (v < best[c][b])
-        best[c][b] = v;
+    fprintf(stderr, "hash_ab: %s %s failed at key %u\n",
+            side == FH ? "forkhost" : "DPDK", what, i);
+    exit(1);
 }
 
-static void fail(const char *what, uint32_t i)
+/* Batch b of case c on one side's table; keeps its time if the fastest. */
+static void batch(int side, int c, uint32_t b)
 {
-    fprintf(stderr, "hash_ab: %s failed at key %u\n", what, i);
-    exit(1);
+    const void *ptrs[BURST];
+    int32_t pos[BURST];
+    uint32_t lo = b * BATCH, hi = (b + 1) * BATCH;
+    uint64_t t0 = tsc();
+
+    if (side == FH) {
+        struct fh_hash *h = fh_table;
+        switch (c) {
+        case ADD:
+            for (uint32_t i = lo; i < hi; i++)
+                if (fh_hash_add_key(h, keys + (size_t)i * STRIDE) < 0)
+                    fail(side, "add", i);
+            break;
+        case LOOKUP:
+            for (uint32_t i = lo; i < hi; i++)
+                if (fh_hash_lookup(h, look + (size_t)i * STRIDE) < 0)
+                    fail(side, "lookup", i);
+            break;
+        case WITH_HASH:
+            for (uint32_t i = lo; i < hi; i++)
+                if (fh_hash_lookup_with_hash(h, look + (size_t)i * STRIDE,
+                                             sigs[FH][i]) < 0)
+                    fail(side, "lookup with hash", i);
+            break;
+        case BULK:
+            for (uint32_t i = lo; i < hi; i += BURST) {
+                for (uint32_t k = 0; k < BURST; k++)
+                    ptrs[k] = look + (size_t)(i + k) * STRIDE;
+                fh_hash_lookup_bulk_ptrs(h, ptrs, NULL, BURST, pos, NULL);
+                for (uint32_t k = 0; k < BURST; k++)
+                    if (pos[k] < 0)
+                        fail(side, "bulk lookup", i + k);
+            }
+            break;
+        case BULK_PACKED:
+            for (uint32_t i = lo; i < hi; i += BURST) {
+                fh_hash_lookup_bulk(h, packed + (size_t)i * KEY_LEN, BURST, pos);
+                for (uint32_t k = 0; k < BURST; k++)
+                    if (pos[k] < 0)
+                        fail(side, "packed bulk lookup", i + k);
+            }
+            break;
+        }
+    }
+#ifdef WITH_DPDK
+    else {
+        struct rte_hash *h = dpdk_table;
+        switch (c) {
+        case ADD:
+            for (uint32_t i = lo; i < hi; i++)
+                if (rte_hash_add_key(h, keys + (size_t)i * STRIDE) < 0)
+                    fail(side, "add", i);
+            break;
+        case LOOKUP:
+            for (uint32_t i = lo; i < hi; i++)
+                if (rte_hash_lookup(h, look + (size_t)i * STRIDE) < 0)
+                    fail(side, "lookup", i);
+            break;
+        case WITH_HASH:
+            for (uint32_t i = lo; i < hi; i++)
+                if (rte_hash_lookup_with_hash(h, look + (size_t)i * STRIDE,
+                                              sigs[DPDK][i]) < 0)
+                    fail(side, "lookup with hash", i);
+            break;
+        case BULK:
+            for (uint32_t i = lo; i < hi; i += BURST) {
+                for (uint32_t k = 0; k < BURST; k++)
+                    ptrs[k] = look + (size_t)(i + k) * STRIDE;
+                rte_hash_lookup_bulk(h, ptrs, BURST, pos);
+                for (uint32_t k = 0; k < BURST; k++)
+                    if (pos[k] < 0)
+                        fail(side, "bulk lookup", i + k);
+            }
+            break;
+        }
+    }
+#endif
+    double v = (double)(tsc() - t0) / BATCH;
+    if (v < best[side][c][b])
+        best[side][c][b] = v;
 }
 
 int main(int argc, char **argv)
 {
+    static const char *name[NCASE] = {"add", "lookup", "with_hash", "bulk",
+                                      "bulk_packed"};
+    static const char *sname[] = {"fh", "dpdk"};
     int locked = argc > 1 && strcmp(argv[1], "L") == 0;
-    unsigned char *keys = calloc(NKEYS, STRIDE), *look = calloc(NKEYS, STRIDE);
-    unsigned char *packed = malloc((size_t)NKEYS * KEY_LEN);
-    uint32_t *sigs = malloc(NKEYS * sizeof *sigs);
     uint64_t st = 0x9e3779b97f4a7c15ull;
-    const void *ptrs[BURST];
-    int32_t pos[BURST];
     cpu_set_t cpus;
-    table *h;
 
+    keys = calloc(NKEYS, STRIDE);
+    look = calloc(NKEYS, STRIDE);
+    packed = malloc((size_t)NKEYS * KEY_LEN);
+    for (int s = 0; s < NSIDE; s++)
+        sigs[s] = malloc(NKEYS * sizeof *sigs[s]);
     CPU_ZERO(&cpus);
     CPU_SET(0, &cpus);
     if (sched_setaffinity(0, sizeof cpus, &cpus) < 0 || !keys || !look
-        || !packed || !sigs) {
+        || !packed || !sigs[NSIDE - 1]) {
         fprintf(stderr, "hash_ab: no CPU 0 or no memory\n");
         return 1;
     }
-#ifdef SIDE_DPDK
+    if (fh_arena_create(256u << 20, 0, "fh-hash-ab") < 0) {
+        perror("hash_ab: fh_arena_create");
+        return 1;
+    }
+    fh_table = fh_hash_create("hash_ab", ENTRIES, KEY_LEN, HASH_FN, 0,
+                              locked ? 0 : FH_HASH_F_SINGLE_WRITER);
+    if (fh_table == NULL) {
+        fprintf(stderr, "hash_ab: cannot create our table: %s\n", fh_hash_error());
+        return 1;
+    }
+#ifdef WITH_DPDK
     {
         /* Normal pages, no shared config; the runtime directory
          * (/var/run/dpdk/fhab<pid>) is removed by run.py. */
@@ -143,20 +232,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "hash_ab: rte_eal_init failed\n");
             return 1;
         }
-        h = rte_hash_create(&p);
+        dpdk_table = rte_hash_create(&p);
+        if (dpdk_table == NULL) {
+            fprintf(stderr, "hash_ab: cannot create DPDK's table\n");
+            return 1;
+        }
     }
-#else
-    if (fh_arena_create(256u << 20, 0, "fh-hash-ab") < 0) {
-        perror("hash_ab: fh_arena_create");
-        return 1;
-    }
-    h = fh_hash_create("hash_ab", ENTRIES, KEY_LEN, jhash, 0,
-                       locked ? 0 : FH_HASH_F_SINGLE_WRITER);
 #endif
-    if (h == NULL) {
-        fprintf(stderr, "hash_ab: cannot create the table\n");
-        return 1;
-    }
     for (uint32_t i = 0; i < NKEYS; i++)
         memcpy(keys + (size_t)i * STRIDE, &i, sizeof i);
     memcpy(look, keys, (size_t)NKEYS * STRIDE);
@@ -171,71 +253,41 @@ int main(int argc, char **argv)
     }
     for (uint32_t i = 0; i < NKEYS; i++) {
         memcpy(packed + (size_t)i * KEY_LEN, look + (size_t)i * STRIDE, KEY_LEN);
-        sigs[i] = T_HASH(h, look + (size_t)i * STRIDE);
-    }
-    for (int c = 0; c < NCASE; c++)
-        for (uint32_t b = 0; b < NBATCH; b++)
-            best[c][b] = 1e300;
-
-    for (int r = 0; r < ROUNDS; r++) {
-        T_RESET(h);
-        for (uint32_t b = 0; b < NBATCH; b++) {
-            uint64_t t0 = tsc();
-            for (uint32_t i = b * BATCH; i < (b + 1) * BATCH; i++)
-                if (T_ADD(h, keys + (size_t)i * STRIDE) < 0)
-                    fail("add", i);
-            keep(ADD, b, t0);
-        }
-        for (uint32_t b = 0; b < NBATCH; b++) {
-            uint64_t t0 = tsc();
-            for (uint32_t i = b * BATCH; i < (b + 1) * BATCH; i++)
-                if (T_LOOKUP(h, look + (size_t)i * STRIDE) < 0)
-                    fail("lookup", i);
-            keep(LOOKUP, b, t0);
-        }
-        for (uint32_t b = 0; b < NBATCH; b++) {
-            uint64_t t0 = tsc();
-            for (uint32_t i = b * BATCH; i < (b + 1) * BATCH; i++)
-                if (T_LOOKUP_SIG(h, look + (size_t)i * STRIDE, sigs[i]) < 0)
-                    fail("lookup with hash", i);
-            keep(WITH_HASH, b, t0);
-        }
-        for (uint32_t b = 0; b < NBATCH; b++) {
-            uint64_t t0 = tsc();
-            for (uint32_t i = b * BATCH; i < (b + 1) * BATCH; i += BURST) {
-                for (uint32_t k = 0; k < BURST; k++)
-                    ptrs[k] = look + (size_t)(i + k) * STRIDE;
-                T_BULK(h, ptrs, BURST, pos);
-                for (uint32_t k = 0; k < BURST; k++)
-                    if (pos[k] < 0)
-                        fail("bulk lookup", i + k);
-            }
-            keep(BULK, b, t0);
-        }
-#ifndef SIDE_DPDK
-        for (uint32_t b = 0; b < NBATCH; b++) {
-            uint64_t t0 = tsc();
-            for (uint32_t i = b * BATCH; i < (b + 1) * BATCH; i += BURST) {
-                fh_hash_lookup_bulk(h, packed + (size_t)i * KEY_LEN, BURST, pos);
-                for (uint32_t k = 0; k < BURST; k++)
-                    if (pos[k] < 0)
-                        fail("packed bulk lookup", i + k);
-            }
-            keep(BULK_PACKED, b, t0);
-        }
+        if (fh_hash_hash(fh_table, look + (size_t)i * STRIDE, &sigs[FH][i]) < 0)
+            fail(FH, "hash", i);
+#ifdef WITH_DPDK
+        sigs[DPDK][i] = rte_hash_hash(dpdk_table, look + (size_t)i * STRIDE);
 #endif
     }
+    for (int s = 0; s < NSIDE; s++)
+        for (int c = 0; c < NCASE; c++)
+            for (uint32_t b = 0; b < NBATCH; b++)
+                best[s][c][b] = 1e300;
 
-    {
-        static const char *name[NCASE] = {"add", "lookup", "with_hash", "bulk",
-                                          "bulk_packed"};
-        printf("%s", SIDE);
+    for (int r = 0; r < ROUNDS; r++) {
+        fh_hash_reset(fh_table);
+#ifdef WITH_DPDK
+        rte_hash_reset(dpdk_table);
+#endif
+        for (int c = 0; c < NCASE; c++)
+            for (int k = 0; k < NSIDE; k++) {
+                /* Which goes first alternates between repetitions. */
+                int side = r % 2 ? NSIDE - 1 - k : k;
+                if (side == DPDK && c == BULK_PACKED)     /* no such call */
+                    continue;
+                for (uint32_t b = 0; b < NBATCH; b++)
+                    batch(side, c, b);
+            }
+    }
+
+    for (int s = 0; s < NSIDE; s++) {
+        printf("%s", sname[s]);
         for (int c = 0; c < NCASE; c++) {
             double sum = 0;
-            if (best[c][0] > 1e299)
+            if (best[s][c][0] > 1e299)
                 continue;
             for (uint32_t b = 0; b < NBATCH; b++)
-                sum += best[c][b];
+                sum += best[s][c][b];
             printf(" %s%s=%.1f", name[c], c == ADD && locked ? "_locked" : "",
                    sum / NBATCH);
         }

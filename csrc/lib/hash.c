@@ -75,16 +75,15 @@ struct ht_bucket {
 _Static_assert(sizeof(struct ht_bucket) == 64, "a bucket is a cache line");
 
 /*
- * A key entry, key_stride bytes: key (key_len, padded to 8), hash (4),
- * pad (4), data (8).  Index 0 is never used, so key_idx 0 means empty.
- * Written by the writer only while no bucket slot refers to the entry
- * (data: also while referenced, inside the bucket's seqlock).
+ * A key entry, key_stride bytes: key (key_len, padded to 8), then data
+ * (8): 24 bytes for 16-byte keys, as DPDK's.  The key's hash, which only
+ * writers need (a repair, and fh_hash_get_key_with_position), is kept
+ * apart, in the hash store after the free stack, so that lookups touch
+ * fewer bytes.  Index 0 is never used, so key_idx 0 means empty.  An
+ * entry and its stored hash are written by the writer only while no
+ * bucket slot refers to the entry (data: also while referenced, inside
+ * the bucket's seqlock).
  */
-struct ht_key_tail {
-    uint32_t hash;
-    uint32_t pad;
-    _Atomic uint64_t data;
-};
 
 /*
  * The table header, at the start of memzone "HT_<name>":
@@ -392,15 +391,29 @@ static inline unsigned char *key_at(const struct fh_hash *h, uint32_t idx)
     return (unsigned char *)h + h->keys_off + (uint64_t)idx * h->key_stride;
 }
 
-static inline struct ht_key_tail *tail_of(const struct fh_hash *h,
-                                          unsigned char *k)
+/* Entry k's data: its last 8 bytes. */
+static inline _Atomic uint64_t *data_of(const struct fh_hash *h,
+                                        const unsigned char *k)
 {
-    return (struct ht_key_tail *)(k + h->key_stride - sizeof(struct ht_key_tail));
+    return (_Atomic uint64_t *)(void *)(k + h->key_stride - sizeof(uint64_t));
 }
 
 static inline uint32_t *free_stack(const struct fh_hash *h)
 {
     return (uint32_t *)((char *)h + h->free_off);
+}
+
+/* The hash store: entries + 1 hashes, indexed like the entries, after the
+ * free stack (its offset follows from free_off, see fh_hash_create). */
+static uint64_t hashes_offset(uint64_t free_off, uint32_t entries)
+{
+    return (free_off + (uint64_t)entries * sizeof(uint32_t) + 63) & ~(uint64_t)63;
+}
+
+static inline _Atomic uint32_t *hash_store(const struct fh_hash *h)
+{
+    return (_Atomic uint32_t *)(void *)((char *)h + hashes_offset(h->free_off,
+                                                                  h->entries));
 }
 
 /*
@@ -513,7 +526,9 @@ static void repair_state(struct fh_hash *h)
                 continue;
             used[idx] = 1;
             count++;
-            for (uint32_t x = home_bucket(h, tail_of(h, key_at(h, idx))->hash);
+            /* Relaxed: we are the writer (repairing). */
+            for (uint32_t x = home_bucket(h, atomic_load_explicit(
+                     &hash_store(h)[idx], memory_order_relaxed));
                  x != b; x = next_bucket(h, x))
                 ofl[x]++;
         }
@@ -644,7 +659,7 @@ static uint32_t search_bucket(const struct fh_hash *h,
                 unsigned char *k = key_at(h, idx);
                 if (key_eq(k, key, h->key_len)) {
                     found = idx;
-                    d = atomic_load_explicit(&tail_of(h, k)->data,
+                    d = atomic_load_explicit(data_of(h, k),
                                              memory_order_relaxed);
                     break;
                 }
@@ -715,7 +730,7 @@ int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
                 if (key_eq(k, key, h->key_len)) {
                     found = idx;
                     /* Relaxed: validated by the seq check below. */
-                    d = atomic_load_explicit(&tail_of(h, (unsigned char *)k)->data,
+                    d = atomic_load_explicit(data_of(h, k),
                                              memory_order_relaxed);
                     break;
                 }
@@ -880,7 +895,7 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
                     if (key_eq(k, key, klen)) {
                         f = idx;
                         /* Relaxed: validated by the seq check below. */
-                        d = atomic_load_explicit(&tail_of(h, (unsigned char *)k)->data,
+                        d = atomic_load_explicit(data_of(h, k),
                                                  memory_order_relaxed);
                         break;
                     }
@@ -1055,7 +1070,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     if (idx) {
         /* Update in place, inside the seqlock of the key's bucket. */
         seq_begin(&bk[b]);
-        atomic_store_explicit(&tail_of(h, key_at(h, idx))->data, data,
+        atomic_store_explicit(data_of(h, key_at(h, idx)), data,
                               memory_order_relaxed);
         seq_end(&bk[b]);
         return (int32_t)(idx - 1);
@@ -1079,8 +1094,10 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     k = key_at(h, idx);
     /* No slot refers to entry idx: plain writes, published below. */
     key_copy(k, key, h->key_len);
-    tail_of(h, k)->hash = hash;
-    atomic_store_explicit(&tail_of(h, k)->data, data, memory_order_relaxed);
+    /* Relaxed: published with the key below; readers of the stored hash
+     * check what they find (fh_hash_get_key_with_position). */
+    atomic_store_explicit(&hash_store(h)[idx], hash, memory_order_relaxed);
+    atomic_store_explicit(data_of(h, k), data, memory_order_relaxed);
     /* Count the key in every bucket it passes before it becomes visible,
      * so that overflow is never too low for a reader. */
     for (uint32_t x = home; x != b; x = next_bucket(h, x))
@@ -1248,7 +1265,7 @@ FH_API int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
             }
             idx = atomic_load_explicit(&b->key_idx[i], memory_order_relaxed);
             d = idx && idx <= h->entries
-                ? atomic_load_explicit(&tail_of(h, key_at(h, idx))->data,
+                ? atomic_load_explicit(data_of(h, key_at(h, idx)),
                                        memory_order_relaxed)
                 : 0;
             /* Acquire fence: pairs with seq_begin's release fence. */
@@ -1277,7 +1294,10 @@ FH_API int fh_hash_get_key_with_position(const struct fh_hash *h,
     /* A free entry has no slot pointing at it; finding whether one does
      * would cost a scan, so ask the key itself: look it up. */
     const unsigned char *k = key_at(h, (uint32_t)position + 1);
-    if (lookup_core(h, k, tail_of(h, (unsigned char *)k)->hash, NULL) != position)
+    /* Relaxed: the lookup below checks what the stored hash leads to. */
+    if (lookup_core(h, k, atomic_load_explicit(&hash_store(h)[position + 1],
+                                               memory_order_relaxed),
+                    NULL) != position)
         return -ENOENT;
     *key = k;
     return 0;
@@ -1358,11 +1378,11 @@ FH_API struct fh_hash *fh_hash_create(const char *name, uint32_t entries,
     /* Slots >= entries * 5/4: the fewest buckets that hold them. */
     nb = ((uint64_t)entries * HT_FILL_DEN + FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM - 1)
          / (FH_HASH_BUCKET_ENTRIES * HT_FILL_NUM);
-    stride = align_up(key_len, 8) + sizeof(struct ht_key_tail);
+    stride = align_up(key_len, 8) + sizeof(uint64_t);
     buckets_off = align_up(sizeof(struct fh_hash), 64);
     keys_off = align_up(buckets_off + nb * sizeof(struct ht_bucket), 64);
     free_off = align_up(keys_off + (entries + 1ull) * stride, 64);
-    total = free_off + (uint64_t)entries * sizeof(uint32_t);
+    total = hashes_offset(free_off, entries) + (entries + 1ull) * sizeof(uint32_t);
 
     mz = fh_memzone_reserve(mzname, (size_t)total, 64, 0);
     if (!mz) {
