@@ -36,14 +36,14 @@
  * less per call for whichever side is ahead.  The figure is safe to act on
  * because it only lags: every value stored in it was read (acquire) from
  * the other side's tail, and tails only grow, so the room (elements) it
- * shows are there.  A figure gone stale by 2^32 slots cannot mislead
- * either: unsigned arithmetic then shows less than the truth or more than
- * the capacity, and more than the capacity sends the call to the real
- * tail.  On a multi side several callers update the figure, each with a
- * CAS from the figure it started from to the tail it read, so a caller
- * stalled in between (stopped, descheduled) cannot put back an old figure
- * once others have moved it: the figure moves only forward, and it is
- * exposed to the 2^32 wrap-around (ABA) only as the head's CAS already is.
+ * shows are there.  A figure that shows more than the capacity (a caller
+ * holding an old head, whose CAS of the head then fails) is not trusted
+ * and sends the call to the real tail.  On a multi side several callers
+ * update the figure, each with a CAS from the figure it started from to
+ * the tail it read, so a caller stalled in between (stopped, descheduled)
+ * cannot put back an old figure once others have moved it: the figure
+ * moves only forward, exposed to the 32-bit wrap-around (ABA) only as the
+ * head's CAS already is.
  *
  * A process that dies mid-call (beyond rte_ring, where a producer or
  * consumer killed between claiming and publishing blocks every later one
