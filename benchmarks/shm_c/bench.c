@@ -84,22 +84,7 @@
 #include "forkhost/memzone.h"
 #include "forkhost/ring.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t tsc(void) { return __rdtsc(); }
-static inline void cpu_pause(void) { _mm_pause(); }
-#define TSC_UNIT "cycles"
-#else
-/* No TSC: nanoseconds, labelled as such. */
-static inline uint64_t tsc(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-static inline void cpu_pause(void) { }
-#define TSC_UNIT "ns"
-#endif
+#include "tsc.h"
 
 /* DPDK's RING_SIZE and iteration count in test_ring_perf.c. */
 #define RING_SLOTS 4096u

@@ -46,9 +46,9 @@
 #include "forkhost/arena.h"
 #include "forkhost/hash.h"
 #ifdef WITH_DPDK
-#include <rte_eal.h>
 #include <rte_hash.h>
 #include <rte_jhash.h>
+#include "ab_eal.h"
 #define NSIDE 2
 /* Both tables call the same function: the tables are compared, not two
  * implementations of jhash. */
@@ -59,18 +59,7 @@
 #define HASH_FN jhash
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t tsc(void) { return __rdtsc(); }
-#else
-#include <time.h>
-static inline uint64_t tsc(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-#endif
+#include "tsc.h"
 
 #define ENTRIES (1u << 19)
 #define NKEYS (ENTRIES / 4 * 3)
@@ -107,38 +96,42 @@ static void batch(int side, int c, uint32_t b)
     uint32_t lo = b * BATCH, hi = (b + 1) * BATCH;
     uint64_t t0 = tsc();
 
+    /* The four cases both tables have, over one side's calls. */
+#define CASES(h, ADD_FN, LOOKUP_FN, SIG_FN, BULK_FN, sig)                   \
+    case ADD:                                                               \
+        for (uint32_t i = lo; i < hi; i++)                                  \
+            if (ADD_FN(h, keys + (size_t)i * STRIDE) < 0)                   \
+                fail(side, "add", i);                                       \
+        break;                                                              \
+    case LOOKUP:                                                            \
+        for (uint32_t i = lo; i < hi; i++)                                  \
+            if (LOOKUP_FN(h, look + (size_t)i * STRIDE) < 0)                \
+                fail(side, "lookup", i);                                    \
+        break;                                                              \
+    case WITH_HASH:                                                         \
+        for (uint32_t i = lo; i < hi; i++)                                  \
+            if (SIG_FN(h, look + (size_t)i * STRIDE, (sig)[i]) < 0)         \
+                fail(side, "lookup with hash", i);                          \
+        break;                                                              \
+    case BULK:                                                              \
+        for (uint32_t i = lo; i < hi; i += BURST) {                         \
+            for (uint32_t k = 0; k < BURST; k++)                            \
+                ptrs[k] = look + (size_t)(i + k) * STRIDE;                  \
+            BULK_FN(h, ptrs, BURST, pos);                                   \
+            for (uint32_t k = 0; k < BURST; k++)                            \
+                if (pos[k] < 0)                                             \
+                    fail(side, "bulk lookup", i + k);                       \
+        }                                                                   \
+        break;
+#define FH_BULK(h, p, n, pos) fh_hash_lookup_bulk_ptrs(h, p, NULL, n, pos, NULL)
+
     if (side == FH) {
-        struct fh_hash *h = fh_table;
         switch (c) {
-        case ADD:
-            for (uint32_t i = lo; i < hi; i++)
-                if (fh_hash_add_key(h, keys + (size_t)i * STRIDE) < 0)
-                    fail(side, "add", i);
-            break;
-        case LOOKUP:
-            for (uint32_t i = lo; i < hi; i++)
-                if (fh_hash_lookup(h, look + (size_t)i * STRIDE) < 0)
-                    fail(side, "lookup", i);
-            break;
-        case WITH_HASH:
-            for (uint32_t i = lo; i < hi; i++)
-                if (fh_hash_lookup_with_hash(h, look + (size_t)i * STRIDE,
-                                             sigs[FH][i]) < 0)
-                    fail(side, "lookup with hash", i);
-            break;
-        case BULK:
-            for (uint32_t i = lo; i < hi; i += BURST) {
-                for (uint32_t k = 0; k < BURST; k++)
-                    ptrs[k] = look + (size_t)(i + k) * STRIDE;
-                fh_hash_lookup_bulk_ptrs(h, ptrs, NULL, BURST, pos, NULL);
-                for (uint32_t k = 0; k < BURST; k++)
-                    if (pos[k] < 0)
-                        fail(side, "bulk lookup", i + k);
-            }
-            break;
+        CASES(fh_table, fh_hash_add_key, fh_hash_lookup, fh_hash_lookup_with_hash,
+              FH_BULK, sigs[FH])
         case BULK_PACKED:
             for (uint32_t i = lo; i < hi; i += BURST) {
-                fh_hash_lookup_bulk(h, packed + (size_t)i * KEY_LEN, BURST, pos);
+                fh_hash_lookup_bulk(fh_table, packed + (size_t)i * KEY_LEN, BURST, pos);
                 for (uint32_t k = 0; k < BURST; k++)
                     if (pos[k] < 0)
                         fail(side, "packed bulk lookup", i + k);
@@ -148,34 +141,9 @@ static void batch(int side, int c, uint32_t b)
     }
 #ifdef WITH_DPDK
     else {
-        struct rte_hash *h = dpdk_table;
         switch (c) {
-        case ADD:
-            for (uint32_t i = lo; i < hi; i++)
-                if (rte_hash_add_key(h, keys + (size_t)i * STRIDE) < 0)
-                    fail(side, "add", i);
-            break;
-        case LOOKUP:
-            for (uint32_t i = lo; i < hi; i++)
-                if (rte_hash_lookup(h, look + (size_t)i * STRIDE) < 0)
-                    fail(side, "lookup", i);
-            break;
-        case WITH_HASH:
-            for (uint32_t i = lo; i < hi; i++)
-                if (rte_hash_lookup_with_hash(h, look + (size_t)i * STRIDE,
-                                              sigs[DPDK][i]) < 0)
-                    fail(side, "lookup with hash", i);
-            break;
-        case BULK:
-            for (uint32_t i = lo; i < hi; i += BURST) {
-                for (uint32_t k = 0; k < BURST; k++)
-                    ptrs[k] = look + (size_t)(i + k) * STRIDE;
-                rte_hash_lookup_bulk(h, ptrs, BURST, pos);
-                for (uint32_t k = 0; k < BURST; k++)
-                    if (pos[k] < 0)
-                        fail(side, "bulk lookup", i + k);
-            }
-            break;
+        CASES(dpdk_table, rte_hash_add_key, rte_hash_lookup,
+              rte_hash_lookup_with_hash, rte_hash_lookup_bulk, sigs[DPDK])
         }
     }
 #endif
@@ -217,21 +185,12 @@ int main(int argc, char **argv)
     }
 #ifdef WITH_DPDK
     {
-        /* Normal pages, no shared config; the runtime directory
-         * (/var/run/dpdk/fhab<pid>) is removed by run.py. */
-        char prefix[64];
-        char *eal[] = {"hash_ab", "--no-huge", "-m", "768", "--no-pci",
-                       "-l", "0", "--no-shconf", prefix, "--log-level=1",
-                       NULL};
-        snprintf(prefix, sizeof prefix, "--file-prefix=fhab%d", (int)getpid());
         struct rte_hash_parameters p = {
             .name = "hash_ab", .entries = ENTRIES, .key_len = KEY_LEN,
             .hash_func = rte_jhash, .hash_func_init_val = 0, .socket_id = 0,
             .extra_flag = locked ? RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY : 0};
-        if (rte_eal_init(10, eal) < 0) {
-            fprintf(stderr, "hash_ab: rte_eal_init failed\n");
+        if (ab_eal_init("hash_ab", "768", "0") < 0)
             return 1;
-        }
         dpdk_table = rte_hash_create(&p);
         if (dpdk_table == NULL) {
             fprintf(stderr, "hash_ab: cannot create DPDK's table\n");

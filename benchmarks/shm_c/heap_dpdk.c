@@ -7,12 +7,11 @@
  */
 #include <stdint.h>
 #include <stdio.h>
-#include <x86intrin.h>
 
 #include <rte_eal.h>
 #include <rte_malloc.h>
 
-static inline uint64_t tsc(void) { return __rdtsc(); }
+#include "tsc.h"
 #define HEAP_MALLOC(size) rte_malloc(NULL, (size), 0)
 #define HEAP_FREE(p) rte_free(p)
 #include "heap_loop.h"

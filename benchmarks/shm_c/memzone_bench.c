@@ -5,11 +5,10 @@
  */
 #include <stdint.h>
 #include <stdio.h>
-#include <x86intrin.h>
 
 #include "forkhost.h"
 
-static inline uint64_t tsc(void) { return __rdtsc(); }
+#include "tsc.h"
 #define MZ_RESERVE(name, len) fh_memzone_reserve((name), (len), 0, 0)
 #define MZ_FREE(mz) fh_memzone_free(mz)
 #define MZ_LOOKUP(name) fh_memzone_lookup(name)

@@ -5,12 +5,11 @@
  */
 #include <stdint.h>
 #include <stdio.h>
-#include <x86intrin.h>
 
 #include <rte_eal.h>
 #include <rte_memzone.h>
 
-static inline uint64_t tsc(void) { return __rdtsc(); }
+#include "tsc.h"
 #define MZ_RESERVE(name, len) rte_memzone_reserve((name), (len), SOCKET_ID_ANY, 0)
 #define MZ_FREE(mz) rte_memzone_free(mz)
 #define MZ_LOOKUP(name) rte_memzone_lookup(name)

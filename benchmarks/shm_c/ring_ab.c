@@ -44,27 +44,14 @@
 #include "forkhost/arena.h"
 #include "forkhost/ring.h"
 #ifdef WITH_DPDK
-#include <rte_eal.h>
 #include <rte_ring.h>
+#include "ab_eal.h"
 #define NSIDE 2
 #else
 #define NSIDE 1
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t tsc(void) { return __rdtsc(); }
-static inline void cpu_pause(void) { _mm_pause(); }
-#else
-#include <time.h>
-static inline uint64_t tsc(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-static inline void cpu_pause(void) { }
-#endif
+#include "tsc.h"
 
 #define SLOTS 4096u           /* DPDK's RING_SIZE in test_ring_perf.c */
 #define BATCH 4096u           /* calls per timed batch */
@@ -125,43 +112,36 @@ static void barrier(uint32_t round)
         }                                                                   \
     } while (0)
 
+/* Both modes' loops over one library's calls: P is the prefix the two
+ * libraries share the rest of the names under (fh_ring_..., rte_ring_...),
+ * r the mode's ring. */
+#define MODE_LOOPS(P, r)                                                    \
+    do {                                                                    \
+        if (mode == SPSC)                                                   \
+            BATCH_LOOP(thread, kind, n, objs,                               \
+                       P##_ring_sp_enqueue_bulk(r, objs, n, NULL),          \
+                       P##_ring_sc_dequeue_bulk(r, objs, n, NULL),          \
+                       P##_ring_sp_enqueue_burst(r, objs, want, NULL),      \
+                       P##_ring_sc_dequeue_burst(r, objs, want, NULL));     \
+        else                                                                \
+            BATCH_LOOP(thread, kind, n, objs,                               \
+                       P##_ring_mp_enqueue_bulk(r, objs, n, NULL),          \
+                       P##_ring_mc_dequeue_bulk(r, objs, n, NULL),          \
+                       P##_ring_mp_enqueue_burst(r, objs, want, NULL),      \
+                       P##_ring_mc_dequeue_burst(r, objs, want, NULL));     \
+    } while (0)
+
 /* One batch on one side's ring; its cycles. */
 static uint64_t batch(int side, int thread, int mode, int kind, unsigned n,
                       void **objs)
 {
     uint64_t t0 = tsc();
 
-    if (side == FH) {
-        struct fh_ring *r = fh_rings[mode];
-        if (mode == SPSC)
-            BATCH_LOOP(thread, kind, n, objs,
-                       fh_ring_sp_enqueue_bulk(r, objs, n, NULL),
-                       fh_ring_sc_dequeue_bulk(r, objs, n, NULL),
-                       fh_ring_sp_enqueue_burst(r, objs, want, NULL),
-                       fh_ring_sc_dequeue_burst(r, objs, want, NULL));
-        else
-            BATCH_LOOP(thread, kind, n, objs,
-                       fh_ring_mp_enqueue_bulk(r, objs, n, NULL),
-                       fh_ring_mc_dequeue_bulk(r, objs, n, NULL),
-                       fh_ring_mp_enqueue_burst(r, objs, want, NULL),
-                       fh_ring_mc_dequeue_burst(r, objs, want, NULL));
-    }
+    if (side == FH)
+        MODE_LOOPS(fh, fh_rings[mode]);
 #ifdef WITH_DPDK
-    else {
-        struct rte_ring *r = dpdk_rings[mode];
-        if (mode == SPSC)
-            BATCH_LOOP(thread, kind, n, objs,
-                       rte_ring_sp_enqueue_bulk(r, objs, n, NULL),
-                       rte_ring_sc_dequeue_bulk(r, objs, n, NULL),
-                       rte_ring_sp_enqueue_burst(r, objs, want, NULL),
-                       rte_ring_sc_dequeue_burst(r, objs, want, NULL));
-        else
-            BATCH_LOOP(thread, kind, n, objs,
-                       rte_ring_mp_enqueue_bulk(r, objs, n, NULL),
-                       rte_ring_mc_dequeue_bulk(r, objs, n, NULL),
-                       rte_ring_mp_enqueue_burst(r, objs, want, NULL),
-                       rte_ring_mc_dequeue_burst(r, objs, want, NULL));
-    }
+    else
+        MODE_LOOPS(rte, dpdk_rings[mode]);
 #endif
     return tsc() - t0;
 }
@@ -228,17 +208,8 @@ int main(int argc, char **argv)
     }
 #ifdef WITH_DPDK
     {
-        /* Normal pages, no shared config; the runtime directory
-         * (/var/run/dpdk/fhab<pid>) is removed by run.py. */
-        char prefix[64];
-        char *eal[] = {"ring_ab", "--no-huge", "-m", "64", "--no-pci",
-                       "-l", "0-1", "--no-shconf", prefix, "--log-level=1",
-                       NULL};
-        snprintf(prefix, sizeof prefix, "--file-prefix=fhab%d", (int)getpid());
-        if (rte_eal_init(10, eal) < 0) {
-            fprintf(stderr, "ring_ab: rte_eal_init failed\n");
+        if (ab_eal_init("ring_ab", "64", "0-1") < 0)
             return 1;
-        }
         dpdk_rings[SPSC] = rte_ring_create("ab.spsc", SLOTS, 0,
                                            RING_F_SP_ENQ | RING_F_SC_DEQ);
         dpdk_rings[MPMC] = rte_ring_create("ab.mpmc", SLOTS, 0, 0);
