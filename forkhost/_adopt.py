@@ -42,6 +42,33 @@ def range_taken(cfg: dict) -> str | None:
     return None
 
 
+# Commands that must map a prefix's arena at its recorded base run
+# themselves again (exec) at most this many times when one of their own
+# mappings sits in its range, each exec placing the libraries anew; the
+# variable counts the execs.
+FRESH_LAYOUT_TRIES = 8
+FRESH_LAYOUT_ENV = "FORKHOST_FRESH_LAYOUT"
+
+
+def fresh_layout(cfg: dict | None) -> None:
+    """For a forkhost command about to map the arena cfg records at its
+    base (forkhost primary adopting it, forkhost ptr naming memzones): if
+    a mapping of this process sits in its range (address space layout
+    randomization put a library there), exec this same command again;
+    after FRESH_LAYOUT_TRIES the mapping itself says which one is in the
+    way.  Returns when the range is free, or cfg is None.  Call it before
+    the command has printed or taken anything."""
+    tries = os.environ.pop(FRESH_LAYOUT_ENV, "0")
+    tries = int(tries) if tries.isdigit() else FRESH_LAYOUT_TRIES
+    if cfg is None or tries >= FRESH_LAYOUT_TRIES or range_taken(cfg) is None:
+        return
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[FRESH_LAYOUT_ENV] = str(tries + 1)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def _arena_range(cfg: dict) -> tuple[int, int]:
     return int(cfg["arena"]["base"]), int(cfg["arena"].get("max", cfg["arena"]["size"]))
 

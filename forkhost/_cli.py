@@ -314,30 +314,14 @@ def _plan(a):
 # template it replaces has ended (seconds): the answer is already sent then.
 RELOAD_SETTLE = 10.0
 
-# How many times `forkhost primary` runs itself again for a fresh address
-# space when an orphan's arena range is taken by one of its own mappings
-# (_fresh_layout), and the variable that counts them.
-ADOPT_EXEC_TRIES = 8
-ADOPT_EXEC_ENV = "FORKHOST_ADOPT_EXEC"
-
 
 def _fresh_layout(a) -> None:
-    """Before adopting an orphaned template (docs/reliability.md): if a
-    library of this process sits where the orphan's arena must go (address
-    space layout randomization placed it there), exec this same command
-    again, which places everything anew; after ADOPT_EXEC_TRIES the
-    adoption says which mapping is in the way.  Before anything of systemd's
-    is taken: its fds and variables pass through the exec."""
+    """Before adopting an orphaned template (docs/reliability.md): run
+    again with a fresh layout if one of this process's libraries sits where
+    the orphan's arena must go (_adopt.fresh_layout).  Before anything of
+    systemd's is taken: its fds and variables pass through the exec."""
     from . import _adopt
-    tries = os.environ.pop(ADOPT_EXEC_ENV, "0")
-    tries = int(tries) if tries.isdigit() else ADOPT_EXEC_TRIES
-    cfg = _adopt.orphan(runtime.paths(a.prefix, a.runtime_dir))
-    if cfg is None or tries >= ADOPT_EXEC_TRIES or _adopt.range_taken(cfg) is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.environ[ADOPT_EXEC_ENV] = str(tries + 1)
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    _adopt.fresh_layout(_adopt.orphan(runtime.paths(a.prefix, a.runtime_dir)))
 
 
 def cmd_primary(a) -> int:

@@ -200,14 +200,31 @@ class _ArenaNames:
         return None if not self.error else f"memzone unknown ({self.error})"
 
 
+def _in_arena(cfg: dict, addr: int) -> bool:
+    arena = cfg.get("arena") or {}
+    base = int(arena.get("base", 0))
+    return base <= addr < base + int(arena.get("max", arena.get("size", 0)))
+
+
 def cmd_ptr(a) -> int:
     addr = _address(a.address)
+    cfg = None
     if a.pid:
         procs = [(_pid(t), "") for t in a.pid]
     else:
         _, cfg, info = _prefix_procs(a)
         procs = [(cfg["pid"], "primary"), (cfg["template_pid"], "template")]
         procs += [(s["pid"], "secondary") for s in info["secondaries"]]
+    if cfg is None:
+        try:
+            cfg = runtime.read_config(runtime.paths(a.prefix, a.runtime_dir))
+        except ForkhostError:
+            cfg = None
+    if isinstance(cfg, dict) and _in_arena(cfg, addr):
+        # Naming its memzone maps the arena at its base here: a library of
+        # ours in the range would refuse that, so run again if one is.
+        from . import _adopt
+        _adopt.fresh_layout(cfg)
     names = _ArenaNames(a)
     maps = {pid: _maps(pid) for pid, _ in procs}
     where = {pid: layout.describe(pid, maps[pid], addr, names) for pid, _ in procs}
