@@ -242,8 +242,9 @@ SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 
 # The fuzz targets `ctest` runs: fh_request_check() (the launch protocol's
-# parser) and fh_ipc_record_check() (IPC's), each csrc/tests/NAME.c.
-FUZZERS = ["fuzz_request", "fuzz_ipc"]
+# parser), fh_ipc_record_check() (IPC's) and the cgroup parsers of
+# spawn.c (fuzz_cgroup), each csrc/tests/NAME.c.
+FUZZERS = ["fuzz_request", "fuzz_ipc", "fuzz_cgroup"]
 # How long `ctest` runs each of them.
 FUZZ_SECONDS_DEFAULT = 20
 

@@ -20,7 +20,8 @@ from fhtest import ROOT
 
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 # The fuzz targets (build_native.FUZZERS: csrc/tests/fuzz_request.c, the
-# launch protocol's parser, and fuzz_ipc.c, IPC's) here: this many inputs
+# launch protocol's parser, fuzz_ipc.c, IPC's, and fuzz_cgroup.c, the
+# cgroup files' parsers) here: this many inputs
 # from this seed, the same ones every run, among which every verdict (a
 # fuzzer fails a run of 100,000 inputs or more that misses one; the
 # rarest, fuzz_request's empty entry, comes once in a few hundred

@@ -713,18 +713,13 @@ static void proc_file(char *buf, pid_t pid, const char *name)
     strcat(buf, name);
 }
 
-/* The path of pid's "0::PATH" line of /proc/PID/cgroup into out (PATH_MAX
- * bytes): 1, or 0 when there is none (no cgroup v2) or it cannot be read. */
-static int read_cgroup(pid_t pid, char *out)
+/* spawn.h: the "0::PATH" line of /proc/PID/cgroup's text. */
+FH_API int fh__cgroup_path_of(const char *text, char *out)
 {
-    char path[64], buf[PATH_MAX + 256];
     const char *line, *end;
     size_t n;
 
-    proc_file(path, pid, "cgroup");
-    if (read_small(path, buf, sizeof buf) < 0)
-        return 0;
-    for (line = buf; *line != '\0'; line = end + 1) {
+    for (line = text; *line != '\0'; line = end + 1) {
         end = strchr(line, '\n');
         if (end == NULL)
             end = line + strlen(line);
@@ -742,10 +737,20 @@ static int read_cgroup(pid_t pid, char *out)
     return 0;
 }
 
-/* In one line of /proc/self/mountinfo (NUL-terminated, no newline), the
- * mount point of a cgroup2 file system whose root is "/", unescaped
- * (\040 is a space), into out (PATH_MAX bytes): 1, else 0. */
-static int cgroup2_mount_line(const char *line, char *out)
+/* The path of pid's "0::PATH" line of /proc/PID/cgroup into out (PATH_MAX
+ * bytes): 1, or 0 when there is none (no cgroup v2) or it cannot be read. */
+static int read_cgroup(pid_t pid, char *out)
+{
+    char path[64], buf[PATH_MAX + 256];
+
+    proc_file(path, pid, "cgroup");
+    if (read_small(path, buf, sizeof buf) < 0)
+        return 0;
+    return fh__cgroup_path_of(buf, out);
+}
+
+/* spawn.h: one line of /proc/self/mountinfo, a cgroup2 mount point. */
+FH_API int fh__cgroup2_mount_of(const char *line, char *out)
 {
     const char *f[5], *dash = strstr(line, " - ");
     const char *p = line;
@@ -773,7 +778,9 @@ static int cgroup2_mount_line(const char *line, char *out)
         }
     }
     out[o] = '\0';
-    return o > 0;
+    /* A mount point that does not fit is refused, not cut short: a prefix
+     * of it would name another directory. */
+    return o > 0 && (*p == ' ' || *p == '\0');
 }
 
 /* The first cgroup2 mount point into out (PATH_MAX bytes), "" if none:
@@ -799,7 +806,7 @@ static void find_cgroup2_mount(char *out)
         buf[have] = '\0';
         while ((nl = strchr(line, '\n')) != NULL) {
             *nl = '\0';
-            if (cgroup2_mount_line(line, out)) {
+            if (fh__cgroup2_mount_of(line, out)) {
                 close(fd);
                 return;
             }

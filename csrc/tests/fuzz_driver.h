@@ -112,7 +112,7 @@ static void mutate_with(const struct mutations *m)
  * length field at `off` made to agree with it again: what follows byte
  * `from` (0 when the record is shorter).  Mutations would otherwise almost
  * never get past a parser's length checks. */
-static void fix_len_field(size_t off, size_t end, size_t from)
+static inline void fix_len_field(size_t off, size_t end, size_t from)
 {
     uint32_t len;
 

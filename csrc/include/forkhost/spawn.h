@@ -155,4 +155,17 @@ FH_API int fh_install_environ(const struct fh_child_spec *spec);
  * instead where it may (prctl PR_SET_MM_MAP), and uses this where not. */
 FH_API void fh_set_title(char *area, size_t len, char *const *argv);
 
+/* The cgroup parsers of "The client's cgroup" (spawn.c), exported for
+ * their fuzzer (csrc/tests/fuzz_cgroup.c) only.  Both write at most
+ * PATH_MAX bytes to out, NUL included.
+ * fh__cgroup_path_of: in text (NUL-terminated), the contents of
+ * /proc/PID/cgroup, the path of its first "0::PATH" line: 1, or 0 when
+ * there is none (no cgroup v2) or it is empty or too long.
+ * fh__cgroup2_mount_of: in line, one line of /proc/self/mountinfo
+ * (NUL-terminated, no newline), the mount point of a cgroup2 file system
+ * whose root is "/", unescaped (\040 is a space): 1, else 0 (also when
+ * it would not fit). */
+FH_API int fh__cgroup_path_of(const char *text, char *out);
+FH_API int fh__cgroup2_mount_of(const char *line, char *out);
+
 #endif /* FORKHOST_SPAWN_H */
