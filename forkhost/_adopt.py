@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from . import _protocol as protocol, _runtime as runtime
 from ._errors import ArenaError, ForkhostError
@@ -33,11 +34,14 @@ class RangeTaken(ArenaError):
 
 def range_taken(cfg: dict) -> str | None:
     """Why the arena cfg records cannot be mapped at its base in this
-    process (the mapping in the way), or None when its range is free."""
+    process (the mapping in the way), or None when its range is free (or
+    cfg names no arena)."""
     from ._native import ffi, lib
-    base, size = _arena_range(cfg)
+    arena = arena_range(cfg)
+    if arena is None:
+        return None
     err = ffi.new("char[]", 512)
-    if lib.fh_arena_range_taken(base, size, err, len(err)):
+    if lib.fh_arena_range_taken(arena[0], arena[1], err, len(err)):
         return ffi.string(err).decode(errors="replace")
     return None
 
@@ -55,22 +59,27 @@ def fresh_layout(cfg: dict | None) -> None:
     base (forkhost primary adopting it, forkhost ptr naming memzones): if
     a mapping of this process sits in its range (address space layout
     randomization put a library there), exec this same command again;
-    after FRESH_LAYOUT_TRIES the mapping itself says which one is in the
-    way.  Returns when the range is free, or cfg is None.  Call it before
-    the command has printed or taken anything."""
+    after FRESH_LAYOUT_TRIES it returns, and the command's own mapping
+    fails naming the mapping in the way.  Returns at once when the range
+    is free or cfg is None.  Call it before the command has printed or
+    taken anything."""
     tries = os.environ.pop(FRESH_LAYOUT_ENV, "0")
     tries = int(tries) if tries.isdigit() else FRESH_LAYOUT_TRIES
     if cfg is None or tries >= FRESH_LAYOUT_TRIES or range_taken(cfg) is None:
         return
-    import sys
     sys.stdout.flush()
     sys.stderr.flush()
     os.environ[FRESH_LAYOUT_ENV] = str(tries + 1)
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def _arena_range(cfg: dict) -> tuple[int, int]:
-    return int(cfg["arena"]["base"]), int(cfg["arena"].get("max", cfg["arena"]["size"]))
+def arena_range(cfg: dict) -> tuple[int, int] | None:
+    """(base, reserved size) of the arena a config record names, or None
+    when it names none."""
+    arena = cfg.get("arena") if isinstance(cfg, dict) else None
+    if not isinstance(arena, dict) or "base" not in arena:
+        return None
+    return int(arena["base"]), int(arena.get("max", arena.get("size", 0)))
 
 
 class Refused(ForkhostError):
@@ -126,7 +135,7 @@ def adopt(cfg: dict, paths: runtime.PrefixPaths, exit_fd: int) -> dict:
     the arena's range is taken here or cannot be mapped, Refused when the
     template said no, ForkhostError when it could not be asked."""
     from ._native import ffi, lib
-    base, size = _arena_range(cfg)
+    base, size = arena_range(cfg)
     taken = range_taken(cfg)
     if taken is not None:
         raise RangeTaken(f"cannot adopt the arena of prefix {paths.prefix!r} "

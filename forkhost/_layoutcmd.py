@@ -200,12 +200,6 @@ class _ArenaNames:
         return None if not self.error else f"memzone unknown ({self.error})"
 
 
-def _in_arena(cfg: dict, addr: int) -> bool:
-    arena = cfg.get("arena") or {}
-    base = int(arena.get("base", 0))
-    return base <= addr < base + int(arena.get("max", arena.get("size", 0)))
-
-
 def cmd_ptr(a) -> int:
     addr = _address(a.address)
     cfg = None
@@ -220,10 +214,11 @@ def cmd_ptr(a) -> int:
             cfg = runtime.read_config(runtime.paths(a.prefix, a.runtime_dir))
         except ForkhostError:
             cfg = None
-    if isinstance(cfg, dict) and _in_arena(cfg, addr):
+    from . import _adopt
+    arena = _adopt.arena_range(cfg)
+    if arena is not None and arena[0] <= addr < arena[0] + arena[1]:
         # Naming its memzone maps the arena at its base here: a library of
         # ours in the range would refuse that, so run again if one is.
-        from . import _adopt
         _adopt.fresh_layout(cfg)
     names = _ArenaNames(a)
     maps = {pid: _maps(pid) for pid, _ in procs}
