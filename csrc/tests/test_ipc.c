@@ -99,6 +99,20 @@ static void fp_recv(int fd, struct fht_rec *r, uint16_t want_type, const char *w
         _exit(24);
 }
 
+/* Ask the secondary's "echo2" action with the one-byte param q under
+ * request id: its reply must be OK, "a" + q; exits the fake with code
+ * otherwise. */
+static void fp_echo2(int fd, uint64_t id, char q, int code)
+{
+    struct fht_rec r;
+
+    fp_send(fd, FH_IPC_REQUEST, id, 0, "echo2", &q, 1, NULL, 0);
+    fp_recv(fd, &r, FH_IPC_REPLY, "echo2");
+    if (r.h.id != id || r.h.status != FH_IPC_OK || r.h.param_len != 2
+        || r.param[0] != 'a' || r.param[1] != (unsigned char)q)
+        _exit(code);
+}
+
 static void fake_primary(int listener, pid_t member)
 {
     struct fht_rec r;
@@ -148,11 +162,7 @@ static void fake_primary(int listener, pid_t member)
 
     /* 4. primary -> secondary: a message, then requests of every kind */
     fp_send(c, FH_IPC_MSG, 0, 0, "note", "from primary", 12, NULL, 0);
-    fp_send(c, FH_IPC_REQUEST, 77, 0, "echo2", "q", 1, NULL, 0);
-    fp_recv(c, &r, FH_IPC_REPLY, "echo2");
-    if (r.h.id != 77 || r.h.status != FH_IPC_OK || r.h.param_len != 2
-        || memcmp(r.param, "aq", 2))
-        _exit(35);
+    fp_echo2(c, 77, 'q', 35);
     fp_send(c, FH_IPC_REQUEST, 78, 0, "missing", NULL, 0, NULL, 0);
     fp_recv(c, &r, FH_IPC_REPLY, "missing");
     if (r.h.id != 78 || r.h.status != FH_IPC_NO_ACTION)
@@ -211,11 +221,7 @@ static void fake_rejoined(int listener, pid_t member)
     fp_send(c, FH_IPC_WELCOME, 0, 0, NULL, &w, sizeof w, NULL, 0);
     fp_send(c, FH_IPC_MSG, 0, 0, FH_IPC_PRIMARY_NOTICE, &pn, sizeof pn, NULL, 0);
     fp_send(c, FH_IPC_MSG, 0, 0, "note", "rejoined", 8, NULL, 0);
-    fp_send(c, FH_IPC_REQUEST, 81, 0, "echo2", "r", 1, NULL, 0);
-    fp_recv(c, &r, FH_IPC_REPLY, "echo2");
-    if (r.h.id != 81 || r.h.status != FH_IPC_OK || r.h.param_len != 2
-        || memcmp(r.param, "ar", 2))
-        _exit(43);
+    fp_echo2(c, 81, 'r', 43);
     fp_recv(c, &r, FH_IPC_REQUEST, "echo");
     fp_send(c, FH_IPC_REPLY, r.h.id, FH_IPC_OK, "echo", "again", 5, NULL, 0);
     fp_recv(c, &r, FH_IPC_BYE, NULL);
