@@ -243,10 +243,15 @@ static const char *quoted(char *buf, size_t size, const char *s)
     return buf;
 }
 
-static void *dontfork_alloc(size_t size)
+/* Memory no child of the fork inherits (pool members and secondaries
+ * start without the template's tables); shared: the counters, which
+ * begin_reload lets the next generation inherit (MADV_DOFORK), so that it
+ * counts on where the old one counted. */
+static void *dontfork_alloc(size_t size, int shared)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                   (shared ? MAP_SHARED : MAP_PRIVATE | MAP_NORESERVE) | MAP_ANONYMOUS,
+                   -1, 0);
 
     if (p == MAP_FAILED)
         return NULL;
@@ -1470,19 +1475,6 @@ static size_t page_round(size_t n)
     return (n + pg - 1) / pg * pg;
 }
 
-/* The counters: shared with the generations a reload forks, and with no
- * other child. */
-static struct fh_template_stats *stats_alloc(void)
-{
-    void *p = mmap(NULL, page_round(sizeof(struct fh_template_stats)),
-                   PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-
-    if (p == MAP_FAILED)
-        return NULL;
-    madvise(p, page_round(sizeof(struct fh_template_stats)), MADV_DONTFORK);
-    return p;
-}
-
 /* A RELOAD on connection c (whose peer check_peer() read): from the
  * primary only, one at a time, and not once retired or stopping.  The
  * fork waits for the loop's top (serve()): the connection is kept. */
@@ -2486,16 +2478,17 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     if (t.cap < 4096)
         t.cap = 4096;
     cap = (size_t)t.cap;
-    t.conns = dontfork_alloc(cap * sizeof *t.conns);
-    t.members = dontfork_alloc(cap * sizeof *t.members);
-    t.ctl_buf = dontfork_alloc(CTL_MAX + 1);
-    t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra);
+    t.conns = dontfork_alloc(cap * sizeof *t.conns, 0);
+    t.members = dontfork_alloc(cap * sizeof *t.members, 0);
+    t.ctl_buf = dontfork_alloc(CTL_MAX + 1, 0);
+    t.ra = dontfork_alloc(READ_AHEAD_SLOTS * sizeof *t.ra, 0);
     /* A new generation counts on where the old one counted. */
-    t.stats = g_reborn_stats != NULL ? g_reborn_stats : stats_alloc();
+    t.stats = g_reborn_stats != NULL ? g_reborn_stats
+              : dontfork_alloc(sizeof *t.stats, 1);
     g_reborn_stats = NULL;
     g_reborn_fd = -1;
     t.orphan_exits = dontfork_alloc(FH_TEMPLATE_ORPHAN_EXITS *
-                                    sizeof *t.orphan_exits);
+                                    sizeof *t.orphan_exits, 0);
     t.rx = mmap(NULL, FH_PROTO_MAX_MSG + 1, PROT_READ | PROT_WRITE,
                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (t.conns == NULL || t.members == NULL || t.ctl_buf == NULL ||
