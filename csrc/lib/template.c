@@ -1090,12 +1090,14 @@ static int send_exit(int fd, const struct fh_template_exit *e)
 
 /* The exits kept while orphaned, to the primary that adopted us, in order,
  * as far as its channel takes them now; the rest at orphan_retry_at
- * (serve()), until FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS after the adoption. */
+ * (serve()), until FH_TEMPLATE_ORPHAN_EXITS_WAIT_MS after the adoption.
+ * An adopter that sent no channel has nowhere to hear them: dropped (kept
+ * on, later exits would pile up behind them for nobody). */
 static void flush_orphan_exits(struct tpl *t)
 {
-    if (t->exit_fd < 0)
+    if (t->exit_fd < 0 && t->orphaned)
         return;                            /* still orphaned: kept */
-    while (t->orphan_sent < t->orphan_nexits) {
+    while (t->exit_fd >= 0 && t->orphan_sent < t->orphan_nexits) {
         if (send_exit(t->exit_fd, &t->orphan_exits[t->orphan_sent]) < 0) {
             int64_t now = now_us();
 
