@@ -611,7 +611,8 @@ def cmd_ps(a) -> int:
         alive = cfg is not None and runtime.pid_alive(cfg.get("pid", 0))
         # A dead primary's template serving on (--on-primary-death survive)
         # is shown, orphaned, with what it runs.
-        orphaned = cfg is not None and not alive and _orphan_info(p, cfg) is not None
+        orphan_inf = _orphan_info(p, cfg) if cfg is not None and not alive else None
+        orphaned = orphan_inf is not None
         if not alive and not orphaned:
             if not a.all:
                 raise ForkhostError(f"no forkhost primary for prefix {p.prefix!r} "
@@ -632,23 +633,18 @@ def cmd_ps(a) -> int:
                          "state": "orphan" if orphaned else None})
         # Older generations still serving their last secondaries (a reload),
         # which answer no INFO: their children are those secondaries.
-        for pid in cfg.get("retiring", []):
-            if not runtime.pid_alive(pid):
-                continue
+        for pid, kids in runtime.retiring_secondaries(cfg).items():
             cmd, up = runtime.proc_line(pid)
             rows.append({"prefix": p.prefix, "role": "template", "pid": pid,
                          "client_pid": None, "uptime": round(up, 1), "command": cmd,
                          "state": "retiring"})
-            gens = {cfg["template_pid"], *cfg.get("retiring", [])}
-            for child in runtime.running_children(pid):
-                if child in gens:        # the next generation, its child
-                    continue
+            for child in kids:
                 cmd, up = runtime.proc_line(child)
                 rows.append({"prefix": p.prefix, "role": "secondary", "pid": child,
                              "client_pid": None, "uptime": round(up, 1),
                              "command": cmd, "state": "retiring"})
-        try:
-            inf = client.info(p.prefix, p.root)
+        try:        # an orphan's INFO was just asked for
+            inf = orphan_inf or client.info(p.prefix, p.root)
         except ForkhostError:
             continue
         for m in inf.get("members", []):

@@ -237,15 +237,16 @@ def running_children(pid: int) -> list[int]:
             kids = [int(x) for x in f.read().split()]
     except OSError:
         return []
-    running = []
-    for kid in kids:
-        try:
-            with open(f"/proc/{kid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X"):
-                    running.append(kid)
-        except (OSError, IndexError):
-            pass
-    return running
+    return [kid for kid in kids if pid_alive(kid)]
+
+
+def retiring_secondaries(cfg: dict) -> dict[int, list[int]]:
+    """The older template generations a config record lists as retiring
+    (a reload) that still run, each with its running secondaries: its
+    children but the next generation."""
+    gens = {cfg.get("template_pid"), *cfg.get("retiring", [])}
+    return {pid: [k for k in running_children(pid) if k not in gens]
+            for pid in cfg.get("retiring", []) if pid_alive(pid)}
 
 
 def write_config(p: PrefixPaths, record: dict) -> None:

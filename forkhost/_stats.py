@@ -43,7 +43,8 @@ def collect(prefix: str | None, runtime_dir) -> dict:
         # Every generation's: a reload's old template still serves its own
         # (config.json's "retiring"; they are its children but the next
         # generation's template).
-        "secondaries": len(inf["secondaries"]) + _retiring_secondaries(cfg),
+        "secondaries": len(inf["secondaries"]) + sum(
+            map(len, runtime.retiring_secondaries(cfg).values())),
         "pool": {"idle": sum(m["state"] == "idle" for m in members),
                  "busy": sum(m["state"] == "busy" for m in members),
                  "size": inf["pool_size"]},
@@ -55,12 +56,6 @@ def collect(prefix: str | None, runtime_dir) -> dict:
         out["arena"] = {"used": arena["max"] - arena["free"], "size": arena["size"],
                         "max": arena["max"]}
     return out
-
-
-def _retiring_secondaries(cfg: dict) -> int:
-    gens = {cfg.get("template_pid"), *cfg.get("retiring", [])}
-    return sum(child not in gens for pid in cfg.get("retiring", [])
-               for child in runtime.running_children(pid))
 
 
 def _seconds(us: int) -> str:
