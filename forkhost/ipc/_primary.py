@@ -135,7 +135,6 @@ class _PrimaryEndpoint:
         self.deferred: collections.deque = collections.deque()
         self.primary = primary
         self.pid = os.getpid()
-        self.template_pid = primary.template_pid
         self.uid = os.getuid()
         self.path = str(primary.paths.ipc_socket)
         self.conns: dict[int, _Conn] = {}       # every accepted connection
@@ -567,16 +566,17 @@ class _PrimaryEndpoint:
 
     # -- membership -------------------------------------------------------
 
-    def _templates_child(self, ppid: int) -> bool:
-        """ppid is a template of this primary, of any generation (a reload's
-        old one reports its secondaries' exits too)."""
-        gens = getattr(self.primary, "template_generations", None)
-        return ppid == self.template_pid or (gens is not None and ppid in gens())
+    def _live_members(self) -> list[Member]:
+        """The joined members, each marked whether a template of this
+        primary, of any generation, is its parent (a reload's old one
+        reports its secondaries' exits too).  Under self.lock."""
+        gens = self.primary.template_generations()
+        return [Member(c.pid, c.ppid, c.ppid in gens)
+                for c in self.joined.values() if not c.closing]
 
     def members(self) -> list[Member]:
         with self.lock:
-            return [Member(c.pid, c.ppid, self._templates_child(c.ppid))
-                    for c in self.joined.values() if not c.closing]
+            return self._live_members()
 
     def wait_members(self, pred: Callable[[list[Member]], bool],
                      timeout: float) -> bool:
@@ -584,9 +584,7 @@ class _PrimaryEndpoint:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                live = [Member(c.pid, c.ppid, self._templates_child(c.ppid))
-                        for c in self.joined.values() if not c.closing]
-                if pred(live):
+                if pred(self._live_members()):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -661,7 +659,8 @@ class _PrimaryEndpoint:
         self._lost(conn)
         # A template child's exit is reported with its status by the
         # template; anyone else's only we can report, without a status.
-        if was_member and not conn.left and not self._templates_child(conn.ppid):
+        if (was_member and not conn.left
+                and conn.ppid not in self.primary.template_generations()):
             self._exit_notice(conn.pid, 0, 0, 0)
 
     # -- notices ----------------------------------------------------------
