@@ -487,7 +487,7 @@ class Primary:
                 from ._template import template_main
                 code = template_main(
                     listener, ready_w,
-                    keep_fds=[lib.fh_arena_fd(), self._ipc_exit_fd],
+                    keep_fds=[lib.fh_arena_fd()],
                     exit_notice_fd=self._ipc_exit_fd,
                     prefix=self.prefix, socket_path=self.socket_path,
                     socket_ino=ino, primary_pid=self.pid,

@@ -324,7 +324,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
         fh_prefix_release(&g.paths, g.lock_fd);
         init_fail(prog, FH_EXIT_FORKHOST, FH_THP_INVALID, getenv("FORKHOST_THP"));
     }
-    int fd, efd, keep[2];
+    int fd, efd, keep[1];
     char ipc_path[sizeof addr.sun_path];
     struct stat st;
     mode_t old;
@@ -380,7 +380,6 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
                   strerror(e));
     }
     keep[0] = fh_arena_fd();
-    keep[1] = efd;
     memset(&c, 0, sizeof c);
     c.listen_fd = fd;
     c.prefix = g.paths.prefix;
@@ -393,7 +392,7 @@ static void become_primary(const char *prog, const struct fh_init_options *o)
     c.exit_notice_fd = efd;
     c.ready_fd = -1;
     c.keep_fds = keep;
-    c.nkeep = 2;
+    c.nkeep = 1;
     fh_init_main_is_primary = 1;
     g.template_pid = fh_template_fork(&c);
     if (g.template_pid < 0) {

@@ -1459,15 +1459,6 @@ static void readable(struct tpl *t, struct conn *c)
     client_gone(t, c);
 }
 
-/* fd of the config's keep_fds is one to keep open.  Not the first exit
- * channel's number, which callers list there too: the exit channel is
- * t->exit_fd's to keep (closed when the primary dies, replaced by an
- * adopter's), and its old number may name anything since. */
-static int keeps(const struct fh_template_config *c, int fd)
-{
-    return fd >= 0 && fd != c->exit_notice_fd;
-}
-
 /* ---- reload (template.h) --------------------------------------------------- */
 
 static size_t page_round(size_t n)
@@ -1564,7 +1555,7 @@ static int begin_reload(struct tpl *t)
         if (t->exit_fd >= 0)
             keep[nkeep++] = t->exit_fd;
         for (i = 0; i < t->c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
-            if (keeps(t->c, t->c->keep_fds[i]))
+            if (t->c->keep_fds[i] >= 0)
                 keep[nkeep++] = t->c->keep_fds[i];
         sort_ints(keep, nkeep);
         close_all_but(keep, nkeep);
@@ -2439,7 +2430,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
     if (t.exit_fd >= 0)
         keep[nkeep++] = t.exit_fd;
     for (i = 0; i < c->nkeep && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
-        if (keeps(c, c->keep_fds[i]))
+        if (c->keep_fds[i] >= 0)
             keep[nkeep++] = c->keep_fds[i];
     sort_ints(keep, (unsigned)nkeep);
     close_all_but(keep, (unsigned)nkeep);

@@ -112,7 +112,9 @@ struct fh_template_config {
                                          else FH_TEMPLATE_REQUEST_TIMEOUT_MS */
     int          exit_notice_fd; /* struct fh_template_exit per exit, or -1 */
     int          ready_fd;       /* "ok" or an error text, then closed; -1 */
-    const int   *keep_fds;       /* more fds the template keeps (the arena) */
+    const int   *keep_fds;       /* more fds the template keeps (the arena;
+                                    not exit_notice_fd, which it keeps
+                                    itself and replaces on an adoption) */
     unsigned     nkeep;
     char        *title_area;     /* memory /proc/PID/cmdline shows, or NULL */
     size_t       title_len;
