@@ -563,6 +563,28 @@ static void sort_ints(int *a, unsigned n)
         }
 }
 
+/* A template's fds, all others closed: the config's listening socket and
+ * keep_fds, the exit channel exit_fd, and own[0..1] (-1: none). */
+static void close_inherited(const struct fh_template_config *c, int exit_fd,
+                            int own0, int own1)
+{
+    int keep[4 + 64];
+    unsigned nkeep = 0, i;
+
+    keep[nkeep++] = c->listen_fd;
+    if (exit_fd >= 0)
+        keep[nkeep++] = exit_fd;
+    if (own0 >= 0)
+        keep[nkeep++] = own0;
+    if (own1 >= 0)
+        keep[nkeep++] = own1;
+    for (i = 0; i < c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
+        if (c->keep_fds[i] >= 0)
+            keep[nkeep++] = c->keep_fds[i];
+    sort_ints(keep, nkeep);
+    close_all_but(keep, nkeep);
+}
+
 static __attribute__((noreturn)) void run_taken(struct tpl *t,
                                                 struct fh_member *m)
 {
@@ -1545,20 +1567,9 @@ static int begin_reload(struct tpl *t)
     sigprocmask(SIG_SETMASK, &all, &old);
     pid = fork();
     if (pid == 0) {
-        int keep[4 + 64];
-        unsigned nkeep = 0, i;
-
         /* Nothing of the old loop's: its clients' connections, members'
          * sockets, epoll and signalfd (fh_template_main makes its own). */
-        keep[nkeep++] = t->listen_fd;
-        keep[nkeep++] = p[1];
-        if (t->exit_fd >= 0)
-            keep[nkeep++] = t->exit_fd;
-        for (i = 0; i < t->c->nkeep && nkeep < sizeof keep / sizeof keep[0]; i++)
-            if (t->c->keep_fds[i] >= 0)
-                keep[nkeep++] = t->c->keep_fds[i];
-        sort_ints(keep, nkeep);
-        close_all_but(keep, nkeep);
+        close_inherited(t->c, t->exit_fd, p[1], -1);
         g_reborn_fd = p[1];
         g_reborn_generation = t->generation + 1;
         g_reborn_stats = t->stats;
@@ -2384,7 +2395,7 @@ static int add_fd(int ep, int fd, unsigned tag)
 FH_API int fh_template_main(const struct fh_template_config *c)
 {
     struct tpl t;
-    int keep[8 + 64], nkeep = 0, null, threads, flags;
+    int null, threads, flags;
     unsigned i;
     size_t cap;
 
@@ -2423,17 +2434,7 @@ FH_API int fh_template_main(const struct fh_template_config *c)
         return fail(c, "the primary died while the template started",
                     errno == ESRCH ? 0 : errno);
     /* Everything else the primary had open stays there. */
-    keep[nkeep++] = c->listen_fd;
-    keep[nkeep++] = t.primary_fd;
-    if (c->ready_fd >= 0)
-        keep[nkeep++] = c->ready_fd;
-    if (t.exit_fd >= 0)
-        keep[nkeep++] = t.exit_fd;
-    for (i = 0; i < c->nkeep && nkeep < (int)(sizeof keep / sizeof keep[0]); i++)
-        if (c->keep_fds[i] >= 0)
-            keep[nkeep++] = c->keep_fds[i];
-    sort_ints(keep, (unsigned)nkeep);
-    close_all_but(keep, (unsigned)nkeep);
+    close_inherited(c, t.exit_fd, t.primary_fd, c->ready_fd);
     null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null >= 0) {
         dup2(null, 0);
