@@ -1642,6 +1642,22 @@ static void reloaded(struct tpl *t)
     t->reload_conn = -1;
 }
 
+/* The new generation's answer pipe, done with. */
+static void reload_pipe_close(struct tpl *t)
+{
+    epoll_ctl(t->ep, EPOLL_CTL_DEL, t->reload_fd, NULL);
+    close(t->reload_fd);
+    t->reload_fd = -1;
+}
+
+/* The new generation, not to serve: killed and reaped. */
+static void reload_child_kill(struct tpl *t)
+{
+    kill(t->reload_pid, SIGKILL);
+    waitpid(t->reload_pid, NULL, 0);
+    t->reload_pid = 0;
+}
+
 /* The new generation's readiness pipe: "ok" (it serves), or its failure's
  * words and EOF. */
 static void reload_heard(struct tpl *t)
@@ -1672,9 +1688,7 @@ static void reload_heard(struct tpl *t)
         if (t->reload_len >= 2 && memcmp(t->reload_text, "ok", 2) == 0)
             break;
     }
-    epoll_ctl(t->ep, EPOLL_CTL_DEL, t->reload_fd, NULL);
-    close(t->reload_fd);
-    t->reload_fd = -1;
+    reload_pipe_close(t);
     if (t->reload_len >= 2 && memcmp(t->reload_text, "ok", 2) == 0) {
         atomic_fetch_add_explicit(&t->stats->reloads, 1,
                                   memory_order_relaxed);   /* a counter */
@@ -1684,9 +1698,7 @@ static void reload_heard(struct tpl *t)
                                      "without saying why";
 
         /* It said its last word: gone, or going (nothing of it serves). */
-        kill(t->reload_pid, SIGKILL);
-        waitpid(t->reload_pid, NULL, 0);
-        t->reload_pid = 0;
+        reload_child_kill(t);
         if (t->reload_len == 0)
             reload_failed(t, silent, sizeof silent - 1);
         else
@@ -1704,12 +1716,8 @@ static void reload_abandon(struct tpl *t)
                               "generation started";
 
     if (t->reload_fd >= 0) {
-        epoll_ctl(t->ep, EPOLL_CTL_DEL, t->reload_fd, NULL);
-        close(t->reload_fd);
-        t->reload_fd = -1;
-        kill(t->reload_pid, SIGKILL);
-        waitpid(t->reload_pid, NULL, 0);
-        t->reload_pid = 0;
+        reload_pipe_close(t);
+        reload_child_kill(t);
         free(t->reload_text);
         t->reload_text = NULL;
     }
