@@ -235,6 +235,7 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int notes;
 static char last_note[64];
 static int async_done, async_received, async_peer_ok;
+static int echo2_answered;      /* echo2 requests replied to */
 static char async_param[16];
 static char fake_comm[FH_IPC_PEER_NAME_MAX];
 
@@ -300,6 +301,10 @@ static int on_echo2(const struct fh_ipc_msg *msg, const void *peer)
     errno = 0;
     CHECK(fh_ipc_reply(r, peer) < 0 && errno == EALREADY, "second reply");
     free(r);
+    pthread_mutex_lock(&lock);
+    echo2_answered++;
+    pthread_cond_broadcast(&cond);
+    pthread_mutex_unlock(&lock);
     return 0;
 }
 
@@ -573,6 +578,9 @@ static void test_with_fake_primary(void)
     CHECK(fh_ipc_peer_pid() == fake && !fh_ipc_rejoining(), "joined again");
     wait_for(&notes, 3);
     CHECK(strcmp(last_note, "rejoined") == 0, "the action it had: %s", last_note);
+    /* The fake reads its echo2 reply next: our request must come after
+     * it, as it would not on its own (the note arrives first). */
+    wait_for(&echo2_answered, 2);
     set_name(m, "echo");
     set_param(m, "x");
     CHECK(fh_ipc_request(m, &rep, NULL) == 0 && rep.nb_received == 1
