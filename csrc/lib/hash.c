@@ -628,6 +628,32 @@ static inline void seq_end(struct ht_bucket *b)
 /* ---- lookup ------------------------------------------------------------ */
 
 /*
+ * The key among bucket b's candidate slots m (its signature matches): its
+ * key_idx, with *d its data; 0 when no candidate holds it.  Unvalidated:
+ * the caller checks b's seq afterwards.
+ */
+static inline __attribute__((always_inline))
+uint32_t bucket_find(const struct fh_hash *h, const struct ht_bucket *b,
+                     uint32_t m, const void *key, uint32_t klen, uint64_t *d)
+{
+    while (m) {
+        /* Relaxed: validated by the caller's seq check. */
+        uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
+                                            memory_order_relaxed);
+        m &= m - 1;
+        if (idx && idx <= h->entries) {
+            const unsigned char *k = key_at(h, idx);
+            if (key_eq(k, key, klen)) {
+                /* Relaxed: validated by the caller's seq check. */
+                *d = atomic_load_explicit(data_of(h, k), memory_order_relaxed);
+                return idx;
+            }
+        }
+    }
+    return 0;
+}
+
+/*
  * Search one bucket under its seqlock, retrying while a writer changes it.
  * Returns the key index (0: not in this bucket) and sets *ofl to the
  * bucket's overflow count.  The slow path: the fast one (lookup_core) only
@@ -642,29 +668,14 @@ static uint32_t search_bucket(const struct fh_hash *h,
     for (;;) {
         /* Acquire pairs with seq_end's release store. */
         uint32_t s1 = atomic_load_explicit(&b->seq, memory_order_acquire);
-        uint32_t found = 0, m;
+        uint32_t found;
         uint64_t d = 0;
 
         if (s1 & 1) {
             reader_wait(h, &spins);
             continue;
         }
-        m = sig_match(b, sig);
-        while (m) {
-            int i = __builtin_ctz(m);
-            /* Relaxed: validated by the seq check below. */
-            uint32_t idx = atomic_load_explicit(&b->key_idx[i], memory_order_relaxed);
-            m &= m - 1;
-            if (idx && idx <= h->entries) {
-                unsigned char *k = key_at(h, idx);
-                if (key_eq(k, key, h->key_len)) {
-                    found = idx;
-                    d = atomic_load_explicit(data_of(h, k),
-                                             memory_order_relaxed);
-                    break;
-                }
-            }
-        }
+        found = bucket_find(h, b, sig_match(b, sig), key, h->key_len, &d);
         /* Relaxed: a hint that is never too low (see file comment). */
         *ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
         /* Acquire fence: the reads above complete before seq is re-read;
@@ -717,25 +728,9 @@ int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
         const struct ht_bucket *bp = &bk[b];
         /* Acquire pairs with seq_end's release store. */
         uint32_t s1 = atomic_load_explicit(&bp->seq, memory_order_acquire);
-        uint32_t m = sig_match(bp, sig), found = 0, ofl;
         uint64_t d = 0;
-
-        while (m) {
-            /* Relaxed: validated by the seq check below. */
-            uint32_t idx = atomic_load_explicit(&bp->key_idx[__builtin_ctz(m)],
-                                                memory_order_relaxed);
-            m &= m - 1;
-            if (idx && idx <= h->entries) {
-                const unsigned char *k = key_at(h, idx);
-                if (key_eq(k, key, h->key_len)) {
-                    found = idx;
-                    /* Relaxed: validated by the seq check below. */
-                    d = atomic_load_explicit(data_of(h, k),
-                                             memory_order_relaxed);
-                    break;
-                }
-            }
-        }
+        uint32_t found = bucket_find(h, bp, sig_match(bp, sig), key,
+                                     h->key_len, &d), ofl;
         /* Relaxed: a hint that is never too low (see file comment). */
         ofl = atomic_load_explicit(&bp->overflow, memory_order_relaxed);
         /* Acquire fence: the reads above complete before seq is re-read;
@@ -820,9 +815,9 @@ FH_API int32_t fh_hash_lookup(const struct fh_hash *h, const void *key)
  * with no candidate in a home bucket that others overflowed from, the
  * next bucket and its candidate: about 2% of keys at 75% fill, whose two
  * misses would otherwise come one after the other, after everything
- * else), then compare keys, then check every bucket's seq once, behind a
- * single fence.  Anything unusual (a writer in the bucket, a miss in a
- * bucket that has overflowed) falls back to the one-key path.
+ * else), then compare each key and check its bucket's seq.  Anything
+ * unusual (a writer in the bucket, a miss in a bucket that has
+ * overflowed) falls back to the one-key path.
  */
 /* Keys a bulk lookup over key pointers prefetches ahead of hashing them:
  * a whole burst of 16 (DPDK's PREFETCH_OFFSET is 4, which leaves each key
@@ -838,9 +833,7 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
     const struct ht_bucket *bk = buckets(h);
     const uint32_t klen = h->key_len, entries = h->entries;
     uint32_t hashes[FH_HASH_LOOKUP_BULK_MAX], seqs[FH_HASH_LOOKUP_BULK_MAX];
-    uint32_t homes[FH_HASH_LOOKUP_BULK_MAX], found[FH_HASH_LOOKUP_BULK_MAX];
-    uint32_t ofls[FH_HASH_LOOKUP_BULK_MAX], cand[FH_HASH_LOOKUP_BULK_MAX];
-    uint64_t vals[FH_HASH_LOOKUP_BULK_MAX];
+    uint32_t homes[FH_HASH_LOOKUP_BULK_MAX], cand[FH_HASH_LOOKUP_BULK_MAX];
     uint8_t spilled[FH_HASH_LOOKUP_BULK_MAX];   /* keys past their home */
     /* The hash function's arguments, read once: the loop below calls
      * through a pointer, after which the compiler would read them again
@@ -882,8 +875,13 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
                 /* Relaxed: validated by the seq check below. */
                 uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
                                                     memory_order_relaxed);
-                if (idx && idx <= entries)
-                    __builtin_prefetch(key_at(h, idx), 0, 3);
+                if (idx && idx <= entries) {
+                    /* Both ends: a 24-byte entry crosses a line in two
+                     * slots of eight, and a found key's data is read. */
+                    const unsigned char *k = key_at(h, idx);
+                    __builtin_prefetch(k, 0, 3);
+                    __builtin_prefetch(k + h->key_stride - 1, 0, 3);
+                }
             } else if (atomic_load_explicit(&b->overflow, memory_order_relaxed)) {
                 /* No signature here, and keys homed here went on to the
                  * next bucket: the key is there (or later, or nowhere).
@@ -911,44 +909,25 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
         for (uint32_t i = 0; i < cnt; i++) {
             const struct ht_bucket *b = &bk[homes[i]];
             const unsigned char *key = BULK_KEY(i);
-            uint32_t m = cand[i], f = 0;
             uint64_t d = 0;
-
-            while (m) {
-                /* Relaxed: validated by the seq check below. */
-                uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
-                                                    memory_order_relaxed);
-                m &= m - 1;
-                if (idx && idx <= entries) {
-                    const unsigned char *k = key_at(h, idx);
-                    if (key_eq(k, key, klen)) {
-                        f = idx;
-                        /* Relaxed: validated by the seq check below. */
-                        d = atomic_load_explicit(data_of(h, k),
-                                                 memory_order_relaxed);
-                        break;
-                    }
-                }
-            }
-            found[i] = f;
-            vals[i] = d;
-            /* Relaxed: a hint that is never too low (see file comment). */
-            ofls[i] = atomic_load_explicit(&b->overflow, memory_order_relaxed);
-        }
-        /* Acquire fence: every read above completes before the seqs are
-         * re-read; pairs with seq_begin's release fence. */
-        atomic_thread_fence(memory_order_acquire);
-        for (uint32_t i = 0; i < cnt; i++) {
+            uint32_t f = bucket_find(h, b, cand[i], key, klen, &d), ofl;
             int32_t p;
-            uint64_t d = vals[i];
 
-            if (!(seqs[i] & 1) &&
-                atomic_load_explicit(&bk[homes[i]].seq, memory_order_relaxed) == seqs[i] &&
-                (found[i] || ofls[i] == 0)) {
-                p = found[i] ? (int32_t)(found[i] - 1) : -ENOENT;
+            /* Relaxed: a hint that is never too low (see file comment). */
+            ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
+            /* Acquire fence: this key's reads above complete before its
+             * bucket's seq is re-read; pairs with seq_begin's release
+             * fence.  One per key, so that each key is done (and the CPU
+             * can run on into the caller's next burst) as soon as its
+             * own entry has arrived. */
+            atomic_thread_fence(memory_order_acquire);
+            if (__builtin_expect(!(seqs[i] & 1) &&
+                                 atomic_load_explicit(&b->seq, memory_order_relaxed) == seqs[i] &&
+                                 (f || ofl == 0), 1)) {
+                p = f ? (int32_t)(f - 1) : -ENOENT;
             } else {
                 d = 0;
-                p = lookup_slow(h, BULK_KEY(i), hashes[i], &d);
+                p = lookup_slow(h, key, hashes[i], &d);
             }
             pos[base + i] = p;
             if (data)
