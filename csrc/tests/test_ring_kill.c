@@ -3,7 +3,10 @@
  * points of their calls, ROUNDS times or more per mode: no consumer ever receives a
  * stale or duplicated item, no live producer or consumer blocks for good,
  * and every item lost with a dead caller is counted (fh_ring_lost).
- * See "A process that dies mid-call" in forkhost/ring.h.
+ * Every TRAP_EVERY-th round stops the victim inside its claim first (a
+ * fault on its buffer), so that the window the test is about is hit
+ * whatever the scheduler does.  See "A process that dies mid-call" in
+ * forkhost/ring.h.
  */
 #include <errno.h>
 #include <signal.h>
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -28,6 +32,10 @@
 #define ROUNDS 40
 #define MAX_ROUNDS (4 * ROUNDS)
 #define MIN_INSIDE 2
+/* Every TRAP_EVERY-th round the victim's aimed call is stopped inside its
+ * claim for sure (see trap_next_call), so MIN_INSIDE never depends on
+ * the scheduler alone; the other rounds kill wherever the victim is. */
+#define TRAP_EVERY 5
 #define MAXK 16                       /* elements per call, at most */
 /* Big elements make a call's copy long enough for kills to land inside
  * claims often; each element is its item repeated, so a half-written one
@@ -35,7 +43,7 @@
 #define ESIZE 8192u
 #define WORDS (ESIZE / 8)
 
-static uint64_t buf[MAXK * WORDS];
+static uint64_t buf[MAXK * WORDS] __attribute__((aligned(4096)));
 
 static void put_item(uint64_t *b, unsigned i, uint64_t v)
 {
@@ -66,6 +74,8 @@ struct shared {
     _Atomic uint64_t attempt_end;    /* [done, attempt_end): the call now */
     _Atomic uint32_t pause, paused;  /* the steady producer's handshake */
     _Atomic uint32_t stop;
+    _Atomic uint32_t trap;           /* parent: trap the victim's next call */
+    _Atomic uint32_t trapped;        /* victim: stopped inside that call */
 };
 
 static struct shared *sh;
@@ -74,6 +84,31 @@ static uint64_t now_us(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+/* The victim, stopped inside a call: says so and waits to be killed. */
+static void on_trap(int sig)
+{
+    (void)sig;
+    atomic_store(&sh->trapped, 1);
+    for (;;)
+        pause();
+}
+
+/* When the parent asks (sh->trap), make the victim's next ring call fault
+ * on its first element of buf, which the ring copies from (enqueue) or
+ * into (dequeue) only after the call has claimed its slots: the call then
+ * stops inside its claim, in on_trap, until the parent kills it. */
+static void trap_next_call(void)
+{
+    struct sigaction sa;
+
+    if (!atomic_load(&sh->trap))
+        return;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_trap;
+    CHECK(sigaction(SIGSEGV, &sa, NULL) == 0, "SIGSEGV handler");
+    CHECK(mprotect(buf, 4096, PROT_NONE) == 0, "mprotect");
 }
 
 /* A producer that enqueues who's items until killed (or told to stop). */
@@ -98,8 +133,10 @@ static void producer(struct fh_ring *r, unsigned who, unsigned round,
             sched_yield();          /* no room: not a call to aim at */
             continue;
         }
-        if (!steady)
+        if (!steady) {
+            trap_next_call();
             atomic_store(&sh->attempt_end, seq + k);
+        }
         if (fh_ring_enqueue_bulk(r, b, k, NULL) != k) {
             sched_yield();
             continue;
@@ -173,6 +210,8 @@ static void producers_killed(int multi)
         atomic_store(&sh->started, 0);
         atomic_store(&sh->done, 0);
         atomic_store(&sh->attempt_end, 0);
+        atomic_store(&sh->trap, 0);
+        atomic_store(&sh->trapped, 0);
         v = fork_child();
         if (v == 0)
             producer(r, WHO_VICTIM, round, 0);
@@ -183,7 +222,17 @@ static void producers_killed(int multi)
         while (now_us() < until)
             drain(r, &s);
         /* Aim at a call: kill once the victim has started one (it claims
-         * then spends its time copying). */
+         * then spends its time copying), or in a trap round once the call
+         * has stopped inside its claim. */
+        if (round % TRAP_EVERY == 0) {
+            atomic_store(&sh->trap, 1);
+            for (uint64_t give_up = now_us() + 10000000;
+                 !atomic_load(&sh->trapped) && now_us() < give_up; )
+                if (fh_ring_free_count(r) < MAXK)
+                    drain(r, &s);
+            CHECK(atomic_load(&sh->trapped), "round %u: the victim's call "
+                  "never reached its trap", round);
+        }
         for (uint64_t give_up = now_us() + 100000;
              atomic_load(&sh->attempt_end) == atomic_load(&sh->done) &&
              now_us() < give_up; )
@@ -259,6 +308,7 @@ static void consumer(struct fh_ring *r, unsigned k)
         uint64_t done = atomic_load(&sh->done);
         if (fh_ring_count(r) < k)
             continue;               /* nothing to take: not a call to aim at */
+        trap_next_call();
         atomic_store(&sh->attempt_end, done + k);
         if (fh_ring_dequeue_bulk(r, b, k, NULL) != k)
             continue;
@@ -299,7 +349,10 @@ static void consumers_killed(int multi)
                 put_item(b, i, ITEM(WHO_PARENT, round, seq + i));
             seq += fh_ring_enqueue_bulk(r, b, m, NULL);
         }
-        /* Enough for the consumer's next call, then aim at that call. */
+        /* Enough for the consumer's next call, then aim at that call (in
+         * a trap round, stop it inside its claim first). */
+        if (round % TRAP_EVERY == 0)
+            atomic_store(&sh->trap, 1);
         for (unsigned i = 0; i < k; i++)
             put_item(b, i, ITEM(WHO_PARENT, round, seq + i));
         seq += fh_ring_enqueue_bulk(r, b, k, NULL);
@@ -307,6 +360,11 @@ static void consumers_killed(int multi)
         for (uint64_t give_up = now_us() + 100000;
              atomic_load(&sh->attempt_end) != d0 + k && now_us() < give_up; )
             ;
+        for (uint64_t give_up = now_us() + 10000000; round % TRAP_EVERY == 0 &&
+             !atomic_load(&sh->trapped) && now_us() < give_up; )
+            ;
+        CHECK(round % TRAP_EVERY || atomic_load(&sh->trapped),
+              "round %u: the consumer's call never reached its trap", round);
         kill(c, SIGKILL);
         CHECK(reap(c) == 128 + SIGKILL, "consumer killed");
         if (multi) {
