@@ -86,10 +86,18 @@ static uint64_t now_us(void)
     return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
 }
 
-/* The victim, stopped inside a call: says so and waits to be killed. */
-static void on_trap(int sig)
+/* The victim, stopped inside a call: says so and waits to be killed.  A
+ * fault anywhere else is a real one: the default action, so that the
+ * parent sees the victim die of it. */
+static void on_trap(int sig, siginfo_t *si, void *ctx)
 {
-    (void)sig;
+    (void)ctx;
+    uintptr_t at = (uintptr_t)si->si_addr, page = (uintptr_t)buf;
+
+    if (at < page || at >= page + 4096) {
+        signal(sig, SIG_DFL);
+        return;
+    }
     atomic_store(&sh->trapped, 1);
     for (;;)
         pause();
@@ -106,9 +114,19 @@ static void trap_next_call(void)
     if (!atomic_load(&sh->trap))
         return;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_trap;
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
     CHECK(sigaction(SIGSEGV, &sa, NULL) == 0, "SIGSEGV handler");
     CHECK(mprotect(buf, 4096, PROT_NONE) == 0, "mprotect");
+}
+
+/* The armed call claimed nothing (a multi producer found the room taken):
+ * the buffer is the victim's to write again, and the next call is armed
+ * anew. */
+static void trap_disarm(void)
+{
+    if (atomic_load(&sh->trap))
+        CHECK(mprotect(buf, 4096, PROT_READ | PROT_WRITE) == 0, "mprotect");
 }
 
 /* A producer that enqueues who's items until killed (or told to stop). */
@@ -138,6 +156,8 @@ static void producer(struct fh_ring *r, unsigned who, unsigned round,
             atomic_store(&sh->attempt_end, seq + k);
         }
         if (fh_ring_enqueue_bulk(r, b, k, NULL) != k) {
+            if (!steady)
+                trap_disarm();
             sched_yield();
             continue;
         }
