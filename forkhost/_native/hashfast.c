@@ -205,6 +205,11 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
         ks->ptrs = n <= STACK_KEYS ? ks->stack
                                    : PyMem_Malloc((size_t)n * sizeof(void *));
         if (ks->ptrs == NULL) {
+            /* A bad key still goes to the slow path, which says which. */
+            for (Py_ssize_t i = 0; i < n; i++)
+                if (!PyBytes_CheckExact(items[i])
+                    || PyBytes_GET_SIZE(items[i]) != t->key_len)
+                    return 0;
             PyErr_NoMemory();
             return -1;
         }
