@@ -60,11 +60,17 @@ static PyObject *array_type, *zero_i, *zero_q;
 /* Keys whose object headers keys_get fetches ahead of checking them. */
 #define KEY_PREFETCH 16
 
-static inline const char *fast_key(const TableBase *t, PyObject *key)
+/* key's bytes when it is bytes of the table's key_len, else NULL. */
+static inline const char *key_bytes(const TableBase *t, PyObject *key)
 {
-    if (PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) == t->key_len && live(t))
+    if (PyBytes_CheckExact(key) && PyBytes_GET_SIZE(key) == t->key_len)
         return PyBytes_AS_STRING(key);
     return NULL;
+}
+
+static inline const char *fast_key(const TableBase *t, PyObject *key)
+{
+    return live(t) ? key_bytes(t, key) : NULL;
 }
 
 /* self.<name>(*args, **kw) for the vectorcall arguments we were given. */
@@ -207,8 +213,7 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
         if (ks->ptrs == NULL) {
             /* A bad key still goes to the slow path, which says which. */
             for (Py_ssize_t i = 0; i < n; i++)
-                if (!PyBytes_CheckExact(items[i])
-                    || PyBytes_GET_SIZE(items[i]) != t->key_len)
+                if (!key_bytes(t, items[i]))
                     return 0;
             PyErr_NoMemory();
             return -1;
@@ -220,15 +225,12 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
         for (Py_ssize_t i = 0; i < n && i < KEY_PREFETCH; i++)
             prefetch_bytes(items[i]);
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *k = items[i];
-
             if (i + KEY_PREFETCH < n)
                 prefetch_bytes(items[i + KEY_PREFETCH]);
-            if (!PyBytes_CheckExact(k) || PyBytes_GET_SIZE(k) != t->key_len) {
+            if (!(ks->ptrs[i] = key_bytes(t, items[i]))) {
                 keys_release(ks);
                 return 0;
             }
-            ks->ptrs[i] = PyBytes_AS_STRING(k);
         }
         ks->n = n;
         return 1;
