@@ -31,11 +31,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...) do {                                                    \
-    fprintf(stderr, "fuzz_cgroup: invariant broken: " __VA_ARGS__);       \
-    fputc('\n', stderr);                                                  \
-    abort();                                                              \
-} while (0)
+#define FUZZ_NAME "fuzz_cgroup"
+#include "fuzz_fail.h"
 
 /* Verdicts seen: 1 no cgroup v2 path, 2 not a cgroup2 mount, 3 a cgroup2
  * mount line refused (its root or mount point), 4 a path, 5 a mount. */

@@ -1,9 +1,10 @@
 /*
  * fuzz_driver.h - what the standalone drivers of the fuzzers share
- * (fuzz_request.c, fuzz_ipc.c): a xorshift generator, the inputs (seeds and
- * the current one, each starting with its two control bytes), the
- * mutations, and the run itself (fuzz_main).  Define MAX_INPUT and NSEEDS
- * before including it.
+ * (fuzz_request.c, fuzz_ipc.c, fuzz_cgroup.c): a xorshift generator, the
+ * inputs (seeds and the current one, each starting with its two control
+ * bytes), the mutations, and the run itself (fuzz_main).  Define
+ * MAX_INPUT and NSEEDS before including it.  How they report a broken
+ * invariant, in either build, is fuzz_fail.h.
  */
 #ifndef FORKHOST_FUZZ_DRIVER_H
 #define FORKHOST_FUZZ_DRIVER_H

@@ -29,11 +29,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...) do {                                                    \
-    fprintf(stderr, "fuzz_ipc: invariant broken: " __VA_ARGS__);          \
-    fputc('\n', stderr);                                                  \
-    abort();                                                              \
-} while (0)
+#define FUZZ_NAME "fuzz_ipc"
+#include "fuzz_fail.h"
 
 /* Verdicts seen: each refusal by its code, then valid records. */
 static unsigned long long g_seen[FH_IPC_REC_NERRORS + 1];

@@ -37,11 +37,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...) do {                                                    \
-    fprintf(stderr, "fuzz_request: invariant broken: " __VA_ARGS__);     \
-    fputc('\n', stderr);                                                  \
-    abort();                                                              \
-} while (0)
+#define FUZZ_NAME "fuzz_request"
+#include "fuzz_fail.h"
 
 static int g_dir = -1;              /* an empty directory, O_PATH */
 /* Verdicts seen: each refusal by its code, then EOF, INFO (or RELOAD),
