@@ -872,7 +872,8 @@ int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
             m = sig_match(b, (uint16_t)(hashes[i] >> 16));
             cand[i] = m;
             if (m) {
-                /* Relaxed: validated by the seq check below. */
+                /* Relaxed: only a prefetch address; bucket_find reads
+                 * key_idx again, validated by the seq check. */
                 uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
                                                     memory_order_relaxed);
                 if (idx && idx <= entries) {
