@@ -63,10 +63,13 @@ setup(
                            ["forkhost/_native/pystack.c"]),
                  # HashTable's hot lookups, calling libforkhost without
                  # cffi's per-call cost; linked like the cffi module.
+                 # It also reads tables through the library's own
+                 # layout and lookup core (csrc/lib/hash_core.h).
                  Extension("forkhost._native._hashfast",
                            ["forkhost/_native/hashfast.c"],
-                           include_dirs=[str(build_native.INCLUDE)],
-                           depends=HEADERS,
+                           include_dirs=[str(build_native.INCLUDE),
+                                         str(build_native.CSRC / "lib")],
+                           depends=HEADERS + [str(build_native.CSRC / "lib" / "hash_core.h")],
                            libraries=["forkhost"],
                            runtime_library_dirs=["$ORIGIN"],
                            extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]

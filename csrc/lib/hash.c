@@ -40,10 +40,9 @@
 
 #include "forkhost.h"
 #include "forkhost/hash.h"
+#include "hash_core.h"
 
 #define HT_MAGIC 0x4853414854484b46ull /* "FKHTHASH" */
-#define HT_FN_BUILTIN 0u   /* fh_hash_crc32c, resolved in each process */
-#define HT_FN_USER    1u   /* a pointer checked against its module */
 /* Fill limit: keys <= 80% of slots keeps overflow chains short (one bucket
  * in the overwhelming majority of lookups).  The bucket count is exactly
  * what that takes, not rounded up to a power of two: for 2^19 entries that
@@ -57,68 +56,6 @@
 #define HT_OK_CACHE 32
 #define HT_ERRLEN 512
 
-/*
- * A bucket, one cache line:
- *   0 seq   4 overflow   8 sig[8]   24 key_idx[8]   56 pad
- * All fields are written only by the table's writer (the lock holder);
- * readers read them without a lock, validated by seq.
- */
-struct ht_bucket {
-    _Atomic uint32_t seq;        /* odd while the writer changes this bucket */
-    _Atomic uint32_t overflow;   /* keys homed at or before here, stored after */
-    uint16_t sig[FH_HASH_BUCKET_ENTRIES]; /* hash >> 16; plain so one SSE
-                                   load compares all eight; written with
-                                   __atomic_store_n */
-    _Atomic uint32_t key_idx[FH_HASH_BUCKET_ENTRIES]; /* 0: empty slot */
-    uint64_t pad;
-};
-_Static_assert(sizeof(struct ht_bucket) == 64, "a bucket is a cache line");
-
-/*
- * A key entry, key_stride bytes: key (key_len, padded to 8), then data
- * (8): 24 bytes for 16-byte keys, as DPDK's.  The key's hash, which only
- * writers need (a repair, and fh_hash_get_key_with_position), is kept
- * apart, in the hash store after the free stack, so that lookups touch
- * fewer bytes.  Index 0 is never used, so key_idx 0 means empty.  An
- * entry and its stored hash are written by the writer only while no
- * bucket slot refers to the entry (data: also while referenced, inside
- * the bucket's seqlock).
- */
-
-/*
- * The table header, at the start of memzone "HT_<name>":
- *   0 magic (published last)  8 name[61]  72 entries  76 key_len
- *   80 key_stride  84 num_buckets  88 reserved  92 init_val  96 flags
- *   100 fn_kind  104 fn_addr  112 fn_base  120 fn_module_hash
- *   128 buckets_off  136 keys_off  144 free_off  152 fn_module[256]
- *   448 wlock  512 count  516 free_top  520 repairs
- * Everything up to fn_module is written once by the creator.  wlock, count,
- * free_top, repairs and the free stack belong to the writer.
- */
-struct fh_hash {
-    _Atomic uint64_t magic;
-    char     name[FH_HASH_NAMESIZE];
-    uint32_t entries;
-    uint32_t key_len;
-    uint32_t key_stride;
-    uint32_t num_buckets;     /* any count >= 1; see home_bucket() */
-    uint32_t reserved;
-    uint32_t init_val;
-    uint32_t flags;
-    uint32_t fn_kind;
-    uint64_t fn_addr;         /* the function, valid where the module matches */
-    uint64_t fn_base;         /* dli_fbase of its module in the creator */
-    uint64_t fn_module_hash;  /* FNV-1a of fn_module: part of the check key */
-    uint64_t buckets_off;     /* offsets from the table's base */
-    uint64_t keys_off;
-    uint64_t free_off;
-    char     fn_module[FH_HASH_MODULE_PATH_MAX];
-    alignas(64) pthread_mutex_t wlock;
-    alignas(64) _Atomic uint32_t count;  /* keys; only writer: the writer */
-    uint32_t free_top;                   /* free stack depth; writer only */
-    _Atomic uint32_t repairs;            /* dead writers repaired after */
-};
-_Static_assert(offsetof(struct fh_hash, fn_module) == 152, "hash layout");
 
 static __thread char t_err[HT_ERRLEN];
 
@@ -174,40 +111,11 @@ FH_API uint32_t fh__hash_crc32c_sw(const void *key, uint32_t len, uint32_t crc)
     return crc;
 }
 
-#if defined(__x86_64__)
-/* Same convention as DPDK's rte_hash_crc: init_val is the starting CRC, no
- * final inversion; 8 bytes per instruction, then 4, then single bytes. */
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(const void *key, uint32_t len, uint32_t crc)
-{
-    const unsigned char *p = key;
-    uint64_t c = crc;
-    while (len >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        c = _mm_crc32_u64(c, v);
-        p += 8;
-        len -= 8;
-    }
-    crc = (uint32_t)c;
-    if (len >= 4) {
-        uint32_t v;
-        memcpy(&v, p, 4);
-        crc = _mm_crc32_u32(crc, v);
-        p += 4;
-        len -= 4;
-    }
-    while (len--)
-        crc = _mm_crc32_u8(crc, *p++);
-    return crc;
-}
-#endif
-
 static inline uint32_t crc32c(const void *key, uint32_t len, uint32_t init)
 {
 #if defined(__x86_64__)
     if (g_has_sse42)
-        return crc32c_hw(key, len, init);
+        return ht_crc32c_hw(key, len, init);
 #endif
     return fh__hash_crc32c_sw(key, len, init);
 }
@@ -381,23 +289,6 @@ FH_API int fh_hash_hash(const struct fh_hash *h, const void *key, uint32_t *sig)
 
 /* ---- layout helpers ---------------------------------------------------- */
 
-static inline struct ht_bucket *buckets(const struct fh_hash *h)
-{
-    return (struct ht_bucket *)((char *)h + h->buckets_off);
-}
-
-static inline unsigned char *key_at(const struct fh_hash *h, uint32_t idx)
-{
-    return (unsigned char *)h + h->keys_off + (uint64_t)idx * h->key_stride;
-}
-
-/* Entry k's data: its last 8 bytes. */
-static inline _Atomic uint64_t *data_of(const struct fh_hash *h,
-                                        const unsigned char *k)
-{
-    return (_Atomic uint64_t *)(void *)(k + h->key_stride - sizeof(uint64_t));
-}
-
 static inline uint32_t *free_stack(const struct fh_hash *h)
 {
     return (uint32_t *)((char *)h + h->free_off);
@@ -414,64 +305,6 @@ static inline _Atomic uint32_t *hash_store(const struct fh_hash *h)
 {
     return (_Atomic uint32_t *)(void *)((char *)h + hashes_offset(h->free_off,
                                                                   h->entries));
-}
-
-/*
- * A hash's home bucket: the hash scrambled by an odd multiplier (so a weak
- * user function whose high bits barely vary still spreads), then mapped
- * onto [0, num_buckets) by a multiply-shift (Lemire's "fastrange"), which
- * needs no power-of-two count.  The signature is hash >> 16, and keys
- * sharing a bucket share the high bits of the product, not of the hash, so
- * their signatures stay as varied as chance makes them.
- */
-static inline uint32_t home_bucket(const struct fh_hash *h, uint32_t hash)
-{
-    return (uint32_t)(((uint64_t)(hash * 0x9e3779b1u) * h->num_buckets) >> 32);
-}
-
-static inline uint32_t next_bucket(const struct fh_hash *h, uint32_t b)
-{
-    return b + 1 == h->num_buckets ? 0 : b + 1;
-}
-
-static inline int key_eq(const void *a, const void *b, uint32_t len)
-{
-    uint64_t a0, a1, b0, b1;
-    uint32_t x, y;
-
-    switch (len) {
-    case 4:
-        memcpy(&x, a, 4);
-        memcpy(&y, b, 4);
-        return x == y;
-    case 8:
-        memcpy(&a0, a, 8);
-        memcpy(&b0, b, 8);
-        return a0 == b0;
-    case 16:
-        memcpy(&a0, a, 8);
-        memcpy(&a1, (const char *)a + 8, 8);
-        memcpy(&b0, b, 8);
-        memcpy(&b1, (const char *)b + 8, 8);
-        return ((a0 ^ b0) | (a1 ^ b1)) == 0;
-    default:
-        return memcmp(a, b, len) == 0;
-    }
-}
-
-/* Bit i set when slot i's signature is sig (empty slots included). */
-static inline uint32_t sig_match(const struct ht_bucket *b, uint16_t sig)
-{
-#if defined(__SSE2__)
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)b->sig);
-    __m128i m = _mm_cmpeq_epi16(v, _mm_set1_epi16((short)sig));
-    return (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(m, _mm_setzero_si128()));
-#else
-    uint32_t bits = 0;
-    for (int i = 0; i < FH_HASH_BUCKET_ENTRIES; i++)
-        bits |= (uint32_t)(__atomic_load_n(&b->sig[i], __ATOMIC_RELAXED) == sig) << i;
-    return bits;
-#endif
 }
 
 static inline void cpu_pause(void)
@@ -505,7 +338,7 @@ static void repair(struct fh_hash *h)
 
 static void repair_state(struct fh_hash *h)
 {
-    struct ht_bucket *bk = buckets(h);
+    struct ht_bucket *bk = ht_buckets(h);
     uint32_t nb = h->num_buckets, count = 0, top = 0;
     unsigned char *used = calloc(h->entries + 1u, 1);
     uint32_t *ofl = calloc(nb, sizeof *ofl);
@@ -527,9 +360,9 @@ static void repair_state(struct fh_hash *h)
             used[idx] = 1;
             count++;
             /* Relaxed: we are the writer (repairing). */
-            for (uint32_t x = home_bucket(h, atomic_load_explicit(
+            for (uint32_t x = ht_home_bucket(h, atomic_load_explicit(
                      &hash_store(h)[idx], memory_order_relaxed));
-                 x != b; x = next_bucket(h, x))
+                 x != b; x = ht_next_bucket(h, x))
                 ofl[x]++;
         }
     for (uint32_t b = 0; b < nb; b++)
@@ -628,32 +461,6 @@ static inline void seq_end(struct ht_bucket *b)
 /* ---- lookup ------------------------------------------------------------ */
 
 /*
- * The key among bucket b's candidate slots m (its signature matches): its
- * key_idx, with *d its data; 0 when no candidate holds it.  Unvalidated:
- * the caller checks b's seq afterwards.
- */
-static inline __attribute__((always_inline))
-uint32_t bucket_find(const struct fh_hash *h, const struct ht_bucket *b,
-                     uint32_t m, const void *key, uint32_t klen, uint64_t *d)
-{
-    while (m) {
-        /* Relaxed: validated by the caller's seq check. */
-        uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
-                                            memory_order_relaxed);
-        m &= m - 1;
-        if (idx && idx <= h->entries) {
-            const unsigned char *k = key_at(h, idx);
-            if (key_eq(k, key, klen)) {
-                /* Relaxed: validated by the caller's seq check. */
-                *d = atomic_load_explicit(data_of(h, k), memory_order_relaxed);
-                return idx;
-            }
-        }
-    }
-    return 0;
-}
-
-/*
  * Search one bucket under its seqlock, retrying while a writer changes it.
  * Returns the key index (0: not in this bucket) and sets *ofl to the
  * bucket's overflow count.  The slow path: the fast one (lookup_core) only
@@ -675,7 +482,7 @@ static uint32_t search_bucket(const struct fh_hash *h,
             reader_wait(h, &spins);
             continue;
         }
-        found = bucket_find(h, b, sig_match(b, sig), key, h->key_len, &d);
+        found = ht_bucket_find(h, b, ht_sig_match(b, sig), key, h->key_len, &d);
         /* Relaxed: a hint that is never too low (see file comment). */
         *ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
         /* Acquire fence: the reads above complete before seq is re-read;
@@ -693,8 +500,8 @@ __attribute__((noinline))
 static int32_t lookup_slow(const struct fh_hash *h, const void *key,
                            uint32_t hash, uint64_t *data)
 {
-    const struct ht_bucket *bk = buckets(h);
-    uint32_t b = home_bucket(h, hash), ofl;
+    const struct ht_bucket *bk = ht_buckets(h);
+    uint32_t b = ht_home_bucket(h, hash), ofl;
     uint16_t sig = (uint16_t)(hash >> 16);
 
     for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
@@ -703,7 +510,7 @@ static int32_t lookup_slow(const struct fh_hash *h, const void *key,
             return (int32_t)(idx - 1);
         if (ofl == 0)
             break;
-        b = next_bucket(h, b);
+        b = ht_next_bucket(h, b);
     }
     return -ENOENT;
 }
@@ -720,16 +527,16 @@ static inline __attribute__((always_inline))
 int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
                     uint64_t *data)
 {
-    const struct ht_bucket *bk = buckets(h);
+    const struct ht_bucket *bk = ht_buckets(h);
     const uint16_t sig = (uint16_t)(hash >> 16);
-    uint32_t b = home_bucket(h, hash);
+    uint32_t b = ht_home_bucket(h, hash);
 
     for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
         const struct ht_bucket *bp = &bk[b];
         /* Acquire pairs with seq_end's release store. */
         uint32_t s1 = atomic_load_explicit(&bp->seq, memory_order_acquire);
         uint64_t d = 0;
-        uint32_t found = bucket_find(h, bp, sig_match(bp, sig), key,
+        uint32_t found = ht_bucket_find(h, bp, ht_sig_match(bp, sig), key,
                                      h->key_len, &d), ofl;
         /* Relaxed: a hint that is never too low (see file comment). */
         ofl = atomic_load_explicit(&bp->overflow, memory_order_relaxed);
@@ -746,7 +553,7 @@ int32_t lookup_core(const struct fh_hash *h, const void *key, uint32_t hash,
         }
         if (ofl == 0)
             break;
-        b = next_bucket(h, b);
+        b = ht_next_bucket(h, b);
     }
     return -ENOENT;
 }
@@ -809,146 +616,58 @@ FH_API int32_t fh_hash_lookup(const struct fh_hash *h, const void *key)
     return rc < 0 ? rc : lookup_core(h, key, hash, NULL);
 }
 
-/*
- * Bulk: hash everything and prefetch the home buckets, then match
- * signatures and prefetch the first candidate key of each (and, for a key
- * with no candidate in a home bucket that others overflowed from, the
- * next bucket and its candidate: about 2% of keys at 75% fill, whose two
- * misses would otherwise come one after the other, after everything
- * else), then compare each key and check its bucket's seq.  Anything
- * unusual (a writer in the bucket, a miss in a bucket that has
- * overflowed) falls back to the one-key path.
- */
-/* Keys a bulk lookup over key pointers prefetches ahead of hashing them:
- * a whole burst of 16 (DPDK's PREFETCH_OFFSET is 4, which leaves each key
- * a few hashes' time to arrive from memory; measured a few percent
- * faster with hash_ab.c). */
-#define HT_KEY_PREFETCH 16
+/* The library's key sources for ht_lookup_bulk: packed keys, or the
+ * caller's key pointers; hashes given (sigs) or from the table's
+ * function (checked by the caller, fn_ready). */
+struct bulk_src {
+    const unsigned char *packed;
+    const void *const *ptrs;
+    const uint32_t *sigs;
+    /* The hash function's arguments, read once: the hash loop calls
+     * through a pointer, after which the compiler would read them from
+     * the table again for every key. */
+    uint32_t klen, init;
+    int builtin;
+    fh_hash_fn fn;
+};
 
-static inline __attribute__((always_inline))
-int lookup_bulk(const struct fh_hash *h, const unsigned char *keys,
-                const void *const *ptrs, const uint32_t *sigs, uint32_t n,
-                int32_t *pos, uint64_t *data)
+static inline const unsigned char *src_packed(void *c, uint32_t i)
 {
-    const struct ht_bucket *bk = buckets(h);
-    const uint32_t klen = h->key_len, entries = h->entries;
-    uint32_t hashes[FH_HASH_LOOKUP_BULK_MAX], seqs[FH_HASH_LOOKUP_BULK_MAX];
-    uint32_t homes[FH_HASH_LOOKUP_BULK_MAX], cand[FH_HASH_LOOKUP_BULK_MAX];
-    uint8_t spilled[FH_HASH_LOOKUP_BULK_MAX];   /* keys past their home */
-    /* The hash function's arguments, read once: the loop below calls
-     * through a pointer, after which the compiler would read them again
-     * for every key. */
-    const int builtin = h->fn_kind == HT_FN_BUILTIN;
-    const fh_hash_fn fn = (fh_hash_fn)(uintptr_t)h->fn_addr;
-    const uint32_t init = h->init_val;
-    int hits = 0;
+    const struct bulk_src *s = c;
+    return s->packed + (size_t)i * s->klen;
+}
 
-    for (uint32_t base = 0; base < n; base += FH_HASH_LOOKUP_BULK_MAX) {
-        uint32_t cnt = n - base < FH_HASH_LOOKUP_BULK_MAX ? n - base
-                                                          : FH_HASH_LOOKUP_BULK_MAX;
-        const unsigned char *kb = keys ? keys + (size_t)base * klen : NULL;
-        uint32_t nspilled = 0;
-        /* Key i of this round: packed, or through the caller's pointers. */
-#define BULK_KEY(i) (ptrs ? (const unsigned char *)ptrs[base + (i)]      \
-                          : kb + (size_t)(i) * klen)
+static inline const unsigned char *src_ptr(void *c, uint32_t i)
+{
+    return ((const struct bulk_src *)c)->ptrs[i];
+}
 
-        if (ptrs)
-            for (uint32_t i = 0; i < cnt && i < HT_KEY_PREFETCH; i++)
-                __builtin_prefetch(ptrs[base + i], 0, 3);
-        for (uint32_t i = 0; i < cnt; i++) {
-            if (ptrs && i + HT_KEY_PREFETCH < cnt)
-                __builtin_prefetch(ptrs[base + i + HT_KEY_PREFETCH], 0, 3);
-            hashes[i] = sigs ? sigs[base + i]
-                      : builtin ? crc32c(BULK_KEY(i), klen, init)
-                      : fn(BULK_KEY(i), klen, init);
-            homes[i] = home_bucket(h, hashes[i]);
-            __builtin_prefetch(&bk[homes[i]], 0, 3);
-        }
-        for (uint32_t i = 0; i < cnt; i++) {
-            const struct ht_bucket *b = &bk[homes[i]];
-            uint32_t m;
-            /* Acquire pairs with seq_end's release store. */
-            seqs[i] = atomic_load_explicit(&b->seq, memory_order_acquire);
-            m = sig_match(b, (uint16_t)(hashes[i] >> 16));
-            cand[i] = m;
-            if (m) {
-                /* Relaxed: only a prefetch address; bucket_find reads
-                 * key_idx again, validated by the seq check. */
-                uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
-                                                    memory_order_relaxed);
-                if (idx && idx <= entries) {
-                    /* Both ends: a 24-byte entry crosses a line in two
-                     * slots of eight, and a found key's data is read. */
-                    const unsigned char *k = key_at(h, idx);
-                    __builtin_prefetch(k, 0, 3);
-                    __builtin_prefetch(k + h->key_stride - 1, 0, 3);
-                }
-            } else if (atomic_load_explicit(&b->overflow, memory_order_relaxed)) {
-                /* No signature here, and keys homed here went on to the
-                 * next bucket: the key is there (or later, or nowhere).
-                 * Start fetching it now, beside the others' misses, as
-                 * DPDK fetches every key's second bucket; lookup_slow
-                 * then finds it in cache.  Relaxed: a hint. */
-                __builtin_prefetch(&bk[next_bucket(h, homes[i])], 0, 3);
-                spilled[nspilled++] = (uint8_t)i;
-            }
-        }
-        /* The spilled keys' candidates in their next bucket, fetched too.
-         * Only prefetches: lookup_slow reads everything again under the
-         * buckets' seqlocks. */
-        for (uint32_t s = 0; s < nspilled; s++) {
-            const struct ht_bucket *b = &bk[next_bucket(h, homes[spilled[s]])];
-            uint32_t m = sig_match(b, (uint16_t)(hashes[spilled[s]] >> 16));
-            if (m) {
-                /* Relaxed: a hint (see above). */
-                uint32_t idx = atomic_load_explicit(&b->key_idx[__builtin_ctz(m)],
-                                                    memory_order_relaxed);
-                if (idx && idx <= entries)
-                    __builtin_prefetch(key_at(h, idx), 0, 3);
-            }
-        }
-        for (uint32_t i = 0; i < cnt; i++) {
-            const struct ht_bucket *b = &bk[homes[i]];
-            const unsigned char *key = BULK_KEY(i);
-            uint64_t d = 0;
-            uint32_t f = bucket_find(h, b, cand[i], key, klen, &d), ofl;
-            int32_t p;
+static inline void src_fetch_ptr(void *c, uint32_t i)
+{
+    __builtin_prefetch(((const struct bulk_src *)c)->ptrs[i], 0, 3);
+}
 
-            /* Relaxed: a hint that is never too low (see file comment). */
-            ofl = atomic_load_explicit(&b->overflow, memory_order_relaxed);
-            /* Acquire fence: this key's reads above complete before its
-             * bucket's seq is re-read; pairs with seq_begin's release
-             * fence.  One per key, so that each key is done (and the CPU
-             * can run on into the caller's next burst) as soon as its
-             * own entry has arrived. */
-            atomic_thread_fence(memory_order_acquire);
-            if (__builtin_expect(!(seqs[i] & 1) &&
-                                 atomic_load_explicit(&b->seq, memory_order_relaxed) == seqs[i] &&
-                                 (f || ofl == 0), 1)) {
-                p = f ? (int32_t)(f - 1) : -ENOENT;
-            } else {
-                d = 0;
-                p = lookup_slow(h, key, hashes[i], &d);
-            }
-            pos[base + i] = p;
-            if (data)
-                data[base + i] = p >= 0 ? d : 0;
-            hits += p >= 0;
-        }
-#undef BULK_KEY
-    }
-    return hits;
+static inline uint32_t src_sig(void *c, uint32_t i, const unsigned char *k)
+{
+    return ((const struct bulk_src *)c)->sigs[i];
+}
+
+static inline uint32_t src_hash(void *c, uint32_t i, const unsigned char *k)
+{
+    const struct bulk_src *s = c;
+    return s->builtin ? crc32c(k, s->klen, s->init) : s->fn(k, s->klen, s->init);
 }
 
 /* The bulk calls' argument checks, then the lookup: packed keys, or
  * (ptrs) an array of key pointers, none NULL.  Each combination of key
- * shape and sigs given or not gets its own copy of lookup_bulk, in which
- * the per-key tests of ptrs and sigs fold away. */
+ * shape and sigs given or not gets its own copy of ht_lookup_bulk, in
+ * which the per-key tests of ptrs and sigs fold away. */
 static inline __attribute__((always_inline))
 int bulk_checked(const struct fh_hash *h, const void *keys,
                  const void *const *ptrs, const uint32_t *sigs, uint32_t n,
                  int32_t *positions, uint64_t *data)
 {
+    struct bulk_src src;
     int rc;
 
     if (!h || (n && ((!keys && !ptrs) || !positions)))
@@ -958,11 +677,18 @@ int bulk_checked(const struct fh_hash *h, const void *keys,
             return -EINVAL;
     if (!sigs && (rc = fn_ready(h)) < 0)
         return rc;
+    src = (struct bulk_src){ keys, ptrs, sigs, h->key_len, h->init_val,
+                             h->fn_kind == HT_FN_BUILTIN,
+                             (fh_hash_fn)(uintptr_t)h->fn_addr };
     if (ptrs)
-        return sigs ? lookup_bulk(h, NULL, ptrs, sigs, n, positions, data)
-                    : lookup_bulk(h, NULL, ptrs, NULL, n, positions, data);
-    return sigs ? lookup_bulk(h, keys, NULL, sigs, n, positions, data)
-                : lookup_bulk(h, keys, NULL, NULL, n, positions, data);
+        return sigs ? ht_lookup_bulk(h, &src, n, src_ptr, src_fetch_ptr, src_sig,
+                                     lookup_slow, positions, data)
+                    : ht_lookup_bulk(h, &src, n, src_ptr, src_fetch_ptr, src_hash,
+                                     lookup_slow, positions, data);
+    return sigs ? ht_lookup_bulk(h, &src, n, src_packed, NULL, src_sig,
+                                 lookup_slow, positions, data)
+                : ht_lookup_bulk(h, &src, n, src_packed, NULL, src_hash,
+                                 lookup_slow, positions, data);
 }
 
 FH_API int fh_hash_lookup_bulk_with_hash(const struct fh_hash *h,
@@ -1038,20 +764,20 @@ static inline uint32_t find_slot(const struct fh_hash *h, const void *key,
                                  uint32_t hash, uint32_t *bucket, int *slot,
                                  uint32_t *free_b)
 {
-    struct ht_bucket *bk = buckets(h);
-    uint32_t b = home_bucket(h, hash);
+    struct ht_bucket *bk = ht_buckets(h);
+    uint32_t b = ht_home_bucket(h, hash);
     uint16_t sig = (uint16_t)(hash >> 16);
 
     if (free_b)
         *free_b = UINT32_MAX;
     for (uint32_t probe = 0; probe < h->num_buckets; probe++) {
-        uint32_t m = sig_match(&bk[b], sig);
+        uint32_t m = ht_sig_match(&bk[b], sig);
         while (m) {
             int i = __builtin_ctz(m);
             /* Relaxed: we are the only writer of key_idx. */
             uint32_t idx = atomic_load_explicit(&bk[b].key_idx[i], memory_order_relaxed);
             m &= m - 1;
-            if (idx && key_eq(key_at(h, idx), key, h->key_len)) {
+            if (idx && ht_key_eq(ht_key_at(h, idx), key, h->key_len)) {
                 *bucket = b;
                 *slot = i;
                 return idx;
@@ -1062,7 +788,7 @@ static inline uint32_t find_slot(const struct fh_hash *h, const void *key,
         /* Relaxed: only the writer changes overflow. */
         if (atomic_load_explicit(&bk[b].overflow, memory_order_relaxed) == 0)
             break;
-        b = next_bucket(h, b);
+        b = ht_next_bucket(h, b);
     }
     return 0;
 }
@@ -1070,8 +796,8 @@ static inline uint32_t find_slot(const struct fh_hash *h, const void *key,
 static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
                           uint64_t data)
 {
-    struct ht_bucket *bk = buckets(h);
-    uint32_t b, home = home_bucket(h, hash), idx, free_b;
+    struct ht_bucket *bk = ht_buckets(h);
+    uint32_t b, home = ht_home_bucket(h, hash), idx, free_b;
     int slot;
     unsigned char *k;
 
@@ -1079,7 +805,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     if (idx) {
         /* Update in place, inside the seqlock of the key's bucket. */
         seq_begin(&bk[b]);
-        atomic_store_explicit(data_of(h, key_at(h, idx)), data,
+        atomic_store_explicit(ht_data_of(h, ht_key_at(h, idx)), data,
                               memory_order_relaxed);
         seq_end(&bk[b]);
         return (int32_t)(idx - 1);
@@ -1091,7 +817,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
      * since keys never exceed 80% of the slots. */
     b = free_b;
     if (b == UINT32_MAX)
-        for (b = home; !empty_slots(&bk[b]); b = next_bucket(h, b))
+        for (b = home; !empty_slots(&bk[b]); b = ht_next_bucket(h, b))
             ;
     slot = __builtin_ctz(empty_slots(&bk[b]));
     idx = free_stack(h)[--h->free_top];
@@ -1099,17 +825,17 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
      * so that add's key copy does not wait for the line (in a table filled
      * from empty, entries come off the stack in order: the next line). */
     if (h->free_top)
-        __builtin_prefetch(key_at(h, free_stack(h)[h->free_top - 1]), 1, 3);
-    k = key_at(h, idx);
+        __builtin_prefetch(ht_key_at(h, free_stack(h)[h->free_top - 1]), 1, 3);
+    k = ht_key_at(h, idx);
     /* No slot refers to entry idx: plain writes, published below. */
     key_copy(k, key, h->key_len);
     /* Relaxed: published with the key below; readers of the stored hash
      * check what they find (fh_hash_get_key_with_position). */
     atomic_store_explicit(&hash_store(h)[idx], hash, memory_order_relaxed);
-    atomic_store_explicit(data_of(h, k), data, memory_order_relaxed);
+    atomic_store_explicit(ht_data_of(h, k), data, memory_order_relaxed);
     /* Count the key in every bucket it passes before it becomes visible,
      * so that overflow is never too low for a reader. */
-    for (uint32_t x = home; x != b; x = next_bucket(h, x))
+    for (uint32_t x = home; x != b; x = ht_next_bucket(h, x))
         atomic_fetch_add_explicit(&bk[x].overflow, 1, memory_order_relaxed);
     seq_begin(&bk[b]);
     __atomic_store_n(&bk[b].sig[slot], (uint16_t)(hash >> 16), __ATOMIC_RELAXED);
@@ -1126,7 +852,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
 
 static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
 {
-    struct ht_bucket *bk = buckets(h);
+    struct ht_bucket *bk = ht_buckets(h);
     uint32_t b, idx;
     int slot;
 
@@ -1139,7 +865,7 @@ static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
     if (g_crash_at == 2)
         _exit(99);
     /* Uncount only after the key is gone (never too low for a reader). */
-    for (uint32_t x = home_bucket(h, hash); x != b; x = next_bucket(h, x))
+    for (uint32_t x = ht_home_bucket(h, hash); x != b; x = ht_next_bucket(h, x))
         atomic_fetch_sub_explicit(&bk[x].overflow, 1, memory_order_relaxed);
     free_stack(h)[h->free_top++] = idx;
     atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
@@ -1228,7 +954,7 @@ static void fill_free_stack(struct fh_hash *h)
 
 FH_API int fh_hash_reset(struct fh_hash *h)
 {
-    struct ht_bucket *bk = buckets(h);
+    struct ht_bucket *bk = ht_buckets(h);
     int rc;
 
     if ((rc = wlock(h)) < 0)
@@ -1253,7 +979,7 @@ FH_API int fh_hash_reset(struct fh_hash *h)
 FH_API int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
                                uint64_t *data, uint32_t *next)
 {
-    const struct ht_bucket *bk = buckets(h);
+    const struct ht_bucket *bk = ht_buckets(h);
     const uint64_t total = (uint64_t)h->num_buckets * FH_HASH_BUCKET_ENTRIES;
 
     if (!next)
@@ -1274,7 +1000,7 @@ FH_API int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
             }
             idx = atomic_load_explicit(&b->key_idx[i], memory_order_relaxed);
             d = idx && idx <= h->entries
-                ? atomic_load_explicit(data_of(h, key_at(h, idx)),
+                ? atomic_load_explicit(ht_data_of(h, ht_key_at(h, idx)),
                                        memory_order_relaxed)
                 : 0;
             /* Acquire fence: pairs with seq_begin's release fence. */
@@ -1286,7 +1012,7 @@ FH_API int32_t fh_hash_iterate(const struct fh_hash *h, const void **key,
             continue;
         *next = (uint32_t)(pos + 1);
         if (key)
-            *key = key_at(h, idx);
+            *key = ht_key_at(h, idx);
         if (data)
             *data = d;
         return (int32_t)(idx - 1);
@@ -1302,7 +1028,7 @@ FH_API int fh_hash_get_key_with_position(const struct fh_hash *h,
         return -EINVAL;
     /* A free entry has no slot pointing at it; finding whether one does
      * would cost a scan, so ask the key itself: look it up. */
-    const unsigned char *k = key_at(h, (uint32_t)position + 1);
+    const unsigned char *k = ht_key_at(h, (uint32_t)position + 1);
     /* Relaxed: the lookup below checks what the stored hash leads to. */
     if (lookup_core(h, k, atomic_load_explicit(&hash_store(h)[position + 1],
                                                memory_order_relaxed),

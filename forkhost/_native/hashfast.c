@@ -28,9 +28,11 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "forkhost/hash.h"
 #include "forkhost/memzone.h"
+#include "hash_core.h"
 
 typedef struct {
     PyObject_HEAD
@@ -57,8 +59,6 @@ static PyObject *array_type, *zero_i, *zero_q;
 
 /* Keys in one call's stack before the bulk calls take memory for them. */
 #define STACK_KEYS FH_HASH_LOOKUP_BULK_MAX
-/* Keys whose object headers keys_get fetches ahead of checking them. */
-#define KEY_PREFETCH 16
 
 /* key's bytes when it is bytes of the table's key_len, else NULL. */
 static inline const char *key_bytes(const TableBase *t, PyObject *key)
@@ -162,18 +162,18 @@ static PyObject *tb_position(PyObject *self, PyObject *key)
 
 /*
  * The keys of a bulk call, when they take the fast path: a list or tuple
- * of bytes of key_len each (*ptrs, one pointer per key, in stack[] when
- * they fit), or bytes, a bytearray, a memoryview or an array.array of
- * n * key_len bytes (*packed, its buffer in *view).  1 when fast, 0 when
- * not (nothing held, no exception set), -1 on a memory error.
+ * (items, seq set), each key checked inside the lookup itself (seq_key),
+ * or bytes, a bytearray, a memoryview or an array.array of n * key_len
+ * bytes (packed, its buffer in view).  1 when fast, 0 when not (nothing
+ * held, no exception set).
  */
 struct keys {
     const void *packed;
-    const void **ptrs;
+    PyObject *const *items;
     Py_ssize_t n;
+    int seq;
     Py_buffer view;
     int has_view;
-    const void *stack[STACK_KEYS];
 };
 
 /* Start fetching a bytes object's header and its first bytes of data: two
@@ -187,9 +187,6 @@ static inline void prefetch_bytes(const PyObject *o)
 
 static void keys_release(struct keys *ks)
 {
-    if (ks->ptrs && ks->ptrs != ks->stack)
-        PyMem_Free(ks->ptrs);
-    ks->ptrs = NULL;
     if (ks->has_view)
         PyBuffer_Release(&ks->view);
     ks->has_view = 0;
@@ -198,41 +195,21 @@ static void keys_release(struct keys *ks)
 static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
 {
     ks->packed = NULL;
-    ks->ptrs = NULL;
+    ks->items = NULL;
+    ks->seq = 0;
     ks->has_view = 0;
     if (!live(t))
         return 0;
     if (PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) {
         Py_ssize_t n = PySequence_Fast_GET_SIZE(keys);
-        PyObject **items = PySequence_Fast_ITEMS(keys);
 
         if (n > UINT32_MAX)
             return 0;
-        ks->ptrs = n <= STACK_KEYS ? ks->stack
-                                   : PyMem_Malloc((size_t)n * sizeof(void *));
-        if (ks->ptrs == NULL) {
-            /* A bad key still goes to the slow path, which says which. */
-            for (Py_ssize_t i = 0; i < n; i++)
-                if (!key_bytes(t, items[i]))
-                    return 0;
-            PyErr_NoMemory();
-            return -1;
-        }
-        /* One pass: each key checked and its bytes taken.  The keys are
-         * objects anywhere in the heap, so each header is a cache miss of
-         * its own: fetch them KEY_PREFETCH ahead, or the checks would wait
-         * for them one after the other. */
-        for (Py_ssize_t i = 0; i < n && i < KEY_PREFETCH; i++)
-            prefetch_bytes(items[i]);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (i + KEY_PREFETCH < n)
-                prefetch_bytes(items[i + KEY_PREFETCH]);
-            if (!(ks->ptrs[i] = key_bytes(t, items[i]))) {
-                keys_release(ks);
-                return 0;
-            }
-        }
+        /* Nothing runs Python code before the lookup is done, so the
+         * list stays as it is. */
+        ks->items = PySequence_Fast_ITEMS(keys);
         ks->n = n;
+        ks->seq = 1;
         return 1;
     }
     if (PyBytes_CheckExact(keys) || PyByteArray_CheckExact(keys)
@@ -254,13 +231,81 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
     return 0;
 }
 
+/*
+ * A list's or tuple's keys, as ht_lookup_bulk's key source.  Each key is
+ * checked (bytes of key_len) as the lookup reaches it, in the same pass
+ * that hashes it and fetches its bucket: the key objects lie anywhere in
+ * the heap, and a pass of their own would wait for their cache misses
+ * apart from the table's.  A bad key stops the lookup (the caller then
+ * takes the slow path, which says which key).
+ */
+struct seq_src {
+    const TableBase *t;
+    PyObject *const *items;
+    fh_hash_fn fn;          /* the table's function, or fh_hash_crc32c */
+    uint32_t klen, init;
+};
+
+static inline const unsigned char *seq_key(void *c, uint32_t i)
+{
+    const struct seq_src *s = c;
+    return (const unsigned char *)key_bytes(s->t, s->items[i]);
+}
+
+static inline void seq_fetch(void *c, uint32_t i)
+{
+    prefetch_bytes(((const struct seq_src *)c)->items[i]);
+}
+
+#if defined(__x86_64__)
+static int has_sse42;
+
+static inline uint32_t seq_crc(void *c, uint32_t i, const unsigned char *k)
+{
+    const struct seq_src *s = c;
+    return ht_crc32c_hw(k, s->klen, s->init);
+}
+#endif
+
+static inline uint32_t seq_fn(void *c, uint32_t i, const unsigned char *k)
+{
+    const struct seq_src *s = c;
+    return s->fn(k, s->klen, s->init);
+}
+
+/* The one-key lookup for what the bulk path leaves (a writer met, a key
+ * past its home bucket): the library's. */
+static int32_t seq_slow(const struct fh_hash *h, const void *k, uint32_t hash,
+                        uint64_t *d)
+{
+    return fh_hash_lookup_with_hash_data(h, k, hash, d);
+}
+
+/* The keys' positions and data: the number found, or < 0 for the slow
+ * path (a bad key, or an error the library reported). */
 static int keys_lookup(const TableBase *t, const struct keys *ks,
                        int32_t *pos, uint64_t *data)
 {
-    if (ks->ptrs)
-        return fh_hash_lookup_bulk_ptrs(t->h, ks->ptrs, NULL, (uint32_t)ks->n,
-                                        pos, data);
-    return fh_hash_lookup_bulk_data(t->h, ks->packed, (uint32_t)ks->n, pos, data);
+    const struct fh_hash *h = t->h;
+    struct seq_src s;
+
+    if (!ks->seq)
+        return fh_hash_lookup_bulk_data(h, ks->packed, (uint32_t)ks->n, pos, data);
+    s = (struct seq_src){ t, ks->items, fh_hash_crc32c, h->key_len, h->init_val };
+    if (h->fn_kind == HT_FN_BUILTIN) {
+#if defined(__x86_64__)
+        if (has_sse42)
+            return ht_lookup_bulk(h, &s, (uint32_t)ks->n, seq_key, seq_fetch,
+                                  seq_crc, seq_slow, pos, data);
+#endif
+    } else {
+        /* Once per call: may this process call the table's function? */
+        if (fh_hash_check(h) < 0)
+            return -1;
+        s.fn = (fh_hash_fn)(uintptr_t)h->fn_addr;
+    }
+    return ht_lookup_bulk(h, &s, (uint32_t)ks->n, seq_key, seq_fetch, seq_fn,
+                          seq_slow, pos, data);
 }
 
 /* A writable contiguous buffer of at least n elements of size, or 0. */
@@ -277,21 +322,44 @@ static int out_buffer(PyObject *o, Py_buffer *v, Py_ssize_t n, Py_ssize_t size)
     return 1;
 }
 
+/* keys_lookup for a list or tuple into the caller's buffers, through
+ * scratch arrays: a bad key met midway leaves the buffers as they were,
+ * as the slow path does, which checks every key first. */
+static int seq_lookup_into(const TableBase *t, const struct keys *ks,
+                           int32_t *pos, uint64_t *data)
+{
+    int32_t pos_stack[STACK_KEYS], *p = pos_stack;
+    uint64_t data_stack[STACK_KEYS], *d = data_stack;
+    int rc = -1;
+
+    if (ks->n > STACK_KEYS) {
+        p = PyMem_Malloc((size_t)ks->n * sizeof *p);
+        d = PyMem_Malloc((size_t)ks->n * sizeof *d);
+    }
+    if (p && d && (rc = keys_lookup(t, ks, p, data ? d : NULL)) >= 0) {
+        memcpy(pos, p, (size_t)ks->n * sizeof *p);
+        if (data)
+            memcpy(data, d, (size_t)ks->n * sizeof *d);
+    }
+    if (p != pos_stack) {
+        PyMem_Free(p);
+        PyMem_Free(d);
+    }
+    return rc;
+}
+
 static PyObject *tb_lookup_bulk_into(PyObject *self, PyObject *const *args,
                                      Py_ssize_t nargs, PyObject *kwnames)
 {
     TableBase *t = (TableBase *)self;
     Py_buffer pv, dv;
     struct keys ks;
-    int fast, rc, has_data;
+    int rc, has_data;
 
     if (kwnames != NULL || nargs < 2 || nargs > 4
         || (nargs == 4 && args[3] != Py_None))
         return slow(self, s_bulk_into, args, nargs, kwnames);
-    fast = keys_get(t, args[0], &ks);
-    if (fast < 0)
-        return NULL;
-    if (fast == 0)
+    if (!keys_get(t, args[0], &ks))
         return slow(self, s_bulk_into, args, nargs, kwnames);
     has_data = nargs >= 3 && args[2] != Py_None;
     if (!out_buffer(args[1], &pv, ks.n, sizeof(int32_t))) {
@@ -303,7 +371,8 @@ static PyObject *tb_lookup_bulk_into(PyObject *self, PyObject *const *args,
         keys_release(&ks);
         return slow(self, s_bulk_into, args, nargs, kwnames);
     }
-    rc = keys_lookup(t, &ks, pv.buf, has_data ? dv.buf : NULL);
+    rc = ks.seq ? seq_lookup_into(t, &ks, pv.buf, has_data ? dv.buf : NULL)
+                : keys_lookup(t, &ks, pv.buf, has_data ? dv.buf : NULL);
     if (has_data)
         PyBuffer_Release(&dv);
     PyBuffer_Release(&pv);
@@ -339,15 +408,12 @@ static PyObject *tb_lookup_bulk(PyObject *self, PyObject *const *args,
     TableBase *t = (TableBase *)self;
     PyObject *pos = NULL, *data = NULL, *r;
     struct keys ks;
-    int fast, rc;
+    int rc;
 
     if (kwnames != NULL || nargs < 1 || nargs > 2
         || (nargs == 2 && args[1] != Py_None))
         return slow(self, s_bulk, args, nargs, kwnames);
-    fast = keys_get(t, args[0], &ks);
-    if (fast < 0)
-        return NULL;
-    if (fast == 0)
+    if (!keys_get(t, args[0], &ks))
         return slow(self, s_bulk, args, nargs, kwnames);
     pos = zeros(zero_i, ks.n);
     data = pos ? zeros(zero_q, ks.n) : NULL;
@@ -379,25 +445,20 @@ static PyObject *tb_get_bulk(PyObject *self, PyObject *const *args,
     uint64_t data_stack[STACK_KEYS], *data = data_stack;
     PyObject *dflt, *list = NULL;
     struct keys ks;
-    int fast, rc;
+    int rc;
 
     if (kwnames != NULL || nargs < 1 || nargs > 2)
         return slow(self, s_get_bulk, args, nargs, kwnames);
     dflt = nargs == 2 ? args[1] : Py_None;
-    fast = keys_get(t, args[0], &ks);
-    if (fast < 0)
-        return NULL;
-    if (fast == 0)
+    if (!keys_get(t, args[0], &ks))
         return slow(self, s_get_bulk, args, nargs, kwnames);
     if (ks.n > STACK_KEYS) {
         pos = PyMem_Malloc((size_t)ks.n * sizeof *pos);
         data = PyMem_Malloc((size_t)ks.n * sizeof *data);
-        if (pos == NULL || data == NULL) {
-            PyErr_NoMemory();
-            goto out;
-        }
     }
-    rc = keys_lookup(t, &ks, pos, data);
+    /* No memory: the slow path, which also says which key is bad, if one
+     * is (it checks them before it needs memory). */
+    rc = pos && data ? keys_lookup(t, &ks, pos, data) : -1;
     if (rc < 0) {
         keys_release(&ks);
         if (pos != pos_stack) {
@@ -421,7 +482,6 @@ static PyObject *tb_get_bulk(PyObject *self, PyObject *const *args,
         }
         PyList_SET_ITEM(list, i, v);
     }
-out:
     keys_release(&ks);
     if (pos != pos_stack) {
         PyMem_Free(pos);
@@ -521,6 +581,11 @@ PyMODINIT_FUNC PyInit__hashfast(void)
 
     if (PyType_Ready(&TableBaseType) < 0)
         return NULL;
+#if defined(__x86_64__)
+    /* As libforkhost decides for its own lookups (cpuid, SSE4.2). */
+    __builtin_cpu_init();
+    has_sse42 = __builtin_cpu_supports("sse4.2");
+#endif
     if (!(s_getitem = intern("_getitem_slow")) || !(s_contains = intern("_contains_slow"))
         || !(s_get = intern("_get_slow")) || !(s_position = intern("_position_slow"))
         || !(s_bulk_into = intern("_lookup_bulk_into_slow"))
