@@ -67,12 +67,13 @@ setup(
                  # layout and lookup core (csrc/lib/hash_core.h).
                  Extension("forkhost._native._hashfast",
                            ["forkhost/_native/hashfast.c"],
-                           include_dirs=[str(build_native.INCLUDE),
-                                         str(build_native.CSRC / "lib")],
+                           include_dirs=[str(build_native.INCLUDE)],
                            depends=HEADERS + [str(build_native.CSRC / "lib" / "hash_core.h")],
                            libraries=["forkhost"],
                            runtime_library_dirs=["$ORIGIN"],
-                           extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE"]
+                           # csrc/lib for "hash_core.h" only, not for <...>
+                           extra_compile_args=["-std=gnu11", "-D_GNU_SOURCE", "-iquote",
+                                               str(build_native.CSRC / "lib")]
                            + build_native.WARNINGS),
                  # Ring's hot calls without cffi's per-call objects.
                  Extension("forkhost._native._ring",

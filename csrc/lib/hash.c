@@ -463,8 +463,10 @@ static inline void seq_end(struct ht_bucket *b)
 /*
  * Search one bucket under its seqlock, retrying while a writer changes it.
  * Returns the key index (0: not in this bucket) and sets *ofl to the
- * bucket's overflow count.  The slow path: the fast one (lookup_core) only
- * comes here when it met a writer.
+ * bucket's overflow count.  The slow path (lookup_slow): the single-key
+ * one (lookup_core) only comes here when it met a writer; bulk lookups
+ * (ht_lookup_bulk, hash_core.h) also for a key stored past its home
+ * bucket.
  */
 static uint32_t search_bucket(const struct fh_hash *h,
                               const struct ht_bucket *b, uint16_t sig,
@@ -749,8 +751,8 @@ static inline uint32_t empty_slots(const struct ht_bucket *b)
  * the cache, and an add's stores go to lines still being fetched (the
  * bucket, the next entry).  Relaxed, as the fetch-and-add this replaces:
  * readers take overflow as a hint that is never too low, since adds
- * count before publishing and deletes uncount after clearing (see the
- * head comment and repair_state). */
+ * count before publishing and deletes uncount after clearing (see
+ * repair_state). */
 static inline void overflow_add(struct ht_bucket *b, uint32_t d)
 {
     atomic_store_explicit(&b->overflow,

@@ -4,7 +4,9 @@
  * TableBase is the base type of forkhost.shm.HashTable.  It holds the
  * table's address and key length (set by _bind) and implements, as C slots
  * and methods, table[key], `key in table`, get, position, lookup_bulk,
- * lookup_bulk_into and get_bulk, calling libforkhost directly.  Each does
+ * lookup_bulk_into and get_bulk, calling libforkhost directly (a list or
+ * tuple of keys: running the library's bulk lookup inline, from
+ * csrc/lib/hash_core.h, with each key checked as it is hashed).  Each does
  * only the common case itself: keys that are bytes of exactly key_len (or
  * a list/tuple of them, or one packed buffer for the bulk calls), results
  * that are found or not found.  Everything else (another key type, a
@@ -162,16 +164,15 @@ static PyObject *tb_position(PyObject *self, PyObject *key)
 
 /*
  * The keys of a bulk call, when they take the fast path: a list or tuple
- * (items, seq set), each key checked inside the lookup itself (seq_key),
- * or bytes, a bytearray, a memoryview or an array.array of n * key_len
- * bytes (packed, its buffer in view).  1 when fast, 0 when not (nothing
- * held, no exception set).
+ * of n keys (seq, the caller's argument, which keeps it alive), each key
+ * checked inside the lookup itself (seq_key), or bytes, a bytearray, a
+ * memoryview or an array.array of n * key_len bytes (packed, its buffer
+ * in view).  1 when fast, 0 when not (nothing held, no exception set).
  */
 struct keys {
     const void *packed;
-    PyObject *const *items;
+    PyObject *seq;
     Py_ssize_t n;
-    int seq;
     Py_buffer view;
     int has_view;
 };
@@ -195,8 +196,7 @@ static void keys_release(struct keys *ks)
 static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
 {
     ks->packed = NULL;
-    ks->items = NULL;
-    ks->seq = 0;
+    ks->seq = NULL;
     ks->has_view = 0;
     if (!live(t))
         return 0;
@@ -205,11 +205,8 @@ static int keys_get(const TableBase *t, PyObject *keys, struct keys *ks)
 
         if (n > UINT32_MAX)
             return 0;
-        /* Nothing runs Python code before the lookup is done, so the
-         * list stays as it is. */
-        ks->items = PySequence_Fast_ITEMS(keys);
+        ks->seq = keys;
         ks->n = n;
-        ks->seq = 1;
         return 1;
     }
     if (PyBytes_CheckExact(keys) || PyByteArray_CheckExact(keys)
@@ -282,16 +279,26 @@ static int32_t seq_slow(const struct fh_hash *h, const void *k, uint32_t hash,
 }
 
 /* The keys' positions and data: the number found, or < 0 for the slow
- * path (a bad key, or an error the library reported). */
+ * path (a bad key, a table destroyed or a list changed since keys_get, or
+ * an error the library reported).  Python code may have run since
+ * keys_get (an exporter's getbuffer, a garbage collection while the
+ * results were allocated) and destroyed the table or changed the list,
+ * so both are checked here, and the list's items taken now: nothing from
+ * here to the end of the lookup runs Python code. */
 static int keys_lookup(const TableBase *t, const struct keys *ks,
                        int32_t *pos, uint64_t *data)
 {
     const struct fh_hash *h = t->h;
     struct seq_src s;
 
+    if (!live(t))
+        return -1;
     if (!ks->seq)
         return fh_hash_lookup_bulk_data(h, ks->packed, (uint32_t)ks->n, pos, data);
-    s = (struct seq_src){ t, ks->items, fh_hash_crc32c, h->key_len, h->init_val };
+    if (PySequence_Fast_GET_SIZE(ks->seq) != ks->n)
+        return -1;
+    s = (struct seq_src){ t, PySequence_Fast_ITEMS(ks->seq), fh_hash_crc32c,
+                          h->key_len, h->init_val };
     if (h->fn_kind == HT_FN_BUILTIN) {
 #if defined(__x86_64__)
         if (has_sse42)
@@ -329,14 +336,16 @@ static int seq_lookup_into(const TableBase *t, const struct keys *ks,
                            int32_t *pos, uint64_t *data)
 {
     int32_t pos_stack[STACK_KEYS], *p = pos_stack;
-    uint64_t data_stack[STACK_KEYS], *d = data_stack;
+    uint64_t data_stack[STACK_KEYS], *d = data ? data_stack : NULL;
     int rc = -1;
 
+    if (ks->n == 0)
+        return keys_lookup(t, ks, pos, data);
     if (ks->n > STACK_KEYS) {
         p = PyMem_Malloc((size_t)ks->n * sizeof *p);
-        d = PyMem_Malloc((size_t)ks->n * sizeof *d);
+        d = data ? PyMem_Malloc((size_t)ks->n * sizeof *d) : NULL;
     }
-    if (p && d && (rc = keys_lookup(t, ks, p, data ? d : NULL)) >= 0) {
+    if (p && (d || !data) && (rc = keys_lookup(t, ks, p, d)) >= 0) {
         memcpy(pos, p, (size_t)ks->n * sizeof *p);
         if (data)
             memcpy(data, d, (size_t)ks->n * sizeof *d);
@@ -407,6 +416,8 @@ static PyObject *tb_lookup_bulk(PyObject *self, PyObject *const *args,
 {
     TableBase *t = (TableBase *)self;
     PyObject *pos = NULL, *data = NULL, *r;
+    int32_t *pp = NULL;
+    uint64_t *dp = NULL;
     struct keys ks;
     int rc;
 
@@ -417,10 +428,9 @@ static PyObject *tb_lookup_bulk(PyObject *self, PyObject *const *args,
         return slow(self, s_bulk, args, nargs, kwnames);
     pos = zeros(zero_i, ks.n);
     data = pos ? zeros(zero_q, ks.n) : NULL;
-    if (data == NULL)
+    if (data == NULL || (ks.n && (!(pp = array_data(pos)) || !(dp = array_data(data)))))
         goto fail;
-    rc = keys_lookup(t, &ks, ks.n ? array_data(pos) : NULL,
-                     ks.n ? array_data(data) : NULL);
+    rc = keys_lookup(t, &ks, pp, dp);
     keys_release(&ks);
     if (rc < 0) {
         Py_DECREF(pos);
@@ -434,6 +444,7 @@ static PyObject *tb_lookup_bulk(PyObject *self, PyObject *const *args,
 fail:
     keys_release(&ks);
     Py_XDECREF(pos);
+    Py_XDECREF(data);
     return NULL;
 }
 
