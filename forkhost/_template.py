@@ -27,6 +27,7 @@ it and exits (the old generation serves on).
 
 from __future__ import annotations
 
+import _imp
 import ctypes
 import gc
 import json
@@ -70,9 +71,22 @@ def title_area() -> tuple[int, int]:
 # CPython's after-fork work in a child (what os.fork() runs there: the GIL,
 # the threading module, the import lock, os.register_at_fork callbacks).
 # Through ctypes.pythonapi, which calls with the GIL held, as it must be.
-_after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
-_after_fork_child.argtypes = []
-_after_fork_child.restype = None
+_PyOS_AfterFork_Child = ctypes.pythonapi.PyOS_AfterFork_Child
+_PyOS_AfterFork_Child.argtypes = []
+_PyOS_AfterFork_Child.restype = None
+
+
+def _after_fork_child() -> None:
+    """CPython's after-fork work in a child the template forked in C.
+    From 3.13 PyOS_AfterFork_Child releases the import lock that
+    PyOS_BeforeFork took in the parent, and aborts the process when this
+    thread does not hold it; these forks are made outside PyOS_BeforeFork,
+    so the child takes the lock first.  It is free: the template forks
+    single-threaded, from its C loop, never inside an import.  (Up to 3.12
+    PyOS_AfterFork_Child makes the lock afresh whatever its state.)"""
+    if sys.version_info >= (3, 13):
+        _imp.acquire_lock()
+    _PyOS_AfterFork_Child()
 
 
 def _run_python_interrupted(exc_type, exc, tb):
