@@ -298,10 +298,21 @@ def _exit_code_of(exc: SystemExit) -> int:
         return 0
     if isinstance(code, int):
         return code & 0xFF
-    try:        # python writes the newline alone when str() fails
+    try:
         text = str(code)
-    except BaseException:
-        text = ""
+    except BaseException as err:
+        # python writes the newline alone when str() fails; from 3.12 the
+        # exception str() raised stays pending and is printed next (3.13:
+        # as ignored at the threading shutdown that runs before the atexit
+        # handlers), its traceback starting in the failing __str__
+        _write_stderr("\n")
+        if sys.version_info >= (3, 12):
+            import traceback
+            lines = traceback.format_exception(type(err), err, err.__traceback__.tb_next)
+            head = ("Exception ignored on threading shutdown:\n"
+                    if sys.version_info >= (3, 13) else "")
+            _write_stderr(head + "".join(lines))
+        return 1
     _write_stderr(f"{text}\n")
     return 1
 

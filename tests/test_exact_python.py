@@ -215,9 +215,12 @@ def test_missing_script_keeps_the_not_found_status(primary, tmp_path):
     assert through == 127 and b"missing.py" in ferr
 
 
-def test_exit_with_a_code_that_cannot_be_printed(primary):
-    """str() of SystemExit's code raising (here SystemExit itself) is
-    python's status 1, not the status of what str() raised, and the exit
-    work runs once."""
-    status, out, err = assert_same(primary, "exit_unprintable.py")
+@pytest.mark.parametrize("script", ["exit_unprintable.py", "exit_unprintable_error.py"])
+def test_exit_with_a_code_that_cannot_be_printed(primary, script):
+    """str() of SystemExit's code raising (SystemExit itself, or an
+    ordinary exception) is python's status 1, not the status of what str()
+    raised, the same stderr (from 3.12 the exception's traceback after the
+    newline), and the exit work runs once."""
+    status, out, err = assert_same(primary, script)
     assert status == 1 and out == b"exit handler\n", (status, out, err)
+    assert err.startswith(b"\n"), err
