@@ -45,7 +45,39 @@ def _default_signals() -> None:
         if signal.getsignal(sig) == signal.SIG_IGN:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
+    _default_glibc_signals()
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+# rt_sigaction's number, where struct sigaction is {handler, flags,
+# restorer, mask} as below.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
+
+
+def _default_glibc_signals() -> None:
+    """Signals 32 and 33, which glibc keeps for itself: neither Python nor
+    glibc's sigaction() will set them, but a runner can pass them on
+    ignored (Python 3.13's subprocess does, through posix_spawn, to
+    pytest-xdist's workers), and exec keeps them so.  An ignored one goes
+    back to the default through the system call itself; one with a handler
+    (glibc's own, once the process has cancelled a thread) is left alone."""
+    import ctypes
+
+    nr = _SYS_RT_SIGACTION.get(os.uname().machine)
+    if nr is None:
+        return
+
+    class KernelSigaction(ctypes.Structure):
+        _fields_ = [("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong),
+                    ("restorer", ctypes.c_void_p), ("mask", ctypes.c_uint64)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for sig in (32, 33):
+        old = KernelSigaction()
+        if libc.syscall(nr, sig, None, ctypes.byref(old), 8) != 0:
+            continue
+        if old.handler == signal.SIG_IGN.value:
+            libc.syscall(nr, sig, ctypes.byref(KernelSigaction()), None, 8)
 
 
 @pytest.hookimpl(optionalhook=True)      # without pytest-xdist (-p no:xdist), unused
