@@ -157,6 +157,30 @@ def test_forwarded_signal_kills_a_secondary_that_does_not_handle_it(
         reap(proc)
 
 
+def test_ctrl_c_interrupts_a_busy_python_loop(primary_pool, tmp_path):
+    """A Python secondary running bytecode (no system call to interrupt)
+    still runs SIGINT's handler between bytecodes and ends by
+    KeyboardInterrupt, as the direct run does: the interpreter must flag
+    the thread state the entry runs on (Python 3.13 flags the main one by
+    pointer, see pystack.c)."""
+    env = {"PYTHONPATH": str(FIXTURES)}
+    direct = [sys.executable, "-c", "import sys, fhfix; sys.exit(fhfix.spinner([]))"]
+    outcomes = []
+    for proc in (subprocess.Popen(direct, cwd=tmp_path, env=dict(primary_pool.env, **env),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+                 primary_pool.popen("fhfix:spinner", cwd=tmp_path, extra_env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)):
+        try:
+            assert LineReader(proc.stdout).readline() == b"ready\n"
+            time.sleep(0.2)             # into the loop
+            proc.send_signal(signal.SIGINT)
+            err = LineReader(proc.stderr).rest()
+            outcomes.append((proc.wait(30), b"KeyboardInterrupt" in err))
+        finally:
+            reap(proc)
+    assert outcomes == [(-signal.SIGINT, True)] * 2, outcomes
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_signal_queued_before_started_is_delivered(primary_pool, native_so, kind):
     """The client has its handlers but no secondary yet (the template is

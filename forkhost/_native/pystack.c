@@ -23,9 +23,29 @@
  * threading's lock for the main thread stays held as in a fresh process.
  * The GIL state API (cffi's and ctypes' callbacks) is bound to the new
  * thread state.
+ *
+ * Python 3.13 also keeps the main thread's state by pointer: a signal's C
+ * handler flags it there (_PyRuntime.main_tstate: the eval loop of that
+ * state alone runs the Python handlers, so a busy loop on another never
+ * would), and so does Py_AddPendingCall; and the state running __main__
+ * is the interpreter's threads.main.  Both pointed at the old state, which
+ * no thread runs any more: they move to the new one, through CPython's
+ * internal headers (checked on 3.13; not needed before it, where the flag
+ * was the interpreter's; 3.14 is not covered: its internals were not
+ * checked).
  */
 #define PY_SSIZE_T_CLEAN
+#include <patchlevel.h>
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+#define FH_MAIN_TSTATE 1
+#define Py_BUILD_CORE_MODULE 1      /* before Python.h: the internal headers */
+#endif
 #include <Python.h>
+#ifdef FH_MAIN_TSTATE
+#include "internal/pycore_ceval.h"
+#include "internal/pycore_interp.h"
+#include "internal/pycore_runtime.h"
+#endif
 
 #include <stdio.h>
 #include <unistd.h>
@@ -73,9 +93,26 @@ static PyObject *pystack_run(PyObject *self, PyObject *args)
         return PyErr_NoMemory();
     }
     PyEval_SaveThread();                    /* no thread state current now */
+#ifdef FH_MAIN_TSTATE
+    /* A signal from here on flags spare, which lives until the new state
+     * has taken over, not old, which is about to be deleted. */
+    _PyRuntime.main_tstate = spare;
+#endif
     old->datastack_chunk = NULL;            /* its frames stay where they are */
     PyThreadState_Delete(old);              /* off the list and the GIL state */
     (void)PyGILState_Ensure();              /* a new state: the GIL state's */
+#ifdef FH_MAIN_TSTATE
+    {
+        PyThreadState *now = PyThreadState_Get();
+
+        _PyRuntime.main_tstate = now;
+        if (interp->threads.main == old || interp->threads.main == spare)
+            interp->threads.main = now;
+        /* What arrived during the move is looked at once by the new state
+         * (a flag with nothing pending costs one check). */
+        _Py_set_eval_breaker_bit(now, _PY_SIGNALS_PENDING_BIT);
+    }
+#endif
     PyThreadState_Clear(spare);
     PyThreadState_Delete(spare);
 
