@@ -345,6 +345,7 @@ def test_other_uid_is_refused_by_the_template(as_root, primary):
             assert line.startswith("forkhost-run: permission denied: uid 65534 may not "
                                    f"use the template of prefix '{primary.prefix}'"), line
             assert line.count("\n") == 1
+    assert primary.run("fhfix:exit_with", 3, cwd=FIXTURES).returncode == 3
 
 
 def test_other_uid_is_refused_the_python_client_too(as_root, primary):
