@@ -39,6 +39,8 @@
 #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
 #define FH_MAIN_TSTATE 1
 #define Py_BUILD_CORE_MODULE 1      /* before Python.h: the internal headers */
+#elif PY_VERSION_HEX >= 0x030E0000
+#warning "pystack.c: main_tstate is not moved on this Python (its internals were not checked): signal handlers may not run in a secondary busy in bytecode"
 #endif
 #include <Python.h>
 #ifdef FH_MAIN_TSTATE
@@ -108,9 +110,10 @@ static PyObject *pystack_run(PyObject *self, PyObject *args)
         _PyRuntime.main_tstate = now;
         if (interp->threads.main == old || interp->threads.main == spare)
             interp->threads.main = now;
-        /* What arrived during the move is looked at once by the new state
-         * (a flag with nothing pending costs one check). */
-        _Py_set_eval_breaker_bit(now, _PY_SIGNALS_PENDING_BIT);
+        /* What arrived during the move (signals, pending calls: their
+         * flags went to old or spare) is looked at once by the new state;
+         * a flag with nothing pending costs one check. */
+        _Py_set_eval_breaker_bit(now, _PY_SIGNALS_PENDING_BIT | _PY_CALLS_TO_DO_BIT);
     }
 #endif
     PyThreadState_Clear(spare);
