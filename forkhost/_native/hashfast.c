@@ -279,12 +279,14 @@ static int32_t seq_slow(const struct fh_hash *h, const void *k, uint32_t hash,
 }
 
 /* The keys' positions and data: the number found, or < 0 for the slow
- * path (a bad key, a table destroyed or a list changed since keys_get, or
- * an error the library reported).  Python code may have run since
- * keys_get (an exporter's getbuffer, a garbage collection while the
- * results were allocated) and destroyed the table or changed the list,
- * so both are checked here, and the list's items taken now: nothing from
- * here to the end of the lookup runs Python code. */
+ * path (a bad key, a table destroyed or a list's length changed since
+ * keys_get, or an error the library reported).  Python code may have run
+ * since keys_get (an exporter's getbuffer, a garbage collection while the
+ * results were allocated) and destroyed the table or changed the list:
+ * the table is checked here, and so is the list's length (the results
+ * were sized by it); its items are taken now, whatever they became, and
+ * each is checked as it is hashed.  Nothing from here to the end of the
+ * lookup runs Python code. */
 static int keys_lookup(const TableBase *t, const struct keys *ks,
                        int32_t *pos, uint64_t *data)
 {
