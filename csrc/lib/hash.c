@@ -745,18 +745,17 @@ static inline uint32_t empty_slots(const struct ht_bucket *b)
 #endif
 }
 
-/* Count d (1, or UINT32_MAX for -1) more keys past bucket b.  The writer
- * is overflow's only writer, so a load and a store do, not a locked
- * read-modify-write: on x86 that waits for every earlier store to reach
- * the cache, and an add's stores go to lines still being fetched (the
- * bucket, the next entry).  Relaxed, as the fetch-and-add this replaces:
- * readers take overflow as a hint that is never too low, since adds
- * count before publishing and deletes uncount after clearing (see
- * repair_state). */
-static inline void overflow_add(struct ht_bucket *b, uint32_t d)
+/* *p += d (1, or UINT32_MAX for -1) on a word whose only writer is the
+ * table's writer (a bucket's overflow count, the key count), so a load and
+ * a store do, not a locked read-modify-write: on x86 that waits for every
+ * earlier store to reach the cache, and an add's stores go to lines still
+ * being fetched (the bucket, the next entry).  Relaxed, as the
+ * fetch-and-add it replaces: count is a statistic, and readers take
+ * overflow as a hint that is never too low, since adds count before
+ * publishing and deletes uncount after clearing (see repair_state). */
+static inline void writer_add(_Atomic uint32_t *p, uint32_t d)
 {
-    atomic_store_explicit(&b->overflow,
-                          atomic_load_explicit(&b->overflow, memory_order_relaxed) + d,
+    atomic_store_explicit(p, atomic_load_explicit(p, memory_order_relaxed) + d,
                           memory_order_relaxed);
 }
 
@@ -853,7 +852,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     /* Count the key in every bucket it passes before it becomes visible,
      * so that overflow is never too low for a reader. */
     for (uint32_t x = home; x != b; x = ht_next_bucket(h, x))
-        overflow_add(&bk[x], 1);
+        writer_add(&bk[x].overflow, 1);
     seq_begin(&bk[b]);
     __atomic_store_n(&bk[b].sig[slot], (uint16_t)(hash >> 16), __ATOMIC_RELAXED);
     /* The store that publishes the key (ordered by seq_end's release). */
@@ -861,9 +860,7 @@ static int32_t add_locked(struct fh_hash *h, const void *key, uint32_t hash,
     if (g_crash_at == 1)
         _exit(99);
     seq_end(&bk[b]);
-    /* Relaxed: a statistic whose only writer is the writer. */
-    atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
-                          memory_order_relaxed) + 1, memory_order_relaxed);
+    writer_add(&h->count, 1);
     return (int32_t)(idx - 1);
 }
 
@@ -883,10 +880,9 @@ static int32_t del_locked(struct fh_hash *h, const void *key, uint32_t hash)
         _exit(99);
     /* Uncount only after the key is gone (never too low for a reader). */
     for (uint32_t x = ht_home_bucket(h, hash); x != b; x = ht_next_bucket(h, x))
-        overflow_add(&bk[x], UINT32_MAX);
+        writer_add(&bk[x].overflow, UINT32_MAX);
     free_stack(h)[h->free_top++] = idx;
-    atomic_store_explicit(&h->count, atomic_load_explicit(&h->count,
-                          memory_order_relaxed) - 1, memory_order_relaxed);
+    writer_add(&h->count, UINT32_MAX);
     return (int32_t)(idx - 1);
 }
 
