@@ -1,12 +1,16 @@
 """Waiting on rings and mempools across processes (timeout=, the *_async
 methods): timeouts, a consumer woken by every enqueue, many waiters at
 once, a waiter killed while asleep, a producer blocked on a full ring, a
-mempool getter woken by puts, asyncio.  Every process is a real secondary
+mempool getter woken by puts, asyncio, and destroys of what a process
+waits on (woken with DestroyedError; a stopped waiter makes destroy give
+up).  Every process is a real secondary
 of a real primary; no timing thresholds (the waits are bounded only by the
 helpers' generous timeouts)."""
 
 from __future__ import annotations
 
+import os
+import signal
 
 import pytest
 
@@ -130,3 +134,55 @@ def test_asyncio_consumer_keeps_the_loop_running(primary):
         assert finish(cons) == b"async ok\n"
     finally:
         reap(cons)
+
+
+@pytest.mark.parametrize("how", ["dequeue", "wait", "enqueue", "async"])
+def test_destroy_wakes_a_waiter_with_destroyed_error(primary, how, n):
+    """A ring destroyed under a thread that waits on it: the waiter gets
+    DestroyedError (it never sleeps on, or touches, freed memory), and the
+    name is free as soon as destroy() returns."""
+    ring = n("w.destroy")
+    run(primary, "ring_create", ring, 8, "mpmc")
+    if how == "enqueue":
+        run(primary, "fill", ring)
+    waiter = start(primary, "destroyed_while_waiting", ring, how)
+    try:
+        run(primary, "destroy_when_waited", ring, 1)
+        assert finish(waiter) == (f"destroyed: ring {ring!r}"
+                                  + (": wait" if how in ("wait", "async") else "")
+                                  + ": it was destroyed\n").encode()
+    finally:
+        reap(waiter)
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_destroy_wakes_a_mempool_getter(primary, how, n):
+    pool, objs = n("w.dpool"), n("w.dobjs")
+    run(primary, "ring_create", objs, 8, "mpmc")
+    run(primary, "pool_exhaust", pool, objs)
+    getter = start(primary, "pool_destroyed_while_waiting", pool, how)
+    try:
+        run(primary, "pool_destroy_when_waited", pool)
+        assert finish(getter) == f"destroyed: mempool {pool!r}: it was destroyed\n".encode()
+    finally:
+        reap(getter)
+
+
+def test_destroy_gives_up_on_a_stopped_waiter(primary, n):
+    """A waiter that cannot leave (stopped): destroy() raises after
+    FH_RING_DRAIN_NS and changes nothing; the waiter, continued, gets the
+    next item."""
+    ring = n("w.stopped")
+    run(primary, "ring_create", ring, 8, "mpmc")
+    waiter = start(primary, "wait_for_one", ring)
+    try:
+        pid = int(LineReader(waiter.stdout).readline())
+        out = run(primary, "destroy_stopped", ring, pid)
+        # The stopped secondary stopped its forkhost-run too (job control,
+        # docs/cli.md); the fixture continued the secondary, this the client.
+        os.kill(waiter.pid, signal.SIGCONT)
+        assert out.startswith(f"refused: cannot destroy ring {ring!r}: a thread "
+                              f"waiting on it did not leave within".encode()), out
+        assert finish(waiter) == b"5\n"
+    finally:
+        reap(waiter)

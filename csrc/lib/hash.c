@@ -1185,5 +1185,6 @@ FH_API int fh_hash_destroy(struct fh_hash *h)
         return -1;
     }
     return fh__object_destroy(h, FH_HASH_MZ_PREFIX, h->name, FH_HASH_NAMESIZE,
-                              offsetof(struct fh_hash, magic), HT_MAGIC, NULL);
+                              offsetof(struct fh_hash, magic), HT_MAGIC, NULL,
+                              NULL);
 }

@@ -363,37 +363,35 @@ FH_API int fh_mempool_get(struct fh_mempool *mp, void **obj)
     return fh_mempool_get_bulk(mp, obj, 1);
 }
 
+/* A timed get's attempt (fh__ring_wait_loop): 1 when it got the objects;
+ * else 0, and when it is going to wait this thread's cached objects go
+ * back first, so that the wait is for the ring alone. */
+struct get_ctx { struct fh_mempool *mp; void **objs; unsigned n; int waits; };
+
+static int get_attempt(void *c)
+{
+    const struct get_ctx *g = c;
+
+    if (fh_mempool_get_bulk(g->mp, g->objs, g->n) == 0)
+        return 1;
+    if (g->waits)
+        fh_mempool_cache_flush(g->mp);
+    return 0;
+}
+
 FH_API int fh_mempool_get_bulk_timed(struct fh_mempool *mp, void **objs,
                                      unsigned n, int64_t timeout_ns)
 {
-    struct timespec start, now;
+    struct get_ctx g = { mp, objs, n, timeout_ns != 0 };
     int rc;
 
     if (n > mp->count)
         return -EINVAL;
-    if (timeout_ns > 0)
-        clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        int64_t left = timeout_ns;
-
-        if (fh_mempool_get_bulk(mp, objs, n) == 0)
-            return 0;
-        if (timeout_ns == 0)
-            return -ETIMEDOUT;
-        if (timeout_ns > 0) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            left = timeout_ns - ((int64_t)(now.tv_sec - start.tv_sec) * 1000000000
-                                 + (now.tv_nsec - start.tv_nsec));
-            if (left <= 0)
-                return -ETIMEDOUT;
-        }
-        /* What this thread holds goes back first: the wait is for the
-         * ring alone. */
-        fh_mempool_cache_flush(mp);
-        rc = fh_ring_wait_elements(mp_ring(mp), n, left);
-        if (rc < 0)
-            return rc;
-    }
+    /* Waiting ends with -EIDRM when the pool's magic is cleared: its
+     * destroy then waits for us to leave (mp_drain). */
+    rc = fh__ring_wait_loop(mp_ring(mp), &mp->magic, MP_MAGIC, 0, n,
+                            timeout_ns, get_attempt, &g);
+    return rc > 0 ? 0 : rc;
 }
 
 FH_API unsigned fh_mempool_waiting(const struct fh_mempool *mp)
@@ -840,6 +838,24 @@ static int close_caches(void *obj)
     return -1;
 }
 
+/* Destroy's drain, once the magic is cleared: the threads waiting in a
+ * timed get leave (with -EIDRM) before the memory is freed. */
+static int mp_drain(void *obj)
+{
+    struct fh_mempool *mp = obj;
+
+    if (fh__ring_drain(mp_ring(mp)) == 0)
+        return 0;
+    /* The pool lives on: reopen the cache slots close_caches closed (all
+     * of them, or it would have refused). */
+    for (unsigned i = 0; mp->cache_stride && i < FH_MEMPOOL_CACHE_SLOTS; i++)
+        /* Release, as cache_release's: the slot is free and empty. */
+        atomic_store_explicit(&mp_slot(mp, i)->owner, MP_OWNER_FREE,
+                              memory_order_release);
+    errno = ETIMEDOUT;
+    return -1;
+}
+
 FH_API int fh_mempool_destroy(struct fh_mempool *mp)
 {
     if (!mp || !fh_arena_contains(mp, sizeof *mp)) {
@@ -857,5 +873,5 @@ FH_API int fh_mempool_destroy(struct fh_mempool *mp)
     return fh__object_destroy(mp, FH_MEMPOOL_MZ_PREFIX, mp->name,
                               FH_MEMPOOL_NAMESIZE,
                               offsetof(struct fh_mempool, magic), MP_MAGIC,
-                              close_caches);
+                              close_caches, mp_drain);
 }

@@ -759,12 +759,13 @@ void *fh__object_lookup(const char *prefix, const char *name,
 
 int fh__object_destroy(void *obj, const char *prefix, const char *name,
                        size_t name_size, size_t magic_off, uint64_t magic,
-                       int (*veto)(void *obj))
+                       int (*veto)(void *obj), int (*drain)(void *obj))
 {
     char mzname[FH_MEMZONE_NAMESIZE];
     struct mz_dir *dir = get_dir();
     struct mz_slot *s;
     _Atomic uint64_t *published;
+    uint32_t gen = 0;
     int rc = 0;
 
     if (!dir)
@@ -776,7 +777,7 @@ int fh__object_destroy(void *obj, const char *prefix, const char *name,
     }
     if (dir_lock(dir) < 0)
         return -1;
-    s = find(dir, mzname, NULL);
+    s = find(dir, mzname, &gen);
     published = (_Atomic uint64_t *)((char *)obj + magic_off);
     /* Acquire pairs with the creator's release store of the magic. */
     if (!s || s->mz.addr != obj ||
@@ -788,12 +789,40 @@ int fh__object_destroy(void *obj, const char *prefix, const char *name,
     } else {
         /* Release: a lookup that still finds the memzone (it loaded the
          * slot before the free below) reads a cleared magic and refuses
-         * the object. */
+         * the object; so does a second destroy, and a waiter (drain). */
         atomic_store_explicit(published, 0, memory_order_release);
-        free_locked(dir, s);
+        if (!drain)
+            free_locked(dir, s);
     }
     pthread_mutex_unlock(&dir->lock);
-    return rc;
+    if (rc < 0 || !drain)
+        return rc;
+    /* Outside the lock: the drain may take a while, and other names'
+     * creates and frees need not wait for it.  The slot stays taken (the
+     * name cannot be created again yet) and nobody else frees it: a
+     * destroy now finds the magic cleared. */
+    rc = drain(obj);
+    {
+        int err = errno;
+
+        if (dir_lock(dir) < 0)
+            return -1;
+        /* Relaxed: the lock orders every change of gen (free_locked); a
+         * slot freed meanwhile (fh_memzone_free of the object's memzone)
+         * is left alone. */
+        if (s->mz.addr == obj &&
+            atomic_load_explicit(gen_of(s), memory_order_relaxed) == gen) {
+            if (rc == 0)
+                free_locked(dir, s);
+            else
+                /* Release, as the creator's publication: the object
+                 * lives on. */
+                atomic_store_explicit(published, magic, memory_order_release);
+        }
+        pthread_mutex_unlock(&dir->lock);
+        errno = err;
+    }
+    return rc < 0 ? -1 : 0;
 }
 
 FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),

@@ -193,16 +193,31 @@ static uint32_t have(const struct fh_ring *r, const struct fh_ring_headtail *ht,
 }
 
 /*
- * Sleep until have() >= need on side ht, or the deadline (NULL: none)
- * passes: 0, -ETIMEDOUT or -EINTR.  The protocol of "Waiting" in ring.h.
+ * A timed call's stay on side ht of ring r (prod: consumers waiting for
+ * elements; cons: producers waiting for room), from its first failed try
+ * to its return: a slot and its bit, or past the slots a count in
+ * r->slotless, held throughout, retries included, so that a destroy
+ * (fh__ring_drain) frees the memory only once nobody is inside.  alive
+ * and magic: the published magic of the object the call is on (the
+ * ring's, or a mempool's for its ring of free objects); once it no longer
+ * holds it the object is being destroyed, and the stay ends with -EIDRM.
  */
-static int ring_wait(struct fh_ring *r, struct fh_ring_headtail *ht,
-                     uint32_t need, const struct timespec *deadline)
+struct stay {
+    struct fh_ring *r;
+    struct fh_ring_headtail *ht;
+    const _Atomic uint64_t *alive;
+    uint64_t magic;
+    int slot, poll;
+};
+
+static void stay_enter(struct stay *s, struct fh_ring *r,
+                       struct fh_ring_headtail *ht,
+                       const _Atomic uint64_t *alive, uint64_t magic)
 {
     const int32_t tid = my_tid();
-    int slot = -1, poll, rc = 0;
 
-    for (unsigned i = 0; i < FH_RING_WAIT_SLOTS && slot < 0; i++) {
+    *s = (struct stay){ r, ht, alive, magic, -1, 0 };
+    for (unsigned i = 0; i < FH_RING_WAIT_SLOTS && s->slot < 0; i++) {
         int32_t free_ = 0;
         /* Acq_rel: acquire pairs with the release store of 0 by the last
          * owner (or reclaimer) of the slot; release publishes our tid to
@@ -210,127 +225,229 @@ static int ring_wait(struct fh_ring *r, struct fh_ring_headtail *ht,
         if (atomic_compare_exchange_strong_explicit(
                 &ht->wait_tid[i], &free_, tid, memory_order_acq_rel,
                 memory_order_relaxed))
-            slot = (int)i;
+            s->slot = (int)i;
     }
-    if (slot >= 0)
+    if (s->slot >= 0)
         /* Seq_cst: step 2 of the protocol, the store before the fence. */
-        atomic_fetch_or_explicit(&ht->waiters, 1u << slot,
+        atomic_fetch_or_explicit(&ht->waiters, 1u << s->slot,
                                  memory_order_seq_cst);
-    /* Step 3: the heavy half of the asymmetric fence.  Without it (kernel
+    else
+        /* Seq_cst: a destroy that reads slotless after clearing the magic
+         * sees us, or we see the cleared magic (the membarrier below, or
+         * the seq_cst pair when polling). */
+        atomic_fetch_add_explicit(&r->slotless, 1, memory_order_seq_cst);
+    /* Step 3: the heavy half of the asymmetric fence, once for the whole
+     * stay (our bit stays set until we leave).  Without it (kernel
      * refuses, or no slot was free) wakes cannot be trusted: poll. */
-    poll = slot < 0 ||
-           membarrier_register() < 0 ||
-           syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0;
+    s->poll = s->slot < 0 ||
+              membarrier_register() < 0 ||
+              syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0;
+    /* Seq_cst fence: our slot (or count) is stored before our first load
+     * of the magic, for the destroy's drain, which fences between its
+     * clearing of the magic and its loads of the slots (fh__ring_drain):
+     * one of the two sees the other, with or without the membarrier. */
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+static void stay_leave(struct stay *s)
+{
+    if (s->slot >= 0) {
+        /* Release: our accesses are done before the slot is free (a
+         * destroy's drain acquires it). */
+        atomic_fetch_and_explicit(&s->ht->waiters, ~(1u << s->slot),
+                                  memory_order_release);
+        /* Release pairs with the next claimer's acquire CAS, and with the
+         * drain's acquire load. */
+        atomic_store_explicit(&s->ht->wait_tid[s->slot], 0, memory_order_release);
+    } else {
+        /* Release: as above, for the drain's acquire load of slotless. */
+        atomic_fetch_sub_explicit(&s->r->slotless, 1, memory_order_release);
+    }
+}
+
+/*
+ * Sleep until have() >= need, or the deadline (NULL: none) passes: 0,
+ * -ETIMEDOUT, -EINTR, or -EIDRM once the object's magic is cleared.  The
+ * protocol of "Waiting" in ring.h, steps 4 and 5.
+ */
+static int stay_wait(struct stay *s, uint32_t need,
+                     const struct timespec *deadline)
+{
+    struct fh_ring *r = s->r;
+    struct fh_ring_headtail *ht = s->ht;
+
     for (;;) {
         struct timespec slice, *until = (struct timespec *)deadline;
         /* Acquire: pairs with the release store of the tail (what we then
          * find there was written before it). */
         uint32_t t = atomic_load_explicit(&ht->tail, memory_order_acquire);
+        int rc;
 
+        /* First, so that a waiter woken by a destroy leaves with -EIDRM
+         * rather than taking what is left in the object.  Relaxed: the
+         * destroyer's store is ordered before its wakes by the futex
+         * system call; a load that misses it is followed by a sleep that
+         * the destroyer's next wake ends (ring.h, "Waiting"). */
+        if (atomic_load_explicit(s->alive, memory_order_relaxed) != s->magic)
+            return -EIDRM;
         if (have(r, ht, t) >= need)
-            break;
+            return 0;
         if (deadline) {
             struct timespec now;
             clock_gettime(CLOCK_MONOTONIC, &now);
-            if (!ts_before(&now, deadline)) {
-                rc = -ETIMEDOUT;
-                break;
-            }
+            if (!ts_before(&now, deadline))
+                return -ETIMEDOUT;
         }
         /* Relaxed: only ever set, see wait_register_process. */
-        if (poll || atomic_load_explicit(&r->poll_waits, memory_order_relaxed)) {
+        if (s->poll || atomic_load_explicit(&r->poll_waits, memory_order_relaxed)) {
             slice = deadline_in(FH_RING_POLL_NS);
             if (!deadline || ts_before(&slice, deadline))
                 until = &slice;
         }
         rc = futex_wait(&ht->tail, t, until);
-        if (rc == -ETIMEDOUT) {
-            rc = 0;         /* a slice, or the deadline: checked above */
-            continue;
+        if (rc < 0 && rc != -ETIMEDOUT)
+            return rc;          /* EINTR */
+        /* A slice, the deadline or a wake: checked above. */
+    }
+}
+
+/* Is anyone inside a stay on r?  Dead waiters' slots are freed first. */
+static int stay_occupied(struct fh_ring *r)
+{
+    reclaim_side(&r->prod);
+    reclaim_side(&r->cons);
+    for (unsigned i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        /* Acquire pairs with stay_leave's release store of 0: a slot seen
+         * free was left by a waiter done with the ring. */
+        if (atomic_load_explicit(&r->prod.wait_tid[i], memory_order_acquire) ||
+            atomic_load_explicit(&r->cons.wait_tid[i], memory_order_acquire))
+            return 1;
+    /* Acquire: as above, for stay_leave's release decrement. */
+    return atomic_load_explicit(&r->slotless, memory_order_acquire) != 0;
+}
+
+int fh__ring_drain(struct fh_ring *r)
+{
+    struct timespec end = deadline_in(FH_RING_DRAIN_NS), now;
+    const struct timespec step = { 0, FH_RING_DRAIN_STEP_NS };
+
+    for (;;) {
+        /* Seq_cst fence: the caller's clearing of the magic comes before
+         * our loads of the slots and slotless, as stay_enter's seq_cst
+         * store of its bit (or count) comes before its loads of the
+         * magic: one of the two sees the other. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (!stay_occupied(r))
+            return 0;
+        syscall(SYS_futex, (uint32_t *)&r->prod.tail, FUTEX_WAKE, INT_MAX,
+                NULL, NULL, 0);
+        syscall(SYS_futex, (uint32_t *)&r->cons.tail, FUTEX_WAKE, INT_MAX,
+                NULL, NULL, 0);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!ts_before(&now, &end)) {
+            errno = ETIMEDOUT;
+            return -1;
         }
-        if (rc < 0)
-            break;          /* EINTR */
+        nanosleep(&step, NULL);
     }
-    if (slot >= 0) {
-        /* Release: our accesses are done before the slot is free. */
-        atomic_fetch_and_explicit(&ht->waiters, ~(1u << slot),
-                                  memory_order_release);
-        /* Release pairs with the next claimer's acquire CAS. */
-        atomic_store_explicit(&ht->wait_tid[slot], 0, memory_order_release);
+}
+
+int fh__ring_wait_loop(struct fh_ring *r, const _Atomic uint64_t *alive,
+                       uint64_t magic, int for_room, unsigned need,
+                       int64_t timeout_ns, int (*attempt)(void *ctx), void *ctx)
+{
+    struct timespec dl, *dlp = NULL;
+    struct stay s;
+    int rc = attempt(ctx);
+
+    if (rc != 0)
+        return rc;
+    if (timeout_ns == 0)
+        return -ETIMEDOUT;
+    if (timeout_ns > 0) {
+        dl = deadline_in(timeout_ns);
+        dlp = &dl;
     }
+    stay_enter(&s, r, for_room ? &r->cons : &r->prod, alive, magic);
+    do
+        rc = stay_wait(&s, need, dlp);
+    while (rc == 0 && (rc = attempt(ctx)) == 0);
+    stay_leave(&s);
     return rc;
 }
 
-static int wait_args(const struct fh_ring *r, unsigned n, int64_t timeout_ns,
-                     struct timespec *dl, struct timespec **dlp)
+static int wait_args(const struct fh_ring *r, unsigned n)
 {
-    if (n > r->capacity || n > INT_MAX)
-        return -EINVAL;
-    *dlp = NULL;
-    if (timeout_ns > 0) {
-        *dl = deadline_in(timeout_ns);
-        *dlp = dl;
-    }
-    return 0;
+    return n > r->capacity || n > INT_MAX ? -EINVAL : 0;
+}
+
+/* fh_ring_wait_elements / fh_ring_wait_room: is what they wait for there? */
+struct wait_ctx { struct fh_ring *r; unsigned n; int room; };
+
+static int wait_attempt(void *c)
+{
+    const struct wait_ctx *w = c;
+
+    return (w->room ? fh_ring_free_count(w->r) : fh_ring_count(w->r)) >= w->n;
+}
+
+static int wait_for(struct fh_ring *r, unsigned n, int64_t timeout_ns, int room)
+{
+    struct wait_ctx w = { r, n, room };
+    int rc = wait_args(r, n);
+
+    if (rc < 0)
+        return rc;
+    rc = fh__ring_wait_loop(r, &r->magic, FH_RING_MAGIC, room, n, timeout_ns,
+                            wait_attempt, &w);
+    return rc > 0 ? 0 : rc;
 }
 
 FH_API int fh_ring_wait_elements(struct fh_ring *r, unsigned n,
                                  int64_t timeout_ns)
 {
-    struct timespec dl, *dlp;
-    int rc = wait_args(r, n, timeout_ns, &dl, &dlp);
-
-    if (rc < 0)
-        return rc;
-    if (fh_ring_count(r) >= n)
-        return 0;
-    if (timeout_ns == 0)
-        return -ETIMEDOUT;
-    return ring_wait(r, &r->prod, n, dlp);
+    return wait_for(r, n, timeout_ns, 0);
 }
 
 FH_API int fh_ring_wait_room(struct fh_ring *r, unsigned n, int64_t timeout_ns)
 {
-    struct timespec dl, *dlp;
-    int rc = wait_args(r, n, timeout_ns, &dl, &dlp);
-
-    if (rc < 0)
-        return rc;
-    if (fh_ring_free_count(r) >= n)
-        return 0;
-    if (timeout_ns == 0)
-        return -ETIMEDOUT;
-    return ring_wait(r, &r->cons, n, dlp);
+    return wait_for(r, n, timeout_ns, 1);
 }
 
-/* The four timed calls: try, sleep until it may work, try again. */
+/* The four timed calls: try, wait until it may work, try again. */
+struct timed_ctx {
+    struct fh_ring *r;
+    void *objs;
+    unsigned n, *left;
+    int enqueue, burst;
+};
+
+static int timed_attempt(void *c)
+{
+    const struct timed_ctx *t = c;
+    unsigned got;
+
+    if (t->enqueue)
+        got = t->burst ? fh_ring_enqueue_burst(t->r, t->objs, t->n, t->left)
+                       : fh_ring_enqueue_bulk(t->r, t->objs, t->n, t->left);
+    else
+        got = t->burst ? fh_ring_dequeue_burst(t->r, t->objs, t->n, t->left)
+                       : fh_ring_dequeue_bulk(t->r, t->objs, t->n, t->left);
+    return (int)got;
+}
+
 static int timed(struct fh_ring *r, void *objs, unsigned n, unsigned *left,
                  int64_t timeout_ns, int enqueue, int burst)
 {
-    struct timespec dl, *dlp;
-    int rc = wait_args(r, burst ? 0 : n, timeout_ns, &dl, &dlp);
+    struct timed_ctx t = { r, objs, n, left, enqueue, burst };
+    int rc = wait_args(r, burst ? 0 : n);
 
     if (rc < 0 || n > INT_MAX)
         return rc < 0 ? rc : -EINVAL;
     if (n == 0)
         return 0;
-    for (;;) {
-        unsigned got;
-
-        if (enqueue)
-            got = burst ? fh_ring_enqueue_burst(r, objs, n, left)
-                        : fh_ring_enqueue_bulk(r, objs, n, left);
-        else
-            got = burst ? fh_ring_dequeue_burst(r, objs, n, left)
-                        : fh_ring_dequeue_bulk(r, objs, n, left);
-        if (got)
-            return (int)got;
-        if (timeout_ns == 0)
-            return -ETIMEDOUT;
-        rc = ring_wait(r, enqueue ? &r->cons : &r->prod, burst ? 1 : n, dlp);
-        if (rc < 0)
-            return rc;
-    }
+    return fh__ring_wait_loop(r, &r->magic, FH_RING_MAGIC, enqueue,
+                              burst ? 1 : n, timeout_ns, timed_attempt, &t);
 }
 
 FH_API int fh_ring_enqueue_bulk_timed(struct fh_ring *r, const void *objs,
@@ -442,6 +559,11 @@ FH_API struct fh_ring *fh_ring_lookup(const char *name)
     return r;
 }
 
+static int ring_drain(void *obj)
+{
+    return fh__ring_drain(obj);
+}
+
 FH_API int fh_ring_destroy(struct fh_ring *r)
 {
     if (!r || !fh_arena_contains(r, sizeof *r)) {
@@ -450,7 +572,7 @@ FH_API int fh_ring_destroy(struct fh_ring *r)
     }
     return fh__object_destroy(r, FH_RING_MZ_PREFIX, r->name, FH_RING_NAMESIZE,
                               offsetof(struct fh_ring, magic), FH_RING_MAGIC,
-                              NULL);
+                              NULL, ring_drain);
 }
 
 /* ------------------------------------- a process that dies mid-call */

@@ -8,6 +8,7 @@
 #ifndef FORKHOST_RING_INTERNAL_H
 #define FORKHOST_RING_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 struct fh_ring;
@@ -31,5 +32,21 @@ void fh__ring_set_pool_ops(const struct fh__ring_pool_ops *ops);
  * mempool's address, for fh_ring_create_for). */
 struct fh_ring *fh__ring_create_pooled(const char *name, unsigned count,
                                        unsigned flags, struct fh_mempool *mp);
+
+/* The waiting loop of every timed call (ring.c's and the mempool's get):
+ * attempt(ctx) (> 0 or < 0: return it; 0: not yet), and while it is not
+ * yet, wait until `need` elements (for_room: free slots) are there, up to
+ * timeout_ns (< 0: no limit, 0: no wait: -ETIMEDOUT).  The waiting thread
+ * holds a waiter slot on r from its first failed attempt to its return,
+ * and ends with -EIDRM once *alive no longer holds magic (the object is
+ * being destroyed: fh__ring_drain).  -ETIMEDOUT, -EINTR as the timed calls. */
+int fh__ring_wait_loop(struct fh_ring *r, const _Atomic uint64_t *alive,
+                       uint64_t magic, int for_room, unsigned need,
+                       int64_t timeout_ns, int (*attempt)(void *ctx), void *ctx);
+
+/* A destroy's drain, once the object's magic is cleared: wake the threads
+ * waiting on r until none is left (dead ones' slots reclaimed), 0; or -1
+ * with errno ETIMEDOUT after FH_RING_DRAIN_NS (ring.h, "Waiting"). */
+int fh__ring_drain(struct fh_ring *r);
 
 #endif

@@ -392,6 +392,31 @@ static void test_get_timed(void)
           "all back: avail %u", fh_mempool_avail_count(mp));
 }
 
+/* Destroying a pool that a getter waits on: the getter is woken with
+ * -EIDRM, and the name is free once destroy returns. */
+static void test_destroy_wakes_getter(void)
+{
+    struct fh_mempool *mp = fh_mempool_create("p.destroy", 4, 64, 2, 0);
+    void *o[4];
+    pid_t pid;
+
+    CHECK(mp, "create");
+    CHECK(fh_mempool_get_bulk(mp, o, 4) == 0, "all 4");
+    pid = fork_child();
+    if (pid == 0) {
+        void *x;
+        _exit(fh_mempool_get_timed(mp, &x, -1) == -EIDRM ? 0 : 1);
+    }
+    while (fh_mempool_waiting(mp) != 1)
+        usleep(200);
+    CHECK(fh_mempool_destroy(mp) == 0, "destroy with a getter waiting");
+    CHECK(reap(pid) == 0, "getter woken with -EIDRM");
+    errno = 0;
+    CHECK(fh_mempool_lookup("p.destroy") == NULL && errno == ENOENT, "gone");
+    mp = fh_mempool_create("p.destroy", 4, 64, 2, 0);
+    CHECK(mp && fh_mempool_destroy(mp) == 0, "the name again");
+}
+
 /* Shared with the children of the ownership tests. */
 struct own_state {
     _Atomic uint32_t ready;
@@ -535,6 +560,7 @@ int main(void)
     test_many_pools();
     test_stress();
     test_get_timed();
+    test_destroy_wakes_getter();
     test_tracked_held();
     test_tracked_kills(0, "p.own.mp");
     test_tracked_kills(FH_RING_F_SP_ENQ | FH_RING_F_SC_DEQ, "p.own.sp");

@@ -562,6 +562,84 @@ static void test_enqueue_waits_when_full(void)
     CHECK(fh_ring_waiting_producers(r) == 0, "clean");
 }
 
+/* A child that waits on r until it ends: for elements (how 0: a timed
+ * dequeue, 1: wait_elements) or for room (2: a timed enqueue); it exits 0
+ * when the wait ended with -EIDRM, 1 otherwise. */
+static pid_t destroy_waiter(struct fh_ring *r, int how)
+{
+    pid_t pid = fork_child();
+
+    if (pid == 0) {
+        uint64_t v = 0;
+        int rc = how == 0 ? fh_ring_dequeue_burst_timed(r, &v, 1, NULL, -1)
+               : how == 1 ? fh_ring_wait_elements(r, 2, -1)
+                          : fh_ring_enqueue_bulk_timed(r, &v, 1, NULL, -1);
+        _exit(rc == -EIDRM ? 0 : 1);
+    }
+    return pid;
+}
+
+/* Destroying a ring that threads wait on: each is woken and returns
+ * -EIDRM, the slotless ones too, a dead waiter's slot is reclaimed on the
+ * way, and the name is free once destroy returns. */
+static void test_destroy_wakes_waiters(void)
+{
+    enum { N = FH_RING_WAIT_SLOTS + 2 };
+    struct fh_ring *r = fh_ring_create("w.destroy", 16, 8, 0);
+    uint64_t v[16] = {0};
+    pid_t pid[N], dead, prod;
+
+    CHECK(r, "create");
+    dead = destroy_waiter(r, 0);
+    UNTIL(fh_ring_waiting_consumers(r) == 1);
+    kill(dead, SIGKILL);
+    CHECK(reap(dead) == 128 + SIGKILL, "killed while waiting");
+    for (int i = 0; i < N; i++)
+        pid[i] = destroy_waiter(r, i % 2);
+    /* The dead one's slot is still taken, so one more is slotless. */
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS &&
+          atomic_load(&r->slotless) == N + 1 - FH_RING_WAIT_SLOTS);
+    CHECK(fh_ring_destroy(r) == 0, "destroy with %d waiters", N);
+    for (int i = 0; i < N; i++)
+        CHECK(reap(pid[i]) == 0, "waiter %d woken with -EIDRM", i);
+    errno = 0;
+    CHECK(fh_ring_lookup("w.destroy") == NULL && errno == ENOENT, "gone");
+
+    r = fh_ring_create("w.destroy", 16, 8, 0);
+    CHECK(r, "the name again");
+    CHECK(fh_ring_enqueue_bulk(r, v, 16, NULL) == 16, "fill");
+    prod = destroy_waiter(r, 2);
+    UNTIL(fh_ring_waiting_producers(r) == 1);
+    CHECK(fh_ring_destroy(r) == 0, "destroy with a producer waiting");
+    CHECK(reap(prod) == 0, "producer woken with -EIDRM");
+}
+
+/* A waiter that cannot leave (stopped): destroy gives up after
+ * FH_RING_DRAIN_NS, the ring lives on, and the waiter, continued, waits
+ * on and gets its item. */
+static void test_destroy_gives_up(void)
+{
+    struct fh_ring *r = fh_ring_create("w.stopped", 16, 8, 0);
+    uint64_t v = 42;
+    pid_t pid;
+
+    CHECK(r, "create");
+    pid = fork_child();
+    if (pid == 0)
+        _exit(fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) == 1 && v == 7
+              ? 0 : 1);
+    UNTIL(fh_ring_waiting_consumers(r) == 1);
+    CHECK(kill(pid, SIGSTOP) == 0, "stop");
+    errno = 0;
+    CHECK(fh_ring_destroy(r) == -1 && errno == ETIMEDOUT, "gave up");
+    CHECK(fh_ring_lookup("w.stopped") == r, "published again");
+    CHECK(kill(pid, SIGCONT) == 0, "continue");
+    v = 7;
+    CHECK(fh_ring_enqueue_bulk(r, &v, 1, NULL) == 1, "enqueue");
+    CHECK(reap(pid) == 0, "the waiter got it");
+    CHECK(fh_ring_destroy(r) == 0, "destroy");
+}
+
 int main(void)
 {
     int fds;
@@ -583,6 +661,8 @@ int main(void)
     test_many_waiters();
     test_waiter_killed();
     test_enqueue_waits_when_full();
+    test_destroy_wakes_waiters();
+    test_destroy_gives_up();
     stress("r.mpmc", 8, 3, 2, 400000);
     stress("r.mpmc16", 16, 2, 2, 200000);
     CHECK(count_fds() == fds, "fd leak: %d -> %d", fds, count_fds());

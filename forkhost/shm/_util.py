@@ -42,6 +42,11 @@ _DETAIL = {
               "or its memfd cannot be reached (the primary is gone)",
     E.EBUSY: "a live thread still holds a cache of it (it calls cache_flush(), "
              "or exits)",
+    # Only a destroy raises ETIMEDOUT (a timed call's returns 0 or raises
+    # TimeoutError itself).
+    E.ETIMEDOUT: f"a thread waiting on it did not leave within "
+                 f"{lib.FH_RING_DRAIN_NS / 1e9:g} s (a stopped process?); "
+                 f"nothing was destroyed",
 }
 
 NO_ARENA = ("this process has no forkhost arena: run it as a secondary "

@@ -279,7 +279,10 @@ class Mempool(Checked):
         address (docs/shm.md, Freeing).
         A live thread (of any process) that still holds a cache of the pool
         makes it fail with ShmError (errno EBUSY), changing nothing: that
-        thread calls ``cache_flush()``, or exits."""
+        thread calls ``cache_flush()``, or exits.  Threads waiting in a
+        get (timeout=, get_async) are woken with DestroyedError first;
+        ShmError (errno ETIMEDOUT), nothing destroyed, if one of them has
+        not left within FH_RING_DRAIN_NS (a stopped process)."""
         from ._util import disable
         self._check()
         if lib.fh_mempool_destroy(self._mp) < 0:

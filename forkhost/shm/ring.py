@@ -92,9 +92,9 @@ def running_loop():
     return asyncio.get_running_loop()
 
 
-async def wait_async(wait_fn, n, timeout):
+async def wait_async(wait_fn, n, timeout, what):
     """Await wait_fn(n, timeout_ns) == 0 in executor slices: True when it
-    was satisfied, False at the timeout."""
+    was satisfied, False at the timeout; an error raised about ``what``."""
     timeout_ns(timeout)                     # the same ValueError as above
     loop = running_loop()
     end = None if timeout is None else loop.time() + timeout
@@ -104,7 +104,7 @@ async def wait_async(wait_fn, n, timeout):
         if rc == 0:
             return True
         if rc not in (_ETIMEDOUT, _EINTR):
-            raise_errno(rc, "wait")
+            raise_errno(rc, what)
         if end is not None and loop.time() >= end:
             return False
 
@@ -262,14 +262,16 @@ class Ring(Checked):
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
         return await wait_async(lambda k, ns: self._check() or
-                                lib.fh_ring_wait_elements(self._r, k, ns), n, timeout)
+                                lib.fh_ring_wait_elements(self._r, k, ns), n, timeout,
+                                f"ring {self.name!r}: wait")
 
     async def wait_room_async(self, n: int = 1, *, timeout=None) -> bool:
         """wait_room for asyncio."""
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
         return await wait_async(lambda k, ns: self._check() or
-                                lib.fh_ring_wait_room(self._r, k, ns), n, timeout)
+                                lib.fh_ring_wait_room(self._r, k, ns), n, timeout,
+                                f"ring {self.name!r}: wait")
 
     async def dequeue_burst_async(self, n: int, *, timeout=None):
         """Up to n items, waiting (asyncio) until there is at least one:
@@ -465,7 +467,10 @@ class Ring(Checked):
         can be created again at once and its memory goes back to the arena.
         Every handle on it, in any process, raises DestroyedError from now
         on, even if a ring of the same name is created again at the same
-        address (docs/shm.md, Freeing)."""
+        address (docs/shm.md, Freeing).  Threads waiting on it (timeout=,
+        wait_*, *_async) are woken with DestroyedError first; ShmError,
+        nothing destroyed, if one of them has not left within
+        FH_RING_DRAIN_NS (a stopped process)."""
         from ._util import disable
         self._check()
         if lib.fh_ring_destroy(self._r) < 0:

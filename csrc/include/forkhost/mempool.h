@@ -107,7 +107,8 @@ FH_API int fh_mempool_get_bulk(struct fh_mempool *mp, void **objs, unsigned n);
  * long as it takes, 0 not at all, > 0 at most that many nanoseconds.  0, or
  * -ETIMEDOUT (not enough objects within the timeout; nothing taken), -EINTR
  * (a signal handler ran; call again), -EINVAL (n > the pool's count, which
- * could never be satisfied).  Before sleeping the calling thread's cache is
+ * could never be satisfied), -EIDRM (the pool was destroyed while the call
+ * waited; nothing taken).  Before sleeping the calling thread's cache is
  * flushed to the ring, so what it waits for is all in one place. */
 FH_API int fh_mempool_get_timed(struct fh_mempool *mp, void **obj,
                                 int64_t timeout_ns);
@@ -158,9 +159,12 @@ FH_API const char *fh_mempool_name(const struct fh_mempool *mp);
  * cache is given back first and dead threads' caches are reclaimed; while
  * a live thread (of any process) still holds a cache of mp it fails with
  * EBUSY, changing nothing (that thread calls fh_mempool_cache_flush, or
- * exits).  Objects still in use are lost with the pool.  Nobody may use mp
+ * exits).  Threads waiting in a timed get are woken and return -EIDRM,
+ * and the memory is freed only once they have left (ring.h, "Waiting").
+ * Objects still in use are lost with the pool.  Nobody may use mp
  * afterwards (memzone.h).  0, or -1 with errno EBUSY, ENOENT (not a pool
- * that exists), EINVAL. */
+ * that exists), EINVAL, ETIMEDOUT (a waiter still inside after
+ * FH_RING_DRAIN_NS: nothing destroyed). */
 FH_API int fh_mempool_destroy(struct fh_mempool *mp);
 
 #endif /* FORKHOST_MEMPOOL_H */

@@ -123,13 +123,15 @@ void *fh__object_lookup(const char *prefix, const char *name,
 /* Destroy object obj (its creator published it: the _Atomic uint64_t at
  * magic_off holds magic) living in memzone prefix+name: under the
  * directory lock, check that the memzone is there at obj, call veto(obj)
- * when not NULL (-1 with errno: keep the object), clear the magic
- * (release: later lookups that still find the memzone refuse it) and free
- * the memzone.  0, or -1 with errno ENOENT (no such object at obj), EINVAL
- * or veto's. */
+ * when not NULL (-1 with errno: keep the object) and clear the magic
+ * (release: later lookups that still find the memzone refuse it).  Then,
+ * when drain is not NULL, call drain(obj) outside the lock (it waits until
+ * no thread is inside the object; -1 with errno: the magic is published
+ * again and the object kept).  Then free the memzone.  0, or -1 with errno
+ * ENOENT (no such object at obj), EINVAL, veto's or drain's. */
 int fh__object_destroy(void *obj, const char *prefix, const char *name,
                        size_t name_size, size_t magic_off, uint64_t magic,
-                       int (*veto)(void *obj));
+                       int (*veto)(void *obj), int (*drain)(void *obj));
 
 /* Internal: initialize a mutex that lives in the arena: PROCESS_SHARED
  * (every process of the prefix uses it), ROBUST (a process that dies

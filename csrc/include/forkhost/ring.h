@@ -113,6 +113,25 @@
  * registered waiter is).  Waiting for elements on a ring where consumers
  * race (MC), or for room where producers race (MP), wakes every waiter; the
  * losers sleep again.
+ *
+ * A timed call holds its slot and bit (or, past the slots, a count in
+ * slotless) from its first failed try to its return, retries included, so
+ * that a destroy can tell when nobody is inside.  Destroying a ring (and a
+ * mempool, for its ring of free objects) with threads waiting on it:
+ *
+ *   destroyer                              waiter (each pass of step 4)
+ *   1. clear the object's magic (release)  a. t = tail; enough? -> done
+ *   2. FUTEX_WAKE both tails, reclaim      b. magic cleared? -> -EIDRM
+ *      dead waiters' slots                 c. FUTEX_WAIT(tail, t)
+ *   3. every slot free, slotless 0?
+ *      no: sleep FH_RING_DRAIN_STEP_NS, 2
+ *   4. free the memory
+ *
+ * A waiter that read the magic just before step 1 and then sleeps misses
+ * that wake, and is woken by the next one a step later.  A waiter still
+ * inside after FH_RING_DRAIN_NS (a stopped process) makes the destroy give
+ * up: the magic is published again, nothing is freed, and destroy fails
+ * with ETIMEDOUT; the waiters that left by then have returned -EIDRM.
  */
 #ifndef FORKHOST_RING_H
 #define FORKHOST_RING_H
@@ -201,6 +220,7 @@ struct fh_ring_headtail {
  *        all written once by the creator, read-only afterwards
  *   92   poll_waits (see "Waiting")
  *   96   lost[2] (producers', consumers')  112 pool  120 unrecorded
+ *   124  slotless (see "Waiting")
  *   128  prod {head, tail, single, other_tail, waiters}   by producers
  *   192  prod.wait_tid[16]   by consumers waiting for elements
  *   256  cons {head, tail, single, other_tail, waiters}   by consumers
@@ -231,6 +251,9 @@ struct fh_ring {
     uint64_t pool;
     /* Calls in progress by threads without a reservation record. */
     _Atomic uint32_t unrecorded;
+    /* Timed calls waiting without a slot (more than FH_RING_WAIT_SLOTS on
+     * a side): a destroy waits for them to leave as for the slots. */
+    _Atomic uint32_t slotless;
     alignas(128) struct fh_ring_headtail prod;
     alignas(128) struct fh_ring_headtail cons;
     alignas(128) unsigned char slots[];
@@ -275,6 +298,8 @@ FH_API struct fh_ring *fh_ring_lookup(const char *name);
  *               again with what is left of the timeout
  *   -EINVAL     n > capacity (a bulk call that could never succeed), or
  *               n > INT_MAX
+ *   -EIDRM      the ring was destroyed while the call waited (see
+ *               "Waiting"); nothing moved
  * bulk waits until all n fit (are there); burst until at least one does. */
 FH_API int fh_ring_enqueue_bulk_timed(struct fh_ring *r, const void *objs,
                                       unsigned n, unsigned *free_space,
@@ -290,7 +315,7 @@ FH_API int fh_ring_dequeue_burst_timed(struct fh_ring *r, void *objs,
                                        int64_t timeout_ns);
 /* Sleep until at least n elements (fh_ring_wait_elements) or n free slots
  * (fh_ring_wait_room) are there, without taking them: 0, or -ETIMEDOUT,
- * -EINTR, -EINVAL (n > capacity).  With several consumers (producers) what
+ * -EINTR, -EINVAL (n > capacity), -EIDRM (destroyed meanwhile).  With several consumers (producers) what
  * was there may be gone by the time the caller acts: the *_timed calls
  * loop on this. */
 FH_API int fh_ring_wait_elements(struct fh_ring *r, unsigned n,
@@ -307,6 +332,10 @@ FH_API unsigned fh_ring_reclaim_waiters(struct fh_ring *r);
 /* A waiter that cannot trust a wake-up (see "Waiting") re-checks this
  * often, in nanoseconds. */
 #define FH_RING_POLL_NS 1000000
+/* How long a destroy waits for the threads waiting on the ring to leave,
+ * and how often it wakes them meanwhile (see "Waiting"), in nanoseconds. */
+#define FH_RING_DRAIN_NS 2000000000
+#define FH_RING_DRAIN_STEP_NS 100000
 /* The waker's slow path (ring.c): wake the threads asleep on ht->tail.
  * Cold: the compiler lays the inline fast path out for the case where
  * nobody waits and keeps the call off it. */
@@ -898,7 +927,10 @@ FH_RING_FN const char *fh_ring_name(const struct fh_ring *r)
 /* Destroy ring r (rte_ring_free): its name can be created again at once,
  * lookups fail from now on, and its memory goes back to the arena.  Nobody
  * may use r afterwards (memzone.h: what a process still holding it gets).
- * 0, or -1 with errno ENOENT (not a ring that exists), EINVAL. */
+ * Threads waiting on r in a timed call or a wait are woken and return
+ * -EIDRM, and the memory is freed only once they have left ("Waiting").
+ * 0, or -1 with errno ENOENT (not a ring that exists), EINVAL, ETIMEDOUT
+ * (a waiter still inside after FH_RING_DRAIN_NS: nothing destroyed). */
 FH_API int fh_ring_destroy(struct fh_ring *r);
 
 #endif /* FORKHOST_RING_H */
