@@ -187,7 +187,11 @@ def find_checked(cls, name: bytes, find, prefix):
             raise_errno(err, f"{what} {name.decode(errors='replace')!r}",
                         "not found" if err == E.ENOENT else None)
         zone = object_zone(prefix, name, obj)
-        if zone is not None:
+        # Found again once the generation is read: the object published in
+        # that generation, not one destroyed since the first find while a
+        # new one, not yet published, took its place at the same address
+        # (whose header the constructor would read half-written).
+        if zone is not None and find(name) == obj:
             h = cls(obj, *zone, name)
             # What the constructor read counts only if the object was not
             # destroyed meanwhile.
