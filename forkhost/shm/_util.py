@@ -58,12 +58,17 @@ if array("Q").itemsize != 8:      # pragma: no cover  (every LP64 platform)
     raise ImportError("forkhost.shm needs array('Q') to be 64 bits")
 
 
-def raise_errno(err: int, what: str, detail: str | None = None):
+def raise_errno(err: int, what: str, detail: str | None = None,
+                name: bytes | None = None):
     """Raise the forkhost exception for errno ``err`` (positive or negative)
-    about ``what``; ``detail`` replaces strerror in the message."""
+    about ``what``; ``detail`` replaces strerror in the message.  ``name``:
+    the bare name the call was about, so that a WrongTypeError says which
+    type it exists as."""
     err = abs(err)
     oserr = OSError(err, os.strerror(err))
     cls = _EXC.get(err, ShmError)
+    if detail is None and name is not None and err == EWRONGTYPE:
+        detail = wrong_type_detail(name)
     if detail is None:
         detail = NO_ARENA if err == E.ENODEV else _DETAIL.get(err)
     raise cls(f"{what}: {detail or os.strerror(err)}", err) from oserr
@@ -185,7 +190,7 @@ def find_checked(cls, name: bytes, find, prefix):
         if obj == ffi.NULL:
             err = ffi.errno
             raise_errno(err, f"{what} {name.decode(errors='replace')!r}",
-                        "not found" if err == E.ENOENT else None)
+                        "not found" if err == E.ENOENT else None, name)
         zone = object_zone(prefix, name, obj)
         # Found again once the generation is read: the object published in
         # that generation, not one destroyed since the first find while a

@@ -98,7 +98,7 @@ class Array:
             err = ffi.errno
             if block is not None:
                 block.free()            # nothing left behind
-            raise_errno(err, what)
+            raise_errno(err, what, name=b)
         base = address(mz.addr)
         data = block.addr if heap else base + HEADER_SIZE
         hdr = ffi.buffer(ffi.cast("char *", mz.addr), HEADER_SIZE)
@@ -119,7 +119,8 @@ class Array:
         mz = lib.fh_memzone_lookup(b"AR_" + b)
         if mz == ffi.NULL:
             err = ffi.errno
-            raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None)
+            raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None,
+                        b)
         if mz.len < HEADER_SIZE or \
                 lib.fh_published_u64(ffi.cast("uint64_t *", mz.addr)) != MAGIC:
             raise_errno(errno.ENOENT, f"array {name!r}", "not found (its creator "

@@ -155,7 +155,7 @@ class HashTable(TableBase, Checked):
             err = ffi.errno
             if err == errno.EINVAL and _error_text():
                 raise_message(err, _error_text())
-            raise_errno(err, f"cannot create hash table {name!r}")
+            raise_errno(err, f"cannot create hash table {name!r}", name=b)
         return created_checked(cls, b, h, lib.FH_HASH_MZ_PREFIX)
 
     @classmethod

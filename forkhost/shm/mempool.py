@@ -73,7 +73,7 @@ class Mempool(Checked):
                              f"obj_size >= 1, 0 <= cache_size <= {CACHE_MAX}")
         mp = lib.fh_mempool_create(b, n, obj_size, cache_size, flags)
         if mp == _NULL:
-            raise_errno(ffi.errno, f"cannot create mempool {name!r}")
+            raise_errno(ffi.errno, f"cannot create mempool {name!r}", name=b)
         return created_checked(cls, b, mp, lib.FH_MEMPOOL_MZ_PREFIX)
 
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 
 from .._native import ffi, lib
-from ._util import EWRONGTYPE, address, cname, raise_errno, wrong_type_detail
+from ._util import address, cname, raise_errno
 from .._errors import DestroyedError
 
 NAMESIZE = lib.FH_MEMZONE_NAMESIZE
@@ -63,7 +63,7 @@ class Memzone:
         if mz == ffi.NULL:
             err = ffi.errno
             raise_errno(err, f"cannot reserve memzone {b.decode(errors='replace')!r}"
-                        f" ({size} bytes)", wrong_type_detail(b) if err == EWRONGTYPE else None)
+                        f" ({size} bytes)", name=b)
         found = cls._found(b, mz)
         if found is None:
             raise DestroyedError(f"memzone {b.decode(errors='replace')!r} was freed "
@@ -80,8 +80,7 @@ class Memzone:
             if mz == ffi.NULL:
                 err = ffi.errno
                 raise_errno(err, f"memzone {b.decode(errors='replace')!r}",
-                            "not found" if err == errno.ENOENT else
-                            wrong_type_detail(b) if err == EWRONGTYPE else None)
+                            "not found" if err == errno.ENOENT else None, b)
             found = cls._found(b, mz)
             if found is not None:
                 return found

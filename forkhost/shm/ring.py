@@ -173,7 +173,7 @@ class Ring(Checked):
                                  f"a mempool created with track=True")
             r = lib.fh_ring_create_for(b, count, flags, pool.cdata)
         if r == _NULL:
-            raise_errno(ffi.errno, f"cannot create ring {name!r}")
+            raise_errno(ffi.errno, f"cannot create ring {name!r}", name=b)
         return created_checked(cls, b, r, lib.FH_RING_MZ_PREFIX)
 
     @classmethod
