@@ -168,6 +168,14 @@ def test_random_calls_from_three_secondaries_against_a_model(servers, ops):
         after["heap"]["alloc_bytes"]
 
 
+def test_segment_table_full_is_no_space_and_freeing_gives_segments_back(primary):
+    """Big blocks, each with a segment of its own, fill the heap's segment
+    table well before the arena (512M) is full: NoSpaceError (ENOBUFS)
+    that says so.  Freed, their segments go back to the arena."""
+    n = int(run(primary, "segments_full").stdout)
+    assert n > 0
+
+
 def test_blocks_in_one_secondary(primary):
     mine = json.loads(run(primary, "basics").stdout)
     assert mine["alloc_count"] >= 8 and mine["alloc_count"] == mine["free_count"]

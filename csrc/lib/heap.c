@@ -38,8 +38,6 @@
 /* The smallest free block a split leaves: a header and one line of data
  * (a smaller rest stays in the allocated block). */
 #define MIN_SPLIT (2 * FH_HEAP_HDR_SIZE)
-/* Requests beyond this are refused before any arithmetic can overflow. */
-#define MAX_REQUEST (1ull << 46)
 
 /* Journal kinds. */
 #define J_NONE    0u
@@ -94,10 +92,12 @@ struct journal {
 
 struct seg {
     uint64_t off;           /* from the arena base */
-    uint64_t len;           /* the memzone's, a multiple of 64 */
+    _Atomic uint64_t len;   /* the memzone's, a multiple of 64; 0: a free
+                             * slot (its segment given back) */
     uint32_t seq;           /* n of its name HEAP_<n> */
-    uint32_t pad;
+    uint32_t flags;         /* SEG_OWN: one big block's segment */
 };
+#define SEG_OWN 1u
 
 /*
  * The control block, memzone FH_HEAP_MZ_NAME:
@@ -188,6 +188,13 @@ static inline struct blk *next_blk(const struct blk *b)
 {
     return (struct blk *)((char *)b + bsize(b));
 }
+/* A slot's segment length, 0 when the slot is free.  Relaxed: read under
+ * the lock, as nsegs. */
+static inline uint64_t seg_len(const struct seg *s)
+{
+    return atomic_load_explicit(&((struct seg *)s)->len, memory_order_relaxed);
+}
+
 static inline unsigned nsegs(const struct heap_ctl *h)
 {
     /* Relaxed: read under the lock (its only writer holds it too). */
@@ -365,12 +372,14 @@ static void repair(struct heap_ctl *h)
     h->bin_map = 0;
     for (unsigned s = 0; s < n; s++) {
         char *start = g_base + h->segs[s].off;
-        char *end = start + h->segs[s].len - FH_HEAP_HDR_SIZE;
+        char *end = start + seg_len(&h->segs[s]) - FH_HEAP_HDR_SIZE;
         struct blk *run = NULL;
         uint64_t last = 0;
 
         if (h->segs[s].seq >= h->name_seq)
             h->name_seq = h->segs[s].seq + 1;
+        if (!seg_len(&h->segs[s]))
+            continue;               /* given back */
         for (struct blk *b = (struct blk *)start;;) {
             uint32_t st = bstate(b);
             uint64_t sz = bsize(b);
@@ -464,8 +473,6 @@ static struct heap_ctl *find_ctl(int create)
         mz = fh_memzone_reserve(FH_HEAP_MZ_NAME, sizeof *h, 64, 0);
         if (!mz && errno == EEXIST)
             mz = fh_memzone_lookup(FH_HEAP_MZ_NAME);
-        if (!mz && errno == ENOSPC)
-            errno = ENOMEM;
     }
     if (!mz)
         return NULL;
@@ -539,18 +546,26 @@ FH_API void fh__heap_unlock(void)
 /* ---- segments ------------------------------------------------------------- */
 
 /* Register a new segment with a free block of at least need bytes (under
- * the lock); 0, or -1 with errno ENOMEM. */
+ * the lock), in the first free slot; 0, or -1 with errno ENOBUFS (every
+ * slot holds a segment), or the arena's: ENOSPC (no room at its maximum,
+ * or the memzone directory is full), ENOMEM (it cannot grow). */
 static int add_segment(struct heap_ctl *h, uint64_t need)
 {
-    unsigned idx = nsegs(h);
+    unsigned n = nsegs(h), idx = n;
     uint64_t len = FH_HEAP_SEGMENT_SIZE;
     const struct fh_memzone *mz;
     char name[FH_MEMZONE_NAMESIZE];
+    int own = need > FH_HEAP_SEGMENT_SIZE / 4;
 
-    if (need > FH_HEAP_SEGMENT_SIZE / 4)
+    if (own)
         len = (need + FH_HEAP_HDR_SIZE + 4095) & ~(uint64_t)4095;
+    for (unsigned i = 0; i < n; i++)
+        if (!seg_len(&h->segs[i])) {
+            idx = i;
+            break;
+        }
     if (idx >= FH_HEAP_MAX_SEGMENTS) {
-        errno = ENOMEM;
+        errno = ENOBUFS;
         return -1;
     }
     for (;;) {
@@ -558,10 +573,8 @@ static int add_segment(struct heap_ctl *h, uint64_t need)
         mz = fh_memzone_reserve(name, len, FH_HEAP_HDR_SIZE, 0);
         if (mz)
             break;
-        if (errno != EEXIST) {
-            errno = ENOMEM;
+        if (errno != EEXIST)
             return -1;
-        }
         /* A segment a dead process reserved and never registered (every
          * registered one has a lower number: repair sees to it): ours if it
          * is big enough, else skipped (its bytes stay unused). */
@@ -577,11 +590,14 @@ static int add_segment(struct heap_ctl *h, uint64_t need)
     write_hdr(first, ST_FREE, len - FH_HEAP_HDR_SIZE, 0, idx);
     write_hdr(end, ST_END, FH_HEAP_HDR_SIZE, len - FH_HEAP_HDR_SIZE, idx);
     h->segs[idx].off = off_of(first);
-    h->segs[idx].len = len;
     h->segs[idx].seq = h->name_seq;
-    /* Release: the segment's headers and table entry before the count that
-     * makes a repair walk it. */
-    atomic_store_explicit(&h->nseg, idx + 1, memory_order_release);
+    h->segs[idx].flags = own ? SEG_OWN : 0;
+    /* Release: the segment's headers and the rest of its entry before the
+     * length that makes a repair walk a reused slot, and before the count
+     * that makes it walk a new one. */
+    atomic_store_explicit(&h->segs[idx].len, len, memory_order_release);
+    if (idx == n)
+        atomic_store_explicit(&h->nseg, n + 1, memory_order_release);
     h->name_seq++;
     list_push(h, first);
     return 0;
@@ -638,8 +654,8 @@ static void *heap_alloc(size_t size, size_t align)
     }
     if (align < FH_HEAP_HDR_SIZE)
         align = FH_HEAP_HDR_SIZE;
-    if (size > MAX_REQUEST) {
-        errno = ENOMEM;
+    if (size > FH_HEAP_MAX_REQUEST) {
+        errno = ENOSPC;
         return NULL;
     }
     h = get_ctl(1);
@@ -701,7 +717,7 @@ FH_API void *fh_calloc(size_t n, size_t size)
     void *p;
 
     if (__builtin_mul_overflow(n, size, &total)) {
-        errno = ENOMEM;
+        errno = ENOSPC;
         return NULL;
     }
     p = heap_alloc(total, 0);
@@ -724,14 +740,15 @@ static struct blk *used_block(struct heap_ctl *h, const void *p)
     s = &h->segs[b->seg];
     o = off_of(b);
     sz = bsize(b);
-    if (o < s->off || o >= s->off + s->len - FH_HEAP_HDR_SIZE ||
-        sz > s->off + s->len - FH_HEAP_HDR_SIZE - o)
+    if (!seg_len(s) || o < s->off || o >= s->off + seg_len(s) - FH_HEAP_HDR_SIZE ||
+        sz > s->off + seg_len(s) - FH_HEAP_HDR_SIZE - o)
         return NULL;
     return b;
 }
 
-/* Merge free block b with free neighbours and put the result on its list. */
-static void merge_and_list(struct heap_ctl *h, struct blk *b)
+/* Merge free block b with free neighbours and put the result on its list;
+ * the merged block. */
+static struct blk *merge_and_list(struct heap_ctl *h, struct blk *b)
 {
     struct blk *nx = next_blk(b);
 
@@ -753,6 +770,34 @@ static void merge_and_list(struct heap_ctl *h, struct blk *b)
         }
     }
     list_push(h, b);
+    return b;
+}
+
+/*
+ * Free block b (merged, listed) fills its segment: give the segment back to
+ * the arena when it is a big block's own, so that a program whose big
+ * blocks come and go in new sizes (a buffer grown by realloc) does not
+ * fill the segment table.  The slot is freed before the memzone: a repair
+ * never walks freed memory, and a process that dies in between leaves
+ * only the memzone, which nobody uses again (its bytes stay taken).
+ * Shared segments stay for later small requests.
+ */
+static void release_if_empty(struct heap_ctl *h, struct blk *b)
+{
+    struct seg *s = &h->segs[b->seg];
+    const struct fh_memzone *mz;
+    char name[FH_MEMZONE_NAMESIZE];
+
+    if (!(s->flags & SEG_OWN) || b->prev_size || bstate(next_blk(b)) != ST_END)
+        return;
+    list_del(h, b);
+    maybe_crash(FH_HEAP_CRASH_RELEASE);
+    /* Release: the unlisting before the slot is seen free. */
+    atomic_store_explicit(&s->len, 0, memory_order_release);
+    snprintf(name, sizeof name, FH_HEAP_SEG_PREFIX "%u", s->seq);
+    mz = fh_memzone_lookup(name);
+    if (mz && mz->addr == (void *)b)
+        fh_memzone_free(mz);
 }
 
 FH_API int fh_free(void *p)
@@ -783,8 +828,9 @@ FH_API int fh_free(void *p)
     maybe_crash(FH_HEAP_CRASH_FREE);
     set_state(b, ST_FREE);                              /* commit */
     apply_journal(h, FH_HEAP_CRASH_FREE_STAT);
-    merge_and_list(h, b);
+    b = merge_and_list(h, b);
     set_jkind(h, J_NONE);
+    release_if_empty(h, b);
     heap_unlock(h);
     return 0;
 }
@@ -841,8 +887,8 @@ FH_API void *fh_realloc(void *p, size_t size)
         fh_free(p);
         return NULL;
     }
-    if (size > MAX_REQUEST) {
-        errno = ENOMEM;
+    if (size > FH_HEAP_MAX_REQUEST) {
+        errno = ENOSPC;
         return NULL;
     }
     h = get_ctl(0);
@@ -912,7 +958,10 @@ FH_API int fh_heap_get_stats(struct fh_heap_stats *st)
         return -1;
     for (unsigned s = 0; s < nsegs(h); s++) {
         struct blk *b = B(h->segs[s].off);
-        st->total_bytes += h->segs[s].len;
+        if (!seg_len(&h->segs[s]))
+            continue;               /* given back */
+        st->segments++;
+        st->total_bytes += seg_len(&h->segs[s]);
         for (; bstate(b) != ST_END; b = next_blk(b)) {
             uint64_t data = bsize(b) - FH_HEAP_HDR_SIZE;
             if (bstate(b) == ST_FREE) {
@@ -926,7 +975,6 @@ FH_API int fh_heap_get_stats(struct fh_heap_stats *st)
             }
         }
     }
-    st->segments = nsegs(h);
     for (unsigned i = 0; i < FH_HEAP_PROC_SLOTS; i++) {
         const struct pslot *p = &h->procs[i];
         st->total_allocs += p->c[AC];
@@ -984,10 +1032,13 @@ FH_API int fh_heap_validate(void)
         BAD("journal of kind %u left open", jkind(h));
     for (unsigned s = 0; s < nsegs(h); s++) {
         char *start = g_base + h->segs[s].off;
-        char *end = start + h->segs[s].len - FH_HEAP_HDR_SIZE;
+        char *end = start + seg_len(&h->segs[s]) - FH_HEAP_HDR_SIZE;
         uint64_t last = 0;
         uint32_t last_st = ST_USED;
         struct blk *b = (struct blk *)start;
+
+        if (!seg_len(&h->segs[s]))
+            continue;               /* given back */
 
         for (;; b = next_blk(b)) {
             uint32_t st = bstate(b);

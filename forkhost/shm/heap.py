@@ -17,11 +17,10 @@ docs/shm.md ("The shared heap").
 from __future__ import annotations
 
 import errno as E
-import os
 
 from .._native import ffi, lib
 from .._record import Record
-from .._errors import NoSpaceError, ShmError
+from .._errors import ShmError
 from ._util import address, raise_errno
 
 SEGMENT_SIZE = lib.FH_HEAP_SEGMENT_SIZE
@@ -32,13 +31,19 @@ NOT_A_BLOCK = ("not a block in use of the shared heap (freed already, or not "
                "from the heap)")
 
 
+_SEGMENTS_FULL = (f"the heap holds {lib.FH_HEAP_MAX_SEGMENTS} segments, its most (one "
+                  f"for each live block over {SEGMENT_SIZE // 4 >> 20} MiB, and "
+                  f"the shared ones)")
+
+
 def _fail(err: int, what: str, detail: str | None = None):
-    """The exception for a heap call's errno: ENOMEM is NoSpaceError (the
-    arena has no room for the heap to grow), EINVAL a ShmError saying the
-    address is not a block; the rest as every shm call."""
-    if err == E.ENOMEM:
-        raise NoSpaceError(f"{what}: no space left in the arena for the shared heap",
-                           err) from OSError(err, os.strerror(err))
+    """The exception for a heap call's errno, as every shm call's
+    (NoSpaceError for ENOSPC: no room in the arena at its maximum, or a
+    request beyond any arena; ShmError for ENOMEM: the arena cannot grow),
+    and: ENOBUFS, NoSpaceError saying the segment table is full; EINVAL, a
+    ShmError saying the address is not a block."""
+    if err == E.ENOBUFS and detail is None:
+        detail = _SEGMENTS_FULL
     if err == E.EINVAL and detail is None:
         detail = NOT_A_BLOCK
     raise_errno(err, what, detail)

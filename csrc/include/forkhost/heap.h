@@ -25,9 +25,10 @@
  * the non-empty bins; a request takes the first block that fits from its
  * own bin, else the head of the next non-empty bin, and splits off the
  * rest when it is at least two lines.  Free merges a block with free
- * neighbours at once, so no two free blocks are ever adjacent.  Segments
- * are never given back to the arena (the heap keeps them for later
- * allocations; freeing memzones is a later change).
+ * neighbours at once, so no two free blocks are ever adjacent.  A big
+ * block's own segment goes back to the arena when the block is freed (its
+ * slot in the segment table is then free for the next segment); shared
+ * segments stay with the heap for later allocations.
  *
  * Concurrency.  One process-shared robust mutex serialises every call
  * (the same kind as the memzone directory's).  A process that dies holding
@@ -81,18 +82,24 @@
 #define FH_HEAP_HDR_SIZE 64u
 /* Largest alignment fh_malloc_aligned accepts (a 1 GiB page). */
 #define FH_HEAP_MAX_ALIGN (1ull << 30)
+/* Requests beyond this (64 TiB, more than any arena) fail at once with
+ * ENOSPC, before any arithmetic can overflow. */
+#define FH_HEAP_MAX_REQUEST (1ull << 46)
 
 /* Allocate size bytes (0 is taken as 1), 64-byte aligned, from the shared
- * heap.  NULL with errno: ENOMEM (no free block fits and the arena has no
- * room for another segment, or the heap has FH_HEAP_MAX_SEGMENTS, or size
- * is beyond any arena), ENODEV (no arena in this process).  The data is
- * not zeroed (fh_calloc zeroes). */
+ * heap.  NULL with errno, when no free block fits and: ENOSPC (the arena
+ * has no room for another segment at its maximum size, or the memzone
+ * directory is full; or size > FH_HEAP_MAX_REQUEST), ENOMEM (the arena
+ * cannot grow: no free huge pages or memory to back it), ENOBUFS (the heap holds
+ * FH_HEAP_MAX_SEGMENTS segments: shared ones, and one for each live block
+ * bigger than a quarter of FH_HEAP_SEGMENT_SIZE); ENODEV (no arena in this
+ * process).  The data is not zeroed (fh_calloc zeroes). */
 FH_API void *fh_malloc(size_t size);
 /* The same, with the data aligned to align (a power of two up to
  * FH_HEAP_MAX_ALIGN; 0 and powers of two below 64 mean 64); EINVAL
  * otherwise. */
 FH_API void *fh_malloc_aligned(size_t size, size_t align);
-/* n * size bytes, zeroed; ENOMEM also when the product overflows. */
+/* n * size bytes, zeroed; ENOSPC also when the product overflows. */
 FH_API void *fh_calloc(size_t n, size_t size);
 /* Resize p's block to size bytes, keeping the first min(old, new) bytes:
  * in place when it shrinks or the next block is free and big enough, else
@@ -167,7 +174,8 @@ FH_API int fh_heap_validate(void);
 #define FH_HEAP_CRASH_RESIZE     8  /* realloc in place: tail split, not committed */
 #define FH_HEAP_CRASH_RECYCLE    9  /* a dead process's slot half folded */
 #define FH_HEAP_CRASH_INIT      10  /* heap control block claimed, not formatted */
-#define FH_HEAP_CRASH_STEPS     10
+#define FH_HEAP_CRASH_RELEASE   11  /* free: an emptied own segment unlisted, not given back */
+#define FH_HEAP_CRASH_STEPS     11
 
 FH_API void fh__heap_crash_at(int step);
 FH_API int fh__heap_lock(void);
