@@ -186,3 +186,23 @@ def test_destroy_gives_up_on_a_stopped_waiter(primary, n):
         assert finish(waiter) == b"5\n"
     finally:
         reap(waiter)
+
+
+def test_asyncio_waits_do_not_use_the_default_executor(primary, n):
+    """Ten coroutines wait at once while the loop's default executor has
+    one thread, busy until all ten wait: the waits run in forkhost's own
+    threads (before, they queued behind each other in that executor)."""
+    ring = n("w.amany")
+    run(primary, "ring_create", ring, 16, "mpmc")
+    cons = start(primary, "async_many", ring, 10)
+    try:
+        run(primary, "feed_waiters", ring, 10, 10)
+        assert finish(cons) == b"async many ok\n"
+    finally:
+        reap(cons)
+
+
+def test_async_get_leaves_no_cache_that_blocks_destroy(primary, n):
+    pool = n("w.apool")
+    run(primary, "pool_create", pool)
+    assert run(primary, "pool_async_then_destroy", pool) == b"destroyed\n"

@@ -21,7 +21,7 @@ from array import array
 from .._native import ffi, lib
 from ._util import (Checked, address, cname, created_checked, find_checked,
                     in_buffer, raise_errno)
-from .ring import ASYNC_SLICE, call_timed, running_loop, timeout_ns
+from .ring import ASYNC_SLICE, call_timed, running_loop, timeout_ns, wait_pool
 
 NAMESIZE = lib.FH_MEMPOOL_NAMESIZE
 CACHE_MAX = lib.FH_MEMPOOL_CACHE_MAX
@@ -30,6 +30,15 @@ F_NO_CACHE_ALIGN = lib.FH_MEMPOOL_F_NO_CACHE_ALIGN
 
 _NULL = ffi.NULL
 _gen = lib.fh_memzone_gen
+
+
+def _get_in_pool(mp, p, ns) -> int:
+    """A timed get in a wait-pool thread, which then gives its cache of the
+    pool back: the pool's threads live on idle, and a destroy refuses while
+    a live thread holds a cache."""
+    rc = lib.fh_mempool_get_timed(mp, p, ns)
+    lib.fh_mempool_cache_flush(mp)
+    return rc
 
 
 class Mempool(Checked):
@@ -129,9 +138,10 @@ class Mempool(Checked):
             raise_errno(rc, f"mempool {self.name!r}")
 
     async def get_async(self, *, timeout=None) -> int:
-        """get() for asyncio: waits in executor slices of at most
-        forkhost.shm.ring.ASYNC_SLICE seconds (see forkhost.shm.ring);
-        TimeoutError at the timeout."""
+        """get() for asyncio: waits in slices of at most
+        forkhost.shm.ring.ASYNC_SLICE seconds, in a thread of
+        forkhost.shm.ring's wait pool, which keeps no cache of the pool
+        afterwards; TimeoutError at the timeout."""
         loop = running_loop()
         end = None if timeout is None else loop.time() + timeout_ns(timeout) / 1e9
         p = ffi.new("void **")
@@ -139,7 +149,7 @@ class Mempool(Checked):
             self._check()
             left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
             rc = await loop.run_in_executor(
-                None, lib.fh_mempool_get_timed, self._mp, p, int(max(left, 0) * 1e9))
+                wait_pool(), _get_in_pool, self._mp, p, int(max(left, 0) * 1e9))
             if rc == 0:
                 return address(p[0])
             if rc not in (-errno.ETIMEDOUT, -errno.EINTR):

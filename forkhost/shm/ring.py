@@ -21,14 +21,16 @@ forkhost/ring.h).  A wait that times out returns what the non-waiting call
 returns when there is nothing to do (0, None or an empty array).  The GIL
 is released while the thread sleeps; a signal (Ctrl-C) interrupts the wait
 and its handler runs.  From asyncio, the ``*_async`` methods wait in a
-worker thread of the event loop's default executor, in slices of at most
-ASYNC_SLICE seconds, so a cancelled wait gives its thread back within one
-slice.
+thread of a pool of their own (wait_pool: one per wait in progress, not
+the event loop's default executor), in slices of at most ASYNC_SLICE
+seconds, so a cancelled wait gives its thread back within one slice.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import threading
 import time
 from array import array
 
@@ -57,8 +59,31 @@ _gen = lib.fh_memzone_gen
 _EINTR = -errno.EINTR
 _ETIMEDOUT = -errno.ETIMEDOUT
 
-# The longest one executor thread sleeps for an *_async call (seconds).
+# The longest one waiting thread sleeps for an *_async call (seconds).
 ASYNC_SLICE = 0.1
+# The *_async calls wait in threads of their own pool (wait_pool), one per
+# wait in progress up to this many (idle ones reused); more wait their turn.
+ASYNC_THREADS = 256
+
+_pool = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def wait_pool():
+    """This process's pool of threads for the *_async waits: not the event
+    loop's default executor, whose few threads (min(32, CPUs + 4)) asyncio
+    also runs getaddrinfo and every run_in_executor(None, ...) in, so that
+    waits neither queue behind each other there nor hold those back.  Made
+    anew in a forked child (the parent's threads are not there)."""
+    global _pool, _pool_pid
+    pid = os.getpid()
+    with _pool_lock:
+        if _pool is None or _pool_pid != pid:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(ASYNC_THREADS, thread_name_prefix="forkhost-wait")
+            _pool_pid = pid
+        return _pool
 
 
 def timeout_ns(timeout) -> int:
@@ -100,7 +125,7 @@ async def wait_async(wait_fn, n, timeout, what):
     end = None if timeout is None else loop.time() + timeout
     while True:
         left = ASYNC_SLICE if end is None else min(ASYNC_SLICE, end - loop.time())
-        rc = await loop.run_in_executor(None, wait_fn, n, int(max(left, 0) * 1e9))
+        rc = await loop.run_in_executor(wait_pool(), wait_fn, n, int(max(left, 0) * 1e9))
         if rc == 0:
             return True
         if rc not in (_ETIMEDOUT, _EINTR):
