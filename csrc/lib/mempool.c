@@ -814,6 +814,15 @@ FH_API struct fh_mempool *fh_mempool_lookup(const char *name)
  * reopen those closed and refuse.  The slots are in memory that is freed
  * just after: nothing reopens them on success.
  */
+/* Reopen cache slots [0, n) that close_caches closed. */
+static void reopen_caches(struct fh_mempool *mp, unsigned n)
+{
+    while (n-- > 0)
+        /* Release, as cache_release's: the slot is free and empty. */
+        atomic_store_explicit(&mp_slot(mp, n)->owner, MP_OWNER_FREE,
+                              memory_order_release);
+}
+
 static int close_caches(void *obj)
 {
     struct fh_mempool *mp = obj;
@@ -830,10 +839,7 @@ static int close_caches(void *obj)
     }
     if (!mp->cache_stride || i == FH_MEMPOOL_CACHE_SLOTS)
         return 0;
-    while (i-- > 0)
-        /* Release, as cache_release's: the slot is free and empty. */
-        atomic_store_explicit(&mp_slot(mp, i)->owner, MP_OWNER_FREE,
-                              memory_order_release);
+    reopen_caches(mp, i);
     errno = EBUSY;
     return -1;
 }
@@ -848,10 +854,8 @@ static int mp_drain(void *obj)
         return 0;
     /* The pool lives on: reopen the cache slots close_caches closed (all
      * of them, or it would have refused). */
-    for (unsigned i = 0; mp->cache_stride && i < FH_MEMPOOL_CACHE_SLOTS; i++)
-        /* Release, as cache_release's: the slot is free and empty. */
-        atomic_store_explicit(&mp_slot(mp, i)->owner, MP_OWNER_FREE,
-                              memory_order_release);
+    if (mp->cache_stride)
+        reopen_caches(mp, FH_MEMPOOL_CACHE_SLOTS);
     errno = ETIMEDOUT;
     return -1;
 }

@@ -207,6 +207,7 @@ struct stay {
     struct fh_ring_headtail *ht;
     const _Atomic uint64_t *alive;
     uint64_t magic;
+    struct fh__ring_rec *rec;   /* no slot: this thread's record, or NULL */
     int slot, poll;
 };
 
@@ -216,7 +217,7 @@ static void stay_enter(struct stay *s, struct fh_ring *r,
 {
     const int32_t tid = my_tid();
 
-    *s = (struct stay){ r, ht, alive, magic, -1, 0 };
+    *s = (struct stay){ r, ht, alive, magic, NULL, -1, 0 };
     for (unsigned i = 0; i < FH_RING_WAIT_SLOTS && s->slot < 0; i++) {
         int32_t free_ = 0;
         /* Acq_rel: acquire pairs with the release store of 0 by the last
@@ -231,10 +232,13 @@ static void stay_enter(struct stay *s, struct fh_ring *r,
         /* Seq_cst: step 2 of the protocol, the store before the fence. */
         atomic_fetch_or_explicit(&ht->waiters, 1u << s->slot,
                                  memory_order_seq_cst);
+    else if ((s->rec = fh__ring_rec()) != NULL)
+        /* Seq_cst: a destroy that reads the records after clearing the
+         * magic sees us, or we see the cleared magic (the fence below). */
+        atomic_store_explicit(&s->rec->wait_ring, (uint64_t)(uintptr_t)r,
+                              memory_order_seq_cst);
     else
-        /* Seq_cst: a destroy that reads slotless after clearing the magic
-         * sees us, or we see the cleared magic (the membarrier below, or
-         * the seq_cst pair when polling). */
+        /* Seq_cst: as above, for slotless. */
         atomic_fetch_add_explicit(&r->slotless, 1, memory_order_seq_cst);
     /* Step 3: the heavy half of the asymmetric fence, once for the whole
      * stay (our bit stays set until we leave).  Without it (kernel
@@ -259,6 +263,9 @@ static void stay_leave(struct stay *s)
         /* Release pairs with the next claimer's acquire CAS, and with the
          * drain's acquire load. */
         atomic_store_explicit(&s->ht->wait_tid[s->slot], 0, memory_order_release);
+    } else if (s->rec) {
+        /* Release: as above, for the drain's acquire load of wait_ring. */
+        atomic_store_explicit(&s->rec->wait_ring, 0, memory_order_release);
     } else {
         /* Release: as above, for the drain's acquire load of slotless. */
         atomic_fetch_sub_explicit(&s->r->slotless, 1, memory_order_release);
@@ -311,9 +318,14 @@ static int stay_wait(struct stay *s, uint32_t need,
     }
 }
 
-/* Is anyone inside a stay on r?  Dead waiters' slots are freed first. */
+static struct fh__ring_rec *rec_table(void);
+
+/* Is anyone inside a stay on r?  Dead waiters' slots are freed first; a
+ * dead thread's record that still names r holds nothing up. */
 static int stay_occupied(struct fh_ring *r)
 {
+    const struct fh__ring_rec *t = rec_table();
+
     reclaim_side(&r->prod);
     reclaim_side(&r->cons);
     for (unsigned i = 0; i < FH_RING_WAIT_SLOTS; i++)
@@ -322,6 +334,16 @@ static int stay_occupied(struct fh_ring *r)
         if (atomic_load_explicit(&r->prod.wait_tid[i], memory_order_acquire) ||
             atomic_load_explicit(&r->cons.wait_tid[i], memory_order_acquire))
             return 1;
+    for (unsigned i = 0; t && i < FH_RING_RECORDS; i++) {
+        /* Acquire: as above, for stay_leave's release store of wait_ring;
+         * a record taken over since names nothing (fh__ring_rec). */
+        int32_t tid = atomic_load_explicit(&t[i].tid, memory_order_acquire);
+        if (tid > 0 &&
+            atomic_load_explicit(&t[i].wait_ring, memory_order_acquire) ==
+                (uint64_t)(uintptr_t)r &&
+            !fh__task_gone(tid))
+            return 1;
+    }
     /* Acquire: as above, for stay_leave's release decrement. */
     return atomic_load_explicit(&r->slotless, memory_order_acquire) != 0;
 }
@@ -333,8 +355,9 @@ int fh__ring_drain(struct fh_ring *r)
 
     for (;;) {
         /* Seq_cst fence: the caller's clearing of the magic comes before
-         * our loads of the slots and slotless, as stay_enter's seq_cst
-         * store of its bit (or count) comes before its loads of the
+         * our loads of the slots, the records' wait_ring and slotless, as
+         * stay_enter's claim of its slot (the CAS on wait_tid), or its
+         * wait_ring or count, comes before its fence and its loads of the
          * magic: one of the two sees the other. */
         atomic_thread_fence(memory_order_seq_cst);
         if (!stay_occupied(r))
@@ -650,6 +673,9 @@ FH_API struct fh__ring_rec *fh__ring_rec(void)
             mine = &t[i];
     }
     if (mine) {
+        /* Relaxed: a dead owner's wait_ring is void from our claim on
+         * (a drain that reads it meanwhile waits one more step). */
+        atomic_store_explicit(&mine->wait_ring, 0, memory_order_relaxed);
         fh__ring_t_rec = mine;
         pthread_setspecific(g_rec_key, mine);
     }

@@ -562,6 +562,22 @@ static void test_enqueue_waits_when_full(void)
     CHECK(fh_ring_waiting_producers(r) == 0, "clean");
 }
 
+/* Is pid blocked in futex(2) (x86-64's 202), as a waiter asleep is? */
+static int in_futex(pid_t pid)
+{
+    char path[64], buf[32] = "";
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    if (!fgets(buf, sizeof buf, f))
+        buf[0] = 0;
+    fclose(f);
+    return strncmp(buf, "202 ", 4) == 0;
+}
+
 /* A child that waits on r until it ends: for elements (how 0: a timed
  * dequeue, 1: wait_elements) or for room (2: a timed enqueue); it exits 0
  * when the wait ended with -EIDRM, 1 otherwise. */
@@ -596,9 +612,10 @@ static void test_destroy_wakes_waiters(void)
     CHECK(reap(dead) == 128 + SIGKILL, "killed while waiting");
     for (int i = 0; i < N; i++)
         pid[i] = destroy_waiter(r, i % 2);
-    /* The dead one's slot is still taken, so one more is slotless. */
-    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS &&
-          atomic_load(&r->slotless) == N + 1 - FH_RING_WAIT_SLOTS);
+    /* The dead one's slot is still taken, so three wait without one. */
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
+    for (int i = 0; i < N; i++)
+        UNTIL(in_futex(pid[i]));
     CHECK(fh_ring_destroy(r) == 0, "destroy with %d waiters", N);
     for (int i = 0; i < N; i++)
         CHECK(reap(pid[i]) == 0, "waiter %d woken with -EIDRM", i);
@@ -612,6 +629,27 @@ static void test_destroy_wakes_waiters(void)
     UNTIL(fh_ring_waiting_producers(r) == 1);
     CHECK(fh_ring_destroy(r) == 0, "destroy with a producer waiting");
     CHECK(reap(prod) == 0, "producer woken with -EIDRM");
+}
+
+/* A waiter killed while waiting without a slot (all 16 taken) holds no
+ * destroy up: its thread's record names the ring, and its thread is gone. */
+static void test_destroy_after_slotless_waiter_killed(void)
+{
+    struct fh_ring *r = fh_ring_create("w.slotless", 16, 8, 0);
+    pid_t pid[FH_RING_WAIT_SLOTS], extra;
+
+    CHECK(r, "create");
+    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        pid[i] = destroy_waiter(r, 0);
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
+    extra = destroy_waiter(r, 0);
+    UNTIL(in_futex(extra));
+    CHECK(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS, "no slot for it");
+    kill(extra, SIGKILL);
+    CHECK(reap(extra) == 128 + SIGKILL, "killed");
+    CHECK(fh_ring_destroy(r) == 0, "destroy (errno %d)", errno);
+    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        CHECK(reap(pid[i]) == 0, "waiter %d woken with -EIDRM", i);
 }
 
 /* A waiter that cannot leave (stopped): destroy gives up after
@@ -662,6 +700,7 @@ int main(void)
     test_waiter_killed();
     test_enqueue_waits_when_full();
     test_destroy_wakes_waiters();
+    test_destroy_after_slotless_waiter_killed();
     test_destroy_gives_up();
     stress("r.mpmc", 8, 3, 2, 400000);
     stress("r.mpmc16", 16, 2, 2, 200000);

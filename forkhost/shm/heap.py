@@ -31,9 +31,9 @@ NOT_A_BLOCK = ("not a block in use of the shared heap (freed already, or not "
                "from the heap)")
 
 
-_SEGMENTS_FULL = (f"the heap holds {lib.FH_HEAP_MAX_SEGMENTS} segments, its most (one "
-                  f"for each live block over {SEGMENT_SIZE // 4 >> 20} MiB, and "
-                  f"the shared ones)")
+_SEGMENTS_FULL = (f"the heap holds {lib.FH_HEAP_MAX_SEGMENTS} segments, its most (the "
+                  f"shared ones, and one for each block over "
+                  f"{SEGMENT_SIZE // 4 >> 20} MiB until it is freed)")
 
 
 def _fail(err: int, what: str, detail: str | None = None):

@@ -90,10 +90,11 @@
  * heap.  NULL with errno, when no free block fits and: ENOSPC (the arena
  * has no room for another segment at its maximum size, or the memzone
  * directory is full; or size > FH_HEAP_MAX_REQUEST), ENOMEM (the arena
- * cannot grow: no free huge pages or memory to back it), ENOBUFS (the heap holds
- * FH_HEAP_MAX_SEGMENTS segments: shared ones, and one for each live block
- * bigger than a quarter of FH_HEAP_SEGMENT_SIZE); ENODEV (no arena in this
- * process).  The data is not zeroed (fh_calloc zeroes). */
+ * cannot grow: no free huge pages or memory to back it), ENOBUFS (the
+ * heap holds FH_HEAP_MAX_SEGMENTS segments: shared ones, and one for each
+ * block bigger than a quarter of FH_HEAP_SEGMENT_SIZE, given back once
+ * that block is freed and nothing else is left in it); ENODEV (no arena in
+ * this process).  The data is not zeroed (fh_calloc zeroes). */
 FH_API void *fh_malloc(size_t size);
 /* The same, with the data aligned to align (a power of two up to
  * FH_HEAP_MAX_ALIGN; 0 and powers of two below 64 mean 64); EINVAL

@@ -108,30 +108,37 @@
  * fh_ring_reclaim_waiters) frees the slots of threads that no longer exist
  * (kill(tid, 0) == ESRCH; all processes of a prefix share a PID namespace),
  * so wakers go back to the syscall-free path.  More than FH_RING_WAIT_SLOTS
- * threads waiting on one side at once: the extra ones register nowhere and
+ * threads waiting on one side at once: the extra ones take no slot and
  * re-check every FH_RING_POLL_NS (they are still woken at once while any
- * registered waiter is).  Waiting for elements on a ring where consumers
+ * registered waiter is); each names the ring in its thread's reservation
+ * record (wait_ring), or, in a thread that has none, counts itself in the
+ * ring's slotless.  Waiting for elements on a ring where consumers
  * race (MC), or for room where producers race (MP), wakes every waiter; the
  * losers sleep again.
  *
- * A timed call holds its slot and bit (or, past the slots, a count in
- * slotless) from its first failed try to its return, retries included, so
- * that a destroy can tell when nobody is inside.  Destroying a ring (and a
- * mempool, for its ring of free objects) with threads waiting on it:
+ * A timed call holds its slot and bit (or, past the slots, its wait_ring
+ * or its count in slotless) from its first failed try to its return,
+ * retries included, so that a destroy can tell when nobody is inside.
+ * Destroying a ring (and a mempool, for its ring of free objects) with
+ * threads waiting on it:
  *
  *   destroyer                              waiter (each pass of step 4)
- *   1. clear the object's magic (release)  a. t = tail; enough? -> done
- *   2. FUTEX_WAKE both tails, reclaim      b. magic cleared? -> -EIDRM
+ *   1. clear the object's magic (release)  a. magic cleared? -> -EIDRM
+ *   2. FUTEX_WAKE both tails, reclaim      b. t = tail; enough? -> done
  *      dead waiters' slots                 c. FUTEX_WAIT(tail, t)
- *   3. every slot free, slotless 0?
- *      no: sleep FH_RING_DRAIN_STEP_NS, 2
+ *   3. no slot taken, no live thread's
+ *      wait_ring names the ring, slotless
+ *      0?  no: sleep FH_RING_DRAIN_STEP_NS, 2
  *   4. free the memory
  *
  * A waiter that read the magic just before step 1 and then sleeps misses
  * that wake, and is woken by the next one a step later.  A waiter still
- * inside after FH_RING_DRAIN_NS (a stopped process) makes the destroy give
- * up: the magic is published again, nothing is freed, and destroy fails
- * with ETIMEDOUT; the waiters that left by then have returned -EIDRM.
+ * inside after FH_RING_DRAIN_NS (a stopped process; or a killed one that
+ * counted itself in slotless, which nothing can take back) makes the
+ * destroy give up: the magic is published again, nothing is freed, and
+ * destroy fails with ETIMEDOUT; the waiters that left by then have
+ * returned -EIDRM.  A waiter killed with a slot or a wait_ring holds
+ * nothing up: its thread is gone.
  */
 #ifndef FORKHOST_RING_H
 #define FORKHOST_RING_H
@@ -323,7 +330,8 @@ FH_API int fh_ring_wait_elements(struct fh_ring *r, unsigned n,
 FH_API int fh_ring_wait_room(struct fh_ring *r, unsigned n,
                              int64_t timeout_ns);
 /* Threads registered as waiting for elements (consumers) and for room
- * (producers): a snapshot, for tests and monitoring. */
+ * (producers), in a waiter slot: asleep, or inside a timed call between
+ * two tries; a snapshot, for tests and monitoring. */
 FH_API unsigned fh_ring_waiting_consumers(const struct fh_ring *r);
 FH_API unsigned fh_ring_waiting_producers(const struct fh_ring *r);
 /* Free the waiter slots of threads that no longer exist; how many.  Wakers
@@ -353,7 +361,10 @@ struct fh__ring_rec {
     _Atomic uint32_t start;  /* the first of them, a free-running index */
     _Atomic uint32_t side;   /* 0 producers, 1 consumers */
     _Atomic uint64_t ring;   /* the ring's address */
-    char pad[40];
+    /* The ring this thread waits on without a waiter slot (see "Waiting"),
+     * or 0; written only by its thread. */
+    _Atomic uint64_t wait_ring;
+    char pad[32];
 };
 #define FH_RING_RECORDS 1024
 /* This thread's record; NULL when none can be had (no arena, table full).
