@@ -126,7 +126,8 @@ class Mempool(Checked):
 
     def _get_timed(self, p, n, timeout) -> None:
         self._check()
-        rc = call_timed(lib.fh_mempool_get_bulk_timed, (self._mp, p, n), timeout)
+        rc = call_timed(lib.fh_mempool_get_bulk_timed, (self._mp, p, n), timeout,
+                        self._check)
         if rc == -errno.ETIMEDOUT:
             raise TimeoutError(f"mempool {self.name!r}: "
                                + ("no object" if n == 1 else f"not {n} objects")

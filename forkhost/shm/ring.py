@@ -96,10 +96,12 @@ def timeout_ns(timeout) -> int:
     return int(timeout * 1e9)
 
 
-def call_timed(fn, args, timeout):
+def call_timed(fn, args, timeout, check):
     """fn(*args, timeout_ns) until it returns something other than -EINTR,
     with what is left of the timeout each time; Python's signal handlers run
-    between the calls (a KeyboardInterrupt ends the wait there)."""
+    between the calls (a KeyboardInterrupt ends the wait there).  check()
+    (the handle's) runs before each call again: the object may have been
+    destroyed while the handler ran, when the waiter held no slot."""
     ns = timeout_ns(timeout)
     end = None if ns <= 0 else time.monotonic() + timeout
     while True:
@@ -108,6 +110,7 @@ def call_timed(fn, args, timeout):
             return rc
         if end is not None:
             ns = max(0, int((end - time.monotonic()) * 1e9))
+        check()
 
 
 def running_loop():
@@ -251,7 +254,7 @@ class Ring(Checked):
     def _timed(self, fn, p, n, timeout) -> int:
         """A timed C call's count; 0 at the timeout."""
         self._check()
-        rc = call_timed(fn, (self._r, p, n, _NULL), timeout)
+        rc = call_timed(fn, (self._r, p, n, _NULL), timeout, self._check)
         if rc >= 0:
             return rc
         if rc == _ETIMEDOUT:
@@ -265,7 +268,7 @@ class Ring(Checked):
         self._check()
         if not 0 <= n <= self.capacity:
             raise ValueError(f"ring {self.name!r}: n={n} is not in 0..{self.capacity}")
-        rc = call_timed(fn, (self._r, n), timeout)
+        rc = call_timed(fn, (self._r, n), timeout, self._check)
         if rc == 0:
             return True
         if rc == _ETIMEDOUT:
