@@ -211,3 +211,21 @@ def test_async_get_leaves_no_cache_that_blocks_destroy(primary, n):
     pool = n("w.apool")
     run(primary, "pool_create", pool)
     assert run(primary, "pool_async_then_destroy", pool) == b"destroyed\n"
+
+
+def test_a_signal_handler_runs_and_the_wait_goes_on(primary, n):
+    """A signal ends the C wait with -EINTR; its Python handler runs, the
+    handle is checked again, and the wait goes on until the item comes."""
+    ring = n("w.sig")
+    run(primary, "ring_create", ring, 8, "mpmc")
+    waiter = start(primary, "wait_through_signal", ring)
+    try:
+        lines = LineReader(waiter.stdout)
+        pid = int(lines.readline())
+        run(primary, "signal_when_waiting", ring, pid)
+        assert lines.readline() == b"handled\n"
+        run(primary, "enqueue_when_waiting", ring, 9)
+        assert lines.readline() == b"got 9\n"
+        finish(waiter)
+    finally:
+        reap(waiter)
