@@ -198,33 +198,19 @@ def hash_cases(quick: bool) -> list[tuple[str, float]]:
         assert found == 64 * len(packed)
         return found
 
-    def bulk():
-        for ks in lists:
-            h.lookup_bulk(ks)
-        return 64 * len(lists)
+    def each(call, batches):
+        """A case: call(batch) for every batch of 64 keys."""
+        def case():
+            for b in batches:
+                call(b)
+            return 64 * len(batches)
+        return case
 
-    def get_bulk():
-        for ks in lists:
-            h.get_bulk(ks)
-        return 64 * len(lists)
-
-    def bulk_packed():
-        for p in packed:
-            h.lookup_bulk(p)
-        return 64 * len(packed)
-
-    def get_bulk_packed():
-        for p in packed:
-            h.get_bulk(p)
-        return 64 * len(packed)
-
-    def join():
-        # Reads each key object of the lists once, and nothing of the
-        # table: what any call over a list of bytes objects pays first.
-        j = b"".join
-        for ks in lists:
-            j(ks)
-        return 64 * len(lists)
+    # b"".join reads each key object of the lists once, and nothing of the
+    # table: what any call over a list of bytes objects pays first.
+    bulk, get_bulk = each(h.lookup_bulk, lists), each(h.get_bulk, lists)
+    bulk_packed, get_bulk_packed = each(h.lookup_bulk, packed), each(h.get_bulk, packed)
+    join = each(b"".join, lists)
 
     def dict_loop():
         for k in order:

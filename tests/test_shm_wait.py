@@ -113,11 +113,18 @@ def test_enqueue_blocked_when_full(primary):
         reap(prod)
 
 
-@pytest.mark.parametrize("how", ["sync", "async"])
-def test_mempool_getter_woken_by_puts(primary, how, n):
-    pool, objs = n("w.pool"), n("w.objs")
+def exhausted_pool(primary, n, name):
+    """A pool of 4 (per-thread caches), all taken: its name, and the ring
+    that holds the 4 objects' addresses."""
+    pool, objs = n(name), n(name + ".objs")
     run(primary, "ring_create", objs, 8, "mpmc")
     run(primary, "pool_exhaust", pool, objs)
+    return pool, objs
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_mempool_getter_woken_by_puts(primary, how, n):
+    pool, objs = exhausted_pool(primary, n, "w.pool")
     getter = start(primary, "pool_get_waiting", pool, how)
     try:
         run(primary, "pool_put_when_waited", pool, objs)
@@ -162,9 +169,7 @@ def test_destroy_wakes_a_waiter_with_destroyed_error(primary, how, n):
 
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_destroy_wakes_a_mempool_getter(primary, how, n):
-    pool, objs = n("w.dpool"), n("w.dobjs")
-    run(primary, "ring_create", objs, 8, "mpmc")
-    run(primary, "pool_exhaust", pool, objs)
+    pool, _ = exhausted_pool(primary, n, "w.dpool")
     getter = start(primary, "pool_destroyed_while_waiting", pool, how)
     try:
         run(primary, "pool_destroy_when_waited", pool)
