@@ -120,3 +120,26 @@ def test_classic_attach_finds_the_array(primary):
             break
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout) == {"grid": primary.made["grid"], "shape": [4, 1000]}
+
+
+@pytest.mark.parametrize("in_heap", ["0", "1"])
+def test_destroy_frees_and_every_handle_refuses(primary, in_heap):
+    assert run(primary, "destroy_cycle", f"t.dc{in_heap}", in_heap).stdout == b"ok\n"
+
+
+def test_destroyed_by_another_secondary(primary):
+    """A handle in one secondary refuses once another destroyed the array."""
+    run(primary, "create", "t.held")
+    holder = primary.popen("shm_array_fix:hold_then_check", "t.held", cwd=FIXTURES,
+                           extra_env=NP_ENV, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        run(primary, "destroy", "t.held")
+        out_, err = holder.communicate(b"go\n", timeout=60)
+        assert holder.returncode == 0, err
+        assert out_ == b"refused: array 't.held': it was destroyed\ngone\n", out_
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()

@@ -21,6 +21,9 @@ holds its address.  The header is written once by the creator, magic
 last; a lookup that finds no magic (no such array, or its creator has not
 finished) raises NotFoundError.  Nothing synchronises the data: the
 processes that share it agree on who writes what, as with a memzone.
+destroy() gives the memzone (and the heap block) back; the handles are
+checked as the other types' are (DestroyedError), the views taken from
+them are not.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from .._native import ffi, lib
 from .._errors import NameExistsError, NotFoundError
 from ._dtype import DTYPES, MAX_NDIM, _dtype_name, _import_numpy, _shape
-from ._util import address, cname, raise_errno
+from ._util import address, cname, destroyed_error, raise_errno
 
 NAMESIZE = lib.FH_MEMZONE_NAMESIZE - 3      # "AR_" + name + NUL fit a memzone name
 HEADER_SIZE = 128
@@ -53,11 +56,12 @@ class Array:
     the prefix: ``buffer()`` (a memoryview) and ``numpy()`` (an ndarray)
     are views of the same memory, at the same address everywhere."""
 
-    __slots__ = ("_mz", "name", "dtype", "shape", "addr", "nbytes", "heap")
+    __slots__ = ("_mz", "_gen", "name", "dtype", "shape", "addr", "nbytes", "heap")
 
-    def __init__(self, mz, name: str, dtype: str, shape: tuple[int, ...],
+    def __init__(self, mz, gen: int, name: str, dtype: str, shape: tuple[int, ...],
                  addr: int, nbytes: int, heap: bool = False):
-        self._mz = mz          # const struct fh_memzone *
+        self._mz = mz          # const struct fh_memzone *: its slot
+        self._gen = gen        # the slot's generation when found (see _check)
         self.name = name
         self.dtype = dtype     # canonical name, e.g. "float64"
         self.shape = shape
@@ -108,8 +112,9 @@ class Array:
         # Published last, with a release store (a lookup acquires it): a
         # lookup before it raises NotFoundError, one after it sees the
         # whole header.
+        gen = lib.fh_memzone_gen(mz)
         lib.fh_publish_u64(ffi.cast("uint64_t *", mz.addr), MAGIC)
-        return cls(mz, b.decode(errors="replace"), dt, dims, data, nbytes, heap)
+        return cls(mz, gen, b.decode(errors="replace"), dt, dims, data, nbytes, heap)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "Array":
@@ -121,6 +126,10 @@ class Array:
             err = ffi.errno
             raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None,
                         b)
+        # The generation before the header is read, checked after it: a
+        # header read while the array was destroyed (and the bytes maybe
+        # handed out again) counts for nothing.
+        gen = lib.fh_memzone_gen(mz)
         if mz.len < HEADER_SIZE or \
                 lib.fh_published_u64(ffi.cast("uint64_t *", mz.addr)) != MAGIC:
             raise_errno(errno.ENOENT, f"array {name!r}", "not found (its creator "
@@ -138,8 +147,51 @@ class Array:
         if heap and lib.fh_malloc_usable_size(ffi.cast("void *", offset)) < nbytes:
             raise_errno(errno.EINVAL, f"array {name!r}", f"its data (heap block at "
                         f"0x{offset:x}) is not a block in use of {nbytes} bytes")
-        return cls(mz, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
+        if lib.fh_memzone_gen(mz) != gen:
+            raise_errno(errno.ENOENT, f"array {name!r}", "not found (destroyed while "
+                        "it was looked up)")
+        return cls(mz, gen, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
                    offset if heap else address(mz.addr) + offset, nbytes, heap)
+
+    # -- destroy ------------------------------------------------------------
+
+    def _check(self) -> None:
+        """DestroyedError once the array was destroyed (by any process)."""
+        if lib.fh_memzone_gen(self._mz) != self._gen:
+            raise destroyed_error("array", self.name)
+
+    @property
+    def alive(self) -> bool:
+        """False once the array was destroyed, by any process."""
+        return lib.fh_memzone_gen(self._mz) == self._gen
+
+    def destroy(self) -> None:
+        """Destroy the array: its memzone and, with ``heap=True``, its heap
+        block go back, lookups of its name fail and the name can be created
+        again.  Every Array handle on it, in any process, raises
+        DestroyedError from now on (buffer(), numpy(), destroy()); views
+        taken before (a memoryview, an ndarray) are not checked, as with a
+        memzone's buffer(): whoever destroys it must know nobody uses them.
+        When two processes destroy it at once, one does and the other gets
+        DestroyedError."""
+        self._check()
+        # Lookups from now on find no magic (NotFoundError); then the
+        # memzone's free, checked against our generation, decides who
+        # destroys it; the winner frees the heap block (nobody can find
+        # the array, so nobody frees it twice).
+        lib.fh_publish_u64(ffi.cast("uint64_t *", self._mz.addr), 0)
+        copy = ffi.new("struct fh_memzone *")
+        zone = b"AR_" + self.name.encode()
+        ffi.memmove(copy.name, zone, len(zone))
+        copy.gen = self._gen
+        if lib.fh_memzone_free(copy) < 0:
+            err = ffi.errno
+            if err == errno.EIDRM:
+                raise destroyed_error("array", self.name)
+            raise_errno(err, f"cannot destroy array {self.name!r}")
+        if self.heap and lib.fh_free(ffi.cast("void *", self.addr)) < 0:
+            raise_errno(ffi.errno, f"array {self.name!r}: its heap block at "
+                        f"0x{self.addr:x}", "not a block in use of the shared heap")
 
     # -- views --------------------------------------------------------------
 
@@ -164,6 +216,7 @@ class Array:
     def buffer(self) -> memoryview:
         """A writable memoryview of the data with this array's format and
         shape, without copying (``.cast("B")`` for the raw bytes)."""
+        self._check()
         raw = memoryview(ffi.buffer(ffi.cast("char *", self.addr), self.nbytes))
         return raw.cast(self.format, self.shape)
 
@@ -173,6 +226,7 @@ class Array:
     @property
     def __array_interface__(self) -> dict:
         """numpy.asarray(a) is a view, not a copy, on any Python."""
+        self._check()
         return {"version": 3, "shape": self.shape, "typestr": DTYPES[self.dtype][2],
                 "data": (self.addr, False)}
 
@@ -184,21 +238,24 @@ class Array:
     @property
     def memzone(self):
         from .memzone import Memzone
+        self._check()
         return Memzone(self._mz)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __eq__(self, other):
-        return isinstance(other, Array) and self._mz == other._mz
+        return isinstance(other, Array) and self._mz == other._mz and \
+            self._gen == other._gen
 
     def __hash__(self):
         return hash(self.addr)
 
     def __repr__(self):
         where = ", in the heap" if self.heap else ""
+        gone = "" if self.alive else " (destroyed)"
         return (f"<Array {self.name!r} {self.dtype} shape {self.shape} at "
-                f"0x{self.addr:x}, {self.nbytes} bytes{where}>")
+                f"0x{self.addr:x}, {self.nbytes} bytes{where}>{gone}")
 
 
 def array(name: str | bytes, shape=None, dtype="float64", *, heap: bool = False):
