@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "forkhost.h"
+#include "ring_internal.h"
 
 #ifndef MFD_HUGETLB
 #define MFD_HUGETLB 0x0004U
@@ -199,6 +200,7 @@ int fh__arena_map(size_t size, size_t max, unsigned flags, const char *name)
     g_arena.max = max;
     g_arena.fd = fd;
     remember_file(fd);
+    fh__ring_register_process();
     return 0;
 }
 
@@ -429,5 +431,6 @@ FH_API int fh_arena_attach(int fd, uintptr_t addr, size_t size,
     g_arena.max = size;
     g_arena.fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     remember_file(g_arena.fd);
+    fh__ring_register_process();
     return 0;
 }

@@ -78,6 +78,14 @@ FH_API void fh__ring_register(struct fh_ring *r)
     wait_register_process(r);
 }
 
+void fh__ring_register_process(void)
+{
+    int saved = errno;
+
+    membarrier_register();
+    errno = saved;
+}
+
 static int32_t my_tid(void)
 {
     return (int32_t)syscall(SYS_gettid);

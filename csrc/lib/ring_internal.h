@@ -33,6 +33,12 @@ void fh__ring_set_pool_ops(const struct fh__ring_pool_ops *ops);
 struct fh_ring *fh__ring_create_pooled(const char *name, unsigned count,
                                        unsigned flags, struct fh_mempool *mp);
 
+/* Register this process for the waiters' barrier ("Waiting" in ring.h), as
+ * every way of getting a ring does: called when the process maps the arena,
+ * so that one holding a ring by a pointer it found some other way (a ring
+ * laid out with fh_ring_init in a memzone) takes part too.  errno is kept. */
+void fh__ring_register_process(void);
+
 /* The waiting loop of every timed call (ring.c's and the mempool's get):
  * attempt(ctx) (> 0 or < 0: return it; 0: not yet), and while it is not
  * yet, wait until `need` elements (for_room: free slots) are there, up to

@@ -97,11 +97,13 @@
  * kernel's compare in FUTEX_WAIT fail (EAGAIN), or wakes the sleeper.  So
  * the fast path pays one load of a word on the cache line it has just
  * written, and a system call only while someone waits.  Every process that
- * gets a ring through fh_ring_create, fh_ring_lookup, fh_ring_init or a
- * mempool's create/lookup (or is forked from one that did) is registered
- * for the barrier (MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED); where the
- * kernel refuses that, the process sets the ring's poll_waits and waiters
- * on that ring re-check every FH_RING_POLL_NS instead of trusting the wake.
+ * maps the arena (creates, attaches or adopts it) or gets a ring through
+ * fh_ring_create, fh_ring_lookup, fh_ring_init or a mempool's
+ * create/lookup (or is forked from one that did) is registered for the
+ * barrier (MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED); where the kernel
+ * refuses that, the process sets the ring's poll_waits (on each ring it
+ * gets in those ways) and waiters on that ring re-check every
+ * FH_RING_POLL_NS instead of trusting the wake.
  *
  * A waiter killed while registered leaves its slot and bit behind: a waker
  * whose FUTEX_WAKE woke nobody while bits are set (and
