@@ -101,9 +101,15 @@ def servers(primary):
         reap(*(s.proc for s in started))
 
 
+SIZES = st.one_of(st.integers(1, 5000), st.integers(1, 3 << 19))
 OPS = st.lists(st.one_of(
-    st.tuples(st.just("malloc"), st.integers(0, 2),
-              st.one_of(st.integers(1, 5000), st.integers(1, 3 << 19))),
+    st.tuples(st.just("malloc"), st.integers(0, 2), SIZES),
+    st.tuples(st.just("aligned"), st.integers(0, 2),
+              st.tuples(st.integers(1, 5000), st.integers(7, 16))),
+    st.tuples(st.just("calloc"), st.integers(0, 2),
+              st.tuples(st.integers(1, 40), st.integers(1, 300))),
+    st.tuples(st.just("realloc"), st.integers(0, 2),
+              st.tuples(st.integers(0, 10**6), SIZES)),
     st.tuples(st.just("free"), st.integers(0, 2), st.integers(0, 10**6)),
     st.tuples(st.just("refree"), st.integers(0, 2), st.integers(0, 10**6)),
 ), max_size=40)
@@ -122,13 +128,32 @@ def test_random_calls_from_three_secondaries_against_a_model(servers, ops):
     moves = {s.pid: [0, 0, 0, 0] for s in servers}   # allocs, bytes, frees, bytes
     for n, (op, who, arg) in enumerate(ops):
         s = servers[who]
-        if op == "malloc":
-            fill = n % 251 + 1
-            r = s("malloc", arg, fill)
-            assert r["addr"] % 64 == 0 and r["usable"] >= arg
-            live.append([r["addr"], arg, r["usable"], fill])
+        fill = n % 251 + 1
+        if op in ("malloc", "aligned", "calloc"):
+            if op == "malloc":
+                size, r = arg, s("malloc", arg, fill)
+            elif op == "aligned":
+                size, r = arg[0], s("malloc", arg[0], fill, 1 << arg[1])
+            else:
+                size, r = arg[0] * arg[1], s("calloc", *arg, fill)
+            assert r["addr"] % 64 == 0 and r["usable"] >= size
+            live.append([r["addr"], size, r["usable"], fill])
             moves[s.pid][0] += 1
             moves[s.pid][1] += r["usable"]
+        elif op == "realloc" and live:
+            # Any process resizes any block; one that keeps its place and
+            # its size (nothing worth giving back) moves no counter, any
+            # other counts as an allocation of the new and a free of the old.
+            i, new = arg[0] % len(live), arg[1]
+            addr, size, usable, old_fill = live[i]
+            r = s("realloc", addr, size, old_fill, new, fill)
+            assert r["addr"] % 64 == 0 and r["usable"] >= new
+            if (r["addr"], r["usable"]) != (addr, usable):
+                moves[s.pid] = [m + d for m, d in
+                                zip(moves[s.pid], (1, r["usable"], 1, usable))]
+            if r["addr"] != addr:
+                freed.append(addr)
+            live[i] = [r["addr"], new, r["usable"], fill]
         elif op == "free" and live:
             addr, size, usable, fill = live.pop(arg % len(live))
             assert s("check", addr, size, fill)["ok"], "block overwritten"
