@@ -234,3 +234,20 @@ def test_a_signal_handler_runs_and_the_wait_goes_on(primary, n):
         finish(waiter)
     finally:
         reap(waiter)
+
+
+def test_a_wait_whose_ring_a_handler_destroyed_does_not_go_on(primary, n):
+    """The handler that interrupted a wait destroys the ring and makes one
+    of the same name: the resumed wait checks its handle first and raises
+    DestroyedError, instead of sleeping on the new ring."""
+    ring = n("w.sigd")
+    run(primary, "ring_create", ring, 8, "mpmc")
+    waiter = start(primary, "destroyed_in_handler", ring)
+    try:
+        lines = LineReader(waiter.stdout)
+        pid = int(lines.readline())
+        run(primary, "signal_when_waiting", ring, pid)
+        assert lines.readline() == f"destroyed: ring {ring!r}: it was destroyed\n".encode()
+        finish(waiter)
+    finally:
+        reap(waiter)

@@ -807,13 +807,6 @@ FH_API struct fh_mempool *fh_mempool_lookup(const char *name)
     return mp;
 }
 
-/*
- * Destroy's veto, called under the memzone directory lock once the pool is
- * known to exist: close every free cache slot (CAS free -> reclaiming, so
- * nobody claims one from now on), or, when a thread still owns a slot,
- * reopen those closed and refuse.  The slots are in memory that is freed
- * just after: nothing reopens them on success.
- */
 /* Reopen cache slots [0, n) that close_caches closed. */
 static void reopen_caches(struct fh_mempool *mp, unsigned n)
 {
@@ -822,6 +815,15 @@ static void reopen_caches(struct fh_mempool *mp, unsigned n)
         atomic_store_explicit(&mp_slot(mp, n)->owner, MP_OWNER_FREE,
                               memory_order_release);
 }
+
+/*
+ * Destroy's veto, called under the memzone directory lock once the pool is
+ * known to exist: close every free cache slot (CAS free -> reclaiming, so
+ * nobody claims one from now on), or, when a thread still owns a slot,
+ * reopen those closed and refuse.  The slots are in memory that is freed
+ * just after: nothing reopens them on success (the drain does, when it
+ * gives up).
+ */
 
 static int close_caches(void *obj)
 {

@@ -293,9 +293,7 @@ static int stay_wait(struct stay *s, uint32_t need,
 
     for (;;) {
         struct timespec slice, *until = (struct timespec *)deadline;
-        /* Acquire: pairs with the release store of the tail (what we then
-         * find there was written before it). */
-        uint32_t t = atomic_load_explicit(&ht->tail, memory_order_acquire);
+        uint32_t t;
         int rc;
 
         /* First, so that a waiter woken by a destroy leaves with -EIDRM
@@ -305,6 +303,9 @@ static int stay_wait(struct stay *s, uint32_t need,
          * the destroyer's next wake ends (ring.h, "Waiting"). */
         if (atomic_load_explicit(s->alive, memory_order_relaxed) != s->magic)
             return -EIDRM;
+        /* Acquire: pairs with the release store of the tail (what we then
+         * find there was written before it). */
+        t = atomic_load_explicit(&ht->tail, memory_order_acquire);
         if (have(r, ht, t) >= need)
             return 0;
         if (deadline) {
@@ -328,11 +329,34 @@ static int stay_wait(struct stay *s, uint32_t need,
 
 static struct fh__ring_rec *rec_table(void);
 
+/* A dead thread's record still names r (it was killed waiting without a
+ * slot): clear it, as reclaim_side frees a dead waiter's slot, so that a
+ * later thread with the same id cannot seem to wait on r.  The record is
+ * held while that is done (tid -1, which claimers skip), then given back
+ * as it was found. */
+static void forget_dead_wait(struct fh__ring_rec *rec, int32_t tid,
+                             const struct fh_ring *r)
+{
+    /* Acq_rel: as reclaim_side's CAS on a slot: one of us wins, nobody
+     * claims the record meanwhile. */
+    if (!atomic_compare_exchange_strong_explicit(&rec->tid, &tid, -1,
+                                                 memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return;
+    if (atomic_load_explicit(&rec->wait_ring, memory_order_relaxed) ==
+        (uint64_t)(uintptr_t)r)
+        /* Relaxed: ordered before the release store below. */
+        atomic_store_explicit(&rec->wait_ring, 0, memory_order_relaxed);
+    /* Release: the record, cleared, goes back to its dead owner's id
+     * (a recoverer may still need what it covers: n). */
+    atomic_store_explicit(&rec->tid, tid, memory_order_release);
+}
+
 /* Is anyone inside a stay on r?  Dead waiters' slots are freed first; a
  * dead thread's record that still names r holds nothing up. */
 static int stay_occupied(struct fh_ring *r)
 {
-    const struct fh__ring_rec *t = rec_table();
+    struct fh__ring_rec *t = rec_table();
 
     reclaim_side(&r->prod);
     reclaim_side(&r->cons);
@@ -343,14 +367,17 @@ static int stay_occupied(struct fh_ring *r)
             atomic_load_explicit(&r->cons.wait_tid[i], memory_order_acquire))
             return 1;
     for (unsigned i = 0; t && i < FH_RING_RECORDS; i++) {
-        /* Acquire: as above, for stay_leave's release store of wait_ring;
-         * a record taken over since names nothing (fh__ring_rec). */
+        /* Acquire: as above, for stay_leave's release store of wait_ring
+         * (a record just taken over may still show its dead owner's ring
+         * until the claimer clears it: one more step). */
         int32_t tid = atomic_load_explicit(&t[i].tid, memory_order_acquire);
-        if (tid > 0 &&
-            atomic_load_explicit(&t[i].wait_ring, memory_order_acquire) ==
-                (uint64_t)(uintptr_t)r &&
-            !fh__task_gone(tid))
+        if (tid <= 0 ||
+            atomic_load_explicit(&t[i].wait_ring, memory_order_acquire) !=
+                (uint64_t)(uintptr_t)r)
+            continue;
+        if (!fh__task_gone(tid))
             return 1;
+        forget_dead_wait(&t[i], tid, r);
     }
     /* Acquire: as above, for stay_leave's release decrement. */
     return atomic_load_explicit(&r->slotless, memory_order_acquire) != 0;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -409,7 +410,13 @@ static void test_cached_tails(void)
 
 /* Spin (sleeping) until cond holds: no time limit, the test's own timeout
  * bounds it. */
-#define UNTIL(cond) do { while (!(cond)) usleep(200); } while (0)
+/* Poll until cond holds; a failure, not a hang, after 60 s. */
+#define UNTIL(cond) do {                                                   \
+        for (long u_ = 0; !(cond); u_++) {                                 \
+            CHECK(u_ < 300000, "waited 60 s for %s", #cond);               \
+            usleep(200);                                                   \
+        }                                                                  \
+    } while (0)
 
 static void test_wait_timeouts(void)
 {
@@ -562,20 +569,20 @@ static void test_enqueue_waits_when_full(void)
     CHECK(fh_ring_waiting_producers(r) == 0, "clean");
 }
 
-/* Is pid blocked in futex(2) (x86-64's 202), as a waiter asleep is? */
+/* Is pid blocked in futex(2), as a waiter asleep is? */
 static int in_futex(pid_t pid)
 {
-    char path[64], buf[32] = "";
+    char path[64], buf[32] = "", want[16];
     FILE *f;
 
     snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
     f = fopen(path, "r");
-    if (!f)
-        return 0;
+    CHECK(f, "%s", path);
     if (!fgets(buf, sizeof buf, f))
         buf[0] = 0;
     fclose(f);
-    return strncmp(buf, "202 ", 4) == 0;
+    snprintf(want, sizeof want, "%d ", (int)SYS_futex);
+    return strncmp(buf, want, strlen(want)) == 0;
 }
 
 /* A child that waits on r until it ends: for elements (how 0: a timed
@@ -652,6 +659,38 @@ static void test_destroy_after_slotless_waiter_killed(void)
         CHECK(reap(pid[i]) == 0, "waiter %d woken with -EIDRM", i);
 }
 
+/* A waiter without a slot that cannot leave (stopped) holds a destroy up
+ * as one with a slot does: its thread's record names the ring. */
+static void test_destroy_waits_for_a_slotless_waiter(void)
+{
+    struct fh_ring *r = fh_ring_create("w.slotless.stop", 16, 8, 0);
+    pid_t pid[FH_RING_WAIT_SLOTS], extra;
+
+    CHECK(r, "create");
+    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        pid[i] = destroy_waiter(r, 0);
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
+    extra = fork_child();
+    if (extra == 0) {
+        uint64_t v = 0;
+        _exit(fh_ring_dequeue_bulk_timed(r, &v, 1, NULL, -1) == 1 && v == 3
+              ? 0 : 1);
+    }
+    UNTIL(in_futex(extra));
+    CHECK(kill(extra, SIGSTOP) == 0, "stop");
+    /* The 16 with slots leave with -EIDRM; the stopped one stays. */
+    errno = 0;
+    CHECK(fh_ring_destroy(r) == -1 && errno == ETIMEDOUT, "gave up");
+    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        CHECK(reap(pid[i]) == 0, "waiter %d woken with -EIDRM", i);
+    CHECK(fh_ring_lookup("w.slotless.stop") == r, "published again");
+    CHECK(kill(extra, SIGCONT) == 0, "continue");
+    uint64_t v = 3;
+    CHECK(fh_ring_enqueue_bulk(r, &v, 1, NULL) == 1, "enqueue");
+    CHECK(reap(extra) == 0, "the slotless waiter got it");
+    CHECK(fh_ring_destroy(r) == 0, "destroy");
+}
+
 /* A waiter that cannot leave (stopped): destroy gives up after
  * FH_RING_DRAIN_NS, the ring lives on, and the waiter, continued, waits
  * on and gets its item. */
@@ -701,6 +740,7 @@ int main(void)
     test_enqueue_waits_when_full();
     test_destroy_wakes_waiters();
     test_destroy_after_slotless_waiter_killed();
+    test_destroy_waits_for_a_slotless_waiter();
     test_destroy_gives_up();
     stress("r.mpmc", 8, 3, 2, 400000);
     stress("r.mpmc16", 16, 2, 2, 200000);

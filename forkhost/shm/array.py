@@ -119,39 +119,48 @@ class Array:
     @classmethod
     def lookup(cls, name: str | bytes) -> "Array":
         """The array called ``name``; NotFoundError if there is none (or its
-        creator has not finished)."""
+        creator has not finished, or it was destroyed while it was looked
+        up)."""
         b = cname(name, NAMESIZE, "array")
-        mz = lib.fh_memzone_lookup(b"AR_" + b)
+        zone = b"AR_" + b
+        mz = lib.fh_memzone_lookup(zone)
         if mz == ffi.NULL:
             err = ffi.errno
             raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None,
                         b)
-        # The generation before the header is read, checked after it: a
-        # header read while the array was destroyed (and the bytes maybe
-        # handed out again) counts for nothing.
-        gen = lib.fh_memzone_gen(mz)
-        if mz.len < HEADER_SIZE or \
-                lib.fh_published_u64(ffi.cast("uint64_t *", mz.addr)) != MAGIC:
+        # A consistent copy of the slot (its generation, address and
+        # length together) taken before the header is read, and the
+        # generation checked again after: what was read while the array
+        # was destroyed (the bytes maybe handed out again) counts for
+        # nothing.
+        copy = ffi.new("struct fh_memzone *")
+        gone = ("not found (destroyed while it was looked up)")
+        if lib.fh_memzone_copy(mz, copy) < 0 or ffi.string(copy.name) != zone:
+            raise_errno(errno.ENOENT, f"array {name!r}", gone)
+        gen, base, length = copy.gen, address(copy.addr), copy.len
+        if length < HEADER_SIZE or \
+                lib.fh_published_u64(ffi.cast("uint64_t *", base)) != MAGIC:
             raise_errno(errno.ENOENT, f"array {name!r}", "not found (its creator "
                         "has not finished, or memzone AR_... is not an array)")
         (_, version, ndim, offset, nbytes, dt, *dims) = _HDR.unpack_from(
-            ffi.buffer(ffi.cast("char *", mz.addr), HEADER_SIZE))
+            ffi.buffer(ffi.cast("char *", base), HEADER_SIZE))
         dt = dt.rstrip(b"\0").decode(errors="replace")
         heap = version == VERSION_HEAP
+        bad = None
         if (version not in (VERSION, VERSION_HEAP) or dt not in DTYPES
                 or not 1 <= ndim <= MAX_NDIM
-                or (not heap and offset + nbytes > mz.len)):
-            raise_errno(errno.EINVAL, f"array {name!r}", "its header is not one this "
-                        f"version of forkhost reads (version {version}, dtype {dt!r}, "
-                        f"ndim {ndim})")
-        if heap and lib.fh_malloc_usable_size(ffi.cast("void *", offset)) < nbytes:
-            raise_errno(errno.EINVAL, f"array {name!r}", f"its data (heap block at "
-                        f"0x{offset:x}) is not a block in use of {nbytes} bytes")
+                or (not heap and offset + nbytes > length)):
+            bad = (f"its header is not one this version of forkhost reads "
+                   f"(version {version}, dtype {dt!r}, ndim {ndim})")
+        elif heap and lib.fh_malloc_usable_size(ffi.cast("void *", offset)) < nbytes:
+            bad = (f"its data (heap block at 0x{offset:x}) is not a block in use "
+                   f"of {nbytes} bytes")
         if lib.fh_memzone_gen(mz) != gen:
-            raise_errno(errno.ENOENT, f"array {name!r}", "not found (destroyed while "
-                        "it was looked up)")
+            raise_errno(errno.ENOENT, f"array {name!r}", gone)
+        if bad:
+            raise_errno(errno.EINVAL, f"array {name!r}", bad)
         return cls(mz, gen, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
-                   offset if heap else address(mz.addr) + offset, nbytes, heap)
+                   offset if heap else base + offset, nbytes, heap)
 
     # -- destroy ------------------------------------------------------------
 
@@ -175,11 +184,11 @@ class Array:
         When two processes destroy it at once, one does and the other gets
         DestroyedError."""
         self._check()
-        # Lookups from now on find no magic (NotFoundError); then the
-        # memzone's free, checked against our generation, decides who
-        # destroys it; the winner frees the heap block (nobody can find
-        # the array, so nobody frees it twice).
-        lib.fh_publish_u64(ffi.cast("uint64_t *", self._mz.addr), 0)
+        # The memzone's free, checked against our generation, decides who
+        # destroys it (a lookup that raced it sees the generation change:
+        # NotFoundError); the winner frees the heap block, which nobody
+        # can find any more, so nobody frees it twice.  A destroyer killed
+        # between the two leaves the block taken for good.
         copy = ffi.new("struct fh_memzone *")
         zone = b"AR_" + self.name.encode()
         ffi.memmove(copy.name, zone, len(zone))
@@ -233,6 +242,7 @@ class Array:
     def numpy(self):
         """A writable numpy.ndarray over the data, without copying (numpy is
         imported here: the rest of Array works without it)."""
+        self._check()       # numpy may swallow __array_interface__'s error
         return _import_numpy("Array.numpy()").asarray(self)
 
     @property

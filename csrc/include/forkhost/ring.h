@@ -140,7 +140,9 @@
  * destroy give up: the magic is published again, nothing is freed, and
  * destroy fails with ETIMEDOUT; the waiters that left by then have
  * returned -EIDRM.  A waiter killed with a slot or a wait_ring holds
- * nothing up: its thread is gone.
+ * nothing up: the drain frees the slot, and clears the record, of a
+ * thread that is gone (unless its id was given to a live thread before
+ * the drain looked: then, as for a stopped waiter, the destroy gives up).
  */
 #ifndef FORKHOST_RING_H
 #define FORKHOST_RING_H
