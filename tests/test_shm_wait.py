@@ -218,16 +218,26 @@ def test_async_get_leaves_no_cache_that_blocks_destroy(primary, n):
     assert run(primary, "pool_async_then_destroy", pool) == b"destroyed\n"
 
 
+def signalled(primary, ring, entry):
+    """Start ENTRY RING (it prints its pid, then waits on RING) and SIGUSR1
+    it once it waits: the waiter, and a reader of its further lines."""
+    run(primary, "ring_create", ring, 8, "mpmc")
+    waiter = start(primary, entry, ring)
+    lines = LineReader(waiter.stdout)
+    try:
+        run(primary, "signal_when_waiting", ring, int(lines.readline()))
+    except BaseException:
+        reap(waiter)
+        raise
+    return waiter, lines
+
+
 def test_a_signal_handler_runs_and_the_wait_goes_on(primary, n):
     """A signal ends the C wait with -EINTR; its Python handler runs, the
     handle is checked again, and the wait goes on until the item comes."""
     ring = n("w.sig")
-    run(primary, "ring_create", ring, 8, "mpmc")
-    waiter = start(primary, "wait_through_signal", ring)
+    waiter, lines = signalled(primary, ring, "wait_through_signal")
     try:
-        lines = LineReader(waiter.stdout)
-        pid = int(lines.readline())
-        run(primary, "signal_when_waiting", ring, pid)
         assert lines.readline() == b"handled\n"
         run(primary, "enqueue_when_waiting", ring, 9)
         assert lines.readline() == b"got 9\n"
@@ -241,12 +251,8 @@ def test_a_wait_whose_ring_a_handler_destroyed_does_not_go_on(primary, n):
     of the same name: the resumed wait checks its handle first and raises
     DestroyedError, instead of sleeping on the new ring."""
     ring = n("w.sigd")
-    run(primary, "ring_create", ring, 8, "mpmc")
-    waiter = start(primary, "destroyed_in_handler", ring)
+    waiter, lines = signalled(primary, ring, "destroyed_in_handler")
     try:
-        lines = LineReader(waiter.stdout)
-        pid = int(lines.readline())
-        run(primary, "signal_when_waiting", ring, pid)
         assert lines.readline() == f"destroyed: ring {ring!r}: it was destroyed\n".encode()
         finish(waiter)
     finally:

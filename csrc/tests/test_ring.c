@@ -638,17 +638,26 @@ static void test_destroy_wakes_waiters(void)
     CHECK(reap(prod) == 0, "producer woken with -EIDRM");
 }
 
+/* A ring whose 16 waiter slots consumers (destroy_waiter) hold, asleep;
+ * their pids in pid. */
+static struct fh_ring *slots_taken(const char *name, pid_t pid[FH_RING_WAIT_SLOTS])
+{
+    struct fh_ring *r = fh_ring_create(name, 16, 8, 0);
+
+    CHECK(r, "create %s", name);
+    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
+        pid[i] = destroy_waiter(r, 0);
+    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
+    return r;
+}
+
 /* A waiter killed while waiting without a slot (all 16 taken) holds no
  * destroy up: its thread's record names the ring, and its thread is gone. */
 static void test_destroy_after_slotless_waiter_killed(void)
 {
-    struct fh_ring *r = fh_ring_create("w.slotless", 16, 8, 0);
     pid_t pid[FH_RING_WAIT_SLOTS], extra;
+    struct fh_ring *r = slots_taken("w.slotless", pid);
 
-    CHECK(r, "create");
-    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
-        pid[i] = destroy_waiter(r, 0);
-    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
     extra = destroy_waiter(r, 0);
     UNTIL(in_futex(extra));
     CHECK(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS, "no slot for it");
@@ -663,13 +672,9 @@ static void test_destroy_after_slotless_waiter_killed(void)
  * as one with a slot does: its thread's record names the ring. */
 static void test_destroy_waits_for_a_slotless_waiter(void)
 {
-    struct fh_ring *r = fh_ring_create("w.slotless.stop", 16, 8, 0);
     pid_t pid[FH_RING_WAIT_SLOTS], extra;
+    struct fh_ring *r = slots_taken("w.slotless.stop", pid);
 
-    CHECK(r, "create");
-    for (int i = 0; i < FH_RING_WAIT_SLOTS; i++)
-        pid[i] = destroy_waiter(r, 0);
-    UNTIL(fh_ring_waiting_consumers(r) == FH_RING_WAIT_SLOTS);
     extra = fork_child();
     if (extra == 0) {
         uint64_t v = 0;
