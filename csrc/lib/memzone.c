@@ -766,7 +766,7 @@ int fh__object_destroy(void *obj, const char *prefix, const char *name,
     struct mz_slot *s;
     _Atomic uint64_t *published;
     uint32_t gen = 0;
-    int rc = 0;
+    int rc = 0, err;
 
     if (!dir)
         return -1;
@@ -801,28 +801,24 @@ int fh__object_destroy(void *obj, const char *prefix, const char *name,
      * creates and frees need not wait for it.  The slot stays taken (the
      * name cannot be created again yet) and nobody else frees it: a
      * destroy now finds the magic cleared. */
-    rc = drain(obj);
-    {
-        int err = errno;
-
-        if (dir_lock(dir) < 0)
-            return -1;
-        /* Relaxed: the lock orders every change of gen (free_locked); a
-         * slot freed meanwhile (fh_memzone_free of the object's memzone)
-         * is left alone. */
-        if (s->mz.addr == obj &&
-            atomic_load_explicit(gen_of(s), memory_order_relaxed) == gen) {
-            if (rc == 0)
-                free_locked(dir, s);
-            else
-                /* Release, as the creator's publication: the object
-                 * lives on. */
-                atomic_store_explicit(published, magic, memory_order_release);
-        }
-        pthread_mutex_unlock(&dir->lock);
-        errno = err;
+    rc = drain(obj) < 0 ? -1 : 0;
+    err = errno;
+    if (dir_lock(dir) < 0)
+        return -1;
+    /* Relaxed: the lock orders every change of gen (free_locked); a slot
+     * freed meanwhile (fh_memzone_free of the object's memzone) is left
+     * alone. */
+    if (s->mz.addr == obj &&
+        atomic_load_explicit(gen_of(s), memory_order_relaxed) == gen) {
+        if (rc == 0)
+            free_locked(dir, s);
+        else
+            /* Release, as the creator's publication: the object lives on. */
+            atomic_store_explicit(published, magic, memory_order_release);
     }
-    return rc < 0 ? -1 : 0;
+    pthread_mutex_unlock(&dir->lock);
+    errno = err;
+    return rc;
 }
 
 FH_API int fh_memzone_walk(int (*fn)(const struct fh_memzone *, void *),

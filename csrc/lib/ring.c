@@ -397,10 +397,8 @@ int fh__ring_drain(struct fh_ring *r)
         atomic_thread_fence(memory_order_seq_cst);
         if (!stay_occupied(r))
             return 0;
-        syscall(SYS_futex, (uint32_t *)&r->prod.tail, FUTEX_WAKE, INT_MAX,
-                NULL, NULL, 0);
-        syscall(SYS_futex, (uint32_t *)&r->cons.tail, FUTEX_WAKE, INT_MAX,
-                NULL, NULL, 0);
+        fh__ring_wake(&r->prod);
+        fh__ring_wake(&r->cons);
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (!ts_before(&now, &end)) {
             errno = ETIMEDOUT;

@@ -33,9 +33,10 @@ import struct
 import time
 
 from .._native import ffi, lib
-from .._errors import NameExistsError, NotFoundError
+from .._errors import DestroyedError, NameExistsError, NotFoundError
 from ._dtype import DTYPES, MAX_NDIM, _dtype_name, _import_numpy, _shape
 from ._util import address, cname, destroyed_error, raise_errno
+from .memzone import Memzone
 
 NAMESIZE = lib.FH_MEMZONE_NAMESIZE - 3      # "AR_" + name + NUL fit a memzone name
 HEADER_SIZE = 128
@@ -56,12 +57,11 @@ class Array:
     the prefix: ``buffer()`` (a memoryview) and ``numpy()`` (an ndarray)
     are views of the same memory, at the same address everywhere."""
 
-    __slots__ = ("_mz", "_gen", "name", "dtype", "shape", "addr", "nbytes", "heap")
+    __slots__ = ("_zone", "name", "dtype", "shape", "addr", "nbytes", "heap")
 
-    def __init__(self, mz, gen: int, name: str, dtype: str, shape: tuple[int, ...],
+    def __init__(self, zone, name: str, dtype: str, shape: tuple[int, ...],
                  addr: int, nbytes: int, heap: bool = False):
-        self._mz = mz          # const struct fh_memzone *: its slot
-        self._gen = gen        # the slot's generation when found (see _check)
+        self._zone = zone      # its memzone's (checked) Memzone handle
         self.name = name
         self.dtype = dtype     # canonical name, e.g. "float64"
         self.shape = shape
@@ -112,9 +112,9 @@ class Array:
         # Published last, with a release store (a lookup acquires it): a
         # lookup before it raises NotFoundError, one after it sees the
         # whole header.
-        gen = lib.fh_memzone_gen(mz)
+        zone = Memzone(mz)
         lib.fh_publish_u64(ffi.cast("uint64_t *", mz.addr), MAGIC)
-        return cls(mz, gen, b.decode(errors="replace"), dt, dims, data, nbytes, heap)
+        return cls(zone, b.decode(errors="replace"), dt, dims, data, nbytes, heap)
 
     @classmethod
     def lookup(cls, name: str | bytes) -> "Array":
@@ -128,16 +128,16 @@ class Array:
             err = ffi.errno
             raise_errno(err, f"array {name!r}", "not found" if err == errno.ENOENT else None,
                         b)
-        # A consistent copy of the slot (its generation, address and
-        # length together) taken before the header is read, and the
-        # generation checked again after: what was read while the array
-        # was destroyed (the bytes maybe handed out again) counts for
+        # A handle on the memzone, from a consistent copy of its slot
+        # (generation, address and length together) taken before the
+        # header is read, and checked again after: what was read while the
+        # array was destroyed (the bytes maybe handed out again) counts for
         # nothing.
-        copy = ffi.new("struct fh_memzone *")
-        gone = ("not found (destroyed while it was looked up)")
-        if lib.fh_memzone_copy(mz, copy) < 0 or ffi.string(copy.name) != zone:
+        found = Memzone._found(zone, mz)
+        gone = "not found (destroyed while it was looked up)"
+        if found is None:
             raise_errno(errno.ENOENT, f"array {name!r}", gone)
-        gen, base, length = copy.gen, address(copy.addr), copy.len
+        base, length = address(found._addr), found._size
         if length < HEADER_SIZE or \
                 lib.fh_published_u64(ffi.cast("uint64_t *", base)) != MAGIC:
             raise_errno(errno.ENOENT, f"array {name!r}", "not found (its creator "
@@ -155,24 +155,24 @@ class Array:
         elif heap and lib.fh_malloc_usable_size(ffi.cast("void *", offset)) < nbytes:
             bad = (f"its data (heap block at 0x{offset:x}) is not a block in use "
                    f"of {nbytes} bytes")
-        if lib.fh_memzone_gen(mz) != gen:
+        if not found.alive:
             raise_errno(errno.ENOENT, f"array {name!r}", gone)
         if bad:
             raise_errno(errno.EINVAL, f"array {name!r}", bad)
-        return cls(mz, gen, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
+        return cls(found, b.decode(errors="replace"), dt, tuple(dims[:ndim]),
                    offset if heap else base + offset, nbytes, heap)
 
     # -- destroy ------------------------------------------------------------
 
     def _check(self) -> None:
         """DestroyedError once the array was destroyed (by any process)."""
-        if lib.fh_memzone_gen(self._mz) != self._gen:
+        if not self._zone.alive:
             raise destroyed_error("array", self.name)
 
     @property
     def alive(self) -> bool:
         """False once the array was destroyed, by any process."""
-        return lib.fh_memzone_gen(self._mz) == self._gen
+        return self._zone.alive
 
     def destroy(self) -> None:
         """Destroy the array: its memzone and, with ``heap=True``, its heap
@@ -189,15 +189,10 @@ class Array:
         # NotFoundError); the winner frees the heap block, which nobody
         # can find any more, so nobody frees it twice.  A destroyer killed
         # between the two leaves the block taken for good.
-        copy = ffi.new("struct fh_memzone *")
-        zone = b"AR_" + self.name.encode()
-        ffi.memmove(copy.name, zone, len(zone))
-        copy.gen = self._gen
-        if lib.fh_memzone_free(copy) < 0:
-            err = ffi.errno
-            if err == errno.EIDRM:
-                raise destroyed_error("array", self.name)
-            raise_errno(err, f"cannot destroy array {self.name!r}")
+        try:
+            self._zone.free()
+        except DestroyedError:
+            raise destroyed_error("array", self.name) from None
         if self.heap and lib.fh_free(ffi.cast("void *", self.addr)) < 0:
             raise_errno(ffi.errno, f"array {self.name!r}: its heap block at "
                         f"0x{self.addr:x}", "not a block in use of the shared heap")
@@ -247,16 +242,14 @@ class Array:
 
     @property
     def memzone(self):
-        from .memzone import Memzone
         self._check()
-        return Memzone(self._mz)
+        return self._zone
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __eq__(self, other):
-        return isinstance(other, Array) and self._mz == other._mz and \
-            self._gen == other._gen
+        return isinstance(other, Array) and self._zone == other._zone
 
     def __hash__(self):
         return hash(self.addr)
